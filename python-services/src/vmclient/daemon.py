@@ -1,0 +1,53 @@
+"""What every vmclient daemon shares: systemd notification and signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(state: str, environ: dict[str, str] | None = None) -> bool:
+    """Send ``state`` (``READY=1``, ``STOPPING=1``, ``STATUS=…``) to systemd.
+
+    Returns False when not started by systemd with ``Type=notify``.  Implements
+    the datagram protocol of sd_notify(3) so no libsystemd binding is needed.
+    """
+    env = os.environ if environ is None else environ
+    addr = env.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("cannot notify systemd at %s: %s", addr, exc)
+            return False
+    return True
+
+
+def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop`` once; a second signal is logged and ignored."""
+    fired = False
+
+    def handler(signame: str) -> None:
+        nonlocal fired
+        if fired:
+            log.warning("%s received again while stopping; still stopping", signame)
+            return
+        fired = True
+        log.info("%s received, stopping", signame)
+        stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, handler, sig.name)

@@ -1,0 +1,28 @@
+"""Every D-Bus name vmclient uses: ours and the peers'."""
+
+BUS_NAME = "org.vmclient.VMClient1"
+ROOT_PATH = "/org/vmclient/VMClient1"
+
+POWER_PATH = ROOT_PATH + "/Power"
+POWER_IFACE = BUS_NAME + ".Power"
+
+ERROR_PREFIX = BUS_NAME + ".Error."
+
+# polkit actions (data/polkit-1/actions/org.vmclient.VMClient1.policy)
+POLKIT_ACTION_POWER_MANAGE = "org.vmclient.VMClient1.power.manage"
+
+# Unix group whose members may call the methods (bus policy + polkit rule).
+ADMIN_GROUP = "vmclient"
+
+# Peers
+LOGIND_BUS = "org.freedesktop.login1"
+LOGIND_PATH = "/org/freedesktop/login1"
+LOGIND_MANAGER = "org.freedesktop.login1.Manager"
+
+POLKIT_BUS = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
+
+DBUS_BUS = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+DBUS_IFACE = "org.freedesktop.DBus"

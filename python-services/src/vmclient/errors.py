@@ -1,0 +1,128 @@
+"""The one error root of vmclient.
+
+A :class:`VMClientError` is something that can be shown to a user as it is: the
+class docstring is the message template, formatted with the constructor's
+arguments.  Each class carries the CLI exit code and the D-Bus error name it maps
+to, so the daemons, the D-Bus layer and ``vmclientctl`` agree on one taxonomy.
+
+Anything that is *not* a ``VMClientError`` is a bug: the CLI prints a traceback
+and exits with :data:`EXIT_BUG`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+DBUS_ERROR_PREFIX = "org.vmclient.VMClient1.Error."
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BUG = 2
+EXIT_USAGE = 64  # sysexits EX_USAGE
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
+EXIT_NOPERM = 77  # sysexits EX_NOPERM
+
+
+class VMClientError(Exception):
+    """{}"""
+
+    exit_code: int = EXIT_ERROR
+    dbus_name: ClassVar[str] = DBUS_ERROR_PREFIX + "Failed"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.args = args
+
+    @property
+    def message(self) -> str:
+        template = (type(self).__doc__ or "{}").strip()
+        try:
+            return template.format(*self.args)
+        except (IndexError, KeyError):
+            return " ".join(str(a) for a in self.args) or template
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(VMClientError):
+    """{}: {}: {}"""
+
+    exit_code = EXIT_CONFIG
+    dbus_name = DBUS_ERROR_PREFIX + "Config"
+
+    def __init__(self, path: object, key: str, problem: str) -> None:
+        super().__init__(str(path), key or "(file)", problem)
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+
+
+class UsageError(VMClientError):
+    """{}"""
+
+    exit_code = EXIT_USAGE
+    dbus_name = DBUS_ERROR_PREFIX + "InvalidArgs"
+
+
+class PermissionDenied(VMClientError):
+    """Permission denied: {}"""
+
+    exit_code = EXIT_NOPERM
+    dbus_name = DBUS_ERROR_PREFIX + "PermissionDenied"
+
+
+class ServiceUnavailable(VMClientError):
+    """{} is not available: {}"""
+
+    exit_code = EXIT_UNAVAILABLE
+    dbus_name = DBUS_ERROR_PREFIX + "Unavailable"
+
+
+class HypervisorError(VMClientError):
+    """libvirt: {}"""
+
+    dbus_name = DBUS_ERROR_PREFIX + "Hypervisor"
+
+
+class HypervisorUnavailable(ServiceUnavailable):
+    """The hypervisor (libvirtd at {}) is not available: {}. Is libvirtd running?"""
+
+
+class VMNotFound(VMClientError):
+    """No such VM: {!r}"""
+
+    dbus_name = DBUS_ERROR_PREFIX + "VMNotFound"
+
+
+class VMOperationFailed(VMClientError):
+    """VM {!r}: {} failed: {}"""
+
+    dbus_name = DBUS_ERROR_PREFIX + "VMOperationFailed"
+
+
+class VMOperationTimeout(VMOperationFailed):
+    """VM {!r}: {} did not finish within {:.1f} s"""
+
+    dbus_name = DBUS_ERROR_PREFIX + "Timeout"
+
+
+class RemoteError(VMClientError):
+    """{}"""
+
+    def __init__(self, dbus_name: str, text: str) -> None:
+        super().__init__(text)
+        self.remote_name = dbus_name
+        self.exit_code = exit_code_for(dbus_name)
+
+
+def exit_code_for(dbus_name: str) -> int:
+    """The CLI exit code of the error a daemon replied with (by its D-Bus name)."""
+    todo: list[type[VMClientError]] = [VMClientError]
+    while todo:
+        cls = todo.pop()
+        if cls.dbus_name == dbus_name:
+            return cls.exit_code
+        todo.extend(cls.__subclasses__())
+    return EXIT_ERROR
