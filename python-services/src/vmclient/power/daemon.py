@@ -263,6 +263,7 @@ class PowerDaemon:
         await self.hv.close()
         if self.bus is not None:
             self.bus.disconnect()
+        log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,6 +134,12 @@ class VMController:
                 return Cause(h.cause)
         return Cause.NONE
 
+    def manages(self, d: DomainInfo) -> bool:
+        return d.name.startswith(self.cfg.name_prefix)
+
+    async def domains(self) -> list[DomainInfo]:
+        return [d for d in await self.hv.list_domains() if self.manages(d)]
+
     # -- bookkeeping -----------------------------------------------------------
 
     def _record(self, h: Held) -> None:
@@ -157,7 +163,7 @@ class VMController:
 
     async def reconcile(self) -> None:
         """Drop what no longer holds (VM gone, or resumed/started by someone else)."""
-        domains = {d.uuid: d for d in await self.hv.list_domains()}
+        domains = {d.uuid: d for d in await self.domains()}
         stale = []
         for h in list(self.held.values()):
             d = domains.get(h.uuid)
@@ -182,7 +188,7 @@ class VMController:
         Returns by ``deadline`` (a ``loop.time()``) whatever happens to single VMs.
         """
         async with self._lock:
-            domains = await self._bounded(self.hv.list_domains(), deadline, "list VMs")
+            domains = await self._bounded(self.domains(), deadline, "list VMs")
             targets = [d for d in domains or [] if d.state == DomState.RUNNING
                        and d.uuid not in self.held]
             generation = self._resumed_generation
@@ -283,7 +289,7 @@ class VMController:
         """Re-sync guest clocks after a resume, where a guest agent answers."""
         if not names:
             return
-        domains = {d.name: d for d in await self.hv.list_domains()}
+        domains = {d.name: d for d in await self.domains()}
         uuids = [(domains[n].uuid, n) for n in names if n in domains]
         results = await asyncio.gather(
             *(self._op(self.hv.sync_time(u, n), limit, n, "clock sync")
@@ -299,7 +305,7 @@ class VMController:
     async def save_all(self, cause: Cause) -> list[str]:
         """Managed save of every active VM (policy ``ignore`` excepted): no state is lost."""
         async with self._lock:
-            domains = await self.hv.list_domains()
+            domains = await self.domains()
             targets = [d for d in domains if d.state.active and d.persistent
                        and self.policy_for(d) != VMPolicy.IGNORE]
             sem = asyncio.Semaphore(2)  # disk-bound: two at a time

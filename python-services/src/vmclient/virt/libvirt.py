@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import itertools
 import logging
 import xml.etree.ElementTree as ET
@@ -46,6 +47,10 @@ MAX_CALLS_PER_CONNECTION = 5
 POWER_NS = "https://vmclient.org/xmlns/power/1"
 
 _registered_loop: asyncio.AbstractEventLoop | None = None
+
+# Errors reach us as exceptions; libvirt's default handler would also print them.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+logging.getLogger("virEventAsyncIOImpl").setLevel(logging.INFO)
 
 
 class DomState(enum.IntEnum):
@@ -164,7 +169,8 @@ class Hypervisor:
 
     def _closed_cb(self, _conn: Any, reason: int, c: _Connection) -> None:
         log.warning("connection %d to libvirtd lost (reason %d)", c.index, reason)
-        self._lost()
+        # Not from inside libvirt's own callback: closing there would deadlock.
+        asyncio.get_running_loop().call_soon(self._lost)
 
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
@@ -191,7 +197,8 @@ class Hypervisor:
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+            refs = conn.close()
+            log.debug("connection %d closed (%d references left)", c.index, refs)
 
     async def _reconnect(self) -> None:
         await self.connect(retry=True)
@@ -216,6 +223,14 @@ class Hypervisor:
             self._drop(c)
             c.pool.shutdown(wait=False, cancel_futures=True)
         self._connected.clear()
+        # Let libvirt free its handles and timers while the loop still runs:
+        # domain objects still referenced hold the connection open.
+        gc.collect()
+        impl = libvirtaio.getCurrentImpl()
+        if impl is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(impl.drain(), 1.0)
+            await asyncio.sleep(0.05)
 
     # -- calls -----------------------------------------------------------------
 
