@@ -29,6 +29,9 @@ class PowerBackend(Protocol):
     async def request_resume_all(self) -> list[str]: ...
 
 
+_OUT_ARG_NAMES = {"PauseAll": "paused", "ResumeAll": "resumed"}
+
+
 class PowerInterface(ServiceInterface):
     def __init__(self, backend: PowerBackend) -> None:
         super().__init__(names.POWER_IFACE)
@@ -43,6 +46,14 @@ class PowerInterface(ServiceInterface):
     @method()
     async def ResumeAll(self) -> "as":  # type: ignore[name-defined]  # noqa: F722
         return await self.backend.request_resume_all()
+
+    def introspect(self) -> Any:
+        """As the shipped XML: dbus-fast cannot name out-arguments itself."""
+        node = super().introspect()
+        for m in node.methods:
+            for arg in m.out_args:
+                arg.name = _OUT_ARG_NAMES.get(m.name, arg.name)
+        return node
 
     def _p(self, name: str) -> Any:
         return self._last[name]
