@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from testlib import SERVICES  # noqa: E402
+from testlib import SERVICES
 
 sys.path.insert(0, str(SERVICES / "src"))
 

@@ -17,10 +17,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testlib import SERVICES  # noqa: E402
-from fixtures_bus import PrivateSystemBus, private_system_bus  # noqa: E402
-from fixtures_udev import SimulatedLaptop  # noqa: E402
-from fixtures_virt import Domains, domains  # noqa: E402
+from fixtures_bus import PrivateSystemBus, private_system_bus
+from fixtures_udev import SimulatedLaptop
+from fixtures_virt import Domains, domains
+
+from testlib import SERVICES
 
 BUS_NAME = "org.vmclient.VMClient1"
 POWER_PATH = "/org/vmclient/VMClient1/Power"
@@ -162,7 +163,7 @@ def powerd(system_bus: PrivateSystemBus, logind: Logind, laptop: SimulatedLaptop
     """Start the daemon (stopped before the test's domains are removed)."""
     started: list[PowerDaemon] = []
 
-    def make(config: str = "", lap: SimulatedLaptop | None | bool = True, start: bool = True) -> PowerDaemon:
+    def make(config: str = "", lap: SimulatedLaptop | bool | None = True, start: bool = True) -> PowerDaemon:
         config = f'[vms]\nname_prefix = "{vms.prefix}-"\n' + config
         d = PowerDaemon(system_bus, laptop if lap is True else (lap or None), tmp_path, config)
         started.append(d)

@@ -10,7 +10,7 @@ import time
 import gi
 
 gi.require_version("UMockdev", "1.0")
-from gi.repository import UMockdev  # noqa: E402
+from gi.repository import UMockdev
 
 EV_SYN, EV_SW, SW_LID = 0, 5, 0
 LID_NODE = "/dev/input/event5"

@@ -35,7 +35,6 @@ DOMAIN_XML = """<domain type='{virt}'>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  {cpu}
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
@@ -67,8 +66,7 @@ class Domains:
         metadata = (f"<metadata><vmclient:power xmlns:vmclient='{POWER_NS}' "
                     f"policy='{policy}'/></metadata>") if policy else ""
         xml = DOMAIN_XML.format(
-            virt=self.virt, name=name, uuid=uuid.uuid4(), disk=disk, metadata=metadata,
-            cpu="" if self.virt == "kvm" else "")
+            virt=self.virt, name=name, uuid=uuid.uuid4(), disk=disk, metadata=metadata)
         dom = self.conn.defineXML(xml)
         self.names.append(name)
         if start:

@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 import dbus
 import libvirt
 import pytest
-from conftest import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 
+from conftest import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 from testlib import DATA, SERVICES
 
 NOBODY = 65534
@@ -119,8 +119,8 @@ def test_polkit_decides_where_it_runs(system_bus, powerd, vms):
 def test_properties_changed_is_emitted(powerd, vms, laptop):
     vms.create("a")
     d = powerd()
-    from gi.repository import GLib  # dbus-python main loop for signals
     from dbus.mainloop.glib import DBusGMainLoop
+    from gi.repository import GLib  # dbus-python main loop for signals
 
     DBusGMainLoop(set_as_default=True)
     conn = dbus.bus.BusConnection(d.bus.address, mainloop=DBusGMainLoop())
@@ -136,8 +136,9 @@ def test_properties_changed_is_emitted(powerd, vms, laptop):
 
 
 def test_desktop_without_lid_or_battery_works(system_bus, logind, vms, tmp_path):
-    from conftest import PowerDaemon
     from fixtures_udev import SimulatedLaptop
+
+    from conftest import PowerDaemon
 
     desktop = SimulatedLaptop(lid=False, battery=False)
     try:

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import libvirt
+
 from conftest import Logind, wait_for
 
 RUNNING, PAUSED, SHUTOFF = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
@@ -105,7 +106,7 @@ def test_a_hanging_vm_does_not_block_the_others_and_the_lock_goes_in_time(powerd
     assert "not paused in time" in d.log()
 
 
-class vms_proxy:  # noqa: N801  (reads the states of all but one VM: the hung one blocks)
+class vms_proxy:
     def __init__(self, vms, exclude: str) -> None:
         self.vms, self.exclude = vms, exclude
 
