@@ -107,6 +107,7 @@ class VMController:
         self._resumed_generation = 0  # bumps on every resume: late pauses check it
         self._lock = asyncio.Lock()  # one whole-fleet operation at a time
         self._late: set[asyncio.Task[Any]] = set()
+        self._batch = False
 
     # -- queries ----------------------------------------------------------------
 
@@ -137,14 +138,15 @@ class VMController:
     def manages(self, d: DomainInfo) -> bool:
         return d.name.startswith(self.cfg.name_prefix)
 
-    async def domains(self) -> list[DomainInfo]:
-        return [d for d in await self.hv.list_domains() if self.manages(d)]
+    async def domains(self, running: bool = False) -> list[DomainInfo]:
+        return [d for d in await self.hv.list_domains(running) if self.manages(d)]
 
     # -- bookkeeping -----------------------------------------------------------
 
-    def _record(self, h: Held) -> None:
+    def _record(self, h: Held, persist: bool = True) -> None:
         self.held[h.uuid] = h
-        self._persist()
+        if persist:
+            self._persist()
 
     def _forget(self, uuids: Iterable[str]) -> None:
         changed = False
@@ -188,14 +190,19 @@ class VMController:
         Returns by ``deadline`` (a ``loop.time()``) whatever happens to single VMs.
         """
         async with self._lock:
-            domains = await self._bounded(self.domains(), deadline, "list VMs")
+            domains = await self._bounded(self.domains(running=True), deadline, "list VMs")
             targets = [d for d in domains or [] if d.state == DomState.RUNNING
                        and d.uuid not in self.held]
             generation = self._resumed_generation
+            self._batch = True  # one state write for the whole batch, not one per VM
             jobs = {asyncio.ensure_future(self._pause_one(d, cause, deadline, generation)): d
                     for d in targets}
-            if jobs:
-                await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
+            try:
+                if jobs:
+                    await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
+            finally:
+                self._batch = False
+                self._persist()
             for job, d in jobs.items():
                 if not job.done():
                     vm_logger(d.name).error(
@@ -234,7 +241,7 @@ class VMController:
             return
         vlog.info("%s", {"pause": "paused", "s3": "suspended to RAM (guest S3)",
                          "save": "saved"}[action])
-        self._record(Held(d.uuid, d.name, action, cause.value))
+        self._record(Held(d.uuid, d.name, action, cause.value), persist=not self._batch)
 
     async def _op(self, coro: Awaitable[None], limit: float, name: str, what: str) -> None:
         """Await ``coro`` for at most ``limit`` seconds; it goes on in the background."""

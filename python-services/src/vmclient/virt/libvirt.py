@@ -263,8 +263,10 @@ class Hypervisor:
                 raise VMOperationFailed(vm, what, exc.get_error_message()) from exc
             raise HypervisorError(f"{what}: {exc.get_error_message()}") from exc
 
-    async def list_domains(self) -> list[DomainInfo]:
-        return await self._call(_list_domains, what="list domains", limit=30)
+    async def list_domains(self, running_only: bool = False) -> list[DomainInfo]:
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING if running_only else 0
+        return await self._call(lambda conn: _list_domains(conn, flags), what="list domains",
+                                limit=30)
 
     async def domain(self, uuid: str) -> DomainInfo:
         return await self._call(lambda conn: _info(conn.lookupByUUIDString(uuid)),
@@ -311,9 +313,9 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _list_domains(conn: libvirt.virConnect) -> list[DomainInfo]:
+def _list_domains(conn: libvirt.virConnect, flags: int) -> list[DomainInfo]:
     out = []
-    for dom in conn.listAllDomains(0):
+    for dom in conn.listAllDomains(flags):
         try:
             out.append(_info(dom))
         except libvirt.libvirtError as exc:
