@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-# the shared tests/conftest.py does this too; kept so this directory runs on its own
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python-services" / "src"))
-
 from vmclient.store import crypto
 from vmclient.store.remote import MemoryStore
 
