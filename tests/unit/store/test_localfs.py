@@ -49,16 +49,16 @@ def test_unsafe_paths_are_refused(remote: RemoteStore, path: str) -> None:
 
 
 def test_lock_is_exclusive_until_released_or_stale(remote: RemoteStore) -> None:
-    token = run(remote.lock("vm-office", "laptop-1", stale_after=60))
+    token = run(remote.lock("devices/d1/lock", "laptop-1", stale_after=60))
     with pytest.raises(LockHeld, match="held by laptop-1"):
-        run(remote.lock("vm-office", "admin", stale_after=60))
+        run(remote.lock("devices/d1/lock", "admin", stale_after=60))
     run(remote.unlock(token))
-    token2 = run(remote.lock("vm-office", "admin", stale_after=60))
+    token2 = run(remote.lock("devices/d1/lock", "admin", stale_after=60))
     remote.now[0] += 61  # type: ignore[attr-defined]
-    token3 = run(remote.lock("vm-office", "laptop-1", stale_after=60))
+    token3 = run(remote.lock("devices/d1/lock", "laptop-1", stale_after=60))
     run(remote.unlock(token2))  # no longer ours: must not release the new holder's lock
     with pytest.raises(LockHeld):
-        run(remote.lock("vm-office", "admin", stale_after=60))
+        run(remote.lock("devices/d1/lock", "admin", stale_after=60))
     run(remote.unlock(token3))
 
 

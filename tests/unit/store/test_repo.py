@@ -90,7 +90,10 @@ def test_every_flipped_byte_of_a_pack_is_detected_and_named(store: MemoryStore,
     cs = ChunkStore(store, layout.image_store("win"), keys)
     records = run(cs.read_header(pack.rsplit("/", 1)[1], len(original)))
     blobs_end = records[-1][1] + records[-1][2]
-    for pos in [*range(0, blobs_end, 251), blobs_end - 1]:
+    # per blob: magic, version, nonce, first ciphertext byte, middle, last tag byte
+    positions = [off + d for _cid, off, length, _plain in records
+                 for d in (0, 4, 5, 17, length // 2, length - 1)]
+    for pos in positions:
         store.objects[pack] = flip(original, pos)
         with pytest.raises(RemoteIntegrityError) as err:
             run(download(store, keys, digest))

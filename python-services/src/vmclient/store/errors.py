@@ -30,7 +30,7 @@ class LocalSyncError(StoreError):
 
 
 class LockHeld(LocalSyncError):
-    """Repository lock {!r} is held by {} since {} (stale after {} s)"""
+    """Repository lock {} is held by {} since {} (stale after {} s)"""
 
     exit_code = EXIT_UNAVAILABLE
     dbus_name = DBUS_ERROR_PREFIX + "LockHeld"

@@ -11,8 +11,10 @@ Contract (repository-format.md, "Write ordering"):
   with ``exclusive=True`` it fails with :class:`FileExistsError` semantics
   (:class:`LocalSyncError`) instead of replacing an existing object.
 * ``get`` may read a byte range (packs are read blob by blob).
-* ``lock`` is advisory and exclusive; a lock older than ``stale_after`` seconds
-  may be broken by the next taker.
+* ``lock`` is advisory and exclusive; the lock is an object at the given path
+  (``devices/<id>/lock`` for a device's sync, ``images/<name>/lock`` and
+  ``lock`` for the admin tool), so a device confined to its own directory can
+  take its own lock; one older than ``stale_after`` seconds may be broken.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from typing import Protocol, runtime_checkable
 from .errors import LocalSyncError, LockHeld, ObjectNotFound
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-LOCK_DIR = "locks"
 
 
 def check_path(path: str) -> str:
@@ -46,7 +47,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class LockToken:
-    name: str
+    path: str
     holder: str
     nonce: str
 
@@ -65,8 +66,8 @@ class RemoteStore(Protocol):
     async def delete(self, path: str) -> None:
         """Remove an object; removing an absent one is not an error."""
 
-    async def lock(self, name: str, holder: str, *, stale_after: int) -> LockToken:
-        """Take the exclusive lock ``name`` or raise :class:`LockHeld`."""
+    async def lock(self, path: str, holder: str, *, stale_after: int) -> LockToken:
+        """Take the exclusive lock object at ``path`` or raise :class:`LockHeld`."""
 
     async def unlock(self, token: LockToken) -> None:
         """Release a lock taken with :meth:`lock` (only if still ours)."""
@@ -100,14 +101,14 @@ class LockingMixin:
     async def delete(self, path: str) -> None:
         raise NotImplementedError
 
-    async def lock(self, name: str, holder: str, *, stale_after: int) -> LockToken:
-        path = check_path(f"{LOCK_DIR}/{name}")
+    async def lock(self, path: str, holder: str, *, stale_after: int) -> LockToken:
+        check_path(path)
         nonce = secrets.token_hex(8)
         for _attempt in range(2):
             try:
                 await self.put_atomic(path, lock_document(holder, self.clock(), nonce),
                                       exclusive=True)
-                return LockToken(name, holder, nonce)
+                return LockToken(path, holder, nonce)
             except LocalSyncError:
                 try:
                     current = await self.get(path)
@@ -115,18 +116,17 @@ class LockingMixin:
                     continue
                 stale, other, created = lock_is_stale(current, self.clock(), stale_after)
                 if not stale:
-                    raise LockHeld(name, other, created, stale_after) from None
+                    raise LockHeld(path, other, created, stale_after) from None
                 await self.delete(path)
-        raise LockHeld(name, "a competing client", self.clock(), stale_after)
+        raise LockHeld(path, "a competing client", self.clock(), stale_after)
 
     async def unlock(self, token: LockToken) -> None:
-        path = f"{LOCK_DIR}/{token.name}"
         try:
-            current = json.loads(await self.get(path))
+            current = json.loads(await self.get(token.path))
         except (ObjectNotFound, ValueError):
             return
         if isinstance(current, dict) and current.get("nonce") == token.nonce:
-            await self.delete(path)
+            await self.delete(token.path)
 
 
 class MemoryStore(LockingMixin):
