@@ -28,7 +28,7 @@ from .errors import RemoteIntegrityError, UnsupportedVersion
 
 CODEC_STORED = 0
 CODEC_ZSTD = 1
-MAX_DOCUMENT = 64 << 20  # no manifest, index or catalog decompresses to more
+MAX_DOCUMENT = 256 << 20  # no manifest, index or catalog decompresses to more
 ENVELOPE_MAGIC = b"VMCG"
 ENVELOPE_VERSION = 1
 _KEYID_LEN = 16
