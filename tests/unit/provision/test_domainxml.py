@@ -35,14 +35,14 @@ def build(name: str, **kw: object) -> tuple[spec.Recipe, ET.Element, str]:
 
 
 def test_power_policy_is_in_the_fixed_metadata_namespace() -> None:
-    _r, dom, text = build("office")
+    _r, dom, text = build("office", image_version=5)
     power = dom.find("metadata/vmclient:power", NS)
     assert power is not None and power.get("policy") == "s3"
     assert '<vmclient:power xmlns:vmclient="https://vmclient.org/xmlns/power/1"' in text
     vm = dom.find("metadata/vmc:vm", NS)
     assert vm is not None
-    assert (vm.get("kind"), vm.get("image"), vm.get("sync")) == ("business", "win11-office",
-                                                                 "memory")
+    assert (vm.get("kind"), vm.get("image"), vm.get("image-version"), vm.get("sync")) == \
+        ("business", "win11-office", "5", "memory")
 
 
 def test_every_disk_is_luks_qcow2_with_its_own_secret() -> None:

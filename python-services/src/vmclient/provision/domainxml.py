@@ -40,8 +40,12 @@ class DiskBinding:
 
 
 def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
-               install_media: PurePosixPath | None = None) -> str:
-    """The domain definition for ``recipe``; ``install_media`` attaches an ISO and boots it."""
+               install_media: PurePosixPath | None = None, image_version: int = 0) -> str:
+    """The domain definition for ``recipe``.
+
+    ``install_media`` attaches an ISO and boots it first; ``image_version`` is the
+    catalog version actually installed (the recipe may say "newest").
+    """
     for value in (uuid, *(b.secret_uuid for b in disks.values())):
         if not _UUID_RE.fullmatch(value):
             raise ValueError(f"not a lower-case UUID: {value!r}")
@@ -55,7 +59,7 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
     _text(dom, "title", f"{recipe.name} ({recipe.kind})")
     if recipe.description:
         _text(dom, "description", recipe.description)
-    _metadata(dom, recipe)
+    _metadata(dom, recipe, image_version or recipe.image.version)
     _text(dom, "memory", str(recipe.memory_mib), unit="MiB")
     _text(dom, "currentMemory", str(recipe.memory_mib), unit="MiB")
     _text(dom, "vcpu", str(recipe.vcpus), placement="static")
@@ -84,7 +88,7 @@ def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
     return el
 
 
-def _metadata(dom: ET.Element, recipe: Recipe) -> None:
+def _metadata(dom: ET.Element, recipe: Recipe, image_version: int) -> None:
     meta = ET.SubElement(dom, "metadata")
     # literal prefixes: ElementTree would otherwise invent ns0/ns1
     ET.SubElement(meta, "vmclient:power", {"xmlns:vmclient": POWER_NS, "policy": recipe.power})
@@ -93,7 +97,7 @@ def _metadata(dom: ET.Element, recipe: Recipe) -> None:
         "xmlns:vmc": VM_NS, "kind": recipe.kind, "recipe": recipe.name,
         "source": image.source,
         "image": image.catalog or str(image.iso or image.qcow2),
-        "image-version": str(image.version) if image.catalog else "",
+        "image-version": str(image_version) if image.catalog and image_version else "",
         "sync": "memory" if recipe.sync.memory else "disks" if recipe.sync.enabled else "off",
         "usb": recipe.devices.usb})
 

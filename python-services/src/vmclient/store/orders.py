@@ -30,7 +30,7 @@ ORDER_ACTIONS: dict[str, dict[str, type]] = {
     "lock": {},
     "unlock": {},
     "wipe": {"include_private": bool},
-    "rekey": {"vm": str, "from_device": str},
+    "rekey": {"vm": str, "from_device": str, "min_seq": int},
 }
 OUTCOMES = ("done", "failed", "refused")
 
