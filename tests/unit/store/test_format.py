@@ -36,7 +36,7 @@ def reader(doc: object) -> Reader:
 def test_reader_errors_name_object_path_and_dotted_field() -> None:
     r = reader({"images": [{"name": 5}]})
     with pytest.raises(RemoteIntegrityError) as err:
-        r.tables("images")[0].str("name")
+        r.tables("images")[0].text("name")
     msg = str(err.value)
     assert "catalog 'catalog' at repo/catalog" in msg
     assert "field 'images[0].name': must be a string, not int" in msg
@@ -44,11 +44,11 @@ def test_reader_errors_name_object_path_and_dotted_field() -> None:
 
 def test_reader_refuses_missing_unknown_and_bool_as_int() -> None:
     with pytest.raises(RemoteIntegrityError, match="'serial': missing"):
-        reader({}).int("serial")
+        reader({}).integer("serial")
     with pytest.raises(RemoteIntegrityError, match="'serial': must be a whole number"):
-        reader({"serial": True}).int("serial")
+        reader({"serial": True}).integer("serial")
     r = reader({"a": 1, "zz": 2})
-    r.int("a")
+    r.integer("a")
     with pytest.raises(RemoteIntegrityError, match="'zz': unknown field"):
         r.done()
 

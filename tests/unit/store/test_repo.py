@@ -203,3 +203,11 @@ def test_chunk_whose_content_does_not_match_its_id_is_refused(keys: crypto.KeySe
     blob = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(b"wrong", None))
     with pytest.raises(RemoteIntegrityError, match="content does not match its id"):
         open_blob(keys, cid, BlobRef("p", 0, len(blob), 5), blob, "p")
+
+
+def test_stray_object_in_a_chunk_store_is_named(store: MemoryStore, keys: crypto.KeySet) -> None:
+    run(publish(store, keys, disk_bytes(4)))
+    store.objects[layout.image_store("win") + "/index/notes.txt"] = b"hello"
+    with pytest.raises(RemoteIntegrityError, match="unexpected object name") as err:
+        run(ChunkStore(store, layout.image_store("win"), keys).load_index())
+    assert err.value.obj_type == "index"

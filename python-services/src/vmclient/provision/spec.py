@@ -128,16 +128,16 @@ class _Table:
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> str:
-        return self.get(key, str, default, check=lambda v: None if v in choices else
-                        f"{v!r} is not one of {', '.join(map(repr, choices))}")
+        return str(self.get(key, str, default, check=lambda v: None if v in choices else
+                        f"{v!r} is not one of {', '.join(map(repr, choices))}"))
 
     def number(self, key: str, lo: int, hi: int, default: Any = ...) -> int:
-        return self.get(key, int, default, check=lambda v: None if lo <= v <= hi else
-                        f"{v} is outside {lo}..{hi}")
+        return int(self.get(key, int, default, check=lambda v: None if lo <= v <= hi else
+                        f"{v} is outside {lo}..{hi}"))
 
     def text(self, key: str, pattern: re.Pattern[str] | None = None, default: Any = ...) -> str:
-        return self.get(key, str, default, check=lambda v: None if pattern is None or
-                        pattern.fullmatch(v) else f"{v!r} does not match {pattern.pattern}")
+        return str(self.get(key, str, default, check=lambda v: None if pattern is None or
+                        pattern.fullmatch(v) else f"{v!r} does not match {pattern.pattern}"))
 
     def table(self, key: str) -> _Table:
         return _Table(self.get(key, dict, {}), self.path, f"{self.prefix}{key}.")
@@ -210,11 +210,11 @@ def _disks(t: _Table) -> tuple[Disk, ...]:
     raw = t.get("disks", list)
     disks = []
     for i, item in enumerate(raw):
-        d = _Table(item, t.path, f"disks[{i}].")
-        disks.append(Disk(d.text("name", NAME_RE), d.choice("role", DISK_ROLES),
-                          d.number("size_gib", 0, 16384, 0), d.choice("bus", DISK_BUSES,
-                                                                      "virtio")))
-        d.done()
+        dt = _Table(item, t.path, f"disks[{i}].")
+        disks.append(Disk(dt.text("name", NAME_RE), dt.choice("role", DISK_ROLES),
+                          dt.number("size_gib", 0, 16384, 0), dt.choice("bus", DISK_BUSES,
+                                                                        "virtio")))
+        dt.done()
     names = [d.name for d in disks]
     for i, name in enumerate(names):
         if name in names[:i]:

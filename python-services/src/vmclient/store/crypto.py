@@ -32,6 +32,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import LocalSyncError, RemoteIntegrityError, UnsupportedVersion
 
+__all__ = [
+    "Ed25519PrivateKey", "Ed25519PublicKey", "KeySet", "X25519PrivateKey", "X25519PublicKey",
+    "chunk_id", "ed25519_public", "hkdf", "key_id", "open_sealed", "raw_private", "raw_public",
+    "seal", "sha256_hex", "sign", "unwrap_key", "verify", "wrap_key", "x25519_public",
+]
+
 KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16

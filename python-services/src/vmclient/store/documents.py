@@ -45,9 +45,9 @@ class RepoConfig:
     def parse(cls, untrusted_body: bytes, path: str) -> RepoConfig:
         r = Reader.parse(untrusted_body, "config", CONFIG_ID, path)
         r.version({FORMAT_VERSION})
-        cfg = cls(repository=r.str("repository", pattern=_KEY_ID_RE),
-                  created=r.int("created", lo=0),
-                  chunk_size=r.int("chunk_size", lo=64 << 10, hi=1 << 20),
+        cfg = cls(repository=r.text("repository", pattern=_KEY_ID_RE),
+                  created=r.integer("created", lo=0),
+                  chunk_size=r.integer("chunk_size", lo=64 << 10, hi=1 << 20),
                   admin_key=r.b64("admin_key", size=32), escrow_key=r.b64("escrow_key", size=32),
                   id_hash=r.const("id_hash", "hmac-sha256"), aead=r.const("aead", "aes-256-gcm"))
         if cfg.chunk_size & (cfg.chunk_size - 1):
@@ -86,15 +86,15 @@ class Catalog:
         r = Reader.parse(untrusted_body, "catalog", CATALOG_ID, path)
         r.version({FORMAT_VERSION})
         r.const("repository", repository)
-        serial, issued = r.int("serial", lo=1), r.int("issued", lo=0)
+        serial, issued = r.integer("serial", lo=1), r.integer("issued", lo=0)
         images: dict[str, tuple[ImageVersion, ...]] = {}
         for img in r.tables("images"):
-            name = img.str("name", pattern=NAME_RE)
+            name = img.text("name", pattern=NAME_RE)
             versions = []
             for v in img.tables("versions"):
                 versions.append(ImageVersion(
-                    v.int("version", lo=1), v.str("manifest", pattern=HEX_ID_RE),
-                    v.int("size", lo=0), v.int("created", lo=0), v.str("key_check")))
+                    v.integer("version", lo=1), v.text("manifest", pattern=HEX_ID_RE),
+                    v.integer("size", lo=0), v.integer("created", lo=0), v.text("key_check")))
                 v.done()
             numbers = [v.version for v in versions]
             if numbers != sorted(set(numbers)):
@@ -143,8 +143,9 @@ class Pointer:
     def parse(cls, untrusted_body: bytes, vm: str, device: str, path: str) -> Pointer:
         r = Reader.parse(untrusted_body, "pointer", pointer_id(vm), path)
         r.version({FORMAT_VERSION})
-        p = cls(r.const("vm", vm), r.const("device", device), r.str("snapshot", pattern=NAME_RE),
-                r.int("seq", lo=1), r.int("time", lo=0), r.str("manifest", pattern=HEX_ID_RE))
+        p = cls(r.const("vm", vm), r.const("device", device),
+                r.text("snapshot", pattern=NAME_RE), r.integer("seq", lo=1),
+                r.integer("time", lo=0), r.text("manifest", pattern=HEX_ID_RE))
         r.done()
         return p
 
@@ -196,7 +197,7 @@ class WrappedKey:
         r = Reader.parse(untrusted_body, "wrapped-key", f"{subject}/{recipient}", path)
         r.version({FORMAT_VERSION})
         w = cls(r.const("subject", subject), r.const("recipient", recipient),
-                r.str("key_check"), r.b64("wrapped", size=crypto.WRAP_OVERHEAD + crypto.KEY_SIZE))
+                r.text("key_check"), r.b64("wrapped", size=crypto.WRAP_OVERHEAD + crypto.KEY_SIZE))
         r.done()
         if not _SUBJECT_RE.fullmatch(subject):
             r.fail("subject", f"{subject!r} is not vm:<id> or image:<name>")

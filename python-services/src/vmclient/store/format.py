@@ -156,19 +156,19 @@ class Reader:
         return sorted(self._untrusted)
 
     def version(self, supported: Iterable[int]) -> int:
-        value = self.int("version", lo=0)
+        value = self.integer("version", lo=0)
         if value not in set(supported):
             raise UnsupportedVersion(self.obj_type, self.obj_id, self.path,
                                      f"format version {value}")
         return value
 
     def const(self, name: str, expected: str) -> str:
-        value = self.str(name)
+        value = self.text(name)
         if value != expected:
             self.fail(name, f"is {value!r}, expected {expected!r}")
         return value
 
-    def str(self, name: str, *, pattern: re.Pattern[str] | None = None,
+    def text(self, name: str, *, pattern: re.Pattern[str] | None = None,
             choices: Iterable[str] = ()) -> str:
         value: str = self._get(name, str, "a string")
         allowed = tuple(choices)
@@ -178,18 +178,18 @@ class Reader:
             self.fail(name, f"{value!r} does not match {pattern.pattern}")
         return value
 
-    def int(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    def integer(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
         value: int = self._get(name, int, "a whole number")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             self.fail(name, f"{value} is out of range [{lo}, {hi}]")
         return value
 
-    def bool(self, name: str) -> bool:
+    def flag(self, name: str) -> bool:
         value: bool = self._get(name, bool, "true or false")
         return value
 
     def b64(self, name: str, *, size: int | None = None, multiple: int | None = None) -> bytes:
-        text = self.str(name)
+        text = self.text(name)
         try:
             value = base64.b64decode(text, validate=True)
         except binascii.Error:

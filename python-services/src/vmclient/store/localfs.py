@@ -12,6 +12,7 @@ Temporary files (``.tmp-*``) are invisible to :meth:`list` and removed by
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import secrets
 import time
@@ -33,10 +34,10 @@ class LocalDirStore(LockingMixin):
     def _path(self, path: str) -> Path:
         return self.root / check_path(path)
 
-    async def list(self, prefix: str) -> list[Entry]:
+    async def list(self, prefix: str) -> builtins.list[Entry]:
         return await asyncio.to_thread(self._list, prefix)
 
-    def _list(self, prefix: str) -> list[Entry]:
+    def _list(self, prefix: str) -> builtins.list[Entry]:
         base = self._path(prefix)
         out = []
         for dirpath, _dirs, files in os.walk(base):

@@ -51,11 +51,11 @@ class ChunkMap:
 
     @classmethod
     def from_reader(cls, r: Reader) -> ChunkMap:
-        name = r.str("name", pattern=NAME_RE)
-        role = r.str("role", choices=DISK_ROLES)
-        size = r.int("size", lo=0, hi=1 << 50)
-        chunk_size = r.int("chunk_size", lo=4096, hi=16 << 20)
-        base = r.str("base")
+        name = r.text("name", pattern=NAME_RE)
+        role = r.text("role", choices=DISK_ROLES)
+        size = r.integer("size", lo=0, hi=1 << 50)
+        chunk_size = r.integer("chunk_size", lo=4096, hi=16 << 20)
+        base = r.text("base")
         raw = r.b64("chunks", multiple=ID_SIZE)
         ids = tuple(raw[i:i + ID_SIZE] for i in range(0, len(raw), ID_SIZE))
         if len(ids) != -(-size // chunk_size):
@@ -109,13 +109,13 @@ class Manifest:
         r.const("kind", kind)
         r.const("subject", subject)
         r.const("label", label)
-        seq = r.int("seq", lo=0)
-        created = r.int("created", lo=0)
-        key_check = r.str("key_check")
-        device = r.str("device")
-        parent = r.str("parent")
+        seq = r.integer("seq", lo=0)
+        created = r.integer("created", lo=0)
+        key_check = r.text("key_check")
+        device = r.text("device")
+        parent = r.text("parent")
         meta_r = r.table("meta")
-        meta = {k: meta_r.str(k) for k in meta_r.names()}
+        meta = {k: meta_r.text(k) for k in meta_r.names()}
         disks = tuple(ChunkMap.from_reader(d) for d in r.tables("disks"))
         names = [d.name for d in disks]
         if len(set(names)) != len(names):
@@ -169,7 +169,7 @@ class Index:
         r.version({FORMAT_VERSION})
         packs: dict[str, tuple[tuple[bytes, int, int, int], ...]] = {}
         for p in r.tables("packs"):
-            pack = p.str("name", pattern=HEX_ID_RE)
+            pack = p.text("name", pattern=HEX_ID_RE)
             packs[pack] = tuple(decode_records(p.b64("blobs"), p, "blobs"))
             p.done()
         r.done()

@@ -54,8 +54,8 @@ class DeviceRecord:
         from .crypto import ed25519_public, key_id
         r = Reader.parse(untrusted_body, "device", device, path)
         r.version({FORMAT_VERSION})
-        rec = cls(r.const("device", device), r.str("name"), r.b64("signing_key", size=32),
-                  r.b64("wrapping_key", size=32), r.int("enrolled", lo=0))
+        rec = cls(r.const("device", device), r.text("name"), r.b64("signing_key", size=32),
+                  r.b64("wrapping_key", size=32), r.integer("enrolled", lo=0))
         if key_id(ed25519_public(rec.signing_key)) != device:
             r.fail("signing_key", "is not the key the device id names")
         r.done()
@@ -84,19 +84,19 @@ class Order:
         r = Reader.parse(untrusted_body, "order", order_id(device, seq), path)
         r.version({FORMAT_VERSION})
         r.const("device", device)
-        if r.int("seq", lo=1) != seq:
+        if r.integer("seq", lo=1) != seq:
             r.fail("seq", f"does not match the object name (seq {seq})")
-        issued = r.int("issued", lo=0)
-        action = r.str("action", choices=tuple(ORDER_ACTIONS))
+        issued = r.integer("issued", lo=0)
+        action = r.text("action", choices=tuple(ORDER_ACTIONS))
         a = r.table("args")
         args: dict[str, Any] = {}
         for name, kind in ORDER_ACTIONS[action].items():
             if kind is str:
-                args[name] = a.str(name, pattern=NAME_RE if name == "vm" else None)
+                args[name] = a.text(name, pattern=NAME_RE if name == "vm" else None)
             elif kind is int:
-                args[name] = a.int(name, lo=0)
+                args[name] = a.integer(name, lo=0)
             else:
-                args[name] = a.bool(name)
+                args[name] = a.flag(name)
         a.done()
         r.done()
         return cls(device, seq, issued, action, args)
@@ -122,8 +122,8 @@ class Report:
     def parse(cls, untrusted_body: bytes, device: str, seq: int, path: str) -> Report:
         r = Reader.parse(untrusted_body, "report", order_id(device, seq), path)
         r.version({FORMAT_VERSION})
-        rep = cls(r.const("device", device), r.int("seq", lo=1), r.int("time", lo=0),
-                  r.int("order", lo=0), r.str("outcome", choices=OUTCOMES), r.str("detail"))
+        rep = cls(r.const("device", device), r.integer("seq", lo=1), r.integer("time", lo=0),
+                  r.integer("order", lo=0), r.text("outcome", choices=OUTCOMES), r.text("detail"))
         if rep.seq != seq:
             r.fail("seq", f"does not match the object name (seq {seq})")
         r.done()

@@ -80,7 +80,7 @@ def open_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef, untrusted_blob: byt
 
 
 def header_length(untrusted_trailer: bytes, pack: str, path: str, pack_size: int) -> int:
-    (length,) = TRAILER.unpack(untrusted_trailer[-TRAILER.size:])
+    length = int(TRAILER.unpack(untrusted_trailer[-TRAILER.size:])[0])
     if length + TRAILER.size > pack_size or length < crypto.SEAL_OVERHEAD:
         raise RemoteIntegrityError("pack-header", pack, path, f"bad header length {length}")
     return length

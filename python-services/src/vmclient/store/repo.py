@@ -17,7 +17,7 @@ from . import crypto, layout
 from .chunker import Chunk
 from .documents import Pointer, check_pointer_fresh, pointer_id
 from .errors import RemoteIntegrityError
-from .format import decode_payload, encode_payload, open_envelope, signed_envelope
+from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
 from .objects import BlobRef, Index, Manifest
 from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_blob, open_header
 from .plan import DownloadPlan
@@ -126,6 +126,14 @@ async def get_pointer(remote: RemoteStore, signers: Signers, device: str, vm: st
     return p
 
 
+def _object_name(untrusted_path: str, obj_type: str) -> str:
+    """The name of a listed index or pack: 64 hex digits, or the listing is not ours."""
+    name = untrusted_path.rsplit("/", 1)[-1]
+    if not HEX_ID_RE.fullmatch(name):
+        raise RemoteIntegrityError(obj_type, name, untrusted_path, "unexpected object name")
+    return name
+
+
 # --- chunk stores ----------------------------------------------------------------------------
 
 @dataclass
@@ -149,13 +157,13 @@ class ChunkStore:
         out: dict[bytes, BlobRef] = {}
         indexed: set[str] = set()
         for entry in await self.remote.list(f"{self.root}/index"):
-            name = entry.path.rsplit("/", 1)[1]
+            name = _object_name(entry.path, "index")
             body = await get_sealed(self.remote, entry.path, self.keys.enc, "index", name)
             idx = Index.parse(body, name, entry.path)
             indexed.update(idx.packs)
             out.update(idx.refs())
         for entry in await self.remote.list(f"{self.root}/packs"):
-            name = entry.path.rsplit("/", 1)[1]
+            name = _object_name(entry.path, "pack")
             if name not in indexed:
                 for cid, off, length, plain in await self.read_header(name, entry.size):
                     out.setdefault(cid, BlobRef(name, off, length, plain))
