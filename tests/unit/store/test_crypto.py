@@ -61,6 +61,35 @@ def test_seal_is_aes_gcm_with_header_type_and_id_as_associated_data() -> None:
     assert AESGCM(keys.enc).decrypt(NONCE, sealed[17:], aad) == PLAINTEXT
 
 
+def test_recorded_key_set_is_hkdf_sha256_with_the_documented_labels() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    recorded = json.loads(VECTORS.read_text())
+    for field, label, size in (("enc", b"aead", 32), ("chunk_id_key", b"chunk-id", 32),
+                               ("luks", b"luks", 32), ("key_check", b"key-check", 16)):
+        derived = HKDF(hashes.SHA256(), size, None, b"vmclient/v1/" + label).derive(SECRET)
+        assert derived.hex() == recorded[field], field
+
+
+def test_recorded_wrapped_key_opens_with_the_documented_kek() -> None:
+    """Independent of ``unwrap_key``: ECIES as repository-format.md §4 specifies."""
+    from vmclient.store.crypto import hkdf, raw_public
+    wrapped = bytes.fromhex(json.loads(VECTORS.read_text())["wrapped"])
+    recipient = X25519PrivateKey.from_private_bytes(b"\x04" * 32)
+    e_pub = wrapped[:32]
+    shared = recipient.exchange(crypto.x25519_public(e_pub))
+    kek = hkdf(shared, "wrap", salt=e_pub + raw_public(recipient.public_key()))
+    sealed = wrapped[32:]
+    aad = b"VMCS\x01" + b"data-key\0vm:office"
+    assert AESGCM(kek).decrypt(sealed[5:17], sealed[17:], aad) == SECRET
+
+
+def test_recorded_signature_covers_the_documented_message() -> None:
+    sig = bytes.fromhex(json.loads(VECTORS.read_text())["signature"])
+    signer = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32).public_key()
+    signer.verify(sig, b"vmclient/v1/sig\0catalog\0catalog\0" + PLAINTEXT)
+
+
 def test_chunk_id_is_hmac_sha256_under_the_derived_id_key() -> None:
     keys = crypto.KeySet.derive(SECRET)
     expected = hmac.new(keys.chunk_id, PLAINTEXT, hashlib.sha256).digest()

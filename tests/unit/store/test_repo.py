@@ -142,6 +142,13 @@ def test_interrupted_upload_is_recovered_from_pack_headers(store: MemoryStore,
     chunks = [c for c in Chunker(keys.chunk_id).split(data) if not c.is_zero]
     assert {c.id for c in chunks} <= set(index)
     assert run(cs.upload(chunks, index)).chunks == 0
+    # the next upload's index adopts the orphaned packs: no header reads after that
+    extra = Chunker(keys.chunk_id).chunk(99, b"new data")
+    result = run(cs.upload([extra], index))
+    assert result.chunks == 1 and not cs.unindexed
+    again = ChunkStore(store, layout.image_store("win"), keys)
+    assert set(run(again.load_index())) == set(index) | {extra.id}
+    assert again.unindexed == {}
 
 
 def snapshot(device: str, vm: str, keys: crypto.KeySet) -> Manifest:

@@ -151,6 +151,8 @@ class ChunkStore:
                  pack_target: int = DEFAULT_PACK_TARGET, level: int | None = 1) -> None:
         self.remote, self.root, self.keys = remote, root, keys
         self.pack_target, self.level = pack_target, level
+        # packs found by header in load_index: the next upload's index adopts them
+        self.unindexed: dict[str, tuple[tuple[bytes, int, int, int], ...]] = {}
 
     async def load_index(self) -> dict[bytes, BlobRef]:
         """Merge every index; packs no index lists (a crashed upload) are read by header."""
@@ -165,7 +167,8 @@ class ChunkStore:
         for entry in await self.remote.list(f"{self.root}/packs"):
             name = _object_name(entry.path, "pack")
             if name not in indexed:
-                for cid, off, length, plain in await self.read_header(name, entry.size):
+                self.unindexed[name] = await self.read_header(name, entry.size)
+                for cid, off, length, plain in self.unindexed[name]:
                     out.setdefault(cid, BlobRef(name, off, length, plain))
         return out
 
@@ -180,9 +183,13 @@ class ChunkStore:
 
     async def upload(self, chunks: Iterable[Chunk], known: Mapping[bytes, BlobRef]
                      ) -> UploadResult:
-        """Write the chunks ``known`` lacks in packs, then one index naming those packs."""
+        """Write the chunks ``known`` lacks in packs, then one index naming those packs.
+
+        The index also names packs an interrupted upload left without one (found
+        by :meth:`load_index`), so they are read by header only once.
+        """
         result = UploadResult()
-        written: dict[str, tuple[tuple[bytes, int, int, int], ...]] = {}
+        written: dict[str, tuple[tuple[bytes, int, int, int], ...]] = dict(self.unindexed)
         seen: set[bytes] = set()
         builder = self._builder()
         for chunk in chunks:
@@ -199,6 +206,7 @@ class ChunkStore:
             result.index = secrets.token_hex(32)
             await put_sealed(self.remote, layout.index(self.root, result.index), self.keys.enc,
                              ("index", result.index), Index(result.index, written).to_bytes())
+            self.unindexed.clear()
         return result
 
     def _builder(self) -> PackBuilder:
