@@ -8,15 +8,22 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunker
+from vmclient.store.documents import Catalog, ImageVersion, Pointer, RepoConfig
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.objects import ChunkMap, Manifest
 from vmclient.store.plan import plan_download
 from vmclient.store.remote import MemoryStore
 from vmclient.store.repo import (
     ChunkStore,
+    get_catalog,
+    get_config,
     get_image_manifest,
+    get_pointer,
     get_snapshot,
+    put_catalog,
     put_image_manifest,
+    put_pointer,
+    put_signed,
     put_snapshot,
 )
 
@@ -218,3 +225,64 @@ def test_stray_object_in_a_chunk_store_is_named(store: MemoryStore, keys: crypto
     with pytest.raises(RemoteIntegrityError, match="unexpected object name") as err:
         run(ChunkStore(store, layout.image_store("win"), keys).load_index())
     assert err.value.obj_type == "index"
+
+
+REPO_ID = "3f0c5d2e9a8b4c7d1e2f3a4b5c6d7e8f"
+
+
+def catalog_at(serial: int) -> Catalog:
+    return Catalog(REPO_ID, serial, 1000 + serial,
+                   {"win": (ImageVersion(1, "a" * 64, K, 0, "c" * 32),)})
+
+
+def test_catalog_through_the_store_refuses_tamper_replay_and_other_signers(
+        store: MemoryStore, admin: Ed25519PrivateKey) -> None:
+    run(put_catalog(store, admin, catalog_at(5)))
+    old = store.objects["catalog"]
+    digest6 = run(put_catalog(store, admin, catalog_at(6)))
+    cat, digest = run(get_catalog(store, admin.public_key(), REPO_ID, known_serial=5))
+    assert (cat.serial, digest) == (6, digest6)
+    store.objects["catalog"] = old  # the server replays serial 5
+    with pytest.raises(RemoteIntegrityError, match="serial 5 is older than serial 6"):
+        run(get_catalog(store, admin.public_key(), REPO_ID, known_serial=6,
+                        known_digest=digest6))
+    store.objects["catalog"] = flip(old, len(old) - 3)
+    with pytest.raises(RemoteIntegrityError, match="bad signature"):
+        run(get_catalog(store, admin.public_key(), REPO_ID))
+    other = Ed25519PrivateKey.from_private_bytes(b"\x0b" * 32)
+    run(put_catalog(store, other, catalog_at(7)))
+    with pytest.raises(RemoteIntegrityError, match="signed by unknown key"):
+        run(get_catalog(store, admin.public_key(), REPO_ID))
+
+
+def test_config_must_name_the_pinned_admin_key(store: MemoryStore,
+                                               admin: Ed25519PrivateKey) -> None:
+    good = RepoConfig(REPO_ID, 0, K, crypto.raw_public(admin.public_key()), b"\x02" * 32)
+    run(put_signed(store, "config", admin, ("config", "config"), good.to_bytes()))
+    assert run(get_config(store, admin.public_key())) == good
+    bad = RepoConfig(REPO_ID, 0, K, b"\x07" * 32, b"\x02" * 32)
+    store.objects.clear()
+    run(put_signed(store, "config", admin, ("config", "config"), bad.to_bytes()))
+    with pytest.raises(RemoteIntegrityError, match="another admin key"):
+        run(get_config(store, admin.public_key()))
+
+
+def test_pointer_rollback_and_foreign_writer_are_refused(
+        store: MemoryStore, device_key: Ed25519PrivateKey, device_id: str) -> None:
+    signers = {device_id: device_key.public_key()}
+    run(put_pointer(store, device_key, Pointer("office", device_id, "0000000003", 3, 0,
+                                               "e" * 64)))
+    old = store.objects[layout.vm_pointer(device_id, "office")]
+    run(put_pointer(store, device_key, Pointer("office", device_id, "0000000004", 4, 0,
+                                               "e" * 64)))
+    assert run(get_pointer(store, signers, device_id, "office", known_seq=4)).seq == 4
+    store.objects[layout.vm_pointer(device_id, "office")] = old
+    with pytest.raises(RemoteIntegrityError, match="seq 3 is older than seq 4"):
+        run(get_pointer(store, signers, device_id, "office", known_seq=4))
+    # a pointer of another VM copied over this one
+    run(put_pointer(store, device_key, Pointer("other", device_id, "0000000009", 9, 0,
+                                               "e" * 64)))
+    store.objects[layout.vm_pointer(device_id, "office")] = \
+        store.objects[layout.vm_pointer(device_id, "other")]
+    with pytest.raises(RemoteIntegrityError, match="bad signature"):
+        run(get_pointer(store, signers, device_id, "office"))

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from . import crypto, layout
 from .chunker import Chunk
-from .documents import Pointer, check_pointer_fresh, pointer_id
+from .documents import (
+    CATALOG_ID,
+    CONFIG_ID,
+    Catalog,
+    Pointer,
+    RepoConfig,
+    check_catalog_fresh,
+    check_pointer_fresh,
+    pointer_id,
+)
 from .errors import RemoteIntegrityError
 from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
 from .objects import BlobRef, Index, Manifest
@@ -62,6 +71,38 @@ async def get_signed(remote: RemoteStore, path: str, signers: Signers, obj_type:
     return signer, body, untrusted
 
 
+# --- config and catalog ---------------------------------------------------------------------
+
+async def get_config(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> RepoConfig:
+    """``config``, signed by the admin key pinned on this laptop."""
+    signers = {crypto.key_id(admin): admin}
+    _s, body, _raw = await get_signed(remote, layout.CONFIG, signers, "config", CONFIG_ID)
+    cfg = RepoConfig.parse(body, layout.CONFIG)
+    if cfg.admin_key != crypto.raw_public(admin):
+        raise RemoteIntegrityError("config", CONFIG_ID, layout.CONFIG,
+                                   "names another admin key than the pinned one")
+    return cfg
+
+
+async def put_catalog(remote: RemoteStore, admin: crypto.Ed25519PrivateKey,
+                      catalog: Catalog) -> str:
+    """Replace ``catalog`` (after every manifest it pins is stored); returns its digest."""
+    body = catalog.to_bytes()
+    await put_signed(remote, layout.CATALOG, admin, ("catalog", CATALOG_ID), body,
+                     exclusive=False)
+    return crypto.sha256_hex(body)
+
+
+async def get_catalog(remote: RemoteStore, admin: crypto.Ed25519PublicKey, repository: str, *,
+                      known_serial: int = 0, known_digest: str = "") -> tuple[Catalog, str]:
+    """The catalog and its digest, refused if older than (or conflicting with) one seen."""
+    signers = {crypto.key_id(admin): admin}
+    _s, body, _raw = await get_signed(remote, layout.CATALOG, signers, "catalog", CATALOG_ID)
+    catalog, digest = Catalog.parse(body, repository, layout.CATALOG), crypto.sha256_hex(body)
+    check_catalog_fresh(catalog, digest, known_serial, known_digest, layout.CATALOG)
+    return catalog, digest
+
+
 # --- manifests -------------------------------------------------------------------------------
 
 async def put_image_manifest(remote: RemoteStore, keys: crypto.KeySet, m: Manifest) -> str:
@@ -91,6 +132,12 @@ async def put_snapshot(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey
 async def get_snapshot(remote: RemoteStore, signers: Signers, keys: crypto.KeySet, *,
                        device: str, vm: str, snapshot: str, digest: str | None = None
                        ) -> Manifest:
+    """A snapshot stored under ``devices/<device>/vms/<vm>/``.
+
+    ``signers`` are the devices allowed to have written it: the device itself,
+    and after a restore the old device a ``rekey`` order names.  The body must
+    name the device that signed it.
+    """
     path = layout.vm_snapshot(device, vm, snapshot)
     oid = f"snapshot:{vm}/{snapshot}"
     signer, sealed, raw = await get_signed(remote, path, signers, "snapshot", oid)
@@ -119,9 +166,10 @@ async def put_pointer(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
 
 async def get_pointer(remote: RemoteStore, signers: Signers, device: str, vm: str,
                       known_seq: int = 0) -> Pointer:
+    """``latest`` of a VM under ``devices/<device>/``, written by one of ``signers``."""
     path = layout.vm_pointer(device, vm)
-    _signer, body, _raw = await get_signed(remote, path, signers, "pointer", pointer_id(vm))
-    p = Pointer.parse(body, vm, device, path)
+    signer, body, _raw = await get_signed(remote, path, signers, "pointer", pointer_id(vm))
+    p = Pointer.parse(body, vm, signer, path)
     check_pointer_fresh(p, known_seq, path)
     return p
 
