@@ -6,9 +6,16 @@ import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunker
-from vmclient.store.documents import Catalog, ImageVersion, Pointer, RepoConfig
+from vmclient.store.documents import (
+    Catalog,
+    ImageVersion,
+    Pointer,
+    RepoConfig,
+    WrappedKey,
+)
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.objects import ChunkMap, Manifest
 from vmclient.store.plan import plan_download
@@ -20,11 +27,13 @@ from vmclient.store.repo import (
     get_image_manifest,
     get_pointer,
     get_snapshot,
+    get_wrapped_key,
     put_catalog,
     put_image_manifest,
     put_pointer,
     put_signed,
     put_snapshot,
+    put_wrapped_key,
 )
 
 from .helpers import flip, run
@@ -286,3 +295,22 @@ def test_pointer_rollback_and_foreign_writer_are_refused(
         store.objects[layout.vm_pointer(device_id, "other")]
     with pytest.raises(RemoteIntegrityError, match="bad signature"):
         run(get_pointer(store, signers, device_id, "office"))
+
+
+def test_wrapped_key_made_by_the_server_is_refused(
+        store: MemoryStore, keys: crypto.KeySet, admin: Ed25519PrivateKey,
+        device_x: X25519PrivateKey) -> None:
+    signers = {crypto.key_id(admin.public_key()): admin.public_key()}
+    path = layout.image_key("win", crypto.key_id(device_x.public_key()))
+    run(put_wrapped_key(store, path, admin,
+                        WrappedKey.create("image:win", device_x.public_key(), keys)))
+    got = run(get_wrapped_key(store, path, signers, "image:win", device_x))
+    assert got.secret == keys.secret
+    # the server wraps a key of its choosing for the device's (public) key
+    server = Ed25519PrivateKey.from_private_bytes(b"\x0c" * 32)
+    rogue = crypto.KeySet.derive(b"\x0d" * 32)
+    run(put_wrapped_key(store, path, server,
+                        WrappedKey.create("image:win", device_x.public_key(), rogue)))
+    with pytest.raises(RemoteIntegrityError, match="signed by unknown key") as err:
+        run(get_wrapped_key(store, path, signers, "image:win", device_x))
+    assert err.value.obj_type == "wrapped-key" and err.value.path == path

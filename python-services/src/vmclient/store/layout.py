@@ -9,10 +9,15 @@ from __future__ import annotations
 
 CONFIG = "config"
 CATALOG = "catalog"
+REPOSITORY_LOCK = "lock"
 
 
 def image_dir(name: str) -> str:
     return f"images/{name}"
+
+
+def image_lock(name: str) -> str:
+    return f"images/{name}/lock"
 
 
 def image_store(name: str) -> str:
@@ -33,6 +38,10 @@ def device_dir(device: str) -> str:
 
 def device_record(device: str) -> str:
     return f"devices/{device}/device"
+
+
+def device_lock(device: str) -> str:
+    return f"devices/{device}/lock"
 
 
 def order(device: str, seq: int) -> str:

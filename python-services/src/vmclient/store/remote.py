@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 
 from .errors import LocalSyncError, LockHeld, ObjectNotFound
 
+DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
@@ -66,7 +67,8 @@ class RemoteStore(Protocol):
     async def delete(self, path: str) -> None:
         """Remove an object; removing an absent one is not an error."""
 
-    async def lock(self, path: str, holder: str, *, stale_after: int) -> LockToken:
+    async def lock(self, path: str, holder: str, *,
+                   stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:
         """Take the exclusive lock object at ``path`` or raise :class:`LockHeld`."""
 
     async def unlock(self, token: LockToken) -> None:
@@ -101,7 +103,8 @@ class LockingMixin:
     async def delete(self, path: str) -> None:
         raise NotImplementedError
 
-    async def lock(self, path: str, holder: str, *, stale_after: int) -> LockToken:
+    async def lock(self, path: str, holder: str, *,
+                   stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:
         check_path(path)
         nonce = secrets.token_hex(8)
         for _attempt in range(2):

@@ -21,6 +21,7 @@ from .documents import (
     Catalog,
     Pointer,
     RepoConfig,
+    WrappedKey,
     check_catalog_fresh,
     check_pointer_fresh,
     pointer_id,
@@ -101,6 +102,25 @@ async def get_catalog(remote: RemoteStore, admin: crypto.Ed25519PublicKey, repos
     catalog, digest = Catalog.parse(body, repository, layout.CATALOG), crypto.sha256_hex(body)
     check_catalog_fresh(catalog, digest, known_serial, known_digest, layout.CATALOG)
     return catalog, digest
+
+
+# --- wrapped keys ----------------------------------------------------------------------------
+
+async def put_wrapped_key(remote: RemoteStore, path: str, signer: crypto.Ed25519PrivateKey,
+                          wrapped: WrappedKey) -> None:
+    await put_signed(remote, path, signer, ("wrapped-key", wrapped.object_id),
+                     wrapped.to_bytes(), exclusive=False)
+
+
+async def get_wrapped_key(remote: RemoteStore, path: str, signers: Signers, subject: str,
+                          recipient: crypto.X25519PrivateKey) -> crypto.KeySet:
+    """Unwrap the key of ``subject`` for ``recipient``; only creators in ``signers`` count.
+
+    Public keys are public: an unsigned wrapped key could be one the server made.
+    """
+    rid = crypto.key_id(recipient.public_key())
+    _s, body, _raw = await get_signed(remote, path, signers, "wrapped-key", f"{subject}/{rid}")
+    return WrappedKey.parse(body, subject, rid, path).unwrap(recipient, path)
 
 
 # --- manifests -------------------------------------------------------------------------------
