@@ -20,6 +20,7 @@ import time
 
 import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from vmclient.store import crypto
 from vmclient.store.chunker import DEFAULT_CHUNK_SIZE, Chunker
 from vmclient.store.pack import PackBuilder

@@ -72,3 +72,9 @@ def test_config_errors_name_file_and_key(tmp_path, text, key, problem):
     assert str(err.value).startswith(f"{f}: {key}: ")
     assert problem in str(err.value)
     assert err.value.exit_code == 78
+
+
+def test_the_shipped_example_config_is_valid_and_says_the_defaults():
+    from testlib import DATA
+
+    assert config.load(DATA / "vmclient" / "power.toml") == config.PowerConfig()

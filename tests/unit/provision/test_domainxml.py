@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 
 import pytest
+
 from vmclient.provision import spec
 from vmclient.provision.domainxml import (
     NETWORKS,

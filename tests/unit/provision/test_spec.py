@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 import pytest
+
 from vmclient.provision import spec
 from vmclient.provision.spec import RecipeError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from vmclient.store import crypto
 from vmclient.store.chunker import (
     Chunker,

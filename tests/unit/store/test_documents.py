@@ -6,6 +6,7 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from vmclient.store import crypto
 from vmclient.store.documents import (
     Catalog,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from vmclient.store import crypto
 from vmclient.store.errors import RemoteIntegrityError, UnsupportedVersion
 from vmclient.store.format import (

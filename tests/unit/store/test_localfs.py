@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from vmclient.store.errors import LocalSyncError, LockHeld, ObjectNotFound
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import MemoryStore, RemoteStore
@@ -15,7 +16,8 @@ from .helpers import run
 @pytest.fixture(params=["memory", "localfs"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteStore:
     now = [1000]
-    clock = lambda: now[0]
+    def clock():
+        return now[0]
     s: RemoteStore = MemoryStore(clock) if request.param == "memory" else \
         LocalDirStore(tmp_path, clock)
     s.now = now  # type: ignore[attr-defined]

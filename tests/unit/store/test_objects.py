@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from vmclient.store.errors import RemoteIntegrityError, UnsupportedVersion
 from vmclient.store.format import b64
 from vmclient.store.objects import (

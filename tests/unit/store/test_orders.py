@@ -6,6 +6,7 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from vmclient.store import crypto
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.orders import (

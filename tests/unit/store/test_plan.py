@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.objects import BASE_ID, ZERO_ID, BlobRef, ChunkMap, Manifest
 from vmclient.store.plan import plan_download, plan_prune, plan_upload

@@ -7,6 +7,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunker
 from vmclient.store.documents import (
