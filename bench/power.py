@@ -31,8 +31,7 @@ sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests"),
 import libvirt
 from fixtures_bus import private_system_bus
 from fixtures_virt import domains
-
-from conftest import Logind, PowerDaemon, wait_for
+from powerd_harness import Logind, PowerDaemon, wait_for
 
 RUNNING, PAUSED = libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED
 

@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 import dbus
 import libvirt
 import pytest
+from powerd_harness import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 
-from conftest import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 from testlib import DATA, SERVICES
 
 NOBODY = 65534
@@ -137,8 +137,7 @@ def test_properties_changed_is_emitted(powerd, vms, laptop):
 
 def test_desktop_without_lid_or_battery_works(system_bus, logind, vms, tmp_path):
     from fixtures_udev import SimulatedLaptop
-
-    from conftest import PowerDaemon
+    from powerd_harness import PowerDaemon
 
     desktop = SimulatedLaptop(lid=False, battery=False)
     try:
@@ -159,7 +158,7 @@ def test_desktop_without_lid_or_battery_works(system_bus, logind, vms, tmp_path)
 
 
 def test_cli_says_when_the_daemon_is_not_running(system_bus, tmp_path):
-    from conftest import PowerDaemon
+    from powerd_harness import PowerDaemon
 
     d = PowerDaemon(system_bus, None, tmp_path)
     r = vmclientctl(d, "power", "status")

@@ -8,8 +8,7 @@ import subprocess
 import time
 
 import libvirt
-
-from conftest import Logind, wait_for
+from powerd_harness import Logind, wait_for
 
 RUNNING, PAUSED, SHUTOFF = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
                             libvirt.VIR_DOMAIN_SHUTOFF)
