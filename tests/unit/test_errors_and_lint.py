@@ -30,3 +30,21 @@ def test_ruff_is_clean():
     r = subprocess.run([ruff, "check", "python-services", "tests", "bench"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_is_clean():
+    mypy = shutil.which("mypy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    need(mypy is not None, "mypy is not installed")
+    r = subprocess.run([mypy, "src"], cwd=ROOT / "python-services", capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_journald_lines_carry_the_priority_and_no_timestamp():
+    import logging
+
+    from vmclient.log import JournalFormatter
+
+    rec = logging.LogRecord("vmclient.x", logging.ERROR, __file__, 1, "VM %s: %s", ("a", "b"),
+                            None)
+    assert JournalFormatter().format(rec) == "<3>ERROR: VM a: b"

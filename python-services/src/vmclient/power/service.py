@@ -40,11 +40,11 @@ class PowerInterface(ServiceInterface):
 
     # Methods: declared here for introspection; calls arrive through install_guard.
     @method()
-    async def PauseAll(self) -> "as":  # type: ignore[name-defined]  # noqa: F722
+    async def PauseAll(self) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722
         return await self.backend.request_pause_all()
 
     @method()
-    async def ResumeAll(self) -> "as":  # type: ignore[name-defined]  # noqa: F722
+    async def ResumeAll(self) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722
         return await self.backend.request_resume_all()
 
     def introspect(self) -> Any:
@@ -83,7 +83,7 @@ class PowerInterface(ServiceInterface):
         return self._p("State")
 
     @dbus_property(access=PropertyAccess.READ)
-    def PausedByUs(self) -> a(ss):  # type: ignore[name-defined]  # noqa: F821
+    def PausedByUs(self) -> a(ss):  # type: ignore[name-defined,valid-type]  # noqa: F821
         return self._p("PausedByUs")
 
     @dbus_property(access=PropertyAccess.READ)
