@@ -13,9 +13,9 @@ gi.require_version("UMockdev", "1.0")
 from gi.repository import UMockdev
 
 EV_SYN, EV_SW, SW_LID = 0, 5, 0
-LID_NODE = "/dev/input/event5"
+LID_SYSPATH = "/sys/devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input{n}"
 
-LID = """P: /devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input5
+LID = """P: /devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input{n}
 E: SUBSYSTEM=input
 E: NAME="Lid Switch"
 E: PRODUCT=19/0/5/0
@@ -27,17 +27,17 @@ A: name=Lid Switch
 A: capabilities/ev=21
 A: capabilities/sw=1
 
-P: /devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input5/event5
-N: input/event5
-E: DEVNAME=/dev/input/event5
+P: /devices/LNXSYSTM:00/LNXSYBUS:00/PNP0C0D:00/input/input{n}/event{n}
+N: input/event{n}
+E: DEVNAME=/dev/input/event{n}
 E: SUBSYSTEM=input
 E: MAJOR=13
-E: MINOR=69
+E: MINOR={minor}
 E: ID_INPUT=1
 E: ID_INPUT_SWITCH=1
 E: TAGS=:power-switch:
 E: CURRENT_TAGS=:power-switch:
-A: dev=13:69
+A: dev=13:{minor}
 """
 
 
@@ -82,10 +82,9 @@ class Laptop:
                  capacity: int = 80) -> None:
         self.tb = UMockdev.Testbed.new()
         self.lid = None
+        self.lid_n = 4
         if lid:
-            self.tb.add_from_string(LID)
-            self.lid = LidIoctls()
-            self.tb.attach_ioctl(LID_NODE, self.lid)
+            self.add_lid()
         self.ac = self.tb.add_device("power_supply", "AC", None,
                                      ["type", "Mains", "online", "1" if ac_online else "0"], [])
         self.bat = None
@@ -98,10 +97,33 @@ class Laptop:
     def env(self) -> dict[str, str]:
         return {"LD_PRELOAD": "libumockdev-preload.so.0", "UMOCKDEV_DIR": self.tb.get_root_dir()}
 
+    def add_lid(self, announce: bool = False) -> None:
+        """The lid switch appears (boot, or a dock/resume re-creates the input device)."""
+        # A re-created input device gets a new number, as in the kernel.
+        self.lid_n += 1
+        n = self.lid_n
+        self.tb.add_from_string(LID.format(n=n, minor=64 + n))
+        self.lid = LidIoctls()
+        self.tb.attach_ioctl(self.lid_node, self.lid)
+        if announce:
+            self.tb.uevent(LID_SYSPATH.format(n=n) + f"/event{n}", "add")
+
+    @property
+    def lid_node(self) -> str:
+        return f"/dev/input/event{self.lid_n}"
+
+    def remove_lid(self) -> None:
+        n = self.lid_n
+        self.tb.uevent(LID_SYSPATH.format(n=n) + f"/event{n}", "remove")
+        self.tb.detach_ioctl(self.lid_node)
+        self.tb.remove_device(LID_SYSPATH.format(n=n) + f"/event{n}")
+        self.tb.remove_device(LID_SYSPATH.format(n=n))
+        self.lid = None
+
     def set_lid(self, closed: bool) -> None:
         assert self.lid is not None
         self.lid.closed = closed
-        fd = self.tb.get_dev_fd(LID_NODE)
+        fd = self.tb.get_dev_fd(self.lid_node)
         t = time.time()
         sec, usec = int(t), int((t - int(t)) * 1e6)
         os.write(fd, struct.pack("llHHi", sec, usec, EV_SW, SW_LID, int(closed))
@@ -152,6 +174,12 @@ class SimulatedLaptop:
 
     def set_lid(self, closed: bool) -> None:
         self._cmd("lid", closed)
+
+    def remove_lid(self) -> None:
+        self._cmd("remove_lid")
+
+    def add_lid(self) -> None:
+        self._cmd("add_lid")
 
     def set_ac(self, online: bool) -> None:
         self._cmd("ac", online)

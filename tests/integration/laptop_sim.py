@@ -26,6 +26,10 @@ def main() -> None:
             laptop.set_ac(*args)
         elif cmd == "battery":
             laptop.set_battery(*args)
+        elif cmd == "remove_lid":
+            laptop.remove_lid()
+        elif cmd == "add_lid":
+            laptop.add_lid(announce=True)
         print("ok", flush=True)
 
 

@@ -157,6 +157,19 @@ def test_desktop_without_lid_or_battery_works(system_bus, logind, vms, tmp_path)
         desktop.close()
 
 
+def test_lid_switch_going_away_and_coming_back_is_followed(powerd, laptop, logind, vms):
+    vms.create("a")
+    d = powerd()
+    assert d.props()["LidState"] == 2
+    laptop.remove_lid()
+    wait_for(lambda: d.props()["LidState"] == 1, 10, "lid reported absent")
+    assert d.props()["LidAction"] == 1  # nothing to act on
+    laptop.add_lid()
+    wait_for(lambda: d.props()["LidState"] == 2, 10, "lid found again")
+    laptop.set_lid(True)
+    wait_for(lambda: logind.suspend_count() == 1, 10, "the new lid device is watched")
+
+
 def test_cli_says_when_the_daemon_is_not_running(system_bus, tmp_path):
     from powerd_harness import PowerDaemon
 

@@ -195,9 +195,11 @@ class UdevWatcher:
             elif dev.subsystem == "input" and dev.device_node:
                 if dev.action == "remove" and self.lid is not None \
                         and dev.device_node == self.lid.path:
+                    # Gone: wait for an "add" (re-scanning now would race with
+                    # the removal and find the old node).
                     log.info("lid switch %s removed", dev.device_node)
                     self._close_lid()
-                    self._find_lid()
+                    self._set_lid(LidState.ABSENT)
                 elif dev.action == "add" and self.lid is None \
                         and dev.properties.get("ID_INPUT_SWITCH") == "1":
                     self._try_lid(dev.device_node)
