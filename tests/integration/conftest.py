@@ -56,7 +56,9 @@ def powerd(system_bus: PrivateSystemBus, logind: Logind, laptop: SimulatedLaptop
     started: list[PowerDaemon] = []
 
     def make(config: str = "", lap: SimulatedLaptop | bool | None = True, start: bool = True) -> PowerDaemon:
-        config = f'[vms]\nname_prefix = "{vms.prefix}-"\n' + config
+        prefix = f'name_prefix = "{vms.prefix}-"\n'
+        config = (config.replace("[vms]\n", "[vms]\n" + prefix, 1) if "[vms]\n" in config
+                  else "[vms]\n" + prefix + config)
         d = PowerDaemon(system_bus, laptop if lap is True else (lap or None), tmp_path, config)
         started.append(d)
         return d.start() if start else d
