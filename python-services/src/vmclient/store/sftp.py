@@ -119,8 +119,7 @@ class _Connection:
             if pinned is None:
                 raise RemoteRefused(target.server, "connect", target.root or ".",
                                     f"its host key is not in {target.known_hosts}")
-            opts.key_types = tuple(t for t in opts.key_types if t in pinned.keys()) or tuple(
-                pinned.keys())
+            opts.key_types = tuple(t for t in opts.key_types if t in pinned) or tuple(pinned)
             self.transport.start_client(timeout=target.timeout)
             key = self.transport.get_remote_server_key()
             if not host_keys.check(target.known_hosts_name, key):
