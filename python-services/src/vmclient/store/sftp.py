@@ -163,6 +163,7 @@ class SFTPStore(LockingMixin):
         self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
                                             thread_name_prefix="vmclient-sftp")
         self.reconnects = 0  # how often a dropped connection was re-opened
+        self.resumed_bytes = 0  # bytes of interrupted reads not read again
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -221,6 +222,7 @@ class SFTPStore(LockingMixin):
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
                 pos = offset + len(buf)
+                self.resumed_bytes += len(buf)
                 blocks = [(o, min(READ_BLOCK, end - o)) for o in range(pos, end, READ_BLOCK)]
                 if blocks:
                     for block in f.readv(blocks):
@@ -344,11 +346,12 @@ class SFTPStore(LockingMixin):
             try:
                 return fn(conn.sftp)
             except (OSError, EOFError, paramiko.SSHException) as exc:
-                if conn.alive and not isinstance(exc, TimeoutError | EOFError):
+                if _answered(conn, exc):
                     self._translate(op, path, exc)  # the server answered: not retried
                 log.info("SFTP %s: connection lost during %s of %s (attempt %d/%d): %s",
                          t.server, op, path, attempt + 1, t.attempts, exc)
                 self._drop(conn)
+                self.reconnects += 1
                 problem = exc
         assert problem is not None
         raise RemoteUnavailable(op, path, t.server, t.attempts,
@@ -395,6 +398,21 @@ class SFTPStore(LockingMixin):
         with self._lock:
             if conn in self._conns:
                 self._conns.remove(conn)
+
+
+def _answered(conn: _Connection, exc: BaseException) -> bool:
+    """Did the server answer with an error status (rather than the connection dying)?
+
+    paramiko maps SFTP statuses to ``OSError`` with an errno (no such file,
+    permission denied) or without one (a generic failure); a closed channel
+    also raises a bare ``OSError``, a moment before the transport notices, so
+    for those the transport gets that moment.
+    """
+    if isinstance(exc, EOFError | TimeoutError | ConnectionError | paramiko.SSHException):
+        return False
+    if isinstance(exc, OSError) and exc.errno is None:
+        time.sleep(0.05)
+    return conn.alive
 
 
 def _size(sftp: paramiko.SFTPClient, path: str) -> int | None:
