@@ -52,6 +52,7 @@ CIPHER = "aes256-gcm@openssh.com"
 REQUEST_SIZE = 255 << 10  # per SFTP read/write request (FIELD-NOTES)
 WRITE_BLOCK = 1 << 20  # pipelined writes of this size
 READ_BLOCK = 1 << 20  # a read resumes at a multiple of this after a drop
+READ_BATCH = 16 << 20  # requests issued together (pipelined) per readv
 TMP_PREFIX = ".tmp-"
 
 T = TypeVar("T")
@@ -164,6 +165,7 @@ class SFTPStore(LockingMixin):
                                             thread_name_prefix="vmclient-sftp")
         self.reconnects = 0  # how often a dropped connection was re-opened
         self.resumed_bytes = 0  # bytes of interrupted reads not read again
+        self.resumed_upload_bytes = 0  # bytes of interrupted writes not written again
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -221,10 +223,13 @@ class SFTPStore(LockingMixin):
             with sftp.open(remote, "rb") as f:
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
-                pos = offset + len(buf)
                 self.resumed_bytes += len(buf)
-                blocks = [(o, min(READ_BLOCK, end - o)) for o in range(pos, end, READ_BLOCK)]
-                if blocks:
+                # batches keep paramiko's prefetch bookkeeping small and let a dropped
+                # connection cost at most one batch
+                for batch in range(offset + len(buf), end, READ_BATCH):
+                    stop = min(end, batch + READ_BATCH)
+                    blocks = [(o, min(READ_BLOCK, stop - o)) for o in range(batch, stop,
+                                                                             READ_BLOCK)]
                     for block in f.readv(blocks):
                         buf.extend(block)
             return bytes(buf)
@@ -269,6 +274,7 @@ class SFTPStore(LockingMixin):
         else:
             f = sftp.open(tmp, "r+b")
             f.seek(start)
+            self.resumed_upload_bytes += start
         with f:
             f.set_pipelined(True)
             view = memoryview(data)
