@@ -104,7 +104,13 @@ class SSHServer:
         key = self.client / f"device-{device_id[:12]}"
         pub = keygen(key, f"device {device_id}")
         conf = confinement(device_id, pub, str(self.repo), str(self.keys))
-        subprocess.run(["sh", "-c", conf.script()], check=True, capture_output=True)
+        for attempt in range(3):  # useradd fails while another one holds /etc/passwd's lock
+            r = subprocess.run(["sh", "-c", conf.script()], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            if attempt == 2 or "lock" not in r.stderr:
+                raise RuntimeError(f"confining device {device_id} failed: {r.stderr}")
+            time.sleep(0.5)
         self.accounts.append(conf.account)
         self.matches.append(conf.match_block)
         if self.proc is not None:
