@@ -4,8 +4,8 @@ Same run, same sshd (tests/integration/fixtures_sshd.py: a real OpenSSH sshd on
 127.0.0.1, the device confined as ``vmclient-admin enrol`` prints), same
 account, same cipher (aes256-gcm@openssh.com), same bytes:
 
-1. A synthetic disk (bench/chunk_pipeline.py's mix: zeros, random, text,
-   records in 1 MiB runs) becomes a qcow2 (qemu-img) and is published with
+1. A synthetic disk (1 MiB runs: a quarter zeros, half random, a quarter
+   text) becomes a qcow2 (qemu-img) and is published with
    ``vmclient-admin publish``; a device is enrolled and assigned.
 2. ``sftp_mib_s``: the device downloads the image with the laptop's read path
    (config, catalog, wrapped key, manifest, indexes, then every pack range,
@@ -44,7 +44,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests/
 from fixtures_sshd import SSHServer, ssh_server
 from sftp_repo import Repo, qcow2
 
-from chunk_pipeline import synthetic_disk
 from vmclient.admin.images import read_published
 from vmclient.store import crypto, layout
 from vmclient.store.plan import plan_download
@@ -120,6 +119,26 @@ def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path) -> f
     return time.perf_counter() - start
 
 
+def disk_image(mib: int, seed: int = 1) -> bytearray:
+    """1 MiB runs: a quarter zeros, half random, a quarter text unique to its run.
+
+    (chunk_pipeline's mix repeats its text and record runs, which deduplicate
+    to almost nothing: too few pack bytes to time a transfer.)
+    """
+    rng = random.Random(seed)
+    out = bytearray(mib * MiB)
+    words = (b"vmclient laptop sync chunk manifest catalog order lease wipe business private "
+             b"repository kernel driver").split()
+    for i in range(mib):
+        kind = i % 4
+        if kind in (1, 3):
+            out[i * MiB:(i + 1) * MiB] = os.urandom(MiB)
+        elif kind == 2:
+            text = b" ".join(rng.choice(words) for _ in range(MiB // 5))
+            out[i * MiB:(i + 1) * MiB] = (b"%d " % i + text)[:MiB].ljust(MiB, b".")
+    return out
+
+
 def scatter(data: bytearray, fraction: float, seed: int = 7) -> int:
     """Overwrite ``fraction`` of the disk with random 64 KiB clusters; returns bytes changed."""
     rng = random.Random(seed)
@@ -152,7 +171,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, object]:
     t0 = time.perf_counter()
-    disk = bytearray(synthetic_disk(args.size))
+    disk = disk_image(args.size)
     raw = work / "v1.raw"
     raw.write_bytes(disk)
     repo = Repo(server, work)
