@@ -117,6 +117,19 @@ def test_unpinned_host_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
         run(_closing(store, store.check()))
 
 
+def test_a_key_the_server_does_not_know_is_refused_without_retries(sshd: SSHServer,
+                                                                   tmp_path: Path) -> None:
+    from fixtures_sshd import keygen
+    keygen(tmp_path / "stranger")
+    target = dataclasses.replace(sshd.store(sshd.admin).target, key_file=tmp_path / "stranger")
+    store = SFTPStore(target)
+    start = time.monotonic()
+    with pytest.raises(RemoteRefused, match="authentication") as err:
+        run(_closing(store, store.get("config")))
+    assert err.value.op == "get" and err.value.path == "config"
+    assert time.monotonic() - start < target.backoff  # refused at once, not retried
+
+
 def test_download_over_sftp_matches_the_published_disk(sshd: SSHServer, tmp_path: Path) -> None:
     repo, raw = published(sshd, tmp_path, mib=64)
     dev = repo.enrol("laptop")
