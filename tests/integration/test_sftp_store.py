@@ -218,6 +218,7 @@ def test_a_tampered_pack_on_the_server_is_refused_and_named(sshd: SSHServer,
     assert err.value.obj_type == "chunk"
     assert err.value.path.endswith(pack.name) and pack.name in str(err.value)
     assert not out.exists(), "no disk that looks complete"
+    assert not list(tmp_path.glob(".*partial")), "no partial file left behind"
 
 
 def test_a_truncated_pack_is_refused(sshd: SSHServer, tmp_path: Path) -> None:

@@ -179,22 +179,26 @@ async def fetch_image(remote: RemoteStore, keys: crypto.KeySet, name: str,
             positions.setdefault(cid, []).append(i * disk.chunk_size)
     tmp = out.with_name(f".{out.name}.partial")
     fetched = Fetched(plan)
-    with tmp.open("wb") as f:
-        f.truncate(disk.size)
-        fd = f.fileno()
-        for cid, data in have.items():
-            for off in positions.get(cid, ()):
-                os.pwrite(fd, data, off)
-        async for cid, data in store.fetch(plan, concurrency=concurrency):
-            for off in positions.get(cid, ()):
-                os.pwrite(fd, data, off)
-            fetched.chunks += 1
-            fetched.bytes += len(data)
-            if progress is not None:
-                progress(len(data))
-        f.flush()
-        os.fsync(fd)
-    tmp.replace(out)
+    try:
+        with tmp.open("wb") as f:
+            f.truncate(disk.size)
+            fd = f.fileno()
+            for cid, data in have.items():
+                for off in positions.get(cid, ()):
+                    os.pwrite(fd, data, off)
+            async for cid, data in store.fetch(plan, concurrency=concurrency):
+                for off in positions.get(cid, ()):
+                    os.pwrite(fd, data, off)
+                fetched.chunks += 1
+                fetched.bytes += len(data)
+                if progress is not None:
+                    progress(len(data))
+            f.flush()
+            os.fsync(fd)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return m, fetched
 
 
