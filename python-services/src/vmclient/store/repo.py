@@ -293,10 +293,18 @@ class ChunkStore:
 
     async def fetch(self, plan: DownloadPlan, *, concurrency: int = 4
                     ) -> AsyncIterator[tuple[bytes, bytes]]:
-        """(chunk id, verified plaintext) for every chunk the plan reads, in plan order.
+        """(chunk id, verified plaintext) for every chunk the plan reads."""
+        async for cid, _ref, _blob, data in self.fetch_blobs(plan, concurrency=concurrency):
+            yield cid, data
 
-        Up to ``concurrency`` ranged reads are in flight at once (a transport
-        with several connections, such as SFTP, serves them in parallel).
+    async def fetch_blobs(self, plan: DownloadPlan, *, concurrency: int = 4
+                          ) -> AsyncIterator[tuple[bytes, BlobRef, bytes, bytes]]:
+        """(chunk id, index entry, sealed blob, verified plaintext) per chunk the plan reads.
+
+        The sealed blob (checked: it opened to the plaintext) lets a reader keep a
+        local chunk cache that stays encrypted.  Chunks come in plan order; up to
+        ``concurrency`` ranged reads are in flight at once (a transport with
+        several connections, such as SFTP, serves them in parallel).
         """
         reads = iter(plan.reads)
         pending: deque[tuple[ReadRange, asyncio.Task[bytes]]] = deque()
@@ -317,8 +325,8 @@ class ChunkStore:
                 path = layout.pack(self.root, read.pack)
                 for cid, ref in read.blobs:
                     start = ref.offset - read.offset
-                    yield cid, open_blob(self.keys, cid, ref,
-                                         untrusted[start:start + ref.length], path)
+                    blob = untrusted[start:start + ref.length]
+                    yield cid, ref, blob, open_blob(self.keys, cid, ref, blob, path)
         finally:
             for _read, task in pending:
                 task.cancel()
