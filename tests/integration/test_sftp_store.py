@@ -203,6 +203,25 @@ def test_a_large_upload_resumes_at_the_size_the_temporary_file_reached(
     assert not [p for p in (sshd.repo / "images/t").iterdir() if p.name.startswith(".")]
 
 
+def test_an_object_that_shrinks_during_a_read_ends_the_read_where_it_ends(
+        sshd: SSHServer) -> None:
+    from vmclient.store.sftp import _pipelined_read
+    data = os.urandom(8 * MiB)
+    (sshd.repo / "shrinks").write_bytes(data)
+    store = sshd.store(sshd.admin, connections=1)
+
+    async def scenario() -> bytes:
+        def read(sftp):  # type: ignore[no-untyped-def]
+            with sftp.open(str(sshd.repo / "shrinks"), "rb") as f:
+                os.truncate(sshd.repo / "shrinks", 3 * MiB + 5)
+                buf = bytearray()
+                _pipelined_read(sftp, f.handle, MiB, 8 * MiB, buf)
+                return bytes(buf)
+        return await store._run("get", "shrinks", read)
+
+    assert run(_closing(store, scenario())) == data[MiB:3 * MiB + 5]
+
+
 def test_a_tampered_pack_on_the_server_is_refused_and_named(sshd: SSHServer,
                                                             tmp_path: Path) -> None:
     repo, _raw = published(sshd, tmp_path, mib=16)
