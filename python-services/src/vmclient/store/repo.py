@@ -291,10 +291,20 @@ class ChunkStore:
 
     async def fetch(self, plan: DownloadPlan) -> AsyncIterator[tuple[bytes, bytes]]:
         """(chunk id, verified plaintext) for every chunk the plan reads."""
+        async for cid, _ref, _blob, data in self.fetch_blobs(plan):
+            yield cid, data
+
+    async def fetch_blobs(self, plan: DownloadPlan
+                          ) -> AsyncIterator[tuple[bytes, BlobRef, bytes, bytes]]:
+        """(chunk id, index entry, sealed blob, verified plaintext) per chunk the plan reads.
+
+        The sealed blob (checked: it opened to the plaintext) lets a reader keep a
+        local chunk cache that stays encrypted.
+        """
         for read in plan.reads:
             path = layout.pack(self.root, read.pack)
             untrusted = await self.remote.get(path, read.offset, read.length)
             for cid, ref in read.blobs:
                 start = ref.offset - read.offset
-                yield cid, open_blob(self.keys, cid, ref, untrusted[start:start + ref.length],
-                                     path)
+                blob = untrusted[start:start + ref.length]
+                yield cid, ref, blob, open_blob(self.keys, cid, ref, blob, path)
