@@ -58,6 +58,9 @@ class Datacenter:
     images: dict[str, tuple[ImageVersion, ...]] = field(default_factory=dict)
     keys: dict[str, crypto.KeySet] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.pinned = self.admin.public_key()  # what the laptop trusts, whoever signs later
+
     @property
     def store(self) -> LocalDirStore:
         return LocalDirStore(self.root)
@@ -118,7 +121,7 @@ class Env:
 
     def provisioner(self, remote: RemoteStore | None = None, report=None,  # type: ignore[no-untyped-def]
                     max_read: int = 8 << 20) -> Provisioner:
-        receiver = Receiver(remote or self.dc.store, self.dc.admin.public_key(), self.device,
+        receiver = Receiver(remote or self.dc.store, self.dc.pinned, self.device,
                             self.cfg.state_dir, retry_delay=0.01, max_read=max_read)
         return Provisioner(self.cfg, self.hv, self.device, receiver, *([report] if report else []))
 
