@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC240  (blocking file edits in tests are fine)
+
 """What a hostile repository serves is refused, naming the object; nothing is defined."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from fixtures_virt import open_libvirt
 from provision_env import Env, assert_no_leftovers, image_bytes, provision_env
+
 from testlib import need
 from vmclient.provision.spec import RecipeError
 from vmclient.store import crypto, layout
