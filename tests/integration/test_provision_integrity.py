@@ -94,7 +94,7 @@ async def test_manifest_not_pinned_by_the_catalog(tmp_path: Path) -> None:
 async def test_recipe_errors_define_nothing(tmp_path: Path) -> None:
     async with provision_env(tmp_path) as env:
         bad = env.recipe(tmp_path, "bad", kind="private")  # private VM from the catalog
-        with pytest.raises(RecipeError, match="image.catalog: a private VM"):
+        with pytest.raises(RecipeError, match=r"image\.catalog: a private VM"):
             await env.provisioner().install(bad)
         typo = env.recipe(tmp_path, "typo", extra="sise_gib = 3\n")
         with pytest.raises(RecipeError, match=r"disks\[0\].sise_gib: unknown key"):
