@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
+# ruff: noqa: ASYNC240  (blocking checks in tests are fine)
 """Business and private zones: running guests on their own bridges, and no traffic across.
 
 What this shows: (1) each running VM's NIC is a tap on its zone's bridge and on no
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import libvirt
 import pytest
-
 from fixtures_virt import URI, open_libvirt
 from provision_env import image_bytes, ipv4, provision_env
+
 from testlib import need
 from vmclient.provision.network import host_address
 
