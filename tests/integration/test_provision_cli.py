@@ -1,0 +1,95 @@
+
+"""``vmclientctl vm …`` as a user runs it: a separate process, real libvirtd, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_virt import open_libvirt
+from provision_env import Env, image_bytes, provision_env
+
+from testlib import SERVICES, need
+from vmclient.store import crypto
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture(autouse=True)
+def _prereqs() -> None:
+    for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq"):
+        need(shutil.which(tool) is not None, f"{tool} is not installed")
+    open_libvirt().close()
+
+
+def write_config(env: Env, tmp: Path) -> Path:
+    c, n = env.cfg, env.cfg.networks
+    env.cfg.repository.admin_key.write_bytes(crypto.raw_public(env.dc.pinned))
+    path = tmp / "provision.toml"
+    path.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
+state_dir = "{c.state_dir}"
+device_dir = "{c.device_dir}"
+images_dir = "{c.images_dir}"
+staging_dir = "{c.staging_dir}"
+
+[repository]
+path = "{c.repository.path}"
+admin_key = "{c.repository.admin_key}"
+
+[networks]
+business_network = "{n.business_network}"
+business_bridge = "{n.business_bridge}"
+business_subnet = "{n.business_subnet}"
+private_network = "{n.private_network}"
+private_bridge = "{n.private_bridge}"
+private_subnet = "{n.private_subnet}"
+""")
+    return path
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SERVICES / "src")}
+    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "--config",
+                           str(config), *args], capture_output=True, text=True, env=env,
+                          timeout=240)
+
+
+async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:
+    async with provision_env(tmp_path) as env:
+        await env.dc.publish(f"{env.prefix}-img", image_bytes(48))
+        config = write_config(env, tmp_path)
+        recipe = env.recipe(tmp_path, "cli")
+        name = env.name("cli")
+
+        r = ctl(config, "install", str(recipe))
+        assert r.returncode == 0, r.stderr
+        assert "business VM, shutoff" in r.stdout
+        assert "download" in r.stderr and "MiB/s" in r.stderr and "ETA" in r.stderr, r.stderr
+
+        again = ctl(config, "install", str(recipe))
+        assert again.returncode == 1 and "exists already" in again.stderr, again.stderr
+
+        r = ctl(config, "list", "--json")
+        assert r.returncode == 0, r.stderr
+        (vm,) = [v for v in json.loads(r.stdout) if v["name"] == name]
+        assert (vm["kind"], vm["image_version"]) == ("business", 1)
+
+        assert ctl(config, "start", name).returncode == 0
+        assert ctl(config, "list").stdout.count("running") == 1
+        r = ctl(config, "upgrade", name)
+        assert r.returncode == 1 and "stop it before upgrading" in r.stderr, r.stderr
+        assert ctl(config, "stop", "--force", name).returncode == 0
+
+        await env.dc.publish(f"{env.prefix}-img", image_bytes(48, seed=2))
+        r = ctl(config, "upgrade", name)
+        assert r.returncode == 0 and "version 2" in r.stdout, r.stderr
+
+        r = ctl(config, "remove", name)
+        assert r.returncode == 0, r.stderr
+        r = ctl(config, "start", name)
+        assert r.returncode == 1 and "No such VM" in r.stderr, r.stderr
