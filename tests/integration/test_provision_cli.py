@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from fixtures_virt import open_libvirt
 from provision_env import Env, image_bytes, provision_env
 
 from testlib import SERVICES, need
+from vmclient.provision import qemuimg
+from vmclient.provision.keys import DeviceKeys, VMKeys, passphrase
 from vmclient.store import crypto
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -36,6 +40,7 @@ state_dir = "{c.state_dir}"
 device_dir = "{c.device_dir}"
 images_dir = "{c.images_dir}"
 staging_dir = "{c.staging_dir}"
+staging_mib = 8
 
 [repository]
 path = "{c.repository.path}"
@@ -52,11 +57,14 @@ private_subnet = "{n.private_subnet}"
     return path
 
 
-def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def ctl_args(config: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": str(SERVICES / "src")}
-    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "--config",
-                           str(config), *args], capture_output=True, text=True, env=env,
-                          timeout=240)
+    return [sys.executable, "-m", "vmclient.cli.main", "vm", "--config", str(config), *args], env
+
+
+def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv, env = ctl_args(config, *args)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=240)
 
 
 async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:
@@ -93,3 +101,36 @@ async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         r = ctl(config, "start", name)
         assert r.returncode == 1 and "No such VM" in r.stderr, r.stderr
+
+
+async def test_install_killed_while_assembling_resumes(tmp_path: Path) -> None:
+    """A power cut during assembly: no disk that looks whole; the next install finishes."""
+    async with provision_env(tmp_path) as env:
+        data = image_bytes(640)  # 40 MiB: several qemu-io runs of 8 MiB
+        await env.dc.publish(f"{env.prefix}-img", data)
+        config = write_config(env, tmp_path)
+        recipe = env.recipe(tmp_path, "kill")
+        name = env.name("kill")
+        vm_dir = env.cfg.images_dir / name
+        argv, penv = ctl_args(config, "install", str(recipe))
+        proc = subprocess.Popen(argv, env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not (vm_dir / ".partial-system-v1.qcow2").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert not (vm_dir / "system-v1.qcow2").exists()
+        assert name not in ctl(config, "list").stdout
+
+        r = ctl(config, "install", str(recipe))
+        assert r.returncode == 0, r.stderr
+        assert "0.0/0.0 MiB" in r.stderr  # every chunk came from the cache
+        assert sorted(p.name for p in vm_dir.iterdir()) == ["data.qcow2", "system-v1.qcow2"]
+        keys = VMKeys(env.cfg.state_dir, DeviceKeys.load_or_create(env.cfg.device_dir))
+        raw = tmp_path / "img.raw"
+        raw.write_bytes(data)
+        assert await qemuimg.identical(vm_dir / "system-v1.qcow2", passphrase(keys.load(name)),
+                                       raw)
+        assert ctl(config, "remove", name).returncode == 0

@@ -90,6 +90,8 @@ class Provisioner:
         if recipe.kind == "business":
             resolved = await self._fetch(recipe.image.catalog, recipe.image.version, progress)
         await self.ensure_network(recipe.zone)
+        marker = self._marker(recipe.name)
+        _save_text(marker, "install started\n")  # a crash from here on is undone next time
         keys = self.keys.create(recipe.name)
         vm_dir = self.vm_dir(recipe.name)
         defined = ""
@@ -121,6 +123,7 @@ class Provisioner:
             self.report(progress)
             defined = await self.hv.define(xml, recipe.name)
             _save_text(self._recipe_file(recipe.name), text)
+            marker.unlink()
         except BaseException:
             if defined:
                 with contextlib.suppress(VMClientError):
@@ -128,14 +131,24 @@ class Provisioner:
             self.keys.destroy(recipe.name)
             shutil.rmtree(vm_dir, ignore_errors=True)
             shutil.rmtree(self._recipe_file(recipe.name).parent, ignore_errors=True)
+            marker.unlink(missing_ok=True)
             raise
         log.info("VM %s installed (%s)", recipe.name, recipe.kind)
         return await self.get(recipe.name)
 
+    def _marker(self, name: str) -> Path:
+        return self.cfg.state_dir / "vms" / f"{name}.installing"
+
     async def _refuse_existing(self, name: str) -> None:
+        """Refuse a VM that exists; undo what an install that crashed left behind."""
         with contextlib.suppress(VMNotFound):
             await self.hv.lookup_name(name)
             raise VMExists(name, "a libvirt domain of that name")
+        if self._marker(name).exists():
+            log.warning("VM %s: an earlier install was interrupted; removing its remnants", name)
+            self.keys.destroy(name)
+            await asyncio.to_thread(shutil.rmtree, self.vm_dir(name), ignore_errors=True)
+            self._marker(name).unlink()
         if self.keys.exists(name) or self.vm_dir(name).exists():
             raise VMExists(name, f"its key or {self.vm_dir(name)}")
 
@@ -207,6 +220,7 @@ class Provisioner:
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         await self.hv.undefine(vm.uuid, name)
         shutil.rmtree(self._recipe_file(name).parent, ignore_errors=True)
+        self._marker(name).unlink(missing_ok=True)
 
     async def upgrade(self, name: str, version: int = 0) -> Installed:
         """A new system disk from the catalog; user disks and the data key are kept."""
