@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC220, ASYNC221, ASYNC240, ASYNC251  (blocking checks in tests are fine)
+# ruff: noqa: ASYNC220, ASYNC251  (blocking checks in tests are fine)
 """``vmclientctl vm …`` as a user runs it: a separate process, real libvirtd, exit codes."""
 
 from __future__ import annotations
