@@ -100,6 +100,33 @@ class Datacenter:
         return sorted((self.root / layout.image_store(name) / "packs").rglob("*"))
 
 
+def write_config(env: Env, tmp: Path) -> Path:
+    c, n = env.cfg, env.cfg.networks
+    env.cfg.repository.admin_key.write_bytes(crypto.raw_public(env.dc.pinned))
+    path = tmp / "provision.toml"
+    path.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
+state_dir = "{c.state_dir}"
+device_dir = "{c.device_dir}"
+images_dir = "{c.images_dir}"
+staging_dir = "{c.staging_dir}"
+staging_mib = 8
+
+[repository]
+path = "{c.repository.path}"
+admin_key = "{c.repository.admin_key}"
+
+[networks]
+business_network = "{n.business_network}"
+business_bridge = "{n.business_bridge}"
+business_subnet = "{n.business_subnet}"
+private_network = "{n.private_network}"
+private_bridge = "{n.private_bridge}"
+private_subnet = "{n.private_subnet}"
+""")
+    return path
+
+
+
 def free_subnets(n: int) -> list[str]:
     used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
     out: list[str] = []

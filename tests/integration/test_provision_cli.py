@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 from fixtures_virt import open_libvirt
-from provision_env import Env, image_bytes, provision_env
+from provision_env import image_bytes, provision_env, write_config
 
 from testlib import SERVICES, need
 from vmclient.provision import qemuimg
 from vmclient.provision.keys import DeviceKeys, VMKeys, passphrase
-from vmclient.store import crypto
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -29,32 +28,6 @@ def _prereqs() -> None:
     for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq"):
         need(shutil.which(tool) is not None, f"{tool} is not installed")
     open_libvirt().close()
-
-
-def write_config(env: Env, tmp: Path) -> Path:
-    c, n = env.cfg, env.cfg.networks
-    env.cfg.repository.admin_key.write_bytes(crypto.raw_public(env.dc.pinned))
-    path = tmp / "provision.toml"
-    path.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
-state_dir = "{c.state_dir}"
-device_dir = "{c.device_dir}"
-images_dir = "{c.images_dir}"
-staging_dir = "{c.staging_dir}"
-staging_mib = 8
-
-[repository]
-path = "{c.repository.path}"
-admin_key = "{c.repository.admin_key}"
-
-[networks]
-business_network = "{n.business_network}"
-business_bridge = "{n.business_bridge}"
-business_subnet = "{n.business_subnet}"
-private_network = "{n.private_network}"
-private_bridge = "{n.private_bridge}"
-private_subnet = "{n.private_subnet}"
-""")
-    return path
 
 
 def ctl_args(config: Path, *args: str) -> tuple[list[str], dict[str, str]]:

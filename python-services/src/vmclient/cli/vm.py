@@ -9,8 +9,6 @@ Long work shows progress on stderr: bytes, rate and ETA.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import contextlib
 import sys
 import time
@@ -18,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import ConfigError
 from ..provision import config as pconfig
 from ..provision.progress import Progress
 
@@ -73,36 +70,17 @@ class ProgressPrinter:
             self.out.write("\n")
 
 
-def _admin_key(path: Path) -> Any:
-    from ..store import crypto
-
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read the admin key: {exc.strerror}") from exc
-    if len(raw) != 32:
-        try:
-            raw = base64.b64decode(raw.strip(), validate=True)
-        except binascii.Error:
-            raw = b""
-    if len(raw) != 32:
-        raise ConfigError(path, "", "not an Ed25519 public key (32 bytes, raw or base64)")
-    return crypto.ed25519_public(raw)
-
-
 @contextlib.asynccontextmanager
 async def _provisioner(args: argparse.Namespace) -> AsyncIterator[Any]:
     from ..provision.installer import Provisioner
-    from ..provision.keys import DeviceKeys
+    from ..provision.keys import DeviceKeys, load_admin_key
     from ..provision.receiver import Receiver
     from ..store.localfs import LocalDirStore
     from ..virt.libvirt import Hypervisor
 
     cfg = pconfig.load(args.config)
     device = DeviceKeys.load_or_create(cfg.device_dir)
-    admin = _admin_key(cfg.repository.admin_key)
+    admin = load_admin_key(cfg.repository.admin_key)
     receiver = None
     if admin is not None:
         receiver = Receiver(LocalDirStore(cfg.repository.path), admin, device, cfg.state_dir)

@@ -84,6 +84,10 @@ class Provisioner:
     async def install(self, recipe_path: str | Path) -> Installed:
         recipe = spec.load(recipe_path)
         text = await asyncio.to_thread(Path(recipe_path).read_text, encoding="utf-8")
+        return await self.install_recipe(recipe, text)
+
+    async def install_recipe(self, recipe: spec.Recipe, text: str) -> Installed:
+        """Install a parsed recipe; ``text`` is kept for upgrades (and restores)."""
         await self._refuse_existing(recipe.name)
         progress = Progress(vm=recipe.name)
         resolved = None

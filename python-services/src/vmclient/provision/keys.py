@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import VMClientError
+from ..errors import ConfigError, VMClientError
 from ..store import crypto
 from ..store.errors import RemoteIntegrityError
 
@@ -139,3 +141,21 @@ class VMKeys:
 
     def destroy(self, vm: str) -> None:
         shred(self.path(vm))
+
+
+def load_admin_key(path: Path) -> crypto.Ed25519PublicKey | None:
+    """The pinned admin public key (32 raw bytes or their base64); None if absent."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the admin key: {exc.strerror}") from exc
+    if len(raw) != 32:
+        try:
+            raw = base64.b64decode(raw.strip(), validate=True)
+        except binascii.Error:
+            raw = b""
+    if len(raw) != 32:
+        raise ConfigError(path, "", "not an Ed25519 public key (32 bytes, raw or base64)")
+    return crypto.ed25519_public(raw)
