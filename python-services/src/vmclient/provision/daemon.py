@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -12,9 +11,7 @@ from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
-from .. import log as vlog
 from ..dbus import names
-from ..errors import EXIT_BUG, VMClientError
 from ..store.localfs import LocalDirStore
 from ..virt.libvirt import Hypervisor
 from . import config as pconfig
@@ -56,23 +53,10 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmclient-provd", description="vmclient provisioning")
-    parser.add_argument("--config", type=Path, default=pconfig.DEFAULT_PATH,
-                        help="configuration file (default: %(default)s)")
-    parser.add_argument("--debug", action="store_true", help="verbose logging")
-    args = parser.parse_args(argv)
-    vlog.setup(args.debug)
-    try:
-        asyncio.run(run(pconfig.load(args.config)))
-    except VMClientError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 0
-    except Exception:
-        log.exception("vmclient-provd failed")
-        return EXIT_BUG
-    return 0
+    async def start(config: Path) -> None:
+        await run(pconfig.load(config))
+    return common.main(argv, "vmclient-provd", "vmclient provisioning", pconfig.DEFAULT_PATH,
+                       start)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_fast import Message
 from dbus_fast.aio import MessageBus
-from dbus_fast.constants import MessageType, PropertyAccess
+from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
-from ..dbus import auth, names
-from ..errors import UsageError, VMClientError
+from ..dbus import names
+from ..dbus.guard import Member, install_method_guard
+from ..errors import UsageError
 from . import spec
 from .installer import Installed, Provisioner
 from .progress import Progress
@@ -124,16 +124,26 @@ class ProvisioningInterface(ServiceInterface):
         self.emit_properties_changed(self._values())
 
 
-Handler = Callable[[list[Any]], Awaitable[list[Any]]]
-
-
 def _row(vm: Installed) -> list[Any]:
     return [vm.name, vm.kind, vm.state, vm.image, vm.image_version]
 
 
 def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner) -> None:
-    """Authorise and dispatch the methods, one long operation at a time."""
+    """Authorise and dispatch the methods; one install or upgrade at a time."""
     busy = asyncio.Lock()
+
+    def long_work(fn: Callable[[list[Any]], Awaitable[list[Any]]]
+                  ) -> Callable[[list[Any]], Awaitable[list[Any]]]:
+        async def run(args: list[Any]) -> list[Any]:
+            if busy.locked():
+                raise UsageError(f"another install or upgrade ({iface.progress.vm}) is "
+                                 "running; try again when it is done")
+            async with busy:
+                try:
+                    return await fn(args)
+                finally:
+                    iface.idle()
+        return run
 
     async def install(args: list[Any]) -> list[Any]:
         untrusted_text = str(args[0])
@@ -159,51 +169,11 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
     async def list_vms(_args: list[Any]) -> list[Any]:
         return [[_row(v) for v in await prov.list()]]
 
-    handlers: dict[str, tuple[str, str, Handler, bool]] = {
-        # member: (in signature, out signature, handler, long work)
-        "Install": ("s", "s", install, True),
-        "Upgrade": ("su", "u", upgrade, True),
-        "Start": ("s", "", start, False),
-        "Stop": ("sb", "", stop, False),
-        "Remove": ("s", "", remove, False),
-        "List": ("", "a(ssssu)", list_vms, False),
-    }
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def run(msg: Message, out_sig: str, handler: Handler, long: bool) -> None:
-        try:
-            assert msg.sender is not None
-            await auth.authorize(bus, msg.sender, names.POLKIT_ACTION_PROVISION_MANAGE,
-                                 f"{msg.member} of a VM")
-            if long:
-                if busy.locked():
-                    raise UsageError(f"another install or upgrade ({iface.progress.vm}) is "
-                                     "running; try again when it is done")
-                async with busy:
-                    try:
-                        result = await handler(list(msg.body))
-                    finally:
-                        iface.idle()
-            else:
-                result = await handler(list(msg.body))
-            bus.send(Message.new_method_return(msg, out_sig, result))
-        except VMClientError as exc:
-            log.info("%s for %s: %s", msg.member, msg.sender, exc)
-            bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
-        except Exception as exc:  # a bug: still reply, then log the traceback
-            log.exception("%s failed", msg.member)
-            bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
-                                       f"internal error: {exc}"))
-
-    def guard(msg: Message) -> bool:
-        if (msg.message_type != MessageType.METHOD_CALL or msg.path != names.PROVISION_PATH
-                or msg.interface not in (None, names.PROVISION_IFACE)
-                or msg.member not in handlers or msg.signature != handlers[msg.member][0]):
-            return False
-        _in, out_sig, handler, long = handlers[msg.member]
-        task = asyncio.get_running_loop().create_task(run(msg, out_sig, handler, long))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return True
-
-    bus.add_message_handler(guard)
+    install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
+                         names.POLKIT_ACTION_PROVISION_MANAGE, {
+                             "Install": Member("s", "s", "installing a VM", long_work(install)),
+                             "Upgrade": Member("su", "u", "upgrading a VM", long_work(upgrade)),
+                             "Start": Member("s", "", "starting a VM", start),
+                             "Stop": Member("sb", "", "stopping a VM", stop),
+                             "Remove": Member("s", "", "removing a VM", remove),
+                             "List": Member("", "a(ssssu)", "listing VMs", list_vms)})
