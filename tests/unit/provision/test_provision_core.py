@@ -96,3 +96,9 @@ def test_vm_key_is_stored_only_wrapped_and_root_only(tmp_path: Path) -> None:
     vms.destroy("office")
     with pytest.raises(VMKeyError, match="no data key"):
         vms.load("office")
+
+
+def test_shipped_example_config_is_the_defaults() -> None:
+    shipped = config.load(ProvisionConfig, ROOT / "python-services" / "data" / "vmclient"
+                          / "provision.toml", missing_ok=False)
+    assert shipped == ProvisionConfig()

@@ -71,7 +71,7 @@ class ProvisioningInterface(ServiceInterface):
         raise NotImplementedError
 
     @method()
-    async def List(self) -> a(ssssu):  # type: ignore[name-defined]  # noqa: F821
+    async def List(self) -> a(ssssu):  # type: ignore[valid-type]  # noqa: F821
         raise NotImplementedError
 
     def introspect(self) -> Any:
