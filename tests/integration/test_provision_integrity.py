@@ -11,6 +11,7 @@ from fixtures_virt import open_libvirt
 from provision_env import Env, assert_no_leftovers, image_bytes, provision_env
 
 from testlib import need
+from vmclient.provision.receiver import ImageNotFound, NotEntitled
 from vmclient.provision.spec import RecipeError
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
@@ -89,6 +90,20 @@ async def test_manifest_not_pinned_by_the_catalog(tmp_path: Path) -> None:
         v2.write_bytes(v1.read_bytes())  # the server serves version 1 as version 2
         err = await refused(env, tmp_path, "swap")
         assert err.obj_type == "manifest" and "digest" in str(err)
+
+
+async def test_image_not_entitled_and_unknown(tmp_path: Path) -> None:
+    async with provision_env(tmp_path) as env:
+        name = f"{env.prefix}-img"
+        await env.dc.publish(name, image_bytes(4))
+        (env.dc.root / layout.image_key(name, env.device.wrapping_id)).unlink()
+        with pytest.raises(NotEntitled, match="holds no key for image"):
+            await env.provisioner().install(env.recipe(tmp_path, "noent"))
+        assert_no_leftovers(env, env.name("noent"))
+        other = env.recipe(tmp_path, "unknown", image='catalog = "not-published"')
+        with pytest.raises(ImageNotFound, match="no image 'not-published'"):
+            await env.provisioner().install(other)
+        assert_no_leftovers(env, env.name("unknown"))
 
 
 async def test_recipe_errors_define_nothing(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from typing import TypeVar
 from ..errors import VMClientError
 from ..store import crypto, layout
 from ..store.documents import Catalog, ImageVersion
-from ..store.errors import RemoteIntegrityError, StoreError
+from ..store.errors import ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.objects import BASE_ID, ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.pack import open_blob
 from ..store.plan import MAX_READ, plan_download
@@ -50,6 +50,10 @@ MAX_RUN = 8 << 20  # one qemu-io write
 
 class ImageNotFound(VMClientError):
     """The catalog has no image {!r}{}"""
+
+
+class NotEntitled(VMClientError):
+    """This device holds no key for image {!r} (its wrapping key id is {}): IT has to assign the image to it"""  # noqa: E501
 
 
 class DownloadInterrupted(VMClientError):
@@ -94,8 +98,12 @@ class Receiver:
         found = catalog.find(image, version or None)
         if found is None:
             raise ImageNotFound(image, f" version {version}" if version else "")
-        keys = await get_wrapped_key(self.remote, layout.image_key(image, self.device.wrapping_id),
-                                     self._signers, f"image:{image}", self.device.wrapping)
+        try:
+            keys = await get_wrapped_key(self.remote,
+                                         layout.image_key(image, self.device.wrapping_id),
+                                         self._signers, f"image:{image}", self.device.wrapping)
+        except ObjectNotFound:
+            raise NotEntitled(image, self.device.wrapping_id) from None
         path = layout.image_manifest(image, found.version)
         if keys.check != found.key_check:
             raise RemoteIntegrityError("wrapped-key", f"image:{image}", path,
