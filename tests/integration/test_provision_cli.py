@@ -1,5 +1,7 @@
 # ruff: noqa: ASYNC220, ASYNC251  (blocking checks in tests are fine)
-"""``vmclientctl vm …`` as a user runs it: a separate process, real libvirtd, exit codes."""
+"""``vmclientctl vm --local …`` (the core in the CLI's process): real libvirtd, exit codes.
+
+The same commands through vmclient-provd: test_provisiond.py."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def _prereqs() -> None:
 
 def ctl_args(config: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, "PYTHONPATH": str(SERVICES / "src")}
-    return [sys.executable, "-m", "vmclient.cli.main", "vm", "--config", str(config), *args], env
+    return [sys.executable, "-m", "vmclient.cli.main", "vm", "--local", "--config", str(config),
+            *args], env
 
 
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

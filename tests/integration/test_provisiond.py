@@ -4,6 +4,7 @@ properties, errors, permissions, introspection."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -129,6 +130,26 @@ async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus,
             ok(await call(client, "Remove", "s", [vm]))
             (rows,) = ok(await call(client, "List"))
             assert vm not in [r[0] for r in rows]
+
+            # vmclientctl vm … goes through the daemon and shows its progress
+            def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [sys.executable, "-m", "vmclient.cli.main", "vm", *args],
+                    capture_output=True, text=True, timeout=240,
+                    env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+            r = ctl("install", str(env.recipe(tmp_path, "ctl")))
+            assert r.returncode == 0, r.stderr
+            assert f"{env.name('ctl')}: business VM, shutoff" in r.stdout
+            assert "download" in r.stderr and "assemble" in r.stderr and "ETA" in r.stderr, \
+                r.stderr
+            r = ctl("list", "--json")
+            assert {"name": env.name("ctl"), "kind": "business", "state": "shutoff",
+                    "image": f"{env.prefix}-img", "image_version": 1} in json.loads(r.stdout)
+            assert ctl("start", env.name("ctl")).returncode == 0
+            r = ctl("remove", env.name("ctl"))
+            assert r.returncode == 0, r.stderr
+            r = ctl("remove", env.name("ctl"))
+            assert r.returncode == 1 and "No such VM" in r.stderr, r.stderr
         finally:
             client.disconnect()
             proc.send_signal(signal.SIGTERM)

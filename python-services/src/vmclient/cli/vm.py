@@ -1,9 +1,11 @@
 """``vmclientctl vm install <recipe> | list | start | stop | remove | upgrade <vm>``.
 
-These run the provisioning core in the CLI's own process (as root: it needs the
-device keys and libvirt's system connection); the D-Bus service
-``vmclient-provd`` is the later front for unprivileged users (docs/dbus-api.md).
-Long work shows progress on stderr: bytes, rate and ETA.
+By default they call ``vmclient-provd`` over the system bus
+(``org.vmclient.VMClient1.Provisioning``; root or the ``vmclient`` group) and
+show its progress properties.  ``--local`` runs the same provisioning core in
+the CLI's own process instead (as root: it needs the device keys and libvirt's
+system connection), e.g. before the daemon is installed.  Long work shows
+progress on stderr: bytes, rate and ETA.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..dbus import names
 from ..provision import config as pconfig
-from ..provision.progress import Progress
+from ..provision.progress import PHASES, Progress
+from ..provision.progress import line as progress_line
+from . import bus
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("vm", help="install, run, upgrade and remove VMs")
+    p.add_argument("--local", action="store_true",
+                   help="run the provisioning core in this process instead of vmclient-provd")
     p.add_argument("--config", type=Path, default=pconfig.DEFAULT_PATH,
-                   help=f"provisioning configuration (default {pconfig.DEFAULT_PATH})")
+                   help=f"with --local: configuration (default {pconfig.DEFAULT_PATH})")
     cmds = p.add_subparsers(dest="command", required=True, metavar="ACTION")
     c = cmds.add_parser("install", help="install a VM from a recipe (TOML)")
     c.add_argument("recipe", type=Path)
@@ -54,15 +61,20 @@ class ProgressPrinter:
         self.last, self.phase = 0.0, ""
 
     def __call__(self, p: Progress) -> None:
+        self.show(p.vm, p.phase, p.done, p.total, p.rate, p.eta)
+
+    def show(self, vm: str, phase: str, done: int, total: int, rate: float,
+             eta: float) -> None:
         now = time.monotonic()
-        changed = p.phase != self.phase
-        finished = p.total and p.done >= p.total
+        changed = phase != self.phase
+        finished = total and done >= total
         if not changed and not finished and now - self.last < (0.2 if self.tty else 5.0):
             return
         if changed and self.phase and self.tty:
             self.out.write("\n")
-        self.last, self.phase = now, p.phase
-        self.out.write(("\r" if self.tty else "") + p.line() + ("" if self.tty else "\n"))
+        self.last, self.phase = now, phase
+        text = progress_line(vm, phase, done, total, rate, eta)
+        self.out.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
         self.out.flush()
 
     def close(self) -> None:
@@ -96,39 +108,134 @@ async def _provisioner(args: argparse.Namespace) -> AsyncIterator[Any]:
 
 def _vm(vm: Any) -> dict[str, Any]:
     return {"name": vm.name, "kind": vm.kind, "state": vm.state, "image": vm.image,
-            "image_version": vm.image_version, "uuid": vm.uuid, "disks": vm.disks}
+            "image_version": vm.image_version}
+
+
+def _row(row: list[Any]) -> dict[str, Any]:
+    name, kind, state, image, version = row
+    return {"name": name, "kind": kind, "state": state, "image": image,
+            "image_version": int(version)}
+
+
+@contextlib.asynccontextmanager
+async def _daemon() -> AsyncIterator[Any]:
+    b = await bus.connect()
+    try:
+        yield b
+    finally:
+        b.disconnect()
+
+
+async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None = None
+                ) -> list[Any]:
+    return await bus.call(b, names.PROVISION_PATH, names.PROVISION_IFACE, member, signature,
+                          body, destination=names.PROVISION_BUS_NAME)
+
+
+@contextlib.asynccontextmanager
+async def _progress(b: Any) -> AsyncIterator[None]:
+    """Show the daemon's progress properties while the block runs."""
+    from dbus_fast.constants import MessageType
+
+    printer = ProgressPrinter()
+    state: dict[str, Any] = {"Phase": 0, "CurrentVM": "", "BytesDone": 0, "BytesTotal": 0,
+                             "Rate": 0.0, "Eta": -1.0}
+
+    def on_message(msg: Any) -> None:
+        if (msg.message_type != MessageType.SIGNAL or msg.member != "PropertiesChanged"
+                or msg.path != names.PROVISION_PATH):
+            return
+        state.update({k: v.value for k, v in msg.body[1].items()})
+        phase = PHASES[state["Phase"]] if 0 <= state["Phase"] < len(PHASES) else "unknown"
+        if phase not in ("idle", "unknown"):
+            printer.show(state["CurrentVM"], phase, state["BytesDone"], state["BytesTotal"],
+                         state["Rate"], state["Eta"])
+
+    b.add_message_handler(on_message)
+    rule = (f"type='signal',sender='{names.PROVISION_BUS_NAME}',"
+            f"path='{names.PROVISION_PATH}',interface='org.freedesktop.DBus.Properties',"
+            "member='PropertiesChanged'")
+    await bus.call(b, names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule],
+                   destination=names.DBUS_BUS)
+    try:
+        yield
+    finally:
+        b.remove_message_handler(on_message)
+        printer.close()
+
+
+async def _find(b: Any, name: str) -> dict[str, Any]:
+    from ..errors import VMNotFound
+
+    (rows,) = await _call(b, "List")
+    for row in rows:
+        if row[0] == name:
+            return _row(list(row))
+    raise VMNotFound(name)
 
 
 async def install(args: argparse.Namespace) -> dict[str, Any]:
-    async with _provisioner(args) as prov:
-        return _vm(await prov.install(args.recipe))
+    if args.local:
+        async with _provisioner(args) as prov:
+            return _vm(await prov.install(args.recipe))
+    from ..provision.spec import RecipeError
+
+    try:
+        text = args.recipe.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(args.recipe, "(file)", f"cannot read: {exc}") from exc
+    async with _daemon() as b:
+        async with _progress(b):
+            (name,) = await _call(b, "Install", "s", [text])
+        return await _find(b, name)
 
 
 async def upgrade(args: argparse.Namespace) -> dict[str, Any]:
-    async with _provisioner(args) as prov:
-        return _vm(await prov.upgrade(args.vm, args.version))
+    if args.local:
+        async with _provisioner(args) as prov:
+            return _vm(await prov.upgrade(args.vm, args.version))
+    async with _daemon() as b:
+        async with _progress(b):
+            await _call(b, "Upgrade", "su", [args.vm, args.version])
+        return await _find(b, args.vm)
 
 
 async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:
-    async with _provisioner(args) as prov:
-        return [_vm(v) for v in await prov.list()]
+    if args.local:
+        async with _provisioner(args) as prov:
+            return [_vm(v) for v in await prov.list()]
+    async with _daemon() as b:
+        (rows,) = await _call(b, "List")
+        return [_row(list(r)) for r in rows]
 
 
 async def start(args: argparse.Namespace) -> str:
-    async with _provisioner(args) as prov:
-        await prov.start(args.vm)
+    if args.local:
+        async with _provisioner(args) as prov:
+            await prov.start(args.vm)
+    else:
+        async with _daemon() as b:
+            await _call(b, "Start", "s", [args.vm])
     return f"{args.vm}: started"
 
 
 async def stop(args: argparse.Namespace) -> str:
-    async with _provisioner(args) as prov:
-        await prov.stop(args.vm, force=args.force)
+    if args.local:
+        async with _provisioner(args) as prov:
+            await prov.stop(args.vm, force=args.force)
+    else:
+        async with _daemon() as b:
+            await _call(b, "Stop", "sb", [args.vm, args.force])
     return f"{args.vm}: {'powered off' if args.force else 'shutdown requested'}"
 
 
 async def remove(args: argparse.Namespace) -> str:
-    async with _provisioner(args) as prov:
-        await prov.remove(args.vm)
+    if args.local:
+        async with _provisioner(args) as prov:
+            await prov.remove(args.vm)
+    else:
+        async with _daemon() as b:
+            await _call(b, "Remove", "s", [args.vm])
     return f"{args.vm}: removed (key destroyed, disks deleted, definition removed)"
 
 

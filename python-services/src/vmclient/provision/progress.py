@@ -6,6 +6,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# The D-Bus ``Phase`` enum: the index of the phase's name (0 = unknown).
+PHASES = ("unknown", "idle", "catalog", "download", "assemble", "define")
+
 
 @dataclass
 class Progress:
@@ -32,10 +35,15 @@ class Progress:
         return (self.total - self.done) / rate if rate > 0 and self.total else -1.0
 
     def line(self) -> str:
-        pct = 100 * self.done / self.total if self.total else 100.0
-        eta = f"{self.eta:4.0f} s" if self.eta >= 0 else "   ? s"
-        return (f"{self.vm}: {self.phase:<9} {pct:5.1f}%  {_mib(self.done)}/{_mib(self.total)} MiB"
-                f"  {self.rate / 2**20:7.1f} MiB/s  ETA {eta}")
+        return line(self.vm, self.phase, self.done, self.total, self.rate, self.eta)
+
+
+def line(vm: str, phase: str, done: int, total: int, rate: float, eta: float) -> str:
+    """``office: download   42.0%  42.0/100.0 MiB     25.0 MiB/s  ETA    2 s``"""
+    pct = 100 * done / total if total else 100.0
+    eta_s = f"{eta:4.0f} s" if eta >= 0 else "   ? s"
+    return (f"{vm}: {phase:<9} {pct:5.1f}%  {_mib(done)}/{_mib(total)} MiB"
+            f"  {rate / 2**20:7.1f} MiB/s  ETA {eta_s}")
 
 
 def _mib(n: int) -> str:
