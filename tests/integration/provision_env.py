@@ -191,7 +191,7 @@ policy = "pause"
 
 
 @contextlib.asynccontextmanager
-async def provision_env(tmp: Path) -> AsyncIterator[Env]:
+async def provision_env(tmp: Path, staging_mib: int = 8) -> AsyncIterator[Env]:
     prefix = f"vmcp{secrets.token_hex(3)}"
     biz, priv = free_subnets(2)
     cfg = ProvisionConfig(
@@ -199,7 +199,8 @@ async def provision_env(tmp: Path) -> AsyncIterator[Env]:
         networks=Networks(f"{prefix}-business", f"{prefix}b", biz,
                           f"{prefix}-private", f"{prefix}p", priv),
         libvirt_uri=URI, state_dir=tmp / "state", device_dir=tmp / "device",
-        images_dir=IMAGES / prefix, staging_dir=Path("/dev/shm") / prefix, staging_mib=1)
+        images_dir=IMAGES / prefix, staging_dir=Path("/dev/shm") / prefix,
+        staging_mib=staging_mib)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     dc = Datacenter(tmp / "repo", device)
     await dc.init()

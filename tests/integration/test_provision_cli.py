@@ -64,7 +64,8 @@ async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:
         assert (vm["kind"], vm["image_version"]) == ("business", 1)
 
         assert ctl(config, "start", name).returncode == 0
-        assert ctl(config, "list").stdout.count("running") == 1
+        (line,) = [ln for ln in ctl(config, "list").stdout.splitlines() if ln.startswith(name)]
+        assert line.split()[:3] == [name, "business", "running"]
         r = ctl(config, "upgrade", name)
         assert r.returncode == 1 and "stop it before upgrading" in r.stderr, r.stderr
         assert ctl(config, "stop", "--force", name).returncode == 0

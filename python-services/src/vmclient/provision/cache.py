@@ -73,6 +73,10 @@ class ChunkCache:
             f.write(_LEN.pack(plain_length) + sealed)
         os.replace(tmp, final)
 
+    def put_many(self, entries: list[tuple[bytes, int, bytes]]) -> None:
+        for cid, plain_length, sealed in entries:
+            self.put(cid, plain_length, sealed)
+
     def get(self, cid: bytes) -> tuple[int, bytes] | None:
         try:
             raw = self._path(cid).read_bytes()

@@ -117,16 +117,20 @@ async def write_runs(path: Path, passphrase: bytes, runs: Sequence[tuple[int, by
         commands: list[str] = []
         for offset, data in runs:
             f = staging / f"run-{secrets.token_hex(8)}"
-            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             files.append(f)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            await asyncio.to_thread(_write_new, f, data)
             commands += ["-c", f"write -q -s {f} {offset} {len(data)}"]
         await _run("qemu-io", [*_SECRET, "--image-opts", _opts(path),
                                *commands, "-c", "flush"], passphrase, path)
     finally:
         for f in files:
             f.unlink(missing_ok=True)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 async def read(path: Path, passphrase: bytes, offset: int, length: int) -> bytes:

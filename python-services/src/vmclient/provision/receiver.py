@@ -132,15 +132,22 @@ class Receiver:
             if attempt:
                 plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
                              max_read=self.max_read)
+            verified: list[tuple[bytes, int, bytes]] = []  # kept in the cache in batches
             try:
                 async for cid, ref, sealed, _data in store.fetch_blobs(plan):
-                    cache.put(cid, ref.plain_length, sealed)
+                    verified.append((cid, ref.plain_length, sealed))
                     progress.done += ref.length
-                    report(progress)
+                    if len(verified) >= 128:
+                        await asyncio.to_thread(cache.put_many, verified)
+                        verified = []
+                        report(progress)
+                await asyncio.to_thread(cache.put_many, verified)
+                report(progress)
                 break
             except RemoteIntegrityError:
                 raise
             except (OSError, StoreError, EOFError) as exc:
+                await asyncio.to_thread(cache.put_many, verified)
                 if attempt == RETRIES:
                     cache.sync()
                     raise DownloadInterrupted(r.image, exc, len(cache.ids())) from exc
@@ -173,18 +180,23 @@ class Receiver:
         progress.begin("assemble", r.disk.size)
         try:
             await qemuimg.create(tmp, max(size, r.disk.size), passphrase)
-            batch: list[tuple[int, bytes]] = []
-            held = 0
-            for offset, data in _runs(r, cache):
-                batch.append((offset, data))
-                held += len(data)
-                if held >= staging_bytes:
-                    await qemuimg.write_runs(tmp, passphrase, batch, staging)
-                    progress.done = offset + len(data)
-                    report(progress)
-                    batch, held = [], 0
-            await qemuimg.write_runs(tmp, passphrase, batch, staging)
-            _fsync(tmp)
+            runs = _runs(r, cache)
+
+            def take() -> list[tuple[int, bytes]]:
+                """The next runs, up to ``staging_bytes`` (reading + reopening: a thread)."""
+                batch, held = [], 0
+                for offset, data in runs:
+                    batch.append((offset, data))
+                    held += len(data)
+                    if held >= staging_bytes:
+                        break
+                return batch
+
+            while batch := await asyncio.to_thread(take):
+                await qemuimg.write_runs(tmp, passphrase, batch, staging)
+                progress.done = batch[-1][0] + len(batch[-1][1])
+                report(progress)
+            await asyncio.to_thread(_fsync, tmp)
             os.replace(tmp, target)
             _fsync_dir(target.parent)
         finally:
