@@ -14,7 +14,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -209,33 +209,30 @@ async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:
         return [_row(list(r)) for r in rows]
 
 
-async def start(args: argparse.Namespace) -> str:
+async def _simple(args: argparse.Namespace, local: Callable[[Any], Awaitable[None]],
+                  member: str, signature: str, body: list[Any]) -> None:
+    """A short command: through the core with --local, else one call to the daemon."""
     if args.local:
         async with _provisioner(args) as prov:
-            await prov.start(args.vm)
+            await local(prov)
     else:
         async with _daemon() as b:
-            await _call(b, "Start", "s", [args.vm])
+            await _call(b, member, signature, body)
+
+
+async def start(args: argparse.Namespace) -> str:
+    await _simple(args, lambda p: p.start(args.vm), "Start", "s", [args.vm])
     return f"{args.vm}: started"
 
 
 async def stop(args: argparse.Namespace) -> str:
-    if args.local:
-        async with _provisioner(args) as prov:
-            await prov.stop(args.vm, force=args.force)
-    else:
-        async with _daemon() as b:
-            await _call(b, "Stop", "sb", [args.vm, args.force])
+    await _simple(args, lambda p: p.stop(args.vm, force=args.force), "Stop", "sb",
+                  [args.vm, args.force])
     return f"{args.vm}: {'powered off' if args.force else 'shutdown requested'}"
 
 
 async def remove(args: argparse.Namespace) -> str:
-    if args.local:
-        async with _provisioner(args) as prov:
-            await prov.remove(args.vm)
-    else:
-        async with _daemon() as b:
-            await _call(b, "Remove", "s", [args.vm])
+    await _simple(args, lambda p: p.remove(args.vm), "Remove", "s", [args.vm])
     return f"{args.vm}: removed (key destroyed, disks deleted, definition removed)"
 
 

@@ -35,6 +35,14 @@ class Member:
     handler: Callable[[list[Any]], Awaitable[list[Any]]]
 
 
+def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
+    """Introspection as the shipped XML: dbus-fast cannot name out-arguments itself."""
+    for m in node.methods:
+        for arg in m.out_args:
+            arg.name = out_names.get(m.name, arg.name)
+    return node
+
+
 def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
                          members: Mapping[str, Member]) -> None:
     tasks: set[asyncio.Task[None]] = set()

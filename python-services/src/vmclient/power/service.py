@@ -15,7 +15,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from ..dbus import names
-from ..dbus.guard import Member, install_method_guard
+from ..dbus.guard import Member, install_method_guard, name_out_args
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,7 @@ class PowerInterface(ServiceInterface):
         return await self.backend.request_resume_all()
 
     def introspect(self) -> Any:
-        """As the shipped XML: dbus-fast cannot name out-arguments itself."""
-        node = super().introspect()
-        for m in node.methods:
-            for arg in m.out_args:
-                arg.name = _OUT_ARG_NAMES.get(m.name, arg.name)
-        return node
+        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
 
     def _p(self, name: str) -> Any:
         return self._last[name]

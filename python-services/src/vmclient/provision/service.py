@@ -22,7 +22,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from ..dbus import names
-from ..dbus.guard import Member, install_method_guard
+from ..dbus.guard import Member, install_method_guard, name_out_args
 from ..errors import UsageError
 from . import spec
 from .installer import Installed, Provisioner
@@ -75,11 +75,7 @@ class ProvisioningInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        node = super().introspect()
-        for m in node.methods:
-            for arg in m.out_args:
-                arg.name = _OUT_ARG_NAMES.get(m.name, arg.name)
-        return node
+        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
 
     @dbus_property(access=PropertyAccess.READ)
     def Phase(self) -> u:  # type: ignore[name-defined]  # noqa: F821
