@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import random
 import secrets
 import shutil
@@ -249,5 +248,5 @@ def ipv4(net: str, host: int) -> str:
     return str(ipaddress.IPv4Network(net).network_address + host)
 
 
-__all__ = ["Datacenter", "Env", "assert_no_leftovers", "image_bytes", "ipv4", "os",
-           "provision_env"]
+__all__ = ["Datacenter", "Env", "assert_no_leftovers", "image_bytes", "ipv4", "provision_env",
+           "write_config"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from fixtures_virt import URI, open_libvirt
+from fixtures_virt import URI, kvm_usable, open_libvirt
 from provision_env import assert_no_leftovers, image_bytes, provision_env
 
 from testlib import need
@@ -27,6 +27,7 @@ MARKER = b"VMCLIENT-PLAINTEXT-MARKER-7f3a9c"
 def _prereqs() -> None:
     for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq"):
         need(shutil.which(tool) is not None, f"{tool} is not installed")
+    need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
     open_libvirt().close()
 
 

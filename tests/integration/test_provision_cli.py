@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_virt import open_libvirt
+from fixtures_virt import kvm_usable, open_libvirt
 from provision_env import image_bytes, provision_env, write_config
 
 from testlib import SERVICES, need
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 def _prereqs() -> None:
     for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq"):
         need(shutil.which(tool) is not None, f"{tool} is not installed")
+    need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
     open_libvirt().close()
 
 

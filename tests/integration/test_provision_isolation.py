@@ -23,7 +23,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from fixtures_virt import URI, open_libvirt
+from fixtures_virt import URI, kvm_usable, open_libvirt
 from provision_env import image_bytes, ipv4, provision_env
 
 from testlib import need
@@ -37,6 +37,7 @@ def _prereqs() -> None:
     for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq", "ip", "iptables",
                  "ping"):
         need(shutil.which(tool) is not None, f"{tool} is not installed")
+    need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
     open_libvirt().close()
 
 
