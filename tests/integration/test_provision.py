@@ -15,6 +15,7 @@ from provision_env import assert_no_leftovers, image_bytes, provision_env
 
 from testlib import need
 from vmclient.provision import qemuimg
+from vmclient.provision.cache import ChunkCache
 from vmclient.provision.keys import passphrase
 from vmclient.provision.receiver import DownloadInterrupted
 
@@ -152,7 +153,7 @@ async def test_interrupted_download_resumes(tmp_path: Path) -> None:
         with pytest.raises(DownloadInterrupted, match="connection reset"):
             await env.provisioner(Dropping(env.dc.store, lambda n: n > 2), max_read=256 << 10).install(recipe)
         assert_no_leftovers(env, env.name("res"))
-        cached = len(list((env.cfg.state_dir / "cache").rglob("*/*/*")))
+        cached = len(ChunkCache(env.cfg.state_dir, f"{env.prefix}-img").ids())
         assert 0 < cached < 48
         # the connection drops twice more; retries resume, then the disk is whole
         vm = await env.provisioner(Dropping(env.dc.store, lambda n: n in (2, 4)), max_read=256 << 10).install(recipe)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +33,7 @@ from ..store.documents import Catalog, ImageVersion
 from ..store.errors import ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.objects import BASE_ID, ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.pack import open_blob
-from ..store.plan import MAX_READ, plan_download
+from ..store.plan import MAX_READ, DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from ..store.repo import ChunkStore, get_catalog, get_config, get_image_manifest, get_wrapped_key
 from . import qemuimg
@@ -128,6 +128,15 @@ class Receiver:
                              max_read=self.max_read)
         progress.begin("download", plan.download_bytes)
         report(progress)
+        try:
+            await self._fetch_all(r, cache, store, index, plan, progress, report)
+        finally:
+            cache.close()
+        return progress.done
+
+    async def _fetch_all(self, r: Resolved, cache: ChunkCache, store: ChunkStore,
+                         index: Mapping[bytes, BlobRef], plan: DownloadPlan,
+                         progress: Progress, report: ProgressFn) -> None:
         for attempt in range(RETRIES + 1):
             if attempt:
                 plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
@@ -155,7 +164,6 @@ class Receiver:
                             exc, attempt + 2)
                 await asyncio.sleep(self.retry_delay * 2 ** attempt)
         cache.sync()
-        return progress.done
 
     async def _retrying(self, image: str, cache: ChunkCache,
                         fn: Callable[[], Awaitable[T]]) -> T:
@@ -200,6 +208,7 @@ class Receiver:
             os.replace(tmp, target)
             _fsync_dir(target.parent)
         finally:
+            cache.close()
             tmp.unlink(missing_ok=True)
         progress.done = r.disk.size
         report(progress)
