@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
-from fixtures_virt import IMAGES, URI
+from fixtures_virt import IMAGES, URI, kvm_usable, open_libvirt
 
+from testlib import need
 from vmclient.provision.config import Networks, ProvisionConfig, Repository
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.keys import DeviceKeys
@@ -36,6 +37,15 @@ from vmclient.store.repo import (
 from vmclient.virt.libvirt import Hypervisor
 
 K = 64 << 10
+
+
+def need_tools(*extra: str, kvm: bool = True) -> None:
+    """What provisioning tests run on: fail in CI, skip elsewhere, when missing."""
+    for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq", *extra):
+        need(shutil.which(tool) is not None, f"{tool} is not installed")
+    if kvm:
+        need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
+    open_libvirt().close()
 
 
 def image_bytes(n_chunks: int, marker: bytes = b"", seed: int = 1) -> bytes:
@@ -248,5 +258,5 @@ def ipv4(net: str, host: int) -> str:
     return str(ipaddress.IPv4Network(net).network_address + host)
 
 
-__all__ = ["Datacenter", "Env", "assert_no_leftovers", "image_bytes", "ipv4", "provision_env",
+__all__ = ["Datacenter", "Env", "assert_no_leftovers", "image_bytes", "ipv4", "need_tools", "provision_env",
            "write_config"]

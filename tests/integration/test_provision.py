@@ -4,16 +4,14 @@ local-directory repository) → install → start; encrypted at rest; upgrade; r
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import libvirt
 import pytest
-from fixtures_virt import URI, kvm_usable, open_libvirt
-from provision_env import assert_no_leftovers, image_bytes, provision_env
+from fixtures_virt import URI
+from provision_env import assert_no_leftovers, image_bytes, need_tools, provision_env
 
-from testlib import need
 from vmclient.provision import qemuimg
 from vmclient.provision.cache import ChunkCache
 from vmclient.provision.keys import passphrase
@@ -26,10 +24,7 @@ MARKER = b"VMCLIENT-PLAINTEXT-MARKER-7f3a9c"
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq"):
-        need(shutil.which(tool) is not None, f"{tool} is not installed")
-    need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
-    open_libvirt().close()
+    need_tools()
 
 
 def secrets_defined() -> set[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_virt import kvm_usable, open_libvirt
-from provision_env import image_bytes, provision_env, write_config
+from provision_env import image_bytes, need_tools, provision_env, write_config
 
-from testlib import SERVICES, need
+from testlib import SERVICES
 from vmclient.provision import qemuimg
 from vmclient.provision.keys import DeviceKeys, VMKeys, passphrase
 
@@ -27,10 +25,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq"):
-        need(shutil.which(tool) is not None, f"{tool} is not installed")
-    need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
-    open_libvirt().close()
+    need_tools()
 
 
 def ctl_args(config: Path, *args: str) -> tuple[list[str], dict[str, str]]:

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from fixtures_virt import open_libvirt
-from provision_env import Env, assert_no_leftovers, image_bytes, provision_env
+from provision_env import Env, assert_no_leftovers, image_bytes, need_tools, provision_env
 
-from testlib import need
 from vmclient.provision.receiver import ImageNotFound, NotEntitled
 from vmclient.provision.spec import RecipeError
 from vmclient.store import crypto, layout
@@ -21,9 +18,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    for tool in ("qemu-img", "qemu-io", "dnsmasq"):
-        need(shutil.which(tool) is not None, f"{tool} is not installed")
-    open_libvirt().close()
+    need_tools(kvm=False)
 
 
 async def refused(env: Env, tmp: Path, suffix: str) -> RemoteIntegrityError:

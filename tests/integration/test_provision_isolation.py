@@ -14,7 +14,6 @@ have no IPv6 addresses), or traffic to the host's own addresses.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -23,10 +22,9 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from fixtures_virt import URI, kvm_usable, open_libvirt
-from provision_env import image_bytes, ipv4, provision_env
+from fixtures_virt import URI
+from provision_env import image_bytes, ipv4, need_tools, provision_env
 
-from testlib import need
 from vmclient.provision.network import host_address
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -34,11 +32,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq", "ip", "iptables",
-                 "ping"):
-        need(shutil.which(tool) is not None, f"{tool} is not installed")
-    need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
-    open_libvirt().close()
+    need_tools("ip", "iptables", "ping")
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
