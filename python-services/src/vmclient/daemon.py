@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +54,29 @@ def install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: Callable[[], No
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, handler, sig.name)
+
+
+def main(argv: list[str] | None, prog: str, description: str, default_config: Path,
+         run: Callable[[Path], Coroutine[Any, Any, None]]) -> int:
+    """A daemon's ``main``: options, logging, the loop; exit codes from the error root."""
+    from . import log as vlog
+    from .errors import EXIT_BUG, VMClientError
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, default=default_config,
+                        help="configuration file (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="verbose logging")
+    args = parser.parse_args(argv)
+    vlog.setup(args.debug)
+    logger = logging.getLogger(f"vmclient.{prog.removeprefix('vmclient-')}")
+    try:
+        asyncio.run(run(args.config))
+    except VMClientError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        logger.exception("%s failed", prog)
+        return EXIT_BUG
+    return 0

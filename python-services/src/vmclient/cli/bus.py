@@ -20,17 +20,22 @@ async def connect() -> MessageBus:
         raise ServiceUnavailable("the system bus", str(exc)) from exc
 
 
+_DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclient-provd"}
+
+
 async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
-               body: list[Any] | None = None) -> list[Any]:
-    reply = await bus.call(Message(destination=names.BUS_NAME, path=path, interface=iface,
+               body: list[Any] | None = None, *, destination: str = names.BUS_NAME
+               ) -> list[Any]:
+    reply = await bus.call(Message(destination=destination, path=path, interface=iface,
                                    member=member, signature=signature, body=body or []))
     assert reply is not None
     if reply.message_type == MessageType.ERROR:
         text = reply.body[0] if reply.body else reply.error_name
         if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
                                 "org.freedesktop.DBus.Error.NameHasNoOwner"):
-            raise ServiceUnavailable("vmclient-powerd", "it is not running (is the "
-                                     "vmclient-powerd service started?)")
+            daemon = _DAEMON.get(destination, destination)
+            raise ServiceUnavailable(daemon, f"it is not running (is the {daemon} service "
+                                     "started?)")
         if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
             from ..errors import PermissionDenied
 

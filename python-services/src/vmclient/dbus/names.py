@@ -6,10 +6,17 @@ ROOT_PATH = "/org/vmclient/VMClient1"
 POWER_PATH = ROOT_PATH + "/Power"
 POWER_IFACE = BUS_NAME + ".Power"
 
+# vmclient-provd owns a name of its own, so it starts, stops and is activated
+# independently of vmclient-powerd (docs/dbus-api.md).
+PROVISION_BUS_NAME = BUS_NAME + ".Provisioning"
+PROVISION_PATH = ROOT_PATH + "/Provisioning"
+PROVISION_IFACE = BUS_NAME + ".Provisioning"
+
 ERROR_PREFIX = BUS_NAME + ".Error."
 
 # polkit actions (data/polkit-1/actions/org.vmclient.VMClient1.policy)
 POLKIT_ACTION_POWER_MANAGE = "org.vmclient.VMClient1.power.manage"
+POLKIT_ACTION_PROVISION_MANAGE = "org.vmclient.VMClient1.provision.manage"
 
 # Unix group whose members may call the methods (bus policy + polkit rule).
 ADMIN_GROUP = "vmclient"

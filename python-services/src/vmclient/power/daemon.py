@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -14,9 +13,8 @@ from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
-from .. import log as vlog
 from ..dbus import names
-from ..errors import EXIT_BUG, VMClientError
+from ..errors import VMClientError
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
 from .logind import Inhibitor, Logind
@@ -271,25 +269,10 @@ class PowerDaemon:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmclient-powerd",
-                                     description="vmclient power manager")
-    parser.add_argument("--config", type=Path, default=power_config.DEFAULT_PATH,
-                        help="configuration file (default: %(default)s)")
-    parser.add_argument("--debug", action="store_true", help="verbose logging")
-    args = parser.parse_args(argv)
-    vlog.setup(args.debug)
-    try:
-        cfg = power_config.load(args.config)
-        asyncio.run(PowerDaemon(cfg).run())
-    except VMClientError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 0
-    except Exception:
-        log.exception("vmclient-powerd failed")
-        return EXIT_BUG
-    return 0
+    async def run(config: Path) -> None:
+        await PowerDaemon(power_config.load(config)).run()
+    return common.main(argv, "vmclient-powerd", "vmclient power manager",
+                       power_config.DEFAULT_PATH, run)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,15 @@ once: the result, or a D-Bus error named after the :class:`VMClientError`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from dbus_fast import Message
 from dbus_fast.aio import MessageBus
-from dbus_fast.constants import MessageType, PropertyAccess
+from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
-from ..dbus import auth, names
-from ..errors import VMClientError
+from ..dbus import names
+from ..dbus.guard import Member, install_method_guard, name_out_args
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +45,7 @@ class PowerInterface(ServiceInterface):
         return await self.backend.request_resume_all()
 
     def introspect(self) -> Any:
-        """As the shipped XML: dbus-fast cannot name out-arguments itself."""
-        node = super().introspect()
-        for m in node.methods:
-            for arg in m.out_args:
-                arg.name = _OUT_ARG_NAMES.get(m.name, arg.name)
-        return node
+        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
 
     def _p(self, name: str) -> Any:
         return self._last[name]
@@ -103,40 +95,15 @@ class PowerInterface(ServiceInterface):
             self.emit_properties_changed(changed)
 
 
-Handler = Callable[[], Awaitable[list[str]]]
-
-
 def install_guard(bus: MessageBus, backend: PowerBackend) -> None:
     """Authorise and dispatch PauseAll/ResumeAll, replying exactly once."""
-    handlers: dict[str, tuple[Handler, str]] = {
-        "PauseAll": (backend.request_pause_all, "pausing every VM"),
-        "ResumeAll": (backend.request_resume_all, "resuming every VM"),
-    }
-    tasks: set[asyncio.Task[None]] = set()
+    async def pause_all(_args: list[Any]) -> list[Any]:
+        return [await backend.request_pause_all()]
 
-    async def run(msg: Message, handler: Handler, what: str) -> None:
-        try:
-            assert msg.sender is not None
-            await auth.authorize(bus, msg.sender, names.POLKIT_ACTION_POWER_MANAGE, what)
-            result = await handler()
-            bus.send(Message.new_method_return(msg, "as", [result]))
-        except VMClientError as exc:
-            log.info("%s for %s: %s", msg.member, msg.sender, exc)
-            bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
-        except Exception as exc:  # a bug: still reply, then log the traceback
-            log.exception("%s failed", msg.member)
-            bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
-                                       f"internal error: {exc}"))
+    async def resume_all(_args: list[Any]) -> list[Any]:
+        return [await backend.request_resume_all()]
 
-    def guard(msg: Message) -> bool:
-        if (msg.message_type != MessageType.METHOD_CALL or msg.path != names.POWER_PATH
-                or msg.interface not in (None, names.POWER_IFACE)
-                or msg.member not in handlers or msg.signature):
-            return False
-        handler, what = handlers[msg.member]
-        task = asyncio.get_running_loop().create_task(run(msg, handler, what))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return True
-
-    bus.add_message_handler(guard)
+    install_method_guard(bus, names.POWER_PATH, names.POWER_IFACE,
+                         names.POLKIT_ACTION_POWER_MANAGE, {
+                             "PauseAll": Member("", "as", "pausing every VM", pause_all),
+                             "ResumeAll": Member("", "as", "resuming every VM", resume_all)})

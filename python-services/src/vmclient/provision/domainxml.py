@@ -40,11 +40,13 @@ class DiskBinding:
 
 
 def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
-               install_media: PurePosixPath | None = None, image_version: int = 0) -> str:
+               install_media: PurePosixPath | None = None, image_version: int = 0,
+               networks: Mapping[str, str] = NETWORKS) -> str:
     """The domain definition for ``recipe``.
 
     ``install_media`` attaches an ISO and boots it first; ``image_version`` is the
-    catalog version actually installed (the recipe may say "newest").
+    catalog version actually installed (the recipe may say "newest"); ``networks``
+    maps a zone to its libvirt network (configurable, so tests use their own).
     """
     for value in (uuid, *(b.secret_uuid for b in disks.values())):
         if not _UUID_RE.fullmatch(value):
@@ -77,7 +79,7 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
     pm = ET.SubElement(dom, "pm")
     ET.SubElement(pm, "suspend-to-mem", enabled="yes" if recipe.power == "s3" else "no")
     ET.SubElement(pm, "suspend-to-disk", enabled="no")
-    _devices(ET.SubElement(dom, "devices"), recipe, disks, install_media)
+    _devices(ET.SubElement(dom, "devices"), recipe, disks, install_media, networks)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
 
@@ -103,7 +105,7 @@ def _metadata(dom: ET.Element, recipe: Recipe, image_version: int) -> None:
 
 
 def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBinding],
-             install_media: PurePosixPath | None) -> None:
+             install_media: PurePosixPath | None, networks: Mapping[str, str]) -> None:
     used = {"vd": 0, "sd": 0}
 
     def target(bus: str) -> str:
@@ -137,7 +139,7 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
         nic = ET.SubElement(devices, "interface", type="network")
         if recipe.mac:
             ET.SubElement(nic, "mac", address=recipe.mac)
-        ET.SubElement(nic, "source", network=NETWORKS[recipe.zone])
+        ET.SubElement(nic, "source", network=networks[recipe.zone])
         ET.SubElement(nic, "model", type="virtio")
     ET.SubElement(devices, "controller", type="usb", model="qemu-xhci")
     ET.SubElement(devices, "input", type="tablet", bus="usb")

@@ -1,0 +1,253 @@
+"""``vmclientctl vm install <recipe> | list | start | stop | remove | upgrade <vm>``.
+
+By default they call ``vmclient-provd`` over the system bus
+(``org.vmclient.VMClient1.Provisioning``; root or the ``vmclient`` group) and
+show its progress properties.  ``--local`` runs the same provisioning core in
+the CLI's own process instead (as root: it needs the device keys and libvirt's
+system connection), e.g. before the daemon is installed.  Long work shows
+progress on stderr: bytes, rate and ETA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..dbus import names
+from ..provision import config as pconfig
+from ..provision.progress import PHASES, Progress
+from ..provision.progress import line as progress_line
+from . import bus
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("vm", help="install, run, upgrade and remove VMs")
+    p.add_argument("--local", action="store_true",
+                   help="run the provisioning core in this process instead of vmclient-provd")
+    p.add_argument("--config", type=Path, default=pconfig.DEFAULT_PATH,
+                   help=f"with --local: configuration (default {pconfig.DEFAULT_PATH})")
+    cmds = p.add_subparsers(dest="command", required=True, metavar="ACTION")
+    c = cmds.add_parser("install", help="install a VM from a recipe (TOML)")
+    c.add_argument("recipe", type=Path)
+    c.set_defaults(func=install, render=render_vm)
+    c = cmds.add_parser("list", help="the VMs vmclient installed")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=list_vms, render=render_list)
+    for name, func, help_ in (("start", start, "start a VM (unlocks its disks)"),
+                              ("remove", remove, "stop and delete a VM, its key and disks")):
+        c = cmds.add_parser(name, help=help_)
+        c.add_argument("vm")
+        c.set_defaults(func=func, render=str)
+    c = cmds.add_parser("stop", help="shut a VM down")
+    c.add_argument("vm")
+    c.add_argument("--force", action="store_true", help="power off at once")
+    c.set_defaults(func=stop, render=str)
+    c = cmds.add_parser("upgrade", help="new system disk from the catalog; user disks kept")
+    c.add_argument("vm")
+    c.add_argument("--version", type=int, default=0, help="image version (default: newest)")
+    c.set_defaults(func=upgrade, render=render_vm)
+
+
+class ProgressPrinter:
+    """One status line: rewritten in place on a terminal, every few seconds otherwise."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out, self.tty = out, out.isatty()
+        self.last, self.phase = 0.0, ""
+
+    def __call__(self, p: Progress) -> None:
+        self.show(p.vm, p.phase, p.done, p.total, p.rate, p.eta)
+
+    def show(self, vm: str, phase: str, done: int, total: int, rate: float,
+             eta: float) -> None:
+        now = time.monotonic()
+        changed = phase != self.phase
+        finished = total and done >= total
+        if not changed and not finished and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        if changed and self.phase and self.tty:
+            self.out.write("\n")
+        self.last, self.phase = now, phase
+        text = progress_line(vm, phase, done, total, rate, eta)
+        self.out.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty and self.phase:
+            self.out.write("\n")
+
+
+@contextlib.asynccontextmanager
+async def _provisioner(args: argparse.Namespace) -> AsyncIterator[Any]:
+    from ..provision.installer import Provisioner
+    from ..provision.keys import DeviceKeys, load_admin_key
+    from ..provision.receiver import Receiver
+    from ..store.localfs import LocalDirStore
+    from ..virt.libvirt import Hypervisor
+
+    cfg = pconfig.load(args.config)
+    device = DeviceKeys.load_or_create(cfg.device_dir)
+    admin = load_admin_key(cfg.repository.admin_key)
+    receiver = None
+    if admin is not None:
+        receiver = Receiver(LocalDirStore(cfg.repository.path), admin, device, cfg.state_dir)
+    hv = Hypervisor(cfg.libvirt_uri)
+    printer = ProgressPrinter()
+    await hv.connect()
+    try:
+        yield Provisioner(cfg, hv, device, receiver, report=printer)
+    finally:
+        printer.close()
+        await hv.close()
+
+
+def _vm(vm: Any) -> dict[str, Any]:
+    return {"name": vm.name, "kind": vm.kind, "state": vm.state, "image": vm.image,
+            "image_version": vm.image_version}
+
+
+def _row(row: list[Any]) -> dict[str, Any]:
+    name, kind, state, image, version = row
+    return {"name": name, "kind": kind, "state": state, "image": image,
+            "image_version": int(version)}
+
+
+@contextlib.asynccontextmanager
+async def _daemon() -> AsyncIterator[Any]:
+    b = await bus.connect()
+    try:
+        yield b
+    finally:
+        b.disconnect()
+
+
+async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None = None
+                ) -> list[Any]:
+    return await bus.call(b, names.PROVISION_PATH, names.PROVISION_IFACE, member, signature,
+                          body, destination=names.PROVISION_BUS_NAME)
+
+
+@contextlib.asynccontextmanager
+async def _progress(b: Any) -> AsyncIterator[None]:
+    """Show the daemon's progress properties while the block runs."""
+    from dbus_fast.constants import MessageType
+
+    printer = ProgressPrinter()
+    state: dict[str, Any] = {"Phase": 0, "CurrentVM": "", "BytesDone": 0, "BytesTotal": 0,
+                             "Rate": 0.0, "Eta": -1.0}
+
+    def on_message(msg: Any) -> None:
+        if (msg.message_type != MessageType.SIGNAL or msg.member != "PropertiesChanged"
+                or msg.path != names.PROVISION_PATH):
+            return
+        state.update({k: v.value for k, v in msg.body[1].items()})
+        phase = PHASES[state["Phase"]] if 0 <= state["Phase"] < len(PHASES) else "unknown"
+        if phase not in ("idle", "unknown"):
+            printer.show(state["CurrentVM"], phase, state["BytesDone"], state["BytesTotal"],
+                         state["Rate"], state["Eta"])
+
+    b.add_message_handler(on_message)
+    rule = (f"type='signal',sender='{names.PROVISION_BUS_NAME}',"
+            f"path='{names.PROVISION_PATH}',interface='org.freedesktop.DBus.Properties',"
+            "member='PropertiesChanged'")
+    await bus.call(b, names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule],
+                   destination=names.DBUS_BUS)
+    try:
+        yield
+    finally:
+        b.remove_message_handler(on_message)
+        printer.close()
+
+
+async def _find(b: Any, name: str) -> dict[str, Any]:
+    from ..errors import VMNotFound
+
+    (rows,) = await _call(b, "List")
+    for row in rows:
+        if row[0] == name:
+            return _row(list(row))
+    raise VMNotFound(name)
+
+
+async def install(args: argparse.Namespace) -> dict[str, Any]:
+    if args.local:
+        async with _provisioner(args) as prov:
+            return _vm(await prov.install(args.recipe))
+    from ..provision.spec import RecipeError
+
+    try:
+        text = args.recipe.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(args.recipe, "(file)", f"cannot read: {exc}") from exc
+    async with _daemon() as b:
+        async with _progress(b):
+            (name,) = await _call(b, "Install", "s", [text])
+        return await _find(b, name)
+
+
+async def upgrade(args: argparse.Namespace) -> dict[str, Any]:
+    if args.local:
+        async with _provisioner(args) as prov:
+            return _vm(await prov.upgrade(args.vm, args.version))
+    async with _daemon() as b:
+        async with _progress(b):
+            await _call(b, "Upgrade", "su", [args.vm, args.version])
+        return await _find(b, args.vm)
+
+
+async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.local:
+        async with _provisioner(args) as prov:
+            return [_vm(v) for v in await prov.list()]
+    async with _daemon() as b:
+        (rows,) = await _call(b, "List")
+        return [_row(list(r)) for r in rows]
+
+
+async def _simple(args: argparse.Namespace, local: Callable[[Any], Awaitable[None]],
+                  member: str, signature: str, body: list[Any]) -> None:
+    """A short command: through the core with --local, else one call to the daemon."""
+    if args.local:
+        async with _provisioner(args) as prov:
+            await local(prov)
+    else:
+        async with _daemon() as b:
+            await _call(b, member, signature, body)
+
+
+async def start(args: argparse.Namespace) -> str:
+    await _simple(args, lambda p: p.start(args.vm), "Start", "s", [args.vm])
+    return f"{args.vm}: started"
+
+
+async def stop(args: argparse.Namespace) -> str:
+    await _simple(args, lambda p: p.stop(args.vm, force=args.force), "Stop", "sb",
+                  [args.vm, args.force])
+    return f"{args.vm}: {'powered off' if args.force else 'shutdown requested'}"
+
+
+async def remove(args: argparse.Namespace) -> str:
+    await _simple(args, lambda p: p.remove(args.vm), "Remove", "s", [args.vm])
+    return f"{args.vm}: removed (key destroyed, disks deleted, definition removed)"
+
+
+def render_vm(vm: dict[str, Any]) -> str:
+    version = f" version {vm['image_version']}" if vm["image_version"] else ""
+    return f"{vm['name']}: {vm['kind']} VM, {vm['state']}, image {vm['image']}{version}"
+
+
+def render_list(vms: list[dict[str, Any]]) -> str:
+    if not vms:
+        return "no VMs installed"
+    rows = [("NAME", "KIND", "STATE", "IMAGE")]
+    rows += [(v["name"], v["kind"], v["state"],
+              v["image"] + (f" v{v['image_version']}" if v["image_version"] else ""))
+             for v in vms]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  "
+                     + r[3] for r in rows)

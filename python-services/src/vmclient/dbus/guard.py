@@ -1,0 +1,75 @@
+"""Authorise, then dispatch, the method calls of one of our D-Bus objects.
+
+A message handler in front of dbus-fast's own dispatch: every call to a
+listed member is authorised first (:func:`auth.authorize`: root, the
+``vmclient`` group, polkit) and replied to exactly once, with the handler's
+result or a D-Bus error named after the :class:`VMClientError` (anything else
+is a bug: logged with its traceback, replied to as ``Error.Failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import MessageType
+
+from ..errors import VMClientError
+from . import auth, names
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One method: its signatures, what it does (for refusals) and its handler."""
+
+    in_sig: str
+    out_sig: str
+    what: str
+    handler: Callable[[list[Any]], Awaitable[list[Any]]]
+
+
+def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
+    """Introspection as the shipped XML: dbus-fast cannot name out-arguments itself."""
+    for m in node.methods:
+        for arg in m.out_args:
+            arg.name = out_names.get(m.name, arg.name)
+    return node
+
+
+def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
+                         members: Mapping[str, Member]) -> None:
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(msg: Message, m: Member) -> None:
+        try:
+            assert msg.sender is not None
+            await auth.authorize(bus, msg.sender, action, m.what)
+            result = await m.handler(list(msg.body))
+            bus.send(Message.new_method_return(msg, m.out_sig, result))
+        except VMClientError as exc:
+            log.info("%s for %s: %s", msg.member, msg.sender, exc)
+            bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
+        except Exception as exc:  # a bug: still reply, then log the traceback
+            log.exception("%s failed", msg.member)
+            bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
+                                       f"internal error: {exc}"))
+
+    def guard(msg: Message) -> bool:
+        m = members.get(msg.member or "")
+        if (msg.message_type != MessageType.METHOD_CALL or msg.path != path
+                or msg.interface not in (None, iface) or m is None
+                or msg.signature != m.in_sig):
+            return False
+        task = asyncio.get_running_loop().create_task(run(msg, m))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return True
+
+    bus.add_message_handler(guard)

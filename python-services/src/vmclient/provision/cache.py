@@ -1,0 +1,149 @@
+"""Local state of the Receiver: the last catalog seen, and the chunk cache.
+
+* ``catalog.json`` holds the highest catalog serial and its digest this laptop
+  has accepted (root-only, replaced atomically).  A lower serial is a replay, a
+  different catalog under the same serial an equivocation
+  (``documents.check_catalog_fresh``).
+* The chunk cache ``cache/<image>/*.seg`` holds every chunk of an image
+  downloaded so far, **still sealed** with the image's content key (as it came
+  from the pack; it opened and matched its id before it was kept).  It is
+  the download journal: an interrupted download (dropped connection, reboot)
+  resumes by fetching only the chunks the cache lacks, and a new image version
+  fetches only the chunks that changed.  Entries are reopened (AEAD, id, length)
+  whenever they are used; a torn entry after a power cut is dropped and fetched
+  again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import struct
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from .keys import write_private
+
+
+class CatalogState:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "catalog.json"
+
+    def load(self) -> tuple[int, str]:
+        try:
+            doc = json.loads(self.path.read_text())
+            return int(doc["serial"]), str(doc["digest"])
+        except FileNotFoundError:
+            return 0, ""
+
+    def save(self, serial: int, digest: str) -> None:
+        write_private(self.path, json.dumps({"serial": serial, "digest": digest}).encode())
+
+
+_REC = struct.Struct(">32sII")  # chunk id, plaintext length, sealed length
+
+
+class ChunkCache:
+    """Sealed chunks of one image, by chunk id, in append-only segment files.
+
+    Each process that adds chunks appends to a segment of its own
+    (``<time>-<random>.seg``): records ``chunk id (32) | plaintext length (u32)
+    | sealed length (u32) | sealed blob``.  Loading scans the record headers;
+    a record cut short by a crash ends its segment's scan.  An entry that does
+    not reopen later drops its whole segment (fetched again next time).
+    """
+
+    def __init__(self, state_dir: Path, image: str) -> None:
+        self.dir = state_dir / "cache" / image
+        self._index: dict[bytes, tuple[Path, int, int, int]] | None = None
+        self._writer: BinaryIO | None = None
+        self._segment: Path | None = None
+        self._readers: dict[Path, BinaryIO] = {}
+
+    def _load(self) -> dict[bytes, tuple[Path, int, int, int]]:
+        if self._index is None:
+            self._index = {}
+            if self.dir.is_dir():
+                for seg in sorted(self.dir.glob("*.seg")):
+                    self._scan(seg, self._index)
+        return self._index
+
+    @staticmethod
+    def _scan(seg: Path, index: dict[bytes, tuple[Path, int, int, int]]) -> None:
+        with open(seg, "rb") as f:
+            size, off = os.fstat(f.fileno()).st_size, 0
+            while off + _REC.size <= size:
+                f.seek(off)
+                cid, plain, length = _REC.unpack(f.read(_REC.size))
+                if off + _REC.size + length > size:
+                    break  # torn by a crash: the rest is fetched again
+                index.setdefault(cid, (seg, off + _REC.size, length, plain))
+                off += _REC.size + length
+
+    def ids(self) -> set[bytes]:
+        return set(self._load())
+
+    def put_many(self, entries: list[tuple[bytes, int, bytes]]) -> None:
+        """Keep verified sealed chunks (appended; made durable by :meth:`sync`)."""
+        index = self._load()
+        if not entries:
+            return
+        if self._writer is None:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._segment = self.dir / f"{time.time_ns()}-{secrets.token_hex(4)}.seg"
+            self._writer = open(self._segment, "ab")  # noqa: SIM115  (closed by close())
+        assert self._segment is not None
+        buf = bytearray()
+        base = self._writer.tell()
+        for cid, plain_length, sealed in entries:
+            if cid in index:
+                continue
+            buf += _REC.pack(cid, plain_length, len(sealed))
+            index[cid] = (self._segment, base + len(buf), len(sealed), plain_length)
+            buf += sealed
+        self._writer.write(buf)
+        self._writer.flush()
+
+    def get(self, cid: bytes) -> tuple[int, bytes] | None:
+        entry = self._load().get(cid)
+        if entry is None:
+            return None
+        seg, off, length, plain = entry
+        f = self._readers.get(seg)
+        if f is None:
+            f = self._readers[seg] = open(seg, "rb")  # noqa: SIM115  (closed by close())
+        f.seek(off)
+        return plain, f.read(length)
+
+    def drop(self, cid: bytes) -> None:
+        """Forget the segment holding ``cid`` (its chunks are fetched again)."""
+        entry = self._load().get(cid)
+        if entry is None:
+            return
+        seg = entry[0]
+        self.close()
+        seg.unlink(missing_ok=True)
+        self._index = {k: v for k, v in self._load().items() if v[0] != seg}
+
+    def sync(self) -> None:
+        """Make what was added durable (once per download, not per chunk)."""
+        if self._writer is not None:
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        for f in [*self._readers.values(), *([self._writer] if self._writer else [])]:
+            f.close()
+        self._readers, self._writer, self._segment = {}, None, None
+
+    def clear(self) -> None:
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

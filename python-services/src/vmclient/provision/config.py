@@ -1,0 +1,93 @@
+"""``/etc/vmclient/provision.toml``: where provisioning keeps things and what it talks to."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import config
+
+DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
+_NET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_BRIDGE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$")  # IFNAMSIZ - 1
+
+
+@dataclass(frozen=True)
+class Zone:
+    """One isolated libvirt network: its own bridge and subnet."""
+
+    network: str
+    bridge: str
+    subnet: str  # the host takes the first address, DHCP the upper half
+
+    def __post_init__(self) -> None:
+        if not _NET_NAME.fullmatch(self.network):
+            raise ValueError(f"network name {self.network!r} is not a libvirt network name")
+        if not _BRIDGE.fullmatch(self.bridge):
+            raise ValueError(f"bridge {self.bridge!r}: at most 15 letters, digits, _ . -")
+        try:
+            net = ipaddress.IPv4Network(self.subnet)
+        except ValueError as exc:
+            raise ValueError(f"subnet {self.subnet!r}: {exc}") from None
+        if net.prefixlen > 28:
+            raise ValueError(f"subnet {self.subnet!r} is too small (at most /28)")
+
+
+@dataclass(frozen=True)
+class Networks:
+    business_network: str = config.setting(
+        "vmclient-business", help="libvirt network of business VMs (NAT, own bridge)")
+    business_bridge: str = config.setting("vmcbr-business", help="its bridge")
+    business_subnet: str = config.setting("10.181.0.0/24", help="its IPv4 subnet")
+    private_network: str = config.setting(
+        "vmclient-private", help="libvirt network of private VMs (NAT, own bridge)")
+    private_bridge: str = config.setting("vmcbr-private", help="its bridge")
+    private_subnet: str = config.setting("10.182.0.0/24", help="its IPv4 subnet")
+
+    def __post_init__(self) -> None:
+        zones = self.zones()
+        b, p = zones["business"], zones["private"]
+        if b.network == p.network or b.bridge == p.bridge:
+            raise ValueError("the business and private zones need their own network and bridge")
+        if ipaddress.IPv4Network(b.subnet).overlaps(ipaddress.IPv4Network(p.subnet)):
+            raise ValueError("the business and private subnets overlap")
+
+    def zones(self) -> dict[str, Zone]:
+        return {"business": Zone(self.business_network, self.business_bridge,
+                                 self.business_subnet),
+                "private": Zone(self.private_network, self.private_bridge, self.private_subnet)}
+
+
+@dataclass(frozen=True)
+class Repository:
+    path: Path = config.setting(
+        Path("/var/lib/vmclient/repository"),
+        help="the datacenter repository as a local directory (SFTP: issue 5, sftp branch)")
+    admin_key: Path = config.setting(
+        Path("/etc/vmclient/admin-key.pub"),
+        help="the pinned admin Ed25519 public key: 32 raw bytes or their base64")
+
+
+@dataclass(frozen=True)
+class ProvisionConfig:
+    repository: Repository = config.setting(Repository, help="where business images come from")
+    networks: Networks = config.setting(Networks, help="the two isolated zones")
+    libvirt_uri: str = config.setting("qemu:///system", help="libvirt connection URI")
+    state_dir: Path = config.setting(
+        Path("/var/lib/vmclient/provision"),
+        help="root-only: catalog state, chunk cache (sealed), wrapped VM keys, recipes")
+    device_dir: Path = config.setting(
+        Path("/var/lib/vmclient/device"), help="root-only: the device's private keys (0600)")
+    images_dir: Path = config.setting(
+        Path("/var/lib/libvirt/images/vmclient"), help="the VMs' encrypted disks")
+    staging_dir: Path = config.setting(
+        Path("/run/vmclient/provision"),
+        help="RAM-backed (tmpfs) scratch for plaintext on its way into an encrypted disk")
+    staging_mib: int = config.setting(
+        128, min=8, max=4096, help="plaintext held in the staging dir at once")
+
+
+def load(path: str | Path = DEFAULT_PATH) -> ProvisionConfig:
+    return config.load(ProvisionConfig, path)

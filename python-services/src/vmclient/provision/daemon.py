@@ -1,0 +1,63 @@
+"""``vmclient-provd``: the provisioning core on the system bus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+
+from .. import daemon as common
+from ..dbus import names
+from ..store.localfs import LocalDirStore
+from ..virt.libvirt import Hypervisor
+from . import config as pconfig
+from .installer import Provisioner
+from .keys import DeviceKeys, load_admin_key
+from .receiver import Receiver
+from .service import ProvisioningInterface, install_guard
+
+log = logging.getLogger("vmclient.provd")
+
+
+async def run(cfg: pconfig.ProvisionConfig) -> None:
+    stop = asyncio.Event()
+    common.install_stop_handlers(asyncio.get_running_loop(), stop.set)
+    device = DeviceKeys.load_or_create(cfg.device_dir)
+    admin = load_admin_key(cfg.repository.admin_key)
+    receiver = None
+    if admin is not None:
+        receiver = Receiver(LocalDirStore(cfg.repository.path), admin, device, cfg.state_dir)
+    else:
+        log.warning("no admin key at %s: business VMs cannot be installed",
+                    cfg.repository.admin_key)
+    hv = Hypervisor(cfg.libvirt_uri)
+    await hv.connect(retry=True)
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    try:
+        iface = ProvisioningInterface()
+        prov = Provisioner(cfg, hv, device, receiver, report=iface.report)
+        bus.export(names.PROVISION_PATH, iface)
+        install_guard(bus, iface, prov)
+        await bus.request_name(names.PROVISION_BUS_NAME)
+        common.sd_notify("READY=1")
+        log.info("ready on %s", names.PROVISION_BUS_NAME)
+        await stop.wait()
+        common.sd_notify("STOPPING=1")
+    finally:
+        bus.disconnect()
+        await hv.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    async def start(config: Path) -> None:
+        await run(pconfig.load(config))
+    return common.main(argv, "vmclient-provd", "vmclient provisioning", pconfig.DEFAULT_PATH,
+                       start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

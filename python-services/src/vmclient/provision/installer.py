@@ -1,0 +1,286 @@
+"""Install, start, stop, upgrade and remove VMs: the provisioning service core.
+
+Local layout (``ProvisionConfig``):
+
+* ``<images_dir>/<vm>/system-v<N>.qcow2`` (business), ``system.qcow2``
+  (private), ``<disk>.qcow2`` (user disks): LUKS qcow2, one data key per VM;
+* ``<state_dir>/keys/<vm>.wrapped``: the data key, wrapped for the device key;
+* ``<state_dir>/vms/<vm>/recipe.toml``: the recipe the VM was installed from.
+
+A failed install leaves nothing behind: no domain, no disks, no key (the chunk
+cache stays, so the next attempt resumes the download).  The disks' secret is
+given to libvirt only for a start, as a private, ephemeral secret, and undefined
+as soon as QEMU has opened the disks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import VMClientError, VMNotFound
+from ..virt.libvirt import DomState, Hypervisor
+from . import qemuimg, spec
+from .config import ProvisionConfig
+from .domainxml import VM_NS, DiskBinding, domain_xml
+from .keys import DeviceKeys, VMKeys, passphrase
+from .network import network_xml
+from .progress import Progress, ProgressFn, ignore
+from .receiver import Receiver, Resolved
+
+log = logging.getLogger(__name__)
+GIB = 1 << 30
+
+
+class VMExists(VMClientError):
+    """VM {!r} exists already ({}); remove it first"""
+
+
+class ProvisionError(VMClientError):
+    """VM {!r}: {}"""
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    uuid: str
+    kind: str
+    state: str
+    image: str
+    image_version: int
+    secret_uuid: str
+    disks: dict[str, str]  # disk serial name -> path
+
+
+class Provisioner:
+    def __init__(self, cfg: ProvisionConfig, hv: Hypervisor, device: DeviceKeys,
+                 receiver: Receiver | None = None, report: ProgressFn = ignore) -> None:
+        self.cfg, self.hv, self.receiver, self.report = cfg, hv, receiver, report
+        self.keys = VMKeys(cfg.state_dir, device)
+        self.networks = {z: n.network for z, n in cfg.networks.zones().items()}
+
+    def vm_dir(self, name: str) -> Path:
+        return self.cfg.images_dir / name
+
+    def _recipe_file(self, name: str) -> Path:
+        return self.cfg.state_dir / "vms" / name / "recipe.toml"
+
+    async def ensure_network(self, zone: str) -> None:
+        if zone == "none":
+            return
+        z = self.cfg.networks.zones()[zone]
+        if await self.hv.ensure_network(z.network, network_xml(z)):
+            log.info("network %s defined (bridge %s, %s)", z.network, z.bridge, z.subnet)
+
+    # -- install ------------------------------------------------------------------
+
+    async def install(self, recipe_path: str | Path) -> Installed:
+        recipe = spec.load(recipe_path)
+        text = await asyncio.to_thread(Path(recipe_path).read_text, encoding="utf-8")
+        return await self.install_recipe(recipe, text)
+
+    async def install_recipe(self, recipe: spec.Recipe, text: str) -> Installed:
+        """Install a parsed recipe; ``text`` is kept for upgrades (and restores)."""
+        await self._refuse_existing(recipe.name)
+        progress = Progress(vm=recipe.name)
+        resolved = None
+        if recipe.kind == "business":
+            resolved = await self._fetch(recipe.image.catalog, recipe.image.version, progress)
+        await self.ensure_network(recipe.zone)
+        marker = self._marker(recipe.name)
+        _save_text(marker, "install started\n")  # a crash from here on is undone next time
+        keys = self.keys.create(recipe.name)
+        vm_dir = self.vm_dir(recipe.name)
+        defined = ""
+        try:
+            vm_dir.mkdir(parents=True, exist_ok=False)
+            vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
+            pp = passphrase(keys)
+            paths = {d.name: vm_dir / f"{d.name}.qcow2" for d in recipe.disks}
+            system = recipe.system_disk
+            media = None
+            if resolved is not None:
+                paths[system.name] = vm_dir / f"{system.name}-v{resolved.version.version}.qcow2"
+                await self._assemble(resolved, paths[system.name], pp, system.size_gib, progress)
+            elif recipe.image.qcow2 is not None:
+                await _import(Path(recipe.image.qcow2), paths[system.name], pp, system.size_gib)
+            else:
+                media = recipe.image.iso
+                await _blank(paths[system.name], system.size_gib * GIB, pp)
+            for d in recipe.disks:
+                if d.role == "user":
+                    await _blank(paths[d.name], d.size_gib * GIB, pp)
+            secret = str(uuidlib.uuid4())
+            xml = domain_xml(recipe, uuid=str(uuidlib.uuid4()), install_media=media,
+                             disks={n: DiskBinding(PurePosixPath(p), secret)
+                                    for n, p in paths.items()},
+                             image_version=resolved.version.version if resolved else 0,
+                             networks=self.networks)
+            progress.begin("define", 0)
+            self.report(progress)
+            defined = await self.hv.define(xml, recipe.name)
+            _save_text(self._recipe_file(recipe.name), text)
+            marker.unlink()
+        except BaseException:
+            if defined:
+                with contextlib.suppress(VMClientError):
+                    await self.hv.undefine(defined, recipe.name)
+            self.keys.destroy(recipe.name)
+            shutil.rmtree(vm_dir, ignore_errors=True)
+            shutil.rmtree(self._recipe_file(recipe.name).parent, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+            raise
+        log.info("VM %s installed (%s)", recipe.name, recipe.kind)
+        return await self.get(recipe.name)
+
+    def _marker(self, name: str) -> Path:
+        return self.cfg.state_dir / "vms" / f"{name}.installing"
+
+    async def _refuse_existing(self, name: str) -> None:
+        """Refuse a VM that exists; undo what an install that crashed left behind."""
+        with contextlib.suppress(VMNotFound):
+            await self.hv.lookup_name(name)
+            raise VMExists(name, "a libvirt domain of that name")
+        if self._marker(name).exists():
+            log.warning("VM %s: an earlier install was interrupted; removing its remnants", name)
+            self.keys.destroy(name)
+            await asyncio.to_thread(shutil.rmtree, self.vm_dir(name), ignore_errors=True)
+            self._marker(name).unlink()
+        if self.keys.exists(name) or self.vm_dir(name).exists():
+            raise VMExists(name, f"its key or {self.vm_dir(name)}")
+
+    async def _fetch(self, image: str, version: int, progress: Progress) -> Resolved:
+        if self.receiver is None:
+            raise ProvisionError(progress.vm, "no datacenter repository is configured")
+        progress.begin("catalog", 0)
+        self.report(progress)
+        resolved = await self.receiver.resolve(image, version)
+        await self.receiver.download(resolved, progress, self.report)
+        return resolved
+
+    async def _assemble(self, r: Resolved, path: Path, pp: bytes, size_gib: int,
+                        progress: Progress) -> None:
+        assert self.receiver is not None
+        await self.receiver.assemble(r, path, pp, size_gib * GIB, self.cfg.staging_dir,
+                                     self.cfg.staging_mib << 20, progress, self.report)
+
+    # -- inspect ------------------------------------------------------------------
+
+    async def get(self, name: str) -> Installed:
+        info = await self.hv.lookup_name(name)
+        root = ET.fromstring(await self.hv.xml_desc(info.uuid, name))
+        vm = root.find(f"metadata/{{{VM_NS}}}vm")
+        if vm is None:
+            raise VMNotFound(name)  # not a vmclient VM
+        disks, secret = {}, ""
+        for disk in root.iterfind("devices/disk[@device='disk']"):
+            src, serial = disk.find("source"), disk.findtext("serial", "")
+            if src is not None:
+                disks[serial.removeprefix("vmclient-")] = src.get("file", "")
+                sec = src.find("encryption/secret")
+                secret = sec.get("uuid", "") if sec is not None else secret
+        return Installed(name, info.uuid, vm.get("kind", ""), info.state.name.lower(),
+                         vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks)
+
+    async def list(self) -> list[Installed]:
+        out = []
+        for info in await self.hv.list_domains():
+            with contextlib.suppress(VMNotFound):
+                out.append(await self.get(info.name))
+        return sorted(out, key=lambda i: i.name)
+
+    # -- run ----------------------------------------------------------------------
+
+    async def start(self, name: str) -> None:
+        vm = await self.get(name)
+        keys = self.keys.load(name)
+        await self.hv.define_ephemeral_secret(vm.secret_uuid, passphrase(keys), name)
+        try:
+            await self.hv.start(vm.uuid, name)
+        finally:
+            await self.hv.undefine_secret(vm.secret_uuid)
+
+    async def stop(self, name: str, *, force: bool = False) -> None:
+        vm = await self.get(name)
+        if force:
+            await self.hv.destroy(vm.uuid, name)
+        else:
+            await self.hv.shutdown(vm.uuid, name)
+
+    async def remove(self, name: str) -> None:
+        """Stop, destroy the key (crypto-shred), delete disks, then the definition."""
+        vm = await self.get(name)
+        info = await self.hv.lookup_name(name)
+        if info.state.active or info.state == DomState.PAUSED:
+            await self.hv.destroy(vm.uuid, name)
+        self.keys.destroy(name)
+        shutil.rmtree(self.vm_dir(name), ignore_errors=True)
+        await self.hv.undefine(vm.uuid, name)
+        shutil.rmtree(self._recipe_file(name).parent, ignore_errors=True)
+        self._marker(name).unlink(missing_ok=True)
+
+    async def upgrade(self, name: str, version: int = 0) -> Installed:
+        """A new system disk from the catalog; user disks and the data key are kept."""
+        vm = await self.get(name)
+        if vm.kind != "business":
+            raise ProvisionError(name, "only business VMs are upgraded from the catalog")
+        if vm.state not in ("shutoff", "crashed"):
+            raise ProvisionError(name, f"is {vm.state}: stop it before upgrading")
+        recipe = spec.load(self._recipe_file(name))
+        progress = Progress(vm=name)
+        resolved = await self._fetch(recipe.image.catalog, version, progress)
+        new = resolved.version.version
+        if new <= vm.image_version:
+            raise ProvisionError(name, f"has image version {vm.image_version}; the catalog "
+                                 f"offers {new}: nothing to upgrade")
+        system = recipe.system_disk
+        path = self.vm_dir(name) / f"{system.name}-v{new}.qcow2"
+        await self._assemble(resolved, path, passphrase(self.keys.load(name)), system.size_gib,
+                             progress)
+        paths = {**{n: Path(p) for n, p in vm.disks.items()}, system.name: path}
+        xml = domain_xml(recipe, uuid=vm.uuid, image_version=new, networks=self.networks,
+                         disks={n: DiskBinding(PurePosixPath(p), vm.secret_uuid)
+                                for n, p in paths.items()})
+        await self.hv.define(xml, name)
+        old = Path(vm.disks[system.name])
+        if old != path:
+            await asyncio.to_thread(old.unlink, missing_ok=True)
+        log.info("VM %s upgraded from image version %d to %d", name, vm.image_version, new)
+        return await self.get(name)
+
+
+async def _blank(path: Path, size: int, pp: bytes) -> None:
+    tmp = path.with_name(f".partial-{path.name}")
+    await qemuimg.create(tmp, size, pp)
+    os.replace(tmp, path)
+
+
+async def _import(src: Path, dst: Path, pp: bytes, size_gib: int) -> None:
+    """A private VM's existing disk, converted into a new encrypted qcow2."""
+    info = await qemuimg.info(src)
+    fmt = str(info.get("format"))
+    if fmt not in ("qcow2", "raw") or info.get("encrypted"):
+        raise ProvisionError(dst.parent.name, f"{src}: cannot import a {fmt} image "
+                             "(qcow2 or raw, unencrypted)")
+    tmp = dst.with_name(f".partial-{dst.name}")
+    try:
+        await qemuimg.convert(src, fmt, tmp, pp)
+        virtual = int(info.get("virtual-size", 0))  # type: ignore[call-overload]
+        if size_gib * GIB > virtual:
+            await qemuimg.resize(tmp, size_gib * GIB, pp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_text(path: Path, text: str) -> None:
+    from .keys import write_private
+
+    write_private(path, text.encode())

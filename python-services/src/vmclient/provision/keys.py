@@ -1,0 +1,161 @@
+"""Keys on the laptop: the device's private keys and each VM's wrapped data key.
+
+* The device has an Ed25519 signing key and an X25519 wrapping key
+  (repository-format.md §4), raw 32-byte files, mode 0600 in a 0700 directory
+  owned by root.  A TPM-sealed variant comes later behind this interface.
+* Every VM has a random 32-byte data key.  It is stored only *wrapped* for the
+  device's X25519 key (``crypto.wrap_key``, object ``data-key``/``vm:<name>``),
+  in ``<state>/keys/<vm>.wrapped`` (0600).  Its key set's LUKS value, in hex,
+  is the passphrase of every disk of the VM.
+* Removing a VM destroys the wrapped key first (overwrite, fsync, unlink):
+  without it the disks are unreadable (crypto-shredding).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, VMClientError
+from ..store import crypto
+from ..store.errors import RemoteIntegrityError
+
+
+class VMKeyError(VMClientError):
+    """VM key {!r}: {}"""
+
+
+def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a root-only file atomically (0600 in a 0700 directory)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def shred(path: Path) -> None:
+    """Overwrite, fsync and unlink a key file (absent is fine)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        os.write(fd, os.urandom(size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()
+
+
+@dataclass(frozen=True, repr=False)
+class DeviceKeys:
+    signing: crypto.Ed25519PrivateKey
+    wrapping: crypto.X25519PrivateKey
+
+    @property
+    def device_id(self) -> str:
+        return crypto.key_id(self.signing.public_key())
+
+    @property
+    def wrapping_id(self) -> str:
+        return crypto.key_id(self.wrapping.public_key())
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> DeviceKeys:
+        """The device keys in ``directory``; made on first use (enrolment sends the publics)."""
+        sign_path, wrap_path = directory / "signing.key", directory / "wrapping.key"
+        if not sign_path.exists():
+            write_private(sign_path, crypto.raw_private(crypto.Ed25519PrivateKey.generate()))
+        if not wrap_path.exists():
+            write_private(wrap_path, crypto.raw_private(crypto.X25519PrivateKey.generate()))
+        try:
+            return cls(crypto.Ed25519PrivateKey.from_private_bytes(sign_path.read_bytes()),
+                       crypto.X25519PrivateKey.from_private_bytes(wrap_path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise VMKeyError("device", f"cannot read the device keys in {directory}: {exc}") \
+                from exc
+
+
+def passphrase(keys: crypto.KeySet) -> bytes:
+    """The LUKS passphrase of a VM's disks (UTF-8, as QEMU wants it)."""
+    return keys.luks.hex().encode()
+
+
+class VMKeys:
+    """Each VM's data key, stored wrapped for the device key only."""
+
+    def __init__(self, state_dir: Path, device: DeviceKeys) -> None:
+        self.dir = state_dir / "keys"
+        self.device = device
+
+    def path(self, vm: str) -> Path:
+        return self.dir / f"{vm}.wrapped"
+
+    def exists(self, vm: str) -> bool:
+        return self.path(vm).exists()
+
+    def create(self, vm: str) -> crypto.KeySet:
+        keys = crypto.KeySet.generate()
+        blob = crypto.wrap_key(self.device.wrapping.public_key(), keys.secret, "data-key",
+                               f"vm:{vm}")
+        try:
+            write_private(self.path(vm), blob, exclusive=True)
+        except FileExistsError:
+            raise VMKeyError(vm, "a data key exists already (remove the VM first)") from None
+        return keys
+
+    def load(self, vm: str) -> crypto.KeySet:
+        path = self.path(vm)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise VMKeyError(vm, f"no data key at {path}: the VM's disks cannot be opened") \
+                from None
+        try:
+            secret = crypto.unwrap_key(self.device.wrapping, blob, "data-key", f"vm:{vm}",
+                                       path=str(path))
+        except RemoteIntegrityError as exc:
+            raise VMKeyError(vm, f"{path} does not open with this device's key: "
+                            f"{exc.problem}") from exc
+        return crypto.KeySet.derive(secret)
+
+    def destroy(self, vm: str) -> None:
+        shred(self.path(vm))
+
+
+def load_admin_key(path: Path) -> crypto.Ed25519PublicKey | None:
+    """The pinned admin public key (32 raw bytes or their base64); None if absent."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read the admin key: {exc.strerror}") from exc
+    if len(raw) != 32:
+        try:
+            raw = base64.b64decode(raw.strip(), validate=True)
+        except binascii.Error:
+            raw = b""
+    if len(raw) != 32:
+        raise ConfigError(path, "", "not an Ed25519 public key (32 bytes, raw or base64)")
+    return crypto.ed25519_public(raw)

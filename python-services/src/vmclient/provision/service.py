@@ -1,0 +1,175 @@
+"""The D-Bus object ``/org/vmclient/VMClient1/Provisioning`` of ``vmclient-provd``.
+
+Every method call is authorised first (root, group ``vmclient``, polkit action
+``org.vmclient.VMClient1.provision.manage``) by a message handler installed in
+front of dbus-fast's dispatch, and replied to exactly once: the result when the
+work is done, or a D-Bus error named after the :class:`VMClientError`.  Long
+work runs one operation at a time; its progress is in properties that emit
+``PropertiesChanged`` (at most every 0.2 s while it runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, method
+
+from ..dbus import names
+from ..dbus.guard import Member, install_method_guard, name_out_args
+from ..errors import UsageError
+from . import spec
+from .installer import Installed, Provisioner
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+class Phase(enum.IntEnum):
+    UNKNOWN = 0
+    IDLE = 1
+    CATALOG = 2
+    DOWNLOAD = 3
+    ASSEMBLE = 4
+    DEFINE = 5
+
+
+_OUT_ARG_NAMES = {"Install": "vm", "Upgrade": "image_version", "List": "vms"}
+
+
+class ProvisioningInterface(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__(names.PROVISION_IFACE)
+        self.progress = Progress(phase="idle")
+        self._phase, self._last_emit = "idle", 0.0
+
+    # Methods: declared for introspection; calls arrive through install_guard.
+    @method()
+    async def Install(self, recipe_toml: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def Upgrade(self, vm: s, version: u) -> u:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def Start(self, vm: s):  # type: ignore[name-defined,no-untyped-def]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def Stop(self, vm: s, force: b):  # type: ignore[name-defined,no-untyped-def]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def Remove(self, vm: s):  # type: ignore[name-defined,no-untyped-def]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def List(self) -> a(ssssu):  # type: ignore[valid-type]  # noqa: F821
+        raise NotImplementedError
+
+    def introspect(self) -> Any:
+        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Phase(self) -> u:  # type: ignore[name-defined]  # noqa: F821
+        return int(Phase[self.progress.phase.upper()])
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CurrentVM(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self.progress.vm
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BytesDone(self) -> t:  # type: ignore[name-defined]  # noqa: F821
+        return self.progress.done
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BytesTotal(self) -> t:  # type: ignore[name-defined]  # noqa: F821
+        return self.progress.total
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Rate(self) -> d:  # type: ignore[name-defined]  # noqa: F821
+        return float(self.progress.rate)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Eta(self) -> d:  # type: ignore[name-defined]  # noqa: F821
+        return float(self.progress.eta)
+
+    def _values(self) -> dict[str, Any]:
+        p = self.progress
+        return {"Phase": int(Phase[p.phase.upper()]), "CurrentVM": p.vm, "BytesDone": p.done,
+                "BytesTotal": p.total, "Rate": float(p.rate), "Eta": float(p.eta)}
+
+    def report(self, p: Progress) -> None:
+        """The provisioner's progress sink: copy and emit, throttled."""
+        phase_changed, self._phase = p.phase != self._phase, p.phase
+        self.progress = p
+        now = time.monotonic()
+        if phase_changed or p.done >= p.total or now - self._last_emit >= 0.2:
+            self._last_emit = now
+            self.emit_properties_changed(self._values())
+
+    def idle(self) -> None:
+        self.progress, self._phase = Progress(phase="idle"), "idle"
+        self.emit_properties_changed(self._values())
+
+
+def _row(vm: Installed) -> list[Any]:
+    return [vm.name, vm.kind, vm.state, vm.image, vm.image_version]
+
+
+def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner) -> None:
+    """Authorise and dispatch the methods; one install or upgrade at a time."""
+    busy = asyncio.Lock()
+
+    def long_work(fn: Callable[[list[Any]], Awaitable[list[Any]]]
+                  ) -> Callable[[list[Any]], Awaitable[list[Any]]]:
+        async def run(args: list[Any]) -> list[Any]:
+            if busy.locked():
+                raise UsageError(f"another install or upgrade ({iface.progress.vm}) is "
+                                 "running; try again when it is done")
+            async with busy:
+                try:
+                    return await fn(args)
+                finally:
+                    iface.idle()
+        return run
+
+    async def install(args: list[Any]) -> list[Any]:
+        untrusted_text = str(args[0])
+        recipe = spec.parse(untrusted_text, "(recipe sent over D-Bus)")
+        vm = await prov.install_recipe(recipe, untrusted_text)
+        return [vm.name]
+
+    async def upgrade(args: list[Any]) -> list[Any]:
+        return [(await prov.upgrade(str(args[0]), int(args[1]))).image_version]
+
+    async def start(args: list[Any]) -> list[Any]:
+        await prov.start(str(args[0]))
+        return []
+
+    async def stop(args: list[Any]) -> list[Any]:
+        await prov.stop(str(args[0]), force=bool(args[1]))
+        return []
+
+    async def remove(args: list[Any]) -> list[Any]:
+        await prov.remove(str(args[0]))
+        return []
+
+    async def list_vms(_args: list[Any]) -> list[Any]:
+        return [[_row(v) for v in await prov.list()]]
+
+    install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
+                         names.POLKIT_ACTION_PROVISION_MANAGE, {
+                             "Install": Member("s", "s", "installing a VM", long_work(install)),
+                             "Upgrade": Member("su", "u", "upgrading a VM", long_work(upgrade)),
+                             "Start": Member("s", "", "starting a VM", start),
+                             "Stop": Member("sb", "", "stopping a VM", stop),
+                             "Remove": Member("s", "", "removing a VM", remove),
+                             "List": Member("", "a(ssssu)", "listing VMs", list_vms)})

@@ -1,0 +1,104 @@
+"""Pure parts of provisioning: zone networks, configuration, progress, local keys."""
+
+from __future__ import annotations
+
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from testlib import ROOT
+from vmclient import config
+from vmclient.errors import ConfigError
+from vmclient.provision import spec
+from vmclient.provision.config import ProvisionConfig, Zone
+from vmclient.provision.domainxml import DiskBinding, domain_xml
+from vmclient.provision.keys import DeviceKeys, VMKeyError, VMKeys, passphrase
+from vmclient.provision.network import host_address, network_xml
+from vmclient.provision.progress import Progress
+
+UUID = "0b9e0f3c-2f6a-4d38-9d0e-6b1c2a3d4e5f"
+
+
+def test_network_xml_is_nat_on_its_own_bridge() -> None:
+    root = ET.fromstring(network_xml(Zone("vmclient-private", "vmcbr-private", "10.182.0.0/24")))
+    assert root.findtext("name") == "vmclient-private"
+    assert root.find("forward").get("mode") == "nat"
+    assert root.find("bridge").get("name") == "vmcbr-private"
+    ip = root.find("ip")
+    assert (ip.get("address"), ip.get("netmask")) == ("10.182.0.1", "255.255.255.0")
+    rng = ip.find("dhcp/range")
+    assert (rng.get("start"), rng.get("end")) == ("10.182.0.128", "10.182.0.254")
+    assert host_address(Zone("n", "b", "10.9.0.0/16")) == "10.9.0.1"
+
+
+def parse_config(tmp_path: Path, text: str) -> ProvisionConfig:
+    path = tmp_path / "provision.toml"
+    path.write_text(text)
+    return config.load(ProvisionConfig, path)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('[networks]\nprivate_subnet = "10.181.0.128/25"\n', "subnets overlap"),
+    ('[networks]\nprivate_bridge = "vmcbr-business"\n', "own network and bridge"),
+    ('[networks]\nbusiness_bridge = "a-bridge-name-too-long"\n', "at most 15"),
+    ('[networks]\nbusiness_subnet = "10.1.2.3/24"\n', "has host bits set"),
+    ('staging_mib = 2\n', "below the minimum"),
+    ('[networks]\nbusiness_zone = "x"\n', "unknown key"),
+])
+def test_config_errors_name_file_and_key(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as info:
+        parse_config(tmp_path, text)
+    assert str(tmp_path / "provision.toml") in str(info.value)
+
+
+def test_default_config_has_two_distinct_zones(tmp_path: Path) -> None:
+    zones = parse_config(tmp_path, "").networks.zones()
+    assert zones["business"].network == "vmclient-business"
+    assert zones["private"].network == "vmclient-private"
+
+
+def test_domain_xml_uses_the_configured_network() -> None:
+    recipe = spec.load(ROOT / "recipes" / "office" / "recipe.toml")
+    disks = {d.name: DiskBinding(Path(f"/x/{d.name}.qcow2"), UUID) for d in recipe.disks}
+    xml = domain_xml(recipe, uuid=UUID, disks=disks,
+                     networks={"business": "test-biz", "private": "test-priv"})
+    assert ET.fromstring(xml).find("devices/interface/source").get("network") == "test-biz"
+
+
+def test_progress_rate_and_eta() -> None:
+    now = [100.0]
+    p = Progress(vm="office", clock=lambda: now[0])
+    p.begin("download", 100 << 20)
+    now[0] += 2
+    p.done = 50 << 20
+    assert p.rate == 25 << 20
+    assert p.eta == pytest.approx(2.0)
+    assert "50.0%" in p.line() and "25.0 MiB/s" in p.line() and "ETA    2 s" in p.line()
+
+
+def test_vm_key_is_stored_only_wrapped_and_root_only(tmp_path: Path) -> None:
+    device = DeviceKeys.load_or_create(tmp_path / "device")
+    for f in (tmp_path / "device").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    vms = VMKeys(tmp_path / "state", device)
+    keys = vms.create("office")
+    blob = vms.path("office").read_bytes()
+    assert keys.secret not in blob and keys.luks not in blob and passphrase(keys) not in blob
+    assert stat.S_IMODE(vms.path("office").stat().st_mode) == 0o600
+    assert vms.load("office").luks == keys.luks
+    with pytest.raises(VMKeyError, match="exists already"):
+        vms.create("office")
+    other = VMKeys(tmp_path / "state", DeviceKeys.load_or_create(tmp_path / "other"))
+    with pytest.raises(VMKeyError, match="does not open with this device's key"):
+        other.load("office")
+    vms.destroy("office")
+    with pytest.raises(VMKeyError, match="no data key"):
+        vms.load("office")
+
+
+def test_shipped_example_config_is_the_defaults() -> None:
+    shipped = config.load(ProvisionConfig, ROOT / "python-services" / "data" / "vmclient"
+                          / "provision.toml", missing_ok=False)
+    assert shipped == ProvisionConfig()
