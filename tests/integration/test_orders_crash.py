@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
+# ruff: noqa: ASYNC221  (blocking checks in tests are fine)
 """A wipe killed (SIGKILL) in the middle finishes on the next start and leaves no keys."""
 
 from __future__ import annotations

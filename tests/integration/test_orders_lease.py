@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
+
 """The offline lease on real libvirtd + QEMU: expiry saves and stops business VMs, the
 clock set back does not revive them, private VMs are untouched, a renewal does."""
 

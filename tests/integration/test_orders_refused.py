@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
+
 """A wipe that is forged, replayed, misaddressed or out of sequence does nothing but a log
 line and one ``refused`` report; the business VM keeps running and keeps its key."""
 
@@ -55,8 +55,7 @@ async def test_forged_replayed_misaddressed_out_of_sequence_wipes_do_nothing(
                                                    wipe(dev, 3, now).to_bytes()),
                                 "out of sequence (expected 2)"),
         }
-        refused = 0
-        for what, (seq, blob, problem) in attempts.items():
+        for refused, (what, (seq, blob, problem)) in enumerate(attempts.items(), 1):
             await put(lap, seq, blob)
             await agent.poll()
             await agent.poll()  # reported once, not on every poll
@@ -65,7 +64,6 @@ async def test_forged_replayed_misaddressed_out_of_sequence_wipes_do_nothing(
             st = agent.status()
             assert (st["last_order"], st["wiped"], st["business_allowed"]) == (1, False, True)
             reports = [r for r in await lap.reports() if r.outcome == "refused"]
-            refused += 1
             assert len(reports) == refused, (what, reports)
             assert reports[-1].order == 0 and problem in reports[-1].detail, (what, reports[-1])
             await lap.remote.delete(layout.order(dev, seq))

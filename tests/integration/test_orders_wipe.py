@@ -1,4 +1,3 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
 """The kill pill on real libvirtd + QEMU with LUKS qcow2 disks: keys first, then data;
 private VMs untouched; the report arrives and verifies; further business work refused."""
 

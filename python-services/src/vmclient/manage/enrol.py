@@ -213,13 +213,13 @@ async def _decide(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, book: Co
         return refuse("wrong enrolment code")
     code = matches[0]
     key = str(code["key"])
+    if claims.get(key, 0) > 1:
+        book.burn(key, "(several requests: refused)")
+        return refuse("several requests carry the same code: all refused, code burnt")
     if code["used_by"]:
         return refuse(f"enrolment code already used (by {code['used_by']})")
     if int(str(code["expires"])) < now:
         return refuse("enrolment code expired")
-    if claims.get(key, 0) > 1:
-        book.burn(key, "(several requests: refused)")
-        return refuse("several requests carry the same code: all refused, code burnt")
     book.burn(key, req.device)  # before the record: a crash must not leave the code usable
     rec = DeviceRecord(req.device, req.name, req.signing_key, req.wrapping_key, now)
     await put_signed(remote, layout.device_record(req.device), admin, ("device", req.device),
