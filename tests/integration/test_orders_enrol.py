@@ -4,10 +4,17 @@ expired or shared code is refused; the right one enrols and pins the admin key."
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from testlib import ROOT
 from vmclient.errors import ConfigError
 from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
@@ -114,3 +121,47 @@ async def _enrolment(tmp: Path) -> None:
     with pytest.raises(ConfigError, match="no admin key pinned"):
         from vmclient.manage.keys import pinned_admin_key
         pinned_admin_key(tmp / "nowhere")
+
+
+def vmclientctl(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python-services" / "src")}
+    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    code = site.book.issue("laptop-f", NOW)
+    state = str(tmp_path / "f")
+    admin_b64 = base64.b64encode(crypto.raw_public(site.admin.public_key())).decode()
+    r = vmclientctl("enrol", str(tmp_path / "repo"), "--admin-key", admin_b64, "--code", code,
+                    "--name", "f", "--state-dir", state)
+    assert r.returncode == 0 and "enrolment requested" in r.stdout, r.stderr
+    r = vmclientctl("status", "--state-dir", state)
+    assert "waiting for IT" in r.stdout, r.stdout + r.stderr
+    asyncio.run(site.process())
+    r = vmclientctl("status", "--repository", str(tmp_path / "repo"), "--state-dir", state,
+                    "--json")
+    st = json.loads(r.stdout)
+    assert st["enrolled"] and st["business_allowed"] and st["lease_remaining"] > 13 * 86400
+    r = vmclientctl("enrol", str(tmp_path / "repo"), "--admin-key", "AAAA", "--code", code,
+                    "--name", "f", "--state-dir", state)
+    assert r.returncode == 64 and "--admin-key" in r.stderr
+
+    async def loop() -> None:  # the daemon's loop picks up a renewal and reports it
+        agent = site.laptop("f")  # its clock says NOW, but the trusted time is today's
+        until = int(time.time()) + 40 * 86400
+        order = await it.issue_order(site.remote, site.admin, st["device"], "renew-lease",
+                                     {"lease_until": until}, NOW)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop, interval=0.05))
+        for _ in range(100):
+            if await it.reports_of(site.remote, site.admin.public_key(), st["device"]):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        [rep] = await it.reports_of(site.remote, site.admin.public_key(), st["device"])
+        assert (rep.order, rep.outcome) == (order.seq, "done")
+        assert agent.status()["lease_until"] == until
+    asyncio.run(loop())

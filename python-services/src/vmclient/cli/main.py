@@ -10,7 +10,7 @@ import traceback
 from typing import Any
 
 from ..errors import EXIT_BUG, VMClientError
-from . import power
+from . import manage, power
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     power.add_parser(sub)
+    manage.add_parser(sub)
     return parser
 
 

@@ -14,6 +14,8 @@ stopped; :meth:`Agent.start_vm` refuses to start them (see :mod:`.vms`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 from ..errors import VMClientError
 from ..store import crypto, layout
-from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report
 from ..store.remote import RemoteStore
@@ -104,6 +106,26 @@ class Agent:
                 log.warning("VM %s saved and stopped: %s", vm.name, lease.reason)
                 stopped.append(vm.name)
         return stopped
+
+    async def run(self, stop: asyncio.Event, interval: float = 300.0) -> None:
+        """The daemon's loop: resume, then poll and enforce until ``stop`` is set.
+
+        It wakes up at the latest when the lease runs out, so expiry is applied
+        on time even offline.
+        """
+        await self.startup()
+        while not stop.is_set():
+            try:
+                if not self.state_file.load().enrolled:
+                    await self.complete_enrolment()
+                await self.poll()
+            except (StoreError, OSError) as exc:  # offline, or the server is suspect
+                log.warning("datacenter: %s", exc)
+            await self.enforce()
+            remaining = self.lease().remaining
+            wait = min(interval, remaining) if remaining else interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(wait, 1.0))
 
     # -- enrolment ----------------------------------------------------------------------
 
