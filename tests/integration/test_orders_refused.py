@@ -4,11 +4,12 @@ line and one ``refused`` report; the business VM keeps running and keeps its key
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import libvirt
 import pytest
-from orders_env import Laptop, dom_state, laptop
+from orders_env import Laptop, dom_state, has_managed_save, laptop
 
 from vmclient.store import crypto, layout
 from vmclient.store.format import signed_envelope
@@ -77,3 +78,18 @@ async def test_forged_replayed_misaddressed_out_of_sequence_wipes_do_nothing(
         await agent.poll()
         assert dom_state(biz) == libvirt.VIR_DOMAIN_SHUTOFF and key.exists()
         assert agent.status()["last_order"] == 2
+        save = lap.cfg.save_dir / f"{biz}.save"
+        assert has_managed_save(biz) and save.exists()
+
+        # and a genuine wipe of the saved VM: saved RAM overwritten, then removed, key gone
+        link = save.with_name(f".{biz}.test-link")  # a second name keeps the inode readable
+        os.link(save, link)
+        try:
+            assert any(link.read_bytes())
+            await lap.order("wipe", include_private=False)
+            await agent.poll()
+            assert not save.exists() and not key.exists() and dom_state(biz) is None
+            assert not any(link.read_bytes())  # the bytes were zeroed before the unlink
+        finally:
+            link.unlink(missing_ok=True)
+        assert agent.status()["wiped"]

@@ -28,6 +28,7 @@ class ManageConfig:
     name_prefix: str = ""  # only domains named so are managed (tests share one libvirtd)
     allow_private_wipe: bool = False  # the user's local consent to a wipe of private VMs
     lease_days: int = 14
+    save_dir: Path = Path("/var/lib/libvirt/qemu/save")  # libvirt's managed-save images
 
     @property
     def device_keys_dir(self) -> Path:

@@ -137,18 +137,28 @@ def shred(path: Path) -> bool:
     blocks; the unlink and a host disk encrypted underneath are what count
     there (threat-model.md §6).
     """
+    if not overwrite(path, random=True):
+        return False
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    if path.exists():
+        raise KeyDestructionFailed(path, "unlink did not remove it")
+    return True
+
+
+def overwrite(path: Path, *, random: bool = False) -> bool:
+    """Overwrite a file's bytes in place (zeros, or random bytes) and fsync; False if absent."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
     try:
-        size = os.fstat(fd).st_size
-        os.pwrite(fd, os.urandom(size), 0)
+        size, done = os.fstat(fd).st_size, 0
+        zeros = bytes(1 << 20)
+        while done < size:
+            n = min(1 << 20, size - done)
+            done += os.pwrite(fd, os.urandom(n) if random else zeros[:n], done)
         os.fsync(fd)
     finally:
         os.close(fd)
-    path.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    if path.exists():
-        raise KeyDestructionFailed(path, "unlink did not remove it")
     return True

@@ -22,6 +22,7 @@ from ..errors import VMClientError, VMNotFound
 from ..store import crypto
 from ..virt.libvirt import DomState, Hypervisor
 from .inventory import ManageConfig, VMTarget, parse_domain
+from .keys import overwrite
 from .state import Lease
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class VMHost:
         """Saved RAM, disks, the VM's directories; the definition stays (idempotent)."""
         with contextlib.suppress(VMNotFound):
             if (await self.hv.domain(vm.uuid)).managed_save:
+                # saved RAM holds the disks' LUKS master key: overwrite it before removal
+                await asyncio.to_thread(overwrite, self.cfg.save_dir / f"{vm.name}.save")
                 await self.hv.managed_save_remove(vm.uuid, vm.name)
         dirs = [self.cfg.images_dir / vm.name, *(d / vm.name for d in self.cfg.vm_state_dirs)]
         await asyncio.to_thread(_remove, [Path(d) for d in vm.disks], dirs)
