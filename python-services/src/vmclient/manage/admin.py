@@ -44,17 +44,23 @@ async def orders_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
                     device: str) -> list[Order]:
     """The device's orders that carry a valid admin signature (forgeries are skipped)."""
     out = []
-    for entry in await remote.list(f"{layout.device_dir(device)}/orders"):
-        name = entry.path.rsplit("/", 1)[-1]
-        if not _SEQ_RE.fullmatch(name):
-            continue
-        seq = int(name)
+    for path, seq in await _numbered(remote, f"{layout.device_dir(device)}/orders"):
         try:
-            _s, body, _raw = await get_signed(remote, entry.path, _signers(admin), "order",
+            _s, body, _raw = await get_signed(remote, path, _signers(admin), "order",
                                               f"{device}/{seq}")
-            out.append(Order.parse(body, device, seq, entry.path))
+            out.append(Order.parse(body, device, seq, path))
         except (RemoteIntegrityError, ObjectNotFound):
             continue
+    return out
+
+
+async def _numbered(remote: RemoteStore, prefix: str) -> list[tuple[str, int]]:
+    """(path, number) of the objects named by 12 digits under ``prefix``."""
+    out = []
+    for entry in await remote.list(prefix):
+        name = entry.path.rsplit("/", 1)[-1]
+        if _SEQ_RE.fullmatch(name):
+            out.append((entry.path, int(name)))
     return out
 
 
@@ -81,15 +87,10 @@ async def reports_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     rec = await device_record(remote, admin, device)
     key = crypto.ed25519_public(rec.signing_key)
     out = []
-    for entry in await remote.list(f"{layout.device_dir(device)}/reports"):
-        name = entry.path.rsplit("/", 1)[-1]
-        if not _SEQ_RE.fullmatch(name):
-            continue
-        seq = int(name)
-        untrusted = await remote.get(entry.path)
-        _s, body = open_envelope(_signers(key), untrusted, "report", f"{device}/{seq}",
-                                 entry.path)
-        out.append(Report.parse(body, device, seq, entry.path))
+    for path, seq in await _numbered(remote, f"{layout.device_dir(device)}/reports"):
+        untrusted = await remote.get(path)
+        _s, body = open_envelope(_signers(key), untrusted, "report", f"{device}/{seq}", path)
+        out.append(Report.parse(body, device, seq, path))
     return out
 
 

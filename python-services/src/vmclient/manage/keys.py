@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ..errors import ConfigError, VMClientError
 from ..store import crypto
+from ..store.localfs import fsync_dir
 
 SIGNING = "signing.key"
 WRAPPING = "wrapping.key"
@@ -116,17 +117,6 @@ def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def shred(path: Path) -> bool:
