@@ -62,3 +62,35 @@ async def test_lease_expiry_survives_clock_set_back_and_renewal_restarts(
         await agent.start_vm(biz)
         assert dom_state(biz) == libvirt.VIR_DOMAIN_RUNNING and not has_managed_save(biz)
         assert dom_state(priv) == libvirt.VIR_DOMAIN_RUNNING
+
+
+async def test_lock_unlock_and_unassign(tmp_path: Path) -> None:
+    async with laptop(tmp_path) as lap:
+        agent = await lap.enrol()
+        biz, priv = lap.create_vm("biz", "business"), lap.create_vm("priv", "private")
+        for vm in (biz, priv):
+            await agent.start_vm(vm)
+        await lap.order("lock")
+        await agent.poll()
+        assert dom_state(biz) == libvirt.VIR_DOMAIN_SHUTOFF and has_managed_save(biz)
+        assert dom_state(priv) == libvirt.VIR_DOMAIN_RUNNING
+        with pytest.raises(BusinessWorkRefused, match="locked"):
+            await agent.start_vm(biz)
+        await lap.order("unlock")
+        await agent.poll()
+        await agent.start_vm(biz)
+        assert dom_state(biz) == libvirt.VIR_DOMAIN_RUNNING
+
+        key = lap.cfg.vm_keys_dir / f"{biz}.wrapped"
+        order = await lap.order("unassign", vm=biz)
+        await agent.poll()
+        assert dom_state(biz) is None and not key.exists() and not lap.vms[biz].exists()
+        assert dom_state(priv) == libvirt.VIR_DOMAIN_RUNNING
+        [rep] = [r for r in await lap.reports() if r.order == order.seq]
+        assert rep.outcome == "done" and "data key destroyed first" in rep.detail
+        # unassigning a private VM is not IT's business
+        order = await lap.order("unassign", vm=priv)
+        await agent.poll()
+        [rep] = [r for r in await lap.reports() if r.order == order.seq]
+        assert "nothing to do" in rep.detail and dom_state(priv) == libvirt.VIR_DOMAIN_RUNNING
+        assert [r.outcome for r in await lap.reports()] == ["done"] * 4

@@ -77,6 +77,13 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
         [rep] = [r for r in await lap.reports() if r.order == renew.seq]
         assert rep.outcome == "refused" and "re-enrol" in rep.detail
 
+        # re-enrolled (a new code, a new device id): business work is allowed again
+        old_device = lap.device
+        agent = await lap.enrol()
+        assert lap.device != old_device and agent.status()["business_allowed"]
+        await agent.start_vm(later)
+        assert dom_state(later) == libvirt.VIR_DOMAIN_RUNNING
+
 
 def lap_uuid(name: str) -> str:
     conn = libvirt.open("qemu:///system")
