@@ -4,6 +4,7 @@ the real libvirtd (firmware-only guests; KVM where it works)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import secrets
 import shutil
@@ -136,19 +137,20 @@ class Laptop:
         return await it.reports_of(self.remote, self.admin.public_key(), self.device)
 
     def create_vm(self, suffix: str, kind: str) -> str:
-        """A LUKS qcow2 VM whose data key exists only wrapped for the device key."""
+        """A LUKS qcow2 VM whose data key exists only wrapped for the device key.
+
+        The i-th VM of a laptop gets the i-th template disk and key: no two VMs of
+        one laptop share a key.
+        """
         name = self.name(suffix)
-        keys = crypto.KeySet.generate()
+        keys, template = luks_template(len(self.vms))
         wrapping = FileKeyStore(self.cfg.device_keys_dir).wrapping()
         self.cfg.vm_keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.cfg.vm_keys_dir / f"{name}.wrapped").write_bytes(
             crypto.wrap_key(wrapping.public_key(), keys.secret, "data-key", f"vm:{name}"))
         disk = self.cfg.images_dir / name / "system.qcow2"
         disk.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "--object",
-                        f"secret,id=s0,data={keys.luks.hex()}", "-o",
-                        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-                        str(disk), "64M"], check=True)
+        shutil.copyfile(template, disk)
         conn = libvirt.open(URI)
         try:
             conn.defineXML(DOMAIN_XML.format(
@@ -159,6 +161,30 @@ class Laptop:
         (self.tmp / "vmstate" / name).mkdir(parents=True)
         self.vms[name] = disk
         return name
+
+
+_TEMPLATES: dict[int, tuple[crypto.KeySet, Path]] = {}
+_TEMPLATE_DIR = IMAGES / f"vmct-otpl-{secrets.token_hex(3)}"
+
+
+def luks_template(i: int) -> tuple[crypto.KeySet, Path]:
+    """A blank 64 MiB LUKS qcow2 and its key, made once per test run.
+
+    ``qemu-img`` calibrates PBKDF2 for at least 0.5 s of CPU per LUKS key slot
+    whatever ``iter-time`` says: 6-30 s per disk on a loaded two-core machine.
+    """
+    if i not in _TEMPLATES:
+        keys = crypto.KeySet.generate()
+        path = _TEMPLATE_DIR / f"{i}.qcow2"
+        if not _TEMPLATES:
+            _TEMPLATE_DIR.mkdir(parents=True, exist_ok=True)
+            atexit.register(shutil.rmtree, _TEMPLATE_DIR, True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "--object",
+                        f"secret,id=s0,data={keys.luks.hex()}", "-o",
+                        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+                        str(path), "64M"], check=True)
+        _TEMPLATES[i] = keys, path
+    return _TEMPLATES[i]
 
 
 def dom_state(name: str) -> int | None:
