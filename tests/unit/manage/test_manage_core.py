@@ -20,6 +20,7 @@ from vmclient.store.remote import MemoryStore
 from vmclient.store.repo import put_signed
 
 T = 1_764_000_000
+DAY = 86400
 
 
 def test_trusted_time_counts_monotonic_time_when_the_clock_is_set_back() -> None:
@@ -123,3 +124,20 @@ async def _numbering() -> None:
         await it.issue_order(remote, admin, dev, "format", {}, T)
     views = await it.devices(remote, admin.public_key())
     assert [(v.device, v.pending, v.lease_until) for v in views] == [(dev, [1, 2], T + 9)]
+
+
+def test_admin_cli_words_become_typed_order_arguments() -> None:
+    assert it.order_args("renew-lease", ["lease_until=+14d"], T) == {"lease_until": T + 14 * DAY}
+    assert it.order_args("renew-lease", [f"lease_until={T}"], T) == {"lease_until": T}
+    assert it.order_args("wipe", ["include_private=no"], T) == {"include_private": False}
+    assert it.order_args("unassign", ["vm=office"], T) == {"vm": "office"}
+    with pytest.raises(UsageError, match="yes or no"):
+        it.order_args("wipe", ["include_private=maybe"], T)
+    with pytest.raises(UsageError, match="expected vm="):
+        it.order_args("unassign", ["name=office"], T)
+    with pytest.raises(UsageError, match="unknown order"):
+        it.order_args("reformat", [], T)
+    view = it.DeviceView("d" * 32, "laptop-1", T, last_contact=T, lease_until=T + 3 * DAY,
+                         pending=[4, 5], refused=2)
+    table = it.render_devices([view], T)
+    assert "laptop-1" in table and "+3d" in table and "4,5" in table

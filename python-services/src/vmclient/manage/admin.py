@@ -12,6 +12,7 @@ so a server cannot make the admin skip or reuse a number.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,3 +132,50 @@ async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[D
                          and o.action == "wipe" for r in reports for o in orders)
         out.append(view)
     return out
+
+
+def order_args(action: str, untrusted_values: list[str], now: int) -> dict[str, Any]:
+    """``key=value`` words of ``vmclient-admin order DEVICE ACTION …`` as typed arguments.
+
+    ``lease_until`` also takes ``+<days>d`` (from now); flags take yes/no.
+    """
+    spec = ORDER_ACTIONS.get(action)
+    if spec is None:
+        raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
+    out: dict[str, Any] = {}
+    for word in untrusted_values:
+        key, sep, value = word.partition("=")
+        if not sep or key not in spec:
+            wanted = ", ".join(f"{k}=…" for k in spec) or "no arguments"
+            raise UsageError(f"order {action}: expected {wanted}, got {word!r}")
+        if spec[key] is bool:
+            if value not in ("yes", "no"):
+                raise UsageError(f"{key}: yes or no, not {value!r}")
+            out[key] = value == "yes"
+        elif spec[key] is int:
+            days = re.fullmatch(r"\+([0-9]{1,4})d", value)
+            if days:
+                out[key] = now + int(days.group(1)) * 86400
+            elif value.isdigit():
+                out[key] = int(value)
+            else:
+                raise UsageError(f"{key}: a Unix time or +<days>d, not {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+def render_devices(views: list[DeviceView], now: int) -> str:
+    """The table of ``vmclient-admin devices``."""
+    def when(t: int) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
+
+    rows = ["NAME                 DEVICE                            LAST CONTACT      "
+            "LEASE               STATE     PENDING  REFUSED"]
+    for v in views:
+        lease = (f"{(v.lease_until - now) // 86400:+d}d" if v.lease_until else "enrolment")
+        state = "wiped" if v.wiped else "ok"
+        pending = ",".join(map(str, v.pending)) or "-"
+        rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
+                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused}")
+    return "\n".join(rows)
