@@ -38,6 +38,8 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
         wrong = qemu_io_read(stolen_disk, b"0" * 64)
         assert wrong.returncode != 0 and "password" in (wrong.stdout + wrong.stderr).lower()
         del pp
+        orphan = lap.cfg.vm_keys_dir / f"{lap.prefix}-half-installed.wrapped"
+        orphan.write_bytes(wrapped_copy)  # a key whose domain is gone already
 
         seen: list[tuple[str, bool, bool]] = []
         agent = lap.agent(after_wipe_step=lambda s: seen.append(
@@ -48,7 +50,7 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
         # keys first: when the key step ended the key was gone and the disk still there
         assert ("keys", False, True) in seen
         assert [s for s, _k, _d in seen] == ["stop", "keys", "data", "undefine"]
-        assert not biz_key.exists() and not biz_disk.exists()
+        assert not biz_key.exists() and not biz_disk.exists() and not orphan.exists()
         assert not (tmp_path / "cache").exists() and not (tmp_path / "vmstate" / biz).exists()
         assert dom_state(biz) is None  # definition and saved state gone
         # no key the laptop still has opens the wrapped copy: the device key was replaced

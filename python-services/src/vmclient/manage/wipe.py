@@ -21,8 +21,10 @@ The journal is removed only after the caller has recorded the outcome.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -101,8 +103,6 @@ async def run_wipe(host: VMHost, cfg: ManageConfig, journal: Journal,
 
 
 async def host_remove_tree(path: Path) -> None:
-    import asyncio
-    import shutil
     await asyncio.to_thread(shutil.rmtree, path, True)
 
 
@@ -111,10 +111,22 @@ async def destroy_keys(host: VMHost, cfg: ManageConfig, targets: list[VMTarget],
     for vm in targets:
         shred(vm.key_file(cfg))
         await host.forget_secrets(vm)
+    # keys of VMs no domain names any more (an install or removal cut short) go too:
+    # every key but the kept VMs' is shredded
+    for path in orphan_keys(cfg, kept):
+        shred(path)
     rotate_wrapping_key(cfg, kept)
     left = [str(vm.key_file(cfg)) for vm in targets if vm.key_file(cfg).exists()]
+    left += [str(p) for p in orphan_keys(cfg, kept)]
     if left:
         raise KeyDestructionFailed(", ".join(left), "still present")
+
+
+def orphan_keys(cfg: ManageConfig, kept: list[str]) -> list[Path]:
+    if not cfg.vm_keys_dir.is_dir():
+        return []
+    return sorted(p for p in cfg.vm_keys_dir.glob(f"{cfg.name_prefix}*.wrapped")
+                  if p.name.removesuffix(".wrapped") not in kept)
 
 
 def rotate_wrapping_key(cfg: ManageConfig, kept: list[str]) -> None:
