@@ -10,7 +10,7 @@ import traceback
 from typing import Any
 
 from ..errors import EXIT_BUG, VMClientError
-from . import power, vm
+from . import manage, power, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     power.add_parser(sub)
     vm.add_parser(sub)
+    manage.add_parser(sub)
     return parser
 
 

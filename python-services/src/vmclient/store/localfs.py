@@ -108,6 +108,11 @@ class LocalDirStore(LockingMixin):
         return removed
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (a rename or unlink in it is durable after this); absent is fine."""
+    _fsync_dir(path)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -305,6 +305,10 @@ class Hypervisor:
     async def managed_save(self, uuid: str, name: str | None = None) -> None:
         await self._on_domain(uuid, "managed save", lambda d: d.managedSave(0), name)
 
+    async def managed_save_remove(self, uuid: str, name: str | None = None) -> None:
+        """Delete a domain's managed save image (its saved RAM), if it has one."""
+        await self._on_domain(uuid, "remove saved state", lambda d: d.managedSaveRemove(0), name)
+
     async def start(self, uuid: str, name: str | None = None) -> None:
         """Start a defined VM; libvirt restores its managed save image if it has one."""
         await self._on_domain(uuid, "start", lambda d: d.create(), name)

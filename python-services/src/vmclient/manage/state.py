@@ -1,0 +1,125 @@
+"""What the laptop remembers about its management (root-only), and the pure time/lease rules.
+
+``state.json`` (0600, replaced atomically) holds the order sequence, the
+trusted time, the lease, the lock and wipe flags, the reports not yet
+uploaded and the digests of refused objects already reported.
+
+Trusted time (repository-format.md §9): the newest of the wall clock, every
+signed time seen (order ``issued``, the device record's ``enrolled``) and the
+device's own monotonic record.  The record is ``(time, boot id, monotonic
+clock)``: within one boot the time since the record is taken from the
+monotonic clock, which ``date -s`` does not move, so setting the clock back
+while running does not even stop the lease from running down; across reboots
+the persisted time is a floor.  :func:`advance` is pure; the clocks are
+injected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..store.orders import trusted_now
+from .keys import write_private
+
+DAY = 86400
+DEFAULT_LEASE_DAYS = 14
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class TimeRecord:
+    time: int = 0  # the trusted time when recorded
+    boot: str = ""  # kernel boot id at that moment
+    mono: float = 0.0  # CLOCK_MONOTONIC at that moment
+
+
+def advance(rec: TimeRecord, wall: int, mono: float, boot: str,
+            signed: tuple[int, ...] = ()) -> TimeRecord:
+    """The new trusted-time record: never earlier than ``rec`` (pure)."""
+    floor = rec.time
+    if boot == rec.boot and mono >= rec.mono:
+        floor = rec.time + int(mono - rec.mono)
+    return TimeRecord(trusted_now(wall, floor, signed), boot, mono)
+
+
+@dataclass(frozen=True)
+class Lease:
+    until: int
+    now: int
+    locked: bool
+    wiped: bool
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.until - self.now)
+
+    @property
+    def business_allowed(self) -> bool:
+        return self.remaining > 0 and not self.locked and not self.wiped
+
+    @property
+    def reason(self) -> str:
+        if self.wiped:
+            return "this laptop was wiped by IT: re-enrol it"
+        if self.locked:
+            return "IT locked business work on this laptop"
+        if not self.remaining:
+            return "the lease has expired: connect to the datacenter to renew it"
+        return f"lease valid for {self.remaining // 3600} h {self.remaining % 3600 // 60} min"
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    device: str = ""
+    enrolled: bool = False
+    last_seq: int = 0
+    clock: TimeRecord = TimeRecord()
+    lease_until: int = 0
+    locked: bool = False
+    wiped: bool = False
+    report_seq: int = 0
+    outbox: tuple[dict[str, Any], ...] = ()  # reports signed later, written when online
+    reported: tuple[str, ...] = ()  # digests of refused objects already reported
+    executed: dict[str, str] = field(default_factory=dict)  # seq -> digest of executed orders
+
+    def lease(self) -> Lease:
+        return Lease(self.lease_until, self.clock.time, self.locked, self.wiped)
+
+    def to_json(self) -> bytes:
+        doc = asdict(self)
+        return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, path: Path) -> DeviceState:
+        try:
+            doc = json.loads(raw)
+            doc["clock"] = TimeRecord(**doc["clock"])
+            doc["outbox"] = tuple(doc["outbox"])
+            doc["reported"] = tuple(doc["reported"])
+            return cls(**doc)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(path, "", f"unreadable management state: {exc}") from exc
+
+
+class StateFile:
+    """``state.json``: read at start, replaced atomically (fsync) on every change."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / STATE_FILE
+
+    def load(self) -> DeviceState:
+        try:
+            return DeviceState.from_json(self.path.read_bytes(), self.path)
+        except FileNotFoundError:
+            return DeviceState()
+
+    def save(self, state: DeviceState) -> DeviceState:
+        write_private(self.path, state.to_json())
+        return state
+
+    def update(self, **changes: Any) -> DeviceState:
+        return self.save(replace(self.load(), **changes))
