@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import subprocess
+import sys
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +36,8 @@ from testlib import need
 from vmclient.store import crypto, layout, repo
 from vmclient.store.documents import RepoConfig
 from vmclient.store.localfs import LocalDirStore
-from vmclient.sync import engine, restore
+from vmclient.store.remote import RemoteStore
+from vmclient.sync import engine, maintenance, restore
 from vmclient.virt.libvirt import Hypervisor
 
 T = TypeVar("T")
@@ -102,12 +105,23 @@ class World:
         return IMAGES / f"{name}.qcow2"
 
     def create(self, suffix: str, *, kind: str = "business", sync: str = "disks",
-               data: list[tuple[int, int, int]] = (), start: bool = True) -> libvirt.virDomain:
-        """A domain whose disk holds ``data`` = [(pattern, offset, length)] written offline."""
+               data: Sequence[tuple[int, int, int]] = (), random_mib: int = 0,
+               start: bool = True) -> libvirt.virDomain:
+        """A domain whose disk holds ``random_mib`` MiB of random bytes at 8 MiB and
+        ``data`` = [(pattern, offset, length)], written offline."""
         name = f"{self.prefix}-{suffix}"
         IMAGES.mkdir(parents=True, exist_ok=True)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk(name)), "64M"],
                        check=True)
+        if random_mib:
+            raw = self.tmp / f"{name}.raw"
+            with open(raw, "wb") as f:
+                f.truncate(64 * MIB)
+                f.seek(8 * MIB)
+                f.write(os.urandom(random_mib * MIB))
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
+                            str(self.disk(name))], check=True)
+            raw.unlink()
         self.names.append(name)
         if data:
             qemu_io(self.disk(name), *(f"write -P {p:#x} {o} {n}" for p, o, n in data))
@@ -119,11 +133,27 @@ class World:
             dom.create()
         return dom
 
-    def sync(self, dom: libvirt.virDomain) -> engine.SyncResult:
+    def sync(self, dom: libvirt.virDomain, *, device: Device | None = None,
+             remote: RemoteStore | None = None) -> engine.SyncResult:
+        device = device or self.a
         return run(engine.sync_vm(
-            self.hv, self.remote, self.a.signing, dom.UUIDString(), self.keys[dom.name()],
-            state_dir=self.a.state, scratch_dir=self.scratch,
-            recipients=[self.a.wrapping.public_key(), self.escrow.public_key()]))
+            self.hv, remote or self.remote, device.signing, dom.UUIDString(),
+            self.keys[dom.name()], state_dir=device.state, scratch_dir=self.scratch,
+            recipients=[device.wrapping.public_key(), self.escrow.public_key()]))
+
+    def child_args(self, dom: libvirt.virDomain) -> list[str]:
+        """Arguments of ``sync_child.py``: the same sync as :meth:`sync`, in a process."""
+        return [sys.executable, str(Path(__file__).with_name("sync_child.py")), json.dumps({
+            "repo": str(self.repo_dir), "uuid": dom.UUIDString(),
+            "device": crypto.raw_private(self.a.signing).hex(),
+            "secret": self.keys[dom.name()].secret.hex(),
+            "state": str(self.a.state), "scratch": str(self.scratch),
+            "recipients": [crypto.raw_public(self.a.wrapping.public_key()).hex(),
+                           crypto.raw_public(self.escrow.public_key()).hex()]})]
+
+    def verify(self, vm: str, snapshot: str | None = None) -> maintenance.VerifyResult:
+        return run(maintenance.verify(self.remote, self.a.signers, self.keys[vm],
+                                      device=self.a.id, vm=vm, snapshot=snapshot))
 
     def keys_for_b(self, vm: str) -> crypto.KeySet:
         """What ``rekey`` does: the escrow-wrapped data key, unwrapped, is the B device's."""

@@ -54,7 +54,7 @@ async def verify(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet
     store = repo.ChunkStore(remote, layout.vm_store(device, vm), keys)
     plan = plan_download(m, set(), await store.load_index(), store_path=store.root)
     n = 0
-    async for _cid, _data in store.fetch(plan):
+    async for _cid, _data in restore.fetch(store, plan):
         n += 1
     return VerifyResult(m.seq, n, plan.download_bytes)
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..store import crypto, layout, repo
-from ..store.errors import LocalSyncError
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.objects import BASE_ID, ZERO_ID, Manifest
-from ..store.plan import plan_download
+from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from . import disks
 
@@ -86,7 +86,7 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
         for cid in plan.local:
             _place(where[cid], have[cid], skip=have[cid])
         result.chunks_local = len(plan.local)
-        async for cid, data in store.fetch(plan):
+        async for cid, data in fetch(store, plan):
             _place(where[cid], data)
             result.chunks_fetched += 1
         result.bytes_fetched = plan.download_bytes
@@ -103,6 +103,18 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
         partial.unlink()
     result.seconds = time.monotonic() - started
     return result
+
+
+async def fetch(store: repo.ChunkStore, plan: DownloadPlan
+                ) -> AsyncIterator[tuple[bytes, bytes]]:
+    """:meth:`ChunkStore.fetch`; a pack the index names but the server lacks is named too."""
+    try:
+        async for item in store.fetch(plan):
+            yield item
+    except ObjectNotFound as exc:
+        raise RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
+                                   "listed by an index but missing (deleted or withheld)"
+                                   ) from None
 
 
 def _scan(keys: crypto.KeySet, where: dict[bytes, list[tuple[int, int, int]]]

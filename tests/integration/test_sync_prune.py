@@ -1,0 +1,51 @@
+"""Retention: prune deletes old snapshots and the chunks only they used, nothing else."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sync_env import MIB, qemu_io, repo_bytes, run, same_content, world
+
+from vmclient.store import layout
+from vmclient.store.errors import ObjectNotFound
+from vmclient.sync import maintenance
+from vmclient.sync.retention import Retention
+
+
+def test_prune_keeps_what_kept_snapshots_need(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("prune", start=False, random_mib=8, data=[(0x01, 0, MIB)])
+        vm, disk = dom.name(), w.disk(dom.name())
+        w.sync(dom)  # 1: the random 8 MiB only this snapshot has
+        qemu_io(disk, f"write -z {8 * MIB} {8 * MIB}", f"write -P 0x02 {MIB} {MIB}")
+        w.sync(dom)  # 2
+        qemu_io(disk, f"write -P 0x03 {2 * MIB} {MIB}")
+        w.sync(dom)  # 3
+        shutil.copy(disk, tmp_path / "at3.qcow2")
+        qemu_io(disk, f"write -P 0x04 {3 * MIB} {MIB}")
+        w.sync(dom)  # 4
+        before = repo_bytes(w.repo_dir)
+
+        result = run(maintenance.prune(w.remote, w.a.signing, w.keys[vm], vm,
+                                       Retention(last=2, daily=0, weekly=0)))
+        assert (result.kept, result.deleted_snapshots) == ([3, 4], [1, 2])
+        assert result.repacked_packs == 1  # snapshot 1's pack: 0x01 still needed, random not
+        assert before - repo_bytes(w.repo_dir) > 7 * MIB
+        with pytest.raises(ObjectNotFound):
+            w.verify(vm, layout.snapshot_name(1))
+        assert w.verify(vm, layout.snapshot_name(3)).chunks == 3
+        assert w.verify(vm).chunks == 4
+        w.restore_b(vm, tmp_path / "b" / "r3.qcow2", snapshot=layout.snapshot_name(3))
+        assert same_content(tmp_path / "at3.qcow2", tmp_path / "b" / "r3.qcow2")
+        w.restore_b(vm, tmp_path / "b" / "r4.qcow2")
+        assert same_content(disk, tmp_path / "b" / "r4.qcow2")
+
+        # the next sync after a prune still deduplicates against what is left
+        qemu_io(disk, f"write -P 0x05 {4 * MIB} 65536")
+        assert w.sync(dom).uploaded_chunks == 1
+        again = run(maintenance.prune(w.remote, w.a.signing, w.keys[vm], vm,
+                                      Retention(last=2, daily=0, weekly=0)))
+        assert again.kept == [4, 5]
+        assert w.verify(vm).seq == 5
