@@ -134,4 +134,10 @@ def convert_to_raw(source: str, fmt: str, dest: Path) -> None:
 
 
 def raw_to_qcow2(raw: Path, dest: Path) -> None:
-    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(dest))
+    """Convert and make the result durable (it is renamed into place next)."""
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", "-W", str(raw), str(dest))
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,11 +9,12 @@ Each disk is assembled as a sparse raw file ``<dest>.partial`` and converted to
 qcow2 under a temporary name, then renamed to ``<dest>`` only after every
 chunk was verified: no disk that looks complete is ever half written.
 
-Resumable and deduplicated against local data: before downloading, the
-partial file is read back and every chunk whose HMAC already equals the id the
-manifest wants there is kept; a chunk found locally is copied to every other
-place it belongs.  An interrupted restore therefore continues where it
-stopped, and chunks repeated in the VM are fetched once.
+The partial file need not be durable: resumable and deduplicated against
+local data, a restore that finds a partial file reads it back and keeps every
+chunk whose HMAC already equals the id the manifest wants there; a chunk
+found locally is copied to every other place it belongs.  An interrupted
+restore therefore continues where it stopped, and chunks repeated in the VM
+are fetched once.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
         raise LocalSyncError("snapshots on a base image are not restorable yet")
     where: dict[bytes, list[tuple[int, int, int]]] = {}  # id → (fd, offset, length)
     fds: dict[str, int] = {}
+    resuming = False
     try:
         for d in m.disks:
             partial = dest[d.name].with_name(dest[d.name].name + ".partial")
+            resuming |= partial.exists()
             fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
             fds[d.name] = fd
             os.ftruncate(fd, d.size)
@@ -79,7 +82,7 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
                 if cid != ZERO_ID:
                     off = i * d.chunk_size
                     where.setdefault(cid, []).append((fd, off, min(d.chunk_size, d.size - off)))
-        have = await asyncio.to_thread(_scan, keys, where)
+        have = await asyncio.to_thread(_scan, keys, where) if resuming else {}
         store = repo.ChunkStore(remote, layout.vm_store(device, vm), keys)
         index = await store.load_index()
         plan = plan_download(m, set(have), index, store_path=store.root)
@@ -90,15 +93,13 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
             _place(where[cid], data)
             result.chunks_fetched += 1
         result.bytes_fetched = plan.download_bytes
-        for fd in fds.values():
-            os.fsync(fd)
     finally:
         for fd in fds.values():
             os.close(fd)
     for d in m.disks:
         partial = dest[d.name].with_name(dest[d.name].name + ".partial")
         tmp = dest[d.name].with_name(f".tmp-{dest[d.name].name}")
-        await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)
+        await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)  # fsyncs tmp
         os.replace(tmp, dest[d.name])
         partial.unlink()
     result.seconds = time.monotonic() - started
