@@ -123,6 +123,7 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
     try:
         first = await sync()
         out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(work / "ours") / MIB
+        out["ours_initial_capture_s"] = first.capture_seconds
         out["restic_initial_s"] = await asyncio.to_thread(restic, work / "restic", "backup",
                                                           str(raw))
         out["restic_initial_mib"] = du(work / "restic") / MIB
