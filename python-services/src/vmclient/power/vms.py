@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import VMClientError, VMOperationTimeout
+from ..errors import HypervisorUnavailable, VMClientError, VMOperationTimeout
 from ..log import vm_logger
 from ..virt.libvirt import DomainInfo, DomState, Hypervisor
 from .config import VMs
@@ -329,6 +329,19 @@ class VMController:
                     self._persist()
 
             results = await asyncio.gather(*(save(d) for d in targets), return_exceptions=True)
+            lost = [d for d, r in zip(targets, results, strict=True)
+                    if isinstance(r, HypervisorUnavailable)]
+            if lost:
+                # libvirtd restarted under us: the VMs still run; try once more.
+                log.warning("libvirtd went away while saving; retrying %d VM(s) once it is back",
+                            len(lost))
+                with contextlib.suppress(VMClientError):
+                    await self.hv.wait_connected(30.0)
+                    again = await asyncio.gather(*(save(d) for d in lost),
+                                                 return_exceptions=True)
+                    retried = dict(zip((d.uuid for d in lost), again, strict=True))
+                    results = [retried.get(d.uuid, r) for d, r in zip(targets, results,
+                                                                      strict=True)]
             for d, r in zip(targets, results, strict=True):
                 if isinstance(r, BaseException):
                     vm_logger(d.name).error("not saved: %s", r)

@@ -26,10 +26,14 @@ TMP_PREFIX = ".tmp-"
 
 
 class LocalDirStore(LockingMixin):
+    """``file_mode`` 0o644 serves a repository to SFTP accounts (the admin tool's choice)."""
+
     def __init__(self, root: str | Path,
-                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+                 clock: Callable[[], int] = lambda: int(time.time()), *,
+                 file_mode: int = 0o600) -> None:
         self.root = Path(root)
         self.clock = clock
+        self.file_mode = file_mode
 
     def _path(self, path: str) -> Path:
         return self.root / check_path(path)
@@ -68,6 +72,8 @@ class LocalDirStore(LockingMixin):
         tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            if self.file_mode != 0o600:
+                os.fchmod(fd, self.file_mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

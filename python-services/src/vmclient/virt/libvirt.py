@@ -128,6 +128,7 @@ class Hypervisor:
         self._connected = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- connection management -------------------------------------------------
 
@@ -138,6 +139,7 @@ class Hypervisor:
     async def connect(self, *, retry: bool = False) -> None:
         """Open every connection; with ``retry`` wait (with back-off) until libvirtd answers."""
         _ensure_event_impl()
+        self._loop = asyncio.get_running_loop()
         delay = 0.2
         while True:
             try:
@@ -170,8 +172,10 @@ class Hypervisor:
 
     def _closed_cb(self, _conn: Any, reason: int, c: _Connection) -> None:
         log.warning("connection %d to libvirtd lost (reason %d)", c.index, reason)
-        # Not from inside libvirt's own callback: closing there would deadlock.
-        asyncio.get_running_loop().call_soon(self._lost)
+        # Not from inside libvirt's own callback (closing there would deadlock),
+        # and it may come from a worker thread whose call saw the EOF.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._lost)
 
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
@@ -258,7 +262,8 @@ class Hypervisor:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise VMNotFound(vm or "?") from exc
             if _connection_lost(exc):
-                self._lost()
+                if c.conn is conn:
+                    self._lost()
                 raise HypervisorUnavailable(self.uri, exc.get_error_message()) from exc
             if vm is not None:
                 raise VMOperationFailed(vm, what, exc.get_error_message()) from exc

@@ -1,0 +1,252 @@
+"""Provisioning download over SFTP against OpenSSH's own client, and an upgrade's cost.
+
+Same run, same sshd (tests/integration/fixtures_sshd.py: a real OpenSSH sshd on
+127.0.0.1, the device confined as ``vmclient-admin enrol`` prints), same
+account, same cipher (aes256-gcm@openssh.com), same bytes:
+
+1. A synthetic disk (1 MiB runs: a quarter zeros, half random, a quarter
+   text) becomes a qcow2 (qemu-img) and is published with
+   ``vmclient-admin publish``; a device is enrolled and assigned.
+2. ``sftp_mib_s``: the device downloads the image with the laptop's read path
+   (config, catalog, wrapped key, manifest, indexes, then every pack range,
+   each chunk decrypted and verified, written into a raw disk) — pack bytes
+   per second.  ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack
+   files.  Best of ``--rounds`` each, alternating.
+3. Upgrade: v2 = v1 with ``--change`` (2 %) of the disk rewritten as scattered
+   64 KiB writes (random offsets aligned to 64 KiB, the qcow2 cluster and
+   dirty-bitmap granularity), published; a v1 holder downloads v2 through
+   :func:`plan_download`.  ``upgrade_downloaded_mib`` counts every byte the
+   store read for it (documents, indexes, packs).
+
+Needs root (sshd chroot, a device account) and qemu-img.
+
+    sudo PYTHONPATH=python-services/src python bench/provision.py [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests/integration"),
+                str(HERE.parent / "python-services/src")]
+
+from fixtures_sshd import SSHServer, ssh_server
+from sftp_repo import Repo, qcow2
+
+from vmclient.admin.images import read_published
+from vmclient.store import crypto, layout
+from vmclient.store.plan import plan_download
+from vmclient.store.repo import (
+    ChunkStore,
+    get_catalog,
+    get_config,
+    get_image_manifest,
+    get_wrapped_key,
+)
+from vmclient.store.sftp import CIPHER, SFTPStore
+
+MiB = 1 << 20
+CLUSTER = 64 << 10
+
+
+class CountingStore(SFTPStore):
+    """The SFTP store, counting the bytes every ``get`` returned."""
+
+    fetched = 0
+
+    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = await super().get(path, offset, length)
+        self.fetched += len(data)
+        return data
+
+
+def device_store(server: SSHServer, account, connections: int) -> CountingStore:  # type: ignore[no-untyped-def]
+    return CountingStore(server.store(account, connections=connections).target)
+
+
+async def fetch_verified(store: CountingStore, repo: Repo, wrapping, concurrency: int  # type: ignore[no-untyped-def]
+                         ) -> int:
+    """Every chunk of the latest version, read and verified (decrypt, decompress, HMAC)."""
+    try:
+        admin = repo.admin_public
+        cfg = await get_config(store, admin)
+        catalog, _d = await get_catalog(store, admin, cfg.repository)
+        entry = catalog.find("office")
+        assert entry is not None
+        keys = await get_wrapped_key(store, layout.image_key("office", crypto.key_id(
+            wrapping.public_key())), {crypto.key_id(admin): admin}, "image:office", wrapping)
+        m = await get_image_manifest(store, keys, "office", entry.version, entry.manifest)
+        chunks = ChunkStore(store, layout.image_store("office"), keys)
+        plan = plan_download(m, set(), await chunks.load_index(), store_path=chunks.root)
+        n = 0
+        async for _cid, data in chunks.fetch(plan, concurrency=concurrency):
+            n += len(data)
+        return n
+    finally:
+        await store.close()
+
+
+async def download(store: CountingStore, repo: Repo, wrapping, out: Path, concurrency: int,  # type: ignore[no-untyped-def]
+                   **kw):  # type: ignore[no-untyped-def]
+    try:
+        return await read_published(store, repo.admin_public, wrapping, "office", out,
+                                    concurrency=concurrency, **kw)
+    finally:
+        await store.close()
+
+
+def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path) -> float:  # type: ignore[no-untyped-def]
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    batch = dest.parent / "batch"
+    batch.write_text("".join(f"get /{p} {dest}/\n" for p in packs))
+    cmd = ["sftp", "-q", "-b", str(batch), "-i", str(account.key_file), "-P", str(server.port),
+           "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "IdentitiesOnly=yes",
+           "-o", f"Ciphers={CIPHER}", "-o", "BatchMode=yes", f"{account.user}@127.0.0.1"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def disk_image(mib: int, seed: int = 1) -> bytearray:
+    """1 MiB runs: a quarter zeros, half random, a quarter text unique to its run.
+
+    (chunk_pipeline's mix repeats its text and record runs, which deduplicate
+    to almost nothing: too few pack bytes to time a transfer.)
+    """
+    rng = random.Random(seed)
+    out = bytearray(mib * MiB)
+    words = (b"vmclient laptop sync chunk manifest catalog order lease wipe business private "
+             b"repository kernel driver").split()
+    for i in range(mib):
+        kind = i % 4
+        if kind in (1, 3):
+            out[i * MiB:(i + 1) * MiB] = os.urandom(MiB)
+        elif kind == 2:
+            text = b" ".join(rng.choice(words) for _ in range(MiB // 5))
+            out[i * MiB:(i + 1) * MiB] = (b"%d " % i + text)[:MiB].ljust(MiB, b".")
+    return out
+
+
+def scatter(data: bytearray, fraction: float, seed: int = 7) -> int:
+    """Overwrite ``fraction`` of the disk with random 64 KiB clusters; returns bytes changed."""
+    rng = random.Random(seed)
+    clusters = len(data) // CLUSTER
+    picked = rng.sample(range(clusters), max(1, round(clusters * fraction)))
+    for c in picked:
+        data[c * CLUSTER:(c + 1) * CLUSTER] = os.urandom(CLUSTER)
+    return len(picked) * CLUSTER
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=512, help="disk size in MiB (default 512)")
+    ap.add_argument("--change", type=float, default=0.02, help="share of the disk v2 rewrites")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=4, help="SFTP connections")
+    ap.add_argument("--concurrency", type=int, default=8, help="ranged reads in flight")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))
+    try:
+        with ssh_server() as server:
+            result = run(args, server, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
+    print(json.dumps(result))
+
+
+def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, object]:
+    t0 = time.perf_counter()
+    disk = disk_image(args.size)
+    raw = work / "v1.raw"
+    raw.write_bytes(disk)
+    repo = Repo(server, work)
+    assert repo.admin("init") == 0
+    t = time.perf_counter()
+    assert repo.admin("publish", "office", str(qcow2(raw))) == 0
+    publish_s = time.perf_counter() - t
+    dev = repo.enrol("bench-laptop")
+    assert repo.admin("assign", "office", "bench-laptop") == 0
+    packs = sorted(str(p.relative_to(server.repo))
+                   for p in (server.repo / "images/office/store/packs").glob("*/*"))
+    pack_bytes = sum((server.repo / p).stat().st_size for p in packs)
+
+    ours, theirs, installs = [], [], []
+    out = work / "system.raw"
+    for _round in range(args.rounds):
+        store = device_store(server, dev.account, args.connections)
+        t = time.perf_counter()
+        asyncio.run(fetch_verified(store, repo, dev.wrapping, args.concurrency))
+        ours.append(time.perf_counter() - t)
+        theirs.append(openssh_fetch(server, dev.account, packs, work / "openssh"))
+    store = device_store(server, dev.account, args.connections)
+    t = time.perf_counter()
+    asyncio.run(download(store, repo, dev.wrapping, out, args.concurrency))
+    installs.append(time.perf_counter() - t)
+    if out.read_bytes() != disk:
+        raise SystemExit("downloaded disk differs from the published one")
+    sftp_mib_s = pack_bytes / MiB / min(ours)
+    openssh_mib_s = pack_bytes / MiB / min(theirs)
+
+    v2 = bytearray(disk)
+    changed = scatter(v2, args.change)
+    raw2 = work / "v2.raw"
+    raw2.write_bytes(v2)
+    assert repo.admin("publish", "office", str(qcow2(raw2))) == 0
+    store = device_store(server, dev.account, args.connections)
+
+    async def v1_chunks() -> dict[bytes, bytes]:
+        admin = repo.admin_public
+        keys = await get_wrapped_key(store, layout.image_key("office", crypto.key_id(
+            dev.wrapping.public_key())), {crypto.key_id(admin): admin}, "image:office",
+            dev.wrapping)
+        cfg = await get_config(store, admin)
+        catalog, _d = await get_catalog(store, admin, cfg.repository)
+        v1 = catalog.find("office", 1)
+        assert v1 is not None
+        m1 = await get_image_manifest(store, keys, "office", 1, v1.manifest)
+        cs = m1.disks[0].chunk_size
+        return {cid: bytes(disk[i * cs:(i + 1) * cs]) for i, cid in enumerate(m1.disks[0].ids)}
+
+    have = asyncio.run(v1_chunks())
+    asyncio.run(store.close())
+    store = device_store(server, dev.account, args.connections)
+    out2 = work / "system-v2.raw"
+    _m2, fetched = asyncio.run(download(store, repo, dev.wrapping, out2, args.concurrency,
+                                        local=have))
+    if out2.read_bytes() != v2:
+        raise SystemExit("upgraded disk differs from v2")
+    return {
+        "image_mib": args.size,
+        "pack_mib": round(pack_bytes / MiB, 1),
+        "publish_s": round(publish_s, 2),
+        "sftp_mib_s": round(sftp_mib_s, 1),
+        "openssh_sftp_mib_s": round(openssh_mib_s, 1),
+        "ratio_vs_openssh": round(sftp_mib_s / openssh_mib_s, 3),
+        "install_image_mib_s": round(args.size / min(installs), 1),
+        "upgrade_changed_mib": round(changed / MiB, 2),
+        "upgrade_downloaded_mib": round(store.fetched / MiB, 2),
+        "upgrade_pack_mib": round(fetched.plan.download_bytes / MiB, 2),
+        "upgrade_ratio": round(store.fetched / changed, 3),
+        "connections": args.connections,
+        "concurrency": args.concurrency,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+if __name__ == "__main__":
+    main()

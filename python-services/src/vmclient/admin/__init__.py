@@ -1,0 +1,1 @@
+"""vmclient-admin: the datacenter side (init, publish, list, enrol, assign)."""

@@ -1,0 +1,225 @@
+"""Publishing an image version, and reading one back (verified) into a raw file.
+
+Publishing (repository-format.md §8, write ordering): the image's lock, the
+content key (one per image, wrapped for the escrow key so the next version
+reuses it and chunk ids agree across versions), packs + one index, the sealed
+manifest, then the catalog re-signed with the next serial.  A qcow2 (or any
+format qemu-img reads) is first converted with ``qemu-img convert -O raw`` to
+a sparse temporary file; a raw image is read as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+from ..store import crypto, layout
+from ..store.chunker import Chunk, Chunker, chunk_count
+from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
+from ..store.errors import LocalSyncError, ObjectNotFound
+from ..store.format import NAME_RE
+from ..store.objects import ZERO_ID, ChunkMap, Manifest
+from ..store.plan import DownloadPlan, plan_download
+from ..store.remote import RemoteStore
+from ..store.repo import (
+    ChunkStore,
+    UploadResult,
+    get_image_manifest,
+    get_wrapped_key,
+    put_catalog,
+    put_image_manifest,
+    put_wrapped_key,
+)
+
+Progress = Callable[[int], None]  # called with the number of bytes just processed
+
+
+@dataclass(frozen=True)
+class Published:
+    name: str
+    version: int
+    size: int
+    serial: int
+    upload: UploadResult
+
+
+def image_info(path: Path) -> tuple[str, int]:
+    """(format, virtual size) as ``qemu-img info`` reports them."""
+    try:
+        out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True,
+                             capture_output=True, text=True).stdout
+    except FileNotFoundError as exc:
+        raise UsageError("qemu-img is not installed") from exc
+    except subprocess.CalledProcessError as exc:
+        raise UsageError(f"{path}: not an image qemu-img can read: {exc.stderr.strip()}") from exc
+    info = json.loads(out)
+    return str(info["format"]), int(info["virtual-size"])
+
+
+@contextmanager
+def raw_view(path: Path, tmpdir: str | None = None) -> Iterator[tuple[Path, int]]:
+    """A raw file with the guest-visible bytes of ``path`` (converted if not raw)."""
+    fmt, size = image_info(path)
+    if fmt == "raw":
+        yield path, size
+        return
+    work = Path(tempfile.mkdtemp(prefix="vmclient-publish-", dir=tmpdir))
+    try:
+        raw = work / "disk.raw"
+        r = subprocess.run(["qemu-img", "convert", "-O", "raw", "-S", "64k", str(path),
+                            str(raw)], capture_output=True, text=True, check=False)
+        if r.returncode:
+            raise UsageError(f"qemu-img convert {path} failed: {r.stderr.strip()}")
+        yield raw, size
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def read_chunks(raw: Path, size: int, chunker: Chunker, ids: list[bytes],
+                progress: Progress | None = None) -> Iterator[Chunk]:
+    """Chunks of the raw file in order; their ids are appended to ``ids``."""
+    cs = chunker.chunk_size
+    with raw.open("rb") as f:
+        for index in range(chunk_count(size, cs)):
+            data = f.read(min(cs, size - index * cs))
+            if not data:
+                raise LocalSyncError(f"{raw} ends before its {size} bytes")
+            chunk = chunker.chunk(index, data)
+            ids.append(chunk.id)
+            if progress is not None:
+                progress(len(data))
+            yield chunk
+
+
+async def content_key(remote: RemoteStore, name: str, admin: crypto.Ed25519PrivateKey,
+                      escrow: crypto.X25519PrivateKey) -> crypto.KeySet:
+    """The image's content key: unwrapped from its escrow copy, or new (and escrowed)."""
+    escrow_id = crypto.key_id(escrow.public_key())
+    path = layout.image_key(name, escrow_id)
+    admin_pub = admin.public_key()
+    try:
+        return await get_wrapped_key(remote, path, {crypto.key_id(admin_pub): admin_pub},
+                                     f"image:{name}", escrow)
+    except ObjectNotFound:
+        pass
+    keys = crypto.KeySet.generate()
+    await put_wrapped_key(remote, path, admin,
+                          WrappedKey.create(f"image:{name}", escrow.public_key(), keys))
+    return keys
+
+
+async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: str,
+                  image: Path, admin: crypto.Ed25519PrivateKey,
+                  escrow: crypto.X25519PrivateKey, *, now: int | None = None,
+                  tmpdir: str | None = None, progress: Progress | None = None,
+                  on_size: Callable[[int], None] | None = None) -> tuple[Published, Catalog]:
+    if not NAME_RE.fullmatch(name):
+        raise UsageError(f"image name {name!r} must match {NAME_RE.pattern}")
+    now = int(time.time()) if now is None else now
+    token = await remote.lock(layout.image_lock(name), f"vmclient-admin publish {name}")
+    try:
+        keys = await content_key(remote, name, admin, escrow)
+        store = ChunkStore(remote, layout.image_store(name), keys)
+        known = await store.load_index()
+        latest = catalog.find(name)
+        version = 1 if latest is None else latest.version + 1
+        ids: list[bytes] = []
+        with raw_view(image, tmpdir) as (raw, size):
+            if on_size is not None:
+                on_size(size)
+            chunker = Chunker(keys.chunk_id, cfg.chunk_size)
+            result = await store.upload(read_chunks(raw, size, chunker, ids, progress), known)
+        disk = ChunkMap("system", "system", size, cfg.chunk_size, tuple(ids))
+        manifest = Manifest("image", name, str(version), version, now, keys.check, (disk,))
+        digest = await put_image_manifest(remote, keys, manifest)
+        entry = ImageVersion(version, digest, size, now, keys.check)
+        images = dict(catalog.images)
+        images[name] = (*images.get(name, ()), entry)
+        new = Catalog(catalog.repository, catalog.serial + 1, now, images)
+        await put_catalog(remote, admin, new)
+    finally:
+        await remote.unlock(token)
+    return Published(name, version, size, new.serial, result), new
+
+
+@dataclass
+class Fetched:
+    plan: DownloadPlan
+    chunks: int = 0
+    bytes: int = 0  # plaintext written
+
+
+async def fetch_image(remote: RemoteStore, keys: crypto.KeySet, name: str,
+                      entry: ImageVersion, out: Path, *,
+                      local: dict[bytes, bytes] | None = None, concurrency: int = 4,
+                      progress: Progress | None = None) -> tuple[Manifest, Fetched]:
+    """Download one image version into the raw file ``out``, every chunk verified.
+
+    ``local`` holds chunks already present (id → plaintext): only the others are
+    read.  The file is written under a temporary name and renamed when whole, so
+    an interrupted or refused download never leaves a file that looks complete.
+    """
+    m = await get_image_manifest(remote, keys, name, entry.version, entry.manifest)
+    (disk,) = [d for d in m.disks if d.role == "system"]
+    store = ChunkStore(remote, layout.image_store(name), keys)
+    have = local or {}
+    plan = plan_download(m, set(have), await store.load_index(), store_path=store.root)
+    positions: dict[bytes, list[int]] = {}
+    for i, cid in enumerate(disk.ids):
+        if cid != ZERO_ID:
+            positions.setdefault(cid, []).append(i * disk.chunk_size)
+    tmp = out.with_name(f".{out.name}.partial")
+    fetched = Fetched(plan)
+    try:
+        with tmp.open("wb") as f:
+            f.truncate(disk.size)
+            fd = f.fileno()
+            for cid, data in have.items():
+                for off in positions.get(cid, ()):
+                    os.pwrite(fd, data, off)
+            async for cid, data in store.fetch(plan, concurrency=concurrency):
+                for off in positions.get(cid, ()):
+                    os.pwrite(fd, data, off)
+                fetched.chunks += 1
+                fetched.bytes += len(data)
+                if progress is not None:
+                    progress(len(data))
+            f.flush()
+            os.fsync(fd)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return m, fetched
+
+
+async def read_published(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                         recipient: crypto.X25519PrivateKey, name: str, out: Path, *,
+                         version: int | None = None, local: dict[bytes, bytes] | None = None,
+                         concurrency: int = 4, progress: Progress | None = None
+                         ) -> tuple[Manifest, Fetched]:
+    """Every check a laptop makes (config, catalog, wrapped key, manifest, chunks), then fetch.
+
+    ``recipient`` is the key the content key is wrapped for: a device's X25519
+    key, or the escrow key (the admin verifying what it published).
+    """
+    from ..store.repo import get_catalog, get_config
+    signers = {crypto.key_id(admin): admin}
+    cfg = await get_config(remote, admin)
+    catalog, _digest = await get_catalog(remote, admin, cfg.repository)
+    entry = catalog.find(name, version)
+    if entry is None:
+        raise UsageError(f"no image {name!r} version {version or 'latest'} in the catalog")
+    keys = await get_wrapped_key(remote, layout.image_key(name, crypto.key_id(
+        recipient.public_key())), signers, f"image:{name}", recipient)
+    return await fetch_image(remote, keys, name, entry, out, local=local,
+                             concurrency=concurrency, progress=progress)

@@ -1,0 +1,303 @@
+"""``vmclient-admin``: publish images into the datacenter repository, enrol devices.
+
+    vmclient-admin --repo REPO init [--key-dir DIR]
+    vmclient-admin --repo REPO publish NAME IMAGE
+    vmclient-admin --repo REPO list
+    vmclient-admin --repo REPO enrol DEVICE --pubkey B64 --wrapping-key B64 --ssh-key FILE|LINE
+    vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE]
+
+REPO is a local directory or ``sftp://user@host[:port]/path`` (then
+``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import secrets
+import sys
+import time
+import tomllib
+import traceback
+from pathlib import Path
+
+from ..errors import EXIT_BUG, UsageError, VMClientError
+from ..store import crypto, layout
+from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
+from ..store.errors import ObjectNotFound
+from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
+from ..store.remote import RemoteStore
+from ..store.repo import (
+    get_catalog,
+    get_config,
+    get_signed,
+    put_catalog,
+    put_signed,
+    put_wrapped_key,
+)
+from ..store.transport import close_store, is_url, open_store
+from . import images, keys
+from .progress import progress_bar
+from .sshd import GLOBAL_CONFIG, confinement
+
+DEFAULT_KEY_DIR = "~/.vmclient-admin"
+PROG = "vmclient-admin"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--repo", required=True, help="local directory or sftp://user@host:port/path")
+    p.add_argument("--key-dir", default=DEFAULT_KEY_DIR,
+                   help="the admin's offline key directory (default %(default)s)")
+    p.add_argument("--ssh-key", help="SSH private key for an sftp:// repository")
+    p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
+    p.add_argument("--debug", action="store_true", help="tracebacks for every error")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("init", help="create a repository and the admin keys")
+    s.add_argument("--chunk-size", type=int, default=64 << 10)
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("publish", help="publish a qcow2/raw image as the next version of NAME")
+    s.add_argument("name")
+    s.add_argument("image", type=Path)
+    s.add_argument("--tmpdir", help="where qemu-img converts non-raw images (sparse)")
+    s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("list", help="published images and enrolled devices")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("enrol", help="record a device's public keys; print its sshd confinement")
+    s.add_argument("device", help="a name for the device (e.g. its asset tag)")
+    s.add_argument("--pubkey", required=True, help="the device's Ed25519 signing key (base64)")
+    s.add_argument("--wrapping-key", required=True, help="the device's X25519 key (base64)")
+    s.add_argument("--ssh-key-pub", required=True,
+                   help="the device's SSH public key: a file or an 'ssh-ed25519 AAAA…' line")
+    s.add_argument("--server-repo", help="the repository's path on the storage server "
+                   "(default: --repo if local, else the URL's path)")
+    s.add_argument("--server-keys", default="/etc/ssh/vmclient-keys",
+                   help="root-owned directory for the per-device authorized keys")
+    s.set_defaults(func=cmd_enrol)
+
+    s = sub.add_parser("assign", help="entitle a device to an image (wrap its content key)")
+    s.add_argument("image")
+    s.add_argument("device", help="device id (32 hex) or enrolled name")
+    s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
+    s.set_defaults(func=cmd_assign)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.key_dir = Path(args.key_dir).expanduser()
+    try:
+        asyncio.run(run(args))
+    except VMClientError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        print(f"{PROG}: unexpected error (a bug; please report it):", file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_BUG
+    return 0
+
+
+async def run(args: argparse.Namespace) -> None:
+    remote = open_store(args.repo, key_file=args.ssh_key, known_hosts=args.known_hosts,
+                        file_mode=0o644)
+    try:
+        await args.func(args, remote)
+    finally:
+        await close_store(remote)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if not is_url(args.repo):
+        keys.check_outside(args.key_dir, Path(args.repo))
+    try:
+        await remote.get(layout.CONFIG, 0, 1)
+        raise UsageError(f"{args.repo} already holds a repository (config exists)")
+    except ObjectNotFound:
+        pass
+    k = keys.create(args.key_dir)
+    now = int(time.time())
+    cfg = RepoConfig(repository=secrets.token_hex(16), created=now, chunk_size=args.chunk_size,
+                     admin_key=crypto.raw_public(k.admin.public_key()),
+                     escrow_key=crypto.raw_public(k.escrow.public_key()))
+    RepoConfig.parse(cfg.to_bytes(), layout.CONFIG)  # the checks a reader applies
+    await put_signed(remote, layout.CONFIG, k.admin, ("config", CONFIG_ID), cfg.to_bytes())
+    await put_catalog(remote, k.admin, Catalog(cfg.repository, 1, now, {}))
+    k.record_serial(cfg.repository, 1)
+    say(f"repository {cfg.repository} initialised at {args.repo}")
+    say(f"admin keys: {args.key_dir} (keep offline)")
+    say(f"admin public key (pin on every laptop): {b64(cfg.admin_key)}")
+
+
+async def open_repo(args: argparse.Namespace, remote: RemoteStore
+                    ) -> tuple[keys.AdminKeys, RepoConfig, Catalog]:
+    k = keys.load(args.key_dir)
+    cfg = await get_config(remote, k.admin.public_key())
+    catalog, _digest = await get_catalog(remote, k.admin.public_key(), cfg.repository,
+                                         known_serial=k.known_serial(cfg.repository))
+    return k, cfg, catalog
+
+
+async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k, cfg, catalog = await open_repo(args, remote)
+    check_file(args.image)
+    with progress_bar(f"publish {args.name}") as bar:
+        done, new = await images.publish(remote, cfg, catalog, args.name, args.image, k.admin,
+                                         k.escrow, tmpdir=args.tmpdir, progress=bar.advance,
+                                         on_size=bar.total)
+    k.record_serial(cfg.repository, new.serial)
+    up = done.upload
+    say(f"published {done.name} version {done.version}: {done.size / 2**20:.1f} MiB disk, "
+        f"{up.chunks} new chunks in {up.packs} packs ({up.bytes / 2**20:.1f} MiB uploaded); "
+        f"catalog serial {done.serial}")
+
+
+async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k, _cfg, catalog = await open_repo(args, remote)
+    say(f"catalog serial {catalog.serial}, issued {fmt_time(catalog.issued)}")
+    for name, versions in sorted(catalog.images.items()):
+        for v in versions:
+            say(f"  {name:<24} v{v.version:<4} {v.size / 2**20:>10.1f} MiB  "
+                f"{fmt_time(v.created)}  manifest {v.manifest[:16]}")
+    if not catalog.images:
+        say("  (no images)")
+    devices = await read_devices(remote, k)
+    say(f"devices: {len(devices)}")
+    for rec in devices:
+        say(f"  {rec.name:<24} {rec.device}  enrolled {fmt_time(rec.enrolled)}")
+
+
+async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k, _cfg, _catalog = await open_repo(args, remote)
+    signing = decode_key(args.pubkey, "--pubkey")
+    wrapping = decode_key(args.wrapping_key, "--wrapping-key")
+    ssh_pub = read_text_or_file(args.ssh_key_pub)
+    if not ssh_pub.startswith(("ssh-ed25519 ", "ecdsa-sha2-", "ssh-rsa ")):
+        raise UsageError(f"--ssh-key-pub: not an OpenSSH public key: {ssh_pub[:40]!r}")
+    device = crypto.key_id(crypto.ed25519_public(signing))
+    crypto.x25519_public(wrapping)
+    rec = DeviceRecord(device, args.device, signing, wrapping, int(time.time()))
+    await put_signed(remote, layout.device_record(device), k.admin, ("device", device),
+                     rec.to_bytes(), exclusive=False)
+    server_repo = args.server_repo or server_path(args.repo)
+    conf = confinement(device, ssh_pub, server_repo, args.server_keys)
+    say(f"enrolled {args.device} as device {device}")
+    say(f"# --- on the storage server, as root: account and directories ---\n{conf.script()}")
+    say(f"# --- sshd_config: once per server ---\n{GLOBAL_CONFIG}")
+    say(f"# --- sshd_config: append, then reload sshd ---\n{conf.match_block}")
+    say(f"# the device's repository URL: sftp://{conf.account}@<server>/")
+
+
+async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k, _cfg, catalog = await open_repo(args, remote)
+    if catalog.find(args.image) is None:
+        raise UsageError(f"no image {args.image!r} in the catalog (serial {catalog.serial})")
+    rec = await find_device(remote, k, args.device)
+    content = await images.content_key(remote, args.image, k.admin, k.escrow)
+    recipient = crypto.x25519_public(rec.wrapping_key)
+    wrapped = WrappedKey.create(f"image:{args.image}", recipient, content)
+    await put_wrapped_key(remote, layout.image_key(args.image, wrapped.recipient), k.admin,
+                          wrapped)
+    say(f"device {rec.name} ({rec.device}) may now read image {args.image}")
+    if args.recipe is not None:
+        text = read_text_or_file(str(args.recipe))
+        try:
+            vm = str(tomllib.loads(text)["name"])
+        except (tomllib.TOMLDecodeError, KeyError) as exc:
+            raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
+        seq = len(await remote.list(f"{layout.device_dir(rec.device)}/orders")) + 1
+        order = Order(rec.device, seq, int(time.time()), "assign", {"vm": vm, "recipe": text})
+        await put_signed(remote, layout.order(rec.device, seq), k.admin,
+                         ("order", order.object_id), order.to_bytes())
+        say(f"order {seq}: install {vm} on {rec.name}")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+async def read_devices(remote: RemoteStore, k: keys.AdminKeys) -> list[DeviceRecord]:
+    out = []
+    for entry in await remote.list("devices"):
+        parts = entry.path.split("/")
+        if len(parts) == 3 and parts[2] == "device" and DEVICE_ID_RE.fullmatch(parts[1]):
+            out.append(await read_device(remote, k, parts[1]))
+    return sorted(out, key=lambda r: r.name)
+
+
+async def read_device(remote: RemoteStore, k: keys.AdminKeys, device: str) -> DeviceRecord:
+    admin = k.admin.public_key()
+    path = layout.device_record(device)
+    _s, body, _raw = await get_signed(remote, path, {crypto.key_id(admin): admin}, "device",
+                                      device)
+    return DeviceRecord.parse(body, device, path)
+
+
+async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
+    if DEVICE_ID_RE.fullmatch(which):
+        try:
+            return await read_device(remote, k, which)
+        except ObjectNotFound:
+            raise UsageError(f"no enrolled device {which}") from None
+    matches = [r for r in await read_devices(remote, k) if r.name == which]
+    if len(matches) != 1:
+        raise UsageError(f"{len(matches)} enrolled devices are named {which!r}")
+    return matches[0]
+
+
+def decode_key(text: str, option: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise UsageError(f"{option}: expected a base64 raw 32-byte public key")
+    return raw
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def fmt_time(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+
+
+def server_path(repo: str) -> str:
+    """The repository's path on the server: the URL's path, or the local directory."""
+    if is_url(repo):
+        from urllib.parse import urlsplit
+        return urlsplit(repo).path or "/"
+    return str(Path(repo).resolve())
+
+
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such image file")
+
+
+def read_text_or_file(value: str) -> str:
+    """``value`` itself, or the contents of the file it names."""
+    path = Path(value)
+    try:
+        return path.read_text().strip() if path.is_file() else value.strip()
+    except OSError as exc:
+        raise UsageError(f"{value}: {exc.strerror}") from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

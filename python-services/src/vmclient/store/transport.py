@@ -1,0 +1,51 @@
+"""One small factory: a repository location (URL or local path) -> a RemoteStore.
+
+* ``sftp://user@host[:port]/path`` — :class:`~vmclient.store.sftp.SFTPStore`; the
+  SSH private key and the ``known_hosts`` file that pins the server's host key
+  are required (there is no trust-on-first-use).  ``/path`` is the repository
+  directory as the account sees it: ``/`` for a device chrooted into the
+  repository, the absolute path for the admin account.
+* anything else — a local directory (:class:`~vmclient.store.localfs.LocalDirStore`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..errors import UsageError
+from .localfs import LocalDirStore
+from .remote import RemoteStore
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def open_store(location: str, *, key_file: str | Path | None = None,
+               known_hosts: str | Path | None = None, connections: int = 4,
+               file_mode: int = 0o600) -> RemoteStore:
+    if not is_url(location):
+        return LocalDirStore(Path(location), file_mode=file_mode)
+    url = urlsplit(location)
+    if url.scheme != "sftp":
+        raise UsageError(f"unsupported repository URL {location!r} (sftp:// or a local path)")
+    if not url.hostname or not url.username:
+        raise UsageError(f"repository URL {location!r} needs user@host")
+    if key_file is None or known_hosts is None:
+        raise UsageError(f"{location}: an SSH key and a known_hosts file (pinned host key) "
+                         "are required")
+    try:
+        port = url.port or 22
+    except ValueError as exc:
+        raise UsageError(f"repository URL {location!r}: {exc}") from exc
+    from .sftp import SFTPStore, SFTPTarget
+    return SFTPStore(SFTPTarget(host=url.hostname, user=unquote(url.username), port=port,
+                                root=unquote(url.path) or "/", key_file=Path(key_file),
+                                known_hosts=Path(known_hosts), connections=connections))
+
+
+async def close_store(store: RemoteStore) -> None:
+    close = getattr(store, "close", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,269 @@
+"""The SFTP RemoteStore against a real OpenSSH sshd on 127.0.0.1 (fixtures_sshd.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures_sshd import SSHServer, ssh_server
+from sftp_repo import Device, Repo, published
+
+from vmclient.admin.images import read_published
+from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from vmclient.store.sftp import RemoteRefused, RemoteUnavailable, SFTPStore
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def sshd() -> Iterator[SSHServer]:
+    with ssh_server() as server:
+        yield server
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def _closing(store: SFTPStore, coro):  # type: ignore[no-untyped-def]
+    try:
+        return await coro
+    finally:
+        await store.close()
+
+
+def device_download(repo: Repo, dev: Device, out: Path, **kw: object) -> tuple[SFTPStore, int]:
+    store = repo.server.store(dev.account)
+    _m, fetched = run(_closing(store, read_published(store, repo.admin_public, dev.wrapping,
+                                                     "office", out, **kw)))  # type: ignore[arg-type]
+    return store, fetched.chunks
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin)
+
+    async def scenario() -> None:
+        data = os.urandom(3 * MiB + 17)
+        await store.put_atomic("images/t/store/packs/ab/obj", data, exclusive=True)
+        assert await store.get("images/t/store/packs/ab/obj") == data
+        assert await store.get("images/t/store/packs/ab/obj", MiB - 5, 10) == data[MiB - 5:MiB + 5]
+        with pytest.raises(LocalSyncError, match="exists"):
+            await store.put_atomic("images/t/store/packs/ab/obj", b"other", exclusive=True)
+        await store.put_atomic("images/t/store/packs/ab/obj", b"replaced")
+        assert await store.get("images/t/store/packs/ab/obj") == b"replaced"
+        assert [e.path for e in await store.list("images/t")] == ["images/t/store/packs/ab/obj"]
+        assert not [p for p in (sshd.repo / "images/t/store/packs/ab").iterdir()
+                    if p.name.startswith(".")], "no temporary file is left behind"
+        await store.delete("images/t/store/packs/ab/obj")
+        await store.delete("images/t/store/packs/ab/obj")  # absent: not an error
+        with pytest.raises(ObjectNotFound):
+            await store.get("images/t/store/packs/ab/obj")
+        assert await store.list("nothing/here") == []
+        token = await store.lock("images/t/lock", "test")
+        await store.unlock(token)
+
+    run(_closing(store, scenario()))
+
+
+def test_a_device_cannot_read_or_list_another_devices_directory(sshd: SSHServer,
+                                                                tmp_path: Path) -> None:
+    repo, _raw = published(sshd, tmp_path, mib=4)
+    alice, bob = repo.enrol("alice"), repo.enrol("bob")
+    store = sshd.store(alice.account)
+
+    async def scenario() -> None:
+        await store.put_atomic(f"devices/{alice.id}/vms/a/latest", b"mine")
+        assert await store.get(f"devices/{alice.id}/device")  # readable, written by the admin
+        assert await store.list("images/office")  # public images are readable
+        with pytest.raises((RemoteRefused, ObjectNotFound)):
+            await store.get(f"devices/{bob.id}/device")
+        with pytest.raises((RemoteRefused, ObjectNotFound)):
+            await store.put_atomic(f"devices/{bob.id}/vms/x/latest", b"forged")
+        with pytest.raises(RemoteRefused):
+            await store.list(f"devices/{bob.id}")
+        with pytest.raises(RemoteRefused):  # 0711: device ids are not enumerable
+            await store.list("devices")
+        with pytest.raises(RemoteRefused):  # root wrote it; the sticky bit protects it
+            await store.delete(f"devices/{alice.id}/device")
+        with pytest.raises((RemoteRefused, ObjectNotFound)):
+            await store.put_atomic("catalog", b"forged")
+
+    run(_closing(store, scenario()))
+    assert not (sshd.repo / "devices" / bob.id / "vms").exists()
+    assert (sshd.repo / "devices" / alice.id / "device").exists()
+
+
+def test_unpinned_host_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
+    other = tmp_path / "known_hosts"
+    pub = Path(f"{sshd.client / 'admin'}.pub").read_text().split()  # a key that is not the host's
+    other.write_text(f"[127.0.0.1]:{sshd.port} {pub[0]} {pub[1]}\n")
+    store = SFTPStore(dataclasses.replace(sshd.store(sshd.admin).target, known_hosts=other))
+    with pytest.raises(RemoteRefused, match="does not match"):
+        run(_closing(store, store.check()))
+    other.write_text("")
+    store = SFTPStore(store.target)
+    with pytest.raises(RemoteRefused, match="not in"):
+        run(_closing(store, store.check()))
+
+
+def test_a_key_the_server_does_not_know_is_refused_without_retries(sshd: SSHServer,
+                                                                   tmp_path: Path) -> None:
+    from fixtures_sshd import keygen
+    keygen(tmp_path / "stranger")
+    target = dataclasses.replace(sshd.store(sshd.admin).target, key_file=tmp_path / "stranger")
+    store = SFTPStore(target)
+    start = time.monotonic()
+    with pytest.raises(RemoteRefused, match="authentication") as err:
+        run(_closing(store, store.get("config")))
+    assert err.value.op == "get" and err.value.path == "config"
+    assert time.monotonic() - start < target.backoff  # refused at once, not retried
+
+
+def test_download_over_sftp_matches_the_published_disk(sshd: SSHServer, tmp_path: Path) -> None:
+    repo, raw = published(sshd, tmp_path, mib=64)
+    dev = repo.enrol("laptop")
+    assert repo.admin("assign", "office", "laptop") == 0
+    out = tmp_path / "system.raw"
+    device_download(repo, dev, out)
+    assert sha256(out) == sha256(raw)
+
+
+def test_connection_killed_mid_download_resumes_and_bytes_match(sshd: SSHServer,
+                                                                tmp_path: Path) -> None:
+    repo, raw = published(sshd, tmp_path, mib=192)
+    dev = repo.enrol("laptop")
+    assert repo.admin("assign", "office", "laptop") == 0
+    store = sshd.store(dev.account, connections=2)
+    killed: list[int] = []
+    gets = 0
+    original_get = store.get
+
+    async def get(path: str, offset: int = 0, length: int | None = None) -> bytes:
+        nonlocal gets
+        gets += 1
+        if "/packs/" in path and gets in (6, 12):  # twice, while reads are in flight
+            threading.Timer(0.02, lambda: killed.append(sshd.kill_sessions())).start()
+        return await original_get(path, offset, length)
+
+    store.get = get  # type: ignore[method-assign]
+    out = tmp_path / "system.raw"
+    run(_closing(store, read_published(store, repo.admin_public, dev.wrapping, "office", out)))
+    time.sleep(0.1)
+    assert killed and all(killed), "the sessions were killed"
+    assert store.reconnects >= 1
+    assert sha256(out) == sha256(raw)
+
+
+def test_a_large_object_resumes_at_the_offset_it_reached(sshd: SSHServer) -> None:
+    data = os.urandom(160 * MiB)
+    (sshd.repo / "big").write_bytes(data)
+    store = sshd.store(sshd.admin, connections=1)
+
+    async def scenario() -> bool:
+        await store.check()  # connected: the kill lands in the transfer
+        task = asyncio.ensure_future(store.get("big"))
+        await asyncio.sleep(0.15)
+        assert sshd.kill_sessions() > 0
+        return await task == data  # (a task holding 160 MiB is slow to repr at loop close)
+
+    assert run(_closing(store, scenario()))
+    assert store.reconnects == 1 and store.resumed_bytes > 0
+
+
+def test_a_large_upload_resumes_at_the_size_the_temporary_file_reached(
+        sshd: SSHServer) -> None:
+    data = os.urandom(160 * MiB)
+    store = sshd.store(sshd.admin, connections=1)
+
+    async def scenario() -> None:
+        await store.put_atomic("images/t/warm", b"connect first")
+        task = asyncio.ensure_future(store.put_atomic("images/t/big", data, exclusive=True))
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".tmp-") and p.stat().st_size > 16 * MiB
+                      for p in (sshd.repo / "images/t").iterdir()):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.005)
+        assert sshd.kill_sessions() > 0
+        await task
+
+    run(_closing(store, scenario()))
+    assert (sshd.repo / "images/t/big").read_bytes() == data
+    assert store.reconnects == 1 and store.resumed_upload_bytes > 0
+    assert not [p for p in (sshd.repo / "images/t").iterdir() if p.name.startswith(".")]
+
+
+def test_an_object_that_shrinks_during_a_read_ends_the_read_where_it_ends(
+        sshd: SSHServer) -> None:
+    from vmclient.store.sftp import _pipelined_read
+    data = os.urandom(8 * MiB)
+    (sshd.repo / "shrinks").write_bytes(data)
+    store = sshd.store(sshd.admin, connections=1)
+
+    async def scenario() -> bytes:
+        def read(sftp):  # type: ignore[no-untyped-def]
+            with sftp.open(str(sshd.repo / "shrinks"), "rb") as f:
+                os.truncate(sshd.repo / "shrinks", 3 * MiB + 5)
+                buf = bytearray()
+                _pipelined_read(sftp, f.handle, MiB, 8 * MiB, buf)
+                return bytes(buf)
+        return await store._run("get", "shrinks", read)
+
+    assert run(_closing(store, scenario())) == data[MiB:3 * MiB + 5]
+
+
+def test_a_tampered_pack_on_the_server_is_refused_and_named(sshd: SSHServer,
+                                                            tmp_path: Path) -> None:
+    repo, _raw = published(sshd, tmp_path, mib=16)
+    dev = repo.enrol("laptop")
+    assert repo.admin("assign", "office", "laptop") == 0
+    (pack,) = list((sshd.repo / "images/office/store/packs").glob("*/*"))[:1]
+    blob = bytearray(pack.read_bytes())
+    blob[len(blob) // 3] ^= 0x01
+    pack.write_bytes(bytes(blob))
+    out = tmp_path / "system.raw"
+    with pytest.raises(RemoteIntegrityError) as err:
+        device_download(repo, dev, out)
+    assert err.value.obj_type == "chunk"
+    assert err.value.path.endswith(pack.name) and pack.name in str(err.value)
+    assert not out.exists(), "no disk that looks complete"
+    assert not list(tmp_path.glob(".*partial")), "no partial file left behind"
+
+
+def test_a_truncated_pack_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
+    repo, _raw = published(sshd, tmp_path, mib=16)
+    dev = repo.enrol("laptop")
+    assert repo.admin("assign", "office", "laptop") == 0
+    (pack,) = list((sshd.repo / "images/office/store/packs").glob("*/*"))[:1]
+    os.truncate(pack, pack.stat().st_size // 2)
+    out = tmp_path / "system.raw"
+    with pytest.raises(RemoteIntegrityError) as err:
+        device_download(repo, dev, out)
+    assert pack.name in str(err.value)
+    assert not out.exists()
+
+
+def test_a_server_that_stays_down_gives_an_error_naming_host_path_and_operation(
+        sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin, attempts=3, backoff=0.05)
+
+    async def scenario() -> None:
+        await store.put_atomic("images/t/x", b"1")
+        sshd.stop()
+        await store.get("images/t/x")
+
+    with pytest.raises(RemoteUnavailable) as err:
+        run(_closing(store, scenario()))
+    text = str(err.value)
+    assert "get" in text and "images/t/x" in text and f"127.0.0.1:{sshd.port}" in text
+    assert "3 attempt" in text
