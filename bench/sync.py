@@ -10,13 +10,15 @@ measures in one run, against repositories on the same local file system:
 * restic (Debian package): ``restic backup`` of a raw copy of the same disk
   before and after the same writes, ``restic restore``.
 
-Both repositories are local directories (the SFTP store lives on another
-branch; over loopback SFTP both would pay the transport, restic more since it
-sends more).  The last line is one JSON object.
+With ``--transport sftp`` (the default) both repositories are reached over
+SFTP on the same loopback sshd (tests/integration/fixtures_sshd.py): ours as a
+confined device account (paramiko, :class:`SFTPStore`), restic as root with
+OpenSSH's ``ssh -s sftp``; with ``--transport local`` both are local
+directories.  The last line is one JSON object.
 
-    PYTHONPATH=python-services/src python bench/sync.py [--size MIB]
+    PYTHONPATH=python-services/src python bench/sync.py [--size MIB] [--transport local]
 
-Needs root (qemu:///system), libvirtd, qemu-img/qemu-io, KVM and restic.
+Needs root (qemu:///system, sshd), libvirtd, qemu-img/qemu-io, KVM and restic.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -37,8 +40,17 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests/integration"),
+                str(HERE.parent / "python-services/src")]
+
+from fixtures_sshd import SSHServer, ssh_server
+
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
+from vmclient.store.remote import RemoteStore
+from vmclient.store.sftp import CIPHER
+from vmclient.store.transport import close_store
 from vmclient.sync import engine, restore
 from vmclient.virt.libvirt import Hypervisor
 
@@ -102,51 +114,76 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def restic(repo: Path, *args: str) -> float:
-    env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(repo)}
+class Where:
+    """Where the two repositories live: local directories, or behind a loopback sshd."""
+
+    def __init__(self, work: Path, server: SSHServer | None) -> None:
+        self.server = server
+        self.ours = server.repo if server else work / "ours"
+        self.restic = (server.dir if server else work) / "restic"
+
+    def ours_store(self, device_id: str) -> RemoteStore:
+        if self.server is None:
+            return LocalDirStore(self.ours)
+        return self.server.store(self.server.add_device(device_id))
+
+    def restic_args(self) -> list[str]:
+        if self.server is None:
+            return ["-r", str(self.restic)]
+        s, a = self.server, self.server.admin
+        ssh = (f"ssh root@127.0.0.1 -p {s.port} -i {a.key_file} -o IdentitiesOnly=yes "
+               f"-o BatchMode=yes -o UserKnownHostsFile={s.known_hosts} -o Ciphers={CIPHER} "
+               "-s sftp")
+        return ["-r", f"sftp:root@127.0.0.1:{self.restic}", "-o", f"sftp.command={ssh}"]
+
+
+def restic(where: Where, *args: str) -> float:
+    env = {**os.environ, "RESTIC_PASSWORD": "bench"}
     start = time.perf_counter()
-    subprocess.run(["restic", "--quiet", *args], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["restic", "--quiet", *where.restic_args(), *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: random.Random,
-               out: dict[str, float]) -> None:
+               out: dict[str, float], where: Where) -> None:
     hv = Hypervisor()
     await hv.connect()
-    remote = LocalDirStore(work / "ours")
     device, keys = crypto.Ed25519PrivateKey.generate(), crypto.KeySet.generate()
     dev = crypto.key_id(device.public_key())
+    remote = await asyncio.to_thread(where.ours_store, dev)
 
     async def sync() -> engine.SyncResult:
         return await engine.sync_vm(hv, remote, device, dom.UUIDString(), keys,
                                     state_dir=work / "state", scratch_dir=IMAGES / "bench-scratch")
     try:
         first = await sync()
-        out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(work / "ours") / MIB
+        out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(where.ours) / MIB
         out["ours_initial_capture_s"] = first.capture_seconds
-        out["restic_initial_s"] = await asyncio.to_thread(restic, work / "restic", "backup",
+        out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",
                                                           str(raw))
-        out["restic_initial_mib"] = du(work / "restic") / MIB
+        out["restic_initial_mib"] = du(where.restic) / MIB
         out["changed_mib"] = change(dom, raw, mib, work, rng) / MIB
-        before = du(work / "ours")
+        before = du(where.ours)
         second = await sync()
         assert second.mode == "incremental", second
-        out["ours_incr_s"], out["ours_incr_mib"] = second.seconds, (du(work / "ours")
+        out["ours_incr_s"], out["ours_incr_mib"] = second.seconds, (du(where.ours)
                                                                     - before) / MIB
-        before = du(work / "restic")
-        out["restic_incr_s"] = await asyncio.to_thread(restic, work / "restic", "backup", str(raw))
-        out["restic_incr_mib"] = (du(work / "restic") - before) / MIB
+        before = du(where.restic)
+        out["restic_incr_s"] = await asyncio.to_thread(restic, where, "backup", str(raw))
+        out["restic_incr_mib"] = (du(where.restic) - before) / MIB
         dest = work / "restored" / "vda.qcow2"
         dest.parent.mkdir()
         r = await restore.restore_vm(remote, {dev: device.public_key()}, keys, device=dev,
                                      vm=dom.name(), dest={"vda": dest})
         out["ours_restore_s"] = r.seconds
         out["restic_restore_s"] = await asyncio.to_thread(
-            restic, work / "restic", "restore", "latest", "--target", str(work / "restic-restored"))
+            restic, where, "restore", "latest", "--target", str(work / "restic-restored"))
         same = await asyncio.to_thread(subprocess.run, ["qemu-img", "compare", "-f", "raw",
                                                         str(raw), str(dest)], capture_output=True)
         assert same.returncode == 0, same.stdout
     finally:
+        await close_store(remote)
         await hv.close()
 
 
@@ -154,6 +191,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--transport", choices=("sftp", "local"), default="sftp")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     name = f"vmbench-sync-{uuid.uuid4().hex[:6]}"
@@ -169,8 +207,11 @@ def main() -> None:
                        check=True)
         dom = conn.defineXML(XML.format(name=name, uuid=uuid.uuid4(), disk=disk))
         dom.create()
-        restic(work / "restic", "init")
-        asyncio.run(ours(dom, work, raw, args.size, rng, out))
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(ssh_server()) if args.transport == "sftp" else None
+            where = Where(work, server)
+            restic(where, "init")
+            asyncio.run(ours(dom, work, raw, args.size, rng, out, where))
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             d = conn.lookupByName(name)
@@ -185,7 +226,8 @@ def main() -> None:
         if out.get(f"restic_{k}_s"):
             print(f"{k}: ours {out[f'ours_{k}_s']:.2f} s, restic {out[f'restic_{k}_s']:.2f} s, "
                   f"ratio {out[f'ours_{k}_s'] / out[f'restic_{k}_s']:.3f}")
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
+    print(json.dumps({"transport": args.transport,
+                      **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
 
 
 if __name__ == "__main__":
