@@ -82,19 +82,33 @@ def holder() -> str:
     return f"{socket.gethostname()} vmclient-sync pid {os.getpid()}"
 
 
+_held: set[str] = set()  # lock paths this process holds right now
+
+
 async def take_lock(remote: RemoteStore, path: str) -> LockToken:
-    """The device lock; one left by a dead sync process of this host is broken at once."""
+    """The device lock.  One left by a dead sync process of this host, or by this
+    process when it no longer holds it (an unlock lost with the connection), is
+    broken at once; any other waits for staleness."""
     try:
-        return await remote.lock(path, holder())
+        token = await remote.lock(path, holder())
     except LockHeld:
         untrusted = await remote.get(path)
         _stale, other, _created = lock_is_stale(untrusted, 0, 1)
         host, _, pid = other.partition(" vmclient-sync pid ")
-        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+        mine = pid == str(os.getpid()) and path not in _held
+        if host != socket.gethostname() or not pid.isdigit() or (
+                not mine and _alive(int(pid))):
             raise
-        log.warning("breaking the lock of dead sync process %s", pid)
+        log.warning("breaking the lock left by sync process %s", pid)
         await remote.delete(path)
-        return await remote.lock(path, holder())
+        token = await remote.lock(path, holder())
+    _held.add(path)
+    return token
+
+
+async def release_lock(remote: RemoteStore, token: LockToken) -> None:
+    _held.discard(token.path)
+    await remote.unlock(token)
 
 
 def _alive(pid: int) -> bool:
@@ -156,7 +170,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         result.seq = seq
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        await remote.unlock(token)
+        await release_lock(remote, token)
     result.seconds = time.monotonic() - started
     log.info("%s: snapshot %d (%s) read %d chunks, uploaded %d bytes in %.1f s", vm,
              result.seq, result.mode, result.chunks_read, result.uploaded_bytes, result.seconds)

@@ -82,7 +82,7 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
                            [snaps[s] for s in keep], result)
         return result
     finally:
-        await remote.unlock(token)
+        await engine.release_lock(remote, token)
 
 
 async def _prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
