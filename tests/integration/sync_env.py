@@ -161,13 +161,13 @@ class World:
         return run(repo.get_wrapped_key(self.remote, path, self.a.signers, f"vm:{vm}",
                                         self.escrow))
 
-    def restore_b(self, vm: str, dest: Path, snapshot: str | None = None
+    def restore_b(self, vm: str, dest: Path, snapshot: str | None = None, fmt: str = "qcow2"
                   ) -> restore.RestoreResult:
-        """Restore ``vm`` on the second device into ``dest`` (qcow2)."""
+        """Restore ``vm`` on the second device into ``dest``."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         return run(restore.restore_vm(self.remote, self.a.signers, self.keys_for_b(vm),
                                       device=self.a.id, vm=vm, dest={"vda": dest},
-                                      snapshot=snapshot))
+                                      snapshot=snapshot, fmt=fmt))
 
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):

@@ -68,6 +68,8 @@ def test_stopped_vm_read_at_rest_and_restore_resumes(tmp_path: Path) -> None:
         assert r.chunks_local == 1 and r.chunks_fetched == 2  # 0x44 is local: 0x45 and 0x46
         assert same_content(w.disk(dom.name()), dest)
         assert not partial.exists()
+        w.restore_b(dom.name(), tmp_path / "b" / "off.raw", fmt="raw")
+        assert same_content(w.disk(dom.name()), tmp_path / "b" / "off.raw")
 
 
 @pytest.mark.parametrize("kind,sync,start", [("private", "off", True),

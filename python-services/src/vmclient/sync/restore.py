@@ -6,8 +6,9 @@ the ``rekey`` order names).  Every chunk is authenticated and its HMAC checked
 (:meth:`ChunkStore.fetch`).
 
 Each disk is assembled as a sparse raw file ``<dest>.partial`` and converted to
-qcow2 under a temporary name, then renamed to ``<dest>`` only after every
-chunk was verified: no disk that looks complete is ever half written.
+qcow2 under a temporary name (or, for ``fmt="raw"``, fsync'ed), then renamed
+to ``<dest>`` only after every chunk was verified: no disk that looks complete
+is ever half written.
 
 The partial file need not be durable: resumable and deduplicated against
 local data, a restore that finds a partial file reads it back and keeps every
@@ -58,8 +59,11 @@ async def load_snapshot(remote: RemoteStore, signers: repo.Signers, keys: crypto
 
 async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
                      device: str, vm: str, dest: Mapping[str, Path],
-                     snapshot: str | None = None, known_seq: int = 0) -> RestoreResult:
-    """Write every disk of the snapshot to ``dest[disk name]`` (qcow2)."""
+                     snapshot: str | None = None, known_seq: int = 0,
+                     fmt: str = "qcow2") -> RestoreResult:
+    """Write every disk of the snapshot to ``dest[disk name]`` (``fmt``: qcow2 or raw)."""
+    if fmt not in ("qcow2", "raw"):
+        raise LocalSyncError(f"cannot restore into format {fmt!r}")
     started = time.monotonic()
     m = await load_snapshot(remote, signers, keys, device, vm, snapshot, known_seq)
     result = RestoreResult(vm, m.seq)
@@ -93,11 +97,17 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
             _place(where[cid], data)
             result.chunks_fetched += 1
         result.bytes_fetched = plan.download_bytes
+        if fmt == "raw":  # the partial file becomes the disk: make it durable first
+            for fd in fds.values():
+                os.fsync(fd)
     finally:
         for fd in fds.values():
             os.close(fd)
     for d in m.disks:
         partial = dest[d.name].with_name(dest[d.name].name + ".partial")
+        if fmt == "raw":
+            os.replace(partial, dest[d.name])
+            continue
         tmp = dest[d.name].with_name(f".tmp-{dest[d.name].name}")
         await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)  # fsyncs tmp
         os.replace(tmp, dest[d.name])
