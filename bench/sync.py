@@ -216,6 +216,9 @@ def main() -> None:
             asyncio.run(ours(dom, work, raw, args.size, rng, out, where))
     finally:
         with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        conn = libvirt.open("qemu:///system")  # a new one: libvirtd may have restarted
+        with contextlib.suppress(libvirt.libvirtError):
             d = conn.lookupByName(name)
             with contextlib.suppress(libvirt.libvirtError):
                 d.destroy()

@@ -172,6 +172,9 @@ class World:
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):
             run(self.hv.close())
+        with contextlib.suppress(libvirt.libvirtError):  # a new one: libvirtd may have restarted
+            self.conn.close()
+        self.conn = libvirt.open(URI)
         for name in self.names:
             with contextlib.suppress(libvirt.libvirtError):
                 dom = self.conn.lookupByName(name)
