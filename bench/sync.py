@@ -218,11 +218,19 @@ def main() -> None:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
         conn = libvirt.open("qemu:///system")  # a new one: libvirtd may have restarted
-        with contextlib.suppress(libvirt.libvirtError):
-            d = conn.lookupByName(name)
-            with contextlib.suppress(libvirt.libvirtError):
-                d.destroy()
-            d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        for attempt in range(5):  # the domain may still be busy with its last job
+            try:
+                d = conn.lookupByName(name)
+                with contextlib.suppress(libvirt.libvirtError):
+                    d.destroy()
+                d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+                break
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    break
+                if attempt == 4:
+                    print(f"could not remove {name}: {exc}; scripts/clean-test-domains will")
+                time.sleep(1)
         conn.close()
         disk.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
