@@ -22,6 +22,7 @@ import enum
 import gc
 import itertools
 import logging
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -460,3 +461,122 @@ def _power_policy(dom: Any) -> str | None:
         return ET.fromstring(untrusted_xml).get("policy")
     except ET.ParseError:
         return None
+
+
+# -- sync: disks, checkpoints and push-mode backup jobs (issue 6) ----------------------------
+# Module-level functions on a Hypervisor (kept apart from the class so that parallel work
+# on the class merges cleanly).
+
+VM_NS = "https://vmclient.org/xmlns/vm/1"
+_JOB_BACKUP = 9  # virDomainJobOperation VIR_DOMAIN_JOB_OPERATION_BACKUP
+
+
+@dataclass(frozen=True)
+class DiskSource:
+    target: str  # vda, sdb, ...
+    path: str  # the image file
+    fmt: str  # qcow2, raw
+
+
+@dataclass(frozen=True)
+class SyncView:
+    """What the synchronizer needs to know about a domain, read from its live XML."""
+
+    uuid: str
+    name: str
+    active: bool
+    kind: str | None  # <vmc:vm kind=…/> from provisioning: business | private; unvalidated
+    sync: str | None  # off | disks | memory
+    disks: tuple[DiskSource, ...]
+    checkpoints: tuple[str, ...]
+
+
+def _sync_view(dom: Any) -> SyncView:
+    root = ET.fromstring(dom.XMLDesc(0))
+    disks = []
+    for d in root.iterfind("devices/disk"):
+        src, tgt, drv = d.find("source"), d.find("target"), d.find("driver")
+        if d.get("device", "disk") != "disk" or d.get("type") != "file" or src is None \
+                or tgt is None:
+            continue
+        disks.append(DiskSource(tgt.get("dev", ""), src.get("file", ""),
+                                drv.get("type", "raw") if drv is not None else "raw"))
+    vm = root.find(f"metadata/{{{VM_NS}}}vm")
+    state, _reason = dom.state(0)
+    return SyncView(dom.UUIDString(), dom.name(), DomState(state).active,
+                    vm.get("kind") if vm is not None else None,
+                    vm.get("sync") if vm is not None else None, tuple(disks),
+                    tuple(c.getName() for c in dom.listAllCheckpoints(0)))
+
+
+async def sync_view(hv: Hypervisor, uuid: str) -> SyncView:
+    return await hv._call(lambda conn: _sync_view(conn.lookupByUUIDString(uuid)),
+                          what="read the definition", vm=uuid, limit=30)
+
+
+def _abort_backup(dom: Any) -> bool:
+    stats = dom.jobStats(0)
+    if stats.get("type", 0) == 0 or stats.get("operation") != _JOB_BACKUP:
+        return False
+    dom.abortJob()
+    return True
+
+
+def _backup_wait(dom: Any, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while dom.jobStats(0).get("type", 0) != 0:
+        if time.monotonic() > deadline:
+            dom.abortJob()
+            raise libvirt.libvirtError("backup job did not finish in time")
+        time.sleep(0.02)
+    done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    if not done.get("success", False) and done.get("type") != libvirt.VIR_DOMAIN_JOB_COMPLETED:
+        raise libvirt.libvirtError(f"backup job failed: {done.get('errmsg', done)}")
+
+
+async def backup_push(hv: Hypervisor, uuid: str, name: str, targets: dict[str, str],
+                      checkpoint: str, incremental: str | None, *,
+                      limit: float = 3600) -> None:
+    """A push-mode backup of ``targets`` (disk → new qcow2 file) and a new checkpoint.
+
+    With ``incremental`` the target holds only the clusters dirty since that
+    checkpoint (libvirt makes it a qcow2 overlay on the live disk); without, a
+    full copy.  A backup job left over by a killed sync is aborted first.
+    Returns when the job has finished.
+    """
+    inc = f"<incremental>{incremental}</incremental>" if incremental else ""
+    disks = "".join(f"<disk name='{t}' type='file'><target file='{path}'/>"
+                    "<driver type='qcow2'/></disk>" for t, path in targets.items())
+    backup_xml = f"<domainbackup mode='push'>{inc}<disks>{disks}</disks></domainbackup>"
+    cps = "".join(f"<disk name='{t}' checkpoint='bitmap'/>" for t in targets)
+    cp_xml = f"<domaincheckpoint><name>{checkpoint}</name><disks>{cps}</disks></domaincheckpoint>"
+
+    def op(conn: libvirt.virConnect) -> None:
+        dom = conn.lookupByUUIDString(uuid)
+        if _abort_backup(dom):
+            log.info("%s: aborted a backup job left by an interrupted sync", name)
+            _backup_wait_gone(dom)
+        dom.backupBegin(backup_xml, cp_xml, 0)
+        _backup_wait(dom, limit)
+    await hv._call(op, what="backup", vm=name)
+
+
+def _backup_wait_gone(dom: Any) -> None:
+    for _ in range(500):
+        if dom.jobStats(0).get("type", 0) == 0:
+            return
+        time.sleep(0.02)
+
+
+async def delete_checkpoints(hv: Hypervisor, uuid: str, name: str, keep: str | None) -> None:
+    """Delete every checkpoint but ``keep``; unusable ones (QEMU was killed) by metadata only."""
+    def op(conn: libvirt.virConnect) -> None:
+        dom = conn.lookupByUUIDString(uuid)
+        for cp in dom.listAllCheckpoints(0):
+            if cp.getName() == keep:
+                continue
+            try:
+                cp.delete(0)
+            except libvirt.libvirtError:
+                cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    await hv._call(op, what="delete checkpoints", vm=name, limit=120)

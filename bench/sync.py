@@ -1,0 +1,247 @@
+"""Sync benchmark: our incremental VM sync against restic on the same synthetic disk.
+
+Builds a synthetic disk (default 2 GiB: 1 MiB runs of zeros, random bytes, text
+and binary records), runs it as the disk of a firmware-only KVM domain, and
+measures in one run, against repositories on the same local file system:
+
+* ours: initial sync (full push backup), incremental sync after 1 % of the
+  disk changed in scattered 64 KiB writes (dirty bitmap), restore of the
+  latest snapshot to a raw file (as restic restores it; a qcow2 costs one
+  ``qemu-img convert`` more);
+* restic (Debian package): ``restic backup`` of a raw copy of the same disk
+  before and after the same writes, ``restic restore``.
+
+With ``--transport sftp`` (the default) both repositories are reached over
+SFTP on the same loopback sshd (tests/integration/fixtures_sshd.py): ours as a
+confined device account (paramiko, :class:`SFTPStore`), restic as root with
+OpenSSH's ``ssh -s sftp``; with ``--transport local`` both are local
+directories.  The last line is one JSON object.
+
+    PYTHONPATH=python-services/src python bench/sync.py [--size MIB] [--transport local]
+
+Needs root (qemu:///system, sshd), libvirtd, qemu-img/qemu-io, KVM and restic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests/integration"),
+                str(HERE.parent / "python-services/src")]
+
+from fixtures_sshd import SSHServer, ssh_server
+
+from vmclient.store import crypto
+from vmclient.store.localfs import LocalDirStore
+from vmclient.store.remote import RemoteStore
+from vmclient.store.sftp import CIPHER
+from vmclient.store.transport import close_store
+from vmclient.sync import engine, restore
+from vmclient.virt.libvirt import Hypervisor
+
+MIB = 1 << 20
+IMAGES = Path("/var/lib/libvirt/images/vmclient-test")
+WORDS = (b"the quick brown fox jumps over lazy dogs vmclient laptop sync chunk "
+         b"manifest catalog order lease wipe business private repository ").split()
+XML = """<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid>
+<memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+<source file='{disk}'/><target dev='vda' bus='virtio'/></disk><memballoon model='none'/>
+</devices><metadata><vmc:vm xmlns:vmc='https://vmclient.org/xmlns/vm/1' kind='business'
+sync='disks'/></metadata></domain>"""
+
+
+def synthetic(path: Path, mib: int, rng: random.Random) -> None:
+    """A quarter each of zeros (left sparse), random bytes, text and binary records."""
+    text = b" ".join(rng.choice(WORDS) for _ in range(MIB // 4))[:MIB]
+    with open(path, "wb") as f:
+        f.truncate(mib * MIB)
+        for i in range(mib):
+            kind = i % 4
+            if kind == 0:
+                continue
+            f.seek(i * MIB)
+            if kind == 1:
+                f.write(rng.randbytes(MIB))
+            elif kind == 2:
+                f.write(text[i % 97:] + text[:i % 97])
+            else:
+                f.write(b"".join((i * 65536 + j).to_bytes(4, "little") + b"\x7fELF" + bytes(8)
+                                 for j in range(MIB // 16)))
+
+
+def change(dom: libvirt.virDomain, raw: Path, mib: int, work: Path, rng: random.Random) -> int:
+    """1 % of the disk in scattered 64 KiB writes, to the VM (HMP qemu-io) and the raw copy."""
+    n = max(1, mib * MIB // 100 // 65536)
+    src = work / "write.bin"
+    with open(raw, "r+b") as f:
+        for off in rng.sample(range(mib * 16), n):
+            data = rng.randbytes(65536)
+            src.write_bytes(data)
+            os.chmod(src, 0o644)
+            _hmp(dom, f"write -s {src} {off * 65536} 65536")
+            f.seek(off * 65536)
+            f.write(data)
+    _hmp(dom, "flush")
+    return n * 65536
+
+
+def _hmp(dom: libvirt.virDomain, cmd: str) -> None:
+    out = libvirt_qemu.qemuMonitorCommand(
+        dom, f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "{cmd}"',
+        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    if out.strip():
+        raise RuntimeError(out)
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Where:
+    """Where the two repositories live: local directories, or behind a loopback sshd."""
+
+    def __init__(self, work: Path, server: SSHServer | None) -> None:
+        self.server = server
+        self.ours = server.repo if server else work / "ours"
+        self.restic = (server.dir if server else work) / "restic"
+
+    def ours_store(self, device_id: str) -> RemoteStore:
+        if self.server is None:
+            return LocalDirStore(self.ours)
+        return self.server.store(self.server.add_device(device_id))
+
+    def restic_args(self) -> list[str]:
+        if self.server is None:
+            return ["-r", str(self.restic)]
+        s, a = self.server, self.server.admin
+        ssh = (f"ssh root@127.0.0.1 -p {s.port} -i {a.key_file} -o IdentitiesOnly=yes "
+               f"-o BatchMode=yes -o UserKnownHostsFile={s.known_hosts} -o Ciphers={CIPHER} "
+               "-s sftp")
+        return ["-r", f"sftp:root@127.0.0.1:{self.restic}", "-o", f"sftp.command={ssh}"]
+
+
+def restic(where: Where, *args: str) -> float:
+    env = {**os.environ, "RESTIC_PASSWORD": "bench"}
+    start = time.perf_counter()
+    subprocess.run(["restic", "--quiet", *where.restic_args(), *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: random.Random,
+               out: dict[str, float], where: Where) -> None:
+    hv = Hypervisor()
+    await hv.connect()
+    device, keys = crypto.Ed25519PrivateKey.generate(), crypto.KeySet.generate()
+    dev = crypto.key_id(device.public_key())
+    remote = await asyncio.to_thread(where.ours_store, dev)
+
+    async def sync() -> engine.SyncResult:
+        return await engine.sync_vm(hv, remote, device, dom.UUIDString(), keys,
+                                    state_dir=work / "state", scratch_dir=IMAGES / "bench-scratch")
+    try:
+        first = await sync()
+        out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(where.ours) / MIB
+        out["ours_initial_capture_s"] = first.capture_seconds
+        out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",
+                                                          str(raw))
+        out["restic_initial_mib"] = du(where.restic) / MIB
+        out["changed_mib"] = change(dom, raw, mib, work, rng) / MIB
+        before = du(where.ours)
+        second = await sync()
+        assert second.mode == "incremental", second
+        out["ours_incr_s"], out["ours_incr_mib"] = second.seconds, (du(where.ours)
+                                                                    - before) / MIB
+        before = du(where.restic)
+        out["restic_incr_s"] = await asyncio.to_thread(restic, where, "backup", str(raw))
+        out["restic_incr_mib"] = (du(where.restic) - before) / MIB
+        dest = work / "restored" / "vda.raw"  # raw, as restic restores it
+        dest.parent.mkdir()
+        r = await restore.restore_vm(remote, {dev: device.public_key()}, keys, device=dev,
+                                     vm=dom.name(), dest={"vda": dest}, fmt="raw")
+        out["ours_restore_s"] = r.seconds
+        out["restic_restore_s"] = await asyncio.to_thread(
+            restic, where, "restore", "latest", "--target", str(work / "restic-restored"))
+        same = await asyncio.to_thread(subprocess.run, ["qemu-img", "compare", "-f", "raw",
+                                                        "-F", "raw", str(raw), str(dest)],
+                                       capture_output=True)
+        assert same.returncode == 0, same.stdout
+    finally:
+        await close_store(remote)
+        await hv.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--transport", choices=("sftp", "local"), default="sftp")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    name = f"vmbench-sync-{uuid.uuid4().hex[:6]}"
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="vmbench-sync-", dir=IMAGES))
+    os.chmod(work, 0o755)
+    disk, raw = IMAGES / f"{name}.qcow2", work / "disk.raw"
+    conn = libvirt.open("qemu:///system")
+    out: dict[str, float] = {"disk_mib": args.size}
+    try:
+        synthetic(raw, args.size, rng)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)],
+                       check=True)
+        dom = conn.defineXML(XML.format(name=name, uuid=uuid.uuid4(), disk=disk))
+        dom.create()
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(ssh_server()) if args.transport == "sftp" else None
+            where = Where(work, server)
+            restic(where, "init")
+            asyncio.run(ours(dom, work, raw, args.size, rng, out, where))
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        conn = libvirt.open("qemu:///system")  # a new one: libvirtd may have restarted
+        for attempt in range(5):  # the domain may still be busy with its last job
+            try:
+                d = conn.lookupByName(name)
+                with contextlib.suppress(libvirt.libvirtError):
+                    d.destroy()
+                d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+                break
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    break
+                if attempt == 4:
+                    print(f"could not remove {name}: {exc}; scripts/clean-test-domains will")
+                time.sleep(1)
+        conn.close()
+        disk.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(IMAGES / "bench-scratch", ignore_errors=True)
+    for k in ("initial", "incr", "restore"):
+        if out.get(f"restic_{k}_s"):
+            print(f"{k}: ours {out[f'ours_{k}_s']:.2f} s, restic {out[f'restic_{k}_s']:.2f} s, "
+                  f"ratio {out[f'ours_{k}_s'] / out[f'restic_{k}_s']:.3f}")
+    print(json.dumps({"transport": args.transport,
+                      **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
+
+
+if __name__ == "__main__":
+    main()

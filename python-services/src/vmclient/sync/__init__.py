@@ -1,0 +1,1 @@
+"""The Synchronizer: VM disks to the repository, incrementally, and back (issue 6)."""

@@ -1,0 +1,148 @@
+"""Rebuild a VM's disks from a snapshot, on this or another device.
+
+The snapshot is read under ``devices/<source device>/vms/<vm>/`` and must be
+signed by one of ``signers`` (the device itself; after a re-key, the old device
+the ``rekey`` order names).  Every chunk is authenticated and its HMAC checked
+(:meth:`ChunkStore.fetch`).
+
+Each disk is assembled as a sparse raw file ``<dest>.partial`` and converted to
+qcow2 under a temporary name (or, for ``fmt="raw"``, fsync'ed), then renamed
+to ``<dest>`` only after every chunk was verified: no disk that looks complete
+is ever half written.
+
+The partial file need not be durable: resumable and deduplicated against
+local data, a restore that finds a partial file reads it back and keeps every
+chunk whose HMAC already equals the id the manifest wants there; a chunk
+found locally is copied to every other place it belongs.  An interrupted
+restore therefore continues where it stopped, and chunks repeated in the VM
+are fetched once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store import crypto, layout, repo
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from ..store.objects import BASE_ID, ZERO_ID, Manifest
+from ..store.plan import DownloadPlan, plan_download
+from ..store.remote import RemoteStore
+from . import disks
+
+
+@dataclass
+class RestoreResult:
+    vm: str
+    seq: int = 0
+    chunks_local: int = 0
+    chunks_fetched: int = 0
+    bytes_fetched: int = 0
+    seconds: float = 0.0
+
+
+async def load_snapshot(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet,
+                        device: str, vm: str, snapshot: str | None = None,
+                        known_seq: int = 0) -> Manifest:
+    """``latest`` (or the named snapshot) of a VM, verified."""
+    if snapshot is None:
+        p = await repo.get_pointer(remote, signers, device, vm, known_seq)
+        return await repo.get_snapshot(remote, signers, keys, device=device, vm=vm,
+                                       snapshot=p.snapshot, digest=p.manifest)
+    return await repo.get_snapshot(remote, signers, keys, device=device, vm=vm,
+                                   snapshot=snapshot)
+
+
+async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
+                     device: str, vm: str, dest: Mapping[str, Path],
+                     snapshot: str | None = None, known_seq: int = 0,
+                     fmt: str = "qcow2") -> RestoreResult:
+    """Write every disk of the snapshot to ``dest[disk name]`` (``fmt``: qcow2 or raw)."""
+    if fmt not in ("qcow2", "raw"):
+        raise LocalSyncError(f"cannot restore into format {fmt!r}")
+    started = time.monotonic()
+    m = await load_snapshot(remote, signers, keys, device, vm, snapshot, known_seq)
+    result = RestoreResult(vm, m.seq)
+    if set(dest) != {d.name for d in m.disks}:
+        raise LocalSyncError(f"snapshot {m.label} of {vm} has disks "
+                             f"{sorted(d.name for d in m.disks)}, not {sorted(dest)}")
+    if any(BASE_ID in d.ids for d in m.disks):
+        raise LocalSyncError("snapshots on a base image are not restorable yet")
+    where: dict[bytes, list[tuple[int, int, int]]] = {}  # id → (fd, offset, length)
+    fds: dict[str, int] = {}
+    resuming = False
+    try:
+        for d in m.disks:
+            partial = dest[d.name].with_name(dest[d.name].name + ".partial")
+            resuming |= partial.exists()
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
+            fds[d.name] = fd
+            os.ftruncate(fd, d.size)
+            for i, cid in enumerate(d.ids):
+                if cid != ZERO_ID:
+                    off = i * d.chunk_size
+                    where.setdefault(cid, []).append((fd, off, min(d.chunk_size, d.size - off)))
+        have = await asyncio.to_thread(_scan, keys, where) if resuming else {}
+        store = repo.ChunkStore(remote, layout.vm_store(device, vm), keys)
+        index = await store.load_index()
+        plan = plan_download(m, set(have), index, store_path=store.root)
+        for cid in plan.local:
+            _place(where[cid], have[cid], skip=have[cid])
+        result.chunks_local = len(plan.local)
+        async for cid, data in fetch(store, plan):
+            _place(where[cid], data)
+            result.chunks_fetched += 1
+        result.bytes_fetched = plan.download_bytes
+        if fmt == "raw":  # the partial file becomes the disk: make it durable first
+            for fd in fds.values():
+                os.fsync(fd)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for d in m.disks:
+        partial = dest[d.name].with_name(dest[d.name].name + ".partial")
+        if fmt == "raw":
+            os.replace(partial, dest[d.name])
+            continue
+        tmp = dest[d.name].with_name(f".tmp-{dest[d.name].name}")
+        await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)  # fsyncs tmp
+        os.replace(tmp, dest[d.name])
+        partial.unlink()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def fetch(store: repo.ChunkStore, plan: DownloadPlan
+                ) -> AsyncIterator[tuple[bytes, bytes]]:
+    """:meth:`ChunkStore.fetch`; a pack the index names but the server lacks is named too."""
+    try:
+        async for item in store.fetch(plan):
+            yield item
+    except ObjectNotFound as exc:
+        raise RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
+                                   "listed by an index but missing (deleted or withheld)"
+                                   ) from None
+
+
+def _scan(keys: crypto.KeySet, where: dict[bytes, list[tuple[int, int, int]]]
+          ) -> dict[bytes, bytes]:
+    """Chunks the partial files already hold at one of their places: id → plaintext."""
+    have: dict[bytes, bytes] = {}
+    for cid, places in where.items():
+        for fd, off, length in places:
+            data = os.pread(fd, length, off)
+            if data.count(0) != len(data) and crypto.chunk_id(keys.chunk_id, data) == cid:
+                have[cid] = data
+                break
+    return have
+
+
+def _place(places: list[tuple[int, int, int]], data: bytes, skip: bytes | None = None) -> None:
+    for fd, off, _length in places:
+        if skip is not None and os.pread(fd, len(data), off) == data:
+            continue
+        os.pwrite(fd, data, off)

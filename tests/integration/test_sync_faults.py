@@ -1,0 +1,199 @@
+"""Crashes and a hostile server: QEMU killed, syncs killed, bytes flipped, objects swapped."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sync_env import MIB, Device, hmp_write, run, same_content, world
+
+from vmclient.store import crypto, layout
+from vmclient.store.errors import RemoteIntegrityError
+from vmclient.store.localfs import LocalDirStore
+from vmclient.store.remote import Entry, LockToken
+
+
+def test_qemu_killed_next_sync_reads_everything(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("crash", data=[(0x10, 0, 2 * MIB), (0x20, 20 * MIB, MIB)])
+        assert w.sync(dom).mode == "full"
+        hmp_write(dom, f"write -P 0x30 {5 * MIB} {MIB}")
+        assert w.sync(dom).mode == "incremental"
+        hmp_write(dom, f"write -P 0x40 {30 * MIB} 65536")
+        os.kill(int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text()), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while dom.isActive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dom.create()
+        hmp_write(dom, f"write -P 0x50 {40 * MIB} 65536")
+        after = w.sync(dom)
+        assert after.mode == "full" and after.fallback, after
+        assert after.chunks_read == 32 + 16 + 16 + 1 + 1  # everything with data, re-read
+        assert after.uploaded_chunks == 2  # compared by id: only 0x40 and 0x50 are new
+        w.restore_b(dom.name(), tmp_path / "b" / "r.qcow2")
+        assert same_content(w.disk(dom.name()), tmp_path / "b" / "r.qcow2")
+        hmp_write(dom, f"write -P 0x60 {50 * MIB} 65536")
+        assert w.sync(dom).mode == "incremental"  # bitmaps are usable again
+
+
+class FailAfter:
+    """A RemoteStore that breaks the connection after ``n`` writes (a dropped link)."""
+
+    def __init__(self, inner: LocalDirStore, n: int) -> None:
+        self.inner, self.left = inner, n
+
+    async def list(self, prefix: str) -> list[Entry]:
+        return await self.inner.list(prefix)
+
+    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await self.inner.get(path, offset, length)
+
+    async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        if "/packs/" in path:
+            if self.left <= 0:
+                raise ConnectionResetError("link dropped")
+            self.left -= 1
+        await self.inner.put_atomic(path, data, exclusive=exclusive)
+
+    async def delete(self, path: str) -> None:
+        await self.inner.delete(path)
+
+    async def lock(self, path: str, holder: str, *, stale_after: int = 1800) -> LockToken:
+        return await self.inner.lock(path, holder, stale_after=stale_after)
+
+    async def unlock(self, token: LockToken) -> None:
+        await self.inner.unlock(token)
+
+
+def test_dropped_upload_resumes_without_reupload(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("drop", random_mib=40)
+        with pytest.raises(ConnectionResetError):
+            w.sync(dom, remote=FailAfter(w.remote, 1))  # one 16 MiB pack arrives
+        assert not (w.repo_dir / layout.vm_pointer(w.a.id, dom.name())).exists()
+        done = w.sync(dom)
+        assert done.seq == 1 and done.uploaded_chunks <= 640 - 250, done  # ~256 arrived
+        assert w.verify(dom.name()).chunks == 640
+
+
+def test_sync_killed_at_random_points(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("kill", random_mib=24, data=[(0x61, 0, MIB)])
+        rng = random.Random(int.from_bytes(os.urandom(4)))
+        full = subprocess.run(w.child_args(dom), check=True, capture_output=True, text=True)
+        assert '"seq": 1' in full.stdout
+        hmp_write(dom, "write -P 0x62 0 65536")
+        started = time.monotonic()  # an incremental sync in a process, start to end
+        subprocess.run(w.child_args(dom), check=True, capture_output=True)
+        span = time.monotonic() - started
+        seqs, kills = [2], 0
+        for rep in range(20):
+            for n in range(16):  # this round's changes
+                hmp_write(dom, f"write -P {rep * 16 + n:#x} {rng.randrange(1024) * 65536} 65536")
+            proc = subprocess.Popen(w.child_args(dom), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            time.sleep(rng.uniform(0.2 * span, span))
+            proc.send_signal(signal.SIGKILL)
+            _out, err = proc.communicate()
+            assert proc.returncode in (0, -signal.SIGKILL), err  # killed, or it had finished
+            kills += proc.returncode == -signal.SIGKILL
+            latest = w.verify(dom.name())  # the repository is whole after every kill
+            assert latest.seq >= seqs[-1]
+            seqs.append(latest.seq)
+        assert kills >= 5, f"only {kills} of 20 syncs were killed before they ended"
+        final = w.sync(dom)
+        assert final.seq > seqs[-1]
+        w.verify(dom.name())
+        w.restore_b(dom.name(), tmp_path / "b" / "k.qcow2")
+        assert same_content(w.disk(dom.name()), tmp_path / "b" / "k.qcow2")
+
+
+def _flip(path: Path, pos: int) -> bytes:
+    data = path.read_bytes()
+    path.write_bytes(data[:pos] + bytes([data[pos] ^ 0x40]) + data[pos + 1:])
+    return data
+
+
+def test_flipped_bytes_and_substituted_objects_are_refused(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        one = w.create("one", data=[(0x71, 0, 2 * MIB)], start=False)
+        two = w.create("two", data=[(0x72, 0, MIB)], start=False)
+        w.sync(one)
+        w.sync(two)
+        vm, repo_dir = one.name(), w.repo_dir
+        vdir = repo_dir / layout.vm_dir(w.a.id, vm)
+        pack = next((vdir / "store" / "packs").rglob("*"))
+        while pack.is_dir():
+            pack = next(pack.iterdir())
+        targets = {
+            "chunk": (pack, 20),  # in the first blob (the header is not read: indexed)
+            "index": (next((vdir / "store" / "index").iterdir()), 40),
+            "snapshot": (vdir / "snapshots" / layout.snapshot_name(1), 120),
+            "pointer": (vdir / "latest", 100),
+        }
+        for obj_type, (path, pos) in targets.items():
+            original = _flip(path, pos)
+            with pytest.raises(RemoteIntegrityError) as exc:
+                w.verify(vm)
+            assert exc.value.obj_type == obj_type and str(path.relative_to(repo_dir)) in str(
+                exc.value), exc.value
+            with pytest.raises(RemoteIntegrityError):
+                w.restore_b(vm, tmp_path / "b" / f"{obj_type}.qcow2")
+            assert not (tmp_path / "b" / f"{obj_type}.qcow2").exists()
+            path.write_bytes(original)
+        key = repo_dir / layout.vm_key(w.a.id, vm, crypto.key_id(w.escrow.public_key()))
+        original = _flip(key, 150)
+        with pytest.raises(RemoteIntegrityError, match="wrapped-key"):
+            w.keys_for_b(vm)
+        key.write_bytes(original)
+        w.verify(vm)
+
+        # another VM's snapshot and pointer, put in place of this VM's
+        other = repo_dir / layout.vm_dir(w.a.id, two.name())
+        for name in ("snapshots/0000000001", "latest"):
+            saved = (vdir / name).read_bytes()
+            shutil.copy(other / name, vdir / name)
+            with pytest.raises(RemoteIntegrityError, match="bad signature"):
+                w.verify(vm)
+            (vdir / name).write_bytes(saved)
+
+        # another device's snapshot of the same VM
+        c = Device(tmp_path / "c")
+        w.sync(one, device=c)
+        saved = (vdir / "snapshots/0000000001").read_bytes()
+        shutil.copy(repo_dir / layout.vm_snapshot(c.id, vm, "0000000001"),
+                    vdir / "snapshots/0000000001")
+        with pytest.raises(RemoteIntegrityError, match="unknown key"):
+            w.verify(vm)
+        (vdir / "snapshots/0000000001").write_bytes(saved)
+
+        # an old pointer served again (rollback) to the device that wrote a newer one
+        old_latest = (vdir / "latest").read_bytes()
+        w.sync(one)
+        (vdir / "latest").write_bytes(old_latest)
+        with pytest.raises(RemoteIntegrityError, match="older than seq 2"):
+            w.sync(one)
+        assert run(_noop()) is None
+
+
+async def _noop() -> None:
+    return None
+
+
+def test_missing_chunk_is_named(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("gone", data=[(0x81, 0, MIB)], start=False)
+        w.sync(dom)
+        vdir = w.repo_dir / layout.vm_dir(w.a.id, dom.name())
+        for p in (vdir / "store" / "packs").rglob("*"):
+            if p.is_file():
+                p.unlink()
+        with pytest.raises(RemoteIntegrityError, match="missing") as exc:
+            w.verify(dom.name())
+        assert exc.value.obj_type == "pack"
