@@ -27,6 +27,9 @@ integration: setup daemons
 
 bench: setup daemons
 	$(VENV)/bin/python bench/power.py --vms 8 --rounds 10
+	$(VENV)/bin/python bench/provision.py
+	$(VENV)/bin/python bench/install.py --mib 256 --change 2
+	$(VENV)/bin/python bench/sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
