@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from .keys import write_private
+from ..manage.keys import write_private
 
 
 class CatalogState:

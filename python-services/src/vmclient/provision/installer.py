@@ -281,6 +281,6 @@ async def _import(src: Path, dst: Path, pp: bytes, size_gib: int) -> None:
 
 
 def _save_text(path: Path, text: str) -> None:
-    from .keys import write_private
+    from ..manage.keys import write_private
 
     write_private(path, text.encode())

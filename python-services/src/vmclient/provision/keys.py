@@ -15,56 +15,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, VMClientError
+from ..manage.keys import shred, write_private
 from ..store import crypto
 from ..store.errors import RemoteIntegrityError
 
 
 class VMKeyError(VMClientError):
     """VM key {!r}: {}"""
-
-
-def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Write a root-only file atomically (0600 in a 0700 directory)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)
-        else:
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def shred(path: Path) -> None:
-    """Overwrite, fsync and unlink a key file (absent is fine)."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return
-    try:
-        size = os.fstat(fd).st_size
-        os.write(fd, os.urandom(size))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    path.unlink()
 
 
 @dataclass(frozen=True, repr=False)
