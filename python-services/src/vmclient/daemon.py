@@ -69,8 +69,14 @@ def main(argv: list[str] | None, prog: str, description: str, default_config: Pa
     args = parser.parse_args(argv)
     vlog.setup(args.debug)
     logger = logging.getLogger(f"vmclient.{prog.removeprefix('vmclient-')}")
+    # Not asyncio.run(): libvirt may release its last handles through the
+    # event implementation while the interpreter exits, so the loop stays open
+    # (not running) instead of being closed under it.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        asyncio.run(run(args.config))
+        loop.run_until_complete(run(args.config))
+        loop.run_until_complete(loop.shutdown_asyncgens())
     except VMClientError as exc:
         logger.error("%s", exc)
         return exc.exit_code

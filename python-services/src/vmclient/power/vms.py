@@ -297,7 +297,12 @@ class VMController:
         if not names:
             return
         domains = {d.name: d for d in await self.domains()}
-        uuids = [(domains[n].uuid, n) for n in names if n in domains]
+        uuids = []
+        for n in names:
+            if n in domains:
+                with contextlib.suppress(VMClientError):
+                    if await self.hv.has_guest_agent(domains[n].uuid, n):
+                        uuids.append((domains[n].uuid, n))
         results = await asyncio.gather(
             *(self._op(self.hv.sync_time(u, n), limit, n, "clock sync")
               for u, n in uuids), return_exceptions=True)

@@ -231,14 +231,19 @@ class Hypervisor:
             self._drop(c)
             c.pool.shutdown(wait=False, cancel_futures=True)
         self._connected.clear()
-        # Let libvirt free its handles and timers while the loop still runs:
-        # domain objects still referenced hold the connection open.
+        # Let the worker threads finish (bounded: a call on a hung QEMU never
+        # returns), then let libvirt free its handles and timers while the loop
+        # still runs: domain objects still referenced hold a connection open.
+        for c in self._conns:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(c.pool.shutdown, wait=True), 2.0)
         gc.collect()
         impl = libvirtaio.getCurrentImpl()
-        if impl is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(impl.drain(), 1.0)
-            await asyncio.sleep(0.05)
+        for _ in range(3):
+            await asyncio.sleep(0.02)
+            if impl is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(impl.drain(), 1.0)
 
     # -- calls -----------------------------------------------------------------
 
@@ -313,6 +318,14 @@ class Hypervisor:
     async def start(self, uuid: str, name: str | None = None) -> None:
         """Start a defined VM; libvirt restores its managed save image if it has one."""
         await self._on_domain(uuid, "start", lambda d: d.create(), name)
+
+    async def has_guest_agent(self, uuid: str, name: str | None = None) -> bool:
+        """True if the domain has a qemu-guest-agent channel (so clock sync can work)."""
+        def check(conn: libvirt.virConnect) -> bool:
+            untrusted_xml = conn.lookupByUUIDString(uuid).XMLDesc(0)
+            return any(t.get("name") == "org.qemu.guest_agent.0"
+                       for t in ET.fromstring(untrusted_xml).iterfind("devices/channel/target"))
+        return await self._call(check, what="read the definition", vm=name or uuid, limit=10)
 
     async def sync_time(self, uuid: str, name: str | None = None) -> None:
         """Set the guest clock from the host's through the guest agent."""
