@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paramiko
 
@@ -335,7 +335,7 @@ class Machine:
         self.boots = 0
 
     # -- lifecycle ---------------------------------------------------------
-    def __enter__(self) -> Machine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -376,14 +376,15 @@ class Machine:
                 argv += ["-initrd", str(c.initrd)]
         return argv + list(c.extra_args)
 
-    def start(self, timeout: float = 60) -> None:
-        """Start QEMU (again, on the same disk, after a shutdown)."""
+    def start(self, timeout: float = 60, port: int = 0) -> None:
+        """Start QEMU (again, on the same disk, after a shutdown); SSH is
+        forwarded from 127.0.0.1:port (0: a free port)."""
         if self.running:
             raise HarnessError("machine already running")
         self._make_overlay()
         for sock in ("qmp.sock", "qmp-events.sock"):
             (self.workdir / sock).unlink(missing_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.boots += 1
         with self.console_log.open("a") as f:
             f.write(f"\n===== harness: boot {self.boots} =====\n")
@@ -401,7 +402,7 @@ class Machine:
             self.qmp.connect(deadline)
             self.events = EventLog(self.workdir / "qmp-events.sock", self.events_log)
             self.events.start(deadline)
-        except Exception:
+        except (HarnessError, OSError):
             self.kill()
             raise HarnessError(f"QEMU did not start: {self.qemu_log_tail()}") from None
 
@@ -606,3 +607,78 @@ def booted(cfg: BootConfig, **kw: Any) -> Iterator[Machine]:
         yield m
     finally:
         m.close()
+
+
+# ------------------------------------------------------- guest-side helpers
+
+POWER_NS = "https://vmclient.org/xmlns/power/1"
+
+NESTED_DOMAIN_XML = """<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <metadata>{metadata}</metadata>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/{name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def nested_domain_xml(name: str, policy: str | None = None, memory_mib: int = 64) -> str:
+    """A firmware-only KVM domain (blank qcow2: it sits in SeaBIOS) with an
+    optional vmclient power policy in its metadata."""
+    meta = (f'<vmclient:power xmlns:vmclient="{POWER_NS}" policy="{policy}"/>'
+            if policy else "")
+    return NESTED_DOMAIN_XML.format(name=name, memory_mib=memory_mib, metadata=meta)
+
+
+def define_nested_vm(m: Machine, name: str, policy: str | None = None,
+                     start: bool = True) -> None:
+    """Define (and start) a nested domain in the booted host through virsh."""
+    m.put_text(f"/tmp/{name}.xml", nested_domain_xml(name, policy))
+    script = (
+        f"set -e; qemu-img create -q -f qcow2 /var/lib/libvirt/images/{name}.qcow2 64M; "
+        f"virsh -q define /tmp/{name}.xml >/dev/null"
+    )
+    if start:
+        script += f"; virsh -q start {name} >/dev/null"
+    m.ssh(script, timeout=120, check=True)
+
+
+def domstates(m: Machine) -> dict[str, str]:
+    """{name: state} of every domain, e.g. 'running', 'paused', 'shut off'."""
+    out = m.ssh("virsh list --all --name | while read -r d; do [ -z \"$d\" ] || "
+                "printf '%s\\t%s\\n' \"$d\" \"$(virsh domstate \"$d\")\"; done",
+                check=True).stdout
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+# Libvirt lifecycle events are copied into the kernel log by this watcher, so
+# they and the kernel's "PM: suspend entry" share one clock and one order.
+VIRT_EVENT_WATCHER = (
+    "systemd-run --quiet --unit=vmclient-test-virt-events -p Restart=always "
+    "/bin/sh -c 'stdbuf -oL virsh -q event --all --loop --event lifecycle | "
+    "while read -r line; do echo \"vmclient-test: $line\" > /dev/kmsg; done'"
+)
+
+
+def start_virt_event_watcher(m: Machine) -> None:
+    m.ssh("sysctl -q -w kernel.printk_devkmsg=on; "
+          "systemctl stop vmclient-test-virt-events 2>/dev/null; "
+          "systemctl reset-failed vmclient-test-virt-events 2>/dev/null; " + VIRT_EVENT_WATCHER,
+          check=True)
+
+
+def kernel_log(m: Machine) -> list[str]:
+    """The kernel ring buffer of this boot, oldest first (dmesg without times)."""
+    return m.ssh("dmesg --notime", check=True).stdout.splitlines()
