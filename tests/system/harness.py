@@ -667,7 +667,7 @@ def domstates(m: Machine) -> dict[str, str]:
 # they and the kernel's "PM: suspend entry" share one clock and one order.
 VIRT_EVENT_WATCHER = (
     "systemd-run --quiet --unit=vmclient-test-virt-events -p Restart=always "
-    "/bin/sh -c 'stdbuf -oL virsh -q event --all --loop --event lifecycle | "
+    "/bin/sh -c 'stdbuf -oL virsh -q event --loop --event lifecycle | "
     "while read -r line; do echo \"vmclient-test: $line\" > /dev/kmsg; done'"
 )
 
