@@ -27,8 +27,8 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
-def setting(default: Any, *, help: str, choices: tuple[Any, ...] = (),  # noqa: A002
-            min: float | None = None, max: float | None = None) -> Any:  # noqa: A002
+def setting(default: Any, *, help: str, choices: tuple[Any, ...] = (),
+            min: float | None = None, max: float | None = None) -> Any:
     """A dataclass field with validation metadata."""
     meta = {"help": help, "choices": choices, "min": min, "max": max}
     if isinstance(default, (dict, list)):

@@ -1,0 +1,45 @@
+"""Talking to our daemons over the system bus from the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbus_fast import BusType, Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import MessageType
+from dbus_fast.errors import DBusError
+
+from ..dbus import names
+from ..errors import RemoteError, ServiceUnavailable
+
+
+async def connect() -> MessageBus:
+    try:
+        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, DBusError) as exc:
+        raise ServiceUnavailable("the system bus", str(exc)) from exc
+
+
+async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
+               body: list[Any] | None = None) -> list[Any]:
+    reply = await bus.call(Message(destination=names.BUS_NAME, path=path, interface=iface,
+                                   member=member, signature=signature, body=body or []))
+    assert reply is not None
+    if reply.message_type == MessageType.ERROR:
+        text = reply.body[0] if reply.body else reply.error_name
+        if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            raise ServiceUnavailable("vmclient-powerd", "it is not running (is the "
+                                     "vmclient-powerd service started?)")
+        if reply.error_name == "org.freedesktop.DBus.Error.AccessDenied":
+            from ..errors import PermissionDenied
+
+            raise PermissionDenied(f"{member} needs root or membership of the "
+                                   f"'{names.ADMIN_GROUP}' group")
+        raise RemoteError(reply.error_name or "", str(text))
+    return list(reply.body)
+
+
+async def get_all(bus: MessageBus, path: str, iface: str) -> dict[str, Any]:
+    (props,) = await call(bus, path, "org.freedesktop.DBus.Properties", "GetAll", "s", [iface])
+    return {k: v.value for k, v in props.items()}

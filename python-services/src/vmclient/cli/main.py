@@ -1,0 +1,47 @@
+"""``vmclientctl``: the command line to the vmclient daemons over the system bus."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import traceback
+from typing import Any
+
+from ..errors import EXIT_BUG, VMClientError
+from . import power
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmclientctl", description="Control vmclient.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    power.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: Any = asyncio.run(args.func(args))
+    except VMClientError as exc:
+        print(f"vmclientctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        print("vmclientctl: unexpected error (a bug; please report it):", file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_BUG
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif result is not None:
+        print(args.render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

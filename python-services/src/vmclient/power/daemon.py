@@ -1,0 +1,291 @@
+"""``vmclient-powerd``: wires logind, udev/evdev and libvirt to the policy table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+
+from .. import daemon as common
+from .. import log as vlog
+from ..dbus import names
+from ..errors import EXIT_BUG, VMClientError
+from ..virt.libvirt import Hypervisor
+from . import config as power_config
+from .logind import Inhibitor, Logind
+from .policy import Action, Cause, Event, LidState, Phase, PowerSource, State, decide
+from .service import PowerInterface, install_guard
+from .udev import PowerReading, UdevWatcher
+from .vms import StateFile, VMController
+
+log = logging.getLogger("vmclient.powerd")
+
+_CAUSE_OF = {Event.SLEEP: Cause.SLEEP, Event.LID_CLOSED: Cause.LID,
+             Event.PAUSE_REQUESTED: Cause.USER, Event.BATTERY_CRITICAL: Cause.BATTERY,
+             Event.SHUTDOWN: Cause.SHUTDOWN}
+
+
+class PowerDaemon:
+    def __init__(self, cfg: power_config.PowerConfig) -> None:
+        self.cfg = cfg
+        self.state = State(lid_policy=cfg.lid_policy(),
+                           restore_on_start=cfg.shutdown.restore_on_start,
+                           restore_on_ac=cfg.battery.restore_on_ac)
+        self.phase = Phase.UNKNOWN
+        self.sleep_lock = Inhibitor("sleep", "delay", "Pausing every VM before the host sleeps")
+        self.lid_lock = Inhibitor("handle-lid-switch", "block",
+                                  "vmclient pauses every VM when the lid closes")
+        self.sleep_bound = cfg.sleep.max_delay_s
+        self.hv = Hypervisor(cfg.libvirt.uri, cfg.libvirt.connections,
+                             on_reconnect=self._reconnected)
+        self.vms = VMController(self.hv, cfg.vms, StateFile(cfg.state_dir), self._changed)
+        self.iface: PowerInterface | None = None
+        self.bus: MessageBus | None = None
+        self.logind: Logind | None = None
+        self.udev: UdevWatcher | None = None
+        self._events = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_resumed: list[str] = []
+
+    # -- D-Bus properties --------------------------------------------------------
+
+    def properties(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "LidState": int(s.lid), "PowerSource": int(s.source),
+            "BatteryPresent": s.battery_present, "BatteryPercent": float(s.battery_percent),
+            "Docked": s.docked, "State": int(self.phase),
+            "PausedByUs": [list(t) for t in self.vms.paused_by_us()],
+            "OwnsLid": self.lid_lock.held, "LidAction": int(s.lid_action()),
+        }
+
+    def _changed(self) -> None:
+        if self.iface is not None:
+            self.iface.refresh()
+
+    def _set(self, **changes: Any) -> None:
+        self.state = replace(self.state, **changes)
+        self._changed()
+
+    # -- event intake ----------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if isinstance(exc, VMClientError):
+                log.error("%s", exc)
+            else:
+                log.error("unexpected error", exc_info=exc)
+
+    def _on_prepare_for_sleep(self, start: bool) -> None:
+        if start:
+            log.info("the host is going to sleep: pausing every VM")
+            # Safety net: the delay lock goes at the bound whatever happens.
+            asyncio.get_running_loop().call_later(self.sleep_bound + 0.5, self._sleep_watchdog)
+            self._spawn(self.handle(Event.SLEEP))
+        else:
+            log.info("the host woke up: resuming the VMs we paused")
+            self._spawn(self.handle(Event.WOKE))
+
+    def _sleep_watchdog(self) -> None:
+        if self.sleep_lock.held and self.phase == Phase.PAUSING:
+            log.error("pausing took longer than %.1f s; releasing the sleep lock anyway",
+                      self.sleep_bound)
+            self.sleep_lock.release()
+
+    def _on_lid(self, lid: LidState) -> None:
+        previous = self.state.lid
+        self._set(lid=lid)
+        log.info("lid %s", lid.name.lower())
+        if lid == LidState.CLOSED and previous != LidState.CLOSED:
+            self._spawn(self.handle(Event.LID_CLOSED))
+        elif lid == LidState.OPEN and previous == LidState.CLOSED:
+            self._spawn(self.handle(Event.LID_OPENED))
+
+    def _on_power(self, p: PowerReading) -> None:
+        before = self.state
+        self._set(source=p.source, battery_present=p.battery_present,
+                  battery_percent=round(p.battery_percent, 1))
+        if p.source != before.source:
+            log.info("on %s", "AC" if p.source == PowerSource.AC else "battery")
+            if p.source == PowerSource.AC:
+                self._spawn(self.handle(Event.AC_ONLINE))
+        if p.critical:
+            log.warning("battery critical (%.0f%%): saving every VM", p.battery_percent)
+            self._spawn(self.handle(Event.BATTERY_CRITICAL))
+
+    async def request_pause_all(self) -> list[str]:
+        await self.handle(Event.PAUSE_REQUESTED)
+        return [n for n, _ in self.vms.paused_by_us()]
+
+    async def request_resume_all(self) -> list[str]:
+        await self.handle(Event.RESUME_REQUESTED)
+        return list(self._last_resumed)
+
+    # -- the policy loop -------------------------------------------------------
+
+    async def handle(self, event: Event) -> None:
+        async with self._events:
+            if event == Event.LID_CLOSED and self.logind is not None:
+                self._set(docked=await self.logind.docked())
+            self.state = replace(self.state, paused_for=self.vms.paused_cause(),
+                                 saved_for=self.vms.saved_cause())
+            self.state, actions = decide(self.state, event)
+            log.debug("%s -> %s", event.value, [a.value for a in actions])
+            for action in actions:
+                await self._do(action, event)
+            self._settle()
+
+    def _settle(self) -> None:
+        held = self.vms.paused_by_us()
+        if any(a != "save" for _, a in held):
+            self.phase = Phase.PAUSED
+        else:
+            self.phase = Phase.RUNNING
+        self._changed()
+
+    async def _do(self, action: Action, event: Event) -> None:
+        loop = asyncio.get_running_loop()
+        cause = _CAUSE_OF.get(event, Cause.USER)
+        if action == Action.PAUSE_VMS:
+            self.phase = Phase.PAUSING
+            self._changed()
+            bound = self.sleep_bound if event in (Event.SLEEP, Event.LID_CLOSED) \
+                else self.cfg.vms.timeout_s + 1.0
+            paused = await self.vms.pause_all(cause, loop.time() + bound)
+            log.info("paused: %s", ", ".join(paused) or "(none)")
+        elif action == Action.RELEASE_SLEEP_LOCK:
+            self.sleep_lock.release()
+        elif action == Action.TAKE_SLEEP_LOCK:
+            await self._take(self.sleep_lock)
+        elif action == Action.SUSPEND_HOST:
+            assert self.logind is not None
+            log.info("asking logind to suspend the host")
+            await self.logind.suspend()
+        elif action == Action.RESUME_VMS:
+            self.phase = Phase.RESUMING
+            self._changed()
+            self._last_resumed = await self.vms.resume_all()
+            log.info("resumed: %s", ", ".join(self._last_resumed) or "(none)")
+        elif action == Action.SYNC_CLOCKS:
+            self._spawn(self.vms.sync_clocks(list(self._last_resumed)))
+        elif action == Action.SAVE_VMS:
+            self.phase = Phase.SAVING
+            self._changed()
+            saved = await self.vms.save_all(cause)
+            log.info("saved: %s", ", ".join(saved) or "(none)")
+        elif action == Action.RESTORE_VMS:
+            restored = await self.vms.restore_saved()
+            log.info("restored: %s", ", ".join(restored) or "(none)")
+
+    async def _take(self, lock: Inhibitor) -> None:
+        assert self.logind is not None
+        try:
+            await self.logind.take(lock)
+        except VMClientError as exc:
+            log.error("%s", exc)
+        self._changed()
+
+    async def _reconnected(self) -> None:
+        log.info("reconciling with libvirtd after the reconnection")
+        async with self._events:
+            await self.vms.reconcile()
+            self._settle()
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        common.install_stop_handlers(loop, self._stop.set)
+        self.bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
+        self.logind = Logind(self.bus)
+        await self.logind.connect()
+        self.logind.on_prepare_for_sleep(self._on_prepare_for_sleep)
+        delay_max = await self.logind.inhibit_delay_max()
+        if delay_max:
+            self.sleep_bound = min(self.sleep_bound, 0.8 * delay_max)
+        log.info("VMs are paused within %.1f s before the host sleeps", self.sleep_bound)
+        await self._take(self.sleep_lock)
+        if self.cfg.lid.own:
+            await self._take(self.lid_lock)
+
+        self.udev = UdevWatcher(self._on_lid, self._on_power, self.cfg.battery.critical_percent)
+        self.udev.start()
+        if self.state.lid == LidState.ABSENT:
+            log.info("no lid switch: sleep and shutdown are still handled")
+        if not self.state.battery_present:
+            log.info("no battery: running on mains")
+
+        await self.hv.connect(retry=True)
+        await self.vms.reconcile()
+        self._settle()
+
+        self.iface = PowerInterface(self)
+        self.bus.export(names.POWER_PATH, self.iface)
+        install_guard(self.bus, self)
+        await self.bus.request_name(names.BUS_NAME)
+        common.sd_notify("READY=1")
+        log.info("ready on %s", names.BUS_NAME)
+
+        await self.handle(Event.STARTED)
+        if self.state.lid == LidState.CLOSED and self.cfg.lid.own:
+            log.info("started with the lid closed")
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        common.sd_notify("STOPPING=1")
+        if self.cfg.shutdown.save:
+            log.info("stopping: saving every running VM")
+            await self.handle(Event.SHUTDOWN)
+        await self.vms.drain(2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.udev is not None:
+            self.udev.stop()
+        self.sleep_lock.release()
+        self.lid_lock.release()
+        await self.hv.close()
+        if self.bus is not None:
+            self.bus.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmclient-powerd",
+                                     description="vmclient power manager")
+    parser.add_argument("--config", type=Path, default=power_config.DEFAULT_PATH,
+                        help="configuration file (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="verbose logging")
+    args = parser.parse_args(argv)
+    vlog.setup(args.debug)
+    try:
+        cfg = power_config.load(args.config)
+        asyncio.run(PowerDaemon(cfg).run())
+    except VMClientError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("vmclient-powerd failed")
+        return EXIT_BUG
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

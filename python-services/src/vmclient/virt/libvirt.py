@@ -1,0 +1,333 @@
+"""The asyncio adapter to libvirt: the only module that imports ``libvirt``.
+
+- The libvirt event loop implementation is registered on the running asyncio
+  loop before the first connection (libvirt-python's ``libvirtaio``).
+- Every blocking call runs in a worker thread, never on the loop.  Each
+  connection has its own pool of :data:`MAX_CALLS_PER_CONNECTION` threads, which
+  is libvirtd's default ``max_client_requests``; more parallelism means more
+  connections.
+- A lost connection (libvirtd restarted) is noticed by the close callback or by
+  a failing call; the adapter reconnects with back-off and tells its owner
+  (``on_reconnect``) so it can reconcile what it believes with what is.
+- ``libvirt.libvirtError`` never leaves this module: it becomes a
+  :class:`~vmclient.errors.HypervisorError` (or a subclass) with a message a user
+  can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+import libvirtaio
+
+from ..errors import (
+    HypervisorError,
+    HypervisorUnavailable,
+    VMNotFound,
+    VMOperationFailed,
+    VMOperationTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_CALLS_PER_CONNECTION = 5
+POWER_NS = "https://vmclient.org/xmlns/power/1"
+
+_registered_loop: asyncio.AbstractEventLoop | None = None
+
+
+class DomState(enum.IntEnum):
+    NOSTATE = libvirt.VIR_DOMAIN_NOSTATE
+    RUNNING = libvirt.VIR_DOMAIN_RUNNING
+    BLOCKED = libvirt.VIR_DOMAIN_BLOCKED
+    PAUSED = libvirt.VIR_DOMAIN_PAUSED
+    SHUTDOWN = libvirt.VIR_DOMAIN_SHUTDOWN
+    SHUTOFF = libvirt.VIR_DOMAIN_SHUTOFF
+    CRASHED = libvirt.VIR_DOMAIN_CRASHED
+    PMSUSPENDED = libvirt.VIR_DOMAIN_PMSUSPENDED
+
+    @property
+    def active(self) -> bool:
+        return self not in (DomState.SHUTOFF, DomState.CRASHED, DomState.NOSTATE)
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: DomState
+    reason: int
+    policy: str | None  # from <metadata><vmclient:power policy=…/>, unvalidated
+    managed_save: bool
+    persistent: bool
+
+
+def _ensure_event_impl() -> None:
+    """Register libvirt's asyncio event implementation on the running loop, once."""
+    global _registered_loop  # noqa: PLW0603
+    loop = asyncio.get_running_loop()
+    if _registered_loop is loop:
+        return
+    if _registered_loop is not None:
+        raise RuntimeError("libvirt's event implementation is bound to another event loop")
+    libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+    _registered_loop = loop
+
+
+def _connection_lost(exc: libvirt.libvirtError) -> bool:
+    code = exc.get_error_code()
+    domain = exc.get_error_domain()
+    return code in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC,
+                    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN) or (
+        code == libvirt.VIR_ERR_INTERNAL_ERROR and domain == libvirt.VIR_FROM_RPC)
+
+
+class _Connection:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.conn: libvirt.virConnect | None = None
+        self.pool = ThreadPoolExecutor(MAX_CALLS_PER_CONNECTION,
+                                       thread_name_prefix=f"libvirt{index}")
+        self.callback_ids: list[int] = []
+
+
+class Hypervisor:
+    """A small set of connections to one libvirtd, used from asyncio."""
+
+    def __init__(
+        self,
+        uri: str = "qemu:///system",
+        connections: int = 1,
+        *,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        on_lifecycle: Callable[[str, str, int, int], None] | None = None,
+    ) -> None:
+        self.uri = uri
+        self._conns = [_Connection(i) for i in range(max(1, connections))]
+        self._rr = itertools.cycle(self._conns)
+        self._on_reconnect = on_reconnect
+        self._on_lifecycle = on_lifecycle
+        self._connected = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- connection management -------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self, *, retry: bool = False) -> None:
+        """Open every connection; with ``retry`` wait (with back-off) until libvirtd answers."""
+        _ensure_event_impl()
+        delay = 0.2
+        while True:
+            try:
+                for c in self._conns:
+                    await self._open(c)
+            except HypervisorUnavailable as exc:
+                if not retry or self._closing:
+                    raise
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._connected.set()
+            return
+
+    async def _open(self, c: _Connection) -> None:
+        if c.conn is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(c.pool, libvirt.open, self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(self.uri, exc.get_error_message()) from exc
+        conn.registerCloseCallback(self._closed_cb, c)
+        if self._on_lifecycle is not None:
+            c.callback_ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None))
+        c.conn = conn
+        log.debug("connection %d to %s open", c.index, self.uri)
+
+    def _closed_cb(self, _conn: Any, reason: int, c: _Connection) -> None:
+        log.warning("connection %d to libvirtd lost (reason %d)", c.index, reason)
+        self._lost()
+
+    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        if self._on_lifecycle is not None:
+            self._on_lifecycle(dom.UUIDString(), dom.name(), event, detail)
+
+    def _lost(self) -> None:
+        if self._closing:
+            return
+        self._connected.clear()
+        for c in self._conns:
+            if c.conn is not None:
+                self._drop(c)
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    def _drop(self, c: _Connection) -> None:
+        conn, c.conn = c.conn, None
+        if conn is None:
+            return
+        for cid in c.callback_ids:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventDeregisterAny(cid)
+        c.callback_ids.clear()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    async def _reconnect(self) -> None:
+        await self.connect(retry=True)
+        log.info("reconnected to libvirtd at %s", self.uri)
+        if self._on_reconnect is not None:
+            await self._on_reconnect()
+
+    async def wait_connected(self, limit: float) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), limit)
+        except TimeoutError:
+            raise HypervisorUnavailable(self.uri, f"no connection within {limit:.0f} s") \
+                from None
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+        for c in self._conns:
+            self._drop(c)
+            c.pool.shutdown(wait=False, cancel_futures=True)
+        self._connected.clear()
+
+    # -- calls -----------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[libvirt.virConnect], T], *, what: str,
+                    vm: str | None = None, limit: float | None = None) -> T:
+        if not self._connected.is_set():
+            await self.wait_connected(limit or 10.0)
+        c = next(self._rr)
+        conn = c.conn
+        if conn is None:
+            raise HypervisorUnavailable(self.uri, "not connected")
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(c.pool, fn, conn)
+        try:
+            if limit is None:
+                return await fut
+            return await asyncio.wait_for(asyncio.shield(fut), limit)
+        except TimeoutError:
+            # The thread goes on; its result is dropped.  Callers that care
+            # (a pause that completes late) use the *_late variants below.
+            fut.add_done_callback(_consume)
+            raise VMOperationTimeout(vm or "?", what, limit) from None
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise VMNotFound(vm or "?") from exc
+            if _connection_lost(exc):
+                self._lost()
+                raise HypervisorUnavailable(self.uri, exc.get_error_message()) from exc
+            if vm is not None:
+                raise VMOperationFailed(vm, what, exc.get_error_message()) from exc
+            raise HypervisorError(f"{what}: {exc.get_error_message()}") from exc
+
+    async def list_domains(self) -> list[DomainInfo]:
+        return await self._call(_list_domains, what="list domains", limit=30)
+
+    async def domain(self, uuid: str) -> DomainInfo:
+        return await self._call(lambda conn: _info(conn.lookupByUUIDString(uuid)),
+                                what="look up", vm=uuid, limit=30)
+
+    async def _on_domain(self, uuid: str, what: str, op: Callable[[Any], Any],
+                         name: str | None = None) -> None:
+        """Run ``op`` on the domain; bounding it in time is the caller's business."""
+        await self._call(lambda conn: op(conn.lookupByUUIDString(uuid)), what=what,
+                         vm=name or uuid)
+
+    async def suspend(self, uuid: str, name: str | None = None) -> None:
+        await self._on_domain(uuid, "pause", lambda d: d.suspend(), name)
+
+    async def resume(self, uuid: str, name: str | None = None) -> None:
+        await self._on_domain(uuid, "resume", lambda d: d.resume(), name)
+
+    async def pm_suspend(self, uuid: str, name: str | None = None) -> None:
+        """Guest suspend-to-RAM through the guest agent (blocks until the guest is in S3)."""
+        await self._on_domain(
+            uuid, "guest S3",
+            lambda d: d.pMSuspendForDuration(libvirt.VIR_NODE_SUSPEND_TARGET_MEM, 0, 0),
+            name)
+
+    async def pm_wakeup(self, uuid: str, name: str | None = None) -> None:
+        await self._on_domain(uuid, "guest wake-up", lambda d: d.pMWakeup(0), name)
+
+    async def managed_save(self, uuid: str, name: str | None = None) -> None:
+        await self._on_domain(uuid, "managed save", lambda d: d.managedSave(0), name)
+
+    async def start(self, uuid: str, name: str | None = None) -> None:
+        """Start a defined VM; libvirt restores its managed save image if it has one."""
+        await self._on_domain(uuid, "start", lambda d: d.create(), name)
+
+    async def sync_time(self, uuid: str, name: str | None = None) -> None:
+        """Set the guest clock from the host's through the guest agent."""
+        await self._on_domain(
+            uuid, "clock sync",
+            lambda d: d.setTime(flags=libvirt.VIR_DOMAIN_TIME_SYNC), name)
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _list_domains(conn: libvirt.virConnect) -> list[DomainInfo]:
+    out = []
+    for dom in conn.listAllDomains(0):
+        try:
+            out.append(_info(dom))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished meanwhile
+                raise
+    return out
+
+
+def _info(dom: Any) -> DomainInfo:
+    state, reason = dom.state(0)
+    return DomainInfo(
+        uuid=dom.UUIDString(),
+        name=dom.name(),
+        state=DomState(state),
+        reason=reason,
+        policy=_power_policy(dom),
+        managed_save=bool(dom.hasManagedSaveImage(0)),
+        persistent=bool(dom.isPersistent()),
+    )
+
+
+def _power_policy(dom: Any) -> str | None:
+    try:
+        untrusted_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, POWER_NS, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return None
+        raise
+    try:
+        return ET.fromstring(untrusted_xml).get("policy")
+    except ET.ParseError:
+        return None
