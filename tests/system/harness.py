@@ -317,8 +317,9 @@ class Machine:
     """One QEMU machine booted from a BootConfig; restartable on the same disk."""
 
     def __init__(self, cfg: BootConfig, workdir: Path | None = None, keep: bool = False,
-                 name: str = "vmclient-test") -> None:
+                 name: str = "vmclient-test", die_with_parent: bool = True) -> None:
         self.cfg = cfg
+        self.die_with_parent = die_with_parent
         self.name = name
         self.keep = keep or bool(os.environ.get("VMCLIENT_KEEP_WORKDIR"))
         self._own_workdir = workdir is None
@@ -388,8 +389,12 @@ class Machine:
         self.boots += 1
         with self.console_log.open("a") as f:
             f.write(f"\n===== harness: boot {self.boots} =====\n")
+        argv = self.argv()
+        if self.die_with_parent and shutil.which("setpriv"):
+            # SIGKILL QEMU when the harness dies: a killed test run leaves no QEMU.
+            argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
         self.proc = subprocess.Popen(
-            self.argv(),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=(self.workdir / "qemu.log").open("ab"),
             stderr=subprocess.STDOUT,
