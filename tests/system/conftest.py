@@ -89,6 +89,7 @@ def host(host_boot_config: harness.BootConfig) -> Iterator[harness.Machine]:
         m.start()
         m.boot_to_ssh_s = m.wait_ssh()
         m.wait_system_running()
+        harness.ensure_test_lid(m)
         print(f"\nsystem: host up, SSH after {m.boot_to_ssh_s:.0f} s (workdir {m.workdir})")
         yield m
     finally:

@@ -684,6 +684,33 @@ def start_virt_event_watcher(m: Machine) -> None:
           check=True)
 
 
+LID_HELPER = Path(__file__).resolve().parent / "image/overlay/usr/local/sbin/vmclient-test-lid"
+
+
+def ensure_test_lid(m: Machine) -> None:
+    """The uinput lid: baked into the Debian test host; on another image (a
+    Yocto one) copied over and started, then vmclient-powerd restarted so it
+    finds the lid as it would at boot on a laptop."""
+    if m.ssh("test -S /run/vmclient-test-lid.sock").rc == 0:
+        return
+    if m.ssh("command -v vmclient-test-lid").rc != 0:
+        m.put_text("/run/vmclient-test-lid", LID_HELPER.read_text(), mode=0o755)
+        helper = "/run/vmclient-test-lid"
+    else:
+        helper = "vmclient-test-lid"
+    m.ssh(f"modprobe uinput 2>/dev/null; systemd-run --quiet --unit=vmclient-test-lid-run "
+          f"python3 {helper} serve", check=True)
+    m.wait_until("test -S /run/vmclient-test-lid.sock", timeout=30)
+    m.ssh("systemctl try-restart vmclient-powerd", check=True, timeout=120)
+
+
+def lid(m: Machine, action: str) -> str:
+    """close | open | state of the uinput lid."""
+    cmd = "vmclient-test-lid" if m.ssh("command -v vmclient-test-lid").rc == 0 \
+        else "python3 /run/vmclient-test-lid"
+    return m.ssh(f"{cmd} {action}", check=True, timeout=60).stdout.strip()
+
+
 def kernel_log(m: Machine) -> list[str]:
     """The kernel ring buffer of this boot, oldest first (dmesg without times)."""
     return m.ssh("dmesg --notime", check=True).stdout.splitlines()

@@ -7,6 +7,7 @@ then shutdown + boot, then the journal check over both boots.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import harness
 import pytest
@@ -67,10 +68,13 @@ def test_status_over_the_system_bus_as_root_and_unprivileged_user(
     assert root["paused_by_us"] == []
     assert root["owns_lid"] is True
 
-    alice = status(powerd, user="alice")
+    user = powerd.cfg.unprivileged_user
+    if user is None:
+        pytest.skip("this image has no unprivileged user to log in as")
+    alice = status(powerd, user=user)
     assert alice["lid"] == "open" and alice["state"] == "running"
-    # alice may read, but not pause
-    r = powerd.ssh("vmclientctl power pause-all", user="alice")
+    # the unprivileged user may read, but not pause
+    r = powerd.ssh("vmclientctl power pause-all", user=user)
     assert r.rc == PERMISSION_DENIED, (r.rc, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert all(s == "running" for s in harness.domstates(powerd).values())
@@ -91,7 +95,8 @@ def test_pause_all_and_resume_all_as_root(powerd: harness.Machine, vms: dict) ->
     wait_state(powerd, {n: "running" for n in vms}, timeout=60)
 
 
-def _suspend_cycle(m: harness.Machine, trigger: str, after_wake: str | None) -> None:
+def _suspend_cycle(m: harness.Machine, trigger: Callable[[], object],
+                   after_wake: Callable[[], object] | None) -> None:
     """Pause one VM as a user, trigger sleep, check every VM the daemon
     manages was paused before S3, wake the host, then check the same VMs run
     again and the user-paused one is still paused."""
@@ -99,13 +104,13 @@ def _suspend_cycle(m: harness.Machine, trigger: str, after_wake: str | None) -> 
     m.ssh(f"virsh -q suspend {USER_PAUSED}", check=True)
     since = len(harness.kernel_log(m))
     mark = m.events.mark()
-    m.ssh(trigger, check=True, timeout=60)
+    trigger()
     m.events.wait_for("SUSPEND", timeout=120, after=mark)
     m.qmp.execute("system_wakeup")
     m.events.wait_for("WAKEUP", timeout=30, after=mark)
     if after_wake:
         m.wait_until("true", timeout=60)
-        m.ssh(after_wake, check=True)
+        after_wake()
     log = harness.kernel_log(m)
     paused_before_s3(log, since, list(MANAGED))
     not_paused_by_daemon(log, since, IGNORED)
@@ -123,7 +128,8 @@ def _suspend_cycle(m: harness.Machine, trigger: str, after_wake: str | None) -> 
 def test_lid_close_pauses_every_vm_before_s3_and_lid_open_resumes_them(
     powerd: harness.Machine, vms: dict
 ) -> None:
-    _suspend_cycle(powerd, "vmclient-test-lid close", after_wake="vmclient-test-lid open")
+    _suspend_cycle(powerd, lambda: harness.lid(powerd, "close"),
+                   after_wake=lambda: harness.lid(powerd, "open"))
     lid = powerd.ssh(
         "busctl get-property org.freedesktop.login1 /org/freedesktop/login1 "
         "org.freedesktop.login1.Manager LidClosed", check=True).stdout.strip()
@@ -134,7 +140,8 @@ def test_lid_close_pauses_every_vm_before_s3_and_lid_open_resumes_them(
 def test_systemctl_suspend_without_lid_pauses_and_resumes_the_same_way(
     powerd: harness.Machine, vms: dict
 ) -> None:
-    _suspend_cycle(powerd, "systemctl suspend --no-block", after_wake=None)
+    _suspend_cycle(powerd, lambda: powerd.ssh("systemctl suspend --no-block", check=True),
+                   after_wake=None)
 
 
 def test_host_shutdown_managed_saves_vms_and_boot_restores_them(
@@ -147,6 +154,7 @@ def test_host_shutdown_managed_saves_vms_and_boot_restores_them(
     m.start()
     m.wait_ssh()
     m.wait_system_running()
+    harness.ensure_test_lid(m)
     harness.start_virt_event_watcher(m)
     m.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=120)
     # Restored from the managed save: the domains' QEMU started with -incoming.
