@@ -157,8 +157,12 @@ def test_host_shutdown_managed_saves_vms_and_boot_restores_them(
     harness.ensure_test_lid(m)
     harness.start_virt_event_watcher(m)
     m.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=120)
+    saved_log = m.ssh("journalctl -b -1 -u vmclient-powerd --no-pager -o cat").stdout
+    assert saved_log.strip(), "no vmclient-powerd journal from the previous boot"
+    failed = [line for line in saved_log.splitlines() if "not saved" in line]
+    assert not failed, "managed save at shutdown failed:\n" + "\n".join(failed)
     # Restored from the managed save: the domains' QEMU started with -incoming.
-    wait_state(m, {n: "running" for n in MANAGED}, timeout=180)
+    wait_state(m, {n: "running" for n in MANAGED}, timeout=90)
     for name in (*MANAGED, USER_PAUSED):
         last_start = m.ssh(
             f"tac /var/log/libvirt/qemu/{name}.log | sed -n '0,/starting up/p'", check=True
@@ -169,8 +173,6 @@ def test_host_shutdown_managed_saves_vms_and_boot_restores_them(
     # policy ignore: not saved, so after the host's shutdown it is off
     assert states[IGNORED] == "shut off", states
     assert "no" in m.ssh(f"virsh dominfo {IGNORED} | grep -i 'managed save'").stdout.lower()
-    saved_log = m.ssh("journalctl -b -1 -u vmclient-powerd --no-pager -o cat").stdout
-    assert saved_log.strip(), "no vmclient-powerd journal from the previous boot"
     m.ssh(f"virsh -q resume {USER_PAUSED}; virsh -q start {IGNORED}")
 
 
