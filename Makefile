@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 .PHONY: test setup daemons lint unit integration bench clean
 
 test: setup daemons
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	scripts/clean-test-domains
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; scripts/clean-test-domains; exit $$rc
 
 setup:
 	VMCLIENT_VENV=$(VENV) scripts/setup-host

@@ -82,7 +82,7 @@ def from_mapping(cls: type[T], untrusted_data: Mapping[str, Any], path: str | Pa
 def _convert(hint: Any, untrusted: Any, path: str | Path, key: str,
              meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(untrusted, dict):
             raise ConfigError(path, key, f"must be a table, not {_kind(untrusted)}")
         return from_mapping(hint, untrusted, path, key + ".")

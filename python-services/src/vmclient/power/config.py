@@ -43,6 +43,9 @@ class VMs:
     policies: Mapping[str, str] = config.setting(
         {}, choices=VM_POLICY_CHOICES,
         help="per-VM sleep policy by domain name (overrides the domain metadata)")
+    name_prefix: str = config.setting(
+        "", help="manage only VMs whose name starts with this (empty: every VM; "
+                 "for test hosts shared with other VMs)")
     timeout_s: float = config.setting(
         2.0, min=0.1, max=60, help="one VM's pause or resume may take this long")
     s3_timeout_s: float = config.setting(

@@ -54,6 +54,7 @@ class PowerDaemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_resumed: list[str] = []
+        self._sleep_gen = 0  # bumps on every PrepareForSleep: the watchdog's generation
 
     # -- D-Bus properties --------------------------------------------------------
 
@@ -93,17 +94,20 @@ class PowerDaemon:
                 log.error("unexpected error", exc_info=exc)
 
     def _on_prepare_for_sleep(self, start: bool) -> None:
+        self._sleep_gen += 1
         if start:
             log.info("the host is going to sleep: pausing every VM")
-            # Safety net: the delay lock goes at the bound whatever happens.
-            asyncio.get_running_loop().call_later(self.sleep_bound + 0.5, self._sleep_watchdog)
+            # Safety net: the delay lock goes at the bound whatever happens
+            # (even if another operation holds the event lock meanwhile).
+            asyncio.get_running_loop().call_later(self.sleep_bound + 0.5, self._sleep_watchdog,
+                                                  self._sleep_gen)
             self._spawn(self.handle(Event.SLEEP))
         else:
             log.info("the host woke up: resuming the VMs we paused")
             self._spawn(self.handle(Event.WOKE))
 
-    def _sleep_watchdog(self) -> None:
-        if self.sleep_lock.held and self.phase == Phase.PAUSING:
+    def _sleep_watchdog(self, gen: int) -> None:
+        if self.sleep_lock.held and gen == self._sleep_gen:
             log.error("pausing took longer than %.1f s; releasing the sleep lock anyway",
                       self.sleep_bound)
             self.sleep_lock.release()
@@ -263,6 +267,7 @@ class PowerDaemon:
         await self.hv.close()
         if self.bus is not None:
             self.bus.disconnect()
+        log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from importlib import resources
 
 from dbus_fast.aio import MessageBus, ProxyInterface
 from dbus_fast.errors import DBusError
+from dbus_fast.introspection import Node
 
 from ..dbus import names
 from ..errors import ServiceUnavailable
@@ -48,7 +49,8 @@ class Logind:
         self._iface: ProxyInterface | None = None
 
     async def connect(self) -> None:
-        obj = self.bus.get_proxy_object(names.LOGIND_BUS, names.LOGIND_PATH, _introspection())
+        node = Node.parse(_introspection())
+        obj = self.bus.get_proxy_object(names.LOGIND_BUS, names.LOGIND_PATH, node)
         self._iface = obj.get_interface(names.LOGIND_MANAGER)
 
     @property

@@ -29,6 +29,9 @@ class PowerBackend(Protocol):
     async def request_resume_all(self) -> list[str]: ...
 
 
+_OUT_ARG_NAMES = {"PauseAll": "paused", "ResumeAll": "resumed"}
+
+
 class PowerInterface(ServiceInterface):
     def __init__(self, backend: PowerBackend) -> None:
         super().__init__(names.POWER_IFACE)
@@ -37,12 +40,20 @@ class PowerInterface(ServiceInterface):
 
     # Methods: declared here for introspection; calls arrive through install_guard.
     @method()
-    async def PauseAll(self) -> "as":  # type: ignore[name-defined]  # noqa: F722
+    async def PauseAll(self) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722
         return await self.backend.request_pause_all()
 
     @method()
-    async def ResumeAll(self) -> "as":  # type: ignore[name-defined]  # noqa: F722
+    async def ResumeAll(self) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722
         return await self.backend.request_resume_all()
+
+    def introspect(self) -> Any:
+        """As the shipped XML: dbus-fast cannot name out-arguments itself."""
+        node = super().introspect()
+        for m in node.methods:
+            for arg in m.out_args:
+                arg.name = _OUT_ARG_NAMES.get(m.name, arg.name)
+        return node
 
     def _p(self, name: str) -> Any:
         return self._last[name]
@@ -72,7 +83,7 @@ class PowerInterface(ServiceInterface):
         return self._p("State")
 
     @dbus_property(access=PropertyAccess.READ)
-    def PausedByUs(self) -> a(ss):  # type: ignore[name-defined]  # noqa: F821
+    def PausedByUs(self) -> a(ss):  # type: ignore[name-defined,valid-type]  # noqa: F821
         return self._p("PausedByUs")
 
     @dbus_property(access=PropertyAccess.READ)

@@ -80,7 +80,7 @@ class UdevWatcher:
         self.critical_percent = critical_percent
         self.context = pyudev.Context()
         self.monitor: pyudev.Monitor | None = None
-        self.lid: evdev.InputDevice | None = None
+        self.lid: evdev.InputDevice[str] | None = None
         self.lid_state = LidState.UNKNOWN
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -140,7 +140,7 @@ class UdevWatcher:
         self._set_lid(self._read_lid_state(dev))
         return True
 
-    def _read_lid_state(self, dev: evdev.InputDevice) -> LidState:
+    def _read_lid_state(self, dev: evdev.InputDevice[str]) -> LidState:
         buf = array.array("B", bytes((ecodes.SW_MAX + 8) // 8))
         try:
             fcntl.ioctl(dev.fd, _eviocgsw(len(buf)), buf, True)
@@ -195,9 +195,11 @@ class UdevWatcher:
             elif dev.subsystem == "input" and dev.device_node:
                 if dev.action == "remove" and self.lid is not None \
                         and dev.device_node == self.lid.path:
+                    # Gone: wait for an "add" (re-scanning now would race with
+                    # the removal and find the old node).
                     log.info("lid switch %s removed", dev.device_node)
                     self._close_lid()
-                    self._find_lid()
+                    self._set_lid(LidState.ABSENT)
                 elif dev.action == "add" and self.lid is None \
                         and dev.properties.get("ID_INPUT_SWITCH") == "1":
                     self._try_lid(dev.device_node)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import VMClientError, VMOperationTimeout
+from ..errors import HypervisorUnavailable, VMClientError, VMOperationTimeout
 from ..log import vm_logger
 from ..virt.libvirt import DomainInfo, DomState, Hypervisor
 from .config import VMs
@@ -107,6 +107,7 @@ class VMController:
         self._resumed_generation = 0  # bumps on every resume: late pauses check it
         self._lock = asyncio.Lock()  # one whole-fleet operation at a time
         self._late: set[asyncio.Task[Any]] = set()
+        self._batch = False
 
     # -- queries ----------------------------------------------------------------
 
@@ -134,11 +135,18 @@ class VMController:
                 return Cause(h.cause)
         return Cause.NONE
 
+    def manages(self, d: DomainInfo) -> bool:
+        return d.name.startswith(self.cfg.name_prefix)
+
+    async def domains(self, running: bool = False) -> list[DomainInfo]:
+        return [d for d in await self.hv.list_domains(running) if self.manages(d)]
+
     # -- bookkeeping -----------------------------------------------------------
 
-    def _record(self, h: Held) -> None:
+    def _record(self, h: Held, persist: bool = True) -> None:
         self.held[h.uuid] = h
-        self._persist()
+        if persist:
+            self._persist()
 
     def _forget(self, uuids: Iterable[str]) -> None:
         changed = False
@@ -157,7 +165,7 @@ class VMController:
 
     async def reconcile(self) -> None:
         """Drop what no longer holds (VM gone, or resumed/started by someone else)."""
-        domains = {d.uuid: d for d in await self.hv.list_domains()}
+        domains = {d.uuid: d for d in await self.domains()}
         stale = []
         for h in list(self.held.values()):
             d = domains.get(h.uuid)
@@ -182,14 +190,19 @@ class VMController:
         Returns by ``deadline`` (a ``loop.time()``) whatever happens to single VMs.
         """
         async with self._lock:
-            domains = await self._bounded(self.hv.list_domains(), deadline, "list VMs")
+            domains = await self._bounded(self.domains(running=True), deadline, "list VMs")
             targets = [d for d in domains or [] if d.state == DomState.RUNNING
                        and d.uuid not in self.held]
             generation = self._resumed_generation
+            self._batch = True  # one state write for the whole batch, not one per VM
             jobs = {asyncio.ensure_future(self._pause_one(d, cause, deadline, generation)): d
                     for d in targets}
-            if jobs:
-                await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
+            try:
+                if jobs:
+                    await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
+            finally:
+                self._batch = False
+                self._persist()
             for job, d in jobs.items():
                 if not job.done():
                     vm_logger(d.name).error(
@@ -228,7 +241,7 @@ class VMController:
             return
         vlog.info("%s", {"pause": "paused", "s3": "suspended to RAM (guest S3)",
                          "save": "saved"}[action])
-        self._record(Held(d.uuid, d.name, action, cause.value))
+        self._record(Held(d.uuid, d.name, action, cause.value), persist=not self._batch)
 
     async def _op(self, coro: Awaitable[None], limit: float, name: str, what: str) -> None:
         """Await ``coro`` for at most ``limit`` seconds; it goes on in the background."""
@@ -283,7 +296,7 @@ class VMController:
         """Re-sync guest clocks after a resume, where a guest agent answers."""
         if not names:
             return
-        domains = {d.name: d for d in await self.hv.list_domains()}
+        domains = {d.name: d for d in await self.domains()}
         uuids = [(domains[n].uuid, n) for n in names if n in domains]
         results = await asyncio.gather(
             *(self._op(self.hv.sync_time(u, n), limit, n, "clock sync")
@@ -299,7 +312,7 @@ class VMController:
     async def save_all(self, cause: Cause) -> list[str]:
         """Managed save of every active VM (policy ``ignore`` excepted): no state is lost."""
         async with self._lock:
-            domains = await self.hv.list_domains()
+            domains = await self.domains()
             targets = [d for d in domains if d.state.active and d.persistent
                        and self.policy_for(d) != VMPolicy.IGNORE]
             sem = asyncio.Semaphore(2)  # disk-bound: two at a time
@@ -316,6 +329,19 @@ class VMController:
                     self._persist()
 
             results = await asyncio.gather(*(save(d) for d in targets), return_exceptions=True)
+            lost = [d for d, r in zip(targets, results, strict=True)
+                    if isinstance(r, HypervisorUnavailable)]
+            if lost:
+                # libvirtd restarted under us: the VMs still run; try once more.
+                log.warning("libvirtd went away while saving; retrying %d VM(s) once it is back",
+                            len(lost))
+                with contextlib.suppress(VMClientError):
+                    await self.hv.wait_connected(30.0)
+                    again = await asyncio.gather(*(save(d) for d in lost),
+                                                 return_exceptions=True)
+                    retried = dict(zip((d.uuid for d in lost), again, strict=True))
+                    results = [retried.get(d.uuid, r) for d, r in zip(targets, results,
+                                                                      strict=True)]
             for d, r in zip(targets, results, strict=True):
                 if isinstance(r, BaseException):
                     vm_logger(d.name).error("not saved: %s", r)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import itertools
 import logging
 import xml.etree.ElementTree as ET
@@ -46,6 +47,10 @@ MAX_CALLS_PER_CONNECTION = 5
 POWER_NS = "https://vmclient.org/xmlns/power/1"
 
 _registered_loop: asyncio.AbstractEventLoop | None = None
+
+# Errors reach us as exceptions; libvirt's default handler would also print them.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+logging.getLogger("virEventAsyncIOImpl").setLevel(logging.INFO)
 
 
 class DomState(enum.IntEnum):
@@ -122,6 +127,7 @@ class Hypervisor:
         self._connected = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- connection management -------------------------------------------------
 
@@ -132,6 +138,7 @@ class Hypervisor:
     async def connect(self, *, retry: bool = False) -> None:
         """Open every connection; with ``retry`` wait (with back-off) until libvirtd answers."""
         _ensure_event_impl()
+        self._loop = asyncio.get_running_loop()
         delay = 0.2
         while True:
             try:
@@ -164,7 +171,10 @@ class Hypervisor:
 
     def _closed_cb(self, _conn: Any, reason: int, c: _Connection) -> None:
         log.warning("connection %d to libvirtd lost (reason %d)", c.index, reason)
-        self._lost()
+        # Not from inside libvirt's own callback (closing there would deadlock),
+        # and it may come from a worker thread whose call saw the EOF.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._lost)
 
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
@@ -191,7 +201,8 @@ class Hypervisor:
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+            refs = conn.close()
+            log.debug("connection %d closed (%d references left)", c.index, refs)
 
     async def _reconnect(self) -> None:
         await self.connect(retry=True)
@@ -216,6 +227,14 @@ class Hypervisor:
             self._drop(c)
             c.pool.shutdown(wait=False, cancel_futures=True)
         self._connected.clear()
+        # Let libvirt free its handles and timers while the loop still runs:
+        # domain objects still referenced hold the connection open.
+        gc.collect()
+        impl = libvirtaio.getCurrentImpl()
+        if impl is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(impl.drain(), 1.0)
+            await asyncio.sleep(0.05)
 
     # -- calls -----------------------------------------------------------------
 
@@ -242,14 +261,17 @@ class Hypervisor:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise VMNotFound(vm or "?") from exc
             if _connection_lost(exc):
-                self._lost()
+                if c.conn is conn:
+                    self._lost()
                 raise HypervisorUnavailable(self.uri, exc.get_error_message()) from exc
             if vm is not None:
                 raise VMOperationFailed(vm, what, exc.get_error_message()) from exc
             raise HypervisorError(f"{what}: {exc.get_error_message()}") from exc
 
-    async def list_domains(self) -> list[DomainInfo]:
-        return await self._call(_list_domains, what="list domains", limit=30)
+    async def list_domains(self, running_only: bool = False) -> list[DomainInfo]:
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING if running_only else 0
+        return await self._call(lambda conn: _list_domains(conn, flags), what="list domains",
+                                limit=30)
 
     async def domain(self, uuid: str) -> DomainInfo:
         return await self._call(lambda conn: _info(conn.lookupByUUIDString(uuid)),
@@ -296,9 +318,9 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _list_domains(conn: libvirt.virConnect) -> list[DomainInfo]:
+def _list_domains(conn: libvirt.virConnect, flags: int) -> list[DomainInfo]:
     out = []
-    for dom in conn.listAllDomains(0):
+    for dom in conn.listAllDomains(flags):
         try:
             out.append(_info(dom))
         except libvirt.libvirtError as exc:

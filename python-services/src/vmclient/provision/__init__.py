@@ -1,0 +1,1 @@
+"""Provisioning: VM recipes and their libvirt domains (pure cores; adapters come later)."""

@@ -1,0 +1,227 @@
+"""Canonical encodings and strict readers shared by every repository object.
+
+* ``canonical_json``: the one byte form of a document (sorted keys, no
+  whitespace, UTF-8, integers and strings only) so signatures and known-answer
+  tests are stable.
+* ``Reader``: takes an ``untrusted_*`` mapping and hands out validated fields;
+  every error is a :class:`RemoteIntegrityError` naming the object type, id,
+  path and the dotted field.  Unknown fields are errors too.
+* ``encode_payload``/``decode_payload``: the one-byte codec prefix inside a
+  sealed object (0 = stored, 1 = zstd).
+* ``signed_envelope``/``open_envelope``: ``VMCG 01 | signer id (16) | Ed25519
+  signature (64) | body``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import zstandard
+
+from . import crypto
+from .errors import RemoteIntegrityError, UnsupportedVersion
+
+CODEC_STORED = 0
+CODEC_ZSTD = 1
+MAX_DOCUMENT = 256 << 20  # no manifest, index or catalog decompresses to more
+ENVELOPE_MAGIC = b"VMCG"
+ENVELOPE_VERSION = 1
+_KEYID_LEN = 16
+ENVELOPE_HEADER = len(ENVELOPE_MAGIC) + 1 + _KEYID_LEN + crypto.SIG_SIZE
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+HEX_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def canonical_json(doc: Mapping[str, Any]) -> bytes:
+    _check_canonical(doc, "")
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _check_canonical(value: Any, where: str) -> None:
+    if isinstance(value, float):
+        raise TypeError(f"floats are not canonical ({where})")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_canonical(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_canonical(v, f"{where}[{i}]")
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level: creating one per chunk costs ~40 % of the work."""
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("zstd", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level)
+    return cache[level]
+
+
+def encode_payload(data: bytes | memoryview, level: int | None = 3) -> bytes:
+    """Prefix the codec byte; zstd-compress when ``level`` is set and it helps."""
+    if level is not None:
+        packed = _compressor(level).compress(data)
+        if len(packed) < len(data):
+            return bytes([CODEC_ZSTD]) + packed
+    return bytes([CODEC_STORED]) + bytes(data)
+
+
+def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,
+                   *, limit: int = MAX_DOCUMENT) -> bytes:
+    """Inverse of :func:`encode_payload` (on authenticated bytes)."""
+    if not payload:
+        raise RemoteIntegrityError(obj_type, obj_id, path, "empty payload")
+    if payload[0] == CODEC_STORED:
+        return payload[1:]
+    if payload[0] == CODEC_ZSTD:
+        try:
+            out = zstandard.ZstdDecompressor().decompress(payload[1:], max_output_size=limit)
+        except zstandard.ZstdError as exc:
+            raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
+        if len(out) > limit:
+            raise RemoteIntegrityError(obj_type, obj_id, path, "payload too large")
+        return out
+    raise UnsupportedVersion(obj_type, obj_id, path, f"payload codec {payload[0]}")
+
+
+def signed_envelope(key: crypto.Ed25519PrivateKey, obj_type: str, obj_id: str,
+                    body: bytes) -> bytes:
+    signer = bytes.fromhex(crypto.key_id(key.public_key()))
+    sig = crypto.sign(key, obj_type, obj_id, body)
+    return ENVELOPE_MAGIC + bytes([ENVELOPE_VERSION]) + signer + sig + body
+
+
+def open_envelope(signers: Mapping[str, crypto.Ed25519PublicKey], untrusted_blob: bytes,
+                  obj_type: str, obj_id: str, path: str) -> tuple[str, bytes]:
+    """Verify an envelope signed by one of ``signers`` (key id → key); (signer, body)."""
+    if len(untrusted_blob) < ENVELOPE_HEADER:
+        raise RemoteIntegrityError(obj_type, obj_id, path, "signed object truncated")
+    if untrusted_blob[:4] != ENVELOPE_MAGIC:
+        raise RemoteIntegrityError(obj_type, obj_id, path, "not a signed object (bad magic)")
+    if untrusted_blob[4] != ENVELOPE_VERSION:
+        raise UnsupportedVersion(obj_type, obj_id, path, f"envelope version {untrusted_blob[4]}")
+    untrusted_signer = untrusted_blob[5:5 + _KEYID_LEN].hex()
+    key = signers.get(untrusted_signer)
+    if key is None:
+        raise RemoteIntegrityError(obj_type, obj_id, path,
+                                   f"signed by unknown key {untrusted_signer}")
+    sig = untrusted_blob[5 + _KEYID_LEN:ENVELOPE_HEADER]
+    body = untrusted_blob[ENVELOPE_HEADER:]
+    crypto.verify(key, sig, obj_type, obj_id, body, path=path)
+    return untrusted_signer, body
+
+
+class Reader:
+    """Validated access to one untrusted JSON object (a document or a nested table)."""
+
+    def __init__(self, untrusted: Any, obj_type: str, obj_id: str, path: str,
+                 prefix: str = "") -> None:
+        self.obj_type, self.obj_id, self.path, self.prefix = obj_type, obj_id, path, prefix
+        if not isinstance(untrusted, dict):
+            self.fail("", f"must be an object, not {type(untrusted).__name__}")
+        self._untrusted: dict[str, Any] = untrusted
+        self._seen: set[str] = set()
+
+    @classmethod
+    def parse(cls, untrusted_body: bytes, obj_type: str, obj_id: str, path: str) -> Reader:
+        try:
+            untrusted = json.loads(untrusted_body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RemoteIntegrityError(obj_type, obj_id, path, f"not JSON: {exc}") from None
+        return cls(untrusted, obj_type, obj_id, path)
+
+    def fail(self, name: str, problem: str) -> None:
+        field = (self.prefix + name) or "(document)"
+        raise RemoteIntegrityError(self.obj_type, self.obj_id, self.path,
+                                   f"field {field!r}: {problem}")
+
+    def _get(self, name: str, kinds: type | tuple[type, ...], what: str) -> Any:
+        self._seen.add(name)
+        if name not in self._untrusted:
+            self.fail(name, "missing")
+        value = self._untrusted[name]
+        if not isinstance(value, kinds) or isinstance(value, bool) != (kinds is bool):
+            self.fail(name, f"must be {what}, not {type(value).__name__}")
+        return value
+
+    def names(self) -> list[str]:
+        return sorted(self._untrusted)
+
+    def version(self, supported: Iterable[int]) -> int:
+        value = self.integer("version", lo=0)
+        if value not in set(supported):
+            raise UnsupportedVersion(self.obj_type, self.obj_id, self.path,
+                                     f"format version {value}")
+        return value
+
+    def const(self, name: str, expected: str) -> str:
+        value = self.text(name)
+        if value != expected:
+            self.fail(name, f"is {value!r}, expected {expected!r}")
+        return value
+
+    def text(self, name: str, *, pattern: re.Pattern[str] | None = None,
+            choices: Iterable[str] = ()) -> str:
+        value: str = self._get(name, str, "a string")
+        allowed = tuple(choices)
+        if allowed and value not in allowed:
+            self.fail(name, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+        if pattern is not None and not pattern.fullmatch(value):
+            self.fail(name, f"{value!r} does not match {pattern.pattern}")
+        return value
+
+    def integer(self, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+        value: int = self._get(name, int, "a whole number")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            self.fail(name, f"{value} is out of range [{lo}, {hi}]")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value: bool = self._get(name, bool, "true or false")
+        return value
+
+    def b64(self, name: str, *, size: int | None = None, multiple: int | None = None) -> bytes:
+        text = self.text(name)
+        try:
+            value = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            self.fail(name, "not base64")
+        if size is not None and len(value) != size:
+            self.fail(name, f"has {len(value)} bytes, expected {size}")
+        if multiple is not None and len(value) % multiple:
+            self.fail(name, f"length {len(value)} is not a multiple of {multiple}")
+        return value
+
+    def table(self, name: str) -> Reader:
+        return Reader(self._get(name, dict, "an object"), self.obj_type, self.obj_id,
+                      self.path, f"{self.prefix}{name}.")
+
+    def tables(self, name: str) -> list[Reader]:
+        items = self._get(name, list, "a list")
+        return [Reader(v, self.obj_type, self.obj_id, self.path, f"{self.prefix}{name}[{i}].")
+                for i, v in enumerate(items)]
+
+    def strs(self, name: str, check: Callable[[str], bool] = lambda _: True) -> list[str]:
+        items = self._get(name, list, "a list")
+        for i, v in enumerate(items):
+            if not isinstance(v, str) or not check(v):
+                self.fail(f"{name}[{i}]", f"invalid entry {v!r}")
+        return list(items)
+
+    def done(self) -> None:
+        """Refuse fields this version does not define."""
+        unknown = sorted(set(self._untrusted) - self._seen)
+        if unknown:
+            self.fail(unknown[0], "unknown field")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

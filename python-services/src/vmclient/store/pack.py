@@ -1,0 +1,96 @@
+"""Packs: many sealed chunks in one repository object (restic-style).
+
+Layout of a pack named ``P`` (64 hex digits, random)::
+
+    blob_0 | blob_1 | ... | blob_n-1 | sealed header | header length (u32, big endian)
+
+Each blob is ``seal(enc key, "chunk", <chunk id hex>, codec byte | data)``; the
+header is ``seal(enc key, "pack-header", P, version | records)`` with one
+48-byte record (chunk id, offset, stored length, plaintext length) per blob.
+The header lets a client that crashed before writing the index find what it
+already uploaded; indexes make it unnecessary to read headers otherwise.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass, field
+
+from . import crypto
+from .errors import RemoteIntegrityError
+from .format import decode_payload, encode_payload
+from .objects import BlobRef, pack_header_bytes, parse_pack_header
+
+TRAILER = struct.Struct(">I")
+DEFAULT_PACK_TARGET = 16 << 20
+
+
+def new_pack_name() -> str:
+    return secrets.token_hex(32)
+
+
+@dataclass
+class PackBuilder:
+    """Accumulates sealed chunks until ``full``; ``finish`` gives the pack bytes."""
+
+    keys: crypto.KeySet
+    target: int = DEFAULT_PACK_TARGET
+    level: int | None = 1
+    name: str = field(default_factory=new_pack_name)
+    _parts: list[bytes] = field(default_factory=list)
+    _records: list[tuple[bytes, int, int, int]] = field(default_factory=list)
+    _size: int = 0
+
+    def add(self, cid: bytes, plaintext: bytes) -> None:
+        blob = crypto.seal(self.keys.enc, "chunk", cid.hex(), encode_payload(plaintext, self.level))
+        self._records.append((cid, self._size, len(blob), len(plaintext)))
+        self._parts.append(blob)
+        self._size += len(blob)
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self.target
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def finish(self) -> tuple[bytes, tuple[tuple[bytes, int, int, int], ...]]:
+        header = crypto.seal(self.keys.enc, "pack-header", self.name,
+                             pack_header_bytes(self._records))
+        data = b"".join([*self._parts, header, TRAILER.pack(len(header))])
+        return data, tuple(self._records)
+
+
+def open_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef, untrusted_blob: bytes,
+              path: str) -> bytes:
+    """Decrypt one chunk read from a pack and check its id and length."""
+    obj_id = cid.hex()
+    if len(untrusted_blob) != ref.length:
+        raise RemoteIntegrityError("chunk", obj_id, path,
+                                   f"read {len(untrusted_blob)} bytes, index says {ref.length}")
+    payload = crypto.open_sealed(keys.enc, "chunk", obj_id, untrusted_blob, path=path)
+    data = decode_payload(payload, "chunk", obj_id, path, limit=ref.plain_length)
+    if len(data) != ref.plain_length:
+        raise RemoteIntegrityError("chunk", obj_id, path,
+                                   f"{len(data)} bytes, index says {ref.plain_length}")
+    if crypto.chunk_id(keys.chunk_id, data) != cid:
+        raise RemoteIntegrityError("chunk", obj_id, path, "content does not match its id")
+    return data
+
+
+def header_length(untrusted_trailer: bytes, pack: str, path: str, pack_size: int) -> int:
+    length = int(TRAILER.unpack(untrusted_trailer[-TRAILER.size:])[0])
+    if length + TRAILER.size > pack_size or length < crypto.SEAL_OVERHEAD:
+        raise RemoteIntegrityError("pack-header", pack, path, f"bad header length {length}")
+    return length
+
+
+def open_header(keys: crypto.KeySet, pack: str, untrusted_header: bytes, path: str,
+                pack_size: int) -> tuple[tuple[bytes, int, int, int], ...]:
+    plain = crypto.open_sealed(keys.enc, "pack-header", pack, untrusted_header, path=path)
+    records = parse_pack_header(plain, pack, path)
+    end = records[-1][1] + records[-1][2] if records else 0
+    if end + len(untrusted_header) + TRAILER.size != pack_size:
+        raise RemoteIntegrityError("pack-header", pack, path, "blobs do not fill the pack")
+    return records

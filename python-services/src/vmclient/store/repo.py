@@ -1,0 +1,300 @@
+"""Reading and writing repository objects through a :class:`RemoteStore`.
+
+This is the one code path for images (Receiver) and VM snapshots
+(Synchronizer).  It does I/O only through the injected store, applies the
+write ordering of repository-format.md (packs, then index, then manifest, then
+catalog or pointer) and every check a reader owes (AEAD, signature, digest
+pinned by a signed parent, body names the object it was stored as).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+
+from . import crypto, layout
+from .chunker import Chunk
+from .documents import (
+    CATALOG_ID,
+    CONFIG_ID,
+    Catalog,
+    Pointer,
+    RepoConfig,
+    WrappedKey,
+    check_catalog_fresh,
+    check_pointer_fresh,
+    pointer_id,
+)
+from .errors import RemoteIntegrityError
+from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
+from .objects import BlobRef, Index, Manifest
+from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_blob, open_header
+from .plan import DownloadPlan
+from .remote import RemoteStore
+
+Signers = Mapping[str, crypto.Ed25519PublicKey]
+
+
+async def put_sealed(remote: RemoteStore, path: str, key: bytes, obj: tuple[str, str],
+                     plaintext: bytes, *, exclusive: bool = True) -> bytes:
+    """Seal ``plaintext`` as object ``obj`` = (type, id) and store it at ``path``."""
+    obj_type, obj_id = obj
+    sealed = crypto.seal(key, obj_type, obj_id, encode_payload(plaintext))
+    await remote.put_atomic(path, sealed, exclusive=exclusive)
+    return sealed
+
+
+async def get_sealed(remote: RemoteStore, path: str, key: bytes, obj_type: str,
+                     obj_id: str, *, digest: str | None = None) -> bytes:
+    """Read, check the pinned SHA-256 (if any), decrypt and decompress."""
+    untrusted = await remote.get(path)
+    if digest is not None and crypto.sha256_hex(untrusted) != digest:
+        raise RemoteIntegrityError(obj_type, obj_id, path,
+                                   "digest does not match the one its signed parent pins")
+    payload = crypto.open_sealed(key, obj_type, obj_id, untrusted, path=path)
+    return decode_payload(payload, obj_type, obj_id, path)
+
+
+async def put_signed(remote: RemoteStore, path: str, key: crypto.Ed25519PrivateKey,
+                     obj: tuple[str, str], body: bytes, *, exclusive: bool = True) -> bytes:
+    obj_type, obj_id = obj
+    blob = signed_envelope(key, obj_type, obj_id, body)
+    await remote.put_atomic(path, blob, exclusive=exclusive)
+    return blob
+
+
+async def get_signed(remote: RemoteStore, path: str, signers: Signers, obj_type: str,
+                     obj_id: str) -> tuple[str, bytes, bytes]:
+    """(signer key id, verified body, raw object bytes)."""
+    untrusted = await remote.get(path)
+    signer, body = open_envelope(signers, untrusted, obj_type, obj_id, path)
+    return signer, body, untrusted
+
+
+# --- config and catalog ---------------------------------------------------------------------
+
+async def get_config(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> RepoConfig:
+    """``config``, signed by the admin key pinned on this laptop."""
+    signers = {crypto.key_id(admin): admin}
+    _s, body, _raw = await get_signed(remote, layout.CONFIG, signers, "config", CONFIG_ID)
+    cfg = RepoConfig.parse(body, layout.CONFIG)
+    if cfg.admin_key != crypto.raw_public(admin):
+        raise RemoteIntegrityError("config", CONFIG_ID, layout.CONFIG,
+                                   "names another admin key than the pinned one")
+    return cfg
+
+
+async def put_catalog(remote: RemoteStore, admin: crypto.Ed25519PrivateKey,
+                      catalog: Catalog) -> str:
+    """Replace ``catalog`` (after every manifest it pins is stored); returns its digest."""
+    body = catalog.to_bytes()
+    await put_signed(remote, layout.CATALOG, admin, ("catalog", CATALOG_ID), body,
+                     exclusive=False)
+    return crypto.sha256_hex(body)
+
+
+async def get_catalog(remote: RemoteStore, admin: crypto.Ed25519PublicKey, repository: str, *,
+                      known_serial: int = 0, known_digest: str = "") -> tuple[Catalog, str]:
+    """The catalog and its digest, refused if older than (or conflicting with) one seen."""
+    signers = {crypto.key_id(admin): admin}
+    _s, body, _raw = await get_signed(remote, layout.CATALOG, signers, "catalog", CATALOG_ID)
+    catalog, digest = Catalog.parse(body, repository, layout.CATALOG), crypto.sha256_hex(body)
+    check_catalog_fresh(catalog, digest, known_serial, known_digest, layout.CATALOG)
+    return catalog, digest
+
+
+# --- wrapped keys ----------------------------------------------------------------------------
+
+async def put_wrapped_key(remote: RemoteStore, path: str, signer: crypto.Ed25519PrivateKey,
+                          wrapped: WrappedKey) -> None:
+    await put_signed(remote, path, signer, ("wrapped-key", wrapped.object_id),
+                     wrapped.to_bytes(), exclusive=False)
+
+
+async def get_wrapped_key(remote: RemoteStore, path: str, signers: Signers, subject: str,
+                          recipient: crypto.X25519PrivateKey) -> crypto.KeySet:
+    """Unwrap the key of ``subject`` for ``recipient``; only creators in ``signers`` count.
+
+    Public keys are public: an unsigned wrapped key could be one the server made.
+    """
+    rid = crypto.key_id(recipient.public_key())
+    _s, body, _raw = await get_signed(remote, path, signers, "wrapped-key", f"{subject}/{rid}")
+    return WrappedKey.parse(body, subject, rid, path).unwrap(recipient, path)
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+async def put_image_manifest(remote: RemoteStore, keys: crypto.KeySet, m: Manifest) -> str:
+    """Store an image version's manifest; returns the digest the catalog must pin."""
+    sealed = await put_sealed(remote, layout.image_manifest(m.subject, int(m.label)), keys.enc,
+                              ("manifest", m.object_id), m.to_bytes())
+    return crypto.sha256_hex(sealed)
+
+
+async def get_image_manifest(remote: RemoteStore, keys: crypto.KeySet, name: str, version: int,
+                             digest: str) -> Manifest:
+    path = layout.image_manifest(name, version)
+    oid = Manifest("image", name, str(version), 0, 0, "", ()).object_id
+    body = await get_sealed(remote, path, keys.enc, "manifest", oid, digest=digest)
+    return _checked(Manifest.parse(body, "image", name, str(version), path), keys, path)
+
+
+async def put_snapshot(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
+                       keys: crypto.KeySet, m: Manifest) -> str:
+    """Seal with the VM's key, sign with the device key; returns the stored digest."""
+    sealed = crypto.seal(keys.enc, "manifest", m.object_id, encode_payload(m.to_bytes()))
+    blob = await put_signed(remote, layout.vm_snapshot(m.device, m.subject, m.label),
+                            device_key, ("snapshot", m.object_id), sealed)
+    return crypto.sha256_hex(blob)
+
+
+async def get_snapshot(remote: RemoteStore, signers: Signers, keys: crypto.KeySet, *,
+                       device: str, vm: str, snapshot: str, digest: str | None = None
+                       ) -> Manifest:
+    """A snapshot stored under ``devices/<device>/vms/<vm>/``.
+
+    ``signers`` are the devices allowed to have written it: the device itself,
+    and after a restore the old device a ``rekey`` order names.  The body must
+    name the device that signed it.
+    """
+    path = layout.vm_snapshot(device, vm, snapshot)
+    oid = f"snapshot:{vm}/{snapshot}"
+    signer, sealed, raw = await get_signed(remote, path, signers, "snapshot", oid)
+    if digest is not None and crypto.sha256_hex(raw) != digest:
+        raise RemoteIntegrityError("snapshot", oid, path, "digest does not match the pointer's")
+    payload = crypto.open_sealed(keys.enc, "manifest", oid, sealed, path=path)
+    m = Manifest.parse(decode_payload(payload, "manifest", oid, path), "snapshot", vm,
+                       snapshot, path)
+    if m.device != signer:
+        raise RemoteIntegrityError("snapshot", oid, path,
+                                   f"written by {m.device} but signed by {signer}")
+    return _checked(m, keys, path)
+
+
+def _checked(m: Manifest, keys: crypto.KeySet, path: str) -> Manifest:
+    if m.key_check != keys.check:
+        raise RemoteIntegrityError("manifest", m.object_id, path, "key check does not match")
+    return m
+
+
+async def put_pointer(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
+                      p: Pointer) -> None:
+    await put_signed(remote, layout.vm_pointer(p.device, p.vm), device_key,
+                     ("pointer", pointer_id(p.vm)), p.to_bytes(), exclusive=False)
+
+
+async def get_pointer(remote: RemoteStore, signers: Signers, device: str, vm: str,
+                      known_seq: int = 0) -> Pointer:
+    """``latest`` of a VM under ``devices/<device>/``, written by one of ``signers``."""
+    path = layout.vm_pointer(device, vm)
+    signer, body, _raw = await get_signed(remote, path, signers, "pointer", pointer_id(vm))
+    p = Pointer.parse(body, vm, signer, path)
+    check_pointer_fresh(p, known_seq, path)
+    return p
+
+
+def _object_name(untrusted_path: str, obj_type: str) -> str:
+    """The name of a listed index or pack: 64 hex digits, or the listing is not ours."""
+    name = untrusted_path.rsplit("/", 1)[-1]
+    if not HEX_ID_RE.fullmatch(name):
+        raise RemoteIntegrityError(obj_type, name, untrusted_path, "unexpected object name")
+    return name
+
+
+# --- chunk stores ----------------------------------------------------------------------------
+
+@dataclass
+class UploadResult:
+    packs: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    index: str = ""
+
+
+class ChunkStore:
+    """Packs + indexes under ``root``, sealed with one key set (an image's or a VM's)."""
+
+    def __init__(self, remote: RemoteStore, root: str, keys: crypto.KeySet, *,
+                 pack_target: int = DEFAULT_PACK_TARGET, level: int | None = 1) -> None:
+        self.remote, self.root, self.keys = remote, root, keys
+        self.pack_target, self.level = pack_target, level
+        # packs found by header in load_index: the next upload's index adopts them
+        self.unindexed: dict[str, tuple[tuple[bytes, int, int, int], ...]] = {}
+
+    async def load_index(self) -> dict[bytes, BlobRef]:
+        """Merge every index; packs no index lists (a crashed upload) are read by header."""
+        out: dict[bytes, BlobRef] = {}
+        indexed: set[str] = set()
+        for entry in await self.remote.list(f"{self.root}/index"):
+            name = _object_name(entry.path, "index")
+            body = await get_sealed(self.remote, entry.path, self.keys.enc, "index", name)
+            idx = Index.parse(body, name, entry.path)
+            indexed.update(idx.packs)
+            out.update(idx.refs())
+        for entry in await self.remote.list(f"{self.root}/packs"):
+            name = _object_name(entry.path, "pack")
+            if name not in indexed:
+                self.unindexed[name] = await self.read_header(name, entry.size)
+                for cid, off, length, plain in self.unindexed[name]:
+                    out.setdefault(cid, BlobRef(name, off, length, plain))
+        return out
+
+    async def read_header(self, name: str, size: int) -> tuple[tuple[bytes, int, int, int], ...]:
+        path = layout.pack(self.root, name)
+        if size < TRAILER.size:
+            raise RemoteIntegrityError("pack-header", name, path, "pack truncated")
+        trailer = await self.remote.get(path, size - TRAILER.size, TRAILER.size)
+        length = header_length(trailer, name, path, size)
+        header = await self.remote.get(path, size - TRAILER.size - length, length)
+        return open_header(self.keys, name, header, path, size)
+
+    async def upload(self, chunks: Iterable[Chunk], known: Mapping[bytes, BlobRef]
+                     ) -> UploadResult:
+        """Write the chunks ``known`` lacks in packs, then one index naming those packs.
+
+        The index also names packs an interrupted upload left without one (found
+        by :meth:`load_index`), so they are read by header only once.
+        """
+        result = UploadResult()
+        written: dict[str, tuple[tuple[bytes, int, int, int], ...]] = dict(self.unindexed)
+        seen: set[bytes] = set()
+        builder = self._builder()
+        for chunk in chunks:
+            if chunk.is_zero or chunk.id in known or chunk.id in seen:
+                continue
+            seen.add(chunk.id)
+            builder.add(chunk.id, chunk.data)
+            if builder.full:
+                await self._flush(builder, written, result)
+                builder = self._builder()
+        if len(builder):
+            await self._flush(builder, written, result)
+        if written:
+            result.index = secrets.token_hex(32)
+            await put_sealed(self.remote, layout.index(self.root, result.index), self.keys.enc,
+                             ("index", result.index), Index(result.index, written).to_bytes())
+            self.unindexed.clear()
+        return result
+
+    def _builder(self) -> PackBuilder:
+        return PackBuilder(self.keys, self.pack_target, self.level)
+
+    async def _flush(self, builder: PackBuilder, written: dict[str, tuple[tuple[bytes, int, int,
+                     int], ...]], result: UploadResult) -> None:
+        data, records = builder.finish()
+        await self.remote.put_atomic(layout.pack(self.root, builder.name), data, exclusive=True)
+        written[builder.name] = records
+        result.packs += 1
+        result.chunks += len(records)
+        result.bytes += len(data)
+
+    async def fetch(self, plan: DownloadPlan) -> AsyncIterator[tuple[bytes, bytes]]:
+        """(chunk id, verified plaintext) for every chunk the plan reads."""
+        for read in plan.reads:
+            path = layout.pack(self.root, read.pack)
+            untrusted = await self.remote.get(path, read.offset, read.length)
+            for cid, ref in read.blobs:
+                start = ref.offset - read.offset
+                yield cid, open_blob(self.keys, cid, ref, untrusted[start:start + ref.length],
+                                     path)

@@ -1,0 +1,120 @@
+"""The power daemon under test and its logind peer, as the tests and bench/power.py drive them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dbus
+from fixtures_bus import PrivateSystemBus
+from fixtures_udev import SimulatedLaptop
+
+from testlib import SERVICES
+
+BUS_NAME = "org.vmclient.VMClient1"
+POWER_PATH = "/org/vmclient/VMClient1/Power"
+POWER_IFACE = "org.vmclient.VMClient1.Power"
+LOGIND_IFACE = "org.freedesktop.login1.Manager"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class PowerDaemon:
+    """vmclient-powerd as a child process on the private bus and the umockdev testbed."""
+
+    def __init__(self, bus: PrivateSystemBus, laptop: SimulatedLaptop | None, workdir: Path,
+                 config: str = "") -> None:
+        self.bus = bus
+        self.workdir = workdir
+        self.state_dir = workdir / "state"
+        self.config = workdir / "power.toml"
+        self.config.write_text(f'state_dir = "{self.state_dir}"\n' + config)
+        self.log_path = workdir / "powerd.log"
+        self.env = {**bus.env(), **(laptop.env() if laptop else {}),
+                    "PYTHONPATH": str(SERVICES / "src")}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn = bus.connection()
+
+    def start(self, wait: bool = True) -> PowerDaemon:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vmclient.power.daemon", "--config", str(self.config),
+             "--debug"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            try:
+                wait_for(lambda: self.conn.name_has_owner(BUS_NAME) or self.proc.poll() is not None,
+                         30, "vmclient-powerd on the bus")
+            finally:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"vmclient-powerd exited {self.proc.returncode}:\n"
+                                         + self.log())
+        return self
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("vmclient-powerd did not stop on SIGTERM:\n"
+                                     + self.log()) from None
+        self._log.close()
+        wait_for(lambda: not self.conn.name_has_owner(BUS_NAME), 5, "the bus name released")
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def props(self) -> dict[str, Any]:
+        obj = self.conn.get_object(BUS_NAME, POWER_PATH)
+        return obj.GetAll(POWER_IFACE, dbus_interface="org.freedesktop.DBus.Properties")
+
+    def call(self, method: str, timeout: float = 30) -> list[str]:
+        obj = self.conn.get_object(BUS_NAME, POWER_PATH)
+        return [str(x) for x in obj.get_dbus_method(method, POWER_IFACE)(timeout=timeout)]
+
+    def paused_by_us(self) -> dict[str, str]:
+        return {str(n): str(a) for n, a in self.props()["PausedByUs"]}
+
+
+class Logind:
+    """The dbusmock logind peer, seen from the test."""
+
+    def __init__(self, bus: PrivateSystemBus, mock: dbus.Interface) -> None:
+        self.mock = mock
+        conn = bus.connection()
+        self.obj = conn.get_object("org.freedesktop.login1", "/org/freedesktop/login1")
+
+    def inhibitors(self) -> list[tuple[str, str, str, str]]:
+        return [(str(w), str(who), str(why), str(m)) for w, who, why, m, *_ in
+                self.obj.ListInhibitors(dbus_interface=LOGIND_IFACE)]
+
+    def holds(self, what: str, mode: str) -> bool:
+        return any(w == what and m == mode and who == "vmclient-powerd"
+                   for w, who, _, m in self.inhibitors())
+
+    def prepare_for_sleep(self, start: bool) -> None:
+        self.mock.EmitSignal(LOGIND_IFACE, "PrepareForSleep", "b", [start])
+
+    def suspend_count(self) -> int:
+        return int(self.obj.Get(LOGIND_IFACE, "TestSuspendCount",
+                                dbus_interface="org.freedesktop.DBus.Properties"))
+
+

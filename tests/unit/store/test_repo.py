@@ -1,0 +1,317 @@
+"""End to end through an in-memory store: publish, download, tamper, swap, recover."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from vmclient.store import crypto, layout
+from vmclient.store.chunker import Chunker
+from vmclient.store.documents import (
+    Catalog,
+    ImageVersion,
+    Pointer,
+    RepoConfig,
+    WrappedKey,
+)
+from vmclient.store.errors import RemoteIntegrityError
+from vmclient.store.objects import ChunkMap, Manifest
+from vmclient.store.plan import plan_download
+from vmclient.store.remote import MemoryStore
+from vmclient.store.repo import (
+    ChunkStore,
+    get_catalog,
+    get_config,
+    get_image_manifest,
+    get_pointer,
+    get_snapshot,
+    get_wrapped_key,
+    put_catalog,
+    put_image_manifest,
+    put_pointer,
+    put_signed,
+    put_snapshot,
+    put_wrapped_key,
+)
+
+from .helpers import flip, run
+
+K = 64 << 10
+
+
+def disk_bytes(n_chunks: int = 12) -> bytes:
+    parts = [os.urandom(K) if i % 3 else bytes(K) for i in range(n_chunks)]
+    parts[-1] = b"text " * (K // 5) + b"x" * (K % 5)
+    return b"".join(parts) + b"short tail"
+
+
+async def publish(store: MemoryStore, keys: crypto.KeySet, data: bytes, version: int = 1,
+                  pack_target: int = 200_000) -> tuple[Manifest, str]:
+    chunks = list(Chunker(keys.chunk_id).split(data))
+    cs = ChunkStore(store, layout.image_store("win"), keys, pack_target=pack_target)
+    await cs.upload(chunks, await cs.load_index())
+    disk = ChunkMap("system", "system", len(data), K, tuple(c.id for c in chunks))
+    m = Manifest("image", "win", str(version), version, 0, keys.check, (disk,))
+    return m, await put_image_manifest(store, keys, m)
+
+
+async def download(store: MemoryStore, keys: crypto.KeySet, digest: str, version: int = 1,
+                   local: dict[bytes, bytes] | None = None) -> bytes:
+    m = await get_image_manifest(store, keys, "win", version, digest)
+    cs = ChunkStore(store, layout.image_store("win"), keys)
+    local = dict(local or {})
+    plan = plan_download(m, set(local), await cs.load_index(), store_path=cs.root)
+    async for cid, data in cs.fetch(plan):
+        local[cid] = data
+    disk = m.disks[0]
+    out = bytearray(disk.size)
+    for i, cid in enumerate(disk.ids):
+        if cid in local:
+            out[i * K:i * K + len(local[cid])] = local[cid]
+    return bytes(out)
+
+
+def test_published_image_downloads_byte_identical(store: MemoryStore,
+                                                  keys: crypto.KeySet) -> None:
+    data = disk_bytes()
+    _m, digest = run(publish(store, keys, data))
+    assert run(download(store, keys, digest)) == data
+    packs = [p for p in store.objects if "/packs/" in p]
+    assert len(packs) >= 2, "pack target should have split the upload"
+
+
+def test_second_version_uploads_and_downloads_only_changed_chunks(
+        store: MemoryStore, keys: crypto.KeySet) -> None:
+    data = disk_bytes()
+    m1, _ = run(publish(store, keys, data))
+    changed = bytearray(data)
+    changed[2 * K:2 * K + 10] = b"0123456789"
+    before = dict(store.objects)
+    m2, d2 = run(publish(store, keys, bytes(changed), version=2))
+    new_packs = [p for p in store.objects if p not in before and "/packs/" in p]
+    assert len(new_packs) == 1
+    assert len(m2.stored_ids() - m1.stored_ids()) == 1
+    have = {c.id: c.data for c in Chunker(keys.chunk_id).split(data) if not c.is_zero}
+    assert run(download(store, keys, d2, 2, local=have)) == bytes(changed)
+
+
+def test_every_flipped_byte_of_a_pack_is_detected_and_named(store: MemoryStore,
+                                                            keys: crypto.KeySet) -> None:
+    data = disk_bytes(4)
+    _m, digest = run(publish(store, keys, data))
+    (pack,) = [p for p in store.objects if "/packs/" in p]
+    original = store.objects[pack]
+    cs = ChunkStore(store, layout.image_store("win"), keys)
+    records = run(cs.read_header(pack.rsplit("/", 1)[1], len(original)))
+    blobs_end = records[-1][1] + records[-1][2]
+    # per blob: magic, version, nonce, first ciphertext byte, middle, last tag byte
+    positions = [off + d for _cid, off, length, _plain in records
+                 for d in (0, 4, 5, 17, length // 2, length - 1)]
+    for pos in positions:
+        store.objects[pack] = flip(original, pos)
+        with pytest.raises(RemoteIntegrityError) as err:
+            run(download(store, keys, digest))
+        assert err.value.obj_type == "chunk" and err.value.path == pack
+    for pos in range(blobs_end, len(original)):  # the header and its length: read on recovery
+        store.objects[pack] = flip(original, pos)
+        with pytest.raises(RemoteIntegrityError) as err:
+            run(cs.read_header(pack.rsplit("/", 1)[1], len(original)))
+        assert err.value.obj_type == "pack-header"
+    store.objects[pack] = original
+    assert run(download(store, keys, digest)) == data
+
+
+@pytest.mark.parametrize("kind", ["index", "manifest"])
+def test_flipped_index_or_manifest_is_detected(store: MemoryStore, keys: crypto.KeySet,
+                                               kind: str) -> None:
+    _m, digest = run(publish(store, keys, disk_bytes(4)))
+    (path,) = [p for p in store.objects if f"/{kind}" in p]
+    store.objects[path] = flip(store.objects[path], len(store.objects[path]) // 2)
+    with pytest.raises(RemoteIntegrityError) as err:
+        run(download(store, keys, digest))
+    assert err.value.obj_type == kind and err.value.path == path
+
+
+def test_old_manifest_swapped_in_for_a_new_version_is_refused(
+        store: MemoryStore, keys: crypto.KeySet) -> None:
+    _m1, _d1 = run(publish(store, keys, disk_bytes(4)))
+    _m2, d2 = run(publish(store, keys, disk_bytes(4), version=2))
+    store.objects[layout.image_manifest("win", 2)] = store.objects[layout.image_manifest("win", 1)]
+    with pytest.raises(RemoteIntegrityError, match="digest does not match"):
+        run(download(store, keys, d2, 2))
+    # even without the pinned digest, AEAD binds the version into the object id
+    m = Manifest("image", "win", "2", 2, 0, "", ()).object_id
+    with pytest.raises(RemoteIntegrityError, match="authentication failed"):
+        crypto.open_sealed(keys.enc, "manifest", m, store.objects[layout.image_manifest("win", 2)])
+
+
+def test_interrupted_upload_is_recovered_from_pack_headers(store: MemoryStore,
+                                                           keys: crypto.KeySet) -> None:
+    data = disk_bytes()
+    _m, _d = run(publish(store, keys, data))
+    for path in [p for p in store.objects if "/index/" in p]:
+        del store.objects[path]  # crash after the packs, before the index
+    cs = ChunkStore(store, layout.image_store("win"), keys)
+    index = run(cs.load_index())
+    chunks = [c for c in Chunker(keys.chunk_id).split(data) if not c.is_zero]
+    assert {c.id for c in chunks} <= set(index)
+    assert run(cs.upload(chunks, index)).chunks == 0
+    # the next upload's index adopts the orphaned packs: no header reads after that
+    extra = Chunker(keys.chunk_id).chunk(99, b"new data")
+    result = run(cs.upload([extra], index))
+    assert result.chunks == 1 and not cs.unindexed
+    again = ChunkStore(store, layout.image_store("win"), keys)
+    assert set(run(again.load_index())) == set(index) | {extra.id}
+    assert again.unindexed == {}
+
+
+def snapshot(device: str, vm: str, keys: crypto.KeySet) -> Manifest:
+    disk = ChunkMap("user", "user", K, K, (b"\x01" * 32,))
+    return Manifest("snapshot", vm, "0000000001", 1, 0, keys.check, (disk,), device=device)
+
+
+def test_snapshot_round_trips_and_is_bound_to_vm_and_device(
+        store: MemoryStore, keys: crypto.KeySet, device_key: Ed25519PrivateKey,
+        device_id: str) -> None:
+    signers = {device_id: device_key.public_key()}
+    m = snapshot(device_id, "office", keys)
+    digest = run(put_snapshot(store, device_key, keys, m))
+    got = run(get_snapshot(store, signers, keys, device=device_id, vm="office",
+                           snapshot="0000000001", digest=digest))
+    assert got == m
+    # the same snapshot copied under another VM's name
+    other = layout.vm_snapshot(device_id, "other", "0000000001")
+    store.objects[other] = store.objects[layout.vm_snapshot(device_id, "office", "0000000001")]
+    with pytest.raises(RemoteIntegrityError) as err:
+        run(get_snapshot(store, signers, keys, device=device_id, vm="other",
+                         snapshot="0000000001"))
+    assert err.value.obj_id == "snapshot:other/0000000001" and err.value.path == other
+
+
+def test_snapshot_signed_by_another_device_is_refused(
+        store: MemoryStore, keys: crypto.KeySet, device_key: Ed25519PrivateKey,
+        device_id: str) -> None:
+    thief = Ed25519PrivateKey.from_private_bytes(b"\x0a" * 32)
+    m = snapshot(device_id, "office", keys)
+    run(put_snapshot(store, thief, keys, m))
+    with pytest.raises(RemoteIntegrityError, match="signed by unknown key"):
+        run(get_snapshot(store, {device_id: device_key.public_key()}, keys, device=device_id,
+                         vm="office", snapshot="0000000001"))
+    # and a device cannot pass its snapshot off as another device's
+    thief_id = crypto.key_id(thief.public_key())
+    signers = {device_id: device_key.public_key(), thief_id: thief.public_key()}
+    with pytest.raises(RemoteIntegrityError, match="but signed by"):
+        run(get_snapshot(store, signers, keys, device=device_id, vm="office",
+                         snapshot="0000000001"))
+
+
+def test_snapshot_with_another_vms_key_is_refused(
+        store: MemoryStore, keys: crypto.KeySet, device_key: Ed25519PrivateKey,
+        device_id: str) -> None:
+    run(put_snapshot(store, device_key, keys, snapshot(device_id, "office", keys)))
+    with pytest.raises(RemoteIntegrityError, match="authentication failed"):
+        run(get_snapshot(store, {device_id: device_key.public_key()},
+                         crypto.KeySet.derive(b"\x09" * 32), device=device_id, vm="office",
+                         snapshot="0000000001"))
+
+
+def test_chunk_whose_content_does_not_match_its_id_is_refused(keys: crypto.KeySet) -> None:
+    """Defence in depth: a writer bug (or a leaked key) sealing wrong data under an id."""
+    from vmclient.store.format import encode_payload
+    from vmclient.store.objects import BlobRef
+    from vmclient.store.pack import open_blob
+    cid = crypto.chunk_id(keys.chunk_id, b"right")
+    blob = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(b"wrong", None))
+    with pytest.raises(RemoteIntegrityError, match="content does not match its id"):
+        open_blob(keys, cid, BlobRef("p", 0, len(blob), 5), blob, "p")
+
+
+def test_stray_object_in_a_chunk_store_is_named(store: MemoryStore, keys: crypto.KeySet) -> None:
+    run(publish(store, keys, disk_bytes(4)))
+    store.objects[layout.image_store("win") + "/index/notes.txt"] = b"hello"
+    with pytest.raises(RemoteIntegrityError, match="unexpected object name") as err:
+        run(ChunkStore(store, layout.image_store("win"), keys).load_index())
+    assert err.value.obj_type == "index"
+
+
+REPO_ID = "3f0c5d2e9a8b4c7d1e2f3a4b5c6d7e8f"
+
+
+def catalog_at(serial: int) -> Catalog:
+    return Catalog(REPO_ID, serial, 1000 + serial,
+                   {"win": (ImageVersion(1, "a" * 64, K, 0, "c" * 32),)})
+
+
+def test_catalog_through_the_store_refuses_tamper_replay_and_other_signers(
+        store: MemoryStore, admin: Ed25519PrivateKey) -> None:
+    run(put_catalog(store, admin, catalog_at(5)))
+    old = store.objects["catalog"]
+    digest6 = run(put_catalog(store, admin, catalog_at(6)))
+    cat, digest = run(get_catalog(store, admin.public_key(), REPO_ID, known_serial=5))
+    assert (cat.serial, digest) == (6, digest6)
+    store.objects["catalog"] = old  # the server replays serial 5
+    with pytest.raises(RemoteIntegrityError, match="serial 5 is older than serial 6"):
+        run(get_catalog(store, admin.public_key(), REPO_ID, known_serial=6,
+                        known_digest=digest6))
+    store.objects["catalog"] = flip(old, len(old) - 3)
+    with pytest.raises(RemoteIntegrityError, match="bad signature"):
+        run(get_catalog(store, admin.public_key(), REPO_ID))
+    other = Ed25519PrivateKey.from_private_bytes(b"\x0b" * 32)
+    run(put_catalog(store, other, catalog_at(7)))
+    with pytest.raises(RemoteIntegrityError, match="signed by unknown key"):
+        run(get_catalog(store, admin.public_key(), REPO_ID))
+
+
+def test_config_must_name_the_pinned_admin_key(store: MemoryStore,
+                                               admin: Ed25519PrivateKey) -> None:
+    good = RepoConfig(REPO_ID, 0, K, crypto.raw_public(admin.public_key()), b"\x02" * 32)
+    run(put_signed(store, "config", admin, ("config", "config"), good.to_bytes()))
+    assert run(get_config(store, admin.public_key())) == good
+    bad = RepoConfig(REPO_ID, 0, K, b"\x07" * 32, b"\x02" * 32)
+    store.objects.clear()
+    run(put_signed(store, "config", admin, ("config", "config"), bad.to_bytes()))
+    with pytest.raises(RemoteIntegrityError, match="another admin key"):
+        run(get_config(store, admin.public_key()))
+
+
+def test_pointer_rollback_and_foreign_writer_are_refused(
+        store: MemoryStore, device_key: Ed25519PrivateKey, device_id: str) -> None:
+    signers = {device_id: device_key.public_key()}
+    run(put_pointer(store, device_key, Pointer("office", device_id, "0000000003", 3, 0,
+                                               "e" * 64)))
+    old = store.objects[layout.vm_pointer(device_id, "office")]
+    run(put_pointer(store, device_key, Pointer("office", device_id, "0000000004", 4, 0,
+                                               "e" * 64)))
+    assert run(get_pointer(store, signers, device_id, "office", known_seq=4)).seq == 4
+    store.objects[layout.vm_pointer(device_id, "office")] = old
+    with pytest.raises(RemoteIntegrityError, match="seq 3 is older than seq 4"):
+        run(get_pointer(store, signers, device_id, "office", known_seq=4))
+    # a pointer of another VM copied over this one
+    run(put_pointer(store, device_key, Pointer("other", device_id, "0000000009", 9, 0,
+                                               "e" * 64)))
+    store.objects[layout.vm_pointer(device_id, "office")] = \
+        store.objects[layout.vm_pointer(device_id, "other")]
+    with pytest.raises(RemoteIntegrityError, match="bad signature"):
+        run(get_pointer(store, signers, device_id, "office"))
+
+
+def test_wrapped_key_made_by_the_server_is_refused(
+        store: MemoryStore, keys: crypto.KeySet, admin: Ed25519PrivateKey,
+        device_x: X25519PrivateKey) -> None:
+    signers = {crypto.key_id(admin.public_key()): admin.public_key()}
+    path = layout.image_key("win", crypto.key_id(device_x.public_key()))
+    run(put_wrapped_key(store, path, admin,
+                        WrappedKey.create("image:win", device_x.public_key(), keys)))
+    got = run(get_wrapped_key(store, path, signers, "image:win", device_x))
+    assert got.secret == keys.secret
+    # the server wraps a key of its choosing for the device's (public) key
+    server = Ed25519PrivateKey.from_private_bytes(b"\x0c" * 32)
+    rogue = crypto.KeySet.derive(b"\x0d" * 32)
+    run(put_wrapped_key(store, path, server,
+                        WrappedKey.create("image:win", device_x.public_key(), rogue)))
+    with pytest.raises(RemoteIntegrityError, match="signed by unknown key") as err:
+        run(get_wrapped_key(store, path, signers, "image:win", device_x))
+    assert err.value.obj_type == "wrapped-key" and err.value.path == path
