@@ -1,9 +1,9 @@
 """System tests: a whole vmclient host booted under QEMU, driven over SSH and QMP.
 
-Skipped unless asked for: `pytest --system` (the option comes from
-tests/system/options.py, pasted into tests/conftest.py) or
+Skipped unless asked for: `pytest --system` (tests/conftest.py) or
 VMCLIENT_SYSTEM_TESTS=1.  They also need root, QEMU and mmdebstrap (see
-tests/system/apt-packages.txt).
+tests/system/apt-packages.txt): missing ones skip them, or fail them in CI
+(testlib.need).
 
 The host boots once per session.  VMCLIENT_SYSTEM_IMAGE points the tests at an
 image instead of building one: a directory made by tests/system/image/build or
@@ -29,6 +29,8 @@ sys.path.insert(0, str(HERE))
 
 import harness
 
+from testlib import need  # tests/conftest.py puts tests/ on sys.path
+
 
 def _enabled(config: pytest.Config) -> bool:
     try:
@@ -50,22 +52,19 @@ def _missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    system_items = [i for i in items if i.get_closest_marker("system")]
-    if not system_items:
+    if _enabled(config):
         return
-    reason = None
-    if not _enabled(config):
-        reason = "system tests boot a whole host under QEMU: run with --system or VMCLIENT_SYSTEM_TESTS=1"
-    else:
-        reason = _missing()
-    if reason:
-        for item in system_items:
+    reason = "system tests boot a whole host under QEMU: run with --system or VMCLIENT_SYSTEM_TESTS=1"
+    for item in items:
+        if item.get_closest_marker("system"):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
 def host_boot_config() -> harness.BootConfig:
     """The image to boot: built (or reused from the cache) unless given."""
+    missing = _missing()
+    need(missing is None, missing or "")
     given = os.environ.get("VMCLIENT_SYSTEM_IMAGE")
     if given:
         path = Path(given)

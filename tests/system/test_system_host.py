@@ -68,7 +68,7 @@ def test_kvm_works_inside_the_host_for_firmware_only_vms(
     host.ssh("virsh -q suspend vmc-pause && virsh -q resume vmc-pause", check=True)
     assert harness.domstates(host)["vmc-pause"] == "running"
     host.wait_until("dmesg | grep -q \"vmclient-test: .*'vmc-pause': Resumed\"", timeout=30)
-    log = [l for l in harness.kernel_log(host)[since:] if "vmc-pause" in l]
+    log = [line for line in harness.kernel_log(host)[since:] if "vmc-pause" in line]
     assert "Suspended" in log[0] and "Resumed" in log[-1], log
 
 

@@ -37,17 +37,17 @@ def paused_before_s3(kernel_log: list[str], since: int, names: list[str]) -> Non
     """Each name has a libvirt 'Suspended' event in the kernel log after line
     `since` and before the kernel's 'PM: suspend entry'."""
     window = kernel_log[since:]
-    entry = next((i for i, l in enumerate(window) if "PM: suspend entry" in l), None)
+    entry = next((i for i, line in enumerate(window) if "PM: suspend entry" in line), None)
     assert entry is not None, "no 'PM: suspend entry' in the kernel log:\n" + "\n".join(window)
     before = window[:entry]
     for name in names:
-        hit = [l for l in before if f"'{name}'" in l and "Suspended" in l]
+        hit = [line for line in before if f"'{name}'" in line and "Suspended" in line]
         assert hit, (f"{name} was not paused before the host entered S3:\n"
-                     + "\n".join(l for l in window if "vmclient-test" in l or "PM:" in l))
+                     + "\n".join(line for line in window if "vmclient-test" in line or "PM:" in line))
 
 
 def not_paused_by_daemon(kernel_log: list[str], since: int, name: str) -> None:
-    hits = [l for l in kernel_log[since:] if f"'{name}'" in l and "Suspended" in l]
+    hits = [line for line in kernel_log[since:] if f"'{name}'" in line and "Suspended" in line]
     assert not hits, f"{name} (policy ignore) was paused: {hits}"
 
 
@@ -82,9 +82,9 @@ def test_status_over_the_system_bus_as_root_and_unprivileged_user(
 
 def test_daemon_holds_sleep_delay_and_lid_block_inhibitors(powerd: harness.Machine) -> None:
     out = powerd.ssh("systemd-inhibit --list --no-pager --no-legend", check=True).stdout
-    mine = [l for l in out.splitlines() if "vmclient" in l.lower()]
-    assert any("sleep" in l and "delay" in l for l in mine), out
-    assert any("handle-lid-switch" in l and "block" in l for l in mine), out
+    mine = [line for line in out.splitlines() if "vmclient" in line.lower()]
+    assert any("sleep" in line and "delay" in line for line in mine), out
+    assert any("handle-lid-switch" in line and "block" in line for line in mine), out
 
 
 def test_pause_all_and_resume_all_as_root(powerd: harness.Machine, vms: dict) -> None:
