@@ -711,6 +711,18 @@ def lid(m: Machine, action: str) -> str:
     return m.ssh(f"{cmd} {action}", check=True, timeout=60).stdout.strip()
 
 
-def kernel_log(m: Machine) -> list[str]:
-    """The kernel ring buffer of this boot, oldest first (dmesg without times)."""
-    return m.ssh("dmesg --notime", check=True).stdout.splitlines()
+def kernel_mark(m: Machine) -> str:
+    """Write a unique marker line into the kernel log; kernel_log_since(mark)
+    returns what came after it (line counts do not survive a full ring buffer)."""
+    token = f"vmclient-test: mark {time.monotonic_ns()}"
+    m.ssh(f"echo '{token}' > /dev/kmsg", check=True)
+    return token
+
+
+def kernel_log_since(m: Machine, mark: str) -> list[str]:
+    """The kernel log after the marker line, oldest first (dmesg without times)."""
+    lines = m.ssh("dmesg --notime", check=True).stdout.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].strip() == mark:
+            return lines[i + 1:]
+    raise HarnessError(f"marker {mark!r} is no longer in the kernel log (ring buffer too small?)")

@@ -64,11 +64,11 @@ def test_kvm_works_inside_the_host_for_firmware_only_vms(
         assert "type='kvm'" in xml
     # A pause/resume round trip straight through libvirt works, and its
     # lifecycle events reach the kernel log (what the S3 ordering checks read).
-    since = len(harness.kernel_log(host))
+    mark = harness.kernel_mark(host)
     host.ssh("virsh -q suspend vmc-pause && virsh -q resume vmc-pause", check=True)
     assert harness.domstates(host)["vmc-pause"] == "running"
     host.wait_until("dmesg | grep -q \"vmclient-test: .*'vmc-pause': Resumed\"", timeout=30)
-    log = [line for line in harness.kernel_log(host)[since:] if "vmc-pause" in line]
+    log = [line for line in harness.kernel_log_since(host, mark) if "vmc-pause" in line]
     assert "Suspended" in log[0] and "Resumed" in log[-1], log
 
 

@@ -33,10 +33,9 @@ def wait_state(m: harness.Machine, want: dict[str, str], timeout: float = 60) ->
         pytest.fail(f"domains not {want} within {timeout} s: {harness.domstates(m)}")
 
 
-def paused_before_s3(kernel_log: list[str], since: int, names: list[str]) -> None:
-    """Each name has a libvirt 'Suspended' event in the kernel log after line
-    `since` and before the kernel's 'PM: suspend entry'."""
-    window = kernel_log[since:]
+def paused_before_s3(window: list[str], names: list[str]) -> None:
+    """Each name has a libvirt 'Suspended' event in the kernel log window
+    before the kernel's 'PM: suspend entry'."""
     entry = next((i for i, line in enumerate(window) if "PM: suspend entry" in line), None)
     assert entry is not None, "no 'PM: suspend entry' in the kernel log:\n" + "\n".join(window)
     before = window[:entry]
@@ -46,8 +45,8 @@ def paused_before_s3(kernel_log: list[str], since: int, names: list[str]) -> Non
                      + "\n".join(line for line in window if "vmclient-test" in line or "PM:" in line))
 
 
-def not_paused_by_daemon(kernel_log: list[str], since: int, name: str) -> None:
-    hits = [line for line in kernel_log[since:] if f"'{name}'" in line and "Suspended" in line]
+def not_paused_by_daemon(window: list[str], name: str) -> None:
+    hits = [line for line in window if f"'{name}'" in line and "Suspended" in line]
     assert not hits, f"{name} (policy ignore) was paused: {hits}"
 
 
@@ -102,7 +101,7 @@ def _suspend_cycle(m: harness.Machine, trigger: Callable[[], object],
     again and the user-paused one is still paused."""
     assert m.events is not None and m.qmp is not None
     m.ssh(f"virsh -q suspend {USER_PAUSED}", check=True)
-    since = len(harness.kernel_log(m))
+    mark = harness.kernel_mark(m)
     mark = m.events.mark()
     trigger()
     m.events.wait_for("SUSPEND", timeout=120, after=mark)
@@ -111,9 +110,9 @@ def _suspend_cycle(m: harness.Machine, trigger: Callable[[], object],
     if after_wake:
         m.wait_until("true", timeout=60)
         after_wake()
-    log = harness.kernel_log(m)
-    paused_before_s3(log, since, list(MANAGED))
-    not_paused_by_daemon(log, since, IGNORED)
+    log = harness.kernel_log_since(m, mark)
+    paused_before_s3(log, list(MANAGED))
+    not_paused_by_daemon(log, IGNORED)
     wait_state(m, {**{n: "running" for n in MANAGED}, IGNORED: "running",
                    USER_PAUSED: "paused"}, timeout=90)
     m.wait_until("vmclientctl power status --json | grep -q '\"state\": \"running\"'",
