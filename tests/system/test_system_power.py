@@ -101,7 +101,7 @@ def _suspend_cycle(m: harness.Machine, trigger: Callable[[], object],
     again and the user-paused one is still paused."""
     assert m.events is not None and m.qmp is not None
     m.ssh(f"virsh -q suspend {USER_PAUSED}", check=True)
-    mark = harness.kernel_mark(m)
+    klog_mark = harness.kernel_mark(m)
     mark = m.events.mark()
     trigger()
     m.events.wait_for("SUSPEND", timeout=120, after=mark)
@@ -110,7 +110,7 @@ def _suspend_cycle(m: harness.Machine, trigger: Callable[[], object],
     if after_wake:
         m.wait_until("true", timeout=60)
         after_wake()
-    log = harness.kernel_log_since(m, mark)
+    log = harness.kernel_log_since(m, klog_mark)
     paused_before_s3(log, list(MANAGED))
     not_paused_by_daemon(log, IGNORED)
     wait_state(m, {**{n: "running" for n in MANAGED}, IGNORED: "running",
