@@ -33,3 +33,24 @@ bench: setup daemons
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# --- a whole vmclient host under QEMU (tests/system/README.md) -------------
+# `make run` boots it with two demo VMs and tells how to reach it;
+# IMAGE=<.../vmclient-image-<machine>.qemuboot.conf> boots a Yocto image instead
+# (SSH_KEY=<key root accepts>, or an empty root password as debug images have).
+IMAGE ?=
+SSH_KEY ?=
+
+.PHONY: run stop system-image system-test
+
+run: setup
+	$(VENV)/bin/python scripts/run-host start $(if $(IMAGE),--image $(IMAGE)) $(if $(SSH_KEY),--ssh-key $(SSH_KEY))
+
+stop:
+	$(VENV)/bin/python scripts/run-host stop
+
+system-image: setup
+	tests/system/image/build --venv $(VENV)
+
+system-test: setup
+	$(VENV)/bin/python -m pytest tests/system --system $(PYTEST_ARGS)
