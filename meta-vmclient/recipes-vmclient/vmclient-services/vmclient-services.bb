@@ -1,0 +1,129 @@
+SUMMARY = "vmclient host services: power manager, provisioning, sync, CLI"
+DESCRIPTION = "The Python daemons of the vmclient laptop host (vmclient-powerd, \
+               later vmclient-provd and vmclient-syncd) and the vmclientctl \
+               CLI, with their systemd units, D-Bus policy and activation, \
+               polkit actions and rules, logind drop-in, tmpfiles and \
+               sysusers entries and default configuration."
+SECTION = "devel/python"
+LICENSE = "MIT"
+# python-services has no LICENSE file of its own: the licence is the
+# "license" field of its pyproject.toml.
+LIC_FILES_CHKSUM = "file://pyproject.toml;beginline=10;endline=10;md5=29c91c89ee62891477a1476375143bef"
+
+# Keep in step with "version" in python-services/pyproject.toml (tests/layer
+# checks it).
+PV = "0.1.0"
+
+# Source: the python-services/ directory of this very repository, found
+# through FILESEXTRAPATHS (the repository root, three levels above this
+# recipe).  The recipe is always in step with the code and bitbake checksums
+# every file, so any change rebuilds it; there is no SRCREV to bump.
+# tests/unit and the repository's pytest.ini go into the ptest package.
+# FILESEXTRAPATHS in a recipe is deliberate here (see the comment above).
+# nooelint: oelint.vars.fileextrapaths, oelint.vars.outofcontext
+FILESEXTRAPATHS:prepend := "${THISDIR}/../../..:"
+SRC_URI = "\
+    file://python-services \
+    file://pytest.ini \
+    file://run-ptest \
+    file://tests/unit \
+"
+
+S = "${UNPACKDIR}/python-services"
+
+inherit python_setuptools_build_meta systemd useradd ptest-python-pytest features_check
+
+REQUIRED_DISTRO_FEATURES = "systemd"
+
+# The "vmclient" group may call the D-Bus API (bus policy and polkit rule).
+# Created at build time because the root filesystem is read-only; the
+# sysusers.d entry stays consistent with it (systemd_sysusers_check).
+USERADD_PACKAGES = "${PN}"
+GROUPADD_PARAM:${PN} = "--system vmclient"
+
+SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service"
+
+# A shell helper for do_install, not a task.
+# nooelint: oelint.task.docstrings
+vmclient_install_dir() {
+    src="$1"
+    dst="$2"
+    mode="$3"
+    [ -d "$src" ] || return 0
+    for f in "$src"/*; do
+        [ -f "$f" ] || continue
+        install -d ${D}$dst
+        install -m $mode "$f" ${D}$dst/
+    done
+}
+
+# Every file of each data directory is installed, so a new unit or policy
+# file needs no change here except a SYSTEMD_SERVICE entry.
+do_install:append() {
+    data=${S}/data
+
+    install -d ${D}${systemd_system_unitdir}
+    for f in $data/systemd/*; do
+        [ -f "$f" ] || continue
+        sed -e 's,@BINDIR@,${bindir},g' "$f" > ${D}${systemd_system_unitdir}/$(basename "$f")
+        chmod 0644 ${D}${systemd_system_unitdir}/$(basename "$f")
+    done
+
+    vmclient_install_dir $data/dbus-1/system.d ${datadir}/dbus-1/system.d 0644
+    vmclient_install_dir $data/dbus-1/system-services ${datadir}/dbus-1/system-services 0644
+    vmclient_install_dir $data/dbus-1/interfaces ${datadir}/dbus-1/interfaces 0644
+    vmclient_install_dir $data/polkit-1/actions ${datadir}/polkit-1/actions 0644
+    vmclient_install_dir $data/polkit-1/rules.d ${datadir}/polkit-1/rules.d 0644
+    vmclient_install_dir $data/logind.conf.d ${systemd_unitdir}/logind.conf.d 0644
+    vmclient_install_dir $data/tmpfiles.d ${nonarch_libdir}/tmpfiles.d 0644
+    vmclient_install_dir $data/sysusers.d ${nonarch_libdir}/sysusers.d 0644
+
+    # Default configuration, one TOML file per daemon.
+    install -d ${D}${sysconfdir}/vmclient
+    for f in $data/vmclient/*.toml; do
+        [ -f "$f" ] || continue
+        install -m 0644 "$f" ${D}${sysconfdir}/vmclient/
+    done
+}
+
+# ptest: the repository's pure unit tests.  tests/unit sits at the
+# repository root, not under ${S}, so the class's default copy does not
+# apply.
+do_install_ptest() {
+    install -d ${D}${PTEST_PATH}/tests/unit
+    cp -R --no-dereference --preserve=mode,links ${UNPACKDIR}/tests/unit/. ${D}${PTEST_PATH}/tests/unit/
+    find ${D}${PTEST_PATH}/tests -name __pycache__ -type d -prune -exec rm -rf {} +
+    install -m 0644 ${UNPACKDIR}/pytest.ini ${D}${PTEST_PATH}/
+    install -m 0755 ${UNPACKDIR}/run-ptest ${D}${PTEST_PATH}/
+}
+
+FILES:${PN} += "\
+    ${datadir}/dbus-1 \
+    ${datadir}/polkit-1 \
+    ${nonarch_libdir}/sysusers.d \
+    ${nonarch_libdir}/tmpfiles.d \
+    ${systemd_unitdir}/logind.conf.d \
+"
+
+# Runtime dependencies of python-services (pyproject.toml "dependencies",
+# under their Yocto names; tests/layer checks the mapping), the split
+# standard-library packages the code imports, and the daemons it talks to.
+RDEPENDS:${PN} += "\
+    dbus \
+    libvirt-libvirtd \
+    libvirt-python \
+    python3-asyncio \
+    python3-core \
+    python3-dbus-fast \
+    python3-evdev \
+    python3-json \
+    python3-logging \
+    python3-pyudev \
+    python3-tomllib \
+"
+
+RDEPENDS:${PN}-ptest += "\
+    python3-dbusmock \
+    python3-pytest-asyncio \
+    python3-pytest-timeout \
+"
