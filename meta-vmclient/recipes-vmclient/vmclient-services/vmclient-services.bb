@@ -41,7 +41,7 @@ REQUIRED_DISTRO_FEATURES = "systemd"
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system vmclient"
 
-SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service"
+SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service vmclient-provd.service"
 
 # A shell helper for do_install, not a task.
 # nooelint: oelint.task.docstrings
@@ -114,12 +114,17 @@ RDEPENDS:${PN} += "\
     libvirt-python \
     python3-asyncio \
     python3-core \
+    python3-cryptography \
     python3-dbus-fast \
     python3-evdev \
     python3-json \
     python3-logging \
+    python3-paramiko \
     python3-pyudev \
+    python3-rich \
     python3-tomllib \
+    python3-zstandard \
+    qemu \
 "
 
 RDEPENDS:${PN}-ptest += "\
