@@ -81,14 +81,25 @@ class DomainInfo:
 
 
 def _ensure_event_impl() -> None:
-    """Register libvirt's asyncio event implementation on the running loop, once."""
+    """Register libvirt's asyncio event implementation on the running loop, once.
+
+    libvirt takes one implementation per process.  A process that runs one
+    loop after another (the CLI, tests) moves it to the new loop once the old
+    one no longer runs; two loops running at once cannot share it.
+    """
     global _registered_loop  # noqa: PLW0603
     loop = asyncio.get_running_loop()
     if _registered_loop is loop:
         return
-    if _registered_loop is not None:
-        raise RuntimeError("libvirt's event implementation is bound to another event loop")
-    libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+    impl = libvirtaio.getCurrentImpl()
+    if _registered_loop is not None and impl is not None:
+        if _registered_loop.is_running():
+            raise RuntimeError("libvirt's event implementation is bound to another running "
+                               "event loop")
+        impl.loop = loop
+        impl._finished = None  # an asyncio.Event of the old loop, if any
+    else:
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
     _registered_loop = loop
 
 
