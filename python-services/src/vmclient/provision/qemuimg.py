@@ -40,7 +40,23 @@ def _opts(path: Path) -> str:
     return f"driver=qcow2,file.filename={path},encrypt.key-secret=vmcsec0"
 
 
+# QEMU times its LUKS key derivation with the thread's CPU clock; on a busy
+# machine with tick-based accounting that clock may not move, and qemu-img then
+# fails with this text.  Nothing was written: trying again is safe.
+_PBKDF_BENCH_FLAKE = "Unable to get accurate CPU usage"
+
+
 async def _run(tool: str, args: Sequence[str], passphrase: bytes, what: Path) -> str:
+    for attempt in range(3):
+        try:
+            return await _run_once(tool, args, passphrase, what)
+        except DiskToolError as exc:
+            if _PBKDF_BENCH_FLAKE not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _run_once(tool: str, args: Sequence[str], passphrase: bytes, what: Path) -> str:
     exe = shutil.which(tool)
     if exe is None:
         raise DiskToolError(tool, what, f"{tool} is not installed")
