@@ -30,8 +30,9 @@ disk (role ``memory`` in the snapshot), always read whole.
 LUKS disks (business VMs, from provisioning): the disk secret is derived from
 the VM's data key (``keys``) and handed to libvirt as an ephemeral secret for
 the backup job and the restore only.  Backup targets are LUKS qcow2 under the
-same secret, so no plaintext guest data rests in the scratch directory; they
-and disks at rest are read through ``qemu-nbd`` (:mod:`.nbd`).
+same secret (checked after the job), so no plaintext guest data rests in the
+scratch directory; they and disks at rest are read through ``qemu-nbd``
+(:mod:`.nbd`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -173,7 +175,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     if view.kind != "business" or view.sync in (None, "off"):
         raise SyncRefused(view.name, f"kind {view.kind!r}, sync {view.sync!r}: only business "
                           "VMs with sync enabled are uploaded; private VMs never are")
-    if view.active and (view.sync == MEMORY or any(d.secret for d in view.disks)):
+    if view.active and view.sync == MEMORY:
         await asyncio.to_thread(_check_ram_backed, memory_dir, view.name)
     vm, dev = view.name, crypto.key_id(device.public_key())
     result = SyncResult(vm)
@@ -192,14 +194,13 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         mem_file = memory_dir / f"{vm}-{checkpoint}.save"
         try:
             caps = await _capture(hv, view, parent, st, checkpoint, work, chunk_size, result,
-                                  keys=keys, memory_file=mem_file, ram_dir=memory_dir,
+                                  keys=keys, memory_file=mem_file,
                                   managed_save=managed_save_dir / f"{vm}.save")
             result.capture_seconds = time.monotonic() - t0
             maps = await _upload(remote, layout.vm_store(dev, vm), keys, caps, parent,
                                  chunk_size, result)
-        finally:  # plaintext RAM and overlays: gone as soon as they are read
-            for f in (mem_file, *_ram_targets(view, checkpoint, memory_dir).values()):
-                f.unlink(missing_ok=True)
+        finally:
+            mem_file.unlink(missing_ok=True)  # plaintext RAM: gone as soon as it is read
         label = layout.snapshot_name(seq)
         m = Manifest("snapshot", vm, label, seq, int(time.time()), keys.check, maps, dev,
                      parent.label if parent else "",
@@ -277,7 +278,7 @@ async def _next_seq(remote: RemoteStore, dev: str, vm: str, parent: Manifest | N
 async def _capture(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                    st: state.VMSyncState, checkpoint: str, work: Path, chunk_size: int,
                    result: SyncResult, *, keys: crypto.KeySet, memory_file: Path,
-                   ram_dir: Path, managed_save: Path) -> list[_Capture]:
+                   managed_save: Path) -> list[_Capture]:
     roles = ["system"] + ["user"] * (len(view.disks) - 1)
     pp = _passphrase(view, keys)
     memory = view.sync == MEMORY
@@ -287,7 +288,7 @@ async def _capture(hv: Hypervisor, view: SyncView, parent: Manifest | None,
             caps.append(await _memory(managed_save, chunk_size, result))
         return caps
     caps = await _running(hv, view, parent, st, checkpoint, work, chunk_size, result, roles, pp,
-                          memory_file if memory else None, ram_dir)
+                          memory_file if memory else None)
     if memory:
         caps.append(await _memory(memory_file, chunk_size, result))
     return caps
@@ -311,18 +312,14 @@ async def _at_rest(view: SyncView, roles: list[str], work: Path, chunk_size: int
 async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                    st: state.VMSyncState, checkpoint: str, work: Path, chunk_size: int,
                    result: SyncResult, roles: list[str], pp: bytes | None,
-                   memory_file: Path | None, ram_dir: Path) -> list[_Capture]:
+                   memory_file: Path | None) -> list[_Capture]:
     """Backup job (and, with ``memory_file``, the memory point) of a running VM.
 
-    A LUKS disk's backup target is asked to be LUKS-encrypted under the disk's
-    secret, but libvirt 9.0 wrote them unencrypted in our tests (always the
-    incremental overlays, and the full targets of a VM restored from a save),
-    so every target of a LUKS disk goes to ``ram_dir``, which is RAM-backed:
-    plaintext guest data never rests on the laptop's disk.  The price: a full
-    backup of a LUKS disk needs RAM for the disk's allocated data (see
-    sync.md, "Not yet": pull mode over NBD removes it).
+    The backup target of a LUKS disk (full copy or incremental overlay) is
+    itself a LUKS qcow2 under the disk's secret, so the scratch directory never
+    holds plaintext guest data; each is checked to be encrypted when the job
+    has finished (:func:`_check_encrypted`).
     """
-    in_ram = _ram_targets(view, checkpoint, ram_dir)
     sizes = {d.target: await asyncio.to_thread(disks.virtual_size, d.path) for d in view.disks}
     incremental: str | None = st.checkpoint
     if parent is None or st.checkpoint not in view.checkpoints:
@@ -339,8 +336,7 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                     paused = await save_and_restore_paused(hv, view.uuid, view.name,
                                                            str(memory_file))
                 while True:  # incremental, else full
-                    targets = {d.target: str(in_ram[d.target] if d.secret
-                                             else work / f"{d.target}-{checkpoint}.qcow2")
+                    targets = {d.target: str(work / f"{d.target}-{checkpoint}.qcow2")
                                for d in view.disks}
                     try:
                         at = await backup_push(hv, view.uuid, view.name, targets, checkpoint,
@@ -348,6 +344,7 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                         if paused:
                             paused, resumed = False, True
                             result.downtime_seconds = at - down
+                        await asyncio.to_thread(_check_encrypted, view, targets)
                         caps = [await _mapped(d.target, role, Path(targets[d.target]),
                                               chunk_size, passphrase=pp if d.secret else None,
                                               no_backing=incremental is not None,
@@ -376,10 +373,19 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                 return caps
 
 
-def _ram_targets(view: SyncView, checkpoint: str, ram_dir: Path) -> dict[str, Path]:
-    """Where the backup targets of LUKS disks go (RAM-backed)."""
-    return {d.target: ram_dir / f"{view.name}-{d.target}-{checkpoint}.qcow2"
-            for d in view.disks if d.secret}
+def _check_encrypted(view: SyncView, targets: Mapping[str, str]) -> None:
+    """Every backup target of a LUKS disk is LUKS-encrypted (libvirt was asked to);
+    one that is not is deleted at once and the sync fails: never plaintext at rest."""
+    for d in view.disks:
+        if not d.secret:
+            continue
+        path = Path(targets[d.target])
+        info = json.loads(disks.qemu_img("info", "-U", "--output=json", str(path)))
+        if info.get("encrypted") is not True:
+            _remove(targets.values())
+            raise SyncRefused(view.name, f"libvirt wrote the backup of disk {d.target} "
+                              "unencrypted; deleted it (this libvirt cannot encrypt backup "
+                              "targets)")
 
 
 def _passphrase(view: SyncView, keys: crypto.KeySet) -> bytes | None:
@@ -433,8 +439,8 @@ def _sha256(path: Path) -> str:
 
 def _check_ram_backed(directory: Path, vm: str) -> None:
     """The memory image is plaintext guest RAM: it may only go where nothing persists."""
-    directory.mkdir(mode=0o711, parents=True, exist_ok=True)
-    os.chmod(directory, 0o711)  # QEMU (another user) writes overlays here; nobody lists it
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # libvirtd (root) writes the image; QEMU gets an fd
     real = os.path.realpath(directory)
     best, fstype = "", ""
     with open("/proc/self/mounts") as f:
