@@ -15,6 +15,7 @@ import mmap
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -24,8 +25,9 @@ import libvirt
 import libvirt_qemu
 import pytest
 from fixtures_virt import IMAGES, URI
-from provision_env import Env, image_bytes, need_tools, provision_env
+from provision_env import Env, image_bytes, need_tools, provision_env, write_config
 
+from testlib import SERVICES
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.keys import DeviceKeys, passphrase
 from vmclient.provision.receiver import Receiver
@@ -259,7 +261,17 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(tmp_path: Path) -> None:
         pp = passphrase(lt.a.keys.load(name))
         lt.lose_a(name)
         await lt.rekey_for_b(name)
-        vm = await lt.b.restore(name, from_device=lt.env.device.device_id)
+        # through the CLI this time: vmclientctl vm --local restore <vm> --from <device>
+        (tmp_path / "b").mkdir()
+        config = write_config(replace(lt.env, cfg=lt.b_cfg), tmp_path / "b")
+        r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "--local",
+                            "--config", str(config), "restore", name, "--from",
+                            lt.env.device.device_id], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(SERVICES / "src")}, timeout=240)
+        assert r.returncode == 0, r.stderr
+        assert f"{name}: business VM, shutoff" in r.stdout
+        assert "assemble" in r.stderr  # the progress lines
+        vm = await lt.b.get(name)
         assert vm.state == "shutoff"  # no memory: defined, not started
         for disk, path in vm.disks.items():
             assert luks_identical(a_disks[disk], Path(path), pp), disk
