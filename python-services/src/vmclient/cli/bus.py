@@ -20,7 +20,8 @@ async def connect() -> MessageBus:
         raise ServiceUnavailable("the system bus", str(exc)) from exc
 
 
-_DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclient-provd"}
+_DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclient-provd",
+           names.SYNC_BUS_NAME: "vmclient-syncd"}
 
 
 async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
