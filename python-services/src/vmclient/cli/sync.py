@@ -78,7 +78,8 @@ def _vm_status(name: str, p: dict[str, Any]) -> dict[str, Any]:
 
 async def status(_: argparse.Namespace) -> dict[str, Any]:
     async with _daemon() as b:
-        p = await bus.get_all(b, names.SYNC_PATH, names.SYNC_IFACE)
+        p = await bus.get_all(b, names.SYNC_PATH, names.SYNC_IFACE,
+                              destination=names.SYNC_BUS_NAME)
     return {"state": p["State"], "current": p["CurrentVM"],
             "lease": {"state": p["LeaseState"], "remaining": int(p["LeaseRemaining"])},
             "vms": [_vm_status(n, v) for n, v in sorted(p["VMs"].items())]}
