@@ -282,8 +282,13 @@ class Synchronizer:
             if not self.idle.is_set():
                 log.info("going to sleep: stopping the sync of %s at a safe point",
                          self.iface.current)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.idle.wait(), 30)
+                # logind lets the sleep go ahead after InhibitDelayMaxSec anyway
+                limit = await self.guard.delay_max() if self.guard is not None else 5.0
+                try:
+                    await asyncio.wait_for(self.idle.wait(), max(limit - 0.5, 0.5))
+                except TimeoutError:
+                    log.warning("the sync of %s did not reach a safe point before sleep; "
+                                "it stops at the next one", self.iface.current)
             if self.guard is not None:
                 self.guard.release()
             self.iface.changed()

@@ -107,3 +107,7 @@ class SleepGuard:
 
     def release(self) -> None:
         self.lock.release()
+
+    async def delay_max(self) -> float:
+        """How long logind waits for delay locks before sleeping (seconds)."""
+        return await self.logind.inhibit_delay_max() or 5.0
