@@ -56,6 +56,10 @@ class Peers:
     def metered(self, yes: bool) -> None:
         self.nm.Set(NM, "Metered", dbus.UInt32(1 if yes else 2), dbus_interface=PROPS)
 
+    def network_state(self, state: int) -> None:
+        """NMState: 20 disconnected, 70 connected-global."""
+        self.nm.Set(NM, "State", dbus.UInt32(state), dbus_interface=PROPS)
+
     def syncd_holds_sleep_lock(self) -> bool:
         return any(who == "vmclient-syncd" and what == "sleep" and mode == "delay"
                    for what, who, _, mode in self.logind.inhibitors())
@@ -63,7 +67,7 @@ class Peers:
 
 class SyncDaemon:
     def __init__(self, bus: PrivateSystemBus, w: World, workdir: Path, vms: list[str],
-                 extra: str = "") -> None:
+                 extra: str = "", manage: Path | None = None) -> None:
         self.bus, self.w, self.workdir = bus, w, workdir
         device_dir, provision_dir = workdir / "device", workdir / "provision"
         write_private(device_dir / "signing.key", crypto.raw_private(w.a.signing))
@@ -79,7 +83,9 @@ class SyncDaemon:
             f'device_dir = "{device_dir}"\nscratch_dir = "{w.scratch}"\n'
             f'name_prefix = "{w.prefix}-"\n'
             f'[repository]\nlocation = "{w.repo_dir}"\nadmin_key = "{admin}"\n'
-            "[schedule]\nenabled = false\n[manage]\nenabled = false\n" + extra)
+            "[schedule]\nenabled = false\n"
+            + (f'[manage]\nstate_dir = "{manage}"\nimages_dir = "{workdir / "images"}"\n'
+               if manage else "[manage]\nenabled = false\n") + extra)
         self.log_path = workdir / "syncd.log"
         self.env = {**bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         self.conn = bus.connection()

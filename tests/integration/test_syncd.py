@@ -5,6 +5,7 @@ NetworkManager, a real libvirtd VM and a repository directory: SyncNow, the poli
 from __future__ import annotations
 
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,11 @@ from sync_env import MIB, World, run, world
 from syncd_env import IFACE, NAME, PATH, Peers, SyncDaemon, as_json
 
 from testlib import DATA, need
-from vmclient.store import layout, repo
+from vmclient.manage import admin as it
+from vmclient.manage.agent import Agent
+from vmclient.manage.enrol import CodeBook, process_requests
+from vmclient.manage.inventory import ManageConfig
+from vmclient.store import crypto, layout, repo
 from vmclient.store.objects import Index
 
 NOBODY = 65534
@@ -86,6 +91,17 @@ def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peer
                 {"vm": vm, "outcome": "synced", "detail": "0000000003"}]
             assert w.verify(vm).seq == 3
 
+            # offline (NetworkManager disconnected), then a datacenter that does not answer
+            peers.network_state(20)
+            r = d.cli("now", vm)
+            assert r.returncode == 75 and f"{vm}: skipped: offline" in r.stderr, r.stderr
+            peers.network_state(70)
+            config = w.repo_dir / layout.CONFIG
+            config.rename(config.with_suffix(".away"))
+            r = d.cli("now", vm)
+            assert r.returncode == 75 and "the datacenter does not answer" in r.stderr, r.stderr
+            config.with_suffix(".away").rename(config)
+
             # a user outside the vmclient group reads the status but may not sync
             r = d.cli("status", "--json", user=NOBODY)
             assert r.returncode == 0, r.stderr
@@ -150,5 +166,37 @@ def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, p
             counts = _chunk_records(w, vm)
             assert counts and max(counts.values()) == 1  # no chunk uploaded twice
             assert w.verify(vm).seq == 1
+        finally:
+            d.stop()
+
+
+def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: Peers,
+                                          tmp_path: Path) -> None:
+    """Orders reach an enrolled laptop through syncd's cycle; the lease is a property."""
+    with world(tmp_path) as w:
+        manage = tmp_path / "manage"
+        cfg = ManageConfig(state_dir=manage, vm_keys_dir=tmp_path / "provision" / "keys",
+                           images_dir=tmp_path / "images", name_prefix=f"{w.prefix}-")
+        agent = Agent(cfg, w.remote, w.hv)
+        book = CodeBook(tmp_path / "admin" / "codes.json")
+        code = book.issue("laptop-s", int(time.time()))
+        run(agent.request_enrolment(crypto.raw_public(w.admin.public_key()), "laptop-s", code))
+        [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+        assert done.enrolled, done
+        device = agent.state_file.load().device
+        until = int(time.time()) + 30 * 86400
+        order = run(it.issue_order(w.remote, w.admin, device, "renew-lease",
+                                   {"lease_until": until}, int(time.time())))
+
+        d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage)
+        d.start()
+        try:
+            # the cycle completes the enrolment, fetches and executes the order, reports it
+            wait_for(lambda: any(r.order == order.seq and r.outcome == "done" for r in
+                                 run(it.reports_of(w.remote, w.admin.public_key(), device))),
+                     60, "the order's report")
+            wait_for(lambda: d.props()["LeaseRemaining"] > 29 * 86400, 30, "the lease renewed")
+            assert str(d.props()["LeaseState"]).startswith("lease valid for")
+            assert agent.state_file.load().last_seq == order.seq
         finally:
             d.stop()
