@@ -67,7 +67,8 @@ class Peers:
 
 class SyncDaemon:
     def __init__(self, bus: PrivateSystemBus, w: World, workdir: Path, vms: list[str],
-                 extra: str = "", manage: Path | None = None) -> None:
+                 extra: str = "", manage: Path | None = None,
+                 schedule: str = "enabled = false\n") -> None:
         self.bus, self.w, self.workdir = bus, w, workdir
         device_dir, provision_dir = workdir / "device", workdir / "provision"
         write_private(device_dir / "signing.key", crypto.raw_private(w.a.signing))
@@ -83,7 +84,7 @@ class SyncDaemon:
             f'device_dir = "{device_dir}"\nscratch_dir = "{w.scratch}"\n'
             f'name_prefix = "{w.prefix}-"\n'
             f'[repository]\nlocation = "{w.repo_dir}"\nadmin_key = "{admin}"\n'
-            "[schedule]\nenabled = false\n"
+            "[schedule]\n" + schedule
             + (f'[manage]\nstate_dir = "{manage}"\nimages_dir = "{workdir / "images"}"\n'
                if manage else "[manage]\nenabled = false\n") + extra)
         self.log_path = workdir / "syncd.log"

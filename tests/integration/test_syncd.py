@@ -200,3 +200,25 @@ def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: P
             assert agent.state_file.load().last_seq == order.seq
         finally:
             d.stop()
+
+
+def test_syncd_schedule_syncs_by_itself_and_retries_a_failure_later(
+        system_bus: PrivateSystemBus, peers: Peers, tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        ok_vm = w.create("s", data=[(0x33, 0, MIB)]).name()
+        no_key = w.create("k", start=False).name()  # provisioning holds no key for it
+        d = SyncDaemon(system_bus, w, tmp_path, [ok_vm],
+                       schedule="enabled = true\ninterval_minutes = 90\nrecheck_seconds = 600\n")
+        d.start()
+        try:
+            wait_for(lambda: d.vm(ok_vm)["LastSnapshot"] == "0000000001", 120,
+                     "the scheduled first sync")
+            v = d.vm(ok_vm)
+            assert v["NextRun"] == v["LastSync"] + 90 * 60 and v["State"] == "idle"
+            wait_for(lambda: "last sync failed" in d.vm(no_key)["Reason"], 60, "the failure")
+            f = d.vm(no_key)
+            assert "no data key" in f["Reason"] and f["LastSync"] == 0
+            assert f["NextRun"] >= time.time() + 500  # tried again after recheck_seconds
+            assert d.log().count(f"{no_key}: sync failed") == 1
+        finally:
+            d.stop()

@@ -68,6 +68,7 @@ class Synchronizer:
         self.upload: RemoteStore = Throttled(remote, rate) if rate else remote
         self.keys = VMKeys(cfg.provision_dir, device)
         self.demands: dict[str, list[asyncio.Future[Outcome]]] = {}
+        self.retry_at: dict[str, float] = {}  # after a failed scheduled sync
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -118,7 +119,8 @@ class Synchronizer:
             v.uuid = uuid
             rec = self.known.get(name, {})
             v.last_sync, v.snapshot = rec.get("last_sync", 0), rec.get("snapshot", "")
-            v.next_run = int(policy.next_run(self.rules, v.last_sync or None, self.clock()))
+            v.next_run = int(max(policy.next_run(self.rules, v.last_sync or None, self.clock()),
+                                 self.retry_at.get(name, 0)))
 
     async def facts(self) -> policy.Facts:
         on_battery, pct = await self.sensors.battery()
@@ -179,7 +181,7 @@ class Synchronizer:
         for v in list(self.iface.vms.values()):
             on_demand = v.name in self.demands
             scheduled = self.cfg.schedule.enabled and policy.due(
-                self.rules, v.last_sync or None, now)
+                self.rules, v.last_sync or None, now) and now >= self.retry_at.get(v.name, 0)
             if not on_demand and v.state != "paused" and not scheduled:
                 v.state, v.reason = "idle", ""
                 continue
@@ -221,12 +223,13 @@ class Synchronizer:
 
     async def run_one(self, v: VMStatus, repo_cfg: RepoConfig) -> None:
         """One sync; it answers the demands made before it started (later ones: next run)."""
+        if self.sleeping:  # PrepareForSleep arrived during this cycle: after the resume
+            return
         waiting = self.demands.pop(v.name, [])
         try:
             keys = await asyncio.to_thread(self.keys.load, v.name)
         except VMClientError as exc:
-            v.state, v.reason = "idle", f"last sync failed: {exc}"
-            _answer(waiting, (v.name, "failed", str(exc)))
+            self._failed(v, waiting, exc)
             return
         started = time.monotonic()
 
@@ -252,20 +255,28 @@ class Synchronizer:
             v.state, v.reason = "paused", "the laptop sleeps; the sync continues after resume"
             self.demands.setdefault(v.name, [])[:0] = waiting  # answered after the resume
         except VMClientError as exc:
-            log.warning("%s: sync failed: %s", v.name, exc)
-            v.state, v.reason = "idle", f"last sync failed: {exc}"
-            _answer(waiting, (v.name, "failed", str(exc)))
+            self._failed(v, waiting, exc)
         else:
             v.state, v.reason = "idle", ""
             v.last_sync, v.snapshot = int(self.clock()), layout.snapshot_name(result.seq)
             v.next_run = int(policy.next_run(self.rules, v.last_sync, self.clock()))
             self.known[v.name] = {"last_sync": v.last_sync, "snapshot": v.snapshot}
+            self.retry_at.pop(v.name, None)
             await asyncio.to_thread(self._save_status)
             _answer(waiting, (v.name, "synced", v.snapshot))
         finally:
             self.iface.current = ""
             self.idle.set()
             self.iface.changed()
+
+    def _failed(self, v: VMStatus, waiting: list[asyncio.Future[Outcome]],
+                exc: VMClientError) -> None:
+        """A failed sync is tried again by the schedule after ``recheck_seconds``."""
+        log.warning("%s: sync failed: %s", v.name, exc)
+        v.state, v.reason = "idle", f"last sync failed: {exc}"
+        self.retry_at[v.name] = self.clock() + self.cfg.schedule.recheck_seconds
+        v.next_run = int(self.retry_at[v.name])
+        _answer(waiting, (v.name, "failed", str(exc)))
 
     def _finish(self, vm: str, outcome: str, detail: str) -> None:
         _answer(self.demands.pop(vm, []), (vm, outcome, detail))
