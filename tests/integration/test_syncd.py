@@ -159,6 +159,7 @@ def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, p
             out, err = cli.communicate(timeout=300)
             assert cli.returncode == 0, err + d.log()
             assert '"synced"' in out and "0000000001" in out
+            assert f"{vm}: upload    100.0%" in err  # the progress line (stderr)
             wait_for(peers.syncd_holds_sleep_lock, 10, "the delay lock taken again")
             assert d.vm(vm)["State"] == "idle" and d.vm(vm)["LastSnapshot"] == "0000000001"
             after = _packs(w, vm)
