@@ -183,7 +183,8 @@ class Synchronizer:
             scheduled = self.cfg.schedule.enabled and policy.due(
                 self.rules, v.last_sync or None, now) and now >= self.retry_at.get(v.name, 0)
             if not on_demand and v.state != "paused" and not scheduled:
-                v.state, v.reason = "idle", ""
+                if v.state == "waiting":  # held back on demand: nothing is due now
+                    v.state, v.reason = "idle", ""
                 continue
             reason = policy.held_back(self.rules, facts, on_demand=on_demand)
             if not reason and dc is not None:
