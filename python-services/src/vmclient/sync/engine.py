@@ -32,7 +32,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,24 @@ _SNAPSHOT_RE = re.compile(r"^[0-9]{10}$")
 
 class SyncRefused(LocalSyncError):
     """VM {!r} is not synchronised: {}"""
+
+
+class SyncInterrupted(LocalSyncError):
+    """VM {!r}: sync stopped at a safe point ({}); the next sync continues it"""
+
+
+@dataclass
+class Hooks:
+    """A caller's window into a sync in flight (``vmclient-syncd``).
+
+    ``progress(done, total)`` gets the bytes of the capture read so far;
+    ``interrupted()`` is asked between chunks and after the capture: when it
+    says True the sync raises :class:`SyncInterrupted` with no write in flight
+    (packs that arrived stay and are not uploaded again).
+    """
+
+    progress: Callable[[int, int], None] = lambda _done, _total: None
+    interrupted: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -124,8 +142,10 @@ def _alive(pid: int) -> bool:
 async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519PrivateKey,
                   uuid: str, keys: crypto.KeySet, *, state_dir: Path, scratch_dir: Path,
                   chunk_size: int = DEFAULT_CHUNK_SIZE,
-                  recipients: Sequence[crypto.X25519PublicKey] = ()) -> SyncResult:
+                  recipients: Sequence[crypto.X25519PublicKey] = (),
+                  hooks: Hooks | None = None) -> SyncResult:
     """Sync the VM with libvirt UUID ``uuid``; ``recipients`` get its wrapped data key."""
+    hooks = hooks or Hooks()
     started = time.monotonic()
     view = await sync_view(hv, uuid)
     if view.kind != "business" or view.sync in (None, "off"):
@@ -147,12 +167,15 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         t0 = time.monotonic()
         caps = await _capture(hv, view, parent, st, checkpoint, work, chunk_size, result)
         result.capture_seconds = time.monotonic() - t0
+        if hooks.interrupted():
+            raise SyncInterrupted(vm, "after the capture")
         store = repo.ChunkStore(remote, layout.vm_store(dev, vm), keys)
         known = await store.load_index()
         chunker = Chunker(keys.chunk_id, chunk_size)
         ids: dict[str, list[bytes | None]] = {}
         with _prefetch(_chunks(caps, parent, chunker, ids, result)) as chunks:
-            upload = await store.upload(chunks, known)
+            watched = _watched(chunks, vm, hooks, _capture_bytes(caps, chunk_size), chunk_size)
+            upload = await store.upload(watched, known)
         result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
         maps = tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
                      for c in caps)
@@ -277,6 +300,23 @@ def _chunks(caps: list[_Capture], parent: Manifest | None, chunker: Chunker,
             result.chunks_read += not chunk.is_zero
             result.bytes_read += len(chunk.data)
             yield chunk
+
+
+def _capture_bytes(caps: list[_Capture], chunk_size: int) -> int:
+    return sum(min(chunk_size, c.size - i * chunk_size) for c in caps for i in c.covered)
+
+
+def _watched(chunks: Iterator[Chunk], vm: str, hooks: Hooks, total: int,
+             chunk_size: int) -> Iterator[Chunk]:
+    """``chunks``, reporting progress and stopping between two chunks when asked."""
+    done = 0
+    hooks.progress(0, total)
+    for chunk in chunks:
+        if hooks.interrupted():
+            raise SyncInterrupted(vm, f"{done} of {total} bytes read")
+        done = min(total, done + (len(chunk.data) or chunk_size))  # a zero chunk: no data
+        hooks.progress(done, total)
+        yield chunk
 
 
 @contextlib.contextmanager
