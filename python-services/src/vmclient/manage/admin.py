@@ -19,10 +19,10 @@ from typing import Any
 from ..errors import UsageError
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
-from ..store.format import open_envelope, signed_envelope
+from ..store.format import Reader, canonical_json, open_envelope, signed_envelope
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore
-from ..store.repo import get_signed
+from ..store.repo import get_pointer, get_signed
 
 _SEQ_RE = re.compile(r"^[0-9]{12}$")
 
@@ -72,7 +72,11 @@ async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, devi
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
     if set(args) != set(ORDER_ACTIONS[action]):
         raise UsageError(f"order {action} takes {', '.join(ORDER_ACTIONS[action]) or 'nothing'}")
-    await device_record(remote, admin.public_key(), device)
+    rec = await device_record(remote, admin.public_key(), device)
+    revoked = await revocation(remote, admin.public_key(), device)
+    if revoked is not None:
+        raise UsageError(f"device {rec.name} ({device}) was revoked on "
+                         f"{_iso(revoked.revoked)}: no further orders")
     previous = await orders_of(remote, admin.public_key(), device)
     seq = max((o.seq for o in previous), default=0) + 1
     order = Order(device, seq, now, action, dict(args))
@@ -95,6 +99,96 @@ async def reports_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     return out
 
 
+# --- revocation ------------------------------------------------------------------------------
+
+def revocation_path(device: str) -> str:
+    return f"{layout.device_dir(device)}/revoked"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """``devices/<id>/revoked`` (admin-signed): no orders, no rekey to it, no SSH access."""
+
+    device: str
+    revoked: int
+    reason: str
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"version": 1, "device": self.device, "revoked": self.revoked,
+                               "reason": self.reason})
+
+    @classmethod
+    def parse(cls, untrusted_body: bytes, device: str, path: str) -> Revocation:
+        r = Reader.parse(untrusted_body, "revocation", device, path)
+        r.version({1})
+        rev = cls(r.const("device", device), r.integer("revoked", lo=0), r.text("reason"))
+        r.done()
+        return rev
+
+
+async def revocation(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                     device: str) -> Revocation | None:
+    path = revocation_path(device)
+    try:
+        _s, body, _raw = await get_signed(remote, path, _signers(admin), "revocation", device)
+    except ObjectNotFound:
+        return None
+    return Revocation.parse(body, device, path)
+
+
+async def revoke(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, device: str,
+                 reason: str, now: int) -> tuple[DeviceRecord, Revocation]:
+    """Record the revocation (idempotent: an earlier one is kept)."""
+    rec = await device_record(remote, admin.public_key(), device)
+    old = await revocation(remote, admin.public_key(), device)
+    if old is not None:
+        return rec, old
+    rev = Revocation(device, now, reason)
+    await remote.put_atomic(revocation_path(device),
+                            signed_envelope(admin, "revocation", device, rev.to_bytes()))
+    return rec, rev
+
+
+async def wipe_report(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                      device: str) -> Report | None:
+    """The device's verified report that it executed a wipe order, if there is one."""
+    wipes = {o.seq for o in await orders_of(remote, admin, device) if o.action == "wipe"}
+    done = [r for r in await reports_of(remote, admin, device)
+            if r.order in wipes and r.outcome == "done"]
+    return done[-1] if done else None
+
+
+# --- the fleet -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VMView:
+    vm: str
+    seq: int  # latest snapshot
+    time: int  # when it was taken
+
+
+async def vms_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                 rec: DeviceRecord) -> list[VMView]:
+    """The device's synchronised VMs and their last sync (verified ``latest`` pointers)."""
+    from .rekey import writers
+    out = []
+    prefix = f"{layout.device_dir(rec.device)}/vms"
+    for entry in await remote.list(prefix):
+        parts = entry.path[len(prefix) + 1:].split("/")
+        if len(parts) != 2 or parts[1] != "latest":
+            continue
+        vm = parts[0]
+        signers = {rec.device: crypto.ed25519_public(rec.signing_key)}
+        try:
+            signers |= {d: crypto.ed25519_public(r.signing_key)
+                        for d, r in (await writers(remote, admin, rec.device, vm)).items()}
+            p = await get_pointer(remote, signers, rec.device, vm)
+        except (RemoteIntegrityError, ObjectNotFound):
+            continue
+        out.append(VMView(vm, p.seq, p.time))
+    return out
+
+
 @dataclass
 class DeviceView:
     device: str
@@ -106,6 +200,12 @@ class DeviceView:
     wiped: bool = False
     pending: list[int] = field(default_factory=list)  # orders without a report yet
     refused: int = 0  # refused objects it reported (forgeries, replays…)
+    revoked: int = 0  # when IT revoked it (0: not revoked)
+    vms: list[VMView] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self).items() if k != "vms"},
+                "vms": [vars(v) for v in self.vms]}
 
 
 async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[DeviceView]:
@@ -130,6 +230,9 @@ async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[D
         view.lease_until = int(leases[-1].args["lease_until"]) if leases else 0
         view.wiped = any(r.order and r.outcome == "done" and o.seq == r.order
                          and o.action == "wipe" for r in reports for o in orders)
+        rev = await revocation(remote, admin, device)
+        view.revoked = rev.revoked if rev else 0
+        view.vms = await vms_of(remote, admin, rec)
         out.append(view)
     return out
 
@@ -171,11 +274,16 @@ def render_devices(views: list[DeviceView], now: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
 
     rows = ["NAME                 DEVICE                            LAST CONTACT      "
-            "LEASE               STATE     PENDING  REFUSED"]
+            "LEASE               STATE     PENDING  REFUSED  VMS (LAST SYNC)"]
     for v in views:
         lease = (f"{(v.lease_until - now) // 86400:+d}d" if v.lease_until else "enrolment")
-        state = "wiped" if v.wiped else "ok"
+        state = "revoked" if v.revoked else "wiped" if v.wiped else "ok"
         pending = ",".join(map(str, v.pending)) or "-"
+        vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
         rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
-                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused}")
+                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  {vms}")
     return "\n".join(rows)
+
+
+def _iso(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
