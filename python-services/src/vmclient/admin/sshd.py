@@ -106,21 +106,22 @@ def _match(comment: str, account: str, repo: PurePosixPath, keys: PurePosixPath)
             f"    X11Forwarding no\n")
 
 
-def enrolment_dropbox(ssh_public_key: str, repo_dir: str, keys_dir: str) -> Confinement:
+def enrolment_dropbox(ssh_public_key: str, repo_dir: str, keys_dir: str, *,
+                      account: str = ENROL_ACCOUNT) -> Confinement:
     """The shared account laptops use to deliver enrolment requests (once per server)."""
     repo, keys = PurePosixPath(repo_dir), PurePosixPath(keys_dir)
     commands = (
         ("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/",
-         "--shell", "/usr/sbin/nologin", ENROL_ACCOUNT),
-        ("usermod", "-p", "*", ENROL_ACCOUNT),
+         "--shell", "/usr/sbin/nologin", account),
+        ("usermod", "-p", "*", account),
         ("install", "-d", "-o", "root", "-g", "root", "-m", "0755", str(repo)),
-        ("install", "-d", "-o", "root", "-g", ENROL_ACCOUNT, "-m", "1730",
+        ("install", "-d", "-o", "root", "-g", account, "-m", "1730",
          str(repo / "enrolment")),
         ("install", "-d", "-o", "root", "-g", "root", "-m", "0755", str(keys)),
     )
-    return Confinement(ENROL_ACCOUNT, commands, str(keys / ENROL_ACCOUNT),
+    return Confinement(account, commands, str(keys / account),
                        f"restrict {ssh_public_key.strip()}",
-                       _match("vmclient enrolment drop box", ENROL_ACCOUNT, repo, keys))
+                       _match("vmclient enrolment drop box", account, repo, keys))
 
 
 @dataclass(frozen=True)
