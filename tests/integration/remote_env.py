@@ -116,7 +116,12 @@ class Admin:
         assert await self("enrol", "--code", lap.name) == 0, self.err
         code = self.out.splitlines()[1].strip()
         assert re.fullmatch(r"[A-Z2-9]{4}(-[A-Z2-9]{4}){3}", code), self.out
-        device = await lap.request(dropbox, self.public, code)
+        await lap.request(dropbox, self.public, code)
+        return await self.enrol_accepted(lap)
+
+    async def enrol_accepted(self, lap: RemoteLaptop) -> str:
+        """``enrol --accept``; the confinement it printed applied to the real sshd."""
+        device = lap.device
         assert await self("enrol", "--accept", "--server-keys", str(self.server.keys)) == 0, \
             self.err
         assert f"enrolled {lap.name} as device {device}" in self.out, self.out

@@ -3,12 +3,15 @@ through ``vmclient-admin``; the laptop's agent over its own confined SFTP accoun
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from pathlib import Path
 
 import pytest
 from remote_env import RemoteLaptop, fleet
 
+from vmclient.cli.main import main as ctl_main
 from vmclient.store import crypto, layout
 from vmclient.store.errors import StoreError
 from vmclient.store.format import signed_envelope
@@ -84,6 +87,23 @@ async def test_orders_reports_and_devices_over_sftp_and_no_device_reaches_anothe
             await store.close()
         assert not (server.repo / layout.order(dev_a, 3)).exists()
         assert (server.repo / layout.device_record(dev_b)).exists()
+
+        # vmclientctl on a laptop: enrol through the drop box, then its own account
+        c = RemoteLaptop("laptop-c", tmp_path / "c", prefix, server, hv)
+        assert await admin("enrol", "--code", "laptop-c") == 0
+        code = admin.out.splitlines()[1].strip()
+        url = f"sftp://{dropbox.user}@127.0.0.1:{server.port}/"
+        common = ["--state-dir", str(c.cfg.state_dir), "--known-hosts", str(server.known_hosts)]
+        rc = await asyncio.to_thread(ctl_main, [
+            "enrol", url, "--dropbox-key", str(dropbox.key_file), "--code", code, "--name",
+            "laptop-c", "--admin-key", base64.b64encode(admin.public).decode(), *common])
+        assert rc == 0, capsys.readouterr().err
+        dev_c = await admin.enrol_accepted(c)
+        rc = await asyncio.to_thread(ctl_main, [
+            "status", "--repository", f"sftp://{c.account.user}@127.0.0.1:{server.port}/",
+            "--json", *common])
+        status = json.loads(capsys.readouterr().out)
+        assert rc == 0 and status["enrolled"] and status["device"] == dev_c
 
         # revoking needs the wipe report first (else the laptop could not fetch its wipe)
         assert await admin("devices", "revoke", "laptop-b", "--server-keys",
