@@ -147,5 +147,7 @@ async def fleet(tmp: Path, capsys: pytest.CaptureFixture[str]
         try:
             yield server, admin, dropbox, hv, prefix
         finally:
-            await hv.close()
-            cleanup(prefix)
+            try:
+                await hv.close()
+            finally:
+                cleanup(prefix)
