@@ -48,7 +48,8 @@ async def test_orders_reports_and_devices_over_sftp_and_no_device_reaches_anothe
         assert await admin("order", "laptop-z", "lock") == 64
         assert await admin("devices", "--json") == 0
         [view] = [v for v in json.loads(admin.out) if v["device"] == dev_a]
-        assert view["pending"] == [1, 2] and view["last_contact"] == 0
+        assert view["pending"] == [1, 2] and view["last_order"] == 0
+        assert view["last_contact"] > 0 and view["release"].startswith("vmclient ")  # heartbeat
 
         status = await a.poll()
         assert status["last_order"] == 2 and status["locked"]

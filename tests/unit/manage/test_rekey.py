@@ -12,6 +12,7 @@ from vmclient.admin.sshd import enrolment_dropbox, revocation
 from vmclient.errors import UsageError, VMClientError
 from vmclient.manage import admin as it
 from vmclient.manage import rekey as rk
+from vmclient.manage import status
 from vmclient.manage.enrol import EnrolmentRequest
 from vmclient.manage.inventory import ManageConfig
 from vmclient.store import crypto, layout, repo
@@ -185,3 +186,28 @@ def test_the_drop_box_and_the_revocation_texts() -> None:
     assert script.index("rm -f /etc/ssh/k/vmc-abababababab") < script.index("userdel")
     assert "pkill -KILL -u vmc-abababababab || true" in script
     assert f"# vmclient device {'ab' * 16}" in script
+
+
+def test_the_heartbeat_names_the_release_and_only_the_device_can_write_it(tmp_path: Path
+                                                                          ) -> None:
+    osr = tmp_path / "os-release"
+    osr.write_text('ID=vmclient\nVERSION_ID="1.2"\nBUILD_ID=20261126\n')
+    assert status.release(osr).endswith("(vmclient 1.2 20261126)")
+    assert status.release(tmp_path / "missing").startswith("vmclient ")
+    asyncio.run(_heartbeat())
+
+
+async def _heartbeat() -> None:
+    w = World()
+    await w.setup()
+    st = status.DeviceStatus(w.a.id, T + 60, "vmclient 0.1.0", 3, T + 99, False, False)
+    w.remote.objects[status.status_path(w.a.id)] = signed_envelope(
+        w.a.signing, "status", w.a.id, st.to_bytes())
+    views = {v.device: v for v in await it.devices(w.remote, w.admin.public_key())}
+    assert (views[w.a.id].last_contact, views[w.a.id].release) == (T + 60, "vmclient 0.1.0")
+    assert views[w.a.id].lease_until == T + 99 and views[w.b.id].release == ""
+    # B's status signed by A's key: refused, naming it
+    w.remote.objects[status.status_path(w.b.id)] = signed_envelope(
+        w.a.signing, "status", w.b.id, st.to_bytes())
+    with pytest.raises(RemoteIntegrityError, match="status"):
+        await it.device_status(w.remote, w.b.rec)

@@ -23,6 +23,7 @@ from ..store.format import Reader, canonical_json, open_envelope, signed_envelop
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore
 from ..store.repo import get_pointer, get_signed
+from .status import DeviceStatus, status_path
 
 _SEQ_RE = re.compile(r"^[0-9]{12}$")
 
@@ -160,6 +161,18 @@ async def wipe_report(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
 
 # --- the fleet -------------------------------------------------------------------------------
 
+async def device_status(remote: RemoteStore, rec: DeviceRecord) -> DeviceStatus | None:
+    """The device's last heartbeat, verified with its key; None if it never sent one."""
+    path = status_path(rec.device)
+    try:
+        _s, body, _raw = await get_signed(
+            remote, path, {rec.device: crypto.ed25519_public(rec.signing_key)}, "status",
+            rec.device)
+    except ObjectNotFound:
+        return None
+    return DeviceStatus.parse(body, rec.device, path)
+
+
 @dataclass(frozen=True)
 class VMView:
     vm: str
@@ -201,6 +214,7 @@ class DeviceView:
     pending: list[int] = field(default_factory=list)  # orders without a report yet
     refused: int = 0  # refused objects it reported (forgeries, replays…)
     revoked: int = 0  # when IT revoked it (0: not revoked)
+    release: str = ""  # from its last status (heartbeat)
     vms: list[VMView] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -232,6 +246,11 @@ async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[D
                          and o.action == "wipe" for r in reports for o in orders)
         rev = await revocation(remote, admin, device)
         view.revoked = rev.revoked if rev else 0
+        st = await device_status(remote, rec)
+        if st is not None:
+            view.last_contact = max(view.last_contact, st.time)
+            view.release = st.release
+            view.lease_until = st.lease_until  # the device's own view, when it has told us
         view.vms = await vms_of(remote, admin, rec)
         out.append(view)
     return out
@@ -274,14 +293,16 @@ def render_devices(views: list[DeviceView], now: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
 
     rows = ["NAME                 DEVICE                            LAST CONTACT      "
-            "LEASE               STATE     PENDING  REFUSED  VMS (LAST SYNC)"]
+            "LEASE               STATE     PENDING  REFUSED  RELEASE                  "
+            "VMS (LAST SYNC)"]
     for v in views:
         lease = (f"{(v.lease_until - now) // 86400:+d}d" if v.lease_until else "enrolment")
         state = "revoked" if v.revoked else "wiped" if v.wiped else "ok"
         pending = ",".join(map(str, v.pending)) or "-"
         vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
         rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
-                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  {vms}")
+                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  "
+                    f"{(v.release or '-')[:24]:<24} {vms}")
     return "\n".join(rows)
 
 

@@ -31,7 +31,7 @@ from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report
 from ..store.remote import RemoteStore
 from ..virt.libvirt import Hypervisor
-from . import enrol, rekey
+from . import enrol, rekey, status
 from .inventory import ManageConfig
 from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
 from .state import DAY, DeviceState, Lease, StateFile, advance
@@ -185,6 +185,15 @@ class Agent:
             await self._consider(entry.path, admin)
         await self.enforce()
         await self.flush_reports()
+        await self.send_status()
+
+    async def send_status(self) -> None:
+        """Replace ``devices/<id>/status``: last contact, release, lease (:mod:`.status`)."""
+        s = self.state_file.load()
+        st = status.DeviceStatus(s.device, s.clock.time, status.release(), s.last_seq,
+                                 s.lease_until, s.locked, s.wiped)
+        await self.remote.put_atomic(status.status_path(s.device), signed_envelope(
+            self.keys.signing(), "status", s.device, st.to_bytes()))
 
     async def _consider(self, path: str, admin: crypto.Ed25519PublicKey) -> None:
         s = self.state_file.load()
