@@ -131,7 +131,13 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
     b = RemoteLaptop("laptop-b", tmp_path / "b", prefix, server, hv)
     dev_b = await admin.enrol(b, dropbox)
     assert (await b.poll())["enrolled"]
-    assert await admin("restore", vm, "--to", "laptop-b") == 0, admin.err
+    assert await admin("rekey", vm, "--to", "laptop-a") == 64 and "revoked" in admin.err
+    keys_dir = admin.repo.key_dir
+    assert await admin("restore", vm, "--to", "laptop-b", "--escrow-key",
+                       str(keys_dir / "admin.pem")) == 78
+    assert "escrow" in admin.err and not (server.repo / "devices" / dev_b / "vms").exists()
+    assert await admin("restore", vm, "--to", "laptop-b", "--escrow-key",
+                       str(keys_dir / "escrow.pem")) == 0, admin.err
     assert f"snapshot {layout.snapshot_name(2)} (seq 2)" in admin.out, admin.out
     chown = re.search(r"^chown -R (\S+) (\S+)$", admin.out, re.M)
     assert chown, admin.out
