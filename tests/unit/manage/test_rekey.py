@@ -211,3 +211,17 @@ async def _heartbeat() -> None:
         w.a.signing, "status", w.b.id, st.to_bytes())
     with pytest.raises(RemoteIntegrityError, match="status"):
         await it.device_status(w.remote, w.b.rec)
+
+
+def test_one_bad_report_marks_its_device_suspect_and_hides_nothing_else() -> None:
+    asyncio.run(_suspect())
+
+
+async def _suspect() -> None:
+    w = World()
+    await w.setup()
+    w.remote.objects[layout.report(w.a.id, 1)] = b"VMCG not a report"
+    views = {v.device: v for v in await it.devices(w.remote, w.admin.public_key())}
+    assert "report" in views[w.a.id].problem and not views[w.b.id].problem
+    table = it.render_devices(list(views.values()), T)
+    assert "SUSPECT" in table and f"a: {views[w.a.id].problem}" in table

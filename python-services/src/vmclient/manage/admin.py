@@ -215,6 +215,7 @@ class DeviceView:
     refused: int = 0  # refused objects it reported (forgeries, replays…)
     revoked: int = 0  # when IT revoked it (0: not revoked)
     release: str = ""  # from its last status (heartbeat)
+    problem: str = ""  # an object of this device that did not verify (view incomplete)
     vms: list[VMView] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -233,27 +234,36 @@ async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[D
         except (UsageError, RemoteIntegrityError):
             continue
         view = DeviceView(device, rec.name, rec.enrolled)
-        orders = await orders_of(remote, admin, device)
-        reports = await reports_of(remote, admin, device)
-        done = {r.order for r in reports if r.order}
-        view.last_contact = max((r.time for r in reports), default=0)
-        view.last_order = max(done, default=0)
-        view.refused = sum(1 for r in reports if r.outcome == "refused" and not r.order)
-        view.pending = [o.seq for o in orders if o.seq not in done]
-        leases = [o for o in orders if o.action == "renew-lease"]
-        view.lease_until = int(leases[-1].args["lease_until"]) if leases else 0
-        view.wiped = any(r.order and r.outcome == "done" and o.seq == r.order
-                         and o.action == "wipe" for r in reports for o in orders)
-        rev = await revocation(remote, admin, device)
-        view.revoked = rev.revoked if rev else 0
-        st = await device_status(remote, rec)
-        if st is not None:
-            view.last_contact = max(view.last_contact, st.time)
-            view.release = st.release
-            view.lease_until = st.lease_until  # the device's own view, when it has told us
-        view.vms = await vms_of(remote, admin, rec)
+        try:
+            await _fill(view, remote, admin, rec)
+        except RemoteIntegrityError as exc:  # one bad object must not hide the fleet
+            view.problem = str(exc)
         out.append(view)
     return out
+
+
+async def _fill(view: DeviceView, remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                rec: DeviceRecord) -> None:
+    device = rec.device
+    orders = await orders_of(remote, admin, device)
+    reports = await reports_of(remote, admin, device)
+    done = {r.order for r in reports if r.order}
+    view.last_contact = max((r.time for r in reports), default=0)
+    view.last_order = max(done, default=0)
+    view.refused = sum(1 for r in reports if r.outcome == "refused" and not r.order)
+    view.pending = [o.seq for o in orders if o.seq not in done]
+    leases = [o for o in orders if o.action == "renew-lease"]
+    view.lease_until = int(leases[-1].args["lease_until"]) if leases else 0
+    view.wiped = any(r.order and r.outcome == "done" and o.seq == r.order
+                     and o.action == "wipe" for r in reports for o in orders)
+    rev = await revocation(remote, admin, device)
+    view.revoked = rev.revoked if rev else 0
+    st = await device_status(remote, rec)
+    if st is not None:
+        view.last_contact = max(view.last_contact, st.time)
+        view.release = st.release
+        view.lease_until = st.lease_until  # the device's own view, when it has told us
+    view.vms = await vms_of(remote, admin, rec)
 
 
 def order_args(action: str, untrusted_values: list[str], now: int) -> dict[str, Any]:
@@ -297,12 +307,14 @@ def render_devices(views: list[DeviceView], now: int) -> str:
             "VMS (LAST SYNC)"]
     for v in views:
         lease = (f"{(v.lease_until - now) // 86400:+d}d" if v.lease_until else "enrolment")
-        state = "revoked" if v.revoked else "wiped" if v.wiped else "ok"
+        state = ("SUSPECT" if v.problem else "revoked" if v.revoked else "wiped" if v.wiped
+                 else "ok")
         pending = ",".join(map(str, v.pending)) or "-"
         vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
         rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
                     f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  "
                     f"{(v.release or '-')[:24]:<24} {vms}")
+    rows += [f"{v.name}: {v.problem}" for v in views if v.problem]
     return "\n".join(rows)
 
 
