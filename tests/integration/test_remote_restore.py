@@ -29,7 +29,7 @@ from sync_env import DOMAIN_XML, VM_NS, hmp_write, qemu_io, same_content
 from testlib import need
 from vmclient.manage.keys import FileKeyStore
 from vmclient.manage.vms import BusinessWorkRefused
-from vmclient.store import crypto, layout
+from vmclient.store import crypto, layout, repo
 from vmclient.store.errors import StoreError
 from vmclient.sync import engine
 from vmclient.sync.restore import restore_vm
@@ -160,9 +160,26 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
         await store.close()
     assert result.seq == 2
     assert same_content(reference, disk_b)
-    define(conn, vm, disk_b)
+    dom_b = define(conn, vm, disk_b)
     await b.agent(None).start_vm(vm)
     assert dom_state(vm) == libvirt.VIR_DOMAIN_RUNNING
+
+    # B keeps syncing into the copy: snapshot 3, on top of A's, signed by B
+    hmp_write(dom_b, f"write -P 0x44 {60 * MIB} {64 * 1024}")
+    keys_b = FileKeyStore(b.cfg.device_keys_dir)
+    store = b.store()
+    try:
+        third = await engine.sync_vm(
+            hv, store, keys_b.signing(), dom_b.UUIDString(), src.keys,
+            state_dir=b.tmp / "sync", scratch_dir=IMAGES / prefix / "scratch",
+            recipients=[keys_b.wrapping().public_key(), admin.escrow.public_key()],
+            writers=src.signers)
+        latest = await repo.get_pointer(store, {dev_b: keys_b.signing().public_key()}, dev_b,
+                                        vm)
+    finally:
+        await store.close()
+    assert (third.seq, third.mode, third.uploaded_chunks) == (3, "full", 1)
+    assert latest.seq == 3 and latest.device == dev_b
 
     # it runs under B's lease: IT locks B, the VM is saved and stopped and may not start
     assert await admin("order", "laptop-b", "lock") == 0
