@@ -143,8 +143,13 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
                   uuid: str, keys: crypto.KeySet, *, state_dir: Path, scratch_dir: Path,
                   chunk_size: int = DEFAULT_CHUNK_SIZE,
                   recipients: Sequence[crypto.X25519PublicKey] = (),
-                  hooks: Hooks | None = None) -> SyncResult:
-    """Sync the VM with libvirt UUID ``uuid``; ``recipients`` get its wrapped data key."""
+                  hooks: Hooks | None = None,
+                  writers: repo.Signers | None = None) -> SyncResult:
+    """Sync the VM with libvirt UUID ``uuid``; ``recipients`` get its wrapped data key.
+
+    ``writers``: other devices whose snapshots the VM's directory may hold (after
+    a rekey onto this device: ``manage.rekey.RestoreSource.signers``).
+    """
     hooks = hooks or Hooks()
     started = time.monotonic()
     view = await sync_view(hv, uuid)
@@ -161,7 +166,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         os.chmod(work, 0o755)  # QEMU (another user) writes the backup targets here
         await _put_keys(remote, device, dev, vm, keys, recipients)
         st = await asyncio.to_thread(state.load, state_dir, vm)
-        parent = await _parent(remote, device, dev, vm, keys, st.seq)
+        parent = await _parent(remote, device, dev, vm, keys, st.seq, writers or {})
         seq = await _next_seq(remote, dev, vm, parent)
         checkpoint = f"vmclient-{seq}-{secrets.token_hex(4)}"
         t0 = time.monotonic()
@@ -210,8 +215,9 @@ async def _put_keys(remote: RemoteStore, device: crypto.Ed25519PrivateKey, dev: 
 
 
 async def _parent(remote: RemoteStore, device: crypto.Ed25519PrivateKey, dev: str, vm: str,
-                  keys: crypto.KeySet, known_seq: int) -> Manifest | None:
-    signers = {dev: device.public_key()}
+                  keys: crypto.KeySet, known_seq: int, writers: repo.Signers
+                  ) -> Manifest | None:
+    signers = {**writers, dev: device.public_key()}
     try:
         p = await repo.get_pointer(remote, signers, dev, vm, known_seq)
     except ObjectNotFound:
