@@ -253,8 +253,12 @@ class Hypervisor:
         for _ in range(3):
             await asyncio.sleep(0.02)
             if impl is not None:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(impl.drain(), 1.0)
+                except TimeoutError:
+                    # drain() leaves its Event behind when cancelled, and asserts
+                    # there is none on the next call.
+                    impl._finished = None
 
     # -- calls -----------------------------------------------------------------
 
