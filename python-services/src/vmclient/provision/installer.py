@@ -10,7 +10,8 @@ Local layout (``ProvisionConfig``):
 A failed install leaves nothing behind: no domain, no disks, no key (the chunk
 cache stays, so the next attempt resumes the download).  The disks' secret is
 given to libvirt only for a start, as a private, ephemeral secret, and undefined
-as soon as QEMU has opened the disks.
+as soon as QEMU has opened the disks: :mod:`vmclient.manage.gate`, the start
+path every daemon shares (a business VM starts only under the lease).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError, VMNotFound
+from ..manage.gate import StartGate
 from ..virt.libvirt import DomState, Hypervisor
 from . import qemuimg, spec
-from .config import ProvisionConfig
+from .config import ProvisionConfig, gate_config
 from .domainxml import VM_NS, DiskBinding, domain_xml
 from .keys import DeviceKeys, VMKeys, passphrase
 from .network import network_xml
@@ -64,6 +66,7 @@ class Provisioner:
                  receiver: Receiver | None = None, report: ProgressFn = ignore) -> None:
         self.cfg, self.hv, self.receiver, self.report = cfg, hv, receiver, report
         self.keys = VMKeys(cfg.state_dir, device)
+        self.gate = StartGate(hv, gate_config(cfg))
         self.networks = {z: n.network for z, n in cfg.networks.zones().items()}
 
     def vm_dir(self, name: str) -> Path:
@@ -199,13 +202,9 @@ class Provisioner:
     # -- run ----------------------------------------------------------------------
 
     async def start(self, name: str) -> None:
+        """Start (or restore) through the key gate: a business VM only under the lease."""
         vm = await self.get(name)
-        keys = self.keys.load(name)
-        await self.hv.define_ephemeral_secret(vm.secret_uuid, passphrase(keys), name)
-        try:
-            await self.hv.start(vm.uuid, name)
-        finally:
-            await self.hv.undefine_secret(vm.secret_uuid)
+        await self.gate.start(vm.uuid, name)
 
     async def stop(self, name: str, *, force: bool = False) -> None:
         vm = await self.get(name)
