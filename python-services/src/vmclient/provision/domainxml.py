@@ -44,9 +44,10 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
                networks: Mapping[str, str] = NETWORKS) -> str:
     """The domain definition for ``recipe``.
 
-    ``install_media`` attaches an ISO and boots it first; ``image_version`` is the
-    catalog version actually installed (the recipe may say "newest"); ``networks``
-    maps a zone to its libvirt network (configurable, so tests use their own).
+    ``install_media`` attaches an ISO as a CD-ROM booted after the (blank) system
+    disk; ``image_version`` is the catalog version actually installed (the recipe
+    may say "newest"); ``networks`` maps a zone to its libvirt network
+    (configurable, so tests use their own).
     """
     for value in (uuid, *(b.secret_uuid for b in disks.values())):
         if not _UUID_RE.fullmatch(value):
@@ -114,15 +115,15 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
         used[prefix] += 1
         return dev
 
-    boot = 1
     if install_media is not None:
+        # Booted *after* the system disk: a blank disk does not boot, so the firmware
+        # falls through to the installer; once installed, the disk boots first.
         cd = ET.SubElement(devices, "disk", type="file", device="cdrom")
         ET.SubElement(cd, "driver", name="qemu", type="raw")
         ET.SubElement(cd, "source", file=str(install_media))
         ET.SubElement(cd, "target", dev=target("sata"), bus="sata")
         ET.SubElement(cd, "readonly")
-        ET.SubElement(cd, "boot", order=str(boot))
-        boot += 1
+        ET.SubElement(cd, "boot", order="2")
     for disk in sorted(recipe.disks, key=lambda d: d.role != "system"):
         binding = disks[disk.name]
         el = ET.SubElement(devices, "disk", type="file", device="disk")
@@ -134,7 +135,7 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
         ET.SubElement(el, "target", dev=target(disk.bus), bus=disk.bus)
         _text(el, "serial", f"vmclient-{disk.name}")
         if disk.role == "system":
-            ET.SubElement(el, "boot", order=str(boot))
+            ET.SubElement(el, "boot", order="1")
     if recipe.zone in NETWORKS:
         nic = ET.SubElement(devices, "interface", type="network")
         if recipe.mac:

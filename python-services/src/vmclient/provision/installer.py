@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError, VMNotFound
 from ..manage.gate import StartGate
-from ..virt.libvirt import DomState, Hypervisor
+from ..virt.libvirt import DomState, Hypervisor, eject_media
 from . import qemuimg, spec
 from .config import ProvisionConfig, gate_config
 from .domainxml import VM_NS, DiskBinding, domain_xml
@@ -59,6 +59,7 @@ class Installed:
     image_version: int
     secret_uuid: str
     disks: dict[str, str]  # disk serial name -> path
+    media: tuple[str, ...] = ()  # install media in a CD-ROM drive (ISO installs)
 
 
 class Provisioner:
@@ -189,8 +190,11 @@ class Provisioner:
                 disks[serial.removeprefix("vmclient-")] = src.get("file", "")
                 sec = src.find("encryption/secret")
                 secret = sec.get("uuid", "") if sec is not None else secret
+        media = tuple(s.get("file", "") for s in
+                      root.iterfind("devices/disk[@device='cdrom']/source") if s.get("file"))
         return Installed(name, info.uuid, vm.get("kind", ""), info.state.name.lower(),
-                         vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks)
+                         vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks,
+                         media)
 
     async def list(self) -> list[Installed]:
         out = []
@@ -202,9 +206,41 @@ class Provisioner:
     # -- run ----------------------------------------------------------------------
 
     async def start(self, name: str) -> None:
-        """Start (or restore) through the key gate: a business VM only under the lease."""
+        """Start (or restore) through the key gate: a business VM only under the lease.
+
+        A VM installed from an ISO whose system disk has been installed meanwhile
+        gets its install media ejected first (:meth:`installed_from_media`).
+        """
         vm = await self.get(name)
+        if await self.installed_from_media(vm):
+            log.info("VM %s: the install finished (its system disk boots now)", name)
+            await self.eject(name)
         await self.gate.start(vm.uuid, name)
+
+    async def installed_from_media(self, vm: Installed) -> bool:
+        """True if ``vm`` still has install media and its shut-off system disk is installed.
+
+        "Installed" means its first sector carries the boot signature 55 AA, which
+        every installer writes (an MBR, or GPT's protective MBR); the blank disk an
+        ISO install starts from has none.
+        """
+        if not vm.media or vm.state != "shutoff":
+            return False
+        if (await self.hv.lookup_name(vm.name)).managed_save:
+            return False  # it resumes as saved, drive and all; ejected at a later start
+        system = spec.load(self._recipe_file(vm.name)).system_disk.name
+        pp = passphrase(self.keys.load(vm.name))
+        sector = await qemuimg.read(Path(vm.disks[system]), pp, 0, 512)
+        return sector[510:512] == b"\x55\xaa"
+
+    async def eject(self, name: str) -> tuple[str, ...]:
+        """Take the install media out: the CD-ROM drive leaves the definition, and if the
+        VM runs its medium goes at once.  Returns the media removed."""
+        vm = await self.get(name)
+        removed = tuple(await eject_media(self.hv, vm.uuid, name))
+        if removed:
+            log.info("VM %s: install media %s ejected", name, ", ".join(removed))
+        return removed
 
     async def stop(self, name: str, *, force: bool = False) -> None:
         vm = await self.get(name)
