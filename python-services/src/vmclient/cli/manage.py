@@ -20,6 +20,7 @@ from ..store.remote import RemoteStore
 
 STATE_DIR = "/var/lib/vmclient/manage"
 VM_KEYS_DIR = "/var/lib/vmclient/provision/keys"
+DEVICE_DIR = "/var/lib/vmclient/device"  # provision.toml's device_dir: one set of device keys
 IMAGES_DIR = "/var/lib/vmclient/images"
 
 
@@ -54,7 +55,7 @@ def _agent(args: argparse.Namespace, repository: str) -> Any:
     from ..manage.inventory import ManageConfig
     from ..virt.libvirt import Hypervisor
     cfg = ManageConfig(state_dir=Path(args.state_dir), vm_keys_dir=Path(VM_KEYS_DIR),
-                       images_dir=Path(IMAGES_DIR))
+                       images_dir=Path(IMAGES_DIR), device_dir=Path(DEVICE_DIR))
     remote = open_repository(repository) if repository else LocalDirStore("/nonexistent")
     return Agent(cfg, remote, Hypervisor())
 
