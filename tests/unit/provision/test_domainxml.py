@@ -71,6 +71,14 @@ def test_vm_joins_only_its_zone_network(name: str, network: str) -> None:
     assert set(NETWORKS.values()) == {"vmclient-business", "vmclient-private"}
 
 
+def test_nic_carries_the_clean_traffic_filter_unless_turned_off() -> None:
+    _r, dom, _ = build("office")
+    [ref] = dom.findall("devices/interface/filterref")
+    assert ref.get("filter") == "clean-traffic" and ref.findall("parameter") == []
+    _r, plain, _ = build("office", anti_spoofing=False)
+    assert plain.findall("devices/interface/filterref") == []
+
+
 def test_zone_none_has_no_interface_and_bios_has_no_efi() -> None:
     _r, dom, _ = build("private-import")
     assert dom.findall("devices/interface") == []

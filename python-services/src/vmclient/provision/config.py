@@ -46,6 +46,9 @@ class Networks:
         "vmclient-private", help="libvirt network of private VMs (NAT, own bridge)")
     private_bridge: str = config.setting("vmcbr-private", help="its bridge")
     private_subnet: str = config.setting("10.182.0.0/24", help="its IPv4 subnet")
+    anti_spoofing: bool = config.setting(
+        True, help="libvirt's clean-traffic nwfilter on every VM's NIC: frames with another "
+                   "MAC, IP or ARP identity than the VM's own are dropped")
 
     def __post_init__(self) -> None:
         zones = self.zones()

@@ -5,7 +5,9 @@ The domain gets:
   secret named by UUID (the secret's value, derived from the VM's data key, is
   handed to libvirt as a private, ephemeral secret at start; never stored here);
 * one virtio NIC on the zone's network (``vmclient-business`` or
-  ``vmclient-private``; zone ``none`` has no NIC);
+  ``vmclient-private``; zone ``none`` has no NIC), with libvirt's
+  ``clean-traffic`` nwfilter unless ``anti_spoofing`` is off (no MAC, IP or
+  ARP spoofing; the IP is learnt from the guest's first packets/DHCP);
 * the power manager's per-VM policy as
   ``<metadata><vmclient:power xmlns:vmclient="https://vmclient.org/xmlns/power/1"
   policy="…"/></metadata>`` (fixed namespace and element: the power manager reads them)
@@ -41,7 +43,7 @@ class DiskBinding:
 
 def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
                install_media: PurePosixPath | None = None, image_version: int = 0,
-               networks: Mapping[str, str] = NETWORKS) -> str:
+               networks: Mapping[str, str] = NETWORKS, anti_spoofing: bool = True) -> str:
     """The domain definition for ``recipe``.
 
     ``install_media`` attaches an ISO as a CD-ROM booted after the (blank) system
@@ -80,7 +82,8 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
     pm = ET.SubElement(dom, "pm")
     ET.SubElement(pm, "suspend-to-mem", enabled="yes" if recipe.power == "s3" else "no")
     ET.SubElement(pm, "suspend-to-disk", enabled="no")
-    _devices(ET.SubElement(dom, "devices"), recipe, disks, install_media, networks)
+    _devices(ET.SubElement(dom, "devices"), recipe, disks, install_media, networks,
+             anti_spoofing)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
 
@@ -106,7 +109,8 @@ def _metadata(dom: ET.Element, recipe: Recipe, image_version: int) -> None:
 
 
 def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBinding],
-             install_media: PurePosixPath | None, networks: Mapping[str, str]) -> None:
+             install_media: PurePosixPath | None, networks: Mapping[str, str],
+             anti_spoofing: bool) -> None:
     used = {"vd": 0, "sd": 0}
 
     def target(bus: str) -> str:
@@ -142,6 +146,8 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
             ET.SubElement(nic, "mac", address=recipe.mac)
         ET.SubElement(nic, "source", network=networks[recipe.zone])
         ET.SubElement(nic, "model", type="virtio")
+        if anti_spoofing:
+            ET.SubElement(nic, "filterref", filter="clean-traffic")
     ET.SubElement(devices, "controller", type="usb", model="qemu-xhci")
     ET.SubElement(devices, "input", type="tablet", bus="usb")
     _usb_redirection(devices, recipe)

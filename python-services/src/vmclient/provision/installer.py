@@ -126,7 +126,8 @@ class Provisioner:
                              disks={n: DiskBinding(PurePosixPath(p), secret)
                                     for n, p in paths.items()},
                              image_version=resolved.version.version if resolved else 0,
-                             networks=self.networks)
+                             networks=self.networks,
+                             anti_spoofing=self.cfg.networks.anti_spoofing)
             progress.begin("define", 0)
             self.report(progress)
             defined = await self.hv.define(xml, recipe.name)
@@ -281,6 +282,7 @@ class Provisioner:
                              progress)
         paths = {**{n: Path(p) for n, p in vm.disks.items()}, system.name: path}
         xml = domain_xml(recipe, uuid=vm.uuid, image_version=new, networks=self.networks,
+                         anti_spoofing=self.cfg.networks.anti_spoofing,
                          disks={n: DiskBinding(PurePosixPath(p), vm.secret_uuid)
                                 for n, p in paths.items()})
         await self.hv.define(xml, name)
