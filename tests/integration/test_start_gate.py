@@ -1,3 +1,4 @@
+# ruff: noqa: ASYNC221  (the CLI as a child process, waited for in the test)
 """The key gate under powerd: VMs with LUKS disks (secret only ephemeral) come back after a
 managed save by vmclient-powerd, and a business VM stays saved when the lease is gone.
 
@@ -7,6 +8,8 @@ dbus-daemon with dbusmock's logind and a umockdev battery/AC."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,13 +20,16 @@ from fixtures_udev import SimulatedLaptop
 from fixtures_virt import URI
 from orders_env import Laptop, dom_state, has_managed_save
 from orders_env import laptop as managed_laptop
-from powerd_harness import PowerDaemon, wait_for
+from powerd_harness import Logind, PowerDaemon, wait_for
+
+from testlib import SERVICES
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 RUNNING, SHUTOFF = libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_SHUTOFF
 
 
-def powerd(bus: PrivateSystemBus, sim: SimulatedLaptop, lap: Laptop, workdir: Path) -> PowerDaemon:
+def powerd(bus: PrivateSystemBus, sim: SimulatedLaptop, lap: Laptop, workdir: Path,
+           extra: str = "") -> PowerDaemon:
     c = lap.cfg
     return PowerDaemon(bus, sim, workdir, f"""[vms]
 name_prefix = "{lap.prefix}-"
@@ -31,7 +37,7 @@ name_prefix = "{lap.prefix}-"
 device_dir = "{c.device_keys_dir}"
 vm_keys_dir = "{c.vm_keys_dir}"
 manage_dir = "{c.state_dir}"
-""")
+{extra}""")
 
 
 def secrets_of(name: str) -> set[str]:
@@ -89,6 +95,28 @@ async def test_critical_battery_save_and_ac_restore_luks_vms(
         assert "Traceback" not in d.log(), d.log()
 
 
+async def test_save_policy_on_sleep_is_undone_on_wake(
+        tmp_path: Path, system_bus: PrivateSystemBus, logind: Logind,
+        laptop: SimulatedLaptop) -> None:
+    async with managed_laptop(tmp_path) as lap:
+        biz, priv = await started_laptop(lap)
+        d = powerd(system_bus, laptop, lap, tmp_path, f'[vms.policies]\n"{biz}" = "save"\n')
+        d.start()
+        try:
+            logind.prepare_for_sleep(True)
+            wait_for(lambda: d.paused_by_us() == {biz: "save", priv: "pause"}, 60,
+                     "the business VM saved (its policy), the private one paused")
+            assert dom_state(biz) == SHUTOFF and has_managed_save(biz)
+            logind.prepare_for_sleep(False)
+            wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
+                     "both running again after the wake-up")
+            wait_for(lambda: d.paused_by_us() == {}, 10, "nothing left held")
+            assert not has_managed_save(biz) and not secrets_of(biz)
+        finally:
+            d.stop()
+        assert "Traceback" not in d.log(), d.log()
+
+
 async def test_shutdown_save_then_next_start_restores_luks_vms(
         tmp_path: Path, system_bus: PrivateSystemBus, logind: object,
         laptop: SimulatedLaptop) -> None:
@@ -128,6 +156,11 @@ async def test_expired_lease_refuses_the_restore_and_keeps_the_saved_state(
             assert not secrets_of(biz)
             lines = [ln for ln in d.log().splitlines() if "not restored" in ln]
             assert len(lines) == 1 and biz in lines[0] and "lease has expired" in lines[0], lines
+            status = subprocess.run(
+                [sys.executable, "-m", "vmclient.cli.main", "power", "status"],
+                env={**d.env, "PYTHONPATH": str(SERVICES / "src")}, capture_output=True,
+                text=True, timeout=60).stdout
+            assert f"Not restored:       {biz}: the lease has expired" in status, status
 
             # IT renews the lease: the next restore (AC back after a while on battery) works
             set_lease(lap, 86400)

@@ -267,12 +267,19 @@ class VMController:
     # -- resume ----------------------------------------------------------------
 
     async def resume_all(self) -> list[str]:
-        """Undo every pause and save of ours, in parallel; returns the names resumed."""
+        """Undo every pause of ours, in parallel, and restore the VMs whose ``save`` policy
+        saved them for the pause; returns the names resumed.
+
+        Saves for a critical battery or a shutdown wait for :meth:`restore_saved`.
+        """
         async with self._lock:
             self._resumed_generation += 1
             await self.reconcile()
             todo = [h for h in self.held.values() if h.action != "save"]
-            return await self._undo_many(todo, self.cfg.timeout_s)
+            saved = [h for h in self.held.values()
+                     if h.action == "save" and h.cause in _PAUSE_CAUSES]
+            resumed = await self._undo_many(todo, self.cfg.timeout_s)
+            return resumed + await self._undo_many(saved, self.cfg.save_timeout_s)
 
     async def restore_saved(self) -> list[str]:
         """Start every VM we saved (libvirt restores its memory from the managed save)."""
@@ -385,6 +392,7 @@ class VMController:
 
 
 _UNDO_NAME = {"pause": "resume", "s3": "guest wake-up", "save": "restore"}
+_PAUSE_CAUSES = {c.value for c in (Cause.SLEEP, Cause.LID, Cause.USER)}  # what resume undoes
 
 
 def _now() -> float:
