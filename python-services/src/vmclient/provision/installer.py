@@ -229,9 +229,14 @@ class Provisioner:
             return False
         if (await self.hv.lookup_name(vm.name)).managed_save:
             return False  # it resumes as saved, drive and all; ejected at a later start
-        system = spec.load(self._recipe_file(vm.name)).system_disk.name
-        pp = passphrase(self.keys.load(vm.name))
-        sector = await qemuimg.read(Path(vm.disks[system]), pp, 0, 512)
+        try:  # a heuristic: it never stands in the way of the start itself
+            system = spec.load(self._recipe_file(vm.name)).system_disk.name
+            pp = passphrase(self.keys.load(vm.name))
+            sector = await qemuimg.read(Path(vm.disks[system]), pp, 0, 512)
+        except (VMClientError, KeyError) as exc:
+            log.warning("VM %s: cannot tell whether its install finished (%s); its install "
+                        "media stays (vmclientctl vm eject takes it out)", vm.name, exc)
+            return False
         return sector[510:512] == b"\x55\xaa"
 
     async def eject(self, name: str) -> tuple[str, ...]:
