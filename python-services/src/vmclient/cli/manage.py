@@ -25,6 +25,7 @@ from ..store.transport import close_store
 
 STATE_DIR = "/var/lib/vmclient/manage"
 VM_KEYS_DIR = "/var/lib/vmclient/provision/keys"
+DEVICE_DIR = "/var/lib/vmclient/device"  # provision.toml's device_dir: one set of device keys
 IMAGES_DIR = "/var/lib/vmclient/images"
 
 
@@ -63,7 +64,7 @@ def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | Non
     from ..manage.keys import SSH_KEY
     from ..virt.libvirt import Hypervisor
     cfg = ManageConfig(state_dir=Path(args.state_dir), vm_keys_dir=Path(VM_KEYS_DIR),
-                       images_dir=Path(IMAGES_DIR))
+                       images_dir=Path(IMAGES_DIR), device_dir=Path(DEVICE_DIR))
     key_file = key_file or cfg.device_keys_dir / SSH_KEY
     remote = (open_repository(repository, key_file, args.known_hosts) if repository
               else LocalDirStore("/nonexistent"))

@@ -21,7 +21,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import VMClientError
@@ -32,9 +31,10 @@ from ..store.orders import Order, OrderState, Report
 from ..store.remote import RemoteStore
 from ..virt.libvirt import Hypervisor
 from . import enrol, rekey, status
+from .gate import GateConfig, StartGate
 from .inventory import ManageConfig
 from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
-from .state import DAY, DeviceState, Lease, StateFile, advance
+from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -48,10 +48,6 @@ class Installer(Protocol):
     async def assign(self, vm: str, recipe: str) -> str: ...
 
 
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
 class Agent:
     def __init__(self, cfg: ManageConfig, remote: RemoteStore, hv: Hypervisor, *,
                  keys: KeyStore | None = None, installer: Installer | None = None,
@@ -62,6 +58,8 @@ class Agent:
         self.cfg, self.remote, self.installer = cfg, remote, installer
         self.keys = keys or FileKeyStore(cfg.device_keys_dir)
         self.host = VMHost(hv, cfg)
+        self.gate = StartGate(hv, GateConfig(cfg.device_keys_dir, cfg.vm_keys_dir, cfg.state_dir),
+                              keys=self.keys, lease=self.lease)
         self.state_file = StateFile(cfg.state_dir)
         self.journal = Journal(cfg)
         self.wall, self.mono, self.boot = wall, mono, boot
@@ -76,11 +74,8 @@ class Agent:
         return self.state_file.save(replace(s, clock=clock))
 
     def lease(self) -> Lease:
-        s = self.tick()
-        lease = s.lease()
-        if self.journal.load() is not None:  # a wipe under way: no business work
-            lease = replace(lease, wiped=True)
-        return lease if s.enrolled else replace(lease, until=0)
+        # a wipe under way: no business work
+        return self.tick().lease(wipe_pending=self.journal.load() is not None)
 
     def status(self) -> dict[str, Any]:
         s, lease = self.state_file.load(), self.lease()
@@ -97,9 +92,10 @@ class Agent:
                                           self.keys.signing().public_key())
 
     async def start_vm(self, name: str) -> None:
+        """Start (or restore) a VM through the key gate, under the lease this agent keeps."""
         for vm in await self.host.list():
             if vm.name == name:
-                return await self.host.start(vm, self.lease(), self.keys.wrapping())
+                return await self.gate.start(vm.uuid, vm.name)
         raise VMClientError(f"no vmclient VM named {name!r}")
 
     async def enforce(self) -> list[str]:

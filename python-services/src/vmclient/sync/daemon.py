@@ -250,7 +250,8 @@ class Synchronizer:
                 state_dir=self.cfg.state_dir, scratch_dir=self.cfg.scratch_dir,
                 chunk_size=repo_cfg.chunk_size,
                 recipients=[self.device.wrapping.public_key(), escrow],
-                hooks=engine.Hooks(progress, lambda: self.interrupt))
+                hooks=engine.Hooks(progress, lambda: self.interrupt),
+                writers=await self._writers(v.name))
         except engine.SyncInterrupted as exc:
             log.info("%s", exc)
             v.state, v.reason = "paused", "the laptop sleeps; the sync continues after resume"
@@ -269,6 +270,15 @@ class Synchronizer:
             self.iface.current = ""
             self.idle.set()
             self.iface.changed()
+
+    async def _writers(self, vm: str) -> Any:
+        """After a ``rekey`` order, the devices whose snapshots this VM's directory holds."""
+        if self.agent is None:
+            return None
+        from ..manage import rekey
+        if vm not in rekey.rekeyed_vms(self.agent.cfg):
+            return None
+        return (await self.agent.restore_source(vm)).signers
 
     def _failed(self, v: VMStatus, waiting: list[asyncio.Future[Outcome]],
                 exc: VMClientError) -> None:
@@ -391,6 +401,7 @@ def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor) -> Any:
     from ..manage.inventory import ManageConfig
     mcfg = ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
                         images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
+                        device_dir=cfg.device_dir,
                         lease_days=cfg.manage.lease_days)
     return Agent(mcfg, remote, hv)
 
