@@ -127,7 +127,7 @@ class Admin:
         assert f"enrolled {lap.name} as device {device}" in self.out, self.out
         conf = confinement(device, lap.account.public, str(self.server.repo),
                            str(self.server.keys))
-        assert conf.match_block in self.out and conf.authorized_keys in self.out
+        assert conf.match_block in self.out and conf.authorized_keys in self.out, (self.out, conf)
         self.server.confine(conf)
         return device
 

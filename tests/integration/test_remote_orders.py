@@ -94,7 +94,8 @@ async def test_orders_reports_and_devices_over_sftp_and_no_device_reaches_anothe
         assert await admin("enrol", "--code", "laptop-c") == 0
         code = admin.out.splitlines()[1].strip()
         url = f"sftp://{dropbox.user}@127.0.0.1:{server.port}/"
-        common = ["--state-dir", str(c.cfg.state_dir), "--known-hosts", str(server.known_hosts)]
+        common = ["--state-dir", str(c.cfg.state_dir), "--device-dir", str(c.cfg.device_keys_dir),
+                  "--known-hosts", str(server.known_hosts)]
         rc = await asyncio.to_thread(ctl_main, [
             "enrol", url, "--dropbox-key", str(dropbox.key_file), "--code", code, "--name",
             "laptop-c", "--admin-key", base64.b64encode(admin.public).decode(), *common])

@@ -21,6 +21,7 @@ from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests
 from vmclient.manage.inventory import ManageConfig
+from vmclient.manage.keys import write_private
 from vmclient.store import crypto, layout, repo
 from vmclient.store.objects import Index
 
@@ -176,8 +177,12 @@ def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: P
     """Orders reach an enrolled laptop through syncd's cycle; the lease is a property."""
     with world(tmp_path) as w:
         manage = tmp_path / "manage"
+        # one set of device keys: syncd signs snapshots and the agent enrols with the same
+        write_private(tmp_path / "device" / "signing.key", crypto.raw_private(w.a.signing))
+        write_private(tmp_path / "device" / "wrapping.key", crypto.raw_private(w.a.wrapping))
         cfg = ManageConfig(state_dir=manage, vm_keys_dir=tmp_path / "provision" / "keys",
-                           images_dir=tmp_path / "images", name_prefix=f"{w.prefix}-")
+                           images_dir=tmp_path / "images", name_prefix=f"{w.prefix}-",
+                           device_dir=tmp_path / "device")
         agent = Agent(cfg, w.remote, w.hv)
         book = CodeBook(tmp_path / "admin" / "codes.json")
         code = book.issue("laptop-s", int(time.time()))

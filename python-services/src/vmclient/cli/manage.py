@@ -48,6 +48,8 @@ def add_parser(sub: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=STATE_DIR, help="management state (root-only)")
+    p.add_argument("--device-dir", default=DEVICE_DIR,
+                   help="the device keys, shared with provisioning (root-only)")
     p.add_argument("--known-hosts", help="known_hosts pinning the server's host key (sftp://)")
 
 
@@ -64,7 +66,7 @@ def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | Non
     from ..manage.keys import SSH_KEY
     from ..virt.libvirt import Hypervisor
     cfg = ManageConfig(state_dir=Path(args.state_dir), vm_keys_dir=Path(VM_KEYS_DIR),
-                       images_dir=Path(IMAGES_DIR), device_dir=Path(DEVICE_DIR))
+                       images_dir=Path(IMAGES_DIR), device_dir=Path(args.device_dir))
     key_file = key_file or cfg.device_keys_dir / SSH_KEY
     remote = (open_repository(repository, key_file, args.known_hosts) if repository
               else LocalDirStore("/nonexistent"))

@@ -149,21 +149,29 @@ class StartGate:
         """The domain's vmclient identity, or None for a domain that is not a vmclient VM."""
         return parse_domain(await self.hv.xml_desc(uuid, name), uuid)
 
-    def check(self, vm: VMTarget) -> crypto.KeySet:
-        """Refuse (StartRefused) or return the data key; changes nothing."""
+    def allowed(self, vm: VMTarget) -> None:
+        """Refuse (StartRefused) a business VM the lease does not allow now."""
         try:
             why = refusal(vm, self.lease)
         except VMClientError as exc:  # an unreadable management state refuses, naming it
             why = str(exc)
         if why is not None:
             raise StartRefused(vm.name, why)
+
+    def check(self, vm: VMTarget) -> crypto.KeySet:
+        """Refuse (StartRefused) or return the data key; changes nothing."""
+        self.allowed(vm)
         return data_key(self.cfg, self.keys, vm.name)
 
     async def start(self, uuid: str, name: str) -> None:
         """Start (or restore from its managed save) the domain ``uuid``."""
         vm = await self.target(uuid, name)
-        if vm is None or not vm.secrets:
-            await self.hv.start(uuid, name)  # not encrypted by us: as it is
+        if vm is None:
+            await self.hv.start(uuid, name)  # not a vmclient VM: as it is
+            return
+        if not vm.secrets:  # not encrypted by us (imported as it is): the lease still holds
+            self.allowed(vm)
+            await self.hv.start(uuid, name)
             return
         pp = passphrase(self.check(vm))
         try:
