@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testlib import need
-from vmclient.admin.sshd import GLOBAL_CONFIG, confinement
+from vmclient.admin.sshd import GLOBAL_CONFIG, Confinement, confinement, enrolment_dropbox
 from vmclient.store.sftp import SFTPStore, SFTPTarget
 
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -104,17 +104,30 @@ class SSHServer:
         key = self.client / f"device-{device_id[:12]}"
         pub = keygen(key, f"device {device_id}")
         conf = confinement(device_id, pub, str(self.repo), str(self.keys))
+        self.confine(conf)
+        return Account(conf.account, key, pub, "")
+
+    def confine(self, conf: Confinement) -> None:
+        """Apply what ``vmclient-admin`` printed for an account; restart sshd."""
         for attempt in range(3):  # useradd fails while another one holds /etc/passwd's lock
             r = subprocess.run(["sh", "-c", conf.script()], capture_output=True, text=True)
             if r.returncode == 0:
                 break
             if attempt == 2 or "lock" not in r.stderr:
-                raise RuntimeError(f"confining device {device_id} failed: {r.stderr}")
+                raise RuntimeError(f"confining {conf.account} failed: {r.stderr}")
             time.sleep(0.5)
         self.accounts.append(conf.account)
         self.matches.append(conf.match_block)
         if self.proc is not None:
             self.restart()
+
+    def add_dropbox(self) -> Account:
+        """The enrolment drop box, as ``vmclient-admin enrol --dropbox`` prints it."""
+        key = self.client / "enrol"
+        pub = keygen(key, "vmclient enrolment")
+        conf = enrolment_dropbox(pub, str(self.repo), str(self.keys),
+                                 account=f"vmc-enrol-{self.dir.name[-6:].lower()}")
+        self.confine(conf)
         return Account(conf.account, key, pub, "")
 
     def store(self, account: Account, **kw: object) -> SFTPStore:

@@ -9,14 +9,16 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import libvirt
 from fixtures_virt import IMAGES, URI, kvm_usable, open_libvirt
 
 from testlib import need
+from vmclient.manage.state import StateFile, TimeRecord
 from vmclient.provision.config import Networks, ProvisionConfig, Repository
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.keys import DeviceKeys
@@ -116,6 +118,7 @@ def write_config(env: Env, tmp: Path) -> Path:
     path.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
 state_dir = "{c.state_dir}"
 device_dir = "{c.device_dir}"
+manage_dir = "{c.manage_dir}"
 images_dir = "{c.images_dir}"
 staging_dir = "{c.staging_dir}"
 staging_mib = 8
@@ -134,6 +137,14 @@ private_subnet = "{n.private_subnet}"
 """)
     return path
 
+
+
+def set_lease(manage_dir: Path, days: float) -> None:
+    """The laptop's management state: enrolled, the lease running out in ``days`` (< 0: gone)."""
+    st = StateFile(manage_dir)
+    now = int(time.time())
+    st.save(replace(st.load(), device="test-device", enrolled=True,
+                    clock=TimeRecord(now, "", 0.0), lease_until=now + int(days * 86400)))
 
 
 def free_subnets(n: int) -> list[str]:
@@ -208,9 +219,11 @@ async def provision_env(tmp: Path, staging_mib: int = 8) -> AsyncIterator[Env]:
         networks=Networks(f"{prefix}-business", f"{prefix}b", biz,
                           f"{prefix}-private", f"{prefix}p", priv),
         libvirt_uri=URI, state_dir=tmp / "state", device_dir=tmp / "device",
+        manage_dir=tmp / "manage",
         images_dir=IMAGES / prefix, staging_dir=Path("/dev/shm") / prefix,
         staging_mib=staging_mib)
     device = DeviceKeys.load_or_create(cfg.device_dir)
+    set_lease(cfg.manage_dir, days=14)  # an enrolled laptop: business VMs may start
     dc = Datacenter(tmp / "repo", device)
     await dc.init()
     hv = Hypervisor(URI)
@@ -259,4 +272,4 @@ def ipv4(net: str, host: int) -> str:
 
 
 __all__ = ["Datacenter", "Env", "assert_no_leftovers", "image_bytes", "ipv4", "need_tools", "provision_env",
-           "write_config"]
+           "set_lease", "write_config"]

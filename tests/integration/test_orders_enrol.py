@@ -135,17 +135,17 @@ def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
     state = str(tmp_path / "f")
     admin_b64 = base64.b64encode(crypto.raw_public(site.admin.public_key())).decode()
     r = vmclientctl("enrol", str(tmp_path / "repo"), "--admin-key", admin_b64, "--code", code,
-                    "--name", "f", "--state-dir", state)
+                    "--name", "f", "--state-dir", state, "--device-dir", f"{state}/keys")
     assert r.returncode == 0 and "enrolment requested" in r.stdout, r.stderr
-    r = vmclientctl("status", "--state-dir", state)
+    r = vmclientctl("status", "--state-dir", state, "--device-dir", f"{state}/keys")
     assert "waiting for IT" in r.stdout, r.stdout + r.stderr
     asyncio.run(site.process())
-    r = vmclientctl("status", "--repository", str(tmp_path / "repo"), "--state-dir", state,
+    r = vmclientctl("status", "--repository", str(tmp_path / "repo"), "--state-dir", state, "--device-dir", f"{state}/keys",
                     "--json")
     st = json.loads(r.stdout)
     assert st["enrolled"] and st["business_allowed"] and st["lease_remaining"] > 13 * 86400
     r = vmclientctl("enrol", str(tmp_path / "repo"), "--admin-key", "AAAA", "--code", code,
-                    "--name", "f", "--state-dir", state)
+                    "--name", "f", "--state-dir", state, "--device-dir", f"{state}/keys")
     assert r.returncode == 64 and "--admin-key" in r.stderr
 
     async def loop() -> None:  # the daemon's loop picks up a renewal and reports it

@@ -10,8 +10,15 @@ from pathlib import Path
 import libvirt
 import pytest
 from fixtures_virt import URI
-from provision_env import assert_no_leftovers, image_bytes, need_tools, provision_env
+from provision_env import (
+    assert_no_leftovers,
+    image_bytes,
+    need_tools,
+    provision_env,
+    set_lease,
+)
 
+from vmclient.manage.gate import StartRefused
 from vmclient.provision import qemuimg
 from vmclient.provision.cache import ChunkCache
 from vmclient.provision.keys import passphrase
@@ -87,6 +94,11 @@ async def test_install_start_encrypted_upgrade_remove(tmp_path: Path) -> None:
         raw.write_bytes(bytes(v2))
         assert await qemuimg.identical(Path(up.disks["system"]), pp, raw)
         assert not system.exists()  # the v1 system disk is gone
+        set_lease(env.cfg.manage_dir, days=-1)  # provd's start is the key gate too
+        with pytest.raises(StartRefused, match="lease has expired"):
+            await prov.start(vm.name)
+        assert (await prov.get(vm.name)).state == "shutoff"
+        set_lease(env.cfg.manage_dir, days=14)
         await prov.start(vm.name)
         assert (await prov.get(vm.name)).state == "running"
 

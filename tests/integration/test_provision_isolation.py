@@ -6,8 +6,11 @@ other; (2) libvirt's forward rules for each bridge reject new connections into
 it; (3) real IPv4 traffic: endpoints in network namespaces, plugged into each
 bridge with veth pairs, reach their own zone but not the other one, while IP
 forwarding is on (so routing alone would carry the packets) and the refusal is
-the firewall's ICMP reject.  What it does not show: traffic from inside the
-guests themselves (firmware-only guests have no IP stack here), IPv6 (the zones
+the firewall's ICMP reject; (4) each guest's tap is bound to libvirt's
+clean-traffic nwfilter, whose bridge rules drop frames from that tap with any
+source MAC but the VM's.  What it does not show: traffic from inside the
+guests themselves (firmware-only guests have no IP stack here, so neither a
+spoofed frame nor the IP the filter learns can be produced), IPv6 (the zones
 have no IPv6 addresses), or traffic to the host's own addresses.
 """
 
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    need_tools("ip", "iptables", "ping")
+    need_tools("ip", "iptables", "ebtables", "ping")
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,6 +61,11 @@ def endpoints(prefix: str, specs: dict[str, tuple[str, str, str]]) -> Iterator[N
     finally:
         for ns in made:
             sh("ip", "netns", "del", ns, check=False)
+
+
+def _mac(text: str) -> str:
+    """ebtables prints MACs without leading zeros (52:54:0:…); libvirt with them."""
+    return ":".join(f"{int(b, 16):02x}" for b in text.split(":"))
 
 
 def ping(prefix: str, src: str, dst: str, tries: int = 1) -> subprocess.CompletedProcess[str]:
@@ -86,6 +94,7 @@ async def test_zones_are_isolated(tmp_path: Path) -> None:
 
         # (1) each running guest's tap is on its zone's bridge, and only there
         conn = libvirt.open(URI)
+        taps = {}
         try:
             for vm, zone in ((biz.name, "business"), (prv.name, "private")):
                 live = ET.fromstring(conn.lookupByName(vm).XMLDesc(0))
@@ -96,8 +105,16 @@ async def test_zones_are_isolated(tmp_path: Path) -> None:
                 other = zones["private" if zone == "business" else "business"].bridge
                 assert tap in sh("ip", "-o", "link", "show", "master", zones[zone].bridge).stdout
                 assert tap not in sh("ip", "-o", "link", "show", "master", other).stdout
+                taps[tap] = nics[0].find("mac").get("address")
+            # (4) anti-spoofing: the filter is bound to each tap and enforced on the bridge
+            bound = {b.portDev(): b.filterName() for b in conn.listAllNWFilterBindings()}
         finally:
             conn.close()
+        for tap, mac in taps.items():
+            assert bound.get(tap) == "clean-traffic", bound
+            rules = sh("ebtables", "-t", "nat", "-L", f"libvirt-I-{tap}").stdout
+            drop = [ln for ln in rules.splitlines() if ln.endswith("-j DROP") and "-s !" in ln]
+            assert drop and _mac(drop[0].split("-s ! ")[1].split()[0]) == mac, rules
 
         # (2) libvirt's forward rules reject new connections into each bridge
         fwi = sh("iptables", "-S", "LIBVIRT_FWI").stdout

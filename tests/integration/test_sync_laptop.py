@@ -1,10 +1,10 @@
 # ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
 """LUKS business VMs from provisioning: sync on laptop A, ``vm restore`` on laptop B.
 
-Device B is a second provisioning set-up (its own state dir, device keys, images
-and staging dirs) on the same libvirtd; "rekey" is done as repository-format.md
-§8.5 says the admin does it: the VM's directory copied under B's, its data key
-wrapped for B and signed by the admin, A's device record signed by the admin.
+Device B is a second provisioning set-up (its own state dir, device keys, images,
+staging and management dirs) on the same libvirtd; the admin re-keys the VM for
+B with ``manage.rekey.rekey`` (what ``vmclient-admin rekey`` runs) from the
+escrow copy A's syncs wrote.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ import libvirt
 import libvirt_qemu
 import pytest
 from fixtures_virt import IMAGES, URI
-from provision_env import Env, image_bytes, need_tools, provision_env, write_config
+from provision_env import Env, image_bytes, need_tools, provision_env, set_lease, write_config
 
 from testlib import SERVICES
+from vmclient.manage import rekey
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.keys import DeviceKeys, passphrase
 from vmclient.provision.receiver import Receiver
 from vmclient.store import crypto, layout
-from vmclient.store.documents import WrappedKey
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.orders import DeviceRecord
-from vmclient.store.repo import ChunkStore, get_snapshot, put_signed, put_wrapped_key
+from vmclient.store.repo import ChunkStore, get_snapshot, put_signed
 from vmclient.sync import engine, restore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -55,8 +55,10 @@ class Laptops:
         self.a = env.provisioner()
         dev_b = DeviceKeys.load_or_create(tmp / "b-device")
         cfg_b = replace(env.cfg, state_dir=tmp / "b-state", device_dir=tmp / "b-device",
-                        images_dir=IMAGES / f"{env.prefix}-b",
+                        images_dir=IMAGES / f"{env.prefix}-b", manage_dir=tmp / "b-manage",
                         staging_dir=Path("/dev/shm") / f"{env.prefix}-b")
+        set_lease(cfg_b.manage_dir, days=14)  # laptop B is enrolled: its VMs may run
+        self.escrow = crypto.X25519PrivateKey.generate()  # IT's, offline
         self.b_cfg, self.b_dev = cfg_b, dev_b
         self.b = Provisioner(cfg_b, env.hv, dev_b,
                              Receiver(env.dc.store, env.dc.pinned, dev_b, cfg_b.state_dir,
@@ -77,24 +79,22 @@ class Laptops:
         return await engine.sync_vm(
             self.env.hv, self.env.dc.store, self.env.device.signing, vm.uuid,
             self.a.keys.load(name), state_dir=self.tmp / "a-sync", scratch_dir=self.scratch,
-            recipients=[self.env.device.wrapping.public_key()], memory_dir=self.memory_dir,
+            recipients=[self.env.device.wrapping.public_key(), self.escrow.public_key()],
+            memory_dir=self.memory_dir,
             meta={"recipe": (self.env.cfg.state_dir / "vms" / name / "recipe.toml").read_text()})
 
+    def record(self, keys: DeviceKeys, name: str) -> DeviceRecord:
+        return DeviceRecord(keys.device_id, name, crypto.raw_public(keys.signing.public_key()),
+                            crypto.raw_public(keys.wrapping.public_key()), 0)
+
     async def rekey_for_b(self, name: str) -> None:
-        """What ``vmclient-admin rekey`` does (repository-format.md §8.5)."""
-        root, a_id, b_id = self.env.dc.root, self.env.device.device_id, self.b_dev.device_id
-        shutil.copytree(root / layout.vm_dir(a_id, name), root / layout.vm_dir(b_id, name),
-                        ignore=shutil.ignore_patterns("keys"), dirs_exist_ok=True)
-        keys = self.a.keys.load(name)  # the admin unwraps the escrow copy instead
-        await put_wrapped_key(self.env.dc.store,
-                              layout.vm_key(b_id, name, self.b_dev.wrapping_id), self.env.dc.admin,
-                              WrappedKey.create(f"vm:{name}", self.b_dev.wrapping.public_key(),
-                                                keys))
-        a = self.env.device
-        rec = DeviceRecord(a_id, "laptop-a", crypto.raw_public(a.signing.public_key()),
-                           crypto.raw_public(a.wrapping.public_key()), 0)
-        await put_signed(self.env.dc.store, layout.device_record(a_id), self.env.dc.admin,
-                         ("device", a_id), rec.to_bytes(), exclusive=False)
+        """``vmclient-admin rekey <vm> --to B``: the admin's own code (manage.rekey)."""
+        store, admin = self.env.dc.store, self.env.dc.admin
+        a, b = self.record(self.env.device, "laptop-a"), self.record(self.b_dev, "laptop-b")
+        for rec in (a, b):  # enrolled: their admin-signed device records
+            await put_signed(store, layout.device_record(rec.device), admin,
+                             ("device", rec.device), rec.to_bytes(), exclusive=False)
+        await rekey.rekey(store, admin, self.escrow, name, a, b)
 
     def lose_a(self, name: str) -> None:
         """Laptop A is gone: its domain with it (its disk files stay, for comparison)."""

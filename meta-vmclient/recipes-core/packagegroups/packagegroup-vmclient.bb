@@ -35,9 +35,13 @@ RDEPENDS:${PN}-debug = "\
 
 # QEMU/KVM and the libvirt daemons that run the VMs; libvirt-python is the
 # binding the services use; OVMF boots UEFI guests; dnsmasq and nftables
-# serve libvirt's NAT networks.
+# serve libvirt's NAT networks; ebtables and iptables are what libvirt's
+# nwfilter driver programs for the clean-traffic filter on every VM NIC
+# (provision.toml networks.anti_spoofing).
 RDEPENDS:${PN}-hypervisor = "\
     dnsmasq \
+    ebtables \
+    iptables \
     libvirt \
     libvirt-libvirtd \
     libvirt-python \

@@ -1,6 +1,6 @@
 SUMMARY = "vmclient host services: power manager, provisioning, sync, CLI"
 DESCRIPTION = "The Python daemons of the vmclient laptop host (vmclient-powerd, \
-               later vmclient-provd and vmclient-syncd) and the vmclientctl \
+               vmclient-provd and vmclient-syncd) and the vmclientctl \
                CLI, with their systemd units, D-Bus policy and activation, \
                polkit actions and rules, logind drop-in, tmpfiles and \
                sysusers entries and default configuration."
@@ -41,7 +41,7 @@ REQUIRED_DISTRO_FEATURES = "systemd"
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system vmclient"
 
-SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service vmclient-provd.service"
+SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service vmclient-provd.service vmclient-syncd.service"
 
 # A shell helper for do_install, not a task.
 # nooelint: oelint.task.docstrings

@@ -71,21 +71,32 @@ def test_vm_joins_only_its_zone_network(name: str, network: str) -> None:
     assert set(NETWORKS.values()) == {"vmclient-business", "vmclient-private"}
 
 
+def test_nic_carries_the_clean_traffic_filter_unless_turned_off() -> None:
+    _r, dom, _ = build("office")
+    [ref] = dom.findall("devices/interface/filterref")
+    assert ref.get("filter") == "clean-traffic" and ref.findall("parameter") == []
+    _r, plain, _ = build("office", anti_spoofing=False)
+    assert plain.findall("devices/interface/filterref") == []
+
+
 def test_zone_none_has_no_interface_and_bios_has_no_efi() -> None:
     _r, dom, _ = build("private-import")
     assert dom.findall("devices/interface") == []
     assert dom.find("os").get("firmware") is None  # type: ignore[union-attr]
 
 
-def test_iso_install_attaches_readonly_cdrom_booted_first() -> None:
+def test_iso_install_attaches_readonly_cdrom_booted_after_the_system_disk() -> None:
     recipe, dom, _ = build("private-desktop", install_media=PurePosixPath("/m/f.iso"))
     assert recipe.image.iso is not None
     cd = dom.find("devices/disk[@device='cdrom']")
     assert cd is not None and cd.find("readonly") is not None
     assert cd.find("source").get("file") == "/m/f.iso"  # type: ignore[union-attr]
-    assert cd.find("boot").get("order") == "1"  # type: ignore[union-attr]
+    # the blank system disk does not boot, so the firmware falls through to the CD;
+    # once the installer has written it, the installed system boots, not the installer
     system = dom.find("devices/disk[@device='disk']")
-    assert system.find("boot").get("order") == "2"  # type: ignore[union-attr]
+    assert system.find("boot").get("order") == "1"  # type: ignore[union-attr]
+    assert cd.find("boot").get("order") == "2"  # type: ignore[union-attr]
+    assert [b.get("order") for b in dom.iter("boot")] == ["2", "1"]  # one each, no os/boot
 
 
 def test_usb_policy_maps_to_redirection_filter() -> None:

@@ -4,7 +4,12 @@
     vmclient-admin --repo REPO publish NAME IMAGE
     vmclient-admin --repo REPO list
     vmclient-admin --repo REPO enrol DEVICE --pubkey B64 --wrapping-key B64 --ssh-key FILE|LINE
+    vmclient-admin --repo REPO enrol --code NAME | --accept | --dropbox SSH_PUB
     vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE]
+    vmclient-admin --repo REPO order DEVICE assign|unassign|renew|lock|unlock|wipe [k=v …]
+    vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
+    vmclient-admin --repo REPO reports DEVICE [--json]
+    vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
@@ -24,10 +29,11 @@ import traceback
 from pathlib import Path
 
 from ..errors import EXIT_BUG, UsageError, VMClientError
+from ..manage.admin import issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
-from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
+from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import (
     get_catalog,
@@ -38,7 +44,7 @@ from ..store.repo import (
     put_wrapped_key,
 )
 from ..store.transport import close_store, is_url, open_store
-from . import images, keys
+from . import fleet, images, keys
 from .progress import progress_bar
 from .sshd import GLOBAL_CONFIG, confinement
 
@@ -69,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="published images and enrolled devices")
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("enrol", help="record a device's public keys; print its sshd confinement")
-    s.add_argument("device", help="a name for the device (e.g. its asset tag)")
-    s.add_argument("--pubkey", required=True, help="the device's Ed25519 signing key (base64)")
-    s.add_argument("--wrapping-key", required=True, help="the device's X25519 key (base64)")
-    s.add_argument("--ssh-key-pub", required=True,
+    s = sub.add_parser("enrol", help="enrolment codes and requests, or record a device's keys "
+                       "directly; prints its sshd confinement")
+    s.add_argument("device", nargs="?",
+                   help="a name for the device (e.g. its asset tag), with --pubkey …")
+    s.add_argument("--pubkey", help="the device's Ed25519 signing key (base64)")
+    s.add_argument("--wrapping-key", help="the device's X25519 key (base64)")
+    s.add_argument("--ssh-key-pub",
                    help="the device's SSH public key: a file or an 'ssh-ed25519 AAAA…' line")
+    fleet.add_enrol_options(s)
     s.add_argument("--server-repo", help="the repository's path on the storage server "
                    "(default: --repo if local, else the URL's path)")
     s.add_argument("--server-keys", default="/etc/ssh/vmclient-keys",
@@ -86,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("device", help="device id (32 hex) or enrolled name")
     s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
     s.set_defaults(func=cmd_assign)
+    fleet.add_parsers(sub)
     return p
 
 
@@ -184,6 +194,13 @@ async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if args.code or args.accept or args.dropbox:
+        if args.device or args.pubkey or args.wrapping_key or args.ssh_key_pub:
+            raise UsageError("enrol: --code/--accept/--dropbox take no device keys")
+        return await fleet.cmd_enrol_code(args, remote)
+    if not (args.device and args.pubkey and args.wrapping_key and args.ssh_key_pub):
+        raise UsageError("enrol: give DEVICE --pubkey --wrapping-key --ssh-key-pub, or one of "
+                         "--code NAME, --accept, --dropbox SSH_PUB")
     k, _cfg, _catalog = await open_repo(args, remote)
     signing = decode_key(args.pubkey, "--pubkey")
     wrapping = decode_key(args.wrapping_key, "--wrapping-key")
@@ -221,11 +238,9 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
             vm = str(tomllib.loads(text)["name"])
         except (tomllib.TOMLDecodeError, KeyError) as exc:
             raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
-        seq = len(await remote.list(f"{layout.device_dir(rec.device)}/orders")) + 1
-        order = Order(rec.device, seq, int(time.time()), "assign", {"vm": vm, "recipe": text})
-        await put_signed(remote, layout.order(rec.device, seq), k.admin,
-                         ("order", order.object_id), order.to_bytes())
-        say(f"order {seq}: install {vm} on {rec.name}")
+        order = await issue_order(remote, k.admin, rec.device, "assign",
+                                  {"vm": vm, "recipe": text}, int(time.time()))
+        say(f"order {order.seq}: install {vm} on {rec.name}")
 
 
 # --- helpers ---------------------------------------------------------------------------------

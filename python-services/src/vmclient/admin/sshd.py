@@ -18,6 +18,18 @@ and nothing of the other devices:
 
 ``vmclient-admin enrol`` prints all of this; the integration fixture applies
 exactly the same text to a real sshd.
+
+Before it has an account, a laptop delivers its enrolment request through the
+**enrolment drop box** (:func:`enrolment_dropbox`): one shared account
+``vmc-enrol`` whose key ships with the image, chrooted into the repository
+like a device, that can only create files in ``enrolment/`` (root:vmc-enrol
+1730: no listing, no reading, and the sticky bit keeps it from replacing
+another laptop's request).  A request it drops is worth nothing without a
+valid one-time code (repository-format.md §5, enrolment request).
+
+Revocation (:func:`revocation`) removes the device's authorized-keys file,
+which ends its logins at once (sshd reads the file at every login), then
+deletes the account and its ``Match`` block.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 ACCOUNT_PREFIX = "vmc-"
+ENROL_ACCOUNT = "vmc-enrol"
 
 
 def account_name(device_id: str) -> str:
@@ -75,15 +88,60 @@ def confinement(device_id: str, ssh_public_key: str, repo_dir: str, keys_dir: st
         ("install", "-d", "-o", "root", "-g", "root", "-m", "0755", str(keys)),
     )
     key_path = str(keys / account)
-    match = (f"# vmclient device {device_id}\n"
-             f"Match User {account}\n"
-             f"    AuthorizedKeysFile {keys}/%u\n"
-             f"    ChrootDirectory {repo}\n"
-             f"    ForceCommand internal-sftp -u 0022\n"
-             f"    AllowTcpForwarding no\n"
-             f"    AllowAgentForwarding no\n"
-             f"    AllowStreamLocalForwarding no\n"
-             f"    PermitTunnel no\n"
-             f"    PermitTTY no\n"
-             f"    X11Forwarding no\n")
+    match = _match(f"vmclient device {device_id}", account, repo, keys)
     return Confinement(account, commands, key_path, f"restrict {ssh_public_key.strip()}", match)
+
+
+def _match(comment: str, account: str, repo: PurePosixPath, keys: PurePosixPath) -> str:
+    return (f"# {comment}\n"
+            f"Match User {account}\n"
+            f"    AuthorizedKeysFile {keys}/%u\n"
+            f"    ChrootDirectory {repo}\n"
+            f"    ForceCommand internal-sftp -u 0022\n"
+            f"    AllowTcpForwarding no\n"
+            f"    AllowAgentForwarding no\n"
+            f"    AllowStreamLocalForwarding no\n"
+            f"    PermitTunnel no\n"
+            f"    PermitTTY no\n"
+            f"    X11Forwarding no\n")
+
+
+def enrolment_dropbox(ssh_public_key: str, repo_dir: str, keys_dir: str, *,
+                      account: str = ENROL_ACCOUNT) -> Confinement:
+    """The shared account laptops use to deliver enrolment requests (once per server)."""
+    repo, keys = PurePosixPath(repo_dir), PurePosixPath(keys_dir)
+    commands = (
+        ("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/",
+         "--shell", "/usr/sbin/nologin", account),
+        ("usermod", "-p", "*", account),
+        ("install", "-d", "-o", "root", "-g", "root", "-m", "0755", str(repo)),
+        ("install", "-d", "-o", "root", "-g", account, "-m", "1730",
+         str(repo / "enrolment")),
+        ("install", "-d", "-o", "root", "-g", "root", "-m", "0755", str(keys)),
+    )
+    return Confinement(account, commands, str(keys / account),
+                       f"restrict {ssh_public_key.strip()}",
+                       _match("vmclient enrolment drop box", account, repo, keys))
+
+
+@dataclass(frozen=True)
+class Revocation:
+    account: str
+    authorized_keys_path: str  # removed first: no further login
+    commands: tuple[tuple[str, ...], ...]  # then, on the server as root
+    match_comment: str  # the line that opens the Match block to delete from sshd_config
+
+    def script(self) -> str:
+        lines = ["set -e", f"rm -f {shlex.quote(self.authorized_keys_path)}"]
+        lines += [shlex.join(c) + (" || true" if c[0] == "pkill" else "")
+                  for c in self.commands]
+        lines.append(f"# then delete the block starting '{self.match_comment}' "
+                     "from sshd_config and reload sshd")
+        return "\n".join(lines) + "\n"
+
+
+def revocation(device_id: str, keys_dir: str) -> Revocation:
+    account = account_name(device_id)
+    return Revocation(account, str(PurePosixPath(keys_dir) / account),
+                      (("pkill", "-KILL", "-u", account), ("userdel", account)),
+                      f"# vmclient device {device_id}")

@@ -20,7 +20,8 @@ async def connect() -> MessageBus:
         raise ServiceUnavailable("the system bus", str(exc)) from exc
 
 
-_DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclient-provd"}
+_DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclient-provd",
+           names.SYNC_BUS_NAME: "vmclient-syncd"}
 
 
 async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
@@ -45,6 +46,8 @@ async def call(bus: MessageBus, path: str, iface: str, member: str, signature: s
     return list(reply.body)
 
 
-async def get_all(bus: MessageBus, path: str, iface: str) -> dict[str, Any]:
-    (props,) = await call(bus, path, "org.freedesktop.DBus.Properties", "GetAll", "s", [iface])
+async def get_all(bus: MessageBus, path: str, iface: str, *,
+                  destination: str = names.BUS_NAME) -> dict[str, Any]:
+    (props,) = await call(bus, path, "org.freedesktop.DBus.Properties", "GetAll", "s", [iface],
+                          destination=destination)
     return {k: v.value for k, v in props.items()}

@@ -10,7 +10,7 @@ import traceback
 from typing import Any
 
 from ..errors import EXIT_BUG, VMClientError
-from . import manage, power, vm
+from . import manage, power, sync, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     power.add_parser(sub)
     vm.add_parser(sub)
     manage.add_parser(sub)
+    sync.add_parser(sub)
     return parser
 
 

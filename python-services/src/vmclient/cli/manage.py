@@ -1,8 +1,12 @@
 """``vmclientctl enrol`` and ``vmclientctl status``: remote management on this laptop (root).
 
-They work on the management state directly (``/var/lib/vmclient/manage``);
-the repository is a local directory until the SFTP transport (branch ``sftp``,
-``store.transport.open_store``) is wired in :func:`open_repository`.
+They work on the management state directly (``/var/lib/vmclient/manage``).
+The repository is a local directory or ``sftp://user@host[:port]/path``
+(:func:`vmclient.store.transport.open_store`): ``enrol`` delivers its request
+through the enrolment drop box account (``--dropbox-key``, the key that ships
+with the image); afterwards the laptop logs in with its own SSH key
+(``keys/ssh_ed25519`` in the state directory, sent with the request).  The
+server's host key is pinned by ``--known-hosts``; there is no trust on first use.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Any
 from ..errors import UsageError
 from ..store.localfs import LocalDirStore
 from ..store.remote import RemoteStore
+from ..store.transport import close_store
 
 STATE_DIR = "/var/lib/vmclient/manage"
 VM_KEYS_DIR = "/var/lib/vmclient/provision/keys"
+DEVICE_DIR = "/var/lib/vmclient/device"  # provision.toml's device_dir: one set of device keys
 IMAGES_DIR = "/var/lib/vmclient/images"
 
 
@@ -29,6 +35,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--admin-key", required=True, help="the admin's Ed25519 public key (base64)")
     p.add_argument("--code", required=True, help="the one-time code IT gave you")
     p.add_argument("--name", required=True, help="this laptop's name (e.g. its asset tag)")
+    p.add_argument("--dropbox-key", help="SSH key of the enrolment drop box (sftp:// only)")
     _common(p)
     p.set_defaults(func=enrol, render=lambda r: f"enrolment requested as device {r['device']}"
                    "; it completes when IT has processed the request")
@@ -41,21 +48,28 @@ def add_parser(sub: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", default=STATE_DIR, help="management state (root-only)")
+    p.add_argument("--device-dir", default=DEVICE_DIR,
+                   help="the device keys, shared with provisioning (root-only)")
+    p.add_argument("--known-hosts", help="known_hosts pinning the server's host key (sftp://)")
 
 
-def open_repository(where: str) -> RemoteStore:
-    if "://" in where:
-        raise UsageError(f"{where}: only local repositories until the SFTP transport is in")
-    return LocalDirStore(where)
+def open_repository(where: str, key_file: str | Path | None = None,
+                    known_hosts: str | None = None) -> RemoteStore:
+    from ..store.transport import open_store
+    return open_store(where, key_file=key_file, known_hosts=known_hosts)
 
 
-def _agent(args: argparse.Namespace, repository: str) -> Any:
+def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | None = None
+           ) -> Any:
     from ..manage.agent import Agent
     from ..manage.inventory import ManageConfig
+    from ..manage.keys import SSH_KEY
     from ..virt.libvirt import Hypervisor
     cfg = ManageConfig(state_dir=Path(args.state_dir), vm_keys_dir=Path(VM_KEYS_DIR),
-                       images_dir=Path(IMAGES_DIR))
-    remote = open_repository(repository) if repository else LocalDirStore("/nonexistent")
+                       images_dir=Path(IMAGES_DIR), device_dir=Path(args.device_dir))
+    key_file = key_file or cfg.device_keys_dir / SSH_KEY
+    remote = (open_repository(repository, key_file, args.known_hosts) if repository
+              else LocalDirStore("/nonexistent"))
     return Agent(cfg, remote, Hypervisor())
 
 
@@ -66,14 +80,24 @@ async def enrol(args: argparse.Namespace) -> dict[str, Any]:
         admin = b""
     if len(admin) != 32:
         raise UsageError("--admin-key: not a base64 Ed25519 public key")
-    device = await _agent(args, args.repository).request_enrolment(admin, args.name, args.code)
+    if "://" in args.repository and not args.dropbox_key:
+        raise UsageError("--dropbox-key: the enrolment drop box's SSH key is needed for an "
+                         "sftp:// repository")
+    agent = _agent(args, args.repository, args.dropbox_key)
+    try:
+        device = await agent.request_enrolment(admin, args.name, args.code)
+    finally:
+        await close_store(agent.remote)
     return {"device": device}
 
 
 async def status(args: argparse.Namespace) -> dict[str, Any]:
     agent = _agent(args, args.repository)
-    if args.repository:
-        await agent.complete_enrolment()
+    try:
+        if args.repository:
+            await agent.complete_enrolment()
+    finally:
+        await close_store(agent.remote)
     st: dict[str, Any] = agent.status()
     return st
 

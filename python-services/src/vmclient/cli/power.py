@@ -40,6 +40,7 @@ async def status(_: argparse.Namespace) -> dict[str, Any]:
         "paused_by_us": [{"name": n, "action": a} for n, a in p["PausedByUs"]],
         "owns_lid": bool(p["OwnsLid"]),
         "lid_action": _enum(LidAction, p["LidAction"]),
+        "restore_refused": [{"name": n, "reason": r} for n, r in p.get("RestoreRefused", [])],
     }
 
 
@@ -73,6 +74,7 @@ def render_status(s: dict[str, Any]) -> str:
         ("VMs", s["state"]),
         ("Paused by vmclient", paused),
     ]
+    rows += [("Not restored", f"{v['name']}: {v['reason']}") for v in s["restore_refused"]]
     return "\n".join(f"{k + ':':<20}{v}" for k, v in rows)
 
 

@@ -1,4 +1,5 @@
-"""``vmclientctl vm install <recipe> | list | start | stop | remove | upgrade | restore <vm>``.
+"""``vmclientctl vm install <recipe> | list | start | stop | eject | remove | upgrade |
+restore <vm>``.
 
 By default they call ``vmclient-provd`` over the system bus
 (``org.vmclient.VMClient1.Provisioning``; root or the ``vmclient`` group) and
@@ -39,6 +40,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=list_vms, render=render_list)
     for name, func, help_ in (("start", start, "start a VM (unlocks its disks)"),
+                              ("eject", eject, "take the install media (ISO) out of a VM"),
                               ("remove", remove, "stop and delete a VM, its key and disks")):
         c = cmds.add_parser(name, help=help_)
         c.add_argument("vm")
@@ -247,6 +249,18 @@ async def stop(args: argparse.Namespace) -> str:
     await _simple(args, lambda p: p.stop(args.vm, force=args.force), "Stop", "sb",
                   [args.vm, args.force])
     return f"{args.vm}: {'powered off' if args.force else 'shutdown requested'}"
+
+
+async def eject(args: argparse.Namespace) -> str:
+    if args.local:
+        async with _provisioner(args) as prov:
+            media = await prov.eject(args.vm)
+    else:
+        async with _daemon() as b:
+            (media,) = await _call(b, "Eject", "s", [args.vm])
+    if not media:
+        return f"{args.vm}: no install media attached"
+    return f"{args.vm}: ejected {', '.join(media)}"
 
 
 async def remove(args: argparse.Namespace) -> str:

@@ -12,11 +12,17 @@ PROVISION_BUS_NAME = BUS_NAME + ".Provisioning"
 PROVISION_PATH = ROOT_PATH + "/Provisioning"
 PROVISION_IFACE = BUS_NAME + ".Provisioning"
 
+# vmclient-syncd: the Synchronizer and the host of the management agent.
+SYNC_BUS_NAME = BUS_NAME + ".Sync"
+SYNC_PATH = ROOT_PATH + "/Sync"
+SYNC_IFACE = BUS_NAME + ".Sync"
+
 ERROR_PREFIX = BUS_NAME + ".Error."
 
 # polkit actions (data/polkit-1/actions/org.vmclient.VMClient1.policy)
 POLKIT_ACTION_POWER_MANAGE = "org.vmclient.VMClient1.power.manage"
 POLKIT_ACTION_PROVISION_MANAGE = "org.vmclient.VMClient1.provision.manage"
+POLKIT_ACTION_SYNC_MANAGE = "org.vmclient.VMClient1.sync.manage"
 
 # Unix group whose members may call the methods (bus policy + polkit rule).
 ADMIN_GROUP = "vmclient"

@@ -19,10 +19,11 @@ from typing import Any
 from ..errors import UsageError
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
-from ..store.format import open_envelope, signed_envelope
+from ..store.format import Reader, canonical_json, open_envelope, signed_envelope
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore
-from ..store.repo import get_signed
+from ..store.repo import get_pointer, get_signed
+from .status import DeviceStatus, status_path
 
 _SEQ_RE = re.compile(r"^[0-9]{12}$")
 
@@ -72,7 +73,11 @@ async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, devi
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
     if set(args) != set(ORDER_ACTIONS[action]):
         raise UsageError(f"order {action} takes {', '.join(ORDER_ACTIONS[action]) or 'nothing'}")
-    await device_record(remote, admin.public_key(), device)
+    rec = await device_record(remote, admin.public_key(), device)
+    revoked = await revocation(remote, admin.public_key(), device)
+    if revoked is not None:
+        raise UsageError(f"device {rec.name} ({device}) was revoked on "
+                         f"{_iso(revoked.revoked)}: no further orders")
     previous = await orders_of(remote, admin.public_key(), device)
     seq = max((o.seq for o in previous), default=0) + 1
     order = Order(device, seq, now, action, dict(args))
@@ -95,6 +100,108 @@ async def reports_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     return out
 
 
+# --- revocation ------------------------------------------------------------------------------
+
+def revocation_path(device: str) -> str:
+    return f"{layout.device_dir(device)}/revoked"
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """``devices/<id>/revoked`` (admin-signed): no orders, no rekey to it, no SSH access."""
+
+    device: str
+    revoked: int
+    reason: str
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"version": 1, "device": self.device, "revoked": self.revoked,
+                               "reason": self.reason})
+
+    @classmethod
+    def parse(cls, untrusted_body: bytes, device: str, path: str) -> Revocation:
+        r = Reader.parse(untrusted_body, "revocation", device, path)
+        r.version({1})
+        rev = cls(r.const("device", device), r.integer("revoked", lo=0), r.text("reason"))
+        r.done()
+        return rev
+
+
+async def revocation(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                     device: str) -> Revocation | None:
+    path = revocation_path(device)
+    try:
+        _s, body, _raw = await get_signed(remote, path, _signers(admin), "revocation", device)
+    except ObjectNotFound:
+        return None
+    return Revocation.parse(body, device, path)
+
+
+async def revoke(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, device: str,
+                 reason: str, now: int) -> tuple[DeviceRecord, Revocation]:
+    """Record the revocation (idempotent: an earlier one is kept)."""
+    rec = await device_record(remote, admin.public_key(), device)
+    old = await revocation(remote, admin.public_key(), device)
+    if old is not None:
+        return rec, old
+    rev = Revocation(device, now, reason)
+    await remote.put_atomic(revocation_path(device),
+                            signed_envelope(admin, "revocation", device, rev.to_bytes()))
+    return rec, rev
+
+
+async def wipe_report(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                      device: str) -> Report | None:
+    """The device's verified report that it executed a wipe order, if there is one."""
+    wipes = {o.seq for o in await orders_of(remote, admin, device) if o.action == "wipe"}
+    done = [r for r in await reports_of(remote, admin, device)
+            if r.order in wipes and r.outcome == "done"]
+    return done[-1] if done else None
+
+
+# --- the fleet -------------------------------------------------------------------------------
+
+async def device_status(remote: RemoteStore, rec: DeviceRecord) -> DeviceStatus | None:
+    """The device's last heartbeat, verified with its key; None if it never sent one."""
+    path = status_path(rec.device)
+    try:
+        _s, body, _raw = await get_signed(
+            remote, path, {rec.device: crypto.ed25519_public(rec.signing_key)}, "status",
+            rec.device)
+    except ObjectNotFound:
+        return None
+    return DeviceStatus.parse(body, rec.device, path)
+
+
+@dataclass(frozen=True)
+class VMView:
+    vm: str
+    seq: int  # latest snapshot
+    time: int  # when it was taken
+
+
+async def vms_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                 rec: DeviceRecord) -> list[VMView]:
+    """The device's synchronised VMs and their last sync (verified ``latest`` pointers)."""
+    from .rekey import writers
+    out = []
+    prefix = f"{layout.device_dir(rec.device)}/vms"
+    for entry in await remote.list(prefix):
+        parts = entry.path[len(prefix) + 1:].split("/")
+        if len(parts) != 2 or parts[1] != "latest":
+            continue
+        vm = parts[0]
+        signers = {rec.device: crypto.ed25519_public(rec.signing_key)}
+        try:
+            signers |= {d: crypto.ed25519_public(r.signing_key)
+                        for d, r in (await writers(remote, admin, rec.device, vm)).items()}
+            p = await get_pointer(remote, signers, rec.device, vm)
+        except (RemoteIntegrityError, ObjectNotFound):
+            continue
+        out.append(VMView(vm, p.seq, p.time))
+    return out
+
+
 @dataclass
 class DeviceView:
     device: str
@@ -106,6 +213,14 @@ class DeviceView:
     wiped: bool = False
     pending: list[int] = field(default_factory=list)  # orders without a report yet
     refused: int = 0  # refused objects it reported (forgeries, replays…)
+    revoked: int = 0  # when IT revoked it (0: not revoked)
+    release: str = ""  # from its last status (heartbeat)
+    problem: str = ""  # an object of this device that did not verify (view incomplete)
+    vms: list[VMView] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self).items() if k != "vms"},
+                "vms": [vars(v) for v in self.vms]}
 
 
 async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[DeviceView]:
@@ -119,19 +234,36 @@ async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[D
         except (UsageError, RemoteIntegrityError):
             continue
         view = DeviceView(device, rec.name, rec.enrolled)
-        orders = await orders_of(remote, admin, device)
-        reports = await reports_of(remote, admin, device)
-        done = {r.order for r in reports if r.order}
-        view.last_contact = max((r.time for r in reports), default=0)
-        view.last_order = max(done, default=0)
-        view.refused = sum(1 for r in reports if r.outcome == "refused" and not r.order)
-        view.pending = [o.seq for o in orders if o.seq not in done]
-        leases = [o for o in orders if o.action == "renew-lease"]
-        view.lease_until = int(leases[-1].args["lease_until"]) if leases else 0
-        view.wiped = any(r.order and r.outcome == "done" and o.seq == r.order
-                         and o.action == "wipe" for r in reports for o in orders)
+        try:
+            await _fill(view, remote, admin, rec)
+        except RemoteIntegrityError as exc:  # one bad object must not hide the fleet
+            view.problem = str(exc)
         out.append(view)
     return out
+
+
+async def _fill(view: DeviceView, remote: RemoteStore, admin: crypto.Ed25519PublicKey,
+                rec: DeviceRecord) -> None:
+    device = rec.device
+    orders = await orders_of(remote, admin, device)
+    reports = await reports_of(remote, admin, device)
+    done = {r.order for r in reports if r.order}
+    view.last_contact = max((r.time for r in reports), default=0)
+    view.last_order = max(done, default=0)
+    view.refused = sum(1 for r in reports if r.outcome == "refused" and not r.order)
+    view.pending = [o.seq for o in orders if o.seq not in done]
+    leases = [o for o in orders if o.action == "renew-lease"]
+    view.lease_until = int(leases[-1].args["lease_until"]) if leases else 0
+    view.wiped = any(r.order and r.outcome == "done" and o.seq == r.order
+                     and o.action == "wipe" for r in reports for o in orders)
+    rev = await revocation(remote, admin, device)
+    view.revoked = rev.revoked if rev else 0
+    st = await device_status(remote, rec)
+    if st is not None:
+        view.last_contact = max(view.last_contact, st.time)
+        view.release = st.release
+        view.lease_until = st.lease_until  # the device's own view, when it has told us
+    view.vms = await vms_of(remote, admin, rec)
 
 
 def order_args(action: str, untrusted_values: list[str], now: int) -> dict[str, Any]:
@@ -171,11 +303,20 @@ def render_devices(views: list[DeviceView], now: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
 
     rows = ["NAME                 DEVICE                            LAST CONTACT      "
-            "LEASE               STATE     PENDING  REFUSED"]
+            "LEASE               STATE     PENDING  REFUSED  RELEASE                  "
+            "VMS (LAST SYNC)"]
     for v in views:
         lease = (f"{(v.lease_until - now) // 86400:+d}d" if v.lease_until else "enrolment")
-        state = "wiped" if v.wiped else "ok"
+        state = ("SUSPECT" if v.problem else "revoked" if v.revoked else "wiped" if v.wiped
+                 else "ok")
         pending = ",".join(map(str, v.pending)) or "-"
+        vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
         rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
-                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused}")
+                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  "
+                    f"{(v.release or '-')[:24]:<24} {vms}")
+    rows += [f"{v.name}: {v.problem}" for v in views if v.problem]
     return "\n".join(rows)
+
+
+def _iso(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))

@@ -21,7 +21,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import VMClientError
@@ -31,10 +30,11 @@ from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report
 from ..store.remote import RemoteStore
 from ..virt.libvirt import Hypervisor
-from . import enrol
+from . import enrol, rekey, status
+from .gate import GateConfig, StartGate
 from .inventory import ManageConfig
-from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred
-from .state import DAY, DeviceState, Lease, StateFile, advance
+from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
+from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -48,10 +48,6 @@ class Installer(Protocol):
     async def assign(self, vm: str, recipe: str) -> str: ...
 
 
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
 class Agent:
     def __init__(self, cfg: ManageConfig, remote: RemoteStore, hv: Hypervisor, *,
                  keys: KeyStore | None = None, installer: Installer | None = None,
@@ -62,6 +58,8 @@ class Agent:
         self.cfg, self.remote, self.installer = cfg, remote, installer
         self.keys = keys or FileKeyStore(cfg.device_keys_dir)
         self.host = VMHost(hv, cfg)
+        self.gate = StartGate(hv, GateConfig(cfg.device_keys_dir, cfg.vm_keys_dir, cfg.state_dir),
+                              keys=self.keys, lease=self.lease)
         self.state_file = StateFile(cfg.state_dir)
         self.journal = Journal(cfg)
         self.wall, self.mono, self.boot = wall, mono, boot
@@ -76,11 +74,8 @@ class Agent:
         return self.state_file.save(replace(s, clock=clock))
 
     def lease(self) -> Lease:
-        s = self.tick()
-        lease = s.lease()
-        if self.journal.load() is not None:  # a wipe under way: no business work
-            lease = replace(lease, wiped=True)
-        return lease if s.enrolled else replace(lease, until=0)
+        # a wipe under way: no business work
+        return self.tick().lease(wipe_pending=self.journal.load() is not None)
 
     def status(self) -> dict[str, Any]:
         s, lease = self.state_file.load(), self.lease()
@@ -89,10 +84,18 @@ class Agent:
                 "business_allowed": lease.business_allowed, "state": lease.reason,
                 "locked": s.locked, "wiped": s.wiped, "reports_pending": len(s.outbox)}
 
+    async def restore_source(self, vm: str) -> rekey.RestoreSource:
+        """Where and how to restore ``vm`` after a ``rekey`` order (for :mod:`..sync.restore`)."""
+        s = self.state_file.load()
+        return await rekey.restore_source(self.remote, pinned_admin_key(self.cfg.state_dir),
+                                          self.cfg, s.device, self.keys.wrapping(), vm,
+                                          self.keys.signing().public_key())
+
     async def start_vm(self, name: str) -> None:
+        """Start (or restore) a VM through the key gate, under the lease this agent keeps."""
         for vm in await self.host.list():
             if vm.name == name:
-                return await self.host.start(vm, self.lease(), self.keys.wrapping())
+                return await self.gate.start(vm.uuid, vm.name)
         raise VMClientError(f"no vmclient VM named {name!r}")
 
     async def enforce(self) -> list[str]:
@@ -136,9 +139,10 @@ class Agent:
         if s.wiped or s.enrolled:  # a new identity: the old device id stays wiped
             self.keys.new_identity()
         self.keys.ensure()
+        _key, ssh_pub = ssh_identity(self.cfg.device_keys_dir, renew=s.wiped or s.enrolled)
         pin_admin_key(self.cfg.state_dir, admin_key)
         device = await enrol.send_request(self.remote, self.keys.signing(), self.keys.wrapping(),
-                                          name, code, int(self.wall()))
+                                          name, code, int(self.wall()), ssh_key=ssh_pub)
         self.state_file.save(DeviceState(device=device, clock=s.clock))
         return device
 
@@ -177,6 +181,15 @@ class Agent:
             await self._consider(entry.path, admin)
         await self.enforce()
         await self.flush_reports()
+        await self.send_status()
+
+    async def send_status(self) -> None:
+        """Replace ``devices/<id>/status``: last contact, release, lease (:mod:`.status`)."""
+        s = self.state_file.load()
+        st = status.DeviceStatus(s.device, s.clock.time, status.release(), s.last_seq,
+                                 s.lease_until, s.locked, s.wiped)
+        await self.remote.put_atomic(status.status_path(s.device), signed_envelope(
+            self.keys.signing(), "status", s.device, st.to_bytes()))
 
     async def _consider(self, path: str, admin: crypto.Ed25519PublicKey) -> None:
         s = self.state_file.load()
@@ -232,6 +245,12 @@ class Agent:
             changes = {"wiped": True, "locked": True}
         elif act == "unassign":
             detail = await self._unassign(order.args["vm"])
+        elif act == "rekey":
+            try:
+                detail = await rekey.accept(self.remote, pinned_admin_key(self.cfg.state_dir),
+                                            self.cfg, s.device, self.keys.wrapping(), order)
+            except (VMClientError, StoreError) as exc:
+                outcome, detail = "failed", str(exc)
         elif act == "assign" and self.installer is not None:
             try:
                 detail = await self.installer.assign(order.args["vm"], order.args["recipe"])

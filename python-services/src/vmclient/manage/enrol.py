@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ REQUESTS = "enrolment"
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 16  # 80 bits
 CODE_TTL = 7 * 86400
+# one OpenSSH public key line, no options, no newline (it goes into authorized_keys)
+SSH_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}"
+                        r"( [A-Za-z0-9@._:+-]{1,64})?$")
 
 
 class EnrolmentRefused(VMClientError):
@@ -62,11 +66,16 @@ class EnrolmentRequest:
     wrapping_key: bytes
     requested: int
     proof: bytes = b""
+    ssh_key: str = ""  # version 2: the OpenSSH public key its SFTP account will accept
 
     def _fields(self) -> dict[str, object]:
-        return {"version": 1, "device": self.device, "name": self.name,
-                "signing_key": b64(self.signing_key), "wrapping_key": b64(self.wrapping_key),
-                "requested": self.requested}
+        fields: dict[str, object] = {
+            "version": 2 if self.ssh_key else 1, "device": self.device, "name": self.name,
+            "signing_key": b64(self.signing_key), "wrapping_key": b64(self.wrapping_key),
+            "requested": self.requested}
+        if self.ssh_key:
+            fields["ssh_key"] = self.ssh_key
+        return fields
 
     def with_proof(self, code: str) -> EnrolmentRequest:
         mac = hmac.digest(_code_key(code), canonical_json(self._fields()), "sha256")
@@ -82,10 +91,11 @@ class EnrolmentRequest:
     @classmethod
     def parse(cls, untrusted_body: bytes, device: str, path: str) -> EnrolmentRequest:
         r = Reader.parse(untrusted_body, "enrolment", device, path)
-        r.version({1})
+        version = r.version({1, 2})
         req = cls(r.const("device", device), r.text("name"), r.b64("signing_key", size=32),
                   r.b64("wrapping_key", size=32), r.integer("requested", lo=0),
-                  r.b64("proof", size=32))
+                  r.b64("proof", size=32),
+                  r.text("ssh_key", pattern=SSH_KEY_RE) if version == 2 else "")
         r.done()
         if crypto.key_id(crypto.ed25519_public(req.signing_key)) != device:
             r.fail("signing_key", "is not the key the device id names")
@@ -97,10 +107,11 @@ class EnrolmentRequest:
 
 async def send_request(remote: RemoteStore, signing: crypto.Ed25519PrivateKey,
                        wrapping: crypto.X25519PrivateKey, name: str, code: str,
-                       now: int) -> str:
+                       now: int, ssh_key: str = "") -> str:
     device = crypto.key_id(signing.public_key())
     req = EnrolmentRequest(device, name, crypto.raw_public(signing.public_key()),
-                           crypto.raw_public(wrapping.public_key()), now).with_proof(code)
+                           crypto.raw_public(wrapping.public_key()), now,
+                           ssh_key=ssh_key).with_proof(code)
     await put_signed(remote, request_path(device), signing, ("enrolment", device),
                      req.to_bytes(), exclusive=False)
     return device
@@ -165,6 +176,7 @@ class Outcome:
     name: str
     enrolled: bool
     detail: str
+    ssh_key: str = ""  # the SSH key the device asked its account to accept
 
 
 async def read_request(remote: RemoteStore, path: str, device: str) -> EnrolmentRequest:
@@ -224,4 +236,4 @@ async def _decide(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, book: Co
     rec = DeviceRecord(req.device, req.name, req.signing_key, req.wrapping_key, now)
     await put_signed(remote, layout.device_record(req.device), admin, ("device", req.device),
                      rec.to_bytes(), exclusive=False)
-    return Outcome(req.device, req.name, True, f"enrolled as {code['name']}")
+    return Outcome(req.device, req.name, True, f"enrolled as {code['name']}", req.ssh_key)

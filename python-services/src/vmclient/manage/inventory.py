@@ -29,10 +29,11 @@ class ManageConfig:
     allow_private_wipe: bool = False  # the user's local consent to a wipe of private VMs
     lease_days: int = 14
     save_dir: Path = Path("/var/lib/libvirt/qemu/save")  # libvirt's managed-save images
+    device_dir: Path | None = None  # the device keys, shared with provisioning's device_dir
 
     @property
     def device_keys_dir(self) -> Path:
-        return self.state_dir / "keys"
+        return self.device_dir or self.state_dir / "keys"
 
 
 @dataclass(frozen=True)

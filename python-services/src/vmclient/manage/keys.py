@@ -16,6 +16,8 @@ import secrets
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.hazmat.primitives import serialization
+
 from ..errors import ConfigError, VMClientError
 from ..store import crypto
 from ..store.localfs import fsync_dir
@@ -23,6 +25,7 @@ from ..store.localfs import fsync_dir
 SIGNING = "signing.key"
 WRAPPING = "wrapping.key"
 ADMIN_PUB = "admin.pub"
+SSH_KEY = "ssh_ed25519"  # the SFTP login key (OpenSSH format), sent with the enrolment request
 
 
 class KeyDestructionFailed(VMClientError):
@@ -74,6 +77,27 @@ class FileKeyStore:
 
     def wrapping(self) -> crypto.X25519PrivateKey:
         return crypto.X25519PrivateKey.from_private_bytes(self._read(WRAPPING))
+
+
+def ssh_identity(directory: Path, *, renew: bool = False) -> tuple[Path, str]:
+    """The device's SSH key for its SFTP account: (private key file, public key line).
+
+    A key of its own, not the signing key: one key, one purpose.  ``renew``
+    (re-enrolment) replaces it, so the new identity shares no credential with
+    the old, revoked one.
+    """
+    path = directory / SSH_KEY
+    if renew:
+        shred(path)
+    if not path.exists():
+        key = crypto.Ed25519PrivateKey.generate()
+        write_private(path, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption()), exclusive=True)
+    raw = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    public = raw.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return path, f"{public} vmclient-device"
 
 
 def device_id(keys: KeyStore) -> str:

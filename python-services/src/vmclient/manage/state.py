@@ -86,8 +86,13 @@ class DeviceState:
     reported: tuple[str, ...] = ()  # digests of refused objects already reported
     executed: dict[str, str] = field(default_factory=dict)  # seq -> digest of executed orders
 
-    def lease(self) -> Lease:
-        return Lease(self.lease_until, self.clock.time, self.locked, self.wiped)
+    def lease(self, *, wipe_pending: bool = False) -> Lease:
+        """The lease as of the recorded trusted time (none before enrolment completed).
+
+        ``wipe_pending``: a wipe journal exists, so the laptop counts as wiped.
+        """
+        return Lease(self.lease_until if self.enrolled else 0, self.clock.time, self.locked,
+                     self.wiped or wipe_pending)
 
     def to_json(self) -> bytes:
         doc = asdict(self)
@@ -103,6 +108,11 @@ class DeviceState:
             return cls(**doc)
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(path, "", f"unreadable management state: {exc}") from exc
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot (trusted time within one boot runs on CLOCK_MONOTONIC)."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 class StateFile:

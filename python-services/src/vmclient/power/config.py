@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
+from ..manage.gate import KeySettings
 from .policy import LidAction, LidPolicy, VMPolicy, lid_action_from_name
 
 DEFAULT_PATH = Path("/etc/vmclient/power.toml")
@@ -85,6 +86,8 @@ class PowerConfig:
     sleep: Sleep = config.setting(Sleep, help="host sleep")
     shutdown: Shutdown = config.setting(Shutdown, help="host shutdown")
     libvirt: Libvirt = config.setting(Libvirt, help="hypervisor connection")
+    keys: KeySettings = config.setting(
+        KeySettings, help="keys and lease for restoring VMs with encrypted disks")
     state_dir: Path = config.setting(
         Path("/var/lib/vmclient/power"), help="where the daemon remembers what it paused")
 

@@ -15,6 +15,7 @@ from dbus_fast.aio import MessageBus
 from .. import daemon as common
 from ..dbus import names
 from ..errors import VMClientError
+from ..manage.gate import StartGate
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
 from .logind import Inhibitor, Logind
@@ -43,7 +44,11 @@ class PowerDaemon:
         self.sleep_bound = cfg.sleep.max_delay_s
         self.hv = Hypervisor(cfg.libvirt.uri, cfg.libvirt.connections,
                              on_reconnect=self._reconnected)
-        self.vms = VMController(self.hv, cfg.vms, StateFile(cfg.state_dir), self._changed)
+        # In-process, not through provd: powerd is root and already holds libvirt's full
+        # rights, and restores must work while provd or the bus are down (shutdown,
+        # critical battery).  The gate is the one place the start policy lives.
+        gate = StartGate(self.hv, cfg.keys.gate())
+        self.vms = VMController(self.hv, cfg.vms, StateFile(cfg.state_dir), gate, self._changed)
         self.iface: PowerInterface | None = None
         self.bus: MessageBus | None = None
         self.logind: Logind | None = None
@@ -64,6 +69,7 @@ class PowerDaemon:
             "Docked": s.docked, "State": int(self.phase),
             "PausedByUs": [list(t) for t in self.vms.paused_by_us()],
             "OwnsLid": self.lid_lock.held, "LidAction": int(s.lid_action()),
+            "RestoreRefused": [[n, why] for n, why in sorted(self.vms.refused.items())],
         }
 
     def _changed(self) -> None:

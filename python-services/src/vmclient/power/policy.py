@@ -23,7 +23,8 @@ RESUME_REQUESTED  (always)                               resume, clocks
 ================  =====================================  ==============================
 
 "pause" applies each VM's own policy (pause, s3, save, ignore); "resume"
-touches only VMs this daemon paused; "save" is a managed save of every running
+touches only VMs this daemon paused (and restores those its ``save`` policy
+saved, through the key gate); "save" is a managed save of every running
 VM whatever its sleep policy (except ``ignore``), so no VM state is lost.
 """
 

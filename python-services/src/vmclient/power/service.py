@@ -86,6 +86,10 @@ class PowerInterface(ServiceInterface):
     def LidAction(self) -> u:  # type: ignore[name-defined]  # noqa: F821
         return self._p("LidAction")
 
+    @dbus_property(access=PropertyAccess.READ)
+    def RestoreRefused(self) -> a(ss):  # type: ignore[name-defined,valid-type]  # noqa: F821
+        return self._p("RestoreRefused")
+
     def refresh(self) -> None:
         """Emit PropertiesChanged for whatever changed since the last call."""
         now = self.backend.properties()

@@ -1,5 +1,11 @@
 """Pausing, resuming and saving every VM, in parallel, bounded, remembered.
 
+A saved VM is restored through the key gate (:mod:`vmclient.manage.gate`): its
+encrypted disks need their secret handed to libvirt again, and a business VM
+only gets it under the lease.  A refused restore leaves the VM saved, held and
+listed in :attr:`VMController.refused` (powerd's ``RestoreRefused``); the next
+restore (AC again, the next start) tries again.
+
 The controller remembers which VMs *it* paused or saved (``held``), persists
 that in the state directory (so a daemon or libvirtd restart forgets nothing),
 and only ever undoes its own work: a VM the user had paused stays paused.
@@ -25,6 +31,7 @@ from typing import Any
 
 from ..errors import HypervisorUnavailable, VMClientError, VMOperationTimeout
 from ..log import vm_logger
+from ..manage.gate import StartGate, StartRefused
 from ..virt.libvirt import DomainInfo, DomState, Hypervisor
 from .config import VMs
 from .policy import Cause, VMPolicy
@@ -97,9 +104,11 @@ class StateFile:
 
 
 class VMController:
-    def __init__(self, hv: Hypervisor, cfg: VMs, state: StateFile,
+    def __init__(self, hv: Hypervisor, cfg: VMs, state: StateFile, gate: StartGate,
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.hv = hv
+        self.gate = gate
+        self.refused: dict[str, str] = {}  # VM name -> why its restore was refused
         self.cfg = cfg
         self.state = state
         self.on_change = on_change
@@ -151,7 +160,10 @@ class VMController:
     def _forget(self, uuids: Iterable[str]) -> None:
         changed = False
         for u in uuids:
-            changed |= self.held.pop(u, None) is not None
+            h = self.held.pop(u, None)
+            if h is not None:
+                self.refused.pop(h.name, None)
+                changed = True
         if changed:
             self._persist()
 
@@ -255,12 +267,19 @@ class VMController:
     # -- resume ----------------------------------------------------------------
 
     async def resume_all(self) -> list[str]:
-        """Undo every pause and save of ours, in parallel; returns the names resumed."""
+        """Undo every pause of ours, in parallel, and restore the VMs whose ``save`` policy
+        saved them for the pause; returns the names resumed.
+
+        Saves for a critical battery or a shutdown wait for :meth:`restore_saved`.
+        """
         async with self._lock:
             self._resumed_generation += 1
             await self.reconcile()
             todo = [h for h in self.held.values() if h.action != "save"]
-            return await self._undo_many(todo, self.cfg.timeout_s)
+            saved = [h for h in self.held.values()
+                     if h.action == "save" and h.cause in _PAUSE_CAUSES]
+            resumed = await self._undo_many(todo, self.cfg.timeout_s)
+            return resumed + await self._undo_many(saved, self.cfg.save_timeout_s)
 
     async def restore_saved(self) -> list[str]:
         """Start every VM we saved (libvirt restores its memory from the managed save)."""
@@ -275,10 +294,16 @@ class VMController:
             return_exceptions=True)
         done = []
         for h, r in zip(todo, results, strict=True):
-            if isinstance(r, BaseException):
+            if isinstance(r, StartRefused):
+                vm_logger(h.name).error("VM %s not restored, it stays saved: %s", h.name,
+                                        r.reason)
+                self.refused[h.name] = r.reason
+            elif isinstance(r, BaseException):
                 vm_logger(h.name).error("%s", r)
             else:
                 done.append(h)
+        if any(isinstance(r, StartRefused) for r in results):
+            self.on_change()
         self._forget(h.uuid for h in done)
         return [h.name for h in done]
 
@@ -288,7 +313,7 @@ class VMController:
         elif h.action == "s3":
             await self.hv.pm_wakeup(h.uuid, h.name)
         else:
-            await self.hv.start(h.uuid, h.name)
+            await self.gate.start(h.uuid, h.name)  # the disks' secret, under the lease
         vm_logger(h.name).info("%s", {"pause": "resumed", "s3": "woken from guest S3",
                                       "save": "restored from its saved state"}[h.action])
 
@@ -367,6 +392,7 @@ class VMController:
 
 
 _UNDO_NAME = {"pause": "resume", "s3": "guest wake-up", "save": "restore"}
+_PAUSE_CAUSES = {c.value for c in (Cause.SLEEP, Cause.LID, Cause.USER)}  # what resume undoes
 
 
 def _now() -> float:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
+from ..manage.gate import GateConfig
 
 DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
 _NET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -45,6 +46,9 @@ class Networks:
         "vmclient-private", help="libvirt network of private VMs (NAT, own bridge)")
     private_bridge: str = config.setting("vmcbr-private", help="its bridge")
     private_subnet: str = config.setting("10.182.0.0/24", help="its IPv4 subnet")
+    anti_spoofing: bool = config.setting(
+        True, help="libvirt's clean-traffic nwfilter on every VM's NIC: frames with another "
+                   "MAC, IP or ARP identity than the VM's own are dropped")
 
     def __post_init__(self) -> None:
         zones = self.zones()
@@ -80,6 +84,9 @@ class ProvisionConfig:
         help="root-only: catalog state, chunk cache (sealed), wrapped VM keys, recipes")
     device_dir: Path = config.setting(
         Path("/var/lib/vmclient/device"), help="root-only: the device's private keys (0600)")
+    manage_dir: Path = config.setting(
+        Path("/var/lib/vmclient/manage"),
+        help="root-only: the management state (the lease business VMs start under)")
     images_dir: Path = config.setting(
         Path("/var/lib/libvirt/images/vmclient"), help="the VMs' encrypted disks")
     staging_dir: Path = config.setting(
@@ -87,6 +94,11 @@ class ProvisionConfig:
         help="RAM-backed (tmpfs) scratch for plaintext on its way into an encrypted disk")
     staging_mib: int = config.setting(
         128, min=8, max=4096, help="plaintext held in the staging dir at once")
+
+
+def gate_config(cfg: ProvisionConfig) -> GateConfig:
+    """Where the start gate finds the keys and the lease (provisioning's own layout)."""
+    return GateConfig(cfg.device_dir, cfg.state_dir / "keys", cfg.manage_dir)
 
 
 def load(path: str | Path = DEFAULT_PATH) -> ProvisionConfig:

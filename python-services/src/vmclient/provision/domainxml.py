@@ -5,7 +5,9 @@ The domain gets:
   secret named by UUID (the secret's value, derived from the VM's data key, is
   handed to libvirt as a private, ephemeral secret at start; never stored here);
 * one virtio NIC on the zone's network (``vmclient-business`` or
-  ``vmclient-private``; zone ``none`` has no NIC);
+  ``vmclient-private``; zone ``none`` has no NIC), with libvirt's
+  ``clean-traffic`` nwfilter unless ``anti_spoofing`` is off (no MAC, IP or
+  ARP spoofing; the IP is learnt from the guest's first packets/DHCP);
 * the power manager's per-VM policy as
   ``<metadata><vmclient:power xmlns:vmclient="https://vmclient.org/xmlns/power/1"
   policy="…"/></metadata>`` (fixed namespace and element: the power manager reads them)
@@ -41,12 +43,13 @@ class DiskBinding:
 
 def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
                install_media: PurePosixPath | None = None, image_version: int = 0,
-               networks: Mapping[str, str] = NETWORKS) -> str:
+               networks: Mapping[str, str] = NETWORKS, anti_spoofing: bool = True) -> str:
     """The domain definition for ``recipe``.
 
-    ``install_media`` attaches an ISO and boots it first; ``image_version`` is the
-    catalog version actually installed (the recipe may say "newest"); ``networks``
-    maps a zone to its libvirt network (configurable, so tests use their own).
+    ``install_media`` attaches an ISO as a CD-ROM booted after the (blank) system
+    disk; ``image_version`` is the catalog version actually installed (the recipe
+    may say "newest"); ``networks`` maps a zone to its libvirt network
+    (configurable, so tests use their own).
     """
     for value in (uuid, *(b.secret_uuid for b in disks.values())):
         if not _UUID_RE.fullmatch(value):
@@ -79,7 +82,8 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
     pm = ET.SubElement(dom, "pm")
     ET.SubElement(pm, "suspend-to-mem", enabled="yes" if recipe.power == "s3" else "no")
     ET.SubElement(pm, "suspend-to-disk", enabled="no")
-    _devices(ET.SubElement(dom, "devices"), recipe, disks, install_media, networks)
+    _devices(ET.SubElement(dom, "devices"), recipe, disks, install_media, networks,
+             anti_spoofing)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
 
@@ -105,7 +109,8 @@ def _metadata(dom: ET.Element, recipe: Recipe, image_version: int) -> None:
 
 
 def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBinding],
-             install_media: PurePosixPath | None, networks: Mapping[str, str]) -> None:
+             install_media: PurePosixPath | None, networks: Mapping[str, str],
+             anti_spoofing: bool) -> None:
     used = {"vd": 0, "sd": 0}
 
     def target(bus: str) -> str:
@@ -114,15 +119,15 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
         used[prefix] += 1
         return dev
 
-    boot = 1
     if install_media is not None:
+        # Booted *after* the system disk: a blank disk does not boot, so the firmware
+        # falls through to the installer; once installed, the disk boots first.
         cd = ET.SubElement(devices, "disk", type="file", device="cdrom")
         ET.SubElement(cd, "driver", name="qemu", type="raw")
         ET.SubElement(cd, "source", file=str(install_media))
         ET.SubElement(cd, "target", dev=target("sata"), bus="sata")
         ET.SubElement(cd, "readonly")
-        ET.SubElement(cd, "boot", order=str(boot))
-        boot += 1
+        ET.SubElement(cd, "boot", order="2")
     for disk in sorted(recipe.disks, key=lambda d: d.role != "system"):
         binding = disks[disk.name]
         el = ET.SubElement(devices, "disk", type="file", device="disk")
@@ -134,13 +139,15 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
         ET.SubElement(el, "target", dev=target(disk.bus), bus=disk.bus)
         _text(el, "serial", f"vmclient-{disk.name}")
         if disk.role == "system":
-            ET.SubElement(el, "boot", order=str(boot))
+            ET.SubElement(el, "boot", order="1")
     if recipe.zone in NETWORKS:
         nic = ET.SubElement(devices, "interface", type="network")
         if recipe.mac:
             ET.SubElement(nic, "mac", address=recipe.mac)
         ET.SubElement(nic, "source", network=networks[recipe.zone])
         ET.SubElement(nic, "model", type="virtio")
+        if anti_spoofing:
+            ET.SubElement(nic, "filterref", filter="clean-traffic")
     ET.SubElement(devices, "controller", type="usb", model="qemu-xhci")
     ET.SubElement(devices, "input", type="tablet", bus="usb")
     _usb_redirection(devices, recipe)

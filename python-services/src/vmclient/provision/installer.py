@@ -10,7 +10,8 @@ Local layout (``ProvisionConfig``):
 A failed install leaves nothing behind: no domain, no disks, no key (the chunk
 cache stays, so the next attempt resumes the download).  The disks' secret is
 given to libvirt only for a start, as a private, ephemeral secret, and undefined
-as soon as QEMU has opened the disks.
+as soon as QEMU has opened the disks: :mod:`vmclient.manage.gate`, the start
+path every daemon shares (a business VM starts only under the lease).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError, VMNotFound
-from ..virt.libvirt import DomState, Hypervisor
+from ..manage.gate import StartGate
+from ..virt.libvirt import DomState, Hypervisor, eject_media
 from . import qemuimg, spec
-from .config import ProvisionConfig
+from .config import ProvisionConfig, gate_config
 from .domainxml import VM_NS, DiskBinding, domain_xml
 from .keys import DeviceKeys, VMKeys, passphrase
 from .network import network_xml
@@ -57,6 +59,7 @@ class Installed:
     image_version: int
     secret_uuid: str
     disks: dict[str, str]  # disk serial name -> path
+    media: tuple[str, ...] = ()  # install media in a CD-ROM drive (ISO installs)
 
 
 class Provisioner:
@@ -64,6 +67,7 @@ class Provisioner:
                  receiver: Receiver | None = None, report: ProgressFn = ignore) -> None:
         self.cfg, self.hv, self.receiver, self.report = cfg, hv, receiver, report
         self.keys = VMKeys(cfg.state_dir, device)
+        self.gate = StartGate(hv, gate_config(cfg))
         self.networks = {z: n.network for z, n in cfg.networks.zones().items()}
 
     def vm_dir(self, name: str) -> Path:
@@ -122,7 +126,8 @@ class Provisioner:
                              disks={n: DiskBinding(PurePosixPath(p), secret)
                                     for n, p in paths.items()},
                              image_version=resolved.version.version if resolved else 0,
-                             networks=self.networks)
+                             networks=self.networks,
+                             anti_spoofing=self.cfg.networks.anti_spoofing)
             progress.begin("define", 0)
             self.report(progress)
             defined = await self.hv.define(xml, recipe.name)
@@ -186,8 +191,11 @@ class Provisioner:
                 disks[serial.removeprefix("vmclient-")] = src.get("file", "")
                 sec = src.find("encryption/secret")
                 secret = sec.get("uuid", "") if sec is not None else secret
+        media = tuple(s.get("file", "") for s in
+                      root.iterfind("devices/disk[@device='cdrom']/source") if s.get("file"))
         return Installed(name, info.uuid, vm.get("kind", ""), info.state.name.lower(),
-                         vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks)
+                         vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks,
+                         media)
 
     async def list(self) -> list[Installed]:
         out = []
@@ -199,13 +207,46 @@ class Provisioner:
     # -- run ----------------------------------------------------------------------
 
     async def start(self, name: str) -> None:
+        """Start (or restore) through the key gate: a business VM only under the lease.
+
+        A VM installed from an ISO whose system disk has been installed meanwhile
+        gets its install media ejected first (:meth:`installed_from_media`).
+        """
         vm = await self.get(name)
-        keys = self.keys.load(name)
-        await self.hv.define_ephemeral_secret(vm.secret_uuid, passphrase(keys), name)
-        try:
-            await self.hv.start(vm.uuid, name)
-        finally:
-            await self.hv.undefine_secret(vm.secret_uuid)
+        if await self.installed_from_media(vm):
+            log.info("VM %s: the install finished (its system disk boots now)", name)
+            await self.eject(name)
+        await self.gate.start(vm.uuid, name)
+
+    async def installed_from_media(self, vm: Installed) -> bool:
+        """True if ``vm`` still has install media and its shut-off system disk is installed.
+
+        "Installed" means its first sector carries the boot signature 55 AA, which
+        every installer writes (an MBR, or GPT's protective MBR); the blank disk an
+        ISO install starts from has none.
+        """
+        if not vm.media or vm.state != "shutoff":
+            return False
+        if (await self.hv.lookup_name(vm.name)).managed_save:
+            return False  # it resumes as saved, drive and all; ejected at a later start
+        try:  # a heuristic: it never stands in the way of the start itself
+            system = spec.load(self._recipe_file(vm.name)).system_disk.name
+            pp = passphrase(self.keys.load(vm.name))
+            sector = await qemuimg.read(Path(vm.disks[system]), pp, 0, 512)
+        except (VMClientError, KeyError) as exc:
+            log.warning("VM %s: cannot tell whether its install finished (%s); its install "
+                        "media stays (vmclientctl vm eject takes it out)", vm.name, exc)
+            return False
+        return sector[510:512] == b"\x55\xaa"
+
+    async def eject(self, name: str) -> tuple[str, ...]:
+        """Take the install media out: the CD-ROM drive leaves the definition, and if the
+        VM runs its medium goes at once.  Returns the media removed."""
+        vm = await self.get(name)
+        removed = tuple(await eject_media(self.hv, vm.uuid, name))
+        if removed:
+            log.info("VM %s: install media %s ejected", name, ", ".join(removed))
+        return removed
 
     async def restore(self, name: str, snapshot: str | None = None, *, from_device: str = "",
                       min_seq: int = 0) -> Installed:
@@ -254,6 +295,7 @@ class Provisioner:
                              progress)
         paths = {**{n: Path(p) for n, p in vm.disks.items()}, system.name: path}
         xml = domain_xml(recipe, uuid=vm.uuid, image_version=new, networks=self.networks,
+                         anti_spoofing=self.cfg.networks.anti_spoofing,
                          disks={n: DiskBinding(PurePosixPath(p), vm.secret_uuid)
                                 for n, p in paths.items()})
         await self.hv.define(xml, name)

@@ -8,9 +8,11 @@ Order of work (nothing is defined before every chunk has verified):
    (its own VM).
 2. The snapshot (``latest`` or ``--snapshot``) under this device's directory
    (after a rekey the admin copied the VM's directory there,
-   repository-format.md §8.5), signed by this device or by the ``from_device``
-   the rekey names, whose key comes from its admin-signed device record;
-   ``latest.seq`` at least ``min_seq``.
+   repository-format.md §8.5), signed by this device or by one of the former
+   writers whose admin-signed device records the copy lists under ``writers/``
+   (:func:`vmclient.manage.rekey.writers`); ``latest.seq`` at least
+   ``min_seq``.  A data key the agent already stored on the ``rekey`` order is
+   used (it must equal the one the datacenter wrapped for this device).
 3. Download the chunks the local cache lacks into a sealed cache of its own
    (``<state>/cache/.vm-<vm>``, the Receiver's :class:`ChunkCache`): each one
    opened and its HMAC checked before it is kept.  The cache is the resume
@@ -21,7 +23,9 @@ Order of work (nothing is defined before every chunk has verified):
    staging directory, the domain is defined from the definition the snapshot
    carries (disk paths rewritten to this laptop's), and from the memory image
    the VM is restored running where it was, its disks' secret given to
-   libvirt as an ephemeral secret for that moment only.  The memory image is
+   libvirt as an ephemeral secret for that moment only.  A snapshot with
+   memory is restored only if the start gate's lease allows the VM to run
+   (checked before anything is downloaded; :mod:`vmclient.manage.gate`).  The memory image is
    deleted at once.
 
 A failure before the VM is defined leaves no domain, disks or key behind (the
@@ -41,15 +45,16 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from ..errors import VMClientError
+from ..errors import VMClientError, VMNotFound
+from ..manage.inventory import parse_domain
+from ..manage.rekey import writers
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
-from ..store.orders import DeviceRecord
 from ..store.pack import open_blob
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
-from ..store.repo import ChunkStore, get_signed, get_wrapped_key
+from ..store.repo import ChunkStore, get_wrapped_key
 from ..sync.restore import load_snapshot
 from ..virt.libvirt import restore_saved, save_image_xml
 from .cache import ChunkCache
@@ -59,6 +64,8 @@ from .receiver import write_disk
 
 if TYPE_CHECKING:
     from .installer import Installed, Provisioner
+
+from .installer import VMExists
 
 log = logging.getLogger(__name__)
 MEMORY = "memory"
@@ -75,14 +82,16 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     if receiver is None:
         raise RestoreError(vm, "no datacenter repository is configured")
     remote, admin, me = receiver.remote, receiver.admin, prov.keys.device
-    await prov._refuse_existing(vm)
+    accepted = await _refuse_existing(prov, vm)
     progress = Progress(vm=vm)
     progress.begin("catalog", 0)
     prov.report(progress)
     mine = {me.device_id: me.signing.public_key()}
-    signers = dict(mine)
-    if from_device and from_device != me.device_id:
-        signers[from_device] = await _device_key(remote, admin, from_device)
+    former = await writers(remote, admin, me.device_id, vm)  # admin-signed device records
+    signers = {**{d: crypto.ed25519_public(r.signing_key) for d, r in former.items()}, **mine}
+    if from_device and from_device not in signers:
+        raise RestoreError(vm, f"device {from_device} is not among the VM's writers "
+                           f"({', '.join(sorted(signers))}): was it re-keyed for this device?")
     key_path = layout.vm_key(me.device_id, vm, me.wrapping_id)
     try:
         keys = await get_wrapped_key(remote, key_path, {crypto.key_id(admin): admin, **mine},
@@ -95,25 +104,35 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     except ObjectNotFound as exc:
         raise RestoreError(vm, f"no snapshot at {exc.path}") from None
     domain = _definition(vm, m)
+    if any(d.role == MEMORY for d in m.disks):  # it will run: the start gate's lease first
+        target = parse_domain(ET.tostring(domain, encoding="unicode"), m.meta["uuid"])
+        if target is not None:
+            prov.gate.allowed(target)
     cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
     try:
         await _download(prov, remote, layout.vm_store(me.device_id, vm), keys, m, cache,
                         progress)
-        return await _rebuild(prov, vm, keys, m, domain, cache, progress)
+        if accepted and prov.keys.load(vm).secret != keys.secret:
+            raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
+                               "the one the datacenter wrapped for this device")
+        return await _rebuild(prov, vm, keys, m, domain, cache, progress, adopt=not accepted)
     finally:
         cache.close()
 
 
-async def _device_key(remote: RemoteStore, admin: crypto.Ed25519PublicKey, device: str
-                      ) -> crypto.Ed25519PublicKey:
-    """The signing key of ``device``, from its admin-signed device record."""
-    path = layout.device_record(device)
-    try:
-        _s, body, _raw = await get_signed(remote, path, {crypto.key_id(admin): admin},
-                                          "device", device)
-    except ObjectNotFound:
-        raise RestoreError("?", f"no device record of {device} at {path}") from None
-    return crypto.ed25519_public(DeviceRecord.parse(body, device, path).signing_key)
+async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
+    """As an install refuses an existing VM; but a data key alone is expected after the
+    agent accepted a ``rekey`` order (it stores the key where provisioning keeps it).
+    True if such a key is there."""
+    if not prov.keys.exists(vm) or prov._marker(vm).exists():
+        await prov._refuse_existing(vm)
+        return False
+    with contextlib.suppress(VMNotFound):
+        await prov.hv.lookup_name(vm)
+        raise VMExists(vm, "a libvirt domain of that name")
+    if prov.vm_dir(vm).exists():
+        raise VMExists(vm, f"its disks in {prov.vm_dir(vm)}")
+    return True
 
 
 def _definition(vm: str, m: Manifest) -> ET.Element:
@@ -180,11 +199,14 @@ async def _blobs(store: ChunkStore, plan: DownloadPlan
 
 
 async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
-                   domain: ET.Element, cache: ChunkCache, progress: Progress) -> Installed:
+                   domain: ET.Element, cache: ChunkCache, progress: Progress, *,
+                   adopt: bool) -> Installed:
     vm_dir = prov.vm_dir(vm)
     marker = prov._marker(vm)
-    prov.keys.adopt(vm, keys)
-    _write_private(marker, b"restore started\n")  # a crash from here on is undone next time
+    if adopt:
+        prov.keys.adopt(vm, keys)
+        _write_private(marker, b"restore started\n")  # a crash from here on is undone
+    # (a key the agent accepted is left alone, even if this restore fails)
     pp = passphrase(keys)
     staging = prov.cfg.staging_dir
     mem_file = staging / f"{vm}.save"
@@ -217,12 +239,13 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
             _write_private(prov._recipe_file(vm), m.meta["recipe"].encode())
         if memory is not None:
             await _resume_from(prov, vm, mem_file, paths, pp, domain)
-        marker.unlink()
+        marker.unlink(missing_ok=True)
     except BaseException:
         if defined:
             with contextlib.suppress(VMClientError):
                 await prov.hv.undefine(defined, vm)
-        prov.keys.destroy(vm)
+        if adopt:
+            prov.keys.destroy(vm)
         shutil.rmtree(vm_dir, ignore_errors=True)
         shutil.rmtree(prov._recipe_file(vm).parent, ignore_errors=True)
         marker.unlink(missing_ok=True)

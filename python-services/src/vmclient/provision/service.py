@@ -41,7 +41,7 @@ class Phase(enum.IntEnum):
 
 
 _OUT_ARG_NAMES = {"Install": "vm", "Upgrade": "image_version", "List": "vms",
-                  "Restore": "state"}
+                  "Eject": "media", "Restore": "state"}
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -51,6 +51,10 @@ class ProvisioningInterface(ServiceInterface):
         self._phase, self._last_emit = "idle", 0.0
 
     # Methods: declared for introspection; calls arrive through install_guard.
+    @method()
+    async def Eject(self, vm: s) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722,F821
+        raise NotImplementedError
+
     @method()
     async def Install(self, recipe_toml: s) -> s:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
@@ -167,6 +171,9 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         await prov.stop(str(args[0]), force=bool(args[1]))
         return []
 
+    async def eject(args: list[Any]) -> list[Any]:
+        return [list(await prov.eject(str(args[0])))]
+
     async def remove(args: list[Any]) -> list[Any]:
         await prov.remove(str(args[0]))
         return []
@@ -183,4 +190,5 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
                              "Start": Member("s", "", "starting a VM", start),
                              "Stop": Member("sb", "", "stopping a VM", stop),
                              "Remove": Member("s", "", "removing a VM", remove),
+                             "Eject": Member("s", "as", "ejecting install media", eject),
                              "List": Member("", "a(ssssu)", "listing VMs", list_vms)})

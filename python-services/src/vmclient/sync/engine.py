@@ -84,6 +84,24 @@ class SyncRefused(LocalSyncError):
     """VM {!r} is not synchronised: {}"""
 
 
+class SyncInterrupted(LocalSyncError):
+    """VM {!r}: sync stopped at a safe point ({}); the next sync continues it"""
+
+
+@dataclass
+class Hooks:
+    """A caller's window into a sync in flight (``vmclient-syncd``).
+
+    ``progress(done, total)`` gets the bytes of the capture read so far;
+    ``interrupted()`` is asked between chunks and after the capture: when it
+    says True the sync raises :class:`SyncInterrupted` with no write in flight
+    (packs that arrived stay and are not uploaded again).
+    """
+
+    progress: Callable[[int, int], None] = lambda _done, _total: None
+    interrupted: Callable[[], bool] = lambda: False
+
+
 @dataclass
 class SyncResult:
     vm: str
@@ -164,12 +182,17 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
                   recipients: Sequence[crypto.X25519PublicKey] = (),
                   memory_dir: Path = DEFAULT_MEMORY_DIR,
                   managed_save_dir: Path = MANAGED_SAVE_DIR,
-                  meta: Mapping[str, str] | None = None) -> SyncResult:
+                  meta: Mapping[str, str] | None = None,
+                  hooks: Hooks | None = None,
+                  writers: repo.Signers | None = None) -> SyncResult:
     """Sync the VM with libvirt UUID ``uuid``; ``recipients`` get its wrapped data key.
 
     ``meta`` goes into the snapshot besides the VM's UUID and definition (the
-    daemon passes the recipe as ``recipe``).
+    daemon passes the recipe as ``recipe``).  ``writers``: other devices whose
+    snapshots the VM's directory may hold (after a rekey onto this device:
+    ``manage.rekey.RestoreSource.signers``).
     """
+    hooks = hooks or Hooks()
     started = time.monotonic()
     view = await sync_view(hv, uuid)
     if view.kind != "business" or view.sync in (None, "off"):
@@ -187,7 +210,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         os.chmod(work, 0o755)  # QEMU (another user) writes the backup targets here
         await _put_keys(remote, device, dev, vm, keys, recipients)
         st = await asyncio.to_thread(state.load, state_dir, vm)
-        parent = await _parent(remote, device, dev, vm, keys, st.seq)
+        parent = await _parent(remote, device, dev, vm, keys, st.seq, writers or {})
         seq = await _next_seq(remote, dev, vm, parent)
         checkpoint = f"vmclient-{seq}-{secrets.token_hex(4)}"
         t0 = time.monotonic()
@@ -197,8 +220,10 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
                                   keys=keys, memory_file=mem_file,
                                   managed_save=managed_save_dir / f"{vm}.save")
             result.capture_seconds = time.monotonic() - t0
+            if hooks.interrupted():
+                raise SyncInterrupted(vm, "after the capture")
             maps = await _upload(remote, layout.vm_store(dev, vm), keys, caps, parent,
-                                 chunk_size, result)
+                                 chunk_size, result, hooks)
         finally:
             mem_file.unlink(missing_ok=True)  # plaintext RAM: gone as soon as it is read
         label = layout.snapshot_name(seq)
@@ -226,7 +251,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
 
 
 async def _upload(remote: RemoteStore, root: str, keys: crypto.KeySet, caps: list[_Capture],
-                  parent: Manifest | None, chunk_size: int, result: SyncResult
+                  parent: Manifest | None, chunk_size: int, result: SyncResult, hooks: Hooks
                   ) -> tuple[ChunkMap, ...]:
     """Read the captures, upload their new chunks; the snapshot's chunk maps."""
     store = repo.ChunkStore(remote, root, keys)
@@ -235,7 +260,9 @@ async def _upload(remote: RemoteStore, root: str, keys: crypto.KeySet, caps: lis
     ids: dict[str, list[bytes | None]] = {}
     async with _opened(caps):
         with _prefetch(_chunks(caps, parent, chunker, ids, result)) as chunks:
-            upload = await store.upload(chunks, known)
+            watched = _watched(chunks, result.vm, hooks, _capture_bytes(caps, chunk_size),
+                               chunk_size)
+            upload = await store.upload(watched, known)
     result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
     return tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
                  for c in caps)
@@ -251,8 +278,9 @@ async def _put_keys(remote: RemoteStore, device: crypto.Ed25519PrivateKey, dev: 
 
 
 async def _parent(remote: RemoteStore, device: crypto.Ed25519PrivateKey, dev: str, vm: str,
-                  keys: crypto.KeySet, known_seq: int) -> Manifest | None:
-    signers = {dev: device.public_key()}
+                  keys: crypto.KeySet, known_seq: int, writers: repo.Signers
+                  ) -> Manifest | None:
+    signers = {**writers, dev: device.public_key()}
     try:
         p = await repo.get_pointer(remote, signers, dev, vm, known_seq)
     except ObjectNotFound:
@@ -505,6 +533,23 @@ def _chunks(caps: list[_Capture], parent: Manifest | None, chunker: Chunker,
             result.chunks_read += not chunk.is_zero
             result.bytes_read += len(chunk.data)
             yield chunk
+
+
+def _capture_bytes(caps: list[_Capture], chunk_size: int) -> int:
+    return sum(min(chunk_size, c.size - i * chunk_size) for c in caps for i in c.covered)
+
+
+def _watched(chunks: Iterator[Chunk], vm: str, hooks: Hooks, total: int,
+             chunk_size: int) -> Iterator[Chunk]:
+    """``chunks``, reporting progress and stopping between two chunks when asked."""
+    done = 0
+    hooks.progress(0, total)
+    for chunk in chunks:
+        if hooks.interrupted():
+            raise SyncInterrupted(vm, f"{done} of {total} bytes read")
+        done = min(total, done + (len(chunk.data) or chunk_size))  # a zero chunk: no data
+        hooks.progress(done, total)
+        yield chunk
 
 
 @contextlib.contextmanager

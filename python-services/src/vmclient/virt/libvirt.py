@@ -253,8 +253,12 @@ class Hypervisor:
         for _ in range(3):
             await asyncio.sleep(0.02)
             if impl is not None:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(impl.drain(), 1.0)
+                except TimeoutError:
+                    # drain() leaves its Event behind when cancelled, and asserts
+                    # there is none on the next call.
+                    impl._finished = None
 
     # -- calls -----------------------------------------------------------------
 
@@ -486,6 +490,34 @@ def _power_policy(dom: Any) -> str | None:
     except ET.ParseError:
         return None
 
+
+# -- provisioning: install media (module-level, like the sync section below) -----------------
+
+def _eject(dom: Any) -> list[str]:
+    config = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    removed = []
+    for cd in config.iterfind("devices/disk[@device='cdrom']"):
+        src = cd.find("source")
+        removed.append(src.get("file", "") if src is not None else "")
+        if dom.isActive():  # the medium out of the running guest's drive (tray forced open)
+            empty = ET.fromstring(ET.tostring(cd))
+            for el in empty.findall("source"):
+                empty.remove(el)
+            dom.updateDeviceFlags(ET.tostring(empty, encoding="unicode"),
+                                  libvirt.VIR_DOMAIN_AFFECT_LIVE
+                                  | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
+        dom.detachDeviceFlags(ET.tostring(cd, encoding="unicode"),
+                              libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    return removed
+
+
+async def eject_media(hv: Hypervisor, uuid: str, name: str) -> list[str]:
+    """Every CD-ROM drive out of the definition (its medium out at once if the VM runs).
+
+    Returns the media that were attached (empty: there was no CD-ROM drive).
+    """
+    return await hv._call(lambda conn: _eject(conn.lookupByUUIDString(uuid)),
+                          what="eject the install media", vm=name, limit=60)
 
 # -- sync: disks, checkpoints and push-mode backup jobs (issue 6) ----------------------------
 # Module-level functions on a Hypervisor (kept apart from the class so that parallel work

@@ -1,0 +1,357 @@
+"""``vmclient-admin`` remote management: enrolment codes, orders, the fleet, rekey and restore.
+
+    vmclient-admin … enrol --code NAME            issue a one-time enrolment code
+    vmclient-admin … enrol --accept               enrol the laptops whose requests carry one
+    vmclient-admin … enrol --dropbox SSH_PUB      print the enrolment drop box's sshd setup
+    vmclient-admin … order DEVICE ACTION [k=v …]  assign|unassign|renew|lock|unlock|wipe
+    vmclient-admin … devices [--json]             the fleet view
+    vmclient-admin … devices revoke DEVICE        no more orders, no more SSH access
+    vmclient-admin … reports DEVICE [--json]      the device's verified reports
+    vmclient-admin … rekey VM --to DEVICE         hand a synced VM's data key to a new device
+    vmclient-admin … restore VM --to DEVICE       rekey + the orders that bring it up there
+
+The functions behind them are in :mod:`vmclient.manage.admin`,
+:mod:`vmclient.manage.enrol` and :mod:`vmclient.manage.rekey`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+
+from ..errors import ConfigError, UsageError
+from ..manage import admin as it
+from ..manage import enrol
+from ..manage import rekey as rk
+from ..store import crypto, layout
+from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
+from ..store.remote import RemoteStore
+from ..store.transport import close_store, is_url, open_store
+from . import keys
+from .progress import progress_bar
+from .sshd import GLOBAL_CONFIG, confinement, enrolment_dropbox, revocation
+
+CODES = "enrolment-codes.json"
+ACTIONS = {"assign": "assign", "unassign": "unassign", "renew": "renew-lease",
+           "renew-lease": "renew-lease", "lock": "lock", "unlock": "unlock", "wipe": "wipe"}
+DEFAULTS = {"renew-lease": ["lease_until=+14d"], "wipe": ["include_private=no"]}
+DEFAULT_SERVER_KEYS = "/etc/ssh/vmclient-keys"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("order", help="issue a signed order to a device")
+    s.add_argument("device", help="device id (32 hex) or enrolled name")
+    s.add_argument("action", choices=sorted(ACTIONS))
+    s.add_argument("args", nargs="*", help="key=value: vm=NAME, recipe=FILE, "
+                   "lease_until=+14d|UNIX_TIME, include_private=yes|no")
+    s.add_argument("--yes", action="store_true", help="confirm a wipe")
+    s.set_defaults(func=cmd_order)
+
+    s = sub.add_parser("devices", help="the fleet: last contact, lease, VMs, pending orders")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    dsub = s.add_subparsers(dest="devices_command")
+    r = dsub.add_parser("revoke", help="revoke a device: no orders, no SSH access")
+    r.add_argument("device", help="device id (32 hex) or enrolled name")
+    r.add_argument("--reason", default="wiped", help="recorded with the revocation")
+    r.add_argument("--force", action="store_true",
+                   help="revoke without a verified wipe report (the laptop can then no "
+                   "longer fetch a pending wipe order)")
+    r.add_argument("--server-keys", default=DEFAULT_SERVER_KEYS,
+                   help="the storage server's per-account authorized-keys directory")
+    s.set_defaults(func=cmd_devices)
+
+    s = sub.add_parser("reports", help="a device's verified, device-signed reports")
+    s.add_argument("device", help="device id (32 hex) or enrolled name")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_reports)
+
+    for name, text in (("rekey", "wrap a synced VM's data key (from escrow) for a device"),
+                       ("restore", "rekey, then order the device to restore and run the VM")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("vm")
+        s.add_argument("--to", required=True, help="the new device (id or enrolled name)")
+        s.add_argument("--from", dest="source",
+                       help="the device whose snapshots to use (default: the only other "
+                       "device that synced VM)")
+        s.add_argument("--escrow-key", type=Path,
+                       help="the escrow private key, PEM (default: escrow.pem in --key-dir)")
+        if name == "restore":
+            s.add_argument("--lease-days", type=int, default=14,
+                           help="lease the new device gets (default %(default)s)")
+        s.set_defaults(func=cmd_rekey)
+
+
+def add_enrol_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--code", metavar="NAME", help="issue a one-time enrolment code for NAME")
+    s.add_argument("--code-ttl-days", type=int, default=7)
+    s.add_argument("--accept", action="store_true",
+                   help="enrol every pending request that carries a valid code")
+    s.add_argument("--dropbox", metavar="SSH_PUB",
+                   help="print the sshd setup of the enrolment drop box for this SSH key")
+
+
+# --- enrol --------------------------------------------------------------------------------
+
+async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if sum(map(bool, (args.code, args.accept, args.dropbox))) != 1:
+        raise UsageError("enrol: give one of --code NAME, --accept, --dropbox SSH_PUB")
+    server_repo = args.server_repo or _server_path(args.repo)
+    if args.dropbox:
+        conf = enrolment_dropbox(_ssh_key(args.dropbox), server_repo, args.server_keys)
+        say(f"# --- on the storage server, as root: the enrolment drop box ---\n"
+            f"{conf.script()}# --- sshd_config: append, then reload sshd ---\n"
+            f"{conf.match_block}")
+        return
+    k = keys.load(args.key_dir)
+    book = enrol.CodeBook(k.dir / CODES)
+    now = int(time.time())
+    if args.code:
+        if args.code_ttl_days < 1:
+            raise UsageError("--code-ttl-days: at least 1")
+        code = book.issue(args.code, now, args.code_ttl_days * 86400)
+        say(f"one-time enrolment code for {args.code} (valid {args.code_ttl_days} days):")
+        say(code)
+        say(f"on the laptop: vmclientctl enrol <repository> --name {args.code} --code {code} "
+            f"--admin-key {_b64(crypto.raw_public(k.admin.public_key()))}")
+        return
+    outcomes = await enrol.process_requests(remote, k.admin, book, now)
+    if not outcomes:
+        say("no pending enrolment requests")
+    refused = 0
+    for o in outcomes:
+        if not o.enrolled:
+            refused += 1
+            say(f"refused {o.name} ({o.device}): {o.detail}")
+            continue
+        say(f"enrolled {o.name} as device {o.device} ({o.detail})")
+        if not o.ssh_key:
+            say("# the request carries no SSH key: give one with "
+                f"`enrol {o.name} --pubkey … --ssh-key-pub …`")
+            continue
+        conf = confinement(o.device, o.ssh_key, server_repo, args.server_keys)
+        say(f"# --- on the storage server, as root: account and directories ---\n"
+            f"{conf.script()}# --- sshd_config: once per server ---\n{GLOBAL_CONFIG}"
+            f"# --- sshd_config: append, then reload sshd ---\n{conf.match_block}"
+            f"# the device's repository URL: sftp://{conf.account}@<server>/")
+    if refused:
+        raise UsageError(f"{refused} enrolment request(s) refused (removed)")
+
+
+# --- orders and the fleet -----------------------------------------------------------------
+
+async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k = keys.load(args.key_dir)
+    rec = await find_device(remote, k, args.device)
+    action = ACTIONS[args.action]
+    now = int(time.time())
+    words = list(args.args)
+    given = {w.partition("=")[0] for w in words}
+    words += [d for d in DEFAULTS.get(action, []) if d.partition("=")[0] not in given]
+    words = [_recipe_file(w) if w.startswith("recipe=") else w for w in words]
+    values = it.order_args(action, words, now)
+    if action == "wipe" and not args.yes:
+        raise UsageError(f"a wipe destroys the business VMs of {rec.name} ({rec.device}): "
+                         "add --yes to issue it")
+    order = await it.issue_order(remote, k.admin, rec.device, action, values, now)
+    say(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
+    say("the device executes it when it next reaches the datacenter; "
+        f"see `vmclient-admin reports {rec.name}`")
+
+
+def _recipe_file(word: str) -> str:
+    value = word.partition("=")[2]
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"recipe={value}: no such recipe file")
+    return "recipe=" + path.read_text()
+
+
+def _describe(order: Order) -> str:
+    a = order.args
+    if order.action == "renew-lease":
+        return f"renew the lease until {_when(int(a['lease_until']))}"
+    if order.action == "wipe":
+        return "WIPE business VMs" + (" and private VMs" if a["include_private"] else "")
+    if order.action == "rekey":
+        return f"restore {a['vm']} from {a['from_device']} (snapshot seq >= {a['min_seq']})"
+    if "vm" in a:
+        return f"{order.action} {a['vm']}"
+    return order.action
+
+
+async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if args.devices_command == "revoke":
+        return await cmd_revoke(args, remote)
+    k = keys.load(args.key_dir)
+    views = await it.devices(remote, k.admin.public_key())
+    now = int(time.time())
+    if args.json:
+        say(json.dumps([v.to_json() for v in views], indent=1, sort_keys=True))
+    elif not views:
+        say("no enrolled devices")
+    else:
+        say(it.render_devices(views, now))
+
+
+async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k = keys.load(args.key_dir)
+    rec = await find_device(remote, k, args.device)
+    reports = await it.reports_of(remote, k.admin.public_key(), rec.device)
+    if args.json:
+        say(json.dumps([vars(r) for r in reports], indent=1, sort_keys=True))
+        return
+    say(f"reports of {rec.name} ({rec.device}), each verified with its device key:")
+    for r in reports:
+        about = f"order {r.order}" if r.order else "refused object"
+        say(f"  {r.seq:>4}  {_when(r.time)}  {about:<14}  {r.outcome:<8}  {r.detail}")
+    if not reports:
+        say("  (none yet)")
+
+
+async def cmd_revoke(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k = keys.load(args.key_dir)
+    rec = await find_device(remote, k, args.device)
+    wiped = await it.wipe_report(remote, k.admin.public_key(), rec.device)
+    if wiped is None and not args.force:
+        raise UsageError(f"no verified wipe report from {rec.name} ({rec.device}) yet: a "
+                         "revoked laptop cannot fetch its wipe order; wait for the report, "
+                         "or add --force")
+    _rec, rev = await it.revoke(remote, k.admin, rec.device, args.reason, int(time.time()))
+    say(f"device {rec.name} ({rec.device}) revoked on {_when(rev.revoked)}: "
+        "no further orders")
+    plan = revocation(rec.device, args.server_keys)
+    removed = await _remove_authorized_keys(args, plan.account)
+    if removed:
+        say(f"SSH access removed: {plan.authorized_keys_path} deleted on the server")
+    say(f"# --- on the storage server, as root: finish the clean-up ---\n{plan.script()}")
+
+
+async def _remove_authorized_keys(args: argparse.Namespace, account: str) -> bool:
+    """Delete ``<server keys>/<account>`` through the admin's own access to the server."""
+    if not is_url(args.repo):
+        path = Path(args.server_keys) / account
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            say(f"could not delete {path} ({exc.strerror}): delete it on the server")
+            return False
+        return True
+    url = urlsplit(args.repo)
+    where = f"sftp://{url.netloc}{args.server_keys}"
+    store = open_store(where, key_file=args.ssh_key, known_hosts=args.known_hosts)
+    try:
+        await store.delete(account)
+    finally:
+        await close_store(store)
+    return True
+
+
+# --- rekey and restore --------------------------------------------------------------------
+
+async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
+    k = keys.load(args.key_dir)
+    escrow = _escrow(args.escrow_key) if args.escrow_key else k.escrow
+    admin_pub = k.admin.public_key()
+    target = await find_device(remote, k, args.to)
+    if await it.revocation(remote, admin_pub, target.device) is not None:
+        raise UsageError(f"device {target.name} ({target.device}) is revoked")
+    source = await (find_device(remote, k, args.source) if args.source
+                    else _only_source(remote, k, args.vm, target.device))
+    if await it.wipe_report(remote, admin_pub, source.device) is None and \
+            await it.revocation(remote, admin_pub, source.device) is None:
+        say(f"note: {source.name} ({source.device}) is neither wiped nor revoked; "
+            "both laptops will hold the VM")
+    with progress_bar(f"rekey {args.vm}") as bar:
+        result = await rk.rekey(remote, k.admin, escrow, args.vm, source, target,
+                                progress=bar.advance, on_size=bar.total)
+    say(f"{args.vm}: data key of {source.name} ({source.device}) re-wrapped for "
+        f"{target.name} ({target.device}); snapshot {result.snapshot} (seq {result.seq}); "
+        f"{result.copied} objects copied ({result.copied_bytes / 2**20:.1f} MiB), "
+        f"{result.skipped} already there")
+    now = int(time.time())
+    order = await it.issue_order(remote, k.admin, target.device, "rekey",
+                                 {"vm": args.vm, "from_device": source.device,
+                                  "min_seq": result.seq}, now)
+    say(f"order {order.seq}: {_describe(order)}")
+    if args.command == "restore":
+        if args.lease_days < 1:
+            raise UsageError("--lease-days: at least 1")
+        renew = await it.issue_order(remote, k.admin, target.device, "renew-lease",
+                                     {"lease_until": now + args.lease_days * 86400}, now)
+        say(f"order {renew.seq}: {_describe(renew)}")
+    account = f"vmc-{target.device[:12]}"
+    say(f"# --- on the storage server, as root: let {target.name} keep syncing into the "
+        f"copy ---\nchown -R {account}:{account} "
+        f"{_server_path(args.repo)}/{layout.vm_dir(target.device, args.vm)}")
+
+
+async def _only_source(remote: RemoteStore, k: keys.AdminKeys, vm: str,
+                       target: str) -> DeviceRecord:
+    found = []
+    for view in await it.devices(remote, k.admin.public_key()):
+        if view.device != target and any(m.vm == vm for m in view.vms):
+            found.append(view.device)
+    if len(found) != 1:
+        raise UsageError(f"{len(found)} other devices have synced VM {vm!r}: name one with "
+                         "--from")
+    return await find_device(remote, k, found[0])
+
+
+def _escrow(path: Path) -> crypto.X25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such escrow key file") from None
+    except ValueError as exc:
+        raise ConfigError(path, "", f"not a PEM private key: {exc}") from exc
+    if not isinstance(key, crypto.X25519PrivateKey):
+        raise ConfigError(path, "", "not an X25519 (escrow) private key")
+    return key
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
+    admin = k.admin.public_key()
+    if DEVICE_ID_RE.fullmatch(which):
+        return await it.device_record(remote, admin, which)
+    views = [v for v in await it.devices(remote, admin) if v.name == which]
+    live = [v for v in views if not v.revoked] or views
+    if len(live) != 1:
+        raise UsageError(f"{len(live)} enrolled devices are named {which!r}: give its id")
+    return await it.device_record(remote, admin, live[0].device)
+
+
+def _ssh_key(value: str) -> str:
+    path = Path(value)
+    text = path.read_text().strip() if path.is_file() else value.strip()
+    if not enrol.SSH_KEY_RE.fullmatch(text):
+        raise UsageError(f"not an OpenSSH ed25519/ecdsa public key: {text[:40]!r}")
+    return text
+
+
+def _server_path(repo: str) -> str:
+    if is_url(repo):
+        return urlsplit(repo).path or "/"
+    return str(Path(repo).resolve())
+
+
+def _b64(raw: bytes) -> str:
+    import base64
+    return base64.b64encode(raw).decode()
+
+
+def _when(t: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "never"

@@ -1,0 +1,65 @@
+"""The device's heartbeat: ``devices/<id>/status``, signed by the device, replaced at every poll.
+
+It tells IT what reports alone cannot: that the laptop reached the datacenter
+even when there was no order (last contact), which release it runs, and its
+own view of the lease.  The server can withhold or replay an older status (a
+stale "last contact"), not forge one.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store import layout
+from ..store.format import Reader, canonical_json
+
+OS_RELEASE = Path("/etc/os-release")
+
+
+def status_path(device: str) -> str:
+    return f"{layout.device_dir(device)}/status"
+
+
+def release(os_release: Path = OS_RELEASE) -> str:
+    """``vmclient <version>`` and the image's ``VERSION_ID``/``BUILD_ID`` where it has them."""
+    try:
+        version = importlib.metadata.version("vmclient")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    fields: dict[str, str] = {}
+    try:
+        for line in os_release.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key] = value.strip().strip('"')
+    except OSError:
+        pass
+    image = " ".join(v for v in (fields.get("ID", ""), fields.get("VERSION_ID", ""),
+                                 fields.get("BUILD_ID", "")) if v)
+    return f"vmclient {version}" + (f" ({image})" if image else "")
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    device: str
+    time: int  # the device's trusted time when it wrote this
+    release: str
+    last_order: int
+    lease_until: int
+    locked: bool
+    wiped: bool
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"version": 1, **vars(self)})
+
+    @classmethod
+    def parse(cls, untrusted_body: bytes, device: str, path: str) -> DeviceStatus:
+        r = Reader.parse(untrusted_body, "status", device, path)
+        r.version({1})
+        st = cls(r.const("device", device), r.integer("time", lo=0), r.text("release"),
+                 r.integer("last_order", lo=0), r.integer("lease_until", lo=0),
+                 r.flag("locked"), r.flag("wiped"))
+        r.done()
+        return st

@@ -1,0 +1,133 @@
+"""The D-Bus object ``/org/vmclient/VMClient1/Sync`` of ``vmclient-syncd``.
+
+Properties (anyone may read them: the bus policy allows ``Get``/``GetAll``):
+the per-VM status in ``VMs``, the sync in flight (``State``, ``CurrentVM``,
+``BytesDone``, ``BytesTotal``, ``Rate``) and the management lease
+(``LeaseState``, ``LeaseRemaining``).  Changes are announced with
+``PropertiesChanged``, progress at most every 0.2 s.  Every method call is
+authorised first (:mod:`vmclient.dbus.guard`: root, group ``vmclient``, polkit
+action ``org.vmclient.VMClient1.sync.manage``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dbus_fast import Variant
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, method
+
+from ..dbus import names
+from ..dbus.guard import name_out_args
+
+STATES = ("idle", "running", "paused", "waiting")
+
+
+@dataclass
+class VMStatus:
+    """What ``vmclientctl sync status`` shows of one VM."""
+
+    name: str
+    uuid: str = ""
+    state: str = "idle"  # idle | running | paused | waiting
+    reason: str = ""  # why waiting or paused; the last error otherwise
+    last_sync: int = 0  # unix time of the last successful sync (0: never)
+    snapshot: str = ""  # its snapshot
+    done: int = 0
+    total: int = 0
+    rate: float = 0.0  # bytes/s of the sync in flight
+    next_run: int = 0  # unix time the schedule wants the next sync
+
+    def to_dbus(self) -> dict[str, Variant]:
+        return {"State": Variant("s", self.state), "Reason": Variant("s", self.reason),
+                "LastSync": Variant("x", self.last_sync),
+                "LastSnapshot": Variant("s", self.snapshot),
+                "BytesDone": Variant("t", self.done), "BytesTotal": Variant("t", self.total),
+                "Rate": Variant("d", float(self.rate)), "NextRun": Variant("x", self.next_run)}
+
+
+_OUT_ARG_NAMES = {"SyncNow": "results", "Verify": "checked", "ListSnapshots": "snapshots"}
+
+
+class SyncInterface(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__(names.SYNC_IFACE)
+        self.vms: dict[str, VMStatus] = {}
+        self.current = ""
+        self.lease_state, self.lease_remaining = "", -1
+        self._last_emit = 0.0
+
+    # Methods: declared for introspection; calls arrive through the guard (daemon.py).
+    @method()
+    async def SyncNow(self, vm: s) -> a(sss):  # type: ignore[valid-type,name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def Verify(self, vm: s, snapshot: s) -> "(stt)":  # type: ignore[name-defined]  # noqa: F821, UP037
+        raise NotImplementedError
+
+    @method()
+    async def ListSnapshots(self, vm: s) -> a(suxtsb):  # type: ignore[valid-type,name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    def introspect(self) -> Any:
+        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def VMs(self) -> "a{sa{sv}}":  # type: ignore[valid-type]  # noqa: F722
+        return {n: v.to_dbus() for n, v in sorted(self.vms.items())}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self._state()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CurrentVM(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self.current
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BytesDone(self) -> t:  # type: ignore[name-defined]  # noqa: F821
+        return self._cur().done
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BytesTotal(self) -> t:  # type: ignore[name-defined]  # noqa: F821
+        return self._cur().total
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Rate(self) -> d:  # type: ignore[name-defined]  # noqa: F821
+        return float(self._cur().rate)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LeaseState(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self.lease_state
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LeaseRemaining(self) -> x:  # type: ignore[name-defined]  # noqa: F821
+        return self.lease_remaining
+
+    def _cur(self) -> VMStatus:
+        return self.vms.get(self.current) or VMStatus("")
+
+    def _state(self) -> str:
+        states = {v.state for v in self.vms.values()}
+        for st in ("running", "paused", "waiting"):
+            if st in states:
+                return st
+        return "idle"
+
+    def values(self) -> dict[str, Any]:
+        cur = self._cur()
+        return {"VMs": {n: v.to_dbus() for n, v in sorted(self.vms.items())},
+                "State": self._state(), "CurrentVM": self.current, "BytesDone": cur.done,
+                "BytesTotal": cur.total, "Rate": float(cur.rate),
+                "LeaseState": self.lease_state, "LeaseRemaining": self.lease_remaining}
+
+    def changed(self, *, progress: bool = False) -> None:
+        """Announce the properties; progress updates at most every 0.2 s."""
+        now = time.monotonic()
+        if progress and now - self._last_emit < 0.2:
+            return
+        self._last_emit = now
+        self.emit_properties_changed(self.values())
