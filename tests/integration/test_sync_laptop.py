@@ -299,9 +299,12 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
         store = ChunkStore(lt.env.dc.store, layout.vm_store(b_id, name), keys)
         ref = (await store.load_index())[cid]
         pack = lt.env.dc.root / layout.pack(store.root, ref.pack)
-        raw = bytearray(pack.read_bytes())
+        good = pack.read_bytes()
+        raw = bytearray(good)
         raw[ref.offset + ref.length // 2] ^= 0x01
         pack.write_bytes(bytes(raw))
+        totals: list[int] = []
+        lt.b.report = lambda p: totals.append(p.total) if p.phase == "download" else None
         with pytest.raises(RemoteIntegrityError, match=cid.hex()):
             await lt.b.restore(name, from_device=a_id)
         conn = libvirt.open(URI)
@@ -311,3 +314,12 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
             conn.close()
         assert not (lt.b_cfg.images_dir / name).exists()
         assert not lt.b.keys.exists(name)
+
+        # the server is repaired: the next restore resumes, fetching only what it lacks
+        first_total = totals[-1]
+        pack.write_bytes(good)
+        totals.clear()
+        vm = await lt.b.restore(name, from_device=a_id)
+        assert vm.state == "running"
+        assert 0 < totals[-1] < first_total
+        assert not (lt.b_cfg.state_dir / "cache" / f".vm-{name}").exists()  # cleared

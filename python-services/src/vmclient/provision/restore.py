@@ -16,7 +16,8 @@ Order of work (nothing is defined before every chunk has verified):
 3. Download the chunks the local cache lacks into a sealed cache of its own
    (``<state>/cache/.vm-<vm>``, the Receiver's :class:`ChunkCache`): each one
    opened and its HMAC checked before it is kept.  The cache is the resume
-   journal and deduplicates: an interrupted restore fetches only what is missing.
+   journal and deduplicates: an interrupted restore fetches only what is
+   missing.  It is removed once the VM is restored.
 4. Only then: the data key is stored wrapped for this device, every disk is
    written as a new LUKS qcow2 under it (plaintext staged in the RAM-backed
    staging directory only), the memory image (if any) is written to the
@@ -115,9 +116,12 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         if accepted and prov.keys.load(vm).secret != keys.secret:
             raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
                                "the one the datacenter wrapped for this device")
-        return await _rebuild(prov, vm, keys, m, domain, cache, progress, adopt=not accepted)
+        installed = await _rebuild(prov, vm, keys, m, domain, cache, progress,
+                                   adopt=not accepted)
     finally:
         cache.close()
+    await asyncio.to_thread(cache.clear)  # restored: the VM's own syncs take over
+    return installed
 
 
 async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
