@@ -90,6 +90,7 @@ class World:
         self.escrow = crypto.X25519PrivateKey.generate()
         self.a, self.b = Device(tmp / "a"), Device(tmp / "b")
         self.scratch = IMAGES / f"{self.prefix}-scratch"
+        self.memory_dir = Path("/dev/shm") / f"{self.prefix}-memory"  # RAM-backed
         self.names: list[str] = []
         self.keys: dict[str, crypto.KeySet] = {}
         self.hv = Hypervisor(URI)
@@ -139,7 +140,8 @@ class World:
         return run(engine.sync_vm(
             self.hv, remote or self.remote, device.signing, dom.UUIDString(),
             self.keys[dom.name()], state_dir=device.state, scratch_dir=self.scratch,
-            recipients=[device.wrapping.public_key(), self.escrow.public_key()]))
+            recipients=[device.wrapping.public_key(), self.escrow.public_key()],
+            memory_dir=self.memory_dir))
 
     def child_args(self, dom: libvirt.virDomain) -> list[str]:
         """Arguments of ``sync_child.py``: the same sync as :meth:`sync`, in a process."""
@@ -161,12 +163,13 @@ class World:
         return run(repo.get_wrapped_key(self.remote, path, self.a.signers, f"vm:{vm}",
                                         self.escrow))
 
-    def restore_b(self, vm: str, dest: Path, snapshot: str | None = None, fmt: str = "qcow2"
-                  ) -> restore.RestoreResult:
-        """Restore ``vm`` on the second device into ``dest``."""
+    def restore_b(self, vm: str, dest: Path, snapshot: str | None = None, fmt: str = "qcow2",
+                  memory: Path | None = None) -> restore.RestoreResult:
+        """Restore ``vm`` on the second device into ``dest`` (and its memory image)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        where = {"vda": dest, **({"memory": memory} if memory else {})}
         return run(restore.restore_vm(self.remote, self.a.signers, self.keys_for_b(vm),
-                                      device=self.a.id, vm=vm, dest={"vda": dest},
+                                      device=self.a.id, vm=vm, dest=where,
                                       snapshot=snapshot, fmt=fmt))
 
     def cleanup(self) -> None:
@@ -184,6 +187,7 @@ class World:
                                   | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
             self.disk(name).unlink(missing_ok=True)
         shutil.rmtree(self.scratch, ignore_errors=True)
+        shutil.rmtree(self.memory_dir, ignore_errors=True)
         self.conn.close()
 
 

@@ -1,4 +1,5 @@
-"""``vmclientctl vm install <recipe> | list | start | stop | eject | remove | upgrade <vm>``.
+"""``vmclientctl vm install <recipe> | list | start | stop | eject | remove | upgrade |
+restore <vm>``.
 
 By default they call ``vmclient-provd`` over the system bus
 (``org.vmclient.VMClient1.Provisioning``; root or the ``vmclient`` group) and
@@ -48,6 +49,13 @@ def add_parser(sub: Any) -> None:
     c.add_argument("vm")
     c.add_argument("--force", action="store_true", help="power off at once")
     c.set_defaults(func=stop, render=str)
+    c = cmds.add_parser("restore", help="restore a VM from its snapshots in the datacenter "
+                        "(running where it was if the snapshot holds its memory)")
+    c.add_argument("vm")
+    c.add_argument("--snapshot", default="", help="snapshot id (default: the latest)")
+    c.add_argument("--from", dest="from_device", default="",
+                   help="the device that wrote the snapshots (after a rekey; its id)")
+    c.set_defaults(func=restore, render=render_vm)
     c = cmds.add_parser("upgrade", help="new system disk from the catalog; user disks kept")
     c.add_argument("vm")
     c.add_argument("--version", type=int, default=0, help="image version (default: newest)")
@@ -198,6 +206,17 @@ async def upgrade(args: argparse.Namespace) -> dict[str, Any]:
     async with _daemon() as b:
         async with _progress(b):
             await _call(b, "Upgrade", "su", [args.vm, args.version])
+        return await _find(b, args.vm)
+
+
+async def restore(args: argparse.Namespace) -> dict[str, Any]:
+    if args.local:
+        async with _provisioner(args) as prov:
+            return _vm(await prov.restore(args.vm, args.snapshot or None,
+                                          from_device=args.from_device))
+    async with _daemon() as b:
+        async with _progress(b):
+            await _call(b, "Restore", "sss", [args.vm, args.snapshot, args.from_device])
         return await _find(b, args.vm)
 
 

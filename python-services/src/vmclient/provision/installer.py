@@ -248,6 +248,14 @@ class Provisioner:
             log.info("VM %s: install media %s ejected", name, ", ".join(removed))
         return removed
 
+    async def restore(self, name: str, snapshot: str | None = None, *, from_device: str = "",
+                      min_seq: int = 0) -> Installed:
+        """Restore a VM from its snapshots in the datacenter (:mod:`.restore`)."""
+        from .restore import restore
+
+        return await restore(self, name, snapshot=snapshot, from_device=from_device,
+                             min_seq=min_seq)
+
     async def stop(self, name: str, *, force: bool = False) -> None:
         vm = await self.get(name)
         if force:

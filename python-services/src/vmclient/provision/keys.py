@@ -85,6 +85,15 @@ class VMKeys:
             raise VMKeyError(vm, "a data key exists already (remove the VM first)") from None
         return keys
 
+    def adopt(self, vm: str, keys: crypto.KeySet) -> None:
+        """Store an existing data key (a restored VM's), wrapped for this device."""
+        blob = crypto.wrap_key(self.device.wrapping.public_key(), keys.secret, "data-key",
+                               f"vm:{vm}")
+        try:
+            write_private(self.path(vm), blob, exclusive=True)
+        except FileExistsError:
+            raise VMKeyError(vm, "a data key exists already (remove the VM first)") from None
+
     def load(self, vm: str) -> crypto.KeySet:
         path = self.path(vm)
         try:

@@ -183,43 +183,58 @@ class Receiver:
                        report: ProgressFn) -> None:
         """Write the system disk to ``target`` via a temporary name; whole or absent."""
         cache = ChunkCache(self.state_dir, r.image)
-        tmp = target.with_name(f".partial-{target.name}")
-        tmp.unlink(missing_ok=True)
-        progress.begin("assemble", r.disk.size)
         try:
-            await qemuimg.create(tmp, max(size, r.disk.size), passphrase)
-            runs = _runs(r, cache)
-
-            def take() -> list[tuple[int, bytes]]:
-                """The next runs, up to ``staging_bytes`` (reading + reopening: a thread)."""
-                batch, held = [], 0
-                for offset, data in runs:
-                    batch.append((offset, data))
-                    held += len(data)
-                    if held >= staging_bytes:
-                        break
-                return batch
-
-            while batch := await asyncio.to_thread(take):
-                await qemuimg.write_runs(tmp, passphrase, batch, staging)
-                progress.done = batch[-1][0] + len(batch[-1][1])
-                report(progress)
-            await asyncio.to_thread(_fsync, tmp)
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            await write_disk(cache, r.disk, r.keys, target, passphrase, size, staging,
+                             staging_bytes, progress, report)
         finally:
             cache.close()
-            tmp.unlink(missing_ok=True)
-        progress.done = r.disk.size
-        report(progress)
 
 
-def _runs(r: Resolved, cache: ChunkCache) -> Iterator[tuple[int, bytes]]:
+async def write_disk(cache: ChunkCache, disk: ChunkMap, keys: crypto.KeySet, target: Path,
+                     passphrase: bytes, size: int, staging: Path, staging_bytes: int,
+                     progress: Progress, report: ProgressFn) -> None:
+    """A new LUKS qcow2 ``target`` (at least ``size`` bytes) holding ``disk`` from the cache.
+
+    Written under a temporary name (``.partial-*``), every chunk reopened from
+    the cache, flushed, fsync'ed, then renamed: whole or absent.
+    """
+    tmp = target.with_name(f".partial-{target.name}")
+    tmp.unlink(missing_ok=True)
+    progress.begin("assemble", disk.size)
+    try:
+        await qemuimg.create(tmp, max(size, disk.size), passphrase)
+        runs = _runs(disk, keys, cache)
+
+        def take() -> list[tuple[int, bytes]]:
+            """The next runs, up to ``staging_bytes`` (reading + reopening: a thread)."""
+            batch, held = [], 0
+            for offset, data in runs:
+                batch.append((offset, data))
+                held += len(data)
+                if held >= staging_bytes:
+                    break
+            return batch
+
+        while batch := await asyncio.to_thread(take):
+            await qemuimg.write_runs(tmp, passphrase, batch, staging)
+            progress.done = batch[-1][0] + len(batch[-1][1])
+            report(progress)
+        await asyncio.to_thread(_fsync, tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    progress.done = disk.size
+    report(progress)
+
+
+def _runs(disk: ChunkMap, keys: crypto.KeySet, cache: ChunkCache
+          ) -> Iterator[tuple[int, bytes]]:
     """Contiguous (offset, plaintext) runs of non-zero chunks, each reverified."""
-    cs = r.disk.chunk_size
+    cs = disk.chunk_size
     run_start, size = -1, 0
     parts: list[bytes] = []
-    for i, cid in enumerate(r.disk.ids):
+    for i, cid in enumerate(disk.ids):
         if cid == ZERO_ID:
             if parts:
                 yield run_start, b"".join(parts)
@@ -231,7 +246,7 @@ def _runs(r: Resolved, cache: ChunkCache) -> Iterator[tuple[int, bytes]]:
             raise RemoteIntegrityError("chunk", cid.hex(), path, "missing from the local cache")
         plain_length, sealed = entry
         try:
-            data = open_blob(r.keys, cid, BlobRef("cache", 0, len(sealed), plain_length), sealed,
+            data = open_blob(keys, cid, BlobRef("cache", 0, len(sealed), plain_length), sealed,
                              path)
         except RemoteIntegrityError:
             cache.drop(cid)  # a torn entry: the next install fetches it again

@@ -41,7 +41,7 @@ class Phase(enum.IntEnum):
 
 
 _OUT_ARG_NAMES = {"Install": "vm", "Upgrade": "image_version", "List": "vms",
-                  "Eject": "media"}
+                  "Eject": "media", "Restore": "state"}
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -61,6 +61,10 @@ class ProvisioningInterface(ServiceInterface):
 
     @method()
     async def Upgrade(self, vm: s, version: u) -> u:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def Restore(self, vm: s, snapshot: s, from_device: s) -> s:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
     @method()
@@ -155,6 +159,10 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
     async def upgrade(args: list[Any]) -> list[Any]:
         return [(await prov.upgrade(str(args[0]), int(args[1]))).image_version]
 
+    async def restore(args: list[Any]) -> list[Any]:
+        vm = await prov.restore(str(args[0]), str(args[1]) or None, from_device=str(args[2]))
+        return [vm.state]
+
     async def start(args: list[Any]) -> list[Any]:
         await prov.start(str(args[0]))
         return []
@@ -177,6 +185,8 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
                          names.POLKIT_ACTION_PROVISION_MANAGE, {
                              "Install": Member("s", "s", "installing a VM", long_work(install)),
                              "Upgrade": Member("su", "u", "upgrading a VM", long_work(upgrade)),
+                             "Restore": Member("sss", "s", "restoring a VM",
+                                               long_work(restore)),
                              "Start": Member("s", "", "starting a VM", start),
                              "Stop": Member("sb", "", "stopping a VM", stop),
                              "Remove": Member("s", "", "removing a VM", remove),

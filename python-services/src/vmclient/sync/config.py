@@ -89,6 +89,9 @@ class SyncConfig:
     scratch_dir: Path = config.setting(
         Path("/var/lib/libvirt/images/vmclient-sync"),
         help="where QEMU writes a sync's backup overlays (removed after each sync)")
+    memory_dir: Path = config.setting(
+        Path("/run/vmclient/sync"),
+        help="RAM-backed (tmpfs): memory images of VMs with sync.memory, removed once read")
     name_prefix: str = config.setting(
         "", help="only domains whose name starts so are synchronised (tests share libvirtd)")
 

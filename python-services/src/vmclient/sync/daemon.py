@@ -251,7 +251,8 @@ class Synchronizer:
                 chunk_size=repo_cfg.chunk_size,
                 recipients=[self.device.wrapping.public_key(), escrow],
                 hooks=engine.Hooks(progress, lambda: self.interrupt),
-                writers=await self._writers(v.name))
+                writers=await self._writers(v.name), memory_dir=self.cfg.memory_dir,
+                meta=self._recipe(v.name))
         except engine.SyncInterrupted as exc:
             log.info("%s", exc)
             v.state, v.reason = "paused", "the laptop sleeps; the sync continues after resume"
@@ -270,6 +271,14 @@ class Synchronizer:
             self.iface.current = ""
             self.idle.set()
             self.iface.changed()
+
+    def _recipe(self, vm: str) -> dict[str, str]:
+        """The recipe provisioning installed the VM from, for the snapshot (a restore
+        keeps it for upgrades); none if provisioning has none."""
+        try:
+            return {"recipe": (self.cfg.provision_dir / "vms" / vm / "recipe.toml").read_text()}
+        except (OSError, UnicodeDecodeError):
+            return {}
 
     async def _writers(self, vm: str) -> Any:
         """After a ``rekey`` order, the devices whose snapshots this VM's directory holds."""

@@ -19,10 +19,12 @@ otherwise :class:`PartialChunk` asks the engine for a full read.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,17 +59,29 @@ def virtual_size(path: str | Path) -> int:
     return int(json.loads(qemu_img("info", "-U", "--output=json", str(path)))["virtual-size"])
 
 
-def parse_map(untrusted_json: str) -> list[Extent]:
-    """Depth-0 extents of ``qemu-img map --output=json`` (what the file itself holds)."""
+def parse_map(untrusted_json: str, *, guest_offsets: bool = False,
+              all_depths: bool = False) -> list[Extent]:
+    """Depth-0 extents of ``qemu-img map --output=json`` (what the file itself holds).
+
+    ``guest_offsets``: the capture is read through QEMU (an encrypted qcow2,
+    :mod:`.nbd`), so a data extent's offset is its guest offset.  ``all_depths``:
+    every extent of the chain (a whole disk read through its backing files).
+    """
     out = []
     for e in json.loads(untrusted_json):
-        if e.get("depth", 0) != 0 or not e.get("present", True):
+        if not all_depths and (e.get("depth", 0) != 0 or not e.get("present", True)):
             continue
-        if e["data"] and "offset" not in e:
-            raise LocalSyncError(f"extent at {e['start']} has no host offset (compressed?)")
-        out.append(Extent(int(e["start"]), int(e["length"]), bool(e["zero"] and not e["data"]),
-                          int(e["offset"]) if e["data"] else None))
+        start = int(e["start"])
+        if e["data"] and not guest_offsets and "offset" not in e:
+            raise LocalSyncError(f"extent at {start} has no host offset (compressed?)")
+        offset = (start if guest_offsets else int(e["offset"])) if e["data"] else None
+        out.append(Extent(start, int(e["length"]), bool(e["zero"] and not e["data"]), offset))
     return out
+
+
+def whole_file(size: int, chunk_size: int) -> dict[int, tuple[Extent, int]]:
+    """Every chunk of a plain file read as it is (a memory image): all data."""
+    return raw_chunks([Extent(0, size, False, 0)], chunk_size, size)
 
 
 def map_capture(path: Path) -> list[Extent]:
@@ -112,20 +126,33 @@ def raw_chunks(extents: Sequence[Extent], chunk_size: int, size: int
 
 
 def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chunker,
-                size: int) -> Iterator[Chunk]:
-    """The covered chunks, in order, read from the capture file (zero extents not read)."""
+                size: int, pread: Callable[[int, int], bytes] | None = None
+                ) -> Iterator[Chunk]:
+    """The covered chunks, in order, read from the capture (zero extents not read).
+
+    ``pread(length, offset)`` reads the capture another way than the file
+    (through QEMU, :mod:`.nbd`); by default ``path`` is read directly.
+    """
     cs = chunker.chunk_size
-    with open(path, "rb") as f:
+    with contextlib.ExitStack() as stack:
+        read = pread
+        if read is None:
+            fd = stack.enter_context(open(path, "rb")).fileno()
+            read = functools.partial(_pread_fd, fd)
         for i in sorted(covered):
             e, within = covered[i]
             length = min(cs, size - i * cs)
             if e.offset is None:
                 yield chunker.chunk(i, bytes(length))
                 continue
-            data = os.pread(f.fileno(), length, e.offset + within)
+            data = read(length, e.offset + within)
             if len(data) != length:
                 raise LocalSyncError(f"{path}: short read at chunk {i}")
             yield chunker.chunk(i, data)
+
+
+def _pread_fd(fd: int, n: int, off: int) -> bytes:
+    return os.pread(fd, n, off)
 
 
 def convert_to_raw(source: str, fmt: str, dest: Path) -> None:

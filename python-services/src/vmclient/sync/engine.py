@@ -17,12 +17,30 @@ What is read (see :mod:`.disks`):
   bitmaps are inconsistent, which makes libvirt refuse the incremental backup):
   a full push backup, every chunk read, hashed and compared with the index.
 * stopped VM: its disks at rest, read whole and compared the same way.
+
+Memory (the domain's ``<vmc:vm sync="memory"/>``, from the recipe's
+``sync.memory``): a running VM is saved (its RAM to a file in ``memory_dir``,
+which must be RAM-backed) and restored from that file at once, *paused*; the
+backup job begins while it is paused, and the VM resumes as soon as the job
+has begun.  Disks and memory are the same instant; the guest is down for the
+save and the restore only.  A VM stopped with a managed save image (powerd)
+is synced at rest with that image as its memory.  The image is chunked like a
+disk (role ``memory`` in the snapshot), always read whole.
+
+LUKS disks (business VMs, from provisioning): the disk secret is derived from
+the VM's data key (``keys``) and handed to libvirt as an ephemeral secret for
+the backup job and the restore only.  Backup targets are LUKS qcow2 under the
+same secret (checked after the job), so no plaintext guest data rests in the
+scratch directory; they and disks at rest are read through ``qemu-nbd``
+(:mod:`.nbd`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import queue
@@ -32,22 +50,34 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import VMOperationFailed
+from ..errors import HypervisorError, VMNotFound, VMOperationFailed
+from ..provision.keys import passphrase
 from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
 from ..store.errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
 from ..store.objects import ChunkMap, Manifest
 from ..store.remote import LockToken, RemoteStore, lock_is_stale
-from ..virt.libvirt import Hypervisor, SyncView, backup_push, delete_checkpoints, sync_view
-from . import disks, state
+from ..virt.libvirt import (
+    DomState,
+    Hypervisor,
+    SyncView,
+    backup_push,
+    delete_checkpoints,
+    save_and_restore_paused,
+    sync_view,
+)
+from . import disks, nbd, state
 
 log = logging.getLogger(__name__)
 _SNAPSHOT_RE = re.compile(r"^[0-9]{10}$")
+MEMORY = "memory"  # name and role of the memory image in a snapshot
+DEFAULT_MEMORY_DIR = Path("/run/vmclient/sync")  # RAM-backed: plaintext guest RAM
+MANAGED_SAVE_DIR = Path("/var/lib/libvirt/qemu/save")  # libvirt's <name>.save images
 
 
 class SyncRefused(LocalSyncError):
@@ -85,6 +115,9 @@ class SyncResult:
     uploaded_bytes: int = 0  # packs + index + snapshot + pointer + keys
     seconds: float = 0.0
     capture_seconds: float = 0.0  # backup job or conversion, and qemu-img map
+    memory_bytes: int = 0  # size of the memory image in the snapshot (0: none)
+    downtime_seconds: float = 0.0  # save + restore + job start, while the guest was down
+    memory_sha256: str = ""  # of the memory image (also in the snapshot's meta)
 
 
 @dataclass
@@ -94,6 +127,10 @@ class _Capture:
     size: int
     path: Path
     covered: dict[int, tuple[disks.Extent, int]] = field(default_factory=dict)
+    whole: bool = False  # every chunk covered, never the parent's ids (memory)
+    passphrase: bytes | None = None  # an encrypted qcow2: read through qemu-nbd
+    no_backing: bool = False  # (with passphrase) an incremental overlay: its own clusters
+    pread: Callable[[int, int], bytes] | None = None  # set while the capture is open
 
 
 def holder() -> str:
@@ -143,12 +180,17 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
                   uuid: str, keys: crypto.KeySet, *, state_dir: Path, scratch_dir: Path,
                   chunk_size: int = DEFAULT_CHUNK_SIZE,
                   recipients: Sequence[crypto.X25519PublicKey] = (),
+                  memory_dir: Path = DEFAULT_MEMORY_DIR,
+                  managed_save_dir: Path = MANAGED_SAVE_DIR,
+                  meta: Mapping[str, str] | None = None,
                   hooks: Hooks | None = None,
                   writers: repo.Signers | None = None) -> SyncResult:
     """Sync the VM with libvirt UUID ``uuid``; ``recipients`` get its wrapped data key.
 
-    ``writers``: other devices whose snapshots the VM's directory may hold (after
-    a rekey onto this device: ``manage.rekey.RestoreSource.signers``).
+    ``meta`` goes into the snapshot besides the VM's UUID and definition (the
+    daemon passes the recipe as ``recipe``).  ``writers``: other devices whose
+    snapshots the VM's directory may hold (after a rekey onto this device:
+    ``manage.rekey.RestoreSource.signers``).
     """
     hooks = hooks or Hooks()
     started = time.monotonic()
@@ -156,6 +198,8 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     if view.kind != "business" or view.sync in (None, "off"):
         raise SyncRefused(view.name, f"kind {view.kind!r}, sync {view.sync!r}: only business "
                           "VMs with sync enabled are uploaded; private VMs never are")
+    if view.active and view.sync == MEMORY:
+        await asyncio.to_thread(_check_ram_backed, memory_dir, view.name)
     vm, dev = view.name, crypto.key_id(device.public_key())
     result = SyncResult(vm)
     token = await take_lock(remote, layout.device_lock(dev))
@@ -170,23 +214,24 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         seq = await _next_seq(remote, dev, vm, parent)
         checkpoint = f"vmclient-{seq}-{secrets.token_hex(4)}"
         t0 = time.monotonic()
-        caps = await _capture(hv, view, parent, st, checkpoint, work, chunk_size, result)
-        result.capture_seconds = time.monotonic() - t0
-        if hooks.interrupted():
-            raise SyncInterrupted(vm, "after the capture")
-        store = repo.ChunkStore(remote, layout.vm_store(dev, vm), keys)
-        known = await store.load_index()
-        chunker = Chunker(keys.chunk_id, chunk_size)
-        ids: dict[str, list[bytes | None]] = {}
-        with _prefetch(_chunks(caps, parent, chunker, ids, result)) as chunks:
-            watched = _watched(chunks, vm, hooks, _capture_bytes(caps, chunk_size), chunk_size)
-            upload = await store.upload(watched, known)
-        result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
-        maps = tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
-                     for c in caps)
+        mem_file = memory_dir / f"{vm}-{checkpoint}.save"
+        try:
+            caps = await _capture(hv, view, parent, st, checkpoint, work, chunk_size, result,
+                                  keys=keys, memory_file=mem_file,
+                                  managed_save=managed_save_dir / f"{vm}.save")
+            result.capture_seconds = time.monotonic() - t0
+            if hooks.interrupted():
+                raise SyncInterrupted(vm, "after the capture")
+            maps = await _upload(remote, layout.vm_store(dev, vm), keys, caps, parent,
+                                 chunk_size, result, hooks)
+        finally:
+            mem_file.unlink(missing_ok=True)  # plaintext RAM: gone as soon as it is read
         label = layout.snapshot_name(seq)
         m = Manifest("snapshot", vm, label, seq, int(time.time()), keys.check, maps, dev,
-                     parent.label if parent else "", {"uuid": uuid})
+                     parent.label if parent else "",
+                     {**(meta or {}), "uuid": uuid, "domain": view.xml,
+                      **({"memory_sha256": result.memory_sha256} if result.memory_sha256
+                         else {})})
         digest = await repo.put_snapshot(remote, device, keys, m)
         p = Pointer(vm, dev, label, seq, int(time.time()), digest)
         await repo.put_pointer(remote, device, p)
@@ -203,6 +248,24 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     log.info("%s: snapshot %d (%s) read %d chunks, uploaded %d bytes in %.1f s", vm,
              result.seq, result.mode, result.chunks_read, result.uploaded_bytes, result.seconds)
     return result
+
+
+async def _upload(remote: RemoteStore, root: str, keys: crypto.KeySet, caps: list[_Capture],
+                  parent: Manifest | None, chunk_size: int, result: SyncResult, hooks: Hooks
+                  ) -> tuple[ChunkMap, ...]:
+    """Read the captures, upload their new chunks; the snapshot's chunk maps."""
+    store = repo.ChunkStore(remote, root, keys)
+    known = await store.load_index()
+    chunker = Chunker(keys.chunk_id, chunk_size)
+    ids: dict[str, list[bytes | None]] = {}
+    async with _opened(caps):
+        with _prefetch(_chunks(caps, parent, chunker, ids, result)) as chunks:
+            watched = _watched(chunks, result.vm, hooks, _capture_bytes(caps, chunk_size),
+                               chunk_size)
+            upload = await store.upload(watched, known)
+    result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
+    return tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
+                 for c in caps)
 
 
 async def _put_keys(remote: RemoteStore, device: crypto.Ed25519PrivateKey, dev: str, vm: str,
@@ -242,49 +305,213 @@ async def _next_seq(remote: RemoteStore, dev: str, vm: str, parent: Manifest | N
 
 async def _capture(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                    st: state.VMSyncState, checkpoint: str, work: Path, chunk_size: int,
-                   result: SyncResult) -> list[_Capture]:
+                   result: SyncResult, *, keys: crypto.KeySet, memory_file: Path,
+                   managed_save: Path) -> list[_Capture]:
     roles = ["system"] + ["user"] * (len(view.disks) - 1)
+    pp = _passphrase(view, keys)
+    memory = view.sync == MEMORY
     if not view.active:
-        result.mode = "at-rest"
-        caps = []
-        for d, role in zip(view.disks, roles, strict=True):
-            raw = work / f"{d.target}.raw"
-            await asyncio.to_thread(disks.convert_to_raw, d.path, d.fmt, raw)
-            caps.append(await _mapped(d.target, role, raw, chunk_size, whole_raw=True))
+        caps = await _at_rest(view, roles, work, chunk_size, pp, result)
+        if memory and view.managed_save:
+            caps.append(await _memory(managed_save, chunk_size, result))
         return caps
+    caps = await _running(hv, view, parent, st, checkpoint, work, chunk_size, result, roles, pp,
+                          memory_file if memory else None)
+    if memory:
+        caps.append(await _memory(memory_file, chunk_size, result))
+    return caps
+
+
+async def _at_rest(view: SyncView, roles: list[str], work: Path, chunk_size: int,
+                   pp: bytes | None, result: SyncResult) -> list[_Capture]:
+    result.mode = "at-rest"
+    caps = []
+    for d, role in zip(view.disks, roles, strict=True):
+        if d.secret:  # read through QEMU: no plaintext copy
+            caps.append(await _mapped(d.target, role, Path(d.path), chunk_size,
+                                      whole_raw=True, passphrase=pp))
+            continue
+        raw = work / f"{d.target}.raw"
+        await asyncio.to_thread(disks.convert_to_raw, d.path, d.fmt, raw)
+        caps.append(await _mapped(d.target, role, raw, chunk_size, whole_raw=True))
+    return caps
+
+
+async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
+                   st: state.VMSyncState, checkpoint: str, work: Path, chunk_size: int,
+                   result: SyncResult, roles: list[str], pp: bytes | None,
+                   memory_file: Path | None) -> list[_Capture]:
+    """Backup job (and, with ``memory_file``, the memory point) of a running VM.
+
+    The backup target of a LUKS disk (full copy or incremental overlay) is
+    itself a LUKS qcow2 under the disk's secret, so the scratch directory never
+    holds plaintext guest data; each is checked to be encrypted when the job
+    has finished (:func:`_check_encrypted`).
+    """
     sizes = {d.target: await asyncio.to_thread(disks.virtual_size, d.path) for d in view.disks}
     incremental: str | None = st.checkpoint
     if parent is None or st.checkpoint not in view.checkpoints:
         incremental = None
         result.fallback = "no parent snapshot" if parent is None else "no usable checkpoint"
-    elif {(c.name, c.size) for c in parent.disks} != set(sizes.items()):
+    elif {(c.name, c.size) for c in parent.disks if c.role != MEMORY} != set(sizes.items()):
         incremental, result.fallback = None, "disks changed"
-    while True:
-        targets = {d.target: str(work / f"{d.target}-{checkpoint}.qcow2") for d in view.disks}
-        try:
-            await backup_push(hv, view.uuid, view.name, targets, checkpoint, incremental)
-            caps = [await _mapped(d.target, role, Path(targets[d.target]), chunk_size)
-                    for d, role in zip(view.disks, roles, strict=True)]
-        except (VMOperationFailed, disks.PartialChunk) as exc:
-            if incremental is None:
-                raise
-            log.warning("%s: incremental backup impossible (%s); reading the whole disks",
-                        view.name, exc)
-            result.fallback = str(exc)
-            incremental = None
-            await delete_checkpoints(hv, view.uuid, view.name, None)
-            await asyncio.to_thread(_remove, targets.values())
+    encrypt = {d.target: d.secret for d in view.disks if d.secret}
+    async with _disk_secrets(hv, view, pp):
+        while True:  # one consistent point; again if a fallback came after the VM resumed
+            paused, resumed, down = False, False, time.monotonic()
+            try:
+                if memory_file is not None:
+                    paused = await save_and_restore_paused(hv, view.uuid, view.name,
+                                                           str(memory_file))
+                while True:  # incremental, else full
+                    targets = {d.target: str(work / f"{d.target}-{checkpoint}.qcow2")
+                               for d in view.disks}
+                    try:
+                        at = await backup_push(hv, view.uuid, view.name, targets, checkpoint,
+                                               incremental, encrypt=encrypt, resume=paused)
+                        if paused:
+                            paused, resumed = False, True
+                            result.downtime_seconds = at - down
+                        await asyncio.to_thread(_check_encrypted, view, targets)
+                        caps = [await _mapped(d.target, role, Path(targets[d.target]),
+                                              chunk_size, passphrase=pp if d.secret else None,
+                                              no_backing=incremental is not None,
+                                              whole_raw=bool(d.secret) and not incremental)
+                                for d, role in zip(view.disks, roles, strict=True)]
+                    except (VMOperationFailed, disks.PartialChunk) as exc:
+                        if incremental is None:
+                            raise
+                        log.warning("%s: incremental backup impossible (%s); reading the "
+                                    "whole disks", view.name, exc)
+                        result.fallback = str(exc)
+                        incremental = None
+                        await delete_checkpoints(hv, view.uuid, view.name, None)
+                        await asyncio.to_thread(_remove, targets.values())
+                        if resumed:
+                            break  # the memory image is older now: take the point again
+                        continue
+                    result.mode = "incremental" if incremental else "full"
+                    break
+            finally:
+                if paused:  # the backup did not begin: never leave the VM paused
+                    with contextlib.suppress(VMOperationFailed, VMNotFound):
+                        if (await hv.domain(view.uuid)).state == DomState.PAUSED:
+                            await hv.resume(view.uuid, view.name)
+            if result.mode:
+                return caps
+
+
+def _check_encrypted(view: SyncView, targets: Mapping[str, str]) -> None:
+    """Every backup target of a LUKS disk is LUKS-encrypted (libvirt was asked to);
+    one that is not is deleted at once and the sync fails: never plaintext at rest."""
+    for d in view.disks:
+        if not d.secret:
             continue
-        result.mode = "incremental" if incremental else "full"
-        return caps
+        path = Path(targets[d.target])
+        info = json.loads(disks.qemu_img("info", "-U", "--output=json", str(path)))
+        if info.get("encrypted") is not True:
+            _remove(targets.values())
+            raise SyncRefused(view.name, f"libvirt wrote the backup of disk {d.target} "
+                              "unencrypted; deleted it (this libvirt cannot encrypt backup "
+                              "targets)")
+
+
+def _passphrase(view: SyncView, keys: crypto.KeySet) -> bytes | None:
+    """The LUKS passphrase of the VM's disks, if they are encrypted (all or none)."""
+    encrypted = [d for d in view.disks if d.secret]
+    if not encrypted:
+        return None
+    if len(encrypted) != len(view.disks) or any(d.fmt != "qcow2" for d in encrypted):
+        raise SyncRefused(view.name, "some disks are LUKS qcow2 and some not: not supported")
+    return passphrase(keys)
+
+
+@contextlib.asynccontextmanager
+async def _disk_secrets(hv: Hypervisor, view: SyncView, pp: bytes | None
+                        ) -> AsyncIterator[None]:
+    """The disks' libvirt secret, defined private and ephemeral while the block runs
+    (the backup job creates LUKS targets with it; a restore opens the disks)."""
+    uuids = sorted({d.secret for d in view.disks if d.secret})
+    if pp is None or not uuids:
+        yield
+        return
+    defined = []
+    try:
+        for u in uuids:
+            await hv.define_ephemeral_secret(u, pp, view.name)
+            defined.append(u)
+        yield
+    finally:
+        for u in defined:
+            with contextlib.suppress(HypervisorError):
+                await hv.undefine_secret(u)
+
+
+async def _memory(path: Path, chunk_size: int, result: SyncResult) -> _Capture:
+    try:
+        size = (await asyncio.to_thread(path.stat)).st_size
+    except FileNotFoundError:
+        raise LocalSyncError(f"the memory image {path} vanished before it was read") from None
+    result.memory_bytes = size
+    result.memory_sha256 = await asyncio.to_thread(_sha256, path)
+    return _Capture(MEMORY, MEMORY, size, path, disks.whole_file(size, chunk_size), whole=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_ram_backed(directory: Path, vm: str) -> None:
+    """The memory image is plaintext guest RAM: it may only go where nothing persists."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # libvirtd (root) writes the image; QEMU gets an fd
+    real = os.path.realpath(directory)
+    best, fstype = "", ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mnt = parts[1].replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype = mnt, parts[2]
+    if fstype not in ("tmpfs", "ramfs"):
+        raise SyncRefused(vm, f"its memory would be saved to {directory}, on {fstype or '?'} "
+                          f"({best or '?'}): the memory directory must be RAM-backed (tmpfs)")
+
+
+@contextlib.asynccontextmanager
+async def _opened(caps: list[_Capture]) -> AsyncIterator[None]:
+    """Encrypted captures served by qemu-nbd while the block reads them."""
+    with contextlib.ExitStack() as stack:
+        for c in caps:
+            if c.passphrase is not None:
+                client = await asyncio.to_thread(
+                    stack.enter_context,
+                    nbd.export(c.path, c.passphrase, no_backing=c.no_backing))
+                c.pread = client.pread
+        try:
+            yield
+        finally:
+            for c in caps:
+                c.pread = None
 
 
 async def _mapped(name: str, role: str, path: Path, chunk_size: int, *,
-                  whole_raw: bool = False) -> _Capture:
+                  whole_raw: bool = False, passphrase: bytes | None = None,
+                  no_backing: bool = False) -> _Capture:
     size = await asyncio.to_thread(disks.virtual_size, path)
-    extents = await asyncio.to_thread(disks.map_capture, path)
+    if passphrase is None:
+        extents = await asyncio.to_thread(disks.map_capture, path)
+    else:  # encrypted: no host offsets; read through qemu-nbd at guest offsets
+        untrusted = await asyncio.to_thread(nbd.map_image, path, passphrase,
+                                            no_backing=no_backing)
+        extents = disks.parse_map(untrusted, guest_offsets=True, all_depths=whole_raw)
     cover = disks.raw_chunks if whole_raw else disks.covered_chunks
-    return _Capture(name, role, size, path, cover(extents, chunk_size, size))
+    return _Capture(name, role, size, path, cover(extents, chunk_size, size),
+                    passphrase=passphrase, no_backing=no_backing)
 
 
 def _remove(paths: Iterable[str]) -> None:
@@ -298,9 +525,9 @@ def _chunks(caps: list[_Capture], parent: Manifest | None, chunker: Chunker,
     old = {d.name: d for d in parent.disks} if parent and result.mode == "incremental" else {}
     for cap in caps:
         n = chunk_count(cap.size, chunker.chunk_size)
-        base = old.get(cap.name)
+        base = None if cap.whole else old.get(cap.name)
         ids[cap.name] = list(base.ids) if base is not None else [None] * n
-        for chunk in disks.read_chunks(cap.path, cap.covered, chunker, cap.size):
+        for chunk in disks.read_chunks(cap.path, cap.covered, chunker, cap.size, cap.pread):
             ids[cap.name][chunk.index] = chunk.id
             result.chunks_covered += 1
             result.chunks_read += not chunk.is_zero

@@ -21,6 +21,7 @@ are fetched once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -61,15 +62,22 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
                      device: str, vm: str, dest: Mapping[str, Path],
                      snapshot: str | None = None, known_seq: int = 0,
                      fmt: str = "qcow2") -> RestoreResult:
-    """Write every disk of the snapshot to ``dest[disk name]`` (``fmt``: qcow2 or raw)."""
+    """Write every disk of the snapshot to ``dest[disk name]`` (``fmt``: qcow2 or raw).
+
+    The memory image (role ``memory``) is written, always as the plain file it
+    was, only if ``dest`` names it.
+    """
     if fmt not in ("qcow2", "raw"):
         raise LocalSyncError(f"cannot restore into format {fmt!r}")
     started = time.monotonic()
-    m = await load_snapshot(remote, signers, keys, device, vm, snapshot, known_seq)
-    result = RestoreResult(vm, m.seq)
-    if set(dest) != {d.name for d in m.disks}:
-        raise LocalSyncError(f"snapshot {m.label} of {vm} has disks "
-                             f"{sorted(d.name for d in m.disks)}, not {sorted(dest)}")
+    full = await load_snapshot(remote, signers, keys, device, vm, snapshot, known_seq)
+    result = RestoreResult(vm, full.seq)
+    names = {d.name for d in full.disks}
+    needed = {d.name for d in full.disks if d.role != "memory"}
+    if not needed <= set(dest) or not set(dest) <= names:
+        raise LocalSyncError(f"snapshot {full.label} of {vm} has disks "
+                             f"{sorted(names)}, not {sorted(dest)}")
+    m = dataclasses.replace(full, disks=tuple(d for d in full.disks if d.name in dest))
     if any(BASE_ID in d.ids for d in m.disks):
         raise LocalSyncError("snapshots on a base image are not restorable yet")
     where: dict[bytes, list[tuple[int, int, int]]] = {}  # id → (fd, offset, length)
@@ -105,7 +113,9 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
             os.close(fd)
     for d in m.disks:
         partial = dest[d.name].with_name(dest[d.name].name + ".partial")
-        if fmt == "raw":
+        if fmt == "raw" or d.role == "memory":
+            if fmt != "raw":
+                await asyncio.to_thread(_fsync_path, partial)
             os.replace(partial, dest[d.name])
             continue
         tmp = dest[d.name].with_name(f".tmp-{dest[d.name].name}")
@@ -146,3 +156,11 @@ def _place(places: list[tuple[int, int, int]], data: bytes, skip: bytes | None =
         if skip is not None and os.pread(fd, len(data), off) == data:
             continue
         os.pwrite(fd, data, off)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -532,6 +532,7 @@ class DiskSource:
     target: str  # vda, sdb, ...
     path: str  # the image file
     fmt: str  # qcow2, raw
+    secret: str = ""  # UUID of the libvirt secret of a LUKS-encrypted disk
 
 
 @dataclass(frozen=True)
@@ -545,6 +546,9 @@ class SyncView:
     sync: str | None  # off | disks | memory
     disks: tuple[DiskSource, ...]
     checkpoints: tuple[str, ...]
+    running: bool = False  # vCPUs running (not paused)
+    managed_save: bool = False  # stopped with a managed save image (its RAM)
+    xml: str = ""  # the persistent definition (a restore defines the domain from it)
 
 
 def _sync_view(dom: Any) -> SyncView:
@@ -555,14 +559,18 @@ def _sync_view(dom: Any) -> SyncView:
         if d.get("device", "disk") != "disk" or d.get("type") != "file" or src is None \
                 or tgt is None:
             continue
+        sec = src.find("encryption/secret")
         disks.append(DiskSource(tgt.get("dev", ""), src.get("file", ""),
-                                drv.get("type", "raw") if drv is not None else "raw"))
+                                drv.get("type", "raw") if drv is not None else "raw",
+                                sec.get("uuid", "") if sec is not None else ""))
     vm = root.find(f"metadata/{{{VM_NS}}}vm")
     state, _reason = dom.state(0)
     return SyncView(dom.UUIDString(), dom.name(), DomState(state).active,
                     vm.get("kind") if vm is not None else None,
                     vm.get("sync") if vm is not None else None, tuple(disks),
-                    tuple(c.getName() for c in dom.listAllCheckpoints(0)))
+                    tuple(c.getName() for c in dom.listAllCheckpoints(0)),
+                    state == libvirt.VIR_DOMAIN_RUNNING, bool(dom.hasManagedSaveImage(0)),
+                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
 
 async def sync_view(hv: Hypervisor, uuid: str) -> SyncView:
@@ -592,29 +600,42 @@ def _backup_wait(dom: Any, limit: float) -> None:
 
 async def backup_push(hv: Hypervisor, uuid: str, name: str, targets: dict[str, str],
                       checkpoint: str, incremental: str | None, *,
-                      limit: float = 3600) -> None:
+                      limit: float = 3600, encrypt: dict[str, str] | None = None,
+                      resume: bool = False) -> float:
     """A push-mode backup of ``targets`` (disk → new qcow2 file) and a new checkpoint.
 
     With ``incremental`` the target holds only the clusters dirty since that
     checkpoint (libvirt makes it a qcow2 overlay on the live disk); without, a
-    full copy.  A backup job left over by a killed sync is aborted first.
-    Returns when the job has finished.
+    full copy.  ``encrypt`` (disk → secret UUID) makes a target LUKS-encrypted
+    under that libvirt secret.  ``resume`` resumes the (paused) domain as soon
+    as the job has begun: the point in time is fixed by then.  A backup job
+    left over by a killed sync is aborted first.  Returns when the job has
+    finished, with the ``time.monotonic()`` of the resume (0.0 without).
     """
     inc = f"<incremental>{incremental}</incremental>" if incremental else ""
-    disks = "".join(f"<disk name='{t}' type='file'><target file='{path}'/>"
-                    "<driver type='qcow2'/></disk>" for t, path in targets.items())
+    enc = encrypt or {}
+    disks = "".join(
+        f"<disk name='{t}' type='file'><target file='{path}'>" + (
+            f"<encryption format='luks'><secret type='passphrase' uuid='{enc[t]}'/>"
+            "</encryption>" if enc.get(t) else "") + "</target><driver type='qcow2'/></disk>"
+        for t, path in targets.items())
     backup_xml = f"<domainbackup mode='push'>{inc}<disks>{disks}</disks></domainbackup>"
     cps = "".join(f"<disk name='{t}' checkpoint='bitmap'/>" for t in targets)
     cp_xml = f"<domaincheckpoint><name>{checkpoint}</name><disks>{cps}</disks></domaincheckpoint>"
 
-    def op(conn: libvirt.virConnect) -> None:
+    def op(conn: libvirt.virConnect) -> float:
         dom = conn.lookupByUUIDString(uuid)
         if _abort_backup(dom):
             log.info("%s: aborted a backup job left by an interrupted sync", name)
             _backup_wait_gone(dom)
         dom.backupBegin(backup_xml, cp_xml, 0)
+        resumed = 0.0
+        if resume:
+            dom.resume()
+            resumed = time.monotonic()
         _backup_wait(dom, limit)
-    await hv._call(op, what="backup", vm=name)
+        return resumed
+    return await hv._call(op, what="backup", vm=name)
 
 
 def _backup_wait_gone(dom: Any) -> None:
@@ -636,3 +657,42 @@ async def delete_checkpoints(hv: Hypervisor, uuid: str, name: str, keep: str | N
             except libvirt.libvirtError:
                 cp.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
     await hv._call(op, what="delete checkpoints", vm=name, limit=120)
+
+
+# -- memory state: save, restore (issue 6) ---------------------------------------------------
+
+async def save_and_restore_paused(hv: Hypervisor, uuid: str, name: str, path: str) -> bool:
+    """Save the domain's RAM to ``path`` and restore it from there at once, paused.
+
+    The VM then holds exactly the state the file holds, so a backup job begun
+    before it resumes captures disks that match the memory image.  Returns
+    whether the vCPUs were running before (the caller resumes them then).  If
+    the restore fails, the VM stays saved in ``path`` and the error says so.
+    """
+    def op(conn: libvirt.virConnect) -> bool:
+        dom = conn.lookupByUUIDString(uuid)
+        running = bool(dom.state(0)[0] == libvirt.VIR_DOMAIN_RUNNING)
+        dom.save(path)
+        try:
+            conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
+        except libvirt.libvirtError as exc:
+            raise VMOperationFailed(name, "restore (memory state)",
+                                    f"{exc.get_error_message()}; the VM is saved in {path}: "
+                                    "restore that file to get it back") from exc
+        return running
+    return await hv._call(op, what="save and restore (memory state)", vm=name, limit=600)
+
+
+async def restore_saved(hv: Hypervisor, path: str, xml: str | None, name: str, *,
+                        paused: bool = False) -> None:
+    """Restore a domain from a save image, with ``xml`` (same ABI; paths may differ)."""
+    flags = libvirt.VIR_DOMAIN_SAVE_PAUSED if paused else libvirt.VIR_DOMAIN_SAVE_RUNNING
+    await hv._call(lambda conn: conn.restoreFlags(path, xml, flags), what="restore memory",
+                   vm=name, limit=600)
+
+
+async def save_image_xml(hv: Hypervisor, path: str, name: str) -> str:
+    """The domain definition a save image carries."""
+    return await hv._call(
+        lambda conn: str(conn.saveImageGetXMLDesc(path, libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)),
+        what="read the saved definition", vm=name, limit=60)

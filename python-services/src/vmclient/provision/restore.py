@@ -1,0 +1,313 @@
+"""Restore a synchronised VM onto this laptop: ``vmclientctl vm restore <vm>``.
+
+Order of work (nothing is defined before every chunk has verified):
+
+1. The VM's data key, wrapped for this device's X25519 key, from
+   ``devices/<this device>/vms/<vm>/keys/<wrapping id>``: signed by the admin
+   (``vmclient-admin rekey`` wrote it from the escrow copy) or by this device
+   (its own VM).
+2. The snapshot (``latest`` or ``--snapshot``) under this device's directory
+   (after a rekey the admin copied the VM's directory there,
+   repository-format.md §8.5), signed by this device or by one of the former
+   writers whose admin-signed device records the copy lists under ``writers/``
+   (:func:`vmclient.manage.rekey.writers`); ``latest.seq`` at least
+   ``min_seq``.  A data key the agent already stored on the ``rekey`` order is
+   used (it must equal the one the datacenter wrapped for this device).
+3. Download the chunks the local cache lacks into a sealed cache of its own
+   (``<state>/cache/.vm-<vm>``, the Receiver's :class:`ChunkCache`): each one
+   opened and its HMAC checked before it is kept.  The cache is the resume
+   journal and deduplicates: an interrupted restore fetches only what is
+   missing.  It is removed once the VM is restored.
+4. Only then: the data key is stored wrapped for this device, every disk is
+   written as a new LUKS qcow2 under it (plaintext staged in the RAM-backed
+   staging directory only), the memory image (if any) is written to the
+   staging directory, the domain is defined from the definition the snapshot
+   carries (disk paths rewritten to this laptop's), and from the memory image
+   the VM is restored running where it was, its disks' secret given to
+   libvirt as an ephemeral secret for that moment only.  A snapshot with
+   memory is restored only if the start gate's lease allows the VM to run
+   (checked before anything is downloaded; :mod:`vmclient.manage.gate`).  The memory image is
+   deleted at once.
+
+A failure before the VM is defined leaves no domain, disks or key behind (the
+chunk cache stays for the next attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from ..errors import VMClientError, VMNotFound
+from ..manage.inventory import parse_domain
+from ..manage.rekey import writers
+from ..store import crypto, layout
+from ..store.errors import ObjectNotFound, RemoteIntegrityError
+from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
+from ..store.pack import open_blob
+from ..store.plan import DownloadPlan, plan_download
+from ..store.remote import RemoteStore
+from ..store.repo import ChunkStore, get_wrapped_key
+from ..sync.restore import load_snapshot
+from ..virt.libvirt import restore_saved, save_image_xml
+from .cache import ChunkCache
+from .keys import passphrase
+from .progress import Progress
+from .receiver import write_disk
+
+if TYPE_CHECKING:
+    from .installer import Installed, Provisioner
+
+from .installer import VMExists
+
+log = logging.getLogger(__name__)
+MEMORY = "memory"
+
+
+class RestoreError(VMClientError):
+    """Cannot restore VM {!r}: {}"""
+
+
+async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
+                  from_device: str = "", min_seq: int = 0) -> Installed:
+    """Restore ``vm`` from the datacenter; running where it was if the snapshot holds memory."""
+    receiver = prov.receiver
+    if receiver is None:
+        raise RestoreError(vm, "no datacenter repository is configured")
+    remote, admin, me = receiver.remote, receiver.admin, prov.keys.device
+    accepted = await _refuse_existing(prov, vm)
+    progress = Progress(vm=vm)
+    progress.begin("catalog", 0)
+    prov.report(progress)
+    mine = {me.device_id: me.signing.public_key()}
+    former = await writers(remote, admin, me.device_id, vm)  # admin-signed device records
+    signers = {**{d: crypto.ed25519_public(r.signing_key) for d, r in former.items()}, **mine}
+    if from_device and from_device not in signers:
+        raise RestoreError(vm, f"device {from_device} is not among the VM's writers "
+                           f"({', '.join(sorted(signers))}): was it re-keyed for this device?")
+    key_path = layout.vm_key(me.device_id, vm, me.wrapping_id)
+    try:
+        keys = await get_wrapped_key(remote, key_path, {crypto.key_id(admin): admin, **mine},
+                                     f"vm:{vm}", me.wrapping)
+    except ObjectNotFound:
+        raise RestoreError(vm, f"the datacenter holds no data key for this device at "
+                           f"{key_path}: IT has to rekey the VM for it first") from None
+    try:
+        m = await load_snapshot(remote, signers, keys, me.device_id, vm, snapshot, min_seq)
+    except ObjectNotFound as exc:
+        raise RestoreError(vm, f"no snapshot at {exc.path}") from None
+    domain = _definition(vm, m)
+    if any(d.role == MEMORY for d in m.disks):  # it will run: the start gate's lease first
+        target = parse_domain(ET.tostring(domain, encoding="unicode"), m.meta["uuid"])
+        if target is not None:
+            prov.gate.allowed(target)
+    cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
+    try:
+        await _download(prov, remote, layout.vm_store(me.device_id, vm), keys, m, cache,
+                        progress)
+        if accepted and prov.keys.load(vm).secret != keys.secret:
+            raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
+                               "the one the datacenter wrapped for this device")
+        installed = await _rebuild(prov, vm, keys, m, domain, cache, progress,
+                                   adopt=not accepted)
+    finally:
+        cache.close()
+    await asyncio.to_thread(cache.clear)  # restored: the VM's own syncs take over
+    return installed
+
+
+async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
+    """As an install refuses an existing VM; but a data key alone is expected after the
+    agent accepted a ``rekey`` order (it stores the key where provisioning keeps it).
+    True if such a key is there."""
+    if not prov.keys.exists(vm) or prov._marker(vm).exists():
+        await prov._refuse_existing(vm)
+        return False
+    with contextlib.suppress(VMNotFound):
+        await prov.hv.lookup_name(vm)
+        raise VMExists(vm, "a libvirt domain of that name")
+    if prov.vm_dir(vm).exists():
+        raise VMExists(vm, f"its disks in {prov.vm_dir(vm)}")
+    return True
+
+
+def _definition(vm: str, m: Manifest) -> ET.Element:
+    untrusted = m.meta.get("domain", "")
+    where = f"snapshot {m.label}"
+    if not untrusted:
+        raise RestoreError(vm, f"{where} carries no domain definition (written before "
+                           "memory and restore support)")
+    try:
+        root = ET.fromstring(untrusted)
+    except ET.ParseError as exc:
+        raise RestoreError(vm, f"{where}: its domain definition does not parse: {exc}") from None
+    if root.findtext("name") != vm or root.findtext("uuid") != m.meta.get("uuid"):
+        raise RestoreError(vm, f"{where}: its domain definition names another VM")
+    targets = {t.get("dev") for t in root.iterfind("devices/disk[@device='disk']/target")}
+    missing = sorted({d.name for d in m.disks if d.role != MEMORY} - targets)
+    if missing:
+        raise RestoreError(vm, f"{where}: disks {missing} are not in its definition")
+    return root
+
+
+def rewrite_disks(untrusted_xml: str, paths: Mapping[str, Path]) -> str:
+    """The domain XML with each disk (by target dev) pointing at its path on this laptop."""
+    root = ET.fromstring(untrusted_xml)
+    for disk in root.iterfind("devices/disk[@device='disk']"):
+        tgt, src = disk.find("target"), disk.find("source")
+        dev = tgt.get("dev", "") if tgt is not None else ""
+        if dev in paths and src is not None:
+            src.set("file", str(PurePosixPath(paths[dev])))
+    return ET.tostring(root, encoding="unicode")
+
+
+async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: crypto.KeySet,
+                    m: Manifest, cache: ChunkCache, progress: Progress) -> None:
+    store = ChunkStore(remote, root, keys)
+    index = await store.load_index()
+    plan = plan_download(m, cache.ids(), index, store_path=store.root)
+    progress.begin("download", plan.download_bytes)
+    prov.report(progress)
+    verified: list[tuple[bytes, int, bytes]] = []
+    try:
+        async for cid, ref, sealed, _data in _blobs(store, plan):
+            verified.append((cid, ref.plain_length, sealed))
+            progress.done += ref.length
+            if len(verified) >= 128:
+                await asyncio.to_thread(cache.put_many, verified)
+                verified = []
+                prov.report(progress)
+    finally:
+        await asyncio.to_thread(cache.put_many, verified)  # kept: the next attempt resumes
+        await asyncio.to_thread(cache.sync)
+    prov.report(progress)
+
+
+async def _blobs(store: ChunkStore, plan: DownloadPlan
+                 ) -> AsyncIterator[tuple[bytes, BlobRef, bytes, bytes]]:
+    try:
+        async for item in store.fetch_blobs(plan):
+            yield item
+    except ObjectNotFound as exc:  # as sync.restore.fetch names it
+        raise RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
+                                   "listed by an index but missing (deleted or withheld)"
+                                   ) from None
+
+
+async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
+                   domain: ET.Element, cache: ChunkCache, progress: Progress, *,
+                   adopt: bool) -> Installed:
+    vm_dir = prov.vm_dir(vm)
+    marker = prov._marker(vm)
+    if adopt:
+        prov.keys.adopt(vm, keys)
+        _write_private(marker, b"restore started\n")  # a crash from here on is undone
+    # (a key the agent accepted is left alone, even if this restore fails)
+    pp = passphrase(keys)
+    staging = prov.cfg.staging_dir
+    mem_file = staging / f"{vm}.save"
+    defined = ""
+    try:
+        vm_dir.mkdir(parents=True, exist_ok=False)
+        vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
+        sources = {t.get("dev", ""): s.get("file", "")
+                   for d in domain.iterfind("devices/disk[@device='disk']")
+                   if (t := d.find("target")) is not None and (s := d.find("source")) is not None}
+        paths: dict[str, Path] = {}
+        for disk in m.disks:
+            if disk.role == MEMORY:
+                continue
+            name = PurePosixPath(sources[disk.name]).name or f"{disk.name}.qcow2"
+            paths[disk.name] = vm_dir / name
+            await write_disk(cache, disk, keys, paths[disk.name], pp, disk.size, staging,
+                             prov.cfg.staging_mib << 20, progress, prov.report)
+        memory = next((d for d in m.disks if d.role == MEMORY), None)
+        if memory is not None:
+            digest = await asyncio.to_thread(_write_memory, cache, memory, keys, mem_file)
+            if digest != m.meta.get("memory_sha256", digest):
+                raise RemoteIntegrityError("snapshot", m.object_id, str(mem_file),
+                                           "the memory image does not match its SHA-256")
+        progress.begin("define", 0)
+        prov.report(progress)
+        xml = rewrite_disks(ET.tostring(domain, encoding="unicode"), paths)
+        defined = await prov.hv.define(xml, vm)
+        if "recipe" in m.meta:
+            _write_private(prov._recipe_file(vm), m.meta["recipe"].encode())
+        if memory is not None:
+            await _resume_from(prov, vm, mem_file, paths, pp, domain)
+        marker.unlink(missing_ok=True)
+    except BaseException:
+        if defined:
+            with contextlib.suppress(VMClientError):
+                await prov.hv.undefine(defined, vm)
+        if adopt:
+            prov.keys.destroy(vm)
+        shutil.rmtree(vm_dir, ignore_errors=True)
+        shutil.rmtree(prov._recipe_file(vm).parent, ignore_errors=True)
+        marker.unlink(missing_ok=True)
+        raise
+    finally:
+        mem_file.unlink(missing_ok=True)  # plaintext RAM
+    log.info("VM %s restored from snapshot %s%s", vm, m.label,
+             " (running, from its memory image)" if memory is not None else "")
+    return await prov.get(vm)
+
+
+async def _resume_from(prov: Provisioner, vm: str, mem_file: Path, paths: Mapping[str, Path],
+                       pp: bytes, domain: ET.Element) -> None:
+    """Restore the VM from its memory image, running, with its disks' secret for the moment."""
+    secrets = sorted({s.get("uuid", "") for s in domain.iterfind(
+        "devices/disk[@device='disk']/source/encryption/secret")} - {""})
+    saved = rewrite_disks(await save_image_xml(prov.hv, str(mem_file), vm), paths)
+    for u in secrets:
+        await prov.hv.define_ephemeral_secret(u, pp, vm)
+    try:
+        await restore_saved(prov.hv, str(mem_file), saved, vm)
+    finally:
+        for u in secrets:
+            with contextlib.suppress(VMClientError):
+                await prov.hv.undefine_secret(u)
+
+
+def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest: Path) -> str:
+    """The memory image, every chunk reopened from the cache, into the RAM-backed ``dest``;
+    its SHA-256."""
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    h = hashlib.sha256()
+    try:
+        for i, cid in enumerate(memory.ids):
+            length = min(memory.chunk_size, memory.size - i * memory.chunk_size)
+            if cid == ZERO_ID:
+                data = bytes(length)
+            else:
+                entry = cache.get(cid)
+                if entry is None:
+                    raise RemoteIntegrityError("chunk", cid.hex(), str(cache.dir),
+                                               "missing from the local cache")
+                plain_length, sealed = entry
+                data = open_blob(keys, cid, BlobRef("cache", 0, len(sealed), plain_length),
+                                 sealed, str(cache.dir))
+            os.pwrite(fd, data, i * memory.chunk_size)
+            h.update(data)
+        os.ftruncate(fd, memory.size)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    from ..manage.keys import write_private
+
+    write_private(path, data)
+
+
+__all__ = ["RestoreError", "restore", "rewrite_disks"]

@@ -1,0 +1,81 @@
+"""Pure parts of memory/LUKS capture and of the laptop restore."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from vmclient.provision.restore import rewrite_disks
+from vmclient.store.errors import LocalSyncError
+from vmclient.sync import disks
+from vmclient.sync.nbd import image_json
+
+K = 64 << 10
+ENCRYPTED_OVERLAY_MAP = json.dumps([
+    {"start": 0, "length": K, "depth": 0, "present": False, "zero": True, "data": False},
+    {"start": K, "length": K, "depth": 0, "present": True, "zero": False, "data": True},
+    {"start": 2 * K, "length": 4 * K, "depth": 0, "present": True, "zero": True, "data": False},
+    {"start": 6 * K, "length": 2 * K, "depth": 1, "present": True, "zero": False, "data": True},
+])
+
+
+def test_encrypted_extents_are_read_at_guest_offsets() -> None:
+    with pytest.raises(LocalSyncError, match="no host offset"):
+        disks.parse_map(ENCRYPTED_OVERLAY_MAP)
+    ext = disks.parse_map(ENCRYPTED_OVERLAY_MAP, guest_offsets=True)
+    assert [(e.start, e.zero, e.offset) for e in ext] == [(K, False, K), (2 * K, True, None)]
+    covered = disks.covered_chunks(ext, K, 8 * K)
+    assert sorted(covered) == [1, 2, 3, 4, 5]  # dirty data + zeroed; chunk 6/7 unchanged
+    whole = disks.parse_map(ENCRYPTED_OVERLAY_MAP, guest_offsets=True, all_depths=True)
+    raw = disks.raw_chunks(whole, K, 8 * K)
+    assert [i for i, (e, _w) in raw.items() if e.offset is not None] == [1, 6, 7]
+    assert len(raw) == 8
+
+
+def test_whole_file_covers_every_chunk_of_a_short_tail() -> None:
+    cov = disks.whole_file(3 * K + 100, K)
+    assert sorted(cov) == [0, 1, 2, 3]
+    assert cov[3][0].length == 100 and cov[3][0].offset == 3 * K
+
+
+def test_image_json_never_carries_the_passphrase() -> None:
+    spec = image_json(Path("/x/a.qcow2"), secret="vmcsec0", no_backing=True)
+    doc = json.loads(spec.removeprefix("json:"))
+    assert doc == {"driver": "qcow2", "file": {"driver": "file", "filename": "/x/a.qcow2"},
+                   "encrypt": {"key-secret": "vmcsec0"}, "backing": None}
+
+
+DOMAIN = """<domain type='kvm'><name>office</name><uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>
+<devices>
+<disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='sda'/></disk>
+<disk type='file' device='disk'><source file='/old/office/system-v3.qcow2'><encryption format='luks'><secret type='passphrase' uuid='2b4e28ba-2fa1-11d2-883f-0016d3cca427'/></encryption></source><target dev='vda'/></disk>
+<disk type='file' device='disk'><source file='/old/office/data.qcow2'/><target dev='vdb'/></disk>
+</devices></domain>"""
+
+
+def test_rewrite_disks_moves_only_the_restored_disks() -> None:
+    out = ET.fromstring(rewrite_disks(DOMAIN, {"vda": Path("/new/office/system-v3.qcow2"),
+                                               "vdb": Path("/new/office/data.qcow2")}))
+    files = [d.find("source").get("file") for d in out.iterfind("devices/disk")]  # type: ignore[union-attr]
+    assert files == ["/iso/x.iso", "/new/office/system-v3.qcow2", "/new/office/data.qcow2"]
+    secret = out.find("devices/disk/source/encryption/secret")
+    assert secret is not None and secret.get("uuid") == "2b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+
+def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:
+    from vmclient.sync.engine import SyncRefused, _check_ram_backed
+
+    mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    here = max((m for m in mounts if str(tmp_path).startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]))
+    if here[1] in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is on a {here[1]} here")
+    with pytest.raises(SyncRefused, match="RAM-backed"):
+        _check_ram_backed(tmp_path / "mem", "office")
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        _check_ram_backed(shm / f"vmct-unit-{tmp_path.name}", "office")
+        (shm / f"vmct-unit-{tmp_path.name}").rmdir()
