@@ -22,15 +22,12 @@ What is read (see :mod:`.disks`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import queue
 import re
 import secrets
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -151,8 +148,8 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         known = await store.load_index()
         chunker = Chunker(keys.chunk_id, chunk_size)
         ids: dict[str, list[bytes | None]] = {}
-        with _prefetch(_chunks(caps, parent, chunker, ids, result)) as chunks:
-            upload = await store.upload(chunks, known)
+        # read and hashed in a reader thread, sealed in workers (ChunkStore.upload)
+        upload = await store.upload(_chunks(caps, parent, chunker, ids, result), known)
         result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
         maps = tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
                      for c in caps)
@@ -277,51 +274,6 @@ def _chunks(caps: list[_Capture], parent: Manifest | None, chunker: Chunker,
             result.chunks_read += not chunk.is_zero
             result.bytes_read += len(chunk.data)
             yield chunk
-
-
-@contextlib.contextmanager
-def _prefetch(source: Iterator[Chunk], depth: int = 256) -> Iterator[Iterator[Chunk]]:
-    """Read and hash chunks in a thread while the caller compresses, seals and uploads.
-
-    Both sides spend most of their time in C code that releases the GIL (pread,
-    HMAC; zstd, AES-GCM, fsync), so they overlap.
-    """
-    q: queue.Queue[Chunk | BaseException | None] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        item: Chunk | BaseException | None = None
-        try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item = None
-        except BaseException as exc:  # handed to the consumer
-            item = exc
-        q.put(item)
-
-    def consume() -> Iterator[Chunk]:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    worker = threading.Thread(target=produce, name="sync-read", daemon=True)
-    worker.start()
-    try:
-        yield consume()
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                q.get_nowait()
-        worker.join()
 
 
 def _complete(ids: list[bytes | None], disk: str) -> tuple[bytes, ...]:
