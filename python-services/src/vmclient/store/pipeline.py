@@ -44,13 +44,14 @@ def seal_batch(keys: crypto.KeySet, level: int | None, chunks: Sequence[Chunk]) 
 
 
 def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
-               ) -> list[tuple[bytes, bytes]]:
-    """(chunk id, verified plaintext) for every blob of one ranged pack read."""
+               ) -> list[tuple[bytes, BlobRef, bytes, bytes]]:
+    """(chunk id, index entry, sealed blob, verified plaintext) per blob of one ranged read."""
     view = memoryview(untrusted)
     out = []
     for cid, ref in read.blobs:
         start = ref.offset - read.offset
-        out.append((cid, open_blob(keys, cid, ref, bytes(view[start:start + ref.length]), path)))
+        blob = bytes(view[start:start + ref.length])
+        out.append((cid, ref, blob, open_blob(keys, cid, ref, blob, path)))
     return out
 
 

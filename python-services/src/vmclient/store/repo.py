@@ -31,7 +31,7 @@ from .documents import (
 from .errors import RemoteIntegrityError
 from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
 from .objects import BlobRef, Index, Manifest
-from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_blob, open_header
+from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_header
 from .plan import DownloadPlan, ReadRange
 from .remote import RemoteStore
 
@@ -338,8 +338,9 @@ class ChunkStore:
                 self.remote.get(layout.pack(self.root, read.pack), read.offset, read.length))
 
         def handle(read: ReadRange, untrusted: bytes) -> None:
-            sink(pipeline.open_range(self.keys, read, untrusted,
-                                     layout.pack(self.root, read.pack)))
+            opened = pipeline.open_range(self.keys, read, untrusted,
+                                         layout.pack(self.root, read.pack))
+            sink([(cid, data) for cid, _ref, _blob, data in opened])
 
         try:
             await pipeline.opened_ranges(plan.reads, get, handle, pool,
@@ -360,30 +361,37 @@ class ChunkStore:
         The sealed blob (checked: it opened to the plaintext) lets a reader keep a
         local chunk cache that stays encrypted.  Chunks come in plan order; up to
         ``concurrency`` ranged reads are in flight at once (a transport with
-        several connections, such as SFTP, serves them in parallel).
+        several connections, such as SFTP, serves them in parallel), and each is
+        opened (decrypted, decompressed, checked) in a worker thread as soon as it
+        arrives.
         """
+        loop = asyncio.get_running_loop()
+        pool = pipeline.executor(pipeline.workers(), "vmclient-open")
+
+        async def read_and_open(read: ReadRange) -> list[tuple[bytes, BlobRef, bytes, bytes]]:
+            path = layout.pack(self.root, read.pack)
+            untrusted = await self.remote.get(path, read.offset, read.length)
+            return await loop.run_in_executor(pool, pipeline.open_range, self.keys, read,
+                                              untrusted, path)
+
         reads = iter(plan.reads)
-        pending: deque[tuple[ReadRange, asyncio.Task[bytes]]] = deque()
+        pending: deque[asyncio.Task[list[tuple[bytes, BlobRef, bytes, bytes]]]] = deque()
 
         def start_next() -> None:
             read = next(reads, None)
             if read is not None:
-                get = self.remote.get(layout.pack(self.root, read.pack), read.offset, read.length)
-                pending.append((read, asyncio.ensure_future(get)))
+                pending.append(asyncio.ensure_future(read_and_open(read)))
 
         try:
             for _ in range(max(1, concurrency)):
                 start_next()
             while pending:
-                read, task = pending.popleft()
-                untrusted = await task
+                opened = await pending.popleft()
                 start_next()
-                path = layout.pack(self.root, read.pack)
-                for cid, ref in read.blobs:
-                    start = ref.offset - read.offset
-                    blob = untrusted[start:start + ref.length]
-                    yield cid, ref, blob, open_blob(self.keys, cid, ref, blob, path)
+                for item in opened:
+                    yield item
         finally:
-            for _read, task in pending:
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*(t for _r, t in pending), return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            pool.shutdown(wait=False)

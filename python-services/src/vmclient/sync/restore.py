@@ -33,6 +33,7 @@ from ..store.objects import BASE_ID, ZERO_ID, Manifest
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from . import disks
+from .writeback import Writeback
 
 
 @dataclass
@@ -93,12 +94,18 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
         for cid in plan.local:
             _place(where[cid], have[cid], skip=have[cid])
         result.chunks_local = len(plan.local)
-        await fetch_into(store, plan, lambda chunks: _write(where, chunks))
+        # the raw partial file becomes the disk: written back while the restore goes on,
+        # fsynced at the end (a qcow2 is converted from it, and the result fsynced)
+        flusher = Writeback(list(fds.values()) if fmt == "raw" else [])
+        try:
+            await fetch_into(store, plan,
+                             lambda chunks: flusher.wrote(_write(where, chunks)))
+        except BaseException:
+            await asyncio.to_thread(flusher.close, sync=False)
+            raise
+        await asyncio.to_thread(flusher.close, sync=fmt == "raw")
         result.chunks_fetched = plan.missing_local
         result.bytes_fetched = plan.download_bytes
-        if fmt == "raw":  # the partial file becomes the disk: make it durable first
-            for fd in fds.values():
-                os.fsync(fd)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -140,13 +147,14 @@ async def fetch_into(store: repo.ChunkStore, plan: DownloadPlan,
 
 
 def _write(where: Mapping[bytes, list[tuple[int, int, int]]],
-           chunks: Sequence[tuple[bytes, bytes]]) -> None:
+           chunks: Sequence[tuple[bytes, bytes]]) -> int:
     """Write fetched chunks to all their places, adjacent ones with one ``pwritev``.
 
     Runs in worker threads; the places of different chunks never overlap.
+    Returns the bytes written.
     """
     writes = sorted((fd, off, data) for cid, data in chunks for fd, off, _n in where[cid])
-    i = 0
+    total, i = 0, 0
     while i < len(writes):
         fd, start, data = writes[i]
         bufs, end = [data], start + len(data)
@@ -157,6 +165,8 @@ def _write(where: Mapping[bytes, list[tuple[int, int, int]]],
             end += len(writes[i][2])
             i += 1
         _pwritev(fd, bufs, start, end - start)
+        total += end - start
+    return total
 
 
 _IOV_MAX = 512
