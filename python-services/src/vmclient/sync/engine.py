@@ -29,16 +29,17 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import VMOperationFailed
 from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
 from ..store.errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
-from ..store.objects import ChunkMap, Manifest
+from ..store.objects import BlobRef, ChunkMap, Manifest
 from ..store.remote import LockToken, RemoteStore, lock_is_stale
 from ..virt.libvirt import Hypervisor, SyncView, backup_push, delete_checkpoints, sync_view
 from . import disks, state
@@ -141,11 +142,9 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         parent = await _parent(remote, device, dev, vm, keys, st.seq)
         seq = await _next_seq(remote, dev, vm, parent)
         checkpoint = f"vmclient-{seq}-{secrets.token_hex(4)}"
-        t0 = time.monotonic()
-        caps = await _capture(hv, view, parent, st, checkpoint, work, chunk_size, result)
-        result.capture_seconds = time.monotonic() - t0
         store = repo.ChunkStore(remote, layout.vm_store(dev, vm), keys)
-        known = await store.load_index()
+        caps, known = await _capture_indexing(
+            store, _capture(hv, view, parent, st, checkpoint, work, chunk_size, result), result)
         chunker = Chunker(keys.chunk_id, chunk_size)
         ids: dict[str, list[bytes | None]] = {}
         # read and hashed in a reader thread, sealed in workers (ChunkStore.upload)
@@ -245,6 +244,21 @@ async def _capture(hv: Hypervisor, view: SyncView, parent: Manifest | None,
             continue
         result.mode = "incremental" if incremental else "full"
         return caps
+
+
+async def _capture_indexing(store: repo.ChunkStore, capture: Coroutine[Any, Any, list[_Capture]],
+                            result: SyncResult) -> tuple[list[_Capture], dict[bytes, BlobRef]]:
+    """The capture, and the store's index read meanwhile (the backup job mostly waits)."""
+    loading = asyncio.ensure_future(store.load_index())
+    try:
+        t0 = time.monotonic()
+        caps = await capture
+        result.capture_seconds = time.monotonic() - t0
+    except BaseException:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        raise
+    return caps, await loading
 
 
 async def _mapped(name: str, role: str, path: Path, chunk_size: int, *,
