@@ -169,3 +169,4 @@ def test_restore_writes_adjacent_chunks_together_and_every_place(tmp_path: Path)
     finally:
         os.close(fd)
     assert path.read_bytes() == a + b + bytes(3 * K) + a + bytes(K) + c
+

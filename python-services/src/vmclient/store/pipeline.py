@@ -121,6 +121,7 @@ async def opened_ranges(reads: Sequence[ReadRange],
     todo = iter(reads)
     downloads: deque[tuple[ReadRange, asyncio.Future[bytes]]] = deque()
     handling: set[asyncio.Future[None]] = set()
+    handlers: list[asyncio.Future[None]] = []  # all, so every failure is retrieved below
 
     def start_next() -> None:
         read = next(todo, None)
@@ -134,7 +135,8 @@ async def opened_ranges(reads: Sequence[ReadRange],
             read, task = downloads.popleft()
             untrusted = await task
             start_next()
-            handling.add(loop.run_in_executor(pool, handle, read, untrusted))
+            handlers.append(loop.run_in_executor(pool, handle, read, untrusted))
+            handling.add(handlers[-1])
             while len(handling) >= depth:
                 done, _ = await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
                 handling -= done
@@ -148,7 +150,7 @@ async def opened_ranges(reads: Sequence[ReadRange],
     finally:
         for _read, task in downloads:
             task.cancel()
-        await asyncio.gather(*(t for _r, t in downloads), *handling, return_exceptions=True)
+        await asyncio.gather(*(t for _r, t in downloads), *handlers, return_exceptions=True)
 
 
 def executor(n: int, name: str) -> ThreadPoolExecutor:

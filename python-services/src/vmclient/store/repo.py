@@ -275,6 +275,8 @@ class ChunkStore:
         n = pipeline.workers()
         pool, reader = pipeline.executor(n, "vmclient-seal"), pipeline.executor(1, "vmclient-read")
 
+        started: list[asyncio.Task[None]] = []  # all, so every failure is retrieved below
+
         async def wait_uploads(limit: int) -> None:
             while len(uploads) > limit:
                 done, _ = await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
@@ -284,7 +286,8 @@ class ChunkStore:
 
         async def flush(b: PackBuilder) -> None:
             await wait_uploads(max(1, self.uploads) - 1)
-            uploads.add(asyncio.create_task(self._flush(b, written, result)))
+            started.append(asyncio.create_task(self._flush(b, written, result)))
+            uploads.add(started[-1])
 
         try:
             async for batch in pipeline.sealed_batches(source, self.keys, self.level, pool,
@@ -298,7 +301,7 @@ class ChunkStore:
                 await flush(builder)
             await wait_uploads(0)
         finally:
-            await asyncio.gather(*uploads, return_exceptions=True)
+            await asyncio.gather(*started, return_exceptions=True)
             pool.shutdown(wait=False)
             reader.shutdown(wait=False)
         if written:
