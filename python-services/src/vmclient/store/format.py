@@ -65,6 +65,14 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cache[level]
 
 
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompressor per thread (restores open chunks in several worker threads)."""
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "unzstd", None)
+    if d is None:
+        d = _local.unzstd = zstandard.ZstdDecompressor()
+    return d
+
+
 def encode_payload(data: bytes | memoryview, level: int | None = 3) -> bytes:
     """Prefix the codec byte; zstd-compress when ``level`` is set and it helps."""
     if level is not None:
@@ -83,7 +91,7 @@ def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,
         return payload[1:]
     if payload[0] == CODEC_ZSTD:
         try:
-            out = zstandard.ZstdDecompressor().decompress(payload[1:], max_output_size=limit)
+            out = _decompressor().decompress(payload[1:], max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
         if len(out) > limit:

@@ -30,6 +30,16 @@ def new_pack_name() -> str:
     return secrets.token_hex(32)
 
 
+def seal_chunk(keys: crypto.KeySet, cid: bytes, plaintext: bytes, level: int | None = 1
+               ) -> bytes:
+    """One blob: the chunk compressed (if that helps) and sealed, its id bound in.
+
+    Pure and thread-safe (zstd and AES-GCM release the GIL): the upload pipeline
+    runs it in worker threads.
+    """
+    return crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(plaintext, level))
+
+
 @dataclass
 class PackBuilder:
     """Accumulates sealed chunks until ``full``; ``finish`` gives the pack bytes."""
@@ -43,8 +53,11 @@ class PackBuilder:
     _size: int = 0
 
     def add(self, cid: bytes, plaintext: bytes) -> None:
-        blob = crypto.seal(self.keys.enc, "chunk", cid.hex(), encode_payload(plaintext, self.level))
-        self._records.append((cid, self._size, len(blob), len(plaintext)))
+        self.add_sealed(cid, seal_chunk(self.keys, cid, plaintext, self.level), len(plaintext))
+
+    def add_sealed(self, cid: bytes, blob: bytes, plain_length: int) -> None:
+        """Append a blob :func:`seal_chunk` made (with this builder's keys)."""
+        self._records.append((cid, self._size, len(blob), plain_length))
         self._parts.append(blob)
         self._size += len(blob)
 

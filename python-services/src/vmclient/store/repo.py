@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import crypto, layout
+from . import crypto, layout, pipeline
 from .chunker import Chunk
 from .documents import (
     CATALOG_ID,
@@ -31,7 +31,7 @@ from .documents import (
 from .errors import RemoteIntegrityError
 from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
 from .objects import BlobRef, Index, Manifest
-from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_blob, open_header
+from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_header
 from .plan import DownloadPlan, ReadRange
 from .remote import RemoteStore
 
@@ -218,9 +218,11 @@ class ChunkStore:
     """Packs + indexes under ``root``, sealed with one key set (an image's or a VM's)."""
 
     def __init__(self, remote: RemoteStore, root: str, keys: crypto.KeySet, *,
-                 pack_target: int = DEFAULT_PACK_TARGET, level: int | None = 1) -> None:
+                 pack_target: int = DEFAULT_PACK_TARGET, level: int | None = 1,
+                 uploads: int = 4) -> None:
         self.remote, self.root, self.keys = remote, root, keys
         self.pack_target, self.level = pack_target, level
+        self.uploads = uploads  # packs uploaded at once (SFTPStore: one per connection)
         # packs found by header in load_index: the next upload's index adopts them
         self.unindexed: dict[str, tuple[tuple[bytes, int, int, int], ...]] = {}
 
@@ -257,21 +259,51 @@ class ChunkStore:
 
         The index also names packs an interrupted upload left without one (found
         by :meth:`load_index`), so they are read by header only once.
+
+        Pipelined (:mod:`.pipeline`): ``chunks`` is iterated in a reader thread,
+        batches are compressed and sealed in worker threads, packs are filled in
+        chunk order and up to ``self.uploads`` of them are uploaded at once.  The
+        index is written only after every pack arrived; if anything fails, the
+        packs already being uploaded are finished first (the next upload finds
+        them by header and does not send them again), then the error is raised.
         """
         result = UploadResult()
         written: dict[str, tuple[tuple[bytes, int, int, int], ...]] = dict(self.unindexed)
-        seen: set[bytes] = set()
+        uploads: set[asyncio.Task[None]] = set()
         builder = self._builder()
-        for chunk in chunks:
-            if chunk.is_zero or chunk.id in known or chunk.id in seen:
-                continue
-            seen.add(chunk.id)
-            builder.add(chunk.id, chunk.data)
-            if builder.full:
-                await self._flush(builder, written, result)
-                builder = self._builder()
-        if len(builder):
-            await self._flush(builder, written, result)
+        source = pipeline.NewChunks(iter(chunks), known)
+        n = pipeline.workers()
+        pool, reader = pipeline.executor(n, "vmclient-seal"), pipeline.executor(1, "vmclient-read")
+
+        started: list[asyncio.Task[None]] = []  # all, so every failure is retrieved below
+
+        async def wait_uploads(limit: int) -> None:
+            while len(uploads) > limit:
+                done, _ = await asyncio.wait(uploads, return_when=asyncio.FIRST_COMPLETED)
+                uploads.difference_update(done)
+                for t in done:
+                    t.result()
+
+        async def flush(b: PackBuilder) -> None:
+            await wait_uploads(max(1, self.uploads) - 1)
+            started.append(asyncio.create_task(self._flush(b, written, result)))
+            uploads.add(started[-1])
+
+        try:
+            async for batch in pipeline.sealed_batches(source, self.keys, self.level, pool,
+                                                       reader, depth=2 * n):
+                for cid, blob, plain_length in batch:
+                    builder.add_sealed(cid, blob, plain_length)
+                    if builder.full:
+                        await flush(builder)
+                        builder = self._builder()
+            if len(builder):
+                await flush(builder)
+            await wait_uploads(0)
+        finally:
+            await asyncio.gather(*started, return_exceptions=True)
+            pool.shutdown(wait=False)
+            reader.shutdown(wait=False)
         if written:
             result.index = secrets.token_hex(32)
             await put_sealed(self.remote, layout.index(self.root, result.index), self.keys.enc,
@@ -291,6 +323,34 @@ class ChunkStore:
         result.chunks += len(records)
         result.bytes += len(data)
 
+    async def fetch_into(self, plan: DownloadPlan,
+                         sink: Callable[[Sequence[tuple[bytes, bytes]]], None], *,
+                         concurrency: int = 4) -> None:
+        """Fetch every chunk the plan reads and hand the verified plaintexts to ``sink``.
+
+        Unlike :meth:`fetch`, the chunks of each ranged read are opened and
+        given to ``sink`` in worker threads, several ranges at once and in no
+        particular order: ``sink`` must be thread-safe (``pwrite`` at distinct
+        offsets is).  Up to ``concurrency`` reads are in flight.
+        """
+        n = pipeline.workers()
+        pool = pipeline.executor(n, "vmclient-open")
+
+        def get(read: ReadRange) -> asyncio.Future[bytes]:
+            return asyncio.ensure_future(
+                self.remote.get(layout.pack(self.root, read.pack), read.offset, read.length))
+
+        def handle(read: ReadRange, untrusted: bytes) -> None:
+            opened = pipeline.open_range(self.keys, read, untrusted,
+                                         layout.pack(self.root, read.pack))
+            sink([(cid, data) for cid, _ref, _blob, data in opened])
+
+        try:
+            await pipeline.opened_ranges(plan.reads, get, handle, pool,
+                                         concurrency=concurrency, depth=2 * n)
+        finally:
+            pool.shutdown(wait=False)
+
     async def fetch(self, plan: DownloadPlan, *, concurrency: int = 4
                     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """(chunk id, verified plaintext) for every chunk the plan reads."""
@@ -304,30 +364,37 @@ class ChunkStore:
         The sealed blob (checked: it opened to the plaintext) lets a reader keep a
         local chunk cache that stays encrypted.  Chunks come in plan order; up to
         ``concurrency`` ranged reads are in flight at once (a transport with
-        several connections, such as SFTP, serves them in parallel).
+        several connections, such as SFTP, serves them in parallel), and each is
+        opened (decrypted, decompressed, checked) in a worker thread as soon as it
+        arrives.
         """
+        loop = asyncio.get_running_loop()
+        pool = pipeline.executor(pipeline.workers(), "vmclient-open")
+
+        async def read_and_open(read: ReadRange) -> list[tuple[bytes, BlobRef, bytes, bytes]]:
+            path = layout.pack(self.root, read.pack)
+            untrusted = await self.remote.get(path, read.offset, read.length)
+            return await loop.run_in_executor(pool, pipeline.open_range, self.keys, read,
+                                              untrusted, path)
+
         reads = iter(plan.reads)
-        pending: deque[tuple[ReadRange, asyncio.Task[bytes]]] = deque()
+        pending: deque[asyncio.Task[list[tuple[bytes, BlobRef, bytes, bytes]]]] = deque()
 
         def start_next() -> None:
             read = next(reads, None)
             if read is not None:
-                get = self.remote.get(layout.pack(self.root, read.pack), read.offset, read.length)
-                pending.append((read, asyncio.ensure_future(get)))
+                pending.append(asyncio.ensure_future(read_and_open(read)))
 
         try:
             for _ in range(max(1, concurrency)):
                 start_next()
             while pending:
-                read, task = pending.popleft()
-                untrusted = await task
+                opened = await pending.popleft()
                 start_next()
-                path = layout.pack(self.root, read.pack)
-                for cid, ref in read.blobs:
-                    start = ref.offset - read.offset
-                    blob = untrusted[start:start + ref.length]
-                    yield cid, ref, blob, open_blob(self.keys, cid, ref, blob, path)
+                for item in opened:
+                    yield item
         finally:
-            for _read, task in pending:
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*(t for _r, t in pending), return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            pool.shutdown(wait=False)

@@ -218,15 +218,15 @@ class SFTPStore(LockingMixin):
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         remote = self._remote(check_path(path))
-        buf = bytearray()  # survives a reconnect: the next attempt continues after it
+        buf = _Received()  # survives a reconnect: the next attempt continues after it
 
         def read(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(remote, "rb") as f:
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
-                self.resumed_bytes += len(buf)
-                _pipelined_read(sftp, f.handle, offset + len(buf), end, buf)
-            return bytes(buf)
+                self.resumed_bytes += buf.size
+                _pipelined_read(sftp, f.handle, offset + buf.size, end, buf)
+            return buf.join()
 
         return await self._run("get", path, read)
 
@@ -422,8 +422,25 @@ class _Responses:
             self.error = exc
 
 
+class _Received:
+    """The answers of a read so far, joined once at the end (one copy, no regrowing)."""
+
+    def __init__(self) -> None:
+        self.parts: builtins.list[bytes] = []
+        self.size = 0
+
+    def extend(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+
+    def join(self) -> bytes:
+        if len(self.parts) != 1:
+            self.parts[:] = [b"".join(self.parts)]
+        return self.parts[0]
+
+
 def _pipelined_read(sftp: paramiko.SFTPClient, handle: bytes, start: int, end: int,
-                    buf: bytearray) -> None:
+                    buf: _Received) -> None:
     """Append bytes ``[start, end)`` of an open file to ``buf``, READ_IN_FLIGHT requests deep.
 
     Done here, not with ``SFTPFile.readv``: readv sends its requests from a
@@ -431,7 +448,7 @@ def _pipelined_read(sftp: paramiko.SFTPClient, handle: bytes, start: int, end: i
     connection drops under it.  This uses paramiko's request/response plumbing
     (``_async_request``/``_read_response``, the calls readv makes in the pinned
     paramiko 4.0) from the calling thread.  ``buf`` grows in order, so a caller
-    that retries after a drop continues at ``start + len(buf)``.  End of file
+    that retries after a drop continues at ``start + buf.size``.  End of file
     (the object shrank since ``stat``) ends the read there; a short answer
     (allowed by the protocol) is continued with new requests.
     """

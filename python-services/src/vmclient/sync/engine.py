@@ -43,16 +43,23 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
 import secrets
 import shutil
 import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import HypervisorError, VMNotFound, VMOperationFailed
 from ..provision.keys import passphrase
@@ -60,7 +67,7 @@ from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
 from ..store.errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
-from ..store.objects import ChunkMap, Manifest
+from ..store.objects import BlobRef, ChunkMap, Manifest
 from ..store.remote import LockToken, RemoteStore, lock_is_stale
 from ..virt.libvirt import (
     DomState,
@@ -213,17 +220,16 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         parent = await _parent(remote, device, dev, vm, keys, st.seq, writers or {})
         seq = await _next_seq(remote, dev, vm, parent)
         checkpoint = f"vmclient-{seq}-{secrets.token_hex(4)}"
-        t0 = time.monotonic()
         mem_file = memory_dir / f"{vm}-{checkpoint}.save"
+        store = repo.ChunkStore(remote, layout.vm_store(dev, vm), keys)
         try:
-            caps = await _capture(hv, view, parent, st, checkpoint, work, chunk_size, result,
-                                  keys=keys, memory_file=mem_file,
-                                  managed_save=managed_save_dir / f"{vm}.save")
-            result.capture_seconds = time.monotonic() - t0
+            caps, known = await _capture_indexing(
+                store, _capture(hv, view, parent, st, checkpoint, work, chunk_size, result,
+                                keys=keys, memory_file=mem_file,
+                                managed_save=managed_save_dir / f"{vm}.save"), result)
             if hooks.interrupted():
                 raise SyncInterrupted(vm, "after the capture")
-            maps = await _upload(remote, layout.vm_store(dev, vm), keys, caps, parent,
-                                 chunk_size, result, hooks)
+            maps = await _upload(store, known, keys, caps, parent, chunk_size, result, hooks)
         finally:
             mem_file.unlink(missing_ok=True)  # plaintext RAM: gone as soon as it is read
         label = layout.snapshot_name(seq)
@@ -250,22 +256,38 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     return result
 
 
-async def _upload(remote: RemoteStore, root: str, keys: crypto.KeySet, caps: list[_Capture],
-                  parent: Manifest | None, chunk_size: int, result: SyncResult, hooks: Hooks
-                  ) -> tuple[ChunkMap, ...]:
-    """Read the captures, upload their new chunks; the snapshot's chunk maps."""
-    store = repo.ChunkStore(remote, root, keys)
-    known = await store.load_index()
+async def _upload(store: repo.ChunkStore, known: Mapping[bytes, BlobRef], keys: crypto.KeySet,
+                  caps: list[_Capture], parent: Manifest | None, chunk_size: int,
+                  result: SyncResult, hooks: Hooks) -> tuple[ChunkMap, ...]:
+    """Read the captures, upload their new chunks; the snapshot's chunk maps.
+
+    The chunks are read and hashed in :meth:`ChunkStore.upload`'s reader thread
+    and sealed in its workers; progress and the stop check run per chunk there.
+    """
     chunker = Chunker(keys.chunk_id, chunk_size)
     ids: dict[str, list[bytes | None]] = {}
     async with _opened(caps):
-        with _prefetch(_chunks(caps, parent, chunker, ids, result)) as chunks:
-            watched = _watched(chunks, result.vm, hooks, _capture_bytes(caps, chunk_size),
-                               chunk_size)
-            upload = await store.upload(watched, known)
+        watched = _watched(_chunks(caps, parent, chunker, ids, result), result.vm, hooks,
+                           _capture_bytes(caps, chunk_size), chunk_size)
+        upload = await store.upload(watched, known)
     result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
     return tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
                  for c in caps)
+
+
+async def _capture_indexing(store: repo.ChunkStore, capture: Coroutine[Any, Any, list[_Capture]],
+                            result: SyncResult) -> tuple[list[_Capture], dict[bytes, BlobRef]]:
+    """The capture, and the store's index read meanwhile (the backup job mostly waits)."""
+    loading = asyncio.ensure_future(store.load_index())
+    try:
+        t0 = time.monotonic()
+        caps = await capture
+        result.capture_seconds = time.monotonic() - t0
+    except BaseException:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        raise
+    return caps, await loading
 
 
 async def _put_keys(remote: RemoteStore, device: crypto.Ed25519PrivateKey, dev: str, vm: str,
@@ -550,51 +572,6 @@ def _watched(chunks: Iterator[Chunk], vm: str, hooks: Hooks, total: int,
         done = min(total, done + (len(chunk.data) or chunk_size))  # a zero chunk: no data
         hooks.progress(done, total)
         yield chunk
-
-
-@contextlib.contextmanager
-def _prefetch(source: Iterator[Chunk], depth: int = 256) -> Iterator[Iterator[Chunk]]:
-    """Read and hash chunks in a thread while the caller compresses, seals and uploads.
-
-    Both sides spend most of their time in C code that releases the GIL (pread,
-    HMAC; zstd, AES-GCM, fsync), so they overlap.
-    """
-    q: queue.Queue[Chunk | BaseException | None] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        item: Chunk | BaseException | None = None
-        try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item = None
-        except BaseException as exc:  # handed to the consumer
-            item = exc
-        q.put(item)
-
-    def consume() -> Iterator[Chunk]:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    worker = threading.Thread(target=produce, name="sync-read", daemon=True)
-    worker.start()
-    try:
-        yield consume()
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                q.get_nowait()
-        worker.join()
 
 
 def _complete(ids: list[bytes | None], disk: str) -> tuple[bytes, ...]:

@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from ..store.objects import BASE_ID, ZERO_ID, Manifest
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from . import disks
+from .writeback import Writeback
 
 
 @dataclass
@@ -101,29 +102,39 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
         for cid in plan.local:
             _place(where[cid], have[cid], skip=have[cid])
         result.chunks_local = len(plan.local)
-        async for cid, data in fetch(store, plan):
-            _place(where[cid], data)
-            result.chunks_fetched += 1
+        # the raw partial file becomes the disk: written back while the restore goes on,
+        # fsynced at the end (a qcow2 is converted from it, and the result fsynced)
+        flusher = Writeback(list(fds.values()) if fmt == "raw" else [])
+        try:
+            await fetch_into(store, plan,
+                             lambda chunks: flusher.wrote(_write(where, chunks)))
+        except BaseException:
+            await asyncio.to_thread(flusher.close, sync=False)
+            raise
+        await asyncio.to_thread(flusher.close, sync=fmt == "raw")
+        result.chunks_fetched = plan.missing_local
         result.bytes_fetched = plan.download_bytes
-        if fmt == "raw":  # the partial file becomes the disk: make it durable first
-            for fd in fds.values():
-                os.fsync(fd)
     finally:
         for fd in fds.values():
             os.close(fd)
     for d in m.disks:
-        partial = dest[d.name].with_name(dest[d.name].name + ".partial")
-        if fmt == "raw" or d.role == "memory":
-            if fmt != "raw":
-                await asyncio.to_thread(_fsync_path, partial)
-            os.replace(partial, dest[d.name])
-            continue
-        tmp = dest[d.name].with_name(f".tmp-{dest[d.name].name}")
-        await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)  # fsyncs tmp
-        os.replace(tmp, dest[d.name])
-        partial.unlink()
+        await _finish(dest[d.name], fmt, memory=d.role == "memory")
     result.seconds = time.monotonic() - started
     return result
+
+
+async def _finish(dest: Path, fmt: str, *, memory: bool) -> None:
+    """The whole ``.partial`` file becomes ``dest`` (converted to qcow2 if asked), fsynced."""
+    partial = dest.with_name(dest.name + ".partial")
+    if fmt == "raw" or memory:
+        if fmt != "raw":
+            await asyncio.to_thread(_fsync_path, partial)
+        os.replace(partial, dest)
+        return
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)  # fsyncs tmp
+    os.replace(tmp, dest)
+    partial.unlink()
 
 
 async def fetch(store: repo.ChunkStore, plan: DownloadPlan
@@ -136,6 +147,53 @@ async def fetch(store: repo.ChunkStore, plan: DownloadPlan
         raise RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
                                    "listed by an index but missing (deleted or withheld)"
                                    ) from None
+
+
+async def fetch_into(store: repo.ChunkStore, plan: DownloadPlan,
+                     sink: Callable[[Sequence[tuple[bytes, bytes]]], None]) -> None:
+    """:meth:`ChunkStore.fetch_into` (chunks opened and written in worker threads), with a
+    pack the index names but the server lacks named as in :func:`fetch`."""
+    try:
+        await store.fetch_into(plan, sink)
+    except ObjectNotFound as exc:
+        raise RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
+                                   "listed by an index but missing (deleted or withheld)"
+                                   ) from None
+
+
+def _write(where: Mapping[bytes, list[tuple[int, int, int]]],
+           chunks: Sequence[tuple[bytes, bytes]]) -> int:
+    """Write fetched chunks to all their places, adjacent ones with one ``pwritev``.
+
+    Runs in worker threads; the places of different chunks never overlap.
+    Returns the bytes written.
+    """
+    writes = sorted((fd, off, data) for cid, data in chunks for fd, off, _n in where[cid])
+    total, i = 0, 0
+    while i < len(writes):
+        fd, start, data = writes[i]
+        bufs, end = [data], start + len(data)
+        i += 1
+        while (i < len(writes) and writes[i][0] == fd and writes[i][1] == end
+               and len(bufs) < _IOV_MAX):
+            bufs.append(writes[i][2])
+            end += len(writes[i][2])
+            i += 1
+        _pwritev(fd, bufs, start, end - start)
+        total += end - start
+    return total
+
+
+_IOV_MAX = 512
+
+
+def _pwritev(fd: int, bufs: list[bytes], offset: int, total: int) -> None:
+    done = os.pwritev(fd, bufs, offset)
+    if done != total:  # short write (rare): finish it plainly
+        rest = b"".join(bufs)[done:]
+        while rest:
+            n = os.pwrite(fd, rest, offset + total - len(rest))
+            rest = rest[n:]
 
 
 def _scan(keys: crypto.KeySet, where: dict[bytes, list[tuple[int, int, int]]]
