@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 
+from ..errors import VMClientError
 from . import crypto
 from .chunker import Chunk
 from .objects import BlobRef
@@ -44,15 +45,23 @@ def seal_batch(keys: crypto.KeySet, level: int | None, chunks: Sequence[Chunk]) 
 
 
 def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
-               ) -> list[tuple[bytes, BlobRef, bytes, bytes]]:
-    """(chunk id, index entry, sealed blob, verified plaintext) per blob of one ranged read."""
+               ) -> tuple[list[tuple[bytes, BlobRef, bytes, bytes]], VMClientError | None]:
+    """(chunk id, index entry, sealed blob, verified plaintext) per blob of one ranged read,
+    up to the first blob that does not open, and that blob's error (else None).
+
+    The blobs before a bad one are good and returned, so a caller that keeps
+    what arrived (a resume journal) keeps them too.
+    """
     view = memoryview(untrusted)
     out = []
     for cid, ref in read.blobs:
         start = ref.offset - read.offset
         blob = bytes(view[start:start + ref.length])
-        out.append((cid, ref, blob, open_blob(keys, cid, ref, blob, path)))
-    return out
+        try:
+            out.append((cid, ref, blob, open_blob(keys, cid, ref, blob, path)))
+        except VMClientError as exc:
+            return out, exc
+    return out, None
 
 
 class NewChunks:

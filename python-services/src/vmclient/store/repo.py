@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..errors import VMClientError
 from . import crypto, layout, pipeline
 from .chunker import Chunk
 from .documents import (
@@ -341,9 +342,11 @@ class ChunkStore:
                 self.remote.get(layout.pack(self.root, read.pack), read.offset, read.length))
 
         def handle(read: ReadRange, untrusted: bytes) -> None:
-            opened = pipeline.open_range(self.keys, read, untrusted,
-                                         layout.pack(self.root, read.pack))
+            opened, error = pipeline.open_range(self.keys, read, untrusted,
+                                                layout.pack(self.root, read.pack))
             sink([(cid, data) for cid, _ref, _blob, data in opened])
+            if error is not None:
+                raise error
 
         try:
             await pipeline.opened_ranges(plan.reads, get, handle, pool,
@@ -371,14 +374,16 @@ class ChunkStore:
         loop = asyncio.get_running_loop()
         pool = pipeline.executor(pipeline.workers(), "vmclient-open")
 
-        async def read_and_open(read: ReadRange) -> list[tuple[bytes, BlobRef, bytes, bytes]]:
+        async def read_and_open(read: ReadRange) -> tuple[
+                list[tuple[bytes, BlobRef, bytes, bytes]], VMClientError | None]:
             path = layout.pack(self.root, read.pack)
             untrusted = await self.remote.get(path, read.offset, read.length)
             return await loop.run_in_executor(pool, pipeline.open_range, self.keys, read,
                                               untrusted, path)
 
         reads = iter(plan.reads)
-        pending: deque[asyncio.Task[list[tuple[bytes, BlobRef, bytes, bytes]]]] = deque()
+        pending: deque[asyncio.Task[tuple[list[tuple[bytes, BlobRef, bytes, bytes]],
+                                          VMClientError | None]]] = deque()
 
         def start_next() -> None:
             read = next(reads, None)
@@ -389,10 +394,12 @@ class ChunkStore:
             for _ in range(max(1, concurrency)):
                 start_next()
             while pending:
-                opened = await pending.popleft()
+                opened, error = await pending.popleft()
                 start_next()
-                for item in opened:
+                for item in opened:  # the good blobs before a bad one, too
                     yield item
+                if error is not None:
+                    raise error
         finally:
             for task in pending:
                 task.cancel()
