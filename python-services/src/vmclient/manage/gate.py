@@ -41,6 +41,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import EXIT_NOPERM, VMClientError
+from ..provision.keys import passphrase
 from ..store import crypto
 from ..virt.libvirt import Hypervisor
 from .inventory import VMTarget, parse_domain
@@ -125,11 +126,6 @@ def data_key(cfg: GateConfig, keys: KeyStore, vm: str) -> crypto.KeySet:
         raise StartRefused(vm, f"{path} does not open with this device's key "
                                f"({getattr(exc, 'problem', exc)})") from exc
     return crypto.KeySet.derive(secret)
-
-
-def passphrase(keys: crypto.KeySet) -> bytes:
-    """The LUKS passphrase of every disk of a VM: its key set's LUKS value in hex (UTF-8)."""
-    return keys.luks.hex().encode()
 
 
 class StartGate:

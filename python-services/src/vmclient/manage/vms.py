@@ -17,29 +17,17 @@ import shutil
 from pathlib import Path
 
 from ..errors import VMClientError, VMNotFound
-from ..store import crypto
+from ..provision.keys import passphrase
 from ..virt.libvirt import DomState, Hypervisor
-from .gate import StartRefused, passphrase
+from .gate import StartRefused
 from .inventory import ManageConfig, VMTarget, parse_domain
 from .keys import overwrite
 
 log = logging.getLogger(__name__)
-__all__ = ["BusinessWorkRefused", "VMHost", "load_data_key", "passphrase"]
+__all__ = ["BusinessWorkRefused", "VMHost", "passphrase"]
 
 
 BusinessWorkRefused = StartRefused  # the name the lease tests know
-
-
-def load_data_key(path: Path, wrapping: crypto.X25519PrivateKey, vm: str) -> crypto.KeySet:
-    """A VM's data key unwrapped with the device key (for code that reads disks at rest;
-    starting a VM goes through :mod:`.gate`)."""
-    try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
-        raise VMClientError(f"VM {vm!r}: no data key at {path}: its disks cannot be opened") \
-            from None
-    return crypto.KeySet.derive(crypto.unwrap_key(wrapping, blob, "data-key", f"vm:{vm}",
-                                                  path=str(path)))
 
 
 class VMHost:
