@@ -66,7 +66,7 @@ def test_rewrite_disks_moves_only_the_restored_disks() -> None:
 
 
 def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:
-    from vmclient.sync.engine import SyncRefused, _check_ram_backed
+    from vmclient.sync.engine import SyncRefused, check_ram_backed
 
     mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
     here = max((m for m in mounts if str(tmp_path).startswith(m[0].rstrip("/") + "/")),
@@ -74,8 +74,8 @@ def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:
     if here[1] in ("tmpfs", "ramfs"):
         pytest.skip(f"{tmp_path} is on a {here[1]} here")
     with pytest.raises(SyncRefused, match="RAM-backed"):
-        _check_ram_backed(tmp_path / "mem", "office")
+        check_ram_backed(tmp_path / "mem", "office")
     shm = Path("/dev/shm")
     if shm.is_dir():
-        _check_ram_backed(shm / f"vmct-unit-{tmp_path.name}", "office")
+        check_ram_backed(shm / f"vmct-unit-{tmp_path.name}", "office")
         (shm / f"vmct-unit-{tmp_path.name}").rmdir()

@@ -261,6 +261,8 @@ async def _remove_authorized_keys(args: argparse.Namespace, account: str) -> boo
 # --- rekey and restore --------------------------------------------------------------------
 
 async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if args.command == "restore" and args.lease_days < 1:
+        raise UsageError("--lease-days: at least 1")  # before anything is written
     k = keys.load(args.key_dir)
     escrow = _escrow(args.escrow_key) if args.escrow_key else k.escrow
     admin_pub = k.admin.public_key()
@@ -286,8 +288,6 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
                                   "min_seq": result.seq}, now)
     say(f"order {order.seq}: {_describe(order)}")
     if args.command == "restore":
-        if args.lease_days < 1:
-            raise UsageError("--lease-days: at least 1")
         renew = await it.issue_order(remote, k.admin, target.device, "renew-lease",
                                      {"lease_until": now + args.lease_days * 86400}, now)
         say(f"order {renew.seq}: {_describe(renew)}")

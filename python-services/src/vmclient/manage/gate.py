@@ -170,10 +170,5 @@ class StartGate:
             await self.hv.start(uuid, name)
             return
         pp = passphrase(self.check(vm))
-        try:
-            for secret in vm.secrets:
-                await self.hv.define_ephemeral_secret(secret, pp, vm.name)
+        async with self.hv.ephemeral_secrets(vm.secrets, pp, vm.name):
             await self.hv.start(uuid, vm.name)
-        finally:
-            for secret in vm.secrets:
-                await self.hv.undefine_secret(secret)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UsageError, VMClientError
 from ..store import crypto, layout, repo
@@ -183,7 +184,17 @@ class RestoreSource:
 
 
 def _rekeyed(cfg: ManageConfig) -> dict[str, dict[str, object]]:
-    path = cfg.state_dir / REKEYED
+    return _read_rekeyed(cfg.state_dir / REKEYED)
+
+
+def accepted_min_seq(manage_state_dir: Path, vm: str) -> int:
+    """The oldest snapshot seq a restore of ``vm`` may take after this device executed a
+    ``rekey`` order for it (what the admin verified then); 0 without such an order."""
+    entry = _read_rekeyed(manage_state_dir / REKEYED).get(vm)
+    return int(str(entry["min_seq"])) if entry else 0
+
+
+def _read_rekeyed(path: Path) -> dict[str, dict[str, object]]:
     try:
         return dict(json.loads(path.read_bytes()))
     except FileNotFoundError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,13 @@ class DeviceKeys:
     def load_or_create(cls, directory: Path) -> DeviceKeys:
         """The device keys in ``directory``; made on first use (enrolment sends the publics)."""
         sign_path, wrap_path = directory / "signing.key", directory / "wrapping.key"
-        if not sign_path.exists():
-            write_private(sign_path, crypto.raw_private(crypto.Ed25519PrivateKey.generate()))
-        if not wrap_path.exists():
-            write_private(wrap_path, crypto.raw_private(crypto.X25519PrivateKey.generate()))
+        # exclusive: provd, syncd and the agent share the directory; the first one to make
+        # a key wins and the others read it (a replaced key would orphan what it wrapped)
+        for path, make in ((sign_path, crypto.Ed25519PrivateKey.generate),
+                           (wrap_path, crypto.X25519PrivateKey.generate)):
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):
+                    write_private(path, crypto.raw_private(make()), exclusive=True)
         try:
             return cls(crypto.Ed25519PrivateKey.from_private_bytes(sign_path.read_bytes()),
                        crypto.X25519PrivateKey.from_private_bytes(wrap_path.read_bytes()))

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import VMClientError, VMNotFound
 from ..manage.inventory import parse_domain
-from ..manage.rekey import writers
+from ..manage.rekey import accepted_min_seq, writers
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
@@ -56,6 +56,7 @@ from ..store.pack import open_blob
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from ..store.repo import ChunkStore, get_wrapped_key
+from ..sync.engine import check_ram_backed
 from ..sync.restore import load_snapshot
 from ..virt.libvirt import restore_saved, save_image_xml
 from .cache import ChunkCache
@@ -100,6 +101,9 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     except ObjectNotFound:
         raise RestoreError(vm, f"the datacenter holds no data key for this device at "
                            f"{key_path}: IT has to rekey the VM for it first") from None
+    # never older than what IT verified when it rekeyed the VM for this device (a server
+    # replaying an older ``latest`` is refused)
+    min_seq = max(min_seq, await asyncio.to_thread(accepted_min_seq, prov.cfg.manage_dir, vm))
     try:
         m = await load_snapshot(remote, signers, keys, me.device_id, vm, snapshot, min_seq)
     except ObjectNotFound as exc:
@@ -207,15 +211,16 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
                    adopt: bool) -> Installed:
     vm_dir = prov.vm_dir(vm)
     marker = prov._marker(vm)
-    if adopt:
-        prov.keys.adopt(vm, keys)
-        _write_private(marker, b"restore started\n")  # a crash from here on is undone
     # (a key the agent accepted is left alone, even if this restore fails)
     pp = passphrase(keys)
     staging = prov.cfg.staging_dir
     mem_file = staging / f"{vm}.save"
-    defined = ""
+    defined, adopted = "", False
     try:
+        if adopt:
+            prov.keys.adopt(vm, keys)
+            adopted = True
+            _write_private(marker, b"restore started\n")  # a crash from here on is undone
         vm_dir.mkdir(parents=True, exist_ok=False)
         vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
         sources = {t.get("dev", ""): s.get("file", "")
@@ -231,6 +236,8 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
                              prov.cfg.staging_mib << 20, progress, prov.report)
         memory = next((d for d in m.disks if d.role == MEMORY), None)
         if memory is not None:
+            # plaintext guest RAM: only where nothing persists, as the sync's memory_dir
+            await asyncio.to_thread(check_ram_backed, staging, vm)
             digest = await asyncio.to_thread(_write_memory, cache, memory, keys, mem_file)
             if digest != m.meta.get("memory_sha256", digest):
                 raise RemoteIntegrityError("snapshot", m.object_id, str(mem_file),
@@ -248,7 +255,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         if defined:
             with contextlib.suppress(VMClientError):
                 await prov.hv.undefine(defined, vm)
-        if adopt:
+        if adopted:
             prov.keys.destroy(vm)
         shutil.rmtree(vm_dir, ignore_errors=True)
         shutil.rmtree(prov._recipe_file(vm).parent, ignore_errors=True)
@@ -267,14 +274,8 @@ async def _resume_from(prov: Provisioner, vm: str, mem_file: Path, paths: Mappin
     secrets = sorted({s.get("uuid", "") for s in domain.iterfind(
         "devices/disk[@device='disk']/source/encryption/secret")} - {""})
     saved = rewrite_disks(await save_image_xml(prov.hv, str(mem_file), vm), paths)
-    for u in secrets:
-        await prov.hv.define_ephemeral_secret(u, pp, vm)
-    try:
+    async with prov.hv.ephemeral_secrets(secrets, pp, vm):
         await restore_saved(prov.hv, str(mem_file), saved, vm)
-    finally:
-        for u in secrets:
-            with contextlib.suppress(VMClientError):
-                await prov.hv.undefine_secret(u)
 
 
 def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest: Path) -> str:
@@ -294,8 +295,12 @@ def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest
                     raise RemoteIntegrityError("chunk", cid.hex(), str(cache.dir),
                                                "missing from the local cache")
                 plain_length, sealed = entry
-                data = open_blob(keys, cid, BlobRef("cache", 0, len(sealed), plain_length),
-                                 sealed, str(cache.dir))
+                try:
+                    data = open_blob(keys, cid, BlobRef("cache", 0, len(sealed), plain_length),
+                                     sealed, str(cache.dir))
+                except RemoteIntegrityError:
+                    cache.drop(cid)  # fetched again next time, as the receiver does
+                    raise
             os.pwrite(fd, data, i * memory.chunk_size)
             h.update(data)
         os.ftruncate(fd, memory.size)

@@ -21,7 +21,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Set,
+)
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import VMClientError
@@ -95,7 +102,7 @@ class NewChunks:
 
 async def sealed_batches(source: NewChunks, keys: crypto.KeySet, level: int | None,
                          pool: ThreadPoolExecutor, reader: ThreadPoolExecutor,
-                         *, depth: int) -> AsyncIterator[list[Sealed]]:
+                         *, depth: int) -> AsyncGenerator[list[Sealed], None]:
     """Sealed batches in source order; reading runs ahead while earlier batches seal."""
     loop = asyncio.get_running_loop()
     sealing: deque[asyncio.Future[list[Sealed]]] = deque()

@@ -10,6 +10,7 @@ pinned by a signed parent, body names the object it was stored as).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -291,13 +292,15 @@ class ChunkStore:
             uploads.add(started[-1])
 
         try:
-            async for batch in pipeline.sealed_batches(source, self.keys, self.level, pool,
-                                                       reader, depth=2 * n):
-                for cid, blob, plain_length in batch:
-                    builder.add_sealed(cid, blob, plain_length)
-                    if builder.full:
-                        await flush(builder)
-                        builder = self._builder()
+            # aclosing: a failed upload stops the reader at once, not when the GC gets to it
+            async with contextlib.aclosing(pipeline.sealed_batches(
+                    source, self.keys, self.level, pool, reader, depth=2 * n)) as batches:
+                async for batch in batches:
+                    for cid, blob, plain_length in batch:
+                        builder.add_sealed(cid, blob, plain_length)
+                        if builder.full:
+                            await flush(builder)
+                            builder = self._builder()
             if len(builder):
                 await flush(builder)
             await wait_uploads(0)

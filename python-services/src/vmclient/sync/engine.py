@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import HypervisorError, VMNotFound, VMOperationFailed
+from ..errors import VMNotFound, VMOperationFailed
 from ..provision.keys import passphrase
 from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
@@ -206,7 +206,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         raise SyncRefused(view.name, f"kind {view.kind!r}, sync {view.sync!r}: only business "
                           "VMs with sync enabled are uploaded; private VMs never are")
     if view.active and view.sync == MEMORY:
-        await asyncio.to_thread(_check_ram_backed, memory_dir, view.name)
+        await asyncio.to_thread(check_ram_backed, memory_dir, view.name)
     vm, dev = view.name, crypto.key_id(device.public_key())
     result = SyncResult(vm)
     token = await take_lock(remote, layout.device_lock(dev))
@@ -453,20 +453,12 @@ async def _disk_secrets(hv: Hypervisor, view: SyncView, pp: bytes | None
                         ) -> AsyncIterator[None]:
     """The disks' libvirt secret, defined private and ephemeral while the block runs
     (the backup job creates LUKS targets with it; a restore opens the disks)."""
-    uuids = sorted({d.secret for d in view.disks if d.secret})
+    uuids = [d.secret for d in view.disks if d.secret]
     if pp is None or not uuids:
         yield
         return
-    defined = []
-    try:
-        for u in uuids:
-            await hv.define_ephemeral_secret(u, pp, view.name)
-            defined.append(u)
+    async with hv.ephemeral_secrets(uuids, pp, view.name):
         yield
-    finally:
-        for u in defined:
-            with contextlib.suppress(HypervisorError):
-                await hv.undefine_secret(u)
 
 
 async def _memory(path: Path, chunk_size: int, result: SyncResult) -> _Capture:
@@ -487,7 +479,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_ram_backed(directory: Path, vm: str) -> None:
+def check_ram_backed(directory: Path, vm: str) -> None:
     """The memory image is plaintext guest RAM: it may only go where nothing persists."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # libvirtd (root) writes the image; QEMU gets an fd

@@ -189,6 +189,10 @@ def export(path: Path, passphrase: bytes | None, *, no_backing: bool = False,
                 if time.monotonic() > deadline:
                     raise LocalSyncError(f"qemu-nbd did not serve {path} in time") from None
                 time.sleep(0.02)
+                continue
+            except BaseException:  # a failed handshake: the socket is ours to close
+                s.close()
+                raise
         yield client
     finally:
         if client is not None:

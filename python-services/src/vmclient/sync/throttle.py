@@ -8,10 +8,11 @@ from ..store.remote import DEFAULT_STALE_AFTER, Entry, LockToken, RemoteStore
 
 
 class Throttled:
-    """``inner``, with ``put_atomic`` paced to ``rate`` bytes/s (others unchanged)."""
+    """``inner``, with ``put_atomic`` paced to ``rate`` bytes/s in all (others unchanged)."""
 
     def __init__(self, inner: RemoteStore, rate: float) -> None:
         self.inner, self.rate = inner, rate
+        self._pace = asyncio.Lock()  # uploads run in parallel; the limit holds for their sum
 
     async def list(self, prefix: str) -> list[Entry]:
         return await self.inner.list(prefix)
@@ -22,7 +23,8 @@ class Throttled:
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         await self.inner.put_atomic(path, data, exclusive=exclusive)
         if self.rate > 0:
-            await asyncio.sleep(len(data) / self.rate)
+            async with self._pace:
+                await asyncio.sleep(len(data) / self.rate)
 
     async def delete(self, path: str) -> None:
         await self.inner.delete(path)

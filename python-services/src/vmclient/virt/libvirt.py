@@ -24,7 +24,7 @@ import itertools
 import logging
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -403,6 +403,25 @@ class Hypervisor:
             secret.undefine()
             return True
         return await self._call(op, what="undefine a secret", limit=30)
+
+    @contextlib.asynccontextmanager
+    async def ephemeral_secrets(self, uuids: Iterable[str], value: bytes, what: str
+                                ) -> AsyncIterator[None]:
+        """The secrets ``uuids`` defined private and ephemeral with ``value`` for the block
+        only: every one defined is undefined after it, on errors too."""
+        defined: list[str] = []
+        try:
+            for uuid in sorted(set(uuids)):
+                await self.define_ephemeral_secret(uuid, value, what)
+                defined.append(uuid)
+            yield
+        finally:
+            for uuid in defined:
+                try:
+                    await self.undefine_secret(uuid)
+                except HypervisorError as exc:
+                    log.warning("the disk secret %s of %s stays defined until libvirtd "
+                                "restarts: %s", uuid, what, exc)
 
     async def list_secrets(self) -> list[str]:
         return await self._call(lambda conn: [s.UUIDString() for s in conn.listAllSecrets(0)],
