@@ -29,12 +29,13 @@ from provision_env import Env, image_bytes, need_tools, provision_env, set_lease
 
 from testlib import SERVICES
 from vmclient.manage import rekey
+from vmclient.manage.inventory import ManageConfig
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.keys import DeviceKeys, passphrase
 from vmclient.provision.receiver import Receiver
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
-from vmclient.store.orders import DeviceRecord
+from vmclient.store.orders import DeviceRecord, Order
 from vmclient.store.repo import ChunkStore, get_snapshot, put_signed
 from vmclient.sync import engine, restore
 
@@ -87,14 +88,25 @@ class Laptops:
         return DeviceRecord(keys.device_id, name, crypto.raw_public(keys.signing.public_key()),
                             crypto.raw_public(keys.wrapping.public_key()), 0)
 
-    async def rekey_for_b(self, name: str) -> None:
+    async def rekey_for_b(self, name: str) -> rekey.RekeyResult:
         """``vmclient-admin rekey <vm> --to B``: the admin's own code (manage.rekey)."""
         store, admin = self.env.dc.store, self.env.dc.admin
         a, b = self.record(self.env.device, "laptop-a"), self.record(self.b_dev, "laptop-b")
         for rec in (a, b):  # enrolled: their admin-signed device records
             await put_signed(store, layout.device_record(rec.device), admin,
                              ("device", rec.device), rec.to_bytes(), exclusive=False)
-        await rekey.rekey(store, admin, self.escrow, name, a, b)
+        return await rekey.rekey(store, admin, self.escrow, name, a, b)
+
+    async def accept_on_b(self, name: str, result: rekey.RekeyResult) -> None:
+        """B's agent executes the ``rekey`` order (``min_seq`` = what the admin verified):
+        the data key where provisioning keeps it, the order in ``rekeyed.json``."""
+        cfg = ManageConfig(state_dir=self.b_cfg.manage_dir,
+                           vm_keys_dir=self.b_cfg.state_dir / "keys",
+                           images_dir=self.b_cfg.images_dir, device_dir=self.b_cfg.device_dir)
+        order = Order(self.b_dev.device_id, 1, 0, "rekey",
+                      {"vm": name, "from_device": result.source, "min_seq": result.seq})
+        await rekey.accept(self.env.dc.store, self.env.dc.admin.public_key(), cfg,
+                           self.b_dev.device_id, self.b_dev.wrapping, order)
 
     def lose_a(self, name: str) -> None:
         """Laptop A is gone: its domain with it (its disk files stay, for comparison)."""
@@ -323,3 +335,37 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
         assert vm.state == "running"
         assert 0 < totals[-1] < first_total
         assert not (lt.b_cfg.state_dir / "cache" / f".vm-{name}").exists()  # cleared
+
+
+async def test_replayed_older_latest_after_rekey_is_refused_and_nothing_defined(
+        tmp_path: Path) -> None:
+    """After the rekey order (min_seq = the ``latest`` IT verified), a server that hands
+    B an older, validly signed ``latest`` from an earlier sync is refused."""
+    async with laptops(tmp_path) as lt:
+        name = await lt.install("replay", memory=False)
+        a_id, b_id = lt.env.device.device_id, lt.b_dev.device_id
+        assert (await lt.sync(name)).seq == 1  # at rest: no VM boot
+        old_latest = await lt.env.dc.store.get(layout.vm_pointer(a_id, name))
+        assert (await lt.sync(name)).seq == 2
+        lt.lose_a(name)
+        result = await lt.rekey_for_b(name)
+        assert result.seq == 2
+        await lt.accept_on_b(name, result)
+        assert rekey.accepted_min_seq(lt.b_cfg.manage_dir, name) == 2
+        key_file = lt.b.keys.path(name)
+        accepted_key = key_file.read_bytes()
+        # the server replays sync 1's pointer (A's signature, valid) over B's copy
+        await lt.env.dc.store.put_atomic(layout.vm_pointer(b_id, name), old_latest)
+        with pytest.raises(RemoteIntegrityError,
+                           match=r"pointer.*seq 1 is older than seq 2") as exc:
+            await lt.b.restore(name, from_device=a_id)
+        assert layout.vm_pointer(b_id, name) in str(exc.value)
+        conn = libvirt.open(URI)
+        try:
+            assert name not in [d.name() for d in conn.listAllDomains(0)]
+        finally:
+            conn.close()
+        assert not (lt.b_cfg.images_dir / name).exists()
+        assert not (lt.b_cfg.state_dir / "vms" / name).exists()
+        # no key of the restore's own: only the one the agent accepted, untouched
+        assert key_file.read_bytes() == accepted_key
