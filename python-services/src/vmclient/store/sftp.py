@@ -384,7 +384,9 @@ class SFTPStore(LockingMixin):
         try:
             conn = _Connection(t, self._pkey, self._host_keys)
         except paramiko.AuthenticationException as exc:
-            raise RemoteRefused(t.server, op, path,
+            if "transport shut down" in str(exc):  # the connection dropped during the
+                raise EOFError(f"connection lost while authenticating: {exc}") from exc
+            raise RemoteRefused(t.server, op, path,  # the server said no: do not retry
                                 f"authentication with {t.key_file} failed: {exc}") from exc
         self._local.conn = conn
         with self._lock:
