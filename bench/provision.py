@@ -54,7 +54,7 @@ from vmclient.store.repo import (
     get_image_manifest,
     get_wrapped_key,
 )
-from vmclient.store.sftp import CIPHER, SFTPStore
+from vmclient.store.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
 
 MiB = 1 << 20
 CLUSTER = 64 << 10
@@ -154,8 +154,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="disk size in MiB (default 512)")
     ap.add_argument("--change", type=float, default=0.02, help="share of the disk v2 rewrites")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--connections", type=int, default=4, help="SFTP connections")
-    ap.add_argument("--concurrency", type=int, default=8, help="ranged reads in flight")
+    ap.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
+                    help="SFTP connections (default: the laptop's, one per core, at most 4)")
+    ap.add_argument("--concurrency", type=int, default=2 * DEFAULT_CONNECTIONS,
+                    help="ranged reads in flight (default: 2 per connection)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))

@@ -23,7 +23,7 @@ def is_url(location: str) -> bool:
 
 
 def open_store(location: str, *, key_file: str | Path | None = None,
-               known_hosts: str | Path | None = None, connections: int = 4,
+               known_hosts: str | Path | None = None, connections: int | None = None,
                file_mode: int = 0o600) -> RemoteStore:
     if not is_url(location):
         return LocalDirStore(Path(location), file_mode=file_mode)
@@ -39,10 +39,11 @@ def open_store(location: str, *, key_file: str | Path | None = None,
         port = url.port or 22
     except ValueError as exc:
         raise UsageError(f"repository URL {location!r}: {exc}") from exc
-    from .sftp import SFTPStore, SFTPTarget
+    from .sftp import DEFAULT_CONNECTIONS, SFTPStore, SFTPTarget
     return SFTPStore(SFTPTarget(host=url.hostname, user=unquote(url.username), port=port,
                                 root=unquote(url.path) or "/", key_file=Path(key_file),
-                                known_hosts=Path(known_hosts), connections=connections))
+                                known_hosts=Path(known_hosts),
+                                connections=connections or DEFAULT_CONNECTIONS))
 
 
 async def close_store(store: RemoteStore) -> None:
