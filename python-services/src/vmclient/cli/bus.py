@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dbus_fast import BusType, Message
@@ -18,6 +20,16 @@ async def connect() -> MessageBus:
         return await MessageBus(bus_type=BusType.SYSTEM).connect()
     except (OSError, DBusError) as exc:
         raise ServiceUnavailable("the system bus", str(exc)) from exc
+
+
+@contextlib.asynccontextmanager
+async def connected() -> AsyncIterator[MessageBus]:
+    """A system bus connection for one command, closed after it."""
+    b = await connect()
+    try:
+        yield b
+    finally:
+        b.disconnect()
 
 
 _DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclient-provd",

@@ -53,15 +53,6 @@ def add_parser(sub: Any) -> None:
     c.set_defaults(func=snapshots, render=render_snapshots)
 
 
-@contextlib.asynccontextmanager
-async def _daemon() -> AsyncIterator[Any]:
-    b = await bus.connect()
-    try:
-        yield b
-    finally:
-        b.disconnect()
-
-
 async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None = None
                 ) -> list[Any]:
     return await bus.call(b, names.SYNC_PATH, names.SYNC_IFACE, member, signature, body,
@@ -77,7 +68,7 @@ def _vm_status(name: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def status(_: argparse.Namespace) -> dict[str, Any]:
-    async with _daemon() as b:
+    async with bus.connected() as b:
         p = await bus.get_all(b, names.SYNC_PATH, names.SYNC_IFACE,
                               destination=names.SYNC_BUS_NAME)
     return {"state": p["State"], "current": p["CurrentVM"],
@@ -144,7 +135,7 @@ async def _progress(b: Any) -> AsyncIterator[None]:
 
 
 async def now(args: argparse.Namespace) -> list[dict[str, str]]:
-    async with _daemon() as b, _progress(b):
+    async with bus.connected() as b, _progress(b):
         (rows,) = await _call(b, "SyncNow", "s", [args.vm])
     results = [{"vm": vm, "outcome": outcome, "detail": detail} for vm, outcome, detail in rows]
     failed = [r for r in results if r["outcome"] == "failed"]
@@ -164,7 +155,7 @@ def render_now(results: list[dict[str, str]]) -> str:
 
 
 async def verify(args: argparse.Namespace) -> dict[str, Any]:
-    async with _daemon() as b:
+    async with bus.connected() as b:
         ((label, chunks, size),) = await _call(b, "Verify", "ss", [args.vm, args.snapshot])
     return {"vm": args.vm, "snapshot": label, "chunks": int(chunks), "bytes": int(size)}
 
@@ -175,7 +166,7 @@ def render_verify(r: dict[str, Any]) -> str:
 
 
 async def snapshots(args: argparse.Namespace) -> list[dict[str, Any]]:
-    async with _daemon() as b:
+    async with bus.connected() as b:
         (rows,) = await _call(b, "ListSnapshots", "s", [args.vm])
     return [{"snapshot": label, "seq": int(seq), "created": int(created), "bytes": int(size),
              "parent": parent, "latest": bool(latest)}

@@ -126,15 +126,6 @@ def _row(row: list[Any]) -> dict[str, Any]:
             "image_version": int(version)}
 
 
-@contextlib.asynccontextmanager
-async def _daemon() -> AsyncIterator[Any]:
-    b = await bus.connect()
-    try:
-        yield b
-    finally:
-        b.disconnect()
-
-
 async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None = None
                 ) -> list[Any]:
     return await bus.call(b, names.PROVISION_PATH, names.PROVISION_IFACE, member, signature,
@@ -193,7 +184,7 @@ async def install(args: argparse.Namespace) -> dict[str, Any]:
         text = args.recipe.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(args.recipe, "(file)", f"cannot read: {exc}") from exc
-    async with _daemon() as b:
+    async with bus.connected() as b:
         async with _progress(b):
             (name,) = await _call(b, "Install", "s", [text])
         return await _find(b, name)
@@ -203,7 +194,7 @@ async def upgrade(args: argparse.Namespace) -> dict[str, Any]:
     if args.local:
         async with _provisioner(args) as prov:
             return _vm(await prov.upgrade(args.vm, args.version))
-    async with _daemon() as b:
+    async with bus.connected() as b:
         async with _progress(b):
             await _call(b, "Upgrade", "su", [args.vm, args.version])
         return await _find(b, args.vm)
@@ -214,7 +205,7 @@ async def restore(args: argparse.Namespace) -> dict[str, Any]:
         async with _provisioner(args) as prov:
             return _vm(await prov.restore(args.vm, args.snapshot or None,
                                           from_device=args.from_device))
-    async with _daemon() as b:
+    async with bus.connected() as b:
         async with _progress(b):
             await _call(b, "Restore", "sss", [args.vm, args.snapshot, args.from_device])
         return await _find(b, args.vm)
@@ -224,7 +215,7 @@ async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.local:
         async with _provisioner(args) as prov:
             return [_vm(v) for v in await prov.list()]
-    async with _daemon() as b:
+    async with bus.connected() as b:
         (rows,) = await _call(b, "List")
         return [_row(list(r)) for r in rows]
 
@@ -236,7 +227,7 @@ async def _simple(args: argparse.Namespace, local: Callable[[Any], Awaitable[Non
         async with _provisioner(args) as prov:
             await local(prov)
     else:
-        async with _daemon() as b:
+        async with bus.connected() as b:
             await _call(b, member, signature, body)
 
 
@@ -256,7 +247,7 @@ async def eject(args: argparse.Namespace) -> str:
         async with _provisioner(args) as prov:
             media = await prov.eject(args.vm)
     else:
-        async with _daemon() as b:
+        async with bus.connected() as b:
             (media,) = await _call(b, "Eject", "s", [args.vm])
     if not media:
         return f"{args.vm}: no install media attached"
