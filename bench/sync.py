@@ -4,7 +4,7 @@ Builds a synthetic disk (default 2 GiB: 1 MiB runs of zeros, random bytes, text
 and binary records), runs it as the disk of a firmware-only KVM domain, and
 measures in one run, against repositories on the same local file system:
 
-* ours: initial sync (full push backup), incremental sync after 1 % of the
+* ours: initial sync (full pull-mode backup), incremental sync after 1 % of the
   disk changed in scattered 64 KiB writes (dirty bitmap), restore of the
   latest snapshot to a raw file (as restic restores it; a qcow2 costs one
   ``qemu-img convert`` more);

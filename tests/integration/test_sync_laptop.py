@@ -75,13 +75,13 @@ class Laptops:
         vm = await self.a.install(path)
         return vm.name
 
-    async def sync(self, name: str) -> engine.SyncResult:
+    async def sync(self, name: str, hooks: engine.Hooks | None = None) -> engine.SyncResult:
         vm = await self.a.get(name)
         return await engine.sync_vm(
             self.env.hv, self.env.dc.store, self.env.device.signing, vm.uuid,
             self.a.keys.load(name), state_dir=self.tmp / "a-sync", scratch_dir=self.scratch,
             recipients=[self.env.device.wrapping.public_key(), self.escrow.public_key()],
-            memory_dir=self.memory_dir,
+            memory_dir=self.memory_dir, hooks=hooks,
             meta={"recipe": (self.env.cfg.state_dir / "vms" / name / "recipe.toml").read_text()})
 
     def record(self, keys: DeviceKeys, name: str) -> DeviceRecord:
@@ -155,6 +155,11 @@ def luks_identical(a: Path, b: Path, pp: bytes) -> bool:
     return r.returncode == 0
 
 
+def read_at(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), length, offset)
+
+
 def read_direct(path: Path) -> bytes:
     """The file as it is on disk (O_DIRECT): a buffered read racing QEMU's direct
     writes could keep a stale page in the cache and fool this check and QEMU's."""
@@ -204,9 +209,18 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         try:
             dom = conn.lookupByName(name)
             hmp(dom, 1, f"write -P 0x5c {MIB} 65536")  # plaintext the full backup reads
+            overwritten: list[int] = []
+
+            def overwrite(_done: int, _total: int) -> None:
+                # the guest overwrites it while the job runs, before it is read: QEMU
+                # copies the old cluster into the scratch file first (copy-before-write)
+                if not overwritten:
+                    hmp(dom, 1, f"write -P 0x21 {MIB} 65536")
+                    overwritten.append(1)
             with watch_plaintext(lt.scratch) as first_seen:
-                first = await lt.sync(name)
+                first = await lt.sync(name, engine.Hooks(progress=overwrite))
             assert (first.mode, first.seq) == ("full", 1) and first.memory_bytes > 0
+            assert overwritten
             hmp(dom, 1, f"write -P 0x5c {2 * MIB} {256 * 1024}")  # changed since sync 1
             pp = passphrase(lt.a.keys.load(name))
             with watch_plaintext(lt.scratch) as seen:
@@ -216,8 +230,9 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         finally:
             dom = None  # it holds the connection (and libvirt's event handles) open
             conn.close()
-        # the backup targets (full, then incremental overlays) were in the scratch dir,
-        # LUKS-encrypted (the engine checks): the plaintext the guest wrote never was
+        # the scratch files of both jobs were in the scratch dir, LUKS-encrypted (the
+        # engine checks): the plaintext the guest wrote, and QEMU copied there when the
+        # guest overwrote it during the first job, never was
         assert {f.split("-")[0] for f in first_seen["files"]} == {"vda", "vdb"}
         assert {f.split("-")[0] for f in seen["files"]} == {"vda", "vdb"}
         assert first_seen["plaintext"] == set() and seen["plaintext"] == set()
@@ -253,6 +268,12 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         keys = lt.b.keys.load(name)
         b_id = lt.b_dev.device_id
         signers = {lt.env.device.device_id: lt.env.device.signing.public_key()}
+        # snapshot 1 is the point in time its job began: the cluster as it was before
+        # the guest overwrote it during the read
+        await restore.restore_vm(lt.env.dc.store, signers, keys, device=b_id, vm=name,
+                                 dest={"vda": tmp_path / "1-vda.raw", "vdb": tmp_path / "1.raw"},
+                                 snapshot=layout.snapshot_name(1), fmt="raw")
+        assert read_at(tmp_path / "1.raw", MIB, 65536) == b"\x5c" * 65536
         mem = tmp_path / "mem.save"
         m = await restore.load_snapshot(lt.env.dc.store, signers, keys, b_id, name)
         await restore.restore_vm(lt.env.dc.store, signers, keys, device=b_id, vm=name,

@@ -9,32 +9,10 @@ from pathlib import Path
 import pytest
 
 from vmclient.provision.restore import rewrite_disks
-from vmclient.store.errors import LocalSyncError
 from vmclient.sync import disks
 from vmclient.sync.nbd import image_json
 
 K = 64 << 10
-ENCRYPTED_OVERLAY_MAP = json.dumps([
-    {"start": 0, "length": K, "depth": 0, "present": False, "zero": True, "data": False},
-    {"start": K, "length": K, "depth": 0, "present": True, "zero": False, "data": True},
-    {"start": 2 * K, "length": 4 * K, "depth": 0, "present": True, "zero": True, "data": False},
-    {"start": 6 * K, "length": 2 * K, "depth": 1, "present": True, "zero": False, "data": True},
-])
-
-
-def test_encrypted_extents_are_read_at_guest_offsets() -> None:
-    with pytest.raises(LocalSyncError, match="no host offset"):
-        disks.parse_map(ENCRYPTED_OVERLAY_MAP)
-    ext = disks.parse_map(ENCRYPTED_OVERLAY_MAP, guest_offsets=True)
-    assert [(e.start, e.zero, e.offset) for e in ext] == [(K, False, K), (2 * K, True, None)]
-    covered = disks.covered_chunks(ext, K, 8 * K)
-    assert sorted(covered) == [1, 2, 3, 4, 5]  # dirty data + zeroed; chunk 6/7 unchanged
-    whole = disks.parse_map(ENCRYPTED_OVERLAY_MAP, guest_offsets=True, all_depths=True)
-    raw = disks.raw_chunks(whole, K, 8 * K)
-    assert [i for i, (e, _w) in raw.items() if e.offset is not None] == [1, 6, 7]
-    assert len(raw) == 8
-
-
 def test_whole_file_covers_every_chunk_of_a_short_tail() -> None:
     cov = disks.whole_file(3 * K + 100, K)
     assert sorted(cov) == [0, 1, 2, 3]
@@ -42,10 +20,12 @@ def test_whole_file_covers_every_chunk_of_a_short_tail() -> None:
 
 
 def test_image_json_never_carries_the_passphrase() -> None:
-    spec = image_json(Path("/x/a.qcow2"), secret="vmcsec0", no_backing=True)
+    spec = image_json(Path("/x/a.qcow2"), secret="vmcsec0")
     doc = json.loads(spec.removeprefix("json:"))
     assert doc == {"driver": "qcow2", "file": {"driver": "file", "filename": "/x/a.qcow2"},
-                   "encrypt": {"key-secret": "vmcsec0"}, "backing": None}
+                   "encrypt": {"key-secret": "vmcsec0"}}
+    assert json.loads(image_json(Path("/x/b.img"), fmt="raw").removeprefix("json:")) == {
+        "driver": "raw", "file": {"driver": "file", "filename": "/x/b.img"}}
 
 
 DOMAIN = """<domain type='kvm'><name>office</name><uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>

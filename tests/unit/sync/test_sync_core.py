@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from vmclient.sync.disks import Extent, PartialChunk, covered_chunks, parse_map, raw_chunks
+from vmclient.store.chunker import Chunker
+from vmclient.sync.disks import (
+    Extent,
+    PartialChunk,
+    covered_chunks,
+    parse_dirty,
+    parse_map,
+    raw_chunks,
+    read_chunks,
+)
 from vmclient.sync.retention import Retention, kept
 
 DAY = 86400
@@ -27,20 +36,57 @@ def test_keep_at_least_newest() -> None:
     assert kept([(1, 10), (2, 20)], Retention(0, 0, 0)) == {2}
 
 
-def test_parse_map_keeps_depth_zero_only() -> None:
+def test_parse_map_reads_all_but_zeros_at_guest_offsets() -> None:
+    # qemu-img map over an NBD export (base:allocation), as QEMU 7.2 prints it
     untrusted = json.dumps([
-        {"start": 0, "length": C, "depth": 1, "present": True, "zero": False, "data": True,
-         "offset": 4 * C},
-        {"start": C, "length": C, "depth": 0, "present": True, "zero": True, "data": False},
+        {"start": 0, "length": C, "depth": 0, "present": True, "zero": False, "data": True,
+         "offset": 0},
+        {"start": C, "length": C, "depth": 0, "present": True, "zero": True, "data": False,
+         "offset": C},
         {"start": 2 * C, "length": 2 * C, "depth": 0, "present": True, "zero": False,
-         "data": True, "offset": 9 * C},
-        {"start": 4 * C, "length": C, "depth": 1, "present": False, "zero": True, "data": False},
+         "data": False},  # neither data nor zero: contents unknown, so read
     ])
     ext = parse_map(untrusted)
-    assert ext == [Extent(C, C, True, None), Extent(2 * C, 2 * C, False, 9 * C)]
-    cov = covered_chunks(ext, C, 5 * C)
-    assert sorted(cov) == [1, 2, 3]
-    assert cov[3] == (ext[1], C)
+    assert ext == [Extent(0, C, False, 0), Extent(C, C, True, None),
+                   Extent(2 * C, 2 * C, False, 2 * C)]
+    cov = raw_chunks(ext, C, 4 * C)
+    assert [i for i, (e, _w) in sorted(cov.items()) if e.offset is not None] == [0, 2, 3]
+
+
+def test_parse_dirty_takes_the_inverted_bitmap() -> None:
+    # qemu-img map with x-dirty-bitmap=qemu:dirty-bitmap:backup-vda, as QEMU 7.2 prints it
+    untrusted = json.dumps([
+        {"start": 0, "length": 2 * C, "depth": 0, "present": True, "zero": False, "data": True,
+         "offset": 0},
+        {"start": 2 * C, "length": C, "depth": 0, "present": False, "zero": False,
+         "data": False},
+        {"start": 3 * C, "length": C, "depth": 0, "present": True, "zero": False, "data": True,
+         "offset": 3 * C},
+        {"start": 4 * C, "length": 2 * C, "depth": 0, "present": False, "zero": False,
+         "data": False},
+    ])
+    ext = parse_dirty(untrusted)
+    assert ext == [Extent(2 * C, C, False, 2 * C), Extent(4 * C, 2 * C, False, 4 * C)]
+    assert sorted(covered_chunks(ext, C, 6 * C)) == [2, 4, 5]
+
+
+def test_read_chunks_reads_back_to_back_chunks_at_once(tmp_path) -> None:
+    data = bytes(range(256)) * (7 * C // 256)
+    f = tmp_path / "img"
+    f.write_bytes(data)
+    covered = raw_chunks([Extent(0, 2 * C, False, 0), Extent(2 * C, C, True, None),
+                          Extent(3 * C, 4 * C, False, 3 * C)], C, 7 * C)
+    calls: list[tuple[int, int]] = []
+
+    def pread(n: int, off: int) -> bytes:
+        calls.append((n, off))
+        return data[off:off + n]
+    chunker = Chunker(b"k" * 32, C)
+    got = list(read_chunks(f, covered, chunker, 7 * C, pread))
+    assert [c.index for c in got] == list(range(7))
+    assert calls == [(2 * C, 0), (4 * C, 3 * C)]  # one read per run; the zero chunk not read
+    assert got[2].is_zero and got[4].data == data[4 * C:5 * C]
+    assert [c.id for c in got] == [c.id for c in read_chunks(f, covered, chunker, 7 * C)]
 
 
 def test_partial_chunk_needs_a_full_read() -> None:

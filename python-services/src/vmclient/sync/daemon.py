@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -232,12 +233,14 @@ class Synchronizer:
         except VMClientError as exc:
             self._failed(v, waiting, exc)
             return
-        started = time.monotonic()
+        started, loop = time.monotonic(), asyncio.get_running_loop()
 
         def progress(done: int, total: int) -> None:
+            """Called in the sync's reader thread: dbus-fast is the event loop's alone."""
             elapsed = time.monotonic() - started
             v.done, v.total, v.rate = done, total, done / elapsed if elapsed > 0 else 0.0
-            self.iface.changed(progress=done < total)
+            loop.call_soon_threadsafe(functools.partial(self.iface.changed,
+                                                        progress=done < total))
 
         v.state, v.reason, v.done, v.total, v.rate = "running", "", 0, 0, 0.0
         self.iface.current = v.name

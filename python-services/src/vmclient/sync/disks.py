@@ -1,20 +1,24 @@
 """Reading a captured disk: which chunks changed, and their bytes.
 
-A *capture* is a file holding a consistent point of one guest-visible disk:
+A *capture* is something holding a consistent point of one guest-visible disk,
+read at guest offsets through QEMU's NBD server (:mod:`.nbd`):
 
-* a running VM: the target of a libvirt push-mode backup job.  A full backup is
-  a standalone qcow2; an incremental one is a qcow2 overlay whose backing file
-  is the live disk and which holds **only the clusters dirty since the
-  checkpoint** (QEMU's persistent dirty bitmap).  ``qemu-img map`` reports
-  those clusters at depth 0 (data with its host offset, or a zero cluster);
-  everything deeper is unchanged and never read.
-* a stopped VM: ``qemu-img convert`` of its disk at rest to a sparse raw file
-  (a full read; backing files and formats are QEMU's business).
+* a running VM: the export of a libvirt pull-mode backup job.  A full read
+  takes the export's allocation (``qemu-img map`` over NBD): data extents are
+  read, zero ones are not.  An incremental read takes the clusters **dirty
+  since the checkpoint** (QEMU's persistent dirty bitmap, the export's
+  ``qemu:dirty-bitmap:backup-<disk>`` context, :func:`parse_dirty`); everything
+  else is unchanged and never read.
+* a stopped VM: its disk at rest, served read-only by ``qemu-nbd`` (a LUKS
+  qcow2 with its passphrase), mapped with ``qemu-img map`` (backing files and
+  formats are QEMU's business).
 
-Depth-0 data extents of an uncompressed qcow2 or raw file are read with
-``pread`` at the offset ``qemu-img map`` gives.  Dirty extents must cover whole
-chunks (the bitmap granularity is the 64 KiB cluster size = the chunk size);
-otherwise :class:`PartialChunk` asks the engine for a full read.
+A memory image is a plain file, read whole with ``pread``.
+
+Dirty extents must cover whole chunks (the bitmap granularity is the 64 KiB
+cluster size = the chunk size); otherwise :class:`PartialChunk` asks the engine
+for a full read.  Consecutive chunks are read together, up to ``READ_RUN``
+bytes per request.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ class PartialChunk(LocalSyncError):
     """{}"""
 
 
+READ_RUN = 4 << 20  # one read request covers up to this many bytes of consecutive chunks
+
+
 @dataclass(frozen=True)
 class Extent:
     start: int
     length: int
     zero: bool
-    offset: int | None  # host offset of the data in the capture file
+    offset: int | None  # where the data is read (guest offset; host offset of a plain file)
 
 
 def qemu_img(*args: str) -> str:
@@ -59,33 +66,36 @@ def virtual_size(path: str | Path) -> int:
     return int(json.loads(qemu_img("info", "-U", "--output=json", str(path)))["virtual-size"])
 
 
-def parse_map(untrusted_json: str, *, guest_offsets: bool = False,
-              all_depths: bool = False) -> list[Extent]:
-    """Depth-0 extents of ``qemu-img map --output=json`` (what the file itself holds).
+def parse_map(untrusted_json: str) -> list[Extent]:
+    """The extents of ``qemu-img map --output=json`` of a disk read through QEMU (NBD).
 
-    ``guest_offsets``: the capture is read through QEMU (an encrypted qcow2,
-    :mod:`.nbd`), so a data extent's offset is its guest offset.  ``all_depths``:
-    every extent of the chain (a whole disk read through its backing files).
+    An extent that reads as zeros (``"zero": true`` without data) is not read; any
+    other is, at its guest offset, even one QEMU calls neither data nor zero.
     """
     out = []
     for e in json.loads(untrusted_json):
-        if not all_depths and (e.get("depth", 0) != 0 or not e.get("present", True)):
-            continue
         start = int(e["start"])
-        if e["data"] and not guest_offsets and "offset" not in e:
-            raise LocalSyncError(f"extent at {start} has no host offset (compressed?)")
-        offset = (start if guest_offsets else int(e["offset"])) if e["data"] else None
-        out.append(Extent(start, int(e["length"]), bool(e["zero"] and not e["data"]), offset))
+        zero = bool(e["zero"] and not e["data"])
+        out.append(Extent(start, int(e["length"]), zero, None if zero else start))
+    return out
+
+
+def parse_dirty(untrusted_json: str) -> list[Extent]:
+    """The dirty extents of ``qemu-img map --output=json`` over an NBD export read with
+    ``x-dirty-bitmap`` (:func:`.nbd.map_export`): QEMU reports the bitmap in place of
+    the allocation, inverted, so a dirty extent is one *without* data.  Each is read
+    at its guest offset (a cluster zeroed since is read as zeros: a change too)."""
+    out = []
+    for e in json.loads(untrusted_json):
+        if not e["data"]:
+            start = int(e["start"])
+            out.append(Extent(start, int(e["length"]), False, start))
     return out
 
 
 def whole_file(size: int, chunk_size: int) -> dict[int, tuple[Extent, int]]:
     """Every chunk of a plain file read as it is (a memory image): all data."""
     return raw_chunks([Extent(0, size, False, 0)], chunk_size, size)
-
-
-def map_capture(path: Path) -> list[Extent]:
-    return parse_map(qemu_img("map", "-U", "--output=json", str(path)))
 
 
 def covered_chunks(extents: Sequence[Extent], chunk_size: int, size: int
@@ -126,12 +136,13 @@ def raw_chunks(extents: Sequence[Extent], chunk_size: int, size: int
 
 
 def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chunker,
-                size: int, pread: Callable[[int, int], bytes] | None = None
+                size: int, pread: Callable[[int, int], bytes | bytearray] | None = None
                 ) -> Iterator[Chunk]:
     """The covered chunks, in order, read from the capture (zero extents not read).
 
-    ``pread(length, offset)`` reads the capture another way than the file
-    (through QEMU, :mod:`.nbd`); by default ``path`` is read directly.
+    ``pread(length, offset)`` reads the capture through QEMU (:mod:`.nbd`); by
+    default ``path`` is read directly.  Chunks whose data lie back to back are
+    read with one call, up to :data:`READ_RUN` bytes.
     """
     cs = chunker.chunk_size
     with contextlib.ExitStack() as stack:
@@ -139,25 +150,49 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
         if read is None:
             fd = stack.enter_context(open(path, "rb")).fileno()
             read = functools.partial(_pread_fd, fd)
-        for i in sorted(covered):
-            e, within = covered[i]
-            length = min(cs, size - i * cs)
-            if e.offset is None:
-                yield chunker.chunk(i, bytes(length))
+        order = sorted(covered)
+        k = 0
+        while k < len(order):
+            run = _run(order, k, covered, cs, size)
+            if not run:
+                length = min(cs, size - order[k] * cs)
+                yield chunker.chunk(order[k], bytes(length))
+                k += 1
                 continue
-            data = read(length, e.offset + within)
-            if len(data) != length:
-                raise LocalSyncError(f"{path}: short read at chunk {i}")
-            yield chunker.chunk(i, data)
+            first, within = covered[run[0]]
+            assert first.offset is not None
+            total = sum(min(cs, size - i * cs) for i in run)
+            data = read(total, first.offset + within)
+            if len(data) != total:
+                raise LocalSyncError(f"{path}: short read at chunk {run[0]}")
+            view, pos = memoryview(data), 0
+            for i in run:
+                n = min(cs, size - i * cs)
+                yield chunker.chunk(i, bytes(view[pos:pos + n]))
+                pos += n
+            k += len(run)
+
+
+def _run(order: Sequence[int], k: int, covered: dict[int, tuple[Extent, int]], cs: int,
+         size: int) -> list[int]:
+    """The chunks from ``order[k]`` on whose data follow each other in the capture
+    (empty: ``order[k]`` is a zero chunk)."""
+    e, within = covered[order[k]]
+    if e.offset is None:
+        return []
+    run, end = [order[k]], e.offset + within + min(cs, size - order[k] * cs)
+    while k + len(run) < len(order) and (end - e.offset - within) < READ_RUN:
+        i = order[k + len(run)]
+        ei, wi = covered[i]
+        if i != run[-1] + 1 or ei.offset is None or ei.offset + wi != end:
+            break
+        run.append(i)
+        end += min(cs, size - i * cs)
+    return run
 
 
 def _pread_fd(fd: int, n: int, off: int) -> bytes:
     return os.pread(fd, n, off)
-
-
-def convert_to_raw(source: str, fmt: str, dest: Path) -> None:
-    """A stopped VM's disk at rest → sparse raw (takes QEMU's read lock meanwhile)."""
-    qemu_img("convert", "-f", fmt, "-O", "raw", "-S", "64k", source, str(dest))
 
 
 def raw_to_qcow2(raw: Path, dest: Path) -> None:

@@ -8,15 +8,21 @@ any point leaves the previous snapshot and ``latest`` intact; packs that
 arrived are found by :meth:`ChunkStore.load_index` (by header if no index
 names them) and not uploaded again.
 
-What is read (see :mod:`.disks`):
+What is read (see :mod:`.disks`; everything through QEMU over NBD, :mod:`.nbd`):
 
 * running VM with a usable checkpoint from the last sync: an incremental
-  push backup; only the dirty clusters are read; every other chunk id is the
-  parent snapshot's.
+  pull-mode backup; only the dirty clusters are read from its NBD export;
+  every other chunk id is the parent snapshot's.
 * running VM without one (first sync, disk resized, or QEMU was killed and the
   bitmaps are inconsistent, which makes libvirt refuse the incremental backup):
-  a full push backup, every chunk read, hashed and compared with the index.
-* stopped VM: its disks at rest, read whole and compared the same way.
+  a full pull-mode backup, every allocated chunk read, hashed and compared
+  with the index.
+* stopped VM: its disks at rest through ``qemu-nbd``, read whole and compared
+  the same way.
+
+The backup job lasts while the chunks are read and is ended after the upload
+(or when the sync fails); QEMU keeps the point in time by copying a cluster the
+guest overwrites meanwhile into a scratch file first.  Nothing else is copied.
 
 Memory (the domain's ``<vmc:vm sync="memory"/>``, from the recipe's
 ``sync.memory``): a running VM is saved (its RAM to a file in ``memory_dir``,
@@ -28,11 +34,11 @@ is synced at rest with that image as its memory.  The image is chunked like a
 disk (role ``memory`` in the snapshot), always read whole.
 
 LUKS disks (business VMs, from provisioning): the disk secret is derived from
-the VM's data key (``keys``) and handed to libvirt as an ephemeral secret for
-the backup job and the restore only.  Backup targets are LUKS qcow2 under the
-same secret (checked after the job), so no plaintext guest data rests in the
-scratch directory; they and disks at rest are read through ``qemu-nbd``
-(:mod:`.nbd`).
+the VM's data key (``keys``) and handed to libvirt as an ephemeral secret while
+the backup job runs and for the restore only.  Scratch files are LUKS qcow2
+under the same secret (checked when the job has begun), so no plaintext guest
+data rests in the scratch directory; disks at rest are read through
+``qemu-nbd`` with the passphrase.
 """
 
 from __future__ import annotations
@@ -70,10 +76,12 @@ from ..store.errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteInteg
 from ..store.objects import BlobRef, ChunkMap, Manifest
 from ..store.remote import LockToken, RemoteStore, lock_is_stale
 from ..virt.libvirt import (
+    DiskSource,
     DomState,
     Hypervisor,
     SyncView,
-    backup_push,
+    backup_end,
+    backup_pull,
     delete_checkpoints,
     save_and_restore_paused,
     sync_view,
@@ -135,9 +143,10 @@ class _Capture:
     path: Path
     covered: dict[int, tuple[disks.Extent, int]] = field(default_factory=dict)
     whole: bool = False  # every chunk covered, never the parent's ids (memory)
-    passphrase: bytes | None = None  # an encrypted qcow2: read through qemu-nbd
-    no_backing: bool = False  # (with passphrase) an incremental overlay: its own clusters
-    pread: Callable[[int, int], bytes] | None = None  # set while the capture is open
+    fmt: str = ""  # a disk at rest: read through qemu-nbd (image format)
+    passphrase: bytes | None = None  # (at rest) a LUKS qcow2
+    export: str = ""  # a backup job's NBD export of that name on the socket ``path``
+    pread: Callable[[int, int], bytes | bytearray] | None = None  # while the capture is open
 
 
 def holder() -> str:
@@ -223,13 +232,15 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         mem_file = memory_dir / f"{vm}-{checkpoint}.save"
         store = repo.ChunkStore(remote, layout.vm_store(dev, vm), keys)
         try:
-            caps, known = await _capture_indexing(
-                store, _capture(hv, view, parent, st, checkpoint, work, chunk_size, result,
-                                keys=keys, memory_file=mem_file,
-                                managed_save=managed_save_dir / f"{vm}.save"), result)
-            if hooks.interrupted():
-                raise SyncInterrupted(vm, "after the capture")
-            maps = await _upload(store, known, keys, caps, parent, chunk_size, result, hooks)
+            async with contextlib.AsyncExitStack() as job:  # a backup job lasts until read
+                caps, known = await _capture_indexing(
+                    store, _capture(hv, view, parent, st, checkpoint, work, chunk_size, result,
+                                    job, keys=keys, memory_file=mem_file,
+                                    managed_save=managed_save_dir / f"{vm}.save"), result)
+                if hooks.interrupted():
+                    raise SyncInterrupted(vm, "after the capture")
+                maps = await _upload(store, known, keys, caps, parent, chunk_size, result,
+                                     hooks)
         finally:
             mem_file.unlink(missing_ok=True)  # plaintext RAM: gone as soon as it is read
         label = layout.snapshot_name(seq)
@@ -327,48 +338,47 @@ async def _next_seq(remote: RemoteStore, dev: str, vm: str, parent: Manifest | N
 
 async def _capture(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                    st: state.VMSyncState, checkpoint: str, work: Path, chunk_size: int,
-                   result: SyncResult, *, keys: crypto.KeySet, memory_file: Path,
-                   managed_save: Path) -> list[_Capture]:
+                   result: SyncResult, job: contextlib.AsyncExitStack, *, keys: crypto.KeySet,
+                   memory_file: Path, managed_save: Path) -> list[_Capture]:
     roles = ["system"] + ["user"] * (len(view.disks) - 1)
     pp = _passphrase(view, keys)
     memory = view.sync == MEMORY
     if not view.active:
-        caps = await _at_rest(view, roles, work, chunk_size, pp, result)
+        caps = [await _at_rest(d, role, chunk_size, pp)
+                for d, role in zip(view.disks, roles, strict=True)]
+        result.mode = "at-rest"
         if memory and view.managed_save:
             caps.append(await _memory(managed_save, chunk_size, result))
         return caps
     caps = await _running(hv, view, parent, st, checkpoint, work, chunk_size, result, roles, pp,
-                          memory_file if memory else None)
+                          memory_file if memory else None, job)
     if memory:
         caps.append(await _memory(memory_file, chunk_size, result))
     return caps
 
 
-async def _at_rest(view: SyncView, roles: list[str], work: Path, chunk_size: int,
-                   pp: bytes | None, result: SyncResult) -> list[_Capture]:
-    result.mode = "at-rest"
-    caps = []
-    for d, role in zip(view.disks, roles, strict=True):
-        if d.secret:  # read through QEMU: no plaintext copy
-            caps.append(await _mapped(d.target, role, Path(d.path), chunk_size,
-                                      whole_raw=True, passphrase=pp))
-            continue
-        raw = work / f"{d.target}.raw"
-        await asyncio.to_thread(disks.convert_to_raw, d.path, d.fmt, raw)
-        caps.append(await _mapped(d.target, role, raw, chunk_size, whole_raw=True))
-    return caps
+async def _at_rest(d: DiskSource, role: str, chunk_size: int, pp: bytes | None) -> _Capture:
+    """A disk at rest, to be read whole through ``qemu-nbd`` (no copy)."""
+    path = Path(d.path)
+    passphrase = pp if d.secret else None
+    size = await asyncio.to_thread(disks.virtual_size, path)
+    untrusted = await asyncio.to_thread(nbd.map_image, path, passphrase, fmt=d.fmt)
+    return _Capture(d.target, role, size, path,
+                    disks.raw_chunks(disks.parse_map(untrusted), chunk_size, size),
+                    fmt=d.fmt, passphrase=passphrase)
 
 
 async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                    st: state.VMSyncState, checkpoint: str, work: Path, chunk_size: int,
                    result: SyncResult, roles: list[str], pp: bytes | None,
-                   memory_file: Path | None) -> list[_Capture]:
-    """Backup job (and, with ``memory_file``, the memory point) of a running VM.
+                   memory_file: Path | None, job: contextlib.AsyncExitStack
+                   ) -> list[_Capture]:
+    """Pull-mode backup job (and, with ``memory_file``, the memory point) of a running VM.
 
-    The backup target of a LUKS disk (full copy or incremental overlay) is
-    itself a LUKS qcow2 under the disk's secret, so the scratch directory never
-    holds plaintext guest data; each is checked to be encrypted when the job
-    has finished (:func:`_check_encrypted`).
+    The job, and the disks' secret, stay until ``job`` closes.  The scratch file
+    of a LUKS disk is itself a LUKS qcow2 under the disk's secret, so the scratch
+    directory never holds plaintext guest data; each is checked to be encrypted
+    as soon as the job has begun (:func:`_check_encrypted`).
     """
     sizes = {d.target: await asyncio.to_thread(disks.virtual_size, d.path) for d in view.disks}
     incremental: str | None = st.checkpoint
@@ -378,64 +388,91 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
     elif {(c.name, c.size) for c in parent.disks if c.role != MEMORY} != set(sizes.items()):
         incremental, result.fallback = None, "disks changed"
     encrypt = {d.target: d.secret for d in view.disks if d.secret}
-    async with _disk_secrets(hv, view, pp):
-        while True:  # one consistent point; again if a fallback came after the VM resumed
-            paused, resumed, down = False, False, time.monotonic()
-            try:
-                if memory_file is not None:
-                    paused = await save_and_restore_paused(hv, view.uuid, view.name,
-                                                           str(memory_file))
-                while True:  # incremental, else full
-                    targets = {d.target: str(work / f"{d.target}-{checkpoint}.qcow2")
-                               for d in view.disks}
+    sock = await asyncio.to_thread(_socket_dir, work / "nbd", view.qemu_ids) / "s"
+    await job.enter_async_context(_disk_secrets(hv, view, pp))
+    while True:  # one consistent point; again if a fallback came after the VM resumed
+        paused, resumed, down = False, False, time.monotonic()
+        try:
+            if memory_file is not None:
+                paused = await save_and_restore_paused(hv, view.uuid, view.name,
+                                                       str(memory_file))
+            while True:  # incremental, else full
+                scratch = {d.target: str(work / f"{d.target}-{checkpoint}.scratch.qcow2")
+                           for d in view.disks}
+                try:
+                    at = await backup_pull(hv, view.uuid, view.name, str(sock), scratch,
+                                           checkpoint, incremental, encrypt=encrypt,
+                                           resume=paused)
+                    if paused:
+                        paused, resumed = False, True
+                        result.downtime_seconds = at - down
                     try:
-                        at = await backup_push(hv, view.uuid, view.name, targets, checkpoint,
-                                               incremental, encrypt=encrypt, resume=paused)
-                        if paused:
-                            paused, resumed = False, True
-                            result.downtime_seconds = at - down
-                        await asyncio.to_thread(_check_encrypted, view, targets)
-                        caps = [await _mapped(d.target, role, Path(targets[d.target]),
-                                              chunk_size, passphrase=pp if d.secret else None,
-                                              no_backing=incremental is not None,
-                                              whole_raw=bool(d.secret) and not incremental)
+                        await asyncio.to_thread(_check_encrypted, view, scratch)
+                        caps = [await _exported(d.target, role, sock, sizes[d.target],
+                                                chunk_size, incremental is not None)
                                 for d, role in zip(view.disks, roles, strict=True)]
-                    except (VMOperationFailed, disks.PartialChunk) as exc:
-                        if incremental is None:
-                            raise
-                        log.warning("%s: incremental backup impossible (%s); reading the "
-                                    "whole disks", view.name, exc)
-                        result.fallback = str(exc)
-                        incremental = None
-                        await delete_checkpoints(hv, view.uuid, view.name, None)
-                        await asyncio.to_thread(_remove, targets.values())
-                        if resumed:
-                            break  # the memory image is older now: take the point again
-                        continue
-                    result.mode = "incremental" if incremental else "full"
-                    break
-            finally:
-                if paused:  # the backup did not begin: never leave the VM paused
-                    with contextlib.suppress(VMOperationFailed, VMNotFound):
-                        if (await hv.domain(view.uuid)).state == DomState.PAUSED:
-                            await hv.resume(view.uuid, view.name)
-            if result.mode:
-                return caps
+                    except BaseException:
+                        await backup_end(hv, view.uuid, view.name)
+                        raise
+                except (VMOperationFailed, disks.PartialChunk) as exc:
+                    if incremental is None:
+                        raise
+                    log.warning("%s: incremental backup impossible (%s); reading the "
+                                "whole disks", view.name, exc)
+                    result.fallback = str(exc)
+                    incremental = None
+                    await delete_checkpoints(hv, view.uuid, view.name, None)
+                    await asyncio.to_thread(_remove, scratch.values())
+                    if resumed:
+                        break  # the memory image is older now: take the point again
+                    continue
+                job.push_async_callback(backup_end, hv, view.uuid, view.name)
+                result.mode = "incremental" if incremental else "full"
+                break
+        finally:
+            if paused:  # the backup did not begin: never leave the VM paused
+                with contextlib.suppress(VMOperationFailed, VMNotFound):
+                    if (await hv.domain(view.uuid)).state == DomState.PAUSED:
+                        await hv.resume(view.uuid, view.name)
+        if result.mode:
+            return caps
 
 
-def _check_encrypted(view: SyncView, targets: Mapping[str, str]) -> None:
-    """Every backup target of a LUKS disk is LUKS-encrypted (libvirt was asked to);
-    one that is not is deleted at once and the sync fails: never plaintext at rest."""
+def _socket_dir(path: Path, owner: tuple[int, int] | None) -> Path:
+    """A 0700 directory where QEMU (running as ``owner``) creates the export's socket:
+    the plaintext disks cross that socket, so only QEMU and root may reach it."""
+    path.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(path, *owner)
+    return path
+
+
+async def _exported(name: str, role: str, sock: Path, size: int, chunk_size: int,
+                    dirty: bool) -> _Capture:
+    """Disk ``name`` of a backup job: its dirty clusters, else every allocated one."""
+    if dirty:
+        untrusted = await asyncio.to_thread(nbd.map_export, sock, name,
+                                            dirty_bitmap=f"qemu:dirty-bitmap:backup-{name}")
+        covered = disks.covered_chunks(disks.parse_dirty(untrusted), chunk_size, size)
+    else:
+        untrusted = await asyncio.to_thread(nbd.map_export, sock, name)
+        covered = disks.raw_chunks(disks.parse_map(untrusted), chunk_size, size)
+    return _Capture(name, role, size, sock, covered, export=name)
+
+
+def _check_encrypted(view: SyncView, scratch: Mapping[str, str]) -> None:
+    """Every scratch file of a LUKS disk is LUKS-encrypted (libvirt was asked to); one
+    that is not fails the sync (its job is ended and the file deleted): never
+    plaintext at rest."""
     for d in view.disks:
         if not d.secret:
             continue
-        path = Path(targets[d.target])
+        path = Path(scratch[d.target])
         info = json.loads(disks.qemu_img("info", "-U", "--output=json", str(path)))
         if info.get("encrypted") is not True:
-            _remove(targets.values())
-            raise SyncRefused(view.name, f"libvirt wrote the backup of disk {d.target} "
-                              "unencrypted; deleted it (this libvirt cannot encrypt backup "
-                              "targets)")
+            raise SyncRefused(view.name, f"libvirt made the scratch file of disk {d.target} "
+                              "unencrypted (this libvirt cannot encrypt backup scratch "
+                              "files); the sync stopped and the file is deleted")
 
 
 def _passphrase(view: SyncView, keys: crypto.KeySet) -> bytes | None:
@@ -498,34 +535,23 @@ def check_ram_backed(directory: Path, vm: str) -> None:
 
 @contextlib.asynccontextmanager
 async def _opened(caps: list[_Capture]) -> AsyncIterator[None]:
-    """Encrypted captures served by qemu-nbd while the block reads them."""
+    """NBD clients of the captures while the block reads them: the backup job's
+    exports, and ``qemu-nbd`` serving each disk at rest."""
     with contextlib.ExitStack() as stack:
         for c in caps:
-            if c.passphrase is not None:
+            if c.export:
+                client = await asyncio.to_thread(nbd.connect, c.path, c.export)
+                stack.callback(client.close)
+                c.pread = client.pread
+            elif c.fmt:
                 client = await asyncio.to_thread(
-                    stack.enter_context,
-                    nbd.export(c.path, c.passphrase, no_backing=c.no_backing))
+                    stack.enter_context, nbd.export(c.path, c.passphrase, fmt=c.fmt))
                 c.pread = client.pread
         try:
             yield
         finally:
             for c in caps:
                 c.pread = None
-
-
-async def _mapped(name: str, role: str, path: Path, chunk_size: int, *,
-                  whole_raw: bool = False, passphrase: bytes | None = None,
-                  no_backing: bool = False) -> _Capture:
-    size = await asyncio.to_thread(disks.virtual_size, path)
-    if passphrase is None:
-        extents = await asyncio.to_thread(disks.map_capture, path)
-    else:  # encrypted: no host offsets; read through qemu-nbd at guest offsets
-        untrusted = await asyncio.to_thread(nbd.map_image, path, passphrase,
-                                            no_backing=no_backing)
-        extents = disks.parse_map(untrusted, guest_offsets=True, all_depths=whole_raw)
-    cover = disks.raw_chunks if whole_raw else disks.covered_chunks
-    return _Capture(name, role, size, path, cover(extents, chunk_size, size),
-                    passphrase=passphrase, no_backing=no_backing)
 
 
 def _remove(paths: Iterable[str]) -> None:

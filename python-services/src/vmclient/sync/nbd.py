@@ -1,15 +1,20 @@
-"""Reading an encrypted capture through QEMU: ``qemu-nbd`` and a minimal NBD client.
+"""Reading a capture through QEMU over NBD: libvirt's pull-mode export, ``qemu-nbd``, a client.
 
-A LUKS qcow2 keeps ciphertext at its host offsets, and ``qemu-img map`` gives
-no offsets for it, so the capture cannot be ``pread``.  ``qemu-nbd`` opens it
-read-only with the disk's passphrase (a QEMU ``secret`` object read from a
-pipe, never a file or an argument) and serves the *guest-visible* plaintext on
-a Unix socket in a 0700 directory; the plaintext only crosses the socket.  An
-incremental overlay is opened with ``"backing": null``: the overlay's own
-clusters are exactly the dirty ones, and the live disk it is backed by stays
-untouched.
+Two servers, one client:
 
-The client speaks the fixed-newstyle handshake (``NBD_OPT_GO`` on the default
+* a running VM: the pull-mode backup job (:func:`..virt.libvirt.backup_pull`)
+  makes QEMU serve each disk's point in time on a Unix socket, export name =
+  the disk's target.  ``qemu-img map`` over that export (:func:`map_export`)
+  gives the allocation (``base:allocation``) or, with ``x-dirty-bitmap``, the
+  clusters dirty since the checkpoint.
+* a stopped VM: ``qemu-nbd`` opens its disk read-only, a LUKS qcow2 with the
+  disk's passphrase (a QEMU ``secret`` object read from a pipe, never a file or
+  an argument), and serves the *guest-visible* plaintext on a Unix socket in a
+  0700 directory (:func:`export`).
+
+Either way the plaintext only crosses the socket; nothing is copied to disk.
+
+The client speaks the fixed-newstyle handshake (``NBD_OPT_GO`` on a named
 export) and simple replies to ``NBD_CMD_READ``: all this needs.
 """
 
@@ -47,14 +52,12 @@ class NBDError(LocalSyncError):
     """NBD: {}"""
 
 
-def image_json(path: Path, *, secret: str | None, no_backing: bool = False) -> str:
-    """A ``json:`` filename for QEMU: qcow2 ``path``, decrypted with ``secret``."""
-    spec: dict[str, object] = {"driver": "qcow2", "file": {"driver": "file",
-                                                           "filename": str(path)}}
+def image_json(path: Path, *, fmt: str = "qcow2", secret: str | None = None) -> str:
+    """A ``json:`` filename for QEMU: image ``path`` of format ``fmt``, decrypted with
+    ``secret`` (a LUKS qcow2)."""
+    spec: dict[str, object] = {"driver": fmt, "file": {"driver": "file", "filename": str(path)}}
     if secret:
         spec["encrypt"] = {"key-secret": secret}
-    if no_backing:
-        spec["backing"] = None
     return "json:" + json.dumps(spec, separators=(",", ":"))
 
 
@@ -68,45 +71,69 @@ def secret_pipe(passphrase: bytes) -> int:
     return r
 
 
-def map_image(path: Path, passphrase: bytes | None, *, no_backing: bool = False) -> str:
-    """``qemu-img map --output=json`` of a (possibly encrypted) qcow2."""
+def map_image(path: Path, passphrase: bytes | None, *, fmt: str = "qcow2") -> str:
+    """``qemu-img map --output=json`` of an image at rest (a LUKS qcow2 with ``passphrase``)."""
     fd = secret_pipe(passphrase) if passphrase else -1
     args = ["qemu-img", "map", "-U", "--output=json"]
     if passphrase:
         args += ["--object", f"secret,id=vmcsec0,file=/dev/fd/{fd}"]
-    args.append(image_json(path, secret="vmcsec0" if passphrase else None,
-                           no_backing=no_backing))
+    args.append(image_json(path, fmt=fmt, secret="vmcsec0" if passphrase else None))
     try:
-        out = subprocess.run(args, check=True, capture_output=True, text=True,
-                             pass_fds=(fd,) if fd >= 0 else ())
-    except FileNotFoundError as exc:
-        raise LocalSyncError("qemu-img is not installed") from exc
-    except subprocess.CalledProcessError as exc:
-        raise LocalSyncError(f"qemu-img map {path}: {exc.stderr.strip()}") from exc
+        return _qemu_img_map(args, str(path), pass_fds=(fd,) if fd >= 0 else ())
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def map_export(socket_path: Path, export: str, *, dirty_bitmap: str | None = None) -> str:
+    """``qemu-img map --output=json`` of NBD export ``export`` on ``socket_path``.
+
+    With ``dirty_bitmap`` (``qemu:dirty-bitmap:backup-<disk>``) QEMU's NBD client
+    reports that context in place of the allocation, inverted: a dirty extent
+    shows as ``"data": false`` (:func:`.disks.parse_dirty`).
+    """
+    def opt(value: str) -> str:
+        return value.replace(",", ",,")
+    spec = f"driver=nbd,server.type=unix,server.path={opt(str(socket_path))},export={opt(export)}"
+    if dirty_bitmap:
+        spec += f",x-dirty-bitmap={opt(dirty_bitmap)}"
+    return _qemu_img_map(["qemu-img", "map", "--output=json", "--image-opts", spec],
+                         f"{socket_path} export {export}")
+
+
+def _qemu_img_map(args: list[str], what: str, pass_fds: tuple[int, ...] = ()) -> str:
+    try:
+        out = subprocess.run(args, check=True, capture_output=True, text=True,
+                             pass_fds=pass_fds)
+    except FileNotFoundError as exc:
+        raise LocalSyncError("qemu-img is not installed") from exc
+    except subprocess.CalledProcessError as exc:
+        raise LocalSyncError(f"qemu-img map {what}: {exc.stderr.strip()}") from exc
     return out.stdout
 
 
 class Client:
     """One NBD connection (blocking; used from a worker thread)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, export: str = "") -> None:
         self.sock = sock
+        self.export = export
         self.size = 0
         self._handle = 0
         self._handshake()
 
     def _recv(self, n: int) -> bytes:
         buf = bytearray(n)
-        view, got = memoryview(buf), 0
+        self._recv_into(memoryview(buf))
+        return bytes(buf)
+
+    def _recv_into(self, view: memoryview) -> None:
+        got, n = 0, len(view)
         while got < n:
             k = self.sock.recv_into(view[got:], n - got)
             if not k:
                 raise NBDError("the server closed the connection")
             got += k
-        return bytes(buf)
 
     def _handshake(self) -> None:
         head = self._recv(18)
@@ -116,7 +143,8 @@ class Client:
         if not flags & _FLAG_FIXED_NEWSTYLE:
             raise NBDError("the server does not speak fixed newstyle")
         self.sock.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | _FLAG_NO_ZEROES))
-        data = struct.pack(">I", 0) + struct.pack(">H", 0)  # export "", no info requests
+        name = self.export.encode()
+        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)  # no info requests
         self.sock.sendall(_IHAVEOPT + struct.pack(">II", _OPT_GO, len(data)) + data)
         while True:
             magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
@@ -124,29 +152,32 @@ class Client:
             if magic != _REPLY_MAGIC:
                 raise NBDError("bad option reply")
             if rtype & 0x80000000:
-                raise NBDError(f"export refused (reply {rtype:#x}: "
+                raise NBDError(f"export {self.export!r} refused (reply {rtype:#x}: "
                                f"{body.decode(errors='replace')})")
             if rtype == _REP_INFO and len(body) >= 12 and body[:2] == b"\0\0":
                 (self.size,) = struct.unpack(">Q", body[2:10])
             elif rtype == _REP_ACK:
                 return
 
-    def pread(self, length: int, offset: int) -> bytes:
-        """``length`` bytes at guest offset ``offset`` (split into ``MAX_READ`` requests)."""
-        parts = []
-        while length > 0:
-            n = min(length, MAX_READ)
+    def pread(self, length: int, offset: int) -> bytearray:
+        """``length`` bytes at guest offset ``offset`` (split into ``MAX_READ`` requests),
+        received straight into the buffer returned."""
+        buf = bytearray(length)
+        view, done = memoryview(buf), 0
+        while done < length:
+            n = min(length - done, MAX_READ)
             self._handle += 1
-            self.sock.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, n))
+            self.sock.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle,
+                                            offset + done, n))
             magic, error, handle = _SIMPLE_REPLY.unpack(self._recv(_SIMPLE_REPLY.size))
             if magic != _SIMPLE_REPLY_MAGIC or handle != self._handle:
                 raise NBDError("unexpected reply")
             if error:
-                raise NBDError(f"read of {n} bytes at {offset} failed (error {error})")
-            parts.append(self._recv(n))
-            offset += n
-            length -= n
-        return b"".join(parts)
+                raise NBDError(f"read of {n} bytes at {offset + done} of export "
+                               f"{self.export!r} failed (error {error})")
+            self._recv_into(view[done:done + n])
+            done += n
+        return buf
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -154,10 +185,24 @@ class Client:
         self.sock.close()
 
 
+def connect(socket_path: Path, export: str) -> Client:
+    """A client of export ``export`` on the Unix socket ``socket_path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(socket_path))
+        return Client(s, export)
+    except OSError as exc:
+        s.close()
+        raise NBDError(f"cannot reach export {export!r} on {socket_path}: {exc}") from exc
+    except BaseException:
+        s.close()
+        raise
+
+
 @contextlib.contextmanager
-def export(path: Path, passphrase: bytes | None, *, no_backing: bool = False,
+def export(path: Path, passphrase: bytes | None, *, fmt: str = "qcow2",
            limit: float = 30.0) -> Iterator[Client]:
-    """``qemu-nbd`` serving ``path`` read-only, and a client connected to it."""
+    """``qemu-nbd`` serving image ``path`` read-only, and a client connected to it."""
     exe = shutil.which("qemu-nbd")
     if exe is None:
         raise LocalSyncError("qemu-nbd is not installed")
@@ -167,8 +212,7 @@ def export(path: Path, passphrase: bytes | None, *, no_backing: bool = False,
     args = [exe, "--read-only", "--shared=1", f"--socket={sock_path}"]
     if passphrase:
         args += ["--object", f"secret,id=vmcsec0,file=/dev/fd/{fd}"]
-    args.append(image_json(path, secret="vmcsec0" if passphrase else None,
-                           no_backing=no_backing))
+    args.append(image_json(path, fmt=fmt, secret="vmcsec0" if passphrase else None))
     proc = subprocess.Popen(args, pass_fds=(fd,) if fd >= 0 else (), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     if fd >= 0:

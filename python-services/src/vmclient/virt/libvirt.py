@@ -22,6 +22,7 @@ import enum
 import gc
 import itertools
 import logging
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -538,7 +539,7 @@ async def eject_media(hv: Hypervisor, uuid: str, name: str) -> list[str]:
     return await hv._call(lambda conn: _eject(conn.lookupByUUIDString(uuid)),
                           what="eject the install media", vm=name, limit=60)
 
-# -- sync: disks, checkpoints and push-mode backup jobs (issue 6) ----------------------------
+# -- sync: disks, checkpoints and pull-mode backup jobs (issue 6) ----------------------------
 # Module-level functions on a Hypervisor (kept apart from the class so that parallel work
 # on the class merges cleanly).
 
@@ -568,6 +569,7 @@ class SyncView:
     running: bool = False  # vCPUs running (not paused)
     managed_save: bool = False  # stopped with a managed save image (its RAM)
     xml: str = ""  # the persistent definition (a restore defines the domain from it)
+    qemu_ids: tuple[int, int] | None = None  # uid, gid of the running QEMU (DAC label)
 
 
 def _sync_view(dom: Any) -> SyncView:
@@ -584,12 +586,15 @@ def _sync_view(dom: Any) -> SyncView:
                                 sec.get("uuid", "") if sec is not None else ""))
     vm = root.find(f"metadata/{{{VM_NS}}}vm")
     state, _reason = dom.state(0)
+    label = root.findtext("seclabel[@model='dac']/label", "")
+    ids = re.fullmatch(r"\+?([0-9]+):\+?([0-9]+)", label)
     return SyncView(dom.UUIDString(), dom.name(), DomState(state).active,
                     vm.get("kind") if vm is not None else None,
                     vm.get("sync") if vm is not None else None, tuple(disks),
                     tuple(c.getName() for c in dom.listAllCheckpoints(0)),
                     state == libvirt.VIR_DOMAIN_RUNNING, bool(dom.hasManagedSaveImage(0)),
-                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+                    (int(ids[1]), int(ids[2])) if ids else None)
 
 
 async def sync_view(hv: Hypervisor, uuid: str) -> SyncView:
@@ -605,41 +610,40 @@ def _abort_backup(dom: Any) -> bool:
     return True
 
 
-def _backup_wait(dom: Any, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while dom.jobStats(0).get("type", 0) != 0:
-        if time.monotonic() > deadline:
-            dom.abortJob()
-            raise libvirt.libvirtError("backup job did not finish in time")
+def _backup_wait_gone(dom: Any) -> None:
+    for _ in range(500):
+        if dom.jobStats(0).get("type", 0) == 0:
+            return
         time.sleep(0.02)
-    done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-    if not done.get("success", False) and done.get("type") != libvirt.VIR_DOMAIN_JOB_COMPLETED:
-        raise libvirt.libvirtError(f"backup job failed: {done.get('errmsg', done)}")
 
 
-async def backup_push(hv: Hypervisor, uuid: str, name: str, targets: dict[str, str],
-                      checkpoint: str, incremental: str | None, *,
-                      limit: float = 3600, encrypt: dict[str, str] | None = None,
-                      resume: bool = False) -> float:
-    """A push-mode backup of ``targets`` (disk → new qcow2 file) and a new checkpoint.
+async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
+                      scratch: dict[str, str], checkpoint: str, incremental: str | None, *,
+                      encrypt: dict[str, str] | None = None, resume: bool = False) -> float:
+    """Begin a pull-mode backup of the disks in ``scratch`` and a new checkpoint.
 
-    With ``incremental`` the target holds only the clusters dirty since that
-    checkpoint (libvirt makes it a qcow2 overlay on the live disk); without, a
-    full copy.  ``encrypt`` (disk → secret UUID) makes a target LUKS-encrypted
-    under that libvirt secret.  ``resume`` resumes the (paused) domain as soon
-    as the job has begun: the point in time is fixed by then.  A backup job
-    left over by a killed sync is aborted first.  Returns when the job has
-    finished, with the ``time.monotonic()`` of the resume (0.0 without).
+    QEMU serves each disk's point in time over NBD on the Unix socket
+    ``socket_path`` (export name = the disk's target) until :func:`backup_end`;
+    it copies a cluster the guest overwrites meanwhile into the disk's scratch
+    file first (copy-before-write), so the scratch holds only what the guest
+    writes during the read.  With ``incremental`` the export also carries the
+    context ``qemu:dirty-bitmap:backup-<target>``: the clusters dirty since that
+    checkpoint.  ``encrypt`` (disk → secret UUID) makes a scratch file
+    LUKS-encrypted under that libvirt secret.  ``resume`` resumes the (paused)
+    domain as soon as the job has begun: the point in time is fixed by then.
+    A backup job left over by a killed sync is aborted first.  Returns the
+    ``time.monotonic()`` of the resume (0.0 without).
     """
     inc = f"<incremental>{incremental}</incremental>" if incremental else ""
     enc = encrypt or {}
     disks = "".join(
-        f"<disk name='{t}' type='file'><target file='{path}'>" + (
+        f"<disk name='{t}' backup='yes' type='file'><scratch file='{path}'>" + (
             f"<encryption format='luks'><secret type='passphrase' uuid='{enc[t]}'/>"
-            "</encryption>" if enc.get(t) else "") + "</target><driver type='qcow2'/></disk>"
-        for t, path in targets.items())
-    backup_xml = f"<domainbackup mode='push'>{inc}<disks>{disks}</disks></domainbackup>"
-    cps = "".join(f"<disk name='{t}' checkpoint='bitmap'/>" for t in targets)
+            "</encryption>" if enc.get(t) else "") + "</scratch><driver type='qcow2'/></disk>"
+        for t, path in scratch.items())
+    backup_xml = (f"<domainbackup mode='pull'>{inc}<server transport='unix' "
+                  f"socket='{socket_path}'/><disks>{disks}</disks></domainbackup>")
+    cps = "".join(f"<disk name='{t}' checkpoint='bitmap'/>" for t in scratch)
     cp_xml = f"<domaincheckpoint><name>{checkpoint}</name><disks>{cps}</disks></domaincheckpoint>"
 
     def op(conn: libvirt.virConnect) -> float:
@@ -648,20 +652,28 @@ async def backup_push(hv: Hypervisor, uuid: str, name: str, targets: dict[str, s
             log.info("%s: aborted a backup job left by an interrupted sync", name)
             _backup_wait_gone(dom)
         dom.backupBegin(backup_xml, cp_xml, 0)
-        resumed = 0.0
-        if resume:
-            dom.resume()
-            resumed = time.monotonic()
-        _backup_wait(dom, limit)
-        return resumed
+        if not resume:
+            return 0.0
+        dom.resume()
+        return time.monotonic()
     return await hv._call(op, what="backup", vm=name)
 
 
-def _backup_wait_gone(dom: Any) -> None:
-    for _ in range(500):
-        if dom.jobStats(0).get("type", 0) == 0:
-            return
-        time.sleep(0.02)
+async def backup_end(hv: Hypervisor, uuid: str, name: str) -> None:
+    """End the pull-mode backup job (its scratch files are then QEMU's no more).
+
+    A domain that has gone meanwhile has no job left to end.
+    """
+    def op(conn: libvirt.virConnect) -> None:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise
+        if _abort_backup(dom):
+            _backup_wait_gone(dom)
+    await hv._call(op, what="end the backup job", vm=name, limit=60)
 
 
 async def delete_checkpoints(hv: Hypervisor, uuid: str, name: str, keep: str | None) -> None:
