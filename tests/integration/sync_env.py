@@ -135,13 +135,14 @@ class World:
         return dom
 
     def sync(self, dom: libvirt.virDomain, *, device: Device | None = None,
-             remote: RemoteStore | None = None) -> engine.SyncResult:
+             remote: RemoteStore | None = None,
+             hooks: engine.Hooks | None = None) -> engine.SyncResult:
         device = device or self.a
         return run(engine.sync_vm(
             self.hv, remote or self.remote, device.signing, dom.UUIDString(),
             self.keys[dom.name()], state_dir=device.state, scratch_dir=self.scratch,
             recipients=[device.wrapping.public_key(), self.escrow.public_key()],
-            memory_dir=self.memory_dir))
+            memory_dir=self.memory_dir, hooks=hooks))
 
     def child_args(self, dom: libvirt.virDomain) -> list[str]:
         """Arguments of ``sync_child.py``: the same sync as :meth:`sync`, in a process."""

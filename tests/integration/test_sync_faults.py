@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -11,12 +12,35 @@ import time
 from pathlib import Path
 
 import pytest
-from sync_env import MIB, Device, hmp_write, run, same_content, world
+from sync_env import LOOP, MIB, Device, hmp_write, run, same_content, world
 
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import Entry, LockToken
+from vmclient.sync.engine import CaptureLost, Hooks
+
+
+def test_power_save_during_a_sync_ends_its_job_and_the_next_sync_completes(
+        tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("save", data=[(0x61, 0, 2 * MIB)], random_mib=16)
+        saved: list[bool] = []
+
+        def power_saves(_done: int, _total: int) -> None:
+            # powerd's managed save (lid closed, critical battery) while the sync reads
+            if not saved:
+                saved.append(True)
+                asyncio.run_coroutine_threadsafe(
+                    w.hv.managed_save(dom.UUIDString(), dom.name()), LOOP).result(60)
+        with pytest.raises(CaptureLost, match=f"VM '{dom.name()}': its disks could not be read"):
+            w.sync(dom, hooks=Hooks(progress=power_saves))
+        assert saved and not dom.isActive() and dom.hasManagedSaveImage(0)
+        assert not list(w.remote.root.glob(f"devices/*/vms/{dom.name()}/snapshots/*"))
+        again = w.sync(dom)  # at rest now: the saved VM's disks
+        assert (again.mode, again.seq) == ("at-rest", 1)
+        w.restore_b(dom.name(), tmp_path / "b" / "r.qcow2")
+        assert same_content(w.disk(dom.name()), tmp_path / "b" / "r.qcow2")
 
 
 def test_qemu_killed_next_sync_reads_everything(tmp_path: Path) -> None:

@@ -99,6 +99,11 @@ class SyncRefused(LocalSyncError):
     """VM {!r} is not synchronised: {}"""
 
 
+class CaptureLost(LocalSyncError):
+    """VM {!r}: its disks could not be read to the end ({}); it was stopped or saved
+    meanwhile. The previous snapshot stands and the next sync reads again"""
+
+
 class SyncInterrupted(LocalSyncError):
     """VM {!r}: sync stopped at a safe point ({}); the next sync continues it"""
 
@@ -280,7 +285,10 @@ async def _upload(store: repo.ChunkStore, known: Mapping[bytes, BlobRef], keys: 
     async with _opened(caps):
         watched = _watched(_chunks(caps, parent, chunker, ids, result), result.vm, hooks,
                            _capture_bytes(caps, chunk_size), chunk_size)
-        upload = await store.upload(watched, known)
+        try:
+            upload = await store.upload(watched, known)
+        except nbd.NBDError as exc:
+            raise CaptureLost(result.vm, str(exc)) from exc
     result.uploaded_chunks, result.uploaded_bytes = upload.chunks, upload.bytes
     return tuple(ChunkMap(c.name, c.role, c.size, chunk_size, _complete(ids[c.name], c.name))
                  for c in caps)

@@ -130,10 +130,19 @@ class Client:
     def _recv_into(self, view: memoryview) -> None:
         got, n = 0, len(view)
         while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
+            try:
+                k = self.sock.recv_into(view[got:], n - got)
+            except OSError as exc:
+                raise NBDError(f"export {self.export!r}: the connection broke: {exc}") from exc
             if not k:
-                raise NBDError("the server closed the connection")
+                raise NBDError(f"export {self.export!r}: the server closed the connection")
             got += k
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise NBDError(f"export {self.export!r}: the connection broke: {exc}") from exc
 
     def _handshake(self) -> None:
         head = self._recv(18)
@@ -167,8 +176,8 @@ class Client:
         while done < length:
             n = min(length - done, MAX_READ)
             self._handle += 1
-            self.sock.sendall(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle,
-                                            offset + done, n))
+            self._send(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle,
+                                     offset + done, n))
             magic, error, handle = _SIMPLE_REPLY.unpack(self._recv(_SIMPLE_REPLY.size))
             if magic != _SIMPLE_REPLY_MAGIC or handle != self._handle:
                 raise NBDError("unexpected reply")

@@ -325,7 +325,15 @@ class Hypervisor:
         await self._on_domain(uuid, "guest wake-up", lambda d: d.pMWakeup(0), name)
 
     async def managed_save(self, uuid: str, name: str | None = None) -> None:
-        await self._on_domain(uuid, "managed save", lambda d: d.managedSave(0), name)
+        """Save the domain's RAM (libvirt's managed save).  A backup job of a sync reading
+        the disks is ended first: libvirt saves no domain while one runs, and power
+        does not wait for a sync (that sync fails and the next one reads again)."""
+        def op(d: Any) -> None:
+            if _abort_backup(d):
+                log.info("%s: ended a sync's backup job to save the VM", name or uuid)
+                _backup_wait_gone(d)
+            d.managedSave(0)
+        await self._on_domain(uuid, "managed save", op, name)
 
     async def managed_save_remove(self, uuid: str, name: str | None = None) -> None:
         """Delete a domain's managed save image (its saved RAM), if it has one."""
@@ -662,17 +670,18 @@ async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
 async def backup_end(hv: Hypervisor, uuid: str, name: str) -> None:
     """End the pull-mode backup job (its scratch files are then QEMU's no more).
 
-    A domain that has gone meanwhile has no job left to end.
+    A domain that has stopped or gone meanwhile has no job left to end.
     """
     def op(conn: libvirt.virConnect) -> None:
         try:
             dom = conn.lookupByUUIDString(uuid)
+            if dom.isActive() and _abort_backup(dom):
+                _backup_wait_gone(dom)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
+                                        libvirt.VIR_ERR_OPERATION_INVALID):
+                return  # gone or stopped meanwhile: no job left
             raise
-        if _abort_backup(dom):
-            _backup_wait_gone(dom)
     await hv._call(op, what="end the backup job", vm=name, limit=60)
 
 
