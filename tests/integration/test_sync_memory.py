@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import libvirt
-from sync_env import MIB, hmp_write, same_content, world
+from sync_env import MIB, hmp_write, run, same_content, world
 
 from vmclient.store import layout
+from vmclient.virt.libvirt import backup_pull
 
 
 def test_running_vm_memory_point_matches_disks(tmp_path: Path) -> None:
@@ -37,6 +38,22 @@ def test_running_vm_memory_point_matches_disks(tmp_path: Path) -> None:
         state, reason = w.conn.lookupByName(dom.name()).state()
         assert (state, reason) == (libvirt.VIR_DOMAIN_RUNNING,
                                    libvirt.VIR_DOMAIN_RUNNING_RESTORED)
+
+
+def test_backup_job_left_by_a_killed_sync_does_not_block_the_memory_point(
+        tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        dom = w.create("left", sync="memory", data=[(0x51, 0, MIB)])
+        scratch = w.scratch / "left-over"
+        scratch.mkdir(parents=True)
+        scratch.chmod(0o777)  # QEMU creates the socket
+        # what a sync killed in the middle of its read leaves in QEMU: a running pull job
+        run(backup_pull(w.hv, dom.UUIDString(), dom.name(), str(scratch / "s"),
+                        {"vda": str(scratch / "vda.qcow2")}, "left-over", None))
+        assert dom.jobStats().get("type", 0) != 0
+        r = w.sync(dom)  # the save of the memory point ends that job first
+        assert (r.mode, r.seq) == ("full", 1) and r.memory_bytes > 0
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
 
 def test_paused_vm_stays_paused(tmp_path: Path) -> None:

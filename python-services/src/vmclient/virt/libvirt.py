@@ -712,6 +712,9 @@ async def save_and_restore_paused(hv: Hypervisor, uuid: str, name: str, path: st
     def op(conn: libvirt.virConnect) -> bool:
         dom = conn.lookupByUUIDString(uuid)
         running = bool(dom.state(0)[0] == libvirt.VIR_DOMAIN_RUNNING)
+        if _abort_backup(dom):  # left by a killed sync: libvirt saves nothing while it runs
+            log.info("%s: aborted a backup job left by an interrupted sync", name)
+            _backup_wait_gone(dom)
         dom.save(path)
         try:
             conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
