@@ -88,7 +88,8 @@ class SyncConfig:
         Path("/var/lib/vmclient/device"), help="root-only: the device's private keys")
     scratch_dir: Path = config.setting(
         Path("/var/lib/libvirt/images/vmclient-sync"),
-        help="where QEMU writes a sync's backup overlays (removed after each sync)")
+        help="a sync's backup job: its copy-before-write files and NBD socket "
+             "(removed after each sync)")
     memory_dir: Path = config.setting(
         Path("/run/vmclient/sync"),
         help="RAM-backed (tmpfs): memory images of VMs with sync.memory, removed once read")
