@@ -14,9 +14,11 @@ import hashlib
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 import pytest
+from fixtures_bus import PrivateSystemBus
 from fixtures_virt import IMAGES, URI
 from provision_env import Env, image_bytes, need_tools, provision_env, set_lease, write_config
 
@@ -130,6 +133,25 @@ async def laptops(tmp: Path) -> AsyncIterator[Laptops]:
         finally:
             for d in (lt.scratch, lt.memory_dir, lt.b_cfg.images_dir, lt.b_cfg.staging_dir):
                 shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def provd(config: Path, env: dict[str, str], log_path: Path) -> Iterator[None]:
+    """``vmclient-provd`` with ``config`` on the bus of ``env``, until the block ends."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vmclient.provision.daemon", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "list"],
+                             capture_output=True, env=env).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()
+    assert "Traceback" not in log_path.read_text(), log_path.read_text()
 
 
 def hmp(dom: libvirt.virDomain, disk: int, cmd: str) -> None:
@@ -283,7 +305,8 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
             == second.memory_sha256
 
 
-async def test_luks_vm_at_rest_restores_and_starts_on_b(tmp_path: Path) -> None:
+async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSystemBus,
+                                                       tmp_path: Path) -> None:
     async with laptops(tmp_path) as lt:
         name = await lt.install("rest", memory=False)
         with watch_plaintext(lt.scratch) as seen:
@@ -294,14 +317,18 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(tmp_path: Path) -> None:
         pp = passphrase(lt.a.keys.load(name))
         lt.lose_a(name)
         await lt.rekey_for_b(name)
-        # through the CLI this time: vmclientctl vm --local restore <vm> --from <device>
+        # as on the laptop: vmclientctl vm restore <vm> --from <device>, through B's
+        # vmclient-provd on the system bus (D-Bus Provisioning.Restore)
         (tmp_path / "b").mkdir()
         config = write_config(replace(lt.env, cfg=lt.b_cfg), tmp_path / "b")
-        r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "--local",
-                            "--config", str(config), "restore", name, "--from",
-                            lt.env.device.device_id], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(SERVICES / "src")}, timeout=240)
+        env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
+        with provd(config, env, tmp_path / "provd.log"):
+            r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "restore",
+                                name, "--from", lt.env.device.device_id], capture_output=True,
+                               text=True, env=env, timeout=240)
         assert r.returncode == 0, r.stderr
+        assert f"VM {name} restored from snapshot 0000000001" in \
+            (tmp_path / "provd.log").read_text()  # by the daemon, not in the CLI
         assert f"{name}: business VM, shutoff" in r.stdout
         assert "assemble" in r.stderr  # the progress lines
         vm = await lt.b.get(name)
