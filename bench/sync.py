@@ -228,6 +228,18 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
         await hv.close()
 
 
+def remove_domain(name: str) -> None:
+    virsh = ["virsh", "-q", "-c", "qemu:///system"]
+    subprocess.run([*virsh, "destroy", name], capture_output=True)
+    for _attempt in range(5):  # the domain may still be busy with its last job
+        r = subprocess.run([*virsh, "undefine", "--checkpoints-metadata", name],
+                           capture_output=True, text=True)
+        if r.returncode == 0 or "failed to get domain" in r.stderr:
+            return
+        time.sleep(1)
+    print(f"could not remove {name}: {r.stderr.strip()}; scripts/clean-test-domains will")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
@@ -256,21 +268,7 @@ def main() -> None:
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
-        conn = libvirt.open("qemu:///system")  # a new one: libvirtd may have restarted
-        for attempt in range(5):  # the domain may still be busy with its last job
-            try:
-                d = conn.lookupByName(name)
-                with contextlib.suppress(libvirt.libvirtError):
-                    d.destroy()
-                d.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-                break
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    break
-                if attempt == 4:
-                    print(f"could not remove {name}: {exc}; scripts/clean-test-domains will")
-                time.sleep(1)
-        conn.close()
+        remove_domain(name)  # with virsh: this process's libvirt event loop is closed now
         disk.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(IMAGES / "bench-scratch", ignore_errors=True)
