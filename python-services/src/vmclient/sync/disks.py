@@ -23,12 +23,14 @@ bytes per request.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class PartialChunk(LocalSyncError):
 
 
 READ_RUN = 4 << 20  # one read request covers up to this many bytes of consecutive chunks
+PREFETCH = 2  # reads in flight ahead of the one being hashed
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,42 @@ def raw_chunks(extents: Sequence[Extent], chunk_size: int, size: int
     return out
 
 
+@dataclass(frozen=True)
+class Read:
+    """Chunks ``indices`` whose data lie back to back in the capture at ``offset``
+    (``None``: one zero chunk, nothing to read), ``length`` bytes in all."""
+
+    indices: tuple[int, ...]
+    offset: int | None
+    length: int
+
+
+def plan_reads(covered: dict[int, tuple[Extent, int]], chunk_size: int, size: int
+               ) -> list[Read]:
+    """The covered chunks in order, grouped into reads of up to :data:`READ_RUN` bytes."""
+    out: list[Read] = []
+    run: list[int] = []
+    start = end = 0
+    for i in sorted(covered):
+        e, within = covered[i]
+        n = min(chunk_size, size - i * chunk_size)
+        if e.offset is not None and run and i == run[-1] + 1 and e.offset + within == end \
+                and end - start < READ_RUN:
+            run.append(i)
+            end += n
+            continue
+        if run:
+            out.append(Read(tuple(run), start, end - start))
+            run = []
+        if e.offset is None:
+            out.append(Read((i,), None, n))
+        else:
+            run, start, end = [i], e.offset + within, e.offset + within + n
+    if run:
+        out.append(Read(tuple(run), start, end - start))
+    return out
+
+
 def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chunker,
                 size: int, pread: Callable[[int, int], bytes | bytearray] | None = None
                 ) -> Iterator[Chunk]:
@@ -142,7 +181,8 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
 
     ``pread(length, offset)`` reads the capture through QEMU (:mod:`.nbd`); by
     default ``path`` is read directly.  Chunks whose data lie back to back are
-    read with one call, up to :data:`READ_RUN` bytes.
+    read with one call (:func:`plan_reads`), in a thread of its own that stays
+    up to ``PREFETCH`` reads ahead, so the reading overlaps the hashing.
     """
     cs = chunker.chunk_size
     with contextlib.ExitStack() as stack:
@@ -150,45 +190,35 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
         if read is None:
             fd = stack.enter_context(open(path, "rb")).fileno()
             read = functools.partial(_pread_fd, fd)
-        order = sorted(covered)
-        k = 0
-        while k < len(order):
-            run = _run(order, k, covered, cs, size)
-            if not run:
-                length = min(cs, size - order[k] * cs)
-                yield chunker.chunk(order[k], bytes(length))
-                k += 1
-                continue
-            first, within = covered[run[0]]
-            assert first.offset is not None
-            total = sum(min(cs, size - i * cs) for i in run)
-            data = read(total, first.offset + within)
-            if len(data) != total:
-                raise LocalSyncError(f"{path}: short read at chunk {run[0]}")
-            view, pos = memoryview(data), 0
-            for i in run:
-                n = min(cs, size - i * cs)
-                yield chunker.chunk(i, bytes(view[pos:pos + n]))
-                pos += n
-            k += len(run)
+        fetch = stack.enter_context(ThreadPoolExecutor(1, "vmclient-fetch"))
+        plan = iter(plan_reads(covered, cs, size))
+        ahead: collections.deque[tuple[Read, Future[bytes | bytearray] | None]] = \
+            collections.deque()
 
-
-def _run(order: Sequence[int], k: int, covered: dict[int, tuple[Extent, int]], cs: int,
-         size: int) -> list[int]:
-    """The chunks from ``order[k]`` on whose data follow each other in the capture
-    (empty: ``order[k]`` is a zero chunk)."""
-    e, within = covered[order[k]]
-    if e.offset is None:
-        return []
-    run, end = [order[k]], e.offset + within + min(cs, size - order[k] * cs)
-    while k + len(run) < len(order) and (end - e.offset - within) < READ_RUN:
-        i = order[k + len(run)]
-        ei, wi = covered[i]
-        if i != run[-1] + 1 or ei.offset is None or ei.offset + wi != end:
-            break
-        run.append(i)
-        end += min(cs, size - i * cs)
-    return run
+        def fill() -> None:
+            while len(ahead) < PREFETCH and (r := next(plan, None)) is not None:
+                ahead.append((r, None if r.offset is None
+                              else fetch.submit(read, r.length, r.offset)))
+        try:
+            fill()
+            while ahead:
+                r, pending = ahead.popleft()
+                fill()
+                if pending is None:
+                    yield chunker.chunk(r.indices[0], bytes(r.length))
+                    continue
+                data = pending.result()
+                if len(data) != r.length:
+                    raise LocalSyncError(f"{path}: short read at chunk {r.indices[0]}")
+                view, pos = memoryview(data), 0
+                for i in r.indices:
+                    n = min(cs, size - i * cs)
+                    yield chunker.chunk(i, bytes(view[pos:pos + n]))
+                    pos += n
+        finally:
+            for _r, f in ahead:  # stopped early: nothing more is read
+                if f is not None:
+                    f.cancel()
 
 
 def _pread_fd(fd: int, n: int, off: int) -> bytes:
