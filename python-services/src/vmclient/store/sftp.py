@@ -48,6 +48,8 @@ from paramiko.sftp import CMD_DATA, CMD_READ, int64
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
 from .errors import LocalSyncError, ObjectNotFound, StoreError
 from .remote import Entry, LockingMixin, check_path
+from .sftp_reader import Reader
+from .sftp_wire import Received, SFTPClient
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class SFTPTarget:
     attempts: int = 4
     timeout: float = 30.0
     backoff: float = 0.5  # seconds before the 2nd attempt, doubled for each further one
+    read_processes: bool = True  # reads in reader processes (sftp_reader), else in threads
 
     @property
     def server(self) -> str:
@@ -136,9 +139,7 @@ class _Connection:
                                     f"its {key.get_name()} host key does not match the one "
                                     f"pinned in {target.known_hosts}")
             self.transport.auth_publickey(target.user, pkey)
-            self.sftp = paramiko.SFTPClient.from_transport(self.transport)
-            if self.sftp is None:
-                raise paramiko.SSHException("no SFTP subsystem")
+            self.sftp = SFTPClient.over(self.transport)
             channel = self.sftp.get_channel()
             if channel is not None:
                 channel.settimeout(target.timeout)
@@ -167,6 +168,7 @@ class SFTPStore(LockingMixin):
         self._host_keys: paramiko.HostKeys | None = None
         self._local = threading.local()
         self._conns: builtins.list[_Connection] = []
+        self._readers: builtins.list[Reader] = []
         self._lock = threading.Lock()
         self._dirs: set[str] = set()
         self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
@@ -188,14 +190,21 @@ class SFTPStore(LockingMixin):
 
     def _close(self) -> None:
         self._executor.shutdown(wait=True)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Close every connection and reader (no request may be running)."""
         with self._lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
 
     async def check(self) -> None:
         """Connect now (and fail now) rather than at the first request."""
-        await self._run("connect", self.target.root or ".", lambda sftp: sftp.normalize("."))
+        await self._read("check")
 
     # --- the RemoteStore operations ----------------------------------------------------------
 
@@ -224,18 +233,64 @@ class SFTPStore(LockingMixin):
         return await self._run("list", prefix, walk)
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        remote = self._remote(check_path(path))
-        buf = _Received()  # survives a reconnect: the next attempt continues after it
+        return await self._read("get", check_path(path), offset, length)
+
+    async def _read(self, op: str, *args: object) -> bytes:
+        """``serve_read(op, *args)`` in this thread's reader process (or in the thread)."""
+        loop = asyncio.get_running_loop()
+        if not self.target.read_processes:
+            return await loop.run_in_executor(self._executor, self.serve_read, op, *args)
+        return await loop.run_in_executor(self._executor, self._read_in_reader, op, args)
+
+    def _read_in_reader(self, op: str, args: tuple[object, ...]) -> bytes:
+        reader: Reader | None = getattr(self._local, "reader", None)
+        if reader is None or not reader.alive:
+            if reader is not None:
+                self._drop_reader(reader)
+            reader = self._local.reader = Reader(self.target)
+            with self._lock:
+                self._readers.append(reader)
+        try:
+            data, reconnects, resumed = reader.call(op, *args)
+        except BaseException:
+            if not reader.alive:
+                self._drop_reader(reader)
+            raise
+        self.reconnects += reconnects
+        self.resumed_bytes += resumed
+        return data
+
+    def _drop_reader(self, reader: Reader) -> None:
+        reader.close()
+        self._local.reader = None
+        with self._lock:
+            if reader in self._readers:
+                self._readers.remove(reader)
+
+    def serve_read(self, op: str, *args: object, into: Received | None = None) -> bytes:
+        """A read in this process: ``("get", path, offset, length)`` or ``("check",)``.
+
+        ``into`` receives a get's bytes as they arrive (a reader streams them on).
+        """
+        if op == "check":
+            self._call("connect", self.target.root or ".", lambda sftp: sftp.normalize("."))
+            return b""
+        path, offset, length = args
+        assert isinstance(path, str) and isinstance(offset, int)
+        assert length is None or isinstance(length, int)
+        buf = Received() if into is None else into  # survives a reconnect: the next
+        remote = self._remote(path)  # attempt continues after what it holds
 
         def read(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(remote, "rb") as f:
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
+                buf.begin(end - offset)
                 self.resumed_bytes += buf.size
                 _pipelined_read(sftp, f.handle, offset + buf.size, end, buf)
             return buf.join()
 
-        return await self._run("get", path, read)
+        return self._call("get", path, read)
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         final = self._remote(check_path(path))
@@ -431,25 +486,8 @@ class _Responses:
             self.error = exc
 
 
-class _Received:
-    """The answers of a read so far, joined once at the end (one copy, no regrowing)."""
-
-    def __init__(self) -> None:
-        self.parts: builtins.list[bytes] = []
-        self.size = 0
-
-    def extend(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-
-    def join(self) -> bytes:
-        if len(self.parts) != 1:
-            self.parts[:] = [b"".join(self.parts)]
-        return self.parts[0]
-
-
 def _pipelined_read(sftp: paramiko.SFTPClient, handle: bytes, start: int, end: int,
-                    buf: _Received) -> None:
+                    buf: Received) -> None:
     """Append bytes ``[start, end)`` of an open file to ``buf``, READ_IN_FLIGHT requests deep.
 
     Done here, not with ``SFTPFile.readv``: readv sends its requests from a
