@@ -48,7 +48,7 @@ from paramiko.sftp import CMD_DATA, CMD_READ, int64
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
 from .errors import LocalSyncError, ObjectNotFound, StoreError
 from .remote import Entry, LockingMixin, check_path
-from .sftp_reader import Reader
+from .sftp_reader import Reader, ReaderGone
 from .sftp_wire import Received, SFTPClient
 
 log = logging.getLogger(__name__)
@@ -243,22 +243,26 @@ class SFTPStore(LockingMixin):
         return await loop.run_in_executor(self._executor, self._read_in_reader, op, args)
 
     def _read_in_reader(self, op: str, args: tuple[object, ...]) -> bytes:
-        reader: Reader | None = getattr(self._local, "reader", None)
-        if reader is None or not reader.alive:
-            if reader is not None:
+        """The read in this thread's reader; one that died is replaced and asked again."""
+        for attempt in range(2):
+            reader: Reader | None = getattr(self._local, "reader", None)
+            if reader is None or not reader.alive:
+                reader = self._local.reader = Reader(self.target)
+                with self._lock:
+                    self._readers.append(reader)
+            try:
+                data, reconnects, resumed = reader.call(op, *args)
+            except ReaderGone:
                 self._drop_reader(reader)
-            reader = self._local.reader = Reader(self.target)
-            with self._lock:
-                self._readers.append(reader)
-        try:
-            data, reconnects, resumed = reader.call(op, *args)
-        except BaseException:
-            if not reader.alive:
-                self._drop_reader(reader)
-            raise
-        self.reconnects += reconnects
-        self.resumed_bytes += resumed
-        return data
+                if attempt:
+                    raise
+                log.warning("SFTP %s: the read process for %s ended; starting another",
+                            self.target.server, args[0] if args else op)
+                continue
+            self.reconnects += reconnects
+            self.resumed_bytes += resumed
+            return data
+        raise AssertionError("unreachable")
 
     def _drop_reader(self, reader: Reader) -> None:
         reader.close()

@@ -65,7 +65,8 @@ class _Zygote:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
 
-    def fork(self, target: SFTPTarget, theirs: socket.socket) -> None:
+    def fork(self, target: SFTPTarget, theirs: socket.socket) -> int:
+        """Fork a reader for ``target`` serving the socket ``theirs``; its process id."""
         with self.lock:
             for attempt in range(2):  # a zygote that died is started again, once
                 if self.sock is None or self.proc is None or self.proc.poll() is not None:
@@ -73,8 +74,9 @@ class _Zygote:
                 assert self.sock is not None
                 try:
                     socket.send_fds(self.sock, [pickle.dumps(target)], [theirs.fileno()])
-                    if self.sock.recv(_LEN.size):
-                        return
+                    pid = self.sock.recv(_LEN.size)
+                    if pid:
+                        return int(_LEN.unpack(pid)[0])
                 except OSError:
                     if attempt:
                         raise
@@ -115,7 +117,7 @@ class Reader:
         self.server = target.server
         self.sock, theirs = socket.socketpair()
         try:
-            _ZYGOTE.fork(target, theirs)
+            self.pid = _ZYGOTE.fork(target, theirs)
         except BaseException:
             self.sock.close()
             raise
