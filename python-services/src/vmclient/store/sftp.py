@@ -473,13 +473,15 @@ class _Responses:
 
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
         self.sftp = sftp
-        self.data: dict[int, bytes] = {}
+        self.data: dict[int, bytes | memoryview] = {}
         self.eof: set[int] = set()
         self.error: BaseException | None = None
 
     def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
-        if t == CMD_DATA:
-            self.data[num] = msg.get_string()
+        if t == CMD_DATA:  # the data as a view into the packet: no copy
+            n = msg.get_int()
+            start = msg.packet.tell()
+            self.data[num] = memoryview(msg.asbytes())[start:start + n]
             return
         try:
             self.sftp._convert_status(msg)  # raises for an error status

@@ -210,7 +210,7 @@ class _Stream(Received):
             self.length = length
             self.sock.sendall(_LEN.pack(length))
 
-    def extend(self, data: bytes) -> None:
+    def extend(self, data: bytes | memoryview) -> None:
         assert self.length is not None
         data = data[:self.length - self.size]
         self.sock.sendall(data)

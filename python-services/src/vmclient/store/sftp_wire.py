@@ -6,7 +6,8 @@ buffered: with a download's window of data waiting, each read of an SFTP
 answer moves megabytes.  ``SFTPClient._read_all`` then grows its result with
 ``+=``, copying it again for every piece.  Here the channel's buffer keeps
 the pieces as they arrived (a read that takes a whole piece takes it without a
-copy, a partial read slices once) and an SFTP packet is joined once.  Only
+copy, a partial read slices once), an SFTP packet is joined once and the data
+of a read answer stays a view into its packet.  Only
 the hooks ``BufferedPipe`` has for its storage (``_buffer_frombytes``,
 ``_buffer_tobytes``, ``len`` and ``del`` on ``_buffer``) are used; the locking,
 waiting and closing stay paramiko's.
@@ -14,10 +15,14 @@ waiting and closing stay paramiko's.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe
+
+_PACKET = struct.Struct(">IB")  # SFTP packet: length, type
+MAX_PACKET = 1 << 24  # as paramiko: a longer packet is garbage
 
 
 class _Pieces:
@@ -91,6 +96,13 @@ class SFTPClient(paramiko.SFTPClient):  # type: ignore[misc]
         channel.invoke_subsystem("sftp")
         return cls(channel)
 
+    def _read_packet(self) -> tuple[int, bytes]:
+        """(type, body) of the next packet; the type byte read apart, so no slice copies."""
+        size, kind = _PACKET.unpack(self._read_all(_PACKET.size))
+        if size > MAX_PACKET or not size:
+            raise paramiko.SFTPError(f"Garbage packet received (length {size})")
+        return kind, self._read_all(size - 1)
+
     def _read_all(self, n: int) -> bytes:
         parts = []
         while n > 0:
@@ -103,20 +115,26 @@ class SFTPClient(paramiko.SFTPClient):  # type: ignore[misc]
 
 
 class Received:
-    """The answers of a read so far, joined once at the end (one copy, no regrowing)."""
+    """The answers of a read so far, joined once at the end (one copy, no regrowing).
+
+    The answers may be views into the SFTP packets they came in (no copy until
+    the join).
+    """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.size = 0
 
     def begin(self, length: int) -> None:
         """Told the length of the read (at every attempt) before its bytes arrive."""
 
-    def extend(self, data: bytes) -> None:
+    def extend(self, data: bytes | memoryview) -> None:
         self.parts.append(data)
         self.size += len(data)
 
     def join(self) -> bytes:
-        if len(self.parts) != 1:
+        if len(self.parts) != 1 or not isinstance(self.parts[0], bytes):
             self.parts[:] = [b"".join(self.parts)]
-        return self.parts[0]
+        data = self.parts[0]
+        assert isinstance(data, bytes)
+        return data
