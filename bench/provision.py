@@ -11,7 +11,14 @@ account, same cipher (aes256-gcm@openssh.com), same bytes:
    (config, catalog, wrapped key, manifest, indexes, then every pack range,
    each chunk decrypted and verified, written into a raw disk) — pack bytes
    per second.  ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack
-   files.  Best of ``--rounds`` each, alternating.
+   files.  Best of ``--rounds`` each, alternating.  Our side is the laptop's
+   store as provd runs it: ``--connections`` SFTP connections (default one per
+   core), each held by a reader process (``store/sftp_reader.py``) that streams
+   the ranges to this process, where every chunk is opened in worker threads.
+   The timed part includes connecting (forking the readers, SSH handshakes);
+   the first round also starts the zygote that forks them (once per process,
+   as in the daemon).  ``install_image_mib_s``: the same download written
+   into a raw disk (``vmclient-admin``'s verified read, pwrite per chunk).
 3. Upgrade: v2 = v1 with ``--change`` (2 %) of the disk rewritten as scattered
    64 KiB writes (random offsets aligned to 64 KiB, the qcow2 cluster and
    dirty-bitmap granularity), published; a v1 holder downloads v2 through
@@ -42,13 +49,14 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests/
                 str(HERE.parent / "python-services/src")]
 
 from fixtures_sshd import SSHServer, ssh_server
-from sftp_repo import Repo, qcow2
+from sftp_repo import Device, Repo, qcow2
 
 from vmclient.admin.images import read_published
+from vmclient.provision.keys import DeviceKeys
+from vmclient.provision.progress import Progress
+from vmclient.provision.receiver import Receiver
 from vmclient.store import crypto, layout
-from vmclient.store.plan import plan_download
 from vmclient.store.repo import (
-    ChunkStore,
     get_catalog,
     get_config,
     get_image_manifest,
@@ -75,24 +83,16 @@ def device_store(server: SSHServer, account, connections: int) -> CountingStore:
     return CountingStore(server.store(account, connections=connections).target)
 
 
-async def fetch_verified(store: CountingStore, repo: Repo, wrapping, concurrency: int  # type: ignore[no-untyped-def]
-                         ) -> int:
-    """Every chunk of the latest version, read and verified (decrypt, decompress, HMAC)."""
+async def receive(store: CountingStore, repo: Repo, dev: Device, state: Path) -> int:
+    """What an install downloads, as provd's Receiver does it: the verified catalog,
+    key and manifest, then every chunk fetched, opened (AES-GCM, zstd, HMAC) and
+    appended to the chunk cache (the resume journal), which is fsynced."""
+    shutil.rmtree(state, ignore_errors=True)
     try:
-        admin = repo.admin_public
-        cfg = await get_config(store, admin)
-        catalog, _d = await get_catalog(store, admin, cfg.repository)
-        entry = catalog.find("office")
-        assert entry is not None
-        keys = await get_wrapped_key(store, layout.image_key("office", crypto.key_id(
-            wrapping.public_key())), {crypto.key_id(admin): admin}, "image:office", wrapping)
-        m = await get_image_manifest(store, keys, "office", entry.version, entry.manifest)
-        chunks = ChunkStore(store, layout.image_store("office"), keys)
-        plan = plan_download(m, set(), await chunks.load_index(), store_path=chunks.root)
-        n = 0
-        async for _cid, data in chunks.fetch(plan, concurrency=concurrency):
-            n += len(data)
-        return n
+        receiver = Receiver(store, repo.admin_public, DeviceKeys(dev.signing, dev.wrapping),
+                            state)
+        resolved = await receiver.resolve("office")
+        return await receiver.download(resolved, Progress(), lambda _p: None)
     finally:
         await store.close()
 
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
     for _round in range(args.rounds):
         store = device_store(server, dev.account, args.connections)
         t = time.perf_counter()
-        asyncio.run(fetch_verified(store, repo, dev.wrapping, args.concurrency))
+        asyncio.run(receive(store, repo, dev, work / "state"))
         ours.append(time.perf_counter() - t)
         theirs.append(openssh_fetch(server, dev.account, packs, work / "openssh"))
     store = device_store(server, dev.account, args.connections)

@@ -5,7 +5,12 @@ the configuration; an unknown or changed host key is refused, never added).
 paramiko is blocking, so every call runs in a small thread pool of its own:
 one worker thread per SSH connection, each worker keeping its connection, so
 ``connections`` requests are in flight at once (the callers issue them
-concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).
+concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).  Reads
+(``get``, ``check``) go through the worker's *reader process*
+(:mod:`.sftp_reader`, unless ``read_processes`` is off), which holds a
+connection of its own: paramiko's transport work then runs outside this
+process's GIL, beside the opening of the chunks read.  Under paramiko sits a
+leaner receive path (:mod:`.sftp_wire`).
 
 Tuning (FIELD-NOTES, "SFTP over loopback"): cipher ``aes256-gcm@openssh.com``
 first, read/write requests of 255 KiB (``SFTPFile.MAX_REQUEST_SIZE``, a class
@@ -84,9 +89,9 @@ class RemoteRefused(StoreError):
         self.op, self.path, self.server = op, path, server
 
 
-# One connection per core, at most 4: paramiko decrypts in each connection's transport
-# thread under Python's GIL, so more connections than cores only contend (2 instead of 4
-# on a 2-core machine: 0.48-0.53 of OpenSSH's download rate instead of 0.36-0.43).
+# One connection per core, at most 4: each needs about a core while it transfers (paramiko
+# is Python), so more connections than cores only contend (with reader processes, 1, 2
+# and 3 connections all gave 0.66-0.68 of OpenSSH's download rate on a 2-core machine).
 DEFAULT_CONNECTIONS = max(1, min(4, os.cpu_count() or 1))
 
 
