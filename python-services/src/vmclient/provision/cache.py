@@ -22,6 +22,7 @@ import secrets
 import shutil
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,7 +49,7 @@ WRITEBACK = 64 << 20  # put_many fdatasyncs after this many bytes
 _IOV_MAX = 512  # buffers per writev (Linux takes 1024)
 
 
-def _write_all(fd: int, parts: list[bytes]) -> None:
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
     """Write ``parts`` in order, continuing after short writes."""
     views = [memoryview(p) for p in parts if p]
     while views:
@@ -102,7 +103,7 @@ class ChunkCache:
     def ids(self) -> set[bytes]:
         return set(self._load())
 
-    def put_many(self, entries: list[tuple[bytes, int, bytes]]) -> None:
+    def put_many(self, entries: Sequence[tuple[bytes, int, bytes | memoryview]]) -> None:
         """Keep verified sealed chunks (appended; made durable by :meth:`sync`).
 
         Written with one ``writev`` (no copy); every ``WRITEBACK`` bytes the
@@ -119,7 +120,7 @@ class ChunkCache:
         assert self._segment is not None
         fd = self._writer.fileno()
         end = base = os.lseek(fd, 0, os.SEEK_END)
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         for cid, plain_length, sealed in entries:
             if cid in index:
                 continue

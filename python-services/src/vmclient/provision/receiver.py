@@ -144,7 +144,8 @@ class Receiver:
         writer = ThreadPoolExecutor(1, thread_name_prefix="vmclient-cache")  # in order
         writes: deque[asyncio.Future[None]] = deque()
 
-        async def keep(entries: list[tuple[bytes, int, bytes]], *, all_done: bool) -> None:
+        async def keep(entries: list[tuple[bytes, int, memoryview]], *, all_done: bool
+                       ) -> None:
             """Append to the cache beside the download; wait once too much is pending."""
             if entries:
                 writes.append(loop.run_in_executor(writer, cache.put_many, entries))
@@ -156,7 +157,7 @@ class Receiver:
                 if attempt:
                     plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
                                          max_read=self.max_read)
-                verified: list[tuple[bytes, int, bytes]] = []  # kept in the cache in batches
+                verified: list[tuple[bytes, int, memoryview]] = []  # cached in batches
                 try:
                     async for cid, ref, sealed, _data in store.fetch_blobs(plan):
                         verified.append((cid, ref.plain_length, sealed))
