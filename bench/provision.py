@@ -7,18 +7,24 @@ account, same cipher (aes256-gcm@openssh.com), same bytes:
 1. A synthetic disk (1 MiB runs: a quarter zeros, half random, a quarter
    text) becomes a qcow2 (qemu-img) and is published with
    ``vmclient-admin publish``; a device is enrolled and assigned.
-2. ``sftp_mib_s``: the device downloads the image with the laptop's read path
-   (config, catalog, wrapped key, manifest, indexes, then every pack range,
-   each chunk decrypted and verified, written into a raw disk) — pack bytes
-   per second.  ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack
-   files.  Best of ``--rounds`` each, alternating.  Our side is the laptop's
-   store as provd runs it: ``--connections`` SFTP connections (default one per
-   core), each held by a reader process (``store/sftp_reader.py``) that streams
-   the ranges to this process, where every chunk is opened in worker threads.
-   The timed part includes connecting (forking the readers, SSH handshakes);
-   the first round also starts the zygote that forks them (once per process,
-   as in the daemon).  ``install_image_mib_s``: the same download written
-   into a raw disk (``vmclient-admin``'s verified read, pwrite per chunk).
+2. ``sftp_mib_s``: the device downloads the image as an install does
+   (provd's ``Receiver.resolve`` + ``Receiver.download``: config, catalog,
+   wrapped key, manifest, indexes, then every pack range, each chunk
+   decrypted, decompressed and its HMAC checked against its id, the sealed
+   chunks appended to the chunk cache, fsynced) — pack bytes per second.
+   ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack files into a
+   directory on the same file system.  Best of ``--rounds`` each,
+   alternating.  Our side is the laptop's store as provd runs it:
+   ``--connections`` SFTP connections (default one per core), each held by a
+   reader process (``store/sftp_reader.py``) that streams the ranges to this
+   process, where worker threads open the chunks and a writer thread appends
+   them to the cache.  The timed part includes connecting (forking the
+   readers, SSH handshakes); the first round also starts the zygote that
+   forks them (once per process, as in the daemon).  (Until this version the
+   timed part was ``ChunkStore.fetch`` alone: no cache write, no fsync.)
+   ``install_image_mib_s``: disk MiB per second of ``vmclient-admin``'s
+   verified read of the image into a raw file (``--concurrency`` reads in
+   flight, a pwrite per chunk).
 3. Upgrade: v2 = v1 with ``--change`` (2 %) of the disk rewritten as scattered
    64 KiB writes (random offsets aligned to 64 KiB, the qcow2 cluster and
    dirty-bitmap granularity), published; a v1 holder downloads v2 through
@@ -157,7 +163,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
                     help="SFTP connections (default: the laptop's, one per core, at most 4)")
     ap.add_argument("--concurrency", type=int, default=2 * DEFAULT_CONNECTIONS,
-                    help="ranged reads in flight (default: 2 per connection)")
+                    help="ranged reads in flight of the install and upgrade reads (default: 2 per "
+                         "connection; the Receiver keeps its own 4)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))
