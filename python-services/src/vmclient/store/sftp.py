@@ -6,7 +6,7 @@ paramiko is blocking, so every call runs in a small thread pool of its own:
 one worker thread per SSH connection, each worker keeping its connection, so
 ``connections`` requests are in flight at once (the callers issue them
 concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).  Reads
-(``get``, ``check``) go through the worker's *reader process*
+(``get``, ``list``, ``check``) go through the worker's *reader process*
 (:mod:`.sftp_reader`, unless ``read_processes`` is off), which holds a
 connection of its own: paramiko's transport work then runs outside this
 process's GIL, beside the opening of the chunks read.  Under paramiko sits a
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
+import json
 import logging
 import os
 import posixpath
@@ -214,7 +215,12 @@ class SFTPStore(LockingMixin):
     # --- the RemoteStore operations ----------------------------------------------------------
 
     async def list(self, prefix: str) -> builtins.list[Entry]:
-        base = check_path(prefix)
+        """Listed by the reader (its connection is up already when a download lists)."""
+        listing = json.loads(await self._read("list", check_path(prefix)))
+        return [Entry(path, size) for path, size in listing]
+
+    def _list_here(self, base: str) -> bytes:
+        """The listing as JSON ``[[path, size], ...]`` (what a reader sends back)."""
 
         def walk(sftp: paramiko.SFTPClient) -> builtins.list[Entry]:
             out: builtins.list[Entry] = []
@@ -235,7 +241,7 @@ class SFTPStore(LockingMixin):
                         out.append(Entry(child, a.st_size or 0))
             return sorted(out, key=lambda e: e.path)
 
-        return await self._run("list", prefix, walk)
+        return json.dumps([[e.path, e.size] for e in self._call("list", base, walk)]).encode()
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         return await self._read("get", check_path(path), offset, length)
@@ -277,13 +283,17 @@ class SFTPStore(LockingMixin):
                 self._readers.remove(reader)
 
     def serve_read(self, op: str, *args: object, into: Received | None = None) -> bytes:
-        """A read in this process: ``("get", path, offset, length)`` or ``("check",)``.
+        """A read in this process: ``("get", path, offset, length)``, ``("list", prefix)``
+        (JSON, see :meth:`_list_here`) or ``("check",)`` (connect).
 
         ``into`` receives a get's bytes as they arrive (a reader streams them on).
         """
         if op == "check":
             self._call("connect", self.target.root or ".", lambda sftp: sftp.normalize("."))
             return b""
+        if op == "list":
+            assert isinstance(args[0], str)
+            return self._list_here(args[0])
         path, offset, length = args
         assert isinstance(path, str) and isinstance(offset, int)
         assert length is None or isinstance(length, int)

@@ -179,7 +179,10 @@ def serve(target: SFTPTarget, sock: socket.socket) -> None:
             before = store.reconnects, store.resumed_bytes
             stream = _Stream(sock)
             try:
-                store.serve_read(op, *args, into=stream)
+                data = store.serve_read(op, *args, into=stream)
+                if stream.length is None:  # not streamed (a listing): send it now
+                    stream.begin(len(data))
+                    stream.extend(data)
                 trailer = pickle.dumps(("data", stream.size, store.reconnects - before[0],
                                         store.resumed_bytes - before[1]))
             except Exception as exc:  # handed to the parent, which raises it
