@@ -118,6 +118,9 @@ class Reader:
         self.sock, theirs = socket.socketpair()
         try:
             self.pid = _ZYGOTE.fork(target, theirs)
+        except (OSError, EOFError) as exc:
+            self.sock.close()
+            raise ReaderGone(self.server, f"could not start one: {exc}") from exc
         except BaseException:
             self.sock.close()
             raise
