@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRIES = 4
 WRITES_AHEAD = 4  # batches of verified chunks handed to the cache writer, not yet written
+READS_AHEAD = 6  # ranged reads (up to 8 MiB each) in flight or waiting to be opened
 MAX_RUN = 8 << 20  # one qemu-io write
 
 
@@ -159,7 +160,8 @@ class Receiver:
                                          max_read=self.max_read)
                 verified: list[tuple[bytes, int, memoryview]] = []  # cached in batches
                 try:
-                    async for cid, ref, sealed, _data in store.fetch_blobs(plan):
+                    async for cid, ref, sealed, _data in store.fetch_blobs(
+                            plan, concurrency=READS_AHEAD):
                         verified.append((cid, ref.plain_length, sealed))
                         progress.done += ref.length
                         if len(verified) >= 128:

@@ -375,7 +375,9 @@ class ChunkStore:
         thread as soon as it arrives.
         """
         loop = asyncio.get_running_loop()
-        pool = pipeline.executor(pipeline.workers(), "vmclient-open")
+        # one thread more than the sealing pool: while one waits for the GIL, the others
+        # keep the cores busy with HMAC and zstd (which release it)
+        pool = pipeline.executor(pipeline.workers() + 1, "vmclient-open")
 
         async def read_and_open(read: ReadRange) -> tuple[
                 list[tuple[bytes, BlobRef, memoryview, bytes]], VMClientError | None]:
