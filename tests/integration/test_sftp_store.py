@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -162,6 +163,32 @@ def test_connection_killed_mid_download_resumes_and_bytes_match(sshd: SSHServer,
     time.sleep(0.1)
     assert killed and all(killed), "the sessions were killed"
     assert store.reconnects >= 1
+    assert sha256(out) == sha256(raw)
+
+
+def test_a_read_process_that_dies_mid_download_is_replaced_and_bytes_match(
+        sshd: SSHServer, tmp_path: Path) -> None:
+    repo, raw = published(sshd, tmp_path, mib=96)
+    dev = repo.enrol("laptop")
+    assert repo.admin("assign", "office", "laptop") == 0
+    store = sshd.store(dev.account, connections=2)
+    killed: list[int] = []
+    gets = 0
+    original_get = store.get
+
+    async def get(path: str, offset: int = 0, length: int | None = None) -> bytes:
+        nonlocal gets
+        gets += 1
+        if "/packs/" in path and gets == 6:  # while reads are in flight
+            killed.extend(r.pid for r in store._readers)
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        return await original_get(path, offset, length)
+
+    store.get = get  # type: ignore[method-assign]
+    out = tmp_path / "system.raw"
+    run(_closing(store, read_published(store, repo.admin_public, dev.wrapping, "office", out)))
+    assert killed, "the read processes were killed"
     assert sha256(out) == sha256(raw)
 
 

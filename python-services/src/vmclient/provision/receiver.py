@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRIES = 4
+WRITES_AHEAD = 4  # batches of verified chunks handed to the cache writer, not yet written
+READS_AHEAD = 6  # ranged reads (up to 8 MiB each) in flight or waiting to be opened
 MAX_RUN = 8 << 20  # one qemu-io write
 
 
@@ -137,33 +141,52 @@ class Receiver:
     async def _fetch_all(self, r: Resolved, cache: ChunkCache, store: ChunkStore,
                          index: Mapping[bytes, BlobRef], plan: DownloadPlan,
                          progress: Progress, report: ProgressFn) -> None:
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
-                             max_read=self.max_read)
-            verified: list[tuple[bytes, int, bytes]] = []  # kept in the cache in batches
-            try:
-                async for cid, ref, sealed, _data in store.fetch_blobs(plan):
-                    verified.append((cid, ref.plain_length, sealed))
-                    progress.done += ref.length
-                    if len(verified) >= 128:
-                        await asyncio.to_thread(cache.put_many, verified)
-                        verified = []
-                        report(progress)
-                await asyncio.to_thread(cache.put_many, verified)
-                report(progress)
-                break
-            except RemoteIntegrityError:
-                raise
-            except (OSError, StoreError, EOFError) as exc:
-                await asyncio.to_thread(cache.put_many, verified)
-                if attempt == RETRIES:
-                    cache.sync()
-                    raise DownloadInterrupted(r.image, exc, len(cache.ids())) from exc
-                log.warning("download of %s interrupted (%s); resuming (attempt %d)", r.image,
-                            exc, attempt + 2)
-                await asyncio.sleep(self.retry_delay * 2 ** attempt)
-        cache.sync()
+        loop = asyncio.get_running_loop()
+        writer = ThreadPoolExecutor(1, thread_name_prefix="vmclient-cache")  # in order
+        writes: deque[asyncio.Future[None]] = deque()
+
+        async def keep(entries: list[tuple[bytes, int, memoryview]], *, all_done: bool
+                       ) -> None:
+            """Append to the cache beside the download; wait once too much is pending."""
+            if entries:
+                writes.append(loop.run_in_executor(writer, cache.put_many, entries))
+            while writes and (all_done or len(writes) > WRITES_AHEAD):
+                await writes.popleft()
+
+        try:
+            for attempt in range(RETRIES + 1):
+                if attempt:
+                    plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
+                                         max_read=self.max_read)
+                verified: list[tuple[bytes, int, memoryview]] = []  # cached in batches
+                try:
+                    async for cid, ref, sealed, _data in store.fetch_blobs(
+                            plan, concurrency=READS_AHEAD):
+                        verified.append((cid, ref.plain_length, sealed))
+                        progress.done += ref.length
+                        if len(verified) >= 128:
+                            await keep(verified, all_done=False)
+                            verified = []
+                            report(progress)
+                    await keep(verified, all_done=True)
+                    report(progress)
+                    break
+                except RemoteIntegrityError:
+                    raise
+                except (OSError, StoreError, EOFError) as exc:
+                    await asyncio.gather(*writes, return_exceptions=True)
+                    writes.clear()
+                    await asyncio.to_thread(cache.put_many, verified)
+                    if attempt == RETRIES:
+                        cache.sync()
+                        raise DownloadInterrupted(r.image, exc, len(cache.ids())) from exc
+                    log.warning("download of %s interrupted (%s); resuming (attempt %d)",
+                                r.image, exc, attempt + 2)
+                    await asyncio.sleep(self.retry_delay * 2 ** attempt)
+            cache.sync()
+        finally:
+            await asyncio.gather(*writes, return_exceptions=True)  # nothing writes after this
+            writer.shutdown(wait=False)
 
     async def _retrying(self, image: str, cache: ChunkCache,
                         fn: Callable[[], Awaitable[T]]) -> T:

@@ -180,7 +180,7 @@ async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: cry
     plan = plan_download(m, cache.ids(), index, store_path=store.root)
     progress.begin("download", plan.download_bytes)
     prov.report(progress)
-    verified: list[tuple[bytes, int, bytes]] = []
+    verified: list[tuple[bytes, int, memoryview]] = []
     try:
         async for cid, ref, sealed, _data in _blobs(store, plan):
             verified.append((cid, ref.plain_length, sealed))
@@ -196,7 +196,7 @@ async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: cry
 
 
 async def _blobs(store: ChunkStore, plan: DownloadPlan
-                 ) -> AsyncIterator[tuple[bytes, BlobRef, bytes, bytes]]:
+                 ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
     try:
         async for item in store.fetch_blobs(plan):
             yield item

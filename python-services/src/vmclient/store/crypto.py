@@ -113,20 +113,22 @@ def seal(key: bytes, obj_type: str, obj_id: str, plaintext: bytes | memoryview,
 
 def open_sealed(key: bytes, obj_type: str, obj_id: str, untrusted_blob: bytes | memoryview,
                 *, path: str = "") -> bytes:
-    """Decrypt a sealed object, or raise :class:`RemoteIntegrityError` naming it."""
-    untrusted_blob = bytes(untrusted_blob)
-    if len(untrusted_blob) < SEAL_OVERHEAD:
+    """Decrypt a sealed object, or raise :class:`RemoteIntegrityError` naming it.
+
+    A memoryview (a blob inside a pack read) is opened in place, without a copy.
+    """
+    view = memoryview(untrusted_blob)
+    if len(view) < SEAL_OVERHEAD:
         raise RemoteIntegrityError(obj_type, obj_id, path,
-                                   f"sealed object truncated ({len(untrusted_blob)} bytes)")
-    if untrusted_blob[:4] != SEAL_MAGIC:
+                                   f"sealed object truncated ({len(view)} bytes)")
+    if view[:4] != SEAL_MAGIC:
         raise RemoteIntegrityError(obj_type, obj_id, path, "not a sealed object (bad magic)")
-    if untrusted_blob[4] != SEAL_VERSION:
-        raise UnsupportedVersion(obj_type, obj_id, path,
-                                 f"sealed-object version {untrusted_blob[4]}")
-    nonce = untrusted_blob[5:5 + NONCE_SIZE]
+    if view[4] != SEAL_VERSION:
+        raise UnsupportedVersion(obj_type, obj_id, path, f"sealed-object version {view[4]}")
+    nonce = bytes(view[5:5 + NONCE_SIZE])
     aad = SEAL_HEADER + _label(obj_type, obj_id)
     try:
-        return AESGCM(key).decrypt(nonce, untrusted_blob[5 + NONCE_SIZE:], aad)
+        return AESGCM(key).decrypt(nonce, view[5 + NONCE_SIZE:], aad)
     except InvalidTag:
         raise RemoteIntegrityError(
             obj_type, obj_id, path,

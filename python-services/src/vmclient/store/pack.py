@@ -75,8 +75,8 @@ class PackBuilder:
         return data, tuple(self._records)
 
 
-def open_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef, untrusted_blob: bytes,
-              path: str) -> bytes:
+def open_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef,
+              untrusted_blob: bytes | memoryview, path: str) -> bytes:
     """Decrypt one chunk read from a pack and check its id and length."""
     obj_id = cid.hex()
     if len(untrusted_blob) != ref.length:

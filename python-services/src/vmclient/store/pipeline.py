@@ -52,7 +52,7 @@ def seal_batch(keys: crypto.KeySet, level: int | None, chunks: Sequence[Chunk]) 
 
 
 def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
-               ) -> tuple[list[tuple[bytes, BlobRef, bytes, bytes]], VMClientError | None]:
+               ) -> tuple[list[tuple[bytes, BlobRef, memoryview, bytes]], VMClientError | None]:
     """(chunk id, index entry, sealed blob, verified plaintext) per blob of one ranged read,
     up to the first blob that does not open, and that blob's error (else None).
 
@@ -63,7 +63,7 @@ def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
     out = []
     for cid, ref in read.blobs:
         start = ref.offset - read.offset
-        blob = bytes(view[start:start + ref.length])
+        blob = view[start:start + ref.length]  # a view: no copy
         try:
             out.append((cid, ref, blob, open_blob(keys, cid, ref, blob, path)))
         except VMClientError as exc:

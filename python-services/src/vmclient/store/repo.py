@@ -364,28 +364,30 @@ class ChunkStore:
             yield cid, data
 
     async def fetch_blobs(self, plan: DownloadPlan, *, concurrency: int = 4
-                          ) -> AsyncIterator[tuple[bytes, BlobRef, bytes, bytes]]:
+                          ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
         """(chunk id, index entry, sealed blob, verified plaintext) per chunk the plan reads.
 
-        The sealed blob (checked: it opened to the plaintext) lets a reader keep a
-        local chunk cache that stays encrypted.  Chunks come in plan order; up to
-        ``concurrency`` ranged reads are in flight at once (a transport with
-        several connections, such as SFTP, serves them in parallel), and each is
-        opened (decrypted, decompressed, checked) in a worker thread as soon as it
-        arrives.
+        The sealed blob (checked: it opened to the plaintext; a view into the range
+        read) lets a reader keep a local chunk cache that stays encrypted.  Chunks
+        come in plan order; up to ``concurrency`` ranged reads are in flight at once
+        (a transport with several connections, such as SFTP, serves them in
+        parallel), and each is opened (decrypted, decompressed, checked) in a worker
+        thread as soon as it arrives.
         """
         loop = asyncio.get_running_loop()
-        pool = pipeline.executor(pipeline.workers(), "vmclient-open")
+        # one thread more than the sealing pool: while one waits for the GIL, the others
+        # keep the cores busy with HMAC and zstd (which release it)
+        pool = pipeline.executor(pipeline.workers() + 1, "vmclient-open")
 
         async def read_and_open(read: ReadRange) -> tuple[
-                list[tuple[bytes, BlobRef, bytes, bytes]], VMClientError | None]:
+                list[tuple[bytes, BlobRef, memoryview, bytes]], VMClientError | None]:
             path = layout.pack(self.root, read.pack)
             untrusted = await self.remote.get(path, read.offset, read.length)
             return await loop.run_in_executor(pool, pipeline.open_range, self.keys, read,
                                               untrusted, path)
 
         reads = iter(plan.reads)
-        pending: deque[asyncio.Task[tuple[list[tuple[bytes, BlobRef, bytes, bytes]],
+        pending: deque[asyncio.Task[tuple[list[tuple[bytes, BlobRef, memoryview, bytes]],
                                           VMClientError | None]]] = deque()
 
         def start_next() -> None:

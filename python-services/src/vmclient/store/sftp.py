@@ -5,7 +5,12 @@ the configuration; an unknown or changed host key is refused, never added).
 paramiko is blocking, so every call runs in a small thread pool of its own:
 one worker thread per SSH connection, each worker keeping its connection, so
 ``connections`` requests are in flight at once (the callers issue them
-concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).
+concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).  Reads
+(``get``, ``list``, ``check``) go through the worker's *reader process*
+(:mod:`.sftp_reader`, unless ``read_processes`` is off), which holds a
+connection of its own: paramiko's transport work then runs outside this
+process's GIL, beside the opening of the chunks read.  Under paramiko sits a
+leaner receive path (:mod:`.sftp_wire`).
 
 Tuning (FIELD-NOTES, "SFTP over loopback"): cipher ``aes256-gcm@openssh.com``
 first, read/write requests of 255 KiB (``SFTPFile.MAX_REQUEST_SIZE``, a class
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
+import json
 import logging
 import os
 import posixpath
@@ -48,6 +54,8 @@ from paramiko.sftp import CMD_DATA, CMD_READ, int64
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
 from .errors import LocalSyncError, ObjectNotFound, StoreError
 from .remote import Entry, LockingMixin, check_path
+from .sftp_reader import Reader, ReaderGone
+from .sftp_wire import Received, SFTPClient
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +90,9 @@ class RemoteRefused(StoreError):
         self.op, self.path, self.server = op, path, server
 
 
-# One connection per core, at most 4: paramiko decrypts in each connection's transport
-# thread under Python's GIL, so more connections than cores only contend (2 instead of 4
-# on a 2-core machine: 0.48-0.53 of OpenSSH's download rate instead of 0.36-0.43).
+# One connection per core, at most 4: each needs about a core while it transfers (paramiko
+# is Python), so more connections than cores only contend (with reader processes, 1, 2
+# and 3 connections all gave 0.66-0.68 of OpenSSH's download rate on a 2-core machine).
 DEFAULT_CONNECTIONS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -102,6 +110,7 @@ class SFTPTarget:
     attempts: int = 4
     timeout: float = 30.0
     backoff: float = 0.5  # seconds before the 2nd attempt, doubled for each further one
+    read_processes: bool = True  # reads in reader processes (sftp_reader), else in threads
 
     @property
     def server(self) -> str:
@@ -136,9 +145,7 @@ class _Connection:
                                     f"its {key.get_name()} host key does not match the one "
                                     f"pinned in {target.known_hosts}")
             self.transport.auth_publickey(target.user, pkey)
-            self.sftp = paramiko.SFTPClient.from_transport(self.transport)
-            if self.sftp is None:
-                raise paramiko.SSHException("no SFTP subsystem")
+            self.sftp = SFTPClient.over(self.transport)
             channel = self.sftp.get_channel()
             if channel is not None:
                 channel.settimeout(target.timeout)
@@ -167,6 +174,7 @@ class SFTPStore(LockingMixin):
         self._host_keys: paramiko.HostKeys | None = None
         self._local = threading.local()
         self._conns: builtins.list[_Connection] = []
+        self._readers: builtins.list[Reader] = []
         self._lock = threading.Lock()
         self._dirs: set[str] = set()
         self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
@@ -188,19 +196,31 @@ class SFTPStore(LockingMixin):
 
     def _close(self) -> None:
         self._executor.shutdown(wait=True)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Close every connection and reader (no request may be running)."""
         with self._lock:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
 
     async def check(self) -> None:
         """Connect now (and fail now) rather than at the first request."""
-        await self._run("connect", self.target.root or ".", lambda sftp: sftp.normalize("."))
+        await self._read("check")
 
     # --- the RemoteStore operations ----------------------------------------------------------
 
     async def list(self, prefix: str) -> builtins.list[Entry]:
-        base = check_path(prefix)
+        """Listed by the reader (its connection is up already when a download lists)."""
+        listing = json.loads(await self._read("list", check_path(prefix)))
+        return [Entry(path, size) for path, size in listing]
+
+    def _list_here(self, base: str) -> bytes:
+        """The listing as JSON ``[[path, size], ...]`` (what a reader sends back)."""
 
         def walk(sftp: paramiko.SFTPClient) -> builtins.list[Entry]:
             out: builtins.list[Entry] = []
@@ -221,21 +241,75 @@ class SFTPStore(LockingMixin):
                         out.append(Entry(child, a.st_size or 0))
             return sorted(out, key=lambda e: e.path)
 
-        return await self._run("list", prefix, walk)
+        return json.dumps([[e.path, e.size] for e in self._call("list", base, walk)]).encode()
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        remote = self._remote(check_path(path))
-        buf = _Received()  # survives a reconnect: the next attempt continues after it
+        return await self._read("get", check_path(path), offset, length)
+
+    async def _read(self, op: str, *args: object) -> bytes:
+        """``serve_read(op, *args)`` in this thread's reader process (or in the thread)."""
+        loop = asyncio.get_running_loop()
+        if not self.target.read_processes:
+            return await loop.run_in_executor(self._executor, self.serve_read, op, *args)
+        return await loop.run_in_executor(self._executor, self._read_in_reader, op, args)
+
+    def _read_in_reader(self, op: str, args: tuple[object, ...]) -> bytes:
+        """The read in this thread's reader; one that died is replaced and asked again."""
+        for attempt in range(2):
+            reader: Reader | None = getattr(self._local, "reader", None)
+            if reader is None or not reader.alive:
+                reader = self._local.reader = Reader(self.target)
+                with self._lock:
+                    self._readers.append(reader)
+            try:
+                data, reconnects, resumed = reader.call(op, *args)
+            except ReaderGone:
+                self._drop_reader(reader)
+                if attempt:
+                    raise
+                log.warning("SFTP %s: the read process for %s ended; starting another",
+                            self.target.server, args[0] if args else op)
+                continue
+            self.reconnects += reconnects
+            self.resumed_bytes += resumed
+            return data
+        raise AssertionError("unreachable")
+
+    def _drop_reader(self, reader: Reader) -> None:
+        reader.close()
+        self._local.reader = None
+        with self._lock:
+            if reader in self._readers:
+                self._readers.remove(reader)
+
+    def serve_read(self, op: str, *args: object, into: Received | None = None) -> bytes:
+        """A read in this process: ``("get", path, offset, length)``, ``("list", prefix)``
+        (JSON, see :meth:`_list_here`) or ``("check",)`` (connect).
+
+        ``into`` receives a get's bytes as they arrive (a reader streams them on).
+        """
+        if op == "check":
+            self._call("connect", self.target.root or ".", lambda sftp: sftp.normalize("."))
+            return b""
+        if op == "list":
+            assert isinstance(args[0], str)
+            return self._list_here(args[0])
+        path, offset, length = args
+        assert isinstance(path, str) and isinstance(offset, int)
+        assert length is None or isinstance(length, int)
+        buf = Received() if into is None else into  # survives a reconnect: the next
+        remote = self._remote(path)  # attempt continues after what it holds
 
         def read(sftp: paramiko.SFTPClient) -> bytes:
             with sftp.open(remote, "rb") as f:
                 size = f.stat().st_size or 0
                 end = size if length is None else min(size, offset + length)
+                buf.begin(end - offset)
                 self.resumed_bytes += buf.size
                 _pipelined_read(sftp, f.handle, offset + buf.size, end, buf)
             return buf.join()
 
-        return await self._run("get", path, read)
+        return self._call("get", path, read)
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         final = self._remote(check_path(path))
@@ -414,13 +488,15 @@ class _Responses:
 
     def __init__(self, sftp: paramiko.SFTPClient) -> None:
         self.sftp = sftp
-        self.data: dict[int, bytes] = {}
+        self.data: dict[int, bytes | memoryview] = {}
         self.eof: set[int] = set()
         self.error: BaseException | None = None
 
     def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
-        if t == CMD_DATA:
-            self.data[num] = msg.get_string()
+        if t == CMD_DATA:  # the data as a view into the packet: no copy
+            n = msg.get_int()
+            start = msg.packet.tell()
+            self.data[num] = memoryview(msg.asbytes())[start:start + n]
             return
         try:
             self.sftp._convert_status(msg)  # raises for an error status
@@ -431,25 +507,8 @@ class _Responses:
             self.error = exc
 
 
-class _Received:
-    """The answers of a read so far, joined once at the end (one copy, no regrowing)."""
-
-    def __init__(self) -> None:
-        self.parts: builtins.list[bytes] = []
-        self.size = 0
-
-    def extend(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-
-    def join(self) -> bytes:
-        if len(self.parts) != 1:
-            self.parts[:] = [b"".join(self.parts)]
-        return self.parts[0]
-
-
 def _pipelined_read(sftp: paramiko.SFTPClient, handle: bytes, start: int, end: int,
-                    buf: _Received) -> None:
+                    buf: Received) -> None:
     """Append bytes ``[start, end)`` of an open file to ``buf``, READ_IN_FLIGHT requests deep.
 
     Done here, not with ``SFTPFile.readv``: readv sends its requests from a

@@ -1,0 +1,266 @@
+"""SFTP reads in processes of their own: one SSH connection per reader process.
+
+paramiko decrypts and parses the SSH stream in Python, holding the GIL, and
+so does much of opening a chunk; in one process a download therefore runs on
+little more than one core however many connections it has.  A *reader* is a
+child process that owns one SFTP connection and serves the ``get`` requests
+of one thread of :class:`~vmclient.store.sftp.SFTPStore`, so the transport
+work runs beside the parent's, on another core.
+
+Readers are forked by a *zygote*: one small single-threaded process per
+parent, started at the first reader with the parent's interpreter and
+``sys.path`` (so it runs the parent's code), which imports paramiko and this
+package once.  A reader is then a plain ``fork`` of it: it starts in
+milliseconds and inherits none of the parent's threads or state.
+(multiprocessing's forkserver would re-import the parent's ``__main__`` in
+every child, and in Python 3.11 it ignores ``sys.path``.)
+
+The parent sends the zygote the target and one end of a socket pair (over a
+``SOCK_SEQPACKET`` pair, the descriptor as ``SCM_RIGHTS``).  The reader runs the
+same retrying read as the in-process path (a dropped connection is re-opened
+and the read continues at the offset it reached) and answers each request
+with a small pickled header (the object's length and the reconnect counters,
+or the error raised), then the bytes, which the parent receives straight into
+the object it returns.  A reader ends when the parent closes its end; the
+zygote when the parent's end of its pair closes (the parent exited).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError
+from .sftp_wire import Received
+
+if TYPE_CHECKING:
+    from .sftp import SFTPTarget
+
+_LEN = struct.Struct(">I")
+# glibc: keep freed memory for the next answer rather than return it to the system (and
+# fault it in again): a reader allocates and frees a few MiB per request all the time
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+              "MALLOC_TOP_PAD_": str(16 << 20)}
+_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+         "from vmclient.store.sftp_reader import zygote; zygote(int(sys.argv[2]))")
+
+
+class ReaderGone(StoreError):
+    """The SFTP read process for {} ended: {}"""
+
+
+class _Zygote:
+    """The parent's handle on its zygote, started when the first reader is needed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+
+    def fork(self, target: SFTPTarget, theirs: socket.socket) -> int:
+        """Fork a reader for ``target`` serving the socket ``theirs``; its process id."""
+        with self.lock:
+            for attempt in range(2):  # a zygote that died is started again, once
+                if self.sock is None or self.proc is None or self.proc.poll() is not None:
+                    self._start()
+                assert self.sock is not None
+                try:
+                    socket.send_fds(self.sock, [pickle.dumps(target)], [theirs.fileno()])
+                    pid = self.sock.recv(_LEN.size)
+                    if pid:
+                        return int(_LEN.unpack(pid)[0])
+                except OSError:
+                    if attempt:
+                        raise
+                self._stop()
+            raise EOFError("the SFTP reader zygote ended")
+
+    def _start(self) -> None:
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                env={**os.environ, **MALLOC_ENV})
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def _stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            self.proc.wait()
+            self.proc = None
+
+
+_ZYGOTE = _Zygote()
+
+
+class Reader:
+    """The parent's end of one reader process (used by one thread at a time)."""
+
+    def __init__(self, target: SFTPTarget) -> None:
+        self.server = target.server
+        self.sock, theirs = socket.socketpair()
+        try:
+            self.pid = _ZYGOTE.fork(target, theirs)
+        except (OSError, EOFError) as exc:
+            self.sock.close()
+            raise ReaderGone(self.server, f"could not start one: {exc}") from exc
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            theirs.close()
+
+    def call(self, op: str, *args: Any) -> tuple[bytes, int, int]:
+        """(data, reconnects, resumed bytes) of ``op`` run in the reader, or its error."""
+        try:
+            _send(self.sock, pickle.dumps((op, args)))
+            length = _recv_len(self.sock)
+            data = _recv(self.sock, length)
+            kind, value, reconnects, resumed = pickle.loads(_recv(self.sock, _recv_len(self.sock)))
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            self.close()
+            raise ReaderGone(self.server, f"{type(exc).__name__}: {exc}") from exc
+        if kind == "error":
+            raise value
+        return (data if value == length else data[:value]), reconnects, resumed
+
+    @property
+    def alive(self) -> bool:
+        return self.sock.fileno() >= 0
+
+    def close(self) -> None:
+        self.sock.close()  # the reader sees the end of its requests and exits
+
+
+def zygote(control_fd: int) -> None:
+    """The zygote's loop: fork a reader for every (target, socket) the parent sends."""
+    from .sftp import SFTPStore  # noqa: F401  (imported once, inherited by every reader)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # readers are reaped by the kernel
+    control = socket.socket(fileno=control_fd)
+    while True:
+        msg, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 1)
+        if not msg:
+            return  # the parent closed its end or exited
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            control.close()
+            try:
+                serve(pickle.loads(msg), socket.socket(fileno=fds[0]))
+            finally:
+                os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        control.sendall(_LEN.pack(pid))
+
+
+def serve(target: SFTPTarget, sock: socket.socket) -> None:
+    """A reader: answer requests until the parent closes the socket."""
+    from .sftp import SFTPStore
+    store = SFTPStore(target)
+    try:
+        while True:
+            op, args = pickle.loads(_recv(sock, _recv_len(sock)))
+            before = store.reconnects, store.resumed_bytes
+            stream = _Stream(sock)
+            try:
+                data = store.serve_read(op, *args, into=stream)
+                if stream.length is None:  # not streamed (a listing): send it now
+                    stream.begin(len(data))
+                    stream.extend(data)
+                trailer = pickle.dumps(("data", stream.size, store.reconnects - before[0],
+                                        store.resumed_bytes - before[1]))
+            except Exception as exc:  # handed to the parent, which raises it
+                trailer = _pickled_error(exc)
+            stream.finish(trailer)
+    except (OSError, EOFError):
+        return  # the parent closed its end (or died)
+    finally:
+        store.shutdown()
+        sock.close()
+
+
+class _Stream(Received):
+    """A reader's answer: the length, the bytes as they arrive, then a trailer.
+
+    The parent receives the announced length in one piece; if fewer bytes came
+    (the object shrank, or the read failed) the rest is padding and the trailer
+    says how many are real.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.length: int | None = None
+
+    def begin(self, length: int) -> None:
+        if self.length is None:
+            self.length = length
+            self.sock.sendall(_LEN.pack(length))
+
+    def extend(self, data: bytes | memoryview) -> None:
+        assert self.length is not None
+        data = data[:self.length - self.size]
+        self.sock.sendall(data)
+        self.size += len(data)
+
+    def join(self) -> bytes:
+        return b""
+
+    def finish(self, trailer: bytes) -> None:
+        if self.length is None:
+            self.begin(0)
+        assert self.length is not None
+        for _ in range(self.size, self.length, 1 << 20):
+            self.extend(bytes(min(1 << 20, self.length - self.size)))
+        _send(self.sock, trailer)
+
+
+def _pickled_error(exc: Exception) -> bytes:
+    try:
+        header = pickle.dumps(("error", exc, 0, 0))
+        pickle.loads(header)
+        return header
+    except Exception:  # an exception that does not survive pickling: keep its text
+        return pickle.dumps(("error", StoreError(f"{type(exc).__name__}: {exc}"), 0, 0))
+
+
+def _send(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_LEN.pack(len(payload)) + payload)
+
+
+def _recv_len(sock: socket.socket) -> int:
+    return int(_LEN.unpack(_recv(sock, _LEN.size))[0])
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes: one ``recv`` into one new object, unless a signal splits it."""
+    data = sock.recv(n, socket.MSG_WAITALL)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        if not parts[-1]:
+            raise EOFError("the other end closed the socket")
+        parts.append(sock.recv(n - got, socket.MSG_WAITALL))
+        got += len(parts[-1])
+    return b"".join(parts)
