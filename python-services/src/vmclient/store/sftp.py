@@ -262,7 +262,7 @@ class SFTPStore(LockingMixin):
                 with self._lock:
                     self._readers.append(reader)
             try:
-                data, reconnects, resumed = reader.call(op, *args)
+                data, reconnects, resumed, resumed_up = reader.call(op, *args)
             except ReaderGone:
                 self._drop_reader(reader)
                 if attempt:
@@ -272,6 +272,7 @@ class SFTPStore(LockingMixin):
                 continue
             self.reconnects += reconnects
             self.resumed_bytes += resumed
+            self.resumed_upload_bytes += resumed_up
             return data
         raise AssertionError("unreachable")
 
@@ -283,11 +284,17 @@ class SFTPStore(LockingMixin):
                 self._readers.remove(reader)
 
     def serve_read(self, op: str, *args: object, into: Received | None = None) -> bytes:
-        """A read in this process: ``("get", path, offset, length)``, ``("list", prefix)``
-        (JSON, see :meth:`_list_here`) or ``("check",)`` (connect).
+        """A request in this process: ``("get", path, offset, length)``, ``("list",
+        prefix)`` (JSON, see :meth:`_list_here`), ``("check",)`` (connect) or ``("put",
+        path, data, exclusive)`` (:meth:`put_atomic`; answers nothing).
 
         ``into`` receives a get's bytes as they arrive (a reader streams them on).
         """
+        if op == "put":
+            path, data, exclusive = args
+            assert isinstance(path, str) and isinstance(data, bytes)
+            self._put_here(path, data, exclusive=bool(exclusive))
+            return b""
         if op == "check":
             self._call("connect", self.target.root or ".", lambda sftp: sftp.normalize("."))
             return b""
@@ -312,7 +319,12 @@ class SFTPStore(LockingMixin):
         return self._call("get", path, read)
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
-        final = self._remote(check_path(path))
+        """Written by the reader process like a read (paramiko's transport work off this
+        process's GIL, beside the sealing of the next packs), else in the thread."""
+        await self._read("put", check_path(path), bytes(data), exclusive)
+
+    def _put_here(self, path: str, data: bytes, *, exclusive: bool) -> None:
+        final = self._remote(path)
         parent = posixpath.dirname(final)
         tmp = posixpath.join(parent, f"{TMP_PREFIX}{secrets.token_hex(8)}")
         state = {"written": False}
@@ -334,7 +346,7 @@ class SFTPStore(LockingMixin):
                     raise LocalSyncError(f"repository object exists: {path}") from None
                 raise
 
-        await self._run("put", path, put)
+        self._call("put", path, put)
 
     def _upload(self, sftp: paramiko.SFTPClient, tmp: str, parent: str, data: bytes) -> None:
         """Write ``data`` to ``tmp``, continuing a partial file left by a dropped connection."""

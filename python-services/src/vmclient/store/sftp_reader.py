@@ -127,19 +127,21 @@ class Reader:
         finally:
             theirs.close()
 
-    def call(self, op: str, *args: Any) -> tuple[bytes, int, int]:
-        """(data, reconnects, resumed bytes) of ``op`` run in the reader, or its error."""
+    def call(self, op: str, *args: Any) -> tuple[bytes, int, int, int]:
+        """(data, reconnects, resumed bytes of reads, of writes) of ``op`` run in the
+        reader, or its error."""
         try:
             _send(self.sock, pickle.dumps((op, args)))
             length = _recv_len(self.sock)
             data = _recv(self.sock, length)
-            kind, value, reconnects, resumed = pickle.loads(_recv(self.sock, _recv_len(self.sock)))
+            kind, value, reconnects, resumed, resumed_up = pickle.loads(
+                _recv(self.sock, _recv_len(self.sock)))
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self.close()
             raise ReaderGone(self.server, f"{type(exc).__name__}: {exc}") from exc
         if kind == "error":
             raise value
-        return (data if value == length else data[:value]), reconnects, resumed
+        return (data if value == length else data[:value]), reconnects, resumed, resumed_up
 
     @property
     def alive(self) -> bool:
@@ -179,7 +181,7 @@ def serve(target: SFTPTarget, sock: socket.socket) -> None:
     try:
         while True:
             op, args = pickle.loads(_recv(sock, _recv_len(sock)))
-            before = store.reconnects, store.resumed_bytes
+            before = store.reconnects, store.resumed_bytes, store.resumed_upload_bytes
             stream = _Stream(sock)
             try:
                 data = store.serve_read(op, *args, into=stream)
@@ -187,7 +189,8 @@ def serve(target: SFTPTarget, sock: socket.socket) -> None:
                     stream.begin(len(data))
                     stream.extend(data)
                 trailer = pickle.dumps(("data", stream.size, store.reconnects - before[0],
-                                        store.resumed_bytes - before[1]))
+                                        store.resumed_bytes - before[1],
+                                        store.resumed_upload_bytes - before[2]))
             except Exception as exc:  # handed to the parent, which raises it
                 trailer = _pickled_error(exc)
             stream.finish(trailer)
@@ -236,11 +239,11 @@ class _Stream(Received):
 
 def _pickled_error(exc: Exception) -> bytes:
     try:
-        header = pickle.dumps(("error", exc, 0, 0))
+        header = pickle.dumps(("error", exc, 0, 0, 0))
         pickle.loads(header)
         return header
     except Exception:  # an exception that does not survive pickling: keep its text
-        return pickle.dumps(("error", StoreError(f"{type(exc).__name__}: {exc}"), 0, 0))
+        return pickle.dumps(("error", StoreError(f"{type(exc).__name__}: {exc}"), 0, 0, 0))
 
 
 def _send(sock: socket.socket, payload: bytes) -> None:
