@@ -42,7 +42,7 @@ class PartialChunk(LocalSyncError):
     """{}"""
 
 
-READ_RUN = 4 << 20  # one read request covers up to this many bytes of consecutive chunks
+READ_RUN = 1 << 20  # one read request covers up to this many bytes of consecutive chunks
 PREFETCH = 2  # reads in flight ahead of the one being hashed
 
 
@@ -181,8 +181,9 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
 
     ``pread(length, offset)`` reads the capture through QEMU (:mod:`.nbd`); by
     default ``path`` is read directly.  Chunks whose data lie back to back are
-    read with one call (:func:`plan_reads`), in a thread of its own that stays
-    up to ``PREFETCH`` reads ahead, so the reading overlaps the hashing.
+    read with one call (:func:`plan_reads`) and hashed in a thread of its own
+    that stays up to ``PREFETCH`` reads ahead of the consumer (which filters
+    and seals them).
     """
     cs = chunker.chunk_size
     with contextlib.ExitStack() as stack:
@@ -192,33 +193,33 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
             read = functools.partial(_pread_fd, fd)
         fetch = stack.enter_context(ThreadPoolExecutor(1, "vmclient-fetch"))
         plan = iter(plan_reads(covered, cs, size))
-        ahead: collections.deque[tuple[Read, Future[bytes | bytearray] | None]] = \
-            collections.deque()
+        ahead: collections.deque[Future[list[Chunk]]] = collections.deque()
+
+        def load(r: Read) -> list[Chunk]:
+            if r.offset is None:
+                return [chunker.chunk(r.indices[0], bytes(r.length))]
+            data = read(r.length, r.offset)
+            if len(data) != r.length:
+                raise LocalSyncError(f"{path}: short read at chunk {r.indices[0]}")
+            view, pos, out = memoryview(data), 0, []
+            for i in r.indices:
+                n = min(cs, size - i * cs)
+                out.append(chunker.chunk(i, bytes(view[pos:pos + n])))
+                pos += n
+            return out
 
         def fill() -> None:
             while len(ahead) < PREFETCH and (r := next(plan, None)) is not None:
-                ahead.append((r, None if r.offset is None
-                              else fetch.submit(read, r.length, r.offset)))
+                ahead.append(fetch.submit(load, r))
         try:
             fill()
             while ahead:
-                r, pending = ahead.popleft()
+                chunks = ahead.popleft().result()
                 fill()
-                if pending is None:
-                    yield chunker.chunk(r.indices[0], bytes(r.length))
-                    continue
-                data = pending.result()
-                if len(data) != r.length:
-                    raise LocalSyncError(f"{path}: short read at chunk {r.indices[0]}")
-                view, pos = memoryview(data), 0
-                for i in r.indices:
-                    n = min(cs, size - i * cs)
-                    yield chunker.chunk(i, bytes(view[pos:pos + n]))
-                    pos += n
+                yield from chunks
         finally:
-            for _r, f in ahead:  # stopped early: nothing more is read
-                if f is not None:
-                    f.cancel()
+            for f in ahead:  # stopped early: nothing more is read
+                f.cancel()
 
 
 def _pread_fd(fd: int, n: int, off: int) -> bytes:
