@@ -6,10 +6,10 @@ paramiko is blocking, so every call runs in a small thread pool of its own:
 one worker thread per SSH connection, each worker keeping its connection, so
 ``connections`` requests are in flight at once (the callers issue them
 concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).  Reads
-(``get``, ``list``, ``check``) go through the worker's *reader process*
-(:mod:`.sftp_reader`, unless ``read_processes`` is off), which holds a
-connection of its own: paramiko's transport work then runs outside this
-process's GIL, beside the opening of the chunks read.  Under paramiko sits a
+(``get``, ``list``, ``check``) and writes (``put_atomic``) go through the
+worker's *reader process* (:mod:`.sftp_reader`, unless ``read_processes`` is
+off), which holds a connection of its own: paramiko's transport work then runs
+outside this process's GIL, beside the opening or sealing of chunks.  Under paramiko sits a
 leaner receive path (:mod:`.sftp_wire`).
 
 Tuning (FIELD-NOTES, "SFTP over loopback"): cipher ``aes256-gcm@openssh.com``
@@ -110,7 +110,7 @@ class SFTPTarget:
     attempts: int = 4
     timeout: float = 30.0
     backoff: float = 0.5  # seconds before the 2nd attempt, doubled for each further one
-    read_processes: bool = True  # reads in reader processes (sftp_reader), else in threads
+    read_processes: bool = True  # reads and writes in reader processes (sftp_reader)
 
     @property
     def server(self) -> str:

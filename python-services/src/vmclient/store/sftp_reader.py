@@ -1,11 +1,12 @@
-"""SFTP reads in processes of their own: one SSH connection per reader process.
+"""SFTP reads and writes in processes of their own: one SSH connection per reader process.
 
 paramiko decrypts and parses the SSH stream in Python, holding the GIL, and
 so does much of opening a chunk; in one process a download therefore runs on
 little more than one core however many connections it has.  A *reader* is a
-child process that owns one SFTP connection and serves the ``get`` requests
-of one thread of :class:`~vmclient.store.sftp.SFTPStore`, so the transport
-work runs beside the parent's, on another core.
+child process that owns one SFTP connection and serves the ``get``, ``list``
+and ``put`` requests of one thread of :class:`~vmclient.store.sftp.SFTPStore`
+(a put's bytes travel in its pickled request), so the transport work runs
+beside the parent's, on another core.
 
 Readers are forked by a *zygote*: one small single-threaded process per
 parent, started at the first reader with the parent's interpreter and
