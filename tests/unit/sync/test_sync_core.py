@@ -82,7 +82,7 @@ def test_read_chunks_reads_back_to_back_chunks_at_once(tmp_path) -> None:
         calls.append((n, off))
         return data[off:off + n]
     chunker = Chunker(b"k" * 32, C)
-    got = list(read_chunks(f, covered, chunker, 7 * C, pread))
+    got = list(read_chunks(f, covered, chunker, 7 * C, [pread]))
     assert [c.index for c in got] == list(range(7))
     assert calls == [(2 * C, 0), (4 * C, 3 * C)]  # one read per run; the zero chunk not read
     assert got[2].is_zero and got[4].data == data[4 * C:5 * C]

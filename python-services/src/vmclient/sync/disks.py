@@ -28,6 +28,7 @@ import contextlib
 import functools
 import json
 import os
+import queue
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +44,8 @@ class PartialChunk(LocalSyncError):
 
 
 READ_RUN = 1 << 20  # one read request covers up to this many bytes of consecutive chunks
-PREFETCH = 2  # reads in flight ahead of the one being hashed
+PREFETCH = 2  # reads per fetch thread in flight ahead of the consumer
+FETCH_THREADS = 2  # threads reading and hashing a capture (NBD connections to it)
 
 
 @dataclass(frozen=True)
@@ -175,25 +177,35 @@ def plan_reads(covered: dict[int, tuple[Extent, int]], chunk_size: int, size: in
 
 
 def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chunker,
-                size: int, pread: Callable[[int, int], bytes | bytearray] | None = None
+                size: int, preads: Sequence[Callable[[int, int], bytes | bytearray]] = ()
                 ) -> Iterator[Chunk]:
     """The covered chunks, in order, read from the capture (zero extents not read).
 
-    ``pread(length, offset)`` reads the capture through QEMU (:mod:`.nbd`); by
-    default ``path`` is read directly.  Chunks whose data lie back to back are
-    read with one call (:func:`plan_reads`) and hashed in a thread of its own
-    that stays up to ``PREFETCH`` reads ahead of the consumer (which filters
-    and seals them).
+    ``preads``: functions ``pread(length, offset)`` reading the capture through
+    QEMU (:mod:`.nbd`), one per connection; by default ``path`` is read
+    directly.  Chunks whose data lie back to back are read with one call
+    (:func:`plan_reads`) and hashed in threads of their own, one per reader,
+    which stay up to ``PREFETCH`` reads per thread ahead of the consumer (which
+    filters and seals them).
     """
     cs = chunker.chunk_size
     with contextlib.ExitStack() as stack:
-        read = pread
-        if read is None:
+        if not preads:
             fd = stack.enter_context(open(path, "rb")).fileno()
-            read = functools.partial(_pread_fd, fd)
-        fetch = stack.enter_context(ThreadPoolExecutor(1, "vmclient-fetch"))
+            preads = [functools.partial(_pread_fd, fd)] * FETCH_THREADS
+        free: queue.SimpleQueue[Callable[[int, int], bytes | bytearray]] = queue.SimpleQueue()
+        for p in preads:
+            free.put(p)
+        fetch = stack.enter_context(ThreadPoolExecutor(len(preads), "vmclient-fetch"))
         plan = iter(plan_reads(covered, cs, size))
         ahead: collections.deque[Future[list[Chunk]]] = collections.deque()
+
+        def read(length: int, offset: int) -> bytes | bytearray:
+            pread = free.get()  # a connection serves one request at a time
+            try:
+                return pread(length, offset)
+            finally:
+                free.put(pread)
 
         def load(r: Read) -> list[Chunk]:
             if r.offset is None:
@@ -209,7 +221,7 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
             return out
 
         def fill() -> None:
-            while len(ahead) < PREFETCH and (r := next(plan, None)) is not None:
+            while len(ahead) < PREFETCH * len(preads) and (r := next(plan, None)) is not None:
                 ahead.append(fetch.submit(load, r))
         try:
             fill()
