@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,26 +140,40 @@ def test_download_over_sftp_matches_the_published_disk(sshd: SSHServer, tmp_path
     assert sha256(out) == sha256(raw)
 
 
-def test_connection_killed_mid_download_resumes_and_bytes_match(sshd: SSHServer,
-                                                                tmp_path: Path) -> None:
-    repo, raw = published(sshd, tmp_path, mib=192)
+def download_interrupted(sshd: SSHServer, tmp_path: Path, mib: int,
+                         on_pack_get: Callable[[int, SFTPStore], None]
+                         ) -> tuple[SFTPStore, Path, Path]:
+    """A device downloads a published disk over two connections; ``on_pack_get(n,
+    store)`` runs at the n-th get of the download whenever it reads a pack.
+    (store, the disk written, the disk published)."""
+    repo, raw = published(sshd, tmp_path, mib=mib)
     dev = repo.enrol("laptop")
     assert repo.admin("assign", "office", "laptop") == 0
     store = sshd.store(dev.account, connections=2)
-    killed: list[int] = []
     gets = 0
     original_get = store.get
 
     async def get(path: str, offset: int = 0, length: int | None = None) -> bytes:
         nonlocal gets
         gets += 1
-        if "/packs/" in path and gets in (6, 12):  # twice, while reads are in flight
-            threading.Timer(0.02, lambda: killed.append(sshd.kill_sessions())).start()
+        if "/packs/" in path:
+            on_pack_get(gets, store)
         return await original_get(path, offset, length)
 
     store.get = get  # type: ignore[method-assign]
     out = tmp_path / "system.raw"
     run(_closing(store, read_published(store, repo.admin_public, dev.wrapping, "office", out)))
+    return store, out, raw
+
+
+def test_connection_killed_mid_download_resumes_and_bytes_match(sshd: SSHServer,
+                                                                tmp_path: Path) -> None:
+    killed: list[int] = []
+
+    def kill_sessions(gets: int, _store: SFTPStore) -> None:
+        if gets in (6, 12):  # twice, while reads are in flight
+            threading.Timer(0.02, lambda: killed.append(sshd.kill_sessions())).start()
+    store, out, raw = download_interrupted(sshd, tmp_path, 192, kill_sessions)
     time.sleep(0.1)
     assert killed and all(killed), "the sessions were killed"
     assert store.reconnects >= 1
@@ -168,26 +182,14 @@ def test_connection_killed_mid_download_resumes_and_bytes_match(sshd: SSHServer,
 
 def test_a_read_process_that_dies_mid_download_is_replaced_and_bytes_match(
         sshd: SSHServer, tmp_path: Path) -> None:
-    repo, raw = published(sshd, tmp_path, mib=96)
-    dev = repo.enrol("laptop")
-    assert repo.admin("assign", "office", "laptop") == 0
-    store = sshd.store(dev.account, connections=2)
     killed: list[int] = []
-    gets = 0
-    original_get = store.get
 
-    async def get(path: str, offset: int = 0, length: int | None = None) -> bytes:
-        nonlocal gets
-        gets += 1
-        if "/packs/" in path and gets == 6:  # while reads are in flight
+    def kill_readers(gets: int, store: SFTPStore) -> None:
+        if gets == 6:  # while reads are in flight
             killed.extend(r.pid for r in store._readers)
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
-        return await original_get(path, offset, length)
-
-    store.get = get  # type: ignore[method-assign]
-    out = tmp_path / "system.raw"
-    run(_closing(store, read_published(store, repo.admin_public, dev.wrapping, "office", out)))
+    _store, out, raw = download_interrupted(sshd, tmp_path, 96, kill_readers)
     assert killed, "the read processes were killed"
     assert sha256(out) == sha256(raw)
 
