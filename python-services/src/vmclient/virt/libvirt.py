@@ -329,9 +329,8 @@ class Hypervisor:
         the disks is ended first: libvirt saves no domain while one runs, and power
         does not wait for a sync (that sync fails and the next one reads again)."""
         def op(d: Any) -> None:
-            if _abort_backup(d):
+            if _end_backup(d):
                 log.info("%s: ended a sync's backup job to save the VM", name or uuid)
-                _backup_wait_gone(d)
             d.managedSave(0)
         await self._on_domain(uuid, "managed save", op, name)
 
@@ -610,19 +609,17 @@ async def sync_view(hv: Hypervisor, uuid: str) -> SyncView:
                           what="read the definition", vm=uuid, limit=30)
 
 
-def _abort_backup(dom: Any) -> bool:
+def _end_backup(dom: Any) -> bool:
+    """Abort the domain's backup job, if it has one, and wait until it is gone."""
     stats = dom.jobStats(0)
     if stats.get("type", 0) == 0 or stats.get("operation") != _JOB_BACKUP:
         return False
     dom.abortJob()
-    return True
-
-
-def _backup_wait_gone(dom: Any) -> None:
     for _ in range(500):
         if dom.jobStats(0).get("type", 0) == 0:
-            return
+            break
         time.sleep(0.02)
+    return True
 
 
 async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
@@ -656,9 +653,8 @@ async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
 
     def op(conn: libvirt.virConnect) -> float:
         dom = conn.lookupByUUIDString(uuid)
-        if _abort_backup(dom):
+        if _end_backup(dom):
             log.info("%s: aborted a backup job left by an interrupted sync", name)
-            _backup_wait_gone(dom)
         dom.backupBegin(backup_xml, cp_xml, 0)
         if not resume:
             return 0.0
@@ -675,8 +671,8 @@ async def backup_end(hv: Hypervisor, uuid: str, name: str) -> None:
     def op(conn: libvirt.virConnect) -> None:
         try:
             dom = conn.lookupByUUIDString(uuid)
-            if dom.isActive() and _abort_backup(dom):
-                _backup_wait_gone(dom)
+            if dom.isActive():
+                _end_backup(dom)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
                                         libvirt.VIR_ERR_OPERATION_INVALID):
@@ -712,9 +708,8 @@ async def save_and_restore_paused(hv: Hypervisor, uuid: str, name: str, path: st
     def op(conn: libvirt.virConnect) -> bool:
         dom = conn.lookupByUUIDString(uuid)
         running = bool(dom.state(0)[0] == libvirt.VIR_DOMAIN_RUNNING)
-        if _abort_backup(dom):  # left by a killed sync: libvirt saves nothing while it runs
+        if _end_backup(dom):  # left by a killed sync: libvirt saves nothing while it runs
             log.info("%s: aborted a backup job left by an interrupted sync", name)
-            _backup_wait_gone(dom)
         dom.save(path)
         try:
             conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
