@@ -177,6 +177,16 @@ def luks_identical(a: Path, b: Path, pp: bytes) -> bool:
     return r.returncode == 0
 
 
+def assert_not_restored(lt: Laptops, name: str) -> None:
+    """Laptop B has neither a domain nor disks of ``name``."""
+    conn = libvirt.open(URI)
+    try:
+        assert name not in [d.name() for d in conn.listAllDomains(0)]
+    finally:
+        conn.close()
+    assert not (lt.b_cfg.images_dir / name).exists()
+
+
 def read_at(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         return os.pread(f.fileno(), length, offset)
@@ -367,12 +377,7 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
         lt.b.report = lambda p: totals.append(p.total) if p.phase == "download" else None
         with pytest.raises(RemoteIntegrityError, match=cid.hex()):
             await lt.b.restore(name, from_device=a_id)
-        conn = libvirt.open(URI)
-        try:
-            assert name not in [d.name() for d in conn.listAllDomains(0)]
-        finally:
-            conn.close()
-        assert not (lt.b_cfg.images_dir / name).exists()
+        assert_not_restored(lt, name)
         assert not lt.b.keys.exists(name)
 
         # the server is repaired: the next restore resumes, fetching only what it lacks
@@ -408,12 +413,7 @@ async def test_replayed_older_latest_after_rekey_is_refused_and_nothing_defined(
                            match=r"pointer.*seq 1 is older than seq 2") as exc:
             await lt.b.restore(name, from_device=a_id)
         assert layout.vm_pointer(b_id, name) in str(exc.value)
-        conn = libvirt.open(URI)
-        try:
-            assert name not in [d.name() for d in conn.listAllDomains(0)]
-        finally:
-            conn.close()
-        assert not (lt.b_cfg.images_dir / name).exists()
+        assert_not_restored(lt, name)
         assert not (lt.b_cfg.state_dir / "vms" / name).exists()
         # no key of the restore's own: only the one the agent accepted, untouched
         assert key_file.read_bytes() == accepted_key
