@@ -103,6 +103,23 @@ def synthetic(path: Path, mib: int, rng: random.Random) -> None:
                                  for j in range(MIB // 16)))
 
 
+def wait_idle(dom: libvirt.virDomain, timeout: float = 60.0) -> None:
+    """Until the guest has booted and halts (its vCPU busy < 5 % over a second): SeaBIOS
+    keeps a core busy for its first seconds, which would otherwise fall into whichever
+    tool runs first."""
+    def vcpu_s() -> float:
+        return sum(v[2] for v in dom.vcpus()[0]) / 1e9
+    deadline = time.monotonic() + timeout
+    last = vcpu_s()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = vcpu_s()
+        if now - last < 0.05:
+            return
+        last = now
+    raise RuntimeError(f"the guest still keeps its vCPU busy after {timeout:.0f} s")
+
+
 def change(dom: libvirt.virDomain, raw: Path, mib: int, work: Path, rng: random.Random) -> int:
     """1 % of the disk in scattered 64 KiB writes, to the VM (HMP qemu-io) and the raw copy."""
     n = max(1, mib * MIB // 100 // 65536)
@@ -269,6 +286,7 @@ def main() -> None:
                        check=True)
         dom = conn.defineXML(XML.format(name=name, uuid=uuid.uuid4(), disk=disk))
         dom.create()
+        wait_idle(dom)
         with contextlib.ExitStack() as stack:
             server = stack.enter_context(ssh_server()) if args.transport == "sftp" else None
             where = Where(work, server)
