@@ -78,11 +78,13 @@ def test_read_chunks_reads_back_to_back_chunks_at_once(tmp_path) -> None:
                           Extent(3 * C, 4 * C, False, 3 * C)], C, 7 * C)
     calls: list[tuple[int, int]] = []
 
-    def pread(n: int, off: int) -> bytes:
-        calls.append((n, off))
-        return data[off:off + n]
+    def preadv(buffers: list[bytearray], off: int) -> None:
+        calls.append((sum(len(b) for b in buffers), off))
+        for b in buffers:
+            b[:] = data[off:off + len(b)]
+            off += len(b)
     chunker = Chunker(b"k" * 32, C)
-    got = list(read_chunks(f, covered, chunker, 7 * C, [pread]))
+    got = list(read_chunks(f, covered, chunker, 7 * C, [preadv]))
     assert [c.index for c in got] == list(range(7))
     assert calls == [(2 * C, 0), (4 * C, 3 * C)]  # one read per run; the zero chunk not read
     assert got[2].is_zero and got[4].data == data[4 * C:5 * C]

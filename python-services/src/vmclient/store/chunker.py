@@ -49,7 +49,7 @@ def chunk_count(size: int, chunk_size: int) -> int:
 class Chunk:
     index: int
     id: bytes  # ZERO_ID for an all-zero chunk
-    data: bytes  # empty for a zero chunk
+    data: bytes | bytearray  # empty for a zero chunk; a buffer a read filled, never changed
 
     @property
     def is_zero(self) -> bool:
@@ -64,12 +64,17 @@ class Chunker:
         self.chunk_size = check_chunk_size(chunk_size)
         self._zeros = bytes(chunk_size)
 
-    def chunk(self, index: int, data: bytes) -> Chunk:
+    def chunk(self, index: int, data: bytes | bytearray) -> Chunk:
         if len(data) > self.chunk_size or not data:
             raise LocalSyncError(f"chunk {index} has {len(data)} bytes")
         if data == self._zeros[:len(data)]:
-            return Chunk(index, ZERO_ID, b"")
+            return self.zero(index)
         return Chunk(index, chunk_id(self.id_key, data), data)
+
+    @staticmethod
+    def zero(index: int) -> Chunk:
+        """Chunk ``index`` known to read as zeros (a zero extent): nothing to read or hash."""
+        return Chunk(index, ZERO_ID, b"")
 
     def split(self, data: bytes, first_index: int = 0) -> Iterator[Chunk]:
         """Chunks of a buffer that starts at chunk boundary ``first_index``."""

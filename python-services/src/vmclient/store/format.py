@@ -73,13 +73,16 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def encode_payload(data: bytes | memoryview, level: int | None = 3) -> bytes:
+_ZSTD_PREFIX, _STORED_PREFIX = bytes([CODEC_ZSTD]), bytes([CODEC_STORED])
+
+
+def encode_payload(data: bytes | bytearray | memoryview, level: int | None = 3) -> bytes:
     """Prefix the codec byte; zstd-compress when ``level`` is set and it helps."""
     if level is not None:
         packed = _compressor(level).compress(data)
         if len(packed) < len(data):
-            return bytes([CODEC_ZSTD]) + packed
-    return bytes([CODEC_STORED]) + bytes(data)
+            return _ZSTD_PREFIX + packed
+    return _STORED_PREFIX + data  # one copy, whatever the buffer
 
 
 def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,

@@ -30,12 +30,12 @@ def new_pack_name() -> str:
     return secrets.token_hex(32)
 
 
-def seal_chunk(keys: crypto.KeySet, cid: bytes, plaintext: bytes, level: int | None = 1
-               ) -> bytes:
+def seal_chunk(keys: crypto.KeySet, cid: bytes, plaintext: bytes | bytearray,
+               level: int | None = 1) -> bytes:
     """One blob: the chunk compressed (if that helps) and sealed, its id bound in.
 
-    Pure and thread-safe (zstd and AES-GCM release the GIL): the upload pipeline
-    runs it in worker threads.
+    Pure and thread-safe (zstd, the bulk of the work, releases the GIL): the upload
+    pipeline runs it in worker threads.
     """
     return crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(plaintext, level))
 
@@ -52,7 +52,7 @@ class PackBuilder:
     _records: list[tuple[bytes, int, int, int]] = field(default_factory=list)
     _size: int = 0
 
-    def add(self, cid: bytes, plaintext: bytes) -> None:
+    def add(self, cid: bytes, plaintext: bytes | bytearray) -> None:
         self.add_sealed(cid, seal_chunk(self.keys, cid, plaintext, self.level), len(plaintext))
 
     def add_sealed(self, cid: bytes, blob: bytes, plain_length: int) -> None:

@@ -9,10 +9,10 @@ uploads several packs at once.  Download: ranged pack reads are opened
 sink in the same pool, so decryption, decompression and the writes of a
 restore overlap with the transfers.
 
-zstd, AES-GCM, HMAC-SHA-256 and ``pwrite`` release the GIL on 64 KiB
-buffers, so on a machine with several cores the workers run in parallel with
-each other and with the transport (paramiko is mostly Python and holds the
-GIL).  Sizes are bounded: at most ``depth`` batches are being sealed or opened
+zstd, HMAC-SHA-256 and ``pwrite`` release the GIL on 64 KiB buffers (AES-GCM,
+~10 µs per chunk, does not), so on a machine with several cores the workers
+run in parallel with each other and with the transport (paramiko, mostly
+Python, runs in processes of its own: :mod:`.sftp_reader`).  Sizes are bounded: at most ``depth`` batches are being sealed or opened
 at once.
 """
 

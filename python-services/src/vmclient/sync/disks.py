@@ -176,52 +176,47 @@ def plan_reads(covered: dict[int, tuple[Extent, int]], chunk_size: int, size: in
     return out
 
 
+Preadv = Callable[[Sequence[bytearray], int], None]  # fill the buffers from an offset on
+
+
 def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chunker,
-                size: int, preads: Sequence[Callable[[int, int], bytes | bytearray]] = ()
-                ) -> Iterator[Chunk]:
+                size: int, preadvs: Sequence[Preadv] = ()) -> Iterator[Chunk]:
     """The covered chunks, in order, read from the capture (zero extents not read).
 
-    ``preads``: functions ``pread(length, offset)`` reading the capture through
-    QEMU (:mod:`.nbd`), one per connection; by default ``path`` is read
+    ``preadvs``: functions ``preadv(buffers, offset)`` reading the capture
+    through QEMU (:mod:`.nbd`), one per connection; by default ``path`` is read
     directly.  Chunks whose data lie back to back are read with one call
-    (:func:`plan_reads`) and hashed in threads of their own, one per reader,
-    which stay up to ``PREFETCH`` reads per thread ahead of the consumer (which
-    filters and seals them).
+    (:func:`plan_reads`), each into a buffer of its own that becomes the chunk's
+    data (no copy; buffers of one chunk's size are recycled by the allocator, a
+    large one per read would be faulted in page by page every time), and hashed
+    in threads of their own, one per reader, which stay up to ``PREFETCH``
+    reads per thread ahead of the consumer (which filters and seals them).
     """
     cs = chunker.chunk_size
     with contextlib.ExitStack() as stack:
-        if not preads:
+        if not preadvs:
             fd = stack.enter_context(open(path, "rb")).fileno()
-            preads = [functools.partial(_pread_fd, fd)] * FETCH_THREADS
-        free: queue.SimpleQueue[Callable[[int, int], bytes | bytearray]] = queue.SimpleQueue()
-        for p in preads:
+            preadvs = [functools.partial(_preadv_fd, fd)] * FETCH_THREADS
+        free: queue.SimpleQueue[Preadv] = queue.SimpleQueue()
+        for p in preadvs:
             free.put(p)
-        fetch = stack.enter_context(ThreadPoolExecutor(len(preads), "vmclient-fetch"))
+        fetch = stack.enter_context(ThreadPoolExecutor(len(preadvs), "vmclient-fetch"))
         plan = iter(plan_reads(covered, cs, size))
         ahead: collections.deque[Future[list[Chunk]]] = collections.deque()
 
-        def read(length: int, offset: int) -> bytes | bytearray:
-            pread = free.get()  # a connection serves one request at a time
-            try:
-                return pread(length, offset)
-            finally:
-                free.put(pread)
-
         def load(r: Read) -> list[Chunk]:
             if r.offset is None:
-                return [chunker.chunk(r.indices[0], bytes(r.length))]
-            data = read(r.length, r.offset)
-            if len(data) != r.length:
-                raise LocalSyncError(f"{path}: short read at chunk {r.indices[0]}")
-            view, pos, out = memoryview(data), 0, []
-            for i in r.indices:
-                n = min(cs, size - i * cs)
-                out.append(chunker.chunk(i, bytes(view[pos:pos + n])))
-                pos += n
-            return out
+                return [chunker.zero(r.indices[0])]
+            buffers = [bytearray(min(cs, size - i * cs)) for i in r.indices]
+            preadv = free.get()  # a connection serves one request at a time
+            try:
+                preadv(buffers, r.offset)
+            finally:
+                free.put(preadv)
+            return [chunker.chunk(i, b) for i, b in zip(r.indices, buffers, strict=True)]
 
         def fill() -> None:
-            while len(ahead) < PREFETCH * len(preads) and (r := next(plan, None)) is not None:
+            while len(ahead) < PREFETCH * len(preadvs) and (r := next(plan, None)) is not None:
                 ahead.append(fetch.submit(load, r))
         try:
             fill()
@@ -234,8 +229,11 @@ def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chu
                 f.cancel()
 
 
-def _pread_fd(fd: int, n: int, off: int) -> bytes:
-    return os.pread(fd, n, off)
+def _preadv_fd(fd: int, buffers: Sequence[bytearray], offset: int) -> None:
+    want = sum(len(b) for b in buffers)
+    got = os.preadv(fd, buffers, offset)
+    if got != want:  # a short read: only at the end of a file shorter than the disk
+        raise LocalSyncError(f"short read of {want} bytes at {offset}: {got}")
 
 
 def raw_to_qcow2(raw: Path, dest: Path) -> None:

@@ -29,7 +29,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..store.errors import LocalSyncError
@@ -168,25 +168,28 @@ class Client:
             elif rtype == _REP_ACK:
                 return
 
-    def pread(self, length: int, offset: int) -> bytearray:
-        """``length`` bytes at guest offset ``offset`` (split into ``MAX_READ`` requests),
-        received straight into the buffer returned."""
-        buf = bytearray(length)
-        view, done = memoryview(buf), 0
-        while done < length:
-            n = min(length - done, MAX_READ)
+    def preadv(self, buffers: Sequence[bytearray], offset: int) -> None:
+        """Fill ``buffers``, in order, with the bytes from guest offset ``offset`` on: the
+        answer is received straight into them (no buffer of its own, no copy).  One
+        request covers as many buffers as fit in ``MAX_READ`` bytes."""
+        i = 0
+        while i < len(buffers):
+            j, n = i + 1, len(buffers[i])
+            while j < len(buffers) and n + len(buffers[j]) <= MAX_READ:
+                n += len(buffers[j])
+                j += 1
             self._handle += 1
-            self._send(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle,
-                                     offset + done, n))
+            self._send(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, n))
             magic, error, handle = _SIMPLE_REPLY.unpack(self._recv(_SIMPLE_REPLY.size))
             if magic != _SIMPLE_REPLY_MAGIC or handle != self._handle:
                 raise NBDError("unexpected reply")
             if error:
-                raise NBDError(f"read of {n} bytes at {offset + done} of export "
+                raise NBDError(f"read of {n} bytes at {offset} of export "
                                f"{self.export!r} failed (error {error})")
-            self._recv_into(view[done:done + n])
-            done += n
-        return buf
+            for b in buffers[i:j]:
+                self._recv_into(memoryview(b))
+            offset += n
+            i = j
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
