@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import VMClientError
-from . import crypto, layout, pipeline
+from . import buffers, crypto, layout, pipeline
 from .chunker import Chunk
 from .documents import (
     CATALOG_ID,
@@ -269,6 +269,11 @@ class ChunkStore:
         packs already being uploaded are finished first (the next upload finds
         them by header and does not send them again), then the error is raised.
         """
+        with buffers.steady():
+            return await self._upload(chunks, known)
+
+    async def _upload(self, chunks: Iterable[Chunk], known: Mapping[bytes, BlobRef]
+                      ) -> UploadResult:
         result = UploadResult()
         written: dict[str, tuple[tuple[bytes, int, int, int], ...]] = dict(self.unindexed)
         uploads: set[asyncio.Task[None]] = set()
@@ -337,6 +342,12 @@ class ChunkStore:
         particular order: ``sink`` must be thread-safe (``pwrite`` at distinct
         offsets is).  Up to ``concurrency`` reads are in flight.
         """
+        with buffers.steady():
+            await self._fetch_into(plan, sink, concurrency)
+
+    async def _fetch_into(self, plan: DownloadPlan,
+                          sink: Callable[[Sequence[tuple[bytes, bytes]]], None],
+                          concurrency: int) -> None:
         n = pipeline.workers()
         pool = pipeline.executor(n, "vmclient-open")
 
@@ -395,18 +406,19 @@ class ChunkStore:
             if read is not None:
                 pending.append(asyncio.ensure_future(read_and_open(read)))
 
-        try:
-            for _ in range(max(1, concurrency)):
-                start_next()
-            while pending:
-                opened, error = await pending.popleft()
-                start_next()
-                for item in opened:  # the good blobs before a bad one, too
-                    yield item
-                if error is not None:
-                    raise error
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            pool.shutdown(wait=False)
+        with buffers.steady():
+            try:
+                for _ in range(max(1, concurrency)):
+                    start_next()
+                while pending:
+                    opened, error = await pending.popleft()
+                    start_next()
+                    for item in opened:  # the good blobs before a bad one, too
+                        yield item
+                    if error is not None:
+                        raise error
+            finally:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                pool.shutdown(wait=False)

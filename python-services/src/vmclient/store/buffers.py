@@ -1,0 +1,84 @@
+"""Transfers without page faults: glibc keeps the buffers freed during a transfer.
+
+A sync, a restore or a download allocates and frees buffers of 64 KiB to
+16 MiB at hundreds of MiB/s: NBD reads, sealed chunks, packs, ranged reads.
+With glibc's defaults a buffer above the ``mmap`` threshold (128 KiB, raised
+dynamically as buffers are freed) gets pages of its own that are unmapped when
+it is freed, and a heap whose free top exceeds the trim threshold is shrunk.
+Either way the next buffer is faulted in again page by page, each page zeroed
+by the kernel: one fault per 4 KiB moved.  Measured on the 2-core reference
+machine, reading 1.5 GiB of a disk through NBD and hashing it: 369,000 faults
+and 0.7-1.0 CPU-s of the 2.3-2.5 the read costs.
+
+While a transfer runs (:func:`steady`, used by :class:`.repo.ChunkStore`),
+buffers up to 32 MiB (glibc's largest ``M_MMAP_THRESHOLD``) come from the heap
+and up to 512 MiB of free heap is kept; when the last transfer of the process
+ends, the thresholds are set back to glibc's initial values and ``malloc_trim(0)`` gives
+the free memory back to the system, so an idle daemon stays small.  The
+reader processes of :mod:`.sftp_reader` get the same through ``MALLOC_*``
+variables.  On a C library without these calls (musl) this does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from collections.abc import Iterator
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h
+DEFAULT_TRIM = DEFAULT_MMAP = 128 << 10  # glibc's defaults
+TRANSFER_TRIM, TRANSFER_MMAP = 512 << 20, 32 << 20
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_LIBC = _libc()
+
+
+def _set(trim: int, mmap: int) -> None:
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, trim)
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap)
+
+
+class _Transfers:
+    """How many transfers of this process run now (the thresholds are process-wide)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+
+    def begin(self) -> None:
+        with self.lock:
+            if self.active == 0:
+                _set(TRANSFER_TRIM, TRANSFER_MMAP)
+            self.active += 1
+
+    def end(self) -> None:
+        with self.lock:
+            self.active -= 1
+            if self.active == 0:
+                _set(DEFAULT_TRIM, DEFAULT_MMAP)
+                if _LIBC is not None:
+                    _LIBC.malloc_trim(0)
+
+
+_TRANSFERS = _Transfers()
+
+
+@contextlib.contextmanager
+def steady() -> Iterator[None]:
+    """Keep freed buffers for the next ones while the block runs (nestable, any thread)."""
+    _TRANSFERS.begin()
+    try:
+        yield
+    finally:
+        _TRANSFERS.end()
