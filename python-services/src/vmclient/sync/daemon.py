@@ -48,7 +48,7 @@ from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
 from . import engine, maintenance, policy
 from .peers import Sensors, SleepGuard
-from .service import SyncInterface, VMStatus
+from .service import PROGRESS_INTERVAL, SyncInterface, VMStatus
 from .throttle import Throttled
 
 log = logging.getLogger("vmclient.syncd")
@@ -235,10 +235,17 @@ class Synchronizer:
             return
         started, loop = time.monotonic(), asyncio.get_running_loop()
 
+        handed = [0.0]  # when progress was last handed to the event loop
+
         def progress(done: int, total: int) -> None:
-            """Called in the sync's reader thread: dbus-fast is the event loop's alone."""
-            elapsed = time.monotonic() - started
+            """Called in the sync's reader thread, for every chunk: dbus-fast is the event
+            loop's alone, and waking it for each chunk would cost more than the chunk."""
+            now = time.monotonic()
+            elapsed = now - started
             v.done, v.total, v.rate = done, total, done / elapsed if elapsed > 0 else 0.0
+            if done < total and now - handed[0] < PROGRESS_INTERVAL:
+                return
+            handed[0] = now
             loop.call_soon_threadsafe(functools.partial(self.iface.changed,
                                                         progress=done < total))
 

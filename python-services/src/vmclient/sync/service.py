@@ -23,6 +23,7 @@ from ..dbus import names
 from ..dbus.guard import name_out_args
 
 STATES = ("idle", "running", "paused", "waiting")
+PROGRESS_INTERVAL = 0.2  # seconds between two progress announcements
 
 
 @dataclass
@@ -127,7 +128,7 @@ class SyncInterface(ServiceInterface):
     def changed(self, *, progress: bool = False) -> None:
         """Announce the properties; progress updates at most every 0.2 s."""
         now = time.monotonic()
-        if progress and now - self._last_emit < 0.2:
+        if progress and now - self._last_emit < PROGRESS_INTERVAL:
             return
         self._last_emit = now
         self.emit_properties_changed(self.values())
