@@ -88,6 +88,8 @@ class Pipe(BufferedPipe):  # type: ignore[misc]
 class SFTPClient(paramiko.SFTPClient):  # type: ignore[misc]
     """paramiko's client, reading each packet with one join."""
 
+    lean_writer: object = None  # the connection's sftp_write.Writer, if the lean path applies
+
     @classmethod
     def over(cls, transport: paramiko.Transport) -> SFTPClient:
         """The SFTP subsystem on a new channel whose buffer is a :class:`Pipe`."""

@@ -1,0 +1,311 @@
+"""A leaner send path under paramiko for SFTP writes: the data is copied once, to encrypt it.
+
+paramiko 4.0 copies an upload's bytes about ten times on their way out: the
+SFTP request is built in a ``Message`` (a ``BytesIO``) and prefixed with its
+length, ``SFTPClient._write_all`` slices off what the channel took
+(``out[n:]``, a copy of the rest, for every 32 KiB SSH packet of a 255 KiB
+request), ``Channel.send`` builds another ``Message`` for each
+``CHANNEL_DATA``, and ``Packetizer.send_message`` pads by concatenation,
+slices the packet to encrypt it and prefixes the ciphertext with its length.
+Every step is Python per 32 KiB packet, holding the GIL.
+
+Here an SFTP ``WRITE`` is sent as its small header (``struct``) and a
+``memoryview`` of the data.  Each ``CHANNEL_DATA`` packet's plaintext
+(padding length, message header, the data, padding) is assembled in one
+buffer reused for every packet, encrypted with the transport's AES-GCM
+engine, and the packets of a request are written with one ``sendmsg`` (the
+length field and the ciphertext as separate buffers: no concatenation).  The
+padding is zeros: under AES-GCM it is encrypted and authenticated like the
+rest, its content carries nothing (RFC 5647; paramiko writes random bytes).
+
+What of paramiko is used, and why (all checked when a connection's writer is
+made; anything else means paramiko's own path, :func:`writer` returns None):
+
+- ``Channel``: ``lock``, ``closed``, ``remote_chanid``, ``out_window_size``
+  and ``_wait_for_send_window`` (the window and packet-size accounting of
+  ``Channel._send``, with its blocking and timeout), under ``lock`` as there;
+- ``Transport``: ``clear_to_send``, ``clear_to_send_lock``,
+  ``clear_to_send_timeout`` and ``active``: a packet is sent only when no key
+  exchange is under way, exactly as ``Transport._send_user_message`` does;
+- ``Packetizer``: its write lock and outbound state (name-mangled
+  ``_Packetizer__*``: the engine, the AEAD flag, IV, sequence number, the
+  sent byte and packet counters, the block size, no compression, no EtM,
+  no packet dump), read under the write lock for every batch (a re-key
+  replaces them), updated as ``send_message`` does, including asking for a
+  re-key after ``REKEY_BYTES``/``REKEY_PACKETS``; ``_inc_iv_counter``;
+  ``_trigger_rekey``;
+- ``SFTPClient``: ``_lock``, ``request_number`` and ``_expecting`` to number
+  requests and route their answers, ``_read_response`` to read them (as
+  ``_async_request`` and ``SFTPFile._write`` do), ``_convert_status`` to
+  turn an error status into the exception paramiko raises.
+
+The writes are pipelined (``WRITE_IN_FLIGHT`` requests deep); every
+acknowledgement is read and a failed write raises (what paramiko raises for
+the status, e.g. ``PermissionError``, or ``OSError`` for a generic failure).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections import deque
+from typing import Any
+
+import paramiko
+from paramiko.common import cMSG_CHANNEL_DATA
+from paramiko.sftp import CMD_STATUS, CMD_WRITE
+
+_WRITE_HEAD = struct.Struct(">IBII")  # SFTP packet length, type, request id, handle length
+_WRITE_TAIL = struct.Struct(">QI")  # offset, data length
+_DATA_HEAD = struct.Struct(">IBBII")  # SSH packet length, padding length, CHANNEL_DATA,
+# recipient channel, data length
+_LEN = struct.Struct(">I")
+_TAG = 16  # AES-GCM tag
+_BLOCK = 16  # AES block: what the padding rounds to
+WRITE_IN_FLIGHT = 64  # unacknowledged write requests per connection (64 x 255 KiB)
+_P = "_Packetizer__"  # paramiko's name-mangled Packetizer attributes
+_STATE = ("write_lock", "block_engine_out", "aead_out", "etm_out", "compress_engine_out",
+          "dump_packets", "block_size_out", "iv_out", "sequence_number_out", "sent_bytes",
+          "sent_packets", "need_rekey", "closed")
+
+
+class Unsupported(Exception):
+    """The lean path does not apply (not AES-GCM, compression, a changed paramiko)."""
+
+
+class ChannelWriter:
+    """Sends bytes as ``CHANNEL_DATA`` of one channel, AES-GCM encrypted, few copies."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+        self.transport = channel.get_transport()
+        self.packetizer = self.transport.packetizer
+        self.sock = self.transport.sock
+        if not isinstance(self.sock, socket.socket):
+            raise Unsupported("not a plain socket under the transport")
+        for name in ("lock", "closed", "remote_chanid", "out_window_size",
+                     "_wait_for_send_window"):
+            _need(channel, name)
+        for name in ("clear_to_send", "clear_to_send_lock", "clear_to_send_timeout", "active"):
+            _need(self.transport, name)
+        for name in ("_inc_iv_counter", "_trigger_rekey", "_initial_kex_done", "REKEY_BYTES",
+                     "REKEY_PACKETS", *(_P + s for s in _STATE)):
+            _need(self.packetizer, name)
+        self._check_cipher()
+        self.max_data = 0
+        self.plain = bytearray()
+
+    def _check_cipher(self) -> None:
+        pk = self.packetizer
+        if (not getattr(pk, _P + "aead_out") or getattr(pk, _P + "etm_out")
+                or getattr(pk, _P + "compress_engine_out") is not None
+                or getattr(pk, _P + "dump_packets")
+                or getattr(pk, _P + "block_size_out") != _BLOCK
+                or not hasattr(getattr(pk, _P + "block_engine_out"), "encrypt")):
+            raise Unsupported("the outbound cipher is not AES-GCM (or compression is on)")
+
+    def send(self, pieces: list[bytes | memoryview]) -> None:
+        """Send the concatenation of ``pieces``; raises if the channel or connection ends."""
+        todo = deque(memoryview(p).cast("B") for p in pieces if len(p))
+        left = sum(len(p) for p in todo)
+        chan = self.channel
+        batch: list[tuple[int, list[memoryview]]] = []  # (data length, its pieces) per packet
+        while left:
+            with chan.lock:
+                if chan.closed:
+                    raise OSError("Socket is closed")  # what Channel.send raises
+                if chan.out_window_size == 0 and batch:
+                    n = -1  # send what is allocated before waiting for the window
+                else:
+                    n = chan._wait_for_send_window(left)
+            if n == -1:
+                self._write(batch)
+                batch = []
+                continue
+            if n == 0:
+                raise EOFError("the SFTP channel was closed")
+            take, got = [], 0
+            while got < n:
+                p = todo[0]
+                if len(p) <= n - got:
+                    take.append(todo.popleft())
+                    got += len(p)
+                else:
+                    take.append(p[:n - got])
+                    todo[0] = p[n - got:]
+                    got = n
+            batch.append((n, take))
+            left -= n
+        if batch:
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[int, list[memoryview]]]) -> None:
+        """Encrypt and write the packets of ``batch`` as one key-exchange-free unit."""
+        t = self.transport
+        start = time.time()
+        while True:  # as Transport._send_user_message: wait for any key exchange to end
+            t.clear_to_send.wait(0.1)
+            if not t.active:
+                raise EOFError("the SSH connection ended")
+            t.clear_to_send_lock.acquire()
+            if t.clear_to_send.is_set():
+                break
+            t.clear_to_send_lock.release()
+            if time.time() > start + t.clear_to_send_timeout:
+                raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
+        try:
+            pk = self.packetizer
+            with getattr(pk, _P + "write_lock"):
+                try:
+                    self._check_cipher()  # (a re-key could in principle choose another one)
+                except Unsupported as exc:  # the connection is dropped and opened again
+                    raise paramiko.SSHException(str(exc)) from exc
+                engine = getattr(pk, _P + "block_engine_out")
+                iv = getattr(pk, _P + "iv_out")
+                seq = getattr(pk, _P + "sequence_number_out")
+                out: list[bytes | memoryview] = []
+                sent = 0
+                chanid = self.channel.remote_chanid
+                for n, take in batch:
+                    length, pad = _sizes(n)
+                    end = 4 + length
+                    if len(self.plain) < end:
+                        self.plain = bytearray(end)
+                    plain = memoryview(self.plain)
+                    _DATA_HEAD.pack_into(plain, 0, length, pad, cMSG_CHANNEL_DATA[0], chanid, n)
+                    pos = _DATA_HEAD.size
+                    for p in take:
+                        plain[pos:pos + len(p)] = p
+                        pos += len(p)
+                    plain[pos:end] = bytes(pad)
+                    out.append(plain[:4].tobytes())
+                    out.append(engine.encrypt(iv, plain[4:end], plain[:4]))
+                    iv = pk._inc_iv_counter(iv)
+                    seq = (seq + 1) & 0xFFFFFFFF
+                    if seq == 0 and not pk._initial_kex_done:
+                        raise paramiko.SSHException("Sequence number rolled over during "
+                                                    "initial kex!")
+                    sent += end + _TAG
+                    plain.release()
+                setattr(pk, _P + "iv_out", iv)
+                setattr(pk, _P + "sequence_number_out", seq)
+                self._sendmsg(out)
+                sent_bytes = getattr(pk, _P + "sent_bytes") + sent
+                sent_packets = getattr(pk, _P + "sent_packets") + len(batch)
+                setattr(pk, _P + "sent_bytes", sent_bytes)
+                setattr(pk, _P + "sent_packets", sent_packets)
+                if ((sent_packets >= pk.REKEY_PACKETS or sent_bytes >= pk.REKEY_BYTES)
+                        and not getattr(pk, _P + "need_rekey")):
+                    pk._trigger_rekey()  # (the transport's thread starts the key exchange)
+        finally:
+            t.clear_to_send_lock.release()
+
+    def _sendmsg(self, out: list[bytes | memoryview]) -> None:
+        """Write all of ``out``, as ``Packetizer.write_all`` does (its socket has a short
+        timeout, so a full send buffer is waited out unless the packetizer closed)."""
+        parts = deque(out)
+        while parts:
+            try:
+                n = self.sock.sendmsg(parts)
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                if getattr(self.packetizer, _P + "closed"):
+                    raise EOFError("the SSH connection was closed") from None
+                continue
+            if n <= 0:
+                raise EOFError("the SSH connection was closed")
+            while n:
+                first = len(parts[0])
+                if first <= n:
+                    parts.popleft()
+                    n -= first
+                else:
+                    parts[0] = memoryview(parts[0])[n:]
+                    n = 0
+
+
+def _sizes(n: int) -> tuple[int, int]:
+    """(packet length field, padding) of a CHANNEL_DATA packet carrying ``n`` bytes."""
+    payload = 9 + n  # message type, recipient channel, string length, the data
+    pad = 3 + _BLOCK - ((payload + 4) % _BLOCK)  # as Packetizer._build_packet for AEAD
+    return 1 + payload + pad, pad
+
+
+def _need(obj: object, name: str) -> None:
+    if not hasattr(obj, name):
+        raise Unsupported(f"paramiko's {type(obj).__name__} has no {name}")
+
+
+class _Acks:
+    """The answers to pipelined writes (paramiko calls ``_async_response``)."""
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp = sftp
+        self.done: set[int] = set()
+        self.error: BaseException | None = None
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        self.done.add(num)
+        if self.error is not None:
+            return
+        if t != CMD_STATUS:
+            self.error = OSError(f"unexpected SFTP answer {t} to a write")
+            return
+        try:
+            self.sftp._convert_status(msg)  # raises for an error status
+        except (OSError, EOFError) as exc:
+            self.error = exc if isinstance(exc, OSError) else OSError(f"write failed: {exc}")
+
+
+class Writer:
+    """Pipelined SFTP writes of one client through a :class:`ChannelWriter`."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, channel: ChannelWriter, request_size: int
+                 ) -> None:
+        for name in ("_lock", "request_number", "_expecting", "_read_response",
+                     "_convert_status"):
+            _need(sftp, name)
+        self.sftp = sftp
+        self.channel = channel
+        self.request_size = request_size
+
+    def write(self, handle: bytes, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` of the open file ``handle``; returns when every
+        request is acknowledged, raises the first failure."""
+        sftp: Any = self.sftp
+        acks = _Acks(sftp)
+        view = memoryview(data).cast("B")
+        window: deque[int] = deque()
+        for pos in range(0, len(view), self.request_size):
+            piece = view[pos:pos + self.request_size]
+            with sftp._lock:
+                num = sftp.request_number
+                sftp._expecting[num] = acks
+                sftp.request_number += 1
+            window.append(num)
+            head = (_WRITE_HEAD.pack(_WRITE_HEAD.size - 4 + len(handle) + _WRITE_TAIL.size
+                                     + len(piece), CMD_WRITE, num, len(handle))
+                    + handle + _WRITE_TAIL.pack(offset + pos, len(piece)))
+            self.channel.send([head, piece])
+            while len(window) > WRITE_IN_FLIGHT or (window and window[0] in acks.done):
+                self._wait(acks, window.popleft())
+        while window:
+            self._wait(acks, window.popleft())
+
+    def _wait(self, acks: _Acks, num: int) -> None:
+        while num not in acks.done and acks.error is None:
+            self.sftp._read_response()
+        acks.done.discard(num)
+        if acks.error is not None:
+            raise acks.error
+
+
+def writer(sftp: paramiko.SFTPClient, request_size: int) -> Writer | None:
+    """The lean writer for ``sftp``'s connection, or None (then use paramiko's path)."""
+    channel = sftp.get_channel()
+    if channel is None:
+        return None
+    try:
+        return Writer(sftp, ChannelWriter(channel), request_size)
+    except Unsupported:
+        return None
