@@ -112,7 +112,7 @@ class SFTPTarget:
     timeout: float = 30.0
     backoff: float = 0.5  # seconds before the 2nd attempt, doubled for each further one
     read_processes: bool = True  # reads and writes in reader processes (sftp_reader)
-    lean_writes: bool = True  # writes through sftp_write where it applies (else paramiko's)
+    lean_writes: bool = True  # writes sent by sftp_write where it applies (else by paramiko)
 
     @property
     def server(self) -> str:
@@ -151,8 +151,8 @@ class _Connection:
             channel = self.sftp.get_channel()
             if channel is not None:
                 channel.settimeout(target.timeout)
-            if target.lean_writes:
-                self.sftp.lean_writer = sftp_write.writer(self.sftp, REQUEST_SIZE)
+            self.sftp.writer = sftp_write.writer(self.sftp, REQUEST_SIZE,
+                                                 lean=target.lean_writes)
         except BaseException:
             self.close()
             sock.close()
@@ -375,7 +375,7 @@ class SFTPStore(LockingMixin):
             self.resumed_upload_bytes += start
         with f:
             view = memoryview(data)
-            writer = getattr(sftp, "lean_writer", None)
+            writer = getattr(sftp, "writer", None)
             if isinstance(writer, sftp_write.Writer):
                 writer.write(f.handle, start, view[start:])
                 return

@@ -88,7 +88,7 @@ class Pipe(BufferedPipe):  # type: ignore[misc]
 class SFTPClient(paramiko.SFTPClient):  # type: ignore[misc]
     """paramiko's client, reading each packet with one join."""
 
-    lean_writer: object = None  # the connection's sftp_write.Writer, if the lean path applies
+    writer: object = None  # the connection's sftp_write.Writer (set by sftp._Connection)
 
     @classmethod
     def over(cls, transport: paramiko.Transport) -> SFTPClient:

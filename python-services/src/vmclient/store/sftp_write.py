@@ -42,6 +42,9 @@ made; anything else means paramiko's own path, :func:`writer` returns None):
 The writes are pipelined (``WRITE_IN_FLIGHT`` requests deep); every
 acknowledgement is read and a failed write raises (what paramiko raises for
 the status, e.g. ``PermissionError``, or ``OSError`` for a generic failure).
+That holds on paramiko's send path too (:class:`Writer` without a
+:class:`ChannelWriter`: another cipher, or ``lean`` off), where
+``SFTPFile.write`` would drop the answers.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from typing import Any
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_DATA
-from paramiko.sftp import CMD_STATUS, CMD_WRITE
+from paramiko.sftp import CMD_STATUS, CMD_WRITE, int64
 
 _WRITE_HEAD = struct.Struct(">IBII")  # SFTP packet length, type, request id, handle length
 _WRITE_TAIL = struct.Struct(">QI")  # offset, data length
@@ -258,12 +261,18 @@ class _Acks:
 
 
 class Writer:
-    """Pipelined SFTP writes of one client through a :class:`ChannelWriter`."""
+    """Pipelined SFTP writes of one client whose every acknowledgement is checked.
 
-    def __init__(self, sftp: paramiko.SFTPClient, channel: ChannelWriter, request_size: int
-                 ) -> None:
+    The requests go through a :class:`ChannelWriter` if there is one, else through
+    paramiko's ``_async_request``.  (``SFTPFile.write`` pipelined registers its
+    requests for no one: paramiko 4.0 reads their answers and drops them, so a
+    write the server failed, e.g. a full disk, went unnoticed.)
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient, request_size: int,
+                 channel: ChannelWriter | None) -> None:
         for name in ("_lock", "request_number", "_expecting", "_read_response",
-                     "_convert_status"):
+                     "_convert_status", "_async_request"):
             _need(sftp, name)
         self.sftp = sftp
         self.channel = channel
@@ -278,6 +287,11 @@ class Writer:
         window: deque[int] = deque()
         for pos in range(0, len(view), self.request_size):
             piece = view[pos:pos + self.request_size]
+            if self.channel is None:
+                num = sftp._async_request(acks, CMD_WRITE, handle, int64(offset + pos),
+                                          piece.tobytes())
+                window.append(num)
+                continue
             with sftp._lock:
                 num = sftp.request_number
                 sftp._expecting[num] = acks
@@ -300,12 +314,19 @@ class Writer:
             raise acks.error
 
 
-def writer(sftp: paramiko.SFTPClient, request_size: int) -> Writer | None:
-    """The lean writer for ``sftp``'s connection, or None (then use paramiko's path)."""
+def writer(sftp: paramiko.SFTPClient, request_size: int, *, lean: bool = True
+           ) -> Writer | None:
+    """The writer for ``sftp``'s connection: through a :class:`ChannelWriter` if ``lean``
+    and it applies, else through paramiko's send path; None if even that does not apply
+    (a paramiko without the hooks named above: then ``SFTPFile.write``)."""
     channel = sftp.get_channel()
-    if channel is None:
-        return None
+    lean_channel = None
+    if lean and channel is not None:
+        try:
+            lean_channel = ChannelWriter(channel)
+        except Unsupported:
+            pass
     try:
-        return Writer(sftp, ChannelWriter(channel), request_size)
+        return Writer(sftp, request_size, lean_channel)
     except Unsupported:
         return None
