@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from fixtures_sshd import SSHServer, ssh_server
 from sftp_repo import Device, Repo, published
-from testlib import need
 
+from testlib import need
 from vmclient.admin.images import read_published
 from vmclient.store import sftp, sftp_write
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
@@ -286,7 +286,7 @@ def test_lean_writes_go_on_across_key_exchanges(sshd: SSHServer) -> None:
         conn.transport.packetizer.REKEY_BYTES = 4 * MiB  # re-key every 4 MiB, not 512
         exchange = conn.transport.H
         await store.put_atomic("images/t/rekeyed", data)
-        assert conn.transport.H != exchange, "keys were exchanged again during the upload"
+        assert exchange != conn.transport.H, "keys were exchanged again during the upload"
         assert await store.get("images/t/rekeyed") == data
 
     run(_closing(store, scenario()))

@@ -52,9 +52,9 @@ import paramiko
 from paramiko.sftp import CMD_DATA, CMD_READ, int64
 
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
+from . import sftp_write
 from .errors import LocalSyncError, ObjectNotFound, StoreError
 from .remote import Entry, LockingMixin, check_path
-from . import sftp_write
 from .sftp_reader import Reader, ReaderGone
 from .sftp_wire import Received, SFTPClient
 

@@ -49,10 +49,12 @@ That holds on paramiko's send path too (:class:`Writer` without a
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import paramiko
@@ -64,7 +66,6 @@ _WRITE_TAIL = struct.Struct(">QI")  # offset, data length
 _DATA_HEAD = struct.Struct(">IBBII")  # SSH packet length, padding length, CHANNEL_DATA,
 # recipient channel, data length
 _LEN = struct.Struct(">I")
-_TAG = 16  # AES-GCM tag
 _BLOCK = 16  # AES block: what the padding rounds to
 WRITE_IN_FLIGHT = 64  # unacknowledged write requests per connection (64 x 255 KiB)
 _P = "_Packetizer__"  # paramiko's name-mangled Packetizer attributes
@@ -118,10 +119,9 @@ class ChannelWriter:
             with chan.lock:
                 if chan.closed:
                     raise OSError("Socket is closed")  # what Channel.send raises
-                if chan.out_window_size == 0 and batch:
-                    n = -1  # send what is allocated before waiting for the window
-                else:
-                    n = chan._wait_for_send_window(left)
+                # (with no window left, what is allocated is sent before waiting for more)
+                n = -1 if chan.out_window_size == 0 and batch else \
+                    chan._wait_for_send_window(left)
             if n == -1:
                 self._write(batch)
                 batch = []
@@ -146,7 +146,7 @@ class ChannelWriter:
     def _write(self, batch: list[tuple[int, list[memoryview]]]) -> None:
         """Encrypt and write the packets of ``batch`` as one key-exchange-free unit."""
         t = self.transport
-        start = time.time()
+        began = time.time()
         while True:  # as Transport._send_user_message: wait for any key exchange to end
             t.clear_to_send.wait(0.1)
             if not t.active:
@@ -155,7 +155,7 @@ class ChannelWriter:
             if t.clear_to_send.is_set():
                 break
             t.clear_to_send_lock.release()
-            if time.time() > start + t.clear_to_send_timeout:
+            if time.time() > began + t.clear_to_send_timeout:
                 raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")
         try:
             pk = self.packetizer
@@ -164,37 +164,9 @@ class ChannelWriter:
                     self._check_cipher()  # (a re-key could in principle choose another one)
                 except Unsupported as exc:  # the connection is dropped and opened again
                     raise paramiko.SSHException(str(exc)) from exc
-                engine = getattr(pk, _P + "block_engine_out")
-                iv = getattr(pk, _P + "iv_out")
-                seq = getattr(pk, _P + "sequence_number_out")
-                out: list[bytes | memoryview] = []
-                sent = 0
-                chanid = self.channel.remote_chanid
-                for n, take in batch:
-                    length, pad = _sizes(n)
-                    end = 4 + length
-                    if len(self.plain) < end:
-                        self.plain = bytearray(end)
-                    plain = memoryview(self.plain)
-                    _DATA_HEAD.pack_into(plain, 0, length, pad, cMSG_CHANNEL_DATA[0], chanid, n)
-                    pos = _DATA_HEAD.size
-                    for p in take:
-                        plain[pos:pos + len(p)] = p
-                        pos += len(p)
-                    plain[pos:end] = bytes(pad)
-                    out.append(plain[:4].tobytes())
-                    out.append(engine.encrypt(iv, plain[4:end], plain[:4]))
-                    iv = pk._inc_iv_counter(iv)
-                    seq = (seq + 1) & 0xFFFFFFFF
-                    if seq == 0 and not pk._initial_kex_done:
-                        raise paramiko.SSHException("Sequence number rolled over during "
-                                                    "initial kex!")
-                    sent += end + _TAG
-                    plain.release()
-                setattr(pk, _P + "iv_out", iv)
-                setattr(pk, _P + "sequence_number_out", seq)
+                out = self._seal(batch)
                 self._sendmsg(out)
-                sent_bytes = getattr(pk, _P + "sent_bytes") + sent
+                sent_bytes = getattr(pk, _P + "sent_bytes") + sum(len(p) for p in out)
                 sent_packets = getattr(pk, _P + "sent_packets") + len(batch)
                 setattr(pk, _P + "sent_bytes", sent_bytes)
                 setattr(pk, _P + "sent_packets", sent_packets)
@@ -204,7 +176,39 @@ class ChannelWriter:
         finally:
             t.clear_to_send_lock.release()
 
-    def _sendmsg(self, out: list[bytes | memoryview]) -> None:
+    def _seal(self, batch: list[tuple[int, list[memoryview]]]) -> list[bytes]:
+        """The packets of ``batch``, each its length field and its ciphertext with tag, as
+        ``Packetizer.send_message`` makes them (the IV and sequence number advanced)."""
+        pk = self.packetizer
+        engine = getattr(pk, _P + "block_engine_out")
+        iv = getattr(pk, _P + "iv_out")
+        seq = getattr(pk, _P + "sequence_number_out")
+        chanid = self.channel.remote_chanid
+        out: list[bytes] = []
+        for n, take in batch:
+            length, pad = _sizes(n)
+            end = 4 + length
+            if len(self.plain) < end:
+                self.plain = bytearray(end)
+            plain = memoryview(self.plain)
+            _DATA_HEAD.pack_into(plain, 0, length, pad, cMSG_CHANNEL_DATA[0], chanid, n)
+            pos = _DATA_HEAD.size
+            for p in take:
+                plain[pos:pos + len(p)] = p
+                pos += len(p)
+            plain[pos:end] = bytes(pad)
+            out.append(plain[:4].tobytes())
+            out.append(engine.encrypt(iv, plain[4:end], plain[:4]))
+            plain.release()
+            iv = pk._inc_iv_counter(iv)
+            seq = (seq + 1) & 0xFFFFFFFF
+            if seq == 0 and not pk._initial_kex_done:
+                raise paramiko.SSHException("Sequence number rolled over during initial kex!")
+        setattr(pk, _P + "iv_out", iv)
+        setattr(pk, _P + "sequence_number_out", seq)
+        return out
+
+    def _sendmsg(self, out: Sequence[bytes | memoryview]) -> None:
         """Write all of ``out``, as ``Packetizer.write_all`` does (its socket has a short
         timeout, so a full send buffer is waited out unless the packetizer closed)."""
         parts = deque(out)
@@ -322,10 +326,8 @@ def writer(sftp: paramiko.SFTPClient, request_size: int, *, lean: bool = True
     channel = sftp.get_channel()
     lean_channel = None
     if lean and channel is not None:
-        try:
+        with contextlib.suppress(Unsupported):
             lean_channel = ChannelWriter(channel)
-        except Unsupported:
-            pass
     try:
         return Writer(sftp, request_size, lean_channel)
     except Unsupported:
