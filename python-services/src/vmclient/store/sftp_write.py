@@ -32,8 +32,8 @@ made; anything else means paramiko's own path, :func:`writer` returns None):
   sent byte and packet counters, the block size, no compression, no EtM,
   no packet dump), read under the write lock for every batch (a re-key
   replaces them), updated as ``send_message`` does, including asking for a
-  re-key after ``REKEY_BYTES``/``REKEY_PACKETS``; ``_inc_iv_counter``;
-  ``_trigger_rekey``;
+  re-key after ``REKEY_BYTES``/``REKEY_PACKETS`` (``_trigger_rekey``); the
+  IV's invocation counter is advanced as ``_inc_iv_counter`` does;
 - ``SFTPClient``: ``_lock``, ``request_number`` and ``_expecting`` to number
   requests and route their answers, ``_read_response`` to read them (as
   ``_async_request`` and ``SFTPFile._write`` do), ``_convert_status`` to
@@ -68,6 +68,12 @@ _DATA_HEAD = struct.Struct(">IBBII")  # SSH packet length, padding length, CHANN
 _LEN = struct.Struct(">I")
 _BLOCK = 16  # AES block: what the padding rounds to
 WRITE_IN_FLIGHT = 64  # unacknowledged write requests per connection (64 x 255 KiB)
+WRITE_GROUP = 4  # write requests handed to the channel writer at once (< WRITE_IN_FLIGHT:
+# the oldest request waited for has always been sent)
+KiB = 1 << 10
+BATCH = 1 << 20  # bytes of packets encrypted and written at once
+_CHANNEL_DATA = cMSG_CHANNEL_DATA[0]
+_ZEROS = memoryview(bytes(64))
 _P = "_Packetizer__"  # paramiko's name-mangled Packetizer attributes
 _STATE = ("write_lock", "block_engine_out", "aead_out", "etm_out", "compress_engine_out",
           "dump_packets", "block_size_out", "iv_out", "sequence_number_out", "sent_bytes",
@@ -88,17 +94,16 @@ class ChannelWriter:
         self.sock = self.transport.sock
         if not isinstance(self.sock, socket.socket):
             raise Unsupported("not a plain socket under the transport")
-        for name in ("lock", "closed", "remote_chanid", "out_window_size",
-                     "_wait_for_send_window"):
+        for name in ("lock", "closed", "eof_sent", "remote_chanid", "out_window_size",
+                     "out_max_packet_size", "_wait_for_send_window"):
             _need(channel, name)
         for name in ("clear_to_send", "clear_to_send_lock", "clear_to_send_timeout", "active"):
             _need(self.transport, name)
-        for name in ("_inc_iv_counter", "_trigger_rekey", "_initial_kex_done", "REKEY_BYTES",
+        for name in ("_trigger_rekey", "_initial_kex_done", "REKEY_BYTES",
                      "REKEY_PACKETS", *(_P + s for s in _STATE)):
             _need(self.packetizer, name)
         self._check_cipher()
-        self.max_data = 0
-        self.plain = bytearray()
+        self.plain = bytearray()  # the packets' plaintext, reused
 
     def _check_cipher(self) -> None:
         pk = self.packetizer
@@ -110,41 +115,76 @@ class ChannelWriter:
             raise Unsupported("the outbound cipher is not AES-GCM (or compression is on)")
 
     def send(self, pieces: list[bytes | memoryview]) -> None:
-        """Send the concatenation of ``pieces``; raises if the channel or connection ends."""
-        todo = deque(memoryview(p).cast("B") for p in pieces if len(p))
-        left = sum(len(p) for p in todo)
-        chan = self.channel
-        batch: list[tuple[int, list[memoryview]]] = []  # (data length, its pieces) per packet
-        while left:
-            with chan.lock:
-                if chan.closed:
-                    raise OSError("Socket is closed")  # what Channel.send raises
-                # (with no window left, what is allocated is sent before waiting for more)
-                n = -1 if chan.out_window_size == 0 and batch else \
-                    chan._wait_for_send_window(left)
-            if n == -1:
-                self._write(batch)
-                batch = []
-                continue
-            if n == 0:
-                raise EOFError("the SFTP channel was closed")
-            take, got = [], 0
-            while got < n:
-                p = todo[0]
-                if len(p) <= n - got:
-                    take.append(todo.popleft())
-                    got += len(p)
-                else:
-                    take.append(p[:n - got])
-                    todo[0] = p[n - got:]
-                    got = n
-            batch.append((n, take))
-            left -= n
-        if batch:
-            self._write(batch)
+        """Send the concatenation of ``pieces``; raises if the channel or connection ends.
 
-    def _write(self, batch: list[tuple[int, list[memoryview]]]) -> None:
-        """Encrypt and write the packets of ``batch`` as one key-exchange-free unit."""
+        The window is taken as ``Channel._wait_for_send_window`` takes it, but all
+        that is open at once (paramiko takes one packet's worth per call); the
+        packets are assembled in a buffer reused from call to call and written
+        ``BATCH`` bytes at a time, and before waiting for the window to open.
+        """
+        src = deque(p if isinstance(p, memoryview) else memoryview(p) for p in pieces if len(p))
+        left = sum(map(len, src))
+        chan = self.channel
+        maxdata = chan.out_max_packet_size - 64  # as Channel._wait_for_send_window
+        if len(self.plain) < BATCH + 64 * KiB:
+            self.plain = bytearray(BATCH + 64 * KiB)  # (64 KiB: the packets' framing)
+        plain = memoryview(self.plain)
+        packets: list[tuple[int, int]] = []  # (start, end) of each packet in ``plain``
+        used = 0
+        try:
+            while left:
+                with chan.lock:
+                    if chan.closed:
+                        raise OSError("Socket is closed")  # what Channel.send raises
+                    window = chan.out_window_size
+                    if chan.eof_sent:
+                        n = 0
+                    elif (not window and packets) or used >= BATCH:
+                        n = -1  # send what is allocated first
+                    elif not window:
+                        n = chan._wait_for_send_window(min(left, maxdata))  # waits
+                    else:
+                        n = min(left, window, BATCH - used)
+                        chan.out_window_size = window - n
+                if n == -1:
+                    self._write(plain, packets)
+                    packets, used = [], 0
+                    continue
+                if not n:
+                    raise EOFError("the SFTP channel was closed")
+                left -= n
+                while n:
+                    k = min(n, maxdata)
+                    n -= k
+                    start, used = used, self._assemble(plain, used, k, src)
+                    packets.append((start, used))
+            if packets:
+                self._write(plain, packets)
+        finally:
+            plain.release()
+
+    def _assemble(self, plain: memoryview, at: int, n: int, src: deque[memoryview]) -> int:
+        """Lay out at ``at`` a CHANNEL_DATA packet of the next ``n`` bytes of ``src``
+        (length field, padding length, message, zero padding); where it ends."""
+        length, pad = _sizes(n)
+        _DATA_HEAD.pack_into(plain, at, length, pad, _CHANNEL_DATA, self.channel.remote_chanid,
+                             n)
+        pos = at + _DATA_HEAD.size
+        while n:
+            p = src[0]
+            if len(p) <= n:
+                src.popleft()
+            else:
+                src[0] = p[n:]
+                p = p[:n]
+            plain[pos:pos + len(p)] = p
+            pos += len(p)
+            n -= len(p)
+        plain[pos:pos + pad] = _ZEROS[:pad]
+        return pos + pad
+
+    def _write(self, plain: memoryview, packets: list[tuple[int, int]]) -> None:
+        """Encrypt and write the assembled ``packets`` as one key-exchange-free unit."""
         t = self.transport
         began = time.time()
         while True:  # as Transport._send_user_message: wait for any key exchange to end
@@ -164,10 +204,10 @@ class ChannelWriter:
                     self._check_cipher()  # (a re-key could in principle choose another one)
                 except Unsupported as exc:  # the connection is dropped and opened again
                     raise paramiko.SSHException(str(exc)) from exc
-                out = self._seal(batch)
+                out = self._seal(plain, packets)
                 self._sendmsg(out)
-                sent_bytes = getattr(pk, _P + "sent_bytes") + sum(len(p) for p in out)
-                sent_packets = getattr(pk, _P + "sent_packets") + len(batch)
+                sent_bytes = getattr(pk, _P + "sent_bytes") + sum(map(len, out))
+                sent_packets = getattr(pk, _P + "sent_packets") + len(packets)
                 setattr(pk, _P + "sent_bytes", sent_bytes)
                 setattr(pk, _P + "sent_packets", sent_packets)
                 if ((sent_packets >= pk.REKEY_PACKETS or sent_bytes >= pk.REKEY_BYTES)
@@ -176,35 +216,26 @@ class ChannelWriter:
         finally:
             t.clear_to_send_lock.release()
 
-    def _seal(self, batch: list[tuple[int, list[memoryview]]]) -> list[bytes]:
-        """The packets of ``batch``, each its length field and its ciphertext with tag, as
-        ``Packetizer.send_message`` makes them (the IV and sequence number advanced)."""
+    def _seal(self, plain: memoryview, packets: list[tuple[int, int]]
+              ) -> list[bytes | memoryview]:
+        """Each packet's length field and its ciphertext with tag, as
+        ``Packetizer.send_message`` makes them; the IV's invocation counter and the
+        sequence number advanced (as ``Packetizer._inc_iv_counter`` does, RFC 5647)."""
         pk = self.packetizer
-        engine = getattr(pk, _P + "block_engine_out")
+        encrypt = getattr(pk, _P + "block_engine_out").encrypt
         iv = getattr(pk, _P + "iv_out")
+        fixed, counter = iv[:4], int.from_bytes(iv[4:], "big")
         seq = getattr(pk, _P + "sequence_number_out")
-        chanid = self.channel.remote_chanid
-        out: list[bytes] = []
-        for n, take in batch:
-            length, pad = _sizes(n)
-            end = 4 + length
-            if len(self.plain) < end:
-                self.plain = bytearray(end)
-            plain = memoryview(self.plain)
-            _DATA_HEAD.pack_into(plain, 0, length, pad, cMSG_CHANNEL_DATA[0], chanid, n)
-            pos = _DATA_HEAD.size
-            for p in take:
-                plain[pos:pos + len(p)] = p
-                pos += len(p)
-            plain[pos:end] = bytes(pad)
-            out.append(plain[:4].tobytes())
-            out.append(engine.encrypt(iv, plain[4:end], plain[:4]))
-            plain.release()
-            iv = pk._inc_iv_counter(iv)
-            seq = (seq + 1) & 0xFFFFFFFF
-            if seq == 0 and not pk._initial_kex_done:
-                raise paramiko.SSHException("Sequence number rolled over during initial kex!")
-        setattr(pk, _P + "iv_out", iv)
+        out: list[bytes | memoryview] = []
+        for start, end in packets:
+            head = plain[start:start + 4]
+            out.append(head)
+            out.append(encrypt(fixed + counter.to_bytes(8, "big"), plain[start + 4:end], head))
+            counter += 1
+        seq = (seq + len(packets)) & 0xFFFFFFFF
+        if seq < len(packets) and not pk._initial_kex_done:
+            raise paramiko.SSHException("Sequence number rolled over during initial kex!")
+        setattr(pk, _P + "iv_out", fixed + counter.to_bytes(8, "big"))
         setattr(pk, _P + "sequence_number_out", seq)
         return out
 
@@ -289,22 +320,26 @@ class Writer:
         acks = _Acks(sftp)
         view = memoryview(data).cast("B")
         window: deque[int] = deque()
+        group: list[bytes | memoryview] = []
         for pos in range(0, len(view), self.request_size):
             piece = view[pos:pos + self.request_size]
             if self.channel is None:
                 num = sftp._async_request(acks, CMD_WRITE, handle, int64(offset + pos),
                                           piece.tobytes())
-                window.append(num)
-                continue
-            with sftp._lock:
-                num = sftp.request_number
-                sftp._expecting[num] = acks
-                sftp.request_number += 1
+            else:
+                with sftp._lock:
+                    num = sftp.request_number
+                    sftp._expecting[num] = acks
+                    sftp.request_number += 1
+                group.append(_WRITE_HEAD.pack(_WRITE_HEAD.size - 4 + len(handle)
+                                              + _WRITE_TAIL.size + len(piece), CMD_WRITE, num,
+                                              len(handle))
+                             + handle + _WRITE_TAIL.pack(offset + pos, len(piece)))
+                group.append(piece)
+                if len(group) >= 2 * WRITE_GROUP or pos + self.request_size >= len(view):
+                    self.channel.send(group)
+                    group = []
             window.append(num)
-            head = (_WRITE_HEAD.pack(_WRITE_HEAD.size - 4 + len(handle) + _WRITE_TAIL.size
-                                     + len(piece), CMD_WRITE, num, len(handle))
-                    + handle + _WRITE_TAIL.pack(offset + pos, len(piece)))
-            self.channel.send([head, piece])
             while len(window) > WRITE_IN_FLIGHT or (window and window[0] in acks.done):
                 self._wait(acks, window.popleft())
         while window:
