@@ -10,12 +10,18 @@ concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).  Reads
 worker's *reader process* (:mod:`.sftp_reader`, unless ``read_processes`` is
 off), which holds a connection of its own: paramiko's transport work then runs
 outside this process's GIL, beside the opening or sealing of chunks.  Under paramiko sits a
-leaner receive path (:mod:`.sftp_wire`).
+leaner receive path (:mod:`.sftp_wire`) and a leaner send path for writes
+(:mod:`.sftp_write`: AES-GCM ``CHANNEL_DATA`` packets built with one copy of
+the data; paramiko's own send path for other ciphers or with ``lean_writes``
+off).  Either way every write's acknowledgement is checked: a write the
+server fails (a full disk) raises :class:`RemoteRefused` naming the path, and
+the temporary file is not renamed into place.
 
 Tuning (FIELD-NOTES, "SFTP over loopback"): cipher ``aes256-gcm@openssh.com``
 first, read/write requests of 255 KiB (``SFTPFile.MAX_REQUEST_SIZE``, a class
-attribute: set process-wide when the first connection opens), pipelined 1 MiB
-writes through ``sftp.open()``, the default maximum packet size.
+attribute: set process-wide when the first connection opens), writes
+pipelined 64 requests deep (:mod:`.sftp_write`), the default maximum packet
+size.
 
 Atomic put: the object is written to a hidden temporary name (``.tmp-*``) in
 the target directory, then renamed: ``posix-rename@openssh.com`` to replace,
@@ -379,9 +385,12 @@ class SFTPStore(LockingMixin):
             if isinstance(writer, sftp_write.Writer):
                 writer.write(f.handle, start, view[start:])
                 return
-            f.set_pipelined(True)
-            for off in range(start, len(data), WRITE_BLOCK):
+            f.set_pipelined(True)  # (paramiko without sftp_write's hooks: it drops the
+            for off in range(start, len(data), WRITE_BLOCK):  # answers, so check the size)
                 f.write(bytes(view[off:off + WRITE_BLOCK]))
+        stored = _size(sftp, tmp)
+        if stored != len(data):
+            raise OSError(f"the server stored {stored} of {len(data)} bytes")
 
     def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
         missing = []

@@ -4,9 +4,8 @@ paramiko decrypts and parses the SSH stream in Python, holding the GIL, and
 so does much of opening a chunk; in one process a download therefore runs on
 little more than one core however many connections it has.  A *reader* is a
 child process that owns one SFTP connection and serves the ``get``, ``list``
-and ``put`` requests of one thread of :class:`~vmclient.store.sftp.SFTPStore`
-(a put's bytes travel in its pickled request), so the transport work runs
-beside the parent's, on another core.
+and ``put`` requests of one thread of :class:`~vmclient.store.sftp.SFTPStore`,
+so the transport work runs beside the parent's, on another core.
 
 Readers are forked by a *zygote*: one small single-threaded process per
 parent, started at the first reader with the parent's interpreter and
@@ -22,8 +21,14 @@ same retrying read as the in-process path (a dropped connection is re-opened
 and the read continues at the offset it reached) and answers each request
 with a small pickled header (the object's length and the reconnect counters,
 or the error raised), then the bytes, which the parent receives straight into
-the object it returns.  A reader ends when the parent closes its end; the
-zygote when the parent's end of its pair closes (the parent exited).
+the object it returns.  A request is ``(op, args, payload length)`` pickled;
+a put's bytes (the payload, ``-1`` if none) follow it as they are, not
+pickled, and the reader receives them into a buffer it reuses from put to put
+(a 16 MiB pack no longer costs a fresh mapping to fault in, nor two copies
+through pickle); the put gets a view of it, and a buffer still viewed after
+the put is never overwritten (see :class:`_Inbox`).  A reader ends when the
+parent closes its end; the zygote when the parent's end of its pair closes
+(the parent exited).
 """
 
 from __future__ import annotations
