@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import paramiko
@@ -117,3 +118,25 @@ def test_another_cipher_is_not_for_the_lean_path() -> None:
             ChannelWriter(p.channel)
     finally:
         p.close()
+
+
+def test_a_full_send_buffer_is_waited_out_and_partial_sends_continue(pair: _Pair) -> None:
+    writer = ChannelWriter(pair.channel)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.settimeout(0.01)  # as the transport's socket: short timeouts, then again
+        writer.sock = ours
+        parts = [os.urandom(300 * KiB), memoryview(os.urandom(200 * KiB)), b"end"]
+        got: list[bytes] = []
+
+        def slowly() -> None:
+            while sum(map(len, got)) < 500 * KiB + 3:
+                time.sleep(0.002)
+                got.append(theirs.recv(64 * KiB))
+
+        thread = threading.Thread(target=slowly)
+        thread.start()
+        writer._sendmsg(parts, 500 * KiB + 3)
+        thread.join(10)
+    assert b"".join(got) == b"".join(parts)

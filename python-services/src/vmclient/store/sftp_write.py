@@ -205,8 +205,9 @@ class ChannelWriter:
                 except Unsupported as exc:  # the connection is dropped and opened again
                     raise paramiko.SSHException(str(exc)) from exc
                 out = self._seal(plain, packets)
-                self._sendmsg(out)
-                sent_bytes = getattr(pk, _P + "sent_bytes") + sum(map(len, out))
+                total = sum(map(len, out))
+                self._sendmsg(out, total)
+                sent_bytes = getattr(pk, _P + "sent_bytes") + total
                 sent_packets = getattr(pk, _P + "sent_packets") + len(packets)
                 setattr(pk, _P + "sent_bytes", sent_bytes)
                 setattr(pk, _P + "sent_packets", sent_packets)
@@ -239,9 +240,10 @@ class ChannelWriter:
         setattr(pk, _P + "sequence_number_out", seq)
         return out
 
-    def _sendmsg(self, out: Sequence[bytes | memoryview]) -> None:
-        """Write all of ``out``, as ``Packetizer.write_all`` does (its socket has a short
-        timeout, so a full send buffer is waited out unless the packetizer closed)."""
+    def _sendmsg(self, out: Sequence[bytes | memoryview], total: int) -> None:
+        """Write all of ``out`` (``total`` bytes), as ``Packetizer.write_all`` does (its
+        socket has a short timeout, so a full send buffer is waited out unless the
+        packetizer closed)."""
         parts = deque(out)
         while parts:
             try:
@@ -252,6 +254,9 @@ class ChannelWriter:
                 continue
             if n <= 0:
                 raise EOFError("the SSH connection was closed")
+            if n == total:
+                return
+            total -= n
             while n:
                 first = len(parts[0])
                 if first <= n:
