@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,9 @@ import pytest
 from fixtures_sshd import SSHServer, ssh_server
 from sftp_repo import Device, Repo, published
 
+from testlib import need
 from vmclient.admin.images import read_published
+from vmclient.store import sftp, sftp_write
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from vmclient.store.sftp import RemoteRefused, RemoteUnavailable, SFTPStore
 
@@ -51,8 +54,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer) -> None:
-    store = sshd.store(sshd.admin)
+# how puts are written: in a reader process or in the thread, through sftp_write or paramiko
+WRITE_PATHS = {"reader-lean": {}, "thread-lean": {"read_processes": False},
+               "reader-paramiko": {"lean_writes": False}}
+
+
+@pytest.mark.parametrize("how", WRITE_PATHS)
+def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer, how: str) -> None:
+    store = sshd.store(sshd.admin, **WRITE_PATHS[how])
 
     async def scenario() -> None:
         data = os.urandom(3 * MiB + 17)
@@ -210,10 +219,11 @@ def test_a_large_object_resumes_at_the_offset_it_reached(sshd: SSHServer) -> Non
     assert store.reconnects == 1 and store.resumed_bytes > 0
 
 
+@pytest.mark.parametrize("how", ["reader-lean", "thread-lean"])
 def test_a_large_upload_resumes_at_the_size_the_temporary_file_reached(
-        sshd: SSHServer) -> None:
+        sshd: SSHServer, how: str) -> None:
     data = os.urandom(160 * MiB)
-    store = sshd.store(sshd.admin, connections=1)
+    store = sshd.store(sshd.admin, connections=1, **WRITE_PATHS[how])
 
     async def scenario() -> None:
         await store.put_atomic("images/t/warm", b"connect first")
@@ -230,6 +240,76 @@ def test_a_large_upload_resumes_at_the_size_the_temporary_file_reached(
     assert (sshd.repo / "images/t/big").read_bytes() == data
     assert store.reconnects == 1 and store.resumed_upload_bytes > 0
     assert not [p for p in (sshd.repo / "images/t").iterdir() if p.name.startswith(".")]
+
+
+def test_puts_of_growing_and_shrinking_sizes_through_one_reader_keep_their_bytes(
+        sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin, connections=1)  # one reader, one receive buffer
+    blobs = [os.urandom(n) for n in (MiB, 5 * MiB + 3, 100, 0, 7 * MiB, 2 * MiB - 1)]
+
+    async def scenario() -> None:
+        for i, blob in enumerate(blobs):
+            await store.put_atomic(f"images/t/{i}", blob)
+        for i, blob in enumerate(blobs):
+            assert await store.get(f"images/t/{i}") == blob
+
+    run(_closing(store, scenario()))
+
+
+@pytest.mark.parametrize("how", WRITE_PATHS)
+def test_a_write_the_server_cannot_store_raises_naming_the_path(sshd: SSHServer,
+                                                               how: str) -> None:
+    full = sshd.repo / "images/full"
+    full.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)],
+                             capture_output=True, text=True)
+    need(mounted.returncode == 0, f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
+    try:
+        store = sshd.store(sshd.admin, **WRITE_PATHS[how])
+        with pytest.raises(RemoteRefused, match="put of 'images/full/obj'") as refused:
+            run(_closing(store, store.put_atomic("images/full/obj", os.urandom(4 * MiB))))
+        assert refused.value.path == "images/full/obj" and store.reconnects == 0
+        assert not (full / "obj").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=True)
+
+
+def test_lean_writes_go_on_across_key_exchanges(sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin, connections=1, read_processes=False)
+    data = os.urandom(24 * MiB)
+
+    async def scenario() -> None:
+        await store.check()
+        (conn,) = store._conns
+        assert conn.sftp.writer.channel is not None, "the lean path is used"
+        assert conn.transport is not None
+        conn.transport.packetizer.REKEY_BYTES = 4 * MiB  # re-key every 4 MiB, not 512
+        exchange = conn.transport.H
+        await store.put_atomic("images/t/rekeyed", data)
+        assert exchange != conn.transport.H, "keys were exchanged again during the upload"
+        assert await store.get("images/t/rekeyed") == data
+
+    run(_closing(store, scenario()))
+    assert (sshd.repo / "images/t/rekeyed").read_bytes() == data
+    assert store.reconnects == 0
+
+
+def test_with_another_cipher_writes_take_paramikos_path(sshd: SSHServer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sftp, "CIPHER", "aes256-ctr")
+    store = sshd.store(sshd.admin, connections=1, read_processes=False)
+    data = os.urandom(3 * MiB + 1)
+
+    async def scenario() -> None:
+        await store.put_atomic("images/t/ctr", data)
+        (conn,) = store._conns
+        assert conn.transport is not None
+        assert conn.transport.local_cipher == "aes256-ctr"
+        assert isinstance(conn.sftp.writer, sftp_write.Writer)
+        assert conn.sftp.writer.channel is None, "paramiko's send path"
+        assert await store.get("images/t/ctr") == data
+
+    run(_closing(store, scenario()))
 
 
 def test_an_object_that_shrinks_during_a_read_ends_the_read_where_it_ends(

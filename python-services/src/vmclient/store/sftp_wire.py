@@ -88,6 +88,8 @@ class Pipe(BufferedPipe):  # type: ignore[misc]
 class SFTPClient(paramiko.SFTPClient):  # type: ignore[misc]
     """paramiko's client, reading each packet with one join."""
 
+    writer: object = None  # the connection's sftp_write.Writer (set by sftp._Connection)
+
     @classmethod
     def over(cls, transport: paramiko.Transport) -> SFTPClient:
         """The SFTP subsystem on a new channel whose buffer is a :class:`Pipe`."""
