@@ -1,5 +1,5 @@
-"""Our NBD client (sync/nbd.py) against a real ``qemu-nbd``: reads land in the caller's
-buffers byte for byte, however they split into requests, and a bad read is named."""
+"""Our NBD client (sync/nbd.py) against a real ``qemu-nbd``: reads give the bytes chunk by
+chunk, however they split into requests, and a bad read is named."""
 
 from __future__ import annotations
 
@@ -25,19 +25,17 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield client, data
 
 
-def test_preadv_fills_each_buffer_from_the_offset_on(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_read_run_gives_each_chunk_from_the_offset_on(served, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     client, data = served
     assert client.size == len(data)
-    buffers = [bytearray(C) for _ in range(5)] + [bytearray(100)]
-    client.preadv(buffers, 3 * C)
-    assert b"".join(buffers) == data[3 * C:8 * C + 100]
-    monkeypatch.setattr(nbd, "MAX_READ", 2 * C)  # several requests, each whole buffers
-    buffers = [bytearray(C) for _ in range(7)]
-    client.preadv(buffers, 11 * C)
-    assert b"".join(buffers) == data[11 * C:18 * C]
+    got = client.read_run([C] * 5 + [100], 3 * C)
+    assert [len(g) for g in got] == [C] * 5 + [100]
+    assert b"".join(got) == data[3 * C:8 * C + 100]
+    monkeypatch.setattr(nbd, "MAX_READ", 2 * C)  # several requests, each of whole chunks
+    assert b"".join(client.read_run([C] * 7, 11 * C)) == data[11 * C:18 * C]
 
 
 def test_a_read_past_the_end_is_an_error_naming_the_read(served) -> None:  # type: ignore[no-untyped-def]
     client, data = served
     with pytest.raises(nbd.NBDError, match=rf"read of {2 * C} bytes at {len(data) - C}"):
-        client.preadv([bytearray(C), bytearray(C)], len(data) - C)
+        client.read_run([C, C], len(data) - C)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
-from vmclient.store.chunker import Chunker
+from vmclient.store.chunker import Chunk, Chunker
+from vmclient.store.errors import LocalSyncError
+from vmclient.sync import disks
 from vmclient.sync.disks import (
     Extent,
     PartialChunk,
@@ -78,13 +81,15 @@ def test_read_chunks_reads_back_to_back_chunks_at_once(tmp_path) -> None:
                           Extent(3 * C, 4 * C, False, 3 * C)], C, 7 * C)
     calls: list[tuple[int, int]] = []
 
-    def preadv(buffers: list[bytearray], off: int) -> None:
-        calls.append((sum(len(b) for b in buffers), off))
-        for b in buffers:
-            b[:] = data[off:off + len(b)]
-            off += len(b)
+    def read_run(lengths: list[int], off: int) -> list[bytes]:
+        calls.append((sum(lengths), off))
+        out = []
+        for n in lengths:
+            out.append(data[off:off + n])
+            off += n
+        return out
     chunker = Chunker(b"k" * 32, C)
-    got = list(read_chunks(f, covered, chunker, 7 * C, [preadv]))
+    got = list(read_chunks(f, covered, chunker, 7 * C, [read_run]))
     assert [c.index for c in got] == list(range(7))
     assert calls == [(2 * C, 0), (4 * C, 3 * C)]  # one read per run; the zero chunk not read
     assert got[2].is_zero and got[4].data == data[4 * C:5 * C]
@@ -103,3 +108,30 @@ def test_raw_chunks_follow_holes() -> None:
                       Extent(3 * C, 100, False, 3 * C)], C, 3 * C + 100)
     assert [cov[i][0].zero for i in range(4)] == [False, True, True, False]
     assert cov[3][0].length == 100
+
+
+def test_read_chunks_raises_a_read_error_in_order_and_stops_reading(tmp_path,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(disks, "READ_RUN", C)  # one chunk per read
+    covered = raw_chunks([Extent(0, 8 * C, False, 0)], C, 8 * C)
+    calls: list[int] = []
+
+    def read_run(lengths: list[int], off: int) -> list[bytes]:
+        calls.append(off)
+        if off == 5 * C:
+            raise LocalSyncError("the export went away")
+        return [bytes([1]) * n for n in lengths]
+
+    def chunks() -> Iterator[Chunk]:
+        return read_chunks(tmp_path / "x", covered, Chunker(b"k" * 32, C), 8 * C,
+                           [read_run, read_run])
+    got = []
+    with pytest.raises(LocalSyncError, match="went away"):
+        for c in chunks():
+            got.append(c.index)
+    assert got == [0, 1, 2, 3, 4]  # every chunk before the failed read, in order
+    gen = chunks()
+    calls.clear()
+    assert next(gen).index == 0
+    gen.close()  # the consumer stops: the readers end, nothing more is read
+    assert len(calls) <= 1 + 2 * disks.PREFETCH  # the first read and the read-ahead

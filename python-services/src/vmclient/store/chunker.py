@@ -49,7 +49,7 @@ def chunk_count(size: int, chunk_size: int) -> int:
 class Chunk:
     index: int
     id: bytes  # ZERO_ID for an all-zero chunk
-    data: bytes | bytearray  # empty for a zero chunk; a buffer a read filled, never changed
+    data: bytes  # empty for a zero chunk
 
     @property
     def is_zero(self) -> bool:
@@ -64,7 +64,7 @@ class Chunker:
         self.chunk_size = check_chunk_size(chunk_size)
         self._zeros = bytes(chunk_size)
 
-    def chunk(self, index: int, data: bytes | bytearray) -> Chunk:
+    def chunk(self, index: int, data: bytes) -> Chunk:
         if len(data) > self.chunk_size or not data:
             raise LocalSyncError(f"chunk {index} has {len(data)} bytes")
         if data == self._zeros[:len(data)]:

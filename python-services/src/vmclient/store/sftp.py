@@ -6,7 +6,7 @@ paramiko is blocking, so every call runs in a small thread pool of its own:
 one worker thread per SSH connection, each worker keeping its connection, so
 ``connections`` requests are in flight at once (the callers issue them
 concurrently, e.g. :meth:`ChunkStore.fetch` with ``concurrency``).  Reads
-(``get``, ``list``, ``check``) and writes (``put_atomic``) go through the
+(``get``, ``list``, ``check``) and writes (``put_atomic``, ``delete``) go through the
 worker's *reader process* (:mod:`.sftp_reader`, unless ``read_processes`` is
 off), which holds a connection of its own: paramiko's transport work then runs
 outside this process's GIL, beside the opening or sealing of chunks.  Under paramiko sits a
@@ -300,9 +300,10 @@ class SFTPStore(LockingMixin):
 
     def serve_read(self, op: str, *args: object, into: Received | None = None) -> bytes:
         """A request in this process: ``("get", path, offset, length)``, ``("list",
-        prefix)`` (JSON, see :meth:`_list_here`), ``("check",)`` (connect) or ``("put",
-        path, exclusive, data)`` (:meth:`put_atomic`; answers nothing; ``data`` may be a
-        view of a buffer the caller reuses: nothing keeps it after the call).
+        prefix)`` (JSON, see :meth:`_list_here`), ``("check",)`` (connect), ``("delete",
+        path)`` or ``("put", path, exclusive, data)`` (:meth:`put_atomic`; answers
+        nothing; ``data`` may be a view of a buffer the caller reuses: nothing keeps it
+        after the call).
 
         ``into`` receives a get's bytes as they arrive (a reader streams them on).
         """
@@ -317,6 +318,10 @@ class SFTPStore(LockingMixin):
         if op == "list":
             assert isinstance(args[0], str)
             return self._list_here(args[0])
+        if op == "delete":
+            assert isinstance(args[0], str)
+            self._delete_here(args[0])
+            return b""
         path, offset, length = args
         assert isinstance(path, str) and isinstance(offset, int)
         assert length is None or isinstance(length, int)
@@ -408,12 +413,17 @@ class SFTPStore(LockingMixin):
             self._dirs.add(d)
 
     async def delete(self, path: str) -> None:
-        remote = self._remote(check_path(path))
+        """Removed by the reader, whose connection is up (a connection of this thread's own
+        would cost an SSH handshake for one request: a sync ends with one delete)."""
+        await self._read("delete", check_path(path))
+
+    def _delete_here(self, path: str) -> None:
+        remote = self._remote(path)
 
         def remove(sftp: paramiko.SFTPClient) -> None:
             _remove(sftp, remote)
 
-        await self._run("delete", path, remove)
+        self._call("delete", path, remove)
 
     async def sweep_temporaries(self, prefix: str, older_than: int = 3600) -> int:
         """Remove temporary files a crash left below ``prefix``; returns how many."""

@@ -23,15 +23,14 @@ bytes per request.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import json
 import os
-import queue
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def raw_chunks(extents: Sequence[Extent], chunk_size: int, size: int
 @dataclass(frozen=True)
 class Read:
     """Chunks ``indices`` whose data lie back to back in the capture at ``offset``
-    (``None``: one zero chunk, nothing to read), ``length`` bytes in all."""
+    (``None``: zero chunks, nothing to read), ``length`` bytes in all."""
 
     indices: tuple[int, ...]
     offset: int | None
@@ -152,88 +151,138 @@ class Read:
 
 def plan_reads(covered: dict[int, tuple[Extent, int]], chunk_size: int, size: int
                ) -> list[Read]:
-    """The covered chunks in order, grouped into reads of up to :data:`READ_RUN` bytes."""
+    """The covered chunks in order: runs of data chunks back to back in the capture as
+    reads of up to :data:`READ_RUN` bytes, runs of zero chunks as one entry each."""
     out: list[Read] = []
     run: list[int] = []
+    zero = False
     start = end = 0
     for i in sorted(covered):
         e, within = covered[i]
         n = min(chunk_size, size - i * chunk_size)
-        if e.offset is not None and run and i == run[-1] + 1 and e.offset + within == end \
-                and end - start < READ_RUN:
+        if run and i == run[-1] + 1 and (
+                (zero and e.offset is None)
+                or (not zero and e.offset is not None and e.offset + within == end
+                    and end - start < READ_RUN)):
             run.append(i)
             end += n
             continue
         if run:
-            out.append(Read(tuple(run), start, end - start))
-            run = []
+            out.append(Read(tuple(run), None if zero else start, end - start))
         if e.offset is None:
-            out.append(Read((i,), None, n))
+            zero, start = True, i * chunk_size
         else:
-            run, start, end = [i], e.offset + within, e.offset + within + n
+            zero, start = False, e.offset + within
+        run, end = [i], start + n
     if run:
-        out.append(Read(tuple(run), start, end - start))
+        out.append(Read(tuple(run), None if zero else start, end - start))
     return out
 
 
-Preadv = Callable[[Sequence[bytearray], int], None]  # fill the buffers from an offset on
+ReadRun = Callable[[Sequence[int], int], list[bytes]]  # chunk lengths, offset -> their bytes
 
 
 def read_chunks(path: Path, covered: dict[int, tuple[Extent, int]], chunker: Chunker,
-                size: int, preadvs: Sequence[Preadv] = ()) -> Iterator[Chunk]:
+                size: int, readers: Sequence[ReadRun] = ()) -> Iterator[Chunk]:
     """The covered chunks, in order, read from the capture (zero extents not read).
 
-    ``preadvs``: functions ``preadv(buffers, offset)`` reading the capture
+    ``readers``: functions ``read_run(lengths, offset)`` reading the capture
     through QEMU (:mod:`.nbd`), one per connection; by default ``path`` is read
     directly.  Chunks whose data lie back to back are read with one call
-    (:func:`plan_reads`), each into a buffer of its own that becomes the chunk's
-    data (no copy; buffers of one chunk's size are recycled by the allocator, a
-    large one per read would be faulted in page by page every time), and hashed
-    in threads of their own, one per reader, which stay up to ``PREFETCH``
-    reads per thread ahead of the consumer (which filters and seals them).
+    (:func:`plan_reads`), each chunk into an object of its own (no copy).  One
+    thread per reader takes the next read of the plan, reads it and hashes its
+    chunks, up to ``PREFETCH`` reads per thread ahead of the consumer, which
+    takes them in order (and filters and seals them).
     """
     cs = chunker.chunk_size
+    plan = plan_reads(covered, cs, size)
     with contextlib.ExitStack() as stack:
-        if not preadvs:
+        if not readers:
             fd = stack.enter_context(open(path, "rb")).fileno()
-            preadvs = [functools.partial(_preadv_fd, fd)] * FETCH_THREADS
-        free: queue.SimpleQueue[Preadv] = queue.SimpleQueue()
-        for p in preadvs:
-            free.put(p)
-        fetch = stack.enter_context(ThreadPoolExecutor(len(preadvs), "vmclient-fetch"))
-        plan = iter(plan_reads(covered, cs, size))
-        ahead: collections.deque[Future[list[Chunk]]] = collections.deque()
+            readers = [functools.partial(_read_run_fd, fd)] * FETCH_THREADS
+        ahead = _ReadAhead(len(plan), PREFETCH * len(readers))
 
-        def load(r: Read) -> list[Chunk]:
+        def load(r: Read, read_run: ReadRun) -> list[Chunk]:
             if r.offset is None:
-                return [chunker.zero(r.indices[0])]
-            buffers = [bytearray(min(cs, size - i * cs)) for i in r.indices]
-            preadv = free.get()  # a connection serves one request at a time
-            try:
-                preadv(buffers, r.offset)
-            finally:
-                free.put(preadv)
-            return [chunker.chunk(i, b) for i, b in zip(r.indices, buffers, strict=True)]
+                return [chunker.zero(i) for i in r.indices]
+            lengths = [min(cs, size - i * cs) for i in r.indices]
+            return [chunker.chunk(i, d)
+                    for i, d in zip(r.indices, read_run(lengths, r.offset), strict=True)]
 
-        def fill() -> None:
-            while len(ahead) < PREFETCH * len(preadvs) and (r := next(plan, None)) is not None:
-                ahead.append(fetch.submit(load, r))
-        try:
-            fill()
-            while ahead:
-                chunks = ahead.popleft().result()
-                fill()
-                yield from chunks
-        finally:
-            for f in ahead:  # stopped early: nothing more is read
-                f.cancel()
+        def fetch(read_run: ReadRun) -> None:
+            while (j := ahead.take()) is not None:
+                try:
+                    item: list[Chunk] | BaseException = load(plan[j], read_run)
+                except BaseException as exc:  # handed to the consumer, which raises it
+                    item = exc
+                ahead.put(j, item)
+                if isinstance(item, BaseException):
+                    return
+
+        pool = stack.enter_context(ThreadPoolExecutor(len(readers), "vmclient-fetch"))
+        stack.callback(ahead.stop)  # first on the way out: the fetchers end, the pool joins
+        for read_run in readers:
+            pool.submit(fetch, read_run)
+        for j in range(len(plan)):
+            item = ahead.get(j)
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
 
 
-def _preadv_fd(fd: int, buffers: Sequence[bytearray], offset: int) -> None:
-    want = sum(len(b) for b in buffers)
-    got = os.preadv(fd, buffers, offset)
-    if got != want:  # a short read: only at the end of a file shorter than the disk
-        raise LocalSyncError(f"short read of {want} bytes at {offset}: {got}")
+class _ReadAhead:
+    """Which read of the plan a fetch thread does next, and the results in order.
+
+    A thread takes the next read unless it would be more than ``window`` reads
+    ahead of the consumer; the consumer gets read ``j`` when it is done, whichever
+    thread did it (so a slow read holds up only itself).
+    """
+
+    def __init__(self, count: int, window: int) -> None:
+        self.cond = threading.Condition()
+        self.count, self.window = count, window
+        self.next = self.consumed = 0
+        self.done: dict[int, list[Chunk] | BaseException] = {}
+        self.stopped = False
+
+    def take(self) -> int | None:
+        with self.cond:
+            while not self.stopped and self.next < self.count \
+                    and self.next >= self.consumed + self.window:
+                self.cond.wait()
+            if self.stopped or self.next >= self.count:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def put(self, j: int, item: list[Chunk] | BaseException) -> None:
+        with self.cond:
+            self.done[j] = item
+            self.cond.notify_all()
+
+    def get(self, j: int) -> list[Chunk] | BaseException:
+        with self.cond:
+            while j not in self.done:
+                self.cond.wait()
+            self.consumed = j + 1
+            self.cond.notify_all()
+            return self.done.pop(j)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+def _read_run_fd(fd: int, lengths: Sequence[int], offset: int) -> list[bytes]:
+    out = []
+    for n in lengths:
+        data = os.pread(fd, n, offset)
+        if len(data) != n:  # only at the end of a file shorter than the disk
+            raise LocalSyncError(f"short read of {n} bytes at {offset}: {len(data)}")
+        out.append(data)
+        offset += n
+    return out
 
 
 def raw_to_qcow2(raw: Path, dest: Path) -> None:

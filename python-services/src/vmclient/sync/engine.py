@@ -151,7 +151,7 @@ class _Capture:
     fmt: str = ""  # a disk at rest: read through qemu-nbd (image format)
     passphrase: bytes | None = None  # (at rest) a LUKS qcow2
     export: str = ""  # a backup job's NBD export of that name on the socket ``path``
-    preadvs: list[disks.Preadv] = field(
+    readers: list[disks.ReadRun] = field(
         default_factory=list)  # while the capture is open: one per NBD connection
 
 
@@ -552,16 +552,16 @@ async def _opened(caps: list[_Capture]) -> AsyncIterator[None]:
                 for _ in range(disks.FETCH_THREADS):
                     client = await asyncio.to_thread(nbd.connect, c.path, c.export)
                     stack.callback(client.close)
-                    c.preadvs.append(client.preadv)
+                    c.readers.append(client.read_run)
             elif c.fmt:
                 client = await asyncio.to_thread(
                     stack.enter_context, nbd.export(c.path, c.passphrase, fmt=c.fmt))
-                c.preadvs.append(client.preadv)
+                c.readers.append(client.read_run)
         try:
             yield
         finally:
             for c in caps:
-                c.preadvs.clear()
+                c.readers.clear()
 
 
 def _remove(paths: Iterable[str]) -> None:
@@ -577,7 +577,7 @@ def _chunks(caps: list[_Capture], parent: Manifest | None, chunker: Chunker,
         n = chunk_count(cap.size, chunker.chunk_size)
         base = None if cap.whole else old.get(cap.name)
         ids[cap.name] = list(base.ids) if base is not None else [None] * n
-        for chunk in disks.read_chunks(cap.path, cap.covered, chunker, cap.size, cap.preadvs):
+        for chunk in disks.read_chunks(cap.path, cap.covered, chunker, cap.size, cap.readers):
             ids[cap.name][chunk.index] = chunk.id
             result.chunks_covered += 1
             result.chunks_read += not chunk.is_zero

@@ -123,20 +123,20 @@ class Client:
         self._handshake()
 
     def _recv(self, n: int) -> bytes:
-        buf = bytearray(n)
-        self._recv_into(memoryview(buf))
-        return bytes(buf)
-
-    def _recv_into(self, view: memoryview) -> None:
-        got, n = 0, len(view)
-        while got < n:
-            try:
-                k = self.sock.recv_into(view[got:], n - got)
-            except OSError as exc:
-                raise NBDError(f"export {self.export!r}: the connection broke: {exc}") from exc
-            if not k:
-                raise NBDError(f"export {self.export!r}: the server closed the connection")
-            got += k
+        """Exactly ``n`` bytes: one ``recv`` into a new object, unless a signal splits it."""
+        try:
+            data = self.sock.recv(n, socket.MSG_WAITALL)
+            if len(data) == n:
+                return data
+            parts, got = [data], len(data)
+            while got < n and parts[-1]:
+                parts.append(self.sock.recv(n - got, socket.MSG_WAITALL))
+                got += len(parts[-1])
+        except OSError as exc:
+            raise NBDError(f"export {self.export!r}: the connection broke: {exc}") from exc
+        if got < n:
+            raise NBDError(f"export {self.export!r}: the server closed the connection")
+        return b"".join(parts)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -168,15 +168,17 @@ class Client:
             elif rtype == _REP_ACK:
                 return
 
-    def preadv(self, buffers: Sequence[bytearray], offset: int) -> None:
-        """Fill ``buffers``, in order, with the bytes from guest offset ``offset`` on: the
-        answer is received straight into them (no buffer of its own, no copy).  One
-        request covers as many buffers as fit in ``MAX_READ`` bytes."""
+    def read_run(self, lengths: Sequence[int], offset: int) -> list[bytes]:
+        """The bytes from guest offset ``offset`` on, as one object per length in
+        ``lengths`` (one per chunk).  Each is received with one ``recv`` into a new
+        object, the chunk's own (no buffer to zero first, no copy); one request
+        covers as many as fit in ``MAX_READ`` bytes."""
+        out: list[bytes] = []
         i = 0
-        while i < len(buffers):
-            j, n = i + 1, len(buffers[i])
-            while j < len(buffers) and n + len(buffers[j]) <= MAX_READ:
-                n += len(buffers[j])
+        while i < len(lengths):
+            j, n = i + 1, lengths[i]
+            while j < len(lengths) and n + lengths[j] <= MAX_READ:
+                n += lengths[j]
                 j += 1
             self._handle += 1
             self._send(_REQUEST.pack(_REQUEST_MAGIC, 0, _CMD_READ, self._handle, offset, n))
@@ -186,10 +188,10 @@ class Client:
             if error:
                 raise NBDError(f"read of {n} bytes at {offset} of export "
                                f"{self.export!r} failed (error {error})")
-            for b in buffers[i:j]:
-                self._recv_into(memoryview(b))
+            out.extend(self._recv(k) for k in lengths[i:j])
             offset += n
             i = j
+        return out
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
