@@ -97,7 +97,8 @@ class Domains:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.managedSaveRemove(0)
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                                  | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
             with contextlib.suppress(FileNotFoundError):
                 (IMAGES / f"{name}.qcow2").unlink()
 

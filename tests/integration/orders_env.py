@@ -234,7 +234,8 @@ def cleanup(prefix: str) -> None:
                     dom.destroy()
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                      | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                                      | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                                      | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
     finally:
         conn.close()
     shutil.rmtree(IMAGES / prefix, ignore_errors=True)
