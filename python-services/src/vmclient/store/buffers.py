@@ -13,8 +13,9 @@ and 0.7-1.0 CPU-s of the 2.3-2.5 the read costs.
 While a transfer runs (:func:`steady`, used by :class:`.repo.ChunkStore`),
 buffers up to 32 MiB (glibc's largest ``M_MMAP_THRESHOLD``) come from the heap
 and up to 512 MiB of free heap is kept; when the last transfer of the process
-ends, the thresholds are set back to glibc's initial values and ``malloc_trim(0)`` gives
-the free memory back to the system, so an idle daemon stays small.  The
+ends, the thresholds are set back to glibc's initial values and
+``malloc_trim(0)`` gives the free memory back to the system, so an idle daemon
+stays small.  The
 reader processes of :mod:`.sftp_reader` get the same through ``MALLOC_*``
 variables.  On a C library without these calls (musl) this does nothing.
 """
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h
 DEFAULT_TRIM = DEFAULT_MMAP = 128 << 10  # glibc's defaults
 TRANSFER_TRIM, TRANSFER_MMAP = 512 << 20, 32 << 20
+
 
 def _libc() -> ctypes.CDLL | None:
     try:

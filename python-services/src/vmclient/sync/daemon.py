@@ -234,18 +234,18 @@ class Synchronizer:
             self._failed(v, waiting, exc)
             return
         started, loop = time.monotonic(), asyncio.get_running_loop()
-
-        handed = [0.0]  # when progress was last handed to the event loop
+        handed = 0.0  # when progress was last handed to the event loop
 
         def progress(done: int, total: int) -> None:
             """Called in the sync's reader thread, for every chunk: dbus-fast is the event
             loop's alone, and waking it for each chunk would cost more than the chunk."""
+            nonlocal handed
             now = time.monotonic()
             elapsed = now - started
             v.done, v.total, v.rate = done, total, done / elapsed if elapsed > 0 else 0.0
-            if done < total and now - handed[0] < PROGRESS_INTERVAL:
+            if done < total and now - handed < PROGRESS_INTERVAL:
                 return
-            handed[0] = now
+            handed = now
             loop.call_soon_threadsafe(functools.partial(self.iface.changed,
                                                         progress=done < total))
 
