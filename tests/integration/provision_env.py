@@ -257,13 +257,18 @@ def cleanup(prefix: str, cfg: ProvisionConfig) -> None:
     shutil.rmtree(cfg.staging_dir, ignore_errors=True)
 
 
-def assert_no_leftovers(env: Env, name: str) -> None:
+def assert_no_vm(images_dir: Path, name: str) -> None:
+    """No domain ``name`` and no disks of it under ``images_dir``."""
     conn = libvirt.open(URI)
     try:
         assert name not in [d.name() for d in conn.listAllDomains(0)]
     finally:
         conn.close()
-    assert not (env.cfg.images_dir / name).exists()
+    assert not (images_dir / name).exists()
+
+
+def assert_no_leftovers(env: Env, name: str) -> None:
+    assert_no_vm(env.cfg.images_dir, name)
     assert not (env.cfg.state_dir / "keys" / f"{name}.wrapped").exists()
 
 

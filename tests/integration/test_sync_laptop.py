@@ -28,7 +28,15 @@ import libvirt_qemu
 import pytest
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import IMAGES, URI
-from provision_env import Env, image_bytes, need_tools, provision_env, set_lease, write_config
+from provision_env import (
+    Env,
+    assert_no_vm,
+    image_bytes,
+    need_tools,
+    provision_env,
+    set_lease,
+    write_config,
+)
 
 from testlib import SERVICES
 from vmclient.manage import rekey
@@ -179,12 +187,7 @@ def luks_identical(a: Path, b: Path, pp: bytes) -> bool:
 
 def assert_not_restored(lt: Laptops, name: str) -> None:
     """Laptop B has neither a domain nor disks of ``name``."""
-    conn = libvirt.open(URI)
-    try:
-        assert name not in [d.name() for d in conn.listAllDomains(0)]
-    finally:
-        conn.close()
-    assert not (lt.b_cfg.images_dir / name).exists()
+    assert_no_vm(lt.b_cfg.images_dir, name)
 
 
 def read_at(path: Path, offset: int, length: int) -> bytes:
