@@ -44,6 +44,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..sockets import recv_exactly
 from .errors import StoreError
 from .sftp_wire import Received
 
@@ -143,9 +144,9 @@ class Reader:
             if payload is not None:
                 self.sock.sendall(payload)
             length = _recv_len(self.sock)
-            data = _recv(self.sock, length)
+            data = recv_exactly(self.sock, length)
             kind, value, reconnects, resumed, resumed_up = pickle.loads(
-                _recv(self.sock, _recv_len(self.sock)))
+                recv_exactly(self.sock, _recv_len(self.sock)))
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self.close()
             raise ReaderGone(self.server, f"{type(exc).__name__}: {exc}") from exc
@@ -191,7 +192,7 @@ def serve(target: SFTPTarget, sock: socket.socket) -> None:
     inbox = _Inbox()
     try:
         while True:
-            op, args, size = pickle.loads(_recv(sock, _recv_len(sock)))
+            op, args, size = pickle.loads(recv_exactly(sock, _recv_len(sock)))
             if size >= 0:
                 args = (*args, inbox.receive(sock, size))
             before = store.reconnects, store.resumed_bytes, store.resumed_upload_bytes
@@ -300,19 +301,4 @@ def _send(sock: socket.socket, payload: bytes) -> None:
 
 
 def _recv_len(sock: socket.socket) -> int:
-    return int(_LEN.unpack(_recv(sock, _LEN.size))[0])
-
-
-def _recv(sock: socket.socket, n: int) -> bytes:
-    """Exactly ``n`` bytes: one ``recv`` into one new object, unless a signal splits it."""
-    data = sock.recv(n, socket.MSG_WAITALL)
-    if len(data) == n:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        if not parts[-1]:
-            raise EOFError("the other end closed the socket")
-        parts.append(sock.recv(n - got, socket.MSG_WAITALL))
-        got += len(parts[-1])
-    return b"".join(parts)
+    return int(_LEN.unpack(recv_exactly(sock, _LEN.size))[0])

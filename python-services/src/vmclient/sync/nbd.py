@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..sockets import recv_exactly
 from ..store.errors import LocalSyncError
 
 _NBDMAGIC = b"NBDMAGIC"
@@ -123,20 +124,12 @@ class Client:
         self._handshake()
 
     def _recv(self, n: int) -> bytes:
-        """Exactly ``n`` bytes: one ``recv`` into a new object, unless a signal splits it."""
         try:
-            data = self.sock.recv(n, socket.MSG_WAITALL)
-            if len(data) == n:
-                return data
-            parts, got = [data], len(data)
-            while got < n and parts[-1]:
-                parts.append(self.sock.recv(n - got, socket.MSG_WAITALL))
-                got += len(parts[-1])
+            return recv_exactly(self.sock, n)
         except OSError as exc:
             raise NBDError(f"export {self.export!r}: the connection broke: {exc}") from exc
-        if got < n:
-            raise NBDError(f"export {self.export!r}: the server closed the connection")
-        return b"".join(parts)
+        except EOFError:
+            raise NBDError(f"export {self.export!r}: the server closed the connection") from None
 
     def _send(self, data: bytes) -> None:
         try:
