@@ -19,14 +19,22 @@ Contract (repository-format.md, "Write ordering"):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import os
 import re
 import secrets
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..errors import VMClientError
 from .errors import LocalSyncError, LockHeld, ObjectNotFound
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -75,22 +83,128 @@ class RemoteStore(Protocol):
         """Release a lock taken with :meth:`lock` (only if still ours)."""
 
 
-def lock_document(holder: str, now: int, nonce: str) -> bytes:
-    return json.dumps({"holder": holder, "created": now, "nonce": nonce}).encode()
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+MACHINE_ID = "/etc/machine-id"
+REFRESH_EVERY = 10 * 60  # seconds between refreshes of a held lock (format doc §10)
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Whoami:
+    """What identifies a lock's holder process: host (name and machine id), boot, pid."""
+
+    host: str
+    machine: str
+    boot: str
+    pid: int
+
+    @classmethod
+    def current(cls) -> Whoami:
+        return cls(socket.gethostname(), _read_first_line(MACHINE_ID),
+                   _read_first_line(BOOT_ID), os.getpid())
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """A lock document as read (untrusted: advisory, anyone could have written it)."""
+
+    holder: str
+    created: int
+    refreshed: int
+    nonce: str
+    host: str = ""
+    machine: str = ""
+    boot: str = ""
+    pid: int = 0
+
+
+def lock_document(holder: str, now: int, nonce: str, *, created: int | None = None,
+                  me: Whoami | None = None) -> bytes:
+    """The lock's JSON; ``created`` is kept by a refresh (``now`` is then its time)."""
+    me = me or Whoami.current()
+    return json.dumps({"holder": holder, "created": now if created is None else created,
+                       "refreshed": now, "nonce": nonce, "host": me.host,
+                       "machine": me.machine, "boot": me.boot, "pid": me.pid}).encode()
+
+
+def read_lock(untrusted: bytes) -> LockInfo | None:
+    """The lock document, or None if it is not one (counts as stale)."""
+    try:
+        doc = json.loads(untrusted)
+        created = int(doc["created"])
+        return LockInfo(str(doc["holder"]), created, int(doc.get("refreshed", created)),
+                        str(doc.get("nonce", "")), str(doc.get("host", "")),
+                        str(doc.get("machine", "")), str(doc.get("boot", "")),
+                        int(doc.get("pid", 0)))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def lock_is_stale(untrusted: bytes, now: int, stale_after: int) -> tuple[bool, str, int]:
-    """(stale?, holder, created) of a lock file; unreadable locks count as stale."""
-    try:
-        doc = json.loads(untrusted)
-        holder, created = str(doc["holder"]), int(doc["created"])
-    except (ValueError, KeyError, TypeError):
+    """(stale by age?, holder, created) of a lock file; unreadable locks count as stale."""
+    info = read_lock(untrusted)
+    if info is None:
         return True, "?", 0
-    return now - created >= stale_after, holder, created
+    return now - max(info.created, info.refreshed) >= stale_after, info.holder, info.created
+
+
+def stale_reason(info: LockInfo | None, now: int, stale_after: int, me: Whoami,
+                 held: Collection[str], alive: Callable[[int], bool]) -> str | None:
+    """Why the lock may be broken, or None if it is held.
+
+    Besides age (``stale_after`` since its last refresh): a lock this host
+    wrote in an earlier boot (its process is gone whatever its pid is now), or
+    in this boot by a process that is gone, or by this very process without
+    holding it now (an unlock lost with the connection).  "This host" is the
+    host name *and* the machine id, so two machines of one name never judge
+    each other's locks by their own boot and pids.
+    """
+    if info is None:
+        return "not a lock document"
+    age = now - max(info.created, info.refreshed)
+    if age >= stale_after:
+        return f"not refreshed for {age} s (stale after {stale_after} s)"
+    if not (info.host == me.host and info.machine == me.machine and info.machine
+            and info.boot and me.boot):
+        return None
+    if info.boot != me.boot:
+        return f"left by {info.holder} before this host rebooted"
+    if info.pid == me.pid:
+        return None if info.nonce in held else "left by this process, which no longer holds it"
+    if info.pid > 0 and not alive(info.pid):
+        return f"its process {info.pid} is gone"
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_held: set[str] = set()  # nonces of the locks this process holds right now
 
 
 class LockingMixin:
-    """``lock``/``unlock`` on top of ``get``/``put_atomic(exclusive)``/``delete``."""
+    """``lock``/``unlock``/``refresh`` on top of ``get``/``put_atomic``/``delete``/``rename``.
+
+    Breaking a stale lock and unlocking are compare-and-delete (§10 of the
+    format): the lock is first renamed to a unique name (one rename of it
+    wins), then the renamed object is compared with the one judged stale (or
+    with the holder's nonce); only if it is that one it is deleted, else it is
+    renamed back.
+    """
 
     clock: Callable[[], int]
 
@@ -103,33 +217,136 @@ class LockingMixin:
     async def delete(self, path: str) -> None:
         raise NotImplementedError
 
+    async def rename(self, path: str, new: str) -> None:
+        """Move ``path`` to the absent name ``new``; :class:`ObjectNotFound` if ``path``
+        is absent (another client moved it first)."""
+        raise NotImplementedError
+
     async def lock(self, path: str, holder: str, *,
                    stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:
         check_path(path)
         nonce = secrets.token_hex(8)
-        for _attempt in range(2):
+        me = Whoami.current()
+        for _attempt in range(3):
             try:
-                await self.put_atomic(path, lock_document(holder, self.clock(), nonce),
+                await self.put_atomic(path, lock_document(holder, self.clock(), nonce, me=me),
                                       exclusive=True)
+                _held.add(nonce)
                 return LockToken(path, holder, nonce)
             except LocalSyncError:
                 try:
                     current = await self.get(path)
                 except ObjectNotFound:
                     continue
-                stale, other, created = lock_is_stale(current, self.clock(), stale_after)
-                if not stale:
-                    raise LockHeld(path, other, created, stale_after) from None
-                await self.delete(path)
+                info = read_lock(current)
+                reason = stale_reason(info, self.clock(), stale_after, me, _held, pid_alive)
+                if reason is None:
+                    assert info is not None
+                    raise LockHeld(path, info.holder, info.created, stale_after) from None
+                log.warning("breaking the lock %s: %s", path, reason)
+                await self.compare_and_delete(path, current.__eq__)
         raise LockHeld(path, "a competing client", self.clock(), stale_after)
 
-    async def unlock(self, token: LockToken) -> None:
+    async def compare_and_delete(self, path: str, same: Callable[[bytes], bool]) -> bool:
+        """Delete ``path`` only if ``same(its bytes)``; True if deleted by this call."""
+        aside = f"{path}.gone-{secrets.token_hex(8)}"
         try:
-            current = json.loads(await self.get(token.path))
-        except (ObjectNotFound, ValueError):
+            await self.rename(path, aside)
+        except ObjectNotFound:
+            return False  # someone else moved it first
+        moved = await self.get(aside)
+        if same(moved):
+            await self.delete(aside)
+            return True
+        try:  # a newer lock taken meanwhile: put it back (unless yet another one is there)
+            await self.rename(aside, path)
+        except LocalSyncError:
+            await self.delete(aside)
+        return False
+
+    async def unlock(self, token: LockToken) -> None:
+        _held.discard(token.nonce)
+
+        def ours(untrusted: bytes) -> bool:
+            info = read_lock(untrusted)
+            return info is not None and info.nonce == token.nonce
+
+        try:
+            if not ours(await self.get(token.path)):
+                return
+        except ObjectNotFound:
             return
-        if isinstance(current, dict) and current.get("nonce") == token.nonce:
-            await self.delete(token.path)
+        await self.compare_and_delete(token.path, ours)
+
+    async def refresh(self, token: LockToken) -> bool:
+        """Rewrite the lock with the time now if it is still ours; False if it is not."""
+        try:
+            info = read_lock(await self.get(token.path))
+        except ObjectNotFound:
+            return False
+        if info is None or info.nonce != token.nonce:
+            return False
+        await self.put_atomic(token.path, lock_document(token.holder, self.clock(),
+                                                        token.nonce, created=info.created))
+        return True
+
+
+async def refresh_lock(remote: RemoteStore, token: LockToken) -> bool:
+    """:meth:`LockingMixin.refresh` through ``remote`` (or what it wraps)."""
+    target: object = remote
+    while not isinstance(target, LockingMixin) and hasattr(target, "inner"):
+        target = target.inner
+    if not isinstance(target, LockingMixin):
+        raise LocalSyncError(f"{type(remote).__name__} cannot refresh a lock")
+    return await target.refresh(token)
+
+
+async def unlock_anyway(remote: RemoteStore, token: LockToken) -> None:
+    """``unlock``, finished even if the caller is cancelled meanwhile (Ctrl-C: asyncio.run
+    cancels the main task, whose ``finally`` must still release the lock); the
+    cancellation is raised once the lock is released."""
+    task = asyncio.ensure_future(remote.unlock(token))
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def keep_fresh(remote: RemoteStore, token: LockToken, every: float | None = None
+                     ) -> None:
+    """Refresh ``token`` every ``every`` seconds (:data:`REFRESH_EVERY`) until cancelled.
+
+    A refresh that finds the lock gone (broken as stale by another client) is
+    logged as an error and ends the refreshing: the run goes on (its objects are
+    immutable and written in order, §8) and its unlock leaves the other lock alone.
+    """
+    while True:
+        await asyncio.sleep(REFRESH_EVERY if every is None else every)
+        try:
+            if not await refresh_lock(remote, token):
+                log.error("the lock %s was broken by another client", token.path)
+                return
+        except VMClientError as exc:
+            log.warning("refreshing the lock %s failed: %s", token.path, exc)
+
+
+@contextlib.asynccontextmanager
+async def holding(remote: RemoteStore, token: LockToken) -> AsyncIterator[LockToken]:
+    """Keep ``token`` fresh while the body runs; unlock afterwards (even when cancelled)."""
+    task = asyncio.create_task(keep_fresh(remote, token))
+    try:
+        yield token
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await unlock_anyway(remote, token)
 
 
 class MemoryStore(LockingMixin):
@@ -158,3 +375,11 @@ class MemoryStore(LockingMixin):
 
     async def delete(self, path: str) -> None:
         self.objects.pop(check_path(path), None)
+
+    async def rename(self, path: str, new: str) -> None:
+        if check_path(new) in self.objects:
+            raise LocalSyncError(f"repository object exists: {new}")
+        try:
+            self.objects[new] = self.objects.pop(check_path(path))
+        except KeyError:
+            raise ObjectNotFound(path) from None

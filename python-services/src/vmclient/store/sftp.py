@@ -322,6 +322,15 @@ class SFTPStore(LockingMixin):
             assert isinstance(args[0], str)
             self._delete_here(args[0])
             return b""
+        if op == "rename":
+            src, dst = args
+            assert isinstance(src, str) and isinstance(dst, str)
+            self._rename_here(src, dst)
+            return b""
+        if op == "sweep":
+            prefix, older_than = args
+            assert isinstance(prefix, str) and (older_than is None or isinstance(older_than, int))
+            return str(self._sweep_here(prefix, older_than)).encode()
         path, offset, length = args
         assert isinstance(path, str) and isinstance(offset, int)
         assert length is None or isinstance(length, int)
@@ -425,12 +434,37 @@ class SFTPStore(LockingMixin):
 
         self._call("delete", path, remove)
 
-    async def sweep_temporaries(self, prefix: str, older_than: int = 3600) -> int:
-        """Remove temporary files a crash left below ``prefix``; returns how many."""
-        base = check_path(prefix)
+    async def rename(self, path: str, new: str) -> None:
+        """The plain SFTP ``rename`` (OpenSSH: ``link`` + ``unlink``): fails if ``new``
+        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        await self._read("rename", check_path(path), check_path(new))
 
+    def _rename_here(self, path: str, new: str) -> None:
+        src, dst = self._remote(path), self._remote(new)
+
+        def rename(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.rename(src, dst)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                if _exists(sftp, dst):
+                    raise LocalSyncError(f"repository object exists: {new}") from None
+                if not _exists(sftp, src):
+                    raise FileNotFoundError(errno.ENOENT, "no such file", src) from None
+                raise
+
+        self._call("rename", path, rename)
+
+    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600) -> int:
+        """Remove temporary files a crash left below ``prefix`` (all of them if
+        ``older_than`` is None: the caller holds that directory's lock); how many."""
+        return int(await self._read("sweep", check_path(prefix), older_than))
+
+    def _sweep_here(self, base: str, older_than: int | None) -> int:
         def sweep(sftp: paramiko.SFTPClient) -> int:
-            removed, todo, cutoff = 0, [self._remote(base)], time.time() - older_than
+            found: builtins.list[tuple[str, int]] = []
+            todo = [self._remote(base)]
             while todo:
                 d = todo.pop()
                 try:
@@ -441,12 +475,16 @@ class SFTPStore(LockingMixin):
                     full = posixpath.join(d, a.filename)
                     if stat.S_ISDIR(a.st_mode or 0):
                         todo.append(full)
-                    elif a.filename.startswith(TMP_PREFIX) and (a.st_mtime or 0) < cutoff:
-                        _remove(sftp, full)
-                        removed += 1
-            return removed
+                    elif a.filename.startswith(TMP_PREFIX):
+                        found.append((full, a.st_mtime or 0))
+            if older_than is not None:  # (by this host's clock against the server's mtimes)
+                cutoff = time.time() - older_than
+                found = [(f, m) for f, m in found if m < cutoff]
+            for full, _m in found:
+                _remove(sftp, full)
+            return len(found)
 
-        return await self._run("sweep", prefix, sweep)
+        return self._call("sweep", base, sweep)
 
     # --- connections, retries and error translation -------------------------------------------
 

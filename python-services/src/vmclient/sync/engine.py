@@ -72,9 +72,9 @@ from ..provision.keys import passphrase
 from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
-from ..store.errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.objects import BlobRef, ChunkMap, Manifest
-from ..store.remote import LockToken, RemoteStore, lock_is_stale
+from ..store.remote import LockToken, RemoteStore, keep_fresh, unlock_anyway
 from ..virt.libvirt import (
     DiskSource,
     DomState,
@@ -159,43 +159,25 @@ def holder() -> str:
     return f"{socket.gethostname()} vmclient-sync pid {os.getpid()}"
 
 
-_held: set[str] = set()  # lock paths this process holds right now
+_refreshers: dict[str, asyncio.Task[None]] = {}  # by lock nonce: the held locks' refreshers
 
 
 async def take_lock(remote: RemoteStore, path: str) -> LockToken:
-    """The device lock.  One left by a dead sync process of this host, or by this
-    process when it no longer holds it (an unlock lost with the connection), is
-    broken at once; any other waits for staleness."""
-    try:
-        token = await remote.lock(path, holder())
-    except LockHeld:
-        untrusted = await remote.get(path)
-        _stale, other, _created = lock_is_stale(untrusted, 0, 1)
-        host, _, pid = other.partition(" vmclient-sync pid ")
-        mine = pid == str(os.getpid()) and path not in _held
-        if host != socket.gethostname() or not pid.isdigit() or (
-                not mine and _alive(int(pid))):
-            raise
-        log.warning("breaking the lock left by sync process %s", pid)
-        await remote.delete(path)
-        token = await remote.lock(path, holder())
-    _held.add(path)
+    """The device lock, kept fresh until :func:`release_lock`.  One left by a dead
+    process of this host (this boot or an earlier one), or by this process when
+    it no longer holds it (an unlock lost with the connection), is broken at once
+    (:meth:`LockingMixin.lock`); any other waits for staleness."""
+    token = await remote.lock(path, holder())
+    _refreshers[token.nonce] = asyncio.create_task(keep_fresh(remote, token))
     return token
 
 
 async def release_lock(remote: RemoteStore, token: LockToken) -> None:
-    _held.discard(token.path)
-    await remote.unlock(token)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    task = _refreshers.pop(token.nonce, None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await unlock_anyway(remote, token)
 
 
 async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519PrivateKey,
