@@ -11,6 +11,7 @@ a sparse temporary file; a raw image is read as it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,10 +30,11 @@ from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.format import NAME_RE
 from ..store.objects import ZERO_ID, ChunkMap, Manifest
 from ..store.plan import DownloadPlan, plan_download
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, holding, sweep_locked
 from ..store.repo import (
     ChunkStore,
     UploadResult,
+    get_catalog,
     get_image_manifest,
     get_wrapped_key,
     put_catalog,
@@ -40,6 +42,7 @@ from ..store.repo import (
     put_wrapped_key,
 )
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of bytes just processed
 
 
@@ -122,16 +125,28 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
                   escrow: crypto.X25519PrivateKey, *, now: int | None = None,
                   tmpdir: str | None = None, progress: Progress | None = None,
                   on_size: Callable[[int], None] | None = None) -> tuple[Published, Catalog]:
+    """Publish ``image`` as the next version of ``name`` (repository-format.md §8.2).
+
+    Under the image's lock, kept fresh and released even on Ctrl-C: the catalog
+    is read again (``catalog`` is the one seen before; a newer one may list a
+    version published meanwhile), what an interrupted publish left is cleared
+    (temporary files; manifests of versions the catalog does not list: rolled
+    back; its packs are found and reused), then the version is published.
+    """
     if not NAME_RE.fullmatch(name):
         raise UsageError(f"image name {name!r} must match {NAME_RE.pattern}")
     now = int(time.time()) if now is None else now
     token = await remote.lock(layout.image_lock(name), f"vmclient-admin publish {name}")
-    try:
-        keys = await content_key(remote, name, admin, escrow)
-        store = ChunkStore(remote, layout.image_store(name), keys)
-        known = await store.load_index()
+    async with holding(remote, token):
+        catalog, _digest = await get_catalog(remote, admin.public_key(), catalog.repository,
+                                             known_serial=catalog.serial)
         latest = catalog.find(name)
         version = 1 if latest is None else latest.version + 1
+        await sweep_locked(remote, layout.image_store(name), f"{layout.image_dir(name)}/versions")
+        await roll_back_unlisted(remote, name, version)
+        keys = await content_key(remote, name, admin, escrow)
+        store = ChunkStore(remote, layout.image_store(name), keys)
+        known = await store.load_index(repair=True)
         ids: list[bytes] = []
         with raw_view(image, tmpdir) as (raw, size):
             if on_size is not None:
@@ -146,9 +161,24 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
         images[name] = (*images.get(name, ()), entry)
         new = Catalog(catalog.repository, catalog.serial + 1, now, images)
         await put_catalog(remote, admin, new)
-    finally:
-        await remote.unlock(token)
     return Published(name, version, size, new.serial, result), new
+
+
+async def roll_back_unlisted(remote: RemoteStore, name: str, first: int) -> list[int]:
+    """Delete the manifests of versions ``first`` and later: the catalog does not list
+    them (a publish interrupted between manifest and catalog), so nothing refers to
+    them, and the next version must be free to take their number."""
+    gone = []
+    for e in await remote.list(f"{layout.image_dir(name)}/versions"):
+        parts = e.path.split("/")
+        if len(parts) == 5 and parts[3].isdigit() and int(parts[3]) >= first \
+                and e.path == layout.image_manifest(name, int(parts[3])):
+            await remote.delete(e.path)
+            gone.append(int(parts[3]))
+    if gone:
+        log.warning("image %s: rolled back version(s) %s an interrupted publish left unlisted",
+                    name, ", ".join(map(str, sorted(gone))))
+    return gone
 
 
 @dataclass
@@ -212,7 +242,7 @@ async def read_published(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     ``recipient`` is the key the content key is wrapped for: a device's X25519
     key, or the escrow key (the admin verifying what it published).
     """
-    from ..store.repo import get_catalog, get_config
+    from ..store.repo import get_config
     signers = {crypto.key_id(admin): admin}
     cfg = await get_config(remote, admin)
     catalog, _digest = await get_catalog(remote, admin, cfg.repository)

@@ -114,16 +114,21 @@ class LocalDirStore(LockingMixin):
         src.unlink(missing_ok=True)
         _fsync_dir(dst.parent)
 
-    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600) -> int:
+    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
+                                recursive: bool = True) -> int:
         """Remove temporary files a crash left below ``prefix`` (all of them if
-        ``older_than`` is None: the caller holds the lock of that directory)."""
-        return await asyncio.to_thread(self._sweep, check_path(prefix), older_than)
+        ``older_than`` is None: the caller holds the lock of that directory; only
+        those directly in it if not ``recursive``); ones this user may not remove
+        (another writer's) are left."""
+        return await asyncio.to_thread(self._sweep, check_path(prefix), older_than, recursive)
 
-    def _sweep(self, prefix: str, older_than: int | None) -> int:
+    def _sweep(self, prefix: str, older_than: int | None, recursive: bool) -> int:
         cutoff = None if older_than is None else time.time() - older_than
         removed = 0
-        for tmp in self._path(prefix).rglob(f"{TMP_PREFIX}*"):
-            with contextlib.suppress(FileNotFoundError):
+        base = self._path(prefix)
+        found = base.rglob(f"{TMP_PREFIX}*") if recursive else base.glob(f"{TMP_PREFIX}*")
+        for tmp in found:
+            with contextlib.suppress(FileNotFoundError, PermissionError):
                 if cutoff is None or tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
                     removed += 1

@@ -27,14 +27,15 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ..errors import VMClientError
 from .errors import LocalSyncError, LockHeld, ObjectNotFound
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -291,25 +292,65 @@ class LockingMixin:
         return True
 
 
-async def refresh_lock(remote: RemoteStore, token: LockToken) -> bool:
-    """:meth:`LockingMixin.refresh` through ``remote`` (or what it wraps)."""
+def _unwrapped(remote: RemoteStore) -> object:
+    """The store under wrappers that pass requests on to ``inner`` (a throttle, tests')."""
     target: object = remote
     while not isinstance(target, LockingMixin) and hasattr(target, "inner"):
         target = target.inner
+    return target
+
+
+async def refresh_lock(remote: RemoteStore, token: LockToken) -> bool:
+    """:meth:`LockingMixin.refresh` through ``remote`` (or what it wraps)."""
+    target = _unwrapped(remote)
     if not isinstance(target, LockingMixin):
         raise LocalSyncError(f"{type(remote).__name__} cannot refresh a lock")
     return await target.refresh(token)
 
 
-async def unlock_anyway(remote: RemoteStore, token: LockToken) -> None:
-    """``unlock``, finished even if the caller is cancelled meanwhile (Ctrl-C: asyncio.run
-    cancels the main task, whose ``finally`` must still release the lock); the
-    cancellation is raised once the lock is released."""
-    task = asyncio.ensure_future(remote.unlock(token))
+async def break_lock(remote: RemoteStore, path: str) -> LockInfo | None:
+    """Delete the lock at ``path`` whoever holds it (an admin's decision: the holder is
+    gone), by compare-and-delete; the lock as it was, or None if there was none."""
+    target = _unwrapped(remote)
+    if not isinstance(target, LockingMixin):
+        raise LocalSyncError(f"{type(remote).__name__} cannot break a lock")
+    try:
+        current = await target.get(check_path(path))
+    except ObjectNotFound:
+        return None
+    if not await target.compare_and_delete(path, current.__eq__):
+        raise LockHeld(path, "another client (it changed while being broken)", 0, 0)
+    return read_lock(current) or LockInfo("(not a lock document)", 0, 0, "")
+
+
+async def sweep_locked(remote: RemoteStore, *prefixes: str, shallow: Collection[str] = ()
+                       ) -> int:
+    """Remove every temporary file (``.tmp-*``: uploads a killed run left) below
+    ``prefixes`` and directly in the ``shallow`` directories; the caller holds the lock
+    under which only it writes there.  A store without temporaries: nothing to do."""
+    sweep = getattr(_unwrapped(remote), "sweep_temporaries", None)
+    if sweep is None:
+        return 0
+    removed = 0
+    for prefix in prefixes:
+        removed += await sweep(prefix, older_than=None)
+    for prefix in shallow:
+        removed += await sweep(prefix, older_than=None, recursive=False)
+    if removed:
+        log.info("removed %d temporary file(s) an interrupted run left in %s", removed,
+                 ", ".join((*prefixes, *shallow)))
+    return int(removed)
+
+
+async def finish(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if the caller is cancelled meanwhile (Ctrl-C under
+    asyncio.run cancels the main task, whose ``finally`` must still release its lock);
+    the cancellation is raised once ``aw`` is done."""
+    task = asyncio.ensure_future(aw)
     cancelled = False
     while True:
         try:
-            await asyncio.shield(task)
+            result = await asyncio.shield(task)
             break
         except asyncio.CancelledError:
             if task.cancelled():
@@ -317,24 +358,38 @@ async def unlock_anyway(remote: RemoteStore, token: LockToken) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
+    return result
+
+
+async def unlock_anyway(remote: RemoteStore, token: LockToken) -> None:
+    """``unlock``, finished even if the caller is cancelled meanwhile (:func:`finish`)."""
+    await finish(remote.unlock(token))
 
 
 async def keep_fresh(remote: RemoteStore, token: LockToken, every: float | None = None
                      ) -> None:
     """Refresh ``token`` every ``every`` seconds (:data:`REFRESH_EVERY`) until cancelled.
 
-    A refresh that finds the lock gone (broken as stale by another client) is
-    logged as an error and ends the refreshing: the run goes on (its objects are
-    immutable and written in order, §8) and its unlock leaves the other lock alone.
+    A refresh under way when cancelled is finished first (it must not rewrite the
+    lock after an unlock).  A refresh that finds the lock gone (broken as stale by
+    another client) is logged as an error and ends the refreshing: the run goes on
+    (its objects are immutable and written in order, §8) and its unlock leaves the
+    other lock alone.
     """
     while True:
         await asyncio.sleep(REFRESH_EVERY if every is None else every)
         try:
-            if not await refresh_lock(remote, token):
+            if not await finish(refresh_lock(remote, token)):
                 log.error("the lock %s was broken by another client", token.path)
                 return
         except VMClientError as exc:
             log.warning("refreshing the lock %s failed: %s", token.path, exc)
+
+
+async def stop_refreshing(task: asyncio.Task[None]) -> None:
+    """Cancel a :func:`keep_fresh` task and wait until it ended (even if cancelled)."""
+    task.cancel()
+    await finish(asyncio.gather(task, return_exceptions=True))
 
 
 @contextlib.asynccontextmanager
@@ -344,9 +399,10 @@ async def holding(remote: RemoteStore, token: LockToken) -> AsyncIterator[LockTo
     try:
         yield token
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await unlock_anyway(remote, token)
+        try:
+            await stop_refreshing(task)
+        finally:
+            await unlock_anyway(remote, token)
 
 
 class MemoryStore(LockingMixin):

@@ -328,9 +328,9 @@ class SFTPStore(LockingMixin):
             self._rename_here(src, dst)
             return b""
         if op == "sweep":
-            prefix, older_than = args
+            prefix, older_than, recursive = args
             assert isinstance(prefix, str) and (older_than is None or isinstance(older_than, int))
-            return str(self._sweep_here(prefix, older_than)).encode()
+            return str(self._sweep_here(prefix, older_than, bool(recursive))).encode()
         path, offset, length = args
         assert isinstance(path, str) and isinstance(offset, int)
         assert length is None or isinstance(length, int)
@@ -456,12 +456,15 @@ class SFTPStore(LockingMixin):
 
         self._call("rename", path, rename)
 
-    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600) -> int:
+    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
+                                recursive: bool = True) -> int:
         """Remove temporary files a crash left below ``prefix`` (all of them if
-        ``older_than`` is None: the caller holds that directory's lock); how many."""
-        return int(await self._read("sweep", check_path(prefix), older_than))
+        ``older_than`` is None: the caller holds that directory's lock; only those
+        directly in it if not ``recursive``); how many.  Ones this account may not
+        remove (another writer's) are left."""
+        return int(await self._read("sweep", check_path(prefix), older_than, recursive))
 
-    def _sweep_here(self, base: str, older_than: int | None) -> int:
+    def _sweep_here(self, base: str, older_than: int | None, recursive: bool) -> int:
         def sweep(sftp: paramiko.SFTPClient) -> int:
             found: builtins.list[tuple[str, int]] = []
             todo = [self._remote(base)]
@@ -474,15 +477,21 @@ class SFTPStore(LockingMixin):
                 for a in attrs:
                     full = posixpath.join(d, a.filename)
                     if stat.S_ISDIR(a.st_mode or 0):
-                        todo.append(full)
+                        if recursive:
+                            todo.append(full)
                     elif a.filename.startswith(TMP_PREFIX):
                         found.append((full, a.st_mtime or 0))
             if older_than is not None:  # (by this host's clock against the server's mtimes)
                 cutoff = time.time() - older_than
                 found = [(f, m) for f, m in found if m < cutoff]
+            removed = 0
             for full, _m in found:
-                _remove(sftp, full)
-            return len(found)
+                try:
+                    _remove(sftp, full)
+                    removed += 1
+                except PermissionError:
+                    pass
+            return removed
 
         return self._call("sweep", base, sweep)
 

@@ -74,7 +74,14 @@ from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.objects import BlobRef, ChunkMap, Manifest
-from ..store.remote import LockToken, RemoteStore, keep_fresh, unlock_anyway
+from ..store.remote import (
+    LockToken,
+    RemoteStore,
+    keep_fresh,
+    stop_refreshing,
+    sweep_locked,
+    unlock_anyway,
+)
 from ..virt.libvirt import (
     DiskSource,
     DomState,
@@ -172,12 +179,22 @@ async def take_lock(remote: RemoteStore, path: str) -> LockToken:
     return token
 
 
+async def sweep_vm(remote: RemoteStore, dev: str, vm: str) -> int:
+    """Under the device lock: the temporary files a killed sync or prune left in the VM's
+    directory (its chunk store and snapshots below, ``latest`` in it; not ``writers/``,
+    which the admin writes)."""
+    vm_dir = layout.vm_dir(dev, vm)
+    return await sweep_locked(remote, layout.vm_store(dev, vm), f"{vm_dir}/snapshots",
+                              f"{vm_dir}/keys", shallow=(vm_dir,))
+
+
 async def release_lock(remote: RemoteStore, token: LockToken) -> None:
     task = _refreshers.pop(token.nonce, None)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    await unlock_anyway(remote, token)
+    try:
+        if task is not None:
+            await stop_refreshing(task)
+    finally:
+        await unlock_anyway(remote, token)
 
 
 async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519PrivateKey,
@@ -209,6 +226,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     token = await take_lock(remote, layout.device_lock(dev))
     work = scratch_dir / vm
     try:
+        await sweep_vm(remote, dev, vm)
         shutil.rmtree(work, ignore_errors=True)  # left by an interrupted sync
         work.mkdir(parents=True)
         os.chmod(work, 0o755)  # QEMU (another user) writes the backup targets here
@@ -280,7 +298,7 @@ async def _upload(store: repo.ChunkStore, known: Mapping[bytes, BlobRef], keys: 
 async def _capture_indexing(store: repo.ChunkStore, capture: Coroutine[Any, Any, list[_Capture]],
                             result: SyncResult) -> tuple[list[_Capture], dict[bytes, BlobRef]]:
     """The capture, and the store's index read meanwhile (the backup job mostly waits)."""
-    loading = asyncio.ensure_future(store.load_index())
+    loading = asyncio.ensure_future(store.load_index(repair=True))  # (under the lock)
     try:
         t0 = time.monotonic()
         caps = await capture
