@@ -210,3 +210,26 @@ def test_a_truncated_pack_is_not_reused_by_the_next_publish(
     assert "version 2:" in out and " 0 new chunks" not in out, out
     admin.verify("office", 2, v1)
     assert admin.leftovers() == []
+
+
+def test_a_publish_reusing_a_damaged_stored_chunk_uploads_it_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flipped byte in a stored blob (same size: the index cannot tell): the next publish
+    reads back what it reuses, uploads the damaged chunk again from the image, copies the
+    pack's good blobs and drops the pack, so both versions read back whole."""
+    admin = Admin(tmp_path)
+    assert admin("init") == 0
+    v1 = make_disk(tmp_path / "v1.raw", 8, seed=4, fill=1.0)
+    assert admin("publish", "office", str(v1)) == 0
+    pack = next(p for p in (admin.repo / "images/office/store/packs").rglob("*") if p.is_file())
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0x01  # inside the first blob
+    pack.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert admin("publish", "office", str(v1)) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "1 stored chunks it reuses were damaged" in out, out
+    assert not pack.exists()
+    admin.verify("office", 2, v1)
+    admin.verify("office", 1, v1)  # the same chunks: v1 is whole again too
+    assert admin.leftovers() == []

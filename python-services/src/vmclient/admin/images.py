@@ -2,8 +2,10 @@
 
 Publishing (repository-format.md §8, write ordering): the image's lock, the
 content key (one per image, wrapped for the escrow key so the next version
-reuses it and chunk ids agree across versions), packs + one index, the sealed
-manifest, then the catalog re-signed with the next serial.  A qcow2 (or any
+reuses it and chunk ids agree across versions), packs + one index, the stored
+chunks the version reuses read back (damaged ones uploaded again, their packs
+replaced: :mod:`..store.repair`), the sealed manifest, then the catalog
+re-signed with the next serial.  A qcow2 (or any
 format qemu-img reads) is first converted with ``qemu-img convert -O raw`` to
 a sparse temporary file; a raw image is read as it is.
 """
@@ -28,9 +30,10 @@ from ..store.chunker import Chunk, Chunker, chunk_count
 from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.format import NAME_RE
-from ..store.objects import ZERO_ID, ChunkMap, Manifest
+from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore, holding, sweep_locked
+from ..store.repair import check_blobs, replace_packs
 from ..store.repo import (
     ChunkStore,
     UploadResult,
@@ -53,6 +56,7 @@ class Published:
     size: int
     serial: int
     upload: UploadResult
+    damaged: int = 0  # stored chunks found damaged and uploaded again
 
 
 def image_info(path: Path) -> tuple[str, int]:
@@ -153,6 +157,7 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
                 on_size(size)
             chunker = Chunker(keys.chunk_id, cfg.chunk_size)
             result = await store.upload(read_chunks(raw, size, chunker, ids, progress), known)
+            damaged = await _replace_damaged(store, known, ids, raw, chunker)
         disk = ChunkMap("system", "system", size, cfg.chunk_size, tuple(ids))
         manifest = Manifest("image", name, str(version), version, now, keys.check, (disk,))
         digest = await put_image_manifest(remote, keys, manifest)
@@ -161,7 +166,31 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
         images[name] = (*images.get(name, ()), entry)
         new = Catalog(catalog.repository, catalog.serial + 1, now, images)
         await put_catalog(remote, admin, new)
-    return Published(name, version, size, new.serial, result), new
+    return Published(name, version, size, new.serial, result, damaged), new
+
+
+async def _replace_damaged(store: ChunkStore, known: dict[bytes, BlobRef], ids: list[bytes],
+                           raw: Path, chunker: Chunker) -> int:
+    """Read back the stored chunks this version reuses; a pack holding one that does not
+    open is replaced (:func:`replace_packs`: its good blobs copied, the damaged ones
+    uploaded again from ``raw``).  How many damaged chunks were found."""
+    reused = {cid: known[cid] for cid in set(ids) if cid in known}
+    _good, bad = await check_blobs(store, reused)
+    if not bad:
+        return 0
+    packs = {reused[cid].pack for cid in bad}
+    log.warning("image store %s: %d stored chunk(s) this version reuses are damaged (%s); "
+                "uploading them again and replacing pack(s) %s", store.root, len(bad),
+                next(iter(bad.values())), ", ".join(sorted(packs)))
+    cs = chunker.chunk_size
+    fresh = []
+    with raw.open("rb") as f:
+        for index, cid in enumerate(ids):
+            if cid in bad:
+                fresh.append(chunker.chunk(index, os.pread(f.fileno(), cs, index * cs)))
+                bad.pop(cid)
+    await replace_packs(store, packs, known, fresh)
+    return len(fresh)
 
 
 async def roll_back_unlisted(remote: RemoteStore, name: str, first: int) -> list[int]:

@@ -181,6 +181,9 @@ async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"published {done.name} version {done.version}: {done.size / 2**20:.1f} MiB disk, "
         f"{up.chunks} new chunks in {up.packs} packs ({up.bytes / 2**20:.1f} MiB uploaded); "
         f"catalog serial {done.serial}")
+    if done.damaged:
+        say(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
+            "packs replaced")
 
 
 async def cmd_break_lock(args: argparse.Namespace, remote: RemoteStore) -> None:

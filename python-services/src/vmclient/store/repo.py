@@ -245,9 +245,10 @@ class ChunkStore:
         data (a server crash: §8.1 on what SFTP cannot make durable): a chunk
         another index places elsewhere is taken from there; with ``repair`` (a
         writer) its other chunks are left out, so the upload stores them again,
-        else (a reader) they are read from it and refused there, naming the pack.  A pack no index lists whose header
-        cannot be read (truncated by a crash) is skipped, and with ``repair``
-        (the caller holds the store's lock) deleted: nothing refers to it.  Both
+        else (a reader) they are read from it and refused there, naming the pack.
+        A pack no index lists whose header cannot be read (truncated by a crash)
+        is skipped, and with ``repair`` (the caller holds the store's lock)
+        deleted: nothing refers to it.  Both
         are recorded in :attr:`damaged` (pack name → problem).
         """
         self.damaged = {}
