@@ -26,9 +26,11 @@ size.
 Atomic put: the object is written to a hidden temporary name (``.tmp-*``) in
 the target directory, then renamed: ``posix-rename@openssh.com`` to replace,
 the plain SFTP ``rename`` (which fails if the target exists) for exclusive
-creation.  Transfers resume: a dropped connection is re-opened (bounded
-attempts with back-off) and a read continues at the offset it reached, a write
-continues at the size the temporary file has on the server.  After the last
+creation.  Nothing is fsync'ed on the server: paramiko has no public call for
+``fsync@openssh.com`` (repository-format.md §8.1, "What durable means").
+Transfers resume: a dropped connection is re-opened (bounded attempts with
+back-off) and a read continues at the offset it reached, a write continues at
+the size the temporary file has on the server.  After the last
 attempt the error names the host, the path and the operation.  What the server
 *answers* (no such file, permission denied) is not retried.
 """
