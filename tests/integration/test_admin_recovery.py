@@ -171,7 +171,7 @@ def test_ctrl_c_during_the_conversion_releases_the_image_lock(tmp_path: Path) ->
 
 def test_break_lock_frees_an_image_whose_publisher_is_gone(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from vmclient.store.remote import Whoami, lock_document
+    from vmclient.store.locks import Whoami, lock_document
     admin = Admin(tmp_path)
     assert admin("init") == 0
     lock = admin.repo / layout.image_lock("office")

@@ -13,9 +13,8 @@ import pytest
 from vmclient.errors import UsageError
 from vmclient.store.errors import LocalSyncError, LockHeld, ObjectNotFound
 from vmclient.store.localfs import LocalDirStore
-from vmclient.store.remote import (
+from vmclient.store.locks import (
     LockInfo,
-    MemoryStore,
     Whoami,
     keep_fresh,
     lock_document,
@@ -23,6 +22,7 @@ from vmclient.store.remote import (
     stale_reason,
     unlock_anyway,
 )
+from vmclient.store.remote import MemoryStore
 
 from .helpers import run
 
@@ -206,9 +206,9 @@ def test_rename_moves_only_to_a_free_name(kind: str, tmp_path: Path) -> None:
 
 
 def test_the_sync_engine_keeps_its_device_lock_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vmclient.store import remote as remote_mod
+    from vmclient.store import locks
     from vmclient.sync import engine
-    monkeypatch.setattr(remote_mod, "REFRESH_EVERY", 0.01)
+    monkeypatch.setattr(locks, "REFRESH_EVERY", 0.01)
     clock = [0]
     store = MemoryStore(lambda: clock[0])
 

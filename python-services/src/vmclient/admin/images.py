@@ -30,9 +30,10 @@ from ..store.chunker import Chunk, Chunker, chunk_count
 from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.format import NAME_RE
+from ..store.locks import holding, sweep_locked
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.plan import DownloadPlan, plan_download
-from ..store.remote import RemoteStore, holding, sweep_locked
+from ..store.remote import RemoteStore
 from ..store.repair import check_blobs, replace_packs
 from ..store.repo import (
     ChunkStore,

@@ -34,8 +34,9 @@ from ..manage.admin import issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
+from ..store.locks import break_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
-from ..store.remote import RemoteStore, break_lock
+from ..store.remote import RemoteStore
 from ..store.repo import (
     get_catalog,
     get_config,

@@ -73,15 +73,9 @@ from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from ..store.locks import keep_fresh, stop_refreshing, sweep_locked, unlock_anyway
 from ..store.objects import BlobRef, ChunkMap, Manifest
-from ..store.remote import (
-    LockToken,
-    RemoteStore,
-    keep_fresh,
-    stop_refreshing,
-    sweep_locked,
-    unlock_anyway,
-)
+from ..store.remote import LockToken, RemoteStore
 from ..virt.libvirt import (
     DiskSource,
     DomState,
