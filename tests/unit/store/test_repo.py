@@ -360,3 +360,23 @@ def test_index_entries_of_a_pack_shorter_than_they_say_are_not_reused(
     full = run(ChunkStore(store, layout.image_store("win"), keys).load_index())
     assert {c.id for c in chunks} <= set(full)
     assert short not in {r.pack for r in full.values()}
+
+
+def test_an_index_cut_short_is_refused_by_readers_and_replaced_by_the_locked_writer(
+        store: MemoryStore, keys: crypto.KeySet) -> None:
+    data = disk_bytes()
+    _m, _d = run(publish(store, keys, data))
+    [index_path] = [p for p in store.objects if "/index/" in p]
+    store.objects[index_path] = store.objects[index_path][:50]  # a server crash lost its tail
+    with pytest.raises(RemoteIntegrityError) as err:
+        run(ChunkStore(store, layout.image_store("win"), keys).load_index())
+    assert err.value.obj_type == "index"
+    writer = ChunkStore(store, layout.image_store("win"), keys)
+    known = run(writer.load_index(repair=True))
+    assert index_path not in store.objects and any(k.startswith("index ") for k in writer.damaged)
+    chunks = [c for c in Chunker(keys.chunk_id).split(data) if not c.is_zero]
+    assert {c.id for c in chunks} <= set(known)  # found by the packs' headers
+    assert run(writer.upload(chunks, known)).chunks == 0  # nothing sent again; re-indexed
+    again = ChunkStore(store, layout.image_store("win"), keys)
+    assert {c.id for c in chunks} <= set(run(again.load_index()))
+    assert again.unindexed == {} and again.damaged == {}

@@ -31,7 +31,7 @@ from .documents import (
     check_pointer_fresh,
     pointer_id,
 )
-from .errors import RemoteIntegrityError
+from .errors import RemoteIntegrityError, UnsupportedVersion
 from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
 from .objects import BlobRef, Index, Manifest
 from .pack import (
@@ -248,15 +248,28 @@ class ChunkStore:
         else (a reader) they are read from it and refused there, naming the pack.
         A pack no index lists whose header cannot be read (truncated by a crash)
         is skipped, and with ``repair`` (the caller holds the store's lock)
-        deleted: nothing refers to it.  Both
-        are recorded in :attr:`damaged` (pack name → problem).
+        deleted: nothing refers to it.  With ``repair``, an index that does not
+        open (cut short by a crash, or altered) is deleted too: its packs' headers
+        hold the same records, so they are read by header and the next index
+        names them again.  All are recorded in :attr:`damaged` (pack name, or
+        ``"index <name>"`` → problem).
         """
         self.damaged = {}
         indexes: list[Index] = []
         for entry in await self.remote.list(f"{self.root}/index"):
             name = _object_name(entry.path, "index")
-            body = await get_sealed(self.remote, entry.path, self.keys.enc, "index", name)
-            indexes.append(Index.parse(body, name, entry.path))
+            try:
+                body = await get_sealed(self.remote, entry.path, self.keys.enc, "index", name)
+                indexes.append(Index.parse(body, name, entry.path))
+            except UnsupportedVersion:
+                raise  # a newer writer's: never touched
+            except RemoteIntegrityError as exc:
+                if not repair:
+                    raise
+                # (a crash cut it short, or it was altered): the packs it named carry the
+                # same records in their headers, so they are found below and re-indexed
+                self.damaged[f"index {name}"] = exc.problem
+                await self.remote.delete(entry.path)
         # listed after the indexes: a pack precedes the index naming it (§8.1), so every
         # pack an index read above names is in this listing unless it was lost
         sizes = {_object_name(e.path, "pack"): e.size
@@ -292,7 +305,8 @@ class ChunkStore:
             for cid, off, length, plain in self.unindexed[name]:
                 out.setdefault(cid, BlobRef(name, off, length, plain))
         for name, problem in self.damaged.items():
-            log.warning("%s: pack %s is damaged (%s)%s", self.root, name, problem,
+            log.warning("%s: %s is damaged (%s)%s", self.root,
+                        name if name.startswith("index ") else f"pack {name}", problem,
                         "; deleted" if repair and name not in indexed else
                         "; its chunks are not reused")
         return out
