@@ -94,14 +94,6 @@ def read_lock(untrusted: bytes) -> LockInfo | None:
         return None
 
 
-def lock_is_stale(untrusted: bytes, now: int, stale_after: int) -> tuple[bool, str, int]:
-    """(stale by age?, holder, created) of a lock file; unreadable locks count as stale."""
-    info = read_lock(untrusted)
-    if info is None:
-        return True, "?", 0
-    return now - max(info.created, info.refreshed) >= stale_after, info.holder, info.created
-
-
 def stale_reason(info: LockInfo | None, now: int, stale_after: int, me: Whoami,
                  held: Collection[str], alive: Callable[[int], bool]) -> str | None:
     """Why the lock may be broken, or None if it is held.
@@ -140,7 +132,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_held: set[str] = set()  # nonces of the locks this process holds right now
+HELD: set[str] = set()  # nonces of the locks this process holds right now
 
 
 def _unwrapped(remote: RemoteStore) -> Any:

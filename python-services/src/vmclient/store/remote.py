@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import LocalSyncError, LockHeld, ObjectNotFound
-from .locks import Whoami, _held, lock_document, pid_alive, read_lock, stale_reason
+from .locks import HELD, Whoami, lock_document, pid_alive, read_lock, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class LockingMixin:
             try:
                 await self.put_atomic(path, lock_document(holder, self.clock(), nonce, me=me),
                                       exclusive=True)
-                _held.add(nonce)
+                HELD.add(nonce)
                 return LockToken(path, holder, nonce)
             except LocalSyncError:
                 try:
@@ -120,7 +120,7 @@ class LockingMixin:
                 except ObjectNotFound:
                     continue
                 info = read_lock(current)
-                reason = stale_reason(info, self.clock(), stale_after, me, _held, pid_alive)
+                reason = stale_reason(info, self.clock(), stale_after, me, HELD, pid_alive)
                 if reason is None:
                     assert info is not None
                     raise LockHeld(path, info.holder, info.created, stale_after) from None
@@ -146,7 +146,7 @@ class LockingMixin:
         return False
 
     async def unlock(self, token: LockToken) -> None:
-        _held.discard(token.nonce)
+        HELD.discard(token.nonce)
 
         def ours(untrusted: bytes) -> bool:
             info = read_lock(untrusted)
