@@ -77,14 +77,23 @@ class RemoteStore(Protocol):
     async def unlock(self, token: LockToken) -> None:
         """Release a lock taken with :meth:`lock` (only if still ours)."""
 
+
 class LockingMixin:
     """``lock``/``unlock``/``refresh`` on top of ``get``/``put_atomic``/``delete``/``rename``.
 
     Breaking a stale lock and unlocking are compare-and-delete (§10 of the
-    format): the lock is first renamed to a unique name (one rename of it
-    wins), then the renamed object is compared with the one judged stale (or
-    with the holder's nonce); only if it is that one it is deleted, else it is
-    renamed back.
+    format): the lock is first renamed to a unique name, then the renamed
+    object is compared with the one judged stale (or with the holder's nonce);
+    only if it is that one it is deleted, else it is renamed back.  A rename is
+    ``link`` + ``unlink`` (locally, and in OpenSSH's sftp-server), so two
+    clients may both move away the *same* stale lock; both then find it is the
+    stale one, and the exclusive creation that follows admits only one of them.
+    What cannot happen is the old race: a client deleting, as the stale lock it
+    read, the fresh lock another client took meanwhile.
+
+    A refresh replaces the lock after checking its nonce (not atomically: a
+    client that broke the lock in between — possible only once it had gone
+    stale, 30 minutes without a refresh — would lose it to the refresh).
     """
 
     clock: Callable[[], int]
