@@ -10,6 +10,7 @@
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
+    vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
@@ -33,6 +34,7 @@ from ..manage.admin import issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
+from ..store.locks import break_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import (
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("device", help="device id (32 hex) or enrolled name")
     s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
     s.set_defaults(func=cmd_assign)
+    s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
+                       "publish lock, or a path such as devices/ID/lock)")
+    s.add_argument("lock", help="image name, or the lock's path in the repository")
+    s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
     return p
 
@@ -176,6 +182,23 @@ async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"published {done.name} version {done.version}: {done.size / 2**20:.1f} MiB disk, "
         f"{up.chunks} new chunks in {up.packs} packs ({up.bytes / 2**20:.1f} MiB uploaded); "
         f"catalog serial {done.serial}")
+    if done.damaged:
+        say(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
+            "packs replaced")
+
+
+async def cmd_break_lock(args: argparse.Namespace, remote: RemoteStore) -> None:
+    path = args.lock if "/" in args.lock or args.lock == layout.REPOSITORY_LOCK else \
+        layout.image_lock(args.lock)
+    if path.rsplit("/", 1)[-1] != "lock":
+        raise UsageError(f"{args.lock!r} is neither an image name nor a lock's path "
+                         "(images/NAME/lock, devices/ID/lock, lock)")
+    info = await break_lock(remote, path)
+    if info is None:
+        say(f"{path}: not locked")
+        return
+    say(f"{path}: broke the lock of {info.holder} (taken {fmt_time(info.created)}, "
+        f"refreshed {fmt_time(info.refreshed)})")
 
 
 async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
