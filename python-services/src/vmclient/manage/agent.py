@@ -34,7 +34,7 @@ from . import enrol, rekey, status
 from .gate import GateConfig, StartGate
 from .inventory import ManageConfig
 from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
-from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id
+from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id, boottime
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -52,7 +52,7 @@ class Agent:
     def __init__(self, cfg: ManageConfig, remote: RemoteStore, hv: Hypervisor, *,
                  keys: KeyStore | None = None, installer: Installer | None = None,
                  wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic,
+                 mono: Callable[[], float] = boottime,
                  boot: Callable[[], str] = boot_id,
                  after_wipe_step: Callable[[str], None] = lambda _s: None) -> None:
         self.cfg, self.remote, self.installer = cfg, remote, installer
