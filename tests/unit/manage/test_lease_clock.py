@@ -28,7 +28,7 @@ def test_a_week_suspended_with_the_clock_set_back_still_runs_the_lease_down(
     def clock_gettime(clock: int) -> float:  # 7 days suspended since the record
         return RECORDED + 7 * DAY if clock == time.CLOCK_BOOTTIME else real(clock)
 
-    monkeypatch.setattr(state_mod.time, "clock_gettime", clock_gettime)
+    monkeypatch.setattr(time, "clock_gettime", clock_gettime)
     # the wall clock was set back a week meanwhile; the lease is read with the default clocks
     lease = read_lease(tmp_path, wall=lambda: T - 7 * DAY)
     assert lease.now == T + 7 * DAY and lease.remaining == 7 * DAY
