@@ -30,6 +30,7 @@ from ..manage import admin as it
 from ..manage import enrol
 from ..manage import rekey as rk
 from ..store import crypto, layout
+from ..store.format import shown
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, is_url, open_store
@@ -128,12 +129,12 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
     if not outcomes:
         say("no pending enrolment requests")
     refused = 0
-    for o in outcomes:
+    for o in outcomes:  # names, ids and details come from laptops' requests: shown escaped
         if not o.enrolled:
             refused += 1
-            say(f"refused {o.name} ({o.device}): {o.detail}")
+            say(f"refused {shown(o.name)} ({shown(o.device)}): {shown(o.detail)}")
             continue
-        say(f"enrolled {o.name} as device {o.device} ({o.detail})")
+        say(f"enrolled {shown(o.name)} as device {o.device} ({shown(o.detail)})")
         if not o.ssh_key:
             say("# the request carries no SSH key: give one with "
                 f"`enrol {o.name} --pubkey … --ssh-key-pub …`")
@@ -213,7 +214,7 @@ async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"reports of {rec.name} ({rec.device}), each verified with its device key:")
     for r in reports:
         about = f"order {r.order}" if r.order else "refused object"
-        say(f"  {r.seq:>4}  {_when(r.time)}  {about:<14}  {r.outcome:<8}  {r.detail}")
+        say(f"  {r.seq:>4}  {_when(r.time)}  {about:<14}  {r.outcome:<8}  {shown(r.detail)}")
     if not reports:
         say("  (none yet)")
 

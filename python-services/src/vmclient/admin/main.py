@@ -33,7 +33,8 @@ from ..manage.admin import issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
-from ..store.orders import DEVICE_ID_RE, DeviceRecord
+from ..store.format import shown
+from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
 from ..store.remote import RemoteStore
 from ..store.repo import (
     get_catalog,
@@ -46,7 +47,7 @@ from ..store.repo import (
 from ..store.transport import close_store, is_url, open_store
 from . import fleet, images, keys
 from .progress import progress_bar
-from .sshd import GLOBAL_CONFIG, confinement
+from .sshd import GLOBAL_CONFIG, check_public_key, confinement
 
 DEFAULT_KEY_DIR = "~/.vmclient-admin"
 PROG = "vmclient-admin"
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except VMClientError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {shown(str(exc))}", file=sys.stderr)  # it may quote the repository
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -205,8 +206,11 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
     signing = decode_key(args.pubkey, "--pubkey")
     wrapping = decode_key(args.wrapping_key, "--wrapping-key")
     ssh_pub = read_text_or_file(args.ssh_key_pub)
-    if not ssh_pub.startswith(("ssh-ed25519 ", "ecdsa-sha2-", "ssh-rsa ")):
-        raise UsageError(f"--ssh-key-pub: not an OpenSSH public key: {ssh_pub[:40]!r}")
+    check_device_name(args.device)
+    try:
+        check_public_key(ssh_pub)
+    except UsageError as exc:
+        raise UsageError(f"--ssh-key-pub: {exc}") from None
     device = crypto.key_id(crypto.ed25519_public(signing))
     crypto.x25519_public(wrapping)
     rec = DeviceRecord(device, args.device, signing, wrapping, int(time.time()))

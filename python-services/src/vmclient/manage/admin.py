@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import UsageError
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
-from ..store.format import Reader, canonical_json, open_envelope, signed_envelope
+from ..store.format import Reader, canonical_json, open_envelope, shown, signed_envelope
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore
 from ..store.repo import get_pointer, get_signed
@@ -311,10 +311,10 @@ def render_devices(views: list[DeviceView], now: int) -> str:
                  else "ok")
         pending = ",".join(map(str, v.pending)) or "-"
         vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
-        rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
+        rows.append(f"{shown(v.name)[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
                     f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  "
-                    f"{(v.release or '-')[:24]:<24} {vms}")
-    rows += [f"{v.name}: {v.problem}" for v in views if v.problem]
+                    f"{shown(v.release or '-')[:24]:<24} {vms}")
+    rows += [f"{shown(v.name)}: {shown(v.problem)}" for v in views if v.problem]
     return "\n".join(rows)
 
 

@@ -36,6 +36,9 @@ _KEYID_LEN = 16
 ENVELOPE_HEADER = len(ENVELOPE_MAGIC) + 1 + _KEYID_LEN + crypto.SIG_SIZE
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HEX_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+# a device's name (asset tag, host name, e-mail): no spaces, no controls, nothing a shell
+# or a terminal reads specially; checked wherever a name is made or read
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 
 def canonical_json(doc: Mapping[str, Any]) -> bytes:
@@ -232,6 +235,20 @@ class Reader:
         unknown = sorted(set(self._untrusted) - self._seen)
         if unknown:
             self.fail(unknown[0], "unknown field")
+
+
+def shown(untrusted: str) -> str:
+    """``untrusted`` safe for a terminal: every non-printable character escaped.
+
+    Newlines, ESC (the start of OSC 52 clipboard writes and cursor moves), BEL,
+    bidi overrides and other controls come out as ``\\n``, ``\\x1b``, ``\\u202e``…, so
+    text from the repository can neither forge lines of a script printed around
+    it nor drive the admin's terminal.
+    """
+    if untrusted.isprintable():
+        return untrusted
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in untrusted)
 
 
 def b64(data: bytes) -> str:
