@@ -163,7 +163,8 @@ async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
     if action == "wipe" and not args.yes:
         raise UsageError(f"a wipe destroys the business VMs of {rec.name} ({rec.device}): "
                          "add --yes to issue it")
-    order = await it.issue_order(remote, k.admin, rec.device, action, values, now)
+    order = await it.issue_order(remote, k.admin, rec.device, action, values, now,
+                                 numbers=k.orders)
     say(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
     say("the device executes it when it next reaches the datacenter; "
         f"see `vmclient-admin reports {rec.name}`")
@@ -286,11 +287,12 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
     now = int(time.time())
     order = await it.issue_order(remote, k.admin, target.device, "rekey",
                                  {"vm": args.vm, "from_device": source.device,
-                                  "min_seq": result.seq}, now)
+                                  "min_seq": result.seq}, now, numbers=k.orders)
     say(f"order {order.seq}: {_describe(order)}")
     if args.command == "restore":
         renew = await it.issue_order(remote, k.admin, target.device, "renew-lease",
-                                     {"lease_until": now + args.lease_days * 86400}, now)
+                                     {"lease_until": now + args.lease_days * 86400}, now,
+                                     numbers=k.orders)
         say(f"order {renew.seq}: {_describe(renew)}")
     account = f"vmc-{target.device[:12]}"
     say(f"# --- on the storage server, as root: let {target.name} keep syncing into the "

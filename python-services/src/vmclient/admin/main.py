@@ -243,7 +243,8 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
         except (tomllib.TOMLDecodeError, KeyError) as exc:
             raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
         order = await issue_order(remote, k.admin, rec.device, "assign",
-                                  {"vm": vm, "recipe": text}, int(time.time()))
+                                  {"vm": vm, "recipe": text}, int(time.time()),
+                                  numbers=k.orders)
         say(f"order {order.seq}: install {vm} on {rec.name}")
 
 
