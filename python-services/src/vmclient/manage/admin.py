@@ -28,7 +28,7 @@ from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import Reader, canonical_json, open_envelope, shown, signed_envelope
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_pointer, get_signed
 from .keys import write_private
 from .status import DeviceStatus, status_path
@@ -168,7 +168,7 @@ async def reports_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     key = crypto.ed25519_public(rec.signing_key)
     out = []
     for path, seq in await _numbered(remote, f"{layout.device_dir(device)}/reports"):
-        untrusted = await remote.get(path)
+        untrusted = await get_object(remote, path, "report", f"{device}/{seq}")
         _s, body = open_envelope(_signers(key), untrusted, "report", f"{device}/{seq}", path)
         out.append(Report.parse(body, device, seq, path))
     return out

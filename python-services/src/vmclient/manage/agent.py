@@ -28,7 +28,7 @@ from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from ..virt.libvirt import Hypervisor
 from . import enrol, rekey, status
 from .gate import GateConfig, StartGate
@@ -195,9 +195,13 @@ class Agent:
         s = self.state_file.load()
         untrusted_name = path.rsplit("/", 1)[-1]
         try:
-            untrusted = await self.remote.get(path)
+            untrusted = await get_object(self.remote, path, "order",
+                                         f"{s.device}/{untrusted_name}")
         except ObjectNotFound:
             return
+        except RemoteIntegrityError as exc:  # larger than any order: not read, refused
+            return self._refuse(crypto.sha256_hex(f"oversize {path}".encode()), path,
+                                exc.problem)
         digest = crypto.sha256_hex(untrusted)
         if not _SEQ_RE.fullmatch(untrusted_name):
             return self._refuse(digest, path, "not an order number")
@@ -305,7 +309,8 @@ class Agent:
             try:
                 await self.remote.put_atomic(path, blob, exclusive=True)
             except LocalSyncError:
-                if await self.remote.get(path) != blob:  # not ours: we are its only writer
+                if await self.remote.get(path, 0, len(blob) + 1) != blob:  # not ours: we
+                    # are its only writer
                     await self.remote.put_atomic(path, blob)
             sent += 1
             cur = self.state_file.load()

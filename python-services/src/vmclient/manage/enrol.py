@@ -36,7 +36,7 @@ from ..store.format import (
     open_envelope,
 )
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_signed
 from .keys import write_private
 
@@ -190,7 +190,7 @@ class Outcome:
 
 
 async def read_request(remote: RemoteStore, path: str, device: str) -> EnrolmentRequest:
-    untrusted = await remote.get(path)
+    untrusted = await get_object(remote, path, "enrolment", device)
     req = EnrolmentRequest.parse(untrusted[ENVELOPE_HEADER:], device, path)
     open_envelope({device: crypto.ed25519_public(req.signing_key)}, untrusted, "enrolment",
                   device, path)

@@ -96,8 +96,19 @@ def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,
     if payload[0] == CODEC_STORED:
         return payload[1:]
     if payload[0] == CODEC_ZSTD:
+        frame = memoryview(payload)[1:]
         try:
-            out = _decompressor().decompress(payload[1:], max_output_size=limit)
+            # a frame that declares its size is decompressed into a buffer of that size,
+            # whatever max_output_size says: check the declared size before
+            declared = zstandard.frame_content_size(frame)
+        except zstandard.ZstdError as exc:
+            raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
+        if declared > limit:
+            raise RemoteIntegrityError(obj_type, obj_id, path,
+                                       f"zstd frame declares {declared} bytes, more than the "
+                                       f"{limit} a {obj_type} may decompress to")
+        try:
+            out = _decompressor().decompress(frame, max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
         if len(out) > limit:
