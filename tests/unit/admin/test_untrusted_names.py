@@ -124,3 +124,16 @@ def test_a_plain_key_with_a_spaced_comment_is_accepted() -> None:
 def _b64(raw: bytes) -> str:
     import base64
     return base64.b64encode(raw).decode()
+
+
+def test_the_laptop_refuses_a_bad_name_before_touching_its_keys(tmp_path: Path) -> None:
+    from vmclient.manage.agent import Agent
+    from vmclient.manage.inventory import ManageConfig
+    from vmclient.virt.libvirt import Hypervisor
+
+    cfg = ManageConfig(tmp_path / "manage", tmp_path / "vmkeys", tmp_path / "images")
+    agent = Agent(cfg, MemoryStore(), Hypervisor("qemu:///system"))  # never connected
+    admin = crypto.raw_public(crypto.Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(UsageError, match="device name"):
+        asyncio.run(agent.request_enrolment(admin, "my laptop\n", "C" * 16))
+    assert not cfg.device_keys_dir.exists() and not (cfg.state_dir / "admin.pub").exists()

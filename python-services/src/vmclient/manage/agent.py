@@ -27,7 +27,7 @@ from ..errors import VMClientError
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.format import open_envelope, signed_envelope
-from ..store.orders import Order, OrderState, Report
+from ..store.orders import Order, OrderState, Report, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..virt.libvirt import Hypervisor
 from . import enrol, rekey, status
@@ -133,6 +133,7 @@ class Agent:
     # -- enrolment ----------------------------------------------------------------------
 
     async def request_enrolment(self, admin_key: bytes, name: str, code: str) -> str:
+        check_device_name(name)  # before any key is replaced
         s = self.state_file.load()
         if s.enrolled and not s.wiped:
             raise VMClientError(f"this laptop is enrolled already as {s.device}")
