@@ -34,8 +34,9 @@ from ..manage.admin import issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
+from ..store.format import shown
 from ..store.locks import break_lock
-from ..store.orders import DEVICE_ID_RE, DeviceRecord
+from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
 from ..store.remote import RemoteStore
 from ..store.repo import (
     get_catalog,
@@ -48,7 +49,7 @@ from ..store.repo import (
 from ..store.transport import close_store, is_url, open_store
 from . import fleet, images, keys
 from .progress import progress_bar
-from .sshd import GLOBAL_CONFIG, confinement
+from .sshd import GLOBAL_CONFIG, check_public_key, confinement
 
 DEFAULT_KEY_DIR = "~/.vmclient-admin"
 PROG = "vmclient-admin"
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except VMClientError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {shown(str(exc))}", file=sys.stderr)  # it may quote the repository
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -228,8 +229,11 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
     signing = decode_key(args.pubkey, "--pubkey")
     wrapping = decode_key(args.wrapping_key, "--wrapping-key")
     ssh_pub = read_text_or_file(args.ssh_key_pub)
-    if not ssh_pub.startswith(("ssh-ed25519 ", "ecdsa-sha2-", "ssh-rsa ")):
-        raise UsageError(f"--ssh-key-pub: not an OpenSSH public key: {ssh_pub[:40]!r}")
+    check_device_name(args.device)
+    try:
+        check_public_key(ssh_pub)
+    except UsageError as exc:
+        raise UsageError(f"--ssh-key-pub: {exc}") from None
     device = crypto.key_id(crypto.ed25519_public(signing))
     crypto.x25519_public(wrapping)
     rec = DeviceRecord(device, args.device, signing, wrapping, int(time.time()))
@@ -262,7 +266,8 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
         except (tomllib.TOMLDecodeError, KeyError) as exc:
             raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
         order = await issue_order(remote, k.admin, rec.device, "assign",
-                                  {"vm": vm, "recipe": text}, int(time.time()))
+                                  {"vm": vm, "recipe": text}, int(time.time()),
+                                  numbers=k.orders)
         say(f"order {order.seq}: install {vm} on {rec.name}")
 
 

@@ -60,7 +60,10 @@ class LocalDirStore(LockingMixin):
         try:
             with open(self._path(path), "rb") as f:
                 f.seek(offset)
-                return f.read() if length is None else f.read(length)
+                if length is None:
+                    return f.read()
+                # no buffer of ``length`` bytes for a small object (read(n) allocates n)
+                return f.read(max(0, min(length, os.fstat(f.fileno()).st_size - offset)))
         except FileNotFoundError:
             raise ObjectNotFound(path) from None
 

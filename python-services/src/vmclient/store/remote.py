@@ -26,10 +26,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .errors import LocalSyncError, LockHeld, ObjectNotFound
+from .errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
 from .locks import HELD, Whoami, lock_document, pid_alive, read_lock, stale_reason
 
 log = logging.getLogger(__name__)
+
+_KIB, _MIB = 1 << 10, 1 << 20
+DOCUMENT_CAP = (256 << 20) + 64 * _KIB  # a manifest or index (format.MAX_DOCUMENT) as stored
+# the most bytes a whole-object read takes from the server, per object type
+# (repository-format.md §9, "Sizes"); a bigger object is refused before it is read
+MAX_OBJECT: dict[str, int] = {
+    "config": 64 * _KIB, "device": 64 * _KIB, "enrolment": 64 * _KIB,
+    "revocation": 64 * _KIB, "status": 64 * _KIB, "report": 64 * _KIB,
+    "pointer": 64 * _KIB, "wrapped-key": 64 * _KIB, "lock": 64 * _KIB,
+    "order": 4 * _MIB,  # an assign order carries its recipe
+    "catalog": 64 * _MIB,
+    "snapshot": DOCUMENT_CAP, "manifest": DOCUMENT_CAP, "index": DOCUMENT_CAP,
+    "pack-header": DOCUMENT_CAP,
+    "object": DOCUMENT_CAP,  # any object copied whole (rekey's copy: packs, indexes…)
+}
 
 DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -76,6 +91,21 @@ class RemoteStore(Protocol):
 
     async def unlock(self, token: LockToken) -> None:
         """Release a lock taken with :meth:`lock` (only if still ours)."""
+
+
+async def get_object(remote: RemoteStore, path: str, obj_type: str, obj_id: str) -> bytes:
+    """The whole object at ``path``, refused (RemoteIntegrityError) if it is larger than
+    :data:`MAX_OBJECT` allows for ``obj_type``.
+
+    The read asks for one byte more than the cap, so the store never takes (nor
+    allocates) more than that, whatever size the server claims.
+    """
+    cap = MAX_OBJECT[obj_type]
+    untrusted = await remote.get(path, 0, cap + 1)
+    if len(untrusted) > cap:
+        raise RemoteIntegrityError(obj_type, obj_id, path,
+                                   f"larger than the {cap} bytes a {obj_type} may have")
+    return untrusted
 
 
 class LockingMixin:

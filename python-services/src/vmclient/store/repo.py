@@ -43,7 +43,7 @@ from .pack import (
     pack_size,
 )
 from .plan import DownloadPlan, ReadRange
-from .remote import RemoteStore
+from .remote import MAX_OBJECT, RemoteStore, get_object
 
 Signers = Mapping[str, crypto.Ed25519PublicKey]
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ async def put_sealed(remote: RemoteStore, path: str, key: bytes, obj: tuple[str,
 async def get_sealed(remote: RemoteStore, path: str, key: bytes, obj_type: str,
                      obj_id: str, *, digest: str | None = None) -> bytes:
     """Read, check the pinned SHA-256 (if any), decrypt and decompress."""
-    untrusted = await remote.get(path)
+    untrusted = await get_object(remote, path, obj_type, obj_id)
     if digest is not None and crypto.sha256_hex(untrusted) != digest:
         raise RemoteIntegrityError(obj_type, obj_id, path,
                                    "digest does not match the one its signed parent pins")
@@ -80,7 +80,7 @@ async def put_signed(remote: RemoteStore, path: str, key: crypto.Ed25519PrivateK
 async def get_signed(remote: RemoteStore, path: str, signers: Signers, obj_type: str,
                      obj_id: str) -> tuple[str, bytes, bytes]:
     """(signer key id, verified body, raw object bytes)."""
-    untrusted = await remote.get(path)
+    untrusted = await get_object(remote, path, obj_type, obj_id)
     signer, body = open_envelope(signers, untrusted, obj_type, obj_id, path)
     return signer, body, untrusted
 
@@ -317,6 +317,10 @@ class ChunkStore:
             raise RemoteIntegrityError("pack-header", name, path, "pack truncated")
         trailer = await self.remote.get(path, size - TRAILER.size, TRAILER.size)
         length = header_length(trailer, name, path, size)
+        if length > MAX_OBJECT["pack-header"]:
+            raise RemoteIntegrityError("pack-header", name, path,
+                                       f"header of {length} bytes: more than the "
+                                       f"{MAX_OBJECT['pack-header']} a pack header may have")
         header = await self.remote.get(path, size - TRAILER.size - length, length)
         return open_header(self.keys, name, header, path, size)
 
