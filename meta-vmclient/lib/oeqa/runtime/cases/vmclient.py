@@ -138,12 +138,14 @@ class VMClientHostTest(OERuntimeTestCase):
     def test_persistent_directories_are_bound_from_the_data_partition(self):
         data = self.run_ok('findmnt -n -o SOURCE %s' % DATA_DIR).strip()
         for where in ('/etc/libvirt', '/var/lib/libvirt', '/var/log/journal'):
-            self.run_ok('findmnt -n %s' % where)
-            self.run_ok('touch %s/.vmclient-oeqa-probe && rm %s/.vmclient-oeqa-probe' % (where, where))
-            # Bound (or overlaid) from the data partition, not tmpfs.
-            fstype = self.run_ok('findmnt -n -o FSTYPE %s' % where).strip()
-            self.assertNotEqual(fstype, 'tmpfs', msg="%s is on tmpfs" % where)
-        self.assertTrue(data)
+            # A bind shows the data partition as its source, an overlay
+            # (mount-copybind's first choice) its upper directory on it;
+            # neither is there when the unit skipped itself (tmpfs).
+            real = self.run_ok('readlink -f %s' % where).strip()
+            mount = self.run_ok('findmnt -n -o SOURCE,FSTYPE,OPTIONS %s' % real).strip()
+            self.assertTrue(mount.startswith(data) or ('upperdir=%s/' % DATA_DIR) in mount,
+                            msg="%s is not on the data partition (%s): %s" % (where, data, mount))
+            self.run_ok('touch %s/.vmclient-oeqa-probe && rm %s/.vmclient-oeqa-probe' % (real, real))
 
     @OEHasPackage(['libvirt-libvirtd'])
     @OETestDepends(['vmclient.VMClientHostTest.test_libvirtd_answers'])
