@@ -147,6 +147,16 @@ class VMClientHostTest(OERuntimeTestCase):
                             msg="%s is not on the data partition (%s): %s" % (where, data, mount))
             self.run_ok('touch %s/.vmclient-oeqa-probe && rm %s/.vmclient-oeqa-probe' % (real, real))
 
+    @OETestDepends(['vmclient.VMClientHostTest.test_state_lives_on_the_data_partition'])
+    def test_systemd_repart_manages_the_data_partition(self):
+        # First boot grows the data partition to the disk: repart ran, and
+        # its definition matches the partition it must grow (a dry run
+        # changes nothing and fails on a definition it cannot apply).
+        result = self.run_ok('systemctl show -p Result --value systemd-repart.service').strip()
+        self.assertEqual(result, 'success', msg="systemd-repart.service: %s" % result)
+        output = self.run_ok('systemd-repart --dry-run=yes --no-pager 2>&1', timeout=60)
+        self.assertIn('vmdata', output)
+
     @OEHasPackage(['libvirt-libvirtd'])
     @OETestDepends(['vmclient.VMClientHostTest.test_libvirtd_answers'])
     def test_persistent_domain_network_and_journal_survive_a_reboot(self):
