@@ -146,3 +146,11 @@ def test_invalid_toml_and_unreadable_file_name_the_file(tmp_path: Path) -> None:
         spec.parse("name = ", "bad.toml")
     with pytest.raises(RecipeError, match="cannot read"):
         spec.load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("untrusted", ["../x", "a/b", "..", ".", "", "Office", "x" * 32,
+                                       "a\n", "-a", "/etc"])
+def test_a_vm_name_from_a_caller_is_a_recipe_name_or_refused(untrusted: str) -> None:
+    with pytest.raises(spec.BadVMName, match="Not a VM name"):
+        spec.vm_name(untrusted)
+    assert spec.vm_name("office-2") == "office-2"

@@ -71,10 +71,10 @@ class Provisioner:
         self.networks = {z: n.network for z, n in cfg.networks.zones().items()}
 
     def vm_dir(self, name: str) -> Path:
-        return self.cfg.images_dir / name
+        return self.cfg.images_dir / spec.vm_name(name)
 
     def _recipe_file(self, name: str) -> Path:
-        return self.cfg.state_dir / "vms" / name / "recipe.toml"
+        return self.cfg.state_dir / "vms" / spec.vm_name(name) / "recipe.toml"
 
     async def ensure_network(self, zone: str) -> None:
         if zone == "none":
@@ -146,7 +146,7 @@ class Provisioner:
         return await self.get(recipe.name)
 
     def _marker(self, name: str) -> Path:
-        return self.cfg.state_dir / "vms" / f"{name}.installing"
+        return self.cfg.state_dir / "vms" / f"{spec.vm_name(name)}.installing"
 
     async def _refuse_existing(self, name: str) -> None:
         """Refuse a VM that exists; undo what an install that crashed left behind."""

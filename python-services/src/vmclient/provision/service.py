@@ -134,7 +134,11 @@ def _row(vm: Installed) -> list[Any]:
 
 
 def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner) -> None:
-    """Authorise and dispatch the methods; one install or upgrade at a time."""
+    """Authorise and dispatch the methods; one install or upgrade at a time.
+
+    A VM name from the caller is checked (:func:`spec.vm_name`) before anything else
+    sees it: it becomes part of paths (its disks' directory, its key, its recipe).
+    """
     busy = asyncio.Lock()
 
     def long_work(fn: Callable[[list[Any]], Awaitable[list[Any]]]
@@ -157,25 +161,26 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         return [vm.name]
 
     async def upgrade(args: list[Any]) -> list[Any]:
-        return [(await prov.upgrade(str(args[0]), int(args[1]))).image_version]
+        return [(await prov.upgrade(spec.vm_name(args[0]), int(args[1]))).image_version]
 
     async def restore(args: list[Any]) -> list[Any]:
-        vm = await prov.restore(str(args[0]), str(args[1]) or None, from_device=str(args[2]))
+        vm = await prov.restore(spec.vm_name(args[0]), str(args[1]) or None,
+                                from_device=str(args[2]))
         return [vm.state]
 
     async def start(args: list[Any]) -> list[Any]:
-        await prov.start(str(args[0]))
+        await prov.start(spec.vm_name(args[0]))
         return []
 
     async def stop(args: list[Any]) -> list[Any]:
-        await prov.stop(str(args[0]), force=bool(args[1]))
+        await prov.stop(spec.vm_name(args[0]), force=bool(args[1]))
         return []
 
     async def eject(args: list[Any]) -> list[Any]:
-        return [list(await prov.eject(str(args[0])))]
+        return [list(await prov.eject(spec.vm_name(args[0])))]
 
     async def remove(args: list[Any]) -> list[Any]:
-        await prov.remove(str(args[0]))
+        await prov.remove(spec.vm_name(args[0]))
         return []
 
     async def list_vms(_args: list[Any]) -> list[Any]:

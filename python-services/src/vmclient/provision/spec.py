@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 
 FORMAT = 1
 KINDS = ("business", "private")
@@ -33,6 +33,21 @@ MAC_RE = re.compile(r"^52:54:00(:[0-9a-f]{2}){3}$")
 
 class RecipeError(ConfigError):
     """{}: {}: {}"""
+
+
+class BadVMName(UsageError):
+    """Not a VM name: {!r} (a VM name matches {})"""
+
+
+def vm_name(untrusted: str) -> str:
+    """``untrusted`` if it is a VM name (a recipe's ``name``), else :class:`BadVMName`.
+
+    Every name from a caller (D-Bus, the CLI, an order) passes through here before
+    it becomes part of a path (``<images_dir>/<vm>``, ``keys/<vm>.wrapped``, ...).
+    """
+    if not isinstance(untrusted, str) or not NAME_RE.fullmatch(untrusted):
+        raise BadVMName(untrusted, NAME_RE.pattern)
+    return untrusted
 
 
 @dataclass(frozen=True)
