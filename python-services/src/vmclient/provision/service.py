@@ -24,7 +24,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard, name_out_args
 from ..errors import UsageError
-from . import spec
+from . import media, spec
 from .installer import Installed, Provisioner
 from .progress import Progress
 
@@ -40,8 +40,8 @@ class Phase(enum.IntEnum):
     DEFINE = 5
 
 
-_OUT_ARG_NAMES = {"Install": "vm", "Upgrade": "image_version", "List": "vms",
-                  "Eject": "media", "Restore": "state"}
+_OUT_ARG_NAMES = {"Install": "vm", "InstallFromMedia": "vm", "Upgrade": "image_version",
+                  "List": "vms", "Eject": "media", "Restore": "state"}
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -57,6 +57,10 @@ class ProvisioningInterface(ServiceInterface):
 
     @method()
     async def Install(self, recipe_toml: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def InstallFromMedia(self, recipe_toml: s, media: h) -> s:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
     @method()
@@ -160,6 +164,16 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         vm = await prov.install_recipe(recipe, untrusted_text)
         return [vm.name]
 
+    async def install_from_media(args: list[Any]) -> list[Any]:
+        untrusted_text, untrusted_fd = str(args[0]), int(args[1])
+        recipe = spec.parse(untrusted_text, "(recipe sent over D-Bus)")
+        if recipe.image.media is None:
+            raise UsageError(f"{recipe.name}: InstallFromMedia is for a private VM's media "
+                             "(iso, qcow2 or raw); a business VM: Install")
+        media.check_fd(untrusted_fd, str(recipe.image.media))  # the checks install repeats
+        vm = await prov.install_recipe(recipe, untrusted_text, media_fd=untrusted_fd)
+        return [vm.name]
+
     async def upgrade(args: list[Any]) -> list[Any]:
         return [(await prov.upgrade(spec.vm_name(args[0]), int(args[1]))).image_version]
 
@@ -189,6 +203,8 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
     install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
                          names.POLKIT_ACTION_PROVISION_MANAGE, {
                              "Install": Member("s", "s", "installing a VM", long_work(install)),
+                             "InstallFromMedia": Member("sh", "s", "installing a VM",
+                                                        long_work(install_from_media)),
                              "Upgrade": Member("su", "u", "upgrading a VM", long_work(upgrade)),
                              "Restore": Member("sss", "s", "restoring a VM",
                                                long_work(restore)),

@@ -52,16 +52,23 @@ def vm_name(untrusted: str) -> str:
 
 @dataclass(frozen=True)
 class Image:
-    """Where the system disk comes from: exactly one of catalog / iso / qcow2."""
+    """Where the system disk comes from: exactly one of catalog / iso / qcow2 / raw."""
 
     catalog: str = ""
     version: int = 0  # 0 = the newest in the catalog
     iso: PurePosixPath | None = None
     qcow2: PurePosixPath | None = None
+    raw: PurePosixPath | None = None
 
     @property
     def source(self) -> str:
-        return "catalog" if self.catalog else "iso" if self.iso else "qcow2"
+        return "catalog" if self.catalog else "iso" if self.iso else \
+            "qcow2" if self.qcow2 else "raw"
+
+    @property
+    def media(self) -> PurePosixPath | None:
+        """A private VM's local media (the file the user gives; a label once installed)."""
+        return self.iso or self.qcow2 or self.raw
 
 
 @dataclass(frozen=True)
@@ -211,14 +218,16 @@ def _image(t: _Table) -> Image:
     version = t.number("version", 1, 1 << 31, 0)
     iso = t.get("iso", str, "", check=abs_path)
     qcow2 = t.get("qcow2", str, "", check=abs_path)
-    given = [k for k, v in (("catalog", catalog), ("iso", iso), ("qcow2", qcow2)) if v]
+    raw = t.get("raw", str, "", check=abs_path)
+    given = [k for k, v in (("catalog", catalog), ("iso", iso), ("qcow2", qcow2),
+                            ("raw", raw)) if v]
     if len(given) != 1:
-        raise t.fail("", f"needs exactly one of catalog, iso, qcow2 (got {given or 'none'})")
+        raise t.fail("", "needs exactly one of catalog, iso, qcow2, raw "
+                     f"(got {given or 'none'})")
     if version and not catalog:
         raise t.fail("version", "only a catalog image has a version")
     t.done()
-    return Image(catalog, version, PurePosixPath(iso) if iso else None,
-                 PurePosixPath(qcow2) if qcow2 else None)
+    return Image(catalog, version, *(PurePosixPath(p) if p else None for p in (iso, qcow2, raw)))
 
 
 def _disks(t: _Table) -> tuple[Disk, ...]:
@@ -268,7 +277,7 @@ def _cross_check(r: Recipe, t: _Table) -> None:
     if r.kind == "private":
         if r.image.source == "catalog":
             raise t.fail("image.catalog", "a private VM is installed from local media "
-                         "(iso or qcow2), never from the datacenter catalog")
+                         "(iso, qcow2 or raw), never from the datacenter catalog")
         if r.sync.enabled:
             raise t.fail("sync.enabled", "private VMs are never uploaded: must be false")
         if r.zone == "business":
