@@ -154,3 +154,10 @@ def test_a_vm_name_from_a_caller_is_a_recipe_name_or_refused(untrusted: str) -> 
     with pytest.raises(spec.BadVMName, match="Not a VM name"):
         spec.vm_name(untrusted)
     assert spec.vm_name("office-2") == "office-2"
+
+
+def test_a_raw_disk_image_is_its_own_source_never_probed() -> None:
+    r = spec.parse(PRIVATE.replace('iso = "/media/x.iso"', 'raw = "/media/x.img"'), "p.toml")
+    assert (r.image.source, r.image.media) == ("raw", PurePosixPath("/media/x.img"))
+    with pytest.raises(RecipeError, match="exactly one of catalog, iso, qcow2, raw"):
+        spec.parse(PRIVATE.replace('iso = "/media/x.iso"', 'iso = "/a"\nraw = "/b"'), "p")
