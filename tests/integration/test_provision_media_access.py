@@ -67,7 +67,7 @@ except dbus.DBusException as e:
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    need_tools("dbus-daemon", "setpriv", kvm=False)
+    need_tools("dbus-daemon", "setpriv", vm=False)
 
 
 @pytest.fixture

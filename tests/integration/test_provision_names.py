@@ -16,7 +16,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    need_tools(kvm=False)
+    need_tools(vm=False)
 
 
 async def test_a_vm_name_with_dots_and_slashes_reaches_no_path(tmp_path: Path) -> None:
