@@ -123,6 +123,7 @@ state_dir = "{c.state_dir}"
 device_dir = "{c.device_dir}"
 manage_dir = "{c.manage_dir}"
 images_dir = "{c.images_dir}"
+media_dir = "{c.media_dir}"
 staging_dir = "{c.staging_dir}"
 staging_mib = 8
 domain_type = "{c.domain_type}"
@@ -227,9 +228,9 @@ async def provision_env(tmp: Path, staging_mib: int = 8) -> AsyncIterator[Env]:
                           f"{prefix}-private", f"{prefix}p", priv),
         libvirt_uri=URI, state_dir=tmp / "state", device_dir=tmp / "device",
         manage_dir=tmp / "manage",
-        images_dir=IMAGES / prefix, staging_dir=Path("/dev/shm") / prefix,
-        staging_mib=staging_mib, domain_type=cpu.domain_type, cpu_mode=cpu.cpu_mode,
-        cpu_disable=cpu.cpu_disable)
+        images_dir=IMAGES / prefix, media_dir=tmp / "media",
+        staging_dir=Path("/dev/shm") / prefix, staging_mib=staging_mib,
+        domain_type=cpu.domain_type, cpu_mode=cpu.cpu_mode, cpu_disable=cpu.cpu_disable)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     set_lease(cfg.manage_dir, days=14)  # an enrolled laptop: business VMs may start
     dc = Datacenter(tmp / "repo", device)

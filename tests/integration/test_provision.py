@@ -119,13 +119,13 @@ async def test_private_vm_from_qcow2_and_iso(tmp_path: Path) -> None:
         pp = passphrase(prov.keys.load(vm.name))
         assert await qemuimg.identical(Path(vm.disks["system"]), pp, src)
         assert MARKER not in Path(vm.disks["system"]).read_bytes()
-        iso = env.cfg.images_dir / "media" / "install.iso"  # where QEMU may read it
-        iso.parent.mkdir(parents=True)
+        iso = tmp_path / "install.iso"
         iso.write_bytes(bytes(1 << 20))
         vm2 = await prov.install(env.recipe(tmp_path, "iso", kind="private",
                                             image=f'iso = "{iso}"', extra="size_gib = 1\n"))
         xml = libvirt.open(URI).lookupByName(vm2.name).XMLDesc(0)
-        assert "device='cdrom'" in xml and str(iso) in xml
+        copy = env.cfg.images_dir / vm2.name / "install.iso"  # provd's copy is attached
+        assert "device='cdrom'" in xml and f"<source file='{copy}'" in xml
         await prov.start(vm2.name)
         await prov.start(vm.name)
         assert {(await prov.get(n)).state for n in (vm.name, vm2.name)} == {"running"}

@@ -120,16 +120,16 @@ async def write_installed_system(prov: Provisioner, name: str, tmp: Path) -> Non
 async def test_installer_boots_then_the_installed_disk_and_the_media_goes(
         tmp_path: Path) -> None:
     async with provision_env(tmp_path) as env:
-        iso = env.cfg.images_dir / "media" / "installer.iso"  # where QEMU may read it
-        iso.parent.mkdir(parents=True)
+        iso = tmp_path / "installer.iso"  # the user's: QEMU gets provd's copy
         iso.write_bytes(el_torito_iso(b"CDROM"))
         prov = env.provisioner()
         name, log = await install_from_iso(env, prov, tmp_path, "iso", iso)
+        copy = str(env.cfg.images_dir / name / "install.iso")
 
         # first start: the blank system disk does not boot, the installer does
         await prov.start(name)
         assert booted(log) == "CDROM"
-        assert (await prov.get(name)).media == (str(iso),)  # nothing installed yet: kept
+        assert (await prov.get(name)).media == (copy,)  # nothing installed yet: kept
         await prov.stop(name, force=True)
 
         # installed: the disk boots first, although the ISO is still in the drive
@@ -138,10 +138,10 @@ async def test_installer_boots_then_the_installed_disk_and_the_media_goes(
         vm = await prov.get(name)
         await prov.gate.start(vm.uuid, name)  # the plain start, without provd's ejection
         assert booted(log) == "DISK"
-        assert cdroms(name) == [str(iso)]
+        assert cdroms(name) == [copy]
 
         # vmclientctl vm eject on the running VM: medium out now, drive out of the definition
-        assert await prov.eject(name) == (str(iso),)
+        assert await prov.eject(name) == (copy,)
         assert cdroms(name) == [None]
         assert cdroms(name, libvirt.VIR_DOMAIN_XML_INACTIVE) == []
         assert await prov.eject(name) == ()  # nothing left to eject
@@ -154,8 +154,7 @@ async def test_installer_boots_then_the_installed_disk_and_the_media_goes(
 
 async def test_provd_start_ejects_the_media_once_the_disk_is_installed(tmp_path: Path) -> None:
     async with provision_env(tmp_path) as env:
-        iso = env.cfg.images_dir / "media" / "installer.iso"
-        iso.parent.mkdir(parents=True)
+        iso = tmp_path / "installer.iso"
         iso.write_bytes(el_torito_iso(b"CDROM"))
         prov = env.provisioner()
         name, log = await install_from_iso(env, prov, tmp_path, "auto", iso)
@@ -164,5 +163,6 @@ async def test_provd_start_ejects_the_media_once_the_disk_is_installed(tmp_path:
         assert booted(log) == "DISK"
         assert (await prov.get(name)).media == ()
         assert cdroms(name) == [] and cdroms(name, libvirt.VIR_DOMAIN_XML_INACTIVE) == []
-        assert iso.exists()  # ejected, not deleted: the media belongs to the user
+        assert iso.exists()  # the user's file stays; provd's copy goes
+        assert not (env.cfg.images_dir / name / "install.iso").exists()
         await prov.remove(name)

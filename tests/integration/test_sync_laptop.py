@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -41,13 +42,16 @@ from provision_env import (
 from testlib import SERVICES
 from vmclient.manage import rekey
 from vmclient.manage.inventory import ManageConfig
+from vmclient.provision.domainxml import VM_NS
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.keys import DeviceKeys, passphrase
 from vmclient.provision.receiver import Receiver
+from vmclient.provision.restore import RestoreError
 from vmclient.store import crypto, layout
+from vmclient.store.documents import Pointer
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.orders import DeviceRecord, Order
-from vmclient.store.repo import ChunkStore, get_snapshot, put_signed
+from vmclient.store.repo import ChunkStore, get_snapshot, put_pointer, put_signed, put_snapshot
 from vmclient.sync import engine, restore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -420,3 +424,79 @@ async def test_replayed_older_latest_after_rekey_is_refused_and_nothing_defined(
         assert not (lt.b_cfg.state_dir / "vms" / name).exists()
         # no key of the restore's own: only the one the agent accepted, untouched
         assert key_file.read_bytes() == accepted_key
+
+
+async def test_definition_planted_by_a_rooted_laptop_is_not_restored(tmp_path: Path) -> None:
+    """Laptop A, stolen and rooted, syncs once more before IT revokes it: a snapshot signed
+    with its valid device key whose domain XML carries a host PCI device, a disk reading a
+    host file, QEMU arguments and ``kind="private"`` (no lease).  IT's restore onto B
+    defines the VM from its recipe: none of it arrives; a recipe saying ``private`` is
+    refused outright (issue 13, security point 2)."""
+    async with laptops(tmp_path) as lt:
+        name = await lt.install("plant", memory=False)
+        assert (await lt.sync(name)).seq == 1  # at rest
+        a_id, store = lt.env.device.device_id, lt.env.dc.store
+        keys = lt.a.keys.load(name)
+        signers = {a_id: lt.env.device.signing.public_key()}
+        genuine = await get_snapshot(store, signers, keys, device=a_id, vm=name,
+                                     snapshot=layout.snapshot_name(1))
+        mac = ET.fromstring(genuine.meta["domain"]).find("devices/interface/mac")
+        assert mac is not None  # libvirt gave A's NIC a MAC: B keeps it
+        secret_file = tmp_path / "host-secret.key"
+        secret_file.write_bytes(b"host secret")
+        secret_file.chmod(0o600)
+        root = ET.fromstring(genuine.meta["domain"])
+        devices = root.find("devices")
+        assert devices is not None
+        hostdev = ET.SubElement(devices, "hostdev", mode="subsystem", type="pci", managed="no")
+        ET.SubElement(ET.SubElement(hostdev, "source"), "address", domain="0x0000",
+                      bus="0x00", slot="0x1f", function="0x3")
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="raw")
+        ET.SubElement(disk, "source", file=str(secret_file))
+        ET.SubElement(disk, "target", dev="vdz", bus="virtio")
+        qemu = "http://libvirt.org/schemas/domain/qemu/1.0"
+        cmd = ET.SubElement(root, f"{{{qemu}}}commandline")
+        for arg in ("-fw_cfg", f"name=opt/k,file={secret_file}"):
+            ET.SubElement(cmd, f"{{{qemu}}}arg", value=arg)
+        root.find(f"metadata/{{{VM_NS}}}vm").set("kind", "private")  # type: ignore[union-attr]
+        planted = ET.tostring(root, encoding="unicode")
+
+        async def sync_planted(seq: int, **meta: str) -> None:
+            """The rooted laptop's own signed snapshot and ``latest`` (its device key)."""
+            m = replace(genuine, label=layout.snapshot_name(seq), seq=seq,
+                        parent=layout.snapshot_name(seq - 1), meta={**genuine.meta, **meta})
+            digest = await put_snapshot(store, lt.env.device.signing, keys, m)
+            await put_pointer(store, lt.env.device.signing,
+                              Pointer(name, a_id, m.label, seq, int(time.time()), digest))
+
+        # a recipe that says private: refused, nothing defined
+        private = genuine.meta["recipe"].replace('kind = "business"', 'kind = "private"')
+        await sync_planted(2, domain=planted, recipe=private)
+        lt.lose_a(name)
+        await lt.rekey_for_b(name)
+        with pytest.raises(RestoreError, match="snapshot 0000000002: its recipe"):
+            await lt.b.restore(name, from_device=a_id)
+        assert_not_restored(lt, name)
+
+        # the planted definition with A's genuine recipe: rebuilt from the recipe
+        await sync_planted(3, domain=planted)
+        # IT rekeys again (afresh: a rerun keeps what it copied when the size matches)
+        shutil.rmtree(lt.env.dc.root / layout.vm_dir(lt.b_dev.device_id, name))
+        await lt.rekey_for_b(name)
+        vm = await lt.b.restore(name, from_device=a_id)
+        conn = libvirt.open(URI)
+        try:
+            xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        finally:
+            conn.close()
+        b_root = ET.fromstring(xml)
+        assert b_root.find("devices/hostdev") is None and qemu not in xml
+        assert str(secret_file) not in xml
+        assert [t.get("dev") for t in b_root.iterfind("devices/disk/target")] == ["vda", "vdb"]
+        assert b_root.find(f"metadata/{{{VM_NS}}}vm").get("kind") == "business"  # type: ignore[union-attr]
+        assert b_root.findtext("uuid") == genuine.meta["uuid"] and vm.kind == "business"
+        assert [m.get("address") for m in b_root.iterfind("devices/interface/mac")] == \
+            [mac.get("address")]
+        await lt.b.start(name)  # under B's lease, with its own key
+        assert (await lt.b.get(name)).state == "running"

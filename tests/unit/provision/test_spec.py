@@ -146,3 +146,18 @@ def test_invalid_toml_and_unreadable_file_name_the_file(tmp_path: Path) -> None:
         spec.parse("name = ", "bad.toml")
     with pytest.raises(RecipeError, match="cannot read"):
         spec.load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("untrusted", ["../x", "a/b", "..", ".", "", "Office", "x" * 32,
+                                       "a\n", "-a", "/etc"])
+def test_a_vm_name_from_a_caller_is_a_recipe_name_or_refused(untrusted: str) -> None:
+    with pytest.raises(spec.BadVMName, match="Not a VM name"):
+        spec.vm_name(untrusted)
+    assert spec.vm_name("office-2") == "office-2"
+
+
+def test_a_raw_disk_image_is_its_own_source_never_probed() -> None:
+    r = spec.parse(PRIVATE.replace('iso = "/media/x.iso"', 'raw = "/media/x.img"'), "p.toml")
+    assert (r.image.source, r.image.media) == ("raw", PurePosixPath("/media/x.img"))
+    with pytest.raises(RecipeError, match="exactly one of catalog, iso, qcow2, raw"):
+        spec.parse(PRIVATE.replace('iso = "/media/x.iso"', 'iso = "/a"\nraw = "/b"'), "p")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from vmclient.provision.restore import rewrite_disks
 from vmclient.sync import disks
 from vmclient.sync.nbd import image_json
 
@@ -26,23 +24,6 @@ def test_image_json_never_carries_the_passphrase() -> None:
                    "encrypt": {"key-secret": "vmcsec0"}}
     assert json.loads(image_json(Path("/x/b.img"), fmt="raw").removeprefix("json:")) == {
         "driver": "raw", "file": {"driver": "file", "filename": "/x/b.img"}}
-
-
-DOMAIN = """<domain type='kvm'><name>office</name><uuid>1b4e28ba-2fa1-11d2-883f-0016d3cca427</uuid>
-<devices>
-<disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='sda'/></disk>
-<disk type='file' device='disk'><source file='/old/office/system-v3.qcow2'><encryption format='luks'><secret type='passphrase' uuid='2b4e28ba-2fa1-11d2-883f-0016d3cca427'/></encryption></source><target dev='vda'/></disk>
-<disk type='file' device='disk'><source file='/old/office/data.qcow2'/><target dev='vdb'/></disk>
-</devices></domain>"""
-
-
-def test_rewrite_disks_moves_only_the_restored_disks() -> None:
-    out = ET.fromstring(rewrite_disks(DOMAIN, {"vda": Path("/new/office/system-v3.qcow2"),
-                                               "vdb": Path("/new/office/data.qcow2")}))
-    files = [d.find("source").get("file") for d in out.iterfind("devices/disk")]  # type: ignore[union-attr]
-    assert files == ["/iso/x.iso", "/new/office/system-v3.qcow2", "/new/office/data.qcow2"]
-    secret = out.find("devices/disk/source/encryption/secret")
-    assert secret is not None and secret.get("uuid") == "2b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
 
 def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:

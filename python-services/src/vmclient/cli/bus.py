@@ -15,17 +15,18 @@ from ..dbus import names
 from ..errors import RemoteError, ServiceUnavailable
 
 
-async def connect() -> MessageBus:
+async def connect(*, fds: bool = False) -> MessageBus:
+    """The system bus; ``fds``: able to pass file descriptors (``h``)."""
     try:
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+        return await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=fds).connect()
     except (OSError, DBusError) as exc:
         raise ServiceUnavailable("the system bus", str(exc)) from exc
 
 
 @contextlib.asynccontextmanager
-async def connected() -> AsyncIterator[MessageBus]:
+async def connected(*, fds: bool = False) -> AsyncIterator[MessageBus]:
     """A system bus connection for one command, closed after it."""
-    b = await connect()
+    b = await connect(fds=fds)
     try:
         yield b
     finally:
@@ -37,10 +38,11 @@ _DAEMON = {names.BUS_NAME: "vmclient-powerd", names.PROVISION_BUS_NAME: "vmclien
 
 
 async def call(bus: MessageBus, path: str, iface: str, member: str, signature: str = "",
-               body: list[Any] | None = None, *, destination: str = names.BUS_NAME
-               ) -> list[Any]:
+               body: list[Any] | None = None, *, destination: str = names.BUS_NAME,
+               unix_fds: list[int] | None = None) -> list[Any]:
     reply = await bus.call(Message(destination=destination, path=path, interface=iface,
-                                   member=member, signature=signature, body=body or []))
+                                   member=member, signature=signature, body=body or [],
+                                   unix_fds=unix_fds or []))
     assert reply is not None
     if reply.message_type == MessageType.ERROR:
         text = reply.body[0] if reply.body else reply.error_name

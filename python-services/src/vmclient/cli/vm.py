@@ -126,10 +126,10 @@ def _row(row: list[Any]) -> dict[str, Any]:
             "image_version": int(version)}
 
 
-async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None = None
-                ) -> list[Any]:
+async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None = None,
+                unix_fds: list[int] | None = None) -> list[Any]:
     return await bus.call(b, names.PROVISION_PATH, names.PROVISION_IFACE, member, signature,
-                          body, destination=names.PROVISION_BUS_NAME)
+                          body, destination=names.PROVISION_BUS_NAME, unix_fds=unix_fds)
 
 
 @contextlib.asynccontextmanager
@@ -178,16 +178,29 @@ async def install(args: argparse.Namespace) -> dict[str, Any]:
     if args.local:
         async with _provisioner(args) as prov:
             return _vm(await prov.install(args.recipe))
-    from ..provision.spec import RecipeError
+    import os
+
+    from ..provision import media, spec
 
     try:
         text = args.recipe.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(args.recipe, "(file)", f"cannot read: {exc}") from exc
-    async with bus.connected() as b:
-        async with _progress(b):
-            (name,) = await _call(b, "Install", "s", [text])
-        return await _find(b, name)
+        raise spec.RecipeError(args.recipe, "(file)", f"cannot read: {exc}") from exc
+    recipe = spec.parse(text, str(args.recipe))
+    if recipe.image.media is None:
+        async with bus.connected() as b:
+            async with _progress(b):
+                (name,) = await _call(b, "Install", "s", [text])
+            return await _find(b, name)
+    # a private VM's media: opened here, with the user's rights; provd gets the descriptor
+    fd = media.open_for_caller(recipe.image.media)
+    try:
+        async with bus.connected(fds=True) as b:
+            async with _progress(b):
+                (name,) = await _call(b, "InstallFromMedia", "sh", [text, 0], unix_fds=[fd])
+            return await _find(b, name)
+    finally:
+        os.close(fd)
 
 
 async def upgrade(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,22 +4,26 @@ A message handler in front of dbus-fast's own dispatch: every call to a
 listed member is authorised first (:func:`auth.authorize`: root, the
 ``vmclient`` group, polkit) and replied to exactly once, with the handler's
 result or a D-Bus error named after the :class:`VMClientError` (anything else
-is a bug: logged with its traceback, replied to as ``Error.Failed``).
+is a bug: logged with its traceback, replied to as ``Error.Failed``).  File
+descriptors that come with a call (``h``) are handed to the handler and closed
+once it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dbus_fast import Message
+from dbus_fast import Message, SignatureTree
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import MessageType
 
-from ..errors import VMClientError
+from ..errors import UsageError, VMClientError
 from . import auth, names
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,26 @@ def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
     return node
 
 
+def _with_fds(msg: Message) -> list[Any]:
+    """The call's arguments, each top-level ``h`` (an index into the message's descriptors)
+    replaced by the descriptor itself (still owned by the message: closed after the call)."""
+    args = list(msg.body)
+    for i, t in enumerate(SignatureTree(msg.signature).types):
+        if t.token == "h":
+            index = args[i]
+            if not isinstance(index, int) or not 0 <= index < len(msg.unix_fds):
+                raise UsageError(f"argument {i}: no file descriptor came with the call")
+            args[i] = msg.unix_fds[index]
+    return args
+
+
+def _close_fds(msg: Message) -> None:
+    for fd in msg.unix_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    msg.unix_fds = []
+
+
 def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
                          members: Mapping[str, Member]) -> None:
     tasks: set[asyncio.Task[None]] = set()
@@ -51,7 +75,7 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
         try:
             assert msg.sender is not None
             await auth.authorize(bus, msg.sender, action, m.what)
-            result = await m.handler(list(msg.body))
+            result = await m.handler(_with_fds(msg))
             bus.send(Message.new_method_return(msg, m.out_sig, result))
         except VMClientError as exc:
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
@@ -60,12 +84,16 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
             log.exception("%s failed", msg.member)
             bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
                                        f"internal error: {exc}"))
+        finally:
+            _close_fds(msg)
 
     def guard(msg: Message) -> bool:
         m = members.get(msg.member or "")
         if (msg.message_type != MessageType.METHOD_CALL or msg.path != path
                 or msg.interface not in (None, iface) or m is None
                 or msg.signature != m.in_sig):
+            if msg.path == path:
+                _close_fds(msg)  # nobody else takes descriptors sent to our object
             return False
         task = asyncio.get_running_loop().create_task(run(msg, m))
         tasks.add(task)

@@ -100,6 +100,10 @@ class ProvisionConfig:
         help="root-only: the management state (the lease business VMs start under)")
     images_dir: Path = config.setting(
         Path("/var/lib/libvirt/images/vmclient"), help="the VMs' encrypted disks")
+    media_dir: Path = config.setting(
+        Path("/var/lib/vmclient/media"),
+        help="install media a recipe may name by path (owned by root, writable by nobody "
+             "else); other media come as a file the caller opened (vmclientctl vm install)")
     staging_dir: Path = config.setting(
         Path("/run/vmclient/provision"),
         help="RAM-backed (tmpfs) scratch for plaintext on its way into an encrypted disk")

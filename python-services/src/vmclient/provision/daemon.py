@@ -36,7 +36,8 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
                     cfg.repository.admin_key)
     hv = Hypervisor(cfg.libvirt_uri)
     await hv.connect(retry=True)
-    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    # descriptors: a private VM's media comes as a file the caller opened (InstallFromMedia)
+    bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     try:
         iface = ProvisioningInterface()
         prov = Provisioner(cfg, hv, device, receiver, report=iface.report)

@@ -107,7 +107,7 @@ def _metadata(dom: ET.Element, recipe: Recipe, image_version: int) -> None:
     ET.SubElement(meta, "vmc:vm", {
         "xmlns:vmc": VM_NS, "kind": recipe.kind, "recipe": recipe.name,
         "source": image.source,
-        "image": image.catalog or str(image.iso or image.qcow2),
+        "image": image.catalog or str(image.media),
         "image-version": str(image_version) if image.catalog and image_version else "",
         "sync": "memory" if recipe.sync.memory else "disks" if recipe.sync.enabled else "off",
         "usb": recipe.devices.usb})

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import VMClientError, VMNotFound
 from ..manage.gate import StartGate
 from ..virt.libvirt import DomState, Hypervisor, eject_media
-from . import qemuimg, spec
+from . import media, qemuimg, spec
 from .config import ProvisionConfig, gate_config
 from .domainxml import VM_NS, DiskBinding, domain_xml
 from .keys import DeviceKeys, VMKeys, passphrase
@@ -39,6 +39,7 @@ from .receiver import Receiver, Resolved
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
+INSTALL_ISO = "install.iso"  # the copy of an ISO install's media, in the VM's directory
 
 
 class VMExists(VMClientError):
@@ -71,10 +72,10 @@ class Provisioner:
         self.networks = {z: n.network for z, n in cfg.networks.zones().items()}
 
     def vm_dir(self, name: str) -> Path:
-        return self.cfg.images_dir / name
+        return self.cfg.images_dir / spec.vm_name(name)
 
     def _recipe_file(self, name: str) -> Path:
-        return self.cfg.state_dir / "vms" / name / "recipe.toml"
+        return self.cfg.state_dir / "vms" / spec.vm_name(name) / "recipe.toml"
 
     async def ensure_network(self, zone: str) -> None:
         if zone == "none":
@@ -86,12 +87,42 @@ class Provisioner:
     # -- install ------------------------------------------------------------------
 
     async def install(self, recipe_path: str | Path) -> Installed:
+        """Install from a recipe file; a private VM's media is opened with this process's
+        rights (in-process callers are root: ``vmclientctl vm --local``)."""
         recipe = spec.load(recipe_path)
         text = await asyncio.to_thread(Path(recipe_path).read_text, encoding="utf-8")
-        return await self.install_recipe(recipe, text)
+        if recipe.image.media is None:
+            return await self.install_recipe(recipe, text)
+        fd = media.open_for_caller(recipe.image.media)
+        try:
+            return await self.install_recipe(recipe, text, media_fd=fd)
+        finally:
+            os.close(fd)
 
-    async def install_recipe(self, recipe: spec.Recipe, text: str) -> Installed:
-        """Install a parsed recipe; ``text`` is kept for upgrades (and restores)."""
+    async def install_recipe(self, recipe: spec.Recipe, text: str, *,
+                             media_fd: int | None = None) -> Installed:
+        """Install a parsed recipe; ``text`` is kept for upgrades (and restores).
+
+        A private VM's media: ``media_fd``, a file the caller opened (it stays the
+        caller's to close), else the recipe's path inside the media directory
+        (:mod:`.media`).  Either is copied into the VM's own directory first.
+        """
+        if media_fd is not None and recipe.image.media is None:
+            raise ProvisionError(recipe.name, "a business VM comes from the catalog: it "
+                                 "takes no install media")
+        if recipe.image.media is not None and media_fd is None:
+            fd = await asyncio.to_thread(media.open_in_media_dir, self.cfg.media_dir,
+                                         recipe.image.media)
+            try:
+                return await self.install_recipe(recipe, text, media_fd=fd)
+            finally:
+                os.close(fd)
+        return await self._install(recipe, text, media_fd)
+
+    async def _install(self, recipe: spec.Recipe, text: str, media_fd: int | None
+                       ) -> Installed:
+        if media_fd is not None:
+            media.check_fd(media_fd, str(recipe.image.media))
         await self._refuse_existing(recipe.name)
         progress = Progress(vm=recipe.name)
         resolved = None
@@ -109,20 +140,18 @@ class Provisioner:
             pp = passphrase(keys)
             paths = {d.name: vm_dir / f"{d.name}.qcow2" for d in recipe.disks}
             system = recipe.system_disk
-            media = None
+            cdrom: PurePosixPath | None = None
             if resolved is not None:
                 paths[system.name] = vm_dir / f"{system.name}-v{resolved.version.version}.qcow2"
                 await self._assemble(resolved, paths[system.name], pp, system.size_gib, progress)
-            elif recipe.image.qcow2 is not None:
-                await _import(Path(recipe.image.qcow2), paths[system.name], pp, system.size_gib)
             else:
-                media = recipe.image.iso
-                await _blank(paths[system.name], system.size_gib * GIB, pp)
+                assert media_fd is not None
+                cdrom = await _from_media(recipe, media_fd, paths[system.name], pp)
             for d in recipe.disks:
                 if d.role == "user":
                     await _blank(paths[d.name], d.size_gib * GIB, pp)
             secret = str(uuidlib.uuid4())
-            xml = domain_xml(recipe, uuid=str(uuidlib.uuid4()), install_media=media,
+            xml = domain_xml(recipe, uuid=str(uuidlib.uuid4()), install_media=cdrom,
                              disks={n: DiskBinding(PurePosixPath(p), secret)
                                     for n, p in paths.items()},
                              image_version=resolved.version.version if resolved else 0,
@@ -147,7 +176,7 @@ class Provisioner:
         return await self.get(recipe.name)
 
     def _marker(self, name: str) -> Path:
-        return self.cfg.state_dir / "vms" / f"{name}.installing"
+        return self.cfg.state_dir / "vms" / f"{spec.vm_name(name)}.installing"
 
     async def _refuse_existing(self, name: str) -> None:
         """Refuse a VM that exists; undo what an install that crashed left behind."""
@@ -192,11 +221,11 @@ class Provisioner:
                 disks[serial.removeprefix("vmclient-")] = src.get("file", "")
                 sec = src.find("encryption/secret")
                 secret = sec.get("uuid", "") if sec is not None else secret
-        media = tuple(s.get("file", "") for s in
-                      root.iterfind("devices/disk[@device='cdrom']/source") if s.get("file"))
+        cdroms = tuple(s.get("file", "") for s in
+                       root.iterfind("devices/disk[@device='cdrom']/source") if s.get("file"))
         return Installed(name, info.uuid, vm.get("kind", ""), info.state.name.lower(),
                          vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks,
-                         media)
+                         cdroms)
 
     async def list(self) -> list[Installed]:
         out = []
@@ -247,6 +276,9 @@ class Provisioner:
         removed = tuple(await eject_media(self.hv, vm.uuid, name))
         if removed:
             log.info("VM %s: install media %s ejected", name, ", ".join(removed))
+        for path in map(Path, removed):
+            if path.parent == self.vm_dir(name):  # provd's copy of the ISO (the user's stays)
+                await asyncio.to_thread(path.unlink, missing_ok=True)
         return removed
 
     async def restore(self, name: str, snapshot: str | None = None, *, from_device: str = "",
@@ -314,21 +346,36 @@ async def _blank(path: Path, size: int, pp: bytes) -> None:
     os.replace(tmp, path)
 
 
-async def _import(src: Path, dst: Path, pp: bytes, size_gib: int) -> None:
-    """A private VM's existing disk, converted into a new encrypted qcow2."""
-    info = await qemuimg.info(src)
-    fmt = str(info.get("format"))
-    if fmt not in ("qcow2", "raw") or info.get("encrypted"):
-        raise ProvisionError(dst.parent.name, f"{src}: cannot import a {fmt} image "
-                             "(qcow2 or raw, unencrypted)")
+async def _from_media(recipe: spec.Recipe, fd: int, system: Path, pp: bytes
+                      ) -> PurePosixPath | None:
+    """A private VM's system disk from its media; the copy of an ISO to attach, if any."""
+    what = str(recipe.image.media)
+    if recipe.image.iso is None:
+        await _import(fd, recipe.image.source, what, system, pp, recipe.system_disk.size_gib)
+        return None
+    cdrom = system.parent / INSTALL_ISO  # provd's own copy: what libvirt opens
+    await asyncio.to_thread(media.copy_in, fd, cdrom, what)
+    await _blank(system, recipe.system_disk.size_gib * GIB, pp)
+    return PurePosixPath(cdrom)
+
+
+async def _import(src_fd: int, fmt: str, what: str, dst: Path, pp: bytes,
+                  size_gib: int) -> None:
+    """A private VM's existing disk, copied into provd's storage, checked, converted into a
+    new encrypted qcow2 (:mod:`.media`)."""
+    copy = dst.with_name(f".import-{dst.name}")
     tmp = dst.with_name(f".partial-{dst.name}")
     try:
-        await qemuimg.convert(src, fmt, tmp, pp)
-        virtual = int(info.get("virtual-size", 0))  # type: ignore[call-overload]
+        await asyncio.to_thread(media.copy_in, src_fd, copy, what)
+        virtual = media.check_image(await qemuimg.info(copy, fmt), fmt, what)
+        await qemuimg.convert(copy, fmt, tmp, pp)
         if size_gib * GIB > virtual:
             await qemuimg.resize(tmp, size_gib * GIB, pp)
         os.replace(tmp, dst)
+    except qemuimg.DiskToolError as exc:
+        raise media.MediaError(what, f"cannot import it as {fmt}: {exc}") from None
     finally:
+        copy.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
 
 

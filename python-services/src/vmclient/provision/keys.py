@@ -24,6 +24,8 @@ from ..errors import ConfigError, VMClientError
 from ..manage.keys import FileKeyStore, shred, write_private
 from ..store import crypto
 from ..store.errors import RemoteIntegrityError
+from ..store.format import NAME_RE
+from .spec import BadVMName
 
 
 class VMKeyError(VMClientError):
@@ -96,6 +98,8 @@ class VMKeys:
         self.device = device
 
     def path(self, vm: str) -> Path:
+        if not NAME_RE.fullmatch(vm):  # a name, never a path (names from callers)
+            raise BadVMName(vm, NAME_RE.pattern)
         return self.dir / f"{vm}.wrapped"
 
     def exists(self, vm: str) -> bool:

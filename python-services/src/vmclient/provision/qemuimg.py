@@ -93,12 +93,19 @@ def _create_opts() -> str:
 
 
 async def convert(src: Path, src_format: str, dst: Path, passphrase: bytes) -> None:
-    """Import ``src`` (qcow2 or raw, unencrypted) into a new encrypted qcow2 ``dst``."""
+    """Import ``src`` (qcow2 or raw, unencrypted) into a new encrypted qcow2 ``dst``.
+
+    The source is opened as exactly ``src_format``, and a qcow2 with no backing file
+    whatever its header says (``backing: null``).
+    """
     if src_format not in ("qcow2", "raw"):
         raise DiskToolError("qemu-img convert", src, f"unsupported format {src_format!r}")
-    await _run("qemu-img", ["convert", "-q", "-f", src_format, "-O", "qcow2",
-                            *_SECRET, "-o", _create_opts(), str(src),
-                            str(dst)], passphrase, dst)
+    node: dict[str, object] = {"driver": src_format,
+                               "file": {"driver": "file", "filename": str(src)}}
+    if src_format == "qcow2":
+        node["backing"] = None
+    await _run("qemu-img", ["convert", "-q", "-O", "qcow2", *_SECRET, "-o", _create_opts(),
+                            "json:" + json.dumps(node), str(dst)], passphrase, dst)
 
 
 async def resize(path: Path, size: int, passphrase: bytes) -> None:
@@ -106,12 +113,13 @@ async def resize(path: Path, size: int, passphrase: bytes) -> None:
                             _opts(path), str(size)], passphrase, path)
 
 
-async def info(path: Path) -> dict[str, object]:
-    """``qemu-img info`` of the container (no key needed)."""
+async def info(path: Path, fmt: str = "") -> dict[str, object]:
+    """``qemu-img info`` of the container (no key needed); as format ``fmt`` if given (an
+    image vmclient did not make: never probed)."""
     exe = shutil.which("qemu-img") or "qemu-img"
     proc = await asyncio.create_subprocess_exec(
-        exe, "info", "-U", "--output=json", str(path), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        exe, "info", "-U", *(["-f", fmt] if fmt else []), "--output=json", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise DiskToolError("qemu-img info", path, err.decode(errors="replace").strip())

@@ -21,13 +21,14 @@ Order of work (nothing is defined before every chunk has verified):
 4. Only then: the data key is stored wrapped for this device, every disk is
    written as a new LUKS qcow2 under it (plaintext staged in the RAM-backed
    staging directory only), the memory image (if any) is written to the
-   staging directory, the domain is defined from the definition the snapshot
-   carries (disk paths rewritten to this laptop's), and from the memory image
-   the VM is restored running where it was, its disks' secret given to
-   libvirt as an ephemeral secret for that moment only.  A snapshot with
-   memory is restored only if the start gate's lease allows the VM to run
-   (checked before anything is downloaded; :mod:`vmclient.manage.gate`).  The memory image is
-   deleted at once.
+   staging directory, the domain is defined — rebuilt from the snapshot's
+   recipe (:mod:`.redefine`: never the old laptop's XML as it is) — and from
+   the memory image the VM is restored running where it was, with that
+   rebuilt definition (libvirt refuses a memory image whose devices differ),
+   its disks' secret given to libvirt as an ephemeral secret for that moment
+   only.  A snapshot with memory is restored only if the start gate's lease
+   allows the VM to run (checked before anything is downloaded;
+   :mod:`vmclient.manage.gate`).  The memory image is deleted at once.
 
 A failure before the VM is defined leaves no domain, disks or key behind (the
 chunk cache stays for the next attempt).
@@ -41,8 +42,8 @@ import hashlib
 import logging
 import os
 import shutil
-import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+import uuid as uuidlib
+from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -58,11 +59,12 @@ from ..store.remote import RemoteStore
 from ..store.repo import ChunkStore, get_wrapped_key
 from ..sync.engine import check_ram_backed
 from ..sync.restore import load_snapshot
-from ..virt.libvirt import restore_saved, save_image_xml
+from ..virt.libvirt import restore_saved
 from .cache import ChunkCache
 from .keys import passphrase
 from .progress import Progress
 from .receiver import write_disk
+from .redefine import Definition, RestoreError, rebuild
 
 if TYPE_CHECKING:
     from .installer import Installed, Provisioner
@@ -71,10 +73,6 @@ from .installer import VMExists
 
 log = logging.getLogger(__name__)
 MEMORY = "memory"
-
-
-class RestoreError(VMClientError):
-    """Cannot restore VM {!r}: {}"""
 
 
 async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
@@ -108,9 +106,12 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         m = await load_snapshot(remote, signers, keys, me.device_id, vm, snapshot, min_seq)
     except ObjectNotFound as exc:
         raise RestoreError(vm, f"no snapshot at {exc.path}") from None
-    domain = _definition(vm, m)
+    domain = rebuild(vm, m.meta, f"snapshot {m.label}", PurePosixPath(prov.vm_dir(vm)),
+                     [d.name for d in m.disks if d.role != MEMORY],
+                     secret_uuid=str(uuidlib.uuid4()), cpu=prov.cfg.cpu_profile(),
+                     networks=prov.networks, anti_spoofing=prov.cfg.networks.anti_spoofing)
     if any(d.role == MEMORY for d in m.disks):  # it will run: the start gate's lease first
-        target = parse_domain(ET.tostring(domain, encoding="unicode"), m.meta["uuid"])
+        target = parse_domain(domain.xml, m.meta["uuid"])
         if target is not None:
             prov.gate.allowed(target)
     cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
@@ -141,36 +142,6 @@ async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
     if prov.vm_dir(vm).exists():
         raise VMExists(vm, f"its disks in {prov.vm_dir(vm)}")
     return True
-
-
-def _definition(vm: str, m: Manifest) -> ET.Element:
-    untrusted = m.meta.get("domain", "")
-    where = f"snapshot {m.label}"
-    if not untrusted:
-        raise RestoreError(vm, f"{where} carries no domain definition (written before "
-                           "memory and restore support)")
-    try:
-        root = ET.fromstring(untrusted)
-    except ET.ParseError as exc:
-        raise RestoreError(vm, f"{where}: its domain definition does not parse: {exc}") from None
-    if root.findtext("name") != vm or root.findtext("uuid") != m.meta.get("uuid"):
-        raise RestoreError(vm, f"{where}: its domain definition names another VM")
-    targets = {t.get("dev") for t in root.iterfind("devices/disk[@device='disk']/target")}
-    missing = sorted({d.name for d in m.disks if d.role != MEMORY} - targets)
-    if missing:
-        raise RestoreError(vm, f"{where}: disks {missing} are not in its definition")
-    return root
-
-
-def rewrite_disks(untrusted_xml: str, paths: Mapping[str, Path]) -> str:
-    """The domain XML with each disk (by target dev) pointing at its path on this laptop."""
-    root = ET.fromstring(untrusted_xml)
-    for disk in root.iterfind("devices/disk[@device='disk']"):
-        tgt, src = disk.find("target"), disk.find("source")
-        dev = tgt.get("dev", "") if tgt is not None else ""
-        if dev in paths and src is not None:
-            src.set("file", str(PurePosixPath(paths[dev])))
-    return ET.tostring(root, encoding="unicode")
 
 
 async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: crypto.KeySet,
@@ -207,7 +178,7 @@ async def _blobs(store: ChunkStore, plan: DownloadPlan
 
 
 async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
-                   domain: ET.Element, cache: ChunkCache, progress: Progress, *,
+                   domain: Definition, cache: ChunkCache, progress: Progress, *,
                    adopt: bool) -> Installed:
     vm_dir = prov.vm_dir(vm)
     marker = prov._marker(vm)
@@ -223,17 +194,12 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
             _write_private(marker, b"restore started\n")  # a crash from here on is undone
         vm_dir.mkdir(parents=True, exist_ok=False)
         vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
-        sources = {t.get("dev", ""): s.get("file", "")
-                   for d in domain.iterfind("devices/disk[@device='disk']")
-                   if (t := d.find("target")) is not None and (s := d.find("source")) is not None}
-        paths: dict[str, Path] = {}
         for disk in m.disks:
             if disk.role == MEMORY:
                 continue
-            name = PurePosixPath(sources[disk.name]).name or f"{disk.name}.qcow2"
-            paths[disk.name] = vm_dir / name
-            await write_disk(cache, disk, keys, paths[disk.name], pp, disk.size, staging,
-                             prov.cfg.staging_mib << 20, progress, prov.report)
+            await write_disk(cache, disk, keys, vm_dir / domain.files[disk.name], pp,
+                             disk.size, staging, prov.cfg.staging_mib << 20, progress,
+                             prov.report)
         memory = next((d for d in m.disks if d.role == MEMORY), None)
         if memory is not None:
             # plaintext guest RAM: only where nothing persists, as the sync's memory_dir
@@ -244,12 +210,10 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
                                            "the memory image does not match its SHA-256")
         progress.begin("define", 0)
         prov.report(progress)
-        xml = rewrite_disks(ET.tostring(domain, encoding="unicode"), paths)
-        defined = await prov.hv.define(xml, vm)
-        if "recipe" in m.meta:
-            _write_private(prov._recipe_file(vm), m.meta["recipe"].encode())
+        defined = await prov.hv.define(domain.xml, vm)
+        _write_private(prov._recipe_file(vm), domain.recipe_text.encode())
         if memory is not None:
-            await _resume_from(prov, vm, mem_file, paths, pp, domain)
+            await _resume_from(prov, vm, defined, mem_file, pp)
         marker.unlink(missing_ok=True)
     except BaseException:
         if defined:
@@ -268,14 +232,17 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
     return await prov.get(vm)
 
 
-async def _resume_from(prov: Provisioner, vm: str, mem_file: Path, paths: Mapping[str, Path],
-                       pp: bytes, domain: ET.Element) -> None:
-    """Restore the VM from its memory image, running, with its disks' secret for the moment."""
-    secrets = sorted({s.get("uuid", "") for s in domain.iterfind(
-        "devices/disk[@device='disk']/source/encryption/secret")} - {""})
-    saved = rewrite_disks(await save_image_xml(prov.hv, str(mem_file), vm), paths)
+async def _resume_from(prov: Provisioner, vm: str, uuid: str, mem_file: Path, pp: bytes
+                       ) -> None:
+    """Restore the VM from its memory image, running, with its disks' secret for the moment.
+
+    With the definition just defined (rebuilt from the recipe), not the one the image
+    carries: libvirt refuses an image whose devices differ from it (ABI check)."""
+    xml = await prov.hv.xml_desc(uuid, vm)
+    target = parse_domain(xml, uuid)
+    secrets = list(target.secrets) if target is not None else []
     async with prov.hv.ephemeral_secrets(secrets, pp, vm):
-        await restore_saved(prov.hv, str(mem_file), saved, vm)
+        await restore_saved(prov.hv, str(mem_file), xml, vm)
 
 
 def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest: Path) -> str:
@@ -315,4 +282,4 @@ def _write_private(path: Path, data: bytes) -> None:
     write_private(path, data)
 
 
-__all__ = ["RestoreError", "restore", "rewrite_disks"]
+__all__ = ["RestoreError", "restore"]

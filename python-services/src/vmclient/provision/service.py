@@ -24,7 +24,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard, name_out_args
 from ..errors import UsageError
-from . import spec
+from . import media, spec
 from .installer import Installed, Provisioner
 from .progress import Progress
 
@@ -40,8 +40,8 @@ class Phase(enum.IntEnum):
     DEFINE = 5
 
 
-_OUT_ARG_NAMES = {"Install": "vm", "Upgrade": "image_version", "List": "vms",
-                  "Eject": "media", "Restore": "state"}
+_OUT_ARG_NAMES = {"Install": "vm", "InstallFromMedia": "vm", "Upgrade": "image_version",
+                  "List": "vms", "Eject": "media", "Restore": "state"}
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -57,6 +57,10 @@ class ProvisioningInterface(ServiceInterface):
 
     @method()
     async def Install(self, recipe_toml: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def InstallFromMedia(self, recipe_toml: s, media: h) -> s:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
     @method()
@@ -134,7 +138,11 @@ def _row(vm: Installed) -> list[Any]:
 
 
 def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner) -> None:
-    """Authorise and dispatch the methods; one install or upgrade at a time."""
+    """Authorise and dispatch the methods; one install or upgrade at a time.
+
+    A VM name from the caller is checked (:func:`spec.vm_name`) before anything else
+    sees it: it becomes part of paths (its disks' directory, its key, its recipe).
+    """
     busy = asyncio.Lock()
 
     def long_work(fn: Callable[[list[Any]], Awaitable[list[Any]]]
@@ -156,26 +164,37 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         vm = await prov.install_recipe(recipe, untrusted_text)
         return [vm.name]
 
+    async def install_from_media(args: list[Any]) -> list[Any]:
+        untrusted_text, untrusted_fd = str(args[0]), int(args[1])
+        recipe = spec.parse(untrusted_text, "(recipe sent over D-Bus)")
+        if recipe.image.media is None:
+            raise UsageError(f"{recipe.name}: InstallFromMedia is for a private VM's media "
+                             "(iso, qcow2 or raw); a business VM: Install")
+        media.check_fd(untrusted_fd, str(recipe.image.media))  # the checks install repeats
+        vm = await prov.install_recipe(recipe, untrusted_text, media_fd=untrusted_fd)
+        return [vm.name]
+
     async def upgrade(args: list[Any]) -> list[Any]:
-        return [(await prov.upgrade(str(args[0]), int(args[1]))).image_version]
+        return [(await prov.upgrade(spec.vm_name(args[0]), int(args[1]))).image_version]
 
     async def restore(args: list[Any]) -> list[Any]:
-        vm = await prov.restore(str(args[0]), str(args[1]) or None, from_device=str(args[2]))
+        vm = await prov.restore(spec.vm_name(args[0]), str(args[1]) or None,
+                                from_device=str(args[2]))
         return [vm.state]
 
     async def start(args: list[Any]) -> list[Any]:
-        await prov.start(str(args[0]))
+        await prov.start(spec.vm_name(args[0]))
         return []
 
     async def stop(args: list[Any]) -> list[Any]:
-        await prov.stop(str(args[0]), force=bool(args[1]))
+        await prov.stop(spec.vm_name(args[0]), force=bool(args[1]))
         return []
 
     async def eject(args: list[Any]) -> list[Any]:
-        return [list(await prov.eject(str(args[0])))]
+        return [list(await prov.eject(spec.vm_name(args[0])))]
 
     async def remove(args: list[Any]) -> list[Any]:
-        await prov.remove(str(args[0]))
+        await prov.remove(spec.vm_name(args[0]))
         return []
 
     async def list_vms(_args: list[Any]) -> list[Any]:
@@ -184,6 +203,8 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
     install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
                          names.POLKIT_ACTION_PROVISION_MANAGE, {
                              "Install": Member("s", "s", "installing a VM", long_work(install)),
+                             "InstallFromMedia": Member("sh", "s", "installing a VM",
+                                                        long_work(install_from_media)),
                              "Upgrade": Member("su", "u", "upgrading a VM", long_work(upgrade)),
                              "Restore": Member("sss", "s", "restoring a VM",
                                                long_work(restore)),

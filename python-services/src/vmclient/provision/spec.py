@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 
 FORMAT = 1
 KINDS = ("business", "private")
@@ -35,18 +35,40 @@ class RecipeError(ConfigError):
     """{}: {}: {}"""
 
 
+class BadVMName(UsageError):
+    """Not a VM name: {!r} (a VM name matches {})"""
+
+
+def vm_name(untrusted: str) -> str:
+    """``untrusted`` if it is a VM name (a recipe's ``name``), else :class:`BadVMName`.
+
+    Every name from a caller (D-Bus, the CLI, an order) passes through here before
+    it becomes part of a path (``<images_dir>/<vm>``, ``keys/<vm>.wrapped``, ...).
+    """
+    if not isinstance(untrusted, str) or not NAME_RE.fullmatch(untrusted):
+        raise BadVMName(untrusted, NAME_RE.pattern)
+    return untrusted
+
+
 @dataclass(frozen=True)
 class Image:
-    """Where the system disk comes from: exactly one of catalog / iso / qcow2."""
+    """Where the system disk comes from: exactly one of catalog / iso / qcow2 / raw."""
 
     catalog: str = ""
     version: int = 0  # 0 = the newest in the catalog
     iso: PurePosixPath | None = None
     qcow2: PurePosixPath | None = None
+    raw: PurePosixPath | None = None
 
     @property
     def source(self) -> str:
-        return "catalog" if self.catalog else "iso" if self.iso else "qcow2"
+        return "catalog" if self.catalog else "iso" if self.iso else \
+            "qcow2" if self.qcow2 else "raw"
+
+    @property
+    def media(self) -> PurePosixPath | None:
+        """A private VM's local media (the file the user gives; a label once installed)."""
+        return self.iso or self.qcow2 or self.raw
 
 
 @dataclass(frozen=True)
@@ -196,14 +218,16 @@ def _image(t: _Table) -> Image:
     version = t.number("version", 1, 1 << 31, 0)
     iso = t.get("iso", str, "", check=abs_path)
     qcow2 = t.get("qcow2", str, "", check=abs_path)
-    given = [k for k, v in (("catalog", catalog), ("iso", iso), ("qcow2", qcow2)) if v]
+    raw = t.get("raw", str, "", check=abs_path)
+    given = [k for k, v in (("catalog", catalog), ("iso", iso), ("qcow2", qcow2),
+                            ("raw", raw)) if v]
     if len(given) != 1:
-        raise t.fail("", f"needs exactly one of catalog, iso, qcow2 (got {given or 'none'})")
+        raise t.fail("", "needs exactly one of catalog, iso, qcow2, raw "
+                     f"(got {given or 'none'})")
     if version and not catalog:
         raise t.fail("version", "only a catalog image has a version")
     t.done()
-    return Image(catalog, version, PurePosixPath(iso) if iso else None,
-                 PurePosixPath(qcow2) if qcow2 else None)
+    return Image(catalog, version, *(PurePosixPath(p) if p else None for p in (iso, qcow2, raw)))
 
 
 def _disks(t: _Table) -> tuple[Disk, ...]:
@@ -253,7 +277,7 @@ def _cross_check(r: Recipe, t: _Table) -> None:
     if r.kind == "private":
         if r.image.source == "catalog":
             raise t.fail("image.catalog", "a private VM is installed from local media "
-                         "(iso or qcow2), never from the datacenter catalog")
+                         "(iso, qcow2 or raw), never from the datacenter catalog")
         if r.sync.enabled:
             raise t.fail("sync.enabled", "private VMs are never uploaded: must be false")
         if r.zone == "business":

@@ -42,6 +42,7 @@ from ..provision.keys import DeviceKeys, VMKeys, load_admin_key
 from ..store import crypto, layout, repo
 from ..store.documents import RepoConfig
 from ..store.errors import ObjectNotFound
+from ..store.format import NAME_RE
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, open_store
 from ..virt.libvirt import Hypervisor, sync_view
@@ -363,6 +364,8 @@ class Synchronizer:
     async def _vm_keys(self, vm: str) -> crypto.KeySet:
         if not vm:
             raise UsageError("name a VM")
+        if not NAME_RE.fullmatch(vm):  # it becomes part of a key path and remote paths
+            raise UsageError(f"not a VM name: {vm!r} (a VM name matches {NAME_RE.pattern})")
         return await asyncio.to_thread(self.keys.load, vm)
 
     async def verify(self, vm: str, snapshot: str) -> tuple[str, int, int]:
