@@ -65,11 +65,14 @@ def test_lid_close_and_open_with_the_block_lock_held(powerd, logind, vms, laptop
     assert all(s == PAUSED for s in vms.states().values())
     wait_for(lambda: not logind.holds("sleep", "delay"), 5, "the sleep lock released")
     assert d.props()["LidState"] == 3
-    # the host wakes, then the lid opens
+    # the host wakes with the lid still closed: the VMs stay paused until it opens
     logind.prepare_for_sleep(False)
-    wait_for(lambda: all(s == RUNNING for s in vms.states().values()), 10, "VMs running")
+    wait_for(lambda: logind.holds("sleep", "delay"), 5, "the sleep lock taken again")
+    wait_for(lambda: "woke -> " in d.log(), 5, "the wake-up handled")
+    assert all(s == PAUSED for s in vms.states().values())
     laptop.set_lid(False)
-    wait_for(lambda: d.props()["LidState"] == 2, 5, "lid reported open")
+    wait_for(lambda: all(s == RUNNING for s in vms.states().values()), 10, "VMs running")
+    assert d.props()["LidState"] == 2
     assert logind.suspend_count() == 1
 
 
