@@ -154,6 +154,11 @@ def test_a_vm_held_by_the_lid_and_saved_for_the_battery_waits_for_the_lid_too():
     assert due(release(release(t, {Cause.BATTERY}), LID)) == ["a"]
 
 
+def test_ac_again_retries_a_refused_restore():
+    # the key gate refused the restore (lease expired): the VM is held for no cause
+    assert decide(State(undo_pending=True), Event.AC_ONLINE).actions == [A.RESTORE_VMS]
+
+
 def test_ac_does_not_restore_when_configured_not_to():
     s = State(saved_for=frozenset({Cause.BATTERY}), restore_on_ac=False)
     assert decide(s, Event.AC_ONLINE).actions == []

@@ -16,7 +16,8 @@ LID_CLOSED        lid closed, we own it, action pause    pause (+lid)
 LID_CLOSED        otherwise (reopened, ignore, not ours) (nothing: logind decides)
 LID_OPENED        some VM held for the lid               resume, clocks (-lid)
 BATTERY_CRITICAL  on battery                             save (+battery)
-AC_ONLINE         some VM saved for the battery,         restore (-battery)
+AC_ONLINE         some VM saved for the battery (or one  restore (-battery)
+                  whose restore was refused),
                   restore_on_ac
 SHUTDOWN          (always)                               save (+shutdown)
 STARTED           (always)                               resume, clocks (-sleep; -lid unless
@@ -308,7 +309,8 @@ TABLE: tuple[Rule, ...] = (
     Rule(Event.LID_OPENED, _ends_any(_const(Cause.LID)), (R, C), ends=_const(Cause.LID)),
     Rule(Event.BATTERY_CRITICAL, lambda s: s.source == PowerSource.BATTERY,
          (Action.SAVE_VMS,), adds=Cause.BATTERY),
-    Rule(Event.AC_ONLINE, lambda s: Cause.BATTERY in s.saved_for and s.restore_on_ac,
+    Rule(Event.AC_ONLINE, lambda s: (Cause.BATTERY in s.saved_for or s.undo_pending)
+         and s.restore_on_ac,
          (Action.RESTORE_VMS,), ends=_const(Cause.BATTERY)),
     Rule(Event.SHUTDOWN, _always, (Action.SAVE_VMS,), adds=Cause.SHUTDOWN),
     Rule(Event.STARTED, _ends_any(_ends_at_start), (R, C), ends=_ends_at_start),

@@ -28,12 +28,18 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..errors import HypervisorUnavailable, VMClientError, VMOperationFailed, VMOperationTimeout
+from ..errors import (
+    HypervisorUnavailable,
+    VMClientError,
+    VMNotFound,
+    VMOperationFailed,
+    VMOperationTimeout,
+)
 from ..log import vm_logger
 from ..manage.gate import StartGate, StartRefused
-from ..virt.libvirt import DomainInfo, DomState, Hypervisor
+from ..virt.libvirt import DomainInfo, DomState, Hypervisor, running_policies
 from . import policy
 from .config import VMs
 from .policy import Cause, Causes, Hold, VMPolicy
@@ -60,12 +66,15 @@ class VMController:
     # -- queries ----------------------------------------------------------------
 
     def policy_for(self, d: DomainInfo) -> VMPolicy:
-        name = self.cfg.policies.get(d.name) or d.policy or self.cfg.default_policy
+        return self._policy(d.name, d.policy)
+
+    def _policy(self, vm: str, untrusted_policy: str | None) -> VMPolicy:
+        name = self.cfg.policies.get(vm) or untrusted_policy or self.cfg.default_policy
         try:
             return VMPolicy(name)
         except ValueError:
-            vm_logger(d.name).warning("unknown power policy %r in the domain metadata; "
-                                      "using %r", name, self.cfg.default_policy)
+            vm_logger(vm).warning("unknown power policy %r in the domain metadata; "
+                                  "using %r", name, self.cfg.default_policy)
             return VMPolicy(self.cfg.default_policy)
 
     def paused_by_us(self) -> list[tuple[str, str]]:
@@ -83,10 +92,13 @@ class VMController:
         return bool(policy.due(self.held))
 
     def manages(self, d: DomainInfo) -> bool:
-        return d.name.startswith(self.cfg.name_prefix)
+        return self._managed_name(d.name)
+
+    def _managed_name(self, name: str) -> bool:
+        return name.startswith(self.cfg.name_prefix)
 
     async def domains(self, running: bool = False) -> list[DomainInfo]:
-        return [d for d in await self.hv.list_domains(running) if self.manages(d)]
+        return await self.hv.list_domains(running, keep=self._managed_name)
 
     # -- bookkeeping -----------------------------------------------------------
 
@@ -155,9 +167,11 @@ class VMController:
         (their errors are logged); raises only if the VMs cannot be listed.
         """
         async with self._lock:
-            domains = await self._bounded(self.domains(running=True), deadline, "list VMs")
-            plan = [(d, self.policy_for(d)) for d in domains or []
-                    if d.state == DomState.RUNNING and d.uuid not in self._inflight]
+            # Only what the pause needs: one listing, one metadata read per VM we manage.
+            running = await self._bounded(running_policies(self.hv, self._managed_name),
+                                          deadline, "list VMs")
+            plan = [(_Target(u, n), self._policy(n, p)) for u, n, p in running or []
+                    if u not in self._inflight]
             plan = [(d, p) for d, p in plan if p != VMPolicy.IGNORE]
             # Recorded before the calls: a daemon killed in the middle of the batch
             # finds them on its next start (reconcile keeps the ones really paused).
@@ -187,7 +201,7 @@ class VMController:
             return [d.name for d, _ in plan if d.uuid in self.held
                     and d.uuid not in self._inflight]
 
-    async def _pause_one(self, d: DomainInfo, pol: VMPolicy, deadline: float) -> None:
+    async def _pause_one(self, d: _Target, pol: VMPolicy, deadline: float) -> None:
         vlog = vm_logger(d.name)
         action = pol
         self._inflight.add(d.uuid)
@@ -243,15 +257,13 @@ class VMController:
         restore a managed save through the key gate.  Returns the names undone.
 
         The ended causes are written first, so what fails (libvirtd gone) or is killed
-        here is undone at the next start or when libvirtd is back.
+        here is undone at the next start or when libvirtd is back.  A VM gone, or
+        running already, counts as undone.
         """
         async with self._lock:
             self._set(policy.release(self.held, ends))
-            try:
-                if self.hv.connected:  # else no waiting for it: the undo below is bounded
-                    await self.reconcile()
-            except VMClientError as exc:
-                log.error("cannot check the VMs before resuming them: %s", exc)
+            # No reconcile first (it costs four calls per VM): an undo that finds its VM
+            # gone or already running counts as done (see _undo).
             todo = [(u, self.held[u]) for u in policy.due(self.held) if u not in self._inflight]
             fast = [(u, h) for u, h in todo if h.action != VMPolicy.SAVE]
             slow = [(u, h) for u, h in todo if h.action == VMPolicy.SAVE]
@@ -279,21 +291,24 @@ class VMController:
         return [h.name for _, h in done]
 
     async def _undo(self, uuid: str, h: Hold) -> None:
-        if h.action in (VMPolicy.PAUSE, VMPolicy.S3):
-            try:
-                if h.action == VMPolicy.PAUSE:
-                    await self.hv.resume(uuid, h.name)
-                else:
-                    await self.hv.pm_wakeup(uuid, h.name)
-            except VMOperationFailed:
-                # An earlier resume that outlived its bound (libvirtd was away) may have
-                # done it meanwhile: a VM that runs is resumed.
-                if (await self.hv.domain(uuid)).state != DomState.RUNNING:
-                    raise
-        else:
-            await self.gate.start(uuid, h.name)  # the disks' secret, under the lease
-            if h.paused:
-                await self.hv.resume(uuid, h.name)  # saved while we held it paused
+        try:
+            if h.action == VMPolicy.PAUSE:
+                await self.hv.resume(uuid, h.name)
+            elif h.action == VMPolicy.S3:
+                await self.hv.pm_wakeup(uuid, h.name)
+            else:
+                await self.gate.start(uuid, h.name)  # the disks' secret, under the lease
+                if h.paused:
+                    await self.hv.resume(uuid, h.name)  # saved while we held it paused
+        except VMNotFound:
+            vm_logger(h.name).warning("VM %s that we had %sd no longer exists; forgetting it",
+                                      h.name, h.action.value)
+            return
+        except VMOperationFailed:
+            # Resumed or started by someone else, or by an earlier undo of ours that
+            # outlived its bound while libvirtd was away: a VM that runs is undone.
+            if (await self.hv.domain(uuid)).state != DomState.RUNNING:
+                raise
         vm_logger(h.name).info("%s", {VMPolicy.PAUSE: "resumed",
                                       VMPolicy.S3: "woken from guest S3",
                                       VMPolicy.SAVE: "restored from its saved state"}[h.action])
@@ -375,6 +390,11 @@ class VMController:
         """Wait for late operations (at shutdown)."""
         if self._late:
             await asyncio.wait(self._late, timeout=limit)
+
+
+class _Target(NamedTuple):
+    uuid: str
+    name: str
 
 
 _UNDO_NAME = {VMPolicy.PAUSE: "resume", VMPolicy.S3: "guest wake-up", VMPolicy.SAVE: "restore"}
