@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from fixtures_virt import IMAGES, URI, kvm_usable, open_libvirt
+from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need
 from vmclient.manage import admin as it
@@ -154,7 +154,7 @@ class Laptop:
         conn = libvirt.open(URI)
         try:
             conn.defineXML(DOMAIN_XML.format(
-                virt="kvm" if kvm_usable() else "qemu", name=name, uuid=uuidlib.uuid4(),
+                virt=cpu_profile().domain_type, name=name, uuid=uuidlib.uuid4(),
                 ns=VM_NS, kind=kind, disk=disk, secret=uuidlib.uuid4()))
         finally:
             conn.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from fixtures_virt import scaled
 from orders_env import dom_state, laptop
 
 from testlib import ROOT
@@ -34,7 +35,7 @@ async def test_wipe_killed_midway_finishes_on_next_start(tmp_path: Path, step: s
             [str(ROOT / "python-services" / "src"), str(ROOT / "tests"), str(HERE)])}
         r = subprocess.run([sys.executable, str(HERE / "orders_crash_driver.py"), str(tmp_path),
                             lap.prefix, step], env=env, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=scaled(120))
         assert r.returncode == -9, r.stderr
 
         journal = json.loads((lap.cfg.state_dir / "wipe.json").read_text())
