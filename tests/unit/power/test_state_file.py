@@ -44,3 +44,17 @@ def test_a_broken_file_is_moved_aside(tmp_path):
     (tmp_path / "state.json").write_text("{half")
     assert StateFile(tmp_path).load() == {}
     assert list(tmp_path.glob("state.broken-*"))
+
+
+def test_fsynced_only_while_it_holds_a_managed_save(tmp_path, monkeypatch):
+    import os
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    f = StateFile(tmp_path)
+    f.save({"u1": Hold("a", VMPolicy.PAUSE, frozenset({Cause.SLEEP}))})
+    assert synced == []  # a paused VM dies with the host: no crash to survive
+    f.save({"u1": Hold("a", VMPolicy.SAVE, frozenset({Cause.SLEEP}))})
+    assert len(synced) == 2  # the file, then its directory
+    assert f.load()["u1"].action == VMPolicy.SAVE

@@ -56,7 +56,17 @@ class StateFile:
         return held
 
     def save(self, held: dict[str, Hold]) -> None:
+        """Replace the file atomically (a whole new file renamed over the old one).
+
+        Visible to the next daemon at once, also after a SIGKILL (the page cache holds
+        it).  fsynced (file, then directory) only while it holds a managed save: a
+        saved VM outlives a host crash and only this file says to restore it, while a
+        paused VM dies with the host (its entry would be forgotten at the next start
+        anyway), and an fsync costs more than the pause itself (milliseconds to tens
+        of them, on the path to releasing the sleep lock).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        durable = any(h.action == VMPolicy.SAVE for h in held.values())
         tmp = self.path.with_suffix(".tmp")
         data = json.dumps({"version": STATE_VERSION, "held": [
             {"uuid": u, "name": h.name, "action": h.action.value, "paused": h.paused,
@@ -65,12 +75,14 @@ class StateFile:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data.encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if durable:
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
