@@ -77,12 +77,16 @@ class VMController:
                                   "using %r", name, self.cfg.default_policy)
             return VMPolicy(self.cfg.default_policy)
 
+    def _done(self) -> list[Hold]:
+        """Held, its pause or save done (not still running)."""
+        return [h for u, h in self.held.items() if u not in self._inflight]
+
     def paused_by_us(self) -> list[tuple[str, str]]:
-        return sorted((h.name, h.action.value) for h in self.held.values())
+        return sorted((h.name, h.action.value) for h in self._done())
 
     def held_for(self) -> list[tuple[str, list[int]]]:
         """(VM name, its causes as :class:`Cause` values) of every VM held."""
-        return sorted((h.name, sorted(int(c) for c in h.causes)) for h in self.held.values())
+        return sorted((h.name, sorted(int(c) for c in h.causes)) for h in self._done())
 
     def causes(self, saved: bool) -> Causes:
         return policy.causes_of(self.held, saved)
@@ -179,6 +183,7 @@ class VMController:
                                       if u not in {d.uuid for d, _ in plan}}, cause)
             for d, p in plan:
                 table = policy.held(table, d.uuid, d.name, p, cause)
+                self._inflight.add(d.uuid)  # held, not yet done (PausedByUs waits for it)
             self._set(table)
             self._batch = True  # one more write at the end, if anything turned out otherwise
             jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline)): d for d, p in plan}
@@ -204,7 +209,6 @@ class VMController:
     async def _pause_one(self, d: _Target, pol: VMPolicy, deadline: float) -> None:
         vlog = vm_logger(d.name)
         action = pol
-        self._inflight.add(d.uuid)
         try:
             if pol == VMPolicy.S3:
                 try:
@@ -226,6 +230,7 @@ class VMController:
             raise
         finally:
             self._inflight.discard(d.uuid)
+            self.on_change()
         h = self.held.get(d.uuid)
         if h is None:
             return
