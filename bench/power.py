@@ -5,10 +5,18 @@ Real domains on the real libvirtd, the real daemon on a private system bus with
 dbusmock's logind (the test set-up: run `make setup daemons` first).  For each
 round it emits PrepareForSleep(true) and measures until every VM is paused and
 the delay lock is released, then PrepareForSleep(false) until every VM runs.
-Baselines in the same run: a plain sequential virDomainSuspend/Resume loop over
-the same domains, and the daemon with a single VM.
+Baselines: a plain sequential virDomainSuspend/Resume loop over the same
+domains, and the daemon with a single VM; with ``--save-rounds``, the ``save``
+policy (managed save of every VM, in parallel) against a sequential
+virDomainManagedSave/virDomainCreate loop.
 
-    python bench/power.py --vms 8 --rounds 10
+Fair by construction: every guest boots a sector that halts its vCPU (no
+SeaBIOS polling for a boot device eating the 2 cores), the run waits until
+every vCPU is idle and then ``--settle`` seconds more, and the daemon and its
+baseline alternate round by round on the same guests (which of the two goes
+first alternates too).
+
+    python bench/power.py --vms 8 --rounds 10 --save-rounds 3
 
 The last line is one JSON object.
 """
@@ -33,83 +41,137 @@ from fixtures_bus import private_system_bus
 from fixtures_virt import domains
 from powerd_harness import Logind, PowerDaemon, wait_for
 
-RUNNING, PAUSED = libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED
+RUNNING, PAUSED, SHUTOFF = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
+                            libvirt.VIR_DOMAIN_SHUTOFF)
 
 
 def p50(xs: list[float]) -> float:
     return round(statistics.median(xs), 2)
 
 
-def daemon_rounds(bus, logind: Logind, vms, names: list[str], rounds: int) -> tuple[list, list]:
-    work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))
-    d = PowerDaemon(bus, None, work, f'[vms]\nname_prefix = "{vms.prefix}-{len(names)}-"\n'
-                    "[shutdown]\nsave = false\n").start()
-    doms = [vms.conn.lookupByName(n) for n in names]
-    pause, resume = [], []
-    try:
-        for _ in range(rounds):
-            wait_for(lambda: logind.holds("sleep", "delay"), 10, "sleep lock held")
-            t0 = time.perf_counter()
-            logind.prepare_for_sleep(True)
-            wait_for(lambda: not logind.holds("sleep", "delay"), 10, "lock released",
-                     interval=0.0005)
-            pause.append((time.perf_counter() - t0) * 1000)
-            assert all(dom.state()[0] == PAUSED for dom in doms), "lock released early"
-            t0 = time.perf_counter()
-            logind.prepare_for_sleep(False)
-            wait_for(lambda: all(dom.state()[0] == RUNNING for dom in doms), 10, "running",
-                     interval=0.0005)
-            resume.append((time.perf_counter() - t0) * 1000)
-            time.sleep(0.05)
-    finally:
-        d.stop()
-    return pause, resume
+class Bench:
+    def __init__(self, bus, logind: Logind, vms, names: list[str], config: str = "") -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))
+        prefix = names[0].rsplit("-", 1)[0] + "-"
+        self.d = PowerDaemon(bus, None, self.work, f'[vms]\nname_prefix = "{prefix}"\n'
+                             f"save_timeout_s = 300\n{config}"
+                             "[shutdown]\nsave = false\nrestore_on_start = false\n"
+                             "[sleep]\nmax_delay_s = 60\n").start()
+        self.logind = logind
+        self.doms = [vms.conn.lookupByName(n) for n in names]
+
+    def round(self, asleep: int) -> tuple[float, float]:
+        """(ms until every VM is ``asleep`` and the lock released, ms until all run again)."""
+        wait_for(lambda: self.logind.holds("sleep", "delay"), 10, "sleep lock held")
+        t0 = time.perf_counter()
+        self.logind.prepare_for_sleep(True)
+        wait_for(lambda: not self.logind.holds("sleep", "delay"), 120, "lock released",
+                 interval=0.001)
+        pause = (time.perf_counter() - t0) * 1000
+        assert all(dom.state()[0] == asleep for dom in self.doms), "lock released early"
+        t0 = time.perf_counter()
+        self.logind.prepare_for_sleep(False)
+        wait_for(lambda: all(dom.state()[0] == RUNNING for dom in self.doms), 300, "running",
+                 interval=0.001)
+        return pause, (time.perf_counter() - t0) * 1000
+
+    def stop(self) -> None:
+        self.d.stop()
 
 
-def sequential_rounds(vms, names: list[str], rounds: int) -> tuple[list, list]:
-    doms = [vms.conn.lookupByName(n) for n in names]
-    pause, resume = [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for dom in doms:
-            dom.suspend()
-        pause.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        for dom in doms:
-            dom.resume()
-        resume.append((time.perf_counter() - t0) * 1000)
-    return pause, resume
+def sequential(doms, save: bool = False) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    for dom in doms:
+        dom.managedSave(0) if save else dom.suspend()
+    pause = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    for dom in doms:
+        dom.create() if save else dom.resume()
+    return pause, (time.perf_counter() - t0) * 1000
+
+
+def alternate(bench: Bench, rounds: int, save: bool = False) -> dict[str, list[float]]:
+    """``rounds`` of the daemon and of the sequential loop, alternated on the same guests."""
+    out: dict[str, list[float]] = {k: [] for k in ("pause", "resume", "seq_pause",
+                                                   "seq_resume")}
+    for r in range(rounds):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        for baseline in order:
+            time.sleep(0.2)  # the previous round's tail (clock syncs, logs) settles
+            if baseline:
+                p, q = sequential(bench.doms, save)
+                out["seq_pause"].append(p)
+                out["seq_resume"].append(q)
+            else:
+                p, q = bench.round(SHUTOFF if save else PAUSED)
+                out["pause"].append(p)
+                out["resume"].append(q)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vms", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--save-rounds", type=int, default=3,
+                    help="rounds with the save policy (seconds each; 0: none)")
+    ap.add_argument("--settle", type=float, default=15.0,
+                    help="seconds to wait once every guest idles")
     args = ap.parse_args()
     with private_system_bus() as bus, domains(f"vmbench-{uuid.uuid4().hex[:6]}") as vms:
         logind = Logind(bus, bus.spawn_mock("logind_vmclient",
-                                            {"InhibitDelayMaxUSec": 10_000_000}))
-        many = [vms.create(f"{args.vms}-{i}").name() for i in range(args.vms)]
-        one = [vms.create(f"1-{0}").name()]
-        seq_pause, seq_resume = sequential_rounds(vms, many, args.rounds)
-        pause, resume = daemon_rounds(bus, logind, vms, many, args.rounds)
-        one_pause, one_resume = daemon_rounds(bus, logind, vms, one, args.rounds)
+                                            {"InhibitDelayMaxUSec": 600_000_000}))
+        many = [vms.create(f"{args.vms}-{i}", halt=True).name() for i in range(args.vms)]
+        one = [vms.create("1-0", halt=True).name()]
+        for n in many + one:
+            vms.wait_idle(n)
+        time.sleep(args.settle)
+        b = Bench(bus, logind, vms, many)
+        try:
+            m = alternate(b, args.rounds)
+        finally:
+            b.stop()
+        b = Bench(bus, logind, vms, one)
+        try:
+            s1 = alternate(b, args.rounds)
+        finally:
+            b.stop()
+        sv: dict[str, list[float]] = {}
+        if args.save_rounds:
+            b = Bench(bus, logind, vms, many, 'default_policy = "save"\n')
+            try:
+                sv = alternate(b, args.save_rounds, save=True)
+            finally:
+                b.stop()
     result = {
         "vms": args.vms,
         "rounds": args.rounds,
         "kvm": vms.virt == "kvm",
-        "pause_p50_ms": p50(pause),
-        "resume_p50_ms": p50(resume),
-        "sequential_pause_p50_ms": p50(seq_pause),
-        "sequential_resume_p50_ms": p50(seq_resume),
-        "single_vm_pause_p50_ms": p50(one_pause),
-        "single_vm_resume_p50_ms": p50(one_resume),
-        "ratio": round(p50(pause) / p50(seq_pause), 3),
-        "pause_vs_single_vm": round(p50(pause) / p50(one_pause), 3),
+        "pause_p50_ms": p50(m["pause"]),
+        "resume_p50_ms": p50(m["resume"]),
+        "sequential_pause_p50_ms": p50(m["seq_pause"]),
+        "sequential_resume_p50_ms": p50(m["seq_resume"]),
+        "single_vm_pause_p50_ms": p50(s1["pause"]),
+        "single_vm_resume_p50_ms": p50(s1["resume"]),
+        "single_vm_sequential_pause_p50_ms": p50(s1["seq_pause"]),
+        "ratio": round(p50(m["pause"]) / p50(m["seq_pause"]), 3),
+        "pause_vs_single_vm": round(p50(m["pause"]) / p50(s1["pause"]), 3),
     }
+    if sv:
+        result.update({
+            "save_rounds": args.save_rounds,
+            "save_p50_ms": p50(sv["pause"]),
+            "sequential_save_p50_ms": p50(sv["seq_pause"]),
+            "restore_p50_ms": p50(sv["resume"]),
+            "sequential_restore_p50_ms": p50(sv["seq_resume"]),
+            "save_ratio": round(p50(sv["pause"]) / p50(sv["seq_pause"]), 3),
+        })
     print(f"daemon pause {result['pause_p50_ms']} ms / sequential "
-          f"{result['sequential_pause_p50_ms']} ms for {args.vms} VMs; one VM "
-          f"{result['single_vm_pause_p50_ms']} ms")
+          f"{result['sequential_pause_p50_ms']} ms for {args.vms} VMs (ratio {result['ratio']}); "
+          f"one VM {result['single_vm_pause_p50_ms']} ms")
+    if sv:
+        print(f"save policy: daemon {result['save_p50_ms']} ms / sequential "
+              f"{result['sequential_save_p50_ms']} ms (ratio {result['save_ratio']})")
     print(json.dumps(result))
 
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures_bus import PrivateSystemBus, private_system_bus
 from fixtures_udev import SimulatedLaptop
-from fixtures_virt import TCG_SLOWDOWN, Domains, domains, probed_profile
+from fixtures_virt import TCG_SLOWDOWN, Domains, LibvirtdLink, domains, probed_profile
 from powerd_harness import Logind, PowerDaemon
 
 
@@ -48,6 +48,14 @@ def logind(system_bus: PrivateSystemBus) -> Logind:
 def vms() -> Iterator[Domains]:
     with domains(f"vmct-{uuid.uuid4().hex[:6]}") as d:
         yield d
+
+
+@pytest.fixture
+def libvirtd_link(tmp_path: Path) -> Iterator[LibvirtdLink]:
+    """libvirtd as the daemon under test sees it, to be cut and restored."""
+    link = LibvirtdLink(tmp_path)
+    yield link
+    link.close()
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +58,9 @@ def scaled(seconds: float) -> float:
     return seconds if kvm_usable() else seconds * TCG_SLOWDOWN
 
 
+# cli; hlt: the guest boots and idles (as bench/sync.py's disks do)
+BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]).ljust(510, b"\0") + b"\x55\xaa"
+
 DOMAIN_XML = """<domain type='{virt}'>
   <name>{name}</name>
   <uuid>{uuid}</uuid>
@@ -84,15 +90,31 @@ class Domains:
         self.names: list[str] = []
         self.virt = cpu_profile().domain_type
 
-    def create(self, suffix: str, policy: str | None = None, start: bool = True) -> libvirt.virDomain:
+    def create(self, suffix: str, policy: str | None = None, start: bool = True,
+               persistent: bool = True, halt: bool = False) -> libvirt.virDomain:
+        """``halt``: the disk boots a sector that halts the vCPU (an idle guest, as a real
+        one is) instead of leaving SeaBIOS polling for a boot device (40 % of a core)."""
         name = f"{self.prefix}-{suffix}"
         IMAGES.mkdir(parents=True, exist_ok=True)
         disk = IMAGES / f"{name}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+        if halt:
+            raw = IMAGES / f"{name}.raw"
+            with open(raw, "wb") as f:
+                f.truncate(64 << 20)
+                f.write(BOOT_SECTOR)
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
+                            str(disk)], check=True)
+            raw.unlink()
+        else:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"],
+                           check=True)
         metadata = (f"<metadata><vmclient:power xmlns:vmclient='{POWER_NS}' "
                     f"policy='{policy}'/></metadata>") if policy else ""
         xml = DOMAIN_XML.format(
             virt=self.virt, name=name, uuid=uuid.uuid4(), disk=disk, metadata=metadata)
+        if not persistent:  # transient: exists while it runs (no managed save for it)
+            self.names.append(name)
+            return self.conn.createXML(xml)
         dom = self.conn.defineXML(xml)
         self.names.append(name)
         if start:
@@ -108,6 +130,22 @@ class Domains:
 
     def states(self) -> dict[str, int]:
         return {n: self.state(n) for n in self.names}
+
+    def wait_idle(self, name: str, timeout: float = 60.0) -> None:
+        """Until the guest's vCPU is busy < 5 % over a second (booted and halted)."""
+        dom = self.conn.lookupByName(name)
+
+        def vcpu_s() -> float:
+            return sum(v[2] for v in dom.vcpus()[0]) / 1e9
+        deadline = time.monotonic() + timeout
+        last = vcpu_s()
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            now = vcpu_s()
+            if now - last < 0.05:
+                return
+            last = now
+        raise RuntimeError(f"{name} still keeps its vCPU busy after {timeout:.0f} s")
 
     def qemu_pid(self, name: str) -> int:
         return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
@@ -148,3 +186,94 @@ def domains(prefix: str) -> Iterator[Domains]:
     finally:
         d.cleanup()
         d.conn.close()
+
+
+LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
+
+
+class LibvirtdLink:
+    """A relay to libvirtd's socket for a daemon under test (connect it to :attr:`uri`).
+
+    libvirtd can then die *for that daemon* (its connections cut, new ones refused)
+    and come back, while every other test on the machine keeps the real libvirtd.
+    """
+
+    def __init__(self, directory: Path, target: str = LIBVIRT_SOCKET) -> None:
+        self.path = directory / "libvirt-sock"
+        self.target = target
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._fail_next = False
+        self._server: socket.socket | None = None
+        self.listen()
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.path}"
+
+    def listen(self) -> None:
+        """libvirtd (back) up: connections are accepted and relayed."""
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(self.path))
+        srv.listen(16)
+        srv.settimeout(0.1)
+        self._server = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+
+    def cut(self) -> None:
+        """libvirtd gone: every connection through the link closes, new ones are refused."""
+        srv, self._server = self._server, None
+        if srv is not None:
+            srv.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            _shut(*pair)
+
+    def fail_next_call(self) -> None:
+        """The next request any client sends gets no answer: its connection closes (libvirtd
+        dying as the call arrives)."""
+        self._fail_next = True
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while self._server is srv:
+            try:
+                client, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                _shut(client, upstream)
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, request: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if request and self._fail_next:
+                    self._fail_next = False
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        _shut(src, dst)
+
+
+def _shut(*socks: socket.socket) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            s.close()

@@ -72,7 +72,7 @@ def test_pause_all_and_resume_all_as_root(powerd, vms):
     assert json.loads(r.stdout) == {"paused": [vms.names[0]]}
     assert vms.state(vms.names[0]) == libvirt.VIR_DOMAIN_PAUSED
     status = json.loads(vmclientctl(d, "power", "status", "--json").stdout)
-    assert status["paused_by_us"] == [{"name": vms.names[0], "action": "pause"}]
+    assert status["paused_by_us"] == [{"name": vms.names[0], "action": "pause", "causes": ["user"]}]
     assert status["state"] == "paused"
     r = vmclientctl(d, "power", "resume-all")
     assert r.returncode == 0 and r.stdout.strip() == f"resumed: {vms.names[0]}"

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..dbus import names
-from ..power.policy import LidAction, LidState, Phase, PowerSource
+from ..power.policy import Cause, LidAction, LidState, Phase, PowerSource
 from . import bus
 
 
@@ -29,6 +29,7 @@ async def status(_: argparse.Namespace) -> dict[str, Any]:
         p = await bus.get_all(b, names.POWER_PATH, names.POWER_IFACE)
     finally:
         b.disconnect()
+    causes = {n: [_enum(Cause, c) for c in cs] for n, cs in p.get("PauseCauses", [])}
     return {
         "lid": _enum(LidState, p["LidState"]),
         "power_source": {PowerSource.AC: "ac", PowerSource.BATTERY: "battery"}.get(
@@ -37,7 +38,8 @@ async def status(_: argparse.Namespace) -> dict[str, Any]:
         "battery_percent": float(p["BatteryPercent"]),
         "docked": bool(p["Docked"]),
         "state": _enum(Phase, p["State"]),
-        "paused_by_us": [{"name": n, "action": a} for n, a in p["PausedByUs"]],
+        "paused_by_us": [{"name": n, "action": a, "causes": causes.get(n, [])}
+                         for n, a in p["PausedByUs"]],
         "owns_lid": bool(p["OwnsLid"]),
         "lid_action": _enum(LidAction, p["LidAction"]),
         "restore_refused": [{"name": n, "reason": r} for n, r in p.get("RestoreRefused", [])],
@@ -66,7 +68,9 @@ def render_status(s: dict[str, Any]) -> str:
         power += f", battery at {s['battery_percent']:.0f}%"
     else:
         power += " (no battery)"
-    paused = ", ".join(f"{v['name']} ({v['action']})" for v in s["paused_by_us"]) or "none"
+    paused = ", ".join(f"{v['name']} ({v['action']}" + (f" for {'+'.join(v['causes'])}"
+                                                          if v["causes"] else "") + ")"
+                       for v in s["paused_by_us"]) or "none"
     rows = [
         ("Lid", f"{s['lid']}" + (f" ({lid_note})" if s["lid"] != "absent" else " (no lid)")),
         ("Power", power),

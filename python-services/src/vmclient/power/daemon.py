@@ -19,16 +19,27 @@ from ..manage.gate import StartGate
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
 from .logind import Inhibitor, Logind
-from .policy import Action, Cause, Event, LidState, Phase, PowerSource, State, decide
+from .policy import (
+    Action,
+    Decision,
+    Event,
+    LidState,
+    Phase,
+    PowerSource,
+    State,
+    decide,
+    suspend_wanted,
+)
 from .service import PowerInterface, install_guard
+from .statefile import StateFile
 from .udev import PowerReading, UdevWatcher
-from .vms import StateFile, VMController
+from .vms import VMController
 
 log = logging.getLogger("vmclient.powerd")
 
-_CAUSE_OF = {Event.SLEEP: Cause.SLEEP, Event.LID_CLOSED: Cause.LID,
-             Event.PAUSE_REQUESTED: Cause.USER, Event.BATTERY_CRITICAL: Cause.BATTERY,
-             Event.SHUTDOWN: Cause.SHUTDOWN}
+# Events whose rules read the lid: it is read again from the switch first (a change
+# may sit unread while the loop was busy).
+_READ_LID = (Event.LID_CLOSED, Event.WOKE, Event.STARTED, Event.RECONNECTED)
 
 
 class PowerDaemon:
@@ -68,6 +79,7 @@ class PowerDaemon:
             "BatteryPresent": s.battery_present, "BatteryPercent": float(s.battery_percent),
             "Docked": s.docked, "State": int(self.phase),
             "PausedByUs": [list(t) for t in self.vms.paused_by_us()],
+            "PauseCauses": [[n, causes] for n, causes in self.vms.held_for()],
             "OwnsLid": self.lid_lock.held, "LidAction": int(s.lid_action()),
             "RestoreRefused": [[n, why] for n, why in sorted(self.vms.refused.items())],
         }
@@ -149,15 +161,32 @@ class PowerDaemon:
 
     async def handle(self, event: Event) -> None:
         async with self._events:
-            if event == Event.LID_CLOSED and self.logind is not None:
-                self._set(docked=await self.logind.docked())
-            self.state = replace(self.state, paused_for=self.vms.paused_cause(),
-                                 saved_for=self.vms.saved_cause())
-            self.state, actions = decide(self.state, event)
-            log.debug("%s -> %s", event.value, [a.value for a in actions])
-            for action in actions:
-                await self._do(action, event)
-            self._settle()
+            try:
+                if event in _READ_LID and self.udev is not None:
+                    self.udev.read_lid()
+                if event == Event.LID_CLOSED and self.logind is not None:
+                    self._set(docked=await self.logind.docked())
+                self.state = replace(self.state, paused_for=self.vms.causes(saved=False),
+                                     saved_for=self.vms.causes(saved=True),
+                                     undo_pending=self.vms.undo_pending)
+                decision = decide(self.state, event)
+                self.state = decision.state
+                log.debug("%s -> %s", event.value, [a.value for a in decision.actions])
+                # Each action whatever happened to the one before: a pause that fails
+                # (libvirtd dying) must not keep the sleep lock or the host awake.
+                failed: VMClientError | None = None
+                for action in decision.actions:
+                    try:
+                        await self._do(action, event, decision)
+                    except VMClientError as exc:
+                        log.error("%s (%s): %s", action.value, event.value, exc)
+                        failed = failed or exc
+                    except Exception:
+                        log.exception("%s (%s) failed; going on", action.value, event.value)
+            finally:
+                self._settle()
+            if failed is not None and event in (Event.PAUSE_REQUESTED, Event.RESUME_REQUESTED):
+                raise failed  # the caller's D-Bus error, once every action has run
 
     def _settle(self) -> None:
         held = self.vms.paused_by_us()
@@ -167,15 +196,15 @@ class PowerDaemon:
             self.phase = Phase.RUNNING
         self._changed()
 
-    async def _do(self, action: Action, event: Event) -> None:
+    async def _do(self, action: Action, event: Event, decision: Decision) -> None:
         loop = asyncio.get_running_loop()
-        cause = _CAUSE_OF.get(event, Cause.USER)
         if action == Action.PAUSE_VMS:
+            assert decision.adds is not None
             self.phase = Phase.PAUSING
             self._changed()
             bound = self.sleep_bound if event in (Event.SLEEP, Event.LID_CLOSED) \
                 else self.cfg.vms.timeout_s + 1.0
-            paused = await self.vms.pause_all(cause, loop.time() + bound)
+            paused = await self.vms.pause_all(decision.adds, loop.time() + bound)
             log.info("paused: %s", ", ".join(paused) or "(none)")
         elif action == Action.RELEASE_SLEEP_LOCK:
             self.sleep_lock.release()
@@ -183,23 +212,29 @@ class PowerDaemon:
             await self._take(self.sleep_lock)
         elif action == Action.SUSPEND_HOST:
             assert self.logind is not None
+            if self.udev is not None:
+                self.udev.read_lid()
+            if not suspend_wanted(self.state):
+                log.info("the lid is %s again: not suspending the host",
+                         self.state.lid.name.lower())
+                return
             log.info("asking logind to suspend the host")
             await self.logind.suspend()
-        elif action == Action.RESUME_VMS:
+        elif action in (Action.RESUME_VMS, Action.RESTORE_VMS):
             self.phase = Phase.RESUMING
             self._changed()
-            self._last_resumed = await self.vms.resume_all()
-            log.info("resumed: %s", ", ".join(self._last_resumed) or "(none)")
+            self._last_resumed = []
+            self._last_resumed = await self.vms.release(decision.ends)
+            log.info("%s: %s", "resumed" if action == Action.RESUME_VMS else "restored",
+                     ", ".join(self._last_resumed) or "(none)")
         elif action == Action.SYNC_CLOCKS:
             self._spawn(self.vms.sync_clocks(list(self._last_resumed)))
         elif action == Action.SAVE_VMS:
+            assert decision.adds is not None
             self.phase = Phase.SAVING
             self._changed()
-            saved = await self.vms.save_all(cause)
+            saved = await self.vms.save_all(decision.adds)
             log.info("saved: %s", ", ".join(saved) or "(none)")
-        elif action == Action.RESTORE_VMS:
-            restored = await self.vms.restore_saved()
-            log.info("restored: %s", ", ".join(restored) or "(none)")
 
     async def _take(self, lock: Inhibitor) -> None:
         assert self.logind is not None
@@ -212,8 +247,13 @@ class PowerDaemon:
     async def _reconnected(self) -> None:
         log.info("reconciling with libvirtd after the reconnection")
         async with self._events:
-            await self.vms.reconcile()
+            try:
+                await self.vms.reconcile()
+            except VMClientError as exc:
+                log.error("cannot reconcile with libvirtd: %s", exc)
             self._settle()
+        # then undo what an earlier resume could not (libvirtd was gone)
+        await self.handle(Event.RECONNECTED)
 
     # -- life cycle ------------------------------------------------------------
 

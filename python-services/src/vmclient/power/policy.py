@@ -1,37 +1,50 @@
-"""The power policy: a pure table from (state, event) to actions.
+"""The power policy: pure tables from (state, event) to actions, and what each VM is held for.
 
 No I/O here.  The adapters (logind, udev/evdev, libvirt) turn what happens into
 :class:`Event` values; :func:`decide` answers with the :class:`Action` list the
-daemon carries out, in order.  The table :data:`TABLE` is meant to be read:
+daemon carries out, in order, and the causes the event adds or ends.  The table
+:data:`TABLE` is meant to be read:
 
-================  =====================================  ==============================
-event             condition                              actions
-================  =====================================  ==============================
-SLEEP             (always)                               pause, release sleep lock
-WOKE              paused for sleep or the lid            take sleep lock, resume, clocks
-WOKE              otherwise (paused by PauseAll)         take sleep lock
-LID_CLOSED        we own the lid, lid action "suspend"   pause, suspend host
-LID_CLOSED        we own the lid, lid action "pause"     pause
-LID_CLOSED        lid action "ignore" / not owned        (nothing: logind decides)
-LID_OPENED        VMs paused for the lid, host awake     resume, clocks
-BATTERY_CRITICAL  on battery                             save
-AC_ONLINE         VMs saved for a critical battery       restore
-SHUTDOWN          (always)                               save
-STARTED           VMs saved at shutdown/critical         restore (if configured)
-PAUSE_REQUESTED   (always)                               pause
-RESUME_REQUESTED  (always)                               resume, clocks
-================  =====================================  ==============================
+================  =====================================  ================================
+event             condition                              actions (cause added / ended)
+================  =====================================  ================================
+SLEEP             (always)                               pause, release sleep lock (+sleep)
+WOKE              (always)                               take sleep lock, resume, clocks
+                                                         (-sleep; -lid unless it is closed)
+LID_CLOSED        lid closed, we own it, action suspend  pause, suspend host (+lid)
+LID_CLOSED        lid closed, we own it, action pause    pause (+lid)
+LID_CLOSED        otherwise (reopened, ignore, not ours) (nothing: logind decides)
+LID_OPENED        some VM held for the lid               resume, clocks (-lid)
+BATTERY_CRITICAL  on battery                             save (+battery)
+AC_ONLINE         some VM saved for the battery (or one  restore (-battery)
+                  whose restore was refused),
+                  restore_on_ac
+SHUTDOWN          (always)                               save (+shutdown)
+STARTED           (always)                               resume, clocks (-sleep; -lid unless
+                                                         closed; -shutdown -battery if
+                                                         restore_on_start)
+RECONNECTED       a VM whose undo failed is left         resume, clocks (nothing ended)
+PAUSE_REQUESTED   (always)                               pause (+user)
+RESUME_REQUESTED  (always)                               resume, clocks (-user -sleep -lid)
+================  =====================================  ================================
 
-"pause" applies each VM's own policy (pause, s3, save, ignore); "resume"
-touches only VMs this daemon paused (and restores those its ``save`` policy
-saved, through the key gate); "save" is a managed save of every running
-VM whatever its sleep policy (except ``ignore``), so no VM state is lost.
+Each VM this daemon paused or saved is *held* (:class:`Hold`) for a set of
+causes: a pause adds its cause to every VM it pauses and to every VM already
+held; an event that ends a cause takes it off every VM; "resume"/"restore"
+undo every VM left with no cause (resume a pause, wake a guest S3, start a
+managed save), so a VM paused by ``PauseAll`` stays paused when the lid that
+paused another one opens.  A VM whose undo fails keeps no cause and is undone
+again on the next resume, at start and when libvirtd is back.
+
+"pause" applies each VM's own policy (pause, s3, save, ignore); "save" is a
+managed save of every running VM whatever its sleep policy (except
+``ignore``), so no VM state is lost.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 
@@ -87,6 +100,7 @@ class Event(enum.Enum):
     UNDOCKED = "undocked"
     SHUTDOWN = "shutdown"
     STARTED = "started"
+    RECONNECTED = "reconnected"  # libvirtd answers again
     PAUSE_REQUESTED = "pause-requested"
     RESUME_REQUESTED = "resume-requested"
 
@@ -102,15 +116,89 @@ class Action(enum.Enum):
     RELEASE_SLEEP_LOCK = "release-sleep-lock"
 
 
-class Cause(enum.Enum):
-    """Why VMs are paused or saved; decides what may undo it."""
+class Cause(enum.IntEnum):
+    """Why a VM is held paused or saved; the D-Bus ``HeldFor`` enum (0 = unknown)."""
 
-    NONE = "none"
-    SLEEP = "sleep"
-    LID = "lid"
-    USER = "user"
-    BATTERY = "battery"
-    SHUTDOWN = "shutdown"
+    UNKNOWN = 0
+    SLEEP = 1
+    LID = 2
+    USER = 3  # PauseAll
+    BATTERY = 4
+    SHUTDOWN = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> Cause:
+        """The cause named ``label`` (as the state file writes it); ValueError if none."""
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown cause {label!r}") from None
+
+
+Causes = frozenset[Cause]
+NO_CAUSE: Causes = frozenset()
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One VM this daemon paused (``pause``/``s3``) or saved (``save``), and why.
+
+    ``causes`` empty: every cause has ended and the VM is to be undone (its last
+    undo failed, or has not run yet).  ``paused`` (a ``save`` only): the VM was
+    held paused when it was saved, so it comes back paused and is resumed after
+    its start.
+    """
+
+    name: str
+    action: VMPolicy
+    causes: Causes
+    paused: bool = False
+
+    @property
+    def due(self) -> bool:
+        return not self.causes
+
+
+Holds = Mapping[str, Hold]  # by domain UUID
+
+
+def held(holds: Holds, uuid: str, name: str, action: VMPolicy, cause: Cause,
+         paused: bool = False) -> dict[str, Hold]:
+    """``holds`` with ``uuid`` held by ``action`` for ``cause`` (and what it was held for)."""
+    out = dict(holds)
+    before = out.get(uuid)
+    out[uuid] = Hold(name, action, (before.causes if before else NO_CAUSE) | {cause}, paused)
+    return out
+
+
+def add_cause(holds: Holds, cause: Cause) -> dict[str, Hold]:
+    """Every VM already held is held for ``cause`` too (PauseAll over a lid pause: the lid
+    opening alone no longer resumes it)."""
+    return {u: replace(h, causes=h.causes | {cause}) for u, h in holds.items()}
+
+
+def release(holds: Holds, ended: Iterable[Cause]) -> dict[str, Hold]:
+    """``holds`` with the ``ended`` causes taken off every VM."""
+    gone = frozenset(ended)
+    return {u: replace(h, causes=h.causes - gone) for u, h in holds.items()}
+
+
+def due(holds: Holds) -> list[str]:
+    """The VMs to undo: held for no cause any more."""
+    return [u for u, h in holds.items() if h.due]
+
+
+def causes_of(holds: Holds, saved: bool) -> Causes:
+    """Every cause the paused (``saved`` False) or saved VMs are held for."""
+    out: set[Cause] = set()
+    for h in holds.values():
+        if (h.action == VMPolicy.SAVE) == saved:
+            out |= h.causes
+    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -130,8 +218,9 @@ class State:
     battery_present: bool = False
     battery_percent: float = 0.0
     docked: bool = False
-    paused_for: Cause = Cause.NONE  # why the VMs we hold are paused
-    saved_for: Cause = Cause.NONE  # why the VMs we hold are saved
+    paused_for: Causes = NO_CAUSE  # every cause of the VMs we hold paused
+    saved_for: Causes = NO_CAUSE  # every cause of the VMs we hold saved
+    undo_pending: bool = False  # a VM we hold for no cause any more (its undo failed)
     lid_policy: LidPolicy = LidPolicy()
     restore_on_start: bool = True
     restore_on_ac: bool = True
@@ -145,64 +234,113 @@ class State:
             return self.lid_policy.on_battery
         return self.lid_policy.on_ac
 
+    @property
+    def held_for(self) -> Causes:
+        return self.paused_for | self.saved_for
 
-Rule = tuple[Event, Callable[[State], bool], tuple[Action, ...], Callable[[State], State]]
+
+def suspend_wanted(s: State) -> bool:
+    """Still suspend the host for a lid closed?  Asked again, with the lid read again, just
+    before the call: a lid reopened meanwhile (a bounce) keeps the laptop awake."""
+    return s.lid == LidState.CLOSED and s.lid_action() == LidAction.SUSPEND
+
+
+def _lid_unless_closed(s: State) -> Causes:
+    return NO_CAUSE if s.lid == LidState.CLOSED else frozenset({Cause.LID})
+
+
+def _ends_at_start(s: State) -> Causes:
+    saved = frozenset({Cause.SHUTDOWN, Cause.BATTERY}) if s.restore_on_start else NO_CAUSE
+    return frozenset({Cause.SLEEP}) | _lid_unless_closed(s) | saved
+
+
+Ends = Callable[[State], Causes]
+
+
+def _const(*causes: Cause) -> Ends:
+    return lambda _s: frozenset(causes)
+
+
+def _nothing(_s: State) -> Causes:
+    return NO_CAUSE
+
+
+@dataclass(frozen=True)
+class Rule:
+    event: Event
+    when: Callable[[State], bool]
+    actions: tuple[Action, ...]
+    adds: Cause | None = None
+    ends: Ends = _nothing
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: State
+    actions: list[Action]
+    adds: Cause | None = None  # the cause of this event's pause or save
+    ends: Causes = NO_CAUSE  # the causes this event ends (then undo what has none left)
 
 
 def _always(_: State) -> bool:
     return True
 
 
-def _keep(s: State) -> State:
-    return s
+def _ends_any(ends: Ends) -> Callable[[State], bool]:
+    return lambda s: bool(s.held_for & ends(s)) or s.undo_pending
 
 
-def _paused(cause: Cause) -> Callable[[State], State]:
-    return lambda s: replace(s, paused_for=cause if s.paused_for == Cause.NONE else s.paused_for)
-
-
-def _saved(cause: Cause) -> Callable[[State], State]:
-    return lambda s: replace(s, saved_for=cause)
-
-
-def _resumed(s: State) -> State:
-    return replace(s, paused_for=Cause.NONE)
-
-
-def _restored(s: State) -> State:
-    return replace(s, saved_for=Cause.NONE)
+def _woke(s: State) -> Causes:
+    return frozenset({Cause.SLEEP}) | _lid_unless_closed(s)
 
 
 P, R, C = Action.PAUSE_VMS, Action.RESUME_VMS, Action.SYNC_CLOCKS
+_USER_ENDS = _const(Cause.USER, Cause.SLEEP, Cause.LID)
 
-# First matching rule wins.  (event, condition, actions, next state)
+# First matching rule wins.
 TABLE: tuple[Rule, ...] = (
-    (Event.SLEEP, _always, (P, Action.RELEASE_SLEEP_LOCK), _paused(Cause.SLEEP)),
-    (Event.WOKE, lambda s: s.paused_for in (Cause.SLEEP, Cause.LID),
-     (Action.TAKE_SLEEP_LOCK, R, C), _resumed),
-    (Event.WOKE, _always, (Action.TAKE_SLEEP_LOCK,), _keep),
-    (Event.LID_CLOSED, lambda s: s.lid_action() == LidAction.SUSPEND,
-     (P, Action.SUSPEND_HOST), _paused(Cause.LID)),
-    (Event.LID_CLOSED, lambda s: s.lid_action() == LidAction.PAUSE, (P,), _paused(Cause.LID)),
-    (Event.LID_OPENED, lambda s: s.paused_for == Cause.LID, (R, C), _resumed),
-    (Event.BATTERY_CRITICAL, lambda s: s.source == PowerSource.BATTERY,
-     (Action.SAVE_VMS,), _saved(Cause.BATTERY)),
-    (Event.AC_ONLINE, lambda s: s.saved_for == Cause.BATTERY and s.restore_on_ac,
-     (Action.RESTORE_VMS,), _restored),
-    (Event.SHUTDOWN, _always, (Action.SAVE_VMS,), _saved(Cause.SHUTDOWN)),
-    (Event.STARTED, lambda s: s.saved_for != Cause.NONE and s.restore_on_start,
-     (Action.RESTORE_VMS,), _restored),
-    (Event.PAUSE_REQUESTED, _always, (P,), _paused(Cause.USER)),
-    (Event.RESUME_REQUESTED, _always, (R, C), _resumed),
+    Rule(Event.SLEEP, _always, (P, Action.RELEASE_SLEEP_LOCK), adds=Cause.SLEEP),
+    Rule(Event.WOKE, _ends_any(_woke), (Action.TAKE_SLEEP_LOCK, R, C), ends=_woke),
+    Rule(Event.WOKE, _always, (Action.TAKE_SLEEP_LOCK,)),
+    Rule(Event.LID_CLOSED, lambda s: s.lid == LidState.CLOSED
+         and s.lid_action() == LidAction.SUSPEND, (P, Action.SUSPEND_HOST), adds=Cause.LID),
+    Rule(Event.LID_CLOSED, lambda s: s.lid == LidState.CLOSED
+         and s.lid_action() == LidAction.PAUSE, (P,), adds=Cause.LID),
+    Rule(Event.LID_OPENED, _ends_any(_const(Cause.LID)), (R, C), ends=_const(Cause.LID)),
+    Rule(Event.BATTERY_CRITICAL, lambda s: s.source == PowerSource.BATTERY,
+         (Action.SAVE_VMS,), adds=Cause.BATTERY),
+    Rule(Event.AC_ONLINE, lambda s: (Cause.BATTERY in s.saved_for or s.undo_pending)
+         and s.restore_on_ac,
+         (Action.RESTORE_VMS,), ends=_const(Cause.BATTERY)),
+    Rule(Event.SHUTDOWN, _always, (Action.SAVE_VMS,), adds=Cause.SHUTDOWN),
+    Rule(Event.STARTED, _ends_any(_ends_at_start), (R, C), ends=_ends_at_start),
+    Rule(Event.RECONNECTED, lambda s: s.undo_pending, (R, C)),
+    Rule(Event.PAUSE_REQUESTED, _always, (P,), adds=Cause.USER),
+    Rule(Event.RESUME_REQUESTED, _always, (R, C), ends=_USER_ENDS),
 )
 
 
-def decide(state: State, event: Event) -> tuple[State, list[Action]]:
-    """The new state and the actions for ``event``; unknown combinations do nothing."""
-    for ev, cond, actions, nxt in TABLE:
-        if ev == event and cond(state):
-            return nxt(state), list(actions)
-    return state, []
+def decide(state: State, event: Event) -> Decision:
+    """What to do for ``event``; unknown combinations do nothing.
+
+    The returned state is the cause-level view after the event (the daemon
+    recomputes it from the per-VM holds before the next one).
+    """
+    for rule in TABLE:
+        if rule.event == event and rule.when(state):
+            ends = rule.ends(state)
+            paused, saved = state.paused_for - ends, state.saved_for - ends
+            if rule.adds is not None:
+                if Action.SAVE_VMS in rule.actions:
+                    saved |= {rule.adds} | paused
+                    paused = NO_CAUSE
+                else:
+                    paused |= {rule.adds}
+            undoes = R in rule.actions or Action.RESTORE_VMS in rule.actions
+            nxt = replace(state, paused_for=paused, saved_for=saved,
+                          undo_pending=state.undo_pending and not undoes)
+            return Decision(nxt, list(rule.actions), rule.adds, ends)
+    return Decision(state, [])
 
 
 def lid_action_from_name(name: str) -> LidAction:

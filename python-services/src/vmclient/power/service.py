@@ -79,6 +79,10 @@ class PowerInterface(ServiceInterface):
         return self._p("PausedByUs")
 
     @dbus_property(access=PropertyAccess.READ)
+    def PauseCauses(self) -> a(sau):  # type: ignore[name-defined,valid-type]  # noqa: F821
+        return self._p("PauseCauses")
+
+    @dbus_property(access=PropertyAccess.READ)
     def OwnsLid(self) -> b:  # type: ignore[name-defined]  # noqa: F821
         return self._p("OwnsLid")
 

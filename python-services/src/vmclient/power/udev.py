@@ -140,6 +140,13 @@ class UdevWatcher:
         self._set_lid(self._read_lid_state(dev))
         return True
 
+    def read_lid(self) -> LidState:
+        """Read the switch again now (EVIOCGSW) and report a change not yet seen as an event:
+        asked before a decision that depends on the lid (a bounce may sit unread)."""
+        if self.lid is not None:
+            self._set_lid(self._read_lid_state(self.lid))
+        return self.lid_state
+
     def _read_lid_state(self, dev: evdev.InputDevice[str]) -> LidState:
         buf = array.array("B", bytes((ecodes.SW_MAX + 8) // 8))
         try:

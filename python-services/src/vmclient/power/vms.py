@@ -6,102 +6,46 @@ only gets it under the lease.  A refused restore leaves the VM saved, held and
 listed in :attr:`VMController.refused` (powerd's ``RestoreRefused``); the next
 restore (AC again, the next start) tries again.
 
-The controller remembers which VMs *it* paused or saved (``held``), persists
-that in the state directory (so a daemon or libvirtd restart forgets nothing),
-and only ever undoes its own work: a VM the user had paused stays paused.
+The controller remembers which VMs *it* paused or saved and for which causes
+(``held``, a table of :class:`~vmclient.power.policy.Hold`), and only ever
+undoes its own work: a VM the user had paused stays paused.  The table is
+written to the state directory (atomically, fsynced) *before* the pauses of a
+batch are asked for, so a daemon killed in the middle of a batch finds on its
+next start every VM it was pausing; :meth:`VMController.reconcile` keeps the
+ones that are paused (ours) and forgets the ones still running (the pause never
+happened) or resumed by someone else.
 
 One VM that fails or hangs never holds up the others: every VM's operation is
 its own task, bounded by its timeout and by the caller's deadline.  A pause
-that finishes after its deadline is still recorded (or undone, if the others
-were resumed meanwhile).
+that finishes after its deadline is still recorded, or undone at once if its
+causes ended meanwhile (the others were resumed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
-from ..errors import HypervisorUnavailable, VMClientError, VMOperationTimeout
+from ..errors import (
+    HypervisorUnavailable,
+    VMClientError,
+    VMNotFound,
+    VMOperationFailed,
+    VMOperationTimeout,
+)
 from ..log import vm_logger
 from ..manage.gate import StartGate, StartRefused
-from ..virt.libvirt import DomainInfo, DomState, Hypervisor
+from ..virt.libvirt import DomainInfo, DomState, Hypervisor, running_policies
+from . import policy
 from .config import VMs
-from .policy import Cause, VMPolicy
+from .policy import Cause, Causes, Hold, VMPolicy
+from .statefile import StateFile
 
 log = logging.getLogger(__name__)
-
-STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Held:
-    """A VM this daemon paused (``pause``/``s3``) or saved (``save``)."""
-
-    uuid: str
-    name: str
-    action: str  # "pause" | "s3" | "save"
-    cause: str  # Cause value
-
-
-class StateFile:
-    """``state.json`` in the state directory, written atomically."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / "state.json"
-
-    def load(self) -> dict[str, Held]:
-        try:
-            untrusted = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            # Never crash on our own state: keep the broken file for inspection.
-            broken = self.path.with_suffix(f".broken-{int(time.time())}")
-            with contextlib.suppress(OSError):
-                self.path.rename(broken)
-            log.error("%s is unreadable (%s); moved to %s and starting afresh",
-                      self.path, exc, broken)
-            return {}
-        if not isinstance(untrusted, dict) or untrusted.get("version") != STATE_VERSION:
-            log.error("%s has an unknown format; ignoring it", self.path)
-            return {}
-        held = {}
-        for item in untrusted.get("held", []):
-            try:
-                h = Held(str(item["uuid"]), str(item["name"]), str(item["action"]),
-                         str(item["cause"]))
-            except (KeyError, TypeError):
-                log.error("%s: ignoring a malformed entry %r", self.path, item)
-                continue
-            held[h.uuid] = h
-        return held
-
-    def save(self, held: Iterable[Held]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        data = json.dumps({"version": STATE_VERSION, "held": [asdict(h) for h in held]},
-                          indent=1, sort_keys=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
 
 class VMController:
     def __init__(self, hv: Hypervisor, cfg: VMs, state: StateFile, gate: StartGate,
@@ -112,109 +56,144 @@ class VMController:
         self.cfg = cfg
         self.state = state
         self.on_change = on_change
-        self.held: dict[str, Held] = state.load()
-        self._resumed_generation = 0  # bumps on every resume: late pauses check it
+        self.held: dict[str, Hold] = state.load()
         self._lock = asyncio.Lock()  # one whole-fleet operation at a time
+        self._inflight: set[str] = set()  # UUIDs whose pause runs (maybe past its deadline)
         self._late: set[asyncio.Task[Any]] = set()
         self._batch = False
+        self._dirty = False
 
     # -- queries ----------------------------------------------------------------
 
     def policy_for(self, d: DomainInfo) -> VMPolicy:
-        name = self.cfg.policies.get(d.name) or d.policy or self.cfg.default_policy
+        return self._policy(d.name, d.policy)
+
+    def _policy(self, vm: str, untrusted_policy: str | None) -> VMPolicy:
+        name = self.cfg.policies.get(vm) or untrusted_policy or self.cfg.default_policy
         try:
             return VMPolicy(name)
         except ValueError:
-            vm_logger(d.name).warning("unknown power policy %r in the domain metadata; "
-                                      "using %r", name, self.cfg.default_policy)
+            vm_logger(vm).warning("unknown power policy %r in the domain metadata; "
+                                  "using %r", name, self.cfg.default_policy)
             return VMPolicy(self.cfg.default_policy)
 
+    def _done(self) -> list[Hold]:
+        """Held, its pause or save done (not still running)."""
+        return [h for u, h in self.held.items() if u not in self._inflight]
+
     def paused_by_us(self) -> list[tuple[str, str]]:
-        return sorted((h.name, h.action) for h in self.held.values())
+        return sorted((h.name, h.action.value) for h in self._done())
 
-    def saved_cause(self) -> Cause:
-        for h in self.held.values():
-            if h.action == "save":
-                return Cause(h.cause)
-        return Cause.NONE
+    def held_for(self) -> list[tuple[str, list[int]]]:
+        """(VM name, its causes as :class:`Cause` values) of every VM held."""
+        return sorted((h.name, sorted(int(c) for c in h.causes)) for h in self._done())
 
-    def paused_cause(self) -> Cause:
-        for h in self.held.values():
-            if h.action != "save":
-                return Cause(h.cause)
-        return Cause.NONE
+    def causes(self, saved: bool) -> Causes:
+        return policy.causes_of(self.held, saved)
+
+    @property
+    def undo_pending(self) -> bool:
+        return bool(policy.due(self.held))
 
     def manages(self, d: DomainInfo) -> bool:
-        return d.name.startswith(self.cfg.name_prefix)
+        return self._managed_name(d.name)
+
+    def _managed_name(self, name: str) -> bool:
+        return name.startswith(self.cfg.name_prefix)
 
     async def domains(self, running: bool = False) -> list[DomainInfo]:
-        return [d for d in await self.hv.list_domains(running) if self.manages(d)]
+        return await self.hv.list_domains(running, keep=self._managed_name)
 
     # -- bookkeeping -----------------------------------------------------------
 
-    def _record(self, h: Held, persist: bool = True) -> None:
-        self.held[h.uuid] = h
-        if persist:
+    def _set(self, held: dict[str, Hold]) -> None:
+        """The new table, written at once (or at the end of the batch running now)."""
+        if held == self.held:
+            return
+        self.held = held
+        if self._batch:
+            self._dirty = True
+        else:
             self._persist()
 
     def _forget(self, uuids: Iterable[str]) -> None:
-        changed = False
-        for u in uuids:
-            h = self.held.pop(u, None)
+        gone = set(uuids)
+        for u in gone:
+            h = self.held.get(u)
             if h is not None:
                 self.refused.pop(h.name, None)
-                changed = True
-        if changed:
-            self._persist()
+        self._set({u: h for u, h in self.held.items() if u not in gone})
 
     def _persist(self) -> None:
+        self._dirty = False
         try:
-            self.state.save(self.held.values())
+            self.state.save(self.held)
         except OSError as exc:
             log.error("cannot write %s: %s (what was paused is kept in memory only)",
                       self.state.path, exc)
         self.on_change()
 
     async def reconcile(self) -> None:
-        """Drop what no longer holds (VM gone, or resumed/started by someone else)."""
+        """Drop what no longer holds (VM gone, or resumed/started by someone else, or a pause
+        that never happened); note which of pause and guest S3 a VM really got."""
         domains = {d.uuid: d for d in await self.domains()}
-        stale = []
-        for h in list(self.held.values()):
-            d = domains.get(h.uuid)
-            expected = {"pause": DomState.PAUSED, "s3": DomState.PMSUSPENDED,
-                        "save": DomState.SHUTOFF}[h.action]
+        table = dict(self.held)
+        for u, h in self.held.items():
+            d = domains.get(u)
+            if u in self._inflight:
+                continue
             if d is None:
                 log.warning("VM %s (%s) that we had %sd no longer exists; forgetting it",
-                            h.name, h.uuid, h.action)
-                stale.append(h.uuid)
-            elif d.state != expected:
+                            h.name, u, h.action.value)
+                del table[u]
+            elif d.state == DomState.PAUSED and (h.action != VMPolicy.SAVE or h.paused):
+                table[u] = replace(h, action=VMPolicy.PAUSE, paused=False)
+            elif d.state == DomState.PMSUSPENDED and h.action != VMPolicy.SAVE:
+                table[u] = replace(h, action=VMPolicy.S3)
+            elif d.state == DomState.SHUTOFF and h.action == VMPolicy.SAVE and d.managed_save:
+                pass
+            else:
                 log.info("VM %s is %s now, not as we left it (%s); it is no longer ours to undo",
-                         h.name, d.state.name.lower(), h.action)
-                stale.append(h.uuid)
-        self._forget(stale)
+                         h.name, d.state.name.lower(), h.action.value)
+                del table[u]
+        for u in set(self.held) - set(table):
+            self.refused.pop(self.held[u].name, None)
+        self._set(table)
         self.on_change()
 
     # -- pause -----------------------------------------------------------------
 
     async def pause_all(self, cause: Cause, deadline: float) -> list[str]:
-        """Pause every running VM per its policy; returns the names now held by us.
+        """Pause every running VM per its policy, for ``cause``; returns the names of the
+        VMs held among them.  Every VM already held is held for ``cause`` too.
 
-        Returns by ``deadline`` (a ``loop.time()``) whatever happens to single VMs.
+        Returns by ``deadline`` (a ``loop.time()``) whatever happens to single VMs
+        (their errors are logged); raises only if the VMs cannot be listed.
         """
         async with self._lock:
-            domains = await self._bounded(self.domains(running=True), deadline, "list VMs")
-            targets = [d for d in domains or [] if d.state == DomState.RUNNING
-                       and d.uuid not in self.held]
-            generation = self._resumed_generation
-            self._batch = True  # one state write for the whole batch, not one per VM
-            jobs = {asyncio.ensure_future(self._pause_one(d, cause, deadline, generation)): d
-                    for d in targets}
+            # Only what the pause needs: one listing, one metadata read per VM we manage.
+            running = await self._bounded(running_policies(self.hv, self._managed_name),
+                                          deadline, "list VMs")
+            plan = [(_Target(u, n), self._policy(n, p)) for u, n, p in running or []
+                    if u not in self._inflight]
+            plan = [(d, p) for d, p in plan if p != VMPolicy.IGNORE]
+            # Recorded before the calls: a daemon killed in the middle of the batch
+            # finds them on its next start (reconcile keeps the ones really paused).
+            table = policy.add_cause({u: h for u, h in self.held.items()
+                                      if u not in {d.uuid for d, _ in plan}}, cause)
+            for d, p in plan:
+                table = policy.held(table, d.uuid, d.name, p, cause)
+                self._inflight.add(d.uuid)  # held, not yet done (PausedByUs waits for it)
+            self._set(table)
+            self._batch = True  # one more write at the end, if anything turned out otherwise
+            jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline)): d for d, p in plan}
             try:
                 if jobs:
                     await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
             finally:
                 self._batch = False
-                self._persist()
+                if self._dirty:
+                    self._persist()
             for job, d in jobs.items():
                 if not job.done():
                     vm_logger(d.name).error(
@@ -224,36 +203,47 @@ class VMController:
                     job.add_done_callback(self._late.discard)
                 elif job.exception() is not None:
                     vm_logger(d.name).error("%s", job.exception())
-            return [h.name for h in self.held.values() if h.uuid in {d.uuid for d in targets}]
+            return [d.name for d, _ in plan if d.uuid in self.held
+                    and d.uuid not in self._inflight]
 
-    async def _pause_one(self, d: DomainInfo, cause: Cause, deadline: float,
-                         generation: int) -> None:
+    async def _pause_one(self, d: _Target, pol: VMPolicy, deadline: float) -> None:
         vlog = vm_logger(d.name)
-        policy = self.policy_for(d)
-        if policy == VMPolicy.IGNORE:
-            vlog.info("left running (policy ignore)")
+        action = pol
+        try:
+            if pol == VMPolicy.S3:
+                try:
+                    # keep a fifth of the time left for the fallback pause
+                    limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - _now()))
+                    await self._op(self.hv.pm_suspend(d.uuid, d.name), limit, d.name,
+                                   "guest S3")
+                except VMClientError as exc:
+                    vlog.warning("%s; pausing it instead", exc)
+                    action = VMPolicy.PAUSE
+            if action == VMPolicy.PAUSE:
+                await self.hv.suspend(d.uuid, d.name)
+            elif action == VMPolicy.SAVE:
+                await self.hv.managed_save(d.uuid, d.name)
+        except HypervisorUnavailable:
+            raise  # done or not: reconcile decides once libvirtd is back
+        except BaseException:
+            self._forget([d.uuid])  # libvirt refused it: the VM is not ours
+            raise
+        finally:
+            self._inflight.discard(d.uuid)
+            self.on_change()
+        h = self.held.get(d.uuid)
+        if h is None:
             return
-        action = policy.value
-        if policy == VMPolicy.S3:
-            try:
-                # keep a fifth of the time left for the fallback pause
-                limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - _now()))
-                await self._op(self.hv.pm_suspend(d.uuid, d.name), limit, d.name, "guest S3")
-            except VMClientError as exc:
-                vlog.warning("%s; pausing it instead", exc)
-                action = "pause"
-        if action == "pause":
-            await self.hv.suspend(d.uuid, d.name)
-        elif action == "save":
-            await self.hv.managed_save(d.uuid, d.name)
-        if generation != self._resumed_generation:
-            # Finished after the others were resumed: undo it now.
-            vlog.warning("%s finished late, after the resume; undoing it", action)
-            await self._undo(Held(d.uuid, d.name, action, cause.value))
-            return
-        vlog.info("%s", {"pause": "paused", "s3": "suspended to RAM (guest S3)",
-                         "save": "saved"}[action])
-        self._record(Held(d.uuid, d.name, action, cause.value), persist=not self._batch)
+        if h.action != action:
+            h = replace(h, action=action)
+            self._set({**self.held, d.uuid: h})
+        vlog.info("%s", {VMPolicy.PAUSE: "paused", VMPolicy.S3: "suspended to RAM (guest S3)",
+                         VMPolicy.SAVE: "saved"}[action])
+        if h.due:
+            # Finished late, after every cause of it ended (the others were resumed).
+            vlog.warning("%s finished late, after the resume; undoing it", action.value)
+            await self._undo(d.uuid, h)
+            self._forget([d.uuid])
 
     async def _op(self, coro: Awaitable[None], limit: float, name: str, what: str) -> None:
         """Await ``coro`` for at most ``limit`` seconds; it goes on in the background."""
@@ -266,56 +256,67 @@ class VMController:
 
     # -- resume ----------------------------------------------------------------
 
-    async def resume_all(self) -> list[str]:
-        """Undo every pause of ours, in parallel, and restore the VMs whose ``save`` policy
-        saved them for the pause; returns the names resumed.
+    async def release(self, ends: Causes) -> list[str]:
+        """End ``ends`` on every VM held, then undo every VM held for no cause any more (those
+        whose earlier undo failed too), in parallel: resume a pause, wake a guest S3,
+        restore a managed save through the key gate.  Returns the names undone.
 
-        Saves for a critical battery or a shutdown wait for :meth:`restore_saved`.
+        The ended causes are written first, so what fails (libvirtd gone) or is killed
+        here is undone at the next start or when libvirtd is back.  A VM gone, or
+        running already, counts as undone.
         """
         async with self._lock:
-            self._resumed_generation += 1
-            await self.reconcile()
-            todo = [h for h in self.held.values() if h.action != "save"]
-            saved = [h for h in self.held.values()
-                     if h.action == "save" and h.cause in _PAUSE_CAUSES]
-            resumed = await self._undo_many(todo, self.cfg.timeout_s)
-            return resumed + await self._undo_many(saved, self.cfg.save_timeout_s)
+            self._set(policy.release(self.held, ends))
+            # No reconcile first (it costs four calls per VM): an undo that finds its VM
+            # gone or already running counts as done (see _undo).
+            todo = [(u, self.held[u]) for u in policy.due(self.held) if u not in self._inflight]
+            fast = [(u, h) for u, h in todo if h.action != VMPolicy.SAVE]
+            slow = [(u, h) for u, h in todo if h.action == VMPolicy.SAVE]
+            return (await self._undo_many(fast, self.cfg.timeout_s)
+                    + await self._undo_many(slow, self.cfg.save_timeout_s))
 
-    async def restore_saved(self) -> list[str]:
-        """Start every VM we saved (libvirt restores its memory from the managed save)."""
-        async with self._lock:
-            await self.reconcile()
-            todo = [h for h in self.held.values() if h.action == "save"]
-            return await self._undo_many(todo, self.cfg.save_timeout_s)
-
-    async def _undo_many(self, todo: list[Held], limit: float) -> list[str]:
+    async def _undo_many(self, todo: list[tuple[str, Hold]], limit: float) -> list[str]:
         results = await asyncio.gather(
-            *(self._op(self._undo(h), limit, h.name, _UNDO_NAME[h.action]) for h in todo),
+            *(self._op(self._undo(u, h), limit, h.name, _UNDO_NAME[h.action]) for u, h in todo),
             return_exceptions=True)
         done = []
-        for h, r in zip(todo, results, strict=True):
+        for (u, h), r in zip(todo, results, strict=True):
             if isinstance(r, StartRefused):
                 vm_logger(h.name).error("VM %s not restored, it stays saved: %s", h.name,
                                         r.reason)
                 self.refused[h.name] = r.reason
             elif isinstance(r, BaseException):
-                vm_logger(h.name).error("%s", r)
+                vm_logger(h.name).error("%s (tried again when libvirtd is back, at the next "
+                                        "resume and at start)", r)
             else:
-                done.append(h)
+                done.append((u, h))
         if any(isinstance(r, StartRefused) for r in results):
             self.on_change()
-        self._forget(h.uuid for h in done)
-        return [h.name for h in done]
+        self._forget(u for u, _ in done)
+        return [h.name for _, h in done]
 
-    async def _undo(self, h: Held) -> None:
-        if h.action == "pause":
-            await self.hv.resume(h.uuid, h.name)
-        elif h.action == "s3":
-            await self.hv.pm_wakeup(h.uuid, h.name)
-        else:
-            await self.gate.start(h.uuid, h.name)  # the disks' secret, under the lease
-        vm_logger(h.name).info("%s", {"pause": "resumed", "s3": "woken from guest S3",
-                                      "save": "restored from its saved state"}[h.action])
+    async def _undo(self, uuid: str, h: Hold) -> None:
+        try:
+            if h.action == VMPolicy.PAUSE:
+                await self.hv.resume(uuid, h.name)
+            elif h.action == VMPolicy.S3:
+                await self.hv.pm_wakeup(uuid, h.name)
+            else:
+                await self.gate.start(uuid, h.name)  # the disks' secret, under the lease
+                if h.paused:
+                    await self.hv.resume(uuid, h.name)  # saved while we held it paused
+        except VMNotFound:
+            vm_logger(h.name).warning("VM %s that we had %sd no longer exists; forgetting it",
+                                      h.name, h.action.value)
+            return
+        except VMOperationFailed:
+            # Resumed or started by someone else, or by an earlier undo of ours that
+            # outlived its bound while libvirtd was away: a VM that runs is undone.
+            if (await self.hv.domain(uuid)).state != DomState.RUNNING:
+                raise
+        vm_logger(h.name).info("%s", {VMPolicy.PAUSE: "resumed",
+                                      VMPolicy.S3: "woken from guest S3",
+                                      VMPolicy.SAVE: "restored from its saved state"}[h.action])
 
     async def sync_clocks(self, names: list[str], limit: float = 2.0) -> None:
         """Re-sync guest clocks after a resume, where a guest agent answers."""
@@ -340,11 +341,13 @@ class VMController:
     # -- save ------------------------------------------------------------------
 
     async def save_all(self, cause: Cause) -> list[str]:
-        """Managed save of every active VM (policy ``ignore`` excepted): no state is lost."""
+        """Managed save of every active VM (policy ``ignore`` excepted), for ``cause``: no
+        state is lost.  Every VM already held is held for ``cause`` too."""
         async with self._lock:
             domains = await self.domains()
             targets = [d for d in domains if d.state.active and d.persistent
                        and self.policy_for(d) != VMPolicy.IGNORE]
+            self._set(policy.add_cause(self.held, cause))
             sem = asyncio.Semaphore(2)  # disk-bound: two at a time
 
             async def save(d: DomainInfo) -> None:
@@ -354,9 +357,12 @@ class VMController:
                                        self.cfg.timeout_s, d.name, "guest wake-up")
                     await self._op(self.hv.managed_save(d.uuid, d.name),
                                    self.cfg.save_timeout_s, d.name, "managed save")
-                    vm_logger(d.name).info("saved (%s)", cause.value)
-                    self.held[d.uuid] = Held(d.uuid, d.name, "save", cause.value)
-                    self._persist()
+                    vm_logger(d.name).info("saved (%s)", cause.label)
+                    before = self.held.get(d.uuid)
+                    paused = before is not None and (before.action == VMPolicy.PAUSE
+                                                     or before.paused)
+                    self._set(policy.held(self.held, d.uuid, d.name, VMPolicy.SAVE, cause,
+                                          paused=paused))
 
             results = await asyncio.gather(*(save(d) for d in targets), return_exceptions=True)
             lost = [d for d, r in zip(targets, results, strict=True)
@@ -391,8 +397,12 @@ class VMController:
             await asyncio.wait(self._late, timeout=limit)
 
 
-_UNDO_NAME = {"pause": "resume", "s3": "guest wake-up", "save": "restore"}
-_PAUSE_CAUSES = {c.value for c in (Cause.SLEEP, Cause.LID, Cause.USER)}  # what resume undoes
+class _Target(NamedTuple):
+    uuid: str
+    name: str
+
+
+_UNDO_NAME = {VMPolicy.PAUSE: "resume", VMPolicy.S3: "guest wake-up", VMPolicy.SAVE: "restore"}
 
 
 def _now() -> float:

@@ -293,10 +293,12 @@ class Hypervisor:
                 raise VMOperationFailed(vm, what, exc.get_error_message()) from exc
             raise HypervisorError(f"{what}: {exc.get_error_message()}") from exc
 
-    async def list_domains(self, running_only: bool = False) -> list[DomainInfo]:
+    async def list_domains(self, running_only: bool = False,
+                           keep: Callable[[str], bool] | None = None) -> list[DomainInfo]:
+        """Every domain (whose name ``keep`` accepts: the others cost no call)."""
         flags = libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING if running_only else 0
-        return await self._call(lambda conn: _list_domains(conn, flags), what="list domains",
-                                limit=30)
+        return await self._call(lambda conn: _list_domains(conn, flags, keep),
+                                what="list domains", limit=30)
 
     async def domain(self, uuid: str) -> DomainInfo:
         return await self._call(lambda conn: _info(conn.lookupByUUIDString(uuid)),
@@ -481,9 +483,12 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _list_domains(conn: libvirt.virConnect, flags: int) -> list[DomainInfo]:
+def _list_domains(conn: libvirt.virConnect, flags: int,
+                  keep: Callable[[str], bool] | None = None) -> list[DomainInfo]:
     out = []
     for dom in conn.listAllDomains(flags):
+        if keep is not None and not keep(dom.name()):
+            continue
         try:
             out.append(_info(dom))
         except libvirt.libvirtError as exc:
@@ -516,6 +521,26 @@ def _power_policy(dom: Any) -> str | None:
         return ET.fromstring(untrusted_xml).get("policy")
     except ET.ParseError:
         return None
+
+
+# -- power: what to pause, in as few calls as a laptop going to sleep can afford -------------
+
+async def running_policies(hv: Hypervisor, keep: Callable[[str], bool]
+                           ) -> list[tuple[str, str, str | None]]:
+    """(UUID, name, power policy from the metadata) of every running domain whose name
+    ``keep`` accepts: one listing (a domain's name and UUID come with it) and one metadata
+    read per domain kept, nothing for the others."""
+    def op(conn: libvirt.virConnect) -> list[tuple[str, str, str | None]]:
+        out = []
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
+            if keep(dom.name()):
+                try:
+                    out.append((dom.UUIDString(), dom.name(), _power_policy(dom)))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished meanwhile
+                        raise
+        return out
+    return await hv._call(op, what="list running domains", limit=30)
 
 
 # -- provisioning: install media (module-level, like the sync section below) -----------------
