@@ -4,13 +4,16 @@ A message handler in front of dbus-fast's own dispatch: every call to a
 listed member is authorised first (:func:`auth.authorize`: root, the
 ``vmclient`` group, polkit) and replied to exactly once, with the handler's
 result or a D-Bus error named after the :class:`VMClientError` (anything else
-is a bug: logged with its traceback, replied to as ``Error.Failed``).
+is a bug: logged with its traceback, replied to as ``Error.Failed``).  A
+handler that passes file descriptors (``h``) returns :class:`WithFds`: the
+guard closes them once the reply has been written to the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +29,32 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class WithFds:
+    """A reply body whose ``h`` values index ``fds``; ours to close once sent."""
+
+    body: list[Any]
+    fds: list[int]
+
+
+@dataclass(frozen=True)
 class Member:
     """One method: its signatures, what it does (for refusals) and its handler."""
 
     in_sig: str
     out_sig: str
     what: str
-    handler: Callable[[list[Any]], Awaitable[list[Any]]]
+    handler: Callable[[list[Any]], Awaitable[list[Any] | WithFds]]
+
+
+async def _reply(bus: MessageBus, msg: Message, sig: str, result: list[Any] | WithFds) -> None:
+    if not isinstance(result, WithFds):
+        bus.send(Message.new_method_return(msg, sig, result))
+        return
+    try:
+        await bus.send(Message.new_method_return(msg, sig, result.body, result.fds))
+    finally:
+        for fd in result.fds:
+            os.close(fd)
 
 
 def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
@@ -51,8 +73,7 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
         try:
             assert msg.sender is not None
             await auth.authorize(bus, msg.sender, action, m.what)
-            result = await m.handler(list(msg.body))
-            bus.send(Message.new_method_return(msg, m.out_sig, result))
+            await _reply(bus, msg, m.out_sig, await m.handler(list(msg.body)))
         except VMClientError as exc:
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
             bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
