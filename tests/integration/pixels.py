@@ -59,7 +59,14 @@ class Image:
     def scaled(self, w: int, h: int) -> Image:
         return Image(self.pixbuf.scale_simple(w, h, GdkPixbuf.InterpType.BILINEAR))
 
-    def mean_difference(self, other: Image, step: int = 3) -> float:
+    def reduced(self, factor: int) -> Image:
+        """Smaller by ``factor``, each pixel the mean of its area: what two scaling
+        filters disagree on (glyph edges) averages out, the picture stays."""
+        return Image(self.pixbuf.scale_simple(max(1, self.width // factor),
+                                              max(1, self.height // factor),
+                                              GdkPixbuf.InterpType.HYPER))
+
+    def mean_difference(self, other: Image, step: int = 1) -> float:
         """Mean absolute difference per channel (0-255) over a grid of pixels."""
         assert (self.width, self.height) == (other.width, other.height)
         total = count = 0

@@ -92,3 +92,15 @@ def list_vms_sync(conn: Any) -> list[VM]:
         raise _error(err) from None
     (rows,) = result.unpack()
     return [VM(str(n), str(k), str(s)) for n, k, s in rows]
+
+
+def list_vms(conn: Any, done: Callable[[list[VM] | None, RemoteError | None], None]) -> None:
+    """The VMs the shell may show: ``done(vms, None)`` or ``done(None, err)``."""
+    def finish(c: Any, res: Any) -> None:
+        try:
+            (rows,) = c.call_finish(res).unpack()
+        except GLib.Error as err:
+            done(None, _error(err))
+            return
+        done([VM(str(n), str(k), str(s)) for n, k, s in rows], None)
+    conn.call(*_call_args("ListVMs", None, "(a(sss))"), None, finish)
