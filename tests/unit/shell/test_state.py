@@ -13,8 +13,10 @@ from vmclient.shell.state import (
     hotkey,
     lock,
     select,
+    sleep,
     unlock,
     view,
+    wake,
     with_vms,
 )
 
@@ -79,3 +81,12 @@ def test_locked_nothing_of_a_vm_is_shown_and_switching_does_nothing():
 
 def test_unknown_kinds_get_the_neutral_zone():
     assert Zone.of("business") == Zone.BUSINESS and Zone.of("other") == Zone.UNKNOWN
+
+
+def test_sleep_locks_first_and_nothing_unlocks_until_the_host_is_awake():
+    s = sleep(with_vms(State(), [B1, P1]))
+    assert view(s).page == "lock"
+    assert unlock(s) == s  # not while going to sleep
+    s = wake(s)
+    assert view(s).page == "lock"  # awake, still locked
+    assert view(unlock(s)).vm == "work"

@@ -90,6 +90,7 @@ class State:
     vms: tuple[VMEntry, ...] = ()  # in switcher order
     current: str | None = None
     locked: bool = False
+    asleep: bool = False  # between PrepareForSleep(true) and (false)
 
 
 def switcher_order(vms: Iterable[VMEntry]) -> tuple[VMEntry, ...]:
@@ -137,7 +138,18 @@ def lock(state: State) -> State:
 
 
 def unlock(state: State) -> State:
-    return replace(state, locked=False)
+    """Unlocked (the user proved who they are); never while the host is going to sleep."""
+    return state if state.asleep else replace(state, locked=False)
+
+
+def sleep(state: State) -> State:
+    """The host is going to sleep: locked first, whatever was shown."""
+    return replace(state, locked=True, asleep=True)
+
+
+def wake(state: State) -> State:
+    """The host woke up: still locked until the user unlocks."""
+    return replace(state, asleep=False)
 
 
 @dataclass(frozen=True)

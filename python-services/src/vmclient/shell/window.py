@@ -21,6 +21,7 @@ import gi
 
 from ..errors import RemoteError
 from . import bus, state
+from .logind import SleepLock
 from .spice import VMDisplay
 
 gi.require_version("Gdk", "3.0")
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 BAR_PX = 28
 FRAME_PX = 6
 POLL_S = 2
+LOCK_PAINT_BOUND_MS = 1000  # the most the lock page may hold the host's sleep back
 
 _CSS = """
 #bar, #frame {{ background-color: rgb({r}, {g}, {b}); }}
@@ -96,6 +98,7 @@ class Shell:
         self.window.connect("key-release-event", self._key_release)
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
+        self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -105,11 +108,13 @@ class Shell:
         self.render()
         self.refresh()
         self._poll = GLib.timeout_add_seconds(POLL_S, self._tick)
+        self.sleep_lock.start()
 
     def close(self) -> None:
         if self._poll is not None:
             GLib.source_remove(self._poll)
             self._poll = None
+        self.sleep_lock.stop()
         for d in self.displays.values():
             d.close()
         self.displays.clear()
@@ -160,7 +165,12 @@ class Shell:
         if cmd is not None:
             self.run(cmd)
             return True
-        return self.state.locked  # locked: no key reaches a VM
+        if self.state.locked:  # no key reaches a VM
+            # Until the password (PAM) is asked for here, a key after the wake-up
+            # unlocks: the lock hides the VMs over sleep, it does not authenticate.
+            self.unlock()
+            return True
+        return False
 
     def _key_release(self, _widget: Any, event: Any) -> bool:
         return self.state.locked or state.hotkey(key_of(event)) is not None
@@ -175,6 +185,31 @@ class Shell:
 
     def unlock(self) -> None:
         self.state = state.unlock(self.state)
+        self.render()
+
+    def _before_sleep(self, done: Any) -> None:
+        """Lock, and call ``done`` (release the delay lock) once the lock page is painted."""
+        self.state = state.sleep(self.state)
+        self.render()
+        finished = False
+        clock = self.window.get_frame_clock()
+        handler = 0
+
+        def finish(*_args: Any) -> bool:
+            nonlocal finished
+            if not finished:
+                finished = True
+                if clock is not None and handler:
+                    clock.disconnect(handler)
+                done()
+            return False
+        if clock is not None:
+            handler = clock.connect("after-paint", finish)
+        GLib.timeout_add(LOCK_PAINT_BOUND_MS, finish)
+        self.window.queue_draw()
+
+    def _woke(self) -> None:
+        self.state = state.wake(self.state)
         self.render()
 
     # -- output --------------------------------------------------------------------
