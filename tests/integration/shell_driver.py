@@ -1,7 +1,8 @@
 """vmclient-shell under test, with a control line on stdin/stdout (test-only).
 
 Commands, one a line; each answers one JSON line:
-  state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null}
+  state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null,
+                            "bar": [title, power]}
   key CODE NAME [MOD..] -> a key press and release (evdev CODE, GDK key NAME, modifiers
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
@@ -58,7 +59,7 @@ def main() -> int:
             rect = [x, y, a.width, a.height]
         return {"current": shell.state.current, "locked": shell.state.locked,
                 "vms": [[v.name, v.zone.value, v.state] for v in shell.state.vms],
-                "display": rect}
+                "display": rect, "bar": [shell.title.get_text(), shell.power.get_text()]}
 
     def key(code: int, name: str, mods: list[str]) -> None:
         state = Gdk.ModifierType(0)

@@ -20,8 +20,9 @@ from typing import Any
 import gi
 
 from ..errors import RemoteError
-from . import bus, state
+from . import bar, bus, state
 from .logind import SleepLock
+from .power import PowerWatch
 from .spice import VMDisplay
 
 gi.require_version("Gdk", "3.0")
@@ -75,6 +76,9 @@ class Shell:
         self.title = Gtk.Label(xalign=0)
         self.title.set_margin_start(FRAME_PX)
         self.bar.pack_start(self.title, True, True, 0)
+        self.power = Gtk.Label(xalign=1)
+        self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
+        self.bar.pack_end(self.power, False, False, 0)
         frame = Gtk.EventBox()
         frame.set_name("frame")
         self.vms = Gtk.Stack()
@@ -99,6 +103,7 @@ class Shell:
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
+        self.power_watch = PowerWatch(conn, lambda p: self.power.set_text(bar.power_text(p)))
 
     # -- life cycle --------------------------------------------------------------
 
@@ -109,12 +114,14 @@ class Shell:
         self.refresh()
         self._poll = GLib.timeout_add_seconds(POLL_S, self._tick)
         self.sleep_lock.start()
+        self.power_watch.start()
 
     def close(self) -> None:
         if self._poll is not None:
             GLib.source_remove(self._poll)
             self._poll = None
         self.sleep_lock.stop()
+        self.power_watch.stop()
         for d in self.displays.values():
             d.close()
         self.displays.clear()
