@@ -7,6 +7,8 @@ Commands, one a line; each answers one JSON line:
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
                            seat, so no keyboard of its own)
+  switch                -> Super+Tab, answered once GTK has painted the next frame:
+                           {"ms": from the key press to that frame, "current": vm}
   lock | unlock         -> the lock page on / off
 The product has no such channel: this file is not part of it.  The shell here shows
 only the VMs whose names start with $VMCLIENT_TEST_PREFIX: the libvirtd is shared
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import gi
@@ -86,6 +89,17 @@ def main() -> int:
         elif cmd == "key":
             key(int(args[0]), args[1], args[2:])
             reply({"ok": True})
+        elif cmd == "switch":
+            clock = shell.window.get_frame_clock()
+            t0 = time.perf_counter()
+            handler = 0
+
+            def painted(_clock: Any) -> None:
+                clock.disconnect(handler)
+                reply({"ms": (time.perf_counter() - t0) * 1000,
+                       "current": shell.state.current})
+            handler = clock.connect("after-paint", painted)
+            key(15, "Tab", ["super"])
         elif cmd == "lock":
             shell.lock()
             reply({"ok": True})
