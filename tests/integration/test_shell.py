@@ -216,12 +216,25 @@ def test_the_screen_locks_before_the_host_sleeps(desk, logind):
     assert d.guests.echoed(d.business) == 0
 
 
-def test_the_bar_shows_what_powerd_reports(desk, powerd, laptop):
-    d = desk
+@pytest.fixture
+def bare_shell(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path
+               ) -> Iterator[ShellUnderTest]:
+    """The shell without provd or VMs: for what the bar says."""
+    weston = Weston()
+    shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
+    try:
+        yield shell
+    finally:
+        shell.stop()
+        weston.stop()
+    assert "Traceback" not in shell.log(), shell.log()
+
+
+def test_the_bar_shows_what_powerd_reports(bare_shell, powerd, laptop):
     powerd()  # on AC, the battery at 80% (the simulated laptop)
 
     def power() -> str:
-        return str(d.shell.ask("state")["bar"][1])
+        return str(bare_shell.ask("state")["bar"][1])
     wait_for(lambda: power() == "On AC, battery 80%", 20, "the bar's power field")
     laptop.set_ac(False)
     laptop.set_battery(42)

@@ -102,6 +102,7 @@ class Shell:
         self.window.connect("key-release-event", self._key_release)
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
+        self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
         self.power_watch = PowerWatch(conn, lambda p: self.power.set_text(bar.power_text(p)))
 
@@ -137,9 +138,12 @@ class Shell:
 
     def _listed(self, vms: list[bus.VM] | None, err: RemoteError | None) -> None:
         if vms is None:
-            log.warning("cannot list the VMs: %s", err)
+            if str(err) != self._list_error:  # once per error, not every poll
+                log.warning("cannot list the VMs: %s", err)
+                self._list_error = str(err)
             self.none_label.set_text(f"Cannot list the VMs: {err}")
             return
+        self._list_error = ""
         self.set_vms([state.VMEntry(v.name, state.Zone.of(v.kind), v.state) for v in vms])
 
     def set_vms(self, entries: list[state.VMEntry]) -> None:
