@@ -2,7 +2,8 @@
 
 Commands, one a line; each answers one JSON line:
   state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null,
-                            "bar": [title, power]}
+                            "bar": [title, power, sync], "none": the no-VM page's text,
+                            "min_width": the least width the window asks for}
   key CODE NAME [MOD..] -> a key press and release (evdev CODE, GDK key NAME, modifiers
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
@@ -62,7 +63,10 @@ def main() -> int:
             rect = [x, y, a.width, a.height]
         return {"current": shell.state.current, "locked": shell.state.locked,
                 "vms": [[v.name, v.zone.value, v.state] for v in shell.state.vms],
-                "display": rect, "bar": [shell.title.get_text(), shell.power.get_text()]}
+                "display": rect,
+                "bar": [shell.title.get_text(), shell.power.get_text(), shell.sync.get_text()],
+                "none": shell.none_label.get_text(),
+                "min_width": shell.window.get_preferred_width()[0]}
 
     def key(code: int, name: str, mods: list[str]) -> None:
         state = Gdk.ModifierType(0)

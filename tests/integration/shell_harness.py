@@ -94,6 +94,7 @@ class ShellUnderTest:
 
     def __init__(self, weston: Weston, bus: PrivateSystemBus, workdir: Path,
                  prefix: str) -> None:
+        self.weston = weston
         self.log_path = workdir / "shell.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -105,11 +106,15 @@ class ShellUnderTest:
 
     def ask(self, line: str) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
         if not answer:
-            raise AssertionError(f"the shell exited ({self.proc.poll()}):\n{self.log()}")
+            raise AssertionError(f"the shell exited ({self.proc.poll()}):\n{self.log()}\n"
+                                 f"weston:\n{self.weston.log()[-3000:]}")
         return json.loads(answer)
 
     def key(self, code: int, name: str, *mods: str) -> None:

@@ -38,6 +38,8 @@ class VMDisplay:
         self.conn, self.vm, self.on_error = conn, vm, on_error
         self.widget = Gtk.Overlay()
         self.placeholder = Gtk.Label(label=f"Connecting to {vm}\u2026")
+        self.placeholder.set_line_wrap(True)  # an error's text must not widen the window
+        self.placeholder.set_max_width_chars(80)
         self.widget.add(self.placeholder)
         self.display: Any = None
         self.session = SpiceClientGLib.Session()

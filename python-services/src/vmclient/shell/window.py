@@ -19,15 +19,17 @@ from typing import Any
 
 import gi
 
+from ..dbus import names
 from ..errors import RemoteError
 from . import bar, bus, state
 from .logind import SleepLock
-from .power import PowerWatch
+from .props import PropsWatch
 from .spice import VMDisplay
 
 gi.require_version("Gdk", "3.0")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gdk, GLib, Gtk  # noqa: E402
+gi.require_version("Pango", "1.0")
+from gi.repository import Gdk, GLib, Gtk, Pango  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,18 @@ _CSS = """
 #none {{ background-color: rgb(40, 40, 40); }}
 #none label {{ color: white; }}
 """
+
+
+def label(text: str = "", xalign: float = 0.5, wrap: bool = False) -> Any:
+    """A label that never widens the window: a full-screen window larger than the
+    screen is a protocol error the compositor disconnects the shell for."""
+    lbl = Gtk.Label(label=text, xalign=xalign)
+    if wrap:
+        lbl.set_line_wrap(True)
+        lbl.set_max_width_chars(80)
+    else:
+        lbl.set_ellipsize(Pango.EllipsizeMode.END)
+    return lbl
 
 
 def key_of(event: Any) -> state.Key:
@@ -73,12 +87,14 @@ class Shell:
         self.bar = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
         self.bar.set_name("bar")
         self.bar.set_size_request(-1, BAR_PX)
-        self.title = Gtk.Label(xalign=0)
+        self.title = label(xalign=0)
         self.title.set_margin_start(FRAME_PX)
         self.bar.pack_start(self.title, True, True, 0)
-        self.power = Gtk.Label(xalign=1)
+        self.power = label(xalign=1)
         self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
         self.bar.pack_end(self.power, False, False, 0)
+        self.sync = label(xalign=1)
+        self.bar.pack_end(self.sync, False, False, 0)
         frame = Gtk.EventBox()
         frame.set_name("frame")
         self.vms = Gtk.Stack()
@@ -86,7 +102,7 @@ class Shell:
             getattr(self.vms, f"set_margin_{side}")(FRAME_PX)
         none = Gtk.EventBox()
         none.set_name("none")
-        self.none_label = Gtk.Label(label="No VM running")
+        self.none_label = label("No VM running", wrap=True)
         none.add(self.none_label)
         self.vms.add_named(none, "none")
         frame.add(self.vms)
@@ -94,7 +110,7 @@ class Shell:
         desktop.pack_start(frame, True, True, 0)
         lock = Gtk.EventBox()
         lock.set_name("lock")
-        lock.add(Gtk.Label(label="Locked"))
+        lock.add(label("Locked"))
         self.top.add_named(desktop, "desktop")
         self.top.add_named(lock, "lock")
         self.window.add(self.top)
@@ -104,7 +120,11 @@ class Shell:
         self._poll: int | None = None
         self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
-        self.power_watch = PowerWatch(conn, lambda p: self.power.set_text(bar.power_text(p)))
+        self.watches = [
+            PropsWatch(conn, names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
+                       lambda p: self.power.set_text(bar.power_text(p))),
+            PropsWatch(conn, names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
+                       lambda p: self.sync.set_text(bar.sync_text(p)))]
 
     # -- life cycle --------------------------------------------------------------
 
@@ -115,14 +135,16 @@ class Shell:
         self.refresh()
         self._poll = GLib.timeout_add_seconds(POLL_S, self._tick)
         self.sleep_lock.start()
-        self.power_watch.start()
+        for w in self.watches:
+            w.start()
 
     def close(self) -> None:
         if self._poll is not None:
             GLib.source_remove(self._poll)
             self._poll = None
         self.sleep_lock.stop()
-        self.power_watch.stop()
+        for w in self.watches:
+            w.stop()
         for d in self.displays.values():
             d.close()
         self.displays.clear()

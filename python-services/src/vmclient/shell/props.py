@@ -1,4 +1,6 @@
-"""vmclient-powerd's ``Power`` properties, followed through Gio for the status bar."""
+"""A daemon's properties (powerd's ``Power``, syncd's ``Sync``), followed through Gio
+for the status bar: read at once and whenever the daemon (re)appears on the bus,
+then kept current from ``PropertiesChanged``."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ from typing import Any
 
 import gi
 
-from ..dbus import names
-
 gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
 
@@ -18,21 +18,24 @@ log = logging.getLogger(__name__)
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
 
-class PowerWatch:
-    """Calls ``on_change(props)`` with every property of powerd ({} while it is gone)."""
+class PropsWatch:
+    """Calls ``on_change(props)`` with every property of the object ({} while its daemon
+    is not on the bus)."""
 
-    def __init__(self, conn: Any, on_change: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, conn: Any, bus_name: str, path: str, iface: str,
+                 on_change: Callable[[dict[str, Any]], None]) -> None:
         self.conn, self.on_change = conn, on_change
+        self.bus_name, self.path, self.iface = bus_name, path, iface
         self.props: dict[str, Any] = {}
         self._sub: int | None = None
         self._watch: int | None = None
 
     def start(self) -> None:
         self._sub = self.conn.signal_subscribe(
-            names.BUS_NAME, PROPERTIES, "PropertiesChanged", names.POWER_PATH,
-            names.POWER_IFACE, Gio.DBusSignalFlags.NONE, self._changed)
+            self.bus_name, PROPERTIES, "PropertiesChanged", self.path,
+            self.iface, Gio.DBusSignalFlags.NONE, self._changed)
         self._watch = Gio.bus_watch_name_on_connection(
-            self.conn, names.BUS_NAME, Gio.BusNameWatcherFlags.NONE,
+            self.conn, self.bus_name, Gio.BusNameWatcherFlags.NONE,
             lambda *_a: self._fetch(), lambda *_a: self._set({}))
 
     def stop(self) -> None:
@@ -48,11 +51,11 @@ class PowerWatch:
             try:
                 (props,) = c.call_finish(res).unpack()
             except GLib.Error as err:
-                log.warning("cannot read vmclient-powerd's properties: %s", err.message)
+                log.warning("cannot read the properties of %s: %s", self.iface, err.message)
                 return
             self._set(dict(props))
-        self.conn.call(names.BUS_NAME, names.POWER_PATH, PROPERTIES, "GetAll",
-                       GLib.Variant("(s)", (names.POWER_IFACE,)),
+        self.conn.call(self.bus_name, self.path, PROPERTIES, "GetAll",
+                       GLib.Variant("(s)", (self.iface,)),
                        GLib.VariantType.new("(a{sv})"), Gio.DBusCallFlags.NONE, 10_000, None,
                        done)
 
