@@ -110,9 +110,10 @@ def difference(screen: Image, area: tuple[int, int, int, int], guest: Image) -> 
 MATCH = 8.0  # mean per-channel difference of the same picture through two scalers
 
 
-def shows(d: Desk, vm: str, other: str) -> tuple[Image, float, float]:
+def shows(d: Desk, vm: str, other: str | None) -> tuple[Image, float, float]:
     """Wait until the screen shows ``vm``'s current picture; returns (screen, diffs)."""
-    mine, theirs = d.guests.screenshot(vm), d.guests.screenshot(other)
+    mine = d.guests.screenshot(vm)
+    theirs = d.guests.screenshot(other) if other is not None else None
     last: list[float] = []
 
     def check() -> tuple[Image, float, float] | None:
@@ -121,7 +122,8 @@ def shows(d: Desk, vm: str, other: str) -> tuple[Image, float, float]:
             return None
         screen = d.weston.screenshot()
         area = guest_area(st["display"])
-        result = (screen, difference(screen, area, mine), difference(screen, area, theirs))
+        result = (screen, difference(screen, area, mine),
+                  difference(screen, area, theirs) if theirs is not None else float("inf"))
         last[:] = [*result[1:], area]
         if result[1] >= MATCH:
             out = Path(tempfile.gettempdir())
@@ -190,6 +192,12 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     time.sleep(0.5)
     assert d.guests.echoed(d.business) == 0  # locked: no key reaches a VM
     shows(d, d.business, d.private)
+
+    # The shown VM stops: the shell closes its session and shows the one still running.
+    d.guests.conn.lookupByName(d.business).destroy()
+    wait_for(lambda: d.shell.ask("state")["current"] == d.private, 20, "the other VM shown")
+    screen, _, _ = shows(d, d.private, None)
+    assert zone_marked(screen, Zone.PRIVATE)
 
 
 def test_the_screen_locks_before_the_host_sleeps(desk, logind):
