@@ -39,8 +39,11 @@ def _rel8(offset: int) -> int:
     return offset & 0xFF
 
 
-def boot_sector(seed: int, letter: str) -> bytes:
-    """The sector: 16-bit real-mode code, then zeros, then the 55 AA signature."""
+def boot_sector(seed: int, letter: str, animate: bool = False) -> bytes:
+    """The sector: 16-bit real-mode code, then zeros, then the 55 AA signature.
+
+    ``animate``: instead of echoing keys, change the first cell every 10 ms for
+    ever (the display benchmark's moving picture)."""
     setup = bytes([
         0xFA,                    # cli
         0x31, 0xC0,              # xor ax, ax
@@ -81,7 +84,15 @@ def boot_sector(seed: int, letter: str) -> bytes:
         *start_di,               #   back to row 12
     ])
     keys += bytes([0xEB, _rel8(-(len(keys) + 2))])          # jmp keys
-    code = setup + band + start_di + keys
+    anim = bytes([
+        0x26, 0xFE, 0x06, 0x00, 0x00,  # inc byte [es:0]    ; the first cell's letter
+        0xB4, 0x86,              # mov ah, 86h        ; wait CX:DX microseconds
+        0x31, 0xC9,              # xor cx, cx
+        0xBA, 0x10, 0x27,        # mov dx, 10000
+        0xCD, 0x15,              # int 15h
+    ])
+    anim += bytes([0xEB, _rel8(-(len(anim) + 2))])          # jmp anim
+    code = setup + band + (anim if animate else start_di + keys)
     assert len(code) <= 510
     return code + bytes(510 - len(code)) + b"\x55\xaa"
 
@@ -123,13 +134,13 @@ class EchoGuests:
         self.seeds: dict[str, int] = {}
 
     def create(self, suffix: str, kind: str, seed: int, letter: str,
-               start: bool = True) -> str:
+               start: bool = True, animate: bool = False) -> str:
         """A guest; ``kind`` "" makes it a domain that is not vmclient's (no metadata)."""
         assert band_colour(seed, ECHO_ROW) != PALETTE[7], "the echo must stand out"
         name = f"{self.prefix}-{suffix}"
         IMAGES.mkdir(parents=True, exist_ok=True)
         disk = IMAGES / f"{name}.img"
-        disk.write_bytes(boot_sector(seed, letter) + bytes((1 << 20) - 512))
+        disk.write_bytes(boot_sector(seed, letter, animate) + bytes((1 << 20) - 512))
         dom = self.conn.defineXML(DOMAIN_XML.format(
             name=name, uuid=uuid.uuid4(), disk=disk,
             metadata=f"<metadata><vmc:vm xmlns:vmc='{VM_NS}' kind='{kind}'/></metadata>"
