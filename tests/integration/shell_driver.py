@@ -3,7 +3,8 @@
 Commands, one a line; each answers one JSON line:
   state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null,
                             "bar": [title, power, sync], "none": the no-VM page's text,
-                            "min_width": the least width the window asks for}
+                            "min_width": the least width the window asks for,
+                            "overview": open?, "tiles": {vm: [x, y, w, h] of its thumbnail}}
   key CODE NAME [MOD..] -> a key press and release (evdev CODE, GDK key NAME, modifiers
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
@@ -54,19 +55,31 @@ def main() -> int:
     def reply(obj: Any) -> None:
         print(json.dumps(obj), flush=True)
 
+    def rect_of(w: Any) -> list[int] | None:
+        if w is None or not w.get_mapped():
+            return None
+        x, y = w.translate_coordinates(shell.window, 0, 0)
+        a = w.get_allocation()
+        return [x, y, a.width, a.height]
+
+    def thumbnail(image: Any) -> list[int] | None:
+        """Where the image's pixbuf is drawn: centred in the widget."""
+        r, pix = rect_of(image), image.get_pixbuf()
+        if r is None or pix is None:
+            return None
+        w, h = pix.get_width(), pix.get_height()
+        return [r[0] + (r[2] - w) // 2, r[1] + (r[3] - h) // 2, w, h]
+
     def info() -> dict[str, Any]:
-        d = shell.current_display()
-        rect = None
-        if d is not None and d.get_mapped():
-            x, y = d.translate_coordinates(shell.window, 0, 0)
-            a = d.get_allocation()
-            rect = [x, y, a.width, a.height]
+        rect = rect_of(shell.current_display())
         return {"current": shell.state.current, "locked": shell.state.locked,
                 "vms": [[v.name, v.zone.value, v.state] for v in shell.state.vms],
                 "display": rect,
                 "bar": [shell.title.get_text(), shell.power.get_text(), shell.sync.get_text()],
                 "none": shell.none_label.get_text(),
-                "min_width": shell.window.get_preferred_width()[0]}
+                "min_width": shell.window.get_preferred_width()[0],
+                "overview": shell.state.overview,
+                "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()}}
 
     def key(code: int, name: str, mods: list[str]) -> None:
         state = Gdk.ModifierType(0)

@@ -27,7 +27,7 @@ from vmclient.shell.state import ZONE_COLOURS, Zone
 from vmclient.shell.window import BAR_PX, FRAME_PX
 
 ACTION = "org.vmclient.VMClient1.open-display"
-KEY_TAB, KEY_H, KEY_I = 15, 35, 23  # evdev codes
+KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2 = 15, 35, 23, 57, 3  # evdev codes
 GUEST_W, GUEST_H = 720, 400  # the guests' 80x25 text mode
 
 
@@ -252,3 +252,38 @@ def test_the_bar_shows_what_powerd_reports(bare_shell, powerd, laptop):
     laptop.set_ac(False)
     laptop.set_battery(42)
     wait_for(lambda: power() == "On battery, 42%", 20, "the bar following powerd")
+
+
+def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk):
+    d = desk
+    d.guests.wait_painted(d.business)
+    d.guests.wait_painted(d.private)
+    shows(d, d.business, d.private)
+    d.shell.key(KEY_SPACE, "space", "super")
+    assert d.shell.ask("state")["overview"]
+    pictures = {vm: d.guests.screenshot(vm) for vm in (d.business, d.private)}
+    zones = {d.business: Zone.BUSINESS, d.private: Zone.PRIVATE}
+    last: list[Any] = []
+
+    def thumbnails_shown() -> bool:
+        tiles = d.shell.ask("state")["tiles"]
+        if any(tiles.get(vm) is None for vm in pictures):
+            return False
+        screen = d.weston.screenshot()
+        ok = True
+        for vm, (x, y, w, h) in tiles.items():
+            diff = difference(screen, (x, y, w, h), pictures[vm])
+            frame = screen.at(x - 3, y + h // 2)  # the tile's zone-coloured frame
+            last[:] = [vm, diff, frame]
+            ok = ok and diff < MATCH and Image.near(frame, ZONE_COLOURS[zones[vm]], 2)
+        return ok
+    try:
+        wait_for(thumbnails_shown, 20, "a thumbnail of each VM in its zone's frame")
+    except AssertionError:
+        raise AssertionError(f"thumbnails: {last}") from None
+
+    d.shell.key(KEY_2, "2")  # the second thumbnail: the private VM
+    st = d.shell.ask("state")
+    assert st["current"] == d.private and not st["overview"]
+    shows(d, d.private, d.business)
+    assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 0

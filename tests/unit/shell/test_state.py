@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vmclient.shell.state import (
     ZONE_COLOURS,
     Command,
@@ -9,9 +11,11 @@ from vmclient.shell.state import (
     State,
     VMEntry,
     Zone,
+    choose,
     command,
     hotkey,
     lock,
+    overview_key,
     select,
     sleep,
     unlock,
@@ -90,3 +94,20 @@ def test_sleep_locks_first_and_nothing_unlocks_until_the_host_is_awake():
     s = wake(s)
     assert view(s).page == "lock"  # awake, still locked
     assert view(unlock(s)).vm == "work"
+
+
+def test_the_overview_opens_on_its_hotkey_and_one_key_switches():
+    s = with_vms(State(), [B1, P1, OFF])
+    assert hotkey(Key("space", super_=True)) == Command.OVERVIEW
+    o = command(s, Command.OVERVIEW)
+    assert view(o).page == "overview" and o.selected == "work"
+    assert overview_key(o, Key("2")).current == "home"
+    assert view(overview_key(o, Key("2"))).page == "vm"
+    moved = overview_key(o, Key("Right"))
+    assert moved.selected == "home" and moved.overview
+    assert overview_key(moved, Key("Return")).current == "home"
+    assert overview_key(o, Key("Escape")) == replace(o, overview=False)
+    assert overview_key(o, Key("3")) == o  # "old" is shut off: no third thumbnail
+    assert choose(o, "home").current == "home" and not choose(o, "home").overview
+    assert command(o, Command.OVERVIEW).overview is False  # the hotkey again closes it
+    assert view(lock(o)).page == "lock" and not lock(o).overview

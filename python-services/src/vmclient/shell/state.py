@@ -9,6 +9,9 @@ No GTK, no D-Bus: values in, values out (tests/unit/shell).  The GTK adapter
 - The hotkeys are the shell's, never the guest's: the adapter consumes a key
   press :func:`hotkey` maps, so no guest sees it (and a guest cannot make one:
   its only input is what the shell forwards).
+- The overview (``Super+Space``) shows every VM that can be shown as a live
+  thumbnail framed in its zone's colour; one key (its number, or the arrows and
+  Return) or a click switches, Escape goes back.
 - Locked, the screen shows nothing of any VM, whatever else happens.
 """
 
@@ -59,6 +62,7 @@ class Command(enum.Enum):
     NEXT = "next"
     PREVIOUS = "previous"
     LOCK = "lock"
+    OVERVIEW = "overview"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ HOTKEYS: dict[Key, Command] = {
     Key("Tab", super_=True): Command.NEXT,
     Key("ISO_Left_Tab", super_=True, shift=True): Command.PREVIOUS,
     Key("Tab", super_=True, shift=True): Command.PREVIOUS,
+    Key("space", super_=True): Command.OVERVIEW,
     # Super+L (lock) comes with the unlock (PAM): docs/shell.md, "Not yet".
 }
 
@@ -91,6 +96,8 @@ class State:
     current: str | None = None
     locked: bool = False
     asleep: bool = False  # between PrepareForSleep(true) and (false)
+    overview: bool = False
+    selected: str | None = None  # in the overview
 
 
 def switcher_order(vms: Iterable[VMEntry]) -> tuple[VMEntry, ...]:
@@ -104,7 +111,13 @@ def with_vms(state: State, vms: Iterable[VMEntry]) -> State:
     showable = [v.name for v in ordered if v.showable]
     current = state.current if state.current in showable else (showable[0] if showable
                                                                 else None)
-    return replace(state, vms=ordered, current=current)
+    selected = state.selected if state.selected in showable else current
+    return replace(state, vms=ordered, current=current, selected=selected,
+                   overview=state.overview and bool(showable))
+
+
+def showable_names(state: State) -> list[str]:
+    return [v.name for v in state.vms if v.showable]
 
 
 def _step(state: State, delta: int) -> State:
@@ -127,14 +140,42 @@ def select(state: State, name: str) -> State:
 def command(state: State, cmd: Command) -> State:
     """A hotkey's effect.  Switching while locked does nothing (the lock hides it all)."""
     if cmd == Command.LOCK:
-        return replace(state, locked=True)
+        return replace(state, locked=True, overview=False)
     if state.locked:
         return state
-    return _step(state, 1 if cmd == Command.NEXT else -1)
+    if cmd == Command.OVERVIEW:
+        if state.overview or not showable_names(state):
+            return replace(state, overview=False)
+        return replace(state, overview=True, selected=state.current)
+    return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False)
+
+
+def overview_key(state: State, key: Key) -> State:
+    """A key while the overview is open (every key is the shell's then)."""
+    names = showable_names(state)
+    if not state.overview or not names:
+        return replace(state, overview=False)
+    i = names.index(state.selected) if state.selected in names else 0
+    if key.name in ("Right", "Down", "Tab"):
+        return replace(state, selected=names[(i + 1) % len(names)])
+    if key.name in ("Left", "Up", "ISO_Left_Tab"):
+        return replace(state, selected=names[(i - 1) % len(names)])
+    if key.name in ("Return", "KP_Enter", "space"):
+        return replace(state, current=names[i], overview=False)
+    if key.name == "Escape":
+        return replace(state, overview=False)
+    if key.name.isdigit() and 1 <= int(key.name) <= len(names):
+        return replace(state, current=names[int(key.name) - 1], overview=False)
+    return state
+
+
+def choose(state: State, name: str) -> State:
+    """A click on ``name``'s thumbnail."""
+    return replace(select(state, name), overview=False)
 
 
 def lock(state: State) -> State:
-    return replace(state, locked=True)
+    return replace(state, locked=True, overview=False)
 
 
 def unlock(state: State) -> State:
@@ -144,7 +185,7 @@ def unlock(state: State) -> State:
 
 def sleep(state: State) -> State:
     """The host is going to sleep: locked first, whatever was shown."""
-    return replace(state, locked=True, asleep=True)
+    return replace(state, locked=True, asleep=True, overview=False)
 
 
 def wake(state: State) -> State:
@@ -156,7 +197,7 @@ def wake(state: State) -> State:
 class View:
     """What the screen shows."""
 
-    page: str  # "vm", "none" (no VM to show) or "lock"
+    page: str  # "vm", "none" (no VM to show), "overview" or "lock"
     vm: str | None
     zone: Zone
     colour: tuple[int, int, int]
@@ -166,6 +207,9 @@ class View:
 def view(state: State) -> View:
     if state.locked:
         return View("lock", None, Zone.UNKNOWN, (0, 0, 0), "Locked")
+    if state.overview:
+        return View("overview", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
+                    "Switch to\u2026  (number, arrows and Return, or a click; Escape)")
     entry = next((v for v in state.vms if v.name == state.current), None)
     if entry is None:
         return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN], "No VM running")

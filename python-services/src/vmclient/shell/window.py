@@ -23,6 +23,8 @@ from ..dbus import names
 from ..errors import RemoteError
 from . import bar, bus, state
 from .logind import SleepLock
+from .overview import CSS as OVERVIEW_CSS
+from .overview import Overview
 from .props import PropsWatch
 from .spice import VMDisplay
 
@@ -111,7 +113,9 @@ class Shell:
         lock = Gtk.EventBox()
         lock.set_name("lock")
         lock.add(label("Locked"))
+        self.overview = Overview(self._chosen)
         self.top.add_named(desktop, "desktop")
+        self.top.add_named(self.overview.widget, "overview")
         self.top.add_named(lock, "lock")
         self.window.add(self.top)
         self.window.connect("key-press-event", self._key)
@@ -142,6 +146,7 @@ class Shell:
         if self._poll is not None:
             GLib.source_remove(self._poll)
             self._poll = None
+        self.overview.hide()
         self.sleep_lock.stop()
         for w in self.watches:
             w.stop()
@@ -194,9 +199,14 @@ class Shell:
     # -- input -----------------------------------------------------------------------
 
     def _key(self, _widget: Any, event: Any) -> bool:
-        cmd = state.hotkey(key_of(event))
+        key = key_of(event)
+        cmd = state.hotkey(key)
         if cmd is not None:
             self.run(cmd)
+            return True
+        if self.state.overview:  # every key is the overview's
+            self.state = state.overview_key(self.state, key)
+            self.render()
             return True
         if self.state.locked:  # no key reaches a VM
             # Until the password (PAM) is asked for here, a key after the wake-up
@@ -206,7 +216,12 @@ class Shell:
         return False
 
     def _key_release(self, _widget: Any, event: Any) -> bool:
-        return self.state.locked or state.hotkey(key_of(event)) is not None
+        return (self.state.locked or self.state.overview
+                or state.hotkey(key_of(event)) is not None)
+
+    def _chosen(self, vm: str) -> None:
+        self.state = state.choose(self.state, vm)
+        self.render()
 
     def run(self, cmd: state.Command) -> None:
         self.state = state.command(self.state, cmd)
@@ -251,10 +266,15 @@ class Shell:
         v = state.view(self.state)
         if v != self.shown:
             r, g, b = v.colour
-            self.css.load_from_data(_CSS.format(r=r, g=g, b=b).encode())
+            self.css.load_from_data((_CSS.format(r=r, g=g, b=b) + OVERVIEW_CSS).encode())
             self.title.set_text(v.title)
             self.shown = v
-        self.top.set_visible_child_name("lock" if v.page == "lock" else "desktop")
+        self.top.set_visible_child_name(v.page if v.page in ("lock", "overview")
+                                        else "desktop")
+        if v.page == "overview":
+            self.overview.show(self.state, self.displays)
+        else:
+            self.overview.hide()
         page = v.vm if v.vm in self.displays else "none"
         self.vms.set_visible_child_name(page)
         if v.page == "vm" and v.vm in self.displays:
