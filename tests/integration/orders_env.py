@@ -131,7 +131,8 @@ class Laptop:
 
     async def order(self, action: str, **args: Any) -> Order:
         return await it.issue_order(self.remote, self.admin, self.device, action, args,
-                                    int(self.clock.wall()))
+                                    int(self.clock.wall()),
+                                    numbers=it.OrderNumbers(self.tmp / "admin" / "orders.json"))
 
     async def reports(self) -> list[Any]:
         return await it.reports_of(self.remote, self.admin.public_key(), self.device)
