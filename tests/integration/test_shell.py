@@ -118,8 +118,8 @@ def shows(d: Desk, vm: str, other: str | None) -> tuple[Image, float, float]:
 
     def check() -> tuple[Image, float, float] | None:
         st = d.shell.ask("state")
-        if st["current"] != vm or st["display"] is None:
-            return None
+        if st["current"] != vm or st["display"] is None or min(st["display"][2:]) < 64:
+            return None  # not shown yet, or not yet given its size
         screen = d.weston.screenshot()
         area = guest_area(st["display"])
         result = (screen, difference(screen, area, mine),
@@ -267,7 +267,7 @@ def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk)
 
     def thumbnails_shown() -> bool:
         tiles = d.shell.ask("state")["tiles"]
-        if any(tiles.get(vm) is None for vm in pictures):
+        if any(tiles.get(vm) is None or min(tiles[vm][2:]) < 64 for vm in pictures):
             return False
         screen = d.weston.screenshot()
         ok = True
