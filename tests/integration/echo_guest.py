@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
-from fixtures_virt import IMAGES, open_libvirt, scaled
+from fixtures_virt import IMAGES, URI, open_libvirt, scaled
 from pixels import Image
 
 COLS, ROWS = 80, 25
@@ -199,14 +199,24 @@ class EchoGuests:
         return n
 
     def cleanup(self) -> None:
-        for name in self.names:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom = self.conn.lookupByName(name)
+        # A fresh connection: ours is dead if libvirtd restarted meanwhile (another test
+        # may restart it), and the domains must go all the same.
+        try:
+            conn = libvirt.open(URI)
+        except libvirt.libvirtError:
+            conn = self.conn
+        try:
+            for name in self.names:
                 with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                dom.undefine()
-            with contextlib.suppress(FileNotFoundError):
-                (IMAGES / f"{name}.img").unlink()
+                    dom = conn.lookupByName(name)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.destroy()
+                    dom.undefine()
+                with contextlib.suppress(FileNotFoundError):
+                    (IMAGES / f"{name}.img").unlink()
+        finally:
+            if conn is not self.conn:
+                conn.close()
 
 
 @contextlib.contextmanager
@@ -217,4 +227,5 @@ def echo_guests(prefix: str) -> Iterator[EchoGuests]:
         yield g
     finally:
         g.cleanup()
-        conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()

@@ -11,6 +11,7 @@ window is full screen either way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -126,7 +127,8 @@ class ShellUnderTest:
     def stop(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
-            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # it may be dying meanwhile
+                self.proc.stdin.close()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

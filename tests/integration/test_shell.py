@@ -70,11 +70,13 @@ def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterat
             shell.stop()
             assert "Traceback" not in shell.log(), shell.log()
     finally:
-        if shell is not None:
-            shell.stop()
-        if weston is not None:
-            weston.stop()
-        provd.stop()
+        try:
+            if shell is not None:
+                shell.stop()
+        finally:
+            if weston is not None:
+                weston.stop()
+            provd.stop()
     assert "Traceback" not in provd.log(), provd.log()
 
 
@@ -233,8 +235,10 @@ def bare_shell(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path
     try:
         yield shell
     finally:
-        shell.stop()
-        weston.stop()
+        try:
+            shell.stop()
+        finally:
+            weston.stop()
     assert "Traceback" not in shell.log(), shell.log()
 
 
