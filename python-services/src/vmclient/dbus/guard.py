@@ -6,7 +6,8 @@ listed member is authorised first (:func:`auth.authorize`: root, the
 result or a D-Bus error named after the :class:`VMClientError` (anything else
 is a bug: logged with its traceback, replied to as ``Error.Failed``).  File
 descriptors that come with a call (``h``) are handed to the handler and closed
-once it is done.
+once it is done.  A handler that passes file descriptors back returns
+:class:`WithFds`: the guard closes them once the reply has been written.
 """
 
 from __future__ import annotations
@@ -30,13 +31,32 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class WithFds:
+    """A reply body whose ``h`` values index ``fds``; ours to close once sent."""
+
+    body: list[Any]
+    fds: list[int]
+
+
+@dataclass(frozen=True)
 class Member:
     """One method: its signatures, what it does (for refusals) and its handler."""
 
     in_sig: str
     out_sig: str
     what: str
-    handler: Callable[[list[Any]], Awaitable[list[Any]]]
+    handler: Callable[[list[Any]], Awaitable[list[Any] | WithFds]]
+
+
+async def _reply(bus: MessageBus, msg: Message, sig: str, result: list[Any] | WithFds) -> None:
+    if not isinstance(result, WithFds):
+        bus.send(Message.new_method_return(msg, sig, result))
+        return
+    try:
+        await bus.send(Message.new_method_return(msg, sig, result.body, result.fds))
+    finally:
+        for fd in result.fds:
+            os.close(fd)
 
 
 def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
@@ -75,8 +95,7 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
         try:
             assert msg.sender is not None
             await auth.authorize(bus, msg.sender, action, m.what)
-            result = await m.handler(_with_fds(msg))
-            bus.send(Message.new_method_return(msg, m.out_sig, result))
+            await _reply(bus, msg, m.out_sig, await m.handler(_with_fds(msg)))
         except VMClientError as exc:
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
             bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))

@@ -12,6 +12,10 @@ PROVISION_BUS_NAME = BUS_NAME + ".Provisioning"
 PROVISION_PATH = ROOT_PATH + "/Provisioning"
 PROVISION_IFACE = BUS_NAME + ".Provisioning"
 
+# vmclient-provd also hands out the VMs' displays to the shell (docs/shell.md).
+DISPLAY_PATH = ROOT_PATH + "/Display"
+DISPLAY_IFACE = BUS_NAME + ".Display"
+
 # vmclient-syncd: the Synchronizer and the host of the management agent.
 SYNC_BUS_NAME = BUS_NAME + ".Sync"
 SYNC_PATH = ROOT_PATH + "/Sync"
@@ -23,6 +27,8 @@ ERROR_PREFIX = BUS_NAME + ".Error."
 POLKIT_ACTION_POWER_MANAGE = "org.vmclient.VMClient1.power.manage"
 POLKIT_ACTION_PROVISION_MANAGE = "org.vmclient.VMClient1.provision.manage"
 POLKIT_ACTION_SYNC_MANAGE = "org.vmclient.VMClient1.sync.manage"
+# The seat's active session (the shell) and the group may see and drive the VMs' screens.
+POLKIT_ACTION_OPEN_DISPLAY = "org.vmclient.VMClient1.open-display"
 
 # Unix group whose members may call the methods (bus policy + polkit rule).
 ADMIN_GROUP = "vmclient"

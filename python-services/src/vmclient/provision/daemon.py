@@ -15,6 +15,7 @@ from ..dbus import names
 from ..store.localfs import LocalDirStore
 from ..virt.libvirt import Hypervisor
 from . import config as pconfig
+from .display import DisplayInterface, install_display_guard
 from .installer import Provisioner
 from .keys import DeviceKeys, load_admin_key
 from .receiver import Receiver
@@ -36,13 +37,16 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
                     cfg.repository.admin_key)
     hv = Hypervisor(cfg.libvirt_uri)
     await hv.connect(retry=True)
-    # descriptors: a private VM's media comes as a file the caller opened (InstallFromMedia)
+    # Unix fds: a private VM's media comes as a file the caller opened (InstallFromMedia);
+    # OpenDisplay hands out sockets to the VMs' displays.
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     try:
         iface = ProvisioningInterface()
         prov = Provisioner(cfg, hv, device, receiver, report=iface.report)
         bus.export(names.PROVISION_PATH, iface)
         install_guard(bus, iface, prov)
+        bus.export(names.DISPLAY_PATH, DisplayInterface())
+        install_display_guard(bus, prov)
         await bus.request_name(names.PROVISION_BUS_NAME)
         common.sd_notify("READY=1")
         log.info("ready on %s", names.PROVISION_BUS_NAME)

@@ -571,6 +571,23 @@ async def eject_media(hv: Hypervisor, uuid: str, name: str) -> list[str]:
     return await hv._call(lambda conn: _eject(conn.lookupByUUIDString(uuid)),
                           what="eject the install media", vm=name, limit=60)
 
+# -- the shell: a VM's display (issue 15) ----------------------------------------------------
+
+async def open_graphics_fd(hv: Hypervisor, uuid: str, name: str) -> int:
+    """A new connection to the running VM's SPICE (or VNC) server, as a socket fd (ours).
+
+    ``virDomainOpenGraphicsFD`` with SKIPAUTH: the caller was authorised by us
+    (polkit), so a graphics password, if any, is not asked for.  Each SPICE
+    channel of a client needs a connection of its own.
+    """
+    def op(conn: libvirt.virConnect) -> int:
+        dom = conn.lookupByUUIDString(uuid)
+        if not dom.isActive():
+            raise VMOperationFailed(name, "open the display", "the VM is not running")
+        return int(dom.openGraphicsFD(0, libvirt.VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH))
+    return await hv._call(op, what="open the display", vm=name, limit=30)
+
+
 # -- sync: disks, checkpoints and pull-mode backup jobs (issue 6) ----------------------------
 # Module-level functions on a Hypervisor (kept apart from the class so that parallel work
 # on the class merges cleanly).

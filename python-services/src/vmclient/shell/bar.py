@@ -1,0 +1,75 @@
+"""What the status bar says, from what the daemons report: pure functions.
+
+The power field comes from vmclient-powerd's ``Power`` properties
+(docs/dbus-api.md): ``PowerSource`` (1 AC, 2 battery), ``BatteryPresent``,
+``BatteryPercent``, ``State`` (2 pausing, 3 paused, 4 resuming, 5 saving).
+The sync field from vmclient-syncd's ``Sync`` properties: ``State``
+(running, paused, waiting, idle), ``CurrentVM``, ``BytesDone``/``BytesTotal``,
+``LeaseState`` (in words) and ``LeaseRemaining`` (seconds, -1 unknown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+AC, BATTERY = 1, 2
+_PHASES = {2: "pausing the VMs", 3: "VMs paused", 4: "resuming the VMs", 5: "saving the VMs"}
+
+
+def power_text(untrusted_props: Mapping[str, Any]) -> str:
+    """"On AC, battery 80%", "On battery, 45%", "On AC"; "" while powerd is not there."""
+    if not untrusted_props:
+        return ""
+    source = untrusted_props.get("PowerSource")
+    present = bool(untrusted_props.get("BatteryPresent"))
+    try:
+        percent = float(untrusted_props.get("BatteryPercent", 0.0))
+    except (TypeError, ValueError):
+        percent = 0.0
+    if source == BATTERY:
+        text = f"On battery, {percent:.0f}%" if present else "On battery"
+    elif source == AC:
+        text = f"On AC, battery {percent:.0f}%" if present else "On AC"
+    else:
+        text = ""
+    phase = _PHASES.get(untrusted_props.get("State", 0))
+    return f"{text} \u00b7 {phase}" if text and phase else (phase or text)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    if days:
+        return f"{days} d {hours} h"
+    return f"{hours} h {rest // 60} min"
+
+
+def sync_text(untrusted_props: Mapping[str, Any]) -> str:
+    """"Syncing work 45%", "Sync paused", "Sync waiting"; then the lease: "lease 13 d 2 h",
+    "lease expired"; "" while syncd is not there (or idle and not managed)."""
+    if not untrusted_props:
+        return ""
+    parts = []
+    state = str(untrusted_props.get("State", ""))
+    if state == "running":
+        vm = str(untrusted_props.get("CurrentVM", ""))
+        done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get(
+            "BytesTotal"))
+        percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
+        parts.append(f"Syncing {vm}{percent}".replace("  ", " "))
+    elif state in ("paused", "waiting"):
+        parts.append(f"Sync {state}")
+    remaining = _int(untrusted_props.get("LeaseRemaining"), -1)
+    if remaining > 0:
+        parts.append(f"lease {_duration(remaining)}")
+    elif "expired" in str(untrusted_props.get("LeaseState", "")):
+        parts.append("lease expired")
+    return " \u00b7 ".join(parts)

@@ -1,0 +1,106 @@
+"""The shell's D-Bus client: vmclient-provd's Display object, through Gio.
+
+Gio runs on the GLib main loop the GTK shell runs anyway (dbus-fast wants
+asyncio).  ``OpenDisplay`` replies with a socket: the caller owns it and hands
+it to a SPICE channel (which closes it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gi
+
+from ..dbus import names
+from ..errors import RemoteError
+
+gi.require_version("Gio", "2.0")
+from gi.repository import Gio, GLib  # noqa: E402
+
+TIMEOUT_MS = 30_000
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    kind: str  # business | private (as provd recorded it)
+    state: str
+
+
+def _error(err: GLib.Error) -> RemoteError:
+    name = Gio.DBusError.get_remote_error(err) or ""
+    Gio.DBusError.strip_remote_error(err)
+    return RemoteError(name, str(err.message))
+
+
+def system_bus() -> Any:
+    return Gio.bus_get_sync(Gio.BusType.SYSTEM, None)
+
+
+def _call_args(member: str, args: Any, reply: str) -> tuple[Any, ...]:
+    return (names.PROVISION_BUS_NAME, names.DISPLAY_PATH, names.DISPLAY_IFACE, member, args,
+            GLib.VariantType.new(reply), Gio.DBusCallFlags.NONE, TIMEOUT_MS)
+
+
+def _fd_of(result: Any, fdlist: Any) -> int:
+    (index,) = result.unpack()
+    fds = list(fdlist.steal_fds()) if fdlist is not None else []
+    if not 0 <= index < len(fds):
+        for fd in fds:
+            os.close(fd)
+        raise RemoteError("", "vmclient-provd sent no file descriptor with OpenDisplay")
+    for i, fd in enumerate(fds):
+        if i != index:
+            os.close(fd)
+    return int(fds[index])
+
+
+def open_display(conn: Any, vm: str, done: Callable[[int | None, RemoteError | None], None]
+                 ) -> None:
+    """Ask for a new connection to ``vm``'s display; ``done(fd, None)`` or ``done(None, err)``."""
+    def finish(c: Any, res: Any) -> None:
+        try:
+            result, fdlist = c.call_with_unix_fd_list_finish(res)
+        except GLib.Error as err:
+            done(None, _error(err))
+            return
+        try:
+            fd = _fd_of(result, fdlist)
+        except RemoteError as err:
+            done(None, err)
+            return
+        done(fd, None)
+    conn.call_with_unix_fd_list(*_call_args("OpenDisplay", GLib.Variant("(s)", (vm,)), "(h)"),
+                                None, None, finish)
+
+
+def open_display_sync(conn: Any, vm: str) -> int:
+    try:
+        result, fdlist = conn.call_with_unix_fd_list_sync(
+            *_call_args("OpenDisplay", GLib.Variant("(s)", (vm,)), "(h)"), None, None)
+    except GLib.Error as err:
+        raise _error(err) from None
+    return _fd_of(result, fdlist)
+
+
+def list_vms_sync(conn: Any) -> list[VM]:
+    try:
+        result = conn.call_sync(*_call_args("ListVMs", None, "(a(sss))"), None)
+    except GLib.Error as err:
+        raise _error(err) from None
+    (rows,) = result.unpack()
+    return [VM(str(n), str(k), str(s)) for n, k, s in rows]
+
+
+def list_vms(conn: Any, done: Callable[[list[VM] | None, RemoteError | None], None]) -> None:
+    """The VMs the shell may show: ``done(vms, None)`` or ``done(None, err)``."""
+    def finish(c: Any, res: Any) -> None:
+        try:
+            (rows,) = c.call_finish(res).unpack()
+        except GLib.Error as err:
+            done(None, _error(err))
+            return
+        done([VM(str(n), str(k), str(s)) for n, k, s in rows], None)
+    conn.call(*_call_args("ListVMs", None, "(a(sss))"), None, finish)

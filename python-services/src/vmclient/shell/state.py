@@ -1,0 +1,219 @@
+"""The shell's pure core: which VM is shown, the switcher's order, zones, the lock.
+
+No GTK, no D-Bus: values in, values out (tests/unit/shell).  The GTK adapter
+(:mod:`.window`) feeds it the VM list and key presses and draws what
+:func:`view` says.
+
+- The switcher's order: business VMs first, then private ones, each by name;
+  only running or paused VMs can be shown (a shut-off one has no display).
+- The hotkeys are the shell's, never the guest's: the adapter consumes a key
+  press :func:`hotkey` maps, so no guest sees it (and a guest cannot make one:
+  its only input is what the shell forwards).
+- The overview (``Super+Space``) shows every VM that can be shown as a live
+  thumbnail framed in its zone's colour; one key (its number, or the arrows and
+  Return) or a click switches, Escape goes back.
+- Locked, the screen shows nothing of any VM, whatever else happens.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+
+class Zone(enum.Enum):
+    BUSINESS = "business"
+    PRIVATE = "private"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def of(cls, kind: str) -> Zone:
+        try:
+            return cls(kind)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+# Frame and bar colours (RGB): drawn by the shell around and above the guest's
+# picture, where no guest pixel can go.  Blue for business, orange for private
+# (as XenClient and Qubes mark trust with a colour the guest cannot draw over).
+ZONE_COLOURS: dict[Zone, tuple[int, int, int]] = {
+    Zone.BUSINESS: (0x1E, 0x5A, 0xC8),
+    Zone.PRIVATE: (0xE6, 0x7E, 0x00),
+    Zone.UNKNOWN: (0x80, 0x80, 0x80),
+}
+
+SHOWABLE = frozenset({"running", "paused", "blocked"})
+
+
+@dataclass(frozen=True)
+class VMEntry:
+    name: str
+    zone: Zone
+    state: str  # as provd reports it: running, paused, shutoff, ...
+
+    @property
+    def showable(self) -> bool:
+        return self.state in SHOWABLE
+
+
+class Command(enum.Enum):
+    NEXT = "next"
+    PREVIOUS = "previous"
+    LOCK = "lock"
+    OVERVIEW = "overview"
+
+
+@dataclass(frozen=True)
+class Key:
+    """A key press as the adapter sees it: the key's name (GDK's) and the modifiers."""
+
+    name: str
+    super_: bool = False
+    shift: bool = False
+    ctrl: bool = False
+    alt: bool = False
+
+
+HOTKEYS: dict[Key, Command] = {
+    Key("Tab", super_=True): Command.NEXT,
+    Key("ISO_Left_Tab", super_=True, shift=True): Command.PREVIOUS,
+    Key("Tab", super_=True, shift=True): Command.PREVIOUS,
+    Key("space", super_=True): Command.OVERVIEW,
+    # Super+L (lock) comes with the unlock (PAM): docs/shell.md, "Not yet".
+}
+
+
+def hotkey(key: Key) -> Command | None:
+    """The shell's command for ``key``, or None: the key belongs to the guest."""
+    return HOTKEYS.get(key)
+
+
+@dataclass(frozen=True)
+class State:
+    vms: tuple[VMEntry, ...] = ()  # in switcher order
+    current: str | None = None
+    locked: bool = False
+    asleep: bool = False  # between PrepareForSleep(true) and (false)
+    overview: bool = False
+    selected: str | None = None  # in the overview
+
+
+def switcher_order(vms: Iterable[VMEntry]) -> tuple[VMEntry, ...]:
+    rank = {Zone.BUSINESS: 0, Zone.PRIVATE: 1, Zone.UNKNOWN: 2}
+    return tuple(sorted(vms, key=lambda v: (rank[v.zone], v.name)))
+
+
+def with_vms(state: State, vms: Iterable[VMEntry]) -> State:
+    """A new VM list: the shown VM stays if it can still be shown, else the first that can."""
+    ordered = switcher_order(vms)
+    showable = [v.name for v in ordered if v.showable]
+    current = state.current if state.current in showable else (showable[0] if showable
+                                                                else None)
+    selected = state.selected if state.selected in showable else current
+    return replace(state, vms=ordered, current=current, selected=selected,
+                   overview=state.overview and bool(showable))
+
+
+def showable_names(state: State) -> list[str]:
+    return [v.name for v in state.vms if v.showable]
+
+
+def _step(state: State, delta: int) -> State:
+    showable = [v.name for v in state.vms if v.showable]
+    if not showable:
+        return replace(state, current=None)
+    if state.current not in showable:
+        return replace(state, current=showable[0])
+    i = showable.index(state.current)
+    return replace(state, current=showable[(i + delta) % len(showable)])
+
+
+def select(state: State, name: str) -> State:
+    """Show ``name`` (if it can be shown)."""
+    if any(v.name == name and v.showable for v in state.vms):
+        return replace(state, current=name)
+    return state
+
+
+def command(state: State, cmd: Command) -> State:
+    """A hotkey's effect.  Switching while locked does nothing (the lock hides it all)."""
+    if cmd == Command.LOCK:
+        return replace(state, locked=True, overview=False)
+    if state.locked:
+        return state
+    if cmd == Command.OVERVIEW:
+        if state.overview or not showable_names(state):
+            return replace(state, overview=False)
+        return replace(state, overview=True, selected=state.current)
+    return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False)
+
+
+def overview_key(state: State, key: Key) -> State:
+    """A key while the overview is open (every key is the shell's then)."""
+    names = showable_names(state)
+    if not state.overview or not names:
+        return replace(state, overview=False)
+    i = names.index(state.selected) if state.selected in names else 0
+    if key.name in ("Right", "Down", "Tab"):
+        return replace(state, selected=names[(i + 1) % len(names)])
+    if key.name in ("Left", "Up", "ISO_Left_Tab"):
+        return replace(state, selected=names[(i - 1) % len(names)])
+    if key.name in ("Return", "KP_Enter", "space"):
+        return replace(state, current=names[i], overview=False)
+    if key.name == "Escape":
+        return replace(state, overview=False)
+    if key.name.isdigit() and 1 <= int(key.name) <= len(names):
+        return replace(state, current=names[int(key.name) - 1], overview=False)
+    return state
+
+
+def choose(state: State, name: str) -> State:
+    """A click on ``name``'s thumbnail."""
+    return replace(select(state, name), overview=False)
+
+
+def lock(state: State) -> State:
+    return replace(state, locked=True, overview=False)
+
+
+def unlock(state: State) -> State:
+    """Unlocked (the user proved who they are); never while the host is going to sleep."""
+    return state if state.asleep else replace(state, locked=False)
+
+
+def sleep(state: State) -> State:
+    """The host is going to sleep: locked first, whatever was shown."""
+    return replace(state, locked=True, asleep=True, overview=False)
+
+
+def wake(state: State) -> State:
+    """The host woke up: still locked until the user unlocks."""
+    return replace(state, asleep=False)
+
+
+@dataclass(frozen=True)
+class View:
+    """What the screen shows."""
+
+    page: str  # "vm", "none" (no VM to show), "overview" or "lock"
+    vm: str | None
+    zone: Zone
+    colour: tuple[int, int, int]
+    title: str
+
+
+def view(state: State) -> View:
+    if state.locked:
+        return View("lock", None, Zone.UNKNOWN, (0, 0, 0), "Locked")
+    if state.overview:
+        return View("overview", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
+                    "Switch to\u2026  (number, arrows and Return, or a click; Escape)")
+    entry = next((v for v in state.vms if v.name == state.current), None)
+    if entry is None:
+        return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN], "No VM running")
+    title = f"{entry.name} \u2014 {entry.zone.value}"
+    if entry.state != "running":
+        title += f" ({entry.state})"
+    return View("vm", entry.name, entry.zone, ZONE_COLOURS[entry.zone], title)

@@ -1,0 +1,289 @@
+"""The shell's one full-screen window: the bar, the zone frame, the VMs, the lock page.
+
+A thin GTK adapter around :mod:`.state`: it feeds the core the VM list (from
+vmclient-provd, polled) and key presses, and shows what :func:`state.view`
+says.  Layout, top to bottom: the bar (:data:`BAR_PX` high, the zone's colour,
+the VM's name and zone), then the VM's picture inside a frame of
+:data:`FRAME_PX` in the zone's colour.  Bar and frame are the shell's own
+widgets beside the SPICE widget, never under it: no guest pixel reaches them.
+
+Hotkeys are taken in the window's ``key-press-event`` handler, which GTK runs
+before the focused SPICE widget sees the key; a hotkey is consumed there and
+never forwarded.  While locked, every key is consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gi
+
+from ..dbus import names
+from ..errors import RemoteError
+from . import bar, bus, state
+from .logind import SleepLock
+from .overview import CSS as OVERVIEW_CSS
+from .overview import Overview
+from .props import PropsWatch
+from .spice import VMDisplay
+
+gi.require_version("Gdk", "3.0")
+gi.require_version("Gtk", "3.0")
+gi.require_version("Pango", "1.0")
+from gi.repository import Gdk, GLib, Gtk, Pango  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+BAR_PX = 28
+FRAME_PX = 6
+POLL_S = 2
+LOCK_PAINT_BOUND_MS = 1000  # the most the lock page may hold the host's sleep back
+
+_CSS = """
+#bar, #frame {{ background-color: rgb({r}, {g}, {b}); }}
+#bar label {{ color: white; font-weight: bold; }}
+#lock {{ background-color: black; }}
+#lock label {{ color: white; font-size: 24px; }}
+#none {{ background-color: rgb(40, 40, 40); }}
+#none label {{ color: white; }}
+"""
+
+
+def label(text: str = "", xalign: float = 0.5, wrap: bool = False) -> Any:
+    """A label that never widens the window: a full-screen window larger than the
+    screen is a protocol error the compositor disconnects the shell for."""
+    lbl = Gtk.Label(label=text, xalign=xalign)
+    if wrap:
+        lbl.set_line_wrap(True)
+        lbl.set_max_width_chars(80)
+    else:
+        lbl.set_ellipsize(Pango.EllipsizeMode.END)
+    return lbl
+
+
+def key_of(event: Any) -> state.Key:
+    m = event.state
+    return state.Key(
+        name=Gdk.keyval_name(event.keyval) or "",
+        super_=bool(m & (Gdk.ModifierType.SUPER_MASK | Gdk.ModifierType.MOD4_MASK)),
+        shift=bool(m & Gdk.ModifierType.SHIFT_MASK),
+        ctrl=bool(m & Gdk.ModifierType.CONTROL_MASK),
+        alt=bool(m & Gdk.ModifierType.MOD1_MASK))
+
+
+class Shell:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.state = state.State()
+        self.displays: dict[str, VMDisplay] = {}
+        self.shown: state.View | None = None
+        self.css = Gtk.CssProvider()
+        Gtk.StyleContext.add_provider_for_screen(
+            Gdk.Screen.get_default(), self.css, Gtk.STYLE_PROVIDER_PRIORITY_APPLICATION)
+
+        self.window = Gtk.Window(title="vmclient")
+        self.window.set_decorated(False)
+        self.top = Gtk.Stack()
+        desktop = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
+        self.bar = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
+        self.bar.set_name("bar")
+        self.bar.set_size_request(-1, BAR_PX)
+        self.title = label(xalign=0)
+        self.title.set_margin_start(FRAME_PX)
+        self.bar.pack_start(self.title, True, True, 0)
+        self.power = label(xalign=1)
+        self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
+        self.bar.pack_end(self.power, False, False, 0)
+        self.sync = label(xalign=1)
+        self.bar.pack_end(self.sync, False, False, 0)
+        frame = Gtk.EventBox()
+        frame.set_name("frame")
+        self.vms = Gtk.Stack()
+        for side in ("start", "end", "bottom"):
+            getattr(self.vms, f"set_margin_{side}")(FRAME_PX)
+        none = Gtk.EventBox()
+        none.set_name("none")
+        self.none_label = label("No VM running", wrap=True)
+        none.add(self.none_label)
+        self.vms.add_named(none, "none")
+        frame.add(self.vms)
+        desktop.pack_start(self.bar, False, False, 0)
+        desktop.pack_start(frame, True, True, 0)
+        lock = Gtk.EventBox()
+        lock.set_name("lock")
+        lock.add(label("Locked"))
+        self.overview = Overview(self._chosen)
+        self.top.add_named(desktop, "desktop")
+        self.top.add_named(self.overview.widget, "overview")
+        self.top.add_named(lock, "lock")
+        self.window.add(self.top)
+        self.window.connect("key-press-event", self._key)
+        self.window.connect("key-release-event", self._key_release)
+        self.window.connect("destroy", lambda _w: self.close())
+        self._poll: int | None = None
+        self._list_error = ""
+        self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
+        self.watches = [
+            PropsWatch(conn, names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
+                       lambda p: self.power.set_text(bar.power_text(p))),
+            PropsWatch(conn, names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
+                       lambda p: self.sync.set_text(bar.sync_text(p)))]
+
+    # -- life cycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        self.window.show_all()
+        self.window.fullscreen()
+        self.render()
+        self.refresh()
+        self._poll = GLib.timeout_add_seconds(POLL_S, self._tick)
+        self.sleep_lock.start()
+        for w in self.watches:
+            w.start()
+
+    def close(self) -> None:
+        if self._poll is not None:
+            GLib.source_remove(self._poll)
+            self._poll = None
+        self.overview.hide()
+        self.sleep_lock.stop()
+        for w in self.watches:
+            w.stop()
+        for d in self.displays.values():
+            d.close()
+        self.displays.clear()
+
+    def _tick(self) -> bool:
+        self.refresh()
+        return True
+
+    # -- the VM list ---------------------------------------------------------------
+
+    def refresh(self) -> None:
+        bus.list_vms(self.conn, self._listed)
+
+    def _listed(self, vms: list[bus.VM] | None, err: RemoteError | None) -> None:
+        if vms is None:
+            if str(err) != self._list_error:  # once per error, not every poll
+                log.warning("cannot list the VMs: %s", err)
+                self._list_error = str(err)
+            self.none_label.set_text(f"Cannot list the VMs: {err}")
+            return
+        self._list_error = ""
+        self.set_vms([state.VMEntry(v.name, state.Zone.of(v.kind), v.state) for v in vms])
+
+    def set_vms(self, entries: list[state.VMEntry]) -> None:
+        self.state = state.with_vms(self.state, entries)
+        showable = {v.name for v in self.state.vms if v.showable}
+        for name in sorted(set(self.displays) - showable):
+            d = self.displays.pop(name)
+            self.vms.remove(d.widget)
+            d.close()
+        for name in sorted(showable - set(self.displays)):
+            d = VMDisplay(self.conn, name, self._display_failed)
+            self.displays[name] = d
+            self.vms.add_named(d.widget, name)
+            d.widget.show_all()
+            d.connect()
+        self.render()
+
+    def _display_failed(self, vm: str, message: str) -> None:
+        log.info("%s: display failed (%s); trying again with the next VM list", vm, message)
+        d = self.displays.pop(vm, None)
+        if d is not None:
+            self.vms.remove(d.widget)
+            d.close()
+        self.render()
+
+    # -- input -----------------------------------------------------------------------
+
+    def _key(self, _widget: Any, event: Any) -> bool:
+        key = key_of(event)
+        cmd = state.hotkey(key)
+        if cmd is not None:
+            self.run(cmd)
+            return True
+        if self.state.overview:  # every key is the overview's
+            self.state = state.overview_key(self.state, key)
+            self.render()
+            return True
+        if self.state.locked:  # no key reaches a VM
+            # Until the password (PAM) is asked for here, a key after the wake-up
+            # unlocks: the lock hides the VMs over sleep, it does not authenticate.
+            self.unlock()
+            return True
+        return False
+
+    def _key_release(self, _widget: Any, event: Any) -> bool:
+        return (self.state.locked or self.state.overview
+                or state.hotkey(key_of(event)) is not None)
+
+    def _chosen(self, vm: str) -> None:
+        self.state = state.choose(self.state, vm)
+        self.render()
+
+    def run(self, cmd: state.Command) -> None:
+        self.state = state.command(self.state, cmd)
+        self.render()
+
+    def lock(self) -> None:
+        self.state = state.lock(self.state)
+        self.render()
+
+    def unlock(self) -> None:
+        self.state = state.unlock(self.state)
+        self.render()
+
+    def _before_sleep(self, done: Any) -> None:
+        """Lock, and call ``done`` (release the delay lock) once the lock page is painted."""
+        self.state = state.sleep(self.state)
+        self.render()
+        finished = False
+        clock = self.window.get_frame_clock()
+        handler = 0
+
+        def finish(*_args: Any) -> bool:
+            nonlocal finished
+            if not finished:
+                finished = True
+                if clock is not None and handler:
+                    clock.disconnect(handler)
+                done()
+            return False
+        if clock is not None:
+            handler = clock.connect("after-paint", finish)
+        GLib.timeout_add(LOCK_PAINT_BOUND_MS, finish)
+        self.window.queue_draw()
+
+    def _woke(self) -> None:
+        self.state = state.wake(self.state)
+        self.render()
+
+    # -- output --------------------------------------------------------------------
+
+    def render(self) -> None:
+        v = state.view(self.state)
+        if v != self.shown:
+            r, g, b = v.colour
+            self.css.load_from_data((_CSS.format(r=r, g=g, b=b) + OVERVIEW_CSS).encode())
+            self.title.set_text(v.title)
+            self.shown = v
+        self.top.set_visible_child_name(v.page if v.page in ("lock", "overview")
+                                        else "desktop")
+        if v.page == "overview":
+            self.overview.show(self.state, self.displays)
+        else:
+            self.overview.hide()
+        page = v.vm if v.vm in self.displays else "none"
+        self.vms.set_visible_child_name(page)
+        if v.page == "vm" and v.vm in self.displays:
+            self.displays[v.vm].focus()
+        else:
+            self.window.set_focus(None)
+
+    def current_display(self) -> Any:
+        """The SPICE widget shown now (None: none)."""
+        v = state.view(self.state)
+        d = self.displays.get(v.vm or "") if v.page == "vm" else None
+        return d.display if d is not None else None

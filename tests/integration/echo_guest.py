@@ -1,0 +1,231 @@
+"""Guests that paint a known picture and echo keystrokes: a 512-byte boot sector.
+
+The firmware (SeaBIOS) loads the sector at 0:7C00 and jumps to it.  It hides
+the cursor (nothing blinks between two screenshots), fills the 80x25 text
+screen with ``letter`` in white on 25 bands of the 8 VGA background colours,
+band ``r`` in colour ``(r + seed) & 7`` (two guests with different seeds look
+different in every band), then reads keys through the BIOS (int 16h) and writes
+each one, black on light grey, from the start of row :data:`ECHO_ROW` on.
+
+The domains get SPICE with ``<listen type='none'/>`` and a virtio video device,
+as provisioning's ``domain_xml()`` gives them, and vmclient's VM metadata
+(``<vmc:vm kind=…/>``) so that vmclient-provd counts them as its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+from fixtures_virt import IMAGES, URI, open_libvirt, scaled
+from pixels import Image
+
+COLS, ROWS = 80, 25
+ECHO_ROW = 12
+ECHO_ATTR = 0x70  # black on light grey
+# The VGA palette's 8 background colours (attribute bits 4-6).
+PALETTE = [(0, 0, 0), (0, 0, 0xAA), (0, 0xAA, 0), (0, 0xAA, 0xAA),
+           (0xAA, 0, 0), (0xAA, 0, 0xAA), (0xAA, 0x55, 0), (0xAA, 0xAA, 0xAA)]
+VM_NS = "https://vmclient.org/xmlns/vm/1"
+
+
+def _rel8(offset: int) -> int:
+    assert -128 <= offset < 128
+    return offset & 0xFF
+
+
+def boot_sector(seed: int, letter: str, animate: bool = False) -> bytes:
+    """The sector: 16-bit real-mode code, then zeros, then the 55 AA signature.
+
+    ``animate``: instead of echoing keys, change the first cell every 10 ms for
+    ever (the display benchmark's moving picture)."""
+    setup = bytes([
+        0xFA,                    # cli
+        0x31, 0xC0,              # xor ax, ax
+        0x8E, 0xD8,              # mov ds, ax
+        0x8E, 0xD0,              # mov ss, ax
+        0xBC, 0x00, 0x7C,        # mov sp, 0x7c00
+        0xFB,                    # sti
+        0xB4, 0x01,              # mov ah, 1          ; set cursor shape:
+        0xB9, 0x00, 0x20,        # mov cx, 0x2000     ;   hidden
+        0xCD, 0x10,              # int 10h
+        0xB8, 0x00, 0xB8,        # mov ax, 0xb800     ; text memory
+        0x8E, 0xC0,              # mov es, ax
+        0x31, 0xFF,              # xor di, di
+        0xB3, seed & 0xFF,       # mov bl, seed       ; colour of band 0
+        0xBA, ROWS, 0x00,        # mov dx, 25
+    ])
+    band = bytes([
+        0x88, 0xDC,              # mov ah, bl
+        0x80, 0xE4, 0x07,        # and ah, 7
+        0xC0, 0xE4, 0x04,        # shl ah, 4          ; background
+        0x80, 0xCC, 0x0F,        # or ah, 0x0f        ; white letter
+        0xB0, ord(letter),       # mov al, letter
+        0xB9, COLS, 0x00,        # mov cx, 80
+        0xF3, 0xAB,              # rep stosw
+        0xFE, 0xC3,              # inc bl
+        0x4A,                    # dec dx
+    ])
+    band += bytes([0x75, _rel8(-(len(band) + 2))])          # jnz band
+    echo_start = ECHO_ROW * COLS * 2
+    start_di = bytes([0xBF, echo_start & 0xFF, echo_start >> 8])  # mov di, row 12
+    keys = bytes([
+        0x31, 0xC0,              # xor ax, ax
+        0xCD, 0x16,              # int 16h            ; al = the key's character
+        0xB4, ECHO_ATTR,         # mov ah, attr
+        0xAB,                    # stosw
+        0x81, 0xFF, 0xA0, 0x0F,  # cmp di, 4000       ; past the screen:
+        0x72, 0x03,              # jb +3
+        *start_di,               #   back to row 12
+    ])
+    keys += bytes([0xEB, _rel8(-(len(keys) + 2))])          # jmp keys
+    anim = bytes([
+        0x26, 0xFE, 0x06, 0x00, 0x00,  # inc byte [es:0]    ; the first cell's letter
+        0xB4, 0x86,              # mov ah, 86h        ; wait CX:DX microseconds
+        0x31, 0xC9,              # xor cx, cx
+        0xBA, 0x10, 0x27,        # mov dx, 10000
+        0xCD, 0x15,              # int 15h
+    ])
+    anim += bytes([0xEB, _rel8(-(len(anim) + 2))])          # jmp anim
+    code = setup + band + (anim if animate else start_di + keys)
+    assert len(code) <= 510
+    return code + bytes(510 - len(code)) + b"\x55\xaa"
+
+
+# TCG, not KVM: the paravirtual KVM of these test machines emulates the firmware's
+# 16-bit code, and SeaBIOS then takes 10-20 s to reach the boot sector (TCG: < 1 s).
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='MiB'>16</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <graphics type='spice'><listen type='none'/></graphics>
+    <video><model type='virtio'/></video>
+    <memballoon model='none'/>
+  </devices>
+  {metadata}
+</domain>
+"""
+
+
+def band_colour(seed: int, row: int) -> tuple[int, int, int]:
+    return PALETTE[(row + seed) & 7]
+
+
+class EchoGuests:
+    """Uniquely named echo guests on the real libvirtd, all removed afterwards."""
+
+    def __init__(self, conn: libvirt.virConnect, prefix: str) -> None:
+        self.conn, self.prefix = conn, prefix
+        self.names: list[str] = []
+        self.seeds: dict[str, int] = {}
+
+    def create(self, suffix: str, kind: str, seed: int, letter: str,
+               start: bool = True, animate: bool = False) -> str:
+        """A guest; ``kind`` "" makes it a domain that is not vmclient's (no metadata)."""
+        assert band_colour(seed, ECHO_ROW) != PALETTE[7], "the echo must stand out"
+        name = f"{self.prefix}-{suffix}"
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        disk = IMAGES / f"{name}.img"
+        disk.write_bytes(boot_sector(seed, letter, animate) + bytes((1 << 20) - 512))
+        dom = self.conn.defineXML(DOMAIN_XML.format(
+            name=name, uuid=uuid.uuid4(), disk=disk,
+            metadata=f"<metadata><vmc:vm xmlns:vmc='{VM_NS}' kind='{kind}'/></metadata>"
+            if kind else ""))
+        self.names.append(name)
+        self.seeds[name] = seed
+        if start:
+            dom.create()
+        return name
+
+    def screenshot(self, name: str) -> Image:
+        """What QEMU shows (virDomainScreenshot), decoded."""
+        dom = self.conn.lookupByName(name)
+        stream = self.conn.newStream(0)
+        try:
+            dom.screenshot(stream, 0, 0)
+            chunks = []
+            while True:
+                chunk = stream.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            stream.finish()
+        except libvirt.libvirtError:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+        return Image.decode(b"".join(chunks))
+
+    def painted(self, name: str) -> bool:
+        """The guest has painted its bands (the boot sector runs)."""
+        img = self.screenshot(name)
+        if (img.width, img.height) != (720, 400):  # 80x25 cells of 9x16 pixels
+            return False
+        seed = self.seeds[name]
+        return all(img.near(img.at(4 * 9 + 1, r * 16 + 1), band_colour(seed, r), 8)
+                   for r in (0, 5, 24))
+
+    def wait_painted(self, name: str, timeout: float = 30) -> Image:
+        deadline = time.monotonic() + scaled(timeout)
+        while not self.painted(name):
+            if time.monotonic() > deadline:
+                shot = Path(tempfile.gettempdir()) / f"{name}.png"
+                self.screenshot(name).save(shot)
+                raise AssertionError(f"guest {name} did not paint its bands within "
+                                     f"{scaled(timeout):.0f} s (its screen: {shot})")
+            time.sleep(0.2)
+        return self.screenshot(name)
+
+    def echoed(self, name: str) -> int:
+        """How many keys the guest has echoed (grey cells from the start of row 12)."""
+        img = self.screenshot(name)
+        n = 0
+        while n < COLS and img.near(img.at(n * 9 + 8, ECHO_ROW * 16 + 1), PALETTE[7], 8):
+            n += 1
+        return n
+
+    def cleanup(self) -> None:
+        # A fresh connection: ours is dead if libvirtd restarted meanwhile (another test
+        # may restart it), and the domains must go all the same.
+        try:
+            conn = libvirt.open(URI)
+        except libvirt.libvirtError:
+            conn = self.conn
+        try:
+            for name in self.names:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom = conn.lookupByName(name)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.destroy()
+                    dom.undefine()
+                with contextlib.suppress(FileNotFoundError):
+                    (IMAGES / f"{name}.img").unlink()
+        finally:
+            if conn is not self.conn:
+                conn.close()
+
+
+@contextlib.contextmanager
+def echo_guests(prefix: str) -> Iterator[EchoGuests]:
+    conn = open_libvirt()
+    g = EchoGuests(conn, prefix)
+    try:
+        yield g
+    finally:
+        g.cleanup()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()

@@ -1,0 +1,66 @@
+"""vmclient-provd as a child process on the private system bus, with a minimal config."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fixtures_bus import PrivateSystemBus
+from fixtures_virt import URI, cpu_profile, scaled
+
+from testlib import SERVICES
+
+NAME = "org.vmclient.VMClient1.Provisioning"
+
+
+class ProvDaemon:
+    """Nothing to install from (no admin key): enough for Start, List and the displays."""
+
+    def __init__(self, bus: PrivateSystemBus, workdir: Path) -> None:
+        self.bus, self.workdir = bus, workdir
+        cpu = cpu_profile()
+        self.config = workdir / "provision.toml"
+        self.config.write_text(f"""libvirt_uri = "{URI}"
+state_dir = "{workdir / 'state'}"
+device_dir = "{workdir / 'device'}"
+manage_dir = "{workdir / 'manage'}"
+images_dir = "{workdir / 'images'}"
+staging_dir = "{workdir / 'staging'}"
+domain_type = "{cpu.domain_type}"
+cpu_mode = "{cpu.cpu_mode}"
+
+[repository]
+path = "{workdir / 'repo'}"
+admin_key = "{workdir / 'admin.pub'}"
+""")
+        self.log_path = workdir / "provd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ProvDaemon:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vmclient.provision.daemon", "--config",
+                 str(self.config), "--debug"], stdout=log, stderr=subprocess.STDOUT,
+                env={**self.bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+        conn = self.bus.connection()
+        deadline = time.monotonic() + scaled(30)
+        while not conn.name_has_owner(NAME):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("vmclient-provd did not come up:\n" + self.log())
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

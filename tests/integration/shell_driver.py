@@ -1,0 +1,138 @@
+"""vmclient-shell under test, with a control line on stdin/stdout (test-only).
+
+Commands, one a line; each answers one JSON line:
+  state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null,
+                            "bar": [title, power, sync], "none": the no-VM page's text,
+                            "min_width": the least width the window asks for,
+                            "overview": open?, "tiles": {vm: [x, y, w, h] of its thumbnail}}
+  key CODE NAME [MOD..] -> a key press and release (evdev CODE, GDK key NAME, modifiers
+                           super/shift/ctrl/alt) delivered to the shell's window as GTK
+                           delivers the compositor's (Weston's headless backend has no
+                           seat, so no keyboard of its own)
+  switch                -> Super+Tab, answered once GTK has painted the next frame:
+                           {"ms": from the key press to that frame, "current": vm}
+  lock | unlock         -> the lock page on / off
+The product has no such channel: this file is not part of it.  The shell here shows
+only the VMs whose names start with $VMCLIENT_TEST_PREFIX: the libvirtd is shared
+with other tests, and their vmclient VMs are not this test's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import gi
+
+gi.require_version("Gdk", "3.0")
+gi.require_version("Gtk", "3.0")
+from gi.repository import Gdk, GLib, Gtk
+
+from vmclient import log as vlog
+from vmclient.shell import bus, state
+from vmclient.shell.window import Shell
+
+MODS = {"super": Gdk.ModifierType.SUPER_MASK | Gdk.ModifierType.MOD4_MASK,
+        "shift": Gdk.ModifierType.SHIFT_MASK, "ctrl": Gdk.ModifierType.CONTROL_MASK,
+        "alt": Gdk.ModifierType.MOD1_MASK}
+
+
+class ShellUnderTest(Shell):
+    prefix = os.environ["VMCLIENT_TEST_PREFIX"]
+
+    def set_vms(self, entries: list[state.VMEntry]) -> None:
+        super().set_vms([e for e in entries if e.name.startswith(self.prefix)])
+
+
+def main() -> int:
+    vlog.setup(debug=True)
+    shell = ShellUnderTest(bus.system_bus())
+    shell.start()
+
+    def reply(obj: Any) -> None:
+        print(json.dumps(obj), flush=True)
+
+    def rect_of(w: Any) -> list[int] | None:
+        if w is None or not w.get_mapped():
+            return None
+        x, y = w.translate_coordinates(shell.window, 0, 0)
+        a = w.get_allocation()
+        return [x, y, a.width, a.height]
+
+    def thumbnail(image: Any) -> list[int] | None:
+        """Where the image's pixbuf is drawn: centred in the widget."""
+        r, pix = rect_of(image), image.get_pixbuf()
+        if r is None or pix is None:
+            return None
+        w, h = pix.get_width(), pix.get_height()
+        return [r[0] + (r[2] - w) // 2, r[1] + (r[3] - h) // 2, w, h]
+
+    def info() -> dict[str, Any]:
+        rect = rect_of(shell.current_display())
+        return {"current": shell.state.current, "locked": shell.state.locked,
+                "vms": [[v.name, v.zone.value, v.state] for v in shell.state.vms],
+                "display": rect,
+                "bar": [shell.title.get_text(), shell.power.get_text(), shell.sync.get_text()],
+                "none": shell.none_label.get_text(),
+                "min_width": shell.window.get_preferred_width()[0],
+                "overview": shell.state.overview,
+                "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()}}
+
+    def key(code: int, name: str, mods: list[str]) -> None:
+        state = Gdk.ModifierType(0)
+        for m in mods:
+            state |= MODS[m]
+        for kind in (Gdk.EventType.KEY_PRESS, Gdk.EventType.KEY_RELEASE):
+            ev = Gdk.Event.new(kind)
+            ev.key.window = shell.window.get_window()
+            ev.key.send_event = True
+            ev.key.hardware_keycode = code + 8  # evdev code -> Wayland/XKB keycode
+            ev.key.keyval = Gdk.keyval_from_name(name)
+            ev.key.state = state
+            ev.key.time = Gtk.get_current_event_time()
+            shell.window.event(ev)
+
+    def on_line(_fd: int, _cond: Any) -> bool:
+        line = sys.stdin.readline()
+        if not line:
+            Gtk.main_quit()
+            return False
+        cmd, *args = line.split()
+        if cmd == "state":
+            reply(info())
+        elif cmd == "key":
+            key(int(args[0]), args[1], args[2:])
+            reply({"ok": True})
+        elif cmd == "switch":
+            clock = shell.window.get_frame_clock()
+            t0 = time.perf_counter()
+            handler = 0
+
+            def painted(_clock: Any) -> None:
+                clock.disconnect(handler)
+                reply({"ms": (time.perf_counter() - t0) * 1000,
+                       "current": shell.state.current})
+            handler = clock.connect("after-paint", painted)
+            key(15, "Tab", ["super"])
+        elif cmd == "lock":
+            shell.lock()
+            reply({"ok": True})
+        elif cmd == "unlock":
+            shell.unlock()
+            reply({"ok": True})
+        else:
+            reply({"error": f"unknown command {cmd!r}"})
+        return True
+
+    GLib.unix_fd_add_full(GLib.PRIORITY_DEFAULT, sys.stdin.fileno(),
+                          GLib.IOCondition.IN | GLib.IOCondition.HUP, on_line)
+    Gtk.main()
+    shell.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""A headless Weston, vmclient-shell on it (as an unprivileged user), and screenshots.
+
+Weston's headless backend renders with pixman into memory; ``--debug`` lets
+``weston-screenshooter`` read the composited output back: the pixels a person
+would see.  The tests use Weston's desktop shell, not the kiosk shell the
+image runs: Debian 12's Weston 10.0.1 kiosk-shell maps a window only when it
+gives it a seat's keyboard focus, and the headless backend has no seat (fixed
+in Weston 11: kiosk-shell activates surfaces without a keyboard).  The shell's
+window is full screen either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fixtures_bus import PrivateSystemBus
+from fixtures_virt import scaled
+from pixels import Image
+
+from testlib import SERVICES
+
+HERE = Path(__file__).resolve().parent
+WIDTH, HEIGHT = 1024, 768
+USER = 65534  # nobody: the shell runs unprivileged
+
+
+def _as_user(uid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
+class Weston:
+    def __init__(self, uid: int = USER) -> None:
+        self.uid = uid
+        self.runtime = Path(tempfile.mkdtemp(prefix="vmclient-xdg-"))
+        os.chown(self.runtime, uid, uid)
+        os.chmod(self.runtime, 0o700)
+        self.socket = f"wl-{os.getpid()}-{time.monotonic_ns() % 100000}"
+        self.log_path = self.runtime.with_suffix(".log")
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*_as_user(uid), "weston", "--backend=headless-backend.so", "--use-pixman",
+                 "--shell=desktop-shell.so", "--no-config", "--debug",
+                 f"--socket={self.socket}", f"--width={WIDTH}", f"--height={HEIGHT}"],
+                env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + scaled(20)
+        while not (self.runtime / self.socket).exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("weston did not start:\n" + self.log())
+            time.sleep(0.05)
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(self.runtime),
+                "WAYLAND_DISPLAY": getattr(self, "socket", "")}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def screenshot(self) -> Image:
+        """The composited output, as weston-screenshooter reads it back."""
+        out = Path(tempfile.mkdtemp(prefix="vmclient-shot-"))
+        try:
+            os.chown(out, self.uid, self.uid)
+            subprocess.run([*_as_user(self.uid), "weston-screenshooter"], cwd=out,
+                           env=self.env(), check=True, timeout=scaled(20),
+                           capture_output=True)
+            (png,) = list(out.glob("*.png"))
+            return Image.load(png)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.runtime, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
+
+
+class ShellUnderTest:
+    """shell_driver.py on the Weston, talking to vmclient-provd on the private bus."""
+
+    def __init__(self, weston: Weston, bus: PrivateSystemBus, workdir: Path,
+                 prefix: str) -> None:
+        self.weston = weston
+        self.log_path = workdir / "shell.log"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*_as_user(weston.uid), sys.executable, str(HERE / "shell_driver.py")],
+                env={**weston.env(), "GDK_BACKEND": "wayland",
+                     "DBUS_SYSTEM_BUS_ADDRESS": bus.address, "VMCLIENT_TEST_PREFIX": prefix,
+                     "PYTHONPATH": str(SERVICES / "src")},
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+
+    def ask(self, line: str) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        if not answer:
+            raise AssertionError(f"the shell exited ({self.proc.poll()}):\n{self.log()}\n"
+                                 f"weston:\n{self.weston.log()[-3000:]}")
+        return json.loads(answer)
+
+    def key(self, code: int, name: str, *mods: str) -> None:
+        assert self.ask(" ".join(["key", str(code), name, *mods])) == {"ok": True}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it may be dying meanwhile
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

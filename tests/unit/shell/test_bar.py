@@ -1,0 +1,38 @@
+"""The status bar's power field from vmclient-powerd's properties."""
+
+from __future__ import annotations
+
+from vmclient.shell.bar import power_text, sync_text
+
+
+def test_power_source_and_battery():
+    assert power_text({"PowerSource": 1, "BatteryPresent": True, "BatteryPercent": 80.0}) \
+        == "On AC, battery 80%"
+    assert power_text({"PowerSource": 2, "BatteryPresent": True, "BatteryPercent": 44.6}) \
+        == "On battery, 45%"
+    assert power_text({"PowerSource": 1, "BatteryPresent": False}) == "On AC"
+
+
+def test_powerd_pausing_or_saving_is_said():
+    assert power_text({"PowerSource": 2, "BatteryPresent": True, "BatteryPercent": 3.0,
+                       "State": 5}) == "On battery, 3% \u00b7 saving the VMs"
+    assert power_text({"State": 3}) == "VMs paused"
+
+
+def test_nothing_while_powerd_is_not_there_and_nonsense_is_not_trusted():
+    assert power_text({}) == ""
+    assert power_text({"PowerSource": 7, "BatteryPercent": "x"}) == ""
+
+
+def test_a_sync_in_progress_and_the_lease():
+    assert sync_text({"State": "running", "CurrentVM": "work", "BytesDone": 45,
+                      "BytesTotal": 100, "LeaseRemaining": 13 * 3600 + 120}) \
+        == "Syncing work 45% \u00b7 lease 13 h 2 min"
+    assert sync_text({"State": "waiting", "LeaseRemaining": 20 * 86400 + 7200}) \
+        == "Sync waiting \u00b7 lease 20 d 2 h"
+    assert sync_text({"State": "idle", "LeaseRemaining": -1,
+                      "LeaseState": "the lease has expired: renew it"}) == "lease expired"
+    assert sync_text({"State": "idle", "LeaseRemaining": -1, "LeaseState": "not enrolled"}) \
+        == ""
+    assert sync_text({"State": "running", "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
+    assert sync_text({}) == ""

@@ -1,0 +1,113 @@
+"""The shell's pure core: switcher order, hotkeys, zones, the lock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vmclient.shell.state import (
+    ZONE_COLOURS,
+    Command,
+    Key,
+    State,
+    VMEntry,
+    Zone,
+    choose,
+    command,
+    hotkey,
+    lock,
+    overview_key,
+    select,
+    sleep,
+    unlock,
+    view,
+    wake,
+    with_vms,
+)
+
+B1 = VMEntry("work", Zone.BUSINESS, "running")
+B2 = VMEntry("crm", Zone.BUSINESS, "paused")
+P1 = VMEntry("home", Zone.PRIVATE, "running")
+OFF = VMEntry("old", Zone.PRIVATE, "shutoff")
+
+
+def test_business_vms_come_first_then_private_each_by_name():
+    s = with_vms(State(), [P1, OFF, B1, B2])
+    assert [v.name for v in s.vms] == ["crm", "work", "home", "old"]
+    assert s.current == "crm"  # the first that can be shown
+
+
+def test_the_hotkey_cycles_through_the_vms_that_can_be_shown():
+    s = with_vms(State(), [P1, OFF, B1, B2])
+    seen = []
+    for _ in range(4):
+        s = command(s, Command.NEXT)
+        seen.append(s.current)
+    assert seen == ["work", "home", "crm", "work"]  # "old" is shut off: skipped
+    assert command(s, Command.PREVIOUS).current == "crm"
+
+
+def test_the_shown_vm_stays_when_the_list_changes_and_goes_when_it_stops():
+    s = select(with_vms(State(), [B1, P1]), "home")
+    assert with_vms(s, [B1, P1, B2]).current == "home"
+    s = with_vms(s, [B1, VMEntry("home", Zone.PRIVATE, "shutoff")])
+    assert s.current == "work"
+    assert with_vms(s, []).current is None
+    assert select(s, "home").current == "work"  # a shut-off VM cannot be selected
+
+
+def test_hotkeys_are_the_shells_and_everything_else_is_the_guests():
+    assert hotkey(Key("Tab", super_=True)) == Command.NEXT
+    assert hotkey(Key("ISO_Left_Tab", super_=True, shift=True)) == Command.PREVIOUS
+    assert hotkey(Key("Tab")) is None
+    assert hotkey(Key("Tab", alt=True)) is None  # the guest's own window switcher
+    assert hotkey(Key("a", super_=True)) is None
+
+
+def test_the_view_shows_the_zone_colour_of_the_shown_vm():
+    s = with_vms(State(), [B1, P1])
+    v = view(s)
+    assert (v.page, v.vm, v.zone, v.colour) == ("vm", "work", Zone.BUSINESS,
+                                                ZONE_COLOURS[Zone.BUSINESS])
+    v = view(command(s, Command.NEXT))
+    assert (v.vm, v.colour) == ("home", ZONE_COLOURS[Zone.PRIVATE])
+    assert ZONE_COLOURS[Zone.BUSINESS] != ZONE_COLOURS[Zone.PRIVATE]
+    assert "paused" in view(with_vms(State(), [B2])).title
+    assert view(State()).page == "none"
+
+
+def test_locked_nothing_of_a_vm_is_shown_and_switching_does_nothing():
+    s = lock(with_vms(State(), [B1, P1]))
+    v = view(s)
+    assert (v.page, v.vm) == ("lock", None)
+    assert command(s, Command.NEXT) == s
+    assert view(unlock(s)).vm == "work"
+
+
+def test_unknown_kinds_get_the_neutral_zone():
+    assert Zone.of("business") == Zone.BUSINESS and Zone.of("other") == Zone.UNKNOWN
+
+
+def test_sleep_locks_first_and_nothing_unlocks_until_the_host_is_awake():
+    s = sleep(with_vms(State(), [B1, P1]))
+    assert view(s).page == "lock"
+    assert unlock(s) == s  # not while going to sleep
+    s = wake(s)
+    assert view(s).page == "lock"  # awake, still locked
+    assert view(unlock(s)).vm == "work"
+
+
+def test_the_overview_opens_on_its_hotkey_and_one_key_switches():
+    s = with_vms(State(), [B1, P1, OFF])
+    assert hotkey(Key("space", super_=True)) == Command.OVERVIEW
+    o = command(s, Command.OVERVIEW)
+    assert view(o).page == "overview" and o.selected == "work"
+    assert overview_key(o, Key("2")).current == "home"
+    assert view(overview_key(o, Key("2"))).page == "vm"
+    moved = overview_key(o, Key("Right"))
+    assert moved.selected == "home" and moved.overview
+    assert overview_key(moved, Key("Return")).current == "home"
+    assert overview_key(o, Key("Escape")) == replace(o, overview=False)
+    assert overview_key(o, Key("3")) == o  # "old" is shut off: no third thumbnail
+    assert choose(o, "home").current == "home" and not choose(o, "home").overview
+    assert command(o, Command.OVERVIEW).overview is False  # the hotkey again closes it
+    assert view(lock(o)).page == "lock" and not lock(o).overview
