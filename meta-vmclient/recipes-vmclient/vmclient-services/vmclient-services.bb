@@ -129,6 +129,7 @@ RDEPENDS:${PN} += "\
 
 RDEPENDS:${PN}-ptest += "\
     python3-dbusmock \
+    python3-hypothesis \
     python3-pytest-asyncio \
     python3-pytest-timeout \
 "

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import threading
@@ -94,6 +93,10 @@ def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,
         return payload[1:]
     if payload[0] == CODEC_ZSTD:
         try:
+            # a size the frame declares is allocated at once: refuse one beyond the limit
+            # (max_output_size only bounds frames that do not declare theirs)
+            if zstandard.frame_content_size(payload[1:]) > limit:
+                raise RemoteIntegrityError(obj_type, obj_id, path, "payload too large")
             out = _decompressor().decompress(payload[1:], max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
@@ -145,7 +148,8 @@ class Reader:
     def parse(cls, untrusted_body: bytes, obj_type: str, obj_id: str, path: str) -> Reader:
         try:
             untrusted = json.loads(untrusted_body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also a number of > 4300 digits, or
+            # arrays nested deeper than the interpreter's recursion limit
             raise RemoteIntegrityError(obj_type, obj_id, path, f"not JSON: {exc}") from None
         return cls(untrusted, obj_type, obj_id, path)
 
@@ -203,7 +207,7 @@ class Reader:
         text = self.text(name)
         try:
             value = base64.b64decode(text, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character outside ASCII
             self.fail(name, "not base64")
         if size is not None and len(value) != size:
             self.fail(name, f"has {len(value)} bytes, expected {size}")

@@ -84,7 +84,7 @@ def lock_is_stale(untrusted: bytes, now: int, stale_after: int) -> tuple[bool, s
     try:
         doc = json.loads(untrusted)
         holder, created = str(doc["holder"]), int(doc["created"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return True, "?", 0
     return now - created >= stale_after, holder, created
 
@@ -126,7 +126,7 @@ class LockingMixin:
     async def unlock(self, token: LockToken) -> None:
         try:
             current = json.loads(await self.get(token.path))
-        except (ObjectNotFound, ValueError):
+        except (ObjectNotFound, ValueError, RecursionError):
             return
         if isinstance(current, dict) and current.get("nonce") == token.nonce:
             await self.delete(token.path)
