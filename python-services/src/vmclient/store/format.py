@@ -148,9 +148,11 @@ class Reader:
     def parse(cls, untrusted_body: bytes, obj_type: str, obj_id: str, path: str) -> Reader:
         try:
             untrusted = json.loads(untrusted_body.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # also a number of > 4300 digits, or
-            # arrays nested deeper than the interpreter's recursion limit
+        except ValueError as exc:  # also UnicodeDecodeError, a number of > 4300 digits
             raise RemoteIntegrityError(obj_type, obj_id, path, f"not JSON: {exc}") from None
+        except RecursionError:
+            raise RemoteIntegrityError(obj_type, obj_id, path,
+                                       "not JSON: nested too deeply") from None
         return cls(untrusted, obj_type, obj_id, path)
 
     def fail(self, name: str, problem: str) -> None:
