@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 SCALARS = st.one_of(
     st.none(), st.booleans(),
     st.integers(), st.sampled_from([0, -1, 1, 2**31, 2**32, 2**63, 2**64, -2**63, 10**300]),
-    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(), st.sampled_from([math.nan, math.inf, -math.inf, 10**400, -10**400]),
     st.text(max_size=40), st.sampled_from(["", "é", "\u202e", "a/../b", "\x00", "x" * 300]),
 )
 JSON_VALUES = st.recursive(
@@ -127,3 +128,27 @@ def outcome(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | VMClientErro
     except VMClientError as exc:
         str(exc)  # the message is formatted when shown: it must not fail either
         return exc
+
+
+def toml_value(v: Any) -> str:
+    """``v`` as a TOML value (inline tables and arrays; no null in TOML: an empty string)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) \
+            if not math.isfinite(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string (same escapes)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return '""'
+
+
+def toml_doc(tree: Any) -> str:
+    if not isinstance(tree, dict):
+        return f"x = {toml_value(tree)}\n"
+    return "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in tree.items())

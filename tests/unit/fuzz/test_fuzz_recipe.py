@@ -1,5 +1,7 @@
-"""Fuzzing the VM recipe parser (``provision.spec``): a recipe arrives as text over D-Bus
-from any local user, or as a file in ``/etc/vmclient/recipes``.
+"""Fuzzing the VM recipe parser (``provision.spec``) and the daemons' configuration files.
+
+A recipe arrives as text over D-Bus from any local user, or as a file in
+``/etc/vmclient/recipes``; a configuration file is the admin's.
 
 Seeds are the shipped recipes.  They are mutated as TOML trees (re-serialised
 with inline tables, so every mutated tree is valid TOML and reaches the
@@ -8,8 +10,9 @@ validator) and as text (so the TOML decoder itself is fed broken input).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,36 +20,17 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from vmclient import config
+from vmclient.errors import VMClientError
+from vmclient.power import config as power_config
+from vmclient.provision import config as provision_config
 from vmclient.provision import spec
+from vmclient.sync import config as sync_config
 
-from .mutate import mutated_bytes, mutated_tree, outcome
+from .mutate import mutated_bytes, mutated_tree, outcome, toml_doc
 
 RECIPES = sorted((Path(__file__).resolve().parents[3] / "recipes").glob("*/recipe.toml"))
 SEEDS = [p.read_text() for p in RECIPES]
-
-
-def toml_value(v: Any) -> str:
-    """``v`` as a TOML value (inline tables and arrays; no null in TOML: an empty string)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) \
-            if not math.isfinite(v) else repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a TOML basic string (same escapes)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    return '""'
-
-
-def toml_doc(tree: Any) -> str:
-    if not isinstance(tree, dict):
-        return f"x = {toml_value(tree)}\n"
-    return "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in tree.items())
 
 
 def test_the_serialiser_round_trips_the_seeds() -> None:
@@ -75,3 +59,44 @@ def test_pathological_toml_is_refused_as_a_recipe_error_naming_the_file() -> Non
         err = outcome(spec.parse, text, "deep.toml")
         assert isinstance(err, spec.RecipeError)
         assert (err.path, err.key) == ("deep.toml", "(file)") and problem in err.problem
+
+
+# --- the daemons' configuration files (/etc/vmclient/*.toml) ---------------------------------
+
+CONFIGS = {"power": power_config.PowerConfig, "provision": provision_config.ProvisionConfig,
+           "sync": sync_config.SyncConfig}
+DATA = Path(__file__).resolve().parents[3] / "python-services" / "data" / "vmclient"
+
+
+def load_config(name: str, raw: bytes) -> object:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"{name}.toml"
+        path.write_bytes(raw)
+        result = outcome(config.load, CONFIGS[name], path)
+    if not isinstance(result, VMClientError):
+        assert all(math.isfinite(v) for v in floats(result)), result
+    return result
+
+
+def floats(value: Any) -> list[float]:
+    """Every float setting of a configuration (nan passes every min/max check)."""
+    if dataclasses.is_dataclass(value):
+        return [f for field in dataclasses.fields(value)
+                for f in floats(getattr(value, field.name))]
+    return [value] if isinstance(value, float) else []
+
+
+@given(st.sampled_from(sorted(CONFIGS)), st.data())
+@example("sync", b"x = " + b"[" * 3000)  # RecursionError
+@example("sync", b"x = " + b"1" * 5000)  # ValueError: too many digits for int()
+@example("power", b"[battery]\ncritical_percent = " + b"9" * 400)  # OverflowError
+@example("power", b"[battery]\ncritical_percent = nan")  # accepted: nan < min is false
+def test_daemon_config(name: str, data: st.DataObject | bytes) -> None:
+    text = (DATA / f"{name}.toml").read_text()
+    if isinstance(data, bytes):
+        raw = data
+    elif data.draw(st.booleans()):
+        raw = toml_doc(data.draw(mutated_tree(tomllib.loads(text)))).encode()
+    else:
+        raw = data.draw(mutated_bytes(text.encode()))
+    load_config(name, raw)
