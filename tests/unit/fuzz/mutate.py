@@ -6,7 +6,8 @@ removed, added or replaced by a value of another type (huge and negative
 numbers, floats, unicode, nesting), then optionally the serialised bytes
 flipped, cut, spliced or given a pathological token (a 5000-digit number,
 100000 nested brackets, an infinite float).  ``outcome`` is the one
-acceptance rule: the parser returns, or raises the project's own error.
+acceptance rule: the parser returns (an object that can be written back), or
+raises the project's own error.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SCALARS = st.one_of(
     st.none(), st.booleans(),
     st.integers(), st.sampled_from([0, -1, 1, 2**31, 2**32, 2**63, 2**64, -2**63, 10**300]),
     st.floats(), st.sampled_from([math.nan, math.inf, -math.inf, 10**400, -10**400]),
-    st.text(max_size=40), st.sampled_from(["", "é", "\u202e", "a/../b", "\x00", "x" * 300]),
+    st.text(max_size=40),
+    st.sampled_from(["", "é", "\u202e", "a/../b", "\x00", "x" * 300, "\ud800", "a\udfff"]),
 )
 JSON_VALUES = st.recursive(
     SCALARS, lambda inner: st.lists(inner, max_size=4)
@@ -79,7 +81,8 @@ def mutated_tree(draw: st.DrawFn, doc: Any, *, max_mutations: int = 4) -> Any:
         elif op == "swap_text" and isinstance(container[key], str):
             text = container[key]
             container[key] = draw(st.sampled_from([text.upper(), text + "é", text[:-1],
-                                                   text + "=", "é" + text[1:], text * 3]))
+                                                   text + "=", "é" + text[1:], text * 3,
+                                                   text + "\ud800"]))
     return doc
 
 
@@ -113,8 +116,8 @@ def mutated_bytes(draw: st.DrawFn, data: bytes, *, max_mutations: int = 4) -> by
 def mutated_json(draw: st.DrawFn, doc: dict[str, Any]) -> bytes:
     """A valid JSON document mutated in structure and/or in its bytes."""
     tree = draw(mutated_tree(doc))
-    raw = json.dumps(tree, ensure_ascii=draw(st.booleans()),
-                     sort_keys=draw(st.booleans())).encode()
+    raw = json.dumps(tree, ensure_ascii=draw(st.booleans()),  # (a lone surrogate: \ud800,
+                     sort_keys=draw(st.booleans())).encode("utf-8", "surrogatepass")  # or not UTF-8)
     if draw(st.booleans()):
         raw = draw(mutated_bytes(raw))
     return raw
@@ -124,10 +127,14 @@ def outcome(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | VMClientErro
     """``fn``'s result, or the :class:`VMClientError` it raised; anything else propagates
     (a bug: the fuzz test fails with it)."""
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except VMClientError as exc:
         str(exc)  # the message is formatted when shown: it must not fail either
         return exc
+    for value in result if isinstance(result, (list, tuple)) else (result,):
+        if hasattr(value, "to_bytes") and not isinstance(value, int):
+            value.to_bytes()  # what was read can be written again (a parent's fields are)
+    return result
 
 
 def toml_value(v: Any) -> str:

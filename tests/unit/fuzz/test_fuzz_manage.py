@@ -20,6 +20,7 @@ from vmclient.manage import admin as admin_mod
 from vmclient.manage import enrol
 from vmclient.manage.status import DeviceStatus, status_path
 from vmclient.store import crypto, layout
+from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.format import open_envelope, signed_envelope
 from vmclient.store.orders import DeviceRecord, Order, Report
 from vmclient.store.remote import MemoryStore
@@ -149,3 +150,13 @@ def test_stored_objects_with_mutated_bytes(case: tuple[Any, ...], data: st.DataO
 def test_bodies_past_a_valid_signature(case: tuple[Any, ...], data: st.DataObject) -> None:
     read, key, obj_type, obj_id, body = case
     read(signed_envelope(key, obj_type, obj_id, data.draw(mutated_json(doc(body)))))
+
+
+def test_a_lone_surrogate_is_refused_rather_than_read() -> None:
+    """A record named "\\ud800" was read, and failed where it was written again
+    (UnicodeEncodeError in canonical_json)."""
+    body = doc(RECORD.to_bytes())
+    body["name"] = "\ud800"
+    blob = signed_envelope(ADMIN, "device", DEVICE_ID, json.dumps(body).encode())
+    err = read_record(blob)
+    assert isinstance(err, RemoteIntegrityError) and "surrogate" in err.problem

@@ -153,6 +153,9 @@ class Reader:
         except RecursionError:
             raise RemoteIntegrityError(obj_type, obj_id, path,
                                        "not JSON: nested too deeply") from None
+        if not _encodable(untrusted):
+            raise RemoteIntegrityError(obj_type, obj_id, path, "not JSON text: a string holds "
+                                       "a lone UTF-16 surrogate (\\ud800-\\udfff)")
         return cls(untrusted, obj_type, obj_id, path)
 
     def fail(self, name: str, problem: str) -> None:
@@ -238,6 +241,26 @@ class Reader:
         unknown = sorted(set(self._untrusted) - self._seen)
         if unknown:
             self.fail(unknown[0], "unknown field")
+
+
+def _encodable(untrusted: Any) -> bool:
+    """Does every string of a decoded document encode as UTF-8?  A ``\\ud800`` escape
+    decodes to a lone surrogate that no writer of ours makes and that fails wherever the
+    string is written again (``canonical_json`` of a record or of a parent's fields)."""
+    todo = [untrusted]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value)
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def b64(data: bytes) -> str:
