@@ -14,7 +14,7 @@ setup:
 	VMCLIENT_VENV=$(VENV) scripts/setup-host
 
 daemons:
-	scripts/start-daemons
+	VMCLIENT_VENV=$(VENV) scripts/start-daemons
 
 lint: setup
 	$(VENV)/bin/ruff check python-services tests bench

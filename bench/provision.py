@@ -58,6 +58,7 @@ from fixtures_sshd import SSHServer, ssh_server
 from sftp_repo import Device, Repo, qcow2
 
 from vmclient.admin.images import read_published
+from vmclient.manage.keys import write_private
 from vmclient.provision.keys import DeviceKeys
 from vmclient.provision.progress import Progress
 from vmclient.provision.receiver import Receiver
@@ -94,9 +95,11 @@ async def receive(store: CountingStore, repo: Repo, dev: Device, state: Path) ->
     key and manifest, then every chunk fetched, opened (AES-GCM, zstd, HMAC) and
     appended to the chunk cache (the resume journal), which is fsynced."""
     shutil.rmtree(state, ignore_errors=True)
+    keys = state.parent / f"{state.name}-device"  # provd reads the device keys from files
+    for name, key in (("signing.key", dev.signing), ("wrapping.key", dev.wrapping)):
+        write_private(keys / name, crypto.raw_private(key))
     try:
-        receiver = Receiver(store, repo.admin_public, DeviceKeys(dev.signing, dev.wrapping),
-                            state)
+        receiver = Receiver(store, repo.admin_public, DeviceKeys(keys), state)
         resolved = await receiver.resolve("office")
         return await receiver.download(resolved, Progress(), lambda _p: None)
     finally:

@@ -54,6 +54,7 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests/integration
                 str(HERE.parent / "python-services/src")]
 
 from fixtures_sshd import SSHServer, ssh_server
+from fixtures_virt import cpu_profile
 
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
@@ -67,7 +68,7 @@ MIB = 1 << 20
 IMAGES = Path("/var/lib/libvirt/images/vmclient-test")
 WORDS = (b"the quick brown fox jumps over lazy dogs vmclient laptop sync chunk "
          b"manifest catalog order lease wipe business private repository ").split()
-XML = """<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid>
+XML = """<domain type='{virt}'><name>{name}</name><uuid>{uuid}</uuid>
 <memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
 <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
@@ -284,7 +285,8 @@ def main() -> None:
         synthetic(raw, args.size, rng)
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)],
                        check=True)
-        dom = conn.defineXML(XML.format(name=name, uuid=uuid.uuid4(), disk=disk))
+        xml = XML.format(virt=cpu_profile().domain_type, name=name, uuid=uuid.uuid4(), disk=disk)
+        dom = conn.defineXML(xml)
         dom.create()
         wait_idle(dom)
         with contextlib.ExitStack() as stack:

@@ -13,15 +13,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures_bus import PrivateSystemBus, private_system_bus
 from fixtures_udev import SimulatedLaptop
-from fixtures_virt import Domains, domains
+from fixtures_virt import TCG_SLOWDOWN, Domains, domains, probed_profile
 from powerd_harness import Logind, PowerDaemon
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).resolve().parent
+    # Guests run under TCG on this host (start-daemons probed it): every limit scales.
+    cached = probed_profile()
+    slow = cached is not None and not cached.accelerated
     for item in items:
         if here in Path(item.fspath).resolve().parents:
             item.add_marker(pytest.mark.integration)
+            if slow:
+                marker = item.get_closest_marker("timeout")
+                limit = marker.args[0] if marker and marker.args else \
+                    float(config.getini("timeout") or 300)
+                item.add_marker(pytest.mark.timeout(limit * TCG_SLOWDOWN))
 
 
 @pytest.fixture

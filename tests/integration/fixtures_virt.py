@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import shutil
 import signal
@@ -14,19 +16,43 @@ from pathlib import Path
 import libvirt
 
 from testlib import need
+from vmclient.provision.cpuprobe import DEFAULT_CACHE, Probe, cached_probe
+from vmclient.virt.cpu import CPUProfile
 
 URI = "qemu:///system"
 IMAGES = Path("/var/lib/libvirt/images/vmclient-test")
 POWER_NS = "https://vmclient.org/xmlns/power/1"
 
 
-def kvm_usable() -> bool:
+# How much longer guests take under TCG than under KVM, for the waits that scale.
+TCG_SLOWDOWN = 4
+
+
+@functools.cache
+def cpu_profile() -> CPUProfile:
+    """What this host runs VMs with, probed once by starting one as provd would
+    (cached per boot in /run/vmclient, where scripts/start-daemons put it)."""
+    need(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
+    open_libvirt().close()
+    return cached_probe(URI).profile
+
+
+def probed_profile() -> CPUProfile | None:
+    """The profile scripts/start-daemons probed for this boot, without probing (None: not yet)."""
     try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
+        return Probe.from_dict(json.loads(DEFAULT_CACHE.read_text())).profile
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def kvm_usable() -> bool:
+    """VMs run under KVM here (with some CPU mode); else they run under TCG."""
+    return cpu_profile().accelerated
+
+
+def scaled(seconds: float) -> float:
+    """A wait for a guest, longer under TCG."""
+    return seconds if kvm_usable() else seconds * TCG_SLOWDOWN
 
 
 DOMAIN_XML = """<domain type='{virt}'>
@@ -56,7 +82,7 @@ class Domains:
         self.conn = conn
         self.prefix = prefix
         self.names: list[str] = []
-        self.virt = "kvm" if kvm_usable() else "qemu"
+        self.virt = cpu_profile().domain_type
 
     def create(self, suffix: str, policy: str | None = None, start: bool = True) -> libvirt.virDomain:
         name = f"{self.prefix}-{suffix}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from fixtures_virt import IMAGES, URI, kvm_usable, open_libvirt
+from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need
 from vmclient.manage import admin as it
@@ -131,7 +131,8 @@ class Laptop:
 
     async def order(self, action: str, **args: Any) -> Order:
         return await it.issue_order(self.remote, self.admin, self.device, action, args,
-                                    int(self.clock.wall()))
+                                    int(self.clock.wall()),
+                                    numbers=it.OrderNumbers(self.tmp / "admin" / "orders.json"))
 
     async def reports(self) -> list[Any]:
         return await it.reports_of(self.remote, self.admin.public_key(), self.device)
@@ -154,7 +155,7 @@ class Laptop:
         conn = libvirt.open(URI)
         try:
             conn.defineXML(DOMAIN_XML.format(
-                virt="kvm" if kvm_usable() else "qemu", name=name, uuid=uuidlib.uuid4(),
+                virt=cpu_profile().domain_type, name=name, uuid=uuidlib.uuid4(),
                 ns=VM_NS, kind=kind, disk=disk, secret=uuidlib.uuid4()))
         finally:
             conn.close()

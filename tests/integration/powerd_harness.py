@@ -13,6 +13,7 @@ from typing import Any
 import dbus
 from fixtures_bus import PrivateSystemBus
 from fixtures_udev import SimulatedLaptop
+from fixtures_virt import scaled
 
 from testlib import SERVICES
 
@@ -23,6 +24,8 @@ LOGIND_IFACE = "org.freedesktop.login1.Manager"
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Poll ``pred`` until it is true; ``timeout`` is for KVM guests (longer under TCG)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         value = pred()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import libvirt
-from fixtures_virt import IMAGES, URI, kvm_usable, open_libvirt
+from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need
 from vmclient.manage.state import StateFile, TimeRecord
@@ -41,13 +41,16 @@ from vmclient.virt.libvirt import Hypervisor
 K = 64 << 10
 
 
-def need_tools(*extra: str, kvm: bool = True) -> None:
-    """What provisioning tests run on: fail in CI, skip elsewhere, when missing."""
-    for tool in ("qemu-img", "qemu-io", "qemu-system-x86_64", "dnsmasq", *extra):
+def need_tools(*extra: str, vm: bool = True) -> None:
+    """What provisioning tests run on: fail in CI, skip elsewhere, when missing.
+
+    ``vm``: the test starts VMs (under KVM or, where this host's KVM refuses
+    every CPU mode, TCG: :func:`fixtures_virt.cpu_profile`)."""
+    for tool in ("qemu-img", "qemu-io", "dnsmasq", *extra):
         need(shutil.which(tool) is not None, f"{tool} is not installed")
-    if kvm:
-        need(kvm_usable(), "/dev/kvm is not usable (the recipes' domains are type kvm)")
     open_libvirt().close()
+    if vm:
+        cpu_profile()
 
 
 def image_bytes(n_chunks: int, marker: bytes = b"", seed: int = 1) -> bytes:
@@ -122,6 +125,9 @@ manage_dir = "{c.manage_dir}"
 images_dir = "{c.images_dir}"
 staging_dir = "{c.staging_dir}"
 staging_mib = 8
+domain_type = "{c.domain_type}"
+cpu_mode = "{c.cpu_mode}"
+cpu_disable = [{", ".join(f'"{f}"' for f in c.cpu_disable)}]
 
 [repository]
 path = "{c.repository.path}"
@@ -214,6 +220,7 @@ policy = "pause"
 async def provision_env(tmp: Path, staging_mib: int = 8) -> AsyncIterator[Env]:
     prefix = f"vmcp{secrets.token_hex(3)}"
     biz, priv = free_subnets(2)
+    cpu = cpu_profile()
     cfg = ProvisionConfig(
         repository=Repository(tmp / "repo", tmp / "admin.pub"),
         networks=Networks(f"{prefix}-business", f"{prefix}b", biz,
@@ -221,7 +228,8 @@ async def provision_env(tmp: Path, staging_mib: int = 8) -> AsyncIterator[Env]:
         libvirt_uri=URI, state_dir=tmp / "state", device_dir=tmp / "device",
         manage_dir=tmp / "manage",
         images_dir=IMAGES / prefix, staging_dir=Path("/dev/shm") / prefix,
-        staging_mib=staging_mib)
+        staging_mib=staging_mib, domain_type=cpu.domain_type, cpu_mode=cpu.cpu_mode,
+        cpu_disable=cpu.cpu_disable)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     set_lease(cfg.manage_dir, days=14)  # an enrolled laptop: business VMs may start
     dc = Datacenter(tmp / "repo", device)

@@ -1,9 +1,18 @@
-"""One sync in a process of its own (the kill test SIGKILLs it); argv[1] is JSON."""
+"""One sync in a process of its own (the kill tests SIGKILL it); argv[1] is JSON.
+
+Every write step is logged to stderr as ``phase NAME PATH`` as it completes (lock, keys,
+pack, index, snapshot, latest, unlock), so a test that kills the process at a random
+moment can tell which phase the kill hit.  With ``"kill_after": NAME`` the process kills
+itself (SIGKILL) right after the first step of that phase, as orders_crash_driver.py
+does for a wipe.  With ``"sftp": {...}`` the repository is reached over SFTP.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,22 +21,83 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-services" /
 
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
+from vmclient.store.remote import DEFAULT_STALE_AFTER, Entry, LockToken, RemoteStore
+from vmclient.store.sftp import SFTPStore, SFTPTarget
+from vmclient.store.transport import close_store
 from vmclient.sync import engine
 from vmclient.virt.libvirt import Hypervisor
+
+PHASES = ("lock", "keys", "pack", "index", "snapshot", "latest", "unlock")
+
+
+def phase_of(path: str) -> str:
+    for part, phase in (("/keys/", "keys"), ("/packs/", "pack"), ("/index/", "index"),
+                        ("/snapshots/", "snapshot")):
+        if part in path:
+            return phase
+    return "latest" if path.endswith("/latest") else "other"
+
+
+class Phases:
+    """``inner``, logging each completed write step and dying after ``kill_after``'s."""
+
+    def __init__(self, inner: RemoteStore, kill_after: str | None) -> None:
+        self.inner, self.kill_after = inner, kill_after
+
+    def done(self, phase: str, path: str) -> None:
+        print(f"phase {phase} {path}", file=sys.stderr, flush=True)
+        if phase == self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def list(self, prefix: str) -> list[Entry]:
+        return await self.inner.list(prefix)
+
+    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await self.inner.get(path, offset, length)
+
+    async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        await self.inner.put_atomic(path, data, exclusive=exclusive)
+        self.done(phase_of(path), path)
+
+    async def delete(self, path: str) -> None:
+        await self.inner.delete(path)
+
+    async def lock(self, path: str, holder: str, *,
+                   stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:
+        token = await self.inner.lock(path, holder, stale_after=stale_after)
+        self.done("lock", path)
+        return token
+
+    async def unlock(self, token: LockToken) -> None:
+        await self.inner.unlock(token)
+        self.done("unlock", token.path)
+
+
+def open_remote(args: dict[str, object]) -> RemoteStore:
+    sftp = args.get("sftp")
+    if isinstance(sftp, dict):
+        return SFTPStore(SFTPTarget(host="127.0.0.1", port=int(sftp["port"]),
+                                    user=str(sftp["user"]), key_file=Path(sftp["key"]),
+                                    known_hosts=Path(sftp["known_hosts"]),
+                                    root=str(sftp.get("root", ""))))
+    return LocalDirStore(str(args["repo"]))
 
 
 async def main(args: dict[str, object]) -> None:
     hv = Hypervisor("qemu:///system")
     await hv.connect()
+    inner = open_remote(args)
+    kill_after = args.get("kill_after")
     try:
         result = await engine.sync_vm(
-            hv, LocalDirStore(str(args["repo"])),
+            hv, Phases(inner, str(kill_after) if kill_after else None),
             crypto.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(args["device"]))),
             str(args["uuid"]), crypto.KeySet.derive(bytes.fromhex(str(args["secret"]))),
             state_dir=Path(str(args["state"])), scratch_dir=Path(str(args["scratch"])),
             recipients=[crypto.x25519_public(bytes.fromhex(r))
                         for r in args["recipients"]])  # type: ignore[attr-defined]
     finally:
+        await close_store(inner)
         await hv.close()
     print(json.dumps(asdict(result)))
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import libvirt
 import libvirt_qemu
-from fixtures_virt import IMAGES, URI, kvm_usable, open_libvirt
+from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need
 from vmclient.store import crypto, layout, repo
@@ -127,7 +127,7 @@ class World:
         if data:
             qemu_io(self.disk(name), *(f"write -P {p:#x} {o} {n}" for p, o, n in data))
         dom = self.conn.defineXML(DOMAIN_XML.format(
-            virt="kvm" if kvm_usable() else "qemu", name=name, uuid=uuid.uuid4(),
+            virt=cpu_profile().domain_type, name=name, uuid=uuid.uuid4(),
             disk=self.disk(name), ns=VM_NS, kind=kind, sync=sync))
         self.keys[name] = crypto.KeySet.generate()
         if start:

@@ -16,6 +16,7 @@ from typing import Any
 
 import dbus
 from fixtures_bus import PrivateSystemBus
+from fixtures_virt import scaled
 from powerd_harness import Logind, wait_for
 from sync_env import World
 
@@ -130,7 +131,8 @@ class SyncDaemon:
         if not wait:
             return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True,
+                              timeout=scaled(600))
 
 
 def as_json(r: subprocess.CompletedProcess[str]) -> Any:

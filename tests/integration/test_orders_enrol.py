@@ -152,7 +152,8 @@ def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
         agent = site.laptop("f")  # its clock says NOW, but the trusted time is today's
         until = int(time.time()) + 40 * 86400
         order = await it.issue_order(site.remote, site.admin, st["device"], "renew-lease",
-                                     {"lease_until": until}, NOW)
+                                     {"lease_until": until}, NOW,
+                                     numbers=it.OrderNumbers(site.tmp / "admin" / "orders.json"))
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop, interval=0.05))
         for _ in range(100):

@@ -49,7 +49,7 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
 
         # keys first: when the key step ended the key was gone and the disk still there
         assert ("keys", False, True) in seen
-        assert [s for s, _k, _d in seen] == ["stop", "keys", "data", "undefine"]
+        assert [s for s, _k, _d in seen] == ["keys", "stop", "data", "undefine"]
         assert not biz_key.exists() and not biz_disk.exists() and not orphan.exists()
         assert not (tmp_path / "cache").exists() and not (tmp_path / "vmstate" / biz).exists()
         assert dom_state(biz) is None  # definition and saved state gone

@@ -13,7 +13,7 @@ import libvirt
 import pytest
 from powerd_harness import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 
-from testlib import DATA, SERVICES
+from testlib import DATA, SERVICES, need
 
 NOBODY = 65534
 
@@ -178,4 +178,6 @@ def test_cli_says_when_the_daemon_is_not_running(system_bus, tmp_path):
     assert r.returncode == 69 and "vmclient-powerd" in r.stderr and "not running" in r.stderr
 
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (libvirt, setpriv)")
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    need(os.geteuid() == 0, "needs root (libvirt, setpriv)")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_virt import scaled
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
 from testlib import SERVICES
@@ -36,7 +37,7 @@ def ctl_args(config: Path, *args: str) -> tuple[list[str], dict[str, str]]:
 
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     argv, env = ctl_args(config, *args)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=scaled(240))
 
 
 async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:

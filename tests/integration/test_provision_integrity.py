@@ -18,7 +18,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    need_tools(kvm=False)
+    need_tools(vm=False)
 
 
 async def refused(env: Env, tmp: Path, suffix: str) -> RemoteIntegrityError:

@@ -18,6 +18,7 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from fixtures_bus import PrivateSystemBus
+from fixtures_virt import scaled
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
 from testlib import DATA, SERVICES, need
@@ -132,7 +133,7 @@ async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus,
             def ctl(*args: str) -> subprocess.CompletedProcess[str]:
                 return subprocess.run(
                     [sys.executable, "-m", "vmclient.cli.main", "vm", *args],
-                    capture_output=True, text=True, timeout=240,
+                    capture_output=True, text=True, timeout=scaled(240),
                     env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
             r = ctl("install", str(env.recipe(tmp_path, "ctl")))
             assert r.returncode == 0, r.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 import libvirt
 import pytest
 from fixtures_sshd import Account, SSHServer
-from fixtures_virt import IMAGES, URI, kvm_usable
+from fixtures_virt import IMAGES, URI, cpu_profile
 from orders_env import dom_state
 from remote_env import Admin, RemoteLaptop, fleet
 from sync_env import DOMAIN_XML, VM_NS, hmp_write, qemu_io, same_content
@@ -42,7 +42,7 @@ MIB = 1 << 20
 def define(conn: libvirt.virConnect, name: str, disk: Path) -> libvirt.virDomain:
     """The domain as provisioning defines a synced business VM (plain qcow2 here)."""
     return conn.defineXML(DOMAIN_XML.format(
-        virt="kvm" if kvm_usable() else "qemu", name=name, uuid=uuidlib.uuid4(),
+        virt=cpu_profile().domain_type, name=name, uuid=uuidlib.uuid4(),
         disk=disk, ns=VM_NS, kind="business", sync="disks"))
 
 

@@ -86,6 +86,35 @@ def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer, ho
     run(_closing(store, scenario()))
 
 
+def test_rename_stale_lock_break_and_sweep_over_sftp(sshd: SSHServer) -> None:
+    """rename fails onto an existing name and from a missing one; a stale lock is broken by
+    compare-and-delete (nothing set aside is left); the locked run's sweep removes
+    every temporary file."""
+    store = sshd.store(sshd.admin)
+    lock = "images/t/lock"
+
+    async def scenario() -> None:
+        await store.put_atomic("images/t/a", b"1")
+        await store.put_atomic("images/t/b", b"2")
+        with pytest.raises(LocalSyncError, match="exists"):
+            await store.rename("images/t/a", "images/t/b")
+        await store.rename("images/t/a", "images/t/c")
+        with pytest.raises(ObjectNotFound):
+            await store.rename("images/t/a", "images/t/d")
+        await store.put_atomic(lock, b'{"holder": "crashed", "created": 0, "nonce": "00"}')
+        token = await store.lock(lock, "test")
+        await store.unlock(token)
+        assert sorted(p.name for p in (sshd.repo / "images/t").iterdir()) == ["b", "c"]
+        (sshd.repo / "images/t/store/packs/ab").mkdir(parents=True)
+        for d in ("images/t", "images/t/store/packs/ab"):
+            (sshd.repo / d / ".tmp-killed").write_bytes(b"half an upload")
+        assert await store.sweep_temporaries("images/t", older_than=3600) == 0  # fresh ones
+        assert await store.sweep_temporaries("images/t", older_than=None) == 2
+        assert not list(sshd.repo.glob("images/t/**/.tmp-*"))
+
+    run(_closing(store, scenario()))
+
+
 def test_a_device_cannot_read_or_list_another_devices_directory(sshd: SSHServer,
                                                                 tmp_path: Path) -> None:
     repo, _raw = published(sshd, tmp_path, mib=4)

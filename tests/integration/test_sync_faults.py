@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -12,12 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_sshd import Account, ssh_server
+from kill_env import child_args, leftovers, phases, unindexed
 from sync_env import LOOP, MIB, Device, hmp_write, run, same_content, world
 
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import Entry, LockToken
+from vmclient.store.transport import close_store
+from vmclient.sync import maintenance, restore
 from vmclient.sync.engine import CaptureLost, Hooks
 
 
@@ -109,14 +115,16 @@ def test_dropped_upload_resumes_without_reupload(tmp_path: Path) -> None:
 def test_sync_killed_at_random_points(tmp_path: Path) -> None:
     with world(tmp_path) as w:
         dom = w.create("kill", random_mib=24, data=[(0x61, 0, MIB)])
-        rng = random.Random(int.from_bytes(os.urandom(4)))
+        seed = int(os.environ.get("VMCLIENT_KILL_SEED") or int.from_bytes(os.urandom(4)))
+        print(f"random kills: seed {seed} (VMCLIENT_KILL_SEED={seed} repeats the choices)")
+        rng = random.Random(seed)
         full = subprocess.run(w.child_args(dom), check=True, capture_output=True, text=True)
         assert '"seq": 1' in full.stdout
         hmp_write(dom, "write -P 0x62 0 65536")
         started = time.monotonic()  # an incremental sync in a process, start to end
         subprocess.run(w.child_args(dom), check=True, capture_output=True)
         span = time.monotonic() - started
-        seqs, kills = [2], 0
+        seqs, kills, hit = [2], 0, []
         for rep in range(20):
             for n in range(16):  # this round's changes
                 hmp_write(dom, f"write -P {rep * 16 + n:#x} {rng.randrange(1024) * 65536} 65536")
@@ -127,15 +135,75 @@ def test_sync_killed_at_random_points(tmp_path: Path) -> None:
             _out, err = proc.communicate()
             assert proc.returncode in (0, -signal.SIGKILL), err  # killed, or it had finished
             kills += proc.returncode == -signal.SIGKILL
+            done = phases(err)  # the write steps completed before the kill
+            hit.append(f"{done[-1] if done else 'before the lock'}"
+                       f"{'' if proc.returncode else ' (finished)'}")
+            print(f"seed {seed} round {rep}: killed after {hit[-1]}")
             latest = w.verify(dom.name())  # the repository is whole after every kill
             assert latest.seq >= seqs[-1]
             seqs.append(latest.seq)
-        assert kills >= 5, f"only {kills} of 20 syncs were killed before they ended"
+        assert kills >= 5, f"only {kills} of 20 syncs were killed before they ended: {hit}"
         final = w.sync(dom)
         assert final.seq > seqs[-1]
+        assert leftovers(w.repo_dir, w.a.id) == []  # swept by the locked run, unlocked
+        assert unindexed(w.remote, w, dom.name()) == ({}, {})  # adopted by its index
         w.verify(dom.name())
         w.restore_b(dom.name(), tmp_path / "b" / "k.qcow2")
         assert same_content(w.disk(dom.name()), tmp_path / "b" / "k.qcow2")
+
+
+def plant_temporaries(root: Path, device: str, vm: str, account: Account | None) -> None:
+    """Half-written uploads (``.tmp-*``) in the VM's pack directory and VM directory, owned
+    by the device's account as its killed uploads are."""
+    vm_dir = root / layout.vm_dir(device, vm)
+    pack_dir = next(p for p in (vm_dir / "store" / "packs").iterdir() if p.is_dir())
+    for d in (pack_dir, vm_dir, vm_dir / "snapshots"):
+        tmp = d / ".tmp-killedupload"
+        tmp.write_bytes(os.urandom(4096))
+        if account is not None:
+            pw = pwd.getpwnam(account.user)
+            os.chown(tmp, pw.pw_uid, pw.pw_gid)
+
+
+KILL_STEPS = ("keys", "lock", "pack", "index", "snapshot", "latest")  # keys: the first sync's
+
+
+@pytest.mark.parametrize("over", ["local", "sftp"])
+def test_sync_killed_after_each_write_step_leaves_nothing_behind(tmp_path: Path,
+                                                                 over: str) -> None:
+    """SIGKILL right after each write step (as orders_crash_driver.py does for a wipe);
+    the next sync completes, leaves no temporary file, lock or unindexed pack, and the
+    repository verifies."""
+    with contextlib.ExitStack() as stack:
+        w = stack.enter_context(world(tmp_path))
+        server, account, remote, root = None, None, w.remote, w.repo_dir
+        if over == "sftp":
+            server = stack.enter_context(ssh_server())
+            account = server.add_device(w.a.id)
+            sftp_remote = server.store(account)
+            stack.callback(lambda: run(close_store(sftp_remote)))
+            remote, root = sftp_remote, server.repo
+        dom = w.create("step", random_mib=24, data=[(0x61, 0, MIB)])
+        for i, step in enumerate(KILL_STEPS):
+            hmp_write(dom, f"write -P {0x40 + i:#x} {i * MIB} 65536")
+            r = subprocess.run(child_args(w, dom, kill_after=step, server=server,
+                                          account=account),
+                               capture_output=True, text=True, timeout=300)
+            done = phases(r.stderr)
+            print(f"{over}: killed after {step}; steps done: {' '.join(done)}")
+            assert r.returncode == -signal.SIGKILL and done[-1:] == [step], r.stderr
+            if step == "pack":  # what a kill in the middle of uploads leaves as well
+                plant_temporaries(root, w.a.id, dom.name(), account)
+            after = w.sync(dom, remote=remote)
+            assert leftovers(root, w.a.id) == [], step
+            assert unindexed(remote, w, dom.name()) == ({}, {}), step
+            v = run(maintenance.verify(remote, w.a.signers, w.keys[dom.name()],
+                                       device=w.a.id, vm=dom.name()))
+            assert v.seq == after.seq, step
+        dest = tmp_path / "r.qcow2"
+        run(restore.restore_vm(remote, w.a.signers, w.keys[dom.name()], device=w.a.id,
+                               vm=dom.name(), dest={"vda": dest}))
+        assert same_content(w.disk(dom.name()), dest)
 
 
 def _flip(path: Path, pos: int) -> bytes:

@@ -27,7 +27,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 from fixtures_bus import PrivateSystemBus
-from fixtures_virt import IMAGES, URI
+from fixtures_virt import IMAGES, URI, scaled
 from provision_env import (
     Env,
     assert_no_vm,
@@ -338,7 +338,7 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         with provd(config, env, tmp_path / "provd.log"):
             r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "restore",
                                 name, "--from", lt.env.device.device_id], capture_output=True,
-                               text=True, env=env, timeout=240)
+                               text=True, env=env, timeout=scaled(240))
         assert r.returncode == 0, r.stderr
         assert f"VM {name} restored from snapshot 0000000001" in \
             (tmp_path / "provd.log").read_text()  # by the daemon, not in the CLI

@@ -192,7 +192,8 @@ def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: P
         device = agent.state_file.load().device
         until = int(time.time()) + 30 * 86400
         order = run(it.issue_order(w.remote, w.admin, device, "renew-lease",
-                                   {"lease_until": until}, int(time.time())))
+                                   {"lease_until": until}, int(time.time()),
+                                   numbers=it.OrderNumbers(tmp_path / "admin" / "orders.json")))
 
         d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage)
         d.start()

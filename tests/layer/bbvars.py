@@ -13,8 +13,10 @@ from pathlib import Path
 _ASSIGN = re.compile(r'^(?P<name>[A-Za-z0-9_${}:.\-/]+)\s*(?P<op>\?\?=|\?=|\+=|=\+|\.=|=\.|:=|=)\s*"(?P<rest>.*)$')
 
 
-def assignments(path: Path) -> list[tuple[str, str, str]]:
-    """(name, operator, value) for every double-quoted assignment, in order."""
+def assignments(path: Path, raw: bool = False) -> list[tuple[str, str, str]]:
+    """(name, operator, value) for every double-quoted assignment, in order;
+    ``raw`` keeps the value as written (continuations joined, backslashes
+    and spacing kept), for values with ``\\n`` separators."""
     result = []
     lines = path.read_text().splitlines()
     i = 0
@@ -29,8 +31,10 @@ def assignments(path: Path) -> list[tuple[str, str, str]]:
                 raise ValueError(f"{path}: unterminated assignment to {m.group('name')}")
             value = value.rstrip().removesuffix("\\") + " " + lines[i]
             i += 1
-        value = value.rstrip()[:-1].replace("\\", " ")
-        result.append((m.group("name"), m.group("op"), " ".join(value.split())))
+        value = value.rstrip()[:-1]
+        if not raw:
+            value = " ".join(value.replace("\\", " ").split())
+        result.append((m.group("name"), m.group("op"), value))
     return result
 
 
@@ -51,3 +55,12 @@ def value(path: Path, name: str) -> str:
     if len(found) != 1:
         raise ValueError(f"{path}: expected one assignment to {name}, found {len(found)}")
     return found[0]
+
+
+def lines(path: Path, name: str) -> list[list[str]]:
+    """The words of each ``\\n``-separated line of the one assignment to
+    ``name`` (VOLATILE_BINDS style)."""
+    found = [v for var, _op, v in assignments(path, raw=True) if var == name]
+    if len(found) != 1:
+        raise ValueError(f"{path}: expected one assignment to {name}, found {len(found)}")
+    return [line.split() for line in found[0].split("\\n") if line.replace("\\", " ").split()]

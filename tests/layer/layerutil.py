@@ -7,12 +7,11 @@ reason, elsewhere: CI must never pass by not running a check.
 from __future__ import annotations
 
 import importlib
-import os
 import shutil
 from pathlib import Path
 from types import ModuleType
 
-import pytest
+from testlib import need
 
 REPO = Path(__file__).resolve().parents[2]
 LAYER = REPO / "meta-vmclient"
@@ -22,16 +21,9 @@ SERVICES = REPO / "python-services"
 INSTALL_HINT = "pip install -r conf/requirements-layer.txt"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
 def missing(what: str) -> None:
-    """Fail under CI, skip elsewhere."""
-    message = f"{what} is not installed ({INSTALL_HINT})"
-    if in_ci():
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
+    """Fail under CI, skip elsewhere (:func:`testlib.need`)."""
+    need(False, f"{what} is not installed ({INSTALL_HINT})")
 
 
 def require_module(name: str) -> ModuleType:

@@ -37,3 +37,68 @@ def test_layer_parses_and_passes_yocto_check_layer():
                           capture_output=True, text=True, timeout=3 * 3600, check=False)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
     assert proc.returncode == 0, f"scripts/check-layer failed (exit {proc.returncode}):\n{tail}"
+
+
+# --- check-layer-resolve's "packagegroup entries are filled" rule ----------
+
+def _resolve_module():
+    import importlib.machinery
+    import importlib.util
+
+    path = REPO / "scripts" / "check-layer-resolve"
+    loader = importlib.machinery.SourceFileLoader("check_layer_resolve", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+class _Data:
+    """The few datastore calls the rule makes, over expanded values."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def getVar(self, name):  # bitbake's datastore API
+        return self.values.get(name)
+
+
+D = "/build/tmp/work/ovmf/image"
+
+# The pinned openembedded-core ovmf recipe's do_install:class-target, as
+# bitbake expands it (secureboot off), and its packaging.
+OVMF = {
+    "D": D,
+    "PN": "ovmf",
+    "do_install": f"""
+    install -d {D}/efi/boot
+    install /build/tmp/work/ovmf/ovmf/Shell.efi {D}/efi/boot/bootx64.efi
+    if false; then
+        install /build/tmp/work/ovmf/ovmf/EnrollDefaultKeys.efi {D}
+    fi
+""",
+    "PACKAGES": "ovmf-shell-efi ovmf-src ovmf-dbg ovmf-staticdev ovmf-dev ovmf-doc ovmf-locale ovmf",
+    "FILES:ovmf-shell-efi": " EnrollDefaultKeys.efi efi/ ",
+    "FILES:ovmf-dev": "/usr/include /usr/lib/*.so",
+    "FILES:ovmf": "/usr/bin/* /usr/sbin/* /usr/libexec/* /usr/lib/lib*.so.* /etc /usr/share/ovmf /usr/lib/ovmf",
+}
+
+
+def test_resolve_rule_finds_that_the_ovmf_recipe_fills_only_ovmf_shell_efi():
+    m = _resolve_module()
+    d = _Data(OVMF)
+    paths = m.installed_paths(d)
+    assert sorted(paths) == ["/EnrollDefaultKeys.efi", "/efi/boot/bootx64.efi"]
+    taken = {}
+    for pkg in OVMF["PACKAGES"].split():
+        for pattern in OVMF.get(f"FILES:{pkg}", "").split():
+            for path in paths:
+                if path not in taken and m.claims(pattern, path):
+                    taken[path] = pkg
+    assert set(taken.values()) == {"ovmf-shell-efi"}
+
+
+def test_resolve_rule_leaves_build_system_installs_undecided():
+    m = _resolve_module()
+    d = _Data({**OVMF, "do_install": f"    oe_runmake DESTDIR={D} install\n"})
+    assert m.installed_paths(d) is None

@@ -109,8 +109,8 @@ def host(host_boot_config: harness.BootConfig) -> Iterator[harness.Machine]:
 def powerd(host: harness.Machine) -> harness.Machine:
     """The host, when its image carries vmclient-powerd (skip otherwise)."""
     probe = host.ssh("/opt/vmclient/bin/python -c 'import vmclient.power.daemon' 2>&1")
-    if probe.rc != 0:
-        pytest.skip(f"vmclient-powerd is not in this tree yet ({probe.stdout.strip()[-200:]})")
+    need(probe.rc == 0, "the host image has no vmclient-powerd "
+                        f"({probe.stdout.strip()[-200:]})")
     host.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=120)
     return host
 

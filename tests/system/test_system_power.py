@@ -12,6 +12,8 @@ from collections.abc import Callable
 import harness
 import pytest
 
+from testlib import need
+
 pytestmark = [pytest.mark.system, pytest.mark.timeout(1200)]
 
 PERMISSION_DENIED = 77
@@ -68,8 +70,8 @@ def test_status_over_the_system_bus_as_root_and_unprivileged_user(
     assert root["owns_lid"] is True
 
     user = powerd.cfg.unprivileged_user
-    if user is None:
-        pytest.skip("this image has no unprivileged user to log in as")
+    need(user is not None, "this image has no unprivileged user to log in as")
+    assert user is not None
     alice = status(powerd, user=user)
     assert alice["lid"] == "open" and alice["state"] == "running"
     # the unprivileged user may read, but not pause

@@ -5,15 +5,21 @@ DESCRIPTION = "The image IT writes onto a laptop: a read-only host that \
 SECTION = "images"
 LICENSE = "MIT"
 
-IMAGE_INSTALL = "packagegroup-core-boot packagegroup-vmclient"
+# packagegroup-base is the one consumer of the machine's
+# MACHINE_EXTRA_RRECOMMENDS (kernel-modules: netfilter for libvirt's NAT
+# and nwfilter, vfio, Wi-Fi and GPU drivers) and of the distro and machine
+# features (Wi-Fi, Bluetooth, ALSA, USB host tools).
+IMAGE_INSTALL = "packagegroup-core-boot packagegroup-base packagegroup-vmclient"
 IMAGE_LINGUAS = ""
 
 # The root filesystem is read-only; state lives on the data partition.
 IMAGE_FEATURES += "read-only-rootfs"
 
 # An EFI disk image with ESP, root and data partition, plus a bmap for
-# bmaptool.
-WKS_FILE ?= "vmclient-efi.wks.in"
+# bmaptool.  "=", not "?=": both machines set WKS_FILE with "?=" in their
+# configuration, which is parsed first and would win (genericx86.wks.in,
+# qemux86-directdisk.wks).  scripts/check-layer asserts WKS_FULL_PATH.
+WKS_FILE = "vmclient-efi.wks.in"
 IMAGE_FSTYPES:append = " wic.zst wic.bmap"
 
 inherit features_check

@@ -14,14 +14,18 @@ REQUIRED_DISTRO_FEATURES = "kvm systemd virtualization"
 PACKAGES = "\
     ${PN} \
     ${PN}-debug \
+    ${PN}-drivers \
     ${PN}-hypervisor \
+    ${PN}-laptop \
     ${PN}-services \
     ${PN}-tools \
 "
 
 # What the image installs: every role except the debug aids.
 RDEPENDS:${PN} = "\
+    ${PN}-drivers \
     ${PN}-hypervisor \
+    ${PN}-laptop \
     ${PN}-services \
     ${PN}-tools \
 "
@@ -34,39 +38,56 @@ RDEPENDS:${PN}-debug = "\
 "
 
 # QEMU/KVM and the libvirt daemons that run the VMs; libvirt-python is the
-# binding the services use; OVMF boots UEFI guests; dnsmasq and nftables
-# serve libvirt's NAT networks; ebtables and iptables are what libvirt's
-# nwfilter driver programs for the clean-traffic filter on every VM NIC
-# (provision.toml networks.anti_spoofing).
+# binding the services use.  UEFI guests boot the edk2 firmware QEMU itself
+# installs, with its firmware descriptors (qemu-common:
+# /usr/share/qemu/edk2-x86_64-*.fd, /usr/share/qemu/firmware/*.json), which
+# is what libvirt's firmware autoselection reads; the "ovmf" recipe fills no
+# "ovmf" package (only ovmf-shell-efi) and is for runqemu on the build host.
+# nftables serves libvirt's NAT networks (libvirt-libvirtd brings dnsmasq);
+# ebtables and iptables are what libvirt's nwfilter driver programs for the
+# clean-traffic filter on every VM NIC (provision.toml
+# networks.anti_spoofing).
 RDEPENDS:${PN}-hypervisor = "\
-    dnsmasq \
     ebtables \
     iptables \
     libvirt \
     libvirt-libvirtd \
     libvirt-python \
     nftables \
-    ovmf \
     qemu \
 "
 
 # The vmclient daemons, the admin's public key, and the system pieces they
-# rely on: polkit for authorisation, volatile-binds for state on the data
-# partition under a read-only root, cryptsetup for encrypted storage.
+# rely on: polkit for authorisation, vmclient-persist for state on the data
+# partition under a read-only root (it brings volatile-binds),
+# cryptsetup for LUKS.
 RDEPENDS:${PN}-services = "\
     cryptsetup \
     polkit \
     vmclient-admin-key \
+    vmclient-persist \
     vmclient-services \
-    volatile-binds \
 "
 
-# Small tools for support staff on the host console.
+# A laptop: NetworkManager for wired and Wi-Fi networks (nmcli on the
+# console), thermald for Intel thermal management, fwupd for the vendors'
+# system firmware updates (LVFS: Dell, HP, Lenovo).
+RDEPENDS:${PN}-laptop = "\
+    fwupd \
+    networkmanager-daemon \
+    networkmanager-nmcli \
+    networkmanager-wifi \
+    thermald \
+"
+
+# Small tools for support staff on the host console (findmnt: also what
+# the oeqa runtime tests call).
 RDEPENDS:${PN}-tools = "\
     iproute2 \
     libvirt-virsh \
     pciutils \
     usbutils \
+    util-linux-findmnt \
 "
 
 # Kernel modules: recommended, as a kernel may build them in.
@@ -78,4 +99,23 @@ RRECOMMENDS:${PN}-hypervisor = "\
     kernel-module-kvm-intel \
     kernel-module-tun \
     kernel-module-vhost-net \
+"
+
+# Firmware of current Dell/HP/Lenovo laptops, one linux-firmware package per
+# device family instead of all of linux-firmware: Intel (i915, xe) and AMD
+# (amdgpu) GPUs, Wi-Fi (iwlwifi, ath11k, ath12k, MediaTek mt79xx) and
+# Bluetooth (Intel ibt, Qualcomm qca, MediaTek), Realtek Ethernet.  The
+# kernel modules come with kernel-modules (packagegroup-base).  Recommended:
+# a machine without the hardware builds without them.
+RRECOMMENDS:${PN}-drivers = "\
+    linux-firmware-amdgpu \
+    linux-firmware-ath11k \
+    linux-firmware-ath12k \
+    linux-firmware-i915 \
+    linux-firmware-ibt \
+    linux-firmware-iwlwifi \
+    linux-firmware-mediatek \
+    linux-firmware-qca \
+    linux-firmware-rtl8168 \
+    linux-firmware-xe \
 "

@@ -18,14 +18,22 @@ PV = "0.1.0"
 # through FILESEXTRAPATHS (the repository root, three levels above this
 # recipe).  The recipe is always in step with the code and bitbake checksums
 # every file, so any change rebuilds it; there is no SRCREV to bump.
-# tests/unit and the repository's pytest.ini go into the ptest package.
+# The ptest package reproduces the repository's layout for the unit tests:
+# tests/unit with tests/conftest.py and tests/testlib.py (which the unit
+# tests import), tests/data (test vectors), the shipped VM recipes
+# (recipes/) and python-services/data, which unit tests read, and the
+# repository's pytest.ini (tests/layer/test_ptest.py runs the result).
 # FILESEXTRAPATHS in a recipe is deliberate here (see the comment above).
 # nooelint: oelint.vars.fileextrapaths, oelint.vars.outofcontext
 FILESEXTRAPATHS:prepend := "${THISDIR}/../../..:"
 SRC_URI = "\
     file://python-services \
     file://pytest.ini \
+    file://recipes \
     file://run-ptest \
+    file://tests/conftest.py \
+    file://tests/data \
+    file://tests/testlib.py \
     file://tests/unit \
 "
 
@@ -86,13 +94,18 @@ do_install:append() {
     done
 }
 
-# ptest: the repository's pure unit tests.  tests/unit sits at the
-# repository root, not under ${S}, so the class's default copy does not
-# apply.
+# ptest: the repository's pure unit tests, in the repository's layout (the
+# tests find their data relative to their own files).  The services
+# themselves are imported from the installed package.
 do_install_ptest() {
-    install -d ${D}${PTEST_PATH}/tests/unit
+    install -d ${D}${PTEST_PATH}/tests/unit ${D}${PTEST_PATH}/tests/data \
+        ${D}${PTEST_PATH}/recipes ${D}${PTEST_PATH}/python-services/data
     cp -R --no-dereference --preserve=mode,links ${UNPACKDIR}/tests/unit/. ${D}${PTEST_PATH}/tests/unit/
-    find ${D}${PTEST_PATH}/tests -name __pycache__ -type d -prune -exec rm -rf {} +
+    cp -R --no-dereference --preserve=mode,links ${UNPACKDIR}/tests/data/. ${D}${PTEST_PATH}/tests/data/
+    cp -R --no-dereference --preserve=mode,links ${UNPACKDIR}/recipes/. ${D}${PTEST_PATH}/recipes/
+    cp -R --no-dereference --preserve=mode,links ${S}/data/. ${D}${PTEST_PATH}/python-services/data/
+    install -m 0644 ${UNPACKDIR}/tests/conftest.py ${UNPACKDIR}/tests/testlib.py ${D}${PTEST_PATH}/tests/
+    find ${D}${PTEST_PATH} -name __pycache__ -type d -prune -exec rm -rf {} +
     install -m 0644 ${UNPACKDIR}/pytest.ini ${D}${PTEST_PATH}/
     install -m 0755 ${UNPACKDIR}/run-ptest ${D}${PTEST_PATH}/
 }

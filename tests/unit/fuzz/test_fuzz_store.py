@@ -24,9 +24,10 @@ from vmclient.store.format import (
     open_envelope,
     signed_envelope,
 )
+from vmclient.store.locks import lock_document, read_lock
 from vmclient.store.objects import ChunkMap, Index, Manifest, pack_header_bytes
 from vmclient.store.pack import PackBuilder, header_length, open_header
-from vmclient.store.remote import MemoryStore, lock_is_stale
+from vmclient.store.remote import MemoryStore
 from vmclient.store.repo import (
     ChunkStore,
     get_catalog,
@@ -260,9 +261,9 @@ def test_pack_header_past_the_seal(plain: bytes) -> None:
 
 # --- lock files (plain JSON any client may write) --------------------------------------------
 
-@given(mutated_json({"holder": "laptop-1", "created": 100, "nonce": "ab12"}))
+@given(mutated_json(json.loads(lock_document("laptop-1", 100, "ab12"))))
 @example(b'{"holder": "x", "created": 1e999}')  # OverflowError
 @example(b"[" * 3000)  # RecursionError
 def test_lock_document(untrusted: bytes) -> None:
-    stale, holder, created = lock_is_stale(untrusted, 200, 50)
-    assert isinstance(stale, bool) and isinstance(holder, str) and isinstance(created, int)
+    info = read_lock(untrusted)
+    assert info is None or (isinstance(info.holder, str) and isinstance(info.created, int))

@@ -15,8 +15,8 @@ from vmclient.manage.keys import FileKeyStore, shred
 from vmclient.manage.state import DeviceState, Lease, StateFile, TimeRecord, advance
 from vmclient.manage.wipe import rotate_wrapping_key
 from vmclient.store import crypto, layout
-from vmclient.store.orders import DeviceRecord
-from vmclient.store.remote import MemoryStore
+from vmclient.store.orders import DeviceRecord, Order, OrderState
+from vmclient.store.remote import Entry, MemoryStore
 from vmclient.store.repo import put_signed
 
 T = 1_764_000_000
@@ -101,29 +101,83 @@ def test_wrapping_key_rotation_rewraps_kept_keys_and_is_resumable(tmp_path: Path
                              "data-key", "vm:priv") == secret
 
 
-def test_admin_numbers_orders_past_forgeries_and_checks_arguments() -> None:
-    asyncio.run(_numbering())
+def test_admin_numbers_orders_past_forgeries_and_checks_arguments(tmp_path: Path) -> None:
+    asyncio.run(_numbering(tmp_path))
 
 
-async def _numbering() -> None:
-    remote = MemoryStore()
+async def _enrolled(remote: MemoryStore) -> tuple[crypto.Ed25519PrivateKey, str]:
     admin, device_key = crypto.Ed25519PrivateKey.generate(), crypto.Ed25519PrivateKey.generate()
     dev = crypto.key_id(device_key.public_key())
     rec = DeviceRecord(dev, "l", crypto.raw_public(device_key.public_key()), b"\x09" * 32, T)
     await put_signed(remote, layout.device_record(dev), admin, ("device", dev), rec.to_bytes())
-    assert (await it.issue_order(remote, admin, dev, "lock", {}, T)).seq == 1
+    return admin, dev
+
+
+async def _numbering(tmp: Path) -> None:
+    remote = MemoryStore()
+    admin, dev = await _enrolled(remote)
+    numbers = it.OrderNumbers(tmp / "orders.json")
+
+    async def issue(action: str, args: dict[str, object]) -> Order:
+        return await it.issue_order(remote, admin, dev, action, args, T, numbers=numbers)
+
+    assert (await issue("lock", {})).seq == 1
     # the server plants a forged order 2 and an order 9: neither counts
     remote.objects[layout.order(dev, 2)] = b"VMCG forged"
     remote.objects[layout.order(dev, 9)] = remote.objects[layout.order(dev, 1)]
-    o = await it.issue_order(remote, admin, dev, "renew-lease", {"lease_until": T + 9}, T)
-    assert o.seq == 2
+    o = await issue("renew-lease", {"lease_until": T + 9})
+    assert o.seq == 2  # the forgery at 2 was replaced
     assert [x.seq for x in await it.orders_of(remote, admin.public_key(), dev)] == [1, 2]
     with pytest.raises(UsageError, match="takes include_private"):
-        await it.issue_order(remote, admin, dev, "wipe", {}, T)
+        await issue("wipe", {})
     with pytest.raises(UsageError, match="unknown order"):
-        await it.issue_order(remote, admin, dev, "format", {}, T)
+        await issue("format", {})
     views = await it.devices(remote, admin.public_key())
     assert [(v.device, v.pending, v.lease_until) for v in views] == [(dev, [1, 2], T + 9)]
+
+
+class HidingStore(MemoryStore):
+    """A server that leaves orders out of its listings (they are still there, or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: set[str] = set()
+
+    async def list(self, prefix: str) -> list[Entry]:
+        return [e for e in await super().list(prefix) if e.path not in self.hidden]
+
+
+def test_a_server_hiding_executed_orders_cannot_make_the_admin_reuse_a_number(
+        tmp_path: Path) -> None:
+    """Issue 13 §2.4: the laptop executed orders 1-3; the server deletes them (or leaves them
+    out of the listing); the wipe the admin issues next must be number 4, not 1."""
+    async def run() -> None:
+        remote = HidingStore()
+        admin, dev = await _enrolled(remote)
+        numbers = it.OrderNumbers(tmp_path / "orders.json")
+        for _ in range(3):
+            await it.issue_order(remote, admin, dev, "lock", {}, T, numbers=numbers)
+        laptop = OrderState(dev, last_seq=3)  # it executed all three
+        for seq in (1, 2):
+            del remote.objects[layout.order(dev, seq)]
+        remote.hidden = {layout.order(dev, 3)}  # still there, not listed
+        wipe = await it.issue_order(remote, admin, dev, "wipe", {"include_private": False},
+                                    T, numbers=numbers)
+        assert wipe.seq == 4
+        laptop.check(wipe, layout.order(dev, 4))  # accepted, not a replay
+        assert (tmp_path / "orders.json").stat().st_mode & 0o777 == 0o600
+
+        # another admin machine (its own orders.json, up to 3) while the listing hides
+        # order 4: the exclusive put collides with the valid order 4 and moves on to 5,
+        # never replacing it
+        other = it.OrderNumbers(tmp_path / "other" / "orders.json")
+        other.record(dev, 3)
+        remote.hidden = {layout.order(dev, 4)}
+        nxt = await it.issue_order(remote, admin, dev, "unlock", {}, T, numbers=other)
+        assert nxt.seq == 5 and other.last(dev) == 5
+        assert await it.signed_order(remote, admin.public_key(), dev, 4) == wipe
+
+    asyncio.run(run())
 
 
 def test_admin_cli_words_become_typed_order_arguments() -> None:

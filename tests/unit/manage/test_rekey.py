@@ -146,7 +146,8 @@ async def _revoked() -> None:
     _rec, same = await it.revoke(w.remote, w.admin, w.a.id, "again", T + 5)
     assert same == rev
     with pytest.raises(UsageError, match="revoked"):
-        await it.issue_order(w.remote, w.admin, w.a.id, "lock", {}, T)
+        await it.issue_order(w.remote, w.admin, w.a.id, "lock", {}, T,
+                             numbers=it.OrderNumbers(Path("/nonexistent/orders.json")))
     views = {v.device: v for v in await it.devices(w.remote, w.admin.public_key())}
     assert views[w.a.id].revoked == T and not views[w.b.id].revoked
     assert [(m.vm, m.seq) for m in views[w.a.id].vms] == [(VM, 2)]

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from testlib import need
 from vmclient.provision import spec
 from vmclient.provision.domainxml import (
     NETWORKS,
@@ -17,6 +18,7 @@ from vmclient.provision.domainxml import (
     DiskBinding,
     domain_xml,
 )
+from vmclient.virt.cpu import CPUProfile
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 UUID = "6f1c2a9e-4d0b-4c1e-9a57-0c3f2b1d8e70"
@@ -133,13 +135,41 @@ def test_bad_bindings_are_refused() -> None:
         domain_xml(recipe, uuid="not-a-uuid", disks=good)
 
 
-@pytest.mark.skipif(shutil.which("virsh") is None, reason="virsh not installed")
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.iterdir() if p.is_dir()))
 def test_domain_xml_passes_libvirts_schema(name: str, tmp_path: Path) -> None:
     """libvirt's own RelaxNG check through the test driver (no daemon needed)."""
+    need(shutil.which("virsh") is not None, "virsh is not installed (libvirt-clients)")
     _r, _dom, text = build(name)
     xml = tmp_path / "domain.xml"
     xml.write_text(text)
     out = subprocess.run(["virsh", "-q", "-c", "test:///default", "define", "--validate",
                           str(xml)], capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("cpu", [
+    CPUProfile(),
+    CPUProfile("kvm", "host-passthrough", ("arch-capabilities",)),
+    CPUProfile("kvm", "host-model"),
+    CPUProfile("qemu", "maximum"),
+], ids=lambda c: c.describe().replace(" ", "_"))
+def test_cpu_profile_sets_domain_type_and_cpu(cpu: CPUProfile, tmp_path: Path) -> None:
+    _r, dom, text = build("office", cpu=cpu)
+    assert dom.get("type") == cpu.domain_type
+    el = dom.find("cpu")
+    assert el is not None and el.get("mode") == cpu.cpu_mode
+    assert [(f.get("policy"), f.get("name")) for f in el.findall("feature")] == \
+        [("disable", f) for f in cpu.cpu_disable]
+    need(shutil.which("virsh") is not None, "virsh is not installed (libvirt-clients)")
+    xml = tmp_path / "domain.xml"
+    xml.write_text(text)
+    out = subprocess.run(["virsh", "-q", "-c", "test:///default", "define", "--validate",
+                          str(xml)], capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_laptop_default_is_kvm_with_the_hosts_cpu() -> None:
+    _r, dom, _t = build("office")
+    assert dom.get("type") == "kvm"
+    assert dom.find("cpu").get("mode") == "host-passthrough"  # type: ignore[union-attr]
+    assert dom.find("cpu/feature") is None

@@ -11,12 +11,14 @@ import pytest
 from testlib import ROOT
 from vmclient import config
 from vmclient.errors import ConfigError
+from vmclient.provision import config as pconfig
 from vmclient.provision import spec
 from vmclient.provision.config import ProvisionConfig, Zone
 from vmclient.provision.domainxml import DiskBinding, domain_xml
 from vmclient.provision.keys import DeviceKeys, VMKeyError, VMKeys, passphrase
 from vmclient.provision.network import host_address, network_xml
 from vmclient.provision.progress import Progress
+from vmclient.virt.cpu import CPUProfile
 
 UUID = "0b9e0f3c-2f6a-4d38-9d0e-6b1c2a3d4e5f"
 
@@ -102,3 +104,18 @@ def test_shipped_example_config_is_the_defaults() -> None:
     shipped = config.load(ProvisionConfig, ROOT / "python-services" / "data" / "vmclient"
                           / "provision.toml", missing_ok=False)
     assert shipped == ProvisionConfig()
+
+
+def test_cpu_profile_settings(tmp_path: Path) -> None:
+    assert pconfig.load(tmp_path / "none.toml").cpu_profile() == CPUProfile()
+    path = tmp_path / "provision.toml"
+    path.write_text('domain_type = "kvm"\ncpu_mode = "host-passthrough"\n'
+                    'cpu_disable = ["arch-capabilities"]\n')
+    assert pconfig.load(path).cpu_profile() == CPUProfile(
+        "kvm", "host-passthrough", ("arch-capabilities",))
+    path.write_text('domain_type = "qemu"\n')  # TCG cannot pass the host's CPU through
+    with pytest.raises(ConfigError, match="needs KVM"):
+        pconfig.load(path)
+    path.write_text('cpu_mode = "host"\n')
+    with pytest.raises(ConfigError, match="cpu_mode"):
+        pconfig.load(path)

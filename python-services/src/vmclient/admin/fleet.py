@@ -30,6 +30,7 @@ from ..manage import admin as it
 from ..manage import enrol
 from ..manage import rekey as rk
 from ..store import crypto, layout
+from ..store.format import shown
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, is_url, open_store
@@ -128,12 +129,12 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
     if not outcomes:
         say("no pending enrolment requests")
     refused = 0
-    for o in outcomes:
+    for o in outcomes:  # names, ids and details come from laptops' requests: shown escaped
         if not o.enrolled:
             refused += 1
-            say(f"refused {o.name} ({o.device}): {o.detail}")
+            say(f"refused {shown(o.name)} ({shown(o.device)}): {shown(o.detail)}")
             continue
-        say(f"enrolled {o.name} as device {o.device} ({o.detail})")
+        say(f"enrolled {shown(o.name)} as device {o.device} ({shown(o.detail)})")
         if not o.ssh_key:
             say("# the request carries no SSH key: give one with "
                 f"`enrol {o.name} --pubkey … --ssh-key-pub …`")
@@ -162,7 +163,8 @@ async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
     if action == "wipe" and not args.yes:
         raise UsageError(f"a wipe destroys the business VMs of {rec.name} ({rec.device}): "
                          "add --yes to issue it")
-    order = await it.issue_order(remote, k.admin, rec.device, action, values, now)
+    order = await it.issue_order(remote, k.admin, rec.device, action, values, now,
+                                 numbers=k.orders)
     say(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
     say("the device executes it when it next reaches the datacenter; "
         f"see `vmclient-admin reports {rec.name}`")
@@ -213,7 +215,7 @@ async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"reports of {rec.name} ({rec.device}), each verified with its device key:")
     for r in reports:
         about = f"order {r.order}" if r.order else "refused object"
-        say(f"  {r.seq:>4}  {_when(r.time)}  {about:<14}  {r.outcome:<8}  {r.detail}")
+        say(f"  {r.seq:>4}  {_when(r.time)}  {about:<14}  {r.outcome:<8}  {shown(r.detail)}")
     if not reports:
         say("  (none yet)")
 
@@ -285,11 +287,12 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
     now = int(time.time())
     order = await it.issue_order(remote, k.admin, target.device, "rekey",
                                  {"vm": args.vm, "from_device": source.device,
-                                  "min_seq": result.seq}, now)
+                                  "min_seq": result.seq}, now, numbers=k.orders)
     say(f"order {order.seq}: {_describe(order)}")
     if args.command == "restore":
         renew = await it.issue_order(remote, k.admin, target.device, "renew-lease",
-                                     {"lease_until": now + args.lease_days * 86400}, now)
+                                     {"lease_until": now + args.lease_days * 86400}, now,
+                                     numbers=k.orders)
         say(f"order {renew.seq}: {_describe(renew)}")
     account = f"vmc-{target.device[:12]}"
     say(f"# --- on the storage server, as root: let {target.name} keep syncing into the "

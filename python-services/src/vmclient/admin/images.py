@@ -2,8 +2,10 @@
 
 Publishing (repository-format.md §8, write ordering): the image's lock, the
 content key (one per image, wrapped for the escrow key so the next version
-reuses it and chunk ids agree across versions), packs + one index, the sealed
-manifest, then the catalog re-signed with the next serial.  A qcow2 (or any
+reuses it and chunk ids agree across versions), packs + one index, the stored
+chunks the version reuses read back (damaged ones uploaded again, their packs
+replaced: :mod:`..store.repair`), the sealed manifest, then the catalog
+re-signed with the next serial.  A qcow2 (or any
 format qemu-img reads) is first converted with ``qemu-img convert -O raw`` to
 a sparse temporary file; a raw image is read as it is.
 """
@@ -11,6 +13,7 @@ a sparse temporary file; a raw image is read as it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,12 +30,15 @@ from ..store.chunker import Chunk, Chunker, chunk_count
 from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.format import NAME_RE
-from ..store.objects import ZERO_ID, ChunkMap, Manifest
+from ..store.locks import holding, sweep_locked
+from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
+from ..store.repair import check_blobs, replace_packs
 from ..store.repo import (
     ChunkStore,
     UploadResult,
+    get_catalog,
     get_image_manifest,
     get_wrapped_key,
     put_catalog,
@@ -40,6 +46,7 @@ from ..store.repo import (
     put_wrapped_key,
 )
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of bytes just processed
 
 
@@ -50,6 +57,7 @@ class Published:
     size: int
     serial: int
     upload: UploadResult
+    damaged: int = 0  # stored chunks found damaged and uploaded again
 
 
 def image_info(path: Path) -> tuple[str, int]:
@@ -122,22 +130,35 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
                   escrow: crypto.X25519PrivateKey, *, now: int | None = None,
                   tmpdir: str | None = None, progress: Progress | None = None,
                   on_size: Callable[[int], None] | None = None) -> tuple[Published, Catalog]:
+    """Publish ``image`` as the next version of ``name`` (repository-format.md §8.2).
+
+    Under the image's lock, kept fresh and released even on Ctrl-C: the catalog
+    is read again (``catalog`` is the one seen before; a newer one may list a
+    version published meanwhile), what an interrupted publish left is cleared
+    (temporary files; manifests of versions the catalog does not list: rolled
+    back; its packs are found and reused), then the version is published.
+    """
     if not NAME_RE.fullmatch(name):
         raise UsageError(f"image name {name!r} must match {NAME_RE.pattern}")
     now = int(time.time()) if now is None else now
     token = await remote.lock(layout.image_lock(name), f"vmclient-admin publish {name}")
-    try:
-        keys = await content_key(remote, name, admin, escrow)
-        store = ChunkStore(remote, layout.image_store(name), keys)
-        known = await store.load_index()
+    async with holding(remote, token):
+        catalog, _digest = await get_catalog(remote, admin.public_key(), catalog.repository,
+                                             known_serial=catalog.serial)
         latest = catalog.find(name)
         version = 1 if latest is None else latest.version + 1
+        await sweep_locked(remote, layout.image_store(name), f"{layout.image_dir(name)}/versions")
+        await roll_back_unlisted(remote, name, version)
+        keys = await content_key(remote, name, admin, escrow)
+        store = ChunkStore(remote, layout.image_store(name), keys)
+        known = await store.load_index(repair=True)
         ids: list[bytes] = []
         with raw_view(image, tmpdir) as (raw, size):
             if on_size is not None:
                 on_size(size)
             chunker = Chunker(keys.chunk_id, cfg.chunk_size)
             result = await store.upload(read_chunks(raw, size, chunker, ids, progress), known)
+            damaged = await _replace_damaged(store, known, ids, raw, chunker)
         disk = ChunkMap("system", "system", size, cfg.chunk_size, tuple(ids))
         manifest = Manifest("image", name, str(version), version, now, keys.check, (disk,))
         digest = await put_image_manifest(remote, keys, manifest)
@@ -146,9 +167,48 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
         images[name] = (*images.get(name, ()), entry)
         new = Catalog(catalog.repository, catalog.serial + 1, now, images)
         await put_catalog(remote, admin, new)
-    finally:
-        await remote.unlock(token)
-    return Published(name, version, size, new.serial, result), new
+    return Published(name, version, size, new.serial, result, damaged), new
+
+
+async def _replace_damaged(store: ChunkStore, known: dict[bytes, BlobRef], ids: list[bytes],
+                           raw: Path, chunker: Chunker) -> int:
+    """Read back the stored chunks this version reuses; a pack holding one that does not
+    open is replaced (:func:`replace_packs`: its good blobs copied, the damaged ones
+    uploaded again from ``raw``).  How many damaged chunks were found."""
+    reused = {cid: known[cid] for cid in set(ids) if cid in known}
+    _good, bad = await check_blobs(store, reused)
+    if not bad:
+        return 0
+    packs = {reused[cid].pack for cid in bad}
+    log.warning("image store %s: %d stored chunk(s) this version reuses are damaged (%s); "
+                "uploading them again and replacing pack(s) %s", store.root, len(bad),
+                next(iter(bad.values())), ", ".join(sorted(packs)))
+    cs = chunker.chunk_size
+    fresh = []
+    with raw.open("rb") as f:
+        for index, cid in enumerate(ids):
+            if cid in bad:
+                fresh.append(chunker.chunk(index, os.pread(f.fileno(), cs, index * cs)))
+                bad.pop(cid)
+    await replace_packs(store, packs, known, fresh)
+    return len(fresh)
+
+
+async def roll_back_unlisted(remote: RemoteStore, name: str, first: int) -> list[int]:
+    """Delete the manifests of versions ``first`` and later: the catalog does not list
+    them (a publish interrupted between manifest and catalog), so nothing refers to
+    them, and the next version must be free to take their number."""
+    gone = []
+    for e in await remote.list(f"{layout.image_dir(name)}/versions"):
+        parts = e.path.split("/")
+        if len(parts) == 5 and parts[3].isdigit() and int(parts[3]) >= first \
+                and e.path == layout.image_manifest(name, int(parts[3])):
+            await remote.delete(e.path)
+            gone.append(int(parts[3]))
+    if gone:
+        log.warning("image %s: rolled back version(s) %s an interrupted publish left unlisted",
+                    name, ", ".join(map(str, sorted(gone))))
+    return gone
 
 
 @dataclass
@@ -212,7 +272,7 @@ async def read_published(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     ``recipient`` is the key the content key is wrapped for: a device's X25519
     key, or the escrow key (the admin verifying what it published).
     """
-    from ..store.repo import get_catalog, get_config
+    from ..store.repo import get_config
     signers = {crypto.key_id(admin): admin}
     cfg = await get_config(remote, admin)
     catalog, _digest = await get_catalog(remote, admin, cfg.repository)

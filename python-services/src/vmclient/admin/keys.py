@@ -5,7 +5,8 @@ key directory inside a local repository.  Private keys are PKCS#8 PEM files,
 0600, in a 0700 directory.  ``serials.json`` remembers the highest catalog
 serial this admin has signed per repository, so a server that serves an old
 catalog cannot make the admin re-issue a serial (the laptops would see two
-catalogs with one serial and refuse them).
+catalogs with one serial and refuse them).  ``orders.json`` does the same for
+each device's order numbers (:class:`vmclient.manage.admin.OrderNumbers`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import ConfigError, UsageError
+from ..manage.admin import OrderNumbers
 
 ADMIN_KEY = "admin.pem"
 ESCROW_KEY = "escrow.pem"
 SERIALS = "serials.json"
+ORDERS = "orders.json"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class AdminKeys:
 
     def known_serial(self, repository: str) -> int:
         return int(_read_serials(self.dir).get(repository, 0))
+
+    @property
+    def orders(self) -> OrderNumbers:
+        return OrderNumbers(self.dir / ORDERS)
 
     def record_serial(self, repository: str, serial: int) -> None:
         serials = _read_serials(self.dir)

@@ -10,6 +10,7 @@
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
+    vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
@@ -33,7 +34,9 @@ from ..manage.admin import issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
-from ..store.orders import DEVICE_ID_RE, DeviceRecord
+from ..store.format import shown
+from ..store.locks import break_lock
+from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
 from ..store.remote import RemoteStore
 from ..store.repo import (
     get_catalog,
@@ -46,7 +49,7 @@ from ..store.repo import (
 from ..store.transport import close_store, is_url, open_store
 from . import fleet, images, keys
 from .progress import progress_bar
-from .sshd import GLOBAL_CONFIG, confinement
+from .sshd import GLOBAL_CONFIG, check_public_key, confinement
 
 DEFAULT_KEY_DIR = "~/.vmclient-admin"
 PROG = "vmclient-admin"
@@ -95,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("device", help="device id (32 hex) or enrolled name")
     s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
     s.set_defaults(func=cmd_assign)
+    s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
+                       "publish lock, or a path such as devices/ID/lock)")
+    s.add_argument("lock", help="image name, or the lock's path in the repository")
+    s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
     return p
 
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except VMClientError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {shown(str(exc))}", file=sys.stderr)  # it may quote the repository
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -176,6 +183,23 @@ async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"published {done.name} version {done.version}: {done.size / 2**20:.1f} MiB disk, "
         f"{up.chunks} new chunks in {up.packs} packs ({up.bytes / 2**20:.1f} MiB uploaded); "
         f"catalog serial {done.serial}")
+    if done.damaged:
+        say(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
+            "packs replaced")
+
+
+async def cmd_break_lock(args: argparse.Namespace, remote: RemoteStore) -> None:
+    path = args.lock if "/" in args.lock or args.lock == layout.REPOSITORY_LOCK else \
+        layout.image_lock(args.lock)
+    if path.rsplit("/", 1)[-1] != "lock":
+        raise UsageError(f"{args.lock!r} is neither an image name nor a lock's path "
+                         "(images/NAME/lock, devices/ID/lock, lock)")
+    info = await break_lock(remote, path)
+    if info is None:
+        say(f"{path}: not locked")
+        return
+    say(f"{path}: broke the lock of {info.holder} (taken {fmt_time(info.created)}, "
+        f"refreshed {fmt_time(info.refreshed)})")
 
 
 async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
@@ -205,8 +229,11 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
     signing = decode_key(args.pubkey, "--pubkey")
     wrapping = decode_key(args.wrapping_key, "--wrapping-key")
     ssh_pub = read_text_or_file(args.ssh_key_pub)
-    if not ssh_pub.startswith(("ssh-ed25519 ", "ecdsa-sha2-", "ssh-rsa ")):
-        raise UsageError(f"--ssh-key-pub: not an OpenSSH public key: {ssh_pub[:40]!r}")
+    check_device_name(args.device)
+    try:
+        check_public_key(ssh_pub)
+    except UsageError as exc:
+        raise UsageError(f"--ssh-key-pub: {exc}") from None
     device = crypto.key_id(crypto.ed25519_public(signing))
     crypto.x25519_public(wrapping)
     rec = DeviceRecord(device, args.device, signing, wrapping, int(time.time()))
@@ -239,7 +266,8 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
         except (tomllib.TOMLDecodeError, KeyError) as exc:
             raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
         order = await issue_order(remote, k.admin, rec.device, "assign",
-                                  {"vm": vm, "recipe": text}, int(time.time()))
+                                  {"vm": vm, "recipe": text}, int(time.time()),
+                                  numbers=k.orders)
         say(f"order {order.seq}: install {vm} on {rec.name}")
 
 

@@ -34,12 +34,29 @@ deletes the account and its ``Match`` block.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from ..errors import UsageError
+from ..store.format import shown
+
 ACCOUNT_PREFIX = "vmc-"
 ENROL_ACCOUNT = "vmc-enrol"
+# one OpenSSH public key, one line, no options, a comment of printable ASCII: a second
+# line would be a second key without ``restrict`` in the account's authorized-keys file
+# (the script quotes the line for the shell)
+PUBLIC_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) "
+                           r"[A-Za-z0-9+/]+={0,3}( [\x20-\x7e]{1,128})?$")
+
+
+def check_public_key(key: str) -> str:
+    """``key`` if it is one plain OpenSSH public key line; UsageError otherwise."""
+    if not PUBLIC_KEY_RE.fullmatch(key):
+        raise UsageError(f"not one OpenSSH public key line (type, base64, optional plain "
+                         f"comment): {shown(key[:80])!r}")
+    return key
 
 
 def account_name(device_id: str) -> str:
@@ -75,6 +92,7 @@ KbdInteractiveAuthentication no
 def confinement(device_id: str, ssh_public_key: str, repo_dir: str, keys_dir: str
                 ) -> Confinement:
     account = account_name(device_id)
+    check_public_key(ssh_public_key.strip())
     repo, keys = PurePosixPath(repo_dir), PurePosixPath(keys_dir)
     device_dir = repo / "devices" / device_id
     commands = (
@@ -109,6 +127,7 @@ def _match(comment: str, account: str, repo: PurePosixPath, keys: PurePosixPath)
 def enrolment_dropbox(ssh_public_key: str, repo_dir: str, keys_dir: str, *,
                       account: str = ENROL_ACCOUNT) -> Confinement:
     """The shared account laptops use to deliver enrolment requests (once per server)."""
+    check_public_key(ssh_public_key.strip())
     repo, keys = PurePosixPath(repo_dir), PurePosixPath(keys_dir)
     commands = (
         ("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/",

@@ -4,28 +4,37 @@ A function-level API for ``vmclient-admin order …`` and ``vmclient-admin
 devices`` (the CLI lives with the admin tool of branch ``sftp``).
 
 Order numbers come from the admin, not from the server's listing: the next
-number is one more than the highest *admin-signed* order of the device (a
-forged object at that number is replaced: the orders directory is the admin's),
-so a server cannot make the admin skip or reuse a number.
+number is one more than the highest of the last number this admin issued to the
+device (:class:`OrderNumbers`, ``orders.json`` in the admin's key directory, as
+``serials.json`` is for catalogs) and the highest *admin-signed* order listed.
+A server that hides executed orders therefore cannot make the admin reuse a
+number (the laptop would refuse the new order, a wipe included, as a replay).
+The order is written with an exclusive put: a valid order already at that
+number (another admin machine, a record lost) moves the number on; a forged
+object there is replaced (the orders directory is the admin's).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..store import crypto, layout
-from ..store.errors import ObjectNotFound, RemoteIntegrityError
-from ..store.format import Reader, canonical_json, open_envelope, signed_envelope
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from ..store.format import Reader, canonical_json, open_envelope, shown, signed_envelope
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_pointer, get_signed
+from .keys import write_private
 from .status import DeviceStatus, status_path
 
 _SEQ_RE = re.compile(r"^[0-9]{12}$")
+_PUT_ATTEMPTS = 8  # collisions tolerated before the server is taken to be playing games
 
 
 def _signers(key: crypto.Ed25519PublicKey) -> dict[str, crypto.Ed25519PublicKey]:
@@ -46,13 +55,10 @@ async def orders_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
                     device: str) -> list[Order]:
     """The device's orders that carry a valid admin signature (forgeries are skipped)."""
     out = []
-    for path, seq in await _numbered(remote, f"{layout.device_dir(device)}/orders"):
-        try:
-            _s, body, _raw = await get_signed(remote, path, _signers(admin), "order",
-                                              f"{device}/{seq}")
-            out.append(Order.parse(body, device, seq, path))
-        except (RemoteIntegrityError, ObjectNotFound):
-            continue
+    for _path, seq in await _numbered(remote, f"{layout.device_dir(device)}/orders"):
+        order = await signed_order(remote, admin, device, seq)
+        if order is not None:
+            out.append(order)
     return out
 
 
@@ -66,9 +72,40 @@ async def _numbered(remote: RemoteStore, prefix: str) -> list[tuple[str, int]]:
     return out
 
 
+class OrderNumbers:
+    """The last order number this admin issued per device (``orders.json``, 0600, atomic).
+
+    Recorded after the order is stored: a failed write leaves no gap (the
+    laptop accepts exactly ``last + 1``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, int]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{self.path}: unreadable order numbers ({exc}): restore it "
+                             "from a backup of the admin's key directory") from exc
+        return {str(k): int(v) for k, v in doc.items()}
+
+    def last(self, device: str) -> int:
+        return self._load().get(device, 0)
+
+    def record(self, device: str, seq: int) -> None:
+        doc = self._load()
+        if seq > doc.get(device, 0):
+            doc[device] = seq
+            write_private(self.path, json.dumps(doc, sort_keys=True, indent=1).encode())
+
+
 async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, device: str,
-                      action: str, args: dict[str, Any], now: int) -> Order:
-    """Sign and store the device's next order."""
+                      action: str, args: dict[str, Any], now: int, *,
+                      numbers: OrderNumbers) -> Order:
+    """Sign and store the device's next order (numbering: see the module docstring)."""
     if action not in ORDER_ACTIONS:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
     if set(args) != set(ORDER_ACTIONS[action]):
@@ -78,13 +115,50 @@ async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, devi
     if revoked is not None:
         raise UsageError(f"device {rec.name} ({device}) was revoked on "
                          f"{_iso(revoked.revoked)}: no further orders")
-    previous = await orders_of(remote, admin.public_key(), device)
-    seq = max((o.seq for o in previous), default=0) + 1
-    order = Order(device, seq, now, action, dict(args))
-    Order.parse(order.to_bytes(), device, seq, "(new order)")  # what the laptop will check
-    await remote.put_atomic(layout.order(device, seq),
-                            signed_envelope(admin, "order", order.object_id, order.to_bytes()))
-    return order
+    listed = max((o.seq for o in await orders_of(remote, admin.public_key(), device)),
+                 default=0)
+    seq = max(listed, numbers.last(device)) + 1
+    for _attempt in range(_PUT_ATTEMPTS):
+        order = Order(device, seq, now, action, dict(args))
+        Order.parse(order.to_bytes(), device, seq, "(new order)")  # what the laptop will check
+        path = layout.order(device, seq)
+        try:
+            await remote.put_atomic(path, signed_envelope(admin, "order", order.object_id,
+                                                          order.to_bytes()), exclusive=True)
+        except LocalSyncError:
+            if not await _exists(remote, path):
+                raise
+            if await signed_order(remote, admin.public_key(), device, seq) is not None:
+                numbers.record(device, seq)  # issued already (another admin machine?)
+                seq += 1
+            else:
+                await remote.delete(path)  # a forgery in the admin's directory: replaced
+            continue
+        numbers.record(device, seq)
+        return order
+    raise RemoteIntegrityError("order", f"{device}/{seq}", layout.order(device, seq),
+                               f"{_PUT_ATTEMPTS} attempts to store the order collided with "
+                               "objects the server put there: check the server")
+
+
+async def _exists(remote: RemoteStore, path: str) -> bool:
+    try:
+        await remote.get(path, 0, 1)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+async def signed_order(remote: RemoteStore, admin: crypto.Ed25519PublicKey, device: str,
+                       seq: int) -> Order | None:
+    """Order ``seq`` of the device if it carries a valid admin signature, else None."""
+    path = layout.order(device, seq)
+    try:
+        _s, body, _raw = await get_signed(remote, path, _signers(admin), "order",
+                                          f"{device}/{seq}")
+        return Order.parse(body, device, seq, path)
+    except (RemoteIntegrityError, ObjectNotFound):
+        return None
 
 
 async def reports_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
@@ -94,7 +168,7 @@ async def reports_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
     key = crypto.ed25519_public(rec.signing_key)
     out = []
     for path, seq in await _numbered(remote, f"{layout.device_dir(device)}/reports"):
-        untrusted = await remote.get(path)
+        untrusted = await get_object(remote, path, "report", f"{device}/{seq}")
         _s, body = open_envelope(_signers(key), untrusted, "report", f"{device}/{seq}", path)
         out.append(Report.parse(body, device, seq, path))
     return out
@@ -311,10 +385,10 @@ def render_devices(views: list[DeviceView], now: int) -> str:
                  else "ok")
         pending = ",".join(map(str, v.pending)) or "-"
         vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
-        rows.append(f"{v.name[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
+        rows.append(f"{shown(v.name)[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
                     f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  "
-                    f"{(v.release or '-')[:24]:<24} {vms}")
-    rows += [f"{v.name}: {v.problem}" for v in views if v.problem]
+                    f"{shown(v.release or '-')[:24]:<24} {vms}")
+    rows += [f"{shown(v.name)}: {shown(v.problem)}" for v in views if v.problem]
     return "\n".join(rows)
 
 

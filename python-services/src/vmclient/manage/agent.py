@@ -27,14 +27,14 @@ from ..errors import VMClientError
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.format import open_envelope, signed_envelope
-from ..store.orders import Order, OrderState, Report
-from ..store.remote import RemoteStore
+from ..store.orders import Order, OrderState, Report, check_device_name
+from ..store.remote import RemoteStore, get_object
 from ..virt.libvirt import Hypervisor
 from . import enrol, rekey, status
 from .gate import GateConfig, StartGate
 from .inventory import ManageConfig
 from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
-from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id
+from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id, boottime
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -52,7 +52,7 @@ class Agent:
     def __init__(self, cfg: ManageConfig, remote: RemoteStore, hv: Hypervisor, *,
                  keys: KeyStore | None = None, installer: Installer | None = None,
                  wall: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic,
+                 mono: Callable[[], float] = boottime,
                  boot: Callable[[], str] = boot_id,
                  after_wipe_step: Callable[[str], None] = lambda _s: None) -> None:
         self.cfg, self.remote, self.installer = cfg, remote, installer
@@ -133,6 +133,7 @@ class Agent:
     # -- enrolment ----------------------------------------------------------------------
 
     async def request_enrolment(self, admin_key: bytes, name: str, code: str) -> str:
+        check_device_name(name)  # before any key is replaced
         s = self.state_file.load()
         if s.enrolled and not s.wiped:
             raise VMClientError(f"this laptop is enrolled already as {s.device}")
@@ -195,9 +196,13 @@ class Agent:
         s = self.state_file.load()
         untrusted_name = path.rsplit("/", 1)[-1]
         try:
-            untrusted = await self.remote.get(path)
+            untrusted = await get_object(self.remote, path, "order",
+                                         f"{s.device}/{untrusted_name}")
         except ObjectNotFound:
             return
+        except RemoteIntegrityError as exc:  # larger than any order: not read, refused
+            return self._refuse(crypto.sha256_hex(f"oversize {path}".encode()), path,
+                                exc.problem)
         digest = crypto.sha256_hex(untrusted)
         if not _SEQ_RE.fullmatch(untrusted_name):
             return self._refuse(digest, path, "not an order number")
@@ -305,7 +310,8 @@ class Agent:
             try:
                 await self.remote.put_atomic(path, blob, exclusive=True)
             except LocalSyncError:
-                if await self.remote.get(path) != blob:  # not ours: we are its only writer
+                if await self.remote.get(path, 0, len(blob) + 1) != blob:  # not ours: we
+                    # are its only writer
                     await self.remote.put_atomic(path, blob)
             sent += 1
             cur = self.state_file.load()

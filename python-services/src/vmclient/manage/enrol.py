@@ -27,9 +27,16 @@ from pathlib import Path
 from ..errors import VMClientError
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
-from ..store.format import ENVELOPE_HEADER, Reader, b64, canonical_json, open_envelope
-from ..store.orders import DEVICE_ID_RE, DeviceRecord
-from ..store.remote import RemoteStore
+from ..store.format import (
+    DEVICE_NAME_RE,
+    ENVELOPE_HEADER,
+    Reader,
+    b64,
+    canonical_json,
+    open_envelope,
+)
+from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
+from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_signed
 from .keys import write_private
 
@@ -92,7 +99,8 @@ class EnrolmentRequest:
     def parse(cls, untrusted_body: bytes, device: str, path: str) -> EnrolmentRequest:
         r = Reader.parse(untrusted_body, "enrolment", device, path)
         version = r.version({1, 2})
-        req = cls(r.const("device", device), r.text("name"), r.b64("signing_key", size=32),
+        req = cls(r.const("device", device), r.text("name", pattern=DEVICE_NAME_RE),
+                  r.b64("signing_key", size=32),
                   r.b64("wrapping_key", size=32), r.integer("requested", lo=0),
                   r.b64("proof", size=32),
                   r.text("ssh_key", pattern=SSH_KEY_RE) if version == 2 else "")
@@ -108,6 +116,7 @@ class EnrolmentRequest:
 async def send_request(remote: RemoteStore, signing: crypto.Ed25519PrivateKey,
                        wrapping: crypto.X25519PrivateKey, name: str, code: str,
                        now: int, ssh_key: str = "") -> str:
+    check_device_name(name)
     device = crypto.key_id(signing.public_key())
     req = EnrolmentRequest(device, name, crypto.raw_public(signing.public_key()),
                            crypto.raw_public(wrapping.public_key()), now,
@@ -152,6 +161,7 @@ class CodeBook:
         write_private(self.path, json.dumps({"codes": codes}, indent=1).encode())
 
     def issue(self, name: str, now: int, ttl: int = CODE_TTL) -> str:
+        check_device_name(name)
         code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         codes = self._load()
         codes.append({"key": _code_key(code).hex(), "name": name, "issued": now,
@@ -180,7 +190,7 @@ class Outcome:
 
 
 async def read_request(remote: RemoteStore, path: str, device: str) -> EnrolmentRequest:
-    untrusted = await remote.get(path)
+    untrusted = await get_object(remote, path, "enrolment", device)
     req = EnrolmentRequest.parse(untrusted[ENVELOPE_HEADER:], device, path)
     open_envelope({device: crypto.ed25519_public(req.signing_key)}, untrusted, "enrolment",
                   device, path)

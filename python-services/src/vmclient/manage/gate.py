@@ -46,7 +46,7 @@ from ..store import crypto
 from ..virt.libvirt import Hypervisor
 from .inventory import VMTarget, parse_domain
 from .keys import FileKeyStore, KeyStore
-from .state import Lease, StateFile, advance, boot_id
+from .state import Lease, StateFile, advance, boot_id, boottime
 
 log = logging.getLogger(__name__)
 WIPE_JOURNAL = "wipe.json"  # manage/wipe.py's journal: present while a wipe runs
@@ -91,7 +91,7 @@ class KeySettings:
 
 
 def read_lease(manage_dir: Path, *, wall: Callable[[], float] = time.time,
-               mono: Callable[[], float] = time.monotonic,
+               mono: Callable[[], float] = boottime,
                boot: Callable[[], str] = boot_id) -> Lease:
     """The lease by trusted time, read-only (see the module docstring)."""
     s = StateFile(manage_dir).load()

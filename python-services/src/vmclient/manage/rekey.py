@@ -43,7 +43,7 @@ from ..store import crypto, layout, repo
 from ..store.documents import WrappedKey
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from .inventory import ManageConfig
 from .keys import write_private
 
@@ -151,14 +151,15 @@ async def rekey(remote: RemoteStore, admin: crypto.Ed25519PrivateKey,
         if present.get(f"{dst}/{rel}") == size:
             result.skipped += 1
         else:
-            await remote.put_atomic(f"{dst}/{rel}", await remote.get(f"{src}/{rel}"))
+            await remote.put_atomic(f"{dst}/{rel}",
+                                    await get_object(remote, f"{src}/{rel}", "object", rel))
             result.copied += 1
             result.copied_bytes += size
         progress(size)
 
     for writer in (*former, source.device):
-        raw = await remote.get(layout.device_record(writer) if writer == source.device
-                               else writer_record(source.device, vm, writer))
+        raw = await get_object(remote, layout.device_record(writer) if writer == source.device
+                               else writer_record(source.device, vm, writer), "device", writer)
         await remote.put_atomic(writer_record(target.device, vm, writer), raw)
     for recipient in (crypto.x25519_public(target.wrapping_key), escrow.public_key()):
         await repo.put_wrapped_key(remote, layout.vm_key(target.device, vm,

@@ -6,17 +6,19 @@ uploaded and the digests of refused objects already reported.
 
 Trusted time (repository-format.md §9): the newest of the wall clock, every
 signed time seen (order ``issued``, the device record's ``enrolled``) and the
-device's own monotonic record.  The record is ``(time, boot id, monotonic
-clock)``: within one boot the time since the record is taken from the
-monotonic clock, which ``date -s`` does not move, so setting the clock back
-while running does not even stop the lease from running down; across reboots
-the persisted time is a floor.  :func:`advance` is pure; the clocks are
-injected.
+device's own record.  The record is ``(time, boot id, CLOCK_BOOTTIME)``:
+within one boot the time since the record is taken from ``CLOCK_BOOTTIME``,
+which ``date -s`` does not move and which, unlike ``CLOCK_MONOTONIC``, also
+runs while the laptop is suspended, so setting the clock back does not even
+stop the lease from running down, awake or asleep; across reboots the
+persisted time is a floor.  :func:`advance` is pure; the clocks are injected
+(:func:`boottime` by default).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ STATE_FILE = "state.json"
 class TimeRecord:
     time: int = 0  # the trusted time when recorded
     boot: str = ""  # kernel boot id at that moment
-    mono: float = 0.0  # CLOCK_MONOTONIC at that moment
+    mono: float = 0.0  # CLOCK_BOOTTIME at that moment (the name predates the clock)
 
 
 def advance(rec: TimeRecord, wall: int, mono: float, boot: str,
@@ -110,8 +112,13 @@ class DeviceState:
             raise ConfigError(path, "", f"unreadable management state: {exc}") from exc
 
 
+def boottime() -> float:
+    """Seconds since boot, suspend included: the lease runs down while the laptop sleeps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def boot_id() -> str:
-    """The kernel's id of this boot (trusted time within one boot runs on CLOCK_MONOTONIC)."""
+    """The kernel's id of this boot (trusted time within one boot runs on CLOCK_BOOTTIME)."""
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 

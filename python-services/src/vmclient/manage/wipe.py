@@ -6,13 +6,16 @@ after a crash :func:`run_wipe` resumes at the first step not recorded:
 1. ``plan``     the journal names the VMs to wipe (business ones; private ones
                 only if the order says so *and* local policy allows) and the
                 laptop counts as wiped from here on (no business start).
-2. ``stop``     those VMs are powered off (no managed save: saved RAM is plaintext).
-3. ``keys``     crypto-shredding: every wiped VM's wrapped data key is
+2. ``keys``     crypto-shredding: every wiped VM's wrapped data key is
                 overwritten, fsync'ed and unlinked, the libvirt secrets are
                 undefined, and the device's X25519 wrapping key is replaced
                 (private VMs' keys re-wrapped for the new one first), so no
                 copy of a wrapped key — here or in the repository — opens any
                 more.  Then checked: a key file still there fails the step.
+                First, so that no failure of a later step (a ``destroy`` that
+                keeps failing, a disk that cannot be removed) leaves the keys
+                alive: a VM still running holds its key in QEMU's memory only.
+3. ``stop``     those VMs are powered off (no managed save: saved RAM is plaintext).
 4. ``data``     saved states, disks, the VMs' directories, business caches.
 5. ``undefine`` the domain definitions.
 
@@ -37,7 +40,7 @@ from .keys import WRAPPING, KeyDestructionFailed, shred, write_private
 from .vms import VMHost
 
 log = logging.getLogger(__name__)
-STEPS = ("plan", "stop", "keys", "data", "undefine")
+STEPS = ("plan", "keys", "stop", "data", "undefine")
 JOURNAL = "wipe.json"
 NEXT_WRAPPING = "wrapping.next"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import config
 from ..manage.gate import GateConfig
+from ..virt.cpu import CPU_MODES, DOMAIN_TYPES, CPUProfile
 
 DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
 _NET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -79,6 +80,16 @@ class ProvisionConfig:
     repository: Repository = config.setting(Repository, help="where business images come from")
     networks: Networks = config.setting(Networks, help="the two isolated zones")
     libvirt_uri: str = config.setting("qemu:///system", help="libvirt connection URI")
+    domain_type: str = config.setting(
+        "kvm", choices=DOMAIN_TYPES,
+        help="libvirt domain type of every VM: kvm, or qemu (TCG, software emulation)")
+    cpu_mode: str = config.setting(
+        "host-passthrough", choices=CPU_MODES,
+        help="the VMs' CPU: the host's own (host-passthrough), libvirt's closest model "
+             "(host-model) or QEMU's maximum (the one TCG runs)")
+    cpu_disable: tuple[str, ...] = config.setting(
+        (), help="CPU features to hide from the VMs (one a host's KVM refuses, e.g. "
+                 "arch-capabilities); python -m vmclient.provision.cpuprobe tells")
     state_dir: Path = config.setting(
         Path("/var/lib/vmclient/provision"),
         help="root-only: catalog state, chunk cache (sealed), wrapped VM keys, recipes")
@@ -94,6 +105,12 @@ class ProvisionConfig:
         help="RAM-backed (tmpfs) scratch for plaintext on its way into an encrypted disk")
     staging_mib: int = config.setting(
         128, min=8, max=4096, help="plaintext held in the staging dir at once")
+
+    def __post_init__(self) -> None:
+        self.cpu_profile()  # a CPU mode the domain type cannot run is a config error
+
+    def cpu_profile(self) -> CPUProfile:
+        return CPUProfile(self.domain_type, self.cpu_mode, tuple(self.cpu_disable))
 
 
 def gate_config(cfg: ProvisionConfig) -> GateConfig:

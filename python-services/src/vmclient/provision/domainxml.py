@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from ..virt.cpu import LAPTOP, CPUProfile
 from .spec import Recipe
 
 POWER_NS = "https://vmclient.org/xmlns/power/1"
@@ -43,13 +44,15 @@ class DiskBinding:
 
 def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
                install_media: PurePosixPath | None = None, image_version: int = 0,
-               networks: Mapping[str, str] = NETWORKS, anti_spoofing: bool = True) -> str:
+               networks: Mapping[str, str] = NETWORKS, anti_spoofing: bool = True,
+               cpu: CPUProfile = LAPTOP) -> str:
     """The domain definition for ``recipe``.
 
     ``install_media`` attaches an ISO as a CD-ROM booted after the (blank) system
     disk; ``image_version`` is the catalog version actually installed (the recipe
     may say "newest"); ``networks`` maps a zone to its libvirt network
-    (configurable, so tests use their own).
+    (configurable, so tests use their own); ``cpu`` the domain type and CPU model
+    (:mod:`vmclient.virt.cpu`: KVM with the host's CPU on a laptop).
     """
     for value in (uuid, *(b.secret_uuid for b in disks.values())):
         if not _UUID_RE.fullmatch(value):
@@ -58,7 +61,7 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
     if missing or len(disks) != len(recipe.disks):
         raise ValueError(f"disk bindings do not match the recipe's disks (missing {missing})")
 
-    dom = ET.Element("domain", type="kvm")
+    dom = ET.Element("domain", type=cpu.domain_type)
     _text(dom, "name", recipe.name)
     _text(dom, "uuid", uuid)
     _text(dom, "title", f"{recipe.name} ({recipe.kind})")
@@ -74,7 +77,9 @@ def domain_xml(recipe: Recipe, *, uuid: str, disks: Mapping[str, DiskBinding],
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
-    ET.SubElement(dom, "cpu", mode="host-passthrough", check="none")
+    cpu_el = ET.SubElement(dom, "cpu", mode=cpu.cpu_mode, check="none")
+    for feature in cpu.cpu_disable:
+        ET.SubElement(cpu_el, "feature", policy="disable", name=feature)
     ET.SubElement(dom, "clock", offset="utc")
     for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"),
                           ("on_crash", "destroy")):

@@ -127,7 +127,8 @@ class Provisioner:
                                     for n, p in paths.items()},
                              image_version=resolved.version.version if resolved else 0,
                              networks=self.networks,
-                             anti_spoofing=self.cfg.networks.anti_spoofing)
+                             anti_spoofing=self.cfg.networks.anti_spoofing,
+                             cpu=self.cfg.cpu_profile())
             progress.begin("define", 0)
             self.report(progress)
             defined = await self.hv.define(xml, recipe.name)
@@ -296,6 +297,7 @@ class Provisioner:
         paths = {**{n: Path(p) for n, p in vm.disks.items()}, system.name: path}
         xml = domain_xml(recipe, uuid=vm.uuid, image_version=new, networks=self.networks,
                          anti_spoofing=self.cfg.networks.anti_spoofing,
+                         cpu=self.cfg.cpu_profile(),
                          disks={n: DiskBinding(PurePosixPath(p), vm.secret_uuid)
                                 for n, p in paths.items()})
         await self.hv.define(xml, name)

@@ -2,7 +2,9 @@
 
 * The device has an Ed25519 signing key and an X25519 wrapping key
   (repository-format.md §4), raw 32-byte files, mode 0600 in a 0700 directory
-  owned by root.  A TPM-sealed variant comes later behind this interface.
+  owned by root, read at every use (:class:`DeviceKeys`: a wipe or a
+  re-enrolment replaces them under running daemons).  A TPM-sealed variant
+  comes later behind this interface.
 * Every VM has a random 32-byte data key.  It is stored only *wrapped* for the
   device's X25519 key (``crypto.wrap_key``, object ``data-key``/``vm:<name>``),
   in ``<state>/keys/<vm>.wrapped`` (0600).  Its key set's LUKS value, in hex,
@@ -16,11 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, VMClientError
-from ..manage.keys import shred, write_private
+from ..manage.keys import FileKeyStore, shred, write_private
 from ..store import crypto
 from ..store.errors import RemoteIntegrityError
 
@@ -29,10 +30,30 @@ class VMKeyError(VMClientError):
     """VM key {!r}: {}"""
 
 
-@dataclass(frozen=True, repr=False)
 class DeviceKeys:
-    signing: crypto.Ed25519PrivateKey
-    wrapping: crypto.X25519PrivateKey
+    """The device's signing and wrapping keys, read from their files at every use.
+
+    Never kept in memory between operations: a wipe replaces the wrapping key
+    and a re-enrolment the signing key while provd and syncd keep running, and
+    a daemon holding the old key would wrap a new VM's data key for a key that
+    was shredded (the VM unreadable) or sign for a device id that is gone.
+    Reading 32 bytes per operation costs nothing next to what an operation does.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._files = FileKeyStore(directory)
+
+    def __repr__(self) -> str:
+        return f"DeviceKeys({str(self.dir)!r})"
+
+    @property
+    def signing(self) -> crypto.Ed25519PrivateKey:
+        return self._files.signing()
+
+    @property
+    def wrapping(self) -> crypto.X25519PrivateKey:
+        return self._files.wrapping()
 
     @property
     def device_id(self) -> str:
@@ -53,12 +74,13 @@ class DeviceKeys:
             if not path.exists():
                 with contextlib.suppress(FileExistsError):
                     write_private(path, crypto.raw_private(make()), exclusive=True)
+        keys = cls(directory)
         try:
-            return cls(crypto.Ed25519PrivateKey.from_private_bytes(sign_path.read_bytes()),
-                       crypto.X25519PrivateKey.from_private_bytes(wrap_path.read_bytes()))
+            keys.signing, keys.wrapping  # noqa: B018  (readable now, or refuse to start)
         except (OSError, ValueError) as exc:
             raise VMKeyError("device", f"cannot read the device keys in {directory}: {exc}") \
                 from exc
+        return keys
 
 
 def passphrase(keys: crypto.KeySet) -> bytes:

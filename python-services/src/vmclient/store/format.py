@@ -35,6 +35,9 @@ _KEYID_LEN = 16
 ENVELOPE_HEADER = len(ENVELOPE_MAGIC) + 1 + _KEYID_LEN + crypto.SIG_SIZE
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HEX_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+# a device's name (asset tag, host name, e-mail): no spaces, no controls, nothing a shell
+# or a terminal reads specially; checked wherever a name is made or read
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 
 def canonical_json(doc: Mapping[str, Any]) -> bytes:
@@ -92,12 +95,19 @@ def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,
     if payload[0] == CODEC_STORED:
         return payload[1:]
     if payload[0] == CODEC_ZSTD:
+        frame = memoryview(payload)[1:]
         try:
-            # a size the frame declares is allocated at once: refuse one beyond the limit
-            # (max_output_size only bounds frames that do not declare theirs)
-            if zstandard.frame_content_size(payload[1:]) > limit:
-                raise RemoteIntegrityError(obj_type, obj_id, path, "payload too large")
-            out = _decompressor().decompress(payload[1:], max_output_size=limit)
+            # a frame that declares its size is decompressed into a buffer of that size,
+            # whatever max_output_size says: check the declared size before
+            declared = zstandard.frame_content_size(frame)
+        except zstandard.ZstdError as exc:
+            raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
+        if declared > limit:
+            raise RemoteIntegrityError(obj_type, obj_id, path,
+                                       f"zstd frame declares {declared} bytes, more than the "
+                                       f"{limit} a {obj_type} may decompress to")
+        try:
+            out = _decompressor().decompress(frame, max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
         if len(out) > limit:
@@ -261,6 +271,20 @@ def _encodable(untrusted: Any) -> bool:
             except UnicodeEncodeError:
                 return False
     return True
+
+
+def shown(untrusted: str) -> str:
+    """``untrusted`` safe for a terminal: every non-printable character escaped.
+
+    Newlines, ESC (the start of OSC 52 clipboard writes and cursor moves), BEL,
+    bidi overrides and other controls come out as ``\\n``, ``\\x1b``, ``\\u202e``…, so
+    text from the repository can neither forge lines of a script printed around
+    it nor drive the admin's terminal.
+    """
+    if untrusted.isprintable():
+        return untrusted
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in untrusted)
 
 
 def b64(data: bytes) -> str:

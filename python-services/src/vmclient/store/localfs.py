@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import secrets
 import time
@@ -59,7 +60,10 @@ class LocalDirStore(LockingMixin):
         try:
             with open(self._path(path), "rb") as f:
                 f.seek(offset)
-                return f.read() if length is None else f.read(length)
+                if length is None:
+                    return f.read()
+                # no buffer of ``length`` bytes for a small object (read(n) allocates n)
+                return f.read(max(0, min(length, os.fstat(f.fileno()).st_size - offset)))
         except FileNotFoundError:
             raise ObjectNotFound(path) from None
 
@@ -97,14 +101,40 @@ class LocalDirStore(LockingMixin):
         target.unlink(missing_ok=True)
         _fsync_dir(target.parent)
 
-    def sweep_temporaries(self, older_than: int = 3600) -> int:
-        """Remove temporary files left by a crash; returns how many."""
-        cutoff = time.time() - older_than
+    async def rename(self, path: str, new: str) -> None:
+        """``link`` + ``unlink`` (as OpenSSH's sftp-server renames): fails if ``new``
+        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        await asyncio.to_thread(self._rename, path, new)
+
+    def _rename(self, path: str, new: str) -> None:
+        src, dst = self._path(path), self._path(new)
+        try:
+            os.link(src, dst)
+        except FileNotFoundError:
+            raise ObjectNotFound(path) from None
+        except FileExistsError:
+            raise LocalSyncError(f"repository object exists: {new}") from None
+        src.unlink(missing_ok=True)
+        _fsync_dir(dst.parent)
+
+    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
+                                recursive: bool = True) -> int:
+        """Remove temporary files a crash left below ``prefix`` (all of them if
+        ``older_than`` is None: the caller holds the lock of that directory; only
+        those directly in it if not ``recursive``); ones this user may not remove
+        (another writer's) are left."""
+        return await asyncio.to_thread(self._sweep, check_path(prefix), older_than, recursive)
+
+    def _sweep(self, prefix: str, older_than: int | None, recursive: bool) -> int:
+        cutoff = None if older_than is None else time.time() - older_than
         removed = 0
-        for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
-            if tmp.stat().st_mtime < cutoff:
-                tmp.unlink(missing_ok=True)
-                removed += 1
+        base = self._path(prefix)
+        found = base.rglob(f"{TMP_PREFIX}*") if recursive else base.glob(f"{TMP_PREFIX}*")
+        for tmp in found:
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                if cutoff is None or tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
         return removed
 
 

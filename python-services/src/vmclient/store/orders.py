@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError
 from .errors import RemoteIntegrityError
-from .format import NAME_RE, Reader, b64, canonical_json
+from .format import DEVICE_NAME_RE, NAME_RE, Reader, b64, canonical_json, shown
 
 FORMAT_VERSION = 1
 DEVICE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -44,6 +45,7 @@ class DeviceRecord:
     enrolled: int
 
     def to_bytes(self) -> bytes:
+        check_device_name(self.name)
         return canonical_json({
             "version": FORMAT_VERSION, "device": self.device, "name": self.name,
             "signing_key": b64(self.signing_key), "wrapping_key": b64(self.wrapping_key),
@@ -54,7 +56,8 @@ class DeviceRecord:
         from .crypto import ed25519_public, key_id
         r = Reader.parse(untrusted_body, "device", device, path)
         r.version({FORMAT_VERSION})
-        rec = cls(r.const("device", device), r.text("name"), r.b64("signing_key", size=32),
+        rec = cls(r.const("device", device), r.text("name", pattern=DEVICE_NAME_RE),
+                  r.b64("signing_key", size=32),
                   r.b64("wrapping_key", size=32), r.integer("enrolled", lo=0))
         if key_id(ed25519_public(rec.signing_key)) != device:
             r.fail("signing_key", "is not the key the device id names")
@@ -100,6 +103,14 @@ class Order:
         a.done()
         r.done()
         return cls(device, seq, issued, action, args)
+
+
+def check_device_name(name: str) -> str:
+    """A device name as given by a person (CLI, code book): refused unless it is plain."""
+    if not DEVICE_NAME_RE.fullmatch(name):
+        raise UsageError(f"device name {shown(name)!r}: letters, digits and . _ @ + - only "
+                         "(at most 64, no spaces), starting with a letter or digit")
+    return name
 
 
 def order_id(device: str, seq: int) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import crypto
@@ -90,6 +91,12 @@ def open_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef,
     if crypto.chunk_id(keys.chunk_id, data) != cid:
         raise RemoteIntegrityError("chunk", obj_id, path, "content does not match its id")
     return data
+
+
+def pack_size(records: Sequence[tuple[bytes, int, int, int]]) -> int:
+    """The size of the pack holding exactly ``records`` (as its index lists them)."""
+    end = max((off + length for _cid, off, length, _plain in records), default=0)
+    return end + crypto.SEAL_OVERHEAD + len(pack_header_bytes(records)) + TRAILER.size
 
 
 def header_length(untrusted_trailer: bytes, pack: str, path: str, pack_size: int) -> int:

@@ -67,11 +67,26 @@ def plan_download(manifest: Manifest, local: Set[bytes], remote: Mapping[bytes, 
             raise RemoteIntegrityError("chunk", cid.hex(), store_path,
                                        f"listed by {manifest.object_id} but in no index")
         by_pack.setdefault(ref.pack, []).append((cid, ref))
+    return DownloadPlan(_reads(by_pack, max_read, max_gap), frozenset(needed & local),
+                        len(fetch))
+
+
+def plan_reads(refs: Mapping[bytes, BlobRef], *, max_read: int = MAX_READ,
+               max_gap: int = MAX_GAP) -> tuple[ReadRange, ...]:
+    """Ranged pack reads covering every blob of ``refs`` (chunk id → where it is)."""
+    by_pack: dict[str, list[tuple[bytes, BlobRef]]] = {}
+    for cid, ref in refs.items():
+        by_pack.setdefault(ref.pack, []).append((cid, ref))
+    return _reads(by_pack, max_read, max_gap)
+
+
+def _reads(by_pack: Mapping[str, list[tuple[bytes, BlobRef]]], max_read: int, max_gap: int
+           ) -> tuple[ReadRange, ...]:
     reads: list[ReadRange] = []
     for pack in sorted(by_pack):
         reads.extend(_coalesce(pack, sorted(by_pack[pack], key=lambda b: b[1].offset),
                                max_read, max_gap))
-    return DownloadPlan(tuple(reads), frozenset(needed & local), len(fetch))
+    return tuple(reads)
 
 
 def _coalesce(pack: str, blobs: Sequence[tuple[bytes, BlobRef]], max_read: int,

@@ -19,14 +19,32 @@ Contract (repository-format.md, "Write ordering"):
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .errors import LocalSyncError, LockHeld, ObjectNotFound
+from .errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
+from .locks import HELD, Whoami, lock_document, pid_alive, read_lock, stale_reason
+
+log = logging.getLogger(__name__)
+
+_KIB, _MIB = 1 << 10, 1 << 20
+DOCUMENT_CAP = (256 << 20) + 64 * _KIB  # a manifest or index (format.MAX_DOCUMENT) as stored
+# the most bytes a whole-object read takes from the server, per object type
+# (repository-format.md §9, "Sizes"); a bigger object is refused before it is read
+MAX_OBJECT: dict[str, int] = {
+    "config": 64 * _KIB, "device": 64 * _KIB, "enrolment": 64 * _KIB,
+    "revocation": 64 * _KIB, "status": 64 * _KIB, "report": 64 * _KIB,
+    "pointer": 64 * _KIB, "wrapped-key": 64 * _KIB, "lock": 64 * _KIB,
+    "order": 4 * _MIB,  # an assign order carries its recipe
+    "catalog": 64 * _MIB,
+    "snapshot": DOCUMENT_CAP, "manifest": DOCUMENT_CAP, "index": DOCUMENT_CAP,
+    "pack-header": DOCUMENT_CAP,
+    "object": DOCUMENT_CAP,  # any object copied whole (rekey's copy: packs, indexes…)
+}
 
 DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -75,22 +93,38 @@ class RemoteStore(Protocol):
         """Release a lock taken with :meth:`lock` (only if still ours)."""
 
 
-def lock_document(holder: str, now: int, nonce: str) -> bytes:
-    return json.dumps({"holder": holder, "created": now, "nonce": nonce}).encode()
+async def get_object(remote: RemoteStore, path: str, obj_type: str, obj_id: str) -> bytes:
+    """The whole object at ``path``, refused (RemoteIntegrityError) if it is larger than
+    :data:`MAX_OBJECT` allows for ``obj_type``.
 
-
-def lock_is_stale(untrusted: bytes, now: int, stale_after: int) -> tuple[bool, str, int]:
-    """(stale?, holder, created) of a lock file; unreadable locks count as stale."""
-    try:
-        doc = json.loads(untrusted)
-        holder, created = str(doc["holder"]), int(doc["created"])
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-        return True, "?", 0
-    return now - created >= stale_after, holder, created
+    The read asks for one byte more than the cap, so the store never takes (nor
+    allocates) more than that, whatever size the server claims.
+    """
+    cap = MAX_OBJECT[obj_type]
+    untrusted = await remote.get(path, 0, cap + 1)
+    if len(untrusted) > cap:
+        raise RemoteIntegrityError(obj_type, obj_id, path,
+                                   f"larger than the {cap} bytes a {obj_type} may have")
+    return untrusted
 
 
 class LockingMixin:
-    """``lock``/``unlock`` on top of ``get``/``put_atomic(exclusive)``/``delete``."""
+    """``lock``/``unlock``/``refresh`` on top of ``get``/``put_atomic``/``delete``/``rename``.
+
+    Breaking a stale lock and unlocking are compare-and-delete (§10 of the
+    format): the lock is first renamed to a unique name, then the renamed
+    object is compared with the one judged stale (or with the holder's nonce);
+    only if it is that one it is deleted, else it is renamed back.  A rename is
+    ``link`` + ``unlink`` (locally, and in OpenSSH's sftp-server), so two
+    clients may both move away the *same* stale lock; both then find it is the
+    stale one, and the exclusive creation that follows admits only one of them.
+    What cannot happen is the old race: a client deleting, as the stale lock it
+    read, the fresh lock another client took meanwhile.
+
+    A refresh replaces the lock after checking its nonce (not atomically: a
+    client that broke the lock in between — possible only once it had gone
+    stale, 30 minutes without a refresh — would lose it to the refresh).
+    """
 
     clock: Callable[[], int]
 
@@ -103,33 +137,78 @@ class LockingMixin:
     async def delete(self, path: str) -> None:
         raise NotImplementedError
 
+    async def rename(self, path: str, new: str) -> None:
+        """Move ``path`` to the absent name ``new``; :class:`ObjectNotFound` if ``path``
+        is absent (another client moved it first)."""
+        raise NotImplementedError
+
     async def lock(self, path: str, holder: str, *,
                    stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:
         check_path(path)
         nonce = secrets.token_hex(8)
-        for _attempt in range(2):
+        me = Whoami.current()
+        for _attempt in range(3):
             try:
-                await self.put_atomic(path, lock_document(holder, self.clock(), nonce),
+                await self.put_atomic(path, lock_document(holder, self.clock(), nonce, me=me),
                                       exclusive=True)
+                HELD.add(nonce)
                 return LockToken(path, holder, nonce)
             except LocalSyncError:
                 try:
                     current = await self.get(path)
                 except ObjectNotFound:
                     continue
-                stale, other, created = lock_is_stale(current, self.clock(), stale_after)
-                if not stale:
-                    raise LockHeld(path, other, created, stale_after) from None
-                await self.delete(path)
+                info = read_lock(current)
+                reason = stale_reason(info, self.clock(), stale_after, me, HELD, pid_alive)
+                if reason is None:
+                    assert info is not None
+                    raise LockHeld(path, info.holder, info.created, stale_after) from None
+                log.warning("breaking the lock %s: %s", path, reason)
+                await self.compare_and_delete(path, current.__eq__)
         raise LockHeld(path, "a competing client", self.clock(), stale_after)
 
-    async def unlock(self, token: LockToken) -> None:
+    async def compare_and_delete(self, path: str, same: Callable[[bytes], bool]) -> bool:
+        """Delete ``path`` only if ``same(its bytes)``; True if deleted by this call."""
+        aside = f"{path}.gone-{secrets.token_hex(8)}"
         try:
-            current = json.loads(await self.get(token.path))
-        except (ObjectNotFound, ValueError, RecursionError):
+            await self.rename(path, aside)
+        except ObjectNotFound:
+            return False  # someone else moved it first
+        moved = await self.get(aside)
+        if same(moved):
+            await self.delete(aside)
+            return True
+        try:  # a newer lock taken meanwhile: put it back (unless yet another one is there)
+            await self.rename(aside, path)
+        except LocalSyncError:
+            await self.delete(aside)
+        return False
+
+    async def unlock(self, token: LockToken) -> None:
+        HELD.discard(token.nonce)
+
+        def ours(untrusted: bytes) -> bool:
+            info = read_lock(untrusted)
+            return info is not None and info.nonce == token.nonce
+
+        try:
+            if not ours(await self.get(token.path)):
+                return
+        except ObjectNotFound:
             return
-        if isinstance(current, dict) and current.get("nonce") == token.nonce:
-            await self.delete(token.path)
+        await self.compare_and_delete(token.path, ours)
+
+    async def refresh(self, token: LockToken) -> bool:
+        """Rewrite the lock with the time now if it is still ours; False if it is not."""
+        try:
+            info = read_lock(await self.get(token.path))
+        except ObjectNotFound:
+            return False
+        if info is None or info.nonce != token.nonce:
+            return False
+        await self.put_atomic(token.path, lock_document(token.holder, self.clock(),
+                                                        token.nonce, created=info.created))
+        return True
 
 
 class MemoryStore(LockingMixin):
@@ -158,3 +237,11 @@ class MemoryStore(LockingMixin):
 
     async def delete(self, path: str) -> None:
         self.objects.pop(check_path(path), None)
+
+    async def rename(self, path: str, new: str) -> None:
+        if check_path(new) in self.objects:
+            raise LocalSyncError(f"repository object exists: {new}")
+        try:
+            self.objects[new] = self.objects.pop(check_path(path))
+        except KeyError:
+            raise ObjectNotFound(path) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -30,14 +31,22 @@ from .documents import (
     check_pointer_fresh,
     pointer_id,
 )
-from .errors import RemoteIntegrityError
+from .errors import RemoteIntegrityError, UnsupportedVersion
 from .format import HEX_ID_RE, decode_payload, encode_payload, open_envelope, signed_envelope
 from .objects import BlobRef, Index, Manifest
-from .pack import DEFAULT_PACK_TARGET, TRAILER, PackBuilder, header_length, open_header
+from .pack import (
+    DEFAULT_PACK_TARGET,
+    TRAILER,
+    PackBuilder,
+    header_length,
+    open_header,
+    pack_size,
+)
 from .plan import DownloadPlan, ReadRange
-from .remote import RemoteStore
+from .remote import MAX_OBJECT, RemoteStore, get_object
 
 Signers = Mapping[str, crypto.Ed25519PublicKey]
+log = logging.getLogger(__name__)
 
 
 async def put_sealed(remote: RemoteStore, path: str, key: bytes, obj: tuple[str, str],
@@ -52,7 +61,7 @@ async def put_sealed(remote: RemoteStore, path: str, key: bytes, obj: tuple[str,
 async def get_sealed(remote: RemoteStore, path: str, key: bytes, obj_type: str,
                      obj_id: str, *, digest: str | None = None) -> bytes:
     """Read, check the pinned SHA-256 (if any), decrypt and decompress."""
-    untrusted = await remote.get(path)
+    untrusted = await get_object(remote, path, obj_type, obj_id)
     if digest is not None and crypto.sha256_hex(untrusted) != digest:
         raise RemoteIntegrityError(obj_type, obj_id, path,
                                    "digest does not match the one its signed parent pins")
@@ -71,7 +80,7 @@ async def put_signed(remote: RemoteStore, path: str, key: crypto.Ed25519PrivateK
 async def get_signed(remote: RemoteStore, path: str, signers: Signers, obj_type: str,
                      obj_id: str) -> tuple[str, bytes, bytes]:
     """(signer key id, verified body, raw object bytes)."""
-    untrusted = await remote.get(path)
+    untrusted = await get_object(remote, path, obj_type, obj_id)
     signer, body = open_envelope(signers, untrusted, obj_type, obj_id, path)
     return signer, body, untrusted
 
@@ -227,23 +236,79 @@ class ChunkStore:
         self.uploads = uploads  # packs uploaded at once (SFTPStore: one per connection)
         # packs found by header in load_index: the next upload's index adopts them
         self.unindexed: dict[str, tuple[tuple[bytes, int, int, int], ...]] = {}
+        self.damaged: dict[str, str] = {}  # packs load_index found damaged: name -> problem
 
-    async def load_index(self) -> dict[bytes, BlobRef]:
-        """Merge every index; packs no index lists (a crashed upload) are read by header."""
-        out: dict[bytes, BlobRef] = {}
-        indexed: set[str] = set()
+    async def load_index(self, *, repair: bool = False) -> dict[bytes, BlobRef]:
+        """Merge every index; packs no index lists (a crashed upload) are read by header.
+
+        A pack whose size is not the one its index implies (or that is absent) lost
+        data (a server crash: §8.1 on what SFTP cannot make durable): a chunk
+        another index places elsewhere is taken from there; with ``repair`` (a
+        writer) its other chunks are left out, so the upload stores them again,
+        else (a reader) they are read from it and refused there, naming the pack.
+        A pack no index lists whose header cannot be read (truncated by a crash)
+        is skipped, and with ``repair`` (the caller holds the store's lock)
+        deleted: nothing refers to it.  With ``repair``, an index that does not
+        open (cut short by a crash, or altered) is deleted too: its packs' headers
+        hold the same records, so they are read by header and the next index
+        names them again.  All are recorded in :attr:`damaged` (pack name, or
+        ``"index <name>"`` → problem).
+        """
+        self.damaged = {}
+        indexes: list[Index] = []
         for entry in await self.remote.list(f"{self.root}/index"):
             name = _object_name(entry.path, "index")
-            body = await get_sealed(self.remote, entry.path, self.keys.enc, "index", name)
-            idx = Index.parse(body, name, entry.path)
+            try:
+                body = await get_sealed(self.remote, entry.path, self.keys.enc, "index", name)
+                indexes.append(Index.parse(body, name, entry.path))
+            except UnsupportedVersion:
+                raise  # a newer writer's: never touched
+            except RemoteIntegrityError as exc:
+                if not repair:
+                    raise
+                # (a crash cut it short, or it was altered): the packs it named carry the
+                # same records in their headers, so they are found below and re-indexed
+                self.damaged[f"index {name}"] = exc.problem
+                await self.remote.delete(entry.path)
+        # listed after the indexes: a pack precedes the index naming it (§8.1), so every
+        # pack an index read above names is in this listing unless it was lost
+        sizes = {_object_name(e.path, "pack"): e.size
+                 for e in await self.remote.list(f"{self.root}/packs")}
+        out: dict[bytes, BlobRef] = {}
+        indexed: set[str] = set()
+        for idx in indexes:
             indexed.update(idx.packs)
-            out.update(idx.refs())
-        for entry in await self.remote.list(f"{self.root}/packs"):
-            name = _object_name(entry.path, "pack")
-            if name not in indexed:
-                self.unindexed[name] = await self.read_header(name, entry.size)
-                for cid, off, length, plain in self.unindexed[name]:
-                    out.setdefault(cid, BlobRef(name, off, length, plain))
+            for pack, recs in idx.packs.items():
+                need = pack_size(recs)
+                if sizes.get(pack) != need:
+                    self.damaged[pack] = (f"{sizes[pack]} bytes, but index {idx.name} says "
+                                          f"{need}" if pack in sizes else
+                                          f"missing, but index {idx.name} names it")
+        for idx in indexes:
+            for cid, ref in idx.refs():
+                if ref.pack not in self.damaged:
+                    out[cid] = ref
+        if not repair:  # a reader: a chunk with no other copy is read there (and refused,
+            for idx in indexes:  # naming the pack); a writer stores such chunks again
+                for cid, ref in idx.refs():
+                    out.setdefault(cid, ref)
+        for name, size in sizes.items():
+            if name in indexed:
+                continue
+            try:
+                self.unindexed[name] = await self.read_header(name, size)
+            except RemoteIntegrityError as exc:
+                self.damaged[name] = f"no index names it and {exc.problem}"
+                if repair:
+                    await self.remote.delete(layout.pack(self.root, name))
+                continue
+            for cid, off, length, plain in self.unindexed[name]:
+                out.setdefault(cid, BlobRef(name, off, length, plain))
+        for name, problem in self.damaged.items():
+            log.warning("%s: %s is damaged (%s)%s", self.root,
+                        name if name.startswith("index ") else f"pack {name}", problem,
+                        "; deleted" if repair and name not in indexed else
+                        "; its chunks are not reused")
         return out
 
     async def read_header(self, name: str, size: int) -> tuple[tuple[bytes, int, int, int], ...]:
@@ -252,6 +317,10 @@ class ChunkStore:
             raise RemoteIntegrityError("pack-header", name, path, "pack truncated")
         trailer = await self.remote.get(path, size - TRAILER.size, TRAILER.size)
         length = header_length(trailer, name, path, size)
+        if length > MAX_OBJECT["pack-header"]:
+            raise RemoteIntegrityError("pack-header", name, path,
+                                       f"header of {length} bytes: more than the "
+                                       f"{MAX_OBJECT['pack-header']} a pack header may have")
         header = await self.remote.get(path, size - TRAILER.size - length, length)
         return open_header(self.keys, name, header, path, size)
 

@@ -26,9 +26,11 @@ size.
 Atomic put: the object is written to a hidden temporary name (``.tmp-*``) in
 the target directory, then renamed: ``posix-rename@openssh.com`` to replace,
 the plain SFTP ``rename`` (which fails if the target exists) for exclusive
-creation.  Transfers resume: a dropped connection is re-opened (bounded
-attempts with back-off) and a read continues at the offset it reached, a write
-continues at the size the temporary file has on the server.  After the last
+creation.  Nothing is fsync'ed on the server: paramiko has no public call for
+``fsync@openssh.com`` (repository-format.md §8.1, "What durable means").
+Transfers resume: a dropped connection is re-opened (bounded attempts with
+back-off) and a read continues at the offset it reached, a write continues at
+the size the temporary file has on the server.  After the last
 attempt the error names the host, the path and the operation.  What the server
 *answers* (no such file, permission denied) is not retried.
 """
@@ -322,6 +324,15 @@ class SFTPStore(LockingMixin):
             assert isinstance(args[0], str)
             self._delete_here(args[0])
             return b""
+        if op == "rename":
+            src, dst = args
+            assert isinstance(src, str) and isinstance(dst, str)
+            self._rename_here(src, dst)
+            return b""
+        if op == "sweep":
+            prefix, older_than, recursive = args
+            assert isinstance(prefix, str) and (older_than is None or isinstance(older_than, int))
+            return str(self._sweep_here(prefix, older_than, bool(recursive))).encode()
         path, offset, length = args
         assert isinstance(path, str) and isinstance(offset, int)
         assert length is None or isinstance(length, int)
@@ -425,12 +436,40 @@ class SFTPStore(LockingMixin):
 
         self._call("delete", path, remove)
 
-    async def sweep_temporaries(self, prefix: str, older_than: int = 3600) -> int:
-        """Remove temporary files a crash left below ``prefix``; returns how many."""
-        base = check_path(prefix)
+    async def rename(self, path: str, new: str) -> None:
+        """The plain SFTP ``rename`` (OpenSSH: ``link`` + ``unlink``): fails if ``new``
+        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        await self._read("rename", check_path(path), check_path(new))
 
+    def _rename_here(self, path: str, new: str) -> None:
+        src, dst = self._remote(path), self._remote(new)
+
+        def rename(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.rename(src, dst)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                if _exists(sftp, dst):
+                    raise LocalSyncError(f"repository object exists: {new}") from None
+                if not _exists(sftp, src):
+                    raise FileNotFoundError(errno.ENOENT, "no such file", src) from None
+                raise
+
+        self._call("rename", path, rename)
+
+    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
+                                recursive: bool = True) -> int:
+        """Remove temporary files a crash left below ``prefix`` (all of them if
+        ``older_than`` is None: the caller holds that directory's lock; only those
+        directly in it if not ``recursive``); how many.  Ones this account may not
+        remove (another writer's) are left."""
+        return int(await self._read("sweep", check_path(prefix), older_than, recursive))
+
+    def _sweep_here(self, base: str, older_than: int | None, recursive: bool) -> int:
         def sweep(sftp: paramiko.SFTPClient) -> int:
-            removed, todo, cutoff = 0, [self._remote(base)], time.time() - older_than
+            found: builtins.list[tuple[str, int]] = []
+            todo = [self._remote(base)]
             while todo:
                 d = todo.pop()
                 try:
@@ -440,13 +479,23 @@ class SFTPStore(LockingMixin):
                 for a in attrs:
                     full = posixpath.join(d, a.filename)
                     if stat.S_ISDIR(a.st_mode or 0):
-                        todo.append(full)
-                    elif a.filename.startswith(TMP_PREFIX) and (a.st_mtime or 0) < cutoff:
-                        _remove(sftp, full)
-                        removed += 1
+                        if recursive:
+                            todo.append(full)
+                    elif a.filename.startswith(TMP_PREFIX):
+                        found.append((full, a.st_mtime or 0))
+            if older_than is not None:  # (by this host's clock against the server's mtimes)
+                cutoff = time.time() - older_than
+                found = [(f, m) for f, m in found if m < cutoff]
+            removed = 0
+            for full, _m in found:
+                try:
+                    _remove(sftp, full)
+                    removed += 1
+                except PermissionError:
+                    pass
             return removed
 
-        return await self._run("sweep", prefix, sweep)
+        return self._call("sweep", base, sweep)
 
     # --- connections, retries and error translation -------------------------------------------
 

@@ -72,9 +72,10 @@ from ..provision.keys import passphrase
 from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
 from ..store.documents import Pointer, WrappedKey
-from ..store.errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from ..store.locks import keep_fresh, stop_refreshing, sweep_locked, unlock_anyway
 from ..store.objects import BlobRef, ChunkMap, Manifest
-from ..store.remote import LockToken, RemoteStore, lock_is_stale
+from ..store.remote import LockToken, RemoteStore
 from ..virt.libvirt import (
     DiskSource,
     DomState,
@@ -159,43 +160,35 @@ def holder() -> str:
     return f"{socket.gethostname()} vmclient-sync pid {os.getpid()}"
 
 
-_held: set[str] = set()  # lock paths this process holds right now
+_refreshers: dict[str, asyncio.Task[None]] = {}  # by lock nonce: the held locks' refreshers
 
 
 async def take_lock(remote: RemoteStore, path: str) -> LockToken:
-    """The device lock.  One left by a dead sync process of this host, or by this
-    process when it no longer holds it (an unlock lost with the connection), is
-    broken at once; any other waits for staleness."""
-    try:
-        token = await remote.lock(path, holder())
-    except LockHeld:
-        untrusted = await remote.get(path)
-        _stale, other, _created = lock_is_stale(untrusted, 0, 1)
-        host, _, pid = other.partition(" vmclient-sync pid ")
-        mine = pid == str(os.getpid()) and path not in _held
-        if host != socket.gethostname() or not pid.isdigit() or (
-                not mine and _alive(int(pid))):
-            raise
-        log.warning("breaking the lock left by sync process %s", pid)
-        await remote.delete(path)
-        token = await remote.lock(path, holder())
-    _held.add(path)
+    """The device lock, kept fresh until :func:`release_lock`.  One left by a dead
+    process of this host (this boot or an earlier one), or by this process when
+    it no longer holds it (an unlock lost with the connection), is broken at once
+    (:meth:`LockingMixin.lock`); any other waits for staleness."""
+    token = await remote.lock(path, holder())
+    _refreshers[token.nonce] = asyncio.create_task(keep_fresh(remote, token))
     return token
 
 
+async def sweep_vm(remote: RemoteStore, dev: str, vm: str) -> int:
+    """Under the device lock: the temporary files a killed sync or prune left in the VM's
+    directory (its chunk store and snapshots below, ``latest`` in it; not ``writers/``,
+    which the admin writes)."""
+    vm_dir = layout.vm_dir(dev, vm)
+    return await sweep_locked(remote, layout.vm_store(dev, vm), f"{vm_dir}/snapshots",
+                              f"{vm_dir}/keys", shallow=(vm_dir,))
+
+
 async def release_lock(remote: RemoteStore, token: LockToken) -> None:
-    _held.discard(token.path)
-    await remote.unlock(token)
-
-
-def _alive(pid: int) -> bool:
+    task = _refreshers.pop(token.nonce, None)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if task is not None:
+            await stop_refreshing(task)
+    finally:
+        await unlock_anyway(remote, token)
 
 
 async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519PrivateKey,
@@ -227,6 +220,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     token = await take_lock(remote, layout.device_lock(dev))
     work = scratch_dir / vm
     try:
+        await sweep_vm(remote, dev, vm)
         shutil.rmtree(work, ignore_errors=True)  # left by an interrupted sync
         work.mkdir(parents=True)
         os.chmod(work, 0o755)  # QEMU (another user) writes the backup targets here
@@ -298,7 +292,7 @@ async def _upload(store: repo.ChunkStore, known: Mapping[bytes, BlobRef], keys: 
 async def _capture_indexing(store: repo.ChunkStore, capture: Coroutine[Any, Any, list[_Capture]],
                             result: SyncResult) -> tuple[list[_Capture], dict[bytes, BlobRef]]:
     """The capture, and the store's index read meanwhile (the backup job mostly waits)."""
-    loading = asyncio.ensure_future(store.load_index())
+    loading = asyncio.ensure_future(store.load_index(repair=True))  # (under the lock)
     try:
         t0 = time.monotonic()
         caps = await capture

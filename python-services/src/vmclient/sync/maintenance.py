@@ -65,6 +65,7 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
     signers = {dev: device_key.public_key()}
     token = await engine.take_lock(remote, layout.device_lock(dev))
     try:
+        await engine.sweep_vm(remote, dev, vm)
         latest = await repo.get_pointer(remote, signers, dev, vm)
         snaps: dict[int, Manifest] = {}
         for e in await remote.list(f"{layout.vm_dir(dev, vm)}/snapshots"):
@@ -95,7 +96,7 @@ async def _prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
         body = await repo.get_sealed(remote, e.path, keys.enc, "index", name)
         packs.update(Index.parse(body, name, e.path).packs)
         old_indexes.append(e.path)
-    await store.load_index()  # packs no index names: by header
+    await store.load_index(repair=True)  # packs no index names: by header
     packs.update(store.unindexed)
     refs = {p: [(cid, BlobRef(p, off, ln, pl)) for cid, off, ln, pl in recs]
             for p, recs in packs.items()}

@@ -2,8 +2,11 @@
 #
 # Runtime tests of the vmclient host image for `bitbake -c testimage
 # vmclient-image` (TEST_SUITES += "vmclient"): the services run, libvirtd
-# answers, KVM is usable, and the power manager's D-Bus API pauses and
-# resumes a firmware-only VM.
+# answers, KVM is usable, the power manager's D-Bus API pauses and resumes a
+# firmware-only VM, QEMU has SPICE and USB redirection and its firmware
+# descriptors, and a persistent domain, a persistent network and the
+# journal survive a reboot of the host (the read-only root keeps nothing:
+# they live on the data partition).
 
 import time
 
@@ -16,6 +19,9 @@ POWER_PATH = "/org/vmclient/VMClient1/Power"
 POWER_IFACE = "org.vmclient.VMClient1.Power"
 VIRSH = "virsh -c qemu:///system"
 TEST_DOMAIN = "vmclient-oeqa-fw"
+PERSIST_DOMAIN = "vmclient-oeqa-persist"
+PERSIST_NETWORK = "vmclient-oeqa-net"
+DATA_DIR = "/var/lib/vmclient"
 
 
 class VMClientHostTest(OERuntimeTestCase):
@@ -90,6 +96,108 @@ class VMClientHostTest(OERuntimeTestCase):
         finally:
             self.target.run('%s destroy %s' % (VIRSH, TEST_DOMAIN))
             self.target.run('rm -f /tmp/%s.xml' % TEST_DOMAIN)
+
+    @OEHasPackage(['libvirt-libvirtd'])
+    @OETestDepends(['vmclient.VMClientHostTest.test_libvirtd_answers'])
+    def test_qemu_offers_spice_and_usb_redirection(self):
+        # provd defines every domain with SPICE graphics and usbredir
+        # channels: libvirt refuses them unless QEMU was built with both.
+        output = self.run_ok('%s domcapabilities --virttype qemu --arch x86_64' % VIRSH, timeout=60)
+        graphics = output.split('<graphics', 1)[-1].split('</graphics>', 1)[0]
+        self.assertIn('<value>spice</value>', graphics, msg=output)
+        redirdev = output.split('<redirdev', 1)[-1].split('</redirdev>', 1)[0]
+        self.assertIn('<value>usb</value>', redirdev, msg=output)
+
+    @OETestDepends(['ssh.SSHTest.test_ssh'])
+    def test_firmware_descriptors_name_existing_edk2_images(self):
+        # libvirt's firmware autoselection (<os firmware='efi'>) reads QEMU's
+        # firmware descriptors; each must name images that exist.
+        script = ("import glob, json, os, sys\n"
+                  "found = 0\n"
+                  "for path in glob.glob('/usr/share/qemu/firmware/*.json'):\n"
+                  "    doc = json.load(open(path))\n"
+                  "    if not any(t.get('architecture') == 'x86_64' for t in doc.get('targets', [])):\n"
+                  "        continue\n"
+                  "    found += 1\n"
+                  "    for part in ('executable', 'nvram-template'):\n"
+                  "        name = doc.get('mapping', {}).get(part, {}).get('filename')\n"
+                  "        if name and not os.path.exists(name):\n"
+                  "            sys.exit('%s: %s %s is missing' % (path, part, name))\n"
+                  "sys.exit(0 if found else 'no x86_64 firmware descriptor in /usr/share/qemu/firmware')\n")
+        self.run_ok("python3 -c \"%s\"" % script)
+
+    @OEHasPackage(['libvirt-libvirtd'])
+    @OETestDepends(['ssh.SSHTest.test_ssh'])
+    def test_libvirt_runs_qemu_sandboxed_without_sample_keys(self):
+        self.run_ok("grep -qx 'seccomp_sandbox = 1' /etc/libvirt/qemu.conf")
+        for key in ('/etc/pki/libvirt/private/serverkey.pem', '/etc/pki/libvirt/private/cakey.pem'):
+            status, _ = self.target.run('test -e %s' % key)
+            self.assertNotEqual(status, 0, msg="%s: a sample key shared by every image of the build" % key)
+
+    @OETestDepends(['vmclient.VMClientHostTest.test_state_lives_on_the_data_partition'])
+    def test_persistent_directories_are_bound_from_the_data_partition(self):
+        data = self.run_ok('findmnt -n -o SOURCE %s' % DATA_DIR).strip()
+        for where in ('/etc/libvirt', '/var/lib/libvirt', '/var/log/journal'):
+            # A bind shows the data partition as its source, an overlay
+            # (mount-copybind's first choice) its upper directory on it;
+            # neither is there when the unit skipped itself (tmpfs).
+            real = self.run_ok('readlink -f %s' % where).strip()
+            mount = self.run_ok('findmnt -n -o SOURCE,FSTYPE,OPTIONS %s' % real).strip()
+            self.assertTrue(mount.startswith(data) or ('upperdir=%s/' % DATA_DIR) in mount,
+                            msg="%s is not on the data partition (%s): %s" % (where, data, mount))
+            self.run_ok('touch %s/.vmclient-oeqa-probe && rm %s/.vmclient-oeqa-probe' % (real, real))
+
+    @OETestDepends(['vmclient.VMClientHostTest.test_state_lives_on_the_data_partition'])
+    def test_systemd_repart_manages_the_data_partition(self):
+        # First boot grows the data partition to the disk: repart ran, and
+        # its definition matches the partition it must grow (a dry run
+        # changes nothing and fails on a definition it cannot apply).
+        result = self.run_ok('systemctl show -p Result --value systemd-repart.service').strip()
+        self.assertEqual(result, 'success', msg="systemd-repart.service: %s" % result)
+        output = self.run_ok('systemd-repart --dry-run=yes --no-pager 2>&1', timeout=60)
+        self.assertIn('vmdata', output)
+
+    @OEHasPackage(['libvirt-libvirtd'])
+    @OETestDepends(['vmclient.VMClientHostTest.test_libvirtd_answers'])
+    def test_persistent_domain_network_and_journal_survive_a_reboot(self):
+        domain = ("<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+                  "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>" % PERSIST_DOMAIN)
+        network = ("<network><name>%s</name><bridge name='vmcoeqa0'/>"
+                   "<ip address='192.168.251.1' netmask='255.255.255.0'/></network>" % PERSIST_NETWORK)
+        self.run_ok("echo \"%s\" > /tmp/%s.xml" % (domain, PERSIST_DOMAIN))
+        self.run_ok("echo \"%s\" > /tmp/%s.xml" % (network, PERSIST_NETWORK))
+        self.run_ok('%s define /tmp/%s.xml' % (VIRSH, PERSIST_DOMAIN), timeout=60)
+        self.run_ok('%s net-define /tmp/%s.xml' % (VIRSH, PERSIST_NETWORK), timeout=60)
+        try:
+            self.run_ok('journalctl --flush')
+            marker = 'vmclient-oeqa-marker-%d' % int(time.time())
+            self.run_ok('logger -t vmclient-oeqa %s && journalctl --sync' % marker)
+            self.reboot()
+            self.run_ok('%s dominfo %s' % (VIRSH, PERSIST_DOMAIN), timeout=60)
+            self.run_ok('%s net-info %s' % (VIRSH, PERSIST_NETWORK), timeout=60)
+            self.run_ok('%s start %s' % (VIRSH, PERSIST_DOMAIN), timeout=120)
+            boots = self.run_ok('journalctl --list-boots --no-pager | wc -l').strip()
+            self.assertGreaterEqual(int(boots), 2, msg="the journal kept no earlier boot")
+            self.run_ok('journalctl -b -1 -t vmclient-oeqa --no-pager | grep -q %s' % marker)
+        finally:
+            self.target.run('%s destroy %s' % (VIRSH, PERSIST_DOMAIN))
+            self.target.run('%s undefine %s' % (VIRSH, PERSIST_DOMAIN))
+            self.target.run('%s net-undefine %s' % (VIRSH, PERSIST_NETWORK))
+
+    def reboot(self):
+        # A reboot inside the guest: QEMU keeps running (and keeps its
+        # snapshot overlay), so what the host wrote is still there.
+        before = self.run_ok('cat /proc/sys/kernel/random/boot_id').strip()
+        self.target.run('systemctl reboot', timeout=10, ignore_ssh_fails=True)
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            time.sleep(10)
+            status, output = self.target.run('cat /proc/sys/kernel/random/boot_id', timeout=20,
+                                             ignore_ssh_fails=True)
+            if status == 0 and output.strip() and output.strip() != before:
+                self.run_ok('systemctl is-system-running --wait || true', timeout=300)
+                return
+        self.fail("the host did not come back within 10 minutes of a reboot")
 
     def wait_for_state(self, expected):
         # The API replies when libvirt has done the work; allow a moment
