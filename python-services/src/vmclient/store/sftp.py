@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_READ, int64
+from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
 from . import sftp_write
@@ -599,6 +599,9 @@ class _Responses:
             n = msg.get_int()
             start = msg.packet.tell()
             self.data[num] = memoryview(msg.asbytes())[start:start + n]
+            return
+        if t != CMD_STATUS:  # (not to be parsed as a status: its text may not decode)
+            self.error = paramiko.SFTPError(f"unexpected SFTP answer {t} to a read")
             return
         try:
             self.sftp._convert_status(msg)  # raises for an error status
