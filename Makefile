@@ -4,7 +4,7 @@
 VENV ?= $(CURDIR)/.venv
 PYTEST_ARGS ?=
 
-.PHONY: test setup daemons lint unit integration bench clean
+.PHONY: test setup daemons lint unit integration fuzz bench clean
 
 test: setup daemons
 	scripts/clean-test-domains
@@ -24,6 +24,12 @@ unit: setup
 
 integration: setup daemons
 	$(VENV)/bin/python -m pytest tests/integration
+
+# the parsers' long fuzz run (python-services/docs/testing.md); `make test` runs a short one
+FUZZ_EXAMPLES ?= 20000
+fuzz: setup
+	VMCLIENT_FUZZ=long VMCLIENT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) nice -n 19 \
+	  $(VENV)/bin/python -m pytest tests/unit/fuzz --timeout=0 --hypothesis-show-statistics
 
 bench: setup daemons
 	$(VENV)/bin/python bench/power.py --vms 8 --rounds 10

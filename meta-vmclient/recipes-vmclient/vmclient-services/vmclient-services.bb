@@ -142,6 +142,7 @@ RDEPENDS:${PN} += "\
 
 RDEPENDS:${PN}-ptest += "\
     python3-dbusmock \
+    python3-hypothesis \
     python3-pytest-asyncio \
     python3-pytest-timeout \
 "

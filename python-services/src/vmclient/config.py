@@ -15,6 +15,7 @@ Nothing here reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -53,8 +54,10 @@ def load(cls: type[T], path: str | Path, *, missing_ok: bool = True) -> T:
         untrusted_data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start})") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or a number of more than 4300 digits
         raise ConfigError(path, "", f"not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(path, "", "not valid TOML: nested too deeply") from None
     return from_mapping(cls, untrusted_data, path)
 
 
@@ -119,7 +122,13 @@ def _scalar(hint: Any, untrusted: Any, path: str | Path, key: str) -> Any:
             return untrusted
     elif hint is float:
         if isinstance(untrusted, (int, float)) and not isinstance(untrusted, bool):
-            return float(untrusted)
+            try:
+                value = float(untrusted)
+            except OverflowError:  # an integer beyond any float
+                value = math.inf
+            if not math.isfinite(value):  # nan would pass every min/max check
+                raise ConfigError(path, key, f"must be a finite number, not {untrusted!r}")
+            return value
     elif hint is int:
         if isinstance(untrusted, int) and not isinstance(untrusted, bool):
             return untrusted

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import time
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | Non
 async def enrol(args: argparse.Namespace) -> dict[str, Any]:
     try:
         admin = base64.b64decode(args.admin_key, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         admin = b""
     if len(admin) != 32:
         raise UsageError("--admin-key: not a base64 Ed25519 public key")

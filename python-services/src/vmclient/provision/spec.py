@@ -183,8 +183,10 @@ def load(path: str | Path) -> Recipe:
 def parse(text: str, path: str) -> Recipe:
     try:
         untrusted = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or a number of more than 4300 digits
         raise RecipeError(path, "(file)", f"not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise RecipeError(path, "(file)", "not valid TOML: nested too deeply") from None
     t = _Table(untrusted, path, "")
     fmt = t.get("format", int)
     if fmt != FORMAT:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import threading
@@ -159,8 +158,14 @@ class Reader:
     def parse(cls, untrusted_body: bytes, obj_type: str, obj_id: str, path: str) -> Reader:
         try:
             untrusted = json.loads(untrusted_body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # also UnicodeDecodeError, a number of > 4300 digits
             raise RemoteIntegrityError(obj_type, obj_id, path, f"not JSON: {exc}") from None
+        except RecursionError:
+            raise RemoteIntegrityError(obj_type, obj_id, path,
+                                       "not JSON: nested too deeply") from None
+        if not _encodable(untrusted):
+            raise RemoteIntegrityError(obj_type, obj_id, path, "not JSON text: a string holds "
+                                       "a lone UTF-16 surrogate (\\ud800-\\udfff)")
         return cls(untrusted, obj_type, obj_id, path)
 
     def fail(self, name: str, problem: str) -> None:
@@ -217,7 +222,7 @@ class Reader:
         text = self.text(name)
         try:
             value = base64.b64decode(text, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character outside ASCII
             self.fail(name, "not base64")
         if size is not None and len(value) != size:
             self.fail(name, f"has {len(value)} bytes, expected {size}")
@@ -246,6 +251,26 @@ class Reader:
         unknown = sorted(set(self._untrusted) - self._seen)
         if unknown:
             self.fail(unknown[0], "unknown field")
+
+
+def _encodable(untrusted: Any) -> bool:
+    """Does every string of a decoded document encode as UTF-8?  A ``\\ud800`` escape
+    decodes to a lone surrogate that no writer of ours makes and that fails wherever the
+    string is written again (``canonical_json`` of a record or of a parent's fields)."""
+    todo = [untrusted]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value)
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def shown(untrusted: str) -> str:

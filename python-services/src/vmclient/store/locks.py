@@ -90,8 +90,8 @@ def read_lock(untrusted: bytes) -> LockInfo | None:
                         str(doc.get("nonce", "")), str(doc.get("host", "")),
                         str(doc.get("machine", "")), str(doc.get("boot", "")),
                         int(doc.get("pid", 0)))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
+        return None  # (OverflowError: "created": 1e999; RecursionError: nesting)
 
 
 def stale_reason(info: LockInfo | None, now: int, stale_after: int, me: Whoami,

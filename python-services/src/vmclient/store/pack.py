@@ -100,6 +100,9 @@ def pack_size(records: Sequence[tuple[bytes, int, int, int]]) -> int:
 
 
 def header_length(untrusted_trailer: bytes, pack: str, path: str, pack_size: int) -> int:
+    if len(untrusted_trailer) < TRAILER.size:  # the server sent less than asked for
+        raise RemoteIntegrityError("pack-header", pack, path,
+                                   f"trailer of {len(untrusted_trailer)} bytes")
     length = int(TRAILER.unpack(untrusted_trailer[-TRAILER.size:])[0])
     if length + TRAILER.size > pack_size or length < crypto.SEAL_OVERHEAD:
         raise RemoteIntegrityError("pack-header", pack, path, f"bad header length {length}")

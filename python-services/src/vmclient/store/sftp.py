@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_READ, int64
+from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
 from . import sftp_write
@@ -514,6 +514,9 @@ class SFTPStore(LockingMixin):
                 time.sleep(t.backoff * 2 ** (attempt - 1))
             try:
                 conn = self._connection(op, path)
+            except paramiko.SFTPError as exc:  # its answer to the SFTP version exchange
+                raise RemoteUnavailable(op, path, t.server, attempt + 1,
+                                        f"malformed SFTP answer: {exc}") from exc
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 log.info("SFTP %s: connecting failed (attempt %d/%d): %s", t.server,
                          attempt + 1, t.attempts, exc)
@@ -521,6 +524,10 @@ class SFTPStore(LockingMixin):
                 continue
             try:
                 return fn(conn.sftp)
+            except paramiko.SFTPError as exc:  # an answer paramiko or sftp_wire cannot parse:
+                self._drop(conn)  # the server is broken (or hostile), not the connection
+                raise RemoteUnavailable(op, path, t.server, attempt + 1,
+                                        f"malformed SFTP answer: {exc}") from exc
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 if _answered(conn, exc):
                     self._translate(op, path, exc)  # the server answered: not retried
@@ -593,6 +600,9 @@ class _Responses:
             start = msg.packet.tell()
             self.data[num] = memoryview(msg.asbytes())[start:start + n]
             return
+        if t != CMD_STATUS:  # (not to be parsed as a status: its text may not decode)
+            self.error = paramiko.SFTPError(f"unexpected SFTP answer {t} to a read")
+            return
         try:
             self.sftp._convert_status(msg)  # raises for an error status
             self.error = OSError(f"unexpected SFTP answer {t} to a read")
@@ -630,6 +640,8 @@ def _pipelined_read(sftp: paramiko.SFTPClient, handle: bytes, start: int, end: i
         if answers.error is not None:
             raise answers.error
         data = answers.data.pop(num, b"")
+        if len(data) > n:  # the rest would land at the wrong offsets
+            raise paramiko.SFTPError(f"{len(data)} bytes answered to a read of {n}")
         buf.extend(data)
         if not data:  # end of file
             return

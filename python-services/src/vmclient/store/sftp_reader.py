@@ -33,6 +33,7 @@ parent closes its end; the zygote when the parent's end of its pair closes
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -143,16 +144,13 @@ class Reader:
             _send(self.sock, pickle.dumps((op, args, -1 if payload is None else len(payload))))
             if payload is not None:
                 self.sock.sendall(payload)
-            length = _recv_len(self.sock)
-            data = recv_exactly(self.sock, length)
-            kind, value, reconnects, resumed, resumed_up = pickle.loads(
-                recv_exactly(self.sock, _recv_len(self.sock)))
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            return _answer(self.sock, self.server)
+        except OSError as exc:
             self.close()
             raise ReaderGone(self.server, f"{type(exc).__name__}: {exc}") from exc
-        if kind == "error":
-            raise value
-        return (data if value == length else data[:value]), reconnects, resumed, resumed_up
+        except ReaderGone:
+            self.close()
+            raise
 
     @property
     def alive(self) -> bool:
@@ -287,10 +285,51 @@ class _Stream(Received):
         _send(self.sock, trailer)
 
 
+class _Unpickler(pickle.Unpickler):
+    """Unpickles a reader's answer: plain values and exception classes already imported.
+
+    The reader parses what the SFTP server sends: an answer naming a function or
+    a module to import is refused, so a reader gone wrong cannot run code here.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = getattr(sys.modules.get(module), name, None)  # no imports
+        if isinstance(found, type) and issubclass(found, Exception):
+            return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
+
+
+def _loads(untrusted: bytes) -> Any:
+    return _Unpickler(io.BytesIO(untrusted)).load()
+
+
+def _answer(sock: socket.socket, server: str) -> tuple[bytes, int, int, int]:
+    """One answer of a reader: (data, reconnects, resumed bytes of reads, of writes), or
+    the error it carries raised; :class:`ReaderGone` if the connection ended or the answer
+    is not one :func:`serve` writes."""
+    try:
+        length = _recv_len(sock)
+        data = recv_exactly(sock, length)
+        untrusted = recv_exactly(sock, _recv_len(sock))
+    except (OSError, EOFError) as exc:
+        raise ReaderGone(server, f"{type(exc).__name__}: {exc}") from exc
+    try:
+        kind, value, *counters = _loads(untrusted)
+    except Exception as exc:  # whatever unpickling garbage raises
+        raise ReaderGone(server, f"garbled answer: {type(exc).__name__}: {exc}") from None
+    if kind == "error" and isinstance(value, Exception):
+        raise value
+    if kind != "data" or len(counters) != 3 or not all(
+            type(v) is int and v >= 0 for v in (value, *counters)) or value > length:
+        raise ReaderGone(server, f"garbled answer: {kind!r} {type(value).__name__}")
+    reconnects, resumed, resumed_up = counters
+    return (data if value == length else data[:value]), reconnects, resumed, resumed_up
+
+
 def _pickled_error(exc: Exception) -> bytes:
     try:
         header = pickle.dumps(("error", exc, 0, 0, 0))
-        pickle.loads(header)
+        _loads(header)  # as the parent will
         return header
     except Exception:  # an exception that does not survive pickling: keep its text
         return pickle.dumps(("error", StoreError(f"{type(exc).__name__}: {exc}"), 0, 0, 0))

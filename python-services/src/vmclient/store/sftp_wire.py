@@ -22,7 +22,67 @@ import paramiko
 from paramiko.buffered_pipe import BufferedPipe
 
 _PACKET = struct.Struct(">IB")  # SFTP packet: length, type
+_U32 = struct.Struct(">I")
 MAX_PACKET = 1 << 24  # as paramiko: a longer packet is garbage
+_VERSION, _STATUS, _NAME, _ATTRS = 2, 101, 104, 105
+_ATTR_FIELDS = ((0x1, 8), (0x2, 8), (0x4, 4), (0x8, 8))  # size, uid+gid, mode, atime+mtime
+_ATTR_EXTENDED = 0x80000000
+
+
+class _Answer:
+    """Bounds-checked reading of one untrusted SFTP answer, before paramiko parses it.
+
+    paramiko reads past the end of an answer as zeros and trusts its counts: a
+    name list claiming 2**32 entries in a few bytes keeps it looping (and
+    allocating) for hours, text that is not UTF-8 raises ``UnicodeDecodeError``
+    and a short version answer ``struct.error``.  Each is an
+    ``SFTPError`` here, which the store reports naming server, operation and path.
+    """
+
+    def __init__(self, kind: int, untrusted: bytes) -> None:
+        self.kind, self.data, self.pos = kind, untrusted, 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise paramiko.SFTPError(f"truncated SFTP answer (type {self.kind})")
+        self.pos += n
+        return self.data[self.pos - n:self.pos]
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self.take(4))[0])
+
+    def text(self) -> None:
+        try:
+            self.take(self.u32()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise paramiko.SFTPError(f"SFTP answer (type {self.kind}) has text that is not "
+                                     "UTF-8") from None
+
+    def attrs(self) -> None:
+        flags = self.u32()
+        for bit, size in _ATTR_FIELDS:
+            if flags & bit:
+                self.take(size)
+        if flags & _ATTR_EXTENDED:
+            for _ in range(self.u32()):  # each pair takes 8 bytes at least: bounded
+                self.take(self.u32())
+                self.take(self.u32())
+
+    def check(self) -> None:
+        if self.kind == _VERSION:
+            self.take(4)
+            return
+        self.take(4)  # request id
+        if self.kind == _STATUS:
+            self.take(4)
+            self.text()
+        elif self.kind == _NAME:
+            for _ in range(self.u32()):  # each entry takes 12 bytes at least: bounded
+                self.text()
+                self.text()
+                self.attrs()
+        elif self.kind == _ATTRS:
+            self.attrs()
 
 
 class _Pieces:
@@ -103,7 +163,10 @@ class SFTPClient(paramiko.SFTPClient):  # type: ignore[misc]
         size, kind = _PACKET.unpack(self._read_all(_PACKET.size))
         if size > MAX_PACKET or not size:
             raise paramiko.SFTPError(f"Garbage packet received (length {size})")
-        return kind, self._read_all(size - 1)
+        body = self._read_all(size - 1)
+        if kind in (_VERSION, _STATUS, _NAME, _ATTRS):  # not data: the hot path is unchecked
+            _Answer(kind, body).check()
+        return kind, body
 
     def _read_all(self, n: int) -> bytes:
         parts = []

@@ -77,10 +77,9 @@ def parse_map(untrusted_json: str) -> list[Extent]:
     other is, at its guest offset, even one QEMU calls neither data nor zero.
     """
     out = []
-    for e in json.loads(untrusted_json):
-        start = int(e["start"])
-        zero = bool(e["zero"] and not e["data"])
-        out.append(Extent(start, int(e["length"]), zero, None if zero else start))
+    for start, length, zero_flag, data in _extents(untrusted_json):
+        zero = zero_flag and not data
+        out.append(Extent(start, length, zero, None if zero else start))
     return out
 
 
@@ -90,11 +89,26 @@ def parse_dirty(untrusted_json: str) -> list[Extent]:
     the allocation, inverted, so a dirty extent is one *without* data.  Each is read
     at its guest offset (a cluster zeroed since is read as zeros: a change too)."""
     out = []
-    for e in json.loads(untrusted_json):
-        if not e["data"]:
-            start = int(e["start"])
-            out.append(Extent(start, int(e["length"]), False, start))
+    for start, length, _zero, data in _extents(untrusted_json):
+        if not data:
+            out.append(Extent(start, length, False, start))
     return out
+
+
+def _extents(untrusted_json: str) -> list[tuple[int, int, bool, bool]]:
+    """(start, length, zero, data) of each extent ``qemu-img map --output=json`` printed."""
+    try:
+        untrusted = json.loads(untrusted_json)
+    except (ValueError, RecursionError) as exc:
+        raise LocalSyncError(f"qemu-img map printed no JSON list of extents: {exc}") from None
+    if not isinstance(untrusted, list):
+        raise LocalSyncError("qemu-img map printed no JSON list of extents")
+    for i, e in enumerate(untrusted):
+        if not (isinstance(e, dict) and all(type(e.get(k)) is int and e[k] >= 0
+                                            for k in ("start", "length"))
+                and all(type(e.get(k)) is bool for k in ("zero", "data"))):
+            raise LocalSyncError(f"qemu-img map: extent {i} is not one QEMU prints: {e!r:.200}")
+    return [(e["start"], e["length"], e["zero"], e["data"]) for e in untrusted]
 
 
 def whole_file(size: int, chunk_size: int) -> dict[int, tuple[Extent, int]]:

@@ -144,10 +144,10 @@ class Client:
         (flags,) = struct.unpack(">H", head[16:])
         if not flags & _FLAG_FIXED_NEWSTYLE:
             raise NBDError("the server does not speak fixed newstyle")
-        self.sock.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | _FLAG_NO_ZEROES))
+        self._send(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | _FLAG_NO_ZEROES))
         name = self.export.encode()
         data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)  # no info requests
-        self.sock.sendall(_IHAVEOPT + struct.pack(">II", _OPT_GO, len(data)) + data)
+        self._send(_IHAVEOPT + struct.pack(">II", _OPT_GO, len(data)) + data)
         while True:
             magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
             body = self._recv(length)
