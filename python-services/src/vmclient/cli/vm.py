@@ -96,23 +96,24 @@ async def _provisioner(args: argparse.Namespace) -> AsyncIterator[Any]:
     from ..provision.installer import Provisioner
     from ..provision.keys import DeviceKeys, load_admin_key
     from ..provision.receiver import Receiver
-    from ..store.localfs import LocalDirStore
+    from ..store.transport import close_store
     from ..virt.libvirt import Hypervisor
 
     cfg = pconfig.load(args.config)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     admin = load_admin_key(cfg.repository.admin_key)
-    receiver = None
+    remote, receiver = cfg.repository.open(), None
     if admin is not None:
-        receiver = Receiver(LocalDirStore(cfg.repository.path), admin, device, cfg.state_dir)
+        receiver = Receiver(remote, admin, device, cfg.state_dir)
     hv = Hypervisor(cfg.libvirt_uri)
     printer = ProgressPrinter()
-    await hv.connect()
     try:
+        await hv.connect()
         yield Provisioner(cfg, hv, device, receiver, report=printer)
     finally:
         printer.close()
         await hv.close()
+        await close_store(remote)
 
 
 def _vm(vm: Any) -> dict[str, Any]:

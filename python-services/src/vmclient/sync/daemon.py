@@ -43,7 +43,7 @@ from ..store import crypto, layout, repo
 from ..store.documents import RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.remote import RemoteStore
-from ..store.transport import close_store, open_store
+from ..store.transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
 from . import engine, maintenance, policy
@@ -436,8 +436,7 @@ async def run(cfg: sconfig.SyncConfig) -> None:
 
     common.install_stop_handlers(asyncio.get_running_loop(), halt)
     device = DeviceKeys.load_or_create(cfg.device_dir)
-    r = cfg.repository
-    remote = open_store(r.location, key_file=r.key_file, known_hosts=r.known_hosts)
+    remote = cfg.repository.open()
     hv = Hypervisor(cfg.libvirt_uri)
     await hv.connect(retry=True)
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
