@@ -25,12 +25,11 @@ import binascii
 import secrets
 import sys
 import time
-import tomllib
 import traceback
 from pathlib import Path
 
 from ..errors import EXIT_BUG, UsageError, VMClientError
-from ..manage.admin import issue_order
+from ..manage.admin import assign_recipe, issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
@@ -253,18 +252,17 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
     if catalog.find(args.image) is None:
         raise UsageError(f"no image {args.image!r} in the catalog (serial {catalog.serial})")
     rec = await find_device(remote, k, args.device)
+    text = vm = ""  # the recipe, checked as the laptop checks it before anything is written
+    if args.recipe is not None:
+        text = read_text_or_file(str(args.recipe))
+        vm = assign_recipe(text, str(args.recipe), image=args.image).name
     content = await images.content_key(remote, args.image, k.admin, k.escrow)
     recipient = crypto.x25519_public(rec.wrapping_key)
     wrapped = WrappedKey.create(f"image:{args.image}", recipient, content)
     await put_wrapped_key(remote, layout.image_key(args.image, wrapped.recipient), k.admin,
                           wrapped)
     say(f"device {rec.name} ({rec.device}) may now read image {args.image}")
-    if args.recipe is not None:
-        text = read_text_or_file(str(args.recipe))
-        try:
-            vm = str(tomllib.loads(text)["name"])
-        except (tomllib.TOMLDecodeError, KeyError) as exc:
-            raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
+    if text:
         order = await issue_order(remote, k.admin, rec.device, "assign",
                                   {"vm": vm, "recipe": text}, int(time.time()),
                                   numbers=k.orders)
