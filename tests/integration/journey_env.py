@@ -23,6 +23,8 @@ from provision_env import Env, write_config
 from sftp_repo import Repo, b64, make_disk, qcow2
 
 from testlib import SERVICES
+from vmclient.manage.keys import pin_admin_key
+from vmclient.manage.state import DeviceState, StateFile
 from vmclient.store import crypto
 from vmclient.store.transport import Repository
 
@@ -106,3 +108,55 @@ async def wait_name(b: MessageBus, name: str, log: Path) -> None:
     while not ok(await call(b, "NameHasOwner", "s", [name], *DBUS))[0]:
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
+
+
+def laptop_enrolment_pending(env: Env, dc: Datacenter) -> None:
+    """The laptop's management state after ``vmclientctl enrol``: its device id and the
+    pinned admin key; syncd completes the enrolment when it reads the device record."""
+    StateFile(env.cfg.manage_dir).save(DeviceState(device=env.device.device_id))
+    pin_admin_key(env.cfg.manage_dir, crypto.raw_public(dc.repo.admin_public))
+
+
+@contextlib.contextmanager
+def syncd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path) -> Iterator[Path]:
+    """vmclient-syncd hosting the management agent, sharing provd's directories and
+    ``[repository]``; a cycle every 2 s; its log.  Needs :class:`syncd_env.Peers`."""
+    c, r = env.cfg, dc.repository
+    config = tmp / "sync.toml"
+    config.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
+state_dir = "{tmp / 'sync'}"
+provision_dir = "{c.state_dir}"
+device_dir = "{c.device_dir}"
+scratch_dir = "{tmp / 'scratch'}"
+memory_dir = "{tmp / 'memory'}"
+name_prefix = "{env.prefix}-"
+
+[repository]
+location = "{r.location}"
+key_file = "{r.key_file}"
+known_hosts = "{r.known_hosts}"
+admin_key = "{r.admin_key}"
+
+[schedule]
+enabled = false
+recheck_seconds = 2
+
+[manage]
+state_dir = "{c.manage_dir}"
+images_dir = "{c.images_dir}"
+""")
+    log_path = tmp / "syncd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmclient.sync.daemon", "--config", str(config), "--debug"],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+    try:
+        yield log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

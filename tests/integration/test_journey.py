@@ -3,14 +3,31 @@ the laptop's daemons through the datacenter, served by the real sshd."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import time
 from pathlib import Path
+from typing import Any
 
+import libvirt
 import pytest
 from dbus_fast.aio import MessageBus
 from fixtures_bus import PrivateSystemBus
 from fixtures_sshd import ssh_server
-from journey_env import PROVD, call, datacenter, ok, provd, wait_name
-from provision_env import need_tools, provision_env
+from fixtures_virt import URI, scaled
+from journey_env import (
+    PROVD,
+    call,
+    datacenter,
+    laptop_enrolment_pending,
+    ok,
+    provd,
+    syncd,
+    wait_name,
+)
+from provision_env import assert_no_leftovers, need_tools, provision_env
+from syncd_env import Peers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,3 +50,57 @@ async def test_provd_installs_from_the_sftp_repository(system_bus: PrivateSystem
                     ok(await call(client, "Remove", "s", [vm]))
                 finally:
                     client.disconnect()
+
+
+def running(name: str) -> bool:
+    conn = libvirt.open(URI)
+    try:
+        return bool(conn.lookupByName(name).isActive())
+    finally:
+        conn.close()
+
+
+async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_it(
+        system_bus: PrivateSystemBus, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """IT assigns an image with a recipe; syncd's agent fetches the order over sftp://,
+    provd installs and starts the VM (D-Bus), the report comes back; then unassign."""
+    need_tools("dbus-daemon")
+    with ssh_server() as server:
+        async with provision_env(tmp_path) as env:
+            dc = await datacenter(server, env, tmp_path / "admin")
+            laptop_enrolment_pending(env, dc)
+            admin = functools.partial(asyncio.to_thread, dc.repo.admin)
+            vm = env.name("order")
+            recipe = env.recipe(tmp_path, "order")
+            capsys.readouterr()
+            assert await admin("assign", dc.image, dc.device_name, "--recipe", str(recipe),
+                               "--start") == 0
+            assert f"order 1: install {vm} on laptop and start it" in capsys.readouterr().out
+            Peers(system_bus)
+
+            async def reports(n: int, logs: list[Path]) -> list[dict[str, Any]]:
+                deadline = time.monotonic() + scaled(180)
+                while True:
+                    assert await admin("reports", dc.device_name, "--json") == 0
+                    out = json.loads(capsys.readouterr().out)
+                    if len(out) >= n:
+                        return list(out)
+                    assert time.monotonic() < deadline, "\n".join(p.read_text() for p in logs)
+                    await asyncio.sleep(0.5)
+
+            with provd(system_bus, env, dc, tmp_path) as plog, \
+                    syncd(system_bus, env, dc, tmp_path) as slog:
+                [rep] = await reports(1, [plog, slog])
+                assert (rep["order"], rep["outcome"]) == (1, "done"), rep
+                assert rep["detail"] == f"{vm} installed from image {dc.image} and started"
+                assert running(vm)
+                assert (env.cfg.state_dir / "keys" / f"{vm}.wrapped").exists()
+
+                assert await admin("order", dc.device_name, "unassign", f"vm={vm}") == 0
+                assert f"unassign {vm}" in capsys.readouterr().out
+                rep = (await reports(2, [plog, slog]))[-1]
+                assert (rep["order"], rep["outcome"]) == (2, "done"), rep
+                assert "removed (data key destroyed first)" in rep["detail"]
+                assert_no_leftovers(env, vm)
+                assert not (env.cfg.state_dir / "vms" / vm).exists()  # the recipe too

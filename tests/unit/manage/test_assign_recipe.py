@@ -35,6 +35,26 @@ def test_a_laptop_recipe_passes() -> None:
 ])
 def test_what_the_laptop_would_refuse_is_refused(text: str, vm: str,
                                                  error: type[Exception]) -> None:
-    with pytest.raises(error, match="office.toml|order's recipe"):
+    with pytest.raises(error, match=r"office\.toml|order's recipe"):
         assign_recipe(text, "office.toml" if error is ConfigError else "(the order's recipe)",
                       vm)
+
+
+def test_assign_start_is_an_optional_flag() -> None:
+    import json
+
+    from vmclient.store.errors import RemoteIntegrityError
+    from vmclient.store.orders import Order
+
+    dev = "0" * 32
+
+    def body(args: dict[str, object]) -> bytes:
+        return json.dumps({"version": 1, "device": dev, "seq": 1, "issued": 5,
+                           "action": "assign", "args": args}).encode()
+    base = {"vm": "office", "recipe": RECIPE}
+    assert Order.parse(body(base), dev, 1, "p").args["start"] is False
+    assert Order.parse(body({**base, "start": True}), dev, 1, "p").args["start"] is True
+    with pytest.raises(RemoteIntegrityError, match="start"):
+        Order.parse(body({**base, "start": "yes"}), dev, 1, "p")
+    with pytest.raises(RemoteIntegrityError, match="unknown field"):
+        Order.parse(body({**base, "boot": True}), dev, 1, "p")

@@ -5,7 +5,7 @@
     vmclient-admin --repo REPO list
     vmclient-admin --repo REPO enrol DEVICE --pubkey B64 --wrapping-key B64 --ssh-key FILE|LINE
     vmclient-admin --repo REPO enrol --code NAME | --accept | --dropbox SSH_PUB
-    vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE]
+    vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE [--start]]
     vmclient-admin --repo REPO order DEVICE assign|unassign|renew|lock|unlock|wipe [k=v …]
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("device", help="device id (32 hex) or enrolled name")
     s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
+    s.add_argument("--start", action="store_true", help="and to start the VM once installed")
     s.set_defaults(func=cmd_assign)
     s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
                        "publish lock, or a path such as devices/ID/lock)")
@@ -264,9 +265,11 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"device {rec.name} ({rec.device}) may now read image {args.image}")
     if text:
         order = await issue_order(remote, k.admin, rec.device, "assign",
-                                  {"vm": vm, "recipe": text}, int(time.time()),
+                                  {"vm": vm, "recipe": text, "start": args.start},
+                                  int(time.time()),
                                   numbers=k.orders)
-        say(f"order {order.seq}: install {vm} on {rec.name}")
+        say(f"order {order.seq}: install {vm} on {rec.name}"
+            + (" and start it" if args.start else ""))
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..provision import spec
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import Reader, canonical_json, open_envelope, shown, signed_envelope
-from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
+from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, ORDER_FLAGS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_pointer, get_signed
 from .keys import write_private
@@ -126,8 +126,10 @@ async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, devi
     """Sign and store the device's next order (numbering: see the module docstring)."""
     if action not in ORDER_ACTIONS:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
-    if set(args) != set(ORDER_ACTIONS[action]):
-        raise UsageError(f"order {action} takes {', '.join(ORDER_ACTIONS[action]) or 'nothing'}")
+    required, flags = set(ORDER_ACTIONS[action]), set(ORDER_FLAGS.get(action, {}))
+    if not required <= set(args) <= required | flags:
+        raise UsageError(f"order {action} takes "
+                         f"{', '.join([*ORDER_ACTIONS[action], *flags]) or 'nothing'}")
     if action == "assign":  # a recipe the laptop would refuse is not signed
         assign_recipe(str(args["recipe"]), "(the order's recipe)", str(args["vm"]))
     rec = await device_record(remote, admin.public_key(), device)
@@ -365,7 +367,9 @@ def order_args(action: str, untrusted_values: list[str], now: int) -> dict[str, 
 
     ``lease_until`` also takes ``+<days>d`` (from now); flags take yes/no.
     """
-    spec = ORDER_ACTIONS.get(action)
+    spec: dict[str, type] | None = ORDER_ACTIONS.get(action)
+    if spec is not None:
+        spec = {**spec, **{k: bool for k in ORDER_FLAGS.get(action, {})}}
     if spec is None:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
     out: dict[str, Any] = {}

@@ -43,9 +43,9 @@ _SEQ_RE = re.compile(r"^[0-9]{12}$")
 
 
 class Installer(Protocol):
-    """Provisioning's side of ``assign``/``unassign``/``rekey`` (branch ``prov``)."""
+    """Provisioning's side of ``assign`` (:class:`.provisioning.ProvdInstaller`)."""
 
-    async def assign(self, vm: str, recipe: str) -> str: ...
+    async def assign(self, vm: str, untrusted_recipe: str, start: bool) -> str: ...
 
 
 class Agent:
@@ -258,7 +258,8 @@ class Agent:
                 outcome, detail = "failed", str(exc)
         elif act == "assign" and self.installer is not None:
             try:
-                detail = await self.installer.assign(order.args["vm"], order.args["recipe"])
+                detail = await self.installer.assign(order.args["vm"], order.args["recipe"],
+                                                     bool(order.args.get("start", False)))
             except VMClientError as exc:
                 outcome, detail = "failed", str(exc)
         else:

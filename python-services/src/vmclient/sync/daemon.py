@@ -413,16 +413,20 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
                                                      snapshots)})
 
 
-def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor) -> Any:
+def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
+           bus: MessageBus) -> Any:
+    """The management agent; ``assign`` orders install through vmclient-provd on ``bus``."""
     if not cfg.manage.enabled:
         return None
     from ..manage.agent import Agent
     from ..manage.inventory import ManageConfig
+    from ..manage.provisioning import ProvdInstaller
     mcfg = ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
                         images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
+                        vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe
                         device_dir=cfg.device_dir,
                         lease_days=cfg.manage.lease_days)
-    return Agent(mcfg, remote, hv)
+    return Agent(mcfg, remote, hv, installer=ProvdInstaller(bus))
 
 
 async def run(cfg: sconfig.SyncConfig) -> None:
@@ -443,7 +447,7 @@ async def run(cfg: sconfig.SyncConfig) -> None:
     try:
         iface = SyncInterface()
         guard = SleepGuard(bus)
-        agent = _agent(cfg, remote, hv)
+        agent = _agent(cfg, remote, hv, bus)
         s = Synchronizer(cfg, hv, remote, device, iface,
                          Sensors(bus, cfg.network.metered_interfaces), guard, agent)
         syncer.append(s)
