@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from journey_env import (
 from provision_env import assert_no_leftovers, need_tools, provision_env
 from syncd_env import Peers
 
+from testlib import SERVICES
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
@@ -50,6 +54,12 @@ async def test_provd_installs_from_the_sftp_repository(system_bus: PrivateSystem
                     ok(await call(client, "Remove", "s", [vm]))
                 finally:
                     client.disconnect()
+
+
+def ctl(bus: PrivateSystemBus, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", *args],
+                          capture_output=True, text=True, timeout=scaled(60),
+                          env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
 
 
 def running(name: str) -> bool:
@@ -96,6 +106,9 @@ async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_i
                 assert rep["detail"] == f"{vm} installed from image {dc.image} and started"
                 assert running(vm)
                 assert (env.cfg.state_dir / "keys" / f"{vm}.wrapped").exists()
+                listed = ctl(system_bus, "install")  # no recipe: what IT assigned here
+                assert listed.returncode == 0, listed.stderr
+                assert listed.stdout.split("\n")[1].split() == [vm, dc.image, "1", "running"]
 
                 assert await admin("order", dc.device_name, "unassign", f"vm={vm}") == 0
                 assert f"unassign {vm}" in capsys.readouterr().out
@@ -104,3 +117,5 @@ async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_i
                 assert "removed (data key destroyed first)" in rep["detail"]
                 assert_no_leftovers(env, vm)
                 assert not (env.cfg.state_dir / "vms" / vm).exists()  # the recipe too
+                listed = ctl(system_bus, "install", "--json")
+                assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
