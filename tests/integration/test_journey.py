@@ -110,10 +110,18 @@ async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_i
                 assert listed.returncode == 0, listed.stderr
                 assert listed.stdout.split("\n")[1].split() == [vm, dc.image, "1", "running"]
 
-                assert await admin("order", dc.device_name, "unassign", f"vm={vm}") == 0
-                assert f"unassign {vm}" in capsys.readouterr().out
+                # assigned again (or the order run again after a crash): not reinstalled
+                assert await admin("assign", dc.image, dc.device_name, "--recipe",
+                                   str(recipe)) == 0
+                capsys.readouterr()
                 rep = (await reports(2, [plog, slog]))[-1]
                 assert (rep["order"], rep["outcome"]) == (2, "done"), rep
+                assert rep["detail"] == f"{vm} was installed already (image {dc.image} v1)"
+
+                assert await admin("order", dc.device_name, "unassign", f"vm={vm}") == 0
+                assert f"unassign {vm}" in capsys.readouterr().out
+                rep = (await reports(3, [plog, slog]))[-1]
+                assert (rep["order"], rep["outcome"]) == (3, "done"), rep
                 assert "removed (data key destroyed first)" in rep["detail"]
                 assert_no_leftovers(env, vm)
                 assert not (env.cfg.state_dir / "vms" / vm).exists()  # the recipe too
