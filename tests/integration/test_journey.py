@@ -14,12 +14,15 @@ from typing import Any
 
 import libvirt
 import pytest
+from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 from fixtures_bus import PrivateSystemBus
 from fixtures_sshd import ssh_server
 from fixtures_virt import URI, scaled
 from journey_env import (
+    DBUS,
     PROVD,
+    PROVD_PATH,
     call,
     datacenter,
     laptop_enrolment_pending,
@@ -99,31 +102,46 @@ async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_i
                     assert time.monotonic() < deadline, "\n".join(p.read_text() for p in logs)
                     await asyncio.sleep(0.5)
 
-            with provd(system_bus, env, dc, tmp_path) as plog, \
-                    syncd(system_bus, env, dc, tmp_path) as slog:
-                [rep] = await reports(1, [plog, slog])
-                assert (rep["order"], rep["outcome"]) == (1, "done"), rep
-                assert rep["detail"] == f"{vm} installed from image {dc.image} and started"
-                assert running(vm)
-                assert (env.cfg.state_dir / "keys" / f"{vm}.wrapped").exists()
-                listed = ctl(system_bus, "install")  # no recipe: what IT assigned here
-                assert listed.returncode == 0, listed.stderr
-                assert listed.stdout.split("\n")[1].split() == [vm, dc.image, "1", "running"]
+            client = await MessageBus(bus_address=system_bus.address).connect()
+            phases: list[int] = []  # provd's progress, as a person's `vm install` shows it
 
-                # assigned again (or the order run again after a crash): not reinstalled
-                assert await admin("assign", dc.image, dc.device_name, "--recipe",
-                                   str(recipe)) == 0
-                capsys.readouterr()
-                rep = (await reports(2, [plog, slog]))[-1]
-                assert (rep["order"], rep["outcome"]) == (2, "done"), rep
-                assert rep["detail"] == f"{vm} was installed already (image {dc.image} v1)"
+            def on_signal(msg: Message) -> None:
+                if msg.member == "PropertiesChanged" and msg.path == PROVD_PATH:
+                    phases.extend([msg.body[1]["Phase"].value] if "Phase" in msg.body[1]
+                                  else [])
+            client.add_message_handler(on_signal)
+            ok(await call(client, "AddMatch", "s", [
+                f"type='signal',path='{PROVD_PATH}',member='PropertiesChanged'"], *DBUS))
+            try:
+                with provd(system_bus, env, dc, tmp_path) as plog, \
+                        syncd(system_bus, env, dc, tmp_path) as slog:
+                    [rep] = await reports(1, [plog, slog])
+                    assert 3 in phases and phases[-1] == 1, phases  # download ... idle
+                    assert (rep["order"], rep["outcome"]) == (1, "done"), rep
+                    assert rep["detail"] == f"{vm} installed from image {dc.image} and started"
+                    assert running(vm)
+                    assert (env.cfg.state_dir / "keys" / f"{vm}.wrapped").exists()
+                    listed = ctl(system_bus, "install")  # no recipe: what IT assigned here
+                    assert listed.returncode == 0, listed.stderr
+                    assert listed.stdout.split("\n")[1].split() == [vm, dc.image, "1", "running"]
 
-                assert await admin("order", dc.device_name, "unassign", f"vm={vm}") == 0
-                assert f"unassign {vm}" in capsys.readouterr().out
-                rep = (await reports(3, [plog, slog]))[-1]
-                assert (rep["order"], rep["outcome"]) == (3, "done"), rep
-                assert "removed (data key destroyed first)" in rep["detail"]
-                assert_no_leftovers(env, vm)
-                assert not (env.cfg.state_dir / "vms" / vm).exists()  # the recipe too
-                listed = ctl(system_bus, "install", "--json")
-                assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+                    # assigned again (or the order run again after a crash): not reinstalled
+                    assert await admin("assign", dc.image, dc.device_name, "--recipe",
+                                       str(recipe)) == 0
+                    capsys.readouterr()
+                    rep = (await reports(2, [plog, slog]))[-1]
+                    assert (rep["order"], rep["outcome"]) == (2, "done"), rep
+                    assert rep["detail"] == f"{vm} was installed already (image {dc.image} v1)"
+
+                    assert await admin("order", dc.device_name, "unassign", f"vm={vm}") == 0
+                    assert f"unassign {vm}" in capsys.readouterr().out
+                    rep = (await reports(3, [plog, slog]))[-1]
+                    assert (rep["order"], rep["outcome"]) == (3, "done"), rep
+                    assert "removed (data key destroyed first)" in rep["detail"]
+                    assert_no_leftovers(env, vm)
+                    assert not (env.cfg.state_dir / "vms" / vm).exists()  # the recipe too
+                    listed = ctl(system_bus, "install", "--json")
+                    assert listed.returncode == 0 and json.loads(listed.stdout) == [], \
+                        listed.stderr
+            finally:
+                client.disconnect()
