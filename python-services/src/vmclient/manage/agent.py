@@ -278,6 +278,7 @@ class Agent:
 
     async def _finish_wipe(self, *, report: bool = True) -> str:
         doc = await run_wipe(self.host, self.cfg, self.journal, self.after_wipe_step)
+        assigned.clear(self.cfg.state_dir)
         names = [t["name"] for t in doc["targets"]]  # type: ignore[attr-defined]
         detail = (f"wiped {len(names)} VM(s) {', '.join(names) or '-'}: data keys destroyed "
                   f"first, then disks, saved states, definitions; kept: "

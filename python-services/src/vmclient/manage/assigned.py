@@ -2,7 +2,7 @@
 
 The agent records every ``assign`` order it executed (the VM, the image its
 recipe installs, the order number, the outcome and its detail) and forgets the
-VM on ``unassign``.  vmclient-provd reads it for ``ListAssigned``
+VM on ``unassign``, all of them on ``wipe``.  vmclient-provd reads it for ``ListAssigned``
 (``vmclientctl vm install`` without a recipe).  A missing or unreadable file
 is an empty list: it is a view, the orders in the repository are the record.
 """
@@ -64,3 +64,8 @@ def forget(state_dir: Path, vm: str) -> None:
     items = load(state_dir)
     if any(x.vm == vm for x in items):
         _save(state_dir, [x for x in items if x.vm != vm])
+
+
+def clear(state_dir: Path) -> None:
+    """After a wipe: no business VM is here, none is assigned until IT assigns again."""
+    (state_dir / FILE).unlink(missing_ok=True)
