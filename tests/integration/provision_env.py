@@ -114,9 +114,12 @@ class Datacenter:
         return sorted((self.root / layout.image_store(name) / "packs").rglob("*"))
 
 
-def write_config(env: Env, tmp: Path) -> Path:
-    c, n = env.cfg, env.cfg.networks
-    env.cfg.repository.admin_key.write_bytes(crypto.raw_public(env.dc.pinned))
+def write_config(env: Env, tmp: Path, *, pin_admin: bool = True) -> Path:
+    """provd's configuration file for ``env.cfg`` (``pin_admin``: the test datacenter's
+    admin key is written to ``repository.admin_key``)."""
+    c, n, r = env.cfg, env.cfg.networks, env.cfg.repository
+    if pin_admin:
+        r.admin_key.write_bytes(crypto.raw_public(env.dc.pinned))
     path = tmp / "provision.toml"
     path.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
 state_dir = "{c.state_dir}"
@@ -131,8 +134,10 @@ cpu_mode = "{c.cpu_mode}"
 cpu_disable = [{", ".join(f'"{f}"' for f in c.cpu_disable)}]
 
 [repository]
-path = "{c.repository.path}"
-admin_key = "{c.repository.admin_key}"
+location = "{r.location}"
+key_file = "{r.key_file}"
+known_hosts = "{r.known_hosts}"
+admin_key = "{r.admin_key}"
 
 [networks]
 business_network = "{n.business_network}"
@@ -223,7 +228,7 @@ async def provision_env(tmp: Path, staging_mib: int = 8) -> AsyncIterator[Env]:
     biz, priv = free_subnets(2)
     cpu = cpu_profile()
     cfg = ProvisionConfig(
-        repository=Repository(tmp / "repo", tmp / "admin.pub"),
+        repository=Repository(str(tmp / "repo"), admin_key=tmp / "admin.pub"),
         networks=Networks(f"{prefix}-business", f"{prefix}b", biz,
                           f"{prefix}-private", f"{prefix}p", priv),
         libvirt_uri=URI, state_dir=tmp / "state", device_dir=tmp / "device",

@@ -21,6 +21,27 @@ from vmclient.store.repo import get_signed
 MiB = 1 << 20
 
 
+RECIPE = """format = 1
+name = "office"
+kind = "business"
+vcpus = 1
+memory_mib = 512
+
+[image]
+catalog = "office"
+
+[[disks]]
+name = "system"
+role = "system"
+
+[network]
+zone = "business"
+
+[power]
+policy = "pause"
+"""
+
+
 @pytest.fixture
 def sshd() -> Iterator[SSHServer]:
     with ssh_server() as server:
@@ -92,7 +113,7 @@ def test_publish_over_sftp_then_an_enrolled_assigned_device_downloads_it(
     assert repo.admin_sftp("publish", "office", str(qcow2(raw))) == 0
     dev = repo.enrol("laptop-7")
     recipe = tmp_path / "office.toml"
-    recipe.write_text('format = 1\nname = "office"\nkind = "business"\n')
+    recipe.write_text(RECIPE)
     assert repo.admin_sftp("assign", "office", "laptop-7", "--recipe", str(recipe)) == 0
 
     store = sshd.store(dev.account)
@@ -110,6 +131,35 @@ def test_publish_over_sftp_then_an_enrolled_assigned_device_downloads_it(
     assert sha256(out) == sha256(raw)
     assert order.action == "assign" and order.args["vm"] == "office"
     assert "kind = \"business\"" in order.args["recipe"]
+
+
+@pytest.mark.parametrize(("recipe", "error"), [
+    (RECIPE.replace("vcpus = 1", "vcpus = 0"), "office.toml: vcpus: 0 is outside 1..64"),
+    ('format = 1\nname = "office"\nkind = "business"\n', "office.toml: image: needs exactly one of catalog"),
+    (RECIPE.replace('catalog = "office"', 'catalog = "other"'),
+     "installs image 'other', not 'office'"),
+    (RECIPE.replace('kind = "business"', 'kind = "private"').replace(
+        'catalog = "office"', 'qcow2 = "/srv/office.qcow2"').replace('"business"', '"private"'),
+     "installs a business VM"),
+])
+def test_a_recipe_the_laptop_would_refuse_is_not_signed(
+        sshd: SSHServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], recipe: str,
+        error: str) -> None:
+    """``assign IMAGE DEVICE --recipe`` checks the recipe with the laptop's parser first:
+    a broken one is refused, and neither the order nor the image key is written."""
+    repo = Repo(sshd, tmp_path)
+    assert repo.admin("init") == 0
+    assert repo.admin("publish", "office", str(qcow2(make_disk(tmp_path / "d.raw", 2)))) == 0
+    dev = repo.enrol("laptop")
+    before = sorted(p.relative_to(repo.path) for p in repo.path.rglob("*"))
+    path = tmp_path / "office.toml"
+    path.write_text(recipe)
+    capsys.readouterr()
+    assert repo.admin("assign", "office", "laptop", "--recipe", str(path)) != 0
+    assert error in capsys.readouterr().err
+    assert sorted(p.relative_to(repo.path) for p in repo.path.rglob("*")) == before
+    assert not (repo.path / layout.device_dir(dev.id) / "orders").exists() or \
+        not any((repo.path / layout.device_dir(dev.id) / "orders").iterdir())
 
 
 def test_a_device_not_assigned_to_an_image_cannot_unwrap_it(sshd: SSHServer,

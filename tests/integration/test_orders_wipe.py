@@ -10,6 +10,7 @@ import libvirt
 import pytest
 from orders_env import dom_state, laptop, qemu_io_read
 
+from vmclient.manage import assigned
 from vmclient.manage.keys import FileKeyStore
 from vmclient.manage.vms import BusinessWorkRefused, passphrase
 from vmclient.store import crypto
@@ -41,6 +42,7 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
         orphan = lap.cfg.vm_keys_dir / f"{lap.prefix}-half-installed.wrapped"
         orphan.write_bytes(wrapped_copy)  # a key whose domain is gone already
 
+        assigned.record(lap.cfg.state_dir, assigned.Assigned(biz, "img", 1, "done", ""))
         seen: list[tuple[str, bool, bool]] = []
         agent = lap.agent(after_wipe_step=lambda s: seen.append(
             (s, biz_key.exists(), biz_disk.exists())))
@@ -52,6 +54,7 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
         assert [s for s, _k, _d in seen] == ["keys", "stop", "data", "undefine"]
         assert not biz_key.exists() and not biz_disk.exists() and not orphan.exists()
         assert not (tmp_path / "cache").exists() and not (tmp_path / "vmstate" / biz).exists()
+        assert assigned.load(lap.cfg.state_dir) == []  # nothing IT assigned is here now
         assert dom_state(biz) is None  # definition and saved state gone
         # no key the laptop still has opens the wrapped copy: the device key was replaced
         new_wrapping = FileKeyStore(lap.cfg.device_keys_dir).wrapping()

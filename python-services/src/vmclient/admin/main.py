@@ -5,7 +5,7 @@
     vmclient-admin --repo REPO list
     vmclient-admin --repo REPO enrol DEVICE --pubkey B64 --wrapping-key B64 --ssh-key FILE|LINE
     vmclient-admin --repo REPO enrol --code NAME | --accept | --dropbox SSH_PUB
-    vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE]
+    vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE [--start]]
     vmclient-admin --repo REPO order DEVICE assign|unassign|renew|lock|unlock|wipe [k=v …]
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
@@ -25,12 +25,11 @@ import binascii
 import secrets
 import sys
 import time
-import tomllib
 import traceback
 from pathlib import Path
 
 from ..errors import EXIT_BUG, UsageError, VMClientError
-from ..manage.admin import issue_order
+from ..manage.admin import assign_recipe, issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
@@ -97,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("device", help="device id (32 hex) or enrolled name")
     s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
+    s.add_argument("--start", action="store_true", help="and to start the VM once installed")
     s.set_defaults(func=cmd_assign)
     s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
                        "publish lock, or a path such as devices/ID/lock)")
@@ -253,22 +253,23 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
     if catalog.find(args.image) is None:
         raise UsageError(f"no image {args.image!r} in the catalog (serial {catalog.serial})")
     rec = await find_device(remote, k, args.device)
+    text = vm = ""  # the recipe, checked as the laptop checks it before anything is written
+    if args.recipe is not None:
+        text = read_text_or_file(str(args.recipe))
+        vm = assign_recipe(text, str(args.recipe), image=args.image).name
     content = await images.content_key(remote, args.image, k.admin, k.escrow)
     recipient = crypto.x25519_public(rec.wrapping_key)
     wrapped = WrappedKey.create(f"image:{args.image}", recipient, content)
     await put_wrapped_key(remote, layout.image_key(args.image, wrapped.recipient), k.admin,
                           wrapped)
     say(f"device {rec.name} ({rec.device}) may now read image {args.image}")
-    if args.recipe is not None:
-        text = read_text_or_file(str(args.recipe))
-        try:
-            vm = str(tomllib.loads(text)["name"])
-        except (tomllib.TOMLDecodeError, KeyError) as exc:
-            raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
+    if text:
         order = await issue_order(remote, k.admin, rec.device, "assign",
-                                  {"vm": vm, "recipe": text}, int(time.time()),
+                                  {"vm": vm, "recipe": text, "start": args.start},
+                                  int(time.time()),
                                   numbers=k.orders)
-        say(f"order {order.seq}: install {vm} on {rec.name}")
+        say(f"order {order.seq}: install {vm} on {rec.name}"
+            + (" and start it" if args.start else ""))
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``vmclientctl vm install <recipe> | list | start | stop | eject | remove | upgrade |
+"""``vmclientctl vm install [<recipe>] | list | start | stop | eject | remove | upgrade |
 restore <vm>``.
 
 By default they call ``vmclient-provd`` over the system bus
@@ -33,9 +33,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=pconfig.DEFAULT_PATH,
                    help=f"with --local: configuration (default {pconfig.DEFAULT_PATH})")
     cmds = p.add_subparsers(dest="command", required=True, metavar="ACTION")
-    c = cmds.add_parser("install", help="install a VM from a recipe (TOML)")
-    c.add_argument("recipe", type=Path)
-    c.set_defaults(func=install, render=render_vm)
+    c = cmds.add_parser("install", help="install a VM from a recipe (TOML); without one: "
+                        "the VMs IT assigned to this laptop")
+    c.add_argument("recipe", type=Path, nargs="?")
+    c.add_argument("--json", action="store_true", help="machine-readable output (the list)")
+    c.set_defaults(func=install, render=render_install)
     c = cmds.add_parser("list", help="the VMs vmclient installed")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=list_vms, render=render_list)
@@ -96,23 +98,24 @@ async def _provisioner(args: argparse.Namespace) -> AsyncIterator[Any]:
     from ..provision.installer import Provisioner
     from ..provision.keys import DeviceKeys, load_admin_key
     from ..provision.receiver import Receiver
-    from ..store.localfs import LocalDirStore
+    from ..store.transport import close_store
     from ..virt.libvirt import Hypervisor
 
     cfg = pconfig.load(args.config)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     admin = load_admin_key(cfg.repository.admin_key)
-    receiver = None
+    remote, receiver = cfg.repository.open(), None
     if admin is not None:
-        receiver = Receiver(LocalDirStore(cfg.repository.path), admin, device, cfg.state_dir)
+        receiver = Receiver(remote, admin, device, cfg.state_dir)
     hv = Hypervisor(cfg.libvirt_uri)
     printer = ProgressPrinter()
-    await hv.connect()
     try:
+        await hv.connect()
         yield Provisioner(cfg, hv, device, receiver, report=printer)
     finally:
         printer.close()
         await hv.close()
+        await close_store(remote)
 
 
 def _vm(vm: Any) -> dict[str, Any]:
@@ -174,7 +177,28 @@ async def _find(b: Any, name: str) -> dict[str, Any]:
     raise VMNotFound(name)
 
 
-async def install(args: argparse.Namespace) -> dict[str, Any]:
+async def assigned(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What IT assigned to this laptop, with each VM's state here ("" if not installed)."""
+    if args.local:
+        from ..manage import assigned as store
+        cfg = pconfig.load(args.config)
+        rows: list[Any] = [[a.vm, a.image, a.order, a.outcome, a.detail]
+                           for a in store.load(cfg.manage_dir)]
+        async with _provisioner(args) as prov:
+            installed = {v["name"]: v for v in map(_vm, await prov.list())}
+    else:
+        async with bus.connected() as b:
+            (rows,) = await _call(b, "ListAssigned")
+            (vms,) = await _call(b, "List")
+            installed = {r["name"]: r for r in map(_row, map(list, vms))}
+    return [{"name": str(r[0]), "image": str(r[1]), "order": int(r[2]), "outcome": str(r[3]),
+             "detail": str(r[4]), "state": installed.get(str(r[0]), {}).get("state", "")}
+            for r in rows]
+
+
+async def install(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
+    if args.recipe is None:
+        return await assigned(args)
     if args.local:
         async with _provisioner(args) as prov:
             return _vm(await prov.install(args.recipe))
@@ -275,6 +299,20 @@ async def remove(args: argparse.Namespace) -> str:
 def render_vm(vm: dict[str, Any]) -> str:
     version = f" version {vm['image_version']}" if vm["image_version"] else ""
     return f"{vm['name']}: {vm['kind']} VM, {vm['state']}, image {vm['image']}{version}"
+
+
+def render_install(result: dict[str, Any] | list[dict[str, Any]]) -> str:
+    if isinstance(result, dict):
+        return render_vm(result)
+    if not result:
+        return "IT assigned no VMs to this laptop (vmclientctl vm install RECIPE installs one)"
+    rows = [("NAME", "IMAGE", "ORDER", "HERE")]
+    rows += [(a["name"], a["image"], str(a["order"]),
+              a["state"] or ("not installed" if a["outcome"] == "done"
+                             else f"not installed: {a['detail']}")) for a in result]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  "
+                     + r[3] for r in rows)
 
 
 def render_list(vms: list[dict[str, Any]]) -> str:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..provision import spec
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import Reader, canonical_json, open_envelope, shown, signed_envelope
-from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, DeviceRecord, Order, Report
+from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, ORDER_FLAGS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_pointer, get_signed
 from .keys import write_private
@@ -102,14 +103,35 @@ class OrderNumbers:
             write_private(self.path, json.dumps(doc, sort_keys=True, indent=1).encode())
 
 
+def assign_recipe(untrusted_text: str, where: str, vm: str | None = None,
+                  image: str | None = None) -> spec.Recipe:
+    """An ``assign`` order's recipe, checked as the laptop will check it before it is
+    signed: the laptop's recipe parser, a business VM from the catalog, named ``vm``
+    (the order's ``vm``) and installing ``image`` when given."""
+    recipe = spec.parse(untrusted_text, where)
+    if recipe.kind != "business" or not recipe.image.catalog:
+        raise UsageError(f"{where}: an assign order installs a business VM from the catalog "
+                         f"(kind = \"business\", [image] catalog = …)")
+    if vm is not None and recipe.name != vm:
+        raise UsageError(f"{where}: the recipe installs {recipe.name!r}, the order names {vm!r}")
+    if image is not None and recipe.image.catalog != image:
+        raise UsageError(f"{where}: the recipe installs image {recipe.image.catalog!r}, "
+                         f"not {image!r}")
+    return recipe
+
+
 async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, device: str,
                       action: str, args: dict[str, Any], now: int, *,
                       numbers: OrderNumbers) -> Order:
     """Sign and store the device's next order (numbering: see the module docstring)."""
     if action not in ORDER_ACTIONS:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
-    if set(args) != set(ORDER_ACTIONS[action]):
-        raise UsageError(f"order {action} takes {', '.join(ORDER_ACTIONS[action]) or 'nothing'}")
+    required, flags = set(ORDER_ACTIONS[action]), set(ORDER_FLAGS.get(action, {}))
+    if not required <= set(args) <= required | flags:
+        raise UsageError(f"order {action} takes "
+                         f"{', '.join([*ORDER_ACTIONS[action], *flags]) or 'nothing'}")
+    if action == "assign":  # a recipe the laptop would refuse is not signed
+        assign_recipe(str(args["recipe"]), "(the order's recipe)", str(args["vm"]))
     rec = await device_record(remote, admin.public_key(), device)
     revoked = await revocation(remote, admin.public_key(), device)
     if revoked is not None:
@@ -345,7 +367,9 @@ def order_args(action: str, untrusted_values: list[str], now: int) -> dict[str, 
 
     ``lease_until`` also takes ``+<days>d`` (from now); flags take yes/no.
     """
-    spec = ORDER_ACTIONS.get(action)
+    spec: dict[str, type] | None = ORDER_ACTIONS.get(action)
+    if spec is not None:
+        spec = {**spec, **{k: bool for k in ORDER_FLAGS.get(action, {})}}
     if spec is None:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
     out: dict[str, Any] = {}

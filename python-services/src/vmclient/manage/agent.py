@@ -30,7 +30,7 @@ from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..virt.libvirt import Hypervisor
-from . import enrol, rekey, status
+from . import assigned, enrol, rekey, status
 from .gate import GateConfig, StartGate
 from .inventory import ManageConfig
 from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
@@ -43,9 +43,9 @@ _SEQ_RE = re.compile(r"^[0-9]{12}$")
 
 
 class Installer(Protocol):
-    """Provisioning's side of ``assign``/``unassign``/``rekey`` (branch ``prov``)."""
+    """Provisioning's side of ``assign`` (:class:`.provisioning.ProvdInstaller`)."""
 
-    async def assign(self, vm: str, recipe: str) -> str: ...
+    async def assign(self, vm: str, untrusted_recipe: str, start: bool) -> str: ...
 
 
 class Agent:
@@ -250,6 +250,7 @@ class Agent:
             changes = {"wiped": True, "locked": True}
         elif act == "unassign":
             detail = await self._unassign(order.args["vm"])
+            assigned.forget(self.cfg.state_dir, order.args["vm"])
         elif act == "rekey":
             try:
                 detail = await rekey.accept(self.remote, pinned_admin_key(self.cfg.state_dir),
@@ -258,9 +259,12 @@ class Agent:
                 outcome, detail = "failed", str(exc)
         elif act == "assign" and self.installer is not None:
             try:
-                detail = await self.installer.assign(order.args["vm"], order.args["recipe"])
+                detail = await self.installer.assign(order.args["vm"], order.args["recipe"],
+                                                     bool(order.args.get("start", False)))
             except VMClientError as exc:
                 outcome, detail = "failed", str(exc)
+            assigned.record(self.cfg.state_dir, assigned.Assigned(
+                order.args["vm"], _catalog(order.args["recipe"]), order.seq, outcome, detail))
         else:
             outcome, detail = "failed", f"{act} is not supported on this laptop yet"
         s = self.state_file.load()
@@ -274,6 +278,7 @@ class Agent:
 
     async def _finish_wipe(self, *, report: bool = True) -> str:
         doc = await run_wipe(self.host, self.cfg, self.journal, self.after_wipe_step)
+        assigned.clear(self.cfg.state_dir)
         names = [t["name"] for t in doc["targets"]]  # type: ignore[attr-defined]
         detail = (f"wiped {len(names)} VM(s) {', '.join(names) or '-'}: data keys destroyed "
                   f"first, then disks, saved states, definitions; kept: "
@@ -317,6 +322,15 @@ class Agent:
             cur = self.state_file.load()
             self.state_file.save(replace(cur, outbox=cur.outbox[1:]))
         return sent
+
+
+def _catalog(untrusted_recipe: str) -> str:
+    """The catalog image a recipe installs ("" if it does not parse)."""
+    from ..provision import spec
+    try:
+        return spec.parse(untrusted_recipe, "(recipe)").image.catalog
+    except VMClientError:
+        return ""
 
 
 def _iso(t: int) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import config
 from ..manage.gate import GateConfig
+from ..store.transport import Repository
 from ..virt.cpu import CPU_MODES, DOMAIN_TYPES, CPUProfile
 
 DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
@@ -66,18 +67,9 @@ class Networks:
 
 
 @dataclass(frozen=True)
-class Repository:
-    path: Path = config.setting(
-        Path("/var/lib/vmclient/repository"),
-        help="the datacenter repository as a local directory (SFTP: issue 5, sftp branch)")
-    admin_key: Path = config.setting(
-        Path("/etc/vmclient/admin-key.pub"),
-        help="the pinned admin Ed25519 public key: 32 raw bytes or their base64")
-
-
-@dataclass(frozen=True)
 class ProvisionConfig:
-    repository: Repository = config.setting(Repository, help="where business images come from")
+    repository: Repository = config.setting(
+        Repository, help="where business images come from (the section sync.toml shares)")
     networks: Networks = config.setting(Networks, help="the two isolated zones")
     libvirt_uri: str = config.setting("qemu:///system", help="libvirt connection URI")
     domain_type: str = config.setting(

@@ -12,7 +12,7 @@ from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
 from ..dbus import names
-from ..store.localfs import LocalDirStore
+from ..store.transport import close_store
 from ..virt.libvirt import Hypervisor
 from . import config as pconfig
 from .display import DisplayInterface, install_display_guard
@@ -29,14 +29,23 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
     common.install_stop_handlers(asyncio.get_running_loop(), stop.set)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     admin = load_admin_key(cfg.repository.admin_key)
-    receiver = None
+    remote, receiver = cfg.repository.open(), None
     if admin is not None:
-        receiver = Receiver(LocalDirStore(cfg.repository.path), admin, device, cfg.state_dir)
+        receiver = Receiver(remote, admin, device, cfg.state_dir)
     else:
         log.warning("no admin key at %s: business VMs cannot be installed",
                     cfg.repository.admin_key)
     hv = Hypervisor(cfg.libvirt_uri)
-    await hv.connect(retry=True)
+    try:
+        await hv.connect(retry=True)
+        await _serve(cfg, hv, device, receiver, stop)
+    finally:
+        await close_store(remote)
+        await hv.close()
+
+
+async def _serve(cfg: pconfig.ProvisionConfig, hv: Hypervisor, device: DeviceKeys,
+                 receiver: Receiver | None, stop: asyncio.Event) -> None:
     # Unix fds: a private VM's media comes as a file the caller opened (InstallFromMedia);
     # OpenDisplay hands out sockets to the VMs' displays.
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
@@ -54,7 +63,6 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
         common.sd_notify("STOPPING=1")
     finally:
         bus.disconnect()
-        await hv.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard, name_out_args
 from ..errors import UsageError
+from ..manage import assigned
 from . import media, spec
 from .installer import Installed, Provisioner
 from .progress import Progress
@@ -41,7 +42,8 @@ class Phase(enum.IntEnum):
 
 
 _OUT_ARG_NAMES = {"Install": "vm", "InstallFromMedia": "vm", "Upgrade": "image_version",
-                  "List": "vms", "Eject": "media", "Restore": "state"}
+                  "List": "vms", "ListAssigned": "assigned", "Eject": "media",
+                  "Restore": "state"}
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -85,6 +87,10 @@ class ProvisioningInterface(ServiceInterface):
 
     @method()
     async def List(self) -> a(ssssu):  # type: ignore[valid-type]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def ListAssigned(self) -> a(ssuss):  # type: ignore[valid-type]  # noqa: F821
         raise NotImplementedError
 
     def introspect(self) -> Any:
@@ -200,6 +206,10 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
     async def list_vms(_args: list[Any]) -> list[Any]:
         return [[_row(v) for v in await prov.list()]]
 
+    async def list_assigned(_args: list[Any]) -> list[Any]:
+        rows = await asyncio.to_thread(assigned.load, prov.cfg.manage_dir)
+        return [[[a.vm, a.image, a.order, a.outcome, a.detail] for a in rows]]
+
     install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
                          names.POLKIT_ACTION_PROVISION_MANAGE, {
                              "Install": Member("s", "s", "installing a VM", long_work(install)),
@@ -212,4 +222,6 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
                              "Stop": Member("sb", "", "stopping a VM", stop),
                              "Remove": Member("s", "", "removing a VM", remove),
                              "Eject": Member("s", "as", "ejecting install media", eject),
-                             "List": Member("", "a(ssssu)", "listing VMs", list_vms)})
+                             "List": Member("", "a(ssssu)", "listing VMs", list_vms),
+                             "ListAssigned": Member("", "a(ssuss)", "listing assigned VMs",
+                                                    list_assigned)})

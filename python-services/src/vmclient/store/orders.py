@@ -33,6 +33,8 @@ ORDER_ACTIONS: dict[str, dict[str, type]] = {
     "wipe": {"include_private": bool},
     "rekey": {"vm": str, "from_device": str, "min_seq": int},
 }
+# action -> {optional flag: its value when absent}
+ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False}}
 OUTCOMES = ("done", "failed", "refused")
 
 
@@ -100,6 +102,8 @@ class Order:
                 args[name] = a.integer(name, lo=0)
             else:
                 args[name] = a.flag(name)
+        for name, default in ORDER_FLAGS.get(action, {}).items():
+            args[name] = a.flag(name) if name in a.names() else default
         a.done()
         r.done()
         return cls(device, seq, issued, action, args)

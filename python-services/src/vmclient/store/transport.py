@@ -10,12 +10,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .. import config
 from ..errors import UsageError
 from .localfs import LocalDirStore
 from .remote import RemoteStore
+
+
+@dataclass(frozen=True)
+class Repository:
+    """The ``[repository]`` section every laptop daemon shares (provd, syncd and the
+    management agent it hosts): where the datacenter is and what pins it."""
+
+    location: str = config.setting(
+        "/var/lib/vmclient/repository",
+        help="the datacenter repository: a local directory or sftp://user@host[:port]/path")
+    key_file: Path = config.setting(
+        Path("/var/lib/vmclient/device/ssh.key"),
+        help="the device's SSH private key, made at enrolment (sftp:// only)")
+    known_hosts: Path = config.setting(
+        Path("/etc/vmclient/known_hosts"),
+        help="the datacenter's pinned SSH host key (sftp:// only)")
+    admin_key: Path = config.setting(
+        Path("/etc/vmclient/admin-key.pub"),
+        help="the pinned admin Ed25519 public key: 32 raw bytes or their base64")
+    timeout: float = config.setting(
+        20.0, min=1, max=600, help="seconds the datacenter has to answer the probe")
+
+    def open(self, *, connections: int | None = None) -> RemoteStore:
+        """The store; nothing is contacted before the first request."""
+        return open_store(str(self.location), key_file=self.key_file,
+                          known_hosts=self.known_hosts, connections=connections)
 
 
 def is_url(location: str) -> bool:

@@ -6,26 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
+from ..store.transport import Repository
 from .policy import Rules
 
 DEFAULT_PATH = Path("/etc/vmclient/sync.toml")
-
-
-@dataclass(frozen=True)
-class Repository:
-    location: str = config.setting(
-        "/var/lib/vmclient/repository",
-        help="the datacenter repository: a local directory or sftp://user@host[:port]/path")
-    key_file: Path = config.setting(
-        Path("/var/lib/vmclient/device/ssh.key"), help="SSH private key (sftp:// only)")
-    known_hosts: Path = config.setting(
-        Path("/etc/vmclient/known_hosts"),
-        help="the datacenter's pinned SSH host key (sftp:// only)")
-    admin_key: Path = config.setting(
-        Path("/etc/vmclient/admin-key.pub"),
-        help="the pinned admin Ed25519 public key: 32 raw bytes or their base64")
-    timeout: float = config.setting(
-        20.0, min=1, max=600, help="seconds the datacenter has to answer the probe")
 
 
 @dataclass(frozen=True)
@@ -73,7 +57,8 @@ class Manage:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    repository: Repository = config.setting(Repository, help="the datacenter")
+    repository: Repository = config.setting(
+        Repository, help="the datacenter (the section provision.toml shares)")
     schedule: Schedule = config.setting(Schedule, help="when")
     battery: Battery = config.setting(Battery, help="not on a low battery")
     network: Network = config.setting(Network, help="not on a metered link")

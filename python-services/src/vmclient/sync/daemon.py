@@ -44,7 +44,7 @@ from ..store.documents import RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.format import NAME_RE
 from ..store.remote import RemoteStore
-from ..store.transport import close_store, open_store
+from ..store.transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
 from . import engine, maintenance, policy
@@ -416,16 +416,20 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
                                                      snapshots)})
 
 
-def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor) -> Any:
+def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
+           bus: MessageBus) -> Any:
+    """The management agent; ``assign`` orders install through vmclient-provd on ``bus``."""
     if not cfg.manage.enabled:
         return None
     from ..manage.agent import Agent
     from ..manage.inventory import ManageConfig
+    from ..manage.provisioning import ProvdInstaller
     mcfg = ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
                         images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
+                        vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe
                         device_dir=cfg.device_dir,
                         lease_days=cfg.manage.lease_days)
-    return Agent(mcfg, remote, hv)
+    return Agent(mcfg, remote, hv, installer=ProvdInstaller(bus))
 
 
 async def run(cfg: sconfig.SyncConfig) -> None:
@@ -439,15 +443,14 @@ async def run(cfg: sconfig.SyncConfig) -> None:
 
     common.install_stop_handlers(asyncio.get_running_loop(), halt)
     device = DeviceKeys.load_or_create(cfg.device_dir)
-    r = cfg.repository
-    remote = open_store(r.location, key_file=r.key_file, known_hosts=r.known_hosts)
+    remote = cfg.repository.open()
     hv = Hypervisor(cfg.libvirt_uri)
     await hv.connect(retry=True)
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     try:
         iface = SyncInterface()
         guard = SleepGuard(bus)
-        agent = _agent(cfg, remote, hv)
+        agent = _agent(cfg, remote, hv, bus)
         s = Synchronizer(cfg, hv, remote, device, iface,
                          Sensors(bus, cfg.network.metered_interfaces), guard, agent)
         syncer.append(s)

@@ -1,0 +1,50 @@
+"""The agent's installer: ``assign`` orders are carried out by ``vmclient-provd`` over D-Bus.
+
+The same calls a person makes with ``vmclientctl vm install`` / ``vm start``:
+``Install(recipe)`` (provd downloads, assembles and defines the VM, with its
+progress in provd's properties) and, if the order says ``start``, ``Start(vm)``
+(through the key gate, under the lease).  The recipe is checked first as the
+admin tool checked it (:func:`.admin.assign_recipe`): a business VM from the
+catalog, named as the order's ``vm``.  A business VM of that name here already
+is not installed again (the order ran before a crash, or IT assigned it twice):
+the report says so, and it is started if the order says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbus_fast.aio import MessageBus
+
+from ..cli.bus import call
+from ..dbus import names
+from ..errors import VMClientError
+from .admin import assign_recipe
+
+
+class ProvdInstaller:
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+
+    async def _call(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        return await call(self.bus, names.PROVISION_PATH, names.PROVISION_IFACE, member,
+                          signature, list(body), destination=names.PROVISION_BUS_NAME)
+
+    async def assign(self, vm: str, untrusted_recipe: str, start: bool) -> str:
+        """Install (unless a business VM of that name is here: an order executed again
+        after a crash, or assigned twice) and start if asked; the report's detail."""
+        recipe = assign_recipe(untrusted_recipe, f"(the recipe of the order for {vm})", vm)
+        (rows,) = await self._call("List", "", [])
+        here = {str(r[0]): list(r) for r in rows}
+        if vm in here and here[vm][1] != "business":
+            raise VMClientError(f"a private VM named {vm} exists here: not replaced")
+        if vm in here:
+            state = str(here[vm][2])
+            detail = f"{vm} was installed already (image {here[vm][3]} v{here[vm][4]})"
+        else:
+            (name,) = await self._call("Install", "s", [untrusted_recipe])
+            state, detail = "shutoff", f"{name} installed from image {recipe.image.catalog}"
+        if start and state != "running":
+            await self._call("Start", "s", [vm])
+            detail += " and started"
+        return detail

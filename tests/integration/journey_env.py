@@ -1,0 +1,162 @@
+# ruff: noqa: ASYNC251, ASYNC240  (blocking checks in tests are fine)
+"""The journey's datacenter and laptop: a repository behind the real sshd, built with
+``vmclient-admin``; provd (and syncd) started on the private system bus with the
+configuration a laptop ships, their ``[repository]`` the device's ``sftp://`` URL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+from fixtures_bus import PrivateSystemBus
+from fixtures_sshd import SSHServer
+from provision_env import Env, write_config
+from sftp_repo import Repo, b64, make_disk, qcow2
+
+from testlib import SERVICES
+from vmclient.manage.keys import pin_admin_key
+from vmclient.manage.state import DeviceState, StateFile
+from vmclient.store import crypto
+from vmclient.store.transport import Repository
+
+PROVD = "org.vmclient.VMClient1.Provisioning"
+PROVD_PATH = "/org/vmclient/VMClient1/Provisioning"
+DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+
+
+@dataclass
+class Datacenter:
+    repo: Repo
+    device_name: str
+    image: str
+    repository: Repository  # the laptop's [repository] section
+
+
+async def datacenter(server: SSHServer, env: Env, work: Path, device_name: str = "laptop",
+               mib: int = 8) -> Datacenter:
+    """``vmclient-admin init``, ``publish <prefix>-img``, ``enrol`` the laptop's device
+    keys (confined as enrol prints it), ``assign`` the image to it (no order yet)."""
+    return await asyncio.to_thread(_datacenter, server, env, work, device_name, mib)
+
+
+def _datacenter(server: SSHServer, env: Env, work: Path, device_name: str, mib: int
+                ) -> Datacenter:
+    work.mkdir(parents=True, exist_ok=True)
+    repo = Repo(server, work)
+    assert repo.admin("init") == 0
+    image = f"{env.prefix}-img"
+    assert repo.admin("publish", image, str(qcow2(make_disk(work / "disk.raw", mib)))) == 0
+    account = server.add_device(env.device.device_id)
+    assert repo.admin("enrol", device_name, "--pubkey",
+                      b64(crypto.raw_public(env.device.signing.public_key())),
+                      "--wrapping-key", b64(crypto.raw_public(env.device.wrapping.public_key())),
+                      "--ssh-key-pub", account.public, "--server-keys", str(server.keys)) == 0
+    assert repo.admin("assign", image, device_name) == 0
+    admin_key = work / "admin-key.pub"
+    admin_key.write_bytes(crypto.raw_public(repo.admin_public))
+    return Datacenter(repo, device_name, image, Repository(
+        f"sftp://{account.user}@127.0.0.1:{server.port}/", key_file=account.key_file,
+        known_hosts=server.known_hosts, admin_key=admin_key))
+
+
+@contextlib.contextmanager
+def provd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path) -> Iterator[Path]:
+    """vmclient-provd with ``env``'s configuration and ``dc``'s repository; its log."""
+    env.cfg = replace(env.cfg, repository=dc.repository)
+    config = write_config(env, tmp, pin_admin=False)
+    log_path = tmp / "provd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmclient.provision.daemon", "--config", str(config),
+             "--debug"], stdout=log, stderr=subprocess.STDOUT,
+            env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+    try:
+        yield log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def call(b: MessageBus, member: str, sig: str = "", body: list[Any] | None = None,
+               dest: str = PROVD, path: str = PROVD_PATH, iface: str = PROVD) -> Message:
+    reply = await b.call(Message(destination=dest, path=path, interface=iface, member=member,
+                                 signature=sig, body=body or []))
+    assert reply is not None
+    return reply
+
+
+def ok(reply: Message) -> list[Any]:
+    assert reply.message_type == MessageType.METHOD_RETURN, (reply.error_name, reply.body)
+    return list(reply.body)
+
+
+async def wait_name(b: MessageBus, name: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not ok(await call(b, "NameHasOwner", "s", [name], *DBUS))[0]:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def laptop_enrolment_pending(env: Env, dc: Datacenter) -> None:
+    """The laptop's management state after ``vmclientctl enrol``: its device id and the
+    pinned admin key; syncd completes the enrolment when it reads the device record."""
+    StateFile(env.cfg.manage_dir).save(DeviceState(device=env.device.device_id))
+    pin_admin_key(env.cfg.manage_dir, crypto.raw_public(dc.repo.admin_public))
+
+
+@contextlib.contextmanager
+def syncd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path) -> Iterator[Path]:
+    """vmclient-syncd hosting the management agent, sharing provd's directories and
+    ``[repository]``; a cycle every 2 s; its log.  Needs :class:`syncd_env.Peers`."""
+    c, r = env.cfg, dc.repository
+    config = tmp / "sync.toml"
+    config.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
+state_dir = "{tmp / 'sync'}"
+provision_dir = "{c.state_dir}"
+device_dir = "{c.device_dir}"
+scratch_dir = "{tmp / 'scratch'}"
+memory_dir = "{tmp / 'memory'}"
+name_prefix = "{env.prefix}-"
+
+[repository]
+location = "{r.location}"
+key_file = "{r.key_file}"
+known_hosts = "{r.known_hosts}"
+admin_key = "{r.admin_key}"
+
+[schedule]
+enabled = false
+recheck_seconds = 2
+
+[manage]
+state_dir = "{c.manage_dir}"
+images_dir = "{c.images_dir}"
+""")
+    log_path = tmp / "syncd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmclient.sync.daemon", "--config", str(config), "--debug"],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+    try:
+        yield log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

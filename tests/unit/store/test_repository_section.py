@@ -1,0 +1,39 @@
+"""One ``[repository]`` section for every laptop daemon (issue 14): the same dataclass,
+the same shipped values, and it opens the store ``open_store`` opens."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from testlib import DATA
+from vmclient.errors import UsageError
+from vmclient.provision import config as pconfig
+from vmclient.store.localfs import LocalDirStore
+from vmclient.store.transport import Repository
+from vmclient.sync import config as sconfig
+
+
+def test_provd_and_syncd_share_the_section() -> None:
+    assert pconfig.ProvisionConfig().repository == sconfig.SyncConfig().repository
+    shipped = [tomllib.loads((DATA / "vmclient" / f"{n}.toml").read_text())["repository"]
+               for n in ("provision", "sync")]
+    assert shipped[0] == shipped[1]
+
+
+def test_provision_toml_takes_an_sftp_url(tmp_path: Path) -> None:
+    path = tmp_path / "provision.toml"
+    path.write_text('[repository]\nlocation = "sftp://dev@dc.example:2222/"\n'
+                    f'key_file = "{tmp_path}/k"\nknown_hosts = "{tmp_path}/kh"\n')
+    r = pconfig.load(path).repository
+    assert r == Repository("sftp://dev@dc.example:2222/", tmp_path / "k", tmp_path / "kh")
+    store = r.open()
+    assert type(store).__name__ == "SFTPStore"  # nothing is contacted before a request
+
+
+def test_a_directory_opens_locally(tmp_path: Path) -> None:
+    assert isinstance(Repository(str(tmp_path)).open(), LocalDirStore)
+    with pytest.raises(UsageError, match="unsupported repository URL"):
+        Repository("https://dc.example/repo").open()
