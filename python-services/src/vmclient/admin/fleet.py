@@ -34,9 +34,10 @@ from ..store.format import shown
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, is_url, open_store
-from . import keys
+from . import keys, session
 from .progress import progress_bar
 from .sshd import GLOBAL_CONFIG, confinement, enrolment_dropbox, revocation
+from .text import info
 
 CODES = "enrolment-codes.json"
 ACTIONS = {"assign": "assign", "unassign": "unassign", "renew": "renew-lease",
@@ -113,7 +114,7 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
             f"{conf.script()}# --- sshd_config: append, then reload sshd ---\n"
             f"{conf.match_block}")
         return
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     book = enrol.CodeBook(k.dir / CODES)
     now = int(time.time())
     if args.code:
@@ -151,7 +152,7 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
 # --- orders and the fleet -----------------------------------------------------------------
 
 async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     rec = await find_device(remote, k, args.device)
     action = ACTIONS[args.action]
     now = int(time.time())
@@ -165,9 +166,9 @@ async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
                          "add --yes to issue it")
     order = await it.issue_order(remote, k.admin, rec.device, action, values, now,
                                  numbers=k.orders)
-    say(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
-    say("the device executes it when it next reaches the datacenter; "
-        f"see `vmclient-admin reports {rec.name}`")
+    info(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
+    info("the device executes it when it next reaches the datacenter; "
+         f"see `vmclient-admin reports {rec.name}`")
 
 
 def _recipe_file(word: str) -> str:
@@ -194,7 +195,7 @@ def _describe(order: Order) -> str:
 async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.devices_command == "revoke":
         return await cmd_revoke(args, remote)
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     views = await it.devices(remote, k.admin.public_key())
     now = int(time.time())
     if args.json:
@@ -206,7 +207,7 @@ async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     rec = await find_device(remote, k, args.device)
     reports = await it.reports_of(remote, k.admin.public_key(), rec.device)
     if args.json:
@@ -221,7 +222,7 @@ async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_revoke(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     rec = await find_device(remote, k, args.device)
     wiped = await it.wipe_report(remote, k.admin.public_key(), rec.device)
     if wiped is None and not args.force:
@@ -265,7 +266,7 @@ async def _remove_authorized_keys(args: argparse.Namespace, account: str) -> boo
 async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.command == "restore" and args.lease_days < 1:
         raise UsageError("--lease-days: at least 1")  # before anything is written
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     escrow = _escrow(args.escrow_key) if args.escrow_key else k.escrow
     admin_pub = k.admin.public_key()
     target = await find_device(remote, k, args.to)

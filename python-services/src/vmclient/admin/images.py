@@ -28,7 +28,7 @@ from ..errors import UsageError
 from ..store import crypto, layout
 from ..store.chunker import Chunk, Chunker, chunk_count
 from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
-from ..store.errors import LocalSyncError, ObjectNotFound
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import NAME_RE
 from ..store.locks import holding, sweep_locked
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
@@ -48,6 +48,7 @@ from ..store.repo import (
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of bytes just processed
+SECTOR = 512
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,20 @@ def image_info(path: Path) -> tuple[str, int]:
     return str(info["format"]), int(info["virtual-size"])
 
 
+def check_image(path: Path) -> tuple[str, int]:
+    """(format, virtual size) of a disk image; refused if it is none (before any write)."""
+    fmt, size = image_info(path)
+    length = path.stat().st_size  # qemu-img rounds a raw file's size up to a sector
+    if fmt == "raw" and (length == 0 or length % SECTOR):
+        raise UsageError(f"{path}: not a disk image: qemu-img knows no image format in it, and "
+                         f"as raw bytes its {length} bytes are not whole {SECTOR}-byte sectors")
+    return fmt, size
+
+
 @contextmanager
 def raw_view(path: Path, tmpdir: str | None = None) -> Iterator[tuple[Path, int]]:
     """A raw file with the guest-visible bytes of ``path`` (converted if not raw)."""
-    fmt, size = image_info(path)
+    fmt, size = check_image(path)
     if fmt == "raw":
         yield path, size
         return
@@ -109,8 +120,10 @@ def read_chunks(raw: Path, size: int, chunker: Chunker, ids: list[bytes],
 
 
 async def content_key(remote: RemoteStore, name: str, admin: crypto.Ed25519PrivateKey,
-                      escrow: crypto.X25519PrivateKey) -> crypto.KeySet:
-    """The image's content key: unwrapped from its escrow copy, or new (and escrowed)."""
+                      escrow: crypto.X25519PrivateKey, *, create: bool) -> crypto.KeySet:
+    """The image's content key: unwrapped from its escrow copy, or (``create``: the image
+    has no published version yet) new and escrowed.  A missing escrow copy of an image
+    that has versions is refused: a new key could read none of them."""
     escrow_id = crypto.key_id(escrow.public_key())
     path = layout.image_key(name, escrow_id)
     admin_pub = admin.public_key()
@@ -118,7 +131,13 @@ async def content_key(remote: RemoteStore, name: str, admin: crypto.Ed25519Priva
         return await get_wrapped_key(remote, path, {crypto.key_id(admin_pub): admin_pub},
                                      f"image:{name}", escrow)
     except ObjectNotFound:
-        pass
+        if not create:
+            raise RemoteIntegrityError(
+                "wrapped-key", f"image:{name}", path,
+                "the escrow copy of the image's content key is missing, but the catalog "
+                "lists versions of the image: refusing to make a new key (the published "
+                "versions could no longer be read, assigned or extended); restore this file "
+                "from a backup of the repository") from None
     keys = crypto.KeySet.generate()
     await put_wrapped_key(remote, path, admin,
                           WrappedKey.create(f"image:{name}", escrow.public_key(), keys))
@@ -149,7 +168,7 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
         version = 1 if latest is None else latest.version + 1
         await sweep_locked(remote, layout.image_store(name), f"{layout.image_dir(name)}/versions")
         await roll_back_unlisted(remote, name, version)
-        keys = await content_key(remote, name, admin, escrow)
+        keys = await content_key(remote, name, admin, escrow, create=latest is None)
         store = ChunkStore(remote, layout.image_store(name), keys)
         known = await store.load_index(repair=True)
         ids: list[bytes] = []

@@ -1,5 +1,6 @@
 """``vmclient-admin``: publish images into the datacenter repository, enrol devices.
 
+    vmclient-admin [--repo REPO] [--key-dir DIR] [--quiet] COMMAND …
     vmclient-admin --repo REPO init [--key-dir DIR]
     vmclient-admin --repo REPO publish NAME IMAGE
     vmclient-admin --repo REPO list
@@ -14,6 +15,8 @@
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
+Without ``--repo``: ``$VMCLIENT_REPOSITORY``, else ``repo`` in the config file
+(:mod:`.session`).  Exit codes: :mod:`vmclient.errors` (docs/exit-codes.md).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import importlib.metadata
 import secrets
 import sys
 import time
@@ -29,6 +33,7 @@ import tomllib
 import traceback
 from pathlib import Path
 
+from ..argparsing import ArgumentParser
 from ..errors import EXIT_BUG, UsageError, VMClientError
 from ..manage.admin import issue_order
 from ..store import crypto, layout
@@ -39,29 +44,47 @@ from ..store.locks import break_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
 from ..store.remote import RemoteStore
 from ..store.repo import (
-    get_catalog,
-    get_config,
     get_signed,
     put_catalog,
     put_signed,
     put_wrapped_key,
 )
 from ..store.transport import close_store, is_url, open_store
-from . import fleet, images, keys
+from . import fleet, images, keys, session
 from .progress import progress_bar
+from .session import open_repo
 from .sshd import GLOBAL_CONFIG, check_public_key, confinement
+from .text import Output, human_size, info, utc
 
-DEFAULT_KEY_DIR = "~/.vmclient-admin"
 PROG = "vmclient-admin"
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("vmclient")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--repo", required=True, help="local directory or sftp://user@host:port/path")
-    p.add_argument("--key-dir", default=DEFAULT_KEY_DIR,
-                   help="the admin's offline key directory (default %(default)s)")
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                       epilog="exit codes: 0 done, 1 failed, 64 usage, 65 repository data "
+                       "failed a check, 66 no such repository, 69 unavailable (lock held), "
+                       "70 bug, 78 configuration (key directory); docs/exit-codes.md")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument("--repo", help="local directory or sftp://user@host:port/path (default "
+                   f"${session.ENV_REPOSITORY}, else repo in the config file)")
+    p.add_argument("--config", help="config file (default "
+                   "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts")
+    p.add_argument("--key-dir", help="the admin's offline key directory (default "
+                   f"{session.DEFAULT_KEY_DIR})")
     p.add_argument("--ssh-key", help="SSH private key for an sftp:// repository")
     p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
+    p.add_argument("--accept-rollback", action="store_true",
+                   help="accept a repository whose catalog is older than the newest this admin "
+                   "signed (restored from a backup): it is re-signed with the next serial")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress, no confirmations; listings and errors only")
     p.add_argument("--debug", action="store_true", help="tracebacks for every error")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -108,11 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.key_dir = Path(args.key_dir).expanduser()
+    Output.quiet = args.quiet
     try:
+        session.resolve(args)
         asyncio.run(run(args))
     except VMClientError as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"{PROG}: {shown(str(exc))}", file=sys.stderr)  # it may quote the repository
         return exc.exit_code
@@ -160,31 +184,26 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"repository {cfg.repository} initialised at {args.repo}")
     say(f"admin keys: {args.key_dir} (keep offline)")
     say(f"admin public key (pin on every laptop): {b64(cfg.admin_key)}")
-
-
-async def open_repo(args: argparse.Namespace, remote: RemoteStore
-                    ) -> tuple[keys.AdminKeys, RepoConfig, Catalog]:
-    k = keys.load(args.key_dir)
-    cfg = await get_config(remote, k.admin.public_key())
-    catalog, _digest = await get_catalog(remote, k.admin.public_key(), cfg.repository,
-                                         known_serial=k.known_serial(cfg.repository))
-    return k, cfg, catalog
+    say(f"IMPORTANT: no VM can be restored without the escrow key {args.key_dir / keys.ESCROW_KEY}"
+        ": copy it now to offline storage (an encrypted USB key in a safe), and keep the "
+        "copy apart from this machine")
 
 
 async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
     k, cfg, catalog = await open_repo(args, remote)
     check_file(args.image)
+    images.check_image(args.image)
     with progress_bar(f"publish {args.name}") as bar:
         done, new = await images.publish(remote, cfg, catalog, args.name, args.image, k.admin,
                                          k.escrow, tmpdir=args.tmpdir, progress=bar.advance,
                                          on_size=bar.total)
     k.record_serial(cfg.repository, new.serial)
     up = done.upload
-    say(f"published {done.name} version {done.version}: {done.size / 2**20:.1f} MiB disk, "
-        f"{up.chunks} new chunks in {up.packs} packs ({up.bytes / 2**20:.1f} MiB uploaded); "
-        f"catalog serial {done.serial}")
+    info(f"published {done.name} version {done.version}: {human_size(done.size)} disk, "
+         f"{up.chunks} new chunks in {up.packs} packs ({human_size(up.bytes)} uploaded); "
+         f"catalog serial {done.serial}")
     if done.damaged:
-        say(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
+        info(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
             "packs replaced")
 
 
@@ -194,12 +213,12 @@ async def cmd_break_lock(args: argparse.Namespace, remote: RemoteStore) -> None:
     if path.rsplit("/", 1)[-1] != "lock":
         raise UsageError(f"{args.lock!r} is neither an image name nor a lock's path "
                          "(images/NAME/lock, devices/ID/lock, lock)")
-    info = await break_lock(remote, path)
-    if info is None:
-        say(f"{path}: not locked")
+    held = await break_lock(remote, path)
+    if held is None:
+        info(f"{path}: not locked")
         return
-    say(f"{path}: broke the lock of {info.holder} (taken {fmt_time(info.created)}, "
-        f"refreshed {fmt_time(info.refreshed)})")
+    info(f"{path}: broke the lock of {held.holder} (taken {fmt_time(held.created)}, "
+         f"refreshed {fmt_time(held.refreshed)})")
 
 
 async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
@@ -207,7 +226,7 @@ async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"catalog serial {catalog.serial}, issued {fmt_time(catalog.issued)}")
     for name, versions in sorted(catalog.images.items()):
         for v in versions:
-            say(f"  {name:<24} v{v.version:<4} {v.size / 2**20:>10.1f} MiB  "
+            say(f"  {name:<24} v{v.version:<4} {human_size(v.size):>10}  "
                 f"{fmt_time(v.created)}  manifest {v.manifest[:16]}")
     if not catalog.images:
         say("  (no images)")
@@ -249,26 +268,23 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
+    recipe = read_recipe(args.recipe) if args.recipe is not None else None  # before writing
     k, _cfg, catalog = await open_repo(args, remote)
     if catalog.find(args.image) is None:
         raise UsageError(f"no image {args.image!r} in the catalog (serial {catalog.serial})")
     rec = await find_device(remote, k, args.device)
-    content = await images.content_key(remote, args.image, k.admin, k.escrow)
+    content = await images.content_key(remote, args.image, k.admin, k.escrow, create=False)
     recipient = crypto.x25519_public(rec.wrapping_key)
     wrapped = WrappedKey.create(f"image:{args.image}", recipient, content)
     await put_wrapped_key(remote, layout.image_key(args.image, wrapped.recipient), k.admin,
                           wrapped)
-    say(f"device {rec.name} ({rec.device}) may now read image {args.image}")
-    if args.recipe is not None:
-        text = read_text_or_file(str(args.recipe))
-        try:
-            vm = str(tomllib.loads(text)["name"])
-        except (tomllib.TOMLDecodeError, KeyError) as exc:
-            raise UsageError(f"{args.recipe}: not a VM recipe with a name: {exc}") from exc
+    info(f"device {rec.name} ({rec.device}) may now read image {args.image}")
+    if recipe is not None:
+        vm, text = recipe
         order = await issue_order(remote, k.admin, rec.device, "assign",
                                   {"vm": vm, "recipe": text}, int(time.time()),
                                   numbers=k.orders)
-        say(f"order {order.seq}: install {vm} on {rec.name}")
+        info(f"order {order.seq}: install {vm} on {rec.name}")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -317,7 +333,7 @@ def b64(raw: bytes) -> str:
 
 
 def fmt_time(t: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+    return utc(t)
 
 
 def server_path(repo: str) -> str:
@@ -331,6 +347,24 @@ def server_path(repo: str) -> str:
 def check_file(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"{path}: no such image file")
+
+
+def read_recipe(path: Path) -> tuple[str, str]:
+    """(VM name, text) of the recipe file ``path``; refused before anything is written."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"--recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--recipe {path}: cannot read it: {exc}") from exc
+    try:
+        untrusted = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--recipe {path}: not TOML: {exc}") from exc
+    vm = untrusted.get("name")
+    if not isinstance(vm, str) or not vm:
+        raise UsageError(f"--recipe {path}: not a VM recipe (no name = \"…\")")
+    return vm, text.strip()
 
 
 def read_text_or_file(value: str) -> str:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from .text import Output, human_size
+
 
 class PlainProgress:
     """One line per 10 % (or per 10 s) on a stream that is not a terminal."""
@@ -28,9 +30,9 @@ class PlainProgress:
         tenth = self.done * 10 // self.size if self.size else 0
         if tenth > self.shown or now - self.last >= 10:
             self.shown, self.last = tenth, now
-            rate = self.done / max(now - self.start, 1e-6) / 2**20
+            rate = self.done / max(now - self.start, 1e-6)
             pct = f"{100 * self.done // self.size}%" if self.size else "?"
-            print(f"{self.label}: {pct} {self.done / 2**20:.0f} MiB {rate:.0f} MiB/s",
+            print(f"{self.label}: {pct} {human_size(self.done)} {human_size(rate)}/s",
                   file=self.stream, flush=True)
 
 
@@ -56,8 +58,19 @@ class RichProgress:
         self.bar.advance(self.task, n)
 
 
+class NoProgress:
+    def total(self, size: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
 @contextmanager
 def progress_bar(label: str, stream: TextIO | None = None) -> Iterator[Any]:
+    if Output.quiet:
+        yield NoProgress()
+        return
     out = sys.stderr if stream is None else stream
     if out.isatty():
         try:

@@ -1,0 +1,184 @@
+"""The admin's CLI as a new admin meets it: `vmclient-admin` main() in-process against a
+local-directory repository — where the repository comes from, errors that say what to do,
+the exit-code table, --version, --quiet, human sizes and UTC."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sftp_repo import make_disk
+
+from vmclient.admin import keys as admin_keys
+from vmclient.admin import main as admin
+from vmclient.admin.text import human_size
+from vmclient.errors import EXIT_BUG, EXIT_USAGE
+from vmclient.store import crypto, layout
+
+MiB = 1 << 20
+
+
+class Admin:
+    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.repo, self.key_dir, self.tmp, self.capsys = tmp / "repo", tmp / "keys", tmp, capsys
+
+    def __call__(self, *argv: str, key_dir: Path | None = None) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        rc = admin.main(["--repo", str(self.repo), "--key-dir", str(key_dir or self.key_dir),
+                         *argv])
+        out = self.capsys.readouterr()
+        return rc, out.out, out.err
+
+    def disk(self, name: str = "disk.raw", mib: int = 4, seed: int = 1) -> Path:
+        return make_disk(self.tmp / name, mib, seed=seed)
+
+
+@pytest.fixture
+def adm(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[Admin]:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no admin.toml of the host
+    monkeypatch.delenv("VMCLIENT_REPOSITORY", raising=False)
+    a = Admin(tmp_path, capsys)
+    assert a("init")[0] == 0
+    yield a
+
+
+def test_a_usage_error_exits_64_and_a_bug_70_never_2(
+        adm: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit) as exc:
+        admin.main(["--repo", str(adm.repo), "no-such-command"])
+    assert exc.value.code == EXIT_USAGE == 64
+    assert "invalid choice" in adm.capsys.readouterr().err
+
+    async def broken(args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(admin, "run", broken)
+    rc, _out, err = adm("list")
+    assert rc == EXIT_BUG == 70 and "a bug" in err and "RuntimeError: boom" in err
+
+
+def test_version_needs_no_repository(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        admin.main(["--version"])
+    assert exc.value.code == 0
+    assert re.fullmatch(r"vmclient-admin \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+def test_the_repository_comes_from_the_environment_or_the_config_file(
+        adm: Admin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin.main(["--key-dir", str(adm.key_dir), "list"]) == 64
+    assert "give --repo, set VMCLIENT_REPOSITORY" in capsys.readouterr().err
+    monkeypatch.setenv("VMCLIENT_REPOSITORY", str(adm.repo))
+    assert admin.main(["--key-dir", str(adm.key_dir), "list"]) == 0
+    assert "catalog serial 1" in capsys.readouterr().out
+    monkeypatch.delenv("VMCLIENT_REPOSITORY")
+    conf = tmp_path / "xdg" / "vmclient" / "admin.toml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f'repo = "{adm.repo}"\nkey_dir = "{adm.key_dir}"\n')
+    assert admin.main(["list"]) == 0
+    assert "catalog serial 1" in capsys.readouterr().out
+    conf.write_text('repository = "/x"\n')
+    assert admin.main(["list"]) == 78
+    assert "admin.toml: repository: unknown setting" in capsys.readouterr().err
+
+
+def test_a_missing_repository_says_run_init(adm: Admin) -> None:
+    adm.repo = adm.tmp / "elsewhere"
+    rc, _out, err = adm("list")
+    assert rc == 66 and "run `vmclient-admin init`" in err, err
+    assert not adm.repo.exists()
+
+
+def test_a_wrong_key_dir_names_both_admin_keys(adm: Admin) -> None:
+    other = adm.tmp / "other-keys"
+    admin_keys.create(other)
+    rc, _out, err = adm("list", key_dir=other)
+    mine = crypto.key_id(admin_keys.load(adm.key_dir).admin.public_key())
+    theirs = crypto.key_id(admin_keys.load(other).admin.public_key())
+    assert rc == 78, err
+    assert f"this repository belongs to admin key {mine}; --key-dir {other} holds admin key " \
+        f"{theirs}" in err
+    assert "not what was written" not in err
+    rc, _out, err = adm("devices", key_dir=other)  # the fleet commands check it too
+    assert rc == 78 and "belongs to admin key" in err
+
+
+def test_a_missing_recipe_file_is_no_such_file_and_writes_nothing(adm: Admin) -> None:
+    assert adm("publish", "office", str(adm.disk()))[0] == 0
+    signing, wrapping = crypto.Ed25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
+    ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVmRoSDy8HnTMgOc3hr+eXi0V3ulmOlfnDHLI7y0tLG x"
+    rc, _out, err = adm("enrol", "laptop-1", "--pubkey", admin.b64(crypto.raw_public(
+        signing.public_key())), "--wrapping-key", admin.b64(crypto.raw_public(
+            wrapping.public_key())), "--ssh-key-pub", ssh, "--server-keys", str(adm.tmp / "k"))
+    assert rc == 0, err
+    before = sorted(p.relative_to(adm.repo) for p in adm.repo.rglob("*"))
+    rc, _out, err = adm("assign", "office", "laptop-1", "--recipe", str(adm.tmp / "nope.toml"))
+    assert rc == 64 and "no such file" in err, err
+    assert sorted(p.relative_to(adm.repo) for p in adm.repo.rglob("*")) == before
+
+
+def test_a_rolled_back_repository_is_named_and_accepted_only_explicitly(adm: Admin) -> None:
+    assert adm("publish", "office", str(adm.disk()))[0] == 0
+    old = (adm.repo / layout.CATALOG).read_bytes()  # serial 2: office v1
+    assert adm("publish", "office", str(adm.disk("v2.raw", seed=2)))[0] == 0  # serial 3
+    (adm.repo / layout.CATALOG).write_bytes(old)  # the server restored from a backup
+    rc, _out, err = adm("list")
+    assert rc == 65 and "serial 2" in err and "already signed serial 3" in err, err
+    assert "--accept-rollback" in err
+    rc, _out, err = adm("--accept-rollback", "list")
+    assert rc == 0 and "re-signed as serial 4" in err, err
+    rc, out, _err = adm("list")
+    assert rc == 0 and "catalog serial 4" in out and " v2 " not in out, out
+    rc, out, _err = adm("publish", "office", str(adm.disk("v3.raw", seed=3)))
+    assert rc == 0 and "version 2" in out and "catalog serial 5" in out, out
+
+
+def test_a_deleted_escrow_copy_is_refused_not_replaced_by_a_new_key(adm: Admin) -> None:
+    assert adm("publish", "office", str(adm.disk()))[0] == 0
+    escrow = crypto.key_id(admin_keys.load(adm.key_dir).escrow.public_key())
+    copy = adm.repo / layout.image_key("office", escrow)
+    copy.unlink()
+    rc, _out, err = adm("publish", "office", str(adm.disk("v2.raw", seed=2)))
+    assert rc == 65 and "escrow copy" in err and "restore this file" in err, err
+    assert not copy.exists()
+    rc, out, _err = adm("list")
+    assert " v2 " not in out
+
+
+def test_publish_refuses_what_is_not_a_disk_image(adm: Admin) -> None:
+    text = adm.tmp / "notes.txt"
+    text.write_text("not a disk\n")
+    rc, _out, err = adm("publish", "office", str(text))
+    assert rc == 64 and "not a disk image" in err, err
+    assert not (adm.repo / layout.image_dir("office")).exists()
+
+
+def test_sizes_are_human_and_times_utc(adm: Admin) -> None:
+    assert human_size(61440 * MiB) == "60.0 GiB"
+    assert human_size(512) == "512 B" and human_size(1536 * MiB) == "1.5 GiB"
+    rc, out, _err = adm("publish", "office", str(adm.disk()))
+    assert rc == 0 and "4.0 MiB disk" in out, out
+    rc, out, _err = adm("list")
+    assert re.search(r"office\s+v1\s+4\.0 MiB\s+\d{4}-\d\d-\d\d \d\d:\d\d UTC", out), out
+    assert re.search(r"issued \d{4}-\d\d-\d\d \d\d:\d\d UTC", out), out
+
+
+def test_quiet_publishes_without_a_word(adm: Admin) -> None:
+    rc, out, err = adm("--quiet", "publish", "office", str(adm.disk()))
+    assert rc == 0 and out == "" and err == "", (out, err)
+    rc, out, _err = adm("-q", "list")
+    assert rc == 0 and "office" in out  # a listing is the result: still printed
+
+
+def test_init_says_to_put_the_escrow_key_offline(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin.main(["--repo", str(tmp_path / "r"), "--key-dir", str(tmp_path / "k"),
+                       "init"]) == 0
+    out = capsys.readouterr().out
+    assert "no VM can be restored without the escrow key" in out and "offline" in out
+    shutil.rmtree(tmp_path / "r")
