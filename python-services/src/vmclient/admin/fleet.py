@@ -34,9 +34,9 @@ from ..store.format import shown
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, is_url, open_store
-from . import keys, session
+from . import keys, serverscript, session
 from .progress import progress_bar
-from .sshd import GLOBAL_CONFIG, confinement, enrolment_dropbox, revocation
+from .sshd import confinement, enrolment_dropbox, revocation
 from .text import info
 
 CODES = "enrolment-codes.json"
@@ -126,10 +126,12 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
         say(f"on the laptop: vmclientctl enrol <repository> --name {args.code} --code {code} "
             f"--admin-key {_b64(crypto.raw_public(k.admin.public_key()))}")
         return
+    serverscript.check_target(getattr(args, "server_script", None))
     outcomes = await enrol.process_requests(remote, k.admin, book, now)
     if not outcomes:
         say("no pending enrolment requests")
     refused = 0
+    setups = []
     for o in outcomes:  # names, ids and details come from laptops' requests: shown escaped
         if not o.enrolled:
             refused += 1
@@ -141,10 +143,12 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
                 f"`enrol {o.name} --pubkey … --ssh-key-pub …`")
             continue
         conf = confinement(o.device, o.ssh_key, server_repo, args.server_keys)
-        say(f"# --- on the storage server, as root: account and directories ---\n"
-            f"{conf.script()}# --- sshd_config: once per server ---\n{GLOBAL_CONFIG}"
-            f"# --- sshd_config: append, then reload sshd ---\n{conf.match_block}"
-            f"# the device's repository URL: sftp://{conf.account}@<server>/")
+        setups.append((o.device, conf))
+        say(f"  its repository URL: sftp://{conf.account}@<server>/")
+    if setups:
+        text = serverscript.render(setups, now)
+        where = serverscript.write(text, getattr(args, "server_script", None), k.dir, now)
+        say(serverscript.summary(where, len(setups)))
     if refused:
         raise UsageError(f"{refused} enrolment request(s) refused (removed)")
 

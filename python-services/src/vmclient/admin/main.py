@@ -50,10 +50,10 @@ from ..store.repo import (
     put_wrapped_key,
 )
 from ..store.transport import close_store, is_url, open_store
-from . import fleet, images, keys, session
+from . import fleet, images, keys, serverscript, session
 from .progress import progress_bar
 from .session import open_repo
-from .sshd import GLOBAL_CONFIG, check_public_key, confinement
+from .sshd import check_public_key, confinement
 from .text import Output, human_size, info, utc
 
 PROG = "vmclient-admin"
@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: --repo if local, else the URL's path)")
     s.add_argument("--server-keys", default="/etc/ssh/vmclient-keys",
                    help="root-owned directory for the per-device authorized keys")
+    s.add_argument("--server-script", metavar="FILE",
+                   help="write the storage server's setup script (accounts, directories, "
+                   "sshd Match blocks) to FILE, a new file; '-' prints it (default: a new "
+                   f"file in KEY_DIR/{serverscript.SETUP_DIR}/)")
     s.set_defaults(func=cmd_enrol)
 
     s = sub.add_parser("assign", help="entitle a device to an image (wrap its content key)")
@@ -244,6 +248,7 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
     if not (args.device and args.pubkey and args.wrapping_key and args.ssh_key_pub):
         raise UsageError("enrol: give DEVICE --pubkey --wrapping-key --ssh-key-pub, or one of "
                          "--code NAME, --accept, --dropbox SSH_PUB")
+    serverscript.check_target(args.server_script)
     k, _cfg, _catalog = await open_repo(args, remote)
     signing = decode_key(args.pubkey, "--pubkey")
     wrapping = decode_key(args.wrapping_key, "--wrapping-key")
@@ -260,11 +265,12 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
                      rec.to_bytes(), exclusive=False)
     server_repo = args.server_repo or server_path(args.repo)
     conf = confinement(device, ssh_pub, server_repo, args.server_keys)
-    say(f"enrolled {args.device} as device {device}")
-    say(f"# --- on the storage server, as root: account and directories ---\n{conf.script()}")
-    say(f"# --- sshd_config: once per server ---\n{GLOBAL_CONFIG}")
-    say(f"# --- sshd_config: append, then reload sshd ---\n{conf.match_block}")
-    say(f"# the device's repository URL: sftp://{conf.account}@<server>/")
+    now = int(time.time())
+    say(f"enrolled {args.device} as device {device}; its repository URL: "
+        f"sftp://{conf.account}@<server>/")
+    where = serverscript.write(serverscript.render([(device, conf)], now), args.server_script,
+                               k.dir, now)
+    say(serverscript.summary(where, 1))
 
 
 async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
