@@ -4,6 +4,7 @@ the exit-code table, --version, --quiet, human sizes and UTC."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -182,3 +183,64 @@ def test_init_says_to_put_the_escrow_key_offline(tmp_path: Path,
     out = capsys.readouterr().out
     assert "no VM can be restored without the escrow key" in out and "offline" in out
     shutil.rmtree(tmp_path / "r")
+
+
+def _enrol(adm: Admin, name: str) -> crypto.X25519PrivateKey:
+    signing, wrapping = crypto.Ed25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
+    ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVmRoSDy8HnTMgOc3hr+eXi0V3ulmOlfnDHLI7y0tLG x"
+    rc, _out, err = adm("enrol", name, "--pubkey", admin.b64(crypto.raw_public(
+        signing.public_key())), "--wrapping-key", admin.b64(crypto.raw_public(
+            wrapping.public_key())), "--ssh-key-pub", ssh, "--server-keys", str(adm.tmp / "k"))
+    assert rc == 0, err
+    return wrapping
+
+
+def test_show_an_image_lists_its_versions_and_who_can_read_it(adm: Admin) -> None:
+    rc, out, _err = adm("publish", "office", str(adm.disk()), "--json")
+    assert rc == 0
+    assert json.loads(out) == {"image": "office", "version": 1, "size": 4 * MiB, "serial": 2,
+                               "new_chunks": json.loads(out)["new_chunks"],
+                               "packs": json.loads(out)["packs"],
+                               "uploaded": json.loads(out)["uploaded"], "damaged": 0}
+    wrapping = _enrol(adm, "laptop-1")
+    _enrol(adm, "laptop-2")
+    assert adm("assign", "office", "laptop-1")[0] == 0
+    rc, out, _err = adm("show", "office")
+    assert rc == 0 and re.search(r"v1\s+4\.0 MiB\s+published \S+ \S+ UTC", out), out
+    assert "the escrow key (the admin)" in out and "laptop-1 (" in out
+    assert "laptop-2" not in out
+    rc, out, _err = adm("show", "office", "--json")
+    doc = json.loads(out)
+    assert [v["version"] for v in doc["versions"]] == [1]
+    ids = {r["key"]: r["name"] for r in doc["readers"]}
+    assert ids[crypto.key_id(wrapping.public_key())] == "laptop-1" and len(ids) == 2
+    rc, out, _err = adm("show", "laptop-1", "--json")
+    assert rc == 0 and json.loads(out)["images"] == ["office"]
+    rc, _out, err = adm("show", "nothing")
+    assert rc == 64 and "neither an image" in err
+
+
+def test_list_json(adm: Admin) -> None:
+    assert adm("publish", "office", str(adm.disk()))[0] == 0
+    _enrol(adm, "laptop-1")
+    rc, out, _err = adm("list", "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["serial"] == 2
+    assert [(i["name"], i["version"], i["size"]) for i in doc["images"]] == [
+        ("office", 1, 4 * MiB)]
+    assert [d["name"] for d in doc["devices"]] == ["laptop-1"]
+
+
+def test_revoke_dry_run_changes_nothing(adm: Admin) -> None:
+    _enrol(adm, "laptop-1")
+    keys_dir = adm.tmp / "k"
+    before = sorted(p.relative_to(adm.tmp) for p in adm.tmp.rglob("*"))
+    rc, out, err = adm("devices", "revoke", "laptop-1", "--force", "--dry-run",
+                       "--server-keys", str(keys_dir))
+    assert rc == 0 and "dry run: would revoke laptop-1" in out, err
+    assert sorted(p.relative_to(adm.tmp) for p in adm.tmp.rglob("*")) == before
+    rc, out, err = adm("devices", "revoke", "laptop-1", "--force", "--server-keys",
+                       str(keys_dir))
+    assert rc == 0 and "revoked" in out, err
+    rc, out, _err = adm("devices")
+    assert "revoked" in out

@@ -31,18 +31,16 @@ from ..manage import enrol
 from ..manage import rekey as rk
 from ..store import crypto, layout
 from ..store.format import shown
-from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
+from ..store.orders import DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, is_url, open_store
-from . import keys, serverscript, session
+from . import keys, orders, serverscript, session
+from .orders import describe as _describe
 from .progress import progress_bar
+from .session import find_device
 from .sshd import confinement, enrolment_dropbox, revocation
-from .text import info
 
 CODES = "enrolment-codes.json"
-ACTIONS = {"assign": "assign", "unassign": "unassign", "renew": "renew-lease",
-           "renew-lease": "renew-lease", "lock": "lock", "unlock": "unlock", "wipe": "wipe"}
-DEFAULTS = {"renew-lease": ["lease_until=+14d"], "wipe": ["include_private=no"]}
 DEFAULT_SERVER_KEYS = "/etc/ssh/vmclient-keys"
 
 
@@ -53,11 +51,15 @@ def say(text: str) -> None:
 def add_parsers(sub: Any) -> None:
     s = sub.add_parser("order", help="issue a signed order to a device")
     s.add_argument("device", help="device id (32 hex) or enrolled name")
-    s.add_argument("action", choices=sorted(ACTIONS))
+    s.add_argument("action", choices=sorted(orders.ACTIONS))
     s.add_argument("args", nargs="*", help="key=value: vm=NAME, recipe=FILE, "
-                   "lease_until=+14d|UNIX_TIME, include_private=yes|no")
+                   "lease_until=+14d|UNIX_TIME, include_private=yes|no; for cancel: the "
+                   "number of the pending order")
     s.add_argument("--yes", action="store_true", help="confirm a wipe")
-    s.set_defaults(func=cmd_order)
+    s.add_argument("--dry-run", action="store_true",
+                   help="check and show the order, write nothing")
+    s.add_argument("--json", action="store_true", help="the order as JSON")
+    s.set_defaults(func=orders.cmd_order)
 
     s = sub.add_parser("devices", help="the fleet: last contact, lease, VMs, pending orders")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -68,6 +70,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--force", action="store_true",
                    help="revoke without a verified wipe report (the laptop can then no "
                    "longer fetch a pending wipe order)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check and show what would be revoked, change nothing")
     r.add_argument("--server-keys", default=DEFAULT_SERVER_KEYS,
                    help="the storage server's per-account authorized-keys directory")
     s.set_defaults(func=cmd_devices)
@@ -155,47 +159,6 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 # --- orders and the fleet -----------------------------------------------------------------
 
-async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = await session.open_keys(args, remote)
-    rec = await find_device(remote, k, args.device)
-    action = ACTIONS[args.action]
-    now = int(time.time())
-    words = list(args.args)
-    given = {w.partition("=")[0] for w in words}
-    words += [d for d in DEFAULTS.get(action, []) if d.partition("=")[0] not in given]
-    words = [_recipe_file(w) if w.startswith("recipe=") else w for w in words]
-    values = it.order_args(action, words, now)
-    if action == "wipe" and not args.yes:
-        raise UsageError(f"a wipe destroys the business VMs of {rec.name} ({rec.device}): "
-                         "add --yes to issue it")
-    order = await it.issue_order(remote, k.admin, rec.device, action, values, now,
-                                 numbers=k.orders)
-    info(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
-    info("the device executes it when it next reaches the datacenter; "
-         f"see `vmclient-admin reports {rec.name}`")
-
-
-def _recipe_file(word: str) -> str:
-    value = word.partition("=")[2]
-    path = Path(value)
-    if not path.is_file():
-        raise UsageError(f"recipe={value}: no such recipe file")
-    return "recipe=" + path.read_text()
-
-
-def _describe(order: Order) -> str:
-    a = order.args
-    if order.action == "renew-lease":
-        return f"renew the lease until {_when(int(a['lease_until']))}"
-    if order.action == "wipe":
-        return "WIPE business VMs" + (" and private VMs" if a["include_private"] else "")
-    if order.action == "rekey":
-        return f"restore {a['vm']} from {a['from_device']} (snapshot seq >= {a['min_seq']})"
-    if "vm" in a:
-        return f"{order.action} {a['vm']}"
-    return order.action
-
-
 async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.devices_command == "revoke":
         return await cmd_revoke(args, remote)
@@ -233,6 +196,11 @@ async def cmd_revoke(args: argparse.Namespace, remote: RemoteStore) -> None:
         raise UsageError(f"no verified wipe report from {rec.name} ({rec.device}) yet: a "
                          "revoked laptop cannot fetch its wipe order; wait for the report, "
                          "or add --force")
+    if args.dry_run:
+        plan = revocation(rec.device, args.server_keys)
+        say(f"dry run: would revoke {rec.name} ({rec.device}) and delete "
+            f"{plan.authorized_keys_path}; nothing changed")
+        return
     _rec, rev = await it.revoke(remote, k.admin, rec.device, args.reason, int(time.time()))
     say(f"device {rec.name} ({rec.device}) revoked on {_when(rev.revoked)}: "
         "no further orders")
@@ -330,17 +298,6 @@ def _escrow(path: Path) -> crypto.X25519PrivateKey:
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
-    admin = k.admin.public_key()
-    if DEVICE_ID_RE.fullmatch(which):
-        return await it.device_record(remote, admin, which)
-    views = [v for v in await it.devices(remote, admin) if v.name == which]
-    live = [v for v in views if not v.revoked] or views
-    if len(live) != 1:
-        raise UsageError(f"{len(live)} enrolled devices are named {which!r}: give its id")
-    return await it.device_record(remote, admin, live[0].device)
-
 
 def _ssh_key(value: str) -> str:
     path = Path(value)

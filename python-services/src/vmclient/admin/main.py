@@ -2,16 +2,17 @@
 
     vmclient-admin [--repo REPO] [--key-dir DIR] [--quiet] COMMAND …
     vmclient-admin --repo REPO init [--key-dir DIR]
-    vmclient-admin --repo REPO publish NAME IMAGE
-    vmclient-admin --repo REPO list
+    vmclient-admin --repo REPO publish NAME IMAGE [--json]
+    vmclient-admin --repo REPO list [--json] | show IMAGE|DEVICE [--json]
     vmclient-admin --repo REPO enrol DEVICE --pubkey B64 --wrapping-key B64 --ssh-key FILE|LINE
     vmclient-admin --repo REPO enrol --code NAME | --accept | --dropbox SSH_PUB
     vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE]
     vmclient-admin --repo REPO order DEVICE assign|unassign|renew|lock|unlock|wipe [k=v …]
+    vmclient-admin --repo REPO order DEVICE cancel N [--dry-run]
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
-    vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH
+    vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import importlib.metadata
+import json
 import secrets
 import sys
 import time
@@ -40,9 +42,9 @@ from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
-from ..store.locks import break_lock
+from ..store.locks import LockInfo, break_lock, read_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from ..store.repo import (
     get_signed,
     put_catalog,
@@ -50,7 +52,7 @@ from ..store.repo import (
     put_wrapped_key,
 )
 from ..store.transport import close_store, is_url, open_store
-from . import fleet, images, keys, serverscript, session
+from . import fleet, images, keys, serverscript, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .sshd import check_public_key, confinement
@@ -96,10 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("image", type=Path)
     s.add_argument("--tmpdir", help="where qemu-img converts non-raw images (sparse)")
+    s.add_argument("--json", action="store_true", help="the result as JSON")
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("list", help="published images and enrolled devices")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="one image (versions, who can read it) or one device "
+                       "(state, orders and their outcome, images, VMs)")
+    s.add_argument("what", metavar="IMAGE|DEVICE", help="image name, device name or id")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=show.cmd_show)
 
     s = sub.add_parser("enrol", help="enrolment codes and requests, or record a device's keys "
                        "directly; prints its sshd confinement")
@@ -128,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
                        "publish lock, or a path such as devices/ID/lock)")
     s.add_argument("lock", help="image name, or the lock's path in the repository")
+    s.add_argument("--dry-run", action="store_true", help="show the holder, delete nothing")
     s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
     return p
@@ -203,6 +214,11 @@ async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
                                          on_size=bar.total)
     k.record_serial(cfg.repository, new.serial)
     up = done.upload
+    if args.json:
+        say(json.dumps({"image": done.name, "version": done.version, "size": done.size,
+                        "serial": done.serial, "new_chunks": up.chunks, "packs": up.packs,
+                        "uploaded": up.bytes, "damaged": done.damaged}, sort_keys=True))
+        return
     info(f"published {done.name} version {done.version}: {human_size(done.size)} disk, "
          f"{up.chunks} new chunks in {up.packs} packs ({human_size(up.bytes)} uploaded); "
          f"catalog serial {done.serial}")
@@ -217,16 +233,38 @@ async def cmd_break_lock(args: argparse.Namespace, remote: RemoteStore) -> None:
     if path.rsplit("/", 1)[-1] != "lock":
         raise UsageError(f"{args.lock!r} is neither an image name nor a lock's path "
                          "(images/NAME/lock, devices/ID/lock, lock)")
+    if args.dry_run:
+        try:
+            held = read_lock(await get_object(remote, path, "lock", path)) or \
+                LockInfo("(not a lock document)", 0, 0, "")
+        except ObjectNotFound:
+            held = None
+        if held is None:
+            say(f"{path}: not locked")
+        else:
+            say(f"dry run: would break the lock of {shown(held.holder)} on {path} (taken "
+                f"{fmt_time(held.created)}, refreshed {fmt_time(held.refreshed)})")
+        return
     held = await break_lock(remote, path)
     if held is None:
         info(f"{path}: not locked")
         return
-    info(f"{path}: broke the lock of {held.holder} (taken {fmt_time(held.created)}, "
+    info(f"{path}: broke the lock of {shown(held.holder)} (taken {fmt_time(held.created)}, "
          f"refreshed {fmt_time(held.refreshed)})")
 
 
 async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
     k, _cfg, catalog = await open_repo(args, remote)
+    if args.json:
+        devices = await read_devices(remote, k)
+        say(json.dumps({"serial": catalog.serial, "issued": catalog.issued,
+                        "images": [{"name": name, **vars(v)}
+                                   for name, versions in sorted(catalog.images.items())
+                                   for v in versions],
+                        "devices": [{"name": r.name, "device": r.device,
+                                     "enrolled": r.enrolled} for r in devices]},
+                       indent=1, sort_keys=True))
+        return
     say(f"catalog serial {catalog.serial}, issued {fmt_time(catalog.issued)}")
     for name, versions in sorted(catalog.images.items()):
         for v in versions:

@@ -24,9 +24,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
+from ..manage import admin as it
 from ..store import crypto, layout
 from ..store.documents import Catalog, RepoConfig
 from ..store.errors import EXIT_INTEGRITY, ObjectNotFound, UnknownSigner
+from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import get_catalog, get_config, put_catalog
 from . import keys
@@ -129,3 +131,14 @@ async def _rolled_back(args: argparse.Namespace, remote: RemoteStore, k: keys.Ad
     print(f"accepted the rolled-back catalog (serial {catalog.serial}, issued {issued}); "
           f"re-signed as serial {new.serial}", file=sys.stderr, flush=True)
     return new
+
+
+async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
+    admin = k.admin.public_key()
+    if DEVICE_ID_RE.fullmatch(which):
+        return await it.device_record(remote, admin, which)
+    views = [v for v in await it.devices(remote, admin) if v.name == which]
+    live = [v for v in views if not v.revoked] or views
+    if len(live) != 1:
+        raise UsageError(f"{len(live)} enrolled devices are named {which!r}: give its id")
+    return await it.device_record(remote, admin, live[0].device)
