@@ -4,6 +4,7 @@ the exit-code table, --version, --quiet, human sizes and UTC."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -244,3 +245,73 @@ def test_revoke_dry_run_changes_nothing(adm: Admin) -> None:
     assert rc == 0 and "revoked" in out, err
     rc, out, _err = adm("devices")
     assert "revoked" in out
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_check_verifies_what_the_catalog_reaches_and_read_data_every_chunk(adm: Admin) -> None:
+    assert adm("publish", "office", str(adm.disk(mib=8)))[0] == 0
+    rc, out, err = adm("check", "--read-data")
+    assert rc == 0 and "no problems found" in out and "read and authenticated" in out, err
+    packs = sorted((adm.repo / layout.image_store("office") / "packs").rglob("*"),
+                   key=lambda p: p.stat().st_size if p.is_file() else 0)
+    pack = packs[-1]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside a blob: the index still matches the pack's size
+    pack.write_bytes(bytes(data))
+    before = _tree(adm.repo)
+    rc, out, _err = adm("check")
+    assert rc == 0, out  # without --read-data the blobs are not read
+    rc, out, err = adm("check", "--read-data")
+    assert rc == 65 and "PROBLEM: image office: chunk" in out and "1 problem" in err, (out, err)
+    assert _tree(adm.repo) == before  # check writes nothing
+    (adm.repo / layout.image_manifest("office", 1)).unlink()
+    rc, out, err = adm("check", "--json")
+    assert rc == 65 and any("v1" in p for p in json.loads(out)["problems"]), out
+
+
+def test_forget_prune_and_unpublish(adm: Admin, tmp_path: Path) -> None:
+    for seed in (1, 2, 3):
+        rc, _out, err = adm("publish", "office", str(adm.disk(f"v{seed}.raw", mib=4,
+                                                              seed=seed)))
+        assert rc == 0, err
+    store = adm.repo / layout.image_store("office")
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+
+    full = size()
+    before = _tree(adm.repo)
+    assert adm("forget", "office", "--keep-last", "1", "--dry-run")[0] == 0
+    assert adm("prune", "office", "--dry-run")[0] == 0
+    assert _tree(adm.repo) == before
+    rc, out, err = adm("forget", "office", "--keep-last", "1")
+    assert rc == 0 and "version(s) 1, 2 out of the catalog (serial 5)" in out, err
+    rc, out, _err = adm("list")
+    assert " v3 " in out and " v1 " not in out and " v2 " not in out, out
+    assert (adm.repo / layout.image_manifest("office", 1)).exists()  # until prune
+    rc, out, err = adm("prune", "office")
+    assert rc == 0 and "deleted manifest(s) of version(s) 1, 2" in out, err
+    assert not (adm.repo / layout.image_manifest("office", 1)).exists()
+    assert size() < full * 0.6, (size(), full)
+    rc, out, err = adm("check", "--read-data")
+    assert rc == 0 and "no problems found" in out, (out, err)
+
+    from vmclient.admin.images import read_published
+    from vmclient.store.localfs import LocalDirStore
+    k = admin_keys.load(adm.key_dir)
+    got = tmp_path / "got.raw"
+    asyncio.run(read_published(LocalDirStore(adm.repo), k.admin.public_key(), k.escrow,
+                               "office", got))
+    assert got.read_bytes() == (tmp_path / "v3.raw").read_bytes()
+
+    rc, out, err = adm("unpublish", "office", "7")
+    assert rc == 64 and "no version(s) 7" in err
+    rc, out, err = adm("unpublish", "office")
+    assert rc == 0 and "took office version(s) 3" in out, err
+    assert adm("prune", "office")[0] == 0
+    assert not [p for p in (adm.repo / layout.image_dir("office")).rglob("*") if p.is_file()]
+    rc, out, err = adm("publish", "office", str(adm.disk("v4.raw", seed=4)))
+    assert rc == 0 and "version 1" in out, err

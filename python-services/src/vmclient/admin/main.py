@@ -13,6 +13,8 @@
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
     vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
+    vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
+    vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
@@ -52,7 +54,7 @@ from ..store.repo import (
     put_wrapped_key,
 )
 from ..store.transport import close_store, is_url, open_store
-from . import fleet, images, keys, serverscript, session, show
+from . import fleet, images, keys, maint, serverscript, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .sshd import check_public_key, confinement
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="show the holder, delete nothing")
     s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
+    maint.add_parsers(sub)
     return p
 
 
