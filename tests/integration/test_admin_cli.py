@@ -315,3 +315,47 @@ def test_forget_prune_and_unpublish(adm: Admin, tmp_path: Path) -> None:
     assert not [p for p in (adm.repo / layout.image_dir("office")).rglob("*") if p.is_file()]
     rc, out, err = adm("publish", "office", str(adm.disk("v4.raw", seed=4)))
     assert rc == 0 and "version 1" in out, err
+
+
+def test_the_admin_keys_are_encrypted_at_rest_under_the_passphrase(
+        adm: Admin, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    for name in (admin_keys.ADMIN_KEY, admin_keys.ESCROW_KEY):
+        data = (adm.key_dir / name).read_bytes()
+        assert data.startswith(b"vmclient-admin-key: scrypt n=32768 r=8 p=1 salt=")
+        assert b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
+        with pytest.raises(TypeError, match="encrypted"):  # no key without the passphrase
+            serialization.load_pem_private_key(data, password=None)
+    assert adm("list")[0] == 0  # the passphrase from VMCLIENT_ADMIN_PASSPHRASE
+    monkeypatch.setenv("VMCLIENT_ADMIN_PASSPHRASE", "not the passphrase")
+    rc, _out, err = adm("list")
+    assert rc == 78 and "wrong passphrase" in err, err
+    monkeypatch.delenv("VMCLIENT_ADMIN_PASSPHRASE")
+    rc, _out, err = adm("list")
+    assert rc == 64 and "--passphrase-file" in err, err
+    secret = tmp_path / "pass"
+    secret.write_text("integration-test passphrase\n")
+    rc, _out, err = adm("--passphrase-file", str(secret), "list")
+    assert rc == 0, err
+
+
+def test_init_without_a_passphrase_is_refused_unless_asked_and_plain_keys_warn(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMCLIENT_ADMIN_PASSPHRASE")
+    a = Admin(tmp_path, capsys)
+    rc, _out, err = a("init")
+    assert rc == 64 and "--no-passphrase" in err, err
+    assert not a.key_dir.exists() and not (a.repo / "config").exists()
+    rc, _out, err = a("init", "--no-passphrase")
+    assert rc == 0, err
+    rc, _out, err = a("list")
+    assert rc == 0 and "not encrypted" in err and "protect-keys" in err, err
+    monkeypatch.setenv("VMCLIENT_ADMIN_PASSPHRASE", "a new passphrase")
+    rc, out, err = a("protect-keys")
+    assert rc == 0 and "encrypted under the passphrase" in out, err
+    assert admin_keys.is_encrypted(a.key_dir)
+    rc, _out, err = a("list")
+    assert rc == 0 and "not encrypted" not in err, err
+    rc, _out, err = a("protect-keys")
+    assert rc == 64 and "encrypted already" in err

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
-
-from ..errors import ConfigError, UsageError
+from ..errors import UsageError
 from ..manage import admin as it
 from ..manage import enrol
 from ..manage import rekey as rk
@@ -239,7 +237,8 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.command == "restore" and args.lease_days < 1:
         raise UsageError("--lease-days: at least 1")  # before anything is written
     k = await session.open_keys(args, remote)
-    escrow = _escrow(args.escrow_key) if args.escrow_key else k.escrow
+    escrow = keys.load_key(args.escrow_key, crypto.X25519PrivateKey,  # type: ignore[type-abstract]
+                           session.passphrase(args)) if args.escrow_key else k.escrow
     admin_pub = k.admin.public_key()
     target = await find_device(remote, k, args.to)
     if await it.revocation(remote, admin_pub, target.device) is not None:
@@ -283,18 +282,6 @@ async def _only_source(remote: RemoteStore, k: keys.AdminKeys, vm: str,
         raise UsageError(f"{len(found)} other devices have synced VM {vm!r}: name one with "
                          "--from")
     return await find_device(remote, k, found[0])
-
-
-def _escrow(path: Path) -> crypto.X25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise ConfigError(path, "", "no such escrow key file") from None
-    except ValueError as exc:
-        raise ConfigError(path, "", f"not a PEM private key: {exc}") from exc
-    if not isinstance(key, crypto.X25519PrivateKey):
-        raise ConfigError(path, "", "not an X25519 (escrow) private key")
-    return key
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -70,11 +70,7 @@ def version() -> str:
         return "unknown (not installed as a package)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                       epilog="exit codes: 0 done, 1 failed, 64 usage, 65 repository data "
-                       "failed a check, 66 no such repository, 69 unavailable (lock held), "
-                       "70 bug, 78 configuration (key directory); docs/exit-codes.md")
+def add_global_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--repo", help="local directory or sftp://user@host:port/path (default "
                    f"${session.ENV_REPOSITORY}, else repo in the config file)")
@@ -87,14 +83,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-rollback", action="store_true",
                    help="accept a repository whose catalog is older than the newest this admin "
                    "signed (restored from a backup): it is re-signed with the next serial")
+    p.add_argument("--passphrase-file", metavar="FILE",
+                   help="the admin keys' passphrase, for scripts (else "
+                   f"${keys.ENV_PASSPHRASE}, else a prompt)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress, no confirmations; listings and errors only")
     p.add_argument("--debug", action="store_true", help="tracebacks for every error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                       epilog="exit codes: 0 done, 1 failed, 64 usage, 65 repository data "
+                       "failed a check, 66 no such repository, 69 unavailable (lock held), "
+                       "70 bug, 78 configuration (key directory); docs/exit-codes.md")
+    add_global_options(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="create a repository and the admin keys")
     s.add_argument("--chunk-size", type=int, default=64 << 10)
+    s.add_argument("--no-passphrase", action="store_true",
+                   help="keep new admin keys unencrypted (not recommended)")
     s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("protect-keys", help="encrypt the admin keys of --key-dir under a "
+                       "passphrase (no repository needed)")
+    s.set_defaults(func=None)
 
     s = sub.add_parser("publish", help="publish a qcow2/raw image as the next version of NAME")
     s.add_argument("name")
@@ -151,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     Output.quiet = args.quiet
     try:
+        if args.command == "protect-keys":
+            session.resolve(args, need_repo=False)
+            protect_keys(args)
+            return 0
         session.resolve(args)
         asyncio.run(run(args))
     except VMClientError as exc:
@@ -190,7 +207,11 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
         raise UsageError(f"{args.repo} already holds a repository (config exists)")
     except ObjectNotFound:
         pass
-    k = keys.create(args.key_dir)
+    if (args.key_dir / keys.ADMIN_KEY).exists():
+        k = keys.load(args.key_dir, session.passphrase(args))
+    else:
+        k = keys.create(args.key_dir, None if args.no_passphrase else
+                        session.new_passphrase(args, confirm=True))
     now = int(time.time())
     cfg = RepoConfig(repository=secrets.token_hex(16), created=now, chunk_size=args.chunk_size,
                      admin_key=crypto.raw_public(k.admin.public_key()),
@@ -332,6 +353,16 @@ async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
                                   {"vm": vm, "recipe": text}, int(time.time()),
                                   numbers=k.orders)
         info(f"order {order.seq}: install {vm} on {rec.name}")
+
+
+def protect_keys(args: argparse.Namespace) -> None:
+    """Encrypt plain admin keys under a new passphrase (both files, one salt)."""
+    k = keys.load(args.key_dir, session.passphrase(args), warn=False)
+    if keys.is_encrypted(args.key_dir):
+        raise UsageError(f"the admin keys in {args.key_dir} are encrypted already")
+    keys.store(k, session.new_passphrase(args, confirm=True))
+    info(f"admin keys in {args.key_dir} encrypted under the passphrase; copies made before "
+         "(the offline escrow copy!) are still plain: replace them")
 
 
 # --- helpers ---------------------------------------------------------------------------------

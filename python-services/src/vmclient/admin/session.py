@@ -55,7 +55,7 @@ def default_config() -> Path:
     return Path(base) / "vmclient" / "admin.toml"
 
 
-def resolve(args: argparse.Namespace) -> None:
+def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
     """Fill ``repo``, ``key_dir``, ``ssh_key``, ``known_hosts`` from env and config file."""
     path = Path(args.config).expanduser() if args.config else default_config()
     conf: dict[str, str] = {}
@@ -74,13 +74,49 @@ def resolve(args: argparse.Namespace) -> None:
             raise ConfigError(path, key, "must be a non-empty string")
         conf[key] = value
     args.repo = args.repo or os.environ.get(ENV_REPOSITORY) or conf.get("repo")
-    if not args.repo:
+    if not args.repo and need_repo:
         raise UsageError(f"no repository: give --repo, set {ENV_REPOSITORY}, or put "
                          f"repo = \"…\" in {path}")
     args.key_dir = Path(args.key_dir or conf.get("key_dir") or DEFAULT_KEY_DIR).expanduser()
     for key in ("ssh_key", "known_hosts"):
         if getattr(args, key) is None and key in conf:
             setattr(args, key, str(Path(conf[key]).expanduser()))
+
+
+def passphrase(args: argparse.Namespace) -> keys.Passphrase:
+    """Where the passphrase of encrypted admin keys comes from, asked only when needed:
+    ``--passphrase-file``, ``$VMCLIENT_ADMIN_PASSPHRASE``, else a prompt on a terminal."""
+    def get() -> bytes:
+        return new_passphrase(args, confirm=False)
+    return get
+
+
+def new_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes:
+    if getattr(args, "passphrase_file", None):
+        path = Path(args.passphrase_file).expanduser()
+        try:
+            value = path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise UsageError(f"--passphrase-file {path}: {exc.strerror}") from exc
+        if not value:
+            raise UsageError(f"--passphrase-file {path}: empty")
+        return value
+    if os.environ.get(keys.ENV_PASSPHRASE):
+        return keys.env_passphrase()
+    if not sys.stdin.isatty():
+        if confirm:
+            raise UsageError(f"init encrypts the admin keys under a passphrase: type it on a "
+                             f"terminal, or give {keys.ENV_PASSPHRASE} or --passphrase-file; "
+                             "--no-passphrase keeps them unencrypted (not recommended)")
+        return keys.env_passphrase()  # raises: says where a passphrase can come from
+    import getpass
+    value = getpass.getpass(f"passphrase of the admin keys in {args.key_dir}: ").encode()
+    if confirm:
+        if len(value) < 8:
+            raise UsageError("passphrase: at least 8 characters")
+        if getpass.getpass("again: ").encode() != value:
+            raise UsageError("the two passphrases differ")
+    return value
 
 
 async def open_config(args: argparse.Namespace, remote: RemoteStore,
@@ -98,14 +134,14 @@ async def open_config(args: argparse.Namespace, remote: RemoteStore,
 
 async def open_keys(args: argparse.Namespace, remote: RemoteStore) -> keys.AdminKeys:
     """The admin's keys, once the repository is found to be theirs."""
-    k = keys.load(args.key_dir)
+    k = keys.load(args.key_dir, passphrase(args))
     await open_config(args, remote, k)
     return k
 
 
 async def open_repo(args: argparse.Namespace, remote: RemoteStore
                     ) -> tuple[keys.AdminKeys, RepoConfig, Catalog]:
-    k = keys.load(args.key_dir)
+    k = keys.load(args.key_dir, passphrase(args))
     cfg = await open_config(args, remote, k)
     catalog, _digest = await get_catalog(remote, k.admin.public_key(), cfg.repository)
     known = k.known_serial(cfg.repository)
