@@ -359,3 +359,26 @@ def test_init_without_a_passphrase_is_refused_unless_asked_and_plain_keys_warn(
     assert rc == 0 and "not encrypted" not in err, err
     rc, _out, err = a("protect-keys")
     assert rc == 64 and "encrypted already" in err
+
+
+def test_the_qcow2_conversion_shows_progress_and_a_small_tmpdir_is_warned_of(
+        adm: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as shutil_mod
+    from collections import namedtuple
+
+    from sftp_repo import qcow2
+
+    from vmclient.admin import images
+    image = qcow2(adm.disk(mib=8))
+    rc, _out, err = adm("publish", "office", str(image), "--tmpdir", str(adm.tmp))
+    assert rc == 0, err
+    assert "publish office: converting to raw 100% of 8.0 MiB" in err, err
+    assert "free" not in err  # room enough: no warning
+    usage = namedtuple("usage", "total used free")
+    real = shutil_mod.disk_usage
+    monkeypatch.setattr(images.shutil, "disk_usage",
+                        lambda p: usage(real(p).total, real(p).used, 2 * MiB)
+                        if str(p).startswith(str(adm.tmp)) else real(p))
+    rc, _out, err = adm("publish", "office", str(image), "--tmpdir", str(adm.tmp))
+    assert rc == 0, err  # the real file system had room: the warning was only a warning
+    assert f"{adm.tmp} has 2.0 MiB free" in err and "--tmpdir" in err, err

@@ -235,7 +235,7 @@ async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
     with progress_bar(f"publish {args.name}") as bar:
         done, new = await images.publish(remote, cfg, catalog, args.name, args.image, k.admin,
                                          k.escrow, tmpdir=args.tmpdir, progress=bar.advance,
-                                         on_size=bar.total)
+                                         on_size=bar.total, on_convert=bar.converting)
     k.record_serial(cfg.repository, new.serial)
     up = done.upload
     if args.json:
