@@ -382,3 +382,29 @@ def test_the_qcow2_conversion_shows_progress_and_a_small_tmpdir_is_warned_of(
     rc, _out, err = adm("publish", "office", str(image), "--tmpdir", str(adm.tmp))
     assert rc == 0, err  # the real file system had room: the warning was only a warning
     assert f"{adm.tmp} has 2.0 MiB free" in err and "--tmpdir" in err, err
+
+
+def test_an_sftp_repository_finds_the_ssh_key_and_known_hosts_as_openssh_would(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures_sshd import ssh_server
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    with ssh_server() as server:
+        url = f"sftp://root@127.0.0.1:{server.port}{server.repo}"
+        argv = ["--repo", url, "--key-dir", str(tmp_path / "keys")]
+        assert admin.main([*argv, "init"]) == 64  # nothing to go by
+        assert "known_hosts file" in capsys.readouterr().err
+        (home / ".ssh" / "config").write_text(
+            f"Host 127.0.0.1\n    IdentityFile {server.admin.key_file}\n"
+            f"    UserKnownHostsFile {server.known_hosts}\n")
+        assert admin.main([*argv, "init"]) == 0, capsys.readouterr().err
+        assert (server.repo / "config").exists()
+        (home / ".ssh" / "config").unlink()  # the OpenSSH default names
+        (home / ".ssh" / "id_ed25519").write_bytes(server.admin.key_file.read_bytes())
+        (home / ".ssh" / "id_ed25519").chmod(0o600)
+        (home / ".ssh" / "known_hosts").write_bytes(server.known_hosts.read_bytes())
+        capsys.readouterr()
+        assert admin.main([*argv, "list"]) == 0, capsys.readouterr().err

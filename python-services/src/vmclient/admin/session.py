@@ -22,6 +22,8 @@ import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
 from ..manage import admin as it
@@ -31,6 +33,7 @@ from ..store.errors import EXIT_INTEGRITY, ObjectNotFound, UnknownSigner
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import get_catalog, get_config, put_catalog
+from ..store.transport import is_url
 from . import keys
 
 ENV_REPOSITORY = "VMCLIENT_REPOSITORY"
@@ -81,6 +84,35 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
     for key in ("ssh_key", "known_hosts"):
         if getattr(args, key) is None and key in conf:
             setattr(args, key, str(Path(conf[key]).expanduser()))
+    if args.repo and is_url(args.repo):
+        ssh_defaults(args)
+
+
+def ssh_defaults(args: argparse.Namespace) -> None:
+    """For ``sftp://``, what ``--ssh-key``/``--known-hosts`` leave open, found as OpenSSH
+    would: ``~/.ssh/config``'s ``IdentityFile`` and ``UserKnownHostsFile`` for the host,
+    else ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` and ``~/.ssh/known_hosts``.
+    (Keys held only by ssh-agent are not used: the store reads a key file.)"""
+    if args.ssh_key and args.known_hosts:
+        return
+    import paramiko
+    host = urlsplit(args.repo).hostname or ""
+    ssh = Path.home() / ".ssh"
+    found: dict[str, Any] = {}
+    if (ssh / "config").is_file():
+        try:
+            found = dict(paramiko.SSHConfig.from_path(str(ssh / "config")).lookup(host))
+        except (OSError, paramiko.ConfigParseError) as exc:
+            raise ConfigError(ssh / "config", "", str(exc)) from exc
+    if args.ssh_key is None:
+        candidates = [*found.get("identityfile", []),
+                      *(ssh / n for n in ("id_ed25519", "id_ecdsa", "id_rsa"))]
+        args.ssh_key = next((str(Path(c).expanduser()) for c in candidates
+                             if Path(c).expanduser().is_file()), None)
+    if args.known_hosts is None:
+        files = str(found.get("userknownhostsfile", "")).split() or [str(ssh / "known_hosts")]
+        args.known_hosts = next((str(Path(f).expanduser()) for f in files
+                                 if Path(f).expanduser().is_file()), None)
 
 
 def passphrase(args: argparse.Namespace) -> keys.Passphrase:
