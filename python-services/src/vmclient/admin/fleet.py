@@ -37,6 +37,7 @@ from .orders import describe as _describe
 from .progress import progress_bar
 from .session import find_device
 from .sshd import confinement, enrolment_dropbox, revocation
+from .text import human_size
 
 CODES = "enrolment-codes.json"
 DEFAULT_SERVER_KEYS = "/etc/ssh/vmclient-keys"
@@ -254,7 +255,7 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
                                 progress=bar.advance, on_size=bar.total)
     say(f"{args.vm}: data key of {source.name} ({source.device}) re-wrapped for "
         f"{target.name} ({target.device}); snapshot {result.snapshot} (seq {result.seq}); "
-        f"{result.copied} objects copied ({result.copied_bytes / 2**20:.1f} MiB), "
+        f"{result.copied} objects copied ({human_size(result.copied_bytes)}), "
         f"{result.skipped} already there")
     now = int(time.time())
     order = await it.issue_order(remote, k.admin, target.device, "rekey",
