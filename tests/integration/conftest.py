@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# vmclient-admin encrypts its keys under a passphrase; tests give it as scripts do
+os.environ.setdefault("VMCLIENT_ADMIN_PASSPHRASE", "integration-test passphrase")
 
 from fixtures_bus import PrivateSystemBus, private_system_bus
 from fixtures_udev import SimulatedLaptop

@@ -122,12 +122,14 @@ class Admin:
     async def enrol_accepted(self, lap: RemoteLaptop) -> str:
         """``enrol --accept``; the confinement it printed applied to the real sshd."""
         device = lap.device
-        assert await self("enrol", "--accept", "--server-keys", str(self.server.keys)) == 0, \
-            self.err
+        script = self.repo.work / f"server-setup-{device}.sh"
+        assert await self("enrol", "--accept", "--server-keys", str(self.server.keys),
+                          "--server-script", str(script)) == 0, self.err
         assert f"enrolled {lap.name} as device {device}" in self.out, self.out
         conf = confinement(device, lap.account.public, str(self.server.repo),
                            str(self.server.keys))
-        assert conf.match_block in self.out and conf.authorized_keys in self.out, (self.out, conf)
+        text = script.read_text()
+        assert conf.match_block in text and conf.authorized_keys in text, (text, conf)
         self.server.confine(conf)
         return device
 

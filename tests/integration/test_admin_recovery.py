@@ -183,6 +183,11 @@ def test_break_lock_frees_an_image_whose_publisher_is_gone(
     capsys.readouterr()
     assert admin("publish", "office", str(disk)) == 69
     assert "held by vmclient-admin publish office" in capsys.readouterr().err
+    held = lock.read_bytes()
+    assert admin("break-lock", "office", "--dry-run") == 0
+    assert "dry run: would break the lock of vmclient-admin publish office" in \
+        capsys.readouterr().out
+    assert lock.read_bytes() == held
     assert admin("break-lock", "office") == 0
     assert "broke the lock of vmclient-admin publish office" in capsys.readouterr().out
     assert admin.leftovers() == []

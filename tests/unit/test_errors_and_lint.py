@@ -24,6 +24,21 @@ def test_remote_errors_map_back_to_exit_codes():
     assert errors.RemoteError("org.example.Unknown", "?").exit_code == errors.EXIT_ERROR
 
 
+def test_one_exit_code_table_usage_is_not_bug(capsys):
+    import pytest
+
+    from vmclient.cli.main import main as vmclientctl
+    codes = [v for k, v in vars(errors).items() if k.startswith("EXIT_")]
+    assert len(codes) == len(set(codes)), "two meanings share one exit code"
+    assert errors.EXIT_BUG not in (2, errors.EXIT_USAGE)
+    with pytest.raises(SystemExit) as exc:
+        vmclientctl(["no-such-group"])
+    assert exc.value.code == errors.EXIT_USAGE  # argparse's own usage error: 64, not 2
+    table = (ROOT / "python-services/docs/exit-codes.md").read_text()
+    for code in codes:
+        assert f"| {code} " in table, f"exit code {code} is not in docs/exit-codes.md"
+
+
 def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     need(ruff is not None, "ruff is not installed")

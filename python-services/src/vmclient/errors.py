@@ -7,6 +7,23 @@ to, so the daemons, the D-Bus layer and ``vmclientctl`` agree on one taxonomy.
 
 Anything that is *not* a ``VMClientError`` is a bug: the CLI prints a traceback
 and exits with :data:`EXIT_BUG`.
+
+The exit codes (one table for ``vmclientctl`` and ``vmclient-admin``, documented
+in docs/exit-codes.md; sysexits.h values where one fits):
+
+====  ==================================================================
+0     done
+1     the operation failed (a refused request, a failed VM operation)
+64    usage: a bad command line or argument (argparse's own errors too)
+65    the repository's data failed a check (integrity, replay, rollback)
+66    a named input does not exist (no repository at ``--repo``)
+69    a service or lock is not available now (libvirtd, a held lock)
+70    a bug in vmclient: a traceback was printed; please report it
+75    held back, try again later
+77    permission denied (a start refused by policy)
+78    configuration: a config file or the admin's key directory is wrong
+130   interrupted (Ctrl-C)
+====  ==================================================================
 """
 
 from __future__ import annotations
@@ -17,8 +34,11 @@ DBUS_ERROR_PREFIX = "org.vmclient.VMClient1.Error."
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_BUG = 2
 EXIT_USAGE = 64  # sysexits EX_USAGE
+EXIT_DATAERR = 65  # sysexits EX_DATAERR
+EXIT_NOINPUT = 66  # sysexits EX_NOINPUT
+EXIT_BUG = 70  # sysexits EX_SOFTWARE (argparse's own 2 is mapped to EXIT_USAGE)
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
 EXIT_NOPERM = 77  # sysexits EX_NOPERM
@@ -64,6 +84,13 @@ class UsageError(VMClientError):
 
     exit_code = EXIT_USAGE
     dbus_name = DBUS_ERROR_PREFIX + "InvalidArgs"
+
+
+class NotFound(VMClientError):
+    """{}"""
+
+    exit_code = EXIT_NOINPUT
+    dbus_name = DBUS_ERROR_PREFIX + "NotFound"
 
 
 class PermissionDenied(VMClientError):

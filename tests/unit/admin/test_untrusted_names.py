@@ -15,6 +15,7 @@ from vmclient.errors import UsageError
 from vmclient.manage import admin as it
 from vmclient.manage import enrol
 from vmclient.store import crypto, layout
+from vmclient.store.documents import CONFIG_ID, RepoConfig
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.format import canonical_json, shown
 from vmclient.store.orders import DeviceRecord
@@ -73,6 +74,11 @@ def test_a_hostile_enrolment_request_prints_nothing_raw(
     book = enrol.CodeBook(k.dir / fleet.CODES)
     code = book.issue("laptop-1", T)
     remote = MemoryStore()
+    cfg = RepoConfig(repository="0" * 32, created=T, chunk_size=64 << 10,
+                     admin_key=crypto.raw_public(k.admin.public_key()),
+                     escrow_key=crypto.raw_public(k.escrow.public_key()))
+    asyncio.run(put_signed(remote, layout.CONFIG, k.admin, ("config", CONFIG_ID),
+                           cfg.to_bytes()))
     signing, wrapping = crypto.Ed25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
     device = crypto.key_id(signing.public_key())
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB vmclient-device"

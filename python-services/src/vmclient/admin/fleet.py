@@ -23,25 +23,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
-
-from ..errors import ConfigError, UsageError
+from ..errors import UsageError
 from ..manage import admin as it
 from ..manage import enrol
 from ..manage import rekey as rk
 from ..store import crypto, layout
 from ..store.format import shown
-from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
+from ..store.orders import DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.transport import close_store, is_url, open_store
-from . import keys
+from . import keys, orders, serverscript, session
+from .orders import describe as _describe
 from .progress import progress_bar
-from .sshd import GLOBAL_CONFIG, confinement, enrolment_dropbox, revocation
+from .session import find_device
+from .sshd import confinement, enrolment_dropbox, revocation
+from .text import human_size
 
 CODES = "enrolment-codes.json"
-ACTIONS = {"assign": "assign", "unassign": "unassign", "renew": "renew-lease",
-           "renew-lease": "renew-lease", "lock": "lock", "unlock": "unlock", "wipe": "wipe"}
-DEFAULTS = {"renew-lease": ["lease_until=+14d"], "wipe": ["include_private=no"]}
 DEFAULT_SERVER_KEYS = "/etc/ssh/vmclient-keys"
 
 
@@ -52,11 +50,15 @@ def say(text: str) -> None:
 def add_parsers(sub: Any) -> None:
     s = sub.add_parser("order", help="issue a signed order to a device")
     s.add_argument("device", help="device id (32 hex) or enrolled name")
-    s.add_argument("action", choices=sorted(ACTIONS))
+    s.add_argument("action", choices=sorted(orders.ACTIONS))
     s.add_argument("args", nargs="*", help="key=value: vm=NAME, recipe=FILE, "
-                   "lease_until=+14d|UNIX_TIME, include_private=yes|no")
+                   "lease_until=+14d|UNIX_TIME, include_private=yes|no; for cancel: the "
+                   "number of the pending order")
     s.add_argument("--yes", action="store_true", help="confirm a wipe")
-    s.set_defaults(func=cmd_order)
+    s.add_argument("--dry-run", action="store_true",
+                   help="check and show the order, write nothing")
+    s.add_argument("--json", action="store_true", help="the order as JSON")
+    s.set_defaults(func=orders.cmd_order)
 
     s = sub.add_parser("devices", help="the fleet: last contact, lease, VMs, pending orders")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -67,6 +69,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--force", action="store_true",
                    help="revoke without a verified wipe report (the laptop can then no "
                    "longer fetch a pending wipe order)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check and show what would be revoked, change nothing")
     r.add_argument("--server-keys", default=DEFAULT_SERVER_KEYS,
                    help="the storage server's per-account authorized-keys directory")
     s.set_defaults(func=cmd_devices)
@@ -113,7 +117,7 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
             f"{conf.script()}# --- sshd_config: append, then reload sshd ---\n"
             f"{conf.match_block}")
         return
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     book = enrol.CodeBook(k.dir / CODES)
     now = int(time.time())
     if args.code:
@@ -125,10 +129,12 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
         say(f"on the laptop: vmclientctl enrol <repository> --name {args.code} --code {code} "
             f"--admin-key {_b64(crypto.raw_public(k.admin.public_key()))}")
         return
+    serverscript.check_target(getattr(args, "server_script", None))
     outcomes = await enrol.process_requests(remote, k.admin, book, now)
     if not outcomes:
         say("no pending enrolment requests")
     refused = 0
+    setups = []
     for o in outcomes:  # names, ids and details come from laptops' requests: shown escaped
         if not o.enrolled:
             refused += 1
@@ -140,61 +146,22 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
                 f"`enrol {o.name} --pubkey … --ssh-key-pub …`")
             continue
         conf = confinement(o.device, o.ssh_key, server_repo, args.server_keys)
-        say(f"# --- on the storage server, as root: account and directories ---\n"
-            f"{conf.script()}# --- sshd_config: once per server ---\n{GLOBAL_CONFIG}"
-            f"# --- sshd_config: append, then reload sshd ---\n{conf.match_block}"
-            f"# the device's repository URL: sftp://{conf.account}@<server>/")
+        setups.append((o.device, conf))
+        say(f"  its repository URL: sftp://{conf.account}@<server>/")
+    if setups:
+        text = serverscript.render(setups, now)
+        where = serverscript.write(text, getattr(args, "server_script", None), k.dir, now)
+        say(serverscript.summary(where, len(setups)))
     if refused:
         raise UsageError(f"{refused} enrolment request(s) refused (removed)")
 
 
 # --- orders and the fleet -----------------------------------------------------------------
 
-async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = keys.load(args.key_dir)
-    rec = await find_device(remote, k, args.device)
-    action = ACTIONS[args.action]
-    now = int(time.time())
-    words = list(args.args)
-    given = {w.partition("=")[0] for w in words}
-    words += [d for d in DEFAULTS.get(action, []) if d.partition("=")[0] not in given]
-    words = [_recipe_file(w) if w.startswith("recipe=") else w for w in words]
-    values = it.order_args(action, words, now)
-    if action == "wipe" and not args.yes:
-        raise UsageError(f"a wipe destroys the business VMs of {rec.name} ({rec.device}): "
-                         "add --yes to issue it")
-    order = await it.issue_order(remote, k.admin, rec.device, action, values, now,
-                                 numbers=k.orders)
-    say(f"order {order.seq} for {rec.name} ({rec.device}): {_describe(order)}")
-    say("the device executes it when it next reaches the datacenter; "
-        f"see `vmclient-admin reports {rec.name}`")
-
-
-def _recipe_file(word: str) -> str:
-    value = word.partition("=")[2]
-    path = Path(value)
-    if not path.is_file():
-        raise UsageError(f"recipe={value}: no such recipe file")
-    return "recipe=" + path.read_text()
-
-
-def _describe(order: Order) -> str:
-    a = order.args
-    if order.action == "renew-lease":
-        return f"renew the lease until {_when(int(a['lease_until']))}"
-    if order.action == "wipe":
-        return "WIPE business VMs" + (" and private VMs" if a["include_private"] else "")
-    if order.action == "rekey":
-        return f"restore {a['vm']} from {a['from_device']} (snapshot seq >= {a['min_seq']})"
-    if "vm" in a:
-        return f"{order.action} {a['vm']}"
-    return order.action
-
-
 async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.devices_command == "revoke":
         return await cmd_revoke(args, remote)
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     views = await it.devices(remote, k.admin.public_key())
     now = int(time.time())
     if args.json:
@@ -206,7 +173,7 @@ async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     rec = await find_device(remote, k, args.device)
     reports = await it.reports_of(remote, k.admin.public_key(), rec.device)
     if args.json:
@@ -221,13 +188,18 @@ async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_revoke(args: argparse.Namespace, remote: RemoteStore) -> None:
-    k = keys.load(args.key_dir)
+    k = await session.open_keys(args, remote)
     rec = await find_device(remote, k, args.device)
     wiped = await it.wipe_report(remote, k.admin.public_key(), rec.device)
     if wiped is None and not args.force:
         raise UsageError(f"no verified wipe report from {rec.name} ({rec.device}) yet: a "
                          "revoked laptop cannot fetch its wipe order; wait for the report, "
                          "or add --force")
+    if args.dry_run:
+        plan = revocation(rec.device, args.server_keys)
+        say(f"dry run: would revoke {rec.name} ({rec.device}) and delete "
+            f"{plan.authorized_keys_path}; nothing changed")
+        return
     _rec, rev = await it.revoke(remote, k.admin, rec.device, args.reason, int(time.time()))
     say(f"device {rec.name} ({rec.device}) revoked on {_when(rev.revoked)}: "
         "no further orders")
@@ -265,8 +237,9 @@ async def _remove_authorized_keys(args: argparse.Namespace, account: str) -> boo
 async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.command == "restore" and args.lease_days < 1:
         raise UsageError("--lease-days: at least 1")  # before anything is written
-    k = keys.load(args.key_dir)
-    escrow = _escrow(args.escrow_key) if args.escrow_key else k.escrow
+    k = await session.open_keys(args, remote)
+    escrow = keys.load_key(args.escrow_key, crypto.X25519PrivateKey,  # type: ignore[type-abstract]
+                           session.passphrase(args)) if args.escrow_key else k.escrow
     admin_pub = k.admin.public_key()
     target = await find_device(remote, k, args.to)
     if await it.revocation(remote, admin_pub, target.device) is not None:
@@ -282,7 +255,7 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
                                 progress=bar.advance, on_size=bar.total)
     say(f"{args.vm}: data key of {source.name} ({source.device}) re-wrapped for "
         f"{target.name} ({target.device}); snapshot {result.snapshot} (seq {result.seq}); "
-        f"{result.copied} objects copied ({result.copied_bytes / 2**20:.1f} MiB), "
+        f"{result.copied} objects copied ({human_size(result.copied_bytes)}), "
         f"{result.skipped} already there")
     now = int(time.time())
     order = await it.issue_order(remote, k.admin, target.device, "rekey",
@@ -312,30 +285,7 @@ async def _only_source(remote: RemoteStore, k: keys.AdminKeys, vm: str,
     return await find_device(remote, k, found[0])
 
 
-def _escrow(path: Path) -> crypto.X25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise ConfigError(path, "", "no such escrow key file") from None
-    except ValueError as exc:
-        raise ConfigError(path, "", f"not a PEM private key: {exc}") from exc
-    if not isinstance(key, crypto.X25519PrivateKey):
-        raise ConfigError(path, "", "not an X25519 (escrow) private key")
-    return key
-
-
 # --- helpers --------------------------------------------------------------------------------
-
-async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
-    admin = k.admin.public_key()
-    if DEVICE_ID_RE.fullmatch(which):
-        return await it.device_record(remote, admin, which)
-    views = [v for v in await it.devices(remote, admin) if v.name == which]
-    live = [v for v in views if not v.revoked] or views
-    if len(live) != 1:
-        raise UsageError(f"{len(live)} enrolled devices are named {which!r}: give its id")
-    return await it.device_record(remote, admin, live[0].device)
-
 
 def _ssh_key(value: str) -> str:
     path = Path(value)

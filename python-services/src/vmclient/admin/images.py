@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from ..errors import UsageError
 from ..store import crypto, layout
 from ..store.chunker import Chunk, Chunker, chunk_count
 from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
-from ..store.errors import LocalSyncError, ObjectNotFound
+from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import NAME_RE
 from ..store.locks import holding, sweep_locked
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
@@ -45,9 +47,11 @@ from ..store.repo import (
     put_image_manifest,
     put_wrapped_key,
 )
+from .text import human_size
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of bytes just processed
+SECTOR = 512
 
 
 @dataclass(frozen=True)
@@ -73,23 +77,89 @@ def image_info(path: Path) -> tuple[str, int]:
     return str(info["format"]), int(info["virtual-size"])
 
 
-@contextmanager
-def raw_view(path: Path, tmpdir: str | None = None) -> Iterator[tuple[Path, int]]:
-    """A raw file with the guest-visible bytes of ``path`` (converted if not raw)."""
+def check_image(path: Path) -> tuple[str, int]:
+    """(format, virtual size) of a disk image; refused if it is none (before any write)."""
     fmt, size = image_info(path)
+    length = path.stat().st_size  # qemu-img rounds a raw file's size up to a sector
+    if fmt == "raw" and (length == 0 or length % SECTOR):
+        raise UsageError(f"{path}: not a disk image: qemu-img knows no image format in it, and "
+                         f"as raw bytes its {length} bytes are not whole {SECTOR}-byte sectors")
+    return fmt, size
+
+
+@contextmanager
+def raw_view(path: Path, tmpdir: str | None = None, *,
+             on_convert: Callable[[int, int], None] | None = None
+             ) -> Iterator[tuple[Path, int]]:
+    """A raw file with the guest-visible bytes of ``path`` (converted if not raw;
+    ``on_convert(done, size)`` follows qemu-img's progress)."""
+    fmt, size = check_image(path)
     if fmt == "raw":
         yield path, size
         return
     work = Path(tempfile.mkdtemp(prefix="vmclient-publish-", dir=tmpdir))
     try:
+        warn_if_small(work, path, size)
         raw = work / "disk.raw"
-        r = subprocess.run(["qemu-img", "convert", "-O", "raw", "-S", "64k", str(path),
-                            str(raw)], capture_output=True, text=True, check=False)
-        if r.returncode:
-            raise UsageError(f"qemu-img convert {path} failed: {r.stderr.strip()}")
+        convert(path, raw, size, on_convert)
         yield raw, size
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+_PERCENT_RE = re.compile(rb"\(([0-9]{1,3}(?:\.[0-9]+)?)/100%\)")
+
+
+def convert(path: Path, raw: Path, size: int,
+            on_convert: Callable[[int, int], None] | None) -> None:
+    """``qemu-img convert -p -O raw`` (sparse), its ``(NN.NN/100%)`` progress followed."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(["qemu-img", "convert", "-p", "-O", "raw", "-S", "64k",
+                                 str(path), str(raw)], stdout=subprocess.PIPE, stderr=err)
+        try:
+            assert proc.stdout is not None
+            while chunk := os.read(proc.stdout.fileno(), 4096):
+                found = _PERCENT_RE.findall(chunk)
+                if found and on_convert is not None:
+                    on_convert(min(size, int(float(found[-1]) * size / 100)), size)
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # Ctrl-C: the conversion goes with us
+                proc.kill()
+                proc.wait()
+        if proc.returncode:
+            err.seek(0)
+            raise UsageError(f"qemu-img convert {path} failed: "
+                             f"{err.read().decode(errors='replace').strip()}")
+
+
+def warn_if_small(work: Path, image: Path, size: int) -> None:
+    """Warn when the temporary directory may not hold the converted (sparse) raw image:
+    it needs about the image's allocated data, at most its virtual size."""
+    free = shutil.disk_usage(work).free
+    allocated = image_allocated(image) or size
+    if free < allocated:
+        warn(f"{work.parent} has {human_size(free)} free; converting {image} to raw there "
+             f"needs about {human_size(allocated)} (up to {human_size(size)}): it will likely "
+             "fail; give --tmpdir on a larger file system")
+    elif free < size:
+        warn(f"{work.parent} has {human_size(free)} free, less than the {human_size(size)} "
+             f"virtual size of {image}: enough only if the disk is mostly empty (the raw copy "
+             "is sparse); --tmpdir names another")
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def image_allocated(path: Path) -> int:
+    """Bytes the image's data take (``qemu-img info`` actual-size), 0 if unknown."""
+    try:
+        out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True,
+                             capture_output=True, text=True).stdout
+        return int(json.loads(out).get("actual-size", 0))
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return 0
 
 
 def read_chunks(raw: Path, size: int, chunker: Chunker, ids: list[bytes],
@@ -109,8 +179,10 @@ def read_chunks(raw: Path, size: int, chunker: Chunker, ids: list[bytes],
 
 
 async def content_key(remote: RemoteStore, name: str, admin: crypto.Ed25519PrivateKey,
-                      escrow: crypto.X25519PrivateKey) -> crypto.KeySet:
-    """The image's content key: unwrapped from its escrow copy, or new (and escrowed)."""
+                      escrow: crypto.X25519PrivateKey, *, create: bool) -> crypto.KeySet:
+    """The image's content key: unwrapped from its escrow copy, or (``create``: the image
+    has no published version yet) new and escrowed.  A missing escrow copy of an image
+    that has versions is refused: a new key could read none of them."""
     escrow_id = crypto.key_id(escrow.public_key())
     path = layout.image_key(name, escrow_id)
     admin_pub = admin.public_key()
@@ -118,7 +190,13 @@ async def content_key(remote: RemoteStore, name: str, admin: crypto.Ed25519Priva
         return await get_wrapped_key(remote, path, {crypto.key_id(admin_pub): admin_pub},
                                      f"image:{name}", escrow)
     except ObjectNotFound:
-        pass
+        if not create:
+            raise RemoteIntegrityError(
+                "wrapped-key", f"image:{name}", path,
+                "the escrow copy of the image's content key is missing, but the catalog "
+                "lists versions of the image: refusing to make a new key (the published "
+                "versions could no longer be read, assigned or extended); restore this file "
+                "from a backup of the repository") from None
     keys = crypto.KeySet.generate()
     await put_wrapped_key(remote, path, admin,
                           WrappedKey.create(f"image:{name}", escrow.public_key(), keys))
@@ -129,7 +207,9 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
                   image: Path, admin: crypto.Ed25519PrivateKey,
                   escrow: crypto.X25519PrivateKey, *, now: int | None = None,
                   tmpdir: str | None = None, progress: Progress | None = None,
-                  on_size: Callable[[int], None] | None = None) -> tuple[Published, Catalog]:
+                  on_size: Callable[[int], None] | None = None,
+                  on_convert: Callable[[int, int], None] | None = None
+                  ) -> tuple[Published, Catalog]:
     """Publish ``image`` as the next version of ``name`` (repository-format.md §8.2).
 
     Under the image's lock, kept fresh and released even on Ctrl-C: the catalog
@@ -149,11 +229,11 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
         version = 1 if latest is None else latest.version + 1
         await sweep_locked(remote, layout.image_store(name), f"{layout.image_dir(name)}/versions")
         await roll_back_unlisted(remote, name, version)
-        keys = await content_key(remote, name, admin, escrow)
+        keys = await content_key(remote, name, admin, escrow, create=latest is None)
         store = ChunkStore(remote, layout.image_store(name), keys)
         known = await store.load_index(repair=True)
         ids: list[bytes] = []
-        with raw_view(image, tmpdir) as (raw, size):
+        with raw_view(image, tmpdir, on_convert=on_convert) as (raw, size):
             if on_size is not None:
                 on_size(size)
             chunker = Chunker(keys.chunk_id, cfg.chunk_size)

@@ -1,19 +1,25 @@
 """``vmclient-admin``: publish images into the datacenter repository, enrol devices.
 
+    vmclient-admin [--repo REPO] [--key-dir DIR] [--quiet] COMMAND …
     vmclient-admin --repo REPO init [--key-dir DIR]
-    vmclient-admin --repo REPO publish NAME IMAGE
-    vmclient-admin --repo REPO list
+    vmclient-admin --repo REPO publish NAME IMAGE [--json]
+    vmclient-admin --repo REPO list [--json] | show IMAGE|DEVICE [--json]
     vmclient-admin --repo REPO enrol DEVICE --pubkey B64 --wrapping-key B64 --ssh-key FILE|LINE
     vmclient-admin --repo REPO enrol --code NAME | --accept | --dropbox SSH_PUB
     vmclient-admin --repo REPO assign IMAGE DEVICE [--recipe FILE [--start]]
     vmclient-admin --repo REPO order DEVICE assign|unassign|renew|lock|unlock|wipe [k=v …]
+    vmclient-admin --repo REPO order DEVICE cancel N [--dry-run]
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
-    vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH
+    vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
+    vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
+    vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
+Without ``--repo``: ``$VMCLIENT_REPOSITORY``, else ``repo`` in the config file
+(:mod:`.session`).  Exit codes: :mod:`vmclient.errors` (docs/exit-codes.md).
 """
 
 from __future__ import annotations
@@ -22,60 +28,102 @@ import argparse
 import asyncio
 import base64
 import binascii
+import importlib.metadata
+import json
 import secrets
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from ..argparsing import ArgumentParser
 from ..errors import EXIT_BUG, UsageError, VMClientError
 from ..manage.admin import assign_recipe, issue_order
 from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
-from ..store.locks import break_lock
+from ..store.locks import LockInfo, break_lock, read_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
-from ..store.remote import RemoteStore
+from ..store.remote import RemoteStore, get_object
 from ..store.repo import (
-    get_catalog,
-    get_config,
     get_signed,
     put_catalog,
     put_signed,
     put_wrapped_key,
 )
 from ..store.transport import close_store, is_url, open_store
-from . import fleet, images, keys
+from . import fleet, images, keys, maint, serverscript, session, show
 from .progress import progress_bar
-from .sshd import GLOBAL_CONFIG, check_public_key, confinement
+from .session import open_repo
+from .sshd import check_public_key, confinement
+from .text import Output, human_size, info, utc
 
-DEFAULT_KEY_DIR = "~/.vmclient-admin"
 PROG = "vmclient-admin"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--repo", required=True, help="local directory or sftp://user@host:port/path")
-    p.add_argument("--key-dir", default=DEFAULT_KEY_DIR,
-                   help="the admin's offline key directory (default %(default)s)")
+def version() -> str:
+    try:
+        return importlib.metadata.version("vmclient")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+def add_global_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    p.add_argument("--repo", help="local directory or sftp://user@host:port/path (default "
+                   f"${session.ENV_REPOSITORY}, else repo in the config file)")
+    p.add_argument("--config", help="config file (default "
+                   "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts")
+    p.add_argument("--key-dir", help="the admin's offline key directory (default "
+                   f"{session.DEFAULT_KEY_DIR})")
     p.add_argument("--ssh-key", help="SSH private key for an sftp:// repository")
     p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
+    p.add_argument("--accept-rollback", action="store_true",
+                   help="accept a repository whose catalog is older than the newest this admin "
+                   "signed (restored from a backup): it is re-signed with the next serial")
+    p.add_argument("--passphrase-file", metavar="FILE",
+                   help="the admin keys' passphrase, for scripts (else "
+                   f"${keys.ENV_PASSPHRASE}, else a prompt)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress, no confirmations; listings and errors only")
     p.add_argument("--debug", action="store_true", help="tracebacks for every error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
+                       epilog="exit codes: 0 done, 1 failed, 64 usage, 65 repository data "
+                       "failed a check, 66 no such repository, 69 unavailable (lock held), "
+                       "70 bug, 78 configuration (key directory); docs/exit-codes.md")
+    add_global_options(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="create a repository and the admin keys")
     s.add_argument("--chunk-size", type=int, default=64 << 10)
+    s.add_argument("--no-passphrase", action="store_true",
+                   help="keep new admin keys unencrypted (not recommended)")
     s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("protect-keys", help="encrypt the admin keys of --key-dir under a "
+                       "passphrase (no repository needed)")
+    s.set_defaults(func=None)
 
     s = sub.add_parser("publish", help="publish a qcow2/raw image as the next version of NAME")
     s.add_argument("name")
     s.add_argument("image", type=Path)
     s.add_argument("--tmpdir", help="where qemu-img converts non-raw images (sparse)")
+    s.add_argument("--json", action="store_true", help="the result as JSON")
     s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("list", help="published images and enrolled devices")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="one image (versions, who can read it) or one device "
+                       "(state, orders and their outcome, images, VMs)")
+    s.add_argument("what", metavar="IMAGE|DEVICE", help="image name, device name or id")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=show.cmd_show)
 
     s = sub.add_parser("enrol", help="enrolment codes and requests, or record a device's keys "
                        "directly; prints its sshd confinement")
@@ -90,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: --repo if local, else the URL's path)")
     s.add_argument("--server-keys", default="/etc/ssh/vmclient-keys",
                    help="root-owned directory for the per-device authorized keys")
+    s.add_argument("--server-script", metavar="FILE",
+                   help="write the storage server's setup script (accounts, directories, "
+                   "sshd Match blocks) to FILE, a new file; '-' prints it (default: a new "
+                   f"file in KEY_DIR/{serverscript.SETUP_DIR}/)")
     s.set_defaults(func=cmd_enrol)
 
     s = sub.add_parser("assign", help="entitle a device to an image (wrap its content key)")
@@ -101,18 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
                        "publish lock, or a path such as devices/ID/lock)")
     s.add_argument("lock", help="image name, or the lock's path in the repository")
+    s.add_argument("--dry-run", action="store_true", help="show the holder, delete nothing")
     s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
+    maint.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.key_dir = Path(args.key_dir).expanduser()
+    Output.quiet = args.quiet
     try:
+        if args.command == "protect-keys":
+            session.resolve(args, need_repo=False)
+            protect_keys(args)
+            return 0
+        session.resolve(args)
         asyncio.run(run(args))
     except VMClientError as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"{PROG}: {shown(str(exc))}", file=sys.stderr)  # it may quote the repository
         return exc.exit_code
@@ -148,7 +207,11 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
         raise UsageError(f"{args.repo} already holds a repository (config exists)")
     except ObjectNotFound:
         pass
-    k = keys.create(args.key_dir)
+    if (args.key_dir / keys.ADMIN_KEY).exists():
+        k = keys.load(args.key_dir, session.passphrase(args))
+    else:
+        k = keys.create(args.key_dir, None if args.no_passphrase else
+                        session.new_passphrase(args, confirm=True))
     now = int(time.time())
     cfg = RepoConfig(repository=secrets.token_hex(16), created=now, chunk_size=args.chunk_size,
                      admin_key=crypto.raw_public(k.admin.public_key()),
@@ -160,31 +223,31 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
     say(f"repository {cfg.repository} initialised at {args.repo}")
     say(f"admin keys: {args.key_dir} (keep offline)")
     say(f"admin public key (pin on every laptop): {b64(cfg.admin_key)}")
-
-
-async def open_repo(args: argparse.Namespace, remote: RemoteStore
-                    ) -> tuple[keys.AdminKeys, RepoConfig, Catalog]:
-    k = keys.load(args.key_dir)
-    cfg = await get_config(remote, k.admin.public_key())
-    catalog, _digest = await get_catalog(remote, k.admin.public_key(), cfg.repository,
-                                         known_serial=k.known_serial(cfg.repository))
-    return k, cfg, catalog
+    say(f"IMPORTANT: no VM can be restored without the escrow key {args.key_dir / keys.ESCROW_KEY}"
+        ": copy it now to offline storage (an encrypted USB key in a safe), and keep the "
+        "copy apart from this machine")
 
 
 async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
     k, cfg, catalog = await open_repo(args, remote)
     check_file(args.image)
+    images.check_image(args.image)
     with progress_bar(f"publish {args.name}") as bar:
         done, new = await images.publish(remote, cfg, catalog, args.name, args.image, k.admin,
                                          k.escrow, tmpdir=args.tmpdir, progress=bar.advance,
-                                         on_size=bar.total)
+                                         on_size=bar.total, on_convert=bar.converting)
     k.record_serial(cfg.repository, new.serial)
     up = done.upload
-    say(f"published {done.name} version {done.version}: {done.size / 2**20:.1f} MiB disk, "
-        f"{up.chunks} new chunks in {up.packs} packs ({up.bytes / 2**20:.1f} MiB uploaded); "
-        f"catalog serial {done.serial}")
+    if args.json:
+        say(json.dumps({"image": done.name, "version": done.version, "size": done.size,
+                        "serial": done.serial, "new_chunks": up.chunks, "packs": up.packs,
+                        "uploaded": up.bytes, "damaged": done.damaged}, sort_keys=True))
+        return
+    info(f"published {done.name} version {done.version}: {human_size(done.size)} disk, "
+         f"{up.chunks} new chunks in {up.packs} packs ({human_size(up.bytes)} uploaded); "
+         f"catalog serial {done.serial}")
     if done.damaged:
-        say(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
+        info(f"{done.damaged} stored chunks it reuses were damaged: uploaded again, their "
             "packs replaced")
 
 
@@ -194,20 +257,42 @@ async def cmd_break_lock(args: argparse.Namespace, remote: RemoteStore) -> None:
     if path.rsplit("/", 1)[-1] != "lock":
         raise UsageError(f"{args.lock!r} is neither an image name nor a lock's path "
                          "(images/NAME/lock, devices/ID/lock, lock)")
-    info = await break_lock(remote, path)
-    if info is None:
-        say(f"{path}: not locked")
+    if args.dry_run:
+        try:
+            held = read_lock(await get_object(remote, path, "lock", path)) or \
+                LockInfo("(not a lock document)", 0, 0, "")
+        except ObjectNotFound:
+            held = None
+        if held is None:
+            say(f"{path}: not locked")
+        else:
+            say(f"dry run: would break the lock of {shown(held.holder)} on {path} (taken "
+                f"{fmt_time(held.created)}, refreshed {fmt_time(held.refreshed)})")
         return
-    say(f"{path}: broke the lock of {info.holder} (taken {fmt_time(info.created)}, "
-        f"refreshed {fmt_time(info.refreshed)})")
+    held = await break_lock(remote, path)
+    if held is None:
+        info(f"{path}: not locked")
+        return
+    info(f"{path}: broke the lock of {shown(held.holder)} (taken {fmt_time(held.created)}, "
+         f"refreshed {fmt_time(held.refreshed)})")
 
 
 async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
     k, _cfg, catalog = await open_repo(args, remote)
+    if args.json:
+        devices = await read_devices(remote, k)
+        say(json.dumps({"serial": catalog.serial, "issued": catalog.issued,
+                        "images": [{"name": name, **vars(v)}
+                                   for name, versions in sorted(catalog.images.items())
+                                   for v in versions],
+                        "devices": [{"name": r.name, "device": r.device,
+                                     "enrolled": r.enrolled} for r in devices]},
+                       indent=1, sort_keys=True))
+        return
     say(f"catalog serial {catalog.serial}, issued {fmt_time(catalog.issued)}")
     for name, versions in sorted(catalog.images.items()):
         for v in versions:
-            say(f"  {name:<24} v{v.version:<4} {v.size / 2**20:>10.1f} MiB  "
+            say(f"  {name:<24} v{v.version:<4} {human_size(v.size):>10}  "
                 f"{fmt_time(v.created)}  manifest {v.manifest[:16]}")
     if not catalog.images:
         say("  (no images)")
@@ -225,6 +310,7 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
     if not (args.device and args.pubkey and args.wrapping_key and args.ssh_key_pub):
         raise UsageError("enrol: give DEVICE --pubkey --wrapping-key --ssh-key-pub, or one of "
                          "--code NAME, --accept, --dropbox SSH_PUB")
+    serverscript.check_target(args.server_script)
     k, _cfg, _catalog = await open_repo(args, remote)
     signing = decode_key(args.pubkey, "--pubkey")
     wrapping = decode_key(args.wrapping_key, "--wrapping-key")
@@ -241,35 +327,47 @@ async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
                      rec.to_bytes(), exclusive=False)
     server_repo = args.server_repo or server_path(args.repo)
     conf = confinement(device, ssh_pub, server_repo, args.server_keys)
-    say(f"enrolled {args.device} as device {device}")
-    say(f"# --- on the storage server, as root: account and directories ---\n{conf.script()}")
-    say(f"# --- sshd_config: once per server ---\n{GLOBAL_CONFIG}")
-    say(f"# --- sshd_config: append, then reload sshd ---\n{conf.match_block}")
-    say(f"# the device's repository URL: sftp://{conf.account}@<server>/")
+    now = int(time.time())
+    say(f"enrolled {args.device} as device {device}; its repository URL: "
+        f"sftp://{conf.account}@<server>/")
+    where = serverscript.write(serverscript.render([(device, conf)], now), args.server_script,
+                               k.dir, now)
+    say(serverscript.summary(where, 1))
 
 
 async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
+    recipe = None  # checked as the laptop checks it, before anything is written
+    if args.recipe is not None:
+        text = read_recipe(args.recipe)
+        recipe = assign_recipe(text, str(args.recipe), image=args.image).name, text.strip()
     k, _cfg, catalog = await open_repo(args, remote)
     if catalog.find(args.image) is None:
         raise UsageError(f"no image {args.image!r} in the catalog (serial {catalog.serial})")
     rec = await find_device(remote, k, args.device)
-    text = vm = ""  # the recipe, checked as the laptop checks it before anything is written
-    if args.recipe is not None:
-        text = read_text_or_file(str(args.recipe))
-        vm = assign_recipe(text, str(args.recipe), image=args.image).name
-    content = await images.content_key(remote, args.image, k.admin, k.escrow)
+    content = await images.content_key(remote, args.image, k.admin, k.escrow, create=False)
     recipient = crypto.x25519_public(rec.wrapping_key)
     wrapped = WrappedKey.create(f"image:{args.image}", recipient, content)
     await put_wrapped_key(remote, layout.image_key(args.image, wrapped.recipient), k.admin,
                           wrapped)
-    say(f"device {rec.name} ({rec.device}) may now read image {args.image}")
-    if text:
+    info(f"device {rec.name} ({rec.device}) may now read image {args.image}")
+    if recipe is not None:
+        vm, text = recipe
         order = await issue_order(remote, k.admin, rec.device, "assign",
                                   {"vm": vm, "recipe": text, "start": args.start},
                                   int(time.time()),
                                   numbers=k.orders)
-        say(f"order {order.seq}: install {vm} on {rec.name}"
-            + (" and start it" if args.start else ""))
+        info(f"order {order.seq}: install {vm} on {rec.name}"
+             + (" and start it" if args.start else ""))
+
+
+def protect_keys(args: argparse.Namespace) -> None:
+    """Encrypt plain admin keys under a new passphrase (both files, one salt)."""
+    k = keys.load(args.key_dir, session.passphrase(args), warn=False)
+    if keys.is_encrypted(args.key_dir):
+        raise UsageError(f"the admin keys in {args.key_dir} are encrypted already")
+    keys.store(k, session.new_passphrase(args, confirm=True))
+    info(f"admin keys in {args.key_dir} encrypted under the passphrase; copies made before "
+         "(the offline escrow copy!) are still plain: replace them")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -318,7 +416,7 @@ def b64(raw: bytes) -> str:
 
 
 def fmt_time(t: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+    return utc(t)
 
 
 def server_path(repo: str) -> str:
@@ -332,6 +430,16 @@ def server_path(repo: str) -> str:
 def check_file(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"{path}: no such image file")
+
+
+def read_recipe(path: Path) -> str:
+    """The text of the recipe file ``path``; refused before anything is written."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"--recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--recipe {path}: cannot read it: {exc}") from exc
 
 
 def read_text_or_file(value: str) -> str:

@@ -9,12 +9,13 @@ import sys
 import traceback
 from typing import Any
 
+from ..argparsing import ArgumentParser
 from ..errors import EXIT_BUG, VMClientError
 from . import manage, power, sync, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmclientctl", description="Control vmclient.")
+    parser = ArgumentParser(prog="vmclientctl", description="Control vmclient.")
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")

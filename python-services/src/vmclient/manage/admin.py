@@ -308,6 +308,7 @@ class DeviceView:
     lease_until: int = 0  # from the newest renew-lease order
     wiped: bool = False
     pending: list[int] = field(default_factory=list)  # orders without a report yet
+    wipe_pending: int = 0  # the number of a pending wipe order (0: none)
     refused: int = 0  # refused objects it reported (forgeries, replays…)
     revoked: int = 0  # when IT revoked it (0: not revoked)
     release: str = ""  # from its last status (heartbeat)
@@ -348,6 +349,8 @@ async def _fill(view: DeviceView, remote: RemoteStore, admin: crypto.Ed25519Publ
     view.last_order = max(done, default=0)
     view.refused = sum(1 for r in reports if r.outcome == "refused" and not r.order)
     view.pending = [o.seq for o in orders if o.seq not in done]
+    view.wipe_pending = max((o.seq for o in orders if o.seq not in done and o.action == "wipe"),
+                            default=0)
     leases = [o for o in orders if o.action == "renew-lease"]
     view.lease_until = int(leases[-1].args["lease_until"]) if leases else 0
     view.wiped = any(r.order and r.outcome == "done" and o.seq == r.order
@@ -400,17 +403,17 @@ def render_devices(views: list[DeviceView], now: int) -> str:
     def when(t: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
 
-    rows = ["NAME                 DEVICE                            LAST CONTACT      "
-            "LEASE               STATE     PENDING  REFUSED  RELEASE                  "
+    rows = ["NAME                 DEVICE                            LAST CONTACT UTC  "
+            "LEASE               STATE         PENDING  REFUSED  RELEASE                  "
             "VMS (LAST SYNC)"]
     for v in views:
         lease = (f"{(v.lease_until - now) // 86400:+d}d" if v.lease_until else "enrolment")
-        state = ("SUSPECT" if v.problem else "revoked" if v.revoked else "wiped" if v.wiped
-                 else "ok")
+        state = ("SUSPECT" if v.problem else "WIPE PENDING" if v.wipe_pending
+                 else "revoked" if v.revoked else "wiped" if v.wiped else "ok")
         pending = ",".join(map(str, v.pending)) or "-"
         vms = ", ".join(f"{m.vm} #{m.seq} {when(m.time)}" for m in v.vms) or "-"
         rows.append(f"{shown(v.name)[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
-                    f"{lease:<18}  {state:<8}  {pending:<7}  {v.refused:<7}  "
+                    f"{lease:<18}  {state:<12}  {pending:<7}  {v.refused:<7}  "
                     f"{shown(v.release or '-')[:24]:<24} {vms}")
     rows += [f"{shown(v.name)}: {shown(v.problem)}" for v in views if v.problem]
     return "\n".join(rows)

@@ -237,6 +237,8 @@ class Agent:
         act = order.action
         if s.wiped and act != "wipe":
             outcome, detail = "refused", "this laptop was wiped: re-enrol it"
+        elif act == "cancel":
+            detail = f"cancelled by the admin before it ran (was {order.args['cancelled']})"
         elif act == "renew-lease":
             changes = {"lease_until": order.args["lease_until"]}
             detail = f"lease renewed until {_iso(order.args['lease_until'])}"

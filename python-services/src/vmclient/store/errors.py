@@ -60,6 +60,14 @@ class RemoteIntegrityError(StoreError):
         self.problem = problem
 
 
+class UnknownSigner(RemoteIntegrityError):
+    """Repository integrity check failed for {} {!r} at {}: {}. Not retried: the stored data is not what was written."""  # noqa: E501
+
+    def __init__(self, obj_type: str, obj_id: str, path: str, untrusted_signer: str) -> None:
+        super().__init__(obj_type, obj_id, path, f"signed by unknown key {untrusted_signer}")
+        self.untrusted_signer = untrusted_signer
+
+
 class UnsupportedVersion(RemoteIntegrityError):
     """{} {!r} at {} has {}; this client refuses it (upgrade vmclient if the repository is newer)."""  # noqa: E501
 

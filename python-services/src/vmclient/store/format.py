@@ -24,7 +24,7 @@ from typing import Any
 import zstandard
 
 from . import crypto
-from .errors import RemoteIntegrityError, UnsupportedVersion
+from .errors import RemoteIntegrityError, UnknownSigner, UnsupportedVersion
 
 CODEC_STORED = 0
 CODEC_ZSTD = 1
@@ -135,8 +135,7 @@ def open_envelope(signers: Mapping[str, crypto.Ed25519PublicKey], untrusted_blob
     untrusted_signer = untrusted_blob[5:5 + _KEYID_LEN].hex()
     key = signers.get(untrusted_signer)
     if key is None:
-        raise RemoteIntegrityError(obj_type, obj_id, path,
-                                   f"signed by unknown key {untrusted_signer}")
+        raise UnknownSigner(obj_type, obj_id, path, untrusted_signer)
     sig = untrusted_blob[5 + _KEYID_LEN:ENVELOPE_HEADER]
     body = untrusted_blob[ENVELOPE_HEADER:]
     crypto.verify(key, sig, obj_type, obj_id, body, path=path)

@@ -32,6 +32,9 @@ ORDER_ACTIONS: dict[str, dict[str, type]] = {
     "unlock": {},
     "wipe": {"include_private": bool},
     "rekey": {"vm": str, "from_device": str, "min_seq": int},
+    # the admin replaced a pending order in place (``vmclient-admin order DEVICE cancel N``):
+    # nothing to do but advance; ``cancelled`` names the action it replaced
+    "cancel": {"cancelled": str},
 }
 # action -> {optional flag: its value when absent}
 ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False}}

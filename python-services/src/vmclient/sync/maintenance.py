@@ -79,14 +79,14 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
         for seq in gone:
             await remote.delete(layout.vm_snapshot(dev, vm, snaps[seq].label))
         result = PruneResult(sorted(keep), gone)
-        await _prune_packs(remote, keys, layout.vm_store(dev, vm),
+        await prune_packs(remote, keys, layout.vm_store(dev, vm),
                            [snaps[s] for s in keep], result)
         return result
     finally:
         await engine.release_lock(remote, token)
 
 
-async def _prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
+async def prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
                        kept_manifests: list[Manifest], result: PruneResult) -> None:
     store = repo.ChunkStore(remote, root, keys)
     packs: dict[str, Records] = {}

@@ -1,0 +1,212 @@
+"""Where ``vmclient-admin`` finds its repository and keys, and opening them with errors
+that say what to do.
+
+The repository comes from ``--repo``, else ``$VMCLIENT_REPOSITORY``, else ``repo`` in
+the config file (``--config``, default ``$XDG_CONFIG_HOME/vmclient/admin.toml``), which
+may also give ``key_dir``, ``ssh_key`` and ``known_hosts``; the command line wins.
+
+Opening checks, in order, each with its own message: a repository exists at all
+(else "run vmclient-admin init"), it is this admin's (the config is signed by the
+key in ``--key-dir``, else both key ids are named), and its catalog is not older
+than the newest this admin signed (else the rollback is named and
+``--accept-rollback`` offered: the served catalog is re-signed with the next
+serial, so no serial is ever issued twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
+from ..manage import admin as it
+from ..store import crypto, layout
+from ..store.documents import Catalog, RepoConfig
+from ..store.errors import EXIT_INTEGRITY, ObjectNotFound, UnknownSigner
+from ..store.orders import DEVICE_ID_RE, DeviceRecord
+from ..store.remote import RemoteStore
+from ..store.repo import get_catalog, get_config, put_catalog
+from ..store.transport import is_url
+from . import keys
+
+ENV_REPOSITORY = "VMCLIENT_REPOSITORY"
+DEFAULT_KEY_DIR = "~/.vmclient-admin"
+CONFIG_KEYS = ("repo", "key_dir", "ssh_key", "known_hosts")
+
+
+class WrongAdminKey(VMClientError):
+    """this repository belongs to admin key {}; --key-dir {} holds admin key {}: give the key directory of this repository's admin"""  # noqa: E501
+
+    exit_code = EXIT_CONFIG
+
+
+class CatalogRolledBack(VMClientError):
+    """{}"""
+
+    exit_code = EXIT_INTEGRITY
+
+
+def default_config() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "vmclient" / "admin.toml"
+
+
+def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
+    """Fill ``repo``, ``key_dir``, ``ssh_key``, ``known_hosts`` from env and config file."""
+    path = Path(args.config).expanduser() if args.config else default_config()
+    conf: dict[str, str] = {}
+    try:
+        untrusted = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        if args.config:
+            raise ConfigError(path, "", "no such config file") from None
+        untrusted = {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(path, "", str(exc)) from exc
+    for key, value in untrusted.items():
+        if key not in CONFIG_KEYS:
+            raise ConfigError(path, key, f"unknown setting (known: {', '.join(CONFIG_KEYS)})")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(path, key, "must be a non-empty string")
+        conf[key] = value
+    args.repo = args.repo or os.environ.get(ENV_REPOSITORY) or conf.get("repo")
+    if not args.repo and need_repo:
+        raise UsageError(f"no repository: give --repo, set {ENV_REPOSITORY}, or put "
+                         f"repo = \"…\" in {path}")
+    args.key_dir = Path(args.key_dir or conf.get("key_dir") or DEFAULT_KEY_DIR).expanduser()
+    for key in ("ssh_key", "known_hosts"):
+        if getattr(args, key) is None and key in conf:
+            setattr(args, key, str(Path(conf[key]).expanduser()))
+    if args.repo and is_url(args.repo):
+        ssh_defaults(args)
+
+
+def ssh_defaults(args: argparse.Namespace) -> None:
+    """For ``sftp://``, what ``--ssh-key``/``--known-hosts`` leave open, found as OpenSSH
+    would: ``~/.ssh/config``'s ``IdentityFile`` and ``UserKnownHostsFile`` for the host,
+    else ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` and ``~/.ssh/known_hosts``.
+    (Keys held only by ssh-agent are not used: the store reads a key file.)"""
+    if args.ssh_key and args.known_hosts:
+        return
+    import paramiko
+    host = urlsplit(args.repo).hostname or ""
+    ssh = Path.home() / ".ssh"
+    found: dict[str, Any] = {}
+    if (ssh / "config").is_file():
+        try:
+            found = dict(paramiko.SSHConfig.from_path(str(ssh / "config")).lookup(host))
+        except (OSError, paramiko.ConfigParseError) as exc:
+            raise ConfigError(ssh / "config", "", str(exc)) from exc
+    if args.ssh_key is None:
+        candidates = [*found.get("identityfile", []),
+                      *(ssh / n for n in ("id_ed25519", "id_ecdsa", "id_rsa"))]
+        args.ssh_key = next((str(Path(c).expanduser()) for c in candidates
+                             if Path(c).expanduser().is_file()), None)
+    if args.known_hosts is None:
+        files = str(found.get("userknownhostsfile", "")).split() or [str(ssh / "known_hosts")]
+        args.known_hosts = next((str(Path(f).expanduser()) for f in files
+                                 if Path(f).expanduser().is_file()), None)
+
+
+def passphrase(args: argparse.Namespace) -> keys.Passphrase:
+    """Where the passphrase of encrypted admin keys comes from, asked only when needed:
+    ``--passphrase-file``, ``$VMCLIENT_ADMIN_PASSPHRASE``, else a prompt on a terminal."""
+    def get() -> bytes:
+        return new_passphrase(args, confirm=False)
+    return get
+
+
+def new_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes:
+    if getattr(args, "passphrase_file", None):
+        path = Path(args.passphrase_file).expanduser()
+        try:
+            value = path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise UsageError(f"--passphrase-file {path}: {exc.strerror}") from exc
+        if not value:
+            raise UsageError(f"--passphrase-file {path}: empty")
+        return value
+    if os.environ.get(keys.ENV_PASSPHRASE):
+        return keys.env_passphrase()
+    if not sys.stdin.isatty():
+        if confirm:
+            raise UsageError(f"init encrypts the admin keys under a passphrase: type it on a "
+                             f"terminal, or give {keys.ENV_PASSPHRASE} or --passphrase-file; "
+                             "--no-passphrase keeps them unencrypted (not recommended)")
+        return keys.env_passphrase()  # raises: says where a passphrase can come from
+    import getpass
+    value = getpass.getpass(f"passphrase of the admin keys in {args.key_dir}: ").encode()
+    if confirm:
+        if len(value) < 8:
+            raise UsageError("passphrase: at least 8 characters")
+        if getpass.getpass("again: ").encode() != value:
+            raise UsageError("the two passphrases differ")
+    return value
+
+
+async def open_config(args: argparse.Namespace, remote: RemoteStore,
+                      k: keys.AdminKeys) -> RepoConfig:
+    """The repository's config, verified with the admin key of ``--key-dir``."""
+    admin = k.admin.public_key()
+    try:
+        return await get_config(remote, admin)
+    except ObjectNotFound:
+        raise NotFound(f"no repository at {args.repo} (it has no {layout.CONFIG} object): "
+                       "run `vmclient-admin init` to create one, or check --repo") from None
+    except UnknownSigner as exc:
+        raise WrongAdminKey(exc.untrusted_signer, args.key_dir, crypto.key_id(admin)) from exc
+
+
+async def open_keys(args: argparse.Namespace, remote: RemoteStore) -> keys.AdminKeys:
+    """The admin's keys, once the repository is found to be theirs."""
+    k = keys.load(args.key_dir, passphrase(args))
+    await open_config(args, remote, k)
+    return k
+
+
+async def open_repo(args: argparse.Namespace, remote: RemoteStore
+                    ) -> tuple[keys.AdminKeys, RepoConfig, Catalog]:
+    k = keys.load(args.key_dir, passphrase(args))
+    cfg = await open_config(args, remote, k)
+    catalog, _digest = await get_catalog(remote, k.admin.public_key(), cfg.repository)
+    known = k.known_serial(cfg.repository)
+    if catalog.serial < known:
+        catalog = await _rolled_back(args, remote, k, catalog, known)
+    return k, cfg, catalog
+
+
+async def _rolled_back(args: argparse.Namespace, remote: RemoteStore, k: keys.AdminKeys,
+                       catalog: Catalog, known: int) -> Catalog:
+    issued = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(catalog.issued))
+    if not getattr(args, "accept_rollback", False):
+        raise CatalogRolledBack(
+            f"the repository's catalog is serial {catalog.serial} (issued {issued}), but this "
+            f"admin already signed serial {known}: the repository was rolled back (restored "
+            "from a backup?) or the server replays an old catalog. If you know why, run the "
+            "command again with --accept-rollback: the catalog as served is re-signed as "
+            f"serial {known + 1}, and what was published after serial {catalog.serial} is no "
+            "longer listed")
+    new = replace(catalog, serial=known + 1, issued=int(time.time()))
+    await put_catalog(remote, k.admin, new)
+    k.record_serial(catalog.repository, new.serial)
+    print(f"accepted the rolled-back catalog (serial {catalog.serial}, issued {issued}); "
+          f"re-signed as serial {new.serial}", file=sys.stderr, flush=True)
+    return new
+
+
+async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
+    admin = k.admin.public_key()
+    if DEVICE_ID_RE.fullmatch(which):
+        return await it.device_record(remote, admin, which)
+    views = [v for v in await it.devices(remote, admin) if v.name == which]
+    live = [v for v in views if not v.revoked] or views
+    if len(live) != 1:
+        raise UsageError(f"{len(live)} enrolled devices are named {which!r}: give its id")
+    return await it.device_record(remote, admin, live[0].device)
