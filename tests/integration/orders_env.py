@@ -180,10 +180,16 @@ def luks_template(i: int) -> tuple[crypto.KeySet, Path]:
         if not _TEMPLATES:
             _TEMPLATE_DIR.mkdir(parents=True, exist_ok=True)
             atexit.register(shutil.rmtree, _TEMPLATE_DIR, True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "--object",
-                        f"secret,id=s0,data={keys.luks.hex()}", "-o",
-                        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-                        str(path), "64M"], check=True)
+        cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "--object",
+               f"secret,id=s0,data={keys.luks.hex()}", "-o",
+               "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+               str(path), "64M"]
+        for attempt in range(6):  # the PBKDF2 calibration flake: see provision/qemuimg.py
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if r.returncode == 0:
+                break
+            if "Unable to get accurate CPU usage" not in r.stderr or attempt == 5:
+                raise AssertionError(f"qemu-img create failed: {r.stderr.strip()}")
         _TEMPLATES[i] = keys, path
     return _TEMPLATES[i]
 

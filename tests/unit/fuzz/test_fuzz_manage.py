@@ -34,7 +34,7 @@ DEVICE_ID = crypto.key_id(DEVICE.public_key())
 DEVICE_X = crypto.X25519PrivateKey.from_private_bytes(b"\x04" * 32)
 RECORD = DeviceRecord(DEVICE_ID, "laptop-7", crypto.raw_public(DEVICE.public_key()),
                       crypto.raw_public(DEVICE_X.public_key()), 1000)
-ORDERS = [Order(DEVICE_ID, 1, 5, "assign", {"vm": "office", "recipe": "office"}),
+ORDERS = [Order(DEVICE_ID, 1, 5, "assign", {"vm": "office", "recipe": "office", "start": False}),
           Order(DEVICE_ID, 1, 5, "unassign", {"vm": "office"}),
           Order(DEVICE_ID, 1, 5, "renew-lease", {"lease_until": 99}),
           Order(DEVICE_ID, 1, 5, "lock"), Order(DEVICE_ID, 1, 5, "unlock"),

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import VMClientError
+from ..virt.libvirt import PBKDF_ATTEMPTS, PBKDF_BENCH_FLAKE
 
 ITER_TIME_MS = 10
 
@@ -40,18 +41,16 @@ def _opts(path: Path) -> str:
     return f"driver=qcow2,file.filename={path},encrypt.key-secret=vmcsec0"
 
 
-# QEMU times its LUKS key derivation with the thread's CPU clock; on a busy
-# machine with tick-based accounting that clock may not move, and qemu-img then
-# fails with this text.  Nothing was written: trying again is safe.
-_PBKDF_BENCH_FLAKE = "Unable to get accurate CPU usage"
+# qemu-img fails with PBKDF_BENCH_FLAKE now and then (its LUKS calibration);
+# nothing was written: trying again is safe.
 
 
 async def _run(tool: str, args: Sequence[str], passphrase: bytes, what: Path) -> str:
-    for attempt in range(3):
+    for attempt in range(PBKDF_ATTEMPTS):
         try:
             return await _run_once(tool, args, passphrase, what)
         except DiskToolError as exc:
-            if _PBKDF_BENCH_FLAKE not in str(exc) or attempt == 2:
+            if PBKDF_BENCH_FLAKE not in str(exc) or attempt == PBKDF_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
