@@ -31,9 +31,10 @@ images_dir = "{workdir / 'images'}"
 staging_dir = "{workdir / 'staging'}"
 domain_type = "{cpu.domain_type}"
 cpu_mode = "{cpu.cpu_mode}"
+cpu_disable = [{", ".join(f'"{f}"' for f in cpu.cpu_disable)}]
 
 [repository]
-path = "{workdir / 'repo'}"
+location = "{workdir / 'repo'}"
 admin_key = "{workdir / 'admin.pub'}"
 """)
         self.log_path = workdir / "provd.log"
