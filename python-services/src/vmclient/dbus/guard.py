@@ -67,35 +67,34 @@ def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
     return node
 
 
-def _with_fds(msg: Message) -> list[Any]:
-    """The call's arguments, each top-level ``h`` (an index into the message's descriptors)
-    replaced by the descriptor itself (still owned by the message: closed after the call)."""
+def _with_fds(msg: Message, fds: tuple[int, ...]) -> list[Any]:
+    """The call's arguments, each top-level ``h`` (an index into the call's descriptors
+    ``fds``) replaced by the descriptor itself (closed by the guard after the call)."""
     args = list(msg.body)
     for i, t in enumerate(SignatureTree(msg.signature).types):
         if t.token == "h":
             index = args[i]
-            if not isinstance(index, int) or not 0 <= index < len(msg.unix_fds):
+            if not isinstance(index, int) or not 0 <= index < len(fds):
                 raise UsageError(f"argument {i}: no file descriptor came with the call")
-            args[i] = msg.unix_fds[index]
+            args[i] = fds[index]
     return args
 
 
-def _close_fds(msg: Message) -> None:
-    for fd in msg.unix_fds:
+def _close(fds: tuple[int, ...]) -> None:
+    for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    msg.unix_fds = []
 
 
 def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
                          members: Mapping[str, Member]) -> None:
     tasks: set[asyncio.Task[None]] = set()
 
-    async def run(msg: Message, m: Member) -> None:
+    async def run(msg: Message, m: Member, fds: tuple[int, ...]) -> None:
         try:
             assert msg.sender is not None
             await auth.authorize(bus, msg.sender, action, m.what)
-            await _reply(bus, msg, m.out_sig, await m.handler(_with_fds(msg)))
+            await _reply(bus, msg, m.out_sig, await m.handler(_with_fds(msg, fds)))
         except VMClientError as exc:
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
             bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
@@ -104,17 +103,22 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
             bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
                                        f"internal error: {exc}"))
         finally:
-            _close_fds(msg)
+            _close(fds)
 
     def guard(msg: Message) -> bool:
+        # The descriptors that came with this message, taken now: dbus-fast hands a
+        # message without any the list its reader fills with the *next* message's
+        # descriptors (a logind lock's fd, say), so msg.unix_fds read later is not
+        # this message's to close.
+        fds = tuple(msg.unix_fds)
         m = members.get(msg.member or "")
         if (msg.message_type != MessageType.METHOD_CALL or msg.path != path
                 or msg.interface not in (None, iface) or m is None
                 or msg.signature != m.in_sig):
             if msg.path == path:
-                _close_fds(msg)  # nobody else takes descriptors sent to our object
+                _close(fds)  # nobody else takes descriptors sent to our object
             return False
-        task = asyncio.get_running_loop().create_task(run(msg, m))
+        task = asyncio.get_running_loop().create_task(run(msg, m, fds))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         return True
