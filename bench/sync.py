@@ -54,7 +54,7 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests/integration
                 str(HERE.parent / "python-services/src")]
 
 from fixtures_sshd import SSHServer, ssh_server
-from fixtures_virt import cpu_profile
+from fixtures_virt import BOOT_SECTOR, cpu_profile, wait_idle
 
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
@@ -77,12 +77,6 @@ XML = """<domain type='{virt}'><name>{name}</name><uuid>{uuid}</uuid>
 sync='disks'/></metadata></domain>"""
 
 
-# A boot sector whose code halts the vCPU (cli; hlt): the guest boots and idles as a real
-# one does.  Without it SeaBIOS polls for a bootable device and keeps 40 % of a core busy,
-# which both tools would pay for.
-BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]).ljust(510, b"\0") + b"\x55\xaa"
-
-
 def synthetic(path: Path, mib: int, rng: random.Random) -> None:
     """A boot sector, then a quarter each of zeros (left sparse), random bytes, text and
     binary records."""
@@ -102,23 +96,6 @@ def synthetic(path: Path, mib: int, rng: random.Random) -> None:
             else:
                 f.write(b"".join((i * 65536 + j).to_bytes(4, "little") + b"\x7fELF" + bytes(8)
                                  for j in range(MIB // 16)))
-
-
-def wait_idle(dom: libvirt.virDomain, timeout: float = 60.0) -> None:
-    """Until the guest has booted and halts (its vCPU busy < 5 % over a second): SeaBIOS
-    keeps a core busy for its first seconds, which would otherwise fall into whichever
-    tool runs first."""
-    def vcpu_s() -> float:
-        return sum(v[2] for v in dom.vcpus()[0]) / 1e9
-    deadline = time.monotonic() + timeout
-    last = vcpu_s()
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        now = vcpu_s()
-        if now - last < 0.05:
-            return
-        last = now
-    raise RuntimeError(f"the guest still keeps its vCPU busy after {timeout:.0f} s")
 
 
 def change(dom: libvirt.virDomain, raw: Path, mib: int, work: Path, rng: random.Random) -> int:
