@@ -794,6 +794,14 @@ async def save_image_xml(hv: Hypervisor, path: str, name: str) -> str:
         what="read the saved definition", vm=name, limit=60)
 
 
+def _open_blocking(uri: str) -> libvirt.virConnect:
+    """A connection of its own for a one-off blocking call (no event loop)."""
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise HypervisorUnavailable(uri, exc.get_error_message()) from exc
+
+
 def try_transient(uri: str, xml: str, settle: float = 1.0) -> str | None:
     """Start ``xml`` as a transient domain and destroy it again (blocking).
 
@@ -802,10 +810,7 @@ def try_transient(uri: str, xml: str, settle: float = 1.0) -> str | None:
     the connection, so nothing outlives the call.  Raises
     :class:`~vmclient.errors.HypervisorUnavailable` when libvirtd does not answer.
     """
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise HypervisorUnavailable(uri, exc.get_error_message()) from exc
+    conn = _open_blocking(uri)
     try:
         try:
             dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY)
@@ -829,10 +834,7 @@ def try_transient(uri: str, xml: str, settle: float = 1.0) -> str | None:
 
 def versions(uri: str) -> tuple[int, int]:
     """libvirt's and the hypervisor's (QEMU's) version numbers, as libvirt reports them."""
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise HypervisorUnavailable(uri, exc.get_error_message()) from exc
+    conn = _open_blocking(uri)
     try:
         return conn.getLibVersion(), conn.getVersion()
     finally:
