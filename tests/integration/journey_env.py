@@ -13,12 +13,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from fixtures_bus import PrivateSystemBus
 from fixtures_sshd import SSHServer
+from provd_harness import NAME, PATH, call, ok
 from provision_env import Env, write_config
 from sftp_repo import Repo, b64, make_disk, qcow2
 
@@ -28,8 +27,7 @@ from vmclient.manage.state import DeviceState, StateFile
 from vmclient.store import crypto
 from vmclient.store.transport import Repository
 
-PROVD = "org.vmclient.VMClient1.Provisioning"
-PROVD_PATH = "/org/vmclient/VMClient1/Provisioning"
+PROVD, PROVD_PATH = NAME, PATH
 DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 
 
@@ -73,34 +71,8 @@ def provd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path) -> Iterato
     """vmclient-provd with ``env``'s configuration and ``dc``'s repository; its log."""
     env.cfg = replace(env.cfg, repository=dc.repository)
     config = write_config(env, tmp, pin_admin=False)
-    log_path = tmp / "provd.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vmclient.provision.daemon", "--config", str(config),
-             "--debug"], stdout=log, stderr=subprocess.STDOUT,
-            env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
-    try:
-        yield log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def call(b: MessageBus, member: str, sig: str = "", body: list[Any] | None = None,
-               dest: str = PROVD, path: str = PROVD_PATH, iface: str = PROVD) -> Message:
-    reply = await b.call(Message(destination=dest, path=path, interface=iface, member=member,
-                                 signature=sig, body=body or []))
-    assert reply is not None
-    return reply
-
-
-def ok(reply: Message) -> list[Any]:
-    assert reply.message_type == MessageType.METHOD_RETURN, (reply.error_name, reply.body)
-    return list(reply.body)
+    with _daemon(bus, "vmclient.provision.daemon", config, tmp / "provd.log", 10) as log:
+        yield log
 
 
 async def wait_name(b: MessageBus, name: str, log: Path) -> None:
@@ -145,10 +117,18 @@ recheck_seconds = 2
 state_dir = "{c.manage_dir}"
 images_dir = "{c.images_dir}"
 """)
-    log_path = tmp / "syncd.log"
+    with _daemon(bus, "vmclient.sync.daemon", config, tmp / "syncd.log", 30) as log:
+        yield log
+
+
+@contextlib.contextmanager
+def _daemon(bus: PrivateSystemBus, module: str, config: Path, log_path: Path,
+            stop_s: float) -> Iterator[Path]:
+    """``python -m module --config config --debug`` on the private bus, logging to
+    ``log_path``; SIGTERM at the end, SIGKILL after ``stop_s`` seconds."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vmclient.sync.daemon", "--config", str(config), "--debug"],
+            [sys.executable, "-m", module, "--config", str(config), "--debug"],
             stdout=log, stderr=subprocess.STDOUT,
             env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
     try:
@@ -156,7 +136,7 @@ images_dir = "{c.images_dir}"
     finally:
         proc.terminate()
         try:
-            proc.wait(30)
+            proc.wait(stop_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

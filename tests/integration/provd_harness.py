@@ -7,13 +7,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import URI, cpu_profile, scaled
 
 from testlib import SERVICES
 
 NAME = "org.vmclient.VMClient1.Provisioning"
+PATH = "/org/vmclient/VMClient1/Provisioning"
+
+
+async def call(b: MessageBus, member: str, sig: str = "", body: list[Any] | None = None,
+               dest: str = NAME, path: str = PATH, iface: str = NAME) -> Message:
+    """One method call (provd's Provisioning interface unless told), its reply as it is."""
+    reply = await b.call(Message(destination=dest, path=path, interface=iface, member=member,
+                                 signature=sig, body=body or []))
+    assert reply is not None
+    return reply
+
+
+def ok(reply: Message) -> list[Any]:
+    assert reply.message_type == MessageType.METHOD_RETURN, (reply.error_name, reply.body)
+    return list(reply.body)
 
 
 class ProvDaemon:

@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast import Message, MessageType
+from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
+from provd_harness import NAME, PATH, call, ok
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
 from testlib import DATA, SERVICES, need
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-NAME = "org.vmclient.VMClient1.Provisioning"
-PATH = "/org/vmclient/VMClient1/Provisioning"
 IFACE = NAME
 
 
@@ -44,19 +43,6 @@ def stranger_call(bus: PrivateSystemBus, member: str) -> str:
                         "/usr/bin/python3", "-c", script, bus.address],
                        capture_output=True, text=True)
     return r.stdout.strip() + r.stderr
-
-
-async def call(b: MessageBus, member: str, sig: str = "", body: list[Any] | None = None,
-               dest: str = NAME, path: str = PATH, iface: str = IFACE) -> Message:
-    reply = await b.call(Message(destination=dest, path=path, interface=iface, member=member,
-                                 signature=sig, body=body or []))
-    assert reply is not None
-    return reply
-
-
-def ok(reply: Message) -> list[Any]:
-    assert reply.message_type == MessageType.METHOD_RETURN, (reply.error_name, reply.body)
-    return list(reply.body)
 
 
 async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus, tmp_path: Path) -> None:
