@@ -28,3 +28,25 @@ def need(condition: bool, reason: str) -> None:
     if in_ci():
         pytest.fail(f"prerequisite missing in CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+# A minimal business recipe for the catalog image "office", as an assign order carries it.
+OFFICE_RECIPE = """format = 1
+name = "office"
+kind = "business"
+vcpus = 1
+memory_mib = 512
+
+[image]
+catalog = "office"
+
+[[disks]]
+name = "system"
+role = "system"
+
+[network]
+zone = "business"
+
+[power]
+policy = "pause"
+"""

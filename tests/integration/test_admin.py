@@ -12,6 +12,7 @@ import pytest
 from fixtures_sshd import SSHServer, ssh_server
 from sftp_repo import Repo, make_disk, published, qcow2
 
+from testlib import OFFICE_RECIPE
 from vmclient.admin.images import read_published
 from vmclient.store import crypto, layout
 from vmclient.store.errors import ObjectNotFound
@@ -21,25 +22,7 @@ from vmclient.store.repo import get_signed
 MiB = 1 << 20
 
 
-RECIPE = """format = 1
-name = "office"
-kind = "business"
-vcpus = 1
-memory_mib = 512
-
-[image]
-catalog = "office"
-
-[[disks]]
-name = "system"
-role = "system"
-
-[network]
-zone = "business"
-
-[power]
-policy = "pause"
-"""
+RECIPE = OFFICE_RECIPE
 
 
 @pytest.fixture

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from testlib import OFFICE_RECIPE
 from vmclient.errors import ConfigError, UsageError
 from vmclient.manage.admin import assign_recipe
 
-RECIPE = """format = 1
-name = "office"
-kind = "business"
-vcpus = 1
-memory_mib = 512
-[image]
-catalog = "office"
-[[disks]]
-name = "system"
-role = "system"
-[network]
-zone = "business"
-[power]
-policy = "pause"
-"""
+RECIPE = OFFICE_RECIPE
 
 
 def test_a_laptop_recipe_passes() -> None:
