@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 import libvirt
 
 from testlib import need
-from vmclient.provision.cpuprobe import DEFAULT_CACHE, Probe, cached_probe
+from vmclient.provision.cpuprobe import DEFAULT_CACHE, cached_probe, read_cache
 from vmclient.virt.cpu import CPUProfile
 
 URI = "qemu:///system"
@@ -42,10 +41,8 @@ def cpu_profile() -> CPUProfile:
 
 def probed_profile() -> CPUProfile | None:
     """The profile scripts/start-daemons probed for this boot, without probing (None: not yet)."""
-    try:
-        return Probe.from_dict(json.loads(DEFAULT_CACHE.read_text())).profile
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    cached = read_cache(DEFAULT_CACHE)
+    return cached.profile if cached is not None else None
 
 
 def kvm_usable() -> bool:

@@ -98,17 +98,26 @@ def host_key(uri: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def read_cache(cache: Path, key: str | None = None) -> Probe | None:
+    """The probe cached in ``cache`` (for host ``key``, if given); None: missing, damaged
+    or for another host key."""
+    try:
+        d = json.loads(cache.read_text(encoding="utf-8"))
+        if key is not None and d.get("key") != key:
+            return None
+        return Probe.from_dict(d)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def cached_probe(uri: str, cache: Path | None = DEFAULT_CACHE,
                  start: Starter = virt.try_transient) -> Probe:
     """:func:`probe`, answered from ``cache`` when it was written for this host key."""
     key = host_key(uri) if cache is not None else ""
     if cache is not None:
-        try:
-            d = json.loads(cache.read_text(encoding="utf-8"))
-            if d.get("key") == key:
-                return Probe.from_dict(d)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # missing or damaged: probe again
+        cached = read_cache(cache, key)
+        if cached is not None:
+            return cached
     result = probe(uri, start)
     if cache is not None:
         try:
