@@ -1,4 +1,4 @@
-"""IT's side: issue signed orders, read device reports, a fleet overview (issue 7 §2, §5).
+"""IT's side: issue signed orders, read device reports, a fleet overview.
 
 A function-level API for ``vmclient-admin order …`` and ``vmclient-admin
 devices`` (the CLI lives with the admin tool of branch ``sftp``).

@@ -1,4 +1,4 @@
-"""Enrolment with a one-time code (issue 7 §1).
+"""Enrolment with a one-time code.
 
 1. IT issues a code (:meth:`CodeBook.issue`, kept on the admin's offline
    machine) and gives it to the user out of band.

@@ -1,4 +1,4 @@
-"""Enrolment records, orders, reports and the trusted clock (issue 7's foundation).
+"""Enrolment records, orders, reports and the trusted clock.
 
 * A **device record** (``devices/<id>/device``, signed by the admin) binds a
   device id to its Ed25519 signing key and X25519 wrapping key.  The device id

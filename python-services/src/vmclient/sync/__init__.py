@@ -1,1 +1,1 @@
-"""The Synchronizer: VM disks to the repository, incrementally, and back (issue 6)."""
+"""The Synchronizer: VM disks to the repository, incrementally, and back."""

@@ -576,7 +576,7 @@ async def eject_media(hv: Hypervisor, uuid: str, name: str) -> list[str]:
     return await hv._call(lambda conn: _eject(conn.lookupByUUIDString(uuid)),
                           what="eject the install media", vm=name, limit=60)
 
-# -- the shell: a VM's display (issue 15) ----------------------------------------------------
+# -- the shell: a VM's display ----------------------------------------------------
 
 async def open_graphics_fd(hv: Hypervisor, uuid: str, name: str) -> int:
     """A new connection to the running VM's SPICE (or VNC) server, as a socket fd (ours).
@@ -593,9 +593,7 @@ async def open_graphics_fd(hv: Hypervisor, uuid: str, name: str) -> int:
     return await hv._call(op, what="open the display", vm=name, limit=30)
 
 
-# -- sync: disks, checkpoints and pull-mode backup jobs (issue 6) ----------------------------
-# Module-level functions on a Hypervisor (kept apart from the class so that parallel work
-# on the class merges cleanly).
+# -- sync: disks, checkpoints and pull-mode backup jobs ----------------------------
 
 VM_NS = "https://vmclient.org/xmlns/vm/1"
 _JOB_BACKUP = 9  # virDomainJobOperation VIR_DOMAIN_JOB_OPERATION_BACKUP
@@ -753,7 +751,7 @@ async def delete_checkpoints(hv: Hypervisor, uuid: str, name: str, keep: str | N
     await hv._call(op, what="delete checkpoints", vm=name, limit=120)
 
 
-# -- memory state: save, restore (issue 6) ---------------------------------------------------
+# -- memory state: save, restore ---------------------------------------------------
 
 async def save_and_restore_paused(hv: Hypervisor, uuid: str, name: str, path: str) -> bool:
     """Save the domain's RAM to ``path`` and restore it from there at once, paused.
