@@ -119,7 +119,8 @@ RRECOMMENDS:${PN}-hypervisor = "\
 # device family instead of all of linux-firmware: Intel (i915, xe) and AMD
 # (amdgpu) GPUs, Wi-Fi (iwlwifi, ath11k, ath12k, MediaTek mt79xx, Realtek
 # rtw88/rtw89: rtl8822, rtl8852) and Bluetooth (Intel ibt, Qualcomm qca,
-# MediaTek, Realtek rtl_bt in the same rtl packages), Realtek Ethernet.
+# MediaTek, Realtek rtl_bt in the same rtl packages), Realtek Ethernet
+# (rtl8168, and rtl-nic for the rest: 2.5G RTL8125, USB RTL8156 docks).
 # iwlwifi, ibt, ath11k, ath12k, qca and amdgpu are the recipe's meta packages
 # recommending every per-device package; scripts/check-layer-resolve checks
 # that each entry, or what it recommends, has files.  Audio: the pinned
@@ -136,6 +137,7 @@ RRECOMMENDS:${PN}-drivers = "\
     linux-firmware-iwlwifi \
     linux-firmware-mediatek \
     linux-firmware-qca \
+    linux-firmware-rtl-nic \
     linux-firmware-rtl8168 \
     linux-firmware-rtl8822 \
     linux-firmware-rtl8852 \
