@@ -175,7 +175,6 @@ def test_secure_boot_builds_a_signed_uki_with_the_keys_given():
     assert bbvars.value(IMAGE, "UKI_SB_KEY") == "${VMCLIENT_SB_KEY}"
     assert bbvars.value(IMAGE, "UKI_SB_CERT") == "${VMCLIENT_SB_CERT}"
     cmdline = bbvars.words(IMAGE, "UKI_CMDLINE")
-    _parts, _boot = wks()
     label = option(wks()[0]["/"], "--label")
     assert f"root=LABEL={label}" in cmdline and "ro" in cmdline
     assert "${VMCLIENT_KERNEL_CONSOLE}" in cmdline
@@ -303,7 +302,8 @@ def test_laptop_packages_and_per_device_firmware():
         bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-laptop"))
     firmware = set(bbvars.words(PACKAGEGROUP, "RRECOMMENDS:${PN}-drivers"))
     assert {"linux-firmware-i915", "linux-firmware-xe", "linux-firmware-amdgpu", "linux-firmware-iwlwifi",
-            "linux-firmware-ath11k", "linux-firmware-ath12k", "linux-firmware-mediatek"} <= firmware
+            "linux-firmware-ath11k", "linux-firmware-ath12k", "linux-firmware-mediatek",
+            "linux-firmware-ibt", "linux-firmware-qca", "linux-firmware-rtl8822", "linux-firmware-rtl8852"} <= firmware
     assert "linux-firmware" not in firmware
     assert "linux-firmware" in bbvars.words(DISTRO, "MACHINE_EXTRA_RRECOMMENDS:remove")
     roles = set(bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}"))
