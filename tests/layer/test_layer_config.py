@@ -163,6 +163,15 @@ def test_tpm2_tss_packages_what_systemds_tpm2_support_asks_for():
     assert {"--disable-fapi", "--with-crypto=ossl"} <= set(bbvars.words(recipe, "EXTRA_OECONF"))
 
 
+def test_kernel_builds_the_laptops_gpu_wifi_and_bluetooth_drivers():
+    kmeta = KERNEL / "linux-yocto" / "vmclient-kmeta" / "features" / "vmclient"
+    cfg = (kmeta / "vmclient-laptop.cfg").read_text()
+    assert "kconf hardware vmclient-laptop.cfg" in (kmeta / "vmclient-kvm.scc").read_text()
+    for driver in ("DRM_I915", "DRM_XE", "DRM_AMDGPU", "IWLWIFI", "IWLMVM", "ATH11K_PCI", "ATH12K",
+                   "MT7921E", "RTW88_8822CE", "RTW89_8852BE", "BT_HCIBTUSB"):
+        assert re.search(rf"^CONFIG_{driver}=m$", cfg, re.M), driver
+
+
 def test_kernel_builds_in_the_tpm_and_the_efi_stub():
     cfg = (KERNEL / "linux-yocto" / "vmclient-kmeta" / "features" / "vmclient" / "vmclient-kvm.cfg").read_text()
     for option_ in ("CONFIG_TCG_TPM=y", "CONFIG_TCG_TIS=y", "CONFIG_TCG_CRB=y", "CONFIG_EFI_STUB=y"):

@@ -125,9 +125,10 @@ RRECOMMENDS:${PN}-hypervisor = "\
 # recommending every per-device package; scripts/check-layer-resolve checks
 # that each entry, or what it recommends, has files.  Audio: the pinned
 # linux-firmware packages no SOF firmware (intel/sof*), and no pinned layer
-# has sof-bin (PLAN-encryption.md, "What remains").  The kernel modules come
-# with kernel-modules (packagegroup-base).  Recommended: a machine without
-# the hardware builds without them.
+# has sof-bin (PLAN-encryption.md, "Also remaining").  The kernel modules come
+# with kernel-modules (packagegroup-base; the drivers are configured in the
+# kernel fragment vmclient-laptop.cfg).  Recommended: a machine without the
+# hardware builds without them.
 RRECOMMENDS:${PN}-drivers = "\
     linux-firmware-amdgpu \
     linux-firmware-ath11k \
