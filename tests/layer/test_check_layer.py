@@ -121,18 +121,24 @@ class _Tinfoil:
 
 
 # The pinned linux-firmware recipe, as it resolves: -iwlwifi and -ibt are
-# empty meta packages recommending per-device packages (its anonymous python).
+# empty meta packages; its populate_packages:prepend makes each recommend
+# the packages named after it, at packaging time.
 FIRMWARE = {
+    "populate_packages": """
+    iwlwifi_pkgs = filter(lambda x: x.find('-iwlwifi-') != -1, firmware_pkgs)
+    d.appendVar('RRECOMMENDS:linux-firmware-iwlwifi', ' ' + ' '.join(iwlwifi_pkgs))
+    ibt_pkgs = filter(lambda x: x.find('-ibt-') != -1, firmware_pkgs)
+    d.appendVar('RRECOMMENDS:linux-firmware-ibt', ' ' + ' '.join(ibt_pkgs))
+""",
     "PACKAGES": ("linux-firmware-iwlwifi-license linux-firmware-iwlwifi linux-firmware-iwlwifi-misc "
                  "linux-firmware-ibt linux-firmware-ibt-license linux-firmware-sof-empty "
                  "linux-firmware-i915 linux-firmware"),
     "FILES:linux-firmware-iwlwifi-license": "/usr/lib/firmware/LICENCE.iwlwifi_firmware",
     "FILES:linux-firmware-iwlwifi-misc": "/usr/lib/firmware/iwlwifi-*.ucode*",
-    "RRECOMMENDS:linux-firmware-iwlwifi": "linux-firmware-iwlwifi-misc",
     "FILES:linux-firmware-ibt-license": "/usr/lib/firmware/LICENCE.ibt_firmware",
-    "RRECOMMENDS:linux-firmware-ibt": "linux-firmware-ibt-license",
     "FILES:linux-firmware-i915": "/usr/lib/firmware/i915",
     "FILES:linux-firmware": "",
+    "RRECOMMENDS:linux-firmware-i915": "linux-firmware-i915-license",
 }
 
 
@@ -154,6 +160,7 @@ def test_resolve_firmware_rule_refuses_empty_and_license_only_packages():
     failed = _firmware_check(m, ["linux-firmware-ibt", "linux-firmware-sof-empty", "linux-firmware-sof"])
     assert len(failed) == 3, failed
     assert any("linux-firmware-ibt" in f for f in failed)  # recommends only its licence
+    # linux-firmware-sof-empty: no files, and no packaging-time rule names it.
     assert any("linux-firmware-sof has a provider" in f for f in failed)
 
 
