@@ -102,3 +102,73 @@ def test_resolve_rule_leaves_build_system_installs_undecided():
     m = _resolve_module()
     d = _Data({**OVMF, "do_install": f"    oe_runmake DESTDIR={D} install\n"})
     assert m.installed_paths(d) is None
+
+
+# --- check-layer-resolve's firmware and package-owner rules -----------------------
+
+class _Tinfoil:
+    """get_runtime_providers and parse_recipe_file over one recipe's data."""
+
+    def __init__(self, fn, data):
+        self.fn, self.data = fn, data
+
+    def get_runtime_providers(self, name):
+        return ([self.fn], self.fn) if name in self.data.values["PACKAGES"].split() else ([], None)
+
+    def parse_recipe_file(self, fn):
+        assert fn == self.fn
+        return self.data
+
+
+# The pinned linux-firmware recipe, as it resolves: -iwlwifi and -ibt are
+# empty meta packages; its populate_packages:prepend makes each recommend
+# the packages named after it, at packaging time.
+FIRMWARE = {
+    "populate_packages": """
+    iwlwifi_pkgs = filter(lambda x: x.find('-iwlwifi-') != -1, firmware_pkgs)
+    d.appendVar('RRECOMMENDS:linux-firmware-iwlwifi', ' ' + ' '.join(iwlwifi_pkgs))
+    ibt_pkgs = filter(lambda x: x.find('-ibt-') != -1, firmware_pkgs)
+    d.appendVar('RRECOMMENDS:linux-firmware-ibt', ' ' + ' '.join(ibt_pkgs))
+""",
+    "PACKAGES": ("linux-firmware-iwlwifi-license linux-firmware-iwlwifi linux-firmware-iwlwifi-misc "
+                 "linux-firmware-ibt linux-firmware-ibt-license linux-firmware-sof-empty "
+                 "linux-firmware-i915 linux-firmware"),
+    "FILES:linux-firmware-iwlwifi-license": "/usr/lib/firmware/LICENCE.iwlwifi_firmware",
+    "FILES:linux-firmware-iwlwifi-misc": "/usr/lib/firmware/iwlwifi-*.ucode*",
+    "FILES:linux-firmware-ibt-license": "/usr/lib/firmware/LICENCE.ibt_firmware",
+    "FILES:linux-firmware-i915": "/usr/lib/firmware/i915",
+    "FILES:linux-firmware": "",
+    "RRECOMMENDS:linux-firmware-i915": "linux-firmware-i915-license",
+}
+
+
+def _firmware_check(m, wanted):
+    m.failures.clear()
+    pg = _Data({"PACKAGES": "packagegroup-vmclient-drivers",
+                "RRECOMMENDS:packagegroup-vmclient-drivers": " ".join(wanted)})
+    m.check_firmware(_Tinfoil("linux-firmware.bb", _Data(FIRMWARE)), pg, {})
+    return list(m.failures)
+
+
+def test_resolve_firmware_rule_accepts_files_and_meta_packages_that_recommend_files():
+    m = _resolve_module()
+    assert _firmware_check(m, ["linux-firmware-i915", "linux-firmware-iwlwifi"]) == []
+
+
+def test_resolve_firmware_rule_refuses_empty_and_license_only_packages():
+    m = _resolve_module()
+    failed = _firmware_check(m, ["linux-firmware-ibt", "linux-firmware-sof-empty", "linux-firmware-sof"])
+    assert len(failed) == 3, failed
+    assert any("linux-firmware-ibt" in f for f in failed)  # recommends only its licence
+    # linux-firmware-sof-empty: no files, and no packaging-time rule names it.
+    assert any("linux-firmware-sof has a provider" in f for f in failed)
+
+
+def test_resolve_package_of_follows_the_order_of_packages():
+    m = _resolve_module()
+    d = _Data({"PACKAGES": "vmclient-shell vmclient-services",
+               "FILES:vmclient-shell": "/usr/bin/vmclient-shell /usr/lib/python3.14/site-packages/vmclient/shell",
+               "FILES:vmclient-services": "/usr/bin/* /usr/lib/python3.14/site-packages"})
+    assert m.package_of(d, "/usr/lib/python3.14/site-packages/vmclient/shell/window.py") == "vmclient-shell"
+    assert m.package_of(d, "/usr/lib/python3.14/site-packages/vmclient/daemon.py") == "vmclient-services"
+    assert m.package_of(d, "/etc/vmclient/power.toml") is None

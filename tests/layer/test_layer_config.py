@@ -83,31 +83,113 @@ def test_image_sets_wks_file_so_that_the_machines_default_does_not_win():
     assert (LAYER / "files" / "wic" / bbvars.value(IMAGE, "WKS_FILE")).is_file()
 
 
-def test_wks_has_esp_root_and_a_last_data_partition_found_by_partuuid():
+def test_wks_has_esp_and_root_found_by_partuuid_and_no_data_partition():
+    # The data partition is created encrypted on the laptop (repart.d): one
+    # in the wks would be written in plaintext, the same on every laptop.
     parts, boot = wks()
-    data_dir = distro_value("VMCLIENT_DATA_DIR")
-    assert list(parts) == ["/boot", "/", data_dir]
+    assert list(parts) == ["/boot", "/"]
     assert all("--use-uuid" in p and "--ondisk" not in p for p in parts.values()), parts
     assert option(boot, "--ptable") == "gpt"
     assert option(parts["/boot"], "--source") == "bootimg_efi"
 
 
-# --- defect 4: the data partition grows to the disk --------------------------
+# --- defect 4 and issue 16 section 2: the encrypted data partition ------------
 
-def test_data_partition_grows_on_first_boot_and_root_is_never_taken_for_it():
+def _ini(text: str) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    current = sections.setdefault("", {})
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current[key.strip()] = value.strip()
+    return sections
+
+
+def test_data_partition_is_created_as_luks2_sealed_to_the_tpm2_on_first_boot():
     parts, _boot = wks()
-    data = parts[distro_value("VMCLIENT_DATA_DIR")]
-    root = parts["/"]
-    assert option(root, "--part-type") == ROOT_X86_64
-    assert option(data, "--part-type") == LINUX_GENERIC
-    fsoptions = option(data, "--fsoptions").split(",")
-    assert "x-systemd.growfs" in fsoptions
-    assert "x-systemd.after=systemd-repart.service" in fsoptions
-    repart = (PERSIST / "files" / "50-vmdata.conf").read_text()
-    assert re.search(r"^Type=linux-generic$", repart, re.M)
-    assert re.search(rf"^Label={option(data, '--label')}$", repart, re.M)
-    assert not re.search(r"^SizeMaxBytes=", repart, re.M), "the data partition must take the whole disk"
-    assert "repart" in bbvars.words(DISTRO, "PACKAGECONFIG:append:pn-systemd")
+    assert option(parts["/"], "--part-type") == ROOT_X86_64, "repart must never take the root for it"
+    repart = _ini((PERSIST / "files" / "50-vmdata.conf").read_text())["Partition"]
+    assert repart["Type"] == "linux-generic"
+    assert repart["Encrypt"] == "tpm2"
+    assert repart["Format"] == "ext4"
+    assert "SizeMaxBytes" not in repart, "the data partition must take the rest of the disk"
+    assert {"repart", "cryptsetup", "tpm2", "openssl"} <= set(
+        bbvars.words(DISTRO, "PACKAGECONFIG:append:pn-systemd"))
+
+
+def test_crypttab_unlocks_the_partition_repart_creates_and_the_mount_unit_mounts_it():
+    label = _ini((PERSIST / "files" / "50-vmdata.conf").read_text())["Partition"]["Label"]
+    entries = [ln.split() for ln in (PERSIST / "files" / "crypttab").read_text().splitlines()
+               if ln.split() and not ln.startswith("#")]
+    assert len(entries) == 1, entries
+    name, device, key, options = entries[0]
+    assert device == f"/dev/disk/by-partlabel/{label}"
+    assert key == "-"
+    assert "tpm2-device=auto" in options.split(",")
+    assert "headless" not in options, "without the TPM2 the console must ask for the recovery key"
+    mount = _ini((PERSIST / "files" / "vmclient-data.mount.in").read_text())
+    assert mount["Mount"]["What"] == f"/dev/mapper/{name}"
+    assert mount["Mount"]["Where"] == "@datadir@"
+    requires = mount["Unit"]["Requires"].split()
+    assert f"systemd-cryptsetup@{name}.service" in requires and "var-volatile-lib.service" in requires
+    recipe = (PERSIST / "vmclient-persist.bb").read_text()
+    assert "${VMCLIENT_DATA_MOUNT}" in bbvars.value(PERSIST / "vmclient-persist.bb", "SYSTEMD_SERVICE:${PN}")
+    assert "${sysconfdir}/crypttab" in recipe
+
+
+def test_qemu_image_has_free_space_for_the_data_partition():
+    # runqemu boots the .wic file itself: without free space after the root
+    # repart cannot create the data partition.
+    text = IMAGE.read_text()
+    body = re.search(r"^IMAGE_CMD:wic:append:qemuall\(\) \{\n(.*?)^\}", text, re.M | re.S)
+    assert body, "no IMAGE_CMD:wic:append:qemuall"
+    assert 'truncate -s +${VMCLIENT_QEMU_DATA_SPACE} "$out.wic"' in body.group(1)
+    assert 'sgdisk -e "$out.wic"' in body.group(1)
+
+
+def test_tpm2_tss_packages_what_systemds_tpm2_support_asks_for():
+    recipes = sorted((LAYER / "recipes-tpm" / "tpm2-tss").glob("tpm2-tss_*.bb"))
+    assert len(recipes) == 1, recipes
+    recipe = recipes[0]
+    # systemd's PACKAGECONFIG[tpm2] RDEPENDS "tpm2-tss libtss2 libtss2-tcti-device":
+    # the device TCTI's package comes first, or the libtss2 glob takes it.
+    assert bbvars.words(recipe, "PACKAGE_BEFORE_PN") == ["libtss2-tcti-device", "libtss2"]
+    assert bbvars.words(recipe, "FILES:libtss2-tcti-device") == ["${libdir}/libtss2-tcti-device${SOLIBS}"]
+    assert {"--disable-fapi", "--with-crypto=ossl"} <= set(bbvars.words(recipe, "EXTRA_OECONF"))
+
+
+def test_kernel_builds_the_laptops_gpu_wifi_and_bluetooth_drivers():
+    kmeta = KERNEL / "linux-yocto" / "vmclient-kmeta" / "features" / "vmclient"
+    cfg = (kmeta / "vmclient-laptop.cfg").read_text()
+    assert "kconf hardware vmclient-laptop.cfg" in (kmeta / "vmclient-kvm.scc").read_text()
+    for driver in ("DRM_I915", "DRM_XE", "DRM_AMDGPU", "IWLWIFI", "IWLMVM", "ATH11K_PCI", "ATH12K",
+                   "MT7921E", "RTW88_8822CE", "RTW89_8852BE", "BT_HCIBTUSB"):
+        assert re.search(rf"^CONFIG_{driver}=m$", cfg, re.M), driver
+
+
+def test_kernel_builds_in_the_tpm_and_the_efi_stub():
+    cfg = (KERNEL / "linux-yocto" / "vmclient-kmeta" / "features" / "vmclient" / "vmclient-kvm.cfg").read_text()
+    for option_ in ("CONFIG_TCG_TPM=y", "CONFIG_TCG_TIS=y", "CONFIG_TCG_CRB=y", "CONFIG_EFI_STUB=y"):
+        assert re.search(rf"^{option_}$", cfg, re.M), option_
+
+
+def test_secure_boot_builds_a_signed_uki_with_the_keys_given():
+    text = IMAGE.read_text()
+    assert "inherit_defer ${@'uki' if d.getVar('VMCLIENT_SB_KEY') else ''}" in text
+    assert bbvars.value(IMAGE, "UKI_SB_KEY") == "${VMCLIENT_SB_KEY}"
+    assert bbvars.value(IMAGE, "UKI_SB_CERT") == "${VMCLIENT_SB_CERT}"
+    cmdline = bbvars.words(IMAGE, "UKI_CMDLINE")
+    label = option(wks()[0]["/"], "--label")
+    assert f"root=LABEL={label}" in cmdline and "ro" in cmdline
+    assert "${VMCLIENT_KERNEL_CONSOLE}" in cmdline
+    kas = (REPO / "kas.yml").read_text()
+    for var in ("VMCLIENT_SB_KEY", "VMCLIENT_SB_CERT"):
+        assert re.search(rf"^  {var}:", kas, re.M), f"kas.yml env does not pass {var}"
 
 
 # --- defect 8: no serial console first on a laptop ---------------------------
@@ -188,6 +270,36 @@ def test_efi_is_a_distro_feature():
     assert "efi" in bbvars.words(DISTRO, "DISTRO_FEATURES:append")
 
 
+# --- issue 15: the desktop ------------------------------------------------------
+
+WESTON_INIT = LAYER / "recipes-graphics" / "wayland"
+
+
+def test_distro_has_the_features_weston_and_spice_gtk_require():
+    assert {"wayland", "opengl", "pam"} <= set(bbvars.words(DISTRO, "DISTRO_FEATURES:append"))
+    assert "x11" in bbvars.words(DISTRO, "DISTRO_FEATURES_OPTED_OUT")
+
+
+def test_weston_runs_the_shell_in_its_kiosk_shell_and_comes_back_when_it_exits():
+    conf = _ini((WESTON_INIT / "weston-init" / "weston.ini").read_text())
+    assert conf["core"]["shell"] == "kiosk-shell.so"
+    assert conf["autolaunch"] == {"path": "@bindir@/vmclient-shell", "watch": "true"}
+    dropin = _ini((WESTON_INIT / "weston-init" / "50-vmclient.conf").read_text())
+    assert dropin["Service"]["Restart"] == "always"
+    append = WESTON_INIT / "weston-init.bbappend"
+    assert "vmclient-shell" in bbvars.words(append, "RDEPENDS:${PN}:append:vmclient")
+    assert "s,@bindir@,${bindir},g" in append.read_text()
+    assert not [n for n, _op, _v in bbvars.assignments(append) if n.startswith("WESTON_USER")], \
+        "Weston runs as weston-init's unprivileged user"
+    assert bbvars.value(IMAGE, "SYSTEMD_DEFAULT_TARGET") == "graphical.target"
+
+
+def test_image_installs_the_desktop():
+    assert "${PN}-desktop" in bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}")
+    assert {"weston", "weston-init", "vmclient-shell", "mesa-megadriver"} <= set(
+        bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-desktop"))
+
+
 # --- defect 6: kernel modules and firmware reach the image --------------------
 
 def test_image_installs_packagegroup_base_for_the_machines_kernel_modules():
@@ -199,7 +311,8 @@ def test_laptop_packages_and_per_device_firmware():
         bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-laptop"))
     firmware = set(bbvars.words(PACKAGEGROUP, "RRECOMMENDS:${PN}-drivers"))
     assert {"linux-firmware-i915", "linux-firmware-xe", "linux-firmware-amdgpu", "linux-firmware-iwlwifi",
-            "linux-firmware-ath11k", "linux-firmware-ath12k", "linux-firmware-mediatek"} <= firmware
+            "linux-firmware-ath11k", "linux-firmware-ath12k", "linux-firmware-mediatek",
+            "linux-firmware-ibt", "linux-firmware-qca", "linux-firmware-rtl8822", "linux-firmware-rtl8852"} <= firmware
     assert "linux-firmware" not in firmware
     assert "linux-firmware" in bbvars.words(DISTRO, "MACHINE_EXTRA_RRECOMMENDS:remove")
     roles = set(bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}"))
@@ -285,3 +398,13 @@ def test_bbappends_act_only_for_the_vmclient_distro(path):
             f"{path.name}: {name} is not scoped to the vmclient distro"
     for m in re.finditer(r"^(do_\w+)(:[\w:]+)?\(\)", path.read_text(), re.M):
         assert (m.group(2) or "").endswith(":vmclient"), f"{path.name}: {m.group(0)} is not scoped"
+
+
+def test_runqemu_gives_the_host_a_tpm2_for_the_data_partitions_key():
+    setup = bbvars.value(IMAGE, "QB_SETUP_CMD:qemuall")
+    assert "swtpm socket --tpm2" in setup and "--daemon" in setup
+    opts = bbvars.value(IMAGE, "QB_OPT_APPEND:append:qemuall")
+    assert "-tpmdev emulator" in opts and "-device tpm-crb" in opts
+    sock = re.search(r"--ctrl type=unixio,path=([^ ,]+)", setup).group(1)
+    assert ",terminate" in setup, "a swtpm left running blocks the next runqemu"
+    assert f"path={sock}" in opts, "QEMU connects to another socket than swtpm listens on"

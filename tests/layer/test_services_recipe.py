@@ -85,3 +85,142 @@ def test_every_data_directory_is_installed_by_the_recipe():
 def test_no_hard_coded_systemd_unit_directory():
     for recipe in LAYER.rglob("*.bb*"):
         assert "/usr/lib/systemd/system" not in recipe.read_text(), recipe
+
+
+# --- issue 16 §1.10: only what the repository tracks ---------------------------
+
+def _only_tracked():
+    """The recipe's do_unpack postfunc, as a Python function of ``d``."""
+    text = RECIPE.read_text()
+    m = re.search(r"^python vmclient_only_tracked\(\) \{\n(.*?)^\}", text, re.M | re.S)
+    assert m, "the recipe has no vmclient_only_tracked"
+    assert re.search(r'^do_unpack\[postfuncs\] \+= "vmclient_only_tracked"$', text, re.M)
+    namespace: dict = {}
+    exec("import os\ndef run(d, bb):\n" + m.group(1), namespace)  # our own recipe's function
+    return namespace["run"]
+
+
+class _BB:
+    notes: list[str]
+
+    def __init__(self) -> None:
+        self.notes = []
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+
+    def fatal(self, msg: str) -> None:
+        raise AssertionError(f"bb.fatal: {msg}")
+
+
+class _D:
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def getVar(self, name: str) -> str:  # bitbake's datastore API
+        return self.values[name]
+
+
+def _checkout(top, files: dict[str, str]) -> None:
+    import subprocess
+
+    for rel, text in files.items():
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_text(text)
+    subprocess.run(["git", "init", "-q", str(top)], check=True)
+    subprocess.run(["git", "-C", str(top), "add", "--", *files], check=True)
+
+
+def _unpack(top, unpackdir) -> None:
+    """What file://python-services, file://tests/unit, ... leave in UNPACKDIR."""
+    import shutil
+
+    for root in value(RECIPE, "VMCLIENT_REPO_DIRS").split():
+        if (top / root).is_dir():
+            shutil.copytree(top / root, unpackdir / root)
+        elif (top / root).exists():
+            shutil.copy2(top / root, unpackdir / root)
+
+
+TRACKED = {
+    "python-services/pyproject.toml": "[project]\n",
+    "python-services/src/vmclient/__init__.py": "",
+    "tests/unit/test_a.py": "def test(): pass\n",
+    "tests/conftest.py": "",
+    "recipes/office.toml": "",
+    "pytest.ini": "[pytest]\n",
+}
+UNTRACKED = [
+    "python-services/src/vmclient.egg-info/PKG-INFO",
+    "python-services/.mypy_cache/3.11/cache.db",
+    "tests/unit/__pycache__/test_a.cpython-311.pyc",
+    "tests/unit/scratch_notes.txt",
+    "recipes/my-private.toml",
+]
+
+
+def test_the_services_recipe_takes_only_files_the_repository_tracks(tmp_path):
+    top, unpackdir = tmp_path / "repo", tmp_path / "unpack"
+    _checkout(top, TRACKED)
+    for rel in UNTRACKED:
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_text("not tracked")
+    unpackdir.mkdir()
+    _unpack(top, unpackdir)
+    d = _D({"FILE_DIRNAME": str(top / "meta-vmclient" / "recipes-vmclient" / "vmclient-services"),
+            "UNPACKDIR": str(unpackdir), "VMCLIENT_REPO_DIRS": value(RECIPE, "VMCLIENT_REPO_DIRS")})
+    _only_tracked()(d, _BB())
+    left = sorted(str(p.relative_to(unpackdir)) for p in unpackdir.rglob("*") if p.is_file())
+    assert left == sorted(TRACKED)
+    assert not (unpackdir / "python-services" / "src" / "vmclient.egg-info").exists()
+    assert not (unpackdir / "tests" / "unit" / "__pycache__").exists()
+
+
+def test_outside_a_git_checkout_the_recipe_takes_every_file(tmp_path):
+    top, unpackdir = tmp_path / "release", tmp_path / "unpack"
+    for rel in [*TRACKED, *UNTRACKED]:
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_text("x")
+    unpackdir.mkdir()
+    _unpack(top, unpackdir)
+    bb = _BB()
+    d = _D({"FILE_DIRNAME": str(top / "meta-vmclient" / "recipes-vmclient" / "vmclient-services"),
+            "UNPACKDIR": str(unpackdir), "VMCLIENT_REPO_DIRS": value(RECIPE, "VMCLIENT_REPO_DIRS")})
+    _only_tracked()(d, bb)
+    assert len([p for p in unpackdir.rglob("*") if p.is_file()]) == len(TRACKED) + len(UNTRACKED)
+    assert bb.notes and "not a git checkout" in bb.notes[0]
+
+
+# --- issue 15: the shell's own package ------------------------------------------
+
+# GObject introspection namespace -> the package whose typelib it is.
+GI_NAMESPACES = {
+    "Gtk": "gtk+3",
+    "Gdk": "gtk+3",
+    "GdkPixbuf": "gdk-pixbuf",
+    "Pango": "pango",
+    "SpiceClientGLib": "spice-gtk",
+    "SpiceClientGtk": "spice-gtk",
+    "Gio": "python3-pygobject",  # glib-2.0's typelibs, which PyGObject brings
+    "GLib": "python3-pygobject",
+    "GObject": "python3-pygobject",
+}
+
+
+def test_the_shell_is_a_package_with_every_typelib_it_loads():
+    assert "vmclient-shell" in words(RECIPE, "PACKAGES")
+    assert set(words(RECIPE, "FILES:vmclient-shell")) == {
+        "${bindir}/vmclient-shell", "${PYTHON_SITEPACKAGES_DIR}/vmclient/shell"}
+    rdepends = set(words(RECIPE, "RDEPENDS:vmclient-shell"))
+    assert {"${PN}", "python3-pygobject"} <= rdepends
+    used = set()
+    for path in (SERVICES / "src" / "vmclient" / "shell").glob("*.py"):
+        used |= set(re.findall(r'gi\.require_version\("(\w+)"', path.read_text()))
+        used |= {n for line in re.findall(r"from gi\.repository import ([\w, ]+)", path.read_text())
+                 for n in re.split(r"[, ]+", line) if n}
+    assert used, "the shell loads no GObject namespace: is this the right directory?"
+    unmapped = sorted(used - set(GI_NAMESPACES))
+    assert not unmapped, f"add the package of {unmapped} to GI_NAMESPACES in {__file__}"
+    missing = {ns: GI_NAMESPACES[ns] for ns in used if GI_NAMESPACES[ns] not in rdepends}
+    assert not missing, f"RDEPENDS:vmclient-shell lacks {missing}"
+    assert "vmclient-shell" in (SERVICES / "pyproject.toml").read_text()

@@ -14,6 +14,7 @@ REQUIRED_DISTRO_FEATURES = "kvm systemd virtualization"
 PACKAGES = "\
     ${PN} \
     ${PN}-debug \
+    ${PN}-desktop \
     ${PN}-drivers \
     ${PN}-hypervisor \
     ${PN}-laptop \
@@ -23,6 +24,7 @@ PACKAGES = "\
 
 # What the image installs: every role except the debug aids.
 RDEPENDS:${PN} = "\
+    ${PN}-desktop \
     ${PN}-drivers \
     ${PN}-hypervisor \
     ${PN}-laptop \
@@ -80,6 +82,18 @@ RDEPENDS:${PN}-laptop = "\
     thermald \
 "
 
+# The desktop (issue 15): Weston with its kiosk shell, started on the seat
+# by weston-init's weston.service as the unprivileged user "weston", runs
+# vmclient-shell full screen (recipes-graphics/wayland/weston-init.bbappend).
+# Mesa's drivers (iris for Intel, radeonsi for AMD GPUs) for Weston's GL
+# renderer.
+RDEPENDS:${PN}-desktop = "\
+    mesa-megadriver \
+    vmclient-shell \
+    weston \
+    weston-init \
+"
+
 # Small tools for support staff on the host console (findmnt: also what
 # the oeqa runtime tests call).
 RDEPENDS:${PN}-tools = "\
@@ -103,10 +117,18 @@ RRECOMMENDS:${PN}-hypervisor = "\
 
 # Firmware of current Dell/HP/Lenovo laptops, one linux-firmware package per
 # device family instead of all of linux-firmware: Intel (i915, xe) and AMD
-# (amdgpu) GPUs, Wi-Fi (iwlwifi, ath11k, ath12k, MediaTek mt79xx) and
-# Bluetooth (Intel ibt, Qualcomm qca, MediaTek), Realtek Ethernet.  The
-# kernel modules come with kernel-modules (packagegroup-base).  Recommended:
-# a machine without the hardware builds without them.
+# (amdgpu) GPUs, Wi-Fi (iwlwifi, ath11k, ath12k, MediaTek mt79xx, Realtek
+# rtw88/rtw89: rtl8822, rtl8852) and Bluetooth (Intel ibt, Qualcomm qca,
+# MediaTek, Realtek rtl_bt in the same rtl packages), Realtek Ethernet
+# (rtl8168, and rtl-nic for the rest: 2.5G RTL8125, USB RTL8156 docks).
+# iwlwifi, ibt, ath11k, ath12k, qca and amdgpu are the recipe's meta packages
+# recommending every per-device package; scripts/check-layer-resolve checks
+# that each entry, or what it recommends, has files.  Audio: the pinned
+# linux-firmware packages no SOF firmware (intel/sof*), and no pinned layer
+# has sof-bin (PLAN-encryption.md, "Also remaining").  The kernel modules come
+# with kernel-modules (packagegroup-base; the drivers are configured in the
+# kernel fragment vmclient-laptop.cfg).  Recommended: a machine without the
+# hardware builds without them.
 RRECOMMENDS:${PN}-drivers = "\
     linux-firmware-amdgpu \
     linux-firmware-ath11k \
@@ -116,6 +138,9 @@ RRECOMMENDS:${PN}-drivers = "\
     linux-firmware-iwlwifi \
     linux-firmware-mediatek \
     linux-firmware-qca \
+    linux-firmware-rtl-nic \
     linux-firmware-rtl8168 \
+    linux-firmware-rtl8822 \
+    linux-firmware-rtl8852 \
     linux-firmware-xe \
 "

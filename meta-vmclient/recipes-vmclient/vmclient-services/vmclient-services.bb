@@ -39,6 +39,45 @@ SRC_URI = "\
 
 S = "${UNPACKDIR}/python-services"
 
+# Only what the repository tracks: file:// copies a directory whole, with
+# whatever else lies in the checkout (caches, an editable install's
+# egg-info, build output).  In a git checkout, every unpacked file of the
+# repository's directories that git does not track is removed; outside one
+# (a release tarball) everything is taken.  tests/layer/test_services_recipe.py
+# runs this function.
+VMCLIENT_REPO_DIRS = "python-services pytest.ini recipes tests"
+do_unpack[postfuncs] += "vmclient_only_tracked"
+# A post-function of do_unpack, not a task.
+# nooelint: oelint.task.docstrings
+python vmclient_only_tracked() {
+    import subprocess
+    top = os.path.normpath(os.path.join(d.getVar("FILE_DIRNAME"), "..", "..", ".."))
+    unpacked = d.getVar("UNPACKDIR")
+    roots = d.getVar("VMCLIENT_REPO_DIRS").split()
+    if not os.path.exists(os.path.join(top, ".git")):
+        bb.note("%s is not a git checkout: taking every file of %s" % (top, " ".join(roots)))
+        return
+    try:
+        listed = subprocess.run(["git", "-C", top, "ls-files", "-z", "--cached", "--"] + roots,
+                                check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        bb.fatal("cannot list the files git tracks in %s: %s" % (top, getattr(e, "stderr", b"").decode() or e))
+    tracked = set(os.fsdecode(p) for p in listed.split(b"\0") if p)
+    for root in roots:
+        base = os.path.join(unpacked, root)
+        if os.path.isfile(base) or os.path.islink(base):
+            if root not in tracked:
+                os.remove(base)
+            continue
+        for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if os.path.relpath(path, unpacked) not in tracked:
+                    os.remove(path)
+            if not os.listdir(dirpath):
+                os.rmdir(dirpath)
+}
+
 inherit python_setuptools_build_meta systemd useradd ptest-python-pytest features_check
 
 REQUIRED_DISTRO_FEATURES = "systemd"
@@ -50,6 +89,16 @@ USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system vmclient"
 
 SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service vmclient-provd.service vmclient-syncd.service"
+
+# vmclient-shell, the desktop (python-services/docs/shell.md): its own
+# package, so that only an image with a display pulls GTK, spice-gtk and
+# their typelibs (gobject-introspection: in each library's main package).
+# Weston starts it (weston-init.bbappend).
+PACKAGES =+ "vmclient-shell"
+FILES:vmclient-shell += "\
+    ${bindir}/vmclient-shell \
+    ${PYTHON_SITEPACKAGES_DIR}/vmclient/shell \
+"
 
 # A shell helper for do_install, not a task.
 # nooelint: oelint.task.docstrings
@@ -145,4 +194,16 @@ RDEPENDS:${PN}-ptest += "\
     python3-hypothesis \
     python3-pytest-asyncio \
     python3-pytest-timeout \
+"
+
+# What the shell loads: GObject typelibs (tests/layer/test_services_recipe.py
+# maps each namespace the shell requires to its package) and a font.
+RDEPENDS:vmclient-shell = "\
+    ${PN} \
+    gdk-pixbuf \
+    gtk+3 \
+    pango \
+    python3-pygobject \
+    spice-gtk \
+    ttf-bitstream-vera \
 "

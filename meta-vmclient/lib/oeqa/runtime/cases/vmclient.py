@@ -6,8 +6,14 @@
 # firmware-only VM, QEMU has SPICE and USB redirection and its firmware
 # descriptors, and a persistent domain, a persistent network and the
 # journal survive a reboot of the host (the read-only root keeps nothing:
-# they live on the data partition).
+# they live on the data partition).  The data partition is LUKS2 with its
+# key sealed to the TPM2 (runqemu: swtpm on the build host, see
+# conf/kas/testimage.yml).  The desktop: Weston runs vmclient-shell as an
+# unprivileged user on the seat, and the shell shows a VM that starts (the
+# host's screen, read through QEMU's monitor, shows the VM's zone colour).
 
+import os
+import tempfile
 import time
 
 from oeqa.core.decorator.depends import OETestDepends
@@ -22,6 +28,46 @@ TEST_DOMAIN = "vmclient-oeqa-fw"
 PERSIST_DOMAIN = "vmclient-oeqa-persist"
 PERSIST_NETWORK = "vmclient-oeqa-net"
 DATA_DIR = "/var/lib/vmclient"
+DATA_PARTITION = "/dev/disk/by-partlabel/vmdata"
+SHELL_DOMAIN = "vmclient-oeqa-shown"
+VM_NS = "https://vmclient.org/xmlns/vm/1"
+# vmclient.shell.state.ZONE_COLOURS, and the frame around the VM's picture
+# (vmclient.shell.window.FRAME_PX).
+BUSINESS_BLUE = (0x1E, 0x5A, 0xC8)
+FRAME_PX = 6
+
+
+def read_ppm(path):
+    """(width, height, pixels) of a binary PPM (P6, maxval 255): QEMU's screendump."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    fields = []
+    pos = 0
+    while len(fields) < 4:
+        while data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b'#':
+            pos = data.index(b'\n', pos) + 1
+            continue
+        end = pos
+        while not data[end:end + 1].isspace():
+            end += 1
+        fields.append(data[pos:end])
+        pos = end
+    if fields[0] != b'P6' or fields[3] != b'255':
+        raise ValueError('%s: not a P6 PPM with maxval 255: %r' % (path, fields))
+    width, height = int(fields[1]), int(fields[2])
+    return width, height, data[pos + 1:pos + 1 + width * height * 3]
+
+
+def pixel(image, x, y):
+    width, _height, pixels = image
+    i = (y * width + x) * 3
+    return tuple(pixels[i:i + 3])
+
+
+def near(colour, expected, tolerance=24):
+    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected))
 
 
 class VMClientHostTest(OERuntimeTestCase):
@@ -183,6 +229,104 @@ class VMClientHostTest(OERuntimeTestCase):
             self.target.run('%s destroy %s' % (VIRSH, PERSIST_DOMAIN))
             self.target.run('%s undefine %s' % (VIRSH, PERSIST_DOMAIN))
             self.target.run('%s net-undefine %s' % (VIRSH, PERSIST_NETWORK))
+
+    @OEHasPackage(['cryptsetup'])
+    @OETestDepends(['vmclient.VMClientHostTest.test_state_lives_on_the_data_partition'])
+    def test_data_partition_is_luks2_unlocked_by_the_tpm2(self):
+        source = self.run_ok('findmnt -n -o SOURCE %s' % DATA_DIR).strip()
+        self.assertEqual(source, '/dev/mapper/vmdata', msg="%s is not the unlocked LUKS volume" % DATA_DIR)
+        dump = self.run_ok('cryptsetup luksDump %s' % DATA_PARTITION)
+        self.assertRegex(dump, r'(?m)^Version:\s+2$', msg=dump)
+        self.assertIn('systemd-tpm2', dump, msg="no TPM2 token: %s" % dump)
+        slots = self.run_ok('systemd-cryptenroll %s' % DATA_PARTITION)
+        self.assertRegex(slots, r'(?m)^\s*\d+\s+tpm2\b', msg=slots)
+        # Nothing of the volume key or the sealed secret is on the root.
+        status, output = self.target.run('grep -rl "BEGIN" /etc/cryptsetup-keys.d 2>/dev/null')
+        self.assertNotEqual(status, 0, msg="key files on the root: %s" % output)
+
+    @OEHasPackage(['weston-init', 'vmclient-shell'])
+    @OETestDepends(['ssh.SSHTest.test_ssh'])
+    def test_weston_runs_the_shell_as_an_unprivileged_user_on_the_seat(self):
+        self.run_ok('systemctl is-active weston.service', timeout=60)
+        weston = self.process_users('weston')
+        self.assertTrue(weston and 'root' not in weston, msg="Weston runs as %s" % weston)
+        user = weston[0]
+        deadline = time.time() + 120
+        shell = []
+        while time.time() < deadline and not shell:
+            shell = self.process_users('vmclient-shell')
+            time.sleep(0 if shell else 2)
+        self.assertEqual(set(shell), {user}, msg="vmclient-shell runs as %s, Weston as %s" % (shell, user))
+        sessions = self.run_ok('loginctl list-sessions --no-legend')
+        mine = [line.split()[0] for line in sessions.splitlines() if user in line.split()]
+        self.assertTrue(mine, msg="no logind session for %s: %s" % (user, sessions))
+        props = self.run_ok('loginctl show-session %s -p Seat -p Active -p Remote' % mine[0])
+        self.assertIn('Seat=seat0', props)
+        self.assertIn('Active=yes', props)
+        self.assertIn('Remote=no', props)
+
+    @OEHasPackage(['vmclient-shell', 'libvirt-libvirtd'])
+    @OETestDepends(['vmclient.VMClientHostTest.test_weston_runs_the_shell_as_an_unprivileged_user_on_the_seat',
+                    'vmclient.VMClientHostTest.test_services_are_running'])
+    def test_the_shell_shows_a_vm_that_starts(self):
+        runner = getattr(self.target, 'runner', None)
+        if runner is None or not hasattr(runner, 'run_monitor'):
+            self.skipTest('the host screen is read through QEMU\'s monitor: runqemu targets only')
+        # Before: no VM of vmclient's runs, the shell shows its "no VM" page.
+        before = self.host_screen()
+        frame = (FRAME_PX // 2, before[1] // 2)
+        self.assertFalse(near(pixel(before, *frame), BUSINESS_BLUE),
+                         msg="the business colour is on the screen before any VM runs")
+        status, _ = self.target.run('test -c /dev/kvm')
+        virt_type = 'kvm' if status == 0 else 'qemu'
+        # A business VM as provd defines them (its metadata, SPICE with no
+        # listening socket: the shell gets its display from provd).
+        xml = ("<domain type='%s'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+               "<metadata><vmc:vm xmlns:vmc='%s' kind='business'/></metadata>"
+               "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+               "<devices><graphics type='spice'><listen type='none'/></graphics>"
+               "<video><model type='qxl'/></video></devices></domain>" % (virt_type, SHELL_DOMAIN, VM_NS))
+        self.run_ok("echo \"%s\" > /tmp/%s.xml" % (xml, SHELL_DOMAIN))
+        self.run_ok('%s create /tmp/%s.xml' % (VIRSH, SHELL_DOMAIN), timeout=120)
+        try:
+            deadline = time.time() + 60
+            shown = None
+            while time.time() < deadline:
+                shown = self.host_screen()
+                if near(pixel(shown, *frame), BUSINESS_BLUE) and near(pixel(shown, shown[0] // 2, 2), BUSINESS_BLUE):
+                    break
+                time.sleep(2)
+            self.assertTrue(near(pixel(shown, *frame), BUSINESS_BLUE),
+                            msg="the shell does not show the business VM in its frame: %s at %s"
+                                % (pixel(shown, *frame), frame))
+        finally:
+            self.target.run('%s destroy %s' % (VIRSH, SHELL_DOMAIN))
+            self.target.run('rm -f /tmp/%s.xml' % SHELL_DOMAIN)
+
+    def process_users(self, name):
+        """The users running a process whose command line names ``name``
+        (from /proc: the image has no pgrep)."""
+        script = ("import glob, pwd, sys\n"
+                  "for path in glob.glob('/proc/[0-9]*/cmdline'):\n"
+                  "    try:\n"
+                  "        args = open(path, 'rb').read().split(b'\\\\0')\n"
+                  "        uid = open(path[:-7] + 'status').read().split('Uid:')[1].split()[0]\n"
+                  "    except OSError:\n"
+                  "        continue\n"
+                  "    if any(a.decode(errors='replace').rsplit('/', 1)[-1] == sys.argv[1] for a in args[:2]):\n"
+                  "        print(pwd.getpwuid(int(uid)).pw_name)\n")
+        output = self.run_ok("python3 -c \"%s\" %s" % (script, name))
+        return output.split()
+
+    def host_screen(self):
+        """The host's screen as QEMU shows it (QMP screendump), decoded."""
+        fd, path = tempfile.mkstemp(prefix='vmclient-oeqa-screen', suffix='.ppm')
+        os.close(fd)
+        try:
+            self.target.runner.run_monitor('screendump', args={'filename': path})
+            return read_ppm(path)
+        finally:
+            os.unlink(path)
 
     def reboot(self):
         # A reboot inside the guest: QEMU keeps running (and keeps its

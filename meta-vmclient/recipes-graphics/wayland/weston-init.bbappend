@@ -1,0 +1,23 @@
+# Weston on the vmclient host (distro override "vmclient" only): the kiosk
+# shell, showing one application full screen, vmclient-shell, the host's
+# only user interface.  weston-init's weston.service runs Weston on the
+# seat (tty7, a logind session through PAM) as the unprivileged user
+# WESTON_USER ("weston": groups video, input, render, seat, wayland; no
+# root in the UI); polkit lets the seat's active session open the VMs'
+# displays (vmclient-services).
+
+FILESEXTRAPATHS:prepend:vmclient := "${THISDIR}/weston-init:"
+
+SRC_URI:append:vmclient = " file://50-vmclient.conf"
+
+do_install:append:vmclient() {
+    sed -i -e 's,@bindir@,${bindir},g' ${D}${sysconfdir}/xdg/weston/weston.ini
+    if ${@bb.utils.contains('DISTRO_FEATURES', 'systemd', 'true', 'false', d)}; then
+        install -D -m 0644 ${UNPACKDIR}/50-vmclient.conf ${D}${systemd_system_unitdir}/weston.service.d/50-vmclient.conf
+    fi
+}
+
+FILES:${PN}:append:vmclient = " ${systemd_system_unitdir}/weston.service.d"
+
+# The shell Weston starts ([autolaunch] in weston.ini).
+RDEPENDS:${PN}:append:vmclient = " vmclient-shell"
