@@ -11,13 +11,14 @@ import traceback
 from typing import Any
 
 from .. import log
-from ..argparsing import ArgumentParser
+from ..argparsing import ArgumentParser, complete
 from ..errors import EXIT_BUG, VMClientError
 from . import manage, power, sync, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="vmclientctl", description="Control vmclient.")
+    parser = ArgumentParser(prog="vmclientctl", description="control the vmclient daemons on "
+                            "this laptop: VMs, sync, power and enrolment")
     parser.add_argument("--debug", action="store_true",
                         help="debug logging, and a traceback with every error")
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    complete(parser)
     args = parser.parse_args(argv)
     log.setup(args.debug)
     logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.WARNING)
