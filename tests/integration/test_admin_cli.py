@@ -309,6 +309,9 @@ def test_forget_prune_and_unpublish(adm: Admin, tmp_path: Path) -> None:
 
     rc, out, err = adm("unpublish", "office", "7")
     assert rc == 64 and "no version(s) 7" in err
+    before = _tree(adm.repo)
+    rc, out, err = adm("unpublish", "office", "--dry-run")
+    assert rc == 0 and "3" in out and _tree(adm.repo) == before, (out, err)
     rc, out, err = adm("unpublish", "office")
     assert rc == 0 and "took office version(s) 3" in out, err
     assert adm("prune", "office")[0] == 0
