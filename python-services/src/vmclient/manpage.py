@@ -25,17 +25,17 @@ WIDTH = "80"
 GENERATED_WITH = (3, 11)
 
 
-def _parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
+def parsers() -> dict[str, Callable[[], argparse.ArgumentParser]]:
     from .admin.main import build_parser as admin
     from .cli.main import build_parser as ctl
 
     return {"vmclientctl": ctl, "vmclient-admin": admin}
 
 
-def _walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     yield parser
     for sub in getattr(parser, "subcommands", {}).values():
-        yield from _walk(sub)
+        yield from walk(sub)
 
 
 def _roff(text: str) -> str:
@@ -68,7 +68,7 @@ def render(name: str, parser: argparse.ArgumentParser) -> str:
     summary = summary.removeprefix(f"``{name}``: ")
     with _columns():
         usage = parser.format_usage().removeprefix("usage: ").strip()
-        helps = [(p.prog, p.format_help().rstrip()) for p in _walk(parser)]
+        helps = [(p.prog, p.format_help().rstrip()) for p in walk(parser)]
     out = [f'.TH "{name.upper()}" "1" "" "vmclient" "vmclient manual"',
            ".SH NAME", f"{name} \\- {_roff(summary)}",
            ".SH SYNOPSIS", ".nf", _roff(usage), ".fi",
@@ -87,7 +87,7 @@ def render(name: str, parser: argparse.ArgumentParser) -> str:
 
 def pages() -> dict[str, str]:
     """``{"vmclientctl.1": text, …}`` for every command with a parser."""
-    return {f"{name}.1": render(name, build()) for name, build in _parsers().items()}
+    return {f"{name}.1": render(name, build()) for name, build in parsers().items()}
 
 
 def main(argv: list[str] | None = None) -> int:

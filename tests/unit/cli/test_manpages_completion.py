@@ -21,9 +21,9 @@ REGENERATE = "regenerate: PYTHONPATH=src python -m vmclient.manpage data/man/man
 
 
 def test_every_command_and_subcommand_has_its_section_in_the_page() -> None:
-    for name, build in manpage._parsers().items():
+    for name, build in manpage.parsers().items():
         page = (MAN / f"{name}.1").read_text()
-        progs = [p.prog for p in manpage._walk(build())]
+        progs = [p.prog for p in manpage.walk(build())]
         assert len(progs) > 5
         missing = [p for p in progs if f'.SS "{p}"' not in page]
         assert not missing, f"{name}.1 lacks {missing}: {REGENERATE}"
@@ -68,9 +68,10 @@ def complete(tmp_path: Path, line: str) -> list[str]:
               f'_python_argcomplete {command}\n'
               'printf "%s\\n" "${COMPREPLY[@]}"\n')
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-           "PYTHONPATH": str(DATA.parent / "src")}
+           "PYTHONPATH": str(DATA.parent / "src"),
+           "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"}
     r = subprocess.run(["bash", "-c", script, "bash", line], env=env, capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     return [w.strip() for w in r.stdout.splitlines() if w.strip()]
 
@@ -80,3 +81,14 @@ def test_bash_completes_commands_and_options(tmp_path: Path) -> None:
     assert complete(tmp_path, "vmclientctl vm re") == ["remove", "restore"]
     assert "--yes" in complete(tmp_path, "vmclientctl vm remove --")
     assert "order" in complete(tmp_path, "vmclient-admin or")
+
+
+def test_a_vm_argument_completes_vm_names_never_files(tmp_path: Path) -> None:
+    """No daemon answers here: no names, and not the files in the current directory
+    (argcomplete's default).  The names from vmclient-provd: test_provisiond.py."""
+    pytest.importorskip("argcomplete")
+    (tmp_path / "notes.txt").write_text("")
+    for line in ("vmclientctl vm start ", "vmclientctl vm remove --yes ",
+                 "vmclientctl vm stop no"):
+        assert "notes.txt" not in complete(tmp_path, line)
+    assert complete(tmp_path, "vmclientctl vm start no") == []

@@ -46,15 +46,15 @@ def add_parser(sub: Any) -> None:
     for name, func, help_ in (("start", start, "start a VM (unlocks its disks)"),
                               ("eject", eject, "take the install media (ISO) out of a VM")):
         c = cmds.add_parser(name, help=help_)
-        c.add_argument("vm")
+        c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
         c.set_defaults(func=func, render=str)
     c = cmds.add_parser("remove", help="stop and delete a VM, its key and disks (asks first)")
-    c.add_argument("vm")
+    c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
     c.add_argument("-y", "--yes", action="store_true",
                    help="do not ask (needed without a terminal)")
     c.set_defaults(func=remove, render=str)
     c = cmds.add_parser("stop", help="shut a VM down")
-    c.add_argument("vm")
+    c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
     c.add_argument("--force", action="store_true", help="power off at once")
     c.set_defaults(func=stop, render=str)
     c = cmds.add_parser("restore", help="restore a VM from its snapshots in the datacenter "
@@ -65,9 +65,25 @@ def add_parser(sub: Any) -> None:
                    help="the device that wrote the snapshots (after a rekey; its id)")
     c.set_defaults(func=restore, render=render_vm)
     c = cmds.add_parser("upgrade", help="new system disk from the catalog; user disks kept")
-    c.add_argument("vm")
+    c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
     c.add_argument("--version", type=int, default=0, help="image version (default: newest)")
     c.set_defaults(func=upgrade, render=render_vm)
+
+
+def complete_vm(**_: Any) -> list[str]:
+    """Shell completion of a VM argument (argcomplete): the installed VMs' names, from
+    vmclient-provd; none when it does not answer within a few seconds."""
+    import asyncio
+
+    async def names() -> list[str]:
+        async with bus.connected() as b:
+            (rows,) = await _call(b, "List")
+        return [str(row[0]) for row in rows]
+
+    try:
+        return asyncio.run(asyncio.wait_for(names(), 3))
+    except Exception:  # a completion offers nothing rather than an error
+        return []
 
 
 class ProgressPrinter:
