@@ -68,7 +68,8 @@ def complete(tmp_path: Path, line: str) -> list[str]:
               f'_python_argcomplete {command}\n'
               'printf "%s\\n" "${COMPREPLY[@]}"\n')
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-           "PYTHONPATH": str(DATA.parent / "src"),
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(DATA.parent / "src"),
+                                                       os.environ.get("PYTHONPATH")))),
            "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"}
     r = subprocess.run(["bash", "-c", script, "bash", line], env=env, capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)

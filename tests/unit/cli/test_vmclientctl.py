@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[3] / "python-services" / "src"
+# the sources first; the installed package where there are none (ptest)
+PYTHONPATH = os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH"))))
 NO_BUS = "unix:path=/nonexistent/vmclient-test/system_bus_socket"
 
 
 def ctl(*args: str, stdin: int | None = subprocess.DEVNULL, **env: str
         ) -> subprocess.CompletedProcess[str]:
-    e = {**os.environ, "PYTHONPATH": str(SRC), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS, **env}
+    e = {**os.environ, "PYTHONPATH": PYTHONPATH, "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS, **env}
     return subprocess.run([sys.executable, "-m", "vmclient.cli.main", *args], env=e,
                           stdin=stdin, capture_output=True, text=True, timeout=60)
 
@@ -27,7 +29,7 @@ def ctl(*args: str, stdin: int | None = subprocess.DEVNULL, **env: str
 def on_terminal(answer: str, *args: str) -> tuple[int, str]:
     """Run vmclientctl with a terminal on stdin and stderr; type ``answer`` at its question."""
     master, slave = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(SRC), "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS}
     proc = subprocess.Popen([sys.executable, "-m", "vmclient.cli.main", *args], env=env,
                             stdin=slave, stderr=slave, stdout=subprocess.DEVNULL)
     os.close(slave)
