@@ -123,6 +123,13 @@ FILES:${PN} += "\
     ${systemd_unitdir}/logind.conf.d \
 "
 
+# The bash hooks go to ${PN}-bash-completion (oe-core's class); they run the
+# CLIs under argcomplete.
+inherit bash-completion
+# The class adds that package to PACKAGES, which oelint does not see.
+# nooelint: oelint.vars.pkgspecific.RDEPENDS, oelint.vars.specific
+RDEPENDS:${PN}-bash-completion += "python3-argcomplete"
+
 # Runtime dependencies of python-services (pyproject.toml "dependencies",
 # under their Yocto names; tests/layer checks the mapping), the split
 # standard-library packages the code imports, and the daemons it talks to.
@@ -151,10 +158,3 @@ RDEPENDS:${PN}-ptest += "\
     python3-pytest-asyncio \
     python3-pytest-timeout \
 "
-
-# The bash hooks go to ${PN}-bash-completion (oe-core's class); they run the
-# CLIs under argcomplete.
-inherit bash-completion
-# The class adds that package to PACKAGES, which oelint does not see.
-# nooelint: oelint.vars.pkgspecific.RDEPENDS, oelint.vars.specific
-RDEPENDS:${PN}-bash-completion += "python3-argcomplete"
