@@ -75,18 +75,6 @@ def test_units_use_the_bindir_placeholder_the_recipe_substitutes():
     assert "s,@BINDIR@,${bindir},g" in RECIPE.read_text()
 
 
-def test_every_data_directory_is_installed_by_the_recipe():
-    text = RECIPE.read_text()
-    data = SERVICES / "data"
-    for sub in sorted({p.parent.relative_to(data) for p in data.rglob("*") if p.is_file()}):
-        assert f"$data/{sub.as_posix()}" in text, f"data/{sub} is not installed by {RECIPE.name}"
-
-
-def test_no_hard_coded_systemd_unit_directory():
-    for recipe in LAYER.rglob("*.bb*"):
-        assert "/usr/lib/systemd/system" not in recipe.read_text(), recipe
-
-
 def test_man_pages_and_bash_completion_are_installed_and_packaged():
     text = RECIPE.read_text()
     assert "vmclient_install_dir $data/man/man1 ${mandir}/man1 0644" in text
@@ -100,3 +88,16 @@ def test_man_pages_and_bash_completion_are_installed_and_packaged():
     hooks = sorted(p.name for p in (SERVICES / "data" / "bash-completion").iterdir())
     assert pages == ["vmclient-admin.1", "vmclientctl.1"] and hooks == ["vmclient-admin",
                                                                         "vmclientctl"]
+
+
+def test_every_data_directory_is_installed_by_the_recipe():
+    text = RECIPE.read_text()
+    data = SERVICES / "data"
+    for sub in sorted({p.parent.relative_to(data) for p in data.rglob("*") if p.is_file()}):
+        assert f"$data/{sub.as_posix()}" in text, f"data/{sub} is not installed by {RECIPE.name}"
+
+
+def test_no_hard_coded_systemd_unit_directory():
+    for recipe in LAYER.rglob("*.bb*"):
+        assert "/usr/lib/systemd/system" not in recipe.read_text(), recipe
+

@@ -25,7 +25,6 @@ import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
@@ -146,13 +145,18 @@ def ssh_settings(host: str, user: str | None, port: int | None) -> dict[str, lis
     (``Include``, ``Match``, defaults and tokens as for a real connection; it connects to
     nothing).  It reads the user's ``~/.ssh/config`` and ``/etc/ssh/ssh_config``; with
     ``$HOME`` set elsewhere than the account's home, ``$HOME/.ssh/config`` alone.
-    Without an ``ssh`` program, paramiko reads ``~/.ssh/config`` (no ``Include``)."""
+    Without an ``ssh`` program only OpenSSH's default file names apply (and a
+    ``~/.ssh/config`` is an error: nothing here would read it as ssh does)."""
     if host.startswith("-") or not host:
         raise UsageError(f"invalid SSH host {host!r}")
     home = Path.home()
     exe = shutil.which("ssh")
     if exe is None:
-        return _paramiko_settings(home / ".ssh" / "config", host)
+        if (home / ".ssh" / "config").is_file():
+            raise ConfigError(home / ".ssh" / "config", "",
+                              "OpenSSH's ssh is not installed to read it")
+        return {"identityfile": [f"~/.ssh/{n}" for n in ("id_ed25519", "id_ecdsa", "id_rsa")],
+                "userknownhostsfile": ["~/.ssh/known_hosts"]}
     argv = [exe, "-G"]
     if home != Path(pwd.getpwuid(os.getuid()).pw_dir):
         config = home / ".ssh" / "config"
@@ -176,23 +180,6 @@ def parse_ssh_g(text: str) -> dict[str, list[str]]:
         key, _, value = line.strip().partition(" ")
         if key:
             out.setdefault(key.lower(), []).append(value.strip())
-    return out
-
-
-def _paramiko_settings(path: Path, host: str) -> dict[str, list[str]]:
-    import paramiko
-    if not path.is_file():
-        found: dict[str, Any] = {}
-    else:
-        try:
-            found = dict(paramiko.SSHConfig.from_path(str(path)).lookup(host))
-        except (OSError, paramiko.ConfigParseError) as exc:
-            raise ConfigError(path, "", str(exc)) from exc
-    ssh = Path.home() / ".ssh"
-    out = {k: [str(v) for v in (vs if isinstance(vs, list) else [vs])]
-           for k, vs in found.items()}
-    out.setdefault("identityfile", [str(ssh / n) for n in ("id_ed25519", "id_ecdsa", "id_rsa")])
-    out.setdefault("userknownhostsfile", [str(ssh / "known_hosts")])
     return out
 
 
