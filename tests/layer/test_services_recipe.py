@@ -100,4 +100,3 @@ def test_every_data_directory_is_installed_by_the_recipe():
 def test_no_hard_coded_systemd_unit_directory():
     for recipe in LAYER.rglob("*.bb*"):
         assert "/usr/lib/systemd/system" not in recipe.read_text(), recipe
-
