@@ -309,6 +309,9 @@ def test_forget_prune_and_unpublish(adm: Admin, tmp_path: Path) -> None:
 
     rc, out, err = adm("unpublish", "office", "7")
     assert rc == 64 and "no version(s) 7" in err
+    before = _tree(adm.repo)
+    rc, out, err = adm("unpublish", "office", "--dry-run")
+    assert rc == 0 and "3" in out and _tree(adm.repo) == before, (out, err)
     rc, out, err = adm("unpublish", "office")
     assert rc == 0 and "took office version(s) 3" in out, err
     assert adm("prune", "office")[0] == 0
@@ -408,3 +411,31 @@ def test_an_sftp_repository_finds_the_ssh_key_and_known_hosts_as_openssh_would(
         (home / ".ssh" / "known_hosts").write_bytes(server.known_hosts.read_bytes())
         capsys.readouterr()
         assert admin.main([*argv, "list"]) == 0, capsys.readouterr().err
+
+
+def test_an_sftp_url_may_name_an_ssh_config_alias_resolved_as_openssh_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sftp://dc/…`` with ``Host dc`` in a file ~/.ssh/config includes (paramiko's
+    SSHConfig has no Include; ``ssh -G`` resolves it as a connection would)."""
+    from fixtures_sshd import ssh_server
+    home = tmp_path / "home"
+    (home / ".ssh" / "config.d").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    with ssh_server() as server:
+        (home / ".ssh" / "config").write_text(f"Include {home}/.ssh/config.d/*\n")
+        alias = home / ".ssh" / "config.d" / "datacenter"
+        block = (f"Host dc\n    HostName 127.0.0.1\n    Port {server.port}\n    User root\n"
+                 f"    UserKnownHostsFile {server.known_hosts}\n")
+        alias.write_text(block + f"    IdentityFile {tmp_path / 'no-such-key'}\n")
+        argv = ["--repo", f"sftp://dc{server.repo}", "--key-dir", str(tmp_path / "keys")]
+        assert admin.main([*argv, "init"]) == 64
+        err = capsys.readouterr().err
+        assert str(tmp_path / "no-such-key") in err and "ssh-agent" in err, err
+        assert not (server.repo / "config").exists()
+        alias.write_text(block + f"    IdentityFile {server.admin.key_file}\n")
+        assert admin.main([*argv, "init"]) == 0, capsys.readouterr().err
+        assert (server.repo / "config").exists()
+        rc = admin.main([*argv, "list", "--json"])
+        assert rc == 0, capsys.readouterr().err

@@ -71,7 +71,10 @@ async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:
         r = ctl(config, "upgrade", name)
         assert r.returncode == 0 and "version 2" in r.stdout, r.stderr
 
-        r = ctl(config, "remove", name)
+        r = ctl(config, "remove", name)  # no terminal to ask on: nothing happens
+        assert r.returncode == 64 and "--yes" in r.stderr, r.stderr
+        assert name in ctl(config, "list").stdout
+        r = ctl(config, "remove", "--yes", name)
         assert r.returncode == 0, r.stderr
         r = ctl(config, "start", name)
         assert r.returncode == 1 and "No such VM" in r.stderr, r.stderr
@@ -107,4 +110,15 @@ async def test_install_killed_while_assembling_resumes(tmp_path: Path) -> None:
         raw.write_bytes(data)
         assert await qemuimg.identical(vm_dir / "system-v1.qcow2", passphrase(keys.load(name)),
                                        raw)
-        assert ctl(config, "remove", name).returncode == 0
+        assert ctl(config, "remove", "--yes", name).returncode == 0
+
+
+def test_reads_create_no_state(tmp_path: Path) -> None:
+    """``vm --local list`` and the assigned-VM listing read: no device keys, no directories."""
+    config = tmp_path / "provision.toml"
+    config.write_text("".join(f'{d} = "{tmp_path / d}"\n' for d in (
+        "state_dir", "device_dir", "manage_dir", "images_dir", "media_dir", "staging_dir")))
+    for args in (("list",), ("install",)):
+        r = ctl(config, *args)
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["provision.toml"]

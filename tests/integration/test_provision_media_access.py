@@ -248,4 +248,4 @@ async def test_media_of_the_users_own_install_through_the_descriptor(
             assert r.returncode == 0 and str(copy) in r.stdout, r.stderr
             assert not copy.exists() and iso.exists()  # provd's copy goes, the user's stays
             for suffix in ("imp", "iso"):
-                assert ctl(group, penv, "remove", env.name(suffix)).returncode == 0
+                assert ctl(group, penv, "remove", "--yes", env.name(suffix)).returncode == 0

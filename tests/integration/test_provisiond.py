@@ -130,10 +130,25 @@ async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus,
             assert {"name": env.name("ctl"), "kind": "business", "state": "shutoff",
                     "image": f"{env.prefix}-img", "image_version": 1} in json.loads(r.stdout)
             assert ctl("start", env.name("ctl")).returncode == 0
-            r = ctl("remove", env.name("ctl"))
+            def offered(line: str) -> list[str]:  # what Tab offers at the end of ``line``
+                out = tmp_path / "completion"
+                subprocess.run([sys.executable, "-m", "vmclient.cli.main"], check=True,
+                               timeout=60, env={**bus.env(), "PYTHONPATH": str(SERVICES / "src"),
+                                                "_ARGCOMPLETE": "1", "COMP_LINE": line,
+                                                "COMP_POINT": str(len(line)),
+                                                "_ARGCOMPLETE_STDOUT_FILENAME": str(out)})
+                return [w.strip() for w in out.read_text().split("\v")]
+            assert env.name("ctl") in offered(f"vmclientctl vm stop {env.prefix}")
+            r = ctl("remove", env.name("ctl"))  # no terminal to ask on
+            assert r.returncode == 64 and "--yes" in r.stderr, r.stderr
+            r = ctl("remove", "--yes", env.name("ctl"))
             assert r.returncode == 0, r.stderr
-            r = ctl("remove", env.name("ctl"))
+            r = ctl("remove", "--yes", env.name("ctl"))
             assert r.returncode == 1 and "No such VM" in r.stderr, r.stderr
+            r = ctl("restore", "nosuchvm")
+            assert r.returncode == 1, r.stderr
+            assert "No such VM in the datacenter for this device: 'nosuchvm'" in r.stderr, \
+                r.stderr
         finally:
             client.disconnect()
             proc.send_signal(signal.SIGTERM)

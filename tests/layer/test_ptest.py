@@ -29,6 +29,8 @@ FILE_READING_TESTS = [
     "tests/unit/provision/test_provision_core.py",
     "tests/unit/store/test_crypto.py",
     "tests/unit/sync/test_syncd_policy.py",
+    "tests/unit/cli/test_vmclientctl.py",
+    "tests/unit/cli/test_manpages_completion.py",
 ]
 
 

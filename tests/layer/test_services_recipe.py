@@ -75,6 +75,21 @@ def test_units_use_the_bindir_placeholder_the_recipe_substitutes():
     assert "s,@BINDIR@,${bindir},g" in RECIPE.read_text()
 
 
+def test_man_pages_and_bash_completion_are_installed_and_packaged():
+    text = RECIPE.read_text()
+    assert "vmclient_install_dir $data/man/man1 ${mandir}/man1 0644" in text
+    assert ("vmclient_install_dir $data/bash-completion "
+            "${datadir}/bash-completion/completions 0644") in text
+    # oe-core's class packages ${datadir}/bash-completion as ${PN}-bash-completion
+    assert re.search(r"^inherit\b.*\bbash-completion\b", text, re.M)
+    # the hooks run the CLIs under argcomplete (python3-argcomplete, meta-python)
+    assert "python3-argcomplete" in words(RECIPE, "RDEPENDS:${PN}-bash-completion")
+    pages = sorted(p.name for p in (SERVICES / "data" / "man" / "man1").glob("*.1"))
+    hooks = sorted(p.name for p in (SERVICES / "data" / "bash-completion").iterdir())
+    assert pages == ["vmclient-admin.1", "vmclientctl.1"] and hooks == ["vmclient-admin",
+                                                                        "vmclientctl"]
+
+
 def test_every_data_directory_is_installed_by_the_recipe():
     text = RECIPE.read_text()
     data = SERVICES / "data"

@@ -37,6 +37,8 @@ def test_one_exit_code_table_usage_is_not_bug(capsys):
     table = (ROOT / "python-services/docs/exit-codes.md").read_text()
     for code in codes:
         assert f"| {code} " in table, f"exit code {code} is not in docs/exit-codes.md"
+    # the manual pages' copy (vmclient.manpage)
+    assert {c for c, _ in errors.CODE_MEANINGS} == {*codes, 130}
 
 
 def test_ruff_is_clean():

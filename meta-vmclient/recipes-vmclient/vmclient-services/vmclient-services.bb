@@ -135,6 +135,11 @@ do_install:append() {
     vmclient_install_dir $data/tmpfiles.d ${nonarch_libdir}/tmpfiles.d 0644
     vmclient_install_dir $data/sysusers.d ${nonarch_libdir}/sysusers.d 0644
 
+    # Manual pages made from the CLIs' parsers (vmclient.manpage) and argcomplete's
+    # bash hook for vmclientctl and vmclient-admin.
+    vmclient_install_dir $data/man/man1 ${mandir}/man1 0644
+    vmclient_install_dir $data/bash-completion ${datadir}/bash-completion/completions 0644
+
     # Default configuration, one TOML file per daemon.
     install -d ${D}${sysconfdir}/vmclient
     for f in $data/vmclient/*.toml; do
@@ -166,6 +171,13 @@ FILES:${PN} += "\
     ${nonarch_libdir}/tmpfiles.d \
     ${systemd_unitdir}/logind.conf.d \
 "
+
+# The bash hooks go to ${PN}-bash-completion (oe-core's class); they run the
+# CLIs under argcomplete.
+inherit bash-completion
+# The class adds that package to PACKAGES, which oelint does not see.
+# nooelint: oelint.vars.pkgspecific.RDEPENDS, oelint.vars.specific
+RDEPENDS:${PN}-bash-completion += "python3-argcomplete"
 
 # Runtime dependencies of python-services (pyproject.toml "dependencies",
 # under their Yocto names; tests/layer checks the mapping), the split

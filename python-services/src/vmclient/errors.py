@@ -43,6 +43,22 @@ EXIT_CONFIG = 78  # sysexits EX_CONFIG
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE
 EXIT_NOPERM = 77  # sysexits EX_NOPERM
 
+# the table above, for the manual pages (vmclient.manpage)
+CODE_MEANINGS: tuple[tuple[int, str], ...] = (
+    (0, "done"),
+    (EXIT_ERROR, "the operation failed (a refused request, a failed VM operation)"),
+    (EXIT_USAGE, "usage: a bad command line or argument"),
+    (EXIT_DATAERR, "the repository's data failed a check (integrity, replay, rollback)"),
+    (EXIT_NOINPUT, "a named input does not exist (no repository at --repo)"),
+    (EXIT_UNAVAILABLE, "a service or lock is not available now (the system bus, a daemon, "
+                       "libvirtd, a held lock)"),
+    (EXIT_BUG, "a bug in vmclient: a traceback was printed; please report it"),
+    (EXIT_TEMPFAIL, "held back, try again later"),
+    (EXIT_NOPERM, "permission denied"),
+    (EXIT_CONFIG, "configuration: a config file or the admin's key directory is wrong"),
+    (130, "interrupted (Ctrl-C)"),
+)
+
 
 class VMClientError(Exception):
     """{}"""

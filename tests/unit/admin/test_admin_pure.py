@@ -78,3 +78,14 @@ def test_plain_progress_prints_a_line_per_tenth() -> None:
         p.advance(1)
     lines = out.getvalue().splitlines()
     assert 10 <= len(lines) <= 12 and lines[-1].startswith("publish x: 100% ")
+
+
+def test_ssh_g_output_resolves_the_url_what_the_url_names_wins() -> None:
+    from vmclient.admin.session import parse_ssh_g, resolved_url
+    found = parse_ssh_g("hostname 10.0.0.7\nport 2200\nuser backup\n"
+                        "identityfile ~/.ssh/dc\nidentityfile ~/.ssh/id_ed25519\n")
+    assert found["identityfile"] == ["~/.ssh/dc", "~/.ssh/id_ed25519"]
+    assert resolved_url("sftp://dc/srv/repo", found) == "sftp://backup@10.0.0.7:2200/srv/repo"
+    assert resolved_url("sftp://it%40corp@dc:22/srv", found) == "sftp://it%40corp@10.0.0.7:22/srv"
+    assert resolved_url("sftp://dc/", parse_ssh_g("hostname ::1\nport 22\nuser u\n")) == \
+        "sftp://u@[::1]:22/"

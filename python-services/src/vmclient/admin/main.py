@@ -36,7 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ..argparsing import ArgumentParser
+from ..argparsing import ArgumentParser, complete
 from ..errors import EXIT_BUG, UsageError, VMClientError
 from ..manage.admin import assign_recipe, issue_order
 from ..store import crypto, layout
@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    complete(parser)
+    args = parser.parse_args(argv)
     Output.quiet = args.quiet
     try:
         if args.command == "protect-keys":

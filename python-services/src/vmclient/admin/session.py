@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
+import shutil
+import subprocess
 import sys
 import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
 from ..manage import admin as it
@@ -89,30 +91,96 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
 
 
 def ssh_defaults(args: argparse.Namespace) -> None:
-    """For ``sftp://``, what ``--ssh-key``/``--known-hosts`` leave open, found as OpenSSH
-    would: ``~/.ssh/config``'s ``IdentityFile`` and ``UserKnownHostsFile`` for the host,
-    else ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` and ``~/.ssh/known_hosts``.
-    (Keys held only by ssh-agent are not used: the store reads a key file.)"""
-    if args.ssh_key and args.known_hosts:
-        return
-    import paramiko
-    host = urlsplit(args.repo).hostname or ""
-    ssh = Path.home() / ".ssh"
-    found: dict[str, Any] = {}
-    if (ssh / "config").is_file():
-        try:
-            found = dict(paramiko.SSHConfig.from_path(str(ssh / "config")).lookup(host))
-        except (OSError, paramiko.ConfigParseError) as exc:
-            raise ConfigError(ssh / "config", "", str(exc)) from exc
+    """For ``sftp://``, resolve the URL's host and what ``--ssh-key``/``--known-hosts``
+    leave open as OpenSSH would (:func:`ssh_settings`): a ``Host`` alias becomes its
+    ``HostName``, ``Port`` and ``User`` (what the URL names wins), the key is the first
+    ``IdentityFile`` that exists, the pin file the first ``UserKnownHostsFile``."""
+    url = urlsplit(args.repo)
+    host = url.hostname or ""
+    try:
+        port = url.port
+    except ValueError as exc:
+        raise UsageError(f"repository URL {args.repo!r}: {exc}") from exc
+    found = ssh_settings(host, url.username and unquote(url.username), port)
+    args.repo = resolved_url(args.repo, found)
+    tried_keys = [_home(f) for f in found.get("identityfile", [])]
+    tried_hosts = [_home(f) for f in " ".join(found.get("userknownhostsfile", [])).split()]
     if args.ssh_key is None:
-        candidates = [*found.get("identityfile", []),
-                      *(ssh / n for n in ("id_ed25519", "id_ecdsa", "id_rsa"))]
-        args.ssh_key = next((str(Path(c).expanduser()) for c in candidates
-                             if Path(c).expanduser().is_file()), None)
+        args.ssh_key = next((str(f) for f in tried_keys if f.is_file()), None)
     if args.known_hosts is None:
-        files = str(found.get("userknownhostsfile", "")).split() or [str(ssh / "known_hosts")]
-        args.known_hosts = next((str(Path(f).expanduser()) for f in files
-                                 if Path(f).expanduser().is_file()), None)
+        args.known_hosts = next((str(f) for f in tried_hosts if f.is_file()), None)
+    missing = []
+    if args.ssh_key is None:
+        missing.append(f"no SSH key file (tried {', '.join(map(str, tried_keys)) or '-'}; a "
+                       "key held only by ssh-agent is not used: give --ssh-key FILE)")
+    if args.known_hosts is None:
+        missing.append(f"no known_hosts file pinning its host key (tried "
+                       f"{', '.join(map(str, tried_hosts)) or '-'}: give --known-hosts FILE)")
+    if missing:
+        raise UsageError(f"{args.repo}: " + "; ".join(missing))
+
+
+def _home(path: str) -> Path:
+    """A path from ``ssh -G``: its ``~`` and the account's home (ssh's idea of ``~``) are
+    ``$HOME``, where the rest of the configuration was read."""
+    account = pwd.getpwuid(os.getuid()).pw_dir.rstrip("/")
+    if account and path.startswith(account + "/"):
+        path = "~" + path[len(account):]
+    return Path(path).expanduser()
+
+
+def resolved_url(repo: str, found: dict[str, list[str]]) -> str:
+    """``repo`` with the host, port and user OpenSSH's configuration gives (pure)."""
+    url = urlsplit(repo)
+    host = (found.get("hostname") or [url.hostname or ""])[0]
+    user = unquote(url.username) if url.username else (found.get("user") or [""])[0]
+    port = url.port or int((found.get("port") or ["22"])[0])
+    where = f"[{host}]" if ":" in host else host
+    netloc = (f"{quote(user, safe='')}@" if user else "") + f"{where}:{port}"
+    return urlunsplit((url.scheme, netloc, url.path, url.query, url.fragment))
+
+
+def ssh_settings(host: str, user: str | None, port: int | None) -> dict[str, list[str]]:
+    """OpenSSH's configuration for ``host``, keys lower-case, as ``ssh -G`` resolves it
+    (``Include``, ``Match``, defaults and tokens as for a real connection; it connects to
+    nothing).  It reads the user's ``~/.ssh/config`` and ``/etc/ssh/ssh_config``; with
+    ``$HOME`` set elsewhere than the account's home, ``$HOME/.ssh/config`` alone.
+    Without an ``ssh`` program only OpenSSH's default file names apply (and a
+    ``~/.ssh/config`` is an error: nothing here would read it as ssh does)."""
+    if host.startswith("-") or not host:
+        raise UsageError(f"invalid SSH host {host!r}")
+    home = Path.home()
+    exe = shutil.which("ssh")
+    if exe is None:
+        if (home / ".ssh" / "config").is_file():
+            raise ConfigError(home / ".ssh" / "config", "",
+                              "OpenSSH's ssh is not installed to read it")
+        return {"identityfile": [f"~/.ssh/{n}" for n in ("id_ed25519", "id_ecdsa", "id_rsa")],
+                "userknownhostsfile": ["~/.ssh/known_hosts"]}
+    argv = [exe, "-G"]
+    if home != Path(pwd.getpwuid(os.getuid()).pw_dir):
+        config = home / ".ssh" / "config"
+        argv += ["-F", str(config) if config.is_file() else "none"]
+    argv += (["-p", str(port)] if port else []) + (["-l", user] if user else [])
+    try:
+        r = subprocess.run([*argv, "--", host], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(home / ".ssh" / "config", "", f"ssh -G {host}: {exc}") from exc
+    if r.returncode != 0:
+        raise ConfigError(home / ".ssh" / "config", "",
+                          f"ssh -G {host}: {r.stderr.strip() or r.returncode}")
+    return parse_ssh_g(r.stdout)
+
+
+def parse_ssh_g(text: str) -> dict[str, list[str]]:
+    """``ssh -G`` output (``keyword value`` lines) -> keyword -> values, in order (pure)."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            out.setdefault(key.lower(), []).append(value.strip())
+    return out
 
 
 def passphrase(args: argparse.Namespace) -> keys.Passphrase:

@@ -91,13 +91,19 @@ async def enrol(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def status(args: argparse.Namespace) -> dict[str, Any]:
+    """Without --repository a pure read: the lease by trusted time is computed, not
+    recorded (the manage agent in vmclient-syncd is the only writer of its state)."""
+    from ..manage.gate import read_lease
+
     agent = _agent(args, args.repository)
     try:
         if args.repository:
             await agent.complete_enrolment()
+            st: dict[str, Any] = agent.status()
+        else:
+            st = agent.status(read_lease(Path(args.state_dir)))
     finally:
         await close_store(agent.remote)
-    st: dict[str, Any] = agent.status()
     return st
 
 

@@ -30,8 +30,10 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("vm", help="install, run, upgrade and remove VMs")
     p.add_argument("--local", action="store_true",
                    help="run the provisioning core in this process instead of vmclient-provd")
-    p.add_argument("--config", type=Path, default=pconfig.DEFAULT_PATH,
-                   help=f"with --local: configuration (default {pconfig.DEFAULT_PATH})")
+    p.add_argument("--config", type=Path,
+                   help=f"with --local: configuration (default {pconfig.DEFAULT_PATH}; "
+                   "the defaults if that does not exist)")
+    p.set_defaults(check=check_args)
     cmds = p.add_subparsers(dest="command", required=True, metavar="ACTION")
     c = cmds.add_parser("install", help="install a VM from a recipe (TOML); without one: "
                         "the VMs IT assigned to this laptop")
@@ -42,13 +44,17 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=list_vms, render=render_list)
     for name, func, help_ in (("start", start, "start a VM (unlocks its disks)"),
-                              ("eject", eject, "take the install media (ISO) out of a VM"),
-                              ("remove", remove, "stop and delete a VM, its key and disks")):
+                              ("eject", eject, "take the install media (ISO) out of a VM")):
         c = cmds.add_parser(name, help=help_)
-        c.add_argument("vm")
+        c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
         c.set_defaults(func=func, render=str)
+    c = cmds.add_parser("remove", help="stop and delete a VM, its key and disks (asks first)")
+    c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
+    c.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask (needed without a terminal)")
+    c.set_defaults(func=remove, render=str)
     c = cmds.add_parser("stop", help="shut a VM down")
-    c.add_argument("vm")
+    c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
     c.add_argument("--force", action="store_true", help="power off at once")
     c.set_defaults(func=stop, render=str)
     c = cmds.add_parser("restore", help="restore a VM from its snapshots in the datacenter "
@@ -59,9 +65,25 @@ def add_parser(sub: Any) -> None:
                    help="the device that wrote the snapshots (after a rekey; its id)")
     c.set_defaults(func=restore, render=render_vm)
     c = cmds.add_parser("upgrade", help="new system disk from the catalog; user disks kept")
-    c.add_argument("vm")
+    c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
     c.add_argument("--version", type=int, default=0, help="image version (default: newest)")
     c.set_defaults(func=upgrade, render=render_vm)
+
+
+def complete_vm(**_: Any) -> list[str]:
+    """Shell completion of a VM argument (argcomplete): the installed VMs' names, from
+    vmclient-provd; none when it does not answer within a few seconds."""
+    import asyncio
+
+    async def names() -> list[str]:
+        async with bus.connected() as b:
+            (rows,) = await _call(b, "List")
+        return [str(row[0]) for row in rows]
+
+    try:
+        return asyncio.run(asyncio.wait_for(names(), 3))
+    except Exception:  # a completion offers nothing rather than an error
+        return []
 
 
 class ProgressPrinter:
@@ -93,16 +115,37 @@ class ProgressPrinter:
             self.out.write("\n")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    if args.config is not None and not args.local:
+        from ..errors import UsageError
+
+        raise UsageError(f"--config {args.config}: only with --local (vmclient-provd reads "
+                         f"its own, {pconfig.DEFAULT_PATH})")
+
+
+def load_config(args: argparse.Namespace) -> pconfig.ProvisionConfig:
+    """With --local: the configuration; one named by --config must exist."""
+    if args.config is None:
+        return pconfig.load(pconfig.DEFAULT_PATH)
+    from .. import config
+
+    return config.load(pconfig.ProvisionConfig, args.config, missing_ok=False)
+
+
 @contextlib.asynccontextmanager
-async def _provisioner(args: argparse.Namespace) -> AsyncIterator[Any]:
+async def _provisioner(args: argparse.Namespace, *, new_keys: bool = False
+                       ) -> AsyncIterator[Any]:
+    """The provisioning core in this process; ``new_keys``: make the device keys if there
+    are none yet (an install; every other command only reads what is there)."""
     from ..provision.installer import Provisioner
     from ..provision.keys import DeviceKeys, load_admin_key
     from ..provision.receiver import Receiver
     from ..store.transport import close_store
     from ..virt.libvirt import Hypervisor
 
-    cfg = pconfig.load(args.config)
-    device = DeviceKeys.load_or_create(cfg.device_dir)
+    cfg = load_config(args)
+    device = (DeviceKeys.load_or_create(cfg.device_dir) if new_keys
+              else DeviceKeys(cfg.device_dir))
     admin = load_admin_key(cfg.repository.admin_key)
     remote, receiver = cfg.repository.open(), None
     if admin is not None:
@@ -181,7 +224,7 @@ async def assigned(args: argparse.Namespace) -> list[dict[str, Any]]:
     """What IT assigned to this laptop, with each VM's state here ("" if not installed)."""
     if args.local:
         from ..manage import assigned as store
-        cfg = pconfig.load(args.config)
+        cfg = load_config(args)
         rows: list[Any] = [[a.vm, a.image, a.order, a.outcome, a.detail]
                            for a in store.load(cfg.manage_dir)]
         async with _provisioner(args) as prov:
@@ -200,7 +243,7 @@ async def install(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, A
     if args.recipe is None:
         return await assigned(args)
     if args.local:
-        async with _provisioner(args) as prov:
+        async with _provisioner(args, new_keys=True) as prov:
             return _vm(await prov.install(args.recipe))
     import os
 
@@ -291,7 +334,23 @@ async def eject(args: argparse.Namespace) -> str:
     return f"{args.vm}: ejected {', '.join(media)}"
 
 
+def confirm(question: str, *, yes: bool, flag: str = "--yes") -> None:
+    """Ask on the terminal before destroying something; without one, ``flag`` is needed."""
+    from ..errors import UsageError, VMClientError
+
+    if yes:
+        return
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError(f"{question} Not asked (no terminal): confirm with {flag}")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise VMClientError("not confirmed: nothing was changed")
+
+
 async def remove(args: argparse.Namespace) -> str:
+    confirm(f"Remove VM {args.vm!r}: its data key is destroyed and its disks deleted; "
+            "nothing on this laptop can bring it back.", yes=args.yes)
     await _simple(args, lambda p: p.remove(args.vm), "Remove", "s", [args.vm])
     return f"{args.vm}: removed (key destroyed, disks deleted, definition removed)"
 

@@ -77,8 +77,10 @@ class Agent:
         # a wipe under way: no business work
         return self.tick().lease(wipe_pending=self.journal.load() is not None)
 
-    def status(self) -> dict[str, Any]:
-        s, lease = self.state_file.load(), self.lease()
+    def status(self, lease: Lease | None = None) -> dict[str, Any]:
+        """``lease``: one read elsewhere (:func:`.gate.read_lease`), else this agent's own
+        (which records the trusted time it advances)."""
+        s, lease = self.state_file.load(), lease or self.lease()
         return {"device": s.device, "enrolled": s.enrolled, "last_order": s.last_seq,
                 "lease_until": s.lease_until, "lease_remaining": lease.remaining,
                 "business_allowed": lease.business_allowed, "state": lease.reason,

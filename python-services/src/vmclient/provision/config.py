@@ -6,11 +6,14 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import config
-from ..manage.gate import GateConfig
 from ..store.transport import Repository
 from ..virt.cpu import CPU_MODES, DOMAIN_TYPES, CPUProfile
+
+if TYPE_CHECKING:  # imported where used: the CLI (and its completion) reads this module
+    from ..manage.gate import GateConfig  # and should not load libvirt for it
 
 DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
 _NET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -111,6 +114,8 @@ class ProvisionConfig:
 
 def gate_config(cfg: ProvisionConfig) -> GateConfig:
     """Where the start gate finds the keys and the lease (provisioning's own layout)."""
+    from ..manage.gate import GateConfig
+
     return GateConfig(cfg.device_dir, cfg.state_dir / "keys", cfg.manage_dir)
 
 

@@ -75,6 +75,10 @@ log = logging.getLogger(__name__)
 MEMORY = "memory"
 
 
+class NotInDatacenter(VMNotFound):
+    """No such VM in the datacenter for this device: {!r} (device {}; another laptop's VM needs IT's 'vmclient-admin restore VM --to DEVICE' first)"""  # noqa: E501
+
+
 async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
                   from_device: str = "", min_seq: int = 0) -> Installed:
     """Restore ``vm`` from the datacenter; running where it was if the snapshot holds memory."""
@@ -97,6 +101,8 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         keys = await get_wrapped_key(remote, key_path, {crypto.key_id(admin): admin, **mine},
                                      f"vm:{vm}", me.wrapping)
     except ObjectNotFound:
+        if not await remote.list(f"{layout.vm_dir(me.device_id, vm)}/keys"):
+            raise NotInDatacenter(vm, me.device_id) from None
         raise RestoreError(vm, f"the datacenter holds no data key for this device at "
                            f"{key_path}: IT has to rekey the VM for it first") from None
     # never older than what IT verified when it rekeyed the VM for this device (a server
