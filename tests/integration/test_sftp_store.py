@@ -115,6 +115,26 @@ def test_rename_stale_lock_break_and_sweep_over_sftp(sshd: SSHServer) -> None:
     run(_closing(store, scenario()))
 
 
+def test_taking_a_lock_over_sftp_removes_the_lock_temporaries_only(sshd: SSHServer) -> None:
+    """A run killed while writing the lock left ``.tmp-lock-*`` beside it: the next holder
+    removes those, not the other temporaries of that directory (another writer's)."""
+    store = sshd.store(sshd.admin)
+    d = sshd.repo / "images/l"
+
+    async def scenario() -> None:
+        await store.put_atomic("images/l/catalog", b"1")
+        names = [".tmp-lock-0123456789abcdef", ".tmp-catalog-0123456789abcdef"]
+        for name in names:
+            (d / name).write_bytes(b"half")
+        token = await store.lock("images/l/lock", "test")
+        assert sorted(p.name for p in d.glob(".tmp-*")) == names[1:]
+        await store.unlock(token)
+        with pytest.raises(LocalSyncError, match="not a prefix of temporary"):
+            await store.sweep_temporaries("images/l", names="lock")
+
+    run(_closing(store, scenario()))
+
+
 def test_a_device_cannot_read_or_list_another_devices_directory(sshd: SSHServer,
                                                                 tmp_path: Path) -> None:
     repo, _raw = published(sshd, tmp_path, mib=4)

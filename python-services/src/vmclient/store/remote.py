@@ -20,13 +20,14 @@ Contract (repository-format.md, "Write ordering"):
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
+from .errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError, StoreError
 from .locks import HELD, Whoami, lock_document, pid_alive, read_lock, stale_reason
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,22 @@ MAX_OBJECT: dict[str, int] = {
 
 DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+TMP_PREFIX = ".tmp-"  # a temporary file's name begins so (hidden: check_path refuses it)
+
+
+def temporary_name(path: str) -> str:
+    """The temporary name an atomic put of ``path`` writes first, in the same directory:
+    ``.tmp-<final name>-<16 hex>`` (repository-format.md §8.1).  Whose temporary it is
+    shows in its name: a lock's (``.tmp-lock-…``) can be swept apart from the admin's
+    ``device`` record or an order written beside it."""
+    return f"{TMP_PREFIX}{posixpath.basename(path)}-{secrets.token_hex(8)}"
+
+
+def temporaries_of(path: str) -> str:
+    """The name prefix of the temporaries of ``path`` (:func:`temporary_name`)."""
+    return f"{TMP_PREFIX}{posixpath.basename(path)}-"
 
 
 def check_path(path: str) -> str:
@@ -152,7 +169,10 @@ class LockingMixin:
                 await self.put_atomic(path, lock_document(holder, self.clock(), nonce, me=me),
                                       exclusive=True)
                 HELD.add(nonce)
+                await self.sweep_lock_temporaries(path)
                 return LockToken(path, holder, nonce)
+            except ObjectNotFound:
+                continue  # its temporary was swept by the holder of the moment: try again
             except LocalSyncError:
                 try:
                     current = await self.get(path)
@@ -166,6 +186,30 @@ class LockingMixin:
                 log.warning("breaking the lock %s: %s", path, reason)
                 await self.compare_and_delete(path, current.__eq__)
         raise LockHeld(path, "a competing client", self.clock(), stale_after)
+
+    async def sweep_lock_temporaries(self, path: str) -> int:
+        """Under the lock at ``path``, just taken: remove the temporaries of the lock
+        (``.tmp-lock-…`` beside it) that runs killed while writing or refreshing it left;
+        nothing else in that directory (the admin's ``device`` record, orders and their
+        temporaries are written there too).  One may belong to a live client trying to
+        take the lock right now: that attempt would fail anyway (the lock is held), and
+        a put whose temporary vanished fails with :class:`ObjectNotFound`, which
+        :meth:`lock` retries (then finding the lock held).  A failed sweep is logged: the
+        temporaries wait for the next holder.  A store without temporaries: nothing."""
+        sweep = getattr(self, "sweep_temporaries", None)
+        parent = posixpath.dirname(path)
+        if sweep is None or not parent:  # (the repository lock: no directory to sweep)
+            return 0
+        try:
+            removed = int(await sweep(parent, older_than=None, recursive=False,
+                                      names=temporaries_of(path)))
+        except (StoreError, OSError) as exc:
+            log.warning("removing the temporaries of the lock %s failed: %s", path, exc)
+            return 0
+        if removed:
+            log.info("removed %d temporary file(s) of the lock %s that an interrupted run "
+                     "left", removed, path)
+        return removed
 
     async def compare_and_delete(self, path: str, same: Callable[[bytes], bool]) -> bool:
         """Delete ``path`` only if ``same(its bytes)``; True if deleted by this call."""
