@@ -11,6 +11,7 @@ import pytest
 
 from vmclient.store.errors import LocalSyncError, LockHeld, ObjectNotFound
 from vmclient.store.localfs import LocalDirStore
+from vmclient.store.locks import Whoami, lock_document
 from vmclient.store.remote import (
     LockToken,
     MemoryStore,
@@ -100,7 +101,8 @@ def test_taking_a_lock_removes_the_lock_temporaries_only(tmp_path: Path) -> None
     assert sorted(p.name for p in d.glob(".tmp-*")) == names[2:]
     assert (d / "vms" / ".tmp-lock-0123456789abcdef").exists()
     run(s.unlock(token))
-    assert sorted(p.name for p in d.iterdir()) == [*sorted(names[2:]), "device", "vms"]
+    assert sorted(p.name for p in d.iterdir()) == [*sorted(names[2:]), "device", "lock.gone",
+                                                   "vms"]
 
 
 def test_temporaries_are_named_after_their_object(tmp_path: Path) -> None:
@@ -132,3 +134,38 @@ def test_a_lock_attempt_whose_temporary_the_holder_swept_finds_the_lock_held(
         run(b.lock("devices/d1/lock", "admin"))
     assert taken and not list((tmp_path / "devices" / "d1").glob(".tmp-*"))
     run(a.unlock(taken[0]))
+
+
+@pytest.mark.parametrize("kind", ["memory", "localfs"])
+def test_taking_a_lock_removes_locks_a_killed_client_had_set_aside(tmp_path: Path,
+                                                                   kind: str) -> None:
+    """A client killed inside a compare-and-delete (unlocking, or breaking a stale lock)
+    left the lock set aside in ``lock.gone/``: the next holder removes it, whatever it
+    holds, except its own lock (set aside by a client racing it, which puts it back)."""
+    s: MemoryStore | LocalDirStore = MemoryStore() if kind == "memory" else \
+        LocalDirStore(tmp_path)
+    run(s.put_atomic("devices/d1/lock.gone/0123456789abcdef",
+                     lock_document("killed", 0, "dead", me=Whoami("h", "m", "b", 1))))
+    run(s.put_atomic("devices/d1/lock.gone/fedcba9876543210", b"not a lock"))
+    token = run(s.lock("devices/d1/lock", "laptop-1"))
+    assert [e.path for e in run(s.list("devices/d1"))] == ["devices/d1/lock"]
+    run(s.rename("devices/d1/lock", "devices/d1/lock.gone/00000000000000aa"))  # a racer's
+    run(s.put_atomic("devices/d1/lock.gone/00000000000000bb", b"{}"))
+    assert run(s.clear_lock_leftovers("devices/d1/lock", token.nonce)) == 1
+    assert [e.path for e in run(s.list("devices/d1"))] == [
+        "devices/d1/lock.gone/00000000000000aa"]
+
+
+def test_a_compare_and_delete_whose_set_aside_lock_vanished_gives_up(tmp_path: Path) -> None:
+    """The next holder removed the lock this client had just set aside: no error, nothing
+    deleted by this client (its lock attempt then retries and finds the lock held)."""
+
+    class Racing(LocalDirStore):
+        async def rename(self, path: str, new: str) -> None:
+            await super().rename(path, new)
+            if ".gone/" in new:
+                await self.delete(new)  # another holder's clear_lock_leftovers, right then
+
+    s = Racing(tmp_path)
+    run(s.put_atomic("d/lock", b"x"))
+    assert run(s.compare_and_delete("d/lock", b"x".__eq__)) is False

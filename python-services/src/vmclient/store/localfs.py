@@ -103,11 +103,15 @@ class LocalDirStore(LockingMixin):
 
     async def rename(self, path: str, new: str) -> None:
         """``link`` + ``unlink`` (as OpenSSH's sftp-server renames): fails if ``new``
-        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        exists, :class:`ObjectNotFound` if ``path`` does not; ``new``'s directory is
+        made if need be."""
         await asyncio.to_thread(self._rename, path, new)
 
     def _rename(self, path: str, new: str) -> None:
         src, dst = self._path(path), self._path(new)
+        if not src.exists():
+            raise ObjectNotFound(path)
+        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, dst)
         except FileNotFoundError:

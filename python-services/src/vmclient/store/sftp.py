@@ -437,7 +437,8 @@ class SFTPStore(LockingMixin):
 
     async def rename(self, path: str, new: str) -> None:
         """The plain SFTP ``rename`` (OpenSSH: ``link`` + ``unlink``): fails if ``new``
-        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        exists, :class:`ObjectNotFound` if ``path`` does not; ``new``'s directory is made
+        if need be."""
         await self._read("rename", check_path(path), check_path(new))
 
     def _rename_here(self, path: str, new: str) -> None:
@@ -447,6 +448,10 @@ class SFTPStore(LockingMixin):
             try:
                 sftp.rename(src, dst)
             except FileNotFoundError:
+                if _exists(sftp, src):  # no directory for dst yet (a lock's set-aside one)
+                    self._makedirs(sftp, posixpath.dirname(dst))
+                    sftp.rename(src, dst)
+                    return
                 raise
             except OSError:
                 if _exists(sftp, dst):
