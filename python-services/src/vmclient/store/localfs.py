@@ -86,7 +86,7 @@ class LocalDirStore(LockingMixin):
                     os.replace(tmp, final)
             except FileExistsError:
                 raise LocalSyncError(f"repository object exists: {path}") from None
-            except FileNotFoundError:  # swept by a lock's holder (remote.sweep_lock_temporaries)
+            except FileNotFoundError:  # swept by a lock's holder (clear_lock_leftovers)
                 raise ObjectNotFound(f"{path} (its temporary file was removed meanwhile)"
                                      ) from None
         finally:
