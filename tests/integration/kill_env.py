@@ -35,10 +35,12 @@ def phases(stderr: str) -> list[str]:
 
 def leftovers(root: Path, device: str) -> list[str]:
     """What a finished sync must not leave in the device's directory: temporary files
-    (killed uploads), the lock, locks set aside while broken."""
+    (killed uploads), the lock, locks set aside while broken or unlocked (``lock.gone/*``;
+    an empty ``lock.gone`` directory is no object)."""
     base = root / layout.device_dir(device)
     return sorted(str(p.relative_to(root)) for p in base.rglob("*")
-                  if p.name.startswith(".tmp-") or ".gone-" in p.name or p.name == "lock")
+                  if p.name.startswith(".tmp-") or p.name == "lock" or ".gone-" in p.name
+                  or (p.parent.name.endswith(".gone") and p.is_file()))
 
 
 def unindexed(remote: RemoteStore, w: World, vm: str) -> tuple[dict[str, object], dict[str, str]]:

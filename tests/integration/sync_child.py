@@ -4,7 +4,11 @@ Every write step is logged to stderr as ``phase NAME PATH`` as it completes (loc
 pack, index, snapshot, latest, unlock), so a test that kills the process at a random
 moment can tell which phase the kill hit.  With ``"kill_after": NAME`` the process kills
 itself (SIGKILL) right after the first step of that phase, as orders_crash_driver.py
-does for a wipe.  With ``"sftp": {...}`` the repository is reached over SFTP.
+does for a wipe; ``"kill_after": "lock-temporary"`` kills it inside the lock's write
+instead, once the lock's temporary file is written and before it is linked into place,
+``"unlock-aside"`` inside the unlock, the lock set aside and not yet deleted (a local
+repository only: the hook is ``os.link``, which LocalDirStore's exclusive put and
+rename use).  With ``"sftp": {...}`` the repository is reached over SFTP.
 """
 
 from __future__ import annotations
@@ -28,6 +32,29 @@ from vmclient.sync import engine
 from vmclient.virt.libvirt import Hypervisor
 
 PHASES = ("lock", "keys", "pack", "index", "snapshot", "latest", "unlock")
+LOCK_TEMPORARY = "lock-temporary"  # inside the lock's put: its temporary written, not linked
+UNLOCK_ASIDE = "unlock-aside"  # inside the unlock: the lock set aside (linked), not deleted
+
+
+def die_linking(kill_after: str) -> None:
+    """SIGKILL this process inside a lock operation of LocalDirStore (whose exclusive put
+    and rename link): ``lock-temporary`` when a temporary file is about to be linked into
+    place as a lock (``.../lock``); ``unlock-aside`` once the unlock linked the lock to
+    the name it sets it aside as (``lock.gone…``), before anything is removed."""
+    link = os.link
+
+    def linking(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                *args: object, **kwargs: object) -> None:
+        if (kill_after == LOCK_TEMPORARY and Path(dst).name == "lock"
+                and Path(src).name.startswith(".tmp-")):
+            print(f"phase {LOCK_TEMPORARY} {src}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        link(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+        if kill_after == UNLOCK_ASIDE and Path(src).name == "lock" and ".gone" in str(dst):
+            print(f"phase {UNLOCK_ASIDE} {dst}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.link = linking  # type: ignore[assignment]
 
 
 def phase_of(path: str) -> str:
@@ -88,6 +115,9 @@ async def main(args: dict[str, object]) -> None:
     await hv.connect()
     inner = open_remote(args)
     kill_after = args.get("kill_after")
+    if kill_after in (LOCK_TEMPORARY, UNLOCK_ASIDE):
+        assert "sftp" not in args, f"{kill_after}: killed in a local repository only"
+        die_linking(str(kill_after))
     try:
         result = await engine.sync_vm(
             hv, Phases(inner, str(kill_after) if kill_after else None),

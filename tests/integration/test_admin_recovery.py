@@ -63,8 +63,8 @@ class Admin:
 
     def leftovers(self) -> list[str]:
         return sorted(str(p.relative_to(self.repo)) for p in self.repo.rglob("*")
-                      if p.name.startswith(".tmp-") or ".gone-" in p.name
-                      or p.name == "lock")
+                      if p.name.startswith(".tmp-") or ".gone-" in p.name or p.name == "lock"
+                      or (p.parent.name.endswith(".gone") and p.is_file()))
 
 
 class CatalogFails:

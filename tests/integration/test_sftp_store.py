@@ -21,6 +21,7 @@ from testlib import need
 from vmclient.admin.images import read_published
 from vmclient.store import sftp, sftp_write
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
+from vmclient.store.locks import Whoami, lock_document
 from vmclient.store.sftp import RemoteRefused, RemoteUnavailable, SFTPStore
 
 MiB = 1 << 20
@@ -104,13 +105,43 @@ def test_rename_stale_lock_break_and_sweep_over_sftp(sshd: SSHServer) -> None:
         await store.put_atomic(lock, b'{"holder": "crashed", "created": 0, "nonce": "00"}')
         token = await store.lock(lock, "test")
         await store.unlock(token)
-        assert sorted(p.name for p in (sshd.repo / "images/t").iterdir()) == ["b", "c"]
+        assert sorted(p.name for p in (sshd.repo / "images/t").iterdir()) == [
+            "b", "c", "lock.gone"]
+        assert list((sshd.repo / "images/t/lock.gone").iterdir()) == []
         (sshd.repo / "images/t/store/packs/ab").mkdir(parents=True)
         for d in ("images/t", "images/t/store/packs/ab"):
             (sshd.repo / d / ".tmp-killed").write_bytes(b"half an upload")
         assert await store.sweep_temporaries("images/t", older_than=3600) == 0  # fresh ones
         assert await store.sweep_temporaries("images/t", older_than=None) == 2
         assert not list(sshd.repo.glob("images/t/**/.tmp-*"))
+
+    run(_closing(store, scenario()))
+
+
+def test_taking_a_lock_over_sftp_removes_what_killed_lock_operations_left(sshd: SSHServer
+                                                                         ) -> None:
+    """A run killed while writing the lock left ``.tmp-lock-*`` beside it, one killed while
+    unlocking the lock set aside in ``lock.gone/``: the next holder removes those, not the
+    other temporaries of that directory (another writer's); an unlock whose set-aside
+    directory does not exist yet makes it."""
+    store = sshd.store(sshd.admin)
+    d = sshd.repo / "images/l"
+
+    async def scenario() -> None:
+        await store.put_atomic("images/l/catalog", b"1")
+        names = [".tmp-lock-0123456789abcdef", ".tmp-catalog-0123456789abcdef"]
+        for name in names:
+            (d / name).write_bytes(b"half")
+        (d / "lock.gone").mkdir()  # and a lock set aside by a client killed while unlocking
+        (d / "lock.gone" / "0123456789abcdef").write_bytes(
+            lock_document("killed", 0, "dead", me=Whoami("h", "m", "b", 1)))
+        token = await store.lock("images/l/lock", "test")
+        assert sorted(p.name for p in d.glob(".tmp-*")) == names[1:]
+        assert list((d / "lock.gone").iterdir()) == []
+        await store.unlock(token)
+        assert [e.path for e in await store.list("images/l")] == ["images/l/catalog"]
+        with pytest.raises(LocalSyncError, match="not a prefix of temporary"):
+            await store.sweep_temporaries("images/l", names="lock")
 
     run(_closing(store, scenario()))
 

@@ -81,7 +81,9 @@ def test_two_clients_breaking_one_stale_lock_do_not_both_win(kind: str, tmp_path
     info = read_lock(run(a.get(LOCK)))
     assert info is not None and info.nonce == token_a.nonce  # type: ignore[attr-defined]
     if kind == "localfs":  # nothing set aside is left behind
-        assert sorted(p.name for p in (tmp_path / "devices" / "d1").iterdir()) == ["lock"]
+        d = tmp_path / "devices" / "d1"
+        assert sorted(p.name for p in d.iterdir()) == ["lock", "lock.gone"]
+        assert list((d / "lock.gone").iterdir()) == []
 
 
 def _info(**kw: object) -> LockInfo:

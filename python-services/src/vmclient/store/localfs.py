@@ -5,8 +5,8 @@ integration tests.  Writes go to a hidden temporary file in the target
 directory, are fsync'ed, renamed into place (or hard-linked for exclusive
 creation, which fails if the name exists) and the directory is fsync'ed, so a
 crash leaves either the old object or the new one, never a torn one.
-Temporary files (``.tmp-*``) are invisible to :meth:`list` and removed by
-:meth:`sweep_temporaries`.
+Temporary files (``.tmp-<name>-<16 hex>``, :func:`~vmclient.store.remote.temporary_name`)
+are invisible to :meth:`list` and removed by :meth:`sweep_temporaries`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import asyncio
 import builtins
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import LocalSyncError, ObjectNotFound
-from .remote import Entry, LockingMixin, check_path
-
-TMP_PREFIX = ".tmp-"
+from .remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
 
 
 class LocalDirStore(LockingMixin):
@@ -73,7 +70,7 @@ class LocalDirStore(LockingMixin):
     def _put(self, path: str, data: bytes, exclusive: bool) -> None:
         final = self._path(path)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        tmp = final.parent / temporary_name(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if self.file_mode != 0o600:
@@ -82,13 +79,16 @@ class LocalDirStore(LockingMixin):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            if exclusive:
-                try:
+            try:
+                if exclusive:
                     os.link(tmp, final)
-                except FileExistsError:
-                    raise LocalSyncError(f"repository object exists: {path}") from None
-            else:
-                os.replace(tmp, final)
+                else:
+                    os.replace(tmp, final)
+            except FileExistsError:
+                raise LocalSyncError(f"repository object exists: {path}") from None
+            except FileNotFoundError:  # swept by a lock's holder (clear_lock_leftovers)
+                raise ObjectNotFound(f"{path} (its temporary file was removed meanwhile)"
+                                     ) from None
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(final.parent)
@@ -103,11 +103,15 @@ class LocalDirStore(LockingMixin):
 
     async def rename(self, path: str, new: str) -> None:
         """``link`` + ``unlink`` (as OpenSSH's sftp-server renames): fails if ``new``
-        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        exists, :class:`ObjectNotFound` if ``path`` does not; ``new``'s directory is
+        made if need be."""
         await asyncio.to_thread(self._rename, path, new)
 
     def _rename(self, path: str, new: str) -> None:
         src, dst = self._path(path), self._path(new)
+        if not src.exists():
+            raise ObjectNotFound(path)
+        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, dst)
         except FileNotFoundError:
@@ -118,19 +122,23 @@ class LocalDirStore(LockingMixin):
         _fsync_dir(dst.parent)
 
     async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
-                                recursive: bool = True) -> int:
+                                recursive: bool = True, names: str = TMP_PREFIX) -> int:
         """Remove temporary files a crash left below ``prefix`` (all of them if
         ``older_than`` is None: the caller holds the lock of that directory; only
-        those directly in it if not ``recursive``); ones this user may not remove
-        (another writer's) are left."""
-        return await asyncio.to_thread(self._sweep, check_path(prefix), older_than, recursive)
+        those directly in it if not ``recursive``; only those whose name begins with
+        ``names``, e.g. a lock's, :func:`~vmclient.store.remote.temporaries_of`); ones
+        this user may not remove (another writer's) are left."""
+        if not names.startswith(TMP_PREFIX):
+            raise LocalSyncError(f"not a prefix of temporary file names: {names!r}")
+        return await asyncio.to_thread(self._sweep, check_path(prefix), older_than, recursive,
+                                       names)
 
-    def _sweep(self, prefix: str, older_than: int | None, recursive: bool) -> int:
+    def _sweep(self, prefix: str, older_than: int | None, recursive: bool, names: str) -> int:
         cutoff = None if older_than is None else time.time() - older_than
         removed = 0
         base = self._path(prefix)
         found = base.rglob(f"{TMP_PREFIX}*") if recursive else base.glob(f"{TMP_PREFIX}*")
-        for tmp in found:
+        for tmp in (t for t in found if t.name.startswith(names)):
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 if cutoff is None or tmp.stat().st_mtime < cutoff:
                     tmp.unlink()

@@ -19,14 +19,16 @@ Contract (repository-format.md, "Write ordering"):
 
 from __future__ import annotations
 
+import builtins
 import logging
+import posixpath
 import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError
+from .errors import LocalSyncError, LockHeld, ObjectNotFound, RemoteIntegrityError, StoreError
 from .locks import HELD, Whoami, lock_document, pid_alive, read_lock, stale_reason
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,29 @@ MAX_OBJECT: dict[str, int] = {
 
 DEFAULT_STALE_AFTER = 30 * 60  # seconds; long runs refresh their lock every 10 minutes
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+TMP_PREFIX = ".tmp-"  # a temporary file's name begins so (hidden: check_path refuses it)
+
+
+def temporary_name(path: str) -> str:
+    """The temporary name an atomic put of ``path`` writes first, in the same directory:
+    ``.tmp-<final name>-<16 hex>`` (repository-format.md §8.1).  Whose temporary it is
+    shows in its name: a lock's (``.tmp-lock-…``) can be swept apart from the admin's
+    ``device`` record or an order written beside it."""
+    return f"{TMP_PREFIX}{posixpath.basename(path)}-{secrets.token_hex(8)}"
+
+
+def temporaries_of(path: str) -> str:
+    """The name prefix of the temporaries of ``path`` (:func:`temporary_name`)."""
+    return f"{TMP_PREFIX}{posixpath.basename(path)}-"
+
+
+def set_aside(lock: str) -> str:
+    """The directory a compare-and-delete moves the lock at ``lock`` into before it deletes
+    it (``<lock>.gone/<16 hex>``, repository-format.md §10): what a killed client left
+    there is found by listing it, not the whole directory of the lock."""
+    return f"{lock}.gone"
 
 
 def check_path(path: str) -> str:
@@ -138,8 +163,11 @@ class LockingMixin:
         raise NotImplementedError
 
     async def rename(self, path: str, new: str) -> None:
-        """Move ``path`` to the absent name ``new``; :class:`ObjectNotFound` if ``path``
-        is absent (another client moved it first)."""
+        """Move ``path`` to the absent name ``new`` (its directory made if need be);
+        :class:`ObjectNotFound` if ``path`` is absent (another client moved it first)."""
+        raise NotImplementedError
+
+    async def list(self, prefix: str) -> builtins.list[Entry]:
         raise NotImplementedError
 
     async def lock(self, path: str, holder: str, *,
@@ -152,7 +180,10 @@ class LockingMixin:
                 await self.put_atomic(path, lock_document(holder, self.clock(), nonce, me=me),
                                       exclusive=True)
                 HELD.add(nonce)
+                await self.clear_lock_leftovers(path, nonce)
                 return LockToken(path, holder, nonce)
+            except ObjectNotFound:
+                continue  # its temporary was swept by the holder of the moment: try again
             except LocalSyncError:
                 try:
                     current = await self.get(path)
@@ -167,19 +198,64 @@ class LockingMixin:
                 await self.compare_and_delete(path, current.__eq__)
         raise LockHeld(path, "a competing client", self.clock(), stale_after)
 
+    async def clear_lock_leftovers(self, path: str, nonce: str) -> int:
+        """Under the lock at ``path``, just taken with ``nonce``: remove what runs killed
+        in the middle of a lock operation left (repository-format.md §10), and nothing
+        else in that directory (the admin's ``device`` record, orders and their
+        temporaries are written there too):
+
+        * the lock's temporaries (``.tmp-lock-…`` beside it: killed while writing or
+          refreshing it).  One may belong to a live client trying to take the lock right
+          now; that attempt would fail anyway (the lock is held): a put whose temporary
+          vanished fails with :class:`ObjectNotFound`, which :meth:`lock` retries, then
+          finding the lock held.
+        * locks set aside by a compare-and-delete that was never finished
+          (``<lock>.gone/<16 hex>``: killed while unlocking or breaking), except this
+          very lock (set aside by a client racing this one, which puts it back).  A
+          client whose set-aside lock is removed under it finds it gone and retries.
+
+        How many were removed; a failure is logged (they wait for the next holder)."""
+        removed = 0
+        try:
+            sweep = getattr(self, "sweep_temporaries", None)
+            parent = posixpath.dirname(path)
+            if sweep is not None and parent:  # (the repository lock: no directory of its own)
+                removed += int(await sweep(parent, older_than=None, recursive=False,
+                                           names=temporaries_of(path)))
+            for entry in await self.list(set_aside(path)):
+                try:
+                    info = read_lock(await get_object(self, entry.path, "lock", entry.path))
+                except ObjectNotFound:
+                    continue  # its client deleted it or put it back meanwhile
+                if info is None or info.nonce != nonce:
+                    await self.delete(entry.path)
+                    removed += 1
+        except (StoreError, OSError) as exc:
+            log.warning("removing what interrupted runs left beside the lock %s failed: %s",
+                        path, exc)
+        if removed:
+            log.info("removed %d file(s) interrupted runs left beside the lock %s", removed,
+                     path)
+        return removed
+
     async def compare_and_delete(self, path: str, same: Callable[[bytes], bool]) -> bool:
         """Delete ``path`` only if ``same(its bytes)``; True if deleted by this call."""
-        aside = f"{path}.gone-{secrets.token_hex(8)}"
+        aside = f"{set_aside(path)}/{secrets.token_hex(8)}"
         try:
             await self.rename(path, aside)
         except ObjectNotFound:
             return False  # someone else moved it first
-        moved = await self.get(aside)
+        try:
+            moved = await self.get(aside)
+        except ObjectNotFound:
+            return False  # removed by the lock's next holder (clear_lock_leftovers)
         if same(moved):
             await self.delete(aside)
             return True
         try:  # a newer lock taken meanwhile: put it back (unless yet another one is there)
             await self.rename(aside, path)
+        except ObjectNotFound:
+            pass  # removed meanwhile as a leftover: its holder's next refresh reports it
         except LocalSyncError:
             await self.delete(aside)
         return False

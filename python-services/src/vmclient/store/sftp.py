@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import posixpath
-import secrets
 import socket
 import stat
 import threading
@@ -62,7 +61,7 @@ from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
 from . import sftp_write
 from .errors import LocalSyncError, ObjectNotFound, StoreError
-from .remote import Entry, LockingMixin, check_path
+from .remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
 from .sftp_reader import Reader, ReaderGone
 from .sftp_wire import Received, SFTPClient
 
@@ -72,7 +71,6 @@ CIPHER = "aes256-gcm@openssh.com"
 REQUEST_SIZE = 255 << 10  # per SFTP read/write request (FIELD-NOTES)
 WRITE_BLOCK = 1 << 20  # pipelined writes of this size
 READ_IN_FLIGHT = 64  # pipelined read requests per connection (64 x 255 KiB)
-TMP_PREFIX = ".tmp-"
 
 T = TypeVar("T")
 
@@ -330,9 +328,10 @@ class SFTPStore(LockingMixin):
             self._rename_here(src, dst)
             return b""
         if op == "sweep":
-            prefix, older_than, recursive = args
+            prefix, older_than, recursive, names = args
             assert isinstance(prefix, str) and (older_than is None or isinstance(older_than, int))
-            return str(self._sweep_here(prefix, older_than, bool(recursive))).encode()
+            assert isinstance(names, str)
+            return str(self._sweep_here(prefix, older_than, bool(recursive), names)).encode()
         path, offset, length = args
         assert isinstance(path, str) and isinstance(offset, int)
         assert length is None or isinstance(length, int)
@@ -358,7 +357,7 @@ class SFTPStore(LockingMixin):
     def _put_here(self, path: str, data: bytes | memoryview, *, exclusive: bool) -> None:
         final = self._remote(path)
         parent = posixpath.dirname(final)
-        tmp = posixpath.join(parent, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        tmp = posixpath.join(parent, temporary_name(path))
         state = {"written": False}
 
         def put(sftp: paramiko.SFTPClient) -> None:
@@ -438,7 +437,8 @@ class SFTPStore(LockingMixin):
 
     async def rename(self, path: str, new: str) -> None:
         """The plain SFTP ``rename`` (OpenSSH: ``link`` + ``unlink``): fails if ``new``
-        exists, :class:`ObjectNotFound` if ``path`` does not."""
+        exists, :class:`ObjectNotFound` if ``path`` does not; ``new``'s directory is made
+        if need be."""
         await self._read("rename", check_path(path), check_path(new))
 
     def _rename_here(self, path: str, new: str) -> None:
@@ -448,6 +448,10 @@ class SFTPStore(LockingMixin):
             try:
                 sftp.rename(src, dst)
             except FileNotFoundError:
+                if _exists(sftp, src):  # no directory for dst yet (a lock's set-aside one)
+                    self._makedirs(sftp, posixpath.dirname(dst))
+                    sftp.rename(src, dst)
+                    return
                 raise
             except OSError:
                 if _exists(sftp, dst):
@@ -459,14 +463,18 @@ class SFTPStore(LockingMixin):
         self._call("rename", path, rename)
 
     async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
-                                recursive: bool = True) -> int:
+                                recursive: bool = True, names: str = TMP_PREFIX) -> int:
         """Remove temporary files a crash left below ``prefix`` (all of them if
         ``older_than`` is None: the caller holds that directory's lock; only those
-        directly in it if not ``recursive``); how many.  Ones this account may not
-        remove (another writer's) are left."""
-        return int(await self._read("sweep", check_path(prefix), older_than, recursive))
+        directly in it if not ``recursive``; only those whose name begins with
+        ``names``, e.g. a lock's); how many.  Ones this account may not remove
+        (another writer's) are left."""
+        if not names.startswith(TMP_PREFIX):
+            raise LocalSyncError(f"not a prefix of temporary file names: {names!r}")
+        return int(await self._read("sweep", check_path(prefix), older_than, recursive, names))
 
-    def _sweep_here(self, base: str, older_than: int | None, recursive: bool) -> int:
+    def _sweep_here(self, base: str, older_than: int | None, recursive: bool,
+                    names: str = TMP_PREFIX) -> int:
         def sweep(sftp: paramiko.SFTPClient) -> int:
             found: builtins.list[tuple[str, int]] = []
             todo = [self._remote(base)]
@@ -481,7 +489,7 @@ class SFTPStore(LockingMixin):
                     if stat.S_ISDIR(a.st_mode or 0):
                         if recursive:
                             todo.append(full)
-                    elif a.filename.startswith(TMP_PREFIX):
+                    elif a.filename.startswith(names):
                         found.append((full, a.st_mtime or 0))
             if older_than is not None:  # (by this host's clock against the server's mtimes)
                 cutoff = time.time() - older_than
