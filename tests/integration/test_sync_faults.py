@@ -179,7 +179,7 @@ def test_sync_killed_at_random_points(tmp_path: Path, over: str) -> None:
     with contextlib.ExitStack() as stack:
         w = stack.enter_context(world(tmp_path))
         r = repository(stack, w, over)
-        dom = w.create("kill", random_mib=24, data=[(0x61, 0, MIB)])
+        dom = w.create("kill", random_mib=8, data=[(0x61, 0, MIB)])
         seed = int(os.environ.get("VMCLIENT_KILL_SEED") or int.from_bytes(os.urandom(4)))
         print(f"{over}: random kills: seed {seed} (VMCLIENT_KILL_SEED={seed} repeats the "
               "choices)")
