@@ -36,3 +36,13 @@ def test_a_sync_in_progress_and_the_lease():
         == ""
     assert sync_text({"State": "running", "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
     assert sync_text({}) == ""
+
+
+def test_pending_orders_from_it():
+    from vmclient.shell.bar import pending_text
+
+    rows = [("crm", "done"), ("erp", "failed"), ("work", "done"), ("hr", "done")]
+    assert pending_text(rows, {"work"}) == "From IT: 2 VMs to install, 1 order failed"
+    assert pending_text([("crm", "done")], set()) == "From IT: 1 VM to install"
+    assert pending_text([("crm", "done")], {"crm"}) == ""
+    assert pending_text([], set()) == ""

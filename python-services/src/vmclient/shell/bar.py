@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 AC, BATTERY = 1, 2
+LID_CLOSED = 3  # powerd's LidState
 _PHASES = {2: "pausing the VMs", 3: "VMs paused", 4: "resuming the VMs", 5: "saving the VMs"}
 
 
@@ -73,3 +74,17 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
     elif "expired" in str(untrusted_props.get("LeaseState", "")):
         parts.append("lease expired")
     return " \u00b7 ".join(parts)
+
+
+def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:
+    """IT's pending orders, from provd's ``ListAssigned`` rows (vm, outcome) and the VMs
+    installed: "From IT: 2 VMs to install", "From IT: 1 order failed"; "" nothing pending."""
+    to_install = sorted({vm for vm, outcome in assigned
+                         if outcome == "done" and vm not in installed})
+    failed = sum(1 for _vm, outcome in assigned if outcome == "failed")
+    parts = []
+    if to_install:
+        parts.append(f"{len(to_install)} VM{'s' if len(to_install) > 1 else ''} to install")
+    if failed:
+        parts.append(f"{failed} order{'s' if failed > 1 else ''} failed")
+    return "From IT: " + ", ".join(parts) if parts else ""
