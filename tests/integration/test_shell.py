@@ -470,3 +470,39 @@ def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
                 weston.stop()
                 syncd.stop()
         assert "Traceback" not in shell.log(), shell.log()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
+    """The real vmclient-provd installs a business VM from the sftp repository (the real
+    sshd); the bar shows its phases as provd reports them, then nothing."""
+    from dbus_fast.aio import MessageBus
+    from fixtures_sshd import ssh_server
+    from journey_env import PROVD, call, datacenter, ok, provd, wait_name
+    from provision_env import need_tools, provision_env
+
+    need_tools("dbus-daemon", vm=False)
+    with ssh_server() as server:
+        async with provision_env(tmp_path) as env:
+            dc = await datacenter(server, env, tmp_path / "admin")
+            with provd(system_bus, env, dc, tmp_path) as log:
+                client = await MessageBus(bus_address=system_bus.address).connect()
+                weston = Weston()
+                shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
+                try:
+                    await wait_name(client, PROVD, log)
+                    recipe = env.recipe(tmp_path, "sftp").read_text()
+                    (vm,) = ok(await call(client, "Install", "s", [recipe]))
+                    wait_for(lambda: shell.ask("state")["installs"][-1:] == [""], 20,
+                             "the install field cleared")
+                    shown = [t for t in shell.ask("state")["installs"] if t]
+                    assert shown and all(t.startswith("Installing") for t in shown), shown
+                    assert any(t.startswith(f"Installing {vm}: downloading") for t in shown), shown
+                    ok(await call(client, "Remove", "s", [vm]))
+                finally:
+                    client.disconnect()
+                    try:
+                        shell.stop()
+                    finally:
+                        weston.stop()
+                assert "Traceback" not in shell.log(), shell.log()

@@ -46,3 +46,14 @@ def test_pending_orders_from_it():
     assert pending_text([("crm", "done")], set()) == "From IT: 1 VM to install"
     assert pending_text([("crm", "done")], {"crm"}) == ""
     assert pending_text([], set()) == ""
+
+
+def test_an_install_in_progress_from_provd():
+    from vmclient.shell.bar import install_text
+
+    assert install_text({"Phase": 3, "CurrentVM": "crm", "BytesDone": 45, "BytesTotal": 100}) \
+        == "Installing crm: downloading 45%"
+    assert install_text({"Phase": 5, "CurrentVM": "crm"}) == "Installing crm: defining"
+    assert install_text({"Phase": 1, "CurrentVM": ""}) == ""  # idle
+    assert install_text({}) == ""  # provd not there
+    assert install_text({"Phase": "x", "BytesTotal": "y"}) == ""

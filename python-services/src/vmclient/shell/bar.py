@@ -88,3 +88,19 @@ def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:
     if failed:
         parts.append(f"{failed} order{'s' if failed > 1 else ''} failed")
     return "From IT: " + ", ".join(parts) if parts else ""
+
+
+_INSTALL_PHASES = {2: "reading the catalog", 3: "downloading", 4: "assembling", 5: "defining"}
+
+
+def install_text(untrusted_props: Mapping[str, Any]) -> str:
+    """vmclient-provd's install progress (``Provisioning`` properties ``Phase``,
+    ``CurrentVM``, ``BytesDone``/``BytesTotal``): "Installing crm: downloading 45%";
+    "" when idle or provd is not there."""
+    phase = _INSTALL_PHASES.get(_int(untrusted_props.get("Phase")))
+    if phase is None:
+        return ""
+    vm = str(untrusted_props.get("CurrentVM", ""))[:40]
+    done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
+    percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
+    return f"Installing {vm}: {phase}{percent}" if vm else f"Installing: {phase}{percent}"

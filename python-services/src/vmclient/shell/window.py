@@ -128,7 +128,9 @@ class Shell:
             PropsWatch(conn, names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
                        self._power),
             PropsWatch(conn, names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
-                       lambda p: self.sync.set_text(bar.sync_text(p)))]
+                       lambda p: self.sync.set_text(bar.sync_text(p))),
+            PropsWatch(conn, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
+                       names.PROVISION_IFACE, lambda p: self.install.set_text(bar.install_text(p)))]
 
     def _build_bar(self) -> None:
         """The bar, left to right: the VM and its zone; Wi-Fi, IT's pending orders, sync,
@@ -146,6 +148,8 @@ class Shell:
         self.bar.pack_end(self.sync, False, False, 0)
         self.pending = label(xalign=1)
         self.bar.pack_end(self.pending, False, False, 0)
+        self.install = label(xalign=1)
+        self.bar.pack_end(self.install, False, False, 0)
         self.wifi_label = label(xalign=1)
         wifi_button = Gtk.EventBox()  # a click opens the Wi-Fi page
         wifi_button.add(self.wifi_label)
