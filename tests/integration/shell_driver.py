@@ -54,6 +54,8 @@ def main() -> int:
     shell = ShellUnderTest(bus.system_bus())
     installs: list[str] = []  # every text the bar's install field showed, in order
     shell.install.connect("notify::label", lambda lbl, _p: installs.append(lbl.get_text()))
+    syncs: list[str] = []  # and its sync field
+    shell.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
     shell.start()
 
     def reply(obj: Any) -> None:
@@ -89,7 +91,7 @@ def main() -> int:
                 "networks": shell.state.networks,
                 "network_rows": [b.get_label() for b in shell.networks.list.get_children()],
                 "network_message": shell.networks.message.get_text(),
-                "installs": installs,
+                "installs": installs, "syncs": syncs,
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()}}
 
     def key(code: int, name: str, mods: list[str]) -> None:

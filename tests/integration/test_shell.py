@@ -506,3 +506,36 @@ async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
                     finally:
                         weston.stop()
                 assert "Traceback" not in shell.log(), shell.log()
+
+
+def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system_bus,
+                                                                         tmp_path):
+    """vmclient-syncd syncs a real VM to the repository (SyncNow); every text of the bar's
+    sync field comes from syncd's properties: the VM and its percent while it runs."""
+    from sync_env import MIB, world
+    from syncd_env import Peers, SyncDaemon
+
+    Peers(system_bus)
+    with world(tmp_path) as w:
+        vm = w.create("d", data=[(0x11, 0, 2 * MIB), (0x22, 20 * MIB, MIB)]).name()
+        syncd = SyncDaemon(system_bus, w, tmp_path, [vm],
+                           "[network]\non_demand_overrides = false\n").start()
+        weston = Weston()
+        shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
+        try:
+            wait_for(lambda: shell.ask("state")["bar"][2] == "" and syncd.props(), 20,
+                     "the shell and syncd up")
+            r = syncd.cli("now", vm, "--json")
+            assert r.returncode == 0, r.stderr + syncd.log()
+            wait_for(lambda: shell.ask("state")["syncs"][-1:] == [""], 20,
+                     "the sync field cleared after the sync")
+            shown = [t for t in shell.ask("state")["syncs"] if t]
+            assert shown and all(t.startswith(f"Syncing {vm}") for t in shown), shown
+            assert any(t.endswith("%") for t in shown), shown
+        finally:
+            try:
+                shell.stop()
+            finally:
+                weston.stop()
+                syncd.stop()
+        assert "Traceback" not in shell.log(), shell.log()
