@@ -323,7 +323,7 @@ def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk)
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 0
 
 
-def test_closing_the_lid_locks_and_opening_it_asks_for_the_password(desk, system_bus, laptop,
+def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_says_why(desk, system_bus, laptop,
                                                                      tmp_path):
     """The real vmclient-powerd on an umockdev laptop owns the lid and pauses the VMs on
     it; the shell locks on powerd's LidState, and the lid open shows the lock."""
@@ -350,6 +350,14 @@ def test_closing_the_lid_locks_and_opening_it_asks_for_the_password(desk, system
         assert not unlock_with(d, PASSWORD)["locked"]
         shows(d, d.business, d.private)
         assert d.guests.echoed(d.business) == 0
+
+        # The bar says why the shown VM is paused, as powerd reports it.
+        assert sorted(powerd.call("PauseAll")) == sorted([d.business, d.private])
+        wait_for(lambda: d.shell.ask("state")["bar"][0]
+                 == f"{d.business} \u2014 business (paused by you)", 20, "the VM's state")
+        powerd.call("ResumeAll")
+        wait_for(lambda: d.shell.ask("state")["bar"][0] == f"{d.business} \u2014 business",
+                 20, "the VM running again in the bar")
     finally:
         powerd.stop()
     assert "Traceback" not in powerd.log(), powerd.log()

@@ -57,3 +57,19 @@ def test_an_install_in_progress_from_provd():
     assert install_text({"Phase": 1, "CurrentVM": ""}) == ""  # idle
     assert install_text({}) == ""  # provd not there
     assert install_text({"Phase": "x", "BytesTotal": "y"}) == ""
+
+
+def test_why_a_vm_is_paused_from_powerd():
+    from vmclient.shell.bar import vm_detail
+
+    power = {"PausedByUs": [("work", "pause"), ("home", "save"), ("old", "pause")],
+             "PauseCauses": [("work", [3]), ("home", [4]), ("old", [])]}
+    assert vm_detail("work", "running", power) == ""
+    assert vm_detail("work", "paused", power) == "paused by you"
+    assert vm_detail("home", "shutoff", power) == "saved: battery low"
+    assert vm_detail("old", "paused", power) == "paused"  # every cause ended
+    assert vm_detail("crm", "paused", power) == "paused"  # not powerd's doing
+    assert vm_detail("work", "paused", {"PausedByUs": [("work", "pause")],
+                                         "PauseCauses": [("work", [1, 2])]}) \
+        == "paused for sleep, paused: lid closed"
+    assert vm_detail("work", "paused", {"PausedByUs": 7}) == "paused"  # nonsense: not trusted

@@ -104,3 +104,29 @@ def install_text(untrusted_props: Mapping[str, Any]) -> str:
     done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
     percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
     return f"Installing {vm}: {phase}{percent}" if vm else f"Installing: {phase}{percent}"
+
+
+_CAUSES = {1: "paused for sleep", 2: "paused: lid closed", 3: "paused by you",
+           4: "saved: battery low", 5: "saved at shutdown"}
+
+
+def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
+    """Why a VM is not running, from provd's state and powerd's ``PausedByUs``/
+    ``PauseCauses``: "paused by you", "paused for sleep", "saved: battery low"; the
+    state as provd says it ("paused", "shutoff") when powerd did not do it; "" running."""
+    if state == "running":
+        return ""
+    try:
+        modes = {str(n): str(m) for n, m in untrusted_power.get("PausedByUs", [])}
+        causes = {str(n): sorted(int(c) for c in cs)
+                  for n, cs in untrusted_power.get("PauseCauses", [])}
+    except (TypeError, ValueError):
+        modes, causes = {}, {}
+    if vm not in modes:
+        return state
+    words = [_CAUSES[c] for c in causes.get(vm, []) if c in _CAUSES]
+    if not words:
+        return "saved" if modes[vm] == "save" else "paused"
+    if modes[vm] == "save":
+        words = [w.replace("paused", "saved") for w in words]
+    return ", ".join(words)

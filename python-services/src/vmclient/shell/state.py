@@ -52,6 +52,7 @@ class VMEntry:
     name: str
     zone: Zone
     state: str  # as provd reports it: running, paused, shutoff, ...
+    detail: str = ""  # why it is not running, in words (the bar's); "" = the state
 
     @property
     def showable(self) -> bool:
@@ -228,5 +229,5 @@ def view(state: State) -> View:
         return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN], "No VM running")
     title = f"{entry.name} \u2014 {entry.zone.value}"
     if entry.state != "running":
-        title += f" ({entry.state})"
+        title += f" ({entry.detail or entry.state})"
     return View("vm", entry.name, entry.zone, ZONE_COLOURS[entry.zone], title)

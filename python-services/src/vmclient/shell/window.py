@@ -109,6 +109,8 @@ class Shell:
         self.lock_page = LockPage(lambda: self.state.locked and not self.state.asleep,
                                   self.unlock)
         self._lid_closed = False
+        self.power_props: dict[str, Any] = {}
+        self._listed_vms: list[bus.VM] = []
         self.overview = Overview(self._chosen)
         self.networks = NetworksPage(self.connect_wifi)
         self.top.add_named(desktop, "desktop")
@@ -217,7 +219,13 @@ class Shell:
             self.none_label.set_text(f"Cannot list the VMs: {err}")
             return
         self._list_error = ""
-        self.set_vms([state.VMEntry(v.name, state.Zone.of(v.kind), v.state) for v in vms])
+        self._listed_vms = vms
+        self.set_vms(self._entries())
+
+    def _entries(self) -> list[state.VMEntry]:
+        return [state.VMEntry(v.name, state.Zone.of(v.kind), v.state,
+                              bar.vm_detail(v.name, v.state, self.power_props))
+                for v in self._listed_vms]
 
     def set_vms(self, entries: list[state.VMEntry]) -> None:
         self.state = state.with_vms(self.state, entries)
@@ -291,6 +299,8 @@ class Shell:
     def _power(self, props: dict[str, Any]) -> None:
         """powerd's properties: the bar's power field, and the lid: closing it locks."""
         self.power.set_text(bar.power_text(props))
+        self.power_props = props
+        self.set_vms(self._entries())  # why each VM is paused
         closed = props.get("LidState") == bar.LID_CLOSED
         if closed and not self._lid_closed:
             log.info("the lid is closed: locking the screen")
