@@ -11,6 +11,7 @@ Commands, one a line; each answers one JSON line:
                            seat, so no keyboard of its own)
   type TEXT             -> TEXT typed, one key press and release a character
   choose SSID           -> a click on SSID's row of the Wi-Fi page
+  click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown)
   switch                -> Super+Tab, answered once GTK has painted the next frame:
                            {"ms": from the key press to that frame, "current": vm}
   lock | unlock         -> the lock page on / off
@@ -92,6 +93,7 @@ def main() -> int:
                 "network_rows": [b.get_label() for b in shell.networks.list.get_children()],
                 "network_message": shell.networks.message.get_text(),
                 "installs": installs, "syncs": syncs,
+                "action_message": shell.action_message.get_text(),
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()}}
 
     def key(code: int, name: str, mods: list[str]) -> None:
@@ -133,6 +135,9 @@ def main() -> int:
             reply({"ok": True})
         elif cmd == "type":
             typed(args[0].rstrip("\n"))
+            reply({"ok": True})
+        elif cmd == "click":
+            shell.buttons[args[0]].clicked()
             reply({"ok": True})
         elif cmd == "choose":
             shell.networks.choose(args[0])

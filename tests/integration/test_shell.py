@@ -58,7 +58,8 @@ class Desk:
 @pytest.fixture
 def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterator[Desk]:
     polkit = system_bus.spawn_mock("polkitd")
-    polkit.SetAllowed([ACTION])  # the shell runs in the seat's active session
+    # the shell runs in the seat's active session
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
     provd = ProvDaemon(system_bus, tmp_path).start()
     weston = shell = None
     try:
@@ -68,7 +69,8 @@ def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterat
             private = guests.create("home", "private", 1, "H")
             weston = Weston()
             shell = ShellUnderTest(weston, system_bus, tmp_path, prefix + "-",
-                                   PasswordSandbox(tmp_path, "nobody", PASSWORD))
+                                   PasswordSandbox(tmp_path, "nobody", PASSWORD),
+                                   groups=("vmclient",))
             yield Desk(guests, weston, shell, business, private)
             shell.stop()
             assert "Traceback" not in shell.log(), shell.log()
@@ -272,7 +274,7 @@ def bare_shell(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path
     assert "Traceback" not in shell.log(), shell.log()
 
 
-def test_the_bar_shows_what_powerd_reports(bare_shell, powerd, laptop):
+def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, laptop, logind):
     powerd()  # on AC, the battery at 80% (the simulated laptop)
 
     def power() -> str:
@@ -286,6 +288,10 @@ def test_the_bar_shows_what_powerd_reports(bare_shell, powerd, laptop):
     laptop.set_ac(False)
     laptop.set_battery(42)
     wait_for(lambda: power() == "On battery, 42%", 20, "the bar following powerd")
+    # "Shut down" asks logind to power off (interactively: polkit may ask).
+    assert bare_shell.ask("click shutdown") == {"ok": True}
+    wait_for(lambda: [list(c[1]) for c in logind.mock.GetMethodCalls("PowerOff")] == [[True]],
+             10, "logind's PowerOff called")
 
 
 def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk):
@@ -351,11 +357,16 @@ def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_
         shows(d, d.business, d.private)
         assert d.guests.echoed(d.business) == 0
 
-        # The bar says why the shown VM is paused, as powerd reports it.
-        assert sorted(powerd.call("PauseAll")) == sorted([d.business, d.private])
+        # The bar's "Pause VMs": powerd pauses them, and the bar says why the VM is paused.
+        assert d.shell.ask("click pause") == {"ok": True}
+        wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs paused", 30,
+                 "powerd's answer in the bar")
+        assert paused() and set(powerd.paused_by_us()) == {d.business, d.private}
         wait_for(lambda: d.shell.ask("state")["bar"][0]
                  == f"{d.business} \u2014 business (paused by you)", 20, "the VM's state")
-        powerd.call("ResumeAll")
+        assert d.shell.ask("click resume") == {"ok": True}
+        wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs resumed", 30,
+                 "powerd's answer in the bar")
         wait_for(lambda: d.shell.ask("state")["bar"][0] == f"{d.business} \u2014 business",
                  20, "the VM running again in the bar")
     finally:
@@ -529,12 +540,14 @@ def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system
         syncd = SyncDaemon(system_bus, w, tmp_path, [vm],
                            "[network]\non_demand_overrides = false\n").start()
         weston = Weston()
-        shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
+        shell = ShellUnderTest(weston, system_bus, tmp_path, "none-", groups=("vmclient",))
         try:
             wait_for(lambda: shell.ask("state")["bar"][2] == "" and syncd.props(), 20,
                      "the shell and syncd up")
-            r = syncd.cli("now", vm, "--json")
-            assert r.returncode == 0, r.stderr + syncd.log()
+            assert shell.ask("click sync") == {"ok": True}  # the bar's "Sync now"
+            wait_for(lambda: shell.ask("state")["action_message"] == "1 VM synced", 60,
+                     "syncd's answer in the bar")
+            assert w.verify(vm).seq == 1  # the snapshot is in the repository
             wait_for(lambda: shell.ask("state")["syncs"][-1:] == [""], 20,
                      "the sync field cleared after the sync")
             shown = [t for t in shell.ask("state")["syncs"] if t]

@@ -23,7 +23,7 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import bar, bus, state, wifi
+from . import actions, bar, bus, state, wifi
 from .lockpage import LockPage
 from .logind import SleepLock
 from .netpage import CSS as NETWORKS_CSS
@@ -143,6 +143,16 @@ class Shell:
         self.title = label(xalign=0)
         self.title.set_margin_start(FRAME_PX)
         self.bar.pack_start(self.title, True, True, 0)
+        self.buttons: dict[str, Any] = {}
+        for name, spec in actions.ACTIONS.items():
+            button = Gtk.Button(label=spec[0])
+            button.set_relief(Gtk.ReliefStyle.NONE)
+            button.set_can_focus(False)  # a key never goes to a button, only to a VM
+            button.connect("clicked", lambda _b, name=name: self.act(name))
+            self.buttons[name] = button
+            self.bar.pack_start(button, False, False, 0)
+        self.action_message = label(xalign=0)
+        self.bar.pack_start(self.action_message, False, False, 0)
         self.power = label(xalign=1)
         self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
         self.bar.pack_end(self.power, False, False, 0)
@@ -206,6 +216,13 @@ class Shell:
     def _wifi(self, st: wifi.WifiState) -> None:
         self.wifi_label.set_text(wifi.text(st))
         self.networks.show(st)
+
+    def act(self, name: str) -> None:
+        """A bar action (sync now, pause, resume, shut down); not while locked."""
+        if self.state.locked:
+            return
+        self.action_message.set_text(f"{actions.ACTIONS[name][0]}\u2026")
+        actions.run(self.conn, name, self.action_message.set_text)
 
     def connect_wifi(self, ssid: str, password: str) -> None:
         """Connect to a Wi-Fi network (the Wi-Fi page's Connect)."""
