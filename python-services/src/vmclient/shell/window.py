@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 BAR_PX = 28
 FRAME_PX = 6
 POLL_S = 2
+SLOW_POLL_TICKS = 5  # assigned VMs and Wi-Fi every 10 s
 LOCK_PAINT_BOUND_MS = 1000  # the most the lock page may hold the host's sleep back
 
 _CSS = """
@@ -122,6 +123,7 @@ class Shell:
         self.window.connect("key-release-event", self._key_release)
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
+        self._ticks = 0
         self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
         self.wifi = wifi.Wifi(conn, self._wifi)
@@ -193,13 +195,20 @@ class Shell:
         self.displays.clear()
 
     def _tick(self) -> bool:
-        self.refresh()
+        self._ticks += 1
+        bus.list_vms(self.conn, self._listed)
+        if self._ticks % SLOW_POLL_TICKS == 0 or self.state.networks:
+            self.refresh_slow()
         return True
 
     # -- the VM list ---------------------------------------------------------------
 
     def refresh(self) -> None:
         bus.list_vms(self.conn, self._listed)
+        self.refresh_slow()
+
+    def refresh_slow(self) -> None:
+        """What changes seldom: IT's assigned VMs, Wi-Fi (every tick while its page is open)."""
         bus.list_assigned(self.conn, self._assigned)
         self.wifi.refresh()
 
@@ -303,6 +312,8 @@ class Shell:
 
     def run(self, cmd: state.Command) -> None:
         self.state = state.command(self.state, cmd)
+        if self.state.networks:
+            self.wifi.refresh()  # the list as it is now, not up to 10 s old
         self.render()
 
     def lock(self) -> None:
