@@ -143,7 +143,7 @@ def main() -> int:
                 for name, kind, seed in (("a", "business", 0), ("b", "private", 1)):
                     guests.wait_painted(guests.create(name, kind, seed, name.upper()))
                 weston = Weston()
-                shell = ShellUnderTest(weston, bus, work, prefix + "-")
+                shell = ShellUnderTest(weston, bus, work, prefix + "-", groups=("vmclient",))
                 try:
                     wait_shown(shell)
                     time.sleep(2)  # both sessions connected, first frames in

@@ -9,6 +9,9 @@ Commands, one a line; each answers one JSON line:
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
                            seat, so no keyboard of its own)
+  type TEXT             -> TEXT typed, one key press and release a character
+  choose SSID           -> a click on SSID's row of the Wi-Fi page
+  click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown)
   switch                -> Super+Tab, answered once GTK has painted the next frame:
                            {"ms": from the key press to that frame, "current": vm}
   lock | unlock         -> the lock page on / off
@@ -50,6 +53,10 @@ class ShellUnderTest(Shell):
 def main() -> int:
     vlog.setup(debug=True)
     shell = ShellUnderTest(bus.system_bus())
+    installs: list[str] = []  # every text the bar's install field showed, in order
+    shell.install.connect("notify::label", lambda lbl, _p: installs.append(lbl.get_text()))
+    syncs: list[str] = []  # and its sync field
+    shell.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
     shell.start()
 
     def reply(obj: Any) -> None:
@@ -78,7 +85,15 @@ def main() -> int:
                 "bar": [shell.title.get_text(), shell.power.get_text(), shell.sync.get_text()],
                 "none": shell.none_label.get_text(),
                 "min_width": shell.window.get_preferred_width()[0],
-                "overview": shell.state.overview,
+                "overview": shell.state.overview, "asleep": shell.state.asleep,
+                "lock_message": shell.lock_page.message.get_text(),
+                "checking": shell.lock_page.checking,
+                "wifi": shell.wifi_label.get_text(), "pending": shell.pending.get_text(),
+                "networks": shell.state.networks,
+                "network_rows": [b.get_label() for b in shell.networks.list.get_children()],
+                "network_message": shell.networks.message.get_text(),
+                "installs": installs, "syncs": syncs,
+                "action_message": shell.action_message.get_text(),
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()}}
 
     def key(code: int, name: str, mods: list[str]) -> None:
@@ -95,16 +110,37 @@ def main() -> int:
             ev.key.time = Gtk.get_current_event_time()
             shell.window.event(ev)
 
+    def typed(text: str) -> None:
+        for ch in text:
+            for kind in (Gdk.EventType.KEY_PRESS, Gdk.EventType.KEY_RELEASE):
+                ev = Gdk.Event.new(kind)
+                ev.key.window = shell.window.get_window()
+                ev.key.send_event = True
+                ev.key.keyval = Gdk.unicode_to_keyval(ord(ch))
+                ev.key.string = ch
+                ev.key.length = 1
+                ev.key.time = Gtk.get_current_event_time()
+                shell.window.event(ev)
+
     def on_line(_fd: int, _cond: Any) -> bool:
         line = sys.stdin.readline()
         if not line:
             Gtk.main_quit()
             return False
-        cmd, *args = line.split()
+        cmd, *args = line.split(None, 1) if line.startswith("type ") else line.split()
         if cmd == "state":
             reply(info())
         elif cmd == "key":
             key(int(args[0]), args[1], args[2:])
+            reply({"ok": True})
+        elif cmd == "type":
+            typed(args[0].rstrip("\n"))
+            reply({"ok": True})
+        elif cmd == "click":
+            shell.buttons[args[0]].clicked()
+            reply({"ok": True})
+        elif cmd == "choose":
+            shell.networks.choose(args[0])
             reply({"ok": True})
         elif cmd == "switch":
             clock = shell.window.get_frame_clock()

@@ -7,11 +7,23 @@ image runs: Debian 12's Weston 10.0.1 kiosk-shell maps a window only when it
 gives it a seat's keyboard focus, and the headless backend has no seat (fixed
 in Weston 11: kiosk-shell activates surfaces without a keyboard).  The shell's
 window is full screen either way.
+
+:class:`PasswordSandbox` gives the shell a password without touching the host:
+the shell runs in a mount namespace of its own with an overlay on ``/etc``
+where ``pam.d`` also holds the image's ``vmclient-shell`` service file
+(python-services/data/pam.d; it includes the host's ``common-*``), ``shadow``
+is a copy with a password hash for the shell's user (made by ``openssl passwd
+-6``), and ``nsswitch.conf`` reads shadow entries from files only (systemd's NSS
+module synthesises a shadow entry for ``nobody``, which would keep pam_unix
+from asking its helper).  The check
+itself is the image's: pam_unix, and its setuid helper ``unix_chkpwd`` reading
+that shadow file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import shutil
@@ -29,13 +41,18 @@ from pixels import Image
 
 from testlib import SERVICES
 
+PAM_SERVICE_FILE = SERVICES / "data" / "pam.d" / "vmclient-shell"
+
 HERE = Path(__file__).resolve().parent
 WIDTH, HEIGHT = 1024, 768
 USER = 65534  # nobody: the shell runs unprivileged
 
 
-def _as_user(uid: int) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+def _as_user(uid: int, groups: tuple[str, ...] = ()) -> list[str]:
+    """setpriv's arguments to run as ``uid`` with the supplementary ``groups`` (names)."""
+    gids = ",".join(str(grp.getgrnam(g).gr_gid) for g in groups)
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}",
+            f"--groups={gids}" if gids else "--clear-groups"]
 
 
 class Weston:
@@ -90,16 +107,57 @@ class Weston:
         self.log_path.unlink(missing_ok=True)
 
 
+class PasswordSandbox:
+    """The shell's /etc: the host's, under an overlay holding the test's shadow, nsswitch.conf
+    and the image's PAM service file."""
+
+    def __init__(self, workdir: Path, user: str, password: str) -> None:
+        self.dir = workdir / "etc-overlay"
+        upper = self.dir / "upper"
+        (upper / "pam.d").mkdir(parents=True)
+        (self.dir / "work").mkdir()
+        shutil.copy(PAM_SERVICE_FILE, upper / "pam.d" / "vmclient-shell")
+        digest = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        lines = []
+        for line in Path("/etc/shadow").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == user:
+                fields[1] = digest
+            lines.append(":".join(fields))
+        shadow = upper / "shadow"
+        shadow.write_text("\n".join(lines) + "\n")
+        shutil.chown(shadow, "root", "shadow")
+        shadow.chmod(0o640)
+        nss = [("shadow:         files" if ln.startswith("shadow:") else ln)
+               for ln in Path("/etc/nsswitch.conf").read_text().splitlines()]
+        (upper / "nsswitch.conf").write_text("\n".join(nss) + "\n")
+        for d in (upper, upper / "pam.d"):
+            d.chmod(0o755)
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """``cmd`` in a mount namespace of its own with the overlay on /etc (the host's /etc
+        stays as it is; other tests change it meanwhile, e.g. useradd)."""
+        opts = (f"lowerdir=/etc,upperdir={self.dir / 'upper'},"
+                f"workdir={self.dir / 'work'}")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f'mount -t overlay vmclient-test-etc -o {opts} /etc && exec "$@"', "sh", *cmd]
+
+
 class ShellUnderTest:
     """shell_driver.py on the Weston, talking to vmclient-provd on the private bus."""
 
     def __init__(self, weston: Weston, bus: PrivateSystemBus, workdir: Path,
-                 prefix: str) -> None:
+                 prefix: str, passwords: PasswordSandbox | None = None,
+                 groups: tuple[str, ...] = ()) -> None:
+        """``groups``: the shell's user's (the image puts the seat's user in ``vmclient``,
+        whom the bus policy lets call provd's methods)."""
         self.weston = weston
         self.log_path = workdir / "shell.log"
+        cmd = [*_as_user(weston.uid, groups), sys.executable, str(HERE / "shell_driver.py")]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*_as_user(weston.uid), sys.executable, str(HERE / "shell_driver.py")],
+                passwords.wrap(cmd) if passwords is not None else cmd,
                 env={**weston.env(), "GDK_BACKEND": "wayland",
                      "DBUS_SYSTEM_BUS_ADDRESS": bus.address, "VMCLIENT_TEST_PREFIX": prefix,
                      "PYTHONPATH": str(SERVICES / "src")},

@@ -13,21 +13,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 from echo_guest import EchoGuests, echo_guests
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from pixels import Image
-from powerd_harness import Logind
+from powerd_harness import Logind, PowerDaemon
 from provd_harness import ProvDaemon
-from shell_harness import HEIGHT, WIDTH, ShellUnderTest, Weston
+from shell_harness import HEIGHT, WIDTH, PasswordSandbox, ShellUnderTest, Weston
 
 from testlib import need
 from vmclient.shell.state import ZONE_COLOURS, Zone
 from vmclient.shell.window import BAR_PX, FRAME_PX
 
 ACTION = "org.vmclient.VMClient1.open-display"
-KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2 = 15, 35, 23, 57, 3  # evdev codes
+KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER = 15, 35, 23, 57, 3, 38, 28
+PASSWORD = "Correct horse-7"  # the shell's user's, in its PAM sandbox (shell_harness)
 GUEST_W, GUEST_H = 720, 400  # the guests' 80x25 text mode
 
 
@@ -56,7 +58,8 @@ class Desk:
 @pytest.fixture
 def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterator[Desk]:
     polkit = system_bus.spawn_mock("polkitd")
-    polkit.SetAllowed([ACTION])  # the shell runs in the seat's active session
+    # the shell runs in the seat's active session
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
     provd = ProvDaemon(system_bus, tmp_path).start()
     weston = shell = None
     try:
@@ -65,7 +68,9 @@ def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterat
             business = guests.create("work", "business", 0, "W")
             private = guests.create("home", "private", 1, "H")
             weston = Weston()
-            shell = ShellUnderTest(weston, system_bus, tmp_path, prefix + "-")
+            shell = ShellUnderTest(weston, system_bus, tmp_path, prefix + "-",
+                                   PasswordSandbox(tmp_path, "nobody", PASSWORD),
+                                   groups=("vmclient",))
             yield Desk(guests, weston, shell, business, private)
             shell.stop()
             assert "Traceback" not in shell.log(), shell.log()
@@ -151,10 +156,25 @@ def zone_marked(screen: Image, zone: Zone) -> bool:
 
 
 def hidden(shot: Image) -> bool:
-    """The lock page: black, but for the white "Locked" in the middle; no guest colour."""
+    """The lock page: black, but for its text and password field in the middle; no guest
+    colour anywhere else."""
     return all(shot.at(x, y) in ((0, 0, 0), (255, 255, 255))
                for y in range(0, HEIGHT, 16) for x in range(0, WIDTH, 16)
-               if abs(y - HEIGHT // 2) > 30)
+               if abs(y - HEIGHT // 2) > 60 or abs(x - WIDTH // 2) > 200)
+
+
+def answered(d: Desk) -> dict[str, Any]:
+    """The shell's state once PAM has answered (a refusal takes pam_unix's ~2 s delay)."""
+    def done() -> dict[str, Any] | None:
+        st: dict[str, Any] = d.shell.ask("state")
+        return None if st["checking"] else st
+    return wait_for(done, 20, "PAM's answer")
+
+
+def unlock_with(d: Desk, password: str) -> dict[str, Any]:
+    assert d.shell.ask(f"type {password}") == {"ok": True}
+    d.shell.key(KEY_ENTER, "Return")
+    return answered(d)
 
 
 def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_into_it(desk):
@@ -186,14 +206,20 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     screen, _, _ = shows(d, d.business, d.private)
     assert zone_marked(screen, Zone.BUSINESS)
 
-    # The lock page hides every VM: no guest colour anywhere on the screen.
-    assert d.shell.ask("lock") == {"ok": True}
-
+    # Super+L locks: the lock page hides every VM, no guest colour anywhere on the screen.
+    d.shell.key(KEY_L, "l", "super")
+    assert d.shell.ask("state")["locked"]
     wait_for(lambda: hidden(d.weston.screenshot()), 10, "the lock page")
-    d.shell.key(KEY_H, "h")  # consumed (for now it unlocks: docs/shell.md)
-    time.sleep(0.5)
-    assert d.guests.echoed(d.business) == 0  # locked: no key reaches a VM
+    # Keys go to the password field, none to a VM; a wrong password (PAM) keeps it locked.
+    st = unlock_with(d, "h")
+    assert st["locked"] and st["lock_message"] == "Wrong password", st
+    assert hidden(d.weston.screenshot())
+    assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 2
+    # The user's password unlocks (pam_unix through unix_chkpwd, the image's service file).
+    st = unlock_with(d, PASSWORD)
+    assert not st["locked"] and st["lock_message"] == "", st
     shows(d, d.business, d.private)
+    assert d.guests.echoed(d.business) == 0  # the password never reached a VM
 
     # The shown VM stops: the shell closes its session and shows the one still running.
     d.guests.conn.lookupByName(d.business).destroy()
@@ -217,12 +243,18 @@ def test_the_screen_locks_before_the_host_sleeps(desk, logind):
     # Released only once the lock page was painted: the screen shows no VM now.
     assert hidden(d.weston.screenshot())
     assert d.shell.ask("state")["locked"]
-    d.shell.key(KEY_H, "h")  # the host is asleep: nothing unlocks
-    assert d.shell.ask("state")["locked"]
+    # The host is asleep: even the password does not unlock (no key is taken).
+    assert unlock_with(d, PASSWORD)["locked"]
 
     logind.prepare_for_sleep(False)
     wait_for(shell_lock, 10, "the delay lock taken again after the wake-up")
     assert d.shell.ask("state")["locked"] and hidden(d.weston.screenshot())
+    # Awake, the lid open: the lock asks for the password, and it unlocks.
+    assert unlock_with(d, "not it")["locked"]
+    assert hidden(d.weston.screenshot())
+    st = unlock_with(d, PASSWORD)
+    assert not st["locked"], (st, d.shell.log()[-3000:])
+    shows(d, d.business, d.private)
     assert d.guests.echoed(d.business) == 0
 
 
@@ -242,7 +274,7 @@ def bare_shell(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path
     assert "Traceback" not in shell.log(), shell.log()
 
 
-def test_the_bar_shows_what_powerd_reports(bare_shell, powerd, laptop):
+def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, laptop, logind):
     powerd()  # on AC, the battery at 80% (the simulated laptop)
 
     def power() -> str:
@@ -256,6 +288,10 @@ def test_the_bar_shows_what_powerd_reports(bare_shell, powerd, laptop):
     laptop.set_ac(False)
     laptop.set_battery(42)
     wait_for(lambda: power() == "On battery, 42%", 20, "the bar following powerd")
+    # "Shut down" asks logind to power off (interactively: polkit may ask).
+    assert bare_shell.ask("click shutdown") == {"ok": True}
+    wait_for(lambda: [list(c[1]) for c in logind.mock.GetMethodCalls("PowerOff")] == [[True]],
+             10, "logind's PowerOff called")
 
 
 def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk):
@@ -291,3 +327,236 @@ def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk)
     assert st["current"] == d.private and not st["overview"]
     shows(d, d.private, d.business)
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 0
+
+
+def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_says_why(desk, system_bus, laptop,
+                                                                     tmp_path):
+    """The real vmclient-powerd on an umockdev laptop owns the lid and pauses the VMs on
+    it; the shell locks on powerd's LidState, and the lid open shows the lock."""
+    d = desk
+    d.guests.wait_painted(d.business)
+    shows(d, d.business, d.private)
+    powerd = PowerDaemon(system_bus, laptop, tmp_path,
+                         f'[vms]\nname_prefix = "{d.guests.prefix}-"\n'
+                         '[lid]\non_ac = "pause"\n').start()
+    try:
+        def paused() -> bool:
+            return all(d.guests.conn.lookupByName(vm).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+                       for vm in (d.business, d.private))
+        laptop.set_lid(True)
+        wait_for(lambda: d.shell.ask("state")["locked"], 10, "the lock on the lid closing")
+        wait_for(paused, 30, "powerd pausing the VMs for the lid")
+        assert hidden(d.weston.screenshot())
+
+        laptop.set_lid(False)
+        wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
+        st = d.shell.ask("state")
+        assert st["locked"] and hidden(d.weston.screenshot()), st
+        assert unlock_with(d, "h")["locked"]
+        assert not unlock_with(d, PASSWORD)["locked"]
+        shows(d, d.business, d.private)
+        assert d.guests.echoed(d.business) == 0
+
+        # The bar's "Pause VMs": powerd pauses them, and the bar says why the VM is paused.
+        assert d.shell.ask("click pause") == {"ok": True}
+        wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs paused", 30,
+                 "powerd's answer in the bar")
+        assert paused() and set(powerd.paused_by_us()) == {d.business, d.private}
+        wait_for(lambda: d.shell.ask("state")["bar"][0]
+                 == f"{d.business} \u2014 business (paused by you)", 20, "the VM's state")
+        assert d.shell.ask("click resume") == {"ok": True}
+        wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs resumed", 30,
+                 "powerd's answer in the bar")
+        wait_for(lambda: d.shell.ask("state")["bar"][0] == f"{d.business} \u2014 business",
+                 20, "the VM running again in the bar")
+    finally:
+        powerd.stop()
+    assert "Traceback" not in powerd.log(), powerd.log()
+
+
+KEY_N, KEY_ESC = 49, 1
+NM_DEVICE_DISCONNECTED, AP_MODE_INFRA, AP_SEC_NONE, AP_SEC_PSK = 30, 2, 0, 0x100
+
+
+def test_the_bar_shows_wifi_from_networkmanager_connects_and_shows_what_it_assigned(
+        system_bus, logind, tmp_path):
+    """Wi-Fi through NetworkManager's D-Bus API (dbusmock's networkmanager template), and
+    IT's pending orders from the real vmclient-provd's ListAssigned."""
+    from vmclient.manage import assigned
+
+    polkit = system_bus.spawn_mock("polkitd")
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.provision.manage"])
+    nm = system_bus.spawn_mock("networkmanager")
+    wlan = nm.AddWiFiDevice("wlan0", "wlan0", NM_DEVICE_DISCONNECTED)
+    office = nm.AddAccessPoint(wlan, "office", "office", "00:11:22:33:44:01", AP_MODE_INFRA,
+                               2437, 54000, 72, AP_SEC_PSK)
+    nm.AddAccessPoint(wlan, "cafe", "cafe", "00:11:22:33:44:02", AP_MODE_INFRA, 2412, 54000,
+                      40, AP_SEC_NONE)
+    manage = tmp_path / "manage"
+    manage.mkdir()
+    assigned.record(manage, assigned.Assigned("crm", "crm-image", 4, "done", ""))
+    assigned.record(manage, assigned.Assigned("erp", "erp-image", 5, "failed", "no such image"))
+    provd = ProvDaemon(system_bus, tmp_path).start()
+    weston = Weston()
+    shell = ShellUnderTest(weston, system_bus, tmp_path, "none-", groups=("vmclient",))
+    try:
+        def st() -> dict[str, Any]:
+            return shell.ask("state")  # type: ignore[no-any-return]
+        wait_for(lambda: st()["wifi"] == "Wi-Fi: not connected", 20, "the bar's Wi-Fi field")
+        wait_for(lambda: st()["pending"] == "From IT: 1 VM to install, 1 order failed", 20,
+                 "IT's pending orders in the bar")
+
+        shell.key(KEY_N, "n", "super")  # the Wi-Fi page: strongest first, secured marked
+        wait_for(lambda: len(st()["network_rows"]) == 2, 10, "the Wi-Fi page's list")
+        s = st()
+        assert s["networks"] and s["network_rows"] == ["office  72%, password", "cafe  40%"], s
+        assert shell.ask("choose office") == {"ok": True}
+        assert shell.ask("type s3cret pass") == {"ok": True}
+        shell.key(KEY_ENTER, "Return")
+        wait_for(lambda: st()["network_message"] == "Connected", 20, "NetworkManager's answer")
+        # NetworkManager has the connection, on the chosen access point; the bar follows.
+        nm_obj = system_bus.connection().get_object("org.freedesktop.NetworkManager",
+                                                    "/org/freedesktop/NetworkManager")
+        (active,) = nm_obj.Get("org.freedesktop.NetworkManager", "ActiveConnections",
+                               dbus_interface="org.freedesktop.DBus.Properties")
+        ac = system_bus.connection().get_object("org.freedesktop.NetworkManager", active)
+        assert str(ac.Get("org.freedesktop.NetworkManager.Connection.Active", "SpecificObject",
+                          dbus_interface="org.freedesktop.DBus.Properties")) == office
+        wait_for(lambda: st()["wifi"] == "Wi-Fi office 72%", 20, "the bar showing the network")
+        shell.key(KEY_ESC, "Escape")
+        assert not st()["networks"]
+        # IT takes the failed order back: provd no longer reports it, the bar follows.
+        assigned.forget(manage, "erp")
+        wait_for(lambda: st()["pending"] == "From IT: 1 VM to install", 20, "the bar following")
+        assert st()["min_width"] <= WIDTH
+    finally:
+        try:
+            shell.stop()
+        finally:
+            weston.stop()
+            provd.stop()
+    assert "Traceback" not in shell.log(), shell.log()
+
+
+def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
+    """An enrolled laptop whose lease runs out in 90 minutes: IT's renew-lease order reaches
+    the real vmclient-syncd (the management agent), which reports LeaseRemaining; the
+    bar shows the time left."""
+    from sync_env import run, world
+    from syncd_env import Peers, SyncDaemon
+
+    from vmclient.manage import admin as it
+    from vmclient.manage.agent import Agent
+    from vmclient.manage.enrol import CodeBook, process_requests
+    from vmclient.manage.inventory import ManageConfig
+    from vmclient.manage.keys import write_private
+    from vmclient.store import crypto
+
+    Peers(system_bus)  # logind, UPower, NetworkManager for syncd (and the shell)
+    with world(tmp_path) as w:
+        manage = tmp_path / "manage"
+        write_private(tmp_path / "device" / "signing.key", crypto.raw_private(w.a.signing))
+        write_private(tmp_path / "device" / "wrapping.key", crypto.raw_private(w.a.wrapping))
+        agent = Agent(ManageConfig(state_dir=manage, vm_keys_dir=tmp_path / "provision" / "keys",
+                                   images_dir=tmp_path / "images", name_prefix=f"{w.prefix}-",
+                                   device_dir=tmp_path / "device"), w.remote, w.hv)
+        book = CodeBook(tmp_path / "admin" / "codes.json")
+        code = book.issue("laptop-s", int(time.time()))
+        run(agent.request_enrolment(crypto.raw_public(w.admin.public_key()), "laptop-s", code))
+        [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+        assert done.enrolled, done
+        device = agent.state_file.load().device
+        run(it.issue_order(w.remote, w.admin, device, "renew-lease",
+                           {"lease_until": int(time.time()) + 90 * 60}, int(time.time()),
+                           numbers=it.OrderNumbers(tmp_path / "admin" / "orders.json")))
+        syncd = SyncDaemon(system_bus, w, tmp_path, [], manage=manage).start()
+        weston = Weston()
+        shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
+        try:
+            wait_for(lambda: 0 < syncd.props()["LeaseRemaining"] <= 90 * 60, 60,
+                     "syncd reporting the renewed lease")
+            remaining = int(syncd.props()["LeaseRemaining"])
+            minutes = {(remaining - d) // 60 for d in range(0, 30)}  # the bar may lag a poll
+
+            def lease() -> str:
+                return str(shell.ask("state")["bar"][2])
+            wait_for(lambda: lease() in {f"lease 1 h {m - 60} min" for m in minutes}, 20,
+                     "the bar's lease")
+        finally:
+            try:
+                shell.stop()
+            finally:
+                weston.stop()
+                syncd.stop()
+        assert "Traceback" not in shell.log(), shell.log()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
+    """The real vmclient-provd installs a business VM from the sftp repository (the real
+    sshd); the bar shows its phases as provd reports them, then nothing."""
+    from dbus_fast.aio import MessageBus
+    from fixtures_sshd import ssh_server
+    from journey_env import PROVD, call, datacenter, ok, provd, wait_name
+    from provision_env import need_tools, provision_env
+
+    need_tools("dbus-daemon", vm=False)
+    with ssh_server() as server:
+        async with provision_env(tmp_path) as env:
+            dc = await datacenter(server, env, tmp_path / "admin")
+            with provd(system_bus, env, dc, tmp_path) as log:
+                client = await MessageBus(bus_address=system_bus.address).connect()
+                weston = Weston()
+                shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
+                try:
+                    await wait_name(client, PROVD, log)
+                    recipe = env.recipe(tmp_path, "sftp").read_text()
+                    (vm,) = ok(await call(client, "Install", "s", [recipe]))
+                    wait_for(lambda: shell.ask("state")["installs"][-1:] == [""], 20,
+                             "the install field cleared")
+                    shown = [t for t in shell.ask("state")["installs"] if t]
+                    assert shown and all(t.startswith("Installing") for t in shown), shown
+                    assert any(t.startswith(f"Installing {vm}: downloading") for t in shown), shown
+                    ok(await call(client, "Remove", "s", [vm]))
+                finally:
+                    client.disconnect()
+                    try:
+                        shell.stop()
+                    finally:
+                        weston.stop()
+                assert "Traceback" not in shell.log(), shell.log()
+
+
+def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system_bus,
+                                                                         tmp_path):
+    """vmclient-syncd syncs a real VM to the repository (SyncNow); every text of the bar's
+    sync field comes from syncd's properties: the VM and its percent while it runs."""
+    from sync_env import MIB, world
+    from syncd_env import Peers, SyncDaemon
+
+    Peers(system_bus)
+    with world(tmp_path) as w:
+        vm = w.create("d", data=[(0x11, 0, 2 * MIB), (0x22, 20 * MIB, MIB)]).name()
+        syncd = SyncDaemon(system_bus, w, tmp_path, [vm],
+                           "[network]\non_demand_overrides = false\n").start()
+        weston = Weston()
+        shell = ShellUnderTest(weston, system_bus, tmp_path, "none-", groups=("vmclient",))
+        try:
+            wait_for(lambda: shell.ask("state")["bar"][2] == "" and syncd.props(), 20,
+                     "the shell and syncd up")
+            assert shell.ask("click sync") == {"ok": True}  # the bar's "Sync now"
+            wait_for(lambda: shell.ask("state")["action_message"] == "1 VM synced", 60,
+                     "syncd's answer in the bar")
+            assert w.verify(vm).seq == 1  # the snapshot is in the repository
+            wait_for(lambda: shell.ask("state")["syncs"][-1:] == [""], 20,
+                     "the sync field cleared after the sync")
+            shown = [t for t in shell.ask("state")["syncs"] if t]
+            assert shown and all(t.startswith(f"Syncing {vm}") for t in shown), shown
+            assert any(t.endswith("%") for t in shown), shown
+        finally:
+            try:
+                shell.stop()
+            finally:
+                weston.stop()
+                syncd.stop()
+        assert "Traceback" not in shell.log(), shell.log()

@@ -36,3 +36,40 @@ def test_a_sync_in_progress_and_the_lease():
         == ""
     assert sync_text({"State": "running", "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
     assert sync_text({}) == ""
+
+
+def test_pending_orders_from_it():
+    from vmclient.shell.bar import pending_text
+
+    rows = [("crm", "done"), ("erp", "failed"), ("work", "done"), ("hr", "done")]
+    assert pending_text(rows, {"work"}) == "From IT: 2 VMs to install, 1 order failed"
+    assert pending_text([("crm", "done")], set()) == "From IT: 1 VM to install"
+    assert pending_text([("crm", "done")], {"crm"}) == ""
+    assert pending_text([], set()) == ""
+
+
+def test_an_install_in_progress_from_provd():
+    from vmclient.shell.bar import install_text
+
+    assert install_text({"Phase": 3, "CurrentVM": "crm", "BytesDone": 45, "BytesTotal": 100}) \
+        == "Installing crm: downloading 45%"
+    assert install_text({"Phase": 5, "CurrentVM": "crm"}) == "Installing crm: defining"
+    assert install_text({"Phase": 1, "CurrentVM": ""}) == ""  # idle
+    assert install_text({}) == ""  # provd not there
+    assert install_text({"Phase": "x", "BytesTotal": "y"}) == ""
+
+
+def test_why_a_vm_is_paused_from_powerd():
+    from vmclient.shell.bar import vm_detail
+
+    power = {"PausedByUs": [("work", "pause"), ("home", "save"), ("old", "pause")],
+             "PauseCauses": [("work", [3]), ("home", [4]), ("old", [])]}
+    assert vm_detail("work", "running", power) == ""
+    assert vm_detail("work", "paused", power) == "paused by you"
+    assert vm_detail("home", "shutoff", power) == "saved: battery low"
+    assert vm_detail("old", "paused", power) == "paused"  # every cause ended
+    assert vm_detail("crm", "paused", power) == "paused"  # not powerd's doing
+    assert vm_detail("work", "paused", {"PausedByUs": [("work", "pause")],
+                                         "PauseCauses": [("work", [1, 2])]}) \
+        == "paused for sleep, paused: lid closed"
+    assert vm_detail("work", "paused", {"PausedByUs": 7}) == "paused"  # nonsense: not trusted

@@ -111,3 +111,18 @@ def test_the_overview_opens_on_its_hotkey_and_one_key_switches():
     assert choose(o, "home").current == "home" and not choose(o, "home").overview
     assert command(o, Command.OVERVIEW).overview is False  # the hotkey again closes it
     assert view(lock(o)).page == "lock" and not lock(o).overview
+
+
+def test_super_l_locks_and_super_n_opens_the_wifi_page_but_not_while_locked():
+    s = with_vms(State(), [B1, P1])
+    assert hotkey(Key("l", super_=True)) == Command.LOCK
+    assert hotkey(Key("l")) is None  # a plain l is the guest's
+    assert view(command(s, Command.LOCK)).page == "lock"
+    opened = command(s, Command.NETWORKS)
+    assert view(opened).page == "networks" and view(opened).vm is None
+    assert view(command(opened, Command.NETWORKS)).page == "vm"  # the hotkey again closes
+    assert view(command(opened, Command.NEXT)).page == "vm"
+    locked = command(opened, Command.LOCK)
+    assert view(locked).page == "lock" and not locked.networks
+    assert command(locked, Command.NETWORKS) == locked
+    assert view(sleep(opened)).page == "lock"

@@ -99,6 +99,10 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
             bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
         except Exception as exc:  # a bug: still reply, then log the traceback
+            if not bus.connected:  # the daemon is stopping: nobody to reply to, no bug
+                log.info("%s for %s: no reply, the bus connection is closed", msg.member,
+                         msg.sender)
+                return
             log.exception("%s failed", msg.member)
             bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
                                        f"internal error: {exc}"))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 AC, BATTERY = 1, 2
+LID_CLOSED = 3  # powerd's LidState
 _PHASES = {2: "pausing the VMs", 3: "VMs paused", 4: "resuming the VMs", 5: "saving the VMs"}
 
 
@@ -73,3 +74,59 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
     elif "expired" in str(untrusted_props.get("LeaseState", "")):
         parts.append("lease expired")
     return " \u00b7 ".join(parts)
+
+
+def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:
+    """IT's pending orders, from provd's ``ListAssigned`` rows (vm, outcome) and the VMs
+    installed: "From IT: 2 VMs to install", "From IT: 1 order failed"; "" nothing pending."""
+    to_install = sorted({vm for vm, outcome in assigned
+                         if outcome == "done" and vm not in installed})
+    failed = sum(1 for _vm, outcome in assigned if outcome == "failed")
+    parts = []
+    if to_install:
+        parts.append(f"{len(to_install)} VM{'s' if len(to_install) > 1 else ''} to install")
+    if failed:
+        parts.append(f"{failed} order{'s' if failed > 1 else ''} failed")
+    return "From IT: " + ", ".join(parts) if parts else ""
+
+
+_INSTALL_PHASES = {2: "reading the catalog", 3: "downloading", 4: "assembling", 5: "defining"}
+
+
+def install_text(untrusted_props: Mapping[str, Any]) -> str:
+    """vmclient-provd's install progress (``Provisioning`` properties ``Phase``,
+    ``CurrentVM``, ``BytesDone``/``BytesTotal``): "Installing crm: downloading 45%";
+    "" when idle or provd is not there."""
+    phase = _INSTALL_PHASES.get(_int(untrusted_props.get("Phase")))
+    if phase is None:
+        return ""
+    vm = str(untrusted_props.get("CurrentVM", ""))[:40]
+    done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
+    percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
+    return f"Installing {vm}: {phase}{percent}" if vm else f"Installing: {phase}{percent}"
+
+
+_CAUSES = {1: "paused for sleep", 2: "paused: lid closed", 3: "paused by you",
+           4: "saved: battery low", 5: "saved at shutdown"}
+
+
+def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
+    """Why a VM is not running, from provd's state and powerd's ``PausedByUs``/
+    ``PauseCauses``: "paused by you", "paused for sleep", "saved: battery low"; the
+    state as provd says it ("paused", "shutoff") when powerd did not do it; "" running."""
+    if state == "running":
+        return ""
+    try:
+        modes = {str(n): str(m) for n, m in untrusted_power.get("PausedByUs", [])}
+        causes = {str(n): sorted(int(c) for c in cs)
+                  for n, cs in untrusted_power.get("PauseCauses", [])}
+    except (TypeError, ValueError):
+        modes, causes = {}, {}
+    if vm not in modes:
+        return state
+    words = [_CAUSES[c] for c in causes.get(vm, []) if c in _CAUSES]
+    if not words:
+        return "saved" if modes[vm] == "save" else "paused"
+    if modes[vm] == "save":
+        words = [w.replace("paused", "saved") for w in words]
+    return ", ".join(words)

@@ -104,3 +104,28 @@ def list_vms(conn: Any, done: Callable[[list[VM] | None, RemoteError | None], No
             return
         done([VM(str(n), str(k), str(s)) for n, k, s in rows], None)
     conn.call(*_call_args("ListVMs", None, "(a(sss))"), None, finish)
+
+
+@dataclass(frozen=True)
+class AssignedVM:
+    vm: str
+    image: str
+    order: int
+    outcome: str  # done | failed (the agent's assign order)
+    detail: str
+
+
+def list_assigned(conn: Any, done: Callable[[list[AssignedVM] | None, RemoteError | None], None]
+                  ) -> None:
+    """What IT assigned to this laptop (provd's ``ListAssigned``)."""
+    def finish(c: Any, res: Any) -> None:
+        try:
+            (rows,) = c.call_finish(res).unpack()
+        except GLib.Error as err:
+            done(None, _error(err))
+            return
+        done([AssignedVM(str(v), str(i), int(o), str(out), str(d)) for v, i, o, out, d in rows],
+             None)
+    conn.call(names.PROVISION_BUS_NAME, names.PROVISION_PATH, names.PROVISION_IFACE,
+              "ListAssigned", None, GLib.VariantType.new("(a(ssuss))"), Gio.DBusCallFlags.NONE,
+              TIMEOUT_MS, None, finish)

@@ -52,6 +52,7 @@ class VMEntry:
     name: str
     zone: Zone
     state: str  # as provd reports it: running, paused, shutoff, ...
+    detail: str = ""  # why it is not running, in words (the bar's); "" = the state
 
     @property
     def showable(self) -> bool:
@@ -63,6 +64,7 @@ class Command(enum.Enum):
     PREVIOUS = "previous"
     LOCK = "lock"
     OVERVIEW = "overview"
+    NETWORKS = "networks"
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ HOTKEYS: dict[Key, Command] = {
     Key("ISO_Left_Tab", super_=True, shift=True): Command.PREVIOUS,
     Key("Tab", super_=True, shift=True): Command.PREVIOUS,
     Key("space", super_=True): Command.OVERVIEW,
-    # Super+L (lock) comes with the unlock (PAM): docs/shell.md, "Not yet".
+    Key("l", super_=True): Command.LOCK,
+    Key("n", super_=True): Command.NETWORKS,
 }
 
 
@@ -98,6 +101,7 @@ class State:
     asleep: bool = False  # between PrepareForSleep(true) and (false)
     overview: bool = False
     selected: str | None = None  # in the overview
+    networks: bool = False  # the Wi-Fi page is open
 
 
 def switcher_order(vms: Iterable[VMEntry]) -> tuple[VMEntry, ...]:
@@ -140,14 +144,17 @@ def select(state: State, name: str) -> State:
 def command(state: State, cmd: Command) -> State:
     """A hotkey's effect.  Switching while locked does nothing (the lock hides it all)."""
     if cmd == Command.LOCK:
-        return replace(state, locked=True, overview=False)
+        return replace(state, locked=True, overview=False, networks=False)
     if state.locked:
         return state
+    if cmd == Command.NETWORKS:
+        return replace(state, networks=not state.networks, overview=False)
     if cmd == Command.OVERVIEW:
         if state.overview or not showable_names(state):
             return replace(state, overview=False)
-        return replace(state, overview=True, selected=state.current)
-    return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False)
+        return replace(state, overview=True, selected=state.current, networks=False)
+    return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False,
+                   networks=False)
 
 
 def overview_key(state: State, key: Key) -> State:
@@ -175,7 +182,11 @@ def choose(state: State, name: str) -> State:
 
 
 def lock(state: State) -> State:
-    return replace(state, locked=True, overview=False)
+    return replace(state, locked=True, overview=False, networks=False)
+
+
+def close_networks(state: State) -> State:
+    return replace(state, networks=False)
 
 
 def unlock(state: State) -> State:
@@ -185,7 +196,7 @@ def unlock(state: State) -> State:
 
 def sleep(state: State) -> State:
     """The host is going to sleep: locked first, whatever was shown."""
-    return replace(state, locked=True, asleep=True, overview=False)
+    return replace(state, locked=True, asleep=True, overview=False, networks=False)
 
 
 def wake(state: State) -> State:
@@ -197,7 +208,7 @@ def wake(state: State) -> State:
 class View:
     """What the screen shows."""
 
-    page: str  # "vm", "none" (no VM to show), "overview" or "lock"
+    page: str  # "vm", "none" (no VM to show), "overview", "networks" or "lock"
     vm: str | None
     zone: Zone
     colour: tuple[int, int, int]
@@ -207,6 +218,9 @@ class View:
 def view(state: State) -> View:
     if state.locked:
         return View("lock", None, Zone.UNKNOWN, (0, 0, 0), "Locked")
+    if state.networks:
+        return View("networks", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
+                    "Wi-Fi networks  (Escape: back)")
     if state.overview:
         return View("overview", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
                     "Switch to\u2026  (number, arrows and Return, or a click; Escape)")
@@ -215,5 +229,5 @@ def view(state: State) -> View:
         return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN], "No VM running")
     title = f"{entry.name} \u2014 {entry.zone.value}"
     if entry.state != "running":
-        title += f" ({entry.state})"
+        title += f" ({entry.detail or entry.state})"
     return View("vm", entry.name, entry.zone, ZONE_COLOURS[entry.zone], title)

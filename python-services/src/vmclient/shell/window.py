@@ -9,7 +9,9 @@ widgets beside the SPICE widget, never under it: no guest pixel reaches them.
 
 Hotkeys are taken in the window's ``key-press-event`` handler, which GTK runs
 before the focused SPICE widget sees the key; a hotkey is consumed there and
-never forwarded.  While locked, every key is consumed.
+never forwarded.  While locked, every key goes to the lock page's password
+field (and none to a VM); the user's password, checked by PAM
+(:mod:`.auth`), unlocks.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import bar, bus, state
+from . import actions, bar, bus, state, wifi
+from .lockpage import LockPage
 from .logind import SleepLock
+from .netpage import CSS as NETWORKS_CSS
+from .netpage import NetworksPage
 from .overview import CSS as OVERVIEW_CSS
 from .overview import Overview
 from .props import PropsWatch
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 BAR_PX = 28
 FRAME_PX = 6
 POLL_S = 2
+SLOW_POLL_TICKS = 5  # assigned VMs and Wi-Fi every 10 s
 LOCK_PAINT_BOUND_MS = 1000  # the most the lock page may hold the host's sleep back
 
 _CSS = """
@@ -45,6 +51,7 @@ _CSS = """
 #bar label {{ color: white; font-weight: bold; }}
 #lock {{ background-color: black; }}
 #lock label {{ color: white; font-size: 24px; }}
+#lock label#lockmsg {{ font-size: 16px; }}
 #none {{ background-color: rgb(40, 40, 40); }}
 #none label {{ color: white; }}
 """
@@ -86,17 +93,7 @@ class Shell:
         self.window.set_decorated(False)
         self.top = Gtk.Stack()
         desktop = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
-        self.bar = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
-        self.bar.set_name("bar")
-        self.bar.set_size_request(-1, BAR_PX)
-        self.title = label(xalign=0)
-        self.title.set_margin_start(FRAME_PX)
-        self.bar.pack_start(self.title, True, True, 0)
-        self.power = label(xalign=1)
-        self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
-        self.bar.pack_end(self.power, False, False, 0)
-        self.sync = label(xalign=1)
-        self.bar.pack_end(self.sync, False, False, 0)
+        self._build_bar()
         frame = Gtk.EventBox()
         frame.set_name("frame")
         self.vms = Gtk.Stack()
@@ -110,25 +107,68 @@ class Shell:
         frame.add(self.vms)
         desktop.pack_start(self.bar, False, False, 0)
         desktop.pack_start(frame, True, True, 0)
-        lock = Gtk.EventBox()
-        lock.set_name("lock")
-        lock.add(label("Locked"))
+        self.lock_page = LockPage(lambda: self.state.locked and not self.state.asleep,
+                                  self.unlock)
+        self._lid_closed = False
+        self.power_props: dict[str, Any] = {}
+        self._listed_vms: list[bus.VM] = []
         self.overview = Overview(self._chosen)
+        self.networks = NetworksPage(self.connect_wifi)
         self.top.add_named(desktop, "desktop")
         self.top.add_named(self.overview.widget, "overview")
-        self.top.add_named(lock, "lock")
+        self.top.add_named(self.networks.widget, "networks")
+        self.top.add_named(self.lock_page.widget, "lock")
         self.window.add(self.top)
         self.window.connect("key-press-event", self._key)
         self.window.connect("key-release-event", self._key_release)
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
+        self._ticks = 0
         self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
+        self.wifi = wifi.Wifi(conn, self._wifi)
+        self.assigned: list[bus.AssignedVM] = []
         self.watches = [
             PropsWatch(conn, names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
-                       lambda p: self.power.set_text(bar.power_text(p))),
+                       self._power),
             PropsWatch(conn, names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
-                       lambda p: self.sync.set_text(bar.sync_text(p)))]
+                       lambda p: self.sync.set_text(bar.sync_text(p))),
+            PropsWatch(conn, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
+                       names.PROVISION_IFACE, lambda p: self.install.set_text(bar.install_text(p)))]
+
+    def _build_bar(self) -> None:
+        """The bar, left to right: the VM and its zone; Wi-Fi, IT's pending orders, sync,
+        power."""
+        self.bar = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
+        self.bar.set_name("bar")
+        self.bar.set_size_request(-1, BAR_PX)
+        self.title = label(xalign=0)
+        self.title.set_margin_start(FRAME_PX)
+        self.bar.pack_start(self.title, True, True, 0)
+        self.buttons: dict[str, Any] = {}
+        for name, spec in actions.ACTIONS.items():
+            button = Gtk.Button(label=spec[0])
+            button.set_relief(Gtk.ReliefStyle.NONE)
+            button.set_can_focus(False)  # a key never goes to a button, only to a VM
+            button.connect("clicked", lambda _b, name=name: self.act(name))
+            self.buttons[name] = button
+            self.bar.pack_start(button, False, False, 0)
+        self.action_message = label(xalign=0)
+        self.bar.pack_start(self.action_message, False, False, 0)
+        self.power = label(xalign=1)
+        self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
+        self.bar.pack_end(self.power, False, False, 0)
+        self.sync = label(xalign=1)
+        self.bar.pack_end(self.sync, False, False, 0)
+        self.pending = label(xalign=1)
+        self.bar.pack_end(self.pending, False, False, 0)
+        self.install = label(xalign=1)
+        self.bar.pack_end(self.install, False, False, 0)
+        self.wifi_label = label(xalign=1)
+        wifi_button = Gtk.EventBox()  # a click opens the Wi-Fi page
+        wifi_button.add(self.wifi_label)
+        wifi_button.connect("button-press-event", lambda *_a: self.run(state.Command.NETWORKS))
+        self.bar.pack_end(wifi_button, False, False, 0)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -155,13 +195,47 @@ class Shell:
         self.displays.clear()
 
     def _tick(self) -> bool:
-        self.refresh()
+        self._ticks += 1
+        bus.list_vms(self.conn, self._listed)
+        if self._ticks % SLOW_POLL_TICKS == 0 or self.state.networks:
+            self.refresh_slow()
         return True
 
     # -- the VM list ---------------------------------------------------------------
 
     def refresh(self) -> None:
         bus.list_vms(self.conn, self._listed)
+        self.refresh_slow()
+
+    def refresh_slow(self) -> None:
+        """What changes seldom: IT's assigned VMs, Wi-Fi (every tick while its page is open)."""
+        bus.list_assigned(self.conn, self._assigned)
+        self.wifi.refresh()
+
+    def _assigned(self, rows: list[bus.AssignedVM] | None, err: RemoteError | None) -> None:
+        if rows is None:
+            log.debug("no assigned VMs from provd: %s", err)
+        self.assigned = rows or []
+        self._pending_text()
+
+    def _pending_text(self) -> None:
+        self.pending.set_text(bar.pending_text([(a.vm, a.outcome) for a in self.assigned],
+                                               {v.name for v in self.state.vms}))
+
+    def _wifi(self, st: wifi.WifiState) -> None:
+        self.wifi_label.set_text(wifi.text(st))
+        self.networks.show(st)
+
+    def act(self, name: str) -> None:
+        """A bar action (sync now, pause, resume, shut down); not while locked."""
+        if self.state.locked:
+            return
+        self.action_message.set_text(f"{actions.ACTIONS[name][0]}\u2026")
+        actions.run(self.conn, name, self.action_message.set_text)
+
+    def connect_wifi(self, ssid: str, password: str) -> None:
+        """Connect to a Wi-Fi network (the Wi-Fi page's Connect)."""
+        self.wifi.connect(ssid, password, self.networks.answered)
 
     def _listed(self, vms: list[bus.VM] | None, err: RemoteError | None) -> None:
         if vms is None:
@@ -171,10 +245,17 @@ class Shell:
             self.none_label.set_text(f"Cannot list the VMs: {err}")
             return
         self._list_error = ""
-        self.set_vms([state.VMEntry(v.name, state.Zone.of(v.kind), v.state) for v in vms])
+        self._listed_vms = vms
+        self.set_vms(self._entries())
+
+    def _entries(self) -> list[state.VMEntry]:
+        return [state.VMEntry(v.name, state.Zone.of(v.kind), v.state,
+                              bar.vm_detail(v.name, v.state, self.power_props))
+                for v in self._listed_vms]
 
     def set_vms(self, entries: list[state.VMEntry]) -> None:
         self.state = state.with_vms(self.state, entries)
+        self._pending_text()
         showable = {v.name for v in self.state.vms if v.showable}
         for name in sorted(set(self.displays) - showable):
             d = self.displays.pop(name)
@@ -204,19 +285,25 @@ class Shell:
         if cmd is not None:
             self.run(cmd)
             return True
+        if self.state.networks:  # every key is the Wi-Fi page's
+            if key.name == "Escape":
+                self.state = state.close_networks(self.state)
+                self.render()
+            else:
+                self.networks.key(event)
+            return True
         if self.state.overview:  # every key is the overview's
             self.state = state.overview_key(self.state, key)
             self.render()
             return True
-        if self.state.locked:  # no key reaches a VM
-            # Until the password (PAM) is asked for here, a key after the wake-up
-            # unlocks: the lock hides the VMs over sleep, it does not authenticate.
-            self.unlock()
+        if self.state.locked:  # no key reaches a VM: the password field's, or none
+            if not self.state.asleep:
+                self.lock_page.key(event)
             return True
         return False
 
     def _key_release(self, _widget: Any, event: Any) -> bool:
-        return (self.state.locked or self.state.overview
+        return (self.state.locked or self.state.overview or self.state.networks
                 or state.hotkey(key_of(event)) is not None)
 
     def _chosen(self, vm: str) -> None:
@@ -225,6 +312,8 @@ class Shell:
 
     def run(self, cmd: state.Command) -> None:
         self.state = state.command(self.state, cmd)
+        if self.state.networks:
+            self.wifi.refresh()  # the list as it is now, not up to 10 s old
         self.render()
 
     def lock(self) -> None:
@@ -234,6 +323,17 @@ class Shell:
     def unlock(self) -> None:
         self.state = state.unlock(self.state)
         self.render()
+
+    def _power(self, props: dict[str, Any]) -> None:
+        """powerd's properties: the bar's power field, and the lid: closing it locks."""
+        self.power.set_text(bar.power_text(props))
+        self.power_props = props
+        self.set_vms(self._entries())  # why each VM is paused
+        closed = props.get("LidState") == bar.LID_CLOSED
+        if closed and not self._lid_closed:
+            log.info("the lid is closed: locking the screen")
+            self.lock()
+        self._lid_closed = closed
 
     def _before_sleep(self, done: Any) -> None:
         """Lock, and call ``done`` (release the delay lock) once the lock page is painted."""
@@ -266,10 +366,11 @@ class Shell:
         v = state.view(self.state)
         if v != self.shown:
             r, g, b = v.colour
-            self.css.load_from_data((_CSS.format(r=r, g=g, b=b) + OVERVIEW_CSS).encode())
+            css = _CSS.format(r=r, g=g, b=b) + OVERVIEW_CSS + NETWORKS_CSS
+            self.css.load_from_data(css.encode())
             self.title.set_text(v.title)
             self.shown = v
-        self.top.set_visible_child_name(v.page if v.page in ("lock", "overview")
+        self.top.set_visible_child_name(v.page if v.page in ("lock", "overview", "networks")
                                         else "desktop")
         if v.page == "overview":
             self.overview.show(self.state, self.displays)
@@ -279,6 +380,10 @@ class Shell:
         self.vms.set_visible_child_name(page)
         if v.page == "vm" and v.vm in self.displays:
             self.displays[v.vm].focus()
+        elif v.page == "lock":
+            self.lock_page.focus()
+        elif v.page == "networks":
+            self.networks.focus()
         else:
             self.window.set_focus(None)
 
