@@ -292,6 +292,10 @@ def test_weston_runs_the_shell_in_its_kiosk_shell_and_comes_back_when_it_exits()
     assert not [n for n, _op, _v in bbvars.assignments(append) if n.startswith("WESTON_USER")], \
         "Weston runs as weston-init's unprivileged user"
     assert bbvars.value(IMAGE, "SYSTEMD_DEFAULT_TARGET") == "graphical.target"
+    # the seat's user calls the D-Bus API the group "vmclient" may call
+    assert "-a ${WESTON_USER} -g vmclient" in bbvars.value(
+        append, "GROUPMEMS_PARAM:${PN}:append:vmclient")
+    assert "--system vmclient" in bbvars.value(append, "GROUPADD_PARAM:${PN}:append:vmclient")
 
 
 def test_image_installs_the_desktop():

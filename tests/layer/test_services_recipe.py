@@ -225,7 +225,8 @@ GI_NAMESPACES = {
 def test_the_shell_is_a_package_with_every_typelib_it_loads():
     assert "vmclient-shell" in words(RECIPE, "PACKAGES")
     assert set(words(RECIPE, "FILES:vmclient-shell")) == {
-        "${bindir}/vmclient-shell", "${PYTHON_SITEPACKAGES_DIR}/vmclient/shell"}
+        "${bindir}/vmclient-shell", "${PYTHON_SITEPACKAGES_DIR}/vmclient/shell",
+        "${sysconfdir}/pam.d/vmclient-shell"}
     rdepends = set(words(RECIPE, "RDEPENDS:vmclient-shell"))
     assert {"${PN}", "python3-pygobject"} <= rdepends
     used = set()
@@ -239,3 +240,14 @@ def test_the_shell_is_a_package_with_every_typelib_it_loads():
     missing = {ns: GI_NAMESPACES[ns] for ns in used if GI_NAMESPACES[ns] not in rdepends}
     assert not missing, f"RDEPENDS:vmclient-shell lacks {missing}"
     assert "vmclient-shell" in (SERVICES / "pyproject.toml").read_text()
+
+
+def test_the_lock_screen_has_its_pam_service_binding_and_module():
+    """The shell checks the seat user's password with pamela (meta-python's recipe is
+    named ``pamela``) against ``/etc/pam.d/vmclient-shell``, which uses pam_unix."""
+    service = SERVICES / "data" / "pam.d" / "vmclient-shell"
+    assert "common-auth" in service.read_text()
+    assert "pamela" in (SERVICES / "src" / "vmclient" / "shell" / "auth.py").read_text()
+    rdepends = set(words(RECIPE, "RDEPENDS:vmclient-shell"))
+    assert {"pamela", "pam-plugin-unix"} <= rdepends
+    assert "vmclient_install_dir $data/pam.d ${sysconfdir}/pam.d 0644" in RECIPE.read_text()

@@ -21,3 +21,11 @@ FILES:${PN}:append:vmclient = " ${systemd_system_unitdir}/weston.service.d"
 
 # The shell Weston starts ([autolaunch] in weston.ini).
 RDEPENDS:${PN}:append:vmclient = " vmclient-shell"
+
+# The seat's user is the laptop's person: the shell it runs calls the D-Bus
+# API (pause, resume, sync now, what IT assigned), which the bus policy and
+# polkit give the group "vmclient" (vmclient-services creates it too; the
+# useradd class skips a group that exists).  The lock screen checks this
+# user's password through PAM (python-services/docs/shell.md).
+GROUPADD_PARAM:${PN}:append:vmclient = " ; --system vmclient"
+GROUPMEMS_PARAM:${PN}:append:vmclient = " -a ${WESTON_USER} -g vmclient"

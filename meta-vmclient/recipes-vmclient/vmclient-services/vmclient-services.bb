@@ -98,6 +98,7 @@ PACKAGES =+ "vmclient-shell"
 FILES:vmclient-shell += "\
     ${bindir}/vmclient-shell \
     ${PYTHON_SITEPACKAGES_DIR}/vmclient/shell \
+    ${sysconfdir}/pam.d/vmclient-shell \
 "
 
 # A shell helper for do_install, not a task.
@@ -134,6 +135,8 @@ do_install:append() {
     vmclient_install_dir $data/logind.conf.d ${systemd_unitdir}/logind.conf.d 0644
     vmclient_install_dir $data/tmpfiles.d ${nonarch_libdir}/tmpfiles.d 0644
     vmclient_install_dir $data/sysusers.d ${nonarch_libdir}/sysusers.d 0644
+    # The lock screen's PAM service (pam_unix through its setuid unix_chkpwd).
+    vmclient_install_dir $data/pam.d ${sysconfdir}/pam.d 0644
 
     # Manual pages made from the CLIs' parsers (vmclient.manpage) and argcomplete's
     # bash hook for vmclientctl and vmclient-admin.
@@ -209,11 +212,14 @@ RDEPENDS:${PN}-ptest += "\
 "
 
 # What the shell loads: GObject typelibs (tests/layer/test_services_recipe.py
-# maps each namespace the shell requires to its package) and a font.
+# maps each namespace the shell requires to its package), a font, and the
+# lock screen's PAM binding (meta-python's pamela) and pam_unix.
 RDEPENDS:vmclient-shell = "\
     ${PN} \
     gdk-pixbuf \
     gtk+3 \
+    pam-plugin-unix \
+    pamela \
     pango \
     python3-pygobject \
     spice-gtk \
