@@ -6,15 +6,17 @@ dbusmock's logind (the test set-up: run `make setup daemons` first).  For each
 round it emits PrepareForSleep(true) and measures until every VM is paused and
 the delay lock is released, then PrepareForSleep(false) until every VM runs.
 Baselines: a plain sequential virDomainSuspend/Resume loop over the same
-domains, and the daemon with a single VM; with ``--save-rounds``, the ``save``
+domains, the daemon with a single VM, and the floor of a parallel pause: the
+bare virDomainSuspend calls issued all at once from threads over two
+connections (as the daemon does, minus the daemon); with ``--save-rounds``, the ``save``
 policy (managed save of every VM, in parallel) against a sequential
 virDomainManagedSave/virDomainCreate loop.
 
 Fair by construction: every guest boots a sector that halts its vCPU (no
 SeaBIOS polling for a boot device eating the 2 cores), the run waits until
 every vCPU is idle and then ``--settle`` seconds more, and the daemon and its
-baseline alternate round by round on the same guests (which of the two goes
-first alternates too).
+baselines alternate round by round on the same guests (which goes first turns
+too).
 
     python bench/power.py --vms 8 --rounds 10 --save-rounds 3
 
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,22 +93,55 @@ def sequential(doms, save: bool = False) -> tuple[float, float]:
     return pause, (time.perf_counter() - t0) * 1000
 
 
+class Parallel:
+    """The bare suspends at once, from threads, over two connections of their own."""
+
+    def __init__(self, doms) -> None:
+        self.conns = [libvirt.open(doms[0].connect().getURI()) for _ in range(2)]
+        self.doms = [self.conns[i % 2].lookupByUUIDString(d.UUIDString())
+                     for i, d in enumerate(doms)]
+        self.pool = ThreadPoolExecutor(len(doms))
+
+    def round(self) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        list(self.pool.map(lambda d: d.suspend(), self.doms))
+        pause = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        list(self.pool.map(lambda d: d.resume(), self.doms))
+        return pause, (time.perf_counter() - t0) * 1000
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.doms.clear()
+        for c in self.conns:
+            c.close()
+
+
 def alternate(bench: Bench, rounds: int, save: bool = False) -> dict[str, list[float]]:
-    """``rounds`` of the daemon and of the sequential loop, alternated on the same guests."""
+    """``rounds`` of the daemon, of the sequential loop and (pause only) of the bare parallel
+    calls, alternated on the same guests (the order turns round by round)."""
     out: dict[str, list[float]] = {k: [] for k in ("pause", "resume", "seq_pause",
-                                                   "seq_resume")}
-    for r in range(rounds):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        for baseline in order:
-            time.sleep(0.2)  # the previous round's tail (clock syncs, logs) settles
-            if baseline:
-                p, q = sequential(bench.doms, save)
-                out["seq_pause"].append(p)
-                out["seq_resume"].append(q)
-            else:
-                p, q = bench.round(SHUTOFF if save else PAUSED)
-                out["pause"].append(p)
-                out["resume"].append(q)
+                                                   "seq_resume", "par_pause")}
+    kinds = ["daemon", "sequential"] + ([] if save else ["parallel"])
+    par = None if save else Parallel(bench.doms)
+    try:
+        for r in range(rounds):
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                time.sleep(0.2)  # the previous round's tail (clock syncs, logs) settles
+                if kind == "sequential":
+                    p, q = sequential(bench.doms, save)
+                    out["seq_pause"].append(p)
+                    out["seq_resume"].append(q)
+                elif kind == "parallel":
+                    assert par is not None
+                    out["par_pause"].append(par.round()[0])
+                else:
+                    p, q = bench.round(SHUTOFF if save else PAUSED)
+                    out["pause"].append(p)
+                    out["resume"].append(q)
+    finally:
+        if par is not None:
+            par.close()
     return out
 
 
@@ -154,6 +190,8 @@ def main() -> None:
         "single_vm_pause_p50_ms": p50(s1["pause"]),
         "single_vm_resume_p50_ms": p50(s1["resume"]),
         "single_vm_sequential_pause_p50_ms": p50(s1["seq_pause"]),
+        "parallel_pause_p50_ms": p50(m["par_pause"]),
+        "floor_vs_single_vm": round(p50(m["par_pause"]) / p50(s1["seq_pause"]), 3),
         "ratio": round(p50(m["pause"]) / p50(m["seq_pause"]), 3),
         "pause_vs_single_vm": round(p50(m["pause"]) / p50(s1["pause"]), 3),
     }
@@ -168,7 +206,9 @@ def main() -> None:
         })
     print(f"daemon pause {result['pause_p50_ms']} ms / sequential "
           f"{result['sequential_pause_p50_ms']} ms for {args.vms} VMs (ratio {result['ratio']}); "
-          f"one VM {result['single_vm_pause_p50_ms']} ms")
+          f"one VM {result['single_vm_pause_p50_ms']} ms; the bare calls at once "
+          f"{result['parallel_pause_p50_ms']} ms, one bare call "
+          f"{result['single_vm_sequential_pause_p50_ms']} ms")
     if sv:
         print(f"save policy: daemon {result['save_p50_ms']} ms / sequential "
               f"{result['sequential_save_p50_ms']} ms (ratio {result['save_ratio']})")

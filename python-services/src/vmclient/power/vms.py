@@ -39,10 +39,11 @@ from ..errors import (
 )
 from ..log import vm_logger
 from ..manage.gate import StartGate, StartRefused
-from ..virt.libvirt import DomainInfo, DomState, Hypervisor, running_policies
+from ..virt.libvirt import DomainInfo, DomEvent, DomState, Hypervisor
 from . import policy
 from .config import VMs
 from .policy import Cause, Causes, Hold, VMPolicy
+from .running import RunningVMs
 from .statefile import StateFile
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class VMController:
         self.state = state
         self.on_change = on_change
         self.held: dict[str, Hold] = state.load()
+        # What runs and with which policy, from libvirt's events: a pause lists nothing.
+        self.running = RunningVMs(hv, self._managed_name)
         self._lock = asyncio.Lock()  # one whole-fleet operation at a time
         self._inflight: set[str] = set()  # UUIDs whose pause runs (maybe past its deadline)
         self._late: set[asyncio.Task[Any]] = set()
@@ -136,7 +139,7 @@ class VMController:
     async def reconcile(self) -> None:
         """Drop what no longer holds (VM gone, or resumed/started by someone else, or a pause
         that never happened); note which of pause and guest S3 a VM really got."""
-        domains = {d.uuid: d for d in await self.domains()}
+        domains = {d.uuid: d for d in await self.running.resync(self.domains)}
         table = dict(self.held)
         for u, h in self.held.items():
             d = domains.get(u)
@@ -171,14 +174,15 @@ class VMController:
         (their errors are logged); raises only if the VMs cannot be listed.
         """
         async with self._lock:
-            # Only what the pause needs: one listing, one metadata read per VM we manage.
-            running = await self._bounded(running_policies(self.hv, self._managed_name),
-                                          deadline, "list VMs")
+            # No call before the suspends: the running VMs and their policies come from
+            # libvirt's events (a listing only when they may have been lost).
+            running = await self._bounded(self.running.targets(), deadline, "list VMs")
             plan = [(_Target(u, n), self._policy(n, p)) for u, n, p in running or []
                     if u not in self._inflight]
             plan = [(d, p) for d, p in plan if p != VMPolicy.IGNORE]
             # Recorded before the calls: a daemon killed in the middle of the batch
             # finds them on its next start (reconcile keeps the ones really paused).
+            before = set(self.held)
             table = policy.add_cause({u: h for u, h in self.held.items()
                                       if u not in {d.uuid for d, _ in plan}}, cause)
             for d, p in plan:
@@ -186,7 +190,8 @@ class VMController:
                 self._inflight.add(d.uuid)  # held, not yet done (PausedByUs waits for it)
             self._set(table)
             self._batch = True  # one more write at the end, if anything turned out otherwise
-            jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline)): d for d, p in plan}
+            jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline, d.uuid in before)): d
+                    for d, p in plan}
             try:
                 if jobs:
                     await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
@@ -206,7 +211,9 @@ class VMController:
             return [d.name for d, _ in plan if d.uuid in self.held
                     and d.uuid not in self._inflight]
 
-    async def _pause_one(self, d: _Target, pol: VMPolicy, deadline: float) -> None:
+    async def _pause_one(self, d: _Target, pol: VMPolicy, deadline: float,
+                         ours: bool = False) -> None:
+        """``ours``: held before this batch (paused by us, or running again)."""
         vlog = vm_logger(d.name)
         action = pol
         try:
@@ -220,9 +227,10 @@ class VMController:
                     vlog.warning("%s; pausing it instead", exc)
                     action = VMPolicy.PAUSE
             if action == VMPolicy.PAUSE:
-                await self.hv.suspend(d.uuid, d.name)
+                await self._suspend(d, ours)
             elif action == VMPolicy.SAVE:
                 await self.hv.managed_save(d.uuid, d.name)
+            self.running.note(d.uuid, d.name, _DONE[action])
         except HypervisorUnavailable:
             raise  # done or not: reconcile decides once libvirtd is back
         except BaseException:
@@ -244,6 +252,15 @@ class VMController:
             vlog.warning("%s finished late, after the resume; undoing it", action.value)
             await self._undo(d.uuid, h)
             self._forget([d.uuid])
+
+    async def _suspend(self, d: _Target, ours: bool) -> None:
+        try:
+            await self.hv.suspend(d.uuid, d.name)
+        except VMOperationFailed:
+            # The view said it runs, but an event of ours may not have come yet (resumed
+            # then paused again): a VM we hold that is paused is still ours.
+            if not ours or (await self.hv.domain(d.uuid)).state != DomState.PAUSED:
+                raise
 
     async def _op(self, coro: Awaitable[None], limit: float, name: str, what: str) -> None:
         """Await ``coro`` for at most ``limit`` seconds; it goes on in the background."""
@@ -314,6 +331,7 @@ class VMController:
             # outlived its bound while libvirtd was away: a VM that runs is undone.
             if (await self.hv.domain(uuid)).state != DomState.RUNNING:
                 raise
+        self.running.note(uuid, h.name, DomEvent.RESUMED)
         vm_logger(h.name).info("%s", {VMPolicy.PAUSE: "resumed",
                                       VMPolicy.S3: "woken from guest S3",
                                       VMPolicy.SAVE: "restored from its saved state"}[h.action])
@@ -358,6 +376,7 @@ class VMController:
                     await self._op(self.hv.managed_save(d.uuid, d.name),
                                    self.cfg.save_timeout_s, d.name, "managed save")
                     vm_logger(d.name).info("saved (%s)", cause.label)
+                    self.running.note(d.uuid, d.name, DomEvent.STOPPED)
                     before = self.held.get(d.uuid)
                     paused = before is not None and (before.action == VMPolicy.PAUSE
                                                      or before.paused)
@@ -402,6 +421,8 @@ class _Target(NamedTuple):
     name: str
 
 
+_DONE = {VMPolicy.PAUSE: DomEvent.SUSPENDED, VMPolicy.S3: DomEvent.PMSUSPENDED,
+         VMPolicy.SAVE: DomEvent.STOPPED}
 _UNDO_NAME = {VMPolicy.PAUSE: "resume", VMPolicy.S3: "guest wake-up", VMPolicy.SAVE: "restore"}
 
 

@@ -9,6 +9,12 @@
 - A lost connection (libvirtd restarted) is noticed by the close callback or by
   a failing call; the adapter reconnects with back-off and tells its owner
   (``on_reconnect``) so it can reconcile what it believes with what is.
+- Domain events (lifecycle, metadata changes) are watched on the first
+  connection only (each event once), for an owner that keeps its own view of
+  the domains (:meth:`Hypervisor.watch_domains`); the owner resyncs that view
+  after every (re)connection, :attr:`Hypervisor.generation` tells which.
+- A domain's handle is looked up once per connection and kept (libvirtd finds
+  the domain by UUID on every call): an operation on a domain is one call.
 - ``libvirt.libvirtError`` never leaves this module: it becomes a
   :class:`~vmclient.errors.HypervisorError` (or a subclass) with a message a user
   can act on.
@@ -75,6 +81,20 @@ class DomState(enum.IntEnum):
         return self not in (DomState.SHUTOFF, DomState.CRASHED, DomState.NOSTATE)
 
 
+class DomEvent(enum.IntEnum):
+    """A domain lifecycle event (``VIR_DOMAIN_EVENT_*``)."""
+
+    DEFINED = libvirt.VIR_DOMAIN_EVENT_DEFINED
+    UNDEFINED = libvirt.VIR_DOMAIN_EVENT_UNDEFINED
+    STARTED = libvirt.VIR_DOMAIN_EVENT_STARTED
+    SUSPENDED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+    RESUMED = libvirt.VIR_DOMAIN_EVENT_RESUMED
+    STOPPED = libvirt.VIR_DOMAIN_EVENT_STOPPED
+    SHUTDOWN = libvirt.VIR_DOMAIN_EVENT_SHUTDOWN
+    PMSUSPENDED = libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED
+    CRASHED = libvirt.VIR_DOMAIN_EVENT_CRASHED
+
+
 @dataclass(frozen=True)
 class DomainInfo:
     uuid: str
@@ -127,6 +147,14 @@ class _Connection:
         self.pool = ThreadPoolExecutor(MAX_CALLS_PER_CONNECTION,
                                        thread_name_prefix=f"libvirt{index}")
         self.callback_ids: list[int] = []
+        self.doms: dict[str, Any] = {}  # UUID -> virDomain of this connection
+
+    def dom(self, conn: libvirt.virConnect, uuid: str) -> Any:
+        """The handle of domain ``uuid`` (in a worker thread: a miss is one call)."""
+        d = self.doms.get(uuid)
+        if d is None:
+            d = self.doms[uuid] = conn.lookupByUUIDString(uuid)
+        return d
 
 
 class Hypervisor:
@@ -145,6 +173,8 @@ class Hypervisor:
         self._rr = itertools.cycle(self._conns)
         self._on_reconnect = on_reconnect
         self._on_lifecycle = on_lifecycle
+        self._on_metadata: Callable[[str, str, str], None] | None = None
+        self.generation = 0  # bumps on every (re)connection: domain events may have been lost
         self._connected = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
@@ -172,6 +202,7 @@ class Hypervisor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            self.generation += 1
             self._connected.set()
             return
 
@@ -184,9 +215,13 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             raise HypervisorUnavailable(self.uri, exc.get_error_message()) from exc
         conn.registerCloseCallback(self._closed_cb, c)
-        if self._on_lifecycle is not None:
-            c.callback_ids.append(conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None))
+        if c.index == 0:  # each event once
+            if self._on_lifecycle is not None:
+                c.callback_ids.append(conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None))
+            if self._on_metadata is not None:
+                c.callback_ids.append(conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._metadata_cb, None))
         c.conn = conn
         log.debug("connection %d to %s open", c.index, self.uri)
 
@@ -197,9 +232,23 @@ class Hypervisor:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._lost)
 
+    def watch_domains(self, on_lifecycle: Callable[[str, str, int, int], None],
+                      on_metadata: Callable[[str, str, str], None]) -> None:
+        """Before :meth:`connect`: call ``on_lifecycle(uuid, name, event, detail)`` (a
+        :class:`DomEvent`) and ``on_metadata(uuid, name, untrusted_nsuri)`` on the loop for
+        every domain event.  Events sent while no connection was up are lost: resync after
+        every change of :attr:`generation`."""
+        self._on_lifecycle = on_lifecycle
+        self._on_metadata = on_metadata
+
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
             self._on_lifecycle(dom.UUIDString(), dom.name(), event, detail)
+
+    def _metadata_cb(self, _conn: Any, dom: Any, mtype: int, nsuri: str | None,
+                     _opaque: Any) -> None:
+        if self._on_metadata is not None and mtype == libvirt.VIR_DOMAIN_METADATA_ELEMENT:
+            self._on_metadata(dom.UUIDString(), dom.name(), nsuri or "")
 
     def _lost(self) -> None:
         if self._closing:
@@ -219,6 +268,7 @@ class Hypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.domainEventDeregisterAny(cid)
         c.callback_ids.clear()
+        c.doms.clear()
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
@@ -270,6 +320,10 @@ class Hypervisor:
 
     async def _call(self, fn: Callable[[libvirt.virConnect], T], *, what: str,
                     vm: str | None = None, limit: float | None = None) -> T:
+        return await self._run(lambda _c, conn: fn(conn), what=what, vm=vm, limit=limit)
+
+    async def _run(self, fn: Callable[[_Connection, libvirt.virConnect], T], *, what: str,
+                   vm: str | None = None, limit: float | None = None) -> T:
         if not self._connected.is_set():
             await self.wait_connected(limit or 10.0)
         c = next(self._rr)
@@ -277,7 +331,7 @@ class Hypervisor:
         if conn is None:
             raise HypervisorUnavailable(self.uri, "not connected")
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(c.pool, fn, conn)
+        fut = loop.run_in_executor(c.pool, fn, c, conn)
         try:
             if limit is None:
                 return await fut
@@ -309,11 +363,16 @@ class Hypervisor:
         return await self._call(lambda conn: _info(conn.lookupByUUIDString(uuid)),
                                 what="look up", vm=uuid, limit=30)
 
-    async def _on_domain(self, uuid: str, what: str, op: Callable[[Any], Any],
-                         name: str | None = None) -> None:
+    async def _on_domain(self, uuid: str, what: str, op: Callable[[Any], T],
+                         name: str | None = None) -> T:
         """Run ``op`` on the domain; bounding it in time is the caller's business."""
-        await self._call(lambda conn: op(conn.lookupByUUIDString(uuid)), what=what,
-                         vm=name or uuid)
+        try:
+            return await self._run(lambda c, conn: op(c.dom(conn, uuid)), what=what,
+                                   vm=name or uuid)
+        except VMNotFound:
+            for c in self._conns:  # gone: a domain defined again later gets a new lookup
+                c.doms.pop(uuid, None)
+            raise
 
     async def suspend(self, uuid: str, name: str | None = None) -> None:
         await self._on_domain(uuid, "pause", lambda d: d.suspend(), name)
@@ -529,6 +588,11 @@ def _power_policy(dom: Any) -> str | None:
 
 
 # -- power: what to pause, in as few calls as a laptop going to sleep can afford -------------
+
+async def power_policy(hv: Hypervisor, uuid: str, name: str) -> str | None:
+    """The power policy in a domain's metadata (live, for a running one), unvalidated."""
+    return await hv._on_domain(uuid, "read the power policy", _power_policy, name)
+
 
 async def running_policies(hv: Hypervisor, keep: Callable[[str], bool]
                            ) -> list[tuple[str, str, str | None]]:
