@@ -1,0 +1,106 @@
+"""syncd's ``Enrol(code)`` (issue 15's first start): the real vmclient-syncd on a private
+system bus (real policy) with dbusmock's polkitd, a repository directory and IT's
+one-time code.  The seat's active session (polkit allow_active) may enrol; a caller
+polkit refuses may not; a malformed code is a clear ``InvalidCode``; the ``Enrolment``
+property follows none → requested → enrolled as IT accepts the request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from fixtures_bus import PrivateSystemBus
+from fixtures_virt import scaled
+from powerd_harness import wait_for
+from sync_env import run, world
+from syncd_env import Peers, SyncDaemon
+
+from testlib import DATA, SERVICES, need
+from vmclient.manage.enrol import CodeBook, process_requests
+
+NOBODY = 65534
+HERE = Path(__file__).parent
+MANAGE = "org.vmclient.VMClient1.Management"
+MANAGE_PATH = "/org/vmclient/VMClient1/Management"
+ACTION = "org.vmclient.VMClient1.enrol"
+ERR = "org.vmclient.VMClient1.Error."
+NONE, REQUESTED, ENROLLED = 1, 2, 3
+
+
+def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY) -> dict[str, Any]:
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        sys.executable, str(HERE / "enrol_client.py"), code],
+                       env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")},
+                       capture_output=True, text=True, timeout=scaled(120))
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
+        system_bus: PrivateSystemBus, tmp_path: Path) -> None:
+    need(shutil.which("setpriv") is not None, "setpriv is not installed")
+    Peers(system_bus)
+    with world(tmp_path) as w:
+        manage = tmp_path / "manage"
+        d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage,
+                       schedule="enabled = false\nrecheck_seconds = 1\n",
+                       extra='device_name = "laptop-e"\n').start()
+        try:
+            obj = d.conn.get_object("org.vmclient.VMClient1.Sync", MANAGE_PATH)
+
+            def enrolment() -> int:
+                return int(obj.Get(MANAGE, "Enrolment",
+                                   dbus_interface="org.freedesktop.DBus.Properties"))
+
+            # introspection is the shipped XML
+            live = ET.fromstring(obj.Introspect(
+                dbus_interface="org.freedesktop.DBus.Introspectable")).find(
+                f"interface[@name='{MANAGE}']")
+            shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{MANAGE}.xml").getroot() \
+                .find("interface")
+            assert live is not None and shipped is not None
+            assert sorted((m.tag, m.get("name"), m.get("type")) for m in live.iter()) == \
+                sorted((m.tag, m.get("name"), m.get("type")) for m in shipped.iter())
+            wait_for(lambda: enrolment() == NONE, 20, "Enrolment: not enrolled")
+
+            book = CodeBook(tmp_path / "admin" / "codes.json")
+            code = book.issue("laptop-e", int(time.time()))
+            # no polkitd: root and the vmclient group only
+            refused = enrol_as(system_bus, code)
+            assert refused["error"] == ERR + "PermissionDenied", refused
+            # polkitd says no to this caller (not the seat's active session)
+            polkit = system_bus.spawn_mock("polkitd")
+            polkit.SetAllowed(["org.vmclient.VMClient1.open-display"])
+            refused = enrol_as(system_bus, code)
+            assert refused["error"] == ERR + "PermissionDenied", refused
+            assert ACTION in refused["message"], refused
+            assert enrolment() == NONE
+
+            # the active session: polkit allows; a malformed code is refused clearly
+            polkit.SetAllowed([ACTION])
+            bad = enrol_as(system_bus, "ABCD-EFGH-JKLM-NPQ0")
+            assert bad["error"] == ERR + "InvalidCode", bad
+            assert "'0'" in bad["message"] and "ABCD" not in bad["message"], bad
+            short = enrol_as(system_bus, "ABCD-EFGH")
+            assert short["error"] == ERR + "InvalidCode" and "has 8" in short["message"], short
+            assert enrolment() == NONE
+
+            ok = enrol_as(system_bus, code.lower())  # case and dashes do not matter
+            assert "device" in ok, ok
+            assert enrolment() == REQUESTED
+
+            # IT accepts the request; syncd's next cycle completes the enrolment
+            [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+            assert done.enrolled and done.device == ok["device"], done
+            wait_for(lambda: enrolment() == ENROLLED, 60, "Enrolment: enrolled\n" + d.log())
+            again = enrol_as(system_bus, code)
+            assert again["error"] == ERR + "Failed" and "enrolled already" in again["message"], \
+                again
+        finally:
+            d.stop()
