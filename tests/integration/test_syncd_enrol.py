@@ -1,8 +1,10 @@
 """syncd's ``Enrol(code)`` (issue 15's first start): the real vmclient-syncd on a private
 system bus (real policy) with dbusmock's polkitd, a repository directory and IT's
-one-time code.  The seat's active session (polkit allow_active) may enrol; a caller
+one-time code; syncd in a mount namespace with an overlay on /etc (so chpasswd
+changes a copy of the host's shadow).  The seat's active session (polkit allow_active) may enrol; a caller
 polkit refuses may not; a malformed code is a clear ``InvalidCode``; the ``Enrolment``
-property follows none → requested → enrolled as IT accepts the request."""
+property follows none → requested → enrolled as IT accepts the request.
+``SetPassword`` sets the caller's own first password through chpasswd, once."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from powerd_harness import wait_for
+from shell_harness import PasswordSandbox
 from sync_env import run, world
 from syncd_env import Peers, SyncDaemon
 
@@ -30,12 +33,23 @@ MANAGE = "org.vmclient.VMClient1.Management"
 MANAGE_PATH = "/org/vmclient/VMClient1/Management"
 ACTION = "org.vmclient.VMClient1.enrol"
 ERR = "org.vmclient.VMClient1.Error."
+PASSWORD_ACTION = "org.vmclient.VMClient1.first-password"
 NONE, REQUESTED, ENROLLED = 1, 2, 3
+PASSWORD = "first-start 7"
 
 
-def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY) -> dict[str, Any]:
+def crypt_matches(digest: str, password: str) -> bool:
+    """Does ``password`` hash to ``digest`` (yescrypt or SHA-512 crypt, as chpasswd made
+    it)?  Checked with perl's crypt(3), the test's only hashing."""
+    r = subprocess.run(["perl", "-e", "print crypt($ARGV[0], $ARGV[1])", password, digest],
+                       capture_output=True, text=True, check=True)
+    return r.stdout == digest
+
+
+def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY,
+             method: str = "Enrol") -> dict[str, Any]:
     r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                        sys.executable, str(HERE / "enrol_client.py"), code],
+                        sys.executable, str(HERE / "manage_client.py"), method, code],
                        env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")},
                        capture_output=True, text=True, timeout=scaled(120))
     assert r.returncode == 0, r.stderr
@@ -45,12 +59,15 @@ def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY) -> dict[str, A
 def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
     need(shutil.which("setpriv") is not None, "setpriv is not installed")
+    need(shutil.which("chpasswd") is not None, "chpasswd is not installed")
     Peers(system_bus)
+    etc = PasswordSandbox(tmp_path, "nobody", None, name="syncd-etc")
+    assert etc.entry("nobody").split(":")[1] in ("*", "!", "!*", "")  # no password yet
     with world(tmp_path) as w:
         manage = tmp_path / "manage"
         d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage,
                        schedule="enabled = false\nrecheck_seconds = 1\n",
-                       extra='device_name = "laptop-e"\n').start()
+                       extra='device_name = "laptop-e"\n', wrap=etc.wrap).start()
         try:
             obj = d.conn.get_object("org.vmclient.VMClient1.Sync", MANAGE_PATH)
 
@@ -80,10 +97,13 @@ def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             refused = enrol_as(system_bus, code)
             assert refused["error"] == ERR + "PermissionDenied", refused
             assert ACTION in refused["message"], refused
+            refused = enrol_as(system_bus, PASSWORD, method="SetPassword")
+            assert refused["error"] == ERR + "PermissionDenied", refused
+            assert PASSWORD_ACTION in refused["message"], refused
             assert enrolment() == NONE
 
             # the active session: polkit allows; a malformed code is refused clearly
-            polkit.SetAllowed([ACTION])
+            polkit.SetAllowed([ACTION, PASSWORD_ACTION])
             bad = enrol_as(system_bus, "ABCD-EFGH-JKLM-NPQ0")
             assert bad["error"] == ERR + "InvalidCode", bad
             assert "'0'" in bad["message"] and "ABCD" not in bad["message"], bad
@@ -92,15 +112,28 @@ def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             assert enrolment() == NONE
 
             ok = enrol_as(system_bus, code.lower())  # case and dashes do not matter
-            assert "device" in ok, ok
+            assert "reply" in ok, ok
             assert enrolment() == REQUESTED
 
             # IT accepts the request; syncd's next cycle completes the enrolment
             [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
-            assert done.enrolled and done.device == ok["device"], done
+            assert done.enrolled and done.device == ok["reply"], done
             wait_for(lambda: enrolment() == ENROLLED, 60, "Enrolment: enrolled\n" + d.log())
             again = enrol_as(system_bus, code)
             assert again["error"] == ERR + "Failed" and "enrolled already" in again["message"], \
                 again
+
+            # the caller's first password: chpasswd hashes it; a second call is refused
+            short = enrol_as(system_bus, "short", method="SetPassword")
+            assert short["error"] == ERR + "InvalidArgs" and "at least 8" in short["message"]
+            assert etc.entry("nobody").split(":")[1] in ("*", "!", "!*", "")
+            assert enrol_as(system_bus, PASSWORD, method="SetPassword") == {"reply": "nobody"}
+            digest = etc.entry("nobody").split(":")[1]
+            assert digest.startswith("$"), digest
+            assert crypt_matches(digest, PASSWORD) and not crypt_matches(digest, PASSWORD + "x")
+            again = enrol_as(system_bus, "another password", method="SetPassword")
+            assert again["error"] == ERR + "PermissionDenied", again
+            assert "has a password already" in again["message"], again
+            assert etc.entry("nobody").split(":")[1] == digest
         finally:
             d.stop()

@@ -36,6 +36,8 @@ POLKIT_ACTION_OPEN_DISPLAY = "org.vmclient.VMClient1.open-display"
 
 # The seat's active session (the shell's first start) may enrol the laptop with IT's code.
 POLKIT_ACTION_ENROL = "org.vmclient.VMClient1.enrol"
+# ... and set its own first password (the daemon refuses once the account has one).
+POLKIT_ACTION_FIRST_PASSWORD = "org.vmclient.VMClient1.first-password"
 
 # Unix group whose members may call the methods (bus policy + polkit rule).
 ADMIN_GROUP = "vmclient"

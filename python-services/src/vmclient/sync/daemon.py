@@ -438,6 +438,17 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
     install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE, names.POLKIT_ACTION_ENROL,
                          {"Enrol": Member("s", "s", "enrolling this laptop", enrol)})
 
+    async def set_password(args: list[Any]) -> list[Any]:
+        from ..manage.password import set_first_password
+        user = await set_first_password(int(args[0]), str(args[1]))
+        log.info("the first password of %s is set", user)
+        return [user]
+
+    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE,
+                         names.POLKIT_ACTION_FIRST_PASSWORD,
+                         {"SetPassword": Member("s", "s", "setting your first password",
+                                                set_password, with_caller=True)})
+
 
 def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
            bus: MessageBus) -> Any:

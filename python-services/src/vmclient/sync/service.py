@@ -136,8 +136,10 @@ class SyncInterface(ServiceInterface):
 
 class ManagementInterface(ServiceInterface):
     """``/org/vmclient/VMClient1/Management``: enrolment (``Enrol``, polkit action
-    ``org.vmclient.VMClient1.enrol``) and its state (``Enrolment``: 0 unknown, no
-    management agent; 1 not enrolled; 2 requested, waiting for IT; 3 enrolled)."""
+    ``org.vmclient.VMClient1.enrol``), the caller's first password (``SetPassword``,
+    ``org.vmclient.VMClient1.first-password``) and the enrolment's state
+    (``Enrolment``: 0 unknown, no management agent; 1 not enrolled; 2 requested,
+    waiting for IT; 3 enrolled)."""
 
     def __init__(self) -> None:
         super().__init__(names.MANAGE_IFACE)
@@ -148,8 +150,12 @@ class ManagementInterface(ServiceInterface):
     async def Enrol(self, code: s) -> s:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
+    @method()
+    async def SetPassword(self, password: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), {"Enrol": "device"})
+        return name_out_args(super().introspect(), {"Enrol": "device", "SetPassword": "user"})
 
     @dbus_property(access=PropertyAccess.READ)
     def Enrolment(self) -> u:  # type: ignore[name-defined]  # noqa: F821
