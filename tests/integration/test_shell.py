@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dbus
 import libvirt
 import pytest
 from echo_guest import EchoGuests, echo_guests
@@ -374,7 +375,7 @@ def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_
     assert "Traceback" not in powerd.log(), powerd.log()
 
 
-KEY_N, KEY_ESC = 49, 1
+KEY_N, KEY_ESC, KEY_DOWN = 49, 1, 108
 NM_DEVICE_DISCONNECTED, AP_MODE_INFRA, AP_SEC_NONE, AP_SEC_PSK = 30, 2, 0, 0x100
 
 
@@ -559,4 +560,123 @@ def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system
             finally:
                 weston.stop()
                 syncd.stop()
+        assert "Traceback" not in shell.log(), shell.log()
+
+
+def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_password_and_waits_for_it(
+        system_bus, tmp_path):
+    """A laptop the real vmclient-syncd reports not enrolled opens the first start, driven
+    by keys: the keyboard layout (localed's SetX11Keyboard, a dbusmock template of ours),
+    Wi-Fi (dbusmock's NetworkManager), IT's one-time code (syncd's Enrol: a malformed
+    code is refused with syncd's message, IT's code is sent), the password typed twice
+    (syncd's SetPassword: chpasswd in the shell's /etc overlay), then the wait for IT.
+    IT accepts; syncd completes the enrolment and the page says so.  On the desktop the
+    lock screen takes the password the first start set (PAM)."""
+    from sync_env import run, world
+    from syncd_env import Peers, SyncDaemon
+
+    from vmclient.manage.enrol import CodeBook, process_requests
+
+    need(shutil.which("nsenter") is not None, "nsenter is not installed")
+    need(shutil.which("chpasswd") is not None, "chpasswd is not installed")
+    Peers(system_bus)  # logind, UPower, NetworkManager (connected: syncd is online)
+    polkit = system_bus.spawn_mock("polkitd")  # as for the seat's active session
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.enrol",
+                       "org.vmclient.VMClient1.first-password"])
+    system_bus.spawn_mock("localed")
+    localed = system_bus.connection().get_object("org.freedesktop.locale1",
+                                                 "/org/freedesktop/locale1")
+    nm = dbus.Interface(system_bus.connection().get_object(
+        "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager"),
+        "org.freedesktop.DBus.Mock")
+    wlan = nm.AddWiFiDevice("wlan0", "wlan0", NM_DEVICE_DISCONNECTED)
+    nm.AddAccessPoint(wlan, "office", "office", "00:11:22:33:44:01", AP_MODE_INFRA, 2437,
+                      54000, 72, AP_SEC_PSK)
+    etc = PasswordSandbox(tmp_path, "nobody", None)  # nobody has no password yet
+    first_password = "first-start 7"
+    with world(tmp_path) as w:
+        weston = Weston()
+        shell = ShellUnderTest(weston, system_bus, tmp_path, f"{w.prefix}-", passwords=etc,
+                               groups=("vmclient",))
+        syncd: SyncDaemon | None = None
+        try:
+            def st() -> dict[str, Any]:
+                return shell.ask("state")["first"]  # type: ignore[no-any-return]
+            assert not st()["open"]  # the shell is up, its /etc overlay mounted
+            # syncd (root) in the shell's mount namespace: chpasswd writes the shadow
+            # the shell's PAM reads.
+            syncd = SyncDaemon(system_bus, w, tmp_path, [], manage=tmp_path / "manage",
+                               schedule="enabled = false\nrecheck_seconds = 1\n",
+                               extra='device_name = "laptop-f"\n',
+                               wrap=lambda cmd: ["nsenter",
+                                                 f"--mount=/proc/{shell.proc.pid}/ns/mnt",
+                                                 *cmd]).start()
+            wait_for(lambda: st()["open"] and st()["page"] == "firststart", 30,
+                     "the first start on a laptop not enrolled")
+            assert st()["step"] == "layout" and "keyboard layout" in st()["title"], st()
+
+            # Keyboard: the third layout of the list (German), Return: localed has it.
+            shell.key(KEY_DOWN, "Down")
+            shell.key(KEY_DOWN, "Down")
+            shell.key(KEY_ENTER, "Return")
+            wait_for(lambda: st()["step"] == "wifi", 10, "the Wi-Fi step")
+            assert st()["message"] == "Keyboard: German (from the next start)", st()
+            assert localed.Get("org.freedesktop.locale1", "X11Layout",
+                               dbus_interface="org.freedesktop.DBus.Properties") == "de"
+
+            # Wi-Fi: choose office, its password, Return: connected, on to the code.
+            wait_for(lambda: st()["rows"] == ["office  72%, password"], 20, "the networks")
+            assert shell.ask("choose office") == {"ok": True}
+            assert shell.ask("type s3cret pass") == {"ok": True}
+            shell.key(KEY_ENTER, "Return")
+            wait_for(lambda: st()["step"] == "code", 20, "connected: the code step")
+
+            # The code: a malformed one is refused with syncd's message; IT's is sent.
+            book = CodeBook(tmp_path / "admin" / "codes.json")
+            code = book.issue("laptop-f", int(time.time()))
+            assert shell.ask("type ABCD-EFGH-JKLM-NPQ0") == {"ok": True}
+            shell.key(KEY_ENTER, "Return")
+            wait_for(lambda: "Not an enrolment code from IT" in st()["message"], 20,
+                     "syncd's InvalidCode")
+            assert st()["step"] == "code"
+            assert shell.ask(f"type {code}") == {"ok": True}
+            shell.key(KEY_ENTER, "Return")
+            wait_for(lambda: st()["step"] == "password", 30, "the enrolment requested")
+            assert st()["message"] == "Enrolment requested"
+
+            # The password, twice (a mismatch starts over), set by syncd's chpasswd.
+            for typed in (first_password, "something else"):
+                assert shell.ask(f"type {typed}") == {"ok": True}
+                shell.key(KEY_ENTER, "Return")
+            assert st()["message"] == "The two passwords differ: again", st()
+            for _ in range(2):
+                assert shell.ask(f"type {first_password}") == {"ok": True}
+                shell.key(KEY_ENTER, "Return")
+            wait_for(lambda: st()["step"] == "install", 20, "the password set")
+            assert etc.entry("nobody").split(":")[1].startswith("$")
+            wait_for(lambda: st()["progress"] == "Waiting for IT to accept this laptop\u2026",
+                     10, "waiting for IT")
+
+            # IT accepts the request; syncd completes the enrolment, the page follows.
+            [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+            assert done.enrolled, done
+            wait_for(lambda: st()["progress"] == "Waiting for the VMs IT assigned\u2026", 30,
+                     "the enrolment complete")
+            shell.key(KEY_ESC, "Escape")  # to the desktop
+            wait_for(lambda: not st()["open"] and st()["page"] == "desktop", 10, "the desktop")
+
+            # The lock screen takes the password the first start set.
+            shell.key(KEY_L, "l", "super")
+            wait_for(lambda: shell.ask("state")["locked"], 10, "locked")
+            assert shell.ask(f"type {first_password}") == {"ok": True}
+            shell.key(KEY_ENTER, "Return")
+            wait_for(lambda: not shell.ask("state")["locked"], 20,
+                     "unlocked by the new password\n" + shell.log())
+        finally:
+            try:
+                shell.stop()
+            finally:
+                weston.stop()
+                if syncd is not None:
+                    syncd.stop()
         assert "Traceback" not in shell.log(), shell.log()
