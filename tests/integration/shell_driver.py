@@ -59,6 +59,9 @@ def main() -> int:
     shell.install.connect("notify::label", lambda lbl, _p: installs.append(lbl.get_text()))
     syncs: list[str] = []  # and its sync field
     shell.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
+    first_progress: list[str] = []  # and the first start's progress line
+    shell.first.progress.connect("notify::label",
+                                 lambda lbl, _p: first_progress.append(lbl.get_text()))
     shell.start()
 
     def reply(obj: Any) -> None:
@@ -101,6 +104,7 @@ def main() -> int:
                           "title": shell.first.title.get_text(),
                           "message": shell.first.message.get_text(),
                           "progress": shell.first.progress.get_text(),
+                          "progresses": first_progress,
                           "rows": [b.get_label()
                                    for b in shell.first.networks.list.get_children()],
                           "page": shell.top.get_visible_child_name()}}

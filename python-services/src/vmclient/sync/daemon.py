@@ -215,6 +215,7 @@ class Synchronizer:
                 if reachable:
                     if not st.enrolled:
                         await self.agent.complete_enrolment()
+                        self.show_enrolment()  # before the orders: they may take long
                     await self.agent.poll()
                 await self.agent.enforce()
                 lease = self.agent.lease()
