@@ -137,3 +137,42 @@ def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             assert etc.entry("nobody").split(":")[1] == digest
         finally:
             d.stop()
+
+
+def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
+        system_bus: PrivateSystemBus, tmp_path: Path) -> None:
+    """Before enrolment the laptop has no account on the storage server: syncd's Enrol
+    delivers the request through the enrolment drop box (the real sshd, the account as
+    ``vmclient-admin enrol --dropbox`` sets it up), and IT's code then enrols it."""
+    from fixtures_sshd import ssh_server
+
+    from vmclient.store.localfs import LocalDirStore
+
+    need(shutil.which("setpriv") is not None, "setpriv is not installed")
+    Peers(system_bus)
+    polkit = system_bus.spawn_mock("polkitd")
+    polkit.SetAllowed([ACTION])
+    with ssh_server() as server, world(tmp_path) as w:
+        dropbox = server.add_dropbox()
+        d = SyncDaemon(system_bus, w, tmp_path, [], manage=tmp_path / "manage",
+                       extra=f'device_name = "laptop-s"\ndropbox_user = "{dropbox.user}"\n'
+                             f'dropbox_key = "{dropbox.key_file}"\n')
+        # the laptop's [repository]: the server, its device account not there yet
+        d.config.write_text(d.config.read_text().replace(
+            f'location = "{w.repo_dir}"\n',
+            f'location = "sftp://vmc-none@127.0.0.1:{server.port}/"\n'
+            f'known_hosts = "{server.known_hosts}"\n'
+            f'key_file = "{tmp_path / "device" / "ssh.key"}"\n'))
+        d.start()
+        try:
+            book = CodeBook(tmp_path / "admin" / "codes.json")
+            code = book.issue("laptop-s", int(time.time()))
+            ok = enrol_as(system_bus, code)
+            assert "reply" in ok, (ok, d.log())
+            device = ok["reply"]
+            assert (server.repo / "enrolment" / device).is_file()
+            [done] = run(process_requests(LocalDirStore(server.repo), w.admin, book,
+                                          int(time.time())))
+            assert done.enrolled and done.device == device and done.name == "laptop-s", done
+        finally:
+            d.stop()
