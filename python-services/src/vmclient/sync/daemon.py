@@ -66,6 +66,7 @@ class Synchronizer:
         self.iface, self.sensors, self.guard, self.agent = iface, sensors, guard, agent
         self.clock = clock
         self.management = management or ManagementInterface()
+        self.enrolling = asyncio.Lock()  # one Enrol at a time: it makes the device's keys
         self.rules = cfg.rules()
         self.admin = load_admin_key(cfg.repository.admin_key)
         rate = cfg.network.max_upload_mib_s * 2**20
@@ -236,7 +237,8 @@ class Synchronizer:
 
     async def enrol(self, untrusted_code: str) -> str:
         """``Enrol``: the request is on its way; the next cycle looks for IT's answer."""
-        device = await enrolment.request(self.cfg, self.agent, self.hv, untrusted_code)
+        async with self.enrolling:
+            device = await enrolment.request(self.cfg, self.agent, self.hv, untrusted_code)
         log.info("enrolment requested as device %s", device)
         self.show_enrolment()
         self.wake.set()
