@@ -10,7 +10,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,9 +90,11 @@ def laptop_enrolment_pending(env: Env, dc: Datacenter) -> None:
 
 
 @contextlib.contextmanager
-def syncd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path) -> Iterator[Path]:
+def syncd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path, manage_extra: str = "",
+          wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd) -> Iterator[Path]:
     """vmclient-syncd hosting the management agent, sharing provd's directories and
-    ``[repository]``; a cycle every 2 s; its log.  Needs :class:`syncd_env.Peers`."""
+    ``[repository]``; a cycle every 2 s; its log.  Needs :class:`syncd_env.Peers`.
+    ``manage_extra``: more of its ``[manage]`` section; ``wrap``: its command line as run."""
     c, r = env.cfg, dc.repository
     config = tmp / "sync.toml"
     config.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
@@ -116,19 +118,20 @@ recheck_seconds = 2
 [manage]
 state_dir = "{c.manage_dir}"
 images_dir = "{c.images_dir}"
-""")
-    with _daemon(bus, "vmclient.sync.daemon", config, tmp / "syncd.log", 30) as log:
+""" + manage_extra)
+    with _daemon(bus, "vmclient.sync.daemon", config, tmp / "syncd.log", 30, wrap) as log:
         yield log
 
 
 @contextlib.contextmanager
 def _daemon(bus: PrivateSystemBus, module: str, config: Path, log_path: Path,
-            stop_s: float) -> Iterator[Path]:
+            stop_s: float, wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd
+            ) -> Iterator[Path]:
     """``python -m module --config config --debug`` on the private bus, logging to
     ``log_path``; SIGTERM at the end, SIGKILL after ``stop_s`` seconds."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(config), "--debug"],
+            wrap([sys.executable, "-m", module, "--config", str(config), "--debug"]),
             stdout=log, stderr=subprocess.STDOUT,
             env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
     try:

@@ -4,13 +4,15 @@ Commands, one a line; each answers one JSON line:
   state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null,
                             "bar": [title, power, sync], "none": the no-VM page's text,
                             "min_width": the least width the window asks for,
-                            "overview": open?, "tiles": {vm: [x, y, w, h] of its thumbnail}}
+                            "overview": open?, "tiles": {vm: [x, y, w, h] of its thumbnail},
+                            "first": the first start: open, step, title, message, ...}
   key CODE NAME [MOD..] -> a key press and release (evdev CODE, GDK key NAME, modifiers
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
                            seat, so no keyboard of its own)
   type TEXT             -> TEXT typed, one key press and release a character
-  choose SSID           -> a click on SSID's row of the Wi-Fi page
+  choose SSID           -> a click on SSID's row of the Wi-Fi page (the first start's while
+                           it is open)
   click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown)
   switch                -> Super+Tab, answered once GTK has painted the next frame:
                            {"ms": from the key press to that frame, "current": vm}
@@ -57,6 +59,9 @@ def main() -> int:
     shell.install.connect("notify::label", lambda lbl, _p: installs.append(lbl.get_text()))
     syncs: list[str] = []  # and its sync field
     shell.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
+    first_progress: list[str] = []  # and the first start's progress line
+    shell.first.progress.connect("notify::label",
+                                 lambda lbl, _p: first_progress.append(lbl.get_text()))
     shell.start()
 
     def reply(obj: Any) -> None:
@@ -94,7 +99,15 @@ def main() -> int:
                 "network_message": shell.networks.message.get_text(),
                 "installs": installs, "syncs": syncs,
                 "action_message": shell.action_message.get_text(),
-                "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()}}
+                "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()},
+                "first": {"open": shell.first_open, "step": shell.first.state.step.value,
+                          "title": shell.first.title.get_text(),
+                          "message": shell.first.message.get_text(),
+                          "progress": shell.first.progress.get_text(),
+                          "progresses": first_progress,
+                          "rows": [b.get_label()
+                                   for b in shell.first.networks.list.get_children()],
+                          "page": shell.top.get_visible_child_name()}}
 
     def key(code: int, name: str, mods: list[str]) -> None:
         state = Gdk.ModifierType(0)
@@ -139,8 +152,8 @@ def main() -> int:
         elif cmd == "click":
             shell.buttons[args[0]].clicked()
             reply({"ok": True})
-        elif cmd == "choose":
-            shell.networks.choose(args[0])
+        elif cmd == "choose":  # the first start's Wi-Fi page while it is open
+            (shell.first.networks if shell.first_open else shell.networks).choose(args[0])
             reply({"ok": True})
         elif cmd == "switch":
             clock = shell.window.get_frame_clock()

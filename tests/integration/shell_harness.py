@@ -111,18 +111,21 @@ class PasswordSandbox:
     """The shell's /etc: the host's, under an overlay holding the test's shadow, nsswitch.conf
     and the image's PAM service file."""
 
-    def __init__(self, workdir: Path, user: str, password: str) -> None:
-        self.dir = workdir / "etc-overlay"
+    def __init__(self, workdir: Path, user: str, password: str | None,
+                 name: str = "etc-overlay") -> None:
+        """``password`` None: the user's shadow entry as the host has it (nobody: none)."""
+        self.dir = workdir / name
         upper = self.dir / "upper"
         (upper / "pam.d").mkdir(parents=True)
         (self.dir / "work").mkdir()
         shutil.copy(PAM_SERVICE_FILE, upper / "pam.d" / "vmclient-shell")
-        digest = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password,
-                                capture_output=True, text=True, check=True).stdout.strip()
+        digest = "" if password is None else subprocess.run(
+            ["openssl", "passwd", "-6", "-stdin"], input=password,
+            capture_output=True, text=True, check=True).stdout.strip()
         lines = []
         for line in Path("/etc/shadow").read_text().splitlines():
             fields = line.split(":")
-            if fields[0] == user:
+            if fields[0] == user and password is not None:
                 fields[1] = digest
             lines.append(":".join(fields))
         shadow = upper / "shadow"
@@ -134,6 +137,15 @@ class PasswordSandbox:
         (upper / "nsswitch.conf").write_text("\n".join(nss) + "\n")
         for d in (upper, upper / "pam.d"):
             d.chmod(0o755)
+        self.shadow = shadow
+
+    def entry(self, user: str) -> str:
+        """``user``'s shadow entry as it is in the overlay now (``chpasswd`` may have
+        replaced the file)."""
+        for line in self.shadow.read_text().splitlines():
+            if line.split(":")[0] == user:
+                return line
+        raise AssertionError(f"no shadow entry for {user}")
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """``cmd`` in a mount namespace of its own with the overlay on /etc (the host's /etc

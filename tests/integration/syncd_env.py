@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,11 @@ class Peers:
 class SyncDaemon:
     def __init__(self, bus: PrivateSystemBus, w: World, workdir: Path, vms: list[str],
                  extra: str = "", manage: Path | None = None,
-                 schedule: str = "enabled = false\n") -> None:
+                 schedule: str = "enabled = false\n",
+                 wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd) -> None:
+        """``wrap``: the daemon's command line as it is run (e.g. in the /etc overlay of
+        shell_harness.PasswordSandbox, for SetPassword's chpasswd)."""
+        self.wrap = wrap
         self.bus, self.w, self.workdir = bus, w, workdir
         device_dir, provision_dir = workdir / "device", workdir / "provision"
         write_private(device_dir / "signing.key", crypto.raw_private(w.a.signing))
@@ -96,8 +101,8 @@ class SyncDaemon:
     def start(self) -> SyncDaemon:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vmclient.sync.daemon", "--config", str(self.config),
-                 "--debug"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                self.wrap([sys.executable, "-m", "vmclient.sync.daemon", "--config",
+                           str(self.config), "--debug"]), env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.conn.name_has_owner(NAME) or self.proc.poll() is not None, 60,
                  "vmclient-syncd on the bus")
         assert self.proc.poll() is None, self.log()

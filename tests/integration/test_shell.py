@@ -3,6 +3,7 @@ that paint known bands and echo keystrokes; assertions on the composited pixels.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dbus
 import libvirt
 import pytest
 from echo_guest import EchoGuests, echo_guests
@@ -374,7 +376,7 @@ def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_
     assert "Traceback" not in powerd.log(), powerd.log()
 
 
-KEY_N, KEY_ESC = 49, 1
+KEY_N, KEY_ESC, KEY_DOWN = 49, 1, 108
 NM_DEVICE_DISCONNECTED, AP_MODE_INFRA, AP_SEC_NONE, AP_SEC_PSK = 30, 2, 0, 0x100
 
 
@@ -560,3 +562,163 @@ def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system
                 weston.stop()
                 syncd.stop()
         assert "Traceback" not in shell.log(), shell.log()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_password_and_installs(
+        system_bus, tmp_path, capsys):
+    """A laptop the real vmclient-syncd reports not enrolled opens the first start, driven
+    by keys: the keyboard layout (localed's SetX11Keyboard, a dbusmock template of ours),
+    Wi-Fi (dbusmock's NetworkManager), IT's one-time code from ``vmclient-admin enrol
+    --code`` (syncd's Enrol: a malformed code is refused with syncd's message, IT's code
+    is sent), the password typed twice (syncd's SetPassword: chpasswd in the shell's /etc
+    overlay), then the wait for IT.  IT accepts (``enrol --accept``) and assigns a VM;
+    syncd completes the enrolment, its agent has the real vmclient-provd install the VM
+    from the repository that the real sshd serves (the laptop reads its directory: see
+    shell.md on the device account), the page shows the install and closes once the VM is
+    there.  The lock screen then takes the password the first start set (PAM)."""
+    from fixtures_sshd import ssh_server
+    from journey_env import Datacenter, provd, syncd
+    from provision_env import need_tools, provision_env
+    from sftp_repo import Repo, make_disk, qcow2
+    from syncd_env import Peers
+
+    from vmclient.manage.state import DeviceState, StateFile
+    from vmclient.store import crypto
+    from vmclient.store.transport import Repository
+
+    need_tools("dbus-daemon", vm=False)
+    need(shutil.which("nsenter") is not None, "nsenter is not installed")
+    need(shutil.which("chpasswd") is not None, "chpasswd is not installed")
+    Peers(system_bus)  # logind, UPower, NetworkManager (connected: syncd is online)
+    polkit = system_bus.spawn_mock("polkitd")  # as for the seat's active session
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.enrol",
+                       "org.vmclient.VMClient1.first-password"])
+    system_bus.spawn_mock("localed")
+    localed = system_bus.connection().get_object("org.freedesktop.locale1",
+                                                 "/org/freedesktop/locale1")
+    nm = dbus.Interface(system_bus.connection().get_object(
+        "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager"),
+        "org.freedesktop.DBus.Mock")
+    wlan = nm.AddWiFiDevice("wlan0", "wlan0", NM_DEVICE_DISCONNECTED)
+    nm.AddAccessPoint(wlan, "office", "office", "00:11:22:33:44:01", AP_MODE_INFRA, 2437,
+                      54000, 72, AP_SEC_PSK)
+    etc = PasswordSandbox(tmp_path, "nobody", None)  # nobody has no password yet
+    first_password = "first-start 7"
+    with ssh_server() as server:
+        async with provision_env(tmp_path) as env:
+            # IT: a repository with an image, a one-time code for the laptop.
+            work = tmp_path / "admin"
+            work.mkdir()
+            repo = Repo(server, work)
+
+            async def admin(*argv: str) -> int:  # the CLI runs asyncio.run: not on this loop
+                return await asyncio.to_thread(repo.admin, *argv)
+            image = f"{env.prefix}-img"
+            assert await admin("init") == 0
+            assert await admin("publish", image, str(qcow2(make_disk(work / "disk.raw", 8)))) == 0
+            capsys.readouterr()
+            assert await admin("enrol", "--code", "laptop-f") == 0
+            code = capsys.readouterr().out.splitlines()[1].strip()
+            admin_key = work / "admin-key.pub"
+            admin_key.write_bytes(crypto.raw_public(repo.admin_public))
+            dc = Datacenter(repo, "laptop-f", image,
+                            Repository(str(repo.path), admin_key=admin_key))
+            StateFile(env.cfg.manage_dir).save(DeviceState())  # a new laptop: not enrolled
+            weston = Weston()
+            shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
+                                   passwords=etc, groups=("vmclient",))
+            try:
+                def st() -> dict[str, Any]:
+                    return shell.ask("state")["first"]  # type: ignore[no-any-return]
+                assert not st()["open"]  # the shell is up, its /etc overlay mounted
+                # syncd (root) in the shell's mount namespace: chpasswd writes the shadow
+                # the shell's PAM reads.
+                with provd(system_bus, env, dc, tmp_path) as plog, \
+                        syncd(system_bus, env, dc, tmp_path,
+                              manage_extra='device_name = "laptop-f"\n',
+                              wrap=lambda cmd: ["nsenter",
+                                                f"--mount=/proc/{shell.proc.pid}/ns/mnt",
+                                                *cmd]) as slog:
+                    def logs() -> str:
+                        return plog.read_text() + slog.read_text()
+                    wait_for(lambda: st()["open"] and st()["page"] == "firststart", 60,
+                             "the first start on a laptop not enrolled")
+                    assert st()["step"] == "layout" and "keyboard layout" in st()["title"]
+
+                    # Keyboard: the third layout (German), Return: localed has it.
+                    shell.key(KEY_DOWN, "Down")
+                    shell.key(KEY_DOWN, "Down")
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: st()["step"] == "wifi", 10, "the Wi-Fi step")
+                    assert st()["message"] == "Keyboard: German (from the next start)", st()
+                    assert localed.Get("org.freedesktop.locale1", "X11Layout",
+                                       dbus_interface="org.freedesktop.DBus.Properties") == "de"
+
+                    # Wi-Fi: choose office, its password, Return: connected, on to the code.
+                    wait_for(lambda: st()["rows"] == ["office  72%, password"], 20,
+                             "the networks")
+                    assert shell.ask("choose office") == {"ok": True}
+                    assert shell.ask("type s3cret pass") == {"ok": True}
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: st()["step"] == "code", 20, "connected: the code step")
+
+                    # The code: a malformed one is refused with syncd's message; IT's is sent.
+                    assert shell.ask("type ABCD-EFGH-JKLM-NPQ0") == {"ok": True}
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: "Not an enrolment code from IT" in st()["message"], 20,
+                             "syncd's InvalidCode")
+                    assert st()["step"] == "code"
+                    assert shell.ask(f"type {code}") == {"ok": True}
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: st()["step"] == "password", 30,
+                             "the enrolment requested\n" + logs())
+                    assert st()["message"] == "Enrolment requested"
+
+                    # The password, twice (a mismatch starts over), set by syncd's chpasswd.
+                    for typed in (first_password, "something else"):
+                        assert shell.ask(f"type {typed}") == {"ok": True}
+                        shell.key(KEY_ENTER, "Return")
+                    assert st()["message"] == "The two passwords differ: again", st()
+                    for _ in range(2):
+                        assert shell.ask(f"type {first_password}") == {"ok": True}
+                        shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: st()["step"] == "install", 20, "the password set")
+                    assert etc.entry("nobody").split(":")[1].startswith("$")
+                    wait_for(lambda: st()["progress"] ==
+                             "Waiting for IT to accept this laptop\u2026", 10, "waiting for IT")
+
+                    # IT accepts and assigns a VM; syncd enrols, its agent has provd install
+                    # it; the page shows the install, then closes on its own.
+                    capsys.readouterr()
+                    assert await admin("enrol", "--accept", "--server-keys", str(server.keys),
+                                      "--server-script", str(work / "setup.sh")) == 0
+                    assert "enrolled laptop-f as device" in capsys.readouterr().out
+                    recipe = env.recipe(tmp_path, "first")
+                    assert await admin("assign", image, "laptop-f", "--recipe", str(recipe)) == 0
+                    wait_for(lambda: not st()["open"] and st()["page"] == "desktop", 180,
+                             "the first start done\n" + logs())
+                    # every line the page showed, in order: IT, then provd's install phases
+                    seen = list(dict.fromkeys(st()["progresses"]))
+                    vm = env.name("first")
+                    assert "Waiting for IT to accept this laptop\u2026" in seen, seen
+                    installing = [t for t in seen if t.startswith(f"Installing {vm}: ")]
+                    assert any("downloading" in t for t in installing), seen
+                    assert seen.index(installing[0]) > seen.index(
+                        "Waiting for IT to accept this laptop\u2026"), seen
+                    assert [v[0] for v in shell.ask("state")["vms"]] == [vm]
+
+                    # The lock screen takes the password the first start set.
+                    shell.key(KEY_L, "l", "super")
+                    wait_for(lambda: shell.ask("state")["locked"], 10, "locked")
+                    assert shell.ask(f"type {first_password}") == {"ok": True}
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: not shell.ask("state")["locked"], 20,
+                             "unlocked by the new password\n" + shell.log())
+            finally:
+                try:
+                    shell.stop()
+                finally:
+                    weston.stop()
+            assert "Traceback" not in shell.log(), shell.log()
+            assert "Traceback" not in slog.read_text(), slog.read_text()

@@ -46,6 +46,7 @@ class Member:
     out_sig: str
     what: str
     handler: Callable[[list[Any]], Awaitable[list[Any] | WithFds]]
+    with_caller: bool = False  # the handler gets the caller's uid before the arguments
 
 
 async def _reply(bus: MessageBus, msg: Message, sig: str, result: list[Any] | WithFds) -> None:
@@ -94,7 +95,10 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
         try:
             assert msg.sender is not None
             await auth.authorize(bus, msg.sender, action, m.what)
-            await _reply(bus, msg, m.out_sig, await m.handler(_with_fds(msg, fds)))
+            args = _with_fds(msg, fds)
+            if m.with_caller:
+                args = [(await auth.caller_ids(bus, msg.sender))[0], *args]
+            await _reply(bus, msg, m.out_sig, await m.handler(args))
         except VMClientError as exc:
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
             bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))

@@ -21,6 +21,10 @@ SYNC_BUS_NAME = BUS_NAME + ".Sync"
 SYNC_PATH = ROOT_PATH + "/Sync"
 SYNC_IFACE = BUS_NAME + ".Sync"
 
+# ... and the management agent's own object: enrolment (the shell's first start).
+MANAGE_PATH = ROOT_PATH + "/Management"
+MANAGE_IFACE = BUS_NAME + ".Management"
+
 ERROR_PREFIX = BUS_NAME + ".Error."
 
 # polkit actions (data/polkit-1/actions/org.vmclient.VMClient1.policy)
@@ -29,6 +33,11 @@ POLKIT_ACTION_PROVISION_MANAGE = "org.vmclient.VMClient1.provision.manage"
 POLKIT_ACTION_SYNC_MANAGE = "org.vmclient.VMClient1.sync.manage"
 # The seat's active session (the shell) and the group may see and drive the VMs' screens.
 POLKIT_ACTION_OPEN_DISPLAY = "org.vmclient.VMClient1.open-display"
+
+# The seat's active session (the shell's first start) may enrol the laptop with IT's code.
+POLKIT_ACTION_ENROL = "org.vmclient.VMClient1.enrol"
+# ... and set its own first password (the daemon refuses once the account has one).
+POLKIT_ACTION_FIRST_PASSWORD = "org.vmclient.VMClient1.first-password"
 
 # Unix group whose members may call the methods (bus policy + polkit rule).
 ADMIN_GROUP = "vmclient"

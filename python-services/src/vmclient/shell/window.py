@@ -23,7 +23,9 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import actions, bar, bus, state, wifi
+from . import actions, bar, bus, firststart, state, wifi
+from .firstpage import CSS as FIRST_START_CSS
+from .firstpage import FirstStartPage
 from .lockpage import LockPage
 from .logind import SleepLock
 from .netpage import CSS as NETWORKS_CSS
@@ -114,10 +116,16 @@ class Shell:
         self._listed_vms: list[bus.VM] = []
         self.overview = Overview(self._chosen)
         self.networks = NetworksPage(self.connect_wifi)
+        # The first start (firststart.py): open while self.first_open.
+        self.first = FirstStartPage(conn, self.connect_wifi, self._first_done)
+        self.first_open = False
+        self._first_decided = False  # syncd told us whether this laptop is enrolled
+        self.enrolment = firststart.ENROL_UNKNOWN
         self.top.add_named(desktop, "desktop")
         self.top.add_named(self.overview.widget, "overview")
         self.top.add_named(self.networks.widget, "networks")
         self.top.add_named(self.lock_page.widget, "lock")
+        self.top.add_named(self.first.widget, "firststart")
         self.window.add(self.top)
         self.window.connect("key-press-event", self._key)
         self.window.connect("key-release-event", self._key_release)
@@ -134,7 +142,9 @@ class Shell:
             PropsWatch(conn, names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
                        lambda p: self.sync.set_text(bar.sync_text(p))),
             PropsWatch(conn, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
-                       names.PROVISION_IFACE, lambda p: self.install.set_text(bar.install_text(p)))]
+                       names.PROVISION_IFACE, self._provisioning),
+            PropsWatch(conn, names.SYNC_BUS_NAME, names.MANAGE_PATH, names.MANAGE_IFACE,
+                       self._management)]
 
     def _build_bar(self) -> None:
         """The bar, left to right: the VM and its zone; Wi-Fi, IT's pending orders, sync,
@@ -197,7 +207,9 @@ class Shell:
     def _tick(self) -> bool:
         self._ticks += 1
         bus.list_vms(self.conn, self._listed)
-        if self._ticks % SLOW_POLL_TICKS == 0 or self.state.networks:
+        if (self._ticks % SLOW_POLL_TICKS == 0 or self.state.networks
+                or (self.first_open and self.first.state.step in (firststart.Step.WIFI,
+                                                                  firststart.Step.INSTALL))):
             self.refresh_slow()
         return True
 
@@ -221,10 +233,13 @@ class Shell:
     def _pending_text(self) -> None:
         self.pending.set_text(bar.pending_text([(a.vm, a.outcome) for a in self.assigned],
                                                {v.name for v in self.state.vms}))
+        self._feed_first()
 
     def _wifi(self, st: wifi.WifiState) -> None:
         self.wifi_label.set_text(wifi.text(st))
         self.networks.show(st)
+        if self.first_open:
+            self.first.wifi(st)
 
     def act(self, name: str) -> None:
         """A bar action (sync now, pause, resume, shut down); not while locked."""
@@ -235,7 +250,38 @@ class Shell:
 
     def connect_wifi(self, ssid: str, password: str) -> None:
         """Connect to a Wi-Fi network (the Wi-Fi page's Connect)."""
-        self.wifi.connect(ssid, password, self.networks.answered)
+        self.wifi.connect(ssid, password, self.first.networks.answered if self.first_open
+                          else self.networks.answered)
+
+    # -- the first start -------------------------------------------------------------
+
+    def _management(self, props: dict[str, Any]) -> None:
+        """syncd's Management properties: a laptop not enrolled opens the first start."""
+        if "Enrolment" not in props:
+            return
+        self.enrolment = int(props["Enrolment"])
+        if not self._first_decided:
+            self._first_decided = True
+            if firststart.resume_at(self.enrolment) is not None:
+                log.info("this laptop is not enrolled: first start")
+                self.first_open = True
+                self.first.render()
+                self.render()
+        self._feed_first()
+
+    def _provisioning(self, props: dict[str, Any]) -> None:
+        self.install.set_text(bar.install_text(props))
+        self._feed_first()
+
+    def _feed_first(self) -> None:
+        if self.first_open:
+            self.first.daemons(self.enrolment, self.install.get_text(), self.pending.get_text(),
+                               len(self.state.vms))
+
+    def _first_done(self) -> None:
+        log.info("first start done")
+        self.first_open = False
+        self.render()
 
     def _listed(self, vms: list[bus.VM] | None, err: RemoteError | None) -> None:
         if vms is None:
@@ -281,6 +327,9 @@ class Shell:
 
     def _key(self, _widget: Any, event: Any) -> bool:
         key = key_of(event)
+        if self.first_open and not self.state.locked:  # every key is the first start's
+            self.first.key(event, key.name)
+            return True
         cmd = state.hotkey(key)
         if cmd is not None:
             self.run(cmd)
@@ -304,7 +353,7 @@ class Shell:
 
     def _key_release(self, _widget: Any, event: Any) -> bool:
         return (self.state.locked or self.state.overview or self.state.networks
-                or state.hotkey(key_of(event)) is not None)
+                or self.first_open or state.hotkey(key_of(event)) is not None)
 
     def _chosen(self, vm: str) -> None:
         self.state = state.choose(self.state, vm)
@@ -366,10 +415,15 @@ class Shell:
         v = state.view(self.state)
         if v != self.shown:
             r, g, b = v.colour
-            css = _CSS.format(r=r, g=g, b=b) + OVERVIEW_CSS + NETWORKS_CSS
+            css = _CSS.format(r=r, g=g, b=b) + OVERVIEW_CSS + NETWORKS_CSS + FIRST_START_CSS
             self.css.load_from_data(css.encode())
             self.title.set_text(v.title)
             self.shown = v
+        if self.first_open and v.page != "lock":
+            self.top.set_visible_child_name("firststart")
+            self.overview.hide()
+            self.first.focus()
+            return
         self.top.set_visible_child_name(v.page if v.page in ("lock", "overview", "networks")
                                         else "desktop")
         if v.page == "overview":

@@ -53,6 +53,14 @@ class Manage:
     images_dir: Path = config.setting(
         Path("/var/lib/libvirt/images/vmclient"), help="the VMs' disks (removed by a wipe)")
     lease_days: int = config.setting(14, min=1, max=365, help="offline lease in days")
+    device_name: str = config.setting(
+        "", help="the name an enrolment (the shell's Enrol) gives this laptop (empty: the "
+        "host name)")
+    dropbox_user: str = config.setting(
+        "vmc-enrol", help="the enrolment drop box's account on an sftp:// repository")
+    dropbox_key: Path = config.setting(
+        Path("/etc/vmclient/dropbox.key"),
+        help="the enrolment drop box's SSH private key (sftp:// only; ships with the image)")
 
 
 @dataclass(frozen=True)

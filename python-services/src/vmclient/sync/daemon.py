@@ -47,9 +47,9 @@ from ..store.remote import RemoteStore
 from ..store.transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
-from . import engine, maintenance, policy
+from . import engine, enrolment, maintenance, policy
 from .peers import Sensors, SleepGuard
-from .service import PROGRESS_INTERVAL, SyncInterface, VMStatus
+from .service import PROGRESS_INTERVAL, ManagementInterface, SyncInterface, VMStatus
 from .throttle import Throttled
 
 log = logging.getLogger("vmclient.syncd")
@@ -60,10 +60,13 @@ class Synchronizer:
     def __init__(self, cfg: sconfig.SyncConfig, hv: Hypervisor, remote: RemoteStore,
                  device: DeviceKeys, iface: SyncInterface, sensors: Sensors,
                  guard: SleepGuard | None = None, agent: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 management: ManagementInterface | None = None) -> None:
         self.cfg, self.hv, self.remote, self.device = cfg, hv, remote, device
         self.iface, self.sensors, self.guard, self.agent = iface, sensors, guard, agent
         self.clock = clock
+        self.management = management or ManagementInterface()
+        self.enrolling = asyncio.Lock()  # one Enrol at a time: it makes the device's keys
         self.rules = cfg.rules()
         self.admin = load_admin_key(cfg.repository.admin_key)
         rate = cfg.network.max_upload_mib_s * 2**20
@@ -213,6 +216,7 @@ class Synchronizer:
                 if reachable:
                     if not st.enrolled:
                         await self.agent.complete_enrolment()
+                        self.show_enrolment()  # before the orders: they may take long
                     await self.agent.poll()
                 await self.agent.enforce()
                 lease = self.agent.lease()
@@ -223,6 +227,22 @@ class Synchronizer:
         except (VMClientError, OSError) as exc:
             log.warning("management: %s", exc)
         self.iface.changed()
+        self.show_enrolment()
+
+    def show_enrolment(self) -> None:
+        try:
+            self.management.set(enrolment.state(self.agent))
+        except (VMClientError, OSError) as exc:
+            log.warning("enrolment state: %s", exc)
+
+    async def enrol(self, untrusted_code: str) -> str:
+        """``Enrol``: the request is on its way; the next cycle looks for IT's answer."""
+        async with self.enrolling:
+            device = await enrolment.request(self.cfg, self.agent, self.hv, untrusted_code)
+        log.info("enrolment requested as device %s", device)
+        self.show_enrolment()
+        self.wake.set()
+        return device
 
     async def run_one(self, v: VMStatus, repo_cfg: RepoConfig) -> None:
         """One sync; it answers the demands made before it started (later ones: next run)."""
@@ -415,6 +435,23 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
                              "ListSnapshots": Member("s", "a(suxtsb)", "listing snapshots",
                                                      snapshots)})
 
+    async def enrol(args: list[Any]) -> list[Any]:
+        return [await s.enrol(str(args[0]))]
+
+    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE, names.POLKIT_ACTION_ENROL,
+                         {"Enrol": Member("s", "s", "enrolling this laptop", enrol)})
+
+    async def set_password(args: list[Any]) -> list[Any]:
+        from ..manage.password import set_first_password
+        user = await set_first_password(int(args[0]), str(args[1]))
+        log.info("the first password of %s is set", user)
+        return [user]
+
+    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE,
+                         names.POLKIT_ACTION_FIRST_PASSWORD,
+                         {"SetPassword": Member("s", "s", "setting your first password",
+                                                set_password, with_caller=True)})
+
 
 def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
            bus: MessageBus) -> Any:
@@ -448,11 +485,12 @@ async def run(cfg: sconfig.SyncConfig) -> None:
     await hv.connect(retry=True)
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
     try:
-        iface = SyncInterface()
+        iface, management = SyncInterface(), ManagementInterface()
         guard = SleepGuard(bus)
         agent = _agent(cfg, remote, hv, bus)
         s = Synchronizer(cfg, hv, remote, device, iface,
-                         Sensors(bus, cfg.network.metered_interfaces), guard, agent)
+                         Sensors(bus, cfg.network.metered_interfaces), guard, agent,
+                         management=management)
         syncer.append(s)
         await guard.connect(s.on_prepare_for_sleep)
         try:
@@ -465,7 +503,9 @@ async def run(cfg: sconfig.SyncConfig) -> None:
             except (VMClientError, OSError) as exc:
                 log.warning("management start-up: %s", exc)
         await s.discover()
+        s.show_enrolment()
         bus.export(names.SYNC_PATH, iface)
+        bus.export(names.MANAGE_PATH, management)
         install_guard(bus, s)
         await bus.request_name(names.SYNC_BUS_NAME)
         common.sd_notify("READY=1")

@@ -132,3 +132,36 @@ class SyncInterface(ServiceInterface):
             return
         self._last_emit = now
         self.emit_properties_changed(self.values())
+
+
+class ManagementInterface(ServiceInterface):
+    """``/org/vmclient/VMClient1/Management``: enrolment (``Enrol``, polkit action
+    ``org.vmclient.VMClient1.enrol``), the caller's first password (``SetPassword``,
+    ``org.vmclient.VMClient1.first-password``) and the enrolment's state
+    (``Enrolment``: 0 unknown, no management agent; 1 not enrolled; 2 requested,
+    waiting for IT; 3 enrolled)."""
+
+    def __init__(self) -> None:
+        super().__init__(names.MANAGE_IFACE)
+        self.enrolment = 0
+
+    # Declared for introspection; calls arrive through the guard (daemon.py).
+    @method()
+    async def Enrol(self, code: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def SetPassword(self, password: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    def introspect(self) -> Any:
+        return name_out_args(super().introspect(), {"Enrol": "device", "SetPassword": "user"})
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Enrolment(self) -> u:  # type: ignore[name-defined]  # noqa: F821
+        return self.enrolment
+
+    def set(self, enrolment: int) -> None:
+        if enrolment != self.enrolment:
+            self.enrolment = enrolment
+            self.emit_properties_changed({"Enrolment": enrolment})

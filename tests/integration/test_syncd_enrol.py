@@ -1,0 +1,178 @@
+"""syncd's ``Enrol(code)`` (issue 15's first start): the real vmclient-syncd on a private
+system bus (real policy) with dbusmock's polkitd, a repository directory and IT's
+one-time code; syncd in a mount namespace with an overlay on /etc (so chpasswd
+changes a copy of the host's shadow).  The seat's active session (polkit allow_active) may enrol; a caller
+polkit refuses may not; a malformed code is a clear ``InvalidCode``; the ``Enrolment``
+property follows none → requested → enrolled as IT accepts the request.
+``SetPassword`` sets the caller's own first password through chpasswd, once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from fixtures_bus import PrivateSystemBus
+from fixtures_virt import scaled
+from powerd_harness import wait_for
+from shell_harness import PasswordSandbox
+from sync_env import run, world
+from syncd_env import Peers, SyncDaemon
+
+from testlib import DATA, SERVICES, need
+from vmclient.manage.enrol import CodeBook, process_requests
+
+NOBODY = 65534
+HERE = Path(__file__).parent
+MANAGE = "org.vmclient.VMClient1.Management"
+MANAGE_PATH = "/org/vmclient/VMClient1/Management"
+ACTION = "org.vmclient.VMClient1.enrol"
+ERR = "org.vmclient.VMClient1.Error."
+PASSWORD_ACTION = "org.vmclient.VMClient1.first-password"
+NONE, REQUESTED, ENROLLED = 1, 2, 3
+PASSWORD = "first-start 7"
+
+
+def crypt_matches(digest: str, password: str) -> bool:
+    """Does ``password`` hash to ``digest`` (yescrypt or SHA-512 crypt, as chpasswd made
+    it)?  Checked with perl's crypt(3), the test's only hashing."""
+    r = subprocess.run(["perl", "-e", "print crypt($ARGV[0], $ARGV[1])", password, digest],
+                       capture_output=True, text=True, check=True)
+    return r.stdout == digest
+
+
+def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY,
+             method: str = "Enrol") -> dict[str, Any]:
+    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        sys.executable, str(HERE / "manage_client.py"), method, code],
+                       env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")},
+                       capture_output=True, text=True, timeout=scaled(120))
+    assert r.returncode == 0, r.stderr
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
+        system_bus: PrivateSystemBus, tmp_path: Path) -> None:
+    need(shutil.which("setpriv") is not None, "setpriv is not installed")
+    need(shutil.which("chpasswd") is not None, "chpasswd is not installed")
+    Peers(system_bus)
+    etc = PasswordSandbox(tmp_path, "nobody", None, name="syncd-etc")
+    assert etc.entry("nobody").split(":")[1] in ("*", "!", "!*", "")  # no password yet
+    with world(tmp_path) as w:
+        manage = tmp_path / "manage"
+        d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage,
+                       schedule="enabled = false\nrecheck_seconds = 1\n",
+                       extra='device_name = "laptop-e"\n', wrap=etc.wrap).start()
+        try:
+            obj = d.conn.get_object("org.vmclient.VMClient1.Sync", MANAGE_PATH)
+
+            def enrolment() -> int:
+                return int(obj.Get(MANAGE, "Enrolment",
+                                   dbus_interface="org.freedesktop.DBus.Properties"))
+
+            # introspection is the shipped XML
+            live = ET.fromstring(obj.Introspect(
+                dbus_interface="org.freedesktop.DBus.Introspectable")).find(
+                f"interface[@name='{MANAGE}']")
+            shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{MANAGE}.xml").getroot() \
+                .find("interface")
+            assert live is not None and shipped is not None
+            assert sorted((m.tag, m.get("name"), m.get("type")) for m in live.iter()) == \
+                sorted((m.tag, m.get("name"), m.get("type")) for m in shipped.iter())
+            wait_for(lambda: enrolment() == NONE, 20, "Enrolment: not enrolled")
+
+            book = CodeBook(tmp_path / "admin" / "codes.json")
+            code = book.issue("laptop-e", int(time.time()))
+            # no polkitd: root and the vmclient group only
+            refused = enrol_as(system_bus, code)
+            assert refused["error"] == ERR + "PermissionDenied", refused
+            # polkitd says no to this caller (not the seat's active session)
+            polkit = system_bus.spawn_mock("polkitd")
+            polkit.SetAllowed(["org.vmclient.VMClient1.open-display"])
+            refused = enrol_as(system_bus, code)
+            assert refused["error"] == ERR + "PermissionDenied", refused
+            assert ACTION in refused["message"], refused
+            refused = enrol_as(system_bus, PASSWORD, method="SetPassword")
+            assert refused["error"] == ERR + "PermissionDenied", refused
+            assert PASSWORD_ACTION in refused["message"], refused
+            assert enrolment() == NONE
+
+            # the active session: polkit allows; a malformed code is refused clearly
+            polkit.SetAllowed([ACTION, PASSWORD_ACTION])
+            bad = enrol_as(system_bus, "ABCD-EFGH-JKLM-NPQ0")
+            assert bad["error"] == ERR + "InvalidCode", bad
+            assert "'0'" in bad["message"] and "ABCD" not in bad["message"], bad
+            short = enrol_as(system_bus, "ABCD-EFGH")
+            assert short["error"] == ERR + "InvalidCode" and "has 8" in short["message"], short
+            assert enrolment() == NONE
+
+            ok = enrol_as(system_bus, code.lower())  # case and dashes do not matter
+            assert "reply" in ok, ok
+            assert enrolment() == REQUESTED
+
+            # IT accepts the request; syncd's next cycle completes the enrolment
+            [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+            assert done.enrolled and done.device == ok["reply"], done
+            wait_for(lambda: enrolment() == ENROLLED, 60, "Enrolment: enrolled\n" + d.log())
+            again = enrol_as(system_bus, code)
+            assert again["error"] == ERR + "Failed" and "enrolled already" in again["message"], \
+                again
+
+            # the caller's first password: chpasswd hashes it; a second call is refused
+            short = enrol_as(system_bus, "short", method="SetPassword")
+            assert short["error"] == ERR + "InvalidArgs" and "at least 8" in short["message"]
+            assert etc.entry("nobody").split(":")[1] in ("*", "!", "!*", "")
+            assert enrol_as(system_bus, PASSWORD, method="SetPassword") == {"reply": "nobody"}
+            digest = etc.entry("nobody").split(":")[1]
+            assert digest.startswith("$"), digest
+            assert crypt_matches(digest, PASSWORD) and not crypt_matches(digest, PASSWORD + "x")
+            again = enrol_as(system_bus, "another password", method="SetPassword")
+            assert again["error"] == ERR + "PermissionDenied", again
+            assert "has a password already" in again["message"], again
+            assert etc.entry("nobody").split(":")[1] == digest
+        finally:
+            d.stop()
+
+
+def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
+        system_bus: PrivateSystemBus, tmp_path: Path) -> None:
+    """Before enrolment the laptop has no account on the storage server: syncd's Enrol
+    delivers the request through the enrolment drop box (the real sshd, the account as
+    ``vmclient-admin enrol --dropbox`` sets it up), and IT's code then enrols it."""
+    from fixtures_sshd import ssh_server
+
+    from vmclient.store.localfs import LocalDirStore
+
+    need(shutil.which("setpriv") is not None, "setpriv is not installed")
+    Peers(system_bus)
+    polkit = system_bus.spawn_mock("polkitd")
+    polkit.SetAllowed([ACTION])
+    with ssh_server() as server, world(tmp_path) as w:
+        dropbox = server.add_dropbox()
+        d = SyncDaemon(system_bus, w, tmp_path, [], manage=tmp_path / "manage",
+                       extra=f'device_name = "laptop-s"\ndropbox_user = "{dropbox.user}"\n'
+                             f'dropbox_key = "{dropbox.key_file}"\n')
+        # the laptop's [repository]: the server, its device account not there yet
+        d.config.write_text(d.config.read_text().replace(
+            f'location = "{w.repo_dir}"\n',
+            f'location = "sftp://vmc-none@127.0.0.1:{server.port}/"\n'
+            f'known_hosts = "{server.known_hosts}"\n'
+            f'key_file = "{tmp_path / "device" / "ssh.key"}"\n'))
+        d.start()
+        try:
+            book = CodeBook(tmp_path / "admin" / "codes.json")
+            code = book.issue("laptop-s", int(time.time()))
+            ok = enrol_as(system_bus, code)
+            assert "reply" in ok, (ok, d.log())
+            device = ok["reply"]
+            assert (server.repo / "enrolment" / device).is_file()
+            [done] = run(process_requests(LocalDirStore(server.repo), w.admin, book,
+                                          int(time.time())))
+            assert done.enrolled and done.device == device and done.name == "laptop-s", done
+        finally:
+            d.stop()
