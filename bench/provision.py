@@ -69,7 +69,7 @@ from vmclient.store.repo import (
     get_image_manifest,
     get_wrapped_key,
 )
-from vmclient.store.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
+from vmclient.transport.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
 
 MiB = 1 << 20
 CLUSTER = 64 << 10

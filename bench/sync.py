@@ -59,9 +59,9 @@ from fixtures_virt import BOOT_SECTOR, cpu_profile, wait_idle
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import RemoteStore
-from vmclient.store.sftp import CIPHER
-from vmclient.store.transport import close_store
 from vmclient.sync import engine, restore
+from vmclient.transport import close_store
+from vmclient.transport.sftp import CIPHER
 from vmclient.virt.libvirt import Hypervisor
 
 MIB = 1 << 20

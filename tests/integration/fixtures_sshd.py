@@ -35,7 +35,7 @@ from pathlib import Path
 
 from testlib import need
 from vmclient.admin.sshd import GLOBAL_CONFIG, Confinement, confinement, enrolment_dropbox
-from vmclient.store.sftp import SFTPStore, SFTPTarget
+from vmclient.transport.sftp import SFTPStore, SFTPTarget
 
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
 BASE = Path("/var/lib/vmclient-test")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import config
 from ..manage.gate import GateConfig
-from ..store.transport import Repository
+from ..transport import Repository
 from ..virt.cpu import CPU_MODES, DOMAIN_TYPES, CPUProfile
 
 DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
