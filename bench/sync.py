@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,11 @@ def fsync_tree(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -190,8 +196,12 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
                                     state_dir=work / "state", scratch_dir=IMAGES / "bench-scratch")
     try:
         await asyncio.to_thread(settle)
+        cpu = cpu_seconds()
         first = await sync()
         out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(where.ours) / MIB
+        # CPU of this process (every thread; not the ssh or sshd processes) per GiB stored
+        out["ours_initial_cpu_s_per_gib"] = round((cpu_seconds() - cpu)
+                                                  / (out["ours_initial_mib"] / 1024), 3)
         out["ours_initial_capture_s"] = first.capture_seconds
         await asyncio.to_thread(settle)
         out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",

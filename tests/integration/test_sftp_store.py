@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import posixpath
+import re
 import signal
 import subprocess
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_sshd import SSHServer, ssh_server
-from sftp_repo import Device, Repo, published
+from sftp_repo import Device, Repo, make_disk, published, qcow2
 
 from testlib import need
 from vmclient.admin.images import read_published
@@ -361,3 +363,63 @@ def test_a_server_that_stays_down_gives_an_error_naming_host_path_and_operation(
     text = str(err.value)
     assert "get" in text and "images/t/x" in text and f"127.0.0.1:{sshd.port}" in text
     assert "3 attempt" in text
+
+
+_LOGGED = re.compile(r'^(open|fsync|close) "([^"]+)"|^(posix-rename|rename) old "([^"]+)" '
+                     r'new "([^"]+)"')
+
+
+def test_publish_over_sftp_fsyncs_each_object_before_the_rename_that_publishes_it(
+        sshd: SSHServer, tmp_path: Path) -> None:
+    """sftp-server's own log of the admin's publish: every object is written to a
+    temporary file, fsync@openssh.com'ed, closed, then renamed into place; packs are
+    published before the index naming them, the index before the manifest, the manifest
+    before the catalog."""
+    sshd.log_sftp("root")
+    repo = Repo(sshd, tmp_path)
+    assert repo.admin_sftp("init") == 0
+    assert repo.admin_sftp("publish", "office", str(qcow2(make_disk(tmp_path / "d.raw", 8)))) == 0
+    seen: dict[str, list[str]] = {}  # temporary name -> what happened to it, in order
+    renamed: list[str] = []  # published names, in order
+    for line in sshd.sftp_log.read_text().splitlines():
+        m = _LOGGED.match(line)
+        if m is None:
+            continue
+        if m[1]:
+            seen.setdefault(m[2], []).append(m[1])
+        elif posixpath.basename(m[4]).startswith(".tmp-"):  # (not a lock moved aside)
+            assert seen.get(m[4], [])[-3:] == ["open", "fsync", "close"], (m[4], seen.get(m[4]))
+            renamed.append(posixpath.relpath(m[5], str(sshd.repo)))
+    assert "config" in renamed and "catalog" in renamed
+
+    def where(kind: str) -> list[int]:
+        return [i for i, p in enumerate(renamed) if re.fullmatch(kind, p)]
+
+    packs, index = where(r"images/office/store/packs/.*"), where(r"images/office/store/index/.*")
+    manifest, catalog = where(r"images/office/versions/1/manifest"), where("catalog")
+    assert packs and index and manifest and catalog
+    assert max(packs) < min(index) and max(index) < min(manifest) < max(catalog)
+
+
+def test_a_server_gone_mid_upload_gives_an_error_naming_host_port_and_path_and_no_object(
+        sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin, connections=1, attempts=2, backoff=0.05)
+    data = os.urandom(160 * MiB)
+
+    async def scenario() -> None:
+        await store.put_atomic("images/t/warm", b"connect first")
+        task = asyncio.ensure_future(store.put_atomic("images/t/big", data))
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".tmp-") and p.stat().st_size > 8 * MiB
+                      for p in (sshd.repo / "images/t").iterdir()):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.005)
+        sshd.stop()  # the listener and every session
+        await task
+
+    with pytest.raises(RemoteUnavailable) as err:
+        run(_closing(store, scenario()))
+    text = str(err.value)
+    assert "put of 'images/t/big'" in text and f"127.0.0.1:{sshd.port}" in text
+    assert "2 attempt" in text and f"reachable on port {sshd.port}" in text
+    assert not (sshd.repo / "images/t/big").exists()

@@ -54,7 +54,7 @@ def test_an_sftp_url_names_user_host_port_and_repository_path() -> None:
     assert (t.user, t.host, t.port, t.root) == ("vmc-01", "repo.example", 2222, "/srv/repo")
     command = ssh.argv(t.endpoint)
     assert command[-4:] == ["-s", "--", "repo.example", "sftp"]
-    assert ["-p", "2222", "-l", "vmc-01"] == command[command.index("-p"):command.index("-l") + 2]
+    assert command[command.index("-p"):command.index("-l") + 2] == ["-p", "2222", "-l", "vmc-01"]
     assert 'UserKnownHostsFile="/kh"' in command and 'IdentityFile="/k"' in command
     assert open_store("sftp://u@h/", key_file="/k", known_hosts="/kh").target.root == "/"  # type: ignore[attr-defined]
 

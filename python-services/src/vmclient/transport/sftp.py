@@ -222,11 +222,12 @@ class SFTPStore(LockingMixin):
         parent = posixpath.dirname(final)
         tmp = posixpath.join(parent, f"{TMP_PREFIX}{secrets.token_hex(8)}")
         view = memoryview(data)
-        state = {"written": False}
+        state = {"started": False, "written": False}
 
         def put(conn: Connection) -> None:
             if not state["written"]:
-                self._upload(conn, tmp, parent, view, path)
+                resume, state["started"] = state["started"], True
+                self._upload(conn, tmp, parent, view, path, resume=resume)
                 state["written"] = True
             elif conn.stat(tmp) is None and _size(conn, final) == len(view):
                 return  # the rename went through just before the connection dropped
@@ -247,10 +248,10 @@ class SFTPStore(LockingMixin):
         await self._run("put", path, put)
 
     def _upload(self, conn: Connection, tmp: str, parent: str, data: memoryview,
-                path: str) -> None:
-        """Write ``data`` to ``tmp`` (continuing a partial file a dropped connection left),
-        fsync it on the server, close it."""
-        start = _size(conn, tmp)
+                path: str, *, resume: bool) -> None:
+        """Write ``data`` to ``tmp`` (on a ``resume``, continuing the partial file a dropped
+        connection left), fsync it on the server, close it."""
+        start = _size(conn, tmp) if resume else None
         if start is None or start > len(data):
             flags = c.WRITE_FLAG | c.CREAT | c.TRUNC
             try:

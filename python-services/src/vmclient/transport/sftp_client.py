@@ -27,9 +27,10 @@ reads (~40 bytes) never fill a socket buffer.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from . import sftp_codec as c
 from .ssh import Endpoint, Failure, Process
@@ -54,12 +55,25 @@ class Refused(Exception):
         self.failure = failure
 
 
-class Connection:
-    """An SFTP session: ``ssh -s <host> sftp`` and the version exchange done."""
+class Channel(Protocol):
+    """What carries the session: a :class:`.ssh.Process` (a fake server in the fuzz tests)."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    sock: socket.socket
+
+    @property
+    def pid(self) -> int: ...
+    def failure(self, wait: float) -> tuple[Failure, str]: ...
+    def close(self) -> None: ...
+    def alive(self) -> bool: ...
+
+
+class Connection:
+    """An SFTP session: ``ssh -s <host> sftp`` (or ``channel``) and the version exchange
+    done."""
+
+    def __init__(self, endpoint: Endpoint, channel: Channel | None = None) -> None:
         self.endpoint = endpoint
-        self.process = Process(endpoint)
+        self.process: Channel = Process(endpoint) if channel is None else channel
         self.sock = self.process.sock
         self.sock.settimeout(endpoint.timeout)
         self.rfile = self.sock.makefile("rb", buffering=1 << 16)
