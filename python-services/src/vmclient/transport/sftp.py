@@ -29,7 +29,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import posixpath
 import secrets
 import stat
@@ -37,16 +36,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
-from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
-from ..store.errors import LocalSyncError, ObjectNotFound, StoreError
+from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import Entry, LockingMixin, check_path
 from . import sftp_codec as c
 from .sftp_client import Connection, ConnectionLost, Refused
-from .ssh import CIPHER, Endpoint, Failure
+from .ssh import CIPHER
+from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
 
 log = logging.getLogger(__name__)
 
@@ -54,69 +51,6 @@ TMP_PREFIX = ".tmp-"
 T = TypeVar("T")
 __all__ = ["CIPHER", "DEFAULT_CONNECTIONS", "RemoteRefused", "RemoteUnavailable", "SFTPStore",
            "SFTPTarget"]
-
-
-class RemoteUnavailable(StoreError):
-    """SFTP {} of {!r} on {} failed after {} attempt(s): {}"""
-
-    exit_code = EXIT_UNAVAILABLE
-    dbus_name = DBUS_ERROR_PREFIX + "RemoteUnavailable"
-
-    def __init__(self, op: str, path: str, server: str, attempts: int, problem: object) -> None:
-        super().__init__(op, path, server, attempts, problem)
-        self.op, self.path, self.server = op, path, server
-
-
-class RemoteRefused(StoreError):
-    """SFTP server {} refused {} of {!r}: {}"""
-
-    exit_code = EXIT_NOPERM
-    dbus_name = DBUS_ERROR_PREFIX + "RemoteRefused"
-
-    def __init__(self, server: str, op: str, path: str, problem: object) -> None:
-        super().__init__(server, op, path, problem)
-        self.op, self.path, self.server = op, path, server
-
-
-# One connection per core, at most 4: each ssh process takes a core for its crypto while
-# it transfers, so more connections than cores only contend.
-DEFAULT_CONNECTIONS = max(1, min(4, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class SFTPTarget:
-    """Where a repository is and how to log in (the device's key, the pinned host key)."""
-
-    host: str
-    user: str
-    key_file: Path
-    known_hosts: Path
-    port: int = 22
-    root: str = ""  # directory holding the repository on the server ("" = login directory)
-    connections: int = DEFAULT_CONNECTIONS
-    attempts: int = 4
-    timeout: float = 30.0
-    backoff: float = 0.5  # seconds before the 2nd attempt, doubled for each further one
-    subsystem: str = "sftp"
-    ssh_config: Path | None = None  # an ssh_config file for ssh to read (None: none)
-
-    @property
-    def server(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(self.host, self.port, self.user, self.key_file, self.known_hosts,
-                        self.subsystem, self.timeout, self.ssh_config)
-
-
-_ADVICE = {
-    Failure.HOST_KEY_CHANGED: "its host key does not match the one pinned in {kh}; if the "
-                              "server's key was changed on purpose, pin the new one there",
-    Failure.HOST_KEY_UNKNOWN: "its host key is not in {kh}; pin the server's host key there",
-    Failure.AUTH: "authentication with {key} failed (is the key enrolled on the server?)",
-    Failure.SUBSYSTEM: "it refused the SFTP subsystem; check the server's sshd configuration",
-}
 
 
 class SFTPStore(LockingMixin):
@@ -370,7 +304,7 @@ class SFTPStore(LockingMixin):
             try:
                 conn = self._connection()
             except Refused as exc:
-                advice = _ADVICE[exc.failure].format(kh=t.known_hosts, key=t.key_file)
+                advice = ADVICE[exc.failure].format(kh=t.known_hosts, key=t.key_file)
                 raise RemoteRefused(t.server, op, path, f"{advice} (ssh: {exc})") from exc
             except c.MalformedAnswer as exc:
                 raise RemoteUnavailable(op, path, t.server, attempt + 1, exc) from exc

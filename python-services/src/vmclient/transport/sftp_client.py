@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -41,6 +42,11 @@ T = TypeVar("T")
 IN_FLIGHT = 64  # outstanding read or write requests per connection
 REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
 MIN_REQUEST = 32 << 10  # what every SFTP server must take
+SEND_BATCH = 4  # write requests per sendmsg
+SEND_BUFFER = 4 << 20  # bytes the kernel holds for ssh: fewer wake-ups of the sender
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+ACK_BATCH = 16  # write answers waited for at once
+MIN_STATUS = 4 + 1 + 4 + 4 + 4 + 4  # length, type, id, code, empty message, empty language
 
 
 class ConnectionLost(Exception):
@@ -75,8 +81,7 @@ class Connection:
         self.endpoint = endpoint
         self.process: Channel = Process(endpoint) if channel is None else channel
         self.sock = self.process.sock
-        self.sock.settimeout(endpoint.timeout)
-        self.rfile = self.sock.makefile("rb", buffering=1 << 16)
+        _blocking_with_timeout(self.sock, endpoint.timeout)
         self._rid = 0
         try:
             self._send(c.init())
@@ -117,10 +122,7 @@ class Connection:
         return self.process.alive() and self.sock.fileno() >= 0
 
     def close(self) -> None:
-        try:
-            self.rfile.close()
-        finally:
-            self.process.close()
+        self.process.close()
 
     # --- framing ---------------------------------------------------------------------------
 
@@ -130,8 +132,8 @@ class Connection:
         except OSError as exc:
             raise ConnectionLost(f"sending: {exc}") from exc
 
-    def _sendv(self, head: bytes, data: memoryview) -> None:
-        parts: list[bytes | memoryview] = [head, data]
+    def _sendv(self, parts: list[bytes | memoryview]) -> None:
+        """Send ``parts`` whole with as few ``sendmsg`` calls as the kernel allows."""
         try:
             while parts:
                 sent = self.sock.sendmsg(parts)
@@ -144,9 +146,18 @@ class Connection:
             raise ConnectionLost(f"sending: {exc}") from exc
 
     def _read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes: one ``recv`` waiting for all of them in the kernel (a DATA
+        answer's payload arrives as one object, without a copy in Python)."""
+        if n == 0:
+            return b""
         try:
-            data: bytes = self.rfile.read(n)
-        except (OSError, ValueError) as exc:  # timeout, reset; ValueError: closed file
+            data = self.sock.recv(n, socket.MSG_WAITALL)
+            while 0 < len(data) < n:  # a signal or the timeout cut the wait short
+                more = self.sock.recv(n - len(data), socket.MSG_WAITALL)
+                if not more:
+                    break
+                data += more
+        except OSError as exc:  # the timeout (EAGAIN), a reset, a closed socket
             raise ConnectionLost(f"receiving: {exc}") from exc
         if len(data) != n:
             raise ConnectionLost("the SSH session ended")
@@ -314,25 +325,64 @@ class Connection:
         checked, and after a refused write the others are collected before raising."""
         outstanding: deque[int] = deque()
         error: OSError | None = None
+        framer = c.Framer()  # the status answers, several per recv
         pos, size, total = 0, self.write_size, len(data)
         while pos < total or outstanding:
-            while pos < total and len(outstanding) < IN_FLIGHT and error is None:
+            batch: list[bytes | memoryview] = []
+            while (pos < total and len(outstanding) < IN_FLIGHT and error is None
+                   and len(batch) < 2 * SEND_BATCH):
                 n = min(size, total - pos)
                 rid = self._next_rid()
-                self._sendv(c.write_header(rid, handle, start + pos, n), data[pos:pos + n])
+                batch += [c.write_header(rid, handle, start + pos, n), data[pos:pos + n]]
                 outstanding.append(rid)
                 pos += n
+            if batch:
+                self._sendv(batch)
             if not outstanding:
                 break
-            kind, length = self._header()
-            got, value = c.parse_answer(kind, self._read(length))
-            if got != outstanding[0] or not isinstance(value, c.Status):
-                raise c.MalformedAnswer(f"answer type {kind} to write request {got}")
-            outstanding.popleft()
-            if value.code != c.OK and error is None:
-                error = c.status_error(value, "put", path)
+            if len(outstanding) < IN_FLIGHT and pos < total and error is None:
+                continue  # the window is not full yet: send more before waiting
+            # wait for several answers at once (each status is >= MIN_STATUS bytes, so this
+            # never waits for more than the outstanding answers hold): fewer wake-ups
+            want = MIN_STATUS * min(len(outstanding), ACK_BATCH) - len(framer.buf)
+            for kind, body in framer.feed(self._some(max(1, want))):
+                got, value = c.parse_answer(kind, body)
+                if not outstanding or got != outstanding[0] or not isinstance(value, c.Status):
+                    raise c.MalformedAnswer(f"answer type {kind} to write request {got}")
+                outstanding.popleft()
+                if value.code != c.OK and error is None:
+                    error = c.status_error(value, "put", path)
+        if framer.buf:
+            raise c.MalformedAnswer(f"{len(framer.buf)} bytes after the last write's answer")
         if error is not None:
             raise error
+
+    def _some(self, want: int) -> bytes:
+        """``want`` bytes or more (what has arrived once they have)."""
+        try:
+            data = self.sock.recv(want, socket.MSG_WAITALL)
+        except OSError as exc:
+            raise ConnectionLost(f"receiving: {exc}") from exc
+        if not data:
+            raise ConnectionLost("the SSH session ended")
+        return data
+
+
+def _blocking_with_timeout(sock: socket.socket, timeout: float) -> None:
+    """A blocking socket whose waits end after ``timeout`` seconds: the kernel, not a poll
+    loop in Python, waits for ssh to take or give bytes (Python's own socket timeout makes
+    every partial send and receive a round through the interpreter)."""
+    sock.settimeout(None)
+    seconds = int(timeout)
+    tv = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):  # (the first needs CAP_NET_ADMIN)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+            break
+        except OSError:
+            continue
 
 
 def _within(limit: int, packet: int) -> int:
