@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
@@ -90,29 +91,46 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
 
 def ssh_defaults(args: argparse.Namespace) -> None:
     """For ``sftp://``, what ``--ssh-key``/``--known-hosts`` leave open, found as OpenSSH
-    would: ``~/.ssh/config``'s ``IdentityFile`` and ``UserKnownHostsFile`` for the host,
+    would: ``~/.ssh/config``'s ``IdentityFile`` and ``UserKnownHostsFile`` for the host
+    (resolved by ``ssh -G``),
     else ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` and ``~/.ssh/known_hosts``.
     (Keys held only by ssh-agent are not used: the store reads a key file.)"""
     if args.ssh_key and args.known_hosts:
         return
-    import paramiko
     host = urlsplit(args.repo).hostname or ""
     ssh = Path.home() / ".ssh"
-    found: dict[str, Any] = {}
-    if (ssh / "config").is_file():
-        try:
-            found = dict(paramiko.SSHConfig.from_path(str(ssh / "config")).lookup(host))
-        except (OSError, paramiko.ConfigParseError) as exc:
-            raise ConfigError(ssh / "config", "", str(exc)) from exc
+    found = openssh_config(host, ssh / "config")
     if args.ssh_key is None:
         candidates = [*found.get("identityfile", []),
-                      *(ssh / n for n in ("id_ed25519", "id_ecdsa", "id_rsa"))]
+                      *(str(ssh / n) for n in ("id_ed25519", "id_ecdsa", "id_rsa"))]
         args.ssh_key = next((str(Path(c).expanduser()) for c in candidates
                              if Path(c).expanduser().is_file()), None)
     if args.known_hosts is None:
-        files = str(found.get("userknownhostsfile", "")).split() or [str(ssh / "known_hosts")]
+        files = " ".join(found.get("userknownhostsfile", [])).split() or [str(ssh / "known_hosts")]
         args.known_hosts = next((str(Path(f).expanduser()) for f in files
                                  if Path(f).expanduser().is_file()), None)
+
+
+def openssh_config(host: str, config: Path) -> dict[str, list[str]]:
+    """What OpenSSH's ``ssh -G`` resolves for ``host`` from ``config`` (``Include``,
+    ``Match`` and all), as {lower-case keyword: [values]}; empty without that file."""
+    if not config.is_file():
+        return {}
+    exe = shutil.which("ssh")
+    if exe is None:
+        raise ConfigError(config, "", "OpenSSH's ssh is not installed to read it")
+    try:
+        done = subprocess.run([exe, "-G", "-F", str(config), "--", host], capture_output=True,
+                              text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(config, "", str(exc)) from exc
+    if done.returncode != 0:
+        raise ConfigError(config, "", done.stderr.strip()[-300:])
+    found: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        found.setdefault(key.lower(), []).append(value)
+    return found
 
 
 def passphrase(args: argparse.Namespace) -> keys.Passphrase:
