@@ -43,8 +43,6 @@ IN_FLIGHT = 64  # outstanding read or write requests per connection
 REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
 MIN_REQUEST = 32 << 10  # what every SFTP server must take
 SEND_BATCH = 4  # write requests per sendmsg
-SEND_BUFFER = 4 << 20  # bytes the kernel holds for ssh: fewer wake-ups of the sender
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 ACK_BATCH = 16  # write answers waited for at once
 MIN_STATUS = 4 + 1 + 4 + 4 + 4 + 4  # length, type, id, code, empty message, empty language
 
@@ -377,12 +375,6 @@ def _blocking_with_timeout(sock: socket.socket, timeout: float) -> None:
     tv = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-    for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):  # (the first needs CAP_NET_ADMIN)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
-            break
-        except OSError:
-            continue
 
 
 def _within(limit: int, packet: int) -> int:

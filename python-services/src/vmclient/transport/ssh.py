@@ -35,6 +35,8 @@ from pathlib import Path
 
 from ..store.errors import LocalSyncError
 
+SOCKET_BUFFER = 4 << 20  # bytes in flight each way between ssh and this process
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 CIPHER = "aes256-gcm@openssh.com"  # preferred: AES-NI on every laptop we target
 SSH = "ssh"
 
@@ -113,6 +115,18 @@ def check_key_file(path: Path) -> None:
                              f"it must be 0600 (chmod 600 {path})")
 
 
+def _send_buffer(sock: socket.socket, size: int) -> None:
+    """The most a sender may have queued on this end of a socket pair: with the default
+    (~200 KiB, less than one 255 KiB SFTP answer) ssh and this process wait on each other
+    for every answer.  Above ``net.core.wmem_max`` only with CAP_NET_ADMIN (root)."""
+    for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            return
+        except OSError:
+            continue
+
+
 class Failure(enum.Enum):
     HOST_KEY_CHANGED = "host key changed"
     HOST_KEY_UNKNOWN = "host key unknown"
@@ -162,6 +176,8 @@ class Process:
         check_key_file(e.key_file)
         self.endpoint = e
         self.sock, child = socket.socketpair()
+        for end in (self.sock, child):  # a window of a few MiB each way
+            _send_buffer(end, SOCKET_BUFFER)
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by close())
         try:
             self.proc = subprocess.Popen([exe, *argv(e)[1:]], stdin=child.fileno(),
