@@ -21,7 +21,7 @@ step before it, whichever tool ran there.
 
 With ``--transport sftp`` (the default) both repositories are reached over
 SFTP on the same loopback sshd (tests/integration/fixtures_sshd.py): ours as a
-confined device account (paramiko, :class:`SFTPStore`), restic as root with
+confined device account (:class:`SFTPStore`: OpenSSH's ``ssh``), restic as root with
 OpenSSH's ``ssh -s sftp``; with ``--transport local`` both are local
 directories.  The last line is one JSON object.
 
