@@ -48,6 +48,7 @@ from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailabl
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+NO_STAT_READ = 16 << 20  # a ranged read up to this long skips the fstat round trip
 T = TypeVar("T")
 __all__ = ["CIPHER", "DEFAULT_CONNECTIONS", "RemoteRefused", "RemoteUnavailable", "SFTPStore",
            "SFTPTarget"]
@@ -141,8 +142,11 @@ class SFTPStore(LockingMixin):
         def read(conn: Connection) -> bytes:
             handle = conn.open(remote, c.READ_FLAG)
             try:
-                size = conn.fstat(handle, path).size or 0
-                end = size if length is None else min(size, offset + length)
+                if length is not None and length <= NO_STAT_READ:
+                    end = offset + length  # (a shorter file ends the read at its end)
+                else:  # the size first: no read requests far past the end
+                    size = conn.fstat(handle, path).size or 0
+                    end = size if length is None else min(size, offset + length)
                 self.resumed_bytes += got[0]
                 conn.read(handle, offset + got[0], end, sink, path)
             finally:
