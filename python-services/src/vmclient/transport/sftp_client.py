@@ -264,12 +264,15 @@ class Connection:
         stale: set[int] = set()  # requests abandoned after a short answer
         pos, size = start, self.read_size
         while pos < end or window:
-            while pos < end and len(window) < IN_FLIGHT:
-                n = min(size, end - pos)
-                rid = self._next_rid()
-                self._send(c.read(rid, handle, pos, n))
-                window.append((rid, pos, n))
-                pos += n
+            if pos < end and len(window) <= IN_FLIGHT // 2:  # refill in one send
+                batch = []
+                while pos < end and len(window) < IN_FLIGHT:
+                    n = min(size, end - pos)
+                    rid = self._next_rid()
+                    batch.append(c.read(rid, handle, pos, n))
+                    window.append((rid, pos, n))
+                    pos += n
+                self._send(b"".join(batch))
             rid, off, n = window.popleft()
             data = self._read_answer(rid, n, stale, path)
             if data is None:  # end of file
@@ -286,9 +289,15 @@ class Connection:
 
     def _read_answer(self, rid: int, n: int, stale: set[int], path: str) -> bytes | None:
         while True:
-            kind, length = self._header()
+            # the header and a DATA answer's id and length in one receive (every answer to
+            # a read has these 13 bytes at least): each receive costs a turn at the GIL,
+            # which the threads opening chunks hold most of the time
+            head = self._read(c.HEADER.size + c.DATA_HEAD_SIZE)
+            kind, length = c.frame_header(head[:c.HEADER.size])
+            if length < c.DATA_HEAD_SIZE:
+                raise c.MalformedAnswer(f"an answer of {length} bytes to a read")
             if kind == c.DATA:
-                got, size = c.data_header(self._read(c.DATA_HEAD_SIZE), length)
+                got, size = c.data_header(head[c.HEADER.size:], length)
                 data = self._read(size)
                 if got == rid:
                     if size > n:
@@ -298,7 +307,8 @@ class Connection:
                     raise c.MalformedAnswer(f"DATA for request {got}, expected {rid}")
                 stale.discard(got)
                 continue
-            got, value = c.parse_answer(kind, self._read(length))
+            body = head[c.HEADER.size:] + self._read(length - c.DATA_HEAD_SIZE)
+            got, value = c.parse_answer(kind, body)
             if got in stale:
                 stale.discard(got)
                 continue
