@@ -132,10 +132,12 @@ class SFTPStore(LockingMixin):
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         remote = self._remote(check_path(path))
-        parts: builtins.list[bytes] = []  # survives a reconnect: the next attempt goes on
+        # survives a reconnect: the next attempt goes on; views into receive buffers, joined
+        # once at the end
+        parts: builtins.list[bytes | memoryview] = []
         got = [0]
 
-        def sink(data: bytes) -> None:
+        def sink(data: bytes | memoryview) -> None:
             parts.append(data)
             got[0] += len(data)
 
@@ -151,7 +153,7 @@ class SFTPStore(LockingMixin):
                 conn.read(handle, offset + got[0], end, sink, path)
             finally:
                 conn.close_handle(handle, path)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return b"".join(parts)
 
         return await self._run("get", path, read)
 

@@ -43,8 +43,7 @@ IN_FLIGHT = 64  # outstanding read or write requests per connection
 REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
 MIN_REQUEST = 32 << 10  # what every SFTP server must take
 SEND_BATCH = 4  # write requests per sendmsg
-ACK_BATCH = 16  # write answers waited for at once
-MIN_STATUS = 4 + 1 + 4 + 4 + 4 + 4  # length, type, id, code, empty message, empty language
+RECEIVE_CHUNK = 1 << 20  # the most one receive takes
 
 
 class ConnectionLost(Exception):
@@ -80,6 +79,7 @@ class Connection:
         self.process: Channel = Process(endpoint) if channel is None else channel
         self.sock = self.process.sock
         _blocking_with_timeout(self.sock, endpoint.timeout)
+        self._view, self._pos = memoryview(b""), 0  # received, not yet taken
         self._rid = 0
         try:
             self._send(c.init())
@@ -144,22 +144,33 @@ class Connection:
             raise ConnectionLost(f"sending: {exc}") from exc
 
     def _read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes: one ``recv`` waiting for all of them in the kernel (a DATA
-        answer's payload arrives as one object, without a copy in Python)."""
-        if n == 0:
-            return b""
-        try:
-            data = self.sock.recv(n, socket.MSG_WAITALL)
-            while 0 < len(data) < n:  # a signal or the timeout cut the wait short
-                more = self.sock.recv(n - len(data), socket.MSG_WAITALL)
-                if not more:
-                    break
-                data += more
-        except OSError as exc:  # the timeout (EAGAIN), a reset, a closed socket
-            raise ConnectionLost(f"receiving: {exc}") from exc
-        if len(data) != n:
-            raise ConnectionLost("the SSH session ended")
-        return data
+        """Exactly ``n`` bytes (small: headers, statuses, names)."""
+        return bytes(self._take(n))
+
+    def _take(self, n: int) -> bytes | memoryview:
+        """Exactly ``n`` bytes, as a view into a receive buffer where they are in one.
+
+        Each receive takes whatever has arrived, up to :data:`RECEIVE_CHUNK` (at least
+        what is asked): when this thread is late (the threads opening chunks hold the
+        GIL), one receive brings many answers, so it needs the GIL less often."""
+        have = len(self._view) - self._pos
+        if have >= n:
+            self._pos += n
+            return self._view[self._pos - n:self._pos]
+        parts: list[bytes | memoryview] = [self._view[self._pos:]] if have else []
+        need = n - have
+        while need:
+            buf = bytearray(max(need, RECEIVE_CHUNK))
+            try:
+                got = self.sock.recv_into(buf)
+            except OSError as exc:  # the timeout (EAGAIN), a reset, a closed socket
+                raise ConnectionLost(f"receiving: {exc}") from exc
+            if not got:
+                raise ConnectionLost("the SSH session ended")
+            self._view, self._pos = memoryview(buf)[:got], min(need, got)
+            parts.append(self._view[:self._pos])
+            need -= self._pos
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _header(self) -> tuple[int, int]:
         return c.frame_header(self._read(c.HEADER.size))
@@ -255,7 +266,8 @@ class Connection:
 
     # --- pipelined transfers ------------------------------------------------------------------
 
-    def read(self, handle: bytes, start: int, end: int, sink: Callable[[bytes], None],
+    def read(self, handle: bytes, start: int, end: int,
+             sink: Callable[[bytes | memoryview], None],
              path: str) -> None:
         """Bytes ``[start, end)`` of an open file to ``sink``, in order, ``IN_FLIGHT``
         requests deep.  End of file (the file shrank) ends the read there; a short
@@ -287,7 +299,8 @@ class Connection:
                 pos = off + len(data)
         self._drain(stale)
 
-    def _read_answer(self, rid: int, n: int, stale: set[int], path: str) -> bytes | None:
+    def _read_answer(self, rid: int, n: int, stale: set[int], path: str
+                     ) -> bytes | memoryview | None:
         while True:
             # the header and a DATA answer's id and length in one receive (every answer to
             # a read has these 13 bytes at least): each receive costs a turn at the GIL,
@@ -298,7 +311,7 @@ class Connection:
                 raise c.MalformedAnswer(f"an answer of {length} bytes to a read")
             if kind == c.DATA:
                 got, size = c.data_header(head[c.HEADER.size:], length)
-                data = self._read(size)
+                data = self._take(size)
                 if got == rid:
                     if size > n:
                         raise c.MalformedAnswer(f"{size} bytes answered to a read of {n}")
@@ -333,7 +346,6 @@ class Connection:
         checked, and after a refused write the others are collected before raising."""
         outstanding: deque[int] = deque()
         error: OSError | None = None
-        framer = c.Framer()  # the status answers, several per recv
         pos, size, total = 0, self.write_size, len(data)
         while pos < total or outstanding:
             batch: list[bytes | memoryview] = []
@@ -350,30 +362,15 @@ class Connection:
                 break
             if len(outstanding) < IN_FLIGHT and pos < total and error is None:
                 continue  # the window is not full yet: send more before waiting
-            # wait for several answers at once (each status is >= MIN_STATUS bytes, so this
-            # never waits for more than the outstanding answers hold): fewer wake-ups
-            want = MIN_STATUS * min(len(outstanding), ACK_BATCH) - len(framer.buf)
-            for kind, body in framer.feed(self._some(max(1, want))):
-                got, value = c.parse_answer(kind, body)
-                if not outstanding or got != outstanding[0] or not isinstance(value, c.Status):
-                    raise c.MalformedAnswer(f"answer type {kind} to write request {got}")
-                outstanding.popleft()
-                if value.code != c.OK and error is None:
-                    error = c.status_error(value, "put", path)
-        if framer.buf:
-            raise c.MalformedAnswer(f"{len(framer.buf)} bytes after the last write's answer")
+            kind, length = self._header()
+            got, value = c.parse_answer(kind, self._read(length))
+            if got != outstanding[0] or not isinstance(value, c.Status):
+                raise c.MalformedAnswer(f"answer type {kind} to write request {got}")
+            outstanding.popleft()
+            if value.code != c.OK and error is None:
+                error = c.status_error(value, "put", path)
         if error is not None:
             raise error
-
-    def _some(self, want: int) -> bytes:
-        """``want`` bytes or more (what has arrived once they have)."""
-        try:
-            data = self.sock.recv(want, socket.MSG_WAITALL)
-        except OSError as exc:
-            raise ConnectionLost(f"receiving: {exc}") from exc
-        if not data:
-            raise ConnectionLost("the SSH session ended")
-        return data
 
 
 def _blocking_with_timeout(sock: socket.socket, timeout: float) -> None:
