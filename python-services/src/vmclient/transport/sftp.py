@@ -41,7 +41,7 @@ from typing import TypeVar
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import Entry, LockingMixin, check_path
 from . import sftp_codec as c
-from .sftp_client import Connection, ConnectionLost, Refused
+from .sftp_client import Connection, ConnectionLost, Refused, Reopen
 from .ssh import CIPHER
 from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
 
@@ -143,17 +143,22 @@ class SFTPStore(LockingMixin):
 
         def read(conn: Connection) -> bytes:
             handle = conn.open(remote, c.READ_FLAG)
-            try:
-                if length is not None and length <= NO_STAT_READ:
-                    end = offset + length  # (a shorter file ends the read at its end)
-                else:  # the size first: no read requests far past the end
+            if length is not None and length <= NO_STAT_READ:
+                end = offset + length  # (a shorter file ends the read at its end)
+            else:  # the size first: no read requests far past the end
+                try:
                     size = conn.fstat(handle, path).size or 0
-                    end = size if length is None else min(size, offset + length)
-                self.resumed_bytes += got[0]
-                conn.read(handle, offset + got[0], end, sink, path)
-            finally:
-                conn.close_handle(handle, path)
-            return b"".join(parts)
+                except OSError:
+                    conn.close_handle(handle, path)
+                    raise
+                end = size if length is None else min(size, offset + length)
+            self.resumed_bytes += got[0]
+            while True:  # (the CLOSE goes right behind the last READ)
+                try:
+                    conn.read(handle, offset + got[0], end, sink, path, close=True)
+                    return b"".join(parts)
+                except Reopen:  # a short answer after the CLOSE: go on with a new handle
+                    handle = conn.open(remote, c.READ_FLAG)
 
         return await self._run("get", path, read)
 

@@ -50,6 +50,14 @@ class ConnectionLost(Exception):
     """The SSH session ended or stopped answering (not an answer of the server)."""
 
 
+class Reopen(Exception):
+    """A read ended short after its handle was closed: open again at :attr:`offset`."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
 class Refused(Exception):
     """ssh could not open the session and retrying would not help."""
 
@@ -267,36 +275,57 @@ class Connection:
     # --- pipelined transfers ------------------------------------------------------------------
 
     def read(self, handle: bytes, start: int, end: int,
-             sink: Callable[[bytes | memoryview], None],
-             path: str) -> None:
+             sink: Callable[[bytes | memoryview], None], path: str, *,
+             close: bool = False) -> None:
         """Bytes ``[start, end)`` of an open file to ``sink``, in order, ``IN_FLIGHT``
         requests deep.  End of file (the file shrank) ends the read there; a short
-        answer (allowed by the protocol) is continued with new requests."""
+        answer (allowed by the protocol) is continued with new requests.
+
+        ``close``: the handle is closed too, the CLOSE sent right behind the last READ
+        (no round trip of its own), whatever happens; a short answer after that raises
+        :class:`Reopen` with the offset reached."""
         window: deque[tuple[int, int, int]] = deque()  # (request id, offset, length)
-        stale: set[int] = set()  # requests abandoned after a short answer
+        stale: set[int] = set()  # answers to read and drop: abandoned requests, the CLOSE
         pos, size = start, self.read_size
-        while pos < end or window:
-            if pos < end and len(window) <= IN_FLIGHT // 2:  # refill in one send
-                batch = []
-                while pos < end and len(window) < IN_FLIGHT:
-                    n = min(size, end - pos)
-                    rid = self._next_rid()
-                    batch.append(c.read(rid, handle, pos, n))
-                    window.append((rid, pos, n))
-                    pos += n
-                self._send(b"".join(batch))
-            rid, off, n = window.popleft()
-            data = self._read_answer(rid, n, stale, path)
-            if data is None:  # end of file
-                stale.update(r for r, _o, _n in window)
-                window.clear()
-                self._drain(stale)
-                return
-            sink(data)
-            if len(data) < n:
-                stale.update(r for r, _o, _n in window)
-                window.clear()
-                pos = off + len(data)
+        closing = False
+        try:
+            while pos < end or window:
+                if pos < end and len(window) <= IN_FLIGHT // 2:  # refill in one send
+                    batch = []
+                    while pos < end and len(window) < IN_FLIGHT:
+                        n = min(size, end - pos)
+                        rid = self._next_rid()
+                        batch.append(c.read(rid, handle, pos, n))
+                        window.append((rid, pos, n))
+                        pos += n
+                    if close and pos >= end:
+                        closing = True
+                        stale.add(self._next_rid())
+                        batch.append(c.request(c.CLOSE, self._rid, c.string(handle)))
+                    self._send(b"".join(batch))
+                rid, off, n = window.popleft()
+                data = self._read_answer(rid, n, stale, path)
+                if data is None:  # end of file
+                    break
+                sink(data)
+                if len(data) < n:
+                    stale.update(r for r, _o, _n in window)
+                    window.clear()
+                    pos = off + len(data)
+                    if closing:
+                        self._drain(stale)
+                        raise Reopen(pos)
+        except OSError:  # an error status: the other answers are read, the handle closed
+            stale.update(r for r, _o, _n in window)
+            if close and not closing:
+                stale.add(self._next_rid())
+                self._send(c.request(c.CLOSE, self._rid, c.string(handle)))
+            self._drain(stale)
+            raise
+        stale.update(r for r, _o, _n in window)
+        if close and not closing:
+            stale.add(self._next_rid())
+            self._send(c.request(c.CLOSE, self._rid, c.string(handle)))
         self._drain(stale)
 
     def _read_answer(self, rid: int, n: int, stale: set[int], path: str
