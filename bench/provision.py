@@ -15,13 +15,10 @@ account, same cipher (aes256-gcm@openssh.com), same bytes:
    ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack files into a
    directory on the same file system.  Best of ``--rounds`` each,
    alternating.  Our side is the laptop's store as provd runs it:
-   ``--connections`` SFTP connections (default one per core), each held by a
-   reader process (``store/sftp_reader.py``) that streams the ranges to this
-   process, where worker threads open the chunks and a writer thread appends
-   them to the cache.  The timed part includes connecting (forking the
-   readers, SSH handshakes); the first round also starts the zygote that
-   forks them (once per process, as in the daemon).  (Until this version the
-   timed part was ``ChunkStore.fetch`` alone: no cache write, no fsync.)
+   ``--connections`` SFTP connections (default one per core), each an
+   OpenSSH ``ssh`` process driven by one thread of this process, where worker
+   threads open the chunks and a writer thread appends them to the cache.
+   The timed part includes connecting (starting ssh, SSH handshakes).
    ``install_image_mib_s``: disk MiB per second of ``vmclient-admin``'s
    verified read of the image into a raw file (``--concurrency`` reads in
    flight, a pwrite per chunk).
@@ -69,7 +66,7 @@ from vmclient.store.repo import (
     get_image_manifest,
     get_wrapped_key,
 )
-from vmclient.store.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
+from vmclient.transport.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
 
 MiB = 1 << 20
 CLUSTER = 64 << 10

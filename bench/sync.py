@@ -21,7 +21,7 @@ step before it, whichever tool ran there.
 
 With ``--transport sftp`` (the default) both repositories are reached over
 SFTP on the same loopback sshd (tests/integration/fixtures_sshd.py): ours as a
-confined device account (paramiko, :class:`SFTPStore`), restic as root with
+confined device account (:class:`SFTPStore`: OpenSSH's ``ssh``), restic as root with
 OpenSSH's ``ssh -s sftp``; with ``--transport local`` both are local
 directories.  The last line is one JSON object.
 
@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,9 +60,9 @@ from fixtures_virt import BOOT_SECTOR, cpu_profile, wait_idle
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import RemoteStore
-from vmclient.store.sftp import CIPHER
-from vmclient.store.transport import close_store
 from vmclient.sync import engine, restore
+from vmclient.transport import close_store
+from vmclient.transport.sftp import CIPHER
 from vmclient.virt.libvirt import Hypervisor
 
 MIB = 1 << 20
@@ -142,6 +143,11 @@ def fsync_tree(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -190,8 +196,12 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
                                     state_dir=work / "state", scratch_dir=IMAGES / "bench-scratch")
     try:
         await asyncio.to_thread(settle)
+        cpu = cpu_seconds()
         first = await sync()
         out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(where.ours) / MIB
+        # CPU of this process (every thread; not the ssh or sshd processes) per GiB stored
+        out["ours_initial_cpu_s_per_gib"] = round((cpu_seconds() - cpu)
+                                                  / (out["ours_initial_mib"] / 1024), 3)
         out["ours_initial_capture_s"] = first.capture_seconds
         await asyncio.to_thread(settle)
         out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",

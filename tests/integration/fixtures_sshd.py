@@ -35,10 +35,13 @@ from pathlib import Path
 
 from testlib import need
 from vmclient.admin.sshd import GLOBAL_CONFIG, Confinement, confinement, enrolment_dropbox
-from vmclient.store.sftp import SFTPStore, SFTPTarget
+from vmclient.transport.sftp import SFTPStore, SFTPTarget
 
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
 BASE = Path("/var/lib/vmclient-test")
+SFTP_SERVER = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server",
+                                "/usr/libexec/openssh/sftp-server") if Path(p).exists()),
+                   "/usr/lib/openssh/sftp-server")
 PORT_ATTEMPTS = 5
 READY_TIMEOUT = 10.0
 
@@ -88,6 +91,7 @@ class SSHServer:
         self.known_hosts = self.client / "known_hosts"
         self.config = self.dir / "sshd_config"
         self.log = self.dir / "sshd.log"
+        self.sftp_log = self.dir / "sftp-server.log"  # see log_sftp()
         self.matches: list[str] = []
         self.accounts: list[str] = []
         self.port = 0
@@ -118,6 +122,14 @@ class SSHServer:
             time.sleep(0.5)
         self.accounts.append(conf.account)
         self.matches.append(conf.match_block)
+        if self.proc is not None:
+            self.restart()
+
+    def log_sftp(self, user: str = "root") -> None:
+        """Serve ``user``'s sessions with OpenSSH's ``sftp-server`` logging every request
+        (open, fsync, close, rename...) to :attr:`sftp_log`; restart sshd."""
+        self.matches.append(f"Match User {user}\n    ForceCommand {SFTP_SERVER} -e -l VERBOSE "
+                            f"2>>{self.sftp_log}\n")
         if self.proc is not None:
             self.restart()
 

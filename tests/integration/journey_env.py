@@ -25,7 +25,7 @@ from testlib import SERVICES
 from vmclient.manage.keys import pin_admin_key
 from vmclient.manage.state import DeviceState, StateFile
 from vmclient.store import crypto
-from vmclient.store.transport import Repository
+from vmclient.transport import Repository
 
 PROVD, PROVD_PATH = NAME, PATH
 DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")

@@ -32,7 +32,7 @@ from vmclient.manage.inventory import ManageConfig
 from vmclient.manage.keys import ssh_identity
 from vmclient.manage.state import StateFile
 from vmclient.store import crypto
-from vmclient.store.sftp import SFTPStore
+from vmclient.transport.sftp import SFTPStore
 from vmclient.virt.libvirt import Hypervisor
 
 

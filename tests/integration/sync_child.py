@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-services" /
 from vmclient.store import crypto
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import DEFAULT_STALE_AFTER, Entry, LockToken, RemoteStore
-from vmclient.store.sftp import SFTPStore, SFTPTarget
-from vmclient.store.transport import close_store
 from vmclient.sync import engine
+from vmclient.transport import close_store
+from vmclient.transport.sftp import SFTPStore, SFTPTarget
 from vmclient.virt.libvirt import Hypervisor
 
 PHASES = ("lock", "keys", "pack", "index", "snapshot", "latest", "unlock")

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import posixpath
+import re
 import signal
 import subprocess
 import threading
@@ -15,14 +17,15 @@ from pathlib import Path
 
 import pytest
 from fixtures_sshd import SSHServer, ssh_server
-from sftp_repo import Device, Repo, published
+from sftp_repo import Device, Repo, make_disk, published, qcow2
 
 from testlib import need
 from vmclient.admin.images import read_published
-from vmclient.store import sftp, sftp_write
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from vmclient.store.locks import Whoami, lock_document
-from vmclient.store.sftp import RemoteRefused, RemoteUnavailable, SFTPStore
+from vmclient.transport.sftp import RemoteRefused, RemoteUnavailable, SFTPStore
+from vmclient.transport.sftp_client import Connection
+from vmclient.transport.sftp_codec import READ_FLAG
 
 MiB = 1 << 20
 
@@ -55,14 +58,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# how puts are written: in a reader process or in the thread, through sftp_write or paramiko
-WRITE_PATHS = {"reader-lean": {}, "thread-lean": {"read_processes": False},
-               "reader-paramiko": {"lean_writes": False}}
-
-
-@pytest.mark.parametrize("how", WRITE_PATHS)
-def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer, how: str) -> None:
-    store = sshd.store(sshd.admin, **WRITE_PATHS[how])
+def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin)
 
     async def scenario() -> None:
         data = os.urandom(3 * MiB + 17)
@@ -193,11 +190,12 @@ def test_a_key_the_server_does_not_know_is_refused_without_retries(sshd: SSHServ
     keygen(tmp_path / "stranger")
     target = dataclasses.replace(sshd.store(sshd.admin).target, key_file=tmp_path / "stranger")
     store = SFTPStore(target)
-    start = time.monotonic()
+    before = sshd.log.read_text().count("Connection from")
     with pytest.raises(RemoteRefused, match="authentication") as err:
         run(_closing(store, store.get("config")))
     assert err.value.op == "get" and err.value.path == "config"
-    assert time.monotonic() - start < target.backoff  # refused at once, not retried
+    assert str(target.key_file) in str(err.value)
+    assert sshd.log.read_text().count("Connection from") == before + 1, "not retried"
 
 
 def test_download_over_sftp_matches_the_published_disk(sshd: SSHServer, tmp_path: Path) -> None:
@@ -249,17 +247,18 @@ def test_connection_killed_mid_download_resumes_and_bytes_match(sshd: SSHServer,
     assert sha256(out) == sha256(raw)
 
 
-def test_a_read_process_that_dies_mid_download_is_replaced_and_bytes_match(
+def test_an_ssh_process_that_dies_mid_download_is_replaced_and_bytes_match(
         sshd: SSHServer, tmp_path: Path) -> None:
     killed: list[int] = []
 
-    def kill_readers(gets: int, store: SFTPStore) -> None:
+    def kill_ssh(gets: int, store: SFTPStore) -> None:
         if gets == 6:  # while reads are in flight
-            killed.extend(r.pid for r in store._readers)
+            killed.extend(store.pids())
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
-    _store, out, raw = download_interrupted(sshd, tmp_path, 96, kill_readers)
-    assert killed, "the read processes were killed"
+    store, out, raw = download_interrupted(sshd, tmp_path, 96, kill_ssh)
+    assert killed, "the ssh processes were killed"
+    assert store.reconnects >= 1
     assert sha256(out) == sha256(raw)
 
 
@@ -279,11 +278,10 @@ def test_a_large_object_resumes_at_the_offset_it_reached(sshd: SSHServer) -> Non
     assert store.reconnects == 1 and store.resumed_bytes > 0
 
 
-@pytest.mark.parametrize("how", ["reader-lean", "thread-lean"])
 def test_a_large_upload_resumes_at_the_size_the_temporary_file_reached(
-        sshd: SSHServer, how: str) -> None:
+        sshd: SSHServer) -> None:
     data = os.urandom(160 * MiB)
-    store = sshd.store(sshd.admin, connections=1, **WRITE_PATHS[how])
+    store = sshd.store(sshd.admin, connections=1)
 
     async def scenario() -> None:
         await store.put_atomic("images/t/warm", b"connect first")
@@ -302,9 +300,9 @@ def test_a_large_upload_resumes_at_the_size_the_temporary_file_reached(
     assert not [p for p in (sshd.repo / "images/t").iterdir() if p.name.startswith(".")]
 
 
-def test_puts_of_growing_and_shrinking_sizes_through_one_reader_keep_their_bytes(
+def test_puts_of_growing_and_shrinking_sizes_through_one_connection_keep_their_bytes(
         sshd: SSHServer) -> None:
-    store = sshd.store(sshd.admin, connections=1)  # one reader, one receive buffer
+    store = sshd.store(sshd.admin, connections=1)
     blobs = [os.urandom(n) for n in (MiB, 5 * MiB + 3, 100, 0, 7 * MiB, 2 * MiB - 1)]
 
     async def scenario() -> None:
@@ -316,16 +314,14 @@ def test_puts_of_growing_and_shrinking_sizes_through_one_reader_keep_their_bytes
     run(_closing(store, scenario()))
 
 
-@pytest.mark.parametrize("how", WRITE_PATHS)
-def test_a_write_the_server_cannot_store_raises_naming_the_path(sshd: SSHServer,
-                                                               how: str) -> None:
+def test_a_write_the_server_cannot_store_raises_naming_the_path(sshd: SSHServer) -> None:
     full = sshd.repo / "images/full"
     full.mkdir(parents=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)],
                              capture_output=True, text=True)
     need(mounted.returncode == 0, f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
     try:
-        store = sshd.store(sshd.admin, **WRITE_PATHS[how])
+        store = sshd.store(sshd.admin)
         with pytest.raises(RemoteRefused, match="put of 'images/full/obj'") as refused:
             run(_closing(store, store.put_atomic("images/full/obj", os.urandom(4 * MiB))))
         assert refused.value.path == "images/full/obj" and store.reconnects == 0
@@ -334,58 +330,20 @@ def test_a_write_the_server_cannot_store_raises_naming_the_path(sshd: SSHServer,
         subprocess.run(["umount", "-l", str(full)], check=True)
 
 
-def test_lean_writes_go_on_across_key_exchanges(sshd: SSHServer) -> None:
-    store = sshd.store(sshd.admin, connections=1, read_processes=False)
-    data = os.urandom(24 * MiB)
-
-    async def scenario() -> None:
-        await store.check()
-        (conn,) = store._conns
-        assert conn.sftp.writer.channel is not None, "the lean path is used"
-        assert conn.transport is not None
-        conn.transport.packetizer.REKEY_BYTES = 4 * MiB  # re-key every 4 MiB, not 512
-        exchange = conn.transport.H
-        await store.put_atomic("images/t/rekeyed", data)
-        assert exchange != conn.transport.H, "keys were exchanged again during the upload"
-        assert await store.get("images/t/rekeyed") == data
-
-    run(_closing(store, scenario()))
-    assert (sshd.repo / "images/t/rekeyed").read_bytes() == data
-    assert store.reconnects == 0
-
-
-def test_with_another_cipher_writes_take_paramikos_path(sshd: SSHServer,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sftp, "CIPHER", "aes256-ctr")
-    store = sshd.store(sshd.admin, connections=1, read_processes=False)
-    data = os.urandom(3 * MiB + 1)
-
-    async def scenario() -> None:
-        await store.put_atomic("images/t/ctr", data)
-        (conn,) = store._conns
-        assert conn.transport is not None
-        assert conn.transport.local_cipher == "aes256-ctr"
-        assert isinstance(conn.sftp.writer, sftp_write.Writer)
-        assert conn.sftp.writer.channel is None, "paramiko's send path"
-        assert await store.get("images/t/ctr") == data
-
-    run(_closing(store, scenario()))
-
-
 def test_an_object_that_shrinks_during_a_read_ends_the_read_where_it_ends(
         sshd: SSHServer) -> None:
-    from vmclient.store.sftp import _pipelined_read
     data = os.urandom(8 * MiB)
     (sshd.repo / "shrinks").write_bytes(data)
     store = sshd.store(sshd.admin, connections=1)
 
     async def scenario() -> bytes:
-        def read(sftp):  # type: ignore[no-untyped-def]
-            with sftp.open(str(sshd.repo / "shrinks"), "rb") as f:
-                os.truncate(sshd.repo / "shrinks", 3 * MiB + 5)
-                buf = bytearray()
-                _pipelined_read(sftp, f.handle, MiB, 8 * MiB, buf)
-                return bytes(buf)
+        def read(conn: Connection) -> bytes:
+            handle = conn.open(str(sshd.repo / "shrinks"), READ_FLAG)
+            os.truncate(sshd.repo / "shrinks", 3 * MiB + 5)
+            buf = bytearray()
+            conn.read(handle, MiB, 8 * MiB, buf.extend, "shrinks")
+            conn.close_handle(handle, "shrinks")
+            return bytes(buf)
         return await store._run("get", "shrinks", read)
 
     assert run(_closing(store, scenario())) == data[MiB:3 * MiB + 5]
@@ -436,3 +394,63 @@ def test_a_server_that_stays_down_gives_an_error_naming_host_path_and_operation(
     text = str(err.value)
     assert "get" in text and "images/t/x" in text and f"127.0.0.1:{sshd.port}" in text
     assert "3 attempt" in text
+
+
+_LOGGED = re.compile(r'^(open|fsync|close) "([^"]+)"|^(posix-rename|rename) old "([^"]+)" '
+                     r'new "([^"]+)"')
+
+
+def test_publish_over_sftp_fsyncs_each_object_before_the_rename_that_publishes_it(
+        sshd: SSHServer, tmp_path: Path) -> None:
+    """sftp-server's own log of the admin's publish: every object is written to a
+    temporary file, fsync@openssh.com'ed, closed, then renamed into place; packs are
+    published before the index naming them, the index before the manifest, the manifest
+    before the catalog."""
+    sshd.log_sftp("root")
+    repo = Repo(sshd, tmp_path)
+    assert repo.admin_sftp("init") == 0
+    assert repo.admin_sftp("publish", "office", str(qcow2(make_disk(tmp_path / "d.raw", 8)))) == 0
+    seen: dict[str, list[str]] = {}  # temporary name -> what happened to it, in order
+    renamed: list[str] = []  # published names, in order
+    for line in sshd.sftp_log.read_text().splitlines():
+        m = _LOGGED.match(line)
+        if m is None:
+            continue
+        if m[1]:
+            seen.setdefault(m[2], []).append(m[1])
+        elif posixpath.basename(m[4]).startswith(".tmp-"):  # (not a lock moved aside)
+            assert seen.get(m[4], [])[-3:] == ["open", "fsync", "close"], (m[4], seen.get(m[4]))
+            renamed.append(posixpath.relpath(m[5], str(sshd.repo)))
+    assert "config" in renamed and "catalog" in renamed
+
+    def where(kind: str) -> list[int]:
+        return [i for i, p in enumerate(renamed) if re.fullmatch(kind, p)]
+
+    packs, index = where(r"images/office/store/packs/.*"), where(r"images/office/store/index/.*")
+    manifest, catalog = where(r"images/office/versions/1/manifest"), where("catalog")
+    assert packs and index and manifest and catalog
+    assert max(packs) < min(index) and max(index) < min(manifest) < max(catalog)
+
+
+def test_a_server_gone_mid_upload_gives_an_error_naming_host_port_and_path_and_no_object(
+        sshd: SSHServer) -> None:
+    store = sshd.store(sshd.admin, connections=1, attempts=2, backoff=0.05)
+    data = os.urandom(160 * MiB)
+
+    async def scenario() -> None:
+        await store.put_atomic("images/t/warm", b"connect first")
+        task = asyncio.ensure_future(store.put_atomic("images/t/big", data))
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".tmp-") and p.stat().st_size > 8 * MiB
+                      for p in (sshd.repo / "images/t").iterdir()):
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.005)
+        sshd.stop()  # the listener and every session
+        await task
+
+    with pytest.raises(RemoteUnavailable) as err:
+        run(_closing(store, scenario()))
+    text = str(err.value)
+    assert "put of 'images/t/big'" in text and f"127.0.0.1:{sshd.port}" in text
+    assert "2 attempt" in text and f"reachable on port {sshd.port}" in text
+    assert not (sshd.repo / "images/t/big").exists()

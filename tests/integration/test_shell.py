@@ -585,7 +585,7 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
 
     from vmclient.manage.state import DeviceState, StateFile
     from vmclient.store import crypto
-    from vmclient.store.transport import Repository
+    from vmclient.transport import Repository
 
     need_tools("dbus-daemon", vm=False)
     need(shutil.which("nsenter") is not None, "nsenter is not installed")

@@ -9,8 +9,8 @@ from fixtures_sshd import ssh_server
 from sync_env import MIB, hmp_write, run, same_content, world
 
 from vmclient.errors import VMClientError
-from vmclient.store.transport import close_store
 from vmclient.sync import maintenance, restore
+from vmclient.transport import close_store
 
 
 def test_sync_over_sftp_survives_dropped_sessions(tmp_path: Path) -> None:

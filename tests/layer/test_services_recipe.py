@@ -56,6 +56,10 @@ def test_every_runtime_dependency_is_in_rdepends_under_its_yocto_name():
     assert not absent, f"RDEPENDS:${{PN}} of {RECIPE.name} lacks {absent}"
 
 
+def test_the_image_carries_openssh_s_client_the_sftp_transport_runs():
+    assert "openssh-ssh" in words(RECIPE, "RDEPENDS:${PN}")  # vmclient.transport.ssh
+
+
 def test_recipe_version_matches_pyproject():
     assert value(RECIPE, "PV") == _pyproject()["project"]["version"]
 

@@ -189,6 +189,7 @@ RDEPENDS:${PN} += "\
     dbus \
     libvirt-libvirtd \
     libvirt-python \
+    openssh-ssh \
     python3-asyncio \
     python3-core \
     python3-cryptography \
@@ -196,7 +197,6 @@ RDEPENDS:${PN} += "\
     python3-evdev \
     python3-json \
     python3-logging \
-    python3-paramiko \
     python3-pyudev \
     python3-rich \
     python3-tomllib \

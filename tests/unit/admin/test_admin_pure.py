@@ -12,7 +12,7 @@ from vmclient.admin.progress import PlainProgress
 from vmclient.admin.sshd import account_name, confinement
 from vmclient.errors import UsageError
 from vmclient.store.localfs import LocalDirStore
-from vmclient.store.transport import open_store
+from vmclient.transport import open_store, ssh
 
 DEVICE = "0123456789abcdef0123456789abcdef"
 
@@ -48,12 +48,14 @@ def test_a_local_path_opens_a_directory_store_and_urls_need_a_pinned_host_key(
 
 
 def test_an_sftp_url_names_user_host_port_and_repository_path() -> None:
-    pytest.importorskip("paramiko")
     store = open_store("sftp://vmc-01@repo.example:2222/srv/repo", key_file="/k",
                        known_hosts="/kh")
     t = store.target  # type: ignore[attr-defined]
     assert (t.user, t.host, t.port, t.root) == ("vmc-01", "repo.example", 2222, "/srv/repo")
-    assert t.known_hosts_name == "[repo.example]:2222"
+    command = ssh.argv(t.endpoint)
+    assert command[-4:] == ["-s", "--", "repo.example", "sftp"]
+    assert command[command.index("-p"):command.index("-l") + 2] == ["-p", "2222", "-l", "vmc-01"]
+    assert 'UserKnownHostsFile="/kh"' in command and 'IdentityFile="/k"' in command
     assert open_store("sftp://u@h/", key_file="/k", known_hosts="/kh").target.root == "/"  # type: ignore[attr-defined]
 
 

@@ -12,8 +12,8 @@ from testlib import DATA
 from vmclient.errors import UsageError
 from vmclient.provision import config as pconfig
 from vmclient.store.localfs import LocalDirStore
-from vmclient.store.transport import Repository
 from vmclient.sync import config as sconfig
+from vmclient.transport import Repository
 
 
 def test_provd_and_syncd_share_the_section() -> None:

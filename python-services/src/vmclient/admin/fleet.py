@@ -31,7 +31,7 @@ from ..store import crypto, layout
 from ..store.format import shown
 from ..store.orders import DeviceRecord
 from ..store.remote import RemoteStore
-from ..store.transport import close_store, is_url, open_store
+from ..transport import close_store, is_url, open_store
 from . import keys, orders, serverscript, session
 from .orders import describe as _describe
 from .progress import progress_bar

@@ -52,7 +52,7 @@ from ..store.repo import (
     put_signed,
     put_wrapped_key,
 )
-from ..store.transport import close_store, is_url, open_store
+from ..transport import close_store, is_url, open_store
 from . import fleet, images, keys, maint, serverscript, session, show
 from .progress import progress_bar
 from .session import open_repo

@@ -35,7 +35,7 @@ from ..store.errors import EXIT_INTEGRITY, ObjectNotFound, UnknownSigner
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import get_catalog, get_config, put_catalog
-from ..store.transport import is_url
+from ..transport import is_url
 from . import keys
 
 ENV_REPOSITORY = "VMCLIENT_REPOSITORY"

@@ -2,7 +2,7 @@
 
 They work on the management state directly (``/var/lib/vmclient/manage``).
 The repository is a local directory or ``sftp://user@host[:port]/path``
-(:func:`vmclient.store.transport.open_store`): ``enrol`` delivers its request
+(:func:`vmclient.transport.open_store`): ``enrol`` delivers its request
 through the enrolment drop box account (``--dropbox-key``, the key that ships
 with the image); afterwards the laptop logs in with its own SSH key
 (``keys/ssh_ed25519`` in the state directory, sent with the request).  The
@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import UsageError
 from ..store.localfs import LocalDirStore
 from ..store.remote import RemoteStore
-from ..store.transport import close_store
+from ..transport import close_store
 
 STATE_DIR = "/var/lib/vmclient/manage"
 VM_KEYS_DIR = "/var/lib/vmclient/provision/keys"
@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def open_repository(where: str, key_file: str | Path | None = None,
                     known_hosts: str | None = None) -> RemoteStore:
-    from ..store.transport import open_store
+    from ..transport import open_store
     return open_store(where, key_file=key_file, known_hosts=known_hosts)
 
 

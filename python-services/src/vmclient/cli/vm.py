@@ -140,7 +140,7 @@ async def _provisioner(args: argparse.Namespace, *, new_keys: bool = False
     from ..provision.installer import Provisioner
     from ..provision.keys import DeviceKeys, load_admin_key
     from ..provision.receiver import Receiver
-    from ..store.transport import close_store
+    from ..transport import close_store
     from ..virt.libvirt import Hypervisor
 
     cfg = load_config(args)

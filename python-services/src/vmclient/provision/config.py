@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import config
-from ..store.transport import Repository
+from ..transport import Repository
 from ..virt.cpu import CPU_MODES, DOMAIN_TYPES, CPUProfile
 
 if TYPE_CHECKING:  # imported where used: the CLI (and its completion) reads this module

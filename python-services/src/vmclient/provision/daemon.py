@@ -12,7 +12,7 @@ from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
 from ..dbus import names
-from ..store.transport import close_store
+from ..transport import close_store
 from ..virt.libvirt import Hypervisor
 from . import config as pconfig
 from .display import DisplayInterface, install_display_guard

@@ -15,9 +15,7 @@ buffers up to 32 MiB (glibc's largest ``M_MMAP_THRESHOLD``) come from the heap
 and up to 512 MiB of free heap is kept; when the last transfer of the process
 ends, the thresholds are set back to glibc's initial values and
 ``malloc_trim(0)`` gives the free memory back to the system, so an idle daemon
-stays small.  The
-reader processes of :mod:`.sftp_reader` get the same through ``MALLOC_*``
-variables.  On a C library without these calls (musl) this does nothing.
+stays small.  On a C library without these calls (musl) this does nothing.
 """
 
 from __future__ import annotations

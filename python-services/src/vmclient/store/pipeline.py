@@ -11,8 +11,8 @@ restore overlap with the transfers.
 
 zstd, HMAC-SHA-256 and ``pwrite`` release the GIL on 64 KiB buffers (AES-GCM,
 ~10 µs per chunk, does not), so on a machine with several cores the workers
-run in parallel with each other and with the transport (paramiko, mostly
-Python, runs in processes of its own: :mod:`.sftp_reader`).  Sizes are
+run in parallel with each other and with the transport (whose SSH crypto
+runs in OpenSSH's ``ssh`` processes: :mod:`vmclient.transport.ssh`).  Sizes are
 bounded: at most ``depth`` batches are being sealed or opened at once.
 """
 

@@ -2,7 +2,7 @@
 
 A :class:`RemoteStore` holds opaque byte objects under slash-separated paths
 relative to the repository root.  Six operations, all async (an SFTP adapter
-runs paramiko inside ``asyncio.to_thread``); everything above this interface is
+runs its blocking SFTP client in threads); everything above this interface is
 transport-independent, so the same code runs against SFTP, a local directory
 (:mod:`vmclient.store.localfs`) or, later, S3-compatible object storage.
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
-from ..store.transport import Repository
+from ..transport import Repository
 from .policy import Rules
 
 DEFAULT_PATH = Path("/etc/vmclient/sync.toml")

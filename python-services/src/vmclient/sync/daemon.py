@@ -44,7 +44,7 @@ from ..store.documents import RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.format import NAME_RE
 from ..store.remote import RemoteStore
-from ..store.transport import close_store
+from ..transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
 from . import engine, enrolment, maintenance, policy

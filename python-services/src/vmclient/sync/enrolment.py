@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from ..errors import UsageError, VMClientError
 from ..manage import enrol
 from ..store import crypto
-from ..store.transport import close_store, is_url, open_store
+from ..transport import close_store, is_url, open_store
 from . import config as sconfig
 
 # The Enrolment property (u): 0 = unknown (no management agent), then in order.

@@ -1,0 +1,384 @@
+"""A :class:`~vmclient.store.remote.RemoteStore` over SFTP through OpenSSH's ``ssh``.
+
+SSH itself is OpenSSH's (:mod:`.ssh`: one ``ssh -s <host> sftp`` process per
+connection, host key pinned, the device's key file); SFTP is a small pipelined
+client (:mod:`.sftp_client` over the pure :mod:`.sftp_codec`).  Calls block,
+so each runs in a thread pool of ``connections`` workers, each worker keeping
+its own connection: ``connections`` requests (and ssh processes, each with its
+own core for the crypto) at once.
+
+Atomic put (repository-format.md §8.1, "What durable means per transport"): the
+object is written to a hidden temporary name (``.tmp-*``) in its directory,
+``fsync@openssh.com`` makes the bytes durable on the server, the handle is
+closed, and only then is it renamed into place — ``posix-rename@openssh.com``
+to replace, the plain SFTP ``rename`` (fails if the target exists) for
+exclusive creation.  A server without ``fsync@openssh.com`` gets the renames
+without the fsync, and a warning in the log once per store.
+
+Transfers resume: a dropped connection is re-opened (bounded attempts with
+back-off) and a read continues at the offset it reached, a write at the size
+the temporary file has on the server.  After the last attempt the error names
+the host, the path and the operation.  What the server *answers* (no such file,
+permission denied) and what ssh refuses (host key, authentication) is not
+retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import posixpath
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from ..store.errors import LocalSyncError, ObjectNotFound
+from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
+from . import sftp_codec as c
+from .sftp_client import Connection, ConnectionLost, Refused, Reopen
+from .ssh import CIPHER
+from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
+
+log = logging.getLogger(__name__)
+
+NO_STAT_READ = 16 << 20  # a ranged read up to this long skips the fstat round trip
+T = TypeVar("T")
+__all__ = ["CIPHER", "DEFAULT_CONNECTIONS", "RemoteRefused", "RemoteUnavailable", "SFTPStore",
+           "SFTPTarget"]
+
+
+class SFTPStore(LockingMixin):
+    """The repository at ``target`` (see :class:`SFTPTarget`)."""
+
+    def __init__(self, target: SFTPTarget,
+                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+        self.target = target
+        self.clock = clock
+        self._local = threading.local()
+        self._conns: builtins.list[Connection] = []
+        self._lock = threading.Lock()
+        self._dirs: set[str] = set()
+        self._warned_fsync = False
+        self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
+                                            thread_name_prefix="vmclient-sftp")
+        self.reconnects = 0  # how often a dropped connection was re-opened
+        self.resumed_bytes = 0  # bytes of interrupted reads not read again
+        self.resumed_upload_bytes = 0  # bytes of interrupted writes not written again
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SFTPStore:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Close every connection (no request may be running)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def pids(self) -> builtins.list[int]:
+        """The ssh processes of the open connections."""
+        with self._lock:
+            return [conn.pid for conn in self._conns]
+
+    async def check(self) -> None:
+        """Connect now (and fail now) rather than at the first request."""
+        await self._run("connect", self.target.root or ".",
+                        lambda conn: conn.realpath(self.target.root or "."))
+
+    # --- the RemoteStore operations ----------------------------------------------------------
+
+    async def list(self, prefix: str) -> builtins.list[Entry]:
+        base = check_path(prefix)
+
+        def walk(conn: Connection) -> builtins.list[Entry]:
+            out: builtins.list[Entry] = []
+            todo = [base]
+            while todo:
+                rel = todo.pop()
+                try:
+                    names = conn.listdir(self._remote(rel))
+                except FileNotFoundError:
+                    continue
+                for n in names:
+                    if n.filename.startswith("."):
+                        continue
+                    child = f"{rel}/{n.filename}"
+                    if stat.S_ISDIR(n.attrs.mode or 0):
+                        todo.append(child)
+                    else:
+                        out.append(Entry(child, n.attrs.size or 0))
+            return sorted(out, key=lambda e: e.path)
+
+        return await self._run("list", base, walk)
+
+    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        remote = self._remote(check_path(path))
+        # survives a reconnect: the next attempt goes on; views into receive buffers, joined
+        # once at the end
+        parts: builtins.list[bytes | memoryview] = []
+        got = [0]
+
+        def sink(data: bytes | memoryview) -> None:
+            parts.append(data)
+            got[0] += len(data)
+
+        def read(conn: Connection) -> bytes:
+            handle = conn.open(remote, c.READ_FLAG)
+            if length is not None and length <= NO_STAT_READ:
+                end = offset + length  # (a shorter file ends the read at its end)
+            else:  # the size first: no read requests far past the end
+                try:
+                    size = conn.fstat(handle, path).size or 0
+                except OSError:
+                    conn.close_handle(handle, path)
+                    raise
+                end = size if length is None else min(size, offset + length)
+            self.resumed_bytes += got[0]
+            while True:  # (the CLOSE goes right behind the last READ)
+                try:
+                    conn.read(handle, offset + got[0], end, sink, path, close=True)
+                    return b"".join(parts)
+                except Reopen:  # a short answer after the CLOSE: go on with a new handle
+                    handle = conn.open(remote, c.READ_FLAG)
+
+        return await self._run("get", path, read)
+
+    async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        final = self._remote(check_path(path))
+        parent = posixpath.dirname(final)
+        tmp = posixpath.join(parent, temporary_name(path))
+        view = memoryview(data)
+        state = {"started": False, "written": False}
+
+        def put(conn: Connection) -> None:
+            if not state["written"]:
+                resume, state["started"] = state["started"], True
+                self._upload(conn, tmp, parent, view, path, resume=resume)
+                state["written"] = True
+            elif conn.stat(tmp) is None and _size(conn, final) == len(view):
+                return  # the rename went through just before the connection dropped
+            try:
+                if exclusive:
+                    conn.rename(tmp, final)
+                elif conn.can_posix_rename:
+                    conn.posix_rename(tmp, final)
+                else:
+                    raise RemoteRefused(self.target.server, "put", path,
+                                        f"the server lacks {c.POSIX_RENAME}")
+            except OSError:
+                if exclusive and conn.stat(final) is not None:
+                    _remove(conn, tmp)
+                    raise LocalSyncError(f"repository object exists: {path}") from None
+                raise
+
+        await self._run("put", path, put)
+
+    def _upload(self, conn: Connection, tmp: str, parent: str, data: memoryview,
+                path: str, *, resume: bool) -> None:
+        """Write ``data`` to ``tmp`` (on a ``resume``, continuing the partial file a dropped
+        connection left), fsync it on the server, close it."""
+        start = _size(conn, tmp) if resume else None
+        if start is None or start > len(data):
+            flags = c.WRITE_FLAG | c.CREAT | c.TRUNC
+            try:
+                handle = conn.open(tmp, flags)
+            except FileNotFoundError:
+                self._makedirs(conn, parent)
+                handle = conn.open(tmp, flags)
+            start = 0
+        else:
+            handle = conn.open(tmp, c.WRITE_FLAG)
+            self.resumed_upload_bytes += start
+        try:
+            conn.write(handle, start, data[start:], path)
+            if conn.can_fsync:
+                conn.fsync(handle, path)
+            elif not self._warned_fsync:
+                self._warned_fsync = True
+                log.warning("SFTP %s does not offer %s: objects are renamed into place "
+                            "without being synced to its disk first (a server crash may "
+                            "lose or truncate the latest objects)", self.target.server,
+                            c.FSYNC)
+        finally:
+            conn.close_handle(handle, path)
+
+    def _makedirs(self, conn: Connection, directory: str) -> None:
+        missing = []
+        while directory not in ("", "/", ".") and directory not in self._dirs:
+            if conn.stat(directory) is not None:
+                break
+            missing.append(directory)
+            directory = posixpath.dirname(directory)
+        for d in reversed(missing):
+            try:
+                conn.mkdir(d)
+            except OSError:
+                if conn.stat(d) is None:
+                    raise
+            self._dirs.add(d)
+
+    async def delete(self, path: str) -> None:
+        remote = self._remote(check_path(path))
+        await self._run("delete", path, lambda conn: _remove(conn, remote))
+
+    async def rename(self, path: str, new: str) -> None:
+        """The plain SFTP ``rename`` (OpenSSH: ``link`` + ``unlink``): fails if ``new``
+        exists, :class:`ObjectNotFound` if ``path`` does not; ``new``'s directory is made
+        if need be."""
+        src, dst = self._remote(check_path(path)), self._remote(check_path(new))
+
+        def rename(conn: Connection) -> None:
+            try:
+                conn.rename(src, dst)
+            except FileNotFoundError:
+                if conn.stat(src) is not None:  # no directory for dst yet (a lock's set-aside one)
+                    self._makedirs(conn, posixpath.dirname(dst))
+                    conn.rename(src, dst)
+                    return
+                raise
+            except OSError:
+                if conn.stat(dst) is not None:
+                    raise LocalSyncError(f"repository object exists: {new}") from None
+                if conn.stat(src) is None:
+                    raise ObjectNotFound(path) from None
+                raise
+
+        await self._run("rename", path, rename)
+
+    async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
+                                recursive: bool = True, names: str = TMP_PREFIX) -> int:
+        """Remove temporary files a crash left below ``prefix`` (all of them if
+        ``older_than`` is None: the caller holds that directory's lock; only those
+        directly in it if not ``recursive``; only those whose name begins with
+        ``names``, e.g. a lock's); how many.  Ones this account may not remove
+        (another writer's) are left."""
+        if not names.startswith(TMP_PREFIX):
+            raise LocalSyncError(f"not a prefix of temporary file names: {names!r}")
+        base = check_path(prefix)
+
+        def sweep(conn: Connection) -> int:
+            found: builtins.list[tuple[str, int]] = []
+            todo = [self._remote(base)]
+            while todo:
+                d = todo.pop()
+                try:
+                    entries = conn.listdir(d)
+                except FileNotFoundError:
+                    continue
+                for n in entries:
+                    full = posixpath.join(d, n.filename)
+                    if stat.S_ISDIR(n.attrs.mode or 0):
+                        if recursive:
+                            todo.append(full)
+                    elif n.filename.startswith(names):
+                        found.append((full, n.attrs.mtime or 0))
+            if older_than is not None:  # (by this host's clock against the server's mtimes)
+                cutoff = time.time() - older_than
+                found = [(f, m) for f, m in found if m < cutoff]
+            removed = 0
+            for full, _m in found:
+                try:
+                    _remove(conn, full)
+                    removed += 1
+                except PermissionError:
+                    pass
+            return removed
+
+        return await self._run("sweep", base, sweep)
+
+    # --- connections, retries and error translation -------------------------------------------
+
+    def _remote(self, path: str) -> str:
+        return posixpath.join(self.target.root, path) if self.target.root else path
+
+    async def _run(self, op: str, path: str, fn: Callable[[Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, op, path, fn)
+
+    def _call(self, op: str, path: str, fn: Callable[[Connection], T]) -> T:
+        t = self.target
+        problem: BaseException | None = None
+        for attempt in range(t.attempts):
+            if attempt:
+                time.sleep(t.backoff * 2 ** (attempt - 1))
+            try:
+                conn = self._connection()
+            except Refused as exc:
+                advice = ADVICE[exc.failure].format(kh=t.known_hosts, key=t.key_file)
+                raise RemoteRefused(t.server, op, path, f"{advice} (ssh: {exc})") from exc
+            except c.MalformedAnswer as exc:
+                raise RemoteUnavailable(op, path, t.server, attempt + 1, exc) from exc
+            except (ConnectionLost, OSError) as exc:
+                log.info("SFTP %s: connecting failed (attempt %d/%d): %s", t.server,
+                         attempt + 1, t.attempts, exc)
+                problem = exc
+                continue
+            try:
+                return fn(conn)
+            except c.MalformedAnswer as exc:  # the server is broken (or hostile)
+                self._drop(conn)
+                raise RemoteUnavailable(op, path, t.server, attempt + 1, exc) from exc
+            except ConnectionLost as exc:
+                log.info("SFTP %s: connection lost during %s of %s (attempt %d/%d): %s",
+                         t.server, op, path, attempt + 1, t.attempts, exc)
+                self._drop(conn)
+                self.reconnects += 1
+                problem = exc
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(path) from exc
+            except PermissionError as exc:
+                raise RemoteRefused(t.server, op, path, "permission denied") from exc
+            except OSError as exc:
+                raise RemoteRefused(t.server, op, path, exc.strerror or str(exc)) from exc
+        assert problem is not None
+        raise RemoteUnavailable(op, path, t.server, t.attempts,
+                                f"{problem} (is the server up and reachable on port "
+                                f"{t.port}?)") from problem
+
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.alive():
+            return conn
+        if conn is not None:
+            self._drop(conn)
+            self.reconnects += 1
+        conn = Connection(self.target.endpoint)
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def _drop(self, conn: Connection) -> None:
+        conn.close()
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+
+
+def _size(conn: Connection, path: str) -> int | None:
+    attrs = conn.stat(path)
+    return None if attrs is None else attrs.size or 0
+
+
+def _remove(conn: Connection, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        conn.remove(path)
