@@ -58,3 +58,22 @@ def test_every_required_sandbox_path_exists_before_the_unit_starts(unit: Path) -
     missing = [str(p) for p in required if p not in made]
     assert not missing, (f"{unit.name}: {missing} must exist at start (226/NAMESPACE "
                          "otherwise): tmpfiles.d, StateDirectory= or a '-' prefix")
+
+
+def test_syncd_may_write_every_directory_its_agent_removes_from() -> None:
+    """A wipe or an unassign removes the VM's key, disks, recipe directory and saved
+    memory: each must be writable inside vmclient-syncd.service's sandbox
+    (ProtectSystem=strict), or the order fails half done ("could not remove …")."""
+    from vmclient.sync import config as sconfig
+    from vmclient.sync.daemon import manage_config
+    unit = settings((DATA / "systemd" / "vmclient-syncd.service").read_text())
+    writable = [PurePosixPath(p.lstrip("-")) for k, v in unit if k == "ReadWritePaths"
+                for p in v.split()]
+    writable += [PurePosixPath("/var/lib") / d for k, v in unit if k == "StateDirectory"
+                 for d in v.split()]
+    m = manage_config(sconfig.SyncConfig())
+    written = [m.state_dir, m.vm_keys_dir, m.images_dir, m.device_keys_dir, m.save_dir,
+               *m.vm_state_dirs, *m.business_caches]
+    denied = [str(d) for d in written
+              if not any(PurePosixPath(d).is_relative_to(w) for w in writable)]
+    assert not denied, f"vmclient-syncd.service: not writable in its sandbox: {denied}"
