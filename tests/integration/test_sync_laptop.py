@@ -135,6 +135,19 @@ class Laptops:
         finally:
             conn.close()
 
+    def lose_networks(self) -> None:
+        """No vmclient network defined: a laptop where nothing was installed yet."""
+        conn = libvirt.open(URI)
+        try:
+            for zone in self.env.cfg.networks.zones().values():
+                with contextlib.suppress(libvirt.libvirtError):
+                    net = conn.networkLookupByName(zone.network)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        net.destroy()
+                    net.undefine()
+        finally:
+            conn.close()
+
 
 @contextlib.asynccontextmanager
 async def laptops(tmp: Path) -> AsyncIterator[Laptops]:
@@ -333,6 +346,7 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         a_disks = {k: Path(v) for k, v in (await lt.a.get(name)).disks.items()}
         pp = passphrase(lt.a.keys.load(name))
         lt.lose_a(name)
+        lt.lose_networks()  # B is a fresh laptop: its first VM is this restored one
         await lt.rekey_for_b(name)
         # as on the laptop: vmclientctl vm restore <vm> --from <device>, through B's
         # vmclient-provd on the system bus (D-Bus Provisioning.Restore)

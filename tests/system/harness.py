@@ -13,6 +13,11 @@
   one for commands, one for an event logger thread (one client per socket).
 - Under TCG (`-accel tcg,thread=multi -cpu max`) KVM works inside the guest,
   which is what the nested firmware-only VMs of the system tests use.
+- `Machine.serve_to_guest(addr, port)` before start(): the guest reaches
+  `addr:port` (e.g. 10.0.2.100:22) through a `guestfwd`; each connection runs a
+  small relay on this machine to the 127.0.0.1 port `forward_to()` names (a
+  server started later, or restarted on a new port).  restrict=on stays: the
+  guest reaches nothing else.
 - `-machine pc -global PIIX4_PM.disable_s3=0`: S3 works repeatedly (on q35
   only the first one does); the host sees QMP SUSPEND and wakes the guest with
   `system_wakeup`.
@@ -32,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -290,6 +296,33 @@ class BootConfig:
 
 # ---------------------------------------------------------------------- machine
 
+# One guestfwd connection: the guest's socket is this process's fd 0 (libslirp
+# runs the command per connection); relay it to 127.0.0.1:<port in argv[1]'s file>.
+GUEST_RELAY = """\
+import os, selectors, socket, sys
+os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # fd 2 is the guest's socket too
+with open(sys.argv[1]) as f:
+    port = int(f.read())
+up = socket.create_connection(("127.0.0.1", port))
+down = socket.socket(fileno=0)
+sel = selectors.DefaultSelector()
+sel.register(up, selectors.EVENT_READ, down)
+sel.register(down, selectors.EVENT_READ, up)
+left = 2
+while left:
+    for key, _ in sel.select():
+        data = key.fileobj.recv(65536)
+        if data:
+            key.data.sendall(data)
+            continue
+        sel.unregister(key.fileobj)
+        left -= 1
+        try:
+            key.data.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+"""
+
 
 @dataclass
 class Result:
@@ -334,6 +367,7 @@ class Machine:
         self.port = 0
         self._clients: dict[str, paramiko.SSHClient] = {}
         self.boots = 0
+        self._guest_services: dict[tuple[str, int], Path] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> Self:
@@ -351,6 +385,30 @@ class Machine:
             check=True,
         )
 
+    def serve_to_guest(self, addr: str, port: int) -> None:
+        """Before start(): let the guest connect to addr:port (an address of
+        user-mode networking's 10.0.2.0/24 that no one else has, e.g. 10.0.2.100),
+        relayed to the 127.0.0.1 port forward_to() names at connection time."""
+        if self.running:
+            raise HarnessError("serve_to_guest() must come before start()")
+        relay = self.workdir / "guest-relay.py"
+        relay.write_text(GUEST_RELAY)
+        self._guest_services[(addr, port)] = self.workdir / f"guestfwd-{addr}-{port}.port"
+
+    def forward_to(self, addr: str, port: int, local_port: int) -> None:
+        """Where the guest's connections to addr:port go from now on."""
+        path = self._guest_services[(addr, port)]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(local_port))
+        tmp.rename(path)
+
+    def _netdev(self) -> str:
+        netdev = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22"
+        for (addr, port), path in self._guest_services.items():
+            cmd = f"{sys.executable} -I -S {self.workdir / 'guest-relay.py'} {path}"
+            netdev += f",guestfwd=tcp:{addr}:{port}-cmd:{cmd.replace(',', ',,')}"
+        return netdev
+
     def argv(self) -> list[str]:
         c = self.cfg
         accel = "tcg,thread=multi" if c.accel == "tcg" else c.accel
@@ -360,7 +418,7 @@ class Machine:
             "-smp", str(c.smp), "-m", str(c.memory_mb),
             "-global", "PIIX4_PM.disable_s3=0",
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,discard=unmap",
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-netdev", self._netdev(),
             "-device", "virtio-net-pci,netdev=n0",
             "-device", "virtio-rng-pci",
             "-display", "none", "-vga", "none", "-monitor", "none",

@@ -37,3 +37,17 @@ def test_a_directory_opens_locally(tmp_path: Path) -> None:
     assert isinstance(Repository(str(tmp_path)).open(), LocalDirStore)
     with pytest.raises(UsageError, match="unsupported repository URL"):
         Repository("https://dc.example/repo").open()
+
+
+def test_the_default_ssh_key_is_the_one_enrolment_makes(tmp_path: Path) -> None:
+    """``vmclientctl enrol`` makes the SFTP login key in the device directory; the
+    daemons' default ``key_file`` (and the shipped files') must be that file, or an
+    enrolled laptop cannot log in to its account."""
+    from vmclient.cli.manage import DEVICE_DIR
+    from vmclient.manage.keys import ssh_identity
+    made, _pub = ssh_identity(tmp_path)
+    expected = Path(DEVICE_DIR) / made.relative_to(tmp_path)
+    assert Repository().key_file == expected
+    for n in ("provision", "sync"):
+        shipped = tomllib.loads((DATA / "vmclient" / f"{n}.toml").read_text())["repository"]
+        assert Path(shipped["key_file"]) == expected, n

@@ -81,7 +81,8 @@ def add_parsers(sub: Any) -> None:
     s.set_defaults(func=cmd_reports)
 
     for name, text in (("rekey", "wrap a synced VM's data key (from escrow) for a device"),
-                       ("restore", "rekey, then order the device to restore and run the VM")):
+                       ("restore", "rekey, and renew the device's lease; on the laptop, "
+                        "vmclientctl vm restore VM restores it")):
         s = sub.add_parser(name, help=text)
         s.add_argument("vm")
         s.add_argument("--to", required=True, help="the new device (id or enrolled name)")

@@ -120,6 +120,7 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         target = parse_domain(domain.xml, m.meta["uuid"])
         if target is not None:
             prov.gate.allowed(target)
+    await prov.ensure_network(domain.recipe.zone)  # a fresh laptop has none yet
     cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
     try:
         await _download(prov, remote, layout.vm_store(me.device_id, vm), keys, m, cache,

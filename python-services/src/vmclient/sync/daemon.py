@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
@@ -48,6 +48,9 @@ from ..transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
 from . import engine, enrolment, maintenance, policy
+
+if TYPE_CHECKING:
+    from ..manage.inventory import ManageConfig
 from .peers import Sensors, SleepGuard
 from .service import PROGRESS_INTERVAL, ManagementInterface, SyncInterface, VMStatus
 from .throttle import Throttled
@@ -459,14 +462,19 @@ def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
     if not cfg.manage.enabled:
         return None
     from ..manage.agent import Agent
-    from ..manage.inventory import ManageConfig
     from ..manage.provisioning import ProvdInstaller
-    mcfg = ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
+    return Agent(manage_config(cfg), remote, hv, installer=ProvdInstaller(bus))
+
+
+def manage_config(cfg: sconfig.SyncConfig) -> ManageConfig:
+    """The agent's configuration: what it reads and removes (vmclient-syncd.service's
+    sandbox must let it write every directory named here)."""
+    from ..manage.inventory import ManageConfig
+    return ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
                         images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
                         vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe
                         device_dir=cfg.device_dir,
                         lease_days=cfg.manage.lease_days)
-    return Agent(mcfg, remote, hv, installer=ProvdInstaller(bus))
 
 
 async def run(cfg: sconfig.SyncConfig) -> None:

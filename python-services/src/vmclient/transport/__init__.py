@@ -34,7 +34,7 @@ class Repository:
         "/var/lib/vmclient/repository",
         help="the datacenter repository: a local directory or sftp://user@host[:port]/path")
     key_file: Path = config.setting(
-        Path("/var/lib/vmclient/device/ssh.key"),
+        Path("/var/lib/vmclient/device/ssh_ed25519"),
         help="the device's SSH private key, made at enrolment (sftp:// only)")
     known_hosts: Path = config.setting(
         Path("/etc/vmclient/known_hosts"),
