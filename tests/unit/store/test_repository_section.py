@@ -51,3 +51,37 @@ def test_the_default_ssh_key_is_the_one_enrolment_makes(tmp_path: Path) -> None:
     for n in ("provision", "sync"):
         shipped = tomllib.loads((DATA / "vmclient" / f"{n}.toml").read_text())["repository"]
         assert Path(shipped["key_file"]) == expected, n
+
+
+def test_a_url_without_user_is_the_devices_own_account_once_enrolled(tmp_path: Path) -> None:
+    """One shipped location for every laptop: ``sftp://host/`` logs in as this device's
+    account, ``vmc-<first 12 hex of its id>`` as the admin confines it, named from the
+    device id the enrolment wrote into the management state; before that, a clear error
+    (at the first login, not at start: syncd must run to be enrolled).  A user in the
+    URL still wins; without one and without the device's rule it is a usage error."""
+    from vmclient.admin.sshd import confinement
+    from vmclient.manage.state import DeviceState, NotEnrolled, StateFile, device_account
+    from vmclient.store.layout import account_name
+
+    device = "0123456789abcdef0123456789abcdef"
+    assert account_name(device) == "vmc-0123456789ab"
+    assert confinement(device, "ssh-ed25519 AAAAC3Nza d", "/r", "/k").account == \
+        account_name(device)  # the admin side names it by the same rule
+
+    manage = tmp_path / "manage"
+    rule = device_account(manage, "sftp://dc.example/")
+    r = Repository("sftp://dc.example:2222/", tmp_path / "k", tmp_path / "kh")
+    store = r.open(account=rule)
+    target = store.target  # type: ignore[attr-defined]
+    with pytest.raises(NotEnrolled, match="not enrolled yet.*vmclientctl enrol") as exc:
+        target.endpoint  # noqa: B018  (what the first login asks)
+    assert "sftp://dc.example/" in exc.value.message
+    StateFile(manage).save(DeviceState(device=device))  # vmclientctl enrol / Enrol
+    assert target.endpoint.user == "vmc-0123456789ab"
+    assert target.server == "vmc-0123456789ab@dc.example:2222"
+    assert (target.endpoint.host, target.endpoint.port, target.root) == ("dc.example", 2222, "/")
+
+    explicit = Repository("sftp://admin@dc.example/", tmp_path / "k", tmp_path / "kh")
+    assert explicit.open(account=rule).target.endpoint.user == "admin"  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="needs user@host"):
+        r.open()

@@ -41,8 +41,8 @@ from pathlib import PurePosixPath
 
 from ..errors import UsageError
 from ..store.format import shown
+from ..store.layout import account_name
 
-ACCOUNT_PREFIX = "vmc-"
 ENROL_ACCOUNT = "vmc-enrol"
 # one OpenSSH public key, one line, no options, a comment of printable ASCII: a second
 # line would be a second key without ``restrict`` in the account's authorized-keys file
@@ -57,10 +57,6 @@ def check_public_key(key: str) -> str:
         raise UsageError(f"not one OpenSSH public key line (type, base64, optional plain "
                          f"comment): {shown(key[:80])!r}")
     return key
-
-
-def account_name(device_id: str) -> str:
-    return ACCOUNT_PREFIX + device_id[:12]
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def open_repository(where: str, key_file: str | Path | None = None,
-                    known_hosts: str | None = None) -> RemoteStore:
+                    known_hosts: str | None = None, state_dir: str | Path | None = None
+                    ) -> RemoteStore:
+    """``state_dir``: an sftp:// URL without ``user@`` is this device's own account, named
+    from the device id in this management state."""
+    from ..manage.state import device_account
     from ..transport import open_store
-    return open_store(where, key_file=key_file, known_hosts=known_hosts)
+    account = device_account(Path(state_dir), where) if state_dir is not None else None
+    return open_store(where, key_file=key_file, known_hosts=known_hosts, account=account)
 
 
 def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | None = None
@@ -66,9 +71,11 @@ def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | Non
     from ..virt.libvirt import Hypervisor
     cfg = ManageConfig(state_dir=Path(args.state_dir), vm_keys_dir=Path(VM_KEYS_DIR),
                        images_dir=Path(IMAGES_DIR), device_dir=Path(args.device_dir))
+    own = key_file is None  # the device's own account (not the enrolment drop box's)
     key_file = key_file or cfg.device_keys_dir / SSH_KEY
-    remote = (open_repository(repository, key_file, args.known_hosts) if repository
-              else LocalDirStore("/nonexistent"))
+    remote = (open_repository(repository, key_file, args.known_hosts,
+                              args.state_dir if own else None)
+              if repository else LocalDirStore("/nonexistent"))
     return Agent(cfg, remote, Hypervisor())
 
 

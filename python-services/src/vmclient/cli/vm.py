@@ -137,6 +137,7 @@ async def _provisioner(args: argparse.Namespace, *, new_keys: bool = False
                        ) -> AsyncIterator[Any]:
     """The provisioning core in this process; ``new_keys``: make the device keys if there
     are none yet (an install; every other command only reads what is there)."""
+    from ..manage.state import device_account
     from ..provision.installer import Provisioner
     from ..provision.keys import DeviceKeys, load_admin_key
     from ..provision.receiver import Receiver
@@ -147,7 +148,9 @@ async def _provisioner(args: argparse.Namespace, *, new_keys: bool = False
     device = (DeviceKeys.load_or_create(cfg.device_dir) if new_keys
               else DeviceKeys(cfg.device_dir))
     admin = load_admin_key(cfg.repository.admin_key)
-    remote, receiver = cfg.repository.open(), None
+    remote = cfg.repository.open(account=device_account(cfg.manage_dir,
+                                                        str(cfg.repository.location)))
+    receiver: Receiver | None = None
     if admin is not None:
         receiver = Receiver(remote, admin, device, cfg.state_dir)
     hv = Hypervisor(cfg.libvirt_uri)

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import EXIT_UNAVAILABLE, ConfigError
+from ..store.errors import StoreError
+from ..store.layout import account_name
 from ..store.orders import trusted_now
 from .keys import write_private
 
@@ -140,3 +143,23 @@ class StateFile:
 
     def update(self, **changes: Any) -> DeviceState:
         return self.save(replace(self.load(), **changes))
+
+
+class NotEnrolled(StoreError):
+    """not enrolled yet, so no account of its own on {}: run vmclientctl enrol …"""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+def device_account(state_dir: Path, server: str = "the datacenter") -> Callable[[], str]:
+    """The laptop's own SFTP account (``vmc-<device id>``, :func:`layout.account_name`), read
+    from the management state at each call: the device id is made by ``vmclientctl enrol``
+    (or syncd's ``Enrol``) after the daemons started.  :class:`NotEnrolled` before that."""
+    state = StateFile(state_dir)
+
+    def account() -> str:
+        device = state.load().device
+        if not device:
+            raise NotEnrolled(server)
+        return account_name(device)
+    return account

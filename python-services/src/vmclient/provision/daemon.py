@@ -12,6 +12,7 @@ from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
 from ..dbus import names
+from ..manage.state import device_account
 from ..transport import close_store
 from ..virt.libvirt import Hypervisor
 from . import config as pconfig
@@ -29,7 +30,10 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
     common.install_stop_handlers(asyncio.get_running_loop(), stop.set)
     device = DeviceKeys.load_or_create(cfg.device_dir)
     admin = load_admin_key(cfg.repository.admin_key)
-    remote, receiver = cfg.repository.open(), None
+    # an sftp:// location without user@: the device's own account, once enrolled
+    remote = cfg.repository.open(account=device_account(cfg.manage_dir,
+                                                        str(cfg.repository.location)))
+    receiver: Receiver | None = None
     if admin is not None:
         receiver = Receiver(remote, admin, device, cfg.state_dir)
     else:

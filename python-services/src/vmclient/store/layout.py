@@ -10,6 +10,16 @@ from __future__ import annotations
 CONFIG = "config"
 CATALOG = "catalog"
 REPOSITORY_LOCK = "lock"
+ACCOUNT_PREFIX = "vmc-"
+
+
+def account_name(device: str) -> str:
+    """The storage server's SFTP account of a device: ``vmc-<first 12 hex of its id>``.
+
+    The admin confines it under this name (:mod:`vmclient.admin.sshd`); a laptop whose
+    ``[repository] location`` names no user logs in as it (docs/sync.md, "Repository").
+    """
+    return ACCOUNT_PREFIX + device[:12]
 
 
 def image_dir(name: str) -> str:

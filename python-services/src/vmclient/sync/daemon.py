@@ -38,6 +38,7 @@ from .. import daemon as common
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard
 from ..errors import UsageError, VMClientError, VMNotFound
+from ..manage.state import device_account
 from ..provision.keys import DeviceKeys, VMKeys, load_admin_key
 from ..store import crypto, layout, repo
 from ..store.documents import RepoConfig
@@ -488,7 +489,9 @@ async def run(cfg: sconfig.SyncConfig) -> None:
 
     common.install_stop_handlers(asyncio.get_running_loop(), halt)
     device = DeviceKeys.load_or_create(cfg.device_dir)
-    remote = cfg.repository.open()
+    # an sftp:// location without user@: the device's own account, once enrolled (Enrol)
+    remote = cfg.repository.open(account=device_account(cfg.manage.state_dir,
+                                                        str(cfg.repository.location)))
     hv = Hypervisor(cfg.libvirt_uri)
     await hv.connect(retry=True)
     bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DBUS_ERROR_PREFIX, EXIT_NOPERM, EXIT_UNAVAILABLE
@@ -54,14 +55,23 @@ class SFTPTarget:
     backoff: float = 0.5  # seconds before the 2nd attempt, doubled for each further one
     subsystem: str = "sftp"
     ssh_config: Path | None = None  # an ssh_config file for ssh to read (None: none)
+    # ``user`` "": the account is asked of this at each login (the device's own account,
+    # known only once it is enrolled; it raises a VMClientError saying so before)
+    account: Callable[[], str] | None = field(default=None, compare=False)
+
+    def login(self) -> str:
+        """The account to log in as."""
+        if self.user or self.account is None:
+            return self.user
+        return self.account()
 
     @property
     def server(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        return f"{self.login()}@{self.host}:{self.port}"
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.host, self.port, self.user, self.key_file, self.known_hosts,
+        return Endpoint(self.host, self.port, self.login(), self.key_file, self.known_hosts,
                         self.subsystem, self.timeout, self.ssh_config)
 
 
