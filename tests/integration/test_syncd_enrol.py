@@ -56,6 +56,11 @@ def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY,
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
+def enrolment_of(d: SyncDaemon) -> int:
+    obj = d.conn.get_object("org.vmclient.VMClient1.Sync", MANAGE_PATH)
+    return int(obj.Get(MANAGE, "Enrolment", dbus_interface="org.freedesktop.DBus.Properties"))
+
+
 def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
     need(shutil.which("setpriv") is not None, "setpriv is not installed")
@@ -143,9 +148,17 @@ def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
     """Before enrolment the laptop has no account on the storage server: syncd's Enrol
     delivers the request through the enrolment drop box (the real sshd, the account as
-    ``vmclient-admin enrol --dropbox`` sets it up), and IT's code then enrols it."""
-    from fixtures_sshd import ssh_server
+    ``vmclient-admin enrol --dropbox`` sets it up), and IT's code then enrols it.
 
+    The laptop's ``[repository] location`` is the one every laptop ships, without a user
+    (``sftp://host/``): once IT has confined the device's account (with the SSH key the
+    request carried), syncd completes the enrolment through that account, ``vmc-<id>``,
+    named from the device id the code enrolment made (and provd, sharing the section,
+    opens the same account: test_journey.py)."""
+    from fixtures_sshd import keygen, ssh_server
+
+    from vmclient.admin.sshd import confinement
+    from vmclient.store.layout import account_name
     from vmclient.store.localfs import LocalDirStore
 
     need(shutil.which("setpriv") is not None, "setpriv is not installed")
@@ -155,14 +168,24 @@ def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
     with ssh_server() as server, world(tmp_path) as w:
         dropbox = server.add_dropbox()
         d = SyncDaemon(system_bus, w, tmp_path, [], manage=tmp_path / "manage",
+                       schedule="enabled = false\nrecheck_seconds = 1\n",
                        extra=f'device_name = "laptop-s"\ndropbox_user = "{dropbox.user}"\n'
                              f'dropbox_key = "{dropbox.key_file}"\n')
-        # the laptop's [repository]: the server, its device account not there yet
+        # the laptop's [repository] as the image ships it: the server, no account named
+        # (the device's own is not there yet); key_file is the one enrolment makes
         d.config.write_text(d.config.read_text().replace(
             f'location = "{w.repo_dir}"\n',
-            f'location = "sftp://vmc-none@127.0.0.1:{server.port}/"\n'
+            f'location = "sftp://127.0.0.1:{server.port}/"\n'
             f'known_hosts = "{server.known_hosts}"\n'
-            f'key_file = "{tmp_path / "device" / "ssh.key"}"\n'))
+            f'key_file = "{tmp_path / "device" / "ssh_ed25519"}"\n'))
+        # the datacenter's repository (its signed config) is the one the server serves
+        (server.repo / "config").write_bytes((w.repo_dir / "config").read_bytes())
+        (server.repo / "config").chmod(0o644)
+        # IT's account for the device, set up ahead (sshd restarts for its Match block,
+        # which would race the laptop's logins): the device keys, hence its id, are
+        # there already; the SSH key it will log in with is made by the enrolment
+        server.confine(confinement(w.a.id, keygen(tmp_path / "placeholder"),
+                                   str(server.repo), str(server.keys)))
         d.start()
         try:
             book = CodeBook(tmp_path / "admin" / "codes.json")
@@ -171,8 +194,19 @@ def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
             assert "reply" in ok, (ok, d.log())
             device = ok["reply"]
             assert (server.repo / "enrolment" / device).is_file()
-            [done] = run(process_requests(LocalDirStore(server.repo), w.admin, book,
-                                          int(time.time())))
+            # IT: vmclient-admin enrol --accept (record, then the account it prints)
+            [done] = run(process_requests(LocalDirStore(server.repo, file_mode=0o644),
+                                          w.admin, book, int(time.time())))
             assert done.enrolled and done.device == device and done.name == "laptop-s", done
+            assert device == w.a.id
+            # the last line of the script IT runs: the key the request carried (sshd
+            # reads the file at each login)
+            conf = confinement(device, done.ssh_key, str(server.repo), str(server.keys))
+            Path(conf.authorized_keys_path).write_text(conf.authorized_keys + "\n")
+            wait_for(lambda: enrolment_of(d) == ENROLLED, 60,
+                     "Enrolment over the device's own account\n" + d.log()
+                     + server.log.read_text()[-3000:])
+            # only the device's account can read devices/<id>/device (not the drop box)
+            assert (server.keys / account_name(device)).is_file()
         finally:
             d.stop()
