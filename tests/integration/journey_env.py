@@ -1,7 +1,8 @@
 # ruff: noqa: ASYNC251, ASYNC240  (blocking checks in tests are fine)
 """The journey's datacenter and laptop: a repository behind the real sshd, built with
 ``vmclient-admin``; provd (and syncd) started on the private system bus with the
-configuration a laptop ships, their ``[repository]`` the device's ``sftp://`` URL."""
+configuration a laptop ships, their ``[repository]`` the shipped ``sftp://host/`` URL
+(no user: the device's own account, named from the device id in its management state)."""
 
 from __future__ import annotations
 
@@ -61,8 +62,11 @@ def _datacenter(server: SSHServer, env: Env, work: Path, device_name: str, mib: 
     assert repo.admin("assign", image, device_name) == 0
     admin_key = work / "admin-key.pub"
     admin_key.write_bytes(crypto.raw_public(repo.admin_public))
+    # the location as the image ships it, naming no account: the laptop logs in as its
+    # own (account.user, vmc-<device id>) once its state holds its device id
+    # (laptop_enrolment_pending, as vmclientctl enrol leaves it)
     return Datacenter(repo, device_name, image, Repository(
-        f"sftp://{account.user}@127.0.0.1:{server.port}/", key_file=account.key_file,
+        f"sftp://127.0.0.1:{server.port}/", key_file=account.key_file,
         known_hosts=server.known_hosts, admin_key=admin_key))
 
 

@@ -45,6 +45,7 @@ async def test_provd_installs_from_the_sftp_repository(system_bus: PrivateSystem
     with ssh_server() as server:
         async with provision_env(tmp_path) as env:
             dc = await datacenter(server, env, tmp_path / "admin")
+            laptop_enrolment_pending(env, dc)  # provd logs in as the device's own account
             with provd(system_bus, env, dc, tmp_path) as log:
                 client = await MessageBus(bus_address=system_bus.address).connect()
                 try:

@@ -499,13 +499,14 @@ async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
     sshd); the bar shows its phases as provd reports them, then nothing."""
     from dbus_fast.aio import MessageBus
     from fixtures_sshd import ssh_server
-    from journey_env import PROVD, call, datacenter, ok, provd, wait_name
+    from journey_env import PROVD, call, datacenter, laptop_enrolment_pending, ok, provd, wait_name
     from provision_env import need_tools, provision_env
 
     need_tools("dbus-daemon", vm=False)
     with ssh_server() as server:
         async with provision_env(tmp_path) as env:
             dc = await datacenter(server, env, tmp_path / "admin")
+            laptop_enrolment_pending(env, dc)  # provd logs in as the device's own account
             with provd(system_bus, env, dc, tmp_path) as log:
                 client = await MessageBus(bus_address=system_bus.address).connect()
                 weston = Weston()
