@@ -177,9 +177,10 @@ class Laptop:
         write_file(self.m, "/etc/vmclient/enrol.key", dropbox.key_file.read_text(), 0o600)
 
     def configure(self, profile: dict[str, object]) -> None:
-        """provision.toml and sync.toml: this host's CPU profile, the device's account
-        (its name comes with the device id), syncd looking every 2 s."""
-        repo = (f'[repository]\nlocation = "sftp://{account_name(self.device)}@{DC[0]}/"\n'
+        """provision.toml and sync.toml: this host's CPU profile, the datacenter as the
+        image ships it (no account in the URL: the daemons log in as the device's own,
+        vmc-<device id>, once it is enrolled), syncd looking every 2 s."""
+        repo = (f'[repository]\nlocation = "sftp://{DC[0]}/"\n'
                 f'known_hosts = "/etc/vmclient/known_hosts"\n')
         disable = json.dumps(list(profile["cpu_disable"]))  # type: ignore[call-overload]
         write_file(self.m, "/etc/vmclient/provision.toml",
@@ -195,12 +196,12 @@ class Laptop:
         code, hint = out[1].strip(), out[2]
         admin_key = hint.split("--admin-key ")[1].split()[0]
         self.ship_datacenter(server, admin_key, dropbox)
+        self.configure(profile)  # one configuration for every laptop, before enrolment
         said = sh(self.m, f"{CTL} enrol sftp://{dropbox.user}@{DC[0]}/ --name {self.name} "
                           f"--code {code} --admin-key {admin_key} "
                           "--dropbox-key /etc/vmclient/enrol.key "
                           "--known-hosts /etc/vmclient/known_hosts")
         self.device = said.split("as device ")[1].split(";")[0].strip()
-        self.configure(profile)
         script = work / f"setup-{self.name}.sh"
         accepted = admin("enrol", "--accept", "--server-keys", str(server.keys),
                          "--server-script", str(script)).stdout
