@@ -73,8 +73,8 @@ def test_a_url_without_user_is_the_devices_own_account_once_enrolled(tmp_path: P
     r = Repository("sftp://dc.example:2222/", tmp_path / "k", tmp_path / "kh")
     store = r.open(account=rule)
     target = store.target  # type: ignore[attr-defined]
-    with pytest.raises(NotEnrolled, match="not enrolled yet.*vmclientctl enrol") as exc:
-        target.endpoint  # noqa: B018  (what the first login asks)
+    with pytest.raises(NotEnrolled, match=r"not enrolled yet.*vmclientctl enrol") as exc:
+        _ = target.endpoint  # what the first login asks
     assert "sftp://dc.example/" in exc.value.message
     StateFile(manage).save(DeviceState(device=device))  # vmclientctl enrol / Enrol
     assert target.endpoint.user == "vmc-0123456789ab"
