@@ -575,15 +575,19 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     is sent), the password typed twice (syncd's SetPassword: chpasswd in the shell's /etc
     overlay), then the wait for IT.  IT accepts (``enrol --accept``) and assigns a VM;
     syncd completes the enrolment, its agent has the real vmclient-provd install the VM
-    from the repository that the real sshd serves (the laptop reads its directory: see
-    shell.md on the device account), the page shows the install and closes once the VM is
-    there.  The lock screen then takes the password the first start set (PAM)."""
-    from fixtures_sshd import ssh_server
+    from the repository that the real sshd serves: the laptop's ``[repository]`` is the
+    one every laptop ships (``sftp://host/``, no account: the request goes through the
+    drop box, then syncd and provd log in as the device's own), the page shows the
+    install and closes once the VM is there.  The lock screen then takes the password
+    the first start set (PAM)."""
+    from fixtures_sshd import keygen, ssh_server
     from journey_env import Datacenter, provd, syncd
     from provision_env import need_tools, provision_env
     from sftp_repo import Repo, make_disk, qcow2
     from syncd_env import Peers
 
+    from vmclient.admin.sshd import confinement
+    from vmclient.manage.keys import ssh_identity
     from vmclient.manage.state import DeviceState, StateFile
     from vmclient.store import crypto
     from vmclient.transport import Repository
@@ -607,6 +611,7 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     etc = PasswordSandbox(tmp_path, "nobody", None)  # nobody has no password yet
     first_password = "first-start 7"
     with ssh_server() as server:
+        dropbox = server.add_dropbox()  # its key ships with the image
         async with provision_env(tmp_path) as env:
             # IT: a repository with an image, a one-time code for the laptop.
             work = tmp_path / "admin"
@@ -623,8 +628,15 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
             code = capsys.readouterr().out.splitlines()[1].strip()
             admin_key = work / "admin-key.pub"
             admin_key.write_bytes(crypto.raw_public(repo.admin_public))
-            dc = Datacenter(repo, "laptop-f", image,
-                            Repository(str(repo.path), admin_key=admin_key))
+            # The laptop's account, set up ahead (sshd restarts for its Match block, which
+            # would race the laptop's logins): its device keys, hence its id, are there
+            # already; the SSH key it logs in with comes with the request (below).
+            device = env.device.device_id
+            server.confine(confinement(device, keygen(tmp_path / "placeholder"),
+                                       str(server.repo), str(server.keys)))
+            dc = Datacenter(repo, "laptop-f", image, Repository(
+                f"sftp://127.0.0.1:{server.port}/", key_file=env.cfg.device_dir / "ssh_ed25519",
+                known_hosts=server.known_hosts, admin_key=admin_key))
             StateFile(env.cfg.manage_dir).save(DeviceState())  # a new laptop: not enrolled
             weston = Weston()
             shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
@@ -637,7 +649,9 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                 # the shell's PAM reads.
                 with provd(system_bus, env, dc, tmp_path) as plog, \
                         syncd(system_bus, env, dc, tmp_path,
-                              manage_extra='device_name = "laptop-f"\n',
+                              manage_extra='device_name = "laptop-f"\n'
+                                           f'dropbox_user = "{dropbox.user}"\n'
+                                           f'dropbox_key = "{dropbox.key_file}"\n',
                               wrap=lambda cmd: ["nsenter",
                                                 f"--mount=/proc/{shell.proc.pid}/ns/mnt",
                                                 *cmd]) as slog:
@@ -694,7 +708,13 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     capsys.readouterr()
                     assert await admin("enrol", "--accept", "--server-keys", str(server.keys),
                                       "--server-script", str(work / "setup.sh")) == 0
-                    assert "enrolled laptop-f as device" in capsys.readouterr().out
+                    assert f"enrolled laptop-f as device {device}" in capsys.readouterr().out
+                    # the script's last line: the key the request carried (read per login)
+                    _key, ssh_pub = ssh_identity(env.cfg.device_dir)
+                    conf = confinement(device, ssh_pub, str(server.repo), str(server.keys))
+                    assert conf.authorized_keys in (work / "setup.sh").read_text()
+                    await asyncio.to_thread(Path(conf.authorized_keys_path).write_text,
+                                            conf.authorized_keys + "\n")
                     recipe = env.recipe(tmp_path, "first")
                     assert await admin("assign", image, "laptop-f", "--recipe", str(recipe)) == 0
                     wait_for(lambda: not st()["open"] and st()["page"] == "desktop", 180,
