@@ -171,6 +171,38 @@ def test_a_device_cannot_read_or_list_another_devices_directory(sshd: SSHServer,
     assert (sshd.repo / "devices" / alice.id / "device").exists()
 
 
+def test_a_user_less_url_logs_in_as_the_devices_account_from_its_state(
+        sshd: SSHServer, tmp_path: Path) -> None:
+    """``sftp://host/`` (what a laptop ships) with the laptop's rule: no login before the
+    device id is in the management state ("not enrolled yet"), then the device's own
+    account; enrolled again under a new id (a new SSH key at the same path), the next
+    request logs in as the new account, not through the old account's connection."""
+    from vmclient.manage.state import DeviceState, NotEnrolled, StateFile, device_account
+    from vmclient.transport import open_store
+
+    repo, _raw = published(sshd, tmp_path, mib=4)
+    alice, bob = repo.enrol("alice"), repo.enrol("bob")
+    manage, key = tmp_path / "manage", tmp_path / "ssh_ed25519"
+    store = open_store(f"sftp://127.0.0.1:{sshd.port}/", key_file=key,
+                       known_hosts=sshd.known_hosts, connections=1,
+                       account=device_account(manage, "the test datacenter"))
+
+    async def scenario() -> None:
+        with pytest.raises(NotEnrolled, match="test datacenter"):
+            await store.get(f"devices/{alice.id}/device")
+        StateFile(manage).save(DeviceState(device=alice.id))
+        key.write_bytes(alice.account.key_file.read_bytes())
+        key.chmod(0o600)
+        assert await store.get(f"devices/{alice.id}/device")
+        StateFile(manage).save(DeviceState(device=bob.id))  # wiped, enrolled again
+        key.write_bytes(bob.account.key_file.read_bytes())
+        assert await store.get(f"devices/{bob.id}/device")
+        with pytest.raises((RemoteRefused, ObjectNotFound)):  # alice's is not reachable now
+            await store.get(f"devices/{alice.id}/device")
+
+    run(_closing(store, scenario()))  # type: ignore[arg-type]
+
+
 def test_unpinned_host_key_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
     other = tmp_path / "known_hosts"
     pub = Path(f"{sshd.client / 'admin'}.pub").read_text().split()  # a key that is not the host's

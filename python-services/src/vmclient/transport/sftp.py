@@ -353,13 +353,16 @@ class SFTPStore(LockingMixin):
                                 f"{t.port}?)") from problem
 
     def _connection(self) -> Connection:
+        # asked per request: a device's own account (target.account) changes when it is
+        # enrolled again, and a connection logged in as the old one is not reused
+        endpoint = self.target.endpoint
         conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.alive():
+        if conn is not None and conn.alive() and conn.endpoint == endpoint:
             return conn
         if conn is not None:
             self._drop(conn)
             self.reconnects += 1
-        conn = Connection(self.target.endpoint)
+        conn = Connection(endpoint)
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)
