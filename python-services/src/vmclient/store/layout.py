@@ -17,7 +17,7 @@ def account_name(device: str) -> str:
     """The storage server's SFTP account of a device: ``vmc-<first 12 hex of its id>``.
 
     The admin confines it under this name (:mod:`vmclient.admin.sshd`); a laptop whose
-    ``[repository] location`` names no user logs in as it (docs/sync.md, "Repository").
+    ``[repository] location`` names no user logs in as it (docs/provisioning.md).
     """
     return ACCOUNT_PREFIX + device[:12]
 
