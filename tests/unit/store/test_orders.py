@@ -51,9 +51,9 @@ def test_rekey_restore_and_start_are_optional_flags_and_old_orders_still_read() 
     assert parse({**old, "restore": True}).args == {**old, "restore": True, "start": False}
     full = Order(DEV, 3, 1000, "rekey", {**old, "restore": True, "start": True})
     assert Order.parse(full.to_bytes(), DEV, 3, "o") == full
-    with pytest.raises(RemoteIntegrityError, match="'args.restore': must be true or false"):
+    with pytest.raises(RemoteIntegrityError, match=r"'args\.restore': must be true or false"):
         parse({**old, "restore": "yes"})
-    with pytest.raises(RemoteIntegrityError, match="'args.run': unknown field"):
+    with pytest.raises(RemoteIntegrityError, match=r"'args\.run': unknown field"):
         parse({**old, "restore": True, "run": True})
 
 
