@@ -201,7 +201,7 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
             assert await admin("assign", dc.image, dc.device_name, "--recipe", str(recipe),
                                "--start") == 0
             capsys.readouterr()
-            scratch = IMAGES / f"{env.prefix}-scratch"  # QEMU writes there
+            scratch = env.cfg.images_dir / "scratch"  # QEMU writes there; removed with it
             with provd(system_bus, env, dc, tmp_path) as plog, \
                     syncd(system_bus, env, dc, tmp_path, scratch=scratch) as slog:
                 [rep] = await reports(dc.device_name, 1, [plog, slog])
@@ -279,5 +279,5 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
                         client.disconnect()
                     assert_no_leftovers(env_b, vm)
             finally:
-                for d in (env_b.cfg.images_dir, env_b.cfg.staging_dir, scratch):
+                for d in (env_b.cfg.images_dir, env_b.cfg.staging_dir):
                     shutil.rmtree(d, ignore_errors=True)
