@@ -95,17 +95,19 @@ def laptop_enrolment_pending(env: Env, dc: Datacenter) -> None:
 
 @contextlib.contextmanager
 def syncd(bus: PrivateSystemBus, env: Env, dc: Datacenter, tmp: Path, manage_extra: str = "",
-          wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd) -> Iterator[Path]:
+          wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd,
+          scratch: Path | None = None) -> Iterator[Path]:
     """vmclient-syncd hosting the management agent, sharing provd's directories and
     ``[repository]``; a cycle every 2 s; its log.  Needs :class:`syncd_env.Peers`.
-    ``manage_extra``: more of its ``[manage]`` section; ``wrap``: its command line as run."""
+    ``manage_extra``: more of its ``[manage]`` section; ``wrap``: its command line as run;
+    ``scratch``: its scratch directory (one QEMU can write, for a running VM's sync)."""
     c, r = env.cfg, dc.repository
     config = tmp / "sync.toml"
     config.write_text(f"""libvirt_uri = "{c.libvirt_uri}"
 state_dir = "{tmp / 'sync'}"
 provision_dir = "{c.state_dir}"
 device_dir = "{c.device_dir}"
-scratch_dir = "{tmp / 'scratch'}"
+scratch_dir = "{scratch or tmp / 'scratch'}"
 memory_dir = "{tmp / 'memory'}"
 name_prefix = "{env.prefix}-"
 

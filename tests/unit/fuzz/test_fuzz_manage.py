@@ -40,7 +40,10 @@ ORDERS = [Order(DEVICE_ID, 1, 5, "assign", {"vm": "office", "recipe": "office", 
           Order(DEVICE_ID, 1, 5, "lock"), Order(DEVICE_ID, 1, 5, "unlock"),
           Order(DEVICE_ID, 1, 5, "wipe", {"include_private": False}),
           Order(DEVICE_ID, 1, 5, "rekey", {"vm": "office", "from_device": "ab" * 16,
-                                           "min_seq": 3})]
+                                           "min_seq": 3, "restore": False, "start": False}),
+          # vmclient-admin restore's: the device restores and starts the VM
+          Order(DEVICE_ID, 1, 5, "rekey", {"vm": "office", "from_device": "ab" * 16,
+                                           "min_seq": 3, "restore": True, "start": True})]
 REPORT = Report(DEVICE_ID, 1, 6, 1, "done", "assigned office")
 REVOCATION = admin_mod.Revocation(DEVICE_ID, 7, "stolen")
 STATUS = DeviceStatus(DEVICE_ID, 8, "vmclient 1.0", 1, 99, False, False)

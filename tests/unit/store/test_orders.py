@@ -38,6 +38,25 @@ def test_order_arguments_are_strict(args: dict[str, object], problem: str) -> No
         Order.parse(json.dumps(doc).encode(), DEV, 3, "o")
 
 
+def test_rekey_restore_and_start_are_optional_flags_and_old_orders_still_read() -> None:
+    """``vmclient-admin restore`` writes ``restore``/``start`` on its ``rekey`` order; an order
+    written before them (or by ``vmclient-admin rekey``) reads as accept-only."""
+    old = {"vm": "office", "from_device": "ab" * 16, "min_seq": 2}
+
+    def parse(args: dict[str, object]) -> Order:
+        doc = json.loads(Order(DEV, 3, 1000, "rekey", old).to_bytes())
+        doc["args"] = args
+        return Order.parse(json.dumps(doc).encode(), DEV, 3, "o")
+    assert parse(old).args == {**old, "restore": False, "start": False}
+    assert parse({**old, "restore": True}).args == {**old, "restore": True, "start": False}
+    full = Order(DEV, 3, 1000, "rekey", {**old, "restore": True, "start": True})
+    assert Order.parse(full.to_bytes(), DEV, 3, "o") == full
+    with pytest.raises(RemoteIntegrityError, match=r"'args\.restore': must be true or false"):
+        parse({**old, "restore": "yes"})
+    with pytest.raises(RemoteIntegrityError, match=r"'args\.run': unknown field"):
+        parse({**old, "restore": True, "run": True})
+
+
 def test_order_unknown_action_and_renamed_seq_are_refused() -> None:
     doc = json.loads(Order(DEV, 3, 1000, "lock").to_bytes())
     with pytest.raises(RemoteIntegrityError, match="does not match the object name"):

@@ -81,8 +81,8 @@ def add_parsers(sub: Any) -> None:
     s.set_defaults(func=cmd_reports)
 
     for name, text in (("rekey", "wrap a synced VM's data key (from escrow) for a device"),
-                       ("restore", "rekey, and renew the device's lease; on the laptop, "
-                        "vmclientctl vm restore VM restores it")):
+                       ("restore", "rekey, renew the device's lease, and have the device "
+                        "restore the VM and start it")):
         s = sub.add_parser(name, help=text)
         s.add_argument("vm")
         s.add_argument("--to", required=True, help="the new device (id or enrolled name)")
@@ -94,6 +94,8 @@ def add_parsers(sub: Any) -> None:
         if name == "restore":
             s.add_argument("--lease-days", type=int, default=14,
                            help="lease the new device gets (default %(default)s)")
+            s.add_argument("--no-start", action="store_true",
+                           help="restore the VM on the device, but do not start it")
         s.set_defaults(func=cmd_rekey)
 
 
@@ -259,15 +261,17 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
         f"{result.copied} objects copied ({human_size(result.copied_bytes)}), "
         f"{result.skipped} already there")
     now = int(time.time())
-    order = await it.issue_order(remote, k.admin, target.device, "rekey",
-                                 {"vm": args.vm, "from_device": source.device,
-                                  "min_seq": result.seq}, now, numbers=k.orders)
-    say(f"order {order.seq}: {_describe(order)}")
-    if args.command == "restore":
+    values: dict[str, object] = {"vm": args.vm, "from_device": source.device,
+                                 "min_seq": result.seq}
+    if args.command == "restore":  # the lease first: the restored VM starts under it
         renew = await it.issue_order(remote, k.admin, target.device, "renew-lease",
                                      {"lease_until": now + args.lease_days * 86400}, now,
                                      numbers=k.orders)
         say(f"order {renew.seq}: {_describe(renew)}")
+        values.update(restore=True, start=not args.no_start)
+    order = await it.issue_order(remote, k.admin, target.device, "rekey", values, now,
+                                 numbers=k.orders)
+    say(f"order {order.seq}: {_describe(order)}")
     account = f"vmc-{target.device[:12]}"
     say(f"# --- on the storage server, as root: let {target.name} keep syncing into the "
         f"copy ---\nchown -R {account}:{account} "

@@ -140,7 +140,9 @@ def describe(order: Order) -> str:
     if order.action == "cancel":
         return f"cancelled (was {a['cancelled']})"
     if order.action == "rekey":
-        return f"restore {a['vm']} from {a['from_device']} (snapshot seq >= {a['min_seq']})"
+        what = (("restore and start" if a.get("start") else "restore") if a.get("restore")
+                else "rekey")
+        return f"{what} {a['vm']} from {a['from_device']} (snapshot seq >= {a['min_seq']})"
     if "vm" in a:
         return f"{order.action} {a['vm']}"
     return order.action

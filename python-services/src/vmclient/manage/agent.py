@@ -47,6 +47,8 @@ class Installer(Protocol):
 
     async def assign(self, vm: str, untrusted_recipe: str, start: bool) -> str: ...
 
+    async def restore(self, vm: str, from_device: str, start: bool) -> str: ...
+
 
 class Agent:
     def __init__(self, cfg: ManageConfig, remote: RemoteStore, hv: Hypervisor, *,
@@ -261,6 +263,9 @@ class Agent:
                                             self.cfg, s.device, self.keys.wrapping(), order)
             except (VMClientError, StoreError) as exc:
                 outcome, detail = "failed", str(exc)
+            else:
+                if order.args.get("restore"):
+                    outcome, detail = await self._restore(order)
         elif act == "assign" and self.installer is not None:
             try:
                 detail = await self.installer.assign(order.args["vm"], order.args["recipe"],
@@ -295,6 +300,19 @@ class Agent:
                 self._queue(s, seq, "done", detail + " (resumed after an interruption)")
             self.journal.remove()
         return detail
+
+    async def _restore(self, order: Order) -> tuple[str, str]:
+        """The ``rekey`` order's ``restore``: through provd, as ``vmclientctl vm restore``
+        (and ``vm start`` unless the admin said ``--no-start``)."""
+        vm, start = str(order.args["vm"]), bool(order.args.get("start"))
+        if self.installer is None:
+            return "failed", (f"{vm}: data key installed, but restoring is not supported on "
+                              f"this laptop yet: run vmclientctl vm restore {vm}")
+        try:
+            return "done", await self.installer.restore(vm, str(order.args["from_device"]),
+                                                        start)
+        except VMClientError as exc:
+            return "failed", f"{vm}: data key installed; restore failed: {exc}"
 
     async def _unassign(self, name: str) -> str:
         for vm in await self.host.list():

@@ -8,6 +8,11 @@ admin tool checked it (:func:`.admin.assign_recipe`): a business VM from the
 catalog, named as the order's ``vm``.  A business VM of that name here already
 is not installed again (the order ran before a crash, or IT assigned it twice):
 the report says so, and it is started if the order says so.
+
+A ``rekey`` order with ``restore`` is carried out the same way: ``Restore(vm, "",
+from_device)`` (as ``vmclientctl vm restore``), then ``Start(vm)`` unless the order
+says ``start = false`` or the VM came back running from its memory image.  A VM of
+that name here already is not restored again over it (the order ran before a crash).
 """
 
 from __future__ import annotations
@@ -44,6 +49,26 @@ class ProvdInstaller:
         else:
             (name,) = await self._call("Install", "s", [untrusted_recipe])
             state, detail = "shutoff", f"{name} installed from image {recipe.image.catalog}"
+        if start and state != "running":
+            await self._call("Start", "s", [vm])
+            detail += " and started"
+        return detail
+
+    async def restore(self, vm: str, from_device: str, start: bool) -> str:
+        """Restore ``vm`` from the latest snapshot (unless a VM of that name is here: an
+        order executed again after a crash) and start it if asked; the report's detail."""
+        (rows,) = await self._call("List", "", [])
+        here = {str(r[0]): list(r) for r in rows}
+        if vm in here and here[vm][1] != "business":
+            raise VMClientError(f"a private VM named {vm} exists here: not replaced")
+        if vm in here:
+            state, detail = str(here[vm][2]), f"{vm} was restored already"
+        else:
+            (state,) = await self._call("Restore", "sss", [vm, "", from_device])
+            state = str(state)
+            detail = f"{vm} restored from the latest snapshot of {from_device}"
+            if state == "running":
+                detail += " (running from its memory image)"
         if start and state != "running":
             await self._call("Start", "s", [vm])
             detail += " and started"

@@ -37,7 +37,9 @@ ORDER_ACTIONS: dict[str, dict[str, type]] = {
     "cancel": {"cancelled": str},
 }
 # action -> {optional flag: its value when absent}
-ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False}}
+# (an order without them reads as before: a ``rekey`` order that only installs the key)
+ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False},
+                                           "rekey": {"restore": False, "start": False}}
 OUTCOMES = ("done", "failed", "refused")
 
 
