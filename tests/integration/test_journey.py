@@ -236,9 +236,9 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
                                b64(crypto.raw_public(b_keys.wrapping.public_key())),
                                "--ssh-key-pub", account.public,
                                "--server-keys", str(server.keys)) == 0
+            # the same user-less location as laptop A's: B logs in as its own account
             dc_b = replace(dc, device_name="laptop-b", repository=replace(
-                dc.repository, location=f"sftp://{account.user}@127.0.0.1:{server.port}/",
-                key_file=account.key_file))
+                dc.repository, key_file=account.key_file))
             laptop_enrolment_pending(env_b, dc_b)
             capsys.readouterr()
             assert await admin("restore", vm, "--to", "laptop-b") == 0
