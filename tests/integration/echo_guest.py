@@ -211,9 +211,15 @@ class EchoGuests:
                     dom = conn.lookupByName(name)
                     with contextlib.suppress(libvirt.libvirtError):
                         dom.destroy()
-                    dom.undefine()
+                    # a test that had powerd save the VM leaves a managed save image,
+                    # which a plain undefine refuses (and the domain stayed defined)
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                                      | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                                      | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
                 with contextlib.suppress(FileNotFoundError):
                     (IMAGES / f"{name}.img").unlink()
+            left = [n for n in self.names if n in conn.listDefinedDomains()]
+            assert not left, f"test domains still defined after the test: {left}"
         finally:
             if conn is not self.conn:
                 conn.close()
