@@ -772,15 +772,22 @@ def lid(m: Machine, action: str) -> str:
 def kernel_mark(m: Machine) -> str:
     """Write a unique marker line into the kernel log; kernel_log_since(mark)
     returns what came after it (line counts do not survive a full ring buffer)."""
-    token = f"vmclient-test: mark {time.monotonic_ns()}"
-    m.ssh(f"echo '{token}' > /dev/kmsg", check=True)
-    return token
+    for _ in range(5):  # a write to /dev/kmsg may be dropped (rate limit): check it landed
+        token = f"vmclient-test: mark {time.monotonic_ns()}"
+        m.ssh(f"echo '{token}' > /dev/kmsg", check=True)
+        if m.ssh(f"dmesg --notime | grep -qxF '{token}'").rc == 0:
+            return token
+        time.sleep(1)
+    raise HarnessError("a marker written to /dev/kmsg never reached the kernel log")
 
 
 def kernel_log_since(m: Machine, mark: str) -> list[str]:
     """The kernel log after the marker line, oldest first (dmesg without times)."""
-    lines = m.ssh("dmesg --notime", check=True).stdout.splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].strip() == mark:
-            return lines[i + 1:]
+    # the ring buffer first; the journal (persistent on the test host) keeps what a
+    # full ring buffer lost, in the same order
+    for cmd in ("dmesg --notime", "journalctl -k -b -o cat --no-pager"):
+        lines = m.ssh(cmd, check=True).stdout.splitlines()
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].strip() == mark:
+                return lines[i + 1:]
     raise HarnessError(f"marker {mark!r} is no longer in the kernel log (ring buffer too small?)")
