@@ -80,6 +80,20 @@ def running(name: str) -> bool:
     finally:
         conn.close()
 
+async def device_reports(admin: Any, capsys: pytest.CaptureFixture[str], device: str, n: int,
+                         logs: list[Path], *, within_s: float) -> list[dict[str, Any]]:
+    """``vmclient-admin reports DEVICE --json`` until it lists ``n`` reports; the daemons'
+    logs in the failure when they do not come in time."""
+    deadline = time.monotonic() + scaled(within_s)
+    while True:
+        assert await admin("reports", device, "--json") == 0
+        out = json.loads(capsys.readouterr().out)
+        if len(out) >= n:
+            return list(out)
+        assert time.monotonic() < deadline, "\n".join(p.read_text() for p in logs)
+        await asyncio.sleep(0.5)
+
+
 
 async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_it(
         system_bus: PrivateSystemBus, tmp_path: Path,
@@ -100,15 +114,8 @@ async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_i
             assert f"order 1: install {vm} on laptop and start it" in capsys.readouterr().out
             Peers(system_bus)
 
-            async def reports(n: int, logs: list[Path]) -> list[dict[str, Any]]:
-                deadline = time.monotonic() + scaled(180)
-                while True:
-                    assert await admin("reports", dc.device_name, "--json") == 0
-                    out = json.loads(capsys.readouterr().out)
-                    if len(out) >= n:
-                        return list(out)
-                    assert time.monotonic() < deadline, "\n".join(p.read_text() for p in logs)
-                    await asyncio.sleep(0.5)
+            reports = functools.partial(device_reports, admin, capsys, dc.device_name,
+                                        within_s=180)
 
             client = await MessageBus(bus_address=system_bus.address).connect()
             phases: list[int] = []  # provd's progress, as a person's `vm install` shows it
@@ -188,15 +195,8 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
             recipe.write_text(recipe.read_text() + "\n[sync]\nenabled = true\nmemory = false\n")
             Peers(system_bus)
 
-            async def reports(device: str, n: int, logs: list[Path]) -> list[dict[str, Any]]:
-                deadline = time.monotonic() + scaled(240)
-                while True:
-                    assert await admin("reports", device, "--json") == 0
-                    out = json.loads(capsys.readouterr().out)
-                    if len(out) >= n:
-                        return list(out)
-                    assert time.monotonic() < deadline, "\n".join(p.read_text() for p in logs)
-                    await asyncio.sleep(0.5)
+            def reports(device: str, n: int, logs: list[Path]) -> Any:
+                return device_reports(admin, capsys, device, n, logs, within_s=240)
 
             # laptop A: assigned and started; a marker written; synced; wiped
             assert await admin("assign", dc.image, dc.device_name, "--recipe", str(recipe),
