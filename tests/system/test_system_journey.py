@@ -18,8 +18,8 @@ restores the VM through provd and starts it, with no command from B's user; the 
 on B with the marker.
 
 What the image ships for a datacenter (the admin key, the pinned host key, the drop box
-key) and the CPU profile of this kind of host (``cpuprobe``'s answer, see
-docs/provisioning.md) are written into /etc/vmclient before the user's first command.
+key) and the CPU profile for VMs nested in a TCG-booted host (TCG, the probe ladder's
+last rung, see docs/provisioning.md) are written into /etc/vmclient before the user's first command.
 Each step's time goes into a table printed at the end.
 """
 
@@ -238,10 +238,13 @@ def run_server_script(server: SSHServer, script: Path, device: str) -> None:
     server.restart()
 
 
-def cpu_profile(m: harness.Machine) -> dict[str, object]:
-    """The profile this kind of host runs VMs with (TCG outside, KVM inside)."""
-    out = sh(m, "/opt/vmclient/bin/python -m vmclient.provision.cpuprobe --json")
-    return dict(json.loads(out))
+# The booted hosts run under TCG; their nested VMs run the probe ladder's last rung, TCG
+# too.  Nested KVM on QEMU's emulated SVM is nothing a laptop runs, and ``cpuprobe`` there
+# (host-passthrough first) hung for over 300 s on a CI machine where it took 18 s on
+# ours.  The probe itself is tested against the outer machine's real KVM
+# (tests/integration/test_cpu_probe.py); these VMs only boot a sector and sit.
+NESTED_PROFILE: dict[str, object] = {"domain_type": "qemu", "cpu_mode": "maximum",
+                                     "cpu_disable": []}
 
 
 def vm_state(m: harness.Machine, vm: str) -> str:
@@ -266,8 +269,7 @@ def test_journey_assign_install_sync_wipe_restore(
             a = Laptop(host_boot_config, "laptop-a", server)
             with steps("laptop A: boot to SSH"):
                 a.boot()
-            with steps("laptop A: cpuprobe"):
-                profile = cpu_profile(a.m)
+            profile = NESTED_PROFILE
             with steps("laptop A: enrol (one-time code, accept, server script)"):
                 a.enrol(admin, server, dropbox, tmp_path, profile)
             with steps("laptop A: private VM from media (vm install)"):
