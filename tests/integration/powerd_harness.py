@@ -113,6 +113,11 @@ class Logind:
         return any(w == what and m == mode and who == "vmclient-powerd"
                    for w, who, _, m in self.inhibitors())
 
+    def released_at(self) -> float:
+        """``time.monotonic()`` when the mock saw the last inhibitor's fd closed."""
+        return float(self.obj.Get(LOGIND_IFACE, "TestReleasedAt",
+                                  dbus_interface="org.freedesktop.DBus.Properties"))
+
     def prepare_for_sleep(self, start: bool) -> None:
         self.mock.EmitSignal(LOGIND_IFACE, "PrepareForSleep", "b", [start])
 
