@@ -4,6 +4,7 @@ line and one ``refused`` report; the business VM keeps running and keeps its key
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -26,8 +27,15 @@ async def put(lap: Laptop, seq: int, blob: bytes) -> None:
     await lap.remote.put_atomic(layout.order(lap.device, seq), blob)
 
 
+def levels(caplog: pytest.LogCaptureFixture, start: str) -> set[int]:
+    """The levels of the agent's log records whose message starts with ``start``."""
+    return {r.levelno for r in caplog.records
+            if r.name == "vmclient.manage.agent" and r.getMessage().startswith(start)}
+
+
 async def test_forged_replayed_misaddressed_out_of_sequence_wipes_do_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vmclient")
     async with laptop(tmp_path) as lap:
         agent = await lap.enrol()
         biz = lap.create_vm("biz", "business")
@@ -37,6 +45,7 @@ async def test_forged_replayed_misaddressed_out_of_sequence_wipes_do_nothing(
         renew = await lap.order("renew-lease", lease_until=now + 86400 * 30)
         await agent.poll()
         assert agent.state_file.load().last_seq == renew.seq == 1
+        assert levels(caplog, "order 1 (renew-lease): done") == {logging.INFO}  # no alarm
 
         other_device = crypto.key_id(crypto.Ed25519PrivateKey.generate().public_key())
         thief = crypto.Ed25519PrivateKey.generate()
@@ -67,6 +76,7 @@ async def test_forged_replayed_misaddressed_out_of_sequence_wipes_do_nothing(
             reports = [r for r in await lap.reports() if r.outcome == "refused"]
             assert len(reports) == refused, (what, reports)
             assert reports[-1].order == 0 and problem in reports[-1].detail, (what, reports[-1])
+            assert levels(caplog, f"order {layout.order(dev, seq)} refused") == {logging.WARNING}
             await lap.remote.delete(layout.order(dev, seq))
             if what == "replayed":  # put the genuine order 1 back
                 await put(lap, 1, signed_envelope(lap.admin, "order", f"{dev}/1",

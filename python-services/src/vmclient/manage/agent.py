@@ -283,7 +283,8 @@ class Agent:
         self._queue(s, order.seq, outcome, detail)
         if act == "wipe":
             self.journal.remove()
-        log.warning("order %d (%s): %s %s", order.seq, act, outcome, detail)
+        log.log(logging.INFO if outcome == "done" else logging.WARNING,
+                "order %d (%s): %s %s", order.seq, act, outcome, detail)
 
     async def _finish_wipe(self, *, report: bool = True) -> str:
         doc = await run_wipe(self.host, self.cfg, self.journal, self.after_wipe_step)
