@@ -77,7 +77,9 @@ def add_global_options(p: argparse.ArgumentParser) -> None:
                    "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts")
     p.add_argument("--key-dir", help="the admin's offline key directory (default "
                    f"{session.DEFAULT_KEY_DIR})")
-    p.add_argument("--ssh-key", help="SSH private key for an sftp:// repository")
+    p.add_argument("--ssh-key", help="SSH key for an sftp:// repository: a private key file, "
+                   "or a public one naming a key ssh-agent holds (default: as OpenSSH, the "
+                   "IdentityFile that exists and ssh-agent's keys)")
     p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
     p.add_argument("--accept-rollback", action="store_true",
                    help="accept a repository whose catalog is older than the newest this admin "
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> None:
     remote = open_store(args.repo, key_file=args.ssh_key, known_hosts=args.known_hosts,
-                        file_mode=0o644)
+                        agent=args.ssh_agent, file_mode=0o644)
     try:
         await args.func(args, remote)
     finally:
