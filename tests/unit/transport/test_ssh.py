@@ -72,3 +72,44 @@ def test_a_key_file_readable_by_others_is_refused_naming_the_fix(tmp_path: Path)
     check_key_file(key)
     with pytest.raises(LocalSyncError, match="cannot be read"):
         check_key_file(tmp_path / "absent")
+
+
+def _options(cmd: list[str]) -> dict[str, str]:
+    return {cmd[i + 1].split("=", 1)[0]: cmd[i + 1].split("=", 1)[1]
+            for i, a in enumerate(cmd) if a == "-o"}
+
+
+def test_the_admin_may_add_an_agent_and_log_in_with_its_keys_alone() -> None:
+    with_file = _options(argv(Endpoint("h", 22, "u", Path("/k"), Path("/kh"),
+                                       agent=Path("/run/agent.sock"))))
+    assert with_file["IdentityAgent"] == '"/run/agent.sock"'
+    assert with_file["IdentitiesOnly"] == "yes" and with_file["IdentityFile"] == '"/k"'
+    only_agent = _options(argv(Endpoint("h", 22, "u", None, Path("/kh"), agent=Path("/a"))))
+    assert only_agent["IdentityFile"] == "none" and only_agent["IdentitiesOnly"] == "no"
+    with pytest.raises(LocalSyncError, match="neither a key file nor an ssh-agent"):
+        argv(Endpoint("h", 22, "u", None, Path("/kh")))
+    with pytest.raises(LocalSyncError, match="unusable path"):  # ssh would expand ${HOME}
+        argv(Endpoint("h", 22, "u", None, Path("/kh"), agent=Path("/${HOME}/a")))
+
+
+def test_the_laptop_daemons_never_use_an_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmclient.transport import Repository
+    from vmclient.transport.sftp import SFTPStore
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/user/0/agent.sock")
+    store = Repository(location="sftp://repo.example/").open(account=lambda: "vmc-1")
+    assert isinstance(store, SFTPStore)
+    options = _options(argv(store.target.endpoint))
+    assert options["IdentityAgent"] == "none" and options["IdentitiesOnly"] == "yes"
+
+
+def test_with_an_agent_a_public_key_file_may_name_the_key_and_be_world_readable(
+        tmp_path: Path) -> None:
+    pub = tmp_path / "id.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVmRoSDy8HnTMgOc3hr+eXi0V3ulm x\n")
+    pub.chmod(0o644)
+    check_key_file(pub, public_ok=True)
+    with pytest.raises(LocalSyncError, match="mode 0644"):  # without an agent: a key file
+        check_key_file(pub)
+    pub.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(LocalSyncError, match="mode 0644"):  # a private key stays refused
+        check_key_file(pub, public_ok=True)

@@ -227,7 +227,8 @@ async def _remove_authorized_keys(args: argparse.Namespace, account: str) -> boo
         return True
     url = urlsplit(args.repo)
     where = f"sftp://{url.netloc}{args.server_keys}"
-    store = open_store(where, key_file=args.ssh_key, known_hosts=args.known_hosts)
+    store = open_store(where, key_file=args.ssh_key, known_hosts=args.known_hosts,
+                       agent=args.ssh_agent)
     try:
         await store.delete(account)
     finally:

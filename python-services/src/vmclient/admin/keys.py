@@ -10,6 +10,9 @@ password of a standard encrypted PKCS#8 PEM (PBES2, AES-256-CBC), written by
 ``cryptography``'s serialization.  Plain (unencrypted) keys still load, with a
 warning; ``vmclient-admin protect-keys`` encrypts them.
 
+The signing key may instead be on a PKCS#11 token: an ``admin.pkcs11`` file in
+place of ``admin.pem`` names it (:mod:`.token`); the escrow key stays a file.
+
 ``serials.json`` remembers the highest catalog serial this admin has signed per
 repository, so a server that serves an old catalog cannot make the admin re-issue
 a serial (the laptops would see two catalogs with one serial and refuse them).
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import ConfigError, UsageError
 from ..manage.admin import OrderNumbers
+from . import token
 
 ADMIN_KEY = "admin.pem"
 ESCROW_KEY = "escrow.pem"
@@ -132,28 +136,40 @@ def create(key_dir: Path, passphrase: bytes | None = None) -> AdminKeys:
     """New keys in ``key_dir`` (encrypted under ``passphrase`` unless None); existing
     keys there are kept and reused."""
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if (key_dir / ADMIN_KEY).exists() or (key_dir / ESCROW_KEY).exists():
+    on_token = key_dir / token.TOKEN_FILE
+    used = (key_dir / ADMIN_KEY).exists() or (on_token.exists() and (key_dir / SERIALS).exists())
+    if used or (key_dir / ESCROW_KEY).exists():  # a missing escrow key is refused, not remade
         return load(key_dir, (lambda: passphrase) if passphrase else env_passphrase)
-    k = AdminKeys(key_dir, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+    admin = token.load(on_token) if on_token.exists() else Ed25519PrivateKey.generate()
+    k = AdminKeys(key_dir, admin, X25519PrivateKey.generate())
     store(k, passphrase)
     return k
 
 
 def store(k: AdminKeys, passphrase: bytes | None) -> None:
-    """Write both keys (replacing each atomically), one fresh salt for both."""
+    """Write both keys (replacing each atomically), one fresh salt for both; a signing
+    key on a token stays there."""
     kdf = KDF(os.urandom(16)) if passphrase else None
     password = kdf.derive(passphrase) if kdf and passphrase else None
     enc: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password) if password
         else serialization.NoEncryption())
     for name, key in ((ADMIN_KEY, k.admin), (ESCROW_KEY, k.escrow)):
+        if isinstance(key, token.TokenSigningKey):
+            continue
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 enc)
         _write_private(k.dir / name, (kdf.header() if kdf else b"") + pem)
 
 
+def key_files(key_dir: Path) -> tuple[str, ...]:
+    """The private key files of ``key_dir``: both, or the escrow key's alone when the
+    signing key is on a token."""
+    return (ESCROW_KEY,) if (key_dir / token.TOKEN_FILE).exists() else (ADMIN_KEY, ESCROW_KEY)
+
+
 def is_encrypted(key_dir: Path) -> bool:
-    return all(ENCRYPTED in (key_dir / n).read_bytes() for n in (ADMIN_KEY, ESCROW_KEY))
+    return all(ENCRYPTED in (key_dir / n).read_bytes() for n in key_files(key_dir))
 
 
 def load(key_dir: Path, passphrase: Passphrase = env_passphrase, *,
@@ -166,9 +182,15 @@ def load(key_dir: Path, passphrase: Passphrase = env_passphrase, *,
             asked.append(passphrase())
         return asked[0]
 
-    admin = load_key(key_dir / ADMIN_KEY, Ed25519PrivateKey, ask)  # type: ignore[type-abstract]
+    if (key_dir / token.TOKEN_FILE).exists() and (key_dir / ADMIN_KEY).exists():
+        raise ConfigError(key_dir / token.TOKEN_FILE, "", f"{key_dir} also holds {ADMIN_KEY}: "
+                          "one signing key only (move the one not in use away)")
     escrow = load_key(key_dir / ESCROW_KEY, X25519PrivateKey, ask)  # type: ignore[type-abstract]
-    plain = [n for n in (ADMIN_KEY, ESCROW_KEY) if ENCRYPTED not in (key_dir / n).read_bytes()]
+    if (key_dir / token.TOKEN_FILE).exists():
+        admin: Ed25519PrivateKey = token.load(key_dir / token.TOKEN_FILE)
+    else:
+        admin = load_key(key_dir / ADMIN_KEY, Ed25519PrivateKey, ask)  # type: ignore[type-abstract]
+    plain = [n for n in key_files(key_dir) if ENCRYPTED not in (key_dir / n).read_bytes()]
     if plain and warn:
         print(f"warning: {key_dir}: {' and '.join(plain)} not encrypted: anyone who copies "
               "the file can sign catalogs and orders or read every VM; `vmclient-admin "

@@ -20,6 +20,11 @@ REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
 Without ``--repo``: ``$VMCLIENT_REPOSITORY``, else ``repo`` in the config file
 (:mod:`.session`).  Exit codes: :mod:`vmclient.errors` (docs/exit-codes.md).
+
+This module is the parser, the entry point and the repository's own commands; the
+others are in :mod:`.entitle` (enrol, assign), :mod:`.fleet` (enrolment codes, orders,
+devices, rekey, restore), :mod:`.maint` (check, forget, prune, unpublish) and
+:mod:`.show`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import binascii
 import importlib.metadata
 import json
 import secrets
@@ -38,25 +42,18 @@ from pathlib import Path
 
 from ..argparsing import ArgumentParser, complete
 from ..errors import EXIT_BUG, UsageError, VMClientError
-from ..manage.admin import assign_recipe, issue_order
 from ..store import crypto, layout
-from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
+from ..store.documents import CONFIG_ID, Catalog, RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
 from ..store.locks import LockInfo, break_lock, read_lock
-from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
+from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore, get_object
-from ..store.repo import (
-    get_signed,
-    put_catalog,
-    put_signed,
-    put_wrapped_key,
-)
+from ..store.repo import get_signed, put_catalog, put_signed
 from ..transport import close_store, is_url, open_store
-from . import fleet, images, keys, maint, serverscript, session, show
+from . import entitle, fleet, images, keys, maint, session, show
 from .progress import progress_bar
 from .session import open_repo
-from .sshd import check_public_key, confinement
 from .text import Output, human_size, info, utc
 
 PROG = "vmclient-admin"
@@ -77,7 +74,9 @@ def add_global_options(p: argparse.ArgumentParser) -> None:
                    "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts")
     p.add_argument("--key-dir", help="the admin's offline key directory (default "
                    f"{session.DEFAULT_KEY_DIR})")
-    p.add_argument("--ssh-key", help="SSH private key for an sftp:// repository")
+    p.add_argument("--ssh-key", help="SSH key for an sftp:// repository: a private key file, "
+                   "or a public one naming a key ssh-agent holds (default: as OpenSSH, the "
+                   "IdentityFile that exists and ssh-agent's keys)")
     p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
     p.add_argument("--accept-rollback", action="store_true",
                    help="accept a repository whose catalog is older than the newest this admin "
@@ -124,32 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", metavar="IMAGE|DEVICE", help="image name, device name or id")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=show.cmd_show)
+    entitle.add_parsers(sub)
 
-    s = sub.add_parser("enrol", help="enrolment codes and requests, or record a device's keys "
-                       "directly; prints its sshd confinement")
-    s.add_argument("device", nargs="?",
-                   help="a name for the device (e.g. its asset tag), with --pubkey …")
-    s.add_argument("--pubkey", help="the device's Ed25519 signing key (base64)")
-    s.add_argument("--wrapping-key", help="the device's X25519 key (base64)")
-    s.add_argument("--ssh-key-pub",
-                   help="the device's SSH public key: a file or an 'ssh-ed25519 AAAA…' line")
-    fleet.add_enrol_options(s)
-    s.add_argument("--server-repo", help="the repository's path on the storage server "
-                   "(default: --repo if local, else the URL's path)")
-    s.add_argument("--server-keys", default="/etc/ssh/vmclient-keys",
-                   help="root-owned directory for the per-device authorized keys")
-    s.add_argument("--server-script", metavar="FILE",
-                   help="write the storage server's setup script (accounts, directories, "
-                   "sshd Match blocks) to FILE, a new file; '-' prints it (default: a new "
-                   f"file in KEY_DIR/{serverscript.SETUP_DIR}/)")
-    s.set_defaults(func=cmd_enrol)
-
-    s = sub.add_parser("assign", help="entitle a device to an image (wrap its content key)")
-    s.add_argument("image")
-    s.add_argument("device", help="device id (32 hex) or enrolled name")
-    s.add_argument("--recipe", type=Path, help="also order the device to install this recipe")
-    s.add_argument("--start", action="store_true", help="and to start the VM once installed")
-    s.set_defaults(func=cmd_assign)
     s = sub.add_parser("break-lock", help="delete a lock whose holder is gone (an image's "
                        "publish lock, or a path such as devices/ID/lock)")
     s.add_argument("lock", help="image name, or the lock's path in the repository")
@@ -188,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> None:
     remote = open_store(args.repo, key_file=args.ssh_key, known_hosts=args.known_hosts,
-                        file_mode=0o644)
+                        agent=args.ssh_agent, file_mode=0o644)
     try:
         await args.func(args, remote)
     finally:
@@ -304,64 +279,6 @@ async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
         say(f"  {rec.name:<24} {rec.device}  enrolled {fmt_time(rec.enrolled)}")
 
 
-async def cmd_enrol(args: argparse.Namespace, remote: RemoteStore) -> None:
-    if args.code or args.accept or args.dropbox:
-        if args.device or args.pubkey or args.wrapping_key or args.ssh_key_pub:
-            raise UsageError("enrol: --code/--accept/--dropbox take no device keys")
-        return await fleet.cmd_enrol_code(args, remote)
-    if not (args.device and args.pubkey and args.wrapping_key and args.ssh_key_pub):
-        raise UsageError("enrol: give DEVICE --pubkey --wrapping-key --ssh-key-pub, or one of "
-                         "--code NAME, --accept, --dropbox SSH_PUB")
-    serverscript.check_target(args.server_script)
-    k, _cfg, _catalog = await open_repo(args, remote)
-    signing = decode_key(args.pubkey, "--pubkey")
-    wrapping = decode_key(args.wrapping_key, "--wrapping-key")
-    ssh_pub = read_text_or_file(args.ssh_key_pub)
-    check_device_name(args.device)
-    try:
-        check_public_key(ssh_pub)
-    except UsageError as exc:
-        raise UsageError(f"--ssh-key-pub: {exc}") from None
-    device = crypto.key_id(crypto.ed25519_public(signing))
-    crypto.x25519_public(wrapping)
-    rec = DeviceRecord(device, args.device, signing, wrapping, int(time.time()))
-    await put_signed(remote, layout.device_record(device), k.admin, ("device", device),
-                     rec.to_bytes(), exclusive=False)
-    server_repo = args.server_repo or server_path(args.repo)
-    conf = confinement(device, ssh_pub, server_repo, args.server_keys)
-    now = int(time.time())
-    say(f"enrolled {args.device} as device {device}; its repository URL: "
-        f"sftp://{conf.account}@<server>/")
-    where = serverscript.write(serverscript.render([(device, conf)], now), args.server_script,
-                               k.dir, now)
-    say(serverscript.summary(where, 1))
-
-
-async def cmd_assign(args: argparse.Namespace, remote: RemoteStore) -> None:
-    recipe = None  # checked as the laptop checks it, before anything is written
-    if args.recipe is not None:
-        text = read_recipe(args.recipe)
-        recipe = assign_recipe(text, str(args.recipe), image=args.image).name, text.strip()
-    k, _cfg, catalog = await open_repo(args, remote)
-    if catalog.find(args.image) is None:
-        raise UsageError(f"no image {args.image!r} in the catalog (serial {catalog.serial})")
-    rec = await find_device(remote, k, args.device)
-    content = await images.content_key(remote, args.image, k.admin, k.escrow, create=False)
-    recipient = crypto.x25519_public(rec.wrapping_key)
-    wrapped = WrappedKey.create(f"image:{args.image}", recipient, content)
-    await put_wrapped_key(remote, layout.image_key(args.image, wrapped.recipient), k.admin,
-                          wrapped)
-    info(f"device {rec.name} ({rec.device}) may now read image {args.image}")
-    if recipe is not None:
-        vm, text = recipe
-        order = await issue_order(remote, k.admin, rec.device, "assign",
-                                  {"vm": vm, "recipe": text, "start": args.start},
-                                  int(time.time()),
-                                  numbers=k.orders)
-        info(f"order {order.seq}: install {vm} on {rec.name}"
-             + (" and start it" if args.start else ""))
-
-
 def protect_keys(args: argparse.Namespace) -> None:
     """Encrypt plain admin keys under a new passphrase (both files, one salt)."""
     k = keys.load(args.key_dir, session.passphrase(args), warn=False)
@@ -391,28 +308,6 @@ async def read_device(remote: RemoteStore, k: keys.AdminKeys, device: str) -> De
     return DeviceRecord.parse(body, device, path)
 
 
-async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> DeviceRecord:
-    if DEVICE_ID_RE.fullmatch(which):
-        try:
-            return await read_device(remote, k, which)
-        except ObjectNotFound:
-            raise UsageError(f"no enrolled device {which}") from None
-    matches = [r for r in await read_devices(remote, k) if r.name == which]
-    if len(matches) != 1:
-        raise UsageError(f"{len(matches)} enrolled devices are named {which!r}")
-    return matches[0]
-
-
-def decode_key(text: str, option: str) -> bytes:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise UsageError(f"{option}: expected a base64 raw 32-byte public key")
-    return raw
-
-
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
@@ -421,36 +316,9 @@ def fmt_time(t: int) -> str:
     return utc(t)
 
 
-def server_path(repo: str) -> str:
-    """The repository's path on the server: the URL's path, or the local directory."""
-    if is_url(repo):
-        from urllib.parse import urlsplit
-        return urlsplit(repo).path or "/"
-    return str(Path(repo).resolve())
-
-
 def check_file(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"{path}: no such image file")
-
-
-def read_recipe(path: Path) -> str:
-    """The text of the recipe file ``path``; refused before anything is written."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"--recipe {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--recipe {path}: cannot read it: {exc}") from exc
-
-
-def read_text_or_file(value: str) -> str:
-    """``value`` itself, or the contents of the file it names."""
-    path = Path(value)
-    try:
-        return path.read_text().strip() if path.is_file() else value.strip()
-    except OSError as exc:
-        raise UsageError(f"{value}: {exc.strerror}") from exc
 
 
 if __name__ == "__main__":

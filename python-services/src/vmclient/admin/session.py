@@ -61,7 +61,8 @@ def default_config() -> Path:
 
 
 def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
-    """Fill ``repo``, ``key_dir``, ``ssh_key``, ``known_hosts`` from env and config file."""
+    """Fill ``repo``, ``key_dir``, ``ssh_key``, ``known_hosts`` (and ``ssh_agent``) from
+    env, config file and OpenSSH's configuration."""
     path = Path(args.config).expanduser() if args.config else default_config()
     conf: dict[str, str] = {}
     try:
@@ -83,6 +84,7 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
         raise UsageError(f"no repository: give --repo, set {ENV_REPOSITORY}, or put "
                          f"repo = \"…\" in {path}")
     args.key_dir = Path(args.key_dir or conf.get("key_dir") or DEFAULT_KEY_DIR).expanduser()
+    args.ssh_agent = None  # an sftp:// repository may use one (ssh_defaults)
     for key in ("ssh_key", "known_hosts"):
         if getattr(args, key) is None and key in conf:
             setattr(args, key, str(Path(conf[key]).expanduser()))
@@ -94,7 +96,10 @@ def ssh_defaults(args: argparse.Namespace) -> None:
     """For ``sftp://``, resolve the URL's host and what ``--ssh-key``/``--known-hosts``
     leave open as OpenSSH would (:func:`ssh_settings`): a ``Host`` alias becomes its
     ``HostName``, ``Port`` and ``User`` (what the URL names wins), the key is the first
-    ``IdentityFile`` that exists, the pin file the first ``UserKnownHostsFile``."""
+    ``IdentityFile`` that exists, the pin file the first ``UserKnownHostsFile``, and the
+    ssh-agent (``IdentityAgent``, default ``$SSH_AUTH_SOCK``) is used too: a key held
+    only by the agent logs in, and the agent signs for a key file it holds (a
+    passphrase-protected one)."""
     url = urlsplit(args.repo)
     host = url.hostname or ""
     try:
@@ -103,21 +108,38 @@ def ssh_defaults(args: argparse.Namespace) -> None:
         raise UsageError(f"repository URL {args.repo!r}: {exc}") from exc
     found = ssh_settings(host, url.username and unquote(url.username), port)
     args.repo = resolved_url(args.repo, found)
-    tried_keys = [_home(f) for f in found.get("identityfile", [])]
+    tried_keys = [_home(f) for f in found.get("identityfile", []) if f.lower() != "none"]
     tried_hosts = [_home(f) for f in " ".join(found.get("userknownhostsfile", [])).split()]
+    agent, agent_from = ssh_agent(found)
+    args.ssh_agent = str(agent) if agent and agent.is_socket() else None
     if args.ssh_key is None:
         args.ssh_key = next((str(f) for f in tried_keys if f.is_file()), None)
     if args.known_hosts is None:
         args.known_hosts = next((str(f) for f in tried_hosts if f.is_file()), None)
     missing = []
-    if args.ssh_key is None:
-        missing.append(f"no SSH key file (tried {', '.join(map(str, tried_keys)) or '-'}; a "
-                       "key held only by ssh-agent is not used: give --ssh-key FILE)")
+    if args.ssh_key is None and args.ssh_agent is None:
+        why = (f"{agent_from} is {agent}, not a socket" if agent else f"{agent_from}")
+        missing.append(f"no SSH key: no key file (tried {', '.join(map(str, tried_keys)) or '-'}"
+                       f") and no ssh-agent ({why}): give --ssh-key FILE, or ssh-add the key "
+                       "to a running ssh-agent")
     if args.known_hosts is None:
         missing.append(f"no known_hosts file pinning its host key (tried "
                        f"{', '.join(map(str, tried_hosts)) or '-'}: give --known-hosts FILE)")
     if missing:
         raise UsageError(f"{args.repo}: " + "; ".join(missing))
+
+
+def ssh_agent(found: dict[str, list[str]]) -> tuple[Path | None, str]:
+    """The ssh-agent socket OpenSSH would use (``IdentityAgent``, else ``$SSH_AUTH_SOCK``)
+    and where it came from, for messages; None when there is none."""
+    value = (found.get("identityagent") or ["SSH_AUTH_SOCK"])[0]
+    if value.lower() == "none":
+        return None, "IdentityAgent none in the ssh configuration"
+    if value == "SSH_AUTH_SOCK" or value.startswith("$"):
+        name = value.lstrip("$").strip("{}")
+        where = os.environ.get(name)
+        return (Path(where) if where else None), (f"${name}" + ("" if where else " is not set"))
+    return _home(value), f"IdentityAgent {value}"
 
 
 def _home(path: str) -> Path:

@@ -9,8 +9,10 @@ transport; the daemons and tools open their store here.
   account it is (``account``): a laptop passes the rule that names its own
   account from its enrolled device id (:func:`vmclient.manage.state.device_account`),
   asked at each login, so one configuration serves every laptop.  The
-  SSH private key and the ``known_hosts`` file that pins the server's host key
-  are required (there is no trust-on-first-use).  ``/path`` is the repository
+  SSH private key (or, for the admin, an ssh-agent: ``agent``) and the
+  ``known_hosts`` file that pins the server's host key are required (there is
+  no trust-on-first-use).  The laptop daemons' :class:`Repository` never passes
+  an agent.  ``/path`` is the repository
   directory as the account sees it: ``/`` for a device chrooted into the
   repository, the absolute path for the admin account.
 * anything else — a local directory (:class:`~vmclient.store.localfs.LocalDirStore`).
@@ -66,10 +68,11 @@ def is_url(location: str) -> bool:
 
 def open_store(location: str, *, key_file: str | Path | None = None,
                known_hosts: str | Path | None = None, connections: int | None = None,
-               file_mode: int = 0o600, account: Callable[[], str] | None = None
-               ) -> RemoteStore:
+               file_mode: int = 0o600, account: Callable[[], str] | None = None,
+               agent: str | Path | None = None) -> RemoteStore:
     """The store at ``location``.  ``account``: whose account an ``sftp://host/`` URL
-    (no ``user@``) logs in as, asked at each login; a user in the URL wins."""
+    (no ``user@``) logs in as, asked at each login; a user in the URL wins.  ``agent``:
+    an ssh-agent socket whose keys may log in too (the admin's; see transport.ssh)."""
     if not is_url(location):
         return LocalDirStore(Path(location), file_mode=file_mode)
     url = urlsplit(location)
@@ -77,9 +80,9 @@ def open_store(location: str, *, key_file: str | Path | None = None,
         raise UsageError(f"unsupported repository URL {location!r} (sftp:// or a local path)")
     if not url.hostname or not (url.username or account):
         raise UsageError(f"repository URL {location!r} needs user@host")
-    if key_file is None or known_hosts is None:
-        raise UsageError(f"{location}: an SSH key and a known_hosts file (pinned host key) "
-                         "are required")
+    if (key_file is None and agent is None) or known_hosts is None:
+        raise UsageError(f"{location}: an SSH key (a file or ssh-agent) and a known_hosts "
+                         "file (pinned host key) are required")
     try:
         port = url.port or 22
     except ValueError as exc:
@@ -87,9 +90,10 @@ def open_store(location: str, *, key_file: str | Path | None = None,
     from .sftp import DEFAULT_CONNECTIONS, SFTPStore, SFTPTarget
     return SFTPStore(SFTPTarget(host=url.hostname, user=unquote(url.username or ""),
                                 port=port, root=unquote(url.path) or "/",
-                                key_file=Path(key_file), known_hosts=Path(known_hosts),
+                                key_file=Path(key_file) if key_file else None,
+                                known_hosts=Path(known_hosts),
                                 connections=connections or DEFAULT_CONNECTIONS,
-                                account=account))
+                                account=account, agent=Path(agent) if agent else None))
 
 
 __all__ = ["Repository", "close_store", "is_url", "open_store"]

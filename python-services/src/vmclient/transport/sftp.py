@@ -321,7 +321,7 @@ class SFTPStore(LockingMixin):
             try:
                 conn = self._connection()
             except Refused as exc:
-                advice = ADVICE[exc.failure].format(kh=t.known_hosts, key=t.key_file)
+                advice = ADVICE[exc.failure].format(kh=t.known_hosts, key=t.credentials)
                 raise RemoteRefused(t.server, op, path, f"{advice} (ssh: {exc})") from exc
             except c.MalformedAnswer as exc:
                 raise RemoteUnavailable(op, path, t.server, attempt + 1, exc) from exc

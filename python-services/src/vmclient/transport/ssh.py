@@ -13,7 +13,15 @@ connected to ssh's stdin and stdout.  The command line pins everything:
   ``IdentityAgent=none``: the key file is the one credential.  The device key
   lives in a file already (``/var/lib/vmclient/device/ssh.key``, written 0600 at
   enrolment); it is refused here, before ssh runs, unless it is a regular file
-  without group or other permissions, and no copy of it is made.
+  without group or other permissions, and no copy of it is made.  The laptop
+  daemons never use an agent.
+* the admin (``vmclient-admin``, :attr:`Endpoint.agent`) may add an ssh-agent
+  socket: ``IdentityAgent`` = that socket.  With a key file too, ssh signs with
+  the agent's copy of that key when it holds one (a passphrase-protected key,
+  or a public key file naming a key the agent holds, e.g. on a PKCS#11 token
+  added with ``ssh-add -s``) and ``IdentitiesOnly`` keeps the agent's other
+  keys out; without a key file (``IdentityFile=none``) every key of the agent
+  is offered, as OpenSSH does by default.
 * no forwarding, no TTY, no escape character, no connection sharing.
 
 When ssh fails it exits with status 255 and says why on stderr (kept in an
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import re
 import shutil
 import socket
 import stat
@@ -48,18 +57,19 @@ class Endpoint:
     host: str
     port: int
     user: str
-    key_file: Path
+    key_file: Path | None  # None: the agent's keys only
     known_hosts: Path
     subsystem: str = "sftp"
     timeout: float = 30.0
     ssh_config: Path | None = None  # an ssh_config to read (None: -F none)
     ssh: str = SSH
+    agent: Path | None = None  # an ssh-agent socket (the admin's; None: no agent)
 
 
 def _value(path: Path) -> str:
     """A path as an ssh_config value: quoted, with ``%`` tokens escaped."""
     text = str(path)
-    if '"' in text or "\n" in text:
+    if '"' in text or "\n" in text or "${" in text:  # ssh expands ${VAR} in these
         raise LocalSyncError(f"unusable path for ssh: {text!r}")
     return '"' + text.replace("%", "%%") + '"'
 
@@ -68,6 +78,8 @@ def argv(e: Endpoint) -> list[str]:
     """The ``ssh`` command line for ``e`` (pure)."""
     if e.host.startswith("-") or not e.host or e.user.startswith("-"):
         raise LocalSyncError(f"invalid SSH host or user: {e.user!r}@{e.host!r}")
+    if e.key_file is None and e.agent is None:
+        raise LocalSyncError("no SSH credential: neither a key file nor an ssh-agent")
     alive = max(5, int(e.timeout / 3))
     opts = {
         "BatchMode": "yes",
@@ -76,9 +88,9 @@ def argv(e: Endpoint) -> list[str]:
         "GlobalKnownHostsFile": "none",
         "UpdateHostKeys": "no",
         "CheckHostIP": "no",
-        "IdentitiesOnly": "yes",
-        "IdentityFile": _value(e.key_file),
-        "IdentityAgent": "none",
+        "IdentitiesOnly": "yes" if e.key_file else "no",
+        "IdentityFile": _value(e.key_file) if e.key_file else "none",
+        "IdentityAgent": _value(e.agent) if e.agent else "none",
         "PasswordAuthentication": "no",
         "KbdInteractiveAuthentication": "no",
         "ControlMaster": "no",
@@ -101,15 +113,22 @@ def argv(e: Endpoint) -> list[str]:
     return [*out, "-s", "--", e.host, e.subsystem]
 
 
-def check_key_file(path: Path) -> None:
+PUBLIC_KEY_RE = re.compile(rb"(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ AAAA[A-Za-z0-9+/]+=*( .*)?\n?")
+
+
+def check_key_file(path: Path, *, public_ok: bool = False) -> None:
     """The device key must be a regular file only its owner may read (ssh would refuse a
-    more open one with a warning nobody sees)."""
+    more open one with a warning nobody sees).  ``public_ok``: with an agent, a public
+    key file (one ``ssh-ed25519 AAAA…`` line) names the agent's key to use; it may be
+    world-readable."""
     try:
         st = path.stat()
     except OSError as exc:
         raise LocalSyncError(f"the SSH key {path} cannot be read: {exc.strerror}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise LocalSyncError(f"the SSH key {path} is not a regular file")
+    if public_ok and st.st_size < 16 << 10 and PUBLIC_KEY_RE.fullmatch(path.read_bytes()):
+        return
     if st.st_mode & 0o077:
         raise LocalSyncError(f"the SSH key {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
                              f"it must be 0600 (chmod 600 {path})")
@@ -173,7 +192,8 @@ class Process:
         exe = shutil.which(e.ssh)
         if exe is None:
             raise LocalSyncError(f"OpenSSH's {e.ssh!r} is not installed (package openssh-ssh)")
-        check_key_file(e.key_file)
+        if e.key_file is not None:
+            check_key_file(e.key_file, public_ok=e.agent is not None)
         self.endpoint = e
         self.sock, child = socket.socketpair()
         for end in (self.sock, child):  # a window of a few MiB each way

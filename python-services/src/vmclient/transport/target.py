@@ -41,11 +41,12 @@ DEFAULT_CONNECTIONS = max(1, min(4, os.cpu_count() or 1))
 
 @dataclass(frozen=True)
 class SFTPTarget:
-    """Where a repository is and how to log in (the device's key, the pinned host key)."""
+    """Where a repository is and how to log in (the device's key, the pinned host key;
+    the admin may add an ssh-agent, :attr:`agent`)."""
 
     host: str
     user: str
-    key_file: Path
+    key_file: Path | None  # None: the agent's keys only
     known_hosts: Path
     port: int = 22
     root: str = ""  # directory holding the repository on the server ("" = login directory)
@@ -58,6 +59,7 @@ class SFTPTarget:
     # ``user`` "": the account is asked of this at each login (the device's own account,
     # known only once it is enrolled; it raises a VMClientError saying so before)
     account: Callable[[], str] | None = field(default=None, compare=False)
+    agent: Path | None = None  # the admin's ssh-agent socket; the laptop daemons use none
 
     def login(self) -> str:
         """The account to log in as."""
@@ -72,7 +74,15 @@ class SFTPTarget:
     @property
     def endpoint(self) -> Endpoint:
         return Endpoint(self.host, self.port, self.login(), self.key_file, self.known_hosts,
-                        self.subsystem, self.timeout, self.ssh_config)
+                        self.subsystem, self.timeout, self.ssh_config, agent=self.agent)
+
+    @property
+    def credentials(self) -> str:
+        """The SSH credentials, named for a person (in messages)."""
+        named = [str(self.key_file)] if self.key_file else []
+        if self.agent:
+            named.append(f"the keys of the ssh-agent at {self.agent}")
+        return " or ".join(named)
 
 
 ADVICE = {
