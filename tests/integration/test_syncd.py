@@ -16,7 +16,7 @@ from powerd_harness import wait_for
 from sync_env import MIB, World, run, world
 from syncd_env import IFACE, NAME, PATH, Peers, SyncDaemon, as_json
 
-from testlib import DATA, need
+from testlib import INTERFACES, need
 from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests
@@ -46,7 +46,7 @@ def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peer
             xml = d.conn.get_object(NAME, PATH).Introspect(
                 dbus_interface="org.freedesktop.DBus.Introspectable")
             live = ET.fromstring(xml).find(f"interface[@name='{IFACE}']")
-            shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{IFACE}.xml").getroot() \
+            shipped = ET.parse(INTERFACES / f"{IFACE}.xml").getroot() \
                 .find("interface")
             assert live is not None and shipped is not None
             assert sorted((m.tag, m.get("name"), m.get("type")) for m in live) == \

@@ -434,16 +434,15 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
 
     install_method_guard(bus, names.SYNC_PATH, names.SYNC_IFACE,
                          names.POLKIT_ACTION_SYNC_MANAGE, {
-                             "SyncNow": Member("s", "a(sss)", "synchronising VMs", sync_now),
-                             "Verify": Member("ss", "(stt)", "verifying a snapshot", verify),
-                             "ListSnapshots": Member("s", "a(suxtsb)", "listing snapshots",
-                                                     snapshots)})
+                             "SyncNow": Member("synchronising VMs", sync_now),
+                             "Verify": Member("verifying a snapshot", verify),
+                             "ListSnapshots": Member("listing snapshots", snapshots)})
 
     async def enrol(args: list[Any]) -> list[Any]:
         return [await s.enrol(str(args[0]))]
 
     install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE, names.POLKIT_ACTION_ENROL,
-                         {"Enrol": Member("s", "s", "enrolling this laptop", enrol)})
+                         {"Enrol": Member("enrolling this laptop", enrol)})
 
     async def set_password(args: list[Any]) -> list[Any]:
         from ..manage.password import set_first_password
@@ -453,8 +452,8 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
 
     install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE,
                          names.POLKIT_ACTION_FIRST_PASSWORD,
-                         {"SetPassword": Member("s", "s", "setting your first password",
-                                                set_password, with_caller=True)})
+                         {"SetPassword": Member("setting your first password", set_password,
+                                                with_caller=True)})
 
 
 def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,

@@ -49,9 +49,6 @@ class VMStatus:
                 "Rate": Variant("d", float(self.rate)), "NextRun": Variant("x", self.next_run)}
 
 
-_OUT_ARG_NAMES = {"SyncNow": "results", "Verify": "checked", "ListSnapshots": "snapshots"}
-
-
 class SyncInterface(ServiceInterface):
     def __init__(self) -> None:
         super().__init__(names.SYNC_IFACE)
@@ -74,7 +71,7 @@ class SyncInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+        return name_out_args(super().introspect())
 
     @dbus_property(access=PropertyAccess.READ)
     def VMs(self) -> "a{sa{sv}}":  # type: ignore[valid-type]  # noqa: F722
@@ -155,7 +152,7 @@ class ManagementInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), {"Enrol": "device", "SetPassword": "user"})
+        return name_out_args(super().introspect())
 
     @dbus_property(access=PropertyAccess.READ)
     def Enrolment(self) -> u:  # type: ignore[name-defined]  # noqa: F821
