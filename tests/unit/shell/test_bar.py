@@ -62,14 +62,16 @@ def test_an_install_in_progress_from_provd():
 def test_why_a_vm_is_paused_from_powerd():
     from vmclient.shell.bar import vm_detail
 
-    power = {"PausedByUs": [("work", "pause"), ("home", "save"), ("old", "pause")],
+    # powerd's PausedByUs action: 1 pause, 2 guest S3, 3 save
+    power = {"PausedByUs": [("work", 1), ("home", 3), ("old", 1)],
              "PauseCauses": [("work", [3]), ("home", [4]), ("old", [])]}
     assert vm_detail("work", "running", power) == ""
     assert vm_detail("work", "paused", power) == "paused by you"
     assert vm_detail("home", "shutoff", power) == "saved: battery low"
     assert vm_detail("old", "paused", power) == "paused"  # every cause ended
     assert vm_detail("crm", "paused", power) == "paused"  # not powerd's doing
-    assert vm_detail("work", "paused", {"PausedByUs": [("work", "pause")],
+    assert vm_detail("work", "paused", {"PausedByUs": [("work", 1)],
                                          "PauseCauses": [("work", [1, 2])]}) \
         == "paused for sleep, paused: lid closed"
     assert vm_detail("work", "paused", {"PausedByUs": 7}) == "paused"  # nonsense: not trusted
+    assert vm_detail("home", "shutoff", {"PausedByUs": [("home", 3)]}) == "saved"

@@ -72,7 +72,7 @@ class PowerInterface(ServiceInterface):
         return self._p("State")
 
     @dbus_property(access=PropertyAccess.READ)
-    def PausedByUs(self) -> a(ss):  # type: ignore[name-defined,valid-type]  # noqa: F821
+    def PausedByUs(self) -> a(su):  # type: ignore[name-defined,valid-type]  # noqa: F821
         return self._p("PausedByUs")
 
     @dbus_property(access=PropertyAccess.READ)

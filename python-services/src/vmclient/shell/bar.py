@@ -108,6 +108,7 @@ def install_text(untrusted_props: Mapping[str, Any]) -> str:
 
 _CAUSES = {1: "paused for sleep", 2: "paused: lid closed", 3: "paused by you",
            4: "saved: battery low", 5: "saved at shutdown"}
+_SAVED = 3  # powerd's PausedByUs action: 1 paused, 2 guest S3, 3 saved
 
 
 def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
@@ -117,7 +118,7 @@ def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
     if state == "running":
         return ""
     try:
-        modes = {str(n): str(m) for n, m in untrusted_power.get("PausedByUs", [])}
+        modes = {str(n): int(m) for n, m in untrusted_power.get("PausedByUs", [])}
         causes = {str(n): sorted(int(c) for c in cs)
                   for n, cs in untrusted_power.get("PauseCauses", [])}
     except (TypeError, ValueError):
@@ -126,7 +127,7 @@ def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
         return state
     words = [_CAUSES[c] for c in causes.get(vm, []) if c in _CAUSES]
     if not words:
-        return "saved" if modes[vm] == "save" else "paused"
-    if modes[vm] == "save":
+        return "saved" if modes[vm] == _SAVED else "paused"
+    if modes[vm] == _SAVED:
         words = [w.replace("paused", "saved") for w in words]
     return ", ".join(words)
