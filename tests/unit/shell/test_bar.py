@@ -25,16 +25,20 @@ def test_nothing_while_powerd_is_not_there_and_nonsense_is_not_trusted():
 
 
 def test_a_sync_in_progress_and_the_lease():
-    assert sync_text({"State": "running", "CurrentVM": "work", "BytesDone": 45,
+    # syncd's State: 1 idle, 2 running, 3 paused, 4 waiting
+    assert sync_text({"State": 2, "CurrentVM": "work", "BytesDone": 45,
                       "BytesTotal": 100, "LeaseRemaining": 13 * 3600 + 120}) \
         == "Syncing work 45% \u00b7 lease 13 h 2 min"
-    assert sync_text({"State": "waiting", "LeaseRemaining": 20 * 86400 + 7200}) \
+    assert sync_text({"State": 4, "LeaseRemaining": 20 * 86400 + 7200}) \
         == "Sync waiting \u00b7 lease 20 d 2 h"
-    assert sync_text({"State": "idle", "LeaseRemaining": -1,
+    assert sync_text({"State": 3}) == "Sync paused"
+    assert sync_text({"State": 1, "LeaseRemaining": -1,
                       "LeaseState": "the lease has expired: renew it"}) == "lease expired"
-    assert sync_text({"State": "idle", "LeaseRemaining": -1, "LeaseState": "not enrolled"}) \
+    assert sync_text({"State": 1, "LeaseRemaining": -1, "LeaseState": "not enrolled"}) \
         == ""
-    assert sync_text({"State": "running", "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
+    assert sync_text({"State": 2, "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
+    assert sync_text({"State": "running", "CurrentVM": "x"}) == ""  # not syncd's type
+    assert sync_text({"State": 9}) == ""  # a state this shell does not know
     assert sync_text({}) == ""
 
 
