@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "python-services"
 DATA = SERVICES / "data"
+# The interfaces' introspection XML (package data; installed in /usr/share/dbus-1/interfaces)
+INTERFACES = SERVICES / "src" / "vmclient" / "dbus" / "xml"
 
 
 def in_ci() -> bool:

@@ -16,6 +16,7 @@ from fixtures_udev import SimulatedLaptop
 from fixtures_virt import scaled
 
 from testlib import SERVICES
+from vmclient.power.policy import HoldAction
 
 BUS_NAME = "org.vmclient.VMClient1"
 POWER_PATH = "/org/vmclient/VMClient1/Power"
@@ -94,7 +95,8 @@ class PowerDaemon:
         return [str(x) for x in obj.get_dbus_method(method, POWER_IFACE)(timeout=timeout)]
 
     def paused_by_us(self) -> dict[str, str]:
-        return {str(n): str(a) for n, a in self.props()["PausedByUs"]}
+        """VM name -> how powerd holds it (``PausedByUs``' action, in words: pause, s3, save)."""
+        return {str(n): HoldAction(int(a)).label for n, a in self.props()["PausedByUs"]}
 
 
 class Logind:

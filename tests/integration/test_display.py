@@ -18,7 +18,7 @@ from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from provd_harness import NAME, ProvDaemon
 
-from testlib import DATA, SERVICES, need
+from testlib import INTERFACES, SERVICES, need
 
 HERE = Path(__file__).resolve().parent
 PATH = "/org/vmclient/VMClient1/Display"
@@ -105,7 +105,7 @@ def test_only_running_vmclient_vms_are_shown(system_bus, provd, guests):
     # introspection equals the shipped XML
     live = ET.fromstring(str(conn.call_blocking(
         NAME, PATH, "org.freedesktop.DBus.Introspectable", "Introspect", "", [])))
-    shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{IFACE}.xml").getroot()
+    shipped = ET.parse(INTERFACES / f"{IFACE}.xml").getroot()
 
     def members(root: ET.Element) -> list[tuple[str | None, list[tuple[str | None, ...]]]]:
         iface = root.find(f"interface[@name='{IFACE}']")

@@ -13,7 +13,7 @@ import libvirt
 import pytest
 from powerd_harness import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 
-from testlib import DATA, SERVICES, need
+from testlib import INTERFACES, SERVICES, need
 
 NOBODY = 65534
 
@@ -44,7 +44,7 @@ def test_runtime_introspection_equals_the_interface_xml(powerd):
     d = powerd()
     obj = d.conn.get_object(BUS_NAME, POWER_PATH)
     runtime = ET.fromstring(str(obj.Introspect(dbus_interface="org.freedesktop.DBus.Introspectable")))
-    shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{POWER_IFACE}.xml").getroot()
+    shipped = ET.parse(INTERFACES / f"{POWER_IFACE}.xml").getroot()
     assert _normalise(runtime) == _normalise(shipped)
     assert _normalise(shipped)  # the file really declares the interface
 
@@ -74,6 +74,9 @@ def test_pause_all_and_resume_all_as_root(powerd, vms):
     status = json.loads(vmclientctl(d, "power", "status", "--json").stdout)
     assert status["paused_by_us"] == [{"name": vms.names[0], "action": "pause", "causes": ["user"]}]
     assert status["state"] == "paused"
+    # on the bus: PausedByUs a(su), the action 1 Pause; PauseCauses 3 User
+    assert [tuple(r) for r in d.props()["PausedByUs"]] == [(vms.names[0], 1)]
+    assert [(n, list(cs)) for n, cs in d.props()["PauseCauses"]] == [(vms.names[0], [3])]
     r = vmclientctl(d, "power", "resume-all")
     assert r.returncode == 0 and r.stdout.strip() == f"resumed: {vms.names[0]}"
     assert vms.state(vms.names[0]) == libvirt.VIR_DOMAIN_RUNNING

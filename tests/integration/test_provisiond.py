@@ -22,7 +22,7 @@ from fixtures_virt import scaled
 from provd_harness import NAME, PATH, call, ok
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
-from testlib import DATA, SERVICES, need
+from testlib import INTERFACES, SERVICES, need
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,7 +69,7 @@ async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus,
             # introspection equals the shipped XML
             (xml,) = ok(await call(client, "Introspect", iface="org.freedesktop.DBus.Introspectable"))
             live = ET.fromstring(xml).find(f"interface[@name='{IFACE}']")
-            shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{IFACE}.xml").getroot() \
+            shipped = ET.parse(INTERFACES / f"{IFACE}.xml").getroot() \
                 .find("interface")
             def members(el: ET.Element) -> set[str]:
                 return {ET.tostring(c, encoding="unicode").replace(" ", "").strip()

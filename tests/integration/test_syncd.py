@@ -16,7 +16,7 @@ from powerd_harness import wait_for
 from sync_env import MIB, World, run, world
 from syncd_env import IFACE, NAME, PATH, Peers, SyncDaemon, as_json
 
-from testlib import DATA, need
+from testlib import INTERFACES, need
 from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests
@@ -24,6 +24,7 @@ from vmclient.manage.inventory import ManageConfig
 from vmclient.manage.keys import write_private
 from vmclient.store import crypto, layout, repo
 from vmclient.store.objects import Index
+from vmclient.sync.status import SyncOutcome, SyncState
 
 NOBODY = 65534
 
@@ -46,7 +47,7 @@ def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peer
             xml = d.conn.get_object(NAME, PATH).Introspect(
                 dbus_interface="org.freedesktop.DBus.Introspectable")
             live = ET.fromstring(xml).find(f"interface[@name='{IFACE}']")
-            shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{IFACE}.xml").getroot() \
+            shipped = ET.parse(INTERFACES / f"{IFACE}.xml").getroot() \
                 .find("interface")
             assert live is not None and shipped is not None
             assert sorted((m.tag, m.get("name"), m.get("type")) for m in live) == \
@@ -76,7 +77,11 @@ def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peer
             r = d.cli("now", vm)
             assert r.returncode == 75, (r.returncode, r.stderr)
             assert "on battery at 20% (below 30%)" in r.stderr
-            assert d.vm(vm)["State"] == "waiting" and "battery" in d.vm(vm)["Reason"]
+            assert d.vm(vm)["State"] == SyncState.WAITING and "battery" in d.vm(vm)["Reason"]
+            # on the bus the outcome and the states are u: 2 Skipped, 4 Waiting
+            rows = d.conn.get_object(NAME, PATH).SyncNow(vm, dbus_interface=IFACE, timeout=60)
+            assert [(r[0], r[1]) for r in rows] == [(vm, SyncOutcome.SKIPPED)]
+            assert "battery" in rows[0][2] and d.props()["State"] == SyncState.WAITING
             peers.battery(True, 80.0)  # on battery, but charged enough
             assert as_json(d.cli("now", vm, "--json"))[0]["detail"] == "0000000002"
             peers.battery(False, 80.0)
@@ -147,10 +152,10 @@ def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, p
             cli = d.cli("now", vm, "--json", wait=False)
             wait_for(lambda: _packs(w, vm), 120, "a first pack in the repository")
             peers.logind.prepare_for_sleep(True)
-            wait_for(lambda: d.vm(vm)["State"] == "paused", 60, "the sync paused")
+            wait_for(lambda: d.vm(vm)["State"] == SyncState.PAUSED, 60, "the sync paused")
             wait_for(lambda: not peers.syncd_holds_sleep_lock(), 10, "the lock released")
             assert "sleep" in d.vm(vm)["Reason"]
-            assert d.props()["State"] == "paused"
+            assert d.props()["State"] == SyncState.PAUSED
             assert cli.poll() is None  # SyncNow is answered when the sync completes
             arrived = _packs(w, vm)
             assert arrived
@@ -162,7 +167,7 @@ def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, p
             assert '"synced"' in out and "0000000001" in out
             assert f"{vm}: upload    100.0%" in err  # the progress line (stderr)
             wait_for(peers.syncd_holds_sleep_lock, 10, "the delay lock taken again")
-            assert d.vm(vm)["State"] == "idle" and d.vm(vm)["LastSnapshot"] == "0000000001"
+            assert d.vm(vm)["State"] == SyncState.IDLE and d.vm(vm)["LastSnapshot"] == "0000000001"
             after = _packs(w, vm)
             assert all(after.get(p) == n for p, n in arrived.items())  # kept, not rewritten
             counts = _chunk_records(w, vm)
@@ -221,7 +226,7 @@ def test_syncd_schedule_syncs_by_itself_and_retries_a_failure_later(
             wait_for(lambda: d.vm(ok_vm)["LastSnapshot"] == "0000000001", 120,
                      "the scheduled first sync")
             v = d.vm(ok_vm)
-            assert v["NextRun"] == v["LastSync"] + 90 * 60 and v["State"] == "idle"
+            assert v["NextRun"] == v["LastSync"] + 90 * 60 and v["State"] == SyncState.IDLE
             wait_for(lambda: "last sync failed" in d.vm(no_key)["Reason"], 60, "the failure")
             f = d.vm(no_key)
             assert "no data key" in f["Reason"] and f["LastSync"] == 0

@@ -24,7 +24,7 @@ from shell_harness import PasswordSandbox
 from sync_env import run, world
 from syncd_env import Peers, SyncDaemon
 
-from testlib import DATA, SERVICES, need
+from testlib import INTERFACES, SERVICES, need
 from vmclient.manage.enrol import CodeBook, process_requests
 
 NOBODY = 65534
@@ -84,7 +84,7 @@ def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             live = ET.fromstring(obj.Introspect(
                 dbus_interface="org.freedesktop.DBus.Introspectable")).find(
                 f"interface[@name='{MANAGE}']")
-            shipped = ET.parse(DATA / "dbus-1" / "interfaces" / f"{MANAGE}.xml").getroot() \
+            shipped = ET.parse(INTERFACES / f"{MANAGE}.xml").getroot() \
                 .find("interface")
             assert live is not None and shipped is not None
             assert sorted((m.tag, m.get("name"), m.get("type")) for m in live.iter()) == \

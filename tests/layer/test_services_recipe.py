@@ -99,6 +99,10 @@ def test_every_data_directory_is_installed_by_the_recipe():
     data = SERVICES / "data"
     for sub in sorted({p.parent.relative_to(data) for p in data.rglob("*") if p.is_file()}):
         assert f"$data/{sub.as_posix()}" in text, f"data/{sub} is not installed by {RECIPE.name}"
+    # the interfaces' introspection XML lives in the package (the daemons read it)
+    assert list((SERVICES / "src/vmclient/dbus/xml").glob("org.vmclient.VMClient1.*.xml"))
+    assert ("${S}/src/vmclient/dbus/xml/org.vmclient.VMClient1.*.xml \\\n"
+            "        ${D}${datadir}/dbus-1/interfaces/") in text
 
 
 def test_no_hard_coded_systemd_unit_directory():

@@ -129,7 +129,11 @@ do_install:append() {
 
     vmclient_install_dir $data/dbus-1/system.d ${datadir}/dbus-1/system.d 0644
     vmclient_install_dir $data/dbus-1/system-services ${datadir}/dbus-1/system-services 0644
-    vmclient_install_dir $data/dbus-1/interfaces ${datadir}/dbus-1/interfaces 0644
+    # The interfaces' introspection XML: package data the daemons read their method
+    # signatures from, and the introspection files of /usr/share/dbus-1/interfaces.
+    install -d ${D}${datadir}/dbus-1/interfaces
+    install -m 0644 ${S}/src/vmclient/dbus/xml/org.vmclient.VMClient1.*.xml \
+        ${D}${datadir}/dbus-1/interfaces/
     vmclient_install_dir $data/polkit-1/actions ${datadir}/polkit-1/actions 0644
     vmclient_install_dir $data/polkit-1/rules.d ${datadir}/polkit-1/rules.d 0644
     vmclient_install_dir $data/logind.conf.d ${systemd_unitdir}/logind.conf.d 0644

@@ -25,16 +25,20 @@ def test_nothing_while_powerd_is_not_there_and_nonsense_is_not_trusted():
 
 
 def test_a_sync_in_progress_and_the_lease():
-    assert sync_text({"State": "running", "CurrentVM": "work", "BytesDone": 45,
+    # syncd's State: 1 idle, 2 running, 3 paused, 4 waiting
+    assert sync_text({"State": 2, "CurrentVM": "work", "BytesDone": 45,
                       "BytesTotal": 100, "LeaseRemaining": 13 * 3600 + 120}) \
         == "Syncing work 45% \u00b7 lease 13 h 2 min"
-    assert sync_text({"State": "waiting", "LeaseRemaining": 20 * 86400 + 7200}) \
+    assert sync_text({"State": 4, "LeaseRemaining": 20 * 86400 + 7200}) \
         == "Sync waiting \u00b7 lease 20 d 2 h"
-    assert sync_text({"State": "idle", "LeaseRemaining": -1,
+    assert sync_text({"State": 3}) == "Sync paused"
+    assert sync_text({"State": 1, "LeaseRemaining": -1,
                       "LeaseState": "the lease has expired: renew it"}) == "lease expired"
-    assert sync_text({"State": "idle", "LeaseRemaining": -1, "LeaseState": "not enrolled"}) \
+    assert sync_text({"State": 1, "LeaseRemaining": -1, "LeaseState": "not enrolled"}) \
         == ""
-    assert sync_text({"State": "running", "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
+    assert sync_text({"State": 2, "CurrentVM": "x", "BytesTotal": 0}) == "Syncing x"
+    assert sync_text({"State": "running", "CurrentVM": "x"}) == ""  # not syncd's type
+    assert sync_text({"State": 9}) == ""  # a state this shell does not know
     assert sync_text({}) == ""
 
 
@@ -62,14 +66,16 @@ def test_an_install_in_progress_from_provd():
 def test_why_a_vm_is_paused_from_powerd():
     from vmclient.shell.bar import vm_detail
 
-    power = {"PausedByUs": [("work", "pause"), ("home", "save"), ("old", "pause")],
+    # powerd's PausedByUs action: 1 pause, 2 guest S3, 3 save
+    power = {"PausedByUs": [("work", 1), ("home", 3), ("old", 1)],
              "PauseCauses": [("work", [3]), ("home", [4]), ("old", [])]}
     assert vm_detail("work", "running", power) == ""
     assert vm_detail("work", "paused", power) == "paused by you"
     assert vm_detail("home", "shutoff", power) == "saved: battery low"
     assert vm_detail("old", "paused", power) == "paused"  # every cause ended
     assert vm_detail("crm", "paused", power) == "paused"  # not powerd's doing
-    assert vm_detail("work", "paused", {"PausedByUs": [("work", "pause")],
+    assert vm_detail("work", "paused", {"PausedByUs": [("work", 1)],
                                          "PauseCauses": [("work", [1, 2])]}) \
         == "paused for sleep, paused: lid closed"
     assert vm_detail("work", "paused", {"PausedByUs": 7}) == "paused"  # nonsense: not trusted
+    assert vm_detail("home", "shutoff", {"PausedByUs": [("home", 3)]}) == "saved"

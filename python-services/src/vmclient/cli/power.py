@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..dbus import names
-from ..power.policy import Cause, LidAction, LidState, Phase, PowerSource
+from ..power.policy import Cause, HoldAction, LidAction, LidState, Phase, PowerSource
 from . import bus
 
 
@@ -38,8 +38,8 @@ async def status(_: argparse.Namespace) -> dict[str, Any]:
         "battery_percent": float(p["BatteryPercent"]),
         "docked": bool(p["Docked"]),
         "state": _enum(Phase, p["State"]),
-        "paused_by_us": [{"name": n, "action": a, "causes": causes.get(n, [])}
-                         for n, a in p["PausedByUs"]],
+        "paused_by_us": [{"name": n, "action": _enum(HoldAction, a),
+                          "causes": causes.get(n, [])} for n, a in p["PausedByUs"]],
         "owns_lid": bool(p["OwnsLid"]),
         "lid_action": _enum(LidAction, p["LidAction"]),
         "restore_refused": [{"name": n, "reason": r} for n, r in p.get("RestoreRefused", [])],

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..dbus import names
 from ..errors import EXIT_ERROR, VMClientError
+from ..sync.status import SyncOutcome, SyncState, label_of
 from . import bus
 from .vm import ProgressPrinter
 
@@ -61,7 +62,7 @@ async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None
 
 def _vm_status(name: str, p: dict[str, Any]) -> dict[str, Any]:
     v = {k: (x.value if hasattr(x, "value") else x) for k, x in p.items()}
-    return {"name": name, "state": v["State"], "reason": v["Reason"],
+    return {"name": name, "state": label_of(SyncState, v["State"]), "reason": v["Reason"],
             "last_sync": int(v["LastSync"]), "snapshot": v["LastSnapshot"],
             "bytes_done": int(v["BytesDone"]), "bytes_total": int(v["BytesTotal"]),
             "rate": float(v["Rate"]), "next_run": int(v["NextRun"])}
@@ -71,7 +72,7 @@ async def status(_: argparse.Namespace) -> dict[str, Any]:
     async with bus.connected() as b:
         p = await bus.get_all(b, names.SYNC_PATH, names.SYNC_IFACE,
                               destination=names.SYNC_BUS_NAME)
-    return {"state": p["State"], "current": p["CurrentVM"],
+    return {"state": label_of(SyncState, p["State"]), "current": p["CurrentVM"],
             "lease": {"state": p["LeaseState"], "remaining": int(p["LeaseRemaining"])},
             "vms": [_vm_status(n, v) for n, v in sorted(p["VMs"].items())]}
 
@@ -137,7 +138,8 @@ async def _progress(b: Any) -> AsyncIterator[None]:
 async def now(args: argparse.Namespace) -> list[dict[str, str]]:
     async with bus.connected() as b, _progress(b):
         (rows,) = await _call(b, "SyncNow", "s", [args.vm])
-    results = [{"vm": vm, "outcome": outcome, "detail": detail} for vm, outcome, detail in rows]
+    results = [{"vm": vm, "outcome": label_of(SyncOutcome, outcome), "detail": detail}
+               for vm, outcome, detail in rows]
     failed = [r for r in results if r["outcome"] == "failed"]
     skipped = [r for r in results if r["outcome"] == "skipped"]
     if failed or skipped:

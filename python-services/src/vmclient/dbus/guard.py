@@ -8,24 +8,31 @@ is a bug: logged with its traceback, replied to as ``Error.Failed``).  File
 descriptors that come with a call (``h``) are handed to the handler and closed
 once it is done.  A handler that passes file descriptors back returns
 :class:`WithFds`: the guard closes them once the reply has been written.
+
+The members' signatures come from the interface's shipped introspection XML
+(``dbus/xml/<interface>.xml``, installed in ``/usr/share/dbus-1/interfaces``):
+a call whose signature differs is not ours and falls through to dbus-fast.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from dbus_fast import Message, SignatureTree
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import MessageType
+from dbus_fast.introspection import Interface, Node
 
-from ..errors import UsageError, VMClientError
-from . import auth, names
+from ..errors import DBUS_ERROR_PREFIX, UsageError, VMClientError
+from . import auth
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +47,25 @@ class WithFds:
 
 @dataclass(frozen=True)
 class Member:
-    """One method: its signatures, what it does (for refusals) and its handler."""
+    """One method: what it does (for refusals) and its handler."""
 
-    in_sig: str
-    out_sig: str
     what: str
     handler: Callable[[list[Any]], Awaitable[list[Any] | WithFds]]
     with_caller: bool = False  # the handler gets the caller's uid before the arguments
+
+
+@functools.cache
+def shipped_interface(iface: str) -> Interface:
+    """Our interface ``iface`` as its shipped introspection XML declares it."""
+    text = (resources.files("vmclient.dbus") / "xml" / f"{iface}.xml").read_text()
+    (interface,) = [i for i in Node.parse(text).interfaces if i.name == iface]
+    return interface
+
+
+def shipped_methods(iface: str) -> dict[str, tuple[str, str]]:
+    """(in, out) signature of every method of our interface ``iface``, from its shipped
+    introspection XML."""
+    return {m.name: (m.in_signature, m.out_signature) for m in shipped_interface(iface).methods}
 
 
 async def _reply(bus: MessageBus, msg: Message, sig: str, result: list[Any] | WithFds) -> None:
@@ -60,11 +79,14 @@ async def _reply(bus: MessageBus, msg: Message, sig: str, result: list[Any] | Wi
             os.close(fd)
 
 
-def name_out_args(node: Any, out_names: Mapping[str, str]) -> Any:
-    """Introspection as the shipped XML: dbus-fast cannot name out-arguments itself."""
+def name_out_args(node: Interface) -> Interface:
+    """Introspection as the shipped XML: dbus-fast cannot name out-arguments itself, so
+    they are named as the XML names them."""
+    shipped = {m.name: m for m in shipped_interface(node.name).methods}
     for m in node.methods:
-        for arg in m.out_args:
-            arg.name = out_names.get(m.name, arg.name)
+        if m.name in shipped:
+            for arg, named in zip(m.out_args, shipped[m.name].out_args, strict=False):
+                arg.name = named.name
     return node
 
 
@@ -89,16 +111,20 @@ def _close(fds: tuple[int, ...]) -> None:
 
 def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
                          members: Mapping[str, Member]) -> None:
+    """Authorise (polkit ``action``) and dispatch the calls of ``members`` of ``iface`` at
+    ``path``; each must be a method of the interface's shipped XML (KeyError if not)."""
+    shipped = shipped_methods(iface)
+    table = {name: (m, *shipped[name]) for name, m in members.items()}
     tasks: set[asyncio.Task[None]] = set()
 
-    async def run(msg: Message, m: Member, fds: tuple[int, ...]) -> None:
+    async def run(msg: Message, m: Member, out_sig: str, fds: tuple[int, ...]) -> None:
         try:
             assert msg.sender is not None
             await auth.authorize(bus, msg.sender, action, m.what)
             args = _with_fds(msg, fds)
             if m.with_caller:
                 args = [(await auth.caller_ids(bus, msg.sender))[0], *args]
-            await _reply(bus, msg, m.out_sig, await m.handler(args))
+            await _reply(bus, msg, out_sig, await m.handler(args))
         except VMClientError as exc:
             log.info("%s for %s: %s", msg.member, msg.sender, exc)
             bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
@@ -108,7 +134,7 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
                          msg.sender)
                 return
             log.exception("%s failed", msg.member)
-            bus.send(Message.new_error(msg, names.ERROR_PREFIX + "Failed",
+            bus.send(Message.new_error(msg, DBUS_ERROR_PREFIX + "Failed",
                                        f"internal error: {exc}"))
         finally:
             _close(fds)
@@ -119,14 +145,15 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
         # descriptors (a logind lock's fd, say), so msg.unix_fds read later is not
         # this message's to close.
         fds = tuple(msg.unix_fds)
-        m = members.get(msg.member or "")
+        entry = table.get(msg.member or "")
         if (msg.message_type != MessageType.METHOD_CALL or msg.path != path
-                or msg.interface not in (None, iface) or m is None
-                or msg.signature != m.in_sig):
+                or msg.interface not in (None, iface) or entry is None
+                or msg.signature != entry[1]):
             if msg.path == path:
                 _close(fds)  # nobody else takes descriptors sent to our object
             return False
-        task = asyncio.get_running_loop().create_task(run(msg, m, fds))
+        m, _in_sig, out_sig = entry
+        task = asyncio.get_running_loop().create_task(run(msg, m, out_sig, fds))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         return True

@@ -25,7 +25,8 @@ SYNC_IFACE = BUS_NAME + ".Sync"
 MANAGE_PATH = ROOT_PATH + "/Management"
 MANAGE_IFACE = BUS_NAME + ".Management"
 
-ERROR_PREFIX = BUS_NAME + ".Error."
+# Error names: vmclient.errors.DBUS_ERROR_PREFIX + the error's name (each error class's
+# dbus_name; errors.py is below this package, so the prefix is defined there).
 
 # polkit actions (data/polkit-1/actions/org.vmclient.VMClient1.policy)
 POLKIT_ACTION_POWER_MANAGE = "org.vmclient.VMClient1.power.manage"

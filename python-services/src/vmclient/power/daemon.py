@@ -18,11 +18,13 @@ from ..errors import VMClientError
 from ..manage.gate import StartGate
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
+from .holds import HeldTable
 from .logind import Inhibitor, Logind
 from .policy import (
     Action,
     Decision,
     Event,
+    HoldAction,
     LidState,
     Phase,
     PowerSource,
@@ -31,7 +33,7 @@ from .policy import (
     suspend_wanted,
 )
 from .service import PowerInterface, install_guard
-from .statefile import StateFile
+from .statefile import HoldsFile
 from .udev import PowerReading, UdevWatcher
 from .vms import VMController
 
@@ -43,6 +45,9 @@ _READ_LID = (Event.LID_CLOSED, Event.WOKE, Event.STARTED, Event.RECONNECTED)
 
 
 class PowerDaemon:
+    """The host's state (:attr:`state`: sensors and configuration), what the VMs are held
+    for (:attr:`held`, the one copy) and the daemon's phase, each kept in one place."""
+
     def __init__(self, cfg: power_config.PowerConfig) -> None:
         self.cfg = cfg
         self.state = State(lid_policy=cfg.lid_policy(),
@@ -59,7 +64,8 @@ class PowerDaemon:
         # rights, and restores must work while provd or the bus are down (shutdown,
         # critical battery).  The gate is the one place the start policy lives.
         gate = StartGate(self.hv, cfg.keys.gate())
-        self.vms = VMController(self.hv, cfg.vms, StateFile(cfg.state_dir), gate, self._changed)
+        self.held = HeldTable(HoldsFile(cfg.state_dir), self._changed)
+        self.vms = VMController(self.hv, cfg.vms, self.held, gate, self._changed)
         self.iface: PowerInterface | None = None
         self.bus: MessageBus | None = None
         self.logind: Logind | None = None
@@ -78,10 +84,10 @@ class PowerDaemon:
             "LidState": int(s.lid), "PowerSource": int(s.source),
             "BatteryPresent": s.battery_present, "BatteryPercent": float(s.battery_percent),
             "Docked": s.docked, "State": int(self.phase),
-            "PausedByUs": [list(t) for t in self.vms.paused_by_us()],
+            "PausedByUs": [[n, int(a)] for n, a in self.vms.paused_by_us()],
             "PauseCauses": [[n, causes] for n, causes in self.vms.held_for()],
             "OwnsLid": self.lid_lock.held, "LidAction": int(s.lid_action()),
-            "RestoreRefused": [[n, why] for n, why in sorted(self.vms.refused.items())],
+            "RestoreRefused": [[n, why] for n, why in sorted(self.held.refused.items())],
         }
 
     def _changed(self) -> None:
@@ -166,11 +172,7 @@ class PowerDaemon:
                     self.udev.read_lid()
                 if event == Event.LID_CLOSED and self.logind is not None:
                     self._set(docked=await self.logind.docked())
-                self.state = replace(self.state, paused_for=self.vms.causes(saved=False),
-                                     saved_for=self.vms.causes(saved=True),
-                                     undo_pending=self.vms.undo_pending)
-                decision = decide(self.state, event)
-                self.state = decision.state
+                decision = decide(self.state, event, self.held.holds)
                 log.debug("%s -> %s", event.value, [a.value for a in decision.actions])
                 # Each action whatever happened to the one before: a pause that fails
                 # (libvirtd dying) must not keep the sleep lock or the host awake.
@@ -190,7 +192,7 @@ class PowerDaemon:
 
     def _settle(self) -> None:
         held = self.vms.paused_by_us()
-        if any(a != "save" for _, a in held):
+        if any(a != HoldAction.SAVE for _, a in held):
             self.phase = Phase.PAUSED
         else:
             self.phase = Phase.RUNNING

@@ -1,9 +1,11 @@
-"""The power policy: pure tables from (state, event) to actions, and what each VM is held for.
+"""The power policy: pure tables from (state, event, what is held) to actions, and what
+each VM is held for.
 
 No I/O here.  The adapters (logind, udev/evdev, libvirt) turn what happens into
-:class:`Event` values; :func:`decide` answers with the :class:`Action` list the
-daemon carries out, in order, and the causes the event adds or ends.  The table
-:data:`TABLE` is meant to be read:
+:class:`Event` values; :func:`decide` reads them with the host's :class:`State`
+and the :data:`Holds` table (the one record of what is held, and why) and
+answers with the :class:`Action` list the daemon carries out, in order, and the
+causes the event adds or ends.  The table :data:`TABLE` is meant to be read:
 
 ================  =====================================  ================================
 event             condition                              actions (cause added / ended)
@@ -88,6 +90,36 @@ class VMPolicy(enum.StrEnum):
     IGNORE = "ignore"  # left alone
 
 
+class HoldAction(enum.IntEnum):
+    """What this daemon did to a VM it holds; the D-Bus ``PausedByUs`` enum (0 = unknown)."""
+
+    UNKNOWN = 0
+    PAUSE = 1  # paused (virDomainSuspend)
+    S3 = 2  # suspended to RAM by the guest
+    SAVE = 3  # managed save
+
+    @property
+    def label(self) -> str:
+        """The word for it (the state file's, and the :class:`VMPolicy` value)."""
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> HoldAction:
+        """The action named ``label``; ValueError if none (or ``unknown``)."""
+        try:
+            action = cls[label.upper()]
+        except KeyError:
+            action = cls.UNKNOWN
+        if action == cls.UNKNOWN:
+            raise ValueError(f"unknown action {label!r}")
+        return action
+
+    @classmethod
+    def of(cls, policy: VMPolicy) -> HoldAction:
+        """The action a VM of ``policy`` is held by (``ignore``: none, ValueError)."""
+        return cls.from_label(policy.value)
+
+
 class Event(enum.Enum):
     SLEEP = "sleep"  # logind PrepareForSleep(true)
     WOKE = "woke"  # logind PrepareForSleep(false)
@@ -154,7 +186,7 @@ class Hold:
     """
 
     name: str
-    action: VMPolicy
+    action: HoldAction
     causes: Causes
     paused: bool = False
 
@@ -166,7 +198,7 @@ class Hold:
 Holds = Mapping[str, Hold]  # by domain UUID
 
 
-def held(holds: Holds, uuid: str, name: str, action: VMPolicy, cause: Cause,
+def held(holds: Holds, uuid: str, name: str, action: HoldAction, cause: Cause,
          paused: bool = False) -> dict[str, Hold]:
     """``holds`` with ``uuid`` held by ``action`` for ``cause`` (and what it was held for)."""
     out = dict(holds)
@@ -196,9 +228,19 @@ def causes_of(holds: Holds, saved: bool) -> Causes:
     """Every cause the paused (``saved`` False) or saved VMs are held for."""
     out: set[Cause] = set()
     for h in holds.values():
-        if (h.action == VMPolicy.SAVE) == saved:
+        if (h.action == HoldAction.SAVE) == saved:
             out |= h.causes
     return frozenset(out)
+
+
+def held_for(holds: Holds) -> Causes:
+    """Every cause of every VM held."""
+    return causes_of(holds, saved=False) | causes_of(holds, saved=True)
+
+
+def undo_pending(holds: Holds) -> bool:
+    """Some VM held for no cause any more (its undo failed, or has not run yet)."""
+    return any(h.due for h in holds.values())
 
 
 @dataclass(frozen=True)
@@ -213,14 +255,14 @@ class LidPolicy:
 
 @dataclass(frozen=True)
 class State:
+    """What the host's sensors say, and the configuration.  What the VMs are held for
+    is not here: the :data:`Holds` table is its one copy (:func:`decide` reads it)."""
+
     lid: LidState = LidState.UNKNOWN
     source: PowerSource = PowerSource.UNKNOWN
     battery_present: bool = False
     battery_percent: float = 0.0
     docked: bool = False
-    paused_for: Causes = NO_CAUSE  # every cause of the VMs we hold paused
-    saved_for: Causes = NO_CAUSE  # every cause of the VMs we hold saved
-    undo_pending: bool = False  # a VM we hold for no cause any more (its undo failed)
     lid_policy: LidPolicy = LidPolicy()
     restore_on_start: bool = True
     restore_on_ac: bool = True
@@ -233,10 +275,6 @@ class State:
         if self.source == PowerSource.BATTERY:
             return self.lid_policy.on_battery
         return self.lid_policy.on_ac
-
-    @property
-    def held_for(self) -> Causes:
-        return self.paused_for | self.saved_for
 
 
 def suspend_wanted(s: State) -> bool:
@@ -255,6 +293,7 @@ def _ends_at_start(s: State) -> Causes:
 
 
 Ends = Callable[[State], Causes]
+When = Callable[[State, Holds], bool]
 
 
 def _const(*causes: Cause) -> Ends:
@@ -268,7 +307,7 @@ def _nothing(_s: State) -> Causes:
 @dataclass(frozen=True)
 class Rule:
     event: Event
-    when: Callable[[State], bool]
+    when: When
     actions: tuple[Action, ...]
     adds: Cause | None = None
     ends: Ends = _nothing
@@ -276,18 +315,22 @@ class Rule:
 
 @dataclass(frozen=True)
 class Decision:
-    state: State
     actions: list[Action]
     adds: Cause | None = None  # the cause of this event's pause or save
     ends: Causes = NO_CAUSE  # the causes this event ends (then undo what has none left)
 
 
-def _always(_: State) -> bool:
+def _always(_s: State, _h: Holds) -> bool:
     return True
 
 
-def _ends_any(ends: Ends) -> Callable[[State], bool]:
-    return lambda s: bool(s.held_for & ends(s)) or s.undo_pending
+def _ends_any(ends: Ends) -> When:
+    """Some VM is held for a cause ``ends`` ends, or for none any more."""
+    return lambda s, h: bool(held_for(h) & ends(s)) or undo_pending(h)
+
+
+def _lid(action: LidAction) -> When:
+    return lambda s, _h: s.lid == LidState.CLOSED and s.lid_action() == action
 
 
 def _woke(s: State) -> Causes:
@@ -302,45 +345,29 @@ TABLE: tuple[Rule, ...] = (
     Rule(Event.SLEEP, _always, (P, Action.RELEASE_SLEEP_LOCK), adds=Cause.SLEEP),
     Rule(Event.WOKE, _ends_any(_woke), (Action.TAKE_SLEEP_LOCK, R, C), ends=_woke),
     Rule(Event.WOKE, _always, (Action.TAKE_SLEEP_LOCK,)),
-    Rule(Event.LID_CLOSED, lambda s: s.lid == LidState.CLOSED
-         and s.lid_action() == LidAction.SUSPEND, (P, Action.SUSPEND_HOST), adds=Cause.LID),
-    Rule(Event.LID_CLOSED, lambda s: s.lid == LidState.CLOSED
-         and s.lid_action() == LidAction.PAUSE, (P,), adds=Cause.LID),
+    Rule(Event.LID_CLOSED, _lid(LidAction.SUSPEND), (P, Action.SUSPEND_HOST), adds=Cause.LID),
+    Rule(Event.LID_CLOSED, _lid(LidAction.PAUSE), (P,), adds=Cause.LID),
     Rule(Event.LID_OPENED, _ends_any(_const(Cause.LID)), (R, C), ends=_const(Cause.LID)),
-    Rule(Event.BATTERY_CRITICAL, lambda s: s.source == PowerSource.BATTERY,
+    Rule(Event.BATTERY_CRITICAL, lambda s, _h: s.source == PowerSource.BATTERY,
          (Action.SAVE_VMS,), adds=Cause.BATTERY),
-    Rule(Event.AC_ONLINE, lambda s: (Cause.BATTERY in s.saved_for or s.undo_pending)
-         and s.restore_on_ac,
+    Rule(Event.AC_ONLINE, lambda s, h: (Cause.BATTERY in causes_of(h, saved=True)
+                                        or undo_pending(h)) and s.restore_on_ac,
          (Action.RESTORE_VMS,), ends=_const(Cause.BATTERY)),
     Rule(Event.SHUTDOWN, _always, (Action.SAVE_VMS,), adds=Cause.SHUTDOWN),
     Rule(Event.STARTED, _ends_any(_ends_at_start), (R, C), ends=_ends_at_start),
-    Rule(Event.RECONNECTED, lambda s: s.undo_pending, (R, C)),
+    Rule(Event.RECONNECTED, lambda _s, h: undo_pending(h), (R, C)),
     Rule(Event.PAUSE_REQUESTED, _always, (P,), adds=Cause.USER),
     Rule(Event.RESUME_REQUESTED, _always, (R, C), ends=_USER_ENDS),
 )
 
 
-def decide(state: State, event: Event) -> Decision:
-    """What to do for ``event``; unknown combinations do nothing.
-
-    The returned state is the cause-level view after the event (the daemon
-    recomputes it from the per-VM holds before the next one).
-    """
+def decide(state: State, event: Event, holds: Holds) -> Decision:
+    """What to do for ``event``, the host in ``state`` and the VMs held as ``holds`` say;
+    unknown combinations do nothing."""
     for rule in TABLE:
-        if rule.event == event and rule.when(state):
-            ends = rule.ends(state)
-            paused, saved = state.paused_for - ends, state.saved_for - ends
-            if rule.adds is not None:
-                if Action.SAVE_VMS in rule.actions:
-                    saved |= {rule.adds} | paused
-                    paused = NO_CAUSE
-                else:
-                    paused |= {rule.adds}
-            undoes = R in rule.actions or Action.RESTORE_VMS in rule.actions
-            nxt = replace(state, paused_for=paused, saved_for=saved,
-                          undo_pending=state.undo_pending and not undoes)
-            return Decision(nxt, list(rule.actions), rule.adds, ends)
-    return Decision(state, [])
+        if rule.event == event and rule.when(state, holds):
+            return Decision(list(rule.actions), rule.adds, rule.ends(state))
+    return Decision([])
 
 
 def lid_action_from_name(name: str) -> LidAction:

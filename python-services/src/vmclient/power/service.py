@@ -26,9 +26,6 @@ class PowerBackend(Protocol):
     async def request_resume_all(self) -> list[str]: ...
 
 
-_OUT_ARG_NAMES = {"PauseAll": "paused", "ResumeAll": "resumed"}
-
-
 class PowerInterface(ServiceInterface):
     def __init__(self, backend: PowerBackend) -> None:
         super().__init__(names.POWER_IFACE)
@@ -45,7 +42,7 @@ class PowerInterface(ServiceInterface):
         return await self.backend.request_resume_all()
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+        return name_out_args(super().introspect())
 
     def _p(self, name: str) -> Any:
         return self._last[name]
@@ -75,7 +72,7 @@ class PowerInterface(ServiceInterface):
         return self._p("State")
 
     @dbus_property(access=PropertyAccess.READ)
-    def PausedByUs(self) -> a(ss):  # type: ignore[name-defined,valid-type]  # noqa: F821
+    def PausedByUs(self) -> a(su):  # type: ignore[name-defined,valid-type]  # noqa: F821
         return self._p("PausedByUs")
 
     @dbus_property(access=PropertyAccess.READ)
@@ -113,5 +110,5 @@ def install_guard(bus: MessageBus, backend: PowerBackend) -> None:
 
     install_method_guard(bus, names.POWER_PATH, names.POWER_IFACE,
                          names.POLKIT_ACTION_POWER_MANAGE, {
-                             "PauseAll": Member("", "as", "pausing every VM", pause_all),
-                             "ResumeAll": Member("", "as", "resuming every VM", resume_all)})
+                             "PauseAll": Member("pausing every VM", pause_all),
+                             "ResumeAll": Member("resuming every VM", resume_all)})

@@ -10,14 +10,14 @@ import os
 import time
 from pathlib import Path
 
-from .policy import Cause, Hold, VMPolicy
+from .policy import Cause, Hold, HoldAction
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 1: one "cause" per VM (read, and written as 2)
 
 
-class StateFile:
+class HoldsFile:
     """``state.json`` in the state directory, written atomically and fsynced."""
 
     def __init__(self, directory: Path) -> None:
@@ -45,7 +45,7 @@ class StateFile:
                 labels = item["causes"] if "causes" in item else [item["cause"]]
                 if not isinstance(labels, list):
                     raise TypeError("causes is not a list")
-                h = Hold(str(item["name"]), VMPolicy(str(item["action"])),
+                h = Hold(str(item["name"]), HoldAction.from_label(str(item["action"])),
                          frozenset(Cause.from_label(str(c)) for c in labels),
                          bool(item.get("paused", False)))
                 uuid = str(item["uuid"])
@@ -66,10 +66,10 @@ class StateFile:
         of them, on the path to releasing the sleep lock).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        durable = any(h.action == VMPolicy.SAVE for h in held.values())
+        durable = any(h.action == HoldAction.SAVE for h in held.values())
         tmp = self.path.with_suffix(".tmp")
         data = json.dumps({"version": STATE_VERSION, "held": [
-            {"uuid": u, "name": h.name, "action": h.action.value, "paused": h.paused,
+            {"uuid": u, "name": h.name, "action": h.action.label, "paused": h.paused,
              "causes": sorted(c.label for c in h.causes)} for u, h in sorted(held.items())]},
             indent=1, sort_keys=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

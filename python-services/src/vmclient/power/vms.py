@@ -3,12 +3,12 @@
 A saved VM is restored through the key gate (:mod:`vmclient.manage.gate`): its
 encrypted disks need their secret handed to libvirt again, and a business VM
 only gets it under the lease.  A refused restore leaves the VM saved, held and
-listed in :attr:`VMController.refused` (powerd's ``RestoreRefused``); the next
+listed in :attr:`HeldTable.refused` (powerd's ``RestoreRefused``); the next
 restore (AC again, the next start) tries again.
 
 The controller remembers which VMs *it* paused or saved and for which causes
-(``held``, a table of :class:`~vmclient.power.policy.Hold`), and only ever
-undoes its own work: a VM the user had paused stays paused.  The table is
+(a :class:`~vmclient.power.holds.HeldTable` of :class:`~vmclient.power.policy.Hold`),
+and only ever undoes its own work: a VM the user had paused stays paused.  The table is
 written to the state directory (atomically, fsynced) *before* the pauses of a
 batch are asked for, so a daemon killed in the middle of a batch finds on its
 next start every VM it was pausing; :meth:`VMController.reconcile` keeps the
@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -42,29 +42,25 @@ from ..manage.gate import StartGate, StartRefused
 from ..virt.libvirt import DomainInfo, DomEvent, DomState, Hypervisor
 from . import policy
 from .config import VMs
-from .policy import Cause, Causes, Hold, VMPolicy
+from .holds import HeldTable
+from .policy import Cause, Causes, Hold, HoldAction, VMPolicy
 from .running import RunningVMs
-from .statefile import StateFile
 
 log = logging.getLogger(__name__)
 
 class VMController:
-    def __init__(self, hv: Hypervisor, cfg: VMs, state: StateFile, gate: StartGate,
+    def __init__(self, hv: Hypervisor, cfg: VMs, table: HeldTable, gate: StartGate,
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.hv = hv
         self.gate = gate
-        self.refused: dict[str, str] = {}  # VM name -> why its restore was refused
         self.cfg = cfg
-        self.state = state
+        self.table = table  # what we hold, and restores refused (RestoreRefused)
         self.on_change = on_change
-        self.held: dict[str, Hold] = state.load()
         # What runs and with which policy, from libvirt's events: a pause lists nothing.
         self.running = RunningVMs(hv, self._managed_name)
         self._lock = asyncio.Lock()  # one whole-fleet operation at a time
         self._inflight: set[str] = set()  # UUIDs whose pause runs (maybe past its deadline)
         self._late: set[asyncio.Task[Any]] = set()
-        self._batch = False
-        self._dirty = False
 
     # -- queries ----------------------------------------------------------------
 
@@ -80,23 +76,20 @@ class VMController:
                                   "using %r", name, self.cfg.default_policy)
             return VMPolicy(self.cfg.default_policy)
 
+    @property
+    def held(self) -> dict[str, Hold]:
+        return self.table.holds
+
     def _done(self) -> list[Hold]:
         """Held, its pause or save done (not still running)."""
         return [h for u, h in self.held.items() if u not in self._inflight]
 
-    def paused_by_us(self) -> list[tuple[str, str]]:
-        return sorted((h.name, h.action.value) for h in self._done())
+    def paused_by_us(self) -> list[tuple[str, HoldAction]]:
+        return sorted((h.name, h.action) for h in self._done())
 
     def held_for(self) -> list[tuple[str, list[int]]]:
         """(VM name, its causes as :class:`Cause` values) of every VM held."""
         return sorted((h.name, sorted(int(c) for c in h.causes)) for h in self._done())
-
-    def causes(self, saved: bool) -> Causes:
-        return policy.causes_of(self.held, saved)
-
-    @property
-    def undo_pending(self) -> bool:
-        return bool(policy.due(self.held))
 
     def manages(self, d: DomainInfo) -> bool:
         return self._managed_name(d.name)
@@ -109,33 +102,6 @@ class VMController:
 
     # -- bookkeeping -----------------------------------------------------------
 
-    def _set(self, held: dict[str, Hold]) -> None:
-        """The new table, written at once (or at the end of the batch running now)."""
-        if held == self.held:
-            return
-        self.held = held
-        if self._batch:
-            self._dirty = True
-        else:
-            self._persist()
-
-    def _forget(self, uuids: Iterable[str]) -> None:
-        gone = set(uuids)
-        for u in gone:
-            h = self.held.get(u)
-            if h is not None:
-                self.refused.pop(h.name, None)
-        self._set({u: h for u, h in self.held.items() if u not in gone})
-
-    def _persist(self) -> None:
-        self._dirty = False
-        try:
-            self.state.save(self.held)
-        except OSError as exc:
-            log.error("cannot write %s: %s (what was paused is kept in memory only)",
-                      self.state.path, exc)
-        self.on_change()
-
     async def reconcile(self) -> None:
         """Drop what no longer holds (VM gone, or resumed/started by someone else, or a pause
         that never happened); note which of pause and guest S3 a VM really got."""
@@ -147,21 +113,21 @@ class VMController:
                 continue
             if d is None:
                 log.warning("VM %s (%s) that we had %sd no longer exists; forgetting it",
-                            h.name, u, h.action.value)
+                            h.name, u, h.action.label)
                 del table[u]
-            elif d.state == DomState.PAUSED and (h.action != VMPolicy.SAVE or h.paused):
-                table[u] = replace(h, action=VMPolicy.PAUSE, paused=False)
-            elif d.state == DomState.PMSUSPENDED and h.action != VMPolicy.SAVE:
-                table[u] = replace(h, action=VMPolicy.S3)
-            elif d.state == DomState.SHUTOFF and h.action == VMPolicy.SAVE and d.managed_save:
+            elif d.state == DomState.PAUSED and (h.action != HoldAction.SAVE or h.paused):
+                table[u] = replace(h, action=HoldAction.PAUSE, paused=False)
+            elif d.state == DomState.PMSUSPENDED and h.action != HoldAction.SAVE:
+                table[u] = replace(h, action=HoldAction.S3)
+            elif d.state == DomState.SHUTOFF and h.action == HoldAction.SAVE and d.managed_save:
                 pass
             else:
                 log.info("VM %s is %s now, not as we left it (%s); it is no longer ours to undo",
-                         h.name, d.state.name.lower(), h.action.value)
+                         h.name, d.state.name.lower(), h.action.label)
                 del table[u]
         for u in set(self.held) - set(table):
-            self.refused.pop(self.held[u].name, None)
-        self._set(table)
+            self.table.refused.pop(self.held[u].name, None)
+        self.table.set(table)
         self.on_change()
 
     # -- pause -----------------------------------------------------------------
@@ -186,19 +152,14 @@ class VMController:
             table = policy.add_cause({u: h for u, h in self.held.items()
                                       if u not in {d.uuid for d, _ in plan}}, cause)
             for d, p in plan:
-                table = policy.held(table, d.uuid, d.name, p, cause)
+                table = policy.held(table, d.uuid, d.name, HoldAction.of(p), cause)
                 self._inflight.add(d.uuid)  # held, not yet done (PausedByUs waits for it)
-            self._set(table)
-            self._batch = True  # one more write at the end, if anything turned out otherwise
-            jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline, d.uuid in before)): d
-                    for d, p in plan}
-            try:
+            self.table.set(table)
+            with self.table.batch():  # one more write at the end, if anything turned out otherwise
+                jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline, d.uuid in before)):
+                        d for d, p in plan}
                 if jobs:
                     await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
-            finally:
-                self._batch = False
-                if self._dirty:
-                    self._persist()
             for job, d in jobs.items():
                 if not job.done():
                     vm_logger(d.name).error(
@@ -215,9 +176,9 @@ class VMController:
                          ours: bool = False) -> None:
         """``ours``: held before this batch (paused by us, or running again)."""
         vlog = vm_logger(d.name)
-        action = pol
+        action = HoldAction.of(pol)
         try:
-            if pol == VMPolicy.S3:
+            if action == HoldAction.S3:
                 try:
                     # keep a fifth of the time left for the fallback pause
                     limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - _now()))
@@ -225,16 +186,16 @@ class VMController:
                                    "guest S3")
                 except VMClientError as exc:
                     vlog.warning("%s; pausing it instead", exc)
-                    action = VMPolicy.PAUSE
-            if action == VMPolicy.PAUSE:
+                    action = HoldAction.PAUSE
+            if action == HoldAction.PAUSE:
                 await self._suspend(d, ours)
-            elif action == VMPolicy.SAVE:
+            elif action == HoldAction.SAVE:
                 await self.hv.managed_save(d.uuid, d.name)
             self.running.note(d.uuid, d.name, _DONE[action])
         except HypervisorUnavailable:
             raise  # done or not: reconcile decides once libvirtd is back
         except BaseException:
-            self._forget([d.uuid])  # libvirt refused it: the VM is not ours
+            self.table.forget([d.uuid])  # libvirt refused it: the VM is not ours
             raise
         finally:
             self._inflight.discard(d.uuid)
@@ -244,14 +205,14 @@ class VMController:
             return
         if h.action != action:
             h = replace(h, action=action)
-            self._set({**self.held, d.uuid: h})
-        vlog.info("%s", {VMPolicy.PAUSE: "paused", VMPolicy.S3: "suspended to RAM (guest S3)",
-                         VMPolicy.SAVE: "saved"}[action])
+            self.table.set({**self.held, d.uuid: h})
+        vlog.info("%s", {HoldAction.PAUSE: "paused", HoldAction.S3: "suspended to RAM (guest S3)",
+                         HoldAction.SAVE: "saved"}[action])
         if h.due:
             # Finished late, after every cause of it ended (the others were resumed).
-            vlog.warning("%s finished late, after the resume; undoing it", action.value)
+            vlog.warning("%s finished late, after the resume; undoing it", action.label)
             await self._undo(d.uuid, h)
-            self._forget([d.uuid])
+            self.table.forget([d.uuid])
 
     async def _suspend(self, d: _Target, ours: bool) -> None:
         try:
@@ -283,12 +244,12 @@ class VMController:
         running already, counts as undone.
         """
         async with self._lock:
-            self._set(policy.release(self.held, ends))
+            self.table.set(policy.release(self.held, ends))
             # No reconcile first (it costs four calls per VM): an undo that finds its VM
             # gone or already running counts as done (see _undo).
             todo = [(u, self.held[u]) for u in policy.due(self.held) if u not in self._inflight]
-            fast = [(u, h) for u, h in todo if h.action != VMPolicy.SAVE]
-            slow = [(u, h) for u, h in todo if h.action == VMPolicy.SAVE]
+            fast = [(u, h) for u, h in todo if h.action != HoldAction.SAVE]
+            slow = [(u, h) for u, h in todo if h.action == HoldAction.SAVE]
             return (await self._undo_many(fast, self.cfg.timeout_s)
                     + await self._undo_many(slow, self.cfg.save_timeout_s))
 
@@ -301,7 +262,7 @@ class VMController:
             if isinstance(r, StartRefused):
                 vm_logger(h.name).error("VM %s not restored, it stays saved: %s", h.name,
                                         r.reason)
-                self.refused[h.name] = r.reason
+                self.table.refused[h.name] = r.reason
             elif isinstance(r, BaseException):
                 vm_logger(h.name).error("%s (tried again when libvirtd is back, at the next "
                                         "resume and at start)", r)
@@ -309,14 +270,14 @@ class VMController:
                 done.append((u, h))
         if any(isinstance(r, StartRefused) for r in results):
             self.on_change()
-        self._forget(u for u, _ in done)
+        self.table.forget(u for u, _ in done)
         return [h.name for _, h in done]
 
     async def _undo(self, uuid: str, h: Hold) -> None:
         try:
-            if h.action == VMPolicy.PAUSE:
+            if h.action == HoldAction.PAUSE:
                 await self.hv.resume(uuid, h.name)
-            elif h.action == VMPolicy.S3:
+            elif h.action == HoldAction.S3:
                 await self.hv.pm_wakeup(uuid, h.name)
             else:
                 await self.gate.start(uuid, h.name)  # the disks' secret, under the lease
@@ -324,7 +285,7 @@ class VMController:
                     await self.hv.resume(uuid, h.name)  # saved while we held it paused
         except VMNotFound:
             vm_logger(h.name).warning("VM %s that we had %sd no longer exists; forgetting it",
-                                      h.name, h.action.value)
+                                      h.name, h.action.label)
             return
         except VMOperationFailed:
             # Resumed or started by someone else, or by an earlier undo of ours that
@@ -332,9 +293,9 @@ class VMController:
             if (await self.hv.domain(uuid)).state != DomState.RUNNING:
                 raise
         self.running.note(uuid, h.name, DomEvent.RESUMED)
-        vm_logger(h.name).info("%s", {VMPolicy.PAUSE: "resumed",
-                                      VMPolicy.S3: "woken from guest S3",
-                                      VMPolicy.SAVE: "restored from its saved state"}[h.action])
+        vm_logger(h.name).info("%s", {HoldAction.PAUSE: "resumed",
+                                      HoldAction.S3: "woken from guest S3",
+                                      HoldAction.SAVE: "restored from its saved state"}[h.action])
 
     async def sync_clocks(self, names: list[str], limit: float = 2.0) -> None:
         """Re-sync guest clocks after a resume, where a guest agent answers."""
@@ -365,7 +326,7 @@ class VMController:
             domains = await self.domains()
             targets = [d for d in domains if d.state.active and d.persistent
                        and self.policy_for(d) != VMPolicy.IGNORE]
-            self._set(policy.add_cause(self.held, cause))
+            self.table.set(policy.add_cause(self.held, cause))
             sem = asyncio.Semaphore(2)  # disk-bound: two at a time
 
             async def save(d: DomainInfo) -> None:
@@ -378,10 +339,10 @@ class VMController:
                     vm_logger(d.name).info("saved (%s)", cause.label)
                     self.running.note(d.uuid, d.name, DomEvent.STOPPED)
                     before = self.held.get(d.uuid)
-                    paused = before is not None and (before.action == VMPolicy.PAUSE
+                    paused = before is not None and (before.action == HoldAction.PAUSE
                                                      or before.paused)
-                    self._set(policy.held(self.held, d.uuid, d.name, VMPolicy.SAVE, cause,
-                                          paused=paused))
+                    self.table.set(policy.held(self.held, d.uuid, d.name, HoldAction.SAVE,
+                                               cause, paused=paused))
 
             results = await asyncio.gather(*(save(d) for d in targets), return_exceptions=True)
             lost = [d for d, r in zip(targets, results, strict=True)
@@ -421,9 +382,10 @@ class _Target(NamedTuple):
     name: str
 
 
-_DONE = {VMPolicy.PAUSE: DomEvent.SUSPENDED, VMPolicy.S3: DomEvent.PMSUSPENDED,
-         VMPolicy.SAVE: DomEvent.STOPPED}
-_UNDO_NAME = {VMPolicy.PAUSE: "resume", VMPolicy.S3: "guest wake-up", VMPolicy.SAVE: "restore"}
+_DONE = {HoldAction.PAUSE: DomEvent.SUSPENDED, HoldAction.S3: DomEvent.PMSUSPENDED,
+         HoldAction.SAVE: DomEvent.STOPPED}
+_UNDO_NAME = {HoldAction.PAUSE: "resume", HoldAction.S3: "guest wake-up",
+              HoldAction.SAVE: "restore"}
 
 
 def _now() -> float:

@@ -26,8 +26,6 @@ from .installer import Provisioner
 
 log = logging.getLogger(__name__)
 
-_OUT_ARG_NAMES = {"OpenDisplay": "fd", "ListVMs": "vms"}
-
 
 class DisplayInterface(ServiceInterface):
     def __init__(self) -> None:
@@ -43,7 +41,7 @@ class DisplayInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+        return name_out_args(super().introspect())
 
 
 def install_display_guard(bus: MessageBus, prov: Provisioner) -> None:
@@ -62,7 +60,5 @@ def install_display_guard(bus: MessageBus, prov: Provisioner) -> None:
 
     install_method_guard(bus, names.DISPLAY_PATH, names.DISPLAY_IFACE,
                          names.POLKIT_ACTION_OPEN_DISPLAY, {
-                             "OpenDisplay": Member("s", "h", "showing a VM's display",
-                                                   open_display),
-                             "ListVMs": Member("", "a(sss)", "listing the VMs to show",
-                                               list_vms)})
+                             "OpenDisplay": Member("showing a VM's display", open_display),
+                             "ListVMs": Member("listing the VMs to show", list_vms)})

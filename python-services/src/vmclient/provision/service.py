@@ -41,11 +41,6 @@ class Phase(enum.IntEnum):
     DEFINE = 5
 
 
-_OUT_ARG_NAMES = {"Install": "vm", "InstallFromMedia": "vm", "Upgrade": "image_version",
-                  "List": "vms", "ListAssigned": "assigned", "Eject": "media",
-                  "Restore": "state"}
-
-
 class ProvisioningInterface(ServiceInterface):
     def __init__(self) -> None:
         super().__init__(names.PROVISION_IFACE)
@@ -94,7 +89,7 @@ class ProvisioningInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+        return name_out_args(super().introspect())
 
     @dbus_property(access=PropertyAccess.READ)
     def Phase(self) -> u:  # type: ignore[name-defined]  # noqa: F821
@@ -212,16 +207,14 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
 
     install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
                          names.POLKIT_ACTION_PROVISION_MANAGE, {
-                             "Install": Member("s", "s", "installing a VM", long_work(install)),
-                             "InstallFromMedia": Member("sh", "s", "installing a VM",
+                             "Install": Member("installing a VM", long_work(install)),
+                             "InstallFromMedia": Member("installing a VM",
                                                         long_work(install_from_media)),
-                             "Upgrade": Member("su", "u", "upgrading a VM", long_work(upgrade)),
-                             "Restore": Member("sss", "s", "restoring a VM",
-                                               long_work(restore)),
-                             "Start": Member("s", "", "starting a VM", start),
-                             "Stop": Member("sb", "", "stopping a VM", stop),
-                             "Remove": Member("s", "", "removing a VM", remove),
-                             "Eject": Member("s", "as", "ejecting install media", eject),
-                             "List": Member("", "a(ssssu)", "listing VMs", list_vms),
-                             "ListAssigned": Member("", "a(ssuss)", "listing assigned VMs",
-                                                    list_assigned)})
+                             "Upgrade": Member("upgrading a VM", long_work(upgrade)),
+                             "Restore": Member("restoring a VM", long_work(restore)),
+                             "Start": Member("starting a VM", start),
+                             "Stop": Member("stopping a VM", stop),
+                             "Remove": Member("removing a VM", remove),
+                             "Eject": Member("ejecting install media", eject),
+                             "List": Member("listing VMs", list_vms),
+                             "ListAssigned": Member("listing assigned VMs", list_assigned)})

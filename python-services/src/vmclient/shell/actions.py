@@ -22,11 +22,12 @@ from gi.repository import Gio, GLib  # noqa: E402
 
 SYNC_TIMEOUT_MS = 6 * 3600 * 1000  # SyncNow replies when every VM has synced
 TIMEOUT_MS = 120_000
+_OUTCOMES = {1: "synced", 2: "skipped", 3: "failed"}  # syncd's SyncNow outcome
 
 # name: (label, bus name, path, interface, method, arguments, reply type, timeout)
 ACTIONS: dict[str, tuple[str, str, str, str, str, Any, str, int]] = {
     "sync": ("Sync now", names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE, "SyncNow",
-             ("(s)", ("",)), "(a(sss))", SYNC_TIMEOUT_MS),
+             ("(s)", ("",)), "(a(sus))", SYNC_TIMEOUT_MS),
     "pause": ("Pause VMs", names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE, "PauseAll",
               None, "(as)", TIMEOUT_MS),
     "resume": ("Resume VMs", names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
@@ -39,7 +40,8 @@ ACTIONS: dict[str, tuple[str, str, str, str, str, Any, str, int]] = {
 def result_text(action: str, untrusted_reply: Any) -> str:
     """What the bar says when an action's call returned."""
     if action == "sync":
-        rows = [tuple(map(str, r)) for r in (untrusted_reply or [[]])[0]]
+        rows = [(str(vm), _OUTCOMES.get(outcome, "unknown"), str(detail))
+                for vm, outcome, detail in (untrusted_reply or [[]])[0]]
         synced = sum(1 for _vm, outcome, _d in rows if outcome == "synced")
         other = [f"{vm} {outcome} ({detail})" for vm, outcome, detail in rows
                  if outcome != "synced"]

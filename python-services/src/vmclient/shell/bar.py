@@ -4,7 +4,7 @@ The power field comes from vmclient-powerd's ``Power`` properties
 (docs/dbus-api.md): ``PowerSource`` (1 AC, 2 battery), ``BatteryPresent``,
 ``BatteryPercent``, ``State`` (2 pausing, 3 paused, 4 resuming, 5 saving).
 The sync field from vmclient-syncd's ``Sync`` properties: ``State``
-(running, paused, waiting, idle), ``CurrentVM``, ``BytesDone``/``BytesTotal``,
+(1 idle, 2 running, 3 paused, 4 waiting), ``CurrentVM``, ``BytesDone``/``BytesTotal``,
 ``LeaseState`` (in words) and ``LeaseRemaining`` (seconds, -1 unknown).
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 AC, BATTERY = 1, 2
 LID_CLOSED = 3  # powerd's LidState
 _PHASES = {2: "pausing the VMs", 3: "VMs paused", 4: "resuming the VMs", 5: "saving the VMs"}
+SYNC_RUNNING = 2  # syncd's State
+_SYNC_HELD = {3: "paused", 4: "waiting"}
 
 
 def power_text(untrusted_props: Mapping[str, Any]) -> str:
@@ -59,15 +61,15 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
     if not untrusted_props:
         return ""
     parts = []
-    state = str(untrusted_props.get("State", ""))
-    if state == "running":
+    state = _int(untrusted_props.get("State"))
+    if state == SYNC_RUNNING:
         vm = str(untrusted_props.get("CurrentVM", ""))
         done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get(
             "BytesTotal"))
         percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
         parts.append(f"Syncing {vm}{percent}".replace("  ", " "))
-    elif state in ("paused", "waiting"):
-        parts.append(f"Sync {state}")
+    elif state in _SYNC_HELD:
+        parts.append(f"Sync {_SYNC_HELD[state]}")
     remaining = _int(untrusted_props.get("LeaseRemaining"), -1)
     if remaining > 0:
         parts.append(f"lease {_duration(remaining)}")
@@ -108,6 +110,7 @@ def install_text(untrusted_props: Mapping[str, Any]) -> str:
 
 _CAUSES = {1: "paused for sleep", 2: "paused: lid closed", 3: "paused by you",
            4: "saved: battery low", 5: "saved at shutdown"}
+_SAVED = 3  # powerd's PausedByUs action: 1 paused, 2 guest S3, 3 saved
 
 
 def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
@@ -117,7 +120,7 @@ def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
     if state == "running":
         return ""
     try:
-        modes = {str(n): str(m) for n, m in untrusted_power.get("PausedByUs", [])}
+        modes = {str(n): int(m) for n, m in untrusted_power.get("PausedByUs", [])}
         causes = {str(n): sorted(int(c) for c in cs)
                   for n, cs in untrusted_power.get("PauseCauses", [])}
     except (TypeError, ValueError):
@@ -126,7 +129,7 @@ def vm_detail(vm: str, state: str, untrusted_power: Mapping[str, Any]) -> str:
         return state
     words = [_CAUSES[c] for c in causes.get(vm, []) if c in _CAUSES]
     if not words:
-        return "saved" if modes[vm] == "save" else "paused"
-    if modes[vm] == "save":
+        return "saved" if modes[vm] == _SAVED else "paused"
+    if modes[vm] == _SAVED:
         words = [w.replace("paused", "saved") for w in words]
     return ", ".join(words)

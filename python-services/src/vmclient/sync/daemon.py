@@ -54,10 +54,11 @@ if TYPE_CHECKING:
     from ..manage.inventory import ManageConfig
 from .peers import Sensors, SleepGuard
 from .service import PROGRESS_INTERVAL, ManagementInterface, SyncInterface, VMStatus
+from .status import SyncOutcome, SyncState
 from .throttle import Throttled
 
 log = logging.getLogger("vmclient.syncd")
-Outcome = tuple[str, str, str]  # (vm, synced | skipped | failed, snapshot or reason)
+Outcome = tuple[str, SyncOutcome, str]  # (vm, outcome, snapshot or reason)
 
 
 class Synchronizer:
@@ -165,7 +166,7 @@ class Synchronizer:
             except VMClientError as exc:
                 log.warning("sync cycle: %s", exc)
             waits = [v.next_run for v in self.iface.vms.values()
-                     if v.state == "idle" and self.cfg.schedule.enabled]
+                     if v.state == SyncState.IDLE and self.cfg.schedule.enabled]
             delay = min([self.cfg.schedule.recheck_seconds,
                          *(w - self.clock() for w in waits)])
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(
@@ -178,7 +179,7 @@ class Synchronizer:
     async def cycle(self) -> None:
         await self.discover()
         for name in set(self.demands) - set(self.iface.vms):
-            self._finish(name, "failed", f"no synchronised VM named {name!r}")
+            self._finish(name, SyncOutcome.FAILED, f"no synchronised VM named {name!r}")
         if self.sleeping:  # demands and paused syncs wait for the resume
             self.iface.changed()
             return
@@ -191,18 +192,18 @@ class Synchronizer:
             on_demand = v.name in self.demands
             scheduled = self.cfg.schedule.enabled and policy.due(
                 self.rules, v.last_sync or None, now) and now >= self.retry_at.get(v.name, 0)
-            if not on_demand and v.state != "paused" and not scheduled:
-                if v.state == "waiting":  # held back on demand: nothing is due now
-                    v.state, v.reason = "idle", ""
+            if not on_demand and v.state != SyncState.PAUSED and not scheduled:
+                if v.state == SyncState.WAITING:  # held back on demand: nothing is due now
+                    v.state, v.reason = SyncState.IDLE, ""
                 continue
             reason = policy.held_back(self.rules, facts, on_demand=on_demand)
             if not reason and dc is not None:
                 reason = dc[1]
             if reason or dc is None or dc[0] is None:
-                if v.state != "paused":
-                    v.state = "waiting"
+                if v.state != SyncState.PAUSED:
+                    v.state = SyncState.WAITING
                 v.reason = reason
-                self._finish(v.name, "skipped", reason)
+                self._finish(v.name, SyncOutcome.SKIPPED, reason)
                 continue
             await self.run_one(v, dc[0])
             if self.sleeping:
@@ -274,7 +275,7 @@ class Synchronizer:
             loop.call_soon_threadsafe(functools.partial(self.iface.changed,
                                                         progress=done < total))
 
-        v.state, v.reason, v.done, v.total, v.rate = "running", "", 0, 0, 0.0
+        v.state, v.reason, v.done, v.total, v.rate = SyncState.RUNNING, "", 0, 0, 0.0
         self.iface.current = v.name
         self.idle.clear()
         self.iface.changed()
@@ -290,18 +291,19 @@ class Synchronizer:
                 meta=self._recipe(v.name))
         except engine.SyncInterrupted as exc:
             log.info("%s", exc)
-            v.state, v.reason = "paused", "the laptop sleeps; the sync continues after resume"
+            v.state, v.reason = SyncState.PAUSED, \
+                "the laptop sleeps; the sync continues after resume"
             self.demands.setdefault(v.name, [])[:0] = waiting  # answered after the resume
         except VMClientError as exc:
             self._failed(v, waiting, exc)
         else:
-            v.state, v.reason = "idle", ""
+            v.state, v.reason = SyncState.IDLE, ""
             v.last_sync, v.snapshot = int(self.clock()), layout.snapshot_name(result.seq)
             v.next_run = int(policy.next_run(self.rules, v.last_sync, self.clock()))
             self.known[v.name] = {"last_sync": v.last_sync, "snapshot": v.snapshot}
             self.retry_at.pop(v.name, None)
             await asyncio.to_thread(self._save_status)
-            _answer(waiting, (v.name, "synced", v.snapshot))
+            _answer(waiting, (v.name, SyncOutcome.SYNCED, v.snapshot))
         finally:
             self.iface.current = ""
             self.idle.set()
@@ -328,12 +330,12 @@ class Synchronizer:
                 exc: VMClientError) -> None:
         """A failed sync is tried again by the schedule after ``recheck_seconds``."""
         log.warning("%s: sync failed: %s", v.name, exc)
-        v.state, v.reason = "idle", f"last sync failed: {exc}"
+        v.state, v.reason = SyncState.IDLE, f"last sync failed: {exc}"
         self.retry_at[v.name] = self.clock() + self.cfg.schedule.recheck_seconds
         v.next_run = int(self.retry_at[v.name])
-        _answer(waiting, (v.name, "failed", str(exc)))
+        _answer(waiting, (v.name, SyncOutcome.FAILED, str(exc)))
 
-    def _finish(self, vm: str, outcome: str, detail: str) -> None:
+    def _finish(self, vm: str, outcome: SyncOutcome, detail: str) -> None:
         _answer(self.demands.pop(vm, []), (vm, outcome, detail))
 
     # -- sleep ----------------------------------------------------------------------------
@@ -424,7 +426,8 @@ def _answer(futures: list[asyncio.Future[Outcome]], outcome: Outcome) -> None:
 
 def install_guard(bus: MessageBus, s: Synchronizer) -> None:
     async def sync_now(args: list[Any]) -> list[Any]:
-        return [[list(o) for o in await s.sync_now(str(args[0]))]]
+        return [[[vm, int(outcome), detail] for vm, outcome, detail
+                 in await s.sync_now(str(args[0]))]]
 
     async def verify(args: list[Any]) -> list[Any]:
         return [list(await s.verify(str(args[0]), str(args[1])))]
@@ -434,16 +437,15 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
 
     install_method_guard(bus, names.SYNC_PATH, names.SYNC_IFACE,
                          names.POLKIT_ACTION_SYNC_MANAGE, {
-                             "SyncNow": Member("s", "a(sss)", "synchronising VMs", sync_now),
-                             "Verify": Member("ss", "(stt)", "verifying a snapshot", verify),
-                             "ListSnapshots": Member("s", "a(suxtsb)", "listing snapshots",
-                                                     snapshots)})
+                             "SyncNow": Member("synchronising VMs", sync_now),
+                             "Verify": Member("verifying a snapshot", verify),
+                             "ListSnapshots": Member("listing snapshots", snapshots)})
 
     async def enrol(args: list[Any]) -> list[Any]:
         return [await s.enrol(str(args[0]))]
 
     install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE, names.POLKIT_ACTION_ENROL,
-                         {"Enrol": Member("s", "s", "enrolling this laptop", enrol)})
+                         {"Enrol": Member("enrolling this laptop", enrol)})
 
     async def set_password(args: list[Any]) -> list[Any]:
         from ..manage.password import set_first_password
@@ -453,8 +455,8 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
 
     install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE,
                          names.POLKIT_ACTION_FIRST_PASSWORD,
-                         {"SetPassword": Member("s", "s", "setting your first password",
-                                                set_password, with_caller=True)})
+                         {"SetPassword": Member("setting your first password", set_password,
+                                                with_caller=True)})
 
 
 def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,

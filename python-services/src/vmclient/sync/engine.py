@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import json
 import logging
@@ -123,11 +124,19 @@ class Hooks:
     interrupted: Callable[[], bool] = lambda: False
 
 
+class SyncMode(enum.StrEnum):
+    """How a sync read the disks."""
+
+    INCREMENTAL = "incremental"  # the clusters dirty since the last checkpoint
+    FULL = "full"  # every cluster (no usable checkpoint)
+    AT_REST = "at-rest"  # a VM not running: its disks read at rest, compared by chunk id
+
+
 @dataclass
 class SyncResult:
     vm: str
     seq: int = 0
-    mode: str = ""  # incremental | full | at-rest
+    mode: SyncMode | None = None  # None: the capture did not begin
     fallback: str = ""  # why an incremental sync became a full one
     chunks_covered: int = 0  # chunks the capture holds (all, or the dirty ones)
     chunks_read: int = 0  # of those, the ones with data (zero extents are not read)
@@ -253,7 +262,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         p = Pointer(vm, dev, label, seq, int(time.time()), digest)
         await repo.put_pointer(remote, device, p)
         result.uploaded_bytes += len(m.to_bytes()) + len(p.to_bytes())
-        keep = checkpoint if result.mode != "at-rest" else st.checkpoint
+        keep = checkpoint if result.mode != SyncMode.AT_REST else st.checkpoint
         await asyncio.to_thread(state.save, state_dir, vm, state.VMSyncState(seq, keep))
         if view.active:
             await delete_checkpoints(hv, uuid, vm, keep)
@@ -349,7 +358,7 @@ async def _capture(hv: Hypervisor, view: SyncView, parent: Manifest | None,
     if not view.active:
         caps = [await _at_rest(d, role, chunk_size, pp)
                 for d, role in zip(view.disks, roles, strict=True)]
-        result.mode = "at-rest"
+        result.mode = SyncMode.AT_REST
         if memory and view.managed_save:
             caps.append(await _memory(managed_save, chunk_size, result))
         return caps
@@ -430,7 +439,7 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                         break  # the memory image is older now: take the point again
                     continue
                 job.push_async_callback(backup_end, hv, view.uuid, view.name)
-                result.mode = "incremental" if incremental else "full"
+                result.mode = SyncMode.INCREMENTAL if incremental else SyncMode.FULL
                 break
         finally:
             if paused:  # the backup did not begin: never leave the VM paused
@@ -566,7 +575,8 @@ def _remove(paths: Iterable[str]) -> None:
 def _chunks(caps: list[_Capture], parent: Manifest | None, chunker: Chunker,
             ids: dict[str, list[bytes | None]], result: SyncResult) -> Iterator[Chunk]:
     """Every chunk the captures hold; fills ``ids`` (parent ids where nothing changed)."""
-    old = {d.name: d for d in parent.disks} if parent and result.mode == "incremental" else {}
+    incremental = result.mode == SyncMode.INCREMENTAL
+    old = {d.name: d for d in parent.disks} if parent and incremental else {}
     for cap in caps:
         n = chunk_count(cap.size, chunker.chunk_size)
         base = None if cap.whole else old.get(cap.name)

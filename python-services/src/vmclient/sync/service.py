@@ -21,8 +21,8 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from ..dbus import names
 from ..dbus.guard import name_out_args
+from .status import SyncState, daemon_state
 
-STATES = ("idle", "running", "paused", "waiting")
 PROGRESS_INTERVAL = 0.2  # seconds between two progress announcements
 
 
@@ -32,7 +32,7 @@ class VMStatus:
 
     name: str
     uuid: str = ""
-    state: str = "idle"  # idle | running | paused | waiting
+    state: SyncState = SyncState.IDLE
     reason: str = ""  # why waiting or paused; the last error otherwise
     last_sync: int = 0  # unix time of the last successful sync (0: never)
     snapshot: str = ""  # its snapshot
@@ -42,14 +42,11 @@ class VMStatus:
     next_run: int = 0  # unix time the schedule wants the next sync
 
     def to_dbus(self) -> dict[str, Variant]:
-        return {"State": Variant("s", self.state), "Reason": Variant("s", self.reason),
+        return {"State": Variant("u", int(self.state)), "Reason": Variant("s", self.reason),
                 "LastSync": Variant("x", self.last_sync),
                 "LastSnapshot": Variant("s", self.snapshot),
                 "BytesDone": Variant("t", self.done), "BytesTotal": Variant("t", self.total),
                 "Rate": Variant("d", float(self.rate)), "NextRun": Variant("x", self.next_run)}
-
-
-_OUT_ARG_NAMES = {"SyncNow": "results", "Verify": "checked", "ListSnapshots": "snapshots"}
 
 
 class SyncInterface(ServiceInterface):
@@ -62,7 +59,7 @@ class SyncInterface(ServiceInterface):
 
     # Methods: declared for introspection; calls arrive through the guard (daemon.py).
     @method()
-    async def SyncNow(self, vm: s) -> a(sss):  # type: ignore[valid-type,name-defined]  # noqa: F821
+    async def SyncNow(self, vm: s) -> a(sus):  # type: ignore[valid-type,name-defined]  # noqa: F821
         raise NotImplementedError
 
     @method()
@@ -74,15 +71,15 @@ class SyncInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), _OUT_ARG_NAMES)
+        return name_out_args(super().introspect())
 
     @dbus_property(access=PropertyAccess.READ)
     def VMs(self) -> "a{sa{sv}}":  # type: ignore[valid-type]  # noqa: F722
         return {n: v.to_dbus() for n, v in sorted(self.vms.items())}
 
     @dbus_property(access=PropertyAccess.READ)
-    def State(self) -> s:  # type: ignore[name-defined]  # noqa: F821
-        return self._state()
+    def State(self) -> u:  # type: ignore[name-defined]  # noqa: F821
+        return int(self._state())
 
     @dbus_property(access=PropertyAccess.READ)
     def CurrentVM(self) -> s:  # type: ignore[name-defined]  # noqa: F821
@@ -111,17 +108,13 @@ class SyncInterface(ServiceInterface):
     def _cur(self) -> VMStatus:
         return self.vms.get(self.current) or VMStatus("")
 
-    def _state(self) -> str:
-        states = {v.state for v in self.vms.values()}
-        for st in ("running", "paused", "waiting"):
-            if st in states:
-                return st
-        return "idle"
+    def _state(self) -> SyncState:
+        return daemon_state({v.state for v in self.vms.values()})
 
     def values(self) -> dict[str, Any]:
         cur = self._cur()
         return {"VMs": {n: v.to_dbus() for n, v in sorted(self.vms.items())},
-                "State": self._state(), "CurrentVM": self.current, "BytesDone": cur.done,
+                "State": int(self._state()), "CurrentVM": self.current, "BytesDone": cur.done,
                 "BytesTotal": cur.total, "Rate": float(cur.rate),
                 "LeaseState": self.lease_state, "LeaseRemaining": self.lease_remaining}
 
@@ -155,7 +148,7 @@ class ManagementInterface(ServiceInterface):
         raise NotImplementedError
 
     def introspect(self) -> Any:
-        return name_out_args(super().introspect(), {"Enrol": "device", "SetPassword": "user"})
+        return name_out_args(super().introspect())
 
     @dbus_property(access=PropertyAccess.READ)
     def Enrolment(self) -> u:  # type: ignore[name-defined]  # noqa: F821

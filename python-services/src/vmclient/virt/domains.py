@@ -1,0 +1,138 @@
+"""What a domain is and reads of one: run in a worker thread on a ``virDomain`` handle.
+
+No connection management here (:mod:`.hypervisor`): these functions take a
+``virConnect`` or ``virDomain`` the caller got from :meth:`Hypervisor.call` or
+:meth:`Hypervisor.on_domain`, and may raise ``libvirt.libvirtError``, which the
+caller turns into a :class:`~vmclient.errors.HypervisorError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+POWER_NS = "https://vmclient.org/xmlns/power/1"
+VM_NS = "https://vmclient.org/xmlns/vm/1"
+_JOB_BACKUP = 9  # virDomainJobOperation VIR_DOMAIN_JOB_OPERATION_BACKUP
+
+
+class DomState(enum.IntEnum):
+    NOSTATE = libvirt.VIR_DOMAIN_NOSTATE
+    RUNNING = libvirt.VIR_DOMAIN_RUNNING
+    BLOCKED = libvirt.VIR_DOMAIN_BLOCKED
+    PAUSED = libvirt.VIR_DOMAIN_PAUSED
+    SHUTDOWN = libvirt.VIR_DOMAIN_SHUTDOWN
+    SHUTOFF = libvirt.VIR_DOMAIN_SHUTOFF
+    CRASHED = libvirt.VIR_DOMAIN_CRASHED
+    PMSUSPENDED = libvirt.VIR_DOMAIN_PMSUSPENDED
+
+    @property
+    def active(self) -> bool:
+        return self not in (DomState.SHUTOFF, DomState.CRASHED, DomState.NOSTATE)
+
+
+class DomEvent(enum.IntEnum):
+    """A domain lifecycle event (``VIR_DOMAIN_EVENT_*``)."""
+
+    DEFINED = libvirt.VIR_DOMAIN_EVENT_DEFINED
+    UNDEFINED = libvirt.VIR_DOMAIN_EVENT_UNDEFINED
+    STARTED = libvirt.VIR_DOMAIN_EVENT_STARTED
+    SUSPENDED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED
+    RESUMED = libvirt.VIR_DOMAIN_EVENT_RESUMED
+    STOPPED = libvirt.VIR_DOMAIN_EVENT_STOPPED
+    SHUTDOWN = libvirt.VIR_DOMAIN_EVENT_SHUTDOWN
+    PMSUSPENDED = libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED
+    CRASHED = libvirt.VIR_DOMAIN_EVENT_CRASHED
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: DomState
+    reason: int
+    policy: str | None  # from <metadata><vmclient:power policy=…/>, unvalidated
+    managed_save: bool
+    persistent: bool
+
+
+def list_infos(conn: libvirt.virConnect, flags: int,
+               keep: Callable[[str], bool] | None = None) -> list[DomainInfo]:
+    """Every domain whose name ``keep`` accepts (the others cost no call)."""
+    out = []
+    for dom in conn.listAllDomains(flags):
+        if keep is not None and not keep(dom.name()):
+            continue
+        try:
+            out.append(info(dom))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished meanwhile
+                raise
+    return out
+
+
+def info(dom: Any) -> DomainInfo:
+    state, reason = dom.state(0)
+    return DomainInfo(
+        uuid=dom.UUIDString(),
+        name=dom.name(),
+        state=DomState(state),
+        reason=reason,
+        policy=power_policy_of(dom),
+        managed_save=bool(dom.hasManagedSaveImage(0)),
+        persistent=bool(dom.isPersistent()),
+    )
+
+
+def power_policy_of(dom: Any) -> str | None:
+    """The power policy in the domain's metadata (``POWER_NS``), unvalidated; None if none."""
+    try:
+        untrusted_xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, POWER_NS, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return None
+        raise
+    try:
+        return ET.fromstring(untrusted_xml).get("policy")
+    except ET.ParseError:
+        return None
+
+
+def running_policies(conn: libvirt.virConnect, keep: Callable[[str], bool]
+                     ) -> list[tuple[str, str, str | None]]:
+    """(UUID, name, power policy) of every running domain whose name ``keep`` accepts."""
+    out = []
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
+        if keep(dom.name()):
+            try:
+                out.append((dom.UUIDString(), dom.name(), power_policy_of(dom)))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished meanwhile
+                    raise
+    return out
+
+
+def has_guest_agent(dom: Any) -> bool:
+    """True if the domain has a qemu-guest-agent channel."""
+    untrusted_xml = dom.XMLDesc(0)
+    return any(t.get("name") == "org.qemu.guest_agent.0"
+               for t in ET.fromstring(untrusted_xml).iterfind("devices/channel/target"))
+
+
+def end_backup_job(dom: Any) -> bool:
+    """Abort the domain's backup job, if it has one, and wait until it is gone."""
+    stats = dom.jobStats(0)
+    if stats.get("type", 0) == 0 or stats.get("operation") != _JOB_BACKUP:
+        return False
+    dom.abortJob()
+    for _ in range(500):
+        if dom.jobStats(0).get("type", 0) == 0:
+            break
+        time.sleep(0.02)
+    return True
