@@ -26,8 +26,8 @@ from provd_harness import ProvDaemon
 from shell_harness import HEIGHT, WIDTH, PasswordSandbox, ShellUnderTest, Weston
 
 from testlib import need
+from vmclient.shell.barview import BAR_PX, FRAME_PX
 from vmclient.shell.state import ZONE_COLOURS, Zone
-from vmclient.shell.window import BAR_PX, FRAME_PX
 
 ACTION = "org.vmclient.VMClient1.open-display"
 KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER = 15, 35, 23, 57, 3, 38, 28
