@@ -93,6 +93,7 @@ def main() -> int:
                 "none": shell.pages.none_label.get_text(),
                 "min_width": shell.window.get_preferred_width()[0],
                 "overview": shell.state.overview, "asleep": shell.state.asleep,
+                "pause_delay": shell.pause_delay.held,
                 "lock_message": shell.lock_page.message.get_text(),
                 "checking": shell.lock_page.checking,
                 "wifi": shell.statusbar.wifi.get_text(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -331,24 +332,42 @@ def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk)
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 0
 
 
-def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_says_why(desk, system_bus, laptop,
-                                                                     tmp_path):
+def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_password(
+        desk, system_bus, laptop, logind, tmp_path):
     """The real vmclient-powerd on an umockdev laptop owns the lid and pauses the VMs on
-    it; the shell locks on powerd's LidState, and the lid open shows the lock."""
+    it; the shell locks on powerd's LidState, and powerd pauses only once the lock page
+    is on the screen (the shell's pause delay); the lid open shows the lock."""
     d = desk
     d.guests.wait_painted(d.business)
     shows(d, d.business, d.private)
+    logind.set_inhibit_delay_max(60)  # room for the long bound below
     powerd = PowerDaemon(system_bus, laptop, tmp_path,
                          f'[vms]\nname_prefix = "{d.guests.prefix}-"\n'
-                         '[lid]\non_ac = "pause"\n').start()
+                         '[lid]\non_ac = "pause"\n'
+                         '[sleep]\nmax_delay_s = 40\nlock_screen_s = 20\n').start()
     try:
+        def states() -> set[int]:
+            return {d.guests.conn.lookupByName(vm).state()[0]
+                    for vm in (d.business, d.private)}
+
         def paused() -> bool:
-            return all(d.guests.conn.lookupByName(vm).state()[0] == libvirt.VIR_DOMAIN_PAUSED
-                       for vm in (d.business, d.private))
-        laptop.set_lid(True)
-        wait_for(lambda: d.shell.ask("state")["locked"], 10, "the lock on the lid closing")
-        wait_for(paused, 30, "powerd pausing the VMs for the lid")
+            return states() == {libvirt.VIR_DOMAIN_PAUSED}
+        wait_for(lambda: d.shell.ask("state")["pause_delay"], 10, "the shell's pause delay")
+        # The lid closes while the shell cannot lock (stopped): the VM stays on the
+        # screen, and powerd does not pause a VM until the lock page has replaced it.
+        os.kill(d.shell.proc.pid, signal.SIGSTOP)
+        try:
+            laptop.set_lid(True)
+            wait_for(lambda: powerd.props()["State"] == 2, 10, "powerd about to pause")
+            time.sleep(1)
+            assert states() == {libvirt.VIR_DOMAIN_RUNNING}, "paused while on the screen"
+            assert not hidden(d.weston.screenshot())
+        finally:
+            os.kill(d.shell.proc.pid, signal.SIGCONT)
+        wait_for(paused, 30, "powerd pausing the VMs once the screen is locked")
         assert hidden(d.weston.screenshot())
+        st = d.shell.ask("state")
+        assert st["locked"] and not st["pause_delay"], st
 
         laptop.set_lid(False)
         wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
@@ -356,6 +375,7 @@ def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_
         assert st["locked"] and hidden(d.weston.screenshot()), st
         assert unlock_with(d, "h")["locked"]
         assert not unlock_with(d, PASSWORD)["locked"]
+        wait_for(lambda: d.shell.ask("state")["pause_delay"], 10, "a new delay after the unlock")
         shows(d, d.business, d.private)
         assert d.guests.echoed(d.business) == 0
 

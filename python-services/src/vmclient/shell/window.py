@@ -11,7 +11,8 @@ Hotkeys are taken in the window's ``key-press-event`` handler, which GTK runs
 before the focused SPICE widget sees the key; a hotkey is consumed there and
 never forwarded.  While locked, every key goes to the lock page's password
 field (and none to a VM); the user's password, checked by PAM
-(:mod:`.auth`), unlocks.
+(:mod:`.auth`), unlocks.  Locking holds the VMs' pause back until the lock page
+is on the screen (:mod:`.locking`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from . import actions, bar, barview, bus, firststart, state, wifi
 from .barview import Bar
 from .firstpage import CSS as FIRST_START_CSS
 from .firstpage import FirstStartPage
+from .locking import PauseDelay, when_on_screen
 from .lockpage import CSS as LOCK_CSS
 from .lockpage import LockPage
 from .logind import SleepLock
@@ -46,7 +48,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 2
 SLOW_POLL_TICKS = 5  # assigned VMs and Wi-Fi every 10 s
-LOCK_PAINT_BOUND_MS = 1000  # the most the lock page may hold the host's sleep back
 
 def key_of(event: Any) -> state.Key:
     m = event.state
@@ -101,6 +102,7 @@ class Shell:
         self._ticks = 0
         self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
+        self.pause_delay = PauseDelay(conn)
         self.wifi = wifi.Wifi(conn, self._wifi)
         self.assigned: list[bus.AssignedVM] = []
         self.watches = [
@@ -122,6 +124,7 @@ class Shell:
         self.refresh()
         self._poll = GLib.timeout_add_seconds(POLL_S, self._tick)
         self.sleep_lock.start()
+        self.pause_delay.start()
         for w in self.watches:
             w.start()
 
@@ -131,6 +134,7 @@ class Shell:
             self._poll = None
         self.overview.hide()
         self.sleep_lock.stop()
+        self.pause_delay.stop()
         for w in self.watches:
             w.stop()
         self.pages.close()
@@ -279,11 +283,19 @@ class Shell:
         self.render()
 
     def lock(self) -> None:
+        """Lock; once the lock page is on the screen, powerd may pause the VMs."""
         self.state = state.lock(self.state)
         self.render()
+        when_on_screen(self.window, self._lock_shown)
+
+    def _lock_shown(self) -> None:
+        if self.state.locked:  # not unlocked meanwhile
+            self.pause_delay.want(False)
 
     def unlock(self) -> None:
         self.state = state.unlock(self.state)
+        if not self.state.locked:
+            self.pause_delay.want(True)  # a VM is shown again: a lid closing waits for the lock
         self.render()
 
     def _power(self, props: dict[str, Any]) -> None:
@@ -298,25 +310,14 @@ class Shell:
         self._lid_closed = closed
 
     def _before_sleep(self, done: Any) -> None:
-        """Lock, and call ``done`` (release the delay lock) once the lock page is painted."""
+        """Lock, and call ``done`` (release the delay lock) once the lock page is shown."""
         self.state = state.sleep(self.state)
         self.render()
-        finished = False
-        clock = self.window.get_frame_clock()
-        handler = 0
 
-        def finish(*_args: Any) -> bool:
-            nonlocal finished
-            if not finished:
-                finished = True
-                if clock is not None and handler:
-                    clock.disconnect(handler)
-                done()
-            return False
-        if clock is not None:
-            handler = clock.connect("after-paint", finish)
-        GLib.timeout_add(LOCK_PAINT_BOUND_MS, finish)
-        self.window.queue_draw()
+        def shown() -> None:
+            self._lock_shown()
+            done()
+        when_on_screen(self.window, shown)
 
     def _woke(self) -> None:
         self.state = state.wake(self.state)
