@@ -94,6 +94,8 @@ def main() -> int:
                 "min_width": shell.window.get_preferred_width()[0],
                 "overview": shell.state.overview, "asleep": shell.state.asleep,
                 "pause_delay": shell.pause_delay.held,
+                "usb": {n: bool(m.props.auto_connect) for n, m in shell.usb.managers.items()},
+                "usb_unavailable": shell.usb.unavailable,
                 "lock_message": shell.lock_page.message.get_text(),
                 "checking": shell.lock_page.checking,
                 "wifi": shell.statusbar.wifi.get_text(),

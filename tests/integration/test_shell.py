@@ -189,12 +189,18 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     screen, same, other = shows(d, d.business, d.private)
     assert other > 3 * MATCH, (same, other)  # the comparison tells the two guests apart
     assert zone_marked(screen, Zone.BUSINESS)
+    # Only the shown VM's session takes a USB device plugged in (auto-connect).
+    st = d.shell.ask("state")
+    assert st["usb"] == {d.business: True, d.private: False}, st
 
     # The hotkey switches to the private VM, and the guest never sees it.
     d.shell.key(KEY_TAB, "Tab", "super")
     assert d.shell.ask("state")["current"] == d.private
     screen, _, _ = shows(d, d.private, d.business)
     assert zone_marked(screen, Zone.PRIVATE) and not zone_marked(screen, Zone.BUSINESS)
+    # The USB auto-connect went with it.
+    st = d.shell.ask("state")
+    assert st["usb"] == {d.business: False, d.private: True}, st
 
     # Keys typed go to the shown guest: it echoes them, and the shell shows the echo.
     d.shell.key(KEY_H, "h")
@@ -211,7 +217,8 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
 
     # Super+L locks: the lock page hides every VM, no guest colour anywhere on the screen.
     d.shell.key(KEY_L, "l", "super")
-    assert d.shell.ask("state")["locked"]
+    st = d.shell.ask("state")
+    assert st["locked"] and st["usb"] == {d.business: False, d.private: False}, st
     wait_for(lambda: hidden(d.weston.screenshot()), 10, "the lock page")
     # Keys go to the password field, none to a VM; a wrong password (PAM) keeps it locked.
     st = unlock_with(d, "h")

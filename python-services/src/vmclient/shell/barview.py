@@ -18,9 +18,10 @@ import gi
 
 from . import actions
 
+gi.require_version("Gdk", "3.0")
 gi.require_version("Gtk", "3.0")
 gi.require_version("Pango", "1.0")
-from gi.repository import Gtk, Pango  # noqa: E402
+from gi.repository import Gdk, Gtk, Pango  # noqa: E402
 
 BAR_PX = 28
 FRAME_PX = 6
@@ -54,7 +55,8 @@ def flat_button(text: str, clicked: Callable[[], None]) -> Any:
 
 
 class Bar:
-    """The bar: ``act(name)`` runs an action, ``networks()`` opens the Wi-Fi page."""
+    """The bar: ``act(name)`` runs an action (or opens the USB menu: ``"usb"``),
+    ``networks()`` opens the Wi-Fi page."""
 
     def __init__(self, act: Callable[[str], None], networks: Callable[[], None]) -> None:
         self.widget = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
@@ -67,6 +69,8 @@ class Bar:
         for name, spec in actions.ACTIONS.items():
             self.buttons[name] = flat_button(spec[0], functools.partial(act, name))
             self.widget.pack_start(self.buttons[name], False, False, 0)
+        self.buttons["usb"] = flat_button("USB", functools.partial(act, "usb"))
+        self.widget.pack_start(self.buttons["usb"], False, False, 0)
         self.action_message = label(xalign=0)
         self.widget.pack_start(self.action_message, False, False, 0)
         self.power = label(xalign=1)
@@ -83,3 +87,27 @@ class Bar:
         wifi_button.add(self.wifi)
         wifi_button.connect("button-press-event", lambda *_a: networks())
         self.widget.pack_end(wifi_button, False, False, 0)
+        self.menu: Any = None
+
+    def set_button(self, name: str, text: str) -> None:
+        """A button's text (only when it changes: a new label re-lays the bar out)."""
+        if self.buttons[name].get_label() != text:
+            self.buttons[name].set_label(text)
+
+    def popup(self, button: str, rows: list[tuple[str, str, bool]],
+              chosen: Callable[[str], None]) -> None:
+        """A menu under ``button``: rows of (key, text, clickable); a click: chosen(key)."""
+        self.menu = Gtk.Menu()
+        for key, text, clickable in rows or [("", "(none)", False)]:
+            item = Gtk.MenuItem(label=text)
+            item.set_sensitive(clickable)
+            item.connect("activate", lambda _i, key=key: chosen(key))
+            self.menu.append(item)
+        self.menu.show_all()
+        self.menu.popup_at_widget(self.buttons[button], Gdk.Gravity.SOUTH_WEST,
+                                  Gdk.Gravity.NORTH_WEST, None)
+
+    def close_menu(self) -> None:
+        if self.menu is not None:
+            self.menu.popdown()
+            self.menu = None

@@ -16,6 +16,7 @@ import gi
 
 from .barview import FRAME_PX, label
 from .spice import VMDisplay
+from .usbredir import UsbRedirect
 
 gi.require_version("Gtk", "3.0")
 from gi.repository import Gtk  # noqa: E402
@@ -29,9 +30,10 @@ CSS = """
 
 
 class VMPages:
-    def __init__(self, conn: Any, changed: Callable[[], None]) -> None:
-        """``changed()``: a display came or went (the shell renders again)."""
-        self.conn, self.changed = conn, changed
+    def __init__(self, conn: Any, changed: Callable[[], None], usb: UsbRedirect) -> None:
+        """``changed()``: a display came or went (the shell renders again); ``usb``: the
+        VMs' USB redirection (each session's device manager)."""
+        self.conn, self.changed, self.usb = conn, changed, usb
         self.displays: dict[str, VMDisplay] = {}
         self.widget = Gtk.EventBox()
         self.widget.set_name("frame")
@@ -55,6 +57,7 @@ class VMPages:
             self.displays[name] = d
             self.stack.add_named(d.widget, name)
             d.widget.show_all()
+            self.usb.add(name, d.session)
             d.connect()
 
     def show(self, vm: str | None, focus: bool) -> bool:
@@ -78,6 +81,7 @@ class VMPages:
 
     def _drop(self, name: str) -> None:
         d = self.displays.pop(name)
+        self.usb.remove(name)
         self.stack.remove(d.widget)
         d.close()
 

@@ -24,7 +24,7 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import actions, bar, barview, bus, firststart, state, wifi
+from . import actions, bar, barview, bus, firststart, state, usb, wifi
 from .barview import Bar
 from .firstpage import CSS as FIRST_START_CSS
 from .firstpage import FirstStartPage
@@ -37,6 +37,7 @@ from .netpage import NetworksPage
 from .overview import CSS as OVERVIEW_CSS
 from .overview import Overview
 from .props import PropsWatch
+from .usbredir import UsbRedirect
 from .vmpages import CSS as PAGES_CSS
 from .vmpages import VMPages
 
@@ -73,7 +74,8 @@ class Shell:
         self.top = Gtk.Stack()
         desktop = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
         self.statusbar = Bar(self.act, lambda: self.run(state.Command.NETWORKS))
-        self.pages = VMPages(conn, self.render)
+        self.usb = UsbRedirect(self._usb_text)
+        self.pages = VMPages(conn, self.render, self.usb)
         self.displays = self.pages.displays
         desktop.pack_start(self.statusbar.widget, False, False, 0)
         desktop.pack_start(self.pages.widget, True, True, 0)
@@ -177,8 +179,16 @@ class Shell:
             self.first.wifi(st)
 
     def act(self, name: str) -> None:
-        """A bar action (sync now, pause, resume, shut down); not while locked."""
+        """A bar action (sync now, pause, resume, shut down, the USB menu); not while
+        locked."""
         if self.state.locked:
+            return
+        if name == "usb":
+            shown = self.state.current
+            self.statusbar.popup("usb", [(r.key, r.text, bool(r.action)) for r in
+                                         usb.rows(self.usb.devices(shown), shown)],
+                                 lambda key: self.usb.toggle(
+                                     key, shown or "", self.statusbar.action_message.set_text))
             return
         self.statusbar.action_message.set_text(f"{actions.ACTIONS[name][0]}\u2026")
         actions.run(self.conn, name, self.statusbar.action_message.set_text)
@@ -325,14 +335,22 @@ class Shell:
 
     # -- output --------------------------------------------------------------------
 
+    def _usb_text(self) -> None:
+        self.statusbar.set_button(
+            "usb", usb.button_text(self.usb.devices(self.state.current), self.state.current))
+
     def render(self) -> None:
         v = state.view(self.state)
+        self.usb.apply(self.state.current, self.state.locked, self.first_open)
+        if self.state.locked:
+            self.statusbar.close_menu()
         if v != self.shown:
             css = (barview.css(v.colour) + LOCK_CSS + PAGES_CSS + OVERVIEW_CSS + NETWORKS_CSS
                    + FIRST_START_CSS)
             self.css.load_from_data(css.encode())
             self.statusbar.title.set_text(v.title)
             self.shown = v
+            self._usb_text()  # the shown VM's devices
         if self.first_open and v.page != "lock":
             self.top.set_visible_child_name("firststart")
             self.overview.hide()
