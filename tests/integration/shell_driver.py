@@ -94,6 +94,9 @@ def main() -> int:
                 "min_width": shell.window.get_preferred_width()[0],
                 "overview": shell.state.overview, "asleep": shell.state.asleep,
                 "pause_delay": shell.pause_delay.held,
+                "sound": {n: [d.sound.recording_allowed, d.sound.muted]
+                          for n, d in shell.displays.items()},
+                "sound_button": shell.statusbar.buttons["sound"].get_label(),
                 "usb": {n: bool(m.props.auto_connect) for n, m in shell.usb.managers.items()},
                 "usb_unavailable": shell.usb.unavailable,
                 "lock_message": shell.lock_page.message.get_text(),

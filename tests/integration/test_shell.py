@@ -189,8 +189,11 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     screen, same, other = shows(d, d.business, d.private)
     assert other > 3 * MATCH, (same, other)  # the comparison tells the two guests apart
     assert zone_marked(screen, Zone.BUSINESS)
-    # Only the shown VM's session takes a USB device plugged in (auto-connect).
+    # Only the shown VM may have the microphone (test_shell_audio.py: what that does),
+    # and only its session takes a USB device plugged in (spice-gtk's auto-connect).
     st = d.shell.ask("state")
+    assert st["sound"] == {d.business: [True, False], d.private: [False, False]}, st
+    assert st["sound_button"] == "Sound: on"
     assert st["usb"] == {d.business: True, d.private: False}, st
 
     # The hotkey switches to the private VM, and the guest never sees it.
@@ -198,8 +201,11 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     assert d.shell.ask("state")["current"] == d.private
     screen, _, _ = shows(d, d.private, d.business)
     assert zone_marked(screen, Zone.PRIVATE) and not zone_marked(screen, Zone.BUSINESS)
-    # The USB auto-connect went with it.
+    # The microphone went with it; the bar mutes the shown VM only.
+    assert d.shell.ask("click sound") == {"ok": True}
     st = d.shell.ask("state")
+    assert st["sound"] == {d.business: [False, False], d.private: [True, True]}, st
+    assert st["sound_button"] == "Sound: off"
     assert st["usb"] == {d.business: False, d.private: True}, st
 
     # Keys typed go to the shown guest: it echoes them, and the shell shows the echo.
@@ -218,7 +224,8 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     # Super+L locks: the lock page hides every VM, no guest colour anywhere on the screen.
     d.shell.key(KEY_L, "l", "super")
     st = d.shell.ask("state")
-    assert st["locked"] and st["usb"] == {d.business: False, d.private: False}, st
+    assert st["locked"] and not any(rec for rec, _muted in st["sound"].values()), st
+    assert st["usb"] == {d.business: False, d.private: False}, st  # locked: no VM
     wait_for(lambda: hidden(d.weston.screenshot()), 10, "the lock page")
     # Keys go to the password field, none to a VM; a wrong password (PAM) keeps it locked.
     st = unlock_with(d, "h")

@@ -55,8 +55,8 @@ def flat_button(text: str, clicked: Callable[[], None]) -> Any:
 
 
 class Bar:
-    """The bar: ``act(name)`` runs an action (or opens the USB menu: ``"usb"``),
-    ``networks()`` opens the Wi-Fi page."""
+    """The bar: ``act(name)`` runs an action, mutes the shown VM (``"sound"``) or
+    opens the USB menu (``"usb"``); ``networks()`` opens the Wi-Fi page."""
 
     def __init__(self, act: Callable[[str], None], networks: Callable[[], None]) -> None:
         self.widget = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
@@ -69,8 +69,9 @@ class Bar:
         for name, spec in actions.ACTIONS.items():
             self.buttons[name] = flat_button(spec[0], functools.partial(act, name))
             self.widget.pack_start(self.buttons[name], False, False, 0)
-        self.buttons["usb"] = flat_button("USB", functools.partial(act, "usb"))
-        self.widget.pack_start(self.buttons["usb"], False, False, 0)
+        for name, text in (("sound", ""), ("usb", "USB")):  # the shown VM's
+            self.buttons[name] = flat_button(text, functools.partial(act, name))
+            self.widget.pack_start(self.buttons[name], False, False, 0)
         self.action_message = label(xalign=0)
         self.widget.pack_start(self.action_message, False, False, 0)
         self.power = label(xalign=1)

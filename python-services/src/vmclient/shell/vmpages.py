@@ -14,6 +14,7 @@ from typing import Any
 
 import gi
 
+from . import audio
 from .barview import FRAME_PX, label
 from .spice import VMDisplay
 from .usbredir import UsbRedirect
@@ -69,6 +70,14 @@ class VMPages:
             d.focus()
             return True
         return False
+
+    def apply(self, shown: str | None, locked: bool, first_start: bool,
+              muted: frozenset[str]) -> None:
+        """The audio and USB policies for what is shown now."""
+        for vm, d in self.displays.items():
+            d.sound.allow_recording(audio.may_record(vm, shown, locked, first_start))
+            d.sound.mute(vm in muted)
+        self.usb.apply(shown, locked, first_start)
 
     def display_of(self, vm: str | None) -> Any:
         """``vm``'s SPICE widget (None: none yet)."""

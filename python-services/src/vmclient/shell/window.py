@@ -24,7 +24,7 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import actions, bar, barview, bus, firststart, state, usb, wifi
+from . import actions, audio, bar, barview, bus, firststart, state, usb, wifi
 from .barview import Bar
 from .firstpage import CSS as FIRST_START_CSS
 from .firstpage import FirstStartPage
@@ -75,6 +75,7 @@ class Shell:
         desktop = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
         self.statusbar = Bar(self.act, lambda: self.run(state.Command.NETWORKS))
         self.usb = UsbRedirect(self._usb_text)
+        self.muted: frozenset[str] = frozenset()  # VMs the bar muted
         self.pages = VMPages(conn, self.render, self.usb)
         self.displays = self.pages.displays
         desktop.pack_start(self.statusbar.widget, False, False, 0)
@@ -182,6 +183,10 @@ class Shell:
         """A bar action (sync now, pause, resume, shut down, the USB menu); not while
         locked."""
         if self.state.locked:
+            return
+        if name == "sound" and self.state.current is not None:
+            self.muted = audio.toggled(self.muted, self.state.current)
+            self.render()
             return
         if name == "usb":
             shown = self.state.current
@@ -341,7 +346,8 @@ class Shell:
 
     def render(self) -> None:
         v = state.view(self.state)
-        self.usb.apply(self.state.current, self.state.locked, self.first_open)
+        self.pages.apply(self.state.current, self.state.locked, self.first_open, self.muted)
+        self.statusbar.set_button("sound", audio.button_text(self.state.current, self.muted))
         if self.state.locked:
             self.statusbar.close_menu()
         if v != self.shown:
