@@ -4,6 +4,7 @@ that paint known bands and echo keystrokes; assertions on the composited pixels.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,15 @@ from fixtures_virt import scaled
 from pixels import Image
 from powerd_harness import Logind, PowerDaemon
 from provd_harness import ProvDaemon
-from shell_harness import HEIGHT, WIDTH, PasswordSandbox, ShellUnderTest, Weston
+from shell_harness import (
+    HEIGHT,
+    USER,
+    WIDTH,
+    PasswordSandbox,
+    ShellUnderTest,
+    Weston,
+    user_dir,
+)
 
 from testlib import need
 from vmclient.shell.barview import BAR_PX, FRAME_PX
@@ -672,9 +681,12 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                 f"sftp://127.0.0.1:{server.port}/", key_file=env.cfg.device_dir / "ssh_ed25519",
                 known_hosts=server.known_hosts, admin_key=admin_key))
             StateFile(env.cfg.manage_dir).save(DeviceState())  # a new laptop: not enrolled
+            namespace = etc.hold()  # the shell's /etc, also across its restarts
+            home = user_dir(USER, "vmclient-state-")  # and its XDG_STATE_HOME
+            saved = home / "vmclient-shell" / "first-start.json"
             weston = Weston()
             shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
-                                   passwords=etc, groups=("vmclient",))
+                                   passwords=etc, groups=("vmclient",), state_home=home)
             try:
                 def st() -> dict[str, Any]:
                     return shell.ask("state")["first"]  # type: ignore[no-any-return]
@@ -686,8 +698,7 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                               manage_extra='device_name = "laptop-f"\n'
                                            f'dropbox_user = "{dropbox.user}"\n'
                                            f'dropbox_key = "{dropbox.key_file}"\n',
-                              wrap=lambda cmd: ["nsenter",
-                                                f"--mount=/proc/{shell.proc.pid}/ns/mnt",
+                              wrap=lambda cmd: ["nsenter", f"--mount={namespace}",
                                                 *cmd]) as slog:
                     def logs() -> str:
                         return plog.read_text() + slog.read_text()
@@ -695,14 +706,26 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                              "the first start on a laptop not enrolled")
                     assert st()["step"] == "layout" and "keyboard layout" in st()["title"]
 
-                    # Keyboard: the third layout (German), Return: localed has it.
+                    # Keyboard: the third layout (German), Return: localed has it, and
+                    # the shell quits for Weston to start again with it (Weston takes its
+                    # keymap only when it starts); the first start goes on at Wi-Fi.
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_ENTER, "Return")
-                    wait_for(lambda: st()["step"] == "wifi", 10, "the Wi-Fi step")
-                    assert st()["message"] == "Keyboard: German (from the next start)", st()
+                    wait_for(lambda: shell.proc.poll() is not None, 20,
+                             "the shell quitting for the desktop to start again")
+                    assert shell.proc.returncode == 0, shell.log()
                     assert localed.Get("org.freedesktop.locale1", "X11Layout",
                                        dbus_interface="org.freedesktop.DBus.Properties") == "de"
+                    assert json.loads(saved.read_text()) == {"version": 1, "step": "wifi",
+                                                             "layout": "de"}
+                    weston.stop()  # what weston.service does: Weston and the shell again
+                    weston = Weston(keyboard="de")
+                    shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
+                                           passwords=etc, groups=("vmclient",),
+                                           state_home=home)
+                    wait_for(lambda: st()["open"] and st()["step"] == "wifi", 60,
+                             "the first start again, at the Wi-Fi step")
 
                     # Wi-Fi: choose office, its password, Return: connected, on to the code.
                     wait_for(lambda: st()["rows"] == ["office  72%, password"], 20,
@@ -723,6 +746,14 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     wait_for(lambda: st()["step"] == "password", 30,
                              "the enrolment requested\n" + logs())
                     assert st()["message"] == "Enrolment requested"
+                    # Interrupted there (the shell dies), it reopens where it was.
+                    shell.proc.kill()
+                    shell.proc.wait()
+                    shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
+                                           passwords=etc, groups=("vmclient",),
+                                           state_home=home)
+                    wait_for(lambda: st()["open"] and st()["step"] == "password", 60,
+                             "the first start again, at the password")
 
                     # The password, twice (a mismatch starts over), set by syncd's chpasswd.
                     for typed in (first_password, "something else"):
@@ -775,5 +806,10 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     shell.stop()
                 finally:
                     weston.stop()
+                    etc.release()
+            try:
+                assert json.loads(saved.read_text())["step"] == "done"
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
             assert "Traceback" not in shell.log(), shell.log()
             assert "Traceback" not in slog.read_text(), slog.read_text()

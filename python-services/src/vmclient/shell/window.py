@@ -24,7 +24,7 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import actions, audio, bar, barview, bus, firststart, state, usb, wifi
+from . import actions, audio, bar, barview, bus, firstsave, firststart, state, usb, wifi
 from .barview import Bar
 from .firstpage import CSS as FIRST_START_CSS
 from .firstpage import FirstStartPage
@@ -88,7 +88,8 @@ class Shell:
         self.overview = Overview(self._chosen)
         self.networks = NetworksPage(self.connect_wifi)
         # The first start (firststart.py): open while self.first_open.
-        self.first = FirstStartPage(conn, self.connect_wifi, self._first_done)
+        self.first = FirstStartPage(conn, self.connect_wifi, self._first_done,
+                                    self.restart_session)
         self.first_open = False
         self._first_decided = False  # syncd told us whether this laptop is enrolled
         self.enrolment = firststart.ENROL_UNKNOWN
@@ -212,10 +213,12 @@ class Shell:
         self.enrolment = int(props["Enrolment"])
         if not self._first_decided:
             self._first_decided = True
-            if firststart.resume_at(self.enrolment) is not None:
-                log.info("this laptop is not enrolled: first start")
+            saved = firstsave.load()
+            step = firststart.resume_at(self.enrolment, saved.step if saved else None)
+            if step is not None:
+                log.info("first start, at %s", step.value)
                 self.first_open = True
-                self.first.render()
+                self.first.open_at(step, saved)
                 self.render()
         self._feed_first()
 
@@ -227,6 +230,13 @@ class Shell:
         if self.first_open:
             self.first.daemons(self.enrolment, self.statusbar.install.get_text(),
                                self.statusbar.pending.get_text(), len(self.state.vms))
+
+    @staticmethod
+    def restart_session() -> None:
+        """Quit: Weston ([autolaunch] watch=true) quits with the shell, and systemd starts
+        both again (the image's weston.service drop-in)."""
+        log.info("starting the desktop again")
+        Gtk.main_quit()
 
     def _first_done(self) -> None:
         log.info("first start done")
