@@ -801,15 +801,13 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: not shell.ask("state")["locked"], 20,
                              "unlocked by the new password\n" + shell.log())
+                    assert json.loads(saved.read_text())["step"] == "done"  # never again
             finally:
                 try:
                     shell.stop()
                 finally:
                     weston.stop()
                     etc.release()
-            try:
-                assert json.loads(saved.read_text())["step"] == "done"
-            finally:
-                shutil.rmtree(home, ignore_errors=True)
+                    shutil.rmtree(home, ignore_errors=True)
             assert "Traceback" not in shell.log(), shell.log()
             assert "Traceback" not in slog.read_text(), slog.read_text()
