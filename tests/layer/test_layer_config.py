@@ -324,6 +324,11 @@ def test_image_installs_the_desktop():
     assert "${PN}-desktop" in bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}")
     assert {"weston", "weston-init", "vmclient-shell", "mesa-megadriver"} <= set(
         bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-desktop"))
+    # spice-gtk's GStreamer audio: its pipelines' elements, and ALSA's sink and source
+    assert {"gstreamer1.0-plugins-base-app", "gstreamer1.0-plugins-base-audioconvert",
+            "gstreamer1.0-plugins-base-audioresample", "gstreamer1.0-plugins-base-alsa",
+            "gstreamer1.0-plugins-good-autodetect"} <= set(
+        bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-desktop"))
 
 
 # --- defect 6: kernel modules and firmware reach the image --------------------
