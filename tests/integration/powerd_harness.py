@@ -123,6 +123,11 @@ class Logind:
     def prepare_for_sleep(self, start: bool) -> None:
         self.mock.EmitSignal(LOGIND_IFACE, "PrepareForSleep", "b", [start])
 
+    def set_inhibit_delay_max(self, seconds: float) -> None:
+        """logind's InhibitDelayMaxUSec (powerd reads it when it starts)."""
+        self.obj.Set(LOGIND_IFACE, "InhibitDelayMaxUSec", dbus.UInt64(int(seconds * 1e6)),
+                     dbus_interface="org.freedesktop.DBus.Properties")
+
     def suspend_count(self) -> int:
         return int(self.obj.Get(LOGIND_IFACE, "TestSuspendCount",
                                 dbus_interface="org.freedesktop.DBus.Properties"))

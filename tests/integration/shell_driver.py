@@ -56,9 +56,10 @@ def main() -> int:
     vlog.setup(debug=True)
     shell = ShellUnderTest(bus.system_bus())
     installs: list[str] = []  # every text the bar's install field showed, in order
-    shell.install.connect("notify::label", lambda lbl, _p: installs.append(lbl.get_text()))
+    shell.statusbar.install.connect("notify::label",
+                                    lambda lbl, _p: installs.append(lbl.get_text()))
     syncs: list[str] = []  # and its sync field
-    shell.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
+    shell.statusbar.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
     first_progress: list[str] = []  # and the first start's progress line
     shell.first.progress.connect("notify::label",
                                  lambda lbl, _p: first_progress.append(lbl.get_text()))
@@ -87,18 +88,26 @@ def main() -> int:
         return {"current": shell.state.current, "locked": shell.state.locked,
                 "vms": [[v.name, v.zone.value, v.state] for v in shell.state.vms],
                 "display": rect,
-                "bar": [shell.title.get_text(), shell.power.get_text(), shell.sync.get_text()],
-                "none": shell.none_label.get_text(),
+                "bar": [shell.statusbar.title.get_text(), shell.statusbar.power.get_text(),
+                        shell.statusbar.sync.get_text()],
+                "none": shell.pages.none_label.get_text(),
                 "min_width": shell.window.get_preferred_width()[0],
                 "overview": shell.state.overview, "asleep": shell.state.asleep,
+                "pause_delay": shell.pause_delay.held,
+                "sound": {n: [d.sound.recording_allowed, d.sound.muted]
+                          for n, d in shell.displays.items()},
+                "sound_button": shell.statusbar.buttons["sound"].get_label(),
+                "usb": {n: bool(m.props.auto_connect) for n, m in shell.usb.managers.items()},
+                "usb_unavailable": shell.usb.unavailable,
                 "lock_message": shell.lock_page.message.get_text(),
                 "checking": shell.lock_page.checking,
-                "wifi": shell.wifi_label.get_text(), "pending": shell.pending.get_text(),
+                "wifi": shell.statusbar.wifi.get_text(),
+                "pending": shell.statusbar.pending.get_text(),
                 "networks": shell.state.networks,
                 "network_rows": [b.get_label() for b in shell.networks.list.get_children()],
                 "network_message": shell.networks.message.get_text(),
                 "installs": installs, "syncs": syncs,
-                "action_message": shell.action_message.get_text(),
+                "action_message": shell.statusbar.action_message.get_text(),
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()},
                 "first": {"open": shell.first_open, "step": shell.first.state.step.value,
                           "title": shell.first.title.get_text(),
@@ -150,7 +159,7 @@ def main() -> int:
             typed(args[0].rstrip("\n"))
             reply({"ok": True})
         elif cmd == "click":
-            shell.buttons[args[0]].clicked()
+            shell.statusbar.buttons[args[0]].clicked()
             reply({"ok": True})
         elif cmd == "choose":  # the first start's Wi-Fi page while it is open
             (shell.first.networks if shell.first_open else shell.networks).choose(args[0])

@@ -55,9 +55,19 @@ def _as_user(uid: int, groups: tuple[str, ...] = ()) -> list[str]:
             f"--groups={gids}" if gids else "--clear-groups"]
 
 
+def user_dir(uid: int, prefix: str) -> Path:
+    """A new directory of the user's own (outside the test's 0700 tmp_path)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chown(path, uid, uid)
+    return path
+
+
 class Weston:
-    def __init__(self, uid: int = USER) -> None:
+    def __init__(self, uid: int = USER, keyboard: str | None = None) -> None:
+        """``keyboard``: the XKB layout Weston starts with (its ``XKB_DEFAULT_LAYOUT``, which
+        the image's weston.service takes from localed's /etc/vconsole.conf)."""
         self.uid = uid
+        self.keyboard = keyboard
         self.runtime = Path(tempfile.mkdtemp(prefix="vmclient-xdg-"))
         os.chown(self.runtime, uid, uid)
         os.chmod(self.runtime, 0o700)
@@ -76,8 +86,11 @@ class Weston:
             time.sleep(0.05)
 
     def env(self) -> dict[str, str]:
-        return {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(self.runtime),
-                "WAYLAND_DISPLAY": getattr(self, "socket", "")}
+        env = {"PATH": os.environ["PATH"], "XDG_RUNTIME_DIR": str(self.runtime),
+               "WAYLAND_DISPLAY": getattr(self, "socket", "")}
+        if self.keyboard is not None:
+            env["XKB_DEFAULT_LAYOUT"] = self.keyboard
+        return env
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -138,6 +151,32 @@ class PasswordSandbox:
         for d in (upper, upper / "pam.d"):
             d.chmod(0o755)
         self.shadow = shadow
+        self.holder: subprocess.Popen[bytes] | None = None
+
+    def _mount(self) -> str:
+        opts = (f"lowerdir=/etc,upperdir={self.dir / 'upper'},"
+                f"workdir={self.dir / 'work'}")
+        return f"mount -t overlay vmclient-test-etc -o {opts} /etc"
+
+    def hold(self) -> str:
+        """A mount namespace with the overlay that outlives the shells run in it (a
+        restarted shell, and syncd's nsenter, see the same /etc): its path."""
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f"{self._mount()} && exec sleep infinity"])
+        mounts = Path(f"/proc/{self.holder.pid}/mountinfo")
+        deadline = time.monotonic() + scaled(10)
+        while "vmclient-test-etc" not in mounts.read_text():
+            if self.holder.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the /etc overlay was not mounted")
+            time.sleep(0.05)
+        return f"/proc/{self.holder.pid}/ns/mnt"
+
+    def release(self) -> None:
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
+            self.holder = None
 
     def entry(self, user: str) -> str:
         """``user``'s shadow entry as it is in the overlay now (``chpasswd`` may have
@@ -150,10 +189,10 @@ class PasswordSandbox:
     def wrap(self, cmd: list[str]) -> list[str]:
         """``cmd`` in a mount namespace of its own with the overlay on /etc (the host's /etc
         stays as it is; other tests change it meanwhile, e.g. useradd)."""
-        opts = (f"lowerdir=/etc,upperdir={self.dir / 'upper'},"
-                f"workdir={self.dir / 'work'}")
+        if self.holder is not None:
+            return ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", *cmd]
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                f'mount -t overlay vmclient-test-etc -o {opts} /etc && exec "$@"', "sh", *cmd]
+                f'{self._mount()} && exec "$@"', "sh", *cmd]
 
 
 class ShellUnderTest:
@@ -161,17 +200,21 @@ class ShellUnderTest:
 
     def __init__(self, weston: Weston, bus: PrivateSystemBus, workdir: Path,
                  prefix: str, passwords: PasswordSandbox | None = None,
-                 groups: tuple[str, ...] = ()) -> None:
+                 groups: tuple[str, ...] = (), state_home: Path | None = None) -> None:
         """``groups``: the shell's user's (the image puts the seat's user in ``vmclient``,
-        whom the bus policy lets call provd's methods)."""
+        whom the bus policy lets call provd's methods); ``state_home``: the user's
+        XDG_STATE_HOME (one of its own, removed when it stops, if not given)."""
         self.weston = weston
         self.log_path = workdir / "shell.log"
+        self.own_state = state_home is None
+        self.state_home = state_home or user_dir(weston.uid, "vmclient-state-")
         cmd = [*_as_user(weston.uid, groups), sys.executable, str(HERE / "shell_driver.py")]
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 passwords.wrap(cmd) if passwords is not None else cmd,
                 env={**weston.env(), "GDK_BACKEND": "wayland",
                      "DBUS_SYSTEM_BUS_ADDRESS": bus.address, "VMCLIENT_TEST_PREFIX": prefix,
+                     "XDG_STATE_HOME": str(self.state_home),
                      "PYTHONPATH": str(SERVICES / "src")},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
 
@@ -204,3 +247,5 @@ class ShellUnderTest:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.own_state:
+            shutil.rmtree(self.state_home, ignore_errors=True)

@@ -7,7 +7,7 @@ import signal
 import time
 
 import libvirt
-from powerd_harness import Logind, wait_for
+from powerd_harness import BUS_NAME, POWER_IFACE, POWER_PATH, Logind, wait_for
 
 RUNNING, PAUSED, SHUTOFF = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
                             libvirt.VIR_DOMAIN_SHUTOFF)
@@ -33,6 +33,28 @@ def test_sleep_pauses_every_vm_before_the_delay_lock_is_released(powerd, logind,
     assert released < 5.0
     assert set(d.paused_by_us()) == set(vms.names)
     assert d.props()["State"] == 3  # Paused
+
+
+def test_a_pause_delay_holds_the_pause_for_sleep_until_its_holder_closes_it(powerd, logind,
+                                                                          vms):
+    """The shell's lock before the pause: powerd pauses for sleep only once every
+    DelayPause descriptor is closed (bounded by sleep.lock_screen_s, long here)."""
+    vms.create("a")
+    logind.set_inhibit_delay_max(60)
+    d = powerd("[sleep]\nmax_delay_s = 40\nlock_screen_s = 20\n")
+    power = d.conn.get_object(BUS_NAME, POWER_PATH)
+    delay = power.DelayPause(dbus_interface=POWER_IFACE).take()
+    try:
+        logind.prepare_for_sleep(True)
+        wait_for(lambda: d.props()["State"] == 2, 10, "powerd about to pause")  # Pausing
+        time.sleep(1)
+        assert vms.state(vms.names[0]) == RUNNING  # held back by the delay
+        assert logind.holds("sleep", "delay")  # and so is the host's sleep
+    finally:
+        os.close(delay)
+    wait_for(lambda: vms.state(vms.names[0]) == PAUSED, 10, "the VM paused")
+    wait_for(lambda: not logind.holds("sleep", "delay"), 10, "the sleep lock released")
+    assert "waiting for uid 0 before pausing" in d.log()
 
 
 def test_resume_wakes_exactly_the_vms_it_paused_and_not_a_user_paused_one(powerd, logind, vms):

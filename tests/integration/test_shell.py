@@ -4,8 +4,10 @@ that paint known bands and echo keystrokes; assertions on the composited pixels.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -23,11 +25,19 @@ from fixtures_virt import scaled
 from pixels import Image
 from powerd_harness import Logind, PowerDaemon
 from provd_harness import ProvDaemon
-from shell_harness import HEIGHT, WIDTH, PasswordSandbox, ShellUnderTest, Weston
+from shell_harness import (
+    HEIGHT,
+    USER,
+    WIDTH,
+    PasswordSandbox,
+    ShellUnderTest,
+    Weston,
+    user_dir,
+)
 
 from testlib import need
+from vmclient.shell.barview import BAR_PX, FRAME_PX
 from vmclient.shell.state import ZONE_COLOURS, Zone
-from vmclient.shell.window import BAR_PX, FRAME_PX
 
 ACTION = "org.vmclient.VMClient1.open-display"
 KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER = 15, 35, 23, 57, 3, 38, 28
@@ -188,12 +198,24 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     screen, same, other = shows(d, d.business, d.private)
     assert other > 3 * MATCH, (same, other)  # the comparison tells the two guests apart
     assert zone_marked(screen, Zone.BUSINESS)
+    # Only the shown VM may have the microphone (test_shell_audio.py: what that does),
+    # and only its session takes a USB device plugged in (spice-gtk's auto-connect).
+    st = d.shell.ask("state")
+    assert st["sound"] == {d.business: [True, False], d.private: [False, False]}, st
+    assert st["sound_button"] == "Sound: on"
+    assert st["usb"] == {d.business: True, d.private: False}, st
 
     # The hotkey switches to the private VM, and the guest never sees it.
     d.shell.key(KEY_TAB, "Tab", "super")
     assert d.shell.ask("state")["current"] == d.private
     screen, _, _ = shows(d, d.private, d.business)
     assert zone_marked(screen, Zone.PRIVATE) and not zone_marked(screen, Zone.BUSINESS)
+    # The microphone went with it; the bar mutes the shown VM only.
+    assert d.shell.ask("click sound") == {"ok": True}
+    st = d.shell.ask("state")
+    assert st["sound"] == {d.business: [False, False], d.private: [True, True]}, st
+    assert st["sound_button"] == "Sound: off"
+    assert st["usb"] == {d.business: False, d.private: True}, st
 
     # Keys typed go to the shown guest: it echoes them, and the shell shows the echo.
     d.shell.key(KEY_H, "h")
@@ -210,7 +232,9 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
 
     # Super+L locks: the lock page hides every VM, no guest colour anywhere on the screen.
     d.shell.key(KEY_L, "l", "super")
-    assert d.shell.ask("state")["locked"]
+    st = d.shell.ask("state")
+    assert st["locked"] and not any(rec for rec, _muted in st["sound"].values()), st
+    assert st["usb"] == {d.business: False, d.private: False}, st  # locked: no VM
     wait_for(lambda: hidden(d.weston.screenshot()), 10, "the lock page")
     # Keys go to the password field, none to a VM; a wrong password (PAM) keeps it locked.
     st = unlock_with(d, "h")
@@ -331,24 +355,42 @@ def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk)
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 0
 
 
-def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_says_why(desk, system_bus, laptop,
-                                                                     tmp_path):
+def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_password(
+        desk, system_bus, laptop, logind, tmp_path):
     """The real vmclient-powerd on an umockdev laptop owns the lid and pauses the VMs on
-    it; the shell locks on powerd's LidState, and the lid open shows the lock."""
+    it; the shell locks on powerd's LidState, and powerd pauses only once the lock page
+    is on the screen (the shell's pause delay); the lid open shows the lock."""
     d = desk
     d.guests.wait_painted(d.business)
     shows(d, d.business, d.private)
+    logind.set_inhibit_delay_max(60)  # room for the long bound below
     powerd = PowerDaemon(system_bus, laptop, tmp_path,
                          f'[vms]\nname_prefix = "{d.guests.prefix}-"\n'
-                         '[lid]\non_ac = "pause"\n').start()
+                         '[lid]\non_ac = "pause"\n'
+                         '[sleep]\nmax_delay_s = 40\nlock_screen_s = 20\n').start()
     try:
+        def states() -> set[int]:
+            return {d.guests.conn.lookupByName(vm).state()[0]
+                    for vm in (d.business, d.private)}
+
         def paused() -> bool:
-            return all(d.guests.conn.lookupByName(vm).state()[0] == libvirt.VIR_DOMAIN_PAUSED
-                       for vm in (d.business, d.private))
-        laptop.set_lid(True)
-        wait_for(lambda: d.shell.ask("state")["locked"], 10, "the lock on the lid closing")
-        wait_for(paused, 30, "powerd pausing the VMs for the lid")
+            return states() == {libvirt.VIR_DOMAIN_PAUSED}
+        wait_for(lambda: d.shell.ask("state")["pause_delay"], 10, "the shell's pause delay")
+        # The lid closes while the shell cannot lock (stopped): the VM stays on the
+        # screen, and powerd does not pause a VM until the lock page has replaced it.
+        os.kill(d.shell.proc.pid, signal.SIGSTOP)
+        try:
+            laptop.set_lid(True)
+            wait_for(lambda: powerd.props()["State"] == 2, 10, "powerd about to pause")
+            time.sleep(1)
+            assert states() == {libvirt.VIR_DOMAIN_RUNNING}, "paused while on the screen"
+            assert not hidden(d.weston.screenshot())
+        finally:
+            os.kill(d.shell.proc.pid, signal.SIGCONT)
+        wait_for(paused, 30, "powerd pausing the VMs once the screen is locked")
         assert hidden(d.weston.screenshot())
+        st = d.shell.ask("state")
+        assert st["locked"] and not st["pause_delay"], st
 
         laptop.set_lid(False)
         wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
@@ -356,6 +398,7 @@ def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_
         assert st["locked"] and hidden(d.weston.screenshot()), st
         assert unlock_with(d, "h")["locked"]
         assert not unlock_with(d, PASSWORD)["locked"]
+        wait_for(lambda: d.shell.ask("state")["pause_delay"], 10, "a new delay after the unlock")
         shows(d, d.business, d.private)
         assert d.guests.echoed(d.business) == 0
 
@@ -638,9 +681,12 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                 f"sftp://127.0.0.1:{server.port}/", key_file=env.cfg.device_dir / "ssh_ed25519",
                 known_hosts=server.known_hosts, admin_key=admin_key))
             StateFile(env.cfg.manage_dir).save(DeviceState())  # a new laptop: not enrolled
+            namespace = etc.hold()  # the shell's /etc, also across its restarts
+            home = user_dir(USER, "vmclient-state-")  # and its XDG_STATE_HOME
+            saved = home / "vmclient-shell" / "first-start.json"
             weston = Weston()
             shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
-                                   passwords=etc, groups=("vmclient",))
+                                   passwords=etc, groups=("vmclient",), state_home=home)
             try:
                 def st() -> dict[str, Any]:
                     return shell.ask("state")["first"]  # type: ignore[no-any-return]
@@ -652,8 +698,7 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                               manage_extra='device_name = "laptop-f"\n'
                                            f'dropbox_user = "{dropbox.user}"\n'
                                            f'dropbox_key = "{dropbox.key_file}"\n',
-                              wrap=lambda cmd: ["nsenter",
-                                                f"--mount=/proc/{shell.proc.pid}/ns/mnt",
+                              wrap=lambda cmd: ["nsenter", f"--mount={namespace}",
                                                 *cmd]) as slog:
                     def logs() -> str:
                         return plog.read_text() + slog.read_text()
@@ -661,14 +706,26 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                              "the first start on a laptop not enrolled")
                     assert st()["step"] == "layout" and "keyboard layout" in st()["title"]
 
-                    # Keyboard: the third layout (German), Return: localed has it.
+                    # Keyboard: the third layout (German), Return: localed has it, and
+                    # the shell quits for Weston to start again with it (Weston takes its
+                    # keymap only when it starts); the first start goes on at Wi-Fi.
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_ENTER, "Return")
-                    wait_for(lambda: st()["step"] == "wifi", 10, "the Wi-Fi step")
-                    assert st()["message"] == "Keyboard: German (from the next start)", st()
+                    wait_for(lambda: shell.proc.poll() is not None, 20,
+                             "the shell quitting for the desktop to start again")
+                    assert shell.proc.returncode == 0, shell.log()
                     assert localed.Get("org.freedesktop.locale1", "X11Layout",
                                        dbus_interface="org.freedesktop.DBus.Properties") == "de"
+                    assert json.loads(saved.read_text()) == {"version": 1, "step": "wifi",
+                                                             "layout": "de"}
+                    weston.stop()  # what weston.service does: Weston and the shell again
+                    weston = Weston(keyboard="de")
+                    shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
+                                           passwords=etc, groups=("vmclient",),
+                                           state_home=home)
+                    wait_for(lambda: st()["open"] and st()["step"] == "wifi", 60,
+                             "the first start again, at the Wi-Fi step")
 
                     # Wi-Fi: choose office, its password, Return: connected, on to the code.
                     wait_for(lambda: st()["rows"] == ["office  72%, password"], 20,
@@ -689,6 +746,14 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     wait_for(lambda: st()["step"] == "password", 30,
                              "the enrolment requested\n" + logs())
                     assert st()["message"] == "Enrolment requested"
+                    # Interrupted there (the shell dies), it reopens where it was.
+                    shell.proc.kill()
+                    shell.proc.wait()
+                    shell = ShellUnderTest(weston, system_bus, tmp_path, f"{env.prefix}-",
+                                           passwords=etc, groups=("vmclient",),
+                                           state_home=home)
+                    wait_for(lambda: st()["open"] and st()["step"] == "password", 60,
+                             "the first start again, at the password")
 
                     # The password, twice (a mismatch starts over), set by syncd's chpasswd.
                     for typed in (first_password, "something else"):
@@ -736,10 +801,13 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: not shell.ask("state")["locked"], 20,
                              "unlocked by the new password\n" + shell.log())
+                    assert json.loads(saved.read_text())["step"] == "done"  # never again
             finally:
                 try:
                     shell.stop()
                 finally:
                     weston.stop()
+                    etc.release()
+                    shutil.rmtree(home, ignore_errors=True)
             assert "Traceback" not in shell.log(), shell.log()
             assert "Traceback" not in slog.read_text(), slog.read_text()

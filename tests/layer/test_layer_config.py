@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -298,9 +299,35 @@ def test_weston_runs_the_shell_in_its_kiosk_shell_and_comes_back_when_it_exits()
     assert "--system vmclient" in bbvars.value(append, "GROUPADD_PARAM:${PN}:append:vmclient")
 
 
+def test_weston_starts_with_the_keyboard_layout_localed_keeps(tmp_path):
+    """The first start's layout (localed: XKBLAYOUT in /etc/vconsole.conf) is Weston's
+    XKB_DEFAULT_LAYOUT when it starts (again): weston.ini names no layout of its own."""
+    ini = _ini((WESTON_INIT / "weston-init" / "weston.ini").read_text())
+    assert "keymap_layout" not in ini.get("keyboard", {})
+    dropin = _ini((WESTON_INIT / "weston-init" / "50-vmclient.conf").read_text())["Service"]
+    env_file = dropin["EnvironmentFile"].removeprefix("-")
+    pre = dropin["ExecStartPre"]
+    assert pre.startswith("+/bin/sh -c ") and env_file in pre  # as root: it writes /run
+    # the command itself, on a copy of what localed writes
+    (tmp_path / "vconsole.conf").write_text('KEYMAP=de-latin1\nXKBLAYOUT=de\nXKBMODEL=pc105\n')
+    cmd = shlex.split(pre.removeprefix("+").replace("/etc/vconsole.conf",
+                                                    str(tmp_path / "vconsole.conf"))
+                      .replace("/run/vmclient", str(tmp_path / "run")))
+    subprocess.run(cmd, check=True, timeout=10)
+    assert (tmp_path / "run" / Path(env_file).name).read_text() == "XKB_DEFAULT_LAYOUT=de\n"
+    (tmp_path / "vconsole.conf").unlink()  # none yet: an empty environment, Weston's "us"
+    subprocess.run(cmd, check=True, timeout=10)
+    assert (tmp_path / "run" / Path(env_file).name).read_text() == ""
+
+
 def test_image_installs_the_desktop():
     assert "${PN}-desktop" in bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}")
     assert {"weston", "weston-init", "vmclient-shell", "mesa-megadriver"} <= set(
+        bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-desktop"))
+    # spice-gtk's GStreamer audio: its pipelines' elements, and ALSA's sink and source
+    assert {"gstreamer1.0-plugins-base-app", "gstreamer1.0-plugins-base-audioconvert",
+            "gstreamer1.0-plugins-base-audioresample", "gstreamer1.0-plugins-base-alsa",
+            "gstreamer1.0-plugins-good-autodetect"} <= set(
         bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-desktop"))
 
 

@@ -87,7 +87,14 @@ RDEPENDS:${PN}-laptop = "\
 # vmclient-shell full screen (recipes-graphics/wayland/weston-init.bbappend).
 # Mesa's drivers (iris for Intel, radeonsi for AMD GPUs) for Weston's GL
 # renderer.
+# The shell plays and records the VMs' SPICE audio through spice-gtk's GStreamer
+# backend (autoaudiosink/autoaudiosrc, which find ALSA's; no sound server).
 RDEPENDS:${PN}-desktop = "\
+    gstreamer1.0-plugins-base-alsa \
+    gstreamer1.0-plugins-base-app \
+    gstreamer1.0-plugins-base-audioconvert \
+    gstreamer1.0-plugins-base-audioresample \
+    gstreamer1.0-plugins-good-autodetect \
     mesa-megadriver \
     vmclient-shell \
     weston \

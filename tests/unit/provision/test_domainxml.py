@@ -111,6 +111,17 @@ def test_usb_policy_maps_to_redirection_filter() -> None:
     assert none.findall("devices/redirdev") == [] and none.find("devices/redirfilter") is None
 
 
+def test_sound_goes_to_spice_only() -> None:
+    """The shell's audio (playback, and the microphone for the shown VM) needs SPICE's
+    playback and record channels: an HDA card whose only backend is SPICE."""
+    for name in ("office", "private-import"):
+        _r, dom, _ = build(name)
+        (sound,) = dom.findall("devices/sound")
+        (backend,) = dom.findall("devices/audio")
+        assert sound.get("model") == "ich9" and backend.get("type") == "spice"
+        assert sound.find("audio").get("id") == backend.get("id")  # type: ignore[union-attr]
+
+
 def test_s3_policy_enables_guest_suspend_to_mem() -> None:
     _r, office, _ = build("office")
     assert office.find("pm/suspend-to-mem").get("enabled") == "yes"  # type: ignore[union-attr]

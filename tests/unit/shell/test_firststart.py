@@ -52,3 +52,37 @@ def test_the_install_step_says_what_it_waits_for_and_ends_when_the_vms_are_there
     assert not fs.finished(fs.ENROL_ENROLLED, "", "From IT: 1 VM to install", 0)
     assert not fs.finished(fs.ENROL_ENROLLED, "", "", 0)  # IT's order not here yet
     assert fs.finished(fs.ENROL_ENROLLED, "", "", 1)
+
+
+def test_an_interrupted_first_start_reopens_where_it_was():
+    S = fs.Step
+    # not enrolled: where it was, up to the code
+    assert fs.resume_at(fs.ENROL_NONE, S.WIFI) == S.WIFI
+    assert fs.resume_at(fs.ENROL_NONE, S.CODE) == S.CODE
+    assert fs.resume_at(fs.ENROL_NONE, S.PASSWORD) == S.CODE  # sent, but not enrolling now
+    # after the code: at the password or the installs
+    assert fs.resume_at(fs.ENROL_REQUESTED, S.PASSWORD) == S.PASSWORD
+    assert fs.resume_at(fs.ENROL_REQUESTED, S.INSTALL) == S.INSTALL
+    assert fs.resume_at(fs.ENROL_ENROLLED, S.INSTALL) == S.INSTALL
+    assert fs.resume_at(fs.ENROL_ENROLLED, S.WIFI) is None  # enrolled without the shell
+    # finished: never again, whatever syncd says
+    for e in (fs.ENROL_NONE, fs.ENROL_REQUESTED, fs.ENROL_ENROLLED):
+        assert fs.resume_at(e, S.DONE) is None
+    assert fs.resume_at(fs.ENROL_UNKNOWN, S.PASSWORD) is None
+
+
+def test_what_is_saved_is_the_step_and_the_layout_and_anything_else_is_ignored():
+    first = fs.FirstStart(fs.Step.PASSWORD, layout=2, first_password="secret 123")
+    text = fs.saved_text(first)
+    assert "secret" not in text  # never a password
+    assert fs.parse_saved(text) == fs.FirstStart(fs.Step.PASSWORD, layout=2)
+    for bad in ("", "[]", "{", '{"version": 2, "step": "wifi", "layout": "de"}',
+                '{"version": 1, "step": "nowhere", "layout": "de"}',
+                '{"version": 1, "step": "wifi", "layout": "xx"}',
+                '{"version": 1, "step": "wifi"}'):
+        assert fs.parse_saved(bad) is None, bad
+
+
+def test_the_session_starts_again_only_for_a_layout_weston_did_not_start_with():
+    assert fs.restart_needed("de", None) and fs.restart_needed("de", "us")
+    assert not fs.restart_needed("us", None) and not fs.restart_needed("de", "de")

@@ -61,6 +61,10 @@ class Sleep:
         4.0, min=0.2, max=60,
         help="bound on pausing every VM before the sleep lock is released "
              "(kept below logind's InhibitDelayMaxSec)")
+    lock_screen_s: float = config.setting(
+        0.5, min=0, max=30,
+        help="before pausing for the lid or sleep, wait at most this long for the screen "
+             "to lock (the shell's pause delay; at most half of the bound above)")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from ..errors import VMClientError
 from ..manage.gate import StartGate
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
+from .delays import PauseDelays
 from .holds import HeldTable
 from .logind import Inhibitor, Logind
 from .policy import (
@@ -58,6 +59,7 @@ class PowerDaemon:
         self.lid_lock = Inhibitor("handle-lid-switch", "block",
                                   "vmclient pauses every VM when the lid closes")
         self.sleep_bound = cfg.sleep.max_delay_s
+        self.delays = PauseDelays()  # the shell's: the lock on screen before a pause
         self.hv = Hypervisor(cfg.libvirt.uri, cfg.libvirt.connections,
                              on_reconnect=self._reconnected)
         # In-process, not through provd: powerd is root and already holds libvirt's full
@@ -163,6 +165,9 @@ class PowerDaemon:
         await self.handle(Event.RESUME_REQUESTED)
         return list(self._last_resumed)
 
+    def request_pause_delay(self, who: str) -> int:
+        return self.delays.take(who)
+
     # -- the policy loop -------------------------------------------------------
 
     async def handle(self, event: Event) -> None:
@@ -206,7 +211,10 @@ class PowerDaemon:
             self._changed()
             bound = self.sleep_bound if event in (Event.SLEEP, Event.LID_CLOSED) \
                 else self.cfg.vms.timeout_s + 1.0
-            paused = await self.vms.pause_all(decision.adds, loop.time() + bound)
+            deadline = loop.time() + bound
+            if event in (Event.SLEEP, Event.LID_CLOSED):  # the screen locks first
+                await self.delays.released(min(self.cfg.sleep.lock_screen_s, bound / 2))
+            paused = await self.vms.pause_all(decision.adds, deadline)
             log.info("paused: %s", ", ".join(paused) or "(none)")
         elif action == Action.RELEASE_SLEEP_LOCK:
             self.sleep_lock.release()
@@ -310,6 +318,7 @@ class PowerDaemon:
             self.udev.stop()
         self.sleep_lock.release()
         self.lid_lock.release()
+        self.delays.close()
         await self.hv.close()
         if self.bus is not None:
             self.bus.disconnect()

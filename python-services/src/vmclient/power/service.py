@@ -15,7 +15,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from ..dbus import names
-from ..dbus.guard import Member, install_method_guard, name_out_args
+from ..dbus.guard import Member, WithFds, install_method_guard, name_out_args
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class PowerBackend(Protocol):
     def properties(self) -> dict[str, Any]: ...
     async def request_pause_all(self) -> list[str]: ...
     async def request_resume_all(self) -> list[str]: ...
+    def request_pause_delay(self, who: str) -> int: ...
 
 
 class PowerInterface(ServiceInterface):
@@ -40,6 +41,10 @@ class PowerInterface(ServiceInterface):
     @method()
     async def ResumeAll(self) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722
         return await self.backend.request_resume_all()
+
+    @method()
+    async def DelayPause(self) -> h:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError  # through install_guard: it hands out a descriptor
 
     def introspect(self) -> Any:
         return name_out_args(super().introspect())
@@ -101,14 +106,19 @@ class PowerInterface(ServiceInterface):
 
 
 def install_guard(bus: MessageBus, backend: PowerBackend) -> None:
-    """Authorise and dispatch PauseAll/ResumeAll, replying exactly once."""
+    """Authorise and dispatch PauseAll/ResumeAll/DelayPause, replying exactly once."""
     async def pause_all(_args: list[Any]) -> list[Any]:
         return [await backend.request_pause_all()]
 
     async def resume_all(_args: list[Any]) -> list[Any]:
         return [await backend.request_resume_all()]
 
+    async def delay_pause(args: list[Any]) -> WithFds:
+        return WithFds([0], [backend.request_pause_delay(f"uid {args[0]}")])
+
     install_method_guard(bus, names.POWER_PATH, names.POWER_IFACE,
                          names.POLKIT_ACTION_POWER_MANAGE, {
                              "PauseAll": Member("pausing every VM", pause_all),
-                             "ResumeAll": Member("resuming every VM", resume_all)})
+                             "ResumeAll": Member("resuming every VM", resume_all),
+                             "DelayPause": Member("delaying the VMs' pause", delay_pause,
+                                                  with_caller=True)})

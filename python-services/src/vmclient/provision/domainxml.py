@@ -160,6 +160,11 @@ def _devices(devices: ET.Element, recipe: Recipe, disks: Mapping[str, DiskBindin
     ET.SubElement(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
     graphics = ET.SubElement(devices, "graphics", type="spice")
     ET.SubElement(graphics, "listen", type="none")
+    # Sound through SPICE: the shell plays every VM and gives the microphone to the
+    # shown VM only (docs/shell.md, "Audio"); there is no other audio backend.
+    sound = ET.SubElement(devices, "sound", model="ich9")
+    ET.SubElement(sound, "audio", id="1")
+    ET.SubElement(devices, "audio", id="1", type="spice")
     video = ET.SubElement(devices, "video")
     ET.SubElement(video, "model", type="virtio")
     rng = ET.SubElement(devices, "rng", model="virtio")

@@ -4,18 +4,21 @@ full screen, every key the page's.  The Wi-Fi step holds a Wi-Fi page of its own
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import gi
 
+from . import firstsave, setup
 from . import firststart as fs
-from . import setup
 from .netpage import NetworksPage
 from .wifi import WifiState
 
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gtk  # noqa: E402
+from gi.repository import GLib, Gtk  # noqa: E402
+
+RESTART_DELAY_MS = 1500  # long enough to read that the desktop starts again
 
 CSS = """
 #firststart { background-color: rgb(30, 30, 40); }
@@ -26,8 +29,9 @@ CSS = """
 
 class FirstStartPage:
     def __init__(self, conn: Any, connect_wifi: Callable[[str, str], None],
-                 finished: Callable[[], None]) -> None:
-        self.conn, self.finished = conn, finished
+                 finished: Callable[[], None], restart: Callable[[], None]) -> None:
+        """``restart()``: start the session again (Weston takes the new layout then)."""
+        self.conn, self.finished, self.restart = conn, finished, restart
         self.state = fs.FirstStart()
         self.enrolment = fs.ENROL_UNKNOWN
         self.install, self.pending, self.vms = "", "", 0
@@ -54,6 +58,12 @@ class FirstStartPage:
                   self.message):
             box.pack_start(w, False, False, 0)
         self.widget.add(box)
+
+    def open_at(self, step: fs.Step, saved: fs.FirstStart | None) -> None:
+        """Open at ``step`` (:func:`.firststart.resume_at`), with the saved layout."""
+        self.state = fs.FirstStart(step, saved.layout if saved is not None else 0)
+        firstsave.save(self.state)
+        self.render()
 
     # -- what the shell tells it ---------------------------------------------------
 
@@ -97,6 +107,7 @@ class FirstStartPage:
 
     def _next(self, message: str = "") -> None:
         self.state = fs.advance(self.state)
+        firstsave.save(self.state)
         self.message.set_text(message)
         self.entry.set_text("")
         if self.state.step == fs.Step.DONE:
@@ -111,10 +122,16 @@ class FirstStartPage:
 
         def done(error: str | None) -> None:
             self.busy = False
-            # The layout is the system's from the next start of the session on (Weston
-            # reads it when it starts); without localed there is nothing to keep it in.
-            self._next(f"Keyboard: {shown} (from the next start)" if error is None
-                       else f"Keyboard layout not saved: {error}")
+            if error is not None:  # without localed there is nothing to keep it in
+                self._next(f"Keyboard layout not saved: {error}")
+                return
+            # Weston takes its keymap only when it starts: the session starts again
+            # now (nothing typed yet), the first start reopens at the next step.
+            restart = fs.restart_needed(layout, os.environ.get("XKB_DEFAULT_LAYOUT"))
+            self._next(f"Keyboard: {shown}" + (" (starting the desktop again\u2026)"
+                                                if restart else ""))
+            if restart:
+                GLib.timeout_add(RESTART_DELAY_MS, lambda: self.restart() and False)
         setup.set_keyboard(self.conn, layout, done)
 
     def _entered(self) -> None:

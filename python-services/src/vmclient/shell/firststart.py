@@ -10,6 +10,7 @@ is enrolled and nothing IT assigned is still to install.  The GTK page is
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, replace
 
 # The Enrolment property of org.vmclient.VMClient1.Management.
@@ -78,11 +79,53 @@ def password_typed(fs: FirstStart, typed: str) -> tuple[FirstStart, str | None, 
     return fs, typed, ""
 
 
-def resume_at(enrolment: int) -> Step | None:
-    """Where a first start opens, from syncd's Enrolment: not enrolled → from the start;
-    otherwise none (a requested enrolment is an interrupted first start: its user has
-    seen it; the bar shows the rest)."""
-    return Step.LAYOUT if enrolment == ENROL_NONE else None
+def resume_at(enrolment: int, saved: Step | None = None) -> Step | None:
+    """Where a first start opens, from syncd's Enrolment and the step the shell saved
+    (:func:`saved_text`; None: nothing saved):
+
+    - not enrolled: where it was, up to the code (from the start if nothing was saved;
+      at the code if the code was sent but syncd is not enrolling any more);
+    - enrolment requested or done: at the password or the installs if the first start
+      was interrupted there; else nowhere (enrolled without the shell, e.g. by
+      ``vmclientctl enrol``; the bar shows the rest);
+    - a first start that was finished never opens again."""
+    if saved == Step.DONE or enrolment not in (ENROL_NONE, ENROL_REQUESTED, ENROL_ENROLLED):
+        return None
+    if enrolment == ENROL_NONE:
+        if saved is None:
+            return Step.LAYOUT
+        return saved if ORDER.index(saved) <= ORDER.index(Step.CODE) else Step.CODE
+    return saved if saved in (Step.PASSWORD, Step.INSTALL) else None
+
+
+SAVED_VERSION = 1
+
+
+def saved_text(fs: FirstStart) -> str:
+    """What the shell keeps of a first start across its restarts (no password)."""
+    return json.dumps({"version": SAVED_VERSION, "step": fs.step.value,
+                       "layout": LAYOUTS[fs.layout][0]})
+
+
+def parse_saved(untrusted_text: str) -> FirstStart | None:
+    """:func:`saved_text`'s text back; None for anything else (a first start then
+    opens as if nothing was saved)."""
+    try:
+        untrusted = json.loads(untrusted_text)
+        if not isinstance(untrusted, dict) or untrusted.get("version") != SAVED_VERSION:
+            return None
+        step = Step(untrusted.get("step"))
+        layout = [code for code, _shown in LAYOUTS].index(str(untrusted.get("layout")))
+    except (ValueError, TypeError):
+        return None
+    return FirstStart(step, layout)
+
+
+def restart_needed(chosen: str, running: str | None) -> bool:
+    """Whether the session must start again for the layout ``chosen`` to be the one the
+    compositor uses: Weston takes its keymap only when it starts (``running``: the
+    layout it started with, its ``XKB_DEFAULT_LAYOUT``; XKB's default is ``us``)."""
+    return chosen != (running or "us")
 
 
 def install_text(enrolment: int, install: str, pending: str) -> str:

@@ -18,6 +18,12 @@ gi.require_version("Gtk", "3.0")
 gi.require_version("Pango", "1.0")
 from gi.repository import Gtk, Pango  # noqa: E402
 
+CSS = """
+#lock { background-color: black; }
+#lock label { color: white; font-size: 24px; }
+#lock label#lockmsg { font-size: 16px; }
+"""
+
 log = logging.getLogger(__name__)
 
 

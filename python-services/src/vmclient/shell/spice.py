@@ -8,7 +8,8 @@ visible (the next frame is already there).
 
 Policy set here: no clipboard sharing (no copy and paste between a business
 and a private VM, or with the host), the guest resized to the widget where it
-has a SPICE agent, the picture scaled to fit with its aspect kept.
+has a SPICE agent, the picture scaled to fit with its aspect kept.  Audio:
+:mod:`.sound`; USB: :mod:`.usbredir`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import gi
 
 from ..errors import RemoteError
 from . import bus
+from .sound import VMSound
 
 gi.require_version("Gtk", "3.0")
 gi.require_version("SpiceClientGLib", "2.0")
@@ -46,6 +48,7 @@ class VMDisplay:
         gtk_session = SpiceClientGtk.GtkSession.get(self.session)
         gtk_session.props.auto_clipboard = False
         GObject.Object.connect(self.session, "channel-new", self._channel_new)
+        self.sound = VMSound(vm, self.session)  # before the channels come
         self.closed = False
 
     def connect(self) -> None:
