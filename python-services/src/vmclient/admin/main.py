@@ -43,7 +43,8 @@ from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig, WrappedKey
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
-from ..store.locks import LockInfo, break_lock, read_lock
+from ..store.holding import break_lock
+from ..store.locks import LockInfo, read_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import (
