@@ -55,8 +55,8 @@ from fixtures_sshd import SSHServer, ssh_server
 from sftp_repo import Device, Repo, qcow2
 
 from vmclient.admin.images import read_published
-from vmclient.manage.keys import write_private
-from vmclient.provision.keys import DeviceKeys
+from vmclient.host.files import write_private
+from vmclient.host.keys import DeviceKeys
 from vmclient.provision.progress import Progress
 from vmclient.provision.receiver import Receiver
 from vmclient.store import crypto, layout

@@ -58,10 +58,10 @@ from fixtures_sshd import SSHServer, ssh_server
 from fixtures_virt import BOOT_SECTOR, cpu_profile, wait_idle
 
 from vmclient.store import crypto
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import RemoteStore
 from vmclient.sync import engine, restore
 from vmclient.transport import close_store
+from vmclient.transport.localfs import LocalDirStore
 from vmclient.transport.sftp import CIPHER
 from vmclient.virt.libvirt import Hypervisor
 

@@ -23,8 +23,8 @@ from provision_env import Env, write_config
 from sftp_repo import Repo, b64, make_disk, qcow2
 
 from testlib import SERVICES
-from vmclient.manage.keys import pin_admin_key
-from vmclient.manage.state import DeviceState, StateFile
+from vmclient.host.keys import pin_admin_key
+from vmclient.host.lease import DeviceState, StateFile
 from vmclient.store import crypto
 from vmclient.transport import Repository
 
@@ -54,10 +54,10 @@ def _datacenter(server: SSHServer, env: Env, work: Path, device_name: str, mib: 
     assert repo.admin("init") == 0
     image = f"{env.prefix}-img"
     assert repo.admin("publish", image, str(qcow2(make_disk(work / "disk.raw", mib)))) == 0
-    account = server.add_device(env.device.device_id)
+    account = server.add_device(env.device.device_id())
     assert repo.admin("enrol", device_name, "--pubkey",
-                      b64(crypto.raw_public(env.device.signing.public_key())),
-                      "--wrapping-key", b64(crypto.raw_public(env.device.wrapping.public_key())),
+                      b64(crypto.raw_public(env.device.signing().public_key())),
+                      "--wrapping-key", b64(crypto.raw_public(env.device.wrapping().public_key())),
                       "--ssh-key-pub", account.public, "--server-keys", str(server.keys)) == 0
     assert repo.admin("assign", image, device_name) == 0
     admin_key = work / "admin-key.pub"
@@ -89,7 +89,7 @@ async def wait_name(b: MessageBus, name: str, log: Path) -> None:
 def laptop_enrolment_pending(env: Env, dc: Datacenter) -> None:
     """The laptop's management state after ``vmclientctl enrol``: its device id and the
     pinned admin key; syncd completes the enrolment when it reads the device record."""
-    StateFile(env.cfg.manage_dir).save(DeviceState(device=env.device.device_id))
+    StateFile(env.cfg.manage_dir).save(DeviceState(device=env.device.device_id()))
     pin_admin_key(env.cfg.manage_dir, crypto.raw_public(dc.repo.admin_public))
 
 

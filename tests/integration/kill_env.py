@@ -11,8 +11,8 @@ from fixtures_sshd import Account, SSHServer
 from sync_env import World, run
 
 from vmclient.store import layout
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.remote import RemoteStore
-from vmclient.store.repo import ChunkStore
 
 
 def child_args(w: World, dom: object, *, kill_after: str | None = None,

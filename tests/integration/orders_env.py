@@ -21,14 +21,15 @@ import libvirt
 from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need
+from vmclient.host.files import write_private
+from vmclient.host.inventory import VM_NS, ManageConfig
+from vmclient.host.keys import DeviceKeys
 from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests
-from vmclient.manage.inventory import VM_NS, ManageConfig
-from vmclient.manage.keys import FileKeyStore
 from vmclient.store import crypto
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.orders import Order
+from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
 DOMAIN_XML = """<domain type='{virt}'>
@@ -145,10 +146,10 @@ class Laptop:
         """
         name = self.name(suffix)
         keys, template = luks_template(len(self.vms))
-        wrapping = FileKeyStore(self.cfg.device_keys_dir).wrapping()
+        wrapping = DeviceKeys(self.cfg.device_keys_dir).wrapping()
         self.cfg.vm_keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (self.cfg.vm_keys_dir / f"{name}.wrapped").write_bytes(
-            crypto.wrap_key(wrapping.public_key(), keys.secret, "data-key", f"vm:{name}"))
+        write_private(self.cfg.vm_keys_dir / f"{name}.wrapped",
+                      crypto.wrap_key(wrapping.public_key(), keys.secret, "data-key", f"vm:{name}"))
         disk = self.cfg.images_dir / name / "system.qcow2"
         disk.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(template, disk)

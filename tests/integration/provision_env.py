@@ -18,24 +18,19 @@ import libvirt
 from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need
-from vmclient.manage.state import StateFile, TimeRecord
+from vmclient.host.keys import DeviceKeys
+from vmclient.host.lease import StateFile, TimeRecord
 from vmclient.provision.config import Networks, ProvisionConfig, Repository
 from vmclient.provision.installer import Provisioner
-from vmclient.provision.keys import DeviceKeys
 from vmclient.provision.receiver import Receiver
 from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunker
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.objects import ChunkMap, Manifest
 from vmclient.store.remote import RemoteStore
-from vmclient.store.repo import (
-    ChunkStore,
-    put_catalog,
-    put_image_manifest,
-    put_signed,
-    put_wrapped_key,
-)
+from vmclient.store.repo import put_catalog, put_image_manifest, put_signed, put_wrapped_key
+from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
 K = 64 << 10
@@ -89,8 +84,8 @@ class Datacenter:
         keys = self.keys.get(name)
         if keys is None:
             keys = self.keys[name] = crypto.KeySet.generate()
-            w = WrappedKey.create(f"image:{name}", self.device.wrapping.public_key(), keys)
-            await put_wrapped_key(self.store, layout.image_key(name, self.device.wrapping_id),
+            w = WrappedKey.create(f"image:{name}", self.device.wrapping().public_key(), keys)
+            await put_wrapped_key(self.store, layout.image_key(name, self.device.wrapping_id()),
                                   self.admin, w)
         version = len(self.images.get(name, ())) + 1
         chunks = list(Chunker(keys.chunk_id).split(data))

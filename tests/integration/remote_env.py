@@ -27,10 +27,10 @@ from sftp_repo import Repo
 
 from vmclient.admin import keys as admin_keys
 from vmclient.admin.sshd import account_name, confinement
+from vmclient.host.inventory import ManageConfig
+from vmclient.host.keys import ssh_identity
+from vmclient.host.lease import StateFile
 from vmclient.manage.agent import Agent
-from vmclient.manage.inventory import ManageConfig
-from vmclient.manage.keys import ssh_identity
-from vmclient.manage.state import StateFile
 from vmclient.store import crypto
 from vmclient.transport.sftp import SFTPStore
 from vmclient.virt.libvirt import Hypervisor

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-services" / "src"))
 
 from vmclient.store import crypto
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import DEFAULT_STALE_AFTER, Entry, LockToken, RemoteStore
 from vmclient.sync import engine
 from vmclient.transport import close_store
+from vmclient.transport.localfs import LocalDirStore
 from vmclient.transport.sftp import SFTPStore, SFTPTarget
 from vmclient.virt.libvirt import Hypervisor
 

@@ -35,9 +35,9 @@ from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 from testlib import need
 from vmclient.store import crypto, layout, repo
 from vmclient.store.documents import RepoConfig
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import RemoteStore
 from vmclient.sync import engine, maintenance, restore
+from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from powerd_harness import Logind, wait_for
 from sync_env import World
 
 from testlib import SERVICES
-from vmclient.manage.keys import write_private
+from vmclient.host.files import write_private
 from vmclient.store import crypto
 
 NAME = "org.vmclient.VMClient1.Sync"

@@ -300,7 +300,7 @@ def test_forget_prune_and_unpublish(adm: Admin, tmp_path: Path) -> None:
     assert rc == 0 and "no problems found" in out, (out, err)
 
     from vmclient.admin.images import read_published
-    from vmclient.store.localfs import LocalDirStore
+    from vmclient.transport.localfs import LocalDirStore
     k = admin_keys.load(adm.key_dir)
     got = tmp_path / "got.raw"
     asyncio.run(read_published(LocalDirStore(adm.repo), k.admin.public_key(), k.escrow,

@@ -23,9 +23,9 @@ from vmclient.admin import images
 from vmclient.admin import keys as admin_keys
 from vmclient.admin.main import main as admin_main
 from vmclient.store import layout
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import Entry, LockToken
 from vmclient.store.repo import get_catalog, get_config
+from vmclient.transport.localfs import LocalDirStore
 
 MiB = 1 << 20
 

@@ -40,7 +40,7 @@ from sync_env import hmp_write
 from syncd_env import Peers
 
 from testlib import SERVICES
-from vmclient.provision.keys import DeviceKeys, VMKeys, passphrase
+from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.store import crypto
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -168,7 +168,7 @@ MARK, MARK_AT, MARK_LEN = 0x5C, 1 << 20, 64 << 10
 def read_disk(env: Env, vm: str, cmd: str) -> str:
     """``qemu-io`` on the VM's encrypted system disk, read-only and shared (it runs), opened
     with its data key as the laptop holds it (wrapped for the device key)."""
-    pp = passphrase(VMKeys(env.cfg.state_dir, env.device).load(vm)).decode()
+    pp = VMKeys(env.cfg.state_dir, env.device).load(vm).passphrase().decode()
     [disk] = (env.cfg.images_dir / vm).glob("system*.qcow2")
     r = subprocess.run(["qemu-io", "-r", "-U", "--object", f"secret,id=s0,data={pp}",
                         "--image-opts", f"driver=qcow2,file.filename={disk},"
@@ -229,11 +229,11 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
                 env.cfg, state_dir=tmp_path / "b-state", device_dir=tmp_path / "b-device",
                 images_dir=IMAGES / f"{env.prefix}-b", manage_dir=tmp_path / "b-manage",
                 staging_dir=Path("/dev/shm") / f"{env.prefix}-b"))
-            account = server.add_device(b_keys.device_id)
+            account = server.add_device(b_keys.device_id())
             assert await admin("enrol", "laptop-b", "--pubkey",
-                               b64(crypto.raw_public(b_keys.signing.public_key())),
+                               b64(crypto.raw_public(b_keys.signing().public_key())),
                                "--wrapping-key",
-                               b64(crypto.raw_public(b_keys.wrapping.public_key())),
+                               b64(crypto.raw_public(b_keys.wrapping().public_key())),
                                "--ssh-key-pub", account.public,
                                "--server-keys", str(server.keys)) == 0
             # the same user-less location as laptop A's: B logs in as its own account
@@ -243,7 +243,7 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
             capsys.readouterr()
             assert await admin("restore", vm, "--to", "laptop-b") == 0
             out = capsys.readouterr().out
-            assert f"restore and start {vm} from {env.device.device_id}" in out, out
+            assert f"restore and start {vm} from {env.device.device_id()}" in out, out
             chown = re.search(r"^chown -R (\S+) (\S+)$", out, re.M)
             assert chown, out
             await asyncio.to_thread(subprocess.run, ["chown", "-R", chown[1], chown[2]],
@@ -256,7 +256,7 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
                     assert (renewed["order"], renewed["outcome"]) == (1, "done"), renewed
                     assert (restored["order"], restored["outcome"]) == (2, "done"), restored
                     assert restored["detail"] == (f"{vm} restored from the latest snapshot of "
-                                                  f"{env.device.device_id} and started")
+                                                  f"{env.device.device_id()} and started")
                     assert running(vm)
                     got = read_disk(env_b, vm, f"read -P {MARK:#x} {MARK_AT} {MARK_LEN}")
                     assert f"read {MARK_LEN}/{MARK_LEN} bytes" in got, got

@@ -16,13 +16,13 @@ import pytest
 
 from testlib import ROOT
 from vmclient.errors import ConfigError
+from vmclient.host.inventory import ManageConfig
 from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests, request_path
-from vmclient.manage.inventory import ManageConfig
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
-from vmclient.store.localfs import LocalDirStore
+from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
 NOW = 1_764_000_000
@@ -119,7 +119,7 @@ async def _enrolment(tmp: Path) -> None:
 
     # a laptop that never enrolled has no admin key pinned
     with pytest.raises(ConfigError, match="no admin key pinned"):
-        from vmclient.manage.keys import pinned_admin_key
+        from vmclient.host.keys import pinned_admin_key
         pinned_admin_key(tmp / "nowhere")
 
 

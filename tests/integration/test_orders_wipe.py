@@ -10,9 +10,9 @@ import libvirt
 import pytest
 from orders_env import dom_state, laptop, qemu_io_read
 
-from vmclient.manage import assigned
-from vmclient.manage.keys import FileKeyStore
-from vmclient.manage.vms import BusinessWorkRefused, passphrase
+from vmclient.host import assigned
+from vmclient.host.keys import DeviceKeys
+from vmclient.manage.vms import BusinessWorkRefused
 from vmclient.store import crypto
 from vmclient.store.errors import RemoteIntegrityError
 
@@ -29,12 +29,12 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
             assert dom_state(vm) == libvirt.VIR_DOMAIN_RUNNING
         (tmp_path / "cache" / "img").mkdir(parents=True)
         biz_key, biz_disk = lap.cfg.vm_keys_dir / f"{biz}.wrapped", lap.vms[biz]
-        old_wrapping = FileKeyStore(lap.cfg.device_keys_dir).wrapping()
+        old_wrapping = DeviceKeys(lap.cfg.device_keys_dir).wrapping()
         wrapped_copy = biz_key.read_bytes()  # e.g. the copy a sync put in the repository
         stolen_disk = tmp_path / "stolen.qcow2"  # a copy of the disk taken before the wipe
         shutil.copyfile(biz_disk, stolen_disk)
-        pp = passphrase(crypto.KeySet.derive(crypto.unwrap_key(
-            old_wrapping, wrapped_copy, "data-key", f"vm:{biz}")))
+        pp = (crypto.KeySet.derive(crypto.unwrap_key(
+            old_wrapping, wrapped_copy, "data-key", f"vm:{biz}"))).passphrase()
         assert qemu_io_read(stolen_disk, pp).returncode == 0  # opening needs exactly this key
         wrong = qemu_io_read(stolen_disk, b"0" * 64)
         assert wrong.returncode != 0 and "password" in (wrong.stdout + wrong.stderr).lower()
@@ -57,7 +57,7 @@ async def test_wipe_destroys_keys_first_then_business_vms_and_keeps_private(
         assert assigned.load(lap.cfg.state_dir) == []  # nothing IT assigned is here now
         assert dom_state(biz) is None  # definition and saved state gone
         # no key the laptop still has opens the wrapped copy: the device key was replaced
-        new_wrapping = FileKeyStore(lap.cfg.device_keys_dir).wrapping()
+        new_wrapping = DeviceKeys(lap.cfg.device_keys_dir).wrapping()
         with pytest.raises(RemoteIntegrityError):
             crypto.unwrap_key(new_wrapping, wrapped_copy, "data-key", f"vm:{biz}")
         assert not list(lap.cfg.device_keys_dir.glob("wrapping.next"))

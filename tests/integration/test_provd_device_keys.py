@@ -19,8 +19,8 @@ from fixtures_bus import PrivateSystemBus
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
 from testlib import SERVICES
-from vmclient.manage.inventory import ManageConfig
-from vmclient.manage.keys import FileKeyStore
+from vmclient.host.inventory import ManageConfig
+from vmclient.host.keys import DeviceKeys
 from vmclient.manage.wipe import rotate_wrapping_key
 from vmclient.store import crypto, layout
 from vmclient.store.documents import WrappedKey
@@ -51,7 +51,7 @@ async def test_a_vm_installed_after_a_wipe_is_wrapped_for_the_new_device_key(
     async with provision_env(tmp_path) as env:
         image = f"{env.prefix}-img"
         await env.dc.publish(image, image_bytes(40))
-        keys = FileKeyStore(env.cfg.device_dir)
+        keys = DeviceKeys(env.cfg.device_dir)
         old_wrapping, old_device = keys.wrapping(), crypto.key_id(keys.signing().public_key())
         log_path = tmp_path / "provd.log"
         with log_path.open("wb") as log:

@@ -18,10 +18,9 @@ from provision_env import (
     set_lease,
 )
 
-from vmclient.manage.gate import StartRefused
+from vmclient.host.gate import StartRefused
 from vmclient.provision import qemuimg
 from vmclient.provision.cache import ChunkCache
-from vmclient.provision.keys import passphrase
 from vmclient.provision.receiver import DownloadInterrupted
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -54,7 +53,7 @@ async def test_install_start_encrypted_upgrade_remove(tmp_path: Path) -> None:
 
         # every disk is LUKS qcow2; no plaintext of the image in the file
         keys = prov.keys.load(vm.name)
-        pp = passphrase(keys)
+        pp = keys.passphrase()
         for path in vm.disks.values():
             info = await qemuimg.info(Path(path))
             assert info["format"] == "qcow2" and info["encrypted"] is True, info
@@ -116,7 +115,7 @@ async def test_private_vm_from_qcow2_and_iso(tmp_path: Path) -> None:
         prov = env.provisioner()
         vm = await prov.install(env.recipe(tmp_path, "imp", kind="private",
                                            image=f'qcow2 = "{qcow}"'))
-        pp = passphrase(prov.keys.load(vm.name))
+        pp = prov.keys.load(vm.name).passphrase()
         assert await qemuimg.identical(Path(vm.disks["system"]), pp, src)
         assert MARKER not in Path(vm.disks["system"]).read_bytes()
         iso = tmp_path / "install.iso"
@@ -167,6 +166,6 @@ async def test_interrupted_download_resumes(tmp_path: Path) -> None:
         raw = tmp_path / "img.raw"
         raw.write_bytes(data)
         prov = env.provisioner()
-        assert await qemuimg.identical(Path(vm.disks["system"]), passphrase(prov.keys.load(vm.name)),
+        assert await qemuimg.identical(Path(vm.disks["system"]), prov.keys.load(vm.name).passphrase(),
                                        raw)
         await prov.remove(vm.name)

@@ -18,8 +18,8 @@ from fixtures_virt import scaled
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
 from testlib import SERVICES
+from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.provision import qemuimg
-from vmclient.provision.keys import DeviceKeys, VMKeys, passphrase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -108,7 +108,7 @@ async def test_install_killed_while_assembling_resumes(tmp_path: Path) -> None:
         keys = VMKeys(env.cfg.state_dir, DeviceKeys.load_or_create(env.cfg.device_dir))
         raw = tmp_path / "img.raw"
         raw.write_bytes(data)
-        assert await qemuimg.identical(vm_dir / "system-v1.qcow2", passphrase(keys.load(name)),
+        assert await qemuimg.identical(vm_dir / "system-v1.qcow2", keys.load(name).passphrase(),
                                        raw)
         assert ctl(config, "remove", "--yes", name).returncode == 0
 

@@ -91,7 +91,7 @@ async def test_image_not_entitled_and_unknown(tmp_path: Path) -> None:
     async with provision_env(tmp_path) as env:
         name = f"{env.prefix}-img"
         await env.dc.publish(name, image_bytes(4))
-        (env.dc.root / layout.image_key(name, env.device.wrapping_id)).unlink()
+        (env.dc.root / layout.image_key(name, env.device.wrapping_id())).unlink()
         with pytest.raises(NotEntitled, match="holds no key for image"):
             await env.provisioner().install(env.recipe(tmp_path, "noent"))
         assert_no_leftovers(env, env.name("noent"))

@@ -21,7 +21,6 @@ from provision_env import Env, need_tools, provision_env
 
 from vmclient.provision import qemuimg
 from vmclient.provision.installer import Provisioner
-from vmclient.provision.keys import passphrase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 SECTOR = 2048
@@ -113,7 +112,7 @@ async def install_from_iso(env: Env, prov: Provisioner, tmp: Path, suffix: str,
 async def write_installed_system(prov: Provisioner, name: str, tmp: Path) -> None:
     """What an installer leaves: a bootable first sector on the system disk."""
     vm = await prov.get(name)
-    await qemuimg.write_runs(Path(vm.disks["system"]), passphrase(prov.keys.load(name)),
+    await qemuimg.write_runs(Path(vm.disks["system"]), prov.keys.load(name).passphrase(),
                              [(0, boot_program(b"DISK"))], tmp / "stage")
 
 

@@ -39,8 +39,8 @@ from fixtures_virt import URI
 from provision_env import Env, assert_no_leftovers, need_tools, provision_env, write_config
 
 from testlib import SERVICES, need
+from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.provision import qemuimg
-from vmclient.provision.keys import DeviceKeys, VMKeys, passphrase
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NAME = PATH_IFACE = "org.vmclient.VMClient1.Provisioning"
@@ -228,7 +228,7 @@ async def test_media_of_the_users_own_install_through_the_descriptor(
             assert r.returncode == 0 and "private VM, shutoff" in r.stdout, r.stderr
             keys = VMKeys(env.cfg.state_dir, DeviceKeys.load_or_create(env.cfg.device_dir))
             system = env.cfg.images_dir / env.name("imp") / "system.qcow2"
-            assert await qemuimg.identical(system, passphrase(keys.load(env.name("imp"))),
+            assert await qemuimg.identical(system, keys.load(env.name("imp")).passphrase(),
                                            plain)
             assert sorted(p.name for p in system.parent.iterdir()) == ["data.qcow2",
                                                                       "system.qcow2"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from provision_env import need_tools, provision_env
 
+from vmclient.provision.restore import restore
 from vmclient.provision.spec import BadVMName
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,7 +34,7 @@ async def test_a_vm_name_with_dots_and_slashes_reaches_no_path(tmp_path: Path) -
             (env.cfg.state_dir / "vms").mkdir(parents=True, exist_ok=True)
             marker.write_text("install started\n")
             with pytest.raises(BadVMName, match=r"Not a VM name: '\.\./"):
-                await env.provisioner().restore(evil)
+                await restore(env.provisioner(), evil)
             assert (victim / "precious").read_text() == "user data"
             assert marker.exists()
         finally:

@@ -28,7 +28,8 @@ from remote_env import Admin, RemoteLaptop, fleet
 from sync_env import DOMAIN_XML, VM_NS, hmp_write, qemu_io, same_content
 
 from testlib import need
-from vmclient.manage.keys import FileKeyStore
+from vmclient.host.files import write_private
+from vmclient.host.keys import DeviceKeys
 from vmclient.manage.vms import BusinessWorkRefused
 from vmclient.store import crypto, layout, repo
 from vmclient.store.errors import StoreError
@@ -49,10 +50,10 @@ def define(conn: libvirt.virConnect, name: str, disk: Path) -> libvirt.virDomain
 
 def install_key(lap: RemoteLaptop, vm: str, keys: crypto.KeySet) -> None:
     """The VM's data key, wrapped for the device key, where provisioning keeps it."""
-    wrapping = FileKeyStore(lap.cfg.device_keys_dir).wrapping()
+    wrapping = DeviceKeys(lap.cfg.device_keys_dir).wrapping()
     lap.cfg.vm_keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (lap.cfg.vm_keys_dir / f"{vm}.wrapped").write_bytes(
-        crypto.wrap_key(wrapping.public_key(), keys.secret, "data-key", f"vm:{vm}"))
+    write_private(lap.cfg.vm_keys_dir / f"{vm}.wrapped",
+                  crypto.wrap_key(wrapping.public_key(), keys.secret, "data-key", f"vm:{vm}"))
 
 
 async def test_restore_onto_a_second_device_after_a_wipe(
@@ -87,8 +88,8 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
     install_key(a, vm, keys)
     await a.agent(None).start_vm(vm)  # the lease-checked start path
     assert dom_state(vm) == libvirt.VIR_DOMAIN_RUNNING
-    signing = FileKeyStore(a.cfg.device_keys_dir).signing()
-    wrapping = FileKeyStore(a.cfg.device_keys_dir).wrapping()
+    signing = DeviceKeys(a.cfg.device_keys_dir).signing()
+    wrapping = DeviceKeys(a.cfg.device_keys_dir).wrapping()
     store = a.store()
     try:
         for write in ("", f"write -P 0x33 {50 * MIB} {256 * 1024}"):
@@ -173,7 +174,7 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
 
     # B keeps syncing into the copy: snapshot 3, on top of A's, signed by B
     hmp_write(dom_b, f"write -P 0x44 {60 * MIB} {64 * 1024}")
-    keys_b = FileKeyStore(b.cfg.device_keys_dir)
+    keys_b = DeviceKeys(b.cfg.device_keys_dir)
     store = b.store()
     try:
         third = await engine.sync_vm(

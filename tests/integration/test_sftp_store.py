@@ -177,7 +177,7 @@ def test_a_user_less_url_logs_in_as_the_devices_account_from_its_state(
     device id is in the management state ("not enrolled yet"), then the device's own
     account; enrolled again under a new id (a new SSH key at the same path), the next
     request logs in as the new account, not through the old account's connection."""
-    from vmclient.manage.state import DeviceState, NotEnrolled, StateFile, device_account
+    from vmclient.host.lease import DeviceState, NotEnrolled, StateFile, device_account
     from vmclient.transport import open_store
 
     repo, _raw = published(sshd, tmp_path, mib=4)

@@ -427,7 +427,7 @@ def test_the_bar_shows_wifi_from_networkmanager_connects_and_shows_what_it_assig
         system_bus, logind, tmp_path):
     """Wi-Fi through NetworkManager's D-Bus API (dbusmock's networkmanager template), and
     IT's pending orders from the real vmclient-provd's ListAssigned."""
-    from vmclient.manage import assigned
+    from vmclient.host import assigned
 
     polkit = system_bus.spawn_mock("polkitd")
     polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.provision.manage"])
@@ -490,11 +490,11 @@ def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
     from sync_env import run, world
     from syncd_env import Peers, SyncDaemon
 
+    from vmclient.host.files import write_private
+    from vmclient.host.inventory import ManageConfig
     from vmclient.manage import admin as it
     from vmclient.manage.agent import Agent
     from vmclient.manage.enrol import CodeBook, process_requests
-    from vmclient.manage.inventory import ManageConfig
-    from vmclient.manage.keys import write_private
     from vmclient.store import crypto
 
     Peers(system_bus)  # logind, UPower, NetworkManager for syncd (and the shell)
@@ -630,8 +630,8 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     from syncd_env import Peers
 
     from vmclient.admin.sshd import confinement
-    from vmclient.manage.keys import ssh_identity
-    from vmclient.manage.state import DeviceState, StateFile
+    from vmclient.host.keys import ssh_identity
+    from vmclient.host.lease import DeviceState, StateFile
     from vmclient.store import crypto
     from vmclient.transport import Repository
 
@@ -674,7 +674,7 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
             # The laptop's account, set up ahead (sshd restarts for its Match block, which
             # would race the laptop's logins): its device keys, hence its id, are there
             # already; the SSH key it logs in with comes with the request (below).
-            device = env.device.device_id
+            device = env.device.device_id()
             server.confine(confinement(device, keygen(tmp_path / "placeholder"),
                                        str(server.repo), str(server.keys)))
             dc = Datacenter(repo, "laptop-f", image, Repository(

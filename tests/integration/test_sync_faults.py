@@ -21,11 +21,11 @@ from sync_env import LOOP, MIB, Device, World, hmp_write, run, same_content, wor
 
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import Entry, LockToken, RemoteStore
 from vmclient.store.transport import close_store
 from vmclient.sync import maintenance, restore
 from vmclient.sync.engine import CaptureLost, Hooks
+from vmclient.transport.localfs import LocalDirStore
 
 
 def test_power_save_during_a_sync_ends_its_job_and_the_next_sync_completes(

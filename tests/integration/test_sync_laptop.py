@@ -40,18 +40,21 @@ from provision_env import (
 )
 
 from testlib import SERVICES
+from vmclient.host.assigned import accepted_min_seq
+from vmclient.host.inventory import ManageConfig
+from vmclient.host.keys import DeviceKeys
 from vmclient.manage import rekey
-from vmclient.manage.inventory import ManageConfig
 from vmclient.provision.domainxml import VM_NS
 from vmclient.provision.installer import Provisioner
-from vmclient.provision.keys import DeviceKeys, passphrase
 from vmclient.provision.receiver import Receiver
 from vmclient.provision.restore import RestoreError
+from vmclient.provision.restore import restore as restore_vm
 from vmclient.store import crypto, layout
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.documents import Pointer
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.orders import DeviceRecord, Order
-from vmclient.store.repo import ChunkStore, get_snapshot, put_pointer, put_signed, put_snapshot
+from vmclient.store.repo import get_snapshot, load_snapshot, put_pointer, put_signed, put_snapshot
 from vmclient.sync import engine, restore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -93,15 +96,15 @@ class Laptops:
     async def sync(self, name: str, hooks: engine.Hooks | None = None) -> engine.SyncResult:
         vm = await self.a.get(name)
         return await engine.sync_vm(
-            self.env.hv, self.env.dc.store, self.env.device.signing, vm.uuid,
+            self.env.hv, self.env.dc.store, self.env.device.signing(), vm.uuid,
             self.a.keys.load(name), state_dir=self.tmp / "a-sync", scratch_dir=self.scratch,
-            recipients=[self.env.device.wrapping.public_key(), self.escrow.public_key()],
+            recipients=[self.env.device.wrapping().public_key(), self.escrow.public_key()],
             memory_dir=self.memory_dir, hooks=hooks,
             meta={"recipe": (self.env.cfg.state_dir / "vms" / name / "recipe.toml").read_text()})
 
     def record(self, keys: DeviceKeys, name: str) -> DeviceRecord:
-        return DeviceRecord(keys.device_id, name, crypto.raw_public(keys.signing.public_key()),
-                            crypto.raw_public(keys.wrapping.public_key()), 0)
+        return DeviceRecord(keys.device_id(), name, crypto.raw_public(keys.signing().public_key()),
+                            crypto.raw_public(keys.wrapping().public_key()), 0)
 
     async def rekey_for_b(self, name: str) -> rekey.RekeyResult:
         """``vmclient-admin rekey <vm> --to B``: the admin's own code (manage.rekey)."""
@@ -118,10 +121,10 @@ class Laptops:
         cfg = ManageConfig(state_dir=self.b_cfg.manage_dir,
                            vm_keys_dir=self.b_cfg.state_dir / "keys",
                            images_dir=self.b_cfg.images_dir, device_dir=self.b_cfg.device_dir)
-        order = Order(self.b_dev.device_id, 1, 0, "rekey",
+        order = Order(self.b_dev.device_id(), 1, 0, "rekey",
                       {"vm": name, "from_device": result.source, "min_seq": result.seq})
         await rekey.accept(self.env.dc.store, self.env.dc.admin.public_key(), cfg,
-                           self.b_dev.device_id, self.b_dev.wrapping, order)
+                           self.b_dev.device_id(), self.b_dev.wrapping(), order)
 
     def lose_a(self, name: str) -> None:
         """Laptop A is gone: its domain with it (its disk files stay, for comparison)."""
@@ -274,7 +277,7 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
             assert (first.mode, first.seq) == ("full", 1) and first.memory_bytes > 0
             assert overwritten
             hmp(dom, 1, f"write -P 0x5c {2 * MIB} {256 * 1024}")  # changed since sync 1
-            pp = passphrase(lt.a.keys.load(name))
+            pp = lt.a.keys.load(name).passphrase()
             with watch_plaintext(lt.scratch) as seen:
                 second = await lt.sync(name)
             assert second.mode == "incremental"
@@ -296,7 +299,7 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         await lt.rekey_for_b(name)
         events: list[str] = []
         lt.b.report = lambda p: events.append(p.phase)
-        vm = await lt.b.restore(name, from_device=lt.env.device.device_id)
+        vm = await restore_vm(lt.b, name, from_device=lt.env.device.device_id())
         assert {"download", "assemble", "define"} <= set(events)
         conn = libvirt.open(URI)
         try:
@@ -318,8 +321,8 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         # the memory blob B restored is byte-identical to A's image (its SHA-256,
         # taken on A from the saved file, is checked by the restore; here again)
         keys = lt.b.keys.load(name)
-        b_id = lt.b_dev.device_id
-        signers = {lt.env.device.device_id: lt.env.device.signing.public_key()}
+        b_id = lt.b_dev.device_id()
+        signers = {lt.env.device.device_id(): lt.env.device.signing().public_key()}
         # snapshot 1 is the point in time its job began: the cluster as it was before
         # the guest overwrote it during the read
         await restore.restore_vm(lt.env.dc.store, signers, keys, device=b_id, vm=name,
@@ -327,7 +330,7 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
                                  snapshot=layout.snapshot_name(1), fmt="raw")
         assert read_at(tmp_path / "1.raw", MIB, 65536) == b"\x5c" * 65536
         mem = tmp_path / "mem.save"
-        m = await restore.load_snapshot(lt.env.dc.store, signers, keys, b_id, name)
+        m = await load_snapshot(lt.env.dc.store, signers, keys, b_id, name)
         await restore.restore_vm(lt.env.dc.store, signers, keys, device=b_id, vm=name,
                                  dest={"vda": tmp_path / "vda.raw", "vdb": tmp_path / "vdb.raw",
                                        "memory": mem}, fmt="raw")
@@ -344,7 +347,7 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         assert (r.mode, r.memory_bytes) == ("at-rest", 0)
         assert seen["files"] == set()  # nothing was copied out at all
         a_disks = {k: Path(v) for k, v in (await lt.a.get(name)).disks.items()}
-        pp = passphrase(lt.a.keys.load(name))
+        pp = lt.a.keys.load(name).passphrase()
         lt.lose_a(name)
         lt.lose_networks()  # B is a fresh laptop: its first VM is this restored one
         await lt.rekey_for_b(name)
@@ -355,7 +358,7 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         with provd(config, env, tmp_path / "provd.log"):
             r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "restore",
-                                name, "--from", lt.env.device.device_id], capture_output=True,
+                                name, "--from", lt.env.device.device_id()], capture_output=True,
                                text=True, env=env, timeout=scaled(240))
         assert r.returncode == 0, r.stderr
         assert f"VM {name} restored from snapshot 0000000001" in \
@@ -380,8 +383,8 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
         await lt.rekey_for_b(name)
         # flip a byte of a chunk only the memory image has, in B's copy of the store
         keys = lt.a.keys.load(name)
-        b_id, a_id = lt.b_dev.device_id, lt.env.device.device_id
-        signers = {a_id: lt.env.device.signing.public_key()}
+        b_id, a_id = lt.b_dev.device_id(), lt.env.device.device_id()
+        signers = {a_id: lt.env.device.signing().public_key()}
         m = await get_snapshot(lt.env.dc.store, signers, keys, device=b_id, vm=name,
                                snapshot=layout.snapshot_name(1))
         disk_ids = set().union(*(d.stored_ids() for d in m.disks if d.role != "memory"))
@@ -397,7 +400,7 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
         totals: list[int] = []
         lt.b.report = lambda p: totals.append(p.total) if p.phase == "download" else None
         with pytest.raises(RemoteIntegrityError, match=cid.hex()):
-            await lt.b.restore(name, from_device=a_id)
+            await restore_vm(lt.b, name, from_device=a_id)
         assert_not_restored(lt, name)
         assert not lt.b.keys.exists(name)
 
@@ -405,7 +408,7 @@ async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path
         first_total = totals[-1]
         pack.write_bytes(good)
         totals.clear()
-        vm = await lt.b.restore(name, from_device=a_id)
+        vm = await restore_vm(lt.b, name, from_device=a_id)
         assert vm.state == "running"
         assert 0 < totals[-1] < first_total
         assert not (lt.b_cfg.state_dir / "cache" / f".vm-{name}").exists()  # cleared
@@ -417,7 +420,7 @@ async def test_replayed_older_latest_after_rekey_is_refused_and_nothing_defined(
     B an older, validly signed ``latest`` from an earlier sync is refused."""
     async with laptops(tmp_path) as lt:
         name = await lt.install("replay", memory=False)
-        a_id, b_id = lt.env.device.device_id, lt.b_dev.device_id
+        a_id, b_id = lt.env.device.device_id(), lt.b_dev.device_id()
         assert (await lt.sync(name)).seq == 1  # at rest: no VM boot
         old_latest = await lt.env.dc.store.get(layout.vm_pointer(a_id, name))
         assert (await lt.sync(name)).seq == 2
@@ -425,14 +428,14 @@ async def test_replayed_older_latest_after_rekey_is_refused_and_nothing_defined(
         result = await lt.rekey_for_b(name)
         assert result.seq == 2
         await lt.accept_on_b(name, result)
-        assert rekey.accepted_min_seq(lt.b_cfg.manage_dir, name) == 2
+        assert accepted_min_seq(lt.b_cfg.manage_dir, name) == 2
         key_file = lt.b.keys.path(name)
         accepted_key = key_file.read_bytes()
         # the server replays sync 1's pointer (A's signature, valid) over B's copy
         await lt.env.dc.store.put_atomic(layout.vm_pointer(b_id, name), old_latest)
         with pytest.raises(RemoteIntegrityError,
                            match=r"pointer.*seq 1 is older than seq 2") as exc:
-            await lt.b.restore(name, from_device=a_id)
+            await restore_vm(lt.b, name, from_device=a_id)
         assert layout.vm_pointer(b_id, name) in str(exc.value)
         assert_not_restored(lt, name)
         assert not (lt.b_cfg.state_dir / "vms" / name).exists()
@@ -449,9 +452,9 @@ async def test_definition_planted_by_a_rooted_laptop_is_not_restored(tmp_path: P
     async with laptops(tmp_path) as lt:
         name = await lt.install("plant", memory=False)
         assert (await lt.sync(name)).seq == 1  # at rest
-        a_id, store = lt.env.device.device_id, lt.env.dc.store
+        a_id, store = lt.env.device.device_id(), lt.env.dc.store
         keys = lt.a.keys.load(name)
-        signers = {a_id: lt.env.device.signing.public_key()}
+        signers = {a_id: lt.env.device.signing().public_key()}
         genuine = await get_snapshot(store, signers, keys, device=a_id, vm=name,
                                      snapshot=layout.snapshot_name(1))
         mac = ET.fromstring(genuine.meta["domain"]).find("devices/interface/mac")
@@ -480,8 +483,8 @@ async def test_definition_planted_by_a_rooted_laptop_is_not_restored(tmp_path: P
             """The rooted laptop's own signed snapshot and ``latest`` (its device key)."""
             m = replace(genuine, label=layout.snapshot_name(seq), seq=seq,
                         parent=layout.snapshot_name(seq - 1), meta={**genuine.meta, **meta})
-            digest = await put_snapshot(store, lt.env.device.signing, keys, m)
-            await put_pointer(store, lt.env.device.signing,
+            digest = await put_snapshot(store, lt.env.device.signing(), keys, m)
+            await put_pointer(store, lt.env.device.signing(),
                               Pointer(name, a_id, m.label, seq, int(time.time()), digest))
 
         # a recipe that says private: refused, nothing defined
@@ -490,15 +493,15 @@ async def test_definition_planted_by_a_rooted_laptop_is_not_restored(tmp_path: P
         lt.lose_a(name)
         await lt.rekey_for_b(name)
         with pytest.raises(RestoreError, match="snapshot 0000000002: its recipe"):
-            await lt.b.restore(name, from_device=a_id)
+            await restore_vm(lt.b, name, from_device=a_id)
         assert_not_restored(lt, name)
 
         # the planted definition with A's genuine recipe: rebuilt from the recipe
         await sync_planted(3, domain=planted)
         # IT rekeys again (afresh: a rerun keeps what it copied when the size matches)
-        shutil.rmtree(lt.env.dc.root / layout.vm_dir(lt.b_dev.device_id, name))
+        shutil.rmtree(lt.env.dc.root / layout.vm_dir(lt.b_dev.device_id(), name))
         await lt.rekey_for_b(name)
-        vm = await lt.b.restore(name, from_device=a_id)
+        vm = await restore_vm(lt.b, name, from_device=a_id)
         conn = libvirt.open(URI)
         try:
             xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

@@ -10,10 +10,10 @@ from sync_env import MIB, qemu_io, repo_bytes, run, same_content, world
 
 from vmclient.store import layout
 from vmclient.store.errors import ObjectNotFound
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import Entry, LockToken
 from vmclient.sync import maintenance
 from vmclient.sync.retention import Retention
+from vmclient.transport.localfs import LocalDirStore
 
 
 def test_prune_keeps_what_kept_snapshots_need(tmp_path: Path) -> None:

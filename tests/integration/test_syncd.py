@@ -17,11 +17,11 @@ from sync_env import MIB, World, run, world
 from syncd_env import IFACE, NAME, PATH, Peers, SyncDaemon, as_json
 
 from testlib import INTERFACES, need
+from vmclient.host.files import write_private
+from vmclient.host.inventory import ManageConfig
 from vmclient.manage import admin as it
 from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests
-from vmclient.manage.inventory import ManageConfig
-from vmclient.manage.keys import write_private
 from vmclient.store import crypto, layout, repo
 from vmclient.store.objects import Index
 from vmclient.sync.status import SyncOutcome, SyncState

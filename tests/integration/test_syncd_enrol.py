@@ -159,7 +159,7 @@ def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
 
     from vmclient.admin.sshd import confinement
     from vmclient.store.layout import account_name
-    from vmclient.store.localfs import LocalDirStore
+    from vmclient.transport.localfs import LocalDirStore
 
     need(shutil.which("setpriv") is not None, "setpriv is not installed")
     Peers(system_bus)

@@ -134,9 +134,9 @@ def read_disk(m: harness.Machine, vm: str, cmd: str) -> str:
     """``qemu-io`` on the VM's encrypted system disk, read-only and shared (the VM runs:
     HMP ``qemu-io`` prints a read's result to QEMU's stdout, not to the monitor), opened
     with its data key as the host holds it (wrapped for the device key)."""
-    unlock = ("from pathlib import Path; from vmclient.provision.keys import DeviceKeys, "
-              "VMKeys, passphrase; print(passphrase(VMKeys(Path('/var/lib/vmclient/provision'),"
-              f" DeviceKeys(Path('/var/lib/vmclient/device'))).load('{vm}')).decode())")
+    unlock = ("from pathlib import Path; from vmclient.host.keys import DeviceKeys, "
+              "VMKeys; print(VMKeys(Path('/var/lib/vmclient/provision'),"
+              f" DeviceKeys(Path('/var/lib/vmclient/device'))).load('{vm}').passphrase().decode())")
     return m.ssh(
         f'pp=$(/opt/vmclient/bin/python -c "{unlock}") && '
         f"for disk in /var/lib/libvirt/images/vmclient/{vm}/system*.qcow2; do "

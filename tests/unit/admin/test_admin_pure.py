@@ -11,8 +11,8 @@ from vmclient.admin import keys
 from vmclient.admin.progress import PlainProgress
 from vmclient.admin.sshd import account_name, confinement
 from vmclient.errors import UsageError
-from vmclient.store.localfs import LocalDirStore
 from vmclient.transport import open_store, ssh
+from vmclient.transport.localfs import LocalDirStore
 
 DEVICE = "0123456789abcdef0123456789abcdef"
 

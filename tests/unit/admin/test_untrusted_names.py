@@ -133,8 +133,8 @@ def _b64(raw: bytes) -> str:
 
 
 def test_the_laptop_refuses_a_bad_name_before_touching_its_keys(tmp_path: Path) -> None:
+    from vmclient.host.inventory import ManageConfig
     from vmclient.manage.agent import Agent
-    from vmclient.manage.inventory import ManageConfig
     from vmclient.virt.libvirt import Hypervisor
 
     cfg = ManageConfig(tmp_path / "manage", tmp_path / "vmkeys", tmp_path / "images")

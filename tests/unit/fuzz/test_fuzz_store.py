@@ -17,6 +17,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from vmclient.store import crypto, layout
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.documents import Catalog, ImageVersion, Pointer, RepoConfig, WrappedKey
 from vmclient.store.format import (
     decode_payload,
@@ -29,7 +30,6 @@ from vmclient.store.objects import ChunkMap, Index, Manifest, pack_header_bytes
 from vmclient.store.pack import PackBuilder, header_length, open_header
 from vmclient.store.remote import MemoryStore
 from vmclient.store.repo import (
-    ChunkStore,
     get_catalog,
     get_config,
     get_image_manifest,

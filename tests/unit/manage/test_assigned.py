@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmclient.cli.vm import render_install
-from vmclient.manage import assigned
-from vmclient.manage.assigned import Assigned
+from vmclient.host import assigned
+from vmclient.host.assigned import Assigned
 
 
 def test_record_replace_forget(tmp_path: Path) -> None:

@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 
 from vmclient.config import from_mapping
-from vmclient.manage.gate import (
-    GateConfig,
-    KeySettings,
-    StartRefused,
-    data_key,
-    read_lease,
-    refusal,
-)
-from vmclient.manage.inventory import VMTarget
-from vmclient.manage.keys import FileKeyStore
-from vmclient.manage.state import DeviceState, Lease, StateFile, TimeRecord
+from vmclient.host.gate import GateConfig, KeySettings, StartRefused, data_key, refusal
+from vmclient.host.inventory import VMTarget
+from vmclient.host.keys import DeviceKeys
+from vmclient.host.lease import DeviceState, Lease, StateFile, TimeRecord, read_lease
 from vmclient.power import config as power_config
 from vmclient.store import crypto
 
@@ -76,7 +69,7 @@ def test_no_management_state_refuses_business_but_not_private(tmp_path: Path) ->
 
 
 def test_data_key_unwraps_or_refuses_naming_the_file(tmp_path: Path) -> None:
-    keys = FileKeyStore(tmp_path / "device")
+    keys = DeviceKeys(tmp_path / "device")
     cfg = GateConfig(tmp_path / "device", tmp_path / "vmkeys", tmp_path / "manage")
     with pytest.raises(StartRefused, match=r"'vm1' may not start: no data key at .*vm1.wrapped"):
         data_key(cfg, keys, "vm1")
@@ -84,6 +77,7 @@ def test_data_key_unwraps_or_refuses_naming_the_file(tmp_path: Path) -> None:
     cfg.vm_keys_dir.mkdir()
     path = cfg.vm_keys_dir / "vm1.wrapped"
     path.write_bytes(b"x" * 10)
+    path.chmod(0o600)  # root-only, as every private file must be
     with pytest.raises(StartRefused, match="no device key"):
         data_key(cfg, keys, "vm1")
     keys.ensure()

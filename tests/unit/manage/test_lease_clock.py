@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vmclient.manage import state as state_mod
+from vmclient.host import lease as state_mod
+from vmclient.host.lease import DeviceState, StateFile, TimeRecord, boot_id, read_lease
 from vmclient.manage.agent import Agent
-from vmclient.manage.gate import read_lease
-from vmclient.manage.state import DeviceState, StateFile, TimeRecord, boot_id
 
 T = 1_764_000_000
 DAY = 86400

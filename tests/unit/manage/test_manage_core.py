@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from vmclient.errors import UsageError
+from vmclient.host.files import shred
+from vmclient.host.inventory import ManageConfig, parse_domain
+from vmclient.host.keys import DeviceKeys
+from vmclient.host.lease import DeviceState, Lease, StateFile, TimeRecord, advance
 from vmclient.manage import admin as it
-from vmclient.manage.inventory import ManageConfig, parse_domain
-from vmclient.manage.keys import FileKeyStore, shred
-from vmclient.manage.state import DeviceState, Lease, StateFile, TimeRecord, advance
 from vmclient.manage.wipe import rotate_wrapping_key
 from vmclient.store import crypto, layout
 from vmclient.store.orders import DeviceRecord, Order, OrderState
@@ -83,7 +84,7 @@ def test_shred_overwrites_and_removes(tmp_path: Path) -> None:
 
 def test_wrapping_key_rotation_rewraps_kept_keys_and_is_resumable(tmp_path: Path) -> None:
     cfg = ManageConfig(state_dir=tmp_path, vm_keys_dir=tmp_path / "vk", images_dir=tmp_path)
-    store = FileKeyStore(cfg.device_keys_dir)
+    store = DeviceKeys(cfg.device_keys_dir)
     store.ensure()
     old = store.wrapping()
     secret = b"\x07" * 32

@@ -10,11 +10,11 @@ import pytest
 
 from vmclient.admin.sshd import enrolment_dropbox, revocation
 from vmclient.errors import UsageError, VMClientError
+from vmclient.host.inventory import ManageConfig
 from vmclient.manage import admin as it
 from vmclient.manage import rekey as rk
 from vmclient.manage import status
 from vmclient.manage.enrol import EnrolmentRequest
-from vmclient.manage.inventory import ManageConfig
 from vmclient.store import crypto, layout, repo
 from vmclient.store.documents import Pointer, WrappedKey
 from vmclient.store.errors import RemoteIntegrityError

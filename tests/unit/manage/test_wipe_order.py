@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from vmclient.errors import VMClientError
-from vmclient.manage.inventory import ManageConfig, VMTarget
-from vmclient.manage.keys import FileKeyStore
+from vmclient.host.inventory import ManageConfig, VMTarget
+from vmclient.host.keys import DeviceKeys
 from vmclient.manage.wipe import STEPS, Journal, plan, run_wipe
 from vmclient.store import crypto
 
@@ -34,7 +34,7 @@ class StuckHost:
 
 def test_keys_are_shredded_even_when_destroy_keeps_failing(tmp_path: Path) -> None:
     cfg = ManageConfig(tmp_path / "manage", tmp_path / "vmkeys", tmp_path / "images")
-    keys = FileKeyStore(cfg.device_keys_dir)
+    keys = DeviceKeys(cfg.device_keys_dir)
     keys.ensure()
     old = keys.wrapping()
     cfg.vm_keys_dir.mkdir()

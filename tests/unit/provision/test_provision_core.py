@@ -11,11 +11,11 @@ import pytest
 from testlib import ROOT
 from vmclient import config
 from vmclient.errors import ConfigError
+from vmclient.host.keys import DeviceKeys, VMKeyError, VMKeys
 from vmclient.provision import config as pconfig
 from vmclient.provision import spec
 from vmclient.provision.config import ProvisionConfig, Zone
 from vmclient.provision.domainxml import DiskBinding, domain_xml
-from vmclient.provision.keys import DeviceKeys, VMKeyError, VMKeys, passphrase
 from vmclient.provision.network import host_address, network_xml
 from vmclient.provision.progress import Progress
 from vmclient.virt.cpu import CPUProfile
@@ -87,7 +87,7 @@ def test_vm_key_is_stored_only_wrapped_and_root_only(tmp_path: Path) -> None:
     vms = VMKeys(tmp_path / "state", device)
     keys = vms.create("office")
     blob = vms.path("office").read_bytes()
-    assert keys.secret not in blob and keys.luks not in blob and passphrase(keys) not in blob
+    assert keys.secret not in blob and keys.luks not in blob and keys.passphrase() not in blob
     assert stat.S_IMODE(vms.path("office").stat().st_mode) == 0o600
     assert vms.load("office").luks == keys.luks
     with pytest.raises(VMKeyError, match="exists already"):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from vmclient.store.errors import LocalSyncError, LockHeld, ObjectNotFound
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.locks import Whoami, lock_document
 from vmclient.store.remote import (
     LockToken,
@@ -19,6 +18,7 @@ from vmclient.store.remote import (
     temporaries_of,
     temporary_name,
 )
+from vmclient.transport.localfs import LocalDirStore
 
 from .helpers import run
 

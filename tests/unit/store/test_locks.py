@@ -12,17 +12,10 @@ import pytest
 
 from vmclient.errors import UsageError
 from vmclient.store.errors import LocalSyncError, LockHeld, ObjectNotFound
-from vmclient.store.localfs import LocalDirStore
-from vmclient.store.locks import (
-    LockInfo,
-    Whoami,
-    keep_fresh,
-    lock_document,
-    read_lock,
-    stale_reason,
-    unlock_anyway,
-)
+from vmclient.store.holding import keep_fresh, unlock_anyway
+from vmclient.store.locks import LockInfo, Whoami, lock_document, read_lock, stale_reason
 from vmclient.store.remote import MemoryStore
+from vmclient.transport.localfs import LocalDirStore
 
 from .helpers import run
 
@@ -208,9 +201,9 @@ def test_rename_moves_only_to_a_free_name(kind: str, tmp_path: Path) -> None:
 
 
 def test_the_sync_engine_keeps_its_device_lock_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vmclient.store import locks
+    from vmclient.store import holding
     from vmclient.sync import engine
-    monkeypatch.setattr(locks, "REFRESH_EVERY", 0.01)
+    monkeypatch.setattr(holding, "REFRESH_EVERY", 0.01)
     clock = [0]
     store = MemoryStore(lambda: clock[0])
 

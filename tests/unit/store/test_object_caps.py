@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vmclient.store import crypto, layout, repo
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.format import MAX_DOCUMENT, decode_payload, signed_envelope
-from vmclient.store.localfs import LocalDirStore
 from vmclient.store.orders import Order
+from vmclient.transport.localfs import LocalDirStore
 
 from .helpers import run
 

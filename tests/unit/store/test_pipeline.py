@@ -13,11 +13,11 @@ import pytest
 
 from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunk, Chunker
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.objects import BlobRef, ChunkMap, Manifest
 from vmclient.store.plan import plan_download
 from vmclient.store.remote import MemoryStore
-from vmclient.store.repo import ChunkStore
 from vmclient.sync.restore import _write
 from vmclient.sync.writeback import Writeback
 

@@ -6,9 +6,9 @@ import os
 
 from vmclient.store import crypto
 from vmclient.store.chunker import Chunker
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.remote import MemoryStore
 from vmclient.store.repair import check_blobs, replace_packs
-from vmclient.store.repo import ChunkStore
 
 from .helpers import run
 

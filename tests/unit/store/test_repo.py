@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunker
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.documents import (
     Catalog,
     ImageVersion,
@@ -22,7 +23,6 @@ from vmclient.store.objects import ChunkMap, Manifest
 from vmclient.store.plan import plan_download
 from vmclient.store.remote import MemoryStore
 from vmclient.store.repo import (
-    ChunkStore,
     get_catalog,
     get_config,
     get_image_manifest,

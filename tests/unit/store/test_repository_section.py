@@ -11,9 +11,9 @@ import pytest
 from testlib import DATA
 from vmclient.errors import UsageError
 from vmclient.provision import config as pconfig
-from vmclient.store.localfs import LocalDirStore
 from vmclient.sync import config as sconfig
 from vmclient.transport import Repository
+from vmclient.transport.localfs import LocalDirStore
 
 
 def test_provd_and_syncd_share_the_section() -> None:
@@ -44,7 +44,7 @@ def test_the_default_ssh_key_is_the_one_enrolment_makes(tmp_path: Path) -> None:
     daemons' default ``key_file`` (and the shipped files') must be that file, or an
     enrolled laptop cannot log in to its account."""
     from vmclient.cli.manage import DEVICE_DIR
-    from vmclient.manage.keys import ssh_identity
+    from vmclient.host.keys import ssh_identity
     made, _pub = ssh_identity(tmp_path)
     expected = Path(DEVICE_DIR) / made.relative_to(tmp_path)
     assert Repository().key_file == expected
@@ -60,7 +60,7 @@ def test_a_url_without_user_is_the_devices_own_account_once_enrolled(tmp_path: P
     (at the first login, not at start: syncd must run to be enrolled).  A user in the
     URL still wins; without one and without the device's rule it is a usage error."""
     from vmclient.admin.sshd import confinement
-    from vmclient.manage.state import DeviceState, NotEnrolled, StateFile, device_account
+    from vmclient.host.lease import DeviceState, NotEnrolled, StateFile, device_account
     from vmclient.store.layout import account_name
 
     device = "0123456789abcdef0123456789abcdef"

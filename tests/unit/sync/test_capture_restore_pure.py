@@ -27,14 +27,14 @@ def test_image_json_never_carries_the_passphrase() -> None:
 
 
 def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:
-    from vmclient.sync.engine import SyncRefused, check_ram_backed
+    from vmclient.host.files import NotRAMBacked, check_ram_backed
 
     mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
     here = max((m for m in mounts if str(tmp_path).startswith(m[0].rstrip("/") + "/")),
                key=lambda m: len(m[0]))
     if here[1] in ("tmpfs", "ramfs"):
         pytest.skip(f"{tmp_path} is on a {here[1]} here")
-    with pytest.raises(SyncRefused, match="RAM-backed"):
+    with pytest.raises(NotRAMBacked, match="RAM-backed"):
         check_ram_backed(tmp_path / "mem", "office")
     shm = Path("/dev/shm")
     if shm.is_dir():

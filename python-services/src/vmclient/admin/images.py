@@ -27,19 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..host.files import commit
 from ..store import crypto, layout
 from ..store.chunker import Chunk, Chunker, chunk_count
+from ..store.chunkstore import ChunkStore, UploadResult
 from ..store.documents import Catalog, ImageVersion, RepoConfig, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import NAME_RE
-from ..store.locks import holding, sweep_locked
+from ..store.holding import holding, sweep_locked
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from ..store.repair import check_blobs, replace_packs
 from ..store.repo import (
-    ChunkStore,
-    UploadResult,
     get_catalog,
     get_image_manifest,
     get_wrapped_key,
@@ -333,9 +333,7 @@ async def fetch_image(remote: RemoteStore, keys: crypto.KeySet, name: str,
                 fetched.bytes += len(data)
                 if progress is not None:
                     progress(len(data))
-            f.flush()
-            os.fsync(fd)
-        tmp.replace(out)
+        commit(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

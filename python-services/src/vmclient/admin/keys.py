@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import ConfigError, UsageError
+from ..host.files import write_private
 from ..manage.admin import OrderNumbers
 from . import token
 
@@ -122,7 +123,7 @@ class AdminKeys:
     def record_serial(self, repository: str, serial: int) -> None:
         serials = _read_serials(self.dir)
         serials[repository] = max(serial, int(serials.get(repository, 0)))
-        _write_private(self.dir / SERIALS, json.dumps(serials, sort_keys=True).encode())
+        write_private(self.dir / SERIALS, json.dumps(serials, sort_keys=True).encode())
 
 
 def check_outside(key_dir: Path, repo: Path) -> None:
@@ -159,7 +160,7 @@ def store(k: AdminKeys, passphrase: bytes | None) -> None:
             continue
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 enc)
-        _write_private(k.dir / name, (kdf.header() if kdf else b"") + pem)
+        write_private(k.dir / name, (kdf.header() if kdf else b"") + pem)
 
 
 def key_files(key_dir: Path) -> tuple[str, ...]:
@@ -230,11 +231,3 @@ def _read_serials(key_dir: Path) -> dict[str, int]:
         return {}
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)

@@ -46,7 +46,8 @@ from ..store import crypto, layout
 from ..store.documents import CONFIG_ID, Catalog, RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
-from ..store.locks import LockInfo, break_lock, read_lock
+from ..store.holding import break_lock
+from ..store.locks import LockInfo, read_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_catalog, put_signed

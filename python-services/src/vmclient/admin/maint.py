@@ -27,14 +27,15 @@ from typing import Any
 from ..errors import EXIT_DATAERR, UsageError, VMClientError
 from ..manage import admin as it
 from ..store import layout
+from ..store.chunkstore import ChunkStore
 from ..store.documents import Catalog, ImageVersion
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.format import shown
-from ..store.locks import holding
+from ..store.holding import holding
 from ..store.objects import Manifest
 from ..store.remote import RemoteStore
 from ..store.repair import check_blobs
-from ..store.repo import ChunkStore, get_catalog, get_image_manifest, put_catalog
+from ..store.repo import get_catalog, get_image_manifest, put_catalog
 from ..sync.maintenance import PruneResult, prune_packs
 from . import images, keys, session
 from .text import info

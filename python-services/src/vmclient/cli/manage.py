@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..store.localfs import LocalDirStore
 from ..store.remote import RemoteStore
 from ..transport import close_store
+from ..transport.localfs import LocalDirStore
 
 STATE_DIR = "/var/lib/vmclient/manage"
 VM_KEYS_DIR = "/var/lib/vmclient/provision/keys"
@@ -57,7 +57,7 @@ def open_repository(where: str, key_file: str | Path | None = None,
                     ) -> RemoteStore:
     """``state_dir``: an sftp:// URL without ``user@`` is this device's own account, named
     from the device id in this management state."""
-    from ..manage.state import device_account
+    from ..host.lease import device_account
     from ..transport import open_store
     account = device_account(Path(state_dir), where) if state_dir is not None else None
     return open_store(where, key_file=key_file, known_hosts=known_hosts, account=account)
@@ -65,9 +65,9 @@ def open_repository(where: str, key_file: str | Path | None = None,
 
 def _agent(args: argparse.Namespace, repository: str, key_file: str | Path | None = None
            ) -> Any:
+    from ..host.inventory import ManageConfig
+    from ..host.keys import SSH_KEY
     from ..manage.agent import Agent
-    from ..manage.inventory import ManageConfig
-    from ..manage.keys import SSH_KEY
     from ..virt.libvirt import Hypervisor
     cfg = ManageConfig(state_dir=Path(args.state_dir), vm_keys_dir=Path(VM_KEYS_DIR),
                        images_dir=Path(IMAGES_DIR), device_dir=Path(args.device_dir))
@@ -100,7 +100,7 @@ async def enrol(args: argparse.Namespace) -> dict[str, Any]:
 async def status(args: argparse.Namespace) -> dict[str, Any]:
     """Without --repository a pure read: the lease by trusted time is computed, not
     recorded (the manage agent in vmclient-syncd is the only writer of its state)."""
-    from ..manage.gate import read_lease
+    from ..host.lease import read_lease
 
     agent = _agent(args, args.repository)
     try:

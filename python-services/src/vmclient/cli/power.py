@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..dbus import client as bus
 from ..dbus import names
 from ..power.policy import Cause, HoldAction, LidAction, LidState, Phase, PowerSource
-from . import bus
 
 
 def add_parser(sub: Any) -> None:

@@ -16,10 +16,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..dbus import client as bus
 from ..dbus import names
 from ..errors import EXIT_ERROR, VMClientError
 from ..sync.status import SyncOutcome, SyncState, label_of
-from . import bus
 from .vm import ProgressPrinter
 
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: try again later

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..dbus import client as bus
 from ..dbus import names
 from ..provision import config as pconfig
 from ..provision.progress import PHASES, Progress
 from ..provision.progress import line as progress_line
-from . import bus
 
 
 def add_parser(sub: Any) -> None:
@@ -137,22 +137,16 @@ async def _provisioner(args: argparse.Namespace, *, new_keys: bool = False
                        ) -> AsyncIterator[Any]:
     """The provisioning core in this process; ``new_keys``: make the device keys if there
     are none yet (an install; every other command only reads what is there)."""
-    from ..manage.state import device_account
+    from ..host.keys import DeviceKeys
     from ..provision.installer import Provisioner
-    from ..provision.keys import DeviceKeys, load_admin_key
-    from ..provision.receiver import Receiver
+    from ..provision.receiver import open_datacenter
     from ..transport import close_store
     from ..virt.libvirt import Hypervisor
 
     cfg = load_config(args)
     device = (DeviceKeys.load_or_create(cfg.device_dir) if new_keys
               else DeviceKeys(cfg.device_dir))
-    admin = load_admin_key(cfg.repository.admin_key)
-    remote = cfg.repository.open(account=device_account(cfg.manage_dir,
-                                                        str(cfg.repository.location)))
-    receiver: Receiver | None = None
-    if admin is not None:
-        receiver = Receiver(remote, admin, device, cfg.state_dir)
+    remote, receiver = open_datacenter(cfg, device)
     hv = Hypervisor(cfg.libvirt_uri)
     printer = ProgressPrinter()
     try:
@@ -226,7 +220,7 @@ async def _find(b: Any, name: str) -> dict[str, Any]:
 async def assigned(args: argparse.Namespace) -> list[dict[str, Any]]:
     """What IT assigned to this laptop, with each VM's state here ("" if not installed)."""
     if args.local:
-        from ..manage import assigned as store
+        from ..host import assigned as store
         cfg = load_config(args)
         rows: list[Any] = [[a.vm, a.image, a.order, a.outcome, a.detail]
                            for a in store.load(cfg.manage_dir)]
@@ -286,8 +280,9 @@ async def upgrade(args: argparse.Namespace) -> dict[str, Any]:
 async def restore(args: argparse.Namespace) -> dict[str, Any]:
     if args.local:
         async with _provisioner(args) as prov:
-            return _vm(await prov.restore(args.vm, args.snapshot or None,
-                                          from_device=args.from_device))
+            from ..provision.restore import restore as restore_vm
+            return _vm(await restore_vm(prov, args.vm, snapshot=args.snapshot or None,
+                                        from_device=args.from_device))
     async with bus.connected() as b:
         async with _progress(b):
             await _call(b, "Restore", "sss", [args.vm, args.snapshot, args.from_device])

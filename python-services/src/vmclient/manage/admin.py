@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..host.files import write_private
 from ..provision import spec
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
@@ -31,7 +32,6 @@ from ..store.format import Reader, canonical_json, open_envelope, shown, signed_
 from ..store.orders import DEVICE_ID_RE, ORDER_ACTIONS, ORDER_FLAGS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_pointer, get_signed
-from .keys import write_private
 from .status import DeviceStatus, status_path
 
 _SEQ_RE = re.compile(r"^[0-9]{12}$")
@@ -279,7 +279,7 @@ class VMView:
 async def vms_of(remote: RemoteStore, admin: crypto.Ed25519PublicKey,
                  rec: DeviceRecord) -> list[VMView]:
     """The device's synchronised VMs and their last sync (verified ``latest`` pointers)."""
-    from .rekey import writers
+    from ..store.repo import writers
     out = []
     prefix = f"{layout.device_dir(rec.device)}/vms"
     for entry in await remote.list(prefix):

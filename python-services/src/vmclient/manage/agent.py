@@ -24,17 +24,19 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from ..errors import VMClientError
+from ..host import assigned
+from ..host.files import shred
+from ..host.gate import GateConfig, StartGate
+from ..host.inventory import ManageConfig
+from ..host.keys import DeviceKeys, pin_admin_key, pinned_admin_key, ssh_identity
+from ..host.lease import DAY, DeviceState, Lease, StateFile, advance, boot_id, boottime
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..virt.libvirt import Hypervisor
-from . import assigned, enrol, rekey, status
-from .gate import GateConfig, StartGate
-from .inventory import ManageConfig
-from .keys import FileKeyStore, KeyStore, pin_admin_key, pinned_admin_key, shred, ssh_identity
-from .state import DAY, DeviceState, Lease, StateFile, advance, boot_id, boottime
+from . import enrol, rekey, status
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -52,13 +54,13 @@ class Installer(Protocol):
 
 class Agent:
     def __init__(self, cfg: ManageConfig, remote: RemoteStore, hv: Hypervisor, *,
-                 keys: KeyStore | None = None, installer: Installer | None = None,
+                 keys: DeviceKeys | None = None, installer: Installer | None = None,
                  wall: Callable[[], float] = time.time,
                  mono: Callable[[], float] = boottime,
                  boot: Callable[[], str] = boot_id,
                  after_wipe_step: Callable[[str], None] = lambda _s: None) -> None:
         self.cfg, self.remote, self.installer = cfg, remote, installer
-        self.keys = keys or FileKeyStore(cfg.device_keys_dir)
+        self.keys = keys or DeviceKeys(cfg.device_keys_dir)
         self.host = VMHost(hv, cfg)
         self.gate = StartGate(hv, GateConfig(cfg.device_keys_dir, cfg.vm_keys_dir, cfg.state_dir),
                               keys=self.keys, lease=self.lease)
@@ -80,8 +82,8 @@ class Agent:
         return self.tick().lease(wipe_pending=self.journal.load() is not None)
 
     def status(self, lease: Lease | None = None) -> dict[str, Any]:
-        """``lease``: one read elsewhere (:func:`.gate.read_lease`), else this agent's own
-        (which records the trusted time it advances)."""
+        """``lease``: one read elsewhere (:func:`vmclient.host.lease.read_lease`), else this
+        agent's own (which records the trusted time it advances)."""
         s, lease = self.state_file.load(), lease or self.lease()
         return {"device": s.device, "enrolled": s.enrolled, "last_order": s.last_seq,
                 "lease_until": s.lease_until, "lease_remaining": lease.remaining,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VMClientError
+from ..host.files import write_private
 from ..store import crypto, layout
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.format import (
@@ -38,7 +39,6 @@ from ..store.format import (
 from ..store.orders import DEVICE_ID_RE, DeviceRecord, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_signed
-from .keys import write_private
 
 REQUESTS = "enrolment"
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I

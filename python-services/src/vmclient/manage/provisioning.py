@@ -21,8 +21,8 @@ from typing import Any
 
 from dbus_fast.aio import MessageBus
 
-from ..cli.bus import call
 from ..dbus import names
+from ..dbus.client import call
 from ..errors import VMClientError
 from .admin import assign_recipe
 

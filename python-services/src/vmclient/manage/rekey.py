@@ -36,44 +36,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UsageError, VMClientError
+from ..host.assigned import REKEYED, read_rekeyed
+from ..host.files import write_private
+from ..host.inventory import ManageConfig
 from ..store import crypto, layout, repo
 from ..store.documents import WrappedKey
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
-from ..store.orders import DEVICE_ID_RE, DeviceRecord, Order
+from ..store.orders import DeviceRecord, Order
 from ..store.remote import RemoteStore, get_object
-from .inventory import ManageConfig
-from .keys import write_private
-
-REKEYED = "rekeyed.json"
-
-
-def writers_dir(device: str, vm: str) -> str:
-    return f"{layout.vm_dir(device, vm)}/writers"
-
-
-def writer_record(device: str, vm: str, writer: str) -> str:
-    return f"{writers_dir(device, vm)}/{writer}"
+from ..store.repo import writer_record, writers, writers_dir
 
 
 def _admin(admin: crypto.Ed25519PublicKey) -> dict[str, crypto.Ed25519PublicKey]:
     return {crypto.key_id(admin): admin}
-
-
-async def writers(remote: RemoteStore, admin: crypto.Ed25519PublicKey, device: str,
-                  vm: str) -> dict[str, DeviceRecord]:
-    """The former writers a re-keyed VM directory lists (admin-signed device records)."""
-    out = {}
-    for entry in await remote.list(writers_dir(device, vm)):
-        untrusted_id = entry.path.rsplit("/", 1)[-1]
-        if not DEVICE_ID_RE.fullmatch(untrusted_id):
-            raise RemoteIntegrityError("device", untrusted_id, entry.path, "not a device id")
-        _s, body, _raw = await repo.get_signed(remote, entry.path, _admin(admin), "device",
-                                               untrusted_id)
-        out[untrusted_id] = DeviceRecord.parse(body, untrusted_id, entry.path)
-    return out
 
 
 def _signers(records: dict[str, DeviceRecord]) -> repo.Signers:
@@ -185,23 +162,7 @@ class RestoreSource:
 
 
 def _rekeyed(cfg: ManageConfig) -> dict[str, dict[str, object]]:
-    return _read_rekeyed(cfg.state_dir / REKEYED)
-
-
-def accepted_min_seq(manage_state_dir: Path, vm: str) -> int:
-    """The oldest snapshot seq a restore of ``vm`` may take after this device executed a
-    ``rekey`` order for it (what the admin verified then); 0 without such an order."""
-    entry = _read_rekeyed(manage_state_dir / REKEYED).get(vm)
-    return int(str(entry["min_seq"])) if entry else 0
-
-
-def _read_rekeyed(path: Path) -> dict[str, dict[str, object]]:
-    try:
-        return dict(json.loads(path.read_bytes()))
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise VMClientError(f"{path}: unreadable: {exc}") from exc
+    return read_rekeyed(cfg.state_dir)
 
 
 async def _source(remote: RemoteStore, admin: crypto.Ed25519PublicKey, device: str,

@@ -17,14 +17,13 @@ import shutil
 from pathlib import Path
 
 from ..errors import VMClientError, VMNotFound
-from ..provision.keys import passphrase
+from ..host.files import overwrite
+from ..host.gate import StartRefused
+from ..host.inventory import ManageConfig, VMTarget, parse_domain
 from ..virt.libvirt import DomState, Hypervisor
-from .gate import StartRefused
-from .inventory import ManageConfig, VMTarget, parse_domain
-from .keys import overwrite
 
 log = logging.getLogger(__name__)
-__all__ = ["BusinessWorkRefused", "VMHost", "passphrase"]
+__all__ = ["BusinessWorkRefused", "VMHost"]
 
 
 BusinessWorkRefused = StartRefused  # the name the lease tests know

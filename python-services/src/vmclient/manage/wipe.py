@@ -33,10 +33,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import VMClientError
+from ..host.files import KeyDestructionFailed, shred, write_private
+from ..host.inventory import ManageConfig, VMTarget
+from ..host.keys import WRAPPING, read_private
 from ..store import crypto
 from ..store.errors import RemoteIntegrityError
-from .inventory import ManageConfig, VMTarget
-from .keys import WRAPPING, KeyDestructionFailed, shred, write_private
 from .vms import VMHost
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ def rotate_wrapping_key(cfg: ManageConfig, kept: list[str]) -> None:
         if not old_path.exists():
             return  # rotated already
         write_private(next_path, crypto.raw_private(crypto.X25519PrivateKey.generate()))
-    new = crypto.X25519PrivateKey.from_private_bytes(next_path.read_bytes())
-    old = (crypto.X25519PrivateKey.from_private_bytes(old_path.read_bytes())
+    new = crypto.X25519PrivateKey.from_private_bytes(read_private(next_path, missing="gone"))
+    old = (crypto.X25519PrivateKey.from_private_bytes(read_private(old_path, missing="gone"))
            if old_path.exists() else None)
     for name in kept:
         path = cfg.vm_keys_dir / f"{name}.wrapped"

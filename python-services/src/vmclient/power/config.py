@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
-from ..manage.gate import KeySettings
+from ..host.gate import KeySettings
 from .policy import LidAction, LidPolicy, VMPolicy, lid_action_from_name
 
 DEFAULT_PATH = Path("/etc/vmclient/power.toml")

@@ -15,7 +15,7 @@ from dbus_fast.aio import MessageBus
 from .. import daemon as common
 from ..dbus import names
 from ..errors import VMClientError
-from ..manage.gate import StartGate
+from ..host.gate import StartGate
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
 from .delays import PauseDelays

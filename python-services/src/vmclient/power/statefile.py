@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
+from ..host.files import write_atomic
 from .policy import Cause, Hold, HoldAction
 
 log = logging.getLogger(__name__)
@@ -67,22 +67,8 @@ class HoldsFile:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         durable = any(h.action == HoldAction.SAVE for h in held.values())
-        tmp = self.path.with_suffix(".tmp")
         data = json.dumps({"version": STATE_VERSION, "held": [
             {"uuid": u, "name": h.name, "action": h.action.label, "paused": h.paused,
              "causes": sorted(c.label for c in h.causes)} for u, h in sorted(held.items())]},
             indent=1, sort_keys=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data.encode())
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        if durable:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_atomic(self.path, data.encode(), durable=durable)

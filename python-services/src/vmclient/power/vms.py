@@ -1,6 +1,6 @@
 """Pausing, resuming and saving every VM, in parallel, bounded, remembered.
 
-A saved VM is restored through the key gate (:mod:`vmclient.manage.gate`): its
+A saved VM is restored through the key gate (:mod:`vmclient.host.gate`): its
 encrypted disks need their secret handed to libvirt again, and a business VM
 only gets it under the lease.  A refused restore leaves the VM saved, held and
 listed in :attr:`HeldTable.refused` (powerd's ``RestoreRefused``); the next
@@ -37,8 +37,8 @@ from ..errors import (
     VMOperationFailed,
     VMOperationTimeout,
 )
+from ..host.gate import StartGate, StartRefused
 from ..log import vm_logger
-from ..manage.gate import StartGate, StartRefused
 from ..virt.libvirt import DomainInfo, DomEvent, DomState, Hypervisor
 from . import policy
 from .config import VMs

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from ..manage.keys import write_private
+from ..host.files import fsync_dir, write_private
 
 
 class CatalogState:
@@ -159,11 +159,7 @@ class ChunkCache:
         if self._writer is not None:
             self._writer.flush()
             os.fsync(self._writer.fileno())
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.dir)
 
     def close(self) -> None:
         for f in [*self._readers.values(), *([self._writer] if self._writer else [])]:

@@ -13,7 +13,7 @@ from ..transport import Repository
 from ..virt.cpu import CPU_MODES, DOMAIN_TYPES, CPUProfile
 
 if TYPE_CHECKING:  # imported where used: the CLI (and its completion) reads this module
-    from ..manage.gate import GateConfig  # and should not load libvirt for it
+    from ..host.gate import GateConfig  # and should not load libvirt for it
 
 DEFAULT_PATH = Path("/etc/vmclient/provision.toml")
 _NET_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -114,7 +114,7 @@ class ProvisionConfig:
 
 def gate_config(cfg: ProvisionConfig) -> GateConfig:
     """Where the start gate finds the keys and the lease (provisioning's own layout)."""
-    from ..manage.gate import GateConfig
+    from ..host.gate import GateConfig
 
     return GateConfig(cfg.device_dir, cfg.state_dir / "keys", cfg.manage_dir)
 

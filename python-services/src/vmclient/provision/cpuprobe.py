@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import HypervisorError
+from ..host.files import write_atomic
 from ..virt import libvirt as virt
 from ..virt.cpu import LAPTOP, CPUProfile, next_rung
 from .domainxml import DiskBinding, domain_xml
@@ -121,11 +122,8 @@ def cached_probe(uri: str, cache: Path | None = DEFAULT_CACHE,
     result = probe(uri, start)
     if cache is not None:
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-            tmp.write_text(json.dumps({"key": key, **result.as_dict()}) + "\n",
-                           encoding="utf-8")
-            os.replace(tmp, cache)
+            write_atomic(cache, (json.dumps({"key": key, **result.as_dict()}) + "\n").encode(),
+                         mode=0o644, dir_mode=None)
         except OSError as exc:
             log.warning("cannot cache the CPU profile in %s: %s", cache, exc.strerror)
     return result

@@ -12,14 +12,13 @@ from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
 from ..dbus import names
-from ..manage.state import device_account
+from ..host.keys import DeviceKeys
 from ..transport import close_store
 from ..virt.libvirt import Hypervisor
 from . import config as pconfig
 from .display import DisplayInterface, install_display_guard
 from .installer import Provisioner
-from .keys import DeviceKeys, load_admin_key
-from .receiver import Receiver
+from .receiver import Receiver, open_datacenter
 from .service import ProvisioningInterface, install_guard
 
 log = logging.getLogger("vmclient.provd")
@@ -29,14 +28,8 @@ async def run(cfg: pconfig.ProvisionConfig) -> None:
     stop = asyncio.Event()
     common.install_stop_handlers(asyncio.get_running_loop(), stop.set)
     device = DeviceKeys.load_or_create(cfg.device_dir)
-    admin = load_admin_key(cfg.repository.admin_key)
-    # an sftp:// location without user@: the device's own account, once enrolled
-    remote = cfg.repository.open(account=device_account(cfg.manage_dir,
-                                                        str(cfg.repository.location)))
-    receiver: Receiver | None = None
-    if admin is not None:
-        receiver = Receiver(remote, admin, device, cfg.state_dir)
-    else:
+    remote, receiver = open_datacenter(cfg, device)
+    if receiver is None:
         log.warning("no admin key at %s: business VMs cannot be installed",
                     cfg.repository.admin_key)
     hv = Hypervisor(cfg.libvirt_uri)

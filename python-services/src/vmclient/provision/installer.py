@@ -10,7 +10,7 @@ Local layout (``ProvisionConfig``):
 A failed install leaves nothing behind: no domain, no disks, no key (the chunk
 cache stays, so the next attempt resumes the download).  The disks' secret is
 given to libvirt only for a start, as a private, ephemeral secret, and undefined
-as soon as QEMU has opened the disks: :mod:`vmclient.manage.gate`, the start
+as soon as QEMU has opened the disks: :mod:`vmclient.host.gate`, the start
 path every daemon shares (a business VM starts only under the lease).
 """
 
@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError, VMNotFound
-from ..manage.gate import StartGate
+from ..host.files import commit, write_private
+from ..host.gate import StartGate
+from ..host.keys import DeviceKeys, VMKeys
 from ..virt.libvirt import DomState, Hypervisor, eject_media
 from . import media, qemuimg, spec
 from .config import ProvisionConfig, gate_config
 from .domainxml import VM_NS, DiskBinding, domain_xml
-from .keys import DeviceKeys, VMKeys, passphrase
 from .network import network_xml
 from .progress import Progress, ProgressFn, ignore
 from .receiver import Receiver, Resolved
@@ -137,7 +138,7 @@ class Provisioner:
         try:
             vm_dir.mkdir(parents=True, exist_ok=False)
             vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
-            pp = passphrase(keys)
+            pp = keys.passphrase()
             paths = {d.name: vm_dir / f"{d.name}.qcow2" for d in recipe.disks}
             system = recipe.system_disk
             cdrom: PurePosixPath | None = None
@@ -261,7 +262,7 @@ class Provisioner:
             return False  # it resumes as saved, drive and all; ejected at a later start
         try:  # a heuristic: it never stands in the way of the start itself
             system = spec.load(self._recipe_file(vm.name)).system_disk.name
-            pp = passphrase(self.keys.load(vm.name))
+            pp = self.keys.load(vm.name).passphrase()
             sector = await qemuimg.read(Path(vm.disks[system]), pp, 0, 512)
         except (VMClientError, KeyError) as exc:
             log.warning("VM %s: cannot tell whether its install finished (%s); its install "
@@ -280,14 +281,6 @@ class Provisioner:
             if path.parent == self.vm_dir(name):  # provd's copy of the ISO (the user's stays)
                 await asyncio.to_thread(path.unlink, missing_ok=True)
         return removed
-
-    async def restore(self, name: str, snapshot: str | None = None, *, from_device: str = "",
-                      min_seq: int = 0) -> Installed:
-        """Restore a VM from its snapshots in the datacenter (:mod:`.restore`)."""
-        from .restore import restore
-
-        return await restore(self, name, snapshot=snapshot, from_device=from_device,
-                             min_seq=min_seq)
 
     async def stop(self, name: str, *, force: bool = False) -> None:
         vm = await self.get(name)
@@ -324,7 +317,7 @@ class Provisioner:
                                  f"offers {new}: nothing to upgrade")
         system = recipe.system_disk
         path = self.vm_dir(name) / f"{system.name}-v{new}.qcow2"
-        await self._assemble(resolved, path, passphrase(self.keys.load(name)), system.size_gib,
+        await self._assemble(resolved, path, self.keys.load(name).passphrase(), system.size_gib,
                              progress)
         paths = {**{n: Path(p) for n, p in vm.disks.items()}, system.name: path}
         xml = domain_xml(recipe, uuid=vm.uuid, image_version=new, networks=self.networks,
@@ -343,7 +336,7 @@ class Provisioner:
 async def _blank(path: Path, size: int, pp: bytes) -> None:
     tmp = path.with_name(f".partial-{path.name}")
     await qemuimg.create(tmp, size, pp)
-    os.replace(tmp, path)
+    await asyncio.to_thread(commit, tmp, path)
 
 
 async def _from_media(recipe: spec.Recipe, fd: int, system: Path, pp: bytes
@@ -371,7 +364,7 @@ async def _import(src_fd: int, fmt: str, what: str, dst: Path, pp: bytes,
         await qemuimg.convert(copy, fmt, tmp, pp)
         if size_gib * GIB > virtual:
             await qemuimg.resize(tmp, size_gib * GIB, pp)
-        os.replace(tmp, dst)
+        await asyncio.to_thread(commit, tmp, dst)
     except qemuimg.DiskToolError as exc:
         raise media.MediaError(what, f"cannot import it as {fmt}: {exc}") from None
     finally:
@@ -380,6 +373,4 @@ async def _import(src_fd: int, fmt: str, what: str, dst: Path, pp: bytes,
 
 
 def _save_text(path: Path, text: str) -> None:
-    from ..manage.keys import write_private
-
     write_private(path, text.encode())

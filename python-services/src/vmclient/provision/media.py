@@ -30,6 +30,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError
+from ..host.files import commit
 
 
 class MediaError(VMClientError):
@@ -122,8 +123,7 @@ def copy_in(src_fd: int, dest: Path, what: str) -> int:
         except OSError as exc:
             raise MediaError(what, f"reading it failed: {exc.strerror}") from None
         os.ftruncate(out, size)
-        os.fsync(out)
-        os.rename(tmp, dest)
+        commit(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,17 +29,21 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import VMClientError
+from ..host.files import commit
+from ..host.keys import DeviceKeys, read_admin_key
+from ..host.lease import device_account
 from ..store import crypto, layout
+from ..store.chunkstore import ChunkStore
 from ..store.documents import Catalog, ImageVersion
 from ..store.errors import ObjectNotFound, RemoteIntegrityError, StoreError
 from ..store.objects import BASE_ID, ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.pack import open_blob
 from ..store.plan import MAX_READ, DownloadPlan, plan_download
 from ..store.remote import RemoteStore
-from ..store.repo import ChunkStore, get_catalog, get_config, get_image_manifest, get_wrapped_key
+from ..store.repo import get_catalog, get_config, get_image_manifest, get_wrapped_key
 from . import qemuimg
 from .cache import CatalogState, ChunkCache
-from .keys import DeviceKeys
+from .config import ProvisionConfig
 from .progress import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -104,10 +107,10 @@ class Receiver:
             raise ImageNotFound(image, f" version {version}" if version else "")
         try:
             keys = await get_wrapped_key(self.remote,
-                                         layout.image_key(image, self.device.wrapping_id),
-                                         self._signers, f"image:{image}", self.device.wrapping)
+                                         layout.image_key(image, self.device.wrapping_id()),
+                                         self._signers, f"image:{image}", self.device.wrapping())
         except ObjectNotFound:
-            raise NotEntitled(image, self.device.wrapping_id) from None
+            raise NotEntitled(image, self.device.wrapping_id()) from None
         path = layout.image_manifest(image, found.version)
         if keys.check != found.key_check:
             raise RemoteIntegrityError("wrapped-key", f"image:{image}", path,
@@ -213,6 +216,17 @@ class Receiver:
             cache.close()
 
 
+def open_datacenter(cfg: ProvisionConfig, device: DeviceKeys
+                    ) -> tuple[RemoteStore, Receiver | None]:
+    """The repository (nothing is contacted yet; an ``sftp://host/`` location logs in as
+    this device's own account once enrolled) and the Receiver over it: none without an
+    admin key, so no business VM can be installed."""
+    admin = read_admin_key(cfg.repository.admin_key)
+    remote = cfg.repository.open(account=device_account(cfg.manage_dir,
+                                                        str(cfg.repository.location)))
+    return remote, (None if admin is None else Receiver(remote, admin, device, cfg.state_dir))
+
+
 async def write_disk(cache: ChunkCache, disk: ChunkMap, keys: crypto.KeySet, target: Path,
                      passphrase: bytes, size: int, staging: Path, staging_bytes: int,
                      progress: Progress, report: ProgressFn) -> None:
@@ -242,9 +256,7 @@ async def write_disk(cache: ChunkCache, disk: ChunkMap, keys: crypto.KeySet, tar
             await qemuimg.write_runs(tmp, passphrase, batch, staging)
             progress.done = batch[-1][0] + len(batch[-1][1])
             report(progress)
-        await asyncio.to_thread(_fsync, tmp)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        await asyncio.to_thread(commit, tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     progress.done = disk.size
@@ -283,19 +295,3 @@ def _runs(disk: ChunkMap, keys: crypto.KeySet, cache: ChunkCache
             parts, size = [], 0
     if parts:
         yield run_start, b"".join(parts)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

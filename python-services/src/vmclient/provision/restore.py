@@ -10,7 +10,7 @@ Order of work (nothing is defined before every chunk has verified):
    (after a rekey the admin copied the VM's directory there,
    repository-format.md §8.5), signed by this device or by one of the former
    writers whose admin-signed device records the copy lists under ``writers/``
-   (:func:`vmclient.manage.rekey.writers`); ``latest.seq`` at least
+   (:func:`vmclient.store.repo.writers`); ``latest.seq`` at least
    ``min_seq``.  A data key the agent already stored on the ``rekey`` order is
    used (it must equal the one the datacenter wrapped for this device).
 3. Download the chunks the local cache lacks into a sealed cache of its own
@@ -28,7 +28,7 @@ Order of work (nothing is defined before every chunk has verified):
    its disks' secret given to libvirt as an ephemeral secret for that moment
    only.  A snapshot with memory is restored only if the start gate's lease
    allows the VM to run (checked before anything is downloaded;
-   :mod:`vmclient.manage.gate`).  The memory image is deleted at once.
+   :mod:`vmclient.host.gate`).  The memory image is deleted at once.
 
 A failure before the VM is defined leaves no domain, disks or key behind (the
 chunk cache stays for the next attempt).
@@ -45,31 +45,25 @@ import shutil
 import uuid as uuidlib
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from ..errors import VMClientError, VMNotFound
-from ..manage.inventory import parse_domain
-from ..manage.rekey import accepted_min_seq, writers
+from ..host.assigned import accepted_min_seq
+from ..host.files import check_ram_backed, write_private
+from ..host.inventory import parse_domain
 from ..store import crypto, layout
+from ..store.chunkstore import ChunkStore
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.objects import ZERO_ID, BlobRef, ChunkMap, Manifest
 from ..store.pack import open_blob
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
-from ..store.repo import ChunkStore, get_wrapped_key
-from ..sync.engine import check_ram_backed
-from ..sync.restore import load_snapshot
+from ..store.repo import get_wrapped_key, load_snapshot, writers
 from ..virt.libvirt import restore_saved
 from .cache import ChunkCache
-from .keys import passphrase
+from .installer import Installed, Provisioner, VMExists
 from .progress import Progress
 from .receiver import write_disk
 from .redefine import Definition, RestoreError, rebuild
-
-if TYPE_CHECKING:
-    from .installer import Installed, Provisioner
-
-from .installer import VMExists
 
 log = logging.getLogger(__name__)
 MEMORY = "memory"
@@ -90,26 +84,27 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     progress = Progress(vm=vm)
     progress.begin("catalog", 0)
     prov.report(progress)
-    mine = {me.device_id: me.signing.public_key()}
-    former = await writers(remote, admin, me.device_id, vm)  # admin-signed device records
+    dev = me.device_id()
+    mine = {dev: me.signing().public_key()}
+    former = await writers(remote, admin, dev, vm)  # admin-signed device records
     signers = {**{d: crypto.ed25519_public(r.signing_key) for d, r in former.items()}, **mine}
     if from_device and from_device not in signers:
         raise RestoreError(vm, f"device {from_device} is not among the VM's writers "
                            f"({', '.join(sorted(signers))}): was it re-keyed for this device?")
-    key_path = layout.vm_key(me.device_id, vm, me.wrapping_id)
+    key_path = layout.vm_key(dev, vm, me.wrapping_id())
     try:
         keys = await get_wrapped_key(remote, key_path, {crypto.key_id(admin): admin, **mine},
-                                     f"vm:{vm}", me.wrapping)
+                                     f"vm:{vm}", me.wrapping())
     except ObjectNotFound:
-        if not await remote.list(f"{layout.vm_dir(me.device_id, vm)}/keys"):
-            raise NotInDatacenter(vm, me.device_id) from None
+        if not await remote.list(f"{layout.vm_dir(dev, vm)}/keys"):
+            raise NotInDatacenter(vm, dev) from None
         raise RestoreError(vm, f"the datacenter holds no data key for this device at "
                            f"{key_path}: IT has to rekey the VM for it first") from None
     # never older than what IT verified when it rekeyed the VM for this device (a server
     # replaying an older ``latest`` is refused)
     min_seq = max(min_seq, await asyncio.to_thread(accepted_min_seq, prov.cfg.manage_dir, vm))
     try:
-        m = await load_snapshot(remote, signers, keys, me.device_id, vm, snapshot, min_seq)
+        m = await load_snapshot(remote, signers, keys, dev, vm, snapshot, min_seq)
     except ObjectNotFound as exc:
         raise RestoreError(vm, f"no snapshot at {exc.path}") from None
     domain = rebuild(vm, m.meta, f"snapshot {m.label}", PurePosixPath(prov.vm_dir(vm)),
@@ -123,7 +118,7 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     await prov.ensure_network(domain.recipe.zone)  # a fresh laptop has none yet
     cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
     try:
-        await _download(prov, remote, layout.vm_store(me.device_id, vm), keys, m, cache,
+        await _download(prov, remote, layout.vm_store(dev, vm), keys, m, cache,
                         progress)
         if accepted and prov.keys.load(vm).secret != keys.secret:
             raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
@@ -190,7 +185,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
     vm_dir = prov.vm_dir(vm)
     marker = prov._marker(vm)
     # (a key the agent accepted is left alone, even if this restore fails)
-    pp = passphrase(keys)
+    pp = keys.passphrase()
     staging = prov.cfg.staging_dir
     mem_file = staging / f"{vm}.save"
     defined, adopted = "", False
@@ -198,7 +193,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         if adopt:
             prov.keys.adopt(vm, keys)
             adopted = True
-            _write_private(marker, b"restore started\n")  # a crash from here on is undone
+            write_private(marker, b"restore started\n")  # a crash from here on is undone
         vm_dir.mkdir(parents=True, exist_ok=False)
         vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
         for disk in m.disks:
@@ -218,7 +213,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         progress.begin("define", 0)
         prov.report(progress)
         defined = await prov.hv.define(domain.xml, vm)
-        _write_private(prov._recipe_file(vm), domain.recipe_text.encode())
+        write_private(prov._recipe_file(vm), domain.recipe_text.encode())
         if memory is not None:
             await _resume_from(prov, vm, defined, mem_file, pp)
         marker.unlink(missing_ok=True)
@@ -281,12 +276,6 @@ def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest
     finally:
         os.close(fd)
     return h.hexdigest()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    from ..manage.keys import write_private
-
-    write_private(path, data)
 
 
 __all__ = ["RestoreError", "restore"]

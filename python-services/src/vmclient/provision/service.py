@@ -24,10 +24,11 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard, name_out_args
 from ..errors import UsageError
-from ..manage import assigned
+from ..host import assigned
 from . import media, spec
 from .installer import Installed, Provisioner
 from .progress import Progress
+from .restore import restore as restore_vm
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,8 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         return [(await prov.upgrade(spec.vm_name(args[0]), int(args[1]))).image_version]
 
     async def restore(args: list[Any]) -> list[Any]:
-        vm = await prov.restore(spec.vm_name(args[0]), str(args[1]) or None,
-                                from_device=str(args[2]))
+        vm = await restore_vm(prov, spec.vm_name(args[0]), snapshot=str(args[1]) or None,
+                              from_device=str(args[2]))
         return [vm.state]
 
     async def start(args: list[Any]) -> list[Any]:

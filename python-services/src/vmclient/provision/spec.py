@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError
+from ..host.inventory import BadVMName
 
 FORMAT = 1
 KINDS = ("business", "private")
@@ -33,10 +34,6 @@ MAC_RE = re.compile(r"^52:54:00(:[0-9a-f]{2}){3}$")
 
 class RecipeError(ConfigError):
     """{}: {}: {}"""
-
-
-class BadVMName(UsageError):
-    """Not a VM name: {!r} (a VM name matches {})"""
 
 
 def vm_name(untrusted: str) -> str:

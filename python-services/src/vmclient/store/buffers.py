@@ -10,7 +10,7 @@ by the kernel: one fault per 4 KiB moved.  Measured on the 2-core reference
 machine, reading 1.5 GiB of a disk through NBD and hashing it: 369,000 faults
 and 0.7-1.0 CPU-s of the 2.3-2.5 the read costs.
 
-While a transfer runs (:func:`steady`, used by :class:`.repo.ChunkStore`),
+While a transfer runs (:func:`steady`, used by :class:`.chunkstore.ChunkStore`),
 buffers up to 32 MiB (glibc's largest ``M_MMAP_THRESHOLD``) come from the heap
 and up to 512 MiB of free heap is kept; when the last transfer of the process
 ends, the thresholds are set back to glibc's initial values and

@@ -88,6 +88,11 @@ class KeySet:
     def generate(cls) -> KeySet:
         return cls.derive(os.urandom(KEY_SIZE))
 
+    def passphrase(self) -> bytes:
+        """The LUKS passphrase of the disks of the VM this key set is for (the hex of
+        ``luks``, UTF-8, as QEMU wants it)."""
+        return self.luks.hex().encode()
+
     def __repr__(self) -> str:  # never print key material
         return f"KeySet(check={self.check})"
 

@@ -4,7 +4,7 @@ A :class:`RemoteStore` holds opaque byte objects under slash-separated paths
 relative to the repository root.  Six operations, all async (an SFTP adapter
 runs its blocking SFTP client in threads); everything above this interface is
 transport-independent, so the same code runs against SFTP, a local directory
-(:mod:`vmclient.store.localfs`) or, later, S3-compatible object storage.
+(:mod:`vmclient.transport.localfs`) or, later, S3-compatible object storage.
 
 Contract (repository-format.md, "Write ordering"):
 * ``put_atomic`` makes the object appear whole or not at all (temp + rename);

@@ -20,10 +20,11 @@ from collections.abc import Iterable, Mapping
 from ..errors import VMClientError
 from . import layout
 from .chunker import Chunk
+from .chunkstore import ChunkStore, UploadResult
 from .objects import BlobRef, Index
 from .pack import open_blob
 from .plan import plan_reads
-from .repo import ChunkStore, UploadResult, get_sealed, put_sealed
+from .repo import get_sealed, put_sealed
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -38,8 +37,9 @@ from .. import daemon as common
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard
 from ..errors import UsageError, VMClientError, VMNotFound
-from ..manage.state import device_account
-from ..provision.keys import DeviceKeys, VMKeys, load_admin_key
+from ..host.files import write_private
+from ..host.keys import DeviceKeys, VMKeys, read_admin_key
+from ..host.lease import device_account
 from ..store import crypto, layout, repo
 from ..store.documents import RepoConfig
 from ..store.errors import ObjectNotFound
@@ -51,7 +51,7 @@ from . import config as sconfig
 from . import engine, enrolment, maintenance, policy
 
 if TYPE_CHECKING:
-    from ..manage.inventory import ManageConfig
+    from ..host.inventory import ManageConfig
 from .peers import Sensors, SleepGuard
 from .service import PROGRESS_INTERVAL, ManagementInterface, SyncInterface, VMStatus
 from .status import SyncOutcome, SyncState
@@ -73,7 +73,7 @@ class Synchronizer:
         self.management = management or ManagementInterface()
         self.enrolling = asyncio.Lock()  # one Enrol at a time: it makes the device's keys
         self.rules = cfg.rules()
-        self.admin = load_admin_key(cfg.repository.admin_key)
+        self.admin = read_admin_key(cfg.repository.admin_key)
         rate = cfg.network.max_upload_mib_s * 2**20
         self.upload: RemoteStore = Throttled(remote, rate) if rate else remote
         self.keys = VMKeys(cfg.provision_dir, device)
@@ -104,10 +104,7 @@ class Synchronizer:
         return out
 
     def _save_status(self) -> None:
-        self.status_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.known, sort_keys=True))
-        os.replace(tmp, self.status_path)
+        write_private(self.status_path, json.dumps(self.known, sort_keys=True).encode())
 
     # -- the VMs ------------------------------------------------------------------------
 
@@ -282,10 +279,10 @@ class Synchronizer:
         escrow = crypto.X25519PublicKey.from_public_bytes(repo_cfg.escrow_key)
         try:
             result = await engine.sync_vm(
-                self.hv, self.upload, self.device.signing, v.uuid, keys,
+                self.hv, self.upload, self.device.signing(), v.uuid, keys,
                 state_dir=self.cfg.state_dir, scratch_dir=self.cfg.scratch_dir,
                 chunk_size=repo_cfg.chunk_size,
-                recipients=[self.device.wrapping.public_key(), escrow],
+                recipients=[self.device.wrapping().public_key(), escrow],
                 hooks=engine.Hooks(progress, lambda: self.interrupt),
                 writers=await self._writers(v.name), memory_dir=self.cfg.memory_dir,
                 meta=self._recipe(v.name))
@@ -385,7 +382,7 @@ class Synchronizer:
         return list(await asyncio.gather(*futures))
 
     def _signers(self) -> dict[str, crypto.Ed25519PublicKey]:
-        return {self.device.device_id: self.device.signing.public_key()}
+        return {self.device.device_id(): self.device.signing().public_key()}
 
     async def _vm_keys(self, vm: str) -> crypto.KeySet:
         if not vm:
@@ -397,13 +394,13 @@ class Synchronizer:
     async def verify(self, vm: str, snapshot: str) -> tuple[str, int, int]:
         keys = await self._vm_keys(vm)
         r = await maintenance.verify(self.remote, self._signers(), keys,
-                                     device=self.device.device_id, vm=vm,
+                                     device=self.device.device_id(), vm=vm,
                                      snapshot=snapshot or None)
         return layout.snapshot_name(r.seq), r.chunks, r.bytes
 
     async def snapshots(self, vm: str) -> list[tuple[str, int, int, int, str, bool]]:
         keys = await self._vm_keys(vm)
-        dev, signers = self.device.device_id, self._signers()
+        dev, signers = self.device.device_id(), self._signers()
         try:
             latest = (await repo.get_pointer(self.remote, signers, dev, vm)).snapshot
         except ObjectNotFound:
@@ -472,7 +469,7 @@ def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
 def manage_config(cfg: sconfig.SyncConfig) -> ManageConfig:
     """The agent's configuration: what it reads and removes (vmclient-syncd.service's
     sandbox must let it write every directory named here)."""
-    from ..manage.inventory import ManageConfig
+    from ..host.inventory import ManageConfig
     return ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
                         images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
                         vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe

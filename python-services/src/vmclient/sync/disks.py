@@ -300,10 +300,5 @@ def _read_run_fd(fd: int, lengths: Sequence[int], offset: int) -> list[bytes]:
 
 
 def raw_to_qcow2(raw: Path, dest: Path) -> None:
-    """Convert and make the result durable (it is renamed into place next)."""
+    """Convert (the caller makes the result durable as it renames it into place)."""
     qemu_img("convert", "-f", "raw", "-O", "qcow2", "-W", str(raw), str(dest))
-    fd = os.open(dest, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -69,12 +69,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VMNotFound, VMOperationFailed
-from ..provision.keys import passphrase
+from ..host.files import check_ram_backed
 from ..store import crypto, layout, repo
 from ..store.chunker import DEFAULT_CHUNK_SIZE, Chunk, Chunker, chunk_count
+from ..store.chunkstore import ChunkStore
 from ..store.documents import Pointer, WrappedKey
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
-from ..store.locks import keep_fresh, stop_refreshing, sweep_locked, unlock_anyway
+from ..store.holding import keep_fresh, stop_refreshing, sweep_locked, unlock_anyway
 from ..store.objects import BlobRef, ChunkMap, Manifest
 from ..store.remote import LockToken, RemoteStore
 from ..virt.libvirt import (
@@ -239,7 +240,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
         seq = await _next_seq(remote, dev, vm, parent)
         checkpoint = f"vmclient-{seq}-{secrets.token_hex(4)}"
         mem_file = memory_dir / f"{vm}-{checkpoint}.save"
-        store = repo.ChunkStore(remote, layout.vm_store(dev, vm), keys)
+        store = ChunkStore(remote, layout.vm_store(dev, vm), keys)
         try:
             async with contextlib.AsyncExitStack() as job:  # a backup job lasts until read
                 caps, known = await _capture_indexing(
@@ -276,7 +277,7 @@ async def sync_vm(hv: Hypervisor, remote: RemoteStore, device: crypto.Ed25519Pri
     return result
 
 
-async def _upload(store: repo.ChunkStore, known: Mapping[bytes, BlobRef], keys: crypto.KeySet,
+async def _upload(store: ChunkStore, known: Mapping[bytes, BlobRef], keys: crypto.KeySet,
                   caps: list[_Capture], parent: Manifest | None, chunk_size: int,
                   result: SyncResult, hooks: Hooks) -> tuple[ChunkMap, ...]:
     """Read the captures, upload their new chunks; the snapshot's chunk maps.
@@ -298,7 +299,7 @@ async def _upload(store: repo.ChunkStore, known: Mapping[bytes, BlobRef], keys: 
                  for c in caps)
 
 
-async def _capture_indexing(store: repo.ChunkStore, capture: Coroutine[Any, Any, list[_Capture]],
+async def _capture_indexing(store: ChunkStore, capture: Coroutine[Any, Any, list[_Capture]],
                             result: SyncResult) -> tuple[list[_Capture], dict[bytes, BlobRef]]:
     """The capture, and the store's index read meanwhile (the backup job mostly waits)."""
     loading = asyncio.ensure_future(store.load_index(repair=True))  # (under the lock)
@@ -494,7 +495,7 @@ def _passphrase(view: SyncView, keys: crypto.KeySet) -> bytes | None:
         return None
     if len(encrypted) != len(view.disks) or any(d.fmt != "qcow2" for d in encrypted):
         raise SyncRefused(view.name, "some disks are LUKS qcow2 and some not: not supported")
-    return passphrase(keys)
+    return keys.passphrase()
 
 
 @contextlib.asynccontextmanager
@@ -526,23 +527,6 @@ def _sha256(path: Path) -> str:
         while block := f.read(4 << 20):
             h.update(block)
     return h.hexdigest()
-
-
-def check_ram_backed(directory: Path, vm: str) -> None:
-    """The memory image is plaintext guest RAM: it may only go where nothing persists."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # libvirtd (root) writes the image; QEMU gets an fd
-    real = os.path.realpath(directory)
-    best, fstype = "", ""
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            mnt = parts[1].replace("\\040", " ")
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, fstype = mnt, parts[2]
-    if fstype not in ("tmpfs", "ramfs"):
-        raise SyncRefused(vm, f"its memory would be saved to {directory}, on {fstype or '?'} "
-                          f"({best or '?'}): the memory directory must be RAM-backed (tmpfs)")
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..errors import UsageError, VMClientError
+from ..host.keys import read_admin_key
 from ..manage import enrol
 from ..store import crypto
 from ..transport import close_store, is_url, open_store
@@ -73,8 +74,7 @@ async def request(cfg: sconfig.SyncConfig, agent: Any, hv: Any, untrusted_code: 
                             "([manage] enabled = false): it cannot be enrolled")
     code = check_code(untrusted_code)
     del untrusted_code
-    from ..provision.keys import load_admin_key
-    admin = load_admin_key(cfg.repository.admin_key)
+    admin = read_admin_key(cfg.repository.admin_key)
     if admin is None:
         raise VMClientError(f"no admin key at {cfg.repository.admin_key}: this laptop's "
                             "image does not know its datacenter")

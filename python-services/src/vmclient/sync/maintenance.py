@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..store import crypto, layout, repo
 from ..store.chunker import Chunk
+from ..store.chunkstore import ChunkStore
 from ..store.objects import BlobRef, Index, Manifest
 from ..store.plan import DownloadPlan, ReadRange, plan_download, plan_prune
 from ..store.remote import RemoteStore
@@ -50,8 +51,8 @@ class VerifyResult:
 async def verify(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
                  device: str, vm: str, snapshot: str | None = None) -> VerifyResult:
     """Check a snapshot end to end without restoring; raises RemoteIntegrityError."""
-    m = await restore.load_snapshot(remote, signers, keys, device, vm, snapshot)
-    store = repo.ChunkStore(remote, layout.vm_store(device, vm), keys)
+    m = await repo.load_snapshot(remote, signers, keys, device, vm, snapshot)
+    store = ChunkStore(remote, layout.vm_store(device, vm), keys)
     plan = plan_download(m, set(), await store.load_index(), store_path=store.root)
     n = 0
     async for _cid, _data in restore.fetch(store, plan):
@@ -88,7 +89,7 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
 
 async def prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
                        kept_manifests: list[Manifest], result: PruneResult) -> None:
-    store = repo.ChunkStore(remote, root, keys)
+    store = ChunkStore(remote, root, keys)
     packs: dict[str, Records] = {}
     old_indexes = []
     for e in await remote.list(f"{root}/index"):
@@ -112,7 +113,7 @@ async def prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
     moved = [Chunk(0, cid, data)
              async for cid, data in store.fetch(DownloadPlan(tuple(reads), frozenset(), 0))]
     if moved:  # a fresh store: its index names only the new packs
-        await repo.ChunkStore(remote, root, keys).upload(moved, {})
+        await ChunkStore(remote, root, keys).upload(moved, {})
     name = secrets.token_hex(32)
     await repo.put_sealed(remote, layout.index(root, name), keys.enc, ("index", name),
                           Index(name, survivors).to_bytes())

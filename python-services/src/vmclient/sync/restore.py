@@ -3,7 +3,7 @@
 The snapshot is read under ``devices/<source device>/vms/<vm>/`` and must be
 signed by one of ``signers`` (the device itself; after a re-key, the old device
 the ``rekey`` order names).  Every chunk is authenticated and its HMAC checked
-(:meth:`ChunkStore.fetch`).
+(:meth:`~vmclient.store.chunkstore.ChunkStore.fetch`).
 
 Each disk is assembled as a sparse raw file ``<dest>.partial`` and converted to
 qcow2 under a temporary name (or, for ``fmt="raw"``, fsync'ed), then renamed
@@ -28,9 +28,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..host.files import commit
 from ..store import crypto, layout, repo
+from ..store.chunkstore import ChunkStore
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
-from ..store.objects import BASE_ID, ZERO_ID, Manifest
+from ..store.objects import BASE_ID, ZERO_ID
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from . import disks
@@ -47,18 +49,6 @@ class RestoreResult:
     seconds: float = 0.0
 
 
-async def load_snapshot(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet,
-                        device: str, vm: str, snapshot: str | None = None,
-                        known_seq: int = 0) -> Manifest:
-    """``latest`` (or the named snapshot) of a VM, verified."""
-    if snapshot is None:
-        p = await repo.get_pointer(remote, signers, device, vm, known_seq)
-        return await repo.get_snapshot(remote, signers, keys, device=device, vm=vm,
-                                       snapshot=p.snapshot, digest=p.manifest)
-    return await repo.get_snapshot(remote, signers, keys, device=device, vm=vm,
-                                   snapshot=snapshot)
-
-
 async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
                      device: str, vm: str, dest: Mapping[str, Path],
                      snapshot: str | None = None, known_seq: int = 0,
@@ -71,7 +61,7 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
     if fmt not in ("qcow2", "raw"):
         raise LocalSyncError(f"cannot restore into format {fmt!r}")
     started = time.monotonic()
-    full = await load_snapshot(remote, signers, keys, device, vm, snapshot, known_seq)
+    full = await repo.load_snapshot(remote, signers, keys, device, vm, snapshot, known_seq)
     result = RestoreResult(vm, full.seq)
     names = {d.name for d in full.disks}
     needed = {d.name for d in full.disks if d.role != "memory"}
@@ -96,7 +86,7 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
                     off = i * d.chunk_size
                     where.setdefault(cid, []).append((fd, off, min(d.chunk_size, d.size - off)))
         have = await asyncio.to_thread(_scan, keys, where) if resuming else {}
-        store = repo.ChunkStore(remote, layout.vm_store(device, vm), keys)
+        store = ChunkStore(remote, layout.vm_store(device, vm), keys)
         index = await store.load_index()
         plan = plan_download(m, set(have), index, store_path=store.root)
         for cid in plan.local:
@@ -126,18 +116,16 @@ async def restore_vm(remote: RemoteStore, signers: repo.Signers, keys: crypto.Ke
 async def _finish(dest: Path, fmt: str, *, memory: bool) -> None:
     """The whole ``.partial`` file becomes ``dest`` (converted to qcow2 if asked), fsynced."""
     partial = dest.with_name(dest.name + ".partial")
-    if fmt == "raw" or memory:
-        if fmt != "raw":
-            await asyncio.to_thread(_fsync_path, partial)
-        os.replace(partial, dest)
+    if fmt == "raw" or memory:  # a raw one was fsynced by the Writeback: fsync_file is cheap
+        await asyncio.to_thread(commit, partial, dest)
         return
     tmp = dest.with_name(f".tmp-{dest.name}")
-    await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)  # fsyncs tmp
-    os.replace(tmp, dest)
+    await asyncio.to_thread(disks.raw_to_qcow2, partial, tmp)
+    await asyncio.to_thread(commit, tmp, dest)
     partial.unlink()
 
 
-async def fetch(store: repo.ChunkStore, plan: DownloadPlan
+async def fetch(store: ChunkStore, plan: DownloadPlan
                 ) -> AsyncIterator[tuple[bytes, bytes]]:
     """:meth:`ChunkStore.fetch`; a pack the index names but the server lacks is named too."""
     try:
@@ -149,7 +137,7 @@ async def fetch(store: repo.ChunkStore, plan: DownloadPlan
                                    ) from None
 
 
-async def fetch_into(store: repo.ChunkStore, plan: DownloadPlan,
+async def fetch_into(store: ChunkStore, plan: DownloadPlan,
                      sink: Callable[[Sequence[tuple[bytes, bytes]]], None]) -> None:
     """:meth:`ChunkStore.fetch_into` (chunks opened and written in worker threads), with a
     pack the index names but the server lacks named as in :func:`fetch`."""
@@ -214,11 +202,3 @@ def _place(places: list[tuple[int, int, int]], data: bytes, skip: bytes | None =
         if skip is not None and os.pread(fd, len(data), off) == data:
             continue
         os.pwrite(fd, data, off)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

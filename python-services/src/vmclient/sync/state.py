@@ -13,11 +13,10 @@ pointer is harmless: the dirty set since an older checkpoint is a superset.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..host.files import write_private
 from ..store.errors import LocalSyncError
 
 
@@ -42,16 +41,4 @@ def load(state_dir: Path, vm: str) -> VMSyncState:
 
 
 def save(state_dir: Path, vm: str, st: VMSyncState) -> None:
-    path = _path(state_dir, vm)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
-    with open(tmp, "w") as f:
-        json.dump(asdict(st), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private(_path(state_dir, vm), json.dumps(asdict(st)).encode())

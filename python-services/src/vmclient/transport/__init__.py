@@ -7,7 +7,7 @@ transport; the daemons and tools open their store here.
   (OpenSSH's ``ssh`` carrying a small SFTP client).  Without ``user@``
   (``sftp://host/``, what a laptop image ships) the opener must say whose
   account it is (``account``): a laptop passes the rule that names its own
-  account from its enrolled device id (:func:`vmclient.manage.state.device_account`),
+  account from its enrolled device id (:func:`vmclient.host.lease.device_account`),
   asked at each login, so one configuration serves every laptop.  The
   SSH private key (or, for the admin, an ssh-agent: ``agent``) and the
   ``known_hosts`` file that pins the server's host key are required (there is
@@ -15,7 +15,7 @@ transport; the daemons and tools open their store here.
   an agent.  ``/path`` is the repository
   directory as the account sees it: ``/`` for a device chrooted into the
   repository, the absolute path for the admin account.
-* anything else — a local directory (:class:`~vmclient.store.localfs.LocalDirStore`).
+* anything else — a local directory (:class:`~vmclient.transport.localfs.LocalDirStore`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from urllib.parse import unquote, urlsplit
 
 from .. import config
 from ..errors import UsageError
-from ..store.localfs import LocalDirStore
 from ..store.remote import RemoteStore
 from ..store.transport import close_store
+from .localfs import LocalDirStore
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Repository:
         help="the datacenter's pinned SSH host key (sftp:// only)")
     admin_key: Path = config.setting(
         Path("/etc/vmclient/admin-key.pub"),
-        help="the pinned admin Ed25519 public key: 32 raw bytes or their base64")
+        help="the pinned admin Ed25519 public key: PEM, 32 raw bytes or their base64")
     timeout: float = config.setting(
         20.0, min=1, max=600, help="seconds the datacenter has to answer the probe")
 

@@ -1,10 +1,16 @@
-"""What IT assigned to this laptop: ``<manage state_dir>/assigned.json`` (root-only).
+"""What IT assigned to this laptop and re-keyed for it, as the manage agent recorded it (root-only).
+
+``<manage state_dir>/assigned.json``:
 
 The agent records every ``assign`` order it executed (the VM, the image its
 recipe installs, the order number, the outcome and its detail) and forgets the
 VM on ``unassign``, all of them on ``wipe``.  vmclient-provd reads it for ``ListAssigned``
 (``vmclientctl vm install`` without a recipe).  A missing or unreadable file
 is an empty list: it is a view, the orders in the repository are the record.
+
+``<manage state_dir>/rekeyed.json``: the ``rekey`` orders this device executed
+(:func:`vmclient.manage.rekey.accept`), by VM: the device the VM came from and
+the oldest snapshot seq a restore may take (:func:`accepted_min_seq`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import VMClientError
 from ..store.format import NAME_RE
-from .keys import write_private
+from .files import write_private
 
 log = logging.getLogger(__name__)
 FILE = "assigned.json"
+REKEYED = "rekeyed.json"
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,20 @@ def forget(state_dir: Path, vm: str) -> None:
 def clear(state_dir: Path) -> None:
     """After a wipe: no business VM is here, none is assigned until IT assigns again."""
     (state_dir / FILE).unlink(missing_ok=True)
+
+
+def accepted_min_seq(manage_state_dir: Path, vm: str) -> int:
+    """The oldest snapshot seq a restore of ``vm`` may take after this device executed a
+    ``rekey`` order for it (what the admin verified then); 0 without such an order."""
+    entry = read_rekeyed(manage_state_dir).get(vm)
+    return int(str(entry["min_seq"])) if entry else 0
+
+
+def read_rekeyed(manage_state_dir: Path) -> dict[str, dict[str, object]]:
+    path = manage_state_dir / REKEYED
+    try:
+        return dict(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise VMClientError(f"{path}: unreadable: {exc}") from exc

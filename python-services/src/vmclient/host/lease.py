@@ -1,6 +1,7 @@
-"""What the laptop remembers about its management (root-only), and the pure time/lease rules.
+"""The lease: what the laptop remembers about its management (root-only), and the time rules.
 
-``state.json`` (0600, replaced atomically) holds the order sequence, the
+``<manage>/state.json`` (0600, replaced atomically; the manage agent is its
+only writer) holds the order sequence, the
 trusted time, the lease, the lock and wipe flags, the reports not yet
 uploaded and the digests of refused objects already reported.
 
@@ -28,11 +29,12 @@ from ..errors import EXIT_UNAVAILABLE, ConfigError
 from ..store.errors import StoreError
 from ..store.layout import account_name
 from ..store.orders import trusted_now
-from .keys import write_private
+from .files import write_private
 
 DAY = 86400
 DEFAULT_LEASE_DAYS = 14
 STATE_FILE = "state.json"
+WIPE_JOURNAL = "wipe.json"  # manage/wipe.py's journal: present while a wipe runs
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,18 @@ class StateFile:
 
     def update(self, **changes: Any) -> DeviceState:
         return self.save(replace(self.load(), **changes))
+
+
+def read_lease(manage_dir: Path, *, wall: Callable[[], float] = time.time,
+               mono: Callable[[], float] = boottime,
+               boot: Callable[[], str] = boot_id) -> Lease:
+    """The lease by trusted time, read-only: the trusted time is advanced in memory
+    from the persisted record, never written back (the manage agent is the only
+    writer of ``state.json``; a second writer could lose a renewal it had just
+    recorded)."""
+    s = StateFile(manage_dir).load()
+    s = replace(s, clock=advance(s.clock, int(wall()), mono(), boot()))
+    return s.lease(wipe_pending=(manage_dir / WIPE_JOURNAL).exists())
 
 
 class NotEnrolled(StoreError):

@@ -3,8 +3,9 @@
 The embedded default for a single machine and the transport of unit and
 integration tests.  Writes go to a hidden temporary file in the target
 directory, are fsync'ed, renamed into place (or hard-linked for exclusive
-creation, which fails if the name exists) and the directory is fsync'ed, so a
-crash leaves either the old object or the new one, never a torn one.
+creation, which fails if the name exists) and the directory is fsync'ed
+(:func:`vmclient.host.files.write_atomic`), so a crash leaves either the old
+object or the new one, never a torn one.
 Temporary files (``.tmp-<name>-<16 hex>``, :func:`~vmclient.store.remote.temporary_name`)
 are invisible to :meth:`list` and removed by :meth:`sweep_temporaries`.
 """
@@ -19,8 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import LocalSyncError, ObjectNotFound
-from .remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
+from ..host.files import fsync_dir, write_atomic
+from ..store.errors import LocalSyncError, ObjectNotFound
+from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
 
 
 class LocalDirStore(LockingMixin):
@@ -69,29 +71,13 @@ class LocalDirStore(LockingMixin):
 
     def _put(self, path: str, data: bytes, exclusive: bool) -> None:
         final = self._path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / temporary_name(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if self.file_mode != 0o600:
-                os.fchmod(fd, self.file_mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                if exclusive:
-                    os.link(tmp, final)
-                else:
-                    os.replace(tmp, final)
-            except FileExistsError:
-                raise LocalSyncError(f"repository object exists: {path}") from None
-            except FileNotFoundError:  # swept by a lock's holder (clear_lock_leftovers)
-                raise ObjectNotFound(f"{path} (its temporary file was removed meanwhile)"
-                                     ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+            write_atomic(final, data, mode=self.file_mode, exclusive=exclusive, dir_mode=None,
+                         temporary=temporary_name(path))
+        except FileExistsError:
+            raise LocalSyncError(f"repository object exists: {path}") from None
+        except FileNotFoundError:  # swept by a lock's holder (clear_lock_leftovers)
+            raise ObjectNotFound(f"{path} (its temporary file was removed meanwhile)") from None
 
     async def delete(self, path: str) -> None:
         await asyncio.to_thread(self._delete, path)
@@ -99,7 +85,7 @@ class LocalDirStore(LockingMixin):
     def _delete(self, path: str) -> None:
         target = self._path(path)
         target.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     async def rename(self, path: str, new: str) -> None:
         """``link`` + ``unlink`` (as OpenSSH's sftp-server renames): fails if ``new``
@@ -119,7 +105,7 @@ class LocalDirStore(LockingMixin):
         except FileExistsError:
             raise LocalSyncError(f"repository object exists: {new}") from None
         src.unlink(missing_ok=True)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
 
     async def sweep_temporaries(self, prefix: str, older_than: int | None = 3600, *,
                                 recursive: bool = True, names: str = TMP_PREFIX) -> int:
@@ -144,19 +130,3 @@ class LocalDirStore(LockingMixin):
                     tmp.unlink()
                     removed += 1
         return removed
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory (a rename or unlink in it is durable after this); absent is fine."""
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,9 +13,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
 from ..store.format import NAME_RE
 
 VM_NS = "https://vmclient.org/xmlns/vm/1"
+
+
+class BadVMName(UsageError):
+    """Not a VM name: {!r} (a VM name matches {})"""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ the domain stays shut off with its managed save image intact, and the error
 names the VM and the reason.  Domains that are not vmclient VMs, or whose disks
 are not encrypted, are started as they are.
 
-The lease is only *read* here (:func:`read_lease`): the trusted time is
+The lease is only *read* here (:func:`.lease.read_lease`): the trusted time is
 advanced in memory from the persisted record, never written back.  The manage
 agent is the only writer of ``state.json``; a second writer could lose a
 renewal it had just recorded.
@@ -34,22 +34,19 @@ the other its (failing) start.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
 from ..errors import EXIT_NOPERM, VMClientError
-from ..provision.keys import passphrase
 from ..store import crypto
 from ..virt.libvirt import Hypervisor
 from .inventory import VMTarget, parse_domain
-from .keys import FileKeyStore, KeyStore
-from .state import Lease, StateFile, advance, boot_id, boottime
+from .keys import DeviceKeys, VMKeyError, unwrap_vm_key
+from .lease import Lease, read_lease
 
 log = logging.getLogger(__name__)
-WIPE_JOURNAL = "wipe.json"  # manage/wipe.py's journal: present while a wipe runs
 
 
 class StartRefused(VMClientError):
@@ -90,15 +87,6 @@ class KeySettings:
         return GateConfig(self.device_dir, self.vm_keys_dir, self.manage_dir)
 
 
-def read_lease(manage_dir: Path, *, wall: Callable[[], float] = time.time,
-               mono: Callable[[], float] = boottime,
-               boot: Callable[[], str] = boot_id) -> Lease:
-    """The lease by trusted time, read-only (see the module docstring)."""
-    s = StateFile(manage_dir).load()
-    s = replace(s, clock=advance(s.clock, int(wall()), mono(), boot()))
-    return s.lease(wipe_pending=(manage_dir / WIPE_JOURNAL).exists())
-
-
 def refusal(vm: VMTarget, lease: Callable[[], Lease]) -> str | None:
     """Why ``vm`` may not start now, or None (pure but for the lease it asks for)."""
     if vm.kind != "business":
@@ -107,25 +95,14 @@ def refusal(vm: VMTarget, lease: Callable[[], Lease]) -> str | None:
     return None if current.business_allowed else current.reason
 
 
-def data_key(cfg: GateConfig, keys: KeyStore, vm: str) -> crypto.KeySet:
+def data_key(cfg: GateConfig, keys: DeviceKeys, vm: str) -> crypto.KeySet:
     """The VM's data key, unwrapped with the device key; StartRefused if it cannot be."""
-    path = cfg.vm_keys_dir / f"{vm}.wrapped"
     try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
-        raise StartRefused(vm, f"no data key at {path}: its disks cannot be opened") from None
-    except OSError as exc:
-        raise StartRefused(vm, f"cannot read its data key {path}: {exc.strerror}") from exc
-    try:
-        wrapping = keys.wrapping()
+        return unwrap_vm_key(cfg.vm_keys_dir / f"{vm}.wrapped", keys, vm)
+    except VMKeyError as exc:
+        raise StartRefused(vm, exc.reason) from exc
     except VMClientError as exc:
         raise StartRefused(vm, f"no device key: {exc}") from exc
-    try:
-        secret = crypto.unwrap_key(wrapping, blob, "data-key", f"vm:{vm}", path=str(path))
-    except VMClientError as exc:
-        raise StartRefused(vm, f"{path} does not open with this device's key "
-                               f"({getattr(exc, 'problem', exc)})") from exc
-    return crypto.KeySet.derive(secret)
 
 
 class StartGate:
@@ -135,10 +112,10 @@ class StartGate:
     agent passes its own (which records the trusted time it advances).
     """
 
-    def __init__(self, hv: Hypervisor, cfg: GateConfig, *, keys: KeyStore | None = None,
+    def __init__(self, hv: Hypervisor, cfg: GateConfig, *, keys: DeviceKeys | None = None,
                  lease: Callable[[], Lease] | None = None) -> None:
         self.hv, self.cfg = hv, cfg
-        self.keys = keys or FileKeyStore(cfg.device_keys_dir)
+        self.keys = keys or DeviceKeys(cfg.device_keys_dir)
         self.lease = lease or (lambda: read_lease(cfg.manage_dir))
 
     async def target(self, uuid: str, name: str) -> VMTarget | None:
@@ -169,6 +146,6 @@ class StartGate:
             self.allowed(vm)
             await self.hv.start(uuid, name)
             return
-        pp = passphrase(self.check(vm))
+        pp = self.check(vm).passphrase()
         async with self.hv.ephemeral_secrets(vm.secrets, pp, vm.name):
             await self.hv.start(uuid, vm.name)
