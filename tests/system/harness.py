@@ -340,6 +340,23 @@ class Result:
         return self
 
 
+def screen_args(vnc: bool = False) -> list[str]:
+    """QEMU arguments (for ``BootConfig.extra_args``) that give the booted host a screen:
+    virtio-vga (a DRM device, where the test host's Weston and vmclient-shell start)
+    and a tablet and keyboard; with ``vnc``, a VNC server on 127.0.0.1 (the first free
+    display, ``vnc_port()`` says which) for a person to watch and type.  Without
+    it the screen is only read back with QMP ``screendump``."""
+    args = ["-vga", "none", "-device", "virtio-vga",
+            "-device", "virtio-tablet-pci", "-device", "virtio-keyboard-pci"]
+    return args + (["-display", "vnc=127.0.0.1:0,to=99"] if vnc else [])
+
+
+def vnc_port(q: QMP) -> int | None:
+    """The TCP port of the machine's VNC server, if it has one."""
+    info = q.execute("query-vnc")
+    return int(info["service"]) if info.get("enabled") else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
