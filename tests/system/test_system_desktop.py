@@ -73,6 +73,22 @@ def test_the_host_boots_to_vmclient_shell_on_its_screen(
         assert share > 0.5, (f"the first-start page covers {share:.0%} of the {w}x{h} "
                              f"screen (screendump in {tmp_path}); Weston's journal:\n{journal}")
         assert share_of(FIRST_START_RGB, before[2]) < 0.1  # it was the console before
+        # The seat's keyboard reaches the shell (what a person types on VNC): two Downs
+        # move the layout list's selection, so the picture changes and nothing else did.
+        time.sleep(2)
+        still = screen(m, tmp_path / "still.ppm")[2]
+        assert still == px, "the first-start page changed with no key pressed"
+        for _ in range(2):
+            m.qmp.execute("send-key", keys=[{"type": "qcode", "data": "down"}])
+            time.sleep(0.5)
+        moved = px
+        for _ in range(30):
+            moved = screen(m, tmp_path / "keys.ppm")[2]
+            if moved != px:
+                break
+            time.sleep(1)
+        assert moved != px, "two Down keys did not move the first-start page's selection"
+        assert share_of(FIRST_START_RGB, moved) > 0.5
         # the shell runs as alice, never root, in group vmclient (the bus policy's group)
         ids = m.ssh("id alice", check=True).stdout
         assert "(vmclient)" in ids, ids
