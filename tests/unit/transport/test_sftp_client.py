@@ -154,18 +154,18 @@ def test_the_stream_reads_exact_sizes_pieces_and_skips_across_its_buffer() -> No
     ours, theirs = socket.socketpair()
     with ours, theirs:
         stream = Stream(ours, 5)
-        payload = bytes(range(256)) * 1024  # 256 KiB, more than the buffer
-        sender = threading.Thread(target=theirs.sendall,
-                                  args=(b"abc" + payload + payload + b"tail" + b"x" * 3 * KiB,))
+        payload = bytes(range(256)) * (RECEIVE_BUFFER // 256) + b"z" * 12345  # > the buffer
+        long = b"y" * (RECEIVE_BUFFER + 5)
+        sender = threading.Thread(target=theirs.sendall, args=(
+            b"abc" + payload + payload + b"tail" + b"x" * 3 * KiB + long,))
         sender.start()
         assert stream.read(3) == b"abc"
         assert b"".join(stream.pieces(len(payload))) == payload
         stream.skip(len(payload))
         assert stream.read(4) == b"tail"
         assert stream.read(3 * KiB) == b"x" * 3 * KiB
+        assert stream.read(len(long)) == long  # longer than the buffer, in one read
         sender.join()
-        theirs.sendall(b"y" * (RECEIVE_BUFFER + 5))  # longer than the buffer, in one read
-        assert stream.read(RECEIVE_BUFFER + 5) == b"y" * (RECEIVE_BUFFER + 5)
         theirs.close()
         with pytest.raises(ConnectionLost, match="ended"):
             stream.read(1)

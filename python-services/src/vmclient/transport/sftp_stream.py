@@ -3,13 +3,15 @@
 Blocking with a timeout the kernel keeps (``SO_RCVTIMEO``/``SO_SNDTIMEO``): the
 kernel, not a poll loop in Python, waits for ssh to take or give bytes.
 
-Receiving allocates nothing per call for what is small: packet headers and
-answers come out of one buffer kept for the connection's life
-(:data:`RECEIVE_BUFFER`; each receive takes whatever has arrived, up to its
-free space, so one receive brings many status answers).  The payload of a DATA
-answer is handed over in the pieces it arrives in (:meth:`Stream.pieces`): what
-the buffer already holds, then ``recv`` straight into new ``bytes`` objects, not
-zero-filled and not copied again, so a ranged get joins its pieces once.
+Receiving allocates nothing per call: what arrives goes into one buffer kept
+for the connection's life (:data:`RECEIVE_BUFFER`).  Each receive takes
+whatever has arrived, up to the buffer's free space: when this thread is late
+(the threads opening chunks hold the GIL), one receive brings many answers, so
+it needs the GIL, and ssh needs waking, less often.  Headers and small answers
+are copied out of it; the payload of a DATA answer is handed over in pieces
+(:meth:`Stream.pieces`): what the buffer holds of it, copied out, then the rest
+received straight into new ``bytes`` objects (``recv``: not zero-filled, not
+copied again), so a ranged get joins its pieces once.
 Sending: ``sendall``, or ``sendmsg`` of headers and views of the caller's
 buffer (no copy in Python).
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import socket
 import struct
 
-RECEIVE_BUFFER = 32 << 10  # headers and small answers; more than a DATA answer's header
+RECEIVE_BUFFER = 1 << 20  # the most one receive into the buffer takes
 MAX_PIECE = 1 << 20  # the most one receive of a payload takes
 
 
