@@ -130,12 +130,12 @@ class SFTPStore(LockingMixin):
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         remote = self._remote(check_path(path))
-        # survives a reconnect: the next attempt goes on; views into receive buffers, joined
-        # once at the end
-        parts: builtins.list[bytes | memoryview] = []
+        # survives a reconnect: the next attempt goes on; the pieces as they were received,
+        # joined once at the end
+        parts: builtins.list[bytes] = []
         got = [0]
 
-        def sink(data: bytes | memoryview) -> None:
+        def sink(data: bytes) -> None:
             parts.append(data)
             got[0] += len(data)
 

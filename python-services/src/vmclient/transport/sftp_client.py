@@ -3,10 +3,11 @@
 One :class:`Connection` per thread; the store runs several (several ssh
 processes) for parallelism.  Reads and writes keep up to :data:`IN_FLIGHT`
 requests outstanding, so a transfer is not paced by the round trip.  The
-request and answer formats are :mod:`.sftp_codec` (pure); this module only
-moves bytes: small answers are framed and parsed there, the payload of a DATA
-answer is read straight from the socket, and a WRITE's data is sent from the
-caller's buffer (``sendmsg`` of header and view: no copy in Python).
+request and answer formats are :mod:`.sftp_codec` (pure), the bytes move
+through :mod:`.sftp_stream`: small answers are framed and parsed in the codec,
+the payload of a DATA answer goes to the caller in the pieces it is received
+in, and a WRITE's data is sent from the caller's buffer (``sendmsg`` of header
+and view: no copy in Python).
 
 Failures come in three kinds, which the store treats differently:
 
@@ -28,12 +29,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from . import sftp_codec as c
+from .sftp_stream import ConnectionLost, Stream
 from .ssh import Endpoint, Failure, Process
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,7 @@ IN_FLIGHT = 64  # outstanding read or write requests per connection
 REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
 MIN_REQUEST = 32 << 10  # what every SFTP server must take
 SEND_BATCH = 4  # write requests per sendmsg
-RECEIVE_CHUNK = 1 << 20  # the most one receive takes
-
-
-class ConnectionLost(Exception):
-    """The SSH session ended or stopped answering (not an answer of the server)."""
+__all__ = ["Channel", "Connection", "ConnectionLost", "Refused", "Reopen"]
 
 
 class Reopen(Exception):
@@ -86,8 +83,7 @@ class Connection:
         self.endpoint = endpoint
         self.process: Channel = Process(endpoint) if channel is None else channel
         self.sock = self.process.sock
-        _blocking_with_timeout(self.sock, endpoint.timeout)
-        self._view, self._pos = memoryview(b""), 0  # received, not yet taken
+        self.stream = Stream(self.sock, endpoint.timeout)
         self._rid = 0
         try:
             self._send(c.init())
@@ -133,52 +129,10 @@ class Connection:
     # --- framing ---------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise ConnectionLost(f"sending: {exc}") from exc
-
-    def _sendv(self, parts: list[bytes | memoryview]) -> None:
-        """Send ``parts`` whole with as few ``sendmsg`` calls as the kernel allows."""
-        try:
-            while parts:
-                sent = self.sock.sendmsg(parts)
-                while parts and sent >= len(parts[0]):
-                    sent -= len(parts[0])
-                    parts.pop(0)
-                if parts and sent:
-                    parts[0] = memoryview(parts[0])[sent:]
-        except OSError as exc:
-            raise ConnectionLost(f"sending: {exc}") from exc
+        self.stream.send(data)
 
     def _read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (small: headers, statuses, names)."""
-        return bytes(self._take(n))
-
-    def _take(self, n: int) -> bytes | memoryview:
-        """Exactly ``n`` bytes, as a view into a receive buffer where they are in one.
-
-        Each receive takes whatever has arrived, up to :data:`RECEIVE_CHUNK` (at least
-        what is asked): when this thread is late (the threads opening chunks hold the
-        GIL), one receive brings many answers, so it needs the GIL less often."""
-        have = len(self._view) - self._pos
-        if have >= n:
-            self._pos += n
-            return self._view[self._pos - n:self._pos]
-        parts: list[bytes | memoryview] = [self._view[self._pos:]] if have else []
-        need = n - have
-        while need:
-            buf = bytearray(max(need, RECEIVE_CHUNK))
-            try:
-                got = self.sock.recv_into(buf)
-            except OSError as exc:  # the timeout (EAGAIN), a reset, a closed socket
-                raise ConnectionLost(f"receiving: {exc}") from exc
-            if not got:
-                raise ConnectionLost("the SSH session ended")
-            self._view, self._pos = memoryview(buf)[:got], min(need, got)
-            parts.append(self._view[:self._pos])
-            need -= self._pos
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return self.stream.read(n)
 
     def _header(self) -> tuple[int, int]:
         return c.frame_header(self._read(c.HEADER.size))
@@ -275,7 +229,7 @@ class Connection:
     # --- pipelined transfers ------------------------------------------------------------------
 
     def read(self, handle: bytes, start: int, end: int,
-             sink: Callable[[bytes | memoryview], None], path: str, *,
+             sink: Callable[[bytes], None], path: str, *,
              close: bool = False) -> None:
         """Bytes ``[start, end)`` of an open file to ``sink``, in order, ``IN_FLIGHT``
         requests deep.  End of file (the file shrank) ends the read there; a short
@@ -304,14 +258,13 @@ class Connection:
                         batch.append(c.request(c.CLOSE, self._rid, c.string(handle)))
                     self._send(b"".join(batch))
                 rid, off, n = window.popleft()
-                data = self._read_answer(rid, n, stale, path)
-                if data is None:  # end of file
+                got = self._read_answer(rid, n, stale, path, sink)
+                if got is None:  # end of file
                     break
-                sink(data)
-                if len(data) < n:
+                if got < n:
                     stale.update(r for r, _o, _n in window)
                     window.clear()
-                    pos = off + len(data)
+                    pos = off + got
                     if closing:
                         self._drain(stale)
                         raise Reopen(pos)
@@ -328,25 +281,29 @@ class Connection:
             self._send(c.request(c.CLOSE, self._rid, c.string(handle)))
         self._drain(stale)
 
-    def _read_answer(self, rid: int, n: int, stale: set[int], path: str
-                     ) -> bytes | memoryview | None:
+    def _read_answer(self, rid: int, n: int, stale: set[int], path: str,
+                     sink: Callable[[bytes], None]) -> int | None:
+        """The answer to read request ``rid`` (``n`` bytes asked): its data to ``sink``
+        in the pieces it arrives in, and how many bytes it had; None at end of file.
+        Answers to ``stale`` requests before it are dropped."""
         while True:
             # the header and a DATA answer's id and length in one receive (every answer to
-            # a read has these 13 bytes at least): each receive costs a turn at the GIL,
-            # which the threads opening chunks hold most of the time
+            # a read has these 13 bytes at least)
             head = self._read(c.HEADER.size + c.DATA_HEAD_SIZE)
             kind, length = c.frame_header(head[:c.HEADER.size])
             if length < c.DATA_HEAD_SIZE:
                 raise c.MalformedAnswer(f"an answer of {length} bytes to a read")
             if kind == c.DATA:
                 got, size = c.data_header(head[c.HEADER.size:], length)
-                data = self._take(size)
                 if got == rid:
                     if size > n:
                         raise c.MalformedAnswer(f"{size} bytes answered to a read of {n}")
-                    return data
+                    for piece in self.stream.pieces(size):
+                        sink(piece)
+                    return size
                 if got not in stale:
                     raise c.MalformedAnswer(f"DATA for request {got}, expected {rid}")
+                self.stream.skip(size)
                 stale.discard(got)
                 continue
             body = head[c.HEADER.size:] + self._read(length - c.DATA_HEAD_SIZE)
@@ -364,8 +321,9 @@ class Connection:
         """Read (and drop) the answers to abandoned requests: the session stays in step."""
         while stale:
             _kind, length = self._header()
-            body = self._read(length)
-            got = int.from_bytes(body[:4], "big") if len(body) >= 4 else -1
+            head = self._read(min(4, length))
+            self.stream.skip(length - len(head))
+            got = int.from_bytes(head, "big") if len(head) == 4 else -1
             if got not in stale:
                 raise c.MalformedAnswer(f"answer to request {got}, which is not outstanding")
             stale.discard(got)
@@ -386,7 +344,7 @@ class Connection:
                 outstanding.append(rid)
                 pos += n
             if batch:
-                self._sendv(batch)
+                self.stream.sendv(batch)
             if not outstanding:
                 break
             if len(outstanding) < IN_FLIGHT and pos < total and error is None:
@@ -400,17 +358,6 @@ class Connection:
                 error = c.status_error(value, "put", path)
         if error is not None:
             raise error
-
-
-def _blocking_with_timeout(sock: socket.socket, timeout: float) -> None:
-    """A blocking socket whose waits end after ``timeout`` seconds: the kernel, not a poll
-    loop in Python, waits for ssh to take or give bytes (Python's own socket timeout makes
-    every partial send and receive a round through the interpreter)."""
-    sock.settimeout(None)
-    seconds = int(timeout)
-    tv = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 def _within(limit: int, packet: int) -> int:
