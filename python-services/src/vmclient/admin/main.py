@@ -12,6 +12,7 @@
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
+    vmclient-admin --repo REPO recovery-key DEVICE [--escrow-key FILE] [--json]
     vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
     vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
     vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
@@ -53,7 +54,7 @@ from ..store.repo import (
     put_wrapped_key,
 )
 from ..transport import close_store, is_url, open_store
-from . import fleet, images, keys, maint, serverscript, session, show
+from . import fleet, images, keys, maint, recovery, serverscript, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .sshd import check_public_key, confinement
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
     maint.add_parsers(sub)
+    recovery.add_parsers(sub)
     return p
 
 
