@@ -172,3 +172,65 @@ def test_resolve_package_of_follows_the_order_of_packages():
     assert m.package_of(d, "/usr/lib/python3.14/site-packages/vmclient/shell/window.py") == "vmclient-shell"
     assert m.package_of(d, "/usr/lib/python3.14/site-packages/vmclient/daemon.py") == "vmclient-services"
     assert m.package_of(d, "/etc/vmclient/power.toml") is None
+
+
+# --- check-layer-resolve's Secure Boot signing rule --------------------------------
+
+class _Recipes:
+    """parse_recipe over a few recipes' values; an unknown name has no provider,
+    as bitbake's tinfoil raises for it."""
+
+    def __init__(self, recipes):
+        self.recipes = recipes
+
+    def parse_recipe(self, pn):
+        if pn not in self.recipes:
+            raise RuntimeError(f"Nothing PROVIDES '{pn}'")
+        return _Data(self.recipes[pn])
+
+
+SB = {"VMCLIENT_SB_KEY": "/keys/db.key", "VMCLIENT_SB_CERT": "/keys/db.crt"}
+EFI = "/build/tmp/work/systemd-boot/build/src/boot"
+
+# systemd-boot as the pinned openembedded-core recipe resolves (no bbappend).
+BOOT_PINNED = {**SB, "DEPENDS": "libcap util-linux gperf-native python3-jinja2-native",
+               "do_install": f"    install -d /image/boot/EFI/BOOT\n"
+                             f"    install {EFI}/systemd-boot*.efi /image/boot/EFI/BOOT/bootx64.efi\n",
+               "do_deploy": f"    install {EFI}/systemd-boot*.efi /deploy\n"}
+
+
+def _signing_check(m, image, recipes):
+    m.failures.clear()
+    m.check_boot_signing(_Recipes(recipes), _Data(image))
+    return list(m.failures)
+
+
+def test_resolve_signing_rule_fails_with_the_pinned_layers_alone():
+    m = _resolve_module()
+    failed = _signing_check(m, {**SB, "DEPENDS": "systemd-boot systemd-boot-native"},
+                            {"systemd-boot": BOOT_PINNED})
+    assert any("DEPENDS has sbsigntool-native (ukify" in f for f in failed), failed
+    assert any("sbsigntool-native: a recipe provides it" in f for f in failed), failed
+    assert any("systemd-boot: do_install signs" in f for f in failed), failed
+    assert any("systemd-boot: do_deploy signs" in f for f in failed), failed
+
+
+def test_resolve_signing_rule_accepts_the_signing_tool_and_a_signed_boot_loader():
+    m = _resolve_module()
+    sign = '    sbsign --key "/keys/db.key" --cert "/keys/db.crt" \\\n        --output {} "$efi"\n'
+    boot = {**BOOT_PINNED, "DEPENDS": BOOT_PINNED["DEPENDS"] + " sbsigntool-native",
+            "do_install": BOOT_PINNED["do_install"] + sign.format("/image/boot/EFI/BOOT/bootx64.efi"),
+            "do_deploy": BOOT_PINNED["do_deploy"] + sign.format('"/deploy/$(basename "$efi")"')}
+    tool = {"SRCREV_sbsigntools": "9cfca9fe7aa7a8e29b92fe33ce8433e212c9a8ba",
+            "SRCREV_ccan": "b1f28e17227f2320d07fe052a8a48942fe17caa5",
+            "LIC_FILES_CHKSUM": "file://COPYING;md5=a7710ac18adec371b84a9594ed04fd20"}
+    image = {**SB, "DEPENDS": "systemd-boot systemd-boot-native sbsigntool-native"}
+    assert _signing_check(m, image, {"systemd-boot": boot, "sbsigntool-native": tool}) == []
+    # a moving SRCREV is not a pinned source
+    assert _signing_check(m, image, {"systemd-boot": boot,
+                                     "sbsigntool-native": {**tool, "SRCREV_ccan": "AUTOINC"}})
+
+
+def test_resolve_signing_rule_checks_nothing_without_a_key():
+    m = _resolve_module()
+    assert _signing_check(m, {"VMCLIENT_SB_KEY": "", "DEPENDS": ""}, {}) == []

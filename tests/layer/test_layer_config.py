@@ -193,6 +193,49 @@ def test_secure_boot_builds_a_signed_uki_with_the_keys_given():
         assert re.search(rf"^  {var}:", kas, re.M), f"kas.yml env does not pass {var}"
 
 
+def _function_body(text: str, name: str) -> str:
+    m = re.search(rf"^{re.escape(name)}\(\) \{{\n(.*?)^\}}", text, re.M | re.S)
+    assert m, f"no {name}()"
+    return m.group(1)
+
+
+def test_secure_boot_signing_tool_is_built_by_the_layer_from_pinned_sources():
+    # ukify signs the UKI with sbsign, which no pinned layer builds: without
+    # this recipe a signed build stops in do_uki.
+    found = sorted((LAYER / "recipes-devtools" / "sbsigntool").glob("sbsigntool_*.bb"))
+    assert len(found) == 1, found
+    recipe = found[0]
+    assert "native" in bbvars.words(recipe, "BBCLASSEXTEND")
+    uris = bbvars.words(recipe, "SRC_URI")
+    assert any(u.startswith("git://git.kernel.org/pub/scm/linux/kernel/git/jejb/sbsigntools.git;")
+               and "name=sbsigntools" in u for u in uris), uris
+    assert any("destsuffix=${BB_GIT_DEFAULT_DESTSUFFIX}/lib/ccan.git" in u and "name=ccan" in u
+               for u in uris), "the ccan submodule goes where sbsigntools' build expects it"
+    for name in ("SRCREV_sbsigntools", "SRCREV_ccan"):
+        assert re.fullmatch(r"[0-9a-f]{40}", bbvars.value(recipe, name)), name
+    lic = bbvars.words(recipe, "LIC_FILES_CHKSUM")
+    assert lic and all(re.fullmatch(r"file://[\w./-]+;md5=[0-9a-f]{32}", f) for f in lic), lic
+    assert {"file://COPYING", "file://lib/ccan.git/licenses/LGPL-2.1"} <= {f.split(";")[0] for f in lic}
+
+
+def test_secure_boot_signs_the_uki_and_the_boot_loader_with_sbsign_when_keys_are_given():
+    image = bbvars.value(IMAGE, "DEPENDS")
+    assert "sbsigntool-native" in image and "VMCLIENT_SB_KEY" in image, image
+    # The distro gives the keys an empty default: a bbappend's shell test of
+    # an unset ${VMCLIENT_SB_KEY} would otherwise see the literal text.
+    for var in ("VMCLIENT_SB_KEY", "VMCLIENT_SB_CERT"):
+        assert [op for name, op, _v in bbvars.assignments(DISTRO) if name == var] == ["??="], var
+    append = LAYER / "recipes-core" / "systemd" / "systemd-boot_%.bbappend"
+    assert "sbsigntool-native" in bbvars.value(append, "DEPENDS:append:vmclient")
+    text = append.read_text()
+    for task in ("do_install:append:vmclient", "do_deploy:append:vmclient"):
+        body = _function_body(text, task)
+        assert 'sbsign --key "${VMCLIENT_SB_KEY}" --cert "${VMCLIENT_SB_CERT}"' in body, task
+        # signed from the unsigned build output, never in place
+        assert re.search(r'--output .+ "\$efi"$', body, re.M), task
+        assert "${B}/src/boot/systemd-boot*.efi" in body, task
+
+
 # --- defect 8: no serial console first on a laptop ---------------------------
 
 def test_laptop_kernel_command_line_has_no_serial_console_and_qemu_has_one():

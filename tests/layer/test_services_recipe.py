@@ -65,7 +65,8 @@ def test_recipe_version_matches_pyproject():
 
 
 def test_every_systemd_unit_is_listed_in_systemd_service():
-    units = sorted(p.name for p in (SERVICES / "data" / "systemd").iterdir() if p.suffix == ".service")
+    units = sorted(p.name for p in (SERVICES / "data" / "systemd").iterdir()
+                   if p.suffix in (".service", ".path"))
     assert units
     listed = words(RECIPE, "SYSTEMD_SERVICE:${PN}")
     assert sorted(listed) == units

@@ -53,9 +53,11 @@ SYSTEMD_DEFAULT_TARGET = "graphical.target"
 # signed EFI binary) that systemd-boot finds in EFI/Linux; the command line
 # cannot be changed at the boot menu.  Without them the image boots the
 # kernel and the boot loader entry wic writes (lab and runqemu builds).
-VMCLIENT_SB_KEY ??= ""
-VMCLIENT_SB_CERT ??= ""
+# (VMCLIENT_SB_KEY and VMCLIENT_SB_CERT default to "" in the distro.)
 inherit_defer ${@'uki' if d.getVar('VMCLIENT_SB_KEY') else ''}
+# ukify signs with sbsign (recipes-devtools/sbsigntool: no pinned layer
+# builds it); systemd-boot's bbappend signs the boot loader with the same key.
+DEPENDS += "${@'sbsigntool-native' if d.getVar('VMCLIENT_SB_KEY') else ''}"
 # uki.bbclass's variables, which oelint-adv does not know.
 # nooelint: oelint.vars.mispell.unknown
 UKI_CMDLINE = "rootwait root=LABEL=vmroot rootfstype=ext4 ro ${VMCLIENT_KERNEL_CONSOLE}"

@@ -62,10 +62,12 @@ RDEPENDS:${PN}-hypervisor = "\
 # The vmclient daemons, the admin's public key, and the system pieces they
 # rely on: polkit for authorisation, vmclient-persist for state on the data
 # partition under a read-only root (it brings volatile-binds),
-# cryptsetup for LUKS.
+# cryptsetup for LUKS, systemd-cryptenroll (systemd-crypt, only recommended by
+# systemd) for the recovery key vmclient-recovery-key.service escrows.
 RDEPENDS:${PN}-services = "\
     cryptsetup \
     polkit \
+    systemd-crypt \
     vmclient-admin-key \
     vmclient-persist \
     vmclient-services \

@@ -88,7 +88,13 @@ REQUIRED_DISTRO_FEATURES = "systemd"
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system vmclient"
 
-SYSTEMD_SERVICE:${PN} = "vmclient-powerd.service vmclient-provd.service vmclient-syncd.service"
+SYSTEMD_SERVICE:${PN} = "\
+    vmclient-powerd.service \
+    vmclient-provd.service \
+    vmclient-syncd.service \
+    vmclient-recovery-key.service \
+    vmclient-recovery-key.path \
+"
 
 # vmclient-shell, the desktop (python-services/docs/shell.md): its own
 # package, so that only an image with a display pulls GTK, spice-gtk and

@@ -1,7 +1,7 @@
 """Fuzzing what the fleet management reads from the server: device records, orders,
-reports, revocations, heartbeats and enrolment requests.
+reports, revocations, heartbeats, enrolment requests and escrowed recovery keys.
 
-Orders, records and revocations are admin-signed, reports and heartbeats
+Orders, records and revocations are admin-signed, reports, heartbeats and recovery keys
 device-signed, enrolment requests self-signed: each is fed as stored bytes
 mutated (the envelope) and as a mutated body signed with the right key (the
 parser behind it), through the functions the agent and the admin tool call.
@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmclient.manage import admin as admin_mod
-from vmclient.manage import enrol
+from vmclient.manage import enrol, recovery
+from vmclient.manage.recovery import RecoveryKey, format_key, object_path
 from vmclient.manage.status import DeviceStatus, status_path
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
@@ -47,6 +48,9 @@ ORDERS = [Order(DEVICE_ID, 1, 5, "assign", {"vm": "office", "recipe": "office", 
 REPORT = Report(DEVICE_ID, 1, 6, 1, "done", "assigned office")
 REVOCATION = admin_mod.Revocation(DEVICE_ID, 7, "stolen")
 STATUS = DeviceStatus(DEVICE_ID, 8, "vmclient 1.0", 1, 99, False, False)
+ESCROW = crypto.X25519PrivateKey.from_private_bytes(b"\x05" * 32)
+RECOVERY = RecoveryKey.seal(ESCROW.public_key(), b"\x06" * 32, DEVICE_ID, 9,
+                            "/dev/disk/by-partlabel/vmdata", 1)
 REQUESTS = [enrol.EnrolmentRequest(DEVICE_ID, "laptop-7", RECORD.signing_key,
                                    RECORD.wrapping_key, 900).with_proof("ABCD-EFGH"),
             enrol.EnrolmentRequest(DEVICE_ID, "laptop-7", RECORD.signing_key,
@@ -110,6 +114,15 @@ def read_status(blob: bytes) -> object:
     return outcome(run, admin_mod.device_status(store({status_path(DEVICE_ID): blob}), RECORD))
 
 
+def read_recovery_key(blob: bytes) -> object:
+    """What ``vmclient-admin recovery-key`` does with ``devices/<id>/recovery-key``."""
+    async def admin() -> str:
+        doc = await recovery.fetch(store({object_path(DEVICE_ID): blob}), DEVICE_ID,
+                                   DEVICE.public_key())
+        return doc.unwrap(ESCROW, object_path(DEVICE_ID))
+    return outcome(run, admin())
+
+
 def read_request(blob: bytes) -> object:
     path = enrol.request_path(DEVICE_ID)
     return outcome(run, enrol.read_request(store({path: blob}, record=False), path, DEVICE_ID))
@@ -123,6 +136,7 @@ SIGNED = [
     (read_report, DEVICE, "report", f"{DEVICE_ID}/1", REPORT.to_bytes()),
     (read_revocation, ADMIN, "revocation", DEVICE_ID, REVOCATION.to_bytes()),
     (read_status, DEVICE, "status", DEVICE_ID, STATUS.to_bytes()),
+    (read_recovery_key, DEVICE, "recovery-key", DEVICE_ID, RECOVERY.to_bytes()),
     *[(read_request, DEVICE, "enrolment", DEVICE_ID, r.to_bytes()) for r in REQUESTS],
 ]
 
@@ -140,6 +154,8 @@ def test_the_valid_objects_read_back() -> None:
                                        STATUS.to_bytes())) == STATUS
     for r in REQUESTS:
         assert read_request(signed_envelope(DEVICE, "enrolment", DEVICE_ID, r.to_bytes())) == r
+    assert read_recovery_key(signed_envelope(DEVICE, "recovery-key", DEVICE_ID,
+                                             RECOVERY.to_bytes())) == format_key(b"\x06" * 32)
 
 
 @given(st.sampled_from(SIGNED), st.data())

@@ -12,6 +12,7 @@
     vmclient-admin --repo REPO devices [--json] | devices revoke DEVICE
     vmclient-admin --repo REPO reports DEVICE [--json]
     vmclient-admin --repo REPO rekey|restore VM --to DEVICE [--from DEVICE]
+    vmclient-admin --repo REPO recovery-key DEVICE [--escrow-key FILE] [--json]
     vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
     vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
     vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
@@ -52,7 +53,7 @@ from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_catalog, put_signed
 from ..transport import close_store, is_url, open_store
-from . import entitle, fleet, images, keys, maint, session, show
+from . import entitle, fleet, images, keys, maint, recovery, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .text import Output, human_size, info, utc
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_break_lock)
     fleet.add_parsers(sub)
     maint.add_parsers(sub)
+    recovery.add_parsers(sub)
     return p
 
 

@@ -1,4 +1,5 @@
-"""``vmclientctl enrol`` and ``vmclientctl status``: remote management on this laptop (root).
+"""``vmclientctl enrol``, ``status`` and ``recovery-key``: remote management on this laptop
+(root).
 
 They work on the management state directly (``/var/lib/vmclient/manage``).
 The repository is a local directory or ``sftp://user@host[:port]/path``
@@ -43,6 +44,15 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _common(s)
     s.set_defaults(func=status, render=render_status)
+    r = sub.add_parser("recovery-key", help="give the data partition a recovery key wrapped "
+                       "for IT's escrow key, once enrolled (vmclient-recovery-key.service)")
+    r.add_argument("--volume", default="/dev/disk/by-partlabel/vmdata",
+                   help="the LUKS2 data partition")
+    r.add_argument("--unlock", choices=("tpm2", "password"), default="tpm2",
+                   help="how systemd-cryptenroll opens it: its TPM2 keyslot, or a passphrase "
+                   "($PASSWORD, else asked)")
+    _common(r)
+    r.set_defaults(func=recovery_key, render=lambda r: r["result"])
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -112,6 +122,16 @@ async def status(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await close_store(agent.remote)
     return st
+
+
+async def recovery_key(args: argparse.Namespace) -> dict[str, Any]:
+    """Idempotent: nothing to do when the device has a recovery key for the current escrow
+    key; the agent in vmclient-syncd uploads a new one at its next poll."""
+    from ..manage import recovery
+    enroller = recovery.Enroller(args.volume, ("--unlock-tpm2-device=auto",)
+                                 if args.unlock == "tpm2" else ())
+    return {"result": await recovery.escrow(Path(args.state_dir), Path(args.device_dir),
+                                            enroller, int(time.time()))}
 
 
 def render_status(st: dict[str, Any]) -> str:

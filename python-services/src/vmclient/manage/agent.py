@@ -35,8 +35,9 @@ from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError,
 from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report, check_device_name
 from ..store.remote import RemoteStore, get_object
+from ..store.repo import get_config
 from ..virt.libvirt import Hypervisor
-from . import enrol, rekey, status
+from . import enrol, recovery, rekey, status
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -68,6 +69,7 @@ class Agent:
         self.journal = Journal(cfg)
         self.wall, self.mono, self.boot = wall, mono, boot
         self.after_wipe_step = after_wipe_step
+        self._escrow_warned = False
 
     # -- time and lease ---------------------------------------------------------------
 
@@ -165,7 +167,23 @@ class Agent:
         self.state_file.save(replace(s, enrolled=True,
                                      lease_until=s.clock.time + self.cfg.lease_days * DAY))
         log.info("enrolled as device %s (%s)", rec.device, rec.name)
+        await self.escrow_recovery_key()
         return True
+
+    async def escrow_recovery_key(self) -> None:
+        """Record the repository's escrow key for ``vmclientctl recovery-key`` (once), and
+        upload the recovery key it wrapped (:mod:`.recovery`).  Best effort: a failure is
+        logged and the next poll tries again."""
+        try:
+            if recovery.escrow_key(self.cfg.state_dir) is None:
+                cfg = await get_config(self.remote, pinned_admin_key(self.cfg.state_dir))
+                recovery.note_escrow_key(self.cfg.state_dir, crypto.x25519_public(cfg.escrow_key))
+            await recovery.upload_pending(self.remote, self.cfg.device_keys_dir,
+                                          self.keys.signing().public_key())
+        except (StoreError, OSError, VMClientError) as exc:
+            if not self._escrow_warned:  # once per run: it is retried at every poll
+                log.warning("recovery key not escrowed yet: %s", exc)
+            self._escrow_warned = True
 
     # -- orders ---------------------------------------------------------------------------
 
@@ -189,6 +207,7 @@ class Agent:
         await self.enforce()
         await self.flush_reports()
         await self.send_status()
+        await self.escrow_recovery_key()
 
     async def send_status(self) -> None:
         """Replace ``devices/<id>/status``: last contact, release, lease (:mod:`.status`)."""

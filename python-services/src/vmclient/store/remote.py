@@ -41,6 +41,7 @@ MAX_OBJECT: dict[str, int] = {
     "config": 64 * _KIB, "device": 64 * _KIB, "enrolment": 64 * _KIB,
     "revocation": 64 * _KIB, "status": 64 * _KIB, "report": 64 * _KIB,
     "pointer": 64 * _KIB, "wrapped-key": 64 * _KIB, "lock": 64 * _KIB,
+    "recovery-key": 64 * _KIB,
     "order": 4 * _MIB,  # an assign order carries its recipe
     "catalog": 64 * _MIB,
     "snapshot": DOCUMENT_CAP, "manifest": DOCUMENT_CAP, "index": DOCUMENT_CAP,
