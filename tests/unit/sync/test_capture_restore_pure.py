@@ -27,7 +27,8 @@ def test_image_json_never_carries_the_passphrase() -> None:
 
 
 def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:
-    from vmclient.sync.engine import SyncRefused, check_ram_backed
+    from vmclient.sync.capture import check_ram_backed
+    from vmclient.sync.job import SyncRefused
 
     mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
     here = max((m for m in mounts if str(tmp_path).startswith(m[0].rstrip("/") + "/")),

@@ -57,7 +57,7 @@ from ..store.pack import open_blob
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from ..store.repo import ChunkStore, get_wrapped_key
-from ..sync.engine import check_ram_backed
+from ..sync.capture import check_ram_backed
 from ..sync.restore import load_snapshot
 from ..virt.libvirt import restore_saved
 from .cache import ChunkCache

@@ -280,14 +280,14 @@ class Synchronizer:
         self.iface.changed()
         escrow = crypto.X25519PublicKey.from_public_bytes(repo_cfg.escrow_key)
         try:
-            result = await engine.sync_vm(
-                self.hv, self.upload, self.device.signing, v.uuid, keys,
-                state_dir=self.cfg.state_dir, scratch_dir=self.cfg.scratch_dir,
-                chunk_size=repo_cfg.chunk_size,
-                recipients=[self.device.wrapping.public_key(), escrow],
-                hooks=engine.Hooks(progress, lambda: self.interrupt),
-                writers=await self._writers(v.name), memory_dir=self.cfg.memory_dir,
-                meta=self._recipe(v.name))
+            job = engine.SyncJob(
+                v.uuid, self.device.signing, keys, state_dir=self.cfg.state_dir,
+                scratch_dir=self.cfg.scratch_dir, chunk_size=repo_cfg.chunk_size,
+                recipients=(self.device.wrapping.public_key(), escrow),
+                memory_dir=self.cfg.memory_dir, meta=self._recipe(v.name),
+                writers=await self._writers(v.name))
+            result = await engine.sync_vm(self.hv, self.upload, job,
+                                          engine.Hooks(progress, lambda: self.interrupt))
         except engine.SyncInterrupted as exc:
             log.info("%s", exc)
             v.state, v.reason = "paused", "the laptop sleeps; the sync continues after resume"
@@ -315,14 +315,14 @@ class Synchronizer:
         except (OSError, UnicodeDecodeError):
             return {}
 
-    async def _writers(self, vm: str) -> Any:
+    async def _writers(self, vm: str) -> dict[str, crypto.Ed25519PublicKey]:
         """After a ``rekey`` order, the devices whose snapshots this VM's directory holds."""
         if self.agent is None:
-            return None
+            return {}
         from ..manage import rekey
         if vm not in rekey.rekeyed_vms(self.agent.cfg):
-            return None
-        return (await self.agent.restore_source(vm)).signers
+            return {}
+        return dict((await self.agent.restore_source(vm)).signers)
 
     def _failed(self, v: VMStatus, waiting: list[asyncio.Future[Outcome]],
                 exc: VMClientError) -> None:

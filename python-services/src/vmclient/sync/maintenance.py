@@ -26,7 +26,8 @@ from ..store.chunker import Chunk
 from ..store.objects import BlobRef, Index, Manifest
 from ..store.plan import DownloadPlan, ReadRange, plan_download, plan_prune
 from ..store.remote import RemoteStore
-from . import engine, restore
+from . import restore
+from .lock import device_lock
 from .retention import Retention, kept
 
 Records = tuple[tuple[bytes, int, int, int], ...]
@@ -63,9 +64,7 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
                 keys: crypto.KeySet, vm: str, policy: Retention) -> PruneResult:
     dev = crypto.key_id(device_key.public_key())
     signers = {dev: device_key.public_key()}
-    token = await engine.take_lock(remote, layout.device_lock(dev))
-    try:
-        await engine.sweep_vm(remote, dev, vm)
+    async with device_lock(remote, dev, vm):
         latest = await repo.get_pointer(remote, signers, dev, vm)
         snaps: dict[int, Manifest] = {}
         for e in await remote.list(f"{layout.vm_dir(dev, vm)}/snapshots"):
@@ -82,8 +81,6 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
         await prune_packs(remote, keys, layout.vm_store(dev, vm),
                            [snaps[s] for s in keep], result)
         return result
-    finally:
-        await engine.release_lock(remote, token)
 
 
 async def prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,
