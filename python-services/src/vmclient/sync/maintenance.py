@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..store import crypto, layout, repo
 from ..store.chunker import Chunk
+from ..store.errors import ObjectNotFound
 from ..store.objects import BlobRef, Index, Manifest
 from ..store.plan import DownloadPlan, ReadRange, plan_download, plan_prune
 from ..store.remote import RemoteStore
@@ -48,6 +49,10 @@ class VerifyResult:
     bytes: int
 
 
+# label, seq, created, the disks' size in bytes, parent, whether ``latest`` names it
+SnapshotRow = tuple[str, int, int, int, str, bool]
+
+
 async def verify(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
                  device: str, vm: str, snapshot: str | None = None) -> VerifyResult:
     """Check a snapshot end to end without restoring; raises RemoteIntegrityError."""
@@ -58,6 +63,23 @@ async def verify(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet
     async for _cid, _data in restore.fetch(store, plan):
         n += 1
     return VerifyResult(m.seq, n, plan.download_bytes)
+
+
+async def list_snapshots(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
+                         device: str, vm: str) -> list[SnapshotRow]:
+    """Every snapshot of the VM, each verified, oldest first."""
+    try:
+        latest = (await repo.get_pointer(remote, signers, device, vm)).snapshot
+    except ObjectNotFound:
+        latest = ""
+    rows = []
+    for e in await remote.list(f"{layout.vm_dir(device, vm)}/snapshots"):
+        untrusted_label = e.path.rsplit("/", 1)[-1]
+        m = await repo.get_snapshot(remote, signers, keys, device=device, vm=vm,
+                                    snapshot=untrusted_label)
+        rows.append((m.label, m.seq, m.created, sum(d.size for d in m.disks), m.parent,
+                     m.label == latest))
+    return sorted(rows, key=lambda r: r[1])
 
 
 async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
