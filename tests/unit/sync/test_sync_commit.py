@@ -18,8 +18,8 @@ from vmclient.store import crypto, layout, repo
 from vmclient.store.errors import ObjectNotFound
 from vmclient.store.localfs import LocalDirStore
 from vmclient.store.remote import Entry, LockToken
-from vmclient.sync import capture, disks, engine, maintenance, plan, state
-from vmclient.sync.job import Hooks, SyncInterrupted, SyncJob, SyncResult
+from vmclient.sync import capture, disks, engine, maintenance, state
+from vmclient.sync.job import Hooks, SyncInterrupted, SyncJob, SyncMode, SyncResult
 from vmclient.virt.libvirt import SyncView
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class FileRun(engine.Run):
         self.store = repo.ChunkStore(remote, self.store.root, job.keys, pack_target=4 * C)
 
     async def take(self) -> list[capture.Capture]:
-        self.result.mode = plan.AT_REST
+        self.result.mode = SyncMode.AT_REST
         size = self.image.stat().st_size
         return [capture.Capture("vda", "system", size, self.image, disks.whole_file(size, C))]
 
@@ -133,7 +133,7 @@ def test_a_sync_writes_keys_packs_an_index_the_snapshot_then_latest(env: Any) ->
     assert collapsed(store.puts) == ["keys", "pack", "index", "snapshot", "latest"]
     assert store.puts.count("pack") >= 2
     assert (first.seq, first.mode, first.uploaded_chunks, first.chunks_read) == \
-        (1, plan.AT_REST, 24, 24)
+        (1, SyncMode.AT_REST, 24, 24)
     assert state.load(job.state_dir, VM) == state.VMSyncState(1, "")  # at rest: no checkpoint
     assert not (local.root / layout.device_lock(job.device_id)).exists()
     assert not (job.scratch_dir / VM).exists()

@@ -12,7 +12,7 @@ from vmclient.store.documents import Pointer, check_pointer_fresh
 from vmclient.store.errors import LocalSyncError, RemoteIntegrityError
 from vmclient.store.objects import ChunkMap, Manifest
 from vmclient.sync import plan
-from vmclient.sync.job import MEMORY, SyncRefused, SyncResult
+from vmclient.sync.job import MEMORY, SyncMode, SyncRefused, SyncResult
 from vmclient.sync.plan import SEQUENCE, Step
 from vmclient.sync.state import VMSyncState
 from vmclient.virt.libvirt import DiskSource
@@ -135,7 +135,7 @@ def test_disks_are_luks_qcow2_all_or_none() -> None:
 
 
 def test_an_incremental_read_keeps_the_parent_ids_it_does_not_cover() -> None:
-    result = SyncResult("office", mode=plan.INCREMENTAL)
+    result = SyncResult("office", mode=SyncMode.INCREMENTAL)
     book = plan.ChunkBook(result, PARENT, C)
     book.begin("vda", 4 * C)
     book.add("vda", Chunk(1, cid(20), b"x" * C))
@@ -149,7 +149,7 @@ def test_an_incremental_read_keeps_the_parent_ids_it_does_not_cover() -> None:
         (4, 3, 2 * C + 10)
 
 
-@pytest.mark.parametrize("mode", [plan.FULL, plan.AT_REST])
+@pytest.mark.parametrize("mode", [SyncMode.FULL, SyncMode.AT_REST])
 def test_a_full_read_must_cover_every_chunk(mode: str) -> None:
     book = plan.ChunkBook(SyncResult("office", mode=mode), PARENT, C)
     book.begin("vda", 4 * C)
@@ -162,10 +162,10 @@ def test_a_full_read_must_cover_every_chunk(mode: str) -> None:
 
 def test_a_vm_at_rest_keeps_its_checkpoint_for_the_next_incremental() -> None:
     before = VMSyncState(3, "cp3")
-    assert plan.record(before, 4, plan.AT_REST, "cp4") == VMSyncState(4, "cp3")
-    assert plan.record(before, 4, plan.FULL, "cp4") == VMSyncState(4, "cp4")
-    assert not plan.drops_checkpoints(plan.AT_REST)
-    assert plan.drops_checkpoints(plan.INCREMENTAL) and plan.drops_checkpoints(plan.FULL)
+    assert plan.record(before, 4, SyncMode.AT_REST, "cp4") == VMSyncState(4, "cp3")
+    assert plan.record(before, 4, SyncMode.FULL, "cp4") == VMSyncState(4, "cp4")
+    assert not plan.drops_checkpoints(SyncMode.AT_REST)
+    assert plan.drops_checkpoints(SyncMode.INCREMENTAL) and plan.drops_checkpoints(SyncMode.FULL)
 
 
 # -- the step order: what a sync stopped after each step leaves ------------------------------
@@ -193,7 +193,7 @@ def sync(w: World, order: tuple[Step, ...], stop_after: int, new: set[int]) -> N
     cp = plan.checkpoint_name(seq, "ab")
     incremental, _why = plan.backup_mode(w.parent(), w.record.checkpoint, w.checkpoints,
                                          {"vda": len(new) * C})
-    mode = plan.INCREMENTAL if incremental else plan.FULL
+    mode = SyncMode.INCREMENTAL if incremental else SyncMode.FULL
     for step in order[:stop_after]:
         if step is Step.CAPTURE:  # the backup job begins with a new checkpoint
             w.checkpoints.add(cp)

@@ -62,7 +62,7 @@ from ..virt.libvirt import (
     save_and_restore_paused,
 )
 from . import disks, nbd, plan
-from .job import MEMORY, SyncJob, SyncRefused, SyncResult
+from .job import MEMORY, SyncJob, SyncMode, SyncRefused, SyncResult
 from .state import VMSyncState
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ async def take(hv: Hypervisor, view: SyncView, job: SyncJob, parent: Manifest | 
     if not view.active:
         caps = [await _at_rest(d, role, cs, pp)
                 for d, role in zip(view.disks, plan.roles(len(view.disks)), strict=True)]
-        result.mode = plan.AT_REST
+        result.mode = SyncMode.AT_REST
         if memory == plan.MANAGED:
             caps.append(await _memory(job.managed_save_dir / f"{view.name}.save", cs, result))
         return caps
@@ -170,7 +170,7 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                         break  # the memory image is older now: take the point again
                     continue
                 stack.push_async_callback(backup_end, hv, view.uuid, view.name)
-                result.mode = plan.INCREMENTAL if incremental else plan.FULL
+                result.mode = SyncMode.INCREMENTAL if incremental else SyncMode.FULL
                 break
         finally:
             if paused:  # the backup did not begin: never leave the VM paused

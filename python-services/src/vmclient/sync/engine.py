@@ -33,10 +33,10 @@ from ..store.objects import BlobRef, ChunkMap, Manifest
 from ..store.remote import RemoteStore
 from ..virt.libvirt import Hypervisor, SyncView, delete_checkpoints, sync_view
 from . import capture, lock, nbd, plan, state
-from .job import CaptureLost, Hooks, SyncInterrupted, SyncJob, SyncRefused, SyncResult
+from .job import CaptureLost, Hooks, SyncInterrupted, SyncJob, SyncMode, SyncRefused, SyncResult
 
-__all__ = ["CaptureLost", "Hooks", "Run", "SyncInterrupted", "SyncJob", "SyncRefused",
-           "SyncResult", "run", "sync_vm"]
+__all__ = ["CaptureLost", "Hooks", "Run", "SyncInterrupted", "SyncJob", "SyncMode",
+           "SyncRefused", "SyncResult", "run", "sync_vm"]
 
 log = logging.getLogger(__name__)
 

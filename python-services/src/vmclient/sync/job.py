@@ -3,6 +3,7 @@ caller watches it (:class:`Hooks`), and how it fails: values only, no I/O."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,19 @@ class Hooks:
     interrupted: Callable[[], bool] = lambda: False
 
 
+class SyncMode(enum.StrEnum):
+    """How a sync read the disks."""
+
+    INCREMENTAL = "incremental"  # the clusters dirty since the last checkpoint
+    FULL = "full"  # every cluster (no usable checkpoint)
+    AT_REST = "at-rest"  # a VM not running: its disks read at rest, compared by chunk id
+
+
 @dataclass
 class SyncResult:
     vm: str
     seq: int = 0
-    mode: str = ""  # incremental | full | at-rest
+    mode: SyncMode | None = None  # None: the capture did not begin
     fallback: str = ""  # why an incremental sync became a full one
     chunks_covered: int = 0  # chunks the capture holds (all, or the dirty ones)
     chunks_read: int = 0  # of those, the ones with data (zero extents are not read)

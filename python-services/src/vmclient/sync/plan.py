@@ -23,13 +23,12 @@ from ..store.chunker import Chunk, chunk_count
 from ..store.documents import Pointer
 from ..store.errors import LocalSyncError
 from ..store.objects import ChunkMap, Manifest
-from .job import MEMORY, Hooks, SyncInterrupted, SyncJob, SyncRefused, SyncResult
+from .job import MEMORY, Hooks, SyncInterrupted, SyncJob, SyncMode, SyncRefused, SyncResult
 from .state import VMSyncState
 
 if TYPE_CHECKING:
     from ..virt.libvirt import DiskSource
 
-AT_REST, FULL, INCREMENTAL = "at-rest", "full", "incremental"  # SyncResult.mode
 SAVE, MANAGED = "save", "managed"  # where a snapshot's memory image comes from
 
 
@@ -174,7 +173,7 @@ class ChunkBook:
     def __init__(self, result: SyncResult, parent: Manifest | None, chunk_size: int) -> None:
         self.result, self.chunk_size = result, chunk_size
         self.base = {d.name: d for d in parent.disks} \
-            if parent is not None and result.mode == INCREMENTAL else {}
+            if parent is not None and result.mode == SyncMode.INCREMENTAL else {}
         self.ids: dict[str, list[bytes | None]] = {}
 
     def begin(self, name: str, size: int, *, whole: bool = False) -> None:
@@ -227,13 +226,14 @@ def pointer(m: Manifest, digest: str, now: int) -> Pointer:
     return Pointer(m.subject, m.device, m.label, m.seq, now, digest)
 
 
-def record(previous: VMSyncState, seq: int, mode: str, checkpoint: str) -> VMSyncState:
+def record(previous: VMSyncState, seq: int, mode: SyncMode | None, checkpoint: str
+           ) -> VMSyncState:
     """The local record after ``latest`` names snapshot ``seq``: a VM read at rest got no
     new checkpoint, so its next incremental read is still since the previous one."""
-    return VMSyncState(seq, previous.checkpoint if mode == AT_REST else checkpoint)
+    return VMSyncState(seq, previous.checkpoint if mode == SyncMode.AT_REST else checkpoint)
 
 
-def drops_checkpoints(mode: str) -> bool:
+def drops_checkpoints(mode: SyncMode | None) -> bool:
     """Whether the VM's other checkpoints are deleted once the record names the new one
     (a VM at rest has no new one: its checkpoints stay)."""
-    return mode != AT_REST
+    return mode != SyncMode.AT_REST
