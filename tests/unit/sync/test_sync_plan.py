@@ -3,7 +3,10 @@ seq, the chunk bookkeeping, and the step order that makes an interruption harmle
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +21,7 @@ from vmclient.sync.state import VMSyncState
 from vmclient.virt.libvirt import DiskSource
 
 C = 65536
+SRC = Path(__file__).resolve().parents[3] / "python-services" / "src"
 
 
 def cid(n: int) -> bytes:
@@ -277,3 +281,14 @@ def test_any_other_order_leaves_something_broken_after_some_step(first: Step,
         found += whole(w, before)
     assert found, f"{first} and {second} swapped went unnoticed"
 
+
+
+def test_the_core_imports_no_io_adapter() -> None:
+    """plan and job load without libvirt, D-Bus, the transport or the capture adapter."""
+    code = ("import sys; import vmclient.sync.plan, vmclient.sync.job; print(sorted(m for m in "
+            "sys.modules if m.split('.')[0] in ('libvirt', 'dbus_fast', 'paramiko') or "
+            "m.startswith(('vmclient.virt', 'vmclient.transport', 'vmclient.sync.capture', "
+            "'vmclient.sync.engine', 'vmclient.sync.nbd'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": str(SRC)})
+    assert out.stdout.strip() == "[]"
