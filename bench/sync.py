@@ -192,8 +192,9 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
     remote = await asyncio.to_thread(where.ours_store, dev)
 
     async def sync() -> engine.SyncResult:
-        return await engine.sync_vm(hv, remote, device, dom.UUIDString(), keys,
-                                    state_dir=work / "state", scratch_dir=IMAGES / "bench-scratch")
+        return await engine.sync_vm(hv, remote, engine.SyncJob(
+            dom.UUIDString(), device, keys, state_dir=work / "state",
+            scratch_dir=IMAGES / "bench-scratch"))
     try:
         await asyncio.to_thread(settle)
         cpu = cpu_seconds()

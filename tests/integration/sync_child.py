@@ -120,12 +120,13 @@ async def main(args: dict[str, object]) -> None:
         die_linking(str(kill_after))
     try:
         result = await engine.sync_vm(
-            hv, Phases(inner, str(kill_after) if kill_after else None),
-            crypto.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(args["device"]))),
-            str(args["uuid"]), crypto.KeySet.derive(bytes.fromhex(str(args["secret"]))),
-            state_dir=Path(str(args["state"])), scratch_dir=Path(str(args["scratch"])),
-            recipients=[crypto.x25519_public(bytes.fromhex(r))
-                        for r in args["recipients"]])  # type: ignore[attr-defined]
+            hv, Phases(inner, str(kill_after) if kill_after else None), engine.SyncJob(
+                str(args["uuid"]),
+                crypto.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(str(args["device"]))),
+                crypto.KeySet.derive(bytes.fromhex(str(args["secret"]))),
+                state_dir=Path(str(args["state"])), scratch_dir=Path(str(args["scratch"])),
+                recipients=[crypto.x25519_public(bytes.fromhex(r))
+                            for r in args["recipients"]]))  # type: ignore[attr-defined]
     finally:
         await close_store(inner)
         await hv.close()

@@ -138,11 +138,11 @@ class World:
              remote: RemoteStore | None = None,
              hooks: engine.Hooks | None = None) -> engine.SyncResult:
         device = device or self.a
-        return run(engine.sync_vm(
-            self.hv, remote or self.remote, device.signing, dom.UUIDString(),
-            self.keys[dom.name()], state_dir=device.state, scratch_dir=self.scratch,
+        return run(engine.sync_vm(self.hv, remote or self.remote, engine.SyncJob(
+            dom.UUIDString(), device.signing, self.keys[dom.name()], state_dir=device.state,
+            scratch_dir=self.scratch,
             recipients=[device.wrapping.public_key(), self.escrow.public_key()],
-            memory_dir=self.memory_dir, hooks=hooks))
+            memory_dir=self.memory_dir), hooks))
 
     def child_args(self, dom: libvirt.virDomain) -> list[str]:
         """Arguments of ``sync_child.py``: the same sync as :meth:`sync`, in a process."""

@@ -95,10 +95,10 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
         for write in ("", f"write -P 0x33 {50 * MIB} {256 * 1024}"):
             if write:
                 hmp_write(dom, write)
-            await engine.sync_vm(
-                hv, store, signing, dom.UUIDString(), keys, state_dir=a.tmp / "sync",
+            await engine.sync_vm(hv, store, engine.SyncJob(
+                dom.UUIDString(), signing, keys, state_dir=a.tmp / "sync",
                 scratch_dir=IMAGES / prefix / "scratch",
-                recipients=[wrapping.public_key(), admin.escrow.public_key()])
+                recipients=[wrapping.public_key(), admin.escrow.public_key()]))
     finally:
         await store.close()
     reference = tmp_path / "reference.qcow2"  # what A's disk held at the last sync
@@ -177,11 +177,11 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
     keys_b = DeviceKeys(b.cfg.device_keys_dir)
     store = b.store()
     try:
-        third = await engine.sync_vm(
-            hv, store, keys_b.signing(), dom_b.UUIDString(), src.keys,
+        third = await engine.sync_vm(hv, store, engine.SyncJob(
+            dom_b.UUIDString(), keys_b.signing(), src.keys,
             state_dir=b.tmp / "sync", scratch_dir=IMAGES / prefix / "scratch",
             recipients=[keys_b.wrapping().public_key(), admin.escrow.public_key()],
-            writers=src.signers)
+            writers=src.signers))
         latest = await repo.get_pointer(store, {dev_b: keys_b.signing().public_key()}, dev_b,
                                         vm)
     finally:

@@ -21,7 +21,7 @@ from sync_env import LOOP, MIB, Device, World, hmp_write, run, same_content, wor
 
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
-from vmclient.store.remote import Entry, LockToken, RemoteStore
+from vmclient.store.remote import RemoteStore
 from vmclient.store.transport import close_store
 from vmclient.sync import maintenance, restore
 from vmclient.sync.engine import CaptureLost, Hooks
@@ -71,46 +71,6 @@ def test_qemu_killed_next_sync_reads_everything(tmp_path: Path) -> None:
         assert same_content(w.disk(dom.name()), tmp_path / "b" / "r.qcow2")
         hmp_write(dom, f"write -P 0x60 {50 * MIB} 65536")
         assert w.sync(dom).mode == "incremental"  # bitmaps are usable again
-
-
-class FailAfter:
-    """A RemoteStore that breaks the connection after ``n`` writes (a dropped link)."""
-
-    def __init__(self, inner: LocalDirStore, n: int) -> None:
-        self.inner, self.left = inner, n
-
-    async def list(self, prefix: str) -> list[Entry]:
-        return await self.inner.list(prefix)
-
-    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(path, offset, length)
-
-    async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
-        if "/packs/" in path:
-            if self.left <= 0:
-                raise ConnectionResetError("link dropped")
-            self.left -= 1
-        await self.inner.put_atomic(path, data, exclusive=exclusive)
-
-    async def delete(self, path: str) -> None:
-        await self.inner.delete(path)
-
-    async def lock(self, path: str, holder: str, *, stale_after: int = 1800) -> LockToken:
-        return await self.inner.lock(path, holder, stale_after=stale_after)
-
-    async def unlock(self, token: LockToken) -> None:
-        await self.inner.unlock(token)
-
-
-def test_dropped_upload_resumes_without_reupload(tmp_path: Path) -> None:
-    with world(tmp_path) as w:
-        dom = w.create("drop", random_mib=40)
-        with pytest.raises(ConnectionResetError):
-            w.sync(dom, remote=FailAfter(w.remote, 1))  # one 16 MiB pack arrives
-        assert not (w.repo_dir / layout.vm_pointer(w.a.id, dom.name())).exists()
-        done = w.sync(dom)
-        assert done.seq == 1 and done.uploaded_chunks <= 640 - 250, done  # ~256 arrived
-        assert w.verify(dom.name()).chunks == 640
 
 
 @dataclass

@@ -95,12 +95,13 @@ class Laptops:
 
     async def sync(self, name: str, hooks: engine.Hooks | None = None) -> engine.SyncResult:
         vm = await self.a.get(name)
-        return await engine.sync_vm(
-            self.env.hv, self.env.dc.store, self.env.device.signing(), vm.uuid,
-            self.a.keys.load(name), state_dir=self.tmp / "a-sync", scratch_dir=self.scratch,
+        return await engine.sync_vm(self.env.hv, self.env.dc.store, engine.SyncJob(
+            vm.uuid, self.env.device.signing(), self.a.keys.load(name),
+            state_dir=self.tmp / "a-sync", scratch_dir=self.scratch,
             recipients=[self.env.device.wrapping().public_key(), self.escrow.public_key()],
-            memory_dir=self.memory_dir, hooks=hooks,
-            meta={"recipe": (self.env.cfg.state_dir / "vms" / name / "recipe.toml").read_text()})
+            memory_dir=self.memory_dir,
+            meta={"recipe": (self.env.cfg.state_dir / "vms" / name / "recipe.toml").read_text()}),
+            hooks)
 
     def record(self, keys: DeviceKeys, name: str) -> DeviceRecord:
         return DeviceRecord(keys.device_id(), name, crypto.raw_public(keys.signing().public_key()),

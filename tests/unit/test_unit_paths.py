@@ -65,7 +65,7 @@ def test_syncd_may_write_every_directory_its_agent_removes_from() -> None:
     memory: each must be writable inside vmclient-syncd.service's sandbox
     (ProtectSystem=strict), or the order fails half done ("could not remove …")."""
     from vmclient.sync import config as sconfig
-    from vmclient.sync.daemon import manage_config
+    from vmclient.sync.hosting import manage_config
     unit = settings((DATA / "systemd" / "vmclient-syncd.service").read_text())
     writable = [PurePosixPath(p.lstrip("-")) for k, v in unit if k == "ReadWritePaths"
                 for p in v.split()]

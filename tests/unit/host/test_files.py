@@ -6,7 +6,6 @@ import json
 import os
 import stat
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -103,15 +102,13 @@ def test_state_files_of_sync_are_root_only(tmp_path: Path) -> None:
     """The per-VM sync record and syncd's status file (once written 0644, the status
     without an fsync) go through the one helper: 0600 in a 0700 directory."""
     from vmclient.sync import state
-    from vmclient.sync.daemon import Synchronizer
 
     state.save(tmp_path, "office", state.VMSyncState(3, "cp"))
     record = tmp_path / "sync" / "office.json"
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
     assert state.load(tmp_path, "office") == state.VMSyncState(3, "cp")
+    known = {"office": {"last_sync": 1, "snapshot": "s"}}
+    state.save_status(tmp_path / "syncd", known)
     status = tmp_path / "syncd" / "status.json"
-    fake = SimpleNamespace(status_path=status, known={"office": {"last_sync": 1,
-                                                                 "snapshot": "s"}})
-    Synchronizer._save_status(fake)  # type: ignore[arg-type]
     assert stat.S_IMODE(status.stat().st_mode) == 0o600
-    assert json.loads(status.read_text()) == fake.known
+    assert json.loads(status.read_text()) == known

@@ -202,18 +202,17 @@ def test_rename_moves_only_to_a_free_name(kind: str, tmp_path: Path) -> None:
 
 def test_the_sync_engine_keeps_its_device_lock_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     from vmclient.store import holding
-    from vmclient.sync import engine
+    from vmclient.sync.lock import device_lock
     monkeypatch.setattr(holding, "REFRESH_EVERY", 0.01)
     clock = [0]
     store = MemoryStore(lambda: clock[0])
 
     async def scenario() -> None:
-        token = await engine.take_lock(store, LOCK)
-        clock[0] = 700
-        await asyncio.sleep(0.1)
-        info = read_lock(store.objects[LOCK])
-        assert info is not None and info.refreshed == 700 and info.created == 0
-        await engine.release_lock(store, token)
+        async with device_lock(store, "d1", "office"):
+            clock[0] = 700
+            await asyncio.sleep(0.1)
+            info = read_lock(store.objects[LOCK])
+            assert info is not None and info.refreshed == 700 and info.created == 0
         assert LOCK not in store.objects
         clock[0] = 1400
         await asyncio.sleep(0.05)  # the refresher stopped: nothing rewrote the lock

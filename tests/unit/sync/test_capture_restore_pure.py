@@ -40,3 +40,18 @@ def test_memory_dir_must_be_ram_backed(tmp_path: Path) -> None:
     if shm.is_dir():
         check_ram_backed(shm / f"vmct-unit-{tmp_path.name}", "office")
         (shm / f"vmct-unit-{tmp_path.name}").rmdir()
+
+
+def test_syncd_status_round_trips_and_skips_what_it_cannot_read(tmp_path: Path) -> None:
+    from vmclient.sync import state
+
+    assert state.load_status(tmp_path) == {}
+    known = {"office": {"last_sync": 1700000000, "snapshot": "0000000003"}}
+    state.save_status(tmp_path / "d", known)
+    assert state.load_status(tmp_path / "d") == known
+    (tmp_path / "status.json").write_text(json.dumps({
+        "a": {"last_sync": "x", "snapshot": "s"}, "b": [],
+        "c": {"last_sync": 5, "snapshot": "0000000001"}}))
+    assert state.load_status(tmp_path) == {"c": {"last_sync": 5, "snapshot": "0000000001"}}
+    (tmp_path / "status.json").write_text("{")
+    assert state.load_status(tmp_path) == {}  # unreadable: logged, the schedule starts afresh

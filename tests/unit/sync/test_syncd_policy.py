@@ -9,7 +9,8 @@ import pytest
 from vmclient.errors import ConfigError
 from vmclient.store.chunker import ZERO_ID, Chunk
 from vmclient.sync import config
-from vmclient.sync.engine import Hooks, SyncInterrupted, _watched
+from vmclient.sync.job import Hooks, SyncInterrupted
+from vmclient.sync.plan import watched
 from vmclient.sync.policy import (
     Facts,
     Rules,
@@ -111,7 +112,7 @@ def test_engine_hooks_report_progress_and_stop_between_chunks() -> None:
     hooks = Hooks(lambda d, t: seen.append((d, t)), lambda: stop)
     chunks = iter([Chunk(0, b"a" * 32, b"x" * 4), Chunk(1, ZERO_ID, b""),
                    Chunk(2, b"b" * 32, b"y" * 2)])
-    out = _watched(chunks, "vm", hooks, 10, 4)
+    out = watched(chunks, "vm", hooks, 10, 4)
     assert next(out).index == 0
     assert next(out).index == 1  # a zero chunk counts its size
     stop = True

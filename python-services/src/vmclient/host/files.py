@@ -134,17 +134,25 @@ def overwrite(path: Path, *, random: bool = False) -> bool:
     return True
 
 
+def mount_of(path: str, mounts: str) -> tuple[str, str]:
+    """The mount point holding the absolute, resolved ``path`` and its file system type,
+    from the text of ``/proc/self/mounts`` (("", "") if none does)."""
+    best, fstype = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, parts[2]
+    return best, fstype
+
+
 def check_ram_backed(directory: Path, vm: str) -> None:
     """The memory image is plaintext guest RAM: it may only go where nothing persists."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # libvirtd (root) writes the image; QEMU gets an fd
-    real = os.path.realpath(directory)
-    best, fstype = "", ""
     with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            mnt = parts[1].replace("\\040", " ")
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, fstype = mnt, parts[2]
+        best, fstype = mount_of(os.path.realpath(directory), f.read())
     if fstype not in ("tmpfs", "ramfs"):
         raise NotRAMBacked(vm, directory, fstype or "?", best or "?")

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
@@ -37,23 +35,18 @@ from .. import daemon as common
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard
 from ..errors import UsageError, VMClientError, VMNotFound
-from ..host.files import write_private
 from ..host.keys import DeviceKeys, VMKeys, read_admin_key
 from ..host.lease import device_account
 from ..store import crypto, layout, repo
 from ..store.documents import RepoConfig
-from ..store.errors import ObjectNotFound
 from ..store.format import NAME_RE
 from ..store.remote import RemoteStore
 from ..transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
-from . import engine, enrolment, maintenance, policy
-
-if TYPE_CHECKING:
-    from ..host.inventory import ManageConfig
+from . import engine, hosting, maintenance, plan, policy, state
 from .peers import Sensors, SleepGuard
-from .service import PROGRESS_INTERVAL, ManagementInterface, SyncInterface, VMStatus
+from .service import ManagementInterface, Progress, SyncInterface, VMStatus
 from .status import SyncOutcome, SyncState
 from .throttle import Throttled
 
@@ -68,10 +61,10 @@ class Synchronizer:
                  clock: Callable[[], float] = time.time,
                  management: ManagementInterface | None = None) -> None:
         self.cfg, self.hv, self.remote, self.device = cfg, hv, remote, device
-        self.iface, self.sensors, self.guard, self.agent = iface, sensors, guard, agent
+        self.iface, self.sensors, self.guard = iface, sensors, guard
         self.clock = clock
         self.management = management or ManagementInterface()
-        self.enrolling = asyncio.Lock()  # one Enrol at a time: it makes the device's keys
+        self.host = hosting.AgentHost(cfg, hv, agent, iface, self.management)
         self.rules = cfg.rules()
         self.admin = read_admin_key(cfg.repository.admin_key)
         rate = cfg.network.max_upload_mib_s * 2**20
@@ -83,28 +76,7 @@ class Synchronizer:
         self.idle = asyncio.Event()
         self.idle.set()
         self.sleeping = self.interrupt = False
-        self.status_path = cfg.state_dir / "status.json"
-        self.known = self._load_status()
-
-    # -- persisted status ---------------------------------------------------------------
-
-    def _load_status(self) -> dict[str, dict[str, Any]]:
-        try:
-            untrusted = json.loads(self.status_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); starting without it", self.status_path, exc)
-            return {}
-        out = {}
-        for vm, rec in untrusted.items() if isinstance(untrusted, dict) else ():
-            if isinstance(rec, dict) and isinstance(rec.get("last_sync"), int) \
-                    and isinstance(rec.get("snapshot"), str):
-                out[str(vm)] = {"last_sync": rec["last_sync"], "snapshot": rec["snapshot"]}
-        return out
-
-    def _save_status(self) -> None:
-        write_private(self.status_path, json.dumps(self.known, sort_keys=True).encode())
+        self.known = state.load_status(cfg.state_dir)  # the last successful sync of each VM
 
     # -- the VMs ------------------------------------------------------------------------
 
@@ -115,7 +87,7 @@ class Synchronizer:
                 continue
             with contextlib.suppress(VMClientError):  # gone meanwhile
                 view = await sync_view(self.hv, d.uuid)
-                if view.kind == "business" and view.sync not in (None, "off"):
+                if not plan.refusal(view.kind, view.sync):
                     found[view.name] = view.uuid
         vms = self.iface.vms
         for gone in set(vms) - set(found):
@@ -132,13 +104,9 @@ class Synchronizer:
     async def facts(self) -> policy.Facts:
         on_battery, pct = await self.sensors.battery()
         online, metered = await self.sensors.network()
-        refused = ""
-        if self.agent is not None:
-            lease = self.agent.lease()
-            if lease.wiped or lease.locked:
-                refused = lease.reason
         return policy.Facts(online=online, on_battery=on_battery, battery_percent=pct,
-                            metered=metered, sleeping=self.sleeping, business_refused=refused)
+                            metered=metered, sleeping=self.sleeping,
+                            business_refused=self.host.refusal())
 
     async def probe(self) -> tuple[RepoConfig | None, str]:
         """The datacenter's signed config, or why there is none."""
@@ -206,43 +174,11 @@ class Synchronizer:
             if self.sleeping:
                 break
         self.iface.changed()
-        await self.manage(dc is not None and dc[0] is not None)
-
-    async def manage(self, reachable: bool) -> None:
-        """Orders and the lease, through the agent's public entry points."""
-        if self.agent is None:
-            return
-        try:
-            st = self.agent.state_file.load()
-            if st.device:  # enrolled, or enrolment requested: a managed laptop
-                if reachable:
-                    if not st.enrolled:
-                        await self.agent.complete_enrolment()
-                        self.show_enrolment()  # before the orders: they may take long
-                    await self.agent.poll()
-                await self.agent.enforce()
-                lease = self.agent.lease()
-                self.iface.lease_state, self.iface.lease_remaining = lease.reason, \
-                    lease.remaining
-            else:
-                self.iface.lease_state, self.iface.lease_remaining = "not enrolled", -1
-        except (VMClientError, OSError) as exc:
-            log.warning("management: %s", exc)
-        self.iface.changed()
-        self.show_enrolment()
-
-    def show_enrolment(self) -> None:
-        try:
-            self.management.set(enrolment.state(self.agent))
-        except (VMClientError, OSError) as exc:
-            log.warning("enrolment state: %s", exc)
+        await self.host.after_cycle(dc is not None and dc[0] is not None)
 
     async def enrol(self, untrusted_code: str) -> str:
         """``Enrol``: the request is on its way; the next cycle looks for IT's answer."""
-        async with self.enrolling:
-            device = await enrolment.request(self.cfg, self.agent, self.hv, untrusted_code)
-        log.info("enrolment requested as device %s", device)
-        self.show_enrolment()
+        device = await self.host.enrol(untrusted_code)
         self.wake.set()
         return device
 
@@ -256,40 +192,25 @@ class Synchronizer:
         except VMClientError as exc:
             self._failed(v, waiting, exc)
             return
-        started, loop = time.monotonic(), asyncio.get_running_loop()
-        handed = 0.0  # when progress was last handed to the event loop
-
-        def progress(done: int, total: int) -> None:
-            """Called in the sync's reader thread, for every chunk: dbus-fast is the event
-            loop's alone, and waking it for each chunk would cost more than the chunk."""
-            nonlocal handed
-            now = time.monotonic()
-            elapsed = now - started
-            v.done, v.total, v.rate = done, total, done / elapsed if elapsed > 0 else 0.0
-            if done < total and now - handed < PROGRESS_INTERVAL:
-                return
-            handed = now
-            loop.call_soon_threadsafe(functools.partial(self.iface.changed,
-                                                        progress=done < total))
-
+        progress = Progress(self.iface, v, asyncio.get_running_loop())
         v.state, v.reason, v.done, v.total, v.rate = SyncState.RUNNING, "", 0, 0, 0.0
         self.iface.current = v.name
         self.idle.clear()
         self.iface.changed()
         escrow = crypto.X25519PublicKey.from_public_bytes(repo_cfg.escrow_key)
         try:
-            result = await engine.sync_vm(
-                self.hv, self.upload, self.device.signing(), v.uuid, keys,
-                state_dir=self.cfg.state_dir, scratch_dir=self.cfg.scratch_dir,
-                chunk_size=repo_cfg.chunk_size,
-                recipients=[self.device.wrapping().public_key(), escrow],
-                hooks=engine.Hooks(progress, lambda: self.interrupt),
-                writers=await self._writers(v.name), memory_dir=self.cfg.memory_dir,
-                meta=self._recipe(v.name))
+            job = engine.SyncJob(
+                v.uuid, self.device.signing(), keys, state_dir=self.cfg.state_dir,
+                scratch_dir=self.cfg.scratch_dir, chunk_size=repo_cfg.chunk_size,
+                recipients=(self.device.wrapping().public_key(), escrow),
+                memory_dir=self.cfg.memory_dir, meta=self._recipe(v.name),
+                writers=await self.host.writers(v.name))
+            result = await engine.sync_vm(self.hv, self.upload, job,
+                                          engine.Hooks(progress, lambda: self.interrupt))
         except engine.SyncInterrupted as exc:
             log.info("%s", exc)
-            v.state, v.reason = SyncState.PAUSED, \
-                "the laptop sleeps; the sync continues after resume"
+            v.state, v.reason = (SyncState.PAUSED,
+                                 "the laptop sleeps; the sync continues after resume")
             self.demands.setdefault(v.name, [])[:0] = waiting  # answered after the resume
         except VMClientError as exc:
             self._failed(v, waiting, exc)
@@ -299,7 +220,7 @@ class Synchronizer:
             v.next_run = int(policy.next_run(self.rules, v.last_sync, self.clock()))
             self.known[v.name] = {"last_sync": v.last_sync, "snapshot": v.snapshot}
             self.retry_at.pop(v.name, None)
-            await asyncio.to_thread(self._save_status)
+            await asyncio.to_thread(state.save_status, self.cfg.state_dir, self.known)
             _answer(waiting, (v.name, SyncOutcome.SYNCED, v.snapshot))
         finally:
             self.iface.current = ""
@@ -313,15 +234,6 @@ class Synchronizer:
             return {"recipe": (self.cfg.provision_dir / "vms" / vm / "recipe.toml").read_text()}
         except (OSError, UnicodeDecodeError):
             return {}
-
-    async def _writers(self, vm: str) -> Any:
-        """After a ``rekey`` order, the devices whose snapshots this VM's directory holds."""
-        if self.agent is None:
-            return None
-        from ..manage import rekey
-        if vm not in rekey.rekeyed_vms(self.agent.cfg):
-            return None
-        return (await self.agent.restore_source(vm)).signers
 
     def _failed(self, v: VMStatus, waiting: list[asyncio.Future[Outcome]],
                 exc: VMClientError) -> None:
@@ -400,19 +312,8 @@ class Synchronizer:
 
     async def snapshots(self, vm: str) -> list[tuple[str, int, int, int, str, bool]]:
         keys = await self._vm_keys(vm)
-        dev, signers = self.device.device_id(), self._signers()
-        try:
-            latest = (await repo.get_pointer(self.remote, signers, dev, vm)).snapshot
-        except ObjectNotFound:
-            latest = ""
-        rows = []
-        for e in await self.remote.list(f"{layout.vm_dir(dev, vm)}/snapshots"):
-            untrusted_label = e.path.rsplit("/", 1)[-1]
-            m = await repo.get_snapshot(self.remote, signers, keys, device=dev, vm=vm,
-                                        snapshot=untrusted_label)
-            rows.append((m.label, m.seq, m.created, sum(d.size for d in m.disks), m.parent,
-                         m.label == latest))
-        return sorted(rows, key=lambda r: r[1])
+        return await maintenance.list_snapshots(self.remote, self._signers(), keys,
+                                                device=self.device.device_id(), vm=vm)
 
 
 def _answer(futures: list[asyncio.Future[Outcome]], outcome: Outcome) -> None:
@@ -436,45 +337,9 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
                          names.POLKIT_ACTION_SYNC_MANAGE, {
                              "SyncNow": Member("synchronising VMs", sync_now),
                              "Verify": Member("verifying a snapshot", verify),
-                             "ListSnapshots": Member("listing snapshots", snapshots)})
-
-    async def enrol(args: list[Any]) -> list[Any]:
-        return [await s.enrol(str(args[0]))]
-
-    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE, names.POLKIT_ACTION_ENROL,
-                         {"Enrol": Member("enrolling this laptop", enrol)})
-
-    async def set_password(args: list[Any]) -> list[Any]:
-        from ..manage.password import set_first_password
-        user = await set_first_password(int(args[0]), str(args[1]))
-        log.info("the first password of %s is set", user)
-        return [user]
-
-    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE,
-                         names.POLKIT_ACTION_FIRST_PASSWORD,
-                         {"SetPassword": Member("setting your first password", set_password,
-                                                with_caller=True)})
-
-
-def _agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
-           bus: MessageBus) -> Any:
-    """The management agent; ``assign`` orders install through vmclient-provd on ``bus``."""
-    if not cfg.manage.enabled:
-        return None
-    from ..manage.agent import Agent
-    from ..manage.provisioning import ProvdInstaller
-    return Agent(manage_config(cfg), remote, hv, installer=ProvdInstaller(bus))
-
-
-def manage_config(cfg: sconfig.SyncConfig) -> ManageConfig:
-    """The agent's configuration: what it reads and removes (vmclient-syncd.service's
-    sandbox must let it write every directory named here)."""
-    from ..host.inventory import ManageConfig
-    return ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
-                        images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
-                        vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe
-                        device_dir=cfg.device_dir,
-                        lease_days=cfg.manage.lease_days)
+                             "ListSnapshots": Member("listing snapshots",
+                                                     snapshots)})
+    hosting.install_guard(bus, s.enrol)
 
 
 async def run(cfg: sconfig.SyncConfig) -> None:
@@ -497,7 +362,7 @@ async def run(cfg: sconfig.SyncConfig) -> None:
     try:
         iface, management = SyncInterface(), ManagementInterface()
         guard = SleepGuard(bus)
-        agent = _agent(cfg, remote, hv, bus)
+        agent = hosting.agent(cfg, remote, hv, bus)
         s = Synchronizer(cfg, hv, remote, device, iface,
                          Sensors(bus, cfg.network.metered_interfaces), guard, agent,
                          management=management)
@@ -507,13 +372,9 @@ async def run(cfg: sconfig.SyncConfig) -> None:
             await guard.take()
         except VMClientError as exc:
             log.warning("%s: a sync is not stopped before sleep", exc)
-        if agent is not None and agent.state_file.load().device:
-            try:
-                await agent.startup()
-            except (VMClientError, OSError) as exc:
-                log.warning("management start-up: %s", exc)
+        await s.host.startup()
         await s.discover()
-        s.show_enrolment()
+        s.host.show_enrolment()
         bus.export(names.SYNC_PATH, iface)
         bus.export(names.MANAGE_PATH, management)
         install_guard(bus, s)

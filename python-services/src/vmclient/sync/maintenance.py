@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from ..store import crypto, layout, repo
 from ..store.chunker import Chunk
 from ..store.chunkstore import ChunkStore
+from ..store.errors import ObjectNotFound
 from ..store.objects import BlobRef, Index, Manifest
 from ..store.plan import DownloadPlan, ReadRange, plan_download, plan_prune
 from ..store.remote import RemoteStore
-from . import engine, restore
+from . import restore
+from .lock import device_lock
 from .retention import Retention, kept
 
 Records = tuple[tuple[bytes, int, int, int], ...]
@@ -48,6 +50,10 @@ class VerifyResult:
     bytes: int
 
 
+# label, seq, created, the disks' size in bytes, parent, whether ``latest`` names it
+SnapshotRow = tuple[str, int, int, int, str, bool]
+
+
 async def verify(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
                  device: str, vm: str, snapshot: str | None = None) -> VerifyResult:
     """Check a snapshot end to end without restoring; raises RemoteIntegrityError."""
@@ -60,13 +66,28 @@ async def verify(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet
     return VerifyResult(m.seq, n, plan.download_bytes)
 
 
+async def list_snapshots(remote: RemoteStore, signers: repo.Signers, keys: crypto.KeySet, *,
+                         device: str, vm: str) -> list[SnapshotRow]:
+    """Every snapshot of the VM, each verified, oldest first."""
+    try:
+        latest = (await repo.get_pointer(remote, signers, device, vm)).snapshot
+    except ObjectNotFound:
+        latest = ""
+    rows = []
+    for e in await remote.list(f"{layout.vm_dir(device, vm)}/snapshots"):
+        untrusted_label = e.path.rsplit("/", 1)[-1]
+        m = await repo.get_snapshot(remote, signers, keys, device=device, vm=vm,
+                                    snapshot=untrusted_label)
+        rows.append((m.label, m.seq, m.created, sum(d.size for d in m.disks), m.parent,
+                     m.label == latest))
+    return sorted(rows, key=lambda r: r[1])
+
+
 async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
                 keys: crypto.KeySet, vm: str, policy: Retention) -> PruneResult:
     dev = crypto.key_id(device_key.public_key())
     signers = {dev: device_key.public_key()}
-    token = await engine.take_lock(remote, layout.device_lock(dev))
-    try:
-        await engine.sweep_vm(remote, dev, vm)
+    async with device_lock(remote, dev, vm):
         latest = await repo.get_pointer(remote, signers, dev, vm)
         snaps: dict[int, Manifest] = {}
         for e in await remote.list(f"{layout.vm_dir(dev, vm)}/snapshots"):
@@ -83,8 +104,6 @@ async def prune(remote: RemoteStore, device_key: crypto.Ed25519PrivateKey,
         await prune_packs(remote, keys, layout.vm_store(dev, vm),
                            [snaps[s] for s in keep], result)
         return result
-    finally:
-        await engine.release_lock(remote, token)
 
 
 async def prune_packs(remote: RemoteStore, keys: crypto.KeySet, root: str,

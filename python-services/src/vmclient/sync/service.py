@@ -11,6 +11,8 @@ action ``org.vmclient.VMClient1.sync.manage``).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -158,3 +160,27 @@ class ManagementInterface(ServiceInterface):
         if enrolment != self.enrolment:
             self.enrolment = enrolment
             self.emit_properties_changed({"Enrolment": enrolment})
+
+
+class Progress:
+    """A sync's ``progress(done, total)`` hook for VM ``v``: called in the sync's reader
+    thread, for every chunk.  dbus-fast is the event loop's alone, and waking it for
+    each chunk would cost more than the chunk: the loop gets ``iface.changed`` at most
+    every :data:`PROGRESS_INTERVAL`, and at the end."""
+
+    def __init__(self, iface: SyncInterface, v: VMStatus,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.iface, self.v, self.loop = iface, v, loop
+        self.started = time.monotonic()
+        self.handed = 0.0  # when progress was last handed to the event loop
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        elapsed = now - self.started
+        v = self.v
+        v.done, v.total, v.rate = done, total, done / elapsed if elapsed > 0 else 0.0
+        if done < total and now - self.handed < PROGRESS_INTERVAL:
+            return
+        self.handed = now
+        self.loop.call_soon_threadsafe(functools.partial(self.iface.changed,
+                                                         progress=done < total))

@@ -1,0 +1,150 @@
+"""The management agent as ``vmclient-syncd`` hosts it (``[manage] enabled``), and the
+Management interface's methods (``Enrol``, ``SetPassword``).
+
+The agent is :class:`vmclient.manage.agent.Agent`; syncd calls only its public
+entry points: at start-up ``startup()`` (finish a wipe, apply the lease, upload
+reports); after a cycle in which the datacenter answered ``complete_enrolment()``
+(if pending) and ``poll()`` (fetch, verify and execute orders); every cycle
+``enforce()``.  A laptop never enrolled (no device id in the management state)
+is not managed: the agent is left alone.  Its ``assign`` orders install through
+vmclient-provd on the system bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from dbus_fast.aio import MessageBus
+
+from ..dbus import names
+from ..dbus.guard import Member, install_method_guard
+from ..errors import VMClientError
+from ..store import crypto
+from ..store.remote import RemoteStore
+from ..virt.libvirt import Hypervisor
+from . import config as sconfig
+from . import enrolment
+from .service import ManagementInterface, SyncInterface
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ..host.inventory import ManageConfig
+
+log = logging.getLogger("vmclient.syncd")
+
+
+class AgentHost:
+    """The agent (None: management is off) and what syncd shows of it: the lease on the
+    Sync interface, the enrolment's state on the Management interface."""
+
+    def __init__(self, cfg: sconfig.SyncConfig, hv: Hypervisor, agent: Any,
+                 iface: SyncInterface, management: ManagementInterface) -> None:
+        self.cfg, self.hv, self.agent = cfg, hv, agent
+        self.iface, self.management = iface, management
+        self.enrolling = asyncio.Lock()  # one Enrol at a time: it makes the device's keys
+
+    def refusal(self) -> str:
+        """Why IT refuses business work on this laptop (wiped or locked), else ""."""
+        if self.agent is None:
+            return ""
+        lease = self.agent.lease()
+        return lease.reason if lease.wiped or lease.locked else ""
+
+    async def startup(self) -> None:
+        if self.agent is None or not self.agent.state_file.load().device:
+            return
+        try:
+            await self.agent.startup()
+        except (VMClientError, OSError) as exc:
+            log.warning("management start-up: %s", exc)
+
+    async def after_cycle(self, reachable: bool) -> None:
+        """Orders and the lease, through the agent's public entry points."""
+        if self.agent is None:
+            return
+        try:
+            st = self.agent.state_file.load()
+            if st.device:  # enrolled, or enrolment requested: a managed laptop
+                if reachable:
+                    if not st.enrolled:
+                        await self.agent.complete_enrolment()
+                        self.show_enrolment()  # before the orders: they may take long
+                    await self.agent.poll()
+                await self.agent.enforce()
+                lease = self.agent.lease()
+                self.iface.lease_state, self.iface.lease_remaining = lease.reason, \
+                    lease.remaining
+            else:
+                self.iface.lease_state, self.iface.lease_remaining = "not enrolled", -1
+        except (VMClientError, OSError) as exc:
+            log.warning("management: %s", exc)
+        self.iface.changed()
+        self.show_enrolment()
+
+    async def enrol(self, untrusted_code: str) -> str:
+        """``Enrol``: the request is on its way (the device id); a later cycle completes
+        the enrolment once IT has accepted it."""
+        async with self.enrolling:
+            device = await enrolment.request(self.cfg, self.agent, self.hv, untrusted_code)
+        log.info("enrolment requested as device %s", device)
+        self.show_enrolment()
+        return device
+
+    def show_enrolment(self) -> None:
+        try:
+            self.management.set(enrolment.state(self.agent))
+        except (VMClientError, OSError) as exc:
+            log.warning("enrolment state: %s", exc)
+
+    async def writers(self, vm: str) -> dict[str, crypto.Ed25519PublicKey]:
+        """After a ``rekey`` order, the devices whose snapshots this VM's directory holds."""
+        if self.agent is None:
+            return {}
+        from ..manage import rekey
+        if vm not in rekey.rekeyed_vms(self.agent.cfg):
+            return {}
+        return dict((await self.agent.restore_source(vm)).signers)
+
+
+def install_guard(bus: MessageBus, enrol: Callable[[str], Awaitable[str]]) -> None:
+    """The Management interface's methods, each authorised by its own polkit action."""
+    async def enrol_call(args: list[Any]) -> list[Any]:
+        return [await enrol(str(args[0]))]
+
+    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE, names.POLKIT_ACTION_ENROL,
+                         {"Enrol": Member("enrolling this laptop", enrol_call)})
+
+    async def set_password(args: list[Any]) -> list[Any]:
+        from ..manage.password import set_first_password
+        user = await set_first_password(int(args[0]), str(args[1]))
+        log.info("the first password of %s is set", user)
+        return [user]
+
+    install_method_guard(bus, names.MANAGE_PATH, names.MANAGE_IFACE,
+                         names.POLKIT_ACTION_FIRST_PASSWORD,
+                         {"SetPassword": Member("setting your first password",
+                                                set_password, with_caller=True)})
+
+
+def agent(cfg: sconfig.SyncConfig, remote: RemoteStore, hv: Hypervisor,
+          bus: MessageBus) -> Any:
+    """The management agent; ``assign`` orders install through vmclient-provd on ``bus``."""
+    if not cfg.manage.enabled:
+        return None
+    from ..manage.agent import Agent
+    from ..manage.provisioning import ProvdInstaller
+    return Agent(manage_config(cfg), remote, hv, installer=ProvdInstaller(bus))
+
+
+def manage_config(cfg: sconfig.SyncConfig) -> ManageConfig:
+    """The agent's configuration: what it reads and removes (vmclient-syncd.service's
+    sandbox must let it write every directory named here)."""
+    from ..host.inventory import ManageConfig
+    return ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
+                        images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
+                        vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe
+                        device_dir=cfg.device_dir,
+                        lease_days=cfg.manage.lease_days)
