@@ -108,30 +108,20 @@ def render_status(st: dict[str, Any]) -> str:
 @contextlib.asynccontextmanager
 async def _progress(b: Any) -> AsyncIterator[None]:
     """Show the daemon's progress properties while the block runs (stderr)."""
-    from dbus_fast.constants import MessageType
-
     printer = ProgressPrinter()
     state: dict[str, Any] = {"CurrentVM": "", "BytesDone": 0, "BytesTotal": 0, "Rate": 0.0}
 
-    def on_message(msg: Any) -> None:
-        if (msg.message_type != MessageType.SIGNAL or msg.member != "PropertiesChanged"
-                or msg.path != names.SYNC_PATH):
-            return
-        state.update({k: v.value for k, v in msg.body[1].items() if k in state})
+    def on_change(changed: dict[str, Any]) -> None:
+        state.update({k: v for k, v in changed.items() if k in state})
         done, total, rate = state["BytesDone"], state["BytesTotal"], state["Rate"]
         if state["CurrentVM"] and total:
             eta = (total - done) / rate if rate > 0 else -1.0
             printer.show(state["CurrentVM"], "upload", done, total, rate, eta)
 
-    b.add_message_handler(on_message)
-    rule = (f"type='signal',sender='{names.SYNC_BUS_NAME}',path='{names.SYNC_PATH}',"
-            "interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'")
-    await bus.call(b, names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule],
-                   destination=names.DBUS_BUS)
     try:
-        yield
+        async with bus.properties_watched(b, names.SYNC_BUS_NAME, names.SYNC_PATH, on_change):
+            yield
     finally:
-        b.remove_message_handler(on_message)
         printer.close()
 
 

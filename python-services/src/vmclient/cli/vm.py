@@ -178,32 +178,22 @@ async def _call(b: Any, member: str, signature: str = "", body: list[Any] | None
 @contextlib.asynccontextmanager
 async def _progress(b: Any) -> AsyncIterator[None]:
     """Show the daemon's progress properties while the block runs."""
-    from dbus_fast.constants import MessageType
-
     printer = ProgressPrinter()
     state: dict[str, Any] = {"Phase": 0, "CurrentVM": "", "BytesDone": 0, "BytesTotal": 0,
                              "Rate": 0.0, "Eta": -1.0}
 
-    def on_message(msg: Any) -> None:
-        if (msg.message_type != MessageType.SIGNAL or msg.member != "PropertiesChanged"
-                or msg.path != names.PROVISION_PATH):
-            return
-        state.update({k: v.value for k, v in msg.body[1].items()})
+    def on_change(changed: dict[str, Any]) -> None:
+        state.update(changed)
         phase = PHASES[state["Phase"]] if 0 <= state["Phase"] < len(PHASES) else "unknown"
         if phase not in ("idle", "unknown"):
             printer.show(state["CurrentVM"], phase, state["BytesDone"], state["BytesTotal"],
                          state["Rate"], state["Eta"])
 
-    b.add_message_handler(on_message)
-    rule = (f"type='signal',sender='{names.PROVISION_BUS_NAME}',"
-            f"path='{names.PROVISION_PATH}',interface='org.freedesktop.DBus.Properties',"
-            "member='PropertiesChanged'")
-    await bus.call(b, names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule],
-                   destination=names.DBUS_BUS)
     try:
-        yield
+        async with bus.properties_watched(b, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
+                                          on_change):
+            yield
     finally:
-        b.remove_message_handler(on_message)
         printer.close()
 
 

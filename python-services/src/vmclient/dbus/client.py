@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from dbus_fast import BusType, Message
@@ -91,3 +91,24 @@ async def get_all(bus: MessageBus, path: str, iface: str, *,
     (props,) = await call(bus, path, "org.freedesktop.DBus.Properties", "GetAll", "s", [iface],
                           destination=destination)
     return {k: v.value for k, v in props.items()}
+
+
+@contextlib.asynccontextmanager
+async def properties_watched(bus: MessageBus, sender: str, path: str,
+                             on_change: Callable[[dict[str, Any]], None]) -> AsyncIterator[None]:
+    """``on_change(changed)`` with each PropertiesChanged of ``sender``'s object ``path``
+    (the values unwrapped) while the block runs."""
+    def on_message(msg: Message) -> None:
+        if (msg.message_type == MessageType.SIGNAL and msg.member == "PropertiesChanged"
+                and msg.path == path):
+            on_change({k: v.value for k, v in msg.body[1].items()})
+
+    bus.add_message_handler(on_message)
+    rule = (f"type='signal',sender='{sender}',path='{path}',"
+            "interface='org.freedesktop.DBus.Properties',member='PropertiesChanged'")
+    try:
+        await call(bus, names.DBUS_PATH, names.DBUS_IFACE, "AddMatch", "s", [rule],
+                   destination=names.DBUS_BUS)
+        yield
+    finally:
+        bus.remove_message_handler(on_message)
