@@ -12,8 +12,7 @@ import pytest
 from vmclient.admin import fleet, keys
 from vmclient.admin.sshd import confinement, enrolment_dropbox
 from vmclient.errors import UsageError
-from vmclient.manage import admin as it
-from vmclient.manage import enrol
+from vmclient.manage import enrol, fleetview
 from vmclient.store import crypto, layout
 from vmclient.store.documents import CONFIG_ID, RepoConfig
 from vmclient.store.errors import RemoteIntegrityError
@@ -102,9 +101,9 @@ def test_a_hostile_enrolment_request_prints_nothing_raw(
 
 
 def test_the_fleet_table_and_reports_show_untrusted_text_escaped() -> None:
-    view = it.DeviceView("0" * 32, "laptop-1", T, release=f"{ESC}]52;c;eA==\x07",
+    view = fleetview.DeviceView("0" * 32, "laptop-1", T, release=f"{ESC}]52;c;eA==\x07",
                          problem=f"bad\n{ESC}[2J")
-    table = it.render_devices([view], T)
+    table = fleetview.render_devices([view], T)
     assert ESC not in table and "\x07" not in table and len(table.splitlines()) == 3
     assert shown(f"a\n{ESC}b\x07\u202ec") == "a\\n\\x1bb\\x07\\u202ec"
     assert shown("plain text (ok) é") == "plain text (ok) é"

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmclient.manage import admin as admin_mod
-from vmclient.manage import enrol, recovery
+from vmclient.manage import enrol, fleetview, recovery
 from vmclient.manage.recovery import RecoveryKey, format_key, object_path
 from vmclient.manage.status import DeviceStatus, status_path
 from vmclient.store import crypto, layout
@@ -111,7 +111,7 @@ def read_revocation(blob: bytes) -> object:
 
 
 def read_status(blob: bytes) -> object:
-    return outcome(run, admin_mod.device_status(store({status_path(DEVICE_ID): blob}), RECORD))
+    return outcome(run, fleetview.device_status(store({status_path(DEVICE_ID): blob}), RECORD))
 
 
 def read_recovery_key(blob: bytes) -> object:

@@ -14,6 +14,7 @@ from vmclient.host.inventory import ManageConfig, parse_domain
 from vmclient.host.keys import DeviceKeys
 from vmclient.host.lease import DeviceState, Lease, StateFile, TimeRecord, advance
 from vmclient.manage import admin as it
+from vmclient.manage import fleetview
 from vmclient.manage.wipe import rotate_wrapping_key
 from vmclient.store import crypto, layout
 from vmclient.store.orders import DeviceRecord, Order, OrderState
@@ -133,7 +134,7 @@ async def _numbering(tmp: Path) -> None:
         await issue("wipe", {})
     with pytest.raises(UsageError, match="unknown order"):
         await issue("format", {})
-    views = await it.devices(remote, admin.public_key())
+    views = await fleetview.devices(remote, admin.public_key())
     assert [(v.device, v.pending, v.lease_until) for v in views] == [(dev, [1, 2], T + 9)]
 
 
@@ -192,7 +193,7 @@ def test_admin_cli_words_become_typed_order_arguments() -> None:
         it.order_args("unassign", ["name=office"], T)
     with pytest.raises(UsageError, match="unknown order"):
         it.order_args("reformat", [], T)
-    view = it.DeviceView("d" * 32, "laptop-1", T, last_contact=T, lease_until=T + 3 * DAY,
+    view = fleetview.DeviceView("d" * 32, "laptop-1", T, last_contact=T, lease_until=T + 3 * DAY,
                          pending=[4, 5], refused=2)
-    table = it.render_devices([view], T)
+    table = fleetview.render_devices([view], T)
     assert "laptop-1" in table and "+3d" in table and "4,5" in table

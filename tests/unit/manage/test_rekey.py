@@ -12,8 +12,8 @@ from vmclient.admin.sshd import enrolment_dropbox, revocation
 from vmclient.errors import UsageError, VMClientError
 from vmclient.host.inventory import ManageConfig
 from vmclient.manage import admin as it
+from vmclient.manage import fleetview, status
 from vmclient.manage import rekey as rk
-from vmclient.manage import status
 from vmclient.manage.enrol import EnrolmentRequest
 from vmclient.store import crypto, layout, repo
 from vmclient.store.documents import Pointer, WrappedKey
@@ -148,10 +148,10 @@ async def _revoked() -> None:
     with pytest.raises(UsageError, match="revoked"):
         await it.issue_order(w.remote, w.admin, w.a.id, "lock", {}, T,
                              numbers=it.OrderNumbers(Path("/nonexistent/orders.json")))
-    views = {v.device: v for v in await it.devices(w.remote, w.admin.public_key())}
+    views = {v.device: v for v in await fleetview.devices(w.remote, w.admin.public_key())}
     assert views[w.a.id].revoked == T and not views[w.b.id].revoked
     assert [(m.vm, m.seq) for m in views[w.a.id].vms] == [(VM, 2)]
-    assert "revoked" in it.render_devices([views[w.a.id]], T)
+    assert "revoked" in fleetview.render_devices([views[w.a.id]], T)
     # a revocation the server forged does not count
     w.remote.objects[it.revocation_path(w.b.id)] = signed_envelope(
         w.b.signing, "revocation", w.b.id, it.Revocation(w.b.id, T, "x").to_bytes())
@@ -204,14 +204,14 @@ async def _heartbeat() -> None:
     st = status.DeviceStatus(w.a.id, T + 60, "vmclient 0.1.0", 3, T + 99, False, False)
     w.remote.objects[status.status_path(w.a.id)] = signed_envelope(
         w.a.signing, "status", w.a.id, st.to_bytes())
-    views = {v.device: v for v in await it.devices(w.remote, w.admin.public_key())}
+    views = {v.device: v for v in await fleetview.devices(w.remote, w.admin.public_key())}
     assert (views[w.a.id].last_contact, views[w.a.id].release) == (T + 60, "vmclient 0.1.0")
     assert views[w.a.id].lease_until == T + 99 and views[w.b.id].release == ""
     # B's status signed by A's key: refused, naming it
     w.remote.objects[status.status_path(w.b.id)] = signed_envelope(
         w.a.signing, "status", w.b.id, st.to_bytes())
     with pytest.raises(RemoteIntegrityError, match="status"):
-        await it.device_status(w.remote, w.b.rec)
+        await fleetview.device_status(w.remote, w.b.rec)
 
 
 def test_one_bad_report_marks_its_device_suspect_and_hides_nothing_else() -> None:
@@ -222,7 +222,7 @@ async def _suspect() -> None:
     w = World()
     await w.setup()
     w.remote.objects[layout.report(w.a.id, 1)] = b"VMCG not a report"
-    views = {v.device: v for v in await it.devices(w.remote, w.admin.public_key())}
+    views = {v.device: v for v in await fleetview.devices(w.remote, w.admin.public_key())}
     assert "report" in views[w.a.id].problem and not views[w.b.id].problem
-    table = it.render_devices(list(views.values()), T)
+    table = fleetview.render_devices(list(views.values()), T)
     assert "SUSPECT" in table and f"a: {views[w.a.id].problem}" in table

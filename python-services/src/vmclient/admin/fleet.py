@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from ..errors import UsageError
 from ..manage import admin as it
-from ..manage import enrol
+from ..manage import enrol, fleetview
 from ..manage import rekey as rk
 from ..store import crypto, layout
 from ..store.format import shown
@@ -165,14 +165,14 @@ async def cmd_devices(args: argparse.Namespace, remote: RemoteStore) -> None:
     if args.devices_command == "revoke":
         return await cmd_revoke(args, remote)
     k = await session.open_keys(args, remote)
-    views = await it.devices(remote, k.admin.public_key())
+    views = await fleetview.devices(remote, k.admin.public_key())
     now = int(time.time())
     if args.json:
         say(json.dumps([v.to_json() for v in views], indent=1, sort_keys=True))
     elif not views:
         say("no enrolled devices")
     else:
-        say(it.render_devices(views, now))
+        say(fleetview.render_devices(views, now))
 
 
 async def cmd_reports(args: argparse.Namespace, remote: RemoteStore) -> None:
@@ -282,7 +282,7 @@ async def cmd_rekey(args: argparse.Namespace, remote: RemoteStore) -> None:
 async def _only_source(remote: RemoteStore, k: keys.AdminKeys, vm: str,
                        target: str) -> DeviceRecord:
     found = []
-    for view in await it.devices(remote, k.admin.public_key()):
+    for view in await fleetview.devices(remote, k.admin.public_key()):
         if view.device != target and any(m.vm == vm for m in view.vms):
             found.append(view.device)
     if len(found) != 1:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import EXIT_DATAERR, UsageError, VMClientError
-from ..manage import admin as it
+from ..manage import fleetview
 from ..store import layout
 from ..store.chunkstore import ChunkStore
 from ..store.documents import Catalog, ImageVersion
@@ -95,7 +95,7 @@ async def check(remote: RemoteStore, k: keys.AdminKeys, catalog: Catalog, *,
             res.read += len(refs)
             res.problems += [f"image {name}: chunk {cid.hex()}: {why}"
                              for cid, why in sorted(bad.items())]
-    for view in await it.devices(remote, k.admin.public_key()):
+    for view in await fleetview.devices(remote, k.admin.public_key()):
         res.devices += 1
         if view.problem:
             res.problems.append(f"device {view.name} ({view.device}): {view.problem}")

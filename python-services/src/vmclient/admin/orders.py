@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..manage import admin as it
+from ..manage import fleetview
 from ..store import layout
 from ..store.format import signed_envelope
 from ..store.orders import DeviceRecord, Order
@@ -100,7 +101,7 @@ async def _cancel(args: argparse.Namespace, remote: RemoteStore, k: keys.AdminKe
     if old.action == "cancel":
         raise UsageError(f"order {seq} of {rec.name} is cancelled already")
     ran = [r for r in await it.reports_of(remote, admin, rec.device) if r.order == seq]
-    st = await it.device_status(remote, rec)
+    st = await fleetview.device_status(remote, rec)
     if ran:
         raise UsageError(f"order {seq} ({describe(old)}) already ran on {rec.name}: reported "
                          f"{ran[-1].outcome} on {utc(ran[-1].time)}; too late to cancel")

@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
 from ..manage import admin as it
+from ..manage import fleetview
 from ..store import crypto, layout
 from ..store.documents import Catalog, RepoConfig
 from ..store.errors import EXIT_INTEGRITY, ObjectNotFound, UnknownSigner
@@ -295,7 +296,7 @@ async def find_device(remote: RemoteStore, k: keys.AdminKeys, which: str) -> Dev
     admin = k.admin.public_key()
     if DEVICE_ID_RE.fullmatch(which):
         return await it.device_record(remote, admin, which)
-    views = [v for v in await it.devices(remote, admin) if v.name == which]
+    views = [v for v in await fleetview.devices(remote, admin) if v.name == which]
     live = [v for v in views if not v.revoked] or views
     if len(live) != 1:
         raise UsageError(f"{len(live)} enrolled devices are named {which!r}: give its id")

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..manage import admin as it
+from ..manage import fleetview
 from ..store import crypto, layout
 from ..store.documents import Catalog
 from ..store.format import shown
@@ -44,7 +45,7 @@ def wrapping_id(rec: DeviceRecord) -> str:
 async def fleet_records(remote: RemoteStore, k: keys.AdminKeys) -> list[DeviceRecord]:
     admin = k.admin.public_key()
     return [await it.device_record(remote, admin, v.device)
-            for v in await it.devices(remote, admin)]
+            for v in await fleetview.devices(remote, admin)]
 
 
 async def image_doc(remote: RemoteStore, k: keys.AdminKeys, catalog: Catalog,
@@ -64,7 +65,7 @@ async def image_doc(remote: RemoteStore, k: keys.AdminKeys, catalog: Catalog,
 async def device_doc(remote: RemoteStore, k: keys.AdminKeys, catalog: Catalog,
                      rec: DeviceRecord) -> dict[str, Any]:
     admin = k.admin.public_key()
-    [view] = [v for v in await it.devices(remote, admin) if v.device == rec.device]
+    [view] = [v for v in await fleetview.devices(remote, admin) if v.device == rec.device]
     reports = {r.order: r for r in await it.reports_of(remote, admin, rec.device) if r.order}
     orders = []
     for o in await it.orders_of(remote, admin, rec.device):
