@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import libvirt
 
-from testlib import need
+from testlib import need, run
 from vmclient.provision.cpuprobe import DEFAULT_CACHE, cached_probe, read_cache
 from vmclient.virt.cpu import CPUProfile
 
@@ -101,12 +100,10 @@ class Domains:
             with open(raw, "wb") as f:
                 f.truncate(64 << 20)
                 f.write(BOOT_SECTOR)
-            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
-                            str(disk)], check=True)
+            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk], check=True)
             raw.unlink()
         else:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"],
-                           check=True)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"], check=True)
         metadata = (f"<metadata><vmclient:power xmlns:vmclient='{POWER_NS}' "
                     f"policy='{policy}'/></metadata>") if policy else ""
         xml = DOMAIN_XML.format(
