@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libvirt
@@ -135,20 +136,26 @@ class Domains:
         return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
 
     def cleanup(self) -> None:
-        for name in self.names:
+        """Every domain removed, all at once: a QEMU takes ~2 s to be gone here, waited
+        for, not computed (three destroyed one after the other: 6 s; together: 2 s)."""
+        if self.names:
+            with ThreadPoolExecutor(len(self.names)) as pool:
+                list(pool.map(self._remove, self.names))
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = self.conn.lookupByName(name)
+            with contextlib.suppress(libvirt.libvirtError, FileNotFoundError, ValueError):
+                os.kill(self.qemu_pid(name), signal.SIGCONT)
             with contextlib.suppress(libvirt.libvirtError):
-                dom = self.conn.lookupByName(name)
-                with contextlib.suppress(libvirt.libvirtError, FileNotFoundError, ValueError):
-                    os.kill(self.qemu_pid(name), signal.SIGCONT)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.managedSaveRemove(0)
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-            with contextlib.suppress(FileNotFoundError):
-                (IMAGES / f"{name}.qcow2").unlink()
+                dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.managedSaveRemove(0)
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        with contextlib.suppress(FileNotFoundError):
+            (IMAGES / f"{name}.qcow2").unlink()
 
 
 def wait_idle(dom: libvirt.virDomain, timeout: float = 60.0) -> None:

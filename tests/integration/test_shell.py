@@ -21,7 +21,7 @@ from echo_guest import EchoGuests, echo_guests
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from pixels import Image
-from powerd_harness import Logind, PowerDaemon
+from powerd_harness import Logind
 from provd_harness import ProvDaemon
 from shell_harness import HEIGHT, WIDTH, PasswordSandbox, ShellUnderTest, Weston
 
@@ -331,49 +331,44 @@ def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk)
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 0
 
 
-def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_says_why(desk, system_bus, laptop,
-                                                                     tmp_path):
+def test_closing_the_lid_locks_and_opening_it_asks_for_the_password_and_the_bar_says_why(desk, laptop,
+                                                                     run_powerd):
     """The real vmclient-powerd on an umockdev laptop owns the lid and pauses the VMs on
     it; the shell locks on powerd's LidState, and the lid open shows the lock."""
     d = desk
     d.guests.wait_painted(d.business)
     shows(d, d.business, d.private)
-    powerd = PowerDaemon(system_bus, laptop, tmp_path,
-                         f'[vms]\nname_prefix = "{d.guests.prefix}-"\n'
-                         '[lid]\non_ac = "pause"\n').start()
-    try:
-        def paused() -> bool:
-            return all(d.guests.conn.lookupByName(vm).state()[0] == libvirt.VIR_DOMAIN_PAUSED
-                       for vm in (d.business, d.private))
-        laptop.set_lid(True)
-        wait_for(lambda: d.shell.ask("state")["locked"], 10, "the lock on the lid closing")
-        wait_for(paused, 30, "powerd pausing the VMs for the lid")
-        assert hidden(d.weston.screenshot())
+    powerd = run_powerd(f'[vms]\nname_prefix = "{d.guests.prefix}-"\n'
+                        '[lid]\non_ac = "pause"\n', laptop)
+    def paused() -> bool:
+        return all(d.guests.conn.lookupByName(vm).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+                   for vm in (d.business, d.private))
+    laptop.set_lid(True)
+    wait_for(lambda: d.shell.ask("state")["locked"], 10, "the lock on the lid closing")
+    wait_for(paused, 30, "powerd pausing the VMs for the lid")
+    assert hidden(d.weston.screenshot())
 
-        laptop.set_lid(False)
-        wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
-        st = d.shell.ask("state")
-        assert st["locked"] and hidden(d.weston.screenshot()), st
-        assert unlock_with(d, "h")["locked"]
-        assert not unlock_with(d, PASSWORD)["locked"]
-        shows(d, d.business, d.private)
-        assert d.guests.echoed(d.business) == 0
+    laptop.set_lid(False)
+    wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
+    st = d.shell.ask("state")
+    assert st["locked"] and hidden(d.weston.screenshot()), st
+    assert unlock_with(d, "h")["locked"]
+    assert not unlock_with(d, PASSWORD)["locked"]
+    shows(d, d.business, d.private)
+    assert d.guests.echoed(d.business) == 0
 
-        # The bar's "Pause VMs": powerd pauses them, and the bar says why the VM is paused.
-        assert d.shell.ask("click pause") == {"ok": True}
-        wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs paused", 30,
-                 "powerd's answer in the bar")
-        assert paused() and set(powerd.paused_by_us()) == {d.business, d.private}
-        wait_for(lambda: d.shell.ask("state")["bar"][0]
-                 == f"{d.business} \u2014 business (paused by you)", 20, "the VM's state")
-        assert d.shell.ask("click resume") == {"ok": True}
-        wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs resumed", 30,
-                 "powerd's answer in the bar")
-        wait_for(lambda: d.shell.ask("state")["bar"][0] == f"{d.business} \u2014 business",
-                 20, "the VM running again in the bar")
-    finally:
-        powerd.stop()
-    assert "Traceback" not in powerd.log(), powerd.log()
+    # The bar's "Pause VMs": powerd pauses them, and the bar says why the VM is paused.
+    assert d.shell.ask("click pause") == {"ok": True}
+    wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs paused", 30,
+             "powerd's answer in the bar")
+    assert paused() and set(powerd.paused_by_us()) == {d.business, d.private}
+    wait_for(lambda: d.shell.ask("state")["bar"][0]
+             == f"{d.business} \u2014 business (paused by you)", 20, "the VM's state")
+    assert d.shell.ask("click resume") == {"ok": True}
+    wait_for(lambda: d.shell.ask("state")["action_message"] == "2 VMs resumed", 30,
+             "powerd's answer in the bar")
+    wait_for(lambda: d.shell.ask("state")["bar"][0] == f"{d.business} \u2014 business",
+             20, "the VM running again in the bar")
 
 
 KEY_N, KEY_ESC, KEY_DOWN = 49, 1, 108
