@@ -72,7 +72,6 @@ DOMAIN_XML = """<domain type='{virt}'>
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <graphics type='vnc' listen='127.0.0.1' autoport='yes'/>
     <memballoon model='none'/>
   </devices>
   {metadata}
