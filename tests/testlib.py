@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,35 @@ def in_ci() -> bool:
 
 
 IN_CI = in_ci()
+
+# The sources first; the installed package where there are none (ptest on the image).
+PYTHONPATH = os.pathsep.join(filter(None, (str(SERVICES / "src"), os.environ.get("PYTHONPATH"))))
+
+
+def run(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
+        user: int | None = None, groups: Sequence[int] = (), timeout: float | None = 60,
+        check: bool = False, input: str | None = None,
+        stdin: int | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """A child process as every test runs one: its output captured as text, its time
+    bounded (``timeout`` seconds; scale it for guests), ``env`` over this process's
+    environment with the sources on PYTHONPATH; with ``user``, through setpriv as that
+    uid (and gid), in the supplementary ``groups`` only."""
+    args = [str(a) for a in argv]
+    if user is not None:
+        args = ["setpriv", f"--reuid={user}", f"--regid={user}",
+                f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+                *args]
+    return subprocess.run(args, env={**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, check=check,
+                          input=input, stdin=stdin, cwd=cwd)
+
+
+def vmclientctl(*args: str, env: Mapping[str, str] | None = None, user: int | None = None,
+                groups: Sequence[int] = (), timeout: float | None = 60,
+                stdin: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``vmclientctl ARGS`` from the sources, run as :func:`run` runs a child."""
+    return run([sys.executable, "-m", "vmclient.cli.main", *args], env=env, user=user,
+               groups=groups, timeout=timeout, stdin=stdin)
 
 
 def need(condition: bool, reason: str) -> None:

@@ -15,9 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("VMCLIENT_ADMIN_PASSPHRASE", "integration-test passphrase")
 
 from fixtures_bus import PrivateSystemBus, private_system_bus
+from fixtures_sshd import sshd  # noqa: F401  (the fixture, for every test)
 from fixtures_udev import SimulatedLaptop
 from fixtures_virt import TCG_SLOWDOWN, Domains, LibvirtdLink, domains, probed_profile
-from powerd_harness import Logind, PowerDaemon
+from powerd_harness import Logind, PowerDaemon, PowerDaemons
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -69,22 +70,34 @@ def laptop() -> Iterator[SimulatedLaptop]:
 
 
 @pytest.fixture
+def run_powerd(system_bus: PrivateSystemBus, logind: Logind,
+               tmp_path: Path) -> Iterator[PowerDaemons]:
+    """``run_powerd(config, laptop)`` starts vmclient-powerd; every daemon started is stopped
+    when the test ends and its log checked.  Request it after the fixtures whose things the
+    daemon uses (the laptop, the domains): it is then torn down before them."""
+    daemons = PowerDaemons(system_bus, tmp_path)
+    yield daemons
+    daemons.close()
+
+
+@pytest.fixture
 def powerd(system_bus: PrivateSystemBus, logind: Logind, laptop: SimulatedLaptop, vms: Domains,
-           tmp_path: Path) -> Iterator[Callable[..., PowerDaemon]]:
-    """Start the daemon (stopped before the test's domains are removed)."""
-    started: list[PowerDaemon] = []
+           libvirtd_link: LibvirtdLink, tmp_path: Path) -> Iterator[Callable[..., PowerDaemon]]:
+    """Start the daemon on the test's domains and laptop.  When the test ends, its domains
+    go first (the stop has nothing to save: a managed save of every VM, 2-5 s a test, is
+    not what these tests check; test_shutdown_saves_every_vm… does), then each daemon
+    stops, before ``libvirtd_link`` closes: a daemon connected through the link does not
+    see libvirtd go away as it stops (it would wait 30 s for libvirtd to come back)."""
+    daemons = PowerDaemons(system_bus, tmp_path)
 
     def make(config: str = "", lap: SimulatedLaptop | bool | None = True, start: bool = True) -> PowerDaemon:
         prefix = f'name_prefix = "{vms.prefix}-"\n'
         config = (config.replace("[vms]\n", "[vms]\n" + prefix, 1) if "[vms]\n" in config
                   else "[vms]\n" + prefix + config)
-        d = PowerDaemon(system_bus, laptop if lap is True else (lap or None), tmp_path, config)
-        started.append(d)
-        return d.start() if start else d
+        return daemons(config, laptop if lap is True else (lap or None), start)
 
     yield make
-    for d in started:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
-        assert "Traceback" not in d.log(), d.log()
-
+    try:
+        vms.cleanup()
+    finally:
+        daemons.close()

@@ -33,7 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from testlib import need
+import pytest
+
+from testlib import need, run
 from vmclient.admin.sshd import GLOBAL_CONFIG, Confinement, confinement, enrolment_dropbox
 from vmclient.transport.sftp import SFTPStore, SFTPTarget
 
@@ -70,8 +72,7 @@ class Account:
 
 
 def keygen(path: Path, comment: str = "vmclient-test") -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
-                    str(path)], check=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path], check=True)
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -114,7 +115,7 @@ class SSHServer:
     def confine(self, conf: Confinement) -> None:
         """Apply what ``vmclient-admin`` printed for an account; restart sshd."""
         for attempt in range(3):  # useradd fails while another one holds /etc/passwd's lock
-            r = subprocess.run(["sh", "-c", conf.script()], capture_output=True, text=True)
+            r = run(["sh", "-c", conf.script()])
             if r.returncode == 0:
                 break
             if attempt == 2 or "lock" not in r.stderr:
@@ -221,7 +222,7 @@ class SSHServer:
     def close(self) -> None:
         self.stop()
         for account in self.accounts:
-            subprocess.run(["userdel", account], capture_output=True)
+            run(["userdel", account])
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -261,3 +262,10 @@ def ssh_server() -> Iterator[SSHServer]:
         yield server.start()
     finally:
         server.close()
+
+
+@pytest.fixture
+def sshd() -> Iterator[SSHServer]:
+    """A started :class:`SSHServer` for the test (conftest.py makes it every test's)."""
+    with ssh_server() as server:
+        yield server

@@ -8,16 +8,16 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import libvirt
 
-from testlib import need
+from testlib import need, run
 from vmclient.provision.cpuprobe import DEFAULT_CACHE, cached_probe, read_cache
 from vmclient.virt.cpu import CPUProfile
 
@@ -72,7 +72,6 @@ DOMAIN_XML = """<domain type='{virt}'>
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
     </disk>
-    <graphics type='vnc' listen='127.0.0.1' autoport='yes'/>
     <memballoon model='none'/>
   </devices>
   {metadata}
@@ -101,12 +100,10 @@ class Domains:
             with open(raw, "wb") as f:
                 f.truncate(64 << 20)
                 f.write(BOOT_SECTOR)
-            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
-                            str(disk)], check=True)
+            run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk], check=True)
             raw.unlink()
         else:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"],
-                           check=True)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"], check=True)
         metadata = (f"<metadata><vmclient:power xmlns:vmclient='{POWER_NS}' "
                     f"policy='{policy}'/></metadata>") if policy else ""
         xml = DOMAIN_XML.format(
@@ -138,20 +135,26 @@ class Domains:
         return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
 
     def cleanup(self) -> None:
-        for name in self.names:
+        """Every domain removed, all at once: a QEMU takes ~2 s to be gone here, waited
+        for, not computed (three destroyed one after the other: 6 s; together: 2 s)."""
+        if self.names:
+            with ThreadPoolExecutor(len(self.names)) as pool:
+                list(pool.map(self._remove, self.names))
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = self.conn.lookupByName(name)
+            with contextlib.suppress(libvirt.libvirtError, FileNotFoundError, ValueError):
+                os.kill(self.qemu_pid(name), signal.SIGCONT)
             with contextlib.suppress(libvirt.libvirtError):
-                dom = self.conn.lookupByName(name)
-                with contextlib.suppress(libvirt.libvirtError, FileNotFoundError, ValueError):
-                    os.kill(self.qemu_pid(name), signal.SIGCONT)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.managedSaveRemove(0)
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-            with contextlib.suppress(FileNotFoundError):
-                (IMAGES / f"{name}.qcow2").unlink()
+                dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.managedSaveRemove(0)
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        with contextlib.suppress(FileNotFoundError):
+            (IMAGES / f"{name}.qcow2").unlink()
 
 
 def wait_idle(dom: libvirt.virDomain, timeout: float = 60.0) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
-from testlib import need
+from testlib import need, run
 from vmclient.host.files import write_private
 from vmclient.host.inventory import VM_NS, ManageConfig
 from vmclient.host.keys import DeviceKeys
@@ -56,10 +56,8 @@ DOMAIN_XML = """<domain type='{virt}'>
 
 def qemu_io_read(disk: Path, pp: bytes) -> subprocess.CompletedProcess[str]:
     """Open a LUKS qcow2 with passphrase ``pp`` and read its first sector."""
-    return subprocess.run(
-        ["qemu-io", "--object", f"secret,id=s0,data={pp.decode()}", "--image-opts",
-         f"driver=qcow2,file.filename={disk},encrypt.key-secret=s0", "-c", "read 0 512"],
-        capture_output=True, text=True, timeout=60)
+    return run(["qemu-io", "--object", f"secret,id=s0,data={pp.decode()}", "--image-opts",
+                f"driver=qcow2,file.filename={disk},encrypt.key-secret=s0", "-c", "read 0 512"])
 
 
 class Clock:
@@ -186,7 +184,7 @@ def luks_template(i: int) -> tuple[crypto.KeySet, Path]:
                "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
                str(path), "64M"]
         for attempt in range(6):  # the PBKDF2 calibration flake: see provision/qemuimg.py
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            r = run(cmd)
             if r.returncode == 0:
                 break
             if "Unable to get accurate CPU usage" not in r.stderr or attempt == 5:

@@ -99,6 +99,43 @@ class PowerDaemon:
         return {str(n): HoldAction(int(a)).label for n, a in self.props()["PausedByUs"]}
 
 
+class PowerDaemons:
+    """The daemons a test starts (``daemons(config, laptop)``), each stopped at the end with
+    SIGTERM as systemd stops it, and each log then checked to hold no traceback.
+
+    libvirtd must still be there for that stop (the fixtures the daemon uses are torn down
+    after it): a daemon stopped without it waits for libvirtd to come back before it gives
+    up saving the VMs (30 s a test), which the stop's log tells."""
+
+    def __init__(self, bus: PrivateSystemBus, workdir: Path) -> None:
+        self.bus = bus
+        self.workdir = workdir
+        self.started: list[PowerDaemon] = []
+
+    def __call__(self, config: str = "", laptop: SimulatedLaptop | None = None,
+                 start: bool = True) -> PowerDaemon:
+        d = PowerDaemon(self.bus, laptop, self.workdir, config)
+        self.started.append(d)
+        return d.start() if start else d
+
+    def close(self) -> None:
+        problems: list[str] = []
+        for d in self.started:
+            if d.proc is not None and d.proc.poll() is None:
+                before = len(d.log())
+                try:
+                    d.stop()
+                except AssertionError as exc:
+                    problems.append(str(exc))
+                    continue
+                if "is not available" in d.log()[before:]:
+                    problems.append("libvirtd was gone when the test's vmclient-powerd "
+                                    "stopped:\n" + d.log()[before:])
+            if "Traceback" in d.log():
+                problems.append(d.log())
+        assert not problems, "\n".join(problems)
+
+
 class Logind:
     """The dbusmock logind peer, seen from the test."""
 

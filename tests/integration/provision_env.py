@@ -8,7 +8,6 @@ import ipaddress
 import random
 import secrets
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,7 @@ from pathlib import Path
 import libvirt
 from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
-from testlib import need
+from testlib import need, run
 from vmclient.host.keys import DeviceKeys
 from vmclient.host.lease import StateFile, TimeRecord
 from vmclient.provision.config import Networks, ProvisionConfig, Repository
@@ -155,7 +154,7 @@ def set_lease(manage_dir: Path, days: float) -> None:
 
 
 def free_subnets(n: int) -> list[str]:
-    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    used = run(["ip", "-4", "-o", "addr"]).stdout
     out: list[str] = []
     while len(out) < n:
         net = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}.0/24"

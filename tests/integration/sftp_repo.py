@@ -11,7 +11,6 @@ import base64
 import os
 import random
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fixtures_sshd import Account, SSHServer
 
-from testlib import need
+from testlib import need, run
 from vmclient.admin import keys as admin_keys
 from vmclient.admin.main import main as admin_main
 from vmclient.store import crypto
@@ -58,8 +57,7 @@ def make_disk(path: Path, mib: int, seed: int = 1, fill: float = 0.5) -> Path:
 def qcow2(raw: Path) -> Path:
     need(shutil.which("qemu-img") is not None, "qemu-img is not installed")
     out = raw.with_suffix(".qcow2")
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
-                   check=True)
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out], check=True)
     return out
 
 

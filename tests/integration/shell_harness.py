@@ -39,7 +39,7 @@ from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from pixels import Image
 
-from testlib import SERVICES
+from testlib import SERVICES, run
 
 PAM_SERVICE_FILE = SERVICES / "data" / "pam.d" / "vmclient-shell"
 
@@ -100,9 +100,8 @@ class Weston:
         out = Path(tempfile.mkdtemp(prefix="vmclient-shot-"))
         try:
             os.chown(out, self.uid, self.uid)
-            subprocess.run([*_as_user(self.uid), "weston-screenshooter"], cwd=out,
-                           env=self.env(), check=True, timeout=scaled(20),
-                           capture_output=True)
+            run([*_as_user(self.uid), "weston-screenshooter"], cwd=out, env=self.env(),
+                check=True, timeout=scaled(20))
             (png,) = list(out.glob("*.png"))
             return Image.load(png)
         finally:
@@ -132,9 +131,8 @@ class PasswordSandbox:
         (upper / "pam.d").mkdir(parents=True)
         (self.dir / "work").mkdir()
         shutil.copy(PAM_SERVICE_FILE, upper / "pam.d" / "vmclient-shell")
-        digest = "" if password is None else subprocess.run(
-            ["openssl", "passwd", "-6", "-stdin"], input=password,
-            capture_output=True, text=True, check=True).stdout.strip()
+        digest = "" if password is None else run(
+            ["openssl", "passwd", "-6", "-stdin"], input=password, check=True).stdout.strip()
         lines = []
         for line in Path("/etc/shadow").read_text().splitlines():
             fields = line.split(":")

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Coroutine, Iterator, Sequence
@@ -32,6 +31,7 @@ import libvirt
 import libvirt_qemu
 from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
+import testlib
 from testlib import need
 from vmclient.store import crypto, layout, repo
 from vmclient.store.documents import RepoConfig
@@ -112,16 +112,15 @@ class World:
         ``data`` = [(pattern, offset, length)], written offline."""
         name = f"{self.prefix}-{suffix}"
         IMAGES.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk(name)), "64M"],
-                       check=True)
+        testlib.run(["qemu-img", "create", "-q", "-f", "qcow2", self.disk(name), "64M"], check=True)
         if random_mib:
             raw = self.tmp / f"{name}.raw"
             with open(raw, "wb") as f:
                 f.truncate(64 * MIB)
                 f.seek(8 * MIB)
                 f.write(os.urandom(random_mib * MIB))
-            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
-                            str(self.disk(name))], check=True)
+            testlib.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, self.disk(name)],
+                        check=True)
             raw.unlink()
         self.names.append(name)
         if data:
@@ -196,7 +195,7 @@ def qemu_io(disk: Path, *cmds: str) -> None:
     args = ["qemu-io", "-f", "qcow2"]
     for c in cmds:
         args += ["-c", c]
-    subprocess.run([*args, str(disk)], check=True, capture_output=True)
+    testlib.run([*args, disk], check=True)
 
 
 def hmp_write(dom: libvirt.virDomain, cmd: str) -> None:
@@ -214,8 +213,7 @@ def hmp_write(dom: libvirt.virDomain, cmd: str) -> None:
 
 def same_content(a: Path, b: Path) -> bool:
     """Guest-visible equality (``qemu-img compare``; -U: a running VM holds ``a``)."""
-    r = subprocess.run(["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True,
-                       text=True)
+    r = testlib.run(["qemu-img", "compare", "-U", a, b])
     assert r.returncode in (0, 1), r.stderr
     return r.returncode == 0
 

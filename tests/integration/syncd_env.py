@@ -21,7 +21,7 @@ from fixtures_virt import scaled
 from powerd_harness import Logind, wait_for
 from sync_env import World
 
-from testlib import SERVICES
+from testlib import SERVICES, vmclientctl
 from vmclient.host.files import write_private
 from vmclient.store import crypto
 
@@ -130,14 +130,13 @@ class SyncDaemon:
 
     def cli(self, *args: str, user: int | None = None, wait: bool = True
             ) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+        if wait:
+            return vmclientctl("sync", *args, env=self.env, user=user, timeout=scaled(600))
         cmd = [sys.executable, "-m", "vmclient.cli.main", "sync", *args]
         if user is not None:
             cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-        if not wait:
-            return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True,
-                              timeout=scaled(600))
+        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
 
 def as_json(r: subprocess.CompletedProcess[str]) -> Any:

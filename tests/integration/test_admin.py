@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_sshd import SSHServer, ssh_server
+from fixtures_sshd import SSHServer
 from sftp_repo import Repo, make_disk, published, qcow2
 
 from testlib import OFFICE_RECIPE
@@ -23,12 +22,6 @@ MiB = 1 << 20
 
 
 RECIPE = OFFICE_RECIPE
-
-
-@pytest.fixture
-def sshd() -> Iterator[SSHServer]:
-    with ssh_server() as server:
-        yield server
 
 
 def sha256(path: Path) -> str:

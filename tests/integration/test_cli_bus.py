@@ -3,14 +3,10 @@ names the daemon, its bus name, and what to run.  (No bus at all: tests/unit/cli
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from fixtures_bus import PrivateSystemBus
 
-from testlib import SERVICES
+from testlib import vmclientctl
 
 
 @pytest.mark.parametrize(("args", "daemon", "bus_name"), [
@@ -20,9 +16,7 @@ from testlib import SERVICES
 ])
 def test_a_daemon_that_is_not_running_is_named_with_what_to_run(
         system_bus: PrivateSystemBus, args: tuple[str, ...], daemon: str, bus_name: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", *args],
-                       env={**os.environ, **system_bus.env(), "PYTHONPATH": str(SERVICES / "src")},
-                       capture_output=True, text=True, timeout=60)
+    r = vmclientctl(*args, env=system_bus.env())
     assert r.returncode == 69, r.stderr
     assert f"{daemon} ({bus_name} on the system bus)" in r.stderr, r.stderr
     assert f"systemctl start {daemon}" in r.stderr and f"journalctl -u {daemon}" in r.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import uuid
 import xml.etree.ElementTree as ET
@@ -18,7 +17,7 @@ from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from provd_harness import NAME, ProvDaemon
 
-from testlib import INTERFACES, SERVICES, need
+from testlib import INTERFACES, need, run
 
 HERE = Path(__file__).resolve().parent
 PATH = "/org/vmclient/VMClient1/Display"
@@ -58,11 +57,8 @@ def provd(system_bus: PrivateSystemBus, tmp_path: Path) -> Iterator[ProvDaemon]:
 
 def client(bus: PrivateSystemBus, vm: str, uid: int | None = None) -> dict[str, str]:
     """What display_client.py got: ``{"spice": event}`` or ``{"error": name, ...}``."""
-    pre = [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}",
-                                  "--clear-groups"]
-    r = subprocess.run([*pre, sys.executable, str(HERE / "display_client.py"), vm],
-                       env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")},
-                       capture_output=True, text=True, timeout=scaled(60))
+    r = run([sys.executable, HERE / "display_client.py", vm], env=bus.env(), user=uid,
+            timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 

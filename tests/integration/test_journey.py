@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from sftp_repo import b64
 from sync_env import hmp_write
 from syncd_env import Peers
 
-from testlib import SERVICES
+from testlib import run, vmclientctl
 from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.store import crypto
 
@@ -68,9 +67,7 @@ async def test_provd_installs_from_the_sftp_repository(system_bus: PrivateSystem
 
 
 def ctl(bus: PrivateSystemBus, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", *args],
-                          capture_output=True, text=True, timeout=scaled(60),
-                          env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+    return vmclientctl("vm", *args, env=bus.env(), timeout=scaled(60))
 
 
 def running(name: str) -> bool:
@@ -170,10 +167,9 @@ def read_disk(env: Env, vm: str, cmd: str) -> str:
     with its data key as the laptop holds it (wrapped for the device key)."""
     pp = VMKeys(env.cfg.state_dir, env.device).load(vm).passphrase().decode()
     [disk] = (env.cfg.images_dir / vm).glob("system*.qcow2")
-    r = subprocess.run(["qemu-io", "-r", "-U", "--object", f"secret,id=s0,data={pp}",
-                        "--image-opts", f"driver=qcow2,file.filename={disk},"
-                        "encrypt.key-secret=s0", "-c", cmd],
-                       capture_output=True, text=True, timeout=scaled(60))
+    r = run(["qemu-io", "-r", "-U", "--object", f"secret,id=s0,data={pp}", "--image-opts",
+             f"driver=qcow2,file.filename={disk},encrypt.key-secret=s0", "-c", cmd],
+            timeout=scaled(60))
     return r.stdout + r.stderr
 
 
@@ -212,10 +208,8 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
                     hmp_write(conn.lookupByName(vm), f"write -P {MARK:#x} {MARK_AT} {MARK_LEN}")
                 finally:
                     conn.close()
-                said = await asyncio.to_thread(
-                    subprocess.run, [sys.executable, "-m", "vmclient.cli.main", "sync", "now", vm],
-                    capture_output=True, text=True, timeout=scaled(240),
-                    env={**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+                said = await asyncio.to_thread(vmclientctl, "sync", "now", vm,
+                                               env=system_bus.env(), timeout=scaled(240))
                 assert f"{vm}: synced, snapshot" in said.stdout, (said.stderr, slog.read_text())
                 assert await admin("order", dc.device_name, "wipe", "--yes") == 0
                 capsys.readouterr()
@@ -246,7 +240,7 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
             assert f"restore and start {vm} from {env.device.device_id()}" in out, out
             chown = re.search(r"^chown -R (\S+) (\S+)$", out, re.M)
             assert chown, out
-            await asyncio.to_thread(subprocess.run, ["chown", "-R", chown[1], chown[2]],
+            await asyncio.to_thread(run, ["chown", "-R", chown[1], chown[2]],
                                     check=True)  # as printed
             (tmp_path / "b").mkdir()
             try:

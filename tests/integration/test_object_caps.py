@@ -4,13 +4,11 @@ oversize order instead of reading it."""
 
 from __future__ import annotations
 
-import asyncio
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_sshd import SSHServer, ssh_server
+from fixtures_sshd import SSHServer
 from orders_env import laptop
 
 from vmclient.store import crypto, layout, repo
@@ -19,6 +17,7 @@ from vmclient.store.remote import MAX_OBJECT
 
 MiB, GiB = 1 << 20, 1 << 30
 DEVICE = "0123456789abcdef0123456789abcdef"
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def sparse(path: Path, size: int) -> None:
@@ -27,42 +26,27 @@ def sparse(path: Path, size: int) -> None:
         f.truncate(size)
 
 
-@pytest.fixture
-def sshd() -> Iterator[SSHServer]:
-    with ssh_server() as server:
-        yield server
-
-
-def test_an_sftp_server_claiming_5_gib_gets_the_cap_and_a_byte_read(sshd: SSHServer) -> None:
+async def test_an_sftp_server_claiming_5_gib_gets_the_cap_and_a_byte_read(
+        sshd: SSHServer) -> None:
     path = layout.order(DEVICE, 1)
     sparse(sshd.repo / path, 5 * GiB)
     admin = crypto.Ed25519PrivateKey.generate().public_key()
     store = sshd.store(sshd.admin)
-
-    async def scenario() -> RemoteIntegrityError:
-        try:
-            with pytest.raises(RemoteIntegrityError) as exc:
-                await repo.get_signed(store, path, {crypto.key_id(admin): admin}, "order",
-                                      f"{DEVICE}/1")
-            return exc.value
-        finally:
-            await store.close()
-
     tracemalloc.start()
     try:
-        err = asyncio.run(scenario())
+        with pytest.raises(RemoteIntegrityError) as exc:
+            await repo.get_signed(store, path, {crypto.key_id(admin): admin}, "order",
+                                  f"{DEVICE}/1")
         most = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+        await store.close()
+    err = exc.value
     assert err.obj_type == "order" and err.path == path
     assert f"larger than the {MAX_OBJECT['order']} bytes" in str(err)
     assert most < 3 * MAX_OBJECT["order"], most
 
 
-asyncio_session = pytest.mark.asyncio(loop_scope="session")
-
-
-@asyncio_session
 async def test_a_laptop_refuses_and_reports_an_oversize_order_unread(tmp_path: Path) -> None:
     async with laptop(tmp_path) as lap:
         agent = await lap.enrol()

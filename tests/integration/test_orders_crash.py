@@ -1,11 +1,9 @@
-# ruff: noqa: ASYNC221  (blocking checks in tests are fine)
 """A wipe killed (SIGKILL) in the middle finishes on the next start and leaves no keys."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 from fixtures_virt import scaled
 from orders_env import dom_state, laptop
 
-from testlib import ROOT
+from testlib import ROOT, run
 from vmclient.manage.vms import BusinessWorkRefused
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -31,11 +29,10 @@ async def test_wipe_killed_midway_finishes_on_next_start(tmp_path: Path, step: s
         key, disk = lap.cfg.vm_keys_dir / f"{biz}.wrapped", lap.vms[biz]
         order = await lap.order("wipe", include_private=False)
 
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT / "python-services" / "src"), str(ROOT / "tests"), str(HERE)])}
-        r = subprocess.run([sys.executable, str(HERE / "orders_crash_driver.py"), str(tmp_path),
-                            lap.prefix, step], env=env, capture_output=True, text=True,
-                           timeout=scaled(120))
+        path = os.pathsep.join([str(ROOT / "python-services" / "src"), str(ROOT / "tests"),
+                                str(HERE)])
+        r = run([sys.executable, HERE / "orders_crash_driver.py", tmp_path, lap.prefix, step],
+                env={"PYTHONPATH": path}, timeout=scaled(120))
         assert r.returncode == -9, r.stderr
 
         journal = json.loads((lap.cfg.state_dir / "wipe.json").read_text())

@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from testlib import ROOT
+from testlib import vmclientctl
 from vmclient.errors import ConfigError
 from vmclient.host.inventory import ManageConfig
 from vmclient.manage import admin as it
@@ -25,6 +22,7 @@ from vmclient.store.errors import RemoteIntegrityError
 from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOW = 1_764_000_000
 
 
@@ -50,11 +48,8 @@ class Site:
                 await process_requests(self.remote, self.admin, self.book, now)}
 
 
-def test_enrolment_needs_a_valid_unused_code(tmp_path: Path) -> None:
-    asyncio.run(_enrolment(tmp_path))
-
-
-async def _enrolment(tmp: Path) -> None:
+async def test_enrolment_needs_a_valid_unused_code(tmp_path: Path) -> None:
+    tmp = tmp_path
     site = Site(tmp)
     code = site.book.issue("laptop-a", NOW)
     a, stranger = site.laptop("a"), site.laptop("stranger")
@@ -123,13 +118,7 @@ async def _enrolment(tmp: Path) -> None:
         pinned_admin_key(tmp / "nowhere")
 
 
-def vmclientctl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python-services" / "src")}
-    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
-
-
-def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
+async def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
     site = Site(tmp_path)
     code = site.book.issue("laptop-f", NOW)
     state = str(tmp_path / "f")
@@ -139,7 +128,7 @@ def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
     assert r.returncode == 0 and "enrolment requested" in r.stdout, r.stderr
     r = vmclientctl("status", "--state-dir", state, "--device-dir", f"{state}/keys")
     assert "waiting for IT" in r.stdout, r.stdout + r.stderr
-    asyncio.run(site.process())
+    await site.process()
     r = vmclientctl("status", "--repository", str(tmp_path / "repo"), "--state-dir", state, "--device-dir", f"{state}/keys",
                     "--json")
     st = json.loads(r.stdout)
@@ -165,4 +154,4 @@ def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> None:
         [rep] = await it.reports_of(site.remote, site.admin.public_key(), st["device"])
         assert (rep.order, rep.outcome) == (order.seq, "done")
         assert agent.status()["lease_until"] == until
-    asyncio.run(loop())
+    await loop()

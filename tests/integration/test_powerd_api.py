@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 
 import dbus
 import libvirt
 import pytest
+from fixtures_udev import SimulatedLaptop
 from powerd_harness import BUS_NAME, POWER_IFACE, POWER_PATH, wait_for
 
-from testlib import INTERFACES, SERVICES, need
+import testlib
+from testlib import INTERFACES, need
 
 NOBODY = 65534
 
 
 def vmclientctl(d, *args: str, uid: int | None = None, gids: list[int] | None = None):
-    pre: list[str] = []
-    if uid is not None:
-        pre = ["setpriv", f"--reuid={uid}", f"--regid={uid}"]
-        pre += [f"--groups={','.join(map(str, gids))}"] if gids else ["--clear-groups"]
-    return subprocess.run([*pre, sys.executable, "-m", "vmclient.cli.main", *args],
-                          env={**d.env, "PYTHONPATH": str(SERVICES / "src")},
-                          capture_output=True, text=True, timeout=60)
+    return testlib.vmclientctl(*args, env=d.env, user=uid, groups=gids or ())
 
 
 def _normalise(node: ET.Element) -> list:
@@ -138,26 +133,23 @@ def test_properties_changed_is_emitted(powerd, vms, laptop):
     assert any(c.get("LidState") == 3 for c in seen)
 
 
-def test_desktop_without_lid_or_battery_works(system_bus, logind, vms, tmp_path):
-    from fixtures_udev import SimulatedLaptop
-    from powerd_harness import PowerDaemon
+@pytest.fixture
+def desktop() -> Iterator[SimulatedLaptop]:
+    lap = SimulatedLaptop(lid=False, battery=False)
+    yield lap
+    lap.close()
 
-    desktop = SimulatedLaptop(lid=False, battery=False)
-    try:
-        vms.create("a")
-        d = PowerDaemon(system_bus, desktop, tmp_path,
-                        f'[vms]\nname_prefix = "{vms.prefix}-"\n').start()
-        p = d.props()
-        assert p["LidState"] == 1 and not p["BatteryPresent"] and p["PowerSource"] == 1
-        assert p["LidAction"] == 1
-        logind.prepare_for_sleep(True)
-        wait_for(lambda: vms.state(vms.names[0]) == libvirt.VIR_DOMAIN_PAUSED, 10, "paused")
-        r = vmclientctl(d, "power", "status")
-        assert "no lid" in r.stdout and "no battery" in r.stdout
-        d.stop()
-        assert "Traceback" not in d.log()
-    finally:
-        desktop.close()
+
+def test_desktop_without_lid_or_battery_works(logind, vms, desktop, run_powerd):
+    vms.create("a")
+    d = run_powerd(f'[vms]\nname_prefix = "{vms.prefix}-"\n', desktop)
+    p = d.props()
+    assert p["LidState"] == 1 and not p["BatteryPresent"] and p["PowerSource"] == 1
+    assert p["LidAction"] == 1
+    logind.prepare_for_sleep(True)
+    wait_for(lambda: vms.state(vms.names[0]) == libvirt.VIR_DOMAIN_PAUSED, 10, "paused")
+    r = vmclientctl(d, "power", "status")
+    assert "no lid" in r.stdout and "no battery" in r.stdout
 
 
 def test_lid_switch_going_away_and_coming_back_is_followed(powerd, laptop, logind, vms):

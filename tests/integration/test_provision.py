@@ -1,10 +1,9 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
+# ruff: noqa: ASYNC240  (blocking checks in tests are fine)
 """Provisioning on the real libvirtd + QEMU + qemu-img: publish (store/repo.py into a
 local-directory repository) → install → start; encrypted at rest; upgrade; remove."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import libvirt
@@ -18,6 +17,7 @@ from provision_env import (
     set_lease,
 )
 
+from testlib import run
 from vmclient.host.gate import StartRefused
 from vmclient.provision import qemuimg
 from vmclient.provision.cache import ChunkCache
@@ -110,8 +110,7 @@ async def test_private_vm_from_qcow2_and_iso(tmp_path: Path) -> None:
         src = tmp_path / "mine.raw"
         src.write_bytes(image_bytes(8, MARKER))
         qcow = tmp_path / "mine.qcow2"
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(src),
-                        str(qcow)], check=True)
+        run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", src, qcow], check=True)
         prov = env.provisioner()
         vm = await prov.install(env.recipe(tmp_path, "imp", kind="private",
                                            image=f'qcow2 = "{qcow}"'))

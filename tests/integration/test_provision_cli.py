@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC220, ASYNC251  (blocking checks in tests are fine)
+# ruff: noqa: ASYNC220, ASYNC240, ASYNC251  (blocking checks in tests are fine)
 """``vmclientctl vm --local …`` (the core in the CLI's process): real libvirtd, exit codes.
 
 The same commands through vmclient-provd: test_provisiond.py."""
@@ -17,7 +17,7 @@ import pytest
 from fixtures_virt import scaled
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
-from testlib import SERVICES
+from testlib import PYTHONPATH, vmclientctl
 from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.provision import qemuimg
 
@@ -30,14 +30,13 @@ def _prereqs() -> None:
 
 
 def ctl_args(config: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    env = {**os.environ, "PYTHONPATH": str(SERVICES / "src")}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     return [sys.executable, "-m", "vmclient.cli.main", "vm", "--local", "--config", str(config),
             *args], env
 
 
 def ctl(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv, env = ctl_args(config, *args)
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=scaled(240))
+    return vmclientctl("vm", "--local", "--config", str(config), *args, timeout=scaled(240))
 
 
 async def test_cli_install_list_start_upgrade_remove(tmp_path: Path) -> None:
@@ -113,7 +112,7 @@ async def test_install_killed_while_assembling_resumes(tmp_path: Path) -> None:
         assert ctl(config, "remove", "--yes", name).returncode == 0
 
 
-def test_reads_create_no_state(tmp_path: Path) -> None:
+async def test_reads_create_no_state(tmp_path: Path) -> None:
     """``vm --local list`` and the assigned-VM listing read: no device keys, no directories."""
     config = tmp_path / "provision.toml"
     config.write_text("".join(f'{d} = "{tmp_path / d}"\n' for d in (

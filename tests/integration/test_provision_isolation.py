@@ -28,6 +28,7 @@ import pytest
 from fixtures_virt import URI
 from provision_env import image_bytes, ipv4, need_tools, provision_env
 
+from testlib import run
 from vmclient.provision.network import host_address
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -39,7 +40,7 @@ def _prereqs() -> None:
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=check)
+    return run(args, check=check)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,3 @@
-# ruff: noqa: ASYNC221  (blocking checks in tests are fine)
 """A private VM's media cannot carry a root-only file into a disk (issue 13, security 1).
 
 vmclient-provd (root) on a private system bus with the shipped policy; the attacker
@@ -38,7 +37,7 @@ from fixtures_bus import PrivateSystemBus
 from fixtures_virt import URI
 from provision_env import Env, assert_no_leftovers, need_tools, provision_env, write_config
 
-from testlib import SERVICES, need
+from testlib import SERVICES, need, run, vmclientctl
 from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.provision import qemuimg
 
@@ -76,7 +75,7 @@ def group() -> int:
         return grp.getgrnam("vmclient").gr_gid
     except KeyError:
         need(shutil.which("groupadd") is not None, "no vmclient group and no groupadd")
-        subprocess.run(["groupadd", "--system", "vmclient"], check=True)
+        run(["groupadd", "--system", "vmclient"], check=True)
         return grp.getgrnam("vmclient").gr_gid
 
 
@@ -106,8 +105,7 @@ def provd(env: Env, tmp: Path, bus: PrivateSystemBus) -> Iterator[dict[str, str]
                                  str(config)], stdout=log, stderr=subprocess.STDOUT, env=penv)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "list"],
-                             capture_output=True, env=penv).returncode != 0:
+        while vmclientctl("vm", "list", env=penv).returncode != 0:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
         yield penv
@@ -118,9 +116,7 @@ def provd(env: Env, tmp: Path, bus: PrivateSystemBus) -> Iterator[dict[str, str]
 
 
 def as_user(gid: int, penv: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                           f"--groups={gid}", *argv], capture_output=True, text=True,
-                          env=penv, timeout=300)
+    return run(argv, env=penv, user=NOBODY, groups=[gid], timeout=300)
 
 
 def ctl(gid: int, penv: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -184,14 +180,14 @@ async def test_media_a_group_member_cannot_read_is_refused(
 
             # a qcow2 of the user's whose backing file / external data file is the secret
             backed = user / "backed.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(secret),
-                            "-F", "raw", str(backed), "1M"], check=True)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", backed,
+                 "1M"], check=True)
             external = user / "external.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                            f"data_file={user / 'scratch'}", str(external), "1M"], check=True)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                 f"data_file={user / 'scratch'}", external, "1M"], check=True)
             # point the data file at the secret without qemu-img writing it
-            subprocess.run(["qemu-img", "amend", "-q", "-f", "qcow2", "-o",
-                            f"data_file={secret}", str(external)], check=True)
+            run(["qemu-img", "amend", "-q", "-f", "qcow2", "-o", f"data_file={secret}",
+                 external], check=True)
             for f in (backed, external):
                 user_file(f)
             for suffix, f, why in (("back", backed, "has a backing file"),
@@ -216,8 +212,7 @@ async def test_media_of_the_users_own_install_through_the_descriptor(
         plain = user / "mine.raw"
         plain.write_bytes(os.urandom(1 << 20))
         mine = user / "mine.qcow2"
-        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(plain),
-                        str(mine)], check=True)
+        run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", plain, mine], check=True)
         iso = user / "installer.iso"
         iso.write_bytes(os.urandom(1 << 20))
         for f in (mine, iso):

@@ -22,7 +22,7 @@ from fixtures_virt import scaled
 from provd_harness import NAME, PATH, call, ok
 from provision_env import image_bytes, need_tools, provision_env, write_config
 
-from testlib import INTERFACES, SERVICES, need
+from testlib import INTERFACES, SERVICES, need, run, vmclientctl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -39,9 +39,7 @@ def stranger_call(bus: PrivateSystemBus, member: str) -> str:
     script = ("import dbus, sys\nb = dbus.bus.BusConnection(sys.argv[1])\n"
               f"try:\n    b.call_blocking({NAME!r}, {PATH!r}, {IFACE!r}, {member!r}, '', [])\n"
               "except dbus.DBusException as e:\n    print(e.get_dbus_name())\n")
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        "/usr/bin/python3", "-c", script, bus.address],
-                       capture_output=True, text=True)
+    r = run(["/usr/bin/python3", "-c", script, bus.address], user=65534)
     return r.stdout.strip() + r.stderr
 
 
@@ -117,10 +115,7 @@ async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus,
 
             # vmclientctl vm … goes through the daemon and shows its progress
             def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run(
-                    [sys.executable, "-m", "vmclient.cli.main", "vm", *args],
-                    capture_output=True, text=True, timeout=scaled(240),
-                    env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")})
+                return vmclientctl("vm", *args, env=bus.env(), timeout=scaled(240))
             r = ctl("install", str(env.recipe(tmp_path, "ctl")))
             assert r.returncode == 0, r.stderr
             assert f"{env.name('ctl')}: business VM, shutoff" in r.stdout
@@ -132,11 +127,10 @@ async def test_provd_install_progress_start_remove(system_bus: PrivateSystemBus,
             assert ctl("start", env.name("ctl")).returncode == 0
             def offered(line: str) -> list[str]:  # what Tab offers at the end of ``line``
                 out = tmp_path / "completion"
-                subprocess.run([sys.executable, "-m", "vmclient.cli.main"], check=True,
-                               timeout=60, env={**bus.env(), "PYTHONPATH": str(SERVICES / "src"),
-                                                "_ARGCOMPLETE": "1", "COMP_LINE": line,
-                                                "COMP_POINT": str(len(line)),
-                                                "_ARGCOMPLETE_STDOUT_FILENAME": str(out)})
+                r = vmclientctl(env={**bus.env(), "_ARGCOMPLETE": "1", "COMP_LINE": line,
+                                     "COMP_POINT": str(len(line)),
+                                     "_ARGCOMPLETE_STDOUT_FILENAME": str(out)})
+                assert r.returncode == 0, r.stderr
                 return [w.strip() for w in out.read_text().split("\v")]
             assert env.name("ctl") in offered(f"vmclientctl vm stop {env.prefix}")
             r = ctl("remove", env.name("ctl"))  # no terminal to ask on

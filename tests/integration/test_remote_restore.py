@@ -1,4 +1,3 @@
-# ruff: noqa: ASYNC221  (qemu-img and chown in a test are fine blocking)
 """Issue 7's "restore onto a second device after a wipe", over a real sshd and real libvirt.
 
 Laptop A (its own state directory and keys) runs a business VM that the sync
@@ -15,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import uuid as uuidlib
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from orders_env import dom_state
 from remote_env import Admin, RemoteLaptop, fleet
 from sync_env import DOMAIN_XML, VM_NS, hmp_write, qemu_io, same_content
 
-from testlib import need
+from testlib import need, run
 from vmclient.host.files import write_private
 from vmclient.host.keys import DeviceKeys
 from vmclient.manage.vms import BusinessWorkRefused
@@ -80,8 +78,7 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
     vm = f"{prefix}-office"
     disk_a = a.cfg.images_dir / vm / "system.qcow2"
     disk_a.parent.mkdir(parents=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk_a), "64M"],
-                   check=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", disk_a, "64M"], check=True)
     qemu_io(disk_a, f"write -P 0x11 0 {4 * MIB}", f"write -P 0x22 {30 * MIB} {MIB}")
     dom = define(conn, vm, disk_a)
     keys = crypto.KeySet.generate()
@@ -102,8 +99,7 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
     finally:
         await store.close()
     reference = tmp_path / "reference.qcow2"  # what A's disk held at the last sync
-    subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", str(disk_a),
-                    str(reference)], check=True)
+    run(["qemu-img", "convert", "-U", "-O", "qcow2", disk_a, reference], check=True)
     assert await admin("devices") == 0
     assert re.search(rf"{vm} #2 ", admin.out), admin.out
 
@@ -143,7 +139,7 @@ async def _scenario(conn: libvirt.virConnect, tmp_path: Path, server: SSHServer,
     assert f"snapshot {layout.snapshot_name(2)} (seq 2)" in admin.out, admin.out
     chown = re.search(r"^chown -R (\S+) (\S+)$", admin.out, re.M)
     assert chown, admin.out
-    subprocess.run(["chown", "-R", chown[1], chown[2]], check=True)  # as printed
+    run(["chown", "-R", chown[1], chown[2]], check=True)  # as printed
     status = await b.poll()
     assert status["last_order"] == 2 and status["business_allowed"], status
     assert await admin("reports", "laptop-b", "--json") == 0

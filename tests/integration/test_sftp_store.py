@@ -9,16 +9,16 @@ import os
 import posixpath
 import re
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fixtures_sshd import SSHServer, ssh_server
+from fixtures_sshd import SSHServer
 from sftp_repo import Device, Repo, make_disk, published, qcow2
 
+import testlib
 from testlib import need
 from vmclient.admin.images import read_published
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
@@ -28,12 +28,6 @@ from vmclient.transport.sftp_client import Connection
 from vmclient.transport.sftp_codec import READ_FLAG
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def sshd() -> Iterator[SSHServer]:
-    with ssh_server() as server:
-        yield server
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -349,8 +343,7 @@ def test_puts_of_growing_and_shrinking_sizes_through_one_connection_keep_their_b
 def test_a_write_the_server_cannot_store_raises_naming_the_path(sshd: SSHServer) -> None:
     full = sshd.repo / "images/full"
     full.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)],
-                             capture_output=True, text=True)
+    mounted = testlib.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", full])
     need(mounted.returncode == 0, f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
     try:
         store = sshd.store(sshd.admin)
@@ -359,7 +352,7 @@ def test_a_write_the_server_cannot_store_raises_naming_the_path(sshd: SSHServer)
         assert refused.value.path == "images/full/obj" and store.reconnects == 0
         assert not (full / "obj").exists()
     finally:
-        subprocess.run(["umount", "-l", str(full)], check=True)
+        testlib.run(["umount", "-l", full], check=True)
 
 
 def test_an_object_that_shrinks_during_a_read_ends_the_read_where_it_ends(

@@ -1,4 +1,3 @@
-# ruff: noqa: ASYNC221  (the CLI as a child process, waited for in the test)
 """The key gate under powerd: VMs with LUKS disks (secret only ephemeral) come back after a
 managed save by vmclient-powerd, and a business VM stays saved when the lease is gone.
 
@@ -8,8 +7,6 @@ dbus-daemon with dbusmock's logind and a umockdev battery/AC."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,24 +17,24 @@ from fixtures_udev import SimulatedLaptop
 from fixtures_virt import URI
 from orders_env import Laptop, dom_state, has_managed_save
 from orders_env import laptop as managed_laptop
-from powerd_harness import Logind, PowerDaemon, wait_for
+from powerd_harness import Logind, PowerDaemon, PowerDaemons, wait_for
 
-from testlib import SERVICES
+from testlib import vmclientctl
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 RUNNING, SHUTOFF = libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_SHUTOFF
 
 
-def powerd(bus: PrivateSystemBus, sim: SimulatedLaptop, lap: Laptop, workdir: Path,
-           extra: str = "") -> PowerDaemon:
+def gate_config(lap: Laptop, extra: str = "") -> str:
+    """powerd's configuration for the managed laptop's VMs and keys."""
     c = lap.cfg
-    return PowerDaemon(bus, sim, workdir, f"""[vms]
+    return f"""[vms]
 name_prefix = "{lap.prefix}-"
 [keys]
 device_dir = "{c.device_keys_dir}"
 vm_keys_dir = "{c.vm_keys_dir}"
 manage_dir = "{c.state_dir}"
-{extra}""")
+{extra}"""
 
 
 def secrets_of(name: str) -> set[str]:
@@ -77,103 +74,83 @@ def save_on_critical_battery(d: PowerDaemon, sim: SimulatedLaptop, names: tuple[
 
 async def test_critical_battery_save_and_ac_restore_luks_vms(
         tmp_path: Path, system_bus: PrivateSystemBus, logind: object,
-        laptop: SimulatedLaptop) -> None:
+        laptop: SimulatedLaptop, run_powerd: PowerDaemons) -> None:
     async with managed_laptop(tmp_path) as lap:
         biz, priv = await started_laptop(lap)
-        d = powerd(system_bus, laptop, lap, tmp_path).start()
-        try:
-            save_on_critical_battery(d, laptop, (biz, priv))
-            laptop.set_ac(True)
-            wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
-                     "both VMs restored")
-            wait_for(lambda: d.paused_by_us() == {}, 10, "nothing left saved by us")
-            for n in (biz, priv):
-                assert not has_managed_save(n) and not secrets_of(n)  # secret gone again
-            assert d.props()["RestoreRefused"] == []
-        finally:
-            d.stop()
-        assert "Traceback" not in d.log(), d.log()
+        d = run_powerd(gate_config(lap), laptop)
+        save_on_critical_battery(d, laptop, (biz, priv))
+        laptop.set_ac(True)
+        wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
+                 "both VMs restored")
+        wait_for(lambda: d.paused_by_us() == {}, 10, "nothing left saved by us")
+        for n in (biz, priv):
+            assert not has_managed_save(n) and not secrets_of(n)  # secret gone again
+        assert d.props()["RestoreRefused"] == []
 
 
 async def test_save_policy_on_sleep_is_undone_on_wake(
         tmp_path: Path, system_bus: PrivateSystemBus, logind: Logind,
-        laptop: SimulatedLaptop) -> None:
+        laptop: SimulatedLaptop, run_powerd: PowerDaemons) -> None:
     async with managed_laptop(tmp_path) as lap:
         biz, priv = await started_laptop(lap)
-        d = powerd(system_bus, laptop, lap, tmp_path, f'[vms.policies]\n"{biz}" = "save"\n')
-        d.start()
-        try:
-            logind.prepare_for_sleep(True)
-            wait_for(lambda: d.paused_by_us() == {biz: "save", priv: "pause"}, 60,
-                     "the business VM saved (its policy), the private one paused")
-            assert dom_state(biz) == SHUTOFF and has_managed_save(biz)
-            logind.prepare_for_sleep(False)
-            wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
-                     "both running again after the wake-up")
-            wait_for(lambda: d.paused_by_us() == {}, 10, "nothing left held")
-            assert not has_managed_save(biz) and not secrets_of(biz)
-        finally:
-            d.stop()
-        assert "Traceback" not in d.log(), d.log()
+        d = run_powerd(gate_config(lap, f'[vms.policies]\n"{biz}" = "save"\n'), laptop)
+        logind.prepare_for_sleep(True)
+        wait_for(lambda: d.paused_by_us() == {biz: "save", priv: "pause"}, 60,
+                 "the business VM saved (its policy), the private one paused")
+        assert dom_state(biz) == SHUTOFF and has_managed_save(biz)
+        logind.prepare_for_sleep(False)
+        wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
+                 "both running again after the wake-up")
+        wait_for(lambda: d.paused_by_us() == {}, 10, "nothing left held")
+        assert not has_managed_save(biz) and not secrets_of(biz)
 
 
 async def test_shutdown_save_then_next_start_restores_luks_vms(
         tmp_path: Path, system_bus: PrivateSystemBus, logind: object,
-        laptop: SimulatedLaptop) -> None:
+        laptop: SimulatedLaptop, run_powerd: PowerDaemons) -> None:
     async with managed_laptop(tmp_path) as lap:
         biz, priv = await started_laptop(lap)
-        d = powerd(system_bus, laptop, lap, tmp_path).start()
-        try:
-            assert d.stop() == 0
-            for n in (biz, priv):
-                assert dom_state(n) == SHUTOFF and has_managed_save(n)
-            d.start()
-            wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
-                     "both VMs restored when powerd started again")
-            # libvirt reports RUNNING before its restore call returns to powerd, which
-            # only then undefines the secret: it must go, not be gone at that instant.
-            wait_for(lambda: not secrets_of(biz) and not secrets_of(priv), 10,
-                     "the disks' secrets undefined once the restores returned")
-        finally:
-            d.stop()
-        assert "Traceback" not in d.log(), d.log()
+        d = run_powerd(gate_config(lap), laptop)
+        assert d.stop() == 0
+        for n in (biz, priv):
+            assert dom_state(n) == SHUTOFF and has_managed_save(n)
+        d.start()
+        wait_for(lambda: dom_state(biz) == RUNNING and dom_state(priv) == RUNNING, 90,
+                 "both VMs restored when powerd started again")
+        # libvirt reports RUNNING before its restore call returns to powerd, which
+        # only then undefines the secret: it must go, not be gone at that instant.
+        wait_for(lambda: not secrets_of(biz) and not secrets_of(priv), 10,
+                 "the disks' secrets undefined once the restores returned")
 
 
 async def test_expired_lease_refuses_the_restore_and_keeps_the_saved_state(
         tmp_path: Path, system_bus: PrivateSystemBus, logind: object,
-        laptop: SimulatedLaptop) -> None:
+        laptop: SimulatedLaptop, run_powerd: PowerDaemons) -> None:
     async with managed_laptop(tmp_path) as lap:
         biz, priv = await started_laptop(lap)
-        d = powerd(system_bus, laptop, lap, tmp_path).start()
-        try:
-            save_on_critical_battery(d, laptop, (biz, priv))
-            set_lease(lap, -60)  # offline too long meanwhile
-            laptop.set_ac(True)
-            wait_for(lambda: dom_state(priv) == RUNNING, 90, "the private VM restored")
-            wait_for(lambda: d.props()["RestoreRefused"], 30, "the refusal in powerd's status")
-            [(name, why)] = d.props()["RestoreRefused"]
-            assert (name, str(why).split(":")[0]) == (biz, "the lease has expired")
-            # left as it was: shut off, its saved RAM kept, still ours to restore
-            assert dom_state(biz) == SHUTOFF and has_managed_save(biz)
-            assert d.paused_by_us() == {biz: "save"}
-            assert not secrets_of(biz)
-            lines = [ln for ln in d.log().splitlines() if "not restored" in ln]
-            assert len(lines) == 1 and biz in lines[0] and "lease has expired" in lines[0], lines
-            status = subprocess.run(
-                [sys.executable, "-m", "vmclient.cli.main", "power", "status"],
-                env={**d.env, "PYTHONPATH": str(SERVICES / "src")}, capture_output=True,
-                text=True, timeout=60).stdout
-            assert f"Not restored:       {biz}: the lease has expired" in status, status
+        d = run_powerd(gate_config(lap), laptop)
+        save_on_critical_battery(d, laptop, (biz, priv))
+        set_lease(lap, -60)  # offline too long meanwhile
+        laptop.set_ac(True)
+        wait_for(lambda: dom_state(priv) == RUNNING, 90, "the private VM restored")
+        wait_for(lambda: d.props()["RestoreRefused"], 30, "the refusal in powerd's status")
+        [(name, why)] = d.props()["RestoreRefused"]
+        assert (name, str(why).split(":")[0]) == (biz, "the lease has expired")
+        # left as it was: shut off, its saved RAM kept, still ours to restore
+        assert dom_state(biz) == SHUTOFF and has_managed_save(biz)
+        assert d.paused_by_us() == {biz: "save"}
+        assert not secrets_of(biz)
+        lines = [ln for ln in d.log().splitlines() if "not restored" in ln]
+        assert len(lines) == 1 and biz in lines[0] and "lease has expired" in lines[0], lines
+        status = vmclientctl("power", "status", env=d.env).stdout
+        assert f"Not restored:       {biz}: the lease has expired" in status, status
 
-            # IT renews the lease: the next restore (AC back after a while on battery) works
-            set_lease(lap, 86400)
-            laptop.set_battery(80)  # charged meanwhile: going on battery saves nothing
-            laptop.set_ac(False)
-            wait_for(lambda: d.props()["PowerSource"] == 2, 10, "on battery")
-            laptop.set_ac(True)
-            wait_for(lambda: dom_state(biz) == RUNNING, 90, "the business VM restored")
-            wait_for(lambda: d.props()["RestoreRefused"] == [] and d.paused_by_us() == {}, 10,
-                     "the refusal cleared")
-        finally:
-            d.stop()
-        assert "Traceback" not in d.log(), d.log()
+        # IT renews the lease: the next restore (AC back after a while on battery) works
+        set_lease(lap, 86400)
+        laptop.set_battery(80)  # charged meanwhile: going on battery saves nothing
+        laptop.set_ac(False)
+        wait_for(lambda: d.props()["PowerSource"] == 2, 10, "on battery")
+        laptop.set_ac(True)
+        wait_for(lambda: dom_state(biz) == RUNNING, 90, "the business VM restored")
+        wait_for(lambda: d.props()["RestoreRefused"] == [] and d.paused_by_us() == {}, 10,
+                 "the refusal cleared")

@@ -19,6 +19,7 @@ from fixtures_sshd import Account, SSHServer, ssh_server
 from kill_env import child_args, leftovers, phases, unindexed
 from sync_env import LOOP, MIB, Device, World, hmp_write, run, same_content, world
 
+import testlib
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.remote import RemoteStore
@@ -144,7 +145,7 @@ def test_sync_killed_at_random_points(tmp_path: Path, over: str) -> None:
         print(f"{over}: random kills: seed {seed} (VMCLIENT_KILL_SEED={seed} repeats the "
               "choices)")
         rng = random.Random(seed)
-        full = subprocess.run(r.child(w, dom), check=True, capture_output=True, text=True)
+        full = testlib.run(r.child(w, dom), check=True, timeout=300)
         assert '"seq": 1' in full.stdout
         hmp_write(dom, "write -P 0x62 0 65536")
         span = locked_span(r.child(w, dom))  # an incremental sync: lock taken → process end
@@ -195,8 +196,7 @@ def test_sync_killed_while_writing_its_lock_leaves_no_temporary(tmp_path: Path) 
     beside it is not the sync's to remove."""
     with world(tmp_path) as w:
         dom = w.create("lockkill", data=[(0x61, 0, MIB)], start=False)
-        r = subprocess.run(child_args(w, dom, kill_after="lock-temporary"),
-                           capture_output=True, text=True, timeout=300)
+        r = testlib.run(child_args(w, dom, kill_after="lock-temporary"), timeout=300)
         assert r.returncode == -signal.SIGKILL and phases(r.stderr) == ["lock-temporary"], \
             r.stderr
         dev_dir = w.repo_dir / layout.device_dir(w.a.id)
@@ -215,8 +215,7 @@ def test_sync_killed_while_unlocking_leaves_no_lock_set_aside(tmp_path: Path) ->
     dead process's lock)."""
     with world(tmp_path) as w:
         dom = w.create("unlockkill", data=[(0x61, 0, MIB)], start=False)
-        r = subprocess.run(child_args(w, dom, kill_after="unlock-aside"),
-                           capture_output=True, text=True, timeout=300)
+        r = testlib.run(child_args(w, dom, kill_after="unlock-aside"), timeout=300)
         assert r.returncode == -signal.SIGKILL and phases(r.stderr)[-2:] == [
             "latest", "unlock-aside"], r.stderr
         assert leftovers(w.repo_dir, w.a.id) != []
@@ -263,8 +262,7 @@ def test_sync_killed_after_each_write_step_leaves_nothing_behind(tmp_path: Path,
         dom = w.create("step", random_mib=24, data=[(0x61, 0, MIB)])
         for i, step in enumerate(KILL_STEPS):
             hmp_write(dom, f"write -P {0x40 + i:#x} {i * MIB} 65536")
-            p = subprocess.run(r.child(w, dom, kill_after=step), capture_output=True,
-                               text=True, timeout=300)
+            p = testlib.run(r.child(w, dom, kill_after=step), timeout=300)
             done = phases(p.stderr)
             print(f"{over}: killed after {step}; steps done: {' '.join(done)}")
             assert p.returncode == -signal.SIGKILL and done[-1:] == [step], p.stderr

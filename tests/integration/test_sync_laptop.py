@@ -1,4 +1,4 @@
-# ruff: noqa: ASYNC221, ASYNC240  (blocking checks in tests are fine)
+# ruff: noqa: ASYNC240  (blocking checks in tests are fine)
 """LUKS business VMs from provisioning: sync on laptop A, ``vm restore`` on laptop B.
 
 Device B is a second provisioning set-up (its own state dir, device keys, images,
@@ -39,7 +39,7 @@ from provision_env import (
     write_config,
 )
 
-from testlib import SERVICES
+from testlib import SERVICES, run, vmclientctl
 from vmclient.host.assigned import accepted_min_seq
 from vmclient.host.inventory import ManageConfig
 from vmclient.host.keys import DeviceKeys
@@ -172,8 +172,7 @@ def provd(config: Path, env: dict[str, str], log_path: Path) -> Iterator[None]:
                                  str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "list"],
-                             capture_output=True, env=env).returncode != 0:
+        while vmclientctl("vm", "list", env=env).returncode != 0:
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
         yield
@@ -197,9 +196,8 @@ def luks_identical(a: Path, b: Path, pp: bytes) -> bool:
     secret.write_bytes(pp)
     try:
         opts = [f"driver=qcow2,file.filename={p},encrypt.key-secret=s0" for p in (a, b)]
-        r = subprocess.run(["qemu-img", "compare", "-U", "--object",
-                            f"secret,id=s0,file={secret}", "--image-opts", *opts],
-                           capture_output=True, text=True)
+        r = run(["qemu-img", "compare", "-U", "--object", f"secret,id=s0,file={secret}",
+                 "--image-opts", *opts])
     finally:
         secret.unlink()
     assert r.returncode in (0, 1), r.stderr
@@ -312,8 +310,7 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         assert not any((lt.b_cfg.staging_dir).glob("*.save"))  # the RAM image is gone
         for disk, path in vm.disks.items():
             assert Path(path).parent == lt.b_cfg.images_dir / name
-            info = subprocess.run(["qemu-img", "info", "-U", path], capture_output=True,
-                                  text=True).stdout
+            info = run(["qemu-img", "info", "-U", path]).stdout
             assert "encrypted: yes" in info
             assert luks_identical(a_disks[disk], Path(path), pp), disk
         assert PLAIN not in Path(vm.disks["data"]).read_bytes()
@@ -358,9 +355,8 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         config = write_config(replace(lt.env, cfg=lt.b_cfg), tmp_path / "b")
         env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         with provd(config, env, tmp_path / "provd.log"):
-            r = subprocess.run([sys.executable, "-m", "vmclient.cli.main", "vm", "restore",
-                                name, "--from", lt.env.device.device_id()], capture_output=True,
-                               text=True, env=env, timeout=scaled(240))
+            r = vmclientctl("vm", "restore", name, "--from", lt.env.device.device_id(), env=env,
+                            timeout=scaled(240))
         assert r.returncode == 0, r.stderr
         assert f"VM {name} restored from snapshot 0000000001" in \
             (tmp_path / "provd.log").read_text()  # by the daemon, not in the CLI

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -24,7 +23,8 @@ from shell_harness import PasswordSandbox
 from sync_env import run, world
 from syncd_env import Peers, SyncDaemon
 
-from testlib import INTERFACES, SERVICES, need
+import testlib
+from testlib import INTERFACES, need
 from vmclient.manage.enrol import CodeBook, process_requests
 
 NOBODY = 65534
@@ -41,17 +41,15 @@ PASSWORD = "first-start 7"
 def crypt_matches(digest: str, password: str) -> bool:
     """Does ``password`` hash to ``digest`` (yescrypt or SHA-512 crypt, as chpasswd made
     it)?  Checked with perl's crypt(3), the test's only hashing."""
-    r = subprocess.run(["perl", "-e", "print crypt($ARGV[0], $ARGV[1])", password, digest],
-                       capture_output=True, text=True, check=True)
+    r = testlib.run(["perl", "-e", "print crypt($ARGV[0], $ARGV[1])", password, digest],
+                    check=True)
     return r.stdout == digest
 
 
 def enrol_as(bus: PrivateSystemBus, code: str, uid: int = NOBODY,
              method: str = "Enrol") -> dict[str, Any]:
-    r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                        sys.executable, str(HERE / "manage_client.py"), method, code],
-                       env={**bus.env(), "PYTHONPATH": str(SERVICES / "src")},
-                       capture_output=True, text=True, timeout=scaled(120))
+    r = testlib.run([sys.executable, HERE / "manage_client.py", method, code], env=bus.env(),
+                    user=uid, timeout=scaled(120))
     assert r.returncode == 0, r.stderr
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 

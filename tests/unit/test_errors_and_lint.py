@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from testlib import ROOT, need
+from testlib import ROOT, need, run
 from vmclient import errors
 
 
@@ -44,16 +43,14 @@ def test_one_exit_code_table_usage_is_not_bug(capsys):
 def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     need(ruff is not None, "ruff is not installed")
-    r = subprocess.run([ruff, "check", "python-services", "tests", "bench"], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = run([ruff, "check", "python-services", "tests", "bench"], cwd=ROOT, timeout=None)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_mypy_is_clean():
     mypy = shutil.which("mypy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     need(mypy is not None, "mypy is not installed")
-    r = subprocess.run([mypy, "src"], cwd=ROOT / "python-services", capture_output=True,
-                       text=True)
+    r = run([mypy, "src"], cwd=ROOT / "python-services", timeout=None)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from testlib import run
 from vmclient.admin import fleet, keys, serverscript
 from vmclient.admin.sshd import confinement
 from vmclient.errors import UsageError
@@ -69,7 +69,8 @@ def test_accept_writes_the_root_script_to_a_file_and_names_the_server_wide_setti
     assert conf.match_block in text and conf.authorized_keys in text
     assert "#     PasswordAuthentication no" in text  # listed, commented: not applied
     assert "\nPasswordAuthentication" not in text
-    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
+    r = run(["sh", "-n", script])
+    assert r.returncode == 0, r.stderr
 
 
 def test_the_script_appends_each_match_block_once_and_sets_up_the_account(
@@ -90,7 +91,7 @@ def test_the_script_appends_each_match_block_once_and_sets_up_the_account(
     sshd_config.write_text("Port 22\n")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SSHD_CONFIG": str(sshd_config)}
     for _ in range(2):
-        subprocess.run(["sh", str(script)], check=True, env=env)
+        run(["sh", script], check=True, env=env)
     assert sshd_config.read_text() == "Port 22\n" + conf.match_block  # once, not twice
     assert "useradd --system --user-group" in log.read_text()
     assert (tmp_path / "keys" / conf.account).read_text() == conf.authorized_keys + "\n"

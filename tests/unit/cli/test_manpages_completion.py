@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from testlib import DATA, need
+from testlib import DATA, need, run
 from vmclient import manpage
 
 MAN = DATA / "man" / "man1"
@@ -41,8 +40,7 @@ def test_the_pages_are_what_the_parsers_make_now() -> None:
 def test_a_page_is_valid_roff() -> None:
     need(shutil.which("groff") is not None, "groff")
     for name in COMMANDS:
-        r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(MAN / f"{name}.1")],
-                           capture_output=True, text=True, timeout=60)
+        r = run(["groff", "-man", "-Tutf8", "-ww", "-z", MAN / f"{name}.1"])
         assert r.returncode == 0 and not r.stderr, r.stderr
 
 
@@ -67,12 +65,9 @@ def complete(tmp_path: Path, line: str) -> list[str]:
               'read -r -a COMP_WORDS <<< "$COMP_LINE"\n'
               f'_python_argcomplete {command}\n'
               'printf "%s\\n" "${COMPREPLY[@]}"\n')
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(DATA.parent / "src"),
-                                                       os.environ.get("PYTHONPATH")))),
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}",
            "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"}
-    r = subprocess.run(["bash", "-c", script, "bash", line], env=env, capture_output=True,
-                       text=True, timeout=60, cwd=tmp_path)
+    r = run(["bash", "-c", script, "bash", line], env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     return [w.strip() for w in r.stdout.splitlines() if w.strip()]
 

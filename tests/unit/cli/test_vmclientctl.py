@@ -13,17 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[3] / "python-services" / "src"
-# the sources first; the installed package where there are none (ptest)
-PYTHONPATH = os.pathsep.join(filter(None, (str(SRC), os.environ.get("PYTHONPATH"))))
+from testlib import PYTHONPATH, vmclientctl
+
 NO_BUS = "unix:path=/nonexistent/vmclient-test/system_bus_socket"
 
 
 def ctl(*args: str, stdin: int | None = subprocess.DEVNULL, **env: str
         ) -> subprocess.CompletedProcess[str]:
-    e = {**os.environ, "PYTHONPATH": PYTHONPATH, "DBUS_SYSTEM_BUS_ADDRESS": NO_BUS, **env}
-    return subprocess.run([sys.executable, "-m", "vmclient.cli.main", *args], env=e,
-                          stdin=stdin, capture_output=True, text=True, timeout=60)
+    return vmclientctl(*args, env={"DBUS_SYSTEM_BUS_ADDRESS": NO_BUS, **env}, stdin=stdin)
 
 
 def on_terminal(answer: str, *args: str) -> tuple[int, str]:

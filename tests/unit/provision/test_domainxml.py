@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from testlib import need
+from testlib import need, run
 from vmclient.provision import spec
 from vmclient.provision.domainxml import (
     NETWORKS,
@@ -153,8 +152,7 @@ def test_domain_xml_passes_libvirts_schema(name: str, tmp_path: Path) -> None:
     _r, _dom, text = build(name)
     xml = tmp_path / "domain.xml"
     xml.write_text(text)
-    out = subprocess.run(["virsh", "-q", "-c", "test:///default", "define", "--validate",
-                          str(xml)], capture_output=True, text=True, timeout=30, check=False)
+    out = run(["virsh", "-q", "-c", "test:///default", "define", "--validate", xml], timeout=30)
     assert out.returncode == 0, out.stderr
 
 
@@ -174,8 +172,7 @@ def test_cpu_profile_sets_domain_type_and_cpu(cpu: CPUProfile, tmp_path: Path) -
     need(shutil.which("virsh") is not None, "virsh is not installed (libvirt-clients)")
     xml = tmp_path / "domain.xml"
     xml.write_text(text)
-    out = subprocess.run(["virsh", "-q", "-c", "test:///default", "define", "--validate",
-                          str(xml)], capture_output=True, text=True, timeout=30, check=False)
+    out = run(["virsh", "-q", "-c", "test:///default", "define", "--validate", xml], timeout=30)
     assert out.returncode == 0, out.stderr
 
 
