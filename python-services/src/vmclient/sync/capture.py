@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VMNotFound, VMOperationFailed
+from ..provision import qemuimg
 from ..store.chunker import Chunk, Chunker
 from ..store.errors import LocalSyncError
 from ..store.objects import Manifest
@@ -141,10 +142,13 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
             while True:  # incremental, else full
                 scratch = {d.target: str(work / f"{d.target}-{checkpoint}.scratch.qcow2")
                            for d in view.disks}
+                if encrypt:  # made here with a short PBKDF: the key is full-entropy
+                    assert pp is not None
+                    await _luks_scratch(scratch, sizes, pp)
                 try:
                     at = await backup_pull(hv, view.uuid, view.name, str(sock), scratch,
                                            checkpoint, incremental, encrypt=encrypt,
-                                           resume=paused)
+                                           resume=paused, reuse=bool(encrypt))
                     if paused:
                         paused, resumed = False, True
                         result.downtime_seconds = at - down
@@ -200,6 +204,21 @@ async def _exported(name: str, role: str, sock: Path, size: int, chunk_size: int
         untrusted = await asyncio.to_thread(nbd.map_export, sock, name)
         covered = disks.raw_chunks(disks.parse_map(untrusted), chunk_size, size)
     return Capture(name, role, size, sock, covered, export=name)
+
+
+async def _luks_scratch(scratch: Mapping[str, str], sizes: Mapping[str, int],
+                        pp: bytes) -> None:
+    """The LUKS qcow2 scratch file of each disk, under the disks' passphrase, for the
+    backup job to reuse (its PBKDF as short as every disk of ours: ``qemuimg``)."""
+    made: list[str] = []
+    try:
+        for target, path in scratch.items():
+            await qemuimg.create(Path(path), sizes[target], pp)
+            made.append(path)
+            log.debug("scratch file of disk %s made: %s", target, path)
+    except BaseException:
+        await asyncio.to_thread(_remove, made)
+        raise
 
 
 def _check_encrypted(view: SyncView, scratch: Mapping[str, str]) -> None:

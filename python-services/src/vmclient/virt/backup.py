@@ -82,7 +82,8 @@ async def sync_view(hv: Hypervisor, uuid: str) -> SyncView:
 
 async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
                       scratch: dict[str, str], checkpoint: str, incremental: str | None, *,
-                      encrypt: dict[str, str] | None = None, resume: bool = False) -> float:
+                      encrypt: dict[str, str] | None = None, resume: bool = False,
+                      reuse: bool = False) -> float:
     """Begin a pull-mode backup of the disks in ``scratch`` and a new checkpoint.
 
     QEMU serves each disk's point in time over NBD on the Unix socket
@@ -92,7 +93,10 @@ async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
     writes during the read.  With ``incremental`` the export also carries the
     context ``qemu:dirty-bitmap:backup-<target>``: the clusters dirty since that
     checkpoint.  ``encrypt`` (disk → secret UUID) makes a scratch file
-    LUKS-encrypted under that libvirt secret.  ``resume`` resumes the (paused)
+    LUKS-encrypted under that libvirt secret.  ``reuse``: the scratch files exist
+    already, made by the caller (``VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL``); a LUKS
+    scratch libvirt formats itself costs QEMU's default PBKDF time (2 s of CPU, much
+    more under load), which a high-entropy key does not need.  ``resume`` resumes the (paused)
     domain as soon as the job has begun: the point in time is fixed by then.
     A backup job left over by a killed sync is aborted first.  Returns the
     ``time.monotonic()`` of the resume (0.0 without).
@@ -115,7 +119,8 @@ async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
             log.info("%s: aborted a backup job left by an interrupted sync", name)
         for attempt in range(PBKDF_ATTEMPTS):
             try:
-                dom.backupBegin(backup_xml, cp_xml, 0)
+                dom.backupBegin(backup_xml, cp_xml,
+                                libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL if reuse else 0)
                 break
             except libvirt.libvirtError as exc:
                 # QEMU formats an encrypted scratch file with LUKS, whose PBKDF2
