@@ -1,6 +1,7 @@
 """The booted test host shows the laptop's desktop on its screen, as ``make run`` shows
 it to a person: Weston's kiosk shell on the seat, started by systemd as the
-unprivileged user alice in a logind session, and vmclient-shell full screen in it.
+unprivileged user weston (in group vmclient, as on the Yocto image) in a logind
+session, and vmclient-shell full screen in it.
 
 The host boots with a screen (``harness.screen_args()``: virtio-vga, no VNC here); the
 picture is read back with QMP ``screendump``.  A fresh host is not enrolled, so the
@@ -59,8 +60,8 @@ def test_the_host_boots_to_vmclient_shell_on_its_screen(
         before = screen(m, tmp_path / "console.ppm")
         m.wait_until("systemctl is-active -q vmclient-desktop", timeout=120)
         session = m.ssh("loginctl list-sessions --no-legend", check=True).stdout
-        assert "alice" in session and "seat0" in session, session
-        m.wait_until("pgrep -u alice -f bin/vmclient-shell", timeout=120)
+        assert "weston" in session and "seat0" in session, session
+        m.wait_until("pgrep -u weston -f bin/vmclient-shell", timeout=120)
         deadline = time.monotonic() + 180  # GTK starting under TCG
         share = 0.0
         while time.monotonic() < deadline:
@@ -89,7 +90,7 @@ def test_the_host_boots_to_vmclient_shell_on_its_screen(
             time.sleep(1)
         assert moved != px, "two Down keys did not move the first-start page's selection"
         assert share_of(FIRST_START_RGB, moved) > 0.5
-        # the shell runs as alice, never root, in group vmclient (the bus policy's group)
-        ids = m.ssh("id alice", check=True).stdout
+        # the shell runs as weston, never root, in group vmclient (the bus policy's group)
+        ids = m.ssh("id weston", check=True).stdout
         assert "(vmclient)" in ids, ids
         assert m.ssh("pgrep -u root -f bin/vmclient-shell").rc != 0
