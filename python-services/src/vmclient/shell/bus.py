@@ -44,17 +44,21 @@ def _call_args(member: str, args: Any, reply: str) -> tuple[Any, ...]:
             GLib.VariantType.new(reply), Gio.DBusCallFlags.NONE, TIMEOUT_MS)
 
 
-def _fd_of(result: Any, fdlist: Any) -> int:
+def reply_fd(result: Any, fdlist: Any) -> int | None:
+    """The descriptor a ``(h)`` reply names (the others it carried closed); None: none."""
     (index,) = result.unpack()
     fds = list(fdlist.steal_fds()) if fdlist is not None else []
-    if not 0 <= index < len(fds):
-        for fd in fds:
-            os.close(fd)
+    fd = fds.pop(index) if 0 <= index < len(fds) else None
+    for other in fds:
+        os.close(other)
+    return fd
+
+
+def _fd_of(result: Any, fdlist: Any) -> int:
+    fd = reply_fd(result, fdlist)
+    if fd is None:
         raise RemoteError("", "vmclient-provd sent no file descriptor with OpenDisplay")
-    for i, fd in enumerate(fds):
-        if i != index:
-            os.close(fd)
-    return int(fds[index])
+    return fd
 
 
 def open_display(conn: Any, vm: str, done: Callable[[int | None, RemoteError | None], None]

@@ -23,6 +23,7 @@ from typing import Any
 import gi
 
 from ..dbus import names
+from .bus import reply_fd
 
 gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
@@ -126,11 +127,7 @@ class PauseDelay:
                 log.warning("no pause delay from vmclient-powerd (a VM may pause before the "
                             "screen is locked): %s", err.message)
                 return
-            (index,) = result.unpack()
-            fds = list(fdlist.steal_fds()) if fdlist is not None else []
-            fd = fds.pop(index) if 0 <= index < len(fds) else None
-            for other in fds:
-                os.close(other)
+            fd = reply_fd(result, fdlist)
             if fd is None:
                 log.warning("vmclient-powerd sent no file descriptor with DelayPause")
             elif not self.wanted or self.fd is not None:  # locked meanwhile, or raced

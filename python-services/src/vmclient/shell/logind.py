@@ -17,6 +17,7 @@ from typing import Any
 import gi
 
 from ..dbus import names
+from .bus import reply_fd
 
 gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
@@ -62,16 +63,13 @@ class SleepLock:
                 log.warning("no delay lock on sleep (the screen may not lock before the host "
                             "sleeps): %s", err.message)
                 return
-            (index,) = result.unpack()
-            fds = list(fdlist.steal_fds()) if fdlist is not None else []
-            for i, fd in enumerate(fds):
-                if i != index:
-                    os.close(fd)
-            if self.fd is not None or not 0 <= index < len(fds):  # raced, or no fd
-                if 0 <= index < len(fds):
-                    os.close(fds[index])
+            fd = reply_fd(result, fdlist)
+            if fd is None:
                 return
-            self.fd = fds[index]
+            if self.fd is not None:  # raced
+                os.close(fd)
+                return
+            self.fd = fd
             log.debug("holding logind's delay lock on sleep")
 
         self.conn.call_with_unix_fd_list(
