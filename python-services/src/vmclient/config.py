@@ -82,6 +82,20 @@ def from_mapping(cls: type[T], untrusted_data: Mapping[str, Any], path: str | Pa
         raise ConfigError(path, prefix.rstrip(".") or "", str(exc)) from exc
 
 
+def string_table(untrusted_data: Mapping[str, Any], known: tuple[str, ...],
+                 path: str | Path) -> dict[str, str]:
+    """A flat TOML table whose every value is a non-empty string, each key one of
+    ``known`` (the admin's small files: ``admin.toml``, ``admin.pkcs11``)."""
+    out: dict[str, str] = {}
+    for key, value in untrusted_data.items():
+        if key not in known:
+            raise ConfigError(path, key, f"unknown setting (known: {', '.join(known)})")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(path, key, "must be a non-empty string")
+        out[key] = value
+    return out
+
+
 def _convert(hint: Any, untrusted: Any, path: str | Path, key: str,
              meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(hint)

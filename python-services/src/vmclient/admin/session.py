@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from ..config import string_table
 from ..errors import EXIT_CONFIG, ConfigError, NotFound, UsageError, VMClientError
 from ..manage import admin as it
 from ..manage import fleetview
@@ -65,7 +66,6 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
     """Fill ``repo``, ``key_dir``, ``ssh_key``, ``known_hosts`` (and ``ssh_agent``) from
     env, config file and OpenSSH's configuration."""
     path = Path(args.config).expanduser() if args.config else default_config()
-    conf: dict[str, str] = {}
     try:
         untrusted = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -74,12 +74,7 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
         untrusted = {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, "", str(exc)) from exc
-    for key, value in untrusted.items():
-        if key not in CONFIG_KEYS:
-            raise ConfigError(path, key, f"unknown setting (known: {', '.join(CONFIG_KEYS)})")
-        if not isinstance(value, str) or not value:
-            raise ConfigError(path, key, "must be a non-empty string")
-        conf[key] = value
+    conf = string_table(untrusted, CONFIG_KEYS, path)
     args.repo = args.repo or os.environ.get(ENV_REPOSITORY) or conf.get("repo")
     if not args.repo and need_repo:
         raise UsageError(f"no repository: give --repo, set {ENV_REPOSITORY}, or put "

@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..config import string_table
 from ..errors import ConfigError, UsageError
 
 TOKEN_FILE = "admin.pkcs11"
@@ -49,15 +50,11 @@ class TokenKeyRef:
             untrusted = tomllib.loads(untrusted_text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(path, "", str(exc)) from exc
-        for name, value in untrusted.items():
-            if name not in SETTINGS:
-                raise ConfigError(path, name, f"unknown setting (known: {', '.join(SETTINGS)})")
-            if not isinstance(value, str) or not value:
-                raise ConfigError(path, name, "must be a non-empty string")
-        missing = [n for n in SETTINGS if n not in untrusted]
+        conf = string_table(untrusted, SETTINGS, path)
+        missing = [n for n in SETTINGS if n not in conf]
         if missing:
             raise ConfigError(path, missing[0], "missing (module, token and key are needed)")
-        return cls(Path(untrusted["module"]).expanduser(), untrusted["token"], untrusted["key"])
+        return cls(Path(conf["module"]).expanduser(), conf["token"], conf["key"])
 
 
 class TokenSigningKey(Ed25519PrivateKey):
