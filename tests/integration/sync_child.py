@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-services" / "src"))
 
 from vmclient.store import crypto
-from vmclient.store.remote import DEFAULT_STALE_AFTER, Entry, LockToken, RemoteStore
+from vmclient.store.remote import DEFAULT_STALE_AFTER, LockToken, PassOn, RemoteStore
 from vmclient.sync import engine
 from vmclient.transport import close_store
 from vmclient.transport.localfs import LocalDirStore
@@ -65,29 +65,21 @@ def phase_of(path: str) -> str:
     return "latest" if path.endswith("/latest") else "other"
 
 
-class Phases:
+class Phases(PassOn):
     """``inner``, logging each completed write step and dying after ``kill_after``'s."""
 
     def __init__(self, inner: RemoteStore, kill_after: str | None) -> None:
-        self.inner, self.kill_after = inner, kill_after
+        super().__init__(inner)
+        self.kill_after = kill_after
 
     def done(self, phase: str, path: str) -> None:
         print(f"phase {phase} {path}", file=sys.stderr, flush=True)
         if phase == self.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    async def list(self, prefix: str) -> list[Entry]:
-        return await self.inner.list(prefix)
-
-    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(path, offset, length)
-
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         await self.inner.put_atomic(path, data, exclusive=exclusive)
         self.done(phase_of(path), path)
-
-    async def delete(self, path: str) -> None:
-        await self.inner.delete(path)
 
     async def lock(self, path: str, holder: str, *,
                    stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:

@@ -23,7 +23,7 @@ from vmclient.admin import images
 from vmclient.admin import keys as admin_keys
 from vmclient.admin.main import main as admin_main
 from vmclient.store import layout
-from vmclient.store.remote import Entry, LockToken
+from vmclient.store.remote import PassOn
 from vmclient.store.repo import get_catalog, get_config
 from vmclient.transport.localfs import LocalDirStore
 
@@ -67,32 +67,14 @@ class Admin:
                       or (p.parent.name.endswith(".gone") and p.is_file()))
 
 
-class CatalogFails:
+class CatalogFails(PassOn):
     """A repository whose catalog cannot be written: the publish dies between the version
     manifest and the catalog (as a crash or a lost connection there does)."""
-
-    def __init__(self, inner: LocalDirStore) -> None:
-        self.inner = inner
-
-    async def list(self, prefix: str) -> list[Entry]:
-        return await self.inner.list(prefix)
-
-    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(path, offset, length)
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         if path == layout.CATALOG:
             raise ConnectionResetError("connection lost before the catalog")
         await self.inner.put_atomic(path, data, exclusive=exclusive)
-
-    async def delete(self, path: str) -> None:
-        await self.inner.delete(path)
-
-    async def lock(self, path: str, holder: str, *, stale_after: int = 1800) -> LockToken:
-        return await self.inner.lock(path, holder, stale_after=stale_after)
-
-    async def unlock(self, token: LockToken) -> None:
-        await self.inner.unlock(token)
 
 
 def test_a_publish_interrupted_before_the_catalog_is_rolled_back_by_the_next(

@@ -10,7 +10,7 @@ from sync_env import MIB, qemu_io, repo_bytes, run, same_content, world
 
 from vmclient.store import layout
 from vmclient.store.errors import ObjectNotFound
-from vmclient.store.remote import Entry, LockToken
+from vmclient.store.remote import LockToken, PassOn
 from vmclient.sync import maintenance
 from vmclient.sync.retention import Retention
 from vmclient.transport.localfs import LocalDirStore
@@ -53,22 +53,17 @@ def test_prune_keeps_what_kept_snapshots_need(tmp_path: Path) -> None:
         assert w.verify(vm).seq == 5
 
 
-class DiesAfter:
+class DiesAfter(PassOn):
     """A RemoteStore whose link dies after ``n`` writes or deletes: every later one fails."""
 
     def __init__(self, inner: LocalDirStore, n: int) -> None:
-        self.inner, self.left = inner, n
+        super().__init__(inner)
+        self.left = n
 
     def _spend(self) -> None:
         if self.left <= 0:
             raise ConnectionResetError("link dropped")
         self.left -= 1
-
-    async def list(self, prefix: str) -> list[Entry]:
-        return await self.inner.list(prefix)
-
-    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(path, offset, length)
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         self._spend()
@@ -81,9 +76,6 @@ class DiesAfter:
     async def lock(self, path: str, holder: str, *, stale_after: int = 1800) -> LockToken:
         self._spend()
         return await self.inner.lock(path, holder, stale_after=stale_after)
-
-    async def unlock(self, token: LockToken) -> None:
-        await self.inner.unlock(token)
 
 
 def test_prune_interrupted_anywhere_loses_nothing_kept(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from vmclient.store import crypto, layout, repo
 from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.errors import ObjectNotFound
-from vmclient.store.remote import Entry, LockToken
+from vmclient.store.remote import PassOn
 from vmclient.sync import capture, disks, engine, maintenance, state
 from vmclient.sync.job import Hooks, SyncInterrupted, SyncJob, SyncMode, SyncResult
 from vmclient.transport.localfs import LocalDirStore
@@ -40,34 +40,20 @@ def kind_of(path: str) -> str:
     return "latest" if path.endswith("/latest") else path
 
 
-class Recording:
+class Recording(PassOn):
     """``inner``, noting the kind of every object put, and failing (a dropped link) at
     every put of kind ``fail``."""
 
     def __init__(self, inner: LocalDirStore, fail: str = "") -> None:
-        self.inner, self.fail = inner, fail
+        super().__init__(inner)
+        self.fail = fail
         self.puts: list[str] = []
-
-    async def list(self, prefix: str) -> list[Entry]:
-        return await self.inner.list(prefix)
-
-    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await self.inner.get(path, offset, length)
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         if kind_of(path) == self.fail:
             raise ConnectionResetError(f"link dropped putting {path}")
         await self.inner.put_atomic(path, data, exclusive=exclusive)
         self.puts.append(kind_of(path))
-
-    async def delete(self, path: str) -> None:
-        await self.inner.delete(path)
-
-    async def lock(self, path: str, holder: str, *, stale_after: int = 1800) -> LockToken:
-        return await self.inner.lock(path, holder, stale_after=stale_after)
-
-    async def unlock(self, token: LockToken) -> None:
-        await self.inner.unlock(token)
 
 
 class FileRun(engine.Run):

@@ -119,6 +119,34 @@ class RemoteStore(Protocol):
         """Release a lock taken with :meth:`lock` (only if still ours)."""
 
 
+class PassOn:
+    """A :class:`RemoteStore` that passes every request on to ``inner``: the base of a
+    wrapper that changes one or two (a throttle, a fault a test injects).  The lock
+    helpers find the store underneath through ``inner`` (``store.holding``)."""
+
+    def __init__(self, inner: RemoteStore) -> None:
+        self.inner = inner
+
+    async def list(self, prefix: str) -> list[Entry]:
+        return await self.inner.list(prefix)
+
+    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await self.inner.get(path, offset, length)
+
+    async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        await self.inner.put_atomic(path, data, exclusive=exclusive)
+
+    async def delete(self, path: str) -> None:
+        await self.inner.delete(path)
+
+    async def lock(self, path: str, holder: str, *,
+                   stale_after: int = DEFAULT_STALE_AFTER) -> LockToken:
+        return await self.inner.lock(path, holder, stale_after=stale_after)
+
+    async def unlock(self, token: LockToken) -> None:
+        await self.inner.unlock(token)
+
+
 async def get_object(remote: RemoteStore, path: str, obj_type: str, obj_id: str) -> bytes:
     """The whole object at ``path``, refused (RemoteIntegrityError) if it is larger than
     :data:`MAX_OBJECT` allows for ``obj_type``.
