@@ -65,7 +65,6 @@ class HoldsFile:
         anyway), and an fsync costs more than the pause itself (milliseconds to tens
         of them, on the path to releasing the sleep lock).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         durable = any(h.action == HoldAction.SAVE for h in held.values())
         data = json.dumps({"version": STATE_VERSION, "held": [
             {"uuid": u, "name": h.name, "action": h.action.label, "paused": h.paused,
