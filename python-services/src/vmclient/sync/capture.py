@@ -209,16 +209,11 @@ async def _exported(name: str, role: str, sock: Path, size: int, chunk_size: int
 async def _luks_scratch(scratch: Mapping[str, str], sizes: Mapping[str, int],
                         pp: bytes) -> None:
     """The LUKS qcow2 scratch file of each disk, under the disks' passphrase, for the
-    backup job to reuse (its PBKDF as short as every disk of ours: ``qemuimg``)."""
-    made: list[str] = []
-    try:
-        for target, path in scratch.items():
-            await qemuimg.create(Path(path), sizes[target], pp)
-            made.append(path)
-            log.debug("scratch file of disk %s made: %s", target, path)
-    except BaseException:
-        await asyncio.to_thread(_remove, made)
-        raise
+    backup job to reuse (its PBKDF as short as every disk of ours: ``qemuimg``).  A
+    failure leaves what was made to the run, which empties the scratch directory."""
+    for target, path in scratch.items():
+        await qemuimg.create(Path(path), sizes[target], pp)
+        log.debug("scratch file of disk %s made: %s", target, path)
 
 
 def _check_encrypted(view: SyncView, scratch: Mapping[str, str]) -> None:
