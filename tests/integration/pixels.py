@@ -49,6 +49,24 @@ class Image:
         d = self._bytes()
         return d[i], d[i + 1], d[i + 2]
 
+    def rgb_rows(self) -> bytes:
+        """The pixels, RGB, row after row (no alpha, no row padding)."""
+        n, stride, d = self.pixbuf.get_n_channels(), self.pixbuf.get_rowstride(), self._bytes()
+        rows = (d[y * stride:y * stride + self.width * n] for y in range(self.height))
+        if n == 3:
+            return b"".join(rows)
+        return b"".join(bytes(b for i, b in enumerate(r) if i % n < 3) for r in rows)
+
+    def share(self, rgb: RGB) -> float:
+        """The share of the picture that is exactly ``rgb``."""
+        n = self.width * self.height
+        return self.rgb_rows().count(bytes(rgb)) / n if n else 0.0
+
+    def same(self, other: Image) -> bool:
+        """Pixel for pixel the same picture."""
+        return (self.width, self.height) == (other.width, other.height) \
+            and self.rgb_rows() == other.rgb_rows()
+
     @staticmethod
     def near(a: RGB, b: RGB, tolerance: int) -> bool:
         return all(abs(p - q) <= tolerance for p, q in zip(a, b, strict=True))

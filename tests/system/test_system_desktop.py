@@ -12,43 +12,25 @@ covers most of the screen, where the text console was before.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
 import harness
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from pixels import Image
+
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 FIRST_START_RGB = (30, 30, 40)  # vmclient.shell.firstpage: #firststart's background
 
 
-def ppm_pixels(path: Path) -> tuple[int, int, bytes]:
-    """(width, height, RGB bytes) of the binary PPM (P6) QEMU's screendump writes."""
-    data = path.read_bytes()
-    fields: list[bytes] = []
-    pos = 0
-    while len(fields) < 4:  # magic, width, height, maxval; '#' comments are not written
-        while data[pos:pos + 1].isspace():
-            pos += 1
-        end = pos
-        while not data[end:end + 1].isspace():
-            end += 1
-        fields.append(data[pos:end])
-        pos = end
-    assert fields[0] == b"P6" and fields[3] == b"255", fields
-    w, h = int(fields[1]), int(fields[2])
-    return w, h, data[pos + 1:pos + 1 + 3 * w * h]
-
-
-def share_of(rgb: tuple[int, int, int], pixels: bytes) -> float:
-    n = len(pixels) // 3
-    return pixels.count(bytes(rgb)) / n if n else 0.0
-
-
-def screen(m: harness.Machine, path: Path) -> tuple[int, int, bytes]:
+def screen(m: harness.Machine, path: Path) -> Image:
+    """The host's screen now (QEMU's screendump, a PPM, decoded by GdkPixbuf)."""
     m.qmp.execute("screendump", filename=str(path))
-    return ppm_pixels(path)
+    return Image.load(path)
 
 
 def test_the_host_boots_to_vmclient_shell_on_its_screen(
@@ -65,31 +47,32 @@ def test_the_host_boots_to_vmclient_shell_on_its_screen(
         deadline = time.monotonic() + 180  # GTK starting under TCG
         share = 0.0
         while time.monotonic() < deadline:
-            w, h, px = screen(m, tmp_path / "screen.ppm")
-            share = share_of(FIRST_START_RGB, px)
+            shown = screen(m, tmp_path / "screen.ppm")
+            share = shown.share(FIRST_START_RGB)
             if share > 0.5:
                 break
             time.sleep(2)
         journal = m.ssh("journalctl -b --no-pager -u vmclient-desktop | tail -40").stdout
-        assert share > 0.5, (f"the first-start page covers {share:.0%} of the {w}x{h} "
+        assert share > 0.5, (f"the first-start page covers {share:.0%} of the "
+                             f"{shown.width}x{shown.height} "
                              f"screen (screendump in {tmp_path}); Weston's journal:\n{journal}")
-        assert share_of(FIRST_START_RGB, before[2]) < 0.1  # it was the console before
+        assert before.share(FIRST_START_RGB) < 0.1  # it was the console before
         # The seat's keyboard reaches the shell (what a person types on VNC): two Downs
         # move the layout list's selection, so the picture changes and nothing else did.
         time.sleep(2)
-        still = screen(m, tmp_path / "still.ppm")[2]
-        assert still == px, "the first-start page changed with no key pressed"
+        still = screen(m, tmp_path / "still.ppm")
+        assert still.same(shown), "the first-start page changed with no key pressed"
         for _ in range(2):
             m.qmp.execute("send-key", keys=[{"type": "qcode", "data": "down"}])
             time.sleep(0.5)
-        moved = px
+        moved = shown
         for _ in range(30):
-            moved = screen(m, tmp_path / "keys.ppm")[2]
-            if moved != px:
+            moved = screen(m, tmp_path / "keys.ppm")
+            if not moved.same(shown):
                 break
             time.sleep(1)
-        assert moved != px, "two Down keys did not move the first-start page's selection"
-        assert share_of(FIRST_START_RGB, moved) > 0.5
+        assert not moved.same(shown), "two Down keys did not move the first-start page's selection"
+        assert moved.share(FIRST_START_RGB) > 0.5
         # the shell runs as weston, never root, in group vmclient (the bus policy's group)
         ids = m.ssh("id weston", check=True).stdout
         assert "(vmclient)" in ids, ids
