@@ -130,6 +130,7 @@ async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
                     raise
                 log.info("%s: QEMU's LUKS calibration failed (%s); trying again", name,
                          PBKDF_BENCH_FLAKE)
+                time.sleep(0.2 * (attempt + 1))  # (a libvirt worker thread, not the loop)
         if not resume:
             return 0.0
         dom.resume()
