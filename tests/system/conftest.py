@@ -46,8 +46,10 @@ def _missing() -> str | None:
     for tool in ("qemu-system-x86_64", "qemu-img"):
         if not shutil.which(tool):
             return f"{tool} not installed (tests/system/apt-packages.txt)"
-    if not os.environ.get("VMCLIENT_SYSTEM_IMAGE") and not shutil.which("mmdebstrap"):
-        return "mmdebstrap not installed (tests/system/apt-packages.txt)"
+    if not os.environ.get("VMCLIENT_SYSTEM_IMAGE"):
+        for tool in ("mmdebstrap", "swtpm"):  # the image's build; its TPM 2.0
+            if not shutil.which(tool):
+                return f"{tool} not installed (tests/system/apt-packages.txt)"
     return None
 
 

@@ -23,6 +23,12 @@
   `system_wakeup`.
 - close() always leaves nothing behind: QEMU is terminated (SIGTERM, then
   SIGKILL to its process group) and the work directory removed unless kept.
+- An image that asks for them (image.json "tpm", "data_disk") gets a TPM 2.0
+  from swtpm (`-tpmdev emulator`, `tpm-crb`) whose state `Machine.tpm_state`
+  is kept across shutdown()/start() like the disks, and a blank second disk
+  (serial `vmdata`, /dev/vdb) where the host makes its encrypted data
+  partition on its first boot.  A test gives the machine another TPM by
+  pointing `tpm_state` at another directory before start().
 
 Standard library plus paramiko only; stays compatible with Python 3.11+.
 """
@@ -222,6 +228,8 @@ class BootConfig:
     machine: str = "pc"
     extra_args: list[str] = field(default_factory=list)
     kind: str = "debian-test-host"
+    tpm: bool = False  # a TPM 2.0 from swtpm (tpm-crb)
+    data_disk_size: str | None = None  # a blank second disk (qemu-img size), serial vmdata
 
     @classmethod
     def from_image_dir(cls, path: Path) -> BootConfig:
@@ -237,6 +245,8 @@ class BootConfig:
             root_user=meta["users"]["root"],
             unprivileged_user=meta["users"].get("unprivileged"),
             kind=meta.get("kind", "debian-test-host"),
+            tpm=bool(meta.get("tpm", False)),
+            data_disk_size=meta.get("data_disk"),
         )
 
     @classmethod
@@ -376,6 +386,10 @@ class Machine:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vmclient-system."))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.overlay = self.workdir / "disk.qcow2"
+        self.data_disk = self.workdir / "data.qcow2"
+        # the machine's TPM: kept across shutdown()/start(), as a laptop keeps its own
+        self.tpm_state = self.workdir / "tpm"
+        self.swtpm: subprocess.Popen[bytes] | None = None
         self.console_log = self.workdir / "console.log"
         self.events_log = self.workdir / "qmp-events.jsonl"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -394,6 +408,9 @@ class Machine:
         self.close()
 
     def _make_overlay(self) -> None:
+        if self.cfg.data_disk_size and not self.data_disk.exists():
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.data_disk),
+                            self.cfg.data_disk_size], check=True)
         if self.overlay.exists():
             return
         subprocess.run(
@@ -401,6 +418,41 @@ class Machine:
              "-b", str(self.cfg.disk), str(self.overlay)],
             check=True,
         )
+
+    @property
+    def _swtpm_sock(self) -> Path:
+        return self.workdir / "swtpm.sock"
+
+    def _start_swtpm(self, deadline: float) -> None:
+        """One swtpm per QEMU run on the state in tpm_state; it ends with QEMU."""
+        self.tpm_state.mkdir(parents=True, exist_ok=True)
+        self._swtpm_sock.unlink(missing_ok=True)
+        argv = ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_state}",
+                "--ctrl", f"type=unixio,path={self._swtpm_sock}", "--terminate",
+                "--log", f"file={self.workdir / 'swtpm.log'}"]
+        if self.die_with_parent and shutil.which("setpriv"):
+            argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+        self.swtpm = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=(self.workdir / "swtpm.log").open("ab"),
+                                      start_new_session=True)
+        while not self._swtpm_sock.exists():
+            if self.swtpm.poll() is not None or time.monotonic() > deadline:
+                self._stop_swtpm()
+                log = (self.workdir / "swtpm.log").read_text(errors="replace")[-2000:]
+                raise HarnessError(f"swtpm did not start (state {self.tpm_state}):\n{log}")
+            time.sleep(0.02)
+
+    def _stop_swtpm(self) -> None:
+        if self.swtpm is None:
+            return
+        if self.swtpm.poll() is None:
+            try:
+                self.swtpm.wait(timeout=5)  # --terminate: it ends when QEMU hangs up
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.swtpm.pid, signal.SIGKILL)
+                self.swtpm.wait(timeout=10)
+        self.swtpm = None
 
     def serve_to_guest(self, addr: str, port: int) -> None:
         """Before start(): let the guest connect to addr:port (an address of
@@ -435,6 +487,14 @@ class Machine:
             "-smp", str(c.smp), "-m", str(c.memory_mb),
             "-global", "PIIX4_PM.disable_s3=0",
             "-drive", f"file={self.overlay},if=virtio,format=qcow2,discard=unmap",
+            *(["-drive", f"file={self.data_disk},if=none,id=vmdata,format=qcow2,discard=unmap",
+               # a slot after every automatic one: the root stays vda (if=virtio
+               # devices are created after the -device ones)
+               "-device", "virtio-blk-pci,drive=vmdata,serial=vmdata,addr=0x1e"]
+              if c.data_disk_size else []),
+            *(["-chardev", f"socket,id=chrtpm,path={self._swtpm_sock}",
+               "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+               "-device", "tpm-crb,tpmdev=tpm0"] if c.tpm else []),
             "-netdev", self._netdev(),
             "-device", "virtio-net-pci,netdev=n0",
             "-device", "virtio-rng-pci",
@@ -464,6 +524,8 @@ class Machine:
         self.boots += 1
         with self.console_log.open("a") as f:
             f.write(f"\n===== harness: boot {self.boots} =====\n")
+        if self.cfg.tpm:
+            self._start_swtpm(time.monotonic() + timeout)
         argv = self.argv()
         if self.die_with_parent and shutil.which("setpriv"):
             # SIGKILL QEMU when the harness dies: a killed test run leaves no QEMU.
@@ -528,6 +590,7 @@ class Machine:
             self._disconnect()
             if self.running:
                 self.kill()
+            self._stop_swtpm()
 
     def kill(self) -> None:
         """Stop QEMU at once: SIGTERM, then SIGKILL to its process group."""
@@ -543,6 +606,7 @@ class Machine:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._disconnect()
+        self._stop_swtpm()
 
     def close(self) -> None:
         self.kill()

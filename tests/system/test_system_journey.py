@@ -124,6 +124,17 @@ def write_file(m: harness.Machine, path: str, text: str, mode: int = 0o644) -> N
     m.put_text(path, text, mode)
 
 
+def write_image_files(m: harness.Machine, files: dict[str, tuple[str, int]]) -> None:
+    """Files an image built for this datacenter carries on its read-only root: written
+    with the root remounted read-write for the moment, then read-only again."""
+    m.ssh("mount -o remount,rw /", check=True)
+    try:
+        for path, (text, mode) in files.items():
+            write_file(m, path, text, mode)
+    finally:
+        m.ssh("sync && mount -o remount,ro /", check=True)
+
+
 def hmp_qemu_io(m: harness.Machine, vm: str, cmd: str) -> str:
     """``qemu-io`` inside the VM's QEMU on its system disk (the running guest's view)."""
     hmp = f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "{cmd}"'
@@ -187,9 +198,11 @@ class Laptop:
     def ship_datacenter(self, server: SSHServer, admin_key_b64: str, dropbox: Account) -> None:
         """What an image built for this datacenter carries in /etc/vmclient."""
         host_key = Path(f"{server.host_key}.pub").read_text().split()
-        write_file(self.m, "/etc/vmclient/known_hosts", f"{DC[0]} {host_key[0]} {host_key[1]}\n")
-        write_file(self.m, "/etc/vmclient/admin-key.pub", admin_key_b64 + "\n")
-        write_file(self.m, "/etc/vmclient/enrol.key", dropbox.key_file.read_text(), 0o600)
+        write_image_files(self.m, {
+            "/etc/vmclient/known_hosts": (f"{DC[0]} {host_key[0]} {host_key[1]}\n", 0o644),
+            "/etc/vmclient/admin-key.pub": (admin_key_b64 + "\n", 0o644),
+            "/etc/vmclient/enrol.key": (dropbox.key_file.read_text(), 0o600),
+        })
 
     def configure(self, profile: dict[str, object]) -> None:
         """provision.toml and sync.toml: this host's CPU profile, the datacenter as the
@@ -198,11 +211,13 @@ class Laptop:
         repo = (f'[repository]\nlocation = "sftp://{DC[0]}/"\n'
                 f'known_hosts = "/etc/vmclient/known_hosts"\n')
         disable = json.dumps(list(profile["cpu_disable"]))  # type: ignore[call-overload]
-        write_file(self.m, "/etc/vmclient/provision.toml",
-                   f'domain_type = "{profile["domain_type"]}"\ncpu_mode = "{profile["cpu_mode"]}"\n'
-                   f"cpu_disable = {disable}\n\n{repo}")
-        write_file(self.m, "/etc/vmclient/sync.toml",
-                   f"{repo}\n[schedule]\nenabled = false\nrecheck_seconds = 2\n")
+        write_image_files(self.m, {
+            "/etc/vmclient/provision.toml": (
+                f'domain_type = "{profile["domain_type"]}"\ncpu_mode = "{profile["cpu_mode"]}"\n'
+                f"cpu_disable = {disable}\n\n{repo}", 0o644),
+            "/etc/vmclient/sync.toml": (
+                f"{repo}\n[schedule]\nenabled = false\nrecheck_seconds = 2\n", 0o644),
+        })
         sh(self.m, "systemctl restart vmclient-provd vmclient-syncd")
 
     def enrol(self, admin: Admin, server: SSHServer, dropbox: Account, work: Path,
@@ -275,8 +290,8 @@ def test_journey_assign_install_sync_wipe_restore(
             with steps("laptop A: private VM from media (vm install)"):
                 sh(a.m, "install -d -m 0755 /var/lib/vmclient/media && "
                         "truncate -s 1M /var/lib/vmclient/media/mine.img")
-                write_file(a.m, "/root/mine.toml", recipe("private"))
-                sh(a.m, f"{CTL} vm install /root/mine.toml")
+                write_file(a.m, "/tmp/mine.toml", recipe("private"))  # the root is read-only
+                sh(a.m, f"{CTL} vm install /tmp/mine.toml")
                 private_before = sh(a.m, PRIVATE_FACTS)
             with steps("admin: assign --start; A installs and starts it"):
                 (tmp_path / "office.toml").write_text(recipe("business"))
