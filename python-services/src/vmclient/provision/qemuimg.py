@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import VMClientError
-from ..virt.libvirt import PBKDF_ATTEMPTS, PBKDF_BENCH_FLAKE
+from ..virt.libvirt import PBKDF_ATTEMPTS, PBKDF_BENCH_FLAKE, pbkdf_retry_delay
 
 ITER_TIME_MS = 10
 
@@ -53,7 +53,7 @@ async def _run(tool: str, args: Sequence[str], passphrase: bytes, what: Path) ->
             if PBKDF_BENCH_FLAKE not in str(exc) or attempt == PBKDF_ATTEMPTS - 1:
                 raise
             # the coarse CPU clock behind the flake lasts a moment: fast retries all hit it
-            await asyncio.sleep(0.2 * (attempt + 1))
+            await asyncio.sleep(pbkdf_retry_delay(attempt))
     raise AssertionError("unreachable")
 
 
