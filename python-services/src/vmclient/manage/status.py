@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..store import layout
 from ..store.format import Reader, canonical_json
 
 OS_RELEASE = Path("/etc/os-release")
+HOST_FIELDS = ("slot", "release", "installed", "result")
 
 
 def status_path(device: str) -> str:
@@ -50,9 +52,15 @@ class DeviceStatus:
     lease_until: int
     locked: bool
     wiped: bool
+    # host updates (repository-format.md §8.9): slot, release, installed, result; absent
+    # before the laptop's first host-update cycle
+    host: dict[str, str] | None = None
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"version": 1, **vars(self)})
+        doc: dict[str, Any] = {"version": 1, **vars(self)}
+        if self.host is None:
+            del doc["host"]
+        return canonical_json(doc)
 
     @classmethod
     def parse(cls, untrusted_body: bytes, device: str, path: str) -> DeviceStatus:
@@ -61,5 +69,10 @@ class DeviceStatus:
         st = cls(r.const("device", device), r.integer("time", lo=0), r.text("release"),
                  r.integer("last_order", lo=0), r.integer("lease_until", lo=0),
                  r.flag("locked"), r.flag("wiped"))
+        if "host" in r.names():
+            h = r.table("host")
+            host = {k: h.text(k) for k in HOST_FIELDS}
+            h.done()
+            st = cls(**{**vars(st), "host": host})
         r.done()
         return st

@@ -1,0 +1,184 @@
+"""Host updates end to end with the real ``rauc`` (issue 18): ``vmclient-admin host publish``
+and ``order DEVICE host-update``, the laptop's agent and updater (local-directory
+repository), Debian's ``rauc service`` with two file-backed slots and the custom
+bootloader backend (:mod:`rauc_env`).  No VMs; the booted A/B test host is the system
+tests' business."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from orders_env import laptop
+from rauc_env import dm_verity, make_bundle, make_pki, make_rootfs, make_unsigned, rauc_system
+
+from vmclient.admin import keys as admin_keys
+from vmclient.admin import main as admin
+from vmclient.host.keys import pinned_admin_key
+from vmclient.manage import hostupdate
+from vmclient.manage.hostpolicy import INSTALL, REFUSE, WAIT
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+FMT = "verity" if dm_verity() else "plain"
+
+
+class CLI:
+    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.tmp, self.capsys = tmp, capsys
+        self.out = self.err = ""
+
+    async def __call__(self, *argv: str) -> int:
+        self.capsys.readouterr()
+        rc = await asyncio.to_thread(admin.main, ["--repo", str(self.tmp / "repo"),
+                                                  "--key-dir", str(self.tmp / "keys"), *argv])
+        c = self.capsys.readouterr()
+        self.out, self.err = c.out, c.err
+        return rc
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def updater(lap, agent, rauc, running: str) -> hostupdate.HostUpdater:  # type: ignore[no-untyped-def]
+    cfg = hostupdate.HostConfig(state_dir=lap.cfg.state_dir, data_dir=lap.tmp / "data" / "host")
+    return hostupdate.HostUpdater(cfg, lap.remote, pinned_admin_key(lap.cfg.state_dir),
+                                  agent.keys.wrapping(), lap.device,
+                                  hostupdate.Rauc(conf=rauc.conf, env=rauc.env), running)
+
+
+async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the_inactive_slot(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = CLI(tmp_path, capsys)
+    assert await cli("init") == 0, cli.err
+    with rauc_system(tmp_path / "rauc") as rauc:
+        root = make_rootfs(tmp_path / "root-2.0.ext4", "2.0", os.urandom(1 << 20))
+        bundle = make_bundle(tmp_path / "b-2.0.raucb", "2.0", root, rauc.cert, rauc.key,
+                             rauc.ca, fmt=FMT)
+        async with laptop(tmp_path) as lap:
+            lap.admin = admin_keys.load(tmp_path / "keys").admin
+            agent = await lap.enrol()
+            assert await cli("host", "publish", str(bundle), "--version", "2.0") == 0, cli.err
+            assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
+            assert "host update to 2.0" in cli.out
+            await agent.poll()
+            [rep] = await lap.reports()
+            assert rep.outcome == "done" and "host update to 2.0" in rep.detail, rep
+
+            up = updater(lap, agent, rauc, "1.0")
+            slot_b = digest(rauc.slot_b)
+            d = await up.cycle(on_battery=True, metered=False)
+            assert (d.action, d.release) == (WAIT, "2.0") and "battery" in d.reason
+            d = await up.cycle(on_battery=False, metered=True)
+            assert d.action == WAIT and "metered" in d.reason
+            assert not (lap.tmp / "data" / "host").exists() or \
+                not any((lap.tmp / "data" / "host").glob("bundle-*")), "downloaded on battery"
+            assert digest(rauc.slot_b) == slot_b and rauc.primary() == "A"
+
+            d = await up.cycle(on_battery=False, metered=False)
+            assert (d.action, d.release) == (INSTALL, "2.0"), d
+            rec = hostupdate.load_record(lap.cfg.state_dir)
+            assert rec.installed == "2.0" and "installed 2.0" in rec.result, rec
+            assert rec.ordered is None
+            # RAUC wrote the image into the inactive slot B, the custom backend made B primary
+            with rauc.slot_b.open("rb") as f:
+                assert f.read(root.stat().st_size) == root.read_bytes()
+            assert rauc.primary() == "B" and "set-primary B" in rauc.boot_log()
+            assert digest(rauc.slot_a) == hashlib.sha256(bytes(8 << 20)).hexdigest()
+
+            # the channel now offers it too: nothing to do, installed, restart pending
+            assert await cli("host", "channel", "stable", "2.0", "--rollout", "100") == 0
+            installs = rauc.service_log().count("installing `")
+            d = await up.cycle(on_battery=False, metered=False)
+            assert d.action == "none" and "restart" in d.reason, d
+            assert rauc.service_log().count("installing `") == installs
+            # the heartbeat carries slot, release, result to the fleet view
+            await agent.poll()
+            assert await cli("devices", "--json") == 0, cli.err
+            [view] = json.loads(cli.out)
+            assert view["host"]["slot"] == "A" and view["host"]["installed"] == "2.0"
+            assert view["host"]["release"] == "1.0" and "installed 2.0" in view["host"]["result"]
+            assert await cli("devices") == 0
+            assert "laptop-1: host slot A, release 1.0:" in cli.out, cli.out
+
+
+async def test_tampered_unsigned_and_downgraded_bundles_never_reach_a_slot(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = CLI(tmp_path, capsys)
+    assert await cli("init") == 0, cli.err
+    with rauc_system(tmp_path / "rauc") as rauc:
+        root = make_rootfs(tmp_path / "root.ext4", "3.0", os.urandom(1 << 20))
+        good = make_bundle(tmp_path / "good.raucb", "3.0", root, rauc.cert, rauc.key, rauc.ca,
+                           fmt=FMT)
+        # signed by a CA the laptop's keyring does not hold ("unsigned" for RAUC's purposes),
+        # a squashfs with no signature at all, and a signed bundle changed after signing
+        other_ca, other_cert, other_key = make_pki(tmp_path / "other-pki", "intruder")
+        foreign = make_bundle(tmp_path / "foreign.raucb", "3.1", root, other_cert, other_key,
+                              other_ca, fmt=FMT)
+        unsigned = make_unsigned(tmp_path / "unsigned.raucb", "3.2", root)
+        tampered = tmp_path / "tampered.raucb"
+        data = bytearray(good.read_bytes())
+        data[len(data) // 3] ^= 1
+        tampered.write_bytes(bytes(data))
+        async with laptop(tmp_path) as lap:
+            lap.admin = admin_keys.load(tmp_path / "keys").admin
+            agent = await lap.enrol()
+            for release, path in (("3.1", foreign), ("3.2", unsigned), ("3.3", tampered),
+                                  ("1.0", good)):
+                assert await cli("host", "publish", str(path), "--version", release) == 0, \
+                    cli.err
+            up = updater(lap, agent, rauc, "2.0")
+            before = (digest(rauc.slot_a), digest(rauc.slot_b))
+
+            for release in ("3.1", "3.2", "3.3"):
+                assert await cli("order", "laptop-1", "host-update", release) == 0, cli.err
+                await agent.poll()
+                d = await up.cycle(on_battery=False, metered=False)
+                assert (d.action, d.release) == (INSTALL, release)
+                rec = hostupdate.load_record(lap.cfg.state_dir)
+                assert "failed" in rec.result and "rauc refused" in rec.result, rec
+                assert "signature" in rec.result or "Signature" in rec.result, rec
+                assert rec.installed == "" and release in rec.failed
+            assert (digest(rauc.slot_a), digest(rauc.slot_b)) == before
+            assert not [ln for ln in rauc.boot_log() if ln.startswith(("set-primary",
+                                                                      "set-state B good"))]
+            assert not list((lap.tmp / "data" / "host").glob("bundle-*")), "a refused seed"
+
+            # a downgrade: refused without downgrade=yes, installed with it
+            assert await cli("order", "laptop-1", "host-update", "1.0") == 0, cli.err
+            await agent.poll()
+            d = await up.cycle(on_battery=False, metered=False)
+            assert d.action == REFUSE and "downgrade" in d.reason, d
+            assert (digest(rauc.slot_a), digest(rauc.slot_b)) == before
+            assert await cli("order", "laptop-1", "host-update", "1.0", "downgrade=yes") == 0
+            assert "DOWNGRADE" in cli.out
+            await agent.poll()
+            d = await up.cycle(on_battery=False, metered=False)
+            assert d.action == INSTALL, d
+            assert hostupdate.load_record(lap.cfg.state_dir).installed == "1.0"
+            assert rauc.primary() == "B"
+            after = (digest(rauc.slot_a), digest(rauc.slot_b))
+
+            # the repository's copy tampered with: our chunk check refuses it, RAUC never runs
+            # (4.0 has the bytes of 1.0: no chunk is uploaded again)
+            assert await cli("host", "publish", str(good), "--version", "4.0", "--json") == 0
+            assert json.loads(cli.out)["new_chunks"] == 0, cli.out
+            for pack in (tmp_path / "repo" / "images" / "host" / "store" / "packs").rglob("*"):
+                if pack.is_file():
+                    blob = bytearray(pack.read_bytes())
+                    blob[100] ^= 1
+                    pack.write_bytes(bytes(blob))
+            for seed in (lap.tmp / "data" / "host").glob("bundle-*"):
+                seed.unlink()  # else 1.0's copy on the laptop serves every chunk
+            installs = rauc.service_log().count("installing `")
+            assert await cli("order", "laptop-1", "host-update", "4.0") == 0, cli.err
+            await agent.poll()
+            d = await up.cycle(on_battery=False, metered=False)
+            rec = hostupdate.load_record(lap.cfg.state_dir)
+            assert "failed" in rec.result and "rauc" not in rec.result, rec
+            assert rauc.service_log().count("installing `") == installs, "RAUC was called"
+            assert (digest(rauc.slot_a), digest(rauc.slot_b)) == after
