@@ -21,6 +21,8 @@ from vmclient.admin import main as admin
 from vmclient.host.keys import pinned_admin_key
 from vmclient.manage import hostupdate
 from vmclient.manage.hostpolicy import INSTALL, REFUSE, WAIT
+from vmclient.sync import config as sconfig
+from vmclient.sync.hosting import HostUpdates
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 FMT = "verity" if dm_verity() else "plain"
@@ -182,3 +184,36 @@ async def test_tampered_unsigned_and_downgraded_bundles_never_reach_a_slot(
             assert "failed" in rec.result and "rauc" not in rec.result, rec
             assert rauc.service_log().count("installing `") == installs, "RAUC was called"
             assert (digest(rauc.slot_a), digest(rauc.slot_b)) == after
+
+
+async def test_syncd_looks_for_host_updates_on_its_cycle_at_most_every_interval(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = CLI(tmp_path, capsys)
+    assert await cli("init") == 0, cli.err
+    with rauc_system(tmp_path / "rauc") as rauc:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", rauc.env["DBUS_SYSTEM_BUS_ADDRESS"])
+        root = make_rootfs(tmp_path / "root.ext4", "5.0", os.urandom(1 << 20))
+        bundle = make_bundle(tmp_path / "b.raucb", "5.0", root, rauc.cert, rauc.key, rauc.ca,
+                             fmt=FMT)
+        async with laptop(tmp_path) as lap:
+            lap.admin = admin_keys.load(tmp_path / "keys").admin
+            agent = await lap.enrol()
+            assert await cli("host", "publish", str(bundle), "--version", "5.0", "--channel",
+                             "testing", "--rollout", "100") == 0, cli.err
+            (tmp_path / "os-release").write_text('ID=vmclient\nVERSION_ID="4.2"\n')
+            now = [1000.0]
+            cfg = sconfig.SyncConfig(host_updates=sconfig.HostUpdates(
+                channel="testing", data_dir=tmp_path / "host-data", rauc_conf=str(rauc.conf)))
+            hook = HostUpdates(cfg, agent, clock=lambda: now[0],
+                               os_release=tmp_path / "os-release")
+            assert hook.enabled
+            await hook.run(on_battery=True, metered=False)
+            rec = hostupdate.load_record(lap.cfg.state_dir)
+            assert (rec.slot, rec.running, rec.installed) == ("A", "4.2", "")
+            await hook.run(on_battery=False, metered=False)  # within the interval: no look
+            assert hostupdate.load_record(lap.cfg.state_dir).installed == ""
+            now[0] += 3601
+            await hook.run(on_battery=False, metered=False)
+            assert hostupdate.load_record(lap.cfg.state_dir).installed == "5.0"
+            assert rauc.primary() == "B"

@@ -24,20 +24,26 @@ def status_path(device: str) -> str:
     return f"{layout.device_dir(device)}/status"
 
 
-def release(os_release: Path = OS_RELEASE) -> str:
-    """``vmclient <version>`` and the image's ``VERSION_ID``/``BUILD_ID`` where it has them."""
-    try:
-        version = importlib.metadata.version("vmclient")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+def os_release(path: Path = OS_RELEASE) -> dict[str, str]:
+    """The fields of ``/etc/os-release`` (empty if it cannot be read)."""
     fields: dict[str, str] = {}
     try:
-        for line in os_release.read_text().splitlines():
+        for line in path.read_text().splitlines():
             key, sep, value = line.partition("=")
             if sep:
                 fields[key] = value.strip().strip('"')
     except OSError:
         pass
+    return fields
+
+
+def release(os_release_path: Path = OS_RELEASE) -> str:
+    """``vmclient <version>`` and the image's ``VERSION_ID``/``BUILD_ID`` where it has them."""
+    try:
+        version = importlib.metadata.version("vmclient")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    fields = os_release(os_release_path)
     image = " ".join(v for v in (fields.get("ID", ""), fields.get("VERSION_ID", ""),
                                  fields.get("BUILD_ID", "")) if v)
     return f"vmclient {version}" + (f" ({image})" if image else "")
