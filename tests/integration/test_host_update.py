@@ -21,8 +21,11 @@ from vmclient.admin import main as admin
 from vmclient.host.keys import pinned_admin_key
 from vmclient.manage import hostupdate
 from vmclient.manage.hostpolicy import INSTALL, REFUSE, WAIT
+from vmclient.store.remote import PassOn
+from vmclient.store.repo import get_catalog, get_config
 from vmclient.sync import config as sconfig
 from vmclient.sync.hosting import HostUpdates
+from vmclient.transport.localfs import LocalDirStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 FMT = "verity" if dm_verity() else "plain"
@@ -217,3 +220,59 @@ async def test_syncd_looks_for_host_updates_on_its_cycle_at_most_every_interval(
             await hook.run(on_battery=False, metered=False)
             assert hostupdate.load_record(lap.cfg.state_dir).installed == "5.0"
             assert rauc.primary() == "B"
+
+
+class DyingLink(PassOn):
+    """Pack reads fail after ``reads`` of them: the link went down mid-download."""
+
+    def __init__(self, inner: LocalDirStore, reads: int) -> None:
+        super().__init__(inner)
+        self.reads = reads
+
+    async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        if "/packs/" in path:
+            self.reads -= 1
+            if self.reads < 0:
+                raise ConnectionError("the link went down")
+        return await self.inner.get(path, offset, length)
+
+
+async def test_a_bundle_download_resumes_verifies_what_it_kept_and_fetches_only_changes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli = CLI(tmp_path, capsys)
+    assert await cli("init") == 0, cli.err
+    v1 = os.urandom(4 << 20)
+    v2 = bytearray(v1)
+    v2[1 << 20:(1 << 20) + (256 << 10)] = os.urandom(256 << 10)  # 4 chunks changed
+    for release, data in (("1.0", v1), ("1.1", bytes(v2))):
+        (tmp_path / release).write_bytes(data)
+        assert await cli("host", "publish", str(tmp_path / release), "--version", release,
+                         "--json") == 0, cli.err
+    assert json.loads(cli.out)["new_chunks"] == 4, cli.out  # only the changed ones uploaded
+    k = admin_keys.load(tmp_path / "keys")
+    remote = LocalDirStore(tmp_path / "repo")
+    pub = k.admin.public_key()
+    catalog, _d = await get_catalog(remote, pub, (await get_config(remote, pub)).repository)
+    assert catalog.host is not None
+    b1, b2 = catalog.host.bundles
+
+    # cut short: the partial file stays; nothing looks complete
+    data = tmp_path / "data"
+    with pytest.raises(ConnectionError):
+        await hostupdate.fetch_bundle(DyingLink(remote, 2), pub, k.escrow, b2, data)
+    partial = data / ".bundle-1.1.partial"
+    assert partial.exists() and not hostupdate.bundle_path(data, "1.1").exists()
+    # a chunk of it damaged meanwhile is not trusted: its HMAC decides
+    with partial.open("r+b") as f:
+        f.write(b"\xff" * 100)
+    got = await hostupdate.fetch_bundle(remote, pub, k.escrow, b2, data)
+    assert got.path.read_bytes() == bytes(v2) and not partial.exists()
+    assert 0 < got.reused < 64 and got.downloaded < b2.image.size, got
+
+    # with release 1.0 on the laptop, 1.1 costs its 4 changed chunks
+    fresh = tmp_path / "fresh"
+    full = await hostupdate.fetch_bundle(remote, pub, k.escrow, b1, fresh)
+    assert full.downloaded >= len(v1)
+    delta = await hostupdate.fetch_bundle(remote, pub, k.escrow, b2, fresh, seeds=(full.path,))
+    assert delta.reused == 60 and delta.path.read_bytes() == bytes(v2)
+    assert 4 * (64 << 10) <= delta.downloaded <= 6 * (64 << 10), delta
