@@ -49,11 +49,13 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def updater(lap, agent, rauc, running: str) -> hostupdate.HostUpdater:  # type: ignore[no-untyped-def]
+def updater(lap, agent, rauc, running: str,  # type: ignore[no-untyped-def]
+            boot: str = "boot-1") -> hostupdate.HostUpdater:
     cfg = hostupdate.HostConfig(state_dir=lap.cfg.state_dir, data_dir=lap.tmp / "data" / "host")
     return hostupdate.HostUpdater(cfg, lap.remote, pinned_admin_key(lap.cfg.state_dir),
                                   agent.keys.wrapping(), lap.device,
-                                  hostupdate.Rauc(conf=rauc.conf, env=rauc.env), running)
+                                  hostupdate.Rauc(conf=rauc.conf, env=rauc.env), running,
+                                  boot=lambda: boot)
 
 
 async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the_inactive_slot(
@@ -109,6 +111,12 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             assert view["host"]["release"] == "1.0" and "installed 2.0" in view["host"]["result"]
             assert await cli("devices") == 0
             assert "laptop-1: host slot A, release 1.0:" in cli.out, cli.out
+
+            # restarted into 2.0: done, nothing pending (the bar's "restart to update" goes)
+            d = await updater(lap, agent, rauc, "2.0", boot="boot-2").cycle(
+                on_battery=False, metered=False)
+            rec = hostupdate.load_record(lap.cfg.state_dir)
+            assert rec.installed == "" and "running 2.0" in rec.result and d.action == "none"
 
 
 async def test_tampered_unsigned_and_downgraded_bundles_never_reach_a_slot(
@@ -167,6 +175,14 @@ async def test_tampered_unsigned_and_downgraded_bundles_never_reach_a_slot(
             assert hostupdate.load_record(lap.cfg.state_dir).installed == "1.0"
             assert rauc.primary() == "B"
             after = (digest(rauc.slot_a), digest(rauc.slot_b))
+            # restarted, but 2.0 still runs: the new slot did not come up, the laptop fell
+            # back; reported, and the release is not tried again by itself
+            await updater(lap, agent, rauc, "2.0", boot="boot-2").cycle(
+                on_battery=False, metered=False)
+            rec = hostupdate.load_record(lap.cfg.state_dir)
+            assert rec.installed == "" and "1.0 did not boot" in rec.result, rec
+            assert "1.0" in rec.failed
+            up = updater(lap, agent, rauc, "2.0", boot="boot-2")
 
             # the repository's copy tampered with: our chunk check refuses it, RAUC never runs
             # (4.0 has the bytes of 1.0: no chunk is uploaded again)

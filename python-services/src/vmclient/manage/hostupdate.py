@@ -23,18 +23,20 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import VMClientError
 from ..host.files import commit, write_atomic
+from ..host.lease import boot_id
 from ..store import crypto, layout
 from ..store.chunkstore import ChunkStore
 from ..store.crypto import chunk_id
 from ..store.documents import HostBundle, HostSection
 from ..store.errors import StoreError
-from ..store.hostformat import HOST_IMAGE
+from ..store.hostformat import HOST_IMAGE, compare
 from ..store.objects import ZERO_ID
 from ..store.plan import plan_download
 from ..store.remote import RemoteStore
@@ -60,6 +62,7 @@ class Record:
     result: str = ""  # the last result, one line
     slot: str = ""  # booted slot, as RAUC said at the last cycle
     running: str = ""
+    boot: str = ""  # the boot id when it was installed
     catalog_serial: int = 0  # the newest catalog seen (replay protection)
     catalog_digest: str = ""
 
@@ -264,9 +267,9 @@ class HostConfig:
 class HostUpdater:
     def __init__(self, cfg: HostConfig, remote: RemoteStore, admin: crypto.Ed25519PublicKey,
                  recipient: crypto.X25519PrivateKey, device: str, rauc: Rauc,
-                 running: str) -> None:
+                 running: str, boot: Callable[[], str] = boot_id) -> None:
         self.cfg, self.remote, self.admin, self.recipient = cfg, remote, admin, recipient
-        self.device, self.rauc, self.running = device, rauc, running
+        self.device, self.rauc, self.running, self.boot = device, rauc, running, boot
 
     async def section(self) -> HostSection | None:
         rec = load_record(self.cfg.state_dir)
@@ -281,8 +284,8 @@ class HostUpdater:
     async def cycle(self, *, on_battery: bool, metered: bool) -> HostDecision:
         """One look: decide, and install when due and allowed."""
         st = await self.rauc.status()
-        rec = save_record(self.cfg.state_dir, replace(load_record(self.cfg.state_dir),
-                                                      slot=st.booted, running=self.running))
+        rec = save_record(self.cfg.state_dir, self.after_restart(replace(
+            load_record(self.cfg.state_dir), slot=st.booted, running=self.running)))
         section = await self.section()
         rec = load_record(self.cfg.state_dir)
         facts = HostFacts(self.device, self.cfg.channel, self.running, on_battery, metered,
@@ -300,6 +303,21 @@ class HostUpdater:
                 log.warning("host update to %s failed: %s", d.release, exc)
                 self._done(d.release, f"failed: {exc}", ok=False)
         return d
+
+    def after_restart(self, rec: Record) -> Record:
+        """After a restart, the installed release runs, or the laptop fell back (the new
+        slot did not boot to a healthy vmclient): reported, and not tried again."""
+        if not rec.installed or rec.boot == self.boot():
+            return rec
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if compare(rec.installed, self.running) == 0:
+            return replace(rec, installed="", boot="", result=f"{stamp} running {self.running}")
+        log.warning("host update %s did not boot: running %s in slot %s (fell back)",
+                    rec.installed, self.running, rec.slot)
+        return replace(rec, installed="", boot="",
+                       failed=tuple(sorted({*rec.failed, rec.installed})),
+                       result=f"{stamp} failed: {rec.installed} did not boot; fell back to "
+                       f"{self.running} in slot {rec.slot}")
 
     async def install(self, bundle: HostBundle) -> Fetched:
         seeds = tuple(sorted(self.cfg.data_dir.glob(f"bundle-*{BUNDLE_SUFFIX}")))
@@ -326,4 +344,4 @@ class HostUpdater:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         save_record(self.cfg.state_dir, replace(
             rec, ordered=ordered, failed=failed, installed=release if ok else rec.installed,
-            result=f"{stamp} {result}"))
+            boot=self.boot() if ok else rec.boot, result=f"{stamp} {result}"))

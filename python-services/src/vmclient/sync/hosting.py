@@ -81,6 +81,10 @@ class AgentHost:
                     await self.agent.poll()
                     if st.enrolled and facts is not None:
                         await self.host_updates.run(facts.on_battery, facts.metered)
+                if self.host_updates.enabled:
+                    from ..manage import hostupdate
+                    self.iface.host_update = hostupdate.load_record(
+                        self.agent.cfg.state_dir).installed
                 await self.agent.enforce()
                 lease = self.agent.lease()
                 self.iface.lease_state, self.iface.lease_remaining = lease.reason, \
