@@ -111,6 +111,10 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             assert view["host"]["release"] == "1.0" and "installed 2.0" in view["host"]["result"]
             assert await cli("devices") == 0
             assert "laptop-1: host slot A, release 1.0:" in cli.out, cli.out
+            assert await cli("show", "laptop-1") == 0, cli.err
+            assert "host update   slot A, running 1.0, 2.0 installed (restart pending): " \
+                in cli.out, cli.out
+            assert await cli("check", "--read-data") == 0, cli.err + cli.out  # bundles too
 
             # restarted into 2.0: done, nothing pending (the bar's "restart to update" goes)
             d = await updater(lap, agent, rauc, "2.0", boot="boot-2").cycle(
@@ -193,6 +197,8 @@ async def test_tampered_unsigned_and_downgraded_bundles_never_reach_a_slot(
                     blob = bytearray(pack.read_bytes())
                     blob[100] ^= 1
                     pack.write_bytes(bytes(blob))
+            assert await cli("check", "--read-data") == 65, cli.out
+            assert "image host: chunk" in cli.out + cli.err, cli.out + cli.err
             for seed in (lap.tmp / "data" / "host").glob("bundle-*"):
                 seed.unlink()  # else 1.0's copy on the laptop serves every chunk
             installs = rauc.service_log().count("installing `")

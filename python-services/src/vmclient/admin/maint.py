@@ -61,7 +61,10 @@ class CheckResult:
 async def check(remote: RemoteStore, k: keys.AdminKeys, catalog: Catalog, *,
                 read_data: bool = False) -> CheckResult:
     res = CheckResult()
-    for name, versions in sorted(catalog.images.items()):
+    trees = dict(catalog.images)
+    if catalog.host is not None and catalog.host.bundles:  # host bundles: an image's tree
+        trees[HOST_IMAGE] = tuple(b.image for b in catalog.host.bundles)
+    for name, versions in sorted(trees.items()):
         res.images += 1
         try:
             content = await images.content_key(remote, name, k.admin, k.escrow, create=False)
