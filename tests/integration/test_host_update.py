@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from orders_env import laptop
 from rauc_env import dm_verity, make_bundle, make_pki, make_rootfs, make_unsigned, rauc_system
+from sftp_repo import make_disk
 
 from vmclient.admin import keys as admin_keys
 from vmclient.admin import main as admin
@@ -70,6 +71,10 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             lap.admin = admin_keys.load(tmp_path / "keys").admin
             agent = await lap.enrol()
             assert await cli("host", "publish", str(bundle), "--version", "2.0") == 0, cli.err
+            # an image published afterwards keeps the catalog's host section
+            assert await cli("publish", "office", str(make_disk(tmp_path / "d.raw", 1))) == 0
+            assert await cli("host", "list", "--json") == 0, cli.err
+            assert [b["release"] for b in json.loads(cli.out)["bundles"]] == ["2.0"]
             assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
             assert "host update to 2.0" in cli.out
             await agent.poll()
