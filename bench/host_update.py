@@ -11,7 +11,10 @@ full download), then release 2 with release 1's bundle as its seed: the download
 compared with the bytes that differ between the two roots (4 KiB blocks).  Then
 release 2 is installed with Debian's ``rauc`` into the inactive file-backed slot
 (:mod:`rauc_env`) while two idle VMs run on the real libvirtd: the CPU the install
-costs (RAUC's service process, user + system time) over its wall time.  Where the
+costs (RAUC's service process, user + system time) over its wall time, once as RAUC
+runs unconfined and once under ``--cpu-quota`` (the cgroup quota systemd's
+``CPUQuota=`` sets; the image's ``rauc.service`` should carry it, with
+``IOSchedulingClass=idle``).  Where the
 kernel lacks device-mapper, the installed bundle is ``plain`` (rauc_env's note); the
 download is measured on the verity bundles.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,25 +79,56 @@ def changed_bytes(a: Path, b: Path, block: int = 4096) -> int:
     return n
 
 
+@contextlib.contextmanager
+def cpu_quota(pid: int, percent: float) -> Iterator[bool]:
+    """``pid`` under a CPU quota of ``percent`` of one core, as systemd's ``CPUQuota=`` puts
+    a service (cgroup cfs quota); False where no cgroup cpu controller can be written."""
+    base = Path("/sys/fs/cgroup/cpu")
+    group = base / f"vmclient-bench-{uuid.uuid4().hex[:8]}"
+    if percent <= 0:
+        yield False
+        return
+    try:
+        group.mkdir()
+        (group / "cpu.cfs_quota_us").write_text(str(int(percent * 1000)))
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            (base / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(mib: int, change: float) -> dict[str, object]:
+def make_roots(tmp: Path, mib: int, change: float) -> int:
+    """root-1.ext4 and root-2.ext4 (``change`` percent of the root's bytes rewritten,
+    whole files): the bytes that differ."""
+    rng = random.Random(18)
+    tree = tmp / "tree"
+    files = int(mib * 0.85)
+    (tree / "usr").mkdir(parents=True)
+    for i in range(files):
+        (tree / "usr" / f"f{i:05d}").write_bytes(rng.randbytes(FILE))
+    make_root(tmp / "root-1.ext4", tree, mib, "1.0")
+    for i in rng.sample(range(files), max(1, round(mib * change / 100))):
+        (tree / "usr" / f"f{i:05d}").write_bytes(rng.randbytes(FILE))
+    make_root(tmp / "root-2.ext4", tree, mib, "1.1")
+    return changed_bytes(tmp / "root-1.ext4", tmp / "root-2.ext4")
+
+
+async def run(mib: int, change: float, quota: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vmclient-bench-host-") as tmp_s:
         tmp = Path(tmp_s)
-        rng = random.Random(18)
-        tree = tmp / "tree"
-        files = int(mib * 0.85)
-        (tree / "usr").mkdir(parents=True)
-        for i in range(files):
-            (tree / "usr" / f"f{i:05d}").write_bytes(rng.randbytes(FILE))
-        make_root(tmp / "root-1.ext4", tree, mib, "1.0")
-        for i in rng.sample(range(files), max(1, round(mib * change / 100))):
-            (tree / "usr" / f"f{i:05d}").write_bytes(rng.randbytes(FILE))
-        make_root(tmp / "root-2.ext4", tree, mib, "1.1")
-        changed = changed_bytes(tmp / "root-1.ext4", tmp / "root-2.ext4")
+        changed = make_roots(tmp, mib, change)
 
         repo, keydir = tmp / "repo", tmp / "keys"
         argv = ["--repo", str(repo), "--key-dir", str(keydir), "-q"]
@@ -134,10 +170,15 @@ async def run(mib: int, change: float) -> dict[str, object]:
                 names = [vms.create(f"vm{i}", halt=True).name() for i in range(2)]
                 for name in names:
                     vms.wait_idle(name)
-                vcpu0 = [sum(v[2] for v in vms.conn.lookupByName(n).vcpus()[0]) for n in names]
+                rauc_cli = hostupdate.Rauc(conf=rauc.conf, env=rauc.env)
                 c0, t = cpu_s(svc), time.monotonic()
-                said = await hostupdate.Rauc(conf=rauc.conf, env=rauc.env).install("1.1", install)
-                install_s, install_cpu = time.monotonic() - t, cpu_s(svc) - c0
+                await rauc_cli.install("1.1", install)
+                free_s, free_cpu = time.monotonic() - t, cpu_s(svc) - c0
+                vcpu0 = [sum(v[2] for v in vms.conn.lookupByName(n).vcpus()[0]) for n in names]
+                with cpu_quota(svc, quota) as quota_set:
+                    c0, t = cpu_s(svc), time.monotonic()
+                    said = await rauc_cli.install("1.1", install)
+                    install_s, install_cpu = time.monotonic() - t, cpu_s(svc) - c0
                 vcpu1 = [sum(v[2] for v in vms.conn.lookupByName(n).vcpus()[0]) for n in names]
             with rauc.slot_b.open("rb") as f:
                 assert f.read(mib * MiB) == (tmp / "root-2.ext4").read_bytes()
@@ -152,6 +193,9 @@ async def run(mib: int, change: float) -> dict[str, object]:
         "delta_cpu_s": round(delta_cpu, 2), "reused_chunks": second.reused,
         "install_s": round(install_s, 3), "install_cpu_s": round(install_cpu, 3),
         "install_cpu_share": round(install_cpu / install_s, 3) if install_s else 0.0,
+        "install_cpu_quota_percent": quota if quota_set else None,
+        "install_unthrottled_s": round(free_s, 3),
+        "install_unthrottled_cpu_share": round(free_cpu / free_s, 3) if free_s else 0.0,
         "install_format": "verity" if install == second.path else "plain",
         "vm_vcpu_ms_during_install": [round((b - a) / 1e6, 1)
                                       for a, b in zip(vcpu0, vcpu1, strict=True)],
@@ -163,8 +207,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mib", type=int, default=128, help="root file system size")
     ap.add_argument("--change", type=float, default=5.0, help="percent of the root rewritten")
+    ap.add_argument("--cpu-quota", type=float, default=10.0,
+                    help="RAUC's CPU quota in percent of a core for the measured install, as "
+                    "the image's rauc.service should carry (CPUQuota=); 0: none")
     args = ap.parse_args()
-    result = asyncio.run(run(args.mib, args.change))
+    result = asyncio.run(run(args.mib, args.change, args.cpu_quota))
     print(f"host update: {result['changed_mib']} MiB of the root changed, "
           f"{result['downloaded_mib']} MiB downloaded (ratio {result['ratio']}); install "
           f"{result['install_s']} s at {result['install_cpu_share']} of a core", flush=True)
