@@ -126,6 +126,17 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
                 on_battery=False, metered=False)
             rec = hostupdate.load_record(lap.cfg.state_dir)
             assert rec.installed == "" and "running 2.0" in rec.result and d.action == "none"
+            # an order for the release it runs is done with, not kept in the way of the channel
+            assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
+            await agent.poll()
+            assert hostupdate.load_record(lap.cfg.state_dir).ordered is not None
+            d = await updater(lap, agent, rauc, "2.0", boot="boot-2").cycle(
+                on_battery=False, metered=False)
+            assert d.action == "none" and hostupdate.load_record(lap.cfg.state_dir).ordered is None
+            # a damaged record is set aside, not fatal
+            (lap.cfg.state_dir / hostupdate.RECORD).write_text("{not json")
+            assert hostupdate.load_record(lap.cfg.state_dir) == hostupdate.Record()
+            assert (lap.cfg.state_dir / (hostupdate.RECORD + ".damaged")).exists()
 
 
 async def test_tampered_unsigned_and_downgraded_bundles_never_reach_a_slot(

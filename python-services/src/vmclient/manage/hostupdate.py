@@ -41,7 +41,7 @@ from ..store.objects import ZERO_ID
 from ..store.plan import plan_download
 from ..store.remote import RemoteStore
 from ..store.repo import get_catalog, get_config, get_image_manifest, get_wrapped_key
-from .hostpolicy import INSTALL, REFUSE, HostDecision, HostFacts, Ordered, decide
+from .hostpolicy import INSTALL, NONE, REFUSE, HostDecision, HostFacts, Ordered, decide
 
 log = logging.getLogger(__name__)
 RECORD = "host-update.json"
@@ -74,13 +74,21 @@ class Record:
 
 
 def load_record(state_dir: Path) -> Record:
+    """The record; one that does not parse is set aside (``.damaged``, logged) and a new
+    one begun: a pending order in it is lost, the admin orders again."""
+    path = state_dir / RECORD
     try:
-        doc = json.loads((state_dir / RECORD).read_text())
+        doc = json.loads(path.read_text())
+        ordered = Ordered(**doc.pop("ordered")) if doc.get("ordered") else None
+        doc.pop("ordered", None)
+        return Record(ordered=ordered, **{**doc, "failed": tuple(doc.get("failed", ()))})
     except FileNotFoundError:
         return Record()
-    ordered = Ordered(**doc.pop("ordered")) if doc.get("ordered") else None
-    doc.pop("ordered", None)
-    return Record(ordered=ordered, **{**doc, "failed": tuple(doc.get("failed", ()))})
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("%s is damaged (%s): set aside as %s.damaged; starting a new record",
+                    path, exc, path.name)
+        path.replace(path.with_name(path.name + ".damaged"))
+        return Record()
 
 
 def save_record(state_dir: Path, rec: Record) -> Record:
@@ -292,6 +300,8 @@ class HostUpdater:
                           rec.ordered, rec.installed, frozenset(rec.failed))
         d = decide(section, facts)
         log.info("host update: %s %s (%s)", d.action, d.release, d.reason)
+        if d.action == NONE and d.source == "order":  # running or installed already
+            save_record(self.cfg.state_dir, replace(rec, ordered=None))
         if d.action == REFUSE:
             self._done(d.release, f"refused: {d.reason}", ok=False)
         elif d.action == INSTALL and section is not None:
@@ -328,9 +338,9 @@ class HostUpdater:
         except HostUpdateFailed:
             got.path.unlink(missing_ok=True)  # refused: never a seed
             raise
-        for old in seeds:
+        for old in (*seeds, *self.cfg.data_dir.glob(".bundle-*.partial")):
             if old != got.path:
-                old.unlink(missing_ok=True)
+                old.unlink(missing_ok=True)  # the new bundle is the next one's seed
         self._done(bundle.release, f"installed {bundle.release} ({said}); restart to run it",
                    ok=True)
         log.info("host update %s: %d bytes downloaded, %d chunks reused", bundle.release,
