@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,13 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
         root = make_rootfs(tmp_path / "root-2.0.ext4", "2.0", os.urandom(1 << 20))
         bundle = make_bundle(tmp_path / "b-2.0.raucb", "2.0", root, rauc.cert, rauc.key,
                              rauc.ca, fmt=FMT)
+        # the product's format; installed here only where the kernel has dm-verity (FMT)
+        verity = make_bundle(tmp_path / "v-2.0.raucb", "2.0", root, rauc.cert, rauc.key,
+                             rauc.ca, fmt="verity")
+        info = await asyncio.to_thread(subprocess.run, ["rauc", "info", f"--keyring={rauc.ca}",
+                                                        str(verity)], capture_output=True,
+                                       text=True)
+        assert info.returncode == 0 and "Bundle Format: \tverity" in info.stdout, info
         async with laptop(tmp_path) as lap:
             lap.admin = admin_keys.load(tmp_path / "keys").admin
             agent = await lap.enrol()
