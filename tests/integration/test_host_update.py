@@ -250,13 +250,17 @@ async def test_syncd_looks_for_host_updates_on_its_cycle_at_most_every_interval(
             agent = await lap.enrol()
             assert await cli("host", "publish", str(bundle), "--version", "5.0", "--channel",
                              "testing", "--rollout", "100") == 0, cli.err
-            (tmp_path / "os-release").write_text('ID=vmclient\nVERSION_ID="4.2"\n')
+            (tmp_path / "os-release").write_text("ID=debian\nVERSION_ID=bookworm\n")
             now = [1000.0]
             cfg = sconfig.SyncConfig(host_updates=sconfig.HostUpdates(
                 channel="testing", data_dir=tmp_path / "host-data", rauc_conf=str(rauc.conf)))
             hook = HostUpdates(cfg, agent, clock=lambda: now[0],
                                os_release=tmp_path / "os-release")
             assert hook.enabled
+            await hook.run(on_battery=False, metered=False)  # logged, not fatal
+            assert hostupdate.load_record(lap.cfg.state_dir).installed == ""
+            now[0] += 601
+            (tmp_path / "os-release").write_text('ID=vmclient\nVERSION_ID="4.2"\n')
             await hook.run(on_battery=True, metered=False)
             rec = hostupdate.load_record(lap.cfg.state_dir)
             assert (rec.slot, rec.running, rec.installed) == ("A", "4.2", "")

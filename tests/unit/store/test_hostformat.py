@@ -74,6 +74,8 @@ def test_a_host_update_order_carries_a_release_and_an_optional_downgrade_flag() 
     assert Order.parse(o.to_bytes(), dev, 3, "p").args == {"release": "2.1", "downgrade": False}
     o = Order(dev, 3, 100, "host-update", {"release": "1.0", "downgrade": True})
     assert Order.parse(o.to_bytes(), dev, 3, "p").args["downgrade"] is True
+    snap = Order(dev, 3, 100, "host-update", {"release": "1.0+snapshot-20261206"})
+    assert Order.parse(snap.to_bytes(), dev, 3, "p").args["release"] == "1.0+snapshot-20261206"
     bad = Order(dev, 3, 100, "host-update", {"release": "../x"})
     with pytest.raises(RemoteIntegrityError, match="does not match"):
         Order.parse(bad.to_bytes(), dev, 3, "p")

@@ -36,7 +36,7 @@ from ..store.chunkstore import ChunkStore
 from ..store.crypto import chunk_id
 from ..store.documents import HostBundle, HostSection
 from ..store.errors import StoreError
-from ..store.hostformat import HOST_IMAGE, compare
+from ..store.hostformat import HOST_IMAGE, RELEASE_RE, compare
 from ..store.objects import ZERO_ID
 from ..store.plan import plan_download
 from ..store.remote import RemoteStore
@@ -291,6 +291,9 @@ class HostUpdater:
 
     async def cycle(self, *, on_battery: bool, metered: bool) -> HostDecision:
         """One look: decide, and install when due and allowed."""
+        if not RELEASE_RE.fullmatch(self.running):
+            raise HostUpdateFailed("(any)", f"the running release {self.running!r} "
+                                   "(/etc/os-release VERSION_ID) is not a release string")
         st = await self.rauc.status()
         rec = save_record(self.cfg.state_dir, self.after_restart(replace(
             load_record(self.cfg.state_dir), slot=st.booted, running=self.running)))

@@ -46,7 +46,7 @@ ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False},
                                            "host-update": {"downgrade": False}}
 OUTCOMES = ("done", "failed", "refused")
 # a host update's release string (the catalog's host section, a host-update order)
-RELEASE_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,3}([-+~][0-9A-Za-z.]{1,32})?$")
+RELEASE_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,3}([-+~][0-9A-Za-z.-]{1,32})?$")
 
 
 @dataclass(frozen=True)
