@@ -79,3 +79,10 @@ def test_why_a_vm_is_paused_from_powerd():
         == "paused for sleep, paused: lid closed"
     assert vm_detail("work", "paused", {"PausedByUs": 7}) == "paused"  # nonsense: not trusted
     assert vm_detail("home", "shutoff", {"PausedByUs": [("home", 3)]}) == "saved"
+
+
+def test_an_installed_host_update_asks_for_a_restart_without_quoting_syncd():
+    assert sync_text({"State": 1, "HostUpdate": "2.1.0"}) == "restart to update"
+    assert sync_text({"State": 1, "LeaseRemaining": 3600, "HostUpdate": "\x1b[2J2.1"}) \
+        == "lease 1 h 0 min \u00b7 restart to update"
+    assert sync_text({"State": 1, "HostUpdate": ""}) == ""

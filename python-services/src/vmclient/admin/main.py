@@ -16,6 +16,8 @@
     vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
     vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
     vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
+    vmclient-admin --repo REPO host publish BUNDLE --version V [--channel C [--rollout PCT]]
+    vmclient-admin --repo REPO host channel stable|testing VERSION --rollout PCT
 
 REPO is a local directory or ``sftp://user@host[:port]/path`` (then
 ``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
@@ -48,12 +50,13 @@ from ..store.documents import CONFIG_ID, Catalog, RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
 from ..store.holding import break_lock
+from ..store.hostformat import HOST_IMAGE
 from ..store.locks import LockInfo, read_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_catalog, put_signed
 from ..transport import close_store, is_url, open_store
-from . import entitle, fleet, images, keys, maint, recovery, session, show
+from . import entitle, fleet, hostupdates, images, keys, maint, recovery, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .text import Output, human_size, info, utc
@@ -135,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parsers(sub)
     maint.add_parsers(sub)
     recovery.add_parsers(sub)
+    hostupdates.add_parsers(sub)
     return p
 
 
@@ -209,6 +213,9 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if args.name == HOST_IMAGE:
+        raise UsageError(f"image name {HOST_IMAGE!r} is reserved for host update bundles "
+                         "(`vmclient-admin host publish`)")
     k, cfg, catalog = await open_repo(args, remote)
     check_file(args.image)
     images.check_image(args.image)

@@ -75,6 +75,8 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
         parts.append(f"lease {_duration(remaining)}")
     elif "expired" in str(untrusted_props.get("LeaseState", "")):
         parts.append("lease expired")
+    if untrusted_props.get("HostUpdate"):  # a host update is installed: not its text
+        parts.append("restart to update")
     return " \u00b7 ".join(parts)
 
 
