@@ -70,16 +70,22 @@ def version() -> str:
 
 def add_global_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    p.add_argument("--repo", help="local directory or sftp://user@host:port/path (default "
+    p.add_argument("--repo", help="local directory, sftp://user@host:port/path or "
+                   "s3://bucket/prefix?endpoint=URL (default "
                    f"${session.ENV_REPOSITORY}, else repo in the config file)")
     p.add_argument("--config", help="config file (default "
-                   "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts")
+                   "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts, "
+                   "s3_credentials")
     p.add_argument("--key-dir", help="the admin's offline key directory (default "
                    f"{session.DEFAULT_KEY_DIR})")
     p.add_argument("--ssh-key", help="SSH key for an sftp:// repository: a private key file, "
                    "or a public one naming a key ssh-agent holds (default: as OpenSSH, the "
                    "IdentityFile that exists and ssh-agent's keys)")
     p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
+    p.add_argument("--s3-credentials", metavar="FILE",
+                   help="the admin's S3 access key for an s3:// repository (AWS "
+                   "shared-credentials format, mode 0600; default: botocore's chain, e.g. "
+                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     p.add_argument("--accept-rollback", action="store_true",
                    help="accept a repository whose catalog is older than the newest this admin "
                    "signed (restored from a backup): it is re-signed with the next serial")
@@ -166,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> None:
     remote = open_store(args.repo, key_file=args.ssh_key, known_hosts=args.known_hosts,
-                        agent=args.ssh_agent, file_mode=0o644)
+                        agent=args.ssh_agent, file_mode=0o644,
+                        s3_credentials=getattr(args, "s3_credentials", None))
     try:
         await args.func(args, remote)
     finally:
