@@ -26,6 +26,7 @@ PYPI_TO_YOCTO = {
     "cryptography": "python3-cryptography",  # openembedded-core
     "zstandard": "python3-zstandard",  # meta-python
     "rich": "python3-rich",  # meta-python
+    "boto3": "python3-boto3",  # meta-vmclient (with botocore and s3transfer)
 }
 
 
