@@ -286,3 +286,24 @@ def test_a_signed_object_swapped_on_the_store_is_refused(seaweedfs: SeaweedFS) -
 
     run(_closing(store, scenario()))
 
+
+
+def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
+        seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """``vmclient-admin --repo s3://…?endpoint=… --s3-credentials FILE``: init probes the
+    store's If-None-Match and leaves no probe behind; publish and check run over S3."""
+    from sftp_repo import make_disk
+
+    from vmclient.admin.main import main as admin_main
+    prefix = seaweedfs.prefix()
+    creds = seaweedfs.credentials_file(seaweedfs.admin, tmp_path / "admin-s3")
+    base = ["--repo", seaweedfs.url(prefix), "--s3-credentials", str(creds),
+            "--key-dir", str(tmp_path / "keys")]
+    assert admin_main([*base, "init", "--no-passphrase"]) == 0
+    assert admin_main([*base, "publish", "office", str(make_disk(tmp_path / "d.raw", 8))]) == 0
+    assert admin_main([*base, "check"]) == 0
+    store = seaweedfs.store(seaweedfs.admin, prefix)
+    paths = [e.path for e in run(_closing(store, store.list("images")))]
+    assert "images/office/versions/1/manifest" in paths
+    creds.chmod(0o644)
+    assert admin_main([*base, "list"]) != 0  # a secret others can read is refused

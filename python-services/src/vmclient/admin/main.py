@@ -194,6 +194,9 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
         raise UsageError(f"{args.repo} already holds a repository (config exists)")
     except ObjectNotFound:
         pass
+    check_conditions = getattr(remote, "check_conditions", None)
+    if check_conditions is not None:  # S3: a store that ignores If-None-Match is refused
+        await check_conditions("init-probe")
     if (args.key_dir / keys.ADMIN_KEY).exists():
         k = keys.load(args.key_dir, session.passphrase(args))
     else:
