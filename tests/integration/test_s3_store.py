@@ -289,9 +289,10 @@ def test_a_signed_object_swapped_on_the_store_is_refused(seaweedfs: SeaweedFS) -
 
 
 def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
-        seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+        seaweedfs: SeaweedFS, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``vmclient-admin --repo s3://…?endpoint=… --s3-credentials FILE``: init probes the
-    store's If-None-Match and leaves no probe behind; publish and check run over S3."""
+    store's If-None-Match and leaves no probe behind; publish and check run over S3, and
+    check names a pack whose byte the store's operator flipped."""
     from sftp_repo import make_disk
 
     from vmclient.admin.main import main as admin_main
@@ -303,7 +304,24 @@ def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
     assert admin_main([*base, "publish", "office", str(make_disk(tmp_path / "d.raw", 8))]) == 0
     assert admin_main([*base, "check"]) == 0
     store = seaweedfs.store(seaweedfs.admin, prefix)
-    paths = [e.path for e in run(_closing(store, store.list("images")))]
+    paths = [e.path for e in run(store.list("images"))]
     assert "images/office/versions/1/manifest" in paths
+    assert not [p for p in run(root_objects(store)) if "probe" in p]
+    pack = next(p for p in paths if "/packs/" in p)
+    raw = store.client.get_object(Bucket=BUCKET, Key=store.target.key(pack))["Body"].read()
+    store.client.put_object(Bucket=BUCKET, Key=store.target.key(pack),
+                            Body=raw[:100] + bytes([raw[100] ^ 1]) + raw[101:])
+    run(store.close())
+    capsys.readouterr()
+    assert admin_main([*base, "check", "--read-data"]) != 0
+    out = capsys.readouterr()
+    assert pack.split("/")[-1] in out.out + out.err, out
     creds.chmod(0o644)
     assert admin_main([*base, "list"]) != 0  # a secret others can read is refused
+
+
+async def root_objects(store: S3Store) -> list[str]:
+    """Every key of the repository, as the store lists them (S3Store.list needs a prefix)."""
+    pages = store.client.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=store.target.key(""))
+    return [o["Key"] for page in pages for o in page.get("Contents", ())]
