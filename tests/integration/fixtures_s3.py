@@ -79,7 +79,7 @@ class SeaweedFS:
         g = self.grpc
         self.log = (self.dir / "weed.log").open("wb")
         self.proc = subprocess.Popen(
-            [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.dir}/data",
+            [WEED, f"-logdir={self.dir}", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.dir}/data",
              f"-master.port={self.master}", f"-master.port.grpc={g[0]}",
              f"-volume.port={self.volume}", f"-volume.port.grpc={g[1]}",
              f"-filer.port={self.filer}", f"-filer.port.grpc={g[2]}",
@@ -135,7 +135,7 @@ class SeaweedFS:
         return S3Store(self.target(creds, prefix, **kw))
 
     def shell(self, command: str) -> str:
-        r = subprocess.run([WEED, "shell", f"-master=127.0.0.1:{self.master}.{self.grpc[0]}"],
+        r = subprocess.run([WEED, f"-logdir={self.dir}", "shell", f"-master=127.0.0.1:{self.master}.{self.grpc[0]}"],
                            input=command + "\n", capture_output=True, text=True, timeout=30)
         if r.returncode != 0:
             raise RuntimeError(f"weed shell {command!r}: {r.stdout}{r.stderr}")
