@@ -14,7 +14,7 @@ from fixtures_s3 import BUCKET, SeaweedFS, free_ports
 
 from vmclient.store import layout, repo
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
-from vmclient.store.locks import lock_document
+from vmclient.store.locks import Whoami, lock_document
 from vmclient.store.remote import MAX_OBJECT, get_object
 from vmclient.transport import open_store
 from vmclient.transport.s3 import S3Refused, S3Store, S3Unavailable
@@ -325,3 +325,34 @@ async def root_objects(store: S3Store) -> list[str]:
     pages = store.client.get_paginator("list_objects_v2").paginate(
         Bucket=BUCKET, Prefix=store.target.key(""))
     return [o["Key"] for page in pages for o in page.get("Contents", ())]
+
+
+def test_locks_expire_and_the_throttled_upload_store_refreshes_and_breaks_them(
+        seaweedfs: SeaweedFS) -> None:
+    """A lock on S3 has the format's expiry (§10): another host's lock refreshed 29
+    minutes ago holds, one 31 minutes old is broken; the sync daemon's upload throttle
+    (the same wrapper as over SFTP) passes lock, refresh and break on to the S3 store."""
+    import time
+
+    from vmclient.store.errors import LockHeld
+    from vmclient.store.holding import break_lock, refresh_lock
+    from vmclient.sync.throttle import Throttled
+    store = seaweedfs.store(seaweedfs.admin, seaweedfs.prefix())
+    other = Whoami("another-host", "m" * 32, "b", 1)
+    lock = layout.device_lock(DEV_A)
+    now = int(time.time())
+
+    async def scenario() -> None:
+        throttled = Throttled(store, 50 << 20)
+        await store.put_atomic(lock, lock_document("other", now - 29 * 60, "01", me=other))
+        with pytest.raises(LockHeld, match="held by other"):
+            await throttled.lock(lock, "sync")
+        await store.put_atomic(lock, lock_document("other", now - 31 * 60, "02", me=other))
+        token = await throttled.lock(lock, "sync")
+        assert await refresh_lock(throttled, token)
+        await store.put_atomic(lock, lock_document("admin", now, "03", me=other))
+        assert not await refresh_lock(throttled, token)  # not ours any more: not rewritten
+        assert (await break_lock(throttled, lock)).holder == "admin"  # type: ignore[union-attr]
+        assert await store.list(layout.device_dir(DEV_A)) == []
+
+    run(_closing(store, scenario()))
