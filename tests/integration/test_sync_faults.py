@@ -99,7 +99,8 @@ class Over:
     def leftovers(self, w: World) -> list[str]:
         if self.root is not None:
             return leftovers(self.root, w.a.id)
-        # S3: no temporaries; killed uploads are incomplete multipart uploads
+        # S3: no temporaries; a killed upload of a large object is an incomplete
+        # multipart upload (the admin's listing shows it)
         assert isinstance(self.reader, S3Store)
         objects = [e.path for e in run(self.reader.list(layout.device_dir(w.a.id)))
                    if e.path.endswith("/lock") or ".gone/" in e.path]
@@ -109,27 +110,16 @@ class Over:
         return sorted(objects + [u["Key"] for u in ups.get("Uploads", ())])
 
     def plant(self, w: World, vm: str | None) -> None:
-        """What a kill leaves (:func:`plant_temporaries`), on S3 by the device's identity:
-        incomplete multipart uploads of packs and of the VM's pointer (``vm``), of the
-        lock (no ``vm``), or a lock set aside in ``lock.gone/`` (``vm`` "lock.gone")."""
+        """What a kill leaves (:func:`plant_temporaries`); on S3 (no temporary names; a
+        pack is one PUT, under the multipart threshold) a lock set aside in
+        ``lock.gone/`` (``vm`` "lock.gone") by the device's identity, else nothing
+        (incomplete multipart uploads: test_s3_store.py)."""
         if self.root is not None:
             plant_temporaries(self.root, w.a.id, vm, self.account)
-            return
-        store = self.remote
-        assert isinstance(store, S3Store)
-        t = store.target
-        if vm == "lock.gone":
-            run(store.put_atomic(f"{layout.device_lock(w.a.id)}.gone/0123456789abcdef",
-                                 lock_document("killed", 0, "dead",
-                                               me=Whoami("h", "m", "b", 1))))
-            return
-        keys = [layout.device_lock(w.a.id)] if vm is None else [
-            layout.pack(layout.vm_store(w.a.id, vm), "ab" + "0" * 62),
-            layout.vm_pointer(w.a.id, vm)]
-        for key in keys:
-            up = store.client.create_multipart_upload(Bucket=t.bucket, Key=t.key(key))
-            store.client.upload_part(Bucket=t.bucket, Key=t.key(key), PartNumber=1,
-                                     UploadId=up["UploadId"], Body=os.urandom(4096))
+        elif vm == "lock.gone":
+            run(self.remote.put_atomic(f"{layout.device_lock(w.a.id)}.gone/0123456789abcdef",
+                                       lock_document("killed", 0, "dead",
+                                                     me=Whoami("h", "m", "b", 1))))
 
     def verify(self, w: World, vm: str) -> maintenance.VerifyResult:
         return run(maintenance.verify(self.reader, w.a.signers, w.keys[vm], device=w.a.id,

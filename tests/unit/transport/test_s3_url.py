@@ -102,3 +102,22 @@ def test_a_store_that_ignores_if_none_match_is_refused() -> None:
     with pytest.raises(S3Refused, match="ignores If-None-Match"):
         asyncio.run(store.check_conditions("init-probe"))
     assert store.objects == {}  # the probe is removed
+
+
+def test_a_devices_policy_reaches_its_own_prefix_and_reads_the_shared_objects() -> None:
+    from vmclient.admin.s3iam import device_policy
+    dev = "a" * 32
+    policy = device_policy("fleet", "dc1", dev)
+    by_sid = {st["Sid"]: st for st in policy["Statement"]}
+    assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+    assert by_sid["ReadShared"]["Resource"] == [
+        "arn:aws:s3:::fleet/dc1/config", "arn:aws:s3:::fleet/dc1/catalog",
+        "arn:aws:s3:::fleet/dc1/images/*", f"arn:aws:s3:::fleet/dc1/devices/{dev}/*"]
+    writes = by_sid["WriteOwn"]["Resource"]
+    assert writes == [f"arn:aws:s3:::fleet/dc1/devices/{dev}/{p}"
+                      for p in ("lock", "lock.gone/*", "vms/*", "reports/*")]
+    assert not [r for r in writes if r.endswith(("/device", "/orders/*", f"{dev}/*"))]
+    assert by_sid["ListOwnAndImages"]["Condition"] == {
+        "StringLike": {"s3:prefix": [f"dc1/devices/{dev}/*", "dc1/images/*"]}}
+    assert device_policy("fleet", "", dev)["Statement"][0]["Resource"][0] == \
+        "arn:aws:s3:::fleet/config"

@@ -16,16 +16,18 @@
     vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
     vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
     vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
+    vmclient-admin --repo s3://… s3-identity issue DEVICE --out FILE | revoke DEVICE
 
-REPO is a local directory or ``sftp://user@host[:port]/path`` (then
-``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
+REPO is a local directory, ``sftp://user@host[:port]/path`` (then
+``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key) or
+``s3://bucket/prefix?endpoint=URL`` (``--s3-credentials`` the admin's access key).
 Without ``--repo``: ``$VMCLIENT_REPOSITORY``, else ``repo`` in the config file
 (:mod:`.session`).  Exit codes: :mod:`vmclient.errors` (docs/exit-codes.md).
 
 This module is the parser, the entry point and the repository's own commands; the
 others are in :mod:`.entitle` (enrol, assign), :mod:`.fleet` (enrolment codes, orders,
-devices, rekey, restore), :mod:`.maint` (check, forget, prune, unpublish) and
-:mod:`.show`.
+devices, rekey, restore), :mod:`.maint` (check, forget, prune, unpublish),
+:mod:`.s3iam` (a device's S3 identity) and :mod:`.show`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_catalog, put_signed
 from ..transport import close_store, is_url, open_store
-from . import entitle, fleet, images, keys, maint, recovery, session, show
+from . import entitle, fleet, images, keys, maint, recovery, s3iam, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .text import Output, human_size, info, utc
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parsers(sub)
     maint.add_parsers(sub)
     recovery.add_parsers(sub)
+    s3iam.add_parsers(sub)
     return p
 
 

@@ -190,6 +190,7 @@ class S3Store(LockingMixin):
         self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
                                             thread_name_prefix="vmclient-s3")
         self.multipart_uploads = 0  # objects uploaded in parts (tests, the bench)
+        self._warned_sweep = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -388,7 +389,16 @@ class S3Store(LockingMixin):
                     removed += 1
             return removed
 
-        return await self._run("sweep", prefix, sweep)
+        try:
+            return await self._run("sweep", prefix, sweep)
+        except S3Refused as exc:
+            # a device's identity may not list uploads (SeaweedFS 4.48 grants
+            # ListMultipartUploads only with s3:* on the bucket): they wait for the admin's
+            if not self._warned_sweep:
+                self._warned_sweep = True
+                log.warning("S3 %s: cannot list incomplete uploads below %s (%s); they are "
+                            "left to a run with that right", t.server, prefix, exc)
+            return 0
 
     # --- requests, retries and error translation ---------------------------------------------
 
