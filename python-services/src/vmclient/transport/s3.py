@@ -288,7 +288,8 @@ class S3Store(LockingMixin):
                 if multipart:
                     self._put_parts(key, view, cond)
                 else:
-                    self.client.put_object(Bucket=t.bucket, Key=key, Body=view.tobytes(), **cond)
+                    body = data if isinstance(data, bytes) else view.tobytes()  # (no copy)
+                    self.client.put_object(Bucket=t.bucket, Key=key, Body=body, **cond)
             except self._client_error as exc:
                 if not (exclusive and _status(exc) == 412):
                     raise
