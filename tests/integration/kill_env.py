@@ -16,7 +16,8 @@ from vmclient.store.remote import RemoteStore
 
 
 def child_args(w: World, dom: object, *, kill_after: str | None = None,
-               server: SSHServer | None = None, account: Account | None = None) -> list[str]:
+               server: SSHServer | None = None, account: Account | None = None,
+               s3: dict[str, str] | None = None) -> list[str]:
     args = w.child_args(dom)  # type: ignore[arg-type]
     extra = json.loads(args[-1])
     if kill_after:
@@ -25,6 +26,8 @@ def child_args(w: World, dom: object, *, kill_after: str | None = None,
         extra["sftp"] = {"port": server.port, "user": account.user,
                          "key": str(account.key_file), "known_hosts": str(server.known_hosts),
                          "root": account.root}
+    if s3 is not None:
+        extra["s3"] = s3
     return [*args[:-1], json.dumps(extra)]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fixtures_s3 import SeaweedFS
 from fixtures_sshd import Account, SSHServer, ssh_server
 from kill_env import child_args, leftovers, phases, unindexed
 from sync_env import LOOP, MIB, Device, World, hmp_write, run, same_content, world
@@ -22,11 +23,14 @@ from sync_env import LOOP, MIB, Device, World, hmp_write, run, same_content, wor
 import testlib
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
+from vmclient.store.locks import Whoami, lock_document
 from vmclient.store.remote import RemoteStore
 from vmclient.store.transport import close_store
 from vmclient.sync import maintenance, restore
 from vmclient.sync.engine import CaptureLost, Hooks
+from vmclient.transport import open_store
 from vmclient.transport.localfs import LocalDirStore
+from vmclient.transport.s3 import S3Store
 
 
 def test_power_save_during_a_sync_ends_its_job_and_the_next_sync_completes(
@@ -76,28 +80,67 @@ def test_qemu_killed_next_sync_reads_everything(tmp_path: Path) -> None:
 
 @dataclass
 class Over:
-    """The repository a kill test syncs to: locally, or over SFTP (a real sshd, the
-    device's confined account); ``root`` is its directory, ``reader`` reads it there."""
+    """The repository a kill test syncs to: locally, over SFTP (a real sshd, the device's
+    confined account) or on S3 (SeaweedFS, the device's own identity); ``root`` is its
+    directory (None on S3), ``reader`` reads it there (on S3: the admin's store)."""
 
     name: str
     remote: RemoteStore
-    root: Path
+    root: Path | None
     reader: RemoteStore
     server: SSHServer | None = None
     account: Account | None = None
+    s3: dict[str, str] | None = None
 
     def child(self, w: World, dom: object, kill_after: str | None = None) -> list[str]:
         return child_args(w, dom, kill_after=kill_after, server=self.server,
-                          account=self.account)
+                          account=self.account, s3=self.s3)
+
+    def leftovers(self, w: World) -> list[str]:
+        if self.root is not None:
+            return leftovers(self.root, w.a.id)
+        # S3: no temporaries; a killed upload of a large object is an incomplete
+        # multipart upload (the admin's listing shows it)
+        assert isinstance(self.reader, S3Store)
+        objects = [e.path for e in run(self.reader.list(layout.device_dir(w.a.id)))
+                   if e.path.endswith("/lock") or ".gone/" in e.path]
+        ups = self.reader.client.list_multipart_uploads(
+            Bucket=self.reader.target.bucket,
+            Prefix=self.reader.target.key(layout.device_dir(w.a.id)) + "/")
+        return sorted(objects + [u["Key"] for u in ups.get("Uploads", ())])
+
+    def plant(self, w: World, vm: str | None) -> None:
+        """What a kill leaves (:func:`plant_temporaries`); on S3 (no temporary names; a
+        pack is one PUT, under the multipart threshold) a lock set aside in
+        ``lock.gone/`` (``vm`` "lock.gone") by the device's identity, else nothing
+        (incomplete multipart uploads: test_s3_store.py)."""
+        if self.root is not None:
+            plant_temporaries(self.root, w.a.id, vm, self.account)
+        elif vm == "lock.gone":
+            run(self.remote.put_atomic(f"{layout.device_lock(w.a.id)}.gone/0123456789abcdef",
+                                       lock_document("killed", 0, "dead",
+                                                     me=Whoami("h", "m", "b", 1))))
 
     def verify(self, w: World, vm: str) -> maintenance.VerifyResult:
         return run(maintenance.verify(self.reader, w.a.signers, w.keys[vm], device=w.a.id,
                                       vm=vm))
 
 
-def repository(stack: contextlib.ExitStack, w: World, over: str) -> Over:
+def repository(stack: contextlib.ExitStack, w: World, over: str,
+               request: pytest.FixtureRequest | None = None) -> Over:
     if over == "local":
         return Over(over, w.remote, w.repo_dir, w.remote)
+    if over == "s3":
+        assert request is not None
+        s3: SeaweedFS = request.getfixturevalue("seaweedfs")
+        prefix = s3.prefix()
+        creds = s3.credentials_file(s3.add_device(prefix, w.a.id), w.tmp / "s3-credentials")
+        device = open_store(s3.url(prefix), s3_credentials=creds)
+        admin = s3.store(s3.admin, prefix)
+        stack.callback(lambda: run(close_store(device)))
+        stack.callback(lambda: run(close_store(admin)))
+        return Over(over, device, None, admin,
+                    s3={"url": s3.url(prefix), "credentials": str(creds)})
     server = stack.enter_context(ssh_server())
     account = server.add_device(w.a.id)
     remote = server.store(account)
@@ -180,7 +223,7 @@ def test_sync_killed_at_random_points(tmp_path: Path, over: str) -> None:
             f"ended: {hit}"
         final = w.sync(dom, remote=r.remote)
         assert final.seq > seqs[-1]
-        assert leftovers(r.root, w.a.id) == []  # swept by the locked run, unlocked
+        assert r.leftovers(w) == []  # swept by the locked run, unlocked
         assert unindexed(r.reader, w, dom.name()) == ({}, {})  # adopted by its index
         assert r.verify(w, dom.name()).seq == final.seq
         dest = tmp_path / "k.qcow2"
@@ -249,16 +292,16 @@ def plant_temporaries(root: Path, device: str, vm: str | None, account: Account 
 KILL_STEPS = ("keys", "lock", "pack", "index", "snapshot", "latest")  # keys: the first sync's
 
 
-@pytest.mark.parametrize("over", ["local", "sftp"])
-def test_sync_killed_after_each_write_step_leaves_nothing_behind(tmp_path: Path,
-                                                                 over: str) -> None:
+@pytest.mark.parametrize("over", ["local", "sftp", "s3"])
+def test_sync_killed_after_each_write_step_leaves_nothing_behind(
+        tmp_path: Path, over: str, request: pytest.FixtureRequest) -> None:
     """SIGKILL right after each write step (as orders_crash_driver.py does for a wipe);
     the next sync completes, leaves no temporary file, lock or unindexed pack, and the
     repository verifies."""
     with contextlib.ExitStack() as stack:
         w = stack.enter_context(world(tmp_path))
-        r = repository(stack, w, over)
-        remote, root = r.remote, r.root
+        r = repository(stack, w, over, request)
+        remote = r.remote
         dom = w.create("step", random_mib=24, data=[(0x61, 0, MIB)])
         for i, step in enumerate(KILL_STEPS):
             hmp_write(dom, f"write -P {0x40 + i:#x} {i * MIB} 65536")
@@ -267,13 +310,14 @@ def test_sync_killed_after_each_write_step_leaves_nothing_behind(tmp_path: Path,
             print(f"{over}: killed after {step}; steps done: {' '.join(done)}")
             assert p.returncode == -signal.SIGKILL and done[-1:] == [step], p.stderr
             if step == "pack":  # what a kill in the middle of uploads leaves as well
-                plant_temporaries(root, w.a.id, dom.name(), r.account)
+                r.plant(w, dom.name())
             if step == "lock":  # and one inside the lock's write (locally: killed there in
-                plant_temporaries(root, w.a.id, None, r.account)  # the tests before this)
+                r.plant(w, None)  # the tests before this)
             if step == "latest":  # and inside the unlock, the lock set aside
-                plant_temporaries(root, w.a.id, "lock.gone", r.account)
+                r.plant(w, "lock.gone")
+                assert r.leftovers(w) != []
             after = w.sync(dom, remote=remote)
-            assert leftovers(root, w.a.id) == [], step
+            assert r.leftovers(w) == [], step
             assert unindexed(remote, w, dom.name()) == ({}, {}), step
             v = run(maintenance.verify(remote, w.a.signers, w.keys[dom.name()],
                                        device=w.a.id, vm=dom.name()))

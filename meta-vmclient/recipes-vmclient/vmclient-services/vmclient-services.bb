@@ -201,6 +201,7 @@ RDEPENDS:${PN} += "\
     libvirt-python \
     openssh-ssh \
     python3-asyncio \
+    python3-boto3 \
     python3-core \
     python3-cryptography \
     python3-dbus-fast \

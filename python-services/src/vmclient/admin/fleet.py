@@ -206,6 +206,11 @@ async def cmd_revoke(args: argparse.Namespace, remote: RemoteStore) -> None:
     _rec, rev = await it.revoke(remote, k.admin, rec.device, args.reason, int(time.time()))
     say(f"device {rec.name} ({rec.device}) revoked on {_when(rev.revoked)}: "
         "no further orders")
+    if args.repo.startswith("s3://"):  # the device's own S3 identity goes (s3iam)
+        from . import s3iam
+        n = await s3iam.revoke(s3iam.s3_store(args, remote), rec.device)
+        say(f"S3 access removed: {n} access key(s) of {rec.name} deleted")
+        return
     plan = revocation(rec.device, args.server_keys)
     removed = await _remove_authorized_keys(args, plan.account)
     if removed:
