@@ -208,6 +208,8 @@ class Streams:
                 raise StreamError(vm, f"nbdkit for disk {disk} did not start: {tail}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), 0.05)
+        log.info("VM %s: nbdkit serves disk %s (ready in %.1f s)", vm, disk,
+                 loop.time() - deadline + READY_TIMEOUT)
         sdir_stat = sock.parent.stat()
         os.chown(sock, sdir_stat.st_uid, sdir_stat.st_gid)  # QEMU's, as its directory
         os.chmod(sock, 0o600)
