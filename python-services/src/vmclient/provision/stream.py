@@ -33,7 +33,7 @@ import site
 import sys
 from pathlib import Path
 
-from ..errors import VMClientError
+from ..errors import VMClientError, VMNotFound
 from ..host.files import check_ram_backed, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
@@ -183,14 +183,15 @@ class Streams:
         if exe is None:
             raise StreamError(vm, "nbdkit is not installed (packages nbdkit and its Python "
                               "plugin)")
-        for stale in (sock, pidfile):
+        bound = sock.with_suffix(".new")  # renamed to ``sock`` once QEMU may connect
+        for stale in (sock, pidfile, bound):
             stale.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(_python_path())}
         log_path = sock.with_suffix(".log")
         out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             proc = await asyncio.create_subprocess_exec(
-                exe, "--foreground", "--readonly", "--unix", str(sock), "--pidfile",
+                exe, "--foreground", "--readonly", "--unix", str(bound), "--pidfile",
                 str(pidfile), "python", str(PLUGIN), f"spec={spec}", env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
                 start_new_session=True)  # it outlives a provd restart: the VM reads it
@@ -211,8 +212,9 @@ class Streams:
         log.info("VM %s: nbdkit serves disk %s (ready in %.1f s)", vm, disk,
                  loop.time() - deadline + READY_TIMEOUT)
         sdir_stat = sock.parent.stat()
-        os.chown(sock, sdir_stat.st_uid, sdir_stat.st_gid)  # QEMU's, as its directory
-        os.chmod(sock, 0o600)
+        os.chown(bound, sdir_stat.st_uid, sdir_stat.st_gid)  # QEMU's, as its directory
+        os.chmod(bound, 0o600)
+        os.rename(bound, sock)
         return sock
 
     async def stop_serving(self, vm: str) -> None:
@@ -234,6 +236,8 @@ class Streams:
                     proc.kill()
                     await proc.wait()
             del self.procs[(name, disk)]
+        for stale in (*sdir.glob("*.pid"), *sdir.glob("*.sock")) if sdir.exists() else []:
+            stale.unlink(missing_ok=True)
 
     # -- the fill ------------------------------------------------------------------------
 
@@ -261,33 +265,18 @@ class Streams:
         bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
         sdir = prov.vm_dir(vm) / STREAM_DIR
         disks = sorted(p.stem for p in sdir.glob("*.json"))
-        try:
-            uuid = (await prov.hv.lookup_name(vm)).uuid
-            while True:
-                st = await pull_state(prov.hv, uuid, vm)
-                if not st.backed:
+        uuid = (await prov.hv.lookup_name(vm)).uuid
+        while True:
+            try:
+                if not await self._fill_step(vm, uuid, bandwidth, progress):
                     break
-                for disk in st.backed:
-                    await self.serve(vm, disk)  # a dead nbdkit comes back
-                if st.active and st.paused_io_error:
-                    if await self._reachable(vm):
-                        log.warning("VM %s: paused on a read error while streaming; the "
-                                    "repository answers again: resumed", vm)
-                        with contextlib.suppress(VMClientError):
-                            await prov.hv.resume(uuid, vm)
-                elif st.active:
-                    for disk in st.backed:
-                        if disk not in st.jobs:
-                            with contextlib.suppress(VMClientError):
-                                await block_pull(prov.hv, uuid, vm, disk, bandwidth)
-                    cur = sum(c for c, _e in st.jobs.values())
-                    end = sum(e for _c, e in st.jobs.values())
-                    if end:
-                        progress.done, progress.total = cur, end
-                        prov.report(progress)
-                await asyncio.sleep(self.poll)
-        except asyncio.CancelledError:
-            raise
+            except VMNotFound:
+                log.warning("VM %s was removed while its disks streamed in", vm)
+                await self.stop_serving(vm)
+                return
+            except VMClientError as exc:  # a race with a stop or start: look again
+                log.info("VM %s: fill: %s", vm, exc)
+            await asyncio.sleep(self.poll)
         await self.stop_serving(vm)
         shutil.rmtree(sdir, ignore_errors=True)
         progress.done = progress.total
@@ -296,6 +285,30 @@ class Streams:
         log.info("VM %s: every disk is local (%s); it no longer needs the network", vm,
                  ", ".join(disks))
         self.done[vm].set()
+
+    async def _fill_step(self, vm: str, uuid: str, bandwidth: int, progress: Progress) -> bool:
+        """One look at the fill; False once no disk is backed by its export any more."""
+        prov = self.prov
+        st = await pull_state(prov.hv, uuid, vm)
+        if not st.backed:
+            return False
+        for disk in st.backed:
+            await self.serve(vm, disk)  # a dead nbdkit comes back
+        if st.active and st.paused_io_error:
+            if await self._reachable(vm):
+                log.warning("VM %s: paused on a read error while streaming; the repository "
+                            "answers again: resumed", vm)
+                await prov.hv.resume(uuid, vm)
+        elif st.active:
+            for disk in st.backed:
+                if disk not in st.jobs:
+                    await block_pull(prov.hv, uuid, vm, disk, bandwidth)
+            cur = sum(c for c, _e in st.jobs.values())
+            end = sum(e for _c, e in st.jobs.values())
+            if end:
+                progress.done, progress.total = cur, end
+                prov.report(progress)
+        return True
 
     async def _reachable(self, vm: str) -> bool:
         receiver = self.prov.receiver
