@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -21,7 +21,7 @@ from vmclient.provision.domainxml import DiskBinding, domain_xml
 from vmclient.provision.installer import Provisioner
 from vmclient.provision.receiver import Receiver
 from vmclient.store import crypto, layout
-from vmclient.store.chunker import Chunker
+from vmclient.store.chunker import Chunk, Chunker
 from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.documents import Pointer, WrappedKey
 from vmclient.store.objects import ChunkMap, Manifest
@@ -86,18 +86,36 @@ async def put_vm_snapshot(env: Env, root: Path, vm: str, data: bytes, keys: cryp
                           *, seq: int = 1) -> Manifest:
     """Laptop A's sync of ``vm`` (one system disk holding ``data``), written as the sync
     engine writes it: packs + index, snapshot, wrapped key, ``latest``."""
+    return await put_snapshot_of(env, root, vm, len(data),
+                                 (data[o:o + CHUNK] for o in range(0, len(data), CHUNK)), keys,
+                                 seq=seq)
+
+
+async def put_snapshot_of(env: Env, root: Path, vm: str, size: int, pieces: Iterable[bytes],
+                          keys: crypto.KeySet, *, seq: int = 1) -> Manifest:
+    """:func:`put_vm_snapshot` of a disk given as its 64 KiB pieces (made as they are read)."""
     local = LocalDirStore(root)
     dev = env.device.device_id()
     chunker = Chunker(keys.chunk_id, CHUNK)
-    chunks = [chunker.chunk(i, data[o:o + CHUNK]) for i, o in enumerate(range(0, len(data), CHUNK))]
-    await ChunkStore(local, layout.vm_store(dev, vm), keys, pack_target=1 << 20).upload(
-        [c for c in chunks if not c.is_zero], {})
+    ids: list[bytes] = []
+
+    def chunks() -> Iterator[Chunk]:
+        for i, piece in enumerate(pieces):
+            c = chunker.chunk(i, piece)
+            ids.append(c.id)
+            if not c.is_zero:
+                yield c
+
+    await ChunkStore(local, layout.vm_store(dev, vm), keys, pack_target=8 << 20).upload(
+        chunks(), {})
     text = recipe_text(vm)
     uuid = str(uuidlib.uuid4())
-    old = domain_xml(spec.parse(text, "recipe"), uuid=uuid, networks={"business": "old-net", "private": "old-p"}, cpu=env.cfg.cpu_profile(),
+    old = domain_xml(spec.parse(text, "recipe"), uuid=uuid,
+                     networks={"business": "old-net", "private": "old-p"},
+                     cpu=env.cfg.cpu_profile(),
                      disks={"system": DiskBinding(PurePosixPath("/old/system.qcow2"), uuid)})
     m = Manifest("snapshot", vm, f"{seq:010d}", seq, int(time.time()), keys.check,
-                 (ChunkMap("vda", "system", len(data), CHUNK, tuple(c.id for c in chunks)),),
+                 (ChunkMap("vda", "system", size, CHUNK, tuple(ids)),),
                  device=dev, meta={"recipe": text, "uuid": uuid, "domain": old})
     digest = await put_snapshot(local, env.device.signing(), keys, m)
     await put_wrapped_key(local, layout.vm_key(dev, vm, env.device.wrapping_id()),
