@@ -159,3 +159,53 @@ async def streamed(tmp: Path) -> AsyncIterator[Streamed]:
                 yield Streamed(env, server, account, config, prov, crypto.KeySet.generate())
             finally:
                 await close_store(remote)
+
+
+# A boot sector that checks its own disk, forever (GNU as, .code16, linked at 0x7c00):
+# each pass reads sectors 64 .. end_lba-1 with int 13h AH=42h, 64 at a time, adds them up
+# as 32-bit little-endian words and compares the sum with ``expected``; it counts passes
+# that matched at 0x504, that did not at 0x506, and BIOS read errors at 0x508 (words;
+# 0x500 holds "VMCT").  ``expected`` is at offset 0x1a0 of the sector, ``end_lba`` at 0x1a4.
+# Source: .code16; cli; xor ax,ax; mov ds/ss,ax; mov sp,0x7c00; sti; save dl at 0x600;
+# pass: ebx=0, lba(0x590)=64; next: DAP at 0x580 {0x10,0,64 sectors,0000:1000 (seg 0x1000),
+# lba}; int 13h; jc error; ds=0x1000; si=0; cx=8192; sum: lodsd; add ebx,eax; loop sum;
+# lba+=64; cmp lba,end_lba; jb next; cmp ebx,expected; jne bad; inc [0x504]; jmp pass;
+# bad: inc [0x506]; jmp pass; error: inc [0x508]; jmp pass.
+CHECKER = bytes.fromhex(
+    "fa31c08ed88ed0bc007cfb8816000666c7060005564d4354c70604050000c706"
+    "06050000c706080500006631db66c706900540000000be8005c60410c6440100"
+    "c744024000c744040000c74406001066a190056689440866c7440c00000000b4"
+    "428a160006cd1372371eb800108ed831f6b9002066ad6601c3e2f91f66830690"
+    "054066a19005663b06a47d72a9663b1ea07d7506ff060405eb90ff060605eb8a"
+    "ff060805eb84")
+
+
+def checking_disk(mib: int, seed: int = 5) -> bytes:
+    """A disk whose boot sector checks the rest of it (:data:`CHECKER`); every chunk after
+    the first holds random data, so none is answered as zeros."""
+    import struct
+
+    body = random_bytes(mib * (1 << 20) - 32768, seed)
+    total = sum(struct.unpack(f"<{len(body) // 4}I", body)) & 0xFFFFFFFF
+    sector = bytearray(512)
+    sector[:len(CHECKER)] = CHECKER
+    sector[0x1A0:0x1A8] = struct.pack("<II", total, mib * 2048)
+    sector[510:] = b"\x55\xaa"
+    return bytes(sector).ljust(32768, b"\0") + body
+
+
+def random_bytes(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def guest_counters(dom: object) -> tuple[int, int, int, bool]:
+    """(passes that matched, passes that did not, read errors, the checker runs) of
+    :data:`CHECKER`."""
+    import libvirt_qemu
+
+    out = libvirt_qemu.qemuMonitorCommand(dom, "xp /5hx 0x500",
+                                          libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    words = [int(w, 16) for w in out.split(":", 1)[1].split()]
+    return words[2], words[3], words[4], words[:2] == [0x4D56, 0x5443]

@@ -262,13 +262,12 @@ class Streams:
         prov = self.prov
         progress = Progress(vm=vm)
         progress.begin("fill", 0)
-        bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
         sdir = prov.vm_dir(vm) / STREAM_DIR
         disks = sorted(p.stem for p in sdir.glob("*.json"))
         uuid = (await prov.hv.lookup_name(vm)).uuid
         while True:
             try:
-                if not await self._fill_step(vm, uuid, bandwidth, progress):
+                if not await self._fill_step(vm, uuid, progress):
                     break
             except VMNotFound:
                 log.warning("VM %s was removed while its disks streamed in", vm)
@@ -286,7 +285,7 @@ class Streams:
                  ", ".join(disks))
         self.done[vm].set()
 
-    async def _fill_step(self, vm: str, uuid: str, bandwidth: int, progress: Progress) -> bool:
+    async def _fill_step(self, vm: str, uuid: str, progress: Progress) -> bool:
         """One look at the fill; False once no disk is backed by its export any more."""
         prov = self.prov
         st = await pull_state(prov.hv, uuid, vm)
@@ -300,6 +299,7 @@ class Streams:
                             "answers again: resumed", vm)
                 await prov.hv.resume(uuid, vm)
         elif st.active:
+            bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
             for disk in st.backed:
                 if disk not in st.jobs:
                     await block_pull(prov.hv, uuid, vm, disk, bandwidth)

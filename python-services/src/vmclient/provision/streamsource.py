@@ -29,7 +29,8 @@ from .streamcore import CACHE_CHUNKS, ChunkLRU, chunk_length, pieces, retry_dela
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-READAHEAD = 32  # chunks fetched past a read that ends where the next one begins (2 MiB)
+READAHEAD = 128  # chunks kept fetched past a sequential read (the pull): 8 MiB
+BATCH = 32  # chunks per readahead fetch (2 MiB): several are in flight at once
 
 
 class ChunkSource:
@@ -96,9 +97,10 @@ class ChunkSource:
         extra = [i for i in ahead if i not in self.cache and i not in self._inflight
                  and self.ids[i] != ZERO_ID]
         if fetch_now:
-            self._start(fetch_now + extra)
-        elif extra and len(extra) >= READAHEAD // 2:
-            self._start(extra)
+            self._start(fetch_now)
+        if extra and (fetch_now or len(extra) >= BATCH):
+            for b in range(0, len(extra), BATCH):  # separate ranged reads, in parallel
+                self._start(extra[b:b + BATCH])
         for i in wanted:
             if i not in out:
                 out[i] = await asyncio.shield(self._inflight[i])
