@@ -13,12 +13,15 @@ import dataclasses
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import libvirt
 import pytest
-from fixtures_virt import URI
+from fixtures_bus import PrivateSystemBus
+from fixtures_virt import URI, scaled
 from provision_env import need_tools
 from stream_env import (
     checking_disk,
@@ -29,7 +32,7 @@ from stream_env import (
     streamed,
 )
 
-from testlib import need
+from testlib import SERVICES, need, vmclientctl
 from vmclient.provision import qemuimg
 from vmclient.provision.stream import STREAM_DIR, Streams
 from vmclient.store import layout
@@ -62,7 +65,7 @@ async def test_a_guest_checks_its_streamed_disk_pauses_without_the_link_and_resu
     snapshot's, the backing chain is gone and nbdkit stopped."""
     async with streamed(tmp_path) as s:
         vm = s.env.name("st")
-        data = checking_disk(24)  # more than the read-ahead: the first pass needs the link
+        data = checking_disk(12)  # more than the read-ahead: the first pass needs the link
         await put_vm_snapshot(s.env, s.server.repo, vm, data, s.keys)
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         raw = tmp_path / "snapshot.raw"
@@ -114,10 +117,24 @@ async def wait_for(what: str, cond, limit: float = 60.0) -> None:  # type: ignor
         await asyncio.sleep(0.1)
 
 
-async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(tmp_path: Path) -> None:
-    """The fill survives nbdkit killed, and QEMU + provd gone (power loss: a new provd
-    resumes it when the VM starts again); at the end the disk is the snapshot's, and the
-    VM never got an I/O error event (the firmware-only guest reads nothing meanwhile)."""
+def start_provd(config: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vmclient.provision.daemon", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 30
+    while vmclientctl("vm", "list", env=env).returncode != 0:
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
+    return proc
+
+
+async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
+        system_bus: PrivateSystemBus, tmp_path: Path) -> None:
+    """``vmclientctl vm restore --stream`` through provd on the system bus; the fill
+    survives nbdkit killed, and a power loss (provd, its nbdkit and QEMU gone at once: the
+    next provd takes the fill up when the VM starts again).  At the end the disk is the
+    snapshot's, and the VM never got an I/O error event (the firmware-only guest reads
+    nothing meanwhile)."""
     async with streamed(tmp_path) as s:
         vm = s.env.name("sf")
         data = disk_bytes(8, seed=9)
@@ -125,11 +142,19 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(tmp_path: Path) ->
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         raw = tmp_path / "snapshot.raw"
         raw.write_bytes(data)
-        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=1.0)  # ~8 s: time for faults
-        streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
-        installed = await streams.restore(vm)
+        # ~4 s of fill at 2 MiB/s: time for the faults
+        s.config.write_text(s.config.read_text().replace("staging_mib = 8\n",
+                                                         "staging_mib = 8\nfill_mib_s = 2.0\n"))
+        env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
+        log_path = tmp_path / "provd.log"
+        provd = start_provd(s.config, env, log_path)
         conn = libvirt.open(URI)
         try:
+            r = vmclientctl("vm", "restore", vm, "--stream", env=env, timeout=scaled(240))
+            assert r.returncode == 0, r.stderr + log_path.read_text()
+            assert f"{vm}: business VM, running" in r.stdout
+            assert "its disks fill in the background" in r.stderr
+            installed = await s.prov.get(vm)
             errors = io_errors(conn, vm)
             sdir = s.prov.vm_dir(vm) / STREAM_DIR
 
@@ -145,26 +170,30 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(tmp_path: Path) ->
             os.kill(pid, signal.SIGKILL)
             await wait_for("nbdkit back", lambda: _async(
                 (sdir / "vda.pid").exists() and int((sdir / "vda.pid").read_text()) != pid))
-            # 2. power loss: QEMU and provd (with its nbdkit) gone at once
-            await wait_for("the fill to go on", await progressed(4 << 20))
-            await streams.close()
-            await streams.stop_serving(vm)
+            # 2. power loss: QEMU, provd and its nbdkit gone at once
+            await wait_for("the fill to go on", await progressed(5 << 20))
+            provd.kill()
+            provd.wait()
+            os.kill(int((sdir / "vda.pid").read_text()), signal.SIGKILL)
             await s.env.hv.destroy(installed.uuid, vm)
             assert sdir.exists()
-            streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
-            assert await streams.resume_all() == [vm]
+            provd = start_provd(s.config, env, log_path)
             await wait_for("nbdkit serving again", lambda: _async((sdir / "vda.sock").exists()))
-            await s.prov.start(vm)
-            async with asyncio.timeout(120):
-                await streams.done[vm].wait()
-            assert not sdir.exists()
+            r = vmclientctl("vm", "start", vm, env=env, timeout=scaled(120))
+            assert r.returncode == 0, r.stderr
+            await wait_for("the fill to end", lambda: _async(not sdir.exists()), limit=120)
             assert errors == []
         finally:
             conn.close()
+            provd.send_signal(signal.SIGTERM)
+            assert provd.wait(30) == 0, log_path.read_text()
+        text = log_path.read_text()
+        assert "Traceback" not in text, text
+        assert f"streamed restores resumed: {vm}" in text
+        assert f"VM {vm}: every disk is local (vda)" in text
         await s.env.hv.destroy(installed.uuid, vm)
         (disk,) = [Path(p) for p in installed.disks.values()]
         assert await qemuimg.identical(disk, s.keys.passphrase(), raw)
-        await streams.close()
 
 
 async def _async(value: bool) -> bool:

@@ -87,3 +87,12 @@ def test_a_bad_spec_is_named(change: dict[str, object], problem: str) -> None:
         spec(**change)
     with pytest.raises(StreamSpecError, match="not JSON"):
         StreamSpec.parse(b"{", "spec.json")
+
+
+def test_every_progress_phase_has_its_dbus_enum_value() -> None:
+    """provd reports the phases by their index: the D-Bus enum must name each (a streamed
+    restore's Stream and Fill were missing: RestoreStreamed failed with 'STREAM')."""
+    from vmclient.provision.progress import PHASES
+    from vmclient.provision.service import Phase
+
+    assert [p.name.lower() for p in Phase] == list(PHASES)

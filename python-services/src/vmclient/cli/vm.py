@@ -12,7 +12,6 @@ progress on stderr: bytes, rate and ETA.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 import time
@@ -68,8 +67,6 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--stream", action="store_true",
                    help="start the VM within seconds while its disks stream in from the "
                         "datacenter (filled in the background)")
-    c.add_argument("--wait", action="store_true",
-                   help="with --stream: show the fill's progress until every disk is local")
     c.set_defaults(func=restore, render=render_vm)
     c = cmds.add_parser("upgrade", help="new system disk from the catalog; user disks kept")
     c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
@@ -295,27 +292,9 @@ async def _restore_streamed(args: argparse.Namespace) -> dict[str, Any]:
     async with bus.connected() as b:
         async with _progress(b):
             await _call(b, "RestoreStreamed", "sss", [args.vm, args.snapshot, args.from_device])
-            if args.wait:
-                await _fill_done(b, args.vm)
+        print(f"{args.vm}: running; its disks fill in the background (provd's Phase Fill)",
+              file=sys.stderr)
         return await _find(b, args.vm)
-
-
-async def _fill_done(b: Any, vm: str) -> None:
-    """Until provd reports the fill of ``vm`` finished (Phase leaves Fill)."""
-    fill, done = PHASES.index("fill"), asyncio.Event()
-    seen = {"fill": False}
-
-    def on_change(changed: dict[str, Any]) -> None:
-        if changed.get("CurrentVM", vm) != vm:
-            return
-        if changed.get("Phase") == fill:
-            seen["fill"] = True
-        elif "Phase" in changed and seen["fill"]:
-            done.set()
-
-    async with bus.properties_watched(b, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
-                                      on_change):
-        await done.wait()
 
 
 async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -41,6 +41,8 @@ class Phase(enum.IntEnum):
     DOWNLOAD = 3
     ASSEMBLE = 4
     DEFINE = 5
+    STREAM = 6
+    FILL = 7
 
 
 class ProvisioningInterface(ServiceInterface):
