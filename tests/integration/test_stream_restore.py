@@ -65,7 +65,7 @@ async def test_a_guest_checks_its_streamed_disk_pauses_without_the_link_and_resu
     snapshot's, the backing chain is gone and nbdkit stopped."""
     async with streamed(tmp_path) as s:
         vm = s.env.name("st")
-        data = checking_disk(12)  # more than the read-ahead: the first pass needs the link
+        data = checking_disk(24)  # more than the read-ahead: the first pass needs the link
         await put_vm_snapshot(s.env, s.server.repo, vm, data, s.keys)
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         raw = tmp_path / "snapshot.raw"

@@ -19,7 +19,7 @@ from ..errors import VMClientError
 
 SPEC_VERSION = 1
 READ_TIMEOUT = 30.0  # seconds a guest read waits for an unreachable repository
-CACHE_CHUNKS = 512  # 32 MiB of 64 KiB chunks: the read-ahead window (8 MiB) and more
+CACHE_CHUNKS = 1024  # 64 MiB of 64 KiB chunks: the read-ahead window (16 MiB) and more
 
 
 class StreamSpecError(VMClientError):

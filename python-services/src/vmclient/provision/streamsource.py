@@ -29,8 +29,8 @@ from .streamcore import CACHE_CHUNKS, ChunkLRU, chunk_length, pieces, retry_dela
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-READAHEAD = 128  # chunks kept fetched past a sequential read (the pull): 8 MiB
-BATCH = 32  # chunks per readahead fetch (2 MiB): several are in flight at once
+READAHEAD = 256  # chunks kept fetched past a sequential read (the pull): 16 MiB
+BATCH = 64  # chunks per readahead fetch (4 MiB): several are in flight at once
 
 
 class ChunkSource:
