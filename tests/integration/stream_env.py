@@ -5,6 +5,7 @@ streamed restore (issue 19)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import time
@@ -92,12 +93,15 @@ async def put_vm_snapshot(env: Env, root: Path, vm: str, data: bytes, keys: cryp
 
 
 async def put_snapshot_of(env: Env, root: Path, vm: str, size: int, pieces: Iterable[bytes],
-                          keys: crypto.KeySet, *, seq: int = 1) -> Manifest:
-    """:func:`put_vm_snapshot` of a disk given as its 64 KiB pieces (made as they are read)."""
+                          keys: crypto.KeySet, *, seq: int = 1, memory: bytes = b"",
+                          uuid: str = "", domain: str = "") -> Manifest:
+    """:func:`put_vm_snapshot` of a disk given as its 64 KiB pieces (made as they are read);
+    with ``memory``, the memory image of domain ``domain`` (its XML, UUID ``uuid``)."""
     local = LocalDirStore(root)
     dev = env.device.device_id()
     chunker = Chunker(keys.chunk_id, CHUNK)
     ids: list[bytes] = []
+    mem_ids: list[bytes] = []
 
     def chunks() -> Iterator[Chunk]:
         for i, piece in enumerate(pieces):
@@ -105,18 +109,27 @@ async def put_snapshot_of(env: Env, root: Path, vm: str, size: int, pieces: Iter
             ids.append(c.id)
             if not c.is_zero:
                 yield c
+        for i, o in enumerate(range(0, len(memory), CHUNK)):
+            c = chunker.chunk(i, memory[o:o + CHUNK])
+            mem_ids.append(c.id)
+            if not c.is_zero:
+                yield c
 
     await ChunkStore(local, layout.vm_store(dev, vm), keys, pack_target=8 << 20).upload(
         chunks(), {})
     text = recipe_text(vm)
-    uuid = str(uuidlib.uuid4())
-    old = domain_xml(spec.parse(text, "recipe"), uuid=uuid,
-                     networks={"business": "old-net", "private": "old-p"},
-                     cpu=env.cfg.cpu_profile(),
-                     disks={"system": DiskBinding(PurePosixPath("/old/system.qcow2"), uuid)})
+    uuid = uuid or str(uuidlib.uuid4())
+    old = domain or domain_xml(
+        spec.parse(text, "recipe"), uuid=uuid, networks={"business": "old-net", "private": "old-p"},
+        cpu=env.cfg.cpu_profile(),
+        disks={"system": DiskBinding(PurePosixPath("/old/system.qcow2"), uuid)})
+    meta = {"recipe": text, "uuid": uuid, "domain": old}
+    disks = [ChunkMap("vda", "system", size, CHUNK, tuple(ids))]
+    if memory:
+        disks.append(ChunkMap("memory", "memory", len(memory), CHUNK, tuple(mem_ids)))
+        meta["memory_sha256"] = hashlib.sha256(memory).hexdigest()
     m = Manifest("snapshot", vm, f"{seq:010d}", seq, int(time.time()), keys.check,
-                 (ChunkMap("vda", "system", size, CHUNK, tuple(ids)),),
-                 device=dev, meta={"recipe": text, "uuid": uuid, "domain": old})
+                 tuple(disks), device=dev, meta=meta)
     digest = await put_snapshot(local, env.device.signing(), keys, m)
     await put_wrapped_key(local, layout.vm_key(dev, vm, env.device.wrapping_id()),
                           env.device.signing(),

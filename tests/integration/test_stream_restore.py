@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+import uuid as uuidlib
+from pathlib import Path, PurePosixPath
 
 import libvirt
 import pytest
@@ -24,16 +25,21 @@ from fixtures_bus import PrivateSystemBus
 from fixtures_virt import URI, scaled
 from provision_env import need_tools
 from stream_env import (
+    CHUNK,
+    Streamed,
     checking_disk,
     disk_bytes,
     give_to,
     guest_counters,
+    put_snapshot_of,
     put_vm_snapshot,
+    recipe_text,
     streamed,
 )
 
 from testlib import SERVICES, need, vmclientctl
-from vmclient.provision import qemuimg
+from vmclient.provision import qemuimg, spec
+from vmclient.provision.domainxml import DiskBinding, domain_xml
 from vmclient.provision.stream import STREAM_DIR, Streams
 from vmclient.store import layout
 from vmclient.virt.stream import nbd_backed, pull_state
@@ -130,7 +136,8 @@ def start_provd(config: Path, env: dict[str, str], log_path: Path) -> subprocess
 
 async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
-    """``vmclientctl vm restore --stream`` through provd on the system bus; the fill
+    """``vmclientctl vm restore --stream`` through provd on the system bus, of a snapshot
+    with memory (downloaded whole first, then the VM restored running from it); the fill
     survives nbdkit killed, and a power loss (provd, its nbdkit and QEMU gone at once: the
     next provd takes the fill up when the VM starts again).  At the end the disk is the
     snapshot's, and the VM never got an I/O error event (the firmware-only guest reads
@@ -138,10 +145,13 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
     async with streamed(tmp_path) as s:
         vm = s.env.name("sf")
         data = disk_bytes(8, seed=9)
-        await put_vm_snapshot(s.env, s.server.repo, vm, data, s.keys)
-        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         raw = tmp_path / "snapshot.raw"
         raw.write_bytes(data)
+        memory, uuid, live = await saved_on_a(s, vm, raw)  # it resumes where it was
+        await put_snapshot_of(s.env, s.server.repo, vm, len(data),
+                              (data[o:o + CHUNK] for o in range(0, len(data), CHUNK)), s.keys,
+                              memory=memory, uuid=uuid, domain=live)
+        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         # ~4 s of fill at 2 MiB/s: time for the faults
         s.config.write_text(s.config.read_text().replace("staging_mib = 8\n",
                                                          "staging_mib = 8\nfill_mib_s = 2.0\n"))
@@ -155,6 +165,11 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
             assert f"{vm}: business VM, running" in r.stdout
             assert "its disks fill in the background" in r.stderr
             installed = await s.prov.get(vm)
+            assert installed.uuid == uuid
+            # from its memory image: restored, not booted
+            assert conn.lookupByName(vm).state() == [libvirt.VIR_DOMAIN_RUNNING,
+                                                     libvirt.VIR_DOMAIN_RUNNING_RESTORED]
+            assert not list(s.env.cfg.staging_dir.glob("*.save"))  # plaintext RAM gone
             errors = io_errors(conn, vm)
             sdir = s.prov.vm_dir(vm) / STREAM_DIR
 
@@ -194,6 +209,36 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
         await s.env.hv.destroy(installed.uuid, vm)
         (disk,) = [Path(p) for p in installed.disks.values()]
         assert await qemuimg.identical(disk, s.keys.passphrase(), raw)
+
+
+async def saved_on_a(s: Streamed, vm: str, raw: Path) -> tuple[bytes, str, str]:
+    """Laptop A's VM as provisioning defines it, its disk holding ``raw``, running, then
+    saved: (its memory image, its UUID, its live XML)."""
+    pp = s.keys.passphrase()
+    await s.prov.ensure_network("business")
+    s.env.cfg.images_dir.mkdir(parents=True, exist_ok=True)
+    a_disk = s.env.cfg.images_dir / f"{vm}-a.qcow2"
+    await qemuimg.convert(raw, "raw", a_disk, pp)
+    secret, uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    xml = domain_xml(spec.parse(recipe_text(vm), "recipe"), uuid=uuid, networks=s.prov.networks,
+                     cpu=s.env.cfg.cpu_profile(),
+                     disks={"system": DiskBinding(PurePosixPath(a_disk), secret)})
+    save = Path("/dev/shm") / f"{vm}.save"
+    conn = libvirt.open(URI)
+    try:
+        await s.env.hv.define(xml, vm)
+        async with s.env.hv.ephemeral_secrets([secret], pp, vm):
+            dom = conn.lookupByName(vm)
+            dom.create()
+        live = dom.XMLDesc(0)
+        dom.save(str(save))
+        dom.undefine()
+    finally:
+        conn.close()
+        a_disk.unlink(missing_ok=True)
+    memory = save.read_bytes()
+    save.unlink()
+    return memory, uuid, live
 
 
 async def _async(value: bool) -> bool:
