@@ -176,7 +176,7 @@ async def download(prov: Provisioner, remote: RemoteStore, root: str, keys: cryp
     prov.report(progress)
     verified: list[tuple[bytes, int, memoryview]] = []
     try:
-        async for cid, ref, sealed, _data in _blobs(store, plan):
+        async for cid, ref, sealed, _data in fetch_blobs(store, plan):
             verified.append((cid, ref.plain_length, sealed))
             progress.done += ref.length
             if len(verified) >= 128:
@@ -189,7 +189,7 @@ async def download(prov: Provisioner, remote: RemoteStore, root: str, keys: cryp
     prov.report(progress)
 
 
-async def _blobs(store: ChunkStore, plan: DownloadPlan
+async def fetch_blobs(store: ChunkStore, plan: DownloadPlan
                  ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
     try:
         async for item in store.fetch_blobs(plan):
@@ -299,4 +299,5 @@ def write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest:
     return h.hexdigest()
 
 
-__all__ = ["Prepared", "RestoreError", "download", "prepare", "restore", "write_memory"]
+__all__ = ["Prepared", "RestoreError", "download", "fetch_blobs", "prepare", "restore",
+           "write_memory"]

@@ -1,6 +1,6 @@
 """Chunks of a snapshot's disk on demand, for the nbdkit plugin's ``pread`` (any thread).
 
-Every chunk comes through :meth:`ChunkStore.fetch` (:func:`vmclient.sync.restore.fetch`):
+Every chunk comes through :meth:`ChunkStore.fetch_blobs` (:func:`.restore.fetch_blobs`):
 read from its pack, decrypted, its length and HMAC checked, exactly as a full
 restore does.  A read of chunks not yet here waits while the repository is
 unreachable, retrying (:func:`~.streamcore.retry_delays`) for at most the spec's
@@ -24,7 +24,7 @@ from ..store.errors import RemoteIntegrityError
 from ..store.objects import BASE_ID, ZERO_ID, BlobRef
 from ..store.plan import DownloadPlan, plan_reads
 from ..store.remote import RemoteStore
-from ..sync.restore import fetch
+from .restore import fetch_blobs
 from .streamcore import CACHE_CHUNKS, ChunkLRU, chunk_length, pieces, retry_delays
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class ChunkSource:
         refs = {cid: self.index[cid] for cid in by_id}
         plan = DownloadPlan(plan_reads(refs), frozenset(), len(refs))
         got: dict[bytes, bytes] = {}
-        async for cid, data in fetch(self.store, plan):
+        async for cid, _ref, _sealed, data in fetch_blobs(self.store, plan):
             got[cid] = data
         self.fetched += len(got)
         return got
