@@ -43,7 +43,7 @@ import logging
 import os
 import shutil
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -190,7 +190,7 @@ async def download(prov: Provisioner, remote: RemoteStore, root: str, keys: cryp
 
 
 async def fetch_blobs(store: ChunkStore, plan: DownloadPlan
-                 ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
+                      ) -> AsyncGenerator[tuple[bytes, BlobRef, memoryview, bytes], None]:
     try:
         async for item in store.fetch_blobs(plan):
             yield item

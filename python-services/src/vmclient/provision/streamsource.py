@@ -12,9 +12,9 @@ and never served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -143,27 +143,30 @@ class ChunkSource:
         refs = {cid: self.index[cid] for cid in by_id}
         plan = DownloadPlan(plan_reads(refs), frozenset(), len(refs))
         got: dict[bytes, bytes] = {}
-        async for cid, _ref, _sealed, data in fetch_blobs(self.store, plan):
-            got[cid] = data
+        async with contextlib.aclosing(fetch_blobs(self.store, plan)) as blobs:
+            async for cid, _ref, _sealed, data in blobs:
+                got[cid] = data
         self.fetched += len(got)
         return got
 
     async def _retrying(self, what: str, attempt: Any) -> Any:
-        """``attempt()`` until it works or the timeout ran out; an integrity error at once."""
+        """``attempt()`` until it works or the timeout ran out (a hanging attempt is cut at
+        the deadline too: the transport's own timeouts may be longer); an integrity error at
+        once."""
         delays = retry_delays(self.timeout)
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         while True:
             try:
-                return await attempt()
+                return await asyncio.wait_for(attempt(), max(0.1, deadline - loop.time()))
             except RemoteIntegrityError:
                 raise  # the stored data is not what was written: never served, never retried
             except Exception as exc:
                 delay = next(delays, None)
-                if delay is None:
-                    log.error("%s: %s still unreachable after %.0f s (%s): the read fails "
-                              "(the VM pauses)", self.store.root, what,
-                              time.monotonic() - started, exc)
+                if delay is None or loop.time() >= deadline:
+                    log.error("%s: %s still unreachable after %.0f s (%r): the read fails "
+                              "(the VM pauses)", self.store.root, what, self.timeout, exc)
                     raise
-                log.warning("%s: fetching %s failed (%s); again in %.1f s", self.store.root,
+                log.warning("%s: fetching %s failed (%r); again in %.1f s", self.store.root,
                             what, exc, delay)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
