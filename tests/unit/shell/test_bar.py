@@ -63,6 +63,15 @@ def test_an_install_in_progress_from_provd():
     assert install_text({"Phase": "x", "BytesTotal": "y"}) == ""
 
 
+def test_a_streamed_restore_in_progress_from_provd():
+    from vmclient.shell.bar import install_text
+
+    assert install_text({"Phase": 6, "CurrentVM": "crm"}) \
+        == "Restoring crm: starting from the datacenter"
+    assert install_text({"Phase": 7, "CurrentVM": "crm", "BytesDone": 1, "BytesTotal": 4}) \
+        == "Restoring crm: filling its disks 25%"
+
+
 def test_why_a_vm_is_paused_from_powerd():
     from vmclient.shell.bar import vm_detail
 

@@ -88,6 +88,17 @@ async def create(path: Path, size: int, passphrase: bytes) -> None:
                             "-o", _create_opts(), str(path), str(size)], passphrase, path)
 
 
+async def create_overlay(path: Path, size: int, passphrase: bytes, socket: Path) -> None:
+    """A new encrypted qcow2 whose backing image is the raw NBD export on ``socket`` (a
+    streamed restore).  The backing is not opened (``-u``): the size is given."""
+    if "," in str(socket) or "?" in str(socket) or "&" in str(socket):
+        raise DiskToolError("qemu-img", path, f"an NBD socket path may not contain , ? &: "
+                            f"{socket}")
+    await _run("qemu-img", ["create", "-q", "-f", "qcow2", *_SECRET, "-o", _create_opts(),
+                            "-u", "-b", f"nbd+unix:///?socket={socket}", "-F", "raw",
+                            str(path), str(size)], passphrase, path)
+
+
 def _create_opts() -> str:
     return (f"encrypt.format=luks,encrypt.key-secret=vmcsec0,encrypt.iter-time={ITER_TIME_MS},"
             "cluster_size=65536")
@@ -182,5 +193,5 @@ async def identical(path: Path, passphrase: bytes, raw: Path) -> bool:
     return True
 
 
-__all__ = ["DiskToolError", "convert", "create", "identical", "info", "read", "resize",
-           "write_runs"]
+__all__ = ["DiskToolError", "convert", "create", "create_overlay", "identical", "info", "read",
+           "resize", "write_runs"]
