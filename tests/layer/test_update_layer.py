@@ -98,6 +98,9 @@ def test_root_slots_hold_the_verified_root_of_one_fixed_size():
     a, b = parts["vmroot_a"], parts["vmroot_b"]
     assert "file=/deploy/vmclient-image-genericx86-64.rootfs.ext4.verity" in " ".join(a)
     assert "--source" not in b
+    # bootctl and systemd-bless-boot find the ESP by its type
+    esp = parts["ESP"]
+    assert esp[esp.index("--part-type") + 1] == "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
     assert bbvars.value(DISTRO, "VMCLIENT_ROOT_SLOT_SIZE").endswith("M")
     assert set(bbvars.words(IMAGE, "IMAGE_FSTYPES:append")) >= {"ext4", "verity"}
     salt = bbvars.value(IMAGE, "VERITY_SALT")

@@ -98,7 +98,7 @@ class VMClientUpdateTest(OERuntimeTestCase):
     @OETestDepends(['vmclient_update.VMClientUpdateTest.test_rauc_refuses_a_damaged_bundle_before_writing_a_slot'])
     def test_bundle_installs_into_slot_b_which_boots_verified_and_is_blessed(self):
         info = self.run_ok('rauc info %s' % BUNDLE, timeout=300)
-        self.assertIn("'verity'", info.replace('"', "'"), msg=info)
+        self.assertRegex(info, r'(?im)^\s*bundle format:\s+verity\b', msg=info)
         self.run_ok('rauc install %s' % BUNDLE, timeout=1800)
         self.assertEqual(self.entries(), ['vmclient-a.conf', 'vmclient-b+3.conf'])
         self.run_ok('test -s %s/EFI/vmclient/vmclient-b.efi' % ESP)
