@@ -478,3 +478,104 @@ def test_documented_build_commands_name_the_update_keyring_the_image_needs():
     for part in ("vmroot_a", "rauc-boot-backend", "vmclient-boot-check.service", "roothash=",
                  "VMCLIENT_RAUC_KEYRING", "Only on a build host"):
         assert part in plan, part
+
+
+# --- check-layer-resolve's bundle and verity rules, over resolved values -------------
+
+class _Resolved:
+    """The datastore calls the rules make, over values as bitbake resolves them."""
+
+    def __init__(self, values, flags=None, classes=()):
+        self.values = {**values, "__inherit_cache": [f"/layers/classes-recipe/{c}.bbclass" for c in classes]}
+        self.flags = flags or {}
+
+    def getVar(self, name, expand=True):  # bitbake's datastore API
+        return self.values.get(name)
+
+    def getVarFlag(self, name, flag):
+        return self.flags.get(name, {}).get(flag)
+
+    def getVarFlags(self, name):
+        return self.flags.get(name, {})
+
+
+class _Tinfoil:
+    def __init__(self, recipes, runtime=None):
+        self.recipes, self.runtime = recipes, runtime or {}
+
+    def parse_recipe(self, pn):
+        if pn not in self.recipes:
+            raise RuntimeError(f"Nothing PROVIDES '{pn}'")
+        return self.recipes[pn]
+
+    def get_runtime_providers(self, name):
+        return ([name], name) if name in self.runtime else ([], None)
+
+    def parse_recipe_file(self, fn):
+        return self.runtime[fn]
+
+
+KEYS = {"VMCLIENT_RAUC_KEY": "/keys/update.key", "VMCLIENT_RAUC_CERT": "/keys/update.crt"}
+# vmclient-bundle as the pinned meta-rauc and this layer resolve it
+BUNDLE_RESOLVED = {
+    "values": {**KEYS, "RAUC_BUNDLE_FORMAT": "verity", "RAUC_BUNDLE_SLOTS": "rootfs",
+               "RAUC_SLOT_rootfs": "vmclient-image", "VMCLIENT_ROOT_SLOTS": "a b",
+               "RAUC_BUNDLE_EXTRA_FILES": "vmclient-a.efi vmclient-b.efi",
+               "RAUC_BUNDLE_COMPATIBLE": "vmclient-genericx86-64",
+               "RAUC_KEY_FILE": "/keys/update.key", "RAUC_CERT_FILE": "/keys/update.crt"},
+    "flags": {"RAUC_SLOT_rootfs": {"fstype": "ext4.verity", "imagetype": "raw", "hooks": "post-install"},
+              "RAUC_BUNDLE_HOOKS": {"file": "vmclient-bundle-hook"}},
+}
+
+
+def _bundle_failures(m, values=None, flags=None, classes=("bundle",), recipes=None):
+    m.failures.clear()
+    bundle = _Resolved({**BUNDLE_RESOLVED["values"], **(values or {})},
+                       {**BUNDLE_RESOLVED["flags"], **(flags or {})}, classes)
+    cfg = _Resolved({"VMCLIENT_RAUC_COMPATIBLE": "vmclient-genericx86-64"})
+    m.check_bundle(_Tinfoil({"vmclient-bundle": bundle} if recipes is None else recipes), cfg)
+    return list(m.failures)
+
+
+def test_resolve_bundle_rule_wants_a_signed_verity_bundle_of_the_verified_root():
+    m = _resolve_module()
+    assert _bundle_failures(m) == []
+    assert any("verity format" in f for f in _bundle_failures(m, {"RAUC_BUNDLE_FORMAT": "plain"}))
+    assert any("verity format" in f for f in _bundle_failures(m, classes=()))
+    plain_root = {"RAUC_SLOT_rootfs": {"fstype": "ext4", "imagetype": "raw", "hooks": "post-install"}}
+    assert any("hash tree" in f for f in _bundle_failures(m, flags=plain_root))
+    assert any("UKI" in f for f in _bundle_failures(m, {"RAUC_BUNDLE_EXTRA_FILES": "vmclient-a.efi"}))
+    assert any("signed with" in f for f in _bundle_failures(m, {"RAUC_KEY_FILE": "/other.key"}))
+    # the pinned layers alone: no vmclient-bundle
+    assert any("recipe parses" in f for f in _bundle_failures(m, recipes={}))
+
+
+def _verity_failures(m, image_values=None, image_flags=None, classes=("image_types_verity", "uki",
+                                                                       "vmclient-ab-uki")):
+    m.failures.clear()
+    values = {"IMAGE_FSTYPES": "ext4 verity wic.zst wic.bmap", "__BBTASKS": ["do_uki", "do_image_verity"],
+              "VERITY_IMAGE_FSTYPE": "ext4", "VERITY_SALT": "8c" * 32, "CLASS_VERITY_SALT": "4e" * 32,
+              "IMAGE_TYPEDEP:wic": "verity", "INITRAMFS_IMAGE": "vmclient-initramfs", **(image_values or {})}
+    flags = {"do_uki": {"deps": ["do_rootfs", "do_image_verity"], "prefuncs": "vmclient_uki_first_slot",
+                        "postfuncs": "vmclient_uki_other_slots"},
+             "do_image_wic": {"deps": ["do_image", "do_image_verity"]}, **(image_flags or {})}
+    initramfs = _Resolved({"PACKAGE_INSTALL": "initramfs-framework-base initramfs-module-vmclient-verity"})
+    module = _Resolved({"RDEPENDS:initramfs-module-vmclient-verity": "cryptsetup initramfs-framework-base"})
+    m.check_verity(_Tinfoil({"vmclient-initramfs": initramfs},
+                            {"initramfs-module-vmclient-verity": module}),
+                   _Resolved(values, flags, classes))
+    return list(m.failures)
+
+
+def test_resolve_verity_rule_wants_the_hash_tree_before_the_ukis_and_the_disk():
+    m = _resolve_module()
+    assert _verity_failures(m) == []
+    # the image before the update: no verity class, the UKI right after do_rootfs
+    old = _verity_failures(m, {"IMAGE_FSTYPES": "wic.zst wic.bmap", "__BBTASKS": ["do_uki"],
+                               "INITRAMFS_IMAGE": "core-image-minimal-initramfs"},
+                           {"do_uki": {"deps": ["do_rootfs"]}, "do_image_wic": {"deps": ["do_image"]}},
+                           classes=("uki",))
+    assert len(old) >= 4, old
+    assert any("own salt" in f for f in _verity_failures(m, {"VERITY_SALT": "4e" * 32}))
+    assert any("after the hash tree" in f for f in _verity_failures(
+        m, image_flags={"do_image_wic": {"deps": ["do_image"]}}))
