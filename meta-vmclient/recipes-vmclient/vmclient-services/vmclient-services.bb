@@ -94,6 +94,7 @@ SYSTEMD_SERVICE:${PN} = "\
     vmclient-syncd.service \
     vmclient-recovery-key.service \
     vmclient-recovery-key.path \
+    vmclient-boot-check.service \
 "
 
 # vmclient-shell, the desktop (python-services/docs/shell.md): its own
