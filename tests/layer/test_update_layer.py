@@ -141,6 +141,9 @@ def test_bundle_is_a_signed_verity_bundle_of_the_root_with_every_slots_uki():
     assert 'RAUC_SLOT_rootfs[hooks] = "post-install"' in text
     assert "VMCLIENT_ROOT_SLOTS" in bbvars.value(BUNDLE, "RAUC_BUNDLE_EXTRA_FILES")
     assert "SkipRecipe(\"%s is not set" in text
+    # uncompressed and reproducible: the next release shares the unchanged chunks
+    assert "--mksquashfs-args='-noI -noD -noF -noX -all-root -mkfs-time 0'" in bbvars.value(
+        BUNDLE, "BUNDLE_ARGS")
 
 
 def test_bundle_hook_puts_the_new_slots_uki_on_the_esp(tmp_path):

@@ -25,6 +25,15 @@ RAUC_BUNDLE_FORMAT = "verity"
 # (bundle.bbclass)
 # nooelint: oelint.vars.mispell.unknown
 RAUC_BUNDLE_COMPATIBLE = "${VMCLIENT_RAUC_COMPATIBLE}"
+# An uncompressed squashfs, as the bundles the datacenter's repository holds
+# must be (python-services/docs/repository-format.md, "Host update bundles"):
+# a compressed one shifts every byte after a changed file, and the next
+# release would share almost no chunk with this one.  The repository
+# compresses each chunk itself.  No time stamp, owners root: the same
+# files give the same bytes.
+# (bundle.bbclass)
+# nooelint: oelint.vars.mispell.unknown
+BUNDLE_ARGS += "--mksquashfs-args='-noI -noD -noF -noX -all-root -mkfs-time 0'"
 # The image's version: system.conf refuses a bundle older than the running
 # image (min-bundle-version) unless IT orders the downgrade.
 # (bundle.bbclass)
