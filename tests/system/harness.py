@@ -351,6 +351,24 @@ def screen_args(vnc: bool = False) -> list[str]:
     return args + (["-display", "vnc=127.0.0.1:0,to=99"] if vnc else [])
 
 
+def usb_args() -> list[str]:
+    """QEMU arguments (for ``BootConfig.extra_args``) that give the booted host a USB
+    port: an xHCI controller (``id=xhci``), empty until ``plug_usb()`` plugs a device
+    in, as a person plugs a stick into a running laptop."""
+    return ["-device", "qemu-xhci,id=xhci"]
+
+
+def plug_usb(q: QMP, dev_id: str, driver: str, image: Path | None = None,
+             **props: Any) -> None:
+    """Plug a USB device into the xHCI of ``usb_args()``: ``driver`` is QEMU's
+    (``usb-storage`` backed by the raw file ``image``, ``usb-mtp``, ``usb-kbd``…)."""
+    if image is not None:
+        q.execute("blockdev-add", driver="raw", **{"node-name": f"{dev_id}-disk"},
+                  file={"driver": "file", "filename": str(image)})
+        props["drive"] = f"{dev_id}-disk"
+    q.execute("device_add", driver=driver, id=dev_id, bus="xhci.0", **props)
+
+
 def vnc_port(q: QMP) -> int | None:
     """The TCP port of the machine's VNC server, if it has one."""
     info = q.execute("query-vnc")
