@@ -15,7 +15,9 @@ from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunk, Chunker
 from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.errors import RemoteIntegrityError
+from vmclient.store.format import encode_payload
 from vmclient.store.objects import BlobRef, ChunkMap, Manifest
+from vmclient.store.pack import authenticate_blob, open_blob
 from vmclient.store.plan import plan_download
 from vmclient.store.remote import MemoryStore
 from vmclient.sync.restore import _write
@@ -154,6 +156,103 @@ def test_fetch_into_refuses_a_tampered_pack_and_names_it(keys: crypto.KeySet) ->
         assert pack in str(exc.value)
 
     run(go())
+
+
+def test_fetch_sealed_hands_on_every_blob_authenticated_and_still_sealed(
+        keys: crypto.KeySet) -> None:
+    chunks = chunks_of(keys, 40)
+
+    async def go() -> dict[bytes, bytes]:
+        store = MemoryStore()
+        cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20)
+        await cs.upload(chunks, {})
+        index = await cs.load_index()
+        plan = plan_download(manifest(keys, chunks), set(), index, store_path=ROOT,
+                             max_read=256 << 10)
+        got: dict[bytes, bytes] = {}
+        async for blobs in cs.fetch_sealed(plan, concurrency=3):
+            for cid, ref, sealed in blobs:
+                assert ref == index[cid]
+                got[cid] = open_blob(keys, cid, ref, sealed, "p")  # opened here, not before
+        return got
+
+    assert run(go()) == {c.id: c.data for c in chunks if not c.is_zero}
+
+
+def test_fetch_sealed_refuses_a_tampered_blob_after_handing_on_the_ones_before_it(
+        keys: crypto.KeySet) -> None:
+    chunks = chunks_of(keys, 40)
+
+    async def go() -> None:
+        store = MemoryStore()
+        cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
+        await cs.upload(chunks, {})
+        (pack,) = [p for p in store.objects if "/packs/" in p]
+        store.objects[pack] = flip(store.objects[pack], 5 * K + 100)  # in the fifth blob
+        plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
+                             store_path=ROOT)
+        got = []
+        with pytest.raises(RemoteIntegrityError, match="authentication failed") as exc:
+            async for blobs in cs.fetch_sealed(plan):
+                got += [cid for cid, _ref, _sealed in blobs]
+        assert pack in str(exc.value)
+        assert len(got) == 4  # the blobs before it, in its range
+
+    run(go())
+
+
+def test_fetch_sealed_hands_on_the_reads_in_flight_before_a_transport_error(
+        keys: crypto.KeySet) -> None:
+    """A dropped connection fails one read: what the others bring is kept for the resume."""
+    chunks = chunks_of(keys, 40)
+
+    class Dropping(MemoryStore):
+        reads = 0
+
+        async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+            if "/packs/" in path:
+                self.reads += 1
+                if self.reads == 2:
+                    raise ConnectionResetError("dropped")  # before the others arrive
+                await asyncio.sleep(0.01)
+            return await super().get(path, offset, length)
+
+    async def go() -> None:
+        store = Dropping()
+        cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20)
+        await cs.upload(chunks, {})
+        plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
+                             store_path=ROOT, max_read=4 * (K + 64))
+        got = []
+        with pytest.raises(ConnectionResetError):
+            async for blobs in cs.fetch_sealed(plan, concurrency=3):
+                got += [cid for cid, _ref, _sealed in blobs]
+        assert store.reads == 3  # no read started after the failure
+        expected = {cid for read in (plan.reads[0], plan.reads[2]) for cid, _ref in read.blobs}
+        assert set(got) == expected
+
+    run(go())
+
+
+def test_authenticating_a_blob_checks_its_seal_and_lengths_not_its_content(
+        keys: crypto.KeySet) -> None:
+    """The content is checked against the id when the chunk is opened (where it is used)."""
+    cid = crypto.chunk_id(keys.chunk_id, b"right")
+    wrong = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(b"wrong", None))
+    ref = BlobRef("p", 0, len(wrong), 5)
+    authenticate_blob(keys, cid, ref, wrong, "p")
+    with pytest.raises(RemoteIntegrityError, match="content does not match its id"):
+        open_blob(keys, cid, ref, wrong, "p")
+    other = crypto.chunk_id(keys.chunk_id, b"other")
+    with pytest.raises(RemoteIntegrityError, match="authentication failed"):
+        authenticate_blob(keys, other, ref, wrong, "p")  # sealed under another id
+    with pytest.raises(RemoteIntegrityError, match="index says 6"):
+        authenticate_blob(keys, cid, BlobRef("p", 0, len(wrong), 6), wrong, "p")
+    packed = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(bytes(K), 1))
+    with pytest.raises(RemoteIntegrityError, match=f"{K} bytes, index says {K - 1}"):
+        authenticate_blob(keys, cid, BlobRef("p", 0, len(packed), K - 1), packed, "p")
+    with pytest.raises(RemoteIntegrityError, match="index says"):
+        authenticate_blob(keys, cid, BlobRef("p", 0, len(wrong) + 1, 5), wrong, "p")
 
 
 def test_restore_writes_adjacent_chunks_together_and_every_place(tmp_path: Path) -> None:
