@@ -145,14 +145,14 @@ async def test_a_lock_attempt_whose_temporary_the_holder_swept_finds_the_lock_he
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["memory", "localfs"])
 async def test_taking_a_lock_removes_locks_a_killed_client_had_set_aside(tmp_path: Path,
-                                                                   kind: str) -> None:
+                                                                         kind: str) -> None:
     """A client killed inside a compare-and-delete (unlocking, or breaking a stale lock)
     left the lock set aside in ``lock.gone/``: the next holder removes it, whatever it
     holds, except its own lock (set aside by a client racing it, which puts it back)."""
     s: MemoryStore | LocalDirStore = MemoryStore() if kind == "memory" else \
         LocalDirStore(tmp_path)
     await s.put_atomic("devices/d1/lock.gone/0123456789abcdef",
-                     lock_document("killed", 0, "dead", me=Whoami("h", "m", "b", 1)))
+                       lock_document("killed", 0, "dead", me=Whoami("h", "m", "b", 1)))
     await s.put_atomic("devices/d1/lock.gone/fedcba9876543210", b"not a lock")
     token = await s.lock("devices/d1/lock", "laptop-1")
     assert [e.path for e in await s.list("devices/d1")] == ["devices/d1/lock"]

@@ -34,7 +34,7 @@ def _stores(kind: str, tmp_path: Path, clock: list[int]) -> tuple[MemoryStore | 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["memory", "localfs"])
 async def test_two_clients_breaking_one_stale_lock_do_not_both_win(kind: str,
-                                                                 tmp_path: Path) -> None:
+                                                                   tmp_path: Path) -> None:
     """B judged the lock stale, then A broke it and took a fresh one: B must not delete A's."""
     clock = [10_000]
     a, b = _stores(kind, tmp_path, clock)

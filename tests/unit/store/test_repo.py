@@ -76,7 +76,7 @@ async def download(store: MemoryStore, keys: crypto.KeySet, digest: str, version
 
 @pytest.mark.asyncio
 async def test_published_image_downloads_byte_identical(store: MemoryStore,
-                                                  keys: crypto.KeySet) -> None:
+                                                        keys: crypto.KeySet) -> None:
     data = disk_bytes()
     _m, digest = await publish(store, keys, data)
     assert await download(store, keys, digest) == data
@@ -102,7 +102,7 @@ async def test_second_version_uploads_and_downloads_only_changed_chunks(
 
 @pytest.mark.asyncio
 async def test_every_flipped_byte_of_a_pack_is_detected_and_named(store: MemoryStore,
-                                                            keys: crypto.KeySet) -> None:
+                                                                  keys: crypto.KeySet) -> None:
     data = disk_bytes(4)
     _m, digest = await publish(store, keys, data)
     (pack,) = [p for p in store.objects if "/packs/" in p]
@@ -130,7 +130,7 @@ async def test_every_flipped_byte_of_a_pack_is_detected_and_named(store: MemoryS
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["index", "manifest"])
 async def test_flipped_index_or_manifest_is_detected(store: MemoryStore, keys: crypto.KeySet,
-                                               kind: str) -> None:
+                                                     kind: str) -> None:
     _m, digest = await publish(store, keys, disk_bytes(4))
     (path,) = [p for p in store.objects if f"/{kind}" in p]
     store.objects[path] = flip(store.objects[path], len(store.objects[path]) // 2)
@@ -155,7 +155,7 @@ async def test_old_manifest_swapped_in_for_a_new_version_is_refused(
 
 @pytest.mark.asyncio
 async def test_interrupted_upload_is_recovered_from_pack_headers(store: MemoryStore,
-                                                           keys: crypto.KeySet) -> None:
+                                                                 keys: crypto.KeySet) -> None:
     data = disk_bytes()
     _m, _d = await publish(store, keys, data)
     for path in [p for p in store.objects if "/index/" in p]:
@@ -187,14 +187,14 @@ async def test_snapshot_round_trips_and_is_bound_to_vm_and_device(
     m = snapshot(device_id, "office", keys)
     digest = await put_snapshot(store, device_key, keys, m)
     got = await get_snapshot(store, signers, keys, device=device_id, vm="office",
-                           snapshot="0000000001", digest=digest)
+                             snapshot="0000000001", digest=digest)
     assert got == m
     # the same snapshot copied under another VM's name
     other = layout.vm_snapshot(device_id, "other", "0000000001")
     store.objects[other] = store.objects[layout.vm_snapshot(device_id, "office", "0000000001")]
     with pytest.raises(RemoteIntegrityError) as err:
         await get_snapshot(store, signers, keys, device=device_id, vm="other",
-                         snapshot="0000000001")
+                           snapshot="0000000001")
     assert err.value.obj_id == "snapshot:other/0000000001" and err.value.path == other
 
 
@@ -207,13 +207,13 @@ async def test_snapshot_signed_by_another_device_is_refused(
     await put_snapshot(store, thief, keys, m)
     with pytest.raises(RemoteIntegrityError, match="signed by unknown key"):
         await get_snapshot(store, {device_id: device_key.public_key()}, keys, device=device_id,
-                         vm="office", snapshot="0000000001")
+                           vm="office", snapshot="0000000001")
     # and a device cannot pass its snapshot off as another device's
     thief_id = crypto.key_id(thief.public_key())
     signers = {device_id: device_key.public_key(), thief_id: thief.public_key()}
     with pytest.raises(RemoteIntegrityError, match="but signed by"):
         await get_snapshot(store, signers, keys, device=device_id, vm="office",
-                         snapshot="0000000001")
+                           snapshot="0000000001")
 
 
 @pytest.mark.asyncio
@@ -223,8 +223,8 @@ async def test_snapshot_with_another_vms_key_is_refused(
     await put_snapshot(store, device_key, keys, snapshot(device_id, "office", keys))
     with pytest.raises(RemoteIntegrityError, match="authentication failed"):
         await get_snapshot(store, {device_id: device_key.public_key()},
-                         crypto.KeySet.derive(b"\x09" * 32), device=device_id, vm="office",
-                         snapshot="0000000001")
+                           crypto.KeySet.derive(b"\x09" * 32), device=device_id, vm="office",
+                           snapshot="0000000001")
 
 
 def test_chunk_whose_content_does_not_match_its_id_is_refused(keys: crypto.KeySet) -> None:
@@ -267,7 +267,7 @@ async def test_catalog_through_the_store_refuses_tamper_replay_and_other_signers
     store.objects["catalog"] = old  # the server replays serial 5
     with pytest.raises(RemoteIntegrityError, match="serial 5 is older than serial 6"):
         await get_catalog(store, admin.public_key(), REPO_ID, known_serial=6,
-                        known_digest=digest6)
+                          known_digest=digest6)
     store.objects["catalog"] = flip(old, len(old) - 3)
     with pytest.raises(RemoteIntegrityError, match="bad signature"):
         await get_catalog(store, admin.public_key(), REPO_ID)
@@ -279,7 +279,7 @@ async def test_catalog_through_the_store_refuses_tamper_replay_and_other_signers
 
 @pytest.mark.asyncio
 async def test_config_must_name_the_pinned_admin_key(store: MemoryStore,
-                                               admin: Ed25519PrivateKey) -> None:
+                                                     admin: Ed25519PrivateKey) -> None:
     good = RepoConfig(REPO_ID, 0, K, crypto.raw_public(admin.public_key()), b"\x02" * 32)
     await put_signed(store, "config", admin, ("config", "config"), good.to_bytes())
     assert await get_config(store, admin.public_key()) == good
@@ -295,17 +295,17 @@ async def test_pointer_rollback_and_foreign_writer_are_refused(
         store: MemoryStore, device_key: Ed25519PrivateKey, device_id: str) -> None:
     signers = {device_id: device_key.public_key()}
     await put_pointer(store, device_key, Pointer("office", device_id, "0000000003", 3, 0,
-                                               "e" * 64))
+                                                 "e" * 64))
     old = store.objects[layout.vm_pointer(device_id, "office")]
     await put_pointer(store, device_key, Pointer("office", device_id, "0000000004", 4, 0,
-                                               "e" * 64))
+                                                 "e" * 64))
     assert (await get_pointer(store, signers, device_id, "office", known_seq=4)).seq == 4
     store.objects[layout.vm_pointer(device_id, "office")] = old
     with pytest.raises(RemoteIntegrityError, match="seq 3 is older than seq 4"):
         await get_pointer(store, signers, device_id, "office", known_seq=4)
     # a pointer of another VM copied over this one
     await put_pointer(store, device_key, Pointer("other", device_id, "0000000009", 9, 0,
-                                               "e" * 64))
+                                                 "e" * 64))
     store.objects[layout.vm_pointer(device_id, "office")] = \
         store.objects[layout.vm_pointer(device_id, "other")]
     with pytest.raises(RemoteIntegrityError, match="bad signature"):
@@ -319,14 +319,14 @@ async def test_wrapped_key_made_by_the_server_is_refused(
     signers = {crypto.key_id(admin.public_key()): admin.public_key()}
     path = layout.image_key("win", crypto.key_id(device_x.public_key()))
     await put_wrapped_key(store, path, admin,
-                        WrappedKey.create("image:win", device_x.public_key(), keys))
+                          WrappedKey.create("image:win", device_x.public_key(), keys))
     got = await get_wrapped_key(store, path, signers, "image:win", device_x)
     assert got.secret == keys.secret
     # the server wraps a key of its choosing for the device's (public) key
     server = Ed25519PrivateKey.from_private_bytes(b"\x0c" * 32)
     rogue = crypto.KeySet.derive(b"\x0d" * 32)
     await put_wrapped_key(store, path, server,
-                        WrappedKey.create("image:win", device_x.public_key(), rogue))
+                          WrappedKey.create("image:win", device_x.public_key(), rogue))
     with pytest.raises(RemoteIntegrityError, match="signed by unknown key") as err:
         await get_wrapped_key(store, path, signers, "image:win", device_x)
     assert err.value.obj_type == "wrapped-key" and err.value.path == path
