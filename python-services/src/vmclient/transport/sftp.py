@@ -5,8 +5,7 @@ connection, host key pinned, the device's key file); SFTP is a small pipelined
 client (:mod:`.sftp_client` over the pure :mod:`.sftp_codec`).  Calls block,
 so each runs in a thread pool of ``connections`` workers, each worker keeping
 its own connection: ``connections`` requests (and ssh processes, each with its
-own core for the crypto) at once.  Once the first connection is up, the other
-workers open theirs, so their handshakes overlap the first requests.
+own core for the crypto) at once, opened as soon as the first one is up.
 
 Atomic put (repository-format.md §8.1, "What durable means per transport"): the
 object is written to a hidden temporary name (``.tmp-*``) in its directory,
@@ -315,8 +314,7 @@ class SFTPStore(LockingMixin):
         return await loop.run_in_executor(self._executor, self._call, op, path, fn)
 
     def _warm(self) -> None:
-        """This worker's connection, ahead of its first request; a failure is left to
-        the request that meets it (it reports it, with advice)."""
+        """This worker's connection, ahead of its first request (a failure is left to it)."""
         try:
             self._connection()
         except Exception as exc:
