@@ -80,7 +80,7 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     if receiver is None:
         raise RestoreError(vm, "no datacenter repository is configured")
     remote, admin, me = receiver.remote, receiver.admin, prov.keys.device
-    accepted = await refuse_existing(prov, vm)
+    accepted = await _refuse_existing(prov, vm)
     progress = Progress(vm=vm)
     progress.begin("catalog", 0)
     prov.report(progress)
@@ -131,7 +131,7 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     return installed
 
 
-async def refuse_existing(prov: Provisioner, vm: str) -> bool:
+async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
     """As an install refuses an existing VM; but a data key alone is expected after the
     agent accepted a ``rekey`` order (it stores the key where provisioning keeps it).
     True if such a key is there."""
