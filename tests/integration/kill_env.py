@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from fixtures_sshd import Account, SSHServer
-from sync_env import World, run
+from sync_env import World
 
 from vmclient.store import layout
 from vmclient.store.chunkstore import ChunkStore
@@ -46,8 +46,9 @@ def leftovers(root: Path, device: str) -> list[str]:
                   or (p.parent.name.endswith(".gone") and p.is_file()))
 
 
-def unindexed(remote: RemoteStore, w: World, vm: str) -> tuple[dict[str, object], dict[str, str]]:
+async def unindexed(remote: RemoteStore, w: World, vm: str
+                    ) -> tuple[dict[str, object], dict[str, str]]:
     """(packs no index names, damaged packs) of the VM's store, as a fresh reader sees them."""
     store = ChunkStore(remote, layout.vm_store(w.a.id, vm), w.keys[vm])
-    run(store.load_index())
+    await store.load_index()
     return dict(store.unindexed), dict(store.damaged)

@@ -156,8 +156,8 @@ async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
     """As an install refuses an existing VM; but a data key alone is expected after the
     agent accepted a ``rekey`` order (it stores the key where provisioning keeps it).
     True if such a key is there."""
-    if not prov.keys.exists(vm) or prov._marker(vm).exists():
-        await prov._refuse_existing(vm)
+    if not prov.keys.exists(vm) or prov.install_marker(vm).exists():
+        await prov.refuse_existing(vm)
         return False
     with contextlib.suppress(VMNotFound):
         await prov.hv.lookup_name(vm)
@@ -204,7 +204,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
                    domain: Definition, cache: ChunkCache, progress: Progress, *,
                    adopt: bool) -> Installed:
     vm_dir = prov.vm_dir(vm)
-    marker = prov._marker(vm)
+    marker = prov.install_marker(vm)
     # (a key the agent accepted is left alone, even if this restore fails)
     pp = keys.passphrase()
     staging = prov.cfg.staging_dir
@@ -234,7 +234,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         progress.begin("define", 0)
         prov.report(progress)
         defined = await prov.hv.define(domain.xml, vm)
-        write_private(prov._recipe_file(vm), domain.recipe_text.encode())
+        write_private(prov.recipe_file(vm), domain.recipe_text.encode())
         if memory is not None:
             await _resume_from(prov, vm, defined, mem_file, pp)
         marker.unlink(missing_ok=True)
@@ -245,7 +245,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         if adopted:
             prov.keys.destroy(vm)
         shutil.rmtree(vm_dir, ignore_errors=True)
-        shutil.rmtree(prov._recipe_file(vm).parent, ignore_errors=True)
+        shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
         marker.unlink(missing_ok=True)
         raise
     finally:
