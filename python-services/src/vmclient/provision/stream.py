@@ -83,7 +83,7 @@ class Streams:
         if any(BASE_ID in d.ids for d in disks):
             raise RestoreError(vm, f"snapshot {m.label} is on a base image: not streamable")
         memory = next((d for d in m.disks if d.role == MEMORY), None)
-        vm_dir, marker = prov.vm_dir(vm), prov._marker(vm)
+        vm_dir, marker = prov.vm_dir(vm), prov.install_marker(vm)
         mem_file = prov.cfg.staging_dir / f"{vm}.save"
         pp = p.keys.passphrase()
         defined, adopted = "", False
@@ -98,7 +98,7 @@ class Streams:
                 write_private(marker, b"restore started\n")  # a crash from here is undone
             sockets = await self._lay_out(p, disks)
             defined = await prov.hv.define(with_nbd_backing(p.domain.xml, sockets), vm)
-            write_private(prov._recipe_file(vm), p.domain.recipe_text.encode())
+            write_private(prov.recipe_file(vm), p.domain.recipe_text.encode())
             if memory is not None:
                 await _resume_from(prov, vm, defined, mem_file, pp)
             else:
@@ -114,7 +114,7 @@ class Streams:
             if adopted:
                 prov.keys.destroy(vm)
             shutil.rmtree(vm_dir, ignore_errors=True)
-            shutil.rmtree(prov._recipe_file(vm).parent, ignore_errors=True)
+            shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
             marker.unlink(missing_ok=True)
             raise
         finally:
@@ -253,7 +253,7 @@ class Streams:
         images = self.prov.cfg.images_dir
         for sdir in sorted(images.glob(f"*/{STREAM_DIR}")) if images.exists() else []:
             vm = sdir.parent.name
-            if not self.prov._marker(vm).exists():
+            if not self.prov.install_marker(vm).exists():
                 out.append(vm)
                 self.follow(vm)
         return out
