@@ -124,21 +124,29 @@ class SeaweedFS:
     def store(self, creds: S3Credentials, prefix: str, **kw: object) -> S3Store:
         return S3Store(self.target(creds, prefix, **kw))
 
-    def add_device(self, prefix: str, device: str) -> S3Credentials:
+    async def issue(self, prefix: str, device: str) -> S3Credentials:
         """The device's own access key, issued as ``vmclient-admin s3-identity issue``
         issues it (the store's IAM API, :mod:`vmclient.admin.s3iam`)."""
         store = self.store(self.admin, prefix)
         try:
-            return asyncio.run(s3iam.issue(store, device))
+            return await s3iam.issue(store, device)
         finally:
-            asyncio.run(store.close())
+            await store.close()
 
-    def revoke(self, prefix: str, device: str) -> int:
+    async def withdraw(self, prefix: str, device: str) -> int:
         store = self.store(self.admin, prefix)
         try:
-            return asyncio.run(s3iam.revoke(store, device))
+            return await s3iam.revoke(store, device)
         finally:
-            asyncio.run(store.close())
+            await store.close()
+
+    def add_device(self, prefix: str, device: str) -> S3Credentials:
+        """:meth:`issue`, for a test that runs no event loop."""
+        return asyncio.run(self.issue(prefix, device))
+
+    def revoke(self, prefix: str, device: str) -> int:
+        """:meth:`withdraw`, for a test that runs no event loop."""
+        return asyncio.run(self.withdraw(prefix, device))
 
     def credentials_file(self, creds: S3Credentials, path: Path) -> Path:
         path.write_text(credentials_text(creds))

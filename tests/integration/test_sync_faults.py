@@ -127,7 +127,7 @@ class Over:
                                         vm=vm)
 
 
-def repository(stack: contextlib.AsyncExitStack, w: World, over: str,
+async def repository(stack: contextlib.AsyncExitStack, w: World, over: str,
                request: pytest.FixtureRequest | None = None) -> Over:
     if over == "local":
         return Over(over, w.remote, w.repo_dir, w.remote)
@@ -135,7 +135,7 @@ def repository(stack: contextlib.AsyncExitStack, w: World, over: str,
         assert request is not None
         s3: SeaweedFS = request.getfixturevalue("seaweedfs")
         prefix = s3.prefix()
-        creds = s3.credentials_file(s3.add_device(prefix, w.a.id), w.tmp / "s3-credentials")
+        creds = s3.credentials_file(await s3.issue(prefix, w.a.id), w.tmp / "s3-credentials")
         device = open_store(s3.url(prefix), s3_credentials=creds)
         admin = s3.store(s3.admin, prefix)
         stack.push_async_callback(close_store, device)
@@ -202,7 +202,7 @@ async def test_sync_killed_at_random_points(tmp_path: Path, over: str) -> None:
     temporary file, lock or unindexed pack."""
     async with contextlib.AsyncExitStack() as stack:
         w = await stack.enter_async_context(world(tmp_path))
-        r = repository(stack, w, over)
+        r = await repository(stack, w, over)
         dom = w.create("kill", random_mib=8, data=[(0x61, 0, MIB)])
         seed = int(os.environ.get("VMCLIENT_KILL_SEED") or int.from_bytes(os.urandom(4)))
         print(f"{over}: random kills: seed {seed} (VMCLIENT_KILL_SEED={seed} repeats the "
@@ -314,7 +314,7 @@ async def test_sync_killed_after_each_write_step_leaves_nothing_behind(
     repository verifies."""
     async with contextlib.AsyncExitStack() as stack:
         w = await stack.enter_async_context(world(tmp_path))
-        r = repository(stack, w, over, request)
+        r = await repository(stack, w, over, request)
         remote = r.remote
         dom = w.create("step", random_mib=24, data=[(0x61, 0, MIB)])
         for i, step in enumerate(KILL_STEPS):
