@@ -36,6 +36,8 @@ bench: setup daemons
 	$(VENV)/bin/python bench/provision.py
 	$(VENV)/bin/python bench/install.py --mib 256 --change 2
 	$(VENV)/bin/python bench/sync.py
+	$(VENV)/bin/python bench/host_update.py --mib 128 --change 5
+	$(VENV)/bin/python bench/restore.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,7 +12,12 @@ its RSS and CPU are read from /proc.  Then a third guest animates its screen
 (``weston-debug proto``) counts the shell's surface commits, each one a new
 picture on screen; then the shell stops and ``virt-viewer --attach`` (the
 remote-viewer of libvirt domains, which also opens the display through
-virDomainOpenGraphicsFD) shows the same guest, counted the same way.
+virDomainOpenGraphicsFD) shows the same guest, counted the same way.  The two
+clients take turns (``--pairs``: shell, viewer, shell, viewer, ...) and the
+ratio is of their sums: on a machine shared with other work the load changes
+within seconds, and one window each measured the load as much as the clients
+(ratios of 0.79 and 1.19 in two runs of the same code).  Each client's CPU
+while it was counted and the load average are reported with it.
 
     python bench/display.py --rounds 30
 
@@ -63,9 +68,10 @@ def rss_mib(pid: int) -> float:
 COMMIT = re.compile(r"client (0x[0-9a-f]+) rq wl_surface@(\d+)\.commit\(\)")
 
 
-def commits_per_s(weston: Weston, seconds: float) -> float:
+def counted(weston: Weston, seconds: float, pid: int) -> tuple[float, float]:
     """The busiest surface's commits per second, from Weston's protocol log (one
-    surface: a viewer's toolbar or cursor on surfaces of their own do not count)."""
+    surface: a viewer's toolbar or cursor on surfaces of their own do not count), and
+    the CPU % of the client ``pid`` meanwhile."""
     out = Path(tempfile.mkdtemp(prefix="vmclient-proto-"))
     os.chown(out, weston.uid, weston.uid)
     log = out / "proto.log"
@@ -73,13 +79,15 @@ def commits_per_s(weston: Weston, seconds: float) -> float:
         p = subprocess.Popen(["setpriv", f"--reuid={weston.uid}", f"--regid={weston.uid}",
                               "--clear-groups", "weston-debug", "proto"],
                              env=weston.env(), stdout=f, stderr=subprocess.DEVNULL)
+        c0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(seconds)
+        cpu = (cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
         p.send_signal(signal.SIGTERM)
         p.wait(10)
     counts = collections.Counter(m.groups() for m in
                                  COMMIT.finditer(log.read_text(errors="replace")))
     shutil.rmtree(out, ignore_errors=True)
-    return max(counts.values(), default=0) / seconds
+    return max(counts.values(), default=0) / seconds, cpu
 
 
 def wait_shown(shell: ShellUnderTest, vm: str | None = None, n_running: int = 2) -> None:
@@ -113,14 +121,14 @@ def idle(pid: int, seconds: float) -> tuple[float, float]:
     return rss_mib(pid), (cpu_seconds(pid) - c0) / (time.monotonic() - t0) * 100
 
 
-def viewer_rate(weston: Weston, vm: str, home: Path, seconds: float) -> float:
+def viewer_rate(weston: Weston, vm: str, home: Path, seconds: float) -> tuple[float, float]:
     viewer = subprocess.Popen(
         ["virt-viewer", "--attach", "--full-screen", "-c", "qemu:///system", vm],
         env={**weston.env(), "GDK_BACKEND": "wayland", "HOME": str(home)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(4)
-        return commits_per_s(weston, seconds)
+        return counted(weston, seconds, viewer.pid)
     finally:
         viewer.terminate()
         viewer.wait(10)
@@ -131,7 +139,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idling measured")
     ap.add_argument("--updates", type=float, default=5.0,
-                    help="seconds of an animating guest measured per client")
+                    help="seconds of an animating guest measured per client and turn")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="turns of each client counting the animating guest's updates")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))
     with private_system_bus() as bus:
@@ -144,6 +154,7 @@ def main() -> int:
                     guests.wait_painted(guests.create(name, kind, seed, name.upper()))
                 weston = Weston()
                 shell = ShellUnderTest(weston, bus, work, prefix + "-", groups=("vmclient",))
+                turns: list[tuple[float, float, float, float]] = []
                 try:
                     wait_shown(shell)
                     time.sleep(2)  # both sessions connected, first frames in
@@ -151,16 +162,22 @@ def main() -> int:
                     rss, idle_cpu = idle(shell.proc.pid, args.idle)
                     c = guests.create("c", "private", 2, "C", animate=True)
                     guests.wait_painted(c)
-                    wait_shown(shell, c, 3)
-                    time.sleep(2)
-                    shell_rate = commits_per_s(weston, args.updates)
-                    shell.stop()
-                    rv_rate = viewer_rate(weston, c, work, args.updates)
+                    for turn in range(args.pairs):
+                        if turn:
+                            shell = ShellUnderTest(weston, bus, work, prefix + "-",
+                                                   groups=("vmclient",))
+                        wait_shown(shell, c, 3)
+                        time.sleep(2)
+                        shell_turn = counted(weston, args.updates, shell.proc.pid)
+                        shell.stop()
+                        turns.append((*shell_turn, *viewer_rate(weston, c, work, args.updates)))
                 finally:
                     shell.stop()
                     weston.stop()
         finally:
             provd.stop()
+    shell_rate = statistics.fmean(t[0] for t in turns)
+    rv_rate = statistics.fmean(t[2] for t in turns)
     result = {
         "rounds": args.rounds,
         "switch_p50_ms": round(statistics.median(switch), 1),
@@ -170,6 +187,11 @@ def main() -> int:
         "updates_per_s": round(shell_rate, 1),
         "remote_viewer_updates_per_s": round(rv_rate, 1),
         "updates_ratio_vs_remote_viewer": round(shell_rate / rv_rate, 2) if rv_rate else None,
+        # each turn: the shell's updates/s and CPU %, the viewer's updates/s and CPU %
+        "updates_turns": [[round(x, 1) for x in t] for t in turns],
+        "updates_shell_cpu_percent": round(statistics.fmean(t[1] for t in turns), 1),
+        "updates_viewer_cpu_percent": round(statistics.fmean(t[3] for t in turns), 1),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
     print(f"switch p50 {result['switch_p50_ms']} ms (max {result['switch_max_ms']} ms), "
           f"idle RSS {result['idle_rss_mib']} MiB, idle CPU {result['idle_cpu_percent']} %, "

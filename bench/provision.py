@@ -10,8 +10,11 @@ account, same cipher (aes256-gcm@openssh.com), same bytes:
 2. ``sftp_mib_s``: the device downloads the image as an install does
    (provd's ``Receiver.resolve`` + ``Receiver.download``: config, catalog,
    wrapped key, manifest, indexes, then every pack range, each chunk
-   decrypted, decompressed and its HMAC checked against its id, the sealed
+   authenticated (AES-GCM, its id bound in; decompressed and checked against
+   its id when an install assembles the disk, not timed here), the sealed
    chunks appended to the chunk cache, fsynced) — pack bytes per second.
+   The previous round's cache is deleted before the timer starts (as
+   ``sftp -b``'s previous files are).
    ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack files into a
    directory on the same file system.  Best of ``--rounds`` each,
    alternating.  Our side is the laptop's store as provd runs it:
@@ -68,6 +71,8 @@ from vmclient.store.repo import (
 )
 from vmclient.transport.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
 
+# the admin keys of the bench's throw-away repository, encrypted at rest as init requires
+os.environ.setdefault("VMCLIENT_ADMIN_PASSPHRASE", "bench passphrase")
 MiB = 1 << 20
 CLUSTER = 64 << 10
 
@@ -89,9 +94,8 @@ def device_store(server: SSHServer, account, connections: int) -> CountingStore:
 
 async def receive(store: CountingStore, repo: Repo, dev: Device, state: Path) -> int:
     """What an install downloads, as provd's Receiver does it: the verified catalog,
-    key and manifest, then every chunk fetched, opened (AES-GCM, zstd, HMAC) and
+    key and manifest, then every chunk fetched, authenticated (AES-GCM) and
     appended to the chunk cache (the resume journal), which is fsynced."""
-    shutil.rmtree(state, ignore_errors=True)
     keys = state.parent / f"{state.name}-device"  # provd reads the device keys from files
     for name, key in (("signing.key", dev.signing), ("wrapping.key", dev.wrapping)):
         write_private(keys / name, crypto.raw_private(key))
@@ -101,6 +105,15 @@ async def receive(store: CountingStore, repo: Repo, dev: Device, state: Path) ->
         return await receiver.download(resolved, Progress(), lambda _p: None)
     finally:
         await store.close()
+
+
+def timed_receive(store: CountingStore, repo: Repo, dev: Device, state: Path) -> float:
+    """Seconds :func:`receive` takes into an empty ``state`` (the previous round's cache
+    is deleted first, untimed)."""
+    shutil.rmtree(state, ignore_errors=True)
+    t = time.perf_counter()
+    asyncio.run(receive(store, repo, dev, state))
+    return time.perf_counter() - t
 
 
 async def download(store: CountingStore, repo: Repo, wrapping, out: Path, concurrency: int,  # type: ignore[no-untyped-def]
@@ -197,10 +210,8 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
     ours, theirs, installs = [], [], []
     out = work / "system.raw"
     for _round in range(args.rounds):
-        store = device_store(server, dev.account, args.connections)
-        t = time.perf_counter()
-        asyncio.run(receive(store, repo, dev, work / "state"))
-        ours.append(time.perf_counter() - t)
+        ours.append(timed_receive(device_store(server, dev.account, args.connections), repo,
+                                  dev, work / "state"))
         theirs.append(openssh_fetch(server, dev.account, packs, work / "openssh"))
     store = device_store(server, dev.account, args.connections)
     t = time.perf_counter()

@@ -23,7 +23,10 @@ With ``--transport sftp`` (the default) both repositories are reached over
 SFTP on the same loopback sshd (tests/integration/fixtures_sshd.py): ours as a
 confined device account (:class:`SFTPStore`: OpenSSH's ``ssh``), restic as root with
 OpenSSH's ``ssh -s sftp``; with ``--transport local`` both are local
-directories.  The last line is one JSON object.
+directories; with ``--transport s3`` both are prefixes of one bucket on SeaweedFS on
+127.0.0.1 (tests/integration/fixtures_s3.py): ours as the device's own identity
+(:class:`S3Store`, boto3), restic through its own S3 backend with the admin's key
+(bench/s3.py runs this).  The last line is one JSON object.
 
     PYTHONPATH=python-services/src python bench/sync.py [--size MIB] [--transport local]
 
@@ -54,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests/integration"),
                 str(HERE.parent / "python-services/src")]
 
+from fixtures_s3 import BUCKET, SeaweedFS, seaweedfs_server
 from fixtures_sshd import SSHServer, ssh_server
 from fixtures_virt import BOOT_SECTOR, cpu_profile, wait_idle
 
@@ -153,19 +157,47 @@ def du(path: Path) -> int:
 
 
 class Where:
-    """Where the two repositories live: local directories, or behind a loopback sshd."""
+    """Where the two repositories live: local directories, behind a loopback sshd, or
+    in one bucket of a loopback SeaweedFS."""
 
-    def __init__(self, work: Path, server: SSHServer | None) -> None:
-        self.server = server
+    def __init__(self, work: Path, server: SSHServer | None, s3: SeaweedFS | None = None
+                 ) -> None:
+        self.server, self.s3 = server, s3
         self.ours = server.repo if server else work / "ours"
         self.restic = (server.dir if server else work) / "restic"
+        self.prefix = s3.prefix() if s3 else ""
 
     def ours_store(self, device_id: str) -> RemoteStore:
+        if self.s3 is not None:
+            return self.s3.store(self.s3.add_device(self.prefix, device_id), self.prefix)
         if self.server is None:
             return LocalDirStore(self.ours)
         return self.server.store(self.server.add_device(device_id))
 
+    def ours_bytes(self) -> int:
+        return self._s3_bytes(self.prefix) if self.s3 else du(self.ours)
+
+    def restic_bytes(self) -> int:
+        return self._s3_bytes(f"{self.prefix}-restic") if self.s3 else du(self.restic)
+
+    def _s3_bytes(self, prefix: str) -> int:
+        assert self.s3 is not None
+        client = self.s3.store(self.s3.admin, "").client
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                 Prefix=prefix + "/")
+        total = sum(o["Size"] for page in pages for o in page.get("Contents", ()))
+        client.close()
+        return int(total)
+
+    def restic_env(self) -> dict[str, str]:
+        if self.s3 is None:
+            return {}
+        return {"AWS_ACCESS_KEY_ID": self.s3.admin.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.s3.admin.secret_key}
+
     def restic_args(self) -> list[str]:
+        if self.s3 is not None:
+            return ["-r", f"s3:{self.s3.endpoint}/{BUCKET}/{self.prefix}-restic"]
         if self.server is None:
             return ["-r", str(self.restic)]
         s, a = self.server, self.server.admin
@@ -176,7 +208,7 @@ class Where:
 
 
 def restic(where: Where, *args: str) -> float:
-    env = {**os.environ, "RESTIC_PASSWORD": "bench"}
+    env = {**os.environ, "RESTIC_PASSWORD": "bench", **where.restic_env()}
     start = time.perf_counter()
     subprocess.run(["restic", "--quiet", *where.restic_args(), *args], check=True, env=env,
                    stdout=subprocess.DEVNULL)
@@ -199,7 +231,7 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
         await asyncio.to_thread(settle)
         cpu = cpu_seconds()
         first = await sync()
-        out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, du(where.ours) / MIB
+        out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, where.ours_bytes() / MIB
         # CPU of this process (every thread; not the ssh or sshd processes) per GiB stored
         out["ours_initial_cpu_s_per_gib"] = round((cpu_seconds() - cpu)
                                                   / (out["ours_initial_mib"] / 1024), 3)
@@ -207,19 +239,19 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
         await asyncio.to_thread(settle)
         out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",
                                                           str(raw))
-        out["restic_initial_mib"] = du(where.restic) / MIB
+        out["restic_initial_mib"] = where.restic_bytes() / MIB
         out["changed_mib"] = change(dom, raw, mib, work, rng) / MIB
-        before = du(where.ours)
+        before = where.ours_bytes()
         await asyncio.to_thread(settle)
         second = await sync()
         assert second.mode == "incremental", second
-        out["ours_incr_s"], out["ours_incr_mib"] = second.seconds, (du(where.ours)
+        out["ours_incr_s"], out["ours_incr_mib"] = second.seconds, (where.ours_bytes()
                                                                     - before) / MIB
         out["ours_incr_capture_s"] = second.capture_seconds
-        before = du(where.restic)
+        before = where.restic_bytes()
         await asyncio.to_thread(settle)
         out["restic_incr_s"] = await asyncio.to_thread(restic, where, "backup", str(raw))
-        out["restic_incr_mib"] = (du(where.restic) - before) / MIB
+        out["restic_incr_mib"] = (where.restic_bytes() - before) / MIB
         dest = work / "restored" / "vda.raw"  # raw, as restic restores it
         dest.parent.mkdir()
         await asyncio.to_thread(settle)
@@ -259,18 +291,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--transport", choices=("sftp", "local"), default="sftp")
+    ap.add_argument("--transport", choices=("sftp", "local", "s3"), default="sftp")
     args = ap.parse_args()
-    rng = random.Random(args.seed)
+    out = measure(args.size, args.seed, args.transport)
+    report(out)
+    print(json.dumps({"transport": args.transport,
+                      **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
+
+
+def report(out: dict[str, float]) -> None:
+    for k in ("initial", "incr", "restore"):
+        if out.get(f"restic_{k}_s"):
+            print(f"{k}: ours {out[f'ours_{k}_s']:.2f} s, restic {out[f'restic_{k}_s']:.2f} s, "
+                  f"ratio {out[f'ours_{k}_s'] / out[f'restic_{k}_s']:.3f}")
+
+
+def measure(size: int, seed: int, transport: str) -> dict[str, float]:
+    """One run of both tools on one disk of ``size`` MiB over ``transport``."""
+    rng = random.Random(seed)
     name = f"vmbench-sync-{uuid.uuid4().hex[:6]}"
     IMAGES.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vmbench-sync-", dir=IMAGES))
     os.chmod(work, 0o755)
     disk, raw = IMAGES / f"{name}.qcow2", work / "disk.raw"
     conn = libvirt.open("qemu:///system")
-    out: dict[str, float] = {"disk_mib": args.size}
+    out: dict[str, float] = {"disk_mib": size}
     try:
-        synthetic(raw, args.size, rng)
+        synthetic(raw, size, rng)
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)],
                        check=True)
         xml = XML.format(virt=cpu_profile().domain_type, name=name, uuid=uuid.uuid4(), disk=disk)
@@ -278,10 +325,11 @@ def main() -> None:
         dom.create()
         wait_idle(dom)
         with contextlib.ExitStack() as stack:
-            server = stack.enter_context(ssh_server()) if args.transport == "sftp" else None
-            where = Where(work, server)
+            server = stack.enter_context(ssh_server()) if transport == "sftp" else None
+            s3 = stack.enter_context(seaweedfs_server()) if transport == "s3" else None
+            where = Where(work, server, s3)
             restic(where, "init")
-            asyncio.run(ours(dom, work, raw, args.size, rng, out, where))
+            asyncio.run(ours(dom, work, raw, size, rng, out, where))
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
@@ -289,12 +337,7 @@ def main() -> None:
         disk.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(IMAGES / "bench-scratch", ignore_errors=True)
-    for k in ("initial", "incr", "restore"):
-        if out.get(f"restic_{k}_s"):
-            print(f"{k}: ours {out[f'ours_{k}_s']:.2f} s, restic {out[f'restic_{k}_s']:.2f} s, "
-                  f"ratio {out[f'ours_{k}_s'] / out[f'restic_{k}_s']:.3f}")
-    print(json.dumps({"transport": args.transport,
-                      **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
+    return out
 
 
 if __name__ == "__main__":

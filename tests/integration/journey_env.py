@@ -121,6 +121,9 @@ admin_key = "{r.admin_key}"
 enabled = false
 recheck_seconds = 2
 
+[host_updates]
+enabled = false
+
 [manage]
 state_dir = "{c.manage_dir}"
 images_dir = "{c.images_dir}"

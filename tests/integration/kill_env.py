@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from fixtures_sshd import Account, SSHServer
-from sync_env import World, run
+from sync_env import World
 
 from vmclient.store import layout
 from vmclient.store.chunkstore import ChunkStore
@@ -16,7 +16,8 @@ from vmclient.store.remote import RemoteStore
 
 
 def child_args(w: World, dom: object, *, kill_after: str | None = None,
-               server: SSHServer | None = None, account: Account | None = None) -> list[str]:
+               server: SSHServer | None = None, account: Account | None = None,
+               s3: dict[str, str] | None = None) -> list[str]:
     args = w.child_args(dom)  # type: ignore[arg-type]
     extra = json.loads(args[-1])
     if kill_after:
@@ -25,6 +26,8 @@ def child_args(w: World, dom: object, *, kill_after: str | None = None,
         extra["sftp"] = {"port": server.port, "user": account.user,
                          "key": str(account.key_file), "known_hosts": str(server.known_hosts),
                          "root": account.root}
+    if s3 is not None:
+        extra["s3"] = s3
     return [*args[:-1], json.dumps(extra)]
 
 
@@ -43,8 +46,9 @@ def leftovers(root: Path, device: str) -> list[str]:
                   or (p.parent.name.endswith(".gone") and p.is_file()))
 
 
-def unindexed(remote: RemoteStore, w: World, vm: str) -> tuple[dict[str, object], dict[str, str]]:
+async def unindexed(remote: RemoteStore, w: World, vm: str
+                    ) -> tuple[dict[str, object], dict[str, str]]:
     """(packs no index names, damaged packs) of the VM's store, as a fresh reader sees them."""
     store = ChunkStore(remote, layout.vm_store(w.a.id, vm), w.keys[vm])
-    run(store.load_index())
+    await store.load_index()
     return dict(store.unindexed), dict(store.damaged)

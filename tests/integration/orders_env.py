@@ -30,7 +30,7 @@ from vmclient.manage.enrol import CodeBook, process_requests
 from vmclient.store import crypto
 from vmclient.store.orders import Order
 from vmclient.transport.localfs import LocalDirStore
-from vmclient.virt.libvirt import Hypervisor
+from vmclient.virt.libvirt import PBKDF_ATTEMPTS, PBKDF_BENCH_FLAKE, Hypervisor, pbkdf_retry_delay
 
 DOMAIN_XML = """<domain type='{virt}'>
   <name>{name}</name>
@@ -183,12 +183,13 @@ def luks_template(i: int) -> tuple[crypto.KeySet, Path]:
                f"secret,id=s0,data={keys.luks.hex()}", "-o",
                "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
                str(path), "64M"]
-        for attempt in range(6):  # the PBKDF2 calibration flake: see provision/qemuimg.py
+        for attempt in range(PBKDF_ATTEMPTS):  # the calibration flake: see virt/backup.py
             r = run(cmd)
             if r.returncode == 0:
                 break
-            if "Unable to get accurate CPU usage" not in r.stderr or attempt == 5:
+            if PBKDF_BENCH_FLAKE not in r.stderr or attempt == PBKDF_ATTEMPTS - 1:
                 raise AssertionError(f"qemu-img create failed: {r.stderr.strip()}")
+            time.sleep(pbkdf_retry_delay(attempt))
         _TEMPLATES[i] = keys, path
     return _TEMPLATES[i]
 

@@ -160,6 +160,13 @@ class Logind:
     def prepare_for_sleep(self, start: bool) -> None:
         self.mock.EmitSignal(LOGIND_IFACE, "PrepareForSleep", "b", [start])
 
+    def announce_sleep(self, start: bool) -> float:
+        """PrepareForSleep(start) as logind sends it; returns the ``time.monotonic()`` at
+        which the mock sent it (not when this call was made)."""
+        self.obj.TestAnnounceSleep(start, dbus_interface=LOGIND_IFACE)
+        return float(self.obj.Get(LOGIND_IFACE, "TestAnnouncedAt",
+                                  dbus_interface="org.freedesktop.DBus.Properties"))
+
     def set_inhibit_delay_max(self, seconds: float) -> None:
         """logind's InhibitDelayMaxUSec (powerd reads it when it starts)."""
         self.obj.Set(LOGIND_IFACE, "InhibitDelayMaxUSec", dbus.UInt64(int(seconds * 1e6)),

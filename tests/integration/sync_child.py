@@ -8,7 +8,8 @@ does for a wipe; ``"kill_after": "lock-temporary"`` kills it inside the lock's w
 instead, once the lock's temporary file is written and before it is linked into place,
 ``"unlock-aside"`` inside the unlock, the lock set aside and not yet deleted (a local
 repository only: the hook is ``os.link``, which LocalDirStore's exclusive put and
-rename use).  With ``"sftp": {...}`` the repository is reached over SFTP.
+rename use).  With ``"sftp": {...}`` the repository is reached over SFTP, with
+``"s3": {"url", "credentials"}`` on S3 (SeaweedFS, the device's own identity).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python-services" /
 from vmclient.store import crypto
 from vmclient.store.remote import DEFAULT_STALE_AFTER, LockToken, PassOn, RemoteStore
 from vmclient.sync import engine
-from vmclient.transport import close_store
+from vmclient.transport import close_store, open_store
 from vmclient.transport.localfs import LocalDirStore
 from vmclient.transport.sftp import SFTPStore, SFTPTarget
 from vmclient.virt.libvirt import Hypervisor
@@ -93,6 +94,9 @@ class Phases(PassOn):
 
 
 def open_remote(args: dict[str, object]) -> RemoteStore:
+    s3 = args.get("s3")
+    if isinstance(s3, dict):  # the device's identity on SeaweedFS (fixtures_s3.py)
+        return open_store(str(s3["url"]), s3_credentials=str(s3["credentials"]))
     sftp = args.get("sftp")
     if isinstance(sftp, dict):
         return SFTPStore(SFTPTarget(host="127.0.0.1", port=int(sftp["port"]),
@@ -108,7 +112,8 @@ async def main(args: dict[str, object]) -> None:
     inner = open_remote(args)
     kill_after = args.get("kill_after")
     if kill_after in (LOCK_TEMPORARY, UNLOCK_ASIDE):
-        assert "sftp" not in args, f"{kill_after}: killed in a local repository only"
+        assert "sftp" not in args and "s3" not in args, \
+            f"{kill_after}: killed in a local repository only"
         die_linking(str(kill_after))
     try:
         result = await engine.sync_vm(

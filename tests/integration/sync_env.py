@@ -8,13 +8,12 @@
   (``<vmc:vm kind=… sync=…/>``) and a qcow2 the test writes: offline with
   ``qemu-io``, or on the running VM through HMP ``qemu-io`` on the guest's disk
   (the writes go through QEMU's block layer, so the dirty bitmap sees them).
-* One event loop for every test of the process: libvirt's event implementation
-  binds to the first loop it sees.
+* The tests are coroutines on pytest-asyncio's session loop, as the rest of the
+  integration tier's (libvirt's event implementation binds to one loop at a time).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -22,10 +21,9 @@ import secrets
 import shutil
 import sys
 import uuid
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import libvirt
 import libvirt_qemu
@@ -40,14 +38,8 @@ from vmclient.sync import engine, maintenance, restore
 from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
-T = TypeVar("T")
-LOOP = asyncio.new_event_loop()
 MIB = 1 << 20
 VM_NS = "https://vmclient.org/xmlns/vm/1"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return LOOP.run_until_complete(coro)
 
 
 DOMAIN_XML = """<domain type='{virt}'>
@@ -94,12 +86,15 @@ class World:
         self.names: list[str] = []
         self.keys: dict[str, crypto.KeySet] = {}
         self.hv = Hypervisor(URI)
+
+    async def start(self) -> None:
+        """The repository's signed ``config``, and the hypervisor connected."""
         cfg = RepoConfig(secrets.token_hex(16), 0, 64 << 10,
                          crypto.raw_public(self.admin.public_key()),
                          crypto.raw_public(self.escrow.public_key()))
-        run(repo.put_signed(self.remote, layout.CONFIG, self.admin, ("config", "config"),
-                            cfg.to_bytes(), exclusive=False))
-        run(self.hv.connect())
+        await repo.put_signed(self.remote, layout.CONFIG, self.admin, ("config", "config"),
+                              cfg.to_bytes(), exclusive=False)
+        await self.hv.connect()
 
     # -- domains ------------------------------------------------------------------------
     def disk(self, name: str) -> Path:
@@ -133,15 +128,15 @@ class World:
             dom.create()
         return dom
 
-    def sync(self, dom: libvirt.virDomain, *, device: Device | None = None,
-             remote: RemoteStore | None = None,
-             hooks: engine.Hooks | None = None) -> engine.SyncResult:
+    async def sync(self, dom: libvirt.virDomain, *, device: Device | None = None,
+                   remote: RemoteStore | None = None,
+                   hooks: engine.Hooks | None = None) -> engine.SyncResult:
         device = device or self.a
-        return run(engine.sync_vm(self.hv, remote or self.remote, engine.SyncJob(
+        return await engine.sync_vm(self.hv, remote or self.remote, engine.SyncJob(
             dom.UUIDString(), device.signing, self.keys[dom.name()], state_dir=device.state,
             scratch_dir=self.scratch,
             recipients=[device.wrapping.public_key(), self.escrow.public_key()],
-            memory_dir=self.memory_dir), hooks))
+            memory_dir=self.memory_dir), hooks)
 
     def child_args(self, dom: libvirt.virDomain) -> list[str]:
         """Arguments of ``sync_child.py``: the same sync as :meth:`sync`, in a process."""
@@ -153,28 +148,29 @@ class World:
             "recipients": [crypto.raw_public(self.a.wrapping.public_key()).hex(),
                            crypto.raw_public(self.escrow.public_key()).hex()]})]
 
-    def verify(self, vm: str, snapshot: str | None = None) -> maintenance.VerifyResult:
-        return run(maintenance.verify(self.remote, self.a.signers, self.keys[vm],
-                                      device=self.a.id, vm=vm, snapshot=snapshot))
+    async def verify(self, vm: str, snapshot: str | None = None) -> maintenance.VerifyResult:
+        return await maintenance.verify(self.remote, self.a.signers, self.keys[vm],
+                                        device=self.a.id, vm=vm, snapshot=snapshot)
 
-    def keys_for_b(self, vm: str) -> crypto.KeySet:
+    async def keys_for_b(self, vm: str) -> crypto.KeySet:
         """What ``rekey`` does: the escrow-wrapped data key, unwrapped, is the B device's."""
         path = layout.vm_key(self.a.id, vm, crypto.key_id(self.escrow.public_key()))
-        return run(repo.get_wrapped_key(self.remote, path, self.a.signers, f"vm:{vm}",
-                                        self.escrow))
+        return await repo.get_wrapped_key(self.remote, path, self.a.signers, f"vm:{vm}",
+                                          self.escrow)
 
-    def restore_b(self, vm: str, dest: Path, snapshot: str | None = None, fmt: str = "qcow2",
-                  memory: Path | None = None) -> restore.RestoreResult:
+    async def restore_b(self, vm: str, dest: Path, snapshot: str | None = None,
+                        fmt: str = "qcow2", memory: Path | None = None
+                        ) -> restore.RestoreResult:
         """Restore ``vm`` on the second device into ``dest`` (and its memory image)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         where = {"vda": dest, **({"memory": memory} if memory else {})}
-        return run(restore.restore_vm(self.remote, self.a.signers, self.keys_for_b(vm),
-                                      device=self.a.id, vm=vm, dest=where,
-                                      snapshot=snapshot, fmt=fmt))
+        return await restore.restore_vm(self.remote, self.a.signers, await self.keys_for_b(vm),
+                                        device=self.a.id, vm=vm, dest=where,
+                                        snapshot=snapshot, fmt=fmt)
 
-    def cleanup(self) -> None:
+    async def cleanup(self) -> None:
         with contextlib.suppress(Exception):
-            run(self.hv.close())
+            await self.hv.close()
         with contextlib.suppress(libvirt.libvirtError):  # a new one: libvirtd may have restarted
             self.conn.close()
         self.conn = libvirt.open(URI)
@@ -222,17 +218,17 @@ def repo_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-@contextlib.contextmanager
-def world(tmp: Path) -> Iterator[World]:
+@contextlib.asynccontextmanager
+async def world(tmp: Path) -> AsyncIterator[World]:
     need(shutil.which("qemu-img") is not None and shutil.which("qemu-io") is not None,
          "qemu-utils is not installed")
     need(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86 is not installed")
     w = World(tmp, open_libvirt())
     try:
+        await w.start()
         yield w
     finally:
-        w.cleanup()
+        await w.cleanup()
 
 
-__all__ = ["MIB", "World", "hmp_write", "os", "qemu_io", "repo_bytes", "run", "same_content",
-           "world"]
+__all__ = ["MIB", "World", "hmp_write", "os", "qemu_io", "repo_bytes", "same_content", "world"]

@@ -91,6 +91,7 @@ class SyncDaemon:
             f'name_prefix = "{w.prefix}-"\n'
             f'[repository]\nlocation = "{w.repo_dir}"\nadmin_key = "{admin}"\n'
             "[schedule]\n" + schedule
+            + "[host_updates]\nenabled = false\n"  # test_host_update.py drives RAUC
             + (f'[manage]\nstate_dir = "{manage}"\nimages_dir = "{workdir / "images"}"\n'
                if manage else "[manage]\nenabled = false\n") + extra)
         self.log_path = workdir / "syncd.log"

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from provision_env import Env, assert_no_leftovers, image_bytes, need_tools, provision_env
+from provision_env import Env, K, assert_no_leftovers, image_bytes, need_tools, provision_env
 
+from vmclient.provision.cache import ChunkCache
 from vmclient.provision.receiver import ImageNotFound, NotEntitled
 from vmclient.provision.spec import RecipeError
 from vmclient.store import crypto, layout
+from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.errors import RemoteIntegrityError
+from vmclient.store.format import encode_payload
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -40,6 +44,29 @@ async def test_tampered_chunk(tmp_path: Path) -> None:
         flip(env.dc.packs(f"{env.prefix}-img")[-1], 40)  # inside the first blob
         err = await refused(env, tmp_path, "chunk")
         assert err.obj_type == "chunk" and "authentication failed" in str(err)
+
+
+async def test_a_chunk_sealed_with_content_not_its_ids_never_reaches_a_disk(
+        tmp_path: Path) -> None:
+    """The download keeps chunks sealed, authenticated under their ids; what one holds is
+    checked against its id where it is used: the assembly refuses it, leaves no disk,
+    and drops it from the cache (a key holder's fault, e.g. a writer bug)."""
+    async with provision_env(tmp_path) as env:
+        name = f"{env.prefix}-img"
+        await env.dc.publish(name, image_bytes(12))
+        keys = env.dc.keys[name]
+        index = await ChunkStore(env.dc.store, layout.image_store(name), keys).load_index()
+        cid, ref = next((c, r) for c, r in index.items() if r.plain_length == K)
+        wrong = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(os.urandom(K), None))
+        assert len(wrong) == ref.length  # stored, as the random chunk it replaces
+        pack = env.dc.root / layout.pack(layout.image_store(name), ref.pack)
+        data = bytearray(pack.read_bytes())
+        data[ref.offset:ref.offset + ref.length] = wrong
+        pack.write_bytes(bytes(data))
+        err = await refused(env, tmp_path, "wrong")
+        assert err.obj_type == "chunk" and err.obj_id == cid.hex(), err
+        assert "content does not match its id" in str(err)
+        assert cid not in ChunkCache(env.cfg.state_dir, name).ids()
 
 
 async def test_truncated_pack(tmp_path: Path) -> None:

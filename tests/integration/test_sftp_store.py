@@ -52,6 +52,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_the_first_connection_sets_the_others_opening(sshd: SSHServer) -> None:
+    """The handshakes of the other connections overlap the first requests, not the
+    first transfer that needs them (a refused key is tried once: see below)."""
+    store = sshd.store(sshd.admin, connections=3)
+    try:
+        run(store.check())  # one request, on one connection
+        deadline = time.monotonic() + 10
+        while len(store.pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(store.pids()) == 3
+    finally:
+        run(store.close())
+
+
 def test_put_get_list_delete_round_trip_and_exclusive_create(sshd: SSHServer) -> None:
     store = sshd.store(sshd.admin)
 

@@ -483,11 +483,12 @@ def test_the_bar_shows_wifi_from_networkmanager_connects_and_shows_what_it_assig
     assert "Traceback" not in shell.log(), shell.log()
 
 
-def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
     """An enrolled laptop whose lease runs out in 90 minutes: IT's renew-lease order reaches
     the real vmclient-syncd (the management agent), which reports LeaseRemaining; the
     bar shows the time left."""
-    from sync_env import run, world
+    from sync_env import world
     from syncd_env import Peers, SyncDaemon
 
     from vmclient.host.files import write_private
@@ -498,7 +499,7 @@ def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
     from vmclient.store import crypto
 
     Peers(system_bus)  # logind, UPower, NetworkManager for syncd (and the shell)
-    with world(tmp_path) as w:
+    async with world(tmp_path) as w:
         manage = tmp_path / "manage"
         write_private(tmp_path / "device" / "signing.key", crypto.raw_private(w.a.signing))
         write_private(tmp_path / "device" / "wrapping.key", crypto.raw_private(w.a.wrapping))
@@ -507,13 +508,13 @@ def test_the_bar_shows_the_lease_the_real_syncd_reports(system_bus, tmp_path):
                                    device_dir=tmp_path / "device"), w.remote, w.hv)
         book = CodeBook(tmp_path / "admin" / "codes.json")
         code = book.issue("laptop-s", int(time.time()))
-        run(agent.request_enrolment(crypto.raw_public(w.admin.public_key()), "laptop-s", code))
-        [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+        await agent.request_enrolment(crypto.raw_public(w.admin.public_key()), "laptop-s", code)
+        [done] = await process_requests(w.remote, w.admin, book, int(time.time()))
         assert done.enrolled, done
         device = agent.state_file.load().device
-        run(it.issue_order(w.remote, w.admin, device, "renew-lease",
-                           {"lease_until": int(time.time()) + 90 * 60}, int(time.time()),
-                           numbers=it.OrderNumbers(tmp_path / "admin" / "orders.json")))
+        await it.issue_order(w.remote, w.admin, device, "renew-lease",
+                             {"lease_until": int(time.time()) + 90 * 60}, int(time.time()),
+                             numbers=it.OrderNumbers(tmp_path / "admin" / "orders.json"))
         syncd = SyncDaemon(system_bus, w, tmp_path, [], manage=manage).start()
         weston = Weston()
         shell = ShellUnderTest(weston, system_bus, tmp_path, "none-")
@@ -573,15 +574,16 @@ async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
                 assert "Traceback" not in shell.log(), shell.log()
 
 
-def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system_bus,
-                                                                         tmp_path):
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system_bus,
+                                                                               tmp_path):
     """vmclient-syncd syncs a real VM to the repository (SyncNow); every text of the bar's
     sync field comes from syncd's properties: the VM and its percent while it runs."""
     from sync_env import MIB, world
     from syncd_env import Peers, SyncDaemon
 
     Peers(system_bus)
-    with world(tmp_path) as w:
+    async with world(tmp_path) as w:
         vm = w.create("d", data=[(0x11, 0, 2 * MIB), (0x22, 20 * MIB, MIB)]).name()
         syncd = SyncDaemon(system_bus, w, tmp_path, [vm],
                            "[network]\non_demand_overrides = false\n").start()
@@ -593,7 +595,7 @@ def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(system
             assert shell.ask("click sync") == {"ok": True}  # the bar's "Sync now"
             wait_for(lambda: shell.ask("state")["action_message"] == "1 VM synced", 60,
                      "syncd's answer in the bar")
-            assert w.verify(vm).seq == 1  # the snapshot is in the repository
+            assert (await w.verify(vm)).seq == 1  # the snapshot is in the repository
             wait_for(lambda: shell.ask("state")["syncs"][-1:] == [""], 20,
                      "the sync field cleared after the sync")
             shown = [t for t in shell.ask("state")["syncs"] if t]

@@ -4,6 +4,7 @@ NetworkManager, a real libvirtd VM and a repository directory: SyncNow, the poli
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures_bus import PrivateSystemBus
 from powerd_harness import wait_for
-from sync_env import MIB, World, run, world
+from sync_env import MIB, World, world
 from syncd_env import IFACE, NAME, PATH, Peers, SyncDaemon, as_json
 
 from testlib import INTERFACES, need
@@ -34,10 +35,11 @@ def peers(system_bus: PrivateSystemBus) -> Peers:
     return Peers(system_bus)
 
 
-def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peers: Peers,
-                                              tmp_path: Path) -> None:
+@pytest.mark.asyncio(loop_scope="session")
+async def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peers: Peers,
+                                                    tmp_path: Path) -> None:
     need(shutil.which("setpriv") is not None, "setpriv is not installed")
-    with world(tmp_path) as w:
+    async with world(tmp_path) as w:
         dom = w.create("d", data=[(0x11, 0, 2 * MIB), (0x22, 20 * MIB, MIB)])
         vm = dom.name()
         d = SyncDaemon(system_bus, w, tmp_path, [vm],
@@ -58,7 +60,7 @@ def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peer
             r = d.cli("now", vm, "--json")
             assert r.returncode == 0, r.stderr + d.log()
             assert as_json(r) == [{"vm": vm, "outcome": "synced", "detail": "0000000001"}]
-            assert w.verify(vm).seq == 1
+            assert (await w.verify(vm)).seq == 1
             st = as_json(d.cli("status", "--json"))
             (row,) = [v for v in st["vms"] if v["name"] == vm]
             assert row["snapshot"] == "0000000001" and row["last_sync"] > 0
@@ -95,7 +97,7 @@ def test_syncd_now_policy_cli_and_permissions(system_bus: PrivateSystemBus, peer
             peers.metered(False)
             assert as_json(d.cli("now", "--json")) == [
                 {"vm": vm, "outcome": "synced", "detail": "0000000003"}]
-            assert w.verify(vm).seq == 3
+            assert (await w.verify(vm)).seq == 3
 
             # offline (NetworkManager disconnected), then a datacenter that does not answer
             peers.network_state(20)
@@ -127,21 +129,22 @@ def _packs(w: World, vm: str) -> dict[str, int]:
         if root.exists() else {}
 
 
-def _chunk_records(w: World, vm: str) -> Counter[bytes]:
+async def _chunk_records(w: World, vm: str) -> Counter[bytes]:
     """How many packs hold each chunk id, by the indexes."""
     store_root = layout.vm_store(w.a.id, vm)
     counts: Counter[bytes] = Counter()
-    for e in run(w.remote.list(f"{store_root}/index")):
+    for e in await w.remote.list(f"{store_root}/index"):
         name = e.path.rsplit("/", 1)[-1]
-        body = run(repo.get_sealed(w.remote, e.path, w.keys[vm].enc, "index", name))
+        body = await repo.get_sealed(w.remote, e.path, w.keys[vm].enc, "index", name)
         for recs in Index.parse(body, name, e.path).packs.values():
             counts.update(cid for cid, *_ in recs)
     return counts
 
 
-def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, peers: Peers,
-                                                 tmp_path: Path) -> None:
-    with world(tmp_path) as w:
+@pytest.mark.asyncio(loop_scope="session")
+async def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, peers: Peers,
+                                                       tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
         dom = w.create("z", random_mib=48)
         vm = dom.name()
         # 8 MiB/s: the 48 MiB upload is in flight for a few seconds
@@ -170,17 +173,18 @@ def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystemBus, p
             assert d.vm(vm)["State"] == SyncState.IDLE and d.vm(vm)["LastSnapshot"] == "0000000001"
             after = _packs(w, vm)
             assert all(after.get(p) == n for p, n in arrived.items())  # kept, not rewritten
-            counts = _chunk_records(w, vm)
+            counts = await _chunk_records(w, vm)
             assert counts and max(counts.values()) == 1  # no chunk uploaded twice
-            assert w.verify(vm).seq == 1
+            assert (await w.verify(vm)).seq == 1
         finally:
             d.stop()
 
 
-def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: Peers,
-                                          tmp_path: Path) -> None:
+@pytest.mark.asyncio(loop_scope="session")
+async def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: Peers,
+                                                tmp_path: Path) -> None:
     """Orders reach an enrolled laptop through syncd's cycle; the lease is a property."""
-    with world(tmp_path) as w:
+    async with world(tmp_path) as w:
         manage = tmp_path / "manage"
         # one set of device keys: syncd signs snapshots and the agent enrols with the same
         write_private(tmp_path / "device" / "signing.key", crypto.raw_private(w.a.signing))
@@ -191,22 +195,24 @@ def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: P
         agent = Agent(cfg, w.remote, w.hv)
         book = CodeBook(tmp_path / "admin" / "codes.json")
         code = book.issue("laptop-s", int(time.time()))
-        run(agent.request_enrolment(crypto.raw_public(w.admin.public_key()), "laptop-s", code))
-        [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+        await agent.request_enrolment(crypto.raw_public(w.admin.public_key()), "laptop-s", code)
+        [done] = await process_requests(w.remote, w.admin, book, int(time.time()))
         assert done.enrolled, done
         device = agent.state_file.load().device
         until = int(time.time()) + 30 * 86400
-        order = run(it.issue_order(w.remote, w.admin, device, "renew-lease",
-                                   {"lease_until": until}, int(time.time()),
-                                   numbers=it.OrderNumbers(tmp_path / "admin" / "orders.json")))
+        order = await it.issue_order(w.remote, w.admin, device, "renew-lease",
+                                     {"lease_until": until}, int(time.time()),
+                                     numbers=it.OrderNumbers(tmp_path / "admin" / "orders.json"))
 
         d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage)
         d.start()
         try:
             # the cycle completes the enrolment, fetches and executes the order, reports it
-            wait_for(lambda: any(r.order == order.seq and r.outcome == "done" for r in
-                                 run(it.reports_of(w.remote, w.admin.public_key(), device))),
-                     60, "the order's report")
+            deadline = time.monotonic() + 60
+            while not any(r.order == order.seq and r.outcome == "done" for r in
+                          await it.reports_of(w.remote, w.admin.public_key(), device)):
+                assert time.monotonic() < deadline, "no report of the order\n" + d.log()
+                await asyncio.sleep(0.1)
             wait_for(lambda: d.props()["LeaseRemaining"] > 29 * 86400, 30, "the lease renewed")
             assert str(d.props()["LeaseState"]).startswith("lease valid for")
             assert agent.state_file.load().last_seq == order.seq
@@ -214,9 +220,10 @@ def test_syncd_hosts_the_management_agent(system_bus: PrivateSystemBus, peers: P
             d.stop()
 
 
-def test_syncd_schedule_syncs_by_itself_and_retries_a_failure_later(
+@pytest.mark.asyncio(loop_scope="session")
+async def test_syncd_schedule_syncs_by_itself_and_retries_a_failure_later(
         system_bus: PrivateSystemBus, peers: Peers, tmp_path: Path) -> None:
-    with world(tmp_path) as w:
+    async with world(tmp_path) as w:
         ok_vm = w.create("s", data=[(0x33, 0, MIB)]).name()
         no_key = w.create("k", start=False).name()  # provisioning holds no key for it
         d = SyncDaemon(system_bus, w, tmp_path, [ok_vm],

@@ -8,6 +8,8 @@ property follows none → requested → enrolled as IT accepts the request.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -16,16 +18,19 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
 from powerd_harness import wait_for
 from shell_harness import PasswordSandbox
-from sync_env import run, world
+from sync_env import world
 from syncd_env import Peers, SyncDaemon
 
 import testlib
 from testlib import INTERFACES, need
 from vmclient.manage.enrol import CodeBook, process_requests
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NOBODY = 65534
 HERE = Path(__file__).parent
@@ -59,14 +64,14 @@ def enrolment_of(d: SyncDaemon) -> int:
     return int(obj.Get(MANAGE, "Enrolment", dbus_interface="org.freedesktop.DBus.Properties"))
 
 
-def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
+async def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
     need(shutil.which("setpriv") is not None, "setpriv is not installed")
     need(shutil.which("chpasswd") is not None, "chpasswd is not installed")
     Peers(system_bus)
     etc = PasswordSandbox(tmp_path, "nobody", None, name="syncd-etc")
     assert etc.entry("nobody").split(":")[1] in ("*", "!", "!*", "")  # no password yet
-    with world(tmp_path) as w:
+    async with world(tmp_path) as w:
         manage = tmp_path / "manage"
         d = SyncDaemon(system_bus, w, tmp_path, [], manage=manage,
                        schedule="enabled = false\nrecheck_seconds = 1\n",
@@ -119,7 +124,7 @@ def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             assert enrolment() == REQUESTED
 
             # IT accepts the request; syncd's next cycle completes the enrolment
-            [done] = run(process_requests(w.remote, w.admin, book, int(time.time())))
+            [done] = await process_requests(w.remote, w.admin, book, int(time.time()))
             assert done.enrolled and done.device == ok["reply"], done
             wait_for(lambda: enrolment() == ENROLLED, 60, "Enrolment: enrolled\n" + d.log())
             again = enrol_as(system_bus, code)
@@ -142,7 +147,7 @@ def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             d.stop()
 
 
-def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
+async def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
     """Before enrolment the laptop has no account on the storage server: syncd's Enrol
     delivers the request through the enrolment drop box (the real sshd, the account as
@@ -163,7 +168,9 @@ def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
     Peers(system_bus)
     polkit = system_bus.spawn_mock("polkitd")
     polkit.SetAllowed([ACTION])
-    with ssh_server() as server, world(tmp_path) as w:
+    async with contextlib.AsyncExitStack() as stack:
+        server = stack.enter_context(ssh_server())
+        w = await stack.enter_async_context(world(tmp_path))
         dropbox = server.add_dropbox()
         d = SyncDaemon(system_bus, w, tmp_path, [], manage=tmp_path / "manage",
                        schedule="enabled = false\nrecheck_seconds = 1\n",
@@ -193,14 +200,15 @@ def test_on_an_sftp_repository_the_request_goes_through_the_drop_box(
             device = ok["reply"]
             assert (server.repo / "enrolment" / device).is_file()
             # IT: vmclient-admin enrol --accept (record, then the account it prints)
-            [done] = run(process_requests(LocalDirStore(server.repo, file_mode=0o644),
-                                          w.admin, book, int(time.time())))
+            [done] = await process_requests(LocalDirStore(server.repo, file_mode=0o644),
+                                            w.admin, book, int(time.time()))
             assert done.enrolled and done.device == device and done.name == "laptop-s", done
             assert device == w.a.id
             # the last line of the script IT runs: the key the request carried (sshd
             # reads the file at each login)
             conf = confinement(device, done.ssh_key, str(server.repo), str(server.keys))
-            Path(conf.authorized_keys_path).write_text(conf.authorized_keys + "\n")
+            await asyncio.to_thread(Path(conf.authorized_keys_path).write_text,
+                                    conf.authorized_keys + "\n")
             wait_for(lambda: enrolment_of(d) == ENROLLED, 60,
                      "Enrolment over the device's own account\n" + d.log()
                      + server.log.read_text()[-3000:])

@@ -18,7 +18,8 @@ FULL_SHA = re.compile(r"[0-9a-f]{40}")
 
 # The upstream repositories kas.yml must pin (FIELD-NOTES: the "bitbake" key
 # must be exactly that).
-UPSTREAM = {"bitbake", "openembedded-core", "meta-openembedded", "meta-virtualization", "meta-yocto"}
+UPSTREAM = {"bitbake", "openembedded-core", "meta-openembedded", "meta-virtualization", "meta-yocto",
+            "meta-rauc"}
 
 
 def _load(path):

@@ -44,13 +44,15 @@ def distro_value(name: str) -> str:
 
 
 def wks() -> tuple[dict[str, list[str]], list[str]]:
-    """The wks's partitions (mount point -> words) in order, and its
-    bootloader line's words, expanded with the distro's values."""
+    """The wks's partitions (GPT name, as wic gives it: --part-name, else
+    --label -> words) in order, and its bootloader line's words, expanded
+    with the distro's values."""
     wks_file = bbvars.value(IMAGE, "WKS_FILE")
     text = (LAYER / "files" / "wic" / wks_file).read_text()
     extra = {"VMCLIENT_DATA_DIR": distro_value("VMCLIENT_DATA_DIR"),
              "VMCLIENT_KERNEL_CONSOLE": distro_value("VMCLIENT_KERNEL_CONSOLE"),
-             "EFI_PROVIDER": bbvars.value(DISTRO, "EFI_PROVIDER")}
+             "EFI_PROVIDER": bbvars.value(DISTRO, "EFI_PROVIDER"),
+             "VMCLIENT_ROOT_SLOT_SIZE": distro_value("VMCLIENT_ROOT_SLOT_SIZE")}
     parts: dict[str, list[str]] = {}
     boot: list[str] = []
     for line in expand(text, extra).splitlines():
@@ -58,7 +60,7 @@ def wks() -> tuple[dict[str, list[str]], list[str]]:
             continue
         args = shlex.split(line)
         if args[0] == "part":
-            parts[args[1]] = args
+            parts[option(args, "--part-name") or option(args, "--label")] = args
         elif args[0] == "bootloader":
             boot = args
     return parts, boot
@@ -84,14 +86,16 @@ def test_image_sets_wks_file_so_that_the_machines_default_does_not_win():
     assert (LAYER / "files" / "wic" / bbvars.value(IMAGE, "WKS_FILE")).is_file()
 
 
-def test_wks_has_esp_and_root_found_by_partuuid_and_no_data_partition():
+def test_wks_has_the_esp_and_two_root_slots_and_no_data_partition():
     # The data partition is created encrypted on the laptop (repart.d): one
     # in the wks would be written in plaintext, the same on every laptop.
     parts, boot = wks()
-    assert list(parts) == ["/boot", "/"]
+    slots = bbvars.words(DISTRO, "VMCLIENT_ROOT_SLOTS")
+    assert slots == ["a", "b"]
+    assert list(parts) == ["ESP", "vmroot_a", "vmroot_b"]
     assert all("--use-uuid" in p and "--ondisk" not in p for p in parts.values()), parts
     assert option(boot, "--ptable") == "gpt"
-    assert option(parts["/boot"], "--source") == "bootimg_efi"
+    assert option(parts["ESP"], "--source") == "bootimg_efi"
 
 
 # --- defect 4 and issue 16 section 2: the encrypted data partition ------------
@@ -113,7 +117,8 @@ def _ini(text: str) -> dict[str, dict[str, str]]:
 
 def test_data_partition_is_created_as_luks2_sealed_to_the_tpm2_on_first_boot():
     parts, _boot = wks()
-    assert option(parts["/"], "--part-type") == ROOT_X86_64, "repart must never take the root for it"
+    for slot in ("vmroot_a", "vmroot_b"):
+        assert option(parts[slot], "--part-type") == ROOT_X86_64, "repart must never take a root slot for it"
     repart = _ini((PERSIST / "files" / "50-vmdata.conf").read_text())["Partition"]
     assert repart["Type"] == "linux-generic"
     assert repart["Encrypt"] == "tpm2"
@@ -180,13 +185,13 @@ def test_kernel_builds_in_the_tpm_and_the_efi_stub():
 
 
 def test_secure_boot_builds_a_signed_uki_with_the_keys_given():
-    text = IMAGE.read_text()
-    assert "inherit_defer ${@'uki' if d.getVar('VMCLIENT_SB_KEY') else ''}" in text
+    # Always UKIs (one per slot, vmclient-ab-uki.bbclass), signed with the keys.
+    assert {"uki", "image_types_verity", "vmclient-ab-uki"} <= set(bbvars.words(IMAGE, "IMAGE_CLASSES"))
     assert bbvars.value(IMAGE, "UKI_SB_KEY") == "${VMCLIENT_SB_KEY}"
     assert bbvars.value(IMAGE, "UKI_SB_CERT") == "${VMCLIENT_SB_CERT}"
     cmdline = bbvars.words(IMAGE, "UKI_CMDLINE")
-    label = option(wks()[0]["/"], "--label")
-    assert f"root=LABEL={label}" in cmdline and "ro" in cmdline
+    assert "ro" in cmdline and "init_fatal_reboot" in cmdline
+    assert not [w for w in cmdline if w.startswith(("root=", "roothash="))], "each slot adds its own root"
     assert "${VMCLIENT_KERNEL_CONSOLE}" in cmdline
     kas = (REPO / "kas.yml").read_text()
     for var in ("VMCLIENT_SB_KEY", "VMCLIENT_SB_CERT"):
@@ -239,8 +244,12 @@ def test_secure_boot_signs_the_uki_and_the_boot_loader_with_sbsign_when_keys_are
 # --- defect 8: no serial console first on a laptop ---------------------------
 
 def test_laptop_kernel_command_line_has_no_serial_console_and_qemu_has_one():
+    # The command line is the UKIs' (the wks's bootloader line writes no entry).
     _parts, boot = wks()
-    consoles = re.findall(r"console=(\S+)", option(boot, "--append"))
+    assert option(boot, "--append") is None
+    cmdline = expand(bbvars.value(IMAGE, "UKI_CMDLINE"),
+                     {"VMCLIENT_KERNEL_CONSOLE": distro_value("VMCLIENT_KERNEL_CONSOLE")})
+    consoles = re.findall(r"console=(\S+)", cmdline)
     assert consoles and not [c for c in consoles if c.startswith("ttyS")], consoles
     qemu = (REPO / "conf" / "kas" / "qemu.yml").read_text()
     assert re.search(r'VMCLIENT_KERNEL_CONSOLE = ".*console=ttyS0', qemu)

@@ -26,6 +26,7 @@ PYPI_TO_YOCTO = {
     "cryptography": "python3-cryptography",  # openembedded-core
     "zstandard": "python3-zstandard",  # meta-python
     "rich": "python3-rich",  # meta-python
+    "boto3": "python3-boto3",  # meta-vmclient (with botocore and s3transfer)
 }
 
 
@@ -260,3 +261,17 @@ def test_the_lock_screen_has_its_pam_service_binding_and_module():
     rdepends = set(words(RECIPE, "RDEPENDS:vmclient-shell"))
     assert {"pamela", "pam-plugin-unix"} <= rdepends
     assert "vmclient_install_dir $data/pam.d ${sysconfdir}/pam.d 0644" in RECIPE.read_text()
+
+
+def test_meta_vmclient_python_recipes_carry_the_versions_the_constraints_pin():
+    """The S3 client stack meta-vmclient adds (boto3, botocore, s3transfer) is what CI
+    tests: each recipe's version is the one constraints-wrynose.txt pins."""
+    pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", (
+        SERVICES / "constraints-wrynose.txt").read_text(), flags=re.M))
+    recipes = sorted((LAYER / "recipes-devtools" / "python").glob("python3-*_*.bb"))
+    assert {r.name.split("_")[0] for r in recipes} >= {
+        "python3-boto3", "python3-botocore", "python3-s3transfer"}
+    for recipe in recipes:
+        name, version = recipe.stem.split("_", 1)
+        pypi = name.removeprefix("python3-")
+        assert pins.get(pypi) == version, f"{recipe.name}: constraints pin {pypi}=={pins.get(pypi)}"

@@ -361,6 +361,24 @@ def screen_args(vnc: bool = False) -> list[str]:
     return args + (["-display", "vnc=127.0.0.1:0,to=99"] if vnc else [])
 
 
+def usb_args() -> list[str]:
+    """QEMU arguments (for ``BootConfig.extra_args``) that give the booted host a USB
+    port: an xHCI controller (``id=xhci``), empty until ``plug_usb()`` plugs a device
+    in, as a person plugs a stick into a running laptop."""
+    return ["-device", "qemu-xhci,id=xhci"]
+
+
+def plug_usb(q: QMP, dev_id: str, driver: str, image: Path | None = None,
+             **props: Any) -> None:
+    """Plug a USB device into the xHCI of ``usb_args()``: ``driver`` is QEMU's
+    (``usb-storage`` backed by the raw file ``image``, ``usb-mtp``, ``usb-kbd``…)."""
+    if image is not None:
+        q.execute("blockdev-add", driver="raw", **{"node-name": f"{dev_id}-disk"},
+                  file={"driver": "file", "filename": str(image)})
+        props["drive"] = f"{dev_id}-disk"
+    q.execute("device_add", driver=driver, id=dev_id, bus="xhci.0", **props)
+
+
 def vnc_port(q: QMP) -> int | None:
     """The TCP port of the machine's VNC server, if it has one."""
     info = q.execute("query-vnc")
@@ -754,6 +772,19 @@ def booted(cfg: BootConfig, **kw: Any) -> Iterator[Machine]:
 
 
 # ------------------------------------------------------- guest-side helpers
+
+
+def put_image_files(m: Machine, files: dict[str, tuple[str, int]]) -> None:
+    """Files an image would carry on its read-only root (the test host's root is
+    read-only, as the image's): written with the root remounted read-write for the
+    moment, then read-only again.  {path: (text, mode)}."""
+    m.ssh("mount -o remount,rw /", check=True)
+    try:
+        for path, (text, mode) in files.items():
+            m.ssh(f"mkdir -p {shlex.quote(os.path.dirname(path))}", check=True)
+            m.put_text(path, text, mode)
+    finally:
+        m.ssh("sync && mount -o remount,ro /", check=True)
 
 POWER_NS = "https://vmclient.org/xmlns/power/1"
 

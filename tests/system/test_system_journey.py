@@ -125,14 +125,8 @@ def write_file(m: harness.Machine, path: str, text: str, mode: int = 0o644) -> N
 
 
 def write_image_files(m: harness.Machine, files: dict[str, tuple[str, int]]) -> None:
-    """Files an image built for this datacenter carries on its read-only root: written
-    with the root remounted read-write for the moment, then read-only again."""
-    m.ssh("mount -o remount,rw /", check=True)
-    try:
-        for path, (text, mode) in files.items():
-            write_file(m, path, text, mode)
-    finally:
-        m.ssh("sync && mount -o remount,ro /", check=True)
+    """Files an image built for this datacenter carries on its read-only root."""
+    harness.put_image_files(m, files)
 
 
 def hmp_qemu_io(m: harness.Machine, vm: str, cmd: str) -> str:

@@ -63,14 +63,20 @@ RDEPENDS:${PN}-hypervisor = "\
 # rely on: polkit for authorisation, vmclient-persist for state on the data
 # partition under a read-only root (it brings volatile-binds),
 # cryptsetup for LUKS, systemd-cryptenroll (systemd-crypt, only recommended by
-# systemd) for the recovery key vmclient-recovery-key.service escrows.
+# systemd) for the recovery key vmclient-recovery-key.service escrows;
+# host updates: rauc with its configuration and keyring (rauc-conf, which
+# refuses to build without VMCLIENT_RAUC_KEYRING) and the boot backend
+# (vmclient-update).
 RDEPENDS:${PN}-services = "\
     cryptsetup \
     polkit \
+    rauc \
+    rauc-conf \
     systemd-crypt \
     vmclient-admin-key \
     vmclient-persist \
     vmclient-services \
+    vmclient-update \
 "
 
 # A laptop: NetworkManager for wired and Wi-Fi networks (nmcli on the

@@ -94,6 +94,7 @@ SYSTEMD_SERVICE:${PN} = "\
     vmclient-syncd.service \
     vmclient-recovery-key.service \
     vmclient-recovery-key.path \
+    vmclient-boot-check.service \
 "
 
 # vmclient-shell, the desktop (python-services/docs/shell.md): its own
@@ -201,6 +202,7 @@ RDEPENDS:${PN} += "\
     libvirt-python \
     openssh-ssh \
     python3-asyncio \
+    python3-boto3 \
     python3-core \
     python3-cryptography \
     python3-dbus-fast \

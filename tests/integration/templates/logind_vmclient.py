@@ -8,7 +8,9 @@ Inhibit() is the stock one plus a time stamp: TestReleasedAt holds the
 CLOCK_MONOTONIC time (Python's ``time.monotonic()``, the same clock in every
 process) at which the last inhibitor's fd was closed, so bench/power.py reads
 when powerd let go instead of polling ListInhibitors in a loop that takes CPU
-from the daemon it measures.
+from the daemon it measures.  TestAnnounceSleep(b) emits PrepareForSleep(b)
+with TestAnnouncedAt stamped on the same clock just before, so the bench
+measures from logind's announcement, not from its own call to the mock.
 """
 
 import os
@@ -47,6 +49,13 @@ def Inhibit(self, what, who, why, mode):
     GLib.idle_add(os.close, fd_w)
     return fd_w
 
+@dbus.service.method(_stock.MAIN_IFACE, in_signature="b", out_signature="")
+def TestAnnounceSleep(self, start):
+    """PrepareForSleep(start), with TestAnnouncedAt stamped right before it is sent."""
+    self.Set(_stock.MAIN_IFACE, "TestAnnouncedAt", dbus.Double(time.monotonic()))
+    self.EmitSignal(_stock.MAIN_IFACE, "PrepareForSleep", "b", [start])
+
+
 BUS_NAME = _stock.BUS_NAME
 MAIN_OBJ = _stock.MAIN_OBJ
 MAIN_IFACE = _stock.MAIN_IFACE
@@ -61,6 +70,7 @@ def load(mock, parameters):
         "LidClosed": False,
         "TestSuspendCount": dbus.UInt32(0),
         "TestReleasedAt": dbus.Double(0.0),
+        "TestAnnouncedAt": dbus.Double(0.0),
     }, signature="sv"))
     mock.AddMethod(
         MAIN_IFACE, "Suspend", "b", "",

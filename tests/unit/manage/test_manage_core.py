@@ -3,7 +3,6 @@ key shredding and rotation, admin order numbering."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -103,8 +102,9 @@ def test_wrapping_key_rotation_rewraps_kept_keys_and_is_resumable(tmp_path: Path
                              "data-key", "vm:priv") == secret
 
 
-def test_admin_numbers_orders_past_forgeries_and_checks_arguments(tmp_path: Path) -> None:
-    asyncio.run(_numbering(tmp_path))
+@pytest.mark.asyncio
+async def test_admin_numbers_orders_past_forgeries_and_checks_arguments(tmp_path: Path) -> None:
+    await _numbering(tmp_path)
 
 
 async def _enrolled(remote: MemoryStore) -> tuple[crypto.Ed25519PrivateKey, str]:
@@ -149,37 +149,35 @@ class HidingStore(MemoryStore):
         return [e for e in await super().list(prefix) if e.path not in self.hidden]
 
 
-def test_a_server_hiding_executed_orders_cannot_make_the_admin_reuse_a_number(
+@pytest.mark.asyncio
+async def test_a_server_hiding_executed_orders_cannot_make_the_admin_reuse_a_number(
         tmp_path: Path) -> None:
     """Issue 13 §2.4: the laptop executed orders 1-3; the server deletes them (or leaves them
     out of the listing); the wipe the admin issues next must be number 4, not 1."""
-    async def run() -> None:
-        remote = HidingStore()
-        admin, dev = await _enrolled(remote)
-        numbers = it.OrderNumbers(tmp_path / "orders.json")
-        for _ in range(3):
-            await it.issue_order(remote, admin, dev, "lock", {}, T, numbers=numbers)
-        laptop = OrderState(dev, last_seq=3)  # it executed all three
-        for seq in (1, 2):
-            del remote.objects[layout.order(dev, seq)]
-        remote.hidden = {layout.order(dev, 3)}  # still there, not listed
-        wipe = await it.issue_order(remote, admin, dev, "wipe", {"include_private": False},
-                                    T, numbers=numbers)
-        assert wipe.seq == 4
-        laptop.check(wipe, layout.order(dev, 4))  # accepted, not a replay
-        assert (tmp_path / "orders.json").stat().st_mode & 0o777 == 0o600
+    remote = HidingStore()
+    admin, dev = await _enrolled(remote)
+    numbers = it.OrderNumbers(tmp_path / "orders.json")
+    for _ in range(3):
+        await it.issue_order(remote, admin, dev, "lock", {}, T, numbers=numbers)
+    laptop = OrderState(dev, last_seq=3)  # it executed all three
+    for seq in (1, 2):
+        del remote.objects[layout.order(dev, seq)]
+    remote.hidden = {layout.order(dev, 3)}  # still there, not listed
+    wipe = await it.issue_order(remote, admin, dev, "wipe", {"include_private": False},
+                                T, numbers=numbers)
+    assert wipe.seq == 4
+    laptop.check(wipe, layout.order(dev, 4))  # accepted, not a replay
+    assert (tmp_path / "orders.json").stat().st_mode & 0o777 == 0o600
 
-        # another admin machine (its own orders.json, up to 3) while the listing hides
-        # order 4: the exclusive put collides with the valid order 4 and moves on to 5,
-        # never replacing it
-        other = it.OrderNumbers(tmp_path / "other" / "orders.json")
-        other.record(dev, 3)
-        remote.hidden = {layout.order(dev, 4)}
-        nxt = await it.issue_order(remote, admin, dev, "unlock", {}, T, numbers=other)
-        assert nxt.seq == 5 and other.last(dev) == 5
-        assert await it.signed_order(remote, admin.public_key(), dev, 4) == wipe
-
-    asyncio.run(run())
+    # another admin machine (its own orders.json, up to 3) while the listing hides
+    # order 4: the exclusive put collides with the valid order 4 and moves on to 5,
+    # never replacing it
+    other = it.OrderNumbers(tmp_path / "other" / "orders.json")
+    other.record(dev, 3)
+    remote.hidden = {layout.order(dev, 4)}
+    nxt = await it.issue_order(remote, admin, dev, "unlock", {}, T, numbers=other)
+    assert nxt.seq == 5 and other.last(dev) == 5
+    assert await it.signed_order(remote, admin.public_key(), dev, 4) == wipe
 
 
 def test_admin_cli_words_become_typed_order_arguments() -> None:

@@ -3,7 +3,6 @@ the pure and repository-level rules, on an in-memory repository."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -70,9 +69,10 @@ class World:
                                                   or self.a.id, "min_seq": min_seq})
 
 
-def test_rekey_hands_the_escrowed_key_to_the_new_device_which_accepts_it(tmp_path: Path
-                                                                         ) -> None:
-    asyncio.run(_rekey_and_accept(tmp_path))
+@pytest.mark.asyncio
+async def test_rekey_hands_the_escrowed_key_to_the_new_device_which_accepts_it(tmp_path: Path
+                                                                               ) -> None:
+    await _rekey_and_accept(tmp_path)
 
 
 async def _rekey_and_accept(tmp: Path) -> None:
@@ -117,8 +117,9 @@ async def _rekey_and_accept(tmp: Path) -> None:
         await rk.writers(w.remote, admin, w.b.id, VM)
 
 
-def test_rekey_needs_the_organisations_escrow_key_and_two_devices() -> None:
-    asyncio.run(_rekey_refusals())
+@pytest.mark.asyncio
+async def test_rekey_needs_the_organisations_escrow_key_and_two_devices() -> None:
+    await _rekey_refusals()
 
 
 async def _rekey_refusals() -> None:
@@ -134,8 +135,9 @@ async def _rekey_refusals() -> None:
     assert not [p for p in w.remote.objects if p.startswith(layout.device_dir(w.b.id) + "/vms")]
 
 
-def test_a_revoked_device_gets_no_orders_and_the_view_says_so() -> None:
-    asyncio.run(_revoked())
+@pytest.mark.asyncio
+async def test_a_revoked_device_gets_no_orders_and_the_view_says_so() -> None:
+    await _revoked()
 
 
 async def _revoked() -> None:
@@ -189,13 +191,14 @@ def test_the_drop_box_and_the_revocation_texts() -> None:
     assert f"# vmclient device {'ab' * 16}" in script
 
 
-def test_the_heartbeat_names_the_release_and_only_the_device_can_write_it(tmp_path: Path
-                                                                          ) -> None:
+@pytest.mark.asyncio
+async def test_the_heartbeat_names_the_release_and_only_the_device_can_write_it(tmp_path: Path
+                                                                                ) -> None:
     osr = tmp_path / "os-release"
     osr.write_text('ID=vmclient\nVERSION_ID="1.2"\nBUILD_ID=20261126\n')
     assert status.release(osr).endswith("(vmclient 1.2 20261126)")
     assert status.release(tmp_path / "missing").startswith("vmclient ")
-    asyncio.run(_heartbeat())
+    await _heartbeat()
 
 
 async def _heartbeat() -> None:
@@ -214,8 +217,9 @@ async def _heartbeat() -> None:
         await fleetview.device_status(w.remote, w.b.rec)
 
 
-def test_one_bad_report_marks_its_device_suspect_and_hides_nothing_else() -> None:
-    asyncio.run(_suspect())
+@pytest.mark.asyncio
+async def test_one_bad_report_marks_its_device_suspect_and_hides_nothing_else() -> None:
+    await _suspect()
 
 
 async def _suspect() -> None:

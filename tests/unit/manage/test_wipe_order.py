@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,8 @@ class StuckHost:
         self.forgotten.append(vm.name)
 
 
-def test_keys_are_shredded_even_when_destroy_keeps_failing(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_keys_are_shredded_even_when_destroy_keeps_failing(tmp_path: Path) -> None:
     cfg = ManageConfig(tmp_path / "manage", tmp_path / "vmkeys", tmp_path / "images")
     keys = DeviceKeys(cfg.device_keys_dir)
     keys.ensure()
@@ -50,7 +50,7 @@ def test_keys_are_shredded_even_when_destroy_keeps_failing(tmp_path: Path) -> No
             await run_wipe(host, cfg, journal)  # type: ignore[arg-type]
 
     for _ in range(3):  # the agent retries the wipe at every start; destroy fails each time
-        asyncio.run(attempt())
+        await attempt()
         assert not key_file.exists() and host.forgotten == ["biz"]
         assert keys.wrapping().private_bytes_raw() != old.private_bytes_raw()
         assert journal.load()["done"] == ["plan", "keys"]  # type: ignore[index]

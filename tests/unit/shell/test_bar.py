@@ -63,6 +63,15 @@ def test_an_install_in_progress_from_provd():
     assert install_text({"Phase": "x", "BytesTotal": "y"}) == ""
 
 
+def test_a_streamed_restore_in_progress_from_provd():
+    from vmclient.shell.bar import install_text
+
+    assert install_text({"Phase": 6, "CurrentVM": "crm"}) \
+        == "Restoring crm: starting from the datacenter"
+    assert install_text({"Phase": 7, "CurrentVM": "crm", "BytesDone": 1, "BytesTotal": 4}) \
+        == "Restoring crm: filling its disks 25%"
+
+
 def test_why_a_vm_is_paused_from_powerd():
     from vmclient.shell.bar import vm_detail
 
@@ -79,3 +88,10 @@ def test_why_a_vm_is_paused_from_powerd():
         == "paused for sleep, paused: lid closed"
     assert vm_detail("work", "paused", {"PausedByUs": 7}) == "paused"  # nonsense: not trusted
     assert vm_detail("home", "shutoff", {"PausedByUs": [("home", 3)]}) == "saved"
+
+
+def test_an_installed_host_update_asks_for_a_restart_without_quoting_syncd():
+    assert sync_text({"State": 1, "HostUpdate": "2.1.0"}) == "restart to update"
+    assert sync_text({"State": 1, "LeaseRemaining": 3600, "HostUpdate": "\x1b[2J2.1"}) \
+        == "lease 1 h 0 min \u00b7 restart to update"
+    assert sync_text({"State": 1, "HostUpdate": ""}) == ""

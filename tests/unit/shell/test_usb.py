@@ -2,7 +2,8 @@
 or during the first start, never a keyboard or mouse; the menu's rows.
 
 The adapter (shell/usbredir.py) cannot be tested with a device here: libusb needs
-/dev/bus/usb and umockdev cannot give libusb a device (docs/shell.md)."""
+/dev/bus/usb and umockdev cannot give libusb a device; the booted test host's desktop
+test plugs emulated devices into it (tests/system/test_system_desktop.py)."""
 
 from __future__ import annotations
 

@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
 
 def flip(data: bytes, pos: int) -> bytes:
     """``data`` with one bit of byte ``pos`` flipped."""

@@ -17,8 +17,6 @@ from vmclient.store.locks import LockInfo, Whoami, lock_document, read_lock, sta
 from vmclient.store.remote import MemoryStore
 from vmclient.transport.localfs import LocalDirStore
 
-from .helpers import run
-
 LOCK = "devices/d1/lock"
 ME = Whoami("laptop-1", "m" * 32, "boot-now", 4242)
 
@@ -33,13 +31,15 @@ def _stores(kind: str, tmp_path: Path, clock: list[int]) -> tuple[MemoryStore | 
     return LocalDirStore(tmp_path, lambda: clock[0]), LocalDirStore(tmp_path, lambda: clock[0])
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["memory", "localfs"])
-def test_two_clients_breaking_one_stale_lock_do_not_both_win(kind: str, tmp_path: Path) -> None:
+async def test_two_clients_breaking_one_stale_lock_do_not_both_win(kind: str,
+                                                                   tmp_path: Path) -> None:
     """B judged the lock stale, then A broke it and took a fresh one: B must not delete A's."""
     clock = [10_000]
     a, b = _stores(kind, tmp_path, clock)
     stale = json.dumps({"holder": "crashed", "created": 0, "nonce": "00"}).encode()
-    run(a.put_atomic(LOCK, stale))
+    await a.put_atomic(LOCK, stale)
     a_locked = asyncio.Event()
     b_read = asyncio.Event()
     real_get = b.get
@@ -68,10 +68,10 @@ def test_two_clients_breaking_one_stale_lock_do_not_both_win(kind: str, tmp_path
 
         return await asyncio.gather(client_a(), client_b())
 
-    token_a, outcome_b = run(race())
+    token_a, outcome_b = await race()
     assert isinstance(outcome_b, LockHeld), "both clients hold the lock"
     assert "client A" in str(outcome_b)
-    info = read_lock(run(a.get(LOCK)))
+    info = read_lock(await a.get(LOCK))
     assert info is not None and info.nonce == token_a.nonce  # type: ignore[attr-defined]
     if kind == "localfs":  # nothing set aside is left behind
         d = tmp_path / "devices" / "d1"
@@ -108,7 +108,9 @@ def test_stale_reason(info: LockInfo | None, reason: str | None) -> None:
     assert got == reason if reason is None else (got is not None and reason in got), got
 
 
-def test_a_lock_from_an_earlier_boot_is_broken_at_once_whatever_its_pid(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_a_lock_from_an_earlier_boot_is_broken_at_once_whatever_its_pid(
+        tmp_path: Path) -> None:
     """The pid in the lock is alive now (this very test's parent), but it is another boot's."""
     me = Whoami.current()
     if not me.boot or not me.machine:
@@ -116,57 +118,54 @@ def test_a_lock_from_an_earlier_boot_is_broken_at_once_whatever_its_pid(tmp_path
     store = LocalDirStore(tmp_path)
     before = Whoami(me.host, me.machine, "an-earlier-boot", os.getppid())
     store_doc = lock_document("laptop vmclient-sync pid 1", int(time.time()), "aa", me=before)
-    run(store.put_atomic(LOCK, store_doc))
-    token = run(store.lock(LOCK, "after reboot"))
-    assert read_lock(run(store.get(LOCK))).nonce == token.nonce  # type: ignore[union-attr]
-    run(store.unlock(token))
+    await store.put_atomic(LOCK, store_doc)
+    token = await store.lock(LOCK, "after reboot")
+    assert read_lock(await store.get(LOCK)).nonce == token.nonce  # type: ignore[union-attr]
+    await store.unlock(token)
     with pytest.raises(ObjectNotFound):
-        run(store.get(LOCK))
+        await store.get(LOCK)
     # the same lock from this boot, its process alive: held
-    run(store.put_atomic(LOCK, lock_document("x", int(time.time()), "bb", me=Whoami(
-        me.host, me.machine, me.boot, os.getppid()))))
+    await store.put_atomic(LOCK, lock_document("x", int(time.time()), "bb", me=Whoami(
+        me.host, me.machine, me.boot, os.getppid())))
     with pytest.raises(LockHeld):
-        run(store.lock(LOCK, "same boot"))
+        await store.lock(LOCK, "same boot")
 
 
-def test_a_long_run_refreshes_its_lock_so_it_never_looks_stale() -> None:
+@pytest.mark.asyncio
+async def test_a_long_run_refreshes_its_lock_so_it_never_looks_stale() -> None:
     clock = [0]
     store = MemoryStore(lambda: clock[0])
 
-    async def scenario() -> None:
-        token = await store.lock(LOCK, "long sync")
-        fresh = asyncio.create_task(keep_fresh(store, token, every=0.01))
-        clock[0] = 1500
-        await asyncio.sleep(0.1)  # refreshed at 1500 (or later)
-        clock[0] = 2500  # 2500 s after it was taken, 1000 s after the refresh
-        other = MemoryStore(lambda: clock[0])
-        other.objects = store.objects
-        with pytest.raises(LockHeld, match="long sync"):
-            await other.lock(LOCK, "other", stale_after=1800)
-        fresh.cancel()
-        info = read_lock(store.objects[LOCK])
-        assert info is not None and info.created == 0 and info.refreshed >= 1500
-        await store.unlock(token)
-        assert LOCK not in store.objects
-
-    run(scenario())
+    token = await store.lock(LOCK, "long sync")
+    fresh = asyncio.create_task(keep_fresh(store, token, every=0.01))
+    clock[0] = 1500
+    await asyncio.sleep(0.1)  # refreshed at 1500 (or later)
+    clock[0] = 2500  # 2500 s after it was taken, 1000 s after the refresh
+    other = MemoryStore(lambda: clock[0])
+    other.objects = store.objects
+    with pytest.raises(LockHeld, match="long sync"):
+        await other.lock(LOCK, "other", stale_after=1800)
+    fresh.cancel()
+    info = read_lock(store.objects[LOCK])
+    assert info is not None and info.created == 0 and info.refreshed >= 1500
+    await store.unlock(token)
+    assert LOCK not in store.objects
 
 
-def test_refresh_does_not_take_back_a_lock_broken_meanwhile() -> None:
+@pytest.mark.asyncio
+async def test_refresh_does_not_take_back_a_lock_broken_meanwhile() -> None:
     store = MemoryStore()
 
-    async def scenario() -> None:
-        token = await store.lock(LOCK, "slow")
-        store.objects[LOCK] = lock_document("other", 0, "ff")
-        assert not await store.refresh(token)
-        assert read_lock(store.objects[LOCK]).nonce == "ff"  # type: ignore[union-attr]
-        await store.unlock(token)  # not ours: left alone
-        assert read_lock(store.objects[LOCK]).nonce == "ff"  # type: ignore[union-attr]
-
-    run(scenario())
+    token = await store.lock(LOCK, "slow")
+    store.objects[LOCK] = lock_document("other", 0, "ff")
+    assert not await store.refresh(token)
+    assert read_lock(store.objects[LOCK]).nonce == "ff"  # type: ignore[union-attr]
+    await store.unlock(token)  # not ours: left alone
+    assert read_lock(store.objects[LOCK]).nonce == "ff"  # type: ignore[union-attr]
 
 
-def test_a_cancelled_run_still_releases_its_lock(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_a_cancelled_run_still_releases_its_lock(tmp_path: Path) -> None:
     """Ctrl-C under asyncio.run cancels the main task while it is in blocking code (the
     qcow2 conversion); the cancellation lands at the first await of its ``finally``."""
     store = LocalDirStore(tmp_path)
@@ -179,43 +178,39 @@ def test_a_cancelled_run_still_releases_its_lock(tmp_path: Path) -> None:
         finally:
             await unlock_anyway(store, token)
 
-    async def scenario() -> None:
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.create_task(publish_like())
-
-    run(scenario())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(publish_like())
     assert not (tmp_path / LOCK).exists()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["memory", "localfs"])
-def test_rename_moves_only_to_a_free_name(kind: str, tmp_path: Path) -> None:
+async def test_rename_moves_only_to_a_free_name(kind: str, tmp_path: Path) -> None:
     s, _ = _stores(kind, tmp_path, [0])
-    run(s.put_atomic("a/x", b"1"))
-    run(s.put_atomic("a/y", b"2"))
+    await s.put_atomic("a/x", b"1")
+    await s.put_atomic("a/y", b"2")
     with pytest.raises(LocalSyncError, match="exists"):
-        run(s.rename("a/x", "a/y"))
-    run(s.rename("a/x", "a/z"))
-    assert run(s.get("a/z")) == b"1"
+        await s.rename("a/x", "a/y")
+    await s.rename("a/x", "a/z")
+    assert await s.get("a/z") == b"1"
     with pytest.raises(ObjectNotFound):
-        run(s.rename("a/x", "a/w"))
+        await s.rename("a/x", "a/w")
 
 
-def test_the_sync_engine_keeps_its_device_lock_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.asyncio
+async def test_the_sync_engine_keeps_its_device_lock_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     from vmclient.store import holding
     from vmclient.sync.lock import device_lock
     monkeypatch.setattr(holding, "REFRESH_EVERY", 0.01)
     clock = [0]
     store = MemoryStore(lambda: clock[0])
 
-    async def scenario() -> None:
-        async with device_lock(store, "d1", "office"):
-            clock[0] = 700
-            await asyncio.sleep(0.1)
-            info = read_lock(store.objects[LOCK])
-            assert info is not None and info.refreshed == 700 and info.created == 0
-        assert LOCK not in store.objects
-        clock[0] = 1400
-        await asyncio.sleep(0.05)  # the refresher stopped: nothing rewrote the lock
-        assert LOCK not in store.objects
-
-    run(scenario())
+    async with device_lock(store, "d1", "office"):
+        clock[0] = 700
+        await asyncio.sleep(0.1)
+        info = read_lock(store.objects[LOCK])
+        assert info is not None and info.refreshed == 700 and info.created == 0
+    assert LOCK not in store.objects
+    clock[0] = 1400
+    await asyncio.sleep(0.05)  # the refresher stopped: nothing rewrote the lock
+    assert LOCK not in store.objects

@@ -4,6 +4,7 @@ allocated for it.  Allocation is measured with tracemalloc."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import tracemalloc
 from collections.abc import Callable
@@ -20,16 +21,17 @@ from vmclient.store.format import MAX_DOCUMENT, decode_payload, signed_envelope
 from vmclient.store.orders import Order
 from vmclient.transport.localfs import LocalDirStore
 
-from .helpers import run
-
 MiB = 1 << 20
 
 
-def peak(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """(what ``fn`` raised, the most bytes Python had allocated meanwhile)."""
+async def peak(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """(what ``fn`` raised, or the coroutine it returned, the most bytes Python had
+    allocated meanwhile)."""
     tracemalloc.start()
     try:
-        fn()
+        result = fn()
+        if inspect.isawaitable(result):
+            await result
         raise AssertionError("not refused")
     except RemoteIntegrityError as exc:
         return exc, tracemalloc.get_traced_memory()[1]
@@ -44,38 +46,42 @@ def sparse(path: Path, size: int, head: bytes = b"") -> None:
         f.truncate(size)  # a hole: no disk used
 
 
-def test_an_oversize_order_is_refused_without_being_read(tmp_path: Path, admin: Ed25519PrivateKey,
-                                                         device_id: str) -> None:
+@pytest.mark.asyncio
+async def test_an_oversize_order_is_refused_without_being_read(
+        tmp_path: Path, admin: Ed25519PrivateKey, device_id: str) -> None:
     store = LocalDirStore(tmp_path / "repo")
     path = layout.order(device_id, 1)
     real = signed_envelope(admin, "order", f"{device_id}/1",
                            Order(device_id, 1, 0, "lock").to_bytes())
     sparse(tmp_path / "repo" / path, 256 * MiB, real)  # a genuine order, padded by the server
     signers = {crypto.key_id(admin.public_key()): admin.public_key()}
-    exc, most = peak(lambda: run(repo.get_signed(store, path, signers, "order", f"{device_id}/1")))
+    exc, most = await peak(lambda: repo.get_signed(store, path, signers, "order",
+                                                   f"{device_id}/1"))
     assert exc.obj_type == "order" and exc.path == path, exc
     assert "larger than the 4194304 bytes" in str(exc)
     assert most < 5 * MiB + (1 << 16), most  # the cap and a byte, never the 256 MiB
 
 
-def test_a_small_object_read_allocates_its_size_not_the_cap(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_a_small_object_read_allocates_its_size_not_the_cap(tmp_path: Path) -> None:
     store = LocalDirStore(tmp_path / "repo")
-    run(store.put_atomic("devices/d/x", b"tiny"))
+    await store.put_atomic("devices/d/x", b"tiny")
     tracemalloc.start()
     try:
-        assert run(store.get("devices/d/x", 0, 64 * MiB)) == b"tiny"
+        assert await store.get("devices/d/x", 0, 64 * MiB) == b"tiny"
         most = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert most < MiB, most
 
 
-def test_a_zstd_frame_declaring_a_huge_size_is_refused_before_allocating() -> None:
+@pytest.mark.asyncio
+async def test_a_zstd_frame_declaring_a_huge_size_is_refused_before_allocating() -> None:
     c = zstandard.ZstdCompressor(write_content_size=True).compressobj(size=512 * MiB)
     frame = c.compress(bytes(1 << 16)) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
     assert zstandard.frame_content_size(frame) == 512 * MiB  # 23 bytes that claim 512 MiB
     payload = b"\x01" + frame
-    exc, most = peak(lambda: decode_payload(payload, "manifest", "m1", "vms/x/manifest"))
+    exc, most = await peak(lambda: decode_payload(payload, "manifest", "m1", "vms/x/manifest"))
     assert exc.obj_type == "manifest" and exc.obj_id == "m1"
     assert f"declares {512 * MiB} bytes, more than the {MAX_DOCUMENT}" in str(exc)
     assert most < MiB, most
@@ -86,9 +92,10 @@ def test_a_zstd_frame_declaring_a_huge_size_is_refused_before_allocating() -> No
     assert len(decode_payload(b"\x01" + small, "chunk", "c", "p", limit=4096)) == 4096
 
 
-def test_a_frame_without_a_declared_size_is_bounded_by_the_limit() -> None:
+@pytest.mark.asyncio
+async def test_a_frame_without_a_declared_size_is_bounded_by_the_limit() -> None:
     c = zstandard.ZstdCompressor(write_content_size=False).compressobj()
     frame = c.compress(bytes(8 * MiB)) + c.flush()
     assert zstandard.frame_content_size(frame) == -1
-    exc, most = peak(lambda: decode_payload(b"\x01" + frame, "index", "i", "p", limit=MiB))
+    exc, most = await peak(lambda: decode_payload(b"\x01" + frame, "index", "i", "p", limit=MiB))
     assert exc.obj_type == "index" and most < 4 * MiB, most

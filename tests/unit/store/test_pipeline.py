@@ -15,13 +15,15 @@ from vmclient.store import crypto, layout
 from vmclient.store.chunker import Chunk, Chunker
 from vmclient.store.chunkstore import ChunkStore
 from vmclient.store.errors import RemoteIntegrityError
+from vmclient.store.format import encode_payload
 from vmclient.store.objects import BlobRef, ChunkMap, Manifest
+from vmclient.store.pack import authenticate_blob, open_blob
 from vmclient.store.plan import plan_download
 from vmclient.store.remote import MemoryStore
 from vmclient.sync.restore import _write
 from vmclient.sync.writeback import Writeback
 
-from .helpers import flip, run
+from .helpers import flip
 
 K = 64 << 10
 ROOT = layout.image_store("win")
@@ -65,18 +67,16 @@ class GatedStore(MemoryStore):
             self.in_flight -= 1
 
 
-def test_packs_are_uploaded_in_parallel_within_the_bound_and_keep_chunk_order(
+@pytest.mark.asyncio
+async def test_packs_are_uploaded_in_parallel_within_the_bound_and_keep_chunk_order(
         keys: crypto.KeySet) -> None:
     chunks = chunks_of(keys, 160)
 
-    async def go() -> tuple[GatedStore, dict[bytes, BlobRef]]:
-        store = GatedStore(parallel=3)
-        cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20, level=None, uploads=3)
-        up = await cs.upload(chunks, {})
-        assert up.packs >= 6 and up.chunks == 128
-        return store, dict(await ChunkStore(store, ROOT, keys).load_index())
-
-    store, index = run(go())
+    store = GatedStore(parallel=3)
+    cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20, level=None, uploads=3)
+    up = await cs.upload(chunks, {})
+    assert up.packs >= 6 and up.chunks == 128
+    index = dict(await ChunkStore(store, ROOT, keys).load_index())
     assert store.most == 3  # several at once, never more than the bound
     # blobs fill the packs in chunk order, whatever order the workers finished in
     refs = [index[c.id] for c in chunks if not c.is_zero]
@@ -89,34 +89,33 @@ def test_packs_are_uploaded_in_parallel_within_the_bound_and_keep_chunk_order(
             assert ref.pack not in done
 
 
-def test_a_failed_pack_upload_writes_no_index_and_the_next_upload_sends_only_the_rest(
+@pytest.mark.asyncio
+async def test_a_failed_pack_upload_writes_no_index_and_the_next_upload_sends_only_the_rest(
         keys: crypto.KeySet) -> None:
     chunks = chunks_of(keys, 160)
 
-    async def go() -> None:
-        store = GatedStore(parallel=2, fail_at=2)
-        cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20, level=None, uploads=2)
-        with pytest.raises(ConnectionResetError):
-            await cs.upload(chunks, {})
-        assert not [p for p in store.objects if "/index/" in p]
-        arrived = [p for p in store.objects if "/packs/" in p]
-        assert arrived  # the pack in flight beside the failed one was finished, not dropped
-        store.fail_at = None
-        again = ChunkStore(store, ROOT, keys, pack_target=1 << 20, level=None, uploads=2)
-        known = await again.load_index()  # read by header: no index names them
-        assert len(known) == len(arrived) * 16
-        up = await again.upload(chunks, known)
-        assert up.chunks == 128 - len(known)
-        m = manifest(keys, chunks)
-        plan = plan_download(m, set(), await again.load_index(), store_path=ROOT)
-        got: dict[bytes, bytes] = {}
-        await again.fetch_into(plan, got.update)
-        assert got == {c.id: c.data for c in chunks if not c.is_zero}
-
-    run(go())
+    store = GatedStore(parallel=2, fail_at=2)
+    cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20, level=None, uploads=2)
+    with pytest.raises(ConnectionResetError):
+        await cs.upload(chunks, {})
+    assert not [p for p in store.objects if "/index/" in p]
+    arrived = [p for p in store.objects if "/packs/" in p]
+    assert arrived  # the pack in flight beside the failed one was finished, not dropped
+    store.fail_at = None
+    again = ChunkStore(store, ROOT, keys, pack_target=1 << 20, level=None, uploads=2)
+    known = await again.load_index()  # read by header: no index names them
+    assert len(known) == len(arrived) * 16
+    up = await again.upload(chunks, known)
+    assert up.chunks == 128 - len(known)
+    m = manifest(keys, chunks)
+    plan = plan_download(m, set(), await again.load_index(), store_path=ROOT)
+    got: dict[bytes, bytes] = {}
+    await again.fetch_into(plan, got.update)
+    assert got == {c.id: c.data for c in chunks if not c.is_zero}
 
 
-def test_an_error_of_the_chunk_source_stops_the_upload(keys: crypto.KeySet) -> None:
+@pytest.mark.asyncio
+async def test_an_error_of_the_chunk_source_stops_the_upload(keys: crypto.KeySet) -> None:
     chunks = chunks_of(keys, 100)
     taken = []
 
@@ -127,33 +126,118 @@ def test_an_error_of_the_chunk_source_stops_the_upload(keys: crypto.KeySet) -> N
             taken.append(c)
             yield c
 
-    async def go() -> MemoryStore:
-        store = MemoryStore()
-        with pytest.raises(OSError, match="chunk 70"):
-            await ChunkStore(store, ROOT, keys, pack_target=1 << 20).upload(source(), {})
-        return store
-
-    store = run(go())
+    store = MemoryStore()
+    with pytest.raises(OSError, match="chunk 70"):
+        await ChunkStore(store, ROOT, keys, pack_target=1 << 20).upload(source(), {})
     assert len(taken) == 70
     assert not [p for p in store.objects if "/index/" in p]
 
 
-def test_fetch_into_refuses_a_tampered_pack_and_names_it(keys: crypto.KeySet) -> None:
+@pytest.mark.asyncio
+async def test_fetch_into_refuses_a_tampered_pack_and_names_it(keys: crypto.KeySet) -> None:
     chunks = chunks_of(keys, 40)
 
-    async def go() -> None:
-        store = MemoryStore()
-        cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
-        await cs.upload(chunks, {})
-        (pack,) = [p for p in store.objects if "/packs/" in p]
-        store.objects[pack] = flip(store.objects[pack], 5 * K + 100)
-        plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
-                             store_path=ROOT)
-        with pytest.raises(RemoteIntegrityError, match="authentication failed") as exc:
-            await cs.fetch_into(plan, lambda items: None)
-        assert pack in str(exc.value)
+    store = MemoryStore()
+    cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
+    await cs.upload(chunks, {})
+    (pack,) = [p for p in store.objects if "/packs/" in p]
+    store.objects[pack] = flip(store.objects[pack], 5 * K + 100)
+    plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
+                         store_path=ROOT)
+    with pytest.raises(RemoteIntegrityError, match="authentication failed") as exc:
+        await cs.fetch_into(plan, lambda items: None)
+    assert pack in str(exc.value)
 
-    run(go())
+
+@pytest.mark.asyncio
+async def test_fetch_sealed_hands_on_every_blob_authenticated_and_still_sealed(
+        keys: crypto.KeySet) -> None:
+    chunks = chunks_of(keys, 40)
+
+    store = MemoryStore()
+    cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20)
+    await cs.upload(chunks, {})
+    index = await cs.load_index()
+    plan = plan_download(manifest(keys, chunks), set(), index, store_path=ROOT,
+                         max_read=256 << 10)
+    got: dict[bytes, bytes] = {}
+    async for blobs in cs.fetch_sealed(plan, concurrency=3):
+        for cid, ref, sealed in blobs:
+            assert ref == index[cid]
+            got[cid] = open_blob(keys, cid, ref, sealed, "p")  # opened here, not before
+    assert got == {c.id: c.data for c in chunks if not c.is_zero}
+
+
+@pytest.mark.asyncio
+async def test_fetch_sealed_refuses_a_tampered_blob_after_handing_on_the_ones_before_it(
+        keys: crypto.KeySet) -> None:
+    chunks = chunks_of(keys, 40)
+
+    store = MemoryStore()
+    cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
+    await cs.upload(chunks, {})
+    (pack,) = [p for p in store.objects if "/packs/" in p]
+    store.objects[pack] = flip(store.objects[pack], 5 * K + 100)  # in the fifth blob
+    plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
+                         store_path=ROOT)
+    got = []
+    with pytest.raises(RemoteIntegrityError, match="authentication failed") as exc:
+        async for blobs in cs.fetch_sealed(plan):
+            got += [cid for cid, _ref, _sealed in blobs]
+    assert pack in str(exc.value)
+    assert len(got) == 4  # the blobs before it, in its range
+
+
+@pytest.mark.asyncio
+async def test_fetch_sealed_hands_on_the_reads_in_flight_before_a_transport_error(
+        keys: crypto.KeySet) -> None:
+    """A dropped connection fails one read: what the others bring is kept for the resume."""
+    chunks = chunks_of(keys, 40)
+
+    class Dropping(MemoryStore):
+        reads = 0
+
+        async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+            if "/packs/" in path:
+                self.reads += 1
+                if self.reads == 2:
+                    raise ConnectionResetError("dropped")  # before the others arrive
+                await asyncio.sleep(0.01)
+            return await super().get(path, offset, length)
+
+    store = Dropping()
+    cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20)
+    await cs.upload(chunks, {})
+    plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
+                         store_path=ROOT, max_read=4 * (K + 64))
+    got = []
+    with pytest.raises(ConnectionResetError):
+        async for blobs in cs.fetch_sealed(plan, concurrency=3):
+            got += [cid for cid, _ref, _sealed in blobs]
+    assert store.reads == 3  # no read started after the failure
+    expected = {cid for read in (plan.reads[0], plan.reads[2]) for cid, _ref in read.blobs}
+    assert set(got) == expected
+
+
+def test_authenticating_a_blob_checks_its_seal_and_lengths_not_its_content(
+        keys: crypto.KeySet) -> None:
+    """The content is checked against the id when the chunk is opened (where it is used)."""
+    cid = crypto.chunk_id(keys.chunk_id, b"right")
+    wrong = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(b"wrong", None))
+    ref = BlobRef("p", 0, len(wrong), 5)
+    authenticate_blob(keys, cid, ref, wrong, "p")
+    with pytest.raises(RemoteIntegrityError, match="content does not match its id"):
+        open_blob(keys, cid, ref, wrong, "p")
+    other = crypto.chunk_id(keys.chunk_id, b"other")
+    with pytest.raises(RemoteIntegrityError, match="authentication failed"):
+        authenticate_blob(keys, other, ref, wrong, "p")  # sealed under another id
+    with pytest.raises(RemoteIntegrityError, match="index says 6"):
+        authenticate_blob(keys, cid, BlobRef("p", 0, len(wrong), 6), wrong, "p")
+    packed = crypto.seal(keys.enc, "chunk", cid.hex(), encode_payload(bytes(K), 1))
+    with pytest.raises(RemoteIntegrityError, match=f"{K} bytes, index says {K - 1}"):
+        authenticate_blob(keys, cid, BlobRef("p", 0, len(packed), K - 1), packed, "p")
+    with pytest.raises(RemoteIntegrityError, match="index says"):
+        authenticate_blob(keys, cid, BlobRef("p", 0, len(wrong) + 1, 5), wrong, "p")
 
 
 def test_restore_writes_adjacent_chunks_together_and_every_place(tmp_path: Path) -> None:

@@ -5,12 +5,10 @@ picking up without uploading again what arrived."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -23,13 +21,8 @@ from vmclient.sync.job import Hooks, SyncInterrupted, SyncJob, SyncMode, SyncRes
 from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import SyncView
 
-T = TypeVar("T")
 C = 64 << 10
 VM = "office"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 def kind_of(path: str) -> str:
@@ -86,13 +79,14 @@ def env(tmp_path: Path) -> tuple[LocalDirStore, SyncJob, Path]:
     return LocalDirStore(tmp_path / "repo"), job, image
 
 
-def sync(remote: Any, job: SyncJob, image: Path, hooks: Hooks | None = None) -> SyncResult:
-    return run(engine.run(FileRun(remote, job, image, hooks)))
+async def sync(remote: Any, job: SyncJob, image: Path, hooks: Hooks | None = None
+               ) -> SyncResult:
+    return await engine.run(FileRun(remote, job, image, hooks))
 
 
-def latest_seq(remote: LocalDirStore, job: SyncJob) -> int:
-    p = run(repo.get_pointer(remote, {job.device_id: job.device.public_key()}, job.device_id,
-                             VM))
+async def latest_seq(remote: LocalDirStore, job: SyncJob) -> int:
+    p = await repo.get_pointer(remote, {job.device_id: job.device.public_key()}, job.device_id,
+                               VM)
     return p.seq
 
 
@@ -103,20 +97,21 @@ def change(image: Path, chunks: range) -> None:
             f.write(os.urandom(C))
 
 
-def stored(local: LocalDirStore, job: SyncJob) -> int:
+async def stored(local: LocalDirStore, job: SyncJob) -> int:
     """The chunks in the VM's packs (indexed, or found by their header)."""
     store = ChunkStore(local, layout.vm_store(job.device_id, VM), job.keys)
-    return len(run(store.load_index()))
+    return len(await store.load_index())
 
 
 def collapsed(kinds: list[str]) -> list[str]:
     return [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
 
 
-def test_a_sync_writes_keys_packs_an_index_the_snapshot_then_latest(env: Any) -> None:
+@pytest.mark.asyncio
+async def test_a_sync_writes_keys_packs_an_index_the_snapshot_then_latest(env: Any) -> None:
     local, job, image = env
     store = Recording(local)
-    first = sync(store, job, image)
+    first = await sync(store, job, image)
     assert collapsed(store.puts) == ["keys", "pack", "index", "snapshot", "latest"]
     assert store.puts.count("pack") >= 2
     assert (first.seq, first.mode, first.uploaded_chunks, first.chunks_read) == \
@@ -124,56 +119,57 @@ def test_a_sync_writes_keys_packs_an_index_the_snapshot_then_latest(env: Any) ->
     assert state.load(job.state_dir, VM) == state.VMSyncState(1, "")  # at rest: no checkpoint
     assert not (local.root / layout.device_lock(job.device_id)).exists()
     assert not (job.scratch_dir / VM).exists()
-    v = run(maintenance.verify(local, {job.device_id: job.device.public_key()}, job.keys,
-                               device=job.device_id, vm=VM))
+    v = await maintenance.verify(local, {job.device_id: job.device.public_key()}, job.keys,
+                                 device=job.device_id, vm=VM)
     assert (v.seq, v.chunks) == (1, 24)
 
     store.puts.clear()
     change(image, range(2, 6))
-    second = sync(store, job, image)  # the keys are there: not written again
+    second = await sync(store, job, image)  # the keys are there: not written again
     assert collapsed(store.puts) == ["pack", "index", "snapshot", "latest"]
     assert (second.seq, second.uploaded_chunks) == (2, 4)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("fail", ["pack", "index", "snapshot", "latest"])
-def test_a_failed_write_leaves_the_previous_snapshot_and_the_next_sync_completes(
+async def test_a_failed_write_leaves_the_previous_snapshot_and_the_next_sync_completes(
         env: Any, fail: str) -> None:
     local, job, image = env
-    sync(local, job, image)
+    await sync(local, job, image)
     change(image, range(0, 8))
     with pytest.raises(ConnectionResetError):
-        sync(Recording(local, fail), job, image)
-    arrived = stored(local, job) - 24  # changed chunks in packs that arrived
+        await sync(Recording(local, fail), job, image)
+    arrived = await stored(local, job) - 24  # changed chunks in packs that arrived
     assert arrived == (0 if fail == "pack" else 8)  # every pack came before the index
-    assert latest_seq(local, job) == 1  # the previous snapshot stands
+    assert await latest_seq(local, job) == 1  # the previous snapshot stands
     assert state.load(job.state_dir, VM).seq == 1
     assert not (local.root / layout.device_lock(job.device_id)).exists()  # unlocked
     assert not (job.scratch_dir / VM).exists()
 
-    after = sync(local, job, image)
+    after = await sync(local, job, image)
     # a snapshot that arrived without its pointer keeps its seq: it is never reused
     assert after.seq == (3 if fail == "latest" else 2)
     # packs that arrived are found (by their header if no index names them), not sent again
-    assert after.uploaded_chunks == 8 - arrived and stored(local, job) == 24 + 8
-    v = run(maintenance.verify(local, {job.device_id: job.device.public_key()}, job.keys,
-                               device=job.device_id, vm=VM))
+    assert after.uploaded_chunks == 8 - arrived and await stored(local, job) == 24 + 8
+    v = await maintenance.verify(local, {job.device_id: job.device.public_key()}, job.keys,
+                                 device=job.device_id, vm=VM)
     assert v.seq == after.seq
 
 
-def test_an_interrupted_sync_stops_between_chunks_and_keeps_what_arrived(env: Any) -> None:
+@pytest.mark.asyncio
+async def test_an_interrupted_sync_stops_between_chunks_and_keeps_what_arrived(env: Any) -> None:
     local, job, image = env
-    with open(image, "wb") as f:  # several sealing batches (pipeline.SEAL_BATCH)
-        f.write(os.urandom(160 * C))
+    image.write_bytes(os.urandom(160 * C))  # several sealing batches (pipeline.SEAL_BATCH)
     seen: list[int] = []
 
     def progress(done: int, _total: int) -> None:
         seen.append(done)
 
     with pytest.raises(SyncInterrupted, match=f"{VM}.*safe point"):
-        sync(local, job, image, Hooks(progress, lambda: len(seen) > 140))
+        await sync(local, job, image, Hooks(progress, lambda: len(seen) > 140))
     with pytest.raises(ObjectNotFound):
-        latest_seq(local, job)
+        await latest_seq(local, job)
     assert not (local.root / layout.device_lock(job.device_id)).exists()
-    arrived = stored(local, job)
-    after = sync(local, job, image)
+    arrived = await stored(local, job)
+    after = await sync(local, job, image)
     assert after.seq == 1 and after.uploaded_chunks == 160 - arrived

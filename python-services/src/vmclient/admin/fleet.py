@@ -53,7 +53,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("action", choices=sorted(orders.ACTIONS))
     s.add_argument("args", nargs="*", help="key=value: vm=NAME, recipe=FILE, "
                    "lease_until=+14d|UNIX_TIME, include_private=yes|no; for cancel: the "
-                   "number of the pending order")
+                   "number of the pending order; for host-update: VERSION [downgrade=yes]")
     s.add_argument("--yes", action="store_true", help="confirm a wipe")
     s.add_argument("--dry-run", action="store_true",
                    help="check and show the order, write nothing")
@@ -206,6 +206,11 @@ async def cmd_revoke(args: argparse.Namespace, remote: RemoteStore) -> None:
     _rec, rev = await it.revoke(remote, k.admin, rec.device, args.reason, int(time.time()))
     say(f"device {rec.name} ({rec.device}) revoked on {_when(rev.revoked)}: "
         "no further orders")
+    if args.repo.startswith("s3://"):  # the device's own S3 identity goes (s3iam)
+        from . import s3iam
+        n = await s3iam.revoke(s3iam.s3_store(args, remote), rec.device)
+        say(f"S3 access removed: {n} access key(s) of {rec.name} deleted")
+        return
     plan = revocation(rec.device, args.server_keys)
     removed = await _remove_authorized_keys(args, plan.account)
     if removed:

@@ -107,6 +107,12 @@ def raw_view(path: Path, tmpdir: str | None = None, *,
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextmanager
+def as_is(path: Path) -> Iterator[tuple[Path, int]]:
+    """A file published byte for byte (a host update bundle)."""
+    yield path, path.stat().st_size
+
+
 _PERCENT_RE = re.compile(rb"\(([0-9]{1,3}(?:\.[0-9]+)?)/100%\)")
 
 
@@ -208,8 +214,10 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
                   escrow: crypto.X25519PrivateKey, *, now: int | None = None,
                   tmpdir: str | None = None, progress: Progress | None = None,
                   on_size: Callable[[int], None] | None = None,
-                  on_convert: Callable[[int, int], None] | None = None
-                  ) -> tuple[Published, Catalog]:
+                  on_convert: Callable[[int, int], None] | None = None,
+                  latest_of: Callable[[Catalog], ImageVersion | None] | None = None,
+                  register: Callable[[Catalog, ImageVersion, int], Catalog] | None = None,
+                  raw: bool = False) -> tuple[Published, Catalog]:
     """Publish ``image`` as the next version of ``name`` (repository-format.md §8.2).
 
     Under the image's lock, kept fresh and released even on Ctrl-C: the catalog
@@ -217,6 +225,11 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
     version published meanwhile), what an interrupted publish left is cleared
     (temporary files; manifests of versions the catalog does not list: rolled
     back; its packs are found and reused), then the version is published.
+
+    ``latest_of`` and ``register`` (a host update bundle, :mod:`.hostupdates`) find the
+    newest version and enter the new one into the next catalog instead of
+    ``catalog.images[name]``; ``raw``: the file's bytes as they are, whatever their
+    length (a bundle), not a disk image.
     """
     if not NAME_RE.fullmatch(name):
         raise UsageError(f"image name {name!r} must match {NAME_RE.pattern}")
@@ -225,7 +238,7 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
     async with holding(remote, token):
         catalog, _digest = await get_catalog(remote, admin.public_key(), catalog.repository,
                                              known_serial=catalog.serial)
-        latest = catalog.find(name)
+        latest = catalog.find(name) if latest_of is None else latest_of(catalog)
         version = 1 if latest is None else latest.version + 1
         await sweep_locked(remote, layout.image_store(name), f"{layout.image_dir(name)}/versions")
         await roll_back_unlisted(remote, name, version)
@@ -233,19 +246,23 @@ async def publish(remote: RemoteStore, cfg: RepoConfig, catalog: Catalog, name: 
         store = ChunkStore(remote, layout.image_store(name), keys)
         known = await store.load_index(repair=True)
         ids: list[bytes] = []
-        with raw_view(image, tmpdir, on_convert=on_convert) as (raw, size):
+        view = as_is(image) if raw else raw_view(image, tmpdir, on_convert=on_convert)
+        with view as (path, size):
             if on_size is not None:
                 on_size(size)
             chunker = Chunker(keys.chunk_id, cfg.chunk_size)
-            result = await store.upload(read_chunks(raw, size, chunker, ids, progress), known)
-            damaged = await _replace_damaged(store, known, ids, raw, chunker)
+            result = await store.upload(read_chunks(path, size, chunker, ids, progress), known)
+            damaged = await _replace_damaged(store, known, ids, path, chunker)
         disk = ChunkMap("system", "system", size, cfg.chunk_size, tuple(ids))
         manifest = Manifest("image", name, str(version), version, now, keys.check, (disk,))
         digest = await put_image_manifest(remote, keys, manifest)
         entry = ImageVersion(version, digest, size, now, keys.check)
-        images = dict(catalog.images)
-        images[name] = (*images.get(name, ()), entry)
-        new = Catalog(catalog.repository, catalog.serial + 1, now, images)
+        if register is not None:
+            new = register(catalog, entry, now)
+        else:
+            images = dict(catalog.images)
+            images[name] = (*images.get(name, ()), entry)
+            new = Catalog(catalog.repository, catalog.serial + 1, now, images, catalog.host)
         await put_catalog(remote, admin, new)
     return Published(name, version, size, new.serial, result, damaged), new
 

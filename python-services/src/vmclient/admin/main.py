@@ -16,16 +16,23 @@
     vmclient-admin --repo REPO break-lock IMAGE | LOCK-PATH [--dry-run]
     vmclient-admin --repo REPO check [--read-data] | unpublish IMAGE [VERSION …]
     vmclient-admin --repo REPO forget IMAGE --keep-last N | prune IMAGE [--dry-run]
+<<<<<<< HEAD
+    vmclient-admin --repo REPO host publish BUNDLE --version V [--channel C [--rollout PCT]]
+    vmclient-admin --repo REPO host channel stable|testing VERSION --rollout PCT
+=======
+    vmclient-admin --repo s3://… s3-identity issue DEVICE --out FILE | revoke DEVICE
+>>>>>>> s8-s3
 
-REPO is a local directory or ``sftp://user@host[:port]/path`` (then
-``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key).
+REPO is a local directory, ``sftp://user@host[:port]/path`` (then
+``--ssh-key``/``--known-hosts`` give the admin's SSH key and the pinned host key) or
+``s3://bucket/prefix?endpoint=URL`` (``--s3-credentials`` the admin's access key).
 Without ``--repo``: ``$VMCLIENT_REPOSITORY``, else ``repo`` in the config file
 (:mod:`.session`).  Exit codes: :mod:`vmclient.errors` (docs/exit-codes.md).
 
 This module is the parser, the entry point and the repository's own commands; the
 others are in :mod:`.entitle` (enrol, assign), :mod:`.fleet` (enrolment codes, orders,
-devices, rekey, restore), :mod:`.maint` (check, forget, prune, unpublish) and
-:mod:`.show`.
+devices, rekey, restore), :mod:`.maint` (check, forget, prune, unpublish),
+:mod:`.s3iam` (a device's S3 identity) and :mod:`.show`.
 """
 
 from __future__ import annotations
@@ -48,12 +55,13 @@ from ..store.documents import CONFIG_ID, Catalog, RepoConfig
 from ..store.errors import ObjectNotFound
 from ..store.format import shown
 from ..store.holding import break_lock
+from ..store.hostformat import HOST_IMAGE
 from ..store.locks import LockInfo, read_lock
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_catalog, put_signed
 from ..transport import close_store, is_url, open_store
-from . import entitle, fleet, images, keys, maint, recovery, session, show
+from . import entitle, fleet, hostupdates, images, keys, maint, recovery, s3iam, session, show
 from .progress import progress_bar
 from .session import open_repo
 from .text import Output, human_size, info, utc
@@ -70,16 +78,22 @@ def version() -> str:
 
 def add_global_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    p.add_argument("--repo", help="local directory or sftp://user@host:port/path (default "
+    p.add_argument("--repo", help="local directory, sftp://user@host:port/path or "
+                   "s3://bucket/prefix?endpoint=URL (default "
                    f"${session.ENV_REPOSITORY}, else repo in the config file)")
     p.add_argument("--config", help="config file (default "
-                   "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts")
+                   "$XDG_CONFIG_HOME/vmclient/admin.toml): repo, key_dir, ssh_key, known_hosts, "
+                   "s3_credentials")
     p.add_argument("--key-dir", help="the admin's offline key directory (default "
                    f"{session.DEFAULT_KEY_DIR})")
     p.add_argument("--ssh-key", help="SSH key for an sftp:// repository: a private key file, "
                    "or a public one naming a key ssh-agent holds (default: as OpenSSH, the "
                    "IdentityFile that exists and ssh-agent's keys)")
     p.add_argument("--known-hosts", help="known_hosts file pinning the server's host key")
+    p.add_argument("--s3-credentials", metavar="FILE",
+                   help="the admin's S3 access key for an s3:// repository (AWS "
+                   "shared-credentials format, mode 0600; default: botocore's chain, e.g. "
+                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     p.add_argument("--accept-rollback", action="store_true",
                    help="accept a repository whose catalog is older than the newest this admin "
                    "signed (restored from a backup): it is re-signed with the next serial")
@@ -135,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parsers(sub)
     maint.add_parsers(sub)
     recovery.add_parsers(sub)
+    hostupdates.add_parsers(sub)
+    s3iam.add_parsers(sub)
     return p
 
 
@@ -166,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(args: argparse.Namespace) -> None:
     remote = open_store(args.repo, key_file=args.ssh_key, known_hosts=args.known_hosts,
-                        agent=args.ssh_agent, file_mode=0o644)
+                        agent=args.ssh_agent, file_mode=0o644,
+                        s3_credentials=getattr(args, "s3_credentials", None))
     try:
         await args.func(args, remote)
     finally:
@@ -187,6 +204,9 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
         raise UsageError(f"{args.repo} already holds a repository (config exists)")
     except ObjectNotFound:
         pass
+    check_conditions = getattr(remote, "check_conditions", None)
+    if check_conditions is not None:  # S3: a store that ignores If-None-Match is refused
+        await check_conditions("init-probe")
     if (args.key_dir / keys.ADMIN_KEY).exists():
         k = keys.load(args.key_dir, session.passphrase(args))
     else:
@@ -209,6 +229,9 @@ async def cmd_init(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
+    if args.name == HOST_IMAGE:
+        raise UsageError(f"image name {HOST_IMAGE!r} is reserved for host update bundles "
+                         "(`vmclient-admin host publish`)")
     k, cfg, catalog = await open_repo(args, remote)
     check_file(args.image)
     images.check_image(args.image)

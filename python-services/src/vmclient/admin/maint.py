@@ -32,6 +32,7 @@ from ..store.documents import Catalog, ImageVersion
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
 from ..store.format import shown
 from ..store.holding import holding
+from ..store.hostformat import HOST_IMAGE
 from ..store.objects import Manifest
 from ..store.remote import RemoteStore
 from ..store.repair import check_blobs
@@ -60,7 +61,10 @@ class CheckResult:
 async def check(remote: RemoteStore, k: keys.AdminKeys, catalog: Catalog, *,
                 read_data: bool = False) -> CheckResult:
     res = CheckResult()
-    for name, versions in sorted(catalog.images.items()):
+    trees = dict(catalog.images)
+    if catalog.host is not None and catalog.host.bundles:  # host bundles: an image's tree
+        trees[HOST_IMAGE] = tuple(b.image for b in catalog.host.bundles)
+    for name, versions in sorted(trees.items()):
         res.images += 1
         try:
             content = await images.content_key(remote, name, k.admin, k.escrow, create=False)
@@ -207,6 +211,7 @@ async def cmd_check(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 
 async def cmd_unpublish(args: argparse.Namespace, remote: RemoteStore) -> None:
+    refuse_host(args.image)
     k, _cfg, catalog = await session.open_repo(args, remote)
     listed = [v.version for v in catalog.images.get(args.image, ())]
     if not listed:
@@ -234,7 +239,16 @@ async def cmd_unpublish(args: argparse.Namespace, remote: RemoteStore) -> None:
             f"{args.image}` deletes their data"))
 
 
+def refuse_host(name: str) -> None:
+    """The bundles' chunk tree is listed in the catalog's host section, not as an image:
+    image maintenance would take every bundle for unlisted data."""
+    if name == HOST_IMAGE:
+        raise UsageError(f"{HOST_IMAGE!r} holds the host update bundles, not an image: "
+                         "image maintenance does not apply to it")
+
+
 async def cmd_prune(args: argparse.Namespace, remote: RemoteStore) -> None:
+    refuse_host(args.image)
     k, _cfg, catalog = await session.open_repo(args, remote)
     stale, result = await prune(remote, k, catalog, args.image, dry_run=args.dry_run)
     listed = catalog.images.get(args.image, ())

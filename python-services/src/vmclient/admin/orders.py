@@ -28,7 +28,7 @@ from .text import info, utc
 
 ACTIONS = {"assign": "assign", "unassign": "unassign", "renew": "renew-lease",
            "renew-lease": "renew-lease", "lock": "lock", "unlock": "unlock", "wipe": "wipe",
-           "cancel": "cancel"}
+           "cancel": "cancel", "host-update": "host-update"}
 DEFAULTS = {"renew-lease": ["lease_until=+14d"], "wipe": ["include_private=no"]}
 
 
@@ -47,6 +47,8 @@ async def cmd_order(args: argparse.Namespace, remote: RemoteStore) -> None:
     given = {w.partition("=")[0] for w in words}
     words += [d for d in DEFAULTS.get(action, []) if d.partition("=")[0] not in given]
     words = [_recipe_file(w) if w.startswith("recipe=") else w for w in words]
+    if action == "host-update":
+        words = await _host_update(args, remote, k, rec, words)
     values = it.order_args(action, words, now)
     if action == "wipe" and not (args.yes or args.dry_run):
         raise UsageError(f"a wipe destroys the business VMs of {rec.name} ({rec.device}): "
@@ -124,6 +126,26 @@ async def _cancel(args: argparse.Namespace, remote: RemoteStore, k: keys.AdminKe
              f"will not run; see `vmclient-admin reports {rec.name}`")
 
 
+async def _host_update(args: argparse.Namespace, remote: RemoteStore, k: keys.AdminKeys,
+                       rec: DeviceRecord, words: list[str]) -> list[str]:
+    """``host-update VERSION [downgrade=yes]``: the release must be published; the device
+    gets the bundles' content key if it lacks it."""
+    from ..store.repo import get_catalog
+    from .hostupdates import check_release, entitle_devices
+    words = [w if "=" in w else f"release={w}" for w in words]
+    release = next((w.partition("=")[2] for w in words if w.startswith("release=")), None)
+    if release is None:
+        raise UsageError("order DEVICE host-update VERSION [downgrade=yes]")
+    check_release(release)
+    cfg = await session.open_config(args, remote, k)
+    catalog, _d = await get_catalog(remote, k.admin.public_key(), cfg.repository)
+    if catalog.host is None or catalog.host.find(release) is None:
+        raise UsageError(f"no host release {release!r} is published (`vmclient-admin host "
+                         "list`)")
+    await entitle_devices(remote, k, [rec])
+    return words
+
+
 def _recipe_file(word: str) -> str:
     value = word.partition("=")[2]
     path = Path(value)
@@ -140,6 +162,9 @@ def describe(order: Order) -> str:
         return "WIPE business VMs" + (" and private VMs" if a["include_private"] else "")
     if order.action == "cancel":
         return f"cancelled (was {a['cancelled']})"
+    if order.action == "host-update":
+        return (f"host update to {a['release']}"
+                + (" (DOWNGRADE allowed)" if a.get("downgrade") else ""))
     if order.action == "rekey":
         what = (("restore and start" if a.get("start") else "restore") if a.get("restore")
                 else "rekey")

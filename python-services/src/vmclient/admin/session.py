@@ -42,7 +42,7 @@ from . import keys
 
 ENV_REPOSITORY = "VMCLIENT_REPOSITORY"
 DEFAULT_KEY_DIR = "~/.vmclient-admin"
-CONFIG_KEYS = ("repo", "key_dir", "ssh_key", "known_hosts")
+CONFIG_KEYS = ("repo", "key_dir", "ssh_key", "known_hosts", "s3_credentials")
 
 
 class WrongAdminKey(VMClientError):
@@ -81,10 +81,10 @@ def resolve(args: argparse.Namespace, *, need_repo: bool = True) -> None:
                          f"repo = \"…\" in {path}")
     args.key_dir = Path(args.key_dir or conf.get("key_dir") or DEFAULT_KEY_DIR).expanduser()
     args.ssh_agent = None  # an sftp:// repository may use one (ssh_defaults)
-    for key in ("ssh_key", "known_hosts"):
-        if getattr(args, key) is None and key in conf:
+    for key in ("ssh_key", "known_hosts", "s3_credentials"):
+        if getattr(args, key, None) is None and key in conf:
             setattr(args, key, str(Path(conf[key]).expanduser()))
-    if args.repo and is_url(args.repo):
+    if args.repo and is_url(args.repo) and not args.repo.startswith("s3://"):
         ssh_defaults(args)
 
 

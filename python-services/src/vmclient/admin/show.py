@@ -104,6 +104,11 @@ def render_device(doc: dict[str, Any], now: int) -> str:
             f"  last contact  {utc(doc['last_contact'])}",
             f"  lease         {lease}",
             f"  release       {shown(doc['release'] or '-')}",
+            *([f"  host update   slot {shown(h.get('slot') or '-')}, running "
+               f"{shown(h.get('release') or '-')}"
+               + (f", {shown(h['installed'])} installed (restart pending)"
+                  if h.get("installed") else "") + f": {shown(h.get('result') or '-')}"]
+              if (h := doc.get("host")) else []),
             f"  images        {', '.join(doc['images']) or '-'}",
             "  VMs           " + (", ".join(f"{v['vm']} #{v['seq']} synced {utc(v['time'])}"
                                           for v in doc["vms"]) or "-"),

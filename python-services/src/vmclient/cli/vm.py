@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from ..dbus import client as bus
 from ..dbus import names
+from ..errors import UsageError
 from ..provision import config as pconfig
 from ..provision.progress import PHASES, Progress
 from ..provision.progress import line as progress_line
@@ -63,6 +64,9 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--snapshot", default="", help="snapshot id (default: the latest)")
     c.add_argument("--from", dest="from_device", default="",
                    help="the device that wrote the snapshots (after a rekey; its id)")
+    c.add_argument("--stream", action="store_true",
+                   help="start the VM within seconds while its disks stream in from the "
+                        "datacenter (filled in the background)")
     c.set_defaults(func=restore, render=render_vm)
     c = cmds.add_parser("upgrade", help="new system disk from the catalog; user disks kept")
     c.add_argument("vm").completer = complete_vm  # type: ignore[attr-defined]
@@ -268,6 +272,8 @@ async def upgrade(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def restore(args: argparse.Namespace) -> dict[str, Any]:
+    if args.stream:
+        return await _restore_streamed(args)
     if args.local:
         async with _provisioner(args) as prov:
             from ..provision.restore import restore as restore_vm
@@ -276,6 +282,18 @@ async def restore(args: argparse.Namespace) -> dict[str, Any]:
     async with bus.connected() as b:
         async with _progress(b):
             await _call(b, "Restore", "sss", [args.vm, args.snapshot, args.from_device])
+        return await _find(b, args.vm)
+
+
+async def _restore_streamed(args: argparse.Namespace) -> dict[str, Any]:
+    """Through provd only: its nbdkit processes and the fill outlive this command."""
+    if args.local:
+        raise UsageError("--stream needs vmclient-provd (the fill runs in the daemon)")
+    async with bus.connected() as b:
+        async with _progress(b):
+            await _call(b, "RestoreStreamed", "sss", [args.vm, args.snapshot, args.from_device])
+        print(f"{args.vm}: running; its disks fill in the background (provd's Phase Fill)",
+              file=sys.stderr)
         return await _find(b, args.vm)
 
 

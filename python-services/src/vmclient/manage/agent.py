@@ -37,7 +37,7 @@ from ..store.orders import Order, OrderState, Report, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_config
 from ..virt.libvirt import Hypervisor
-from . import enrol, recovery, rekey, status
+from . import enrol, hostupdate, recovery, rekey, status
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -213,7 +213,8 @@ class Agent:
         """Replace ``devices/<id>/status``: last contact, release, lease (:mod:`.status`)."""
         s = self.state_file.load()
         st = status.DeviceStatus(s.device, s.clock.time, status.release(), s.last_seq,
-                                 s.lease_until, s.locked, s.wiped)
+                                 s.lease_until, s.locked, s.wiped,
+                                 hostupdate.status_table(self.cfg.state_dir))
         await self.remote.put_atomic(status.status_path(s.device), signed_envelope(
             self.keys.signing(), "status", s.device, st.to_bytes()))
 
@@ -287,6 +288,13 @@ class Agent:
             else:
                 if order.args.get("restore"):
                     outcome, detail = await self._restore(order)
+        elif act == "host-update":
+            a = order.args
+            hostupdate.record_order(self.cfg.state_dir, a["release"], bool(a["downgrade"]),
+                                    order.seq)
+            detail = (f"host update to {a['release']}" + (" (downgrade allowed)" if
+                      a["downgrade"] else "") + ": installed on AC and an unmetered link; "
+                      "the result follows in the status")
         elif act == "assign" and self.installer is not None:
             try:
                 detail = await self.installer.assign(order.args["vm"], order.args["recipe"],

@@ -73,6 +73,7 @@ class DeviceView:
     refused: int = 0  # refused objects it reported (forgeries, replays…)
     revoked: int = 0  # when IT revoked it (0: not revoked)
     release: str = ""  # from its last status (heartbeat)
+    host: dict[str, str] = field(default_factory=dict)  # host update: slot, release, result
     problem: str = ""  # an object of this device that did not verify (view incomplete)
     vms: list[VMView] = field(default_factory=list)
 
@@ -122,6 +123,7 @@ async def _fill(view: DeviceView, remote: RemoteStore, admin: crypto.Ed25519Publ
     if st is not None:
         view.last_contact = max(view.last_contact, st.time)
         view.release = st.release
+        view.host = dict(st.host or {})
         view.lease_until = st.lease_until  # the device's own view, when it has told us
     view.vms = await vms_of(remote, admin, rec)
 
@@ -143,5 +145,8 @@ def render_devices(views: list[DeviceView], now: int) -> str:
         rows.append(f"{shown(v.name)[:20]:<20} {v.device}  {when(v.last_contact):<16}  "
                     f"{lease:<18}  {state:<12}  {pending:<7}  {v.refused:<7}  "
                     f"{shown(v.release or '-')[:24]:<24} {vms}")
+    rows += [f"{shown(v.name)}: host slot {shown(v.host.get('slot') or '-')}, release "
+             f"{shown(v.host.get('release') or '-')}: {shown(v.host.get('result') or '-')}"
+             for v in views if v.host]
     rows += [f"{shown(v.name)}: {shown(v.problem)}" for v in views if v.problem]
     return "\n".join(rows)

@@ -11,31 +11,39 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..store import layout
 from ..store.format import Reader, canonical_json
 
 OS_RELEASE = Path("/etc/os-release")
+HOST_FIELDS = ("slot", "release", "installed", "result")
 
 
 def status_path(device: str) -> str:
     return f"{layout.device_dir(device)}/status"
 
 
-def release(os_release: Path = OS_RELEASE) -> str:
-    """``vmclient <version>`` and the image's ``VERSION_ID``/``BUILD_ID`` where it has them."""
-    try:
-        version = importlib.metadata.version("vmclient")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+def os_release(path: Path = OS_RELEASE) -> dict[str, str]:
+    """The fields of ``/etc/os-release`` (empty if it cannot be read)."""
     fields: dict[str, str] = {}
     try:
-        for line in os_release.read_text().splitlines():
+        for line in path.read_text().splitlines():
             key, sep, value = line.partition("=")
             if sep:
                 fields[key] = value.strip().strip('"')
     except OSError:
         pass
+    return fields
+
+
+def release(os_release_path: Path = OS_RELEASE) -> str:
+    """``vmclient <version>`` and the image's ``VERSION_ID``/``BUILD_ID`` where it has them."""
+    try:
+        version = importlib.metadata.version("vmclient")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    fields = os_release(os_release_path)
     image = " ".join(v for v in (fields.get("ID", ""), fields.get("VERSION_ID", ""),
                                  fields.get("BUILD_ID", "")) if v)
     return f"vmclient {version}" + (f" ({image})" if image else "")
@@ -50,9 +58,15 @@ class DeviceStatus:
     lease_until: int
     locked: bool
     wiped: bool
+    # host updates (repository-format.md §8.9): slot, release, installed, result; absent
+    # before the laptop's first host-update cycle
+    host: dict[str, str] | None = None
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"version": 1, **vars(self)})
+        doc: dict[str, Any] = {"version": 1, **vars(self)}
+        if self.host is None:
+            del doc["host"]
+        return canonical_json(doc)
 
     @classmethod
     def parse(cls, untrusted_body: bytes, device: str, path: str) -> DeviceStatus:
@@ -61,5 +75,10 @@ class DeviceStatus:
         st = cls(r.const("device", device), r.integer("time", lo=0), r.text("release"),
                  r.integer("last_order", lo=0), r.integer("lease_until", lo=0),
                  r.flag("locked"), r.flag("wiped"))
+        if "host" in r.names():
+            h = r.table("host")
+            host = {k: h.text(k) for k in HOST_FIELDS}
+            h.done()
+            st = cls(**{**vars(st), "host": host})
         r.done()
         return st

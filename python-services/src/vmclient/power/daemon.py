@@ -77,6 +77,10 @@ class PowerDaemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_resumed: list[str] = []
         self._sleep_gen = 0  # bumps on every PrepareForSleep: the watchdog's generation
+        # While the VMs pause for sleep, the properties are published once at the end
+        # (_settle) rather than after each VM: the per-VM refreshes took the 2 cores from
+        # the suspends in flight, and the delay lock waits for the last one.
+        self._quiet = False
 
     # -- D-Bus properties --------------------------------------------------------
 
@@ -93,7 +97,7 @@ class PowerDaemon:
         }
 
     def _changed(self) -> None:
-        if self.iface is not None:
+        if self.iface is not None and not self._quiet:
             self.iface.refresh()
 
     def _set(self, **changes: Any) -> None:
@@ -191,6 +195,7 @@ class PowerDaemon:
                     except Exception:
                         log.exception("%s (%s) failed; going on", action.value, event.value)
             finally:
+                self._quiet = False
                 self._settle()
             if failed is not None and event in (Event.PAUSE_REQUESTED, Event.RESUME_REQUESTED):
                 raise failed  # the caller's D-Bus error, once every action has run
@@ -214,6 +219,7 @@ class PowerDaemon:
             deadline = loop.time() + bound
             if event in (Event.SLEEP, Event.LID_CLOSED):  # the screen locks first
                 await self.delays.released(min(self.cfg.sleep.lock_screen_s, bound / 2))
+            self._quiet = event == Event.SLEEP  # until every action of this event has run
             paused = await self.vms.pause_all(decision.adds, deadline)
             log.info("paused: %s", ", ".join(paused) or "(none)")
         elif action == Action.RELEASE_SLEEP_LOCK:

@@ -6,7 +6,8 @@
   (``documents.check_catalog_fresh``).
 * The chunk cache ``cache/<image>/*.seg`` holds every chunk of an image
   downloaded so far, **still sealed** with the image's content key (as it came
-  from the pack; it opened and matched its id before it was kept).  It is
+  from the pack; it was authenticated under its id before it was kept, and its
+  content is checked against its id whenever it is opened).  It is
   the download journal: an interrupted download (dropped connection, reboot)
   resumes by fetching only the chunks the cache lacks, and a new image version
   fetches only the chunks that changed.  Entries are reopened (AEAD, id, length)

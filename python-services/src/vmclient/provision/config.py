@@ -104,6 +104,10 @@ class ProvisionConfig:
         help="RAM-backed (tmpfs) scratch for plaintext on its way into an encrypted disk")
     staging_mib: int = config.setting(
         128, min=8, max=4096, help="plaintext held in the staging dir at once")
+    fill_mib_s: float = config.setting(
+        0.0, min=0, max=100000,
+        help="bandwidth of a streamed restore's background fill in MiB/s (0: no limit); "
+             "the guest's own reads are never held back")
 
     def __post_init__(self) -> None:
         self.cpu_profile()  # a CPU mode the domain type cannot run is a config error

@@ -75,7 +75,8 @@ class Provisioner:
     def vm_dir(self, name: str) -> Path:
         return self.cfg.images_dir / spec.vm_name(name)
 
-    def _recipe_file(self, name: str) -> Path:
+    def recipe_file(self, name: str) -> Path:
+        """Where the recipe of the installed (or restored) VM ``name`` is kept."""
         return self.cfg.state_dir / "vms" / spec.vm_name(name) / "recipe.toml"
 
     async def ensure_network(self, zone: str) -> None:
@@ -124,13 +125,13 @@ class Provisioner:
                        ) -> Installed:
         if media_fd is not None:
             media.check_fd(media_fd, str(recipe.image.media))
-        await self._refuse_existing(recipe.name)
+        await self.refuse_existing(recipe.name)
         progress = Progress(vm=recipe.name)
         resolved = None
         if recipe.kind == "business":
             resolved = await self._fetch(recipe.image.catalog, recipe.image.version, progress)
         await self.ensure_network(recipe.zone)
-        marker = self._marker(recipe.name)
+        marker = self.install_marker(recipe.name)
         _save_text(marker, "install started\n")  # a crash from here on is undone next time
         keys = self.keys.create(recipe.name)
         vm_dir = self.vm_dir(recipe.name)
@@ -162,7 +163,7 @@ class Provisioner:
             progress.begin("define", 0)
             self.report(progress)
             defined = await self.hv.define(xml, recipe.name)
-            _save_text(self._recipe_file(recipe.name), text)
+            _save_text(self.recipe_file(recipe.name), text)
             marker.unlink()
         except BaseException:
             if defined:
@@ -170,25 +171,27 @@ class Provisioner:
                     await self.hv.undefine(defined, recipe.name)
             self.keys.destroy(recipe.name)
             shutil.rmtree(vm_dir, ignore_errors=True)
-            shutil.rmtree(self._recipe_file(recipe.name).parent, ignore_errors=True)
+            shutil.rmtree(self.recipe_file(recipe.name).parent, ignore_errors=True)
             marker.unlink(missing_ok=True)
             raise
         log.info("VM %s installed (%s)", recipe.name, recipe.kind)
         return await self.get(recipe.name)
 
-    def _marker(self, name: str) -> Path:
+    def install_marker(self, name: str) -> Path:
+        """The crash marker of an install or restore of ``name`` under way: while it
+        exists, :meth:`refuse_existing` undoes what is there."""
         return self.cfg.state_dir / "vms" / f"{spec.vm_name(name)}.installing"
 
-    async def _refuse_existing(self, name: str) -> None:
+    async def refuse_existing(self, name: str) -> None:
         """Refuse a VM that exists; undo what an install that crashed left behind."""
         with contextlib.suppress(VMNotFound):
             await self.hv.lookup_name(name)
             raise VMExists(name, "a libvirt domain of that name")
-        if self._marker(name).exists():
+        if self.install_marker(name).exists():
             log.warning("VM %s: an earlier install was interrupted; removing its remnants", name)
             self.keys.destroy(name)
             await asyncio.to_thread(shutil.rmtree, self.vm_dir(name), ignore_errors=True)
-            self._marker(name).unlink()
+            self.install_marker(name).unlink()
         if self.keys.exists(name) or self.vm_dir(name).exists():
             raise VMExists(name, f"its key or {self.vm_dir(name)}")
 
@@ -261,7 +264,7 @@ class Provisioner:
         if (await self.hv.lookup_name(vm.name)).managed_save:
             return False  # it resumes as saved, drive and all; ejected at a later start
         try:  # a heuristic: it never stands in the way of the start itself
-            system = spec.load(self._recipe_file(vm.name)).system_disk.name
+            system = spec.load(self.recipe_file(vm.name)).system_disk.name
             pp = self.keys.load(vm.name).passphrase()
             sector = await qemuimg.read(Path(vm.disks[system]), pp, 0, 512)
         except (VMClientError, KeyError) as exc:
@@ -298,8 +301,8 @@ class Provisioner:
         self.keys.destroy(name)
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         await self.hv.undefine(vm.uuid, name)
-        shutil.rmtree(self._recipe_file(name).parent, ignore_errors=True)
-        self._marker(name).unlink(missing_ok=True)
+        shutil.rmtree(self.recipe_file(name).parent, ignore_errors=True)
+        self.install_marker(name).unlink(missing_ok=True)
 
     async def upgrade(self, name: str, version: int = 0) -> Installed:
         """A new system disk from the catalog; user disks and the data key are kept."""
@@ -308,7 +311,7 @@ class Provisioner:
             raise ProvisionError(name, "only business VMs are upgraded from the catalog")
         if vm.state not in ("shutoff", "crashed"):
             raise ProvisionError(name, f"is {vm.state}: stop it before upgrading")
-        recipe = spec.load(self._recipe_file(name))
+        recipe = spec.load(self.recipe_file(name))
         progress = Progress(vm=name)
         resolved = await self._fetch(recipe.image.catalog, version, progress)
         new = resolved.version.version

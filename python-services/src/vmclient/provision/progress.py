@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # The D-Bus ``Phase`` enum: the index of the phase's name (0 = unknown).
-PHASES = ("unknown", "idle", "catalog", "download", "assemble", "define")
+PHASES = ("unknown", "idle", "catalog", "download", "assemble", "define", "stream", "fill")
 
 
 @dataclass
 class Progress:
-    phase: str = "idle"  # catalog | download | assemble | define | idle
+    phase: str = "idle"  # catalog | download | assemble | define | stream | fill | idle
     vm: str = ""
     done: int = 0
     total: int = 0

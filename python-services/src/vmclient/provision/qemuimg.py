@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import VMClientError
-from ..virt.libvirt import PBKDF_ATTEMPTS, PBKDF_BENCH_FLAKE
+from ..virt.libvirt import PBKDF_ATTEMPTS, PBKDF_BENCH_FLAKE, pbkdf_retry_delay
 
 ITER_TIME_MS = 10
 
@@ -53,7 +53,7 @@ async def _run(tool: str, args: Sequence[str], passphrase: bytes, what: Path) ->
             if PBKDF_BENCH_FLAKE not in str(exc) or attempt == PBKDF_ATTEMPTS - 1:
                 raise
             # the coarse CPU clock behind the flake lasts a moment: fast retries all hit it
-            await asyncio.sleep(0.2 * (attempt + 1))
+            await asyncio.sleep(pbkdf_retry_delay(attempt))
     raise AssertionError("unreachable")
 
 
@@ -86,6 +86,17 @@ async def create(path: Path, size: int, passphrase: bytes) -> None:
     """A blank encrypted qcow2 disk of ``size`` guest-visible bytes."""
     await _run("qemu-img", ["create", "-q", "-f", "qcow2", *_SECRET,
                             "-o", _create_opts(), str(path), str(size)], passphrase, path)
+
+
+async def create_overlay(path: Path, size: int, passphrase: bytes, socket: Path) -> None:
+    """A new encrypted qcow2 whose backing image is the raw NBD export on ``socket`` (a
+    streamed restore).  The backing is not opened (``-u``): the size is given."""
+    if "," in str(socket) or "?" in str(socket) or "&" in str(socket):
+        raise DiskToolError("qemu-img", path, f"an NBD socket path may not contain , ? &: "
+                            f"{socket}")
+    await _run("qemu-img", ["create", "-q", "-f", "qcow2", *_SECRET, "-o", _create_opts(),
+                            "-u", "-b", f"nbd+unix:///?socket={socket}", "-F", "raw",
+                            str(path), str(size)], passphrase, path)
 
 
 def _create_opts() -> str:
@@ -182,5 +193,5 @@ async def identical(path: Path, passphrase: bytes, raw: Path) -> bool:
     return True
 
 
-__all__ = ["DiskToolError", "convert", "create", "identical", "info", "read", "resize",
-           "write_runs"]
+__all__ = ["DiskToolError", "convert", "create", "create_overlay", "identical", "info", "read",
+           "resize", "write_runs"]

@@ -6,12 +6,15 @@ Order of work (repository-format.md §9, "Reading rules"):
    serial not below the last one accepted here (persisted in ``catalog.json``).
 2. The image's content key, wrapped for this device and signed by the admin;
    the version's manifest, pinned by digest in the catalog, opened with it.
-3. Download the chunks the local cache lacks (every chunk opened and its HMAC
-   checked before it is kept).  Transport failures are retried a few times;
-   after that the install fails and a later one resumes from the cache.
+3. Download the chunks the local cache lacks, kept sealed: every blob is
+   authenticated (AEAD, its chunk id bound in) before it is kept.  Transport
+   failures are retried a few times; after that the install fails and a later
+   one resumes from the cache.
 4. Assemble the system disk: a new LUKS qcow2 under a temporary name
-   (``.partial-*``), every chunk reopened from the cache and written through
-   QEMU, flushed, fsync'ed, then renamed to its final name.
+   (``.partial-*``), every chunk opened from the cache (AEAD, decompressed to
+   its length, its HMAC checked against its id) and written through QEMU,
+   flushed, fsync'ed, then renamed to its final name.  A chunk is checked in
+   full once, where it is used, not also when it arrives.
 
 Nothing verified from the datacenter is named ``untrusted_*`` here: the store
 layer validates before it returns.
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRIES = 4
-WRITES_AHEAD = 4  # batches of verified chunks handed to the cache writer, not yet written
+WRITES_AHEAD = 4  # ranged reads' blobs handed to the cache writer, not yet written
 READS_AHEAD = 6  # ranged reads (up to 8 MiB each) in flight or waiting to be opened
 MAX_RUN = 8 << 20  # one qemu-io write
 
@@ -161,17 +164,13 @@ class Receiver:
                 if attempt:
                     plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
                                          max_read=self.max_read)
-                verified: list[tuple[bytes, int, memoryview]] = []  # cached in batches
-                try:
-                    async for cid, ref, sealed, _data in store.fetch_blobs(
-                            plan, concurrency=READS_AHEAD):
-                        verified.append((cid, ref.plain_length, sealed))
-                        progress.done += ref.length
-                        if len(verified) >= 128:
-                            await keep(verified, all_done=False)
-                            verified = []
-                            report(progress)
-                    await keep(verified, all_done=True)
+                try:  # each ranged read's blobs, authenticated (opened when assembled)
+                    async for blobs in store.fetch_sealed(plan, concurrency=READS_AHEAD):
+                        await keep([(cid, ref.plain_length, sealed) for cid, ref, sealed in blobs],
+                                   all_done=False)
+                        progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
+                        report(progress)
+                    await keep([], all_done=True)
                     report(progress)
                     break
                 except RemoteIntegrityError:
@@ -179,7 +178,6 @@ class Receiver:
                 except (OSError, StoreError, EOFError) as exc:
                     await asyncio.gather(*writes, return_exceptions=True)
                     writes.clear()
-                    await asyncio.to_thread(cache.put_many, verified)
                     if attempt == RETRIES:
                         cache.sync()
                         raise DownloadInterrupted(r.image, exc, len(cache.ids())) from exc
@@ -265,7 +263,8 @@ async def write_disk(cache: ChunkCache, disk: ChunkMap, keys: crypto.KeySet, tar
 
 def _runs(disk: ChunkMap, keys: crypto.KeySet, cache: ChunkCache
           ) -> Iterator[tuple[int, bytes]]:
-    """Contiguous (offset, plaintext) runs of non-zero chunks, each reverified."""
+    """Contiguous (offset, plaintext) runs of non-zero chunks, each opened and checked
+    against its id (:func:`~vmclient.store.pack.open_blob`)."""
     cs = disk.chunk_size
     run_start, size = -1, 0
     parts: list[bytes] = []
@@ -284,7 +283,7 @@ def _runs(disk: ChunkMap, keys: crypto.KeySet, cache: ChunkCache
             data = open_blob(keys, cid, BlobRef("cache", 0, len(sealed), plain_length), sealed,
                              path)
         except RemoteIntegrityError:
-            cache.drop(cid)  # a torn entry: the next install fetches it again
+            cache.drop(cid)  # a torn (or bad) entry: the next install fetches it again
             raise
         if not parts:
             run_start = i * cs

@@ -43,7 +43,8 @@ import logging
 import os
 import shutil
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError, VMNotFound
@@ -73,17 +74,27 @@ class NotInDatacenter(VMNotFound):
     """No such VM in the datacenter for this device: {!r} (device {}; another laptop's VM needs IT's 'vmclient-admin restore VM --to DEVICE' first)"""  # noqa: E501
 
 
-async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
-                  from_device: str = "", min_seq: int = 0) -> Installed:
-    """Restore ``vm`` from the datacenter; running where it was if the snapshot holds memory."""
+@dataclass
+class Prepared:
+    """What a restore knows before it downloads: the verified snapshot and its definition."""
+
+    remote: RemoteStore
+    device: str
+    keys: crypto.KeySet
+    snapshot: Manifest
+    domain: Definition
+    accepted: bool  # the data key is the one the agent accepted on a ``rekey`` order
+
+
+async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
+                  from_device: str = "", min_seq: int = 0) -> Prepared:
+    """Steps 1-2 (docstring above): the key, the snapshot, the rebuilt definition; the
+    start gate for a snapshot with memory; the VM's network."""
     receiver = prov.receiver
     if receiver is None:
         raise RestoreError(vm, "no datacenter repository is configured")
     remote, admin, me = receiver.remote, receiver.admin, prov.keys.device
     accepted = await _refuse_existing(prov, vm)
-    progress = Progress(vm=vm)
-    progress.begin("catalog", 0)
-    prov.report(progress)
     dev = me.device_id()
     mine = {dev: me.signing().public_key()}
     former = await writers(remote, admin, dev, vm)  # admin-signed device records
@@ -116,15 +127,25 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         if target is not None:
             prov.gate.allowed(target)
     await prov.ensure_network(domain.recipe.zone)  # a fresh laptop has none yet
+    if accepted and prov.keys.load(vm).secret != keys.secret:
+        raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
+                           "the one the datacenter wrapped for this device")
+    return Prepared(remote, dev, keys, m, domain, accepted)
+
+
+async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
+                  from_device: str = "", min_seq: int = 0) -> Installed:
+    """Restore ``vm`` from the datacenter; running where it was if the snapshot holds memory."""
+    progress = Progress(vm=vm)
+    progress.begin("catalog", 0)
+    prov.report(progress)
+    p = await prepare(prov, vm, snapshot=snapshot, from_device=from_device, min_seq=min_seq)
     cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
     try:
-        await _download(prov, remote, layout.vm_store(dev, vm), keys, m, cache,
-                        progress)
-        if accepted and prov.keys.load(vm).secret != keys.secret:
-            raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
-                               "the one the datacenter wrapped for this device")
-        installed = await _rebuild(prov, vm, keys, m, domain, cache, progress,
-                                   adopt=not accepted)
+        await download(prov, p.remote, layout.vm_store(p.device, vm), p.keys, p.snapshot,
+                       cache, progress)
+        installed = await _rebuild(prov, vm, p.keys, p.snapshot, p.domain, cache, progress,
+                                   adopt=not p.accepted)
     finally:
         cache.close()
     await asyncio.to_thread(cache.clear)  # restored: the VM's own syncs take over
@@ -135,8 +156,8 @@ async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
     """As an install refuses an existing VM; but a data key alone is expected after the
     agent accepted a ``rekey`` order (it stores the key where provisioning keeps it).
     True if such a key is there."""
-    if not prov.keys.exists(vm) or prov._marker(vm).exists():
-        await prov._refuse_existing(vm)
+    if not prov.keys.exists(vm) or prov.install_marker(vm).exists():
+        await prov.refuse_existing(vm)
         return False
     with contextlib.suppress(VMNotFound):
         await prov.hv.lookup_name(vm)
@@ -146,7 +167,7 @@ async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
     return True
 
 
-async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: crypto.KeySet,
+async def download(prov: Provisioner, remote: RemoteStore, root: str, keys: crypto.KeySet,
                     m: Manifest, cache: ChunkCache, progress: Progress) -> None:
     store = ChunkStore(remote, root, keys)
     index = await store.load_index()
@@ -155,7 +176,7 @@ async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: cry
     prov.report(progress)
     verified: list[tuple[bytes, int, memoryview]] = []
     try:
-        async for cid, ref, sealed, _data in _blobs(store, plan):
+        async for cid, ref, sealed, _data in fetch_blobs(store, plan):
             verified.append((cid, ref.plain_length, sealed))
             progress.done += ref.length
             if len(verified) >= 128:
@@ -168,8 +189,8 @@ async def _download(prov: Provisioner, remote: RemoteStore, root: str, keys: cry
     prov.report(progress)
 
 
-async def _blobs(store: ChunkStore, plan: DownloadPlan
-                 ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
+async def fetch_blobs(store: ChunkStore, plan: DownloadPlan
+                      ) -> AsyncGenerator[tuple[bytes, BlobRef, memoryview, bytes], None]:
     try:
         async for item in store.fetch_blobs(plan):
             yield item
@@ -183,7 +204,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
                    domain: Definition, cache: ChunkCache, progress: Progress, *,
                    adopt: bool) -> Installed:
     vm_dir = prov.vm_dir(vm)
-    marker = prov._marker(vm)
+    marker = prov.install_marker(vm)
     # (a key the agent accepted is left alone, even if this restore fails)
     pp = keys.passphrase()
     staging = prov.cfg.staging_dir
@@ -206,14 +227,14 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         if memory is not None:
             # plaintext guest RAM: only where nothing persists, as the sync's memory_dir
             await asyncio.to_thread(check_ram_backed, staging, vm)
-            digest = await asyncio.to_thread(_write_memory, cache, memory, keys, mem_file)
+            digest = await asyncio.to_thread(write_memory, cache, memory, keys, mem_file)
             if digest != m.meta.get("memory_sha256", digest):
                 raise RemoteIntegrityError("snapshot", m.object_id, str(mem_file),
                                            "the memory image does not match its SHA-256")
         progress.begin("define", 0)
         prov.report(progress)
         defined = await prov.hv.define(domain.xml, vm)
-        write_private(prov._recipe_file(vm), domain.recipe_text.encode())
+        write_private(prov.recipe_file(vm), domain.recipe_text.encode())
         if memory is not None:
             await _resume_from(prov, vm, defined, mem_file, pp)
         marker.unlink(missing_ok=True)
@@ -224,7 +245,7 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         if adopted:
             prov.keys.destroy(vm)
         shutil.rmtree(vm_dir, ignore_errors=True)
-        shutil.rmtree(prov._recipe_file(vm).parent, ignore_errors=True)
+        shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
         marker.unlink(missing_ok=True)
         raise
     finally:
@@ -247,7 +268,7 @@ async def _resume_from(prov: Provisioner, vm: str, uuid: str, mem_file: Path, pp
         await restore_saved(prov.hv, str(mem_file), xml, vm)
 
 
-def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest: Path) -> str:
+def write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest: Path) -> str:
     """The memory image, every chunk reopened from the cache, into the RAM-backed ``dest``;
     its SHA-256."""
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -278,4 +299,5 @@ def _write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest
     return h.hexdigest()
 
 
-__all__ = ["RestoreError", "restore"]
+__all__ = ["Prepared", "RestoreError", "download", "fetch_blobs", "prepare", "restore",
+           "write_memory"]

@@ -29,6 +29,7 @@ from . import media, spec
 from .installer import Installed, Provisioner
 from .progress import Progress
 from .restore import restore as restore_vm
+from .stream import Streams
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Phase(enum.IntEnum):
     DOWNLOAD = 3
     ASSEMBLE = 4
     DEFINE = 5
+    STREAM = 6
+    FILL = 7
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -67,6 +70,10 @@ class ProvisioningInterface(ServiceInterface):
 
     @method()
     async def Restore(self, vm: s, snapshot: s, from_device: s) -> s:  # type: ignore[name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def RestoreStreamed(self, vm: s, snapshot: s, from_device: s) -> s:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
     @method()
@@ -139,7 +146,8 @@ def _row(vm: Installed) -> list[Any]:
     return [vm.name, vm.kind, vm.state, vm.image, vm.image_version]
 
 
-def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner) -> None:
+def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner,
+                  streams: Streams | None = None) -> None:
     """Authorise and dispatch the methods; one install or upgrade at a time.
 
     A VM name from the caller is checked (:func:`spec.vm_name`) before anything else
@@ -184,6 +192,13 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
                               from_device=str(args[2]))
         return [vm.state]
 
+    async def restore_streamed(args: list[Any]) -> list[Any]:
+        if streams is None:
+            raise UsageError("streamed restore is not available (provd runs without it)")
+        vm = await streams.restore(spec.vm_name(args[0]), snapshot=str(args[1]) or None,
+                                   from_device=str(args[2]))
+        return [vm.state]
+
     async def start(args: list[Any]) -> list[Any]:
         await prov.start(spec.vm_name(args[0]))
         return []
@@ -213,6 +228,8 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
                                                         long_work(install_from_media)),
                              "Upgrade": Member("upgrading a VM", long_work(upgrade)),
                              "Restore": Member("restoring a VM", long_work(restore)),
+                             "RestoreStreamed": Member("restoring a VM",
+                                                       long_work(restore_streamed)),
                              "Start": Member("starting a VM", start),
                              "Stop": Member("stopping a VM", stop),
                              "Remove": Member("removing a VM", remove),

@@ -75,6 +75,8 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
         parts.append(f"lease {_duration(remaining)}")
     elif "expired" in str(untrusted_props.get("LeaseState", "")):
         parts.append("lease expired")
+    if untrusted_props.get("HostUpdate"):  # a host update is installed: not its text
+        parts.append("restart to update")
     return " \u00b7 ".join(parts)
 
 
@@ -92,20 +94,24 @@ def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:
     return "From IT: " + ", ".join(parts) if parts else ""
 
 
-_INSTALL_PHASES = {2: "reading the catalog", 3: "downloading", 4: "assembling", 5: "defining"}
+_INSTALL_PHASES = {2: "reading the catalog", 3: "downloading", 4: "assembling", 5: "defining",
+                   6: "starting from the datacenter", 7: "filling its disks"}
+_RESTORE_PHASES = (6, 7)  # a streamed restore (vm restore --stream)
 
 
 def install_text(untrusted_props: Mapping[str, Any]) -> str:
     """vmclient-provd's install progress (``Provisioning`` properties ``Phase``,
     ``CurrentVM``, ``BytesDone``/``BytesTotal``): "Installing crm: downloading 45%";
     "" when idle or provd is not there."""
-    phase = _INSTALL_PHASES.get(_int(untrusted_props.get("Phase")))
+    index = _int(untrusted_props.get("Phase"))
+    phase = _INSTALL_PHASES.get(index)
     if phase is None:
         return ""
+    verb = "Restoring" if index in _RESTORE_PHASES else "Installing"
     vm = str(untrusted_props.get("CurrentVM", ""))[:40]
     done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
     percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
-    return f"Installing {vm}: {phase}{percent}" if vm else f"Installing: {phase}{percent}"
+    return f"{verb} {vm}: {phase}{percent}" if vm else f"{verb}: {phase}{percent}"
 
 
 _CAUSES = {1: "paused for sleep", 2: "paused: lid closed", 3: "paused by you",

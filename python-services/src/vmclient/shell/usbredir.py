@@ -8,6 +8,16 @@ manager only (never locked, never during the first start) with
 device by hand.  Without libusb access (no ``/dev/bus/usb``: a test machine)
 spice-gtk refuses the manager; the shell then has no USB menu entries, and says
 why once in its log.
+
+The devices each manager has are kept here from its ``device-added`` and
+``device-removed`` signals (a signal's device is a reference of the shell's own;
+spice-gtk emits ``device-added`` from its main loop, for the devices already
+plugged in too).  ``get_devices()`` is never called: it returns a ``GPtrArray``
+(transfer full) whose free function unrefs the devices, and PyGObject frees the
+array with the devices it handed out as owned: every call took one reference
+from spice-gtk's own, which then freed devices it still used.  The booted test
+host's shell crashed in libusb when a stick was plugged in
+(``tests/system/test_system_desktop.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ class UsbRedirect:
         """``changed()``: a device came, went, or moved (the bar's button says so)."""
         self.changed = changed
         self.managers: dict[str, Any] = {}
+        self.found: dict[str, dict[str, Any]] = {}  # vm -> {key: its manager's device}
         self.unavailable = ""  # why there is no USB redirection ("" = there is)
 
     def add(self, vm: str, session: Any) -> None:
@@ -47,17 +58,27 @@ class UsbRedirect:
         self.unavailable = ""
         m.props.auto_connect = False  # until apply() says this is the shown VM
         m.props.auto_connect_filter = usb.AUTO_CONNECT_FILTER
-        for signal in ("device-added", "device-removed"):
-            m.connect(signal, lambda *_a: self.changed())
+        found = self.found[vm] = {}
+        m.connect("device-added", self._added, found)
+        m.connect("device-removed", self._removed, found)
         m.connect("auto-connect-failed", lambda _m, dev, err: log.info(
             "%s: %s not connected: %s", vm, dev.get_description(NAME_FORMAT), err.message))
         m.connect("device-error", lambda _m, dev, err: log.warning(
             "%s: %s: %s", vm, dev.get_description(NAME_FORMAT), err.message))
         self.managers[vm] = m
 
+    def _added(self, _m: Any, dev: Any, found: dict[str, Any]) -> None:
+        found[dev.get_description(KEY_FORMAT)] = dev
+        self.changed()
+
+    def _removed(self, _m: Any, dev: Any, found: dict[str, Any]) -> None:
+        found.pop(dev.get_description(KEY_FORMAT), None)
+        self.changed()
+
     def remove(self, vm: str) -> None:
         """The VM's session is closing (its devices go back to the host with it)."""
         self.managers.pop(vm, None)
+        self.found.pop(vm, None)
 
     def apply(self, shown: str | None, locked: bool, first_start: bool) -> None:
         for vm, m in self.managers.items():
@@ -65,19 +86,15 @@ class UsbRedirect:
             if m.props.auto_connect != want:
                 m.props.auto_connect = want
 
-    @staticmethod
-    def _by_key(m: Any) -> dict[str, Any]:
-        return {d.get_description(KEY_FORMAT): d for d in m.get_devices()}
-
     def devices(self, shown: str | None) -> list[usb.Device]:
         """Every device the host sees, where it is, and whether the shown VM may take it."""
         if not self.managers:
             return []
         here = self.managers.get(shown or "")
-        listed = {vm: self._by_key(m) for vm, m in self.managers.items()}
+        listed = self.found
         out = []
         for key, dev in (listed[shown] if here is not None and shown else
-                         next(iter(listed.values()))).items():
+                         next(iter(listed.values()), {})).items():
             owner = next((vm for vm, m in self.managers.items()
                           if key in listed[vm] and m.is_device_connected(listed[vm][key])),
                          None)
@@ -93,7 +110,7 @@ class UsbRedirect:
     def toggle(self, key: str, shown: str, done: Callable[[str], None]) -> None:
         """Connect the device ``key`` to ``shown``, or take it out of it."""
         m = self.managers.get(shown)
-        dev = self._by_key(m).get(key) if m is not None else None
+        dev = self.found.get(shown, {}).get(key)
         if m is None or dev is None:
             done("USB: that device is gone")
             return

@@ -270,6 +270,69 @@ class ChunkStore:
         async for cid, _ref, _blob, data in self.fetch_blobs(plan, concurrency=concurrency):
             yield cid, data
 
+    async def fetch_sealed(self, plan: DownloadPlan, *, concurrency: int = 4
+                           ) -> AsyncIterator[list[tuple[bytes, BlobRef, memoryview]]]:
+        """The blobs of each ranged read the plan makes, authenticated but not opened:
+        (chunk id, index entry, sealed blob: a view into the range read) per blob.
+
+        For a reader that keeps the chunks sealed and opens each one when it uses
+        it (the Receiver's cache): every blob passed
+        :func:`~.pack.authenticate_blob` (AEAD with its id bound in), so nobody
+        without the key made it, and what it holds is checked against its id
+        when it is opened.  Up to ``concurrency`` reads are in flight; each range
+        is checked in a worker thread as it arrives and handed on as soon as it
+        is, in no particular order.  A range with a bad blob hands on the blobs
+        before it, then its error is raised.  A read that fails (the transport's
+        error) starts no more; the reads in flight are handed on as they end, then
+        the error is raised, so a resumed download need not fetch them again.
+        """
+        loop = asyncio.get_running_loop()
+        pool = pipeline.executor(pipeline.workers(), "vmclient-auth")
+
+        async def read_and_check(read: ReadRange) -> tuple[
+                list[tuple[bytes, BlobRef, memoryview]], VMClientError | None]:
+            path = layout.pack(self.root, read.pack)
+            untrusted = await self.remote.get(path, read.offset, read.length)
+            return await loop.run_in_executor(pool, pipeline.authenticate_range, self.keys,
+                                              read, untrusted, path)
+
+        reads = iter(plan.reads)
+        running: set[asyncio.Task[tuple[list[tuple[bytes, BlobRef, memoryview]],
+                                        VMClientError | None]]] = set()
+
+        def start_next() -> None:
+            read = next(reads, None)
+            if read is not None:
+                running.add(asyncio.ensure_future(read_and_check(read)))
+
+        failed: Exception | None = None  # a read that failed: the others in flight end first
+        with buffers.steady():
+            try:
+                for _ in range(max(1, concurrency)):
+                    start_next()
+                while running:
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    task = done.pop()  # (the others stay in running: the next wait is at once)
+                    running.discard(task)
+                    try:
+                        blobs, error = task.result()
+                    except Exception as exc:  # raised below, once the reads in flight
+                        failed = failed or exc  # brought what they could (a resume need
+                        continue  # not fetch them again)
+                    if failed is None:
+                        start_next()
+                    if blobs:
+                        yield blobs
+                    if error is not None:
+                        raise error
+                if failed is not None:
+                    raise failed
+            finally:
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                pool.shutdown(wait=False)
+
     async def fetch_blobs(self, plan: DownloadPlan, *, concurrency: int = 4
                           ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
         """(chunk id, index entry, sealed blob, verified plaintext) per chunk the plan reads.

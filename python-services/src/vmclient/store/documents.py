@@ -10,11 +10,13 @@ pure functions here so that every reader applies the same ones.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from . import crypto
 from .errors import RemoteIntegrityError
 from .format import HEX_ID_RE, NAME_RE, Reader, b64, canonical_json
+from .hostformat import CHANNELS, HOST_IMAGE, RELEASE_RE, HostChannel
 
 FORMAT_VERSION = 1
 CONFIG_ID = "config"
@@ -66,6 +68,60 @@ class ImageVersion:
 
 
 @dataclass(frozen=True)
+class HostBundle:
+    release: str
+    image: ImageVersion  # the chunk tree's version number, manifest pin, size …
+
+    def to_json(self) -> dict[str, Any]:
+        return {"release": self.release, **vars(self.image)}
+
+
+@dataclass(frozen=True)
+class HostSection:
+    bundles: tuple[HostBundle, ...] = ()
+    channels: dict[str, HostChannel] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundles": [b.to_json() for b in self.bundles],
+                "channels": [{"name": n, "release": c.release, "rollout": c.rollout}
+                             for n, c in sorted(self.channels.items())]}
+
+    def find(self, release: str) -> HostBundle | None:
+        return next((b for b in self.bundles if b.release == release), None)
+
+    def latest(self) -> ImageVersion | None:
+        return self.bundles[-1].image if self.bundles else None
+
+    @classmethod
+    def parse(cls, r: Reader) -> HostSection:
+        bundles: list[HostBundle] = []
+        for b in r.tables("bundles"):
+            release = b.text("release", pattern=RELEASE_RE)
+            image = ImageVersion(b.integer("version", lo=1), b.text("manifest", pattern=HEX_ID_RE),
+                                 b.integer("size", lo=0), b.integer("created", lo=0),
+                                 b.text("key_check"))
+            b.done()
+            if any(x.release == release for x in bundles):
+                b.fail("release", f"duplicate release {release!r}")
+            bundles.append(HostBundle(release, image))
+        numbers = [b.image.version for b in bundles]
+        if numbers != sorted(set(numbers)):
+            r.fail("bundles", "versions not strictly increasing")
+        channels: dict[str, HostChannel] = {}
+        for c in r.tables("channels"):
+            name = c.text("name", choices=CHANNELS)
+            release = c.text("release", pattern=RELEASE_RE)
+            if name in channels:
+                c.fail("name", f"duplicate channel {name!r}")
+            if not any(b.release == release for b in bundles):
+                c.fail("release", f"{release!r} is not a published bundle")
+            channels[name] = HostChannel(release, c.integer("rollout", lo=0, hi=100))
+            c.done()
+        r.done()
+        return cls(tuple(bundles), channels)
+
+
+@dataclass(frozen=True)
 class Catalog:
     """``catalog``: the published images, signed by the admin, ``serial`` only grows."""
 
@@ -73,13 +129,17 @@ class Catalog:
     serial: int
     issued: int
     images: dict[str, tuple[ImageVersion, ...]]
+    host: HostSection | None = None  # host update bundles and channels (hostformat.py)
 
     def to_bytes(self) -> bytes:
-        return canonical_json({
+        doc = {
             "version": FORMAT_VERSION, "repository": self.repository, "serial": self.serial,
             "issued": self.issued,
             "images": [{"name": name, "versions": [vars(v) for v in versions]}
-                       for name, versions in sorted(self.images.items())]})
+                       for name, versions in sorted(self.images.items())]}
+        if self.host is not None:  # absent until the first host bundle: older readers
+            doc["host"] = self.host.to_json()
+        return canonical_json(doc)
 
     @classmethod
     def parse(cls, untrusted_body: bytes, repository: str, path: str) -> Catalog:
@@ -103,8 +163,13 @@ class Catalog:
                 img.fail("name", f"duplicate image {name!r}")
             images[name] = tuple(versions)
             img.done()
+        host = None
+        if "host" in r.names():
+            if HOST_IMAGE in images:
+                r.fail("images", f"{HOST_IMAGE!r} is reserved for host update bundles")
+            host = HostSection.parse(r.table("host"))
         r.done()
-        return cls(repository, serial, issued, images)
+        return cls(repository, serial, issued, images, host)
 
     def find(self, name: str, version: int | None = None) -> ImageVersion | None:
         versions = self.images.get(name, ())

@@ -87,6 +87,23 @@ def encode_payload(data: bytes | bytearray | memoryview, level: int | None = 3) 
     return _STORED_PREFIX + data  # one copy, whatever the buffer
 
 
+def declared_length(payload: bytes | memoryview, obj_type: str, obj_id: str, path: str
+                    ) -> int | None:
+    """The plaintext length an (authenticated) payload states without being decoded: a
+    stored one's, or what its zstd frame declares (None if the frame does not say)."""
+    if not payload:
+        raise RemoteIntegrityError(obj_type, obj_id, path, "empty payload")
+    if payload[0] == CODEC_STORED:
+        return len(payload) - 1
+    if payload[0] == CODEC_ZSTD:
+        try:
+            declared = zstandard.frame_content_size(memoryview(payload)[1:])
+        except zstandard.ZstdError as exc:
+            raise RemoteIntegrityError(obj_type, obj_id, path, f"zstd: {exc}") from None
+        return None if declared < 0 else int(declared)
+    raise UnsupportedVersion(obj_type, obj_id, path, f"payload codec {payload[0]}")
+
+
 def decode_payload(payload: bytes, obj_type: str, obj_id: str, path: str,
                    *, limit: int = MAX_DOCUMENT) -> bytes:
     """Inverse of :func:`encode_payload` (on authenticated bytes)."""

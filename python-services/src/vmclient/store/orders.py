@@ -35,12 +35,18 @@ ORDER_ACTIONS: dict[str, dict[str, type]] = {
     # the admin replaced a pending order in place (``vmclient-admin order DEVICE cancel N``):
     # nothing to do but advance; ``cancelled`` names the action it replaced
     "cancel": {"cancelled": str},
+    # install host update bundle ``release`` (repository-format.md, host updates)
+    "host-update": {"release": str},
 }
 # action -> {optional flag: its value when absent}
 # (an order without them reads as before: a ``rekey`` order that only installs the key)
 ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False},
-                                           "rekey": {"restore": False, "start": False}}
+                                           "rekey": {"restore": False, "start": False},
+                                           # an older release than the running one
+                                           "host-update": {"downgrade": False}}
 OUTCOMES = ("done", "failed", "refused")
+# a host update's release string (the catalog's host section, a host-update order)
+RELEASE_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,3}([-+~][0-9A-Za-z.-]{1,32})?$")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class Order:
         args: dict[str, Any] = {}
         for name, kind in ORDER_ACTIONS[action].items():
             if kind is str:
-                args[name] = a.text(name, pattern=NAME_RE if name == "vm" else None)
+                args[name] = a.text(name, pattern=NAME_RE if name == "vm" else
+                                    RELEASE_RE if name == "release" else None)
             elif kind is int:
                 args[name] = a.integer(name, lo=0)
             else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import crypto
 from .errors import RemoteIntegrityError
-from .format import decode_payload, encode_payload
+from .format import declared_length, decode_payload, encode_payload
 from .objects import BlobRef, pack_header_bytes, parse_pack_header
 
 TRAILER = struct.Struct(">I")
@@ -91,6 +91,28 @@ def open_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef,
     if crypto.chunk_id(keys.chunk_id, data) != cid:
         raise RemoteIntegrityError("chunk", obj_id, path, "content does not match its id")
     return data
+
+
+def authenticate_blob(keys: crypto.KeySet, cid: bytes, ref: BlobRef,
+                      untrusted_blob: bytes | memoryview, path: str) -> None:
+    """Check that one blob read from a pack was sealed as chunk ``cid``, without opening
+    its content: its length, the AEAD tag (the id is bound into it), the codec and the
+    plaintext length the payload states.
+
+    What a local cache that stays encrypted checks before it keeps a blob: nobody
+    without the key can make one pass.  The content itself (decompression, the
+    plaintext length, the HMAC against the id) is checked by :func:`open_blob`
+    whenever the chunk is used (repository-format.md §9, rule 5).
+    """
+    obj_id = cid.hex()
+    if len(untrusted_blob) != ref.length:
+        raise RemoteIntegrityError("chunk", obj_id, path,
+                                   f"read {len(untrusted_blob)} bytes, index says {ref.length}")
+    payload = crypto.open_sealed(keys.enc, "chunk", obj_id, untrusted_blob, path=path)
+    stated = declared_length(payload, "chunk", obj_id, path)
+    if stated is not None and stated != ref.plain_length:
+        raise RemoteIntegrityError("chunk", obj_id, path,
+                                   f"{stated} bytes, index says {ref.plain_length}")
 
 
 def pack_size(records: Sequence[tuple[bytes, int, int, int]]) -> int:

@@ -7,7 +7,9 @@ submission order* (so a pack's content does not depend on thread timing) and
 uploads several packs at once.  Download: ranged pack reads are opened
 (:func:`open_range`: AES-GCM, zstd, HMAC check) and handed to the caller's
 sink in the same pool, so decryption, decompression and the writes of a
-restore overlap with the transfers.
+restore overlap with the transfers; a reader that keeps the chunks sealed (the
+Receiver's cache) only authenticates them there (:func:`authenticate_range`:
+AES-GCM) and opens each when it uses it.
 
 zstd, HMAC-SHA-256 and ``pwrite`` release the GIL on 64 KiB buffers (AES-GCM,
 ~10 µs per chunk, does not), so on a machine with several cores the workers
@@ -35,7 +37,7 @@ from ..errors import VMClientError
 from . import crypto
 from .chunker import Chunk
 from .objects import BlobRef
-from .pack import open_blob, seal_chunk
+from .pack import authenticate_blob, open_blob, seal_chunk
 from .plan import ReadRange
 
 SEAL_BATCH = 64  # chunks per worker task (4 MiB of 64 KiB chunks)
@@ -68,6 +70,25 @@ def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
             out.append((cid, ref, blob, open_blob(keys, cid, ref, blob, path)))
         except VMClientError as exc:
             return out, exc
+    return out, None
+
+
+def authenticate_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
+                       ) -> tuple[list[tuple[bytes, BlobRef, memoryview]], VMClientError | None]:
+    """(chunk id, index entry, sealed blob) per blob of one ranged read that
+    :func:`~.pack.authenticate_blob` accepts, up to the first it refuses, and that
+    blob's error (else None): :func:`open_range` for a reader that keeps the chunks
+    sealed and opens them when it uses them."""
+    view = memoryview(untrusted)
+    out: list[tuple[bytes, BlobRef, memoryview]] = []
+    for cid, ref in read.blobs:
+        start = ref.offset - read.offset
+        blob = view[start:start + ref.length]  # a view: no copy
+        try:
+            authenticate_blob(keys, cid, ref, blob, path)
+        except VMClientError as exc:
+            return out, exc
+        out.append((cid, ref, blob))
     return out, None
 
 

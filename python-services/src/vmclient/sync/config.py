@@ -64,6 +64,22 @@ class Manage:
 
 
 @dataclass(frozen=True)
+class HostUpdates:
+    enabled: bool = config.setting(
+        True, help="take host updates (RAUC bundles) from the datacenter; needs the enrolled "
+        "management agent and rauc")
+    channel: str = config.setting(
+        "stable", choices=("stable", "testing"), help="the channel this laptop follows")
+    data_dir: Path = config.setting(
+        Path("/var/lib/vmclient/host-updates"),
+        help="root-only, on the data partition: downloaded bundles (never a slot)")
+    rauc_conf: str = config.setting(
+        "", help="RAUC's system.conf (empty: RAUC's own default, /etc/rauc/system.conf)")
+    interval_minutes: float = config.setting(
+        60.0, min=1, max=7 * 24 * 60, help="minutes between two looks at the catalog")
+
+
+@dataclass(frozen=True)
 class SyncConfig:
     repository: Repository = config.setting(
         Repository, help="the datacenter (the section provision.toml shares)")
@@ -71,6 +87,8 @@ class SyncConfig:
     battery: Battery = config.setting(Battery, help="not on a low battery")
     network: Network = config.setting(Network, help="not on a metered link")
     manage: Manage = config.setting(Manage, help="orders and the lease")
+    host_updates: HostUpdates = config.setting(
+        HostUpdates, help="host updates: A/B slots through RAUC (repository-format.md §8.9)")
     libvirt_uri: str = config.setting("qemu:///system", help="libvirt connection URI")
     state_dir: Path = config.setting(
         Path("/var/lib/vmclient/sync"), help="root-only: what each VM's last sync was")

@@ -174,7 +174,7 @@ class Synchronizer:
             if self.sleeping:
                 break
         self.iface.changed()
-        await self.host.after_cycle(dc is not None and dc[0] is not None)
+        await self.host.after_cycle(dc is not None and dc[0] is not None, facts)
 
     async def enrol(self, untrusted_code: str) -> str:
         """``Enrol``: the request is on its way; the next cycle looks for IT's answer."""

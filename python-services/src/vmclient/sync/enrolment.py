@@ -82,6 +82,10 @@ async def request(cfg: sconfig.SyncConfig, agent: Any, hv: Any, untrusted_code: 
     location = str(cfg.repository.location)
     if not is_url(location):
         return str(await agent.request_enrolment(crypto.raw_public(admin), name, code))
+    if location.startswith("s3://"):
+        raise VMClientError(f"enrolment through the drop box needs an sftp:// repository, "
+                            f"not {location}: on S3, IT issues the device's access key "
+                            "(README, \"The datacenter on an S3 bucket\")")
     dropbox = open_store(dropbox_location(location, cfg.manage.dropbox_user),
                          key_file=cfg.manage.dropbox_key,
                          known_hosts=cfg.repository.known_hosts, connections=1)

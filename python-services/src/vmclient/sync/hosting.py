@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbus_fast.aio import MessageBus
@@ -45,6 +49,7 @@ class AgentHost:
         self.cfg, self.hv, self.agent = cfg, hv, agent
         self.iface, self.management = iface, management
         self.enrolling = asyncio.Lock()  # one Enrol at a time: it makes the device's keys
+        self.host_updates = HostUpdates(cfg, agent)
 
     def refusal(self) -> str:
         """Why IT refuses business work on this laptop (wiped or locked), else ""."""
@@ -61,8 +66,9 @@ class AgentHost:
         except (VMClientError, OSError) as exc:
             log.warning("management start-up: %s", exc)
 
-    async def after_cycle(self, reachable: bool) -> None:
-        """Orders and the lease, through the agent's public entry points."""
+    async def after_cycle(self, reachable: bool, facts: Any = None) -> None:
+        """Orders and the lease, through the agent's public entry points; then host updates
+        (``facts``: the cycle's :class:`..sync.policy.Facts`, battery and network)."""
         if self.agent is None:
             return
         try:
@@ -73,6 +79,12 @@ class AgentHost:
                         await self.agent.complete_enrolment()
                         self.show_enrolment()  # before the orders: they may take long
                     await self.agent.poll()
+                    if st.enrolled and facts is not None:
+                        await self.host_updates.run(facts.on_battery, facts.metered)
+                if self.host_updates.enabled:
+                    from ..manage import hostupdate
+                    self.iface.host_update = hostupdate.load_record(
+                        self.agent.cfg.state_dir).installed
                 await self.agent.enforce()
                 lease = self.agent.lease()
                 self.iface.lease_state, self.iface.lease_remaining = lease.reason, \
@@ -107,6 +119,41 @@ class AgentHost:
         if vm not in rekey.rekeyed_vms(self.agent.cfg):
             return {}
         return dict((await self.agent.restore_source(vm)).signers)
+
+
+class HostUpdates:
+    """The host updater (:mod:`..manage.hostupdate`) on the agent's cycle, every
+    ``[host_updates] interval_minutes`` at most; off without ``rauc`` on the laptop."""
+
+    def __init__(self, cfg: sconfig.SyncConfig, agent: Any,
+                 clock: Callable[[], float] = time.monotonic,
+                 os_release: Path = Path("/etc/os-release")) -> None:
+        self.cfg, self.agent, self.clock = cfg.host_updates, agent, clock
+        self.os_release = os_release  # VERSION_ID: the running release
+        self.next = 0.0
+        self.enabled = self.cfg.enabled and agent is not None
+        if self.enabled and shutil.which("rauc") is None:
+            log.info("host updates: rauc is not installed; not looking for any")
+            self.enabled = False
+
+    async def run(self, on_battery: bool, metered: bool) -> None:
+        if not self.enabled or self.clock() < self.next:
+            return
+        from ..host.keys import pinned_admin_key
+        from ..manage import hostupdate, status
+        self.next = self.clock() + self.cfg.interval_minutes * 60
+        st = self.agent.state_file.load()
+        updater = hostupdate.HostUpdater(
+            hostupdate.HostConfig(self.agent.cfg.state_dir, self.cfg.data_dir, self.cfg.channel),
+            self.agent.remote, pinned_admin_key(self.agent.cfg.state_dir),
+            self.agent.keys.wrapping(), st.device,
+            hostupdate.Rauc(conf=Path(self.cfg.rauc_conf) if self.cfg.rauc_conf else None),
+            status.os_release(self.os_release).get("VERSION_ID", "0"))
+        try:
+            await updater.cycle(on_battery=on_battery, metered=metered)
+        except (VMClientError, OSError) as exc:
+            log.warning("host updates: %s", exc)
+            self.next = self.clock() + min(self.cfg.interval_minutes * 60, 600)
 
 
 def install_guard(bus: MessageBus, enrol: Callable[[str], Awaitable[str]]) -> None:

@@ -57,6 +57,7 @@ class SyncInterface(ServiceInterface):
         self.vms: dict[str, VMStatus] = {}
         self.current = ""
         self.lease_state, self.lease_remaining = "", -1
+        self.host_update = ""  # a host release installed, waiting for a restart
         self._last_emit = 0.0
 
     # Methods: declared for introspection; calls arrive through the guard (daemon.py).
@@ -107,6 +108,10 @@ class SyncInterface(ServiceInterface):
     def LeaseRemaining(self) -> x:  # type: ignore[name-defined]  # noqa: F821
         return self.lease_remaining
 
+    @dbus_property(access=PropertyAccess.READ)
+    def HostUpdate(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self.host_update
+
     def _cur(self) -> VMStatus:
         return self.vms.get(self.current) or VMStatus("")
 
@@ -118,7 +123,8 @@ class SyncInterface(ServiceInterface):
         return {"VMs": {n: v.to_dbus() for n, v in sorted(self.vms.items())},
                 "State": int(self._state()), "CurrentVM": self.current, "BytesDone": cur.done,
                 "BytesTotal": cur.total, "Rate": float(cur.rate),
-                "LeaseState": self.lease_state, "LeaseRemaining": self.lease_remaining}
+                "LeaseState": self.lease_state, "LeaseRemaining": self.lease_remaining,
+                "HostUpdate": self.host_update}
 
     def changed(self, *, progress: bool = False) -> None:
         """Announce the properties; progress updates at most every 0.2 s."""

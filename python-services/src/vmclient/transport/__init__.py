@@ -15,6 +15,12 @@ transport; the daemons and tools open their store here.
   an agent.  ``/path`` is the repository
   directory as the account sees it: ``/`` for a device chrooted into the
   repository, the absolute path for the admin account.
+* ``s3://bucket/prefix[?endpoint=https://host:port&region=…]`` —
+  :class:`~vmclient.transport.s3.S3Store` (S3-compatible object storage through
+  boto3).  Credentials: a shared-credentials file (``s3_credentials``: the laptop's
+  ``[repository] s3_credentials``, issued at enrolment; the admin's
+  ``--s3-credentials``), else botocore's own chain (``AWS_ACCESS_KEY_ID`` and
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_SHARED_CREDENTIALS_FILE``, ``AWS_PROFILE``).
 * anything else — a local directory (:class:`~vmclient.transport.localfs.LocalDirStore`).
 """
 
@@ -39,8 +45,9 @@ class Repository:
 
     location: str = config.setting(
         "/var/lib/vmclient/repository",
-        help="the datacenter repository: a local directory or sftp://[user@]host[:port]/path "
-             "(no user: this device's own account, vmc-<device id>, once enrolled)")
+        help="the datacenter repository: a local directory, sftp://[user@]host[:port]/path "
+             "(no user: this device's own account, vmc-<device id>, once enrolled) or "
+             "s3://bucket/prefix[?endpoint=https://host:port]")
     key_file: Path = config.setting(
         Path("/var/lib/vmclient/device/ssh_ed25519"),
         help="the device's SSH private key, made at enrolment (sftp:// only)")
@@ -52,14 +59,21 @@ class Repository:
         help="the pinned admin Ed25519 public key: PEM, 32 raw bytes or their base64")
     timeout: float = config.setting(
         20.0, min=1, max=600, help="seconds the datacenter has to answer the probe")
+    s3_credentials: Path = config.setting(
+        Path("/var/lib/vmclient/device/s3-credentials"),
+        help="the device's S3 access key (AWS shared-credentials format, mode 0600), "
+             "issued at enrolment (s3:// only)")
 
     def open(self, *, connections: int | None = None,
              account: Callable[[], str] | None = None) -> RemoteStore:
         """The store; nothing is contacted before the first request.  ``account``: the
         device's own account, for a URL without ``user@`` (asked at each login)."""
-        return open_store(str(self.location), key_file=self.key_file,
+        location = str(self.location)
+        s3 = self.s3_credentials if location.startswith("s3://") and \
+            self.s3_credentials.exists() else None
+        return open_store(location, key_file=self.key_file,
                           known_hosts=self.known_hosts, connections=connections,
-                          account=account)
+                          account=account, s3_credentials=s3)
 
 
 def is_url(location: str) -> bool:
@@ -69,15 +83,21 @@ def is_url(location: str) -> bool:
 def open_store(location: str, *, key_file: str | Path | None = None,
                known_hosts: str | Path | None = None, connections: int | None = None,
                file_mode: int = 0o600, account: Callable[[], str] | None = None,
-               agent: str | Path | None = None) -> RemoteStore:
+               agent: str | Path | None = None,
+               s3_credentials: str | Path | None = None) -> RemoteStore:
     """The store at ``location``.  ``account``: whose account an ``sftp://host/`` URL
     (no ``user@``) logs in as, asked at each login; a user in the URL wins.  ``agent``:
-    an ssh-agent socket whose keys may log in too (the admin's; see transport.ssh)."""
+    an ssh-agent socket whose keys may log in too (the admin's; see transport.ssh).
+    ``s3_credentials``: the shared-credentials file of an ``s3://`` location."""
     if not is_url(location):
         return LocalDirStore(Path(location), file_mode=file_mode)
     url = urlsplit(location)
+    if url.scheme == "s3":
+        from .s3 import open_s3
+        return open_s3(location, credentials=s3_credentials, connections=connections)
     if url.scheme != "sftp":
-        raise UsageError(f"unsupported repository URL {location!r} (sftp:// or a local path)")
+        raise UsageError(f"unsupported repository URL {location!r} "
+                         "(sftp://, s3:// or a local path)")
     if not url.hostname or not (url.username or account):
         raise UsageError(f"repository URL {location!r} needs user@host")
     if (key_file is None and agent is None) or known_hosts is None:

@@ -5,7 +5,7 @@ connection, host key pinned, the device's key file); SFTP is a small pipelined
 client (:mod:`.sftp_client` over the pure :mod:`.sftp_codec`).  Calls block,
 so each runs in a thread pool of ``connections`` workers, each worker keeping
 its own connection: ``connections`` requests (and ssh processes, each with its
-own core for the crypto) at once.
+own core for the crypto) at once, opened as soon as the first one is up.
 
 Atomic put (repository-format.md §8.1, "What durable means per transport"): the
 object is written to a hidden temporary name (``.tmp-*``) in its directory,
@@ -64,6 +64,7 @@ class SFTPStore(LockingMixin):
         self._lock = threading.Lock()
         self._dirs: set[str] = set()
         self._warned_fsync = False
+        self._warming = False  # the first connection has set the others opening
         self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
                                             thread_name_prefix="vmclient-sftp")
         self.reconnects = 0  # how often a dropped connection was re-opened
@@ -312,6 +313,13 @@ class SFTPStore(LockingMixin):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, op, path, fn)
 
+    def _warm(self) -> None:
+        """This worker's connection, ahead of its first request (a failure is left to it)."""
+        try:
+            self._connection()
+        except Exception as exc:
+            log.debug("SFTP %s: connecting ahead failed: %s", self.target.server, exc)
+
     def _call(self, op: str, path: str, fn: Callable[[Connection], T]) -> T:
         t = self.target
         problem: BaseException | None = None
@@ -366,6 +374,11 @@ class SFTPStore(LockingMixin):
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)
+            warm, self._warming = not self._warming, True
+        if warm:  # the first connection is up: the other workers open theirs beside it
+            with contextlib.suppress(RuntimeError):  # (the store is being closed)
+                for _ in range(self.target.connections - 1):
+                    self._executor.submit(self._warm)
         return conn
 
     def _drop(self, conn: Connection) -> None:

@@ -20,9 +20,16 @@ log = logging.getLogger(__name__)
 
 # QEMU times its LUKS key derivation with the thread's CPU clock; where that clock
 # is tick-based it may not move, and QEMU then fails to format with this text
-# (25 % of `qemu-img create` with LUKS on a paravirtual AMD test machine).
+# (25-27 % of `qemu-img create` with LUKS on a paravirtual AMD test machine under
+# load, in clusters: two failures 40 ms apart are common, and six fast tries in a
+# row all failed in a rehearsal). Nothing is written by a failed try.
 PBKDF_BENCH_FLAKE = "Unable to get accurate CPU usage"
-PBKDF_ATTEMPTS = 6  # each fails fast; six in a row: about 1 in 4,000
+PBKDF_ATTEMPTS = 12
+
+
+def pbkdf_retry_delay(attempt: int) -> float:
+    """Seconds to wait before try `attempt + 1`: long enough to leave a cluster."""
+    return min(0.25 * (attempt + 1), 1.5)
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ async def backup_pull(hv: Hypervisor, uuid: str, name: str, socket_path: str,
                     raise
                 log.info("%s: QEMU's LUKS calibration failed (%s); trying again", name,
                          PBKDF_BENCH_FLAKE)
-                time.sleep(0.2 * (attempt + 1))  # (a libvirt worker thread, not the loop)
+                time.sleep(pbkdf_retry_delay(attempt))  # (a libvirt worker thread, not the loop)
         if not resume:
             return 0.0
         dom.resume()

@@ -75,8 +75,7 @@ def _ensure_event_impl() -> None:
         if _registered_loop.is_running():
             raise RuntimeError("libvirt's event implementation is bound to another running "
                                "event loop")
-        impl.loop = loop
-        impl._finished = None  # an asyncio.Event of the old loop, if any
+        impl.loop = loop  # (its drain() is never left waiting: see Hypervisor.close)
     else:
         libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
     _registered_loop = loop
@@ -262,13 +261,13 @@ class Hypervisor(Resources):
         impl = libvirtaio.getCurrentImpl()
         for _ in range(3):
             await asyncio.sleep(0.02)
-            if impl is not None:
-                try:
-                    await asyncio.wait_for(impl.drain(), 1.0)
-                except TimeoutError:
-                    # drain() leaves its Event behind when cancelled, and asserts
-                    # there is none on the next call.
-                    impl._finished = None
+            # until idle, at most 1 s (another connection of this process may keep it
+            # busy): polled, as drain() cannot be given up on (cancelled, it leaves
+            # its event behind and refuses the next call)
+            for _tick in range(100):
+                if impl is None or impl.is_idle():
+                    break
+                await asyncio.sleep(0.01)
 
     # -- calls -----------------------------------------------------------------
 

@@ -1,0 +1,349 @@
+"""A streamed restore: ``vmclientctl vm restore VM --stream``; the VM runs while its disks
+still stream in.  docs/sync.md, "Streamed restore", has the design.
+
+1. As a full restore (:func:`.restore.prepare`): the data key, the verified
+   snapshot, the rebuilt definition.  A memory image is downloaded whole first
+   (every chunk verified, and the image against its SHA-256).
+2. Per disk, under ``<vm dir>/stream/`` (0700, owned by the user QEMU runs as):
+   the disk's chunk ids, a :class:`~.streamcore.StreamSpec`, and an **nbdkit**
+   running our Python plugin (:mod:`.nbdplugin`) on a Unix socket there.  The
+   disk itself is a new LUKS qcow2 overlay whose backing file is that export.
+3. The domain is defined with each disk backed by its export
+   (``error_policy``/``rerror_policy='stop'``) and started (or restored from the
+   memory image).  The existence of ``stream/`` says the VM is streaming.
+4. The fill (:meth:`Streams.run_fill`, a task of provd): a libvirt block pull of
+   each disk at ``fill_mib_s``; it keeps each nbdkit alive (restarted if it dies),
+   restarts a pull that failed, resumes a VM paused on an I/O error once the
+   repository answers again.  When no disk is backed any more (QEMU drops the
+   backing file, libvirt the ``backingStore``), the nbdkits stop and ``stream/`` goes.
+   provd resumes every stream at its start (:meth:`Streams.resume_all`): the
+   overlay keeps what was pulled, so a fill after a power loss continues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import site
+import sys
+from pathlib import Path
+
+from ..errors import VMClientError, VMNotFound
+from ..host.files import check_ram_backed, write_private
+from ..store import layout
+from ..store.objects import BASE_ID, ChunkMap
+from ..virt.stream import block_pull, pull_state, qemu_owner, with_nbd_backing
+from .cache import ChunkCache
+from .installer import Installed, Provisioner
+from .progress import Progress
+from .qemuimg import create_overlay
+from .redefine import RestoreError
+from .restore import MEMORY, Prepared, _resume_from, download, prepare, write_memory
+from .streamcore import READ_TIMEOUT, SPEC_VERSION, StreamSpec
+
+log = logging.getLogger(__name__)
+STREAM_DIR = "stream"
+PLUGIN = Path(__file__).with_name("nbdplugin.py")
+POLL = 0.5  # seconds between two looks at a fill
+READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
+
+
+class StreamError(VMClientError):
+    """Streaming VM {}: {}"""
+
+
+class Streams:
+    """provd's streamed restores: their nbdkit processes and fill tasks."""
+
+    def __init__(self, prov: Provisioner, config_path: Path, *,
+                 read_timeout: float = READ_TIMEOUT, poll: float = POLL) -> None:
+        self.prov, self.config_path = prov, config_path
+        self.read_timeout, self.poll = read_timeout, poll
+        self.fills: dict[str, asyncio.Task[None]] = {}
+        self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
+        self.done: dict[str, asyncio.Event] = {}
+
+    # -- the restore ---------------------------------------------------------------------
+
+    async def restore(self, vm: str, *, snapshot: str | None = None, from_device: str = "",
+                      min_seq: int = 0) -> Installed:
+        prov = self.prov
+        progress = Progress(vm=vm)
+        progress.begin("catalog", 0)
+        prov.report(progress)
+        p = await prepare(prov, vm, snapshot=snapshot, from_device=from_device,
+                          min_seq=min_seq)
+        m = p.snapshot
+        disks = [d for d in m.disks if d.role != MEMORY]
+        if any(BASE_ID in d.ids for d in disks):
+            raise RestoreError(vm, f"snapshot {m.label} is on a base image: not streamable")
+        memory = next((d for d in m.disks if d.role == MEMORY), None)
+        vm_dir, marker = prov.vm_dir(vm), prov.install_marker(vm)
+        mem_file = prov.cfg.staging_dir / f"{vm}.save"
+        pp = p.keys.passphrase()
+        defined, adopted = "", False
+        try:
+            if memory is not None:  # whole before the VM runs
+                await self._memory_image(p, memory, mem_file, progress)
+            progress.begin("stream", 0)
+            prov.report(progress)
+            if not p.accepted:
+                prov.keys.adopt(vm, p.keys)
+                adopted = True
+                write_private(marker, b"restore started\n")  # a crash from here is undone
+            sockets = await self._lay_out(p, disks)
+            defined = await prov.hv.define(with_nbd_backing(p.domain.xml, sockets), vm)
+            write_private(prov.recipe_file(vm), p.domain.recipe_text.encode())
+            if memory is not None:
+                await _resume_from(prov, vm, defined, mem_file, pp)
+            else:
+                await prov.start(vm)
+            marker.unlink(missing_ok=True)
+        except BaseException:
+            await self.stop_serving(vm)
+            if defined:
+                with contextlib.suppress(VMClientError):
+                    await prov.hv.destroy(defined, vm)
+                with contextlib.suppress(VMClientError):
+                    await prov.hv.undefine(defined, vm)
+            if adopted:
+                prov.keys.destroy(vm)
+            shutil.rmtree(vm_dir, ignore_errors=True)
+            shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+            raise
+        finally:
+            mem_file.unlink(missing_ok=True)
+        log.info("VM %s runs from snapshot %s while its disks stream in", vm, m.label)
+        self.follow(vm)
+        return await prov.get(vm)
+
+    async def _memory_image(self, p: Prepared, memory: ChunkMap, mem_file: Path,
+                            progress: Progress) -> None:
+        """The memory image, downloaded whole and checked, in the RAM-backed staging dir."""
+        prov, vm = self.prov, p.snapshot.subject
+        cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
+        try:
+            await download(prov, p.remote, layout.vm_store(p.device, vm), p.keys,
+                           dataclasses.replace(p.snapshot, disks=(memory,)), cache, progress)
+            await asyncio.to_thread(check_ram_backed, prov.cfg.staging_dir, vm)
+            digest = await asyncio.to_thread(write_memory, cache, memory, p.keys, mem_file)
+        finally:
+            cache.close()
+        await asyncio.to_thread(cache.clear)
+        if digest != p.snapshot.meta.get("memory_sha256", digest):
+            raise RestoreError(vm, "the memory image does not match its SHA-256")
+
+    async def _lay_out(self, p: Prepared, disks: list[ChunkMap]) -> dict[str, str]:
+        """``<vm dir>/stream/``, an nbdkit per disk, the overlays; target dev → socket."""
+        prov, vm = self.prov, p.snapshot.subject
+        vm_dir = prov.vm_dir(vm)
+        vm_dir.mkdir(parents=True, exist_ok=False)
+        vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
+        sdir = vm_dir / STREAM_DIR
+        sdir.mkdir(mode=0o700)
+        owner = await qemu_owner(prov.hv, prov.cfg.domain_type)
+        if owner is not None:  # only QEMU and root reach the plaintext exports
+            os.chown(sdir, *owner)
+        sockets = {}
+        for d in disks:
+            spec = StreamSpec(SPEC_VERSION, str(self.config_path), vm, d.name,
+                              layout.vm_store(p.device, vm), d.size, d.chunk_size,
+                              f"{d.name}.ids", self.read_timeout)
+            write_private(sdir / spec.ids, b"".join(d.ids))
+            write_private(sdir / f"{d.name}.json", spec.to_json())
+            sockets[d.name] = str(await self.serve(vm, d.name))
+            await create_overlay(vm_dir / p.domain.files[d.name], d.size,
+                                 p.keys.passphrase(), Path(sockets[d.name]))
+        return sockets
+
+    # -- nbdkit --------------------------------------------------------------------------
+
+    def _paths(self, vm: str, disk: str) -> tuple[Path, Path, Path]:
+        sdir = self.prov.vm_dir(vm) / STREAM_DIR
+        return sdir / f"{disk}.json", sdir / f"{disk}.sock", sdir / f"{disk}.pid"
+
+    async def serve(self, vm: str, disk: str) -> Path:
+        """Start the nbdkit serving ``disk`` (again, if it died); returns its socket once
+        it accepts connections."""
+        spec, sock, pidfile = self._paths(vm, disk)
+        if _serving(pidfile, spec):  # ours, or left running by the provd before
+            return sock
+        old = self.procs.pop((vm, disk), None)
+        if old is not None and old.returncode is None:  # not serving: stuck or dying
+            with contextlib.suppress(ProcessLookupError):
+                old.kill()
+            await old.wait()
+        exe = shutil.which("nbdkit")
+        if exe is None:
+            raise StreamError(vm, "nbdkit is not installed (packages nbdkit and its Python "
+                              "plugin)")
+        bound = sock.with_suffix(".new")  # renamed to ``sock`` once QEMU may connect
+        for stale in (sock, pidfile, bound):
+            stale.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(_python_path())}
+        log_path = sock.with_suffix(".log")
+        out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                exe, "--foreground", "--readonly", "--unix", str(bound), "--pidfile",
+                str(pidfile), "python", str(PLUGIN), f"spec={spec}", env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True)  # it outlives a provd restart: the VM reads it
+        finally:
+            os.close(out)
+        self.procs[(vm, disk)] = proc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT
+        while not pidfile.exists():
+            if proc.returncode is not None or loop.time() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                tail = log_path.read_text(errors="replace")[-800:]
+                raise StreamError(vm, f"nbdkit for disk {disk} did not start: {tail}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.05)
+        log.info("VM %s: nbdkit serves disk %s (ready in %.1f s)", vm, disk,
+                 loop.time() - deadline + READY_TIMEOUT)
+        sdir_stat = sock.parent.stat()
+        os.chown(bound, sdir_stat.st_uid, sdir_stat.st_gid)  # QEMU's, as its directory
+        os.chmod(bound, 0o600)
+        os.rename(bound, sock)
+        return sock
+
+    async def stop_serving(self, vm: str) -> None:
+        sdir = self.prov.vm_dir(vm) / STREAM_DIR
+        for spec in sdir.glob("*.json") if sdir.exists() else []:
+            pid = _serving(spec.with_suffix(".pid"), spec)
+            if pid and (vm, spec.stem) not in self.procs:  # a former provd's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for (name, disk), proc in list(self.procs.items()):
+            if name != vm:
+                continue
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            del self.procs[(name, disk)]
+        for stale in (*sdir.glob("*.pid"), *sdir.glob("*.sock")) if sdir.exists() else []:
+            stale.unlink(missing_ok=True)
+
+    # -- the fill ------------------------------------------------------------------------
+
+    def follow(self, vm: str) -> None:
+        if vm in self.fills and not self.fills[vm].done():
+            return
+        self.done[vm] = asyncio.Event()
+        self.fills[vm] = asyncio.create_task(self.run_fill(vm), name=f"fill {vm}")
+
+    async def resume_all(self) -> list[str]:
+        """Every VM whose disks were streaming when provd stopped (or the power went)."""
+        out = []
+        images = self.prov.cfg.images_dir
+        for sdir in sorted(images.glob(f"*/{STREAM_DIR}")) if images.exists() else []:
+            vm = sdir.parent.name
+            if not self.prov.install_marker(vm).exists():
+                out.append(vm)
+                self.follow(vm)
+        return out
+
+    async def run_fill(self, vm: str) -> None:
+        prov = self.prov
+        progress = Progress(vm=vm)
+        progress.begin("fill", 0)
+        sdir = prov.vm_dir(vm) / STREAM_DIR
+        disks = sorted(p.stem for p in sdir.glob("*.json"))
+        uuid = (await prov.hv.lookup_name(vm)).uuid
+        while True:
+            try:
+                if not await self._fill_step(vm, uuid, progress):
+                    break
+            except VMNotFound:
+                log.warning("VM %s was removed while its disks streamed in", vm)
+                await self.stop_serving(vm)
+                return
+            except VMClientError as exc:  # a race with a stop or start: look again
+                log.info("VM %s: fill: %s", vm, exc)
+            await asyncio.sleep(self.poll)
+        await self.stop_serving(vm)
+        shutil.rmtree(sdir, ignore_errors=True)
+        progress.done = progress.total
+        progress.phase = "idle"
+        prov.report(progress)
+        log.info("VM %s: every disk is local (%s); it no longer needs the network", vm,
+                 ", ".join(disks))
+        self.done[vm].set()
+
+    async def _fill_step(self, vm: str, uuid: str, progress: Progress) -> bool:
+        """One look at the fill; False once no disk is backed by its export any more."""
+        prov = self.prov
+        st = await pull_state(prov.hv, uuid, vm)
+        if not st.backed:
+            return False
+        for disk in st.backed:
+            await self.serve(vm, disk)  # a dead nbdkit comes back
+        if st.active and st.paused_io_error:
+            if await self._reachable(vm):
+                log.warning("VM %s: paused on a read error while streaming; the repository "
+                            "answers again: resumed", vm)
+                await prov.hv.resume(uuid, vm)
+        elif st.active:
+            bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
+            for disk in st.backed:
+                if disk not in st.jobs:
+                    await block_pull(prov.hv, uuid, vm, disk, bandwidth)
+            cur = sum(c for c, _e in st.jobs.values())
+            end = sum(e for _c, e in st.jobs.values())
+            if end:
+                progress.done, progress.total = cur, end
+                prov.report(progress)
+        return True
+
+    async def _reachable(self, vm: str) -> bool:
+        receiver = self.prov.receiver
+        if receiver is None:
+            return False
+        try:
+            await asyncio.wait_for(receiver.remote.list(
+                layout.vm_store(self.prov.keys.device.device_id(), vm) + "/index"),
+                self.read_timeout)
+        except (TimeoutError, Exception):
+            return False
+        return True
+
+    async def close(self) -> None:
+        """provd stops: the fill tasks end; each nbdkit stays (the VM reads from it) and
+        the next provd takes it over (:meth:`resume_all`)."""
+        for task in self.fills.values():
+            task.cancel()
+        await asyncio.gather(*self.fills.values(), return_exceptions=True)
+
+
+def _serving(pidfile: Path, spec: Path) -> int:
+    """The pid of the nbdkit serving ``spec`` per ``pidfile``, if it runs (0 if not)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return 0
+    return pid if f"spec={spec}".encode() in cmdline.split(b"\0") else 0
+
+
+def _python_path() -> list[str]:
+    """What nbdkit's embedded Python needs: this vmclient and the packages it uses."""
+    import vmclient
+
+    here = str(Path(vmclient.__file__).parent.parent)
+    extra = [p for p in (*site.getsitepackages(), *sys.path) if p.endswith("-packages")]
+    return list(dict.fromkeys([here, *extra]))

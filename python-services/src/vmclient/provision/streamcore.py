@@ -1,0 +1,139 @@
+"""The pure core of a streamed restore (``vm restore --stream``): no I/O.
+
+* which chunks of a disk cover a guest read (:func:`pieces`),
+* the small cache of chunks already fetched and verified (:class:`ChunkLRU`),
+* the stream's description the nbdkit plugin reads (:class:`StreamSpec`),
+* how long a read of a missing chunk waits for the repository (:func:`retry_delays`).
+
+docs/sync.md, "Streamed restore", has the design.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from ..errors import VMClientError
+
+SPEC_VERSION = 1
+READ_TIMEOUT = 30.0  # seconds a guest read waits for an unreachable repository
+CACHE_CHUNKS = 1024  # 64 MiB of 64 KiB chunks: the read-ahead window (16 MiB) and more
+
+
+class StreamSpecError(VMClientError):
+    """The stream description {} is not valid: {}"""
+
+
+def pieces(offset: int, count: int, chunk_size: int, size: int
+           ) -> list[tuple[int, int, int]]:
+    """The chunks a read of ``count`` bytes at ``offset`` covers: (chunk index, offset in
+    the chunk, length), in order.  A read past ``size`` is an error (nbdkit never asks)."""
+    if offset < 0 or count < 0 or offset + count > size:
+        raise ValueError(f"read of {count} bytes at {offset} outside a {size}-byte disk")
+    out = []
+    pos, end = offset, offset + count
+    while pos < end:
+        index, start = divmod(pos, chunk_size)
+        n = min(chunk_size - start, end - pos)
+        out.append((index, start, n))
+        pos += n
+    return out
+
+
+def chunk_length(index: int, chunk_size: int, size: int) -> int:
+    """Bytes of chunk ``index`` (the last one may be short)."""
+    return max(0, min(chunk_size, size - index * chunk_size))
+
+
+class ChunkLRU:
+    """Verified plaintext chunks by index, the least recently used dropped first."""
+
+    def __init__(self, capacity: int = CACHE_CHUNKS) -> None:
+        if capacity < 1:
+            raise ValueError("a chunk cache holds at least one chunk")
+        self.capacity = capacity
+        self._items: OrderedDict[int, bytes] = OrderedDict()
+
+    def get(self, index: int) -> bytes | None:
+        data = self._items.get(index)
+        if data is not None:
+            self._items.move_to_end(index)
+        return data
+
+    def put(self, index: int, data: bytes) -> None:
+        self._items[index] = data
+        self._items.move_to_end(index)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def retry_delays(timeout: float, first: float = 0.2, most: float = 5.0) -> Iterator[float]:
+    """The pauses between attempts to fetch a chunk, doubling up to ``most``, summing to at
+    most ``timeout``: then the read fails (and the VM, ``rerror_policy='stop'``, pauses)."""
+    spent, delay = 0.0, first
+    while spent + delay <= timeout:
+        yield delay
+        spent += delay
+        delay = min(delay * 2, most)
+    if spent < timeout:
+        yield timeout - spent
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One streamed disk, as provd hands it to the nbdkit plugin (``spec=`` file, root-only).
+
+    ``ids`` names the file next to it holding the disk's chunk ids (32 bytes each, the
+    snapshot's ``chunks`` as provd verified them); the data key is not here: the plugin
+    unwraps it with the device key, as provd does."""
+
+    version: int
+    config: str  # provd's configuration file: the repository and the device's credentials
+    vm: str
+    disk: str
+    store: str  # the VM's chunk store in the repository
+    size: int
+    chunk_size: int
+    ids: str
+    timeout: float = READ_TIMEOUT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def parse(cls, untrusted: bytes, where: str) -> StreamSpec:
+        try:
+            doc = json.loads(untrusted)
+        except ValueError as exc:
+            raise StreamSpecError(where, f"not JSON ({exc})") from None
+        if not isinstance(doc, dict) or set(doc) != set(cls.__dataclass_fields__):
+            raise StreamSpecError(where, f"fields {sorted(doc) if isinstance(doc, dict) else doc!r}"
+                                  f", expected {sorted(cls.__dataclass_fields__)}")
+        if doc["version"] != SPEC_VERSION:
+            raise StreamSpecError(where, f"version {doc['version']!r}, expected {SPEC_VERSION}")
+        for name in ("size", "chunk_size"):
+            if not isinstance(doc[name], int) or isinstance(doc[name], bool) or doc[name] <= 0:
+                raise StreamSpecError(where, f"{name} {doc[name]!r} is not a positive integer")
+        if not isinstance(doc["timeout"], (int, float)) or doc["timeout"] <= 0:
+            raise StreamSpecError(where, f"timeout {doc['timeout']!r} is not positive")
+        for name in ("config", "vm", "disk", "store", "ids"):
+            if not isinstance(doc[name], str) or not doc[name]:
+                raise StreamSpecError(where, f"{name} {doc[name]!r} is not a name")
+        return cls(**doc)
+
+    def chunks(self) -> int:
+        return -(-self.size // self.chunk_size)
+
+    def check_ids(self, untrusted_ids: bytes, where: str) -> bytes:
+        if len(untrusted_ids) != 32 * self.chunks():
+            raise StreamSpecError(where, f"{len(untrusted_ids)} bytes of chunk ids, expected "
+                                  f"{32 * self.chunks()} for {self.size} bytes")
+        return untrusted_ids
