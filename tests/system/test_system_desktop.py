@@ -57,7 +57,7 @@ def desktop(host_boot_config: harness.BootConfig) -> Iterator[harness.Machine]:
         m.put_text(f"/run/{USB_VM}.toml", USB_RECIPE)
         m.put_text("/run/usb-vm.sh", USB_VM_SETUP, mode=0o755)
         m.ssh("systemd-run --no-block --quiet --unit=vmclient-test-usb-vm -p Type=oneshot "
-              "-p RemainAfterExit=yes /run/usb-vm.sh", check=True)
+              "-p RemainAfterExit=yes /bin/sh /run/usb-vm.sh", check=True)  # /run is noexec
         yield m
 
 
