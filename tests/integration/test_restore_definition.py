@@ -1,6 +1,6 @@
 """A memory image and the rebuilt definition (issue 13, security point 2), on the real
 libvirtd: a VM's memory image restores with the definition :func:`redefine.rebuild` makes
-from its recipe, as ``vm restore`` does it (``restore._resume_from``: the defined domain's
+from its recipe, as ``vm restore`` does it (``restore.resume_from``: the defined domain's
 XML given to ``restoreFlags``); an image saved from a definition with a planted extra
 disk is refused by libvirt's ABI check, so the planted device never runs on the new laptop.
 

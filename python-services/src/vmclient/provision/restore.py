@@ -236,17 +236,10 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
         defined = await prov.hv.define(domain.xml, vm)
         write_private(prov.recipe_file(vm), domain.recipe_text.encode())
         if memory is not None:
-            await _resume_from(prov, vm, defined, mem_file, pp)
+            await resume_from(prov, vm, defined, mem_file, pp)
         marker.unlink(missing_ok=True)
     except BaseException:
-        if defined:
-            with contextlib.suppress(VMClientError):
-                await prov.hv.undefine(defined, vm)
-        if adopted:
-            prov.keys.destroy(vm)
-        shutil.rmtree(vm_dir, ignore_errors=True)
-        shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
-        marker.unlink(missing_ok=True)
+        await undo_restore(prov, vm, defined, adopted)
         raise
     finally:
         mem_file.unlink(missing_ok=True)  # plaintext RAM
@@ -255,7 +248,22 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
     return await prov.get(vm)
 
 
-async def _resume_from(prov: Provisioner, vm: str, uuid: str, mem_file: Path, pp: bytes
+async def undo_restore(prov: Provisioner, vm: str, defined: str, adopted: bool) -> None:
+    """What a failed restore leaves goes: its domain (``defined``: stopped, then
+    undefined), the key it adopted, its disks, its recipe and its crash marker."""
+    if defined:
+        with contextlib.suppress(VMClientError):
+            await prov.hv.destroy(defined, vm)  # (it may run: resumed from memory)
+        with contextlib.suppress(VMClientError):
+            await prov.hv.undefine(defined, vm)
+    if adopted:
+        prov.keys.destroy(vm)
+    shutil.rmtree(prov.vm_dir(vm), ignore_errors=True)
+    shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
+    prov.install_marker(vm).unlink(missing_ok=True)
+
+
+async def resume_from(prov: Provisioner, vm: str, uuid: str, mem_file: Path, pp: bytes
                        ) -> None:
     """Restore the VM from its memory image, running, with its disks' secret for the moment.
 

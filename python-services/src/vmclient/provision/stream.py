@@ -43,7 +43,7 @@ from .installer import Installed, Provisioner
 from .progress import Progress
 from .qemuimg import create_overlay
 from .redefine import RestoreError
-from .restore import MEMORY, Prepared, _resume_from, download, prepare, write_memory
+from .restore import MEMORY, Prepared, download, prepare, resume_from, undo_restore, write_memory
 from .streamcore import READ_TIMEOUT, SPEC_VERSION, StreamSpec
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Streams:
         if any(BASE_ID in d.ids for d in disks):
             raise RestoreError(vm, f"snapshot {m.label} is on a base image: not streamable")
         memory = next((d for d in m.disks if d.role == MEMORY), None)
-        vm_dir, marker = prov.vm_dir(vm), prov.install_marker(vm)
+        marker = prov.install_marker(vm)
         mem_file = prov.cfg.staging_dir / f"{vm}.save"
         pp = p.keys.passphrase()
         defined, adopted = "", False
@@ -100,22 +100,13 @@ class Streams:
             defined = await prov.hv.define(with_nbd_backing(p.domain.xml, sockets), vm)
             write_private(prov.recipe_file(vm), p.domain.recipe_text.encode())
             if memory is not None:
-                await _resume_from(prov, vm, defined, mem_file, pp)
+                await resume_from(prov, vm, defined, mem_file, pp)
             else:
                 await prov.start(vm)
             marker.unlink(missing_ok=True)
         except BaseException:
             await self.stop_serving(vm)
-            if defined:
-                with contextlib.suppress(VMClientError):
-                    await prov.hv.destroy(defined, vm)
-                with contextlib.suppress(VMClientError):
-                    await prov.hv.undefine(defined, vm)
-            if adopted:
-                prov.keys.destroy(vm)
-            shutil.rmtree(vm_dir, ignore_errors=True)
-            shutil.rmtree(prov.recipe_file(vm).parent, ignore_errors=True)
-            marker.unlink(missing_ok=True)
+            await undo_restore(prov, vm, defined, adopted)
             raise
         finally:
             mem_file.unlink(missing_ok=True)
