@@ -4,6 +4,7 @@ the real libvirtd (firmware-only guests; KVM where it works)."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import secrets
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import pytest
 from fixtures_virt import IMAGES, URI, cpu_profile, open_libvirt
 
 from testlib import need, run
+from vmclient.admin.main import main as admin_main
 from vmclient.host.files import write_private
 from vmclient.host.inventory import VM_NS, ManageConfig
 from vmclient.host.keys import DeviceKeys
@@ -192,6 +195,23 @@ def luks_template(i: int) -> tuple[crypto.KeySet, Path]:
             time.sleep(pbkdf_retry_delay(attempt))
         _TEMPLATES[i] = keys, path
     return _TEMPLATES[i]
+
+
+class CLI:
+    """vmclient-admin in this process on the laptop's repository (``tmp/repo``, keys in
+    ``tmp/keys``); each call keeps what it printed in ``out`` and ``err``."""
+
+    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.tmp, self.capsys = tmp, capsys
+        self.out = self.err = ""
+
+    async def __call__(self, *argv: str) -> int:
+        self.capsys.readouterr()
+        rc = await asyncio.to_thread(admin_main, ["--repo", str(self.tmp / "repo"),
+                                                  "--key-dir", str(self.tmp / "keys"), *argv])
+        c = self.capsys.readouterr()
+        self.out, self.err = c.out, c.err
+        return rc
 
 
 def dom_state(name: str) -> int | None:

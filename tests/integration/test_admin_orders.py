@@ -3,32 +3,16 @@ a laptop's real management agent (local-directory repository, real libvirtd, no 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from orders_env import laptop
+from orders_env import CLI, laptop
 
 from vmclient.admin import keys as admin_keys
-from vmclient.admin import main as admin
 from vmclient.store import layout
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-class CLI:
-    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.tmp, self.capsys = tmp, capsys
-        self.out = self.err = ""
-
-    async def __call__(self, *argv: str) -> int:
-        self.capsys.readouterr()
-        rc = await asyncio.to_thread(admin.main, ["--repo", str(self.tmp / "repo"),
-                                                  "--key-dir", str(self.tmp / "keys"), *argv])
-        c = self.capsys.readouterr()
-        self.out, self.err = c.out, c.err
-        return rc
 
 
 async def test_a_pending_wipe_is_shown_and_can_be_cancelled_before_the_laptop_runs_it(

@@ -14,12 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from orders_env import laptop
+from orders_env import CLI, laptop
 from rauc_env import dm_verity, make_bundle, make_pki, make_rootfs, make_unsigned, rauc_system
 from sftp_repo import make_disk
 
 from vmclient.admin import keys as admin_keys
-from vmclient.admin import main as admin
 from vmclient.host.keys import pinned_admin_key
 from vmclient.manage import hostupdate
 from vmclient.manage.hostpolicy import INSTALL, REFUSE, WAIT
@@ -31,20 +30,6 @@ from vmclient.transport.localfs import LocalDirStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 FMT = "verity" if dm_verity() else "plain"
-
-
-class CLI:
-    def __init__(self, tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.tmp, self.capsys = tmp, capsys
-        self.out = self.err = ""
-
-    async def __call__(self, *argv: str) -> int:
-        self.capsys.readouterr()
-        rc = await asyncio.to_thread(admin.main, ["--repo", str(self.tmp / "repo"),
-                                                  "--key-dir", str(self.tmp / "keys"), *argv])
-        c = self.capsys.readouterr()
-        self.out, self.err = c.out, c.err
-        return rc
 
 
 def digest(path: Path) -> str:
