@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +87,15 @@ zone = "business"
 [power]
 policy = "pause"
 """
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[Any]], grace: float = 5) -> None:
+    """SIGTERM each process, SIGKILL it if it has not ended ``grace`` seconds later."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import dbus
 
-from testlib import DATA, need
+from testlib import DATA, need, stop_processes
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -115,14 +114,7 @@ class PrivateSystemBus:
                               dbusmock.MOCK_IFACE)
 
     def stop(self) -> None:
-        for p in [*self.mocks, self.proc]:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes([*self.mocks, self.proc])
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

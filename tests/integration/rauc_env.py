@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from testlib import need
+from testlib import need, stop_processes
 
 COMPATIBLE = "vmclient-test"
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -233,11 +232,4 @@ def rauc_system(d: Path) -> Iterator[RaucSystem]:
         _wait_for_name(env, svc, log)
         yield RaucSystem(d, env, conf, ca, cert, key)
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
