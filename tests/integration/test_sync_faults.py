@@ -7,7 +7,6 @@ import contextlib
 import os
 import pwd
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -193,8 +192,9 @@ def locked_span(args: list[str]) -> float:
 KILLS = int(os.environ.get("VMCLIENT_KILL_ROUNDS") or 6)
 
 
-@pytest.mark.parametrize("over", ["local", "sftp"])
-async def test_sync_killed_at_random_points(tmp_path: Path, over: str) -> None:
+@pytest.mark.parametrize("over", ["local", "sftp", "s3"])
+async def test_sync_killed_at_random_points(tmp_path: Path, over: str,
+                                            request: pytest.FixtureRequest) -> None:
     """Syncs SIGKILLed at random moments, a random delay after a random write step (the
     seed is printed; VMCLIENT_KILL_SEED repeats the choices, not the timing; the write
     steps each killed sync completed are logged):
@@ -202,7 +202,7 @@ async def test_sync_killed_at_random_points(tmp_path: Path, over: str) -> None:
     temporary file, lock or unindexed pack."""
     async with contextlib.AsyncExitStack() as stack:
         w = await stack.enter_async_context(world(tmp_path))
-        r = await repository(stack, w, over)
+        r = await repository(stack, w, over, request)
         dom = w.create("kill", random_mib=8, data=[(0x61, 0, MIB)])
         seed = int(os.environ.get("VMCLIENT_KILL_SEED") or int.from_bytes(os.urandom(4)))
         print(f"{over}: random kills: seed {seed} (VMCLIENT_KILL_SEED={seed} repeats the "
@@ -342,69 +342,101 @@ async def test_sync_killed_after_each_write_step_leaves_nothing_behind(
         assert same_content(w.disk(dom.name()), dest)
 
 
-def _flip(path: Path, pos: int) -> bytes:
-    data = path.read_bytes()
-    path.write_bytes(data[:pos] + bytes([data[pos] ^ 0x40]) + data[pos + 1:])
-    return data
+@dataclass
+class Operator:
+    """The storage server's operator, changing stored bytes behind the clients' backs: on
+    the server's disk, or on S3 through the admin's own credentials
+    (boto3 directly, not through vmclient's store)."""
+
+    root: Path | None
+    s3: S3Store | None = None
+
+    def read(self, path: str) -> bytes:
+        if self.root is not None:
+            return (self.root / path).read_bytes()
+        assert self.s3 is not None
+        t = self.s3.target
+        return bytes(self.s3.client.get_object(Bucket=t.bucket, Key=t.key(path))["Body"].read())
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.root is not None:
+            (self.root / path).write_bytes(data)  # (an existing file: its owner stays)
+            return
+        assert self.s3 is not None
+        t = self.s3.target
+        self.s3.client.put_object(Bucket=t.bucket, Key=t.key(path), Body=data)
+
+    def flip(self, path: str, pos: int) -> bytes:
+        data = self.read(path)
+        self.write(path, data[:pos] + bytes([data[pos] ^ 0x40]) + data[pos + 1:])
+        return data
 
 
-async def test_flipped_bytes_and_substituted_objects_are_refused(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+@pytest.mark.parametrize("over", ["local", "s3"])  # (SFTP: test_sftp_store.py's tampered pack)
+async def test_flipped_bytes_and_substituted_objects_are_refused(
+        tmp_path: Path, over: str, request: pytest.FixtureRequest) -> None:
+    """A byte flipped in each kind of object, another VM's or device's signed object
+    put in place of one, an old pointer served again: each is refused by verify and
+    restore, naming the object, and no disk is restored; the repository is whole again
+    once the bytes are put back (the operator changed them: nothing was lost)."""
+    async with contextlib.AsyncExitStack() as stack:
+        w = await stack.enter_async_context(world(tmp_path))
+        r = await repository(stack, w, over, request)
+        op = Operator(r.root, r.reader if isinstance(r.reader, S3Store) else None)
+        w.remote = r.remote  # verify and restore read through the device's transport
         one = w.create("one", data=[(0x71, 0, 2 * MIB)], start=False)
         two = w.create("two", data=[(0x72, 0, MIB)], start=False)
         await w.sync(one)
         await w.sync(two)
-        vm, repo_dir = one.name(), w.repo_dir
-        vdir = repo_dir / layout.vm_dir(w.a.id, vm)
-        pack = next((vdir / "store" / "packs").rglob("*"))
-        while pack.is_dir():
-            pack = next(pack.iterdir())
+        vm = one.name()
+        vdir = layout.vm_dir(w.a.id, vm)
+        store = layout.vm_store(w.a.id, vm)
         targets = {
-            "chunk": (pack, 20),  # in the first blob (the header is not read: indexed)
-            "index": (next((vdir / "store" / "index").iterdir()), 40),
-            "snapshot": (vdir / "snapshots" / layout.snapshot_name(1), 120),
-            "pointer": (vdir / "latest", 100),
+            "chunk": ((await r.reader.list(f"{store}/packs"))[0].path, 20),  # in the
+            # first blob (the header is not read: indexed)
+            "index": ((await r.reader.list(f"{store}/index"))[0].path, 40),
+            "snapshot": (layout.vm_snapshot(w.a.id, vm, layout.snapshot_name(1)), 120),
+            "pointer": (layout.vm_pointer(w.a.id, vm), 100),
         }
         for obj_type, (path, pos) in targets.items():
-            original = _flip(path, pos)
+            original = op.flip(path, pos)
             with pytest.raises(RemoteIntegrityError) as exc:
                 await w.verify(vm)
-            assert exc.value.obj_type == obj_type and str(path.relative_to(repo_dir)) in str(
-                exc.value), exc.value
+            assert exc.value.obj_type == obj_type and path in str(exc.value), exc.value
             with pytest.raises(RemoteIntegrityError):
                 await w.restore_b(vm, tmp_path / "b" / f"{obj_type}.qcow2")
             assert not (tmp_path / "b" / f"{obj_type}.qcow2").exists()
-            path.write_bytes(original)
-        key = repo_dir / layout.vm_key(w.a.id, vm, crypto.key_id(w.escrow.public_key()))
-        original = _flip(key, 150)
+            op.write(path, original)
+        key = layout.vm_key(w.a.id, vm, crypto.key_id(w.escrow.public_key()))
+        original = op.flip(key, 150)
         with pytest.raises(RemoteIntegrityError, match="wrapped-key"):
             await w.keys_for_b(vm)
-        key.write_bytes(original)
+        op.write(key, original)
         await w.verify(vm)
 
         # another VM's snapshot and pointer, put in place of this VM's
-        other = repo_dir / layout.vm_dir(w.a.id, two.name())
+        other = layout.vm_dir(w.a.id, two.name())
         for name in ("snapshots/0000000001", "latest"):
-            saved = (vdir / name).read_bytes()
-            shutil.copy(other / name, vdir / name)
+            saved = op.read(f"{vdir}/{name}")
+            op.write(f"{vdir}/{name}", op.read(f"{other}/{name}"))
             with pytest.raises(RemoteIntegrityError, match="bad signature"):
                 await w.verify(vm)
-            (vdir / name).write_bytes(saved)
+            op.write(f"{vdir}/{name}", saved)
 
-        # another device's snapshot of the same VM
+        # another device's snapshot of the same VM (written where that device may write)
         c = Device(tmp_path / "c")
-        await w.sync(one, device=c)
-        saved = (vdir / "snapshots/0000000001").read_bytes()
-        shutil.copy(repo_dir / layout.vm_snapshot(c.id, vm, "0000000001"),
-                    vdir / "snapshots/0000000001")
+        await w.sync(one, device=c, remote=r.reader)
+        snap = layout.vm_snapshot(w.a.id, vm, "0000000001")
+        saved = op.read(snap)
+        op.write(snap, op.read(layout.vm_snapshot(c.id, vm, "0000000001")))
         with pytest.raises(RemoteIntegrityError, match="unknown key"):
             await w.verify(vm)
-        (vdir / "snapshots/0000000001").write_bytes(saved)
+        op.write(snap, saved)
 
         # an old pointer served again (rollback) to the device that wrote a newer one
-        old_latest = (vdir / "latest").read_bytes()
+        old_latest = op.read(layout.vm_pointer(w.a.id, vm))
         await w.sync(one)
-        (vdir / "latest").write_bytes(old_latest)
+        op.write(layout.vm_pointer(w.a.id, vm), old_latest)
         with pytest.raises(RemoteIntegrityError, match="older than seq 2"):
             await w.sync(one)
         assert await _noop() is None
