@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("VMCLIENT_ADMIN_PASSPHRASE", "integration-test passphrase")
 
 from fixtures_bus import PrivateSystemBus, private_system_bus
-from fixtures_s3 import seaweedfs  # noqa: F401  (the fixture, for every test)
+from fixtures_s3 import seaweedfs, seaweedfs_cluster  # noqa: F401  (the fixtures, for every test)
 from fixtures_sshd import sshd  # noqa: F401  (the fixture, for every test)
 from fixtures_udev import SimulatedLaptop
 from fixtures_virt import TCG_SLOWDOWN, Domains, LibvirtdLink, domains, probed_profile

