@@ -15,14 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixtures_s3 import SeaweedFS
 from fixtures_sshd import SSHServer
-from sftp_repo import Device, Repo, make_disk, published, qcow2
+from sftp_repo import Device, Repo, S3Repo, make_disk, published, qcow2
 
 import testlib
 from testlib import need
 from vmclient.admin.images import read_published
 from vmclient.store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from vmclient.store.locks import Whoami, lock_document
+from vmclient.store.remote import RemoteStore
 from vmclient.transport.sftp import RemoteRefused, RemoteUnavailable, SFTPStore
 from vmclient.transport.sftp_client import Connection
 from vmclient.transport.sftp_codec import READ_FLAG
@@ -41,8 +43,9 @@ async def _closing(store: SFTPStore, coro):  # type: ignore[no-untyped-def]
         await store.close()
 
 
-def device_download(repo: Repo, dev: Device, out: Path, **kw: object) -> tuple[SFTPStore, int]:
-    store = repo.server.store(dev.account)
+def device_download(repo: Repo | S3Repo, dev: Device, out: Path, **kw: object
+                    ) -> tuple[RemoteStore, int]:
+    store = repo.store(dev)
     _m, fetched = run(_closing(store, read_published(store, repo.admin_public, dev.wrapping,
                                                      "office", out, **kw)))  # type: ignore[arg-type]
     return store, fetched.chunks
@@ -388,35 +391,48 @@ def test_an_object_that_shrinks_during_a_read_ends_the_read_where_it_ends(
     assert run(_closing(store, scenario())) == data[MiB:3 * MiB + 5]
 
 
-def test_a_tampered_pack_on_the_server_is_refused_and_named(sshd: SSHServer,
-                                                            tmp_path: Path) -> None:
-    repo, _raw = published(sshd, tmp_path, mib=16)
+@pytest.mark.parametrize("over", ["sftp", "s3"])
+def test_a_tampered_pack_on_the_server_is_refused_and_named(
+        over: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A bit of a published pack flipped by the server's operator (on S3: through the
+    admin's own credentials): the device's download names that pack and leaves no disk."""
+    repo, _raw = published(server_of(over, request), tmp_path, mib=16)
     dev = repo.enrol("laptop")
     assert repo.admin("assign", "office", "laptop") == 0
-    (pack,) = list((sshd.repo / "images/office/store/packs").glob("*/*"))[:1]
-    blob = bytearray(pack.read_bytes())
+    op = repo.operator
+    pack = op.names("images/office/store/packs")[0]
+    blob = bytearray(op.read(pack))
     blob[len(blob) // 3] ^= 0x01
-    pack.write_bytes(bytes(blob))
+    op.write(pack, bytes(blob))
     out = tmp_path / "system.raw"
     with pytest.raises(RemoteIntegrityError) as err:
         device_download(repo, dev, out)
     assert err.value.obj_type == "chunk"
-    assert err.value.path.endswith(pack.name) and pack.name in str(err.value)
+    assert err.value.path == pack and pack in str(err.value)
     assert not out.exists(), "no disk that looks complete"
     assert not list(tmp_path.glob(".*partial")), "no partial file left behind"
 
 
-def test_a_truncated_pack_is_refused(sshd: SSHServer, tmp_path: Path) -> None:
-    repo, _raw = published(sshd, tmp_path, mib=16)
+@pytest.mark.parametrize("over", ["sftp", "s3"])
+def test_a_truncated_pack_is_refused(over: str, request: pytest.FixtureRequest,
+                                     tmp_path: Path) -> None:
+    repo, _raw = published(server_of(over, request), tmp_path, mib=16)
     dev = repo.enrol("laptop")
     assert repo.admin("assign", "office", "laptop") == 0
-    (pack,) = list((sshd.repo / "images/office/store/packs").glob("*/*"))[:1]
-    os.truncate(pack, pack.stat().st_size // 2)
+    op = repo.operator
+    pack = op.names("images/office/store/packs")[0]
+    data = op.read(pack)
+    op.write(pack, data[:len(data) // 2])
     out = tmp_path / "system.raw"
     with pytest.raises(RemoteIntegrityError) as err:
         device_download(repo, dev, out)
-    assert pack.name in str(err.value)
+    assert pack in str(err.value)
     assert not out.exists()
+
+
+def server_of(over: str, request: pytest.FixtureRequest) -> SSHServer | SeaweedFS:
+    """The session's sshd or SeaweedFS."""
+    return request.getfixturevalue("sshd" if over == "sftp" else "seaweedfs")  # type: ignore[no-any-return]
 
 
 def test_a_server_that_stays_down_gives_an_error_naming_host_path_and_operation(
