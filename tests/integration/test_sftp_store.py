@@ -241,8 +241,12 @@ def test_a_key_the_server_does_not_know_is_refused_without_retries(sshd: SSHServ
     assert sshd.log.read_text().count("Connection from") == before + 1, "not retried"
 
 
-def test_download_over_sftp_matches_the_published_disk(sshd: SSHServer, tmp_path: Path) -> None:
-    repo, raw = published(sshd, tmp_path, mib=64)
+@pytest.mark.parametrize("over", ["sftp", "s3"])
+def test_a_device_download_matches_the_published_disk(over: str, request: pytest.FixtureRequest,
+                                                      tmp_path: Path) -> None:
+    """Published and assigned with vmclient-admin, downloaded with the device's own
+    account or key (read_published, as provisioning does)."""
+    repo, raw = published(server_of(over, request), tmp_path, mib=64)
     dev = repo.enrol("laptop")
     assert repo.admin("assign", "office", "laptop") == 0
     out = tmp_path / "system.raw"
