@@ -1,21 +1,23 @@
 """The shell's say over a VM's audio (shell/sound.py): on spice-gtk's own objects, and
 end to end with guests that play and record.
 
-The first test: a session with spice-gtk's audio (``SpiceAudio``, GStreamer) and the record and
-playback channels QEMU's SPICE server offers for a VM with a sound card.  The
-echo guests cannot play or record (a boot sector drives no sound card), so the
-channel signals a guest causes (``record-start`` when it opens its microphone,
-``playback-data`` while it plays) are emitted here, as spice-gtk emits them; what
-is asserted is whether they reach the handlers connected after the shell's, where
-spice-gtk's audio has its own (which opens the microphone, or plays the samples).
-No daemon, no display: about a second.
+The first test: a session with spice-gtk's audio (``SpiceAudio``, GStreamer) and
+the record and playback channels QEMU's SPICE server offers for a VM with a sound
+card, without a guest: the channel signals a guest causes (``record-start`` when
+it opens its microphone, ``playback-data`` while it plays) are emitted here, as
+spice-gtk emits them, including the replays of a request once allowed and a guest
+stopping by itself; what is asserted is whether they reach the handlers connected
+after the shell's, where spice-gtk's audio has its own (which opens the
+microphone, or plays the samples).  No daemon, no display: about a second.
 
-The second: two guests on the real libvirtd that play a sine each on an emulated
-sound card and record their microphone (sound_guest.py), vmclient-provd, the shell
-on a headless Weston playing to a real sound server (sound_server.py: its speakers
-are recorded, its microphone is a sine).  What the speakers play and what each
-guest recorded show the policy: every VM heard unless muted, the microphone to the
-shown VM only, none while locked.
+The second, end to end: two guests on the real libvirtd that play a sine each on
+an emulated sound card and record their microphone (sound_guest.py), vmclient-provd
+handing the shell each VM's SPICE fd, the shell on a headless Weston with
+spice-gtk's own audio playing and recording through a real sound server
+(sound_server.py: its speakers are recorded, its microphone is a sine).  What the
+speakers play and what each guest recorded show the policy: every VM heard (shown
+or not) unless muted, the microphone to the shown VM only, none while locked.
+About 20 s (TCG guests boot in under a second; the waits poll).
 """
 
 from __future__ import annotations
