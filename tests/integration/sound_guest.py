@@ -19,7 +19,7 @@ with ``virDomainMemoryPeek``.  Assembled with binutils' ``as`` and ``ld`` (gcc's
 
 The domain gets the card with SPICE as its only audio backend, as provisioning
 gives its VMs theirs (``domainxml.py``: an ich9 HDA, whose registers are memory
-mapped: out of a boot sector's reach).
+mapped above 1 MiB, out of a real-mode boot sector's reach).
 """
 
 from __future__ import annotations
