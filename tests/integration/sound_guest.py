@@ -1,25 +1,27 @@
-"""A guest that plays a sine and records its microphone: a boot sector driving an AC97.
+"""A guest that plays a sine and records its microphone: a boot sector driving an HD audio card.
 
-QEMU's AC97 (Intel 82801AA) has its registers in I/O space, so 16-bit real-mode
-code reaches them: the sector reads the PCM the test wrote after it on the disk
-(BIOS int 13h, 42h) to 0x10000, finds the AC97 on PCI bus 0 (config ports
-CF8/CFC), enables its I/O ports and bus mastering, unmutes the mixer (master, PCM
-out, record gain: QEMU's codec resets them muted; QEMU takes the record gain's
-maximum for full volume, its 0 for silence), and runs both of the bus
-master's DMA engines over 32-entry buffer descriptor lists:
+The domain has the card provisioning gives its VMs (``domainxml.py``: an ich9 HDA
+controller, to which libvirt adds QEMU's ``hda-duplex`` codec), with SPICE as its
+only audio backend.  The sector reads the PCM the test wrote after it on the disk
+(BIOS int 13h, 42h) to 0x10000 and fills the microphone's buffer at
+:data:`RECORDED` with :data:`UNHEARD`; then, with interrupts off for good, it
+enters unreal mode (``%fs`` reaches all 4 GiB: the controller's registers are
+memory mapped above 1 MiB), finds the controller on PCI bus 0 by its class (0403,
+config ports CF8/CFC), enables its memory space and bus mastering, takes it out
+of reset and sends the codec its verbs through the immediate command registers:
 
-- PCM out: every entry is the whole PCM (:data:`FRAMES` stereo frames, 16-bit,
-  48 kHz, QEMU's AC97 rate), so the guest plays it in a loop for ever;
-- PCM in (the microphone): every entry is the buffer at :data:`RECORDED`
-  (as long), which therefore always holds the last 0.1 s the guest heard.
+- the DAC (node 2) takes stream 1, the ADC (node 4) stream 2, both 48 kHz 16-bit
+  stereo at full gain;
 
-On each timer interrupt it moves each engine's last valid entry to one behind the
-current one, so neither ever runs out.  The test reads what the guest recorded
-with ``virDomainMemoryPeek``.  Assembled with binutils' ``as`` and ``ld`` (gcc's).
+and runs two stream descriptors, each over two buffer descriptors that cover one
+buffer, which the controller loops over for ever without the guest's help:
 
-The domain gets the card with SPICE as its only audio backend, as provisioning
-gives its VMs theirs (``domainxml.py``: an ich9 HDA, whose registers are memory
-mapped above 1 MiB, out of a real-mode boot sector's reach).
+- output stream 4: the PCM (:data:`FRAMES` stereo frames: 0.1 s), played in a loop;
+- input stream 0 (the microphone): :data:`RECORDED` (as long), which therefore
+  always holds the last 0.1 s the guest heard.
+
+The test reads what the guest recorded with ``virDomainMemoryPeek``.  Assembled
+with binutils' ``as`` and ``ld`` (gcc's).
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from pathlib import Path
 
 from testlib import need
 
-RATE = 48000
+RATE = 48000  # the rate the guest asks its codec for
 FRAMES = 4800  # 0.1 s: a whole number of periods of any multiple of 10 Hz
 AMPLITUDE = 12000
 RECORDED = 0x20000  # where the guest's microphone buffer is (physical address)
 RECORDED_BYTES = FRAMES * 4
 UNHEARD = 0x1234  # what that buffer holds before the guest records anything
 
-SOUND_XML = """<sound model='ac97'><audio id='1'/></sound>
+# As provd's domains have it (domainxml.py).
+SOUND_XML = """<sound model='ich9'><audio id='1'/></sound>
     <audio id='1' type='spice'/>"""
 
 _ASM = f"""
@@ -63,14 +66,24 @@ _start:
     mov ${UNHEARD:#x}, %ax
     mov ${FRAMES * 2}, %cx
     rep stosw
-    mov $0x80000000, %ebx    # the AC97 on bus 0 (8086:2415)
+    cli                      # unreal mode, no BIOS from here on
+    lgdt gdtr
+    mov %cr0, %eax
+    or $1, %al
+    mov %eax, %cr0
+    mov $8, %bx
+    mov %bx, %fs
+    and $0xfe, %al
+    mov %eax, %cr0
+    mov $0x80000000, %ebx    # the HD audio controller on bus 0 (class 0403)
 find:
-    mov %ebx, %eax
+    lea 8(%ebx), %eax
     mov $0xcf8, %dx
     out %eax, %dx
     mov $0xcfc, %dx
     in %dx, %eax
-    cmp $0x24158086, %eax
+    shr $16, %eax
+    cmp $0x0403, %ax
     je found
     add $0x800, %ebx
     cmp $0x80010000, %ebx
@@ -79,79 +92,70 @@ stop:
     hlt
     jmp stop
 found:
-    lea 4(%ebx), %eax        # command: I/O space, bus master
+    lea 4(%ebx), %eax        # command: memory space, bus master
     mov $0xcf8, %dx
     out %eax, %dx
     mov $0xcfc, %dx
-    mov $5, %ax
+    mov $6, %ax
     out %ax, %dx
-    lea 0x10(%ebx), %eax     # BAR0: the mixer's ports
-    mov $0xcf8, %dx
-    out %eax, %dx
-    mov $0xcfc, %dx
-    in %dx, %eax
-    and $0xfffe, %ax
-    mov %ax, %si
-    lea 0x14(%ebx), %eax     # BAR1: the bus master's ports
+    lea 0x10(%ebx), %eax     # BAR0: the registers
     mov $0xcf8, %dx
     out %eax, %dx
     mov $0xcfc, %dx
     in %dx, %eax
-    and $0xfffe, %ax
-    mov %ax, %di
-    xor %ax, %ax             # master, PCM out: no attenuation, not muted
-    lea 0x02(%si), %dx
-    out %ax, %dx
-    lea 0x18(%si), %dx
-    out %ax, %dx
-    mov $0x0f0f, %ax         # record gain: the most, not muted (QEMU: full volume)
-    lea 0x1c(%si), %dx
-    out %ax, %dx
-    mov $0x8000, %bx         # 32 descriptors at 0x8000 (out), 32 at 0x8100 (in)
-    mov $32, %cx
+    and $0xfffffff0, %eax
+    mov %eax, %ebx
+    movl $1, %fs:0x08(%ebx)  # GCTL: out of reset
+    mov $verbs, %si
+verb:
+    lodsl
+    test %eax, %eax
+    jz streams
+    mov %eax, %fs:0x60(%ebx)  # ICW: the verb
+    movw $1, %fs:0x68(%ebx)   # ICS: busy (QEMU answers at once)
+    jmp verb
+streams:
+    mov $0x8000, %di         # 2 descriptors at 0x8000 (out), 2 at 0x8100 (in)
+    mov $2, %cx
 bdl:
-    movl $0x10000, (%bx)
-    movl $0x{RECORDED:x}, 0x100(%bx)
-    movl length, %eax
-    mov %eax, 4(%bx)
-    mov %eax, 0x104(%bx)
-    add $8, %bx
+    movl $0x10000, (%di)
+    movl $0, 4(%di)
+    movl ${FRAMES * 4}, 8(%di)
+    movl $0, 12(%di)
+    movl $0x{RECORDED:x}, 0x100(%di)
+    movl $0, 0x104(%di)
+    movl ${FRAMES * 4}, 0x108(%di)
+    movl $0, 0x10c(%di)
+    add $16, %di
     loop bdl
-    lea 0x10(%di), %dx       # PCM out: the list, its last valid entry, run
-    mov $0x8000, %eax
-    out %eax, %dx
-    lea 0x15(%di), %dx
-    mov $31, %al
-    out %al, %dx
-    lea 0x1b(%di), %dx
-    mov $1, %al
-    out %al, %dx
-    mov %di, %dx             # PCM in: the same
-    mov $0x8100, %eax
-    out %eax, %dx
-    lea 0x05(%di), %dx
-    mov $31, %al
-    out %al, %dx
-    lea 0x0b(%di), %dx
-    mov $1, %al
-    out %al, %dx
-run:                         # each engine's last valid entry: one behind its current one
-    hlt
-    lea 0x14(%di), %dx
-    call behind
-    lea 0x04(%di), %dx
-    call behind
-    jmp run
-behind:
-    in %dx, %al
-    dec %al
-    and $31, %al
-    inc %dx
-    out %al, %dx
-    ret
+    movl $0x8000, %fs:0x118(%ebx)   # output stream 4: list, length, last entry, format
+    movl $0, %fs:0x11c(%ebx)
+    movl ${FRAMES * 8}, %fs:0x108(%ebx)
+    movw $1, %fs:0x10c(%ebx)
+    movw $0x11, %fs:0x112(%ebx)
+    movl $0x100002, %fs:0x100(%ebx) # stream 1, run
+    movl $0x8100, %fs:0x98(%ebx)    # input stream 0: the same
+    movl $0, %fs:0x9c(%ebx)
+    movl ${FRAMES * 8}, %fs:0x88(%ebx)
+    movw $1, %fs:0x8c(%ebx)
+    movw $0x11, %fs:0x92(%ebx)
+    movl $0x200002, %fs:0x80(%ebx)  # stream 2, run
+    jmp stop
     .balign 4
-length:
-    .long {FRAMES * 2}       # 16-bit samples in a buffer
+verbs:                       # codec 0: node << 20 | verb << 16 (or << 8) | payload
+    .long 0x00270610         # DAC: stream 1, channel 0
+    .long 0x00220011         #   format: 48 kHz, 16 bits, 2 channels
+    .long 0x0023f04a         #   amplifier: both sides, full gain, not muted
+    .long 0x00470620         # ADC: stream 2, the same
+    .long 0x00420011
+    .long 0x0043f04a
+    .long 0
+gdt:
+    .quad 0
+    .quad 0x00cf92000000ffff # data: base 0, limit 4 GiB
+gdtr:
+    .word 15
+    .long gdt
 dap:
     .byte 0x10, 0
     .word {(FRAMES * 4 + 511) // 512}
@@ -166,7 +170,7 @@ dap:
 def boot_sector() -> bytes:
     for tool in ("as", "ld"):
         need(shutil.which(tool) is not None, f"binutils' {tool} is not installed")
-    with tempfile.TemporaryDirectory(prefix="vmclient-ac97-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmclient-hda-") as tmp:
         d = Path(tmp)
         (d / "g.s").write_text(_ASM)
         subprocess.run(["as", "-o", d / "g.o", d / "g.s"], check=True, capture_output=True)
