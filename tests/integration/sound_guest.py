@@ -195,8 +195,8 @@ def disk(freq_hz: int) -> bytes:
 
 
 def level(samples: list[int] | tuple[int, ...], freq_hz: float, rate: int = RATE) -> float:
-    """The amplitude of ``freq_hz`` in ``samples`` (Goertzel; a full-scale sine of
-    amplitude A gives A/2)."""
+    """How much of ``freq_hz`` is in ``samples`` (Goertzel, normalised: a sine of peak
+    A at that frequency gives A/2, one at another frequency ~0)."""
     if not samples:
         return 0.0
     k = 2 * math.cos(2 * math.pi * freq_hz / rate)
