@@ -115,6 +115,7 @@ DOMAIN_XML = """<domain type='qemu'>
     <graphics type='spice'><listen type='none'/></graphics>
     <video><model type='virtio'/></video>
     <memballoon model='none'/>
+    {devices}
   </devices>
   {metadata}
 </domain>
@@ -134,15 +135,19 @@ class EchoGuests:
         self.seeds: dict[str, int] = {}
 
     def create(self, suffix: str, kind: str, seed: int, letter: str,
-               start: bool = True, animate: bool = False) -> str:
-        """A guest; ``kind`` "" makes it a domain that is not vmclient's (no metadata)."""
+               start: bool = True, animate: bool = False, image: bytes | None = None,
+               devices: str = "") -> str:
+        """A guest; ``kind`` "" makes it a domain that is not vmclient's (no metadata).
+        ``image``: its disk instead of the echo sector's (sound_guest.py's player, which
+        paints nothing); ``devices``: more of the domain's devices (XML)."""
         assert band_colour(seed, ECHO_ROW) != PALETTE[7], "the echo must stand out"
         name = f"{self.prefix}-{suffix}"
         IMAGES.mkdir(parents=True, exist_ok=True)
         disk = IMAGES / f"{name}.img"
-        disk.write_bytes(boot_sector(seed, letter, animate) + bytes((1 << 20) - 512))
+        disk.write_bytes(image if image is not None
+                         else boot_sector(seed, letter, animate) + bytes((1 << 20) - 512))
         dom = self.conn.defineXML(DOMAIN_XML.format(
-            name=name, uuid=uuid.uuid4(), disk=disk,
+            name=name, uuid=uuid.uuid4(), disk=disk, devices=devices,
             metadata=f"<metadata><vmc:vm xmlns:vmc='{VM_NS}' kind='{kind}'/></metadata>"
             if kind else ""))
         self.names.append(name)

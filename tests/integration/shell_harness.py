@@ -48,7 +48,7 @@ WIDTH, HEIGHT = 1024, 768
 USER = 65534  # nobody: the shell runs unprivileged
 
 
-def _as_user(uid: int, groups: tuple[str, ...] = ()) -> list[str]:
+def as_user(uid: int, groups: tuple[str, ...] = ()) -> list[str]:
     """setpriv's arguments to run as ``uid`` with the supplementary ``groups`` (names)."""
     gids = ",".join(str(grp.getgrnam(g).gr_gid) for g in groups)
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}",
@@ -75,7 +75,7 @@ class Weston:
         self.log_path = self.runtime.with_suffix(".log")
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*_as_user(uid), "weston", "--backend=headless-backend.so", "--use-pixman",
+                [*as_user(uid), "weston", "--backend=headless-backend.so", "--use-pixman",
                  "--shell=desktop-shell.so", "--no-config", "--debug",
                  f"--socket={self.socket}", f"--width={WIDTH}", f"--height={HEIGHT}"],
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT)
@@ -100,7 +100,7 @@ class Weston:
         out = Path(tempfile.mkdtemp(prefix="vmclient-shot-"))
         try:
             os.chown(out, self.uid, self.uid)
-            run([*_as_user(self.uid), "weston-screenshooter"], cwd=out, env=self.env(),
+            run([*as_user(self.uid), "weston-screenshooter"], cwd=out, env=self.env(),
                 check=True, timeout=scaled(20))
             (png,) = list(out.glob("*.png"))
             return Image.load(png)
@@ -198,22 +198,24 @@ class ShellUnderTest:
 
     def __init__(self, weston: Weston, bus: PrivateSystemBus, workdir: Path,
                  prefix: str, passwords: PasswordSandbox | None = None,
-                 groups: tuple[str, ...] = (), state_home: Path | None = None) -> None:
+                 groups: tuple[str, ...] = (), state_home: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         """``groups``: the shell's user's (the image puts the seat's user in ``vmclient``,
         whom the bus policy lets call provd's methods); ``state_home``: the user's
-        XDG_STATE_HOME (one of its own, removed when it stops, if not given)."""
+        XDG_STATE_HOME (one of its own, removed when it stops, if not given); ``env``:
+        more of its environment (e.g. the sound server's address)."""
         self.weston = weston
         self.log_path = workdir / "shell.log"
         self.own_state = state_home is None
         self.state_home = state_home or user_dir(weston.uid, "vmclient-state-")
-        cmd = [*_as_user(weston.uid, groups), sys.executable, str(HERE / "shell_driver.py")]
+        cmd = [*as_user(weston.uid, groups), sys.executable, str(HERE / "shell_driver.py")]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 passwords.wrap(cmd) if passwords is not None else cmd,
                 env={**weston.env(), "GDK_BACKEND": "wayland",
                      "DBUS_SYSTEM_BUS_ADDRESS": bus.address, "VMCLIENT_TEST_PREFIX": prefix,
                      "XDG_STATE_HOME": str(self.state_home),
-                     "PYTHONPATH": str(SERVICES / "src")},
+                     "PYTHONPATH": str(SERVICES / "src"), **(env or {})},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
 
     def ask(self, line: str) -> Any:
