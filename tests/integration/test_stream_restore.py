@@ -243,3 +243,56 @@ async def saved_on_a(s: Streamed, vm: str, raw: Path) -> tuple[bytes, str, str]:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def serving_processes(directory: Path) -> list[int]:
+    """Live nbdkit processes (not zombies) serving a spec under ``directory``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        argv = cmdline.split(b"\0")
+        if (argv[0].endswith(b"nbdkit") and str(directory).encode() in cmdline
+                and state != "Z"):
+            out.append(int(proc.name))
+    return out
+
+
+async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its_disks(
+        tmp_path: Path) -> None:
+    """``vm remove`` mid-stream, after a provd restart (its nbdkit adopted, not its child):
+    the fill ends, no nbdkit is left, and the VM is removed as any VM (domain, key, its
+    directory with the partial overlay and ``stream/``)."""
+    async with streamed(tmp_path) as s:
+        vm = s.env.name("sr")
+        await put_vm_snapshot(s.env, s.server.repo, vm, disk_bytes(8, seed=11), s.keys)
+        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
+        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.25)  # still filling
+        before = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        installed = await before.restore(vm)
+        await before.close()  # provd stops; its nbdkit serves on
+        vm_dir = s.prov.vm_dir(vm)
+        (pid,) = serving_processes(vm_dir)
+        streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        try:
+            assert await streams.resume_all() == [vm]
+
+            async def pulling() -> bool:
+                return bool((await pull_state(s.env.hv, installed.uuid, vm)).jobs)
+            await wait_for("the fill", pulling)
+            await streams.remove(vm)
+            assert serving_processes(vm_dir) == [], f"nbdkit {pid} still runs"
+            assert vm not in streams.fills or streams.fills[vm].done()
+            assert not vm_dir.exists() and not s.prov.keys.exists(vm)
+            assert vm not in [v.name for v in await s.prov.list()]
+            await asyncio.sleep(0.5)  # a fill still going would start nbdkit again
+            assert serving_processes(vm_dir) == []
+        finally:
+            await streams.close()
+            for left in serving_processes(vm_dir):
+                os.kill(left, signal.SIGKILL)

@@ -18,6 +18,8 @@ still stream in.  docs/sync.md, "Streamed restore", has the design.
    backing file, libvirt the ``backingStore``), the nbdkits stop and ``stream/`` goes.
    provd resumes every stream at its start (:meth:`Streams.resume_all`): the
    overlay keeps what was pulled, so a fill after a power loss continues.
+5. ``vm remove`` of a streaming VM (:meth:`Streams.remove`): its fill ends and its
+   nbdkits stop (a former provd's too) before the VM is removed as any VM.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..errors import VMClientError, VMNotFound
 from ..host.files import check_ram_backed, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
+from ..virt.libvirt import DomState
 from ..virt.stream import block_pull, pull_state, qemu_owner, with_nbd_backing
 from .cache import ChunkCache
 from .installer import Installed, Provisioner
@@ -44,12 +47,13 @@ from .progress import Progress
 from .qemuimg import create_overlay
 from .redefine import RestoreError
 from .restore import MEMORY, Prepared, download, prepare, resume_from, undo_restore, write_memory
-from .streamcore import READ_TIMEOUT, SPEC_VERSION, StreamSpec
+from .streamcore import SPEC_VERSION, StreamSpec
 
 log = logging.getLogger(__name__)
 STREAM_DIR = "stream"
 PLUGIN = Path(__file__).with_name("nbdplugin.py")
 POLL = 0.5  # seconds between two looks at a fill
+STOP_WAIT = 10.0  # seconds an nbdkit has to end on SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
 
 
@@ -61,9 +65,11 @@ class Streams:
     """provd's streamed restores: their nbdkit processes and fill tasks."""
 
     def __init__(self, prov: Provisioner, config_path: Path, *,
-                 read_timeout: float = READ_TIMEOUT, poll: float = POLL) -> None:
+                 read_timeout: float | None = None, poll: float = POLL) -> None:
         self.prov, self.config_path = prov, config_path
-        self.read_timeout, self.poll = read_timeout, poll
+        self.read_timeout = (prov.cfg.stream_read_timeout_s if read_timeout is None
+                             else read_timeout)
+        self.poll = poll
         self.fills: dict[str, asyncio.Task[None]] = {}
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self.done: dict[str, asyncio.Event] = {}
@@ -210,11 +216,13 @@ class Streams:
 
     async def stop_serving(self, vm: str) -> None:
         sdir = self.prov.vm_dir(vm) / STREAM_DIR
+        adopted = []
         for spec in sdir.glob("*.json") if sdir.exists() else []:
             pid = _serving(spec.with_suffix(".pid"), spec)
             if pid and (vm, spec.stem) not in self.procs:  # a former provd's
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
+                adopted.append(pid)
         for (name, disk), proc in list(self.procs.items()):
             if name != vm:
                 continue
@@ -227,8 +235,32 @@ class Streams:
                     proc.kill()
                     await proc.wait()
             del self.procs[(name, disk)]
+        for pid in adopted:  # not our child: its end is seen in /proc
+            await _ended(pid, STOP_WAIT)
         for stale in (*sdir.glob("*.pid"), *sdir.glob("*.sock")) if sdir.exists() else []:
             stale.unlink(missing_ok=True)
+
+    async def remove(self, vm: str) -> None:
+        """``vm remove``: a streaming VM's fill ends and its nbdkits stop before the VM is
+        removed as any VM (:meth:`.Provisioner.remove`: the domain destroyed, the key
+        shredded, its directory with the partial overlay and ``stream/`` deleted, the
+        definition undefined).  Should that fail, the fill goes on."""
+        task = self.fills.pop(vm, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if (self.prov.vm_dir(vm) / STREAM_DIR).exists():
+            info = await self.prov.hv.lookup_name(vm)
+            if info.state.active or info.state == DomState.PAUSED:  # QEMU lets nbdkit go
+                await self.prov.hv.destroy(info.uuid, vm)
+            await self.stop_serving(vm)
+        try:
+            await self.prov.remove(vm)
+        except BaseException:
+            if (self.prov.vm_dir(vm) / STREAM_DIR).exists():
+                self.follow(vm)
+            raise
+        log.info("VM %s removed while its disks streamed in: fill and nbdkit stopped", vm)
 
     # -- the fill ------------------------------------------------------------------------
 
@@ -255,14 +287,17 @@ class Streams:
         progress.begin("fill", 0)
         sdir = prov.vm_dir(vm) / STREAM_DIR
         disks = sorted(p.stem for p in sdir.glob("*.json"))
-        uuid = (await prov.hv.lookup_name(vm)).uuid
+        uuid = ""
         while True:
             try:
+                uuid = uuid or (await prov.hv.lookup_name(vm)).uuid
                 if not await self._fill_step(vm, uuid, progress):
                     break
-            except VMNotFound:
-                log.warning("VM %s was removed while its disks streamed in", vm)
+            except VMNotFound:  # undefined behind provd's back: its disks are left alone
+                log.warning("VM %s was undefined while its disks streamed in: its fill and "
+                            "nbdkit stop", vm)
                 await self.stop_serving(vm)
+                shutil.rmtree(sdir, ignore_errors=True)
                 return
             except VMClientError as exc:  # a race with a stop or start: look again
                 log.info("VM %s: fill: %s", vm, exc)
@@ -329,6 +364,29 @@ def _serving(pidfile: Path, spec: Path) -> int:
     except (OSError, ValueError):
         return 0
     return pid if f"spec={spec}".encode() in cmdline.split(b"\0") else 0
+
+
+async def _ended(pid: int, limit: float) -> None:
+    """Wait until process ``pid`` (not a child) is gone; SIGKILL it after ``limit`` s."""
+    loop = asyncio.get_running_loop()
+    deadline, killed = loop.time() + limit, False
+    while _alive(pid):
+        if loop.time() > deadline:
+            if killed:
+                log.error("nbdkit (pid %d) does not end, even on SIGKILL", pid)
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline, killed = loop.time() + limit, True
+        await asyncio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # a zombie has ended
 
 
 def _python_path() -> list[str]:
