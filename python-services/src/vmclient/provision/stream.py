@@ -14,10 +14,14 @@ still stream in.  docs/sync.md, "Streamed restore", has the design.
 4. The fill (:meth:`Streams.run_fill`, a task of provd): a libvirt block pull of
    each disk at ``fill_mib_s``; it keeps each nbdkit alive (restarted if it dies),
    restarts a pull that failed, resumes a VM paused on an I/O error once the
-   repository answers again.  When no disk is backed any more (QEMU drops the
-   backing file, libvirt the ``backingStore``), the nbdkits stop and ``stream/`` goes.
-   provd resumes every stream at its start (:meth:`Streams.resume_all`): the
-   overlay keeps what was pulled, so a fill after a power loss continues.
+   repository answers again.  A pull is (re)started only while the VM runs and the
+   repository answers (probed with backoff: a dead link is not hammered); while the
+   VM is paused otherwise (powerd before the laptop sleeps, the user) the pull is
+   cancelled, the pulled clusters staying.  When no disk is backed any more (QEMU
+   drops the backing file, libvirt the ``backingStore``), the nbdkits stop and
+   ``stream/`` goes.  provd resumes every stream at its start
+   (:meth:`Streams.resume_all`): the overlay keeps what was pulled, so a fill after
+   a power loss continues.
 5. ``vm remove`` of a streaming VM (:meth:`Streams.remove`): its fill ends and its
    nbdkits stop (a former provd's too) before the VM is removed as any VM.
 """
@@ -40,7 +44,7 @@ from ..host.files import check_ram_backed, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
 from ..virt.libvirt import DomState
-from ..virt.stream import block_pull, pull_state, qemu_owner, with_nbd_backing
+from ..virt.stream import block_pull, cancel_pull, pull_state, qemu_owner, with_nbd_backing
 from .cache import ChunkCache
 from .installer import Installed, Provisioner
 from .progress import Progress
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 STREAM_DIR = "stream"
 PLUGIN = Path(__file__).with_name("nbdplugin.py")
 POLL = 0.5  # seconds between two looks at a fill
+PROBE_MOST = 5.0  # seconds at most between two probes of an unreachable repository
 STOP_WAIT = 10.0  # seconds an nbdkit has to end on SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
 
@@ -70,6 +75,7 @@ class Streams:
         self.read_timeout = (prov.cfg.stream_read_timeout_s if read_timeout is None
                              else read_timeout)
         self.poll = poll
+        self._probe: dict[str, tuple[float, float]] = {}  # vm → (next probe, its delay)
         self.fills: dict[str, asyncio.Task[None]] = {}
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self.done: dict[str, asyncio.Event] = {}
@@ -249,6 +255,7 @@ class Streams:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        self._probe.pop(vm, None)
         if (self.prov.vm_dir(vm) / STREAM_DIR).exists():
             info = await self.prov.hv.lookup_name(vm)
             if info.state.active or info.state == DomState.PAUSED:  # QEMU lets nbdkit go
@@ -320,14 +327,19 @@ class Streams:
         for disk in st.backed:
             await self.serve(vm, disk)  # a dead nbdkit comes back
         if st.active and st.paused_io_error:
-            if await self._reachable(vm):
+            if await self._link_up(vm):
                 log.warning("VM %s: paused on a read error while streaming; the repository "
                             "answers again: resumed", vm)
                 await prov.hv.resume(uuid, vm)
+        elif st.paused:  # powerd before the laptop sleeps, or the user: no fill meanwhile
+            for disk in st.jobs:
+                await cancel_pull(prov.hv, uuid, vm, disk)
+                log.info("VM %s is paused: the fill of disk %s is suspended", vm, disk)
         elif st.active:
             bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
-            for disk in st.backed:
-                if disk not in st.jobs:
+            idle = [disk for disk in st.backed if disk not in st.jobs]
+            if idle and await self._link_up(vm):  # a pull on a dead link only fails
+                for disk in idle:
                     await block_pull(prov.hv, uuid, vm, disk, bandwidth)
             cur = sum(c for c, _e in st.jobs.values())
             end = sum(e for _c, e in st.jobs.values())
@@ -335,6 +347,20 @@ class Streams:
                 progress.done, progress.total = cur, end
                 prov.report(progress)
         return True
+
+    async def _link_up(self, vm: str) -> bool:
+        """Whether the repository answers; after a failed probe the next waits twice as
+        long (from one poll up to :data:`PROBE_MOST`): a dead link is not hammered."""
+        loop = asyncio.get_running_loop()
+        at, delay = self._probe.get(vm, (0.0, 0.0))
+        if loop.time() < at:
+            return False
+        if await self._reachable(vm):
+            self._probe.pop(vm, None)
+            return True
+        delay = min(PROBE_MOST, max(self.poll, delay * 2))
+        self._probe[vm] = (loop.time() + delay, delay)
+        return False
 
     async def _reachable(self, vm: str) -> bool:
         receiver = self.prov.receiver
