@@ -264,11 +264,13 @@ def serving_processes(directory: Path) -> list[int]:
     return out
 
 
+@pytest.mark.parametrize("how", ["vm remove", "behind provd's back"])
 async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its_disks(
-        tmp_path: Path) -> None:
-    """``vm remove`` mid-stream, after a provd restart (its nbdkit adopted, not its child):
-    the fill ends, no nbdkit is left, and the VM is removed as any VM (domain, key, its
-    directory with the partial overlay and ``stream/``)."""
+        tmp_path: Path, how: str) -> None:
+    """``vm remove`` mid-stream (provd's D-Bus Remove), or a removal provd is not told of
+    (the management agent's unassign order), after a provd restart (its nbdkit adopted,
+    not its child): the fill ends, no nbdkit is left, and the VM is removed as any VM
+    (domain, key, its directory with the partial overlay and ``stream/``)."""
     async with streamed(tmp_path) as s:
         vm = s.env.name("sr")
         await put_vm_snapshot(s.env, s.server.repo, vm, disk_bytes(8, seed=11), s.keys)
@@ -286,9 +288,14 @@ async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its
             async def pulling() -> bool:
                 return bool((await pull_state(s.env.hv, installed.uuid, vm)).jobs)
             await wait_for("the fill", pulling)
-            await streams.remove(vm)
+            if how == "vm remove":
+                await streams.remove(vm)
+            else:
+                await s.prov.remove(vm)
+                await wait_for("the fill to end", lambda: _async(streams.fills[vm].done()),
+                               limit=30)
             assert serving_processes(vm_dir) == [], f"nbdkit {pid} still runs"
-            assert vm not in streams.fills or streams.fills[vm].done()
+            assert vm not in streams.fills or streams.fills[vm].exception() is None
             assert not vm_dir.exists() and not s.prov.keys.exists(vm)
             assert vm not in [v.name for v in await s.prov.list()]
             await asyncio.sleep(0.5)  # a fill still going would start nbdkit again

@@ -78,6 +78,7 @@ class Streams:
         self._probe: dict[str, tuple[float, float]] = {}  # vm → (next probe, its delay)
         self.fills: dict[str, asyncio.Task[None]] = {}
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
+        self.adopted: dict[tuple[str, str], int] = {}  # a former provd's nbdkits: pids
         self.done: dict[str, asyncio.Event] = {}
 
     # -- the restore ---------------------------------------------------------------------
@@ -175,8 +176,13 @@ class Streams:
         """Start the nbdkit serving ``disk`` (again, if it died); returns its socket once
         it accepts connections."""
         spec, sock, pidfile = self._paths(vm, disk)
-        if _serving(pidfile, spec):  # ours, or left running by the provd before
+        pid = _serving(pidfile, spec)
+        if pid:  # ours, or left running by the provd before
+            if (vm, disk) not in self.procs:
+                self.adopted[(vm, disk)] = pid
             return sock
+        if not sock.parent.is_dir():
+            raise StreamError(vm, f"{sock.parent} is gone: the VM was removed")
         old = self.procs.pop((vm, disk), None)
         if old is not None and old.returncode is None:  # not serving: stuck or dying
             with contextlib.suppress(ProcessLookupError):
@@ -222,13 +228,17 @@ class Streams:
 
     async def stop_serving(self, vm: str) -> None:
         sdir = self.prov.vm_dir(vm) / STREAM_DIR
-        adopted = []
+        adopted = {pid for (name, disk), pid in self.adopted.items() if name == vm
+                   and _runs(pid, self._paths(vm, disk)[0])}  # (pidfiles may be gone)
         for spec in sdir.glob("*.json") if sdir.exists() else []:
             pid = _serving(spec.with_suffix(".pid"), spec)
             if pid and (vm, spec.stem) not in self.procs:  # a former provd's
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                adopted.append(pid)
+                adopted.add(pid)
+        for key in [k for k in self.adopted if k[0] == vm]:
+            del self.adopted[key]
+        for pid in adopted:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for (name, disk), proc in list(self.procs.items()):
             if name != vm:
                 continue
@@ -296,6 +306,11 @@ class Streams:
         disks = sorted(p.stem for p in sdir.glob("*.json"))
         uuid = ""
         while True:
+            if not sdir.is_dir():  # removed behind provd's back (an unassign order)
+                log.warning("VM %s was removed while its disks streamed in: its fill and "
+                            "nbdkit stop", vm)
+                await self.stop_serving(vm)
+                return
             try:
                 uuid = uuid or (await prov.hv.lookup_name(vm)).uuid
                 if not await self._fill_step(vm, uuid, progress):
@@ -386,10 +401,19 @@ def _serving(pidfile: Path, spec: Path) -> int:
     """The pid of the nbdkit serving ``spec`` per ``pidfile``, if it runs (0 if not)."""
     try:
         pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return 0
-    return pid if f"spec={spec}".encode() in cmdline.split(b"\0") else 0
+    return pid if _runs(pid, spec) else 0
+
+
+def _runs(pid: int, spec: Path) -> bool:
+    """Whether process ``pid`` is an nbdkit serving ``spec`` (not another that took
+    its pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return f"spec={spec}".encode() in cmdline.split(b"\0")
 
 
 async def _ended(pid: int, limit: float) -> None:
