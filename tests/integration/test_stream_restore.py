@@ -316,7 +316,7 @@ async def test_the_laptop_sleeps_mid_stream_the_fill_waits_and_goes_on_after_wak
     pass matched and the disk is the snapshot's."""
     async with streamed(tmp_path) as s:
         vm = s.env.name("sl")
-        data = checking_disk(24)  # more than one pass reads before the sleep
+        data = checking_disk(8)
         await put_vm_snapshot(s.env, s.server.repo, vm, data, s.keys)
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         raw = tmp_path / "snapshot.raw"
