@@ -353,7 +353,8 @@ class Streams:
         elif st.active:
             bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
             idle = [disk for disk in st.backed if disk not in st.jobs]
-            if idle and await self._link_up(vm):  # a pull on a dead link only fails
+            # a pull on a dead link only fails (without a receiver provd cannot probe)
+            if idle and (prov.receiver is None or await self._link_up(vm)):
                 for disk in idle:
                     await block_pull(prov.hv, uuid, vm, disk, bandwidth)
             cur = sum(c for c, _e in st.jobs.values())
