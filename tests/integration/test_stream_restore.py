@@ -23,6 +23,7 @@ import libvirt
 import pytest
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import URI, scaled
+from powerd_harness import Logind, PowerDaemons
 from provision_env import need_tools
 from stream_env import (
     CHUNK,
@@ -243,3 +244,135 @@ async def saved_on_a(s: Streamed, vm: str, raw: Path) -> tuple[bytes, str, str]:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def serving_processes(directory: Path) -> list[int]:
+    """Live nbdkit processes (not zombies) serving a spec under ``directory``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        argv = cmdline.split(b"\0")
+        if (argv[0].endswith(b"nbdkit") and str(directory).encode() in cmdline
+                and state != "Z"):
+            out.append(int(proc.name))
+    return out
+
+
+@pytest.mark.parametrize("how", ["vm remove", "behind provd's back"])
+async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its_disks(
+        tmp_path: Path, how: str) -> None:
+    """``vm remove`` mid-stream (provd's D-Bus Remove), or a removal provd is not told of
+    (the management agent's unassign order), after a provd restart (its nbdkit adopted,
+    not its child): the fill ends, no nbdkit is left, and the VM is removed as any VM
+    (domain, key, its directory with the partial overlay and ``stream/``)."""
+    async with streamed(tmp_path) as s:
+        vm = s.env.name("sr")
+        await put_vm_snapshot(s.env, s.server.repo, vm, disk_bytes(8, seed=11), s.keys)
+        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
+        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.25)  # still filling
+        before = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        installed = await before.restore(vm)
+        await before.close()  # provd stops; its nbdkit serves on
+        vm_dir = s.prov.vm_dir(vm)
+        (pid,) = serving_processes(vm_dir)
+        streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        try:
+            assert await streams.resume_all() == [vm]
+
+            async def pulling() -> bool:
+                return bool((await pull_state(s.env.hv, installed.uuid, vm)).jobs)
+            await wait_for("the fill", pulling)
+            if how == "vm remove":
+                await streams.remove(vm)
+            else:
+                await s.prov.remove(vm)
+                await wait_for("the fill to end", lambda: _async(streams.fills[vm].done()),
+                               limit=30)
+            assert serving_processes(vm_dir) == [], f"nbdkit {pid} still runs"
+            assert vm not in streams.fills or streams.fills[vm].exception() is None
+            assert not vm_dir.exists() and not s.prov.keys.exists(vm)
+            assert vm not in [v.name for v in await s.prov.list()]
+            await asyncio.sleep(0.5)  # a fill still going would start nbdkit again
+            assert serving_processes(vm_dir) == []
+        finally:
+            await streams.close()
+            for left in serving_processes(vm_dir):
+                os.kill(left, signal.SIGKILL)
+
+
+async def test_the_laptop_sleeps_mid_stream_the_fill_waits_and_goes_on_after_wake(
+        run_powerd: PowerDaemons, logind: Logind, tmp_path: Path) -> None:
+    """vmclient-powerd pauses the streaming VM for sleep (logind's PrepareForSleep): its
+    fill is suspended (no block job while the laptop sleeps) and the link goes down.  On
+    wake powerd resumes the VM; with the link still down the fill starts no pull (the
+    guest's reads wait, the VM may pause on one: no error reaches the guest); when the
+    repository answers again the VM runs, the fill goes on and completes.  Every guest
+    pass matched and the disk is the snapshot's."""
+    async with streamed(tmp_path) as s:
+        vm = s.env.name("sl")
+        data = checking_disk(8)
+        await put_vm_snapshot(s.env, s.server.repo, vm, data, s.keys)
+        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
+        raw = tmp_path / "snapshot.raw"
+        raw.write_bytes(data)
+        run_powerd(f'[vms]\nname_prefix = "{s.env.prefix}-"\n')
+        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.25, domain_type="qemu",
+                                         cpu_mode="maximum", cpu_disable=())
+        streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        installed = await streams.restore(vm)
+        conn = libvirt.open(URI)
+        try:
+            dom = conn.lookupByName(vm)
+            errors = io_errors(conn, vm)
+
+            async def pulling() -> bool:
+                return bool((await pull_state(s.env.hv, installed.uuid, vm)).jobs)
+
+            async def never_pulls(seconds: float) -> None:
+                for _ in range(int(seconds / 0.1)):
+                    assert not await pulling(), "a fill while the laptop sleeps or is offline"
+                    await asyncio.sleep(0.1)
+
+            await wait_for("the guest's checker", lambda: _async(guest_counters(dom)[3]))
+            await wait_for("the fill", pulling)
+            logind.prepare_for_sleep(True)
+            await wait_for("powerd's pause", lambda: _async(
+                dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]))
+            await wait_for("the fill suspended", _not(pulling), limit=10)
+            s.server.stop()  # asleep: the link is gone
+            await never_pulls(1.0)
+            assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
+            logind.prepare_for_sleep(False)  # awake, the link not back yet
+            await wait_for("powerd's resume", lambda: _async(
+                dom.state()[1] != libvirt.VIR_DOMAIN_PAUSED_USER))
+            await never_pulls(1.0)
+            s.server.restart()
+            await wait_for("the VM to run and pass", lambda: _async(
+                dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING and guest_counters(dom)[0] >= 1),
+                limit=120)
+            await wait_for("the fill again", pulling)
+            s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0)  # now fill at once
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.blockJobSetSpeed("vda", 0, 0)
+            async with asyncio.timeout(120):
+                await streams.done[vm].wait()
+            assert guest_counters(dom)[1:3] == (0, 0)  # no pass mismatched, no read failed
+            assert set(errors) <= {libvirt.VIR_DOMAIN_EVENT_IO_ERROR_PAUSE}
+        finally:
+            conn.close()
+            await streams.close()
+        await s.env.hv.destroy(installed.uuid, vm)
+        (disk,) = [Path(p) for p in installed.disks.values()]
+        assert await qemuimg.identical(disk, s.keys.passphrase(), raw)
+
+
+def _not(cond):  # type: ignore[no-untyped-def]
+    async def negated() -> bool:
+        return not await cond()
+    return negated

@@ -8,8 +8,13 @@ import json
 import pytest
 
 from vmclient.provision.streamcore import (
+    BATCH,
+    FIRST_BATCH,
+    PARALLEL,
+    SHARE,
     SPEC_VERSION,
     ChunkLRU,
+    ReadAhead,
     StreamSpec,
     StreamSpecError,
     chunk_length,
@@ -96,3 +101,43 @@ def test_every_progress_phase_has_its_dbus_enum_value() -> None:
     from vmclient.provision.service import Phase
 
     assert [p.name.lower() for p in Phase] == list(PHASES)
+
+
+def test_the_read_ahead_starts_small_grows_on_a_fast_link_and_shrinks_on_a_slow_one() -> None:
+    ahead = ReadAhead(30.0)
+    assert (ahead.batch, ahead.window()) == (FIRST_BATCH, FIRST_BATCH * PARALLEL)
+    ahead.landed(0.01, 4)  # 400 chunks/s: room for far more, but at most twice as many
+    assert ahead.batch == 2 * FIRST_BATCH
+    for _ in range(10):
+        ahead.landed(0.01, ahead.batch)
+    assert ahead.batch == BATCH and ahead.window() == BATCH * PARALLEL
+    ahead.landed(1.0, 1, ok=False)  # a fetch gave up (the link dropped)
+    assert ahead.batch == BATCH // 2
+    # 2 chunks a second: in 15 s (half of 30) the window moves 30 chunks: 7 a fetch
+    ahead.landed(5.0, 10)
+    assert ahead.batch == 7 and ahead.window() * 5.0 / 10 <= 30.0 * SHARE
+    ahead.landed(100.0, 1)  # a crawl: never nothing (the read itself still fetches)
+    assert ahead.batch == 1
+
+
+@pytest.mark.parametrize("kib_s", [16, 100, 150, 1000, 100_000])
+def test_on_any_link_the_read_ahead_settles_within_half_the_read_timeout(kib_s: int) -> None:
+    """The rule on a link of ``kib_s`` that the window's fetches share (each fetch takes
+    the window's time): settled, the window lands within half the read timeout.  A fixed
+    4 MiB a fetch, 4 in flight, took 164 s at 100 KiB/s: over the 30 s a read has."""
+    timeout, rate = 30.0, kib_s * 1024
+    ahead = ReadAhead(timeout)
+    for _ in range(20):
+        ahead.landed(ahead.window() * C / rate, ahead.batch)
+    assert ahead.window() * C / rate <= timeout * SHARE or ahead.batch == 1
+    if kib_s >= 150:
+        assert ahead.batch >= 2  # a slow link still gets some read-ahead
+    if kib_s >= 100_000:
+        assert ahead.batch == BATCH
+
+
+def test_a_read_ahead_refuses_a_nonsensical_setting() -> None:
+    with pytest.raises(ValueError):
+        ReadAhead(0)
+    with pytest.raises(ValueError):
+        ReadAhead(30.0, most=0)

@@ -108,6 +108,11 @@ class ProvisionConfig:
         0.0, min=0, max=100000,
         help="bandwidth of a streamed restore's background fill in MiB/s (0: no limit); "
              "the guest's own reads are never held back")
+    stream_read_timeout_s: float = config.setting(
+        30.0, min=2, max=600,
+        help="how long a streamed disk's read waits for an unreachable repository before "
+             "the VM pauses (it resumes when the repository answers again); the read-ahead "
+             "of the fill is sized so that its fetches land well within it on a slow link")
 
     def __post_init__(self) -> None:
         self.cpu_profile()  # a CPU mode the domain type cannot run is a config error

@@ -211,7 +211,11 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         return [list(await prov.eject(spec.vm_name(args[0])))]
 
     async def remove(args: list[Any]) -> list[Any]:
-        await prov.remove(spec.vm_name(args[0]))
+        vm = spec.vm_name(args[0])
+        if streams is not None:  # it may still stream: its fill and nbdkit stop first
+            await streams.remove(vm)
+        else:
+            await prov.remove(vm)
         return []
 
     async def list_vms(_args: list[Any]) -> list[Any]:

@@ -14,10 +14,16 @@ still stream in.  docs/sync.md, "Streamed restore", has the design.
 4. The fill (:meth:`Streams.run_fill`, a task of provd): a libvirt block pull of
    each disk at ``fill_mib_s``; it keeps each nbdkit alive (restarted if it dies),
    restarts a pull that failed, resumes a VM paused on an I/O error once the
-   repository answers again.  When no disk is backed any more (QEMU drops the
-   backing file, libvirt the ``backingStore``), the nbdkits stop and ``stream/`` goes.
-   provd resumes every stream at its start (:meth:`Streams.resume_all`): the
-   overlay keeps what was pulled, so a fill after a power loss continues.
+   repository answers again.  A pull is (re)started only while the VM runs and the
+   repository answers (probed with backoff: a dead link is not hammered); while the
+   VM is paused otherwise (powerd before the laptop sleeps, the user) the pull is
+   cancelled, the pulled clusters staying.  When no disk is backed any more (QEMU
+   drops the backing file, libvirt the ``backingStore``), the nbdkits stop and
+   ``stream/`` goes.  provd resumes every stream at its start
+   (:meth:`Streams.resume_all`): the overlay keeps what was pulled, so a fill after
+   a power loss continues.
+5. ``vm remove`` of a streaming VM (:meth:`Streams.remove`): its fill ends and its
+   nbdkits stop (a former provd's too) before the VM is removed as any VM.
 """
 
 from __future__ import annotations
@@ -37,19 +43,22 @@ from ..errors import VMClientError, VMNotFound
 from ..host.files import check_ram_backed, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
-from ..virt.stream import block_pull, pull_state, qemu_owner, with_nbd_backing
+from ..virt.libvirt import DomState
+from ..virt.stream import block_pull, cancel_pull, pull_state, qemu_owner, with_nbd_backing
 from .cache import ChunkCache
 from .installer import Installed, Provisioner
 from .progress import Progress
 from .qemuimg import create_overlay
 from .redefine import RestoreError
 from .restore import MEMORY, Prepared, download, prepare, resume_from, undo_restore, write_memory
-from .streamcore import READ_TIMEOUT, SPEC_VERSION, StreamSpec
+from .streamcore import SPEC_VERSION, StreamSpec
 
 log = logging.getLogger(__name__)
 STREAM_DIR = "stream"
 PLUGIN = Path(__file__).with_name("nbdplugin.py")
 POLL = 0.5  # seconds between two looks at a fill
+PROBE_MOST = 5.0  # seconds at most between two probes of an unreachable repository
+STOP_WAIT = 10.0  # seconds an nbdkit has to end on SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
 
 
@@ -61,11 +70,15 @@ class Streams:
     """provd's streamed restores: their nbdkit processes and fill tasks."""
 
     def __init__(self, prov: Provisioner, config_path: Path, *,
-                 read_timeout: float = READ_TIMEOUT, poll: float = POLL) -> None:
+                 read_timeout: float | None = None, poll: float = POLL) -> None:
         self.prov, self.config_path = prov, config_path
-        self.read_timeout, self.poll = read_timeout, poll
+        self.read_timeout = (prov.cfg.stream_read_timeout_s if read_timeout is None
+                             else read_timeout)
+        self.poll = poll
+        self._probe: dict[str, tuple[float, float]] = {}  # vm → (next probe, its delay)
         self.fills: dict[str, asyncio.Task[None]] = {}
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
+        self.adopted: dict[tuple[str, str], int] = {}  # a former provd's nbdkits: pids
         self.done: dict[str, asyncio.Event] = {}
 
     # -- the restore ---------------------------------------------------------------------
@@ -163,8 +176,13 @@ class Streams:
         """Start the nbdkit serving ``disk`` (again, if it died); returns its socket once
         it accepts connections."""
         spec, sock, pidfile = self._paths(vm, disk)
-        if _serving(pidfile, spec):  # ours, or left running by the provd before
+        pid = _serving(pidfile, spec)
+        if pid:  # ours, or left running by the provd before
+            if (vm, disk) not in self.procs:
+                self.adopted[(vm, disk)] = pid
             return sock
+        if not sock.parent.is_dir():
+            raise StreamError(vm, f"{sock.parent} is gone: the VM was removed")
         old = self.procs.pop((vm, disk), None)
         if old is not None and old.returncode is None:  # not serving: stuck or dying
             with contextlib.suppress(ProcessLookupError):
@@ -210,11 +228,17 @@ class Streams:
 
     async def stop_serving(self, vm: str) -> None:
         sdir = self.prov.vm_dir(vm) / STREAM_DIR
+        adopted = {pid for (name, disk), pid in self.adopted.items() if name == vm
+                   and _runs(pid, self._paths(vm, disk)[0])}  # (pidfiles may be gone)
         for spec in sdir.glob("*.json") if sdir.exists() else []:
             pid = _serving(spec.with_suffix(".pid"), spec)
             if pid and (vm, spec.stem) not in self.procs:  # a former provd's
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                adopted.add(pid)
+        for key in [k for k in self.adopted if k[0] == vm]:
+            del self.adopted[key]
+        for pid in adopted:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         for (name, disk), proc in list(self.procs.items()):
             if name != vm:
                 continue
@@ -227,8 +251,33 @@ class Streams:
                     proc.kill()
                     await proc.wait()
             del self.procs[(name, disk)]
+        for pid in adopted:  # not our child: its end is seen in /proc
+            await _ended(pid, STOP_WAIT)
         for stale in (*sdir.glob("*.pid"), *sdir.glob("*.sock")) if sdir.exists() else []:
             stale.unlink(missing_ok=True)
+
+    async def remove(self, vm: str) -> None:
+        """``vm remove``: a streaming VM's fill ends and its nbdkits stop before the VM is
+        removed as any VM (:meth:`.Provisioner.remove`: the domain destroyed, the key
+        shredded, its directory with the partial overlay and ``stream/`` deleted, the
+        definition undefined).  Should that fail, the fill goes on."""
+        task = self.fills.pop(vm, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._probe.pop(vm, None)
+        if (self.prov.vm_dir(vm) / STREAM_DIR).exists():
+            info = await self.prov.hv.lookup_name(vm)
+            if info.state.active or info.state == DomState.PAUSED:  # QEMU lets nbdkit go
+                await self.prov.hv.destroy(info.uuid, vm)
+            await self.stop_serving(vm)
+        try:
+            await self.prov.remove(vm)
+        except BaseException:
+            if (self.prov.vm_dir(vm) / STREAM_DIR).exists():
+                self.follow(vm)
+            raise
+        log.info("VM %s removed while its disks streamed in: fill and nbdkit stopped", vm)
 
     # -- the fill ------------------------------------------------------------------------
 
@@ -255,14 +304,22 @@ class Streams:
         progress.begin("fill", 0)
         sdir = prov.vm_dir(vm) / STREAM_DIR
         disks = sorted(p.stem for p in sdir.glob("*.json"))
-        uuid = (await prov.hv.lookup_name(vm)).uuid
+        uuid = ""
         while True:
+            if not sdir.is_dir():  # removed behind provd's back (an unassign order)
+                log.warning("VM %s was removed while its disks streamed in: its fill and "
+                            "nbdkit stop", vm)
+                await self.stop_serving(vm)
+                return
             try:
+                uuid = uuid or (await prov.hv.lookup_name(vm)).uuid
                 if not await self._fill_step(vm, uuid, progress):
                     break
-            except VMNotFound:
-                log.warning("VM %s was removed while its disks streamed in", vm)
+            except VMNotFound:  # undefined behind provd's back: its disks are left alone
+                log.warning("VM %s was undefined while its disks streamed in: its fill and "
+                            "nbdkit stop", vm)
                 await self.stop_serving(vm)
+                shutil.rmtree(sdir, ignore_errors=True)
                 return
             except VMClientError as exc:  # a race with a stop or start: look again
                 log.info("VM %s: fill: %s", vm, exc)
@@ -285,14 +342,20 @@ class Streams:
         for disk in st.backed:
             await self.serve(vm, disk)  # a dead nbdkit comes back
         if st.active and st.paused_io_error:
-            if await self._reachable(vm):
+            if await self._link_up(vm):
                 log.warning("VM %s: paused on a read error while streaming; the repository "
                             "answers again: resumed", vm)
                 await prov.hv.resume(uuid, vm)
+        elif st.paused:  # powerd before the laptop sleeps, or the user: no fill meanwhile
+            for disk in st.jobs:
+                await cancel_pull(prov.hv, uuid, vm, disk)
+                log.info("VM %s is paused: the fill of disk %s is suspended", vm, disk)
         elif st.active:
             bandwidth = int(prov.cfg.fill_mib_s * (1 << 20))
-            for disk in st.backed:
-                if disk not in st.jobs:
+            idle = [disk for disk in st.backed if disk not in st.jobs]
+            # a pull on a dead link only fails (without a receiver provd cannot probe)
+            if idle and (prov.receiver is None or await self._link_up(vm)):
+                for disk in idle:
                     await block_pull(prov.hv, uuid, vm, disk, bandwidth)
             cur = sum(c for c, _e in st.jobs.values())
             end = sum(e for _c, e in st.jobs.values())
@@ -300,6 +363,20 @@ class Streams:
                 progress.done, progress.total = cur, end
                 prov.report(progress)
         return True
+
+    async def _link_up(self, vm: str) -> bool:
+        """Whether the repository answers; after a failed probe the next waits twice as
+        long (from one poll up to :data:`PROBE_MOST`): a dead link is not hammered."""
+        loop = asyncio.get_running_loop()
+        at, delay = self._probe.get(vm, (0.0, 0.0))
+        if loop.time() < at:
+            return False
+        if await self._reachable(vm):
+            self._probe.pop(vm, None)
+            return True
+        delay = min(PROBE_MOST, max(self.poll, delay * 2))
+        self._probe[vm] = (loop.time() + delay, delay)
+        return False
 
     async def _reachable(self, vm: str) -> bool:
         receiver = self.prov.receiver
@@ -325,10 +402,42 @@ def _serving(pidfile: Path, spec: Path) -> int:
     """The pid of the nbdkit serving ``spec`` per ``pidfile``, if it runs (0 if not)."""
     try:
         pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return 0
-    return pid if f"spec={spec}".encode() in cmdline.split(b"\0") else 0
+    return pid if _runs(pid, spec) else 0
+
+
+def _runs(pid: int, spec: Path) -> bool:
+    """Whether process ``pid`` is an nbdkit serving ``spec`` (not another that took
+    its pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return f"spec={spec}".encode() in cmdline.split(b"\0")
+
+
+async def _ended(pid: int, limit: float) -> None:
+    """Wait until process ``pid`` (not a child) is gone; SIGKILL it after ``limit`` s."""
+    loop = asyncio.get_running_loop()
+    deadline, killed = loop.time() + limit, False
+    while _alive(pid):
+        if loop.time() > deadline:
+            if killed:
+                log.error("nbdkit (pid %d) does not end, even on SIGKILL", pid)
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline, killed = loop.time() + limit, True
+        await asyncio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # a zombie has ended
 
 
 def _python_path() -> list[str]:

@@ -3,7 +3,8 @@
 * which chunks of a disk cover a guest read (:func:`pieces`),
 * the small cache of chunks already fetched and verified (:class:`ChunkLRU`),
 * the stream's description the nbdkit plugin reads (:class:`StreamSpec`),
-* how long a read of a missing chunk waits for the repository (:func:`retry_delays`).
+* how long a read of a missing chunk waits for the repository (:func:`retry_delays`),
+* how far the fill reads ahead on this link (:class:`ReadAhead`).
 
 docs/sync.md, "Streamed restore", has the design.
 """
@@ -20,6 +21,10 @@ from ..errors import VMClientError
 SPEC_VERSION = 1
 READ_TIMEOUT = 30.0  # seconds a guest read waits for an unreachable repository
 CACHE_CHUNKS = 1024  # 64 MiB of 64 KiB chunks: the read-ahead window (16 MiB) and more
+BATCH = 64  # chunks at most per read-ahead fetch (4 MiB of 64 KiB chunks)
+PARALLEL = 4  # read-ahead fetches in flight at once: the window is PARALLEL batches
+FIRST_BATCH = 4  # chunks of the first read-ahead fetches, before the link is known
+SHARE = 1 / 2  # of the read timeout: the time the read-ahead window may take to land
 
 
 class StreamSpecError(VMClientError):
@@ -85,6 +90,38 @@ def retry_delays(timeout: float, first: float = 0.2, most: float = 5.0) -> Itera
         delay = min(delay * 2, most)
     if spent < timeout:
         yield timeout - spent
+
+
+class ReadAhead:
+    """How many chunks one read-ahead fetch asks for, sized to the link's measured rate.
+
+    A read that finds its chunk in flight in a read-ahead fetch waits for that fetch, so
+    the read timeout bounds the fetch too: at a fixed 4 MiB, 4 in flight, a link under
+    ~150 KiB/s could not land one within 30 s and every read of the fill failed (the VM
+    paused).  Each fetch that lands tells a rate (its chunks over its time: a lower bound,
+    as the fetches in flight share the link); the window (:data:`PARALLEL` fetches) is
+    sized to move in ``SHARE`` times the read timeout at that rate: at most :data:`BATCH`
+    chunks a fetch, at least one, and at most twice the last size (it starts at
+    :data:`FIRST_BATCH`, before the link is known).  A fetch that gave up halves it."""
+
+    def __init__(self, timeout: float, most: int = BATCH, first: int = FIRST_BATCH) -> None:
+        if timeout <= 0 or most < 1:
+            raise ValueError("a read-ahead needs a positive timeout and batch")
+        self.timeout, self.most = timeout, most
+        self.batch = max(1, min(most, first))
+
+    def window(self) -> int:
+        """Chunks kept fetched or in flight past a sequential read."""
+        return self.batch * PARALLEL
+
+    def landed(self, seconds: float, chunks: int, ok: bool = True) -> None:
+        """A fetch of ``chunks`` took ``seconds`` and succeeded (``ok``) or gave up."""
+        if not ok:
+            self.batch = max(1, self.batch // 2)
+            return
+        rate = chunks / max(seconds, 1e-3)  # chunks a second
+        fits = int(rate * self.timeout * SHARE / PARALLEL)
+        self.batch = max(1, min(self.most, 2 * self.batch, fits))
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,10 @@ from ..store.objects import BASE_ID, ZERO_ID, BlobRef
 from ..store.plan import DownloadPlan, plan_reads
 from ..store.remote import RemoteStore
 from .restore import fetch_blobs
-from .streamcore import CACHE_CHUNKS, ChunkLRU, chunk_length, pieces, retry_delays
+from .streamcore import CACHE_CHUNKS, ChunkLRU, ReadAhead, chunk_length, pieces, retry_delays
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-READAHEAD = 256  # chunks kept fetched past a sequential read (the pull): 16 MiB
-BATCH = 64  # chunks per readahead fetch (4 MiB): several are in flight at once
 
 
 class ChunkSource:
@@ -46,6 +44,7 @@ class ChunkSource:
                                        "cannot be streamed (not restorable yet)")
         self.size, self.chunk_size, self.timeout = size, chunk_size, timeout
         self.cache = ChunkLRU(cache_chunks)
+        self.ahead = ReadAhead(timeout)  # how far a sequential read (the pull) reads ahead
         self.index: dict[bytes, BlobRef] = {}
         self.fetched = 0  # chunks fetched (for tests and the log)
         self._inflight: dict[int, asyncio.Future[bytes]] = {}
@@ -80,7 +79,8 @@ class ChunkSource:
         ahead: list[int] = []
         if offset == self._last_end and wanted:  # sequential (the fill): read ahead
             last = len(self.ids) - 1
-            ahead = list(range(wanted[-1] + 1, min(last, wanted[-1] + READAHEAD) + 1))
+            ahead = list(range(wanted[-1] + 1,
+                               min(last, wanted[-1] + self.ahead.window()) + 1))
         self._last_end = offset + count
         chunks = await self._chunks(wanted, ahead)
         return b"".join(chunks[i][s:s + n] for i, s, n in parts)
@@ -98,12 +98,14 @@ class ChunkSource:
                  and self.ids[i] != ZERO_ID]
         if fetch_now:
             self._start(fetch_now)
-        if extra and (fetch_now or len(extra) >= BATCH):
-            for b in range(0, len(extra), BATCH):  # separate ranged reads, in parallel
-                self._start(extra[b:b + BATCH])
-        for i in wanted:
-            if i not in out:
-                out[i] = await asyncio.shield(self._inflight[i])
+        batch = self.ahead.batch
+        if extra and (fetch_now or len(extra) >= batch):
+            for b in range(0, len(extra), batch):  # separate ranged reads, in parallel
+                self._start(extra[b:b + batch])
+        # every future now: a fetch that lands drops its futures from ``_inflight``
+        waits = {i: self._inflight[i] for i in wanted if i not in out}
+        for i, f in waits.items():
+            out[i] = await asyncio.shield(f)
         return out
 
     def _local(self, i: int) -> bytes | None:
@@ -121,8 +123,14 @@ class ChunkSource:
         by_id: dict[bytes, list[int]] = {}
         for i in futures:
             by_id.setdefault(self.ids[i], []).append(i)
+        started = self._loop.time()
         try:
-            got = await self._retrying(f"{len(by_id)} chunks", lambda: self._once(by_id))
+            try:
+                got = await self._retrying(f"{len(by_id)} chunks", lambda: self._once(by_id))
+            except Exception:
+                self.ahead.landed(self._loop.time() - started, len(futures), ok=False)
+                raise
+            self.ahead.landed(self._loop.time() - started, len(futures))
             for cid, places in by_id.items():
                 for i in places:
                     self.cache.put(i, got[cid])

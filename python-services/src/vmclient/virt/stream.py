@@ -57,6 +57,7 @@ def nbd_backed(xml: str) -> list[str]:
 class PullState:
     active: bool  # the domain runs (or is paused)
     paused_io_error: bool  # paused because a disk read or write failed
+    paused: bool  # paused for any reason (powerd before the laptop sleeps, the user, an error)
     jobs: dict[str, tuple[int, int]]  # disk → (cur, end) of its block job
     backed: list[str]  # disks still backed by NBD (live XML)
 
@@ -66,15 +67,17 @@ def _state(dom: Any) -> PullState:
     active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED,
                            libvirt.VIR_DOMAIN_NOSTATE)
     if not active:
-        return PullState(False, False, {}, nbd_backed(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        return PullState(False, False, False, {},
+                         nbd_backed(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
     backed = nbd_backed(dom.XMLDesc(0))
     jobs = {}
     for dev in backed:
         info = dom.blockJobInfo(dev, 0)
         if info:
             jobs[dev] = (int(info["cur"]), int(info["end"]))
-    return PullState(True, state == libvirt.VIR_DOMAIN_PAUSED
-                     and reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR, jobs, backed)
+    paused = state == libvirt.VIR_DOMAIN_PAUSED
+    return PullState(True, paused and reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR, paused,
+                     jobs, backed)
 
 
 async def pull_state(hv: Hypervisor, uuid: str, name: str) -> PullState:
@@ -88,6 +91,13 @@ async def block_pull(hv: Hypervisor, uuid: str, name: str, dev: str, bandwidth: 
     flags = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES if bandwidth else 0
     await hv.on_domain(uuid, f"fill disk {dev}",
                        lambda d: d.blockPull(dev, bandwidth, flags), name)
+
+
+async def cancel_pull(hv: Hypervisor, uuid: str, name: str, dev: str) -> None:
+    """Stop filling ``dev`` (the clusters pulled so far stay in the overlay; the backing
+    chain is unchanged): a later :func:`block_pull` copies only what is still missing."""
+    await hv.on_domain(uuid, f"suspend the fill of disk {dev}",
+                       lambda d: d.blockJobAbort(dev, 0), name)
 
 
 def dac_owner(caps_xml: str, domain_type: str) -> tuple[int, int] | None:
