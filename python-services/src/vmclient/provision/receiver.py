@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,19 +144,13 @@ class Receiver:
     async def _fetch_all(self, r: Resolved, cache: ChunkCache, store: ChunkStore,
                          index: Mapping[bytes, BlobRef], plan: DownloadPlan,
                          progress: Progress, report: ProgressFn) -> None:
-        appending = threading.Lock()
-
-        def keep(blobs: list[tuple[bytes, BlobRef, memoryview]]) -> None:
-            """Append authenticated blobs to the cache, in the thread that checked them."""
-            with appending:
-                cache.put_many([(cid, ref.plain_length, sealed) for cid, ref, sealed in blobs])
-
         for attempt in range(RETRIES + 1):
             if attempt:
                 plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
                                      max_read=self.max_read)
             try:  # each ranged read's blobs, authenticated and kept (opened when assembled)
-                async for blobs in store.fetch_sealed(plan, concurrency=READS_AHEAD, keep=keep):
+                async for blobs in store.fetch_sealed(plan, concurrency=READS_AHEAD,
+                                                      keep=cache.keep):
                     progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
                     report(progress)
                 report(progress)
