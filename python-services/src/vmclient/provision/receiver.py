@@ -23,6 +23,7 @@ layer validates before it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -149,10 +150,12 @@ class Receiver:
                 plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
                                      max_read=self.max_read)
             try:  # each ranged read's blobs, authenticated and kept (opened when assembled)
-                async for blobs in store.fetch_sealed(plan, concurrency=READS_AHEAD,
-                                                      keep=cache.keep):
-                    progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
-                    report(progress)
+                # (aclosing: whatever ends the loop, no worker appends to the cache after it)
+                async with contextlib.aclosing(store.fetch_sealed(
+                        plan, concurrency=READS_AHEAD, keep=cache.keep)) as ranges:
+                    async for blobs in ranges:
+                        progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
+                        report(progress)
                 report(progress)
                 break
             except RemoteIntegrityError:

@@ -183,9 +183,11 @@ async def download(report: ProgressFn, remote: RemoteStore, root: str, keys: cry
     progress.begin("download", plan.download_bytes)
     report(progress)
     try:
-        async for blobs in store.fetch_sealed(plan, keep=cache.keep):
-            progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
-            report(progress)
+        # (aclosing: whatever ends the loop, no worker appends to the cache after it)
+        async with contextlib.aclosing(store.fetch_sealed(plan, keep=cache.keep)) as ranges:
+            async for blobs in ranges:
+                progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
+                report(progress)
     except ObjectNotFound as exc:
         raise missing_pack(exc) from None
     finally:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import VMClientError
@@ -279,7 +279,7 @@ class ChunkStore:
 
     async def fetch_sealed(self, plan: DownloadPlan, *, concurrency: int = 4,
                            keep: Callable[[list[pipeline.Authenticated]], None] | None = None
-                           ) -> AsyncIterator[list[tuple[bytes, BlobRef, memoryview]]]:
+                           ) -> AsyncGenerator[list[tuple[bytes, BlobRef, memoryview]], None]:
         """The blobs of each ranged read the plan makes, authenticated but not opened:
         (chunk id, index entry, sealed blob: a view into the range read) per blob.
 
