@@ -17,10 +17,14 @@ account, same cipher (aes256-gcm@openssh.com), same bytes:
    ``sftp -b``'s previous files are).
    ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack files into a
    directory on the same file system.  Best of ``--rounds`` each,
-   alternating.  Our side is the laptop's store as provd runs it:
+   alternating.  ``cpu_s_per_gib`` (this process, its threads),
+   ``ssh_cpu_s_per_gib`` (its ssh processes) and ``openssh_cpu_s_per_gib``
+   (``sftp`` and its ssh): CPU seconds per GiB of pack bytes, the median of
+   the rounds — unlike the rates, hardly moved by what else the machine runs.
+   Our side is the laptop's store as provd runs it:
    ``--connections`` SFTP connections (default one per core), each an
    OpenSSH ``ssh`` process driven by one thread of this process, where worker
-   threads open the chunks and a writer thread appends them to the cache.
+   threads authenticate the chunks and append them to the cache.
    The timed part includes connecting (starting ssh, SSH handshakes).
    ``install_image_mib_s``: disk MiB per second of ``vmclient-admin``'s
    verified read of the image into a raw file (``--concurrency`` reads in
@@ -43,7 +47,9 @@ import asyncio
 import json
 import os
 import random
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,16 +80,22 @@ from vmclient.transport.sftp import CIPHER, DEFAULT_CONNECTIONS, SFTPStore
 # the admin keys of the bench's throw-away repository, encrypted at rest as init requires
 os.environ.setdefault("VMCLIENT_ADMIN_PASSPHRASE", "bench passphrase")
 MiB = 1 << 20
+GiB = 1 << 30
 CLUSTER = 64 << 10
 
 
 class CountingStore(SFTPStore):
-    """The SFTP store, counting the bytes every ``get`` returned."""
+    """The SFTP store, counting the bytes every ``get`` and ``get_range`` returned."""
 
     fetched = 0
 
     async def get(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         data = await super().get(path, offset, length)
+        self.fetched += len(data)
+        return data
+
+    async def get_range(self, path: str, offset: int, length: int) -> bytearray:
+        data = await super().get_range(path, offset, length)
         self.fetched += len(data)
         return data
 
@@ -107,13 +119,26 @@ async def receive(store: CountingStore, repo: Repo, dev: Device, state: Path) ->
         await store.close()
 
 
-def timed_receive(store: CountingStore, repo: Repo, dev: Device, state: Path) -> float:
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process (all its threads) and of its children
+    that ended (ssh processes, ``sftp`` and its ssh)."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def timed_receive(store: CountingStore, repo: Repo, dev: Device, state: Path
+                  ) -> tuple[float, float, float]:
     """Seconds :func:`receive` takes into an empty ``state`` (the previous round's cache
-    is deleted first, untimed)."""
+    is deleted first, untimed), and the CPU seconds it cost this process and its ssh
+    processes."""
     shutil.rmtree(state, ignore_errors=True)
+    own, children = cpu_seconds()
     t = time.perf_counter()
     asyncio.run(receive(store, repo, dev, state))
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    own_after, children_after = cpu_seconds()
+    return wall, own_after - own, children_after - children
 
 
 async def download(store: CountingStore, repo: Repo, wrapping, out: Path, concurrency: int,  # type: ignore[no-untyped-def]
@@ -125,7 +150,10 @@ async def download(store: CountingStore, repo: Repo, wrapping, out: Path, concur
         await store.close()
 
 
-def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path) -> float:  # type: ignore[no-untyped-def]
+def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path  # type: ignore[no-untyped-def]
+                  ) -> tuple[float, float]:
+    """Seconds ``sftp -b`` takes to fetch ``packs`` into ``dest``, and the CPU seconds
+    it and its ssh cost."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
     batch = dest.parent / "batch"
@@ -133,9 +161,11 @@ def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path) -> f
     cmd = ["sftp", "-q", "-b", str(batch), "-i", str(account.key_file), "-P", str(server.port),
            "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "IdentitiesOnly=yes",
            "-o", f"Ciphers={CIPHER}", "-o", "BatchMode=yes", f"{account.user}@127.0.0.1"]
+    _own, children = cpu_seconds()
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, cpu_seconds()[1] - children
 
 
 def disk_image(mib: int, seed: int = 1) -> bytearray:
@@ -191,6 +221,26 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def alternate(args: argparse.Namespace, server: SSHServer, repo: Repo, dev: Device,
+              packs: list[str], work: Path
+              ) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """``--rounds`` downloads of ours and of ``sftp -b``, alternated: (our seconds, theirs,
+    CPU seconds by figure name)."""
+    ours, theirs = [], []
+    cpu: dict[str, list[float]] = {"cpu_s_per_gib": [], "ssh_cpu_s_per_gib": [],
+                                   "openssh_cpu_s_per_gib": []}
+    for _round in range(args.rounds):
+        wall, own, ssh = timed_receive(device_store(server, dev.account, args.connections),
+                                       repo, dev, work / "state")
+        ours.append(wall)
+        cpu["cpu_s_per_gib"].append(own)
+        cpu["ssh_cpu_s_per_gib"].append(ssh)
+        wall, sftp = openssh_fetch(server, dev.account, packs, work / "openssh")
+        theirs.append(wall)
+        cpu["openssh_cpu_s_per_gib"].append(sftp)
+    return ours, theirs, cpu
+
+
 def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, object]:
     t0 = time.perf_counter()
     disk = disk_image(args.size)
@@ -207,12 +257,9 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
                    for p in (server.repo / "images/office/store/packs").glob("*/*"))
     pack_bytes = sum((server.repo / p).stat().st_size for p in packs)
 
-    ours, theirs, installs = [], [], []
+    ours, theirs, cpu = alternate(args, server, repo, dev, packs, work)
+    installs = []
     out = work / "system.raw"
-    for _round in range(args.rounds):
-        ours.append(timed_receive(device_store(server, dev.account, args.connections), repo,
-                                  dev, work / "state"))
-        theirs.append(openssh_fetch(server, dev.account, packs, work / "openssh"))
     store = device_store(server, dev.account, args.connections)
     t = time.perf_counter()
     asyncio.run(download(store, repo, dev.wrapping, out, args.concurrency))
@@ -257,6 +304,10 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
         "sftp_mib_s": round(sftp_mib_s, 1),
         "openssh_sftp_mib_s": round(openssh_mib_s, 1),
         "ratio_vs_openssh": round(sftp_mib_s / openssh_mib_s, 3),
+        # CPU seconds per GiB of pack bytes, median of the rounds (load-independent, unlike
+        # the rates): the receiving process, its ssh processes, and sftp -b with its ssh
+        **{key: round(statistics.median(seconds) * GiB / pack_bytes, 2)
+           for key, seconds in cpu.items()},
         "install_image_mib_s": round(args.size / min(installs), 1),
         "upgrade_changed_mib": round(changed / MiB, 2),
         "upgrade_downloaded_mib": round(store.fetched / MiB, 2),

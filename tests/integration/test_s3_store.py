@@ -5,8 +5,10 @@ device's credentials to its own prefix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +26,14 @@ MiB = 1 << 20
 DEV_A, DEV_B = "a" * 32, "b" * 32
 
 
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
-
-
-async def _closing(store: S3Store, coro):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def closing(*stores: S3Store) -> AsyncIterator[None]:
+    """The block, then every store closed (its client and threads)."""
     try:
-        return await coro
+        yield
     finally:
-        await store.close()
+        for store in stores:
+            await store.close()
 
 
 def incomplete_uploads(s3: SeaweedFS, prefix: str) -> list[str]:
@@ -42,11 +43,12 @@ def incomplete_uploads(s3: SeaweedFS, prefix: str) -> list[str]:
     return [u["Key"] for u in ups.get("Uploads", ())]
 
 
-def test_put_get_list_delete_round_trip_and_exclusive_create(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_put_get_list_delete_round_trip_and_exclusive_create(seaweedfs: SeaweedFS) -> None:
     prefix = seaweedfs.prefix()
     store = seaweedfs.store(seaweedfs.admin, prefix)
 
-    async def scenario() -> None:
+    async with closing(store):
         data = os.urandom(3 * MiB + 17)
         await store.put_atomic("images/t/store/packs/ab/obj", data, exclusive=True)
         assert await store.get("images/t/store/packs/ab/obj") == data
@@ -71,15 +73,14 @@ def test_put_get_list_delete_round_trip_and_exclusive_create(seaweedfs: SeaweedF
         await store.unlock(token)
         assert await store.list("images/t") == []
 
-    run(_closing(store, scenario()))
 
-
-def test_concurrent_exclusive_creates_admit_exactly_one(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_concurrent_exclusive_creates_admit_exactly_one(seaweedfs: SeaweedFS) -> None:
     """If-None-Match: * is a real compare-and-set on SeaweedFS: of 8 writers racing to
     create one key, one wins and its bytes are the object's."""
     store = seaweedfs.store(seaweedfs.admin, seaweedfs.prefix(), connections=8)
 
-    async def scenario() -> None:
+    async with closing(store):
         for rnd in range(3):
             path = f"race/{rnd}"
             outcome = await asyncio.gather(
@@ -90,15 +91,14 @@ def test_concurrent_exclusive_creates_admit_exactly_one(seaweedfs: SeaweedFS) ->
             assert all(isinstance(o, LocalSyncError) for o in outcome if o is not None)
             assert await store.get(path) == bytes(won) * 1000
 
-    run(_closing(store, scenario()))
 
-
-def test_a_large_object_goes_up_in_parts_and_exclusively(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_a_large_object_goes_up_in_parts_and_exclusively(seaweedfs: SeaweedFS) -> None:
     prefix = seaweedfs.prefix()
     store = seaweedfs.store(seaweedfs.admin, prefix, multipart_threshold=6 * MiB,
                             part_size=5 * MiB)
 
-    async def scenario() -> None:
+    async with closing(store):
         data = os.urandom(11 * MiB + 3)
         await store.put_atomic("images/big/pack", data, exclusive=True)
         assert store.multipart_uploads == 1
@@ -108,10 +108,9 @@ def test_a_large_object_goes_up_in_parts_and_exclusively(seaweedfs: SeaweedFS) -
         assert await store.get("images/big/pack", 10 * MiB, 5) == data[10 * MiB:10 * MiB + 5]
         assert incomplete_uploads(seaweedfs, prefix) == []  # the refused one was aborted
 
-    run(_closing(store, scenario()))
 
-
-def test_an_upload_cut_short_is_invisible_and_swept_by_the_locked_run(
+@pytest.mark.asyncio
+async def test_an_upload_cut_short_is_invisible_and_swept_by_the_locked_run(
         seaweedfs: SeaweedFS) -> None:
     """A run killed mid-upload leaves an incomplete multipart upload (the S3 form of a
     ``.tmp-*`` file): no reader sees it; a sweep under the lock aborts it, an unlocked one
@@ -123,7 +122,7 @@ def test_an_upload_cut_short_is_invisible_and_swept_by_the_locked_run(
     store.client.upload_part(Bucket=BUCKET, Key=key, PartNumber=1, Body=b"x" * MiB,
                              UploadId=incomplete_upload_id(store, key))
 
-    async def scenario() -> None:
+    async with closing(store):
         assert await store.list(f"devices/{DEV_A}") == []
         with pytest.raises(ObjectNotFound):
             await store.get(f"devices/{DEV_A}/vms/v/store/packs/ab/abcd")
@@ -137,21 +136,21 @@ def test_an_upload_cut_short_is_invisible_and_swept_by_the_locked_run(
         with pytest.raises(LocalSyncError, match="not a prefix of temporary"):
             await store.sweep_temporaries("devices", names="lock")
 
-    run(_closing(store, scenario()))
-
 
 def incomplete_upload_id(store: S3Store, key: str) -> str:
     ups = store.client.list_multipart_uploads(Bucket=BUCKET, Prefix=key)["Uploads"]
     return str(ups[0]["UploadId"])
 
 
-def test_rename_is_a_conditional_move_and_a_stale_lock_is_broken(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_rename_is_a_conditional_move_and_a_stale_lock_is_broken(
+        seaweedfs: SeaweedFS) -> None:
     """rename fails onto an existing name and from a missing one, and does not move an
     object that changed since it was read (the copy is conditional on its ETag); a stale
     lock is broken by compare-and-delete and nothing set aside is left."""
     store = seaweedfs.store(seaweedfs.admin, seaweedfs.prefix())
 
-    async def scenario() -> None:
+    async with closing(store):
         await store.put_atomic("images/t/a", b"1")
         await store.put_atomic("images/t/b", b"2")
         with pytest.raises(LocalSyncError, match="exists"):
@@ -178,24 +177,22 @@ def test_rename_is_a_conditional_move_and_a_stale_lock_is_broken(seaweedfs: Seaw
         await store.unlock(token)
         assert [e.path for e in await store.list("images/t")] == ["images/t/b", "images/t/c"]
 
-    run(_closing(store, scenario()))
 
-
-def test_an_oversize_object_is_refused_after_the_cap_and_a_byte(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_an_oversize_object_is_refused_after_the_cap_and_a_byte(seaweedfs: SeaweedFS) -> None:
     store = seaweedfs.store(seaweedfs.admin, seaweedfs.prefix())
     path = layout.order(DEV_A, 1)
     cap = MAX_OBJECT["order"]
 
-    async def scenario() -> None:
+    async with closing(store):
         await store.put_atomic(path, os.urandom(cap + MiB))
         with pytest.raises(RemoteIntegrityError, match=f"larger than the {cap} bytes"):
             await get_object(store, path, "order", "1")
         assert len(await store.get(path, 0, cap + 1)) == cap + 1
 
-    run(_closing(store, scenario()))
 
-
-def test_a_device_reaches_only_its_own_prefix_and_cannot_write_the_catalog(
+@pytest.mark.asyncio
+async def test_a_device_reaches_only_its_own_prefix_and_cannot_write_the_catalog(
         seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """Device A's identity (what ``vmclient-admin s3-identity issue`` makes: the policy of
     s3iam.device_policy, through the store's IAM API) cannot read,
@@ -204,13 +201,13 @@ def test_a_device_reaches_only_its_own_prefix_and_cannot_write_the_catalog(
     key is refused at once."""
     prefix = seaweedfs.prefix()
     admin = seaweedfs.store(seaweedfs.admin, prefix)
-    creds_a = seaweedfs.add_device(prefix, DEV_A)
+    creds_a = await seaweedfs.issue(prefix, DEV_A)
     creds_file = seaweedfs.credentials_file(creds_a, tmp_path / "s3-credentials")
     a = open_store(seaweedfs.url(prefix), s3_credentials=creds_file)
     assert isinstance(a, S3Store)
     b_obj = f"{layout.vm_dir(DEV_B, 'v')}/latest"
 
-    async def scenario() -> None:
+    async with closing(a, admin):
         for path in (b_obj, layout.CATALOG, "images/office/versions/1/manifest",
                      layout.device_record(DEV_A), layout.order(DEV_A, 1)):
             await admin.put_atomic(path, b"admin's " + path.encode())
@@ -241,32 +238,31 @@ def test_a_device_reaches_only_its_own_prefix_and_cannot_write_the_catalog(
         with pytest.raises(S3Refused, match="access denied"):
             await a.get(layout.CATALOG)
 
-    try:
-        run(scenario())
-    finally:
-        run(a.close())  # type: ignore[attr-defined]
-        run(admin.close())
 
-
-def test_a_store_that_is_down_gives_an_error_naming_endpoint_path_and_operation(
+@pytest.mark.asyncio
+async def test_a_store_that_is_down_gives_an_error_naming_endpoint_path_and_operation(
         seaweedfs: SeaweedFS) -> None:
     [port] = free_ports(1)
     store = S3Store(dataclasses.replace(seaweedfs.target(seaweedfs.admin, "p"), attempts=2,
                                         endpoint=f"http://127.0.0.1:{port}", timeout=2))
-    with pytest.raises(S3Unavailable) as exc:
-        run(_closing(store, store.get("devices/x/lock")))
+    async with closing(store):
+        with pytest.raises(S3Unavailable) as exc:
+            await store.get("devices/x/lock")
     msg = str(exc.value)
     assert f"127.0.0.1:{port}" in msg and "devices/x/lock" in msg and "get" in msg, msg
 
 
-def test_a_key_the_store_does_not_know_is_refused(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_a_key_the_store_does_not_know_is_refused(seaweedfs: SeaweedFS) -> None:
     from vmclient.transport.s3 import S3Credentials
     store = seaweedfs.store(S3Credentials("NOSUCHKEY", "x" * 40), seaweedfs.prefix())
-    with pytest.raises(S3Refused, match=r"access denied \(InvalidAccessKeyId"):
-        run(_closing(store, store.get(layout.CATALOG)))
+    async with closing(store):
+        with pytest.raises(S3Refused, match=r"access denied \(InvalidAccessKeyId"):
+            await store.get(layout.CATALOG)
 
 
-def test_a_signed_object_swapped_on_the_store_is_refused(seaweedfs: SeaweedFS) -> None:
+@pytest.mark.asyncio
+async def test_a_signed_object_swapped_on_the_store_is_refused(seaweedfs: SeaweedFS) -> None:
     """The store holds only what the repository signs: one device's signed object copied
     over another path by the store's operator is refused, naming the path."""
     from vmclient.store import crypto
@@ -274,7 +270,7 @@ def test_a_signed_object_swapped_on_the_store_is_refused(seaweedfs: SeaweedFS) -
     admin = crypto.Ed25519PrivateKey.generate()
     signers = {crypto.key_id(admin.public_key()): admin.public_key()}
 
-    async def scenario() -> None:
+    async with closing(store):
         await repo.put_signed(store, layout.order(DEV_A, 1), admin, ("order", f"{DEV_A}/1"),
                               b'{"a": 1}')
         await repo.put_signed(store, layout.order(DEV_B, 1), admin, ("order", f"{DEV_B}/1"),
@@ -286,11 +282,10 @@ def test_a_signed_object_swapped_on_the_store_is_refused(seaweedfs: SeaweedFS) -
             await repo.get_signed(store, layout.order(DEV_B, 1), signers, "order", f"{DEV_B}/1")
         assert exc.value.path == layout.order(DEV_B, 1)
 
-    run(_closing(store, scenario()))
 
 
-
-def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
+@pytest.mark.asyncio
+async def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
         seaweedfs: SeaweedFS, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``vmclient-admin --repo s3://…?endpoint=… --s3-credentials FILE``: init probes the
     store's If-None-Match and leaves no probe behind; publish and check run over S3, and
@@ -310,42 +305,46 @@ def test_the_admin_tool_inits_publishes_and_checks_a_repository_on_s3(
     creds = seaweedfs.credentials_file(seaweedfs.admin, tmp_path / "admin-s3")
     base = ["--repo", seaweedfs.url(prefix), "--s3-credentials", str(creds),
             "--key-dir", str(tmp_path / "keys")]
-    assert admin_main([*base, "init", "--no-passphrase"]) == 0
-    assert admin_main([*base, "publish", "office", str(make_disk(tmp_path / "d.raw", 8))]) == 0
-    assert admin_main([*base, "check"]) == 0
+
+    async def admin(*argv: str) -> int:  # (its main runs an event loop of its own)
+        return await asyncio.to_thread(admin_main, [*base, *argv])
+
+    assert await admin("init", "--no-passphrase") == 0
+    assert await admin("publish", "office", str(make_disk(tmp_path / "d.raw", 8))) == 0
+    assert await admin("check") == 0
     store = seaweedfs.store(seaweedfs.admin, prefix)
-    paths = [e.path for e in run(store.list("images"))]
+    paths = [e.path for e in await store.list("images")]
     assert "images/office/versions/1/manifest" in paths
-    assert not [p for p in run(root_objects(store)) if "probe" in p]
+    assert not [p for p in await root_objects(store) if "probe" in p]
     pack = next(p for p in paths if "/packs/" in p)
     raw = store.client.get_object(Bucket=BUCKET, Key=store.target.key(pack))["Body"].read()
     store.client.put_object(Bucket=BUCKET, Key=store.target.key(pack),
                             Body=raw[:100] + bytes([raw[100] ^ 1]) + raw[101:])
-    run(store.close())
+    await store.close()
     capsys.readouterr()
-    assert admin_main([*base, "check", "--read-data"]) != 0
+    assert await admin("check", "--read-data") != 0
     out = capsys.readouterr()
     assert pack.split("/")[-1] in out.out + out.err, out
     # a device enrolled on an S3 repository gets its own key, and loses it when revoked
     signing, wrapping = crypto.Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     ssh = signing.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
-    assert admin_main([*base, "enrol", "laptop-1", "--pubkey", b64(signing.public_key()),
-                       "--wrapping-key", b64(wrapping.public_key()), "--ssh-key-pub", ssh]) == 0
+    assert await admin("enrol", "laptop-1", "--pubkey", b64(signing.public_key()),
+                       "--wrapping-key", b64(wrapping.public_key()), "--ssh-key-pub", ssh) == 0
     device = crypto.key_id(signing.public_key())
-    assert admin_main([*base, "s3-identity", "issue", "laptop-1", "--out",
-                       str(tmp_path / "dev-creds")]) == 0
+    assert await admin("s3-identity", "issue", "laptop-1", "--out",
+                       str(tmp_path / "dev-creds")) == 0
     assert (tmp_path / "dev-creds").stat().st_mode & 0o777 == 0o600
-    assert admin_main([*base, "s3-identity", "issue", "laptop-1", "--out",
-                       str(tmp_path / "dev-creds")]) != 0  # never overwrites a key
+    assert await admin("s3-identity", "issue", "laptop-1", "--out",
+                       str(tmp_path / "dev-creds")) != 0  # never overwrites a key
     dev = open_store(seaweedfs.url(prefix), s3_credentials=tmp_path / "dev-creds")
-    assert run(dev.get(layout.CATALOG))
-    assert admin_main([*base, "devices", "revoke", "laptop-1", "--force"]) == 0
+    assert await dev.get(layout.CATALOG)
+    assert await admin("devices", "revoke", "laptop-1", "--force") == 0
     with pytest.raises(S3Refused):
-        run(dev.get(layout.CATALOG))
-    run(dev.close())  # type: ignore[attr-defined]
+        await dev.get(layout.CATALOG)
+    await dev.close()  # type: ignore[attr-defined]
     assert device in capsys.readouterr().out
     creds.chmod(0o644)
-    assert admin_main([*base, "list"]) != 0  # a secret others can read is refused
+    assert await admin("list") != 0  # a secret others can read is refused
 
 
 async def root_objects(store: S3Store) -> list[str]:
@@ -355,7 +354,8 @@ async def root_objects(store: S3Store) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", ())]
 
 
-def test_locks_expire_and_the_throttled_upload_store_refreshes_and_breaks_them(
+@pytest.mark.asyncio
+async def test_locks_expire_and_the_throttled_upload_store_refreshes_and_breaks_them(
         seaweedfs: SeaweedFS) -> None:
     """A lock on S3 has the format's expiry (§10): another host's lock refreshed 29
     minutes ago holds, one 31 minutes old is broken; the sync daemon's upload throttle
@@ -370,7 +370,7 @@ def test_locks_expire_and_the_throttled_upload_store_refreshes_and_breaks_them(
     lock = layout.device_lock(DEV_A)
     now = int(time.time())
 
-    async def scenario() -> None:
+    async with closing(store):
         throttled = Throttled(store, 50 << 20)
         await store.put_atomic(lock, lock_document("other", now - 29 * 60, "01", me=other))
         with pytest.raises(LockHeld, match="held by other"):
@@ -382,5 +382,3 @@ def test_locks_expire_and_the_throttled_upload_store_refreshes_and_breaks_them(
         assert not await refresh_lock(throttled, token)  # not ours any more: not rewritten
         assert (await break_lock(throttled, lock)).holder == "admin"  # type: ignore[union-attr]
         assert await store.list(layout.device_dir(DEV_A)) == []
-
-    run(_closing(store, scenario()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -265,16 +266,24 @@ def download_interrupted(sshd: SSHServer, tmp_path: Path, mib: int,
     assert repo.admin("assign", "office", "laptop") == 0
     store = sshd.store(dev.account, connections=2)
     gets = 0
-    original_get = store.get
+    original_get, original_range = store.get, store.get_range
 
-    async def get(path: str, offset: int = 0, length: int | None = None) -> bytes:
+    def counted(path: str) -> None:
         nonlocal gets
         gets += 1
         if "/packs/" in path:
             on_pack_get(gets, store)
+
+    async def get(path: str, offset: int = 0, length: int | None = None) -> bytes:
+        counted(path)
         return await original_get(path, offset, length)
 
+    async def get_range(path: str, offset: int, length: int) -> bytearray:
+        counted(path)  # (the packs' ranged reads)
+        return await original_range(path, offset, length)
+
     store.get = get  # type: ignore[method-assign]
+    store.get_range = get_range  # type: ignore[method-assign]
     out = tmp_path / "system.raw"
     run(_closing(store, read_published(store, repo.admin_public, dev.wrapping, "office", out)))
     return store, out, raw
@@ -309,15 +318,32 @@ def test_an_ssh_process_that_dies_mid_download_is_replaced_and_bytes_match(
     assert sha256(out) == sha256(raw)
 
 
-def test_a_large_object_resumes_at_the_offset_it_reached(sshd: SSHServer) -> None:
+async def passed_on(store: SFTPStore, n: int) -> None:
+    """Until the store's ssh processes have passed on ``n`` bytes to it."""
+    def written() -> int:
+        total = 0
+        for pid in store.pids():
+            with contextlib.suppress(OSError):
+                io = Path(f"/proc/{pid}/io").read_text()
+                total += int(re.search(r"^wchar: (\d+)", io, re.M).group(1))  # type: ignore[union-attr]
+        return total
+    deadline = time.monotonic() + 30
+    while written() < n:
+        assert time.monotonic() < deadline, "the transfer did not start"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["get", "get_range"])
+def test_a_large_object_resumes_at_the_offset_it_reached(sshd: SSHServer, into: bool) -> None:
     data = os.urandom(160 * MiB)
     (sshd.repo / "big").write_bytes(data)
     store = sshd.store(sshd.admin, connections=1)
 
     async def scenario() -> bool:
         await store.check()  # connected: the kill lands in the transfer
-        task = asyncio.ensure_future(store.get("big"))
-        await asyncio.sleep(0.15)
+        task = asyncio.ensure_future(store.get_range("big", 0, len(data)) if into else
+                                     store.get("big"))
+        await passed_on(store, 16 * MiB)  # the kill lands in the transfer, not before it
         assert sshd.kill_sessions() > 0
         return await task == data  # (a task holding 160 MiB is slow to repr at loop close)
 

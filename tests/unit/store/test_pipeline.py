@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +187,35 @@ async def test_fetch_sealed_refuses_a_tampered_blob_after_handing_on_the_ones_be
             got += [cid for cid, _ref, _sealed in blobs]
     assert pack in str(exc.value)
     assert len(got) == 4  # the blobs before it, in its range
+
+
+@pytest.mark.asyncio
+async def test_fetch_sealed_keeps_in_its_workers_only_what_authenticated_before_handing_it_on(
+        keys: crypto.KeySet) -> None:
+    chunks = chunks_of(keys, 40)
+    store = MemoryStore()
+    cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
+    await cs.upload(chunks, {})
+    (pack,) = [p for p in store.objects if "/packs/" in p]
+    store.objects[pack] = flip(store.objects[pack], 5 * K + 100)  # in the fifth blob
+    plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
+                         store_path=ROOT)
+    kept: list[bytes] = []
+    threads: set[str] = set()
+
+    def keep(blobs: list[tuple[bytes, BlobRef, memoryview]]) -> None:
+        threads.add(threading.current_thread().name)
+        for cid, ref, sealed in blobs:
+            open_blob(keys, cid, ref, sealed, "kept")  # whole, and the chunk it names
+            kept.append(cid)
+
+    handed: list[bytes] = []
+    with pytest.raises(RemoteIntegrityError, match="authentication failed"):
+        async for blobs in cs.fetch_sealed(plan, keep=keep):
+            assert {cid for cid, _ref, _sealed in blobs} <= set(kept)  # kept first
+            handed += [cid for cid, _ref, _sealed in blobs]
+    assert kept == handed and len(kept) == 4  # the blobs before the bad one, nothing after
+    assert threads and all(t.startswith("vmclient-auth") for t in threads)
 
 
 @pytest.mark.asyncio

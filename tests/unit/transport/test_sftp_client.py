@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from vmclient.transport import sftp_codec as c
-from vmclient.transport.sftp_client import Connection, Reopen
+from vmclient.transport.sftp_client import Connection, Into, Reopen
 from vmclient.transport.sftp_stream import RECEIVE_BUFFER, ConnectionLost, Stream
 from vmclient.transport.ssh import Endpoint, Failure
 
@@ -146,6 +146,23 @@ def test_short_answers_are_continued_and_after_the_close_the_read_reopens() -> N
         conn.read(handle, 10 * KiB, len(file), parts.append, "f")  # (no close: continued)
         assert b"".join(parts) == file
         conn.close_handle(handle, "f")  # the session is still in step: the next answer is its
+
+
+def test_a_read_into_a_view_puts_each_answer_in_its_place_short_answers_too() -> None:
+    file = bytes(range(256)) * 400  # 100 KiB
+    with connection(file, short=10 * KiB) as (conn, _server):
+        buf = bytearray(len(file) - 1000)
+        into = Into(memoryview(buf), 1000)  # file offset 1000 at buf[0]
+        handle = conn.open("f", c.READ_FLAG)
+        with pytest.raises(Reopen) as reopen:
+            conn.read(handle, 1000, len(file), into, "f", close=True)
+        assert into.received == 10 * KiB and reopen.value.offset == 1000 + 10 * KiB
+        handle = conn.open("f", c.READ_FLAG)
+        conn.read(handle, 1000 + into.received, len(file), into, "f")  # goes on there
+        assert into.received == len(buf) and buf == file[1000:]
+        with pytest.raises(ValueError, match="do not fit"):  # never past the view's end
+            conn.read(handle, 1000, len(file) + 1, into, "f")
+        conn.close_handle(handle, "f")  # the session is still in step
 
 
 # --- the stream alone ----------------------------------------------------------------------

@@ -22,12 +22,14 @@ import os
 import secrets
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from ..host.files import fsync_dir, write_private
+from ..store.objects import BlobRef
 
 
 class CatalogState:
@@ -80,6 +82,7 @@ class ChunkCache:
         self._segment: Path | None = None
         self._readers: dict[Path, BinaryIO] = {}
         self._unsynced = 0  # bytes appended since the last fdatasync
+        self._appending = threading.Lock()  # keep() runs in the download's worker threads
 
     def _load(self) -> dict[bytes, tuple[Path, int, int, int]]:
         if self._index is None:
@@ -103,6 +106,13 @@ class ChunkCache:
 
     def ids(self) -> set[bytes]:
         return set(self._load())
+
+    def keep(self, blobs: Sequence[tuple[bytes, BlobRef, bytes | memoryview]]) -> None:
+        """:meth:`put_many` of authenticated blobs (chunk id, index entry, sealed blob),
+        from any thread: what :meth:`~vmclient.store.chunkstore.ChunkStore.fetch_sealed`
+        is given to keep the blobs as its workers check them."""
+        with self._appending:
+            self.put_many([(cid, ref.plain_length, sealed) for cid, ref, sealed in blobs])
 
     def put_many(self, entries: Sequence[tuple[bytes, int, bytes | memoryview]]) -> None:
         """Keep verified sealed chunks (appended; made durable by :meth:`sync`).

@@ -23,10 +23,9 @@ layer validates before it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRIES = 4
-WRITES_AHEAD = 4  # ranged reads' blobs handed to the cache writer, not yet written
 READS_AHEAD = 6  # ranged reads (up to 8 MiB each) in flight or waiting to be opened
 MAX_RUN = 8 << 20  # one qemu-io write
 
@@ -147,47 +145,29 @@ class Receiver:
     async def _fetch_all(self, r: Resolved, cache: ChunkCache, store: ChunkStore,
                          index: Mapping[bytes, BlobRef], plan: DownloadPlan,
                          progress: Progress, report: ProgressFn) -> None:
-        loop = asyncio.get_running_loop()
-        writer = ThreadPoolExecutor(1, thread_name_prefix="vmclient-cache")  # in order
-        writes: deque[asyncio.Future[None]] = deque()
-
-        async def keep(entries: list[tuple[bytes, int, memoryview]], *, all_done: bool
-                       ) -> None:
-            """Append to the cache beside the download; wait once too much is pending."""
-            if entries:
-                writes.append(loop.run_in_executor(writer, cache.put_many, entries))
-            while writes and (all_done or len(writes) > WRITES_AHEAD):
-                await writes.popleft()
-
-        try:
-            for attempt in range(RETRIES + 1):
-                if attempt:
-                    plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
-                                         max_read=self.max_read)
-                try:  # each ranged read's blobs, authenticated (opened when assembled)
-                    async for blobs in store.fetch_sealed(plan, concurrency=READS_AHEAD):
-                        await keep([(cid, ref.plain_length, sealed) for cid, ref, sealed in blobs],
-                                   all_done=False)
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                plan = plan_download(r.manifest, cache.ids(), index, store_path=store.root,
+                                     max_read=self.max_read)
+            try:  # each ranged read's blobs, authenticated and kept (opened when assembled)
+                # (aclosing: whatever ends the loop, no worker appends to the cache after it)
+                async with contextlib.aclosing(store.fetch_sealed(
+                        plan, concurrency=READS_AHEAD, keep=cache.keep)) as ranges:
+                    async for blobs in ranges:
                         progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
                         report(progress)
-                    await keep([], all_done=True)
-                    report(progress)
-                    break
-                except RemoteIntegrityError:
-                    raise
-                except (OSError, StoreError, EOFError) as exc:
-                    await asyncio.gather(*writes, return_exceptions=True)
-                    writes.clear()
-                    if attempt == RETRIES:
-                        cache.sync()
-                        raise DownloadInterrupted(r.image, exc, len(cache.ids())) from exc
-                    log.warning("download of %s interrupted (%s); resuming (attempt %d)",
-                                r.image, exc, attempt + 2)
-                    await asyncio.sleep(self.retry_delay * 2 ** attempt)
-            cache.sync()
-        finally:
-            await asyncio.gather(*writes, return_exceptions=True)  # nothing writes after this
-            writer.shutdown(wait=False)
+                report(progress)
+                break
+            except RemoteIntegrityError:
+                raise
+            except (OSError, StoreError, EOFError) as exc:
+                if attempt == RETRIES:
+                    cache.sync()
+                    raise DownloadInterrupted(r.image, exc, len(cache.ids())) from exc
+                log.warning("download of %s interrupted (%s); resuming (attempt %d)",
+                            r.image, exc, attempt + 2)
+                await asyncio.sleep(self.retry_delay * 2 ** attempt)
+        cache.sync()
 
     async def _retrying(self, image: str, cache: ChunkCache,
                         fn: Callable[[], Awaitable[T]]) -> T:

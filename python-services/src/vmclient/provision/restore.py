@@ -14,10 +14,12 @@ Order of work (nothing is defined before every chunk has verified):
    ``min_seq``.  A data key the agent already stored on the ``rekey`` order is
    used (it must equal the one the datacenter wrapped for this device).
 3. Download the chunks the local cache lacks into a sealed cache of its own
-   (``<state>/cache/.vm-<vm>``, the Receiver's :class:`ChunkCache`): each one
-   opened and its HMAC checked before it is kept.  The cache is the resume
-   journal and deduplicates: an interrupted restore fetches only what is
-   missing.  It is removed once the VM is restored.
+   (``<state>/cache/.vm-<vm>``, the Receiver's :class:`ChunkCache`), as the
+   Receiver does: each one authenticated (AES-GCM, its id bound in) before it
+   is kept, and opened and checked against its id once, in step 4, before any
+   of its bytes is written.  The cache is the resume journal and deduplicates:
+   an interrupted restore fetches only what is missing.  It is removed once the
+   VM is restored.
 4. Only then: the data key is stored wrapped for this device, every disk is
    written as a new LUKS qcow2 under it (plaintext staged in the RAM-backed
    staging directory only), the memory image (if any) is written to the
@@ -30,8 +32,9 @@ Order of work (nothing is defined before every chunk has verified):
    allows the VM to run (checked before anything is downloaded;
    :mod:`vmclient.host.gate`).  The memory image is deleted at once.
 
-A failure before the VM is defined leaves no domain, disks or key behind (the
-chunk cache stays for the next attempt).
+A failure before the VM is defined (a chunk that does not match its id
+included) leaves no domain, disks or key behind (the chunk cache stays for the
+next attempt, less the segment holding such a chunk).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from ..store.repo import get_wrapped_key, load_snapshot, writers
 from ..virt.libvirt import restore_saved
 from .cache import ChunkCache
 from .installer import Installed, Provisioner, VMExists
-from .progress import Progress
+from .progress import Progress, ProgressFn
 from .receiver import write_disk
 from .redefine import Definition, RestoreError, rebuild
 
@@ -142,8 +145,8 @@ async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     p = await prepare(prov, vm, snapshot=snapshot, from_device=from_device, min_seq=min_seq)
     cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
     try:
-        await download(prov, p.remote, layout.vm_store(p.device, vm), p.keys, p.snapshot,
-                       cache, progress)
+        await download(prov.report, p.remote, layout.vm_store(p.device, vm), p.keys,
+                       p.snapshot, cache, progress)
         installed = await _rebuild(prov, vm, p.keys, p.snapshot, p.domain, cache, progress,
                                    adopt=not p.accepted)
     finally:
@@ -167,37 +170,45 @@ async def _refuse_existing(prov: Provisioner, vm: str) -> bool:
     return True
 
 
-async def download(prov: Provisioner, remote: RemoteStore, root: str, keys: crypto.KeySet,
-                    m: Manifest, cache: ChunkCache, progress: Progress) -> None:
+async def download(report: ProgressFn, remote: RemoteStore, root: str, keys: crypto.KeySet,
+                   m: Manifest, cache: ChunkCache, progress: Progress) -> None:
+    """Step 3: the chunks of ``m`` the cache lacks, as the Receiver downloads an image
+    (:meth:`ChunkStore.fetch_sealed`): each one authenticated (AES-GCM, its id bound
+    in) and kept sealed as it arrives; it is opened and checked against its id once,
+    when its disk or the memory image is written.  What arrived is kept when this
+    fails: the next attempt resumes."""
     store = ChunkStore(remote, root, keys)
     index = await store.load_index()
     plan = plan_download(m, cache.ids(), index, store_path=store.root)
     progress.begin("download", plan.download_bytes)
-    prov.report(progress)
-    verified: list[tuple[bytes, int, memoryview]] = []
+    report(progress)
     try:
-        async for cid, ref, sealed, _data in fetch_blobs(store, plan):
-            verified.append((cid, ref.plain_length, sealed))
-            progress.done += ref.length
-            if len(verified) >= 128:
-                await asyncio.to_thread(cache.put_many, verified)
-                verified = []
-                prov.report(progress)
+        # (aclosing: whatever ends the loop, no worker appends to the cache after it)
+        async with contextlib.aclosing(store.fetch_sealed(plan, keep=cache.keep)) as ranges:
+            async for blobs in ranges:
+                progress.done += sum(ref.length for _cid, ref, _sealed in blobs)
+                report(progress)
+    except ObjectNotFound as exc:
+        raise missing_pack(exc) from None
     finally:
-        await asyncio.to_thread(cache.put_many, verified)  # kept: the next attempt resumes
         await asyncio.to_thread(cache.sync)
-    prov.report(progress)
+    report(progress)
+
+
+def missing_pack(exc: ObjectNotFound) -> RemoteIntegrityError:
+    """A pack an index lists but the server does not have (as sync.restore.fetch names it)."""
+    return RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
+                                "listed by an index but missing (deleted or withheld)")
 
 
 async def fetch_blobs(store: ChunkStore, plan: DownloadPlan
                       ) -> AsyncGenerator[tuple[bytes, BlobRef, memoryview, bytes], None]:
+    """Every chunk of ``plan``, opened and checked (a stream's reads, used at once)."""
     try:
         async for item in store.fetch_blobs(plan):
             yield item
-    except ObjectNotFound as exc:  # as sync.restore.fetch names it
-        raise RemoteIntegrityError("pack", exc.path.rsplit("/", 1)[-1], exc.path,
-                                   "listed by an index but missing (deleted or withheld)"
-                                   ) from None
+    except ObjectNotFound as exc:
+        raise missing_pack(exc) from None
 
 
 async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,

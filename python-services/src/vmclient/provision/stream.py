@@ -133,7 +133,7 @@ class Streams:
         prov, vm = self.prov, p.snapshot.subject
         cache = ChunkCache(prov.cfg.state_dir, f".vm-{vm}")
         try:
-            await download(prov, p.remote, layout.vm_store(p.device, vm), p.keys,
+            await download(prov.report, p.remote, layout.vm_store(p.device, vm), p.keys,
                            dataclasses.replace(p.snapshot, disks=(memory,)), cache, progress)
             await asyncio.to_thread(check_ram_backed, prov.cfg.staging_dir, vm)
             digest = await asyncio.to_thread(write_memory, cache, memory, p.keys, mem_file)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import VMClientError
@@ -30,7 +30,7 @@ from .pack import (
     pack_size,
 )
 from .plan import DownloadPlan, ReadRange
-from .remote import MAX_OBJECT, RemoteStore
+from .remote import MAX_OBJECT, RangeReader, RemoteStore
 from .repo import get_sealed, put_sealed
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,14 @@ class ChunkStore:
         result.chunks += len(records)
         result.bytes += len(data)
 
+    async def read_range(self, read: ReadRange) -> bytes | bytearray:
+        """The bytes of one ranged pack read, unchecked: into a buffer of their own if the
+        store can (:class:`~.remote.RangeReader`: no copy), else through ``get``."""
+        path = layout.pack(self.root, read.pack)
+        if isinstance(self.remote, RangeReader):
+            return await self.remote.get_range(path, read.offset, read.length)
+        return await self.remote.get(path, read.offset, read.length)
+
     async def fetch_into(self, plan: DownloadPlan,
                          sink: Callable[[Sequence[tuple[bytes, bytes]]], None], *,
                          concurrency: int = 4) -> None:
@@ -247,11 +255,10 @@ class ChunkStore:
         n = pipeline.workers()
         pool = pipeline.executor(n, "vmclient-open")
 
-        def get(read: ReadRange) -> asyncio.Future[bytes]:
-            return asyncio.ensure_future(
-                self.remote.get(layout.pack(self.root, read.pack), read.offset, read.length))
+        def get(read: ReadRange) -> asyncio.Future[bytes | bytearray]:
+            return asyncio.ensure_future(self.read_range(read))
 
-        def handle(read: ReadRange, untrusted: bytes) -> None:
+        def handle(read: ReadRange, untrusted: bytes | bytearray) -> None:
             opened, error = pipeline.open_range(self.keys, read, untrusted,
                                                 layout.pack(self.root, read.pack))
             sink([(cid, data) for cid, _ref, _blob, data in opened])
@@ -270,8 +277,9 @@ class ChunkStore:
         async for cid, _ref, _blob, data in self.fetch_blobs(plan, concurrency=concurrency):
             yield cid, data
 
-    async def fetch_sealed(self, plan: DownloadPlan, *, concurrency: int = 4
-                           ) -> AsyncIterator[list[tuple[bytes, BlobRef, memoryview]]]:
+    async def fetch_sealed(self, plan: DownloadPlan, *, concurrency: int = 4,
+                           keep: Callable[[list[pipeline.Authenticated]], None] | None = None
+                           ) -> AsyncGenerator[list[tuple[bytes, BlobRef, memoryview]], None]:
         """The blobs of each ranged read the plan makes, authenticated but not opened:
         (chunk id, index entry, sealed blob: a view into the range read) per blob.
 
@@ -285,16 +293,21 @@ class ChunkStore:
         before it, then its error is raised.  A read that fails (the transport's
         error) starts no more; the reads in flight are handed on as they end, then
         the error is raised, so a resumed download need not fetch them again.
+
+        ``keep`` (thread-safe: a locked cache append) is given the authenticated
+        blobs in the worker thread, batch by batch as they pass
+        (:func:`~.pipeline.authenticate_range`), before they are handed on; no call
+        of it runs any more once this generator has ended.
         """
         loop = asyncio.get_running_loop()
         pool = pipeline.executor(pipeline.workers(), "vmclient-auth")
 
         async def read_and_check(read: ReadRange) -> tuple[
                 list[tuple[bytes, BlobRef, memoryview]], VMClientError | None]:
-            path = layout.pack(self.root, read.pack)
-            untrusted = await self.remote.get(path, read.offset, read.length)
+            untrusted = await self.read_range(read)
             return await loop.run_in_executor(pool, pipeline.authenticate_range, self.keys,
-                                              read, untrusted, path)
+                                              read, untrusted, layout.pack(self.root, read.pack),
+                                              keep)
 
         reads = iter(plan.reads)
         running: set[asyncio.Task[tuple[list[tuple[bytes, BlobRef, memoryview]],
@@ -331,7 +344,7 @@ class ChunkStore:
                 for task in running:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
-                pool.shutdown(wait=False)
+                pool.shutdown(wait=keep is not None)  # (a check already running still keeps)
 
     async def fetch_blobs(self, plan: DownloadPlan, *, concurrency: int = 4
                           ) -> AsyncIterator[tuple[bytes, BlobRef, memoryview, bytes]]:
@@ -351,10 +364,9 @@ class ChunkStore:
 
         async def read_and_open(read: ReadRange) -> tuple[
                 list[tuple[bytes, BlobRef, memoryview, bytes]], VMClientError | None]:
-            path = layout.pack(self.root, read.pack)
-            untrusted = await self.remote.get(path, read.offset, read.length)
+            untrusted = await self.read_range(read)
             return await loop.run_in_executor(pool, pipeline.open_range, self.keys, read,
-                                              untrusted, path)
+                                              untrusted, layout.pack(self.root, read.pack))
 
         reads = iter(plan.reads)
         pending: deque[asyncio.Task[tuple[list[tuple[bytes, BlobRef, memoryview, bytes]],

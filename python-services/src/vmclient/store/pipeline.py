@@ -53,7 +53,7 @@ def seal_batch(keys: crypto.KeySet, level: int | None, chunks: Sequence[Chunk]) 
     return [(c.id, seal_chunk(keys, c.id, c.data, level), len(c.data)) for c in chunks]
 
 
-def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
+def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes | bytearray, path: str
                ) -> tuple[list[tuple[bytes, BlobRef, memoryview, bytes]], VMClientError | None]:
     """(chunk id, index entry, sealed blob, verified plaintext) per blob of one ranged read,
     up to the first blob that does not open, and that blob's error (else None).
@@ -73,22 +73,41 @@ def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
     return out, None
 
 
-def authenticate_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes, path: str
-                       ) -> tuple[list[tuple[bytes, BlobRef, memoryview]], VMClientError | None]:
+Authenticated = tuple[bytes, BlobRef, memoryview]  # chunk id, index entry, sealed blob
+KEEP_BYTES = 256 << 10  # blobs handed to ``keep`` at once (while still in the CPU's cache)
+
+
+def authenticate_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes | bytearray,
+                       path: str, keep: Callable[[list[Authenticated]], None] | None = None
+                       ) -> tuple[list[Authenticated], VMClientError | None]:
     """(chunk id, index entry, sealed blob) per blob of one ranged read that
     :func:`~.pack.authenticate_blob` accepts, up to the first it refuses, and that
     blob's error (else None): :func:`open_range` for a reader that keeps the chunks
-    sealed and opens them when it uses them."""
+    sealed and opens them when it uses them.
+
+    ``keep`` (a cache's append) is given the accepted blobs in batches of about
+    :data:`KEEP_BYTES`, each right after it was authenticated: its bytes are copied
+    on while the CPU's cache still holds them, not read from memory once more.
+    """
     view = memoryview(untrusted)
-    out: list[tuple[bytes, BlobRef, memoryview]] = []
+    out: list[Authenticated] = []
+    start_of_batch, size = 0, 0
     for cid, ref in read.blobs:
         start = ref.offset - read.offset
         blob = view[start:start + ref.length]  # a view: no copy
         try:
             authenticate_blob(keys, cid, ref, blob, path)
         except VMClientError as exc:
+            if keep is not None and start_of_batch < len(out):
+                keep(out[start_of_batch:])
             return out, exc
         out.append((cid, ref, blob))
+        size += ref.length
+        if keep is not None and size >= KEEP_BYTES:
+            keep(out[start_of_batch:])
+            start_of_batch, size = len(out), 0
+    if keep is not None and start_of_batch < len(out):
+        keep(out[start_of_batch:])
     return out, None
 
 
@@ -145,8 +164,8 @@ async def sealed_batches(source: NewChunks, keys: crypto.KeySet, level: int | No
 
 
 async def opened_ranges(reads: Sequence[ReadRange],
-                        get: Callable[[ReadRange], asyncio.Future[bytes]],
-                        handle: Callable[[ReadRange, bytes], None],
+                        get: Callable[[ReadRange], asyncio.Future[bytes | bytearray]],
+                        handle: Callable[[ReadRange, bytes | bytearray], None],
                         pool: ThreadPoolExecutor, *, concurrency: int, depth: int) -> None:
     """Fetch every read (``concurrency`` in flight) and run ``handle`` on it in ``pool``.
 
@@ -156,7 +175,7 @@ async def opened_ranges(reads: Sequence[ReadRange],
     """
     loop = asyncio.get_running_loop()
     todo = iter(reads)
-    downloads: deque[tuple[ReadRange, asyncio.Future[bytes]]] = deque()
+    downloads: deque[tuple[ReadRange, asyncio.Future[bytes | bytearray]]] = deque()
     handling: set[asyncio.Future[None]] = set()
     handlers: list[asyncio.Future[None]] = []  # all, so every failure is retrieved below
 

@@ -119,6 +119,17 @@ class RemoteStore(Protocol):
         """Release a lock taken with :meth:`lock` (only if still ours)."""
 
 
+@runtime_checkable
+class RangeReader(Protocol):
+    """A store that can read a range into a buffer of its own without copying it (SFTP):
+    what :class:`~.chunkstore.ChunkStore` reads packs with when the store offers it
+    (else ``get``)."""
+
+    async def get_range(self, path: str, offset: int, length: int) -> bytearray:
+        """Bytes ``[offset, offset + length)`` (fewer if the object ends before);
+        :class:`ObjectNotFound` if absent."""
+
+
 class PassOn:
     """A :class:`RemoteStore` that passes every request on to ``inner``: the base of a
     wrapper that changes one or two (a throttle, a fault a test injects).  The lock

@@ -44,7 +44,7 @@ IN_FLIGHT = 64  # outstanding read or write requests per connection
 REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
 MIN_REQUEST = 32 << 10  # what every SFTP server must take
 SEND_BATCH = 4  # write requests per sendmsg
-__all__ = ["Channel", "Connection", "ConnectionLost", "Refused", "Reopen"]
+__all__ = ["Channel", "Connection", "ConnectionLost", "Into", "Refused", "Reopen"]
 
 
 class Reopen(Exception):
@@ -53,6 +53,15 @@ class Reopen(Exception):
     def __init__(self, offset: int) -> None:
         super().__init__(offset)
         self.offset = offset
+
+
+class Into:
+    """Where a read puts its data: ``view`` holds the file's bytes from offset ``start``
+    on; :attr:`received` counts those put there so far (in order, without a gap).  It
+    outlives a dropped connection: the next read goes on at ``start + received``."""
+
+    def __init__(self, view: memoryview, start: int) -> None:
+        self.view, self.start, self.received = view, start, 0
 
 
 class Refused(Exception):
@@ -229,15 +238,20 @@ class Connection:
     # --- pipelined transfers ------------------------------------------------------------------
 
     def read(self, handle: bytes, start: int, end: int,
-             sink: Callable[[bytes], None], path: str, *,
+             sink: Callable[[bytes], None] | Into, path: str, *,
              close: bool = False) -> None:
         """Bytes ``[start, end)`` of an open file to ``sink``, in order, ``IN_FLIGHT``
-        requests deep.  End of file (the file shrank) ends the read there; a short
-        answer (allowed by the protocol) is continued with new requests.
+        requests deep: a callable gets them in the pieces they are received in, an
+        :class:`Into` has each answer's payload received straight into its place.  End
+        of file (the file shrank) ends the read there; a short answer (allowed by the
+        protocol) is continued with new requests.
 
         ``close``: the handle is closed too, the CLOSE sent right behind the last READ
         (no round trip of its own), whatever happens; a short answer after that raises
         :class:`Reopen` with the offset reached."""
+        if isinstance(sink, Into) and not sink.start <= start <= end <= sink.start + len(
+                sink.view):
+            raise ValueError(f"bytes [{start}, {end}) do not fit the view given")
         window: deque[tuple[int, int, int]] = deque()  # (request id, offset, length)
         stale: set[int] = set()  # answers to read and drop: abandoned requests, the CLOSE
         pos, size = start, self.read_size
@@ -258,7 +272,7 @@ class Connection:
                         batch.append(c.request(c.CLOSE, self._rid, c.string(handle)))
                     self._send(b"".join(batch))
                 rid, off, n = window.popleft()
-                got = self._read_answer(rid, n, stale, path, sink)
+                got = self._read_answer(rid, off, n, stale, path, sink)
                 if got is None:  # end of file
                     break
                 if got < n:
@@ -281,15 +295,17 @@ class Connection:
             self._send(c.request(c.CLOSE, self._rid, c.string(handle)))
         self._drain(stale)
 
-    def _read_answer(self, rid: int, n: int, stale: set[int], path: str,
-                     sink: Callable[[bytes], None]) -> int | None:
-        """The answer to read request ``rid`` (``n`` bytes asked): its data to ``sink``
-        in the pieces it arrives in, and how many bytes it had; None at end of file.
-        Answers to ``stale`` requests before it are dropped."""
+    def _read_answer(self, rid: int, off: int, n: int, stale: set[int], path: str,
+                     sink: Callable[[bytes], None] | Into) -> int | None:
+        """The answer to read request ``rid`` (``n`` bytes at ``off`` asked): its data to
+        ``sink``, and how many bytes it had; None at end of file.  Answers to ``stale``
+        requests before it are dropped."""
         while True:
             # the header and a DATA answer's id and length in one receive (every answer to
-            # a read has these 13 bytes at least)
-            head = self._read(c.HEADER.size + c.DATA_HEAD_SIZE)
+            # a read has these 13 bytes at least); into a view: nothing past them, so the
+            # payload is received in its place
+            head = self.stream.read(c.HEADER.size + c.DATA_HEAD_SIZE,
+                                    ahead=not isinstance(sink, Into))
             kind, length = c.frame_header(head[:c.HEADER.size])
             if length < c.DATA_HEAD_SIZE:
                 raise c.MalformedAnswer(f"an answer of {length} bytes to a read")
@@ -298,8 +314,13 @@ class Connection:
                 if got == rid:
                     if size > n:
                         raise c.MalformedAnswer(f"{size} bytes answered to a read of {n}")
-                    for piece in self.stream.pieces(size):
-                        sink(piece)
+                    if isinstance(sink, Into):
+                        at = off - sink.start
+                        self.stream.read_into(sink.view[at:at + size])
+                        sink.received = at + size
+                    else:
+                        for piece in self.stream.pieces(size):
+                            sink(piece)
                     return size
                 if got not in stale:
                     raise c.MalformedAnswer(f"DATA for request {got}, expected {rid}")

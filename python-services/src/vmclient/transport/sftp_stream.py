@@ -12,6 +12,9 @@ are copied out of it; the payload of a DATA answer is handed over in pieces
 (:meth:`Stream.pieces`): what the buffer holds of it, copied out, then the rest
 received straight into new ``bytes`` objects (``recv``: not zero-filled, not
 copied again), so a ranged get joins its pieces once.
+A payload whose place is known (a ranged read into one buffer: :meth:`Stream.read_into`)
+is received straight there instead, its header read without reading ahead: no copy
+in Python at all.
 Sending: ``sendall``, or ``sendmsg`` of headers and views of the caller's
 buffer (no copy in Python).
 """
@@ -55,14 +58,33 @@ class Stream:
         except OSError as exc:
             raise ConnectionLost(f"sending: {exc}") from exc
 
-    def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes."""
+    def read(self, n: int, *, ahead: bool = True) -> bytes:
+        """Exactly ``n`` bytes.  ``ahead=False``: nothing past them is received (the
+        header of a payload that :meth:`read_into` then receives where it belongs)."""
         if n > len(self._buf):  # a long answer (a directory listing): rare
             return b"".join(self.pieces(n))
-        self._fill(n)
+        self._fill(n, ahead=ahead)
         start = self._start
         self._start += n
         return bytes(self._buf[start:self._start])
+
+    def read_into(self, view: memoryview) -> None:
+        """Exactly ``len(view)`` bytes into ``view``: what the buffer holds first, the rest
+        received straight into it (``MSG_WAITALL``: the kernel waits for all of it, so
+        one call, and no copy in Python, per payload)."""
+        n = len(view)
+        pos = min(n, self._end - self._start)
+        if pos:
+            view[:pos] = self._buf[self._start:self._start + pos]
+            self._start += pos
+        while pos < n:
+            try:
+                got = self.sock.recv_into(view[pos:], n - pos, socket.MSG_WAITALL)
+            except OSError as exc:  # the timeout (EAGAIN), a reset, a closed socket
+                raise ConnectionLost(f"receiving: {exc}") from exc
+            if not got:
+                raise ConnectionLost("the SSH session ended")
+            pos += got
 
     def pieces(self, n: int) -> list[bytes]:
         """Exactly ``n`` bytes, in the pieces they arrived in (the buffered ones first)."""
@@ -94,8 +116,9 @@ class Stream:
             self._start += taken
             n -= taken
 
-    def _fill(self, n: int) -> None:
-        """At least ``n`` bytes (no more than the buffer holds) received, not yet taken."""
+    def _fill(self, n: int, *, ahead: bool = True) -> None:
+        """At least ``n`` bytes (no more than the buffer holds) received, not yet taken;
+        with ``ahead``, whatever else has arrived too (up to the buffer's free space)."""
         if self._end - self._start >= n:
             return
         if self._start:  # what is left to the front, the rest of the buffer free
@@ -104,7 +127,9 @@ class Stream:
             self._start, self._end = 0, have
         while self._end < n:
             try:
-                got = self.sock.recv_into(self._buf[self._end:])
+                got = (self.sock.recv_into(self._buf[self._end:]) if ahead else
+                       self.sock.recv_into(self._buf[self._end:n], n - self._end,
+                                           socket.MSG_WAITALL))
             except OSError as exc:
                 raise ConnectionLost(f"receiving: {exc}") from exc
             if not got:
