@@ -9,12 +9,14 @@ escrow copy A's syncs wrote.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import mmap
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -230,20 +232,43 @@ def read_direct(path: Path) -> bytes:
     return bytes(out)
 
 
+# the kernel stamps a write with a coarse clock (a tick behind): a file whose mtime is
+# this close to when its last read began may have been written since, unseen
+SETTLE = 0.1
+
+
 @contextlib.contextmanager
 def watch_plaintext(directory: Path) -> Iterator[dict[str, set[str]]]:
-    """Look at every file that appears in ``directory`` while the block runs."""
+    """Look at every file that appears in ``directory`` while the block runs, and again
+    whenever it may have changed since it was last read (its inode, size or times moved,
+    or it was modified less than ``SETTLE`` s before that read began)."""
     seen: dict[str, set[str]] = {"files": set(), "plaintext": set()}
+    last: dict[Path, tuple[tuple[int, int, int, int], float]] = {}  # stat, read began
     stop = threading.Event()
+
+    def unread(f: Path, st: os.stat_result) -> bool:
+        sig, began = last.get(f, (None, 0.0))
+        return sig != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) \
+            or st.st_mtime_ns / 1e9 >= began - SETTLE
 
     def look() -> None:
         while not stop.is_set():
-            for f in list(directory.rglob("*")) if directory.exists() else []:
+            try:
+                files = list(directory.rglob("*")) if directory.exists() else []
+            except OSError:  # a directory went away during the walk: the next round
+                files = []
+            for f in files:
                 with contextlib.suppress(OSError):
-                    if f.is_file():
-                        seen["files"].add(f.name)
+                    st = f.stat()
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    seen["files"].add(f.name)
+                    if unread(f, st):
+                        began = time.time()
                         if PLAIN in read_direct(f):
                             seen["plaintext"].add(f.name)
+                        last[f] = ((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                                   began)
             stop.wait(0.01)
 
     t = threading.Thread(target=look, daemon=True)
@@ -253,6 +278,26 @@ def watch_plaintext(directory: Path) -> Iterator[dict[str, set[str]]]:
     finally:
         stop.set()
         t.join()
+
+
+async def test_the_plaintext_watch_sees_a_file_written_after_it_was_read(tmp_path: Path) -> None:
+    """What the memory test's scratch checks rest on: a file the watch has read, clean,
+    is read again once it changes (at once, and after a quiet moment)."""
+    for pause in (0.0, 0.2):
+        with watch_plaintext(tmp_path) as seen:
+            fd = os.open(tmp_path / f"s{pause}", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                os.pwrite(fd, bytes(MIB), 0)
+                deadline = time.monotonic() + 10
+                while f"s{pause}" not in seen["files"] and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(pause + 0.05)  # read, clean
+                os.pwrite(fd, PLAIN, 8192)  # same size; maybe the same mtime tick
+            finally:
+                os.close(fd)
+            await asyncio.sleep(0.3)
+        assert seen == {"files": {f"s{pause}"}, "plaintext": {f"s{pause}"}}
+        (tmp_path / f"s{pause}").unlink()
 
 
 async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) -> None:
