@@ -7,8 +7,10 @@ so this starts ``weed master``, ``volumes`` x ``weed volume``, ``weed filer`` an
 port here), in a temporary directory, with the same admin identity and IAM API as the
 fixture.  Replication is ``000`` (one copy): the master spreads new volumes over the
 servers and the filer cuts objects into 4 MiB chunks, each written to one volume, so two
-servers share the writes (with ``001`` every chunk would go to both, and a second server
-could not add speed).
+servers share the writes (with ``001`` every chunk would go to both).  The master grows
+a bucket's volumes where it likes (5 and 2 here, or 7 and 0 when a server joined late,
+which left it almost idle), so the start waits for every server to join and grows 4
+volumes on each.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from fixtures_s3 import BUCKET, WEED, free_ports
@@ -74,8 +77,17 @@ class Cluster:
                     f"-port.grpc={self.s3_grpc}", "-port.iceberg=0", "-port.lance=0",
                     f"-filer=127.0.0.1:{self.filer}.{self.filer_grpc}", f"-config={config}",
                     "-iam.readOnly=false")
-        store = self.store(self.admin, "")
         deadline = time.monotonic() + 90
+        # every volume server known to the master before the first write: the volumes
+        # grown then are spread over the servers known (a late server gets none of them)
+        while len(self.volume_counts()) < self.volumes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS's volume servers did not join:\n{self.tail()}")
+            time.sleep(0.5)
+        for node in self.volume_counts():  # as many writable volumes on each server
+            self._master(f"/vol/grow?collection={BUCKET}&replication=000&count=4"
+                         f"&dataNode={node}")
+        store = self.store(self.admin, "")
         try:
             while True:
                 try:
@@ -92,6 +104,22 @@ class Cluster:
         finally:
             store.client.close()
         return self
+
+    def _master(self, path: str) -> object:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.master}{path}", timeout=30) as r:
+            return json.load(r)
+
+    def volume_counts(self) -> dict[str, int]:
+        """Volumes per volume server, as the master's topology has them (none before the
+        master answers)."""
+        try:
+            topology = self._master("/dir/status")["Topology"]  # type: ignore[index]
+        except OSError:
+            return {}
+        return {node["Url"]: int(node.get("Volumes", 0))
+                for dc in topology.get("DataCenters") or ()
+                for rack in dc.get("Racks") or ()
+                for node in rack.get("DataNodes") or ()}
 
     def tail(self) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-1500:]}"

@@ -288,8 +288,10 @@ def measured_round(workers: Workers, weed: dict[str, int], cmd: dict[str, Any]
 
 
 def run_fleet(volumes: int, ns: list[int], specs: list[dict[str, Any]], procs: int,
-              inflight: int, work: Path, log: Any) -> dict[str, dict[str, float]]:
-    """Rounds of ``ns`` devices against a cluster of ``volumes`` volume servers."""
+              inflight: int, work: Path, log: Any, placed: dict[str, list[int]]
+              ) -> dict[str, dict[str, float]]:
+    """Rounds of ``ns`` devices against a cluster of ``volumes`` volume servers (and the
+    volumes each server holds at the end, into ``placed``)."""
     from s3_cluster import Cluster
     prefix = f"fleet{secrets.token_hex(4)}"
     ids = [{"name": f"device-{s['idx']}", "actions": device_actions(BUCKET, prefix, s["device"]),
@@ -321,6 +323,10 @@ def run_fleet(volumes: int, ns: list[int], specs: list[dict[str, Any]], procs: i
                       f"{first['cores_busy']} (weed {first['cpu_weed_s']} s, clients "
                       f"{first['cpu_clients_s']} s, others {first['cpu_others_s']} s)",
                       file=log, flush=True)
+            placed[f"fleet_v{volumes}_volumes_per_server"] = sorted(
+                cluster.volume_counts().values(), reverse=True)
+            print(f"  {volumes} vol: volumes per server {cluster.volume_counts()}",
+                  file=log, flush=True)
         finally:
             workers.close()
     return out
@@ -342,8 +348,9 @@ def fleet(ns: list[int], disk_mib: int, procs: int, inflight: int, log: Any = sy
                           "access": f"VMCDEV{i:05d}{secrets.token_hex(4).upper()}",
                           "secret": secrets.token_hex(20)})
         rounds: dict[str, dict[str, float]] = {}
+        placed: dict[str, list[int]] = {}
         for volumes in (1, 2):  # (the incremental rounds changed some disks: as random)
-            rounds.update(run_fleet(volumes, ns, specs, procs, inflight, work, log))
+            rounds.update(run_fleet(volumes, ns, specs, procs, inflight, work, log, placed))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     top = max(ns)
@@ -352,8 +359,19 @@ def fleet(ns: list[int], disk_mib: int, procs: int, inflight: int, log: Any = sy
     for name, r in rounds.items():
         for k in ("mib_s", "p95_s", "p95_done_s", "requests_per_sync"):
             flat[f"fleet_{name}_{k}"] = r[k]
-    one, two = rounds[f"v1_n{top}"]["mib_s"], rounds[f"v2_n{top}"]["mib_s"]
-    flat["scale_1_to_2"] = round(two / one, 3) if one else None
+    one, two = rounds[f"v1_n{top}"], rounds[f"v2_n{top}"]
+    flat["scale_1_to_2"] = round(two["mib_s"] / one["mib_s"], 3) if one["mib_s"] else None
+    # the same, per CPU-second the SeaweedFS processes used: on one machine a second
+    # volume server can only help if the store's CPU per MiB falls
+    per_cpu = [r["mib"] / r["cpu_weed_s"] if r["cpu_weed_s"] else 0.0 for r in (one, two)]
+    flat["scale_1_to_2_per_weed_cpu"] = round(per_cpu[1] / per_cpu[0], 3) \
+        if per_cpu[0] else None
+    for v, r in (("v1", one), ("v2", two)):
+        flat[f"fleet_{v}_n{top}_weed_mib_per_cpu_s"] = round(r["mib"] / r["cpu_weed_s"], 1) \
+            if r["cpu_weed_s"] else None
+        flat[f"fleet_{v}_n{top}_others_cpu_share"] = round(
+            r["cpu_others_s"] / (r["cores_busy"] * r["wall_s"]), 3) if r["wall_s"] else None
+    flat.update(placed)
     flat["fleet_rounds"] = rounds
     return flat
 
