@@ -32,8 +32,10 @@ through it would take tens of minutes.  The fleet's identities are given to the 
 at its start instead (its static identities config), each scoped by the gateway's own
 action scopes to its device's directory (``Read|Write|List:bucket/prefix/devices/<id>/*``,
 :func:`device_actions`; coarser than the IAM policy, which also keeps the device record
-and orders read-only).  Each request is still signed with, and checked against, the
-device's own key.  docs/capacity-plan.md says what this means for enrolling a fleet.
+and orders read-only; checked by hand on 4.48: device B's key cannot get, list, put or
+delete A's objects, nor put the catalog).  Each request is still signed with, and
+checked against, the device's own key.  python-services/docs/capacity-plan.md says what this means for
+enrolling a fleet.
 """
 
 from __future__ import annotations
