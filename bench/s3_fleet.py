@@ -34,8 +34,8 @@ action scopes to its device's directory (``Read|Write|List:bucket/prefix/devices
 :func:`device_actions`; coarser than the IAM policy, which also keeps the device record
 and orders read-only; checked by hand on 4.48: device B's key cannot get, list, put or
 delete A's objects, nor put the catalog).  Each request is still signed with, and
-checked against, the device's own key.  python-services/docs/capacity-plan.md says what this means for
-enrolling a fleet.
+checked against, the device's own key.  python-services/docs/capacity-plan.md says
+what this means for enrolling a fleet.
 """
 
 from __future__ import annotations
