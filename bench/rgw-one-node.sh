@@ -7,8 +7,7 @@
 #
 # Debian 12's Ceph 16.2 (Pacific): one monitor, one OSD on memstore (RAM, no disk or
 # LVM to prepare; its size is "memstore device bytes"), no manager (I/O needs none),
-# pools of size 1, authentication off (127.0.0.1 only), and radosgw's beast frontend on
-# port 7480.  Everything lives in DIR (default /tmp/vmclient-ceph) and runs as root.
+# pools of size 1, cephx keys in DIR, and radosgw's beast frontend on port 7480.  Everything lives in DIR (default /tmp/vmclient-ceph) and runs as root.
 set -eu
 cmd=${1:?start or stop}
 D=${2:-/tmp/vmclient-ceph}
@@ -34,9 +33,6 @@ cat > "$D/ceph.conf" <<EOF
 fsid = $fsid
 mon host = v2:127.0.0.1:3300
 public network = 127.0.0.0/8
-auth cluster required = none
-auth service required = none
-auth client required = none
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8
@@ -55,9 +51,12 @@ keyring = $D/keyring
 mon data = $D/mon
 [osd.0]
 osd data = $D/osd
+keyring = $D/osd/keyring
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:7480
 rgw data = $D/rgw
+rgw init timeout = 60
+keyring = $D/rgw.keyring
 EOF
 ceph-authtool --create-keyring "$D/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
 ceph-authtool "$D/keyring" --gen-key -n client.admin --cap mon 'allow *' \
@@ -66,8 +65,11 @@ monmaptool --create --addv a '[v2:127.0.0.1:3300]' --fsid "$fsid" "$D/monmap" >/
 ceph-mon $C --mkfs -i a --monmap "$D/monmap" --keyring "$D/keyring"
 ceph-mon $C -i a
 id=$(ceph $C osd create)
+ceph-authtool --create-keyring "$D/osd/keyring" --gen-key -n "osd.$id" >/dev/null
+ceph $C auth add "osd.$id" osd 'allow *' mon 'allow profile osd' -i "$D/osd/keyring"
 ceph-osd $C -i "$id" --mkfs --osd-uuid "$(cat /proc/sys/kernel/random/uuid)" 2>/dev/null
 ceph-osd $C -i "$id"
+ceph $C auth get-or-create client.rgw mon 'allow rw' osd 'allow rwx' -o "$D/rgw.keyring"
 radosgw $C -n client.rgw
 access=VMCADMIN$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n' | tr a-f A-F)
 secret=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
