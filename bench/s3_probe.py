@@ -5,11 +5,12 @@ For a store started by hand (bench/rgw-one-node.sh prints its endpoint and keys)
     PYTHONPATH=python-services/src python bench/s3_probe.py ENDPOINT ACCESS SECRET \
         [--bucket vmclient] [--mib 256]
 
-Checks, through :class:`vmclient.transport.s3.S3Store` (the repository's own client):
-exclusive creation (``If-None-Match: *`` on a put: what ``vmclient-admin init`` checks),
-the same on a multipart completion (objects above 32 MiB), and the lock's conditional
-move (copy if the source's ETag matches, delete if it still does); then writes ``--mib``
-MiB as 16 MiB objects (a pack's size), 8 at once, and reads them back.  The last line is
+Checks, through :class:`vmclient.transport.s3.S3Store` (the repository's own client),
+each conditional request ``vmclient-admin init`` checks (``S3Store.probe_conditions``:
+``If-None-Match: *`` on a put and on a multipart completion, the lock's conditional copy
+and delete refusing a wrong ETag), the multipart one again with a 33 MiB object through
+``put_atomic``, and that the lock's conditional move works; then writes ``--mib`` MiB as
+16 MiB objects (a pack's size), 8 at once, and reads them back.  The last line is
 one JSON object.
 """
 
@@ -35,19 +36,15 @@ MIB = 1 << 20
 
 async def probe(store: S3Store, mib: int) -> dict[str, object]:
     out: dict[str, object] = {}
-    try:
-        await store.check_conditions("probe")
-        out["exclusive_put"] = True
-    except VMClientError as exc:
-        out["exclusive_put"], out["exclusive_put_error"] = False, str(exc)
-    big = os.urandom(33 * MIB)
+    out.update(await store.probe_conditions("probe"))  # what vmclient-admin init checks
+    big = os.urandom(33 * MIB)  # the same, through put_atomic's own multipart path
     name = f"probe-mp-{secrets.token_hex(4)}"
     await store.put_atomic(name, big, exclusive=True)
     try:
         await store.put_atomic(name, big[::-1], exclusive=True)
-        out["exclusive_multipart"] = False
+        out["exclusive_multipart_33mib"] = False
     except VMClientError:
-        out["exclusive_multipart"] = True
+        out["exclusive_multipart_33mib"] = True
     await store.delete(name)
     src, dst = f"probe-lock-{secrets.token_hex(4)}", f"probe-moved-{secrets.token_hex(4)}"
     await store.put_atomic(src, b"lock", exclusive=True)

@@ -21,6 +21,7 @@ from vmclient.store.locks import Whoami, lock_document
 from vmclient.store.remote import MAX_OBJECT, get_object
 from vmclient.transport import open_store
 from vmclient.transport.s3 import S3Refused, S3Store, S3Unavailable
+from vmclient.transport.s3_conditions import CONDITIONS
 
 MiB = 1 << 20
 DEV_A, DEV_B = "a" * 32, "b" * 32
@@ -68,7 +69,10 @@ async def test_put_get_list_delete_round_trip_and_exclusive_create(seaweedfs: Se
         with pytest.raises(ObjectNotFound):
             await store.get("images/t/store/packs/ab/obj")
         assert await store.list("nothing/here") == []
-        await store.check_conditions("images/t/probe")  # SeaweedFS honours If-None-Match
+        assert await store.probe_conditions("images/t/probe") == {
+            c.name: True for c in CONDITIONS}  # SeaweedFS honours every condition
+        await store.check_conditions("images/t/probe")
+        assert incomplete_uploads(seaweedfs, prefix) == []  # the probe's upload aborted
         token = await store.lock("images/t/lock", "test")
         await store.unlock(token)
         assert await store.list("images/t") == []

@@ -81,29 +81,6 @@ def test_the_etag_of_a_whole_and_a_multipart_upload() -> None:
     assert _etag(data, 10000) == f'"{hashlib.md5(parts).hexdigest()}-3"'
 
 
-def test_a_store_that_ignores_if_none_match_is_refused() -> None:
-    import asyncio
-
-    from vmclient.transport.s3 import S3Refused, S3Target
-
-    class Ignoring(S3Store):
-        """A store whose exclusive put replaces (If-None-Match not honoured)."""
-
-        objects: dict[str, bytes] = {}
-
-        async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False
-                             ) -> None:
-            self.objects[path] = data
-
-        async def delete(self, path: str) -> None:
-            self.objects.pop(path, None)
-
-    store = Ignoring(S3Target(bucket="b", endpoint="http://127.0.0.1:1"))
-    with pytest.raises(S3Refused, match="ignores If-None-Match"):
-        asyncio.run(store.check_conditions("init-probe"))
-    assert store.objects == {}  # the probe is removed
-
-
 def test_a_devices_policy_reaches_its_own_prefix_and_reads_the_shared_objects() -> None:
     from vmclient.admin.s3iam import device_policy
     dev = "a" * 32

@@ -25,8 +25,10 @@ The guarantees of repository-format.md §8.1 and §10, restated for S3 (§11):
   the source gone, so it never deletes an object it did not read.
 
 A store that does not honour these conditions (they were added to AWS S3 in 2024)
-would let two writers both "create" an object: :meth:`S3Store.check_conditions`
-probes them once and refuses such a store.
+would let two writers both "create" an object, or a lock be taken twice:
+:meth:`S3Store.check_conditions` probes each of them once (:mod:`.s3_conditions`:
+also on a multipart completion, which Ceph RGW 16.2 ignores while honouring it on a
+put) and refuses such a store.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any, TypeVar
 
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporaries_of
+from . import s3_conditions
 from .s3_target import (
     DEFAULT_CONNECTIONS,
     MiB,
@@ -116,21 +119,21 @@ class S3Store(LockingMixin):
         await self._run("list", self.target.prefix or "/", lambda: self.client.list_objects_v2(
             Bucket=self.target.bucket, Prefix=self.target.key(""), MaxKeys=1))
 
+    async def probe_conditions(self, path: str) -> dict[str, bool]:
+        """Which conditional requests the store honours (:mod:`.s3_conditions`), probed
+        at ``path`` plus a random suffix (a name of this run's own, removed after)."""
+        key = self.target.key(f"{check_path(path)}-{secrets.token_hex(8)}")
+        return await self._run("check", path, lambda: s3_conditions.probe(
+            self.client, self.target.bucket, key))
+
     async def check_conditions(self, path: str) -> None:
-        """Refuse a store that ignores ``If-None-Match: *`` (exclusive creation): two
-        exclusive puts of different bytes at ``path`` (a name of this run's own, removed
-        after) must not both succeed."""
-        probe = f"{check_path(path)}-{secrets.token_hex(8)}"
-        await self.put_atomic(probe, b"1", exclusive=True)
-        try:
-            await self.put_atomic(probe, b"2", exclusive=True)
-        except LocalSyncError:
-            return
-        finally:
-            await self.delete(probe)
-        raise S3Refused(self.target.server, "exclusive put", probe,
-                        "it ignores If-None-Match: * (conditional writes); this store "
-                        "cannot hold a repository safely")
+        """Refuse a store that ignores a condition the repository relies on
+        (``If-None-Match: *`` on a put and on a multipart completion, the lock's
+        conditional copy and delete): :class:`S3Refused` naming each."""
+        refused = s3_conditions.refusal(self.target.server, path,
+                                        await self.probe_conditions(path))
+        if refused is not None:
+            raise refused
 
     # --- the RemoteStore operations ----------------------------------------------------------
 
