@@ -582,3 +582,24 @@ def test_resolve_verity_rule_wants_the_hash_tree_before_the_ukis_and_the_disk():
     assert any("own salt" in f for f in _verity_failures(m, {"VERITY_SALT": "4e" * 32}))
     assert any("after the hash tree" in f for f in _verity_failures(
         m, image_flags={"do_image_wic": {"deps": ["do_image"]}}))
+
+
+def test_rauc_writes_the_inactive_slot_with_a_tenth_of_a_core_and_idle_io():
+    """Installing while the VMs run must not be noticed (issue 18: <= 10 % of one core):
+    rauc.service's drop-in caps its CPU and gives it the disk only when idle, and the
+    recipe installs it as rauc.service's drop-in."""
+    dropin = UPDATE.parent / "files" / "10-vmclient.conf"
+    directives: dict[str, list[str]] = {}
+    section = ""
+    for ln in dropin.read_text().splitlines():
+        ln = ln.strip()
+        if ln.startswith("["):
+            section = ln
+        elif ln and not ln.startswith("#"):
+            key, _, value = ln.partition("=")
+            directives.setdefault(f"{section}{key}", []).append(value)
+    assert directives["[Service]CPUQuota"] == ["10%"]
+    assert directives["[Service]IOSchedulingClass"] == ["idle"]
+    assert directives["[Unit]RequiresMountsFor"] == ["@DATADIR@ /efi"]
+    assert re.search(r"10-vmclient\.conf\s*\\?\s*>\s*\$\{D\}\$\{systemd_system_unitdir\}/rauc\.service\.d/"
+                     r"10-vmclient\.conf", UPDATE.read_text()), "the recipe does not install the drop-in"
