@@ -603,3 +603,18 @@ def test_rauc_writes_the_inactive_slot_with_a_tenth_of_a_core_and_idle_io():
     assert directives["[Unit]RequiresMountsFor"] == ["@DATADIR@ /efi"]
     assert re.search(r"10-vmclient\.conf\s*\\?\s*>\s*\$\{D\}\$\{systemd_system_unitdir\}/rauc\.service\.d/"
                      r"10-vmclient\.conf", UPDATE.read_text()), "the recipe does not install the drop-in"
+
+
+def test_the_esp_gets_a_loader_conf_without_the_command_line_editor():
+    """A slot's command line edited at the boot menu would boot it with another root or
+    none: the ESP's loader.conf says ``editor no`` (vmclient-ab-uki.bbclass writes it and
+    puts it over the one wic's bootimg_efi writes)."""
+    conf = bbvars.value(CLASS, "VMCLIENT_LOADER_CONF")
+    lines = [ln.strip() for ln in conf.split(";")]
+    assert "editor no" in lines, lines
+    assert any(re.fullmatch(r"timeout \d+", ln) for ln in lines), lines
+    text = CLASS.read_text()
+    assert "'vmclient-loader.conf'" in text and "d.getVar('VMCLIENT_LOADER_CONF').split(';')" in text
+    files = bbvars.value(CLASS, "IMAGE_EFI_BOOT_FILES").split()
+    assert "vmclient-loader.conf;loader/loader.conf" in files, files
+    assert "VMCLIENT_LOADER_CONF" in text.split("do_uki[vardeps]")[1].splitlines()[0]
