@@ -591,8 +591,8 @@ def test_rauc_writes_the_inactive_slot_with_a_tenth_of_a_core_and_idle_io():
     dropin = UPDATE.parent / "files" / "10-vmclient.conf"
     directives: dict[str, list[str]] = {}
     section = ""
-    for ln in dropin.read_text().splitlines():
-        ln = ln.strip()
+    for raw in dropin.read_text().splitlines():
+        ln = raw.strip()
         if ln.startswith("["):
             section = ln
         elif ln and not ln.startswith("#"):
