@@ -98,7 +98,10 @@ def ab_config() -> harness.BootConfig:
 
 def guest(m: harness.Machine, *args: str) -> dict:
     r = m.ssh("/opt/vmclient/bin/python - " + " ".join(args), stdin=GUEST, timeout=600)
-    assert r.rc == 0, f"{args}: {r.stdout}\n{r.stderr}"
+    if r.rc != 0:
+        log = m.ssh("journalctl -b 0 -o short-monotonic --no-pager -u rauc.service | tail -40; "
+                    "dmesg | tail -20").stdout
+        pytest.fail(f"{args}: {r.stdout}\n{r.stderr}\n--- rauc.service, kernel\n{log}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -119,9 +122,14 @@ def prepare_install(m: harness.Machine) -> None:
     boot (a tenth of a TCG-emulated core makes a 1.3 GiB install take many minutes; the
     quota is the layer's, checked in tests/layer)."""
     m.ssh("mkdir -p /run/bundles && mount -o ro,noload /dev/disk/by-id/virtio-bundles "
-          "/run/bundles && mkdir -p /run/systemd/system/rauc.service.d && "
-          "printf '[Service]\\nCPUQuota=\\n' > /run/systemd/system/rauc.service.d/90-test.conf"
-          " && systemctl daemon-reload && systemctl stop rauc", check=True)
+          "/run/bundles && systemctl set-property --runtime rauc.service CPUQuota=",
+          check=True)
+    # systemd-gpt-auto-generator adds an efi.automount that unmounts an idle ESP after
+    # 2 min; while the layer's rauc.service drop-in required /efi, that stopped RAUC in the
+    # middle of an install here ("D-Bus error while installing").  The drop-in now only
+    # wants the ESP; a process holding /efi keeps it mounted for this boot all the same.
+    m.ssh("systemctl is-active --quiet vmclient-test-hold-esp || systemd-run --quiet "
+          "--unit=vmclient-test-hold-esp -p WorkingDirectory=/efi sleep infinity", check=True)
     assert m.ssh("systemctl show -P CPUQuotaPerSecUSec rauc").stdout.strip() == "infinity"
 
 
