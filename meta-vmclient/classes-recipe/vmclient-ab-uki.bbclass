@@ -105,11 +105,22 @@ python vmclient_uki_other_slots() {
     entry = os.path.join(d.getVar('DEPLOY_DIR_IMAGE'), 'vmclient-%s.conf' % slots[0])
     with open(entry, 'w') as f:
         f.write(vmclient_boot_entry(slots[0], 'vmclient-0', d.getVar('VMCLIENT_UKI_DIR')))
+    with open(os.path.join(d.getVar('DEPLOY_DIR_IMAGE'), 'vmclient-loader.conf'), 'w') as f:
+        f.write("".join(line.strip() + "\n" for line in d.getVar('VMCLIENT_LOADER_CONF').split(';')))
 }
+
+# systemd-boot's loader.conf, in place of the one wic's bootimg_efi writes
+# (it copies IMAGE_EFI_BOOT_FILES after writing its own): no command line
+# editor at the menu, where a key press would otherwise boot a slot with
+# another command line.  (The menu's "d", which makes an entry the default
+# even without tries left, stays: systemd-boot has no setting for it; the
+# timeout hides the menu unless a key is held.)
+# Its lines, separated by ";".
+VMCLIENT_LOADER_CONF = "timeout 3; editor no"
 
 do_uki[prefuncs] += "vmclient_uki_first_slot"
 do_uki[postfuncs] += "vmclient_uki_other_slots"
-do_uki[vardeps] += "VMCLIENT_ROOT_SLOTS VMCLIENT_ROOT_PARTLABEL_PREFIX VMCLIENT_UKI_DIR"
+do_uki[vardeps] += "VMCLIENT_ROOT_SLOTS VMCLIENT_ROOT_PARTLABEL_PREFIX VMCLIENT_UKI_DIR VMCLIENT_LOADER_CONF"
 
 # The root hash exists only once the hash tree is written.
 addtask uki after do_image_verity before do_image_wic
@@ -119,6 +130,7 @@ addtask uki after do_image_verity before do_image_wic
 IMAGE_EFI_BOOT_FILES = "\
     ${UKI_FILENAME};${VMCLIENT_UKI_DIR}/${UKI_FILENAME} \
     ${@'vmclient-%s.conf' % d.getVar('VMCLIENT_ROOT_SLOTS').split()[0]};loader/entries/${@'vmclient-%s.conf' % d.getVar('VMCLIENT_ROOT_SLOTS').split()[0]} \
+    vmclient-loader.conf;loader/loader.conf \
 "
 
 # wic writes the first slot's verified root from IMGDEPLOYDIR: after the

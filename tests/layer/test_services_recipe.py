@@ -74,10 +74,13 @@ def test_every_systemd_unit_is_listed_in_systemd_service():
 
 
 def test_units_use_the_bindir_placeholder_the_recipe_substitutes():
+    """@BINDIR@ is where the services' own commands are (/usr/bin on the image, the venv's
+    bin on the test host); systemd's own tools keep their path (/usr/bin on both)."""
     for unit in (SERVICES / "data" / "systemd").glob("*.service"):
         for line in unit.read_text().splitlines():
             if line.startswith("ExecStart="):
-                assert line.startswith("ExecStart=@BINDIR@/"), f"{unit.name}: {line}"
+                assert line.startswith(("ExecStart=@BINDIR@/", "ExecStart=/usr/bin/busctl ")), \
+                    f"{unit.name}: {line}"
     assert "s,@BINDIR@,${bindir},g" in RECIPE.read_text()
 
 

@@ -582,3 +582,44 @@ def test_resolve_verity_rule_wants_the_hash_tree_before_the_ukis_and_the_disk():
     assert any("own salt" in f for f in _verity_failures(m, {"VERITY_SALT": "4e" * 32}))
     assert any("after the hash tree" in f for f in _verity_failures(
         m, image_flags={"do_image_wic": {"deps": ["do_image"]}}))
+
+
+def test_rauc_writes_the_inactive_slot_with_a_tenth_of_a_core_and_idle_io():
+    """Installing while the VMs run must not be noticed (issue 18: <= 10 % of one core):
+    rauc.service's drop-in caps its CPU and gives it the disk only when idle, and the
+    recipe installs it as rauc.service's drop-in.  It requires the data partition but
+    only wants the ESP (systemd-gpt-auto-generator's efi.automount unmounts an idle ESP,
+    which stopped rauc.service mid-install on the test host)."""
+    dropin = UPDATE.parent / "files" / "10-vmclient.conf"
+    directives: dict[str, list[str]] = {}
+    section = ""
+    for raw in dropin.read_text().splitlines():
+        ln = raw.strip()
+        if ln.startswith("["):
+            section = ln
+        elif ln and not ln.startswith("#"):
+            key, _, value = ln.partition("=")
+            directives.setdefault(f"{section}{key}", []).append(value)
+    assert directives["[Service]CPUQuota"] == ["10%"]
+    assert directives["[Service]IOSchedulingClass"] == ["idle"]
+    assert directives["[Unit]RequiresMountsFor"] == ["@DATADIR@"]
+    # the ESP wanted, never required: an idle ESP's automount expiry must not stop RAUC
+    assert "/efi" not in directives["[Unit]RequiresMountsFor"][0]
+    assert directives["[Unit]Wants"] == ["efi.mount"] and directives["[Unit]After"] == ["efi.mount"]
+    assert re.search(r"10-vmclient\.conf\s*\\?\s*>\s*\$\{D\}\$\{systemd_system_unitdir\}/rauc\.service\.d/"
+                     r"10-vmclient\.conf", UPDATE.read_text()), "the recipe does not install the drop-in"
+
+
+def test_the_esp_gets_a_loader_conf_without_the_command_line_editor():
+    """A slot's command line edited at the boot menu would boot it with another root or
+    none: the ESP's loader.conf says ``editor no`` (vmclient-ab-uki.bbclass writes it and
+    puts it over the one wic's bootimg_efi writes)."""
+    conf = bbvars.value(CLASS, "VMCLIENT_LOADER_CONF")
+    lines = [ln.strip() for ln in conf.split(";")]
+    assert "editor no" in lines, lines
+    assert any(re.fullmatch(r"timeout \d+", ln) for ln in lines), lines
+    text = CLASS.read_text()
+    assert "'vmclient-loader.conf'" in text and "d.getVar('VMCLIENT_LOADER_CONF').split(';')" in text
+    files = bbvars.value(CLASS, "IMAGE_EFI_BOOT_FILES").split()
+    assert "vmclient-loader.conf;loader/loader.conf" in files, files
+    assert "VMCLIENT_LOADER_CONF" in text.split("do_uki[vardeps]")[1].splitlines()[0]

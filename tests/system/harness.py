@@ -230,17 +230,26 @@ class BootConfig:
     kind: str = "debian-test-host"
     tpm: bool = False  # a TPM 2.0 from swtpm (tpm-crb)
     data_disk_size: str | None = None  # a blank second disk (qemu-img size), serial vmdata
+    # UEFI firmware (OVMF) instead of a direct kernel boot: its code (read-only) and the
+    # template of its variable store, copied into the work directory at the first start
+    firmware_code: Path | None = None
+    firmware_vars: Path | None = None
+    extra_disks: list[tuple[Path, str]] = field(default_factory=list)  # (qcow2, serial), ro
 
     @classmethod
     def from_image_dir(cls, path: Path) -> BootConfig:
         """The output directory of tests/system/image/build (has image.json)."""
         path = Path(path).resolve()
         meta = json.loads((path / "image.json").read_text())
+        fw = meta.get("firmware") or {}
         return cls(
             disk=path / meta["disk"],
-            kernel=path / meta["kernel"],
-            initrd=path / meta["initrd"],
-            append=meta["append"],
+            kernel=path / meta["kernel"] if "kernel" in meta else None,
+            initrd=path / meta["initrd"] if "initrd" in meta else None,
+            append=meta.get("append", ""),
+            firmware_code=Path(fw["code"]) if fw else None,
+            firmware_vars=Path(fw["vars"]) if fw else None,
+            extra_disks=[(path / d["file"], d["serial"]) for d in meta.get("extra_disks", ())],
             ssh_key=path / meta["ssh_key"],
             root_user=meta["users"]["root"],
             unprivileged_user=meta["users"].get("unprivileged"),
@@ -404,6 +413,7 @@ class Machine:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vmclient-system."))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.overlay = self.workdir / "disk.qcow2"
+        self.efivars = self.workdir / "efivars.fd"  # the firmware's NVRAM, kept like the disks
         self.data_disk = self.workdir / "data.qcow2"
         # the machine's TPM: kept across shutdown()/start(), as a laptop keeps its own
         self.tpm_state = self.workdir / "tpm"
@@ -426,6 +436,8 @@ class Machine:
         self.close()
 
     def _make_overlay(self) -> None:
+        if self.cfg.firmware_vars and not self.efivars.exists():
+            shutil.copy(self.cfg.firmware_vars, self.efivars)
         if self.cfg.data_disk_size and not self.data_disk.exists():
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.data_disk),
                             self.cfg.data_disk_size], check=True)
@@ -504,7 +516,13 @@ class Machine:
             "-machine", c.machine, "-accel", accel, "-cpu", c.cpu,
             "-smp", str(c.smp), "-m", str(c.memory_mb),
             "-global", "PIIX4_PM.disable_s3=0",
-            "-drive", f"file={self.overlay},if=virtio,format=qcow2,discard=unmap",
+            *(["-drive", f"file={self.overlay},if=virtio,format=qcow2,discard=unmap"]
+              if not c.firmware_code else
+              # the firmware boots the root disk (bootindex), never the network (no ROM)
+              ["-drive", f"if=pflash,format=raw,readonly=on,file={c.firmware_code}",
+               "-drive", f"if=pflash,format=raw,file={self.efivars}",
+               "-drive", f"file={self.overlay},if=none,id=root,format=qcow2,discard=unmap",
+               "-device", "virtio-blk-pci,drive=root,bootindex=0"]),
             *(["-drive", f"file={self.data_disk},if=none,id=vmdata,format=qcow2,discard=unmap",
                # a slot after every automatic one: the root stays vda (if=virtio
                # devices are created after the -device ones)
@@ -514,7 +532,7 @@ class Machine:
                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
                "-device", "tpm-crb,tpmdev=tpm0"] if c.tpm else []),
             "-netdev", self._netdev(),
-            "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-net-pci,netdev=n0" + (",romfile=" if c.firmware_code else ""),
             "-device", "virtio-rng-pci",
             "-display", "none", "-vga", "none", "-monitor", "none",
             "-chardev", f"file,id=con0,path={self.console_log},append=on",
@@ -522,6 +540,10 @@ class Machine:
             "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
             "-qmp", f"unix:{self.workdir / 'qmp-events.sock'},server=on,wait=off",
         ]
+        for i, (disk, serial) in enumerate(c.extra_disks):
+            argv += ["-drive", f"file={disk},if=none,id=extra{i},format=qcow2,readonly=on",
+                     "-device", f"virtio-blk-pci,drive=extra{i},serial={serial},"
+                     f"addr={0x1d - i:#x}"]
         if c.machine.startswith("q35") or "q35" in c.machine:
             argv[argv.index("PIIX4_PM.disable_s3=0")] = "ICH9-LPC.disable_s3=0"
         if c.kernel:
@@ -595,6 +617,40 @@ class Machine:
             self.events.stop()
         if self.qmp:
             self.qmp.close()
+
+    def drop_ssh(self) -> None:
+        """Forget the SSH connections (the guest restarted: they are dead)."""
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()
+
+    def wait_resets(self, count: int, after: int, timeout: float) -> None:
+        """Wait until the guest has reset ``count`` times since the event mark ``after``
+        (QMP RESET: a restart from inside, QEMU keeps running)."""
+        assert self.events is not None
+        deadline = time.monotonic() + timeout
+        while self.events.names(after).count("RESET") < count:
+            if not self.running:
+                raise HarnessError(f"QEMU exited while waiting for {count} restarts\n"
+                                   f"{self.console_tail()}")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{self.events.names(after).count('RESET')} of {count} "
+                                   f"restarts within {timeout} s\n{self.console_tail()}")
+            time.sleep(0.5)
+
+    def reboot(self, resets: int = 1, timeout: float = 600) -> float:
+        """Restart the guest from inside (``systemctl reboot``) and wait for SSH after
+        ``resets`` restarts (more than one: the guest restarts again by itself);
+        returns the seconds from the command to SSH."""
+        assert self.events is not None
+        t0 = time.monotonic()
+        mark = self.events.mark()
+        self.ssh("systemctl reboot --no-block", timeout=30)
+        self.wait_resets(resets, mark, timeout)
+        self.drop_ssh()
+        self.wait_ssh(timeout=timeout)
+        return time.monotonic() - t0
 
     def shutdown(self, timeout: float = 300) -> None:
         """Power the guest off from inside (systemd stops every service) and wait."""
