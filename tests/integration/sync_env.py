@@ -42,6 +42,8 @@ MIB = 1 << 20
 VM_NS = "https://vmclient.org/xmlns/vm/1"
 
 
+AGENT_CHANNEL = ("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>"
+                 "</channel>")
 DOMAIN_XML = """<domain type='{virt}'>
   <name>{name}</name><uuid>{uuid}</uuid>
   <memory unit='MiB'>64</memory><vcpu>1</vcpu>
@@ -50,7 +52,7 @@ DOMAIN_XML = """<domain type='{virt}'>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/>
     </disk>
-    <memballoon model='none'/>
+    <memballoon model='none'/>{channel}
   </devices>
   <metadata><vmc:vm xmlns:vmc='{ns}' kind='{kind}' sync='{sync}'/></metadata>
 </domain>
@@ -102,9 +104,10 @@ class World:
 
     def create(self, suffix: str, *, kind: str = "business", sync: str = "disks",
                data: Sequence[tuple[int, int, int]] = (), random_mib: int = 0,
-               start: bool = True) -> libvirt.virDomain:
+               start: bool = True, agent: bool = False) -> libvirt.virDomain:
         """A domain whose disk holds ``random_mib`` MiB of random bytes at 8 MiB and
-        ``data`` = [(pattern, offset, length)], written offline."""
+        ``data`` = [(pattern, offset, length)], written offline; ``agent``: with a
+        guest-agent channel (as provisioned VMs have)."""
         name = f"{self.prefix}-{suffix}"
         IMAGES.mkdir(parents=True, exist_ok=True)
         testlib.run(["qemu-img", "create", "-q", "-f", "qcow2", self.disk(name), "64M"], check=True)
@@ -122,7 +125,8 @@ class World:
             qemu_io(self.disk(name), *(f"write -P {p:#x} {o} {n}" for p, o, n in data))
         dom = self.conn.defineXML(DOMAIN_XML.format(
             virt=cpu_profile().domain_type, name=name, uuid=uuid.uuid4(),
-            disk=self.disk(name), ns=VM_NS, kind=kind, sync=sync))
+            disk=self.disk(name), ns=VM_NS, kind=kind, sync=sync,
+            channel=AGENT_CHANNEL if agent else ""))
         self.keys[name] = crypto.KeySet.generate()
         if start:
             dom.create()

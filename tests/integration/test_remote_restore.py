@@ -43,7 +43,7 @@ def define(conn: libvirt.virConnect, name: str, disk: Path) -> libvirt.virDomain
     """The domain as provisioning defines a synced business VM (plain qcow2 here)."""
     return conn.defineXML(DOMAIN_XML.format(
         virt=cpu_profile().domain_type, name=name, uuid=uuidlib.uuid4(),
-        disk=disk, ns=VM_NS, kind="business", sync="disks"))
+        disk=disk, ns=VM_NS, kind="business", sync="disks", channel=""))
 
 
 def install_key(lap: RemoteLaptop, vm: str, keys: crypto.KeySet) -> None:

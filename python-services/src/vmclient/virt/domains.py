@@ -9,6 +9,7 @@ caller turns into a :class:`~vmclient.errors.HypervisorError`.
 from __future__ import annotations
 
 import enum
+import logging
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -20,6 +21,8 @@ import libvirt
 POWER_NS = "https://vmclient.org/xmlns/power/1"
 VM_NS = "https://vmclient.org/xmlns/vm/1"
 _JOB_BACKUP = 9  # virDomainJobOperation VIR_DOMAIN_JOB_OPERATION_BACKUP
+
+log = logging.getLogger(__name__)
 
 
 class DomState(enum.IntEnum):
@@ -125,14 +128,55 @@ def has_guest_agent(dom: Any) -> bool:
                for t in ET.fromstring(untrusted_xml).iterfind("devices/channel/target"))
 
 
+def backup_disk_targets(untrusted_xml: str) -> list[str]:
+    """The disks a backup job's XML (``virDomainBackupGetXMLDesc``) reads."""
+    try:
+        root = ET.fromstring(untrusted_xml)
+    except ET.ParseError:
+        return []
+    return [d.get("name", "") for d in root.iterfind("disks/disk")
+            if d.get("backup", "yes") == "yes" and d.get("name")]
+
+
+def _has_job(dom: Any) -> bool:
+    return bool(dom.jobStats(0).get("type", 0) != 0)
+
+
 def end_backup_job(dom: Any) -> bool:
-    """Abort the domain's backup job, if it has one, and wait until it is gone."""
+    """End the domain's backup job, if it has one, and wait until it is gone.
+
+    Each disk's block job is cancelled with a synchronous ``blockJobAbort``: libvirt
+    then handles that job's end in this call, not in its per-driver event worker.
+    After a save + restore that worker can be stuck for 30 s in the handler of the
+    virtio-serial port event QEMU sends at the first resume, which waits for a job
+    kind the backup job does not allow (docs/sync.md, "libvirt 9.0: ending the
+    backup job after a save + restore");
+    ``abortJob`` leaves the end of the backup to that worker.  ``abortJob`` is the
+    fallback.  Returns whether there was a backup job; a job still there after
+    10 s is logged (the caller's next job then waits or fails in libvirt).
+    """
     stats = dom.jobStats(0)
     if stats.get("type", 0) == 0 or stats.get("operation") != _JOB_BACKUP:
         return False
-    dom.abortJob()
+    try:
+        targets = backup_disk_targets(dom.backupGetXMLDesc(0))
+    except libvirt.libvirtError:
+        targets = []  # ended meanwhile, or no backup to describe: abortJob below
+    for target in targets:
+        try:
+            dom.blockJobAbort(target, 0)
+        except libvirt.libvirtError as exc:
+            # from the second disk on, libvirt 9.0 reports QEMU's 'NBD server not
+            # running' (the backup's end stops it once per disk) though the abort worked
+            log.debug("%s: blockJobAbort: %s", target, exc.get_error_message())
+        if not _has_job(dom):
+            return True
+    if _has_job(dom):
+        dom.abortJob()
     for _ in range(500):
-        if dom.jobStats(0).get("type", 0) == 0:
-            break
+        if not _has_job(dom):
+            return True
         time.sleep(0.02)
+    log.warning("%s: the backup job is still there 10 s after its abort (libvirt "
+                "ends it when its event worker is free: up to 30 s)", dom.name())
     return True
