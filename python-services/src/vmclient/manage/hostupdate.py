@@ -65,6 +65,7 @@ class Record:
     boot: str = ""  # the boot id when it was installed
     catalog_serial: int = 0  # the newest catalog seen (replay protection)
     catalog_digest: str = ""
+    maintenance: str = ""  # the followed channel's maintenance window, at the last look
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if k != "ordered"}
@@ -285,8 +286,10 @@ class HostUpdater:
         catalog, digest = await get_catalog(self.remote, self.admin, cfg.repository,
                                             known_serial=rec.catalog_serial,
                                             known_digest=rec.catalog_digest)
+        ch = catalog.host.channels.get(self.cfg.channel) if catalog.host else None
         save_record(self.cfg.state_dir, replace(rec, catalog_serial=catalog.serial,
-                                                catalog_digest=digest))
+                                                catalog_digest=digest,
+                                                maintenance=ch.maintenance if ch else ""))
         return catalog.host
 
     async def cycle(self, *, on_battery: bool, metered: bool) -> HostDecision:
