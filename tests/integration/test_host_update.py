@@ -74,8 +74,12 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             assert await cli("publish", "office", str(make_disk(tmp_path / "d.raw", 1))) == 0
             assert await cli("host", "list", "--json") == 0, cli.err
             assert [b["release"] for b in json.loads(cli.out)["bundles"]] == ["2.0"]
-            assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
-            assert "host update to 2.0" in cli.out
+            assert await cli("order", "laptop-1", "host-update", "2.0",
+                             "maintenance=03:00-03:00") == 64
+            assert "maintenance=03:00-03:00: start and end are equal" in cli.err
+            assert await cli("order", "laptop-1", "host-update", "2.0",
+                             "maintenance=01:00-02:30") == 0, cli.err
+            assert "host update to 2.0, restart in 01:00-02:30" in cli.out
             await agent.poll()
             [rep] = await lap.reports()
             assert rep.outcome == "done" and "host update to 2.0" in rep.detail, rep
@@ -95,6 +99,8 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             rec = hostupdate.load_record(lap.cfg.state_dir)
             assert rec.installed == "2.0" and "installed 2.0" in rec.result, rec
             assert rec.ordered is None
+            # the order's window is this laptop's for the restart into 2.0
+            assert (rec.ordered_maintenance, rec.window()) == ("01:00-02:30", "01:00-02:30")
             # RAUC wrote the image into the inactive slot B, the custom backend made B primary
             with rauc.slot_b.open("rb") as f:
                 assert f.read(root.stat().st_size) == root.read_bytes()
@@ -125,6 +131,7 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
                 on_battery=False, metered=False)
             rec = hostupdate.load_record(lap.cfg.state_dir)
             assert rec.installed == "" and "running 2.0" in rec.result and d.action == "none"
+            assert rec.window() == ""  # neither the order's nor (none set) the channel's
             # an order for the release it runs is done with, not kept in the way of the channel
             assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
             await agent.poll()
@@ -387,3 +394,8 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
         await host.after_cycle(False, ac)  # IT removed the window: only the user restarts
         assert (iface.host_restart_at, reboots()) == (0, [[False]])
         assert sync_text(iface.values()).endswith("\u00b7 restart to update")
+        # a host-update order's window (recorded with the install) is this laptop's own
+        rec = hostupdate.load_record(lap.cfg.state_dir)
+        hostupdate.save_record(lap.cfg.state_dir, replace(rec, ordered_maintenance="00:30-01:30"))
+        await host.after_cycle(False, ac)
+        assert reboots() == [[False], [False]]

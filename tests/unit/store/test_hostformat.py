@@ -93,3 +93,19 @@ def test_a_host_update_order_carries_a_release_and_an_optional_downgrade_flag() 
     bad = Order(dev, 3, 100, "host-update", {"release": "../x"})
     with pytest.raises(RemoteIntegrityError, match="does not match"):
         Order.parse(bad.to_bytes(), dev, 3, "p")
+
+
+def test_a_host_update_order_may_carry_this_devices_maintenance_window() -> None:
+    dev = "ab" * 16
+    o = Order(dev, 3, 100, "host-update", {"release": "2.1", "maintenance": "22:30-05:00"})
+    assert Order.parse(o.to_bytes(), dev, 3, "p").args == {
+        "release": "2.1", "downgrade": False, "maintenance": "22:30-05:00"}
+    assert b"maintenance" not in Order(dev, 3, 100, "host-update", {"release": "2.1"}).to_bytes()
+    for window, problem in (("25:00-01:00", "does not match"), ("01:00-01:00", "equal"),
+                            ("", "does not match")):
+        bad = Order(dev, 3, 100, "host-update", {"release": "2.1", "maintenance": window})
+        with pytest.raises(RemoteIntegrityError, match=f"'args.maintenance'.*{problem}"):
+            Order.parse(bad.to_bytes(), dev, 3, "p")
+    other = Order(dev, 3, 100, "lock", {"maintenance": "01:00-02:00"})
+    with pytest.raises(RemoteIntegrityError, match="unknown field"):
+        Order.parse(other.to_bytes(), dev, 3, "p")

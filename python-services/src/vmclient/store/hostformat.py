@@ -12,26 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .orders import RELEASE_RE
+from .orders import MAINTENANCE_RE, RELEASE_RE, window_problem
 
 __all__ = ["CHANNELS", "HOST_IMAGE", "MAINTENANCE_RE", "RELEASE_RE", "HostChannel", "compare",
            "window_problem"]
 
 HOST_IMAGE = "host"  # the reserved image name whose chunk tree holds the bundles
 CHANNELS = ("stable", "testing")
-# a channel's maintenance window: HH:MM-HH:MM, the laptop's local time (end excluded)
-MAINTENANCE_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])")
-
-
-def window_problem(text: str) -> str:
-    """What is wrong with a maintenance window ``HH:MM-HH:MM`` ("" nothing)."""
-    m = MAINTENANCE_RE.fullmatch(text)
-    if m is None:
-        return ("expected HH:MM-HH:MM (24-hour, the laptop's local time), e.g. 02:00-04:30 "
-                "or 22:30-05:00")
-    if m.group(1, 2) == m.group(3, 4):
-        return "start and end are equal: an empty window"
-    return ""
 
 
 def release_key(release: str) -> tuple[tuple[int, ...], int, str]:

@@ -177,9 +177,9 @@ class HostUpdates:
         # installed in this boot: after a restart the next look clears it (no loop)
         pending = self.enabled and bool(rec.installed) and rec.boot == self.boot()
         window = None
-        if pending and rec.maintenance:
+        if pending and rec.window():
             try:
-                window = hostrestart.Window.parse(rec.maintenance)
+                window = hostrestart.Window.parse(rec.window())
             except hostrestart.BadWindow as exc:
                 log.warning("host update: %s", exc)
         if window is None:
