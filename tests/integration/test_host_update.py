@@ -380,6 +380,19 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
         now[0] = datetime(2026, 12, 8, 1, 0)  # in the window, past midnight
         await host.after_cycle(False, battery)
         assert reboots() == []  # waits for AC
+        plain = host.host_updates
+        idle_cfg = sconfig.SyncConfig(host_updates=replace(cfg.host_updates, wait_for_idle=True))
+        host.host_updates = HostUpdates(idle_cfg, agent, local_now=lambda: now[0],
+                                        boot=lambda: boot[0])
+        await host.after_cycle(False, ac)
+        assert reboots() == []  # logind's IdleHint is false: someone uses the laptop
+        system_bus.connection().get_object("org.freedesktop.login1", "/org/freedesktop/login1").Set(
+            "org.freedesktop.login1.Manager", "IdleHint", True,
+            dbus_interface="org.freedesktop.DBus.Properties")
+        await host.after_cycle(False, ac)
+        assert reboots() == [[False]]  # idle now
+        logind.ClearCalls()
+        host.host_updates = plain
         await host.after_cycle(False, ac)
         assert reboots() == [[False]]  # Reboot(interactive=false)
         assert iface.host_restart_at == tonight
