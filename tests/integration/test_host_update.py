@@ -11,9 +11,13 @@ import hashlib
 import json
 import os
 import subprocess
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from fixtures_bus import PrivateSystemBus
 from orders_env import CLI, laptop
 from rauc_env import dm_verity, make_bundle, make_pki, make_rootfs, make_unsigned, rauc_system
 from sftp_repo import make_disk
@@ -22,10 +26,12 @@ from vmclient.admin import keys as admin_keys
 from vmclient.host.keys import pinned_admin_key
 from vmclient.manage import hostupdate
 from vmclient.manage.hostpolicy import INSTALL, REFUSE, WAIT
+from vmclient.shell.bar import sync_text
 from vmclient.store.remote import PassOn
 from vmclient.store.repo import get_catalog, get_config
 from vmclient.sync import config as sconfig
-from vmclient.sync.hosting import HostUpdates
+from vmclient.sync.hosting import AgentHost, HostUpdates
+from vmclient.sync.service import ManagementInterface, SyncInterface
 from vmclient.transport.localfs import LocalDirStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -68,8 +74,12 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             assert await cli("publish", "office", str(make_disk(tmp_path / "d.raw", 1))) == 0
             assert await cli("host", "list", "--json") == 0, cli.err
             assert [b["release"] for b in json.loads(cli.out)["bundles"]] == ["2.0"]
-            assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
-            assert "host update to 2.0" in cli.out
+            assert await cli("order", "laptop-1", "host-update", "2.0",
+                             "maintenance=03:00-03:00") == 64
+            assert "maintenance=03:00-03:00: start and end are equal" in cli.err
+            assert await cli("order", "laptop-1", "host-update", "2.0",
+                             "maintenance=01:00-02:30") == 0, cli.err
+            assert "host update to 2.0, restart in 01:00-02:30" in cli.out
             await agent.poll()
             [rep] = await lap.reports()
             assert rep.outcome == "done" and "host update to 2.0" in rep.detail, rep
@@ -89,6 +99,8 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
             rec = hostupdate.load_record(lap.cfg.state_dir)
             assert rec.installed == "2.0" and "installed 2.0" in rec.result, rec
             assert rec.ordered is None
+            # the order's window is this laptop's for the restart into 2.0
+            assert (rec.ordered_maintenance, rec.window()) == ("01:00-02:30", "01:00-02:30")
             # RAUC wrote the image into the inactive slot B, the custom backend made B primary
             with rauc.slot_b.open("rb") as f:
                 assert f.read(root.stat().st_size) == root.read_bytes()
@@ -119,6 +131,7 @@ async def test_an_ordered_host_update_is_downloaded_on_ac_and_installed_into_the
                 on_battery=False, metered=False)
             rec = hostupdate.load_record(lap.cfg.state_dir)
             assert rec.installed == "" and "running 2.0" in rec.result and d.action == "none"
+            assert rec.window() == ""  # neither the order's nor (none set) the channel's
             # an order for the release it runs is done with, not kept in the way of the channel
             assert await cli("order", "laptop-1", "host-update", "2.0") == 0, cli.err
             await agent.poll()
@@ -311,3 +324,91 @@ async def test_a_bundle_download_resumes_verifies_what_it_kept_and_fetches_only_
     delta = await hostupdate.fetch_bundle(remote, pub, k.escrow, b2, fresh, seeds=(full.path,))
     assert delta.reused == 60 and delta.path.read_bytes() == bytes(v2)
     assert 4 * (64 << 10) <= delta.downloaded <= 6 * (64 << 10), delta
+
+
+async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_maintenance_window(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        system_bus: PrivateSystemBus) -> None:
+    """IT's window from the catalog's channel, the record's installed release, syncd's
+    after-cycle hook: logind's Reboot(interactive=false), so systemd stops powerd, which
+    saves the VMs (its shutdown path); the Sync properties and the bar say when."""
+    logind = system_bus.spawn_mock("logind_vmclient")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", system_bus.address)
+    cli = CLI(tmp_path, capsys)
+    assert await cli("init") == 0, cli.err
+    (tmp_path / "b.raucb").write_bytes(os.urandom(1 << 16))  # publish does not look inside
+    assert await cli("host", "publish", str(tmp_path / "b.raucb"), "--version", "5.0",
+                     "--channel", "testing", "--rollout", "100") == 0, cli.err
+    assert await cli("host", "channel", "testing", "5.0", "--rollout", "100",
+                     "--maintenance", "2:00-4:00") == 64  # EX_USAGE
+    assert "--maintenance 2:00-4:00: expected HH:MM-HH:MM" in cli.err
+    assert await cli("host", "channel", "testing", "5.0", "--rollout", "100",
+                     "--maintenance", "22:30-04:30") == 0, cli.err
+    assert "restarting at 22:30-04:30 (local time)" in cli.err + cli.out
+    async with laptop(tmp_path) as lap:
+        lap.admin = admin_keys.load(tmp_path / "keys").admin
+        agent = await lap.enrol()
+        cfg = sconfig.SyncConfig(host_updates=sconfig.HostUpdates(
+            channel="testing", data_dir=tmp_path / "host-data"))
+        # the catalog look of a cycle records the channel's window
+        up = hostupdate.HostUpdater(hostupdate.HostConfig(
+            lap.cfg.state_dir, tmp_path / "host-data", "testing"), lap.remote,
+            pinned_admin_key(lap.cfg.state_dir), agent.keys.wrapping(), lap.device,
+            hostupdate.Rauc(), "4.2", boot=lambda: "boot-1")
+        await up.section()
+        rec = hostupdate.load_record(lap.cfg.state_dir)
+        assert rec.maintenance == "22:30-04:30"
+        iface = SyncInterface()
+        host = AgentHost(cfg, lap.hv, agent, iface, ManagementInterface())
+        now = [datetime(2026, 12, 7, 12, 0)]
+        boot = ["boot-1"]
+        host.host_updates = HostUpdates(cfg, agent, local_now=lambda: now[0],
+                                        boot=lambda: boot[0])
+        assert host.host_updates.enabled
+        ac, battery = SimpleNamespace(on_battery=False), SimpleNamespace(on_battery=True)
+
+        def reboots() -> list[list[bool]]:
+            return [list(args) for _t, args in logind.GetMethodCalls("Reboot")]
+
+        await host.after_cycle(False, ac)  # nothing installed
+        assert (iface.host_update, iface.host_restart_at, reboots()) == ("", 0, [])
+        hostupdate.save_record(lap.cfg.state_dir, replace(rec, installed="5.0", boot="boot-1"))
+        await host.after_cycle(False, ac)  # installed; outside the window: tonight
+        tonight = int(datetime(2026, 12, 7, 22, 30).timestamp())
+        assert (iface.host_update, iface.host_restart_at, reboots()) == ("5.0", tonight, [])
+        assert "restart to update (automatic at " in sync_text(iface.values())
+        now[0] = datetime(2026, 12, 8, 1, 0)  # in the window, past midnight
+        await host.after_cycle(False, battery)
+        assert reboots() == []  # waits for AC
+        plain = host.host_updates
+        idle_cfg = sconfig.SyncConfig(host_updates=replace(cfg.host_updates, wait_for_idle=True))
+        host.host_updates = HostUpdates(idle_cfg, agent, local_now=lambda: now[0],
+                                        boot=lambda: boot[0])
+        await host.after_cycle(False, ac)
+        assert reboots() == []  # logind's IdleHint is false: someone uses the laptop
+        system_bus.connection().get_object("org.freedesktop.login1", "/org/freedesktop/login1").Set(
+            "org.freedesktop.login1.Manager", "IdleHint", True,
+            dbus_interface="org.freedesktop.DBus.Properties")
+        await host.after_cycle(False, ac)
+        assert reboots() == [[False]]  # idle now
+        logind.ClearCalls()
+        host.host_updates = plain
+        await host.after_cycle(False, ac)
+        assert reboots() == [[False]]  # Reboot(interactive=false)
+        assert iface.host_restart_at == tonight
+        boot[0] = "boot-2"  # restarted (the next look clears the record): no second reboot
+        await host.after_cycle(False, ac)
+        assert (iface.host_restart_at, reboots()) == (0, [[False]])
+        boot[0] = "boot-1"
+        assert await cli("host", "channel", "testing", "5.0", "--rollout", "100",
+                         "--maintenance", "none") == 0, cli.err
+        await up.section()
+        assert hostupdate.load_record(lap.cfg.state_dir).maintenance == ""
+        await host.after_cycle(False, ac)  # IT removed the window: only the user restarts
+        assert (iface.host_restart_at, reboots()) == (0, [[False]])
+        assert sync_text(iface.values()).endswith("\u00b7 restart to update")
+        # a host-update order's window (recorded with the install) is this laptop's own
+        rec = hostupdate.load_record(lap.cfg.state_dir)
+        hostupdate.save_record(lap.cfg.state_dir, replace(rec, ordered_maintenance="00:30-01:30"))
+        await host.after_cycle(False, ac)
+        assert reboots() == [[False], [False]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from vmclient.shell.bar import power_text, sync_text
 
 
@@ -95,3 +97,25 @@ def test_an_installed_host_update_asks_for_a_restart_without_quoting_syncd():
     assert sync_text({"State": 1, "LeaseRemaining": 3600, "HostUpdate": "\x1b[2J2.1"}) \
         == "lease 1 h 0 min \u00b7 restart to update"
     assert sync_text({"State": 1, "HostUpdate": ""}) == ""
+
+
+def test_the_bar_says_when_it_restarts_into_the_update_by_itself(monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        soon = int(time.time()) + 60
+        same_day = time.localtime(soon)[:3] == time.localtime()[:3]
+        hhmm = time.strftime("%H:%M" if same_day else "%a %H:%M", time.localtime(soon))
+        later = time.strftime("%a %H:%M", time.localtime(soon + 3 * 86400))
+        assert sync_text({"State": 1, "HostUpdate": "2.1", "HostRestartAt": soon}) \
+            == f"restart to update (automatic at {hhmm})"
+        assert sync_text({"State": 1, "HostUpdate": "2.1", "HostRestartAt": soon + 3 * 86400}) \
+            == f"restart to update (automatic at {later})"
+        assert sync_text({"State": 1, "HostUpdate": "2.1", "HostRestartAt": 0}) \
+            == "restart to update"
+        assert sync_text({"State": 1, "HostUpdate": "2.1", "HostRestartAt": 10**30}) \
+            == "restart to update (automatic at ?)"
+        assert sync_text({"State": 1, "HostUpdate": "", "HostRestartAt": soon}) == ""
+    finally:
+        monkeypatch.undo()
+        time.tzset()

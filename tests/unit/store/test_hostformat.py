@@ -24,7 +24,8 @@ def catalog(host: HostSection | None) -> Catalog:
 
 def section() -> HostSection:
     return HostSection((HostBundle("2.0", image(1)), HostBundle("2.1", image(2))),
-                       {"stable": HostChannel("2.0", 100), "testing": HostChannel("2.1", 25)})
+                       {"stable": HostChannel("2.0", 100, "22:30-05:00"),
+                        "testing": HostChannel("2.1", 25)})
 
 
 def test_a_catalog_without_host_bundles_is_byte_for_byte_what_it_was() -> None:
@@ -36,6 +37,14 @@ def test_a_catalog_without_host_bundles_is_byte_for_byte_what_it_was() -> None:
 def test_the_host_section_round_trips() -> None:
     c = catalog(section())
     assert Catalog.parse(c.to_bytes(), REPO, "catalog") == c
+
+
+def test_a_channel_without_a_maintenance_window_is_written_as_before() -> None:
+    doc = json.loads(catalog(section()).to_bytes())
+    stable, testing = doc["host"]["channels"]
+    assert stable["maintenance"] == "22:30-05:00" and "maintenance" not in testing
+    parsed = Catalog.parse(catalog(section()).to_bytes(), REPO, "catalog").host
+    assert parsed is not None and parsed.channels["testing"].maintenance == ""
 
 
 def mutated(change) -> bytes:  # type: ignore[no-untyped-def]
@@ -53,6 +62,11 @@ def mutated(change) -> bytes:  # type: ignore[no-untyped-def]
     (lambda d: d["host"]["bundles"][1].update(version=1), "not strictly increasing"),
     (lambda d: d["host"]["bundles"][0].update(release="2.0; rm -rf"), "does not match"),
     (lambda d: d["host"].update(extra=1), "unknown field"),
+    (lambda d: d["host"]["channels"][0].update(maintenance="2:00-4:00"), "HH:MM-HH:MM"),
+    (lambda d: d["host"]["channels"][0].update(maintenance="02:00-24:00"), "HH:MM-HH:MM"),
+    (lambda d: d["host"]["channels"][0].update(maintenance="03:00-03:00"), "empty window"),
+    (lambda d: d["host"]["channels"][0].update(maintenance=""), "HH:MM-HH:MM"),
+    (lambda d: d["host"]["channels"][0].update(maintenance=300), "must be a string"),
     (lambda d: d["images"].append({"name": "host", "versions": []}), "reserved"),
 ])
 def test_a_host_section_readers_must_refuse_is_refused(change, problem) -> None:  # type: ignore[no-untyped-def]
@@ -79,3 +93,19 @@ def test_a_host_update_order_carries_a_release_and_an_optional_downgrade_flag() 
     bad = Order(dev, 3, 100, "host-update", {"release": "../x"})
     with pytest.raises(RemoteIntegrityError, match="does not match"):
         Order.parse(bad.to_bytes(), dev, 3, "p")
+
+
+def test_a_host_update_order_may_carry_this_devices_maintenance_window() -> None:
+    dev = "ab" * 16
+    o = Order(dev, 3, 100, "host-update", {"release": "2.1", "maintenance": "22:30-05:00"})
+    assert Order.parse(o.to_bytes(), dev, 3, "p").args == {
+        "release": "2.1", "downgrade": False, "maintenance": "22:30-05:00"}
+    assert b"maintenance" not in Order(dev, 3, 100, "host-update", {"release": "2.1"}).to_bytes()
+    for window, problem in (("25:00-01:00", "does not match"), ("01:00-01:00", "equal"),
+                            ("", "does not match")):
+        bad = Order(dev, 3, 100, "host-update", {"release": "2.1", "maintenance": window})
+        with pytest.raises(RemoteIntegrityError, match=f"'args.maintenance'.*{problem}"):
+            Order.parse(bad.to_bytes(), dev, 3, "p")
+    other = Order(dev, 3, 100, "lock", {"maintenance": "01:00-02:00"})
+    with pytest.raises(RemoteIntegrityError, match="unknown field"):
+        Order.parse(other.to_bytes(), dev, 3, "p")

@@ -53,7 +53,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("action", choices=sorted(orders.ACTIONS))
     s.add_argument("args", nargs="*", help="key=value: vm=NAME, recipe=FILE, "
                    "lease_until=+14d|UNIX_TIME, include_private=yes|no; for cancel: the "
-                   "number of the pending order; for host-update: VERSION [downgrade=yes]")
+                   "number of the pending order; for host-update: VERSION [downgrade=yes] "
+                   "[maintenance=HH:MM-HH:MM]")
     s.add_argument("--yes", action="store_true", help="confirm a wipe")
     s.add_argument("--dry-run", action="store_true",
                    help="check and show the order, write nothing")

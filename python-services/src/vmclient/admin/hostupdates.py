@@ -1,7 +1,7 @@
 """``vmclient-admin host publish|channel``: host update bundles in the repository.
 
     vmclient-admin host publish BUNDLE --version V [--channel stable|testing [--rollout PCT]]
-    vmclient-admin host channel CHANNEL VERSION --rollout PCT
+    vmclient-admin host channel CHANNEL VERSION --rollout PCT [--maintenance HH:MM-HH:MM|none]
     vmclient-admin host list [--json]
 
 A RAUC bundle is published like an image version (:func:`.images.publish`): chunked,
@@ -28,7 +28,7 @@ from ..manage import admin as it
 from ..store import crypto, layout
 from ..store.documents import Catalog, HostBundle, HostSection, ImageVersion, WrappedKey
 from ..store.errors import ObjectNotFound
-from ..store.hostformat import CHANNELS, HOST_IMAGE, RELEASE_RE, HostChannel
+from ..store.hostformat import CHANNELS, HOST_IMAGE, RELEASE_RE, HostChannel, window_problem
 from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import put_catalog, put_wrapped_key
@@ -53,6 +53,11 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("channel", choices=CHANNELS)
     c.add_argument("release", metavar="VERSION")
     c.add_argument("--rollout", type=int, required=True, help="percent of the fleet, 0-100")
+    c.add_argument("--maintenance", metavar="HH:MM-HH:MM",
+                   help="the laptops' maintenance window (their local time, e.g. 02:00-04:30 "
+                   "or 22:30-05:00): a laptop with the update installed restarts into it "
+                   "then, its VMs saved first; 'none': only the user restarts (default: the "
+                   "channel's window stays as it is)")
     c.set_defaults(func=cmd_channel)
     ls = hsub.add_parser("list", help="published bundles and channels")
     ls.add_argument("--json", action="store_true")
@@ -72,13 +77,25 @@ def check_rollout(pct: int) -> int:
     return pct
 
 
+def check_maintenance(window: str | None) -> str | None:
+    """``--maintenance``: None keeps the channel's window, "" removes it."""
+    if window is None or window == "none":
+        return None if window is None else ""
+    problem = window_problem(window)
+    if problem:
+        raise UsageError(f"--maintenance {window}: {problem}, or 'none'")
+    return window
+
+
 def with_channel(catalog: Catalog, channel: str, release: str, rollout: int,
-                 now: int) -> Catalog:
+                 now: int, maintenance: str | None = None) -> Catalog:
     host = catalog.host or HostSection()
     if host.find(release) is None:
         raise UsageError(f"no host release {release!r} is published (`vmclient-admin host "
                          "list`)")
-    channels = {**host.channels, channel: HostChannel(release, rollout)}
+    old = host.channels.get(channel)
+    window = (old.maintenance if old else "") if maintenance is None else maintenance
+    channels = {**host.channels, channel: HostChannel(release, rollout, window)}
     return replace(catalog, serial=catalog.serial + 1, issued=now,
                    host=replace(host, channels=channels))
 
@@ -153,13 +170,16 @@ async def cmd_publish(args: argparse.Namespace, remote: RemoteStore) -> None:
 
 async def cmd_channel(args: argparse.Namespace, remote: RemoteStore) -> None:
     release, rollout = check_release(args.release), check_rollout(args.rollout)
+    window = check_maintenance(args.maintenance)
     k, cfg, catalog = await session.open_repo(args, remote)
-    new = with_channel(catalog, args.channel, release, rollout, int(time.time()))
+    new = with_channel(catalog, args.channel, release, rollout, int(time.time()), window)
     await entitle_devices(remote, k, await read_devices(remote, k))
     await put_catalog(remote, k.admin, new)
     k.record_serial(cfg.repository, new.serial)
-    info(f"channel {args.channel}: host release {release} for {rollout} % of the fleet "
-         f"(catalog serial {new.serial})")
+    ch = new.host.channels[args.channel]  # type: ignore[union-attr]
+    info(f"channel {args.channel}: host release {release} for {rollout} % of the fleet, "
+         + (f"restarting at {ch.maintenance} (local time)" if ch.maintenance else
+            "restarted by the user") + f" (catalog serial {new.serial})")
 
 
 async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
@@ -172,6 +192,7 @@ async def cmd_list(args: argparse.Namespace, remote: RemoteStore) -> None:
         print(f"  {b.release:<16} {human_size(b.image.size):>10}  {utc(b.image.created)}",
               flush=True)
     for name, ch in sorted(host.channels.items()):
-        print(f"  channel {name}: {ch.release} for {ch.rollout} %", flush=True)
+        print(f"  channel {name}: {ch.release} for {ch.rollout} %"
+              + (f", maintenance {ch.maintenance}" if ch.maintenance else ""), flush=True)
     if not host.bundles:
         print("  (no host bundles)", flush=True)

@@ -20,7 +20,7 @@ from ..manage import admin as it
 from ..manage import fleetview
 from ..store import layout
 from ..store.format import signed_envelope
-from ..store.orders import DeviceRecord, Order
+from ..store.orders import DeviceRecord, Order, window_problem
 from ..store.remote import RemoteStore
 from . import keys, session
 from .session import find_device
@@ -128,15 +128,20 @@ async def _cancel(args: argparse.Namespace, remote: RemoteStore, k: keys.AdminKe
 
 async def _host_update(args: argparse.Namespace, remote: RemoteStore, k: keys.AdminKeys,
                        rec: DeviceRecord, words: list[str]) -> list[str]:
-    """``host-update VERSION [downgrade=yes]``: the release must be published; the device
-    gets the bundles' content key if it lacks it."""
+    """``host-update VERSION [downgrade=yes] [maintenance=HH:MM-HH:MM]``: the release must
+    be published; the device gets the bundles' content key if it lacks it.  The window
+    is this device's, instead of its channel's, for the restart into this release."""
     from ..store.repo import get_catalog
     from .hostupdates import check_release, entitle_devices
     words = [w if "=" in w else f"release={w}" for w in words]
     release = next((w.partition("=")[2] for w in words if w.startswith("release=")), None)
     if release is None:
-        raise UsageError("order DEVICE host-update VERSION [downgrade=yes]")
+        raise UsageError("order DEVICE host-update VERSION [downgrade=yes] "
+                         "[maintenance=HH:MM-HH:MM]")
     check_release(release)
+    for w in words:
+        if w.startswith("maintenance=") and window_problem(w.partition("=")[2]):
+            raise UsageError(f"{w}: {window_problem(w.partition('=')[2])}")
     cfg = await session.open_config(args, remote, k)
     catalog, _d = await get_catalog(remote, k.admin.public_key(), cfg.repository)
     if catalog.host is None or catalog.host.find(release) is None:
@@ -164,7 +169,8 @@ def describe(order: Order) -> str:
         return f"cancelled (was {a['cancelled']})"
     if order.action == "host-update":
         return (f"host update to {a['release']}"
-                + (" (DOWNGRADE allowed)" if a.get("downgrade") else ""))
+                + (" (DOWNGRADE allowed)" if a.get("downgrade") else "")
+                + (f", restart in {a['maintenance']}" if a.get("maintenance") else ""))
     if order.action == "rekey":
         what = (("restore and start" if a.get("start") else "restore") if a.get("restore")
                 else "rekey")

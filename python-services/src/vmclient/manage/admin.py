@@ -29,7 +29,7 @@ from ..provision import spec
 from ..store import crypto, layout
 from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError
 from ..store.format import Reader, canonical_json, open_envelope, signed_envelope
-from ..store.orders import ORDER_ACTIONS, ORDER_FLAGS, DeviceRecord, Order, Report
+from ..store.orders import ORDER_ACTIONS, ORDER_FLAGS, ORDER_OPTIONS, DeviceRecord, Order, Report
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed
 
@@ -125,7 +125,8 @@ async def issue_order(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, devi
     """Sign and store the device's next order (numbering: see the module docstring)."""
     if action not in ORDER_ACTIONS:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
-    required, flags = set(ORDER_ACTIONS[action]), set(ORDER_FLAGS.get(action, {}))
+    required = set(ORDER_ACTIONS[action])
+    flags = set(ORDER_FLAGS.get(action, {})) | set(ORDER_OPTIONS.get(action, {}))
     if not required <= set(args) <= required | flags:
         raise UsageError(f"order {action} takes "
                          f"{', '.join([*ORDER_ACTIONS[action], *flags]) or 'nothing'}")
@@ -261,7 +262,8 @@ def order_args(action: str, untrusted_values: list[str], now: int) -> dict[str, 
     """
     spec: dict[str, type] | None = ORDER_ACTIONS.get(action)
     if spec is not None:
-        spec = {**spec, **{k: bool for k in ORDER_FLAGS.get(action, {})}}
+        spec = {**spec, **{k: bool for k in ORDER_FLAGS.get(action, {})},
+                **{k: str for k in ORDER_OPTIONS.get(action, {})}}
     if spec is None:
         raise UsageError(f"unknown order {action!r} (one of {', '.join(ORDER_ACTIONS)})")
     out: dict[str, Any] = {}

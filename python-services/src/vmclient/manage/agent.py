@@ -291,7 +291,7 @@ class Agent:
         elif act == "host-update":
             a = order.args
             hostupdate.record_order(self.cfg.state_dir, a["release"], bool(a["downgrade"]),
-                                    order.seq)
+                                    order.seq, str(a.get("maintenance", "")))
             detail = (f"host update to {a['release']}" + (" (downgrade allowed)" if
                       a["downgrade"] else "") + ": installed on AC and an unmetered link; "
                       "the result follows in the status")

@@ -30,6 +30,7 @@ class Ordered:
     release: str
     downgrade: bool = False
     seq: int = 0
+    maintenance: str = ""  # this device's window for the restart into it ("" the channel's)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,12 @@ class Record:
     boot: str = ""  # the boot id when it was installed
     catalog_serial: int = 0  # the newest catalog seen (replay protection)
     catalog_digest: str = ""
+    maintenance: str = ""  # the followed channel's maintenance window, at the last look
+    ordered_maintenance: str = ""  # the window of the order that installed ``installed``
+
+    def window(self) -> str:
+        """The maintenance window for the restart into ``installed`` ("" none)."""
+        return self.ordered_maintenance or self.maintenance
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if k != "ordered"}
@@ -96,10 +102,12 @@ def save_record(state_dir: Path, rec: Record) -> Record:
     return rec
 
 
-def record_order(state_dir: Path, release: str, downgrade: bool, seq: int) -> Record:
+def record_order(state_dir: Path, release: str, downgrade: bool, seq: int,
+                 maintenance: str = "") -> Record:
     """A verified ``host-update`` order: it wins over the channel until done."""
     rec = load_record(state_dir)
-    return save_record(state_dir, replace(rec, ordered=Ordered(release, downgrade, seq),
+    return save_record(state_dir, replace(rec, ordered=Ordered(release, downgrade, seq,
+                                                               maintenance),
                                           failed=tuple(f for f in rec.failed if f != release)))
 
 
@@ -285,8 +293,10 @@ class HostUpdater:
         catalog, digest = await get_catalog(self.remote, self.admin, cfg.repository,
                                             known_serial=rec.catalog_serial,
                                             known_digest=rec.catalog_digest)
+        ch = catalog.host.channels.get(self.cfg.channel) if catalog.host else None
         save_record(self.cfg.state_dir, replace(rec, catalog_serial=catalog.serial,
-                                                catalog_digest=digest))
+                                                catalog_digest=digest,
+                                                maintenance=ch.maintenance if ch else ""))
         return catalog.host
 
     async def cycle(self, *, on_battery: bool, metered: bool) -> HostDecision:
@@ -324,10 +334,11 @@ class HostUpdater:
             return rec
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         if compare(rec.installed, self.running) == 0:
-            return replace(rec, installed="", boot="", result=f"{stamp} running {self.running}")
+            return replace(rec, installed="", boot="", ordered_maintenance="",
+                           result=f"{stamp} running {self.running}")
         log.warning("host update %s did not boot: running %s in slot %s (fell back)",
                     rec.installed, self.running, rec.slot)
-        return replace(rec, installed="", boot="",
+        return replace(rec, installed="", boot="", ordered_maintenance="",
                        failed=tuple(sorted({*rec.failed, rec.installed})),
                        result=f"{stamp} failed: {rec.installed} did not boot; fell back to "
                        f"{self.running} in slot {rec.slot}")
@@ -352,9 +363,12 @@ class HostUpdater:
 
     def _done(self, release: str, result: str, *, ok: bool) -> None:
         rec = load_record(self.cfg.state_dir)
-        ordered = None if rec.ordered and rec.ordered.release == release else rec.ordered
+        mine = rec.ordered is not None and rec.ordered.release == release
+        ordered = None if mine else rec.ordered
+        window = rec.ordered.maintenance if mine and rec.ordered else ""
         failed = rec.failed if ok else tuple(sorted({*rec.failed, release}))
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         save_record(self.cfg.state_dir, replace(
             rec, ordered=ordered, failed=failed, installed=release if ok else rec.installed,
+            ordered_maintenance=window if ok else rec.ordered_maintenance,
             boot=self.boot() if ok else rec.boot, result=f"{stamp} {result}"))

@@ -1,4 +1,5 @@
-"""Adapter to systemd-logind: inhibitor locks, sleep signals, Suspend."""
+"""Adapter to systemd-logind: inhibitor locks, sleep signals, Suspend; Reboot and IdleHint
+(vmclient-syncd's maintenance restart)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,20 @@ class Logind:
             await self.iface.call_suspend(False)  # type: ignore[attr-defined]
         except DBusError as exc:
             raise ServiceUnavailable("logind", f"Suspend refused: {exc.text}") from exc
+
+    async def reboot(self) -> None:
+        """``Reboot(false)``: systemd stops the services, vmclient-powerd saves the VMs."""
+        try:
+            await self.iface.call_reboot(False)  # type: ignore[attr-defined]
+        except DBusError as exc:
+            raise ServiceUnavailable("logind", f"Reboot refused: {exc.text}") from exc
+
+    async def idle(self) -> bool:
+        """logind's ``IdleHint``: every session is idle (no one uses the laptop)."""
+        try:
+            return bool(await self.iface.get_idle_hint())  # type: ignore[attr-defined]
+        except DBusError as exc:
+            raise ServiceUnavailable("logind", f"IdleHint unreadable: {exc.text}") from exc
 
     async def inhibit_delay_max(self) -> float | None:
         """logind's InhibitDelayMaxUSec in seconds, or None if it does not say."""

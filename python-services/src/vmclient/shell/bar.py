@@ -5,11 +5,14 @@ The power field comes from vmclient-powerd's ``Power`` properties
 ``BatteryPercent``, ``State`` (2 pausing, 3 paused, 4 resuming, 5 saving).
 The sync field from vmclient-syncd's ``Sync`` properties: ``State``
 (1 idle, 2 running, 3 paused, 4 waiting), ``CurrentVM``, ``BytesDone``/``BytesTotal``,
-``LeaseState`` (in words) and ``LeaseRemaining`` (seconds, -1 unknown).
+``LeaseState`` (in words) and ``LeaseRemaining`` (seconds, -1 unknown),
+``HostUpdate`` (a release waiting for a restart) and ``HostRestartAt`` (unix time of
+IT's maintenance restart, 0 none).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,8 +79,18 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
     elif "expired" in str(untrusted_props.get("LeaseState", "")):
         parts.append("lease expired")
     if untrusted_props.get("HostUpdate"):  # a host update is installed: not its text
-        parts.append("restart to update")
+        at = _int(untrusted_props.get("HostRestartAt"))
+        parts.append("restart to update" + (f" (automatic at {_clock(at)})" if at > 0 else ""))
     return " \u00b7 ".join(parts)
+
+
+def _clock(unix: int) -> str:
+    """Local HH:MM of a unix time, with the day when it is not today."""
+    try:
+        t, now = time.localtime(unix), time.localtime()
+    except (OverflowError, OSError, ValueError):
+        return "?"
+    return time.strftime("%H:%M" if t[:3] == now[:3] else "%a %H:%M", t)
 
 
 def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from . import crypto
 from .errors import RemoteIntegrityError
 from .format import HEX_ID_RE, NAME_RE, Reader, b64, canonical_json
-from .hostformat import CHANNELS, HOST_IMAGE, RELEASE_RE, HostChannel
+from .hostformat import CHANNELS, HOST_IMAGE, RELEASE_RE, HostChannel, window_problem
 
 FORMAT_VERSION = 1
 CONFIG_ID = "config"
@@ -83,7 +83,8 @@ class HostSection:
 
     def to_json(self) -> dict[str, Any]:
         return {"bundles": [b.to_json() for b in self.bundles],
-                "channels": [{"name": n, "release": c.release, "rollout": c.rollout}
+                "channels": [{"name": n, "release": c.release, "rollout": c.rollout,
+                              **({"maintenance": c.maintenance} if c.maintenance else {})}
                              for n, c in sorted(self.channels.items())]}
 
     def find(self, release: str) -> HostBundle | None:
@@ -115,7 +116,11 @@ class HostSection:
                 c.fail("name", f"duplicate channel {name!r}")
             if not any(b.release == release for b in bundles):
                 c.fail("release", f"{release!r} is not a published bundle")
-            channels[name] = HostChannel(release, c.integer("rollout", lo=0, hi=100))
+            maintenance = c.text("maintenance") if "maintenance" in c.names() else ""
+            if "maintenance" in c.names() and window_problem(maintenance):
+                c.fail("maintenance", f"{maintenance!r}: {window_problem(maintenance)}")
+            channels[name] = HostChannel(release, c.integer("rollout", lo=0, hi=100),
+                                         maintenance)
             c.done()
         r.done()
         return cls(tuple(bundles), channels)

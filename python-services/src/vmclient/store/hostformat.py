@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .orders import RELEASE_RE
+from .orders import MAINTENANCE_RE, RELEASE_RE, window_problem
 
-__all__ = ["CHANNELS", "HOST_IMAGE", "RELEASE_RE", "HostChannel", "compare"]
+__all__ = ["CHANNELS", "HOST_IMAGE", "MAINTENANCE_RE", "RELEASE_RE", "HostChannel", "compare",
+           "window_problem"]
 
 HOST_IMAGE = "host"  # the reserved image name whose chunk tree holds the bundles
 CHANNELS = ("stable", "testing")
@@ -41,3 +42,4 @@ def compare(a: str, b: str) -> int:
 class HostChannel:
     release: str
     rollout: int  # percent of the fleet, 0…100
+    maintenance: str = ""  # HH:MM-HH:MM: laptops restart into the update then ("" never)

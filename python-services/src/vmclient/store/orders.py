@@ -44,9 +44,26 @@ ORDER_FLAGS: dict[str, dict[str, bool]] = {"assign": {"start": False},
                                            "rekey": {"restore": False, "start": False},
                                            # an older release than the running one
                                            "host-update": {"downgrade": False}}
+# action -> {optional text argument: its pattern} (absent: not in ``args`` at all)
+ORDER_OPTIONS: dict[str, dict[str, re.Pattern[str]]] = {}
 OUTCOMES = ("done", "failed", "refused")
 # a host update's release string (the catalog's host section, a host-update order)
 RELEASE_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,3}([-+~][0-9A-Za-z.-]{1,32})?$")
+# a maintenance window (host channel, host-update order): HH:MM-HH:MM, the laptop's
+# local time, the end excluded
+MAINTENANCE_RE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])")
+ORDER_OPTIONS["host-update"] = {"maintenance": MAINTENANCE_RE}
+
+
+def window_problem(text: str) -> str:
+    """What is wrong with a maintenance window ``HH:MM-HH:MM`` ("" nothing)."""
+    m = MAINTENANCE_RE.fullmatch(text)
+    if m is None:
+        return ("expected HH:MM-HH:MM (24-hour, the laptop's local time), e.g. 02:00-04:30 "
+                "or 22:30-05:00")
+    if m.group(1, 2) == m.group(3, 4):
+        return "start and end are equal: an empty window"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +133,11 @@ class Order:
                 args[name] = a.flag(name)
         for name, default in ORDER_FLAGS.get(action, {}).items():
             args[name] = a.flag(name) if name in a.names() else default
+        for name, pattern in ORDER_OPTIONS.get(action, {}).items():
+            if name in a.names():
+                args[name] = a.text(name, pattern=pattern)
+                if name == "maintenance" and window_problem(args[name]):
+                    a.fail(name, window_problem(args[name]))
         a.done()
         r.done()
         return cls(device, seq, issued, action, args)

@@ -17,14 +17,19 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
 
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard
-from ..errors import VMClientError
+from ..errors import ServiceUnavailable, VMClientError
+from ..host.lease import boot_id
+from ..power.logind import Logind
 from ..store import crypto
 from ..store.remote import RemoteStore
 from ..virt.libvirt import Hypervisor
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ..host.inventory import ManageConfig
+    from ..manage.hostrestart import RestartPlan
 
 log = logging.getLogger("vmclient.syncd")
 
@@ -85,6 +91,9 @@ class AgentHost:
                     from ..manage import hostupdate
                     self.iface.host_update = hostupdate.load_record(
                         self.agent.cfg.state_dir).installed
+                    on_battery = facts.on_battery if facts is not None else True
+                    plan = await self.host_updates.restart_if_due(on_battery)
+                    self.iface.host_restart_at = int(plan.at.timestamp()) if plan.at else 0
                 await self.agent.enforce()
                 lease = self.agent.lease()
                 self.iface.lease_state, self.iface.lease_remaining = lease.reason, \
@@ -127,8 +136,11 @@ class HostUpdates:
 
     def __init__(self, cfg: sconfig.SyncConfig, agent: Any,
                  clock: Callable[[], float] = time.monotonic,
-                 os_release: Path = Path("/etc/os-release")) -> None:
+                 os_release: Path = Path("/etc/os-release"),
+                 local_now: Callable[[], datetime] = datetime.now,
+                 boot: Callable[[], str] = boot_id) -> None:
         self.cfg, self.agent, self.clock = cfg.host_updates, agent, clock
+        self.local_now, self.boot = local_now, boot  # naive local wall-clock time
         self.os_release = os_release  # VERSION_ID: the running release
         self.next = 0.0
         self.enabled = self.cfg.enabled and agent is not None
@@ -154,6 +166,50 @@ class HostUpdates:
         except (VMClientError, OSError) as exc:
             log.warning("host updates: %s", exc)
             self.next = self.clock() + min(self.cfg.interval_minutes * 60, 600)
+
+
+    async def restart_if_due(self, on_battery: bool) -> RestartPlan:
+        """Restart into an installed update when IT's maintenance window says so
+        (:func:`..manage.hostrestart.plan`): logind's ``Reboot``, so systemd stops
+        vmclient-powerd, which saves every running VM as on any shutdown."""
+        from ..manage import hostrestart, hostupdate
+        rec = hostupdate.load_record(self.agent.cfg.state_dir)
+        # installed in this boot: after a restart the next look clears it (no loop)
+        pending = self.enabled and bool(rec.installed) and rec.boot == self.boot()
+        window = None
+        if pending and rec.window():
+            try:
+                window = hostrestart.Window.parse(rec.window())
+            except hostrestart.BadWindow as exc:
+                log.warning("host update: %s", exc)
+        if window is None:
+            return hostrestart.plan(self.local_now(), None, pending=pending, user_active=True,
+                                    on_ac=not on_battery)
+        try:
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        except (OSError, DBusError) as exc:
+            log.warning("host update: no system bus for the maintenance restart: %s", exc)
+            return hostrestart.plan(self.local_now(), None, pending=pending,
+                                    user_active=True, on_ac=not on_battery)
+        try:
+            logind = Logind(bus)
+            await logind.connect()
+            in_use = self.cfg.wait_for_idle and not await logind.idle()
+            plan = hostrestart.plan(self.local_now(), window, pending=True,
+                                    user_active=in_use, on_ac=not on_battery)
+            log.info("host update %s: %s restart (%s)", rec.installed, plan.action,
+                     plan.reason)
+            if plan.action == hostrestart.NOW:
+                log.warning("host update %s: restarting in the maintenance window %s; "
+                            "vmclient-powerd saves the VMs", rec.installed, window)
+                await logind.reboot()
+        except ServiceUnavailable as exc:
+            log.warning("host update: maintenance restart: %s", exc)
+            plan = hostrestart.plan(self.local_now(), window, pending=True, user_active=True,
+                                    on_ac=not on_battery)
+        finally:
+            bus.disconnect()
+        return plan
 
 
 def install_guard(bus: MessageBus, enrol: Callable[[str], Awaitable[str]]) -> None:

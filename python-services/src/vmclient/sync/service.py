@@ -58,6 +58,7 @@ class SyncInterface(ServiceInterface):
         self.current = ""
         self.lease_state, self.lease_remaining = "", -1
         self.host_update = ""  # a host release installed, waiting for a restart
+        self.host_restart_at = 0  # when the laptop restarts into it by itself (0: the user)
         self._last_emit = 0.0
 
     # Methods: declared for introspection; calls arrive through the guard (daemon.py).
@@ -112,6 +113,10 @@ class SyncInterface(ServiceInterface):
     def HostUpdate(self) -> s:  # type: ignore[name-defined]  # noqa: F821
         return self.host_update
 
+    @dbus_property(access=PropertyAccess.READ)
+    def HostRestartAt(self) -> x:  # type: ignore[name-defined]  # noqa: F821
+        return self.host_restart_at
+
     def _cur(self) -> VMStatus:
         return self.vms.get(self.current) or VMStatus("")
 
@@ -124,7 +129,7 @@ class SyncInterface(ServiceInterface):
                 "State": int(self._state()), "CurrentVM": self.current, "BytesDone": cur.done,
                 "BytesTotal": cur.total, "Rate": float(cur.rate),
                 "LeaseState": self.lease_state, "LeaseRemaining": self.lease_remaining,
-                "HostUpdate": self.host_update}
+                "HostUpdate": self.host_update, "HostRestartAt": self.host_restart_at}
 
     def changed(self, *, progress: bool = False) -> None:
         """Announce the properties; progress updates at most every 0.2 s."""
