@@ -137,7 +137,8 @@ def test_crypttab_unlocks_the_partition_repart_creates_and_the_mount_unit_mounts
     assert device == f"/dev/disk/by-partlabel/{label}"
     assert key == "-"
     assert "tpm2-device=auto" in options.split(",")
-    assert "headless" not in options, "without the TPM2 the console must ask for the recovery key"
+    # without the TPM2, vmclient-data-recovery.service asks (the same on every systemd)
+    assert "headless=true" in options.split(",")
     mount = _ini((PERSIST / "files" / "vmclient-data.mount.in").read_text())
     assert mount["Mount"]["What"] == f"/dev/mapper/{name}"
     assert mount["Mount"]["Where"] == "@datadir@"
@@ -288,6 +289,88 @@ def test_persistent_bind_units_fail_rather_than_skip():
     for before in ("local-fs.target", "systemd-journal-flush.service"):
         assert re.search(rf"^Before=.*\b{re.escape(before)}\b", unit, re.M), before
     assert re.search(r"^After=.*\bvar-volatile-lib\.service\b", unit, re.M)
+
+
+def _unit_lines(text: str, key: str) -> list[str]:
+    return [ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith(key + "=")]
+
+
+def test_machine_id_is_kept_on_the_data_partition_and_never_in_the_image():
+    # The read-only root's /etc/machine-id is empty: PID 1 makes a new one at every
+    # boot.  The first boot's is kept on the data partition and bound over it
+    # before anything reads it, and journald takes it before its flush.
+    assert "read-only-rootfs" in bbvars.words(IMAGE, "IMAGE_FEATURES")
+    assert "machine-id" not in IMAGE.read_text().replace("vmclient-machine-id", "")
+    unit = (PERSIST / "files" / "vmclient-machine-id.service.in").read_text()
+    execs = _unit_lines(unit, "ExecStart")
+    assert execs[0] == "@base_sbindir@/mount-copybind @datadir@/machine-id /etc/machine-id"
+    assert "systemctl restart systemd-journald.service" in execs[1]
+    assert _unit_lines(unit, "RequiresMountsFor") == ["@datadir@"]
+    assert _unit_lines(unit, "ConditionPathIsReadWrite") == ["!/etc"]
+    before = " ".join(_unit_lines(unit, "Before")).split()
+    assert {"local-fs.target", "systemd-journal-flush.service"} <= set(before)
+    recipe = PERSIST / "vmclient-persist.bb"
+    assert "vmclient-machine-id.service" in bbvars.value(recipe, "SYSTEMD_SERVICE:${PN}")
+    assert "file://vmclient-machine-id.service.in" in bbvars.words(recipe, "SRC_URI")
+
+
+DATA_USERS = ("libvirtd.service", "vmclient-powerd.service", "vmclient-provd.service",
+              "vmclient-syncd.service", "vmclient-recovery-key.service", "weston.service")
+
+
+def test_boot_waits_for_the_recovery_key_and_nothing_that_needs_the_data_starts_without_it():
+    files = PERSIST / "files"
+    # /dev/mapper/vmdata requires systemd-cryptsetup@vmdata.service (the generator's
+    # doing): the recovery key's prompt is in that unit, after systemd-cryptsetup's
+    # TPM2 attempt (crypttab headless: exit status 1 when the TPM2 refuses)
+    recovery = (files / "systemd-cryptsetup-vmdata.conf.in").read_text()
+    assert _unit_lines(recovery, "SuccessExitStatus") == ["1"]
+    assert _unit_lines(recovery, "ExecStart") == ["@libexecdir@/vmclient-data-recovery"]
+    assert _unit_lines(recovery, "TimeoutSec") == ["infinity"]
+    assert ("${systemd_system_unitdir}/systemd-cryptsetup@vmdata.service.d/50-vmclient-recovery.conf"
+            in (PERSIST / "vmclient-persist.bb").read_text())
+    script = (files / "vmclient-data-recovery").read_text()
+    subprocess.run(["sh", "-n", str(files / "vmclient-data-recovery")], check=True)
+    assert '[ -b "/dev/mapper/$name" ] && exit 0' in script  # the TPM2 opened it
+    assert not re.search(r"^\s*exit 1\b|\|\| exit 1$", script, re.M), "1 counts as success"
+    assert "systemd-ask-password --timeout=0" in script
+    assert 'cryptsetup open --type luks2 --key-file=- "$dev" "$name"' in script
+    # sealed again to the PCR repart sealed it to (systemd-repart's default, 7)
+    assert "systemd-cryptenroll --wipe-slot=tpm2 --tpm2-device=auto --tpm2-pcrs=7" in script
+    assert "TPM2PCRs" not in (files / "50-vmdata.conf").read_text()
+    used = (files / "vmclient-recovery-key-used.service.in").read_text()
+    assert "rm -f @datadir@/device/recovery-key @datadir@/device/recovery-key.pending" in used
+    # what needs the partition requires vmclient-data.target, which requires it all
+    users = bbvars.words(DISTRO, "VMCLIENT_DATA_USERS")
+    assert set(DATA_USERS) <= set(users), users
+    services = LAYER / "recipes-vmclient" / "vmclient-services" / "vmclient-services.bb"
+    for unit in re.findall(r"vmclient-[a-z-]+\.service", bbvars.value(services, "SYSTEMD_SERVICE:${PN}")):
+        if unit != "vmclient-boot-check.service":  # it only asks the others on the bus
+            assert unit in users, f"{unit} would start without the data partition"
+    dropin = _ini((files / "vmclient-data-user.conf").read_text())
+    assert dropin["Unit"]["Requires"] == dropin["Unit"]["After"] == "vmclient-data.target"
+    target = (files / "vmclient-data.target.in").read_text()
+    assert _unit_lines(target, "Requires") == ["@units@"]
+    recipe = (PERSIST / "vmclient-persist.bb").read_text()
+    assert ("s#@units@#${VMCLIENT_DATA_MOUNT} ${@vmclient_persist_units(d)} "
+            "vmclient-machine-id.service#g") in recipe
+    assert "$unit.d/50-vmclient-data.conf" in recipe
+    assert "cryptsetup" in bbvars.words(PERSIST / "vmclient-persist.bb", "RDEPENDS:${PN}")
+
+
+def test_seat_users_home_is_on_the_data_partition_with_its_owner():
+    data_dir = distro_value("VMCLIENT_DATA_DIR")
+    extra = {"VMCLIENT_DATA_DIR": data_dir}
+    binds = {expand(where, extra): expand(what, extra)
+             for what, where in bbvars.lines(DISTRO, "VMCLIENT_PERSISTENT_BINDS")}
+    assert binds.get("/home") == f"{data_dir}/home", binds
+    weston = LAYER / "recipes-graphics" / "wayland"
+    assert (weston / "weston-init" / "vmclient-home.conf").read_text().splitlines()[-1] == (
+        "d @WESTON_USER_HOME@ 0700 @WESTON_USER@ @WESTON_USER@ -")
+    append = (weston / "weston-init.bbappend").read_text()
+    assert "${nonarch_libdir}/tmpfiles.d/vmclient-weston-home.conf" in append
+    assert "file://vmclient-home.conf" in bbvars.value(weston / "weston-init.bbappend",
+                                                       "SRC_URI:append:vmclient")
 
 
 def test_journal_persists_with_a_size_cap():

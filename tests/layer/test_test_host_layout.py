@@ -61,7 +61,24 @@ def test_test_host_binds_what_the_distro_binds_with_the_recipes_units(tmp_path: 
     assert (root / "etc/crypttab").read_text() == (
         LAYER / "recipes-core/vmclient-persist/files/crypttab").read_text()
     assert (root / "usr/lib/repart.d/50-vmdata.conf").exists()
-    assert set(enabled) == set(units)
+    assert set(enabled) == set(units) - set(layout.STATIC)
+    assert "vmclient-machine-id.service" in enabled
+    target = _ini(units["vmclient-data.target"])
+    assert set(target["Unit"]["Requires"].split()) == {
+        "var-lib-vmclient.mount", "vmclient-machine-id.service",
+        *(f"vmclient-persist-{layout.unit_name(where)}.service" for _, where in binds)}
+    recovery = _ini((root / layout.RECOVERY_DROPIN).read_text())
+    assert recovery["Service"]["ExecStart"] == "/usr/libexec/vmclient-data-recovery"
+    assert os.access(root / "usr/libexec/vmclient-data-recovery", os.X_OK)
+    # every unit that needs the partition requires it; the test host's desktop is
+    # vmclient-desktop.service (the image's weston.service)
+    users = layout.data_users((LAYER / "conf/distro/vmclient.conf").read_text())
+    assert "weston.service" in users and "libvirtd.service" in users
+    for user in users:
+        dropin = root / layout.UNIT_DIR / f"{layout.DESKTOP_UNIT.get(user, user)}.d/50-vmclient-data.conf"
+        assert _ini(dropin.read_text())["Unit"]["Requires"] == "vmclient-data.target", user
+    assert (root / "usr/lib/tmpfiles.d/vmclient-weston-home.conf").read_text().splitlines()[-1] == (
+        "d /home/weston 0700 weston weston -")
 
 
 LAYERS_DIR = os.environ.get("VMCLIENT_LAYERS_DIR", "")  # as test_check_layer.py

@@ -535,7 +535,10 @@ class Machine:
             "-device", "virtio-net-pci,netdev=n0" + (",romfile=" if c.firmware_code else ""),
             "-device", "virtio-rng-pci",
             "-display", "none", "-vga", "none", "-monitor", "none",
-            "-chardev", f"file,id=con0,path={self.console_log},append=on",
+            # the serial console: logged to console_log, and typed on through
+            # console_type() (a person at a prompt on it)
+            "-chardev", f"socket,id=con0,path={self._console_sock},server=on,wait=off,"
+                        f"logfile={self.console_log},logappend=on",
             "-serial", "chardev:con0",
             "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
             "-qmp", f"unix:{self.workdir / 'qmp-events.sock'},server=on,wait=off",
@@ -558,7 +561,7 @@ class Machine:
         if self.running:
             raise HarnessError("machine already running")
         self._make_overlay()
-        for sock in ("qmp.sock", "qmp-events.sock"):
+        for sock in ("qmp.sock", "qmp-events.sock", self._console_sock.name):
             (self.workdir / sock).unlink(missing_ok=True)
         self.port = port or free_port()
         self.boots += 1
@@ -595,6 +598,19 @@ class Machine:
     def qemu_log_tail(self, n: int = 20) -> str:
         p = self.workdir / "qemu.log"
         return "\n".join(p.read_text(errors="replace").splitlines()[-n:]) if p.exists() else ""
+
+    @property
+    def _console_sock(self) -> Path:
+        return self.workdir / "console.sock"
+
+    def console_type(self, text: str) -> None:
+        """Type text on the serial console, as a person at a prompt there would."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(self._console_sock))
+            for ch in text.encode():  # a UART takes one byte at a time
+                s.sendall(bytes([ch]))
+                time.sleep(0.01)
+            time.sleep(1)  # QEMU reads what was sent before it sees the hang-up
 
     def console_tail(self, n: int = 40) -> str:
         if not self.console_log.exists():

@@ -8,16 +8,21 @@
 
 FILESEXTRAPATHS:prepend:vmclient := "${THISDIR}/weston-init:"
 
-SRC_URI:append:vmclient = " file://50-vmclient.conf"
+SRC_URI:append:vmclient = " file://50-vmclient.conf file://vmclient-home.conf"
 
 do_install:append:vmclient() {
     sed -i -e 's,@bindir@,${bindir},g' ${D}${sysconfdir}/xdg/weston/weston.ini
     if ${@bb.utils.contains('DISTRO_FEATURES', 'systemd', 'true', 'false', d)}; then
         install -D -m 0644 ${UNPACKDIR}/50-vmclient.conf ${D}${systemd_system_unitdir}/weston.service.d/50-vmclient.conf
     fi
+    # The seat user's home on the data partition (vmclient-persist binds
+    # /home from it): systemd-tmpfiles makes it with its owner.
+    sed -e 's,@WESTON_USER_HOME@,${WESTON_USER_HOME},g' -e 's,@WESTON_USER@,${WESTON_USER},g' \
+        ${UNPACKDIR}/vmclient-home.conf > ${UNPACKDIR}/vmclient-home.conf.out
+    install -D -m 0644 ${UNPACKDIR}/vmclient-home.conf.out ${D}${nonarch_libdir}/tmpfiles.d/vmclient-weston-home.conf
 }
 
-FILES:${PN}:append:vmclient = " ${systemd_system_unitdir}/weston.service.d"
+FILES:${PN}:append:vmclient = " ${systemd_system_unitdir}/weston.service.d ${nonarch_libdir}/tmpfiles.d"
 
 # The shell Weston starts ([autolaunch] in weston.ini).
 RDEPENDS:${PN}:append:vmclient = " vmclient-shell"

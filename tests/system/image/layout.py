@@ -30,12 +30,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 LAYER = HERE.parents[2] / "meta-vmclient"
 PERSIST = LAYER / "recipes-core" / "vmclient-persist" / "files"
+WESTON_INIT = LAYER / "recipes-graphics" / "wayland" / "weston-init"
 DISTRO_CONF = LAYER / "conf" / "distro" / "vmclient.conf"
 OE_CORE = HERE / "oe-core"
 
 # bitbake.conf's paths for a merged-/usr systemd distro, as the Debian host has them
-PATHS = {"localstatedir": "/var", "sysconfdir": "/etc", "base_sbindir": "/sbin"}
+PATHS = {"localstatedir": "/var", "sysconfdir": "/etc", "base_sbindir": "/sbin",
+         "libexecdir": "/usr/libexec"}
 UNIT_DIR = "usr/lib/systemd/system"
+# The test host's seat user and its desktop unit (weston-init's WESTON_USER and
+# weston.service on the image; image/build and overlay/ here)
+WESTON_USER = "weston"
+DESKTOP_UNIT = {"weston.service": "vmclient-desktop.service"}
 # volatile-binds.bb's default (the vmclient distro does not change it)
 VOLATILE_BINDS = (
     ("/var/volatile/lib", "/var/lib"),
@@ -83,6 +89,11 @@ def persistent_binds(conf_text: str) -> tuple[str, list[tuple[str, str]]]:
     return data_dir, binds
 
 
+def data_users(conf_text: str) -> list[str]:
+    """The distro's VMCLIENT_DATA_USERS: the units that require vmclient-data.target."""
+    return distro_var(conf_text, "VMCLIENT_DATA_USERS").split()
+
+
 def _fill(template: Path, **subs: str) -> str:
     text = template.read_text()
     for key, value in subs.items():
@@ -112,11 +123,30 @@ def units() -> dict[str, str]:
     data_dir, binds = persistent_binds(DISTRO_CONF.read_text())
     out[unit_name(data_dir) + ".mount"] = _fill(PERSIST / "vmclient-data.mount.in",
                                                 datadir=data_dir)
+    persist = []
     for what, where in binds:
-        out[f"vmclient-persist-{unit_name(where)}.service"] = _fill(
+        name = f"vmclient-persist-{unit_name(where)}.service"
+        persist.append(name)
+        out[name] = _fill(
             PERSIST / "vmclient-persist.service.in", what=what, where=where, datadir=data_dir,
             base_sbindir=PATHS["base_sbindir"])
+    for name in ("vmclient-machine-id.service", "vmclient-recovery-key-used.service"):
+        out[name] = _fill(PERSIST / f"{name}.in", datadir=data_dir,
+                          base_sbindir=PATHS["base_sbindir"], libexecdir=PATHS["libexecdir"])
+    out["vmclient-data.target"] = _fill(
+        PERSIST / "vmclient-data.target.in",
+        units=" ".join([unit_name(data_dir) + ".mount", *persist, "vmclient-machine-id.service"]))
     return out
+
+
+# Started by what requires them (the recipe's VMCLIENT_DATA_STATIC), not enabled.
+STATIC = ("vmclient-data.target", "vmclient-recovery-key-used.service")
+# systemd-cryptsetup@vmdata.service's drop-in: the recovery key when the TPM2 refuses
+RECOVERY_DROPIN = f"{UNIT_DIR}/systemd-cryptsetup@vmdata.service.d/50-vmclient-recovery.conf"
+
+
+def recovery_dropin() -> str:
+    return _fill(PERSIST / "systemd-cryptsetup-vmdata.conf.in", libexecdir=PATHS["libexecdir"])
 
 
 def _put(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
@@ -164,7 +194,17 @@ def install(root: Path) -> list[str]:
     _put(root, "etc/crypttab", (PERSIST / "crypttab").read_text())
     _put(root, "usr/lib/systemd/journald.conf.d/50-vmclient.conf",
          (PERSIST / "50-vmclient-journal.conf").read_text())
-    return sorted(made)
+    _put(root, "usr/libexec/vmclient-data-recovery",
+         (PERSIST / "vmclient-data-recovery").read_text(), 0o755)
+    _put(root, RECOVERY_DROPIN, recovery_dropin())
+    for user in data_users(DISTRO_CONF.read_text()):
+        _put(root, f"{UNIT_DIR}/{DESKTOP_UNIT.get(user, user)}.d/50-vmclient-data.conf",
+             (PERSIST / "vmclient-data-user.conf").read_text())
+    # weston-init.bbappend: the seat user's home, made on the data partition
+    _put(root, "usr/lib/tmpfiles.d/vmclient-weston-home.conf",
+         _fill(WESTON_INIT / "vmclient-home.conf", WESTON_USER_HOME=f"/home/{WESTON_USER}",
+               WESTON_USER=WESTON_USER))
+    return sorted(set(made) - set(STATIC))
 
 
 if __name__ == "__main__":  # print what would be installed

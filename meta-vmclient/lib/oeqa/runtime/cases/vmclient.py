@@ -183,7 +183,7 @@ class VMClientHostTest(OERuntimeTestCase):
     @OETestDepends(['vmclient.VMClientHostTest.test_state_lives_on_the_data_partition'])
     def test_persistent_directories_are_bound_from_the_data_partition(self):
         data = self.run_ok('findmnt -n -o SOURCE %s' % DATA_DIR).strip()
-        for where in ('/etc/libvirt', '/var/lib/libvirt', '/var/log/journal'):
+        for where in ('/etc/libvirt', '/var/lib/libvirt', '/var/log/journal', '/home'):
             # A bind shows the data partition as its source, an overlay
             # (mount-copybind's first choice) its upper directory on it;
             # neither is there when the unit skipped itself (tmpfs).
@@ -218,7 +218,10 @@ class VMClientHostTest(OERuntimeTestCase):
             self.run_ok('journalctl --flush')
             marker = 'vmclient-oeqa-marker-%d' % int(time.time())
             self.run_ok('logger -t vmclient-oeqa %s && journalctl --sync' % marker)
+            machine_id = self.run_ok('cat /etc/machine-id').strip()
             self.reboot()
+            # the ID the first boot kept on the data partition, not a new transient one
+            self.assertEqual(self.run_ok('cat /etc/machine-id').strip(), machine_id)
             self.run_ok('%s dominfo %s' % (VIRSH, PERSIST_DOMAIN), timeout=60)
             self.run_ok('%s net-info %s' % (VIRSH, PERSIST_NETWORK), timeout=60)
             self.run_ok('%s start %s' % (VIRSH, PERSIST_DOMAIN), timeout=120)
