@@ -16,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from ..errors import VMClientError
+from ..errors import UsageError, VMClientError
 from ..store.hostformat import window_problem
 
 NOW, LATER, NEVER = "now", "later", "never"
+WAIT_AC, WAIT_IDLE = "AC power", "idle"  # RestartPlan.waiting (the Sync HostRestartWaiting)
+MAX_POSTPONE_S = 7 * 86400  # the longest a user may put the restart off at once
 
 
 class BadWindow(VMClientError):
@@ -79,6 +81,7 @@ class RestartPlan:
     at: datetime | None = None  # later: the earliest time it may happen (start of a window)
     until: datetime | None = None  # the end of that window
     reason: str = ""
+    waiting: str = ""  # later, inside the window: what it waits for ("AC power", "idle")
 
 
 def plan(now: datetime, window: Window | None, *, pending: bool, user_active: bool,
@@ -99,10 +102,27 @@ def plan(now: datetime, window: Window | None, *, pending: bool, user_active: bo
     if start <= now < end and earliest == now:
         if not on_ac:
             return RestartPlan(LATER, start, end, "in the maintenance window, on battery: "
-                               "waiting for AC")
+                               "waiting for AC", WAIT_AC)
         if user_active:
             return RestartPlan(LATER, start, end, "in the maintenance window, the laptop "
-                               "is in use: waiting until it is idle")
+                               "is in use: waiting until it is idle", WAIT_IDLE)
         return RestartPlan(NOW, start, end, f"in the maintenance window {window}")
     why = "postponed by the user" if earliest != now else "outside the maintenance window"
     return RestartPlan(LATER, max(start, earliest), end, f"{why}: at {window}")
+
+
+def postponed(now: datetime, window: Window, seconds: int) -> datetime:
+    """Until when a user's "later" puts the restart off: ``seconds`` from now (at most
+    :data:`MAX_POSTPONE_S`), or with 0 past the window's occurrence it is in or that
+    opens next (tonight's is skipped, the next night's holds)."""
+    if seconds < 0 or seconds > MAX_POSTPONE_S:
+        raise BadPostponement(seconds, MAX_POSTPONE_S)
+    return now + timedelta(seconds=seconds) if seconds else window.opening(now)[1]
+
+
+class NothingToPostpone(UsageError):
+    """Postponing the host restart: {}"""
+
+
+class BadPostponement(UsageError):
+    """Postponing the host restart by {} seconds: at most {} (0: past the next window)"""
