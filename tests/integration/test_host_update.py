@@ -349,8 +349,9 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
     async with laptop(tmp_path) as lap:
         lap.admin = admin_keys.load(tmp_path / "keys").admin
         agent = await lap.enrol()
+        assert sconfig.HostUpdates().wait_for_idle  # the shell sets IdleHint
         cfg = sconfig.SyncConfig(host_updates=sconfig.HostUpdates(
-            channel="testing", data_dir=tmp_path / "host-data"))
+            channel="testing", data_dir=tmp_path / "host-data", wait_for_idle=False))
         # the catalog look of a cycle records the channel's window
         up = hostupdate.HostUpdater(hostupdate.HostConfig(
             lap.cfg.state_dir, tmp_path / "host-data", "testing"), lap.remote,
