@@ -426,7 +426,12 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
         await host.after_cycle(False, ac)
         assert (iface.host_restart_at, len(reboots())) == (later, 2)
         assert "(automatic at " in sync_text(iface.values(), now=now[0].timestamp())
+        # "Later" again: one more night
+        assert host.postpone_restart(0) == int(datetime(2026, 12, 10, 0, 30).timestamp())
         now[0] = datetime(2026, 12, 9, 0, 30)
+        await host.after_cycle(False, ac)
+        assert len(reboots()) == 2
+        now[0] = datetime(2026, 12, 10, 0, 30)
         await host.after_cycle(False, ac)
         assert len(reboots()) == 3
         boot[0] = "boot-3"  # restarted: nothing left to postpone

@@ -110,5 +110,19 @@ def test_later_skips_the_window_it_is_in_or_that_opens_next_or_waits_the_seconds
     assert postponed(at("2026-12-07 03:00"), EARLY, 3600) == at("2026-12-07 04:00")
     d = go("2026-12-07 03:00", postponed_until=postponed(at("2026-12-07 03:00"), EARLY, 0))
     assert (d.action, d.at) == (LATER, at("2026-12-08 02:00"))
-    with pytest.raises(BadPostponement, match="691200 seconds: at most 604800"):
+    with pytest.raises(BadPostponement, match="by 691200 seconds: it may wait at most 604800"):
         postponed(at("2026-12-07 03:00"), EARLY, 8 * 86400)
+
+
+def test_each_later_skips_one_more_window_but_never_past_seven_days() -> None:
+    now = at("2026-12-07 12:00")
+    until = postponed(now, NIGHT, 0)
+    assert until == at("2026-12-08 05:00")
+    for day in range(9, 15):
+        until = postponed(now, NIGHT, 0, until)
+        assert until == at(f"2026-12-{day:02} 05:00")
+    with pytest.raises(BadPostponement, match="past another window, to 2026-12-15 05:00: "
+                       "it may wait at most 604800 seconds"):
+        postponed(now, NIGHT, 0, until)  # the 15th at 05:00 is more than 7 days away
+    assert postponed(now, NIGHT, 60, until) == at("2026-12-07 12:01")  # seconds: from now
+    assert postponed(now, NIGHT, 0, at("2026-12-07 11:00")) == at("2026-12-08 05:00")

@@ -111,13 +111,20 @@ def plan(now: datetime, window: Window | None, *, pending: bool, user_active: bo
     return RestartPlan(LATER, max(start, earliest), end, f"{why}: at {window}")
 
 
-def postponed(now: datetime, window: Window, seconds: int) -> datetime:
-    """Until when a user's "later" puts the restart off: ``seconds`` from now (at most
-    :data:`MAX_POSTPONE_S`), or with 0 past the window's occurrence it is in or that
-    opens next (tonight's is skipped, the next night's holds)."""
-    if seconds < 0 or seconds > MAX_POSTPONE_S:
-        raise BadPostponement(seconds, MAX_POSTPONE_S)
-    return now + timedelta(seconds=seconds) if seconds else window.opening(now)[1]
+def postponed(now: datetime, window: Window, seconds: int,
+              already: datetime | None = None) -> datetime:
+    """Until when a user's "later" puts the restart off: ``seconds`` from now, or with 0
+    past the window's occurrence the restart is planned in (the one ``now`` is in or
+    that opens next; after an earlier postponement ``already``, the one after it): each
+    "later" skips one more night.  Never more than :data:`MAX_POSTPONE_S` from now."""
+    if seconds:
+        until = now + timedelta(seconds=seconds)
+    else:
+        until = window.opening(already if already is not None and already > now else now)[1]
+    if seconds < 0 or until - now > timedelta(seconds=MAX_POSTPONE_S):
+        raise BadPostponement(f"by {seconds} seconds" if seconds else
+                              f"past another window, to {until:%Y-%m-%d %H:%M}", MAX_POSTPONE_S)
+    return until
 
 
 class NothingToPostpone(UsageError):
@@ -125,4 +132,4 @@ class NothingToPostpone(UsageError):
 
 
 class BadPostponement(UsageError):
-    """Postponing the host restart by {} seconds: at most {} (0: past the next window)"""
+    """Postponing the host restart {}: it may wait at most {} seconds (7 days) from now"""

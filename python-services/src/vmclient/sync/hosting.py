@@ -255,7 +255,7 @@ class HostUpdates:
                 "IT set no maintenance window: the laptop does not restart by itself")
         window = hostrestart.Window.parse(rec.window())
         now = self.local_now()
-        until = hostrestart.postponed(now, window, seconds)
+        until = hostrestart.postponed(now, window, seconds, self.postponed_until(rec))
         doc = {"release": rec.installed, "boot": rec.boot, "until": until.isoformat()}
         write_atomic(self.agent.cfg.state_dir / POSTPONED,
                      json.dumps(doc, sort_keys=True).encode())
