@@ -103,6 +103,7 @@ def main() -> int:
                 "sound": {n: [d.sound.recording_allowed, d.sound.muted]
                           for n, d in shell.displays.items()},
                 "sound_button": shell.statusbar.buttons["sound"].get_label(),
+                "later": shell.statusbar.buttons["later"].get_visible(),
                 "usb": {n: bool(m.props.auto_connect) for n, m in shell.usb.managers.items()},
                 "usb_unavailable": shell.usb.unavailable,
                 "lock_message": shell.lock_page.message.get_text(),

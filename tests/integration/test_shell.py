@@ -311,6 +311,7 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
     st = bare_shell.ask("state")
     assert st["none"].startswith("Cannot list the VMs") and len(st["none"]) > 120, st
     assert st["min_width"] <= WIDTH, st
+    assert st["later"] is False, st  # "Later" only while syncd plans a host restart
     laptop.set_ac(False)
     laptop.set_battery(42)
     wait_for(lambda: power() == "On battery, 42%", 20, "the bar following powerd")
