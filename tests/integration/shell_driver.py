@@ -16,6 +16,8 @@ Commands, one a line; each answers one JSON line:
   click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown)
   switch                -> Super+Tab, answered once GTK has painted the next frame:
                            {"ms": from the key press to that frame, "current": vm}
+  poke                  -> a Shift press and release through GDK's event queue (the
+                           path a compositor's input takes, which the idle hint watches)
   lock | unlock         -> the lock page on / off
 The product has no such channel: this file is not part of it.  The shell here shows
 only the VMs whose names start with $VMCLIENT_TEST_PREFIX: the libvirtd is shared
@@ -38,6 +40,7 @@ from gi.repository import Gdk, GLib, Gtk
 
 from vmclient import log as vlog
 from vmclient.shell import bus, state
+from vmclient.shell.idle import IdleHint
 from vmclient.shell.window import Shell
 
 MODS = {"super": Gdk.ModifierType.SUPER_MASK | Gdk.ModifierType.MOD4_MASK,
@@ -64,6 +67,9 @@ def main() -> int:
     shell.first.progress.connect("notify::label",
                                  lambda lbl, _p: first_progress.append(lbl.get_text()))
     shell.start()
+    idle = IdleHint(shell.conn, idle_after=float(os.environ.get("VMCLIENT_TEST_IDLE_S", "900")),
+                    check_s=1)  # as main() starts it, sooner
+    idle.start()
 
     def reply(obj: Any) -> None:
         print(json.dumps(obj), flush=True)
@@ -97,6 +103,7 @@ def main() -> int:
                 "sound": {n: [d.sound.recording_allowed, d.sound.muted]
                           for n, d in shell.displays.items()},
                 "sound_button": shell.statusbar.buttons["sound"].get_label(),
+                "later": shell.statusbar.buttons["later"].get_visible(),
                 "usb": {n: bool(m.props.auto_connect) for n, m in shell.usb.managers.items()},
                 "usb_unavailable": shell.usb.unavailable,
                 "lock_message": shell.lock_page.message.get_text(),
@@ -175,6 +182,16 @@ def main() -> int:
                        "current": shell.state.current})
             handler = clock.connect("after-paint", painted)
             key(15, "Tab", ["super"])
+        elif cmd == "poke":  # a Shift press and release through GDK's queue, as input comes
+            for kind in (Gdk.EventType.KEY_PRESS, Gdk.EventType.KEY_RELEASE):
+                ev = Gdk.Event.new(kind)
+                ev.key.window = shell.window.get_window()
+                ev.key.send_event = True
+                ev.key.keyval = Gdk.keyval_from_name("Shift_L")
+                ev.key.hardware_keycode = 42 + 8
+                ev.key.time = Gtk.get_current_event_time()
+                ev.put()
+            reply({"ok": True})
         elif cmd == "lock":
             shell.lock()
             reply({"ok": True})

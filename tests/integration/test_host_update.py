@@ -26,6 +26,7 @@ from vmclient.admin import keys as admin_keys
 from vmclient.host.keys import pinned_admin_key
 from vmclient.manage import hostupdate
 from vmclient.manage.hostpolicy import INSTALL, REFUSE, WAIT
+from vmclient.manage.hostrestart import NothingToPostpone
 from vmclient.shell.bar import sync_text
 from vmclient.store.remote import PassOn
 from vmclient.store.repo import get_catalog, get_config
@@ -348,8 +349,9 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
     async with laptop(tmp_path) as lap:
         lap.admin = admin_keys.load(tmp_path / "keys").admin
         agent = await lap.enrol()
+        assert sconfig.HostUpdates().wait_for_idle  # the shell sets IdleHint
         cfg = sconfig.SyncConfig(host_updates=sconfig.HostUpdates(
-            channel="testing", data_dir=tmp_path / "host-data"))
+            channel="testing", data_dir=tmp_path / "host-data", wait_for_idle=False))
         # the catalog look of a cycle records the channel's window
         up = hostupdate.HostUpdater(hostupdate.HostConfig(
             lap.cfg.state_dir, tmp_path / "host-data", "testing"), lap.remote,
@@ -380,6 +382,9 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
         now[0] = datetime(2026, 12, 8, 1, 0)  # in the window, past midnight
         await host.after_cycle(False, battery)
         assert reboots() == []  # waits for AC
+        # the window's start is past: the bar says what it waits for, not a past time
+        assert sync_text(iface.values(), now=now[0].timestamp()).endswith(
+            "restart to update (automatic when on AC power)")
         plain = host.host_updates
         idle_cfg = sconfig.SyncConfig(host_updates=replace(cfg.host_updates, wait_for_idle=True))
         host.host_updates = HostUpdates(idle_cfg, agent, local_now=lambda: now[0],
@@ -412,3 +417,23 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
         hostupdate.save_record(lap.cfg.state_dir, replace(rec, ordered_maintenance="00:30-01:30"))
         await host.after_cycle(False, ac)
         assert reboots() == [[False], [False]]
+        # the user's "Later" (PostponeHostRestart(0)): past this window, kept by a syncd
+        # restart; no Reboot until the next night's window
+        later = host.postpone_restart(0)
+        assert later == iface.host_restart_at == int(datetime(2026, 12, 9, 0, 30).timestamp())
+        host.host_updates = HostUpdates(cfg, agent, local_now=lambda: now[0],
+                                        boot=lambda: boot[0])
+        await host.after_cycle(False, ac)
+        assert (iface.host_restart_at, len(reboots())) == (later, 2)
+        assert "(automatic at " in sync_text(iface.values(), now=now[0].timestamp())
+        # "Later" again: one more night
+        assert host.postpone_restart(0) == int(datetime(2026, 12, 10, 0, 30).timestamp())
+        now[0] = datetime(2026, 12, 9, 0, 30)
+        await host.after_cycle(False, ac)
+        assert len(reboots()) == 2
+        now[0] = datetime(2026, 12, 10, 0, 30)
+        await host.after_cycle(False, ac)
+        assert len(reboots()) == 3
+        boot[0] = "boot-3"  # restarted: nothing left to postpone
+        with pytest.raises(NothingToPostpone, match="no host update waits for a restart"):
+            host.postpone_restart(0)

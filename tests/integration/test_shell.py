@@ -311,6 +311,7 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
     st = bare_shell.ask("state")
     assert st["none"].startswith("Cannot list the VMs") and len(st["none"]) > 120, st
     assert st["min_width"] <= WIDTH, st
+    assert st["later"] is False, st  # "Later" only while syncd plans a host restart
     laptop.set_ac(False)
     laptop.set_battery(42)
     wait_for(lambda: power() == "On battery, 42%", 20, "the bar following powerd")
@@ -318,6 +319,35 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
     assert bare_shell.ask("click shutdown") == {"ok": True}
     wait_for(lambda: [list(c[1]) for c in logind.mock.GetMethodCalls("PowerOff")] == [[True]],
              10, "logind's PowerOff called")
+
+
+def test_the_shell_tells_logind_when_no_one_uses_the_laptop(system_bus, logind, tmp_path):
+    """SetIdleHint on the shell's own session (logind's session/auto): in use at the
+    start and at the next input, idle after a while without any."""
+    path = "/org/freedesktop/login1/session/auto"
+    system_bus.connection().get_object("org.freedesktop.login1", "/org/freedesktop/login1"
+                                       ).AddObject(
+        path, "org.freedesktop.login1.Session", {"IdleHint": False},
+        [("SetIdleHint", "b", "", "")], dbus_interface="org.freedesktop.DBus.Mock")
+    session = dbus.Interface(system_bus.connection().get_object("org.freedesktop.login1", path),
+                             "org.freedesktop.DBus.Mock")
+
+    def hints() -> list[bool]:
+        return [bool(c[1][0]) for c in session.GetMethodCalls("SetIdleHint")]
+    weston = Weston()
+    shell = ShellUnderTest(weston, system_bus, tmp_path, "none-",
+                           env={"VMCLIENT_TEST_IDLE_S": "1"})
+    try:
+        wait_for(lambda: hints()[:2] == [False, True], scaled(20), "idle after 1 s")
+        assert shell.ask("poke") == {"ok": True}
+        wait_for(lambda: hints()[:3] == [False, True, False], scaled(10), "in use again")
+    finally:
+        try:
+            shell.stop()
+        finally:
+            weston.stop()
+    assert "Traceback" not in shell.log() and "IdleHint not set" not in shell.log(), \
+        shell.log()
 
 
 def test_the_overview_shows_every_vm_live_in_its_zone_and_one_key_switches(desk):

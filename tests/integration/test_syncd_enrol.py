@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import dbus
 import pytest
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import scaled
@@ -130,6 +131,13 @@ async def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             again = enrol_as(system_bus, code)
             assert again["error"] == ERR + "Failed" and "enrolled already" in again["message"], \
                 again
+            # the guard routes PostponeHostRestart (sync.manage): nothing installed, said so
+            sync = d.conn.get_object("org.vmclient.VMClient1.Sync", "/org/vmclient/VMClient1/Sync")
+            with pytest.raises(dbus.exceptions.DBusException) as refused_later:
+                sync.PostponeHostRestart(dbus.UInt32(0),
+                                         dbus_interface="org.vmclient.VMClient1.Sync")
+            assert refused_later.value.get_dbus_name() == ERR + "InvalidArgs"
+            assert "no host update waits for a restart" in str(refused_later.value)
 
             # the caller's first password: chpasswd hashes it; a second call is refused
             short = enrol_as(system_bus, "short", method="SetPassword")

@@ -8,7 +8,18 @@ from datetime import datetime
 
 import pytest
 
-from vmclient.manage.hostrestart import LATER, NEVER, NOW, BadWindow, Window, plan
+from vmclient.manage.hostrestart import (
+    LATER,
+    NEVER,
+    NOW,
+    WAIT_AC,
+    WAIT_IDLE,
+    BadPostponement,
+    BadWindow,
+    Window,
+    plan,
+    postponed,
+)
 
 NIGHT = Window.parse("22:30-05:00")  # crosses midnight
 EARLY = Window.parse("02:00-04:30")
@@ -73,8 +84,10 @@ def test_local_wall_clock_time_is_not_moved_by_a_dst_change() -> None:
 def test_on_battery_or_in_use_the_laptop_waits_within_the_window() -> None:
     d = go("2026-12-07 03:00", on_ac=False)
     assert (d.action, d.at) == (LATER, at("2026-12-07 02:00")) and "battery" in d.reason
+    assert d.waiting == WAIT_AC
     d = go("2026-12-07 03:00", user_active=True)
-    assert d.action == LATER and "in use" in d.reason
+    assert d.action == LATER and "in use" in d.reason and d.waiting == WAIT_IDLE
+    assert go("2026-12-07 01:00", on_ac=False).waiting == ""  # not yet the window
     assert go("2026-12-07 01:00", on_ac=False, user_active=True).at == at("2026-12-07 02:00")
 
 
@@ -87,3 +100,29 @@ def test_a_postponement_moves_the_restart_to_the_first_window_time_after_it() ->
     assert (d.action, d.at, d.until) == (LATER, at("2026-12-08 01:00"), at("2026-12-08 05:00"))
     assert go("2026-12-07 04:00", postponed_until=at("2026-12-07 03:00")).action == NOW
     assert go("2026-12-07 04:00", postponed_until=at("2026-12-07 04:00")).action == NOW
+
+
+def test_later_skips_the_window_it_is_in_or_that_opens_next_or_waits_the_seconds_asked(
+        ) -> None:
+    assert postponed(at("2026-12-07 03:00"), EARLY, 0) == at("2026-12-07 04:30")
+    assert postponed(at("2026-12-07 12:00"), NIGHT, 0) == at("2026-12-08 05:00")
+    assert postponed(at("2026-12-08 01:00"), NIGHT, 0) == at("2026-12-08 05:00")
+    assert postponed(at("2026-12-07 03:00"), EARLY, 3600) == at("2026-12-07 04:00")
+    d = go("2026-12-07 03:00", postponed_until=postponed(at("2026-12-07 03:00"), EARLY, 0))
+    assert (d.action, d.at) == (LATER, at("2026-12-08 02:00"))
+    with pytest.raises(BadPostponement, match="by 691200 seconds: it may wait at most 604800"):
+        postponed(at("2026-12-07 03:00"), EARLY, 8 * 86400)
+
+
+def test_each_later_skips_one_more_window_but_never_past_seven_days() -> None:
+    now = at("2026-12-07 12:00")
+    until = postponed(now, NIGHT, 0)
+    assert until == at("2026-12-08 05:00")
+    for day in range(9, 15):
+        until = postponed(now, NIGHT, 0, until)
+        assert until == at(f"2026-12-{day:02} 05:00")
+    with pytest.raises(BadPostponement, match="past another window, to 2026-12-15 05:00: "
+                       "it may wait at most 604800 seconds"):
+        postponed(now, NIGHT, 0, until)  # the 15th at 05:00 is more than 7 days away
+    assert postponed(now, NIGHT, 60, until) == at("2026-12-07 12:01")  # seconds: from now
+    assert postponed(now, NIGHT, 0, at("2026-12-07 11:00")) == at("2026-12-08 05:00")

@@ -28,6 +28,6 @@ def test_each_reply_expected_is_the_interface_xmls():
 
     ours = [(iface, method, reply) for _l, _b, _p, iface, method, _a, reply, _t
             in ACTIONS.values() if iface.startswith(names.BUS_NAME)]
-    assert len(ours) == 3
+    assert len(ours) == 4
     for iface, method, reply in ours:
         assert reply == f"({shipped_methods(iface)[method][1]})", (iface, method)

@@ -119,3 +119,30 @@ def test_the_bar_says_when_it_restarts_into_the_update_by_itself(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_inside_the_window_the_bar_says_what_the_restart_waits_for_not_a_past_time():
+    props = {"State": 1, "HostUpdate": "2.1", "HostRestartAt": 1000}
+    assert sync_text({**props, "HostRestartWaiting": "AC power"}, now=1060) \
+        == "restart to update (automatic when on AC power)"
+    assert sync_text({**props, "HostRestartWaiting": "idle"}, now=1060) \
+        == "restart to update (automatic when the laptop is idle)"
+    assert sync_text({**props, "HostRestartWaiting": ""}, now=1060) \
+        == "restart to update (automatic now)"
+    assert sync_text({**props, "HostRestartWaiting": "\x1b[2J"}, now=1060) \
+        == "restart to update (automatic now)"  # not syncd's words: not quoted
+    assert "(automatic at " in sync_text({**props, "HostRestartWaiting": "AC power"}, now=999)
+
+
+def test_later_is_offered_only_while_the_laptop_means_to_restart_by_itself():
+    from vmclient.shell.actions import ACTIONS, result_text
+    from vmclient.shell.bar import postpone_offered
+
+    assert postpone_offered({"HostUpdate": "2.1", "HostRestartAt": 1000})
+    assert not postpone_offered({"HostUpdate": "2.1", "HostRestartAt": 0})  # no window
+    assert not postpone_offered({"HostUpdate": "", "HostRestartAt": 1000})
+    assert not postpone_offered({})
+    label, _b, _p, _i, method, args, _r, _t = ACTIONS["later"]
+    assert (label, method, args) == ("Later", "PostponeHostRestart", ("(u)", (0,)))
+    assert result_text("later", [0]) == "Restart postponed"
+    assert result_text("later", [int(time.time()) + 60]).startswith("Restart postponed to ")

@@ -16,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from ..errors import VMClientError
+from ..errors import UsageError, VMClientError
 from ..store.hostformat import window_problem
 
 NOW, LATER, NEVER = "now", "later", "never"
+WAIT_AC, WAIT_IDLE = "AC power", "idle"  # RestartPlan.waiting (the Sync HostRestartWaiting)
+MAX_POSTPONE_S = 7 * 86400  # the longest a user may put the restart off at once
 
 
 class BadWindow(VMClientError):
@@ -79,6 +81,7 @@ class RestartPlan:
     at: datetime | None = None  # later: the earliest time it may happen (start of a window)
     until: datetime | None = None  # the end of that window
     reason: str = ""
+    waiting: str = ""  # later, inside the window: what it waits for ("AC power", "idle")
 
 
 def plan(now: datetime, window: Window | None, *, pending: bool, user_active: bool,
@@ -99,10 +102,34 @@ def plan(now: datetime, window: Window | None, *, pending: bool, user_active: bo
     if start <= now < end and earliest == now:
         if not on_ac:
             return RestartPlan(LATER, start, end, "in the maintenance window, on battery: "
-                               "waiting for AC")
+                               "waiting for AC", WAIT_AC)
         if user_active:
             return RestartPlan(LATER, start, end, "in the maintenance window, the laptop "
-                               "is in use: waiting until it is idle")
+                               "is in use: waiting until it is idle", WAIT_IDLE)
         return RestartPlan(NOW, start, end, f"in the maintenance window {window}")
     why = "postponed by the user" if earliest != now else "outside the maintenance window"
     return RestartPlan(LATER, max(start, earliest), end, f"{why}: at {window}")
+
+
+def postponed(now: datetime, window: Window, seconds: int,
+              already: datetime | None = None) -> datetime:
+    """Until when a user's "later" puts the restart off: ``seconds`` from now, or with 0
+    past the window's occurrence the restart is planned in (the one ``now`` is in or
+    that opens next; after an earlier postponement ``already``, the one after it): each
+    "later" skips one more night.  Never more than :data:`MAX_POSTPONE_S` from now."""
+    if seconds:
+        until = now + timedelta(seconds=seconds)
+    else:
+        until = window.opening(already if already is not None and already > now else now)[1]
+    if seconds < 0 or until - now > timedelta(seconds=MAX_POSTPONE_S):
+        raise BadPostponement(f"by {seconds} seconds" if seconds else
+                              f"past another window, to {until:%Y-%m-%d %H:%M}", MAX_POSTPONE_S)
+    return until
+
+
+class NothingToPostpone(UsageError):
+    """Postponing the host restart: {}"""
+
+
+class BadPostponement(UsageError):
+    """Postponing the host restart {}: it may wait at most {} seconds (7 days) from now"""

@@ -1,5 +1,7 @@
 """The bar's actions: sync now (vmclient-syncd), pause / resume the VMs (vmclient-powerd),
-shut down (logind).  Each is one D-Bus call through Gio; ``done(message)`` says how it
+put an automatic host restart off past the next maintenance window ("Later",
+vmclient-syncd's ``PostponeHostRestart(0)``, shown only while one is planned), shut
+down (logind).  Each is one D-Bus call through Gio; ``done(message)`` says how it
 went, in words, for the bar.
 
 Who may: the seat's user is in the ``vmclient`` group (the bus policy lets the group
@@ -16,6 +18,7 @@ from typing import Any
 import gi
 
 from ..dbus import names
+from .bar import postponed_text
 
 gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
@@ -32,6 +35,8 @@ ACTIONS: dict[str, tuple[str, str, str, str, str, Any, str, int]] = {
               None, "(as)", TIMEOUT_MS),
     "resume": ("Resume VMs", names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
                "ResumeAll", None, "(as)", TIMEOUT_MS),
+    "later": ("Later", names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
+              "PostponeHostRestart", ("(u)", (0,)), "(x)", TIMEOUT_MS),
     "shutdown": ("Shut down", names.LOGIND_BUS, names.LOGIND_PATH, names.LOGIND_MANAGER,
                  "PowerOff", ("(b)", (True,)), "()", TIMEOUT_MS),
 }
@@ -50,6 +55,8 @@ def result_text(action: str, untrusted_reply: Any) -> str:
         vms = list((untrusted_reply or [[]])[0])
         verb = "paused" if action == "pause" else "resumed"
         return f"{len(vms)} VM{'s' if len(vms) != 1 else ''} {verb}"
+    if action == "later":  # past the next maintenance window
+        return postponed_text((untrusted_reply or [0])[0])
     return "Shutting down\u2026"
 
 

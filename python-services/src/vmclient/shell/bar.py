@@ -6,8 +6,9 @@ The power field comes from vmclient-powerd's ``Power`` properties
 The sync field from vmclient-syncd's ``Sync`` properties: ``State``
 (1 idle, 2 running, 3 paused, 4 waiting), ``CurrentVM``, ``BytesDone``/``BytesTotal``,
 ``LeaseState`` (in words) and ``LeaseRemaining`` (seconds, -1 unknown),
-``HostUpdate`` (a release waiting for a restart) and ``HostRestartAt`` (unix time of
-IT's maintenance restart, 0 none).
+``HostUpdate`` (a release waiting for a restart), ``HostRestartAt`` (unix time of
+IT's maintenance restart, 0 none) and ``HostRestartWaiting`` (what it waits for once
+the window is open).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _duration(seconds: int) -> str:
     return f"{hours} h {rest // 60} min"
 
 
-def sync_text(untrusted_props: Mapping[str, Any]) -> str:
+def sync_text(untrusted_props: Mapping[str, Any], now: float | None = None) -> str:
     """"Syncing work 45%", "Sync paused", "Sync waiting"; then the lease: "lease 13 d 2 h",
     "lease expired"; "" while syncd is not there (or idle and not managed)."""
     if not untrusted_props:
@@ -79,9 +80,35 @@ def sync_text(untrusted_props: Mapping[str, Any]) -> str:
     elif "expired" in str(untrusted_props.get("LeaseState", "")):
         parts.append("lease expired")
     if untrusted_props.get("HostUpdate"):  # a host update is installed: not its text
-        at = _int(untrusted_props.get("HostRestartAt"))
-        parts.append("restart to update" + (f" (automatic at {_clock(at)})" if at > 0 else ""))
+        parts.append("restart to update" + _automatic(untrusted_props, now))
     return " \u00b7 ".join(parts)
+
+
+_WAITING = {"AC power": "when on AC power", "idle": "when the laptop is idle"}
+
+
+def _automatic(untrusted_props: Mapping[str, Any], now: float | None) -> str:
+    """" (automatic at 22:30)"; inside the window (``HostRestartAt`` past) what it waits
+    for, from ``HostRestartWaiting``: " (automatic when on AC power)"; "" no window."""
+    at = _int(untrusted_props.get("HostRestartAt"))
+    if at <= 0:
+        return ""
+    if at > (time.time() if now is None else now):
+        return f" (automatic at {_clock(at)})"
+    return f" (automatic {_WAITING.get(str(untrusted_props.get('HostRestartWaiting')), 'now')})"
+
+
+def postpone_offered(untrusted_props: Mapping[str, Any]) -> bool:
+    """The bar's "Later" button (``PostponeHostRestart``): while the laptop means to
+    restart into an installed host update by itself."""
+    return bool(untrusted_props.get("HostUpdate")) and \
+        _int(untrusted_props.get("HostRestartAt")) > 0
+
+
+def postponed_text(untrusted_at: Any) -> str:
+    """What the bar says when ``PostponeHostRestart`` answered (the new HostRestartAt)."""
+    at = _int(untrusted_at)
+    return f"Restart postponed to {_clock(at)}" if at > 0 else "Restart postponed"
 
 
 def _clock(unix: int) -> str:

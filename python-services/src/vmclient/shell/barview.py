@@ -68,7 +68,9 @@ class Bar:
         self.buttons: dict[str, Any] = {}
         for name, spec in actions.ACTIONS.items():
             self.buttons[name] = flat_button(spec[0], functools.partial(act, name))
-            self.widget.pack_start(self.buttons[name], False, False, 0)
+            if name != "later":  # beside the sync field's "restart to update"
+                self.widget.pack_start(self.buttons[name], False, False, 0)
+        self.buttons["later"].set_no_show_all(True)  # shown while a restart is planned
         for name, text in (("sound", ""), ("usb", "USB")):  # the shown VM's
             self.buttons[name] = flat_button(text, functools.partial(act, name))
             self.widget.pack_start(self.buttons[name], False, False, 0)
@@ -77,6 +79,7 @@ class Bar:
         self.power = label(xalign=1)
         self.power.set_margin_end(4 * FRAME_PX)  # the bar's last pixels stay its colour
         self.widget.pack_end(self.power, False, False, 0)
+        self.widget.pack_end(self.buttons["later"], False, False, 0)
         self.sync = label(xalign=1)
         self.widget.pack_end(self.sync, False, False, 0)
         self.pending = label(xalign=1)

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         from gi.repository import GLib, Gtk
 
         from . import bus
+        from .idle import IdleHint
         from .window import Shell
     except (ImportError, ValueError) as exc:
         log.error("the shell needs GTK 3 and spice-gtk's introspection data: %s", exc)
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, Gtk.main_quit)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, Gtk.main_quit)
     shell.start()
+    idle = IdleHint(conn)  # logind's IdleHint for the maintenance restart
+    idle.start()
     Gtk.main()
+    idle.stop()
     shell.close()
     return 0
 

@@ -113,7 +113,7 @@ class Shell:
             PropsWatch(conn, names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE,
                        self._power),
             PropsWatch(conn, names.SYNC_BUS_NAME, names.SYNC_PATH, names.SYNC_IFACE,
-                       lambda p: self.statusbar.sync.set_text(bar.sync_text(p))),
+                       self._sync),
             PropsWatch(conn, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
                        names.PROVISION_IFACE, self._provisioning),
             PropsWatch(conn, names.SYNC_BUS_NAME, names.MANAGE_PATH, names.MANAGE_IFACE,
@@ -221,6 +221,10 @@ class Shell:
                 self.first.open_at(step, saved)
                 self.render()
         self._feed_first()
+
+    def _sync(self, props: dict[str, Any]) -> None:
+        self.statusbar.sync.set_text(bar.sync_text(props))
+        self.statusbar.buttons["later"].set_visible(bar.postpone_offered(props))
 
     def _provisioning(self, props: dict[str, Any]) -> None:
         self.statusbar.install.set_text(bar.install_text(props))

@@ -78,9 +78,9 @@ class HostUpdates:
     interval_minutes: float = config.setting(
         60.0, min=1, max=7 * 24 * 60, help="minutes between two looks at the catalog")
     wait_for_idle: bool = config.setting(
-        False, help="in IT's maintenance window, restart into an installed update only while "
-        "logind's IdleHint says no one uses the laptop (needs a shell that sets IdleHint; a "
-        "graphical session that never does is never idle)")
+        True, help="in IT's maintenance window, restart into an installed update only while "
+        "logind's IdleHint says no one uses the laptop (vmclient-shell sets its session's "
+        "after 15 minutes without input; a graphical session that never does is never idle)")
 
 
 @dataclass(frozen=True)

@@ -333,8 +333,13 @@ def install_guard(bus: MessageBus, s: Synchronizer) -> None:
     async def snapshots(args: list[Any]) -> list[Any]:
         return [[list(r) for r in await s.snapshots(str(args[0]))]]
 
+    async def postpone(args: list[Any]) -> list[Any]:
+        return [s.host.postpone_restart(int(args[0]))]
+
     install_method_guard(bus, names.SYNC_PATH, names.SYNC_IFACE,
                          names.POLKIT_ACTION_SYNC_MANAGE, {
+                             "PostponeHostRestart": Member("postponing the host restart",
+                                                           postpone),
                              "SyncNow": Member("synchronising VMs", sync_now),
                              "Verify": Member("verifying a snapshot", verify),
                              "ListSnapshots": Member("listing snapshots",

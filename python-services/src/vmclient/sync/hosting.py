@@ -13,6 +13,7 @@ vmclient-provd on the system bus.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import time
@@ -28,6 +29,7 @@ from dbus_fast.errors import DBusError
 from ..dbus import names
 from ..dbus.guard import Member, install_method_guard
 from ..errors import ServiceUnavailable, VMClientError
+from ..host.files import write_atomic
 from ..host.lease import boot_id
 from ..power.logind import Logind
 from ..store import crypto
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from ..manage.hostrestart import RestartPlan
 
 log = logging.getLogger("vmclient.syncd")
+POSTPONED = "host-restart-postponed.json"  # {release, boot, until: local ISO time}
 
 
 class AgentHost:
@@ -94,6 +97,7 @@ class AgentHost:
                     on_battery = facts.on_battery if facts is not None else True
                     plan = await self.host_updates.restart_if_due(on_battery)
                     self.iface.host_restart_at = int(plan.at.timestamp()) if plan.at else 0
+                    self.iface.host_restart_waiting = plan.waiting
                 await self.agent.enforce()
                 lease = self.agent.lease()
                 self.iface.lease_state, self.iface.lease_remaining = lease.reason, \
@@ -113,6 +117,17 @@ class AgentHost:
         log.info("enrolment requested as device %s", device)
         self.show_enrolment()
         return device
+
+    def postpone_restart(self, seconds: int) -> int:
+        """``PostponeHostRestart``: the new ``HostRestartAt``."""
+        if self.agent is None:
+            from ..manage.hostrestart import NothingToPostpone
+            raise NothingToPostpone("this laptop is not managed: no host updates")
+        plan = self.host_updates.postpone(seconds)
+        self.iface.host_restart_at = int(plan.at.timestamp()) if plan.at else 0
+        self.iface.host_restart_waiting = plan.waiting
+        self.iface.changed()
+        return self.iface.host_restart_at
 
     def show_enrolment(self) -> None:
         try:
@@ -185,18 +200,20 @@ class HostUpdates:
         if window is None:
             return hostrestart.plan(self.local_now(), None, pending=pending, user_active=True,
                                     on_ac=not on_battery)
+        until = self.postponed_until(rec)
         try:
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         except (OSError, DBusError) as exc:
             log.warning("host update: no system bus for the maintenance restart: %s", exc)
-            return hostrestart.plan(self.local_now(), None, pending=pending,
-                                    user_active=True, on_ac=not on_battery)
+            return hostrestart.plan(self.local_now(), window, pending=True, user_active=True,
+                                    on_ac=not on_battery, postponed_until=until)
         try:
             logind = Logind(bus)
             await logind.connect()
             in_use = self.cfg.wait_for_idle and not await logind.idle()
             plan = hostrestart.plan(self.local_now(), window, pending=True,
-                                    user_active=in_use, on_ac=not on_battery)
+                                    user_active=in_use, on_ac=not on_battery,
+                                    postponed_until=until)
             log.info("host update %s: %s restart (%s)", rec.installed, plan.action,
                      plan.reason)
             if plan.action == hostrestart.NOW:
@@ -206,10 +223,46 @@ class HostUpdates:
         except ServiceUnavailable as exc:
             log.warning("host update: maintenance restart: %s", exc)
             plan = hostrestart.plan(self.local_now(), window, pending=True, user_active=True,
-                                    on_ac=not on_battery)
+                                    on_ac=not on_battery, postponed_until=until)
         finally:
             bus.disconnect()
         return plan
+
+    def postponed_until(self, rec: Any) -> datetime | None:
+        """The user's postponement of the restart into ``rec``'s installed release (None:
+        none, or one for another install; a damaged file counts as none, logged)."""
+        try:
+            doc = json.loads((self.agent.cfg.state_dir / POSTPONED).read_text())
+            if (doc["release"], doc["boot"]) != (rec.installed, rec.boot):
+                return None
+            return datetime.fromisoformat(doc["until"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("host update: %s is damaged (%s): not postponed", POSTPONED, exc)
+            return None
+
+    def postpone(self, seconds: int) -> RestartPlan:
+        """``PostponeHostRestart``: not before ``seconds`` from now, or with 0 past the
+        maintenance window's next occurrence; kept in the agent's state directory, so a
+        syncd restart keeps it, for this release only.  The plan it leaves."""
+        from ..manage import hostrestart, hostupdate
+        rec = hostupdate.load_record(self.agent.cfg.state_dir) if self.enabled else None
+        if rec is None or not rec.installed or rec.boot != self.boot():
+            raise hostrestart.NothingToPostpone("no host update waits for a restart")
+        if not rec.window():
+            raise hostrestart.NothingToPostpone(
+                "IT set no maintenance window: the laptop does not restart by itself")
+        window = hostrestart.Window.parse(rec.window())
+        now = self.local_now()
+        until = hostrestart.postponed(now, window, seconds, self.postponed_until(rec))
+        doc = {"release": rec.installed, "boot": rec.boot, "until": until.isoformat()}
+        write_atomic(self.agent.cfg.state_dir / POSTPONED,
+                     json.dumps(doc, sort_keys=True).encode())
+        log.info("host update %s: the user postponed the restart until %s", rec.installed,
+                 until)
+        return hostrestart.plan(now, window, pending=True, user_active=False, on_ac=True,
+                                postponed_until=until)
 
 
 def install_guard(bus: MessageBus, enrol: Callable[[str], Awaitable[str]]) -> None:

@@ -59,6 +59,7 @@ class SyncInterface(ServiceInterface):
         self.lease_state, self.lease_remaining = "", -1
         self.host_update = ""  # a host release installed, waiting for a restart
         self.host_restart_at = 0  # when the laptop restarts into it by itself (0: the user)
+        self.host_restart_waiting = ""  # in the window, what the restart waits for
         self._last_emit = 0.0
 
     # Methods: declared for introspection; calls arrive through the guard (daemon.py).
@@ -72,6 +73,10 @@ class SyncInterface(ServiceInterface):
 
     @method()
     async def ListSnapshots(self, vm: s) -> a(suxtsb):  # type: ignore[valid-type,name-defined]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def PostponeHostRestart(self, seconds: u) -> x:  # type: ignore[name-defined]  # noqa: F821
         raise NotImplementedError
 
     def introspect(self) -> Any:
@@ -117,6 +122,10 @@ class SyncInterface(ServiceInterface):
     def HostRestartAt(self) -> x:  # type: ignore[name-defined]  # noqa: F821
         return self.host_restart_at
 
+    @dbus_property(access=PropertyAccess.READ)
+    def HostRestartWaiting(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self.host_restart_waiting
+
     def _cur(self) -> VMStatus:
         return self.vms.get(self.current) or VMStatus("")
 
@@ -129,7 +138,8 @@ class SyncInterface(ServiceInterface):
                 "State": int(self._state()), "CurrentVM": self.current, "BytesDone": cur.done,
                 "BytesTotal": cur.total, "Rate": float(cur.rate),
                 "LeaseState": self.lease_state, "LeaseRemaining": self.lease_remaining,
-                "HostUpdate": self.host_update, "HostRestartAt": self.host_restart_at}
+                "HostUpdate": self.host_update, "HostRestartAt": self.host_restart_at,
+                "HostRestartWaiting": self.host_restart_waiting}
 
     def changed(self, *, progress: bool = False) -> None:
         """Announce the properties; progress updates at most every 0.2 s."""
