@@ -19,7 +19,7 @@ from vmclient.store.errors import RemoteIntegrityError
 from vmclient.store.format import encode_payload
 from vmclient.store.objects import BlobRef, ChunkMap, Manifest
 from vmclient.store.pack import authenticate_blob, open_blob
-from vmclient.store.plan import plan_download
+from vmclient.store.plan import DownloadPlan, plan_download
 from vmclient.store.remote import MemoryStore
 from vmclient.sync.restore import _write
 from vmclient.sync.writeback import Writeback
@@ -169,18 +169,24 @@ async def test_fetch_sealed_hands_on_every_blob_authenticated_and_still_sealed(
     assert got == {c.id: c.data for c in chunks if not c.is_zero}
 
 
-@pytest.mark.asyncio
-async def test_fetch_sealed_refuses_a_tampered_blob_after_handing_on_the_ones_before_it(
-        keys: crypto.KeySet) -> None:
+async def tampered_in_the_fifth_blob(keys: crypto.KeySet) -> tuple[ChunkStore, str, DownloadPlan]:
+    """A store of 40 chunks in one pack with a byte flipped in its fifth blob, and the
+    download plan of all of them."""
     chunks = chunks_of(keys, 40)
-
     store = MemoryStore()
     cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
     await cs.upload(chunks, {})
     (pack,) = [p for p in store.objects if "/packs/" in p]
-    store.objects[pack] = flip(store.objects[pack], 5 * K + 100)  # in the fifth blob
+    store.objects[pack] = flip(store.objects[pack], 5 * K + 100)
     plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
                          store_path=ROOT)
+    return cs, pack, plan
+
+
+@pytest.mark.asyncio
+async def test_fetch_sealed_refuses_a_tampered_blob_after_handing_on_the_ones_before_it(
+        keys: crypto.KeySet) -> None:
+    cs, pack, plan = await tampered_in_the_fifth_blob(keys)
     got = []
     with pytest.raises(RemoteIntegrityError, match="authentication failed") as exc:
         async for blobs in cs.fetch_sealed(plan):
@@ -192,14 +198,7 @@ async def test_fetch_sealed_refuses_a_tampered_blob_after_handing_on_the_ones_be
 @pytest.mark.asyncio
 async def test_fetch_sealed_keeps_in_its_workers_only_what_authenticated_before_handing_it_on(
         keys: crypto.KeySet) -> None:
-    chunks = chunks_of(keys, 40)
-    store = MemoryStore()
-    cs = ChunkStore(store, ROOT, keys, pack_target=4 << 20)
-    await cs.upload(chunks, {})
-    (pack,) = [p for p in store.objects if "/packs/" in p]
-    store.objects[pack] = flip(store.objects[pack], 5 * K + 100)  # in the fifth blob
-    plan = plan_download(manifest(keys, chunks), set(), await cs.load_index(),
-                         store_path=ROOT)
+    cs, _pack, plan = await tampered_in_the_fifth_blob(keys)
     kept: list[bytes] = []
     threads: set[str] = set()
 

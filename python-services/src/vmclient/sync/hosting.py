@@ -201,32 +201,33 @@ class HostUpdates:
             return hostrestart.plan(self.local_now(), None, pending=pending, user_active=True,
                                     on_ac=not on_battery)
         until = self.postponed_until(rec)
+
+        def plan(user_active: bool) -> RestartPlan:  # (not knowing: as if in use)
+            return hostrestart.plan(self.local_now(), window, pending=True,
+                                    user_active=user_active, on_ac=not on_battery,
+                                    postponed_until=until)
         try:
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         except (OSError, DBusError) as exc:
             log.warning("host update: no system bus for the maintenance restart: %s", exc)
-            return hostrestart.plan(self.local_now(), window, pending=True, user_active=True,
-                                    on_ac=not on_battery, postponed_until=until)
+            return plan(user_active=True)
         try:
             logind = Logind(bus)
             await logind.connect()
             in_use = self.cfg.wait_for_idle and not await logind.idle()
-            plan = hostrestart.plan(self.local_now(), window, pending=True,
-                                    user_active=in_use, on_ac=not on_battery,
-                                    postponed_until=until)
-            log.info("host update %s: %s restart (%s)", rec.installed, plan.action,
-                     plan.reason)
-            if plan.action == hostrestart.NOW:
+            decided = plan(user_active=in_use)
+            log.info("host update %s: %s restart (%s)", rec.installed, decided.action,
+                     decided.reason)
+            if decided.action == hostrestart.NOW:
                 log.warning("host update %s: restarting in the maintenance window %s; "
                             "vmclient-powerd saves the VMs", rec.installed, window)
                 await logind.reboot()
         except ServiceUnavailable as exc:
             log.warning("host update: maintenance restart: %s", exc)
-            plan = hostrestart.plan(self.local_now(), window, pending=True, user_active=True,
-                                    on_ac=not on_battery, postponed_until=until)
+            decided = plan(user_active=True)
         finally:
             bus.disconnect()
-        return plan
+        return decided
 
     def postponed_until(self, rec: Any) -> datetime | None:
         """The user's postponement of the restart into ``rec``'s installed release (None:
