@@ -264,6 +264,15 @@ def serving_processes(directory: Path) -> list[int]:
     return out
 
 
+def stream_evidence(vm_dir: Path) -> str:
+    """What ``<vm dir>/stream/`` holds and the tail of each nbdkit log, for a failure."""
+    sdir = vm_dir / "stream"
+    if not sdir.is_dir():
+        return f"{sdir} is gone (the fill ended?)"
+    logs = {p.name: p.read_text(errors="replace")[-600:] for p in sdir.glob("*.log")}
+    return f"{sdir}: {sorted(p.name for p in sdir.iterdir())}; logs: {logs}"
+
+
 @pytest.mark.parametrize("how", ["vm remove", "behind provd's back"])
 async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its_disks(
         tmp_path: Path, how: str) -> None:
@@ -280,7 +289,10 @@ async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its
         installed = await before.restore(vm)
         await before.close()  # provd stops; its nbdkit serves on
         vm_dir = s.prov.vm_dir(vm)
-        (pid,) = serving_processes(vm_dir)
+        pids = serving_processes(vm_dir)
+        assert len(pids) == 1, f"one nbdkit serves on after provd stops: {pids}; " \
+            f"{stream_evidence(vm_dir)}"
+        pid = pids[0]
         streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
         try:
             assert await streams.resume_all() == [vm]

@@ -784,12 +784,24 @@ class Machine:
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                elif chan.exit_status_ready():
                     break
                 else:
                     if time.monotonic() > deadline:
                         raise HarnessError(f"timeout after {timeout} s: {cmd}")
                     time.sleep(0.02)
+            # sshd sends the exit status as soon as the command ends, maybe before the
+            # rest of its output (a long dmesg): read on to the channel's EOF, after which
+            # stderr too is all here
+            chan.settimeout(max(1.0, deadline - time.monotonic()))
+            try:
+                while data := chan.recv(65536):
+                    out += data
+            except TimeoutError:
+                raise HarnessError(f"timeout after {timeout} s (no end of output): {cmd}") \
+                    from None
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
             rc = chan.recv_exit_status()
         finally:
             chan.close()
@@ -956,8 +968,9 @@ def lid(m: Machine, action: str) -> str:
 def kernel_mark(m: Machine) -> str:
     """Write a unique marker line into the kernel log; kernel_log_since(mark)
     returns what came after it (line counts do not survive a full ring buffer)."""
+    boot = m.ssh("cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip()
     for _ in range(5):  # a write to /dev/kmsg may be dropped (rate limit): check it landed
-        token = f"vmclient-test: mark {time.monotonic_ns()}"
+        token = f"vmclient-test: mark {time.monotonic_ns()} boot {boot}"
         m.ssh(f"echo '{token}' > /dev/kmsg", check=True)
         if m.ssh(f"dmesg --notime | grep -qxF '{token}'").rc == 0:
             return token
@@ -974,4 +987,8 @@ def kernel_log_since(m: Machine, mark: str) -> list[str]:
         for i in range(len(lines) - 1, -1, -1):
             if lines[i].strip() == mark:
                 return lines[i + 1:]
+    boot = m.ssh("cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip()
+    if not mark.endswith(f" boot {boot}"):
+        raise HarnessError(f"the host booted again (boot id now {boot}) since {mark!r}: "
+                           "it did not resume from sleep, or it crashed")
     raise HarnessError(f"marker {mark!r} is no longer in the kernel log (ring buffer too small?)")
