@@ -119,3 +119,42 @@ def test_cpu_profile_settings(tmp_path: Path) -> None:
     path.write_text('cpu_mode = "host"\n')
     with pytest.raises(ConfigError, match="cpu_mode"):
         pconfig.load(path)
+
+
+def test_a_fill_in_the_background_does_not_take_over_the_progress_of_a_restore() -> None:
+    """By hand: while ``vm restore mem --stream`` ran, office's fill overwrote provd's
+    progress properties (the CLI of mem showed "office: fill 47%"), and a second restore
+    was refused as "another install or upgrade (office) is running"."""
+    from vmclient.errors import UsageError
+    from vmclient.provision.service import Phase, ProvisioningInterface
+
+    iface = ProvisioningInterface()
+    iface.begin_work("restoring a VM")
+    restore = Progress(vm="mem")
+    restore.begin("download", 100)
+    iface.report(restore)
+    fill = Progress(vm="office")
+    fill.begin("fill", 1000)
+    fill.done = 470
+    iface.report(fill)
+    assert (iface.progress.vm, iface.Phase) == ("mem", Phase.DOWNLOAD)
+    with pytest.raises(UsageError, match=r"vmclient-provd is restoring a VM \(mem\), one "
+                       "operation at a time: try again when it is done"):
+        iface.begin_work("restoring a VM")
+    iface.idle()  # the restore is done: the fills show again
+    iface.report(fill)
+    assert (iface.progress.vm, iface.Phase, iface.BytesDone) == ("office", Phase.FILL, 470)
+    iface.begin_work("installing a VM")  # one at a time, not one ever
+
+
+def test_a_phase_that_counts_no_bytes_says_what_it_does() -> None:
+    """By hand, ``vm restore --stream`` printed "catalog 100.0%  0.0/0.0 MiB  0.0 MiB/s
+    ETA ? s" and the same for "stream": numbers that mean nothing."""
+    from vmclient.provision.progress import line
+
+    assert line("office", "catalog", 0, 0, 0.0, -1) == \
+        "office: catalog   asking the datacenter (catalog, data key, snapshot)"
+    assert line("office", "stream", 0, 0, 0.0, -1) == \
+        "office: stream    starting the VM; its disks then stream in from the datacenter"
+    # a download with nothing to fetch still says so in bytes
+    assert "0.0/0.0 MiB" in line("office", "download", 0, 0, 0.0, -1)

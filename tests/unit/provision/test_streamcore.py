@@ -14,6 +14,7 @@ from vmclient.provision.streamcore import (
     SHARE,
     SPEC_VERSION,
     ChunkLRU,
+    FillProgress,
     ReadAhead,
     StreamSpec,
     StreamSpecError,
@@ -141,3 +142,21 @@ def test_a_read_ahead_refuses_a_nonsensical_setting() -> None:
         ReadAhead(0)
     with pytest.raises(ValueError):
         ReadAhead(30.0, most=0)
+
+
+def test_the_fill_progress_counts_every_disk_and_never_goes_back() -> None:
+    """As provd saw a fill of a 256 MiB system disk and a 1 GiB user disk by hand: the
+    system disk's pull completes (no longer backed), the user disk's pull fails on a
+    dead link (backed, no job), then starts again from 0 (skipping what is local)."""
+    M = 1 << 20
+    fill = FillProgress({"vda": 256 * M, "vdb": 1024 * M})
+    both = ["vda", "vdb"]
+    assert fill.update(both, {}) == (0, 1280 * M)  # before the first pull
+    assert fill.update(both, {"vda": (128 * M, 256 * M), "vdb": (0, 1024 * M)}) == \
+        (128 * M, 1280 * M)
+    # vda is local; only vdb's job is left: the total stays, vda counts whole
+    assert fill.update(["vdb"], {"vdb": (100 * M, 1024 * M)}) == (356 * M, 1280 * M)
+    assert fill.update(["vdb"], {}) == (356 * M, 1280 * M)  # the link dropped: no job
+    assert fill.update(["vdb"], {"vdb": (10 * M, 1024 * M)}) == (356 * M, 1280 * M)
+    assert fill.update(["vdb"], {"vdb": (512 * M, 1024 * M)}) == (768 * M, 1280 * M)
+    assert fill.update([], {}) == (1280 * M, 1280 * M)  # every disk local

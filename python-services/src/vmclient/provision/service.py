@@ -50,6 +50,7 @@ class ProvisioningInterface(ServiceInterface):
         super().__init__(names.PROVISION_IFACE)
         self.progress = Progress(phase="idle")
         self._phase, self._last_emit = "idle", 0.0
+        self.working = ""  # the long operation running ("restoring a VM"), "" if none
 
     # Methods: declared for introspection; calls arrive through install_guard.
     @method()
@@ -129,7 +130,11 @@ class ProvisioningInterface(ServiceInterface):
                 "BytesTotal": p.total, "Rate": float(p.rate), "Eta": float(p.eta)}
 
     def report(self, p: Progress) -> None:
-        """The provisioner's progress sink: copy and emit, throttled."""
+        """The provisioner's progress sink: copy and emit, throttled.  While a long
+        operation runs, the background fills (Phase Fill) are not shown: the properties
+        are that operation's (the CLI that started it shows them)."""
+        if self.working and p.phase == "fill":
+            return
         phase_changed, self._phase = p.phase != self._phase, p.phase
         self.progress = p
         now = time.monotonic()
@@ -138,8 +143,17 @@ class ProvisioningInterface(ServiceInterface):
             self.emit_properties_changed(self._values())
 
     def idle(self) -> None:
-        self.progress, self._phase = Progress(phase="idle"), "idle"
+        self.progress, self._phase, self.working = Progress(phase="idle"), "idle", ""
         self.emit_properties_changed(self._values())
+
+    def begin_work(self, what: str) -> None:
+        """A long operation starts (``what``: "restoring a VM"); a second one is refused,
+        naming the one that runs."""
+        if self.working:
+            doing = f"{self.working} ({self.progress.vm})" if self.progress.vm else self.working
+            raise UsageError(f"vmclient-provd is {doing}, one operation at a time: try "
+                             "again when it is done")
+        self.working = what
 
 
 def _row(vm: Installed) -> list[Any]:
@@ -148,19 +162,18 @@ def _row(vm: Installed) -> list[Any]:
 
 def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provisioner,
                   streams: Streams | None = None) -> None:
-    """Authorise and dispatch the methods; one install or upgrade at a time.
+    """Authorise and dispatch the methods; one long operation (install, upgrade,
+    restore) at a time.
 
     A VM name from the caller is checked (:func:`spec.vm_name`) before anything else
     sees it: it becomes part of paths (its disks' directory, its key, its recipe).
     """
     busy = asyncio.Lock()
 
-    def long_work(fn: Callable[[list[Any]], Awaitable[list[Any]]]
+    def long_work(what: str, fn: Callable[[list[Any]], Awaitable[list[Any]]]
                   ) -> Callable[[list[Any]], Awaitable[list[Any]]]:
         async def run(args: list[Any]) -> list[Any]:
-            if busy.locked():
-                raise UsageError(f"another install or upgrade ({iface.progress.vm}) is "
-                                 "running; try again when it is done")
+            iface.begin_work(what)  # (refused while another runs)
             async with busy:
                 try:
                     return await fn(args)
@@ -225,15 +238,15 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         rows = await asyncio.to_thread(assigned.load, prov.cfg.manage_dir)
         return [[[a.vm, a.image, a.order, a.outcome, a.detail] for a in rows]]
 
+    long_ops = {"Install": ("installing a VM", install),
+                "InstallFromMedia": ("installing a VM", install_from_media),
+                "Upgrade": ("upgrading a VM", upgrade),
+                "Restore": ("restoring a VM", restore),
+                "RestoreStreamed": ("restoring a VM", restore_streamed)}
     install_method_guard(bus, names.PROVISION_PATH, names.PROVISION_IFACE,
                          names.POLKIT_ACTION_PROVISION_MANAGE, {
-                             "Install": Member("installing a VM", long_work(install)),
-                             "InstallFromMedia": Member("installing a VM",
-                                                        long_work(install_from_media)),
-                             "Upgrade": Member("upgrading a VM", long_work(upgrade)),
-                             "Restore": Member("restoring a VM", long_work(restore)),
-                             "RestoreStreamed": Member("restoring a VM",
-                                                       long_work(restore_streamed)),
+                             **{name: Member(what, long_work(what, fn))
+                                for name, (what, fn) in long_ops.items()},
                              "Start": Member("starting a VM", start),
                              "Stop": Member("stopping a VM", stop),
                              "Remove": Member("removing a VM", remove),

@@ -51,7 +51,7 @@ from .progress import Progress
 from .qemuimg import create_overlay
 from .redefine import RestoreError
 from .restore import MEMORY, Prepared, download, prepare, resume_from, undo_restore, write_memory
-from .streamcore import SPEC_VERSION, StreamSpec
+from .streamcore import SPEC_VERSION, FillProgress, StreamSpec
 
 log = logging.getLogger(__name__)
 STREAM_DIR = "stream"
@@ -304,6 +304,8 @@ class Streams:
         progress.begin("fill", 0)
         sdir = prov.vm_dir(vm) / STREAM_DIR
         disks = sorted(p.stem for p in sdir.glob("*.json"))
+        local = FillProgress({p.stem: StreamSpec.parse(p.read_bytes(), str(p)).size
+                              for p in sdir.glob("*.json")})
         uuid = ""
         while True:
             if not sdir.is_dir():  # removed behind provd's back (an unassign order)
@@ -313,7 +315,7 @@ class Streams:
                 return
             try:
                 uuid = uuid or (await prov.hv.lookup_name(vm)).uuid
-                if not await self._fill_step(vm, uuid, progress):
+                if not await self._fill_step(vm, uuid, progress, local):
                     break
             except VMNotFound:  # undefined behind provd's back: its disks are left alone
                 log.warning("VM %s was undefined while its disks streamed in: its fill and "
@@ -333,7 +335,8 @@ class Streams:
                  ", ".join(disks))
         self.done[vm].set()
 
-    async def _fill_step(self, vm: str, uuid: str, progress: Progress) -> bool:
+    async def _fill_step(self, vm: str, uuid: str, progress: Progress,
+                         local: FillProgress) -> bool:
         """One look at the fill; False once no disk is backed by its export any more."""
         prov = self.prov
         st = await pull_state(prov.hv, uuid, vm)
@@ -357,11 +360,8 @@ class Streams:
             if idle and (prov.receiver is None or await self._link_up(vm)):
                 for disk in idle:
                     await block_pull(prov.hv, uuid, vm, disk, bandwidth)
-            cur = sum(c for c, _e in st.jobs.values())
-            end = sum(e for _c, e in st.jobs.values())
-            if end:
-                progress.done, progress.total = cur, end
-                prov.report(progress)
+        progress.done, progress.total = local.update(st.backed, st.jobs)
+        prov.report(progress)
         return True
 
     async def _link_up(self, vm: str) -> bool:

@@ -4,7 +4,8 @@
 * the small cache of chunks already fetched and verified (:class:`ChunkLRU`),
 * the stream's description the nbdkit plugin reads (:class:`StreamSpec`),
 * how long a read of a missing chunk waits for the repository (:func:`retry_delays`),
-* how far the fill reads ahead on this link (:class:`ReadAhead`).
+* how far the fill reads ahead on this link (:class:`ReadAhead`),
+* how much of the disks the fill made local, over all of them (:class:`FillProgress`).
 
 docs/sync.md, "Streamed restore", has the design.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 from ..errors import VMClientError
@@ -122,6 +123,36 @@ class ReadAhead:
         rate = chunks / max(seconds, 1e-3)  # chunks a second
         fits = int(rate * self.timeout * SHARE / PARALLEL)
         self.batch = max(1, min(self.most, 2 * self.batch, fits))
+
+
+class FillProgress:
+    """How much of a streamed VM's disks is local (bytes done, bytes total), over every
+    disk, never going back.
+
+    libvirt tells only of the block jobs running at a look: a disk whose pull completed is
+    no longer backed (it counts whole); a disk between two pulls (one failed on a dead
+    link, or suspended while the VM is paused) has no job (it keeps what it had); a pull
+    started again counts from 0 while it skips what is local (each disk keeps the largest
+    share seen).  Summing only the jobs running made the total shrink as each disk
+    completed and the bar jump back."""
+
+    def __init__(self, sizes: Mapping[str, int]) -> None:
+        self.sizes = dict(sizes)
+        self.share = dict.fromkeys(self.sizes, 0.0)
+
+    def update(self, backed: Collection[str], jobs: Mapping[str, tuple[int, int]]
+               ) -> tuple[int, int]:
+        for disk in self.sizes:
+            if disk not in backed:
+                share = 1.0
+            elif jobs.get(disk, (0, 0))[1] > 0:
+                cur, end = jobs[disk]
+                share = min(1.0, cur / end)
+            else:
+                continue
+            self.share[disk] = max(self.share[disk], share)
+        return (sum(int(size * self.share[d]) for d, size in self.sizes.items()),
+                sum(self.sizes.values()))
 
 
 @dataclass(frozen=True)
