@@ -103,3 +103,19 @@ def test_debug_logs_and_shows_the_traceback() -> None:
     r = ctl("power", "status")
     assert r.returncode == 69
     assert "DEBUG" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_ctrl_c_says_that_provd_goes_on_with_the_work() -> None:
+    """By hand: Ctrl-C of ``vm restore VM --stream`` ended the command silently (exit 130)
+    while vmclient-provd went on and the VM came up running; the user could not know."""
+    import io
+
+    from vmclient.cli.vm import ProgressPrinter
+
+    out = io.StringIO()
+    printer = ProgressPrinter(out)
+    printer.show("mem", "download", 10, 100, 1.0, 5.0)
+    printer.interrupted()
+    assert out.getvalue().splitlines()[-1] == (
+        "vmclientctl: interrupted: vmclient-provd goes on with the work (download of mem); "
+        "`vmclientctl vm list` shows the VM once it is done")

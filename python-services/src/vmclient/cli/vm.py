@@ -12,6 +12,7 @@ progress on stderr: bytes, rate and ETA.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
 import time
@@ -95,7 +96,7 @@ class ProgressPrinter:
 
     def __init__(self, out: TextIO = sys.stderr) -> None:
         self.out, self.tty = out, out.isatty()
-        self.last, self.phase = 0.0, ""
+        self.last, self.phase, self.vm = 0.0, "", ""
 
     def __call__(self, p: Progress) -> None:
         self.show(p.vm, p.phase, p.done, p.total, p.rate, p.eta)
@@ -109,7 +110,7 @@ class ProgressPrinter:
             return
         if changed and self.phase and self.tty:
             self.out.write("\n")
-        self.last, self.phase = now, phase
+        self.last, self.phase, self.vm = now, phase, vm
         text = progress_line(vm, phase, done, total, rate, eta)
         self.out.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
         self.out.flush()
@@ -117,6 +118,16 @@ class ProgressPrinter:
     def close(self) -> None:
         if self.tty and self.phase:
             self.out.write("\n")
+        self.phase = ""
+
+    def interrupted(self) -> None:
+        """Ctrl-C while vmclient-provd works: this command stops watching, the work goes
+        on there (a D-Bus call is not taken back)."""
+        what = f" ({self.phase} of {self.vm})" if self.vm and self.phase else ""
+        self.close()
+        self.out.write(f"vmclientctl: interrupted: vmclient-provd goes on with the work"
+                       f"{what}; `vmclientctl vm list` shows the VM once it is done\n")
+        self.out.flush()
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -197,6 +208,9 @@ async def _progress(b: Any) -> AsyncIterator[None]:
         async with bus.properties_watched(b, names.PROVISION_BUS_NAME, names.PROVISION_PATH,
                                           on_change):
             yield
+    except (asyncio.CancelledError, KeyboardInterrupt):  # Ctrl-C
+        printer.interrupted()
+        raise
     finally:
         printer.close()
 
@@ -292,8 +306,10 @@ async def _restore_streamed(args: argparse.Namespace) -> dict[str, Any]:
     async with bus.connected() as b:
         async with _progress(b):
             await _call(b, "RestoreStreamed", "sss", [args.vm, args.snapshot, args.from_device])
-        print(f"{args.vm}: running; its disks fill in the background (provd's Phase Fill)",
-              file=sys.stderr)
+        print(f"{args.vm}: running; its disks fill in the background from the datacenter "
+              "(vmclient-provd's Phase Fill on D-Bus shows how far). Until they are local "
+              "the VM needs the network: without it, a read of what is not here yet waits, "
+              "then the VM pauses until the datacenter answers again", file=sys.stderr)
         return await _find(b, args.vm)
 
 

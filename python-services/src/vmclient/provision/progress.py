@@ -38,8 +38,16 @@ class Progress:
         return line(self.vm, self.phase, self.done, self.total, self.rate, self.eta)
 
 
+# Phases that count no bytes: what they do, instead of "100.0%  0.0/0.0 MiB  ETA ? s"
+STEPS = {"catalog": "asking the datacenter (catalog, data key, snapshot)",
+         "define": "defining the VM",
+         "stream": "starting the VM; its disks then stream in from the datacenter"}
+
+
 def line(vm: str, phase: str, done: int, total: int, rate: float, eta: float) -> str:
     """``office: download   42.0%  42.0/100.0 MiB     25.0 MiB/s  ETA    2 s``"""
+    if phase in STEPS and not total:
+        return f"{vm}: {phase:<9} {STEPS[phase]}"
     pct = 100 * done / total if total else 100.0
     eta_s = f"{eta:4.0f} s" if eta >= 0 else "   ? s"
     return (f"{vm}: {phase:<9} {pct:5.1f}%  {_mib(done)}/{_mib(total)} MiB"
