@@ -372,8 +372,15 @@ class Streams:
         if loop.time() < at:
             return False
         if await self._reachable(vm):
-            self._probe.pop(vm, None)
+            if self._probe.pop(vm, None) is not None:
+                log.warning("VM %s: the datacenter answers again: the fill of its disks "
+                            "goes on", vm)
             return True
+        if vm not in self._probe:  # once an outage (the probes that follow are quiet)
+            log.warning("VM %s: the datacenter does not answer: the fill of its disks waits "
+                        "and goes on by itself when it answers; meanwhile a read of what is "
+                        "not here yet waits up to %.0f s, then the VM pauses until then",
+                        vm, self.read_timeout)
         delay = min(PROBE_MOST, max(self.poll, delay * 2))
         self._probe[vm] = (loop.time() + delay, delay)
         return False
