@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import pytest
 from fixtures_bus import PrivateSystemBus
 from fixtures_virt import URI, scaled
 from powerd_harness import Logind, PowerDaemons
-from provision_env import need_tools
+from provision_env import need_tools, set_lease
 from stream_env import (
     CHUNK,
     Streamed,
@@ -39,6 +40,7 @@ from stream_env import (
 )
 
 from testlib import SERVICES, need, vmclientctl
+from vmclient.host.gate import StartRefused
 from vmclient.provision import qemuimg, spec
 from vmclient.provision.domainxml import DiskBinding, domain_xml
 from vmclient.provision.stream import STREAM_DIR, Streams
@@ -64,7 +66,7 @@ def io_errors(conn: libvirt.virConnect, name: str) -> list[int]:
 
 
 async def test_a_guest_checks_its_streamed_disk_pauses_without_the_link_and_resumes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The VM runs before its disk is local; its guest (a boot sector that reads and sums
     the rest of its disk, over and over) sees only right data.  The link drops for longer
     than a read waits: the VM pauses (rerror_policy='stop'), the guest sees no error; the
@@ -81,6 +83,14 @@ async def test_a_guest_checks_its_streamed_disk_pauses_without_the_link_and_resu
         s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.25, domain_type="qemu",
                                          cpu_mode="maximum", cpu_disable=())
         streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        # without a lease it may not run: refused before any nbdkit or disk (by hand it
+        # was refused only at the start, after ~30 s of nbdkits and overlays, then undone)
+        set_lease(s.env.cfg.manage_dir, days=-1)
+        caplog.set_level(logging.INFO, logger="vmclient.provision.stream")
+        with pytest.raises(StartRefused, match="lease has expired"):
+            await streams.restore(vm)
+        assert "nbdkit serves" not in caplog.text and not s.prov.vm_dir(vm).exists()
+        set_lease(s.env.cfg.manage_dir, days=14)
         installed = await streams.restore(vm)
         assert installed.state == "running"
         sdir = s.prov.vm_dir(vm) / STREAM_DIR

@@ -90,9 +90,10 @@ class Prepared:
 
 
 async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
-                  from_device: str = "", min_seq: int = 0) -> Prepared:
+                  from_device: str = "", min_seq: int = 0, runs: bool = False) -> Prepared:
     """Steps 1-2 (docstring above): the key, the snapshot, the rebuilt definition; the
-    start gate for a snapshot with memory; the VM's network."""
+    start gate if the VM will run (``runs``: a streamed restore; or a snapshot with
+    memory), before anything is downloaded or laid out; the VM's network."""
     receiver = prov.receiver
     if receiver is None:
         raise RestoreError(vm, "no datacenter repository is configured")
@@ -125,7 +126,7 @@ async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
                      [d.name for d in m.disks if d.role != MEMORY],
                      secret_uuid=str(uuidlib.uuid4()), cpu=prov.cfg.cpu_profile(),
                      networks=prov.networks, anti_spoofing=prov.cfg.networks.anti_spoofing)
-    if any(d.role == MEMORY for d in m.disks):  # it will run: the start gate's lease first
+    if runs or any(d.role == MEMORY for d in m.disks):  # it will run: the lease first
         target = parse_domain(domain.xml, m.meta["uuid"])
         if target is not None:
             prov.gate.allowed(target)

@@ -90,7 +90,7 @@ class Streams:
         progress.begin("catalog", 0)
         prov.report(progress)
         p = await prepare(prov, vm, snapshot=snapshot, from_device=from_device,
-                          min_seq=min_seq)
+                          min_seq=min_seq, runs=True)  # (refused at once if it may not run)
         m = p.snapshot
         disks = [d for d in m.disks if d.role != MEMORY]
         if any(BASE_ID in d.ids for d in disks):
