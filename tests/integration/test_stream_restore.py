@@ -171,7 +171,10 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
         provd = start_provd(s.config, env, log_path)
         conn = libvirt.open(URI)
         try:
-            r = vmclientctl("vm", "restore", vm, "--stream", env=env, timeout=scaled(240))
+            # (in a thread: this loop must answer libvirt's keepalives meanwhile, or
+            # libvirtd closes the test's own connection when the restore takes > ~30 s)
+            r = await asyncio.to_thread(vmclientctl, "vm", "restore", vm, "--stream", env=env,
+                                        timeout=scaled(240))
             assert r.returncode == 0, r.stderr + log_path.read_text()
             assert f"{vm}: business VM, running" in r.stdout
             assert "its disks fill in the background" in r.stderr
@@ -203,9 +206,10 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
             os.kill(int((sdir / "vda.pid").read_text()), signal.SIGKILL)
             await s.env.hv.destroy(installed.uuid, vm)
             assert sdir.exists()
-            provd = start_provd(s.config, env, log_path)
+            provd = await asyncio.to_thread(start_provd, s.config, env, log_path)
             await wait_for("nbdkit serving again", lambda: _async((sdir / "vda.sock").exists()))
-            r = vmclientctl("vm", "start", vm, env=env, timeout=scaled(120))
+            r = await asyncio.to_thread(vmclientctl, "vm", "start", vm, env=env,
+                                        timeout=scaled(120))
             assert r.returncode == 0, r.stderr
             await wait_for("the fill to end", lambda: _async(not sdir.exists()), limit=120)
             assert errors == []
