@@ -83,6 +83,7 @@ class ChunkCache:
         self._readers: dict[Path, BinaryIO] = {}
         self._unsynced = 0  # bytes appended since the last fdatasync
         self._appending = threading.Lock()  # keep() runs in the download's worker threads
+        self._syncing = False  # a keep() is fdatasyncing the segment (outside the lock)
 
     def _load(self) -> dict[bytes, tuple[Path, int, int, int]]:
         if self._index is None:
@@ -112,7 +113,18 @@ class ChunkCache:
         from any thread: what :meth:`~vmclient.store.chunkstore.ChunkStore.fetch_sealed`
         is given to keep the blobs as its workers check them."""
         with self._appending:
-            self.put_many([(cid, ref.plain_length, sealed) for cid, ref, sealed in blobs])
+            fd = self._append([(cid, ref.plain_length, sealed) for cid, ref, sealed in blobs],
+                              writeback=False)
+            if fd is None or self._syncing or self._unsynced < WRITEBACK:
+                return
+            self._syncing, self._unsynced = True, 0
+        # the writeback outside the lock: the other workers go on appending meanwhile
+        # (the fd stays open: close() comes after the download, when no keep() runs)
+        try:
+            os.fdatasync(fd)
+        finally:
+            with self._appending:
+                self._syncing = False
 
     def put_many(self, entries: Sequence[tuple[bytes, int, bytes | memoryview]]) -> None:
         """Keep verified sealed chunks (appended; made durable by :meth:`sync`).
@@ -121,9 +133,16 @@ class ChunkCache:
         segment is also ``fdatasync``'ed, so that the final :meth:`sync` finds
         little left to write (run this beside the download, not in its way).
         """
+        self._append(entries, writeback=True)
+
+    def _append(self, entries: Sequence[tuple[bytes, int, bytes | memoryview]], *,
+                writeback: bool) -> int | None:
+        """Append ``entries`` (ids already kept are skipped); the segment's fd, None if
+        nothing was to be kept.  ``writeback``: fdatasync here once ``WRITEBACK`` bytes
+        are unsynced (:meth:`keep` does it outside its lock instead)."""
         index = self._load()
         if not entries:
-            return
+            return None
         if self._writer is None:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._segment = self.dir / f"{time.time_ns()}-{secrets.token_hex(4)}.seg"
@@ -140,9 +159,10 @@ class ChunkCache:
             end += _REC.size + len(sealed)
         _write_all(fd, parts)
         self._unsynced += end - base
-        if self._unsynced >= WRITEBACK:
+        if writeback and self._unsynced >= WRITEBACK:
             os.fdatasync(fd)
             self._unsynced = 0
+        return fd
 
     def get(self, cid: bytes) -> tuple[int, bytes] | None:
         entry = self._load().get(cid)
