@@ -77,9 +77,12 @@ def _ensure_event_impl() -> None:
 
 
 def _run_events() -> None:
-    while True:
-        if libvirt.virEventRunDefaultImpl() < 0:  # (libvirt logged why): go on
-            log.error("libvirt's event loop failed one iteration")
+    while True:  # nothing may end this thread: without it no event, no keepalive
+        try:
+            if libvirt.virEventRunDefaultImpl() < 0:
+                log.error("libvirt's event loop failed one iteration")
+        except Exception:  # a callback's (or a finaliser run here by the GC)
+            log.exception("in libvirt's event loop")
 
 
 def _connection_lost(exc: libvirt.libvirtError) -> bool:
