@@ -40,7 +40,7 @@ from vmclient.shell.barview import BAR_PX, FRAME_PX
 from vmclient.shell.state import ZONE_COLOURS, Zone
 
 ACTION = "org.vmclient.VMClient1.open-display"
-KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER = 15, 35, 23, 57, 3, 38, 28
+KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER, KEY_A = 15, 35, 23, 57, 3, 38, 28, 30
 PASSWORD = "Correct horse-7"  # the shell's user's, in its PAM sandbox (shell_harness)
 GUEST_W, GUEST_H = 720, 400  # the guests' 80x25 text mode
 
@@ -773,6 +773,9 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     wait_for(lambda: "Not an enrolment code from IT" in st()["message"], 20,
                              "syncd's InvalidCode")
                     assert st()["step"] == "code"
+                    # the refused code stays, to be corrected (here: all of it replaced)
+                    assert st()["entry"] == "ABCD-EFGH-JKLM-NPQ0", st()
+                    shell.key(KEY_A, "a", "ctrl")
                     assert shell.ask(f"type {code}") == {"ok": True}
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: st()["step"] == "password", 30,
