@@ -120,6 +120,7 @@ def main() -> int:
                           "title": shell.first.title.get_text(),
                           "message": shell.first.message.get_text(),
                           "progress": shell.first.progress.get_text(),
+                          "entry": shell.first.entry.get_text(),
                           "progresses": first_progress,
                           "rows": [b.get_label()
                                    for b in shell.first.networks.list.get_children()],

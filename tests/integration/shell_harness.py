@@ -217,6 +217,10 @@ class ShellUnderTest:
                      "XDG_STATE_HOME": str(self.state_home),
                      "PYTHONPATH": str(SERVICES / "src"), **(env or {})},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        # Its first answer: GTK's main loop runs.  Importing GTK and spice-gtk cold on a
+        # loaded machine (the first shell of a run) takes seconds: that is spent here,
+        # waiting for the event, not inside a test's timed wait for a picture.
+        self.ask("state")
 
     def ask(self, line: str) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None

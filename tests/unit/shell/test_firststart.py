@@ -14,6 +14,17 @@ def test_the_steps_come_in_the_order_of_issue_15():
     assert fs.advance(s).step == fs.Step.DONE
 
 
+def test_escape_at_the_code_goes_back_to_the_network_and_nowhere_else_goes_back():
+    """A cable that does not work, or a Wi-Fi skipped: the code cannot reach IT, and the
+    person must get back to the network step (the page takes every key)."""
+    code = fs.FirstStart(fs.Step.CODE, layout=2)
+    assert fs.back(code) == fs.FirstStart(fs.Step.WIFI, layout=2)
+    assert "Escape" in code.title
+    for step in fs.ORDER:
+        if step != fs.Step.CODE:
+            assert fs.back(fs.FirstStart(step)).step == step
+
+
 def test_the_layout_list_wraps_around():
     s = fs.move_layout(fs.FirstStart(), -1)
     assert fs.LAYOUTS[s.layout][0] == fs.LAYOUTS[-1][0]

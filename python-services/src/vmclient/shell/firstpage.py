@@ -97,6 +97,12 @@ class FirstStartPage:
                 self._next()
             else:
                 self.networks.key(event)
+        elif step == fs.Step.CODE and name == "Escape":
+            self.state = fs.back(self.state)
+            firstsave.save(self.state)
+            self.message.set_text("")
+            self.entry.set_text("")
+            self.render()
         elif step in (fs.Step.CODE, fs.Step.PASSWORD):
             self.focus()
             self.entry.event(event)
@@ -145,8 +151,10 @@ class FirstStartPage:
                 self.busy = False
                 if error is None:
                     self._next("Enrolment requested")
-                else:
+                else:  # the code stays, to be corrected rather than typed again
                     self.message.set_text(error)
+                    self.entry.set_text(typed)
+                    self.entry.set_position(-1)
             setup.enrol(self.conn, typed, enrolled)
         elif self.state.step == fs.Step.PASSWORD:
             self.state, password, message = fs.password_typed(self.state, typed)

@@ -37,7 +37,7 @@ ORDER = (Step.LAYOUT, Step.WIFI, Step.CODE, Step.PASSWORD, Step.INSTALL, Step.DO
 TITLES = {
     Step.LAYOUT: "Welcome. Choose your keyboard layout (arrows, Return)",
     Step.WIFI: "Connect to a network (Return connects; Escape: use the cable)",
-    Step.CODE: "Type the enrolment code IT gave you, then Return",
+    Step.CODE: "Type the enrolment code IT gave you, then Return (Escape: back to the network)",
     Step.PASSWORD: "Choose your password (at least 8 characters), then Return",
     Step.INSTALL: "Setting up your VMs",
     Step.DONE: "",
@@ -61,6 +61,12 @@ def advance(fs: FirstStart) -> FirstStart:
     """The next step."""
     i = ORDER.index(fs.step)
     return replace(fs, step=ORDER[min(i + 1, len(ORDER) - 1)], first_password=None)
+
+
+def back(fs: FirstStart) -> FirstStart:
+    """Escape: from the code back to the network (a cable that does not work, a Wi-Fi
+    skipped: the code cannot reach IT without one); anywhere else, where it is."""
+    return replace(fs, step=Step.WIFI) if fs.step == Step.CODE else fs
 
 
 def move_layout(fs: FirstStart, delta: int) -> FirstStart:

@@ -28,6 +28,7 @@ from . import actions, audio, bar, barview, bus, firstsave, firststart, state, u
 from .barview import Bar
 from .firstpage import CSS as FIRST_START_CSS
 from .firstpage import FirstStartPage
+from .inflight import InFlight
 from .locking import PauseDelay, when_on_screen
 from .lockpage import CSS as LOCK_CSS
 from .lockpage import LockPage
@@ -104,6 +105,7 @@ class Shell:
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
         self._ticks = 0
+        self._listing, self._listing_assigned = InFlight(), InFlight()  # one call each
         self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
         self.pause_delay = PauseDelay(conn)
@@ -145,22 +147,22 @@ class Shell:
 
     def _tick(self) -> bool:
         self._ticks += 1
-        bus.list_vms(self.conn, self._listed)
-        if (self._ticks % SLOW_POLL_TICKS == 0 or self.state.networks
-                or (self.first_open and self.first.state.step in (firststart.Step.WIFI,
-                                                                  firststart.Step.INSTALL))):
-            self.refresh_slow()
+        self.refresh(self._ticks % SLOW_POLL_TICKS == 0 or self.state.networks
+                     or (self.first_open and self.first.state.step in (firststart.Step.WIFI,
+                                                                       firststart.Step.INSTALL)))
         return True
 
     # -- the VM list ---------------------------------------------------------------
 
-    def refresh(self) -> None:
-        bus.list_vms(self.conn, self._listed)
-        self.refresh_slow()
+    def refresh(self, slow: bool = True) -> None:
+        """The VMs (one call at a time: :mod:`.inflight`); with ``slow`` the rest."""
+        self._listing.run(lambda finish: bus.list_vms(self.conn, finish), self._listed)
+        if slow:
+            self.refresh_slow()
 
     def refresh_slow(self) -> None:
         """What changes seldom: IT's assigned VMs, Wi-Fi (every tick while its page is open)."""
-        bus.list_assigned(self.conn, self._assigned)
+        self._listing_assigned.run(lambda f: bus.list_assigned(self.conn, f), self._assigned)
         self.wifi.refresh()
 
     def _assigned(self, rows: list[bus.AssignedVM] | None, err: RemoteError | None) -> None:
