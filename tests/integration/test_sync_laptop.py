@@ -481,8 +481,11 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         config = write_config(replace(lt.env, cfg=lt.b_cfg), tmp_path / "b")
         env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         with provd(config, env, tmp_path / "provd.log"):
-            r = vmclientctl("vm", "restore", name, "--from", lt.env.device.device_id(), env=env,
-                            timeout=scaled(240))
+            # (in a thread: this loop answers libvirtd's keepalives meanwhile, or a
+            # restore longer than their timeout on a loaded machine drops its connection)
+            r = await asyncio.to_thread(vmclientctl, "vm", "restore", name, "--from",
+                                        lt.env.device.device_id(), env=env,
+                                        timeout=scaled(240))
         assert r.returncode == 0, r.stderr
         assert f"VM {name} restored from snapshot 0000000001" in \
             (tmp_path / "provd.log").read_text()  # by the daemon, not in the CLI
