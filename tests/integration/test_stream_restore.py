@@ -286,7 +286,9 @@ async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its
         for seed, vm in enumerate(how, start=11):
             await put_vm_snapshot(s.env, s.server.repo, vm, disk_bytes(8, seed=seed), s.keys)
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
-        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.25)  # still filling
+        # still filling until both are removed: the first fills while the second is
+        # restored, the provd restart and the first removal (8 MiB: minutes)
+        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.05)
         before = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
         installed = {vm: await before.restore(vm) for vm in how}
         await before.close()  # provd stops; its nbdkits serve on
