@@ -69,12 +69,14 @@ def _mac(text: str) -> str:
     return ":".join(f"{int(b, 16):02x}" for b in text.split(":"))
 
 
-def ping(prefix: str, src: str, dst: str, tries: int = 1) -> subprocess.CompletedProcess[str]:
-    """One echo request per try; new bridge ports need a moment before they forward."""
+def ping(prefix: str, src: str, dst: str, tries: int = 1, *,
+         refused: bool = False) -> subprocess.CompletedProcess[str]:
+    """One echo request per try until one is answered (``refused``: until one is refused,
+    as the firewall's ICMP reject says); new bridge ports need a moment to forward."""
     for _ in range(tries):
         r = sh("ip", "netns", "exec", f"{prefix}-{src}", "ping", "-n", "-c", "1", "-W", "1",
                dst, check=False)
-        if r.returncode == 0:
+        if r.returncode == 0 or (refused and "Unreachable" in r.stdout):
             break
         time.sleep(0.5)
     return r
@@ -137,7 +139,7 @@ async def test_zones_are_isolated(tmp_path: Path) -> None:
                 r = ping(env.prefix, src, dst, tries=20)
                 assert r.returncode == 0, (src, dst, r.stdout)
             for src, dst in (("b1", ipv4(p.subnet, 10)), ("p2", ipv4(b.subnet, 11))):
-                r = ping(env.prefix, src, dst, tries=3)
+                r = ping(env.prefix, src, dst, tries=3, refused=True)
                 assert r.returncode != 0, r.stdout
                 assert "Unreachable" in r.stdout, r.stdout  # the firewall's reject, not a timeout
         for vm in (biz.name, prv.name):

@@ -21,6 +21,7 @@ from vmclient.errors import VMClientError
 from vmclient.provision import qemuimg, spec
 from vmclient.provision.domainxml import DiskBinding, domain_xml
 from vmclient.provision.redefine import rebuild
+from vmclient.tasks import all_of
 from vmclient.virt.libvirt import restore_saved
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -44,8 +45,8 @@ async def saved_then_rebuilt(env: Env, tmp: Path, suffix: str, plant: bool) -> t
     vm_dir.mkdir(parents=True)
     vm_dir.chmod(0o711)
     secret, uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
-    for n in ("system", "data"):
-        await qemuimg.create(vm_dir / f"{n}.qcow2", 64 << 20, PP)
+    await all_of(*(qemuimg.create(vm_dir / f"{n}.qcow2", 64 << 20, PP)  # (seconds each)
+                   for n in ("system", "data")))
     root = ET.fromstring(domain_xml(
         recipe, uuid=uuid, networks=prov.networks, cpu=env.cfg.cpu_profile(),
         disks={n: DiskBinding(PurePosixPath(vm_dir / f"{n}.qcow2"), secret)

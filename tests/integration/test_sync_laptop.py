@@ -48,6 +48,7 @@ from vmclient.host.keys import DeviceKeys
 from vmclient.manage import rekey
 from vmclient.provision.domainxml import VM_NS
 from vmclient.provision.installer import Provisioner
+from vmclient.provision.progress import Progress
 from vmclient.provision.receiver import Receiver
 from vmclient.provision.restore import RestoreError
 from vmclient.provision.restore import restore as restore_vm
@@ -206,6 +207,30 @@ def luks_identical(a: Path, b: Path, pp: bytes) -> bool:
     return r.returncode == 0
 
 
+@contextlib.asynccontextmanager
+async def tampered_memory_chunk(lt: Laptops, name: str) -> AsyncIterator[bytes]:
+    """A byte flipped in a chunk only the latest snapshot's memory image has, in B's copy
+    of the store (after :meth:`Laptops.rekey_for_b`), until the block ends; its id."""
+    keys = lt.a.keys.load(name)
+    b_id, a_id = lt.b_dev.device_id(), lt.env.device.device_id()
+    signers = {a_id: lt.env.device.signing().public_key()}
+    m = await load_snapshot(lt.env.dc.store, signers, keys, b_id, name)
+    disk_ids = set().union(*(d.stored_ids() for d in m.disks if d.role != "memory"))
+    memory = next(d for d in m.disks if d.role == "memory")
+    cid = sorted(memory.stored_ids() - disk_ids)[0]
+    store = ChunkStore(lt.env.dc.store, layout.vm_store(b_id, name), keys)
+    ref = (await store.load_index())[cid]
+    pack = lt.env.dc.root / layout.pack(store.root, ref.pack)
+    good = pack.read_bytes()
+    raw = bytearray(good)
+    raw[ref.offset + ref.length // 2] ^= 0x01
+    pack.write_bytes(bytes(raw))
+    try:
+        yield cid
+    finally:
+        pack.write_bytes(good)
+
+
 def assert_not_restored(lt: Laptops, name: str) -> None:
     """Laptop B has neither a domain nor disks of ``name``."""
     assert_no_vm(lt.b_cfg.images_dir, name)
@@ -280,6 +305,33 @@ def watch_plaintext(directory: Path) -> Iterator[dict[str, set[str]]]:
         t.join()
 
 
+@contextlib.contextmanager
+def state_when_files_appear(directory: Path, name: str) -> Iterator[list[int]]:
+    """Domain ``name``'s state the moment the first file appears in ``directory``."""
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def look() -> None:
+        conn = libvirt.open(URI)
+        try:
+            while not stop.is_set() and not seen:
+                with contextlib.suppress(OSError):
+                    if directory.exists() and any(
+                            f.is_file() for f in directory.rglob("*")):
+                        seen.append(conn.lookupByName(name).state()[0])
+                stop.wait(0.01)
+        finally:
+            conn.close()
+
+    t = threading.Thread(target=look, daemon=True)
+    t.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        t.join()
+
+
 async def test_the_plaintext_watch_sees_a_file_written_after_it_was_read(tmp_path: Path) -> None:
     """What the memory test's scratch checks rest on: a file the watch has read, clean,
     is read again once it changes (at once, and after a quiet moment)."""
@@ -301,6 +353,10 @@ async def test_the_plaintext_watch_sees_a_file_written_after_it_was_read(tmp_pat
 
 
 async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) -> None:
+    """A's running LUKS VM synced with its memory (full, then incremental) is restored
+    running on B.  First, with a byte of a chunk only the memory image has flipped in
+    B's copy on the server, B's restore names that chunk and defines nothing; once the
+    server is repaired the restore resumes, fetching only what it lacks."""
     async with laptops(tmp_path) as lt:
         name = await lt.install("mem", memory=True)
         await lt.a.start(name)
@@ -316,8 +372,13 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
                 if not overwritten:
                     hmp(dom, 1, f"write -P 0x21 {MIB} 65536")
                     overwritten.append(1)
-            with watch_plaintext(lt.scratch) as first_seen:
+            with watch_plaintext(lt.scratch) as first_seen, \
+                    state_when_files_appear(lt.scratch, name) as made_while:
                 first = await lt.sync(name, engine.Hooks(progress=overwrite))
+            # the LUKS scratch files (seconds of qemu-img's PBKDF calibration) are made
+            # while the VM still runs: not in the downtime of its memory point
+            assert made_while == [libvirt.VIR_DOMAIN_RUNNING], \
+                f"the scratch files appeared with the VM in state {made_while}, not running"
             assert (first.mode, first.seq) == ("full", 1) and first.memory_bytes > 0
             assert overwritten
             hmp(dom, 1, f"write -P 0x5c {2 * MIB} {256 * 1024}")  # changed since sync 1
@@ -342,8 +403,28 @@ async def test_luks_vm_with_memory_restored_running_on_laptop_b(tmp_path: Path) 
         lt.lose_a(name)
         await lt.rekey_for_b(name)
         events: list[str] = []
-        lt.b.report = lambda p: events.append(p.phase)
+        totals: list[int] = []  # the download's total, each time it is reported
+
+        def report(p: Progress) -> None:
+            events.append(p.phase)
+            if p.phase == "download":
+                totals.append(p.total)
+        lt.b.report = report
+
+        # the tampered memory chunk: named, nothing defined, no key kept
+        async with tampered_memory_chunk(lt, name) as cid:
+            with pytest.raises(RemoteIntegrityError, match=cid.hex()):
+                await restore_vm(lt.b, name, from_device=lt.env.device.device_id())
+            assert_not_restored(lt, name)
+            assert not lt.b.keys.exists(name), "a key kept after the tampered chunk"
+            first_total = totals[-1]
+        # the server is repaired: the next restore resumes, fetching only what it lacks
+        events.clear()
+        totals.clear()
         vm = await restore_vm(lt.b, name, from_device=lt.env.device.device_id())
+        assert 0 < totals[-1] < first_total, ("the restore after the repair fetched "
+                                              f"{totals} of {first_total} bytes")
+        assert not (lt.b_cfg.state_dir / "cache" / f".vm-{name}").exists()  # cleared
         assert {"download", "assemble", "define"} <= set(events)
         conn = libvirt.open(URI)
         try:
@@ -400,8 +481,11 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         config = write_config(replace(lt.env, cfg=lt.b_cfg), tmp_path / "b")
         env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         with provd(config, env, tmp_path / "provd.log"):
-            r = vmclientctl("vm", "restore", name, "--from", lt.env.device.device_id(), env=env,
-                            timeout=scaled(240))
+            # (in a thread: this loop answers libvirtd's keepalives meanwhile, or a
+            # restore longer than their timeout on a loaded machine drops its connection)
+            r = await asyncio.to_thread(vmclientctl, "vm", "restore", name, "--from",
+                                        lt.env.device.device_id(), env=env,
+                                        timeout=scaled(240))
         assert r.returncode == 0, r.stderr
         assert f"VM {name} restored from snapshot 0000000001" in \
             (tmp_path / "provd.log").read_text()  # by the daemon, not in the CLI
@@ -416,85 +500,22 @@ async def test_luks_vm_at_rest_restores_and_starts_on_b(system_bus: PrivateSyste
         assert (await lt.b.get(name)).state == "running"
 
 
-async def test_tampered_memory_chunk_is_named_and_nothing_defined(tmp_path: Path) -> None:
-    async with laptops(tmp_path) as lt:
-        name = await lt.install("tamper", memory=True)
-        await lt.a.start(name)
-        await lt.sync(name)
-        lt.lose_a(name)
-        await lt.rekey_for_b(name)
-        # flip a byte of a chunk only the memory image has, in B's copy of the store
-        keys = lt.a.keys.load(name)
-        b_id, a_id = lt.b_dev.device_id(), lt.env.device.device_id()
-        signers = {a_id: lt.env.device.signing().public_key()}
-        m = await get_snapshot(lt.env.dc.store, signers, keys, device=b_id, vm=name,
-                               snapshot=layout.snapshot_name(1))
-        disk_ids = set().union(*(d.stored_ids() for d in m.disks if d.role != "memory"))
-        memory = next(d for d in m.disks if d.role == "memory")
-        cid = sorted(memory.stored_ids() - disk_ids)[0]
-        store = ChunkStore(lt.env.dc.store, layout.vm_store(b_id, name), keys)
-        ref = (await store.load_index())[cid]
-        pack = lt.env.dc.root / layout.pack(store.root, ref.pack)
-        good = pack.read_bytes()
-        raw = bytearray(good)
-        raw[ref.offset + ref.length // 2] ^= 0x01
-        pack.write_bytes(bytes(raw))
-        totals: list[int] = []
-        lt.b.report = lambda p: totals.append(p.total) if p.phase == "download" else None
-        with pytest.raises(RemoteIntegrityError, match=cid.hex()):
-            await restore_vm(lt.b, name, from_device=a_id)
-        assert_not_restored(lt, name)
-        assert not lt.b.keys.exists(name)
-
-        # the server is repaired: the next restore resumes, fetching only what it lacks
-        first_total = totals[-1]
-        pack.write_bytes(good)
-        totals.clear()
-        vm = await restore_vm(lt.b, name, from_device=a_id)
-        assert vm.state == "running"
-        assert 0 < totals[-1] < first_total
-        assert not (lt.b_cfg.state_dir / "cache" / f".vm-{name}").exists()  # cleared
-
-
-async def test_replayed_older_latest_after_rekey_is_refused_and_nothing_defined(
-        tmp_path: Path) -> None:
-    """After the rekey order (min_seq = the ``latest`` IT verified), a server that hands
-    B an older, validly signed ``latest`` from an earlier sync is refused."""
-    async with laptops(tmp_path) as lt:
-        name = await lt.install("replay", memory=False)
-        a_id, b_id = lt.env.device.device_id(), lt.b_dev.device_id()
-        assert (await lt.sync(name)).seq == 1  # at rest: no VM boot
-        old_latest = await lt.env.dc.store.get(layout.vm_pointer(a_id, name))
-        assert (await lt.sync(name)).seq == 2
-        lt.lose_a(name)
-        result = await lt.rekey_for_b(name)
-        assert result.seq == 2
-        await lt.accept_on_b(name, result)
-        assert accepted_min_seq(lt.b_cfg.manage_dir, name) == 2
-        key_file = lt.b.keys.path(name)
-        accepted_key = key_file.read_bytes()
-        # the server replays sync 1's pointer (A's signature, valid) over B's copy
-        await lt.env.dc.store.put_atomic(layout.vm_pointer(b_id, name), old_latest)
-        with pytest.raises(RemoteIntegrityError,
-                           match=r"pointer.*seq 1 is older than seq 2") as exc:
-            await restore_vm(lt.b, name, from_device=a_id)
-        assert layout.vm_pointer(b_id, name) in str(exc.value)
-        assert_not_restored(lt, name)
-        assert not (lt.b_cfg.state_dir / "vms" / name).exists()
-        # no key of the restore's own: only the one the agent accepted, untouched
-        assert key_file.read_bytes() == accepted_key
-
-
 async def test_definition_planted_by_a_rooted_laptop_is_not_restored(tmp_path: Path) -> None:
     """Laptop A, stolen and rooted, syncs once more before IT revokes it: a snapshot signed
     with its valid device key whose domain XML carries a host PCI device, a disk reading a
     host file, QEMU arguments and ``kind="private"`` (no lease).  IT's restore onto B
     defines the VM from its recipe: none of it arrives; a recipe saying ``private`` is
-    refused outright (issue 13, security point 2)."""
+    refused outright (issue 13, security point 2).
+
+    And after the rekey order (min_seq = the ``latest`` IT verified), a server that hands
+    B an older, validly signed ``latest`` from an earlier sync is refused, nothing
+    defined, the key the agent accepted untouched."""
     async with laptops(tmp_path) as lt:
         name = await lt.install("plant", memory=False)
         assert (await lt.sync(name)).seq == 1  # at rest
         a_id, store = lt.env.device.device_id(), lt.env.dc.store
+        b_id = lt.b_dev.device_id()
+        old_latest = await store.get(layout.vm_pointer(a_id, name))  # sync 1's
         keys = lt.a.keys.load(name)
         signers = {a_id: lt.env.device.signing().public_key()}
         genuine = await get_snapshot(store, signers, keys, device=a_id, vm=name,
@@ -533,15 +554,32 @@ async def test_definition_planted_by_a_rooted_laptop_is_not_restored(tmp_path: P
         private = genuine.meta["recipe"].replace('kind = "business"', 'kind = "private"')
         await sync_planted(2, domain=planted, recipe=private)
         lt.lose_a(name)
-        await lt.rekey_for_b(name)
+        result = await lt.rekey_for_b(name)
         with pytest.raises(RestoreError, match="snapshot 0000000002: its recipe"):
             await restore_vm(lt.b, name, from_device=a_id)
         assert_not_restored(lt, name)
 
+        # the replayed older latest: B's agent executed the rekey order (min_seq 2); the
+        # server replays sync 1's pointer (A's signature, valid) over B's copy
+        assert result.seq == 2
+        await lt.accept_on_b(name, result)
+        assert accepted_min_seq(lt.b_cfg.manage_dir, name) == 2
+        key_file = lt.b.keys.path(name)
+        accepted_key = key_file.read_bytes()
+        await store.put_atomic(layout.vm_pointer(b_id, name), old_latest)
+        with pytest.raises(RemoteIntegrityError,
+                           match=r"pointer.*seq 1 is older than seq 2") as exc:
+            await restore_vm(lt.b, name, from_device=a_id)
+        assert layout.vm_pointer(b_id, name) in str(exc.value)
+        assert_not_restored(lt, name)
+        assert not (lt.b_cfg.state_dir / "vms" / name).exists(), "replayed latest: a recipe"
+        # no key of the restore's own: only the one the agent accepted, untouched
+        assert key_file.read_bytes() == accepted_key, "replayed latest: the key changed"
+
         # the planted definition with A's genuine recipe: rebuilt from the recipe
         await sync_planted(3, domain=planted)
         # IT rekeys again (afresh: a rerun keeps what it copied when the size matches)
-        shutil.rmtree(lt.env.dc.root / layout.vm_dir(lt.b_dev.device_id(), name))
+        shutil.rmtree(lt.env.dc.root / layout.vm_dir(b_id, name))
         await lt.rekey_for_b(name)
         vm = await restore_vm(lt.b, name, from_device=a_id)
         conn = libvirt.open(URI)

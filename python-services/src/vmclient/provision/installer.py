@@ -30,6 +30,7 @@ from ..errors import VMClientError, VMNotFound
 from ..host.files import commit, write_private
 from ..host.gate import StartGate
 from ..host.keys import DeviceKeys, VMKeys
+from ..tasks import all_of
 from ..virt.libvirt import DomState, Hypervisor, eject_media
 from . import media, qemuimg, spec
 from .config import ProvisionConfig, gate_config
@@ -143,15 +144,21 @@ class Provisioner:
             paths = {d.name: vm_dir / f"{d.name}.qcow2" for d in recipe.disks}
             system = recipe.system_disk
             cdrom: PurePosixPath | None = None
-            if resolved is not None:
-                paths[system.name] = vm_dir / f"{system.name}-v{resolved.version.version}.qcow2"
-                await self._assemble(resolved, paths[system.name], pp, system.size_gib, progress)
-            else:
-                assert media_fd is not None
-                cdrom = await _from_media(recipe, media_fd, paths[system.name], pp)
-            for d in recipe.disks:
-                if d.role == "user":
-                    await _blank(paths[d.name], d.size_gib * GIB, pp)
+
+            async def system_disk() -> None:
+                nonlocal cdrom
+                if resolved is not None:
+                    paths[system.name] = vm_dir / \
+                        f"{system.name}-v{resolved.version.version}.qcow2"
+                    await self._assemble(resolved, paths[system.name], pp, system.size_gib,
+                                         progress)
+                else:
+                    assert media_fd is not None
+                    cdrom = await _from_media(recipe, media_fd, paths[system.name], pp)
+            # the blank user disks while the system disk is written (each qemu-img
+            # create spends seconds calibrating its PBKDF)
+            await all_of(system_disk(), *(_blank(paths[d.name], d.size_gib * GIB, pp)
+                                          for d in recipe.disks if d.role == "user"))
             secret = str(uuidlib.uuid4())
             xml = domain_xml(recipe, uuid=str(uuidlib.uuid4()), install_media=cdrom,
                              disks={n: DiskBinding(PurePosixPath(p), secret)

@@ -207,17 +207,18 @@ def open_datacenter(cfg: ProvisionConfig, device: DeviceKeys
 
 async def write_disk(cache: ChunkCache, disk: ChunkMap, keys: crypto.KeySet, target: Path,
                      passphrase: bytes, size: int, staging: Path, staging_bytes: int,
-                     progress: Progress, report: ProgressFn) -> None:
+                     progress: Progress, report: ProgressFn, *, blank: bool = False) -> None:
     """A new LUKS qcow2 ``target`` (at least ``size`` bytes) holding ``disk`` from the cache.
 
     Written under a temporary name (``.partial-*``), every chunk reopened from
-    the cache, flushed, fsync'ed, then renamed: whole or absent.
+    the cache, flushed, fsync'ed, then renamed: whole or absent.  With ``blank`` that
+    file was made already (:func:`blank_partial`, several disks at once).
     """
-    tmp = target.with_name(f".partial-{target.name}")
-    tmp.unlink(missing_ok=True)
+    tmp = partial(target)
     progress.begin("assemble", disk.size)
     try:
-        await qemuimg.create(tmp, max(size, disk.size), passphrase)
+        if not blank:
+            await blank_partial(target, max(size, disk.size), passphrase)
         runs = _runs(disk, keys, cache)
 
         def take() -> list[tuple[int, bytes]]:
@@ -239,6 +240,19 @@ async def write_disk(cache: ChunkCache, disk: ChunkMap, keys: crypto.KeySet, tar
         tmp.unlink(missing_ok=True)
     progress.done = disk.size
     report(progress)
+
+
+def partial(target: Path) -> Path:
+    """The temporary name :func:`write_disk` writes ``target`` under."""
+    return target.with_name(f".partial-{target.name}")
+
+
+async def blank_partial(target: Path, size: int, passphrase: bytes) -> None:
+    """A blank LUKS qcow2 of ``size`` bytes under ``target``'s temporary name (one made
+    before is replaced), for :func:`write_disk` to fill."""
+    tmp = partial(target)
+    await asyncio.to_thread(tmp.unlink, missing_ok=True)
+    await qemuimg.create(tmp, size, passphrase)
 
 
 def _runs(disk: ChunkMap, keys: crypto.KeySet, cache: ChunkCache

@@ -62,11 +62,12 @@ from ..store.pack import open_blob
 from ..store.plan import DownloadPlan, plan_download
 from ..store.remote import RemoteStore
 from ..store.repo import get_wrapped_key, load_snapshot, writers
+from ..tasks import all_of
 from ..virt.libvirt import restore_saved
 from .cache import ChunkCache
 from .installer import Installed, Provisioner, VMExists
 from .progress import Progress, ProgressFn
-from .receiver import write_disk
+from .receiver import blank_partial, write_disk
 from .redefine import Definition, RestoreError, rebuild
 
 log = logging.getLogger(__name__)
@@ -229,12 +230,14 @@ async def _rebuild(prov: Provisioner, vm: str, keys: crypto.KeySet, m: Manifest,
             write_private(marker, b"restore started\n")  # a crash from here on is undone
         vm_dir.mkdir(parents=True, exist_ok=False)
         vm_dir.chmod(0o711)  # QEMU (libvirt's DAC label) must reach the disks
-        for disk in m.disks:
-            if disk.role == MEMORY:
-                continue
+        disks = [d for d in m.disks if d.role != MEMORY]
+        # every disk's blank LUKS qcow2 at once (each qemu-img create spends seconds)
+        await all_of(*(blank_partial(vm_dir / domain.files[d.name], d.size, pp)
+                       for d in disks))
+        for disk in disks:
             await write_disk(cache, disk, keys, vm_dir / domain.files[disk.name], pp,
                              disk.size, staging, prov.cfg.staging_mib << 20, progress,
-                             prov.report)
+                             prov.report, blank=True)
         memory = next((d for d in m.disks if d.role == MEMORY), None)
         if memory is not None:
             # plaintext guest RAM: only where nothing persists, as the sync's memory_dir

@@ -43,6 +43,7 @@ from ..errors import VMClientError, VMNotFound
 from ..host.files import check_ram_backed, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
+from ..tasks import all_of
 from ..virt.libvirt import DomState
 from ..virt.stream import block_pull, cancel_pull, pull_state, qemu_owner, with_nbd_backing
 from .cache import ChunkCache
@@ -161,9 +162,11 @@ class Streams:
                               f"{d.name}.ids", self.read_timeout)
             write_private(sdir / spec.ids, b"".join(d.ids))
             write_private(sdir / f"{d.name}.json", spec.to_json())
-            sockets[d.name] = str(await self.serve(vm, d.name))
-            await create_overlay(vm_dir / p.domain.files[d.name], d.size,
-                                 p.keys.passphrase(), Path(sockets[d.name]))
+            sock = self._paths(vm, d.name)[1]  # (the overlay does not open it: made at once)
+            await all_of(self.serve(vm, d.name),
+                         create_overlay(vm_dir / p.domain.files[d.name], d.size,
+                                        p.keys.passphrase(), sock))
+            sockets[d.name] = str(sock)
         return sockets
 
     # -- nbdkit --------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from ..provision import qemuimg
 from ..store.chunker import Chunk, Chunker
 from ..store.errors import LocalSyncError
 from ..store.objects import Manifest
+from ..tasks import all_of
 from ..virt.libvirt import (
     DiskSource,
     DomState,
@@ -133,18 +134,18 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
     roles = plan.roles(len(view.disks))
     sock = await asyncio.to_thread(_socket_dir, work / "nbd", view.qemu_ids) / "s"
     await stack.enter_async_context(_disk_secrets(hv, view, pp))
+    scratch = {d.target: str(work / f"{d.target}-{checkpoint}.scratch.qcow2")
+               for d in view.disks}
     while True:  # one consistent point; again if a fallback came after the VM resumed
-        paused, resumed, down = False, False, time.monotonic()
+        paused, resumed = False, False
         try:
+            # before the VM pauses (not part of its downtime)
+            await _luks_scratch(scratch, sizes, encrypt, pp)
+            down = time.monotonic()
             if memory_file is not None:
                 paused = await save_and_restore_paused(hv, view.uuid, view.name,
                                                        str(memory_file))
             while True:  # incremental, else full
-                scratch = {d.target: str(work / f"{d.target}-{checkpoint}.scratch.qcow2")
-                           for d in view.disks}
-                if encrypt:  # made here with a short PBKDF: the key is full-entropy
-                    assert pp is not None
-                    await _luks_scratch(scratch, sizes, pp)
                 try:
                     at = await backup_pull(hv, view.uuid, view.name, str(sock), scratch,
                                            checkpoint, incremental, encrypt=encrypt,
@@ -171,6 +172,7 @@ async def _running(hv: Hypervisor, view: SyncView, parent: Manifest | None,
                     await asyncio.to_thread(_remove, scratch.values())
                     if then == plan.RETAKE:
                         break  # the memory image is older now: take the point again
+                    await _luks_scratch(scratch, sizes, encrypt, pp)  # for the full job
                     continue
                 stack.push_async_callback(backup_end, hv, view.uuid, view.name)
                 result.mode = SyncMode.INCREMENTAL if incremental else SyncMode.FULL
@@ -207,13 +209,20 @@ async def _exported(name: str, role: str, sock: Path, size: int, chunk_size: int
 
 
 async def _luks_scratch(scratch: Mapping[str, str], sizes: Mapping[str, int],
-                        pp: bytes) -> None:
-    """The LUKS qcow2 scratch file of each disk, under the disks' passphrase, for the
-    backup job to reuse (its PBKDF as short as every disk of ours: ``qemuimg``).  A
-    failure leaves what was made to the run, which empties the scratch directory."""
-    for target, path in scratch.items():
+                        encrypt: Mapping[str, str], pp: bytes | None) -> None:
+    """With LUKS disks (``encrypt``), the LUKS qcow2 scratch file of each disk under the
+    disks' passphrase, for the backup job to reuse: made here with a PBKDF as short as
+    every disk of ours (``qemuimg``: the key is full-entropy), all at once (each
+    ``qemu-img create`` calibrates its PBKDF for seconds).  A failure leaves what was
+    made to the run, which empties the scratch directory."""
+    if not encrypt:
+        return
+    assert pp is not None
+
+    async def one(target: str, path: str) -> None:
         await qemuimg.create(Path(path), sizes[target], pp)
         log.debug("scratch file of disk %s made: %s", target, path)
+    await all_of(*(one(target, path) for target, path in scratch.items()))
 
 
 def _check_encrypted(view: SyncView, scratch: Mapping[str, str]) -> None:
