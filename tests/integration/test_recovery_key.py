@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -145,20 +146,44 @@ def test_recovery_key_is_escrowed_at_enrolment_and_only_it_reaches_it(
     assert "wrapped for escrow key" in capsys.readouterr().err
 
 
-def test_admin_is_told_when_a_device_has_not_escrowed_a_key(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def enrolled(tmp_path: Path, name: str, **cfg_kw: Any) -> tuple[list[str], Agent, str]:
+    """A repository (``vmclient-admin`` arguments), a laptop enrolled in it, its id."""
     repo, key_dir = tmp_path / "repo", tmp_path / "admin-keys"
     admin = ["--repo", str(repo), "--key-dir", str(key_dir)]
     assert admin_main([*admin, "init"]) == 0
     k = admin_keys.load(key_dir)
     cfg = ManageConfig(state_dir=tmp_path / "manage", vm_keys_dir=tmp_path / "vmkeys",
-                       images_dir=tmp_path / "images", name_prefix="vmct-none-")
+                       images_dir=tmp_path / "images", name_prefix="vmct-none-", **cfg_kw)
     laptop = Agent(cfg, LocalDirStore(repo), Hypervisor("qemu:///system"), wall=lambda: NOW)
     book = CodeBook(tmp_path / "codes.json")
     device = asyncio.run(laptop.request_enrolment(crypto.raw_public(k.admin.public_key()),
-                                                  "laptop-7", book.issue("laptop-7", NOW)))
+                                                  name, book.issue(name, NOW)))
     asyncio.run(process_requests(LocalDirStore(repo), k.admin, book, NOW))
     assert asyncio.run(laptop.complete_enrolment())
+    return admin, laptop, device
+
+
+def test_admin_is_told_when_a_device_has_not_escrowed_a_key_and_when_its_key_was_used(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A use: the record the laptop's boot appends to (meta-vmclient's
+    vmclient-data-recovery) goes up with the agent's next poll; ``devices`` and ``show``
+    name when and which keyslot."""
+    record = tmp_path / "recovery-key-used"
+    admin, laptop, device = enrolled(tmp_path, "laptop-8", recovery_record=record)
     capsys.readouterr()
     assert admin_main([*admin, "recovery-key", device]) != 0
     assert "has not escrowed a recovery key" in capsys.readouterr().err
+
+    asyncio.run(laptop.poll())  # never used: nothing said
+    capsys.readouterr()
+    assert admin_main([*admin, "devices"]) == 0
+    assert "recovery key" not in capsys.readouterr().out
+    record.write_text("2025-12-07T04:12:33Z recovery key used: keyslot 1; "
+                      "sealed to this TPM2 again: yes\n")
+    asyncio.run(laptop.poll())
+    assert admin_main([*admin, "devices"]) == 0
+    assert ("laptop-8: recovery key used 1 time, last 2025-12-07 04:12 UTC (keyslot 1, "
+            "sealed to the TPM again)") in capsys.readouterr().out.splitlines()
+    assert admin_main([*admin, "show", device, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recovery_key_used"] == [
+        {"keyslot": 1, "resealed": True, "time": 1_765_080_753}]

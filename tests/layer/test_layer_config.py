@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vmclient.manage import keyuse
+
 from . import bbvars
 from .layerutil import LAYER, REPO
 
@@ -334,10 +336,24 @@ def test_boot_waits_for_the_recovery_key_and_nothing_that_needs_the_data_starts_
     assert '[ -b "/dev/mapper/$name" ] && exit 0' in script  # the TPM2 opened it
     assert not re.search(r"^\s*exit 1\b|\|\| exit 1$", script, re.M), "1 counts as success"
     assert "systemd-ask-password --timeout=0" in script
-    assert 'cryptsetup open --type luks2 --key-file=- "$dev" "$name"' in script
-    # sealed again to the PCR repart sealed it to (systemd-repart's default, 7)
-    assert "systemd-cryptenroll --wipe-slot=tpm2 --tpm2-device=auto --tpm2-pcrs=7" in script
+    assert 'cryptsetup -v open --type luks2 --key-file=- "$dev" "$name"' in script
+    # sealed again to the PCR repart sealed it to (systemd-repart's default, 7), the
+    # old tpm2 keyslot wiped by a call of its own first: systemd-cryptenroll skips an
+    # enrolment whose PCR policy digest is already in the header before it wipes, and
+    # another TPM with the same PCR 7 has the same digest (the re-seal did not take)
+    calls = re.findall(r"^.*\bsystemd-cryptenroll\b.*$", script, re.M)
+    assert [c for c in calls if "--wipe-slot" in c and "--tpm2-device" in c] == [], calls
+    wipe = script.index('systemd-cryptenroll --wipe-slot=tpm2 "$dev" &&')
+    enrol = script.index('systemd-cryptenroll --tpm2-device=auto --tpm2-pcrs=7 "$dev"')
+    assert wipe < enrol
     assert "TPM2PCRs" not in (files / "50-vmdata.conf").read_text()
+    # the record of the use, as vmclient-syncd's heartbeat reads it (vmclient.manage.keyuse)
+    [note] = [line for line in script.splitlines() if line.endswith('> "$used"')]
+    for slot, resealed, expected in (("1", "yes", (1, True)), ("", "no", (-1, False))):
+        written = subprocess.run(["sh", "-c", f'slot={slot} resealed={resealed} used=/dev/stdout\n'
+                                  + note], check=True, capture_output=True, text=True).stdout
+        [use] = keyuse.parse_record(written)
+        assert use != keyuse.UNREADABLE and (use.keyslot, use.resealed) == expected, written
     used = (files / "vmclient-recovery-key-used.service.in").read_text()
     assert "rm -f @datadir@/device/recovery-key @datadir@/device/recovery-key.pending" in used
     # what needs the partition requires vmclient-data.target, which requires it all

@@ -10,6 +10,7 @@ last: it shuts the session's host down and boots it twice.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -132,6 +133,12 @@ def previous_boot_id(m: harness.Machine) -> str:
     return out
 
 
+def tpm2_blobs(m: harness.Machine) -> list[str]:
+    """The sealed blobs of the LUKS2 header's systemd-tpm2 tokens."""
+    meta = json.loads(sh(m, f"cryptsetup luksDump --dump-json-metadata {PART}"))
+    return [t["tpm2-blob"] for t in meta["tokens"].values() if t["type"] == "systemd-tpm2"]
+
+
 def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_key(
         host: harness.Machine) -> None:
     m = host
@@ -156,6 +163,7 @@ def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_k
     sh(m, f"install -d -m 0700 {DATA}/device && echo escrowed > {DATA}/device/recovery-key")
     machine_id = sh(m, "cat /etc/machine-id").strip()
     first_boot = boot_id(m)
+    sealed = tpm2_blobs(m)
     m.shutdown(timeout=400)
 
     # Another TPM (this laptop's after a firmware change, or another laptop's): it
@@ -181,6 +189,17 @@ def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_k
         assert started >= unlocked, (unit, started, unlocked)
     used = sh(m, f"cat {DATA}/recovery-key-used")
     assert "sealed to this TPM2 again: yes" in used, used
+    # the old tpm2 keyslot (sealed to the TPM that is gone) was replaced by one sealed to
+    # this TPM, the recovery keyslot kept: the key still opens the partition
+    resealed = tpm2_blobs(m)
+    assert len(resealed) == 1 and not set(resealed) & set(sealed), (sealed, resealed)
+    # the record names the keyslot the key opened: the passphrase keyslot added above
+    slot = re.search(r" recovery key used: keyslot (\d+);", used)
+    assert slot, used
+    assert re.search(rf"^\s*{slot[1]}\s+password$", sh(m, f"systemd-cryptenroll {PART}"), re.M)
+    m.put_text("/tmp/recovery-key", recovery_key, mode=0o600)
+    sh(m, f"cryptsetup open --test-passphrase --key-file=/tmp/recovery-key {PART}; "
+          f"rc=$?; rm /tmp/recovery-key; exit $rc", timeout=300)
     # the used key is retired
     assert sh(m, f"ls -A {DATA}/device/recovery-key 2>/dev/null || true").strip() == ""
     assert sh(m, "cat /etc/machine-id").strip() == machine_id
@@ -188,15 +207,17 @@ def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_k
     recovery_boot = boot_id(m)
     m.shutdown(timeout=400)
 
-    # That TPM is now the laptop's.  The key was sealed to it again (systemd-cryptenroll
-    # succeeded), yet on the test host the next boot still asks (seen, cause not found:
-    # meta-vmclient/PLAN-encryption.md §5, open); the key typed again, the boot goes on.
+    # That TPM is now the laptop's: the key was sealed to it again, so the next boot
+    # unlocks by the TPM alone, no prompt, no use of the recovery key noted.  (Before the
+    # fix the re-seal was a no-op: systemd-cryptenroll kept the old keyslot, whose PCR
+    # policy was the same, and this boot asked again.)
     m.start()
     said = wait_console(m, re.compile(PROMPT.pattern + r"|vmclient-test login:"), timeout=400)
-    if PROMPT.search(said):
-        m.console_type(recovery_key + "\n")
+    assert not PROMPT.search(said), "the TPM2 the key was sealed to again did not unlock it:\n" \
+        + said[-3000:]
     m.wait_ssh()
     m.wait_system_running()
+    assert sh(m, f"cat {DATA}/recovery-key-used") == used
     assert sh(m, "systemctl is-active systemd-cryptsetup@vmdata.service").strip() == "active"
     assert sh(m, f"findmnt -n -o SOURCE {DATA}").strip() == "/dev/mapper/vmdata"
     assert sh(m, "cat /etc/machine-id").strip() == machine_id

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import UsageError
 from ..manage import admin as it
 from ..manage import fleetview
+from ..manage.keyuse import KeyUse
 from ..store import crypto, layout
 from ..store.documents import Catalog
 from ..store.format import shown
@@ -109,6 +110,9 @@ def render_device(doc: dict[str, Any], now: int) -> str:
                + (f", {shown(h['installed'])} installed (restart pending)"
                   if h.get("installed") else "") + f": {shown(h.get('result') or '-')}"]
               if (h := doc.get("host")) else []),
+            # the data partition opened with the recovery key, not by the TPM
+            *[f"  recovery key  used {KeyUse(**u).describe()}"
+              for u in doc.get("recovery_key_used", [])],
             f"  images        {', '.join(doc['images']) or '-'}",
             "  VMs           " + (", ".join(f"{v['vm']} #{v['seq']} synced {utc(v['time'])}"
                                           for v in doc["vms"]) or "-"),

@@ -35,6 +35,9 @@ class ManageConfig:
     lease_days: int = 14
     save_dir: Path = Path("/var/lib/libvirt/qemu/save")  # libvirt's managed-save images
     device_dir: Path | None = None  # the device keys, shared with provisioning's device_dir
+    # the data partition's record of recovery key uses (manage.keyuse), read for the
+    # heartbeat; None: not reported
+    recovery_record: Path | None = None
 
     @property
     def device_keys_dir(self) -> Path:

@@ -37,7 +37,7 @@ from ..store.orders import Order, OrderState, Report, check_device_name
 from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_config
 from ..virt.libvirt import Hypervisor
-from . import enrol, hostupdate, recovery, rekey, status
+from . import enrol, hostupdate, keyuse, recovery, rekey, status
 from .vms import BusinessWorkRefused, VMHost
 from .wipe import Journal, plan, run_wipe
 
@@ -210,11 +210,14 @@ class Agent:
         await self.escrow_recovery_key()
 
     async def send_status(self) -> None:
-        """Replace ``devices/<id>/status``: last contact, release, lease (:mod:`.status`)."""
+        """Replace ``devices/<id>/status``: last contact, release, lease, host update, uses
+        of the recovery key (:mod:`.status`)."""
         s = self.state_file.load()
+        record = self.cfg.recovery_record
         st = status.DeviceStatus(s.device, s.clock.time, status.release(), s.last_seq,
                                  s.lease_until, s.locked, s.wiped,
-                                 hostupdate.status_table(self.cfg.state_dir))
+                                 hostupdate.status_table(self.cfg.state_dir),
+                                 keyuse.newest(keyuse.read_record(record)) if record else ())
         await self.remote.put_atomic(status.status_path(s.device), signed_envelope(
             self.keys.signing(), "status", s.device, st.to_bytes()))
 

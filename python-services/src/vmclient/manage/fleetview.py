@@ -1,6 +1,7 @@
 """IT's fleet view behind ``vmclient-admin devices`` and ``show``: each enrolled device's
-orders, reports, heartbeat, lease and synchronised VMs, every object verified; one bad
-object marks its device (``problem``) and hides nothing else."""
+orders, reports, heartbeat (with the uses of its recovery key), lease and synchronised
+VMs, every object verified; one bad object marks its device (``problem``) and hides
+nothing else."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..store.orders import DEVICE_ID_RE, DeviceRecord
 from ..store.remote import RemoteStore
 from ..store.repo import get_pointer, get_signed, writers
 from .admin import device_record, orders_of, reports_of, revocation
+from .keyuse import MAX_SENT, KeyUse
 from .status import DeviceStatus, status_path
 
 
@@ -74,12 +76,15 @@ class DeviceView:
     revoked: int = 0  # when IT revoked it (0: not revoked)
     release: str = ""  # from its last status (heartbeat)
     host: dict[str, str] = field(default_factory=dict)  # host update: slot, release, result
+    # uses of the data partition's recovery key (its status; keyuse.KeyUse), oldest first
+    recovery_key_used: list[KeyUse] = field(default_factory=list)
     problem: str = ""  # an object of this device that did not verify (view incomplete)
     vms: list[VMView] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {**{k: v for k, v in vars(self).items() if k != "vms"},
-                "vms": [vars(v) for v in self.vms]}
+        return {**{k: v for k, v in vars(self).items() if k not in ("vms", "recovery_key_used")},
+                "vms": [vars(v) for v in self.vms],
+                "recovery_key_used": [u.to_json() for u in self.recovery_key_used]}
 
 
 async def devices(remote: RemoteStore, admin: crypto.Ed25519PublicKey) -> list[DeviceView]:
@@ -124,6 +129,7 @@ async def _fill(view: DeviceView, remote: RemoteStore, admin: crypto.Ed25519Publ
         view.last_contact = max(view.last_contact, st.time)
         view.release = st.release
         view.host = dict(st.host or {})
+        view.recovery_key_used = list(st.recovery_key_used)
         view.lease_until = st.lease_until  # the device's own view, when it has told us
     view.vms = await vms_of(remote, admin, rec)
 
@@ -148,5 +154,16 @@ def render_devices(views: list[DeviceView], now: int) -> str:
     rows += [f"{shown(v.name)}: host slot {shown(v.host.get('slot') or '-')}, release "
              f"{shown(v.host.get('release') or '-')}: {shown(v.host.get('result') or '-')}"
              for v in views if v.host]
+    rows += [recovery_line(v) for v in views if v.recovery_key_used]
     rows += [f"{shown(v.name)}: {shown(v.problem)}" for v in views if v.problem]
     return "\n".join(rows)
+
+
+def recovery_line(v: DeviceView) -> str:
+    """``NAME: recovery key used N time(s), last …`` (the data partition did not unlock by
+    its TPM; its escrowed key is replaced by a new one: threat-model.md §6a)."""
+    uses = v.recovery_key_used
+    shown_uses = f"{len(uses)} time{'s' if len(uses) > 1 else ''}"
+    if len(uses) >= MAX_SENT:
+        shown_uses = f"{MAX_SENT} or more times"
+    return f"{shown(v.name)}: recovery key used {shown_uses}, last {uses[-1].describe()}"

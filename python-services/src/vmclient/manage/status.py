@@ -1,9 +1,10 @@
 """The device's heartbeat: ``devices/<id>/status``, signed by the device, replaced at every poll.
 
 It tells IT what reports alone cannot: that the laptop reached the datacenter
-even when there was no order (last contact), which release it runs, and its
-own view of the lease.  The server can withhold or replay an older status (a
-stale "last contact"), not forge one.
+even when there was no order (last contact), which release it runs, its own
+view of the lease, and when its data partition's recovery key was used.  The
+server can withhold or replay an older status (a stale "last contact", a use
+not shown yet), not forge one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..store import layout
 from ..store.format import Reader, canonical_json
+from .keyuse import MAX_SENT, KeyUse
 
 OS_RELEASE = Path("/etc/os-release")
 HOST_FIELDS = ("slot", "release", "installed", "result")
@@ -61,11 +63,18 @@ class DeviceStatus:
     # host updates (repository-format.md §8.9): slot, release, installed, result; absent
     # before the laptop's first host-update cycle
     host: dict[str, str] | None = None
+    # the data partition's recovery key typed at boot (:mod:`.keyuse`), the newest
+    # keyuse.MAX_SENT, oldest first; absent while it never was
+    recovery_key_used: tuple[KeyUse, ...] = ()
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {"version": 1, **vars(self)}
         if self.host is None:
             del doc["host"]
+        if self.recovery_key_used:
+            doc["recovery_key_used"] = [u.to_json() for u in self.recovery_key_used]
+        else:
+            del doc["recovery_key_used"]
         return canonical_json(doc)
 
     @classmethod
@@ -80,5 +89,10 @@ class DeviceStatus:
             host = {k: h.text(k) for k in HOST_FIELDS}
             h.done()
             st = cls(**{**vars(st), "host": host})
+        if "recovery_key_used" in r.names():
+            uses = tuple(KeyUse.read(t) for t in r.tables("recovery_key_used"))
+            if not 0 < len(uses) <= MAX_SENT:
+                r.fail("recovery_key_used", f"{len(uses)} entries, expected 1 to {MAX_SENT}")
+            st = cls(**{**vars(st), "recovery_key_used": uses})
         r.done()
         return st

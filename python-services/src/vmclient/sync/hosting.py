@@ -300,8 +300,10 @@ def manage_config(cfg: sconfig.SyncConfig) -> ManageConfig:
     """The agent's configuration: what it reads and removes (vmclient-syncd.service's
     sandbox must let it write every directory named here)."""
     from ..host.inventory import ManageConfig
+    from ..manage import keyuse
     return ManageConfig(state_dir=cfg.manage.state_dir, vm_keys_dir=cfg.provision_dir / "keys",
                         images_dir=cfg.manage.images_dir, name_prefix=cfg.name_prefix,
                         vm_state_dirs=(cfg.provision_dir / "vms",),  # the recipe
                         device_dir=cfg.device_dir,
+                        recovery_record=keyuse.RECORD,  # read only
                         lease_days=cfg.manage.lease_days)
