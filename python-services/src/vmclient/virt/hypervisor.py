@@ -1,12 +1,7 @@
 """Connections to libvirtd, used from asyncio: :class:`Hypervisor`.
 
-- libvirt's own event loop (``virEventRegisterDefaultImpl``) runs in one daemon
-  thread per process, registered before the first connection, as virt-manager
-  runs it.  libvirt calls its event implementation from whichever thread makes a
-  call (here: the worker threads); its own loop is thread-safe, an asyncio loop
-  is not (libvirt-python's ``libvirtaio`` changed the loop's readers from the
-  worker threads, and under load the loop ran a handle cancelled meanwhile).
-  Domain events and a lost connection are handed to the asyncio loop.
+- The libvirt event loop implementation is registered on the running asyncio
+  loop before the first connection (libvirt-python's ``libvirtaio``).
 - Every blocking call runs in a worker thread, never on the loop.  Each
   connection has its own pool of :data:`MAX_CALLS_PER_CONNECTION` threads, which
   is libvirtd's default ``max_client_requests``; more parallelism means more
@@ -33,12 +28,12 @@ import contextlib
 import gc
 import itertools
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
+import libvirtaio
 
 from ..errors import (
     HypervisorError,
@@ -57,32 +52,33 @@ T = TypeVar("T")
 
 MAX_CALLS_PER_CONNECTION = 5
 
-_events: threading.Thread | None = None
-_events_lock = threading.Lock()
+_registered_loop: asyncio.AbstractEventLoop | None = None
 
 # Errors reach us as exceptions; libvirt's default handler would also print them.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+logging.getLogger("virEventAsyncIOImpl").setLevel(logging.INFO)
 
 
 def _ensure_event_impl() -> None:
-    """Start libvirt's own event loop in a daemon thread, once per process (before the
-    first connection: a connection opened without it gets no events nor keepalive)."""
-    global _events  # noqa: PLW0603
-    with _events_lock:
-        if _events is not None:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        _events = threading.Thread(target=_run_events, name="libvirt-events", daemon=True)
-        _events.start()
+    """Register libvirt's asyncio event implementation on the running loop, once.
 
-
-def _run_events() -> None:
-    while True:  # nothing may end this thread: without it no event, no keepalive
-        try:
-            if libvirt.virEventRunDefaultImpl() < 0:
-                log.error("libvirt's event loop failed one iteration")
-        except Exception:  # a callback's (or a finaliser run here by the GC)
-            log.exception("in libvirt's event loop")
+    libvirt takes one implementation per process.  A process that runs one
+    loop after another (the CLI, tests) moves it to the new loop once the old
+    one no longer runs; two loops running at once cannot share it.
+    """
+    global _registered_loop  # noqa: PLW0603
+    loop = asyncio.get_running_loop()
+    if _registered_loop is loop:
+        return
+    impl = libvirtaio.getCurrentImpl()
+    if _registered_loop is not None and impl is not None:
+        if _registered_loop.is_running():
+            raise RuntimeError("libvirt's event implementation is bound to another running "
+                               "event loop")
+        impl.loop = loop  # (its drain() is never left waiting: see Hypervisor.close)
+    else:
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+    _registered_loop = loop
 
 
 def _connection_lost(exc: libvirt.libvirtError) -> bool:
@@ -184,9 +180,10 @@ class Hypervisor(Resources):
 
     def _closed_cb(self, _conn: Any, reason: int, c: _Connection) -> None:
         log.warning("connection %d to libvirtd lost (reason %d)", c.index, reason)
-        # Not from inside libvirt's own callback (closing there would deadlock); it
-        # comes from the event thread or a worker thread whose call saw the EOF.
-        self._on_loop(self._lost)
+        # Not from inside libvirt's own callback (closing there would deadlock),
+        # and it may come from a worker thread whose call saw the EOF.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._lost)
 
     def watch_domains(self, on_lifecycle: Callable[[str, str, int, int], None],
                       on_metadata: Callable[[str, str, str], None]) -> None:
@@ -197,21 +194,14 @@ class Hypervisor(Resources):
         self._on_lifecycle = on_lifecycle
         self._on_metadata = on_metadata
 
-    # (libvirt's callbacks run on its event thread: each is handed to the loop)
-
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-                self._loop.call_soon_threadsafe(fn, *args)
-
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
-            self._on_loop(self._on_lifecycle, dom.UUIDString(), dom.name(), event, detail)
+            self._on_lifecycle(dom.UUIDString(), dom.name(), event, detail)
 
     def _metadata_cb(self, _conn: Any, dom: Any, mtype: int, nsuri: str | None,
                      _opaque: Any) -> None:
         if self._on_metadata is not None and mtype == libvirt.VIR_DOMAIN_METADATA_ELEMENT:
-            self._on_loop(self._on_metadata, dom.UUIDString(), dom.name(), nsuri or "")
+            self._on_metadata(dom.UUIDString(), dom.name(), nsuri or "")
 
     def _lost(self) -> None:
         if self._closing:
@@ -262,12 +252,22 @@ class Hypervisor(Resources):
             c.pool.shutdown(wait=False, cancel_futures=True)
         self._connected.clear()
         # Let the worker threads finish (bounded: a call on a hung QEMU never
-        # returns), then drop the domain objects still referenced: each holds its
-        # connection open.  libvirt's event thread frees the handles and timers.
+        # returns), then let libvirt free its handles and timers while the loop
+        # still runs: domain objects still referenced hold a connection open.
         for c in self._conns:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.to_thread(c.pool.shutdown, wait=True), 2.0)
         gc.collect()
+        impl = libvirtaio.getCurrentImpl()
+        for _ in range(3):
+            await asyncio.sleep(0.02)
+            # until idle, at most 1 s (another connection of this process may keep it
+            # busy): polled, as drain() cannot be given up on (cancelled, it leaves
+            # its event behind and refuses the next call)
+            for _tick in range(100):
+                if impl is None or impl.is_idle():
+                    break
+                await asyncio.sleep(0.01)
 
     # -- calls -----------------------------------------------------------------
 
