@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,6 +263,18 @@ SETTLE = 0.1
 
 
 @contextlib.contextmanager
+def in_thread(look: Callable[[], None], stop: threading.Event) -> Iterator[None]:
+    """``look`` runs in a thread while the block runs; ``stop`` set ends it (waited for)."""
+    t = threading.Thread(target=look, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+@contextlib.contextmanager
 def watch_plaintext(directory: Path) -> Iterator[dict[str, set[str]]]:
     """Look at every file that appears in ``directory`` while the block runs, and again
     whenever it may have changed since it was last read (its inode, size or times moved,
@@ -296,13 +308,8 @@ def watch_plaintext(directory: Path) -> Iterator[dict[str, set[str]]]:
                                    began)
             stop.wait(0.01)
 
-    t = threading.Thread(target=look, daemon=True)
-    t.start()
-    try:
+    with in_thread(look, stop):
         yield seen
-    finally:
-        stop.set()
-        t.join()
 
 
 @contextlib.contextmanager
@@ -323,13 +330,8 @@ def state_when_files_appear(directory: Path, name: str) -> Iterator[list[int]]:
         finally:
             conn.close()
 
-    t = threading.Thread(target=look, daemon=True)
-    t.start()
-    try:
+    with in_thread(look, stop):
         yield seen
-    finally:
-        stop.set()
-        t.join()
 
 
 async def test_the_plaintext_watch_sees_a_file_written_after_it_was_read(tmp_path: Path) -> None:
