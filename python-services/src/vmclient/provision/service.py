@@ -168,17 +168,14 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
     A VM name from the caller is checked (:func:`spec.vm_name`) before anything else
     sees it: it becomes part of paths (its disks' directory, its key, its recipe).
     """
-    busy = asyncio.Lock()
-
     def long_work(what: str, fn: Callable[[list[Any]], Awaitable[list[Any]]]
                   ) -> Callable[[list[Any]], Awaitable[list[Any]]]:
         async def run(args: list[Any]) -> list[Any]:
-            iface.begin_work(what)  # (refused while another runs)
-            async with busy:
-                try:
-                    return await fn(args)
-                finally:
-                    iface.idle()
+            iface.begin_work(what)  # (refused while another runs: one at a time)
+            try:
+                return await fn(args)
+            finally:
+                iface.idle()
         return run
 
     async def install(args: list[Any]) -> list[Any]:
