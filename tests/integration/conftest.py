@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from fixtures_udev import SimulatedLaptop
 from fixtures_virt import TCG_SLOWDOWN, Domains, LibvirtdLink, domains, probed_profile
 from powerd_harness import Logind, PowerDaemon, PowerDaemons
 
+from testlib import ROOT
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).resolve().parent
@@ -35,6 +38,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 limit = marker.args[0] if marker and marker.args else \
                     float(config.getini("timeout") or 300)
                 item.add_marker(pytest.mark.timeout(limit * TCG_SLOWDOWN))
+
+
+LIBVIRTD_PID = Path("/run/libvirtd.pid")
+LIBVIRTD_LOG = Path("/var/log/libvirt/libvirtd.log")
+
+
+def _libvirtd_pid() -> int | None:
+    try:
+        pid = int(LIBVIRTD_PID.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@pytest.fixture(autouse=True)
+def libvirtd_outlives_the_test() -> Iterator[None]:
+    """A libvirtd that dies during a test fails that test, with the end of libvirtd's log,
+    and is started again, as a laptop's systemd restarts it: the tests after it still get
+    their verdicts instead of "libvirtd does not answer" each."""
+    before = _libvirtd_pid()
+    yield
+    if before is None or _libvirtd_pid() == before:
+        return
+    try:
+        tail = LIBVIRTD_LOG.read_text(errors="replace").splitlines()[-8:]
+    except OSError:
+        tail = []
+    restart = subprocess.run([str(ROOT / "scripts" / "start-daemons")], capture_output=True,
+                             text=True, check=False)
+    pytest.fail(f"libvirtd (pid {before}) died during this test; the end of {LIBVIRTD_LOG}:\n"
+                + "\n".join(tail) + "\nstart-daemons after it: "
+                + (restart.stdout + restart.stderr).strip(), pytrace=False)
 
 
 @pytest.fixture
@@ -99,6 +135,7 @@ def powerd(system_bus: PrivateSystemBus, logind: Logind, laptop: SimulatedLaptop
 
     yield make
     try:
+        daemons.settle()
         vms.cleanup()
     finally:
         daemons.close()

@@ -146,6 +146,7 @@ class Domains:
             dom = self.conn.lookupByName(name)
             with contextlib.suppress(libvirt.libvirtError, FileNotFoundError, ValueError):
                 os.kill(self.qemu_pid(name), signal.SIGCONT)
+            wait_started(dom)
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
@@ -155,6 +156,24 @@ class Domains:
                               | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
         with contextlib.suppress(FileNotFoundError):
             (IMAGES / f"{name}.qcow2").unlink()
+
+
+def wait_started(dom: libvirt.virDomain, timeout: float = 30.0) -> None:
+    """Until a start or restore in progress (paused, "starting up") has ended, or ``timeout``.
+
+    libvirtd 9.0 (Debian 12) can crash when a domain is destroyed while it is being restored
+    from a managed save (the restoring worker enters a monitor the destroy has freed: "Object
+    cannot be NULL", then SIGSEGV in libvirt_driver_qemu.so); a test that ends while a daemon
+    under test still restores its VMs must not take libvirtd down for every test after it."""
+    deadline = time.monotonic() + scaled(timeout)
+    while time.monotonic() < deadline:
+        try:
+            state, reason = dom.state()
+        except libvirt.libvirtError:
+            return
+        if (state, reason) != (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP):
+            return
+        time.sleep(0.05)
 
 
 def wait_idle(dom: libvirt.virDomain, timeout: float = 60.0) -> None:

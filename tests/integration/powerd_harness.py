@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from fixtures_udev import SimulatedLaptop
 from fixtures_virt import scaled
 
 from testlib import SERVICES
-from vmclient.power.policy import HoldAction
+from vmclient.power.policy import HoldAction, Phase
 
 BUS_NAME = "org.vmclient.VMClient1"
 POWER_PATH = "/org/vmclient/VMClient1/Power"
@@ -117,6 +118,24 @@ class PowerDaemons:
         d = PowerDaemon(self.bus, laptop, self.workdir, config)
         self.started.append(d)
         return d.start() if start else d
+
+    def settle(self, timeout: float = 30) -> None:
+        """Until no running daemon is pausing, resuming or saving VMs (or ``timeout``): the
+        test's domains are destroyed next, and destroying one its daemon is restoring can
+        crash libvirtd (see :func:`fixtures_virt.wait_started`).  A daemon a test left hung
+        is not waited for beyond ``timeout``."""
+        busy = {Phase.PAUSING, Phase.RESUMING, Phase.SAVING}
+
+        def settled(d: PowerDaemon) -> bool:
+            try:
+                return int(d.props()["State"]) not in busy
+            except dbus.DBusException:
+                return True  # not on the bus (stopping, or never started)
+
+        for d in self.started:
+            if d.proc is not None and d.proc.poll() is None:
+                with contextlib.suppress(AssertionError):
+                    wait_for(lambda d=d: settled(d), timeout, "the daemon settled", 0.05)
 
     def close(self) -> None:
         problems: list[str] = []

@@ -174,8 +174,13 @@ def test_shutdown_saves_every_vm_and_the_next_start_restores_them(powerd, logind
     assert all(vms.conn.lookupByName(n).hasManagedSaveImage(0) for n in vms.names)
     d.start()
     wait_for(lambda: vms.state(vms.names[0]) == RUNNING, 60, "VM restored on start")
-    # a VM the user had paused comes back paused: its state is kept as it was
-    wait_for(lambda: vms.state(vms.names[1]) == PAUSED, 60, "user-paused VM restored paused")
+    # a VM the user had paused comes back paused: its state is kept as it was (paused
+    # once restored, not paused "starting up" while its restore still runs)
+    user_state = lambda: vms.conn.lookupByName(vms.names[1]).state()  # noqa: E731
+    wait_for(lambda: user_state()[0] == PAUSED
+             and user_state()[1] != libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+             60, "user-paused VM restored paused")
+    wait_for(lambda: not d.paused_by_us(), 10, "nothing left saved by us")
 
 
 def test_libvirtd_restart_while_paused_is_reconciled(powerd, logind, vms, libvirtd_link):
