@@ -1,7 +1,7 @@
 """Connections to libvirtd, used from asyncio: :class:`Hypervisor`.
 
-- The libvirt event loop implementation is registered on the running asyncio
-  loop before the first connection (libvirt-python's ``libvirtaio``).
+- libvirt's event loop implementation (:mod:`.events`) is registered on the
+  running asyncio loop before the first connection.
 - Every blocking call runs in a worker thread, never on the loop.  Each
   connection has its own pool of :data:`MAX_CALLS_PER_CONNECTION` threads, which
   is libvirtd's default ``max_client_requests``; more parallelism means more
@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
-import libvirtaio
 
 from ..errors import (
     HypervisorError,
@@ -42,7 +41,7 @@ from ..errors import (
     VMOperationFailed,
     VMOperationTimeout,
 )
-from . import domains
+from . import domains, events
 from .domains import DomainInfo
 from .resources import Resources
 
@@ -52,33 +51,23 @@ T = TypeVar("T")
 
 MAX_CALLS_PER_CONNECTION = 5
 
-_registered_loop: asyncio.AbstractEventLoop | None = None
-
 # Errors reach us as exceptions; libvirt's default handler would also print them.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-logging.getLogger("virEventAsyncIOImpl").setLevel(logging.INFO)
 
 
 def _ensure_event_impl() -> None:
-    """Register libvirt's asyncio event implementation on the running loop, once.
+    """Serve libvirt's events on the running loop (:mod:`.events`).
 
     libvirt takes one implementation per process.  A process that runs one
     loop after another (the CLI, tests) moves it to the new loop once the old
     one no longer runs; two loops running at once cannot share it.
     """
-    global _registered_loop  # noqa: PLW0603
     loop = asyncio.get_running_loop()
-    if _registered_loop is loop:
-        return
-    impl = libvirtaio.getCurrentImpl()
-    if _registered_loop is not None and impl is not None:
-        if _registered_loop.is_running():
-            raise RuntimeError("libvirt's event implementation is bound to another running "
-                               "event loop")
-        impl.loop = loop  # (its drain() is never left waiting: see Hypervisor.close)
-    else:
-        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
-    _registered_loop = loop
+    impl = events.current()
+    if impl is not None and impl.loop is not loop and impl.loop.is_running():
+        raise RuntimeError("libvirt's event implementation is bound to another running "
+                           "event loop")
+    events.serve(loop)
 
 
 def _connection_lost(exc: libvirt.libvirtError) -> bool:
@@ -258,7 +247,7 @@ class Hypervisor(Resources):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.to_thread(c.pool.shutdown, wait=True), 2.0)
         gc.collect()
-        impl = libvirtaio.getCurrentImpl()
+        impl = events.current()
         for _ in range(3):
             await asyncio.sleep(0.02)
             # until idle, at most 1 s (another connection of this process may keep it
