@@ -15,7 +15,7 @@
    servers over 1).  On 2 cores the devices are driven by ``--fleet-procs`` worker
    processes of at most ``--fleet-inflight`` syncs each: see bench/s3_fleet.py.
 
-    PYTHONPATH=python-services/src python bench/s3.py [--size MIB] [--seed N]
+    PYTHONPATH=python-services/src python bench/s3.py [--size MIB] [--seed N] [--restore-rounds N]
         [--fleet-only | --no-fleet] [--fleet-n 10,50,200] [--fleet-disk-mib 8]
         [--fleet-procs 2] [--fleet-inflight 8]
 
@@ -42,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--restore-rounds", type=int, default=3,
+                    help="restores of each tool, alternated; medians reported")
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--fleet-only", action="store_true", help="only the fleet simulation")
     only.add_argument("--no-fleet", action="store_true", help="no fleet simulation")
@@ -54,7 +56,7 @@ def main() -> None:
     out: dict[str, object] = {"transport": "s3"}
     if not args.fleet_only:
         import sync  # bench/sync.py (libvirt, restic)
-        single = sync.measure(args.size, args.seed, "s3")
+        single = sync.measure(args.size, args.seed, "s3", args.restore_rounds)
         sync.report(single)
         out.update(rounded(single))  # type: ignore[arg-type]
     out["scale_1_to_2"] = None

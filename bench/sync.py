@@ -13,7 +13,9 @@ measures in one run, against repositories on the same local file system:
   before and after the same writes, ``restic restore``.  Our restore fsyncs the
   disk before renaming it into place and restic's does not, so
   ``restic_restore_s`` includes an fsync of the file restic wrote (both then
-  deliver a durable disk); ``restic_restore_nosync_s`` is restic alone.
+  deliver a durable disk); ``restic_restore_nosync_s`` is restic alone.  The restores
+  run ``--restore-rounds`` times each (default 3), the two tools alternating which goes
+  first; the medians are reported and every run is listed.
 
 Before every measured step the page cache's dirty data is written back
 (``sync``, untimed), so no step pays for the writes of the set-up or of the
@@ -29,6 +31,7 @@ directories; with ``--transport s3`` both are prefixes of one bucket on SeaweedF
 (bench/s3.py runs this).  The last line is one JSON object.
 
     PYTHONPATH=python-services/src python bench/sync.py [--size MIB] [--transport local]
+        [--restore-rounds N]
 
 Needs root (qemu:///system, sshd), libvirtd, qemu-img/qemu-io, KVM and restic.
 """
@@ -43,6 +46,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -216,7 +220,7 @@ def restic(where: Where, *args: str) -> float:
 
 
 async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: random.Random,
-               out: dict[str, float], where: Where) -> None:
+               out: dict[str, float], where: Where, restore_rounds: int = 3) -> None:
     hv = Hypervisor()
     await hv.connect()
     device, keys = crypto.Ed25519PrivateKey.generate(), crypto.KeySet.generate()
@@ -252,27 +256,57 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
         await asyncio.to_thread(settle)
         out["restic_incr_s"] = await asyncio.to_thread(restic, where, "backup", str(raw))
         out["restic_incr_mib"] = (where.restic_bytes() - before) / MIB
-        dest = work / "restored" / "vda.raw"  # raw, as restic restores it
-        dest.parent.mkdir()
-        await asyncio.to_thread(settle)
-        r = await restore.restore_vm(remote, {dev: device.public_key()}, keys, device=dev,
-                                     vm=dom.name(), dest={"vda": dest}, fmt="raw")
-        out["ours_restore_s"] = r.seconds
-        restored = work / "restic-restored"
-        await asyncio.to_thread(settle)
-        out["restic_restore_nosync_s"] = await asyncio.to_thread(
-            restic, where, "restore", "latest", "--target", str(restored))
-        # ours fsyncs the disk before it renames it into place; restic leaves it in the page
-        # cache.  Both deliver a durable disk: restic's time includes fsync of what it wrote.
-        out["restic_restore_s"] = out["restic_restore_nosync_s"] + await asyncio.to_thread(
-            fsync_tree, restored)
+        await restores(where, remote, device, keys, dom.name(), work, raw, restore_rounds, out)
+    finally:
+        await close_store(remote)
+        await hv.close()
+
+
+async def restores(where: Where, remote: object, device: crypto.Ed25519PrivateKey,
+                   keys: crypto.KeySet, vm: str, work: Path, raw: Path, rounds: int,
+                   out: dict[str, float]) -> None:
+    """``rounds`` restores of each tool, alternated (ours first in even rounds, restic first
+    in odd ones), each after the page cache's dirty data is written back, into a new file;
+    the medians go to ``out``, every run listed."""
+    dev = crypto.key_id(device.public_key())
+    ours_runs: list[float] = []
+    restic_runs: list[float] = []
+    restic_nosync: list[float] = []
+    for rnd in range(rounds):
+        dest = work / f"restored-{rnd}" / "vda.raw"  # raw, as restic restores it
+        restored = work / f"restic-restored-{rnd}"
+
+        async def ours_restore(dest: Path = dest) -> None:
+            dest.parent.mkdir()
+            await asyncio.to_thread(settle)
+            r = await restore.restore_vm(remote, {dev: device.public_key()}, keys,
+                                         device=dev, vm=vm, dest={"vda": dest},
+                                         fmt="raw")
+            ours_runs.append(r.seconds)
+
+        async def restic_restore(restored: Path = restored) -> None:
+            await asyncio.to_thread(settle)
+            t = await asyncio.to_thread(restic, where, "restore", "latest", "--target",
+                                        str(restored))
+            restic_nosync.append(t)
+            # ours fsyncs the disk before it renames it into place; restic leaves it in
+            # the page cache.  Both deliver a durable disk: restic's time includes fsync.
+            restic_runs.append(t + await asyncio.to_thread(fsync_tree, restored))
+
+        for step in ((ours_restore, restic_restore) if rnd % 2 == 0
+                     else (restic_restore, ours_restore)):
+            await step()
         same = await asyncio.to_thread(subprocess.run, ["qemu-img", "compare", "-f", "raw",
                                                         "-F", "raw", str(raw), str(dest)],
                                        capture_output=True)
         assert same.returncode == 0, same.stdout
-    finally:
-        await close_store(remote)
-        await hv.close()
+        shutil.rmtree(dest.parent)
+        shutil.rmtree(restored)
+    out["ours_restore_s"] = statistics.median(ours_runs)
+    out["restic_restore_s"] = statistics.median(restic_runs)
+    out["restic_restore_nosync_s"] = statistics.median(restic_nosync)
+    out["ours_restore_runs"] = [round(x, 3) for x in ours_runs]  # type: ignore[assignment]
+    out["restic_restore_runs"] = [round(x, 3) for x in restic_runs]  # type: ignore[assignment]
 
 
 def remove_domain(name: str) -> None:
@@ -292,8 +326,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--transport", choices=("sftp", "local", "s3"), default="sftp")
+    ap.add_argument("--restore-rounds", type=int, default=3,
+                    help="restores of each tool, alternated; medians reported")
     args = ap.parse_args()
-    out = measure(args.size, args.seed, args.transport)
+    out = measure(args.size, args.seed, args.transport, args.restore_rounds)
     report(out)
     print(json.dumps({"transport": args.transport,
                       **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
@@ -306,7 +342,7 @@ def report(out: dict[str, float]) -> None:
                   f"ratio {out[f'ours_{k}_s'] / out[f'restic_{k}_s']:.3f}")
 
 
-def measure(size: int, seed: int, transport: str) -> dict[str, float]:
+def measure(size: int, seed: int, transport: str, restore_rounds: int = 3) -> dict[str, float]:
     """One run of both tools on one disk of ``size`` MiB over ``transport``."""
     rng = random.Random(seed)
     name = f"vmbench-sync-{uuid.uuid4().hex[:6]}"
@@ -329,7 +365,7 @@ def measure(size: int, seed: int, transport: str) -> dict[str, float]:
             s3 = stack.enter_context(seaweedfs_server()) if transport == "s3" else None
             where = Where(work, server, s3)
             restic(where, "init")
-            asyncio.run(ours(dom, work, raw, size, rng, out, where))
+            asyncio.run(ours(dom, work, raw, size, rng, out, where, restore_rounds))
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
