@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -186,6 +187,20 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
             assert not list(s.env.cfg.staging_dir.glob("*.save"))  # plaintext RAM gone
             errors = io_errors(conn, vm)
             sdir = s.prov.vm_dir(vm) / STREAM_DIR
+            # `vm list` shows it streaming and how much is local (provd's Phase Fill); the
+            # fill of 8 MiB at 2 MiB/s lasts seconds more
+            listed = [""]
+
+            async def listed_streaming() -> bool:
+                r = await asyncio.to_thread(vmclientctl, "vm", "list", env=env,
+                                            timeout=scaled(60))
+                listed[0] = r.stdout
+                return r.returncode == 0 and "streaming" in r.stdout
+
+            await wait_for("vm list to show the fill", listed_streaming)
+            row = re.search(rf"^{vm}\s+business\s+running, streaming (\d+\.\d)%", listed[0],
+                            re.M)
+            assert row and 0 <= float(row[1]) < 100, listed[0]
 
             async def progressed(at_least: int):  # type: ignore[no-untyped-def]
                 async def cond() -> bool:

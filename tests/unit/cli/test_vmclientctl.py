@@ -119,3 +119,21 @@ def test_ctrl_c_says_that_provd_goes_on_with_the_work() -> None:
     assert out.getvalue().splitlines()[-1] == (
         "vmclientctl: interrupted: vmclient-provd goes on with the work (download of mem); "
         "`vmclientctl vm list` shows the VM once it is done")
+
+
+def test_vm_list_shows_the_vm_whose_disks_provd_fills_and_how_far() -> None:
+    from vmclient.cli.vm import render_list, with_fill
+
+    rows = [{"name": "office", "kind": "business", "state": "running", "image": "o",
+             "image_version": 3},
+            {"name": "home", "kind": "private", "state": "shutoff", "image": "h",
+             "image_version": 0}]
+    fill = {"Phase": 7, "CurrentVM": "office", "BytesDone": 1 << 20, "BytesTotal": 8 << 20}
+    text = render_list(with_fill(rows, fill))
+    assert text.splitlines()[1].split() == ["office", "business", "running,", "streaming",
+                                            "12.5%", "o", "v3"]
+    assert "streaming" not in text.splitlines()[2]
+    # another phase (a restore that runs, or provd idle): nobody is shown streaming
+    for other in ({**fill, "Phase": 3}, {**fill, "Phase": 1}, {}):
+        assert "streaming" not in render_list(with_fill(rows, other))
+    assert with_fill(rows, {**fill, "BytesTotal": 0})[0]["fill"] == 0.0

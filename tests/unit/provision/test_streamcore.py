@@ -18,6 +18,7 @@ from vmclient.provision.streamcore import (
     ReadAhead,
     StreamSpec,
     StreamSpecError,
+    Timeline,
     chunk_length,
     pieces,
     retry_delays,
@@ -160,3 +161,22 @@ def test_the_fill_progress_counts_every_disk_and_never_goes_back() -> None:
     assert fill.update(["vdb"], {"vdb": (10 * M, 1024 * M)}) == (356 * M, 1280 * M)
     assert fill.update(["vdb"], {"vdb": (512 * M, 1024 * M)}) == (768 * M, 1280 * M)
     assert fill.update([], {}) == (1280 * M, 1280 * M)  # every disk local
+
+
+def test_the_timeline_lists_overlapping_steps_in_the_order_they_began_and_the_total() -> None:
+    now = [10.0]
+    t = Timeline(clock=lambda: now[0])
+    with t.step("catalog"):
+        now[0] = 10.25
+    a, b = t.step("nbdkit vda"), t.step("overlay vda")
+    a.__enter__()
+    b.__enter__()
+    now[0] = 11.0
+    a.__exit__(None, None, None)
+    now[0] = 12.5
+    b.__exit__(None, None, None)
+    with pytest.raises(RuntimeError), t.step("start"):  # a failed step is still timed
+        now[0] = 13.0
+        raise RuntimeError("refused")
+    assert t.summary() == ("catalog 0.00-0.25 s, nbdkit vda 0.25-1.00 s, overlay vda "
+                           "0.25-2.50 s, start 2.50-3.00 s: 3.00 s")

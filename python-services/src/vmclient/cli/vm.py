@@ -319,7 +319,20 @@ async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:
             return [_vm(v) for v in await prov.list()]
     async with bus.connected() as b:
         (rows,) = await _call(b, "List")
-        return [_row(list(r)) for r in rows]
+        progress = await bus.get_all(b, names.PROVISION_PATH, names.PROVISION_IFACE,
+                                     destination=names.PROVISION_BUS_NAME)
+        return with_fill([_row(list(r)) for r in rows], progress)
+
+
+def with_fill(vms: list[dict[str, Any]], progress: dict[str, Any]) -> list[dict[str, Any]]:
+    """The VM whose disks provd is filling (its progress properties: Phase Fill) gets
+    ``fill``: the percent of its disks already local (its state says "streaming")."""
+    phase = progress.get("Phase", 0)
+    if not (0 <= phase < len(PHASES)) or PHASES[phase] != "fill":
+        return vms
+    total = progress.get("BytesTotal", 0)
+    pct = round(100 * progress.get("BytesDone", 0) / total, 1) if total else 0.0
+    return [{**v, "fill": pct} if v["name"] == progress.get("CurrentVM") else v for v in vms]
 
 
 async def _simple(args: argparse.Namespace, local: Callable[[Any], Awaitable[None]],
@@ -400,7 +413,8 @@ def render_list(vms: list[dict[str, Any]]) -> str:
     if not vms:
         return "no VMs installed"
     rows = [("NAME", "KIND", "STATE", "IMAGE")]
-    rows += [(v["name"], v["kind"], v["state"],
+    rows += [(v["name"], v["kind"],
+              v["state"] + (f", streaming {v['fill']:.1f}%" if "fill" in v else ""),
               v["image"] + (f" v{v['image_version']}" if v["image_version"] else ""))
              for v in vms]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

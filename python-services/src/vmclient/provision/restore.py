@@ -91,10 +91,12 @@ class Prepared:
 
 
 async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
-                  from_device: str = "", min_seq: int = 0, runs: bool = False) -> Prepared:
+                  from_device: str = "", min_seq: int = 0, runs: bool = False,
+                  network: bool = True) -> Prepared:
     """Steps 1-2 (docstring above): the key, the snapshot, the rebuilt definition; the
     start gate if the VM will run (``runs``: a streamed restore; or a snapshot with
-    memory), before anything is downloaded or laid out; the VM's network."""
+    memory), before anything is downloaded or laid out; the VM's network (unless not
+    ``network``: the caller makes it, at once with other work)."""
     receiver = prov.receiver
     if receiver is None:
         raise RestoreError(vm, "no datacenter repository is configured")
@@ -131,7 +133,8 @@ async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         target = parse_domain(domain.xml, m.meta["uuid"])
         if target is not None:
             prov.gate.allowed(target)
-    await prov.ensure_network(domain.recipe.zone)  # a fresh laptop has none yet
+    if network:
+        await prov.ensure_network(domain.recipe.zone)  # a fresh laptop has none yet
     if accepted and prov.keys.load(vm).secret != keys.secret:
         raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
                            "the one the datacenter wrapped for this device")

@@ -37,7 +37,9 @@ import shutil
 import signal
 import site
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import VMClientError, VMNotFound
 from ..host.files import check_ram_backed, write_private
@@ -52,7 +54,7 @@ from .progress import Progress
 from .qemuimg import create_overlay
 from .redefine import RestoreError
 from .restore import MEMORY, Prepared, download, prepare, resume_from, undo_restore, write_memory
-from .streamcore import SPEC_VERSION, FillProgress, StreamSpec
+from .streamcore import SPEC_VERSION, FillProgress, StreamSpec, Timeline
 
 log = logging.getLogger(__name__)
 STREAM_DIR = "stream"
@@ -61,6 +63,7 @@ POLL = 0.5  # seconds between two looks at a fill
 PROBE_MOST = 5.0  # seconds at most between two probes of an unreachable repository
 STOP_WAIT = 10.0  # seconds an nbdkit has to end on SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
+T = TypeVar("T")
 
 
 class StreamError(VMClientError):
@@ -86,12 +89,18 @@ class Streams:
 
     async def restore(self, vm: str, *, snapshot: str | None = None, from_device: str = "",
                       min_seq: int = 0) -> Installed:
+        """The VM runs once only what its start needs is there: after the checks (key,
+        snapshot, lease), its network, the memory image (if any), every disk's nbdkit and
+        LUKS overlay are made at once (each ``qemu-img create`` spends seconds of CPU
+        calibrating its PBKDF: the longest step), then it is defined and started."""
         prov = self.prov
+        timeline = Timeline()
         progress = Progress(vm=vm)
         progress.begin("catalog", 0)
         prov.report(progress)
-        p = await prepare(prov, vm, snapshot=snapshot, from_device=from_device,
-                          min_seq=min_seq, runs=True)  # (refused at once if it may not run)
+        with timeline.step("catalog"):  # (refused at once if it may not run)
+            p = await prepare(prov, vm, snapshot=snapshot, from_device=from_device,
+                              min_seq=min_seq, runs=True, network=False)
         m = p.snapshot
         disks = [d for d in m.disks if d.role != MEMORY]
         if any(BASE_ID in d.ids for d in disks):
@@ -101,22 +110,31 @@ class Streams:
         mem_file = prov.cfg.staging_dir / f"{vm}.save"
         pp = p.keys.passphrase()
         defined, adopted = "", False
+        sockets: dict[str, str] = {}
         try:
-            if memory is not None:  # whole before the VM runs
-                await self._memory_image(p, memory, mem_file, progress)
             progress.begin("stream", 0)
             prov.report(progress)
-            if not p.accepted:
+            if not p.accepted:  # (the nbdkit plugin finds the key where provd keeps it)
                 prov.keys.adopt(vm, p.keys)
                 adopted = True
                 write_private(marker, b"restore started\n")  # a crash from here is undone
-            sockets = await self._lay_out(p, disks)
-            defined = await prov.hv.define(with_nbd_backing(p.domain.xml, sockets), vm)
-            write_private(prov.recipe_file(vm), p.domain.recipe_text.encode())
+            steps = [_timed(timeline, "network", prov.ensure_network(p.domain.recipe.zone)),
+                     self._lay_out(p, disks, sockets, timeline)]
+            if memory is not None:  # whole before the VM runs
+                steps.append(_timed(timeline, "memory",
+                                    self._memory_image(p, memory, mem_file, progress)))
+            await all_of(*steps)
             if memory is not None:
-                await resume_from(prov, vm, defined, mem_file, pp)
-            else:
-                await prov.start(vm)
+                progress.begin("stream", 0)
+                prov.report(progress)
+            with timeline.step("define"):
+                defined = await prov.hv.define(with_nbd_backing(p.domain.xml, sockets), vm)
+                write_private(prov.recipe_file(vm), p.domain.recipe_text.encode())
+            with timeline.step("start"):
+                if memory is not None:
+                    await resume_from(prov, vm, defined, mem_file, pp)
+                else:
+                    await prov.start(vm)
             marker.unlink(missing_ok=True)
         except BaseException:
             await self.stop_serving(vm)
@@ -124,7 +142,8 @@ class Streams:
             raise
         finally:
             mem_file.unlink(missing_ok=True)
-        log.info("VM %s runs from snapshot %s while its disks stream in", vm, m.label)
+        log.info("VM %s runs from snapshot %s while its disks stream in (%s)", vm, m.label,
+                 timeline.summary())
         self.follow(vm)
         return await prov.get(vm)
 
@@ -144,8 +163,10 @@ class Streams:
         if digest != p.snapshot.meta.get("memory_sha256", digest):
             raise RestoreError(vm, "the memory image does not match its SHA-256")
 
-    async def _lay_out(self, p: Prepared, disks: list[ChunkMap]) -> dict[str, str]:
-        """``<vm dir>/stream/``, an nbdkit per disk, the overlays; target dev → socket."""
+    async def _lay_out(self, p: Prepared, disks: list[ChunkMap], sockets: dict[str, str],
+                       timeline: Timeline) -> None:
+        """``<vm dir>/stream/``, an nbdkit per disk, the overlays, every disk at once;
+        ``sockets``: target dev → socket."""
         prov, vm = self.prov, p.snapshot.subject
         vm_dir = prov.vm_dir(vm)
         vm_dir.mkdir(parents=True, exist_ok=False)
@@ -155,7 +176,7 @@ class Streams:
         owner = await qemu_owner(prov.hv, prov.cfg.domain_type)
         if owner is not None:  # only QEMU and root reach the plaintext exports
             os.chown(sdir, *owner)
-        sockets = {}
+        steps = []
         for d in disks:
             spec = StreamSpec(SPEC_VERSION, str(self.config_path), vm, d.name,
                               layout.vm_store(p.device, vm), d.size, d.chunk_size,
@@ -163,11 +184,12 @@ class Streams:
             write_private(sdir / spec.ids, b"".join(d.ids))
             write_private(sdir / f"{d.name}.json", spec.to_json())
             sock = self._paths(vm, d.name)[1]  # (the overlay does not open it: made at once)
-            await all_of(self.serve(vm, d.name),
-                         create_overlay(vm_dir / p.domain.files[d.name], d.size,
-                                        p.keys.passphrase(), sock))
             sockets[d.name] = str(sock)
-        return sockets
+            steps += [_timed(timeline, f"nbdkit {d.name}", self.serve(vm, d.name)),
+                      _timed(timeline, f"overlay {d.name}",
+                             create_overlay(vm_dir / p.domain.files[d.name], d.size,
+                                            p.keys.passphrase(), sock))]
+        await all_of(*steps)
 
     # -- nbdkit --------------------------------------------------------------------------
 
@@ -406,6 +428,11 @@ class Streams:
         for task in self.fills.values():
             task.cancel()
         await asyncio.gather(*self.fills.values(), return_exceptions=True)
+
+
+async def _timed(timeline: Timeline, name: str, step: Awaitable[T]) -> T:
+    with timeline.step(name):
+        return await step
 
 
 def _serving(pidfile: Path, spec: Path) -> int:

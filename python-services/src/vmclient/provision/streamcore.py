@@ -5,17 +5,20 @@
 * the stream's description the nbdkit plugin reads (:class:`StreamSpec`),
 * how long a read of a missing chunk waits for the repository (:func:`retry_delays`),
 * how far the fill reads ahead on this link (:class:`ReadAhead`),
-* how much of the disks the fill made local, over all of them (:class:`FillProgress`).
+* how much of the disks the fill made local, over all of them (:class:`FillProgress`),
+* where the time to running went, step by step (:class:`Timeline`, for provd's log).
 
 docs/sync.md, "Streamed restore", has the design.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 
 from ..errors import VMClientError
 
@@ -153,6 +156,35 @@ class FillProgress:
             self.share[disk] = max(self.share[disk], share)
         return (sum(int(size * self.share[d]) for d, size in self.sizes.items()),
                 sum(self.sizes.values()))
+
+
+@dataclass
+class Timeline:
+    """When each step of a restore ran, from the command on (steps may overlap): what
+    provd logs once the VM runs, so the time to running can be read step by step."""
+
+    clock: Callable[[], float] = time.monotonic
+    started: float = -1.0
+    spans: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.clock()
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.spans.append((name, start - self.started, self.clock() - self.started))
+
+    def summary(self) -> str:
+        """``catalog 0.00-0.04 s, overlays 0.05-2.80 s, start 2.80-3.50 s: 3.50 s`` (the
+        steps in the order they began; the total is from the start to now)."""
+        parts = [f"{name} {a:.2f}-{b:.2f} s" for name, a, b in
+                 sorted(self.spans, key=lambda s: s[1])]
+        return f"{', '.join(parts)}: {self.clock() - self.started:.2f} s"
 
 
 @dataclass(frozen=True)
