@@ -16,6 +16,7 @@
    processes of at most ``--fleet-inflight`` syncs each: see bench/s3_fleet.py.
 
     PYTHONPATH=python-services/src python bench/s3.py [--size MIB] [--seed N] [--restore-rounds N]
+        [--incr-rounds N]
         [--fleet-only | --no-fleet] [--fleet-n 10,50,200] [--fleet-disk-mib 8]
         [--fleet-procs 2] [--fleet-inflight 8]
 
@@ -44,6 +45,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--restore-rounds", type=int, default=3,
                     help="restores of each tool, alternated; medians reported")
+    ap.add_argument("--incr-rounds", type=int, default=3,
+                    help="1 %% changes each backed up by both tools, alternated; medians")
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--fleet-only", action="store_true", help="only the fleet simulation")
     only.add_argument("--no-fleet", action="store_true", help="no fleet simulation")
@@ -56,7 +59,8 @@ def main() -> None:
     out: dict[str, object] = {"transport": "s3"}
     if not args.fleet_only:
         import sync  # bench/sync.py (libvirt, restic)
-        single = sync.measure(args.size, args.seed, "s3", args.restore_rounds)
+        single = sync.measure(args.size, args.seed, "s3", args.restore_rounds,
+                              args.incr_rounds)
         sync.report(single)
         out.update(rounded(single))  # type: ignore[arg-type]
     out["scale_1_to_2"] = None

@@ -14,7 +14,8 @@ measures in one run, against repositories on the same local file system:
   disk before renaming it into place and restic's does not, so
   ``restic_restore_s`` includes an fsync of the file restic wrote (both then
   deliver a durable disk); ``restic_restore_nosync_s`` is restic alone.  The restores
-  run ``--restore-rounds`` times each (default 3), the two tools alternating which goes
+  run ``--restore-rounds`` times each (default 3), and ``--incr-rounds`` times (default 3)
+  1 % of the disk changes and both tools back it up, the two tools alternating which goes
   first; the medians are reported and every run is listed.
 
 Before every measured step the page cache's dirty data is written back
@@ -31,7 +32,7 @@ directories; with ``--transport s3`` both are prefixes of one bucket on SeaweedF
 (bench/s3.py runs this).  The last line is one JSON object.
 
     PYTHONPATH=python-services/src python bench/sync.py [--size MIB] [--transport local]
-        [--restore-rounds N]
+        [--restore-rounds N] [--incr-rounds N]
 
 Needs root (qemu:///system, sshd), libvirtd, qemu-img/qemu-io, KVM and restic.
 """
@@ -52,6 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import libvirt
@@ -220,7 +222,8 @@ def restic(where: Where, *args: str) -> float:
 
 
 async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: random.Random,
-               out: dict[str, float], where: Where, restore_rounds: int = 3) -> None:
+               out: dict[str, float], where: Where, restore_rounds: int = 3,
+               incr_rounds: int = 3) -> None:
     hv = Hypervisor()
     await hv.connect()
     device, keys = crypto.Ed25519PrivateKey.generate(), crypto.KeySet.generate()
@@ -244,22 +247,52 @@ async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: ran
         out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",
                                                           str(raw))
         out["restic_initial_mib"] = where.restic_bytes() / MIB
-        out["changed_mib"] = change(dom, raw, mib, work, rng) / MIB
-        before = where.ours_bytes()
-        await asyncio.to_thread(settle)
-        second = await sync()
-        assert second.mode == "incremental", second
-        out["ours_incr_s"], out["ours_incr_mib"] = second.seconds, (where.ours_bytes()
-                                                                    - before) / MIB
-        out["ours_incr_capture_s"] = second.capture_seconds
-        before = where.restic_bytes()
-        await asyncio.to_thread(settle)
-        out["restic_incr_s"] = await asyncio.to_thread(restic, where, "backup", str(raw))
-        out["restic_incr_mib"] = (where.restic_bytes() - before) / MIB
+        await incrementals(where, sync, dom, raw, mib, work, rng, incr_rounds, out)
         await restores(where, remote, device, keys, dom.name(), work, raw, restore_rounds, out)
     finally:
         await close_store(remote)
         await hv.close()
+
+
+async def incrementals(where: Where, sync: Callable[[], Awaitable[engine.SyncResult]],
+                       dom: libvirt.virDomain, raw: Path, mib: int, work: Path,
+                       rng: random.Random, rounds: int, out: dict[str, float]) -> None:
+    """``rounds`` times: 1 % of the disk changes, then each tool backs it up, alternated
+    (ours first in even rounds, restic first in odd ones); medians go to ``out``, every
+    run listed."""
+    ours_s: list[float] = []
+    ours_mib: list[float] = []
+    capture: list[float] = []
+    restic_s: list[float] = []
+    restic_mib: list[float] = []
+    changed: list[float] = []
+
+    async def ours_incr() -> None:
+        before = where.ours_bytes()
+        await asyncio.to_thread(settle)
+        r = await sync()
+        assert r.mode == "incremental", r
+        ours_s.append(r.seconds)
+        ours_mib.append((where.ours_bytes() - before) / MIB)
+        capture.append(r.capture_seconds)
+
+    async def restic_incr() -> None:
+        before = where.restic_bytes()
+        await asyncio.to_thread(settle)
+        restic_s.append(await asyncio.to_thread(restic, where, "backup", str(raw)))
+        restic_mib.append((where.restic_bytes() - before) / MIB)
+
+    for rnd in range(rounds):
+        changed.append(change(dom, raw, mib, work, rng) / MIB)
+        for step in (ours_incr, restic_incr) if rnd % 2 == 0 else (restic_incr, ours_incr):
+            await step()
+    med = statistics.median
+    out["changed_mib"] = med(changed)
+    out["ours_incr_s"], out["ours_incr_mib"] = med(ours_s), med(ours_mib)
+    out["ours_incr_capture_s"] = med(capture)
+    out["restic_incr_s"], out["restic_incr_mib"] = med(restic_s), med(restic_mib)
+    out["ours_incr_runs"] = [round(x, 3) for x in ours_s]  # type: ignore[assignment]
+    out["restic_incr_runs"] = [round(x, 3) for x in restic_s]  # type: ignore[assignment]
 
 
 async def restores(where: Where, remote: object, device: crypto.Ed25519PrivateKey,
@@ -328,8 +361,10 @@ def main() -> None:
     ap.add_argument("--transport", choices=("sftp", "local", "s3"), default="sftp")
     ap.add_argument("--restore-rounds", type=int, default=3,
                     help="restores of each tool, alternated; medians reported")
+    ap.add_argument("--incr-rounds", type=int, default=3,
+                    help="1 %% changes each backed up by both tools, alternated; medians")
     args = ap.parse_args()
-    out = measure(args.size, args.seed, args.transport, args.restore_rounds)
+    out = measure(args.size, args.seed, args.transport, args.restore_rounds, args.incr_rounds)
     report(out)
     print(json.dumps({"transport": args.transport,
                       **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
@@ -342,7 +377,8 @@ def report(out: dict[str, float]) -> None:
                   f"ratio {out[f'ours_{k}_s'] / out[f'restic_{k}_s']:.3f}")
 
 
-def measure(size: int, seed: int, transport: str, restore_rounds: int = 3) -> dict[str, float]:
+def measure(size: int, seed: int, transport: str, restore_rounds: int = 3,
+            incr_rounds: int = 3) -> dict[str, float]:
     """One run of both tools on one disk of ``size`` MiB over ``transport``."""
     rng = random.Random(seed)
     name = f"vmbench-sync-{uuid.uuid4().hex[:6]}"
@@ -365,7 +401,7 @@ def measure(size: int, seed: int, transport: str, restore_rounds: int = 3) -> di
             s3 = stack.enter_context(seaweedfs_server()) if transport == "s3" else None
             where = Where(work, server, s3)
             restic(where, "init")
-            asyncio.run(ours(dom, work, raw, size, rng, out, where, restore_rounds))
+            asyncio.run(ours(dom, work, raw, size, rng, out, where, restore_rounds, incr_rounds))
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
