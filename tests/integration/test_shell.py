@@ -654,7 +654,7 @@ async def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(
 async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_password_and_installs(
         system_bus, tmp_path, capsys):
     """A laptop the real vmclient-syncd reports not enrolled opens the first start, driven
-    by keys: the keyboard layout (localed's SetX11Keyboard, a dbusmock template of ours),
+    by keys: the keyboard layout (kept in the user's state for the next session's Weston),
     Wi-Fi (dbusmock's NetworkManager), IT's one-time code from ``vmclient-admin enrol
     --code`` (syncd's Enrol: a malformed code is refused with syncd's message, IT's code
     is sent), the password typed twice (syncd's SetPassword: chpasswd in the shell's /etc
@@ -684,9 +684,6 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     polkit = system_bus.spawn_mock("polkitd")  # as for the seat's active session
     polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.enrol",
                        "org.vmclient.VMClient1.first-password"])
-    system_bus.spawn_mock("localed")
-    localed = system_bus.connection().get_object("org.freedesktop.locale1",
-                                                 "/org/freedesktop/locale1")
     nm = dbus.Interface(system_bus.connection().get_object(
         "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager"),
         "org.freedesktop.DBus.Mock")
@@ -748,17 +745,19 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                              "the first start on a laptop not enrolled")
                     assert st()["step"] == "layout" and "keyboard layout" in st()["title"]
 
-                    # Keyboard: the third layout (German), Return: localed has it, and
-                    # the shell quits for Weston to start again with it (Weston takes its
-                    # keymap only when it starts); the first start goes on at Wi-Fi.
+                    # Keyboard: the third layout (German), Return: kept where the next
+                    # session's Weston takes it (weston.service's drop-in: the host's /etc
+                    # is read-only), and the shell quits for Weston to start again with it
+                    # (Weston takes its keymap only when it starts); on to Wi-Fi.
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: shell.proc.poll() is not None, 20,
                              "the shell quitting for the desktop to start again")
                     assert shell.proc.returncode == 0, shell.log()
-                    assert localed.Get("org.freedesktop.locale1", "X11Layout",
-                                       dbus_interface="org.freedesktop.DBus.Properties") == "de"
+                    keyboard = home / "vmclient-shell" / "keyboard.env"
+                    assert keyboard.read_text() == "XKB_DEFAULT_LAYOUT=de\n"
+                    assert keyboard.stat().st_uid == USER
                     assert json.loads(saved.read_text()) == {"version": 1, "step": "wifi",
                                                              "layout": "de"}
                     weston.stop()  # what weston.service does: Weston and the shell again
