@@ -320,6 +320,7 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
     # beyond the screen (Weston disconnects a full-screen client that asks for that).
     st = bare_shell.ask("state")
     assert st["none"].startswith("Cannot list the VMs") and len(st["none"]) > 120, st
+    assert st["bar"][0].startswith("Cannot list the VMs: "), st  # not "No VM running"
     assert st["min_width"] <= WIDTH, st
     assert st["later"] is False, st  # "Later" only while syncd plans a host restart
     laptop.set_ac(False)
