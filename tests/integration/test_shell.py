@@ -37,6 +37,7 @@ from shell_harness import (
 
 from testlib import need
 from vmclient.shell.barview import BAR_PX, FRAME_PX
+from vmclient.shell.lockpage import PROMPT
 from vmclient.shell.state import ZONE_COLOURS, Zone
 
 ACTION = "org.vmclient.VMClient1.open-display"
@@ -240,6 +241,7 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     st = d.shell.ask("state")
     assert st["locked"] and not any(rec for rec, _muted in st["sound"].values()), st
     assert st["usb"] == {d.business: False, d.private: False}, st  # locked: no VM
+    assert st["lock_message"] == PROMPT, st  # what to do (a placeholder hides when focused)
     wait_for(lambda: hidden(d.weston.screenshot()), 10, "the lock page")
     # Keys go to the password field, none to a VM; a wrong password (PAM) keeps it locked.
     st = unlock_with(d, "h")
@@ -248,7 +250,7 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 2
     # The user's password unlocks (pam_unix through unix_chkpwd, the image's service file).
     st = unlock_with(d, PASSWORD)
-    assert not st["locked"] and st["lock_message"] == "", st
+    assert not st["locked"] and st["lock_message"] == PROMPT, st
     shows(d, d.business, d.private)
     assert d.guests.echoed(d.business) == 0  # the password never reached a VM
 
@@ -437,8 +439,10 @@ def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_
         wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
         st = d.shell.ask("state")
         assert st["locked"] and hidden(d.weston.screenshot()), st
+        assert st["lock_message"] == PROMPT, st  # what to do, under the field
         assert unlock_with(d, "h")["locked"]
         assert not unlock_with(d, PASSWORD)["locked"]
+        assert d.shell.ask("state")["lock_message"] == PROMPT  # for the next lock
         wait_for(lambda: d.shell.ask("state")["pause_delay"], 10, "a new delay after the unlock")
         shows(d, d.business, d.private)
         assert d.guests.echoed(d.business) == 0
