@@ -48,13 +48,12 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
           send_member="UpdateActivationEnvironment"/>
     <deny send_destination="org.freedesktop.DBus"
           send_interface="org.freedesktop.systemd1.Activator"/>
-    <!-- the dbusmock peers (logind, polkitd, UPower, NetworkManager, localed) as
+    <!-- the dbusmock peers (logind, polkitd, UPower, NetworkManager) as
          their real policies allow -->
     <allow send_destination="org.freedesktop.login1"/>
     <allow send_destination="org.freedesktop.PolicyKit1"/>
     <allow send_destination="org.freedesktop.UPower"/>
     <allow send_destination="org.freedesktop.NetworkManager"/>
-    <allow send_destination="org.freedesktop.locale1"/>
   </policy>
   <policy user="root">
     <allow own="*"/>

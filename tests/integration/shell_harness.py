@@ -65,7 +65,7 @@ def user_dir(uid: int, prefix: str) -> Path:
 class Weston:
     def __init__(self, uid: int = USER, keyboard: str | None = None) -> None:
         """``keyboard``: the XKB layout Weston starts with (its ``XKB_DEFAULT_LAYOUT``, which
-        the image's weston.service takes from localed's /etc/vconsole.conf)."""
+        the image's weston.service takes from the layout the first start kept)."""
         self.uid = uid
         self.keyboard = keyboard
         self.runtime = Path(tempfile.mkdtemp(prefix="vmclient-xdg-"))

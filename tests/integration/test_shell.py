@@ -37,6 +37,7 @@ from shell_harness import (
 
 from testlib import need
 from vmclient.shell.barview import BAR_PX, FRAME_PX
+from vmclient.shell.lockpage import PROMPT
 from vmclient.shell.state import ZONE_COLOURS, Zone
 
 ACTION = "org.vmclient.VMClient1.open-display"
@@ -240,6 +241,7 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     st = d.shell.ask("state")
     assert st["locked"] and not any(rec for rec, _muted in st["sound"].values()), st
     assert st["usb"] == {d.business: False, d.private: False}, st  # locked: no VM
+    assert st["lock_message"] == PROMPT, st  # what to do (a placeholder hides when focused)
     wait_for(lambda: hidden(d.weston.screenshot()), 10, "the lock page")
     # Keys go to the password field, none to a VM; a wrong password (PAM) keeps it locked.
     st = unlock_with(d, "h")
@@ -248,7 +250,7 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 2
     # The user's password unlocks (pam_unix through unix_chkpwd, the image's service file).
     st = unlock_with(d, PASSWORD)
-    assert not st["locked"] and st["lock_message"] == "", st
+    assert not st["locked"] and st["lock_message"] == PROMPT, st
     shows(d, d.business, d.private)
     assert d.guests.echoed(d.business) == 0  # the password never reached a VM
 
@@ -320,6 +322,7 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
     # beyond the screen (Weston disconnects a full-screen client that asks for that).
     st = bare_shell.ask("state")
     assert st["none"].startswith("Cannot list the VMs") and len(st["none"]) > 120, st
+    assert st["bar"][0].startswith("Cannot list the VMs: "), st  # not "No VM running"
     assert st["min_width"] <= WIDTH, st
     assert st["later"] is False, st  # "Later" only while syncd plans a host restart
     laptop.set_ac(False)
@@ -436,8 +439,10 @@ def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_
         wait_for(lambda: not paused(), 30, "powerd resuming the VMs")
         st = d.shell.ask("state")
         assert st["locked"] and hidden(d.weston.screenshot()), st
+        assert st["lock_message"] == PROMPT, st  # what to do, under the field
         assert unlock_with(d, "h")["locked"]
         assert not unlock_with(d, PASSWORD)["locked"]
+        assert d.shell.ask("state")["lock_message"] == PROMPT  # for the next lock
         wait_for(lambda: d.shell.ask("state")["pause_delay"], 10, "a new delay after the unlock")
         shows(d, d.business, d.private)
         assert d.guests.echoed(d.business) == 0
@@ -654,7 +659,7 @@ async def test_the_bar_shows_a_sync_with_its_progress_as_the_real_syncd_reports(
 async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_password_and_installs(
         system_bus, tmp_path, capsys):
     """A laptop the real vmclient-syncd reports not enrolled opens the first start, driven
-    by keys: the keyboard layout (localed's SetX11Keyboard, a dbusmock template of ours),
+    by keys: the keyboard layout (kept in the user's state for the next session's Weston),
     Wi-Fi (dbusmock's NetworkManager), IT's one-time code from ``vmclient-admin enrol
     --code`` (syncd's Enrol: a malformed code is refused with syncd's message, IT's code
     is sent), the password typed twice (syncd's SetPassword: chpasswd in the shell's /etc
@@ -684,9 +689,6 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     polkit = system_bus.spawn_mock("polkitd")  # as for the seat's active session
     polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.enrol",
                        "org.vmclient.VMClient1.first-password"])
-    system_bus.spawn_mock("localed")
-    localed = system_bus.connection().get_object("org.freedesktop.locale1",
-                                                 "/org/freedesktop/locale1")
     nm = dbus.Interface(system_bus.connection().get_object(
         "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager"),
         "org.freedesktop.DBus.Mock")
@@ -748,17 +750,19 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                              "the first start on a laptop not enrolled")
                     assert st()["step"] == "layout" and "keyboard layout" in st()["title"]
 
-                    # Keyboard: the third layout (German), Return: localed has it, and
-                    # the shell quits for Weston to start again with it (Weston takes its
-                    # keymap only when it starts); the first start goes on at Wi-Fi.
+                    # Keyboard: the third layout (German), Return: kept where the next
+                    # session's Weston takes it (weston.service's drop-in: the host's /etc
+                    # is read-only), and the shell quits for Weston to start again with it
+                    # (Weston takes its keymap only when it starts); on to Wi-Fi.
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_DOWN, "Down")
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: shell.proc.poll() is not None, 20,
                              "the shell quitting for the desktop to start again")
                     assert shell.proc.returncode == 0, shell.log()
-                    assert localed.Get("org.freedesktop.locale1", "X11Layout",
-                                       dbus_interface="org.freedesktop.DBus.Properties") == "de"
+                    keyboard = home / "vmclient-shell" / "keyboard.env"
+                    assert keyboard.read_text() == "XKB_DEFAULT_LAYOUT=de\n"
+                    assert keyboard.stat().st_uid == USER
                     assert json.loads(saved.read_text()) == {"version": 1, "step": "wifi",
                                                              "layout": "de"}
                     weston.stop()  # what weston.service does: Weston and the shell again

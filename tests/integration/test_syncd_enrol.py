@@ -148,7 +148,7 @@ async def test_the_seats_session_enrols_with_its_code_and_others_are_refused(
             assert digest.startswith("$"), digest
             assert crypt_matches(digest, PASSWORD) and not crypt_matches(digest, PASSWORD + "x")
             again = enrol_as(system_bus, "another password", method="SetPassword")
-            assert again["error"] == ERR + "PermissionDenied", again
+            assert again["error"] == ERR + "PasswordSetAlready", again
             assert "has a password already" in again["message"], again
             assert etc.entry("nobody").split(":")[1] == digest
         finally:

@@ -450,25 +450,47 @@ def test_weston_runs_the_shell_in_its_kiosk_shell_and_comes_back_when_it_exits()
     assert "--system vmclient" in bbvars.value(append, "GROUPADD_PARAM:${PN}:append:vmclient")
 
 
-def test_weston_starts_with_the_keyboard_layout_localed_keeps(tmp_path):
-    """The first start's layout (localed: XKBLAYOUT in /etc/vconsole.conf) is Weston's
-    XKB_DEFAULT_LAYOUT when it starts (again): weston.ini names no layout of its own."""
+def test_weston_starts_with_the_keyboard_layout_the_first_start_kept(tmp_path):
+    """The first start's layout, kept in the seat user's home (the shell's
+    ``keyboard.env``: the host's /etc is read-only), is Weston's XKB_DEFAULT_LAYOUT
+    when it starts (again); weston.ini names no layout of its own, and nothing but
+    that one line of a regular file reaches Weston's environment."""
+    from vmclient.shell import firststart
+
     ini = _ini((WESTON_INIT / "weston-init" / "weston.ini").read_text())
     assert "keymap_layout" not in ini.get("keyboard", {})
     dropin = _ini((WESTON_INIT / "weston-init" / "50-vmclient.conf").read_text())["Service"]
     env_file = dropin["EnvironmentFile"].removeprefix("-")
     pre = dropin["ExecStartPre"]
     assert pre.startswith("+/bin/sh -c ") and env_file in pre  # as root: it writes /run
-    # the command itself, on a copy of what localed writes
-    (tmp_path / "vconsole.conf").write_text('KEYMAP=de-latin1\nXKBLAYOUT=de\nXKBMODEL=pc105\n')
-    cmd = shlex.split(pre.removeprefix("+").replace("/etc/vconsole.conf",
-                                                    str(tmp_path / "vconsole.conf"))
-                      .replace("/run/vmclient", str(tmp_path / "run")))
+    append = (WESTON_INIT / "weston-init.bbappend").read_text()
+    assert "s,@WESTON_USER_HOME@,${WESTON_USER_HOME},g' ${UNPACKDIR}/50-vmclient.conf" in append
+    # the command itself, as systemd runs it ("$$" is its "$"), on a home of the test's
+    home, run = tmp_path / "home", tmp_path / "run"
+    cmd = shlex.split(pre.removeprefix("+").replace("$$", "$")
+                      .replace("@WESTON_USER_HOME@", str(home))
+                      .replace("/run/vmclient", str(run)))
+    kept = home / ".local/state/vmclient-shell/keyboard.env"
+    kept.parent.mkdir(parents=True)
+
+    def weston_env(text: str | None) -> str:
+        kept.unlink(missing_ok=True)
+        if text is not None:
+            kept.write_text(text)
+        subprocess.run(cmd, check=True, timeout=10)
+        return (run / Path(env_file).name).read_text()
+    # what the shell writes (firstsave.save_keyboard)
+    assert weston_env(firststart.keyboard_text("de")) == "XKB_DEFAULT_LAYOUT=de\n"
+    assert weston_env(None) == ""  # none yet: an empty environment, Weston's "us"
+    assert weston_env("XKB_DEFAULT_LAYOUT=de\nLD_PRELOAD=/tmp/x.so\n") == \
+        "XKB_DEFAULT_LAYOUT=de\n"
+    assert weston_env("XKB_DEFAULT_LAYOUT=de;rm -rf /\n") == ""
+    secret = tmp_path / "secret"
+    secret.write_text("XKB_DEFAULT_LAYOUT=fr\n")
+    kept.unlink()
+    kept.symlink_to(secret)  # a link is not followed (root reads the user's home)
     subprocess.run(cmd, check=True, timeout=10)
-    assert (tmp_path / "run" / Path(env_file).name).read_text() == "XKB_DEFAULT_LAYOUT=de\n"
-    (tmp_path / "vconsole.conf").unlink()  # none yet: an empty environment, Weston's "us"
-    subprocess.run(cmd, check=True, timeout=10)
-    assert (tmp_path / "run" / Path(env_file).name).read_text() == ""
+    assert (run / Path(env_file).name).read_text() == ""
 
 
 def test_image_installs_the_desktop():

@@ -79,6 +79,10 @@ def test_test_host_binds_what_the_distro_binds_with_the_recipes_units(tmp_path: 
         assert _ini(dropin.read_text())["Unit"]["Requires"] == "vmclient-data.target", user
     assert (root / "usr/lib/tmpfiles.d/vmclient-weston-home.conf").read_text().splitlines()[-1] == (
         "d /home/weston 0700 weston weston -")
+    keyboard = _ini((root / layout.UNIT_DIR / "vmclient-desktop.service.d/50-vmclient.conf"
+                     ).read_text())["Service"]
+    assert "f=/home/weston/.local/state/vmclient-shell/keyboard.env;" in keyboard["ExecStartPre"]
+    assert keyboard["EnvironmentFile"] == "-/run/vmclient/weston-keyboard.env"
 
 
 LAYERS_DIR = os.environ.get("VMCLIENT_LAYERS_DIR", "")  # as test_check_layer.py

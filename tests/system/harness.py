@@ -361,11 +361,15 @@ class Result:
 
 def screen_args(vnc: bool = False) -> list[str]:
     """QEMU arguments (for ``BootConfig.extra_args``) that give the booted host a screen:
-    virtio-vga (a DRM device, where the test host's Weston and vmclient-shell start)
-    and a tablet and keyboard; with ``vnc``, a VNC server on 127.0.0.1 (the first free
+    QEMU's standard VGA at 1280x800 (the kernel's bochs DRM driver, where the test
+    host's Weston and vmclient-shell start) and a tablet and keyboard.  Not virtio-vga:
+    QEMU resets its devices when the host wakes from S3, and the test host's kernel
+    (Debian 12, 6.1) has no freeze/restore for virtio-gpu (it has for virtio-blk, and
+    bochs has suspend/resume): after the lid opened the screen stayed "Display output
+    is not active" and the next GPU call hung. with ``vnc``, a VNC server on 127.0.0.1 (the first free
     display, ``vnc_port()`` says which) for a person to watch and type.  Without
     it the screen is only read back with QMP ``screendump``."""
-    args = ["-vga", "none", "-device", "virtio-vga",
+    args = ["-vga", "none", "-device", "VGA,xres=1280,yres=800",
             "-device", "virtio-tablet-pci", "-device", "virtio-keyboard-pci"]
     return args + (["-display", "vnc=127.0.0.1:0,to=99"] if vnc else [])
 

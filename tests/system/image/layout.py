@@ -204,6 +204,10 @@ def install(root: Path) -> list[str]:
     _put(root, "usr/lib/tmpfiles.d/vmclient-weston-home.conf",
          _fill(WESTON_INIT / "vmclient-home.conf", WESTON_USER_HOME=f"/home/{WESTON_USER}",
                WESTON_USER=WESTON_USER))
+    # and weston.service's drop-in: Weston starts with the keyboard layout the first
+    # start kept in that home
+    _put(root, f"{UNIT_DIR}/{DESKTOP_UNIT['weston.service']}.d/50-vmclient.conf",
+         _fill(WESTON_INIT / "50-vmclient.conf", WESTON_USER_HOME=f"/home/{WESTON_USER}"))
     return sorted(set(made) - set(STATIC))
 
 

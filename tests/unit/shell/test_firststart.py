@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vmclient.shell import firststart as fs
 
 
@@ -45,10 +47,42 @@ def test_the_password_is_asked_twice_and_a_mismatch_starts_over():
     assert fs.advance(s).first_password is None  # not kept past its step
 
 
-def test_only_a_laptop_not_enrolled_opens_the_first_start():
+def test_a_laptop_without_a_finished_first_start_opens_it_unless_syncd_is_not_there():
     assert fs.resume_at(fs.ENROL_NONE) == fs.Step.LAYOUT
-    for e in (fs.ENROL_UNKNOWN, fs.ENROL_REQUESTED, fs.ENROL_ENROLLED):
-        assert fs.resume_at(e) is None
+    assert fs.resume_at(fs.ENROL_UNKNOWN) is None  # no management agent: nothing to do
+
+
+def test_a_laptop_enrolled_from_the_command_line_still_gets_its_password():
+    """``vmclientctl enrol`` enrols without the shell: the seat's user has no password
+    then, and the lock screen could never be unlocked.  The first start opens anyway
+    (the layout the password is typed in, the network), skips IT's code and asks for
+    the password."""
+    S = fs.Step
+    for e in (fs.ENROL_REQUESTED, fs.ENROL_ENROLLED):
+        assert fs.resume_at(e) == S.LAYOUT
+        s, seen = fs.FirstStart(), []
+        while s.step != S.DONE:
+            seen.append(s.step.value)
+            s = fs.advance(s, e)
+        assert seen == ["layout", "wifi", "password", "install"]
+        assert fs.advance(fs.FirstStart(S.WIFI), e).step == S.PASSWORD  # Escape: cable
+    # not enrolled: the code, as ever
+    assert fs.advance(fs.FirstStart(S.WIFI), fs.ENROL_NONE).step == S.CODE
+    assert fs.advance(fs.FirstStart(S.WIFI)).step == S.CODE
+
+
+def test_a_password_set_some_other_way_is_syncds_own_error():
+    from vmclient.manage.password import PasswordSetAlready
+    assert PasswordSetAlready.dbus_name == fs.PASSWORD_SET_ALREADY
+
+
+def test_the_layout_kept_for_the_next_session_is_one_line_of_weston_environment():
+    assert fs.keyboard_text("de") == "XKB_DEFAULT_LAYOUT=de\n"
+    for code, _shown in fs.LAYOUTS:
+        assert fs.keyboard_text(code) == f"{fs.KEYBOARD_VARIABLE}={code}\n"
+    for bad in ("", "xx", "de\nLD_PRELOAD=/x.so", "de us"):
+        with pytest.raises(ValueError):
+            fs.keyboard_text(bad)
 
 
 def test_the_install_step_says_what_it_waits_for_and_ends_when_the_vms_are_there():
@@ -75,7 +109,9 @@ def test_an_interrupted_first_start_reopens_where_it_was():
     assert fs.resume_at(fs.ENROL_REQUESTED, S.PASSWORD) == S.PASSWORD
     assert fs.resume_at(fs.ENROL_REQUESTED, S.INSTALL) == S.INSTALL
     assert fs.resume_at(fs.ENROL_ENROLLED, S.INSTALL) == S.INSTALL
-    assert fs.resume_at(fs.ENROL_ENROLLED, S.WIFI) is None  # enrolled without the shell
+    # enrolled meanwhile without the shell (vmclientctl enrol): past the code
+    assert fs.resume_at(fs.ENROL_ENROLLED, S.WIFI) == S.WIFI
+    assert fs.resume_at(fs.ENROL_ENROLLED, S.CODE) == S.PASSWORD
     # finished: never again, whatever syncd says
     for e in (fs.ENROL_NONE, fs.ENROL_REQUESTED, fs.ENROL_ENROLLED):
         assert fs.resume_at(e, S.DONE) is None

@@ -14,6 +14,8 @@ from vmclient.shell.state import (
     choose,
     command,
     hotkey,
+    list_failed,
+    listed,
     lock,
     overview_key,
     select,
@@ -126,3 +128,21 @@ def test_super_l_locks_and_super_n_opens_the_wifi_page_but_not_while_locked():
     assert view(locked).page == "lock" and not locked.networks
     assert command(locked, Command.NETWORKS) == locked
     assert view(sleep(opened)).page == "lock"
+
+
+def test_the_bar_says_when_the_vm_list_failed_and_not_what_it_said_before():
+    """provd not answering: the bar says so, never "No VM running" nor a VM's stale
+    state; the next list that comes clears it."""
+    failed = list_failed(State(), "vmclient-provd did not answer")
+    assert view(failed).title == "Cannot list the VMs: vmclient-provd did not answer"
+    assert view(failed).page == "none"
+    shown = with_vms(State(), [B1, B2, P1])
+    shown = select(shown, "crm")  # paused
+    assert view(shown).title == "crm \u2014 business (paused)"
+    stale = list_failed(shown, "timed out")
+    assert view(stale).vm == "crm"  # its display stays
+    assert view(stale).title == "crm \u2014 business (cannot list the VMs: its state is unknown)"
+    # the old list with new details (powerd's) is not a list that came
+    assert view(with_vms(stale, [B1, B2, P1])) == view(stale)
+    assert view(with_vms(listed(stale), [B1, B2, P1])).title == "crm \u2014 business (paused)"
+    assert view(list_failed(State(), "")).title.startswith("Cannot list the VMs: ")

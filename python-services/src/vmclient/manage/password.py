@@ -25,6 +25,9 @@ PASSWD, CHPASSWD = "passwd", "chpasswd"
 class PasswordSetAlready(PermissionDenied):
     """Permission denied: {} has a password already: change it with the old one"""
 
+    # its own name: the shell's first start goes on past its password step then
+    dbus_name = PermissionDenied.dbus_name.rsplit(".", 1)[0] + ".PasswordSetAlready"
+
 
 def check_password(untrusted_password: str) -> str:
     """The password, or :class:`UsageError` saying what is wrong (never echoing it)."""

@@ -112,7 +112,7 @@ class FirstStartPage:
     # -- steps ---------------------------------------------------------------------------
 
     def _next(self, message: str = "") -> None:
-        self.state = fs.advance(self.state)
+        self.state = fs.advance(self.state, self.enrolment)
         firstsave.save(self.state)
         self.message.set_text(message)
         self.entry.set_text("")
@@ -123,22 +123,17 @@ class FirstStartPage:
 
     def _set_layout(self) -> None:
         layout, shown = fs.LAYOUTS[self.state.layout]
-        self.busy = True
-        self.message.set_text(f"Setting {shown}\u2026")
-
-        def done(error: str | None) -> None:
-            self.busy = False
-            if error is not None:  # without localed there is nothing to keep it in
-                self._next(f"Keyboard layout not saved: {error}")
-                return
-            # Weston takes its keymap only when it starts: the session starts again
-            # now (nothing typed yet), the first start reopens at the next step.
-            restart = fs.restart_needed(layout, os.environ.get("XKB_DEFAULT_LAYOUT"))
-            self._next(f"Keyboard: {shown}" + (" (starting the desktop again\u2026)"
-                                                if restart else ""))
-            if restart:
-                GLib.timeout_add(RESTART_DELAY_MS, lambda: self.restart() and False)
-        setup.set_keyboard(self.conn, layout, done)
+        error = firstsave.save_keyboard(layout)  # what the next session's Weston takes
+        if error is not None:
+            self._next(f"Keyboard layout not saved: {error}")
+            return
+        # Weston takes its keymap only when it starts: the session starts again
+        # now (nothing typed yet), the first start reopens at the next step.
+        restart = fs.restart_needed(layout, os.environ.get(fs.KEYBOARD_VARIABLE))
+        self._next(f"Keyboard: {shown}" + (" (starting the desktop again\u2026)"
+                                            if restart else ""))
+        if restart:
+            GLib.timeout_add(RESTART_DELAY_MS, lambda: self.restart() and False)
 
     def _entered(self) -> None:
         typed = self.entry.get_text()
@@ -164,10 +159,12 @@ class FirstStartPage:
                 return
             self.busy = True
 
-            def set_(error: str | None) -> None:
+            def set_(error: str | None, name: str | None) -> None:
                 self.busy = False
                 if error is None:
                     self._next("Password set")
+                elif name == fs.PASSWORD_SET_ALREADY:  # set some other way: that one
+                    self._next("You have a password already: the lock screen asks for it")
                 else:
                     self.state = fs.FirstStart(fs.Step.PASSWORD, self.state.layout)
                     self.message.set_text(error)

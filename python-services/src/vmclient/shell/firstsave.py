@@ -1,7 +1,11 @@
 """Where the shell keeps a first start across its restarts (the adapter of
 :func:`.firststart.saved_text`): ``$XDG_STATE_HOME/vmclient-shell/first-start.json``
 of the seat's user, written whole (a temporary file renamed over it).  It holds
-the step and the layout, never a password or the code."""
+the step and the layout, never a password or the code.
+
+Beside it, ``keyboard.env`` (:func:`.firststart.keyboard_text`): the layout chosen,
+which weston.service's drop-in gives Weston when the session starts (the seat
+user's home is on the data partition; the host's /etc is read-only)."""
 
 from __future__ import annotations
 
@@ -19,8 +23,16 @@ from gi.repository import GLib  # noqa: E402
 log = logging.getLogger(__name__)
 
 
+def directory() -> Path:
+    return Path(GLib.get_user_state_dir()) / "vmclient-shell"
+
+
 def path() -> Path:
-    return Path(GLib.get_user_state_dir()) / "vmclient-shell" / "first-start.json"
+    return directory() / "first-start.json"
+
+
+def keyboard_path() -> Path:
+    return directory() / "keyboard.env"
 
 
 def load() -> fs.FirstStart | None:
@@ -38,12 +50,28 @@ def load() -> fs.FirstStart | None:
     return saved
 
 
+def _write(p: Path, text: str) -> None:
+    """``text`` into ``p``, whole (a temporary file renamed over it)."""
+    tmp = p.with_suffix(".tmp")
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
 def save(first: fs.FirstStart) -> None:
     p = path()
-    tmp = p.with_suffix(".tmp")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp.write_text(fs.saved_text(first))
-        os.replace(tmp, p)
+        _write(p, fs.saved_text(first))
     except OSError as exc:
         log.warning("cannot save the first start's progress in %s: %s", p, exc)
+
+
+def save_keyboard(layout: str) -> str | None:
+    """Keep ``layout`` for the next session's Weston; None, or why it is not kept."""
+    p = keyboard_path()
+    try:
+        _write(p, fs.keyboard_text(layout))
+    except OSError as exc:
+        log.warning("cannot keep the keyboard layout in %s: %s", p, exc)
+        return f"cannot write {p}: {exc.strerror or exc}"
+    return None

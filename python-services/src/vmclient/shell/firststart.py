@@ -57,10 +57,14 @@ class FirstStart:
         return TITLES[self.step]
 
 
-def advance(fs: FirstStart) -> FirstStart:
-    """The next step."""
+def advance(fs: FirstStart, enrolment: int = ENROL_NONE) -> FirstStart:
+    """The next step; IT's code only while the laptop is not enrolled (enrolled from
+    the command line, ``vmclientctl enrol``, it still needs the person's password)."""
     i = ORDER.index(fs.step)
-    return replace(fs, step=ORDER[min(i + 1, len(ORDER) - 1)], first_password=None)
+    step = ORDER[min(i + 1, len(ORDER) - 1)]
+    if step == Step.CODE and enrolment in (ENROL_REQUESTED, ENROL_ENROLLED):
+        step = Step.PASSWORD
+    return replace(fs, step=step, first_password=None)
 
 
 def back(fs: FirstStart) -> FirstStart:
@@ -91,9 +95,9 @@ def resume_at(enrolment: int, saved: Step | None = None) -> Step | None:
 
     - not enrolled: where it was, up to the code (from the start if nothing was saved;
       at the code if the code was sent but syncd is not enrolling any more);
-    - enrolment requested or done: at the password or the installs if the first start
-      was interrupted there; else nowhere (enrolled without the shell, e.g. by
-      ``vmclientctl enrol``; the bar shows the rest);
+    - enrolment requested or done: where it was, but past the code (enrolled without
+      the shell, e.g. by ``vmclientctl enrol``: from the start, for the layout the
+      password is typed in, the network and the password the lock screen needs);
     - a first start that was finished never opens again."""
     if saved == Step.DONE or enrolment not in (ENROL_NONE, ENROL_REQUESTED, ENROL_ENROLLED):
         return None
@@ -101,7 +105,14 @@ def resume_at(enrolment: int, saved: Step | None = None) -> Step | None:
         if saved is None:
             return Step.LAYOUT
         return saved if ORDER.index(saved) <= ORDER.index(Step.CODE) else Step.CODE
-    return saved if saved in (Step.PASSWORD, Step.INSTALL) else None
+    if saved is None:
+        return Step.LAYOUT
+    return Step.PASSWORD if saved == Step.CODE else saved
+
+
+# syncd's SetPassword refusing because the account has a password (set some other
+# way): the first start goes on, the lock screen takes that one.
+PASSWORD_SET_ALREADY = "org.vmclient.VMClient1.Error.PasswordSetAlready"
 
 
 SAVED_VERSION = 1
@@ -125,6 +136,18 @@ def parse_saved(untrusted_text: str) -> FirstStart | None:
     except (ValueError, TypeError):
         return None
     return FirstStart(step, layout)
+
+
+KEYBOARD_VARIABLE = "XKB_DEFAULT_LAYOUT"
+
+
+def keyboard_text(layout: str) -> str:
+    """What the shell keeps of the chosen layout for the next session (the image's
+    weston.service drop-in reads it into Weston's environment when it starts: the
+    host's /etc is read-only, localed cannot keep it there)."""
+    if layout not in [code for code, _shown in LAYOUTS]:
+        raise ValueError(f"not a keyboard layout of the first start: {layout!r}")
+    return f"{KEYBOARD_VARIABLE}={layout}\n"
 
 
 def restart_needed(chosen: str, running: str | None) -> bool:

@@ -1,4 +1,5 @@
-"""The lock page: black, "Locked", the user's password field and PAM's answer.
+"""The lock page: black, "Locked", the user's password field and, under it, what to do
+(:data:`PROMPT`: GTK 3 hides a placeholder in the focused field) or PAM's answer.
 
 Nothing of a VM is on it.  Return in the field has PAM check the password
 (:mod:`.auth`, in a thread); the window decides whether it may unlock (never
@@ -26,6 +27,8 @@ CSS = """
 
 log = logging.getLogger(__name__)
 
+PROMPT = "Type your password and press Enter to unlock"
+
 
 def _label(text: str) -> Any:
     lbl = Gtk.Label(label=text)
@@ -52,7 +55,7 @@ class LockPage:
         self.password.set_placeholder_text(f"{self.user}'s password")
         self.password.connect("activate", self._requested)
         box.pack_start(self.password, False, False, 0)
-        self.message = _label("")
+        self.message = _label(PROMPT)
         self.message.set_name("lockmsg")
         box.pack_start(self.message, False, False, 0)
         self.widget.add(box)
@@ -84,7 +87,7 @@ class LockPage:
         self.checking = False
         self.password.set_sensitive(True)
         if error is None and self.may_check():
-            self.message.set_text("")
+            self.message.set_text(PROMPT)  # for the next lock
             self.unlocked()
         else:
             self.message.set_text(error or "Locked while the host sleeps")

@@ -1,8 +1,7 @@
 """The first start's calls, through Gio: vmclient-syncd's ``Enrol`` and
 ``SetPassword`` (``org.vmclient.VMClient1.Management``, polkit: the seat's active
-session) and systemd-localed's ``SetX11Keyboard`` (the system's keyboard layout:
-``/etc/vconsole.conf``'s ``XKBLAYOUT`` and ``/etc/X11/xorg.conf.d/00-keyboard.conf``).
-Each answers ``done(error_text_or_None)``."""
+session).  Each answers ``done(error_text_or_None)``.  (The keyboard layout is the
+shell's own to keep: :func:`.firstsave.save_keyboard`.)"""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from ..dbus import names
 gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
 
-LOCALED = ("org.freedesktop.locale1", "/org/freedesktop/locale1", "org.freedesktop.locale1")
 ENROL_TIMEOUT_MS = 120_000  # the request goes to the datacenter
 
 
@@ -29,14 +27,15 @@ def _message(err: GLib.Error) -> str:
 
 
 def _call(conn: Any, target: tuple[str, str, str], member: str, args: Any,
-          done: Callable[[str | None], None], timeout_ms: int = 30_000) -> None:
+          done: Callable[[str | None, str | None], None], timeout_ms: int = 30_000) -> None:
+    """``done(error text, error name)``, both None on success."""
     def finish(c: Any, res: Any) -> None:
         try:
             c.call_finish(res)
         except GLib.Error as err:
-            done(_message(err))
+            done(_message(err), Gio.DBusError.get_remote_error(err))
             return
-        done(None)
+        done(None, None)
     conn.call(*target, member, args, None, Gio.DBusCallFlags.NONE, timeout_ms, None, finish)
 
 
@@ -44,16 +43,12 @@ MANAGEMENT = (names.SYNC_BUS_NAME, names.MANAGE_PATH, names.MANAGE_IFACE)
 
 
 def enrol(conn: Any, code: str, done: Callable[[str | None], None]) -> None:
-    _call(conn, MANAGEMENT, "Enrol", GLib.Variant("(s)", (code,)), done, ENROL_TIMEOUT_MS)
+    _call(conn, MANAGEMENT, "Enrol", GLib.Variant("(s)", (code,)),
+          lambda error, _name: done(error), ENROL_TIMEOUT_MS)
 
 
-def set_password(conn: Any, password: str, done: Callable[[str | None], None]) -> None:
+def set_password(conn: Any, password: str, done: Callable[[str | None, str | None], None]
+                 ) -> None:
+    """``done(error text, error name)``: the name tells a password set already
+    (:data:`.firststart.PASSWORD_SET_ALREADY`) from the rest."""
     _call(conn, MANAGEMENT, "SetPassword", GLib.Variant("(s)", (password,)), done)
-
-
-def set_keyboard(conn: Any, layout: str, done: Callable[[str | None], None]) -> None:
-    """localed's ``SetX11Keyboard(layout, model, variant, options, convert, interactive)``:
-    ``convert`` also sets the console's keymap; not interactive (polkit answers at
-    once: the image's rule grants it to the seat's active session)."""
-    _call(conn, LOCALED, "SetX11Keyboard",
-          GLib.Variant("(ssssbb)", (layout, "", "", "", True, False)), done)

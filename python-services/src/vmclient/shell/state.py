@@ -102,6 +102,7 @@ class State:
     overview: bool = False
     selected: str | None = None  # in the overview
     networks: bool = False  # the Wi-Fi page is open
+    list_error: str = ""  # why the last VM list failed ("" = it came)
 
 
 def switcher_order(vms: Iterable[VMEntry]) -> tuple[VMEntry, ...]:
@@ -118,6 +119,18 @@ def with_vms(state: State, vms: Iterable[VMEntry]) -> State:
     selected = state.selected if state.selected in showable else current
     return replace(state, vms=ordered, current=current, selected=selected,
                    overview=state.overview and bool(showable))
+
+
+def list_failed(state: State, error: str) -> State:
+    """The VM list did not come (provd not answering): the VMs stay as they were (a
+    display keeps showing its VM), but what the bar says of them is not known now."""
+    return replace(state, list_error=error or "no answer")
+
+
+def listed(state: State) -> State:
+    """A VM list came from provd (then :func:`with_vms`, which alone is also the old
+    list with new details: what powerd says of the VMs)."""
+    return replace(state, list_error="")
 
 
 def showable_names(state: State) -> list[str]:
@@ -204,6 +217,9 @@ def wake(state: State) -> State:
     return replace(state, asleep=False)
 
 
+LIST_FAILED = "Cannot list the VMs"
+
+
 @dataclass(frozen=True)
 class View:
     """What the screen shows."""
@@ -226,8 +242,12 @@ def view(state: State) -> View:
                     "Switch to\u2026  (number, arrows and Return, or a click; Escape)")
     entry = next((v for v in state.vms if v.name == state.current), None)
     if entry is None:
-        return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN], "No VM running")
+        return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
+                    f"{LIST_FAILED}: {state.list_error}" if state.list_error
+                    else "No VM running")
     title = f"{entry.name} \u2014 {entry.zone.value}"
-    if entry.state != "running":
+    if state.list_error:  # its state as last listed may be stale
+        title += " (cannot list the VMs: its state is unknown)"
+    elif entry.state != "running":
         title += f" ({entry.detail or entry.state})"
     return View("vm", entry.name, entry.zone, ZONE_COLOURS[entry.zone], title)

@@ -106,7 +106,6 @@ class Shell:
         self._poll: int | None = None
         self._ticks = 0
         self._listing, self._listing_assigned = InFlight(), InFlight()  # one call each
-        self._list_error = ""
         self.sleep_lock = SleepLock(conn, self._before_sleep, self._woke)
         self.pause_delay = PauseDelay(conn)
         self.wifi = wifi.Wifi(conn, self._wifi)
@@ -251,13 +250,14 @@ class Shell:
 
     def _listed(self, vms: list[bus.VM] | None, err: RemoteError | None) -> None:
         if vms is None:
-            if str(err) != self._list_error:  # once per error, not every poll
+            if str(err) != self.state.list_error:  # once per error, not every poll
                 log.warning("cannot list the VMs: %s", err)
-                self._list_error = str(err)
-            self.pages.none_label.set_text(f"Cannot list the VMs: {err}")
+            self.pages.none_label.set_text(f"{state.LIST_FAILED}: {err}")
+            self.state = state.list_failed(self.state, str(err))
+            self.render()
             return
-        self._list_error = ""
         self._listed_vms = vms
+        self.state = state.listed(self.state)
         self.set_vms(self._entries())
 
     def _entries(self) -> list[state.VMEntry]:
