@@ -234,7 +234,8 @@ class BootConfig:
     # template of its variable store, copied into the work directory at the first start
     firmware_code: Path | None = None
     firmware_vars: Path | None = None
-    extra_disks: list[tuple[Path, str]] = field(default_factory=list)  # (qcow2, serial), ro
+    # (disk, serial), read-only: a qcow2 (*.qcow2) or a raw image (any other name)
+    extra_disks: list[tuple[Path, str]] = field(default_factory=list)
 
     @classmethod
     def from_image_dir(cls, path: Path) -> BootConfig:
@@ -244,6 +245,7 @@ class BootConfig:
         fw = meta.get("firmware") or {}
         return cls(
             disk=path / meta["disk"],
+            disk_format=meta.get("disk_format", "qcow2"),
             kernel=path / meta["kernel"] if "kernel" in meta else None,
             initrd=path / meta["initrd"] if "initrd" in meta else None,
             append=meta.get("append", ""),
@@ -544,7 +546,8 @@ class Machine:
             "-qmp", f"unix:{self.workdir / 'qmp-events.sock'},server=on,wait=off",
         ]
         for i, (disk, serial) in enumerate(c.extra_disks):
-            argv += ["-drive", f"file={disk},if=none,id=extra{i},format=qcow2,readonly=on",
+            fmt = "qcow2" if disk.suffix == ".qcow2" else "raw"
+            argv += ["-drive", f"file={disk},if=none,id=extra{i},format={fmt},readonly=on",
                      "-device", f"virtio-blk-pci,drive=extra{i},serial={serial},"
                      f"addr={0x1d - i:#x}"]
         if c.machine.startswith("q35") or "q35" in c.machine:
