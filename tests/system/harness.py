@@ -234,7 +234,8 @@ class BootConfig:
     # template of its variable store, copied into the work directory at the first start
     firmware_code: Path | None = None
     firmware_vars: Path | None = None
-    extra_disks: list[tuple[Path, str]] = field(default_factory=list)  # (qcow2, serial), ro
+    # (disk, serial), read-only: a qcow2 (*.qcow2) or a raw image (any other name)
+    extra_disks: list[tuple[Path, str]] = field(default_factory=list)
 
     @classmethod
     def from_image_dir(cls, path: Path) -> BootConfig:
@@ -244,6 +245,7 @@ class BootConfig:
         fw = meta.get("firmware") or {}
         return cls(
             disk=path / meta["disk"],
+            disk_format=meta.get("disk_format", "qcow2"),
             kernel=path / meta["kernel"] if "kernel" in meta else None,
             initrd=path / meta["initrd"] if "initrd" in meta else None,
             append=meta.get("append", ""),
@@ -408,8 +410,12 @@ class Machine:
     """One QEMU machine booted from a BootConfig; restartable on the same disk."""
 
     def __init__(self, cfg: BootConfig, workdir: Path | None = None, keep: bool = False,
-                 name: str = "vmclient-test", die_with_parent: bool = True) -> None:
+                 name: str = "vmclient-test", die_with_parent: bool = True,
+                 cold_restarts: bool = False) -> None:
         self.cfg = cfg
+        # a restart from inside ends QEMU (-no-reboot) and the harness starts a new one
+        # on the same disks, NVRAM and TPM: every boot from a fresh QEMU (reboot())
+        self.cold_restarts = cold_restarts
         self.die_with_parent = die_with_parent
         self.name = name
         self.keep = keep or bool(os.environ.get("VMCLIENT_KEEP_WORKDIR"))
@@ -548,11 +554,14 @@ class Machine:
             "-qmp", f"unix:{self.workdir / 'qmp-events.sock'},server=on,wait=off",
         ]
         for i, (disk, serial) in enumerate(c.extra_disks):
-            argv += ["-drive", f"file={disk},if=none,id=extra{i},format=qcow2,readonly=on",
+            fmt = "qcow2" if disk.suffix == ".qcow2" else "raw"
+            argv += ["-drive", f"file={disk},if=none,id=extra{i},format={fmt},readonly=on",
                      "-device", f"virtio-blk-pci,drive=extra{i},serial={serial},"
                      f"addr={0x1d - i:#x}"]
         if c.machine.startswith("q35") or "q35" in c.machine:
             argv[argv.index("PIIX4_PM.disable_s3=0")] = "ICH9-LPC.disable_s3=0"
+        if self.cold_restarts:
+            argv.append("-no-reboot")
         if c.kernel:
             argv += ["-kernel", str(c.kernel), "-append", c.append]
             if c.initrd:
@@ -659,15 +668,38 @@ class Machine:
                                    f"restarts within {timeout} s\n{self.console_tail()}")
             time.sleep(0.5)
 
+    def wait_cold_restart(self, timeout: float) -> None:
+        """cold_restarts: wait until QEMU ends on a guest reset, then start it again."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"no restart within {timeout} s\n{self.console_tail()}") from None
+        time.sleep(0.5)  # the event thread reads the last events QEMU sent
+        why = [e.data.get("reason") for e in (self.events.events if self.events else ())
+               if e.name == "SHUTDOWN"]
+        self._disconnect()
+        self._stop_swtpm()
+        if not why or why[-1] != "guest-reset":
+            raise HarnessError(f"QEMU ended without a guest reset (SHUTDOWN {why[-1:]}, "
+                               f"exit {self.proc.returncode})\n{self.console_tail()}")
+        self.start(port=self.port)
+
     def reboot(self, resets: int = 1, timeout: float = 600) -> float:
         """Restart the guest from inside (``systemctl reboot``) and wait for SSH after
         ``resets`` restarts (more than one: the guest restarts again by itself);
-        returns the seconds from the command to SSH."""
+        returns the seconds from the command to SSH.  With cold_restarts each restart
+        ends QEMU and starts a new one; timeout is then per restart."""
         assert self.events is not None
         t0 = time.monotonic()
         mark = self.events.mark()
         self.ssh("systemctl reboot --no-block", timeout=30)
-        self.wait_resets(resets, mark, timeout)
+        if self.cold_restarts:
+            self.drop_ssh()
+            for _ in range(resets):
+                self.wait_cold_restart(timeout)
+        else:
+            self.wait_resets(resets, mark, timeout)
         self.drop_ssh()
         self.wait_ssh(timeout=timeout)
         return time.monotonic() - t0

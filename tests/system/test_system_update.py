@@ -9,8 +9,9 @@ systemd-bless-boot.  Two signed verity bundles built from the test image wait on
 read-only disk: 2.0 (another ``VERSION_ID``) and 2.1 (vmclient-provd cannot start).
 
 1. slot A runs 1.0 with two VMs (one running, one paused by its user); the services'
-   RAUC adapter (``hostupdate.Rauc``) installs 2.0: RAUC writes slot B, the hook puts
-   B's UKI on the ESP, the backend makes B primary on trial;
+   RAUC adapter (``hostupdate.Rauc``) installs 2.0: RAUC writes slot B (the ESP is
+   unmounted meanwhile, as efi.automount's idle expiry does it: RAUC goes on), the hook
+   puts B's UKI on the ESP, the backend makes B primary on trial;
 2. restart: B runs 2.0, the gate passes, systemd-bless-boot marks B good, the VMs are
    where they were (saved at shutdown, restored at boot);
 3. 2.1 goes into slot A; restart: A boots, provd does not come up, the gate fails and
@@ -45,7 +46,8 @@ VMS = {"vmc-ab-run": "running", "vmc-ab-user": "paused"}
 STATE = "/var/lib/vmclient/test-host-update"
 # The laptop's side of a host update, as HostUpdater.cycle does it, without the
 # datacenter: RAUC through hostupdate.Rauc, the record, after_restart and the heartbeat's
-# host table.  argv: install RELEASE BUNDLE | after-restart
+# host table.  argv: steps, each "install:RELEASE:BUNDLE" or "after-restart", run in one
+# Python (its start and imports cost ~30 s under TCG); one JSON line per step.
 GUEST = """
 import asyncio, json, sys
 from dataclasses import replace
@@ -58,23 +60,30 @@ state.mkdir(mode=0o700, exist_ok=True)
 running = status.os_release(Path("/etc/os-release"))["VERSION_ID"]
 rauc = hu.Rauc()
 
-async def main():
+async def step(what):
     st = await rauc.status()
     up = hu.HostUpdater(hu.HostConfig(state, state), None, None, None, "laptop-ab", rauc,
                         running)
     rec = replace(hu.load_record(state), slot=st.booted, running=running)
-    if sys.argv[1] == "install":
-        said = await rauc.install(sys.argv[2], Path(sys.argv[3]))
-        rec = replace(rec, installed=sys.argv[2], boot=up.boot(), result=said)
+    if what.startswith("install:"):
+        _, release, bundle = what.split(":", 2)
+        said = await rauc.install(release, Path(bundle))
+        rec = replace(rec, installed=release, boot=up.boot(), result=said)
     else:
         rec = up.after_restart(rec)
     hu.save_record(state, rec)
     st = await rauc.status()
     primary = st.slots.get(st.primary, {}).get("bootname")
-    print(json.dumps({"booted": st.booted, "primary": primary, "running": running,
+    print(json.dumps({"step": what, "booted": st.booted, "primary": primary,
+                      "running": running,
                       "slots": {i.get("bootname"): i.get("boot_status")
                                 for i in st.slots.values()},
-                      "host": hu.status_table(state), "failed": list(rec.failed)}))
+                      "host": hu.status_table(state), "failed": list(rec.failed)}),
+          flush=True)
+
+async def main():
+    for what in sys.argv[1:]:
+        await step(what)
 
 asyncio.run(main())
 """ % STATE
@@ -96,13 +105,15 @@ def ab_config() -> harness.BootConfig:
     return harness.BootConfig.from_image_dir(Path(out.splitlines()[-1]))
 
 
-def guest(m: harness.Machine, *args: str) -> dict:
-    r = m.ssh("/opt/vmclient/bin/python - " + " ".join(args), stdin=GUEST, timeout=600)
-    if r.rc != 0:
+def guest(m: harness.Machine, *steps: str) -> list[dict]:
+    """Runs GUEST's steps in one Python on the host; their JSON results, in order."""
+    r = m.ssh("/opt/vmclient/bin/python - " + " ".join(steps), stdin=GUEST, timeout=600)
+    said = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith('{"step"')]
+    if r.rc != 0 or len(said) != len(steps):
         log = m.ssh("journalctl -b 0 -o short-monotonic --no-pager -u rauc.service | tail -40; "
                     "dmesg | tail -20").stdout
-        pytest.fail(f"{args}: {r.stdout}\n{r.stderr}\n--- rauc.service, kernel\n{log}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        pytest.fail(f"{steps}: {r.stdout}\n{r.stderr}\n--- rauc.service, kernel\n{log}")
+    return said
 
 
 def booted(m: harness.Machine) -> tuple[str, str]:
@@ -119,18 +130,29 @@ def entries(m: harness.Machine) -> list[str]:
 
 def prepare_install(m: harness.Machine) -> None:
     """The bundles' disk mounted; rauc.service without the image's CPUQuota=10% for this
-    boot (a tenth of a TCG-emulated core makes a 1.3 GiB install take many minutes; the
+    boot (a tenth of a TCG-emulated core makes a 1.2 GiB install take many minutes; the
     quota is the layer's, checked in tests/layer)."""
     m.ssh("mkdir -p /run/bundles && mount -o ro,noload /dev/disk/by-id/virtio-bundles "
           "/run/bundles && systemctl set-property --runtime rauc.service CPUQuota=",
           check=True)
     # systemd-gpt-auto-generator adds an efi.automount that unmounts an idle ESP after
-    # 2 min; while the layer's rauc.service drop-in required /efi, that stopped RAUC in the
-    # middle of an install here ("D-Bus error while installing").  The drop-in now only
-    # wants the ESP; a process holding /efi keeps it mounted for this boot all the same.
-    m.ssh("systemctl is-active --quiet vmclient-test-hold-esp || systemd-run --quiet "
-          "--unit=vmclient-test-hold-esp -p WorkingDirectory=/efi sleep infinity", check=True)
+    # 2 min, with a stop job on efi.mount; while the layer's rauc.service drop-in required
+    # /efi, that stopped RAUC in the middle of an install ("D-Bus error while
+    # installing").  It only wants the ESP now: the ESP is unmounted here as the expiry
+    # does it, once RAUC writes the slot, and the install goes on; the hook and the
+    # backend open /efi again through the automount (checked by expired_esp()).
+    m.ssh("systemd-run --quiet --unit=vmclient-test-expire-esp /bin/sh -c "
+          "'journalctl -b -f -n all -o cat -u rauc.service | (grep -q -m1 "
+          "\"writing data to device\" && systemctl stop efi.mount && "
+          "echo unmounted > /run/vmclient-test-esp)'", check=True)
     assert m.ssh("systemctl show -P CPUQuotaPerSecUSec rauc").stdout.strip() == "infinity"
+
+
+def expired_esp(m: harness.Machine) -> None:
+    """The ESP was unmounted while RAUC wrote the slot (prepare_install)."""
+    said = m.ssh("cat /run/vmclient-test-esp; journalctl -b -o cat --no-pager "
+                 "-u vmclient-test-expire-esp | tail -5").stdout
+    assert said.startswith("unmounted"), f"the ESP was not unmounted during the install: {said}"
 
 
 def wait_vms(m: harness.Machine, timeout: float = 180) -> None:
@@ -144,59 +166,79 @@ def wait_vms(m: harness.Machine, timeout: float = 180) -> None:
 def test_update_to_the_inactive_slot_then_a_bad_update_falls_back_by_itself(
         ab_config: harness.BootConfig) -> None:
     steps: list[tuple[str, float]] = []
-    t0 = time.monotonic()
-    m = harness.Machine(ab_config, name="vmclient-ab")
+    t0 = last = time.monotonic()
+
+    def lap(what: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        steps.append((what, now - last))
+        last = now
+    # every restart a fresh QEMU (harness.Machine.cold_restarts; README, "The A/B machine")
+    m = harness.Machine(ab_config, name="vmclient-ab", cold_restarts=True)
     try:
         m.start()
-        m.wait_ssh()
-        steps.append(("first boot (slot A) to SSH", time.monotonic() - t0))
+        m.wait_ssh(timeout=900)  # the first boot makes the data partition
+        lap("first boot (slot A) to SSH")
         assert booted(m) == ("a", "1.0")
         assert entries(m) == ["vmclient-a.conf"]
-        m.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=180)
+        try:
+            m.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=300)
+        except harness.HarnessError:
+            pytest.fail("vmclient-powerd is not active:\n" + m.ssh(
+                "systemctl status vmclient-powerd --no-pager | head -20; journalctl -b "
+                "--no-pager -o short-monotonic -u vmclient-powerd | tail -30").stdout)
+        lap("powerd active")
         m.ssh("test -c /dev/kvm", check=True)
         for name in VMS:
             harness.define_nested_vm(m, name)
         m.ssh("virsh -q suspend vmc-ab-user", check=True)
         wait_vms(m)
         prepare_install(m)
+        lap("VMs up, install prepared")
 
         # 2.0 into slot B, which becomes primary on trial (one try)
-        t = time.monotonic()
-        st = guest(m, "install", "2.0", "/run/bundles/vmclient-2.0.raucb")
-        steps.append(("install 2.0 into slot B", time.monotonic() - t))
+        st, = guest(m, "install:2.0:/run/bundles/vmclient-2.0.raucb")
+        lap("install 2.0 into slot B")
+        expired_esp(m)
         assert (st["booted"], st["primary"]) == ("a", "b"), st
         assert entries(m) == ["vmclient-a.conf", "vmclient-b+1.conf"]
         assert m.ssh("cmp /efi/EFI/vmclient/vmclient-a.efi /efi/EFI/vmclient/vmclient-b.efi"
                      ).rc == 1, "the hook did not put slot B's own UKI on the ESP"
 
-        steps.append(("restart into slot B", m.reboot()))
+        m.reboot()
+        lap("restart into slot B to SSH")
         assert booted(m) == ("b", "2.0")
         # the gate passed and systemd-bless-boot took B's counter away: B is good
         m.wait_until("systemctl is-active --quiet systemd-bless-boot", timeout=300, interval=2)
+        lap("B blessed")
         assert m.ssh("systemctl is-active vmclient-boot-check").stdout.strip() == "active"
         assert entries(m) == ["vmclient-a.conf", "vmclient-b.conf"]
         wait_vms(m)
-        st = guest(m, "after-restart")
+        lap("VMs back")
+        # the record after the restart, then 2.1 (vmclient-provd does not start) into slot
+        # A, now the inactive one: one Python on the host for both
+        prepare_install(m)
+        st, st21 = guest(m, "after-restart", "install:2.1:/run/bundles/vmclient-2.1.raucb")
+        lap("after-restart record, install 2.1 into A")
         assert st["booted"] == "b" and st["slots"] == {"a": "good", "b": "good"}, st
         assert st["host"]["release"] == "2.0" and "running 2.0" in st["host"]["result"], st
-
-        # 2.1 (vmclient-provd does not start) into slot A, now the inactive one
-        prepare_install(m)
-        t = time.monotonic()
-        st = guest(m, "install", "2.1", "/run/bundles/vmclient-2.1.raucb")
-        steps.append(("install 2.1 into slot A", time.monotonic() - t))
+        st = st21
+        expired_esp(m)
         assert (st["booted"], st["primary"]) == ("b", "a"), st
         assert entries(m) == ["vmclient-a+1.conf", "vmclient-b.conf"]
 
         # restart: 2.1 fails its gate, the host restarts by itself into B
-        steps.append(("restart, 2.1 fails, back in slot B", m.reboot(resets=2)))
+        m.reboot(resets=2)
+        lap("restart, 2.1 fails, back in B to SSH")
         assert booted(m) == ("b", "2.0")
         assert entries(m) == ["vmclient-a+0-1.conf", "vmclient-b.conf"]
         bad = m.ssh("journalctl -b -1 -o cat --no-pager -u vmclient-boot-check.service "
                     "-u vmclient-provd.service", check=True).stdout
         assert "vmclient-boot-check.service: Failed" in bad or "Failed to start" in bad, bad
         wait_vms(m)
-        st = guest(m, "after-restart")
+        lap("VMs back")
+        st, = guest(m, "after-restart")
+        lap("after-restart record")
         assert st["booted"] == "b" and st["primary"] == "b", st
         assert st["slots"]["a"] == "bad" and st["slots"]["b"] == "good", st
         assert "2.1" in st["failed"], st
@@ -208,4 +250,14 @@ def test_update_to_the_inactive_slot_then_a_bad_update_falls_back_by_itself(
         for what, s in steps:
             print(f"  {what:40s} {s:6.0f} s")
         print(f"  {'total':40s} {total:6.0f} s")
+        if m.running:
+            print(m.ssh("journalctl --no-pager -o short-monotonic _PID=1 "
+                        "--grep 'Startup finished|Reached target|Stopping|Stopped target|"
+                        "Shutting down|reboot' | grep -E 'Startup finished|boot-complete|"
+                        "Shutting down|Reached target (Multi|Graphical|Reboot|System Shutdown)|"
+                        "-- Boot'; journalctl --no-pager -o short-monotonic -u rauc "
+                        "| grep -iE 'install|progress|succeed|fail' | tail -30; "
+                        "journalctl --no-pager -o short-monotonic "
+                        "--grep 'vmclient-boot-check|bless|watchdog|Rebooting' | tail -40",
+                        timeout=120).stdout)
         m.close()

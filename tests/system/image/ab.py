@@ -26,8 +26,10 @@ entry and UKI, and a disk of two signed verity bundles built with ``rauc bundle`
 release 2.0 (the same root, another ``VERSION_ID``) and 2.1, whose vmclient-provd
 cannot start (the boot gate fails).  Each bundle carries both slots' UKIs and the
 layer's vmclient-bundle-hook, as vmclient-bundle.bb does.  The roots are the host's
-ext4 shrunk to its minimum (``resize2fs -M``) and edited with ``debugfs`` (no loop
-device, no mount).
+ext4 without the kernel modules of hardware a QEMU machine lacks (``PRUNED_MODULES``),
+shrunk to its used blocks and edited with ``debugfs`` (no loop device, no mount): RAUC
+writes every byte of the image into the slot, and the bundles carry it twice.  The
+disk and the bundles' disk are raw sparse files (no qcow2 copy to make).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -152,6 +155,103 @@ def debugfs(image: Path, *commands: str) -> None:
         raise SystemExit(f"ab.py: debugfs on {image.name}: {errors}")
 
 
+# Kernel modules for hardware a QEMU machine does not have (under
+# /usr/lib/modules/VERSION/kernel): a third of the host's root.  The slots carry
+# the rest (KVM, virtio, dm, block, net, the file systems the host mounts).
+PRUNED_MODULES = (
+    "sound", "drivers/gpu", "drivers/media", "drivers/net/ethernet", "drivers/net/wireless",
+    "drivers/net/usb", "drivers/net/can", "drivers/net/phy", "drivers/infiniband",
+    "drivers/usb", "drivers/iio", "drivers/staging", "drivers/hwmon", "drivers/platform",
+    "drivers/comedi", "drivers/mtd", "drivers/target", "drivers/mmc", "drivers/isdn",
+    "drivers/bluetooth", "drivers/video", "net/bluetooth", "net/wireless", "net/mac80211",
+    "fs/xfs", "fs/nfs", "fs/nfsd", "fs/btrfs", "fs/ocfs2", "fs/smb", "fs/f2fs", "fs/gfs2",
+    "fs/ceph")
+
+
+def debugfs_ls(image: Path, dirs: list[str]) -> dict[str, list[tuple[str, bool]]]:
+    """{dir: [(name, is_dir)]} of each directory that exists (one debugfs run)."""
+    r = run("debugfs", "-c", "-f", "-", image, input="".join(f"ls -p {d}\n" for d in dirs),
+            capture_output=True, text=True)
+    out: dict[str, list[tuple[str, bool]]] = {}
+    cur: list[tuple[str, bool]] | None = None
+    for ln in r.stdout.splitlines():
+        if ln.startswith("debugfs: ls -p "):
+            cur = out.setdefault(ln.removeprefix("debugfs: ls -p "), [])
+        elif cur is not None and ln.startswith("/"):
+            _, _ino, mode, _uid, _gid, name, *_ = ln.split("/")
+            if name not in (".", ".."):
+                cur.append((name, mode.startswith("04")))
+    return out
+
+
+def prune_modules(image: Path) -> None:
+    """PRUNED_MODULES out of the root image, with debugfs (no mount)."""
+    versions = [n for n, d in debugfs_ls(image, ["/usr/lib/modules"]).get("/usr/lib/modules", ())
+                if d]
+    if not versions:
+        raise SystemExit(f"ab.py: no /usr/lib/modules in {image.name}")
+    level = [f"/usr/lib/modules/{v}/kernel/{p}" for v in versions for p in PRUNED_MODULES]
+    files: list[str] = []
+    dirs: list[str] = []
+    while level:
+        listing = debugfs_ls(image, level)
+        dirs += listing
+        files += [f"{d}/{n}" for d, ents in listing.items() for n, isdir in ents if not isdir]
+        level = [f"{d}/{n}" for d, ents in listing.items() for n, isdir in ents if isdir]
+    debugfs(image, *(f"rm {f}" for f in files), *(f"rmdir {d}" for d in reversed(dirs)))
+
+
+def shrink(image: Path) -> None:
+    """The file system to its used blocks and a little room (resize2fs -M leaves a third
+    of it free: every free block is a block RAUC writes into a slot)."""
+    run("e2fsck", "-fy", image, capture_output=True)
+    head = run("dumpe2fs", "-h", image, capture_output=True, text=True).stdout
+    val = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in head.splitlines())}
+    used = int(val["Block count"]) - int(val["Free blocks"])
+    if subprocess.run(["resize2fs", "-f", str(image), str(used + used // 20 + 4096)],
+                      capture_output=True).returncode != 0:
+        run("resize2fs", "-M", image, capture_output=True)
+    run("e2fsck", "-fn", image, capture_output=True)
+
+
+# Kernel modules the slots' initramfs does not need to find and mount a root on a
+# virtio disk (under /usr/lib/modules/VERSION/kernel): nine tenths of Debian's
+# MODULES=most initramfs, which the kernel would unpack at every boot (~15 s of a
+# TCG-emulated core for its 130 MB) and systemd-boot load from the ESP.
+INITRD_PRUNED = (
+    "sound", "drivers/net", "drivers/scsi", "drivers/usb", "drivers/infiniband",
+    "drivers/hid", "drivers/ata", "drivers/nvme", "drivers/mmc", "drivers/thunderbolt",
+    "drivers/ufs", "drivers/video", "drivers/gpu", "drivers/media", "fs/btrfs", "fs/xfs",
+    "fs/f2fs", "fs/nfs", "fs/nfs_common", "fs/lockd", "fs/sunrpc", "fs/jfs", "fs/reiserfs",
+    "fs/udf", "fs/isofs", "fs/ocfs2", "fs/gfs2", "fs/ceph", "fs/smb", "fs/nilfs2",
+    "fs/hfs", "fs/hfsplus", "fs/ntfs3", "fs/ubifs", "fs/squashfs", "net/sunrpc")
+
+
+def slim_initrd(src: Path, out: Path, work: Path) -> None:
+    """src (a gzip'd cpio) without INITRD_PRUNED, as an uncompressed cpio (nothing to
+    decompress under TCG).  modules.dep still names the pruned modules (no depmod here):
+    udev's coldplug may ask for one of a device the machine has and does not need (the
+    IDE controller's), which fails alone."""
+    tree = work / "initrd"
+    tree.mkdir()
+    with src.open("rb") as f:
+        gz = subprocess.Popen(["gzip", "-dc"], stdin=f, stdout=subprocess.PIPE)
+        run("cpio", "-id", "--quiet", stdin=gz.stdout, cwd=tree)
+        if gz.wait() != 0:
+            raise SystemExit(f"ab.py: {src} is not a gzip'd cpio")
+    versions = [d.name for d in (tree / "usr/lib/modules").iterdir() if d.is_dir()]
+    if not versions:
+        raise SystemExit(f"ab.py: no kernel modules in {src}")
+    for v in versions:
+        for rel in INITRD_PRUNED:
+            shutil.rmtree(tree / "usr/lib/modules" / v / "kernel" / rel, ignore_errors=True)
+    names = run("find", ".", "-print0", cwd=tree, capture_output=True).stdout
+    with out.open("wb") as f:
+        run("cpio", "-o", "-0", "-H", "newc", "-R", "0:0", "--quiet",
+            input=b"\0".join(sorted(names.split(b"\0"))).lstrip(b"\0"), stdout=f, cwd=tree)
+    shutil.rmtree(tree)
+
+
 def set_release(image: Path, release: str, work: Path) -> None:
     """/usr/lib/os-release (what /etc/os-release links to) with VERSION_ID=release."""
     r = run("debugfs", "-R", "cat /usr/lib/os-release", image, capture_output=True, text=True)
@@ -225,19 +325,29 @@ def build(cache: Path, host: Path, pki: tuple[Path, Path, Path], log) -> Path:
         work = Path(w)
         # the roots: the host's ext4, shrunk, one per release
         roots = {name: work / f"root-{name}.ext4" for name in RELEASES}
+        t0 = time.monotonic()
+
+        def lap(what: str) -> None:
+            nonlocal t0
+            log(f"ab: {what}: {time.monotonic() - t0:.1f} s")
+            t0 = time.monotonic()
         run("qemu-img", "convert", "-O", "raw", host / "rootfs.qcow2", roots["factory"])
         run("e2fsck", "-fy", roots["factory"], capture_output=True)
-        run("resize2fs", "-M", roots["factory"], capture_output=True)
+        prune_modules(roots["factory"])
+        shrink(roots["factory"])
         for name in ("update", "broken"):
             run("cp", "--sparse=always", roots["factory"], roots[name])
         for name, release in RELEASES.items():
             set_release(roots[name], release, work)
         break_provd(roots["broken"], work)
+        lap("roots")
         slot_mib = -(-roots["factory"].stat().st_size // (1 << 20)) + 64
 
+        initrd = work / "initrd.cpio"
+        slim_initrd(host / "initrd.img", initrd, work)
         ukis = {s: work / f"vmclient-{s}.efi" for s in SLOTS}
         for s, uki in ukis.items():
-            make_uki(uki, host / "vmlinuz", host / "initrd.img", CMDLINE.format(slot=s), work)
+            make_uki(uki, host / "vmlinuz", initrd, CMDLINE.format(slot=s), work)
 
         # the ESP: systemd-boot, loader.conf, slot A's UKI and its entry (written by the
         # backend itself: set-primary a, then blessed, as the factory image has it)
@@ -262,7 +372,8 @@ def build(cache: Path, host: Path, pki: tuple[Path, Path, Path], log) -> Path:
             mcopy(esp, child, "/")
 
         # the disk: GPT, ESP + two root slots of the same size; slot A = the factory root
-        disk = work / "disk.raw"
+        # raw (sparse) as well: no qcow2 copy; boots write to an overlay of it
+        disk = tmp / "disk.raw"
         total = 1 + ESP_MIB + 2 * slot_mib + 1
         with disk.open("wb") as f:
             f.truncate(total << 20)
@@ -275,8 +386,7 @@ def build(cache: Path, host: Path, pki: tuple[Path, Path, Path], log) -> Path:
         for src, name in ((esp, "ESP"), (roots["factory"], "vmroot_a")):
             run("dd", f"if={src}", f"of={disk}", "bs=1M", f"seek={starts[name]}",
                 "conv=notrunc,sparse", "status=none")
-        run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", disk, tmp / "disk.qcow2")
-        disk.unlink()
+        lap("ESP, UKIs, disk")
 
         # the bundles, on a disk of their own (read-only in the guest)
         bundles = work / "bundles"
@@ -284,11 +394,12 @@ def build(cache: Path, host: Path, pki: tuple[Path, Path, Path], log) -> Path:
         for name in ("update", "broken"):
             make_bundle(bundles / f"vmclient-{RELEASES[name]}.raucb", RELEASES[name],
                         roots[name], ukis, pki, work)
+            lap(f"bundle {RELEASES[name]}")
         size = sum(p.stat().st_size for p in bundles.iterdir())
-        braw = work / "bundles.ext4"
+        # raw (sparse): a qcow2 copy of it would cost the build another write of both
         run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "bundles", "-E", "root_owner=0:0",
-            "-d", bundles, braw, f"{(size >> 20) * 11 // 10 + 64}M")
-        run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", braw, tmp / "bundles.qcow2")
+            "-d", bundles, tmp / "bundles.ext4", f"{(size >> 20) * 11 // 10 + 64}M")
+        lap("bundles disk")
     shutil.copy(host / "id_ed25519", tmp / "id_ed25519")
     (tmp / "id_ed25519").chmod(0o600)
     meta = json.loads((host / "image.json").read_text())
@@ -296,9 +407,10 @@ def build(cache: Path, host: Path, pki: tuple[Path, Path, Path], log) -> Path:
         meta.pop(k, None)
     meta.update({
         "kind": "debian-test-host-ab",
-        "disk": "disk.qcow2",
+        "disk": "disk.raw",
+        "disk_format": "raw",
         "firmware": {"code": str(OVMF_CODE), "vars": str(OVMF_VARS)},
-        "extra_disks": [{"file": "bundles.qcow2", "serial": "bundles"}],
+        "extra_disks": [{"file": "bundles.ext4", "serial": "bundles"}],
         "bundles": {RELEASES[n]: f"vmclient-{RELEASES[n]}.raucb" for n in ("update", "broken")},
         "releases": RELEASES,
         "slot_mib": slot_mib,
