@@ -73,10 +73,16 @@ class Weston:
         os.chmod(self.runtime, 0o700)
         self.socket = f"wl-{os.getpid()}-{time.monotonic_ns() % 100000}"
         self.log_path = self.runtime.with_suffix(".log")
+        # Weston's defaults but its animations: desktop-shell fades the whole output in at
+        # start (a screenshot in that second has every colour a few percent dark, and a
+        # frame's colour no longer matches) and fades it out when idle.
+        config = self.runtime / "weston.ini"
+        config.write_text("[core]\nidle-time=0\n\n[shell]\nstartup-animation=none\n"
+                          "animation=none\nclose-animation=none\nfocus-animation=none\n")
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [*as_user(uid), "weston", "--backend=headless-backend.so", "--use-pixman",
-                 "--shell=desktop-shell.so", "--no-config", "--debug",
+                 "--shell=desktop-shell.so", f"--config={config}", "--debug",
                  f"--socket={self.socket}", f"--width={WIDTH}", f"--height={HEIGHT}"],
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + scaled(20)
