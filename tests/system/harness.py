@@ -806,14 +806,18 @@ class Machine:
         client = self.client(user)
         transport = client.get_transport()
         assert transport is not None
-        chan = transport.open_session(timeout=30)
-        chan.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        # the channel's opening is within the command's time: sshd answers it only after
+        # the connection's last session is set up, and pam_systemd waits for root's user
+        # manager, which on a host just booted under TCG takes tens of seconds (the A/B
+        # test's restart into slot B: 30 s passed twice with "Starting user@0.service")
+        chan = transport.open_session(timeout=timeout)
+        chan.settimeout(max(1.0, deadline - time.monotonic()))
         chan.exec_command(cmd)
         if stdin is not None:
             chan.sendall(stdin.encode())
         chan.shutdown_write()
         out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
         try:
             while True:
                 if chan.recv_ready():
