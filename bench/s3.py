@@ -15,8 +15,8 @@
    servers over 1).  On 2 cores the devices are driven by ``--fleet-procs`` worker
    processes of at most ``--fleet-inflight`` syncs each: see bench/s3_fleet.py.
 
-    PYTHONPATH=python-services/src python bench/s3.py [--size MIB] [--seed N] [--restore-rounds N]
-        [--incr-rounds N]
+    PYTHONPATH=python-services/src python bench/s3.py [--size MIB] [--seed N]
+        [--initial-rounds N] [--restore-rounds N] [--incr-rounds N]
         [--fleet-only | --no-fleet] [--fleet-n 10,50,200] [--fleet-disk-mib 8]
         [--fleet-procs 2] [--fleet-inflight 8]
 
@@ -43,6 +43,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2048, help="disk size in MiB")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--initial-rounds", type=int, default=3,
+                    help="initial backups of each tool, each into a new repository, "
+                         "alternated; medians reported")
     ap.add_argument("--restore-rounds", type=int, default=3,
                     help="restores of each tool, alternated; medians reported")
     ap.add_argument("--incr-rounds", type=int, default=3,
@@ -60,7 +63,7 @@ def main() -> None:
     if not args.fleet_only:
         import sync  # bench/sync.py (libvirt, restic)
         single = sync.measure(args.size, args.seed, "s3", args.restore_rounds,
-                              args.incr_rounds)
+                              args.incr_rounds, args.initial_rounds)
         sync.report(single)
         out.update(rounded(single))  # type: ignore[arg-type]
     out["scale_1_to_2"] = None

@@ -13,7 +13,9 @@ measures in one run, against repositories on the same local file system:
   before and after the same writes, ``restic restore``.  Our restore fsyncs the
   disk before renaming it into place and restic's does not, so
   ``restic_restore_s`` includes an fsync of the file restic wrote (both then
-  deliver a durable disk); ``restic_restore_nosync_s`` is restic alone.  The restores
+  deliver a durable disk); ``restic_restore_nosync_s`` is restic alone.  Each tool's
+  initial backup runs ``--initial-rounds`` times (default 3), each into a new repository
+  (ours as a new device with new keys), alternated.  The restores
   run ``--restore-rounds`` times each (default 3), and ``--incr-rounds`` times (default 3)
   1 % of the disk changes and both tools back it up, the two tools alternating which goes
   first; the medians are reported and every run is listed.
@@ -32,7 +34,7 @@ directories; with ``--transport s3`` both are prefixes of one bucket on SeaweedF
 (bench/s3.py runs this).  The last line is one JSON object.
 
     PYTHONPATH=python-services/src python bench/sync.py [--size MIB] [--transport local]
-        [--restore-rounds N] [--incr-rounds N]
+        [--initial-rounds N] [--restore-rounds N] [--incr-rounds N]
 
 Needs root (qemu:///system, sshd), libvirtd, qemu-img/qemu-io, KVM and restic.
 """
@@ -170,8 +172,13 @@ class Where:
                  ) -> None:
         self.server, self.s3 = server, s3
         self.ours = server.repo if server else work / "ours"
-        self.restic = (server.dir if server else work) / "restic"
+        self.restic_base = (server.dir if server else work) / "restic"
         self.prefix = s3.prefix() if s3 else ""
+        self.restic_round = 0  # each initial round backs up into a new restic repository
+
+    @property
+    def restic(self) -> Path:
+        return self.restic_base.with_name(f"restic-{self.restic_round}")
 
     def ours_store(self, device_id: str) -> RemoteStore:
         if self.s3 is not None:
@@ -184,7 +191,8 @@ class Where:
         return self._s3_bytes(self.prefix) if self.s3 else du(self.ours)
 
     def restic_bytes(self) -> int:
-        return self._s3_bytes(f"{self.prefix}-restic") if self.s3 else du(self.restic)
+        return (self._s3_bytes(f"{self.prefix}-restic-{self.restic_round}") if self.s3
+                else du(self.restic))
 
     def _s3_bytes(self, prefix: str) -> int:
         assert self.s3 is not None
@@ -203,7 +211,8 @@ class Where:
 
     def restic_args(self) -> list[str]:
         if self.s3 is not None:
-            return ["-r", f"s3:{self.s3.endpoint}/{BUCKET}/{self.prefix}-restic"]
+            prefix = f"{self.prefix}-restic-{self.restic_round}"
+            return ["-r", f"s3:{self.s3.endpoint}/{BUCKET}/{prefix}"]
         if self.server is None:
             return ["-r", str(self.restic)]
         s, a = self.server, self.server.admin
@@ -223,35 +232,77 @@ def restic(where: Where, *args: str) -> float:
 
 async def ours(dom: libvirt.virDomain, work: Path, raw: Path, mib: int, rng: random.Random,
                out: dict[str, float], where: Where, restore_rounds: int = 3,
-               incr_rounds: int = 3) -> None:
+               incr_rounds: int = 3, initial_rounds: int = 3) -> None:
     hv = Hypervisor()
     await hv.connect()
-    device, keys = crypto.Ed25519PrivateKey.generate(), crypto.KeySet.generate()
-    dev = crypto.key_id(device.public_key())
-    remote = await asyncio.to_thread(where.ours_store, dev)
-
-    async def sync() -> engine.SyncResult:
-        return await engine.sync_vm(hv, remote, engine.SyncJob(
-            dom.UUIDString(), device, keys, state_dir=work / "state",
-            scratch_dir=IMAGES / "bench-scratch"))
+    stores: list[RemoteStore] = []
     try:
-        await asyncio.to_thread(settle)
-        cpu = cpu_seconds()
-        first = await sync()
-        out["ours_initial_s"], out["ours_initial_mib"] = first.seconds, where.ours_bytes() / MIB
-        # CPU of this process (every thread; not the ssh or sshd processes) per GiB stored
-        out["ours_initial_cpu_s_per_gib"] = round((cpu_seconds() - cpu)
-                                                  / (out["ours_initial_mib"] / 1024), 3)
-        out["ours_initial_capture_s"] = first.capture_seconds
-        await asyncio.to_thread(settle)
-        out["restic_initial_s"] = await asyncio.to_thread(restic, where, "backup",
-                                                          str(raw))
-        out["restic_initial_mib"] = where.restic_bytes() / MIB
+        device, keys, remote, sync = await initials(hv, dom, work, raw, where, initial_rounds,
+                                                    stores, out)
         await incrementals(where, sync, dom, raw, mib, work, rng, incr_rounds, out)
         await restores(where, remote, device, keys, dom.name(), work, raw, restore_rounds, out)
     finally:
-        await close_store(remote)
+        for remote in stores:
+            await close_store(remote)
         await hv.close()
+
+
+async def initials(hv: Hypervisor, dom: libvirt.virDomain, work: Path, raw: Path,
+                   where: Where, rounds: int, stores: list[RemoteStore],
+                   out: dict[str, float]) -> tuple[crypto.Ed25519PrivateKey, crypto.KeySet,
+                                                   RemoteStore,
+                                                   Callable[[], Awaitable[engine.SyncResult]]]:
+    """``rounds`` initial backups of each tool, alternated (ours first in even rounds),
+    each into a repository of its own: ours as a new device (new keys, an empty local
+    record: a full backup, as a laptop's first sync), restic into a new repository.
+    The medians go to ``out``, every run listed; the last round's device and restic
+    repository go on to the incrementals and restores."""
+    runs: dict[str, list[float]] = {k: [] for k in (
+        "ours_s", "ours_mib", "ours_cpu", "capture", "restic_s", "restic_mib")}
+    last: list[object] = []
+
+    async def ours_initial(rnd: int) -> None:
+        device, keys = crypto.Ed25519PrivateKey.generate(), crypto.KeySet.generate()
+        remote = await asyncio.to_thread(where.ours_store, crypto.key_id(device.public_key()))
+        stores.append(remote)
+
+        async def sync() -> engine.SyncResult:
+            return await engine.sync_vm(hv, remote, engine.SyncJob(
+                dom.UUIDString(), device, keys, state_dir=work / f"state-{rnd}",
+                scratch_dir=IMAGES / "bench-scratch"))
+        before = where.ours_bytes()
+        await asyncio.to_thread(settle)
+        cpu = cpu_seconds()
+        first = await sync()
+        stored = (where.ours_bytes() - before) / MIB
+        runs["ours_s"].append(first.seconds)
+        runs["ours_mib"].append(stored)
+        # CPU of this process (every thread; not the ssh or sshd processes) per GiB stored
+        runs["ours_cpu"].append((cpu_seconds() - cpu) / (stored / 1024))
+        runs["capture"].append(first.capture_seconds)
+        last[:] = [device, keys, remote, sync]
+
+    async def restic_initial(rnd: int) -> None:
+        where.restic_round = rnd
+        await asyncio.to_thread(restic, where, "init")
+        await asyncio.to_thread(settle)
+        runs["restic_s"].append(await asyncio.to_thread(restic, where, "backup", str(raw)))
+        runs["restic_mib"].append(where.restic_bytes() / MIB)
+
+    for rnd in range(rounds):
+        for step in (ours_initial, restic_initial) if rnd % 2 == 0 else (restic_initial,
+                                                                          ours_initial):
+            await step(rnd)
+    med = statistics.median
+    out["ours_initial_s"], out["ours_initial_mib"] = med(runs["ours_s"]), med(runs["ours_mib"])
+    out["ours_initial_cpu_s_per_gib"] = round(med(runs["ours_cpu"]), 3)
+    out["ours_initial_capture_s"] = med(runs["capture"])
+    out["restic_initial_s"] = med(runs["restic_s"])
+    out["restic_initial_mib"] = med(runs["restic_mib"])
+    out["ours_initial_runs"] = [round(x, 3) for x in runs["ours_s"]]  # type: ignore[assignment]
+    out["restic_initial_runs"] = [round(x, 3) for x in runs["restic_s"]]  # type: ignore[assignment]
+    device, keys, remote, sync = last
+    return device, keys, remote, sync  # type: ignore[return-value]
 
 
 async def incrementals(where: Where, sync: Callable[[], Awaitable[engine.SyncResult]],
@@ -363,8 +414,12 @@ def main() -> None:
                     help="restores of each tool, alternated; medians reported")
     ap.add_argument("--incr-rounds", type=int, default=3,
                     help="1 %% changes each backed up by both tools, alternated; medians")
+    ap.add_argument("--initial-rounds", type=int, default=3,
+                    help="initial backups of each tool, each into a new repository, "
+                         "alternated; medians")
     args = ap.parse_args()
-    out = measure(args.size, args.seed, args.transport, args.restore_rounds, args.incr_rounds)
+    out = measure(args.size, args.seed, args.transport, args.restore_rounds, args.incr_rounds,
+                  args.initial_rounds)
     report(out)
     print(json.dumps({"transport": args.transport,
                       **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}}))
@@ -378,7 +433,7 @@ def report(out: dict[str, float]) -> None:
 
 
 def measure(size: int, seed: int, transport: str, restore_rounds: int = 3,
-            incr_rounds: int = 3) -> dict[str, float]:
+            incr_rounds: int = 3, initial_rounds: int = 3) -> dict[str, float]:
     """One run of both tools on one disk of ``size`` MiB over ``transport``."""
     rng = random.Random(seed)
     name = f"vmbench-sync-{uuid.uuid4().hex[:6]}"
@@ -400,8 +455,8 @@ def measure(size: int, seed: int, transport: str, restore_rounds: int = 3,
             server = stack.enter_context(ssh_server()) if transport == "sftp" else None
             s3 = stack.enter_context(seaweedfs_server()) if transport == "s3" else None
             where = Where(work, server, s3)
-            restic(where, "init")
-            asyncio.run(ours(dom, work, raw, size, rng, out, where, restore_rounds, incr_rounds))
+            asyncio.run(ours(dom, work, raw, size, rng, out, where, restore_rounds, incr_rounds,
+                             initial_rounds))
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
