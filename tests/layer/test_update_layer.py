@@ -584,9 +584,11 @@ def test_resolve_verity_rule_wants_the_hash_tree_before_the_ukis_and_the_disk():
         m, image_flags={"do_image_wic": {"deps": ["do_image"]}}))
 
 
-def test_rauc_writes_the_inactive_slot_with_a_tenth_of_a_core_and_idle_io():
-    """Installing while the VMs run must not be noticed (issue 18: <= 10 % of one core):
-    rauc.service's drop-in caps its CPU and gives it the disk only when idle, and the
+def test_rauc_writes_the_inactive_slot_with_under_a_tenth_of_a_core_and_idle_io():
+    """Installing while the VMs run must not be noticed (<= 10 % of one core on average):
+    rauc.service's drop-in caps its CPU below that (CFS bandwidth control lets a group
+    overrun its quota a little: bench/host_update.py measured 10.1 % used under
+    CPUQuota=10%) and gives it the disk only when idle, and the
     recipe installs it as rauc.service's drop-in.  It requires the data partition but
     only wants the ESP (systemd-gpt-auto-generator's efi.automount unmounts an idle ESP,
     which stopped rauc.service mid-install on the test host)."""
@@ -600,7 +602,8 @@ def test_rauc_writes_the_inactive_slot_with_a_tenth_of_a_core_and_idle_io():
         elif ln and not ln.startswith("#"):
             key, _, value = ln.partition("=")
             directives.setdefault(f"{section}{key}", []).append(value)
-    assert directives["[Service]CPUQuota"] == ["10%"]
+    [quota] = directives["[Service]CPUQuota"]
+    assert quota.endswith("%") and 0 < float(quota[:-1]) <= 9, quota
     assert directives["[Service]IOSchedulingClass"] == ["idle"]
     assert directives["[Unit]RequiresMountsFor"] == ["@DATADIR@"]
     # the ESP wanted, never required: an idle ESP's automount expiry must not stop RAUC

@@ -129,8 +129,8 @@ def entries(m: harness.Machine) -> list[str]:
 
 
 def prepare_install(m: harness.Machine) -> None:
-    """The bundles' disk mounted; rauc.service without the image's CPUQuota=10% for this
-    boot (a tenth of a TCG-emulated core makes a 1.2 GiB install take many minutes; the
+    """The bundles' disk mounted; rauc.service without the image's CPUQuota=9% for this
+    boot (under a tenth of a TCG-emulated core makes a 1.2 GiB install take many minutes; the
     quota is the layer's, checked in tests/layer)."""
     m.ssh("mkdir -p /run/bundles && mount -o ro,noload /dev/disk/by-id/virtio-bundles "
           "/run/bundles && systemctl set-property --runtime rauc.service CPUQuota=",
