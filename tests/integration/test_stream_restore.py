@@ -253,9 +253,11 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
     """Two VMs restored with ``vmclientctl vm restore --stream`` fill at once: ``vm list``
     (text and ``--json``) shows each streaming with its own share (between what its block
     job said just before and just after the listing), and provd's ``Fills`` announced both
-    (PropertiesChanged).  provd is killed: the next provd takes both fills up, neither
-    share going back.  Then a power loss (provd, nbdkits, QEMU): the next provd lists both
-    VMs off and streaming where their fills were last saved, not at 0%.
+    (PropertiesChanged).  provd is killed, the second VM's restore marker back as if provd
+    had been killed between that VM's start and the marker's removal: the next provd takes
+    both fills up (before, it skipped the second: its disk never filled), neither share
+    going back.  Then a power loss (provd, nbdkits, QEMU; the marker back again): the next
+    provd lists both VMs off and streaming where their fills were last saved, not at 0%.
     Started again, both fill to the end and leave ``Fills``; each disk is its snapshot's."""
     async with streamed(tmp_path) as s:
         vms = [s.env.name("fa"), s.env.name("fb")]
@@ -318,8 +320,10 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
                     assert re.search(rf"^{vm}\s+business\s+running, streaming \d+\.\d%",
                                      r.stdout, re.M), r.stdout
                 assert any(set(f) == set(vms) for f in announced), announced
-                # 1. provd killed
+                # 1. provd killed; the second VM's restore was not done with its marker
                 before = {vm: rows[vm]["fill"] for vm in vms}
+                marker = s.prov.install_marker(vms[1])
+                marker.write_text("restore started\n")
                 provd.kill()
                 provd.wait()
                 provd = await asyncio.to_thread(start_provd, s.config, env, log_path)
@@ -327,6 +331,7 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
                 now = await listed()
                 for vm in vms:
                     assert now[vm]["state"] == "running" and now[vm]["fill"] >= before[vm]
+                assert not marker.exists()
                 # 2. power loss: QEMU, provd and the nbdkits gone at once
                 before = {vm: v["fill"] for vm, v in (await listed()).items() if vm in vms}
                 provd.kill()
@@ -336,6 +341,7 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
                         os.kill(int((sdir / "vda.pid").read_text()), signal.SIGKILL)
                 for vm in vms:
                     await s.env.hv.destroy(uuids[vm], vm)
+                marker.write_text("restore started\n")  # (and this time it is off)
                 s.config.write_text(base)  # (the fill now at full speed)
                 provd = await asyncio.to_thread(start_provd, s.config, env, log_path)
                 await wait_for("both VMs listed streaming", lambda: _both_filling(listed, vms))
@@ -349,6 +355,7 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
                     assert r.returncode == 0, r.stderr
                 await wait_for("both fills to end", lambda: _async(
                     not any(d.exists() for d in sdirs)), limit=120)
+                assert not marker.exists()
                 await wait_for("Fills empty", lambda: _async(bool(announced)
                                                              and announced[-1] == {}))
                 assert all("fill" not in v for v in (await listed()).values())
@@ -359,6 +366,7 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
         text = log_path.read_text()
         assert "Traceback" not in text, text
         assert f"streamed restores resumed: {vms[0]}, {vms[1]}" in text, text
+        assert f"VM {vms[1]} runs: provd stopped during its streamed restore" in text
         for vm in vms:
             assert f"VM {vm}: every disk is local (vda)" in text
             installed = await s.prov.get(vm)

@@ -322,15 +322,29 @@ class Streams:
         self.fills[vm] = asyncio.create_task(self.run_fill(vm), name=f"fill {vm}")
 
     async def resume_all(self) -> list[str]:
-        """Every VM whose disks were streaming when provd stopped (or the power went)."""
+        """Every VM whose disks were streaming when provd stopped (or the power went).
+
+        Also one whose restore's crash marker is still there (provd stopped during the
+        restore): once the VM runs (libvirt finishes a start provd was killed in, or
+        the user starts it) the restore is done (:meth:`_restored`); a VM the restore
+        did not get to define has its nbdkits stopped (the next restore of it undoes
+        the rest)."""
         out = []
         images = self.prov.cfg.images_dir
         for sdir in sorted(images.glob(f"*/{STREAM_DIR}")) if images.exists() else []:
             vm = sdir.parent.name
-            if not self.prov.install_marker(vm).exists():
-                out.append(vm)
-                self.follow(vm)
+            out.append(vm)
+            self.follow(vm)
         return out
+
+    def _restored(self, vm: str) -> None:
+        """The VM runs: a restore's crash marker left by a provd stopped after it defined
+        the VM goes (the restore is done: undoing it now would take a running VM away)."""
+        marker = self.prov.install_marker(vm)
+        if marker.exists():
+            log.warning("VM %s runs: provd stopped during its streamed restore, after the VM "
+                        "was defined; the restore is done and its fill goes on", vm)
+            marker.unlink(missing_ok=True)
 
     async def run_fill(self, vm: str) -> None:
         """The fill of ``vm``'s disks, in :attr:`filled` from its start to its end (every
@@ -374,8 +388,13 @@ class Streams:
                 if not await self._fill_step(vm, uuid, local):
                     break
             except VMNotFound:  # undefined behind provd's back: its disks are left alone
-                log.warning("VM %s was undefined while its disks streamed in: its fill and "
-                            "nbdkit stop", vm)
+                if prov.install_marker(vm).exists():
+                    log.warning("VM %s: provd stopped during its streamed restore, before the "
+                                "VM was defined: its nbdkit stops (a restore of it starts "
+                                "anew)", vm)
+                else:
+                    log.warning("VM %s was undefined while its disks streamed in: its fill "
+                                "and nbdkit stop", vm)
                 await self.stop_serving(vm)
                 shutil.rmtree(sdir, ignore_errors=True)
                 return False
@@ -394,6 +413,8 @@ class Streams:
         """One look at the fill; False once no disk is backed by its export any more."""
         prov = self.prov
         st = await pull_state(prov.hv, uuid, vm)
+        if st.active:
+            self._restored(vm)
         if not st.backed:
             return False
         for disk in st.backed:
