@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import VMClientError, VMNotFound
-from ..host.files import check_ram_backed, write_private
+from ..host.files import check_ram_backed, write_atomic, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
 from ..tasks import all_of
@@ -67,7 +67,7 @@ PROBE_MOST = 5.0  # seconds at most between two probes of an unreachable reposit
 STOP_WAIT = 10.0  # seconds an nbdkit has to end on SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
 FILLED = "filled"  # in ``stream/``: how far each disk's fill is (FillProgress.to_json)
-SAVE_EVERY = 5.0  # seconds at least between two writes of it
+SYNC_EVERY = 5.0  # seconds at least between two durable (fsync'd) writes of it
 T = TypeVar("T")
 FillsFn = Callable[[Mapping[str, tuple[int, int]]], None]
 
@@ -480,23 +480,30 @@ class Streams:
 
 
 class _Saver:
-    """Writes how far the fill is to ``path`` when it changed, at most every
-    :data:`SAVE_EVERY` seconds (a write is durable: fsync'd)."""
+    """Writes how far the fill is to ``path`` whenever it changed (what the next provd
+    shows after this one is killed), fsync'd at most every :data:`SYNC_EVERY` seconds
+    (after a power loss it shows what was local at most that long before)."""
 
     def __init__(self, path: Path, local: FillProgress) -> None:
         self.path, self.local = path, local
-        self.saved, self.at = local.to_json(), 0.0
+        self.saved, self.synced = local.to_json(), 0.0
 
     def save(self) -> None:
-        now = time.monotonic()
         data = self.local.to_json()
-        if data == self.saved or now - self.at < SAVE_EVERY or not self.path.parent.is_dir():
+        if data == self.saved:
             return
-        try:
-            write_private(self.path, data)
+        now = time.monotonic()
+        durable = now - self.synced >= SYNC_EVERY
+        try:  # (not into a stream/ removed meanwhile: the fill sees that and ends)
+            write_atomic(self.path, data, durable=durable, make_parent=False)
+        except FileNotFoundError:
+            return
         except OSError as exc:  # (only shown: the fill goes on)
             log.warning("cannot keep how far the fill is in %s: %s", self.path, exc)
-        self.saved, self.at = data, now
+            return
+        self.saved = data
+        if durable:
+            self.synced = now
 
 
 async def _timed(timeline: Timeline, name: str, step: Awaitable[T]) -> T:
