@@ -61,6 +61,16 @@ def test_each_objects_methods_are_those_of_its_xml(iface):
     assert runtime == shipped and shipped
 
 
+@pytest.mark.parametrize("iface", [names.POWER_IFACE, names.PROVISION_IFACE,
+                                   names.DISPLAY_IFACE, names.SYNC_IFACE, names.MANAGE_IFACE])
+def test_each_objects_properties_are_those_of_its_xml(iface):
+    node = _object(iface).introspect()
+    runtime = {p.name: (p.signature, p.access.value) for p in node.properties}
+    shipped = {p.name: (p.signature, p.access.value)
+               for p in shipped_interface(iface).properties}
+    assert runtime == shipped
+
+
 def test_one_error_prefix_under_the_bus_name():
     assert DBUS_ERROR_PREFIX == names.BUS_NAME + ".Error."
     assert not hasattr(names, "ERROR_PREFIX")

@@ -121,19 +121,30 @@ def test_ctrl_c_says_that_provd_goes_on_with_the_work() -> None:
         "`vmclientctl vm list` shows the VM once it is done")
 
 
-def test_vm_list_shows_the_vm_whose_disks_provd_fills_and_how_far() -> None:
+def test_vm_list_shows_every_vm_whose_disks_provd_fills_each_with_its_own_share() -> None:
+    """Two streamed restores fill at once: each VM shows its own share (provd's ``Fills``),
+    in the text and in ``--json``; a VM not filling shows none, nor does a long operation
+    in the progress properties make any VM "streaming"."""
+    import json
+
     from vmclient.cli.vm import render_list, with_fill
 
     rows = [{"name": "office", "kind": "business", "state": "running", "image": "o",
              "image_version": 3},
-            {"name": "home", "kind": "private", "state": "shutoff", "image": "h",
+            {"name": "hr", "kind": "business", "state": "paused", "image": "h",
+             "image_version": 1},
+            {"name": "home", "kind": "private", "state": "shutoff", "image": "p",
              "image_version": 0}]
-    fill = {"Phase": 7, "CurrentVM": "office", "BytesDone": 1 << 20, "BytesTotal": 8 << 20}
-    text = render_list(with_fill(rows, fill))
-    assert text.splitlines()[1].split() == ["office", "business", "running,", "streaming",
-                                            "12.5%", "o", "v3"]
-    assert "streaming" not in text.splitlines()[2]
-    # another phase (a restore that runs, or provd idle): nobody is shown streaming
-    for other in ({**fill, "Phase": 3}, {**fill, "Phase": 1}, {}):
-        assert "streaming" not in render_list(with_fill(rows, other))
-    assert with_fill(rows, {**fill, "BytesTotal": 0})[0]["fill"] == 0.0
+    props = {"Phase": 3, "CurrentVM": "crm", "BytesDone": 5, "BytesTotal": 10,
+             "Fills": {"office": [1 << 20, 8 << 20], "hr": [3 << 20, 4 << 20]}}
+    listed = with_fill(rows, props)
+    lines = render_list(listed).splitlines()
+    assert lines[1].split() == ["office", "business", "running,", "streaming", "12.5%", "o",
+                                "v3"]
+    assert lines[2].split() == ["hr", "business", "paused,", "streaming", "75.0%", "h", "v1"]
+    assert "streaming" not in lines[3]
+    assert [v.get("fill") for v in json.loads(json.dumps(listed))] == [12.5, 75.0, None]
+    # provd fills nothing (or is older and has no Fills): nobody is shown streaming
+    for none in ({**props, "Fills": {}}, {"Phase": 7, "CurrentVM": "office"}, {}):
+        assert "streaming" not in render_list(with_fill(rows, none))
+    assert with_fill(rows, {"Fills": {"office": [0, 0]}})[0]["fill"] == 0.0

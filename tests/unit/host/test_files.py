@@ -88,6 +88,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     assert os.listdir(tmp_path) == ["state.json"]
 
 
+def test_without_make_parent_a_removed_directory_is_not_brought_back(tmp_path: Path) -> None:
+    gone = tmp_path / "vm" / "stream"
+    with pytest.raises(FileNotFoundError):
+        write_atomic(gone / "filled", b"{}", durable=False, make_parent=False)
+    assert not (tmp_path / "vm").exists()
+    gone.mkdir(parents=True)
+    write_atomic(gone / "filled", b"{}", durable=False, make_parent=False)
+    assert (gone / "filled").read_bytes() == b"{}" and os.listdir(gone) == ["filled"]
+
+
 def test_commit_makes_a_tool_written_file_durable_under_its_name(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps = _steps(monkeypatch)

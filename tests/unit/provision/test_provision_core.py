@@ -124,7 +124,9 @@ def test_cpu_profile_settings(tmp_path: Path) -> None:
 def test_a_fill_in_the_background_does_not_take_over_the_progress_of_a_restore() -> None:
     """By hand: while ``vm restore mem --stream`` ran, office's fill overwrote provd's
     progress properties (the CLI of mem showed "office: fill 47%"), and a second restore
-    was refused as "another install or upgrade (office) is running"."""
+    was refused as "another install or upgrade (office) is running".  The fills are in
+    ``Fills`` now, every VM's its own, whatever runs; the progress properties are the
+    restore's."""
     from vmclient.errors import UsageError
     from vmclient.provision.service import Phase, ProvisioningInterface
 
@@ -133,17 +135,17 @@ def test_a_fill_in_the_background_does_not_take_over_the_progress_of_a_restore()
     restore = Progress(vm="mem")
     restore.begin("download", 100)
     iface.report(restore)
-    fill = Progress(vm="office")
-    fill.begin("fill", 1000)
-    fill.done = 470
-    iface.report(fill)
+    iface.fills_changed({"office": (470, 1000), "hr": (1, 4)})
     assert (iface.progress.vm, iface.Phase) == ("mem", Phase.DOWNLOAD)
+    assert iface.Fills == {"hr": [1, 4], "office": [470, 1000]}
     with pytest.raises(UsageError, match=r"vmclient-provd is restoring a VM \(mem\), one "
                        "operation at a time: try again when it is done"):
         iface.begin_work("restoring a VM")
-    iface.idle()  # the restore is done: the fills show again
-    iface.report(fill)
-    assert (iface.progress.vm, iface.Phase, iface.BytesDone) == ("office", Phase.FILL, 470)
+    iface.idle()  # the restore is done: the fills go on, the phase is idle
+    assert (iface.Phase, iface.CurrentVM) == (Phase.IDLE, "")
+    assert iface.Fills == {"hr": [1, 4], "office": [470, 1000]}
+    iface.fills_changed({"hr": (1, 4)})  # office's disks are local
+    assert iface.Fills == {"hr": [1, 4]}
     iface.begin_work("installing a VM")  # one at a time, not one ever
 
 

@@ -163,6 +163,24 @@ def test_the_fill_progress_counts_every_disk_and_never_goes_back() -> None:
     assert fill.update([], {}) == (1280 * M, 1280 * M)  # every disk local
 
 
+def test_the_fill_share_kept_for_the_next_provd_is_taken_up_never_going_back() -> None:
+    """After a power loss the VM is off and no job tells how far its disks are: the next
+    provd starts from the shares saved; a share a job then reports lower (a pull started
+    again counts from 0) does not take it back, and junk in the file is ignored."""
+    M = 1 << 20
+    before = FillProgress({"vda": 256 * M, "vdb": 1024 * M})
+    before.update(["vda", "vdb"], {"vda": (64 * M, 256 * M), "vdb": (256 * M, 1024 * M)})
+    after = FillProgress({"vda": 256 * M, "vdb": 1024 * M})
+    after.restore(before.to_json())
+    assert after.counts() == (320 * M, 1280 * M)
+    assert after.update(["vda", "vdb"], {"vda": (1 * M, 256 * M)}) == (320 * M, 1280 * M)
+    for junk in (b"", b"[1]", b"{\"vda\": 2.0}", b"{\"vda\": -1}", b"{\"vda\": true}",
+                 b"{\"vda\": NaN}", b"{\"vdz\": 0.5}", b"{\"vda\": \"0.5\"}", b"\xff"):
+        fresh = FillProgress({"vda": 256 * M})
+        fresh.restore(junk)
+        assert fresh.counts() == (0, 256 * M), junk
+
+
 def test_the_timeline_lists_overlapping_steps_in_the_order_they_began_and_the_total() -> None:
     now = [10.0]
     t = Timeline(clock=lambda: now[0])

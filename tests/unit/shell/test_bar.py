@@ -70,8 +70,27 @@ def test_a_streamed_restore_in_progress_from_provd():
 
     assert install_text({"Phase": 6, "CurrentVM": "crm"}) \
         == "Restoring crm: starting from the datacenter"
-    assert install_text({"Phase": 7, "CurrentVM": "crm", "BytesDone": 1, "BytesTotal": 4}) \
+    assert install_text({"Phase": 1, "Fills": {"crm": (1, 4)}}) \
         == "Restoring crm: filling its disks 25%"
+
+
+def test_the_bar_shows_every_vm_whose_disks_fill_each_with_its_own_share():
+    from vmclient.shell.bar import install_text
+
+    fills = {"hr": (3, 5), "crm": (1, 4)}
+    assert install_text({"Phase": 1, "Fills": fills}) \
+        == "Restoring 2 VMs: filling their disks (crm 25%, hr 60%)"
+    many = {f"vm{i}": (i, 10) for i in range(6)}
+    assert install_text({"Phase": 1, "Fills": many}) == (
+        "Restoring 6 VMs: filling their disks (vm0 0%, vm1 10%, vm2 20%, vm3 30%, 2 more)")
+    # a long operation runs: its progress is shown, the fills go on behind it
+    assert install_text({"Phase": 3, "CurrentVM": "x", "BytesDone": 1, "BytesTotal": 2,
+                         "Fills": fills}) == "Installing x: downloading 50%"
+    assert install_text({"Phase": 1, "Fills": {}}) == ""
+    assert install_text({"Phase": 1, "Fills": {"a": (1, 0)}}) \
+        == "Restoring a: filling its disks 0%"
+    for junk in ("x", {"a": "bc"}, {"a": (1,)}, {"a": ("x", 2)}, 5):
+        assert install_text({"Phase": 1, "Fills": junk}) == ""
 
 
 def test_why_a_vm_is_paused_from_powerd():

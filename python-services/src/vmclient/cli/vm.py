@@ -198,6 +198,8 @@ async def _progress(b: Any) -> AsyncIterator[None]:
                              "Rate": 0.0, "Eta": -1.0}
 
     def on_change(changed: dict[str, Any]) -> None:
+        if not changed.keys() & state.keys():  # (the background fills': ``vm list``)
+            return
         state.update(changed)
         phase = PHASES[state["Phase"]] if 0 <= state["Phase"] < len(PHASES) else "unknown"
         if phase not in ("idle", "unknown"):
@@ -307,7 +309,7 @@ async def _restore_streamed(args: argparse.Namespace) -> dict[str, Any]:
         async with _progress(b):
             await _call(b, "RestoreStreamed", "sss", [args.vm, args.snapshot, args.from_device])
         print(f"{args.vm}: running; its disks fill in the background from the datacenter "
-              "(vmclient-provd's Phase Fill on D-Bus shows how far). Until they are local "
+              "(`vmclientctl vm list` shows how far). Until they are local "
               "the VM needs the network: without it, a read of what is not here yet waits, "
               "then the VM pauses until the datacenter answers again", file=sys.stderr)
         return await _find(b, args.vm)
@@ -324,15 +326,17 @@ async def list_vms(args: argparse.Namespace) -> list[dict[str, Any]]:
         return with_fill([_row(list(r)) for r in rows], progress)
 
 
-def with_fill(vms: list[dict[str, Any]], progress: dict[str, Any]) -> list[dict[str, Any]]:
-    """The VM whose disks provd is filling (its progress properties: Phase Fill) gets
-    ``fill``: the percent of its disks already local (its state says "streaming")."""
-    phase = progress.get("Phase", 0)
-    if not (0 <= phase < len(PHASES)) or PHASES[phase] != "fill":
-        return vms
-    total = progress.get("BytesTotal", 0)
-    pct = round(100 * progress.get("BytesDone", 0) / total, 1) if total else 0.0
-    return [{**v, "fill": pct} if v["name"] == progress.get("CurrentVM") else v for v in vms]
+def with_fill(vms: list[dict[str, Any]], props: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each VM whose disks provd is filling (its property ``Fills``: VM → bytes local,
+    bytes total) gets ``fill``: the percent of its disks already local (its state says
+    "streaming")."""
+    fills = props.get("Fills", {})
+
+    def percent(done: int, total: int) -> float:
+        return round(100 * done / total, 1) if total else 0.0
+
+    return [{**v, "fill": percent(*fills[v["name"]])} if v["name"] in fills else v
+            for v in vms]
 
 
 async def _simple(args: argparse.Namespace, local: Callable[[Any], Awaitable[None]],

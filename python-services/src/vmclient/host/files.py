@@ -30,20 +30,23 @@ class NotRAMBacked(LocalSyncError):
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False,
                  durable: bool = True, dir_mode: int | None = 0o700,
-                 temporary: str | None = None) -> None:
+                 temporary: str | None = None, make_parent: bool = True) -> None:
     """Write ``data`` to ``path`` whole or not at all.
 
     ``mode``: the file's permissions (0600: root-only, the default).
     ``exclusive``: FileExistsError if ``path`` exists (a hard link, not a rename).
     ``durable=False`` leaves out both fsyncs (a file that only matters while the
     host runs: the rename is still atomic).  ``dir_mode``: the mode a missing
-    parent directory is made with (None: the umask's).  ``temporary``: the
-    temporary file's name (default ``.tmp-<16 hex>``); it is removed on failure.
+    parent directory is made with (None: the umask's); ``make_parent=False``: it is not
+    made (FileNotFoundError: a directory another process removes is not brought back).
+    ``temporary``: the temporary file's name (default ``.tmp-<16 hex>``); it is removed
+    on failure.
     """
-    if dir_mode is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        path.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+    if make_parent:
+        if dir_mode is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
     tmp = path.parent / (temporary or f".tmp-{secrets.token_hex(8)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:

@@ -51,7 +51,7 @@ async def _serve(cfg: pconfig.ProvisionConfig, hv: Hypervisor, device: DeviceKey
         iface = ProvisioningInterface()
         prov = Provisioner(cfg, hv, device, receiver, report=iface.report)
         bus.export(names.PROVISION_PATH, iface)
-        streams = Streams(prov, config_path)
+        streams = Streams(prov, config_path, report=iface.fills_changed)
         install_guard(bus, iface, prov, streams)
         bus.export(names.DISPLAY_PATH, DisplayInterface())
         install_display_guard(bus, prov)

@@ -5,7 +5,8 @@ Every method call is authorised first (root, group ``vmclient``, polkit action
 front of dbus-fast's dispatch, and replied to exactly once: the result when the
 work is done, or a D-Bus error named after the :class:`VMClientError`.  Long
 work runs one operation at a time; its progress is in properties that emit
-``PropertiesChanged`` (at most every 0.2 s while it runs).
+``PropertiesChanged`` (at most every 0.2 s while it runs).  The disks of streamed
+restores fill in the background, several VMs at once: ``Fills`` has each of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from dbus_fast.aio import MessageBus
@@ -32,6 +33,7 @@ from .restore import restore as restore_vm
 from .stream import Streams
 
 log = logging.getLogger(__name__)
+EMIT_EVERY = 0.2  # seconds at least between two PropertiesChanged of progress
 
 
 class Phase(enum.IntEnum):
@@ -42,7 +44,7 @@ class Phase(enum.IntEnum):
     ASSEMBLE = 4
     DEFINE = 5
     STREAM = 6
-    FILL = 7
+    FILL = 7  # no longer set: the fills are in ``Fills`` (the number stays taken)
 
 
 class ProvisioningInterface(ServiceInterface):
@@ -51,6 +53,9 @@ class ProvisioningInterface(ServiceInterface):
         self.progress = Progress(phase="idle")
         self._phase, self._last_emit = "idle", 0.0
         self.working = ""  # the long operation running ("restoring a VM"), "" if none
+        self.fills: dict[str, tuple[int, int]] = {}  # vm → (bytes local, bytes total)
+        self._fills_at = 0.0
+        self._fills_later: asyncio.TimerHandle | None = None
 
     # Methods: declared for introspection; calls arrive through install_guard.
     @method()
@@ -124,21 +129,44 @@ class ProvisioningInterface(ServiceInterface):
     def Eta(self) -> d:  # type: ignore[name-defined]  # noqa: F821
         return float(self.progress.eta)
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Fills(self) -> "a{s(tt)}":  # type: ignore[valid-type]  # noqa: F722
+        return self._fills_value()
+
+    def _fills_value(self) -> dict[str, list[int]]:
+        return {vm: [done, total] for vm, (done, total) in sorted(self.fills.items())}
+
+    def fills_changed(self, fills: Mapping[str, tuple[int, int]]) -> None:
+        """The streamed restores' sink (:class:`.stream.Streams`): every VM whose disks
+        fill.  A VM that starts or ends filling is announced at once, progress at most
+        every 0.2 s (the last change always: later, if it came too soon)."""
+        added_or_gone = fills.keys() != self.fills.keys()
+        self.fills = dict(fills)
+        now = time.monotonic()
+        if added_or_gone or now - self._fills_at >= EMIT_EVERY:
+            self._emit_fills()
+        elif self._fills_later is None:
+            self._fills_later = asyncio.get_running_loop().call_later(
+                self._fills_at + EMIT_EVERY - now, self._emit_fills)
+
+    def _emit_fills(self) -> None:
+        if self._fills_later is not None:
+            self._fills_later.cancel()
+            self._fills_later = None
+        self._fills_at = time.monotonic()
+        self.emit_properties_changed({"Fills": self._fills_value()})
+
     def _values(self) -> dict[str, Any]:
         p = self.progress
         return {"Phase": int(Phase[p.phase.upper()]), "CurrentVM": p.vm, "BytesDone": p.done,
                 "BytesTotal": p.total, "Rate": float(p.rate), "Eta": float(p.eta)}
 
     def report(self, p: Progress) -> None:
-        """The provisioner's progress sink: copy and emit, throttled.  While a long
-        operation runs, the background fills (Phase Fill) are not shown: the properties
-        are that operation's (the CLI that started it shows them)."""
-        if self.working and p.phase == "fill":
-            return
+        """The provisioner's progress sink: copy and emit, throttled."""
         phase_changed, self._phase = p.phase != self._phase, p.phase
         self.progress = p
         now = time.monotonic()
-        if phase_changed or p.done >= p.total or now - self._last_emit >= 0.2:
+        if phase_changed or p.done >= p.total or now - self._last_emit >= EMIT_EVERY:
             self._last_emit = now
             self.emit_properties_changed(self._values())
 

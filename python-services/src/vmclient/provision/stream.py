@@ -21,7 +21,9 @@ still stream in.  docs/sync.md, "Streamed restore", has the design.
    drops the backing file, libvirt the ``backingStore``), the nbdkits stop and
    ``stream/`` goes.  provd resumes every stream at its start
    (:meth:`Streams.resume_all`): the overlay keeps what was pulled, so a fill after
-   a power loss continues.
+   a power loss continues.  How far each VM's fill is (bytes local, bytes total,
+   :attr:`Streams.filled`) goes to provd's ``Fills`` property, every VM filling at
+   once; ``stream/filled`` keeps it for the next provd.
 5. ``vm remove`` of a streaming VM (:meth:`Streams.remove`): its fill ends and its
    nbdkits stop (a former provd's too) before the VM is removed as any VM.
 """
@@ -37,12 +39,13 @@ import shutil
 import signal
 import site
 import sys
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 from ..errors import VMClientError, VMNotFound
-from ..host.files import check_ram_backed, write_private
+from ..host.files import check_ram_backed, write_atomic, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
 from ..tasks import all_of
@@ -63,7 +66,10 @@ POLL = 0.5  # seconds between two looks at a fill
 PROBE_MOST = 5.0  # seconds at most between two probes of an unreachable repository
 STOP_WAIT = 10.0  # seconds an nbdkit has to end on SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # nbdkit loads the store's index before it serves
+FILLED = "filled"  # in ``stream/``: how far each disk's fill is (FillProgress.to_json)
+SYNC_EVERY = 5.0  # seconds at least between two durable (fsync'd) writes of it
 T = TypeVar("T")
+FillsFn = Callable[[Mapping[str, tuple[int, int]]], None]
 
 
 class StreamError(VMClientError):
@@ -74,8 +80,10 @@ class Streams:
     """provd's streamed restores: their nbdkit processes and fill tasks."""
 
     def __init__(self, prov: Provisioner, config_path: Path, *,
-                 read_timeout: float | None = None, poll: float = POLL) -> None:
+                 read_timeout: float | None = None, poll: float = POLL,
+                 report: FillsFn | None = None) -> None:
         self.prov, self.config_path = prov, config_path
+        self.report = report  # told of every change of ``filled``
         self.read_timeout = (prov.cfg.stream_read_timeout_s if read_timeout is None
                              else read_timeout)
         self.poll = poll
@@ -84,6 +92,7 @@ class Streams:
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
         self.adopted: dict[tuple[str, str], int] = {}  # a former provd's nbdkits: pids
         self.done: dict[str, asyncio.Event] = {}
+        self.filled: dict[str, tuple[int, int]] = {}  # vm → (bytes local, bytes total)
 
     # -- the restore ---------------------------------------------------------------------
 
@@ -313,58 +322,99 @@ class Streams:
         self.fills[vm] = asyncio.create_task(self.run_fill(vm), name=f"fill {vm}")
 
     async def resume_all(self) -> list[str]:
-        """Every VM whose disks were streaming when provd stopped (or the power went)."""
+        """Every VM whose disks were streaming when provd stopped (or the power went).
+
+        Also one whose restore's crash marker is still there (provd stopped during the
+        restore): once the VM runs (libvirt finishes a start provd was killed in, or
+        the user starts it) the restore is done (:meth:`_restored`); a VM the restore
+        did not get to define has its nbdkits stopped (the next restore of it undoes
+        the rest)."""
         out = []
         images = self.prov.cfg.images_dir
         for sdir in sorted(images.glob(f"*/{STREAM_DIR}")) if images.exists() else []:
             vm = sdir.parent.name
-            if not self.prov.install_marker(vm).exists():
-                out.append(vm)
-                self.follow(vm)
+            out.append(vm)
+            self.follow(vm)
         return out
 
+    def _restored(self, vm: str) -> None:
+        """The VM runs: a restore's crash marker left by a provd stopped after it defined
+        the VM goes (the restore is done: undoing it now would take a running VM away)."""
+        marker = self.prov.install_marker(vm)
+        if marker.exists():
+            log.warning("VM %s runs: provd stopped during its streamed restore, after the VM "
+                        "was defined; the restore is done and its fill goes on", vm)
+            marker.unlink(missing_ok=True)
+
     async def run_fill(self, vm: str) -> None:
+        """The fill of ``vm``'s disks, in :attr:`filled` from its start to its end (every
+        disk local, the VM removed, provd stopping)."""
+        try:
+            complete = await self._fill(vm)
+        finally:
+            self._publish(vm, None)
+        if complete:
+            self.done[vm].set()
+
+    def _publish(self, vm: str, counts: tuple[int, int] | None) -> None:
+        if counts == self.filled.get(vm):
+            return
+        if counts is None:
+            del self.filled[vm]
+        else:
+            self.filled[vm] = counts
+        if self.report is not None:
+            self.report(self.filled)
+
+    async def _fill(self, vm: str) -> bool:
+        """True once every disk is local; False if the VM was removed meanwhile."""
         prov = self.prov
-        progress = Progress(vm=vm)
-        progress.begin("fill", 0)
         sdir = prov.vm_dir(vm) / STREAM_DIR
         disks = sorted(p.stem for p in sdir.glob("*.json"))
         local = FillProgress({p.stem: StreamSpec.parse(p.read_bytes(), str(p)).size
                               for p in sdir.glob("*.json")})
+        with contextlib.suppress(OSError):  # how far a provd before saw it
+            local.restore((sdir / FILLED).read_bytes())
+        saver = _Saver(sdir / FILLED, local)
         uuid = ""
         while True:
             if not sdir.is_dir():  # removed behind provd's back (an unassign order)
                 log.warning("VM %s was removed while its disks streamed in: its fill and "
                             "nbdkit stop", vm)
                 await self.stop_serving(vm)
-                return
+                return False
             try:
                 uuid = uuid or (await prov.hv.lookup_name(vm)).uuid
-                if not await self._fill_step(vm, uuid, progress, local):
+                if not await self._fill_step(vm, uuid, local):
                     break
             except VMNotFound:  # undefined behind provd's back: its disks are left alone
-                log.warning("VM %s was undefined while its disks streamed in: its fill and "
-                            "nbdkit stop", vm)
+                if prov.install_marker(vm).exists():
+                    log.warning("VM %s: provd stopped during its streamed restore, before the "
+                                "VM was defined: its nbdkit stops (a restore of it starts "
+                                "anew)", vm)
+                else:
+                    log.warning("VM %s was undefined while its disks streamed in: its fill "
+                                "and nbdkit stop", vm)
                 await self.stop_serving(vm)
                 shutil.rmtree(sdir, ignore_errors=True)
-                return
+                return False
             except VMClientError as exc:  # a race with a stop or start: look again
                 log.info("VM %s: fill: %s", vm, exc)
+            self._publish(vm, local.counts())  # (after a look: a running job may be ahead)
+            saver.save()
             await asyncio.sleep(self.poll)
         await self.stop_serving(vm)
         shutil.rmtree(sdir, ignore_errors=True)
-        progress.done = progress.total
-        progress.phase = "idle"
-        prov.report(progress)
         log.info("VM %s: every disk is local (%s); it no longer needs the network", vm,
                  ", ".join(disks))
-        self.done[vm].set()
+        return True
 
-    async def _fill_step(self, vm: str, uuid: str, progress: Progress,
-                         local: FillProgress) -> bool:
+    async def _fill_step(self, vm: str, uuid: str, local: FillProgress) -> bool:
         """One look at the fill; False once no disk is backed by its export any more."""
         prov = self.prov
         st = await pull_state(prov.hv, uuid, vm)
+        if st.active:
+            self._restored(vm)
         if not st.backed:
             return False
         for disk in st.backed:
@@ -385,8 +435,7 @@ class Streams:
             if idle and (prov.receiver is None or await self._link_up(vm)):
                 for disk in idle:
                     await block_pull(prov.hv, uuid, vm, disk, bandwidth)
-        progress.done, progress.total = local.update(st.backed, st.jobs)
-        prov.report(progress)
+        local.update(st.backed, st.jobs)
         return True
 
     async def _link_up(self, vm: str) -> bool:
@@ -428,6 +477,33 @@ class Streams:
         for task in self.fills.values():
             task.cancel()
         await asyncio.gather(*self.fills.values(), return_exceptions=True)
+
+
+class _Saver:
+    """Writes how far the fill is to ``path`` whenever it changed (what the next provd
+    shows after this one is killed), fsync'd at most every :data:`SYNC_EVERY` seconds
+    (after a power loss it shows what was local at most that long before)."""
+
+    def __init__(self, path: Path, local: FillProgress) -> None:
+        self.path, self.local = path, local
+        self.saved, self.synced = local.to_json(), 0.0
+
+    def save(self) -> None:
+        data = self.local.to_json()
+        if data == self.saved:
+            return
+        now = time.monotonic()
+        durable = now - self.synced >= SYNC_EVERY
+        try:  # (not into a stream/ removed meanwhile: the fill sees that and ends)
+            write_atomic(self.path, data, durable=durable, make_parent=False)
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # (only shown: the fill goes on)
+            log.warning("cannot keep how far the fill is in %s: %s", self.path, exc)
+            return
+        self.saved = data
+        if durable:
+            self.synced = now
 
 
 async def _timed(timeline: Timeline, name: str, step: Awaitable[T]) -> T:

@@ -154,8 +154,32 @@ class FillProgress:
             else:
                 continue
             self.share[disk] = max(self.share[disk], share)
+        return self.counts()
+
+    def counts(self) -> tuple[int, int]:
+        """(bytes local, bytes total) over every disk."""
         return (sum(int(size * self.share[d]) for d, size in self.sizes.items()),
                 sum(self.sizes.values()))
+
+    def to_json(self) -> bytes:
+        """The shares, for the next provd (:meth:`restore`): after a power loss the VM is
+        off and no job tells how far its disks are until it runs and a pull gets there."""
+        return json.dumps(self.share, sort_keys=True).encode()
+
+    def restore(self, untrusted: bytes) -> None:
+        """Take the shares saved by :meth:`to_json` (a provd before), never going back;
+        what is not a share of one of these disks is ignored (the fill then counts from
+        what the jobs say)."""
+        try:
+            doc = json.loads(untrusted)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        for disk, share in doc.items():
+            if (disk in self.share and isinstance(share, (int, float))
+                    and not isinstance(share, bool) and 0.0 <= share <= 1.0):
+                self.share[disk] = max(self.share[disk], float(share))
 
 
 @dataclass

@@ -135,23 +135,42 @@ def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:
 
 
 _INSTALL_PHASES = {2: "reading the catalog", 3: "downloading", 4: "assembling", 5: "defining",
-                   6: "starting from the datacenter", 7: "filling its disks"}
-_RESTORE_PHASES = (6, 7)  # a streamed restore (vm restore --stream)
+                   6: "starting from the datacenter"}
+_RESTORE_PHASES = (6,)  # a streamed restore (vm restore --stream)
 
 
 def install_text(untrusted_props: Mapping[str, Any]) -> str:
     """vmclient-provd's install progress (``Provisioning`` properties ``Phase``,
     ``CurrentVM``, ``BytesDone``/``BytesTotal``): "Installing crm: downloading 45%";
-    "" when idle or provd is not there."""
+    else the disks of streamed restores filling in the background (``Fills``):
+    "Restoring crm: filling its disks 25%"; "" when idle or provd is not there."""
     index = _int(untrusted_props.get("Phase"))
     phase = _INSTALL_PHASES.get(index)
     if phase is None:
-        return ""
+        return fills_text(untrusted_props.get("Fills"))
     verb = "Restoring" if index in _RESTORE_PHASES else "Installing"
     vm = str(untrusted_props.get("CurrentVM", ""))[:40]
     done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
     percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
     return f"{verb} {vm}: {phase}{percent}" if vm else f"{verb}: {phase}{percent}"
+
+
+def fills_text(untrusted_fills: Any) -> str:
+    """provd's ``Fills`` (VM → bytes local, bytes total): "Restoring crm: filling its
+    disks 25%"; several VMs: "Restoring 2 VMs: filling their disks (crm 25%, hr 60%)";
+    "" none (or not of that type)."""
+    try:
+        fills = sorted((str(vm)[:40], max(0, min(100, int(done) * 100 // int(total)))
+                        if int(total) > 0 else 0)
+                       for vm, (done, total) in dict(untrusted_fills or {}).items())
+    except (TypeError, ValueError):
+        return ""
+    if len(fills) == 1:
+        ((vm, percent),) = fills
+        return f"Restoring {vm}: filling its disks {percent}%"
+    each = ", ".join(f"{vm} {percent}%" for vm, percent in fills[:4])
+    more = f", {len(fills) - 4} more" if len(fills) > 4 else ""
+    return f"Restoring {len(fills)} VMs: filling their disks ({each}{more})" if fills else ""
 
 
 _CAUSES = {1: "paused for sleep", 2: "paused: lid closed", 3: "paused by you",
