@@ -1,4 +1,4 @@
-"""A SeaweedFS cluster of separate processes on 127.0.0.1, for bench/s3_fleet.py.
+"""A SeaweedFS cluster of separate processes on this machine, for bench/s3_fleet.py.
 
 tests/integration/fixtures_s3.py runs ``weed server`` (master, one volume server, filer
 and S3 gateway in one process); the fleet simulation needs 1 and then 2 volume servers,
@@ -11,6 +11,14 @@ servers share the writes (with ``001`` every chunk would go to both).  The maste
 a bucket's volumes where it likes (5 and 2 here, or 7 and 0 when a server joined late,
 which left it almost idle), so the start waits for every server to join and grows 4
 volumes on each.
+
+With ``limits`` (:class:`fixtures_hosts.HostLimits`) each volume server runs on an
+emulated host of its own (tests/integration/fixtures_hosts.py: a network namespace behind
+a link of ``limits.mbit`` each way, a CPU quota, its own data directory); the master
+listens on the machine's address on the hosts' bridge, and the filer, the S3 gateway and
+the clients stay in the machine's namespace, so every byte between the gateway and a
+volume server crosses that server's link.  :meth:`Cluster.servers` says what each server
+took.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fixtures_hosts import Host, HostLimits, Hosts
 from fixtures_s3 import BUCKET, WEED, free_ports
 
 from vmclient.admin import s3iam
@@ -33,8 +42,13 @@ __all__ = ["BUCKET", "Cluster"]
 
 
 class Cluster:
-    def __init__(self, volumes: int, identities: list[dict[str, object]] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, volumes: int, identities: list[dict[str, object]] = (),  # type: ignore[assignment]
+                 limits: HostLimits | None = None) -> None:
         self.volumes = volumes
+        self.limits = limits
+        self.hosts: Hosts | None = None
+        self.on: dict[str, Host] = {}  # the volume servers' hosts, by process name
+        self.ip = "127.0.0.1"  # where the master, filer and gateway listen
         self.identities = list(identities)
         self.dir = Path(tempfile.mkdtemp(prefix="vmbench-weed-"))
         ports = free_ports(6 + 2 * volumes)
@@ -46,24 +60,37 @@ class Cluster:
                                    secrets.token_hex(20))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, host: Host | None = None) -> None:
         log = (self.dir / f"{name}.log").open("wb")
+        argv = [WEED, f"-logdir={self.dir}", *args]
         self.procs[name] = subprocess.Popen(
-            [WEED, f"-logdir={self.dir}", *args], stdout=log, stderr=subprocess.STDOUT,
+            host.argv(argv) if host else argv, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         log.close()
 
     def start(self) -> Cluster:
-        master = f"127.0.0.1:{self.master}.{self.master_grpc}"
-        ip = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        if self.limits is not None:
+            self.hosts = Hosts(self.limits).start()
+            # the machine's address on the hosts' bridge: the hosts reach the master there,
+            # and the filer and gateway reach the hosts from there (their outgoing
+            # connections are bound to it, and 127.0.0.1 reaches no other namespace)
+            self.ip = self.hosts.switch_ip
+            self.endpoint = f"http://{self.ip}:{self.s3}"
+        master = f"{self.ip}:{self.master}.{self.master_grpc}"
+        ip = [f"-ip={self.ip}", f"-ip.bind={self.ip}"]
         (self.dir / "master").mkdir()
         self._spawn("master", "master", *ip, f"-port={self.master}",
                     f"-port.grpc={self.master_grpc}", f"-mdir={self.dir}/master",
                     "-volumeSizeLimitMB=256", "-defaultReplication=000", "-telemetry=false")
         for i, (port, grpc) in enumerate(self.volume_ports):
-            (self.dir / f"volume{i}").mkdir()
-            self._spawn(f"volume{i}", "volume", *ip, f"-port={port}", f"-port.grpc={grpc}",
-                        f"-dir={self.dir}/volume{i}", "-max=100", f"-master={master}")
+            name = f"volume{i}"
+            (self.dir / name).mkdir()
+            host = self.hosts.add(name) if self.hosts else None
+            if host:
+                self.on[name] = host
+            where = [f"-ip={host.ip}", f"-ip.bind={host.ip}"] if host else ip
+            self._spawn(name, "volume", *where, f"-port={port}", f"-port.grpc={grpc}",
+                        f"-dir={self.dir}/{name}", "-max=100", f"-master={master}", host=host)
         config = self.dir / "s3.json"
         config.write_text(json.dumps({"identities": [{
             "name": "admin", "actions": ["Admin", "Read", "List", "Tagging", "Write"],
@@ -73,9 +100,9 @@ class Cluster:
         self._spawn("filer", "filer", *ip, f"-port={self.filer}",
                     f"-port.grpc={self.filer_grpc}", f"-master={master}",
                     f"-defaultStoreDir={self.dir}/filer")
-        self._spawn("s3", "s3", "-ip.bind=127.0.0.1", f"-port={self.s3}",
+        self._spawn("s3", "s3", f"-ip.bind={self.ip}", f"-port={self.s3}",
                     f"-port.grpc={self.s3_grpc}", "-port.iceberg=0", "-port.lance=0",
-                    f"-filer=127.0.0.1:{self.filer}.{self.filer_grpc}", f"-config={config}",
+                    f"-filer={self.ip}:{self.filer}.{self.filer_grpc}", f"-config={config}",
                     "-iam.readOnly=false")
         deadline = time.monotonic() + 90
         # every volume server known to the master before the first write: the volumes
@@ -106,7 +133,8 @@ class Cluster:
         return self
 
     def _master(self, path: str) -> object:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.master}{path}", timeout=30) as r:
+        with urllib.request.urlopen(f"http://{self.ip}:{self.master}{path}",
+                                    timeout=30) as r:
             return json.load(r)
 
     def volume_counts(self) -> dict[str, int]:
@@ -121,6 +149,49 @@ class Cluster:
                 for rack in dc.get("Racks") or ()
                 for node in rack.get("DataNodes") or ()}
 
+    def volume_sizes(self) -> dict[str, int]:
+        """Bytes of the volumes on each volume server, as the master's ``/vol/status``
+        has them (by server URL)."""
+        sizes: dict[str, int] = {}
+
+        def walk(node: object) -> None:  # DataCenters > dc > rack > server: [volumes]
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if isinstance(value, list) and value and all(
+                            isinstance(v, dict) and "Size" in v for v in value):
+                        sizes[key] = sizes.get(key, 0) + sum(int(v["Size"]) for v in value)
+                    else:
+                        walk(value)
+        walk(self._master("/vol/status"))
+        return sizes
+
+    def servers(self) -> dict[str, dict[str, object]]:
+        """What each volume server took: its volumes and their bytes (the master's view),
+        the bytes of its directory's ``.dat`` files, and on an emulated host the bytes its
+        link carried each way and how long its CPU quota held it back."""
+        deadline = time.monotonic() + 20
+        while True:  # the master learns the sizes from the servers' heartbeats (~5 s)
+            counts, sizes = self.volume_counts(), self.volume_sizes()
+            dat = {f"volume{i}": sum(p.stat().st_size
+                                     for p in (self.dir / f"volume{i}").glob("*.dat"))
+                   for i in range(self.volumes)}
+            if sum(sizes.values()) == sum(dat.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        out: dict[str, dict[str, object]] = {}
+        for i, (port, _grpc) in enumerate(self.volume_ports):
+            name = f"volume{i}"
+            host = self.on.get(name)
+            url = f"{host.ip if host else self.ip}:{port}"
+            out[name] = {
+                "url": url, "volumes": counts.get(url, 0), "volume_bytes": sizes.get(url, 0),
+                "dat_bytes": dat[name]}
+            if host:
+                link = host.link_bytes()
+                out[name].update({"link_to_bytes": link["to"], "link_from_bytes": link["from"],
+                                  "cpu_throttled_s": round(host.cpu_throttled()["throttled_s"], 2)})
+        return out
+
     def tail(self) -> str:
         return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-1500:]}"
                          for p in sorted(self.dir.glob("*.log")))
@@ -129,10 +200,14 @@ class Cluster:
         return {name: p.pid for name, p in self.procs.items()}
 
     def close(self) -> None:
-        for p in self.procs.values():
-            p.kill()
-        for p in self.procs.values():
-            p.wait(30)
+        try:
+            for p in self.procs.values():
+                p.kill()
+            for p in self.procs.values():
+                p.wait(30)
+        finally:
+            if self.hosts is not None:
+                self.hosts.close()  # (namespaces, links, qdiscs, cgroups)
         shutil.rmtree(self.dir, ignore_errors=True)
         ports = [self.master, self.master_grpc, self.filer, self.filer_grpc, self.s3,
                  self.s3_grpc, *(p for pair in self.volume_ports for p in pair)]

@@ -21,6 +21,19 @@ and p95 of the time from the release to a device's completion (what a device tha
 waited for a slot sees), S3 requests per sync, and CPU seconds of each SeaweedFS
 process, of the clients and of the whole machine (others included) meanwhile.
 
+Where the volume servers run (``modes``): ``netns``, each on an emulated host of its own
+(tests/integration/fixtures_hosts.py: a network namespace behind a link of fixed
+bandwidth, a CPU quota, its own directory), what ``scale_1_to_2`` is measured on; and
+``shared``, all on this machine with nothing between them and the gateway, as before
+(keys ending in ``_shared_host``): there both volume servers share the same cores and
+disk, so a second one cannot add anything the first lacked
+(python-services/docs/capacity-plan.md).  Each round reports, per emulated host, the MiB
+its link carried to the server and how full the link ran (``link_volume<i>_use``, 1.0 =
+the whole rate for the whole round); at the end, what each server took
+(``fleet_servers``: volumes and bytes as the master's ``/vol/status`` has them, the
+bytes of its ``.dat`` files, its link's bytes each way, the time its CPU quota held it
+back).
+
 Each round N is an initial sync of a VM of its own (``n<N>``) on devices 0..N-1, then an
 incremental one after 1 % of each disk changed (at rest: the whole file is read and hashed,
 as a stopped VM's disk is; a running VM's incremental reads only the dirty blocks).
@@ -58,6 +71,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests"), str(HERE.parent / "tests/integration"),
                 str(HERE.parent / "python-services/src")]
+
+from fixtures_hosts import HostLimits
 
 from vmclient.store import crypto, layout
 from vmclient.sync import capture, disks, engine
@@ -259,17 +274,18 @@ class Workers:
                 proc.stdin.close()
             except (BrokenPipeError, OSError):
                 pass
-        for proc in self.procs:
+        for proc in self.procs:  # (between rounds it quits at once; mid-round, interrupted)
             try:
-                proc.wait(60)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
 
 
-def measured_round(workers: Workers, weed: dict[str, int], cmd: dict[str, Any]
+def measured_round(workers: Workers, cluster: Any, cmd: dict[str, Any]
                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    pids = {**weed, **{f"client{i}": pid for i, pid in enumerate(workers.pids())}}
+    pids = {**cluster.pids(), **{f"client{i}": pid for i, pid in enumerate(workers.pids())}}
+    links0 = {n: h.link_bytes() for n, h in cluster.on.items()}
     cpu0, m0 = {k: cpu_of(v) for k, v in pids.items()}, machine_cpu()
     released = time.time()
     results = [r for a in workers.ask(cmd) for r in a["results"]]
@@ -284,63 +300,117 @@ def measured_round(workers: Workers, weed: dict[str, int], cmd: dict[str, Any]
         "cpu_weed_s": round(weed_cpu, 2), "cpu_clients_s": round(client_cpu, 2),
         "cpu_others_s": round(busy - weed_cpu - client_cpu, 2),
         "cpu_idle_s": round(machine["idle"], 2), "cpu_iowait_s": round(machine["iowait"], 2),
+        "cpu_softirq_s": round(machine["softirq"], 2),  # (the links' packets, among others)
         "cores_busy": round(busy / out["wall_s"], 2) if out["wall_s"] else 0.0,
         **{f"cpu_{k}_s": round(v, 2) for k, v in cpu.items() if not k.startswith("client")}})
+    for name, host in cluster.on.items():  # each emulated host's link: how full it ran
+        to = host.link_bytes()["to"] - links0[name]["to"]
+        out[f"link_{name}_mib"] = round(to / MIB, 2)
+        out[f"link_{name}_use"] = round(
+            to * 8 / (cluster.limits.mbit * 1e6 * out["wall_s"]), 3) if out["wall_s"] else 0.0
     return out, results
 
 
 def run_fleet(volumes: int, ns: list[int], specs: list[dict[str, Any]], procs: int,
-              inflight: int, work: Path, log: Any, placed: dict[str, list[int]]
-              ) -> dict[str, dict[str, float]]:
-    """Rounds of ``ns`` devices against a cluster of ``volumes`` volume servers (and the
-    volumes each server holds at the end, into ``placed``)."""
+              inflight: int, work: Path, log: Any, placed: dict[str, Any],
+              limits: HostLimits | None) -> dict[str, dict[str, float]]:
+    """Rounds of ``ns`` devices against a cluster of ``volumes`` volume servers (each on an
+    emulated host of ``limits``, or all on this one with None); what each server took at
+    the end goes into ``placed``."""
     from s3_cluster import Cluster
     prefix = f"fleet{secrets.token_hex(4)}"
     ids = [{"name": f"device-{s['idx']}", "actions": device_actions(BUCKET, prefix, s["device"]),
             "credentials": [{"accessKey": s["access"], "secretKey": s["secret"]}]}
            for s in specs]
+    tag = "netns" if limits else "shared"
     out: dict[str, dict[str, float]] = {}
-    with Cluster(volumes, ids) as cluster:
+    with Cluster(volumes, ids, limits) as cluster:
         t = time.monotonic()
         workers = Workers(procs, {"endpoint": cluster.endpoint, "prefix": prefix,
                                   "devices": specs, "inflight": inflight,
-                                  "work": str(work / f"state-v{volumes}")})
-        print(f"  {volumes} volume server(s): {len(specs)} device clients ready in "
+                                  "work": str(work / f"state-{tag}-v{volumes}")})
+        print(f"  [{tag}] {volumes} volume server(s): {len(specs)} device clients ready in "
               f"{time.monotonic() - t:.1f} s", file=log, flush=True)
         try:
             for n in ns:
                 devices = list(range(n))
-                first, results = measured_round(workers, cluster.pids(),
+                first, results = measured_round(workers, cluster,
                                                 {"vm": f"n{n}", "devices": devices})
                 assert all(r["bytes"] > 0 for r in results), "a sync uploaded nothing"
                 workers.ask({"change": True, "devices": devices})
-                incr, _ = measured_round(workers, cluster.pids(),
-                                         {"vm": f"n{n}", "devices": devices})
+                incr, _ = measured_round(workers, cluster, {"vm": f"n{n}", "devices": devices})
                 out[f"v{volumes}_n{n}"] = first
                 out[f"v{volumes}_n{n}_incr"] = incr
-                print(f"  {volumes} vol, N={n}: initial {first['mib_s']} MiB/s "
+                links = ", ".join(f"{k[5:-4]} {v}" for k, v in first.items()
+                                  if k.startswith("link_") and k.endswith("_use"))
+                print(f"  [{tag}] {volumes} vol, N={n}: initial {first['mib_s']} MiB/s "
                       f"p95 {first['p95_s']} s (done {first['p95_done_s']} s), "
                       f"{first['requests_per_sync']} req/sync; incremental p95 "
                       f"{incr['p95_s']} s, {incr['requests_per_sync']} req/sync; cores busy "
-                      f"{first['cores_busy']} (weed {first['cpu_weed_s']} s, clients "
-                      f"{first['cpu_clients_s']} s, others {first['cpu_others_s']} s)",
+                      f"{first['cores_busy']}, idle {first['cpu_idle_s']} s (weed "
+                      f"{first['cpu_weed_s']} s, clients {first['cpu_clients_s']} s, others "
+                      f"{first['cpu_others_s']} s)" + (f"; link use {links}" if links else ""),
                       file=log, flush=True)
-            placed[f"fleet_v{volumes}_volumes_per_server"] = sorted(
-                cluster.volume_counts().values(), reverse=True)
-            print(f"  {volumes} vol: volumes per server {cluster.volume_counts()}",
+            servers = cluster.servers()
+            placed[f"v{volumes}"] = servers
+            print(f"  [{tag}] {volumes} vol: what each server took {json.dumps(servers)}",
                   file=log, flush=True)
         finally:
             workers.close()
     return out
 
 
-def fleet(ns: list[int], disk_mib: int, procs: int, inflight: int, log: Any = sys.stdout
+def summary(rounds: dict[str, dict[str, float]], placed: dict[str, Any], top: int,
+            suffix: str) -> dict[str, Any]:
+    """The flat keys of one set of rounds (1 and 2 volume servers), each ending in
+    ``suffix``."""
+    flat: dict[str, Any] = {}
+    for name, r in rounds.items():
+        for k in ("mib_s", "p95_s", "p95_done_s", "requests_per_sync"):
+            flat[f"fleet_{name}_{k}{suffix}"] = r[k]
+    one, two = rounds[f"v1_n{top}"], rounds[f"v2_n{top}"]
+    flat[f"scale_1_to_2{suffix}"] = round(two["mib_s"] / one["mib_s"], 3) \
+        if one["mib_s"] else None
+    # the same, per CPU-second the SeaweedFS processes used: on one machine a second
+    # volume server can only help if the store's CPU per MiB falls
+    per_cpu = [r["mib"] / r["cpu_weed_s"] if r["cpu_weed_s"] else 0.0 for r in (one, two)]
+    flat[f"scale_1_to_2_per_weed_cpu{suffix}"] = round(per_cpu[1] / per_cpu[0], 3) \
+        if per_cpu[0] else None
+    for v, r in (("v1", one), ("v2", two)):
+        flat[f"fleet_{v}_n{top}_weed_mib_per_cpu_s{suffix}"] = \
+            round(r["mib"] / r["cpu_weed_s"], 1) if r["cpu_weed_s"] else None
+        flat[f"fleet_{v}_n{top}_others_cpu_share{suffix}"] = round(
+            r["cpu_others_s"] / (r["cores_busy"] * r["wall_s"]), 3) \
+            if r["wall_s"] and r["cores_busy"] else None
+        flat[f"fleet_{v}_n{top}_idle_s{suffix}"] = r["cpu_idle_s"]
+    for v, servers in placed.items():
+        flat[f"fleet_{v}_volumes_per_server{suffix}"] = [s["volumes"] for s in servers.values()]
+        flat[f"fleet_{v}_mib_per_server{suffix}"] = [
+            round(int(s["volume_bytes"]) / MIB, 1) for s in servers.values()]
+    flat[f"fleet_servers{suffix}"] = placed
+    flat[f"fleet_rounds{suffix}"] = rounds
+    return flat
+
+
+MODES = ("netns", "shared")
+
+
+def fleet(ns: list[int], disk_mib: int, procs: int, inflight: int,
+          limits: HostLimits, modes: tuple[str, ...] = MODES, log: Any = sys.stdout
           ) -> dict[str, Any]:
-    """The fleet rounds against 1 and then 2 volume servers; the figures (flat keys)."""
+    """The fleet rounds against 1 and then 2 volume servers, for each of ``modes``:
+    ``netns``, each volume server on an emulated host of ``limits`` (the figures' keys as
+    they are, ``scale_1_to_2``), and ``shared``, all on this machine unconstrained (the
+    keys end in ``_shared_host``)."""
     work = Path(tempfile.mkdtemp(prefix="vmbench-fleet-"))
+    top = max(ns)
+    flat: dict[str, Any] = {"fleet_disk_mib": disk_mib, "fleet_procs": procs,
+                            "fleet_inflight": procs * inflight,
+                            "fleet_host_mbit": limits.mbit, "fleet_host_cpus": limits.cpus,
+                            "scale_1_to_2": None}
     try:
         specs = []
-        for i in range(max(ns)):
+        for i in range(top):
             key = crypto.Ed25519PrivateKey.generate()
             disk = work / f"disk{i}.raw"
             make_disk(disk, disk_mib)
@@ -349,32 +419,18 @@ def fleet(ns: list[int], disk_mib: int, procs: int, inflight: int, log: Any = sy
                           "device": crypto.key_id(key.public_key()), "disk": str(disk),
                           "access": f"VMCDEV{i:05d}{secrets.token_hex(4).upper()}",
                           "secret": secrets.token_hex(20)})
-        rounds: dict[str, dict[str, float]] = {}
-        placed: dict[str, list[int]] = {}
-        for volumes in (1, 2):  # (the incremental rounds changed some disks: as random)
-            rounds.update(run_fleet(volumes, ns, specs, procs, inflight, work, log, placed))
+        for mode in modes:
+            where = f"on emulated hosts of {limits.describe()}" if mode == "netns" \
+                else "on this machine, unconstrained"
+            print(f"fleet, volume servers {where}:", file=log, flush=True)
+            rounds: dict[str, dict[str, float]] = {}
+            placed: dict[str, Any] = {}
+            for volumes in (1, 2):  # (the incremental rounds changed some disks: as random)
+                rounds.update(run_fleet(volumes, ns, specs, procs, inflight, work, log,
+                                        placed, limits if mode == "netns" else None))
+            flat.update(summary(rounds, placed, top, "" if mode == "netns" else "_shared_host"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    top = max(ns)
-    flat: dict[str, Any] = {"fleet_disk_mib": disk_mib, "fleet_procs": procs,
-                            "fleet_inflight": procs * inflight}
-    for name, r in rounds.items():
-        for k in ("mib_s", "p95_s", "p95_done_s", "requests_per_sync"):
-            flat[f"fleet_{name}_{k}"] = r[k]
-    one, two = rounds[f"v1_n{top}"], rounds[f"v2_n{top}"]
-    flat["scale_1_to_2"] = round(two["mib_s"] / one["mib_s"], 3) if one["mib_s"] else None
-    # the same, per CPU-second the SeaweedFS processes used: on one machine a second
-    # volume server can only help if the store's CPU per MiB falls
-    per_cpu = [r["mib"] / r["cpu_weed_s"] if r["cpu_weed_s"] else 0.0 for r in (one, two)]
-    flat["scale_1_to_2_per_weed_cpu"] = round(per_cpu[1] / per_cpu[0], 3) \
-        if per_cpu[0] else None
-    for v, r in (("v1", one), ("v2", two)):
-        flat[f"fleet_{v}_n{top}_weed_mib_per_cpu_s"] = round(r["mib"] / r["cpu_weed_s"], 1) \
-            if r["cpu_weed_s"] else None
-        flat[f"fleet_{v}_n{top}_others_cpu_share"] = round(
-            r["cpu_others_s"] / (r["cores_busy"] * r["wall_s"]), 3) if r["wall_s"] else None
-    flat.update(placed)
-    flat["fleet_rounds"] = rounds
     return flat
 
 

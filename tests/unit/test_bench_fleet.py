@@ -49,3 +49,22 @@ def test_a_device_is_confined_to_its_own_directory(fleet) -> None:  # type: igno
     actions = fleet.device_actions("vmclient", "fleet1", "ab" * 16)
     assert actions == [f"{a}:vmclient/fleet1/devices/{'ab' * 16}/*"
                        for a in ("Read", "Write", "List")]
+
+
+def test_each_set_of_rounds_has_its_own_keys_and_scaling(fleet) -> None:  # type: ignore[no-untyped-def]
+    def rnd(mib_s: float, cpu: float) -> dict[str, float]:
+        return {"mib_s": mib_s, "p95_s": 1.0, "p95_done_s": 2.0, "requests_per_sync": 22.0,
+                "mib": 60.0, "cpu_weed_s": cpu, "cpu_others_s": 0.5, "cores_busy": 1.0,
+                "wall_s": 4.0, "cpu_idle_s": 3.0}
+    rounds = {"v1_n10": rnd(7.0, 2.0), "v2_n10": rnd(13.3, 2.0)}
+    placed = {"v2": {"volume0": {"volumes": 5, "volume_bytes": 30 << 20},
+                     "volume1": {"volumes": 4, "volume_bytes": 31 << 20}}}
+    emulated = fleet.summary(rounds, placed, 10, "")
+    assert emulated["scale_1_to_2"] == 1.9
+    assert emulated["fleet_v2_n10_mib_s"] == 13.3
+    assert emulated["fleet_v2_mib_per_server"] == [30.0, 31.0]
+    assert emulated["fleet_v2_volumes_per_server"] == [5, 4]
+    shared = fleet.summary({"v1_n10": rnd(30.0, 2.0), "v2_n10": rnd(27.0, 2.0)}, {}, 10,
+                           "_shared_host")
+    assert shared["scale_1_to_2_shared_host"] == 0.9
+    assert "scale_1_to_2" not in shared and set(emulated).isdisjoint(shared)
