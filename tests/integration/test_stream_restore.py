@@ -92,7 +92,7 @@ async def test_a_guest_checks_its_streamed_disk_pauses_without_the_link_and_resu
         # without a lease it may not run: refused before any nbdkit or disk (by hand it
         # was refused only at the start, after ~30 s of nbdkits and overlays, then undone)
         set_lease(s.env.cfg.manage_dir, days=-1)
-        caplog.set_level(logging.INFO, logger="vmclient.provision.stream")
+        caplog.set_level(logging.INFO, logger="vmclient.provision")
         with pytest.raises(StartRefused, match="lease has expired"):
             await streams.restore(vm)
         assert "nbdkit serves" not in caplog.text and not s.prov.vm_dir(vm).exists()

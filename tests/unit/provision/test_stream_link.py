@@ -43,11 +43,11 @@ def test_a_dropped_link_is_logged_once_and_its_return_too(
     async def probes(n: int) -> list[bool]:
         out = []
         for _ in range(n):
-            out.append(await streams._link_up("office"))
+            out.append(await streams.link.up("office"))
             await asyncio.sleep(0.03)
         return out
 
-    caplog.set_level(logging.INFO, logger="vmclient.provision.stream")
+    caplog.set_level(logging.INFO, logger="vmclient.provision.fill")
     assert asyncio.run(probes(1)) == [True]
     assert caplog.messages == []
     link.up = False
