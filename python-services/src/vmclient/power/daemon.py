@@ -66,7 +66,7 @@ class PowerDaemon:
         # rights, and restores must work while provd or the bus are down (shutdown,
         # critical battery).  The gate is the one place the start policy lives.
         gate = StartGate(self.hv, cfg.keys.gate())
-        self.held = HeldTable(HoldsFile(cfg.state_dir), self._changed)
+        self.held = HeldTable(HoldsFile(cfg.state_dir, cfg.runtime_dir), self._changed)
         self.vms = VMController(self.hv, cfg.vms, self.held, gate, self._changed)
         self.iface: PowerInterface | None = None
         self.bus: MessageBus | None = None

@@ -9,9 +9,9 @@ restore (AC again, the next start) tries again.
 The controller remembers which VMs *it* paused or saved and for which causes
 (a :class:`~vmclient.power.holds.HeldTable` of :class:`~vmclient.power.policy.Hold`),
 and only ever undoes its own work: a VM the user had paused stays paused.  The table is
-written to the state directory (atomically, fsynced) *before* the pauses of a
-batch are asked for, so a daemon killed in the middle of a batch finds on its
-next start every VM it was pausing; :meth:`VMController.reconcile` keeps the
+written (:mod:`~vmclient.power.statefile`: pauses on a tmpfs, saves durably) *before*
+the pauses of a batch are asked for, so a daemon killed in the middle of a batch finds
+on its next start every VM it was pausing; :meth:`VMController.reconcile` keeps the
 ones that are paused (ours) and forgets the ones still running (the pause never
 happened) or resumed by someone else.
 
