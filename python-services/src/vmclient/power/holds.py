@@ -59,6 +59,11 @@ class HeldTable:
             if self._dirty:
                 self._persist()
 
+    def flush(self) -> None:
+        """Write what changed now, also inside a :meth:`batch`."""
+        if self._dirty:
+            self._persist()
+
     def _persist(self) -> None:
         self._dirty = False
         try:
