@@ -2,7 +2,8 @@
 """Benchmark: how fast vmclient-powerd pauses and resumes every VM around sleep.
 
 Real domains on the real libvirtd, the real daemon on a private system bus with
-dbusmock's logind (the test set-up: run `make setup daemons` first).  For each
+dbusmock's logind (the test set-up: run `make setup daemons` first), its state
+directory on the disk and its runtime directory on a tmpfs, as on the laptop.  For each
 round the logind mock emits PrepareForSleep(true) and the bench measures from
 that emission (the mock stamps it) until every VM is paused and the delay lock
 is released, then PrepareForSleep(false) until every VM runs.
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,6 +50,8 @@ from fixtures_bus import private_system_bus
 from fixtures_virt import domains
 from powerd_harness import Logind, PowerDaemon, wait_for
 
+from vmclient.host.files import mount_of
+
 RUNNING, PAUSED, SHUTOFF = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
                             libvirt.VIR_DOMAIN_SHUTOFF)
 
@@ -55,14 +60,25 @@ def p50(xs: list[float]) -> float:
     return round(statistics.median(xs), 2)
 
 
+def tmpfs() -> str | None:
+    """A tmpfs to hold the daemon's runtime directory, as /run on the laptop (None: none)."""
+    with open("/proc/self/mounts") as f:
+        mounts = f.read()
+    for d in ("/run", "/dev/shm"):
+        if os.path.isdir(d) and mount_of(os.path.realpath(d), mounts)[1] == "tmpfs":
+            return d
+    return None
+
+
 class Bench:
     def __init__(self, bus, logind: Logind, vms, names: list[str], config: str = "") -> None:
         self.work = Path(tempfile.mkdtemp(prefix="vmclient-bench-"))
+        self.run = Path(tempfile.mkdtemp(prefix="vmclient-bench-", dir=tmpfs()))
         prefix = names[0].rsplit("-", 1)[0] + "-"
         self.d = PowerDaemon(bus, None, self.work, f'[vms]\nname_prefix = "{prefix}"\n'
                              f"save_timeout_s = 300\n{config}"
                              "[shutdown]\nsave = false\nrestore_on_start = false\n"
-                             "[sleep]\nmax_delay_s = 60\n").start()
+                             "[sleep]\nmax_delay_s = 60\n", runtime_dir=self.run).start()
         self.logind = logind
         self.doms = [vms.conn.lookupByName(n) for n in names]
 
@@ -91,6 +107,8 @@ class Bench:
 
     def stop(self) -> None:
         self.d.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.run, ignore_errors=True)
 
 
 def sequential(doms, save: bool = False) -> tuple[float, float]:

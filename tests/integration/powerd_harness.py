@@ -42,12 +42,16 @@ class PowerDaemon:
     """vmclient-powerd as a child process on the private bus and the umockdev testbed."""
 
     def __init__(self, bus: PrivateSystemBus, laptop: SimulatedLaptop | None, workdir: Path,
-                 config: str = "") -> None:
+                 config: str = "", runtime_dir: Path | None = None) -> None:
+        """``runtime_dir``: the laptop's /run/vmclient/power (default: in ``workdir``; the
+        bench gives a tmpfs, as on the laptop)."""
         self.bus = bus
         self.workdir = workdir
         self.state_dir = workdir / "state"
+        self.runtime_dir = runtime_dir or workdir / "run"
         self.config = workdir / "power.toml"
-        self.config.write_text(f'state_dir = "{self.state_dir}"\n' + config)
+        self.config.write_text(f'state_dir = "{self.state_dir}"\n'
+                               f'runtime_dir = "{self.runtime_dir}"\n' + config)
         self.log_path = workdir / "powerd.log"
         self.env = {**bus.env(), **(laptop.env() if laptop else {}),
                     "PYTHONPATH": str(SERVICES / "src")}

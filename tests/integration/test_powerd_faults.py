@@ -3,6 +3,7 @@ fail, the daemon killed while VMs are paused, pauses of different causes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -122,6 +123,49 @@ def test_powerd_killed_while_the_host_sleeps_resumes_after_restart(powerd, login
     d.start()
     wait_for(lambda: vms.state(vms.names[0]) == RUNNING, 20, "resumed on restart")
     assert vms.state(vms.names[1]) == PAUSED
+
+
+def held_in(directory) -> dict[str, tuple[str, bool]]:
+    """What powerd's state.json in ``directory`` records: UUID -> (action, paused)."""
+    path = directory / "state.json"
+    if not path.exists():
+        return {}
+    return {i["uuid"]: (i["action"], i["paused"]) for i in json.loads(path.read_text())["held"]}
+
+
+def test_pauses_are_recorded_in_the_runtime_directory_and_saves_in_the_state_directory(
+        powerd, logind, vms):
+    """A pause is recorded in the runtime directory (a tmpfs on the laptop: the pause
+    writes no disk before the sleep lock goes), where a daemon killed while the host
+    sleeps finds it when it starts again; a managed save, which outlives a reboot, is
+    recorded in the state directory."""
+    dom = vms.create("a")
+    uuid = dom.UUIDString()
+    d = powerd()
+    logind.prepare_for_sleep(True)
+    wait_for(lambda: not logind.holds("sleep", "delay"), 5, "the sleep lock released")
+    assert all_in(vms, PAUSED)
+    assert held_in(d.runtime_dir) == {uuid: ("pause", False)}
+    assert held_in(d.state_dir) == {}
+    d.proc.kill()
+    d.proc.wait()
+    d.start()
+    wait_for(lambda: all_in(vms, RUNNING), 20, "resumed on restart")
+    wait_for(lambda: d.paused_by_us() == {}, 5, "nothing left held")
+    assert held_in(d.runtime_dir) == {}
+    # held paused (PauseAll) when the daemon stops: saved, and the record moves to the
+    # state directory
+    assert d.call("PauseAll") == [vms.names[0]]
+    assert held_in(d.runtime_dir) == {uuid: ("pause", False)}
+    assert d.stop() == 0
+    assert not dom.isActive() and dom.hasManagedSaveImage(0)
+    assert held_in(d.state_dir) == {uuid: ("save", True)}
+    assert held_in(d.runtime_dir) == {}
+    d.start()  # still held for the user: stays saved until ResumeAll
+    assert d.paused_by_us() == {vms.names[0]: "save"}
+    assert d.call("ResumeAll", timeout=60) == [vms.names[0]]
+    assert all_in(vms, RUNNING)
+    assert held_in(d.state_dir) == {} and held_in(d.runtime_dir) == {}
 
 
 def test_a_lid_opening_resumes_what_it_paused_and_not_a_pause_all(powerd, logind, vms, laptop):

@@ -77,3 +77,16 @@ def test_syncd_may_write_every_directory_its_agent_removes_from() -> None:
     denied = [str(d) for d in written
               if not any(PurePosixPath(d).is_relative_to(w) for w in writable)]
     assert not denied, f"vmclient-syncd.service: not writable in its sandbox: {denied}"
+
+
+def test_powerd_has_its_two_directories_and_keeps_the_runtime_one_across_restarts() -> None:
+    """powerd records its saves in its state directory and its pauses in its runtime
+    directory (power.toml's defaults): both writable in its sandbox, and the runtime one
+    not removed when the daemon stops (systemd's default), or a daemon restarted while
+    the VMs are paused forgets them and leaves them paused."""
+    from vmclient.power.config import PowerConfig
+    unit = dict(settings((DATA / "systemd" / "vmclient-powerd.service").read_text()))
+    cfg = PowerConfig()
+    assert cfg.state_dir == PurePosixPath("/var/lib") / unit["StateDirectory"]
+    assert cfg.runtime_dir == PurePosixPath("/run") / unit.get("RuntimeDirectory", "?")
+    assert unit.get("RuntimeDirectoryPreserve") == "yes"

@@ -93,7 +93,12 @@ class PowerConfig:
     keys: KeySettings = config.setting(
         KeySettings, help="keys and lease for restoring VMs with encrypted disks")
     state_dir: Path = config.setting(
-        Path("/var/lib/vmclient/power"), help="where the daemon remembers what it paused")
+        Path("/var/lib/vmclient/power"),
+        help="where the daemon remembers what it saved (kept across reboots)")
+    runtime_dir: Path = config.setting(
+        Path("/run/vmclient/power"),
+        help="where the daemon remembers what it paused (a tmpfs: a paused VM does not "
+             "outlive the host, nor does this record)")
 
     def lid_policy(self) -> LidPolicy:
         return LidPolicy(

@@ -1,5 +1,5 @@
 """What vmclient-powerd holds paused or saved, and why: :class:`HeldTable`, its one copy,
-kept in ``state.json`` (:class:`~vmclient.power.statefile.HoldsFile`)."""
+kept in ``state.json`` files (:class:`~vmclient.power.statefile.HoldsFile`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class HeldTable:
     """The VMs this daemon holds (by UUID) and why restoring some was refused: powerd's one
     copy of them.  The policy decides from it, the controller changes it, D-Bus shows it.
 
-    Every change is written to ``state.json`` at once, or once at the end of the
+    Every change is written to the state files at once, or once at the end of the
     :meth:`batch` in progress; ``on_change`` is told after each write.
     """
 
@@ -59,11 +59,15 @@ class HeldTable:
             if self._dirty:
                 self._persist()
 
+    def flush(self) -> None:
+        """Write what changed now, also inside a :meth:`batch`."""
+        if self._dirty:
+            self._persist()
+
     def _persist(self) -> None:
         self._dirty = False
         try:
             self.file.save(self.holds)
         except OSError as exc:
-            log.error("cannot write %s: %s (what was paused is kept in memory only)",
-                      self.file.path, exc)
+            log.error("cannot record what is held: %s (kept in memory only)", exc)
         self.on_change()

@@ -9,9 +9,9 @@ restore (AC again, the next start) tries again.
 The controller remembers which VMs *it* paused or saved and for which causes
 (a :class:`~vmclient.power.holds.HeldTable` of :class:`~vmclient.power.policy.Hold`),
 and only ever undoes its own work: a VM the user had paused stays paused.  The table is
-written to the state directory (atomically, fsynced) *before* the pauses of a
-batch are asked for, so a daemon killed in the middle of a batch finds on its
-next start every VM it was pausing; :meth:`VMController.reconcile` keeps the
+written (:mod:`~vmclient.power.statefile`: pauses on a tmpfs, saves durably) *before*
+the pauses of a batch are asked for, so a daemon killed in the middle of a batch finds
+on its next start every VM it was pausing; :meth:`VMController.reconcile` keeps the
 ones that are paused (ours) and forgets the ones still running (the pause never
 happened) or resumed by someone else.
 
@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -154,10 +155,20 @@ class VMController:
             for d, p in plan:
                 table = policy.held(table, d.uuid, d.name, HoldAction.of(p), cause)
                 self._inflight.add(d.uuid)  # held, not yet done (PausedByUs waits for it)
-            self.table.set(table)
-            with self.table.batch():  # one more write at the end, if anything turned out otherwise
-                jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline, d.uuid in before)):
-                        d for d, p in plan}
+            # Each call goes to its thread first and waits there until the record is
+            # written: the threads wake (one after another) while it is.
+            recorded: Future[None] = Future()
+            with self.table.batch():  # once more at the end if anything turned out otherwise
+                self.table.set(table)
+                jobs = {asyncio.ensure_future(self._pause_one(d, p, deadline, d.uuid in before,
+                                                              recorded)): d for d, p in plan}
+                try:
+                    await asyncio.sleep(0)  # each job hands its call to its thread
+                    self.table.flush()
+                except BaseException:
+                    recorded.set_exception(VMClientError("the pause was not recorded"))
+                    raise
+                recorded.set_result(None)
                 if jobs:
                     await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
             for job, d in jobs.items():
@@ -173,8 +184,9 @@ class VMController:
                     and d.uuid not in self._inflight]
 
     async def _pause_one(self, d: _Target, pol: VMPolicy, deadline: float,
-                         ours: bool = False) -> None:
-        """``ours``: held before this batch (paused by us, or running again)."""
+                         ours: bool, recorded: Future[None]) -> None:
+        """``ours``: held before this batch (paused by us, or running again); the first
+        call waits in its thread for ``recorded``."""
         vlog = vm_logger(d.name)
         action = HoldAction.of(pol)
         try:
@@ -182,15 +194,15 @@ class VMController:
                 try:
                     # keep a fifth of the time left for the fallback pause
                     limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - _now()))
-                    await self._op(self.hv.pm_suspend(d.uuid, d.name), limit, d.name,
-                                   "guest S3")
+                    await self._op(self.hv.pm_suspend(d.uuid, d.name, recorded), limit,
+                                   d.name, "guest S3")
                 except VMClientError as exc:
                     vlog.warning("%s; pausing it instead", exc)
                     action = HoldAction.PAUSE
             if action == HoldAction.PAUSE:
-                await self._suspend(d, ours)
+                await self._suspend(d, ours, recorded)
             elif action == HoldAction.SAVE:
-                await self.hv.managed_save(d.uuid, d.name)
+                await self.hv.managed_save(d.uuid, d.name, recorded)
             self.running.note(d.uuid, d.name, _DONE[action])
         except HypervisorUnavailable:
             raise  # done or not: reconcile decides once libvirtd is back
@@ -214,9 +226,9 @@ class VMController:
             await self._undo(d.uuid, h)
             self.table.forget([d.uuid])
 
-    async def _suspend(self, d: _Target, ours: bool) -> None:
+    async def _suspend(self, d: _Target, ours: bool, recorded: Future[None]) -> None:
         try:
-            await self.hv.suspend(d.uuid, d.name)
+            await self.hv.suspend(d.uuid, d.name, recorded)
         except VMOperationFailed:
             # The view said it runs, but an event of ours may not have come yet (resumed
             # then paused again): a VM we hold that is paused is still ours.

@@ -29,7 +29,7 @@ import gc
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
@@ -68,6 +68,14 @@ def _ensure_event_impl() -> None:
         raise RuntimeError("libvirt's event implementation is bound to another running "
                            "event loop")
     events.serve(loop)
+
+
+def _after(first: Future[None], fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` once ``first`` is done (in the worker thread), or ``first``'s exception."""
+    def call(*args: Any) -> T:
+        first.result()
+        return fn(*args)
+    return call
 
 
 def _connection_lost(exc: libvirt.libvirtError) -> bool:
@@ -267,7 +275,8 @@ class Hypervisor(Resources):
         return await self._run(lambda _c, conn: fn(conn), what=what, vm=vm, limit=limit)
 
     async def _run(self, fn: Callable[[_Connection, libvirt.virConnect], T], *, what: str,
-                   vm: str | None = None, limit: float | None = None) -> T:
+                   vm: str | None = None, limit: float | None = None,
+                   after: Future[None] | None = None) -> T:
         if not self._connected.is_set():
             await self.wait_connected(limit or 10.0)
         c = next(self._rr)
@@ -275,7 +284,7 @@ class Hypervisor(Resources):
         if conn is None:
             raise HypervisorUnavailable(self.uri, "not connected")
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(c.pool, fn, c, conn)
+        fut = loop.run_in_executor(c.pool, fn if after is None else _after(after, fn), c, conn)
         try:
             if limit is None:
                 return await fut
@@ -308,34 +317,41 @@ class Hypervisor(Resources):
                                what="look up", vm=uuid, limit=30)
 
     async def on_domain(self, uuid: str, what: str, op: Callable[[Any], T],
-                        name: str | None = None) -> T:
+                        name: str | None = None, after: Future[None] | None = None) -> T:
         """``op(dom)`` on the domain's kept handle (a lookup only on the first call of a
-        connection) in a worker thread; bounding it in time is the caller's business."""
+        connection) in a worker thread; bounding it in time is the caller's business.
+
+        ``after``: the thread waits until it is done before the call (the caller does
+        what must come first meanwhile, on the loop), and raises its exception instead
+        of calling if it has one.  The caller must complete it."""
         try:
             return await self._run(lambda c, conn: op(c.dom(conn, uuid)), what=what,
-                                   vm=name or uuid)
+                                   vm=name or uuid, after=after)
         except VMNotFound:
             for c in self._conns:  # gone: a domain defined again later gets a new lookup
                 c.doms.pop(uuid, None)
             raise
 
-    async def suspend(self, uuid: str, name: str | None = None) -> None:
-        await self.on_domain(uuid, "pause", lambda d: d.suspend(), name)
+    async def suspend(self, uuid: str, name: str | None = None,
+                      after: Future[None] | None = None) -> None:
+        await self.on_domain(uuid, "pause", lambda d: d.suspend(), name, after)
 
     async def resume(self, uuid: str, name: str | None = None) -> None:
         await self.on_domain(uuid, "resume", lambda d: d.resume(), name)
 
-    async def pm_suspend(self, uuid: str, name: str | None = None) -> None:
+    async def pm_suspend(self, uuid: str, name: str | None = None,
+                         after: Future[None] | None = None) -> None:
         """Guest suspend-to-RAM through the guest agent (blocks until the guest is in S3)."""
         await self.on_domain(
             uuid, "guest S3",
             lambda d: d.pMSuspendForDuration(libvirt.VIR_NODE_SUSPEND_TARGET_MEM, 0, 0),
-            name)
+            name, after)
 
     async def pm_wakeup(self, uuid: str, name: str | None = None) -> None:
         await self.on_domain(uuid, "guest wake-up", lambda d: d.pMWakeup(0), name)
 
-    async def managed_save(self, uuid: str, name: str | None = None) -> None:
+    async def managed_save(self, uuid: str, name: str | None = None,
+                           after: Future[None] | None = None) -> None:
         """Save the domain's RAM (libvirt's managed save).  A backup job of a sync reading
         the disks is ended first: libvirt saves no domain while one runs, and power
         does not wait for a sync (that sync fails and the next one reads again)."""
@@ -343,7 +359,7 @@ class Hypervisor(Resources):
             if domains.end_backup_job(d):
                 log.info("%s: ended a sync's backup job to save the VM", name or uuid)
             d.managedSave(0)
-        await self.on_domain(uuid, "managed save", op, name)
+        await self.on_domain(uuid, "managed save", op, name, after)
 
     async def managed_save_remove(self, uuid: str, name: str | None = None) -> None:
         """Delete a domain's managed save image (its saved RAM), if it has one."""
