@@ -41,6 +41,7 @@ from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
 from . import sftp_codec as c
 from .sftp_client import Connection, ConnectionLost, Into, Refused, Reopen
+from .sftp_listing import listdir, listdirs
 from .ssh import CIPHER
 from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
 
@@ -109,22 +110,27 @@ class SFTPStore(LockingMixin):
         base = check_path(prefix)
 
         def walk(conn: Connection) -> builtins.list[Entry]:
+            """Level by level, each level's directories listed at once (a pack store
+            has a directory per leading byte of the packs' names)."""
             out: builtins.list[Entry] = []
-            todo = [base]
-            while todo:
-                rel = todo.pop()
-                try:
-                    names = conn.listdir(self._remote(rel))
-                except FileNotFoundError:
-                    continue
-                for n in names:
-                    if n.filename.startswith("."):
+            level = [base]
+            while level:
+                below = []
+                listings = listdirs(conn, [self._remote(rel) for rel in level])
+                for rel, names in zip(level, listings, strict=True):
+                    if isinstance(names, FileNotFoundError):
                         continue
-                    child = f"{rel}/{n.filename}"
-                    if stat.S_ISDIR(n.attrs.mode or 0):
-                        todo.append(child)
-                    else:
-                        out.append(Entry(child, n.attrs.size or 0))
+                    if isinstance(names, OSError):
+                        raise names
+                    for n in names:
+                        if n.filename.startswith("."):
+                            continue
+                        child = f"{rel}/{n.filename}"
+                        if stat.S_ISDIR(n.attrs.mode or 0):
+                            below.append(child)
+                        else:
+                            out.append(Entry(child, n.attrs.size or 0))
+                level = below
             return sorted(out, key=lambda e: e.path)
 
         return await self._run("list", base, walk)
@@ -297,7 +303,7 @@ class SFTPStore(LockingMixin):
             while todo:
                 d = todo.pop()
                 try:
-                    entries = conn.listdir(d)
+                    entries = listdir(conn, d)
                 except FileNotFoundError:
                     continue
                 for n in entries:
