@@ -115,8 +115,9 @@ class ChunkStore:
             for cid, ref in idx.refs():
                 if ref.pack not in self.damaged:
                     out[cid] = ref
-        if not repair:  # a reader: a chunk with no other copy is read there (and refused,
-            for idx in indexes:  # naming the pack); a writer stores such chunks again
+        if not repair and self.damaged:  # a reader: a chunk with no other copy is read
+            for idx in indexes:  # there (and refused, naming the pack); a writer stores
+                # such chunks again
                 for cid, ref in idx.refs():
                     out.setdefault(cid, ref)
         for name, size in sizes.items():
