@@ -94,8 +94,9 @@ class CountingStore(SFTPStore):
         self.fetched += len(data)
         return data
 
-    async def get_range(self, path: str, offset: int, length: int) -> bytearray:
-        data = await super().get_range(path, offset, length)
+    async def get_range(self, path: str, offset: int, length: int,
+                        into: bytearray | None = None) -> bytearray | memoryview:
+        data = await super().get_range(path, offset, length, into)
         self.fetched += len(data)
         return data
 

@@ -278,9 +278,10 @@ def download_interrupted(sshd: SSHServer, tmp_path: Path, mib: int,
         counted(path)
         return await original_get(path, offset, length)
 
-    async def get_range(path: str, offset: int, length: int) -> bytearray:
+    async def get_range(path: str, offset: int, length: int,
+                        into: bytearray | None = None) -> bytearray | memoryview:
         counted(path)  # (the packs' ranged reads)
-        return await original_range(path, offset, length)
+        return await original_range(path, offset, length, into)
 
     store.get = get  # type: ignore[method-assign]
     store.get_range = get_range  # type: ignore[method-assign]

@@ -169,6 +169,46 @@ async def test_fetch_sealed_hands_on_every_blob_authenticated_and_still_sealed(
     assert got == {c.id: c.data for c in chunks if not c.is_zero}
 
 
+@pytest.mark.asyncio
+async def test_fetch_sealed_fills_a_few_range_buffers_again_and_releases_what_it_handed_on(
+        keys: crypto.KeySet) -> None:
+    """A store that reads into a given buffer gets the same few buffers again (not one
+    zero-filled per range); a view of an earlier range cannot read the next one's bytes."""
+    chunks = chunks_of(keys, 48)
+
+    class Ranged(MemoryStore):
+        fresh = 0
+        buffers: set[int] = set()
+
+        async def get_range(self, path: str, offset: int, length: int,
+                            into: bytearray | None = None) -> bytearray | memoryview:
+            data = await self.get(path, offset, length)
+            if into is None:
+                self.fresh += 1
+                return bytearray(data)
+            self.buffers.add(id(into))
+            into[:len(data)] = data
+            return memoryview(into)[:len(data)]
+
+    store = Ranged()
+    cs = ChunkStore(store, ROOT, keys, pack_target=1 << 20)
+    await cs.upload(chunks, {})
+    index = await cs.load_index()
+    plan = plan_download(manifest(keys, chunks), set(), index, store_path=ROOT,
+                         max_read=256 << 10)
+    assert len(plan.reads) >= 10
+    got: dict[bytes, bytes] = {}
+    earlier: list[memoryview] = []
+    async for blobs in cs.fetch_sealed(plan, concurrency=3):
+        for cid, ref, sealed in blobs:
+            got[cid] = open_blob(keys, cid, ref, sealed, "p")
+        earlier.append(blobs[0][2])
+    assert got == {c.id: c.data for c in chunks if not c.is_zero}
+    assert store.fresh == 0 and len(store.buffers) <= 3 + 1
+    with pytest.raises(ValueError, match="released"):
+        bytes(earlier[0])
+
+
 async def tampered_in_the_fifth_blob(keys: crypto.KeySet) -> tuple[ChunkStore, str, DownloadPlan]:
     """A store of 40 chunks in one pack with a byte flipped in its fifth blob, and the
     download plan of all of them."""

@@ -21,6 +21,7 @@ import pytest
 
 from vmclient.transport import sftp_codec as c
 from vmclient.transport.sftp_client import Connection, Into, Reopen
+from vmclient.transport.sftp_listing import listdir, listdirs
 from vmclient.transport.sftp_stream import RECEIVE_BUFFER, ConnectionLost, Stream
 from vmclient.transport.ssh import Endpoint, Failure
 
@@ -32,16 +33,24 @@ class Server(threading.Thread):
     """Answers INIT, OPEN, READ (``data`` from ``file``, in ``piece``-byte sends), WRITE and
     CLOSE; ``short`` answers every READ with at most that many bytes."""
 
-    def __init__(self, sock: socket.socket, file: bytes, short: int = 0) -> None:
+    def __init__(self, sock: socket.socket, file: bytes, short: int = 0,
+                 dirs: dict[str, list[str]] | None = None) -> None:
         super().__init__(daemon=True)
         self.sock, self.file, self.short = sock, file, short
+        self.dirs = dirs or {}  # directory -> the names of the files in it
+        self.opened: list[bytes] = []  # directory handles
+        self.listed: set[bytes] = set()  # directory handles whose names went already
         self.written = 0
+        self.rounds: list[int] = []  # the requests each receive brought: what the client
+        # sent before waiting for an answer
 
     def run(self) -> None:
         framer = c.Framer()
         with contextlib.suppress(OSError):
             while data := self.sock.recv(16 * KiB):  # (small: its allocations are traced too)
-                for kind, body in framer.feed(data):
+                packets = framer.feed(data)
+                self.rounds.append(len(packets))
+                for kind, body in packets:
                     self.answer(kind, body)
         self.sock.close()
 
@@ -50,7 +59,26 @@ class Server(threading.Thread):
             self.sock.sendall(c.packet(c.VERSION_ANSWER, c.u32(3)))
             return
         rid = c.u32(int.from_bytes(body[:4], "big"))
-        if kind == c.OPEN:
+        if kind == c.OPENDIR:
+            path = body[8:].decode()
+            if path not in self.dirs:
+                self.sock.sendall(c.packet(c.STATUS, rid + c.u32(c.NO_SUCH_FILE)
+                                           + c.string("no such directory") + c.string("")))
+                return
+            handle = f"d{len(self.opened)} {path}".encode()
+            self.opened.append(handle)
+            self.sock.sendall(c.packet(c.HANDLE, rid + c.string(handle)))
+        elif kind == c.READDIR:
+            handle = body[8:]
+            if handle in self.listed:
+                self.sock.sendall(c.packet(c.STATUS, rid + c.u32(c.EOF) + c.string("")
+                                           + c.string("")))
+                return
+            self.listed.add(handle)
+            names = [".", "..", *self.dirs[handle.decode().split(" ", 1)[1]]]
+            self.sock.sendall(c.packet(c.NAME, rid + c.u32(len(names)) + b"".join(
+                c.string(n) + c.string(n) + c.u32(c.A_SIZE) + c.u64(len(n)) for n in names)))
+        elif kind == c.OPEN:
             self.sock.sendall(c.packet(c.HANDLE, rid + c.string(HANDLE)))
         elif kind == c.READ:
             off, n = struct.unpack(">QI", body[4 + 4 + len(HANDLE):])
@@ -86,9 +114,10 @@ class Channel:
 
 
 @contextlib.contextmanager
-def connection(file: bytes = b"", short: int = 0) -> Iterator[tuple[Connection, Server]]:
+def connection(file: bytes = b"", short: int = 0, dirs: dict[str, list[str]] | None = None
+               ) -> Iterator[tuple[Connection, Server]]:
     ours, theirs = socket.socketpair()
-    server = Server(theirs, file, short)
+    server = Server(theirs, file, short, dirs)
     server.start()
     conn = Connection(Endpoint("test", 22, "u", Path("/k"), Path("/kh"), timeout=5),
                       Channel(ours))
@@ -163,6 +192,26 @@ def test_a_read_into_a_view_puts_each_answer_in_its_place_short_answers_too() ->
         with pytest.raises(ValueError, match="do not fit"):  # never past the view's end
             conn.read(handle, 1000, len(file) + 1, into, "f")
         conn.close_handle(handle, "f")  # the session is still in step
+
+
+def test_directories_are_listed_together_a_few_round_trips_for_all() -> None:
+    dirs = {f"packs/{i:02x}": [f"{i:02x}{j}" for j in range(3)] for i in range(40)}
+    paths = [*dirs, "packs/gone"]
+    with connection(dirs=dirs) as (conn, server):
+        before = len(server.rounds)
+        listings = listdirs(conn, paths)
+        assert listings[:-1] == [[c.Name(n, c.Attrs(size=len(n))) for n in dirs[p]]
+                                 for p in dirs]
+        assert isinstance(listings[-1], FileNotFoundError)
+        with pytest.raises(FileNotFoundError):
+            listdir(conn, "packs/gone")
+        assert [n.filename for n in listdir(conn, "packs/00")] == dirs["packs/00"]
+        rounds = server.rounds[before:]
+    # 41 directories in two batches, each: every OPENDIR, READDIR (names), READDIR (end),
+    # every CLOSE; then the two listdirs (one of a missing directory). One directory at a
+    # time took four round trips each (164)
+    assert len(rounds) <= 2 * 4 + 1 + 4, rounds
+    assert max(rounds) == 32, rounds
 
 
 # --- the stream alone ----------------------------------------------------------------------

@@ -16,14 +16,19 @@ and up to 512 MiB of free heap is kept; when the last transfer of the process
 ends, the thresholds are set back to glibc's initial values and
 ``malloc_trim(0)`` gives the free memory back to the system, so an idle daemon
 stays small.  On a C library without these calls (musl) this does nothing.
+
+Besides, a download's ranged reads are received into a few buffers that are filled
+again (:class:`Reused`), not a new zero-filled one per range.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # malloc.h
 DEFAULT_TRIM = DEFAULT_MMAP = 128 << 10  # glibc's defaults
@@ -82,3 +87,36 @@ def steady() -> Iterator[None]:
         yield
     finally:
         _TRANSFERS.end()
+
+
+class Reused:
+    """The buffers of ``size`` bytes a download's ranged reads are received into, each
+    filled again once the blobs in it were handed on: not zero-filled (nor faulted in)
+    again for every range.  Only for a store that reads into a given buffer
+    (``enabled``); else :meth:`take` gives None (the store's own buffer)."""
+
+    def __init__(self, size: int, enabled: bool) -> None:
+        self.size, self.enabled = size, enabled
+        self.spare: list[bytearray] = []
+
+    async def take(self, pool: Executor) -> bytearray | None:
+        if not self.enabled:
+            return None
+        if self.spare:
+            return self.spare.pop()
+        # (a new one zero-filled in a worker, not on the event loop)
+        return await asyncio.get_running_loop().run_in_executor(pool, bytearray, self.size)
+
+    def give_back(self, buf: bytearray | None,
+                  blobs: Sequence[tuple[object, object, memoryview]]) -> None:
+        """``buf``'s blobs were handed on and used: their views are released (a use
+        after this raises rather than reading the next range's bytes), then ``buf`` is
+        filled again; if a view is still held elsewhere, ``buf`` is left to it."""
+        if buf is None:
+            return
+        try:
+            for _cid, _ref, view in blobs:
+                view.release()
+        except BufferError:
+            return
+        self.spare.append(buf)

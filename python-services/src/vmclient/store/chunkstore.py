@@ -115,8 +115,9 @@ class ChunkStore:
             for cid, ref in idx.refs():
                 if ref.pack not in self.damaged:
                     out[cid] = ref
-        if not repair:  # a reader: a chunk with no other copy is read there (and refused,
-            for idx in indexes:  # naming the pack); a writer stores such chunks again
+        if not repair and self.damaged:  # a reader: a chunk with no other copy is read
+            for idx in indexes:  # there (and refused, naming the pack); a writer stores
+                # such chunks again
                 for cid, ref in idx.refs():
                     out.setdefault(cid, ref)
         for name, size in sizes.items():
@@ -228,12 +229,16 @@ class ChunkStore:
         result.chunks += len(records)
         result.bytes += len(data)
 
-    async def read_range(self, read: ReadRange) -> bytes | bytearray:
-        """The bytes of one ranged pack read, unchecked: into a buffer of their own if the
-        store can (:class:`~.remote.RangeReader`: no copy), else through ``get``."""
+    async def read_range(self, read: ReadRange, into: bytearray | None = None
+                         ) -> bytes | bytearray | memoryview:
+        """The bytes of one ranged pack read, unchecked: into a buffer of their own (or
+        ``into``, at least ``read.length`` bytes) if the store can
+        (:class:`~.remote.RangeReader`: no copy), else through ``get``."""
         path = layout.pack(self.root, read.pack)
         if isinstance(self.remote, RangeReader):
-            return await self.remote.get_range(path, read.offset, read.length)
+            if into is None:
+                return await self.remote.get_range(path, read.offset, read.length)
+            return await self.remote.get_range(path, read.offset, read.length, into)
         return await self.remote.get(path, read.offset, read.length)
 
     async def fetch_into(self, plan: DownloadPlan,
@@ -281,7 +286,8 @@ class ChunkStore:
                            keep: Callable[[list[pipeline.Authenticated]], None] | None = None
                            ) -> AsyncGenerator[list[tuple[bytes, BlobRef, memoryview]], None]:
         """The blobs of each ranged read the plan makes, authenticated but not opened:
-        (chunk id, index entry, sealed blob: a view into the range read) per blob.
+        (chunk id, index entry, sealed blob: a view into the range read) per blob.  The
+        views are released when the next range is asked for (its buffer is filled again).
 
         For a reader that keeps the chunks sealed and opens each one when it uses
         it (the Receiver's cache): every blob passed
@@ -301,16 +307,22 @@ class ChunkStore:
         """
         loop = asyncio.get_running_loop()
         pool = pipeline.executor(pipeline.workers(), "vmclient-auth")
+        spare = buffers.Reused(max((read.length for read in plan.reads), default=0),
+                               isinstance(self.remote, RangeReader))
 
         async def read_and_check(read: ReadRange) -> tuple[
-                list[tuple[bytes, BlobRef, memoryview]], VMClientError | None]:
-            untrusted = await self.read_range(read)
-            return await loop.run_in_executor(pool, pipeline.authenticate_range, self.keys,
-                                              read, untrusted, layout.pack(self.root, read.pack),
-                                              keep)
+                bytearray | None, list[tuple[bytes, BlobRef, memoryview]],
+                VMClientError | None]:
+            buf = await spare.take(pool)
+            untrusted = await self.read_range(read, buf)
+            blobs, error = await loop.run_in_executor(
+                pool, pipeline.authenticate_range, self.keys, read, untrusted,
+                layout.pack(self.root, read.pack), keep)
+            return buf, blobs, error
 
         reads = iter(plan.reads)
-        running: set[asyncio.Task[tuple[list[tuple[bytes, BlobRef, memoryview]],
+        running: set[asyncio.Task[tuple[bytearray | None,
+                                        list[tuple[bytes, BlobRef, memoryview]],
                                         VMClientError | None]]] = set()
 
         def start_next() -> None:
@@ -328,7 +340,7 @@ class ChunkStore:
                     task = done.pop()  # (the others stay in running: the next wait is at once)
                     running.discard(task)
                     try:
-                        blobs, error = task.result()
+                        buf, blobs, error = task.result()
                     except Exception as exc:  # raised below, once the reads in flight
                         failed = failed or exc  # brought what they could (a resume need
                         continue  # not fetch them again)
@@ -338,6 +350,7 @@ class ChunkStore:
                         yield blobs
                     if error is not None:
                         raise error
+                    spare.give_back(buf, blobs)
                 if failed is not None:
                     raise failed
             finally:

@@ -77,7 +77,8 @@ Authenticated = tuple[bytes, BlobRef, memoryview]  # chunk id, index entry, seal
 KEEP_BYTES = 256 << 10  # blobs handed to ``keep`` at once (while still in the CPU's cache)
 
 
-def authenticate_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes | bytearray,
+def authenticate_range(keys: crypto.KeySet, read: ReadRange,
+                       untrusted: bytes | bytearray | memoryview,
                        path: str, keep: Callable[[list[Authenticated]], None] | None = None
                        ) -> tuple[list[Authenticated], VMClientError | None]:
     """(chunk id, index entry, sealed blob) per blob of one ranged read that

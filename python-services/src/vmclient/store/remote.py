@@ -125,9 +125,11 @@ class RangeReader(Protocol):
     what :class:`~.chunkstore.ChunkStore` reads packs with when the store offers it
     (else ``get``)."""
 
-    async def get_range(self, path: str, offset: int, length: int) -> bytearray:
+    async def get_range(self, path: str, offset: int, length: int,
+                        into: bytearray | None = None) -> bytearray | memoryview:
         """Bytes ``[offset, offset + length)`` (fewer if the object ends before);
-        :class:`ObjectNotFound` if absent."""
+        :class:`ObjectNotFound` if absent.  ``into`` (at least ``length`` bytes): received
+        there (a view of it returned) rather than into a new buffer."""
 
 
 class PassOn:

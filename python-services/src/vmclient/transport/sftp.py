@@ -41,6 +41,7 @@ from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
 from . import sftp_codec as c
 from .sftp_client import Connection, ConnectionLost, Into, Refused, Reopen
+from .sftp_listing import listdir, listdirs
 from .ssh import CIPHER
 from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
 
@@ -109,22 +110,27 @@ class SFTPStore(LockingMixin):
         base = check_path(prefix)
 
         def walk(conn: Connection) -> builtins.list[Entry]:
+            """Level by level, each level's directories listed at once (a pack store
+            has a directory per leading byte of the packs' names)."""
             out: builtins.list[Entry] = []
-            todo = [base]
-            while todo:
-                rel = todo.pop()
-                try:
-                    names = conn.listdir(self._remote(rel))
-                except FileNotFoundError:
-                    continue
-                for n in names:
-                    if n.filename.startswith("."):
+            level = [base]
+            while level:
+                below = []
+                listings = listdirs(conn, [self._remote(rel) for rel in level])
+                for rel, names in zip(level, listings, strict=True):
+                    if isinstance(names, FileNotFoundError):
                         continue
-                    child = f"{rel}/{n.filename}"
-                    if stat.S_ISDIR(n.attrs.mode or 0):
-                        todo.append(child)
-                    else:
-                        out.append(Entry(child, n.attrs.size or 0))
+                    if isinstance(names, OSError):
+                        raise names
+                    for n in names:
+                        if n.filename.startswith("."):
+                            continue
+                        child = f"{rel}/{n.filename}"
+                        if stat.S_ISDIR(n.attrs.mode or 0):
+                            below.append(child)
+                        else:
+                            out.append(Entry(child, n.attrs.size or 0))
+                level = below
             return sorted(out, key=lambda e: e.path)
 
         return await self._run("list", base, walk)
@@ -157,26 +163,34 @@ class SFTPStore(LockingMixin):
 
         return await self._run("get", path, read)
 
-    async def get_range(self, path: str, offset: int, length: int) -> bytearray:
+    async def get_range(self, path: str, offset: int, length: int,
+                        into: bytearray | None = None) -> bytearray | memoryview:
         """Bytes ``[offset, offset + length)`` (fewer if the object ends first), each
         answer's payload received into its place in the buffer returned: no copy in
-        Python (:class:`~vmclient.store.remote.RangeReader`: a pack's ranged reads)."""
+        Python (:class:`~vmclient.store.remote.RangeReader`: a pack's ranged reads).
+        ``into`` (at least ``length`` bytes): received there instead of a new buffer (a
+        view of it is returned), so a buffer is not zero-filled again for each range."""
         remote = self._remote(check_path(path))
+        if into is not None and len(into) < length:
+            raise ValueError(f"a buffer of {len(into)} bytes for a read of {length}")
         held: builtins.list[tuple[bytearray, Into]] = []  # survives a reconnect: goes on there
 
         def read(conn: Connection) -> None:
             if not held:  # (allocated and zeroed in this worker, not on the event loop)
-                buf = bytearray(length)
-                held.append((buf, Into(memoryview(buf), offset)))
-            into = held[0][1]
+                buf = bytearray(length) if into is None else into
+                held.append((buf, Into(memoryview(buf)[:length], offset)))
+            target = held[0][1]
             handle = conn.open(remote, c.READ_FLAG)
-            self.resumed_bytes += into.received
-            _read(conn, remote, handle, offset + into.received, offset + length, into, path)
+            self.resumed_bytes += target.received
+            _read(conn, remote, handle, offset + target.received, offset + length, target,
+                  path)
 
         await self._run("get", path, read)
-        buf, into = held[0]
+        buf, target = held[0]
+        if into is not None:
+            return target.view[:target.received]
         # ended first: a copy, not a resize (which a view in an old traceback would refuse)
-        return buf if into.received == length else buf[:into.received]
+        return buf if target.received == length else buf[:target.received]
 
     async def put_atomic(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
         final = self._remote(check_path(path))
@@ -297,7 +311,7 @@ class SFTPStore(LockingMixin):
             while todo:
                 d = todo.pop()
                 try:
-                    entries = conn.listdir(d)
+                    entries = listdir(conn, d)
                 except FileNotFoundError:
                     continue
                 for n in entries:

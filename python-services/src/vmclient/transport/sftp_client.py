@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from . import sftp_codec as c
@@ -220,20 +220,25 @@ class Connection:
             raise c.MalformedAnswer(f"{len(names)} names answered to REALPATH")
         return str(names[0].filename)
 
-    def listdir(self, path: str) -> list[c.Name]:
-        handle = _expect(self.checked("list", path, c.OPENDIR, c.string(path)), bytes,
-                         "OPENDIR")
-        out: list[c.Name] = []
-        try:
-            while True:
-                value = self.call(c.READDIR, c.string(handle))
-                if isinstance(value, c.Status):
-                    if value.code == c.EOF:
-                        return [n for n in out if n.filename not in (".", "..")]
-                    raise c.status_error(value, "list", path)
-                out += _expect(value, list, "READDIR")
-        finally:
-            self.close_handle(handle, path)
+    def pipelined(self, kind: int, requests: Sequence[bytes]) -> list[c.Answer]:
+        """Requests of one ``kind`` (their encoded fields) sent together, nothing else in
+        flight; their answers, in the requests' order (whatever order they come in)."""
+        if not requests:
+            return []
+        rids = [self._next_rid() for _ in requests]
+        pending = set(rids)
+        self._send(b"".join(c.request(kind, rid, fields) for rid, fields in zip(
+            rids, requests, strict=True)))
+        answers: dict[int, c.Answer] = {}
+        while len(answers) < len(rids):
+            akind, body = self._packet()
+            if akind == c.DATA:
+                raise c.MalformedAnswer("DATA answered to a request that reads nothing")
+            got, value = c.parse_answer(akind, body)
+            if got in answers or got not in pending:
+                raise c.MalformedAnswer(f"answer to request {got}, which is not outstanding")
+            answers[got] = value
+        return [answers[rid] for rid in rids]
 
     # --- pipelined transfers ------------------------------------------------------------------
 
