@@ -260,10 +260,10 @@ class ChunkStore:
         n = pipeline.workers()
         pool = pipeline.executor(n, "vmclient-open")
 
-        def get(read: ReadRange) -> asyncio.Future[bytes | bytearray]:
+        def get(read: ReadRange) -> asyncio.Future[bytes | bytearray | memoryview]:
             return asyncio.ensure_future(self.read_range(read))
 
-        def handle(read: ReadRange, untrusted: bytes | bytearray) -> None:
+        def handle(read: ReadRange, untrusted: bytes | bytearray | memoryview) -> None:
             opened, error = pipeline.open_range(self.keys, read, untrusted,
                                                 layout.pack(self.root, read.pack))
             sink([(cid, data) for cid, _ref, _blob, data in opened])

@@ -53,7 +53,8 @@ def seal_batch(keys: crypto.KeySet, level: int | None, chunks: Sequence[Chunk]) 
     return [(c.id, seal_chunk(keys, c.id, c.data, level), len(c.data)) for c in chunks]
 
 
-def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes | bytearray, path: str
+def open_range(keys: crypto.KeySet, read: ReadRange, untrusted: bytes | bytearray | memoryview,
+               path: str
                ) -> tuple[list[tuple[bytes, BlobRef, memoryview, bytes]], VMClientError | None]:
     """(chunk id, index entry, sealed blob, verified plaintext) per blob of one ranged read,
     up to the first blob that does not open, and that blob's error (else None).
@@ -165,8 +166,8 @@ async def sealed_batches(source: NewChunks, keys: crypto.KeySet, level: int | No
 
 
 async def opened_ranges(reads: Sequence[ReadRange],
-                        get: Callable[[ReadRange], asyncio.Future[bytes | bytearray]],
-                        handle: Callable[[ReadRange, bytes | bytearray], None],
+                        get: Callable[[ReadRange], asyncio.Future[bytes | bytearray | memoryview]],
+                        handle: Callable[[ReadRange, bytes | bytearray | memoryview], None],
                         pool: ThreadPoolExecutor, *, concurrency: int, depth: int) -> None:
     """Fetch every read (``concurrency`` in flight) and run ``handle`` on it in ``pool``.
 
@@ -176,7 +177,7 @@ async def opened_ranges(reads: Sequence[ReadRange],
     """
     loop = asyncio.get_running_loop()
     todo = iter(reads)
-    downloads: deque[tuple[ReadRange, asyncio.Future[bytes | bytearray]]] = deque()
+    downloads: deque[tuple[ReadRange, asyncio.Future[bytes | bytearray | memoryview]]] = deque()
     handling: set[asyncio.Future[None]] = set()
     handlers: list[asyncio.Future[None]] = []  # all, so every failure is retrieved below
 
