@@ -669,12 +669,14 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
         async with provision_env(tmp_path) as env:
             # TCG, as for the echo guests: SeaBIOS is slow under this machine's paravirtual KVM
             env.cfg = replace(env.cfg, domain_type="qemu", cpu_mode="maximum", cpu_disable=())
-            provd = ProvDaemon(system_bus, tmp_path, write_config(env, tmp_path)).start()
-            weston = Weston()
-            shell = ShellUnderTest(weston, system_bus, tmp_path, env.prefix + "-",
-                                   groups=("vmclient",))
+            provd = ProvDaemon(system_bus, tmp_path, write_config(env, tmp_path))
+            weston = shell = None
             vm = env.name("inst")
             try:
+                provd.start()
+                weston = Weston()
+                shell = ShellUnderTest(weston, system_bus, tmp_path, env.prefix + "-",
+                                       groups=("vmclient",))
                 assert shell.ask("click install") == {"ok": True}
                 st = shell.ask("state")
                 assert st["install"]["open"] and st["install"]["page"] == "install", st
@@ -705,9 +707,11 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
                 assert st["min_width"] <= WIDTH, st
             finally:
                 try:
-                    shell.stop()
+                    if shell is not None:
+                        shell.stop()
                 finally:
-                    weston.stop()
+                    if weston is not None:
+                        weston.stop()
                     provd.stop()
             assert "Traceback" not in shell.log(), shell.log()
             assert "Traceback" not in provd.log(), provd.log()
