@@ -664,6 +664,9 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
     iso.write_bytes(el_torito_iso(boot_sector(2, "I")))
     os.chown(iso, USER, USER)
     iso.chmod(0o600)
+    secret = home / "root-only.iso"  # root's, in the user's directory
+    secret.write_bytes(el_torito_iso(boot_sector(3, "S")))
+    secret.chmod(0o600)
     conn = open_libvirt()
     try:
         async with provision_env(tmp_path) as env:
@@ -686,9 +689,19 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
                 assert st["install"]["name"] == vm, st
                 assert st["install"]["message"] == \
                     "Choose the installer (an ISO file) from your files", st
-                assert shell.ask(f"media 1 1 bios {iso}") == {"ok": True}
-                wait_for(lambda: shell.ask("state")["install"]["file"] == str(iso), 10,
-                         "the ISO chosen in the file chooser")
+                # A file the user cannot read (root's, 0600): the shell opens it with the
+                # user's rights, so the kernel refuses; provd (root) never gets it.
+                def choose(path: Path) -> None:
+                    assert shell.ask(f"media 1 1 bios {path}") == {"ok": True}
+                    wait_for(lambda: shell.ask("state")["install"]["file"] == str(path), 10,
+                             f"{path.name} chosen in the file chooser")
+                choose(secret)
+                shell.key(KEY_ENTER, "Return")
+                st = shell.ask("state")["install"]
+                assert st["message"] == \
+                    f"Install media {secret}: cannot open it: Permission denied", st
+                assert vm not in [dom.name() for dom in conn.listAllDomains(0)]
+                choose(iso)
                 shell.key(KEY_ENTER, "Return")
                 wait_for(lambda: shell.ask("state")["current"] == vm, 60,
                          "the new VM shown once it runs")
