@@ -692,9 +692,11 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
                 # A file the user cannot read (root's, 0600): the shell opens it with the
                 # user's rights, so the kernel refuses; provd (root) never gets it.
                 def choose(path: Path) -> None:
-                    assert shell.ask(f"media 1 1 bios {path}") == {"ok": True}
-                    wait_for(lambda: shell.ask("state")["install"]["file"] == str(path), 10,
-                             f"{path.name} chosen in the file chooser")
+                    def chosen() -> bool:  # (asked again: the chooser loads folders late)
+                        assert shell.ask(f"media 1 1 bios {path}") == {"ok": True}
+                        time.sleep(0.5)
+                        return bool(shell.ask("state")["install"]["file"] == str(path))
+                    wait_for(chosen, 10, f"{path.name} chosen in the file chooser")
                 choose(secret)
                 shell.key(KEY_ENTER, "Return")
                 st = shell.ask("state")["install"]

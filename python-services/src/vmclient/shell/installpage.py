@@ -19,6 +19,7 @@ Who may: ``InstallFromMedia`` and ``Start`` are provd's (polkit action
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -100,7 +101,8 @@ class InstallPage:
             return
         self.chooser = Gtk.FileChooserWidget(action=Gtk.FileChooserAction.OPEN)
         self.chooser.set_local_only(True)  # a file the shell can open itself
-        self.chooser.set_current_folder(GLib.get_home_dir())
+        if os.path.isdir(GLib.get_home_dir()):  # (the seat user's may not exist)
+            self.chooser.set_current_folder(GLib.get_home_dir())
         for title, patterns in (("Installer images (ISO)", ("*.iso", "*.ISO")),
                                 ("All files", ("*",))):
             f = Gtk.FileFilter()
