@@ -35,12 +35,22 @@ def ok(reply: Message) -> list[Any]:
 
 
 class ProvDaemon:
-    """Nothing to install from (no admin key): enough for Start, List and the displays."""
+    """Nothing to install from (no admin key): enough for Start, List and the displays;
+    or with ``config``, a configuration of the test's (``provision_env.write_config``)."""
 
-    def __init__(self, bus: PrivateSystemBus, workdir: Path) -> None:
+    def __init__(self, bus: PrivateSystemBus, workdir: Path, config: Path | None = None
+                 ) -> None:
         self.bus, self.workdir = bus, workdir
-        cpu = cpu_profile()
         self.config = workdir / "provision.toml"
+        if config is not None:
+            self.config = config
+        else:
+            self._write_config(workdir)
+        self.log_path = workdir / "provd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self, workdir: Path) -> None:
+        cpu = cpu_profile()
         self.config.write_text(f"""libvirt_uri = "{URI}"
 state_dir = "{workdir / 'state'}"
 device_dir = "{workdir / 'device'}"
@@ -55,8 +65,6 @@ cpu_disable = [{", ".join(f'"{f}"' for f in cpu.cpu_disable)}]
 location = "{workdir / 'repo'}"
 admin_key = "{workdir / 'admin.pub'}"
 """)
-        self.log_path = workdir / "provd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ProvDaemon:
         with self.log_path.open("ab") as log:

@@ -13,7 +13,12 @@ Commands, one a line; each answers one JSON line:
   type TEXT             -> TEXT typed, one key press and release a character
   choose SSID           -> a click on SSID's row of the Wi-Fi page (the first start's while
                            it is open)
-  click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown)
+  click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown;
+                           vm: the shown VM's pause/resume; install: the install page)
+  media MEM DISK FIRMWARE PATH
+                        -> the install page's memory and disk (GiB), firmware (uefi, bios)
+                           and, in its file chooser, the file PATH (chosen once the chooser
+                           has loaded its folder: "install"'s "file" in state)
   switch                -> Super+Tab, answered once GTK has painted the next frame:
                            {"ms": from the key press to that frame, "current": vm}
   poke                  -> a Shift press and release through GDK's event queue (the
@@ -115,6 +120,12 @@ def main() -> int:
                 "network_message": shell.networks.message.get_text(),
                 "installs": installs, "syncs": syncs,
                 "action_message": shell.statusbar.action_message.get_text(),
+                "vm_button": [shell.statusbar.buttons["vm"].get_label(),
+                              shell.statusbar.buttons["vm"].get_sensitive()],
+                "install": {"open": shell.state.install, "name": shell.install.name.get_text(),
+                            "file": shell.install.file(),
+                            "message": shell.install.message.get_text(),
+                            "page": shell.top.get_visible_child_name()},
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()},
                 "first": {"open": shell.first_open, "step": shell.first.state.step.value,
                           "title": shell.first.title.get_text(),
@@ -168,6 +179,13 @@ def main() -> int:
             reply({"ok": True})
         elif cmd == "click":
             shell.statusbar.buttons[args[0]].clicked()
+            reply({"ok": True})
+        elif cmd == "media":
+            page = shell.install
+            page.memory.set_value(int(args[0]))
+            page.disk.set_value(int(args[1]))
+            page.firmware.set_active_id(args[2])
+            page.chooser.set_filename(args[3])
             reply({"ok": True})
         elif cmd == "choose":  # the first start's Wi-Fi page while it is open
             (shell.first.networks if shell.first_open else shell.networks).choose(args[0])

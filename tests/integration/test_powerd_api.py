@@ -78,6 +78,29 @@ def test_pause_all_and_resume_all_as_root(powerd, vms):
     assert vms.state(vms.names[1]) == libvirt.VIR_DOMAIN_PAUSED
 
 
+def test_pause_and_resume_of_one_vm_leave_the_others_and_outlive_a_resume_all(powerd, vms):
+    a, b = vms.create("a").name(), vms.create("b").name()
+    d = powerd()
+    r = vmclientctl(d, "power", "pause", a, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"paused": [a]}
+    assert vms.states() == {a: libvirt.VIR_DOMAIN_PAUSED, b: libvirt.VIR_DOMAIN_RUNNING}
+    assert [(n, list(cs)) for n, cs in d.props()["PauseCauses"]] == [(a, [3])]  # User
+    r = vmclientctl(d, "power", "pause", a)  # held already: still held, for the user
+    assert r.returncode == 0 and r.stdout.strip() == f"paused: {a}", r.stderr
+    r = vmclientctl(d, "power", "resume", b)  # not vmclient's to resume: nothing
+    assert r.returncode == 0 and r.stdout.strip() == "resumed: none", r.stderr
+    assert vms.state(a) == libvirt.VIR_DOMAIN_PAUSED
+    # PauseAll then the one VM's resume: the other stays paused by the user
+    assert d.call("PauseAll") == sorted([a, b])
+    r = vmclientctl(d, "power", "resume", a)
+    assert r.returncode == 0 and r.stdout.strip() == f"resumed: {a}", r.stderr
+    assert vms.states() == {a: libvirt.VIR_DOMAIN_RUNNING, b: libvirt.VIR_DOMAIN_PAUSED}
+    assert [n for n, _ in d.props()["PausedByUs"]] == [b]
+    r = vmclientctl(d, "power", "pause", "vmclient-test-no-such-vm")
+    assert r.returncode != 0 and "it is not a running VM of vmclient" in r.stderr, r.stderr
+
+
 def test_unprivileged_user_may_read_but_not_pause(powerd, vms):
     vms.create("a")
     d = powerd()

@@ -4,12 +4,11 @@ is still attached, ``eject`` takes it out (live and from the definition), and pr
 ejects it by itself once the install has written the disk.
 
 The "installer" and the "installed system" are two tiny boot programs that write a word to
-the first serial port: an El Torito (no emulation) ISO written here, and a boot sector
+the first serial port: an El Torito (no emulation) ISO (iso_media.py), and a boot sector
 written into the LUKS system disk through qemu-io."""
 
 from __future__ import annotations
 
-import struct
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,13 +16,13 @@ from pathlib import Path
 import libvirt
 import pytest
 from fixtures_virt import URI
+from iso_media import el_torito_iso
 from provision_env import Env, need_tools, provision_env
 
 from vmclient.provision import qemuimg
 from vmclient.provision.installer import Provisioner
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-SECTOR = 2048
 
 
 @pytest.fixture(autouse=True)
@@ -37,31 +36,6 @@ def boot_program(word: bytes) -> bytes:
     code += b"".join(b"\xb0" + bytes([c]) + b"\xee" for c in word + b"\n")  # mov al, c; out
     code += b"\xf4\xeb\xfd"  # hlt; jmp $-1
     return code.ljust(510, b"\0") + b"\x55\xaa"
-
-
-def el_torito_iso(word: bytes) -> bytes:
-    """A minimal ISO 9660 image whose El Torito boot entry runs :func:`boot_program`."""
-    total = 32
-    pvd = bytearray(SECTOR)
-    pvd[0:7] = b"\x01CD001\x01"
-    pvd[80:88] = struct.pack("<I", total) + struct.pack(">I", total)
-    pvd[128:132] = struct.pack("<H", SECTOR) + struct.pack(">H", SECTOR)
-    boot_record = bytearray(SECTOR)
-    boot_record[0:7] = b"\x00CD001\x01"
-    boot_record[7:39] = b"EL TORITO SPECIFICATION".ljust(32, b"\0")
-    boot_record[0x47:0x4B] = struct.pack("<I", 19)  # the boot catalog's sector
-    terminator = bytearray(SECTOR)
-    terminator[0:7] = b"\xffCD001\x01"
-    validation = bytearray(32)
-    validation[0], validation[30:32] = 1, b"\x55\xaa"
-    validation[4:28] = b"vmclient test".ljust(24, b"\0")
-    checksum = -sum(struct.unpack("<16H", bytes(validation))) & 0xFFFF
-    validation[28:30] = struct.pack("<H", checksum)
-    entry = struct.pack("<BBHBBHI", 0x88, 0, 0, 0, 0, 4, 20)  # bootable, no emulation
-    catalog = (bytes(validation) + entry.ljust(32, b"\0")).ljust(SECTOR, b"\0")
-    image = boot_program(word).ljust(SECTOR, b"\0")
-    data = bytes(16 * SECTOR) + pvd + boot_record + terminator + catalog + image
-    return data.ljust(total * SECTOR, b"\0")
 
 
 def with_serial_log(name: str, log: Path) -> None:
@@ -120,7 +94,7 @@ async def test_installer_boots_then_the_installed_disk_and_the_media_goes(
         tmp_path: Path) -> None:
     async with provision_env(tmp_path) as env:
         iso = tmp_path / "installer.iso"  # the user's: QEMU gets provd's copy
-        iso.write_bytes(el_torito_iso(b"CDROM"))
+        iso.write_bytes(el_torito_iso(boot_program(b"CDROM")))
         prov = env.provisioner()
         name, log = await install_from_iso(env, prov, tmp_path, "iso", iso)
         copy = str(env.cfg.images_dir / name / "install.iso")
@@ -154,7 +128,7 @@ async def test_installer_boots_then_the_installed_disk_and_the_media_goes(
 async def test_provd_start_ejects_the_media_once_the_disk_is_installed(tmp_path: Path) -> None:
     async with provision_env(tmp_path) as env:
         iso = tmp_path / "installer.iso"
-        iso.write_bytes(el_torito_iso(b"CDROM"))
+        iso.write_bytes(el_torito_iso(boot_program(b"CDROM")))
         prov = env.provisioner()
         name, log = await install_from_iso(env, prov, tmp_path, "auto", iso)
         await write_installed_system(prov, name, tmp_path)  # the installer ran and shut down

@@ -12,16 +12,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import dbus
 import libvirt
 import pytest
-from echo_guest import EchoGuests, echo_guests
+from echo_guest import EchoGuests, boot_sector, echo_guests
 from fixtures_bus import PrivateSystemBus
-from fixtures_virt import TCG_SLOWDOWN
+from fixtures_virt import TCG_SLOWDOWN, open_libvirt
+from iso_media import el_torito_iso
 from pixels import Image
 from powerd_harness import Logind, PowerDaemon
 from provd_harness import ProvDaemon
@@ -402,7 +403,8 @@ def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_
         desk, system_bus, laptop, logind, tmp_path):
     """The real vmclient-powerd on an umockdev laptop owns the lid and pauses the VMs on
     it; the shell locks on powerd's LidState, and powerd pauses only once the lock page
-    is on the screen (the shell's pause delay); the lid open shows the lock."""
+    is on the screen (the shell's pause delay); the lid open shows the lock.  Then the
+    bar's pause and resume: of every VM, and of the VM shown alone."""
     d = desk
     d.guests.wait_painted(d.business)
     shows(d, d.business, d.private)
@@ -459,6 +461,31 @@ def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_
                  "powerd's answer in the bar")
         wait_for(lambda: d.shell.ask("state")["bar"][0] == f"{d.business} \u2014 business",
                  20, "the VM running again in the bar")
+
+        # The shown VM alone: the bar's "Pause" has powerd pause it (PauseVM), the other
+        # runs on; "Resume" resumes it, and it runs and is shown again.
+        def bar() -> tuple[str, list[Any]]:
+            st = d.shell.ask("state")
+            return st["bar"][0], st["vm_button"]
+        wait_for(lambda: bar()[1] == ["Pause", True], 20, "the shown VM's Pause")
+        assert d.shell.ask("click vm") == {"ok": True}
+        wait_for(lambda: d.shell.ask("state")["action_message"] == f"{d.business} paused", 30,
+                 "powerd's answer to PauseVM in the bar")
+        assert d.guests.conn.lookupByName(d.business).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        assert d.guests.conn.lookupByName(d.private).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert powerd.paused_by_us() == {d.business: "pause"}
+        wait_for(lambda: bar() == (f"{d.business} \u2014 business (paused by you)",
+                                   ["Resume", True]), 20, "the VM paused by you, in the bar")
+        assert d.shell.ask("state")["min_width"] <= WIDTH  # the bar at its widest
+        assert d.shell.ask("click vm") == {"ok": True}
+        wait_for(lambda: d.shell.ask("state")["action_message"] == f"{d.business} resumed", 30,
+                 "powerd's answer to ResumeVM in the bar")
+        assert states() == {libvirt.VIR_DOMAIN_RUNNING} and powerd.paused_by_us() == {}
+        wait_for(lambda: bar() == (f"{d.business} \u2014 business", ["Pause", True]), 20,
+                 "the VM running again in the bar")
+        d.shell.key(KEY_H, "h")  # it runs: it echoes the key, and the shell shows the echo
+        wait_for(lambda: d.guests.echoed(d.business) == 1, 20, "the resumed VM's echo")
+        shows(d, d.business, d.private)
     finally:
         powerd.stop()
     assert "Traceback" not in powerd.log(), powerd.log()
@@ -617,6 +644,95 @@ async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
                     finally:
                         weston.stop()
                 assert "Traceback" not in shell.log(), shell.log()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_its_installer(
+        system_bus, tmp_path):
+    """The bar's "Install…": a name, the sizes, the firmware and an ISO of the user's own,
+    chosen in the page's file chooser; the shell opens it as its unprivileged user and
+    passes the descriptor to the real vmclient-provd's InstallFromMedia.  provd defines a
+    private VM (the bar shows its install), the shell starts it and shows its installer:
+    the ISO boots the echo guests' boot sector, which paints its bands."""
+    from provision_env import need_tools, provision_env, write_config
+
+    need_tools("dbus-daemon")
+    polkit = system_bus.spawn_mock("polkitd")  # the seat's user: in the vmclient group
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.provision.manage"])
+    home = user_dir(USER, "vmclient-home-")  # the user's own files (0700, theirs)
+    iso = home / "installer.iso"
+    iso.write_bytes(el_torito_iso(boot_sector(2, "I")))
+    os.chown(iso, USER, USER)
+    iso.chmod(0o600)
+    secret = home / "root-only.iso"  # root's, in the user's directory
+    secret.write_bytes(el_torito_iso(boot_sector(3, "S")))
+    secret.chmod(0o600)
+    conn = open_libvirt()
+    try:
+        async with provision_env(tmp_path) as env:
+            # TCG, as for the echo guests: SeaBIOS is slow under this machine's paravirtual KVM
+            env.cfg = replace(env.cfg, domain_type="qemu", cpu_mode="maximum", cpu_disable=())
+            provd = ProvDaemon(system_bus, tmp_path, write_config(env, tmp_path))
+            weston = shell = None
+            vm = env.name("inst")
+            try:
+                provd.start()
+                weston = Weston()
+                shell = ShellUnderTest(weston, system_bus, tmp_path, env.prefix + "-",
+                                       groups=("vmclient",))
+                assert shell.ask("click install") == {"ok": True}
+                st = shell.ask("state")
+                assert st["install"]["open"] and st["install"]["page"] == "install", st
+                assert shell.ask(f"type {vm}") == {"ok": True}  # into the focused name field
+                shell.key(KEY_ENTER, "Return")  # no installer chosen: said, nothing sent
+                st = shell.ask("state")
+                assert st["install"]["name"] == vm, st
+                assert st["install"]["message"] == \
+                    "Choose the installer (an ISO file) from your files", st
+                # A file the user cannot read (root's, 0600): the shell opens it with the
+                # user's rights, so the kernel refuses; provd (root) never gets it.
+                def choose(path: Path) -> None:
+                    def chosen() -> bool:  # (asked again: the chooser loads folders late)
+                        assert shell.ask(f"media 1 1 bios {path}") == {"ok": True}
+                        time.sleep(0.5)
+                        return bool(shell.ask("state")["install"]["file"] == str(path))
+                    wait_for(chosen, 10, f"{path.name} chosen in the file chooser")
+                choose(secret)
+                shell.key(KEY_ENTER, "Return")
+                st = shell.ask("state")["install"]
+                assert st["message"] == \
+                    f"Install media {secret}: cannot open it: Permission denied", st
+                assert vm not in [dom.name() for dom in conn.listAllDomains(0)]
+                choose(iso)
+                shell.key(KEY_ENTER, "Return")
+                wait_for(lambda: shell.ask("state")["current"] == vm, 60,
+                         "the new VM shown once it runs")
+                dom = conn.lookupByName(vm)
+                assert dom.isPersistent() and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                assert 'kind="private"' in dom.XMLDesc(), dom.XMLDesc()
+                st = shell.ask("state")
+                assert [vm, "private", "running"] in st["vms"] and not st["install"]["open"], st
+                assert st["action_message"] == f"{vm} started: its installer is on the screen"
+                assert any(t.startswith(f"Installing {vm}") for t in st["installs"]), st
+                guests = EchoGuests(conn, env.prefix)  # its pictures; it removes nothing
+                guests.seeds[vm] = 2
+                guests.wait_painted(vm)
+                screen, _mine, _other = shows(Desk(guests, weston, shell, vm, vm), vm, None)
+                assert zone_marked(screen, Zone.PRIVATE)
+                assert st["min_width"] <= WIDTH, st
+            finally:
+                try:
+                    if shell is not None:
+                        shell.stop()
+                finally:
+                    if weston is not None:
+                        weston.stop()
+                    provd.stop()
+            assert "Traceback" not in shell.log(), shell.log()
+            assert "Traceback" not in provd.log(), provd.log()
+    finally:
+        conn.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -142,6 +142,18 @@ def test_a_pause_all_over_a_lid_pause_outlives_the_lid():
     assert due(release(release(t, LID), ends)) == ["b"]
 
 
+def test_a_pause_or_resume_of_one_vm_adds_or_ends_its_causes_alone():
+    # PauseVM / ResumeVM: the same events as PauseAll / ResumeAll, for one VM (by name)
+    t = held(held({}, "a", "A", PAUSE, Cause.LID), "b", "B", PAUSE, Cause.LID)
+    t = add_cause(t, Cause.USER, only="A")
+    assert t["a"].causes == LID | USER and t["b"].causes == LID
+    ends = decide(State(), Event.RESUME_REQUESTED, t).ends
+    after = release(t, ends, only="B")
+    assert due(after) == ["b"] and after["a"].causes == LID | USER
+    assert due(release(t, LID)) == ["b"]  # the lid opening: "a" stays paused by the user
+    assert due(release(release(t, LID), ends, only="A")) == ["a", "b"]
+
+
 def test_a_vm_whose_undo_failed_is_undone_on_reconnect_and_at_start():
     t = release(held({}, "a", "A", PAUSE, Cause.SLEEP), SLEEP)
     assert due(t) == ["a"] and t["a"] == Hold("A", PAUSE, frozenset())

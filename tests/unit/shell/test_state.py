@@ -12,13 +12,17 @@ from vmclient.shell.state import (
     VMEntry,
     Zone,
     choose,
+    close_install,
     command,
+    expect,
     hotkey,
     list_failed,
     listed,
     lock,
+    open_install,
     overview_key,
     select,
+    shown,
     sleep,
     unlock,
     view,
@@ -146,3 +150,30 @@ def test_the_bar_says_when_the_vm_list_failed_and_not_what_it_said_before():
     assert view(with_vms(stale, [B1, B2, P1])) == view(stale)
     assert view(with_vms(listed(stale), [B1, B2, P1])).title == "crm \u2014 business (paused)"
     assert view(list_failed(State(), "")).title.startswith("Cannot list the VMs: ")
+
+
+def test_a_vm_just_installed_is_shown_as_soon_as_it_runs():
+    s = expect(with_vms(State(), [B1]), "new")
+    assert s.current == "work" and s.expected == "new"  # not listed yet
+    s = with_vms(s, [B1, VMEntry("new", Zone.PRIVATE, "shutoff")])
+    assert s.current == "work" and s.expected == "new"  # defined, not started yet
+    s = with_vms(s, [B1, VMEntry("new", Zone.PRIVATE, "running")])
+    assert s.current == "new" and s.expected is None  # its installer, at once
+    assert with_vms(s, [B1, VMEntry("new", Zone.PRIVATE, "running")]).current == "new"
+    s = select(s, "work")
+    assert with_vms(s, [B1, VMEntry("new", Zone.PRIVATE, "running")]).current == "work"
+    assert expect(s, "new").current == "new"  # running already: now
+
+
+def test_the_install_page_opens_from_the_bar_and_locking_or_a_hotkey_closes_it():
+    s = with_vms(State(), [B1, P1])
+    o = open_install(s)
+    assert view(o).page == "install" and view(o).vm is None
+    assert shown(o) == B1  # the VM its button would pause: still the shown one
+    assert view(close_install(o)).page == "vm"
+    assert view(lock(o)).page == "lock" and not lock(o).install
+    assert not unlock(lock(o)).install  # the lock closed it for good
+    assert open_install(lock(s)) == lock(s)  # not while locked
+    assert not command(o, Command.NEXT).install and not command(o, Command.OVERVIEW).install
+    assert not command(o, Command.NETWORKS).install
+    assert view(open_install(command(s, Command.NETWORKS))).page == "install"

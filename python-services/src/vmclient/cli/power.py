@@ -1,4 +1,4 @@
-"""``vmclientctl power status | pause-all | resume-all``."""
+"""``vmclientctl power status | pause-all | resume-all | pause VM | resume VM``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def add_parser(sub: Any) -> None:
         c = cmds.add_parser(name, help=help_)
         c.add_argument("--json", action="store_true", help="machine-readable output")
         c.set_defaults(func=func, render=render)
+    for name, method, verb, help_ in (
+        ("pause", "PauseVM", "paused", "pause one VM (until you resume it)"),
+        ("resume", "ResumeVM", "resumed", "resume one VM vmclient paused"),
+    ):
+        c = cmds.add_parser(name, help=help_)
+        c.add_argument("vm")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.set_defaults(func=one_vm(method, verb), render=render_names(verb))
 
 
 async def status(_: argparse.Namespace) -> dict[str, Any]:
@@ -95,6 +103,19 @@ async def pause_all(_: argparse.Namespace) -> dict[str, Any]:
     finally:
         b.disconnect()
     return {"paused": list(paused)}
+
+
+def one_vm(method: str, verb: str) -> Any:
+    """PauseVM / ResumeVM of ``args.vm``."""
+    async def run(args: argparse.Namespace) -> dict[str, Any]:
+        b = await bus.connect()
+        try:
+            (names_,) = await bus.call(b, names.POWER_PATH, names.POWER_IFACE, method, "s",
+                                       [args.vm])
+        finally:
+            b.disconnect()
+        return {verb: list(names_)}
+    return run
 
 
 async def resume_all(_: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
 from ..dbus import names
-from ..errors import VMClientError
+from ..errors import VMClientError, VMOperationFailed
 from ..host.gate import StartGate
 from ..virt.libvirt import Hypervisor
 from . import config as power_config
@@ -169,12 +169,27 @@ class PowerDaemon:
         await self.handle(Event.RESUME_REQUESTED)
         return list(self._last_resumed)
 
+    async def request_pause_vm(self, vm: str) -> list[str]:
+        """PauseVM: the user's pause of one VM (``vm`` is only compared with names)."""
+        await self.handle(Event.PAUSE_REQUESTED, only=vm)
+        held = [n for n, _ in self.vms.paused_by_us() if n == vm]
+        if not held:
+            raise VMOperationFailed(vm, "pause", "it is not a running VM of vmclient, or "
+                                    "its power policy keeps it running")
+        return held
+
+    async def request_resume_vm(self, vm: str) -> list[str]:
+        """ResumeVM: ends the user's, the lid's and sleep's pause of one VM."""
+        await self.handle(Event.RESUME_REQUESTED, only=vm)
+        return list(self._last_resumed)
+
     def request_pause_delay(self, who: str) -> int:
         return self.delays.take(who)
 
     # -- the policy loop -------------------------------------------------------
 
-    async def handle(self, event: Event) -> None:
+    async def handle(self, event: Event, only: str | None = None) -> None:
+        """``only``: the event concerns that VM alone (PauseVM, ResumeVM)."""
         async with self._events:
             try:
                 if event in _READ_LID and self.udev is not None:
@@ -188,7 +203,7 @@ class PowerDaemon:
                 failed: VMClientError | None = None
                 for action in decision.actions:
                     try:
-                        await self._do(action, event, decision)
+                        await self._do(action, event, decision, only)
                     except VMClientError as exc:
                         log.error("%s (%s): %s", action.value, event.value, exc)
                         failed = failed or exc
@@ -208,7 +223,8 @@ class PowerDaemon:
             self.phase = Phase.RUNNING
         self._changed()
 
-    async def _do(self, action: Action, event: Event, decision: Decision) -> None:
+    async def _do(self, action: Action, event: Event, decision: Decision,
+                  only: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         if action == Action.PAUSE_VMS:
             assert decision.adds is not None
@@ -224,7 +240,7 @@ class PowerDaemon:
             if event in (Event.SLEEP, Event.LID_CLOSED):  # the screen locks first
                 await self.delays.released(min(self.cfg.sleep.lock_screen_s, bound / 2))
             self._quiet = event == Event.SLEEP  # until every action of this event has run
-            paused = await self.vms.pause_all(decision.adds, deadline)
+            paused = await self.vms.pause_all(decision.adds, deadline, only)
             log.info("paused: %s", ", ".join(paused) or "(none)")
         elif action == Action.RELEASE_SLEEP_LOCK:
             self.sleep_lock.release()
@@ -244,7 +260,7 @@ class PowerDaemon:
             self.phase = Phase.RESUMING
             self._changed()
             self._last_resumed = []
-            self._last_resumed = await self.vms.release(decision.ends)
+            self._last_resumed = await self.vms.release(decision.ends, only)
             log.info("%s: %s", "resumed" if action == Action.RESUME_VMS else "restored",
                      ", ".join(self._last_resumed) or "(none)")
         elif action == Action.SYNC_CLOCKS:

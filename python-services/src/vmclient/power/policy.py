@@ -154,7 +154,7 @@ class Cause(enum.IntEnum):
     UNKNOWN = 0
     SLEEP = 1
     LID = 2
-    USER = 3  # PauseAll
+    USER = 3  # PauseAll, PauseVM
     BATTERY = 4
     SHUTDOWN = 5
 
@@ -207,16 +207,19 @@ def held(holds: Holds, uuid: str, name: str, action: HoldAction, cause: Cause,
     return out
 
 
-def add_cause(holds: Holds, cause: Cause) -> dict[str, Hold]:
-    """Every VM already held is held for ``cause`` too (PauseAll over a lid pause: the lid
-    opening alone no longer resumes it)."""
-    return {u: replace(h, causes=h.causes | {cause}) for u, h in holds.items()}
+def add_cause(holds: Holds, cause: Cause, only: str | None = None) -> dict[str, Hold]:
+    """Every VM already held (or only the one named ``only``) is held for ``cause`` too
+    (PauseAll over a lid pause: the lid opening alone no longer resumes it)."""
+    return {u: replace(h, causes=h.causes | {cause}) if only in (None, h.name) else h
+            for u, h in holds.items()}
 
 
-def release(holds: Holds, ended: Iterable[Cause]) -> dict[str, Hold]:
-    """``holds`` with the ``ended`` causes taken off every VM."""
+def release(holds: Holds, ended: Iterable[Cause], only: str | None = None) -> dict[str, Hold]:
+    """``holds`` with the ``ended`` causes taken off every VM (or only the one named
+    ``only``: PauseVM/ResumeVM)."""
     gone = frozenset(ended)
-    return {u: replace(h, causes=h.causes - gone) for u, h in holds.items()}
+    return {u: replace(h, causes=h.causes - gone) if only in (None, h.name) else h
+            for u, h in holds.items()}
 
 
 def due(holds: Holds) -> list[str]:

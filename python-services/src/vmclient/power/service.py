@@ -16,6 +16,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from ..dbus import names
 from ..dbus.guard import Member, WithFds, install_method_guard, name_out_args
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class PowerBackend(Protocol):
     def properties(self) -> dict[str, Any]: ...
     async def request_pause_all(self) -> list[str]: ...
     async def request_resume_all(self) -> list[str]: ...
+    async def request_pause_vm(self, vm: str) -> list[str]: ...
+    async def request_resume_vm(self, vm: str) -> list[str]: ...
     def request_pause_delay(self, who: str) -> int: ...
 
 
@@ -41,6 +44,14 @@ class PowerInterface(ServiceInterface):
     @method()
     async def ResumeAll(self) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722
         return await self.backend.request_resume_all()
+
+    @method()
+    async def PauseVM(self, vm: s) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722,F821
+        return await self.backend.request_pause_vm(vm)
+
+    @method()
+    async def ResumeVM(self, vm: s) -> "as":  # type: ignore[name-defined,valid-type]  # noqa: F722,F821
+        return await self.backend.request_resume_vm(vm)
 
     @method()
     async def DelayPause(self) -> h:  # type: ignore[name-defined]  # noqa: F821
@@ -106,12 +117,26 @@ class PowerInterface(ServiceInterface):
 
 
 def install_guard(bus: MessageBus, backend: PowerBackend) -> None:
-    """Authorise and dispatch PauseAll/ResumeAll/DelayPause, replying exactly once."""
+    """Authorise and dispatch PauseAll/ResumeAll/PauseVM/ResumeVM/DelayPause, replying
+    exactly once."""
     async def pause_all(_args: list[Any]) -> list[Any]:
         return [await backend.request_pause_all()]
 
     async def resume_all(_args: list[Any]) -> list[Any]:
         return [await backend.request_resume_all()]
+
+    def vm_name(untrusted: Any) -> str:
+        """A VM's name from a caller: only compared with the names of the VMs (the user's
+        VMs have names of at most 31 characters: provision.spec.NAME_RE)."""
+        if not isinstance(untrusted, str) or not 0 < len(untrusted) <= 64:
+            raise UsageError(f"not a VM name: {str(untrusted)[:64]!r}")
+        return untrusted
+
+    async def pause_vm(args: list[Any]) -> list[Any]:
+        return [await backend.request_pause_vm(vm_name(args[0]))]
+
+    async def resume_vm(args: list[Any]) -> list[Any]:
+        return [await backend.request_resume_vm(vm_name(args[0]))]
 
     async def delay_pause(args: list[Any]) -> WithFds:
         return WithFds([0], [backend.request_pause_delay(f"uid {args[0]}")])
@@ -120,5 +145,7 @@ def install_guard(bus: MessageBus, backend: PowerBackend) -> None:
                          names.POLKIT_ACTION_POWER_MANAGE, {
                              "PauseAll": Member("pausing every VM", pause_all),
                              "ResumeAll": Member("resuming every VM", resume_all),
+                             "PauseVM": Member("pausing a VM", pause_vm),
+                             "ResumeVM": Member("resuming a VM", resume_vm),
                              "DelayPause": Member("delaying the VMs' pause", delay_pause,
                                                   with_caller=True)})

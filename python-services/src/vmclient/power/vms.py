@@ -133,9 +133,11 @@ class VMController:
 
     # -- pause -----------------------------------------------------------------
 
-    async def pause_all(self, cause: Cause, deadline: float) -> list[str]:
-        """Pause every running VM per its policy, for ``cause``; returns the names of the
-        VMs held among them.  Every VM already held is held for ``cause`` too.
+    async def pause_all(self, cause: Cause, deadline: float,
+                        only: str | None = None) -> list[str]:
+        """Pause every running VM (or only the one named ``only``) per its policy, for
+        ``cause``; returns the names of the VMs held among them.  Every VM already held
+        (or ``only``) is held for ``cause`` too.
 
         Returns by ``deadline`` (a ``loop.time()``) whatever happens to single VMs
         (their errors are logged); raises only if the VMs cannot be listed.
@@ -145,13 +147,13 @@ class VMController:
             # libvirt's events (a listing only when they may have been lost).
             running = await self._bounded(self.running.targets(), deadline, "list VMs")
             plan = [(_Target(u, n), self._policy(n, p)) for u, n, p in running or []
-                    if u not in self._inflight]
+                    if u not in self._inflight and only in (None, n)]
             plan = [(d, p) for d, p in plan if p != VMPolicy.IGNORE]
             # Recorded before the calls: a daemon killed in the middle of the batch
             # finds them on its next start (reconcile keeps the ones really paused).
             before = set(self.held)
             table = policy.add_cause({u: h for u, h in self.held.items()
-                                      if u not in {d.uuid for d, _ in plan}}, cause)
+                                      if u not in {d.uuid for d, _ in plan}}, cause, only)
             for d, p in plan:
                 table = policy.held(table, d.uuid, d.name, HoldAction.of(p), cause)
                 self._inflight.add(d.uuid)  # held, not yet done (PausedByUs waits for it)
@@ -246,20 +248,22 @@ class VMController:
 
     # -- resume ----------------------------------------------------------------
 
-    async def release(self, ends: Causes) -> list[str]:
-        """End ``ends`` on every VM held, then undo every VM held for no cause any more (those
-        whose earlier undo failed too), in parallel: resume a pause, wake a guest S3,
-        restore a managed save through the key gate.  Returns the names undone.
+    async def release(self, ends: Causes, only: str | None = None) -> list[str]:
+        """End ``ends`` on every VM held (or only the one named ``only``), then undo every
+        such VM held for no cause any more (those whose earlier undo failed too), in
+        parallel: resume a pause, wake a guest S3, restore a managed save through the key
+        gate.  Returns the names undone.
 
         The ended causes are written first, so what fails (libvirtd gone) or is killed
         here is undone at the next start or when libvirtd is back.  A VM gone, or
         running already, counts as undone.
         """
         async with self._lock:
-            self.table.set(policy.release(self.held, ends))
+            self.table.set(policy.release(self.held, ends, only))
             # No reconcile first (it costs four calls per VM): an undo that finds its VM
             # gone or already running counts as done (see _undo).
-            todo = [(u, self.held[u]) for u in policy.due(self.held) if u not in self._inflight]
+            todo = [(u, self.held[u]) for u in policy.due(self.held)
+                    if u not in self._inflight and only in (None, self.held[u].name)]
             fast = [(u, h) for u, h in todo if h.action != HoldAction.SAVE]
             slow = [(u, h) for u, h in todo if h.action == HoldAction.SAVE]
             return (await self._undo_many(fast, self.cfg.timeout_s)

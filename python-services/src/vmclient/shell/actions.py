@@ -1,4 +1,5 @@
-"""The bar's actions: sync now (vmclient-syncd), pause / resume the VMs (vmclient-powerd),
+"""The bar's actions: sync now (vmclient-syncd), pause / resume the VMs, or only the one
+shown (vmclient-powerd's ``PauseVM``/``ResumeVM``),
 put an automatic host restart off past the next maintenance window ("Later",
 vmclient-syncd's ``PostponeHostRestart(0)``, shown only while one is planned), shut
 down (logind).  Each is one D-Bus call through Gio; ``done(message)`` says how it
@@ -19,6 +20,7 @@ import gi
 
 from ..dbus import names
 from .bar import postponed_text
+from .state import VMEntry
 
 gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
@@ -42,6 +44,28 @@ ACTIONS: dict[str, tuple[str, str, str, str, str, Any, str, int]] = {
 }
 
 
+# The shown VM's button: (label, powerd's method); its action from the VM's state.
+VM_ACTIONS = {"pause-vm": ("Pause", "PauseVM"), "resume-vm": ("Resume", "ResumeVM")}
+
+
+def vm_action(shown: VMEntry | None) -> str | None:
+    """The shown VM's button: "pause-vm" while it runs, "resume-vm" while it is shown but
+    does not run (paused, suspended); None: no VM shown."""
+    if shown is None:
+        return None
+    return "pause-vm" if shown.state == "running" else "resume-vm"
+
+
+def vm_result_text(action: str, vm: str, untrusted_reply: Any) -> str:
+    """What the bar says when PauseVM/ResumeVM returned: "work paused", "work resumed";
+    ResumeVM undoes only vmclient's pauses of it."""
+    done = vm in [str(n) for n in (untrusted_reply or [[]])[0]]
+    if action == "pause-vm":
+        return f"{vm} paused" if done else f"{vm}: not paused"
+    return f"{vm} resumed" if done else \
+        f"{vm}: not resumed (vmclient did not pause it, or it is saved)"
+
+
 def result_text(action: str, untrusted_reply: Any) -> str:
     """What the bar says when an action's call returned."""
     if action == "sync":
@@ -62,15 +86,37 @@ def result_text(action: str, untrusted_reply: Any) -> str:
 
 def run(conn: Any, action: str, done: Callable[[str], None]) -> None:
     label, bus_name, path, iface, method, args, reply, timeout = ACTIONS[action]
+    _call(conn, (bus_name, path, iface, method), GLib.Variant(*args) if args else None,
+          reply, timeout, f"{label}: ", lambda r: done(result_text(action, r)), done)
 
+
+def run_for(conn: Any, shown: VMEntry | None, done: Callable[[str], None]) -> None:
+    """The shown VM's pause or resume, as its state says (nothing when none is shown)."""
+    action = vm_action(shown)
+    if shown is None or action is None:
+        return
+    done(f"{VM_ACTIONS[action][0]} {shown.name}\u2026")
+    run_vm(conn, action, shown.name, done)
+
+
+def run_vm(conn: Any, action: str, vm: str, done: Callable[[str], None]) -> None:
+    """Pause or resume ``vm`` (its name as provd listed it)."""
+    label, method = VM_ACTIONS[action]
+    _call(conn, (names.BUS_NAME, names.POWER_PATH, names.POWER_IFACE, method),
+          GLib.Variant("(s)", (vm,)), "(as)", TIMEOUT_MS, f"{label} {vm}: ",
+          lambda r: done(vm_result_text(action, vm, r)), done)
+
+
+def _call(conn: Any, where: tuple[str, str, str, str], args: Any, reply: str, timeout: int,
+          prefix: str, answered: Callable[[Any], None], done: Callable[[str], None]) -> None:
+    """One call; its unpacked reply to ``answered``, or its error's text to ``done``."""
     def finish(c: Any, res: Any) -> None:
         try:
             result = c.call_finish(res).unpack()
         except GLib.Error as err:
             Gio.DBusError.strip_remote_error(err)
-            done(f"{label}: {err.message}")
+            done(prefix + err.message)
             return
-        done(result_text(action, result))
-    variant = GLib.Variant(*args) if args is not None else None
-    conn.call(bus_name, path, iface, method, variant, GLib.VariantType.new(reply),
+        answered(result)
+    conn.call(*where, args, GLib.VariantType.new(reply),
               Gio.DBusCallFlags.ALLOW_INTERACTIVE_AUTHORIZATION, timeout, None, finish)

@@ -1,7 +1,8 @@
 """The bar's widgets (GTK): what :mod:`.bar` words, laid out along the top of the screen.
 
 Left to right: the VM and its zone; the actions (sync now, pause, resume, shut
-down: :mod:`.actions`), their answer; then from the right end: power, sync,
+down: :mod:`.actions`; install a private VM from media: :mod:`.installpage`; the shown
+VM's pause or resume, sound and USB), their answer; then from the right end: power, sync,
 IT's pending orders, an install in progress, Wi-Fi.  Every label ellipsizes:
 no text widens the window (a full-screen window larger than the screen is a
 protocol error the compositor disconnects the shell for).  No widget of the
@@ -31,7 +32,9 @@ def css(colour: tuple[int, int, int]) -> str:
     """The bar's and the frame's style, in the zone's colour."""
     r, g, b = colour
     return (f"#bar, #frame {{ background-color: rgb({r}, {g}, {b}); }}\n"
-            "#bar label { color: white; font-weight: bold; }\n")
+            "#bar label { color: white; font-weight: bold; }\n"
+            # narrow buttons: a 1024-px screen holds the bar with a VM shown
+            "#bar button { padding-left: 4px; padding-right: 4px; }\n")
 
 
 def label(text: str = "", xalign: float = 0.5, wrap: bool = False) -> Any:
@@ -55,11 +58,12 @@ def flat_button(text: str, clicked: Callable[[], None]) -> Any:
 
 
 class Bar:
-    """The bar: ``act(name)`` runs an action, mutes the shown VM (``"sound"``) or
-    opens the USB menu (``"usb"``); ``networks()`` opens the Wi-Fi page."""
+    """The bar: ``act(name)`` runs an action, pauses or resumes the shown VM (``"vm"``),
+    mutes it (``"sound"``), opens the USB menu (``"usb"``) or the install page
+    (``"install"``); ``networks()`` opens the Wi-Fi page."""
 
     def __init__(self, act: Callable[[str], None], networks: Callable[[], None]) -> None:
-        self.widget = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
+        self.widget = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         self.widget.set_name("bar")
         self.widget.set_size_request(-1, BAR_PX)
         self.title = label(xalign=0)
@@ -71,7 +75,8 @@ class Bar:
             if name != "later":  # beside the sync field's "restart to update"
                 self.widget.pack_start(self.buttons[name], False, False, 0)
         self.buttons["later"].set_no_show_all(True)  # shown while a restart is planned
-        for name, text in (("sound", ""), ("usb", "USB")):  # the shown VM's
+        for name, text in (("install", "Install\u2026"),  # a private VM from media
+                           ("vm", "Pause"), ("sound", ""), ("usb", "USB")):  # the shown VM's
             self.buttons[name] = flat_button(text, functools.partial(act, name))
             self.widget.pack_start(self.buttons[name], False, False, 0)
         self.action_message = label(xalign=0)
@@ -97,6 +102,11 @@ class Bar:
         """A button's text (only when it changes: a new label re-lays the bar out)."""
         if self.buttons[name].get_label() != text:
             self.buttons[name].set_label(text)
+
+    def vm_button(self, action: str | None) -> None:
+        """The shown VM's "Pause" or "Resume" (:func:`.actions.vm_action`); greyed: none."""
+        self.set_button("vm", actions.VM_ACTIONS[action or "pause-vm"][0])
+        self.buttons["vm"].set_sensitive(action is not None)
 
     def popup(self, button: str, rows: list[tuple[str, str, bool]],
               chosen: Callable[[str], None]) -> None:

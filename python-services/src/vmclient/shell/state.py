@@ -13,6 +13,8 @@ No GTK, no D-Bus: values in, values out (tests/unit/shell).  The GTK adapter
   thumbnail framed in its zone's colour; one key (its number, or the arrows and
   Return) or a click switches, Escape goes back.
 - Locked, the screen shows nothing of any VM, whatever else happens.
+- A VM the person has just installed is shown as soon as it can be
+  (:func:`expect`): the installer's display appears when the VM starts.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class State:
     overview: bool = False
     selected: str | None = None  # in the overview
     networks: bool = False  # the Wi-Fi page is open
+    install: bool = False  # the page "install a private VM from media" is open
+    expected: str | None = None  # to be shown as soon as it can be (a new VM)
     list_error: str = ""  # why the last VM list failed ("" = it came)
 
 
@@ -111,14 +115,35 @@ def switcher_order(vms: Iterable[VMEntry]) -> tuple[VMEntry, ...]:
 
 
 def with_vms(state: State, vms: Iterable[VMEntry]) -> State:
-    """A new VM list: the shown VM stays if it can still be shown, else the first that can."""
+    """A new VM list: the shown VM stays if it can still be shown, else the first that can;
+    a VM :func:`expect` ed is shown once it can be."""
     ordered = switcher_order(vms)
     showable = [v.name for v in ordered if v.showable]
     current = state.current if state.current in showable else (showable[0] if showable
                                                                 else None)
+    expected = state.expected
+    if expected in showable:
+        current, expected = expected, None
     selected = state.selected if state.selected in showable else current
     return replace(state, vms=ordered, current=current, selected=selected,
-                   overview=state.overview and bool(showable))
+                   overview=state.overview and bool(showable), expected=expected)
+
+
+def expect(state: State, name: str) -> State:
+    """Show ``name`` as soon as it can be shown (now, or when a VM list has it running)."""
+    return with_vms(replace(state, expected=name), state.vms)
+
+
+def open_install(state: State) -> State:
+    """The bar's "Install…": the page that installs a private VM from media (not while
+    locked)."""
+    if state.locked:
+        return state
+    return replace(state, install=True, overview=False, networks=False)
+
+
+def close_install(state: State) -> State:
+    return replace(state, install=False)
 
 
 def list_failed(state: State, error: str) -> State:
@@ -157,17 +182,18 @@ def select(state: State, name: str) -> State:
 def command(state: State, cmd: Command) -> State:
     """A hotkey's effect.  Switching while locked does nothing (the lock hides it all)."""
     if cmd == Command.LOCK:
-        return replace(state, locked=True, overview=False, networks=False)
+        return lock(state)
     if state.locked:
         return state
     if cmd == Command.NETWORKS:
-        return replace(state, networks=not state.networks, overview=False)
+        return replace(state, networks=not state.networks, overview=False, install=False)
     if cmd == Command.OVERVIEW:
         if state.overview or not showable_names(state):
             return replace(state, overview=False)
-        return replace(state, overview=True, selected=state.current, networks=False)
+        return replace(state, overview=True, selected=state.current, networks=False,
+                       install=False)
     return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False,
-                   networks=False)
+                   networks=False, install=False)
 
 
 def overview_key(state: State, key: Key) -> State:
@@ -195,7 +221,7 @@ def choose(state: State, name: str) -> State:
 
 
 def lock(state: State) -> State:
-    return replace(state, locked=True, overview=False, networks=False)
+    return replace(state, locked=True, overview=False, networks=False, install=False)
 
 
 def close_networks(state: State) -> State:
@@ -209,7 +235,7 @@ def unlock(state: State) -> State:
 
 def sleep(state: State) -> State:
     """The host is going to sleep: locked first, whatever was shown."""
-    return replace(state, locked=True, asleep=True, overview=False, networks=False)
+    return replace(lock(state), asleep=True)
 
 
 def wake(state: State) -> State:
@@ -224,11 +250,16 @@ LIST_FAILED = "Cannot list the VMs"
 class View:
     """What the screen shows."""
 
-    page: str  # "vm", "none" (no VM to show), "overview", "networks" or "lock"
+    page: str  # "vm", "none" (no VM to show), "overview", "networks", "install" or "lock"
     vm: str | None
     zone: Zone
     colour: tuple[int, int, int]
     title: str
+
+
+def shown(state: State) -> VMEntry | None:
+    """The VM shown (or that would be, behind a page of the shell's)."""
+    return next((v for v in state.vms if v.name == state.current), None)
 
 
 def view(state: State) -> View:
@@ -237,10 +268,13 @@ def view(state: State) -> View:
     if state.networks:
         return View("networks", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
                     "Wi-Fi networks  (Escape: back)")
+    if state.install:
+        return View("install", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
+                    "Install a private VM from media  (Escape: back)")
     if state.overview:
         return View("overview", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
                     "Switch to\u2026  (number, arrows and Return, or a click; Escape)")
-    entry = next((v for v in state.vms if v.name == state.current), None)
+    entry = shown(state)
     if entry is None:
         return View("none", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
                     f"{LIST_FAILED}: {state.list_error}" if state.list_error

@@ -24,11 +24,13 @@ import gi
 
 from ..dbus import names
 from ..errors import RemoteError
-from . import actions, audio, bar, barview, bus, firstsave, firststart, state, usb, wifi
+from . import actions, audio, bar, barview, bus, firstsave, firststart, keys, state, usb, wifi
 from .barview import Bar
 from .firstpage import CSS as FIRST_START_CSS
 from .firstpage import FirstStartPage
 from .inflight import InFlight
+from .installpage import CSS as INSTALL_CSS
+from .installpage import InstallPage
 from .locking import PauseDelay, when_on_screen
 from .lockpage import CSS as LOCK_CSS
 from .lockpage import LockPage
@@ -50,16 +52,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 2
 SLOW_POLL_TICKS = 5  # assigned VMs and Wi-Fi every 10 s
-
-def key_of(event: Any) -> state.Key:
-    m = event.state
-    return state.Key(
-        name=Gdk.keyval_name(event.keyval) or "",
-        super_=bool(m & (Gdk.ModifierType.SUPER_MASK | Gdk.ModifierType.MOD4_MASK)),
-        shift=bool(m & Gdk.ModifierType.SHIFT_MASK),
-        ctrl=bool(m & Gdk.ModifierType.CONTROL_MASK),
-        alt=bool(m & Gdk.ModifierType.MOD1_MASK))
-
 
 class Shell:
     def __init__(self, conn: Any) -> None:
@@ -88,6 +80,8 @@ class Shell:
         self._listed_vms: list[bus.VM] = []
         self.overview = Overview(self._chosen)
         self.networks = NetworksPage(self.connect_wifi)
+        self.install = InstallPage(conn, lambda: [v.name for v in self._listed_vms],
+                                   self._installed, self.statusbar.action_message.set_text)
         # The first start (firststart.py): open while self.first_open.
         self.first = FirstStartPage(conn, self.connect_wifi, self._first_done,
                                     self.restart_session)
@@ -97,6 +91,7 @@ class Shell:
         self.top.add_named(desktop, "desktop")
         self.top.add_named(self.overview.widget, "overview")
         self.top.add_named(self.networks.widget, "networks")
+        self.top.add_named(self.install.widget, "install")
         self.top.add_named(self.lock_page.widget, "lock")
         self.top.add_named(self.first.widget, "firststart")
         self.window.add(self.top)
@@ -182,9 +177,18 @@ class Shell:
             self.first.wifi(st)
 
     def act(self, name: str) -> None:
-        """A bar action (sync now, pause, resume, shut down, the USB menu); not while
-        locked."""
+        """A bar action (sync now, pause, resume, shut down, the shown VM's pause and
+        sound, the USB menu, the install page); not while locked."""
         if self.state.locked:
+            return
+        if name == "vm":  # the shown VM's pause or resume
+            actions.run_for(self.conn, state.shown(self.state),
+                            self.statusbar.action_message.set_text)
+            return
+        if name == "install":
+            self.install.open()
+            self.state = state.open_install(self.state)
+            self.render()
             return
         if name == "sound" and self.state.current is not None:
             self.muted = audio.toggled(self.muted, self.state.current)
@@ -229,6 +233,7 @@ class Shell:
 
     def _provisioning(self, props: dict[str, Any]) -> None:
         self.statusbar.install.set_text(bar.install_text(props))
+        self.install.progress.set_text(self.statusbar.install.get_text())
         self._feed_first()
 
     def _feed_first(self) -> None:
@@ -242,6 +247,12 @@ class Shell:
         both again (the image's weston.service drop-in)."""
         log.info("starting the desktop again")
         Gtk.main_quit()
+
+    def _installed(self, vm: str) -> None:
+        """A VM installed from media started: shown as soon as it runs (its installer)."""
+        self.state = state.close_install(state.expect(self.state, vm))
+        self.refresh(slow=False)
+        self.render()
 
     def _first_done(self) -> None:
         log.info("first start done")
@@ -274,34 +285,10 @@ class Shell:
     # -- input -----------------------------------------------------------------------
 
     def _key(self, _widget: Any, event: Any) -> bool:
-        key = key_of(event)
-        if self.first_open and not self.state.locked:  # every key is the first start's
-            self.first.key(event, key.name)
-            return True
-        cmd = state.hotkey(key)
-        if cmd is not None:
-            self.run(cmd)
-            return True
-        if self.state.networks:  # every key is the Wi-Fi page's
-            if key.name == "Escape":
-                self.state = state.close_networks(self.state)
-                self.render()
-            else:
-                self.networks.key(event)
-            return True
-        if self.state.overview:  # every key is the overview's
-            self.state = state.overview_key(self.state, key)
-            self.render()
-            return True
-        if self.state.locked:  # no key reaches a VM: the password field's, or none
-            if not self.state.asleep:
-                self.lock_page.key(event)
-            return True
-        return False
+        return keys.pressed(self, event)
 
     def _key_release(self, _widget: Any, event: Any) -> bool:
-        return (self.state.locked or self.state.overview or self.state.networks
-                or self.first_open or state.hotkey(key_of(event)) is not None)
+        return keys.released(self, event)
 
     def _chosen(self, vm: str) -> None:
         self.state = state.choose(self.state, vm)
@@ -364,11 +351,12 @@ class Shell:
         v = state.view(self.state)
         self.pages.apply(self.state.current, self.state.locked, self.first_open, self.muted)
         self.statusbar.set_button("sound", audio.button_text(self.state.current, self.muted))
+        self.statusbar.vm_button(actions.vm_action(state.shown(self.state)))
         if self.state.locked:
             self.statusbar.close_menu()
         if v != self.shown:
             css = (barview.css(v.colour) + LOCK_CSS + PAGES_CSS + OVERVIEW_CSS + NETWORKS_CSS
-                   + FIRST_START_CSS)
+                   + FIRST_START_CSS + INSTALL_CSS)
             self.css.load_from_data(css.encode())
             self.statusbar.title.set_text(v.title)
             self.shown = v
@@ -378,8 +366,8 @@ class Shell:
             self.overview.hide()
             self.first.focus()
             return
-        self.top.set_visible_child_name(v.page if v.page in ("lock", "overview", "networks")
-                                        else "desktop")
+        self.top.set_visible_child_name(v.page if v.page in ("lock", "overview", "networks",
+                                                             "install") else "desktop")
         if v.page == "overview":
             self.overview.show(self.state, self.displays)
         else:
@@ -390,6 +378,8 @@ class Shell:
             self.lock_page.focus()
         elif v.page == "networks":
             self.networks.focus()
+        elif v.page == "install":
+            self.install.focus()
         else:
             self.window.set_focus(None)
 

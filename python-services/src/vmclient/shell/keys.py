@@ -1,0 +1,68 @@
+"""The window's keys: which are the shell's (a hotkey, a page of its own, the lock) and
+which reach the VM shown.
+
+GTK runs the window's ``key-press-event`` handler before the focused widget (the
+VM's SPICE display) sees a key: :func:`pressed` answers True for a key the shell
+took, which then never reaches a guest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gi
+
+from . import state
+
+gi.require_version("Gdk", "3.0")
+from gi.repository import Gdk  # noqa: E402
+
+
+def key_of(event: Any) -> state.Key:
+    m = event.state
+    return state.Key(
+        name=Gdk.keyval_name(event.keyval) or "",
+        super_=bool(m & (Gdk.ModifierType.SUPER_MASK | Gdk.ModifierType.MOD4_MASK)),
+        shift=bool(m & Gdk.ModifierType.SHIFT_MASK),
+        ctrl=bool(m & Gdk.ModifierType.CONTROL_MASK),
+        alt=bool(m & Gdk.ModifierType.MOD1_MASK))
+
+
+def pressed(shell: Any, event: Any) -> bool:
+    """A key press on ``shell``'s window (a :class:`.window.Shell`): True if the shell took
+    it; False lets GTK deliver it to the focused widget (the VM's, or a field of the
+    install page)."""
+    key = key_of(event)
+    st = shell.state
+    if shell.first_open and not st.locked:  # every key is the first start's
+        shell.first.key(event, key.name)
+        return True
+    cmd = state.hotkey(key)
+    if cmd is not None:
+        shell.run(cmd)
+        return True
+    if st.locked:  # no key reaches a VM: the password field's, or none
+        if not st.asleep:
+            shell.lock_page.key(event)
+        return True
+    if st.install:  # the install page's fields have the keys (no VM is focused); Escape
+        if key.name != "Escape":
+            return False
+        shell.state = state.close_install(st)
+    elif st.networks:  # every key is the Wi-Fi page's
+        if key.name != "Escape":
+            shell.networks.key(event)
+            return True
+        shell.state = state.close_networks(st)
+    elif st.overview:  # every key is the overview's
+        shell.state = state.overview_key(st, key)
+    else:
+        return False
+    shell.render()
+    return True
+
+
+def released(shell: Any, event: Any) -> bool:
+    st = shell.state
+    return (st.locked or st.overview or st.networks or shell.first_open
+            or state.hotkey(key_of(event)) is not None)
