@@ -35,6 +35,7 @@ def test_the_guard_reads_the_signatures_of_the_shipped_xml():
     sync = shipped_methods(names.SYNC_IFACE)
     assert sync["Verify"] == ("ss", "(stt)") and sync["ListSnapshots"] == ("s", "a(suxtsb)")
     assert shipped_methods(names.POWER_IFACE) == {"PauseAll": ("", "as"), "ResumeAll": ("", "as"),
+                                                  "PauseVM": ("s", "as"), "ResumeVM": ("s", "as"),
                                                   "DelayPause": ("", "h")}
     assert shipped_methods(names.DISPLAY_IFACE)["OpenDisplay"] == ("s", "h")
 
