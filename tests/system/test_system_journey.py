@@ -329,7 +329,9 @@ def test_journey_assign_install_sync_wipe_restore(
                 # repository-format.md 8.5: the lease first, then the rekey order with
                 # restore and start, which B's agent carries out through provd
                 reps = admin.reports(b.name, 2, b.m)
-                assert [(r["order"], r["outcome"]) for r in reps] == [(1, "done"), (2, "done")]
+                assert [(r["order"], r["outcome"]) for r in reps] == [
+                    (1, "done"), (2, "done")], (reps, b.m.ssh(
+                        "journalctl -b --no-pager -u vmclient-provd | tail -80").stdout)
                 detail = str(reps[1]["detail"])
                 assert detail.startswith(f"{VM} restored from the latest snapshot of ") and \
                     detail.endswith(", running while its disks stream in"), reps
