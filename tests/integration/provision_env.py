@@ -126,6 +126,7 @@ staging_mib = 8
 domain_type = "{c.domain_type}"
 cpu_mode = "{c.cpu_mode}"
 cpu_disable = [{", ".join(f'"{f}"' for f in c.cpu_disable)}]
+fill_mib_s = {c.fill_mib_s}
 
 [repository]
 location = "{r.location}"

@@ -1,9 +1,11 @@
+# ruff: noqa: ASYNC240  (reading a daemon's log in a test is fine)
 """The journey as one chain (issue 14): what the admin does with ``vmclient-admin`` reaches
 the laptop's daemons through the datacenter, served by the real sshd."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -41,6 +43,7 @@ from syncd_env import Peers
 from testlib import run, vmclientctl
 from vmclient.host.keys import DeviceKeys, VMKeys
 from vmclient.store import crypto
+from vmclient.virt.stream import nbd_backed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -162,6 +165,33 @@ async def test_an_assign_order_installs_and_starts_the_vm_and_unassign_removes_i
 MARK, MARK_AT, MARK_LEN = 0x5C, 1 << 20, 64 << 10
 
 
+async def fill_while_running(vm: str, plog: Path) -> None:
+    """``vm`` runs while provd still fills its disk (backed by nbdkit's export); then the
+    fill is let run at full speed, and it completes: the backing chain is gone.  QEMU
+    flushes at the end: until then the qcow2 metadata of what the fill wrote may be in
+    its cache only, and a reader outside (:func:`read_disk`) would not see it."""
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.lookupByName(vm)
+        backed = nbd_backed(dom.XMLDesc(0))
+        assert backed, f"{vm} runs from a fully downloaded disk, not streamed"
+        assert f"VM {vm} runs from snapshot" in plog.read_text()
+        deadline = time.monotonic() + scaled(120)
+        while nbd_backed(dom.XMLDesc(0)):
+            assert time.monotonic() < deadline, plog.read_text()[-3000:]
+            for dev in backed:  # provd's pull at fill_mib_s: now at full speed
+                with contextlib.suppress(libvirt.libvirtError):  # (not started, or done)
+                    if dom.blockJobInfo(dev, 0):
+                        dom.blockJobSetSpeed(dev, 0, 0)
+            await asyncio.sleep(0.2)
+        while f"VM {vm}: every disk is local" not in plog.read_text():
+            assert time.monotonic() < deadline, plog.read_text()[-3000:]
+            await asyncio.sleep(0.2)
+        hmp_write(dom, "flush")  # the pulled clusters' qcow2 metadata, for a reader outside
+    finally:
+        conn.close()
+
+
 def read_disk(env: Env, vm: str, cmd: str) -> str:
     """``qemu-io`` on the VM's encrypted system disk, read-only and shared (it runs), opened
     with its data key as the laptop holds it (wrapped for the device key)."""
@@ -178,8 +208,10 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
         capsys: pytest.CaptureFixture[str]) -> None:
     """A's business VM (assigned, started, a marker written, synced over SFTP) is wiped;
     ``vmclient-admin restore VM --to laptop-b`` is all that happens for B: B's agent
-    accepts the key, restores the VM through B's provd and starts it, and reports so; the
-    marker is in B's disk.  The order run again restores nothing over the running VM."""
+    accepts the key and restores the VM through B's provd streamed: it runs while provd
+    still fills its disk from the datacenter (the domain's disk still backed by nbdkit),
+    and the report says so; the fill completes and the marker is in B's disk.  The order
+    run again restores nothing over the running VM."""
     need_tools("dbus-daemon")
     with ssh_server() as server:
         async with provision_env(tmp_path) as env:
@@ -219,10 +251,11 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
 
             # laptop B: enrolled; the admin's restore is all that is done for it
             b_keys = DeviceKeys.load_or_create(tmp_path / "b-device")
+            # a slow fill (8 MiB in ~32 s): the VM is seen running before its disk is local
             env_b = replace(env, device=b_keys, cfg=replace(
                 env.cfg, state_dir=tmp_path / "b-state", device_dir=tmp_path / "b-device",
                 images_dir=IMAGES / f"{env.prefix}-b", manage_dir=tmp_path / "b-manage",
-                staging_dir=Path("/dev/shm") / f"{env.prefix}-b"))
+                staging_dir=Path("/dev/shm") / f"{env.prefix}-b", fill_mib_s=0.25))
             account = server.add_device(b_keys.device_id())
             assert await admin("enrol", "laptop-b", "--pubkey",
                                b64(crypto.raw_public(b_keys.signing().public_key())),
@@ -249,9 +282,11 @@ async def test_the_admins_restore_alone_brings_the_vm_up_running_on_laptop_b(
                     renewed, restored = await reports("laptop-b", 2, [plog, slog])
                     assert (renewed["order"], renewed["outcome"]) == (1, "done"), renewed
                     assert (restored["order"], restored["outcome"]) == (2, "done"), restored
-                    assert restored["detail"] == (f"{vm} restored from the latest snapshot of "
-                                                  f"{env.device.device_id()} and started")
+                    assert restored["detail"] == (
+                        f"{vm} restored from the latest snapshot of {env.device.device_id()}, "
+                        "running while its disks stream in")
                     assert running(vm)
+                    await fill_while_running(vm, plog)
                     got = read_disk(env_b, vm, f"read -P {MARK:#x} {MARK_AT} {MARK_LEN}")
                     assert f"read {MARK_LEN}/{MARK_LEN} bytes" in got, got
                     assert "verification failed" not in got, got

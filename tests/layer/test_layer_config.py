@@ -504,6 +504,38 @@ def test_image_installs_the_desktop():
         bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-desktop"))
 
 
+# --- the streamed restore's NBD server -----------------------------------------
+
+NBDKIT = LAYER / "recipes-support" / "nbdkit" / "nbdkit_%.bbappend"
+SERVICES_RECIPE = LAYER / "recipes-vmclient" / "vmclient-services" / "vmclient-services.bb"
+TEST_HOST_PACKAGES = REPO / "tests" / "system" / "image" / "packages.txt"
+
+
+def test_image_carries_nbdkit_with_its_python_plugin_built_for_the_target():
+    # provd serves a streamed restore's disks from nbdkit's Python plugin: the image
+    # gets it through packagegroup-vmclient -> -services -> vmclient-services
+    assert "${PN}-services" in bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}")
+    assert "vmclient-services" in bbvars.words(PACKAGEGROUP, "RDEPENDS:${PN}-services")
+    assert {"nbdkit", "nbdkit-plugin-python"} <= set(
+        bbvars.words(SERVICES_RECIPE, "RDEPENDS:${PN}"))
+    # meta-networking's recipe inherits python3native only (no plugin for the target's
+    # Python) and packages every plugin in nbdkit: the bbappend builds and splits it
+    assert NBDKIT.is_file(), "no bbappend builds nbdkit's Python plugin"
+    assert "--enable-python" in bbvars.words(NBDKIT, "EXTRA_OECONF:append:vmclient")
+    assert re.search(r"^inherit_defer .*'python3targetconfig' if 'vmclient' in",
+                     NBDKIT.read_text(), re.M), "python3targetconfig, for the vmclient distro"
+    assert "${PN}-plugin-python" in bbvars.words(NBDKIT, "PACKAGES:prepend:vmclient")
+    assert bbvars.words(NBDKIT, "FILES:${PN}-plugin-python:append:vmclient") == [
+        "${libdir}/nbdkit/plugins/nbdkit-python-plugin.so"]
+    assert {"${PN}", "python3-core"} <= set(
+        bbvars.words(NBDKIT, "RDEPENDS:${PN}-plugin-python:append:vmclient"))
+
+
+def test_test_host_carries_nbdkit_and_its_python_plugin_as_the_image_does():
+    packages = {ln.split("#")[0].strip() for ln in TEST_HOST_PACKAGES.read_text().splitlines()}
+    assert {"nbdkit", "nbdkit-plugin-python"} <= packages
+
+
 # --- defect 6: kernel modules and firmware reach the image --------------------
 
 def test_image_installs_packagegroup_base_for_the_machines_kernel_modules():

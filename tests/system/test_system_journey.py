@@ -322,19 +322,33 @@ def test_journey_assign_install_sync_wipe_restore(
                 b.boot()
             with steps("laptop B: enrol (one-time code, accept, server script)"):
                 b.enrol(admin, server, dropbox, tmp_path, profile)
-            with steps("admin: restore office --to laptop-b; B restores and starts it"):
+            with steps("admin: restore office --to laptop-b; B runs it, its disk streaming in"):
                 said = admin("restore", VM, "--to", b.name).stdout
                 assert f"re-wrapped for {b.name}" in said and "renew the lease" in said, said
                 assert f"restore and start {VM} from " in said, said
                 # repository-format.md 8.5: the lease first, then the rekey order with
                 # restore and start, which B's agent carries out through provd
                 reps = admin.reports(b.name, 2, b.m)
-                assert [(r["order"], r["outcome"]) for r in reps] == [(1, "done"), (2, "done")]
+                assert [(r["order"], r["outcome"]) for r in reps] == [
+                    (1, "done"), (2, "done")], (reps, b.m.ssh(
+                        "journalctl -b --no-pager -u vmclient-provd | tail -80").stdout)
                 detail = str(reps[1]["detail"])
                 assert detail.startswith(f"{VM} restored from the latest snapshot of ") and \
-                    detail.endswith(" and started"), reps
+                    detail.endswith(", running while its disks stream in"), reps
+                assert vm_state(b.m, VM) == "running"
+                # provd started it before its disk was local (RestoreStreamed, not Restore)
+                sh(b.m, "journalctl -b --no-pager -o cat -u vmclient-provd | "
+                        f"grep -q 'VM {VM} runs from snapshot .* while its disks stream in'")
+            with steps("laptop B: the fill completes; the VM no longer needs the datacenter"):
+                sh(b.m, "for i in $(seq 300); do journalctl -b --no-pager -o cat "
+                        f"-u vmclient-provd | grep -q 'VM {VM}: every disk is local' && "
+                        "break; sleep 1; done; journalctl -b --no-pager -o cat "
+                        f"-u vmclient-provd | grep -q 'VM {VM}: every disk is local'",
+                   timeout=330)
+                assert "protocol='nbd'" not in sh(b.m, f"virsh -q dumpxml {VM}")
                 assert vm_state(b.m, VM) == "running"
             with steps("laptop B: the marker is in the VM's disk"):
+                hmp_qemu_io(b.m, VM, "flush")  # the fill's qcow2 metadata, for qemu-io -U
                 out = read_disk(b.m, VM, f"read -P {MARK:#x} {MARK_AT} {MARK_LEN}")
                 assert f"read {MARK_LEN}/{MARK_LEN} bytes at offset {MARK_AT}" in out, out
                 assert "verification failed" not in out, out

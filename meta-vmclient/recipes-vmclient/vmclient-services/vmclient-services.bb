@@ -195,11 +195,16 @@ RDEPENDS:${PN}-bash-completion += "python3-argcomplete"
 
 # Runtime dependencies of python-services (pyproject.toml "dependencies",
 # under their Yocto names; tests/layer checks the mapping), the split
-# standard-library packages the code imports, and the daemons it talks to.
+# standard-library packages the code imports, and the daemons it talks to
+# or runs: nbdkit with its Python plugin serves a streamed restore's disks
+# (provd runs it with vmclient.provision.nbdplugin; the plugin package is
+# built by this layer's nbdkit_%.bbappend).
 RDEPENDS:${PN} += "\
     dbus \
     libvirt-libvirtd \
     libvirt-python \
+    nbdkit \
+    nbdkit-plugin-python \
     openssh-ssh \
     python3-asyncio \
     python3-boto3 \

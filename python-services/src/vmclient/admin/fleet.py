@@ -96,7 +96,8 @@ def add_parsers(sub: Any) -> None:
             s.add_argument("--lease-days", type=int, default=14,
                            help="lease the new device gets (default %(default)s)")
             s.add_argument("--no-start", action="store_true",
-                           help="restore the VM on the device, but do not start it")
+                           help="restore the VM on the device in full, but do not start "
+                                "it (without it the VM runs at once, its disks streaming in)")
         s.set_defaults(func=cmd_rekey)
 
 

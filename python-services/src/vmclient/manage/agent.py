@@ -335,8 +335,9 @@ class Agent:
         return detail
 
     async def _restore(self, order: Order) -> tuple[str, str]:
-        """The ``rekey`` order's ``restore``: through provd, as ``vmclientctl vm restore``
-        (and ``vm start`` unless the admin said ``--no-start``)."""
+        """The ``rekey`` order's ``restore``: through provd, as ``vmclientctl vm restore
+        --stream`` (the VM runs at once, its disks fill in the background), or, when the
+        admin said ``--no-start``, in full as ``vmclientctl vm restore``."""
         vm, start = str(order.args["vm"]), bool(order.args.get("start"))
         if self.installer is None:
             return "failed", (f"{vm}: data key installed, but restoring is not supported on "

@@ -9,10 +9,14 @@ catalog, named as the order's ``vm``.  A business VM of that name here already
 is not installed again (the order ran before a crash, or IT assigned it twice):
 the report says so, and it is started if the order says so.
 
-A ``rekey`` order with ``restore`` is carried out the same way: ``Restore(vm, "",
-from_device)`` (as ``vmclientctl vm restore``), then ``Start(vm)`` unless the order
-says ``start = false`` or the VM came back running from its memory image.  A VM of
-that name here already is not restored again over it (the order ran before a crash).
+A ``rekey`` order with ``restore`` is carried out the same way.  When the order
+starts the VM, ``RestoreStreamed(vm, "", from_device)`` (as ``vmclientctl vm restore
+--stream``): the VM runs within seconds, from its memory image if the snapshot holds
+one, while provd fills its disks from the datacenter in the background; the person
+at the new laptop does not wait for every chunk.  With ``start = false`` nothing
+runs to stream into: a full ``Restore(vm, "", from_device)`` (as ``vmclientctl vm
+restore``), the VM left as it came back.  A VM of that name here already is not
+restored again over it (the order ran before a crash).
 """
 
 from __future__ import annotations
@@ -56,13 +60,18 @@ class ProvdInstaller:
 
     async def restore(self, vm: str, from_device: str, start: bool) -> str:
         """Restore ``vm`` from the latest snapshot (unless a VM of that name is here: an
-        order executed again after a crash) and start it if asked; the report's detail."""
+        order executed again after a crash), streamed when it is to run; the report's
+        detail."""
         (rows,) = await self._call("List", "", [])
         here = {str(r[0]): list(r) for r in rows}
         if vm in here and here[vm][1] != "business":
             raise VMClientError(f"a private VM named {vm} exists here: not replaced")
         if vm in here:
             state, detail = str(here[vm][2]), f"{vm} was restored already"
+        elif start:  # it runs at once; provd fills its disks in the background
+            await self._call("RestoreStreamed", "sss", [vm, "", from_device])
+            return (f"{vm} restored from the latest snapshot of {from_device}, running "
+                    "while its disks stream in")
         else:
             (state,) = await self._call("Restore", "sss", [vm, "", from_device])
             state = str(state)
