@@ -16,8 +16,12 @@ account, same cipher (aes256-gcm@openssh.com), same bytes:
    The previous round's cache is deleted before the timer starts (as
    ``sftp -b``'s previous files are).
    ``openssh_sftp_mib_s``: ``sftp -b`` fetches the same pack files into a
-   directory on the same file system.  Best of ``--rounds`` each,
-   alternating.  ``cpu_s_per_gib`` (this process, its threads),
+   directory on the same file system; ``openssh_sftp_durable_mib_s`` counts
+   an fsync of the files it wrote as well (our cache is fsynced before a
+   download counts as done; ``sftp`` leaves its files in the page cache), and
+   ``ratio_vs_openssh_durable`` compares with that.  Best of ``--rounds``
+   each, alternating which goes first, the page cache's dirty data written
+   back before each (untimed).  ``cpu_s_per_gib`` (this process, its threads),
    ``ssh_cpu_s_per_gib`` (its ssh processes) and ``openssh_cpu_s_per_gib``
    (``sftp`` and its ssh): CPU seconds per GiB of pack bytes, the median of
    the rounds — unlike the rates, hardly moved by what else the machine runs.
@@ -152,9 +156,11 @@ async def download(store: CountingStore, repo: Repo, wrapping, out: Path, concur
 
 
 def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path  # type: ignore[no-untyped-def]
-                  ) -> tuple[float, float]:
-    """Seconds ``sftp -b`` takes to fetch ``packs`` into ``dest``, and the CPU seconds
-    it and its ssh cost."""
+                  ) -> tuple[float, float, float]:
+    """Seconds ``sftp -b`` takes to fetch ``packs`` into ``dest``; those plus the seconds
+    an fsync of every file it wrote (and of ``dest``) takes after it, as our chunk cache
+    is fsynced before a download counts as done; and the CPU seconds sftp and its ssh
+    cost."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
     batch = dest.parent / "batch"
@@ -166,7 +172,19 @@ def openssh_fetch(server: SSHServer, account, packs: list[str], dest: Path  # ty
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    return wall, cpu_seconds()[1] - children
+    sftp_cpu = cpu_seconds()[1] - children
+    for f in dest.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return wall, time.perf_counter() - start, sftp_cpu
 
 
 def disk_image(mib: int, seed: int = 1) -> bytearray:
@@ -225,21 +243,34 @@ def main() -> None:
 def alternate(args: argparse.Namespace, server: SSHServer, repo: Repo, dev: Device,
               packs: list[str], work: Path
               ) -> tuple[list[float], list[float], dict[str, list[float]]]:
-    """``--rounds`` downloads of ours and of ``sftp -b``, alternated: (our seconds, theirs,
-    CPU seconds by figure name)."""
-    ours, theirs = [], []
+    """``--rounds`` downloads of ours and of ``sftp -b``, alternated (ours first in even
+    rounds, sftp first in odd ones), each after the page cache's dirty data is written
+    back (untimed): (our seconds, theirs, theirs with an fsync after, CPU seconds by
+    figure name)."""
+    ours, theirs, durable = [], [], []
     cpu: dict[str, list[float]] = {"cpu_s_per_gib": [], "ssh_cpu_s_per_gib": [],
                                    "openssh_cpu_s_per_gib": []}
-    for _round in range(args.rounds):
+
+    def ours_round() -> None:
+        os.sync()
         wall, own, ssh = timed_receive(device_store(server, dev.account, args.connections),
                                        repo, dev, work / "state")
         ours.append(wall)
         cpu["cpu_s_per_gib"].append(own)
         cpu["ssh_cpu_s_per_gib"].append(ssh)
-        wall, sftp = openssh_fetch(server, dev.account, packs, work / "openssh")
+
+    def openssh_round() -> None:
+        os.sync()
+        wall, synced, sftp = openssh_fetch(server, dev.account, packs, work / "openssh")
         theirs.append(wall)
+        durable.append(synced)
         cpu["openssh_cpu_s_per_gib"].append(sftp)
-    return ours, theirs, cpu
+
+    for rnd in range(args.rounds):
+        for step in (ours_round, openssh_round) if rnd % 2 == 0 else (openssh_round,
+                                                                      ours_round):
+            step()
+    return ours, theirs, durable, cpu
 
 
 def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, object]:
@@ -258,7 +289,7 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
                    for p in (server.repo / "images/office/store/packs").glob("*/*"))
     pack_bytes = sum((server.repo / p).stat().st_size for p in packs)
 
-    ours, theirs, cpu = alternate(args, server, repo, dev, packs, work)
+    ours, theirs, durable, cpu = alternate(args, server, repo, dev, packs, work)
     installs = []
     out = work / "system.raw"
     store = device_store(server, dev.account, args.connections)
@@ -269,6 +300,7 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
         raise SystemExit("downloaded disk differs from the published one")
     sftp_mib_s = pack_bytes / MiB / min(ours)
     openssh_mib_s = pack_bytes / MiB / min(theirs)
+    openssh_durable_mib_s = pack_bytes / MiB / min(durable)
 
     v2 = bytearray(disk)
     changed = scatter(v2, args.change)
@@ -305,6 +337,8 @@ def run(args: argparse.Namespace, server: SSHServer, work: Path) -> dict[str, ob
         "sftp_mib_s": round(sftp_mib_s, 1),
         "openssh_sftp_mib_s": round(openssh_mib_s, 1),
         "ratio_vs_openssh": round(sftp_mib_s / openssh_mib_s, 3),
+        "openssh_sftp_durable_mib_s": round(openssh_durable_mib_s, 1),
+        "ratio_vs_openssh_durable": round(sftp_mib_s / openssh_durable_mib_s, 3),
         # CPU seconds per GiB of pack bytes, median of the rounds (load-independent, unlike
         # the rates): the receiving process, its ssh processes, and sftp -b with its ssh
         **{key: round(statistics.median(seconds) * GiB / pack_bytes, 2)
