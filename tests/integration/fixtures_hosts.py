@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmclient.store.locks import pid_alive
+
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # the cgroup v1 cpu controller
 NETNS_DIR = Path("/run/netns")
 PERIOD_US = 100_000
@@ -77,16 +79,6 @@ def sh(*argv: str) -> str:
     return r.stdout
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def names(pid: int, seq: int) -> tuple[str, str]:
     """The prefix of the network namespaces and cgroups, and of the links (at most 15
     characters: ``vh<pid hex><seq><role><i>``), of set ``seq`` made by ``pid``."""
@@ -112,16 +104,16 @@ def sweep() -> list[str]:
     ns_re = re.compile(r"vmchost-(\d+)-")
     link_re = re.compile(r"vh([0-9a-f]+)[0-9a-z](?:b|[hn]\d+)")  # (bridge, veth ends)
     for ns in (p.name for p in NETNS_DIR.glob("vmchost-*")) if NETNS_DIR.exists() else ():
-        if (m := ns_re.match(ns)) and not _alive(int(m[1])):
+        if (m := ns_re.match(ns)) and not pid_alive(int(m[1])):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
             removed.append(ns)
     for link in json.loads(sh("ip", "-j", "link", "show") or "[]"):
         name = link.get("ifname", "")
-        if (m := link_re.fullmatch(name)) and not _alive(int(m[1], 16)):
+        if (m := link_re.fullmatch(name)) and not pid_alive(int(m[1], 16)):
             subprocess.run(["ip", "link", "delete", name], capture_output=True)
             removed.append(name)
     for cg in CPU_CGROUP.glob("vmchost-*"):
-        if (m := ns_re.match(cg.name)) and not _alive(int(m[1])):
+        if (m := ns_re.match(cg.name)) and not pid_alive(int(m[1])):
             try:
                 cg.rmdir()
                 removed.append(str(cg))
