@@ -56,6 +56,14 @@ from vmclient.virt.stream import nbd_backed, pull_state
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+def fill_rate(config: str, mib_s: float) -> str:
+    """provision.toml's text with the fill's rate set to ``mib_s`` (write_config writes
+    the line)."""
+    out, n = re.subn(r"(?m)^fill_mib_s = .*$", f"fill_mib_s = {mib_s}", config)
+    assert n == 1, config
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
     need_tools()
@@ -173,8 +181,7 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         # ~8 s of fill at 1 MiB/s: time for the faults (at 2 MiB/s, on a loaded machine
         # the fill once ended before the test had seen 2 MiB of it)
-        s.config.write_text(s.config.read_text().replace("staging_mib = 8\n",
-                                                         "staging_mib = 8\nfill_mib_s = 1.0\n"))
+        s.config.write_text(fill_rate(s.config.read_text(), 1.0))
         env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         log_path = tmp_path / "provd.log"
         provd = start_provd(s.config, env, log_path)
@@ -268,8 +275,7 @@ async def test_two_vms_stream_at_once_each_shows_its_own_fill_across_provd_resta
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
         base = s.config.read_text()
         # 8 MiB at 0.1 MiB/s: both still fill through the restarts
-        s.config.write_text(base.replace("staging_mib = 8\n",
-                                         "staging_mib = 8\nfill_mib_s = 0.1\n"))
+        s.config.write_text(fill_rate(base, 0.1))
         env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
         log_path = tmp_path / "provd.log"
         provd = start_provd(s.config, env, log_path)
