@@ -705,12 +705,14 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
                 assert vm not in [dom.name() for dom in conn.listAllDomains(0)]
                 choose(iso)
                 shell.key(KEY_ENTER, "Return")
-                # shown once it runs: by the install page once Start answers, or already
-                # by the VM list's poll if that sees it running first (nothing else shown)
+                # shown once Start answers; the VM list's 2 s poll may have listed it
+                # already while QEMU was starting (libvirt: paused, starting up), and says
+                # "running" at the next listing
                 def started_and_shown() -> bool:
                     st = shell.ask("state")
                     return bool(st["current"] == vm and st["action_message"] ==
-                                f"{vm} started: its installer is on the screen")
+                                f"{vm} started: its installer is on the screen" and
+                                [vm, "private", "running"] in st["vms"])
                 wait_for(started_and_shown, 60, "the new VM started and shown")
                 dom = conn.lookupByName(vm)
                 assert dom.isPersistent() and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
