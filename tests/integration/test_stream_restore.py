@@ -461,14 +461,20 @@ async def test_removing_a_streaming_vm_stops_its_fill_and_nbdkit_and_deletes_its
         vm = s.env.name("sr")
         await put_vm_snapshot(s.env, s.server.repo, vm, disk_bytes(8, seed=11), s.keys)
         give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
-        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.25)  # still filling
+        # Still filling when it is removed, however slow the machine: at 0.01 MiB/s the
+        # 8 MiB take ~10 min (the CI once spent 30 s between the restore's start and
+        # provd's stop, and a fill at 0.25 MiB/s had ended by then).
+        s.prov.cfg = dataclasses.replace(s.prov.cfg, fill_mib_s=0.01)
         before = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
+        t0 = time.monotonic()
         installed = await before.restore(vm)
+        restored = time.monotonic() - t0
         await before.close()  # provd stops; its nbdkit serves on
         vm_dir = s.prov.vm_dir(vm)
         pids = serving_processes(vm_dir)
         assert len(pids) == 1, f"one nbdkit serves on after provd stops: {pids}; " \
-            f"{stream_evidence(vm_dir)}"
+            f"{stream_evidence(vm_dir)} (restore {restored:.1f} s, then provd stopped " \
+            f"{time.monotonic() - t0 - restored:.1f} s later)"
         pid = pids[0]
         streams = Streams(s.prov, s.config, read_timeout=2.0, poll=0.2)
         try:
