@@ -1,7 +1,9 @@
 """vmclient-powerd on a real host: lid, logind, S3, shutdown, the bus, the CLI.
 
-Scenario order matters (one booted host per session): status, lid, suspend,
-then shutdown + boot, then the journal check over both boots.
+Scenario order matters (one booted host per session): status, lid, suspend, then the
+journal check.  Shutdown and boot (every VM managed-saved by powerd, restored at boot)
+are checked across the reboots of tests/system/test_system_storage.py, which come last
+on the session's host.
 """
 
 from __future__ import annotations
@@ -143,38 +145,6 @@ def test_systemctl_suspend_without_lid_pauses_and_resumes_the_same_way(
 ) -> None:
     _suspend_cycle(powerd, lambda: powerd.ssh("systemctl suspend --no-block", check=True),
                    after_wake=None)
-
-
-def test_host_shutdown_managed_saves_vms_and_boot_restores_them(
-    powerd: harness.Machine, vms: dict
-) -> None:
-    m = powerd
-    m.ssh(f"virsh -q suspend {USER_PAUSED}", check=True)
-    wait_state(m, {**{n: "running" for n in MANAGED}, USER_PAUSED: "paused"})
-    m.shutdown(timeout=400)
-    m.start()
-    m.wait_ssh()
-    m.wait_system_running()
-    harness.ensure_test_lid(m)
-    harness.start_virt_event_watcher(m)
-    m.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=120)
-    saved_log = m.ssh("journalctl -b -1 -u vmclient-powerd --no-pager -o cat").stdout
-    assert saved_log.strip(), "no vmclient-powerd journal from the previous boot"
-    failed = [line for line in saved_log.splitlines() if "not saved" in line]
-    assert not failed, "managed save at shutdown failed:\n" + "\n".join(failed)
-    # Restored from the managed save: the domains' QEMU started with -incoming.
-    wait_state(m, {n: "running" for n in MANAGED}, timeout=90)
-    for name in (*MANAGED, USER_PAUSED):
-        last_start = m.ssh(
-            f"tac /var/log/libvirt/qemu/{name}.log | sed -n '0,/starting up/p'", check=True
-        ).stdout
-        assert "-incoming" in last_start, f"{name} was not restored from a managed save"
-    states = harness.domstates(m)
-    assert states[USER_PAUSED] == "paused", states
-    # policy ignore: not saved, so after the host's shutdown it is off
-    assert states[IGNORED] == "shut off", states
-    assert "no" in m.ssh(f"virsh dominfo {IGNORED} | grep -i 'managed save'").stdout.lower()
-    m.ssh(f"virsh -q resume {USER_PAUSED}; virsh -q start {IGNORED}")
 
 
 def test_daemon_journal_has_no_traceback(powerd: harness.Machine) -> None:

@@ -139,9 +139,45 @@ def tpm2_blobs(m: harness.Machine) -> list[str]:
     return [t["tpm2-blob"] for t in meta["tokens"].values() if t["type"] == "systemd-tpm2"]
 
 
+# vmclient-powerd's VMs (conftest.NESTED_VMS): policy pause (by default or named) is
+# managed-saved at shutdown and restored at boot, the user's paused one as well (paused
+# again), policy ignore is not saved: off after the boot.
+MANAGED = ("vmc-default", "vmc-pause")
+USER_PAUSED = "vmc-user"
+IGNORED = "vmc-ignore"
+
+
+def powerd_restored_the_vms(m: harness.Machine) -> None:
+    """After a shutdown and this boot: powerd saved every VM its policy saves (its
+    journal of the boot before says no "not saved") and restored them at boot (QEMU
+    started with -incoming), the user's paused one paused; the ignored one is off."""
+    harness.start_virt_event_watcher(m)
+    m.wait_until("systemctl is-active --quiet vmclient-powerd", timeout=120)
+    saved_log = sh(m, "journalctl -b -1 -u vmclient-powerd --no-pager -o cat")
+    assert saved_log.strip(), "no vmclient-powerd journal from the previous boot"
+    failed = [line for line in saved_log.splitlines() if "not saved" in line]
+    assert not failed, "managed save at shutdown failed:\n" + "\n".join(failed)
+    want = {**{n: "running" for n in MANAGED}, USER_PAUSED: "paused", IGNORED: "shut off"}
+    cond = " && ".join(f"[ \"$(virsh domstate {n})\" = {s!r} ]" for n, s in want.items())
+    try:
+        m.wait_until(cond, timeout=90)
+    except harness.HarnessError:
+        pytest.fail(f"domains not {want} after the boot: {harness.domstates(m)}")
+    for name in (*MANAGED, USER_PAUSED):
+        last_start = sh(m, f"tac /var/log/libvirt/qemu/{name}.log | sed -n '0,/starting up/p'")
+        assert "-incoming" in last_start, f"{name} was not restored from a managed save"
+    assert "no" in sh(m, f"virsh dominfo {IGNORED} | grep -i 'managed save'").lower()
+    sh(m, f"virsh -q start {IGNORED}")
+
+
 def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_key(
-        host: harness.Machine) -> None:
+        host: harness.Machine, nested_vms: dict[str, str | None]) -> None:
+    """Two shutdowns and boots of the session's host: another TPM (the recovery key),
+    then the TPM the key was sealed to again.  What is defined survives them, and
+    vmclient-powerd saves its VMs at each shutdown and restores them at each boot."""
     m = host
+    assert set(nested_vms) == {*MANAGED, USER_PAUSED, IGNORED}
+    sh(m, f"virsh -q suspend {USER_PAUSED}")
     m.put_text(f"/tmp/net-{NET}.xml", NET_XML)
     # policy ignore: vmclient-powerd does not save it at shutdown, so after the boot it
     # is off and starts from its definition and its disk, both on the data partition
@@ -179,6 +215,7 @@ def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_k
     m.console_type(recovery_key + "\n")
     m.wait_ssh()
     m.wait_system_running()
+    powerd_restored_the_vms(m)
     assert sh(m, f"findmnt -n -o SOURCE {DATA}").strip() == "/dev/mapper/vmdata"
     assert sh(m, "systemctl is-active libvirtd.service").strip() == "active"
     # each of them started after the partition was opened with the typed key
@@ -217,6 +254,7 @@ def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_k
         + said[-3000:]
     m.wait_ssh()
     m.wait_system_running()
+    powerd_restored_the_vms(m)
     assert sh(m, f"cat {DATA}/recovery-key-used") == used
     assert sh(m, "systemctl is-active systemd-cryptsetup@vmdata.service").strip() == "active"
     assert sh(m, f"findmnt -n -o SOURCE {DATA}").strip() == "/dev/mapper/vmdata"
@@ -230,4 +268,7 @@ def test_vm_and_network_survive_a_reboot_and_another_tpm_asks_for_the_recovery_k
     sh(m, f"virsh -q destroy {VM}; virsh -q undefine {VM}; virsh -q net-destroy {NET}; "
           f"virsh -q net-undefine {NET}; rm -f /var/lib/libvirt/images/{VM}.qcow2 "
           f"{DATA}/vmclient-test-marker {DATA}/recovery-key-used")
+    sh(m, f"virsh -q resume {USER_PAUSED}")
+    journal = sh(m, "journalctl -b all -u vmclient-powerd --no-pager -o cat")
+    assert "Traceback" not in journal, journal[-4000:]
     harness.ensure_test_lid(m)
