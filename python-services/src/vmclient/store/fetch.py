@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 from ..errors import VMClientError
 from . import buffers, crypto, layout, pipeline
@@ -154,9 +155,7 @@ class ChunkFetcher:
                 if failed is not None:
                     raise failed
             finally:
-                for task in running:
-                    task.cancel()
-                await asyncio.gather(*running, return_exceptions=True)
+                await _cancel(running)
                 pool.shutdown(wait=keep is not None)  # (a check already running still keeps)
 
     async def fetch_blobs(self, plan: DownloadPlan, *, concurrency: int = 4
@@ -202,7 +201,13 @@ class ChunkFetcher:
                     if error is not None:
                         raise error
             finally:
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await _cancel(pending)
                 pool.shutdown(wait=False)
+
+
+async def _cancel(reads: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the reads still in flight and wait until each has ended."""
+    tasks = list(reads)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
