@@ -110,7 +110,7 @@ def test_ctrl_c_says_that_provd_goes_on_with_the_work() -> None:
     while vmclient-provd went on and the VM came up running; the user could not know."""
     import io
 
-    from vmclient.cli.vm import ProgressPrinter
+    from vmclient.cli.progress import ProgressPrinter
 
     out = io.StringIO()
     printer = ProgressPrinter(out)

@@ -20,7 +20,7 @@ from ..dbus import client as bus
 from ..dbus import names
 from ..errors import EXIT_ERROR, VMClientError
 from ..sync.status import SyncOutcome, SyncState, label_of
-from .vm import ProgressPrinter
+from .progress import ProgressPrinter
 
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: try again later
 

@@ -15,17 +15,16 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..dbus import client as bus
 from ..dbus import names
 from ..errors import UsageError
 from ..provision import config as pconfig
-from ..provision.progress import PHASES, Progress
-from ..provision.progress import line as progress_line
+from ..provision.progress import PHASES
+from .progress import ProgressPrinter
 
 
 def add_parser(sub: Any) -> None:
@@ -89,45 +88,6 @@ def complete_vm(**_: Any) -> list[str]:
         return asyncio.run(asyncio.wait_for(names(), 3))
     except Exception:  # a completion offers nothing rather than an error
         return []
-
-
-class ProgressPrinter:
-    """One status line: rewritten in place on a terminal, every few seconds otherwise."""
-
-    def __init__(self, out: TextIO = sys.stderr) -> None:
-        self.out, self.tty = out, out.isatty()
-        self.last, self.phase, self.vm = 0.0, "", ""
-
-    def __call__(self, p: Progress) -> None:
-        self.show(p.vm, p.phase, p.done, p.total, p.rate, p.eta)
-
-    def show(self, vm: str, phase: str, done: int, total: int, rate: float,
-             eta: float) -> None:
-        now = time.monotonic()
-        changed = phase != self.phase
-        finished = total and done >= total
-        if not changed and not finished and now - self.last < (0.2 if self.tty else 5.0):
-            return
-        if changed and self.phase and self.tty:
-            self.out.write("\n")
-        self.last, self.phase, self.vm = now, phase, vm
-        text = progress_line(vm, phase, done, total, rate, eta)
-        self.out.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.tty and self.phase:
-            self.out.write("\n")
-        self.phase = ""
-
-    def interrupted(self) -> None:
-        """Ctrl-C while vmclient-provd works: this command stops watching, the work goes
-        on there (a D-Bus call is not taken back)."""
-        what = f" ({self.phase} of {self.vm})" if self.vm and self.phase else ""
-        self.close()
-        self.out.write(f"vmclientctl: interrupted: vmclient-provd goes on with the work"
-                       f"{what}; `vmclientctl vm list` shows the VM once it is done\n")
-        self.out.flush()
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -16,9 +16,9 @@ ones that are paused (ours) and forgets the ones still running (the pause never
 happened) or resumed by someone else.
 
 One VM that fails or hangs never holds up the others: every VM's operation is
-its own task, bounded by its timeout and by the caller's deadline.  A pause
-that finishes after its deadline is still recorded, or undone at once if its
-causes ended meanwhile (the others were resumed).
+its own task, bounded by its timeout and by the caller's deadline (:mod:`.bounds`).
+A pause that finishes after its deadline is still recorded, or undone at once if
+its causes ended meanwhile (the others were resumed).
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from ..errors import (
     VMClientError,
     VMNotFound,
     VMOperationFailed,
-    VMOperationTimeout,
 )
 from ..host.gate import StartGate, StartRefused
 from ..log import vm_logger
 from ..virt.libvirt import DomainInfo, DomEvent, DomState, Hypervisor
 from . import policy
+from .bounds import now, within
 from .config import VMs
 from .holds import HeldTable
 from .policy import Cause, Causes, Hold, HoldAction, VMPolicy
@@ -172,7 +172,7 @@ class VMController:
                     raise
                 recorded.set_result(None)
                 if jobs:
-                    await asyncio.wait(jobs, timeout=max(0.0, deadline - _now()))
+                    await asyncio.wait(jobs, timeout=max(0.0, deadline - now()))
             for job, d in jobs.items():
                 if not job.done():
                     vm_logger(d.name).error(
@@ -195,8 +195,8 @@ class VMController:
             if action == HoldAction.S3:
                 try:
                     # keep a fifth of the time left for the fallback pause
-                    limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - _now()))
-                    await self._op(self.hv.pm_suspend(d.uuid, d.name, recorded), limit,
+                    limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - now()))
+                    await within(self.hv.pm_suspend(d.uuid, d.name, recorded), limit,
                                    d.name, "guest S3")
                 except VMClientError as exc:
                     vlog.warning("%s; pausing it instead", exc)
@@ -237,15 +237,6 @@ class VMController:
             if not ours or (await self.hv.domain(d.uuid)).state != DomState.PAUSED:
                 raise
 
-    async def _op(self, coro: Awaitable[None], limit: float, name: str, what: str) -> None:
-        """Await ``coro`` for at most ``limit`` seconds; it goes on in the background."""
-        task = asyncio.ensure_future(coro)
-        done, _ = await asyncio.wait({task}, timeout=max(0.0, limit))
-        if not done:
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            raise VMOperationTimeout(name, what, limit)
-        task.result()
-
     # -- resume ----------------------------------------------------------------
 
     async def release(self, ends: Causes, only: str | None = None) -> list[str]:
@@ -271,7 +262,7 @@ class VMController:
 
     async def _undo_many(self, todo: list[tuple[str, Hold]], limit: float) -> list[str]:
         results = await asyncio.gather(
-            *(self._op(self._undo(u, h), limit, h.name, _UNDO_NAME[h.action]) for u, h in todo),
+            *(within(self._undo(u, h), limit, h.name, _UNDO_NAME[h.action]) for u, h in todo),
             return_exceptions=True)
         done = []
         for (u, h), r in zip(todo, results, strict=True):
@@ -325,7 +316,7 @@ class VMController:
                     if await self.hv.has_guest_agent(domains[n].uuid, n):
                         uuids.append((domains[n].uuid, n))
         results = await asyncio.gather(
-            *(self._op(self.hv.sync_time(u, n), limit, n, "clock sync")
+            *(within(self.hv.sync_time(u, n), limit, n, "clock sync")
               for u, n in uuids), return_exceptions=True)
         for (_, n), r in zip(uuids, results, strict=True):
             if isinstance(r, BaseException):
@@ -348,9 +339,9 @@ class VMController:
             async def save(d: DomainInfo) -> None:
                 async with sem:
                     if d.state == DomState.PMSUSPENDED:
-                        await self._op(self.hv.pm_wakeup(d.uuid, d.name),
+                        await within(self.hv.pm_wakeup(d.uuid, d.name),
                                        self.cfg.timeout_s, d.name, "guest wake-up")
-                    await self._op(self.hv.managed_save(d.uuid, d.name),
+                    await within(self.hv.managed_save(d.uuid, d.name),
                                    self.cfg.save_timeout_s, d.name, "managed save")
                     vm_logger(d.name).info("saved (%s)", cause.label)
                     self.running.note(d.uuid, d.name, DomEvent.STOPPED)
@@ -382,7 +373,7 @@ class VMController:
 
     async def _bounded(self, coro: Awaitable[Any], deadline: float, what: str) -> Any:
         try:
-            return await asyncio.wait_for(coro, max(0.05, deadline - _now()))
+            return await asyncio.wait_for(coro, max(0.05, deadline - now()))
         except TimeoutError:
             log.error("%s did not answer before the deadline", what)
             return None
@@ -402,7 +393,3 @@ _DONE = {HoldAction.PAUSE: DomEvent.SUSPENDED, HoldAction.S3: DomEvent.PMSUSPEND
          HoldAction.SAVE: DomEvent.STOPPED}
 _UNDO_NAME = {HoldAction.PAUSE: "resume", HoldAction.S3: "guest wake-up",
               HoldAction.SAVE: "restore"}
-
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()

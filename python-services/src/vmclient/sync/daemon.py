@@ -33,7 +33,6 @@ from dbus_fast.aio import MessageBus
 
 from .. import daemon as common
 from ..dbus import names
-from ..dbus.guard import Member, install_method_guard
 from ..errors import UsageError, VMClientError, VMNotFound
 from ..host.keys import DeviceKeys, VMKeys, read_admin_key
 from ..host.lease import device_account
@@ -46,12 +45,18 @@ from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
 from . import engine, hosting, maintenance, plan, policy, state
 from .peers import Sensors, SleepGuard
-from .service import ManagementInterface, Progress, SyncInterface, VMStatus
+from .service import (
+    ManagementInterface,
+    Outcome,
+    Progress,
+    SyncInterface,
+    VMStatus,
+    install_guard,
+)
 from .status import SyncOutcome, SyncState
 from .throttle import Throttled
 
 log = logging.getLogger("vmclient.syncd")
-Outcome = tuple[str, SyncOutcome, str]  # (vm, outcome, snapshot or reason)
 
 
 class Synchronizer:
@@ -322,31 +327,6 @@ def _answer(futures: list[asyncio.Future[Outcome]], outcome: Outcome) -> None:
             fut.set_result(outcome)
 
 
-def install_guard(bus: MessageBus, s: Synchronizer) -> None:
-    async def sync_now(args: list[Any]) -> list[Any]:
-        return [[[vm, int(outcome), detail] for vm, outcome, detail
-                 in await s.sync_now(str(args[0]))]]
-
-    async def verify(args: list[Any]) -> list[Any]:
-        return [list(await s.verify(str(args[0]), str(args[1])))]
-
-    async def snapshots(args: list[Any]) -> list[Any]:
-        return [[list(r) for r in await s.snapshots(str(args[0]))]]
-
-    async def postpone(args: list[Any]) -> list[Any]:
-        return [s.host.postpone_restart(int(args[0]))]
-
-    install_method_guard(bus, names.SYNC_PATH, names.SYNC_IFACE,
-                         names.POLKIT_ACTION_SYNC_MANAGE, {
-                             "PostponeHostRestart": Member("postponing the host restart",
-                                                           postpone),
-                             "SyncNow": Member("synchronising VMs", sync_now),
-                             "Verify": Member("verifying a snapshot", verify),
-                             "ListSnapshots": Member("listing snapshots",
-                                                     snapshots)})
-    hosting.install_guard(bus, s.enrol)
-
-
 async def run(cfg: sconfig.SyncConfig) -> None:
     stop = asyncio.Event()
     syncer: list[Synchronizer] = []
@@ -382,7 +362,8 @@ async def run(cfg: sconfig.SyncConfig) -> None:
         s.host.show_enrolment()
         bus.export(names.SYNC_PATH, iface)
         bus.export(names.MANAGE_PATH, management)
-        install_guard(bus, s)
+        install_guard(bus, s, s.host.postpone_restart)
+        hosting.install_guard(bus, s.enrol)
         await bus.request_name(names.SYNC_BUS_NAME)
         common.sd_notify("READY=1")
         log.info("ready on %s", names.SYNC_BUS_NAME)

@@ -14,18 +14,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dbus_fast import Variant
+from dbus_fast.aio import MessageBus
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from ..dbus import names
-from ..dbus.guard import name_out_args
-from .status import SyncState, daemon_state
+from ..dbus.guard import Member, install_method_guard, name_out_args
+from .status import SyncOutcome, SyncState, daemon_state
 
 PROGRESS_INTERVAL = 0.2  # seconds between two progress announcements
+Outcome = tuple[str, SyncOutcome, str]  # (vm, outcome, snapshot or reason)
 
 
 @dataclass
@@ -205,3 +208,38 @@ class Progress:
         self.handed = now
         self.loop.call_soon_threadsafe(functools.partial(self.iface.changed,
                                                          progress=done < total))
+
+
+class SyncBackend(Protocol):
+    """What the Sync interface's methods ask (:class:`~vmclient.sync.daemon.Synchronizer`)."""
+
+    async def sync_now(self, vm: str) -> list[Outcome]: ...
+    async def verify(self, vm: str, snapshot: str) -> tuple[str, int, int]: ...
+    async def snapshots(self, vm: str) -> list[tuple[str, int, int, int, str, bool]]: ...
+
+
+def install_guard(bus: MessageBus, backend: SyncBackend,
+                  postpone: Callable[[int], int]) -> None:
+    """Authorise and dispatch SyncNow/Verify/ListSnapshots and, to ``postpone``,
+    PostponeHostRestart (the host update the agent installed)."""
+    async def sync_now(args: list[Any]) -> list[Any]:
+        return [[[vm, int(outcome), detail] for vm, outcome, detail
+                 in await backend.sync_now(str(args[0]))]]
+
+    async def verify(args: list[Any]) -> list[Any]:
+        return [list(await backend.verify(str(args[0]), str(args[1])))]
+
+    async def snapshots(args: list[Any]) -> list[Any]:
+        return [[list(r) for r in await backend.snapshots(str(args[0]))]]
+
+    async def postpone_restart(args: list[Any]) -> list[Any]:
+        return [postpone(int(args[0]))]
+
+    install_method_guard(bus, names.SYNC_PATH, names.SYNC_IFACE,
+                         names.POLKIT_ACTION_SYNC_MANAGE, {
+                             "PostponeHostRestart": Member("postponing the host restart",
+                                                           postpone_restart),
+                             "SyncNow": Member("synchronising VMs", sync_now),
+                             "Verify": Member("verifying a snapshot", verify),
+                             "ListSnapshots": Member("listing snapshots",
+                                                     snapshots)})

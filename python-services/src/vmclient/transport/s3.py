@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporaries_of
 from . import s3_conditions
+from .s3_errors import code, retried, status, translated
 from .s3_target import (
     DEFAULT_CONNECTIONS,
     MiB,
@@ -172,7 +173,7 @@ class S3Store(LockingMixin):
             try:
                 body = self.client.get_object(Bucket=self.target.bucket, Key=key, **kw)["Body"]
             except self._client_error as exc:
-                if _code(exc) == "InvalidRange":  # at or past the end: nothing more
+                if code(exc) == "InvalidRange":  # at or past the end: nothing more
                     return b"".join(parts)
                 raise
             with body:
@@ -198,11 +199,11 @@ class S3Store(LockingMixin):
                     body = data if isinstance(data, bytes) else view.tobytes()  # (no copy)
                     self.client.put_object(Bucket=t.bucket, Key=key, Body=body, **cond)
             except self._client_error as exc:
-                if not (exclusive and _status(exc) == 412):
+                if not (exclusive and status(exc) == 412):
                     raise
                 # a retried request whose first attempt stored these very bytes unseen
                 # (its answer lost): done
-                if _retried(exc) and \
+                if retried(exc) and \
                         self.etag_of(key) == _etag(view, t.part_size if multipart else None):
                     return
                 raise LocalSyncError(f"repository object exists: {path}") from None
@@ -250,7 +251,7 @@ class S3Store(LockingMixin):
                                         CopySource={"Bucket": t.bucket, "Key": src},
                                         CopySourceIfMatch=etag)
             except self._client_error as exc:
-                if _status(exc) not in (404, 412):
+                if status(exc) not in (404, 412):
                     raise
                 if self.etag_of(dst) is not None:
                     raise LocalSyncError(f"repository object exists: {new}") from None
@@ -258,7 +259,7 @@ class S3Store(LockingMixin):
             try:
                 self.client.delete_object(Bucket=t.bucket, Key=src, IfMatch=etag)
             except self._client_error as exc:
-                if _status(exc) not in (404, 412):
+                if status(exc) not in (404, 412):
                     raise
                 # the source changed after the copy (a fresh lock): it is not ours to move
                 self.client.delete_object(Bucket=t.bucket, Key=dst)
@@ -318,7 +319,7 @@ class S3Store(LockingMixin):
         try:
             return str(self.client.head_object(Bucket=self.target.bucket, Key=key)["ETag"])
         except self._client_error as exc:
-            if _status(exc) == 404:
+            if status(exc) == 404:
                 return None
             raise
 
@@ -331,9 +332,7 @@ class S3Store(LockingMixin):
         from botocore.exceptions import (
             BotoCoreError,
             ConnectionClosedError,
-            EndpointConnectionError,
             IncompleteReadError,
-            NoCredentialsError,
             ReadTimeoutError,
             ResponseStreamingError,
         )
@@ -353,46 +352,9 @@ class S3Store(LockingMixin):
                              path, attempt + 1, tries, exc)
                     continue
                 raise S3Unavailable(op, path, t.server, t.attempts, exc) from exc
-            except self._client_error as exc:
-                status = _status(exc)
-                if status == 404 or _code(exc) in ("NoSuchKey", "NotFound"):
-                    if _code(exc) == "NoSuchBucket":
-                        raise S3Refused(t.server, op, path, f"no bucket {t.bucket!r}") from exc
-                    raise ObjectNotFound(path) from exc
-                if status in (401, 403):
-                    raise S3Refused(t.server, op, path,
-                                    f"access denied ({_code(exc)}): are the credentials "
-                                    "this device's or the admin's, and enrolled on the "
-                                    "store?") from exc
-                if status is not None and status >= 500:
-                    raise S3Unavailable(op, path, t.server, t.attempts, exc) from exc
-                raise S3Refused(t.server, op, path, exc) from exc
-            except NoCredentialsError as exc:
-                raise S3Refused(t.server, op, path, "no credentials: a laptop reads them "
-                                "from [repository] s3_credentials (issued at enrolment), "
-                                "vmclient-admin from --s3-credentials or AWS_ACCESS_KEY_ID/"
-                                "AWS_SECRET_ACCESS_KEY") from exc
-            except EndpointConnectionError as exc:
-                raise S3Unavailable(op, path, t.server, t.attempts,
-                                    f"{exc} (is the store up and reachable?)") from exc
-            except BotoCoreError as exc:
-                raise S3Unavailable(op, path, t.server, t.attempts, exc) from exc
+            except (self._client_error, BotoCoreError) as exc:
+                raise translated(exc, t, op, path) from exc
         raise AssertionError("unreachable")
-
-
-def _status(exc: Exception) -> int | None:
-    meta = getattr(exc, "response", {}).get("ResponseMetadata", {})
-    status = meta.get("HTTPStatusCode")
-    return int(status) if status is not None else None
-
-
-def _retried(exc: Exception) -> bool:
-    meta = getattr(exc, "response", {}).get("ResponseMetadata", {})
-    return int(meta.get("RetryAttempts", 0) or 0) > 0
-
-
-def _code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def open_s3(location: str, *, credentials: str | Path | None = None,

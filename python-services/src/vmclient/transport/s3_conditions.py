@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .s3_errors import status
 from .s3_target import S3Refused
 
 
@@ -68,8 +69,7 @@ def probe(client: Any, bucket: str, key: str) -> dict[str, bool]:
         try:
             request(Bucket=bucket, **kw)
         except client.exceptions.ClientError as exc:
-            meta = getattr(exc, "response", {}).get("ResponseMetadata", {})
-            if meta.get("HTTPStatusCode") == 412:
+            if status(exc) == 412:
                 return True
             raise
         return False

@@ -2,10 +2,8 @@
 
 SSH itself is OpenSSH's (:mod:`.ssh`: one ``ssh -s <host> sftp`` process per
 connection, host key pinned, the device's key file); SFTP is a small pipelined
-client (:mod:`.sftp_client` over the pure :mod:`.sftp_codec`).  Calls block,
-so each runs in a thread pool of ``connections`` workers, each worker keeping
-its own connection: ``connections`` requests (and ssh processes, each with its
-own core for the crypto) at once, opened as soon as the first one is up.
+client (:mod:`.sftp_client` over the pure :mod:`.sftp_codec`).  Requests run
+in :mod:`.sftp_pool`'s worker threads, one connection (one ssh process) each.
 
 Atomic put (repository-format.md §8.1, "What durable means per transport"): the
 object is written to a hidden temporary name (``.tmp-*``) in its directory,
@@ -16,59 +14,48 @@ exclusive creation.  A server without ``fsync@openssh.com`` gets the renames
 without the fsync, and a warning in the log once per store.
 
 Transfers resume: a dropped connection is re-opened (bounded attempts with
-back-off) and a read continues at the offset it reached, a write at the size
-the temporary file has on the server.  After the last attempt the error names
-the host, the path and the operation.  What the server *answers* (no such file,
-permission denied) and what ssh refuses (host key, authentication) is not
-retried.
+back-off, :mod:`.sftp_pool`) and a read continues at the offset it reached, a
+write at the size the temporary file has on the server.  After the last attempt
+the error names the host, the path and the operation.  What the server *answers*
+(no such file, permission denied) and what ssh refuses (host key, authentication)
+is not retried.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import logging
 import posixpath
 import stat
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 from ..store.errors import LocalSyncError, ObjectNotFound
 from ..store.remote import TMP_PREFIX, Entry, LockingMixin, check_path, temporary_name
 from . import sftp_codec as c
-from .sftp_client import Connection, ConnectionLost, Into, Refused, Reopen
+from .sftp_client import Connection, Into, Reopen
 from .sftp_listing import listdir, listdirs
+from .sftp_pool import ConnectionPool
 from .ssh import CIPHER
-from .target import ADVICE, DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
+from .target import DEFAULT_CONNECTIONS, RemoteRefused, RemoteUnavailable, SFTPTarget
 
 log = logging.getLogger(__name__)
 
 NO_STAT_READ = 16 << 20  # a ranged read up to this long skips the fstat round trip
-T = TypeVar("T")
 __all__ = ["CIPHER", "DEFAULT_CONNECTIONS", "RemoteRefused", "RemoteUnavailable", "SFTPStore",
            "SFTPTarget"]
 
 
-class SFTPStore(LockingMixin):
+class SFTPStore(ConnectionPool, LockingMixin):
     """The repository at ``target`` (see :class:`SFTPTarget`)."""
 
     def __init__(self, target: SFTPTarget,
                  clock: Callable[[], int] = lambda: int(time.time())) -> None:
-        self.target = target
+        super().__init__(target)
         self.clock = clock
-        self._local = threading.local()
-        self._conns: builtins.list[Connection] = []
-        self._lock = threading.Lock()
         self._dirs: set[str] = set()
         self._warned_fsync = False
-        self._warming = False  # the first connection has set the others opening
-        self._executor = ThreadPoolExecutor(max_workers=max(1, target.connections),
-                                            thread_name_prefix="vmclient-sftp")
-        self.reconnects = 0  # how often a dropped connection was re-opened
         self.resumed_bytes = 0  # bytes of interrupted reads not read again
         self.resumed_upload_bytes = 0  # bytes of interrupted writes not written again
 
@@ -79,25 +66,6 @@ class SFTPStore(LockingMixin):
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.shutdown()
-
-    def shutdown(self) -> None:
-        """Close every connection (no request may be running)."""
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
-
-    def pids(self) -> builtins.list[int]:
-        """The ssh processes of the open connections."""
-        with self._lock:
-            return [conn.pid for conn in self._conns]
 
     async def check(self) -> None:
         """Connect now (and fail now) rather than at the first request."""
@@ -335,90 +303,8 @@ class SFTPStore(LockingMixin):
 
         return await self._run("sweep", base, sweep)
 
-    # --- connections, retries and error translation -------------------------------------------
-
     def _remote(self, path: str) -> str:
         return posixpath.join(self.target.root, path) if self.target.root else path
-
-    async def _run(self, op: str, path: str, fn: Callable[[Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, op, path, fn)
-
-    def _warm(self) -> None:
-        """This worker's connection, ahead of its first request (a failure is left to it)."""
-        try:
-            self._connection()
-        except Exception as exc:
-            log.debug("SFTP %s: connecting ahead failed: %s", self.target.server, exc)
-
-    def _call(self, op: str, path: str, fn: Callable[[Connection], T]) -> T:
-        t = self.target
-        problem: BaseException | None = None
-        for attempt in range(t.attempts):
-            if attempt:
-                time.sleep(t.backoff * 2 ** (attempt - 1))
-            try:
-                conn = self._connection()
-            except Refused as exc:
-                advice = ADVICE[exc.failure].format(kh=t.known_hosts, key=t.credentials)
-                raise RemoteRefused(t.server, op, path, f"{advice} (ssh: {exc})") from exc
-            except c.MalformedAnswer as exc:
-                raise RemoteUnavailable(op, path, t.server, attempt + 1, exc) from exc
-            except (ConnectionLost, OSError) as exc:
-                log.info("SFTP %s: connecting failed (attempt %d/%d): %s", t.server,
-                         attempt + 1, t.attempts, exc)
-                problem = exc
-                continue
-            try:
-                return fn(conn)
-            except c.MalformedAnswer as exc:  # the server is broken (or hostile)
-                self._drop(conn)
-                raise RemoteUnavailable(op, path, t.server, attempt + 1, exc) from exc
-            except ConnectionLost as exc:
-                log.info("SFTP %s: connection lost during %s of %s (attempt %d/%d): %s",
-                         t.server, op, path, attempt + 1, t.attempts, exc)
-                self._drop(conn)
-                self.reconnects += 1
-                problem = exc
-            except FileNotFoundError as exc:
-                raise ObjectNotFound(path) from exc
-            except PermissionError as exc:
-                raise RemoteRefused(t.server, op, path, "permission denied") from exc
-            except OSError as exc:
-                raise RemoteRefused(t.server, op, path, exc.strerror or str(exc)) from exc
-        assert problem is not None
-        raise RemoteUnavailable(op, path, t.server, t.attempts,
-                                f"{problem} (is the server up and reachable on port "
-                                f"{t.port}?)") from problem
-
-    def _connection(self) -> Connection:
-        # asked per request: a device's own account (target.account) changes when it is
-        # enrolled again, and a connection logged in as the old one is not reused
-        endpoint = self.target.endpoint
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.alive() and conn.endpoint == endpoint:
-            return conn
-        if conn is not None:
-            self._drop(conn)
-            self.reconnects += 1
-        conn = Connection(endpoint)
-        self._local.conn = conn
-        with self._lock:
-            self._conns.append(conn)
-            warm, self._warming = not self._warming, True
-        if warm:  # the first connection is up: the other workers open theirs beside it
-            with contextlib.suppress(RuntimeError):  # (the store is being closed)
-                for _ in range(self.target.connections - 1):
-                    self._executor.submit(self._warm)
-        return conn
-
-    def _drop(self, conn: Connection) -> None:
-        conn.close()
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        with self._lock:
-            if conn in self._conns:
-                self._conns.remove(conn)
 
 
 def _read(conn: Connection, remote: str, handle: bytes, start: int, end: int,

@@ -31,7 +31,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from . import sftp_codec as c
 from .sftp_stream import ConnectionLost, Stream
@@ -39,10 +39,7 @@ from .ssh import Endpoint, Failure, Process
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 IN_FLIGHT = 64  # outstanding read or write requests per connection
-REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
-MIN_REQUEST = 32 << 10  # what every SFTP server must take
 SEND_BATCH = 4  # write requests per sendmsg
 __all__ = ["Channel", "Connection", "ConnectionLost", "Into", "Refused", "Reopen"]
 
@@ -115,15 +112,12 @@ class Connection:
         self.extensions = version.extensions
         self.can_fsync = self.extensions.get(c.FSYNC) == "1"
         self.can_posix_rename = self.extensions.get(c.POSIX_RENAME) == "1"
-        self.read_size = self.write_size = MIN_REQUEST
+        limits: c.Limits | None = None
         if self.extensions.get(c.LIMITS) == "1":
-            limits = self.call(c.EXTENDED, c.string(c.LIMITS), limits=True)
-            assert isinstance(limits, c.Limits)
-            overhead = 1024
-            self.read_size = _within(limits.max_read, limits.max_packet - overhead)
-            self.write_size = _within(limits.max_write, limits.max_packet - overhead)
-        elif "openssh" in " ".join(self.extensions):  # before limits@: 256 KiB packets
-            self.read_size = self.write_size = REQUEST_SIZE
+            answer = self.call(c.EXTENDED, c.string(c.LIMITS), limits=True)
+            assert isinstance(answer, c.Limits)
+            limits = answer
+        self.read_size, self.write_size = c.request_sizes(self.extensions, limits)
 
     @property
     def pid(self) -> int:
@@ -183,14 +177,15 @@ class Connection:
             value = self.checked("stat", path, c.STAT, c.string(path))
         except FileNotFoundError:
             return None
-        return _expect(value, c.Attrs, "STAT")
+        return c.expect(value, c.Attrs, "STAT")
 
     def open(self, path: str, flags: int) -> bytes:
-        return _expect(self.checked("open", path, c.OPEN, c.string(path), c.u32(flags),
-                                    c.no_attrs()), bytes, "OPEN")
+        return c.expect(self.checked("open", path, c.OPEN, c.string(path), c.u32(flags),
+                                     c.no_attrs()), bytes, "OPEN")
 
     def fstat(self, handle: bytes, path: str) -> c.Attrs:
-        return _expect(self.checked("fstat", path, c.FSTAT, c.string(handle)), c.Attrs, "FSTAT")
+        return c.expect(self.checked("fstat", path, c.FSTAT, c.string(handle)), c.Attrs,
+                        "FSTAT")
 
     def close_handle(self, handle: bytes, path: str) -> None:
         self.checked("close", path, c.CLOSE, c.string(handle))
@@ -214,8 +209,8 @@ class Connection:
         self.checked("mkdir", path, c.MKDIR, c.string(path), c.no_attrs())
 
     def realpath(self, path: str) -> str:
-        names = _expect(self.checked("realpath", path, c.REALPATH, c.string(path)), list,
-                        "REALPATH")
+        names = c.expect(self.checked("realpath", path, c.REALPATH, c.string(path)), list,
+                         "REALPATH")
         if len(names) != 1:
             raise c.MalformedAnswer(f"{len(names)} names answered to REALPATH")
         return str(names[0].filename)
@@ -384,18 +379,3 @@ class Connection:
                 error = c.status_error(value, "put", path)
         if error is not None:
             raise error
-
-
-def _within(limit: int, packet: int) -> int:
-    """A request size from the server's limits (0 = no limit), kept sane."""
-    size = REQUEST_SIZE if limit == 0 else min(limit, REQUEST_SIZE)
-    if packet > 0:
-        size = min(size, packet)
-    return max(MIN_REQUEST, size) if size >= MIN_REQUEST else max(1024, size)
-
-
-def _expect(value: object, kind: type[T], what: str) -> T:
-    if not isinstance(value, kind):
-        raise c.MalformedAnswer(f"unexpected answer to {what}: {type(value).__name__}")
-    return value
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import DBUS_ERROR_PREFIX, EXIT_UNAVAILABLE, VMClientError
 
@@ -41,11 +42,14 @@ FSYNC = "fsync@openssh.com"
 LIMITS = "limits@openssh.com"
 
 MAX_PACKET = 1 << 24  # an answer longer than this is garbage (no server sends one)
+REQUEST_SIZE = 255 << 10  # bytes per READ/WRITE (OpenSSH's sftp-server takes 256 KiB packets)
+MIN_REQUEST = 32 << 10  # what every SFTP server must take
 HEADER = struct.Struct(">IB")  # length (of type + body), type
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _DATA_HEAD = struct.Struct(">II")  # request id, data length
 _WRITE_TAIL = struct.Struct(">QI")  # offset, data length
+T = TypeVar("T")
 
 
 class MalformedAnswer(VMClientError):
@@ -139,6 +143,27 @@ class Limits:
     max_read: int
     max_write: int
     max_handles: int
+
+
+def request_sizes(extensions: dict[str, str], limits: Limits | None) -> tuple[int, int]:
+    """The sizes of one READ and one WRITE request to a server: from its answer to
+    ``limits@openssh.com`` if it has one, else OpenSSH's 256 KiB packets, else the
+    least every server must take."""
+    if limits is not None:
+        overhead = 1024
+        return (_within(limits.max_read, limits.max_packet - overhead),
+                _within(limits.max_write, limits.max_packet - overhead))
+    if "openssh" in " ".join(extensions):  # before limits@: 256 KiB packets
+        return REQUEST_SIZE, REQUEST_SIZE
+    return MIN_REQUEST, MIN_REQUEST
+
+
+def _within(limit: int, packet: int) -> int:
+    """A request size from the server's limits (0 = no limit), kept sane."""
+    size = REQUEST_SIZE if limit == 0 else min(limit, REQUEST_SIZE)
+    if packet > 0:
+        size = min(size, packet)
+    return max(MIN_REQUEST, size) if size >= MIN_REQUEST else max(1024, size)
 
 
 Answer = Status | bytes | list[Name] | Attrs | Limits | None
@@ -241,6 +266,13 @@ def parse_answer(kind: int, untrusted: bytes, *, limits: bool = False) -> tuple[
         value = None
     r.end()
     return rid, value
+
+
+def expect(value: object, kind: type[T], what: str) -> T:
+    """A parsed answer of the type the request expects, or the answer is garbage."""
+    if not isinstance(value, kind):
+        raise MalformedAnswer(f"unexpected answer to {what}: {type(value).__name__}")
+    return value
 
 
 def frame_header(untrusted: bytes) -> tuple[int, int]:
