@@ -290,12 +290,39 @@ def test_initramfs_module_takes_veritytabs_flags_and_refuses_unknown_options(tmp
         assert args == "", "veritysetup ran"
 
 
+def test_initramfs_framework_runs_the_module_under_the_name_it_is_installed_as(tmp_path):
+    """initramfs-framework's init runs each /init.d/NN-NAME as the functions
+    NAME_enabled and NAME_run, NAME being what follows the first "-" up to the
+    next one (`basename $m | cut -d'-' -f 2`): under a name with another "-"
+    in it the module's functions are never called."""
+    module = LAYER / "recipes-core" / "initrdscripts" / "initramfs-module-vmclient-verity_1.0.bb"
+    text = module.read_text()
+    installed = re.search(r"\$\{D\}(/init\.d/\S+)$", text, re.M).group(1)
+    assert f'FILES:${{PN}} += "{installed}"' in text
+    # init's own loop (openembedded-core's initramfs-framework/init), over the module
+    init_d = tmp_path / "init.d"
+    init_d.mkdir()
+    (init_d / Path(installed).name).write_text(MODULE.read_text())
+    script = (f"for m in {shlex.quote(str(init_d))}/*; do\n"
+              "    module=`basename $m | cut -d'-' -f 2`\n"
+              "    . $m\n"
+              "    if ! eval \"${module}_enabled\"; then echo \"skipped $module\"; continue; fi\n"
+              "    echo \"run $module\"\n"
+              "done\n")
+    proc = subprocess.run(["sh", "-c", script], env={**os.environ, "bootparam_roothash": "ab" * 32},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.stdout.startswith("run "), proc.stdout + proc.stderr
+    name = proc.stdout.split()[1]
+    assert re.search(rf"^{name}_run\(\)", MODULE.read_text(), re.M)
+
+
 def test_initramfs_opens_the_verified_root_and_the_kernel_can():
     initramfs = LAYER / "recipes-core" / "images" / "vmclient-initramfs.bb"
     assert "initramfs-module-vmclient-verity" in bbvars.words(initramfs, "INITRAMFS_SCRIPTS")
     module = LAYER / "recipes-core" / "initrdscripts" / "initramfs-module-vmclient-verity_1.0.bb"
     assert "cryptsetup" in bbvars.words(module, "RDEPENDS:${PN}")
-    assert "/init.d/85-vmclient-verity" in module.read_text(), "before 90-rootfs"
+    installed = re.search(r"\$\{D\}(/init\.d/\S+)$", module.read_text(), re.M).group(1)
+    assert installed < "/init.d/90-rootfs", "before 90-rootfs"
     cfg = (LAYER / "recipes-kernel" / "linux" / "linux-yocto" / "vmclient-kmeta" / "features" / "vmclient"
            / "vmclient-kvm.cfg").read_text()
     assert re.search(r"^CONFIG_DM_VERITY=y$", cfg, re.M)
