@@ -39,7 +39,8 @@ def vmclient_verity_params(text):
 def vmclient_slot_cmdline(slot, params, base, partlabel_prefix="vmroot_"):
     """The kernel command line of root slot ``slot``: its partition opened
     through dm-verity as image_types_verity formatted it (hash tree after
-    the data, no superblock) with the root hash in ``params``."""
+    the data, no superblock) with the root hash in ``params``, restarting
+    on a corrupted block."""
     need = ("VERITY_ROOT_HASH", "VERITY_DATA_BLOCKS", "VERITY_DATA_BLOCK_SIZE",
             "VERITY_HASH_BLOCK_SIZE", "VERITY_HASH_ALGORITHM", "VERITY_SALT", "VERITY_DATA_SECTORS")
     missing = [k for k in need if not params.get(k)]
@@ -54,6 +55,10 @@ def vmclient_slot_cmdline(slot, params, base, partlabel_prefix="vmroot_"):
         "hash-offset=%d" % (int(params["VERITY_DATA_SECTORS"]) * 512),
         "hash=%s" % params["VERITY_HASH_ALGORITHM"],
         "salt=%s" % params["VERITY_SALT"],
+        # a modified block of the root restarts the laptop when it is read
+        # (dm-verity alone only fails the read and the boot may go on), and
+        # boot counting falls back to the other slot
+        "restart-on-corruption",
     ])
     return " ".join([
         "roothash=%s" % params["VERITY_ROOT_HASH"],

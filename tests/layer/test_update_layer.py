@@ -198,9 +198,12 @@ def test_each_slots_command_line_opens_that_slot_through_dm_verity_with_the_root
     assert "systemd.verity_root_data=PARTLABEL=vmroot_b" in words
     assert "systemd.verity_root_hash=PARTLABEL=vmroot_b" in words
     assert "root=/dev/mapper/root" in words and "rauc.slot=b" in words
-    options = dict(o.split("=", 1) for o in
-                   next(w for w in words if w.startswith("systemd.verity_root_options=")).split("=", 1)[1].split(","))
+    listed = next(w for w in words if w.startswith("systemd.verity_root_options=")).split("=", 1)[1].split(",")
+    options = dict(o.split("=", 1) for o in listed if "=" in o)
     assert options["superblock"] == "false"
+    # a modified block restarts the laptop when read (boot counting falls
+    # back); without it dm-verity only fails the read and the boot goes on
+    assert [o for o in listed if "=" not in o] == ["restart-on-corruption"]
     assert options["hash-offset"] == str(2097152 * 512) == str(262144 * 4096), "the tree follows the data"
     assert options["salt"] == params["VERITY_SALT"] and options["hash"] == "sha256"
     assert words[-len(base.split()):] == base.split()
@@ -261,7 +264,7 @@ def test_initramfs_module_opens_the_slot_with_the_command_lines_parameters(tmp_p
     assert proc.stdout.strip().endswith("root=/dev/mapper/root")
     assert args.split("\n")[:5] == ["open", dev, "root", dev, params["VERITY_ROOT_HASH"]]
     assert {"--no-superblock", f"--hash-offset={2097152 * 512}", f"--salt={params['VERITY_SALT']}",
-            "--data-blocks=262144", "--hash=sha256"} <= set(args.split())
+            "--data-blocks=262144", "--hash=sha256", "--restart-on-corruption"} <= set(args.split())
     # no roothash: the module stays out of the way (lab boots without verity)
     proc, _args = _run_module(tmp_path, {"root": "/dev/sda2"}, dev)
     assert proc.stdout.strip() == "disabled"
@@ -270,12 +273,56 @@ def test_initramfs_module_opens_the_slot_with_the_command_lines_parameters(tmp_p
     assert proc.returncode != 0 and "without systemd.verity_root_data" in proc.stdout
 
 
+def test_initramfs_module_takes_veritytabs_flags_and_refuses_unknown_options(tmp_path):
+    dev = _block_device()
+    base = {"roothash": "ab" * 32, "systemd_verity_root_data": dev}
+    flags = ["restart-on-corruption", "panic-on-corruption", "ignore-corruption", "ignore-zero-blocks",
+             "check-at-most-once"]
+    for flag in flags:
+        proc, args = _run_module(tmp_path, {**base, "systemd_verity_root_options": f"superblock=false,{flag}"}, dev)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert args.split("\n")[5:7] == ["--no-superblock", f"--{flag}"]
+    # veritytab's systemd-only options and anything else: refused, not passed on or dropped
+    for opt in ("nofail", "x-initrd.attach", "restart", "--restart-on-corruption", "superblock"):
+        (tmp_path / "veritysetup.args").unlink(missing_ok=True)
+        proc, args = _run_module(tmp_path, {**base, "systemd_verity_root_options": f"hash=sha256,{opt}"}, dev)
+        assert proc.returncode != 0 and f"cannot use the option '{opt}'" in proc.stdout, opt
+        assert args == "", "veritysetup ran"
+
+
+def test_initramfs_framework_runs_the_module_under_the_name_it_is_installed_as(tmp_path):
+    """initramfs-framework's init runs each /init.d/NN-NAME as the functions
+    NAME_enabled and NAME_run, NAME being what follows the first "-" up to the
+    next one (`basename $m | cut -d'-' -f 2`): under a name with another "-"
+    in it the module's functions are never called."""
+    module = LAYER / "recipes-core" / "initrdscripts" / "initramfs-module-vmclient-verity_1.0.bb"
+    text = module.read_text()
+    installed = re.search(r"\$\{D\}(/init\.d/\S+)$", text, re.M).group(1)
+    assert f'FILES:${{PN}} += "{installed}"' in text
+    # init's own loop (openembedded-core's initramfs-framework/init), over the module
+    init_d = tmp_path / "init.d"
+    init_d.mkdir()
+    (init_d / Path(installed).name).write_text(MODULE.read_text())
+    script = (f"for m in {shlex.quote(str(init_d))}/*; do\n"
+              "    module=`basename $m | cut -d'-' -f 2`\n"
+              "    . $m\n"
+              "    if ! eval \"${module}_enabled\"; then echo \"skipped $module\"; continue; fi\n"
+              "    echo \"run $module\"\n"
+              "done\n")
+    proc = subprocess.run(["sh", "-c", script], env={**os.environ, "bootparam_roothash": "ab" * 32},
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.stdout.startswith("run "), proc.stdout + proc.stderr
+    name = proc.stdout.split()[1]
+    assert re.search(rf"^{name}_run\(\)", MODULE.read_text(), re.M)
+
+
 def test_initramfs_opens_the_verified_root_and_the_kernel_can():
     initramfs = LAYER / "recipes-core" / "images" / "vmclient-initramfs.bb"
     assert "initramfs-module-vmclient-verity" in bbvars.words(initramfs, "INITRAMFS_SCRIPTS")
     module = LAYER / "recipes-core" / "initrdscripts" / "initramfs-module-vmclient-verity_1.0.bb"
     assert "cryptsetup" in bbvars.words(module, "RDEPENDS:${PN}")
-    assert "/init.d/85-vmclient-verity" in module.read_text(), "before 90-rootfs"
+    installed = re.search(r"\$\{D\}(/init\.d/\S+)$", module.read_text(), re.M).group(1)
+    assert installed < "/init.d/90-rootfs", "before 90-rootfs"
     cfg = (LAYER / "recipes-kernel" / "linux" / "linux-yocto" / "vmclient-kmeta" / "features" / "vmclient"
            / "vmclient-kvm.cfg").read_text()
     assert re.search(r"^CONFIG_DM_VERITY=y$", cfg, re.M)

@@ -16,12 +16,15 @@ S = "${UNPACKDIR}"
 
 inherit allarch
 
+# initramfs-framework's init calls NAME_enabled and NAME_run of each
+# /init.d/NN-NAME, NAME ending at the next "-": vmclient_verity, not
+# vmclient-verity (whose functions it would look for as vmclient_*).
 do_install() {
     install -d ${D}/init.d
-    install -m 0755 ${S}/vmclient-verity ${D}/init.d/85-vmclient-verity
+    install -m 0755 ${S}/vmclient-verity ${D}/init.d/85-vmclient_verity
 }
 
-FILES:${PN} += "/init.d/85-vmclient-verity"
+FILES:${PN} += "/init.d/85-vmclient_verity"
 
 # veritysetup (cryptsetup's default PACKAGECONFIG builds it).
 RDEPENDS:${PN} = "cryptsetup initramfs-framework-base initramfs-module-rootfs"

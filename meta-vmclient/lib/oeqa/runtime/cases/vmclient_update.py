@@ -43,6 +43,8 @@ class VMClientUpdateTest(OERuntimeTestCase):
         status = self.run_ok('veritysetup status root')
         self.assertRegex(status, r'(?m)^\s*type:\s+VERITY$', msg="/dev/mapper/root is not dm-verity: %s" % status)
         self.assertRegex(status, r'(?m)^\s*status:\s+verified$', msg=status)
+        # the UKI's restart-on-corruption: a modified block restarts the laptop
+        self.assertRegex(status, r'(?m)^\s*flags:.*\brestart_on_corruption\b', msg=status)
 
     def entries(self):
         return sorted(self.run_ok('ls %s' % ENTRIES).split())
