@@ -57,7 +57,7 @@ class Installed:
     name: str
     uuid: str
     kind: str
-    state: str
+    state: str  # domains.state_word: running, starting, paused, shutoff, ...
     image: str
     image_version: int
     secret_uuid: str
@@ -234,7 +234,7 @@ class Provisioner:
                 secret = sec.get("uuid", "") if sec is not None else secret
         cdroms = tuple(s.get("file", "") for s in
                        root.iterfind("devices/disk[@device='cdrom']/source") if s.get("file"))
-        return Installed(name, info.uuid, vm.get("kind", ""), info.state.name.lower(),
+        return Installed(name, info.uuid, vm.get("kind", ""), info.state_word,
                          vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks,
                          cdroms)
 
