@@ -491,6 +491,21 @@ def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_
     assert "Traceback" not in powerd.log(), powerd.log()
 
 
+def test_a_vm_whose_qemu_is_starting_is_shown_starting_without_a_resume(desk):
+    """While QEMU starts a VM libvirt says it is paused (reason starting-up); the bar says
+    it is starting, and offers no Resume: nobody paused it."""
+    d = desk
+    shows(d, d.business, d.private)
+    with d.guests.starting("boot", "private", 2, "B") as boot:
+        wait_for(lambda: boot in [v[0] for v in d.shell.ask("state")["vms"]], 20,
+                 "the shell listing the VM being started")
+        d.shell.key(KEY_TAB, "Tab", "super")  # work, then the private VMs by name: boot
+        st = d.shell.ask("state")
+        assert st["current"] == boot, st
+        assert (st["bar"][0], st["vm_button"]) == (f"{boot} \u2014 private (starting)",
+                                                   ["Pause", False]), st
+
+
 KEY_N, KEY_ESC, KEY_DOWN = 49, 1, 108
 NM_DEVICE_DISCONNECTED, AP_MODE_INFRA, AP_SEC_NONE, AP_SEC_PSK = 30, 2, 0, 0x100
 
