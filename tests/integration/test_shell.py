@@ -676,7 +676,9 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
     polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.provision.manage"])
     home = user_dir(USER, "vmclient-home-")  # the user's own files (0700, theirs)
     iso = home / "installer.iso"
-    iso.write_bytes(el_torito_iso(boot_sector(2, "I")))
+    # a larger installer (data after the ISO's own sectors, which the boot ignores): provd's
+    # copy of it takes several steps of its progress
+    iso.write_bytes(el_torito_iso(boot_sector(2, "I")) + os.urandom(40 << 20))
     os.chown(iso, USER, USER)
     iso.chmod(0o600)
     secret = home / "root-only.iso"  # root's, in the user's directory
@@ -735,6 +737,14 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
                 st = shell.ask("state")
                 assert [vm, "private", "running"] in st["vms"] and not st["install"]["open"], st
                 assert any(t.startswith(f"Installing {vm}") for t in st["installs"]), st
+                # provd's copy of the ISO, in the bar and as the install page's progress
+                # bar (provd signals its start and its end; between them every 0.2 s)
+                copying = [t for t in st["installs"]
+                           if t.startswith(f"Installing {vm}: copying the media ")]
+                assert copying[0].endswith(" 0%") and copying[-1].endswith(" 100%"), copying
+                fractions = st["install"]["fractions"]
+                assert fractions and fractions[-1] == 1.0, fractions
+                assert fractions == sorted(fractions), fractions
                 guests = EchoGuests(conn, env.prefix)  # its pictures; it removes nothing
                 guests.seeds[vm] = 2
                 guests.wait_painted(vm)

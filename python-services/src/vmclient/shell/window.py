@@ -233,7 +233,8 @@ class Shell:
 
     def _provisioning(self, props: dict[str, Any]) -> None:
         self.statusbar.install.set_text(bar.install_text(props))
-        self.install.progress.set_text(self.statusbar.install.get_text())
+        self.install.show_progress(self.statusbar.install.get_text(),
+                                   bar.install_fraction(props))
         self._feed_first()
 
     def _feed_first(self) -> None:
