@@ -808,9 +808,11 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     """A laptop the real vmclient-syncd reports not enrolled opens the first start, driven
     by keys: the keyboard layout (kept in the user's state for the next session's Weston),
     Wi-Fi (dbusmock's NetworkManager), IT's one-time code from ``vmclient-admin enrol
-    --code`` (syncd's Enrol: a malformed code is refused with syncd's message, IT's code
-    is sent), the password typed twice (syncd's SetPassword: chpasswd in the shell's /etc
-    overlay), then the wait for IT.  IT accepts (``enrol --accept``) and assigns a VM;
+    --code`` (syncd's Enrol: a malformed code is refused with syncd's message, one IT did
+    not issue is sent), the password typed twice (syncd's SetPassword: chpasswd in the
+    shell's /etc overlay), then the wait for IT.  IT refuses that code (``enrol
+    --accept``): the page asks for it again with IT's reason, and the code IT issued is
+    sent.  IT accepts (``enrol --accept``) and assigns a VM;
     syncd completes the enrolment, its agent has the real vmclient-provd install the VM
     from the repository that the real sshd serves: the laptop's ``[repository]`` is the
     one every laptop ships (``sftp://host/``, no account: the request goes through the
@@ -936,8 +938,9 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     assert st()["step"] == "code"
                     # the refused code stays, to be corrected (here: all of it replaced)
                     assert st()["entry"] == "ABCD-EFGH-JKLM-NPQ0", st()
+                    # A code of the right form that IT did not issue (a typo) is sent.
                     shell.key(KEY_A, "a", "ctrl")
-                    assert shell.ask(f"type {code}") == {"ok": True}
+                    assert shell.ask("type ABCD-EFGH-JKLM-NPQR") == {"ok": True}
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: st()["step"] == "password", 30,
                              "the enrolment requested\n" + logs())
@@ -961,6 +964,27 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                         shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: st()["step"] == "install", 20, "the password set")
                     assert etc.entry("nobody").split(":")[1].startswith("$")
+                    wait_for(lambda: st()["progress"] ==
+                             "Waiting for IT to accept this laptop\u2026", 10, "waiting for IT")
+
+                    # IT refuses that request; syncd reads IT's signed refusal through the
+                    # drop box and the page asks for the code again with IT's reason; the
+                    # right code then goes to the wait for IT (the password is set).
+                    capsys.readouterr()
+                    assert await admin("enrol", "--accept", "--server-keys", str(server.keys),
+                                      "--server-script", str(work / "setup.sh")) != 0
+                    assert f"refused laptop-f ({device}): wrong enrolment code" in \
+                        capsys.readouterr().out
+                    wait_for(lambda: st()["step"] == "code", 30,
+                             "the code asked again\n" + logs())
+                    assert st()["message"] == ("IT refused the code: wrong enrolment code. "
+                                               "Type the code again, or ask IT for a new one")
+                    assert st()["entry"] == "", st()
+                    assert shell.ask(f"type {code}") == {"ok": True}
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: st()["step"] == "install", 30,
+                             "the enrolment requested again\n" + logs())
+                    assert st()["message"] == "Enrolment requested"
                     wait_for(lambda: st()["progress"] ==
                              "Waiting for IT to accept this laptop\u2026", 10, "waiting for IT")
 
