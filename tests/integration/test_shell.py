@@ -267,6 +267,74 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     assert zone_marked(screen, Zone.PRIVATE)
 
 
+def test_on_a_hidpi_panel_weston_scales_2_and_the_shell_fills_its_pixels(
+        system_bus, logind, tmp_path):
+    """The laptop's weston.ini as weston.service's drop-in makes it (shell.hidpi, from the
+    panel's EDID: here a 13.3" 2560x1600 one, 227 ppi, on the headless output): Weston
+    scales its output by 2, and the shell's bar, frame and text take twice the pixels
+    while the VM's picture fills the same share of the screen, equal to QEMU's."""
+    from testlib import edid_block
+    from vmclient.shell import hidpi
+
+    drm = tmp_path / "drm" / "card0-headless"
+    drm.mkdir(parents=True)
+    (drm / "status").write_text("connected\n")
+    (drm / "edid").write_bytes(edid_block(2560, 1600, 286, 179))
+    base, ini = tmp_path / "base.ini", tmp_path / "weston.ini"
+    base.write_text("")
+    assert hidpi.main([str(drm.parent), str(base), str(ini)]) == 0
+    polkit = system_bus.spawn_mock("polkitd")
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
+    provd = ProvDaemon(system_bus, tmp_path).start()
+    weston = shell = None
+    try:
+        prefix = f"vmcs-{uuid.uuid4().hex[:6]}"
+        with echo_guests(prefix) as guests:
+            vm = guests.create("work", "business", 0, "W")
+            weston = Weston(ini=ini.read_text())
+            shell = ShellUnderTest(weston, system_bus, tmp_path, prefix + "-",
+                                   groups=("vmclient",))
+            guests.wait_painted(vm)
+            mine = guests.screenshot(vm)
+
+            def shown() -> tuple[Image, tuple[int, int, int, int]] | None:
+                st = shell.ask("state")
+                if st["current"] != vm or st["display"] is None or \
+                        min(st["display"][2:]) < 64:
+                    return None
+                screen = weston.screenshot()
+                area = guest_area([2 * v for v in st["display"]])  # device pixels
+                return (screen, area) if difference(screen, area, mine) < MATCH else None
+            screen, area = wait_for(shown, 30, f"the shell to show {vm} at scale 2")
+            assert (screen.width, screen.height) == (2 * WIDTH, 2 * HEIGHT)
+            # the shell's logical layout is the scale-1 one: the display below the bar,
+            # inside the frame, the whole width but the frame's
+            st = shell.ask("state")
+            assert st["display"][:3] == [FRAME_PX, BAR_PX + FRAME_PX, WIDTH - 2 * FRAME_PX], st
+            colour = ZONE_COLOURS[Zone.BUSINESS]
+            # the bar: 2 x BAR_PX rows of the zone's colour at its right end; the frame:
+            # 2 x FRAME_PX columns on the left, mid-height
+            assert all(Image.near(screen.at(2 * WIDTH - 3, y), colour, 2)
+                       for y in range(0, 2 * BAR_PX, 4))
+            assert all(Image.near(screen.at(x, HEIGHT), colour, 2)
+                       for x in range(2 * FRAME_PX))
+            assert not Image.near(screen.at(2 * FRAME_PX + 2, HEIGHT), colour, 2)
+            # the VM's picture fills the display's width in device pixels (720x400 scaled
+            # by more than 2.7, its aspect kept)
+            assert abs(area[2] - 2 * (WIDTH - 2 * FRAME_PX)) <= 1 and area[2] > 2.7 * GUEST_W, \
+                area
+            shell.stop()
+            assert "Traceback" not in shell.log(), shell.log()
+    finally:
+        try:
+            if shell is not None:
+                shell.stop()
+        finally:
+            if weston is not None:
+                weston.stop()
+            provd.stop()
+
+
 def test_the_screen_locks_before_the_host_sleeps(desk, logind):
     d = desk
 
