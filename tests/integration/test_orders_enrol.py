@@ -176,10 +176,19 @@ async def test_a_refused_request_is_told_to_the_laptop_and_the_next_one_answered
     assert await site.process() == {dev: "wrong enrolment code"}
     refusal = tmp_path / "repo" / refusal_path(dev)
     assert refusal.exists() and dev not in refusal.name  # its name hides the device id
-    assert await a.enrolment_refused() == "wrong enrolment code"
+    state = str(cfg.state_dir)
+    r = vmclientctl("status", "--state-dir", state, "--device-dir", state + "/keys")
+    assert "waiting for IT" in r.stdout, r.stdout + r.stderr  # not asked: not known yet
+    # vmclientctl status asks the repository: IT's answer is a refusal, and why
+    r = vmclientctl("status", "--repository", str(tmp_path / "repo"), "--state-dir", state,
+                    "--device-dir", state + "/keys")
+    assert r.stdout.strip() == ("not enrolled: IT refused the last request (wrong enrolment "
+                                "code); vmclientctl enrol … with the code IT gives you"), \
+        r.stdout + r.stderr
     st = a.state_file.load()
     assert (st.device, st.enrolled, st.refused) == ("", False, "wrong enrolment code")
     assert await a.enrolment_refused() == ""  # told once: not enrolling any more
+    assert a.status()["refused"] == "wrong enrolment code"
 
     # the code again, right this time: the same device, a new request; the old
     # refusal is not its answer, and IT's enrolment removes it

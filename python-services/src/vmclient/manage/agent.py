@@ -90,7 +90,8 @@ class Agent:
         return {"device": s.device, "enrolled": s.enrolled, "last_order": s.last_seq,
                 "lease_until": s.lease_until, "lease_remaining": lease.remaining,
                 "business_allowed": lease.business_allowed, "state": lease.reason,
-                "locked": s.locked, "wiped": s.wiped, "reports_pending": len(s.outbox)}
+                "locked": s.locked, "wiped": s.wiped, "reports_pending": len(s.outbox),
+                "refused": s.refused}
 
     async def restore_source(self, vm: str) -> rekey.RestoreSource:
         """Where and how to restore ``vm`` after a ``rekey`` order (for :mod:`..sync.restore`)."""
