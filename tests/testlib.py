@@ -99,3 +99,21 @@ def stop_processes(procs: Sequence[subprocess.Popen[Any]], grace: float = 5) -> 
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def edid_block(width_px: int, height_px: int, width_mm: int, height_mm: int,
+               width_cm: int | None = None, height_cm: int | None = None) -> bytes:
+    """An EDID base block with one detailed timing (the preferred mode), its size in mm and
+    the block's size in cm (the mm / 10 unless given): a panel for vmclient.shell.hidpi."""
+    block = bytearray(128)
+    block[0:8] = bytes([0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0])
+    block[21] = width_mm // 10 if width_cm is None else width_cm
+    block[22] = height_mm // 10 if height_cm is None else height_cm
+    dtd = bytearray(18)
+    dtd[0:2] = (24_000).to_bytes(2, "little")  # pixel clock / 10 kHz: a timing
+    dtd[2], dtd[4] = width_px & 0xFF, (width_px >> 8) << 4
+    dtd[5], dtd[7] = height_px & 0xFF, (height_px >> 8) << 4
+    dtd[12], dtd[13] = width_mm & 0xFF, height_mm & 0xFF
+    dtd[14] = (width_mm >> 8) << 4 | (height_mm >> 8)
+    block[54:72] = dtd
+    return bytes(block)

@@ -15,7 +15,10 @@ as provisioning's ``domain_xml()`` gives them, and vmclient's VM metadata
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,6 +158,62 @@ class EchoGuests:
         if start:
             dom.create()
         return name
+
+    @contextlib.contextmanager
+    def starting(self, suffix: str, kind: str, seed: int, letter: str) -> Iterator[str]:
+        """A guest held in its start: libvirt has launched QEMU, which waits for the NBD
+        handshake of a second disk that this test's socket never answers.  libvirt
+        reports it paused, reason starting-up, for as long as the block lasts; on
+        exit the socket closes, the start fails and the domain is shut off."""
+        sock_path = IMAGES / f"{self.prefix}-{suffix}.nbd"
+        server = socket.socket(socket.AF_UNIX)
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+        server.bind(str(sock_path))
+        os.chmod(sock_path, 0o666)  # QEMU's user connects
+        server.listen(4)
+        held: list[socket.socket] = []
+
+        def hold() -> None:
+            with contextlib.suppress(OSError):  # shut down on exit
+                while True:
+                    held.append(server.accept()[0])
+
+        accepting = threading.Thread(target=hold, daemon=True)
+        accepting.start()
+        name = self.create(suffix, kind, seed, letter, start=False, devices=f"""
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='nbd'><host transport='unix' socket='{sock_path}'/></source>
+      <target dev='vdb' bus='virtio'/>
+    </disk>""")
+        failed: list[str] = []
+
+        def start() -> None:
+            with contextlib.suppress(libvirt.libvirtError):
+                open_libvirt().lookupByName(name).create()
+                failed.append("it started")
+
+        starter = threading.Thread(target=start, daemon=True)
+        starter.start()
+        try:
+            deadline = time.monotonic() + scaled(30)
+            while not held:  # QEMU waits for the handshake (libvirt: starting-up before)
+                assert time.monotonic() < deadline, "QEMU did not open the held disk"
+                time.sleep(0.05)
+            starting = [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP]
+            assert self.conn.lookupByName(name).state(0) == starting
+            yield name
+            assert self.conn.lookupByName(name).state(0) == starting
+        finally:
+            server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+            accepting.join()
+            server.close()
+            for conn in held:
+                conn.close()
+            starter.join(scaled(60))
+            sock_path.unlink()
+        assert not starter.is_alive() and not failed, "the held start did not fail"
 
     def screenshot(self, name: str) -> Image:
         """What QEMU shows (virDomainScreenshot), decoded."""

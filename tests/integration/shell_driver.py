@@ -66,6 +66,9 @@ def main() -> int:
     installs: list[str] = []  # every text the bar's install field showed, in order
     shell.statusbar.install.connect("notify::label",
                                     lambda lbl, _p: installs.append(lbl.get_text()))
+    fractions: list[float] = []  # every fraction the install page's progress bar showed
+    shell.install.bar.connect("notify::fraction",
+                              lambda b, _p: fractions.append(round(b.get_fraction(), 4)))
     syncs: list[str] = []  # and its sync field
     shell.statusbar.sync.connect("notify::label", lambda lbl, _p: syncs.append(lbl.get_text()))
     first_progress: list[str] = []  # and the first start's progress line
@@ -125,6 +128,7 @@ def main() -> int:
                 "install": {"open": shell.state.install, "name": shell.install.name.get_text(),
                             "file": shell.install.file(),
                             "message": shell.install.message.get_text(),
+                            "fractions": fractions,
                             "page": shell.top.get_visible_child_name()},
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()},
                 "first": {"open": shell.first_open, "step": shell.first.state.step.value,

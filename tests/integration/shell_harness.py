@@ -63,9 +63,11 @@ def user_dir(uid: int, prefix: str) -> Path:
 
 
 class Weston:
-    def __init__(self, uid: int = USER, keyboard: str | None = None) -> None:
+    def __init__(self, uid: int = USER, keyboard: str | None = None, ini: str = "") -> None:
         """``keyboard``: the XKB layout Weston starts with (its ``XKB_DEFAULT_LAYOUT``, which
-        the image's weston.service takes from the layout the first start kept)."""
+        the image's weston.service takes from the layout the first start kept); ``ini``:
+        more of weston.ini (an ``[output]`` section named ``headless`` with a ``scale``
+        makes a HiDPI screen of ``WIDTH``x``HEIGHT`` logical pixels)."""
         self.uid = uid
         self.keyboard = keyboard
         self.runtime = Path(tempfile.mkdtemp(prefix="vmclient-xdg-"))
@@ -78,7 +80,8 @@ class Weston:
         # frame's colour no longer matches) and fades it out when idle.
         config = self.runtime / "weston.ini"
         config.write_text("[core]\nidle-time=0\n\n[shell]\nstartup-animation=none\n"
-                          "animation=none\nclose-animation=none\nfocus-animation=none\n")
+                          "animation=none\nclose-animation=none\nfocus-animation=none\n"
+                          + ini)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [*as_user(uid), "weston", "--backend=headless-backend.so", "--use-pixman",

@@ -109,3 +109,18 @@ def test_only_running_vmclient_vms_are_shown(system_bus, provd, guests):
         return sorted((m.get("name"), [(a.get("name"), a.get("type"), a.get("direction"))
                                        for a in m.iter("arg")]) for m in iface)
     assert members(live) == members(shipped)
+
+
+def test_a_vm_whose_qemu_is_starting_is_listed_starting_not_paused(system_bus, provd,
+                                                                    guests):
+    """libvirt says paused (reason starting-up) while QEMU starts: nobody paused it."""
+    paused = guests.create("paused", "business", 0, "P")
+    guests.conn.lookupByName(paused).suspend()
+    conn = system_bus.connection()
+    with guests.starting("starting", "private", 1, "S") as starting:
+        rows = conn.call_blocking(NAME, PATH, IFACE, "ListVMs", "", [])
+        listed = {str(n): str(s) for n, _k, s in rows}
+        assert listed[starting] == "starting" and listed[paused] == "paused", listed
+        rows = conn.call_blocking(NAME, "/org/vmclient/VMClient1/Provisioning",
+                                  "org.vmclient.VMClient1.Provisioning", "List", "", [])
+        assert {str(r[0]): str(r[2]) for r in rows}[starting] == "starting"

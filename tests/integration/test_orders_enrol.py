@@ -155,3 +155,60 @@ async def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> No
         assert (rep.order, rep.outcome) == (order.seq, "done")
         assert agent.status()["lease_until"] == until
     await loop()
+
+
+async def test_a_refused_request_is_told_to_the_laptop_and_the_next_one_answered_anew(
+        tmp_path: Path) -> None:
+    """IT's refusal reaches the laptop (admin-signed, naming the request it answers): the
+    laptop is not enrolling any more and keeps IT's reason; its next request (the same
+    device) is not taken as refused by the old answer, and its enrolment removes it."""
+    from vmclient.manage.enrol import refusal_path
+    from vmclient.store.repo import put_signed
+
+    site = Site(tmp_path)
+    clock = [NOW]
+    cfg = ManageConfig(state_dir=tmp_path / "a", vm_keys_dir=tmp_path / "a" / "vmkeys",
+                       images_dir=tmp_path / "a" / "images", name_prefix="vmct-none-")
+    a = Agent(cfg, site.remote, Hypervisor("qemu:///system"), wall=lambda: clock[0])
+    dev = await site.request(a, "AAAA-BBBB-CCCC-DDDD")
+    assert await a.enrolment_refused() == ""  # pending: IT has not answered
+    assert a.state_file.load().device == dev
+    assert await site.process() == {dev: "wrong enrolment code"}
+    refusal = tmp_path / "repo" / refusal_path(dev)
+    assert refusal.exists() and dev not in refusal.name  # its name hides the device id
+    state = str(cfg.state_dir)
+    r = vmclientctl("status", "--state-dir", state, "--device-dir", state + "/keys")
+    assert "waiting for IT" in r.stdout, r.stdout + r.stderr  # not asked: not known yet
+    # vmclientctl status asks the repository: IT's answer is a refusal, and why
+    r = vmclientctl("status", "--repository", str(tmp_path / "repo"), "--state-dir", state,
+                    "--device-dir", state + "/keys")
+    assert r.stdout.strip() == ("not enrolled: IT refused the last request (wrong enrolment "
+                                "code); vmclientctl enrol … with the code IT gives you"), \
+        r.stdout + r.stderr
+    st = a.state_file.load()
+    assert (st.device, st.enrolled, st.refused) == ("", False, "wrong enrolment code")
+    assert await a.enrolment_refused() == ""  # told once: not enrolling any more
+    assert a.status()["refused"] == "wrong enrolment code"
+
+    # the code again, right this time: the same device, a new request; the old
+    # refusal is not its answer, and IT's enrolment removes it
+    clock[0] += 60
+    code = site.book.issue("laptop-a", clock[0])
+    assert await site.request(a, code) == dev
+    assert a.state_file.load().refused == ""
+    assert await a.enrolment_refused() == ""
+    assert a.state_file.load().device == dev
+    assert await site.process(clock[0]) == {dev: "enrolled as laptop-a"}
+    assert not refusal.exists()
+    assert await a.complete_enrolment()
+
+    # a refusal signed by another key than the admin's is not believed
+    b = site.laptop("b")
+    dev_b = await site.request(b, "AAAA-BBBB-CCCC-DDDD")
+    from vmclient.manage.enrol import Refusal
+    thief = crypto.Ed25519PrivateKey.generate()
+    await put_signed(site.remote, refusal_path(dev_b), thief, ("enrolment-refusal", dev_b),
+                     Refusal(dev_b, NOW, "wrong enrolment code").to_bytes())
+    with pytest.raises(RemoteIntegrityError, match="unknown key"):
+        await b.enrolment_refused()
+    assert b.state_file.load().device == dev_b

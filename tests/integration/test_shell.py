@@ -267,6 +267,74 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     assert zone_marked(screen, Zone.PRIVATE)
 
 
+def test_on_a_hidpi_panel_weston_scales_2_and_the_shell_fills_its_pixels(
+        system_bus, logind, tmp_path):
+    """The laptop's weston.ini as weston.service's drop-in makes it (shell.hidpi, from the
+    panel's EDID: here a 13.3" 2560x1600 one, 227 ppi, on the headless output): Weston
+    scales its output by 2, and the shell's bar, frame and text take twice the pixels
+    while the VM's picture fills the same share of the screen, equal to QEMU's."""
+    from testlib import edid_block
+    from vmclient.shell import hidpi
+
+    drm = tmp_path / "drm" / "card0-headless"
+    drm.mkdir(parents=True)
+    (drm / "status").write_text("connected\n")
+    (drm / "edid").write_bytes(edid_block(2560, 1600, 286, 179))
+    base, ini = tmp_path / "base.ini", tmp_path / "weston.ini"
+    base.write_text("")
+    assert hidpi.main([str(drm.parent), str(base), str(ini)]) == 0
+    polkit = system_bus.spawn_mock("polkitd")
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
+    provd = ProvDaemon(system_bus, tmp_path).start()
+    weston = shell = None
+    try:
+        prefix = f"vmcs-{uuid.uuid4().hex[:6]}"
+        with echo_guests(prefix) as guests:
+            vm = guests.create("work", "business", 0, "W")
+            weston = Weston(ini=ini.read_text())
+            shell = ShellUnderTest(weston, system_bus, tmp_path, prefix + "-",
+                                   groups=("vmclient",))
+            guests.wait_painted(vm)
+            mine = guests.screenshot(vm)
+
+            def shown() -> tuple[Image, tuple[int, int, int, int]] | None:
+                st = shell.ask("state")
+                if st["current"] != vm or st["display"] is None or \
+                        min(st["display"][2:]) < 64:
+                    return None
+                screen = weston.screenshot()
+                area = guest_area([2 * v for v in st["display"]])  # device pixels
+                return (screen, area) if difference(screen, area, mine) < MATCH else None
+            screen, area = wait_for(shown, 30, f"the shell to show {vm} at scale 2")
+            assert (screen.width, screen.height) == (2 * WIDTH, 2 * HEIGHT)
+            # the shell's logical layout is the scale-1 one: the display below the bar,
+            # inside the frame, the whole width but the frame's
+            st = shell.ask("state")
+            assert st["display"][:3] == [FRAME_PX, BAR_PX + FRAME_PX, WIDTH - 2 * FRAME_PX], st
+            colour = ZONE_COLOURS[Zone.BUSINESS]
+            # the bar: 2 x BAR_PX rows of the zone's colour at its right end; the frame:
+            # 2 x FRAME_PX columns on the left, mid-height
+            assert all(Image.near(screen.at(2 * WIDTH - 3, y), colour, 2)
+                       for y in range(0, 2 * BAR_PX, 4))
+            assert all(Image.near(screen.at(x, HEIGHT), colour, 2)
+                       for x in range(2 * FRAME_PX))
+            assert not Image.near(screen.at(2 * FRAME_PX + 2, HEIGHT), colour, 2)
+            # the VM's picture fills the display's width in device pixels (720x400 scaled
+            # by more than 2.7, its aspect kept)
+            assert abs(area[2] - 2 * (WIDTH - 2 * FRAME_PX)) <= 1 and area[2] > 2.7 * GUEST_W, \
+                area
+            shell.stop()
+            assert "Traceback" not in shell.log(), shell.log()
+    finally:
+        try:
+            if shell is not None:
+                shell.stop()
+        finally:
+            if weston is not None:
+                weston.stop()
+            provd.stop()
+
+
 def test_the_screen_locks_before_the_host_sleeps(desk, logind):
     d = desk
 
@@ -491,6 +559,21 @@ def test_closing_the_lid_locks_before_any_vm_pauses_and_opening_it_asks_for_the_
     assert "Traceback" not in powerd.log(), powerd.log()
 
 
+def test_a_vm_whose_qemu_is_starting_is_shown_starting_without_a_resume(desk):
+    """While QEMU starts a VM libvirt says it is paused (reason starting-up); the bar says
+    it is starting, and offers no Resume: nobody paused it."""
+    d = desk
+    shows(d, d.business, d.private)
+    with d.guests.starting("boot", "private", 2, "B") as boot:
+        wait_for(lambda: boot in [v[0] for v in d.shell.ask("state")["vms"]], 20,
+                 "the shell listing the VM being started")
+        d.shell.key(KEY_TAB, "Tab", "super")  # work, then the private VMs by name: boot
+        st = d.shell.ask("state")
+        assert st["current"] == boot, st
+        assert (st["bar"][0], st["vm_button"]) == (f"{boot} \u2014 private (starting)",
+                                                   ["Pause", False]), st
+
+
 KEY_N, KEY_ESC, KEY_DOWN = 49, 1, 108
 NM_DEVICE_DISCONNECTED, AP_MODE_INFRA, AP_SEC_NONE, AP_SEC_PSK = 30, 2, 0, 0x100
 
@@ -661,7 +744,9 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
     polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.provision.manage"])
     home = user_dir(USER, "vmclient-home-")  # the user's own files (0700, theirs)
     iso = home / "installer.iso"
-    iso.write_bytes(el_torito_iso(boot_sector(2, "I")))
+    # a larger installer (data after the ISO's own sectors, which the boot ignores): provd's
+    # copy of it takes several steps of its progress
+    iso.write_bytes(el_torito_iso(boot_sector(2, "I")) + os.urandom(40 << 20))
     os.chown(iso, USER, USER)
     iso.chmod(0o600)
     secret = home / "root-only.iso"  # root's, in the user's directory
@@ -720,6 +805,14 @@ async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_
                 st = shell.ask("state")
                 assert [vm, "private", "running"] in st["vms"] and not st["install"]["open"], st
                 assert any(t.startswith(f"Installing {vm}") for t in st["installs"]), st
+                # provd's copy of the ISO, in the bar and as the install page's progress
+                # bar (provd signals its start and its end; between them every 0.2 s)
+                copying = [t for t in st["installs"]
+                           if t.startswith(f"Installing {vm}: copying the media ")]
+                assert copying[0].endswith(" 0%") and copying[-1].endswith(" 100%"), copying
+                fractions = st["install"]["fractions"]
+                assert fractions and fractions[-1] == 1.0, fractions
+                assert fractions == sorted(fractions), fractions
                 guests = EchoGuests(conn, env.prefix)  # its pictures; it removes nothing
                 guests.seeds[vm] = 2
                 guests.wait_painted(vm)
@@ -783,9 +876,11 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
     """A laptop the real vmclient-syncd reports not enrolled opens the first start, driven
     by keys: the keyboard layout (kept in the user's state for the next session's Weston),
     Wi-Fi (dbusmock's NetworkManager), IT's one-time code from ``vmclient-admin enrol
-    --code`` (syncd's Enrol: a malformed code is refused with syncd's message, IT's code
-    is sent), the password typed twice (syncd's SetPassword: chpasswd in the shell's /etc
-    overlay), then the wait for IT.  IT accepts (``enrol --accept``) and assigns a VM;
+    --code`` (syncd's Enrol: a malformed code is refused with syncd's message, one IT did
+    not issue is sent), the password typed twice (syncd's SetPassword: chpasswd in the
+    shell's /etc overlay), then the wait for IT.  IT refuses that code (``enrol
+    --accept``): the page asks for it again with IT's reason, and the code IT issued is
+    sent.  IT accepts (``enrol --accept``) and assigns a VM;
     syncd completes the enrolment, its agent has the real vmclient-provd install the VM
     from the repository that the real sshd serves: the laptop's ``[repository]`` is the
     one every laptop ships (``sftp://host/``, no account: the request goes through the
@@ -911,8 +1006,9 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                     assert st()["step"] == "code"
                     # the refused code stays, to be corrected (here: all of it replaced)
                     assert st()["entry"] == "ABCD-EFGH-JKLM-NPQ0", st()
+                    # A code of the right form that IT did not issue (a typo) is sent.
                     shell.key(KEY_A, "a", "ctrl")
-                    assert shell.ask(f"type {code}") == {"ok": True}
+                    assert shell.ask("type ABCD-EFGH-JKLM-NPQR") == {"ok": True}
                     shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: st()["step"] == "password", 30,
                              "the enrolment requested\n" + logs())
@@ -936,6 +1032,27 @@ async def test_first_start_sets_the_layout_wifi_enrols_with_its_code_sets_the_pa
                         shell.key(KEY_ENTER, "Return")
                     wait_for(lambda: st()["step"] == "install", 20, "the password set")
                     assert etc.entry("nobody").split(":")[1].startswith("$")
+                    wait_for(lambda: st()["progress"] ==
+                             "Waiting for IT to accept this laptop\u2026", 10, "waiting for IT")
+
+                    # IT refuses that request; syncd reads IT's signed refusal through the
+                    # drop box and the page asks for the code again with IT's reason; the
+                    # right code then goes to the wait for IT (the password is set).
+                    capsys.readouterr()
+                    assert await admin("enrol", "--accept", "--server-keys", str(server.keys),
+                                      "--server-script", str(work / "setup.sh")) != 0
+                    assert f"refused laptop-f ({device}): wrong enrolment code" in \
+                        capsys.readouterr().out
+                    wait_for(lambda: st()["step"] == "code", 30,
+                             "the code asked again\n" + logs())
+                    assert st()["message"] == ("IT refused the code: wrong enrolment code. "
+                                               "Type the code again, or ask IT for a new one")
+                    assert st()["entry"] == "", st()
+                    assert shell.ask(f"type {code}") == {"ok": True}
+                    shell.key(KEY_ENTER, "Return")
+                    wait_for(lambda: st()["step"] == "install", 30,
+                             "the enrolment requested again\n" + logs())
+                    assert st()["message"] == "Enrolment requested"
                     wait_for(lambda: st()["progress"] ==
                              "Waiting for IT to accept this laptop\u2026", 10, "waiting for IT")
 

@@ -6,9 +6,11 @@ the pinned layers resolve them to; these catch a regression without them."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -464,7 +466,7 @@ def test_weston_starts_with_the_keyboard_layout_the_first_start_kept(tmp_path):
     pre = dropin["ExecStartPre"]
     assert pre.startswith("+/bin/sh -c ") and env_file in pre  # as root: it writes /run
     append = (WESTON_INIT / "weston-init.bbappend").read_text()
-    assert "s,@WESTON_USER_HOME@,${WESTON_USER_HOME},g' ${UNPACKDIR}/50-vmclient.conf" in append
+    assert "s,@WESTON_USER_HOME@,${WESTON_USER_HOME},g' -e" in append
     # the command itself, as systemd runs it ("$$" is its "$"), on a home of the test's
     home, run = tmp_path / "home", tmp_path / "run"
     cmd = shlex.split(pre.removeprefix("+").replace("$$", "$")
@@ -491,6 +493,40 @@ def test_weston_starts_with_the_keyboard_layout_the_first_start_kept(tmp_path):
     kept.symlink_to(secret)  # a link is not followed (root reads the user's home)
     subprocess.run(cmd, check=True, timeout=10)
     assert (run / Path(env_file).name).read_text() == ""
+
+
+def test_weston_starts_with_the_scale_of_the_panel(tmp_path):
+    """Before each start, as root, the drop-in writes the image's weston.ini with an
+    ``[output]`` scale=2 section for each connected HiDPI panel (vmclient.shell.hidpi, from
+    the EDIDs under /sys/class/drm) into /run, and Weston starts with that file."""
+    from testlib import edid_block
+
+    dropin = (WESTON_INIT / "weston-init" / "50-vmclient.conf").read_text()
+    pre = [ln.removeprefix("ExecStartPre=") for ln in dropin.splitlines()
+           if ln.startswith("ExecStartPre=") and "vmclient.shell.hidpi" in ln]
+    starts = [ln.removeprefix("ExecStart=") for ln in dropin.splitlines()
+              if ln.startswith("ExecStart=")]
+    assert len(pre) == 1 and pre[0].startswith("+/usr/bin/python3 -m vmclient.shell.hidpi ")
+    argv = shlex.split(pre[0].removeprefix("+"))
+    drm, base, out = argv[-3:]
+    assert (drm, base) == ("/sys/class/drm", "@sysconfdir@/xdg/weston/weston.ini")
+    # weston-init's ExecStart replaced by the same command reading that file
+    assert starts == ["", f"@bindir@/weston --modules=systemd-notify.so --config={out}"]
+    append = (WESTON_INIT / "weston-init.bbappend").read_text()
+    assert "-e 's,@bindir@,${bindir},g'" in append
+    assert "-e 's,@sysconfdir@,${sysconfdir},g' ${UNPACKDIR}/50-vmclient.conf" in append
+    # the command, on a laptop of the test's: a 13.3" 2560x1600 panel
+    panel = tmp_path / "drm" / "card0-eDP-1"
+    panel.mkdir(parents=True)
+    (panel / "status").write_text("connected\n")
+    (panel / "edid").write_bytes(edid_block(2560, 1600, 286, 179))
+    run = tmp_path / "run" / Path(out).name
+    subprocess.run([sys.executable, *argv[1:-3], str(panel.parent),
+                    str(WESTON_INIT / "weston-init" / "weston.ini"), str(run)],
+                   check=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO / "python-services" / "src")})
+    conf = _ini(run.read_text())
+    assert conf["output"] == {"name": "eDP-1", "scale": "2"}
+    assert conf["core"]["shell"] == "kiosk-shell.so"  # the image's weston.ini as it is
 
 
 def test_image_installs_the_desktop():

@@ -13,7 +13,8 @@ SRC_URI:append:vmclient = " file://50-vmclient.conf file://vmclient-home.conf"
 do_install:append:vmclient() {
     sed -i -e 's,@bindir@,${bindir},g' ${D}${sysconfdir}/xdg/weston/weston.ini
     if ${@bb.utils.contains('DISTRO_FEATURES', 'systemd', 'true', 'false', d)}; then
-        sed -e 's,@WESTON_USER_HOME@,${WESTON_USER_HOME},g' ${UNPACKDIR}/50-vmclient.conf > ${UNPACKDIR}/50-vmclient.conf.out
+        sed -e 's,@WESTON_USER_HOME@,${WESTON_USER_HOME},g' -e 's,@bindir@,${bindir},g' \
+            -e 's,@sysconfdir@,${sysconfdir},g' ${UNPACKDIR}/50-vmclient.conf > ${UNPACKDIR}/50-vmclient.conf.out
         install -D -m 0644 ${UNPACKDIR}/50-vmclient.conf.out ${D}${systemd_system_unitdir}/weston.service.d/50-vmclient.conf
     fi
     # The seat user's home on the data partition (vmclient-persist binds

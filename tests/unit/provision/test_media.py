@@ -103,9 +103,34 @@ def test_copy_in_keeps_content_and_holes(tmp_path: Path) -> None:
         os.close(fd)
     copy = tmp_path / "copy"
     assert copy.read_bytes() == src.read_bytes()
+    copy.unlink()
+    seen: list[int] = []
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert media.copy_in(fd, copy, "sparse", seen.append) == 80 << 20
+    finally:
+        os.close(fd)
+    # how far the copy is: after each extent copied (the hole between them skipped),
+    # then the end (the file's size: its trailing hole counts)
+    assert seen == [4096, (64 << 20) + 4096, 80 << 20], seen
+    assert copy.read_bytes() == src.read_bytes()
     assert copy.stat().st_mode & 0o777 == 0o600
     assert copy.stat().st_blocks * 512 < 8 << 20  # the holes stayed holes
     assert not (tmp_path / ".partial-copy").exists()
+
+
+def test_copy_in_reports_its_progress_at_most_a_step_apart(tmp_path: Path) -> None:
+    src = tmp_path / "iso"
+    src.write_bytes(os.urandom(4096) * ((2 * media.PROGRESS_STEP + 12345) // 4096 + 1))
+    size = src.stat().st_size
+    seen: list[int] = []
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        assert media.copy_in(fd, tmp_path / "copy", "iso", seen.append) == size
+    finally:
+        os.close(fd)
+    assert seen == [media.PROGRESS_STEP, 2 * media.PROGRESS_STEP, size, size], seen
+    assert (tmp_path / "copy").read_bytes() == src.read_bytes()
 
 
 @pytest.mark.parametrize(("info", "problem"), [

@@ -27,6 +27,9 @@ def test_the_shown_vms_button_pauses_it_while_it_runs_and_resumes_it_else():
     assert vm_action(VMEntry("work", Zone.BUSINESS, "paused", "paused by you")) == "resume-vm"
     assert vm_action(VMEntry("home", Zone.PRIVATE, "pmsuspended")) == "resume-vm"
     assert vm_action(None) is None  # no VM shown: the button is greyed
+    # QEMU is being started (libvirt: paused, starting-up): nobody paused it, nothing to
+    # resume: greyed until it runs
+    assert vm_action(VMEntry("home", Zone.PRIVATE, "starting", "starting")) is None
 
 
 def test_pause_and_resume_of_one_vm_say_what_powerd_did():

@@ -65,6 +65,21 @@ def test_an_install_in_progress_from_provd():
     assert install_text({"Phase": "x", "BytesTotal": "y"}) == ""
 
 
+def test_a_private_vms_media_copied_in_with_its_progress_bar():
+    from vmclient.shell.bar import install_fraction, install_text
+
+    copying = {"Phase": 8, "CurrentVM": "home", "BytesDone": 3 << 30, "BytesTotal": 4 << 30}
+    assert install_text(copying) == "Installing home: copying the media 75%"
+    assert install_fraction(copying) == 0.75
+    assert install_fraction({**copying, "BytesDone": 5 << 30}) == 1.0
+    assert install_fraction({"Phase": 3, "BytesDone": 1, "BytesTotal": 4}) == 0.25
+    # no bytes counted, idle, no provd, junk: no bar
+    for props in ({"Phase": 5, "CurrentVM": "home"}, {"Phase": 1}, {},
+                  {"Phase": 8, "BytesDone": 1, "BytesTotal": 0}, {"Phase": "x"},
+                  {"Phase": 8, "BytesDone": "x", "BytesTotal": "y"}):
+        assert install_fraction(props) is None, props
+
+
 def test_a_streamed_restore_in_progress_from_provd():
     from vmclient.shell.bar import install_text
 

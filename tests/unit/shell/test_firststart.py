@@ -133,3 +133,29 @@ def test_what_is_saved_is_the_step_and_the_layout_and_anything_else_is_ignored()
 def test_the_session_starts_again_only_for_a_layout_weston_did_not_start_with():
     assert fs.restart_needed("de", None) and fs.restart_needed("de", "us")
     assert not fs.restart_needed("us", None) and not fs.restart_needed("de", "de")
+
+
+def test_a_code_it_refused_is_asked_again_with_its_reason():
+    """syncd says IT refused the request (Enrolment 1 again, EnrolmentRefused its reason):
+    from the password or the wait for IT, back to the code with IT's words; a password
+    set meanwhile is not asked again."""
+    S = fs.Step
+    waiting = fs.FirstStart(S.INSTALL, 3)
+    back = fs.refused(waiting, fs.ENROL_NONE, "wrong enrolment code")
+    assert back is not None
+    state, message = back
+    assert (state.step, state.layout) == (S.CODE, 3)
+    assert message == ("IT refused the code: wrong enrolment code. Type the code again, "
+                       "or ask IT for a new one")
+    assert fs.advance(state, fs.ENROL_REQUESTED).step == S.INSTALL  # its password is set
+    typing = fs.FirstStart(S.PASSWORD, 1, first_password="secret 12")
+    state, _ = fs.refused(typing, fs.ENROL_NONE, "enrolment code expired") or (None, "")
+    assert state == fs.FirstStart(S.CODE, 1)  # the password not set yet: asked after
+    assert fs.advance(state, fs.ENROL_REQUESTED).step == S.PASSWORD
+    # no refusal, still waiting or enrolled, or not past the code: nothing changes
+    assert fs.refused(waiting, fs.ENROL_NONE, "") is None
+    assert fs.refused(waiting, fs.ENROL_REQUESTED, "wrong enrolment code") is None
+    assert fs.refused(waiting, fs.ENROL_ENROLLED, "wrong enrolment code") is None
+    assert fs.refused(fs.FirstStart(S.CODE), fs.ENROL_NONE, "wrong enrolment code") is None
+    # the password step done normally marks it set
+    assert fs.advance(fs.FirstStart(S.PASSWORD), fs.ENROL_REQUESTED).password_set

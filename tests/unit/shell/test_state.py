@@ -81,6 +81,14 @@ def test_the_view_shows_the_zone_colour_of_the_shown_vm():
     assert view(State()).page == "none"
 
 
+def test_a_vm_being_started_is_shown_as_starting():
+    """provd's "starting" (QEMU is being started): the VM is shown (its display opens when
+    the start is done), and the bar says it starts, not that it is paused."""
+    starting = VMEntry("home", Zone.PRIVATE, "starting", "starting")
+    v = view(with_vms(State(), [starting]))
+    assert (v.page, v.vm, v.title) == ("vm", "home", "home \u2014 private (starting)")
+
+
 def test_locked_nothing_of_a_vm_is_shown_and_switching_does_nothing():
     s = lock(with_vms(State(), [B1, P1]))
     v = view(s)

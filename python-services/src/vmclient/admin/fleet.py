@@ -158,7 +158,8 @@ async def cmd_enrol_code(args: argparse.Namespace, remote: RemoteStore) -> None:
         where = serverscript.write(text, getattr(args, "server_script", None), k.dir, now)
         say(serverscript.summary(where, len(setups)))
     if refused:
-        raise UsageError(f"{refused} enrolment request(s) refused (removed)")
+        raise UsageError(f"{refused} enrolment request(s) refused (removed; each laptop "
+                         "reads why at its next cycle)")
 
 
 # --- orders and the fleet -----------------------------------------------------------------

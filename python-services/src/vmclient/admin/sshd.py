@@ -25,7 +25,10 @@ Before it has an account, a laptop delivers its enrolment request through the
 like a device, that can only create files in ``enrolment/`` (root:vmc-enrol
 1730: no listing, no reading, and the sticky bit keeps it from replacing
 another laptop's request).  A request it drops is worth nothing without a
-valid one-time code (repository-format.md §5, enrolment request).
+valid one-time code (repository-format.md §5, enrolment request).  Like
+every account it reads what is world-readable: IT's signed refusals in
+``enrolment-refused/`` are how a laptop without an account learns that its
+request was refused (§5, enrolment refusal).
 
 Revocation (:func:`revocation`) removes the device's authorized-keys file,
 which ends its logins at once (sshd reads the file at every login), then

@@ -115,7 +115,8 @@ async def status(args: argparse.Namespace) -> dict[str, Any]:
     agent = _agent(args, args.repository)
     try:
         if args.repository:
-            await agent.complete_enrolment()
+            if not await agent.complete_enrolment():
+                await agent.enrolment_refused()  # IT's answer may be a refusal
             st: dict[str, Any] = agent.status()
         else:
             st = agent.status(read_lease(Path(args.state_dir)))
@@ -136,6 +137,9 @@ async def recovery_key(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_status(st: dict[str, Any]) -> str:
     if not st["device"]:
+        if st.get("refused"):
+            return (f"not enrolled: IT refused the last request ({st['refused']}); "
+                    "vmclientctl enrol … with the code IT gives you")
         return "not enrolled (vmclientctl enrol …)"
     if not st["enrolled"]:
         return f"device {st['device']}: enrolment requested, waiting for IT"

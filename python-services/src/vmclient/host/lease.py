@@ -92,6 +92,8 @@ class DeviceState:
     outbox: tuple[dict[str, Any], ...] = ()  # reports signed later, written when online
     reported: tuple[str, ...] = ()  # digests of refused objects already reported
     executed: dict[str, str] = field(default_factory=dict)  # seq -> digest of executed orders
+    requested: int = 0  # the pending enrolment request's time (the request names it)
+    refused: str = ""  # IT's reason for refusing the last request (until the next one)
 
     def lease(self, *, wipe_pending: bool = False) -> Lease:
         """The lease as of the recorded trusted time (none before enrolment completed).

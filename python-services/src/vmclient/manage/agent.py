@@ -90,7 +90,8 @@ class Agent:
         return {"device": s.device, "enrolled": s.enrolled, "last_order": s.last_seq,
                 "lease_until": s.lease_until, "lease_remaining": lease.remaining,
                 "business_allowed": lease.business_allowed, "state": lease.reason,
-                "locked": s.locked, "wiped": s.wiped, "reports_pending": len(s.outbox)}
+                "locked": s.locked, "wiped": s.wiped, "reports_pending": len(s.outbox),
+                "refused": s.refused}
 
     async def restore_source(self, vm: str) -> rekey.RestoreSource:
         """Where and how to restore ``vm`` after a ``rekey`` order (for :mod:`..sync.restore`)."""
@@ -150,10 +151,27 @@ class Agent:
         self.keys.ensure()
         _key, ssh_pub = ssh_identity(self.cfg.device_keys_dir, renew=s.wiped or s.enrolled)
         pin_admin_key(self.cfg.state_dir, admin_key)
+        now = int(self.wall())
         device = await enrol.send_request(self.remote, self.keys.signing(), self.keys.wrapping(),
-                                          name, code, int(self.wall()), ssh_key=ssh_pub)
-        self.state_file.save(DeviceState(device=device, clock=s.clock))
+                                          name, code, now, ssh_key=ssh_pub)
+        self.state_file.save(DeviceState(device=device, clock=s.clock, requested=now))
         return device
+
+    async def enrolment_refused(self) -> str:
+        """IT's reason if it refused the pending request (this agent's remote: the drop
+        box's, for a laptop without an account yet); the laptop is then not enrolling
+        any more (its keys stay: the next request is of the same device), and the
+        reason stays in its state until the next request.  "" otherwise."""
+        s = self.state_file.load()
+        if s.enrolled or not s.device:
+            return ""
+        reason = await enrol.fetch_refusal(self.remote, pinned_admin_key(self.cfg.state_dir),
+                                           s.device, s.requested)
+        if reason is None:
+            return ""
+        self.state_file.save(replace(s, device="", requested=0, refused=reason))
+        log.warning("IT refused the enrolment request of device %s: %s", s.device, reason)
+        return reason
 
     async def complete_enrolment(self) -> bool:
         s = self.state_file.load()

@@ -10,13 +10,17 @@
 3. :func:`process_requests` (admin) checks each request against the unused
    codes: a wrong code, a used code, an expired code or two requests with the
    same code are refused and the request removed; a match burns the code
-   (recorded first) and then the admin signs ``devices/<id>/device``.
+   (recorded first) and then the admin signs ``devices/<id>/device``.  A
+   refusal is told to the laptop: an admin-signed ``enrolment-refused/<digest
+   of the id>`` (:class:`Refusal`), which names the request it answers.
 4. The laptop sees its admin-signed device record (:func:`complete`) and
-   starts with a fresh lease.
+   starts with a fresh lease; or IT's refusal of the request it sent
+   (:func:`fetch_refusal`), and the person types the code again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -41,6 +45,8 @@ from ..store.remote import RemoteStore, get_object
 from ..store.repo import get_signed, put_signed
 
 REQUESTS = "enrolment"
+REFUSALS = "enrolment-refused"
+REASON_RE = re.compile(r"^[\x20-\x7e]{1,200}$")  # IT's words, as the laptop shows them
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 CODE_LENGTH = 16  # 80 bits
 CODE_TTL = 7 * 86400
@@ -55,6 +61,37 @@ class EnrolmentRefused(VMClientError):
 
 def request_path(device: str) -> str:
     return f"{REQUESTS}/{device}"
+
+
+def refusal_path(device: str) -> str:
+    """Where IT's refusal of the device's request waits for the laptop: a directory every
+    account reads (the drop box's too: a laptop not enrolled has no account of its
+    own), each file named by a digest of the device id (its listing shows no ids)."""
+    return f"{REFUSALS}/{hashlib.sha256(device.encode()).hexdigest()[:32]}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """IT's refusal of one enrolment request (admin-signed): the request's device and
+    ``requested`` time name the request, so a refusal of an earlier one is not taken
+    for the answer to the next."""
+
+    device: str
+    requested: int
+    reason: str
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"version": 1, "device": self.device,
+                               "requested": self.requested, "reason": self.reason})
+
+    @classmethod
+    def parse(cls, untrusted_body: bytes, device: str, path: str) -> Refusal:
+        r = Reader.parse(untrusted_body, "enrolment-refusal", device, path)
+        r.version({1})
+        refusal = cls(r.const("device", device), r.integer("requested", lo=0),
+                      r.text("reason", pattern=REASON_RE))
+        r.done()
+        return refusal
 
 
 def normalise(code: str) -> str:
@@ -143,6 +180,20 @@ async def fetch_record(remote: RemoteStore, admin: crypto.Ed25519PublicKey, devi
     return rec
 
 
+async def fetch_refusal(remote: RemoteStore, admin: crypto.Ed25519PublicKey, device: str,
+                        requested: int) -> str | None:
+    """IT's reason for refusing our request sent at ``requested``; None if there is no
+    refusal of that request (pending, accepted, or a refusal of an earlier one)."""
+    path = refusal_path(device)
+    try:
+        _s, body, _raw = await get_signed(remote, path, {crypto.key_id(admin): admin},
+                                          "enrolment-refusal", device)
+    except ObjectNotFound:
+        return None
+    refusal = Refusal.parse(body, device, path)
+    return refusal.reason if refusal.requested == requested else None
+
+
 # --- the admin ---------------------------------------------------------------------------------
 
 class CodeBook:
@@ -220,9 +271,24 @@ async def process_requests(remote: RemoteStore, admin: crypto.Ed25519PrivateKey,
         if req is None:
             out.append(Outcome(path, "?", False, f"malformed request: {error}"))
         else:
-            out.append(await _decide(remote, admin, book, req, claims, now))
+            outcome = await _decide(remote, admin, book, req, claims, now)
+            await _answer(remote, admin, req, outcome)
+            out.append(outcome)
         await remote.delete(path)
     return out
+
+
+async def _answer(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, req: EnrolmentRequest,
+                  outcome: Outcome) -> None:
+    """A refusal for the laptop to read (its words: the outcome's); an enrolment removes
+    a refusal of an earlier request of the same device."""
+    path = refusal_path(req.device)
+    if outcome.enrolled:
+        await remote.delete(path)  # (absent: nothing to do)
+        return
+    await put_signed(remote, path, admin, ("enrolment-refusal", req.device),
+                     Refusal(req.device, req.requested, outcome.detail[:200]).to_bytes(),
+                     exclusive=False)
 
 
 async def _decide(remote: RemoteStore, admin: crypto.Ed25519PrivateKey, book: CodeBook,

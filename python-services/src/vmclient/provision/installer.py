@@ -23,6 +23,7 @@ import os
 import shutil
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -57,7 +58,7 @@ class Installed:
     name: str
     uuid: str
     kind: str
-    state: str
+    state: str  # domains.state_word: running, starting, paused, shutoff, ...
     image: str
     image_version: int
     secret_uuid: str
@@ -154,7 +155,8 @@ class Provisioner:
                                          progress)
                 else:
                     assert media_fd is not None
-                    cdrom = await _from_media(recipe, media_fd, paths[system.name], pp)
+                    cdrom = await _from_media(recipe, media_fd, paths[system.name], pp,
+                                              self._copy_progress(progress), progress)
             # the blank user disks while the system disk is written (each qemu-img
             # create spends seconds calibrating its PBKDF)
             await all_of(system_disk(), *(_blank(paths[d.name], d.size_gib * GIB, pp)
@@ -211,6 +213,19 @@ class Provisioner:
         await self.receiver.download(resolved, progress, self.report)
         return resolved
 
+    def _copy_progress(self, progress: Progress) -> Callable[[int], None]:
+        """The progress of copying a private VM's media in (:func:`media.copy_in`, in a
+        worker thread), reported from the event loop as the phase "copy"."""
+        loop = asyncio.get_running_loop()
+
+        def at(offset: int) -> None:
+            progress.done = offset
+            self.report(progress)
+
+        def copied(offset: int) -> None:
+            loop.call_soon_threadsafe(at, offset)
+        return copied
+
     async def _assemble(self, r: Resolved, path: Path, pp: bytes, size_gib: int,
                         progress: Progress) -> None:
         assert self.receiver is not None
@@ -234,7 +249,7 @@ class Provisioner:
                 secret = sec.get("uuid", "") if sec is not None else secret
         cdroms = tuple(s.get("file", "") for s in
                        root.iterfind("devices/disk[@device='cdrom']/source") if s.get("file"))
-        return Installed(name, info.uuid, vm.get("kind", ""), info.state.name.lower(),
+        return Installed(name, info.uuid, vm.get("kind", ""), info.state_word,
                          vm.get("image", ""), int(vm.get("image-version") or 0), secret, disks,
                          cdroms)
 
@@ -349,27 +364,31 @@ async def _blank(path: Path, size: int, pp: bytes) -> None:
     await asyncio.to_thread(commit, tmp, path)
 
 
-async def _from_media(recipe: spec.Recipe, fd: int, system: Path, pp: bytes
-                      ) -> PurePosixPath | None:
-    """A private VM's system disk from its media; the copy of an ISO to attach, if any."""
+async def _from_media(recipe: spec.Recipe, fd: int, system: Path, pp: bytes,
+                      copied: Callable[[int], None], progress: Progress) -> PurePosixPath | None:
+    """A private VM's system disk from its media; the copy of an ISO to attach, if any.
+    The copy in is the phase "copy" of ``progress``, ``copied(offset)`` its progress."""
     what = str(recipe.image.media)
+    progress.begin("copy", os.fstat(fd).st_size)
+    copied(0)
     if recipe.image.iso is None:
-        await _import(fd, recipe.image.source, what, system, pp, recipe.system_disk.size_gib)
+        await _import(fd, recipe.image.source, what, system, pp, recipe.system_disk.size_gib,
+                      copied)
         return None
     cdrom = system.parent / INSTALL_ISO  # provd's own copy: what libvirt opens
-    await asyncio.to_thread(media.copy_in, fd, cdrom, what)
+    await asyncio.to_thread(media.copy_in, fd, cdrom, what, copied)
     await _blank(system, recipe.system_disk.size_gib * GIB, pp)
     return PurePosixPath(cdrom)
 
 
 async def _import(src_fd: int, fmt: str, what: str, dst: Path, pp: bytes,
-                  size_gib: int) -> None:
+                  size_gib: int, copied: Callable[[int], None]) -> None:
     """A private VM's existing disk, copied into provd's storage, checked, converted into a
     new encrypted qcow2 (:mod:`.media`)."""
     copy = dst.with_name(f".import-{dst.name}")
     tmp = dst.with_name(f".partial-{dst.name}")
     try:
-        await asyncio.to_thread(media.copy_in, src_fd, copy, what)
+        await asyncio.to_thread(media.copy_in, src_fd, copy, what, copied)
         virtual = media.check_image(await qemuimg.info(copy, fmt), fmt, what)
         await qemuimg.convert(copy, fmt, tmp, pp)
         if size_gib * GIB > virtual:

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError
@@ -109,17 +110,23 @@ def open_in_media_dir(media_dir: Path, untrusted_path: PurePosixPath) -> int:
     return fd
 
 
-def copy_in(src_fd: int, dest: Path, what: str) -> int:
+PROGRESS_STEP = 16 << 20  # bytes copied between two progress calls of copy_in
+
+
+def copy_in(src_fd: int, dest: Path, what: str,
+            progress: Callable[[int], None] | None = None) -> int:
     """Copy the file behind ``src_fd`` into a new root-only ``dest`` (holes kept); its size.
 
     ``dest`` appears whole or not at all (written as ``.partial-<name>``, renamed).
+    ``progress(offset)``: how far the copy is, at most :data:`PROGRESS_STEP` bytes apart
+    and once at the end (a hole skipped counts as copied); called in the copying thread.
     """
     size = check_fd(src_fd, what).st_size
     tmp = dest.with_name(f".partial-{dest.name}")
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            _copy_extents(src_fd, out, size)
+            _copy_extents(src_fd, out, size, progress or (lambda _n: None))
         except OSError as exc:
             raise MediaError(what, f"reading it failed: {exc.strerror}") from None
         os.ftruncate(out, size)
@@ -130,10 +137,12 @@ def copy_in(src_fd: int, dest: Path, what: str) -> int:
         raise
     finally:
         os.close(out)
+    if progress is not None:
+        progress(size)
     return size
 
 
-def _copy_extents(src: int, dst: int, size: int) -> None:
+def _copy_extents(src: int, dst: int, size: int, progress: Callable[[int], None]) -> None:
     pos = 0
     while pos < size:
         try:
@@ -145,16 +154,17 @@ def _copy_extents(src: int, dst: int, size: int) -> None:
         end = min(os.lseek(src, start, os.SEEK_HOLE), size)
         off = start
         while off < end:
-            n = _copy_range(src, dst, off, end - off)
+            n = _copy_range(src, dst, off, min(end - off, PROGRESS_STEP))
             if n == 0:  # the file shrank meanwhile
                 return
             off += n
+            progress(off)
         pos = end
 
 
 def _copy_range(src: int, dst: int, off: int, count: int) -> int:
     try:
-        return os.copy_file_range(src, dst, min(count, 1 << 30), off, off)
+        return os.copy_file_range(src, dst, count, off, off)
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise

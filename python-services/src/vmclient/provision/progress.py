@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # The D-Bus ``Phase`` enum: the index of the phase's name (0 = unknown).
-PHASES = ("unknown", "idle", "catalog", "download", "assemble", "define", "stream", "fill")
+PHASES = ("unknown", "idle", "catalog", "download", "assemble", "define", "stream", "fill",
+          "copy")
 
 
 @dataclass
 class Progress:
-    phase: str = "idle"  # catalog | download | assemble | define | stream | fill | idle
+    phase: str = "idle"  # catalog | download | assemble | define | stream | fill | copy | idle
     vm: str = ""
     done: int = 0
     total: int = 0

@@ -45,6 +45,7 @@ class Phase(enum.IntEnum):
     DEFINE = 5
     STREAM = 6
     FILL = 7  # no longer set: the fills are in ``Fills`` (the number stays taken)
+    COPY = 8  # a private VM's media copied into provd's storage (InstallFromMedia)
 
 
 class ProvisioningInterface(ServiceInterface):

@@ -50,8 +50,9 @@ VM_ACTIONS = {"pause-vm": ("Pause", "PauseVM"), "resume-vm": ("Resume", "ResumeV
 
 def vm_action(shown: VMEntry | None) -> str | None:
     """The shown VM's button: "pause-vm" while it runs, "resume-vm" while it is shown but
-    does not run (paused, suspended); None: no VM shown."""
-    if shown is None:
+    does not run (paused, suspended); None (greyed): no VM shown, or it is starting
+    (QEMU is being started: there is nothing to resume, and it runs in a moment)."""
+    if shown is None or shown.state == "starting":
         return None
     return "pause-vm" if shown.state == "running" else "resume-vm"
 

@@ -135,7 +135,7 @@ def pending_text(assigned: list[tuple[str, str]], installed: set[str]) -> str:
 
 
 _INSTALL_PHASES = {2: "reading the catalog", 3: "downloading", 4: "assembling", 5: "defining",
-                   6: "starting from the datacenter"}
+                   6: "starting from the datacenter", 8: "copying the media"}
 _RESTORE_PHASES = (6,)  # a streamed restore (vm restore --stream)
 
 
@@ -153,6 +153,16 @@ def install_text(untrusted_props: Mapping[str, Any]) -> str:
     done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
     percent = f" {min(100, done * 100 // total)}%" if total > 0 else ""
     return f"{verb} {vm}: {phase}{percent}" if vm else f"{verb}: {phase}{percent}"
+
+
+def install_fraction(untrusted_props: Mapping[str, Any]) -> float | None:
+    """How far the long operation's phase is (0..1) when it counts bytes (a download, an
+    assembly, a private VM's media copied in); None for a phase that counts none, idle,
+    or no provd: the install page's progress bar then hides."""
+    if _INSTALL_PHASES.get(_int(untrusted_props.get("Phase"))) is None:
+        return None
+    done, total = _int(untrusted_props.get("BytesDone")), _int(untrusted_props.get("BytesTotal"))
+    return min(1.0, max(0, done) / total) if total > 0 else None
 
 
 def fills_text(untrusted_fills: Any) -> str:

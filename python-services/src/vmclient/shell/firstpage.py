@@ -72,8 +72,19 @@ class FirstStartPage:
         if self.state.step == fs.Step.WIFI and st.connected is not None:
             self._next()  # connected: on to the code
 
-    def daemons(self, enrolment: int, install: str, pending: str, vms: int) -> None:
+    def daemons(self, enrolment: int, install: str, pending: str, vms: int,
+                refused: str = "") -> None:
+        """syncd's enrolment (``refused``: IT's reason for refusing the code sent) and
+        the bar's install and pending fields."""
         self.enrolment, self.install, self.pending, self.vms = enrolment, install, pending, vms
+        back = None if self.busy else fs.refused(self.state, enrolment, refused)
+        if back is not None:  # the code again, with IT's reason
+            self.state, message = back
+            firstsave.save(self.state)
+            self.entry.set_text("")
+            self.message.set_text(message)
+            self.render()
+            return
         if self.state.step == fs.Step.INSTALL:
             if fs.finished(enrolment, install, pending, vms):
                 self._next()

@@ -49,6 +49,7 @@ class FirstStart:
     step: Step = Step.LAYOUT
     layout: int = 0  # index into LAYOUTS
     first_password: str | None = None  # typed once, waiting for the confirmation
+    password_set: bool = False  # set in this run (a code typed again then skips it)
 
     @property
     def title(self) -> str:
@@ -64,7 +65,20 @@ def advance(fs: FirstStart, enrolment: int = ENROL_NONE) -> FirstStart:
     step = ORDER[min(i + 1, len(ORDER) - 1)]
     if step == Step.CODE and enrolment in (ENROL_REQUESTED, ENROL_ENROLLED):
         step = Step.PASSWORD
-    return replace(fs, step=step, first_password=None)
+    if step == Step.PASSWORD and fs.password_set:
+        step = Step.INSTALL
+    return replace(fs, step=step, first_password=None,
+                   password_set=fs.password_set or fs.step == Step.PASSWORD)
+
+
+def refused(fs: FirstStart, enrolment: int, reason: str) -> tuple[FirstStart, str] | None:
+    """IT refused the code sent (syncd: ``Enrolment`` 1 again, ``EnrolmentRefused`` its
+    reason): back to the code, saying why; None while that is not so.  A password set
+    meanwhile is not asked again."""
+    if enrolment != ENROL_NONE or not reason or fs.step not in (Step.PASSWORD, Step.INSTALL):
+        return None
+    return (FirstStart(Step.CODE, fs.layout, password_set=fs.step == Step.INSTALL),
+            f"IT refused the code: {reason}. Type the code again, or ask IT for a new one")
 
 
 def back(fs: FirstStart) -> FirstStart:

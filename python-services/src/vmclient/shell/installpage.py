@@ -87,9 +87,11 @@ class InstallPage:
         self.message.set_max_width_chars(80)
         self.progress = Gtk.Label(label="")  # provd's install progress, as the bar's
         self.progress.set_ellipsize(Pango.EllipsizeMode.END)
+        self.bar = Gtk.ProgressBar()  # of the phase that counts bytes (the ISO's copy)
+        self.bar.set_no_show_all(True)
         for w in (Gtk.Label(label="Install a private VM from media"), grid,
                   Gtk.Label(label="The installer:", xalign=0), self.chooser_box, button,
-                  self.message, self.progress):
+                  self.message, self.progress, self.bar):
             box.pack_start(w, False, False, 0)
         self.widget.add(box)
         self.busy = ""  # the VM being installed
@@ -114,6 +116,14 @@ class InstallPage:
         self.chooser.connect("file-activated", lambda _c: self.install())
         self.chooser_box.pack_start(self.chooser, True, True, 0)
         self.chooser.show_all()
+
+    def show_progress(self, text: str, fraction: float | None) -> None:
+        """provd's progress (:func:`.bar.install_text`, :func:`.bar.install_fraction`):
+        the line, and the bar while a phase counts bytes."""
+        self.progress.set_text(text)
+        if fraction is not None:
+            self.bar.set_fraction(fraction)
+        self.bar.set_visible(fraction is not None)
 
     def file(self) -> str:
         """The file chosen ("" none)."""

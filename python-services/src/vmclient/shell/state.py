@@ -46,14 +46,16 @@ ZONE_COLOURS: dict[Zone, tuple[int, int, int]] = {
     Zone.UNKNOWN: (0x80, 0x80, 0x80),
 }
 
-SHOWABLE = frozenset({"running", "paused", "blocked"})
+# "starting": provd's word for a VM whose QEMU is being started (its display opens
+# once the start is done: the installer's display appears at once).
+SHOWABLE = frozenset({"running", "starting", "paused", "blocked"})
 
 
 @dataclass(frozen=True)
 class VMEntry:
     name: str
     zone: Zone
-    state: str  # as provd reports it: running, paused, shutoff, ...
+    state: str  # as provd reports it: running, starting, paused, shutoff, ...
     detail: str = ""  # why it is not running, in words (the bar's); "" = the state
 
     @property

@@ -88,6 +88,7 @@ class Shell:
         self.first_open = False
         self._first_decided = False  # syncd told us whether this laptop is enrolled
         self.enrolment = firststart.ENROL_UNKNOWN
+        self.enrolment_refused = ""  # syncd's EnrolmentRefused: IT's reason
         self.top.add_named(desktop, "desktop")
         self.top.add_named(self.overview.widget, "overview")
         self.top.add_named(self.networks.widget, "networks")
@@ -216,6 +217,7 @@ class Shell:
         if "Enrolment" not in props:
             return
         self.enrolment = int(props["Enrolment"])
+        self.enrolment_refused = str(props.get("EnrolmentRefused", ""))[:300]
         if not self._first_decided:
             self._first_decided = True
             saved = firstsave.load()
@@ -233,13 +235,15 @@ class Shell:
 
     def _provisioning(self, props: dict[str, Any]) -> None:
         self.statusbar.install.set_text(bar.install_text(props))
-        self.install.progress.set_text(self.statusbar.install.get_text())
+        self.install.show_progress(self.statusbar.install.get_text(),
+                                   bar.install_fraction(props))
         self._feed_first()
 
     def _feed_first(self) -> None:
         if self.first_open:
             self.first.daemons(self.enrolment, self.statusbar.install.get_text(),
-                               self.statusbar.pending.get_text(), len(self.state.vms))
+                               self.statusbar.pending.get_text(), len(self.state.vms),
+                               self.enrolment_refused)
 
     @staticmethod
     def restart_session() -> None:

@@ -39,6 +39,7 @@ DOCUMENT_CAP = (256 << 20) + 64 * _KIB  # a manifest or index (format.MAX_DOCUME
 # (repository-format.md §9, "Sizes"); a bigger object is refused before it is read
 MAX_OBJECT: dict[str, int] = {
     "config": 64 * _KIB, "device": 64 * _KIB, "enrolment": 64 * _KIB,
+    "enrolment-refusal": 64 * _KIB,
     "revocation": 64 * _KIB, "status": 64 * _KIB, "report": 64 * _KIB,
     "pointer": 64 * _KIB, "wrapped-key": 64 * _KIB, "lock": 64 * _KIB,
     "recovery-key": 64 * _KIB,

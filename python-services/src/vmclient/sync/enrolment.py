@@ -8,7 +8,10 @@ only) and the laptop's name (``[manage] device_name``, else the host name).
 The code is checked for its form here (IT's codes: 16 of
 :data:`enrol.CODE_ALPHABET`, dashes and spaces ignored); whether IT issued it
 is decided by IT (:func:`enrol.process_requests`), which the ``Enrolment``
-property then shows (requested → enrolled).
+property then shows (requested → enrolled).  A request IT refused (a wrong,
+used or expired code) is not enrolling any more: ``Enrolment`` is 1 again and
+``EnrolmentRefused`` says IT's reason (:func:`check_refused`, each cycle
+while the request is pending, through the drop box on sftp://).
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ def state(agent: Any) -> int:
     return REQUESTED if s.device and not s.wiped and not s.enrolled else NONE
 
 
+def refused(agent: Any) -> str:
+    """IT's reason for refusing the last request, while the laptop is not enrolling."""
+    if agent is None:
+        return ""
+    s = agent.state_file.load()
+    return "" if s.device or s.enrolled else str(s.refused)
+
+
 def dropbox_location(location: str, user: str) -> str:
     """The repository URL with the drop box's account in place of the device's."""
     url = urlsplit(location)
@@ -93,5 +104,30 @@ async def request(cfg: sconfig.SyncConfig, agent: Any, hv: Any, untrusted_code: 
         from ..manage.agent import Agent
         courier = Agent(agent.cfg, dropbox, hv, keys=agent.keys)
         return str(await courier.request_enrolment(crypto.raw_public(admin), name, code))
+    finally:
+        await close_store(dropbox)
+
+
+async def check_refused(cfg: sconfig.SyncConfig, agent: Any, hv: Any) -> str:
+    """Whether IT refused the pending request: its reason, or "" (pending, or no request).
+    A laptop without an account reads IT's answer as it sent the request: through the
+    drop box on an sftp:// repository (a refusal is readable by every account)."""
+    if agent is None:
+        return ""
+    s = agent.state_file.load()
+    if s.enrolled or not s.device:
+        return ""
+    location = str(cfg.repository.location)
+    if not is_url(location):
+        return str(await agent.enrolment_refused())
+    if location.startswith("s3://"):
+        return ""  # no drop box there: IT issues the access key (request above)
+    dropbox = open_store(dropbox_location(location, cfg.manage.dropbox_user),
+                         key_file=cfg.manage.dropbox_key,
+                         known_hosts=cfg.repository.known_hosts, connections=1)
+    try:
+        from ..manage.agent import Agent
+        courier = Agent(agent.cfg, dropbox, hv, keys=agent.keys)
+        return str(await courier.enrolment_refused())
     finally:
         await close_store(dropbox)

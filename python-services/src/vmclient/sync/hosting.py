@@ -82,6 +82,8 @@ class AgentHost:
             return
         try:
             st = self.agent.state_file.load()
+            if st.device and not st.enrolled:
+                st = await self._refused()
             if st.device:  # enrolled, or enrolment requested: a managed laptop
                 if reachable:
                     if not st.enrolled:
@@ -109,6 +111,19 @@ class AgentHost:
         self.iface.changed()
         self.show_enrolment()
 
+    async def _refused(self) -> Any:
+        """Whether IT refused the pending enrolment request (then the laptop is not
+        enrolling: the person types the code again); the management state after."""
+        try:
+            async with self.enrolling:  # not while an Enrol replaces the request
+                reason = await enrolment.check_refused(self.cfg, self.agent, self.hv)
+        except (VMClientError, OSError) as exc:
+            log.info("IT's answer to the enrolment request not read: %s", exc)
+        else:
+            if reason:
+                self.show_enrolment()
+        return self.agent.state_file.load()
+
     async def enrol(self, untrusted_code: str) -> str:
         """``Enrol``: the request is on its way (the device id); a later cycle completes
         the enrolment once IT has accepted it."""
@@ -131,7 +146,7 @@ class AgentHost:
 
     def show_enrolment(self) -> None:
         try:
-            self.management.set(enrolment.state(self.agent))
+            self.management.set(enrolment.state(self.agent), enrolment.refused(self.agent))
         except (VMClientError, OSError) as exc:
             log.warning("enrolment state: %s", exc)
 

@@ -158,11 +158,13 @@ class ManagementInterface(ServiceInterface):
     ``org.vmclient.VMClient1.enrol``), the caller's first password (``SetPassword``,
     ``org.vmclient.VMClient1.first-password``) and the enrolment's state
     (``Enrolment``: 0 unknown, no management agent; 1 not enrolled; 2 requested,
-    waiting for IT; 3 enrolled)."""
+    waiting for IT; 3 enrolled; ``EnrolmentRefused``: IT's reason for refusing the
+    last request while not enrolled, else "")."""
 
     def __init__(self) -> None:
         super().__init__(names.MANAGE_IFACE)
         self.enrolment = 0
+        self.refused = ""
 
     # Declared for introspection; calls arrive through the guard (daemon.py).
     @method()
@@ -180,10 +182,18 @@ class ManagementInterface(ServiceInterface):
     def Enrolment(self) -> u:  # type: ignore[name-defined]  # noqa: F821
         return self.enrolment
 
-    def set(self, enrolment: int) -> None:
+    @dbus_property(access=PropertyAccess.READ)
+    def EnrolmentRefused(self) -> s:  # type: ignore[name-defined]  # noqa: F821
+        return self.refused
+
+    def set(self, enrolment: int, refused: str = "") -> None:
+        changed: dict[str, Any] = {}
+        if refused != self.refused:
+            self.refused = changed["EnrolmentRefused"] = refused
         if enrolment != self.enrolment:
-            self.enrolment = enrolment
-            self.emit_properties_changed({"Enrolment": enrolment})
+            self.enrolment = changed["Enrolment"] = enrolment
+        if changed:
+            self.emit_properties_changed(changed)
 
 
 class Progress:

@@ -54,6 +54,16 @@ class DomEvent(enum.IntEnum):
     CRASHED = libvirt.VIR_DOMAIN_EVENT_CRASHED
 
 
+def state_word(state: DomState, reason: int) -> str:
+    """A domain's state as vmclient lists it: libvirt's in lower case ("running",
+    "paused", "shutoff", ...), except "starting" for a domain whose QEMU is still
+    being started (libvirt: paused, reason starting-up, until its CPUs run): nobody
+    paused it, and it runs in a moment."""
+    if state == DomState.PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP:
+        return "starting"
+    return state.name.lower()
+
+
 @dataclass(frozen=True)
 class DomainInfo:
     uuid: str
@@ -63,6 +73,10 @@ class DomainInfo:
     policy: str | None  # from <metadata><vmclient:power policy=…/>, unvalidated
     managed_save: bool
     persistent: bool
+
+    @property
+    def state_word(self) -> str:
+        return state_word(self.state, self.reason)
 
 
 def list_infos(conn: libvirt.virConnect, flags: int,
