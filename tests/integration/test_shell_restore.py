@@ -16,7 +16,7 @@ import pytest
 from dbus_fast.aio import MessageBus
 from fixtures_virt import TCG_SLOWDOWN, open_libvirt
 from provd_harness import ProvDaemon, call, ok
-from provision_env import need_tools
+from provision_env import need_tools, set_lease
 from shell_harness import WIDTH, ShellUnderTest, Weston
 from stream_env import disk_bytes, give_to, put_vm_snapshot, streamed
 
@@ -55,7 +55,8 @@ def _prereqs() -> None:
 async def test_the_restore_page_offers_the_vms_not_here_and_one_press_runs_one_as_it_streams(
         system_bus, tmp_path):
     """Two VMs in the datacenter for this laptop; the bar's "Restore…" lists both with the
-    time of their snapshot; a press on one: provd's streamed restore, the VM runs and the
+    time of their snapshot; a press while the lease has run out is refused in words; a
+    press with the lease back: provd's streamed restore, the VM runs and the
     shell shows it, and the page and the bar show how far its disk is while it fills
     (0.1 MiB/s: 8 MiB take > 60 s, still filling when looked at).  Opened again, the page
     offers only the other: a VM on the laptop is never offered (nor by provd)."""
@@ -86,6 +87,16 @@ async def test_the_restore_page_offers_the_vms_not_here_and_one_press_runs_one_a
             offers = wait_for(offered, 30, "the VMs the datacenter keeps for this laptop")
             assert [o.split(" (")[0] for o in offers] == [f"Restore {crm}", f"Restore {hr}"]
             assert all(" (saved today " in o for o in offers), offers
+            # the lease run out: refused, in words saying what to do; nothing is left of it
+            set_lease(s.env.cfg.manage_dir, days=-1)
+            assert shell.ask(f"restore {hr}") == {"ok": True}
+            refused = f"{hr} was not restored: it may not run on this laptop now: the lease"
+            wait_for(lambda: shell.ask("state")["restore"]["message"].startswith(refused), 30,
+                     "the refusal said")
+            st = shell.ask("state")
+            assert "connect to the datacenter to renew it" in st["restore"]["message"], st
+            assert st["action_message"] == st["restore"]["message"] and st["restore"]["open"]
+            set_lease(s.env.cfg.manage_dir, days=14)
             t0 = time.monotonic()
             assert shell.ask(f"restore {crm}") == {"ok": True}
 

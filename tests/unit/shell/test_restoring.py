@@ -44,11 +44,10 @@ def test_each_refusal_says_what_to_do():
     assert failure_text("crm", ERR + "RemoteUnavailable", "SFTP list of 'x' failed ...") == (
         "crm was not restored: the datacenter does not answer.  Check the network (Wi-Fi, "
         "at the right of the bar), then try again")
-    assert failure_text("crm", ERR + "Failed",
-                        "VM 'crm' may not start: the lease expired 2 days ago") == (
-        "crm was not restored: it may not run on this laptop now (the lease expired 2 days "
-        "ago).  Connect to the network so the laptop can renew its lease, then try again; "
-        "if it stays so, tell IT")
+    assert failure_text("crm", ERR + "Failed", "VM 'crm' may not start: the lease has "
+                        "expired: connect to the datacenter to renew it") == (
+        "crm was not restored: it may not run on this laptop now: the lease has expired: "
+        "connect to the datacenter to renew it")
     assert failure_text("crm", ERR + "RemoteRefused", "SFTP server x refused ...") == \
         "crm was not restored: the datacenter refused this laptop; tell IT"
     assert failure_text("crm", ERR + "VMNotFound", "No such VM in the datacenter ...") == \

@@ -82,10 +82,9 @@ def _why(error: str, message: str) -> str:
         return "the datacenter refused this laptop; tell IT"
     if short == "RemoteIntegrity":
         return "what the datacenter sent failed its check (none of it was used); tell IT"
-    if "may not start" in message:  # the start gate: no lease, or a lease run out
+    if "may not start" in message:  # the start gate: its reason says what to do
         why = message.split("may not start:", 1)[-1].strip()
-        return (f"it may not run on this laptop now ({why}).  Connect to the network so "
-                "the laptop can renew its lease, then try again; if it stays so, tell IT")
+        return f"it may not run on this laptop now: {why}"
     if short == "VMNotFound":
         return "the datacenter keeps no copy of it for this laptop; tell IT"
     if short == "PermissionDenied" or error.endswith(".AccessDenied"):
