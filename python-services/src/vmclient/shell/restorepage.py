@@ -35,6 +35,7 @@ FLAGS = Gio.DBusCallFlags.ALLOW_INTERACTIVE_AUTHORIZATION
 CSS = """
 #restore { background-color: rgb(40, 40, 40); }
 #restore label { color: white; }
+#restore button label { color: rgb(30, 30, 30); }
 """
 
 
