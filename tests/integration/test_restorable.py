@@ -11,10 +11,12 @@ from stream_env import disk_bytes, give_to, put_vm_snapshot, streamed
 
 from vmclient.host.assigned import REKEYED
 from vmclient.provision.restorable import restorable
+from vmclient.shell.restoring import list_failure_text
 from vmclient.store import crypto, layout
 from vmclient.store.documents import Pointer, pointer_id
 from vmclient.store.repo import put_signed
 from vmclient.transport.localfs import LocalDirStore
+from vmclient.transport.target import RemoteUnavailable
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,7 +26,9 @@ async def test_listed_are_the_vms_with_a_key_for_this_laptop_and_a_pointer_that_
     """Four VMs under this device's directory: one as a sync writes it (listed, with its
     snapshot and the time it became the latest); one whose ``latest`` a stranger signed;
     one without its data key wrapped for this device; one older than what a ``rekey``
-    order accepted (a server replaying an old pointer).  Only the first is listed."""
+    order accepted (a server replaying an old pointer).  Only the first is listed.  With
+    the SFTP server gone, the listing fails as the shell's page words it: "the datacenter
+    does not answer"."""
     need_tools(vm=False)
     async with streamed(tmp_path) as s:
         good, forged, unkeyed, replayed = (s.env.name(n) for n in ("ok", "forged", "nokey",
@@ -45,3 +49,10 @@ async def test_listed_are_the_vms_with_a_key_for_this_laptop_and_a_pointer_that_
         rows = [r for r in await restorable(s.prov) if r.vm.startswith(s.env.prefix)]
         assert [(r.vm, r.snapshot, r.time) for r in rows] == \
             [(good, made[good].label, made[good].created)]
+        # the link down: provd's error, and what the shell's restore page makes of it
+        s.server.stop()
+        with pytest.raises(RemoteUnavailable) as exc:
+            await restorable(s.prov)
+        assert list_failure_text(exc.value.dbus_name, str(exc.value)) == (
+            "The VMs to restore are not known: the datacenter does not answer.  Check the "
+            "network (Wi-Fi, at the right of the bar), then try again")
