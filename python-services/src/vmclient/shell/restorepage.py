@@ -65,12 +65,17 @@ class RestorePage:
             box.pack_start(w, False, False, 0)
         self.widget.add(box)
         self.busy = ""  # the VM being restored
+        self.listing = False  # ListRestorable asked, not answered yet
         self.restored: list[str] = []  # the VMs this page restored, in order
         self.seen: set[str] = set()  # of those, the ones seen filling
         self.fills: dict[str, int] = {}  # VM → percent of its disk here
 
     def open(self) -> None:
-        """Before the page is shown: the list, asked of provd afresh."""
+        """Before the page is shown: the list, asked of provd afresh (one listing at a
+        time: each is a walk of the device's directory in the datacenter)."""
+        if self.listing:
+            return
+        self.listing = True
         if not self.busy:
             self.message.set_text("Asking the datacenter which VMs it keeps for this "
                                   "laptop\u2026")
@@ -79,6 +84,7 @@ class RestorePage:
                        LIST_TIMEOUT_MS, None, self._listed)
 
     def _listed(self, conn: Any, res: Any) -> None:
+        self.listing = False
         try:
             (rows,) = conn.call_finish(res).unpack()
         except GLib.Error as err:
