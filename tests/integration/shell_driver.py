@@ -14,7 +14,9 @@ Commands, one a line; each answers one JSON line:
   choose SSID           -> a click on SSID's row of the Wi-Fi page (the first start's while
                            it is open)
   click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown;
-                           vm: the shown VM's pause/resume; install: the install page)
+                           vm: the shown VM's pause/resume; install: the install page;
+                           restore: the restore page)
+  restore VM            -> a click on the restore page's button of VM ({"ok": false}: none)
   media MEM DISK FIRMWARE PATH
                         -> the install page's memory and disk (GiB), firmware (uefi, bios)
                            and, in its file chooser, the file PATH (chosen once the chooser
@@ -74,6 +76,9 @@ def main() -> int:
     first_progress: list[str] = []  # and the first start's progress line
     shell.first.progress.connect("notify::label",
                                  lambda lbl, _p: first_progress.append(lbl.get_text()))
+    restore_progress: list[str] = []  # and the restore page's progress
+    shell.restore.progress.connect("notify::label",
+                                   lambda lbl, _p: restore_progress.append(lbl.get_text()))
     shell.start()
     idle = IdleHint(shell.conn, idle_after=float(os.environ.get("VMCLIENT_TEST_IDLE_S", "900")),
                     check_s=1)  # as main() starts it, sooner
@@ -130,6 +135,12 @@ def main() -> int:
                             "message": shell.install.message.get_text(),
                             "fractions": fractions,
                             "page": shell.top.get_visible_child_name()},
+                "restore": {"open": shell.state.restore,
+                            "offers": [b.get_label() for b in shell.restore.buttons.values()],
+                            "message": shell.restore.message.get_text(),
+                            "progress": shell.restore.progress.get_text(),
+                            "page": shell.top.get_visible_child_name()},
+                "restore_progresses": restore_progress,
                 "tiles": {n: thumbnail(t[1]) for n, t in shell.overview.tiles.items()},
                 "first": {"open": shell.first_open, "step": shell.first.state.step.value,
                           "title": shell.first.title.get_text(),
@@ -184,6 +195,11 @@ def main() -> int:
         elif cmd == "click":
             shell.statusbar.buttons[args[0]].clicked()
             reply({"ok": True})
+        elif cmd == "restore":
+            button = shell.restore.buttons.get(args[0])
+            if button is not None:
+                button.clicked()
+            reply({"ok": button is not None})
         elif cmd == "media":
             page = shell.install
             page.memory.set_value(int(args[0]))

@@ -134,7 +134,8 @@ async def put_snapshot_of(env: Env, root: Path, vm: str, size: int, pieces: Iter
     await put_wrapped_key(local, layout.vm_key(dev, vm, env.device.wrapping_id()),
                           env.device.signing(),
                           WrappedKey.create(f"vm:{vm}", env.device.wrapping().public_key(), keys))
-    await put_pointer(local, env.device.signing(), Pointer(vm, dev, m.label, seq, 0, digest))
+    await put_pointer(local, env.device.signing(),
+                      Pointer(vm, dev, m.label, seq, m.created, digest))
     return m
 
 

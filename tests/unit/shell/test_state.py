@@ -13,6 +13,7 @@ from vmclient.shell.state import (
     Zone,
     choose,
     close_install,
+    close_restore,
     command,
     expect,
     hotkey,
@@ -20,6 +21,7 @@ from vmclient.shell.state import (
     listed,
     lock,
     open_install,
+    open_restore,
     overview_key,
     select,
     shown,
@@ -185,3 +187,21 @@ def test_the_install_page_opens_from_the_bar_and_locking_or_a_hotkey_closes_it()
     assert not command(o, Command.NEXT).install and not command(o, Command.OVERVIEW).install
     assert not command(o, Command.NETWORKS).install
     assert view(open_install(command(s, Command.NETWORKS))).page == "install"
+
+
+def test_the_restore_page_opens_from_the_bar_one_page_at_a_time_and_a_hotkey_closes_it():
+    s = with_vms(State(), [B1, P1])
+    r = open_restore(s)
+    assert view(r).page == "restore" and view(r).vm is None and shown(r) == B1
+    assert view(r).title == "Restore a VM from the datacenter  (Escape: back)"
+    assert view(close_restore(r)).page == "vm"
+    assert not lock(r).restore and not unlock(lock(r)).restore
+    assert open_restore(lock(s)) == lock(s)  # not while locked
+    assert not command(r, Command.NEXT).restore and not command(r, Command.OVERVIEW).restore
+    assert not command(r, Command.NETWORKS).restore
+    assert view(open_install(r)).page == "install" and not open_install(r).restore
+    assert view(open_restore(open_install(s))).page == "restore"
+    # the restored VM is shown once it runs, its page closed
+    s2 = close_restore(expect(r, "crm"))
+    assert s2.current == "work" and s2.expected == "crm" and view(s2).page == "vm"
+    assert with_vms(s2, [B1, P1, VMEntry("crm", Zone.BUSINESS, "running")]).current == "crm"

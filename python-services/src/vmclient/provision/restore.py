@@ -54,6 +54,7 @@ from ..errors import VMClientError, VMNotFound
 from ..host.assigned import accepted_min_seq
 from ..host.files import check_ram_backed, write_private
 from ..host.inventory import parse_domain
+from ..host.keys import DeviceKeys
 from ..store import crypto, layout
 from ..store.chunkstore import ChunkStore
 from ..store.errors import ObjectNotFound, RemoteIntegrityError
@@ -104,8 +105,7 @@ async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
     accepted = await _refuse_existing(prov, vm)
     dev = me.device_id()
     mine = {dev: me.signing().public_key()}
-    former = await writers(remote, admin, dev, vm)  # admin-signed device records
-    signers = {**{d: crypto.ed25519_public(r.signing_key) for d, r in former.items()}, **mine}
+    signers = await vm_signers(remote, admin, me, vm)
     if from_device and from_device not in signers:
         raise RestoreError(vm, f"device {from_device} is not among the VM's writers "
                            f"({', '.join(sorted(signers))}): was it re-keyed for this device?")
@@ -139,6 +139,16 @@ async def prepare(prov: Provisioner, vm: str, *, snapshot: str | None = None,
         raise RestoreError(vm, f"the data key stored here ({prov.keys.path(vm)}) is not "
                            "the one the datacenter wrapped for this device")
     return Prepared(remote, dev, keys, m, domain, accepted)
+
+
+async def vm_signers(remote: RemoteStore, admin: crypto.Ed25519PublicKey, me: DeviceKeys,
+                     vm: str) -> dict[str, crypto.Ed25519PublicKey]:
+    """Who may have written ``vm``'s snapshots under this device's directory: this device,
+    and the former writers a re-keyed VM's directory lists (admin-signed device records)."""
+    dev = me.device_id()
+    former = await writers(remote, admin, dev, vm)
+    return {**{d: crypto.ed25519_public(r.signing_key) for d, r in former.items()},
+            dev: me.signing().public_key()}
 
 
 async def restore(prov: Provisioner, vm: str, *, snapshot: str | None = None,
@@ -326,4 +336,4 @@ def write_memory(cache: ChunkCache, memory: ChunkMap, keys: crypto.KeySet, dest:
 
 
 __all__ = ["Prepared", "RestoreError", "download", "fetch_blobs", "prepare", "restore",
-           "write_memory"]
+           "vm_signers", "write_memory"]

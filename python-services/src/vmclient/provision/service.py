@@ -29,6 +29,7 @@ from ..host import assigned
 from . import media, spec
 from .installer import Installed, Provisioner
 from .progress import Progress
+from .restorable import restorable
 from .restore import restore as restore_vm
 from .stream import Streams
 
@@ -101,6 +102,10 @@ class ProvisioningInterface(ServiceInterface):
 
     @method()
     async def ListAssigned(self) -> a(ssuss):  # type: ignore[valid-type]  # noqa: F821
+        raise NotImplementedError
+
+    @method()
+    async def ListRestorable(self) -> a(sst):  # type: ignore[valid-type]  # noqa: F821
         raise NotImplementedError
 
     def introspect(self) -> Any:
@@ -264,6 +269,9 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
         rows = await asyncio.to_thread(assigned.load, prov.cfg.manage_dir)
         return [[[a.vm, a.image, a.order, a.outcome, a.detail] for a in rows]]
 
+    async def list_restorable(_args: list[Any]) -> list[Any]:
+        return [[[r.vm, r.snapshot, r.time] for r in await restorable(prov)]]
+
     long_ops = {"Install": ("installing a VM", install),
                 "InstallFromMedia": ("installing a VM", install_from_media),
                 "Upgrade": ("upgrading a VM", upgrade),
@@ -278,4 +286,6 @@ def install_guard(bus: MessageBus, iface: ProvisioningInterface, prov: Provision
                              "Remove": Member("removing a VM", remove),
                              "Eject": Member("ejecting install media", eject),
                              "List": Member("listing VMs", list_vms),
-                             "ListAssigned": Member("listing assigned VMs", list_assigned)})
+                             "ListAssigned": Member("listing assigned VMs", list_assigned),
+                             "ListRestorable": Member("listing the VMs to restore",
+                                                      list_restorable)})

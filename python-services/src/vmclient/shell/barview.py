@@ -1,7 +1,8 @@
 """The bar's widgets (GTK): what :mod:`.bar` words, laid out along the top of the screen.
 
 Left to right: the VM and its zone; the actions (sync now, pause, resume, shut
-down: :mod:`.actions`; install a private VM from media: :mod:`.installpage`; the shown
+down: :mod:`.actions`; install a private VM from media: :mod:`.installpage`; restore one
+from the datacenter: :mod:`.restorepage`; the shown
 VM's pause or resume, sound and USB), their answer; then from the right end: power, sync,
 IT's pending orders, an install in progress, Wi-Fi.  Every label ellipsizes:
 no text widens the window (a full-screen window larger than the screen is a
@@ -59,8 +60,9 @@ def flat_button(text: str, clicked: Callable[[], None]) -> Any:
 
 class Bar:
     """The bar: ``act(name)`` runs an action, pauses or resumes the shown VM (``"vm"``),
-    mutes it (``"sound"``), opens the USB menu (``"usb"``) or the install page
-    (``"install"``); ``networks()`` opens the Wi-Fi page."""
+    mutes it (``"sound"``), opens the USB menu (``"usb"``), the install page
+    (``"install"``) or the restore page (``"restore"``); ``networks()`` opens the Wi-Fi
+    page."""
 
     def __init__(self, act: Callable[[str], None], networks: Callable[[], None]) -> None:
         self.widget = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
@@ -76,6 +78,7 @@ class Bar:
                 self.widget.pack_start(self.buttons[name], False, False, 0)
         self.buttons["later"].set_no_show_all(True)  # shown while a restart is planned
         for name, text in (("install", "Install\u2026"),  # a private VM from media
+                           ("restore", "Restore\u2026"),  # a VM from the datacenter
                            ("vm", "Pause"), ("sound", ""), ("usb", "USB")):  # the shown VM's
             self.buttons[name] = flat_button(text, functools.partial(act, name))
             self.widget.pack_start(self.buttons[name], False, False, 0)

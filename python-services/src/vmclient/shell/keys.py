@@ -45,10 +45,10 @@ def pressed(shell: Any, event: Any) -> bool:
         if not st.asleep:
             shell.lock_page.key(event)
         return True
-    if st.install:  # the install page's fields have the keys (no VM is focused); Escape
+    if st.install or st.restore:  # the page's fields have the keys (no VM is focused)
         if key.name != "Escape":
             return False
-        shell.state = state.close_install(st)
+        shell.state = state.close_restore(state.close_install(st))
     elif st.networks:  # every key is the Wi-Fi page's
         if key.name != "Escape":
             shell.networks.key(event)

@@ -107,6 +107,7 @@ class State:
     selected: str | None = None  # in the overview
     networks: bool = False  # the Wi-Fi page is open
     install: bool = False  # the page "install a private VM from media" is open
+    restore: bool = False  # the page "restore a VM from the datacenter" is open
     expected: str | None = None  # to be shown as soon as it can be (a new VM)
     list_error: str = ""  # why the last VM list failed ("" = it came)
 
@@ -141,11 +142,23 @@ def open_install(state: State) -> State:
     locked)."""
     if state.locked:
         return state
-    return replace(state, install=True, overview=False, networks=False)
+    return replace(state, install=True, restore=False, overview=False, networks=False)
 
 
 def close_install(state: State) -> State:
     return replace(state, install=False)
+
+
+def open_restore(state: State) -> State:
+    """The bar's "Restore…": the page that restores a VM from the datacenter (not while
+    locked)."""
+    if state.locked:
+        return state
+    return replace(state, restore=True, install=False, overview=False, networks=False)
+
+
+def close_restore(state: State) -> State:
+    return replace(state, restore=False)
 
 
 def list_failed(state: State, error: str) -> State:
@@ -188,14 +201,15 @@ def command(state: State, cmd: Command) -> State:
     if state.locked:
         return state
     if cmd == Command.NETWORKS:
-        return replace(state, networks=not state.networks, overview=False, install=False)
+        return replace(state, networks=not state.networks, overview=False, install=False,
+                       restore=False)
     if cmd == Command.OVERVIEW:
         if state.overview or not showable_names(state):
             return replace(state, overview=False)
         return replace(state, overview=True, selected=state.current, networks=False,
-                       install=False)
+                       install=False, restore=False)
     return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False,
-                   networks=False, install=False)
+                   networks=False, install=False, restore=False)
 
 
 def overview_key(state: State, key: Key) -> State:
@@ -223,7 +237,8 @@ def choose(state: State, name: str) -> State:
 
 
 def lock(state: State) -> State:
-    return replace(state, locked=True, overview=False, networks=False, install=False)
+    return replace(state, locked=True, overview=False, networks=False, install=False,
+                   restore=False)
 
 
 def close_networks(state: State) -> State:
@@ -252,7 +267,8 @@ LIST_FAILED = "Cannot list the VMs"
 class View:
     """What the screen shows."""
 
-    page: str  # "vm", "none" (no VM to show), "overview", "networks", "install" or "lock"
+    page: str  # "vm", "none" (no VM to show), "overview", "networks", "install", "restore"
+    # or "lock"
     vm: str | None
     zone: Zone
     colour: tuple[int, int, int]
@@ -273,6 +289,9 @@ def view(state: State) -> View:
     if state.install:
         return View("install", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
                     "Install a private VM from media  (Escape: back)")
+    if state.restore:
+        return View("restore", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
+                    "Restore a VM from the datacenter  (Escape: back)")
     if state.overview:
         return View("overview", None, Zone.UNKNOWN, ZONE_COLOURS[Zone.UNKNOWN],
                     "Switch to\u2026  (number, arrows and Return, or a click; Escape)")

@@ -1,23 +1,22 @@
 """The shell's one full-screen window: the bar, the zone frame, the VMs, the lock page.
 
-A thin GTK adapter around :mod:`.state`: it feeds the core the VM list (from
-vmclient-provd, polled) and key presses, and shows what :func:`state.view`
-says.  Layout, top to bottom: the bar (:mod:`.barview`, the zone's colour,
-the VM's name and zone), then the VM's picture inside a frame of
-:data:`.barview.FRAME_PX` in the zone's colour.  Bar and frame are the shell's own
-widgets beside the SPICE widget, never under it: no guest pixel reaches them.
+A thin GTK adapter around :mod:`.state`: it feeds the core the VM list (from vmclient-provd,
+polled) and key presses, and shows what :func:`state.view` says.  Layout, top to bottom: the
+bar (:mod:`.barview`, the zone's colour, the VM's name and zone), then the VM's picture
+inside a frame of :data:`.barview.FRAME_PX` in the zone's colour.  Bar and frame are the
+shell's own widgets beside the SPICE widget, never under it: no guest pixel reaches them.
 
-Hotkeys are taken in the window's ``key-press-event`` handler, which GTK runs
-before the focused SPICE widget sees the key; a hotkey is consumed there and
-never forwarded.  While locked, every key goes to the lock page's password
-field (and none to a VM); the user's password, checked by PAM
-(:mod:`.auth`), unlocks.  Locking holds the VMs' pause back until the lock page
-is on the screen (:mod:`.locking`).
+Hotkeys are taken in the window's ``key-press-event`` handler, which GTK runs before the
+focused SPICE widget sees the key; a hotkey is consumed there and never forwarded.  While
+locked, every key goes to the lock page's password field (and none to a VM); the user's
+password, checked by PAM (:mod:`.auth`), unlocks.  Locking holds the VMs' pause back until
+the lock page is on the screen (:mod:`.locking`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gi
@@ -40,6 +39,8 @@ from .netpage import NetworksPage
 from .overview import CSS as OVERVIEW_CSS
 from .overview import Overview
 from .props import PropsWatch
+from .restorepage import CSS as RESTORE_CSS
+from .restorepage import RestorePage
 from .usbredir import UsbRedirect
 from .vmpages import CSS as PAGES_CSS
 from .vmpages import VMPages
@@ -81,7 +82,11 @@ class Shell:
         self.overview = Overview(self._chosen)
         self.networks = NetworksPage(self.connect_wifi)
         self.install = InstallPage(conn, lambda: [v.name for v in self._listed_vms],
-                                   self._installed, self.statusbar.action_message.set_text)
+                                   lambda vm: self._started(vm, state.close_install),
+                                   self.statusbar.action_message.set_text)
+        self.restore = RestorePage(conn, lambda: [v.name for v in self._listed_vms],
+                                   lambda vm: self._started(vm, state.close_restore),
+                                   self.statusbar.action_message.set_text)
         # The first start (firststart.py): open while self.first_open.
         self.first = FirstStartPage(conn, self.connect_wifi, self._first_done,
                                     self.restart_session)
@@ -89,12 +94,11 @@ class Shell:
         self._first_decided = False  # syncd told us whether this laptop is enrolled
         self.enrolment = firststart.ENROL_UNKNOWN
         self.enrolment_refused = ""  # syncd's EnrolmentRefused: IT's reason
-        self.top.add_named(desktop, "desktop")
-        self.top.add_named(self.overview.widget, "overview")
-        self.top.add_named(self.networks.widget, "networks")
-        self.top.add_named(self.install.widget, "install")
-        self.top.add_named(self.lock_page.widget, "lock")
-        self.top.add_named(self.first.widget, "firststart")
+        for name, widget in (("desktop", desktop), ("overview", self.overview.widget),
+                             ("networks", self.networks.widget), ("install", self.install.widget),
+                             ("restore", self.restore.widget), ("lock", self.lock_page.widget),
+                             ("firststart", self.first.widget)):
+            self.top.add_named(widget, name)
         self.window.add(self.top)
         self.window.connect("key-press-event", self._key)
         self.window.connect("key-release-event", self._key_release)
@@ -186,9 +190,10 @@ class Shell:
             actions.run_for(self.conn, state.shown(self.state),
                             self.statusbar.action_message.set_text)
             return
-        if name == "install":
-            self.install.open()
-            self.state = state.open_install(self.state)
+        if name in ("install", "restore"):  # a page of the shell's
+            (self.install if name == "install" else self.restore).open()
+            self.state = (state.open_install if name == "install" else state.open_restore)(
+                self.state)
             self.render()
             return
         if name == "sound" and self.state.current is not None:
@@ -237,6 +242,7 @@ class Shell:
         self.statusbar.install.set_text(bar.install_text(props))
         self.install.show_progress(self.statusbar.install.get_text(),
                                    bar.install_fraction(props))
+        self.restore.fills_changed(props.get("Fills"))
         self._feed_first()
 
     def _feed_first(self) -> None:
@@ -252,9 +258,10 @@ class Shell:
         log.info("starting the desktop again")
         Gtk.main_quit()
 
-    def _installed(self, vm: str) -> None:
-        """A VM installed from media started: shown as soon as it runs (its installer)."""
-        self.state = state.close_install(state.expect(self.state, vm))
+    def _started(self, vm: str, close: Callable[[state.State], state.State]) -> None:
+        """A VM installed from media (its installer) or restored from the datacenter runs:
+        its page closes (``close``), the VM is shown as soon as the VM list has it."""
+        self.state = close(state.expect(self.state, vm))
         self.refresh(slow=False)
         self.render()
 
@@ -360,7 +367,7 @@ class Shell:
             self.statusbar.close_menu()
         if v != self.shown:
             css = (barview.css(v.colour) + LOCK_CSS + PAGES_CSS + OVERVIEW_CSS + NETWORKS_CSS
-                   + FIRST_START_CSS + INSTALL_CSS)
+                   + FIRST_START_CSS + INSTALL_CSS + RESTORE_CSS)
             self.css.load_from_data(css.encode())
             self.statusbar.title.set_text(v.title)
             self.shown = v
@@ -371,7 +378,7 @@ class Shell:
             self.first.focus()
             return
         self.top.set_visible_child_name(v.page if v.page in ("lock", "overview", "networks",
-                                                             "install") else "desktop")
+                                                             "install", "restore") else "desktop")
         if v.page == "overview":
             self.overview.show(self.state, self.displays)
         else:
@@ -382,8 +389,8 @@ class Shell:
             self.lock_page.focus()
         elif v.page == "networks":
             self.networks.focus()
-        elif v.page == "install":
-            self.install.focus()
+        elif v.page in ("install", "restore"):
+            (self.install if v.page == "install" else self.restore).focus()
         else:
             self.window.set_focus(None)
 

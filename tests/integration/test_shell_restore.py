@@ -1,0 +1,144 @@
+"""The shell's "Restore…" on a new laptop: the VMs the datacenter keeps for it, one press
+and the VM runs while its disk streams in (vmclient-shell on a headless Weston, the real
+vmclient-provd against the real SFTP repository, real libvirt/QEMU and nbdkit)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+import pytest
+from dbus_fast.aio import MessageBus
+from fixtures_virt import TCG_SLOWDOWN, open_libvirt
+from provd_harness import ProvDaemon, call, ok
+from provision_env import need_tools, set_lease
+from shell_harness import WIDTH, ShellUnderTest, Weston
+from stream_env import disk_bytes, give_to, put_vm_snapshot, streamed
+
+from testlib import need
+from vmclient.store import layout
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+ACTION = "org.vmclient.VMClient1.open-display"
+FILLING = r"{} runs; (\d+)% of its disk is here"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``pred()``'s first true value, polled (bounded as test_shell.py's waits are)."""
+    deadline = time.monotonic() + timeout * TCG_SLOWDOWN
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return value
+
+
+@pytest.fixture(autouse=True)
+def _prereqs() -> None:
+    need(os.geteuid() == 0, "needs root (libvirt, setpriv)")
+    for tool in ("weston", "setpriv", "nbdkit"):
+        need(shutil.which(tool) is not None, f"{tool} is not installed")
+    try:
+        import gi
+
+        gi.require_version("SpiceClientGtk", "3.0")
+    except (ImportError, ValueError):
+        need(False, "spice-gtk's GTK introspection data (gir1.2-spiceclientgtk-3.0) is missing")
+    need_tools("dbus-daemon")
+
+
+async def test_the_restore_page_offers_the_vms_not_here_and_one_press_runs_one_as_it_streams(
+        system_bus, tmp_path):
+    """Two VMs in the datacenter for this laptop; the bar's "Restore…" lists both with the
+    time of their snapshot; a press while the lease has run out is refused in words; a
+    press with the lease back: provd's streamed restore, the VM runs and the
+    shell shows it, and the page and the bar show how far its disk is while it fills
+    (0.1 MiB/s: 8 MiB take > 60 s, still filling when looked at).  Opened again, the page
+    offers only the other: a VM on the laptop is never offered (nor by provd)."""
+    polkit = system_bus.spawn_mock("polkitd")  # the seat's user: in the vmclient group
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.provision.manage"])
+    async with streamed(tmp_path) as s:
+        crm, hr = s.env.name("crm"), s.env.name("hr")
+        await put_vm_snapshot(s.env, s.server.repo, crm, disk_bytes(8), s.keys)
+        await put_vm_snapshot(s.env, s.server.repo, hr, disk_bytes(1, seed=3), s.keys)
+        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
+        s.config.write_text(re.sub(r"(?m)^fill_mib_s = .*$", "fill_mib_s = 0.1",
+                                   s.config.read_text()))
+        provd = ProvDaemon(system_bus, tmp_path, s.config)
+        client = await MessageBus(bus_address=system_bus.address).connect()
+        conn = open_libvirt()
+        weston = shell = None
+        try:
+            provd.start()
+            weston = Weston()
+            shell = ShellUnderTest(weston, system_bus, tmp_path, s.env.prefix + "-",
+                                   groups=("vmclient",))
+            assert shell.ask("click restore") == {"ok": True}
+
+            def offered() -> list[str]:
+                st = shell.ask("state")["restore"]
+                assert st["open"] and st["page"] == "restore", st
+                return list(st["offers"]) if not st["message"].startswith("Asking") else []
+            offers = wait_for(offered, 30, "the VMs the datacenter keeps for this laptop")
+            assert [o.split(" (")[0] for o in offers] == [f"Restore {crm}", f"Restore {hr}"]
+            assert all(" (saved today " in o for o in offers), offers
+            # the lease run out: refused, in words saying what to do; nothing is left of it
+            set_lease(s.env.cfg.manage_dir, days=-1)
+            assert shell.ask(f"restore {hr}") == {"ok": True}
+            refused = f"{hr} was not restored: it may not run on this laptop now: the lease"
+            wait_for(lambda: shell.ask("state")["restore"]["message"].startswith(refused), 30,
+                     "the refusal said")
+            st = shell.ask("state")
+            assert "connect to the datacenter to renew it" in st["restore"]["message"], st
+            assert st["action_message"] == st["restore"]["message"] and st["restore"]["open"]
+            set_lease(s.env.cfg.manage_dir, days=14)
+            t0 = time.monotonic()
+            assert shell.ask(f"restore {crm}") == {"ok": True}
+
+            def runs_and_shown() -> bool:
+                st = shell.ask("state")
+                return bool(st["current"] == crm and [crm, "business", "running"] in st["vms"]
+                            and st["action_message"].startswith(f"{crm} runs while its disk")
+                            and st["display"] is not None)  # its SPICE widget, mapped
+            wait_for(runs_and_shown, 60, "the restored VM running and shown")
+            running_s = time.monotonic() - t0
+            dom = conn.lookupByName(crm)
+            assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            st = shell.ask("state")
+            assert not st["restore"]["open"] and st["bar"][0] == f"{crm} \u2014 business", st
+
+            def filling() -> int | None:
+                st = shell.ask("state")
+                seen = [int(m[1]) for t in st["restore_progresses"]
+                        if (m := re.search(FILLING.format(crm), t))]
+                bar = [t for t in st["installs"] if t.startswith(f"Restoring {crm}: filling")]
+                return (seen[-1] + 1) if seen and bar else None
+            percent = wait_for(filling, 30, "the fill's progress on the page and the bar") - 1
+            assert 0 <= percent < 100, percent
+            # opened again: only the VM not here
+            assert shell.ask("click restore") == {"ok": True}
+            offers = wait_for(offered, 30, "the list again")
+            assert [o.split(" (")[0] for o in offers] == [f"Restore {hr}"], offers
+            (rows,) = ok(await call(client, "ListRestorable"))
+            assert [r[0] for r in rows if r[0].startswith(s.env.prefix)] == [hr], rows
+            assert re.search(FILLING.format(crm), shell.ask("state")["restore"]["progress"])
+            ok(await call(client, "Remove", "s", [crm]))  # its fill and nbdkit stop too
+            assert shell.ask("state")["min_width"] <= WIDTH
+        finally:
+            client.disconnect()
+            conn.close()
+            try:
+                if shell is not None:
+                    shell.stop()
+            finally:
+                if weston is not None:
+                    weston.stop()
+                provd.stop()
+        print(f"restore pressed to VM shown: {running_s:.1f} s")
+        assert "Traceback" not in shell.log(), shell.log()
+        assert "Traceback" not in provd.log(), provd.log()
