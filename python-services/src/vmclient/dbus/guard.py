@@ -125,14 +125,16 @@ def install_method_guard(bus: MessageBus, path: str, iface: str, action: str,
             if m.with_caller:
                 args = [(await auth.caller_ids(bus, msg.sender))[0], *args]
             await _reply(bus, msg, out_sig, await m.handler(args))
-        except VMClientError as exc:
-            log.info("%s for %s: %s", msg.member, msg.sender, exc)
-            bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
-        except Exception as exc:  # a bug: still reply, then log the traceback
+        except Exception as exc:
             if not bus.connected:  # the daemon is stopping: nobody to reply to, no bug
-                log.info("%s for %s: no reply, the bus connection is closed", msg.member,
-                         msg.sender)
+                log.info("%s for %s: no reply, the bus connection is closed (%s)",
+                         msg.member, msg.sender, exc)
                 return
+            if isinstance(exc, VMClientError):
+                log.info("%s for %s: %s", msg.member, msg.sender, exc)
+                bus.send(Message.new_error(msg, exc.dbus_name, str(exc)))
+                return
+            # a bug: still reply, then log the traceback
             log.exception("%s failed", msg.member)
             bus.send(Message.new_error(msg, DBUS_ERROR_PREFIX + "Failed",
                                        f"internal error: {exc}"))
