@@ -253,8 +253,7 @@ class Shell:
 
     @staticmethod
     def restart_session() -> None:
-        """Quit: Weston ([autolaunch] watch=true) quits with the shell, and systemd starts
-        both again (the image's weston.service drop-in)."""
+        """Quit: Weston (autolaunch watch=true) quits with it; systemd starts both again."""
         log.info("starting the desktop again")
         Gtk.main_quit()
 
