@@ -262,3 +262,32 @@ class ShellUnderTest:
                 self.proc.wait()
         if self.own_state:
             shutil.rmtree(self.state_home, ignore_errors=True)
+
+
+def need_desktop(*tools: str) -> None:
+    """What every shell test needs: root, Weston, setpriv, spice-gtk's GTK bindings, and
+    ``tools``; missing ones skip the test (fail it in CI: testlib.need)."""
+    from testlib import need
+
+    need(os.geteuid() == 0, "needs root (libvirt, setpriv)")
+    for tool in ("weston", "setpriv", *tools):
+        need(shutil.which(tool) is not None, f"{tool} is not installed")
+    try:
+        import gi
+
+        gi.require_version("SpiceClientGtk", "3.0")
+    except (ImportError, ValueError):
+        need(False, "spice-gtk's GTK introspection data (gir1.2-spiceclientgtk-3.0) is missing")
+
+
+def stop_desk(shell: ShellUnderTest | None, weston: Weston | None, provd: Any) -> None:
+    """The shell, then Weston, then provd stopped, each whatever the one before did."""
+    try:
+        if shell is not None:
+            shell.stop()
+    finally:
+        try:
+            if weston is not None:
+                weston.stop()
+        finally:
+            provd.stop()

@@ -33,6 +33,8 @@ from shell_harness import (
     PasswordSandbox,
     ShellUnderTest,
     Weston,
+    need_desktop,
+    stop_desk,
     user_dir,
 )
 
@@ -49,15 +51,7 @@ GUEST_W, GUEST_H = 720, 400  # the guests' 80x25 text mode
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    need(os.geteuid() == 0, "needs root (libvirt, setpriv)")
-    for tool in ("weston", "weston-screenshooter", "setpriv"):
-        need(shutil.which(tool) is not None, f"{tool} is not installed")
-    try:
-        import gi
-
-        gi.require_version("SpiceClientGtk", "3.0")
-    except (ImportError, ValueError):
-        need(False, "spice-gtk's GTK introspection data (gir1.2-spiceclientgtk-3.0) is missing")
+    need_desktop("weston-screenshooter")
 
 
 @dataclass
@@ -89,13 +83,7 @@ def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterat
             shell.stop()
             assert "Traceback" not in shell.log(), shell.log()
     finally:
-        try:
-            if shell is not None:
-                shell.stop()
-        finally:
-            if weston is not None:
-                weston.stop()
-            provd.stop()
+        stop_desk(shell, weston, provd)
     assert "Traceback" not in provd.log(), provd.log()
 
 
@@ -326,13 +314,7 @@ def test_on_a_hidpi_panel_weston_scales_2_and_the_shell_fills_its_pixels(
             shell.stop()
             assert "Traceback" not in shell.log(), shell.log()
     finally:
-        try:
-            if shell is not None:
-                shell.stop()
-        finally:
-            if weston is not None:
-                weston.stop()
-            provd.stop()
+        stop_desk(shell, weston, provd)
 
 
 def test_the_screen_locks_before_the_host_sleeps(desk, logind):

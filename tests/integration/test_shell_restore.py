@@ -4,9 +4,7 @@ vmclient-provd against the real SFTP repository, real libvirt/QEMU and nbdkit)."
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,10 +15,9 @@ from dbus_fast.aio import MessageBus
 from fixtures_virt import TCG_SLOWDOWN, open_libvirt
 from provd_harness import ProvDaemon, call, ok
 from provision_env import need_tools, set_lease
-from shell_harness import WIDTH, ShellUnderTest, Weston
+from shell_harness import WIDTH, ShellUnderTest, Weston, need_desktop, stop_desk
 from stream_env import disk_bytes, give_to, put_vm_snapshot, streamed
 
-from testlib import need
 from vmclient.store import layout
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,15 +37,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @pytest.fixture(autouse=True)
 def _prereqs() -> None:
-    need(os.geteuid() == 0, "needs root (libvirt, setpriv)")
-    for tool in ("weston", "setpriv", "nbdkit"):
-        need(shutil.which(tool) is not None, f"{tool} is not installed")
-    try:
-        import gi
-
-        gi.require_version("SpiceClientGtk", "3.0")
-    except (ImportError, ValueError):
-        need(False, "spice-gtk's GTK introspection data (gir1.2-spiceclientgtk-3.0) is missing")
+    need_desktop("nbdkit")
     need_tools("dbus-daemon")
 
 
@@ -132,13 +121,7 @@ async def test_the_restore_page_offers_the_vms_not_here_and_one_press_runs_one_a
         finally:
             client.disconnect()
             conn.close()
-            try:
-                if shell is not None:
-                    shell.stop()
-            finally:
-                if weston is not None:
-                    weston.stop()
-                provd.stop()
+            stop_desk(shell, weston, provd)
         print(f"restore pressed to VM shown: {running_s:.1f} s")
         assert "Traceback" not in shell.log(), shell.log()
         assert "Traceback" not in provd.log(), provd.log()
