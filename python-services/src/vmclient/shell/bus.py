@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import gi
 
@@ -21,6 +21,7 @@ gi.require_version("Gio", "2.0")
 from gi.repository import Gio, GLib  # noqa: E402
 
 TIMEOUT_MS = 30_000
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class VM:
@@ -98,16 +99,23 @@ def list_vms_sync(conn: Any) -> list[VM]:
     return [VM(str(n), str(k), str(s)) for n, k, s in rows]
 
 
-def list_vms(conn: Any, done: Callable[[list[VM] | None, RemoteError | None], None]) -> None:
-    """The VMs the shell may show: ``done(vms, None)`` or ``done(None, err)``."""
+def _rows(done: Callable[[list[T] | None, RemoteError | None], None],
+          row: Callable[..., T]) -> Callable[[Any, Any], None]:
+    """A call's callback: ``done([row(*r) for r in rows], None)``, or ``done(None, err)``."""
     def finish(c: Any, res: Any) -> None:
         try:
             (rows,) = c.call_finish(res).unpack()
         except GLib.Error as err:
             done(None, _error(err))
             return
-        done([VM(str(n), str(k), str(s)) for n, k, s in rows], None)
-    conn.call(*_call_args("ListVMs", None, "(a(sss))"), None, finish)
+        done([row(*r) for r in rows], None)
+    return finish
+
+
+def list_vms(conn: Any, done: Callable[[list[VM] | None, RemoteError | None], None]) -> None:
+    """The VMs the shell may show: ``done(vms, None)`` or ``done(None, err)``."""
+    conn.call(*_call_args("ListVMs", None, "(a(sss))"), None,
+              _rows(done, lambda n, k, s: VM(str(n), str(k), str(s))))
 
 
 @dataclass(frozen=True)
@@ -122,14 +130,8 @@ class AssignedVM:
 def list_assigned(conn: Any, done: Callable[[list[AssignedVM] | None, RemoteError | None], None]
                   ) -> None:
     """What IT assigned to this laptop (provd's ``ListAssigned``)."""
-    def finish(c: Any, res: Any) -> None:
-        try:
-            (rows,) = c.call_finish(res).unpack()
-        except GLib.Error as err:
-            done(None, _error(err))
-            return
-        done([AssignedVM(str(v), str(i), int(o), str(out), str(d)) for v, i, o, out, d in rows],
-             None)
+    finish = _rows(done, lambda v, i, o, out, d: AssignedVM(str(v), str(i), int(o), str(out),
+                                                            str(d)))
     conn.call(names.PROVISION_BUS_NAME, names.PROVISION_PATH, names.PROVISION_IFACE,
               "ListAssigned", None, GLib.VariantType.new("(a(ssuss))"), Gio.DBusCallFlags.NONE,
               TIMEOUT_MS, None, finish)
