@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import VMClientError, VMNotFound
-from ..host.files import commit, write_private
+from ..host.files import write_private
 from ..host.gate import StartGate
 from ..host.keys import DeviceKeys, VMKeys
 from ..tasks import all_of
@@ -36,13 +36,12 @@ from ..virt.libvirt import DomState, Hypervisor, eject_media
 from . import media, qemuimg, spec
 from .config import ProvisionConfig, gate_config
 from .domainxml import VM_NS, DiskBinding, domain_xml
+from .mediadisk import GIB, blank_disk, from_media
 from .network import network_xml
 from .progress import Progress, ProgressFn, ignore
 from .receiver import Receiver, Resolved
 
 log = logging.getLogger(__name__)
-GIB = 1 << 30
-INSTALL_ISO = "install.iso"  # the copy of an ISO install's media, in the VM's directory
 
 
 class VMExists(VMClientError):
@@ -155,11 +154,11 @@ class Provisioner:
                                          progress)
                 else:
                     assert media_fd is not None
-                    cdrom = await _from_media(recipe, media_fd, paths[system.name], pp,
+                    cdrom = await from_media(recipe, media_fd, paths[system.name], pp,
                                               self._copy_progress(progress), progress)
             # the blank user disks while the system disk is written (each qemu-img
             # create spends seconds calibrating its PBKDF)
-            await all_of(system_disk(), *(_blank(paths[d.name], d.size_gib * GIB, pp)
+            await all_of(system_disk(), *(blank_disk(paths[d.name], d.size_gib * GIB, pp)
                                           for d in recipe.disks if d.role == "user"))
             secret = str(uuidlib.uuid4())
             xml = domain_xml(recipe, uuid=str(uuidlib.uuid4()), install_media=cdrom,
@@ -269,12 +268,12 @@ class Provisioner:
         gets its install media ejected first (:meth:`installed_from_media`).
         """
         vm = await self.get(name)
-        if await self.installed_from_media(vm):
+        if await self.installedfrom_media(vm):
             log.info("VM %s: the install finished (its system disk boots now)", name)
             await self.eject(name)
         await self.gate.start(vm.uuid, name)
 
-    async def installed_from_media(self, vm: Installed) -> bool:
+    async def installedfrom_media(self, vm: Installed) -> bool:
         """True if ``vm`` still has install media and its shut-off system disk is installed.
 
         "Installed" means its first sector carries the boot signature 55 AA, which
@@ -356,49 +355,6 @@ class Provisioner:
             await asyncio.to_thread(old.unlink, missing_ok=True)
         log.info("VM %s upgraded from image version %d to %d", name, vm.image_version, new)
         return await self.get(name)
-
-
-async def _blank(path: Path, size: int, pp: bytes) -> None:
-    tmp = path.with_name(f".partial-{path.name}")
-    await qemuimg.create(tmp, size, pp)
-    await asyncio.to_thread(commit, tmp, path)
-
-
-async def _from_media(recipe: spec.Recipe, fd: int, system: Path, pp: bytes,
-                      copied: Callable[[int], None], progress: Progress) -> PurePosixPath | None:
-    """A private VM's system disk from its media; the copy of an ISO to attach, if any.
-    The copy in is the phase "copy" of ``progress``, ``copied(offset)`` its progress."""
-    what = str(recipe.image.media)
-    progress.begin("copy", os.fstat(fd).st_size)
-    copied(0)
-    if recipe.image.iso is None:
-        await _import(fd, recipe.image.source, what, system, pp, recipe.system_disk.size_gib,
-                      copied)
-        return None
-    cdrom = system.parent / INSTALL_ISO  # provd's own copy: what libvirt opens
-    await asyncio.to_thread(media.copy_in, fd, cdrom, what, copied)
-    await _blank(system, recipe.system_disk.size_gib * GIB, pp)
-    return PurePosixPath(cdrom)
-
-
-async def _import(src_fd: int, fmt: str, what: str, dst: Path, pp: bytes,
-                  size_gib: int, copied: Callable[[int], None]) -> None:
-    """A private VM's existing disk, copied into provd's storage, checked, converted into a
-    new encrypted qcow2 (:mod:`.media`)."""
-    copy = dst.with_name(f".import-{dst.name}")
-    tmp = dst.with_name(f".partial-{dst.name}")
-    try:
-        await asyncio.to_thread(media.copy_in, src_fd, copy, what, copied)
-        virtual = media.check_image(await qemuimg.info(copy, fmt), fmt, what)
-        await qemuimg.convert(copy, fmt, tmp, pp)
-        if size_gib * GIB > virtual:
-            await qemuimg.resize(tmp, size_gib * GIB, pp)
-        await asyncio.to_thread(commit, tmp, dst)
-    except qemuimg.DiskToolError as exc:
-        raise media.MediaError(what, f"cannot import it as {fmt}: {exc}") from None
-    finally:
-        copy.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
 
 
 def _save_text(path: Path, text: str) -> None:
