@@ -7,6 +7,13 @@ band ``r`` in colour ``(r + seed) & 7`` (two guests with different seeds look
 different in every band), then reads keys through the BIOS (int 16h) and writes
 each one, black on light grey, from the start of row :data:`ECHO_ROW` on.
 
+The BIOS has no character for the Windows (Super) keys, so int 16h never returns
+them.  To show that one arrived, the sector hooks int 15h, function 4Fh, which
+SeaBIOS's keyboard interrupt calls with every byte the keyboard sends (the
+keyboard intercept, before the BIOS decodes it), and for each make code of a
+Windows key (E0 5B, E0 5C in scancode set 1) writes a yellow block from the
+start of row :data:`SUPER_ROW` on; then it goes on to the BIOS's own handler.
+
 The domains get SPICE with ``<listen type='none'/>`` and a virtio video device,
 as provisioning's ``domain_xml()`` gives them, and vmclient's VM metadata
 (``<vmc:vm kind=…/>``) so that vmclient-provd counts them as its own.
@@ -31,6 +38,9 @@ from pixels import Image
 COLS, ROWS = 80, 25
 ECHO_ROW = 12
 ECHO_ATTR = 0x70  # black on light grey
+SUPER_ROW = 20  # a yellow block for each Windows key pressed
+SUPER_CELL = 0x0EDB  # a full block (0xDB) in yellow (attribute 0x0E)
+YELLOW = (0xFF, 0xFF, 0x55)  # the VGA palette's colour 14: no band has it
 # The VGA palette's 8 background colours (attribute bits 4-6).
 PALETTE = [(0, 0, 0), (0, 0, 0xAA), (0, 0xAA, 0), (0, 0xAA, 0xAA),
            (0xAA, 0, 0), (0xAA, 0, 0xAA), (0xAA, 0x55, 0), (0xAA, 0xAA, 0xAA)]
@@ -40,6 +50,68 @@ VM_NS = "https://vmclient.org/xmlns/vm/1"
 def _rel8(offset: int) -> int:
     assert -128 <= offset < 128
     return offset & 0xFF
+
+
+def _assemble(items: list[bytes | tuple[int, str] | str]) -> bytes:
+    """Bytes, labels (str) and short jumps ``(opcode, label)``, in order."""
+    at, pos = {}, 0
+    for item in items:
+        if isinstance(item, str):
+            at[item] = pos
+        else:
+            pos += 2 if isinstance(item, tuple) else len(item)
+    out = b""
+    for item in items:
+        if isinstance(item, tuple):
+            out += bytes([item[0], _rel8(at[item[1]] - (len(out) + 2))])
+        elif isinstance(item, bytes):
+            out += item
+    return out
+
+
+def _word(value: int) -> bytes:
+    return bytes([value & 0xFF, value >> 8])
+
+
+def _super_hook(base: int) -> tuple[bytes, bytes]:
+    """The int 15h handler assembled at offset ``base`` of the sector (its data after
+    it), and the code that installs it.  Its addresses are 0:7C00 + offset (CS is 0 in
+    the handler: its vector's segment; DS is 0 where it is installed)."""
+    size = 70  # the handler's length (checked below), then: old vector, E0 seen, cell
+    old, e0, cell = (0x7C00 + base + size + o for o in (0, 4, 5))
+    handler = _assemble([
+        b"\x80\xFC\x4F", (0x75, "chain"),            # cmp ah, 4Fh ; jne chain
+        b"\x3C\xE0", (0x75, "not_e0"),                # cmp al, E0h ; jne not_e0
+        b"\x2E\xC6\x06" + _word(e0) + b"\x01",        # mov byte [cs:e0], 1
+        (0xEB, "chain"),                              # jmp chain
+        "not_e0",
+        b"\x2E\x80\x3E" + _word(e0) + b"\x00",        # cmp byte [cs:e0], 0
+        b"\x2E\xC6\x06" + _word(e0) + b"\x00",        # mov byte [cs:e0], 0 (flags kept)
+        (0x74, "chain"),                              # je chain: no E0 before it
+        b"\x3C\x5B", (0x74, "mark"),                  # cmp al, 5Bh ; je mark (left)
+        b"\x3C\x5C", (0x75, "chain"),                 # cmp al, 5Ch ; jne chain (right)
+        "mark",
+        b"\x06\x57\x50",                              # push es ; push di ; push ax
+        b"\xB8\x00\xB8\x8E\xC0",                      # mov ax, 0xb800 ; mov es, ax
+        b"\x2E\x8B\x3E" + _word(cell),                # mov di, [cs:cell]
+        b"\xB8" + _word(SUPER_CELL),                  # mov ax, yellow block
+        b"\xFC\xAB",                                  # cld ; stosw
+        b"\x2E\x89\x3E" + _word(cell),                # mov [cs:cell], di
+        b"\x58\x5F\x07",                              # pop ax ; pop di ; pop es
+        "chain",
+        b"\x2E\xFF\x2E" + _word(old),                 # jmp far [cs:old]
+    ])
+    assert len(handler) == size, len(handler)
+    data = bytes(5) + _word(SUPER_ROW * COLS * 2)
+    install = bytes([
+        0xFA,                                         # cli
+        0xA1, 0x54, 0x00, 0xA3, *_word(old),          # mov ax, [15h*4] ; mov [old], ax
+        0xA1, 0x56, 0x00, 0xA3, *_word(old + 2),      # mov ax, [15h*4+2] ; mov [old+2], ax
+        0xC7, 0x06, 0x54, 0x00, *_word(0x7C00 + base),  # mov word [15h*4], handler
+        0xC7, 0x06, 0x56, 0x00, 0x00, 0x00,           # mov word [15h*4+2], 0
+        0xFB,                                         # sti
+    ])
+    return handler + data, install
 
 
 def boot_sector(seed: int, letter: str, animate: bool = False) -> bytes:
@@ -95,7 +167,13 @@ def boot_sector(seed: int, letter: str, animate: bool = False) -> bytes:
         0xCD, 0x15,              # int 15h
     ])
     anim += bytes([0xEB, _rel8(-(len(anim) + 2))])          # jmp anim
-    code = setup + band + (anim if animate else start_di + keys)
+    if animate:
+        code = setup + band + anim
+    else:
+        install_size = len(_super_hook(0)[1])
+        base = len(setup + band + start_di + keys) + install_size
+        hook, install = _super_hook(base)
+        code = setup + band + install + start_di + keys + hook
     assert len(code) <= 510
     return code + bytes(510 - len(code)) + b"\x55\xaa"
 
@@ -259,6 +337,14 @@ class EchoGuests:
         img = self.screenshot(name)
         n = 0
         while n < COLS and img.near(img.at(n * 9 + 8, ECHO_ROW * 16 + 1), PALETTE[7], 8):
+            n += 1
+        return n
+
+    def supers(self, name: str) -> int:
+        """How many Windows key presses the guest has seen (yellow blocks on row 20)."""
+        img = self.screenshot(name)
+        n = 0
+        while n < COLS and img.near(img.at(n * 9 + 4, SUPER_ROW * 16 + 8), YELLOW, 8):
             n += 1
         return n
 

@@ -10,6 +10,8 @@ Commands, one a line; each answers one JSON line:
                            super/shift/ctrl/alt) delivered to the shell's window as GTK
                            delivers the compositor's (Weston's headless backend has no
                            seat, so no keyboard of its own)
+  press|release CODE NAME [MOD..]
+                        -> that key's press, or its release, alone (a modifier held)
   type TEXT             -> TEXT typed, one key press and release a character
   choose SSID           -> a click on SSID's row of the Wi-Fi page (the first start's while
                            it is open)
@@ -152,11 +154,13 @@ def main() -> int:
                                    for b in shell.first.networks.list.get_children()],
                           "page": shell.top.get_visible_child_name()}}
 
-    def key(code: int, name: str, mods: list[str]) -> None:
+    def key(code: int, name: str, mods: list[str],
+            kinds: tuple[Gdk.EventType, ...] = (Gdk.EventType.KEY_PRESS,
+                                                Gdk.EventType.KEY_RELEASE)) -> None:
         state = Gdk.ModifierType(0)
         for m in mods:
             state |= MODS[m]
-        for kind in (Gdk.EventType.KEY_PRESS, Gdk.EventType.KEY_RELEASE):
+        for kind in kinds:
             ev = Gdk.Event.new(kind)
             ev.key.window = shell.window.get_window()
             ev.key.send_event = True
@@ -188,6 +192,10 @@ def main() -> int:
             reply(info())
         elif cmd == "key":
             key(int(args[0]), args[1], args[2:])
+            reply({"ok": True})
+        elif cmd in ("press", "release"):
+            key(int(args[0]), args[1], args[2:], (Gdk.EventType.KEY_PRESS if cmd == "press"
+                                                  else Gdk.EventType.KEY_RELEASE,))
             reply({"ok": True})
         elif cmd == "type":
             typed(args[0].rstrip("\n"))

@@ -244,8 +244,9 @@ class ShellUnderTest:
                                  f"weston:\n{self.weston.log()[-3000:]}")
         return json.loads(answer)
 
-    def key(self, code: int, name: str, *mods: str) -> None:
-        assert self.ask(" ".join(["key", str(code), name, *mods])) == {"ok": True}
+    def key(self, code: int, name: str, *mods: str, kind: str = "key") -> None:
+        """A key press and release (``kind`` "press" or "release": only that)."""
+        assert self.ask(" ".join([kind, str(code), name, *mods])) == {"ok": True}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

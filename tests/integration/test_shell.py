@@ -45,6 +45,7 @@ from vmclient.shell.state import ZONE_COLOURS, Zone
 
 ACTION = "org.vmclient.VMClient1.open-display"
 KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER, KEY_A = 15, 35, 23, 57, 3, 38, 28, 30
+KEY_E, KEY_SUPER = 18, 125  # evdev's KEY_E, KEY_LEFTMETA
 PASSWORD = "Correct horse-7"  # the shell's user's, in its PAM sandbox (shell_harness)
 GUEST_W, GUEST_H = 720, 400  # the guests' 80x25 text mode
 
@@ -199,9 +200,15 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     assert st["sound"] == {d.business: [True, False], d.private: [False, False]}, st
     assert st["sound_button"] == "Sound: on"
     assert st["usb"] == {d.business: True, d.private: False}, st
+    # Its display has the keyboard as soon as it is there (not at the next VM list).
+    d.shell.key(KEY_A, "a")
+    wait_for(lambda: d.guests.echoed(d.business) == 1, 10, "the business guest's echo")
 
-    # The hotkey switches to the private VM, and the guest never sees it.
+    # The hotkey switches to the private VM, and no guest sees any of it: Super held,
+    # Tab, Super released.
+    d.shell.key(KEY_SUPER, "Super_L", kind="press")
     d.shell.key(KEY_TAB, "Tab", "super")
+    d.shell.key(KEY_SUPER, "Super_L", "super", kind="release")
     assert d.shell.ask("state")["current"] == d.private
     screen, _, _ = shows(d, d.private, d.business)
     assert zone_marked(screen, Zone.PRIVATE) and not zone_marked(screen, Zone.BUSINESS)
@@ -217,8 +224,18 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     d.shell.key(KEY_I, "i")
     wait_for(lambda: d.guests.echoed(d.private) >= 2, 20, "the private guest's echo")
     shows(d, d.private, d.business)
-    assert d.guests.echoed(d.business) == 0  # nothing reached the VM not shown
+    assert d.guests.echoed(d.business) == 1  # nothing reached the VM not shown
     assert d.guests.echoed(d.private) == 2  # the hotkey's Tab never reached the guest
+    assert d.guests.supers(d.business) == 0 and d.guests.supers(d.private) == 0  # its Super
+    # Super alone is the guest's (a tap: its Start menu), Super+E too (Super, then E).
+    d.shell.key(KEY_SUPER, "Super_L", kind="press")
+    d.shell.key(KEY_SUPER, "Super_L", "super", kind="release")
+    wait_for(lambda: d.guests.supers(d.private) >= 1, 20, "the private guest's Super")
+    d.shell.key(KEY_SUPER, "Super_L", kind="press")
+    d.shell.key(KEY_E, "e", "super")
+    d.shell.key(KEY_SUPER, "Super_L", "super", kind="release")
+    wait_for(lambda: d.guests.echoed(d.private) >= 3, 20, "the private guest's echo of E")
+    assert d.guests.supers(d.private) == 2 and d.guests.supers(d.business) == 0
 
     # And back: the hotkey cycles.
     d.shell.key(KEY_TAB, "Tab", "super")
@@ -236,12 +253,12 @@ def test_the_shell_shows_each_vm_as_qemu_does_switches_on_the_hotkey_and_types_i
     st = unlock_with(d, "h")
     assert st["locked"] and st["lock_message"] == "Wrong password", st
     assert hidden(d.weston.screenshot())
-    assert d.guests.echoed(d.business) == 0 and d.guests.echoed(d.private) == 2
+    assert d.guests.echoed(d.business) == 1 and d.guests.echoed(d.private) == 3
     # The user's password unlocks (pam_unix through unix_chkpwd, the image's service file).
     st = unlock_with(d, PASSWORD)
     assert not st["locked"] and st["lock_message"] == PROMPT, st
     shows(d, d.business, d.private)
-    assert d.guests.echoed(d.business) == 0  # the password never reached a VM
+    assert d.guests.echoed(d.business) == 1  # the password never reached a VM
 
     # The shown VM stops: the shell closes its session and shows the one still running.
     d.guests.conn.lookupByName(d.business).destroy()

@@ -3,7 +3,8 @@ which reach the VM shown.
 
 GTK runs the window's ``key-press-event`` handler before the focused widget (the
 VM's SPICE display) sees a key: :func:`pressed` answers True for a key the shell
-took, which then never reaches a guest.
+took, which then never reaches a guest.  A Super press for the VM is held back until the
+next key says whether it starts a hotkey (:mod:`.superkey`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from typing import Any
 
 import gi
 
-from . import state
+from . import state, superkey
 
 gi.require_version("Gdk", "3.0")
-from gi.repository import Gdk  # noqa: E402
+gi.require_version("SpiceClientGtk", "3.0")
+from gi.repository import Gdk, SpiceClientGtk  # noqa: E402
+
+SEND = {superkey.Send.PRESS: SpiceClientGtk.DisplayKeyEvent.PRESS,
+        superkey.Send.CLICK: SpiceClientGtk.DisplayKeyEvent.CLICK}
 
 
 def key_of(event: Any) -> state.Key:
@@ -34,10 +39,13 @@ def pressed(shell: Any, event: Any) -> bool:
     install page)."""
     key = key_of(event)
     st = shell.state
+    cmd = state.hotkey(key)
+    if _super(shell, superkey.press(shell.hold, key.name,
+                                    cmd is None and _to_guest(shell))):
+        return True
     if shell.first_open and not st.locked:  # every key is the first start's
         shell.first.key(event, key.name)
         return True
-    cmd = state.hotkey(key)
     if cmd is not None:
         shell.run(cmd)
         return True
@@ -63,6 +71,30 @@ def pressed(shell: Any, event: Any) -> bool:
 
 
 def released(shell: Any, event: Any) -> bool:
+    if _super(shell, superkey.release(shell.hold, key_of(event).name, _to_guest(shell))):
+        return True
     st = shell.state
     return (st.locked or st.overview or st.networks or shell.first_open
             or state.hotkey(key_of(event)) is not None)
+
+
+def focus_out(shell: Any) -> bool:
+    """The window lost the keyboard: False, GTK goes on (the VM's display hears of it)."""
+    shell.hold = superkey.focus_out(shell.hold)
+    return False
+
+
+def _to_guest(shell: Any) -> bool:
+    """Keys go to the shown VM now (no page of the shell's has them)."""
+    return not shell.first_open and shell.current_display() is not None
+
+
+def _super(shell: Any, step: superkey.Step) -> bool:
+    """Do what ``step`` says: the shown VM gets its keys (as keyvals, which spice-gtk
+    maps to the keyboard's scancodes and enters in its table of keys down)."""
+    shell.hold = step.hold
+    display = shell.current_display()
+    for kind, name in step.send:
+        if display is not None:
+            display.send_keys([Gdk.keyval_from_name(name)], SEND[kind])
+    return step.taken

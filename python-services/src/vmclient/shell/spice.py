@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 class VMDisplay:
     """The SPICE session of one VM and the widget that shows it (a Gtk.Stack page)."""
 
-    def __init__(self, conn: Any, vm: str, on_error: Callable[[str, str], None]) -> None:
-        self.conn, self.vm, self.on_error = conn, vm, on_error
+    def __init__(self, conn: Any, vm: str, on_error: Callable[[str, str], None],
+                 on_display: Callable[[], None] = lambda: None) -> None:
+        """``on_display()``: the display widget is there (the shell gives it the keyboard
+        if its VM is shown)."""
+        self.conn, self.vm, self.on_error, self.on_display = conn, vm, on_error, on_display
         self.widget = Gtk.Overlay()
         self.placeholder = Gtk.Label(label=f"Connecting to {vm}\u2026")
         self.placeholder.set_line_wrap(True)  # an error's text must not widen the window
@@ -80,6 +83,7 @@ class VMDisplay:
             self.widget.remove(self.placeholder)
             self.widget.add(self.display)
             self.display.show()
+            self.on_display()
 
     def _open_fd(self, channel: Any, _with_tls: bool) -> None:
         def done(fd: int | None, err: RemoteError | None) -> None:

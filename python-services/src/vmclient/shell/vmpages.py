@@ -54,7 +54,7 @@ class VMPages:
         for name in sorted(set(self.displays) - wanted):
             self._drop(name)
         for name in sorted(wanted - set(self.displays)):
-            d = VMDisplay(self.conn, name, self._failed)
+            d = VMDisplay(self.conn, name, self._failed, self.changed)
             self.displays[name] = d
             self.stack.add_named(d.widget, name)
             d.widget.show_all()

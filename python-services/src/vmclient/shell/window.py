@@ -41,6 +41,7 @@ from .overview import Overview
 from .props import PropsWatch
 from .restorepage import CSS as RESTORE_CSS
 from .restorepage import RestorePage
+from .superkey import Hold
 from .usbredir import UsbRedirect
 from .vmpages import CSS as PAGES_CSS
 from .vmpages import VMPages
@@ -100,8 +101,10 @@ class Shell:
                              ("firststart", self.first.widget)):
             self.top.add_named(widget, name)
         self.window.add(self.top)
-        self.window.connect("key-press-event", self._key)
-        self.window.connect("key-release-event", self._key_release)
+        self.hold = Hold()  # a Super press not yet sent to the VM (keys.py)
+        self.window.connect("key-press-event", lambda _w, e: keys.pressed(self, e))
+        self.window.connect("key-release-event", lambda _w, e: keys.released(self, e))
+        self.window.connect("focus-out-event", lambda _w, _e: keys.focus_out(self))
         self.window.connect("destroy", lambda _w: self.close())
         self._poll: int | None = None
         self._ticks = 0
@@ -293,12 +296,6 @@ class Shell:
         self.render()
 
     # -- input -----------------------------------------------------------------------
-
-    def _key(self, _widget: Any, event: Any) -> bool:
-        return keys.pressed(self, event)
-
-    def _key_release(self, _widget: Any, event: Any) -> bool:
-        return keys.released(self, event)
 
     def _chosen(self, vm: str) -> None:
         self.state = state.choose(self.state, vm)
