@@ -42,6 +42,8 @@ UNIT_DIR = "usr/lib/systemd/system"
 # weston.service on the image; image/build and overlay/ here)
 WESTON_USER = "weston"
 DESKTOP_UNIT = {"weston.service": "vmclient-desktop.service"}
+IMAGE_PYTHON = "/usr/bin/python3 -m vmclient."  # the image's Python runs a services' module
+VENV = "/opt/vmclient"  # where the test host has the services (tests/system/image/build)
 # volatile-binds.bb's default (the vmclient distro does not change it)
 VOLATILE_BINDS = (
     ("/var/volatile/lib", "/var/lib"),
@@ -205,9 +207,15 @@ def install(root: Path) -> list[str]:
          _fill(WESTON_INIT / "vmclient-home.conf", WESTON_USER_HOME=f"/home/{WESTON_USER}",
                WESTON_USER=WESTON_USER))
     # and weston.service's drop-in: Weston starts with the keyboard layout the first
-    # start kept in that home
+    # start kept in that home, and at the screen's scale (vmclient.shell.hidpi, which
+    # the test host's Python has in the services' venv: the image's python3 has it)
+    dropin = _fill(WESTON_INIT / "50-vmclient.conf", WESTON_USER_HOME=f"/home/{WESTON_USER}",
+                   bindir="/usr/bin", sysconfdir="/etc")
+    if dropin.count(IMAGE_PYTHON) != 1:
+        raise LayoutError(f"{WESTON_INIT / '50-vmclient.conf'}: no '{IMAGE_PYTHON}' to run "
+                          "in the services' venv")
     _put(root, f"{UNIT_DIR}/{DESKTOP_UNIT['weston.service']}.d/50-vmclient.conf",
-         _fill(WESTON_INIT / "50-vmclient.conf", WESTON_USER_HOME=f"/home/{WESTON_USER}"))
+         dropin.replace(IMAGE_PYTHON, f"{VENV}/bin/python -m vmclient."))
     return sorted(set(made) - set(STATIC))
 
 
