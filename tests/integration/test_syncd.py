@@ -155,7 +155,12 @@ async def test_syncd_sleep_pauses_and_resume_completes(system_bus: PrivateSystem
             cli = d.cli("now", vm, "--json", wait=False)
             wait_for(lambda: _packs(w, vm), 120, "a first pack in the repository")
             peers.logind.prepare_for_sleep(True)
-            wait_for(lambda: d.vm(vm)["State"] == SyncState.PAUSED, 60, "the sync paused")
+            try:
+                wait_for(lambda: d.vm(vm)["State"] == SyncState.PAUSED, 60, "the sync paused")
+            except AssertionError as exc:  # (once in a CI rehearsal: say where it was)
+                raise AssertionError(f"{exc}: the VM's sync is {d.vm(vm)}, the CLI "
+                                     f"{'runs' if cli.poll() is None else 'ended'}; "
+                                     f"syncd's log:\n{d.log()[-4000:]}") from None
             wait_for(lambda: not peers.syncd_holds_sleep_lock(), 10, "the lock released")
             assert "sleep" in d.vm(vm)["Reason"]
             assert d.props()["State"] == SyncState.PAUSED
