@@ -64,12 +64,17 @@ class Desk:
     private: str
 
 
+def seat_provd(system_bus: PrivateSystemBus, tmp_path: Path) -> ProvDaemon:
+    """provd started, polkit allowing the shell (in the seat's active session) to open
+    displays and pause."""
+    polkit = system_bus.spawn_mock("polkitd")
+    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
+    return ProvDaemon(system_bus, tmp_path).start()
+
+
 @pytest.fixture
 def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterator[Desk]:
-    polkit = system_bus.spawn_mock("polkitd")
-    # the shell runs in the seat's active session
-    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
-    provd = ProvDaemon(system_bus, tmp_path).start()
+    provd = seat_provd(system_bus, tmp_path)
     weston = shell = None
     try:
         prefix = f"vmcs-{uuid.uuid4().hex[:6]}"
@@ -288,9 +293,7 @@ def test_on_a_hidpi_panel_weston_scales_2_and_the_shell_fills_its_pixels(
     base, ini = tmp_path / "base.ini", tmp_path / "weston.ini"
     base.write_text("")
     assert hidpi.main([str(drm.parent), str(base), str(ini)]) == 0
-    polkit = system_bus.spawn_mock("polkitd")
-    polkit.SetAllowed([ACTION, "org.vmclient.VMClient1.power.manage"])
-    provd = ProvDaemon(system_bus, tmp_path).start()
+    provd = seat_provd(system_bus, tmp_path)
     weston = shell = None
     try:
         prefix = f"vmcs-{uuid.uuid4().hex[:6]}"
