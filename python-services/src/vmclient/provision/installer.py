@@ -155,7 +155,7 @@ class Provisioner:
                 else:
                     assert media_fd is not None
                     cdrom = await from_media(recipe, media_fd, paths[system.name], pp,
-                                              self._copy_progress(progress), progress)
+                                             self._copy_progress(progress), progress)
             # the blank user disks while the system disk is written (each qemu-img
             # create spends seconds calibrating its PBKDF)
             await all_of(system_disk(), *(blank_disk(paths[d.name], d.size_gib * GIB, pp)
@@ -268,12 +268,12 @@ class Provisioner:
         gets its install media ejected first (:meth:`installed_from_media`).
         """
         vm = await self.get(name)
-        if await self.installedfrom_media(vm):
+        if await self.installed_from_media(vm):
             log.info("VM %s: the install finished (its system disk boots now)", name)
             await self.eject(name)
         await self.gate.start(vm.uuid, name)
 
-    async def installedfrom_media(self, vm: Installed) -> bool:
+    async def installed_from_media(self, vm: Installed) -> bool:
         """True if ``vm`` still has install media and its shut-off system disk is installed.
 
         "Installed" means its first sector carries the boot signature 55 AA, which

@@ -25,7 +25,7 @@ async def blank_disk(path: Path, size: int, pp: bytes) -> None:
 
 
 async def from_media(recipe: spec.Recipe, fd: int, system: Path, pp: bytes,
-                      copied: Callable[[int], None], progress: Progress) -> PurePosixPath | None:
+                     copied: Callable[[int], None], progress: Progress) -> PurePosixPath | None:
     """A private VM's system disk from its media; the copy of an ISO to attach, if any.
     The copy in is the phase "copy" of ``progress``, ``copied(offset)`` its progress."""
     what = str(recipe.image.media)
