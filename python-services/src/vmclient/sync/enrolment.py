@@ -16,7 +16,9 @@ while the request is pending, through the drop box on sftp://).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -90,20 +92,34 @@ async def request(cfg: sconfig.SyncConfig, agent: Any, hv: Any, untrusted_code: 
         raise VMClientError(f"no admin key at {cfg.repository.admin_key}: this laptop's "
                             "image does not know its datacenter")
     name = cfg.manage.device_name or socket.gethostname().split(".")[0]
+    async with _courier(cfg, agent, hv) as courier:
+        if courier is None:
+            raise VMClientError(f"enrolment through the drop box needs an sftp:// repository, "
+                                f"not {cfg.repository.location}: on S3, IT issues the "
+                                "device's access key (README, \"The datacenter on an S3 "
+                                "bucket\")")
+        return str(await courier.request_enrolment(crypto.raw_public(admin), name, code))
+
+
+@contextlib.asynccontextmanager
+async def _courier(cfg: sconfig.SyncConfig, agent: Any, hv: Any) -> AsyncIterator[Any]:
+    """Who carries the enrolment's messages: ``agent`` itself on a local repository; on
+    an sftp:// one, an agent of the same device over the drop box (a laptop not enrolled
+    has no account of its own), as vmclientctl's request goes; None on S3 (no drop box:
+    IT issues the access key)."""
     location = str(cfg.repository.location)
     if not is_url(location):
-        return str(await agent.request_enrolment(crypto.raw_public(admin), name, code))
+        yield agent
+        return
     if location.startswith("s3://"):
-        raise VMClientError(f"enrolment through the drop box needs an sftp:// repository, "
-                            f"not {location}: on S3, IT issues the device's access key "
-                            "(README, \"The datacenter on an S3 bucket\")")
+        yield None
+        return
     dropbox = open_store(dropbox_location(location, cfg.manage.dropbox_user),
                          key_file=cfg.manage.dropbox_key,
                          known_hosts=cfg.repository.known_hosts, connections=1)
-    try:  # the request goes through the drop box, as vmclientctl's does
+    try:
         from ..manage.agent import Agent
-        courier = Agent(agent.cfg, dropbox, hv, keys=agent.keys)
-        return str(await courier.request_enrolment(crypto.raw_public(admin), name, code))
+        yield Agent(agent.cfg, dropbox, hv, keys=agent.keys)
     finally:
         await close_store(dropbox)
 
@@ -117,17 +133,5 @@ async def check_refused(cfg: sconfig.SyncConfig, agent: Any, hv: Any) -> str:
     s = agent.state_file.load()
     if s.enrolled or not s.device:
         return ""
-    location = str(cfg.repository.location)
-    if not is_url(location):
-        return str(await agent.enrolment_refused())
-    if location.startswith("s3://"):
-        return ""  # no drop box there: IT issues the access key (request above)
-    dropbox = open_store(dropbox_location(location, cfg.manage.dropbox_user),
-                         key_file=cfg.manage.dropbox_key,
-                         known_hosts=cfg.repository.known_hosts, connections=1)
-    try:
-        from ..manage.agent import Agent
-        courier = Agent(agent.cfg, dropbox, hv, keys=agent.keys)
-        return str(await courier.enrolment_refused())
-    finally:
-        await close_store(dropbox)
+    async with _courier(cfg, agent, hv) as courier:
+        return "" if courier is None else str(await courier.enrolment_refused())
