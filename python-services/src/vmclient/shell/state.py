@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 class Zone(enum.Enum):
@@ -137,12 +138,19 @@ def expect(state: State, name: str) -> State:
     return with_vms(replace(state, expected=name), state.vms)
 
 
+# The shell's own pages over the VMs: at most one is open.
+PAGES = ("overview", "networks", "install", "restore")
+
+
+def _pages_closed(state: State, **changes: Any) -> State:
+    """``state`` with every page of :data:`PAGES` closed, then ``changes`` (a page opened)."""
+    return replace(state, **({page: False for page in PAGES} | changes))
+
+
 def open_install(state: State) -> State:
     """The bar's "Install…": the page that installs a private VM from media (not while
     locked)."""
-    if state.locked:
-        return state
-    return replace(state, install=True, restore=False, overview=False, networks=False)
+    return state if state.locked else _pages_closed(state, install=True)
 
 
 def close_install(state: State) -> State:
@@ -152,9 +160,7 @@ def close_install(state: State) -> State:
 def open_restore(state: State) -> State:
     """The bar's "Restore…": the page that restores a VM from the datacenter (not while
     locked)."""
-    if state.locked:
-        return state
-    return replace(state, restore=True, install=False, overview=False, networks=False)
+    return state if state.locked else _pages_closed(state, restore=True)
 
 
 def close_restore(state: State) -> State:
@@ -201,15 +207,12 @@ def command(state: State, cmd: Command) -> State:
     if state.locked:
         return state
     if cmd == Command.NETWORKS:
-        return replace(state, networks=not state.networks, overview=False, install=False,
-                       restore=False)
+        return _pages_closed(state, networks=not state.networks)
     if cmd == Command.OVERVIEW:
         if state.overview or not showable_names(state):
             return replace(state, overview=False)
-        return replace(state, overview=True, selected=state.current, networks=False,
-                       install=False, restore=False)
-    return replace(_step(state, 1 if cmd == Command.NEXT else -1), overview=False,
-                   networks=False, install=False, restore=False)
+        return _pages_closed(state, overview=True, selected=state.current)
+    return _pages_closed(_step(state, 1 if cmd == Command.NEXT else -1))
 
 
 def overview_key(state: State, key: Key) -> State:
@@ -237,8 +240,7 @@ def choose(state: State, name: str) -> State:
 
 
 def lock(state: State) -> State:
-    return replace(state, locked=True, overview=False, networks=False, install=False,
-                   restore=False)
+    return _pages_closed(state, locked=True)
 
 
 def close_networks(state: State) -> State:
