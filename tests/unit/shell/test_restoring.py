@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from vmclient.shell.bar import fill_percents as percents
 from vmclient.shell.restoring import (
     Offer,
     failure_text,
@@ -12,7 +13,6 @@ from vmclient.shell.restoring import (
     list_failure_text,
     offer_text,
     offers,
-    percents,
 )
 
 ERR = "org.vmclient.VMClient1.Error."

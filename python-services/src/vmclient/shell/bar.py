@@ -165,16 +165,21 @@ def install_fraction(untrusted_props: Mapping[str, Any]) -> float | None:
     return min(1.0, max(0, done) / total) if total > 0 else None
 
 
-def fills_text(untrusted_fills: Any) -> str:
-    """provd's ``Fills`` (VM → bytes local, bytes total): "Restoring crm: filling its
-    disks 25%"; several VMs: "Restoring 2 VMs: filling their disks (crm 25%, hr 60%)";
-    "" none (or not of that type)."""
+def fill_percents(untrusted_fills: Any) -> dict[str, int]:
+    """provd's ``Fills`` (VM → bytes local, bytes total) as VM → percent local; {} if it
+    is not of that type."""
     try:
-        fills = sorted((str(vm)[:40], max(0, min(100, int(done) * 100 // int(total)))
-                        if int(total) > 0 else 0)
-                       for vm, (done, total) in dict(untrusted_fills or {}).items())
+        return {str(vm): max(0, min(100, int(done) * 100 // int(total)))
+                if int(total) > 0 else 0
+                for vm, (done, total) in dict(untrusted_fills or {}).items()}
     except (TypeError, ValueError):
-        return ""
+        return {}
+
+
+def fills_text(untrusted_fills: Any) -> str:
+    """provd's ``Fills``: "Restoring crm: filling its disks 25%"; several VMs: "Restoring
+    2 VMs: filling their disks (crm 25%, hr 60%)"; "" none (or not of that type)."""
+    fills = sorted((vm[:40], percent) for vm, percent in fill_percents(untrusted_fills).items())
     if len(fills) == 1:
         ((vm, percent),) = fills
         return f"Restoring {vm}: filling its disks {percent}%"

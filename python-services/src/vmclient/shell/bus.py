@@ -30,7 +30,8 @@ class VM:
     state: str
 
 
-def _error(err: GLib.Error) -> RemoteError:
+def remote_error(err: GLib.Error) -> RemoteError:
+    """A failed call's D-Bus error as a :class:`RemoteError` (its name, its message)."""
     name = Gio.DBusError.get_remote_error(err) or ""
     Gio.DBusError.strip_remote_error(err)
     return RemoteError(name, str(err.message))
@@ -69,7 +70,7 @@ def open_display(conn: Any, vm: str, done: Callable[[int | None, RemoteError | N
         try:
             result, fdlist = c.call_with_unix_fd_list_finish(res)
         except GLib.Error as err:
-            done(None, _error(err))
+            done(None, remote_error(err))
             return
         try:
             fd = _fd_of(result, fdlist)
@@ -86,7 +87,7 @@ def open_display_sync(conn: Any, vm: str) -> int:
         result, fdlist = conn.call_with_unix_fd_list_sync(
             *_call_args("OpenDisplay", GLib.Variant("(s)", (vm,)), "(h)"), None, None)
     except GLib.Error as err:
-        raise _error(err) from None
+        raise remote_error(err) from None
     return _fd_of(result, fdlist)
 
 
@@ -94,7 +95,7 @@ def list_vms_sync(conn: Any) -> list[VM]:
     try:
         result = conn.call_sync(*_call_args("ListVMs", None, "(a(sss))"), None)
     except GLib.Error as err:
-        raise _error(err) from None
+        raise remote_error(err) from None
     (rows,) = result.unpack()
     return [VM(str(n), str(k), str(s)) for n, k, s in rows]
 
@@ -106,7 +107,7 @@ def _rows(done: Callable[[list[T] | None, RemoteError | None], None],
         try:
             (rows,) = c.call_finish(res).unpack()
         except GLib.Error as err:
-            done(None, _error(err))
+            done(None, remote_error(err))
             return
         done([row(*r) for r in rows], None)
     return finish

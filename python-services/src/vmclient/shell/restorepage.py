@@ -22,7 +22,7 @@ from typing import Any
 import gi
 
 from ..dbus import names
-from . import restoring
+from . import bar, bus, restoring
 
 gi.require_version("Gio", "2.0")
 gi.require_version("Gtk", "3.0")
@@ -146,13 +146,12 @@ class RestorePage:
 
     def fills_changed(self, untrusted_fills: Any) -> None:
         """provd's ``Fills`` changed: how far the disks of the VMs restored here are."""
-        self.fills = restoring.percents(untrusted_fills)
+        self.fills = bar.fill_percents(untrusted_fills)
         self.seen |= set(self.fills) & set(self.restored)
         self.progress.set_text(restoring.fill_text(self.restored, self.seen, self.fills))
 
 
 def _words(err: Any) -> tuple[str, str]:
     """A D-Bus error's name and message."""
-    name = Gio.DBusError.get_remote_error(err) or ""
-    Gio.DBusError.strip_remote_error(err)
-    return name, str(err.message)
+    e = bus.remote_error(err)
+    return e.remote_name, str(e)

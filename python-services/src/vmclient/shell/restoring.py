@@ -94,20 +94,9 @@ def _why(error: str, message: str) -> str:
     return message
 
 
-def percents(untrusted_fills: Any) -> dict[str, int]:
-    """provd's ``Fills`` (VM → bytes here, bytes in all) as VM → percent here; {} if it is
-    not of that type."""
-    out = {}
-    try:
-        for vm, (done, total) in dict(untrusted_fills or {}).items():
-            out[str(vm)] = max(0, min(100, int(done) * 100 // int(total))) if int(total) else 0
-    except (TypeError, ValueError):
-        return {}
-    return out
-
-
 def fill_text(restored: Iterable[str], seen: Iterable[str], filling: Mapping[str, int]) -> str:
-    """How far the disks of the VMs this page restored are (``filling``: :func:`percents`),
+    """How far the disks of the VMs this page restored are (``filling``:
+    :func:`.bar.fill_percents`),
     one VM a line: "crm runs; 42% of its disk is here (it needs the network until all of
     it is)"; once a VM ``seen`` filling is no longer: "all of its disk is here"."""
     seen = set(seen)
