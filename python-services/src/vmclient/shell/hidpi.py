@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..host.files import write_atomic
+
 HIDPI_DPI = 192
 HIDPI_MIN_ROWS = 1200
 _HEADER = bytes([0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0])
@@ -101,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"outputs not read ({exc}): no scale set", file=sys.stderr)
         scales = {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(weston_ini(base, scales))
-    tmp.replace(out)
+    # Weston reads it as the seat's user; /run: no fsync
+    write_atomic(out, weston_ini(base, scales).encode(), mode=0o644, durable=False,
+                 dir_mode=None)
     for name, scale in sorted(scales.items()):
         print(f"output {name}: scale {scale}")
     return 0
