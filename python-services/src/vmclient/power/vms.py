@@ -197,7 +197,7 @@ class VMController:
                     # keep a fifth of the time left for the fallback pause
                     limit = min(self.cfg.s3_timeout_s, 0.8 * (deadline - now()))
                     await within(self.hv.pm_suspend(d.uuid, d.name, recorded), limit,
-                                   d.name, "guest S3")
+                                 d.name, "guest S3")
                 except VMClientError as exc:
                     vlog.warning("%s; pausing it instead", exc)
                     action = HoldAction.PAUSE
@@ -340,9 +340,9 @@ class VMController:
                 async with sem:
                     if d.state == DomState.PMSUSPENDED:
                         await within(self.hv.pm_wakeup(d.uuid, d.name),
-                                       self.cfg.timeout_s, d.name, "guest wake-up")
+                                     self.cfg.timeout_s, d.name, "guest wake-up")
                     await within(self.hv.managed_save(d.uuid, d.name),
-                                   self.cfg.save_timeout_s, d.name, "managed save")
+                                 self.cfg.save_timeout_s, d.name, "managed save")
                     vm_logger(d.name).info("saved (%s)", cause.label)
                     self.running.note(d.uuid, d.name, DomEvent.STOPPED)
                     before = self.held.get(d.uuid)
