@@ -32,11 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fixtures_bus import PrivateSystemBus
-from fixtures_virt import scaled
+from fixtures_virt import TCG_SLOWDOWN, scaled
 from pixels import Image
 
 from testlib import SERVICES, run
@@ -292,3 +293,19 @@ def stop_desk(shell: ShellUnderTest | None, weston: Weston | None, provd: Any) -
                 weston.stop()
         finally:
             provd.stop()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``pred()``'s first true value, polled.  Bounded as a wait for a TCG guest is
+    (``scaled()`` on a machine without KVM): the echo guests run under TCG on every
+    machine, and they, Weston, the shell and the daemons share two loaded cores (a
+    VM destroyed reaches the shell through libvirt's event, provd and the shell's
+    2-s poll: 20 s and more at load 20).  It ends as soon as the state is seen."""
+    deadline = time.monotonic() + timeout * TCG_SLOWDOWN
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)

@@ -11,7 +11,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import libvirt
 import pytest
 from echo_guest import EchoGuests, boot_sector, echo_guests
 from fixtures_bus import PrivateSystemBus
-from fixtures_virt import TCG_SLOWDOWN, open_libvirt
+from fixtures_virt import open_libvirt
 from iso_media import el_torito_iso
 from pixels import Image
 from powerd_harness import Logind, PowerDaemon
@@ -36,6 +36,7 @@ from shell_harness import (
     need_desktop,
     stop_desk,
     user_dir,
+    wait_for,
 )
 
 from testlib import need
@@ -91,22 +92,6 @@ def desk(system_bus: PrivateSystemBus, logind: Logind, tmp_path: Path) -> Iterat
     finally:
         stop_desk(shell, weston, provd)
     assert "Traceback" not in provd.log(), provd.log()
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``pred()``'s first true value, polled.  Bounded as a wait for a TCG guest is
-    (``scaled()`` on a machine without KVM): the echo guests run under TCG on every
-    machine, and they, Weston, the shell and the daemons share two loaded cores (a
-    VM destroyed reaches the shell through libvirt's event, provd and the shell's
-    2-s poll: 20 s and more at load 20).  It ends as soon as the state is seen."""
-    deadline = time.monotonic() + timeout * TCG_SLOWDOWN
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def guest_area(rect: list[int]) -> tuple[int, int, int, int]:

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from typing import Any
 
 import libvirt
 import pytest
 from dbus_fast.aio import MessageBus
-from fixtures_virt import TCG_SLOWDOWN, open_libvirt
+from fixtures_virt import open_libvirt
 from provd_harness import ProvDaemon, call, ok
 from provision_env import need_tools, set_lease
-from shell_harness import WIDTH, ShellUnderTest, Weston, need_desktop, stop_desk
+from shell_harness import WIDTH, ShellUnderTest, Weston, need_desktop, stop_desk, wait_for
 from stream_env import disk_bytes, give_to, put_vm_snapshot, streamed
 
 from vmclient.store import layout
@@ -23,16 +21,6 @@ from vmclient.store import layout
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ACTION = "org.vmclient.VMClient1.open-display"
 FILLING = r"{} runs; (\d+)% of its disk is here"
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``pred()``'s first true value, polled (bounded as test_shell.py's waits are)."""
-    deadline = time.monotonic() + timeout * TCG_SLOWDOWN
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 @pytest.fixture(autouse=True)
