@@ -163,15 +163,25 @@ async def send_request(remote: RemoteStore, signing: crypto.Ed25519PrivateKey,
     return device
 
 
+async def _admin_signed(remote: RemoteStore, admin: crypto.Ed25519PublicKey, path: str,
+                        kind: str, device: str) -> bytes | None:
+    """The body of the admin-signed ``kind`` object for ``device`` at ``path``; None if
+    there is none (yet)."""
+    try:
+        _s, body, _raw = await get_signed(remote, path, {crypto.key_id(admin): admin}, kind,
+                                          device)
+    except ObjectNotFound:
+        return None
+    return body
+
+
 async def fetch_record(remote: RemoteStore, admin: crypto.Ed25519PublicKey, device: str,
                        signing: crypto.Ed25519PrivateKey,
                        wrapping: crypto.X25519PrivateKey) -> DeviceRecord | None:
     """Our admin-signed device record, or None while the request is pending."""
     path = layout.device_record(device)
-    try:
-        _s, body, _raw = await get_signed(remote, path, {crypto.key_id(admin): admin},
-                                          "device", device)
-    except ObjectNotFound:
+    body = await _admin_signed(remote, admin, path, "device", device)
+    if body is None:
         return None
     rec = DeviceRecord.parse(body, device, path)
     if (rec.signing_key != crypto.raw_public(signing.public_key())
@@ -185,10 +195,8 @@ async def fetch_refusal(remote: RemoteStore, admin: crypto.Ed25519PublicKey, dev
     """IT's reason for refusing our request sent at ``requested``; None if there is no
     refusal of that request (pending, accepted, or a refusal of an earlier one)."""
     path = refusal_path(device)
-    try:
-        _s, body, _raw = await get_signed(remote, path, {crypto.key_id(admin): admin},
-                                          "enrolment-refusal", device)
-    except ObjectNotFound:
+    body = await _admin_signed(remote, admin, path, "enrolment-refusal", device)
+    if body is None:
         return None
     refusal = Refusal.parse(body, device, path)
     return refusal.reason if refusal.requested == requested else None
