@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -251,6 +252,78 @@ async def test_fill_survives_a_killed_nbdkit_and_a_power_loss(
         assert "Traceback" not in text, text
         assert f"streamed restores resumed: {vm}" in text
         assert f"VM {vm}: every disk is local (vda)" in text
+        await s.env.hv.destroy(installed.uuid, vm)
+        (disk,) = [Path(p) for p in installed.disks.values()]
+        assert await qemuimg.identical(disk, s.keys.passphrase(), raw)
+
+
+async def test_a_fill_that_runs_out_of_file_descriptors_goes_on_in_the_same_provd(
+        system_bus: PrivateSystemBus, tmp_path: Path) -> None:
+    """provd runs out of file descriptors mid-fill (its limit lowered below the ones it
+    holds, as a leak or a burst of connections does it): the fill's next look cannot
+    read nbdkit's pidfile nor open nbdkit's log to start one, an OSError (EMFILE) that is
+    not one of ours.  Before, the fill task died of it, silently, and the VM ran on its
+    network-backed disk until provd restarted.  Now the error is logged once with its
+    traceback and the fill tried again with the link probes' backoff: once descriptors are
+    there again it goes on and completes in the same provd, the disk the snapshot's."""
+    async with streamed(tmp_path) as s:
+        vm = s.env.name("fd")
+        data = disk_bytes(8, seed=13)
+        raw = tmp_path / "snapshot.raw"
+        raw.write_bytes(data)
+        await put_vm_snapshot(s.env, s.server.repo, vm, data, s.keys)
+        give_to(s.account, s.server.repo / layout.device_dir(s.env.device.device_id()))
+        s.config.write_text(fill_rate(s.config.read_text(), 0.25))  # 32 s: the fault is early
+        env = {**system_bus.env(), "PYTHONPATH": str(SERVICES / "src")}
+        log_path = tmp_path / "provd.log"
+        provd = start_provd(s.config, env, log_path)
+        try:
+            r = await asyncio.to_thread(vmclientctl, "vm", "restore", vm, "--stream", env=env,
+                                        timeout=scaled(240))
+            assert r.returncode == 0, r.stderr + log_path.read_text()
+            installed = await s.prov.get(vm)
+            sdir = s.prov.vm_dir(vm) / STREAM_DIR
+
+            async def pulling() -> bool:
+                return bool((await pull_state(s.env.hv, installed.uuid, vm)).jobs)
+
+            await wait_for("the fill", pulling)
+            soft, hard = resource.prlimit(provd.pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(provd.pid, resource.RLIMIT_NOFILE, (3, hard))  # none left
+            try:
+                # the fill's look: nbdkit taken for dead (its pidfile unreadable), its
+                # pidfile removed, then the nbdkit to replace it cannot be started
+                await wait_for("the fill to meet the limit", lambda: _async(
+                    not (sdir / "vda.pid").exists()), limit=scaled(30))
+                await asyncio.sleep(2)  # more looks while it lasts
+                assert sdir.exists() and provd.poll() is None
+            finally:
+                resource.prlimit(provd.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            conn = libvirt.open(URI)
+            try:
+                dom = conn.lookupByName(vm)
+                deadline = time.monotonic() + scaled(120)
+                while sdir.exists():  # the fill goes on: at full speed now
+                    assert time.monotonic() < deadline, \
+                        f"the fill did not go on: {stream_evidence(sdir.parent)}\n" \
+                        + log_path.read_text()[-3000:]
+                    with contextlib.suppress(libvirt.libvirtError):  # (between two pulls)
+                        if dom.blockJobInfo("vda", 0):
+                            dom.blockJobSetSpeed("vda", 0, 0)
+                    await asyncio.sleep(0.2)
+            finally:
+                conn.close()
+            assert provd.poll() is None  # the same provd
+        finally:
+            provd.send_signal(signal.SIGTERM)
+            assert provd.wait(30) == 0, log_path.read_text()
+        text = log_path.read_text()
+        assert f"VM {vm}: every disk is local (vda)" in text, text
+        assert text.count("Traceback") == 1, text
+        assert f"VM {vm}: the fill of its disks failed (OSError: [Errno 24] Too many open " \
+            "files" in text, text
+        assert re.search(rf"VM {vm}: the fill of its disks goes on \(after \d+ failed "
+                         r"attempts\)", text), text
         await s.env.hv.destroy(installed.uuid, vm)
         (disk,) = [Path(p) for p in installed.disks.values()]
         assert await qemuimg.identical(disk, s.keys.passphrase(), raw)

@@ -7,7 +7,8 @@ progress in provd's properties) and, if the order says ``start``, ``Start(vm)``
 admin tool checked it (:func:`.admin.assign_recipe`): a business VM from the
 catalog, named as the order's ``vm``.  A business VM of that name here already
 is not installed again (the order ran before a crash, or IT assigned it twice):
-the report says so, and it is started if the order says so.
+the report says so, and it is started if the order says so (unless it runs, or its
+QEMU is starting: :data:`STARTED`).
 
 A ``rekey`` order with ``restore`` is carried out the same way.  When the order
 starts the VM, ``RestoreStreamed(vm, "", from_device)`` (as ``vmclientctl vm restore
@@ -29,6 +30,10 @@ from ..dbus import names
 from ..dbus.client import call
 from ..errors import VMClientError
 from .admin import assign_recipe
+
+# provd's words (virt.domains.state_word) for a VM started already: "starting" while its
+# QEMU starts.  A Start of it would only fail (libvirt: the domain is already active).
+STARTED = frozenset({"running", "starting"})
 
 
 class ProvdInstaller:
@@ -53,10 +58,17 @@ class ProvdInstaller:
         else:
             (name,) = await self._call("Install", "s", [untrusted_recipe])
             state, detail = "shutoff", f"{name} installed from image {recipe.image.catalog}"
-        if start and state != "running":
-            await self._call("Start", "s", [vm])
-            detail += " and started"
+        if start:
+            detail += await self._start(vm, state)
         return detail
+
+    async def _start(self, vm: str, state: str) -> str:
+        """Start ``vm``, listed in ``state``, unless it is started already; what the
+        report's detail adds."""
+        if state in STARTED:
+            return ""
+        await self._call("Start", "s", [vm])
+        return " and started"
 
     async def restore(self, vm: str, from_device: str, start: bool) -> str:
         """Restore ``vm`` from the latest snapshot (unless a VM of that name is here: an
@@ -78,7 +90,6 @@ class ProvdInstaller:
             detail = f"{vm} restored from the latest snapshot of {from_device}"
             if state == "running":
                 detail += " (running from its memory image)"
-        if start and state != "running":
-            await self._call("Start", "s", [vm])
-            detail += " and started"
+        if start:
+            detail += await self._start(vm, state)
         return detail

@@ -7,8 +7,9 @@ resumed once the repository answers again; while the VM is paused otherwise its 
 are cancelled (the pulled clusters stay); while it runs, a disk without a pull gets one
 at ``fill_mib_s`` (only while the repository answers: :class:`LinkProbe`).  How far the
 fill is goes to provd and to ``stream/filled`` (:class:`_Saver`); once no disk is backed
-any more the nbdkits stop and ``stream/`` goes.  docs/sync.md, "Streamed restore", has
-the design.
+any more the nbdkits stop and ``stream/`` goes.  A fill that fails on an error its loop
+does not take for a race is tried again (:class:`Attempts`).  docs/sync.md, "Streamed
+restore", has the design.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ FILLED = "filled"  # in ``stream/``: how far each disk's fill is (FillProgress.t
 SYNC_EVERY = 5.0  # seconds at least between two durable (fsync'd) writes of it
 
 
+def next_delay(delay: float, poll: float) -> float:
+    """The wait after a failed try that followed a wait of ``delay`` (0: none yet): twice
+    as long, from one ``poll`` up to :data:`PROBE_MOST` (a dead link is not hammered, nor
+    a fill that keeps failing)."""
+    return min(PROBE_MOST, max(poll, delay * 2))
+
+
 class LinkProbe:
     """Whether the repository answers, per VM, probed with backoff."""
 
@@ -59,7 +67,7 @@ class LinkProbe:
                         "and goes on by itself when it answers; meanwhile a read of what is "
                         "not here yet waits up to %.0f s, then the VM pauses until then",
                         vm, self.read_timeout)
-        delay = min(PROBE_MOST, max(self.poll, delay * 2))
+        delay = next_delay(delay, self.poll)
         self.probes[vm] = (loop.time() + delay, delay)
         return False
 
@@ -164,6 +172,42 @@ class Fill:
             log.warning("VM %s runs: provd stopped during its streamed restore, after the VM "
                         "was defined; the restore is done and its fill goes on", self.vm)
             marker.unlink(missing_ok=True)
+
+
+class Attempts:
+    """The attempts of one VM's fill (:meth:`.stream.Streams.run_fill`) that failed in a row
+    on an error nobody foresaw: what the fill's own loop does not catch (a
+    :class:`VMClientError` there is a race: it looks again).  Each is tried again after
+    the link probes' backoff (:func:`next_delay`); the first of a run is logged with its
+    traceback (the same error as the last one logged, in one line), the others quietly;
+    a look that completes ends the run (:meth:`looked`)."""
+
+    def __init__(self, vm: str, poll: float) -> None:
+        self.vm, self.poll = vm, poll
+        self.failed, self.delay, self.logged = 0, 0.0, ""
+
+    def fail(self, exc: Exception) -> float:
+        """Seconds to wait before the next attempt, after ``exc``."""
+        what = f"{type(exc).__name__}: {exc}"
+        if not self.failed and what != self.logged:
+            log.error("VM %s: the fill of its disks failed (%s); it is tried again until "
+                      "it goes on", self.vm, what, exc_info=exc)
+            self.logged = what
+        elif not self.failed:
+            log.warning("VM %s: the fill of its disks failed again (%s); it is tried again "
+                        "until it goes on", self.vm, what)
+        else:
+            log.debug("VM %s: the fill failed again: %s", self.vm, what)
+        self.failed += 1
+        self.delay = next_delay(self.delay, self.poll)
+        return self.delay
+
+    def looked(self) -> None:
+        """A look at the fill completed: a run of failed attempts ends."""
+        if self.failed:
+            log.warning("VM %s: the fill of its disks goes on (after %d failed attempt%s)",
+                        self.vm, self.failed, "" if self.failed == 1 else "s")
+        self.failed, self.delay = 0, 0.0
 
 
 class _Saver:

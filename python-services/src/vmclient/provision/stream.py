@@ -18,7 +18,9 @@ still stream in.  docs/sync.md, "Streamed restore", has the design.
    error once the repository answers again.  A pull is (re)started only while the VM
    runs and the repository answers (probed with backoff: a dead link is not hammered);
    while the VM is paused otherwise (powerd before the laptop sleeps, the user) the
-   pull is cancelled, the pulled clusters staying.  When no disk is backed any more
+   pull is cancelled, the pulled clusters staying.  A fill that fails on an error
+   nobody foresaw is tried again with the probes' backoff (:class:`.fill.Attempts`),
+   not left dead while the VM runs on.  When no disk is backed any more
    (QEMU drops the backing file, libvirt the ``backingStore``), the nbdkits stop and
    ``stream/`` goes.  provd resumes every stream at its start
    (:meth:`Streams.resume_all`): the overlay keeps what was pulled, so a fill after a
@@ -46,7 +48,7 @@ from ..tasks import all_of
 from ..virt.libvirt import DomState
 from ..virt.stream import qemu_owner, with_nbd_backing
 from .cache import ChunkCache
-from .fill import Fill, LinkProbe
+from .fill import Attempts, Fill, LinkProbe
 from .installer import Installed, Provisioner
 from .nbdkit import Nbdkits
 from .progress import Progress
@@ -238,10 +240,26 @@ class Streams:
 
     async def run_fill(self, vm: str) -> None:
         """The fill of ``vm``'s disks, in :attr:`filled` from its start to its end (every
-        disk local, the VM removed, provd stopping)."""
+        disk local, the VM removed, provd stopping: cancelled).  A fill that fails on any
+        other error is tried again (:class:`.fill.Attempts`: with the link probes'
+        backoff, from ``stream/`` as the next provd would) and stays in :attr:`filled`,
+        rather than leave the VM on its network-backed disks until provd restarts."""
+        attempts = Attempts(vm, self.link.poll)
+
+        def looked(counts: tuple[int, int]) -> None:
+            attempts.looked()
+            self._publish(vm, counts)
         try:
-            complete = await Fill(self.prov, self.nbdkits, self.link, vm, self._stream_dir(vm),
-                                  lambda counts: self._publish(vm, counts)).run()
+            while True:
+                try:
+                    complete = await Fill(self.prov, self.nbdkits, self.link, vm,
+                                          self._stream_dir(vm), looked).run()
+                    break
+                except Exception as exc:  # (a cancellation is no Exception: it ends the fill)
+                    if _cancelling():  # (one turned into another error on its way out)
+                        raise
+                    delay = attempts.fail(exc)
+                await asyncio.sleep(delay)
         finally:
             self._publish(vm, None)
         if complete:
@@ -263,6 +281,11 @@ class Streams:
         for task in self.fills.values():
             task.cancel()
         await asyncio.gather(*self.fills.values(), return_exceptions=True)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _timed(timeline: Timeline, name: str, step: Awaitable[T]) -> T:
