@@ -38,7 +38,7 @@ from gi.repository import Gdk, Gtk, Pango  # noqa: E402
 ROW_PX = 28
 BAR_PX = 2 * ROW_PX
 FRAME_PX = 6
-KEPT_PX = 480  # the title and the progress whole up to this: a row asks for < 800 px
+KEPT_PX = 360  # the title and the progress whole up to this: a row asks for < 800 px
 # The menu's rows: (key, text); None a separator.  Sync, pause, resume and shut down
 # are :data:`.actions.ACTIONS`'s.
 MENU: tuple[tuple[str, str] | None, ...] = (
