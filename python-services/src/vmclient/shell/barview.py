@@ -13,7 +13,8 @@ far a long operation is.
   action; then from the right end: IT's pending orders, sync, "Later".
 
 The title and the progress are :class:`KeptLabel` s: the bar shortens every other
-field before them.  Every label ellipsizes past some width: no text widens the window
+field before them (whose whole text is its tooltip).  Every label ellipsizes past some
+width: no text widens the window
 (a full-screen window larger than the screen is a protocol error the compositor
 disconnects the shell for).  No widget of the bar takes the keyboard focus, keys go to
 the VM, but the menu's items, while it is open (``Super+M`` opens it from the
@@ -158,6 +159,10 @@ class Bar:
         status.pack_end(self.sync, False, False, 0)
         self.pending = label(xalign=1)
         status.pack_end(self.pending, False, False, 0)
+        for field in (self.title, self.wifi, self.power, self.install, self.action_message,
+                      self.pending, self.sync):  # what an ellipsis hides: on the pointer
+            field.connect("notify::label", lambda lbl, _p: lbl.set_tooltip_text(
+                lbl.get_text() or None))
         self.menu: Any = None
 
     def _menu(self, act: Callable[[str], None]) -> Any:
