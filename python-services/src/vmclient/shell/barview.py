@@ -10,15 +10,14 @@ far a long operation is.
   :mod:`.restorepage`; sync now, pause and resume the VMs, shut down: :mod:`.actions`);
   then from the right end: power, Wi-Fi.
 - The second row: an install or restore in progress (``install``), the answer of an
-  action; then from the right end: IT's pending orders, sync, "Later".
+  action; then from the right end: "Later", sync, IT's pending orders.
 
 The title and the progress are :class:`KeptLabel` s: the bar shortens every other
 field before them (whose whole text is its tooltip).  Every label ellipsizes past some
-width: no text widens the window
-(a full-screen window larger than the screen is a protocol error the compositor
-disconnects the shell for).  No widget of the bar takes the keyboard focus, keys go to
-the VM, but the menu's items, while it is open (``Super+M`` opens it from the
-keyboard: arrows, Return, Escape).
+width: no text widens the window (a full-screen window larger than the screen is a
+protocol error the compositor disconnects the shell for).  No widget of the bar takes
+the keyboard focus, keys go to the VM, but the menu's items while it is open
+(``Super+M`` opens it from the keyboard: Down, Up, Return, Escape).
 """
 
 from __future__ import annotations
