@@ -393,9 +393,11 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
 def test_super_m_opens_the_bars_menu_and_its_items_work_from_the_keyboard(bare_shell):
     """The bar's buttons never take the keys (they go to the VM), but its "Menu" (install,
     restore, sync, pause and resume the VMs, shut down) opens on Super+M with its first
-    item's keys, and Super+M again closes it; opened again, Down and Return choose its
-    second item, "Restore a VM…": the menu closes, the restore page
-    opens; Escape goes back to the desktop."""
+    item's keys, and Super+M again closes it.  Opened again, Return chooses "Install a
+    private VM…": the menu closes and the install page keeps the keys once the menu is
+    gone (a name typed is its name); Escape, then Super+M, Down and Return choose
+    "Restore a VM…": the restore page; Escape goes back to the desktop, where no item of
+    the closed menu keeps the keys."""
     def menu() -> bool:
         return bool(bare_shell.ask("state")["menu"])
     bare_shell.key(KEY_M, "m", "super")
@@ -405,6 +407,18 @@ def test_super_m_opens_the_bars_menu_and_its_items_work_from_the_keyboard(bare_s
     bare_shell.key(KEY_M, "m", "super")
     wait_for(menu, 10, "the menu open again")
     assert bare_shell.ask("state")["keys_to"] == "install"  # its first item
+    bare_shell.key(KEY_ENTER, "Return")
+    st = wait_for(lambda: (s := bare_shell.ask("state"))["install"]["open"] and s, 10,
+                  "the install page")
+    assert st["install"]["page"] == "install" and not st["menu"], st
+    time.sleep(1)  # the popover's closing transition is over: it gave no keys back
+    assert bare_shell.ask("type notes") == {"ok": True}
+    assert bare_shell.ask("state")["install"]["name"] == "notes"
+    bare_shell.key(KEY_ESC, "Escape")
+    wait_for(lambda: bare_shell.ask("state")["install"]["page"] == "desktop", 10,
+             "the desktop again")
+    bare_shell.key(KEY_M, "m", "super")
+    wait_for(menu, 10, "the menu open a third time")
     bare_shell.key(KEY_DOWN, "Down")
     bare_shell.key(KEY_ENTER, "Return")
     st = wait_for(lambda: (s := bare_shell.ask("state"))["restore"]["open"] and s, 10,

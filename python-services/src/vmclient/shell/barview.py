@@ -198,14 +198,17 @@ class Bar:
         self.buttons[MENU[0][0]].grab_focus()
 
     def _closed(self, popover: Any) -> None:
-        """The keys back where they were before Super+M (the VM's), and never left with
-        an item of the closed menu (a Return would choose it unseen)."""
+        """The keys back where they were before Super+M (the VM's, if still on the
+        screen), never left with an item of the closed menu (a Return would choose it
+        unseen); a page an item opened keeps them."""
         before, self.focus_before = self.focus_before, None
         window = self.widget.get_toplevel()
-        if before is not None and before.get_toplevel() is window:
-            before.grab_focus()
         focus = window.get_focus()
-        if focus is not None and focus.is_ancestor(popover):
+        if focus is not None and not focus.is_ancestor(popover):
+            return
+        if before is not None and before.get_toplevel() is window and before.is_drawable():
+            before.grab_focus()
+        else:
             window.set_focus(None)
 
     def set_button(self, name: str, text: str) -> None:
