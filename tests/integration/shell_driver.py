@@ -113,13 +113,16 @@ def main() -> int:
         return [lbl.get_layout().is_ellipsized(), lbl.get_allocation().width, text]
 
     def keys_to() -> str | None:
-        """Who has the keyboard: "display" (the shown VM's), a bar menu item's key, "other"."""
+        """Who has the keyboard: "display" (the shown VM's), an item of the bar's menu (its
+        key; "twin-vm": the item of the bar's button "vm"), "other"."""
         focus = shell.window.get_focus()
         if focus is None:
             return None
         if focus is shell.current_display():
             return "display"
-        return next((k for k, b in shell.statusbar.buttons.items() if b is focus), "other")
+        items = {**shell.statusbar.buttons,
+                 **{f"twin-{k}": b for k, b in shell.statusbar.twins.items()}}
+        return next((k for k, b in items.items() if b is focus), "other")
 
     def info() -> dict[str, Any]:
         rect = rect_of(shell.current_display())

@@ -29,6 +29,7 @@ from vmclient.store import layout
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ACTION = "org.vmclient.VMClient1.open-display"
+KEY_ESC, KEY_ENTER, KEY_M, KEY_DOWN = 1, 28, 50, 108  # evdev's
 FILLING = r"{} runs; (\d+)% of its disk is here"
 
 
@@ -173,12 +174,23 @@ async def test_on_a_1024_px_screen_the_bar_shows_the_vms_name_and_its_fill_whole
             assert st["min_width"] <= WIDTH, st
             assert st["keys_to"] == "display", st  # the VM's
             # Super+M: the bar's menu has the keys (shot too); Escape: the VM has them again
-            shell.key(50, "m", "super")
+            shell.key(KEY_M, "m", "super")
             wait_for(lambda: shell.ask("state")["keys_to"] == "install", 10, "the menu open")
             weston.screenshot().save(tmp_path / "bar-1024-menu.png")
-            shell.key(1, "Escape")
+            shell.key(KEY_ESC, "Escape")
             wait_for(lambda: (s := shell.ask("state"))["keys_to"] == "display"
                      and not s["menu"], 10, "the VM's keys again")
+            # the bar's own "Pause" from the keyboard: its twin in the menu, 6th item
+            shell.key(KEY_M, "m", "super")
+            wait_for(lambda: shell.ask("state")["keys_to"] == "install", 10, "the menu open")
+            for _ in range(5):
+                shell.key(KEY_DOWN, "Down")
+            assert shell.ask("state")["keys_to"] == "twin-vm"
+            shell.key(KEY_ENTER, "Return")
+            st = wait_for(lambda: (s := shell.ask("state"))["keys_to"] == "display"
+                          and s["action_message"].startswith(f"Pause {crm}") and s, 10,
+                          "the shown VM's pause asked (no powerd here: refused)")
+            assert not st["menu"], st
         finally:
             stop_desk(shell, weston, provd)
         assert "Traceback" not in shell.log(), shell.log()

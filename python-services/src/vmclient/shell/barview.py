@@ -33,20 +33,24 @@ from . import actions
 gi.require_version("Gdk", "3.0")
 gi.require_version("Gtk", "3.0")
 gi.require_version("Pango", "1.0")
-from gi.repository import Gdk, Gtk, Pango  # noqa: E402
+from gi.repository import Gdk, GObject, Gtk, Pango  # noqa: E402
 
 ROW_PX = 28
 BAR_PX = 2 * ROW_PX
 FRAME_PX = 6
 KEPT_PX = 360  # the title and the progress whole up to this: a row asks for < 800 px
 # The menu's rows: (key, text); None a separator.  Sync, pause, resume and shut down
-# are :data:`.actions.ACTIONS`'s.
+# are :data:`.actions.ACTIONS`'s.  A key of :data:`TWINS` is a button on the bar: its
+# item is its twin for the keyboard (a click is the button's; "{}" its label).
 MENU: tuple[tuple[str, str] | None, ...] = (
     ("install", "Install a private VM\u2026"),
     ("restore", "Restore a VM\u2026"),  # from the datacenter
     None, ("sync", actions.ACTIONS["sync"][0]), ("pause", actions.ACTIONS["pause"][0]),
     ("resume", actions.ACTIONS["resume"][0]), None,
+    ("vm", "{} this VM"), ("sound", "{} (this VM)"), ("usb", "USB devices\u2026"),
+    ("later", "Restart later (not at the planned time)"), None,
     ("shutdown", actions.ACTIONS["shutdown"][0]))
+TWINS = frozenset({"vm", "sound", "usb", "later"})
 
 
 def css(colour: tuple[int, int, int]) -> str:
@@ -101,10 +105,16 @@ def _arrows(rows: Any, event: Any) -> bool:
     step = _ARROWS.get(Gdk.keyval_name(event.keyval) or "")
     if step is None:
         return False
-    items = [w for w in rows.get_children() if w.get_can_focus()]
+    items = _items(rows)
     here = next((i for i, w in enumerate(items) if w.is_focus()), -step)
     items[(here + step) % len(items)].grab_focus()
     return True
+
+
+def _items(rows: Any) -> list[Any]:
+    """The menu's items that can be chosen now (not greyed, not hidden)."""
+    return [w for w in rows.get_children()
+            if w.get_can_focus() and w.is_visible() and w.is_sensitive()]
 
 
 def _row() -> Any:
@@ -137,7 +147,6 @@ class Bar:
         self.menu_button = Gtk.MenuButton(label="Menu")
         self.menu_button.set_relief(Gtk.ReliefStyle.NONE)
         self.menu_button.set_can_focus(False)
-        self.menu_button.set_popover(self._menu(act))
         top.pack_start(self.menu_button, False, False, 0)
         self.power = label(xalign=1)
         top.pack_end(self.power, False, False, 0)
@@ -162,24 +171,41 @@ class Bar:
                       self.pending, self.sync):  # what an ellipsis hides: on the pointer
             field.connect("notify::label", lambda lbl, _p: lbl.set_tooltip_text(
                 lbl.get_text() or None))
-        self.menu: Any = None
+        self.twins: dict[str, Any] = {}  # the bar's buttons' items in "Menu"
+        self.rows = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)  # "Menu"'s
+        self.menu_button.set_popover(self._menu(act))
+        self.menu: Any = None  # the USB menu
 
     def _menu(self, act: Callable[[str], None]) -> Any:
         """The popover of "Menu": one item a row of :data:`MENU`."""
-        rows = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
-        rows.set_border_width(FRAME_PX)
+        self.rows.set_border_width(FRAME_PX)
         for row in MENU:
             if row is None:
-                rows.pack_start(Gtk.Separator(), False, False, FRAME_PX // 2)
+                self.rows.pack_start(Gtk.Separator(), False, False, FRAME_PX // 2)
                 continue
             name, text = row
-            self.buttons[name] = Gtk.ModelButton(text=text)
-            self.buttons[name].connect("clicked", lambda _b, name=name: act(name))
-            rows.pack_start(self.buttons[name], False, False, 0)
-        rows.show_all()
+            item = Gtk.ModelButton(text=text)
+            if name in TWINS:
+                self.twins[name] = item
+                item.connect("clicked", lambda _b, name=name: self.buttons[name].clicked())
+            else:
+                self.buttons[name] = item
+                item.connect("clicked", lambda _b, name=name: act(name))
+            self.rows.pack_start(item, False, False, 0)
+        self.rows.show_all()
+        sync = GObject.BindingFlags.SYNC_CREATE
+        for name, item in self.twins.items():  # each as its button is
+            button, text = self.buttons[name], dict(r for r in MENU if r)[name]
+            button.bind_property("sensitive", item, "sensitive", sync)
+            if "{}" in text:
+                button.bind_property("label", item, "text", sync,
+                                     lambda _b, v, text=text: text.format(v or ""))
+        self.buttons["sound"].bind_property("label", self.twins["sound"], "visible", sync,
+                                            lambda _b, v: bool(v))  # no VM shown: none
+        self.buttons["later"].bind_property("visible", self.twins["later"], "visible", sync)
         popover = Gtk.Popover()
-        popover.add(rows)
-        popover.connect("key-press-event", lambda _p, event: _arrows(rows, event))
+        popover.add(self.rows)
+        popover.connect("key-press-event", lambda _p, event: _arrows(self.rows, event))
         popover.connect("unmap", self._closed)  # after GTK put back its focus
         return popover
 
@@ -195,7 +221,7 @@ class Bar:
         self.focus_before = self.widget.get_toplevel().get_focus()  # the VM's, or none
         self.menu_button.set_active(True)
         # its popover focuses its first item when it maps, not while it is still closing
-        self.buttons[MENU[0][0]].grab_focus()
+        _items(self.rows)[0].grab_focus()
 
     def _closed(self, popover: Any) -> None:
         """The keys back where they were before Super+M (the VM's, if still on the
