@@ -17,7 +17,8 @@ field before them (whose whole text is its tooltip).  Every label ellipsizes pas
 width: no text widens the window (a full-screen window larger than the screen is a
 protocol error the compositor disconnects the shell for).  No widget of the bar takes
 the keyboard focus, keys go to the VM, but the menu's items while it is open
-(``Super+M`` opens it from the keyboard: Down, Up, Return, Escape).
+(``Super+M`` opens it from the keyboard: Down, Up, Return, Escape); the menu has a twin
+of each button on the bar (:data:`TWINS`), so every action is the keyboard's too.
 """
 
 from __future__ import annotations
