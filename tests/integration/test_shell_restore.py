@@ -141,6 +141,7 @@ async def test_on_a_1024_px_screen_the_bar_shows_the_vms_name_and_its_fill_whole
         s.config.write_text(re.sub(r"(?m)^fill_mib_s = .*$", "fill_mib_s = 0.1",
                                    s.config.read_text()))
         provd = ProvDaemon(system_bus, tmp_path, s.config)
+        client = await MessageBus(bus_address=system_bus.address).connect()
         weston = shell = None
         try:
             provd.start()
@@ -178,8 +179,8 @@ async def test_on_a_1024_px_screen_the_bar_shows_the_vms_name_and_its_fill_whole
             wait_for(lambda: shell.ask("state")["keys_to"] == "install", 10, "the menu open")
             weston.screenshot().save(tmp_path / "bar-1024-menu.png")
             shell.key(KEY_ESC, "Escape")
-            wait_for(lambda: (s := shell.ask("state"))["keys_to"] == "display"
-                     and not s["menu"], 10, "the VM's keys again")
+            wait_for(lambda: (now := shell.ask("state"))["keys_to"] == "display"
+                     and not now["menu"], 10, "the VM's keys again")
             # the bar's own "Pause" from the keyboard: its twin in the menu, 6th item
             shell.key(KEY_M, "m", "super")
             wait_for(lambda: shell.ask("state")["keys_to"] == "install", 10, "the menu open")
@@ -187,11 +188,13 @@ async def test_on_a_1024_px_screen_the_bar_shows_the_vms_name_and_its_fill_whole
                 shell.key(KEY_DOWN, "Down")
             assert shell.ask("state")["keys_to"] == "twin-vm"
             shell.key(KEY_ENTER, "Return")
-            st = wait_for(lambda: (s := shell.ask("state"))["keys_to"] == "display"
-                          and s["action_message"].startswith(f"Pause {crm}") and s, 10,
+            st = wait_for(lambda: (now := shell.ask("state"))["keys_to"] == "display"
+                          and now["action_message"].startswith(f"Pause {crm}") and now, 10,
                           "the shown VM's pause asked (no powerd here: refused)")
             assert not st["menu"], st
+            ok(await call(client, "Remove", "s", [crm]))  # its fill and nbdkit stop too
         finally:
+            client.disconnect()
             stop_desk(shell, weston, provd)
         assert "Traceback" not in shell.log(), shell.log()
         assert "Traceback" not in provd.log(), provd.log()
