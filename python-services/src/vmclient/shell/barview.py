@@ -212,7 +212,8 @@ class Bar:
 
     def menu_open(self) -> bool:
         """Whether "Menu" is open (its items have the keys: the shell leaves them there)."""
-        return bool(self.menu_button.get_active())
+        return bool(self.menu_button.get_active()  # not while closing
+                    and self.menu_button.get_popover().get_visible())  # nor closed
 
     def toggle_menu(self) -> None:
         """"Menu" opened, its first item with the keyboard focus; or closed."""
@@ -229,6 +230,9 @@ class Bar:
         screen), never left with an item of the closed menu (a Return would choose it
         unseen); a page an item opened keeps them."""
         before, self.focus_before = self.focus_before, None
+        # "Menu" up again: GTK leaves it down when the popover closes as the VM's
+        # display takes the keys back (seen with a twin's click; not with a page's field)
+        self.menu_button.set_active(False)
         window = self.widget.get_toplevel()
         focus = window.get_focus()
         if focus is not None and not focus.is_ancestor(popover):
