@@ -176,7 +176,9 @@ async def test_on_a_1024_px_screen_the_bar_shows_the_vms_name_and_its_fill_whole
             assert st["keys_to"] == "display", st  # the VM's
             # Super+M: the bar's menu has the keys (shot too); Escape: the VM has them again
             shell.key(KEY_M, "m", "super")
-            wait_for(lambda: shell.ask("state")["keys_to"] == "install", 10, "the menu open")
+            wait_for(lambda: (now := shell.ask("state"))["keys_to"] == "install"
+                     and now["menu"], 10, "the menu open")
+            await asyncio.sleep(1)  # its popover faded in
             weston.screenshot().save(tmp_path / "bar-1024-menu.png")
             shell.key(KEY_ESC, "Escape")
             wait_for(lambda: (now := shell.ask("state"))["keys_to"] == "display"
