@@ -303,7 +303,8 @@ def test_on_a_hidpi_panel_weston_scales_2_and_the_shell_fills_its_pixels(
             # the shell's logical layout is the scale-1 one: the display below the bar,
             # inside the frame, the whole width but the frame's
             st = shell.ask("state")
-            assert st["display"][:3] == [FRAME_PX, BAR_PX + FRAME_PX, WIDTH - 2 * FRAME_PX], st
+            # (the frame has no top edge: the bar is the top)
+            assert st["display"][:3] == [FRAME_PX, BAR_PX, WIDTH - 2 * FRAME_PX], st
             colour = ZONE_COLOURS[Zone.BUSINESS]
             # the bar: 2 x BAR_PX rows of the zone's colour at its right end; the frame:
             # 2 x FRAME_PX columns on the left, mid-height
