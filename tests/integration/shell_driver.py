@@ -4,6 +4,8 @@ Commands, one a line; each answers one JSON line:
   state                 -> {"current", "locked", "vms", "display": [x, y, w, h] | null,
                             "bar": [title, power, sync], "none": the no-VM page's text,
                             "min_width": the least width the window asks for,
+                            "fit": {title, install: the bar's labels as laid out},
+                            "menu": the bar's "Menu" open?, "keys_to": who has the keys,
                             "overview": open?, "tiles": {vm: [x, y, w, h] of its thumbnail},
                             "first": the first start: open, step, title, message, ...}
   key CODE NAME [MOD..] -> a key press and release (evdev CODE, GDK key NAME, modifiers
@@ -15,9 +17,10 @@ Commands, one a line; each answers one JSON line:
   type TEXT             -> TEXT typed, one key press and release a character
   choose SSID           -> a click on SSID's row of the Wi-Fi page (the first start's while
                            it is open)
-  click ACTION          -> a click on the bar's button ACTION (sync, pause, resume, shutdown;
-                           vm: the shown VM's pause/resume; install: the install page;
-                           restore: the restore page)
+  click ACTION          -> a click on the bar's button ACTION (vm: the shown VM's
+                           pause/resume; sound; usb; later), or on the item ACTION of the
+                           bar's "Menu" (install: the install page; restore: the restore
+                           page; sync, pause, resume, shutdown)
   restore VM            -> a click on the restore page's button of VM ({"ok": false}: none)
   media MEM DISK FIRMWARE PATH
                         -> the install page's memory and disk (GiB), firmware (uefi, bios)
@@ -104,6 +107,23 @@ def main() -> int:
         w, h = pix.get_width(), pix.get_height()
         return [r[0] + (r[2] - w) // 2, r[1] + (r[3] - h) // 2, w, h]
 
+    def whole(lbl: Any) -> list[Any]:
+        """A bar label as laid out: [ellipsized, its allocated width, its text's width]."""
+        text = lbl.create_pango_layout(lbl.get_text()).get_pixel_size()[0]
+        return [lbl.get_layout().is_ellipsized(), lbl.get_allocation().width, text]
+
+    def keys_to() -> str | None:
+        """Who has the keyboard: "display" (the shown VM's), an item of the bar's menu (its
+        key; "twin-vm": the item of the bar's button "vm"), "other"."""
+        focus = shell.window.get_focus()
+        if focus is None:
+            return None
+        if focus is shell.current_display():
+            return "display"
+        items = {**shell.statusbar.buttons,
+                 **{f"twin-{k}": b for k, b in shell.statusbar.twins.items()}}
+        return next((k for k, b in items.items() if b is focus), "other")
+
     def info() -> dict[str, Any]:
         rect = rect_of(shell.current_display())
         return {"current": shell.state.current, "locked": shell.state.locked,
@@ -113,6 +133,9 @@ def main() -> int:
                         shell.statusbar.sync.get_text()],
                 "none": shell.pages.none_label.get_text(),
                 "min_width": shell.window.get_preferred_width()[0],
+                "fit": {"title": whole(shell.statusbar.title),
+                        "install": whole(shell.statusbar.install)},
+                "menu": shell.statusbar.menu_open(), "keys_to": keys_to(),
                 "overview": shell.state.overview, "asleep": shell.state.asleep,
                 "pause_delay": shell.pause_delay.held,
                 "sound": {n: [d.sound.recording_allowed, d.sound.muted]

@@ -46,7 +46,7 @@ from vmclient.shell.state import ZONE_COLOURS, Zone
 
 ACTION = "org.vmclient.VMClient1.open-display"
 KEY_TAB, KEY_H, KEY_I, KEY_SPACE, KEY_2, KEY_L, KEY_ENTER, KEY_A = 15, 35, 23, 57, 3, 38, 28, 30
-KEY_E, KEY_SUPER = 18, 125  # evdev's KEY_E, KEY_LEFTMETA
+KEY_E, KEY_SUPER, KEY_M = 18, 125, 50  # evdev's KEY_E, KEY_LEFTMETA, KEY_M
 PASSWORD = "Correct horse-7"  # the shell's user's, in its PAM sandbox (shell_harness)
 GUEST_W, GUEST_H = 720, 400  # the guests' 80x25 text mode
 
@@ -303,7 +303,8 @@ def test_on_a_hidpi_panel_weston_scales_2_and_the_shell_fills_its_pixels(
             # the shell's logical layout is the scale-1 one: the display below the bar,
             # inside the frame, the whole width but the frame's
             st = shell.ask("state")
-            assert st["display"][:3] == [FRAME_PX, BAR_PX + FRAME_PX, WIDTH - 2 * FRAME_PX], st
+            # (the frame has no top edge: the bar is the top)
+            assert st["display"][:3] == [FRAME_PX, BAR_PX, WIDTH - 2 * FRAME_PX], st
             colour = ZONE_COLOURS[Zone.BUSINESS]
             # the bar: 2 x BAR_PX rows of the zone's colour at its right end; the frame:
             # 2 x FRAME_PX columns on the left, mid-height
@@ -388,6 +389,46 @@ def test_the_bar_shows_what_powerd_reports_and_shuts_down(bare_shell, powerd, la
     assert bare_shell.ask("click shutdown") == {"ok": True}
     wait_for(lambda: [list(c[1]) for c in logind.mock.GetMethodCalls("PowerOff")] == [[True]],
              10, "logind's PowerOff called")
+
+
+def test_super_m_opens_the_bars_menu_and_its_items_work_from_the_keyboard(bare_shell):
+    """The bar's buttons never take the keys (they go to the VM), but its "Menu" (install,
+    restore, sync, pause and resume the VMs, shut down) opens on Super+M with its first
+    item's keys, and Super+M again closes it.  Opened again, Return chooses "Install a
+    private VM…": the menu closes and the install page keeps the keys once the menu is
+    gone (a name typed is its name); Escape, then Super+M, Down and Return choose
+    "Restore a VM…": the restore page; Escape goes back to the desktop, where no item of
+    the closed menu keeps the keys."""
+    def menu() -> bool:
+        return bool(bare_shell.ask("state")["menu"])
+    bare_shell.key(KEY_M, "m", "super")
+    wait_for(menu, 10, "the menu open")
+    bare_shell.key(KEY_M, "m", "super")
+    wait_for(lambda: not menu(), 10, "the menu closed")
+    bare_shell.key(KEY_M, "m", "super")
+    wait_for(menu, 10, "the menu open again")
+    assert bare_shell.ask("state")["keys_to"] == "install"  # its first item
+    bare_shell.key(KEY_ENTER, "Return")
+    st = wait_for(lambda: (s := bare_shell.ask("state"))["install"]["open"] and s, 10,
+                  "the install page")
+    assert st["install"]["page"] == "install" and not st["menu"], st
+    time.sleep(1)  # the popover's closing transition is over: it gave no keys back
+    assert bare_shell.ask("type notes") == {"ok": True}
+    assert bare_shell.ask("state")["install"]["name"] == "notes"
+    bare_shell.key(KEY_ESC, "Escape")
+    wait_for(lambda: bare_shell.ask("state")["install"]["page"] == "desktop", 10,
+             "the desktop again")
+    bare_shell.key(KEY_M, "m", "super")
+    wait_for(menu, 10, "the menu open a third time")
+    bare_shell.key(KEY_DOWN, "Down")
+    bare_shell.key(KEY_ENTER, "Return")
+    st = wait_for(lambda: (s := bare_shell.ask("state"))["restore"]["open"] and s, 10,
+                  "the restore page")
+    assert st["restore"]["page"] == "restore" and not st["menu"], st
+    bare_shell.key(KEY_ESC, "Escape")
+    st = wait_for(lambda: (s := bare_shell.ask("state"))["restore"]["page"] == "desktop"
+                  and s, 10, "the desktop again")
+    assert not st["menu"] and st["keys_to"] is None and st["min_width"] <= WIDTH, st
 
 
 def test_the_shell_tells_logind_when_no_one_uses_the_laptop(system_bus, logind, tmp_path):
@@ -719,7 +760,7 @@ async def test_the_bar_shows_an_install_with_its_progress(system_bus, tmp_path):
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_bar_installs_a_private_vm_from_an_iso_of_the_users_and_shows_its_installer(
         system_bus, tmp_path):
-    """The bar's "Install…": a name, the sizes, the firmware and an ISO of the user's own,
+    """The bar menu's "Install a private VM…": a name, the sizes, the firmware and an ISO of the user's own,
     chosen in the page's file chooser; the shell opens it as its unprivileged user and
     passes the descriptor to the real vmclient-provd's InstallFromMedia.  provd defines a
     private VM (the bar shows its install), the shell starts it and shows its installer:

@@ -144,6 +144,16 @@ def test_super_l_locks_and_super_n_opens_the_wifi_page_but_not_while_locked():
     assert view(sleep(opened)).page == "lock"
 
 
+def test_super_m_is_the_bars_menu_and_changes_nothing_the_core_keeps():
+    """Super+M is the shell's (the guest never sees it); the adapter opens the bar's menu
+    over a VM: the core's state stays as it was (no VM switched, no page opened)."""
+    s = with_vms(State(), [B1, P1])
+    assert hotkey(Key("m", super_=True)) == Command.MENU
+    assert hotkey(Key("m")) is None  # a plain m is the guest's
+    assert command(s, Command.MENU) == s
+    assert command(lock(s), Command.MENU) == lock(s)
+
+
 def test_the_bar_says_when_the_vm_list_failed_and_not_what_it_said_before():
     """provd not answering: the bar says so, never "No VM running" nor a VM's stale
     state; the next list that comes clears it."""

@@ -1,4 +1,4 @@
-"""The page "install a private VM from media" (the bar's "Install…").
+"""The page "install a private VM from media" (the bar menu's "Install a private VM…").
 
 A name, the memory and the system disk's size, the firmware, and the installer (an
 ISO) from the person's own files: GTK's file chooser, embedded in the page (the kiosk

@@ -1,4 +1,5 @@
-"""A private VM installed from media (the bar's "Install…"): the recipe vmclient-provd gets.
+"""A private VM installed from media (the bar menu's "Install a private VM…"): the recipe
+vmclient-provd gets.
 
 Pure: the install page's values in, the recipe's TOML out, checked as provd checks
 it (:func:`vmclient.provision.spec.parse`, the one definition of a recipe and of a

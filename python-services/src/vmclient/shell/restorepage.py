@@ -1,4 +1,4 @@
-"""The page "restore a VM from the datacenter" (the bar's "Restore…").
+"""The page "restore a VM from the datacenter" (the bar menu's "Restore a VM…").
 
 On a new laptop, after IT's ``vmclient-admin restore VM --to DEVICE`` (or ``rekey``),
 the person sees here the VMs the datacenter keeps for this laptop, each with its

@@ -1,4 +1,4 @@
-"""The restore page's choices and words (the bar's "Restore…"): pure.
+"""The restore page's choices and words (the bar menu's "Restore a VM…"): pure.
 
 What is offered: provd's ``ListRestorable`` (the VMs the datacenter keeps for this
 laptop, with their latest snapshot), less every VM the shell lists here: a VM on the

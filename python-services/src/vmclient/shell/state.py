@@ -70,6 +70,7 @@ class Command(enum.Enum):
     LOCK = "lock"
     OVERVIEW = "overview"
     NETWORKS = "networks"
+    MENU = "menu"  # the bar's "Menu" (the adapter opens it over a VM or the no-VM page)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ HOTKEYS: dict[Key, Command] = {
     Key("space", super_=True): Command.OVERVIEW,
     Key("l", super_=True): Command.LOCK,
     Key("n", super_=True): Command.NETWORKS,
+    Key("m", super_=True): Command.MENU,
 }
 
 
@@ -148,8 +150,8 @@ def _pages_closed(state: State, **changes: Any) -> State:
 
 
 def open_install(state: State) -> State:
-    """The bar's "Install…": the page that installs a private VM from media (not while
-    locked)."""
+    """The bar menu's "Install a private VM…": the page that installs a private VM from
+    media (not while locked)."""
     return state if state.locked else _pages_closed(state, install=True)
 
 
@@ -158,8 +160,8 @@ def close_install(state: State) -> State:
 
 
 def open_restore(state: State) -> State:
-    """The bar's "Restore…": the page that restores a VM from the datacenter (not while
-    locked)."""
+    """The bar menu's "Restore a VM…": the page that restores a VM from the datacenter
+    (not while locked)."""
     return state if state.locked else _pages_closed(state, restore=True)
 
 
@@ -204,7 +206,7 @@ def command(state: State, cmd: Command) -> State:
     """A hotkey's effect.  Switching while locked does nothing (the lock hides it all)."""
     if cmd == Command.LOCK:
         return lock(state)
-    if state.locked:
+    if state.locked or cmd == Command.MENU:  # the bar's menu is not the core's
         return state
     if cmd == Command.NETWORKS:
         return _pages_closed(state, networks=not state.networks)

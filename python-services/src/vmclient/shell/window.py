@@ -303,6 +303,8 @@ class Shell:
 
     def run(self, cmd: state.Command) -> None:
         self.state = state.command(self.state, cmd)
+        if cmd == state.Command.MENU and state.view(self.state).page in ("vm", "none"):
+            self.statusbar.toggle_menu()  # open: its first item has the keys
         if self.state.networks:
             self.wifi.refresh()  # the list as it is now, not up to 10 s old
         self.render()
@@ -359,7 +361,7 @@ class Shell:
         self.pages.apply(self.state.current, self.state.locked, self.first_open, self.muted)
         self.statusbar.set_button("sound", audio.button_text(self.state.current, self.muted))
         self.statusbar.vm_button(actions.vm_action(state.shown(self.state)))
-        if self.state.locked:
+        if v.page not in ("vm", "none") or self.first_open:  # the bar is not on the screen
             self.statusbar.close_menu()
         if v != self.shown:
             css = (barview.css(v.colour) + LOCK_CSS + PAGES_CSS + OVERVIEW_CSS + NETWORKS_CSS
@@ -379,8 +381,9 @@ class Shell:
             self.overview.show(self.state, self.displays)
         else:
             self.overview.hide()
-        if self.pages.show(v.vm, focus=v.page == "vm"):
-            pass  # the keyboard is the VM's
+        menu = self.statusbar.menu_open()  # its items have the keys until it closes
+        if self.pages.show(v.vm, focus=v.page == "vm" and not menu) or menu:
+            pass  # the keyboard is the VM's, or the bar's menu's
         elif v.page == "lock":
             self.lock_page.focus()
         elif v.page == "networks":
