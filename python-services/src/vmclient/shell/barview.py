@@ -75,7 +75,7 @@ def label(text: str = "", xalign: float = 0.5, wrap: bool = False) -> Any:
     return lbl
 
 
-class KeptLabel(Gtk.Label):
+class KeptLabel(Gtk.Label):  # type: ignore[misc]  # GTK has no types here
     """A label the bar shortens last: its least width is its whole text's, up to
     :data:`KEPT_PX` (past that it ellipsizes too)."""
 
