@@ -261,8 +261,8 @@ async def test_a_fill_that_runs_out_of_file_descriptors_goes_on_in_the_same_prov
         system_bus: PrivateSystemBus, tmp_path: Path) -> None:
     """provd runs out of file descriptors mid-fill (its limit lowered below the ones it
     holds, as a leak or a burst of connections does it): the fill's next look cannot
-    read nbdkit's pidfile nor open nbdkit's log to start one, an OSError (EMFILE) that is
-    not one of ours.  Before, the fill task died of it, silently, and the VM ran on its
+    read nbdkit's pidfile, an OSError (EMFILE) that is not one of ours, and the nbdkit
+    serving the VM is not taken for dead on it (it once was, and killed).  Before, the fill task died of it, silently, and the VM ran on its
     network-backed disk until provd restarted.  Now the error is logged once with its
     traceback and the fill tried again with the link probes' backoff: once descriptors are
     there again it goes on and completes in the same provd, the disk the snapshot's."""
@@ -288,17 +288,20 @@ async def test_a_fill_that_runs_out_of_file_descriptors_goes_on_in_the_same_prov
                 return bool((await pull_state(s.env.hv, installed.uuid, vm)).jobs)
 
             await wait_for("the fill", pulling)
+            nbdkit = (sdir / "vda.pid").read_text()
             soft, hard = resource.prlimit(provd.pid, resource.RLIMIT_NOFILE)
             resource.prlimit(provd.pid, resource.RLIMIT_NOFILE, (3, hard))  # none left
             try:
-                # the fill's look: nbdkit taken for dead (its pidfile unreadable), its
-                # pidfile removed, then the nbdkit to replace it cannot be started
+                # the fill's next look cannot read nbdkit's pidfile
                 await wait_for("the fill to meet the limit", lambda: _async(
-                    not (sdir / "vda.pid").exists()), limit=scaled(30))
+                    "Too many open files" in log_path.read_text()), limit=scaled(30))
                 await asyncio.sleep(2)  # more looks while it lasts
                 assert sdir.exists() and provd.poll() is None
             finally:
                 resource.prlimit(provd.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            # the nbdkit serving the VM's disk was not taken for dead (nor killed) on it
+            assert (sdir / "vda.pid").read_text() == nbdkit
+            os.kill(int(nbdkit), 0)  # and it runs (ProcessLookupError if not)
             conn = libvirt.open(URI)
             try:
                 dom = conn.lookupByName(vm)

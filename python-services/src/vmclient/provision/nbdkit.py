@@ -132,10 +132,12 @@ class Nbdkits:
 
 
 def _serving(pidfile: Path, spec: Path) -> int:
-    """The pid of the nbdkit serving ``spec`` per ``pidfile``, if it runs (0 if not)."""
+    """The pid of the nbdkit serving ``spec`` per ``pidfile``, if it runs (0 if not).
+    A pidfile that cannot be read for another reason than its absence (no descriptor
+    left, say) raises: an nbdkit that serves the VM is not taken for dead on that."""
     try:
         pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):  # (none, or one nbdkit is still writing)
         return 0
     return pid if _runs(pid, spec) else 0
 
@@ -145,7 +147,7 @@ def _runs(pid: int, spec: Path) -> bool:
     its pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):  # gone
         return False
     return f"spec={spec}".encode() in cmdline.split(b"\0")
 

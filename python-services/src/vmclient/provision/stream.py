@@ -254,6 +254,7 @@ class Streams:
                 try:
                     complete = await Fill(self.prov, self.nbdkits, self.link, vm,
                                           self._stream_dir(vm), looked).run()
+                    attempts.looked()  # (it may end without a look that reports)
                     break
                 except Exception as exc:  # (a cancellation is no Exception: it ends the fill)
                     if _cancelling():  # (one turned into another error on its way out)
