@@ -91,3 +91,12 @@ admin_key = "{workdir / 'admin.pub'}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> ProvDaemon:
+        return self.start()
+
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
+        """Stopped; then (unless the block failed) a traceback in its log fails the test."""
+        self.stop()
+        if exc_type is None:
+            assert "Traceback" not in self.log(), self.log()

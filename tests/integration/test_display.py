@@ -49,10 +49,8 @@ def guests() -> Iterator[EchoGuests]:
 
 @pytest.fixture
 def provd(system_bus: PrivateSystemBus, tmp_path: Path) -> Iterator[ProvDaemon]:
-    d = ProvDaemon(system_bus, tmp_path).start()
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()
+    with ProvDaemon(system_bus, tmp_path) as d:
+        yield d
 
 
 def client(bus: PrivateSystemBus, vm: str, uid: int | None = None) -> dict[str, str]:

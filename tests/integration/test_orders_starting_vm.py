@@ -44,10 +44,8 @@ def guests() -> Iterator[EchoGuests]:
 def provd(system_bus: PrivateSystemBus, tmp_path: Path) -> Iterator[ProvDaemon]:
     # under a lease: a Start of a business VM gets past the key gate to libvirt
     set_lease(tmp_path / "manage", days=14)
-    d = ProvDaemon(system_bus, tmp_path).start()
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()
+    with ProvDaemon(system_bus, tmp_path) as d:
+        yield d
 
 
 async def test_an_order_to_start_a_vm_whose_qemu_is_starting_does_not_start_it_again(
