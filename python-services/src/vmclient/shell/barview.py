@@ -195,8 +195,9 @@ class Bar:
             self.rows.pack_start(item, False, False, 0)
         self.rows.show_all()
         sync = GObject.BindingFlags.SYNC_CREATE
+        texts = dict(r for r in MENU if r)
         for name, item in self.twins.items():  # each as its button is
-            button, text = self.buttons[name], dict(r for r in MENU if r)[name]
+            button, text = self.buttons[name], texts[name]
             button.bind_property("sensitive", item, "sensitive", sync)
             if "{}" in text:
                 button.bind_property("label", item, "text", sync,
