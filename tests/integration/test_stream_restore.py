@@ -262,10 +262,11 @@ async def test_a_fill_that_runs_out_of_file_descriptors_goes_on_in_the_same_prov
     """provd runs out of file descriptors mid-fill (its limit lowered below the ones it
     holds, as a leak or a burst of connections does it): the fill's next look cannot
     read nbdkit's pidfile, an OSError (EMFILE) that is not one of ours, and the nbdkit
-    serving the VM is not taken for dead on it (it once was, and killed).  Before, the fill task died of it, silently, and the VM ran on its
-    network-backed disk until provd restarted.  Now the error is logged once with its
-    traceback and the fill tried again with the link probes' backoff: once descriptors are
-    there again it goes on and completes in the same provd, the disk the snapshot's."""
+    serving the VM is not taken for dead on it (it once was, and killed).  Before, the
+    fill task died of it, silently, and the VM ran on its network-backed disk until provd
+    restarted.  Now the error is logged once with its traceback and the fill tried again
+    with the link probes' backoff: once descriptors are there again it goes on and
+    completes in the same provd, the disk the snapshot's."""
     async with streamed(tmp_path) as s:
         vm = s.env.name("fd")
         data = disk_bytes(8, seed=13)
