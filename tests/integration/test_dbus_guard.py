@@ -14,6 +14,7 @@ from fixtures_bus import PrivateSystemBus
 from vmclient.dbus import names
 from vmclient.dbus.guard import Member, install_method_guard
 from vmclient.errors import VMClientError
+from vmclient.tasks import at_most
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,7 +48,7 @@ async def test_a_call_that_ends_after_the_daemon_left_the_bus_is_no_traceback(
         call = asyncio.ensure_future(client.call(Message(
             destination=names.BUS_NAME, path=names.POWER_PATH,
             interface=names.POWER_IFACE, member="PauseAll")))
-        await asyncio.wait_for(entered.wait(), 10)
+        await at_most(entered.wait(), 10)
         service.disconnect()
         await service.wait_for_disconnect()
         go_on.set()

@@ -19,6 +19,7 @@ from vmclient.manage.agent import Agent
 from vmclient.manage.enrol import CodeBook, process_requests, request_path
 from vmclient.store import crypto, layout
 from vmclient.store.errors import RemoteIntegrityError
+from vmclient.tasks import at_most
 from vmclient.transport.localfs import LocalDirStore
 from vmclient.virt.libvirt import Hypervisor
 
@@ -150,7 +151,7 @@ async def test_vmclientctl_enrol_status_and_the_order_loop(tmp_path: Path) -> No
                 break
             await asyncio.sleep(0.05)
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await at_most(task, 5)
         [rep] = await it.reports_of(site.remote, site.admin.public_key(), st["device"])
         assert (rep.order, rep.outcome) == (order.seq, "done")
         assert agent.status()["lease_until"] == until

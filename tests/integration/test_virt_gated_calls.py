@@ -13,6 +13,7 @@ from testlib import run
 CHILD = r"""
 import asyncio, json, sys
 from concurrent.futures import Future
+from vmclient.tasks import at_most
 from vmclient.errors import VMClientError
 from vmclient.virt.hypervisor import Hypervisor
 
@@ -25,7 +26,7 @@ async def main(uri, ok, refused):
     await asyncio.sleep(0.5)
     out["while_waiting"] = [call.done(), (await hv.domain(ok)).state.name]
     first.set_result(None)
-    await asyncio.wait_for(call, 30)
+    await at_most(call, 30)
     out["after"] = (await hv.domain(ok)).state.name
     never = Future()
     never.set_exception(VMClientError("not recorded"))

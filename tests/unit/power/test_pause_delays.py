@@ -9,6 +9,7 @@ import os
 import pytest
 
 from vmclient.power.delays import PauseDelays
+from vmclient.tasks import at_most
 
 
 @pytest.mark.asyncio
@@ -27,7 +28,7 @@ async def test_the_wait_ends_when_every_holder_closed_its_end():
     await asyncio.sleep(0.05)
     assert not waiting.done() and delays.held == ["uid 2"]
     os.close(other)  # as when the holder exits
-    assert await asyncio.wait_for(waiting, 5) is True
+    assert await at_most(waiting, 5) is True
     assert delays.held == []
 
 

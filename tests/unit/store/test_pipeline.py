@@ -23,6 +23,7 @@ from vmclient.store.plan import DownloadPlan, plan_download
 from vmclient.store.remote import MemoryStore
 from vmclient.sync.restore import _write
 from vmclient.sync.writeback import Writeback
+from vmclient.tasks import at_most
 
 from .helpers import flip
 
@@ -59,7 +60,7 @@ class GatedStore(MemoryStore):
         try:
             if self.in_flight >= self.parallel:
                 self.gate.set()
-            await asyncio.wait_for(self.gate.wait(), 10)  # sequential uploads end here
+            await at_most(self.gate.wait(), 10)  # sequential uploads end here
             await asyncio.sleep(0)
             if number == self.fail_at:
                 raise ConnectionResetError("dropped")

@@ -24,6 +24,7 @@ from ..dbus import names
 from ..errors import UsageError
 from ..provision import config as pconfig
 from ..provision.progress import PHASES
+from ..tasks import at_most
 from .progress import ProgressPrinter
 
 
@@ -85,7 +86,7 @@ def complete_vm(**_: Any) -> list[str]:
         return [str(row[0]) for row in rows]
 
     try:
-        return asyncio.run(asyncio.wait_for(names(), 3))
+        return asyncio.run(at_most(names(), 3))
     except Exception:  # a completion offers nothing rather than an error
         return []
 

@@ -35,6 +35,7 @@ from ..store.errors import LocalSyncError, ObjectNotFound, RemoteIntegrityError,
 from ..store.format import open_envelope, signed_envelope
 from ..store.orders import Order, OrderState, Report
 from ..store.remote import RemoteStore, get_object
+from ..tasks import at_most
 from ..virt.libvirt import Hypervisor
 from . import hostupdate, keyuse, rekey, status
 from .enrolling import Enrolling
@@ -137,7 +138,7 @@ class Agent(Enrolling):
             remaining = self.lease().remaining
             wait = min(interval, remaining) if remaining else interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(wait, 1.0))
+                await at_most(stop.wait(), max(wait, 1.0))
 
     # -- orders ---------------------------------------------------------------------------
 

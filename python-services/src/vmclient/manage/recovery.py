@@ -38,6 +38,7 @@ from ..host.keys import DeviceKeys
 from ..store import crypto, layout
 from ..store.format import Reader, b64, canonical_json, open_envelope, signed_envelope
 from ..store.remote import RemoteStore, get_object
+from ..tasks import at_most
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Enroller:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=env)
-            out, err = await asyncio.wait_for(proc.communicate(), 300)
+            out, err = await at_most(proc.communicate(), 300)
         except FileNotFoundError:
             raise RecoveryKeyError(f"{self.command} is not installed") from None
         except TimeoutError:

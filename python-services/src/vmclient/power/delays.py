@@ -17,6 +17,8 @@ import contextlib
 import logging
 import socket
 
+from ..tasks import at_most
+
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ class PauseDelays:
         holders = ", ".join(self.held)
         log.info("waiting for %s before pausing (at most %.1f s)", holders, bound)
         try:
-            await asyncio.wait_for(self._none.wait(), bound)
+            await at_most(self._none.wait(), bound)
         except TimeoutError:
             log.warning("%s did not release the pause delay within %.1f s: pausing anyway",
                         ", ".join(self.held), bound)

@@ -39,6 +39,7 @@ from ..errors import (
 )
 from ..host.gate import StartGate, StartRefused
 from ..log import vm_logger
+from ..tasks import at_most
 from ..virt.libvirt import DomainInfo, DomEvent, DomState, Hypervisor
 from . import policy
 from .bounds import now, within
@@ -373,7 +374,7 @@ class VMController:
 
     async def _bounded(self, coro: Awaitable[Any], deadline: float, what: str) -> Any:
         try:
-            return await asyncio.wait_for(coro, max(0.05, deadline - now()))
+            return await at_most(coro, max(0.05, deadline - now()))
         except TimeoutError:
             log.error("%s did not answer before the deadline", what)
             return None

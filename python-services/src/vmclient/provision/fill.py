@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import VMClientError, VMNotFound
 from ..host.files import write_atomic
 from ..store import layout
+from ..tasks import at_most
 from ..virt.stream import block_pull, cancel_pull, pull_state
 from .installer import Provisioner
 from .nbdkit import Nbdkits
@@ -76,7 +77,7 @@ class LinkProbe:
         if receiver is None:
             return False
         try:
-            await asyncio.wait_for(receiver.remote.list(
+            await at_most(receiver.remote.list(
                 layout.vm_store(self.prov.keys.device.device_id(), vm) + "/index"),
                 self.read_timeout)
         except (TimeoutError, Exception):

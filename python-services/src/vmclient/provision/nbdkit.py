@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import VMClientError
+from ..tasks import at_most
 
 log = logging.getLogger(__name__)
 PLUGIN = Path(__file__).with_name("nbdplugin.py")
@@ -89,7 +90,7 @@ class Nbdkits:
                 tail = log_path.read_text(errors="replace")[-800:]
                 raise StreamError(vm, f"nbdkit for disk {disk} did not start: {tail}")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 0.05)
+                await at_most(proc.wait(), 0.05)
         log.info("VM %s: nbdkit serves disk %s (ready in %.1f s)", vm, disk,
                  loop.time() - deadline + READY_TIMEOUT)
         sdir_stat = sock.parent.stat()
@@ -120,7 +121,7 @@ class Nbdkits:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(proc.wait(), 10)
+                    await at_most(proc.wait(), 10)
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()

@@ -44,7 +44,7 @@ from typing import TypeVar
 from ..host.files import check_ram_backed, write_private
 from ..store import layout
 from ..store.objects import BASE_ID, ChunkMap
-from ..tasks import all_of
+from ..tasks import all_of, ended
 from ..virt.libvirt import DomState
 from ..virt.stream import qemu_owner, with_nbd_backing
 from .cache import ChunkCache
@@ -198,8 +198,7 @@ class Streams:
         definition undefined).  Should that fail, the fill goes on."""
         task = self.fills.pop(vm, None)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await ended(task)
         self.link.probes.pop(vm, None)
         if self._stream_dir(vm).exists():
             info = await self.prov.hv.lookup_name(vm)
@@ -279,9 +278,7 @@ class Streams:
     async def close(self) -> None:
         """provd stops: the fill tasks end; each nbdkit stays (the VM reads from it) and
         the next provd takes it over (:meth:`resume_all`)."""
-        for task in self.fills.values():
-            task.cancel()
-        await asyncio.gather(*self.fills.values(), return_exceptions=True)
+        await ended(*self.fills.values())
 
 
 def _cancelling() -> bool:

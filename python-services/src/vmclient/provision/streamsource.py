@@ -24,6 +24,7 @@ from ..store.errors import RemoteIntegrityError
 from ..store.objects import BASE_ID, ZERO_ID, BlobRef
 from ..store.plan import DownloadPlan, plan_reads
 from ..store.remote import RemoteStore
+from ..tasks import at_most
 from .restore import fetch_blobs
 from .streamcore import CACHE_CHUNKS, ChunkLRU, ReadAhead, chunk_length, pieces, retry_delays
 
@@ -166,7 +167,7 @@ class ChunkSource:
         deadline = loop.time() + self.timeout
         while True:
             try:
-                return await asyncio.wait_for(attempt(), max(0.1, deadline - loop.time()))
+                return await at_most(attempt(), max(0.1, deadline - loop.time()))
             except RemoteIntegrityError:
                 raise  # the stored data is not what was written: never served, never retried
             except Exception as exc:

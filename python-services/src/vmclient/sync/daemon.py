@@ -40,6 +40,7 @@ from ..store import crypto, layout, repo
 from ..store.documents import RepoConfig
 from ..store.format import NAME_RE
 from ..store.remote import RemoteStore
+from ..tasks import at_most
 from ..transport import close_store
 from ..virt.libvirt import Hypervisor, sync_view
 from . import config as sconfig
@@ -118,8 +119,8 @@ class Synchronizer:
         if self.admin is None:
             return None, f"no admin key at {self.cfg.repository.admin_key}"
         try:
-            cfg = await asyncio.wait_for(repo.get_config(self.remote, self.admin),
-                                         self.cfg.repository.timeout)
+            cfg = await at_most(repo.get_config(self.remote, self.admin),
+                                self.cfg.repository.timeout)
         except TimeoutError:
             return None, "the datacenter does not answer (timeout)"
         except (VMClientError, OSError) as exc:
@@ -267,7 +268,7 @@ class Synchronizer:
                 # logind lets the sleep go ahead after InhibitDelayMaxSec anyway
                 limit = await self.guard.delay_max() if self.guard is not None else 5.0
                 try:
-                    await asyncio.wait_for(self.idle.wait(), max(limit - 0.5, 0.5))
+                    await at_most(self.idle.wait(), max(limit - 0.5, 0.5))
                 except TimeoutError:
                     log.warning("the sync of %s did not reach a safe point before sleep; "
                                 "it stops at the next one", self.iface.current)

@@ -41,6 +41,7 @@ from ..errors import (
     VMOperationFailed,
     VMOperationTimeout,
 )
+from ..tasks import at_most
 from . import domains, events
 from .domains import DomainInfo
 from .resources import Resources
@@ -233,7 +234,7 @@ class Hypervisor(Resources):
 
     async def wait_connected(self, limit: float) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), limit)
+            await at_most(self._connected.wait(), limit)
         except TimeoutError:
             raise HypervisorUnavailable(self.uri, f"no connection within {limit:.0f} s") \
                 from None
@@ -253,7 +254,7 @@ class Hypervisor(Resources):
         # still runs: domain objects still referenced hold a connection open.
         for c in self._conns:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.to_thread(c.pool.shutdown, wait=True), 2.0)
+                await at_most(asyncio.to_thread(c.pool.shutdown, wait=True), 2.0)
         gc.collect()
         impl = events.current()
         for _ in range(3):
@@ -288,7 +289,7 @@ class Hypervisor(Resources):
         try:
             if limit is None:
                 return await fut
-            return await asyncio.wait_for(asyncio.shield(fut), limit)
+            return await at_most(asyncio.shield(fut), limit)
         except TimeoutError:
             # The thread goes on; its result is dropped.  Callers that care
             # (a pause that completes late) keep their own task on the operation.
