@@ -3,12 +3,16 @@
 
 VENV ?= $(CURDIR)/.venv
 PYTEST_ARGS ?=
+# With the system tier (VMCLIENT_SYSTEM_TESTS=1, as CI runs it) the booted hosts run beside
+# the rest: two pytest-xdist workers, the system tests in order on one and everything else
+# in order on the other (tests/conftest.py); the rest mostly waits on daemons and guests.
+PARALLEL ?= $(if $(filter-out 0,$(VMCLIENT_SYSTEM_TESTS)),-n 2 --dist loadgroup)
 
 .PHONY: test setup daemons lint unit integration fuzz bench clean
 
 test: setup daemons
 	scripts/clean-test-domains
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; scripts/clean-test-domains; exit $$rc
+	$(VENV)/bin/python -m pytest $(PARALLEL) $(PYTEST_ARGS); rc=$$?; scripts/clean-test-domains; exit $$rc
 
 setup:
 	VMCLIENT_VENV=$(VENV) scripts/setup-host
