@@ -238,10 +238,18 @@ def run_server_script(server: SSHServer, script: Path, device: str) -> None:
     """Root runs what ``enrol --accept`` wrote, its Match block going to the test sshd's
     configuration (which the fixture rewrites on a restart: the block is kept there)."""
     conf = script.with_suffix(".sshd_config")
-    conf.write_text("")
-    r = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "SSHD_CONFIG": str(conf)})
-    server.accounts.append(account_name(device))
+    account = account_name(device)
+    for _ in range(3):
+        conf.write_text("")
+        r = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "SSHD_CONFIG": str(conf)})
+        # useradd fails while another one (a test beside this one) holds /etc/passwd's
+        # lock; the script is run again only if it stopped before making the account
+        if r.returncode == 0 or "lock" not in r.stderr or subprocess.run(
+                ["id", account], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+    server.accounts.append(account)
     assert r.returncode == 0, f"{script}:\n{r.stdout}{r.stderr}"
     server.matches.append(conf.read_text())
     server.restart()
