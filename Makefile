@@ -3,10 +3,11 @@
 
 VENV ?= $(CURDIR)/.venv
 PYTEST_ARGS ?=
-# With the system tier (VMCLIENT_SYSTEM_TESTS=1, as CI runs it) the booted hosts run beside
-# the rest: two pytest-xdist workers, the system tests in order on one and everything else
-# in order on the other (tests/conftest.py); the rest mostly waits on daemons and guests.
-PARALLEL ?= $(if $(filter-out 0,$(VMCLIENT_SYSTEM_TESTS)),-n 2 --dist loadgroup)
+# Two pytest-xdist workers, each running a group of tests in order (tests/conftest.py):
+# the booted hosts of the system tier (VMCLIENT_SYSTEM_TESTS=1, as CI runs it) beside the
+# rest, or without them the unit and layer tests beside the integration tests, which
+# mostly wait on daemons and guests.  PARALLEL= runs everything in one process.
+PARALLEL ?= -n 2 --dist loadgroup
 
 .PHONY: test setup daemons lint unit integration fuzz bench clean
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +21,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # (before xdist reads the groups)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Two groups for ``--dist loadgroup`` (pytest-xdist: ``make test`` with the system
-    tier, see the Makefile): the system tests and everything else.  Each group runs in
-    its order on a worker of its own: the booted hosts, busy under TCG, beside the rest,
-    which mostly waits on daemons and guests; no two tests of the rest ever share the
+    """The worker groups of ``--dist loadgroup`` (pytest-xdist, two workers: ``make test``).
+    With the system tier: the system tests, and everything else; without it: the
+    integration tests, and the static ones (unit, layer).  Each group runs in its order on
+    a worker of its own: the booted hosts (busy under TCG) or the unit tests (CPU) beside
+    tests that mostly wait on daemons and guests; no two integration tests ever share the
     machine's libvirtd, networks or system bus at once."""
+    system = bool(config.getoption("--system")) or \
+        os.environ.get("VMCLIENT_SYSTEM_TESTS", "") not in ("", "0")
+    integration = Path(__file__).resolve().parent / "integration"
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("system" if item.get_closest_marker("system")
-                                                else "rest"))
+        if system:
+            group = "system" if item.get_closest_marker("system") else "rest"
+        else:
+            group = "integration" if item.path.is_relative_to(integration) else "static"
+        item.add_marker(pytest.mark.xdist_group(group))
