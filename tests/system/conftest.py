@@ -55,6 +55,11 @@ def _missing() -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _enabled(config):
+        # The tests on the session's host come last: the ones booting machines of their
+        # own (the journey's laptops, the A/B machine, the verity one) would otherwise run
+        # beside it, idle under TCG with its nested VMs (~0.3 of a core), until the end.
+        items.sort(key=lambda item: bool(item.get_closest_marker("system"))
+                   and "host" in getattr(item, "fixturenames", ()))
         return
     reason = "system tests boot a whole host under QEMU: run with --system or VMCLIENT_SYSTEM_TESTS=1"
     for item in items:
