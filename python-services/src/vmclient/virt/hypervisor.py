@@ -295,6 +295,9 @@ class Hypervisor(Resources):
             # (a pause that completes late) keep their own task on the operation.
             fut.add_done_callback(_consume)
             raise VMOperationTimeout(vm or "?", what, limit) from None
+        except asyncio.CancelledError:  # (the daemon stops): the thread goes on, as above;
+            fut.add_done_callback(_consume)  # its error is no "exception never retrieved"
+            raise
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 raise VMNotFound(vm or "?") from exc
