@@ -31,7 +31,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import harness
@@ -270,7 +270,7 @@ def vm_state(m: harness.Machine, vm: str) -> str:
 
 def test_journey_assign_install_sync_wipe_restore(
         host_boot_config: harness.BootConfig, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        record_property: Callable[[str, object], None]) -> None:
     steps = Steps()
     a = b = None
     try:
@@ -366,5 +366,4 @@ def test_journey_assign_install_sync_wipe_restore(
         for laptop in (a, b):
             if laptop is not None:
                 laptop.m.close()
-        with capsys.disabled():
-            print(f"\njourney (system):\n{steps.table()}")
+        record_property("summary", f"journey (system):\n{steps.table()}")

@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import harness
@@ -164,7 +165,7 @@ def wait_vms(m: harness.Machine, timeout: float = 180) -> None:
 
 
 def test_update_to_the_inactive_slot_then_a_bad_update_falls_back_by_itself(
-        ab_config: harness.BootConfig) -> None:
+        ab_config: harness.BootConfig, record_property: Callable[[str, object], None]) -> None:
     steps: list[tuple[str, float]] = []
     t0 = last = time.monotonic()
 
@@ -246,10 +247,9 @@ def test_update_to_the_inactive_slot_then_a_bad_update_falls_back_by_itself(
         assert "Traceback" not in m.ssh("journalctl -b 0 -u vmclient-powerd --no-pager").stdout
     finally:
         total = time.monotonic() - t0
-        print("\nA/B update on the test host:")
-        for what, s in steps:
-            print(f"  {what:40s} {s:6.0f} s")
-        print(f"  {'total':40s} {total:6.0f} s")
+        laps = [f"  {what:40s} {s:6.0f} s" for what, s in steps]
+        record_property("summary", "\n".join(["A/B update on the test host:", *laps,
+                                               f"  {'total':40s} {total:6.0f} s"]))
         if m.running:
             print(m.ssh("journalctl --no-pager -o short-monotonic _PID=1 "
                         "--grep 'Startup finished|Reached target|Stopping|Stopped target|"
