@@ -109,14 +109,18 @@ def test_a_publish_interrupted_before_the_catalog_is_rolled_back_by_the_next(
 
 
 def _fake_qemu_img(tmp: Path) -> tuple[dict[str, str], Path]:
-    """PATH with a ``qemu-img`` whose conversion takes long (it marks its start, sleeps,
-    then runs the real one): the window a Ctrl-C lands in."""
+    """PATH with a ``qemu-img`` whose conversion takes long (it marks its start and
+    sleeps): the window a Ctrl-C lands in.  The process that marks is the one that sleeps,
+    as a real conversion is one process: with ``: > mark; sleep 60`` in the shell, a Ctrl-C
+    between the two (a loaded machine) reached the shell only, which then started the sleep
+    and waited for it: 60 s with the pipe to vmclient-admin open."""
     bindir, mark = tmp / "bin", tmp / "converting"
     bindir.mkdir()
     real = "/usr/bin/qemu-img"
     script = bindir / "qemu-img"
-    script.write_text(f'#!/bin/sh\nif [ "$1" = convert ]; then : > {mark}; sleep 60; fi\n'
-                      f'exec {real} "$@"\n')
+    converting = f"import pathlib, time; pathlib.Path({str(mark)!r}).touch(); time.sleep(60)"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = convert ]; then exec {sys.executable} -c '
+                      f'"{converting}"; fi\nexec {real} "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT / "python-services" / "src")}
