@@ -378,7 +378,7 @@ async def test_an_installed_update_restarts_the_laptop_through_logind_in_its_mai
         await host.after_cycle(False, ac)  # installed; outside the window: tonight
         tonight = int(datetime(2026, 12, 7, 22, 30).timestamp())
         assert (iface.host_update, iface.host_restart_at, reboots()) == ("5.0", tonight, [])
-        assert "restart to update (automatic at " in sync_text(iface.values())
+        assert "restart to update (automatic at " in sync_text(iface.values(), now=now[0].timestamp())
         now[0] = datetime(2026, 12, 8, 1, 0)  # in the window, past midnight
         await host.after_cycle(False, battery)
         assert reboots() == []  # waits for AC
