@@ -64,6 +64,19 @@ def endpoints(prefix: str, specs: dict[str, tuple[str, str, str]]) -> Iterator[N
             sh("ip", "netns", "del", ns, check=False)
 
 
+def ebtables_chain(chain: str) -> str:
+    """``ebtables -t nat -L chain``, again while libvirt still writes the chain (its
+    nwfilter thread; under load, after the VM started): ebtables-nft then finds it
+    "incompatible" for a moment."""
+    deadline = time.monotonic() + 20
+    while True:
+        r = sh("ebtables", "-t", "nat", "-L", chain, check=False)
+        if r.returncode == 0 or "incompatible" not in r.stderr or time.monotonic() > deadline:
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+        time.sleep(0.2)
+
+
 def _mac(text: str) -> str:
     """ebtables prints MACs without leading zeros (52:54:0:…); libvirt with them."""
     return ":".join(f"{int(b, 16):02x}" for b in text.split(":"))
@@ -115,7 +128,7 @@ async def test_zones_are_isolated(tmp_path: Path) -> None:
             conn.close()
         for tap, mac in taps.items():
             assert bound.get(tap) == "clean-traffic", bound
-            rules = sh("ebtables", "-t", "nat", "-L", f"libvirt-I-{tap}").stdout
+            rules = ebtables_chain(f"libvirt-I-{tap}")
             drop = [ln for ln in rules.splitlines() if ln.endswith("-j DROP") and "-s !" in ln]
             assert drop and _mac(drop[0].split("-s ! ")[1].split()[0]) == mac, rules
 
