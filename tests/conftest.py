@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from testlib import SERVICES
+from testlib import SERVICES, system_tests_enabled
 
 sys.path.insert(0, str(SERVICES / "src"))
 
@@ -27,8 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     a worker of its own: the booted hosts (busy under TCG) or the unit tests (CPU) beside
     tests that mostly wait on daemons and guests; no two integration tests ever share the
     machine's libvirtd, networks or system bus at once."""
-    system = bool(config.getoption("--system")) or \
-        os.environ.get("VMCLIENT_SYSTEM_TESTS", "") not in ("", "0")
+    system = system_tests_enabled(config)
     integration = Path(__file__).resolve().parent / "integration"
     for item in items:
         if system:

@@ -57,6 +57,15 @@ def vmclientctl(*args: str, env: Mapping[str, str] | None = None, user: int | No
                groups=groups, timeout=timeout, stdin=stdin)
 
 
+def system_tests_enabled(config: pytest.Config) -> bool:
+    """Whether this run includes the system tier: ``--system`` or VMCLIENT_SYSTEM_TESTS."""
+    try:
+        opt = bool(config.getoption("--system"))
+    except ValueError:  # the option is not registered (tests/conftest.py lacks it)
+        opt = False
+    return opt or os.environ.get("VMCLIENT_SYSTEM_TESTS", "") not in ("", "0")
+
+
 def need(condition: bool, reason: str) -> None:
     """The one rule for a missing prerequisite, in every tier: skip it outside CI (with
     the reason), fail in CI, where it must be there.  CI never passes by not running."""

@@ -29,15 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import harness
 
-from testlib import need  # tests/conftest.py puts tests/ on sys.path
-
-
-def _enabled(config: pytest.Config) -> bool:
-    try:
-        opt = bool(config.getoption("--system"))
-    except ValueError:  # the option is not registered (tests/conftest.py lacks it)
-        opt = False
-    return opt or os.environ.get("VMCLIENT_SYSTEM_TESTS", "") not in ("", "0")
+from testlib import need, system_tests_enabled  # tests/conftest.py puts tests/ on sys.path
 
 
 def _missing() -> str | None:
@@ -54,7 +46,7 @@ def _missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _enabled(config):
+    if system_tests_enabled(config):
         # The tests on the session's host come last: the ones booting machines of their
         # own (the journey's laptops, the A/B machine, the verity one) would otherwise run
         # beside it, idle under TCG with its nested VMs (~0.3 of a core), until the end.

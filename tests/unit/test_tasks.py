@@ -23,19 +23,19 @@ def test_the_steps_run_at_once() -> None:
 
 
 def test_a_failure_is_raised_as_itself_after_every_step_ended() -> None:
-    ended: list[str] = []
+    finished: list[str] = []
 
     async def fails() -> None:
         raise VMClientError("the first step failed")
 
     async def slow(name: str) -> None:
         await asyncio.sleep(0.05)
-        ended.append(name)
+        finished.append(name)
 
     async def main() -> None:
         with pytest.raises(VMClientError, match="the first step failed"):
             await all_of(slow("before"), fails(), slow("after"))
-        assert sorted(ended) == ["after", "before"]  # not cancelled, not left running
+        assert sorted(finished) == ["after", "before"]  # not cancelled, not left running
     asyncio.run(main())
 
 
@@ -51,18 +51,18 @@ def test_the_first_failure_in_the_order_given_wins() -> None:
 
 
 def test_at_most_raises_timeout_and_cancels_the_step() -> None:
-    ended: list[str] = []
+    finished: list[str] = []
 
     async def slow() -> None:
         try:
             await asyncio.sleep(10)
         finally:
-            ended.append("slow")
+            finished.append("slow")
 
     async def main() -> None:
         with pytest.raises(TimeoutError):
             await at_most(slow(), 0.05)
-        assert ended == ["slow"]
+        assert finished == ["slow"]
         assert await at_most(asyncio.sleep(0, "done"), 5) == "done"
     asyncio.run(main())
 
@@ -84,11 +84,11 @@ def test_a_cancellation_as_the_step_completes_is_not_lost() -> None:
         step.set_result("result")
         task.cancel()
         await asyncio.wait({task}, timeout=2)
-        ended = task.cancelled()
+        was_cancelled = task.cancelled()
         task.cancel()  # (one that went on is told again)
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        return ended, ",".join(after)
+        return was_cancelled, ",".join(after)
     assert asyncio.run(main()) == (True, "")
 
 
